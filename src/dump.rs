@@ -1,0 +1,286 @@
+//! `framecast dump`: print and verify segment files. It only reads files, with plain reads
+//! (no mapping), so it is safe on a data dir that a running server is writing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::wal::format::{decode_segment_header, SEGMENT_HEADER_LEN};
+use crate::wal::record::{decode, Decoded, RecordRef};
+use crate::wal::recovery::first_non_zero;
+use crate::wal::{list_segments, Error, Result};
+
+/// What to dump.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// The data directory (`<data-dir>/topics/<topic>/*.seg`).
+    pub data_dir: PathBuf,
+    /// Only this topic.
+    pub topic: Option<String>,
+    /// Only this segment file.
+    pub segment: Option<PathBuf>,
+    /// Check every record; print only problems and summaries.
+    pub verify: bool,
+    /// One JSON object per line.
+    pub json: bool,
+}
+
+/// What a dump found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DumpOutcome {
+    /// Segments read.
+    pub segments: u64,
+    /// Valid records.
+    pub records: u64,
+    /// Damaged places: bad records or garbage where recovery would refuse to start.
+    pub bad: u64,
+    /// Torn tails: garbage at the end of a topic's last segment, which startup would cut.
+    pub torn_tails: u64,
+}
+
+/// One segment file, read into memory (bounded by the segment size).
+struct Scanned {
+    summary: Summary,
+    problem: Option<(u64, String)>,
+}
+
+#[derive(Default)]
+struct Summary {
+    base: u64,
+    records: u64,
+    bytes: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    min_seq: Option<u64>,
+    max_seq: Option<u64>,
+}
+
+/// Runs a dump, writing to `out`.
+pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome> {
+    let mut outcome = DumpOutcome::default();
+    let jobs = plan(opts)?;
+    for (topic, files) in jobs {
+        let last = files.len().saturating_sub(1);
+        for (i, path) in files.iter().enumerate() {
+            let is_last = i == last && opts.segment.is_none();
+            dump_segment(opts, &topic, path, is_last, out, &mut outcome)?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The topics and segment files to read.
+fn plan(opts: &DumpOptions) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    if let Some(seg) = &opts.segment {
+        let topic = seg
+            .parent()
+            .and_then(Path::file_name)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(vec![(topic, vec![seg.clone()])]);
+    }
+    let topics_dir = opts.data_dir.join("topics");
+    let mut names = Vec::new();
+    if let Some(t) = &opts.topic {
+        let dir = topics_dir.join(t);
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "no topic directory {}",
+                dir.display()
+            )));
+        }
+        names.push(t.clone());
+    } else {
+        let entries = match std::fs::read_dir(&topics_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&topics_dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&topics_dir, e))?;
+            if entry.path().is_dir() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+    }
+    names
+        .into_iter()
+        .map(|t| {
+            let files = list_segments(&topics_dir.join(&t))?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            Ok((t, files))
+        })
+        .collect()
+}
+
+fn dump_segment(
+    opts: &DumpOptions,
+    topic: &str,
+    path: &Path,
+    is_last: bool,
+    out: &mut dyn Write,
+    outcome: &mut DumpOutcome,
+) -> Result<()> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    outcome.segments += 1;
+    let w = |out: &mut dyn Write, line: String| -> Result<()> {
+        writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))
+    };
+    let base = match decode_segment_header(&data) {
+        Ok(b) => b,
+        Err(reason) => {
+            outcome.bad += 1;
+            let line = if opts.json {
+                json!({"type": "bad", "topic": topic, "file": path, "position": 0, "reason": reason, "crc_ok": false}).to_string()
+            } else {
+                format!("BAD {} at byte 0: {reason}", path.display())
+            };
+            return w(out, line);
+        }
+    };
+    let scanned = scan(&data, base, |_, _, _| Ok(()))?;
+    let s = &scanned.summary;
+    outcome.records += s.records;
+    let line = if opts.json {
+        json!({"type": "segment", "topic": topic, "file": path, "base_offset": s.base,
+               "records": s.records, "bytes": s.bytes, "first_offset": s.first,
+               "last_offset": s.last, "min_seq_no": s.min_seq, "max_seq_no": s.max_seq,
+               "file_bytes": data.len()})
+        .to_string()
+    } else {
+        let range = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{a}..={b}"),
+            _ => "-".into(),
+        };
+        format!(
+            "segment {} topic={topic} base_offset={} records={} bytes={} offsets={} seq_no={} file_bytes={}",
+            path.display(),
+            s.base,
+            s.records,
+            s.bytes,
+            range(s.first, s.last),
+            range(s.min_seq, s.max_seq),
+            data.len()
+        )
+    };
+    w(out, line)?;
+    if !opts.verify {
+        scan(&data, base, |rec, pos, len| {
+            let line = if opts.json {
+                record_json(topic, rec, pos, len).to_string()
+            } else {
+                format!(
+                    "  offset={} seq_no={} timestamp={} length={len} crc_ok=true position={pos}{} payload={}",
+                    rec.offset,
+                    rec.seq_no,
+                    rec.timestamp,
+                    if rec.key.is_empty() { String::new() } else { format!(" key={}", preview(rec.key, 64)) },
+                    preview(rec.payload, 64)
+                )
+            };
+            w(out, line)
+        })?;
+    }
+    if let Some((position, reason)) = scanned.problem {
+        let torn = is_last;
+        if torn {
+            outcome.torn_tails += 1;
+        } else {
+            outcome.bad += 1;
+        }
+        let line = if opts.json {
+            json!({"type": if torn { "torn_tail" } else { "bad" }, "topic": topic, "file": path,
+                   "position": position, "reason": reason, "crc_ok": false})
+            .to_string()
+        } else if torn {
+            format!(
+                "TORN TAIL {} at byte {position}: {reason} (startup cuts it back to here)",
+                path.display()
+            )
+        } else {
+            format!("BAD {} at byte {position}: {reason}", path.display())
+        };
+        w(out, line)?;
+    }
+    Ok(())
+}
+
+/// Walks the records of one segment, calling `each` for every valid one.
+fn scan(
+    data: &[u8],
+    base: u64,
+    mut each: impl FnMut(&RecordRef<'_>, usize, usize) -> Result<()>,
+) -> Result<Scanned> {
+    let mut s = Summary {
+        base,
+        ..Default::default()
+    };
+    let mut pos = SEGMENT_HEADER_LEN.min(data.len());
+    let mut expected = base;
+    let problem = loop {
+        match decode(&data[pos..]) {
+            Decoded::Record(rec, len) if rec.offset == expected => {
+                each(&rec, pos, len)?;
+                s.records += 1;
+                s.bytes += len as u64;
+                s.first.get_or_insert(rec.offset);
+                s.last = Some(rec.offset);
+                s.min_seq = Some(s.min_seq.map_or(rec.seq_no, |m| m.min(rec.seq_no)));
+                s.max_seq = Some(s.max_seq.map_or(rec.seq_no, |m| m.max(rec.seq_no)));
+                expected += 1;
+                pos += len;
+            }
+            Decoded::Record(rec, _) => {
+                break Some((
+                    pos as u64,
+                    format!("record has offset {}, expected {expected}", rec.offset),
+                ))
+            }
+            Decoded::End => {
+                break first_non_zero(&data[pos..]).map(|at| {
+                    (
+                        pos as u64,
+                        format!("non-zero bytes at {} after the end of data", pos + at),
+                    )
+                })
+            }
+            Decoded::Invalid(reason) => break Some((pos as u64, reason)),
+        }
+    };
+    Ok(Scanned {
+        summary: s,
+        problem,
+    })
+}
+
+fn record_json(topic: &str, rec: &RecordRef<'_>, pos: usize, len: usize) -> serde_json::Value {
+    let mut v = json!({"type": "record", "topic": topic, "position": pos, "offset": rec.offset,
+        "seq_no": rec.seq_no, "timestamp": rec.timestamp, "length": len, "crc_ok": true,
+        "payload_len": rec.payload.len()});
+    match std::str::from_utf8(rec.payload) {
+        Ok(text) => v["payload"] = json!(text),
+        Err(_) => v["payload_hex"] = json!(hex(rec.payload)),
+    }
+    if !rec.key.is_empty() {
+        v["idempotency_key"] = json!(String::from_utf8_lossy(rec.key));
+    }
+    v
+}
+
+/// A short, printable preview: quoted text when the bytes are printable UTF-8, else hex.
+fn preview(b: &[u8], max: usize) -> String {
+    let cut = &b[..b.len().min(max)];
+    let more = if b.len() > max { "…" } else { "" };
+    match std::str::from_utf8(cut) {
+        Ok(s) if s.chars().all(|c| !c.is_control() || c == ' ') => format!("{s:?}{more}"),
+        _ => format!("0x{}{more}", hex(cut)),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

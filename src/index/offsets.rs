@@ -1,0 +1,132 @@
+//! The offset map: where each offset's record starts, segment by segment.
+
+/// Record positions of one segment, indexed by `offset - base`.
+#[derive(Debug)]
+struct Slots<S> {
+    base: u64,
+    handle: S,
+    positions: Vec<u32>,
+}
+
+/// Offset → (segment handle, byte position). Positions are 4 bytes per frame; the handle
+/// is whatever the log uses to reach a segment (an `Arc` of its mapping), so this module
+/// never touches the file format.
+#[derive(Debug)]
+pub struct OffsetMap<S> {
+    segments: Vec<Slots<S>>,
+}
+
+impl<S> Default for OffsetMap<S> {
+    fn default() -> Self {
+        OffsetMap {
+            segments: Vec::new(),
+        }
+    }
+}
+
+impl<S> OffsetMap<S> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a segment whose first offset is `base`.
+    pub fn push_segment(&mut self, base: u64, handle: S) {
+        if let Some(last) = self.segments.last_mut() {
+            last.positions.shrink_to_fit();
+        }
+        self.segments.push(Slots {
+            base,
+            handle,
+            positions: Vec::new(),
+        });
+    }
+
+    /// Records that the next offset of the last segment starts at `position`.
+    /// Returns false when there is no segment.
+    pub fn push(&mut self, position: u32) -> bool {
+        match self.segments.last_mut() {
+            Some(s) => {
+                s.positions.push(position);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The segment and position of `offset`.
+    pub fn locate(&self, offset: u64) -> Option<(&S, u32)> {
+        let i = self
+            .segments
+            .partition_point(|s| s.base <= offset)
+            .checked_sub(1)?;
+        let s = &self.segments[i];
+        let slot = usize::try_from(offset - s.base).ok()?;
+        s.positions.get(slot).map(|&p| (&s.handle, p))
+    }
+
+    /// The first offset held, if any.
+    pub fn first_offset(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| !s.positions.is_empty())
+            .map(|s| s.base)
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Segment handles with their base offsets and frame counts, oldest first.
+    pub fn segments(&self) -> impl Iterator<Item = (u64, &S, usize)> {
+        self.segments
+            .iter()
+            .map(|s| (s.base, &s.handle, s.positions.len()))
+    }
+
+    /// Drops whole segments from the front while `keep` says no; returns how many.
+    pub fn drop_front_while(&mut self, mut drop: impl FnMut(u64, &S, usize) -> bool) -> usize {
+        let n = self
+            .segments
+            .iter()
+            .take_while(|s| drop(s.base, &s.handle, s.positions.len()))
+            .count();
+        self.segments.drain(..n);
+        n
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.segments.capacity() * std::mem::size_of::<Slots<S>>()
+            + self
+                .segments
+                .iter()
+                .map(|s| s.positions.capacity() * 4)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_offsets_across_segments() {
+        let mut m = OffsetMap::new();
+        assert!(!m.push(1));
+        m.push_segment(0, "a");
+        m.push(64);
+        m.push(100);
+        m.push_segment(2, "b");
+        m.push(64);
+        assert_eq!(m.locate(0), Some((&"a", 64)));
+        assert_eq!(m.locate(1), Some((&"a", 100)));
+        assert_eq!(m.locate(2), Some((&"b", 64)));
+        assert_eq!(m.locate(3), None);
+        assert_eq!(m.first_offset(), Some(0));
+        assert_eq!(m.drop_front_while(|base, _, _| base < 2), 1);
+        assert_eq!(m.locate(0), None);
+        assert_eq!(m.first_offset(), Some(2));
+    }
+}

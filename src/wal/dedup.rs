@@ -1,0 +1,131 @@
+//! The dedup window: idempotency keys stored recently, with the ack they got.
+
+use std::collections::{HashMap, VecDeque};
+
+/// The first ack of a key, returned again to a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstAck {
+    /// Offset of the stored frame.
+    pub offset: u64,
+    /// Its stored timestamp.
+    pub timestamp: i64,
+    /// When the key was stored (ns since the epoch).
+    pub stored_at: i64,
+}
+
+/// Keys stored within the window. Memory is bounded by the window times the keyed publish
+/// rate: expired keys are dropped on every commit.
+#[derive(Debug, Default)]
+pub struct DedupWindow {
+    window_ns: i64,
+    map: HashMap<Box<[u8]>, FirstAck>,
+    order: VecDeque<(i64, Box<[u8]>)>,
+}
+
+impl DedupWindow {
+    /// An empty window of `window_ns` nanoseconds.
+    pub fn new(window_ns: i64) -> DedupWindow {
+        DedupWindow {
+            window_ns,
+            ..Default::default()
+        }
+    }
+
+    /// The first ack of `key`, if stored within the window ending `now`.
+    pub fn get(&self, key: &[u8], now: i64) -> Option<FirstAck> {
+        self.map
+            .get(key)
+            .copied()
+            .filter(|a| a.stored_at >= now.saturating_sub(self.window_ns))
+    }
+
+    /// Remembers `key`'s first ack. Keys already outside the window at `now` are ignored.
+    pub fn insert(&mut self, key: &[u8], ack: FirstAck, now: i64) {
+        if ack.stored_at < now.saturating_sub(self.window_ns) {
+            return;
+        }
+        self.map.insert(key.into(), ack);
+        self.order.push_back((ack.stored_at, key.into()));
+    }
+
+    /// Forgets `key` if its entry is `ack` (undo of a failed append).
+    pub fn remove(&mut self, key: &[u8], ack: FirstAck) {
+        if self.map.get(key) == Some(&ack) {
+            self.map.remove(key);
+        }
+    }
+
+    /// Drops keys stored before the window ending `now`.
+    pub fn expire(&mut self, now: i64) {
+        let horizon = now.saturating_sub(self.window_ns);
+        while let Some((t, _)) = self.order.front() {
+            if *t >= horizon {
+                break;
+            }
+            if let Some((t, key)) = self.order.pop_front() {
+                if self.map.get(&key).is_some_and(|a| a.stored_at == t) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_expire_with_the_window() {
+        let mut d = DedupWindow::new(100);
+        let ack = FirstAck {
+            offset: 1,
+            timestamp: 5,
+            stored_at: 1000,
+        };
+        d.insert(b"k", ack, 1000);
+        assert_eq!(d.get(b"k", 1050), Some(ack));
+        assert_eq!(d.get(b"k", 1101), None);
+        d.expire(1101);
+        assert!(d.is_empty());
+        d.insert(
+            b"old",
+            FirstAck {
+                stored_at: 10,
+                ..ack
+            },
+            1000,
+        );
+        assert!(d.is_empty(), "keys already outside the window are not kept");
+    }
+
+    #[test]
+    fn reinserted_key_survives_expiry_of_its_old_entry() {
+        let mut d = DedupWindow::new(100);
+        let a = FirstAck {
+            offset: 1,
+            timestamp: 0,
+            stored_at: 0,
+        };
+        d.insert(b"k", a, 0);
+        d.remove(b"k", a);
+        let b = FirstAck {
+            offset: 2,
+            timestamp: 0,
+            stored_at: 90,
+        };
+        d.insert(b"k", b, 90);
+        d.expire(150);
+        assert_eq!(d.get(b"k", 150), Some(b));
+    }
+}

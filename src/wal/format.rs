@@ -1,0 +1,143 @@
+//! Every constant of the on-disk format, in one place.
+//!
+//! A topic directory holds segment files named by their base offset, zero-padded to 20
+//! digits (`00000000000000000000.seg`). Each file starts with a [`SEGMENT_HEADER_LEN`]-byte
+//! header and is followed by records (see [`crate::wal::record`]). The space after the
+//! last record is zero: a record header of all zero bytes marks the end of data.
+
+/// Magic at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"FRAMECST";
+/// Version of the segment and record layout written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes taken by the segment file header.
+///
+/// | bytes  | field        | notes                                   |
+/// |--------|--------------|-----------------------------------------|
+/// | 0..8   | magic        | [`SEGMENT_MAGIC`]                       |
+/// | 8..12  | version      | [`FORMAT_VERSION`], little-endian u32   |
+/// | 12..16 | header_len   | [`SEGMENT_HEADER_LEN`]                  |
+/// | 16..24 | base_offset  | offset of the first record              |
+/// | 24..60 | reserved     | zero                                    |
+/// | 60..64 | header_crc   | CRC32 of bytes 0..60                    |
+pub const SEGMENT_HEADER_LEN: usize = 64;
+/// Where the header CRC sits inside the segment header.
+pub const SEGMENT_HEADER_CRC_AT: usize = 60;
+/// Suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = "seg";
+/// Width of the zero-padded base offset in a segment file name.
+pub const SEGMENT_NAME_DIGITS: usize = 20;
+/// Suffix given to a copy of the bytes cut from a torn tail, kept for inspection.
+pub const TORN_SUFFIX: &str = "torn";
+
+/// Bytes taken by a record header.
+pub const RECORD_HEADER_LEN: usize = 40;
+/// Bytes of the stored-at time that precedes a non-empty idempotency key.
+pub const KEY_TIME_LEN: usize = 8;
+/// The longest idempotency key a record can carry.
+pub const MAX_KEY_LEN: usize = 128;
+/// Where the record CRC sits; it covers everything after it (`CRC_START..length`).
+pub const RECORD_CRC_AT: usize = 4;
+/// First byte covered by the record CRC.
+pub const RECORD_CRC_START: usize = 8;
+
+/// Default size a segment file is preallocated to.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest allowed segment size: a header and one small record must fit.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Name of a segment file for `base_offset`.
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!(
+        "{base_offset:0width$}.{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
+}
+
+/// Parses a segment file name back into its base offset; `None` for any other file.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?.strip_suffix('.')?;
+    if stem.len() != SEGMENT_NAME_DIGITS || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Encodes a segment header for `base_offset`.
+pub fn encode_segment_header(base_offset: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    let crc = crc32fast::hash(&h[..SEGMENT_HEADER_CRC_AT]);
+    h[SEGMENT_HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Decodes a segment header, returning its base offset or why it is not valid.
+pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
+    if h.len() < SEGMENT_HEADER_LEN {
+        return Err(format!(
+            "file shorter than its {SEGMENT_HEADER_LEN}-byte header"
+        ));
+    }
+    if h[0..8] != SEGMENT_MAGIC {
+        return Err("bad magic: not a framecast segment".into());
+    }
+    let stored = u32::from_le_bytes(le4(&h[SEGMENT_HEADER_CRC_AT..SEGMENT_HEADER_LEN]));
+    if crc32fast::hash(&h[..SEGMENT_HEADER_CRC_AT]) != stored {
+        return Err("segment header checksum mismatch".into());
+    }
+    let version = u32::from_le_bytes(le4(&h[8..12]));
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    let header_len = u32::from_le_bytes(le4(&h[12..16])) as usize;
+    if header_len != SEGMENT_HEADER_LEN {
+        return Err(format!("unexpected header length {header_len}"));
+    }
+    Ok(u64::from_le_bytes(le8(&h[16..24])))
+}
+
+/// The first four bytes of `b` as an array (callers pass slices of known length).
+pub(crate) fn le4(b: &[u8]) -> [u8; 4] {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    a
+}
+
+/// The first eight bytes of `b` as an array (callers pass slices of known length).
+pub(crate) fn le8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let name = segment_file_name(42);
+        assert_eq!(name, "00000000000000000042.seg");
+        assert_eq!(parse_segment_file_name(&name), Some(42));
+        assert_eq!(parse_segment_file_name("42.seg"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.seg.torn"),
+            None
+        );
+        assert_eq!(parse_segment_file_name("topic.json"), None);
+    }
+
+    #[test]
+    fn segment_header_round_trip_and_every_bit_flip_is_caught() {
+        let h = encode_segment_header(7);
+        assert_eq!(decode_segment_header(&h), Ok(7));
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut bad = h;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_segment_header(&bad).is_err(), "bit {bit} not caught");
+        }
+    }
+}

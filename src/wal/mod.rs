@@ -1,0 +1,18 @@
+//! The write-ahead log: segment files of CRC'd records, group commit, recovery.
+
+mod dedup;
+mod error;
+pub mod format;
+mod log;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+
+pub use dedup::{DedupWindow, FirstAck};
+pub use error::{Error, Result};
+pub use log::{
+    now_ns, Appended, FsyncPolicy, Log, LogConfig, LogStats, NewFrame, StoredFrame,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
+pub use segment::{Segment, SegmentWriter, SyncMethod};

@@ -1,0 +1,258 @@
+//! Opening a topic's segments after a start or a crash: check every record, rebuild the
+//! in-memory state through [`RecoverySink`], and cut a torn tail from the last segment.
+//!
+//! The contract: a torn tail is what a crash leaves in the last segment, and is absorbed
+//! (cut back to the last valid record, the cut bytes kept in a `.torn` file beside it,
+//! logged). Damage anywhere else refuses to open, naming the file and byte position;
+//! nothing is deleted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::format::{parse_segment_file_name, SEGMENT_HEADER_LEN, TORN_SUFFIX};
+use super::record::{decode, Decoded, RecordRef};
+use super::segment::{sync_dir, Segment, SegmentWriter};
+use super::{Error, Result};
+
+/// Receives what recovery finds, in log order. The index implements this; it never sees
+/// the file format.
+pub trait RecoverySink {
+    /// A segment starts; its records follow.
+    fn segment(&mut self, segment: &Arc<Segment>);
+    /// A valid record at byte `position` of the current segment, `len` bytes long.
+    fn record(&mut self, record: &RecordRef<'_>, position: u64, len: u64);
+}
+
+/// A torn tail that recovery cut from the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the valid data ended and the cut began.
+    pub position: u64,
+    /// Non-zero extent of the bytes cut.
+    pub bytes_dropped: u64,
+    /// Why the first cut byte was not a valid record.
+    pub reason: String,
+    /// Where a copy of the cut bytes was kept.
+    pub saved_to: Option<PathBuf>,
+}
+
+/// The outcome of recovering a topic directory.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every segment but the last, oldest first.
+    pub sealed: Vec<Arc<Segment>>,
+    /// The last segment, ready for appends; `None` for a directory without segments.
+    pub active: Option<SegmentWriter>,
+    /// Offset of the first record (the next offset when empty).
+    pub first_offset: u64,
+    /// Offset the next record gets.
+    pub next_offset: u64,
+    /// Valid records found.
+    pub records: u64,
+    /// Bytes of valid records, headers included.
+    pub bytes: u64,
+    /// The torn tail that was cut, if any.
+    pub torn: Option<TornTail>,
+}
+
+/// The segment files of `dir` with their base offsets, in offset order.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        if let Some(base) = name.to_str().and_then(parse_segment_file_name) {
+            found.push((base, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Scans every segment of `dir`, feeding valid records to `sink`.
+pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
+    let files = list_segments(dir)?;
+    let mut out = Recovered {
+        sealed: Vec::new(),
+        active: None,
+        first_offset: files.first().map_or(0, |f| f.0),
+        next_offset: files.first().map_or(0, |f| f.0),
+        records: 0,
+        bytes: 0,
+        torn: None,
+    };
+    let last = files.len().saturating_sub(1);
+    for (i, (base, path)) in files.iter().enumerate() {
+        let is_last = i == last;
+        let mut writer = match SegmentWriter::open(path) {
+            Ok(w) => w,
+            Err(e) if is_last && file_is_all_zero(path)? => {
+                // A segment whose creation was cut short by a crash: header never synced, no
+                // record ever written into it. It holds no data, so nothing is lost.
+                warn!(file = %path.display(), error = %e, "removing an empty, half-created last segment");
+                std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+                sync_dir(dir)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let seg_base = writer.segment().base_offset();
+        if seg_base != *base {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("header says base offset {seg_base}, file name says {base}"),
+            ));
+        }
+        if seg_base != out.next_offset {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "segment starts at offset {seg_base} but the previous one ended at {}",
+                    out.next_offset
+                ),
+            ));
+        }
+        sink.segment(writer.segment());
+        let (end, bad) = scan(writer.contents(), &mut out, sink);
+        match bad {
+            None => {}
+            Some((position, reason)) if !is_last => {
+                return Err(Error::corruption(path, position, reason));
+            }
+            Some((position, reason)) => {
+                out.torn = Some(cut_torn_tail(&mut writer, position, reason)?);
+            }
+        }
+        writer.set_cursor(end);
+        writer.publish();
+        if is_last {
+            out.active = Some(writer);
+        } else {
+            out.sealed.push(Arc::clone(writer.segment()));
+        }
+    }
+    Ok(out)
+}
+
+/// Walks records from the header on. Returns where valid data ends and, if the bytes after
+/// it are not clean zeros, the position and reason of the first bad byte.
+fn scan(
+    contents: &[u8],
+    out: &mut Recovered,
+    sink: &mut impl RecoverySink,
+) -> (u64, Option<(u64, String)>) {
+    let mut pos = SEGMENT_HEADER_LEN;
+    loop {
+        match decode(&contents[pos..]) {
+            Decoded::Record(rec, len) if rec.offset == out.next_offset => {
+                sink.record(&rec, pos as u64, len as u64);
+                out.next_offset += 1;
+                out.records += 1;
+                out.bytes += len as u64;
+                pos += len;
+            }
+            Decoded::Record(rec, _) => {
+                let why = format!(
+                    "record has offset {}, expected {}",
+                    rec.offset, out.next_offset
+                );
+                return (pos as u64, Some((pos as u64, why)));
+            }
+            Decoded::End => {
+                // Clean end only if everything after is zero too: a zeroed header followed by
+                // data is damage, not an end.
+                return match first_non_zero(&contents[pos..]) {
+                    None => (pos as u64, None),
+                    Some(at) => (
+                        pos as u64,
+                        Some((
+                            pos as u64,
+                            format!("non-zero bytes at {} after the end of data", pos + at),
+                        )),
+                    ),
+                };
+            }
+            Decoded::Invalid(reason) => return (pos as u64, Some((pos as u64, reason))),
+        }
+    }
+}
+
+/// Cuts the last segment back to `position`, keeping a copy of the non-zero bytes cut.
+fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> Result<TornTail> {
+    let path = writer.segment().path().to_path_buf();
+    let tail = &writer.contents()[position as usize..];
+    let extent = last_non_zero(tail).map_or(0, |i| i + 1);
+    let saved_to = if extent > 0 {
+        let copy = path.with_extension(format!("seg.{position}.{TORN_SUFFIX}"));
+        write_synced(&copy, &tail[..extent])?;
+        Some(copy)
+    } else {
+        None
+    };
+    writer.truncate_tail(position)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    warn!(
+        file = %path.display(),
+        position,
+        bytes_dropped = extent,
+        reason = %reason,
+        saved_to = ?saved_to,
+        "cut a torn tail from the last segment"
+    );
+    Ok(TornTail {
+        file: path,
+        position,
+        bytes_dropped: extent as u64,
+        reason,
+        saved_to,
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    info!(file = %path.display(), bytes = bytes.len(), "kept a copy of the cut tail");
+    Ok(())
+}
+
+fn file_is_all_zero(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if first_non_zero(&buf[..n]).is_some() {
+            return Ok(false);
+        }
+    }
+}
+
+/// Index of the first non-zero byte, scanning eight bytes at a time.
+pub(crate) fn first_non_zero(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    for chunk in b.chunks(4096) {
+        if chunk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
+            return chunk.iter().position(|&x| x != 0).map(|p| i + p);
+        }
+        i += chunk.len();
+    }
+    None
+}
+
+fn last_non_zero(b: &[u8]) -> Option<usize> {
+    b.iter().rposition(|&x| x != 0)
+}
