@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -187,6 +188,8 @@ pub struct LogStats {
     pub segments: usize,
     /// Heap bytes of the in-memory index (order index and offset map).
     pub index_bytes: usize,
+    /// Syncs (msync or fdatasync calls) done since the log was opened.
+    pub syncs: u64,
 }
 
 /// A topic's append-only log.
@@ -204,6 +207,7 @@ struct Shared {
     writer: Mutex<Writer>,
     state: RwLock<State>,
     durable: watch::Sender<u64>,
+    syncs: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -365,6 +369,7 @@ impl Log {
                 writer: Mutex::new(writer),
                 state: RwLock::new(state),
                 durable,
+                syncs: AtomicU64::new(0),
             }),
         })
     }
@@ -576,6 +581,7 @@ impl Log {
             max_seq_no: st.order.last().map(|k| k.seq_no),
             segments: st.offsets.segment_count(),
             index_bytes: st.order.heap_bytes() + st.offsets.heap_bytes(),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -729,7 +735,7 @@ impl Shared {
         let written = end - portion.start_pos;
         if written > 0 && self.config.fsync == FsyncPolicy::Always {
             let seg = Arc::clone(w.active.segment());
-            if let Err(e) = seg.sync_range(portion.start_pos, written, self.config.sync_method) {
+            if let Err(e) = self.sync(&seg, portion.start_pos, written, self.config.sync_method) {
                 error!(file = %seg.path().display(), error = %e, "sync failed; undoing the batch");
                 w.active.rollback(portion.start_pos);
                 w.next_offset = portion.start_offset;
@@ -737,7 +743,8 @@ impl Shared {
                     w.dedup.remove(key, *ack);
                 }
                 // The zeros must reach the disk too, or the undone records could come back.
-                if let Err(e2) = seg.sync_range(portion.start_pos, written, self.config.sync_method)
+                if let Err(e2) =
+                    self.sync(&seg, portion.start_pos, written, self.config.sync_method)
                 {
                     error!(file = %seg.path().display(), error = %e2, "cannot undo a failed sync; refusing appends");
                     w.failed = Some(format!("{e2}"));
@@ -771,7 +778,12 @@ impl Shared {
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let seg = Arc::clone(w.active.segment());
         let from = w.synced_to.min(w.active.cursor());
-        seg.sync_range(from, w.active.cursor() - from, self.config.sync_method)?;
+        self.sync(
+            &seg,
+            from,
+            w.active.cursor() - from,
+            self.config.sync_method,
+        )?;
         let next = SegmentWriter::create(&self.dir, w.next_offset, self.config.segment_bytes)?;
         self.state
             .write()
@@ -783,6 +795,12 @@ impl Shared {
         Ok(())
     }
 
+    /// Syncs `[pos, pos + len)` of `seg` and counts it.
+    fn sync(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        seg.sync_range(pos, len, method)
+    }
+
     /// Syncs whatever the active segment holds beyond the last sync.
     fn sync_unsynced(&self, w: &mut Writer) {
         let end = w.active.cursor();
@@ -790,7 +808,12 @@ impl Shared {
             return;
         }
         let seg = Arc::clone(w.active.segment());
-        match seg.sync_range(w.synced_to, end - w.synced_to, self.config.sync_method) {
+        match self.sync(
+            &seg,
+            w.synced_to,
+            end - w.synced_to,
+            self.config.sync_method,
+        ) {
             Ok(()) => {
                 w.synced_to = end;
                 w.last_sync = Instant::now();
