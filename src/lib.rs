@@ -12,8 +12,15 @@
 //!   fsync policy, durable frontier, reads), `recovery` (scan, torn-tail cut), `dedup`
 //!   (idempotency window).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
+//! - [`server`]: the gRPC server. `config` (flags and their parsing), `topics` (the topic
+//!   registry and metadata), `service` (the RPCs), `subscription` (the replay→live cursor),
+//!   `shutdown` (the one shutdown signal), `run` (startup, serve, drain), `error` (the one
+//!   mapping to gRPC status codes).
+//! - [`proto`]: the generated wire types.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
 
 pub mod dump;
 pub mod index;
+pub mod proto;
+pub mod server;
 pub mod wal;

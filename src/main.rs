@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use framecast::server::config::{parse_bytes, parse_duration};
+use framecast::server::ServerConfig;
+use framecast::wal::{FsyncPolicy, LogConfig, DEFAULT_MAX_FRAME_BYTES};
 
 /// A durable broadcast server.
 #[derive(Debug, Parser)]
@@ -15,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Print and check segment files (reads files only; safe on a live data dir).
     Dump {
         /// The data directory.
@@ -35,9 +40,118 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the log line "listening" names it).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Data directory; topics live in <data-dir>/topics/<topic>/.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// When a publish counts as durable: always (sync before ack), interval:<ms>, never.
+    #[arg(long, default_value = "always", value_parser = parse_fsync)]
+    fsync: FsyncPolicy,
+    /// Size each segment file is preallocated to (e.g. 67108864 or 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    segment_bytes: u64,
+    /// Largest payload accepted (default 4 MiB - 1 KiB).
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES as u64, value_parser = parse_bytes)]
+    max_frame_bytes: u64,
+    /// Open subscriber streams allowed across all topics.
+    #[arg(long, default_value_t = 100_000)]
+    max_subscribers: usize,
+    /// Refuse publishes and subscriptions to missing topics (NOT_FOUND) instead of creating them.
+    #[arg(long)]
+    no_auto_create_topics: bool,
+    /// How long an idempotency key is remembered (90s, 2m, 1h).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    dedup_window: std::time::Duration,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        log: LogConfig {
+            segment_bytes: args.segment_bytes,
+            fsync: args.fsync,
+            max_frame_bytes: usize::try_from(args.max_frame_bytes).unwrap_or(usize::MAX),
+            dedup_window: args.dedup_window,
+            ..LogConfig::default()
+        },
+        max_subscribers: args.max_subscribers,
+        auto_create_topics: !args.no_auto_create_topics,
+        ..ServerConfig::default()
+    };
+    if let Err(e) = config.log.validate() {
+        eprintln!("framecast serve: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("framecast serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        framecast::server::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "framecast serve failed");
+            eprintln!("framecast serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Dump {
             data_dir,
             topic,

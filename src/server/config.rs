@@ -1,0 +1,139 @@
+//! Server settings, and parsing of the values the command line takes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::wal::LogConfig;
+
+/// Everything `framecast serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory; topics live in `<data_dir>/topics/<topic>/`.
+    pub data_dir: PathBuf,
+    /// Settings of every topic's log (fsync policy, segment size, frame limit, dedup window).
+    pub log: LogConfig,
+    /// Open subscriber streams allowed across all topics.
+    pub max_subscribers: usize,
+    /// Create a topic on first publish or subscribe.
+    pub auto_create_topics: bool,
+    /// How long graceful shutdown may take before open streams are cut.
+    pub shutdown_grace: Duration,
+    /// Interval of HTTP/2 keepalive pings, so dead peers are noticed.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            max_subscribers: 100_000,
+            auto_create_topics: true,
+            shutdown_grace: Duration::from_secs(4),
+            keepalive_interval: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Parses `90s`, `2m`, `1h`, `500ms`, `1d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 90s, 2m or 1h"))?;
+    let secs = |k: u64| {
+        n.checked_mul(k)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration '{s}' is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!(
+            "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+/// Parses a byte size: `1048576`, `64KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`
+/// as powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 4096 or 64MiB"))?;
+    let k: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("'{s}': unknown unit '{unit}'")),
+    };
+    n.checked_mul(k)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// True when `name` matches `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub fn valid_topic_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("2 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("1x").is_err());
+    }
+
+    #[test]
+    fn topic_names() {
+        for ok in ["default", "a", "prices.eu-1_x", &"a".repeat(128)] {
+            assert!(valid_topic_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(129),
+            "..",
+        ] {
+            assert!(!valid_topic_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The server's error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::wal;
+
+/// What a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; nothing was written.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The topic does not exist (and auto-creation is off, or it was deleted).
+    #[error("topic '{0}' not found")]
+    TopicNotFound(String),
+    /// `CreateTopic` for a topic that exists with other settings.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A resume cursor from another epoch of the topic.
+    #[error("epoch mismatch: cursor has {cursor}, topic '{topic}' has {current}")]
+    EpochMismatch {
+        /// The topic.
+        topic: String,
+        /// Epoch in the cursor.
+        cursor: u64,
+        /// The topic's epoch.
+        current: u64,
+    },
+    /// A cursor or offset outside what the topic holds.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// `--max-subscribers` streams are open.
+    #[error("too many subscribers (limit {0})")]
+    TooManySubscribers(usize),
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// A storage error.
+    #[error(transparent)]
+    Wal(#[from] wal::Error),
+    /// Topic metadata could not be read or written.
+    #[error("topic metadata {path}: {reason}")]
+    Metadata {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result of a server operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::TopicNotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::EpochMismatch { .. } => Code::FailedPrecondition,
+            Error::OutOfRange(_) => Code::OutOfRange,
+            Error::TooManySubscribers(_) => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Metadata { .. } => Code::Internal,
+            Error::Wal(w) => match w {
+                wal::Error::InvalidArgument(_) => Code::InvalidArgument,
+                wal::Error::OutOfRange { .. } => Code::OutOfRange,
+                wal::Error::Io { .. } | wal::Error::Unavailable(_) => Code::Unavailable,
+                wal::Error::Corruption { .. } => Code::DataLoss,
+            },
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,138 @@
+//! Running the server: recover, serve until the shutdown signal, drain, sync.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use super::config::ServerConfig;
+use super::error::{Error, Result};
+use super::service::BroadcastService;
+use super::shutdown;
+use super::topics::Topics;
+use crate::proto::{self, broadcast_server::BroadcastServer};
+
+/// Holds the data directory's lock file for the life of the server, so two servers never
+/// write one directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes `<data_dir>/LOCK`, failing at once if another process holds it.
+    pub fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock> {
+        std::fs::create_dir_all(data_dir).map_err(|e| crate::wal::Error::io(data_dir, e))?;
+        let path = data_dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| crate::wal::Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(Error::Wal(crate::wal::Error::Unavailable(format!(
+                    "{} is locked by another framecast process",
+                    path.display()
+                ))))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(crate::wal::Error::io(&path, e).into()),
+        }
+    }
+}
+
+/// Recovers every topic, then serves on `listener` until `signal` completes; then stops
+/// accepting, ends open streams with UNAVAILABLE, finishes in-flight publishes and syncs.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    signal: impl Future<Output = ()>,
+) -> Result<()> {
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let started = Instant::now();
+    let (data_dir, log_config, auto) = (
+        config.data_dir.clone(),
+        config.log.clone(),
+        config.auto_create_topics,
+    );
+    let topics = tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_config, auto))
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "topics".into(),
+            reason: e.to_string(),
+        })??;
+    let topics = Arc::new(topics);
+    info!(
+        topics = topics.list().len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovery done"
+    );
+
+    let (trigger, shutdown) = shutdown::channel();
+    let config = Arc::new(config);
+    let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
+    let service = BroadcastServer::new(BroadcastService::new(
+        Arc::clone(&topics),
+        Arc::clone(&config),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<BroadcastServer<BroadcastService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Metadata {
+            path: "reflection".into(),
+            reason: e.to_string(),
+        })?;
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::wal::Error::io(&config.data_dir, e))?;
+    info!(%addr, data_dir = %config.data_dir.display(), fsync = %config.log.fsync, "listening");
+
+    let mut stop_accepting = shutdown.clone();
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_interval))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop_accepting.wait().await
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.map_err(|e| Error::Metadata { path: "server".into(), reason: e.to_string() })?,
+        () = signal => {
+            info!("shutdown requested: no new calls; ending streams");
+            trigger.fire();
+            let _ = health_reporter;
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(r) => r.map_err(|e| Error::Metadata { path: "server".into(), reason: e.to_string() })?,
+                Err(_) => warn!(grace_ms = config.shutdown_grace.as_millis() as u64, "connections still open after the grace period; closing anyway"),
+            }
+        }
+    }
+    let closing = Arc::clone(&topics);
+    tokio::task::spawn_blocking(move || closing.close_all())
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "close".into(),
+            reason: e.to_string(),
+        })?;
+    info!("all logs synced and closed");
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The gRPC service: validation, then the log, then the answer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, instrument};
+
+use super::config::{valid_topic_name, ServerConfig};
+use super::error::{Error, Result};
+use super::shutdown::Shutdown;
+use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
+use super::topics::{Topic, Topics};
+use crate::index::OrderKey;
+use crate::proto::{self, broadcast_server::Broadcast};
+use crate::wal::{self, format::MAX_KEY_LEN, Appended, NewFrame};
+
+/// Metadata key of the snapshot offset S sent at the start of a subscription.
+pub const SNAPSHOT_OFFSET_HEADER: &str = "framecast-snapshot-offset";
+/// Metadata key of the topic epoch sent at the start of a subscription.
+pub const EPOCH_HEADER: &str = "framecast-epoch";
+/// Publish requests of one stream in flight at once: bounds memory per publisher.
+const PUBLISH_PIPELINE: usize = 1024;
+
+/// The `Broadcast` service.
+#[derive(Debug, Clone)]
+pub struct BroadcastService {
+    topics: Arc<Topics>,
+    config: Arc<ServerConfig>,
+    shutdown: Shutdown,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl BroadcastService {
+    /// A service over `topics`.
+    pub fn new(topics: Arc<Topics>, config: Arc<ServerConfig>, shutdown: Shutdown) -> Self {
+        BroadcastService {
+            topics,
+            config,
+            shutdown,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.shutdown.is_fired() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Checks a publish request against API.md's error table; nothing is touched yet.
+    fn validate(&self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
+        let topic = topic_name(&r.topic)?;
+        let max = self.config.log.max_frame_bytes;
+        if r.payload.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "payload of {} bytes exceeds --max-frame-bytes {max}",
+                r.payload.len()
+            )));
+        }
+        if r.timestamp < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "negative timestamp {}",
+                r.timestamp
+            )));
+        }
+        if r.idempotency_key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "idempotency_key of {} bytes exceeds {MAX_KEY_LEN}",
+                r.idempotency_key.len()
+            )));
+        }
+        let frame = NewFrame {
+            seq_no: r.seq_no,
+            timestamp: r.timestamp,
+            key: Bytes::from(r.idempotency_key.into_bytes()),
+            payload: r.payload,
+        };
+        Ok((topic, frame))
+    }
+
+    /// Validates, finds (or creates) the topic, and queues the frame; the receiver gets its ack.
+    async fn submit(
+        &self,
+        r: proto::PublishRequest,
+    ) -> Result<(Arc<Topic>, oneshot::Receiver<wal::Result<Vec<Appended>>>)> {
+        self.check_running()?;
+        let (name, frame) = self.validate(r)?;
+        let topic = self.topics.get_or_create(&name).await?;
+        let rx = topic
+            .log()
+            .submit(vec![frame])
+            .map_err(|e| append_error(&topic, e))?;
+        Ok((topic, rx))
+    }
+
+    fn open_subscription(
+        &self,
+        topic: Arc<Topic>,
+        r: &proto::SubscribeRequest,
+    ) -> Result<(Subscription, u64)> {
+        let epoch = topic.meta().epoch;
+        let durable = topic.log().durable_offset();
+        let at = match &r.resume {
+            None => StartAt {
+                snapshot: durable,
+                start_seq_no: r.replay_seq_no_start,
+                after: None,
+            },
+            Some(c) => {
+                if c.epoch != epoch {
+                    return Err(Error::EpochMismatch {
+                        topic: topic.name().to_string(),
+                        cursor: c.epoch,
+                        current: epoch,
+                    });
+                }
+                if c.snapshot_offset > durable {
+                    return Err(Error::OutOfRange(format!(
+                        "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
+                        c.snapshot_offset
+                    )));
+                }
+                // A cursor with timestamp 0 names no frame (stored timestamps are never 0):
+                // the stream starts again from the beginning of the same snapshot.
+                let after = (c.timestamp != 0).then_some(OrderKey {
+                    seq_no: c.seq_no,
+                    timestamp: c.timestamp,
+                    offset: c.offset,
+                });
+                if let Some(a) = after {
+                    if a.offset >= durable {
+                        return Err(Error::OutOfRange(format!(
+                            "cursor offset {} is beyond the topic's next offset {durable}",
+                            a.offset
+                        )));
+                    }
+                }
+                StartAt {
+                    snapshot: c.snapshot_offset,
+                    start_seq_no: r.replay_seq_no_start,
+                    after,
+                }
+            }
+        };
+        let max = self.config.max_subscribers;
+        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::TooManySubscribers(max));
+        }
+        let slots = (
+            topic.add_subscriber(),
+            GlobalSlot(Arc::clone(&self.subscribers)),
+        );
+        let snapshot = at.snapshot;
+        Ok((
+            Subscription::new(topic, at, self.shutdown.clone(), slots),
+            snapshot,
+        ))
+    }
+}
+
+/// Maps an empty topic to `default` and checks the name.
+fn topic_name(t: &str) -> Result<String> {
+    let name = if t.is_empty() { "default" } else { t };
+    if !valid_topic_name(name) {
+        return Err(Error::InvalidArgument(format!(
+            "topic name '{name}' does not match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// An append error as the client should see it: a deleted topic is NOT_FOUND.
+fn append_error(topic: &Topic, e: wal::Error) -> Error {
+    if topic.is_deleted() {
+        Error::TopicNotFound(topic.name().to_string())
+    } else {
+        Error::Wal(e)
+    }
+}
+
+async fn await_ack(
+    topic: &Topic,
+    rx: oneshot::Receiver<wal::Result<Vec<Appended>>>,
+) -> Result<proto::PublishAck> {
+    let acks = rx
+        .await
+        .map_err(|_| append_error(topic, wal::Error::Unavailable("log closed".into())))?
+        .map_err(|e| append_error(topic, e))?;
+    let a = acks
+        .first()
+        .ok_or_else(|| Error::Wal(wal::Error::Unavailable("no ack".into())))?;
+    Ok(proto::PublishAck {
+        offset: a.offset,
+        timestamp: a.timestamp,
+        duplicate: a.duplicate,
+    })
+}
+
+fn topic_info(t: &Topic) -> proto::TopicInfo {
+    let s = t.log().stats();
+    proto::TopicInfo {
+        name: t.name().to_string(),
+        epoch: t.meta().epoch,
+        frames: s.frames,
+        bytes: s.bytes,
+        first_offset: s.first_offset,
+        next_offset: s.next_offset,
+        min_seq_no: s.min_seq_no.unwrap_or(0),
+        max_seq_no: s.max_seq_no.unwrap_or(0),
+        subscribers: t.subscribers(),
+        segments: u32::try_from(s.segments).unwrap_or(u32::MAX),
+    }
+}
+
+type AckStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<proto::PublishAck, Status>> + Send>,
+>;
+
+/// One entry of a publish stream's pipeline, in request order.
+enum Pipelined {
+    Ack(Arc<Topic>, oneshot::Receiver<wal::Result<Vec<Appended>>>),
+    Fail(Status),
+}
+
+#[tonic::async_trait]
+impl Broadcast for BroadcastService {
+    #[instrument(skip_all, fields(topic = %req.get_ref().topic, seq_no = req.get_ref().seq_no))]
+    async fn publish(
+        &self,
+        req: Request<proto::PublishRequest>,
+    ) -> std::result::Result<Response<proto::PublishAck>, Status> {
+        let (topic, rx) = self.submit(req.into_inner()).await?;
+        Ok(Response::new(await_ack(&topic, rx).await?))
+    }
+
+    type PublishStreamStream = AckStream;
+
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<proto::PublishRequest>>,
+    ) -> std::result::Result<Response<AckStream>, Status> {
+        self.check_running()?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Pipelined>(PUBLISH_PIPELINE);
+        let svc = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        // Reader: validates and queues each request; the order of `tx` is the ack order.
+        tokio::spawn(async move {
+            let mut index: u64 = 0;
+            loop {
+                let next = tokio::select! {
+                    n = inbound.next() => n,
+                    _ = shutdown.wait() => {
+                        let _ = tx.send(Pipelined::Fail(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                };
+                let entry = match next {
+                    None => return,
+                    Some(Err(status)) => {
+                        debug!(%status, "publish stream broken");
+                        return;
+                    }
+                    Some(Ok(r)) => match svc.submit(r).await {
+                        Ok((topic, ack)) => Pipelined::Ack(topic, ack),
+                        Err(e) => {
+                            let status = Status::from(e);
+                            Pipelined::Fail(Status::new(
+                                status.code(),
+                                format!("request {index}: {}", status.message()),
+                            ))
+                        }
+                    },
+                };
+                let stop = matches!(entry, Pipelined::Fail(_));
+                if tx.send(entry).await.is_err() || stop {
+                    return;
+                }
+                index += 1;
+            }
+        });
+        // Writer: answers in request order; the first failure ends the stream.
+        let acks = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match rx.recv().await? {
+                Pipelined::Ack(topic, ack) => await_ack(&topic, ack).await.map_err(Status::from),
+                Pipelined::Fail(status) => Err(status),
+            };
+            let done = item.is_err();
+            Some((item, (rx, done)))
+        });
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    type SubscribeStream = FrameStream;
+
+    #[instrument(skip_all, fields(topic = %req.get_ref().topic, start = req.get_ref().replay_seq_no_start))]
+    async fn subscribe(
+        &self,
+        req: Request<proto::SubscribeRequest>,
+    ) -> std::result::Result<Response<FrameStream>, Status> {
+        self.check_running()?;
+        let r = req.into_inner();
+        let name = topic_name(&r.topic)?;
+        let topic = self.topics.get_or_create(&name).await?;
+        let epoch = topic.meta().epoch;
+        let (sub, snapshot) = self.open_subscription(topic, &r)?;
+        let mut resp = Response::new(sub.into_stream());
+        let md = resp.metadata_mut();
+        md.insert(SNAPSHOT_OFFSET_HEADER, MetadataValue::from(snapshot));
+        md.insert(EPOCH_HEADER, MetadataValue::from(epoch));
+        Ok(resp)
+    }
+
+    async fn create_topic(
+        &self,
+        req: Request<proto::CreateTopicRequest>,
+    ) -> std::result::Result<Response<proto::TopicInfo>, Status> {
+        self.check_running()?;
+        let r = req.into_inner();
+        let (topic, _) = self
+            .topics
+            .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
+            .await?;
+        Ok(Response::new(topic_info(&topic)))
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<proto::DeleteTopicRequest>,
+    ) -> std::result::Result<Response<proto::DeleteTopicResponse>, Status> {
+        self.check_running()?;
+        self.topics.delete(&req.into_inner().name).await?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _req: Request<proto::ListTopicsRequest>,
+    ) -> std::result::Result<Response<proto::ListTopicsResponse>, Status> {
+        let topics = self.topics.list().iter().map(|t| topic_info(t)).collect();
+        Ok(Response::new(proto::ListTopicsResponse { topics }))
+    }
+}

@@ -1,0 +1,212 @@
+//! A subscription: a cursor over the log, replaying history in order-key order up to the
+//! snapshot point, then following live frames in offset order.
+//!
+//! It holds no queue: each step reads the next small batch from the log (payloads point
+//! into the segment mappings), so a subscriber that stops reading costs a cursor and one
+//! batch, however far behind it falls. It is polled by the gRPC layer only when the
+//! connection can take more, so a slow reader never slows a publisher or another reader.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::error::Error;
+use super::shutdown::Shutdown;
+use super::topics::{SubscriberSlot, Topic};
+use crate::index::OrderKey;
+use crate::proto;
+use crate::wal::StoredFrame;
+
+/// Frames read from the log per step.
+const BATCH: usize = 256;
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Replaying frames with offset below the snapshot, from this key on.
+    Replay { from: OrderKey },
+    /// Following frames from this offset on.
+    Live { next: u64 },
+}
+
+/// The boxed stream handed to tonic.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<proto::Frame, Status>> + Send>>;
+
+/// One open subscriber stream.
+pub struct Subscription {
+    topic: Arc<Topic>,
+    start_seq_no: u64,
+    snapshot: u64,
+    phase: Phase,
+    buf: VecDeque<StoredFrame>,
+    durable: watch::Receiver<u64>,
+    deleted: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    finished: bool,
+    _slots: (SubscriberSlot, GlobalSlot),
+}
+
+/// A slot in the server-wide subscriber count.
+pub struct GlobalSlot(pub(crate) Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Where a new subscription starts, after the cursor was checked.
+#[derive(Debug, Clone, Copy)]
+pub struct StartAt {
+    /// Snapshot point S.
+    pub snapshot: u64,
+    /// `replay_seq_no_start`.
+    pub start_seq_no: u64,
+    /// The last frame the client has, if resuming: `(order key, had offset < S)`.
+    pub after: Option<OrderKey>,
+}
+
+impl Subscription {
+    /// A subscription of `topic` starting at `at`.
+    pub fn new(
+        topic: Arc<Topic>,
+        at: StartAt,
+        shutdown: Shutdown,
+        slots: (SubscriberSlot, GlobalSlot),
+    ) -> Subscription {
+        let first = OrderKey::first_of_seq(at.start_seq_no);
+        let phase = match at.after {
+            None => Phase::Replay { from: first },
+            Some(last) if last.offset < at.snapshot => match last.successor() {
+                Some(next) => Phase::Replay {
+                    from: next.max(first),
+                },
+                None => Phase::Live { next: at.snapshot },
+            },
+            Some(last) => Phase::Live {
+                next: last.offset + 1,
+            },
+        };
+        Subscription {
+            durable: topic.log().watch_durable(),
+            deleted: topic.watch_deleted(),
+            topic,
+            start_seq_no: at.start_seq_no,
+            snapshot: at.snapshot,
+            phase,
+            buf: VecDeque::with_capacity(BATCH),
+            shutdown,
+            finished: false,
+            _slots: slots,
+        }
+    }
+
+    /// Turns the subscription into the stream tonic sends.
+    pub fn into_stream(self) -> FrameStream {
+        Box::pin(futures::stream::unfold(self, |mut sub| async move {
+            sub.next_frame().await.map(|item| (item, sub))
+        }))
+    }
+
+    /// The next frame, an error that ends the stream, or `None` after an error.
+    async fn next_frame(&mut self) -> Option<Result<proto::Frame, Status>> {
+        if self.finished {
+            return None;
+        }
+        match self.step().await {
+            Ok(f) => Some(Ok(f)),
+            Err(status) => {
+                self.finished = true;
+                Some(Err(status))
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Result<proto::Frame, Status> {
+        loop {
+            if let Some(f) = self.buf.pop_front() {
+                return Ok(proto::Frame {
+                    seq_no: f.seq_no,
+                    payload: f.payload,
+                    timestamp: f.timestamp,
+                    offset: f.offset,
+                });
+            }
+            self.check_open()?;
+            let log = self.topic.log();
+            match self.phase {
+                Phase::Replay { from } => {
+                    let mut got = Vec::with_capacity(BATCH);
+                    let done = log
+                        .read_ordered(&from, self.snapshot, BATCH, &mut got)
+                        .map_err(|e| Status::from(Error::from(e)))?;
+                    self.phase = match got.last().and_then(|f| f.key().successor()) {
+                        Some(next) if !done => Phase::Replay { from: next },
+                        _ => Phase::Live {
+                            next: self.snapshot,
+                        },
+                    };
+                    if let Some(first) = got.first() {
+                        // Retention may have removed frames this replay still needed.
+                        let oldest = log.first_offset();
+                        if first.offset < oldest {
+                            return Err(out_of_range(oldest));
+                        }
+                    }
+                    self.buf.extend(got);
+                }
+                Phase::Live { next } => {
+                    let durable = *self.durable.borrow_and_update();
+                    if durable > next {
+                        let mut got = Vec::with_capacity(BATCH);
+                        let after = log
+                            .read_range(next, durable, self.start_seq_no, BATCH, &mut got)
+                            .map_err(|e| match e {
+                                crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
+                                e => Status::from(Error::from(e)),
+                            })?;
+                        self.phase = Phase::Live { next: after };
+                        self.buf.extend(got);
+                        continue;
+                    }
+                    self.wait_for_more().await?;
+                }
+            }
+        }
+    }
+
+    /// Waits until the durable frontier moves, or the stream must end.
+    async fn wait_for_more(&mut self) -> Result<(), Status> {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            changed = self.durable.changed() => {
+                if changed.is_err() {
+                    return Err(Status::unavailable("topic log closed"));
+                }
+            }
+            _ = self.deleted.wait_for(|&d| d) => {}
+            _ = shutdown.wait() => {}
+        }
+        self.check_open()
+    }
+
+    fn check_open(&self) -> Result<(), Status> {
+        if self.shutdown.is_fired() {
+            return Err(Error::ShuttingDown.into());
+        }
+        if *self.deleted.borrow() {
+            return Err(Error::TopicNotFound(self.topic.name().to_string()).into());
+        }
+        Ok(())
+    }
+}
+
+fn out_of_range(oldest: u64) -> Status {
+    Status::out_of_range(format!(
+        "frames needed by this subscription were removed by retention; the oldest retained offset is {oldest}"
+    ))
+}

@@ -1,0 +1,347 @@
+//! Topics: each a directory with a metadata file and a [`Log`], kept in a registry.
+//!
+//! Layout: `<data-dir>/topics/<name>/topic.json` (epoch and settings) beside the segment
+//! files. A topic is created under a temporary name and renamed into place, and deleted by
+//! renaming it aside first, so a crash never leaves a half-made or half-removed topic under
+//! its real name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::config::valid_topic_name;
+use super::error::{Error, Result};
+use crate::wal::{segment::sync_dir, Log, LogConfig};
+
+/// File holding a topic's metadata.
+pub const TOPIC_META_FILE: &str = "topic.json";
+/// Prefix of directories being created or deleted; never a valid topic name.
+const TEMP_PREFIX: &str = ".";
+
+/// What is persisted about a topic besides its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Random non-zero number chosen at creation; a re-created topic has a new one.
+    pub epoch: u64,
+    /// Frames older than this may be removed (0 = keep).
+    pub retention_max_age_seconds: u64,
+    /// Stored bytes above this may be removed (0 = no limit).
+    pub retention_max_bytes: u64,
+}
+
+/// One topic: its log, epoch and live subscriber count.
+#[derive(Debug)]
+pub struct Topic {
+    name: String,
+    meta: TopicMeta,
+    log: Log,
+    subscribers: AtomicU32,
+    deleted: watch::Sender<bool>,
+}
+
+/// Holds one subscriber slot of a topic; gives it back when dropped.
+#[derive(Debug)]
+pub struct SubscriberSlot {
+    topic: Arc<Topic>,
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.topic.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Epoch and settings.
+    pub fn meta(&self) -> &TopicMeta {
+        &self.meta
+    }
+
+    /// The topic's log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Open subscriber streams.
+    pub fn subscribers(&self) -> u32 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Counts a subscriber until the slot is dropped.
+    pub fn add_subscriber(self: &Arc<Self>) -> SubscriberSlot {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        SubscriberSlot {
+            topic: Arc::clone(self),
+        }
+    }
+
+    /// True once the topic was deleted.
+    pub fn is_deleted(&self) -> bool {
+        *self.deleted.borrow()
+    }
+
+    /// Changes to true when the topic is deleted.
+    pub fn watch_deleted(&self) -> watch::Receiver<bool> {
+        self.deleted.subscribe()
+    }
+}
+
+/// Every topic of a data directory.
+#[derive(Debug)]
+pub struct Topics {
+    dir: PathBuf,
+    log_config: LogConfig,
+    auto_create: bool,
+    map: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes creation and deletion (not lookups).
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Topics {
+    /// Opens every topic under `<data_dir>/topics`, recovering each log. Blocking.
+    pub fn open(data_dir: &Path, log_config: LogConfig, auto_create: bool) -> Result<Topics> {
+        let dir = data_dir.join("topics");
+        std::fs::create_dir_all(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
+        let started = Instant::now();
+        let mut map = HashMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| crate::wal::Error::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                // A creation or deletion cut short by a crash: it was never a live topic, or
+                // its deletion was asked for.
+                warn!(dir = %entry.path().display(), "removing an unfinished topic creation or deletion");
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| crate::wal::Error::io(&entry.path(), e))?;
+                continue;
+            }
+            if entry.path().is_dir() && valid_topic_name(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let mut frames = 0;
+        for name in names {
+            let topic_dir = dir.join(&name);
+            let meta = read_meta(&topic_dir)?;
+            let log = Log::open(&topic_dir, log_config.clone())?;
+            frames += log.stats().frames;
+            map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
+        }
+        info!(
+            topics = map.len(),
+            frames,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered topics"
+        );
+        Ok(Topics {
+            dir,
+            log_config,
+            auto_create,
+            map: RwLock::new(map),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The topic `name`, created with default settings if missing and auto-creation is on.
+    pub async fn get_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+        if let Some(t) = self.get(name) {
+            return Ok(t);
+        }
+        if !self.auto_create {
+            return Err(Error::TopicNotFound(name.to_string()));
+        }
+        Ok(self.create(name, 0, 0).await?.0)
+    }
+
+    /// The topic `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// Creates `name` with the given retention settings. An existing topic with the same
+    /// settings is returned as it is (`false`); with other settings it is an error.
+    pub async fn create(
+        &self,
+        name: &str,
+        retention_max_age_seconds: u64,
+        retention_max_bytes: u64,
+    ) -> Result<(Arc<Topic>, bool)> {
+        if !valid_topic_name(name) {
+            return Err(invalid_name(name));
+        }
+        let _guard = self.changes.lock().await;
+        if let Some(t) = self.get(name) {
+            let m = t.meta();
+            if m.retention_max_age_seconds == retention_max_age_seconds
+                && m.retention_max_bytes == retention_max_bytes
+            {
+                return Ok((t, false));
+            }
+            return Err(Error::AlreadyExists(format!(
+                "topic '{name}' exists with other settings (retention_max_age_seconds={}, retention_max_bytes={})",
+                m.retention_max_age_seconds, m.retention_max_bytes
+            )));
+        }
+        let meta = TopicMeta {
+            epoch: new_epoch(),
+            retention_max_age_seconds,
+            retention_max_bytes,
+        };
+        let (dir, name_owned, config) =
+            (self.dir.clone(), name.to_string(), self.log_config.clone());
+        let topic = tokio::task::spawn_blocking(move || -> Result<Topic> {
+            let temp = dir.join(format!("{TEMP_PREFIX}creating-{name_owned}"));
+            if temp.exists() {
+                std::fs::remove_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
+            }
+            std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
+            write_meta(&temp, &meta)?;
+            let final_dir = dir.join(&name_owned);
+            std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
+            sync_dir(&dir)?;
+            let log = Log::open(&final_dir, config)?;
+            Ok(new_topic(name_owned, meta, log))
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })??;
+        let topic = Arc::new(topic);
+        self.map
+            .write()
+            .insert(name.to_string(), Arc::clone(&topic));
+        info!(topic = name, epoch = meta.epoch, "topic created");
+        Ok((topic, true))
+    }
+
+    /// Deletes `name`: ends its streams (they see the deleted flag), finishes queued appends,
+    /// and removes its files.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        if !valid_topic_name(name) {
+            return Err(invalid_name(name));
+        }
+        let _guard = self.changes.lock().await;
+        let topic = self
+            .map
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        topic.deleted.send_replace(true);
+        let dir = self.dir.clone();
+        let name_owned = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            topic.log.close();
+            let from = dir.join(&name_owned);
+            let aside = dir.join(format!(
+                "{TEMP_PREFIX}deleted-{name_owned}-{}",
+                topic.meta.epoch
+            ));
+            std::fs::rename(&from, &aside).map_err(|e| crate::wal::Error::io(&from, e))?;
+            sync_dir(&dir)?;
+            std::fs::remove_dir_all(&aside).map_err(|e| crate::wal::Error::io(&aside, e))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })??;
+        info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Every topic, by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<_> = self.map.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Finishes queued appends and syncs every log. Blocking.
+    pub fn close_all(&self) {
+        for t in self.list() {
+            t.log.close();
+        }
+    }
+}
+
+fn new_topic(name: String, meta: TopicMeta, log: Log) -> Topic {
+    let (deleted, _) = watch::channel(false);
+    Topic {
+        name,
+        meta,
+        log,
+        subscribers: AtomicU32::new(0),
+        deleted,
+    }
+}
+
+fn invalid_name(name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "topic name '{name}' does not match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}"
+    ))
+}
+
+fn new_epoch() -> u64 {
+    loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
+fn read_meta(dir: &Path) -> Result<TopicMeta> {
+    let path = dir.join(TOPIC_META_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Metadata {
+        path: path.display().to_string(),
+        reason: format!("{e} (every topic directory needs its {TOPIC_META_FILE})"),
+    })?;
+    let meta: TopicMeta = serde_json::from_str(&text).map_err(|e| Error::Metadata {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if meta.epoch == 0 {
+        return Err(Error::Metadata {
+            path: path.display().to_string(),
+            reason: "epoch is 0".into(),
+        });
+    }
+    Ok(meta)
+}
+
+/// Writes `topic.json` durably: temp file, sync, rename, directory sync.
+fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(TOPIC_META_FILE);
+    let temp = dir.join(format!("{TOPIC_META_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(meta).map_err(|e| Error::Metadata {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&temp, &path)
+    };
+    write().map_err(|e| crate::wal::Error::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Shared harness of the server tests: start the real `framecast` binary on a loopback
+//! port with a temporary data dir, talk to it with the generated gRPC client, kill it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use framecast::proto::broadcast_client::BroadcastClient;
+use framecast::proto::{Frame, PublishAck, PublishRequest, SubscribeRequest};
+use tonic::transport::Channel;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_framecast")
+}
+
+/// A running `framecast serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with extra flags, waiting until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_owned(data_dir, extra)
+    }
+
+    fn start_owned(data_dir: &Path, extra: Vec<String>) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(&extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn framecast serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening") {
+                    if let Some(at) = line.find("addr=") {
+                        let addr: String = line[at + 5..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .into();
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server {
+            child,
+            addr: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            extra,
+        }
+    }
+
+    /// Starts again on the same data dir with the same flags (after a kill or exit).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::start_owned(&self.data_dir.clone(), self.extra.clone());
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = self.child.id() as i32;
+        // SAFETY (test code): plain kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> BroadcastClient<Channel> {
+        connect(&self.addr).await
+    }
+
+    /// Resident anonymous memory of the server process (RssAnon), in bytes.
+    pub fn rss_anon(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .expect("RssAnon");
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client for `addr` (`http://host:port`), with large message limits.
+pub async fn connect(addr: &str) -> BroadcastClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Channel::from_shared(addr.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(ch) => {
+                return BroadcastClient::new(ch)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// A publish request.
+pub fn req(topic: &str, seq_no: u64, payload: &[u8]) -> PublishRequest {
+    PublishRequest {
+        seq_no,
+        payload: payload.to_vec().into(),
+        timestamp: 0,
+        topic: topic.into(),
+        idempotency_key: String::new(),
+    }
+}
+
+/// Publishes one frame and returns its ack.
+pub async fn publish(
+    c: &mut BroadcastClient<Channel>,
+    topic: &str,
+    seq_no: u64,
+    payload: &[u8],
+) -> PublishAck {
+    c.publish(req(topic, seq_no, payload))
+        .await
+        .expect("publish")
+        .into_inner()
+}
+
+/// An open subscription: the snapshot point and epoch from its metadata, and the stream.
+pub struct Sub {
+    pub snapshot: u64,
+    pub epoch: u64,
+    pub stream: tonic::Streaming<Frame>,
+}
+
+/// Subscribes and reads the snapshot metadata.
+pub async fn subscribe(
+    c: &mut BroadcastClient<Channel>,
+    r: SubscribeRequest,
+) -> Result<Sub, tonic::Status> {
+    let resp = c.subscribe(r).await?;
+    let md = resp.metadata();
+    let num = |k: &str| -> u64 {
+        md.get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok())
+            .expect(k)
+    };
+    let snapshot = num("framecast-snapshot-offset");
+    let epoch = num("framecast-epoch");
+    Ok(Sub {
+        snapshot,
+        epoch,
+        stream: resp.into_inner(),
+    })
+}
+
+/// Reads exactly `n` frames from a stream, failing after `limit`.
+pub async fn take(stream: &mut tonic::Streaming<Frame>, n: usize, limit: Duration) -> Vec<Frame> {
+    let mut out = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(f))) => out.push(f),
+            Ok(Ok(None)) => panic!("stream ended after {} of {n} frames", out.len()),
+            Ok(Err(s)) => panic!("stream failed after {} of {n} frames: {s}", out.len()),
+            Err(_) => panic!("timed out after {} of {n} frames", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts that nothing more arrives within `wait`.
+pub async fn expect_quiet(stream: &mut tonic::Streaming<Frame>, wait: Duration) {
+    if let Ok(r) = tokio::time::timeout(wait, stream.message()).await {
+        panic!("expected no frame, got {r:?}");
+    }
+}
