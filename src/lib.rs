@@ -16,9 +16,14 @@
 //!   registry and metadata), `service` (the RPCs), `subscription` (the replay→live cursor),
 //!   `shutdown` (the one shutdown signal), `run` (startup, serve, drain), `error` (the one
 //!   mapping to gRPC status codes).
+//! - [`client`]: the Rust client: publish with never-duplicate retries, pipelined
+//!   [`client::Publisher`], and a subscription stream that resumes exactly after a break.
 //! - [`proto`]: the generated wire types.
+//! - [`cli`]: the `publish` and `subscribe` commands, built on the client.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
 
+pub mod cli;
+pub mod client;
 pub mod dump;
 pub mod index;
 pub mod proto;

@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Publish frames from arguments, a file, or one per stdin line.
+    Publish(framecast::cli::publish::PublishArgs),
+    /// Print frames of a topic: history from --from, then live; reconnects on its own.
+    Subscribe(framecast::cli::subscribe::SubscribeArgs),
     /// Print and check segment files (reads files only; safe on a live data dir).
     Dump {
         /// The data directory.
@@ -131,6 +135,31 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Runs a client command on a small runtime; errors go to stderr with exit code 1.
+fn client_command(
+    name: &str,
+    fut: impl std::future::Future<Output = framecast::client::Result<u64>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("framecast {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("framecast {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -152,6 +181,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Publish(args) => client_command("publish", framecast::cli::publish::run(args)),
+        Command::Subscribe(args) => {
+            client_command("subscribe", framecast::cli::subscribe::run(args))
+        }
         Command::Dump {
             data_dir,
             topic,

@@ -1,0 +1,87 @@
+//! `framecast publish`: frames from arguments, a file, or one per stdin line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use crate::client::{Client, Error, Result};
+
+/// What to publish.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub addr: String,
+    /// Topic ("" = default).
+    #[arg(long, default_value = "default")]
+    pub topic: String,
+    /// Number the frames N, N+1, … (the default, from 0).
+    #[arg(long, conflicts_with = "seq_no")]
+    pub seq_from: Option<u64>,
+    /// Give every frame this seq_no.
+    #[arg(long)]
+    pub seq_no: Option<u64>,
+    /// Send this file's bytes as one frame.
+    #[arg(long, conflicts_with = "payloads")]
+    pub file: Option<PathBuf>,
+    /// Print one ack line per frame (offset, timestamp, duplicate).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Payloads, one frame each; none: one frame per stdin line.
+    pub payloads: Vec<String>,
+}
+
+/// Publishes and returns the number of frames acknowledged.
+pub async fn run(args: PublishArgs) -> Result<u64> {
+    let client = Client::connect(&args.addr)?;
+    let publisher = client.publisher(&args.topic);
+    let mut next_seq = args.seq_from.unwrap_or(0);
+    let mut seq = move || match args.seq_no {
+        Some(fixed) => fixed,
+        None => {
+            let s = next_seq;
+            next_seq += 1;
+            s
+        }
+    };
+    let mut pending = Vec::new();
+    if let Some(path) = &args.file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        pending.push(publisher.send(seq(), bytes).await?);
+    } else if !args.payloads.is_empty() {
+        for p in &args.payloads {
+            pending.push(publisher.send(seq(), p.clone().into_bytes()).await?);
+        }
+    } else {
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = lines
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::InvalidArgument(format!("stdin: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            pending.push(publisher.send(seq(), line.clone()).await?);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let mut count = 0;
+    for p in pending {
+        let ack = p.await?;
+        count += 1;
+        if args.verbose {
+            let _ = writeln!(
+                out,
+                "offset={} timestamp={} duplicate={}",
+                ack.offset, ack.timestamp, ack.duplicate
+            );
+        }
+    }
+    Ok(count)
+}

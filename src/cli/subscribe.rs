@@ -1,0 +1,73 @@
+//! `framecast subscribe`: print frames, one line each, reconnecting on its own.
+
+use std::io::Write;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{hex, payload_text};
+use crate::client::{Client, Result};
+
+/// What to subscribe to and how to print it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubscribeArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub addr: String,
+    /// Topic ("" = default).
+    #[arg(long, default_value = "default")]
+    pub topic: String,
+    /// replay_seq_no_start: replay history with seq_no >= this, then follow live.
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
+    /// Payload bytes only, each followed by a newline.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Prints frames until `--count` is reached or the stream fails.
+pub async fn run(args: SubscribeArgs) -> Result<u64> {
+    let client = Client::connect(&args.addr)?;
+    let mut frames = client.subscribe(&args.topic, args.from);
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    while args.count.is_none_or(|c| printed < c) {
+        let Some(frame) = frames.next().await else {
+            break;
+        };
+        let f = frame?;
+        let written = if args.raw {
+            out.write_all(&f.payload)
+                .and_then(|()| out.write_all(b"\n"))
+        } else if args.json {
+            let mut v = json!({"offset": f.offset, "seq_no": f.seq_no, "timestamp": f.timestamp,
+                               "live": f.live});
+            match std::str::from_utf8(&f.payload) {
+                Ok(s) => v["payload"] = json!(s),
+                Err(_) => v["payload_hex"] = json!(hex(&f.payload)),
+            }
+            writeln!(out, "{v}")
+        } else {
+            writeln!(
+                out,
+                "offset={} seq_no={} timestamp={} {} payload={}",
+                f.offset,
+                f.seq_no,
+                f.timestamp,
+                if f.live { "live" } else { "replay" },
+                payload_text(&f.payload)
+            )
+        };
+        if written.and_then(|()| out.flush()).is_err() {
+            break; // stdout closed (e.g. piped into `head`)
+        }
+        printed += 1;
+    }
+    Ok(printed)
+}

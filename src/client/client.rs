@@ -1,0 +1,224 @@
+//! [`Client`]: publish with retries that never duplicate, subscribe with exact resume.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::{from_status, transient, Error, Result};
+use super::publisher::Publisher;
+use super::retry::{Backoff, RetryPolicy};
+use super::subscription::Subscription;
+use crate::proto::{self, broadcast_client::BroadcastClient};
+
+/// The acknowledgement of a published frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The frame's offset in its topic.
+    pub offset: u64,
+    /// The stored timestamp (ns since the Unix epoch).
+    pub timestamp: i64,
+    /// True when the server had already stored this frame (a retry of an earlier publish).
+    pub duplicate: bool,
+}
+
+impl From<proto::PublishAck> for Ack {
+    fn from(a: proto::PublishAck) -> Ack {
+        Ack {
+            offset: a.offset,
+            timestamp: a.timestamp,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
+/// A topic as the server describes it.
+pub type TopicInfo = proto::TopicInfo;
+
+/// A framecast client. Cheap to clone; clones share one HTTP/2 connection, which is made on
+/// first use and made again on its own after a failure.
+///
+/// ```no_run
+/// # async fn demo() -> framecast::client::Result<()> {
+/// use futures::StreamExt;
+/// let client = framecast::client::Client::connect("localhost:7070")?;
+/// let ack = client.publish("prices", 1, "hello").await?;
+/// let mut frames = client.subscribe("prices", 0);
+/// while let Some(frame) = frames.next().await {
+///     let frame = frame?;
+///     println!("{} {:?} live={}", frame.seq_no, frame.payload, frame.live);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) grpc: BroadcastClient<Channel>,
+    pub(crate) retry: RetryPolicy,
+    keys: Arc<KeySource>,
+}
+
+/// Idempotency keys unique to this client: a random prefix and a counter.
+#[derive(Debug)]
+struct KeySource {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Client {
+    /// A client for `addr` (`host:port` or `http://host:port`). No I/O happens here.
+    pub fn connect(addr: &str) -> Result<Client> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|_| Error::InvalidAddress(addr.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let grpc = BroadcastClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let prefix = format!("{:016x}", rand::random::<u64>());
+        Ok(Client {
+            grpc,
+            retry: RetryPolicy::default(),
+            keys: Arc::new(KeySource {
+                prefix,
+                next: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Uses `policy` for retries and reconnects.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
+        self.retry = policy;
+        self
+    }
+
+    /// A fresh idempotency key.
+    pub(crate) fn next_key(&self) -> String {
+        let n = self.keys.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.keys.prefix)
+    }
+
+    /// Publishes one frame with the server's receive time as its timestamp. Retries
+    /// transient failures with the same idempotency key, so a retry never stores it twice.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        seq_no: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Ack> {
+        self.publish_at(topic, seq_no, 0, payload).await
+    }
+
+    /// Publishes one frame with an explicit timestamp (ns since the epoch; 0 = server time).
+    pub async fn publish_at(
+        &self,
+        topic: &str,
+        seq_no: u64,
+        timestamp: i64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Ack> {
+        let req = proto::PublishRequest {
+            seq_no,
+            payload: payload.into(),
+            timestamp,
+            topic: topic.to_string(),
+            idempotency_key: self.next_key(),
+        };
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            match self.grpc.clone().publish(req.clone()).await {
+                Ok(r) => return Ok(r.into_inner().into()),
+                Err(s) if transient(&s) => {
+                    if !backoff.wait().await {
+                        return Err(Error::Unavailable {
+                            attempts: backoff.attempts,
+                            last: s.message().to_string(),
+                        });
+                    }
+                }
+                Err(s) => return Err(from_status(s)),
+            }
+        }
+    }
+
+    /// A pipelined publisher over `PublishStream` for `topic`: many frames in flight, acks in
+    /// order, the same never-duplicate retries.
+    pub fn publisher(&self, topic: &str) -> Publisher {
+        Publisher::start(self.clone(), topic.to_string())
+    }
+
+    /// Subscribes to `topic` from `replay_seq_no_start`: the history in order-key order, then
+    /// live frames. The stream survives disconnects and server restarts, resuming exactly.
+    pub fn subscribe(&self, topic: &str, replay_seq_no_start: u64) -> Subscription {
+        Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
+    }
+
+    /// Creates a topic with retention settings (0 = server default).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        retention_max_age_seconds: u64,
+        retention_max_bytes: u64,
+    ) -> Result<TopicInfo> {
+        let req = proto::CreateTopicRequest {
+            name: name.to_string(),
+            retention_max_age_seconds,
+            retention_max_bytes,
+        };
+        self.retrying(|mut g| {
+            let req = req.clone();
+            async move { g.create_topic(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Deletes a topic and its frames.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let req = proto::DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        let mut g = self.grpc.clone();
+        g.delete_topic(req).await.map(|_| ()).map_err(from_status)
+    }
+
+    /// Every topic with its figures.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        self.retrying(|mut g| async move {
+            g.list_topics(proto::ListTopicsRequest {})
+                .await
+                .map(|r| r.into_inner().topics)
+        })
+        .await
+    }
+
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(BroadcastClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            match call(self.grpc.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if transient(&s) => {
+                    if !backoff.wait().await {
+                        return Err(Error::Unavailable {
+                            attempts: backoff.attempts,
+                            last: s.message().to_string(),
+                        });
+                    }
+                }
+                Err(s) => return Err(from_status(s)),
+            }
+        }
+    }
+}

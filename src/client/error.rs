@@ -1,0 +1,79 @@
+//! The client's error type.
+
+use tonic::Code;
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The address is not a valid endpoint.
+    #[error("invalid address '{0}'")]
+    InvalidAddress(String),
+    /// The server refused the request as malformed; retrying will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The topic does not exist (auto-creation off) or was deleted.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Frames the subscription needs were removed by retention, or a cursor is out of range.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The topic was deleted and re-created while subscribed: the stream cannot continue
+    /// exactly.
+    #[error("topic epoch changed: {0}")]
+    EpochChanged(String),
+    /// The server's subscriber limit is reached.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The server could not be reached or kept failing within the retry budget.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Any other server answer.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// The gRPC code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// Result of a client call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when retrying the same request later may succeed (the server was unreachable,
+    /// restarting or shutting down).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+/// True for statuses a retry can cure.
+pub(crate) fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+    ) || (status.code() == Code::Internal && status.message().contains("h2"))
+}
+
+/// Maps a final (non-transient) status to the client's error.
+pub(crate) fn from_status(s: tonic::Status) -> Error {
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::InvalidArgument => Error::InvalidArgument(msg),
+        Code::NotFound => Error::NotFound(msg),
+        Code::OutOfRange => Error::OutOfRange(msg),
+        Code::FailedPrecondition => Error::EpochChanged(msg),
+        Code::ResourceExhausted => Error::ResourceExhausted(msg),
+        code => Error::Server { code, message: msg },
+    }
+}

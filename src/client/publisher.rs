@@ -1,0 +1,204 @@
+//! [`Publisher`]: pipelined publishing over `PublishStream`, with never-duplicate retries.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::client::{Ack, Client};
+use super::error::{from_status, transient, Error, Result};
+use super::retry::Backoff;
+use crate::proto;
+
+/// Frames in flight (sent, not yet acked) per publisher.
+const WINDOW: usize = 1024;
+
+struct Job {
+    req: proto::PublishRequest,
+    reply: oneshot::Sender<Result<Ack>>,
+}
+
+/// A pipelined publisher for one topic. Frames are sent without waiting for earlier acks;
+/// acks come back in order. If the connection breaks, every unacknowledged frame is sent
+/// again on a new stream with its original idempotency key, so none is stored twice.
+///
+/// ```no_run
+/// # async fn demo() -> framecast::client::Result<()> {
+/// let client = framecast::client::Client::connect("localhost:7070")?;
+/// let publisher = client.publisher("prices");
+/// let mut pending = Vec::new();
+/// for seq_no in 0..1000u64 {
+///     pending.push(publisher.send(seq_no, format!("tick {seq_no}")).await?);
+/// }
+/// for ack in pending {
+///     ack.await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    jobs: mpsc::Sender<Job>,
+    client: Client,
+    topic: String,
+}
+
+/// The ack of a frame sent with [`Publisher::send`]; await it.
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<Result<Ack>>);
+
+impl Future for PendingAck {
+    type Output = Result<Ack>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(stopped())))
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable {
+        attempts: 0,
+        last: "publisher stopped".into(),
+    }
+}
+
+impl Publisher {
+    pub(crate) fn start(client: Client, topic: String) -> Publisher {
+        let (jobs, rx) = mpsc::channel(WINDOW);
+        tokio::spawn(run(client.clone(), rx));
+        Publisher {
+            jobs,
+            client,
+            topic,
+        }
+    }
+
+    /// Queues a frame (timestamp = server time) and returns its pending ack. Waits only when
+    /// the pipeline is full.
+    pub async fn send(&self, seq_no: u64, payload: impl Into<Bytes>) -> Result<PendingAck> {
+        self.send_at(seq_no, 0, payload).await
+    }
+
+    /// Queues a frame with an explicit timestamp (ns since the epoch; 0 = server time).
+    pub async fn send_at(
+        &self,
+        seq_no: u64,
+        timestamp: i64,
+        payload: impl Into<Bytes>,
+    ) -> Result<PendingAck> {
+        let (reply, rx) = oneshot::channel();
+        let req = proto::PublishRequest {
+            seq_no,
+            payload: payload.into(),
+            timestamp,
+            topic: self.topic.clone(),
+            idempotency_key: self.client.next_key(),
+        };
+        self.jobs
+            .send(Job { req, reply })
+            .await
+            .map_err(|_| stopped())?;
+        Ok(PendingAck(rx))
+    }
+
+    /// Sends a frame and waits for its ack.
+    pub async fn publish(&self, seq_no: u64, payload: impl Into<Bytes>) -> Result<Ack> {
+        self.send(seq_no, payload).await?.await
+    }
+}
+
+/// Drives one publisher: keeps a stream open, feeds it, matches acks to jobs in order, and
+/// on a break re-sends what is unacknowledged on a new stream.
+async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
+    let mut inflight: VecDeque<Job> = VecDeque::new();
+    let mut backoff = Backoff::new(client.retry);
+    let mut closed = false;
+    loop {
+        if closed && inflight.is_empty() {
+            return;
+        }
+        if inflight.is_empty() {
+            // Nothing to resend: wait for work before opening a stream.
+            match jobs.recv().await {
+                Some(j) => inflight.push_back(j),
+                None => return,
+            }
+        }
+        let (req_tx, req_rx) = mpsc::channel::<proto::PublishRequest>(WINDOW + 1);
+        for j in &inflight {
+            let _ = req_tx.try_send(j.req.clone());
+        }
+        let mut acks = match client
+            .grpc
+            .clone()
+            .publish_stream(ReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if transient(&s) => {
+                if !backoff.wait().await {
+                    fail_all(&mut inflight, &s, backoff.attempts);
+                    backoff.reset();
+                }
+                continue;
+            }
+            Err(s) => {
+                if let Some(j) = inflight.pop_front() {
+                    let _ = j.reply.send(Err(from_status(s)));
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                job = jobs.recv(), if !closed && inflight.len() < WINDOW => match job {
+                    Some(j) => {
+                        let _ = req_tx.send(j.req.clone()).await;
+                        inflight.push_back(j);
+                    }
+                    None => closed = true,
+                },
+                msg = acks.message() => match msg {
+                    Ok(Some(ack)) => {
+                        backoff.reset();
+                        if let Some(j) = inflight.pop_front() {
+                            let _ = j.reply.send(Ok(ack.into()));
+                        }
+                        if closed && inflight.is_empty() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(s) if transient(&s) => {
+                        if !backoff.wait().await {
+                            fail_all(&mut inflight, &s, backoff.attempts);
+                            backoff.reset();
+                        }
+                        break;
+                    }
+                    Err(s) => {
+                        // Acks arrive in order, so the refused request is the oldest unacked.
+                        if let Some(j) = inflight.pop_front() {
+                            let _ = j.reply.send(Err(from_status(s)));
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn fail_all(inflight: &mut VecDeque<Job>, s: &tonic::Status, attempts: u32) {
+    for j in inflight.drain(..) {
+        let _ = j.reply.send(Err(Error::Unavailable {
+            attempts,
+            last: s.message().to_string(),
+        }));
+    }
+}
