@@ -24,6 +24,8 @@ enum Command {
     Publish(framecast::cli::publish::PublishArgs),
     /// Print frames of a topic: history from --from, then live; reconnects on its own.
     Subscribe(framecast::cli::subscribe::SubscribeArgs),
+    /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
+    Bench(framecast::cli::bench::BenchArgs),
     /// Print and check segment files (reads files only; safe on a live data dir).
     Dump {
         /// The data directory.
@@ -185,6 +187,7 @@ fn main() -> ExitCode {
         Command::Subscribe(args) => {
             client_command("subscribe", framecast::cli::subscribe::run(args))
         }
+        Command::Bench(args) => framecast::cli::bench::main(args),
         Command::Dump {
             data_dir,
             topic,

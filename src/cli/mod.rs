@@ -1,5 +1,6 @@
 //! Command-line tools built on the client: `publish`, `subscribe` (and `bench`).
 
+pub mod bench;
 pub mod publish;
 pub mod subscribe;
 

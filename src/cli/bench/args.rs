@@ -1,0 +1,197 @@
+//! The scenarios of `framecast bench` and their flags. Defaults are chosen so that each
+//! scenario alone (`framecast bench fanout`) does something meaningful in under a minute.
+
+use std::time::Duration;
+
+use crate::server::config::parse_duration;
+
+/// Load generator: publish, fan-out, replay and end-to-end scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Scenario {
+    /// Publish as fast as possible (or at --rate): unary Publish, or PublishStream with --stream.
+    Publish(PublishOpts),
+    /// P publishers, S subscribers spread over C connections; every delivery is checked.
+    Fanout(FanoutOpts),
+    /// Prefill a topic, then time subscribers reading it from offset 0.
+    Replay(ReplayOpts),
+    /// Publish→delivery latency at a fixed rate.
+    E2e(E2eOpts),
+}
+
+impl Scenario {
+    /// The flags every scenario has.
+    pub fn common(&self) -> &Common {
+        match self {
+            Scenario::Publish(o) => &o.common,
+            Scenario::Fanout(o) => &o.common,
+            Scenario::Replay(o) => &o.common,
+            Scenario::E2e(o) => &o.common,
+        }
+    }
+
+    /// The scenario's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Publish(_) => "publish",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Replay(_) => "replay",
+            Scenario::E2e(_) => "e2e",
+        }
+    }
+}
+
+/// Flags shared by all scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Server address (ignored with --spawn).
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub addr: String,
+    /// Start a `framecast serve` on a temporary data dir for this run, and stop it after.
+    #[arg(long)]
+    pub spawn: bool,
+    /// The server's fsync policy: passed to the --spawn'ed server; without --spawn it is
+    /// only reported (the server does not announce it over gRPC).
+    #[arg(long, value_name = "always|interval:<ms>|never")]
+    pub fsync: Option<String>,
+    /// Extra flag for the spawned server, e.g. --serve-arg=--segment-bytes=256MiB (repeatable).
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub serve_arg: Vec<String>,
+    /// Sample this server process's CPU time and peak memory (automatic with --spawn).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Topic (default: a fresh `bench-<scenario>-<random>`).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Payload bytes per frame (at least 24: publisher, counter and send time ride in it).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How long the publishers run: a duration, or a total frame count.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Length {
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Publish exactly this many frames in total instead (split over the publishers).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// After publishing stops, how long subscribers may take to receive everything.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain: Duration,
+}
+
+/// `bench publish`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishOpts {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub length: Length,
+    /// Concurrent publishers (each a unary caller with one request in flight, or a stream).
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub publishers: usize,
+    /// Use PublishStream (pipelined) instead of unary Publish.
+    #[arg(long)]
+    pub stream: bool,
+    /// Frames in flight per stream (unacknowledged).
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+    /// Target total rate in frames/s; 0 = as fast as the server acknowledges.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// TCP connections the publishers share (default: one each, at most 64).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Give every frame an idempotency key (the server then keeps a dedup entry per frame).
+    #[arg(long)]
+    pub keys: bool,
+}
+
+/// `bench fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutOpts {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub length: Length,
+    /// Publishers.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscriber streams.
+    #[arg(long, short = 's', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// TCP connections the subscribers are spread over.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub connections: usize,
+    /// Target total publish rate in frames/s; 0 = as fast as possible.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Publish with unary calls (one in flight per publisher) instead of PublishStream.
+    #[arg(long)]
+    pub unary: bool,
+    /// Frames in flight per publish stream.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+}
+
+/// `bench replay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayOpts {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    /// Frames in the topic; prefilled unless the topic already holds them from an earlier run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub frames: u64,
+    /// Subscribers replaying at once.
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub subscribers: usize,
+    /// TCP connections the subscribers are spread over.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub connections: usize,
+    /// How long the replay may take before it is reported as incomplete.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `bench e2e`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eOpts {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub length: Length,
+    /// Publish rate in frames/s (fixed: latency is only meaningful at a known load).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Subscribers.
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub subscribers: usize,
+    /// Publish with unary calls instead of PublishStream.
+    #[arg(long)]
+    pub unary: bool,
+    /// Unary publishers (concurrent calls) when --unary; the rate is split over them.
+    #[arg(long, default_value_t = 64)]
+    pub unary_publishers: usize,
+}

@@ -1,0 +1,60 @@
+//! Connections to the server. A tonic `Channel` made with `Endpoint::connect` is one HTTP/2
+//! connection; many streams share it. Fan-out spreads its subscribers over C of them.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::{Error, Result};
+use crate::proto::broadcast_client::BroadcastClient;
+
+/// The generated client over one connection.
+pub type Grpc = BroadcastClient<Channel>;
+
+/// Flow-control windows of a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Windows {
+    /// hyper's defaults (2 MiB per stream, 5 MiB per connection): best for a few fast streams.
+    Default,
+    /// Small windows for many streams per connection, so that the bytes in flight, and the
+    /// memory they take on both sides, stay bounded however many streams there are.
+    Many,
+}
+
+/// Opens `n` connections to `addr` (at most 64 handshakes at a time).
+pub async fn connect(addr: &str, n: usize, windows: Windows) -> Result<Vec<Grpc>> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| Error::Args(format!("bad address '{addr}': {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    if let Windows::Many = windows {
+        endpoint = endpoint
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(1024 * 1024);
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut pending = futures::stream::iter((0..n).map(|_| {
+        let e = endpoint.clone();
+        async move { e.connect().await }
+    }))
+    .buffered(64);
+    while let Some(ch) = pending.next().await {
+        let ch = ch.map_err(|source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+        out.push(
+            BroadcastClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,32 @@
+//! `framecast bench`: a load generator a performance engineer can trust.
+//!
+//! - `args`: the scenarios and their flags.
+//! - `payload`: the bytes every frame carries (publisher, counter, intended send time) and
+//!   the per-subscriber check that counts frames missing, duplicated or out of order.
+//! - `latency`: HDR histograms fed from the *intended* send time (coordinated omission
+//!   corrected, as wrk2 does) and the pacer that fixes those times.
+//! - `server`: `--spawn` (a `framecast serve` on a temporary data dir) and the sampling of
+//!   a server process's CPU time and memory.
+//! - `conn`: gRPC connections (one HTTP/2 connection per channel, many streams on each).
+//! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers).
+//! - `replay`: prefill a topic, then time subscribers reading it from the start.
+//! - `progress`: live counters and the progress bar.
+//! - `report`: the final table and `--json`.
+//! - `run`: the entry point: runtime, fd limit, server, scenario, report, exit code.
+
+mod args;
+mod conn;
+mod error;
+mod latency;
+mod payload;
+mod progress;
+mod pubsub;
+mod replay;
+mod report;
+mod run;
+mod server;
+
+pub use args::{BenchArgs, Scenario};
+pub use error::{Error, Result};
+pub use report::Report;
+pub use run::main;

@@ -1,0 +1,236 @@
+//! What a benchmark frame carries, and the check every subscriber runs on what it receives.
+//!
+//! The payload starts with a 24-byte header, the rest is filler:
+//!
+//! | bytes  | field       | meaning                                                    |
+//! | ------ | ----------- | ---------------------------------------------------------- |
+//! | 0..4   | magic       | `FCB1`, so a frame from someone else is recognised          |
+//! | 4..8   | publisher   | index of the publisher (u32, little-endian)                 |
+//! | 8..16  | counter     | the publisher's frame number, 0, 1, 2, … (u64)              |
+//! | 16..24 | intended_ns | when the frame was *meant* to be sent, ns since run start   |
+//!
+//! A publisher's frames are stored in the order it sends them (acks come back in request
+//! order), so each subscriber expects every publisher's counters as 0, 1, 2, … exactly.
+
+use std::collections::BTreeSet;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Bytes of the header; the smallest payload a benchmark frame can have.
+pub const HEADER_LEN: usize = 24;
+const MAGIC: &[u8; 4] = b"FCB1";
+
+/// Builds a payload of `size` bytes (`size >= HEADER_LEN`).
+pub fn encode(size: usize, publisher: u32, counter: u64, intended_ns: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(size);
+    b.put_slice(MAGIC);
+    b.put_u32_le(publisher);
+    b.put_u64_le(counter);
+    b.put_u64_le(intended_ns);
+    b.resize(size, b'x');
+    b.freeze()
+}
+
+/// The header of a received payload; `None` when it is not a benchmark frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The publisher's index.
+    pub publisher: u32,
+    /// The publisher's frame number.
+    pub counter: u64,
+    /// Intended send time, ns since the run's start.
+    pub intended_ns: u64,
+}
+
+/// Reads the header of `p`.
+pub fn decode(p: &[u8]) -> Option<Header> {
+    if p.len() < HEADER_LEN || &p[..4] != MAGIC {
+        return None;
+    }
+    let u64_at = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&p[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    let mut pb = [0u8; 4];
+    pb.copy_from_slice(&p[4..8]);
+    Some(Header {
+        publisher: u32::from_le_bytes(pb),
+        counter: u64_at(8),
+        intended_ns: u64_at(16),
+    })
+}
+
+/// What one subscriber saw wrong. All must be zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Faults {
+    /// Frames acknowledged to a publisher that this subscriber never received.
+    pub missing: u64,
+    /// Frames received more than once.
+    pub duplicated: u64,
+    /// Frames received after a later frame of the same publisher (or with a lower offset
+    /// than an earlier live frame).
+    pub out_of_order: u64,
+    /// Frames that are not benchmark frames, or whose size is wrong.
+    pub foreign: u64,
+}
+
+impl Faults {
+    /// Adds `o` to `self`.
+    pub fn add(&mut self, o: &Faults) {
+        self.missing += o.missing;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.foreign += o.foreign;
+    }
+
+    /// True when nothing went wrong.
+    pub fn is_clean(&self) -> bool {
+        *self == Faults::default()
+    }
+}
+
+/// Per-publisher state of a subscriber's check.
+#[derive(Debug, Default, Clone)]
+struct Track {
+    /// The next counter expected.
+    next: u64,
+    /// Counters skipped so far (a later arrival of one is out of order, not a duplicate).
+    gaps: BTreeSet<u64>,
+}
+
+/// One subscriber's check of the frames it receives.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    tracks: Vec<Track>,
+    size: usize,
+    last_offset: Option<u64>,
+    /// What went wrong so far (`missing` is final only after [`Checker::finish`]).
+    pub faults: Faults,
+    /// Frames received (every arrival, duplicates included).
+    pub received: u64,
+}
+
+impl Checker {
+    /// A check for frames of `publishers` publishers, each `size` bytes.
+    pub fn new(publishers: usize, size: usize) -> Checker {
+        Checker {
+            tracks: vec![Track::default(); publishers],
+            size,
+            last_offset: None,
+            faults: Faults::default(),
+            received: 0,
+        }
+    }
+
+    /// Checks one frame at `offset` (frames must arrive in offset order); returns its header.
+    pub fn frame(&mut self, offset: u64, payload: &[u8]) -> Option<Header> {
+        self.received += 1;
+        if let Some(last) = self.last_offset {
+            if offset <= last {
+                self.faults.out_of_order += 1;
+            }
+        }
+        self.last_offset = Some(self.last_offset.map_or(offset, |l| l.max(offset)));
+        let h = match decode(payload) {
+            Some(h) if payload.len() == self.size && (h.publisher as usize) < self.tracks.len() => {
+                h
+            }
+            _ => {
+                self.faults.foreign += 1;
+                return None;
+            }
+        };
+        let t = &mut self.tracks[h.publisher as usize];
+        if h.counter == t.next {
+            t.next += 1;
+        } else if h.counter > t.next {
+            // Tentatively missing; a late arrival turns a gap into "out of order".
+            for c in t.next..h.counter {
+                t.gaps.insert(c);
+            }
+            t.next = h.counter + 1;
+        } else if t.gaps.remove(&h.counter) {
+            self.faults.out_of_order += 1;
+        } else {
+            self.faults.duplicated += 1;
+        }
+        Some(h)
+    }
+
+    /// True when every publisher's first `expected[p]` frames have arrived.
+    pub fn complete(&self, expected: &[u64]) -> bool {
+        self.tracks
+            .iter()
+            .zip(expected)
+            .all(|(t, &e)| t.next >= e && t.gaps.range(..e).next().is_none())
+    }
+
+    /// Counts what is still missing of the first `expected[p]` frames of each publisher.
+    pub fn finish(&mut self, expected: &[u64]) -> Faults {
+        for (t, &e) in self.tracks.iter().zip(expected) {
+            self.faults.missing += t.gaps.range(..e).count() as u64 + e.saturating_sub(t.next);
+        }
+        self.faults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(c: &mut Checker, frames: &[(u32, u64)]) {
+        for (i, &(p, n)) in frames.iter().enumerate() {
+            c.frame(i as u64, &encode(32, p, n, 0));
+        }
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let p = encode(100, 7, 123_456_789, 42);
+        assert_eq!(p.len(), 100);
+        assert_eq!(
+            decode(&p),
+            Some(Header {
+                publisher: 7,
+                counter: 123_456_789,
+                intended_ns: 42
+            })
+        );
+        assert_eq!(decode(b"hello, this is not a benchmark frame"), None);
+    }
+
+    #[test]
+    fn clean_stream_from_two_publishers() {
+        let mut c = Checker::new(2, 32);
+        feed(&mut c, &[(0, 0), (1, 0), (0, 1), (1, 1), (1, 2)]);
+        assert!(c.complete(&[2, 3]));
+        assert!(c.finish(&[2, 3]).is_clean());
+    }
+
+    #[test]
+    fn gap_late_arrival_duplicate_and_missing_are_told_apart() {
+        let mut c = Checker::new(1, 32);
+        // 0, 2 (1 skipped), 1 (late), 2 again (duplicate), then 3 never comes.
+        feed(&mut c, &[(0, 0), (0, 2), (0, 1), (0, 2)]);
+        assert!(!c.complete(&[4]));
+        let f = c.finish(&[4]);
+        assert_eq!(f.missing, 1);
+        assert_eq!(f.duplicated, 1);
+        // The late frame, and the duplicate's offset went forward so only one.
+        assert_eq!(f.out_of_order, 1);
+    }
+
+    #[test]
+    fn offsets_going_back_and_foreign_frames_count() {
+        let mut c = Checker::new(1, 32);
+        c.frame(5, &encode(32, 0, 0, 0));
+        c.frame(4, &encode(32, 0, 1, 0));
+        c.frame(6, b"not ours");
+        c.frame(7, &encode(33, 0, 2, 0));
+        let f = c.finish(&[2]);
+        assert_eq!(f.out_of_order, 1);
+        assert_eq!(f.foreign, 2);
+        assert_eq!(f.missing, 0);
+    }
+}

@@ -1,0 +1,520 @@
+//! Publishers and subscribers on one topic: the `publish`, `fanout` and `e2e` scenarios.
+//!
+//! Subscribers open their streams first, all of them, before the first frame is sent, so
+//! every frame of the run is live for every subscriber. Publishers then send on a schedule
+//! (or as fast as acks come back), each frame carrying its publisher, counter and intended
+//! send time. When the publishers are done, subscribers are told how many frames each
+//! publisher had acknowledged and finish once they hold exactly those, or when the drain
+//! time runs out; then what is missing is counted.
+
+use hdrhistogram::Histogram;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::args::Length;
+use super::conn::{connect, Grpc, Windows};
+use super::error::Result;
+use super::latency::{Clock, LatencySink, Pacer, Recorder};
+use super::payload::{self, Checker, Faults};
+use super::progress::{Counters, Progress};
+use crate::proto;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Server address.
+    pub addr: String,
+    /// Topic.
+    pub topic: String,
+    /// Payload bytes per frame.
+    pub size: usize,
+    /// Publishers.
+    pub publishers: usize,
+    /// Connections the publishers share.
+    pub pub_connections: usize,
+    /// PublishStream (true) or unary Publish.
+    pub stream: bool,
+    /// Frames in flight per stream.
+    pub window: usize,
+    /// Total frames/s; 0 = unpaced.
+    pub rate: f64,
+    /// Idempotency keys on every frame.
+    pub keys: bool,
+    /// How long, or how many.
+    pub length: Length,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Connections the subscribers share.
+    pub sub_connections: usize,
+    /// Show the progress bar.
+    pub progress: bool,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Frames acknowledged.
+    pub acked: u64,
+    /// Seconds from the first frame due to the last ack.
+    pub publish_secs: f64,
+    /// Frames delivered, all subscribers together (duplicates included).
+    pub delivered: u64,
+    /// Seconds from the first frame due to the last subscriber done.
+    pub deliver_secs: f64,
+    /// Publish → ack latency (µs).
+    pub ack_latency: Histogram<u64>,
+    /// Intended send → delivery latency (µs), all subscribers.
+    pub delivery_latency: Histogram<u64>,
+    /// Failed calls and broken streams.
+    pub errors: u64,
+    /// The first few error messages.
+    pub error_samples: Vec<String>,
+    /// Faults seen by subscribers, summed.
+    pub faults: Faults,
+    /// Subscribers that had not received everything when the drain time ran out.
+    pub incomplete: usize,
+}
+
+/// Shared by all the tasks of a run.
+struct Ctx {
+    plan: Plan,
+    clock: Clock,
+    /// Frames of this run have seq_no >= this; subscribers ask for nothing older.
+    seq_base: u64,
+    counters: Arc<Counters>,
+    errors: parking_lot::Mutex<Vec<String>>,
+}
+
+impl Ctx {
+    fn error(&self, what: String) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let mut e = self.errors.lock();
+        if e.len() < 5 {
+            e.push(what);
+        }
+    }
+}
+
+/// What subscribers are told about the run's progress.
+#[derive(Debug, Clone, Default)]
+struct Phase {
+    /// Frames acknowledged per publisher, once publishing is over.
+    expected: Option<Arc<Vec<u64>>>,
+    /// Stop now (drain time over).
+    stop: bool,
+}
+
+struct SubResult {
+    checker: Checker,
+    done_ns: Option<u64>,
+}
+
+struct PubResult {
+    acked: u64,
+    last_ack_ns: u64,
+}
+
+/// Runs `plan` and reports.
+pub async fn run(plan: Plan) -> Result<Outcome> {
+    let ctx = Arc::new(Ctx {
+        seq_base: crate::wal::now_ns().max(1) as u64,
+        clock: Clock::new(),
+        counters: Arc::new(Counters::default()),
+        errors: parking_lot::Mutex::new(Vec::new()),
+        plan,
+    });
+    let plan = &ctx.plan;
+    let pub_conns = connect(&plan.addr, plan.pub_connections.max(1), Windows::Default).await?;
+    let sub_windows = if plan.subscribers > plan.sub_connections {
+        Windows::Many
+    } else {
+        Windows::Default
+    };
+    let sub_conns = if plan.subscribers > 0 {
+        connect(&plan.addr, plan.sub_connections.max(1), sub_windows).await?
+    } else {
+        Vec::new()
+    };
+
+    // Subscribers first; wait until every stream is open.
+    let delivery = Recorder::new(plan.sub_connections.clamp(1, 32));
+    let (phase_tx, phase_rx) = watch::channel(Phase::default());
+    let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(plan.subscribers.max(1));
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    for i in 0..plan.subscribers {
+        let grpc = sub_conns[i % sub_conns.len()].clone();
+        let sink = delivery.handle(i);
+        subs.push(tokio::spawn(subscriber(
+            Arc::clone(&ctx),
+            grpc,
+            sink,
+            phase_rx.clone(),
+            ready_tx.clone(),
+        )));
+    }
+    drop(ready_tx);
+    let mut opened = 0;
+    while let Some(ok) = ready_rx.recv().await {
+        opened += usize::from(ok);
+    }
+    if opened < plan.subscribers {
+        ctx.error(format!(
+            "{} of {} subscriptions failed to open",
+            plan.subscribers - opened,
+            plan.subscribers
+        ));
+    }
+
+    // Publishers.
+    let acks = Recorder::new(plan.publishers.clamp(1, 32));
+    let origin = ctx.clock.now_ns() + 1_000_000;
+    let progress = {
+        let length = plan.length.clone();
+        let (len, unit_is_count) = match length.count {
+            Some(c) => (c, true),
+            None => (length.duration.as_millis() as u64, false),
+        };
+        Progress::start(
+            plan.progress,
+            "publish",
+            len,
+            Arc::clone(&ctx.counters),
+            move |c, elapsed| {
+                if unit_is_count {
+                    c.acked.load(Ordering::Relaxed)
+                } else {
+                    elapsed.as_millis() as u64
+                }
+            },
+        )
+    };
+    let mut pubs = Vec::with_capacity(plan.publishers);
+    for i in 0..plan.publishers {
+        let grpc = pub_conns[i % pub_conns.len()].clone();
+        let count = plan.length.count.map(|c| {
+            let p = plan.publishers as u64;
+            c / p + u64::from((i as u64) < c % p)
+        });
+        let pacer = Pacer::new(plan.rate, plan.publishers, i, origin);
+        let sink = acks.handle(i);
+        let ctx = Arc::clone(&ctx);
+        pubs.push(tokio::spawn(async move {
+            if ctx.plan.stream {
+                stream_publisher(ctx, grpc, i as u32, pacer, count, origin, sink).await
+            } else {
+                unary_publisher(ctx, grpc, i as u32, pacer, count, origin, sink).await
+            }
+        }));
+    }
+    let mut expected = Vec::with_capacity(pubs.len());
+    let mut last_ack = origin;
+    for p in pubs {
+        let r = p.await.unwrap_or(PubResult {
+            acked: 0,
+            last_ack_ns: origin,
+        });
+        expected.push(r.acked);
+        last_ack = last_ack.max(r.last_ack_ns);
+    }
+    progress.finish();
+    let acked: u64 = expected.iter().sum();
+    let expected = Arc::new(expected);
+
+    // Drain: subscribers finish once they hold everything that was acknowledged.
+    let _ = phase_tx.send(Phase {
+        expected: Some(Arc::clone(&expected)),
+        stop: false,
+    });
+    let drain_end = tokio::time::Instant::now() + plan.length.drain;
+    let stopper = {
+        let phase_tx = phase_tx.clone();
+        let expected = Arc::clone(&expected);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(drain_end).await;
+            let _ = phase_tx.send(Phase {
+                expected: Some(expected),
+                stop: true,
+            });
+        })
+    };
+    let mut faults = Faults::default();
+    let mut delivered = 0;
+    let mut incomplete = 0;
+    let mut last_done = last_ack;
+    for s in subs {
+        let Ok(mut r) = s.await else {
+            incomplete += 1;
+            continue;
+        };
+        delivered += r.checker.received;
+        if !r.checker.complete(&expected) {
+            incomplete += 1;
+        }
+        faults.add(&r.checker.finish(&expected));
+        last_done = last_done.max(r.done_ns.unwrap_or_else(|| ctx.clock.now_ns()));
+    }
+    stopper.abort();
+
+    let errors = ctx.counters.errors.load(Ordering::Relaxed);
+    let error_samples = ctx.errors.lock().clone();
+    Ok(Outcome {
+        acked,
+        publish_secs: (last_ack.saturating_sub(origin)) as f64 / 1e9,
+        delivered,
+        deliver_secs: (last_done.saturating_sub(origin)) as f64 / 1e9,
+        ack_latency: acks.merged(),
+        delivery_latency: delivery.merged(),
+        errors,
+        error_samples,
+        faults,
+        incomplete,
+    })
+}
+
+/// The request for frame `k` of publisher `index`.
+fn request(ctx: &Ctx, index: u32, k: u64, intended_ns: u64) -> proto::PublishRequest {
+    proto::PublishRequest {
+        seq_no: ctx.seq_base + k,
+        payload: payload::encode(ctx.plan.size, index, k, intended_ns),
+        timestamp: 0,
+        topic: ctx.plan.topic.clone(),
+        idempotency_key: if ctx.plan.keys {
+            format!("{:x}-{index}-{k}", ctx.seq_base)
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// When frame `k` is due, waiting for it; `None` when the run is over for this publisher.
+async fn next_due(
+    ctx: &Ctx,
+    pacer: &Pacer,
+    k: u64,
+    count: Option<u64>,
+    origin: u64,
+) -> Option<Option<u64>> {
+    if count.is_some_and(|c| k >= c) {
+        return None;
+    }
+    let end = origin + ctx.plan.length.duration.as_nanos() as u64;
+    match pacer.due_ns(k) {
+        Some(due) => {
+            if count.is_none() && due >= end {
+                return None;
+            }
+            if due > ctx.clock.now_ns() {
+                tokio::time::sleep_until(ctx.clock.at(due).into()).await;
+            }
+            Some(Some(due))
+        }
+        None => {
+            let now = ctx.clock.now_ns();
+            if now < origin {
+                tokio::time::sleep_until(ctx.clock.at(origin).into()).await;
+            } else if count.is_none() && now >= end {
+                return None;
+            }
+            Some(None)
+        }
+    }
+}
+
+/// One unary caller: one request in flight, latency from the frame's due time.
+async fn unary_publisher(
+    ctx: Arc<Ctx>,
+    mut grpc: Grpc,
+    index: u32,
+    pacer: Pacer,
+    count: Option<u64>,
+    origin: u64,
+    mut sink: LatencySink,
+) -> PubResult {
+    let mut acked = 0u64;
+    let mut unreported = 0u64;
+    let mut last_ack_ns = origin;
+    let mut k = 0u64;
+    while let Some(due) = next_due(&ctx, &pacer, k, count, origin).await {
+        let intended = due.unwrap_or_else(|| ctx.clock.now_ns());
+        match grpc.publish(request(&ctx, index, k, intended)).await {
+            Ok(_) => {
+                let now = ctx.clock.now_ns();
+                sink.record_ns(now.saturating_sub(intended));
+                acked += 1;
+                unreported += 1;
+                last_ack_ns = now;
+                if unreported >= 64 {
+                    Counters::add(&ctx.counters.acked, std::mem::take(&mut unreported));
+                }
+            }
+            Err(s) => {
+                ctx.error(format!("publisher {index}, frame {k}: {s}"));
+                break;
+            }
+        }
+        k += 1;
+    }
+    Counters::add(&ctx.counters.acked, unreported);
+    PubResult { acked, last_ack_ns }
+}
+
+/// One PublishStream: up to `window` frames in flight; acks come back in order, so the
+/// due times of unacknowledged frames wait in a queue of that size, which is the window.
+async fn stream_publisher(
+    ctx: Arc<Ctx>,
+    mut grpc: Grpc,
+    index: u32,
+    pacer: Pacer,
+    count: Option<u64>,
+    origin: u64,
+    mut sink: LatencySink,
+) -> PubResult {
+    let window = ctx.plan.window.max(1);
+    let (req_tx, req_rx) = mpsc::channel::<proto::PublishRequest>(window);
+    let (due_tx, mut due_rx) = mpsc::channel::<u64>(window);
+    let mut acks = match grpc.publish_stream(ReceiverStream::new(req_rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            ctx.error(format!("publisher {index}: cannot open PublishStream: {s}"));
+            return PubResult {
+                acked: 0,
+                last_ack_ns: origin,
+            };
+        }
+    };
+    let reader = {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            let mut unreported = 0u64;
+            let mut last_ack_ns = origin;
+            loop {
+                match acks.message().await {
+                    Ok(Some(_)) => {
+                        let now = ctx.clock.now_ns();
+                        let Some(intended) = due_rx.recv().await else {
+                            ctx.error(format!("publisher {index}: an ack for a frame never sent"));
+                            break;
+                        };
+                        sink.record_ns(now.saturating_sub(intended));
+                        acked += 1;
+                        unreported += 1;
+                        last_ack_ns = now;
+                        if unreported >= 256 {
+                            Counters::add(&ctx.counters.acked, std::mem::take(&mut unreported));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(s) => {
+                        ctx.error(format!(
+                            "publisher {index}: stream failed after {acked} acks: {s}"
+                        ));
+                        break;
+                    }
+                }
+            }
+            Counters::add(&ctx.counters.acked, unreported);
+            PubResult { acked, last_ack_ns }
+        })
+    };
+    let mut k = 0u64;
+    while let Some(due) = next_due(&ctx, &pacer, k, count, origin).await {
+        // Take a window slot first: unpaced, a frame is "meant" to go when there is room.
+        let Ok(slot) = due_tx.reserve().await else {
+            break;
+        };
+        let intended = due.unwrap_or_else(|| ctx.clock.now_ns());
+        slot.send(intended);
+        if req_tx
+            .send(request(&ctx, index, k, intended))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        k += 1;
+    }
+    drop(req_tx);
+    drop(due_tx);
+    reader.await.unwrap_or(PubResult {
+        acked: 0,
+        last_ack_ns: origin,
+    })
+}
+
+/// One subscriber: opens its stream, reports it open, checks and times every frame until it
+/// holds everything that was acknowledged or is told to stop.
+async fn subscriber(
+    ctx: Arc<Ctx>,
+    mut grpc: Grpc,
+    mut sink: LatencySink,
+    mut phase: watch::Receiver<Phase>,
+    ready: mpsc::Sender<bool>,
+) -> SubResult {
+    let mut checker = Checker::new(ctx.plan.publishers, ctx.plan.size);
+    let req = proto::SubscribeRequest {
+        replay_seq_no_start: ctx.seq_base,
+        topic: ctx.plan.topic.clone(),
+        resume: None,
+    };
+    let mut stream = match grpc.subscribe(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            ctx.error(format!("subscribe: {s}"));
+            let _ = ready.send(false).await;
+            return SubResult {
+                checker,
+                done_ns: None,
+            };
+        }
+    };
+    let _ = ready.send(true).await;
+    drop(ready);
+    let mut expected: Option<Arc<Vec<u64>>> = None;
+    let mut unreported = 0u64;
+    let mut done_ns = None;
+    loop {
+        if let Some(e) = &expected {
+            if checker.complete(e) {
+                done_ns = Some(ctx.clock.now_ns());
+                break;
+            }
+        }
+        tokio::select! {
+            biased;
+            msg = stream.message() => match msg {
+                Ok(Some(f)) => {
+                    if let Some(h) = checker.frame(f.offset, &f.payload) {
+                        sink.record_ns(ctx.clock.now_ns().saturating_sub(h.intended_ns));
+                    }
+                    unreported += 1;
+                    if unreported >= 1024 {
+                        Counters::add(&ctx.counters.delivered, std::mem::take(&mut unreported));
+                    }
+                }
+                Ok(None) => {
+                    ctx.error("subscription ended by the server".into());
+                    break;
+                }
+                Err(s) => {
+                    ctx.error(format!("subscription failed: {s}"));
+                    break;
+                }
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let p = phase.borrow_and_update().clone();
+                if p.stop {
+                    break;
+                }
+                expected = p.expected;
+            }
+        }
+    }
+    Counters::add(&ctx.counters.delivered, unreported);
+    SubResult { checker, done_ns }
+}

@@ -1,0 +1,360 @@
+//! The final report: a table for people, one JSON object (`--json`) for machines.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::payload::Faults;
+use super::progress::human;
+
+/// Everything a run measured, with what is needed to reproduce and judge it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `publish`, `fanout`, `replay` or `e2e`.
+    pub scenario: String,
+    /// The command line, as typed.
+    pub command: String,
+    /// When the run started (UTC, RFC 3339).
+    pub date: String,
+    /// framecast's version.
+    pub version: String,
+    /// The machine the run was on.
+    pub machine: Machine,
+    /// `spawned` or `external`.
+    pub server: String,
+    /// The address used.
+    pub addr: String,
+    /// The server's fsync policy, as far as the bench knows it.
+    pub fsync: String,
+    /// The topic used.
+    pub topic: String,
+    /// Payload bytes per frame.
+    pub frame_bytes: usize,
+    /// Publishers.
+    pub publishers: usize,
+    /// `stream` (PublishStream) or `unary` (Publish).
+    pub publish_mode: String,
+    /// Target total publish rate in frames/s; 0 = as fast as acks come back.
+    pub target_rate: f64,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// TCP connections the subscribers were spread over.
+    pub connections: usize,
+    /// Frames acknowledged to publishers (for replay: the prefill, if one was needed).
+    pub published: Option<Throughput>,
+    /// Frames delivered to subscribers, all together.
+    pub delivered: Option<Throughput>,
+    /// Latency distributions, in µs.
+    pub latency: Vec<LatencyRow>,
+    /// Failed calls and broken streams.
+    pub errors: u64,
+    /// The first few error messages.
+    pub error_samples: Vec<String>,
+    /// What subscribers received wrong (all must be 0).
+    pub faults: Faults,
+    /// Subscribers that did not receive everything in time.
+    pub incomplete_subscribers: usize,
+    /// CPU and memory of both sides.
+    pub resources: Resources,
+    /// True when nothing failed, nothing was lost, duplicated or reordered.
+    pub ok: bool,
+}
+
+/// The machine a run was on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cores: usize,
+    /// CPU model.
+    pub cpu: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// 1, 5 and 15 minute load averages before the run.
+    pub load_before: [f64; 3],
+    /// The same after the run.
+    pub load_after: [f64; 3],
+}
+
+impl Machine {
+    /// The machine now (load averages "after" are filled in later).
+    pub fn probe() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let load = load_average();
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel,
+            load_before: load,
+            load_after: load,
+        }
+    }
+}
+
+/// The load averages from `/proc/loadavg`.
+pub fn load_average() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
+}
+
+/// Frames over time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Throughput {
+    /// Frames.
+    pub frames: u64,
+    /// Seconds they took.
+    pub secs: f64,
+    /// Frames per second.
+    pub frames_per_s: f64,
+    /// Payload megabytes (10^6) per second.
+    pub mb_per_s: f64,
+}
+
+impl Throughput {
+    /// `frames` of `size` bytes in `secs`.
+    pub fn new(frames: u64, secs: f64, size: usize) -> Throughput {
+        let fps = if secs > 0.0 {
+            frames as f64 / secs
+        } else {
+            0.0
+        };
+        Throughput {
+            frames,
+            secs,
+            frames_per_s: fps,
+            mb_per_s: fps * size as f64 / 1e6,
+        }
+    }
+}
+
+/// One latency distribution, in µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRow {
+    /// What is measured (`ack`, `delivery`, `first frame`).
+    pub name: String,
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+impl LatencyRow {
+    /// The row of `h`, `None` when it is empty.
+    pub fn of(name: &str, h: &Histogram<u64>) -> Option<LatencyRow> {
+        (!h.is_empty()).then(|| LatencyRow {
+            name: name.to_string(),
+            count: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        })
+    }
+}
+
+/// CPU time and memory of the server (when its process is known) and of the bench.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    /// Server CPU seconds (user + system) during the run.
+    pub server_cpu_s: Option<f64>,
+    /// Server resident memory at the end, MB.
+    pub server_rss_mb: Option<f64>,
+    /// Server peak resident memory (over its life), MB.
+    pub server_peak_rss_mb: Option<f64>,
+    /// The bench's CPU seconds during the run.
+    pub client_cpu_s: f64,
+    /// The bench's peak resident memory, MB.
+    pub client_peak_rss_mb: Option<f64>,
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000_000 {
+        format!("{:.1}s", v as f64 / 1e6)
+    } else if v >= 10_000 {
+        format!("{:.1}ms", v as f64 / 1e3)
+    } else {
+        format!("{v}µs")
+    }
+}
+
+impl Report {
+    /// The table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(o, "framecast bench {} — {}", self.scenario, self.date);
+        let _ = writeln!(
+            o,
+            "  machine: {} cores ({}), kernel {}, load {:.2} {:.2} {:.2} before, {:.2} after",
+            m.cores,
+            m.cpu,
+            m.kernel,
+            m.load_before[0],
+            m.load_before[1],
+            m.load_before[2],
+            m.load_after[0]
+        );
+        let _ = writeln!(
+            o,
+            "  server:  {} at {}, fsync {}",
+            self.server, self.addr, self.fsync
+        );
+        let rate = if self.target_rate > 0.0 {
+            format!("{}/s", human(self.target_rate))
+        } else {
+            "max".into()
+        };
+        let _ = writeln!(
+            o,
+            "  load:    topic {}, {} B frames, {} publisher(s) ({}, rate {}), {} subscriber(s) over {} connection(s)",
+            self.topic, self.frame_bytes, self.publishers, self.publish_mode, rate, self.subscribers, self.connections
+        );
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "  {:<12} {:>12} {:>9} {:>12} {:>9}",
+            "", "frames", "seconds", "frames/s", "MB/s"
+        );
+        for (name, t) in [
+            ("published", &self.published),
+            ("delivered", &self.delivered),
+        ] {
+            if let Some(t) = t {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} {:>12} {:>9.2} {:>12.0} {:>9.1}",
+                    name, t.frames, t.secs, t.frames_per_s, t.mb_per_s
+                );
+            }
+        }
+        if !self.latency.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "latency", "samples", "p50", "p90", "p99", "p99.9", "max"
+            );
+            for r in &self.latency {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    r.name,
+                    r.count,
+                    us(r.p50_us),
+                    us(r.p90_us),
+                    us(r.p99_us),
+                    us(r.p999_us),
+                    us(r.max_us)
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  (measured from each frame's intended send time{})",
+                if self.target_rate > 0.0 {
+                    ": stalls are not hidden"
+                } else {
+                    "; unpaced, so that is when it could be sent"
+                }
+            );
+        }
+        let _ = writeln!(o);
+        let f = &self.faults;
+        let _ = writeln!(
+            o,
+            "  errors {}  missing {}  duplicated {}  out-of-order {}  foreign {}  incomplete subscribers {}  => {}",
+            self.errors,
+            f.missing,
+            f.duplicated,
+            f.out_of_order,
+            f.foreign,
+            self.incomplete_subscribers,
+            if self.ok { "OK" } else { "FAILED" }
+        );
+        for e in &self.error_samples {
+            let _ = writeln!(o, "    error: {e}");
+        }
+        let r = &self.resources;
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("?".to_string(), |v| format!("{v:.1}{unit}"));
+        let _ = writeln!(
+            o,
+            "  cpu: server {}, bench {:.1}s; memory: server {} now, {} peak; bench {} peak",
+            opt(r.server_cpu_s, "s"),
+            r.client_cpu_s,
+            opt(r.server_rss_mb, " MB"),
+            opt(r.server_peak_rss_mb, " MB"),
+            opt(r.client_peak_rss_mb, " MB"),
+        );
+        o
+    }
+}
+
+/// `SystemTime::now()` as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_is_rfc3339_utc() {
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'), "{d}");
+    }
+
+    #[test]
+    fn throughput_in_frames_and_megabytes() {
+        let t = Throughput::new(1_000_000, 2.0, 100);
+        assert_eq!(t.frames_per_s, 500_000.0);
+        assert_eq!(t.mb_per_s, 50.0);
+    }
+}

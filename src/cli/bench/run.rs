@@ -1,0 +1,273 @@
+//! `framecast bench` from flags to exit code: runtime, fd limit, `--spawn`, the scenario,
+//! CPU and memory sampling, the report. Exits 0 when the run was clean, 1 when anything
+//! was lost, duplicated, reordered or failed, 2 when it could not run.
+
+use std::process::ExitCode;
+
+use super::args::{BenchArgs, Common, Length, Scenario};
+use super::error::{Error, Result};
+use super::payload::HEADER_LEN;
+use super::pubsub::{self, Plan};
+use super::replay::{self, ReplayPlan};
+use super::report::{load_average, utc_now, LatencyRow, Machine, Report, Resources, Throughput};
+use super::server::{cpu_seconds, memory, own_cpu_seconds, raise_fd_limit, Spawned};
+
+/// Runs `framecast bench`.
+pub fn main(args: BenchArgs) -> ExitCode {
+    match run(args) {
+        Ok(report) => {
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("framecast bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a scenario and prints its report.
+fn run(args: BenchArgs) -> Result<Report> {
+    let scenario = args.scenario;
+    let common = scenario.common().clone();
+    if common.size < HEADER_LEN {
+        return Err(Error::Args(format!(
+            "--size must be at least {HEADER_LEN} (the frame header)"
+        )));
+    }
+    let fd_limit = raise_fd_limit();
+    if let Scenario::Fanout(o) = &scenario {
+        // Each connection is a socket on both ends when the server is spawned here.
+        let needed = (o.connections as u64 + o.publishers as u64) * 2 + 64;
+        if fd_limit < needed {
+            return Err(Error::Args(format!(
+                "{} connections need about {needed} open files; the limit is {fd_limit} (ulimit -n)",
+                o.connections
+            )));
+        }
+    }
+    let mut spawned = if common.spawn {
+        Some(Spawned::start(common.fsync.as_deref(), &common.serve_arg)?)
+    } else {
+        None
+    };
+    let addr = spawned
+        .as_ref()
+        .map_or_else(|| common.addr.clone(), |s| s.addr.clone());
+    let server_pid = spawned.as_ref().map(Spawned::pid).or(common.server_pid);
+    let fsync = match (&spawned, &common.fsync) {
+        (Some(_), Some(f)) => f.clone(),
+        (Some(_), None) => "always (server default)".into(),
+        (None, Some(f)) => format!("{f} (as told by --fsync; not verified)"),
+        (None, None) => "unknown (not spawned; pass --fsync to record it)".into(),
+    };
+    let progress = !common.quiet && !common.json;
+    let topic = common.topic.clone().unwrap_or_else(|| match &scenario {
+        // A fixed name, so a later run against the same server can reuse the prefill.
+        Scenario::Replay(o) => format!("bench-replay-{}x{}", o.frames, common.size),
+        s => format!("bench-{}-{:08x}", s.name(), rand::random::<u32>()),
+    });
+
+    let mut report = Report {
+        scenario: scenario.name().to_string(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date: utc_now(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        machine: Machine::probe(),
+        server: if spawned.is_some() {
+            "spawned"
+        } else {
+            "external"
+        }
+        .into(),
+        addr: addr.clone(),
+        fsync,
+        topic: topic.clone(),
+        frame_bytes: common.size,
+        publishers: 0,
+        publish_mode: "stream".into(),
+        target_rate: 0.0,
+        subscribers: 0,
+        connections: 0,
+        published: None,
+        delivered: None,
+        latency: Vec::new(),
+        errors: 0,
+        error_samples: Vec::new(),
+        faults: Default::default(),
+        incomplete_subscribers: 0,
+        resources: Resources::default(),
+        ok: false,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let server_cpu_before = server_pid.and_then(cpu_seconds);
+    let client_cpu_before = own_cpu_seconds();
+    let result = runtime.block_on(scenario_run(
+        &scenario,
+        &common,
+        addr,
+        topic,
+        progress,
+        &mut report,
+    ));
+    report.resources = Resources {
+        server_cpu_s: server_pid
+            .and_then(cpu_seconds)
+            .zip(server_cpu_before)
+            .map(|(a, b)| a - b),
+        server_rss_mb: server_pid.and_then(memory).map(|m| m.0 as f64 / 1e6),
+        server_peak_rss_mb: server_pid.and_then(memory).map(|m| m.1 as f64 / 1e6),
+        client_cpu_s: own_cpu_seconds() - client_cpu_before,
+        client_peak_rss_mb: memory(std::process::id()).map(|m| m.1 as f64 / 1e6),
+    };
+    report.machine.load_after = load_average();
+    drop(runtime);
+    if let Some(s) = spawned.as_mut() {
+        s.stop();
+    }
+    result?;
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(report)
+}
+
+async fn scenario_run(
+    scenario: &Scenario,
+    common: &Common,
+    addr: String,
+    topic: String,
+    progress: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let size = common.size;
+    let plan = |publishers: usize,
+                pub_connections: usize,
+                stream: bool,
+                window: usize,
+                rate: f64,
+                length: &Length,
+                subscribers: usize,
+                sub_connections: usize| Plan {
+        addr: addr.clone(),
+        topic: topic.clone(),
+        size,
+        publishers: publishers.max(1),
+        pub_connections: pub_connections.max(1),
+        stream,
+        window,
+        rate,
+        keys: false,
+        length: length.clone(),
+        subscribers,
+        sub_connections: sub_connections.max(1),
+        progress,
+    };
+    let plan = match scenario {
+        Scenario::Publish(o) => {
+            let mut p = plan(
+                o.publishers,
+                o.connections.unwrap_or(o.publishers.min(64)),
+                o.stream,
+                o.window,
+                o.rate,
+                &o.length,
+                0,
+                0,
+            );
+            p.keys = o.keys;
+            p
+        }
+        Scenario::Fanout(o) => plan(
+            o.publishers,
+            o.publishers.min(64),
+            !o.unary,
+            o.window,
+            o.rate,
+            &o.length,
+            o.subscribers,
+            o.connections,
+        ),
+        Scenario::E2e(o) => {
+            let publishers = if o.unary { o.unary_publishers } else { 1 };
+            plan(
+                publishers,
+                publishers.min(64),
+                !o.unary,
+                1024,
+                o.rate,
+                &o.length,
+                o.subscribers,
+                o.subscribers.min(100),
+            )
+        }
+        Scenario::Replay(o) => {
+            let out = replay::run(ReplayPlan {
+                addr,
+                topic,
+                size,
+                frames: o.frames,
+                subscribers: o.subscribers.max(1),
+                connections: o.connections.max(1),
+                timeout: o.timeout,
+                progress,
+            })
+            .await?;
+            report.publishers = usize::from(out.prefilled > 0);
+            report.subscribers = o.subscribers.max(1);
+            report.connections = o.connections.max(1);
+            report.published =
+                (out.prefilled > 0).then(|| Throughput::new(out.prefilled, out.prefill_secs, size));
+            report.delivered = Some(Throughput::new(out.delivered, out.secs, size));
+            report.latency = LatencyRow::of("first frame", &out.first_frame)
+                .into_iter()
+                .collect();
+            report.errors = out.errors;
+            report.error_samples = out.error_samples;
+            report.faults = out.faults;
+            report.incomplete_subscribers = out.incomplete;
+            report.ok = out.errors == 0 && out.faults.is_clean() && out.incomplete == 0;
+            return Ok(());
+        }
+    };
+    report.publishers = plan.publishers;
+    report.publish_mode = if plan.stream { "stream" } else { "unary" }.into();
+    report.target_rate = plan.rate;
+    report.subscribers = plan.subscribers;
+    report.connections = if plan.subscribers > 0 {
+        plan.sub_connections
+    } else {
+        0
+    };
+    let has_subscribers = plan.subscribers > 0;
+    let out = pubsub::run(plan).await?;
+    report.published = Some(Throughput::new(out.acked, out.publish_secs, size));
+    if has_subscribers {
+        report.delivered = Some(Throughput::new(out.delivered, out.deliver_secs, size));
+    }
+    report.latency = [
+        LatencyRow::of("ack", &out.ack_latency),
+        LatencyRow::of("delivery", &out.delivery_latency),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    report.errors = out.errors;
+    report.error_samples = out.error_samples;
+    report.faults = out.faults;
+    report.incomplete_subscribers = out.incomplete;
+    report.ok = out.errors == 0 && out.faults.is_clean() && out.incomplete == 0 && out.acked > 0;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The server under test: `--spawn` starts one on a temporary data dir; either way a known
+//! server process is sampled for CPU time and peak memory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::error::{Error, Result};
+
+/// A `framecast serve` started for this run. Stopped (SIGTERM, then kill) when dropped.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// Starts `framecast serve` (this executable) with `fsync` and `extra` flags on a fresh
+    /// temporary data dir, and waits for its "listening" line.
+    pub fn start(fsync: Option<&str>, extra: &[String]) -> Result<Spawned> {
+        let exe = std::env::current_exe()?;
+        let dir = tempfile::Builder::new()
+            .prefix("framecast-bench-")
+            .tempdir()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(f) = fsync {
+            cmd.arg("--fsync").arg(f);
+        }
+        cmd.args(extra);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Spawn(format!("cannot start framecast serve: {e}")))?;
+        let Some(stderr) = child.stderr.take() else {
+            return Err(Error::Spawn("no stderr pipe".into()));
+        };
+        let (tx, rx) = mpsc::channel();
+        // Reads the server's log for its whole life, so the pipe never fills up.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            let mut tail: Vec<String> = Vec::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.is_some() {
+                    match line.find("addr=").filter(|_| line.contains("listening")) {
+                        Some(at) => {
+                            let addr = line[at + 5..].split_whitespace().next().unwrap_or("");
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(Ok(addr.to_string()));
+                            }
+                        }
+                        None => tail.push(line.clone()),
+                    }
+                }
+                if line.contains("ERROR") || line.contains("WARN") {
+                    eprintln!("[server] {line}");
+                }
+            }
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Err(tail.join("\n")));
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(a)) => a,
+            Ok(Err(log)) => {
+                let _ = child.wait();
+                return Err(Error::Spawn(format!(
+                    "server exited before listening:\n{log}"
+                )));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Spawn("server did not listen within 30 s".into()));
+            }
+        };
+        Ok(Spawned {
+            child,
+            addr: format!("http://{addr}"),
+            _dir: dir,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server gracefully (SIGTERM), killing it after 10 s.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((utime + stime) / hz)
+}
+
+/// A process's resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// This process's CPU seconds (user + system).
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// Raises this process's open-file limit to its hard limit (10,000 subscriber streams over
+/// 1,000 connections need more than the usual 1,024), returning the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}

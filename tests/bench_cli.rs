@@ -1,0 +1,111 @@
+//! The load generator itself: `framecast bench` runs against a server it spawns, counts what
+//! it publishes and delivers, and reports a clean run (nothing lost, duplicated or
+//! reordered) in its `--json` output with exit code 0. Small counts: this checks the tool,
+//! it measures nothing.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_framecast"))
+        .arg("bench")
+        .args(args)
+        .args(["--spawn", "--json", "--quiet"])
+        .output()
+        .expect("run framecast bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "framecast bench {args:?} exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+fn assert_clean(r: &Value) {
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["errors"], 0, "{r:#}");
+    for k in ["missing", "duplicated", "out_of_order", "foreign"] {
+        assert_eq!(r["faults"][k], 0, "{k}: {r:#}");
+    }
+    assert_eq!(r["incomplete_subscribers"], 0, "{r:#}");
+}
+
+#[test]
+fn publish_stream_counts_every_ack() {
+    let r = bench(&[
+        "publish",
+        "--stream",
+        "--count",
+        "3000",
+        "--publishers",
+        "2",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r["published"]["frames"], 3000);
+    assert_eq!(r["latency"][0]["name"], "ack");
+    assert_eq!(r["latency"][0]["count"], 3000);
+    assert_eq!(r["fsync"], "always (server default)");
+}
+
+#[test]
+fn unary_publish_with_fsync_reported() {
+    let r = bench(&[
+        "publish",
+        "--count",
+        "200",
+        "--publishers",
+        "4",
+        "--fsync",
+        "interval:10",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r["published"]["frames"], 200);
+    assert_eq!(r["publish_mode"], "unary");
+    assert_eq!(r["fsync"], "interval:10");
+}
+
+#[test]
+fn fanout_delivers_every_frame_to_every_subscriber() {
+    let r = bench(&[
+        "fanout",
+        "--count",
+        "400",
+        "--rate",
+        "4000",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "30",
+        "--connections",
+        "7",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r["published"]["frames"], 400);
+    assert_eq!(r["delivered"]["frames"], 400 * 30);
+    let delivery = r["latency"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["name"] == "delivery"))
+        .expect("a delivery latency row");
+    assert_eq!(delivery["count"], 400 * 30);
+}
+
+#[test]
+fn replay_reads_the_prefilled_topic() {
+    let r = bench(&["replay", "--frames", "5000", "--subscribers", "2"]);
+    assert_clean(&r);
+    assert_eq!(r["published"]["frames"], 5000);
+    assert_eq!(r["delivered"]["frames"], 10_000);
+}
+
+#[test]
+fn a_size_below_the_header_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_framecast"))
+        .args(["bench", "publish", "--size", "8", "--spawn", "--quiet"])
+        .output()
+        .expect("run framecast bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
+}
