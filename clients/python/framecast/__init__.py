@@ -1,0 +1,65 @@
+"""framecast: Python client for the framecast durable broadcast server.
+
+::
+
+    from framecast import Client
+
+    client = Client("localhost:7070")
+    ack = client.publish(b"hello", seq_no=1, topic="prices")  # Ack(offset, timestamp, duplicate)
+    for payload in client.subscribe(topic="prices", start=0):  # bytes
+        ...
+    for frame in client.frames(topic="prices", start=0):  # Frame(seq_no, payload, ..., live)
+        ...
+
+Publishing never stores a frame twice (idempotency keys, retries with the same key);
+subscriptions resume exactly after a disconnect or a server restart; errors are the
+exceptions of :mod:`framecast.errors`. The asyncio flavour is :class:`framecast.aio.Client`.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._core import RetryPolicy
+from .client import Client, Subscription
+from .errors import (
+    AlreadyExists,
+    ClientClosed,
+    DataLoss,
+    DeadlineExceeded,
+    EpochChanged,
+    FramecastError,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ProtocolError,
+    ResourceExhausted,
+    ServerError,
+    Unavailable,
+)
+from .types import Ack, Cursor, Frame, TopicInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Subscription",
+    "RetryPolicy",
+    "Ack",
+    "Frame",
+    "TopicInfo",
+    "Cursor",
+    "errors",
+    "FramecastError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "OutOfRange",
+    "EpochChanged",
+    "ResourceExhausted",
+    "Unavailable",
+    "DataLoss",
+    "ServerError",
+    "DeadlineExceeded",
+    "ClientClosed",
+    "ProtocolError",
+]

@@ -1,0 +1,387 @@
+"""What the blocking and the asyncio clients share: retry policy, idempotency keys,
+request building, the mapping of gRPC messages to the package's types."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from . import errors
+from ._proto import framecast_pb2 as pb
+from .types import Ack, Cursor, Frame, TopicInfo
+
+#: Initial metadata key carrying the subscription's snapshot offset ``S``.
+SNAPSHOT_OFFSET_HEADER = "framecast-snapshot-offset"
+#: Initial metadata key carrying the topic's epoch.
+EPOCH_HEADER = "framecast-epoch"
+#: Longest idempotency key the server accepts, in bytes.
+MAX_KEY_BYTES = 128
+#: Default number of frames in flight on one ``PublishStream``.
+DEFAULT_WINDOW = 1024
+#: A subscription stream that lived this long (seconds) before breaking counts as progress:
+#: its reconnect gets a fresh retry budget. (Streams that break sooner, and reconnects that
+#: fail, spend one budget, so a server that keeps refusing ends in ``Unavailable``.)
+STABLE_STREAM_SECONDS = 1.0
+
+#: What ``publish_many`` / ``run`` accept per frame: ``(seq_no, payload)`` or
+#: ``(seq_no, payload, timestamp)``.
+FrameSpec = Union[tuple[int, bytes], tuple[int, bytes, int]]
+
+#: Channel options: big messages, quick reconnects after a server restart (gRPC's default
+#: reconnect backoff grows to two minutes), keepalive so a dead peer is noticed.
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.enable_retries", 0),
+)
+
+
+def normalize_address(addr: str) -> str:
+    """``host:port`` from ``host:port``, ``http://host:port`` or ``grpc://host:port``."""
+    for scheme in ("http://", "grpc://", "dns:///"):
+        if addr.startswith(scheme):
+            addr = addr[len(scheme) :]
+            break
+    if addr.startswith("https://"):
+        raise errors.InvalidArgument(f"TLS is not supported: {addr!r}")
+    addr = addr.rstrip("/")
+    if not addr:
+        raise errors.InvalidArgument("empty server address")
+    return addr
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How transient failures (server unreachable, restarting, connection broken) are
+    retried: exponential backoff with jitter, bounded in total time.
+
+    Attributes:
+        initial: First delay, seconds.
+        max_delay: Largest delay, seconds.
+        max_elapsed: Give up (raise :class:`framecast.errors.Unavailable`) once this many
+            seconds passed without progress. Keep it below the server's dedup window
+            (2 minutes by default) so a retried publish is never stored twice.
+    """
+
+    initial: float = 0.05
+    max_delay: float = 2.0
+    max_elapsed: float = 60.0
+
+
+class Backoff:
+    """The state of one retried operation. ``next_delay()`` says how long to sleep before
+    the next attempt, or ``None`` when the budget is spent; the caller sleeps (with
+    ``time.sleep`` or ``asyncio.sleep``).
+
+    The budget (``policy.max_elapsed``) is counted from the first failure since the last
+    progress (:meth:`reset`), so a long-lived stream that breaks after a quiet hour still
+    gets its full budget.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.attempts = 0
+        self._started: float | None = None
+        self._next = policy.initial
+
+    def next_delay(self, deadline: float | None = None) -> float | None:
+        """The jittered delay before the next attempt, or ``None`` when the retry budget
+        (or the caller's ``deadline``, a ``time.monotonic()`` value) is spent."""
+        self.attempts += 1
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        if now - self._started >= self.policy.max_elapsed:
+            return None
+        if deadline is not None and now >= deadline:
+            return None
+        ceiling = self._next
+        self._next = min(self._next * 2, self.policy.max_delay)
+        delay = random.uniform(ceiling / 2, ceiling)
+        # Never sleep past the budget or the deadline: one last attempt happens at the end.
+        delay = min(delay, max(0.0, self._started + self.policy.max_elapsed - now))
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - now))
+        return delay
+
+    def reset(self) -> None:
+        """Starts over after progress."""
+        self.attempts = 0
+        self._started = None
+        self._next = self.policy.initial
+
+
+class KeySource:
+    """Idempotency keys unique to one client: a random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        """A fresh key (at most 40 bytes)."""
+        with self._lock:
+            n = next(self._counter)
+        return f"py-{self._prefix}-{n}"
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline ``timeout`` seconds from now (``None``: no limit)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), or ``None`` for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def timed_out(what: str, timeout: float | None) -> errors.DeadlineExceeded:
+    """The error for a call whose own ``timeout`` ran out."""
+    return errors.DeadlineExceeded(f"{what}: timeout of {timeout} s exceeded")
+
+
+def publish_request(
+    topic: str, seq_no: int, payload: bytes, timestamp: int, key: str
+) -> pb.PublishRequest:
+    """Builds a ``PublishRequest``; client-side type and range errors become
+    :class:`framecast.errors.InvalidArgument`. (Everything the server checks, such as a
+    negative timestamp or a bad topic name, is left to the server.)"""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise errors.InvalidArgument(f"payload must be bytes, not {type(payload).__name__}")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise errors.InvalidArgument(
+            f"idempotency_key of {len(key.encode())} bytes exceeds {MAX_KEY_BYTES}"
+        )
+    try:
+        return pb.PublishRequest(
+            seq_no=seq_no,
+            payload=bytes(payload),
+            timestamp=timestamp,
+            topic=topic,
+            idempotency_key=key,
+        )
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidArgument(f"invalid publish request: {e}") from None
+
+
+def frame_requests(
+    topic: str, frames: Iterable[FrameSpec], keys: KeySource
+) -> Iterable[pb.PublishRequest]:
+    """Lazily turns ``(seq_no, payload[, timestamp])`` tuples into requests, each with a
+    fresh idempotency key."""
+    for spec in frames:
+        if len(spec) == 2:
+            seq_no, payload = spec
+            timestamp = 0
+        elif len(spec) == 3:
+            seq_no, payload, timestamp = spec
+        else:
+            raise errors.InvalidArgument(
+                "a frame is (seq_no, payload) or (seq_no, payload, timestamp)"
+            )
+        yield publish_request(topic, seq_no, payload, timestamp, keys.next())
+
+
+def subscribe_request(topic: str, start: int, cursor: Cursor | None) -> pb.SubscribeRequest:
+    """Builds a ``SubscribeRequest``, with ``resume`` when ``cursor`` is given."""
+    try:
+        req = pb.SubscribeRequest(replay_seq_no_start=start, topic=topic)
+        if cursor is not None:
+            req.resume.CopyFrom(
+                pb.Cursor(
+                    snapshot_offset=cursor.snapshot_offset,
+                    seq_no=cursor.seq_no,
+                    timestamp=cursor.timestamp,
+                    offset=cursor.offset,
+                    epoch=cursor.epoch,
+                )
+            )
+        return req
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidArgument(f"invalid subscribe request: {e}") from None
+
+
+def parse_subscription_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> tuple[int, int] | None:
+    """``(snapshot_offset, epoch)`` from a subscription's initial metadata, or ``None``."""
+    found: dict[str, str] = {}
+    for key, value in metadata or ():
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        found[key.lower()] = value
+    try:
+        return int(found[SNAPSHOT_OFFSET_HEADER]), int(found[EPOCH_HEADER])
+    except (KeyError, ValueError):
+        return None
+
+
+def ack_from_pb(a: pb.PublishAck) -> Ack:
+    """An :class:`Ack` from its message."""
+    return Ack(offset=a.offset, timestamp=a.timestamp, duplicate=a.duplicate)
+
+
+def frame_from_pb(f: pb.Frame, snapshot: int) -> Frame:
+    """A :class:`Frame` from its message; ``live`` when ``offset >= snapshot``."""
+    return Frame(
+        seq_no=f.seq_no,
+        payload=f.payload,
+        timestamp=f.timestamp,
+        offset=f.offset,
+        live=f.offset >= snapshot,
+    )
+
+
+def topic_from_pb(t: pb.TopicInfo) -> TopicInfo:
+    """A :class:`TopicInfo` from its message."""
+    return TopicInfo(
+        name=t.name,
+        epoch=t.epoch,
+        frames=t.frames,
+        bytes=t.bytes,
+        first_offset=t.first_offset,
+        next_offset=t.next_offset,
+        min_seq_no=t.min_seq_no,
+        max_seq_no=t.max_seq_no,
+        subscribers=t.subscribers,
+        segments=t.segments,
+    )
+
+
+def create_topic_request(
+    name: str, retention_max_age_seconds: int, retention_max_bytes: int
+) -> pb.CreateTopicRequest:
+    """Builds a ``CreateTopicRequest``."""
+    try:
+        return pb.CreateTopicRequest(
+            name=name,
+            retention_max_age_seconds=retention_max_age_seconds,
+            retention_max_bytes=retention_max_bytes,
+        )
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidArgument(f"invalid create_topic request: {e}") from None
+
+
+class Pipeline:
+    """The bookkeeping of a pipelined publish over ``PublishStream``, shared by the blocking
+    and the asyncio clients (which add the waiting).
+
+    Requests are drawn lazily from ``source``; at most ``window`` are unacknowledged at once.
+    Every request keeps its idempotency key until acknowledged, so after a broken stream the
+    unacknowledged ones are sent again, in order, on a new stream: none is stored twice.
+    Positions are absolute: request ``n`` is the ``n``-th drawn from ``source``.
+    """
+
+    #: ``take`` result: the window is full, wait for an ack.
+    WAIT: Any = object()
+    #: ``take`` result: nothing more to send on this stream (half-close it).
+    END: Any = object()
+
+    def __init__(self, source: Iterator[pb.PublishRequest], window: int) -> None:
+        if window < 1:
+            raise errors.InvalidArgument(f"window must be at least 1, not {window}")
+        self.window = window
+        self.unacked: deque[pb.PublishRequest] = deque()
+        #: Absolute position of ``unacked[0]`` (= number of acks received).
+        self.base = 0
+        self.source = source
+        self.exhausted = False
+        #: An exception raised by ``source`` (or by building a request from it).
+        self.source_error: BaseException | None = None
+        self.acks: list[Ack] = []
+        #: ``seq_no`` of each acknowledged request, parallel to ``acks``.
+        self.acked_seq_nos: list[int] = []
+
+    def take(self, n: int) -> Any:
+        """The request at absolute position ``n`` (drawing it from the source if needed),
+        or :attr:`WAIT` or :attr:`END`."""
+        idx = n - self.base
+        if idx < len(self.unacked):
+            return self.unacked[idx]
+        if self.exhausted:
+            return self.END
+        if len(self.unacked) >= self.window:
+            return self.WAIT
+        try:
+            req = next(self.source)
+        except StopIteration:
+            self.exhausted = True
+            return self.END
+        except Exception as e:  # the caller's iterable failed: stop drawing, report later
+            self.source_error = e
+            self.exhausted = True
+            return self.END
+        self.unacked.append(req)
+        return req
+
+    def on_ack(self, ack: pb.PublishAck) -> Ack:
+        """Records the ack of the oldest unacknowledged request."""
+        if not self.unacked:
+            raise errors.ProtocolError("PublishStream sent more acks than requests")
+        req = self.unacked.popleft()
+        self.base += 1
+        a = ack_from_pb(ack)
+        self.acks.append(a)
+        self.acked_seq_nos.append(req.seq_no)
+        return a
+
+    @property
+    def done(self) -> bool:
+        """True when every request was drawn and acknowledged."""
+        return self.exhausted and not self.unacked
+
+    def fail(self, err: errors.FramecastError) -> errors.FramecastError:
+        """``err`` with the acks received so far attached as ``err.acks``, and the absolute
+        index of the refused request in its message."""
+        if err.code is not None and not isinstance(err, errors.Unavailable):
+            err.message = f"frame {self.base} (0-based, in the order given): {err.message}"
+            err.args = (err.message,)
+        err.acks = list(self.acks)
+        return err
+
+    def finish(self) -> list[Ack]:
+        """The acks, or the source's exception (with ``acks`` attached) if it failed."""
+        if self.source_error is not None:
+            e = self.source_error
+            try:
+                e.acks = list(self.acks)  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            raise e
+        return list(self.acks)
+
+
+class RunState:
+    """Bookkeeping of ``run``: which published offsets the subscription has delivered."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.seen: set[int] = set()
+        self.expected: set[int] | None = None
+
+    def publish_done(self, seq_nos: Sequence[int], acks: Sequence[Ack]) -> None:
+        """Records the acks (``seq_nos[i]`` is the ``seq_no`` of ``acks[i]``); only frames
+        with ``seq_no >= start`` are delivered to the subscription."""
+        self.expected = {a.offset for s, a in zip(seq_nos, acks) if s >= self.start}
+
+    def delivered(self, frame: Frame) -> None:
+        """Records a delivered frame."""
+        self.seen.add(frame.offset)
+
+    @property
+    def complete(self) -> bool:
+        """True once publishing is done and every published frame was delivered."""
+        return self.expected is not None and self.expected <= self.seen

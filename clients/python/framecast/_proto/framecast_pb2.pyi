@@ -1,0 +1,121 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PublishRequest(_message.Message):
+    __slots__ = ("seq_no", "payload", "timestamp", "topic", "idempotency_key")
+    SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    seq_no: int
+    payload: bytes
+    timestamp: int
+    topic: str
+    idempotency_key: str
+    def __init__(self, seq_no: _Optional[int] = ..., payload: _Optional[bytes] = ..., timestamp: _Optional[int] = ..., topic: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class PublishAck(_message.Message):
+    __slots__ = ("offset", "timestamp", "duplicate")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    timestamp: int
+    duplicate: bool
+    def __init__(self, offset: _Optional[int] = ..., timestamp: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("replay_seq_no_start", "topic", "resume")
+    REPLAY_SEQ_NO_START_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    replay_seq_no_start: int
+    topic: str
+    resume: Cursor
+    def __init__(self, replay_seq_no_start: _Optional[int] = ..., topic: _Optional[str] = ..., resume: _Optional[_Union[Cursor, _Mapping]] = ...) -> None: ...
+
+class Cursor(_message.Message):
+    __slots__ = ("snapshot_offset", "seq_no", "timestamp", "offset", "epoch")
+    SNAPSHOT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    snapshot_offset: int
+    seq_no: int
+    timestamp: int
+    offset: int
+    epoch: int
+    def __init__(self, snapshot_offset: _Optional[int] = ..., seq_no: _Optional[int] = ..., timestamp: _Optional[int] = ..., offset: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("seq_no", "payload", "timestamp", "offset")
+    SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    seq_no: int
+    payload: bytes
+    timestamp: int
+    offset: int
+    def __init__(self, seq_no: _Optional[int] = ..., payload: _Optional[bytes] = ..., timestamp: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class CreateTopicRequest(_message.Message):
+    __slots__ = ("name", "retention_max_age_seconds", "retention_max_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MAX_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    retention_max_age_seconds: int
+    retention_max_bytes: int
+    def __init__(self, name: _Optional[str] = ..., retention_max_age_seconds: _Optional[int] = ..., retention_max_bytes: _Optional[int] = ...) -> None: ...
+
+class DeleteTopicRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteTopicResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTopicsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTopicsResponse(_message.Message):
+    __slots__ = ("topics",)
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedCompositeFieldContainer[TopicInfo]
+    def __init__(self, topics: _Optional[_Iterable[_Union[TopicInfo, _Mapping]]] = ...) -> None: ...
+
+class TopicInfo(_message.Message):
+    __slots__ = ("name", "epoch", "frames", "bytes", "first_offset", "next_offset", "min_seq_no", "max_seq_no", "subscribers", "segments")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    epoch: int
+    frames: int
+    bytes: int
+    first_offset: int
+    next_offset: int
+    min_seq_no: int
+    max_seq_no: int
+    subscribers: int
+    segments: int
+    def __init__(self, name: _Optional[str] = ..., epoch: _Optional[int] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., first_offset: _Optional[int] = ..., next_offset: _Optional[int] = ..., min_seq_no: _Optional[int] = ..., max_seq_no: _Optional[int] = ..., subscribers: _Optional[int] = ..., segments: _Optional[int] = ...) -> None: ...

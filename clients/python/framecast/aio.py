@@ -1,0 +1,502 @@
+"""The asyncio client: :class:`Client`, with the same methods and guarantees as the blocking
+:class:`framecast.Client`; ``subscribe`` and ``frames`` are async generators.
+
+::
+
+    import asyncio
+    from framecast.aio import Client
+
+    async def main() -> None:
+        async with Client("localhost:7070") as client:
+            ack = await client.publish(b"hello", seq_no=1, topic="prices")
+            async for frame in client.frames(topic="prices", start=0):
+                print(frame)
+
+    asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from . import errors
+from ._core import (
+    CHANNEL_OPTIONS,
+    DEFAULT_WINDOW,
+    STABLE_STREAM_SECONDS,
+    Backoff,
+    FrameSpec,
+    KeySource,
+    Pipeline,
+    RetryPolicy,
+    RunState,
+    ack_from_pb,
+    create_topic_request,
+    deadline_after,
+    frame_from_pb,
+    frame_requests,
+    normalize_address,
+    parse_subscription_metadata,
+    publish_request,
+    remaining,
+    subscribe_request,
+    timed_out,
+    topic_from_pb,
+)
+from ._proto import framecast_pb2 as pb
+from ._proto.framecast_pb2_grpc import BroadcastStub
+from .errors import ClientClosed, from_rpc_error, is_transient
+from .types import Ack, Cursor, Frame, TopicInfo
+
+__all__ = ["Client"]
+
+log = logging.getLogger("framecast")
+
+
+class Client:
+    """An asyncio framecast client over one gRPC channel, created on first use in the
+    running event loop (so the client may be constructed outside it; use it from one loop).
+
+    Same guarantees as :class:`framecast.Client`: publishes are retried with the same
+    idempotency key and never stored twice; subscriptions resume exactly after a break;
+    failures are :mod:`framecast.errors` exceptions, never a raw ``grpc.RpcError``.
+
+    Args:
+        address: ``host:port`` (or ``http://host:port``) of the server.
+        retry: How transient failures are retried.
+        call_timeout: Longest time, in seconds, one attempt of a unary call may take.
+        channel_options: Extra gRPC channel options, appended to the client's own.
+    """
+
+    def __init__(
+        self,
+        address: str = "localhost:7070",
+        *,
+        retry: RetryPolicy | None = None,
+        call_timeout: float = 30.0,
+        channel_options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._address = normalize_address(address)
+        self._retry = retry or RetryPolicy()
+        self._call_timeout = call_timeout
+        self._options = [*CHANNEL_OPTIONS, *channel_options]
+        self._keys = KeySource()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: BroadcastStub | None = None
+        self._closed = False
+        self._closing: asyncio.Event | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> str:
+        """The server address (``host:port``)."""
+        return self._address
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy."""
+        return self._retry
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def _stub(self) -> BroadcastStub:
+        if self._closed:
+            raise ClientClosed("client is closed")
+        if self._stub_ is None:
+            self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+            self._stub_ = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub_
+
+    def _closing_event(self) -> asyncio.Event:
+        if self._closing is None:
+            self._closing = asyncio.Event()
+            if self._closed:
+                self._closing.set()
+        return self._closing
+
+    async def close(self) -> None:
+        """Closes the channel; open calls end (subscriptions raise
+        :class:`framecast.errors.ClientClosed`). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._closing is not None:
+            self._closing.set()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"aio.Client({self._address!r}{', closed' if self._closed else ''})"
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleeps ``delay`` seconds; raises early when the client is closed."""
+        closing = self._closing_event()
+        try:
+            await asyncio.wait_for(closing.wait(), delay)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+        if self._closed:
+            raise ClientClosed("client is closed")
+
+    def _attempt_timeout(self, deadline: float | None) -> float | None:
+        left = remaining(deadline)
+        if self._call_timeout is None:
+            return left
+        return self._call_timeout if left is None else min(self._call_timeout, left)
+
+    async def _call(
+        self,
+        what: str,
+        method_name: str,
+        request: Any,
+        timeout: float | None,
+        *,
+        retry: bool = True,
+    ) -> Any:
+        """Runs a unary call, retrying transient failures with the same request."""
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        while True:
+            method = getattr(self._stub, method_name)
+            try:
+                return await method(request, timeout=self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                if self._closed:
+                    raise ClientClosed(f"{what}: client closed") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise timed_out(what, timeout) from None
+                if not retry or not is_transient(e):
+                    raise from_rpc_error(e, backoff.attempts + 1) from None
+                delay = backoff.next_delay(deadline)
+                if delay is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise timed_out(what, timeout) from None
+                    raise from_rpc_error(e, backoff.attempts) from None
+                log.debug(
+                    "%s: %s; retry %d in %.3f s", what, from_rpc_error(e), backoff.attempts, delay
+                )
+            except grpc.aio.UsageError:
+                raise ClientClosed(f"{what}: client closed") from None
+            await self._sleep(delay)
+
+    # ----------------------------------------------------------------- publishing
+
+    async def publish(
+        self,
+        payload: bytes,
+        seq_no: int = 0,
+        topic: str = "",
+        *,
+        timestamp: int = 0,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Ack:
+        """Publishes one frame and returns its ack once it is durable; transient failures
+        are retried with the same idempotency key. See :meth:`framecast.Client.publish`."""
+        key = self._keys.next() if idempotency_key is None else idempotency_key
+        req = publish_request(topic, seq_no, payload, timestamp, key)
+        return ack_from_pb(await self._call("publish", "Publish", req, timeout))
+
+    async def publish_many(
+        self,
+        frames: Iterable[FrameSpec],
+        topic: str = "",
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+    ) -> list[Ack]:
+        """Publishes many frames pipelined over ``PublishStream`` (acks in order; unacked
+        frames re-sent with their keys on a new stream after a break, so none is stored
+        twice). See :meth:`framecast.Client.publish_many`."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        pipe = Pipeline(iter(frame_requests(topic, frames, self._keys)), window)
+        await self._publish_pipeline(pipe, timeout)
+        return pipe.finish()
+
+    async def _publish_pipeline(self, pipe: Pipeline, timeout: float | None) -> None:
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        acked = asyncio.Condition()
+
+        async def write(call: Any) -> None:
+            n = pipe.base
+            try:
+                while True:
+                    async with acked:
+                        while (req := pipe.take(n)) is Pipeline.WAIT:
+                            await acked.wait()
+                    if req is Pipeline.END:
+                        await call.done_writing()
+                        return
+                    await call.write(req)
+                    n += 1
+            except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                return  # the call ended; the reader sees why
+
+        while not pipe.done:
+            try:
+                call = self._stub.PublishStream(timeout=remaining(deadline))
+            except (ClientClosed, grpc.aio.UsageError):
+                raise pipe.fail(ClientClosed("publish_many: client closed")) from None
+            writer = asyncio.ensure_future(write(call))
+            failure: grpc.RpcError | None = None
+            try:
+                while True:
+                    ack = await call.read()
+                    if ack is grpc.aio.EOF:
+                        break
+                    async with acked:
+                        pipe.on_ack(ack)
+                        acked.notify_all()
+                    backoff.reset()
+            except grpc.RpcError as e:
+                failure = e
+            finally:
+                writer.cancel()
+                call.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            if pipe.done:
+                return
+            if self._closed:
+                raise pipe.fail(ClientClosed("publish_many: client closed"))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise pipe.fail(timed_out("publish_many", timeout))
+            if failure is not None and not is_transient(failure):
+                raise pipe.fail(from_rpc_error(failure))
+            delay = backoff.next_delay(deadline)
+            log.debug(
+                "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
+                "ended" if failure is None else from_rpc_error(failure),
+                len(pipe.unacked),
+                backoff.attempts,
+                delay,
+            )
+            if delay is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise pipe.fail(timed_out("publish_many", timeout))
+                why = (
+                    from_rpc_error(failure, backoff.attempts)
+                    if failure is not None
+                    else errors.Unavailable("publish stream ended early", None, backoff.attempts)
+                )
+                raise pipe.fail(why)
+            try:
+                await self._sleep(delay)
+            except ClientClosed as e:
+                raise pipe.fail(e) from None
+
+    # ----------------------------------------------------------------- subscribing
+
+    async def frames(
+        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+    ) -> AsyncGenerator[Frame, None]:
+        """An async generator of the subscription's :class:`Frame` s: history (``seq_no >=
+        start``, sorted by ``(seq_no, timestamp, offset)``), then live frames in offset
+        order, forever. It survives disconnects and server restarts, resuming exactly.
+        Stop it with ``break`` / ``aclose()`` or by cancelling the task iterating it.
+
+        ``timeout`` bounds the whole subscription (then
+        :class:`framecast.errors.DeadlineExceeded`). Errors as in
+        :meth:`framecast.Client.frames`.
+        """
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        cursor: Cursor | None = None
+        opened_at: float | None = None
+
+        async def pause(e: grpc.RpcError | None) -> None:
+            nonlocal opened_at
+            if self._closed:
+                raise ClientClosed("client closed")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise timed_out("subscription", timeout)
+            if e is not None and not is_transient(e):
+                raise from_rpc_error(e)
+            if opened_at is not None and time.monotonic() - opened_at >= STABLE_STREAM_SECONDS:
+                backoff.reset()  # the broken stream had been working
+            opened_at = None
+            delay = backoff.next_delay(deadline)
+            log.debug(
+                "subscription %s: stream broken (%s); reconnect %d in %s s",
+                topic,
+                "ended" if e is None else from_rpc_error(e),
+                backoff.attempts,
+                delay,
+            )
+            if delay is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise timed_out("subscription", timeout)
+                if e is None:
+                    raise errors.Unavailable(
+                        "subscription stream kept ending", None, backoff.attempts
+                    )
+                raise from_rpc_error(e, backoff.attempts)
+            await self._sleep(delay)
+
+        while True:
+            try:
+                call = self._stub.Subscribe(
+                    subscribe_request(topic, start, cursor), timeout=remaining(deadline)
+                )
+            except grpc.aio.UsageError:
+                raise ClientClosed("client is closed") from None
+            try:
+                try:
+                    md = await call.initial_metadata()
+                    got = parse_subscription_metadata(md)
+                    if got is None:
+                        # No framecast headers: the call failed before starting (a
+                        # trailers-only error answer), so read() raises why.
+                        msg = await call.read()
+                        if msg is grpc.aio.EOF:
+                            await pause(None)
+                            continue
+                        raise errors.ProtocolError(
+                            "subscription without framecast-snapshot-offset / "
+                            "framecast-epoch metadata"
+                        )
+                    if cursor is None:
+                        cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
+                    opened_at = time.monotonic()
+                    while True:
+                        msg = await call.read()
+                        if msg is grpc.aio.EOF:
+                            break
+                        backoff.reset()
+                        cursor = Cursor(
+                            cursor.snapshot_offset,
+                            cursor.epoch,
+                            msg.seq_no,
+                            msg.timestamp,
+                            msg.offset,
+                        )
+                        yield frame_from_pb(msg, cursor.snapshot_offset)
+                except grpc.RpcError as e:
+                    call.cancel()
+                    await pause(e)
+                    continue
+                except grpc.aio.UsageError:
+                    raise ClientClosed("client is closed") from None
+                # The server never ends a subscription cleanly: treat it as a break.
+                await pause(None)
+            finally:
+                call.cancel()
+
+    async def subscribe(
+        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Like :meth:`frames`, but yields the payloads only."""
+        frames = self.frames(topic, start, timeout=timeout)
+        try:
+            async for frame in frames:
+                yield frame.payload
+        finally:
+            await frames.aclose()
+
+    # ----------------------------------------------------------------- both at once
+
+    async def run(
+        self,
+        frames: Iterable[FrameSpec],
+        topic: str = "",
+        *,
+        start: int = 0,
+        on_frame: Callable[[Frame], Any | Awaitable[Any]] | None = None,
+        timeout: float | None = 60.0,
+        window: int = DEFAULT_WINDOW,
+    ) -> list[Ack]:
+        """Subscribes to ``topic`` from ``start`` and publishes ``frames`` concurrently;
+        returns the acks once publishing is done and every published frame (with ``seq_no
+        >= start``) has been delivered. ``on_frame`` (a function or a coroutine function)
+        is called for every delivered frame. See :meth:`framecast.Client.run`."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        deadline = deadline_after(timeout)
+        state = RunState(start)
+        pipe = Pipeline(iter(frame_requests(topic, frames, self._keys)), window)
+        subscription = self.frames(topic, start)
+
+        async def consume() -> None:
+            async for frame in subscription:
+                state.delivered(frame)
+                if on_frame is not None:
+                    result = on_frame(frame)
+                    if inspect.isawaitable(result):
+                        await result
+                if state.complete:
+                    return
+
+        async def publish() -> None:
+            await self._publish_pipeline(pipe, remaining(deadline))
+            state.publish_done(pipe.acked_seq_nos, pipe.acks)
+
+        consumer = asyncio.ensure_future(consume())
+        publisher = asyncio.ensure_future(publish())
+        try:
+            pending: set[asyncio.Future[Any]] = {consumer, publisher}
+            while not state.complete:
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise pipe.fail(timed_out("run", timeout))
+                done, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    task.result()  # raises what the task failed with
+                if consumer in done and not state.complete:
+                    raise errors.ProtocolError("subscription ended before run completed")
+                if not pending and not state.complete:
+                    raise errors.ProtocolError("run ended incomplete")
+            return pipe.finish()
+        finally:
+            for task in (consumer, publisher):
+                task.cancel()
+            await asyncio.gather(consumer, publisher, return_exceptions=True)
+            await subscription.aclose()
+
+    # ----------------------------------------------------------------- topics
+
+    async def create_topic(
+        self,
+        name: str,
+        *,
+        retention_max_age_seconds: int = 0,
+        retention_max_bytes: int = 0,
+        timeout: float | None = None,
+    ) -> TopicInfo:
+        """Creates a topic with retention settings (0 = the server default)."""
+        req = create_topic_request(name, retention_max_age_seconds, retention_max_bytes)
+        return topic_from_pb(await self._call("create_topic", "CreateTopic", req, timeout))
+
+    async def delete_topic(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes a topic and its frames (not retried; see
+        :meth:`framecast.Client.delete_topic`)."""
+        req = pb.DeleteTopicRequest(name=name)
+        await self._call("delete_topic", "DeleteTopic", req, timeout, retry=False)
+
+    async def list_topics(self, *, timeout: float | None = None) -> list[TopicInfo]:
+        """Every topic with its figures."""
+        resp = await self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
+        return [topic_from_pb(t) for t in resp.topics]

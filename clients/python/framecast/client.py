@@ -1,0 +1,754 @@
+"""The blocking client: :class:`Client` and its :class:`Subscription`."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from . import errors
+from ._core import (
+    CHANNEL_OPTIONS,
+    DEFAULT_WINDOW,
+    STABLE_STREAM_SECONDS,
+    Backoff,
+    FrameSpec,
+    KeySource,
+    Pipeline,
+    RetryPolicy,
+    RunState,
+    ack_from_pb,
+    create_topic_request,
+    deadline_after,
+    frame_from_pb,
+    frame_requests,
+    normalize_address,
+    parse_subscription_metadata,
+    publish_request,
+    remaining,
+    subscribe_request,
+    timed_out,
+    topic_from_pb,
+)
+from ._proto import framecast_pb2 as pb
+from ._proto.framecast_pb2_grpc import BroadcastStub
+from .errors import ClientClosed, from_rpc_error, is_transient
+from .types import Ack, Cursor, Frame, TopicInfo
+
+__all__ = ["Client", "Subscription"]
+
+log = logging.getLogger("framecast")
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking framecast client over one gRPC channel (HTTP/2 connection), made on first
+    use and made again on its own after a failure. Safe to share between threads.
+
+    Guarantees:
+
+    * **Publishing never duplicates.** Every frame carries a fresh idempotency key; a
+      publish that fails transiently (server unreachable, restarting, connection broken) is
+      retried with the *same* key, with exponential backoff and jitter, for at most
+      ``retry.max_elapsed`` seconds (60 by default, below the server's 2-minute dedup
+      window). A frame whose ack you got is stored exactly once.
+    * **Subscriptions resume exactly.** A subscription that breaks reconnects and resumes
+      from the last frame it yielded, so what it yields is exactly what one unbroken
+      subscription would have: no frame skipped, none twice.
+    * **No silent gaps.** ``OUT_OF_RANGE`` (frames removed by retention), a changed topic
+      epoch, a deleted topic and invalid requests are raised as
+      :mod:`framecast.errors` exceptions. No raw ``grpc.RpcError`` escapes.
+
+    Example::
+
+        from framecast import Client
+
+        with Client("localhost:7070") as client:
+            ack = client.publish(b"hello", seq_no=1, topic="prices")
+            for frame in client.frames(topic="prices", start=0):
+                print(frame.seq_no, frame.payload, frame.live)
+
+    Args:
+        address: ``host:port`` (or ``http://host:port``) of the server.
+        retry: How transient failures are retried (see :class:`RetryPolicy`).
+        call_timeout: Longest time, in seconds, one attempt of a unary call may take before
+            it is abandoned and retried (with the same idempotency key for a publish).
+        channel_options: Extra gRPC channel options, appended to the client's own.
+    """
+
+    def __init__(
+        self,
+        address: str = "localhost:7070",
+        *,
+        retry: RetryPolicy | None = None,
+        call_timeout: float = 30.0,
+        channel_options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._address = normalize_address(address)
+        self._retry = retry or RetryPolicy()
+        self._call_timeout = call_timeout
+        self._keys = KeySource()
+        self._closed = threading.Event()
+        self._subscriptions: weakref.WeakSet[Subscription[Any]] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._channel = grpc.insecure_channel(
+            self._address, options=[*CHANNEL_OPTIONS, *channel_options]
+        )
+        self._stub = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> str:
+        """The server address (``host:port``)."""
+        return self._address
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy."""
+        return self._retry
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Closes the channel: open calls and subscriptions end (subscriptions stop
+        iterating; other calls raise :class:`framecast.errors.ClientClosed`). Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with self._lock:
+            subs = list(self._subscriptions)
+        for s in subs:
+            s._wake.set()
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self._address!r}{', closed' if self.closed else ''})"
+
+    # ----------------------------------------------------------------- helpers
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise ClientClosed("client is closed")
+
+    def _sleep(self, delay: float) -> None:
+        """Sleeps ``delay`` seconds; wakes early (raising) when the client is closed."""
+        if self._closed.wait(delay) or self._closed.is_set():
+            raise ClientClosed("client is closed")
+
+    def _attempt_timeout(self, deadline: float | None) -> float | None:
+        left = remaining(deadline)
+        if self._call_timeout is None:
+            return left
+        return self._call_timeout if left is None else min(self._call_timeout, left)
+
+    def _call(
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        *,
+        retry: bool = True,
+    ) -> Any:
+        """Runs a unary call, retrying transient failures with the same request."""
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        while True:
+            self._check_open()
+            try:
+                return method(request, timeout=self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                if self._closed.is_set():
+                    raise ClientClosed(f"{what}: client closed") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise timed_out(what, timeout) from None
+                if not retry or not is_transient(e):
+                    raise from_rpc_error(e, backoff.attempts + 1) from None
+                delay = backoff.next_delay(deadline)
+                if delay is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise timed_out(what, timeout) from None
+                    raise from_rpc_error(e, backoff.attempts) from None
+                log.debug(
+                    "%s: %s; retry %d in %.3f s", what, from_rpc_error(e), backoff.attempts, delay
+                )
+            except ValueError:
+                # grpc raises ValueError for a call on a closed channel.
+                if self._closed.is_set():
+                    raise ClientClosed(f"{what}: client closed") from None
+                raise
+            self._sleep(delay)
+
+    # ----------------------------------------------------------------- publishing
+
+    def publish(
+        self,
+        payload: bytes,
+        seq_no: int = 0,
+        topic: str = "",
+        *,
+        timestamp: int = 0,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Ack:
+        """Publishes one frame and returns its ack once it is durable.
+
+        Transient failures are retried with the same idempotency key, so the frame is
+        stored at most once however often the call is retried.
+
+        Args:
+            payload: The frame's bytes.
+            seq_no: Client-chosen sequence number (the primary replay sort key).
+            topic: The topic (``""`` = ``default``); created on first use unless the server
+                runs with ``--no-auto-create-topics``.
+            timestamp: Nanoseconds since the Unix epoch; 0 = the server's receive time.
+            idempotency_key: The key to publish with (at most 128 bytes); by default a fresh
+                one unique to this client. Re-using a key within the server's dedup window
+                returns the first ack with ``duplicate=True``.
+            timeout: Overall bound in seconds, retries included (``None``: the retry policy
+                alone bounds it).
+
+        Returns:
+            The :class:`Ack` (offset, stored timestamp, duplicate flag).
+
+        Raises:
+            InvalidArgument: Bad topic name, negative timestamp, payload or key too large.
+            NotFound: The topic does not exist and auto-creation is off.
+            Unavailable: The server stayed unreachable for the whole retry budget; the
+                frame may or may not be stored.
+            DeadlineExceeded: ``timeout`` ran out (same uncertainty).
+        """
+        key = self._keys.next() if idempotency_key is None else idempotency_key
+        req = publish_request(topic, seq_no, payload, timestamp, key)
+        return ack_from_pb(self._call("publish", self._stub.Publish, req, timeout))
+
+    def publish_many(
+        self,
+        frames: Iterable[FrameSpec],
+        topic: str = "",
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+    ) -> list[Ack]:
+        """Publishes many frames pipelined over one ``PublishStream``: up to ``window``
+        frames in flight, acks in order.
+
+        If the stream breaks, every unacknowledged frame is sent again, in order, on a new
+        stream with its original idempotency key, so none is stored twice.
+
+        Args:
+            frames: ``(seq_no, payload)`` or ``(seq_no, payload, timestamp)`` tuples; drawn
+                lazily, so a generator works.
+            topic: The topic (``""`` = ``default``).
+            window: Most frames sent but not yet acknowledged.
+            timeout: Overall bound in seconds (``None``: the retry policy alone bounds it).
+
+        Returns:
+            One :class:`Ack` per frame, in the order given.
+
+        Raises:
+            InvalidArgument: A frame was refused (its 0-based index is in the message);
+                the frames before it are stored and their acks are in ``error.acks``.
+            Unavailable: The server stayed unreachable for the whole retry budget
+                (``error.acks`` holds the acks received).
+            DeadlineExceeded: ``timeout`` ran out.
+        """
+        self._check_open()
+        pipe = Pipeline(iter(frame_requests(topic, frames, self._keys)), window)
+        self._publish_pipeline(pipe, timeout)
+        return pipe.finish()
+
+    def _publish_pipeline(self, pipe: Pipeline, timeout: float | None) -> None:
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        cond = threading.Condition()
+        stream_id = 0
+
+        def requests(my_id: int) -> Iterator[pb.PublishRequest]:
+            n = pipe.base
+            while True:
+                with cond:
+                    while True:
+                        if stream_id != my_id:
+                            return
+                        req = pipe.take(n)
+                        if req is Pipeline.END:
+                            return
+                        if req is not Pipeline.WAIT:
+                            break
+                        cond.wait()
+                n += 1
+                yield req
+
+        while not pipe.done:
+            if self._closed.is_set():
+                raise pipe.fail(ClientClosed("publish_many: client closed"))
+            with cond:
+                stream_id += 1
+                my_id = stream_id
+            try:
+                call = self._stub.PublishStream(requests(my_id), timeout=remaining(deadline))
+            except ValueError:
+                raise pipe.fail(ClientClosed("publish_many: client closed")) from None
+            failure: grpc.RpcError | None = None
+            try:
+                for ack in call:
+                    with cond:
+                        pipe.on_ack(ack)
+                        cond.notify_all()
+                    backoff.reset()
+            except grpc.RpcError as e:
+                failure = e
+            except ValueError:
+                if self._closed.is_set():
+                    raise pipe.fail(ClientClosed("publish_many: client closed")) from None
+                raise
+            finally:
+                with cond:
+                    stream_id += 1  # stops this stream's request generator
+                    cond.notify_all()
+                call.cancel()
+            if pipe.done:
+                return
+            if self._closed.is_set():
+                raise pipe.fail(ClientClosed("publish_many: client closed"))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise pipe.fail(timed_out("publish_many", timeout))
+            if failure is not None and not is_transient(failure):
+                raise pipe.fail(from_rpc_error(failure))
+            if failure is None and pipe.source_error is not None and not pipe.unacked:
+                return  # the caller's iterable failed; finish() re-raises its error
+            # A transient failure, or the stream ended with frames unacknowledged.
+            delay = backoff.next_delay(deadline)
+            log.debug(
+                "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
+                "ended" if failure is None else from_rpc_error(failure),
+                len(pipe.unacked),
+                backoff.attempts,
+                delay,
+            )
+            if delay is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise pipe.fail(timed_out("publish_many", timeout))
+                why = (
+                    from_rpc_error(failure, backoff.attempts)
+                    if failure is not None
+                    else errors.Unavailable("publish stream ended early", None, backoff.attempts)
+                )
+                raise pipe.fail(why)
+            try:
+                self._sleep(delay)
+            except ClientClosed as e:
+                raise pipe.fail(e) from None
+
+    # ----------------------------------------------------------------- subscribing
+
+    def frames(
+        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+    ) -> Subscription[Frame]:
+        """Subscribes to ``topic``: first the history (frames with ``seq_no >= start``
+        committed before the subscription started, sorted by ``(seq_no, timestamp,
+        offset)``), then live frames in offset order as they become durable, forever.
+
+        The returned :class:`Subscription` is an iterator of :class:`Frame`; it survives
+        disconnects and server restarts, resuming exactly. Stop it with ``close()`` (or use
+        it as a context manager, or ``break`` and drop it).
+
+        Args:
+            topic: The topic (``""`` = ``default``).
+            start: ``replay_seq_no_start``: frames with a smaller ``seq_no`` are skipped.
+            timeout: Bound in seconds on the whole subscription; when it runs out the
+                iterator raises :class:`framecast.errors.DeadlineExceeded`.
+
+        Raises (while iterating):
+            OutOfRange: Frames still needed were removed by retention.
+            EpochChanged: The topic was deleted and re-created.
+            NotFound: The topic was deleted (or does not exist and auto-creation is off).
+            InvalidArgument: Bad topic name.
+            ResourceExhausted: The server's subscriber limit is reached.
+            Unavailable: The server stayed unreachable for the whole retry budget.
+        """
+        return Subscription(self, topic, start, timeout, _identity)
+
+    def subscribe(
+        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+    ) -> Subscription[bytes]:
+        """Like :meth:`frames`, but iterates over the payloads only."""
+        return Subscription(self, topic, start, timeout, _payload)
+
+    # ----------------------------------------------------------------- both at once
+
+    def run(
+        self,
+        frames: Iterable[FrameSpec],
+        topic: str = "",
+        *,
+        start: int = 0,
+        on_frame: Callable[[Frame], Any] | None = None,
+        timeout: float | None = 60.0,
+        window: int = DEFAULT_WINDOW,
+    ) -> list[Ack]:
+        """Subscribes to ``topic`` from ``start`` and publishes ``frames`` at the same time;
+        returns once publishing is done and every published frame (with ``seq_no >=
+        start``) has been delivered to the subscription.
+
+        ``on_frame`` is called, in the calling thread, for every frame the subscription
+        delivers (history included), in delivery order.
+
+        Args:
+            frames: ``(seq_no, payload)`` or ``(seq_no, payload, timestamp)`` tuples.
+            topic: The topic (``""`` = ``default``).
+            start: ``replay_seq_no_start`` of the subscription.
+            on_frame: Called with each delivered :class:`Frame`.
+            timeout: Bound in seconds on the whole run (``None``: no bound).
+            window: Most frames in flight while publishing.
+
+        Returns:
+            The acks of ``frames``, in order.
+
+        Raises:
+            DeadlineExceeded: ``timeout`` ran out first (``error.acks`` holds the acks
+                received, if publishing finished).
+            FramecastError: Whatever publishing or the subscription failed with; an exception
+                raised by ``on_frame`` propagates as it is.
+        """
+        self._check_open()
+        deadline = deadline_after(timeout)
+        state = RunState(start)
+        pipe = Pipeline(iter(frame_requests(topic, frames, self._keys)), window)
+        sub = self.frames(topic, start)
+        inbox: queue.Queue[Any] = queue.Queue(maxsize=4096)
+        stop = threading.Event()
+        published: list[BaseException | None] = []
+
+        def consume() -> None:
+            try:
+                for frame in sub:
+                    while not stop.is_set():
+                        try:
+                            inbox.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # handed to the calling thread
+                inbox.put(e)
+
+        def publish() -> None:
+            try:
+                self._publish_pipeline(pipe, remaining(deadline))
+                published.append(None)
+            except BaseException as e:
+                published.append(e)
+            inbox.put(_WAKE)
+
+        threads = [
+            threading.Thread(target=consume, name="framecast-run-subscribe", daemon=True),
+            threading.Thread(target=publish, name="framecast-run-publish", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                if published and published[0] is not None:
+                    raise published[0]
+                if published and state.expected is None:
+                    state.publish_done(pipe.acked_seq_nos, pipe.acks)
+                if state.complete:
+                    return pipe.finish()
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise pipe.fail(timed_out("run", timeout))
+                try:
+                    item = inbox.get(timeout=left)
+                except queue.Empty:
+                    continue
+                if item is _WAKE:
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                state.delivered(item)
+                if on_frame is not None:
+                    on_frame(item)
+        finally:
+            stop.set()
+            sub.close()
+            for t in threads:
+                t.join(timeout=5)
+
+    # ----------------------------------------------------------------- topics
+
+    def create_topic(
+        self,
+        name: str,
+        *,
+        retention_max_age_seconds: int = 0,
+        retention_max_bytes: int = 0,
+        timeout: float | None = None,
+    ) -> TopicInfo:
+        """Creates a topic with retention settings (0 = the server default).
+
+        Creating a topic that exists with the same settings succeeds; with other settings it
+        raises :class:`framecast.errors.AlreadyExists`.
+        """
+        req = create_topic_request(name, retention_max_age_seconds, retention_max_bytes)
+        return topic_from_pb(self._call("create_topic", self._stub.CreateTopic, req, timeout))
+
+    def delete_topic(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes a topic and its frames; its open subscriptions end with
+        :class:`framecast.errors.NotFound`. Not retried (a retry after a lost answer would
+        report ``NotFound``): a transient failure raises
+        :class:`framecast.errors.Unavailable`."""
+        req = pb.DeleteTopicRequest(name=name)
+        self._call("delete_topic", self._stub.DeleteTopic, req, timeout, retry=False)
+
+    def list_topics(self, *, timeout: float | None = None) -> list[TopicInfo]:
+        """Every topic with its figures."""
+        resp = self._call("list_topics", self._stub.ListTopics, pb.ListTopicsRequest(), timeout)
+        return [topic_from_pb(t) for t in resp.topics]
+
+
+_WAKE = object()
+
+
+def _identity(frame: Frame) -> Frame:
+    return frame
+
+
+def _payload(frame: Frame) -> bytes:
+    return frame.payload
+
+
+class Subscription(Generic[T]):
+    """An iterator over a subscription's frames (or payloads), made by
+    :meth:`Client.frames` and :meth:`Client.subscribe`.
+
+    It reconnects on transient failures (with backoff, within the client's retry budget)
+    and resumes with a cursor — the snapshot point and epoch it was first given, and the
+    last frame it yielded — so what it yields is exactly what one unbroken subscription
+    would have. It ends only by :meth:`close` (then iteration stops) or with an error.
+
+    :meth:`close` may be called from any thread; it interrupts a blocked ``next()``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        topic: str,
+        start: int,
+        timeout: float | None,
+        project: Callable[[Frame], T],
+    ) -> None:
+        self._client = client
+        self._topic = topic
+        self._start = start
+        self._timeout = timeout
+        self._deadline = deadline_after(timeout)
+        self._project = project
+        self._backoff = Backoff(client._retry)
+        self._cursor: Cursor | None = None
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._closed = False
+        self._done = False
+        self._wake = threading.Event()
+        self._reconnects = 0
+        self._opened_at: float | None = None
+        with client._lock:
+            client._subscriptions.add(self)
+
+    @property
+    def topic(self) -> str:
+        """The topic subscribed to."""
+        return self._topic
+
+    @property
+    def start(self) -> int:
+        """``replay_seq_no_start``."""
+        return self._start
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where the subscription stands (``None`` before the server answered): the
+        snapshot point, epoch and last frame yielded."""
+        return self._cursor
+
+    @property
+    def snapshot_offset(self) -> int | None:
+        """The snapshot point ``S``: frames with ``offset < S`` are history."""
+        return None if self._cursor is None else self._cursor.snapshot_offset
+
+    @property
+    def epoch(self) -> int | None:
+        """The topic epoch the subscription was given."""
+        return None if self._cursor is None else self._cursor.epoch
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream was re-opened after a break."""
+        return self._reconnects
+
+    def close(self) -> None:
+        """Ends the subscription: iteration stops. Thread-safe and idempotent."""
+        with self._lock:
+            self._closed = True
+            call, self._call = self._call, None
+        self._wake.set()
+        if call is not None:
+            call.cancel()
+
+    def __enter__(self) -> Subscription[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Subscription[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            frame = self._next_frame()
+        except StopIteration:
+            raise
+        except BaseException:
+            self._done = True
+            self._drop_call()
+            raise
+        return self._project(frame)
+
+    def __repr__(self) -> str:
+        return f"Subscription(topic={self._topic!r}, start={self._start}, cursor={self._cursor})"
+
+    def _drop_call(self) -> None:
+        with self._lock:
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def _next_frame(self) -> Frame:
+        while True:
+            if self._done or self._closed:
+                raise StopIteration
+            call = self._call
+            if call is None:
+                call = self._open()
+                if call is None:
+                    continue
+            try:
+                msg = next(call)
+            except StopIteration:
+                # The server never ends a subscription cleanly: treat it as a break.
+                self._drop_call()
+                self._pause(None)
+                continue
+            except grpc.RpcError as e:
+                self._drop_call()
+                self._handle(e)
+                continue
+            self._backoff.reset()
+            c = self._cursor
+            if c is None:  # unreachable: _open records the cursor before any frame
+                raise errors.ProtocolError("subscription frame before its metadata")
+            self._cursor = Cursor(c.snapshot_offset, c.epoch, msg.seq_no, msg.timestamp, msg.offset)
+            return frame_from_pb(msg, c.snapshot_offset)
+
+    def _open(self) -> Any:
+        """Opens (or re-opens with the cursor) the server stream; ``None``: try again."""
+        if self._client._closed.is_set():
+            raise ClientClosed("client is closed")
+        req = subscribe_request(self._topic, self._start, self._cursor)
+        with self._lock:
+            if self._closed:
+                raise StopIteration
+            try:
+                call = self._client._stub.Subscribe(req, timeout=remaining(self._deadline))
+            except ValueError:
+                raise ClientClosed("client is closed") from None
+            self._call = call
+        try:
+            md = call.initial_metadata()
+        except grpc.RpcError as e:
+            self._drop_call()
+            self._handle(e)
+            return None
+        got = parse_subscription_metadata(md)
+        if got is None:
+            # No framecast headers: the call failed before starting (a trailers-only error
+            # answer), so next(call) raises why.
+            try:
+                next(call)
+            except grpc.RpcError as e:
+                self._drop_call()
+                self._handle(e)
+                return None
+            except StopIteration:
+                self._drop_call()
+                self._pause(None)
+                return None
+            raise errors.ProtocolError(
+                "subscription without framecast-snapshot-offset / framecast-epoch metadata"
+            )
+        if self._cursor is None:
+            self._cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
+        self._opened_at = time.monotonic()
+        return call
+
+    def _handle(self, e: grpc.RpcError) -> None:
+        """Raises the error ``e`` stands for, or sleeps before a reconnect."""
+        if self._closed:
+            raise StopIteration
+        if self._client._closed.is_set():
+            raise ClientClosed("client closed")
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise timed_out("subscription", self._timeout)
+        if not is_transient(e):
+            raise from_rpc_error(e)
+        self._pause(e)
+
+    def _pause(self, e: grpc.RpcError | None) -> None:
+        if (
+            self._opened_at is not None
+            and time.monotonic() - self._opened_at >= STABLE_STREAM_SECONDS
+        ):
+            self._backoff.reset()  # the broken stream had been working
+        self._opened_at = None
+        delay = self._backoff.next_delay(self._deadline)
+        log.debug(
+            "subscription %s: stream broken (%s); reconnect %d in %s s",
+            self._topic,
+            "ended" if e is None else from_rpc_error(e),
+            self._backoff.attempts,
+            delay,
+        )
+        if delay is None:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise timed_out("subscription", self._timeout)
+            if e is None:
+                raise errors.Unavailable(
+                    "subscription stream kept ending", None, self._backoff.attempts
+                )
+            raise from_rpc_error(e, self._backoff.attempts)
+        if self._wake.wait(delay):
+            if self._closed:
+                raise StopIteration
+            raise ClientClosed("client closed")
+        self._reconnects += 1

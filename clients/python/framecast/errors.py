@@ -1,0 +1,186 @@
+"""The exceptions of the framecast client.
+
+Every failure a :class:`framecast.Client` call reports is a :class:`FramecastError`; no raw
+``grpc.RpcError`` escapes. The gRPC status codes map as follows:
+
+==========================  =========================
+gRPC status                 exception
+==========================  =========================
+``INVALID_ARGUMENT``        :class:`InvalidArgument`
+``NOT_FOUND``               :class:`NotFound`
+``ALREADY_EXISTS``          :class:`AlreadyExists`
+``OUT_OF_RANGE``            :class:`OutOfRange`
+``FAILED_PRECONDITION``     :class:`EpochChanged`
+``RESOURCE_EXHAUSTED``      :class:`ResourceExhausted`
+``UNAVAILABLE`` and other   :class:`Unavailable` (after the retry budget is spent)
+transient codes
+``DATA_LOSS``               :class:`DataLoss`
+anything else               :class:`ServerError`
+==========================  =========================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "FramecastError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "OutOfRange",
+    "EpochChanged",
+    "ResourceExhausted",
+    "Unavailable",
+    "DataLoss",
+    "ServerError",
+    "DeadlineExceeded",
+    "ClientClosed",
+    "ProtocolError",
+    "from_rpc_error",
+    "is_transient",
+]
+
+
+class FramecastError(Exception):
+    """Base class of every error the client raises.
+
+    Attributes:
+        message: The server's (or the client's) description.
+        code: The gRPC status code behind the error, when there was one.
+        acks: For ``publish_many`` and ``run``: the acks (:class:`framecast.Ack`) received
+            before the failure, in order; those frames are stored. Empty otherwise.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message: str = message
+        self.code: grpc.StatusCode | None = code
+        self.acks: list[Any] = []
+
+    @property
+    def transient(self) -> bool:
+        """True when the same request may succeed later (only :class:`Unavailable`)."""
+        return False
+
+
+class InvalidArgument(FramecastError, ValueError):
+    """The server refused the request as malformed (bad topic name, negative timestamp,
+    payload or idempotency key too large, ...). Nothing was written; retrying won't help."""
+
+
+class NotFound(FramecastError):
+    """The topic does not exist (auto-creation is off) or was deleted while in use."""
+
+
+class AlreadyExists(FramecastError):
+    """``create_topic`` for a topic that already exists with other settings."""
+
+
+class OutOfRange(FramecastError):
+    """Frames a subscription still needs were removed by retention, or a resume cursor lies
+    beyond what the topic holds. The subscription cannot continue without a gap."""
+
+
+class EpochChanged(FramecastError):
+    """The topic was deleted and re-created while subscribed (its epoch changed): the
+    subscription cannot continue exactly."""
+
+
+class ResourceExhausted(FramecastError):
+    """The server's subscriber limit (``--max-subscribers``) is reached."""
+
+
+class Unavailable(FramecastError):
+    """The server could not be reached, or kept failing, within the retry budget.
+
+    For a publish this means *unknown outcome*: the frame may or may not be stored (a later
+    retry with the same idempotency key, within the server's dedup window, would tell).
+
+    Attributes:
+        attempts: How many attempts were made.
+    """
+
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = None, attempts: int = 0
+    ) -> None:
+        super().__init__(message, code)
+        self.attempts: int = attempts
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+class DataLoss(FramecastError):
+    """The server found a damaged record."""
+
+
+class ServerError(FramecastError):
+    """Any other server answer (``INTERNAL``, ``UNIMPLEMENTED``, ...)."""
+
+
+class DeadlineExceeded(FramecastError, TimeoutError):
+    """A ``timeout`` given to a client call ran out."""
+
+
+class ClientClosed(FramecastError):
+    """The client was closed while the call was in progress (or before it started)."""
+
+
+class ProtocolError(FramecastError):
+    """The server answered in a way the contract does not allow (e.g. a subscription
+    without its snapshot metadata)."""
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+_BY_CODE: dict[grpc.StatusCode, type[FramecastError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.FAILED_PRECONDITION: EpochChanged,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+}
+
+
+def _code_and_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN
+    return code, details or ""
+
+
+def is_transient(err: grpc.RpcError) -> bool:
+    """True for statuses a retry (with the same idempotency key) can cure: the server was
+    unreachable, restarting, shutting down, or the connection broke."""
+    code, details = _code_and_details(err)
+    if code in _TRANSIENT_CODES:
+        return True
+    # A connection torn down mid-stream can surface as INTERNAL from the HTTP/2 layer.
+    return code == grpc.StatusCode.INTERNAL and (
+        "RST_STREAM" in details or "h2 protocol error" in details
+    )
+
+
+def from_rpc_error(err: grpc.RpcError, attempts: int = 0) -> FramecastError:
+    """Maps a gRPC error to the package's exception (transient codes become
+    :class:`Unavailable`)."""
+    code, details = _code_and_details(err)
+    message = f"{code.name}: {details}" if details else code.name
+    if is_transient(err):
+        return Unavailable(message, code, attempts)
+    return _BY_CODE.get(code, ServerError)(details or code.name, code)

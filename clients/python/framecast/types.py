@@ -1,0 +1,98 @@
+"""Plain value types returned by the client (no gRPC type is needed to use it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Ack", "Frame", "TopicInfo", "Cursor"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The acknowledgement of a published frame.
+
+    Attributes:
+        offset: The frame's offset in its topic (0, 1, 2, ... in commit order).
+        timestamp: The stored timestamp, nanoseconds since the Unix epoch.
+        duplicate: True when the server had already stored this frame (the idempotency key
+            was seen before: a retry of a publish whose first ack was lost). The offset and
+            timestamp are then those of the first ack.
+    """
+
+    offset: int
+    timestamp: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A delivered frame.
+
+    Attributes:
+        seq_no: The client-chosen sequence number (the primary replay sort key).
+        payload: The frame's bytes.
+        timestamp: The stored timestamp, nanoseconds since the Unix epoch.
+        offset: The frame's offset in its topic.
+        live: False for history (offset below the subscription's snapshot point ``S``),
+            True for frames committed after the subscription started (``offset >= S``).
+    """
+
+    seq_no: int
+    payload: bytes
+    timestamp: int
+    offset: int
+    live: bool
+
+    @property
+    def order_key(self) -> tuple[int, int, int]:
+        """``(seq_no, timestamp, offset)``: the order replayed history is sorted by."""
+        return (self.seq_no, self.timestamp, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic as the server describes it.
+
+    Attributes:
+        name: The topic name.
+        epoch: Random non-zero number chosen at creation; a re-created topic has a new one.
+        frames: Frames stored.
+        bytes: Size of the stored records (headers included).
+        first_offset: Oldest retained offset.
+        next_offset: The offset the next frame will get.
+        min_seq_no: Smallest stored ``seq_no`` (0 when empty).
+        max_seq_no: Largest stored ``seq_no`` (0 when empty).
+        subscribers: Open subscriber streams.
+        segments: Segment files.
+    """
+
+    name: str
+    epoch: int
+    frames: int
+    bytes: int
+    first_offset: int
+    next_offset: int
+    min_seq_no: int
+    max_seq_no: int
+    subscribers: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a subscription stands: what a resume sends to continue it exactly.
+
+    Attributes:
+        snapshot_offset: The snapshot point ``S`` the subscription was given.
+        epoch: The topic epoch the subscription was given.
+        seq_no: ``seq_no`` of the last frame received (0 if none yet).
+        timestamp: Timestamp of the last frame received (0 if none yet: the server then
+            restarts the same snapshot from its beginning).
+        offset: Offset of the last frame received (0 if none yet).
+    """
+
+    snapshot_offset: int
+    epoch: int
+    seq_no: int = 0
+    timestamp: int = 0
+    offset: int = 0

@@ -1,0 +1,157 @@
+"""The asyncio client against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import pytest
+from conftest import TEST_RETRY, ServerProcess
+
+import framecast
+from framecast import Ack, Frame, InvalidArgument, NotFound
+from framecast.aio import Client
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Runs ``coro`` in a fresh event loop, bounded by ``timeout`` seconds."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def take(agen: AsyncIterator[T], n: int, timeout: float = 20.0) -> list[T]:
+    """The next ``n`` items of ``agen``, within ``timeout`` seconds."""
+
+    async def collect() -> list[T]:
+        out: list[T] = []
+        async for item in agen:
+            out.append(item)
+            if len(out) == n:
+                break
+        return out
+
+    got = await asyncio.wait_for(collect(), timeout)
+    assert len(got) == n
+    return got
+
+
+def test_aio_round_trip(server: ServerProcess, topic: str) -> None:
+    async def main() -> None:
+        async with Client(server.address, retry=TEST_RETRY) as client:
+            ack = await client.publish(b"hello", seq_no=1, topic=topic)
+            assert isinstance(ack, Ack) and ack.offset == 0 and not ack.duplicate
+            acks = await client.publish_many([(3, b"c"), (2, b"b", 5_000)], topic, window=1)
+            assert [a.offset for a in acks] == [1, 2] and acks[1].timestamp == 5_000
+
+            payloads = client.subscribe(topic=topic, start=0)
+            assert await take(payloads, 3) == [b"hello", b"b", b"c"]
+            await payloads.aclose()
+
+            frames = client.frames(topic=topic, start=2)
+            got = await take(frames, 2)
+            assert [(f.seq_no, f.offset, f.live) for f in got] == [(2, 2, False), (3, 1, False)]
+            # Live frames on the same generator.
+            await client.publish(b"live", seq_no=9, topic=topic)
+            (live,) = await take(frames, 1)
+            assert (live.payload, live.offset, live.live) == (b"live", 3, True)
+            await frames.aclose()
+
+            seen: list[Frame] = []
+
+            async def on_frame(f: Frame) -> None:
+                seen.append(f)
+
+            acks = await client.run(
+                [(20, b"r1"), (21, b"r2")], topic, start=20, on_frame=on_frame, timeout=20
+            )
+            assert [a.offset for a in acks] == [4, 5]
+            assert [f.payload for f in seen] == [b"r1", b"r2"]
+
+            names = {t.name for t in await client.list_topics()}
+            assert topic in names
+            await client.delete_topic(topic)
+            with pytest.raises(NotFound):
+                await client.delete_topic(topic)
+            info = await client.create_topic(topic)
+            assert info.next_offset == 0
+
+    run(main())
+
+
+def test_aio_errors_are_the_package_exceptions(server: ServerProcess, topic: str) -> None:
+    async def main() -> None:
+        async with Client(server.address, retry=TEST_RETRY) as client:
+            with pytest.raises(InvalidArgument, match="topic name"):
+                await client.publish(b"x", 1, topic="no/slashes")
+            with pytest.raises(InvalidArgument, match="negative timestamp"):
+                await client.publish(b"x", 1, topic=topic, timestamp=-1)
+            with pytest.raises(InvalidArgument, match="frame 1") as info:
+                await client.publish_many([(1, b"ok"), (2, b"bad", -1)], topic)
+            assert len(info.value.acks) == 1
+            with pytest.raises(InvalidArgument):
+                await take(client.frames("bad name", 0), 1)
+            with pytest.raises(framecast.DeadlineExceeded):
+                async for _ in client.frames(topic, 0, timeout=0.3):
+                    pass
+        with pytest.raises(framecast.ClientClosed):
+            await client.publish(b"x", 1, topic)
+
+    run(main())
+
+
+def test_aio_subscription_resumes_across_kill9(
+    restartable_server: ServerProcess, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = restartable_server
+    caplog.set_level(logging.DEBUG, logger="framecast")
+
+    async def main() -> None:
+        async with (
+            Client(srv.address, retry=TEST_RETRY) as pub,
+            Client(
+                srv.address, retry=TEST_RETRY, channel_options=[("grpc.http2.bdp_probe", 0)]
+            ) as subc,
+        ):
+            await pub.publish_many(
+                [(1000 - i, b"h%04d" % i + b"x" * 500) for i in range(1000)], topic
+            )
+            frames = subc.frames(topic, 0, timeout=60)
+            got = await take(frames, 300)
+            # kill -9 during replay (in a thread: restart blocks until the server is up).
+            await asyncio.to_thread(srv.restart)
+            got += await take(frames, 700)
+            published = [
+                await pub.publish(b"live-%d" % i, seq_no=i, topic=topic) for i in range(50)
+            ]
+            got += await take(frames, 20)
+            await asyncio.to_thread(srv.restart)  # and during live
+            published += [
+                await pub.publish(b"live-%d" % i, seq_no=i, topic=topic) for i in range(50, 60)
+            ]
+            got += await take(frames, 40)
+            await frames.aclose()
+
+        history = got[:1000]
+        assert not any(f.live for f in history)
+        assert [f.order_key for f in history] == sorted(f.order_key for f in history)
+        assert len({f.offset for f in history}) == 1000
+        live = got[1000:]
+        assert all(f.live for f in live)
+        assert [(f.offset, f.timestamp) for f in live] == [
+            (a.offset, a.timestamp) for a in published
+        ]
+        resumes = [
+            r
+            for r in caplog.records
+            if "subscription" in r.getMessage() and "broken" in r.getMessage()
+        ]
+        assert len(resumes) >= 2, "the kills did not break the subscription"
+
+    run(main(), timeout=90)
