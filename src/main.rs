@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use framecast::server::config::{parse_bytes, parse_duration};
+use framecast::server::maintenance::MaintenanceConfig;
 use framecast::server::ServerConfig;
-use framecast::wal::{FsyncPolicy, LogConfig, DEFAULT_MAX_FRAME_BYTES};
+use framecast::wal::{CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_MAX_FRAME_BYTES};
 
 /// A durable broadcast server.
 #[derive(Debug, Parser)]
@@ -26,6 +27,16 @@ enum Command {
     Subscribe(framecast::cli::subscribe::SubscribeArgs),
     /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
     Bench(framecast::cli::bench::BenchArgs),
+    /// Compact a stopped server's topics: apply retention, merge sealed segments and runs
+    /// into one sorted run per topic.
+    Compact {
+        /// The data directory.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Print and check segment files (reads files only; safe on a live data dir).
     Dump {
         /// The data directory.
@@ -72,6 +83,18 @@ struct ServeArgs {
     /// How long an idempotency key is remembered (90s, 2m, 1h).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     dedup_window: std::time::Duration,
+    /// Default retention by age for topics without their own (90s, 2m, 1h, 7d); unset: keep.
+    #[arg(long, value_parser = parse_duration)]
+    retention_max_age: Option<std::time::Duration>,
+    /// Default retention by size for topics without their own (e.g. 10GiB); unset: keep.
+    #[arg(long, value_parser = parse_bytes)]
+    retention_max_bytes: Option<u64>,
+    /// Compaction I/O budget in MB/s (0 = unlimited).
+    #[arg(long, default_value_t = 64)]
+    compaction_mb_per_sec: u64,
+    /// Compact a topic once this many sealed segments wait (0 = never automatically).
+    #[arg(long, default_value_t = 4)]
+    compact_after_segments: usize,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -99,7 +122,20 @@ fn serve(args: ServeArgs) -> ExitCode {
             fsync: args.fsync,
             max_frame_bytes: usize::try_from(args.max_frame_bytes).unwrap_or(usize::MAX),
             dedup_window: args.dedup_window,
+            retention: Retention {
+                max_age: args.retention_max_age,
+                max_bytes: args.retention_max_bytes,
+            },
             ..LogConfig::default()
+        },
+        maintenance: MaintenanceConfig {
+            compact_after_segments: args.compact_after_segments,
+            compact: CompactOptions {
+                bytes_per_sec: (args.compaction_mb_per_sec > 0)
+                    .then(|| args.compaction_mb_per_sec.saturating_mul(1 << 20)),
+                ..CompactOptions::default()
+            },
+            ..MaintenanceConfig::default()
         },
         max_subscribers: args.max_subscribers,
         auto_create_topics: !args.no_auto_create_topics,
@@ -183,6 +219,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Compact { data_dir, topic } => {
+            init_tracing();
+            match framecast::server::compact_offline(&data_dir, topic.as_deref()) {
+                Ok(reports) => {
+                    for (name, r) in reports {
+                        println!(
+                            "{name}: {} segments + {} runs -> {} frames, {} -> {} bytes, {} keys dropped",
+                            r.segments_in, r.runs_in, r.frames, r.bytes_in, r.bytes_out, r.keys_dropped
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("framecast compact: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Publish(args) => client_command("publish", framecast::cli::publish::run(args)),
         Command::Subscribe(args) => {
             client_command("subscribe", framecast::cli::subscribe::run(args))

@@ -42,8 +42,13 @@ impl Backoff {
         }
     }
 
-    /// Sleeps before the next attempt; false when the budget is spent.
+    /// Sleeps before the next attempt; false when the budget is spent. The budget counts
+    /// from the first failure since the last success, not from when the operation began,
+    /// so a subscription that was quiet for an hour still retries fully.
     pub(crate) async fn wait(&mut self) -> bool {
+        if self.attempts == 0 {
+            self.started = Instant::now();
+        }
         self.attempts += 1;
         if self.started.elapsed() >= self.policy.max_elapsed {
             return false;

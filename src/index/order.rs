@@ -190,16 +190,22 @@ impl OrderIndex {
         true
     }
 
-    /// Removes every key whose offset is below `first_offset` (retention).
+    /// Removes every key whose offset is below `first_offset` (retention, compaction). The
+    /// survivors are packed into full chunks again, so memory shrinks with the key count.
     pub fn remove_below_offset(&mut self, first_offset: u64) {
-        for chunk in &mut self.chunks {
-            if chunk.min_offset < first_offset {
-                chunk.keys.retain(|k| k.offset >= first_offset);
-                chunk.min_offset = min_offset(&chunk.keys);
-            }
+        if self.chunks.iter().all(|c| c.min_offset >= first_offset) {
+            return;
         }
-        self.chunks.retain(|c| !c.keys.is_empty());
-        self.len = self.chunks.iter().map(|c| c.keys.len()).sum();
+        let old = std::mem::take(&mut self.chunks);
+        self.len = 0;
+        for key in old
+            .iter()
+            .flat_map(|c| c.keys.iter())
+            .filter(|k| k.offset >= first_offset)
+        {
+            // Keys come in order, so every insert is the O(1) append path.
+            self.insert(*key);
+        }
     }
 
     /// Every key in order (tests and tools).

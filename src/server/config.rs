@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Interval of HTTP/2 keepalive pings, so dead peers are noticed.
     pub keepalive_interval: Duration,
+    /// Retention passes and automatic compaction.
+    pub maintenance: super::maintenance::MaintenanceConfig,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +37,7 @@ impl Default for ServerConfig {
             auto_create_topics: true,
             shutdown_grace: Duration::from_secs(4),
             keepalive_interval: Duration::from_secs(20),
+            maintenance: super::maintenance::MaintenanceConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 mod error;
+pub mod maintenance;
 mod run;
 pub mod service;
 pub mod shutdown;
@@ -10,7 +11,7 @@ pub mod topics;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};
-pub use run::{run, DataDirLock};
+pub use run::{compact_offline, run, DataDirLock};
 pub use service::{BroadcastService, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 pub use subscription::{FrameStream, Subscription};
 pub use topics::{Topic, TopicMeta, Topics};

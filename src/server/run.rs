@@ -47,6 +47,35 @@ impl DataDirLock {
     }
 }
 
+/// `framecast compact`: on a stopped server's data dir, applies retention and merges every
+/// topic's sealed segments and runs into one sorted run. Returns a report per topic.
+pub fn compact_offline(
+    data_dir: &std::path::Path,
+    only: Option<&str>,
+) -> Result<Vec<(String, crate::wal::CompactionReport)>> {
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let topics = Topics::open(data_dir, crate::wal::LogConfig::default(), false)?;
+    let mut out = Vec::new();
+    for t in topics.list() {
+        if only.is_some_and(|o| o != t.name()) {
+            continue;
+        }
+        t.log().apply_retention(crate::wal::now_ns())?;
+        let opts = crate::wal::CompactOptions {
+            bytes_per_sec: None,
+            max_runs: 1,
+        };
+        out.push((t.name().to_string(), t.log().compact(&opts)?));
+    }
+    if let Some(o) = only {
+        if out.is_empty() {
+            return Err(Error::TopicNotFound(o.to_string()));
+        }
+    }
+    topics.close_all();
+    Ok(out)
+}
+
 /// Recovers every topic, then serves on `listener` until `signal` completes; then stops
 /// accepting, ends open streams with UNAVAILABLE, finishes in-flight publishes and syncs.
 pub async fn run(
@@ -76,6 +105,11 @@ pub async fn run(
 
     let (trigger, shutdown) = shutdown::channel();
     let config = Arc::new(config);
+    let upkeep = tokio::spawn(super::maintenance::run(
+        Arc::clone(&topics),
+        config.maintenance,
+        shutdown.clone(),
+    ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
     let service = BroadcastServer::new(BroadcastService::new(
         Arc::clone(&topics),
@@ -126,6 +160,7 @@ pub async fn run(
             }
         }
     }
+    // Closing a log cancels a running compaction, so this is quick.
     let closing = Arc::clone(&topics);
     tokio::task::spawn_blocking(move || closing.close_all())
         .await
@@ -133,6 +168,7 @@ pub async fn run(
             path: "close".into(),
             reason: e.to_string(),
         })?;
+    upkeep.abort();
     info!("all logs synced and closed");
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct Subscription {
     deleted: watch::Receiver<bool>,
     shutdown: Shutdown,
     finished: bool,
+    /// The oldest retained offset when the stream started (0 for a resumed stream, whose
+    /// start is unknown here): retention after it may have removed frames it needs.
+    first_at_start: u64,
     _slots: (SubscriberSlot, GlobalSlot),
 }
 
@@ -91,7 +94,13 @@ impl Subscription {
                 next: last.offset + 1,
             },
         };
+        let first_at_start = if at.after.is_some() {
+            0
+        } else {
+            topic.log().first_offset()
+        };
         Subscription {
+            first_at_start,
             durable: topic.log().watch_durable(),
             deleted: topic.watch_deleted(),
             topic,
@@ -144,19 +153,21 @@ impl Subscription {
                     let done = log
                         .read_ordered(&from, self.snapshot, BATCH, &mut got)
                         .map_err(|e| Status::from(Error::from(e)))?;
+                    // Frames this replay still needs (key >= from, offset < S) may have been
+                    // removed by retention since it started: then say so, never skip them.
+                    let (first, removed_max) = log.retention_watermark();
+                    if first > self.first_at_start
+                        && self.first_at_start < self.snapshot
+                        && removed_max.is_some_and(|k| k >= from)
+                    {
+                        return Err(out_of_range(first));
+                    }
                     self.phase = match got.last().and_then(|f| f.key().successor()) {
                         Some(next) if !done => Phase::Replay { from: next },
                         _ => Phase::Live {
                             next: self.snapshot,
                         },
                     };
-                    if let Some(first) = got.first() {
-                        // Retention may have removed frames this replay still needed.
-                        let oldest = log.first_offset();
-                        if first.offset < oldest {
-                            return Err(out_of_range(oldest));
-                        }
-                    }
                     self.buf.extend(got);
                 }
                 Phase::Live { next } => {

@@ -104,9 +104,10 @@ pub struct Topics {
     dir: PathBuf,
     log_config: LogConfig,
     auto_create: bool,
-    map: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serializes creation and deletion (not lookups).
-    changes: tokio::sync::Mutex<()>,
+    map: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
+    /// Serializes creation and deletion (not lookups). The guard moves into the blocking
+    /// task that does the work, so a cancelled request never leaves a change half done.
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Topics {
@@ -138,7 +139,7 @@ impl Topics {
         for name in names {
             let topic_dir = dir.join(&name);
             let meta = read_meta(&topic_dir)?;
-            let log = Log::open(&topic_dir, log_config.clone())?;
+            let log = Log::open(&topic_dir, topic_config(&log_config, &meta))?;
             frames += log.stats().frames;
             map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
         }
@@ -152,9 +153,14 @@ impl Topics {
             dir,
             log_config,
             auto_create,
-            map: RwLock::new(map),
-            changes: tokio::sync::Mutex::new(()),
+            map: Arc::new(RwLock::new(map)),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// The log settings of a topic: the server's, with the topic's own retention where set.
+    fn topic_config(&self, meta: &TopicMeta) -> LogConfig {
+        topic_config(&self.log_config, meta)
     }
 
     /// The topic `name`, created with default settings if missing and auto-creation is on.
@@ -184,7 +190,7 @@ impl Topics {
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
         }
-        let _guard = self.changes.lock().await;
+        let guard = Arc::clone(&self.changes).lock_owned().await;
         if let Some(t) = self.get(name) {
             let m = t.meta();
             if m.retention_max_age_seconds == retention_max_age_seconds
@@ -202,9 +208,12 @@ impl Topics {
             retention_max_age_seconds,
             retention_max_bytes,
         };
-        let (dir, name_owned, config) =
-            (self.dir.clone(), name.to_string(), self.log_config.clone());
-        let topic = tokio::task::spawn_blocking(move || -> Result<Topic> {
+        let (dir, name_owned, map) = (self.dir.clone(), name.to_string(), Arc::clone(&self.map));
+        let config = self.topic_config(&meta);
+        // Runs to the end even if the request is cancelled: the topic is either fully made and
+        // registered, or not made at all.
+        let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
+            let _guard = guard;
             let temp = dir.join(format!("{TEMP_PREFIX}creating-{name_owned}"));
             if temp.exists() {
                 std::fs::remove_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
@@ -214,18 +223,27 @@ impl Topics {
             let final_dir = dir.join(&name_owned);
             std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
             sync_dir(&dir)?;
-            let log = Log::open(&final_dir, config)?;
-            Ok(new_topic(name_owned, meta, log))
+            let log = match Log::open(&final_dir, config) {
+                Ok(log) => log,
+                Err(e) => {
+                    // No segment (a full disk, say): the topic was never usable and nothing
+                    // was acknowledged into it. Take it back, or a later creation would
+                    // find the name taken on disk and fail for good.
+                    warn!(dir = %final_dir.display(), error = %e, "topic creation failed; removing it");
+                    let _ = std::fs::remove_dir_all(&final_dir);
+                    let _ = sync_dir(&dir);
+                    return Err(e.into());
+                }
+            };
+            let topic = Arc::new(new_topic(name_owned.clone(), meta, log));
+            map.write().insert(name_owned, Arc::clone(&topic));
+            Ok(topic)
         })
         .await
         .map_err(|e| Error::Metadata {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        let topic = Arc::new(topic);
-        self.map
-            .write()
-            .insert(name.to_string(), Arc::clone(&topic));
         info!(topic = name, epoch = meta.epoch, "topic created");
         Ok((topic, true))
     }
@@ -236,7 +254,7 @@ impl Topics {
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
         }
-        let _guard = self.changes.lock().await;
+        let guard = Arc::clone(&self.changes).lock_owned().await;
         let topic = self
             .map
             .write()
@@ -246,6 +264,7 @@ impl Topics {
         let dir = self.dir.clone();
         let name_owned = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            let _guard = guard;
             topic.log.close();
             let from = dir.join(&name_owned);
             let aside = dir.join(format!(
@@ -279,6 +298,20 @@ impl Topics {
             t.log.close();
         }
     }
+}
+
+/// `base` with the topic's own retention limits where they are set (non-zero).
+fn topic_config(base: &LogConfig, meta: &TopicMeta) -> LogConfig {
+    let mut c = base.clone();
+    if meta.retention_max_age_seconds > 0 {
+        c.retention.max_age = Some(std::time::Duration::from_secs(
+            meta.retention_max_age_seconds,
+        ));
+    }
+    if meta.retention_max_bytes > 0 {
+        c.retention.max_bytes = Some(meta.retention_max_bytes);
+    }
+    c
 }
 
 fn new_topic(name: String, meta: TopicMeta, log: Log) -> Topic {

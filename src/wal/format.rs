@@ -45,6 +45,111 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest allowed segment size: a header and one small record must fit.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
 
+/// Magic at the start of every sorted-run file.
+pub const RUN_MAGIC: [u8; 8] = *b"FRAMERUN";
+/// Bytes taken by the run file header.
+///
+/// | bytes  | field        | notes                                              |
+/// |--------|--------------|----------------------------------------------------|
+/// | 0..8   | magic        | [`RUN_MAGIC`]                                      |
+/// | 8..12  | version      | [`FORMAT_VERSION`]                                 |
+/// | 12..16 | header_len   | [`RUN_HEADER_LEN`]                                 |
+/// | 16..24 | base_offset  | first offset the run holds                         |
+/// | 24..32 | end_offset   | one past the last offset; every offset between is present |
+/// | 32..40 | records_end  | file position just after the last record           |
+/// | 40..44 | map_crc      | CRC32 of the offset map                            |
+/// | 44..60 | reserved     | zero                                               |
+/// | 60..64 | header_crc   | CRC32 of bytes 0..60                               |
+///
+/// Records (same layout as in segments) follow the header in order-key order, up to
+/// `records_end`; then the offset map: one little-endian u32 record position per offset
+/// `base_offset..end_offset`, and the file ends.
+pub const RUN_HEADER_LEN: usize = 64;
+/// Suffix of sorted-run files.
+pub const RUN_SUFFIX: &str = "run";
+/// Suffix of a run being written; never part of the log.
+pub const TEMP_SUFFIX: &str = "tmp";
+/// Bytes of run per sparse index entry held in memory.
+pub const RUN_BLOCK_BYTES: u64 = 4096;
+/// The file naming the live runs and the retention watermark of a topic.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+
+/// A run file header's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunHeader {
+    /// First offset held.
+    pub base_offset: u64,
+    /// One past the last offset held.
+    pub end_offset: u64,
+    /// Position just after the last record.
+    pub records_end: u64,
+    /// CRC32 of the offset map.
+    pub map_crc: u32,
+}
+
+/// Encodes a run header.
+pub fn encode_run_header(h: &RunHeader) -> [u8; RUN_HEADER_LEN] {
+    let mut b = [0u8; RUN_HEADER_LEN];
+    b[0..8].copy_from_slice(&RUN_MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&(RUN_HEADER_LEN as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&h.base_offset.to_le_bytes());
+    b[24..32].copy_from_slice(&h.end_offset.to_le_bytes());
+    b[32..40].copy_from_slice(&h.records_end.to_le_bytes());
+    b[40..44].copy_from_slice(&h.map_crc.to_le_bytes());
+    let crc = crc32fast::hash(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a run header, or says why it is not one.
+pub fn decode_run_header(b: &[u8]) -> Result<RunHeader, String> {
+    if b.len() < RUN_HEADER_LEN {
+        return Err(format!(
+            "file shorter than its {RUN_HEADER_LEN}-byte run header"
+        ));
+    }
+    if b[0..8] != RUN_MAGIC {
+        return Err("bad magic: not a framecast run".into());
+    }
+    if crc32fast::hash(&b[..60]) != u32::from_le_bytes(le4(&b[60..64])) {
+        return Err("run header checksum mismatch".into());
+    }
+    let version = u32::from_le_bytes(le4(&b[8..12]));
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    if u32::from_le_bytes(le4(&b[12..16])) as usize != RUN_HEADER_LEN {
+        return Err("unexpected run header length".into());
+    }
+    let h = RunHeader {
+        base_offset: u64::from_le_bytes(le8(&b[16..24])),
+        end_offset: u64::from_le_bytes(le8(&b[24..32])),
+        records_end: u64::from_le_bytes(le8(&b[32..40])),
+        map_crc: u32::from_le_bytes(le4(&b[40..44])),
+    };
+    if h.end_offset < h.base_offset || h.records_end < RUN_HEADER_LEN as u64 {
+        return Err("run header fields out of range".into());
+    }
+    Ok(h)
+}
+
+/// Name of a run file holding offsets `base..end`.
+pub fn run_file_name(base: u64, end: u64) -> String {
+    format!("{base:0w$}-{end:0w$}.{RUN_SUFFIX}", w = SEGMENT_NAME_DIGITS)
+}
+
+/// Parses a run file name into `(base, end)`.
+pub fn parse_run_file_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(RUN_SUFFIX)?.strip_suffix('.')?;
+    let (a, b) = stem.split_once('-')?;
+    let digits = |s: &str| s.len() == SEGMENT_NAME_DIGITS && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 /// Name of a segment file for `base_offset`.
 pub fn segment_file_name(base_offset: u64) -> String {
     format!(
@@ -128,6 +233,27 @@ mod tests {
             None
         );
         assert_eq!(parse_segment_file_name("topic.json"), None);
+    }
+
+    #[test]
+    fn run_names_and_headers_round_trip() {
+        let name = run_file_name(3, 10);
+        assert_eq!(name, "00000000000000000003-00000000000000000010.run");
+        assert_eq!(parse_run_file_name(&name), Some((3, 10)));
+        assert_eq!(parse_run_file_name("00000000000000000003.seg"), None);
+        let h = RunHeader {
+            base_offset: 3,
+            end_offset: 10,
+            records_end: 500,
+            map_crc: 77,
+        };
+        let b = encode_run_header(&h);
+        assert_eq!(decode_run_header(&b), Ok(h));
+        for bit in 0..RUN_HEADER_LEN * 8 {
+            let mut bad = b;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_run_header(&bad).is_err(), "bit {bit} not caught");
+        }
     }
 
     #[test]

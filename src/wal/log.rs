@@ -19,10 +19,12 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info};
 
+use super::compact::Retention;
 use super::dedup::{DedupWindow, FirstAck};
 use super::format::{DEFAULT_SEGMENT_BYTES, MAX_KEY_LEN, MIN_SEGMENT_BYTES, SEGMENT_HEADER_LEN};
 use super::record::{decode, encoded_len, Decoded, RecordRef};
 use super::recovery::{recover, RecoverySink};
+use super::run::Run;
 use super::segment::{Segment, SegmentWriter, SyncMethod};
 use super::{Error, Result};
 use crate::index::{OffsetMap, OrderIndex, OrderKey};
@@ -83,6 +85,8 @@ pub struct LogConfig {
     pub max_frame_bytes: usize,
     /// How long an idempotency key is remembered.
     pub dedup_window: Duration,
+    /// How much of the topic is kept.
+    pub retention: Retention,
 }
 
 /// API.md's default `--max-frame-bytes`: 4 MiB − 1 KiB.
@@ -96,6 +100,7 @@ impl Default for LogConfig {
             sync_method: SyncMethod::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             dedup_window: Duration::from_secs(120),
+            retention: Retention::default(),
         }
     }
 }
@@ -184,8 +189,10 @@ pub struct LogStats {
     pub min_seq_no: Option<u64>,
     /// Largest seq_no held.
     pub max_seq_no: Option<u64>,
-    /// Segment files.
+    /// Files holding frames: segments and sorted runs.
     pub segments: usize,
+    /// Sorted runs among them.
+    pub runs: usize,
     /// Heap bytes of the in-memory index (order index and offset map).
     pub index_bytes: usize,
     /// Syncs (msync or fdatasync calls) done since the log was opened.
@@ -195,17 +202,22 @@ pub struct LogStats {
 /// A topic's append-only log.
 #[derive(Debug)]
 pub struct Log {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    dir: PathBuf,
-    config: LogConfig,
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
+    pub(super) config: LogConfig,
     queue: Mutex<Queue>,
     wake: Condvar,
     writer: Mutex<Writer>,
-    state: RwLock<State>,
+    pub(super) state: RwLock<State>,
+    /// Held by a compaction or retention pass: one at a time per log.
+    pub(super) maintenance: Mutex<()>,
+    /// Set by `close`: a running compaction stops at its next record (leaving only a
+    /// temporary file, removed at the next open).
+    pub(super) cancel: std::sync::atomic::AtomicBool,
     durable: watch::Sender<u64>,
     syncs: AtomicU64,
 }
@@ -225,10 +237,10 @@ struct Request {
 }
 
 #[derive(Debug)]
-struct Writer {
+pub(super) struct Writer {
     active: SegmentWriter,
     next_offset: u64,
-    dedup: DedupWindow,
+    pub(super) dedup: DedupWindow,
     /// Position in the active segment up to which everything is synced.
     synced_to: u64,
     last_sync: Instant,
@@ -237,12 +249,68 @@ struct Writer {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    order: OrderIndex,
-    offsets: OffsetMap<Arc<Segment>>,
-    first_offset: u64,
-    next_offset: u64,
-    bytes: u64,
+pub(super) struct State {
+    /// Order keys of the frames in segments (not yet compacted into runs).
+    pub(super) order: OrderIndex,
+    /// Record positions of the frames in segments.
+    pub(super) offsets: OffsetMap<Arc<Segment>>,
+    /// Sorted runs, in offset order; they hold every offset below the first segment's base.
+    pub(super) runs: Vec<Arc<Run>>,
+    /// Oldest retained offset.
+    pub(super) first_offset: u64,
+    /// Offsets below this are indexed.
+    pub(super) next_offset: u64,
+    /// Bytes of retained records.
+    pub(super) bytes: u64,
+    /// Largest order key removed by retention.
+    pub(super) removed_max_key: Option<OrderKey>,
+}
+
+/// Where a frame's record is.
+pub(super) enum Loc {
+    Segment(Arc<Segment>, u32),
+    Run(Arc<Run>, u32),
+}
+
+impl State {
+    /// Where the record of `offset` is, if it is retained and indexed.
+    pub(super) fn locate(&self, offset: u64) -> Option<Loc> {
+        if offset < self.first_offset {
+            return None;
+        }
+        if let Some((seg, pos)) = self.offsets.locate(offset) {
+            return Some(Loc::Segment(Arc::clone(seg), pos));
+        }
+        let i = self.runs.partition_point(|r| r.end_offset() <= offset);
+        let run = self.runs.get(i)?;
+        run.locate(offset).map(|pos| Loc::Run(Arc::clone(run), pos))
+    }
+}
+
+impl Loc {
+    /// The order key and record length of `offset`, checked.
+    pub(super) fn header(&self, offset: u64) -> Result<(OrderKey, u64)> {
+        let (data, file, pos) = match self {
+            Loc::Segment(seg, pos) => (seg.read_from(*pos as u64)?, seg.path(), *pos),
+            Loc::Run(run, pos) => (run.record_bytes(*pos), run.path(), *pos),
+        };
+        match decode(data) {
+            Decoded::Record(r, len) if r.offset == offset => Ok((rec_key(&r), len as u64)),
+            Decoded::Invalid(reason) => Err(Error::corruption(file, pos as u64, reason)),
+            _ => Err(Error::corruption(
+                file,
+                pos as u64,
+                format!("no record of offset {offset}"),
+            )),
+        }
+    }
+
+    pub(super) fn load(&self, offset: u64) -> Result<StoredFrame> {
+        match self {
+            Loc::Segment(seg, pos) => load(seg, *pos, offset),
+            Loc::Run(run, pos) => run.load(*pos, offset),
+        }
+    }
 }
 
 /// Appends of one commit that share the active segment and so one sync.
@@ -274,21 +342,8 @@ struct Rebuild<'a> {
     now: i64,
 }
 
-impl RecoverySink for Rebuild<'_> {
-    fn segment(&mut self, segment: &Arc<Segment>) {
-        self.state
-            .offsets
-            .push_segment(segment.base_offset(), Arc::clone(segment));
-    }
-
-    fn record(&mut self, r: &RecordRef<'_>, position: u64, _len: u64) {
-        self.state.order.insert(OrderKey {
-            seq_no: r.seq_no,
-            timestamp: r.timestamp,
-            offset: r.offset,
-        });
-        // Positions fit: segments are at most u32::MAX bytes (LogConfig::validate).
-        self.state.offsets.push(position as u32);
+impl Rebuild<'_> {
+    fn remember_key(&mut self, r: &RecordRef<'_>) {
         if !r.key.is_empty() {
             let ack = FirstAck {
                 offset: r.offset,
@@ -297,6 +352,39 @@ impl RecoverySink for Rebuild<'_> {
             };
             self.dedup.insert(r.key, ack, self.now);
         }
+    }
+}
+
+impl RecoverySink for Rebuild<'_> {
+    fn begin(&mut self, first_offset: u64) {
+        self.state.first_offset = first_offset;
+    }
+
+    fn run(&mut self, run: &Arc<Run>) {
+        self.state.runs.push(Arc::clone(run));
+    }
+
+    fn run_record(&mut self, record: &RecordRef<'_>) {
+        self.remember_key(record);
+    }
+
+    fn segment(&mut self, segment: &Arc<Segment>) {
+        self.state
+            .offsets
+            .push_segment(segment.base_offset(), Arc::clone(segment));
+    }
+
+    fn record(&mut self, r: &RecordRef<'_>, position: u64, _len: u64) {
+        if r.offset >= self.state.first_offset {
+            self.state.order.insert(OrderKey {
+                seq_no: r.seq_no,
+                timestamp: r.timestamp,
+                offset: r.offset,
+            });
+        }
+        // Positions fit: segments are at most u32::MAX bytes (LogConfig::validate).
+        self.state.offsets.push(position as u32);
+        self.remember_key(r);
     }
 }
 
@@ -340,6 +428,15 @@ impl Log {
         state.first_offset = recovered.first_offset;
         state.next_offset = recovered.next_offset;
         state.bytes = recovered.bytes;
+        state.removed_max_key = recovered
+            .manifest
+            .as_ref()
+            .and_then(|m| m.removed_max_key)
+            .map(|(seq_no, timestamp, offset)| OrderKey {
+                seq_no,
+                timestamp,
+                offset,
+            });
         info!(
             dir = %dir.display(),
             frames = recovered.records,
@@ -370,6 +467,8 @@ impl Log {
                 state: RwLock::new(state),
                 durable,
                 syncs: AtomicU64::new(0),
+                maintenance: Mutex::new(()),
+                cancel: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -377,6 +476,11 @@ impl Log {
     /// The directory of this log.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// True once [`Log::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.cancel.load(Ordering::Relaxed)
     }
 
     /// The settings this log runs with.
@@ -510,6 +614,11 @@ impl Log {
         let mut locs = Vec::new();
         let next;
         {
+            // Clamp to the announced frontier, not the index's `next_offset`: the committer
+            // indexes a batch before it announces it, and a reader must not get a frame that
+            // `durable_offset()` does not cover yet. Read before the index lock, so that
+            // everything below it is already indexed.
+            let frontier = self.durable_offset();
             let st = self.shared.state.read();
             if from < st.first_offset {
                 return Err(Error::OutOfRange {
@@ -518,18 +627,15 @@ impl Log {
                     next: st.next_offset,
                 });
             }
-            let end = until
-                .min(st.next_offset)
-                .min(from.saturating_add(max as u64));
+            let end = until.min(frontier).min(from.saturating_add(max as u64));
             locs.reserve(end.saturating_sub(from) as usize);
             for offset in from..end {
-                let (seg, pos) = st.offsets.locate(offset).ok_or_else(|| missing(offset))?;
-                locs.push((offset, Arc::clone(seg), pos));
+                locs.push((offset, st.locate(offset).ok_or_else(|| missing(offset))?));
             }
             next = end.max(from);
         }
-        for (offset, seg, pos) in locs {
-            let frame = load(&seg, pos, offset)?;
+        for (offset, loc) in locs {
+            let frame = loc.load(offset)?;
             if frame.seq_no >= min_seq_no {
                 out.push(frame);
             }
@@ -539,7 +645,8 @@ impl Log {
 
     /// Reads up to `max` frames in order-key order, starting at key `from` (inclusive),
     /// skipping frames whose offset is not below `offset_limit`. Returns true when the end of
-    /// the index was reached.
+    /// the log was reached. Sorted runs and the segments' index are merged (k-way): a replay
+    /// over runs reads each run sequentially.
     pub fn read_ordered(
         &self,
         from: &OrderKey,
@@ -547,40 +654,88 @@ impl Log {
         max: usize,
         out: &mut Vec<StoredFrame>,
     ) -> Result<bool> {
-        let mut keys = Vec::with_capacity(max.min(4096));
-        let mut locs = Vec::with_capacity(keys.capacity());
-        let done;
+        // Up to `max` candidates from each source; the first `max` of their merge are the
+        // answer, since no source can contribute more than `max` of them.
+        let mut candidates: Vec<(OrderKey, Loc)> = Vec::new();
+        let mut done = true;
         {
+            // The announced frontier, as in `read_range`.
+            let limit = offset_limit.min(self.durable_offset());
             let st = self.shared.state.read();
-            done = st
-                .order
-                .collect(from, offset_limit.min(st.next_offset), max, &mut keys);
-            for k in &keys {
+            let mut keys = Vec::with_capacity(max.min(4096));
+            done &= st.order.collect(from, limit, max, &mut keys);
+            for k in keys {
                 let (seg, pos) = st
                     .offsets
                     .locate(k.offset)
                     .ok_or_else(|| missing(k.offset))?;
-                locs.push((k.offset, Arc::clone(seg), pos));
+                candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
+            }
+            let mut found = Vec::new();
+            for run in &st.runs {
+                if run.base_offset() >= limit || run.end_offset() <= st.first_offset {
+                    continue;
+                }
+                found.clear();
+                done &= run.scan(from, st.first_offset, limit, max, &mut found);
+                candidates.extend(
+                    found
+                        .iter()
+                        .map(|&(k, pos)| (k, Loc::Run(Arc::clone(run), pos))),
+                );
             }
         }
-        for (offset, seg, pos) in locs {
-            out.push(load(&seg, pos, offset)?);
+        candidates.sort_unstable_by_key(|c| c.0);
+        if candidates.len() > max {
+            candidates.truncate(max);
+            done = false;
+        }
+        for (key, loc) in candidates {
+            out.push(loc.load(key.offset)?);
         }
         Ok(done)
+    }
+
+    /// The retention watermark: the oldest retained offset and the largest order key ever
+    /// removed by retention.
+    pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {
+        let st = self.shared.state.read();
+        (st.first_offset, st.removed_max_key)
     }
 
     /// Current figures.
     pub fn stats(&self) -> LogStats {
         let st = self.shared.state.read();
+        let run_keys = st.runs.iter().filter_map(|r| r.key_range());
+        let (run_min, run_max) = run_keys.fold(
+            (None, None),
+            |(lo, hi): (Option<u64>, Option<u64>), (a, b)| {
+                (
+                    Some(lo.map_or(a.seq_no, |l| l.min(a.seq_no))),
+                    Some(hi.map_or(b.seq_no, |h| h.max(b.seq_no))),
+                )
+            },
+        );
+        let min_of = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let max_of = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         LogStats {
-            frames: st.order.len() as u64,
+            frames: st.next_offset - st.first_offset.min(st.next_offset),
             bytes: st.bytes,
             first_offset: st.first_offset,
             next_offset: st.next_offset,
-            min_seq_no: st.order.first().map(|k| k.seq_no),
-            max_seq_no: st.order.last().map(|k| k.seq_no),
-            segments: st.offsets.segment_count(),
-            index_bytes: st.order.heap_bytes() + st.offsets.heap_bytes(),
+            min_seq_no: min_of(st.order.first().map(|k| k.seq_no), run_min),
+            max_seq_no: max_of(st.order.last().map(|k| k.seq_no), run_max),
+            segments: st.offsets.segment_count() + st.runs.len(),
+            runs: st.runs.len(),
+            index_bytes: st.order.heap_bytes()
+                + st.offsets.heap_bytes()
+                + st.runs.iter().map(|r| r.heap_bytes()).sum::<usize>(),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
         }
     }
@@ -588,6 +743,7 @@ impl Log {
     /// Finishes queued appends, syncs, and stops the committer. Later appends fail with
     /// [`Error::Unavailable`]; reads keep working. Called by `drop` too.
     pub fn close(&self) {
+        self.shared.cancel.store(true, Ordering::Relaxed);
         let worker = {
             let mut q = self.shared.queue.lock();
             q.closed = true;
@@ -599,6 +755,8 @@ impl Log {
                 error!(dir = %self.shared.dir.display(), "committer thread panicked");
             }
         }
+        // Wait for a compaction or retention pass to stop; none starts after this.
+        drop(self.shared.maintenance.lock());
         let mut w = self.shared.writer.lock();
         self.shared.sync_unsynced(&mut w);
     }
@@ -832,7 +990,7 @@ fn rec_key(r: &RecordRef<'_>) -> OrderKey {
 }
 
 /// Decodes and checks the record of `offset` at `pos`.
-fn load(seg: &Arc<Segment>, pos: u32, offset: u64) -> Result<StoredFrame> {
+pub(super) fn load(seg: &Arc<Segment>, pos: u32, offset: u64) -> Result<StoredFrame> {
     let data = seg.read_from(pos as u64)?;
     match decode(data) {
         Decoded::Record(rec, len) if rec.offset == offset => {

@@ -1,13 +1,18 @@
 //! The write-ahead log: segment files of CRC'd records, group commit, recovery.
 
+mod compact;
 mod dedup;
 mod error;
+pub mod failpoint;
 pub mod format;
 mod log;
+pub mod manifest;
 pub mod record;
 pub mod recovery;
+pub mod run;
 pub mod segment;
 
+pub use compact::{CompactOptions, CompactionReport, Retention, RetentionReport};
 pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};
 pub use log::{
@@ -15,4 +20,5 @@ pub use log::{
     DEFAULT_MAX_FRAME_BYTES,
 };
 pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
-pub use segment::{Segment, SegmentWriter, SyncMethod};
+pub use run::{Run, RunWriter};
+pub use segment::{MappedFile, Segment, SegmentWriter, SyncMethod};

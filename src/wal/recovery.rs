@@ -11,14 +11,31 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::format::{parse_segment_file_name, SEGMENT_HEADER_LEN, TORN_SUFFIX};
+use super::format::{
+    parse_run_file_name, parse_segment_file_name, MANIFEST_FILE, SEGMENT_HEADER_LEN, TEMP_SUFFIX,
+    TORN_SUFFIX,
+};
+use super::manifest::{self, Manifest};
 use super::record::{decode, Decoded, RecordRef};
+use super::run::Run;
 use super::segment::{sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
 
 /// Receives what recovery finds, in log order. The index implements this; it never sees
 /// the file format.
 pub trait RecoverySink {
+    /// Recovery starts; frames below `first_offset` were removed by retention.
+    fn begin(&mut self, first_offset: u64) {
+        let _ = first_offset;
+    }
+    /// A verified sorted run (runs come before segments, in offset order).
+    fn run(&mut self, run: &Arc<Run>) {
+        let _ = run;
+    }
+    /// A record of the run being opened (for the dedup window).
+    fn run_record(&mut self, record: &RecordRef<'_>) {
+        let _ = record;
+    }
     /// A segment starts; its records follow.
     fn segment(&mut self, segment: &Arc<Segment>);
     /// A valid record at byte `position` of the current segment, `len` bytes long.
@@ -43,6 +60,10 @@ pub struct TornTail {
 /// The outcome of recovering a topic directory.
 #[derive(Debug)]
 pub struct Recovered {
+    /// The manifest, if the topic ever compacted or removed frames.
+    pub manifest: Option<Manifest>,
+    /// Sorted runs, in offset order.
+    pub runs: Vec<Arc<Run>>,
     /// Every segment but the last, oldest first.
     pub sealed: Vec<Arc<Segment>>,
     /// The last segment, ready for appends; `None` for a directory without segments.
@@ -51,7 +72,7 @@ pub struct Recovered {
     pub first_offset: u64,
     /// Offset the next record gets.
     pub next_offset: u64,
-    /// Valid records found.
+    /// Valid records found at or above `first_offset`.
     pub records: u64,
     /// Bytes of valid records, headers included.
     pub bytes: u64,
@@ -74,18 +95,71 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Scans every segment of `dir`, feeding valid records to `sink`.
+/// Recovers `dir`: reads the manifest, removes files it superseded, verifies every run and
+/// scans every segment, feeding `sink`.
 pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
-    let files = list_segments(dir)?;
+    let manifest = manifest::read(dir)?;
+    remove_superseded(dir, manifest.as_ref())?;
+    let files: Vec<(u64, PathBuf)> = list_segments(dir)?;
+    let first_offset = match &manifest {
+        Some(m) => m.first_offset,
+        None => files.first().map_or(0, |f| f.0),
+    };
+    sink.begin(first_offset);
     let mut out = Recovered {
+        manifest: manifest.clone(),
+        runs: Vec::new(),
         sealed: Vec::new(),
         active: None,
-        first_offset: files.first().map_or(0, |f| f.0),
-        next_offset: files.first().map_or(0, |f| f.0),
+        first_offset,
+        next_offset: 0,
         records: 0,
         bytes: 0,
         torn: None,
     };
+    let mut chain: Option<(u64, PathBuf)> = None;
+    for name in manifest.iter().flat_map(|m| m.runs.iter()) {
+        let path = dir.join(name);
+        let (base, end) = parse_run_file_name(name).ok_or_else(|| {
+            Error::corruption(&dir.join(MANIFEST_FILE), 0, format!("bad run name {name}"))
+        })?;
+        if let Some((prev_end, prev)) = &chain {
+            if *prev_end != base {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!(
+                        "run starts at {base}, {} ended at {prev_end}",
+                        prev.display()
+                    ),
+                ));
+            }
+        }
+        let (mut records, mut bytes) = (0, 0);
+        let run = Run::open(&path, |rec, len| {
+            sink.run_record(rec);
+            if rec.offset >= first_offset {
+                records += 1;
+                bytes += len;
+            }
+        })?;
+        if (run.base_offset(), run.end_offset()) != (base, end) {
+            return Err(Error::corruption(
+                &path,
+                0,
+                "header disagrees with the file name",
+            ));
+        }
+        out.records += records;
+        out.bytes += bytes;
+        let run = Arc::new(run);
+        sink.run(&run);
+        out.runs.push(run);
+        chain = Some((end, path));
+    }
+    out.next_offset = chain
+        .as_ref()
+        .map_or(files.first().map_or(first_offset, |f| f.0), |c| c.0);
     let last = files.len().saturating_sub(1);
     for (i, (base, path)) in files.iter().enumerate() {
         let is_last = i == last;
@@ -114,7 +188,7 @@ pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
                 path,
                 0,
                 format!(
-                    "segment starts at offset {seg_base} but the previous one ended at {}",
+                    "segment starts at offset {seg_base} but the data before it ends at {}",
                     out.next_offset
                 ),
             ));
@@ -141,6 +215,31 @@ pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
     Ok(out)
 }
 
+/// Removes what a committed compaction or retention pass superseded but a crash left
+/// behind: temporary files, runs the manifest does not name, segments below
+/// `segments_from`. Nothing else is ever removed.
+fn remove_superseded(dir: &Path, manifest: Option<&Manifest>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let superseded = if name.ends_with(&format!(".{TEMP_SUFFIX}")) {
+            true
+        } else if parse_run_file_name(&name).is_some() {
+            !manifest.is_some_and(|m| m.runs.contains(&name))
+        } else if let Some(base) = parse_segment_file_name(&name) {
+            manifest.is_some_and(|m| base < m.segments_from)
+        } else {
+            false
+        };
+        if superseded {
+            warn!(file = %entry.path().display(), "removing a file superseded by the manifest");
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Walks records from the header on. Returns where valid data ends and, if the bytes after
 /// it are not clean zeros, the position and reason of the first bad byte.
 fn scan(
@@ -154,8 +253,10 @@ fn scan(
             Decoded::Record(rec, len) if rec.offset == out.next_offset => {
                 sink.record(&rec, pos as u64, len as u64);
                 out.next_offset += 1;
-                out.records += 1;
-                out.bytes += len as u64;
+                if rec.offset >= out.first_offset {
+                    out.records += 1;
+                    out.bytes += len as u64;
+                }
                 pos += len;
             }
             Decoded::Record(rec, _) => {

@@ -290,6 +290,69 @@ impl SegmentWriter {
     }
 }
 
+/// An immutable file mapped read-only: a sorted run, written in full and synced before it
+/// is renamed into place, and never written again.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+/// A byte range of a [`MappedFile`], kept alive by an `Arc`.
+struct MappedFileRange {
+    file: Arc<MappedFile>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedFileRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.file.as_slice()[self.start..self.start + self.len]
+    }
+}
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: run files are immutable once renamed into place (they are written under a
+        // temporary name, synced, then renamed) and the data directory is locked against other
+        // framecast processes, so the mapped bytes never change while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Arc::new(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        }))
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// `[pos, pos + len)` as [`Bytes`] that keep the mapping alive.
+    pub fn bytes(self: &Arc<Self>, pos: u64, len: u64) -> Result<Bytes> {
+        let end = pos.checked_add(len).filter(|&e| e <= self.map.len() as u64);
+        if end.is_none() {
+            return Err(Error::corruption(
+                &self.path,
+                pos,
+                "read past the end of the file",
+            ));
+        }
+        Ok(Bytes::from_owner(MappedFileRange {
+            file: Arc::clone(self),
+            start: pos as usize,
+            len: len as usize,
+        }))
+    }
+}
+
 /// Reserves real blocks for `[0, len)` so stores through the mapping never allocate.
 fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;

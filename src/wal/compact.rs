@@ -1,0 +1,470 @@
+//! Compaction and retention: the AOF rewrite of framecast.
+//!
+//! **Compaction** merges the sealed segments (and, once there are too many, the older runs)
+//! into a new sorted run: surviving frames in order-key order, offsets and keys unchanged,
+//! idempotency keys older than the dedup window dropped. The switch is one atomic step:
+//! 1. the run is written under a temporary name, synced, renamed, the directory synced;
+//! 2. the manifest is replaced (temporary file, sync, rename, directory sync) — the commit;
+//! 3. the in-memory index switches to the run;
+//! 4. the old files are deleted.
+//!
+//! A crash before step 2 leaves the old manifest: the new run is not named in it and is
+//! removed at the next open. A crash after it leaves the new manifest: the old segments lie
+//! below its `segments_from` and the old runs are not named, so they are removed at the
+//! next open. Either way every frame is counted exactly once.
+//!
+//! **Retention** moves the oldest retained offset forward (by age or bytes), only within
+//! sealed data, commits it in the manifest, and deletes files wholly below it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::failpoint;
+use super::log::{now_ns, Loc, Log};
+use super::manifest::{self, Manifest};
+use super::record::{decode, Decoded, RecordRef};
+use super::run::{Run, RunWriter};
+use super::segment::Segment;
+use super::{Error, Result};
+use crate::index::OrderKey;
+
+/// How much a topic keeps. `None` means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Frames whose stored timestamp is older than this may be removed.
+    pub max_age: Option<Duration>,
+    /// Above this many bytes of records, the oldest frames may be removed.
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// True when anything may ever be removed.
+    pub fn is_limited(&self) -> bool {
+        self.max_age.is_some() || self.max_bytes.is_some()
+    }
+}
+
+/// How a compaction runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactOptions {
+    /// Bytes written per second at most; `None`: as fast as the disk goes.
+    pub bytes_per_sec: Option<u64>,
+    /// When this many runs exist, the next compaction merges them all into its new run.
+    pub max_runs: usize,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        CompactOptions {
+            bytes_per_sec: None,
+            max_runs: 4,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Sealed segments merged.
+    pub segments_in: usize,
+    /// Runs merged.
+    pub runs_in: usize,
+    /// Frames written to the new run.
+    pub frames: u64,
+    /// Bytes of the records read.
+    pub bytes_in: u64,
+    /// Bytes of the records written.
+    pub bytes_out: u64,
+    /// Idempotency keys dropped (older than the dedup window).
+    pub keys_dropped: u64,
+    /// The new run, if one was written.
+    pub run: Option<PathBuf>,
+}
+
+/// What a retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// The oldest retained offset after the pass.
+    pub first_offset: u64,
+    /// Frames removed.
+    pub frames_removed: u64,
+    /// Bytes of records removed.
+    pub bytes_removed: u64,
+    /// Files deleted.
+    pub files_removed: usize,
+}
+
+/// Limits compaction I/O to a byte rate.
+struct Throttle {
+    rate: Option<u64>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn consume(&mut self, n: u64) {
+        self.bytes += n;
+        if let Some(rate) = self.rate.filter(|&r| r > 0) {
+            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed + Duration::from_millis(5) {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+/// A frame of a sealed segment, located for the merge.
+struct SegFrame {
+    key: OrderKey,
+    segment: u32,
+    pos: u32,
+}
+
+impl Log {
+    /// Sealed segments waiting for compaction, and their bytes: what triggers it.
+    pub fn compaction_backlog(&self) -> (usize, u64) {
+        let st = self.shared.state.read();
+        let segs: Vec<_> = st
+            .offsets
+            .segments()
+            .map(|(_, s, _)| s.published())
+            .collect();
+        let sealed = segs.len().saturating_sub(1);
+        (sealed, segs[..sealed].iter().sum())
+    }
+
+    /// Merges the sealed segments (and, past `max_runs`, the runs) into one new sorted run.
+    /// Appends and reads go on meanwhile; a reader keeps the files it mapped.
+    pub fn compact(&self, opts: &CompactOptions) -> Result<CompactionReport> {
+        let _one_at_a_time = self.shared.maintenance.lock();
+        if self.is_closed() {
+            return Err(Error::Unavailable("log is closed".into()));
+        }
+        let dir = self.shared.dir.clone();
+        let started = Instant::now();
+
+        // 1. Inputs, taken under the read lock in one consistent view.
+        let (sealed, merge, keep, frames, base, seal_end, first_offset, removed_max_key) = {
+            let st = self.shared.state.read();
+            let segs: Vec<(u64, Arc<Segment>)> = st
+                .offsets
+                .segments()
+                .map(|(b, s, _)| (b, Arc::clone(s)))
+                .collect();
+            let Some(((seal_end, _), sealed)) = segs.split_last() else {
+                return Ok(CompactionReport::default());
+            };
+            if sealed.is_empty() {
+                return Ok(CompactionReport::default());
+            }
+            let merge_all = st.runs.len() >= opts.max_runs.max(1);
+            let (merge, keep): (Vec<Arc<Run>>, Vec<Arc<Run>>) = if merge_all {
+                (st.runs.clone(), Vec::new())
+            } else {
+                (Vec::new(), st.runs.clone())
+            };
+            let base = match (merge.first(), keep.last()) {
+                (Some(r), _) => r.base_offset(),
+                (None, Some(r)) => r.end_offset(),
+                (None, None) => sealed[0].0,
+            }
+            .max(st.first_offset);
+            let mut keys = Vec::new();
+            st.order
+                .collect(&OrderKey::first_of_seq(0), *seal_end, usize::MAX, &mut keys);
+            let mut frames = Vec::with_capacity(keys.len());
+            for key in keys {
+                let (seg, pos) = st.offsets.locate(key.offset).ok_or_else(|| {
+                    Error::Unavailable(format!("offset {} indexed without a segment", key.offset))
+                })?;
+                let segment = sealed.partition_point(|(b, _)| *b <= seg.base_offset()) - 1;
+                frames.push(SegFrame {
+                    key,
+                    segment: segment as u32,
+                    pos,
+                });
+            }
+            (
+                sealed.to_vec(),
+                merge,
+                keep,
+                frames,
+                base,
+                *seal_end,
+                st.first_offset,
+                st.removed_max_key,
+            )
+        };
+
+        // 2. The k-way merge into a new run.
+        let horizon = now_ns().saturating_sub(
+            i64::try_from(self.shared.config.dedup_window.as_nanos()).unwrap_or(i64::MAX),
+        );
+        let mut report = CompactionReport {
+            segments_in: sealed.len(),
+            runs_in: merge.len(),
+            ..Default::default()
+        };
+        let mut writer = RunWriter::create(&dir, base, seal_end)?;
+        let mut throttle = Throttle {
+            rate: opts.bytes_per_sec,
+            started: Instant::now(),
+            bytes: 0,
+        };
+        let mut runs: Vec<_> = merge
+            .iter()
+            .map(|r| {
+                r.records()
+                    .filter(move |(k, _, _)| k.offset >= base)
+                    .peekable()
+            })
+            .collect();
+        let mut seg_frames = frames.iter().filter(|f| f.key.offset >= base).peekable();
+        let mut scratch = Vec::new();
+        loop {
+            let mut best: Option<(OrderKey, Option<usize>)> =
+                seg_frames.peek().map(|f| (f.key, None));
+            for (i, it) in runs.iter_mut().enumerate() {
+                if let Some((k, _, _)) = it.peek() {
+                    if best.is_none_or(|(b, _)| *k < b) {
+                        best = Some((*k, Some(i)));
+                    }
+                }
+            }
+            let Some((key, source)) = best else { break };
+            if self.is_closed() {
+                return Err(Error::Unavailable(
+                    "compaction cancelled: log closing".into(),
+                ));
+            }
+            let (raw, file): (&[u8], PathBuf) = match source {
+                Some(i) => match runs[i].next() {
+                    Some((_, _, raw)) => (raw, merge[i].path().to_path_buf()),
+                    None => break,
+                },
+                None => match seg_frames.next() {
+                    Some(f) => {
+                        let seg = &sealed[f.segment as usize].1;
+                        (seg.read_from(f.pos as u64)?, seg.path().to_path_buf())
+                    }
+                    None => break,
+                },
+            };
+            let (rec, len) = match decode(raw) {
+                Decoded::Record(rec, len) if rec.offset == key.offset => (rec, len),
+                Decoded::Invalid(reason) => return Err(Error::corruption(&file, 0, reason)),
+                _ => {
+                    return Err(Error::corruption(
+                        &file,
+                        0,
+                        format!("offset {} not found", key.offset),
+                    ))
+                }
+            };
+            report.bytes_in += len as u64;
+            let out: &[u8] = if !rec.key.is_empty() && rec.key_time < horizon {
+                let bare = RecordRef {
+                    key: &[],
+                    key_time: 0,
+                    ..rec
+                };
+                scratch.resize(bare.encoded_len(), 0);
+                bare.encode_into(&mut scratch);
+                report.keys_dropped += 1;
+                &scratch
+            } else {
+                &raw[..len]
+            };
+            writer.push(key, out)?;
+            report.frames += 1;
+            report.bytes_out += out.len() as u64;
+            throttle.consume(out.len() as u64);
+        }
+        let path = writer.finish()?;
+        // Verify what was written before the manifest names it.
+        let run = Arc::new(Run::open(&path, |_, _| {})?);
+
+        // 3. Commit: the manifest names the new set.
+        let mut names: Vec<String> = keep.iter().map(|r| file_name(r.path())).collect();
+        names.push(file_name(&path));
+        manifest::write(
+            &dir,
+            &Manifest {
+                version: 1,
+                first_offset,
+                segments_from: seal_end,
+                runs: names,
+                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+            },
+        )?;
+
+        // 4. Switch the index: the run replaces the segments' dense entries.
+        {
+            let mut st = self.shared.state.write();
+            let mut runs = keep.clone();
+            runs.push(Arc::clone(&run));
+            st.runs = runs;
+            st.order.remove_below_offset(seal_end);
+            st.offsets.drop_front_while(|b, _, _| b < seal_end);
+            st.bytes =
+                st.bytes + report.bytes_out - report.bytes_in.min(st.bytes + report.bytes_out);
+        }
+
+        // 5. Delete what the manifest no longer names.
+        failpoint::hit("compact.before_delete")?;
+        let old: Vec<PathBuf> = sealed
+            .iter()
+            .map(|(_, s)| s.path().to_path_buf())
+            .chain(merge.iter().map(|r| r.path().to_path_buf()))
+            .collect();
+        for (i, p) in old.iter().enumerate() {
+            std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            if i == 0 {
+                failpoint::hit("compact.mid_delete")?;
+            }
+        }
+        super::segment::sync_dir(&dir)?;
+        report.run = Some(path);
+        info!(
+            dir = %dir.display(),
+            segments = report.segments_in,
+            runs = report.runs_in,
+            frames = report.frames,
+            bytes_in = report.bytes_in,
+            bytes_out = report.bytes_out,
+            keys_dropped = report.keys_dropped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted"
+        );
+        Ok(report)
+    }
+
+    /// Removes the oldest frames beyond the retention limits, within sealed data only.
+    pub fn apply_retention(&self, now: i64) -> Result<RetentionReport> {
+        let policy = self.shared.config.retention;
+        let (first, seal_end, total) = {
+            let st = self.shared.state.read();
+            let active = st
+                .offsets
+                .segments()
+                .last()
+                .map_or(st.next_offset, |(b, _, _)| b);
+            (st.first_offset, active, st.bytes)
+        };
+        let mut report = RetentionReport {
+            first_offset: first,
+            ..Default::default()
+        };
+        if !policy.is_limited() {
+            return Ok(report);
+        }
+        let _one_at_a_time = self.shared.maintenance.lock();
+        if self.is_closed() {
+            return Err(Error::Unavailable("log is closed".into()));
+        }
+        let horizon = policy
+            .max_age
+            .map(|a| now.saturating_sub(i64::try_from(a.as_nanos()).unwrap_or(i64::MAX)));
+        let mut cutoff = first;
+        let mut removed_key: Option<OrderKey> = None;
+        'scan: while cutoff < seal_end {
+            let batch: Vec<(u64, Loc)> = {
+                let st = self.shared.state.read();
+                (cutoff..seal_end.min(cutoff + 256))
+                    .map(|o| st.locate(o).map(|l| (o, l)))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::Unavailable(format!("offset {cutoff} not located")))?
+            };
+            for (offset, loc) in batch {
+                let (key, len) = loc.header(offset)?;
+                let over_bytes = policy
+                    .max_bytes
+                    .is_some_and(|m| total.saturating_sub(report.bytes_removed) > m);
+                let too_old = horizon.is_some_and(|h| key.timestamp < h);
+                if !(over_bytes || too_old) {
+                    break 'scan;
+                }
+                report.bytes_removed += len;
+                report.frames_removed += 1;
+                removed_key = removed_key.max(Some(key));
+                cutoff = offset + 1;
+            }
+        }
+        if cutoff == first {
+            return Ok(report);
+        }
+        let (old_runs, old_segments, manifest) = {
+            let st = self.shared.state.read();
+            let segments_from = st
+                .offsets
+                .segments()
+                .map(|(b, _, _)| b)
+                .filter(|&b| b <= cutoff)
+                .last()
+                .unwrap_or(seal_end);
+            let old_runs: Vec<PathBuf> = st
+                .runs
+                .iter()
+                .filter(|r| r.end_offset() <= cutoff)
+                .map(|r| r.path().to_path_buf())
+                .collect();
+            let old_segments: Vec<PathBuf> = st
+                .offsets
+                .segments()
+                .filter(|(b, _, _)| *b < segments_from)
+                .map(|(_, s, _)| s.path().to_path_buf())
+                .collect();
+            let removed_max_key = st.removed_max_key.max(removed_key);
+            let m = Manifest {
+                version: 1,
+                first_offset: cutoff,
+                segments_from: segments_from.max(st.runs.last().map_or(0, |r| r.end_offset())),
+                runs: st
+                    .runs
+                    .iter()
+                    .filter(|r| r.end_offset() > cutoff)
+                    .map(|r| file_name(r.path()))
+                    .collect(),
+                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+            };
+            (old_runs, old_segments, m)
+        };
+        manifest::write(&self.shared.dir, &manifest)?;
+        {
+            let mut st = self.shared.state.write();
+            st.first_offset = cutoff;
+            st.removed_max_key = st.removed_max_key.max(removed_key);
+            st.order.remove_below_offset(cutoff);
+            st.offsets
+                .drop_front_while(|b, _, _| b < manifest.segments_from);
+            st.runs.retain(|r| r.end_offset() > cutoff);
+            st.bytes = st.bytes.saturating_sub(report.bytes_removed);
+        }
+        failpoint::hit("compact.before_delete")?;
+        for p in old_runs.iter().chain(old_segments.iter()) {
+            std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            report.files_removed += 1;
+        }
+        super::segment::sync_dir(&self.shared.dir)?;
+        report.first_offset = cutoff;
+        info!(
+            dir = %self.shared.dir.display(),
+            first_offset = cutoff,
+            frames = report.frames_removed,
+            bytes = report.bytes_removed,
+            files = report.files_removed,
+            "retention removed old frames"
+        );
+        Ok(report)
+    }
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

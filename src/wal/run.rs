@@ -1,0 +1,361 @@
+//! A sorted run: the frames of a range of offsets, rewritten by the compactor in order-key
+//! order, with an on-disk offset map. Immutable once renamed into place.
+//!
+//! In memory a run costs one [`SparseEntry`] per [`RUN_BLOCK_BYTES`] of records: a lookup
+//! by key seeks to the block and scans it. A lookup by offset reads the mapped offset map
+//! (page cache), not the heap.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::failpoint;
+use super::format::{
+    decode_run_header, encode_run_header, le4, le8, run_file_name, RunHeader, RECORD_HEADER_LEN,
+    RUN_BLOCK_BYTES, RUN_HEADER_LEN, TEMP_SUFFIX,
+};
+use super::log::StoredFrame;
+use super::record::{decode, Decoded, RecordRef};
+use super::segment::{sync_dir, MappedFile};
+use super::{Error, Result};
+use crate::index::OrderKey;
+
+/// The first key of a block of a run and where the block starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseEntry {
+    /// Key of the first record in the block.
+    pub key: OrderKey,
+    /// Position of that record.
+    pub pos: u32,
+}
+
+/// An open, verified run.
+#[derive(Debug)]
+pub struct Run {
+    file: Arc<MappedFile>,
+    header: RunHeader,
+    sparse: Vec<SparseEntry>,
+    bytes: u64,
+    last_key: Option<OrderKey>,
+}
+
+impl Run {
+    /// Opens and verifies a run: header, map checksum, every record's CRC, key order, and
+    /// that the offset map points at each offset's record. `each` sees every record.
+    pub fn open(path: &Path, mut each: impl FnMut(&RecordRef<'_>, u64)) -> Result<Run> {
+        let file = MappedFile::open(path)?;
+        let data = file.as_slice();
+        let header = decode_run_header(data).map_err(|r| Error::corruption(path, 0, r))?;
+        let count = header.end_offset - header.base_offset;
+        let expected_len = header.records_end.checked_add(count.saturating_mul(4));
+        if expected_len != Some(data.len() as u64) {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "file is {} bytes, header implies {expected_len:?}",
+                    data.len()
+                ),
+            ));
+        }
+        let map = &data[header.records_end as usize..];
+        if crc32fast::hash(map) != header.map_crc {
+            return Err(Error::corruption(
+                path,
+                header.records_end,
+                "offset map checksum mismatch",
+            ));
+        }
+        let records = &data[..header.records_end as usize];
+        let mut run = Run {
+            file: Arc::clone(&file),
+            header,
+            sparse: Vec::new(),
+            bytes: 0,
+            last_key: None,
+        };
+        let mut pos = RUN_HEADER_LEN;
+        let mut next_block = 0u64;
+        let mut seen = 0u64;
+        while pos < records.len() {
+            let (rec, len) = match decode(&records[pos..]) {
+                Decoded::Record(rec, len) => (rec, len),
+                Decoded::End => {
+                    return Err(Error::corruption(
+                        path,
+                        pos as u64,
+                        "zero bytes inside the records",
+                    ))
+                }
+                Decoded::Invalid(reason) => {
+                    return Err(Error::corruption(path, pos as u64, reason))
+                }
+            };
+            let key = OrderKey {
+                seq_no: rec.seq_no,
+                timestamp: rec.timestamp,
+                offset: rec.offset,
+            };
+            if run.last_key.is_some_and(|last| last >= key) {
+                return Err(Error::corruption(
+                    path,
+                    pos as u64,
+                    "records out of order-key order",
+                ));
+            }
+            if !(header.base_offset..header.end_offset).contains(&rec.offset) {
+                return Err(Error::corruption(
+                    path,
+                    pos as u64,
+                    format!("offset {} outside the run", rec.offset),
+                ));
+            }
+            if run.map_entry(rec.offset) != pos as u32 {
+                return Err(Error::corruption(
+                    path,
+                    pos as u64,
+                    "offset map disagrees with the record",
+                ));
+            }
+            if pos as u64 >= next_block {
+                run.sparse.push(SparseEntry {
+                    key,
+                    pos: pos as u32,
+                });
+                next_block = (pos as u64 / RUN_BLOCK_BYTES + 1) * RUN_BLOCK_BYTES;
+            }
+            each(&rec, len as u64);
+            run.last_key = Some(key);
+            run.bytes += len as u64;
+            seen += 1;
+            pos += len;
+        }
+        if seen != count {
+            return Err(Error::corruption(
+                path,
+                pos as u64,
+                format!("{seen} records, header says {count}"),
+            ));
+        }
+        run.sparse.shrink_to_fit();
+        Ok(run)
+    }
+
+    /// Path of the run file.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// First offset held.
+    pub fn base_offset(&self) -> u64 {
+        self.header.base_offset
+    }
+
+    /// One past the last offset held.
+    pub fn end_offset(&self) -> u64 {
+        self.header.end_offset
+    }
+
+    /// Bytes of records.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Smallest and largest key.
+    pub fn key_range(&self) -> Option<(OrderKey, OrderKey)> {
+        Some((self.sparse.first()?.key, self.last_key?))
+    }
+
+    /// Heap bytes held for this run (the sparse index).
+    pub fn heap_bytes(&self) -> usize {
+        self.sparse.capacity() * std::mem::size_of::<SparseEntry>() + std::mem::size_of::<Run>()
+    }
+
+    fn map_entry(&self, offset: u64) -> u32 {
+        let at = self.header.records_end as usize + (offset - self.header.base_offset) as usize * 4;
+        u32::from_le_bytes(le4(&self.file.as_slice()[at..at + 4]))
+    }
+
+    /// Position of `offset`'s record, if the run holds it.
+    pub fn locate(&self, offset: u64) -> Option<u32> {
+        (self.header.base_offset..self.header.end_offset)
+            .contains(&offset)
+            .then(|| self.map_entry(offset))
+    }
+
+    /// Key and length of the (verified at open) record at `pos`.
+    fn peek(&self, pos: usize) -> (OrderKey, usize) {
+        let h = &self.file.as_slice()[pos..pos + RECORD_HEADER_LEN];
+        let key = OrderKey {
+            offset: u64::from_le_bytes(le8(&h[8..16])),
+            seq_no: u64::from_le_bytes(le8(&h[16..24])),
+            timestamp: i64::from_le_bytes(le8(&h[24..32])),
+        };
+        (key, u32::from_le_bytes(le4(&h[0..4])) as usize)
+    }
+
+    /// Appends to `out` up to `max` `(key, position)` pairs with key `>= from` and offset in
+    /// `[offset_min, offset_limit)`, in key order. True when the run was exhausted.
+    pub fn scan(
+        &self,
+        from: &OrderKey,
+        offset_min: u64,
+        offset_limit: u64,
+        max: usize,
+        out: &mut Vec<(OrderKey, u32)>,
+    ) -> bool {
+        let block = self.sparse.partition_point(|e| e.key <= *from);
+        let mut pos = match block {
+            0 => RUN_HEADER_LEN,
+            b => self.sparse[b - 1].pos as usize,
+        };
+        let end = self.header.records_end as usize;
+        let mut taken = 0;
+        while pos < end {
+            let (key, len) = self.peek(pos);
+            if key >= *from && key.offset >= offset_min && key.offset < offset_limit {
+                if taken == max {
+                    return false;
+                }
+                out.push((key, pos as u32));
+                taken += 1;
+            }
+            pos += len;
+        }
+        true
+    }
+
+    /// Every record in key order: `(key, position, raw record bytes)`.
+    pub fn records(&self) -> impl Iterator<Item = (OrderKey, u32, &[u8])> + '_ {
+        let data = self.file.as_slice();
+        let end = self.header.records_end as usize;
+        let mut pos = RUN_HEADER_LEN;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let (key, len) = self.peek(pos);
+            let item = (key, pos as u32, &data[pos..pos + len]);
+            pos += len;
+            Some(item)
+        })
+    }
+
+    /// The bytes from `pos` to the end of the records (a record's start, for decoding).
+    pub fn record_bytes(&self, pos: u32) -> &[u8] {
+        let data = &self.file.as_slice()[..self.header.records_end as usize];
+        data.get(pos as usize..).unwrap_or(&[])
+    }
+
+    /// Reads and checks the record of `offset` at `pos`.
+    pub fn load(&self, pos: u32, offset: u64) -> Result<StoredFrame> {
+        let data = &self.file.as_slice()[..self.header.records_end as usize];
+        let at = pos as usize;
+        match data.get(at..).map(decode) {
+            Some(Decoded::Record(rec, len)) if rec.offset == offset => Ok(StoredFrame {
+                offset,
+                seq_no: rec.seq_no,
+                timestamp: rec.timestamp,
+                payload: self.file.bytes(
+                    (at + len - rec.payload.len()) as u64,
+                    rec.payload.len() as u64,
+                )?,
+            }),
+            Some(Decoded::Invalid(reason)) => {
+                Err(Error::corruption(self.path(), pos as u64, reason))
+            }
+            _ => Err(Error::corruption(
+                self.path(),
+                pos as u64,
+                format!("no record of offset {offset}"),
+            )),
+        }
+    }
+}
+
+/// Writes a run under a temporary name; [`RunWriter::finish`] syncs and renames it.
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: PathBuf,
+    temp: PathBuf,
+    out: BufWriter<File>,
+    base: u64,
+    end: u64,
+    pos: u64,
+    map: Vec<u32>,
+    last: Option<OrderKey>,
+}
+
+impl RunWriter {
+    /// Starts a run holding exactly the offsets `base..end`.
+    pub fn create(dir: &Path, base: u64, end: u64) -> Result<RunWriter> {
+        let temp = dir.join(format!("{}.{TEMP_SUFFIX}", run_file_name(base, end)));
+        let file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; RUN_HEADER_LEN])
+            .map_err(|e| Error::io(&temp, e))?;
+        Ok(RunWriter {
+            dir: dir.to_path_buf(),
+            temp,
+            out,
+            base,
+            end,
+            pos: RUN_HEADER_LEN as u64,
+            map: vec![u32::MAX; (end - base) as usize],
+            last: None,
+        })
+    }
+
+    /// Appends one encoded record; keys must come in increasing order.
+    pub fn push(&mut self, key: OrderKey, record: &[u8]) -> Result<()> {
+        if self.last.is_some_and(|l| l >= key) || !(self.base..self.end).contains(&key.offset) {
+            return Err(Error::InvalidArgument(format!(
+                "run record {key:?} out of order or range"
+            )));
+        }
+        let slot = (key.offset - self.base) as usize;
+        self.map[slot] = u32::try_from(self.pos)
+            .map_err(|_| Error::InvalidArgument("run larger than 4 GiB".into()))?;
+        self.out
+            .write_all(record)
+            .map_err(|e| Error::io(&self.temp, e))?;
+        self.pos += record.len() as u64;
+        self.last = Some(key);
+        Ok(())
+    }
+
+    /// Writes the offset map and header, syncs, renames into place and syncs the directory.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        if let Some(missing) = self.map.iter().position(|&p| p == u32::MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "run lacks offset {}",
+                self.base + missing as u64
+            )));
+        }
+        let map: Vec<u8> = self.map.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let header = RunHeader {
+            base_offset: self.base,
+            end_offset: self.end,
+            records_end: self.pos,
+            map_crc: crc32fast::hash(&map),
+        };
+        let temp = self.temp.clone();
+        let io = |e| Error::io(&temp, e);
+        self.out.write_all(&map).map_err(io)?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&temp, e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&encode_run_header(&header)).map_err(io)?;
+        failpoint::hit("run.before_sync")?;
+        file.sync_all().map_err(io)?;
+        failpoint::hit("run.before_rename")?;
+        let path = self.dir.join(run_file_name(self.base, self.end));
+        std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.dir)?;
+        failpoint::hit("run.after_rename")?;
+        Ok(path)
+    }
+}

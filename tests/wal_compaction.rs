@@ -1,0 +1,245 @@
+//! Compaction and retention of the log: frames, order and offsets survive a rewrite into
+//! sorted runs; retention removes only the oldest sealed frames; a reopen sees the same.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use framecast::index::OrderKey;
+use framecast::wal::{
+    CompactOptions, FsyncPolicy, Log, LogConfig, NewFrame, Retention, StoredFrame,
+};
+use rand::{Rng, SeedableRng};
+
+fn config(retention: Retention) -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        fsync: FsyncPolicy::Never,
+        max_frame_bytes: 8 * 1024,
+        dedup_window: Duration::from_secs(120),
+        retention,
+        ..LogConfig::default()
+    }
+}
+
+fn payload(seq: u64, offset_hint: usize) -> Bytes {
+    Bytes::from(format!(
+        "p-{seq}-{offset_hint}-{}",
+        "x".repeat(offset_hint % 50)
+    ))
+}
+
+/// Everything a subscriber could see: the full replay in key order, and every offset.
+fn everything(log: &Log) -> (Vec<StoredFrame>, Vec<StoredFrame>) {
+    let mut ordered = Vec::new();
+    let mut from = OrderKey::first_of_seq(0);
+    loop {
+        let mut batch = Vec::new();
+        let done = log.read_ordered(&from, u64::MAX, 97, &mut batch).unwrap();
+        if let Some(last) = batch.last() {
+            from = last.key().successor().unwrap();
+        }
+        ordered.extend(batch);
+        if done {
+            break;
+        }
+    }
+    let mut by_offset = Vec::new();
+    let mut next = log.first_offset();
+    let end = log.durable_offset();
+    while next < end {
+        next = log.read_range(next, end, 0, 113, &mut by_offset).unwrap();
+    }
+    (ordered, by_offset)
+}
+
+fn fill(log: &Log, n: usize, rng: &mut impl Rng) -> BTreeMap<u64, (u64, Bytes)> {
+    let mut model = BTreeMap::new();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<NewFrame> = (0..rng.random_range(1..20))
+            .map(|j| {
+                let seq = rng.random_range(0..1000u64);
+                NewFrame {
+                    seq_no: seq,
+                    timestamp: rng.random_range(1..5i64),
+                    key: if j % 3 == 0 {
+                        Bytes::from(format!("k{}", i + j))
+                    } else {
+                        Bytes::new()
+                    },
+                    payload: payload(seq, i + j),
+                }
+            })
+            .collect();
+        let acks = log.append(batch.clone()).unwrap();
+        for (f, a) in batch.iter().zip(&acks) {
+            model.insert(a.offset, (f.seq_no, f.payload.clone()));
+        }
+        i += acks.len();
+    }
+    model
+}
+
+#[test]
+fn compaction_keeps_every_frame_in_order_and_shrinks_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let model = fill(&log, 6000, &mut rng);
+    let before = everything(&log);
+    assert_eq!(before.1.len(), model.len());
+    let stats_before = log.stats();
+    assert!(stats_before.segments > 5, "{stats_before:?}");
+
+    let report = log.compact(&CompactOptions::default()).unwrap();
+    assert!(report.segments_in >= 4, "{report:?}");
+    assert_eq!(report.runs_in, 0);
+    let after = everything(&log);
+    assert_eq!(before, after, "compaction changed what readers see");
+    let stats_after = log.stats();
+    assert_eq!(stats_after.runs, 1);
+    assert_eq!(stats_after.frames, stats_before.frames);
+    assert!(
+        stats_after.index_bytes < stats_before.index_bytes / 4,
+        "index {} -> {}",
+        stats_before.index_bytes,
+        stats_after.index_bytes
+    );
+    let runs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".run")
+        })
+        .count();
+    assert_eq!(runs, 1);
+
+    // More data, more compactions (runs merge once there are max_runs of them).
+    let opts = CompactOptions {
+        bytes_per_sec: None,
+        max_runs: 2,
+    };
+    for _ in 0..3 {
+        fill(&log, 2000, &mut rng);
+        let before = everything(&log);
+        log.compact(&opts).unwrap();
+        assert_eq!(everything(&log), before);
+        assert!(log.stats().runs <= 2);
+    }
+    let before = everything(&log);
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!(everything(&log), before, "reopen after compaction");
+    // Appends go on after a reopen with runs.
+    let ack = log
+        .append(vec![NewFrame {
+            seq_no: 1,
+            timestamp: 1,
+            payload: Bytes::from_static(b"z"),
+            ..Default::default()
+        }])
+        .unwrap();
+    assert_eq!(ack[0].offset, before.1.len() as u64);
+}
+
+#[test]
+fn idempotency_keys_survive_compaction_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let keyed = |k: &str, seq: u64| NewFrame {
+        seq_no: seq,
+        timestamp: 0,
+        key: Bytes::from(k.to_string()),
+        payload: Bytes::from(vec![b'v'; 600]),
+    };
+    let first = log.append(vec![keyed("a", 1)]).unwrap()[0];
+    for i in 0..400 {
+        log.append(vec![keyed(&format!("fill{i}"), i)]).unwrap();
+    }
+    log.compact(&CompactOptions::default()).unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let again = log.append(vec![keyed("a", 99)]).unwrap()[0];
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.offset, again.timestamp),
+        (first.offset, first.timestamp)
+    );
+}
+
+#[test]
+fn retention_by_bytes_removes_only_old_sealed_frames_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 100 * 1024;
+    let retention = Retention {
+        max_bytes: Some(limit),
+        max_age: None,
+    };
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let model = fill(&log, 5000, &mut rng);
+    let next = log.durable_offset();
+    let r = log.apply_retention(framecast::wal::now_ns()).unwrap();
+    assert!(r.frames_removed > 0, "{r:?}");
+    let first = log.first_offset();
+    assert_eq!(first, r.first_offset);
+    let stats = log.stats();
+    // Only sealed data goes: the bytes left are at most the limit, or all of it is in the
+    // active segment.
+    assert!(stats.bytes <= limit || stats.segments == 1, "{stats:?}");
+    assert_eq!(stats.frames, next - first);
+    let (_, by_offset) = everything(&log);
+    let expect: Vec<u64> = model.range(first..).map(|(o, _)| *o).collect();
+    assert_eq!(
+        by_offset.iter().map(|f| f.offset).collect::<Vec<_>>(),
+        expect
+    );
+    for f in &by_offset {
+        assert_eq!(f.payload, model[&f.offset].1);
+    }
+    // Reading below the first offset is an error, not a gap.
+    let mut out = Vec::new();
+    assert!(log.read_range(0, next, 0, 10, &mut out).is_err());
+    // Compaction after retention keeps exactly the retained frames.
+    let before = everything(&log);
+    log.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(everything(&log), before);
+    drop(log);
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    assert_eq!(log.first_offset(), first);
+    assert_eq!(everything(&log), before);
+    let (_, removed) = log.retention_watermark();
+    assert!(removed.is_some());
+}
+
+#[test]
+fn retention_by_age_uses_stored_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_age: Some(Duration::from_secs(60)),
+        max_bytes: None,
+    };
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    let now = framecast::wal::now_ns();
+    let old = now - 3_600_000_000_000;
+    let frame = |ts: i64, i: u64| NewFrame {
+        seq_no: i,
+        timestamp: ts,
+        key: Bytes::new(),
+        payload: Bytes::from(vec![b'a'; 1000]),
+    };
+    for i in 0..300 {
+        log.append(vec![frame(old, i)]).unwrap();
+    }
+    for i in 300..600 {
+        log.append(vec![frame(now, i)]).unwrap();
+    }
+    let r = log.apply_retention(now).unwrap();
+    assert_eq!(r.first_offset, 300, "{r:?}");
+    assert!(r.files_removed > 0);
+    assert_eq!(log.stats().min_seq_no, Some(300));
+}
