@@ -399,12 +399,15 @@ impl Log {
         }
         let (old_runs, old_segments, manifest) = {
             let st = self.shared.state.read();
-            let segments_from = st
-                .offsets
-                .segments()
-                .map(|(b, _, _)| b)
+            // The segment holding the cutoff stays (its frames below the cutoff are merely
+            // hidden); so do all after it. When the cutoff lies in the runs, every segment stays.
+            let bases: Vec<u64> = st.offsets.segments().map(|(b, _, _)| b).collect();
+            let segments_from = bases
+                .iter()
+                .copied()
                 .filter(|&b| b <= cutoff)
                 .last()
+                .or(bases.first().copied())
                 .unwrap_or(seal_end);
             let old_runs: Vec<PathBuf> = st
                 .runs
