@@ -99,10 +99,42 @@ impl BroadcastService {
         Ok((topic, rx))
     }
 
+    /// Takes a slot of `--max-subscribers`, before anything else is done for a
+    /// subscription, so that a refused one creates no topic.
+    fn reserve_subscriber(&self) -> Result<GlobalSlot> {
+        let max = self.config.max_subscribers;
+        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::TooManySubscribers(max));
+        }
+        Ok(GlobalSlot(Arc::clone(&self.subscribers)))
+    }
+
+    /// The topic of a subscription. A resume cursor names an epoch of an existing topic,
+    /// which a topic created now could never match: refused as the epoch check would,
+    /// without creating the topic (nothing is written when a request is refused).
+    async fn subscription_topic(
+        &self,
+        name: &str,
+        r: &proto::SubscribeRequest,
+    ) -> Result<Arc<Topic>> {
+        match (self.topics.get(name), &r.resume) {
+            (Some(topic), _) => Ok(topic),
+            (None, Some(c)) if self.config.auto_create_topics => Err(Error::EpochMismatch {
+                topic: name.to_string(),
+                cursor: c.epoch,
+                // Epochs are never 0: the topic does not exist.
+                current: 0,
+            }),
+            (None, _) => self.topics.get_or_create(name).await,
+        }
+    }
+
     fn open_subscription(
         &self,
         topic: Arc<Topic>,
         r: &proto::SubscribeRequest,
+        global: GlobalSlot,
     ) -> Result<(Subscription, u64)> {
         let epoch = topic.meta().epoch;
         let durable = topic.log().durable_offset();
@@ -148,15 +180,7 @@ impl BroadcastService {
                 }
             }
         };
-        let max = self.config.max_subscribers;
-        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
-            self.subscribers.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::TooManySubscribers(max));
-        }
-        let slots = (
-            topic.add_subscriber(),
-            GlobalSlot(Arc::clone(&self.subscribers)),
-        );
+        let slots = (topic.add_subscriber(), global);
         let snapshot = at.snapshot;
         Ok((
             Subscription::new(topic, at, self.shutdown.clone(), slots),
@@ -311,9 +335,10 @@ impl Broadcast for BroadcastService {
         self.check_running()?;
         let r = req.into_inner();
         let name = topic_name(&r.topic)?;
-        let topic = self.topics.get_or_create(&name).await?;
+        let global = self.reserve_subscriber()?;
+        let topic = self.subscription_topic(&name, &r).await?;
         let epoch = topic.meta().epoch;
-        let (sub, snapshot) = self.open_subscription(topic, &r)?;
+        let (sub, snapshot) = self.open_subscription(topic, &r, global)?;
         let mut resp = Response::new(sub.into_stream());
         let md = resp.metadata_mut();
         md.insert(SNAPSHOT_OFFSET_HEADER, MetadataValue::from(snapshot));

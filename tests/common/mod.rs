@@ -246,3 +246,111 @@ pub async fn expect_quiet(stream: &mut tonic::Streaming<Frame>, wait: Duration) 
         panic!("expected no frame, got {r:?}");
     }
 }
+
+// ---- Helpers of the server scenario tests (server_*.rs). ----
+
+/// A subscribe request from `start`, without a resume cursor.
+pub fn sub_req(topic: &str, start: u64) -> SubscribeRequest {
+    SubscribeRequest {
+        replay_seq_no_start: start,
+        topic: topic.into(),
+        resume: None,
+    }
+}
+
+/// The topic's figures from `ListTopics`, or `None` when it is not listed.
+pub async fn topic_info(
+    c: &mut BroadcastClient<Channel>,
+    name: &str,
+) -> Option<framecast::proto::TopicInfo> {
+    list_topics(c).await.into_iter().find(|t| t.name == name)
+}
+
+/// Every topic from `ListTopics`.
+pub async fn list_topics(c: &mut BroadcastClient<Channel>) -> Vec<framecast::proto::TopicInfo> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        c.list_topics(framecast::proto::ListTopicsRequest {}),
+    )
+    .await
+    .expect("ListTopics timed out")
+    .expect("ListTopics")
+    .into_inner()
+    .topics
+}
+
+/// The whole log of `topic`, read by a fresh subscription from seq_no 0 (its replay is
+/// every frame below the snapshot point), sorted by offset.
+pub async fn read_log(c: &mut BroadcastClient<Channel>, topic: &str) -> Vec<Frame> {
+    let mut sub = subscribe(c, sub_req(topic, 0)).await.expect("subscribe");
+    let mut frames = take(
+        &mut sub.stream,
+        sub.snapshot as usize,
+        Duration::from_secs(30),
+    )
+    .await;
+    frames.sort_by_key(|f| f.offset);
+    frames
+}
+
+/// Reads a stream until it ends with an error, failing on a clean end or after `limit`;
+/// the frames read before the error and the error.
+pub async fn read_until_error(
+    stream: &mut tonic::Streaming<Frame>,
+    limit: Duration,
+) -> (Vec<Frame>, tonic::Status) {
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(f))) => frames.push(f),
+            Ok(Ok(None)) => panic!(
+                "stream ended without a status after {} frames",
+                frames.len()
+            ),
+            Ok(Err(s)) => return (frames, s),
+            Err(_) => panic!("no error within {limit:?} ({} frames read)", frames.len()),
+        }
+    }
+}
+
+/// The status a subscription is refused with, whether at the call or as the first item of
+/// its stream (both are valid gRPC); panics if a frame arrives or nothing does in time.
+pub async fn subscribe_error(
+    c: &mut BroadcastClient<Channel>,
+    r: SubscribeRequest,
+) -> tonic::Status {
+    let call = tokio::time::timeout(Duration::from_secs(10), c.subscribe(r))
+        .await
+        .expect("subscribe call timed out");
+    match call {
+        Err(s) => s,
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                Ok(Err(s)) => s,
+                other => panic!("expected the subscription to be refused, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Polls `TopicInfo.subscribers` of `topic` until it equals `want`, failing after `limit`.
+pub async fn wait_subscribers(
+    c: &mut BroadcastClient<Channel>,
+    topic: &str,
+    want: u32,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = topic_info(c, topic).await.map(|t| t.subscribers);
+        if got == Some(want) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("topic {topic}: subscribers {got:?}, expected {want} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
