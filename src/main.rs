@@ -272,6 +272,12 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                 }
+                // The reader went away (`dump | head`): not an error.
+                Err(framecast::wal::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("framecast dump: {e}");
                     ExitCode::from(2)
