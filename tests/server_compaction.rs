@@ -1,0 +1,206 @@
+//! Compaction and retention in a running server: publishing, subscribing, replay and resume
+//! keep working while segments are rewritten into runs, and a subscriber that needs frames
+//! retention removed gets OUT_OF_RANGE, never a silent gap.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use framecast::proto::{CreateTopicRequest, Cursor, Frame, ListTopicsRequest, SubscribeRequest};
+use rand::{Rng, SeedableRng};
+
+const FLAGS: &[&str] = &[
+    "--segment-bytes",
+    "32KiB",
+    "--max-frame-bytes",
+    "8192",
+    "--compact-after-segments",
+    "2",
+    "--compaction-mb-per-sec",
+    "0",
+    "--fsync",
+    "never",
+];
+
+fn expected(all: &BTreeMap<u64, Frame>, snapshot: u64, start: u64) -> Vec<(u64, u64)> {
+    let mut replay: Vec<&Frame> =
+        all.values().filter(|f| f.offset < snapshot && f.seq_no >= start).collect();
+    replay.sort_by_key(|f| (f.seq_no, f.timestamp, f.offset));
+    let live = all.values().filter(|f| f.offset >= snapshot && f.seq_no >= start);
+    replay.into_iter().chain(live).map(|f| (f.offset, f.seq_no)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_stay_exact_while_the_compactor_rewrites_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FLAGS);
+    let total = 6000u64;
+    let addr = server.addr.clone();
+    let publisher = tokio::spawn(async move {
+        let mut c = connect(&addr).await;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for i in 0..total {
+            let seq = rng.random_range(0..500u64);
+            publish(&mut c, "c", seq, format!("frame-{i}-{}", "z".repeat((i % 40) as usize)).as_bytes()).await;
+        }
+    });
+    // Subscribers join while publishing and compaction go on; each reads until it has
+    // every frame with seq_no >= start.
+    let mut subs = Vec::new();
+    for k in 0..8u64 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let addr = server.addr.clone();
+        subs.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await;
+            let start = k * 40;
+            let mut sub = subscribe(
+                &mut c,
+                SubscribeRequest { replay_seq_no_start: start, topic: "c".into(), resume: None },
+            )
+            .await
+            .unwrap();
+            let mut got = Vec::new();
+            // Resume once, in the middle, over a fresh connection.
+            let mut resumed = false;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), sub.stream.message()).await {
+                    Ok(Ok(Some(f))) => {
+                        got.push((f.offset, f.seq_no, f.timestamp));
+                        if !resumed && got.len() == 50 {
+                            resumed = true;
+                            let last = *got.last().unwrap();
+                            let cursor = Cursor {
+                                snapshot_offset: sub.snapshot,
+                                epoch: sub.epoch,
+                                seq_no: last.1,
+                                timestamp: last.2,
+                                offset: last.0,
+                            };
+                            let mut c2 = connect(&addr).await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            sub.stream = subscribe(
+                                &mut c2,
+                                SubscribeRequest {
+                                    replay_seq_no_start: start,
+                                    topic: "c".into(),
+                                    resume: Some(cursor),
+                                },
+                            )
+                            .await
+                            .unwrap()
+                            .stream;
+                        }
+                    }
+                    Ok(Ok(None)) => panic!("stream ended"),
+                    Ok(Err(s)) => panic!("stream failed: {s}"),
+                    Err(_) => break, // quiet for a while: publishing is over
+                }
+                if got.iter().filter(|g| g.0 == total - 1).count() == 1 && got.len() > 0 {
+                    // Saw the last frame; anything left would be a duplicate.
+                }
+            }
+            (start, sub.snapshot, got)
+        }));
+    }
+    publisher.await.unwrap();
+    let mut c = server.client().await;
+    let info = c.list_topics(ListTopicsRequest {}).await.unwrap().into_inner();
+    let t = info.topics.iter().find(|t| t.name == "c").unwrap();
+    assert_eq!(t.next_offset, total);
+    let mut all_sub = subscribe(
+        &mut c,
+        SubscribeRequest { replay_seq_no_start: 0, topic: "c".into(), resume: None },
+    )
+    .await
+    .unwrap();
+    let all: BTreeMap<u64, Frame> = take(&mut all_sub.stream, total as usize, Duration::from_secs(60))
+        .await
+        .into_iter()
+        .map(|f| (f.offset, f))
+        .collect();
+    assert_eq!(all.len() as u64, total);
+    for s in subs {
+        let (start, snapshot, got) = s.await.unwrap();
+        let got: Vec<(u64, u64)> = got.iter().map(|g| (g.0, g.1)).collect();
+        assert_eq!(got, expected(&all, snapshot, start), "subscriber from {start}, S={snapshot}");
+    }
+    let log = server.log_text();
+    assert!(log.matches("compacted").count() >= 2, "the compactor did not run:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_moves_first_offset_and_needed_frames_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FLAGS);
+    let mut c = server.client().await;
+    c.create_topic(CreateTopicRequest {
+        name: "r".into(),
+        retention_max_age_seconds: 0,
+        retention_max_bytes: 64 * 1024,
+    })
+    .await
+    .unwrap();
+    for i in 0..200u64 {
+        publish(&mut c, "r", i, &[b'x'; 500]).await;
+    }
+    // A subscriber that read a little of its replay, then stalls and resumes later.
+    let mut early = subscribe(
+        &mut c,
+        SubscribeRequest { replay_seq_no_start: 0, topic: "r".into(), resume: None },
+    )
+    .await
+    .unwrap();
+    let first_frames = take(&mut early.stream, 3, Duration::from_secs(10)).await;
+    drop(early.stream);
+    for i in 200..2000u64 {
+        publish(&mut c, "r", i, &[b'y'; 500]).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let info = c.list_topics(ListTopicsRequest {}).await.unwrap().into_inner();
+        let t = info.topics.iter().find(|t| t.name == "r").unwrap().clone();
+        if t.first_offset > 0 && t.bytes <= 64 * 1024 + 32 * 1024 {
+            assert_eq!(t.frames, t.next_offset - t.first_offset);
+            break t.first_offset;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention did not run: {t:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A fresh subscriber gets the retained history, starting at the first retained offset.
+    let mut fresh = subscribe(
+        &mut c,
+        SubscribeRequest { replay_seq_no_start: 0, topic: "r".into(), resume: None },
+    )
+    .await
+    .unwrap();
+    let f = take(&mut fresh.stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(f[0].offset, first);
+    // The early subscriber's resume needs removed frames: OUT_OF_RANGE, not a gap.
+    let last = first_frames.last().unwrap();
+    let resumed = subscribe(
+        &mut c,
+        SubscribeRequest {
+            replay_seq_no_start: 0,
+            topic: "r".into(),
+            resume: Some(Cursor {
+                snapshot_offset: early.snapshot,
+                epoch: early.epoch,
+                seq_no: last.seq_no,
+                timestamp: last.timestamp,
+                offset: last.offset,
+            }),
+        },
+    )
+    .await;
+    let status = match resumed {
+        Err(s) => s,
+        Ok(mut sub) => match tokio::time::timeout(Duration::from_secs(10), sub.stream.message()).await {
+            Ok(Err(s)) => s,
+            other => panic!("expected OUT_OF_RANGE, got {other:?}"),
+        },
+    };
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains(&first.to_string()), "{}", status.message());
+}
