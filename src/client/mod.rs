@@ -2,14 +2,14 @@
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
 //! resumes exactly. No gRPC type is needed to use it.
 
-mod client;
 mod error;
+mod handle;
 mod publisher;
 mod retry;
 mod subscription;
 
-pub use client::{Ack, Client, TopicInfo};
 pub use error::{Error, Result};
+pub use handle::{Ack, Client, TopicInfo};
 pub use publisher::{PendingAck, Publisher};
 pub use retry::RetryPolicy;
 pub use subscription::{Frame, Subscription};

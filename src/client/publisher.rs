@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::client::{Ack, Client};
 use super::error::{from_status, transient, Error, Result};
+use super::handle::{Ack, Client};
 use super::retry::Backoff;
 use crate::proto;
 

@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::client::Client;
 use super::error::{from_status, transient, Error, Result};
+use super::handle::Client;
 use super::retry::Backoff;
 use crate::proto;
 use crate::server::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};

@@ -405,8 +405,7 @@ impl Log {
             let segments_from = bases
                 .iter()
                 .copied()
-                .filter(|&b| b <= cutoff)
-                .last()
+                .rfind(|&b| b <= cutoff)
                 .or(bases.first().copied())
                 .unwrap_or(seal_end);
             let old_runs: Vec<PathBuf> = st

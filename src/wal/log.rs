@@ -230,6 +230,9 @@ struct Queue {
     worker: Option<JoinHandle<()>>,
 }
 
+/// Where the acks of one request go.
+type AckSender = oneshot::Sender<Result<Vec<Appended>>>;
+
 #[derive(Debug)]
 struct Request {
     frames: Vec<NewFrame>,
@@ -320,7 +323,7 @@ struct Portion {
     start_offset: u64,
     entries: Vec<(OrderKey, u32)>,
     keys: Vec<(Bytes, FirstAck)>,
-    replies: Vec<(oneshot::Sender<Result<Vec<Appended>>>, Vec<Appended>)>,
+    replies: Vec<(AckSender, Vec<Appended>)>,
 }
 
 impl Portion {
