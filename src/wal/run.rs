@@ -285,7 +285,13 @@ pub struct RunWriter {
     pos: u64,
     map: Vec<u32>,
     last: Option<OrderKey>,
+    /// Position up to which the file was last synced.
+    synced: u64,
 }
+
+/// A run being written is synced every this many bytes, so dirty pages never pile up into
+/// one long final sync that would stall publishers' syncs on the same disk.
+const RUN_SYNC_EVERY: u64 = 4 << 20;
 
 impl RunWriter {
     /// Starts a run holding exactly the offsets `base..end`.
@@ -304,6 +310,7 @@ impl RunWriter {
             pos: RUN_HEADER_LEN as u64,
             map: vec![u32::MAX; (end - base) as usize],
             last: None,
+            synced: 0,
         })
     }
 
@@ -322,6 +329,14 @@ impl RunWriter {
             .map_err(|e| Error::io(&self.temp, e))?;
         self.pos += record.len() as u64;
         self.last = Some(key);
+        if self.pos - self.synced >= RUN_SYNC_EVERY {
+            self.out.flush().map_err(|e| Error::io(&self.temp, e))?;
+            self.out
+                .get_ref()
+                .sync_data()
+                .map_err(|e| Error::io(&self.temp, e))?;
+            self.synced = self.pos;
+        }
         Ok(())
     }
 
