@@ -7,6 +7,7 @@
 #   QUICK=1 bash benches/compare/run.sh    # 2-second runs, 100k-frame replay: a smoke test
 #   ONLY=fanout bash benches/compare/run.sh   # one workload (publish-stream, publish-unary,
 #                                             # fanout, replay, e2e)
+#   FRAMECAST=path/to/framecast bash benches/compare/run.sh   # measure that binary
 #
 # Installs redis-server and nats-server from Debian's packages if they are missing. Not part
 # of CI. framecast is measured with `framecast bench --spawn`; the peers with
@@ -32,9 +33,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building (release)"
-(cd "$root" && cargo build --release --quiet --bin framecast)
+# FRAMECAST=/path/to/framecast measures that binary instead of building the work tree's.
+if [ -z "${FRAMECAST:-}" ]; then
+  (cd "$root" && cargo build --release --quiet --bin framecast)
+fi
 cargo build --release --quiet
-fc="$root/target/release/framecast"
+fc="${FRAMECAST:-$root/target/release/framecast}"
 cmp="$here/target/release/framecast-compare"
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -126,6 +130,19 @@ PY
 
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
+# What one durable write costs on this disk bounds every `always` figure: measure it.
+python3 - "$work" <<'PY' | tee "$out/fsync.txt"
+import os, sys, time
+fd = os.open(os.path.join(sys.argv[1], "probe"), os.O_WRONLY | os.O_CREAT)
+ts = []
+for _ in range(300):
+    os.write(fd, b"x" * 128)
+    t = time.perf_counter(); os.fdatasync(fd); ts.append(time.perf_counter() - t)
+ts.sort()
+print("fdatasync of a 128-byte append: p50 %.2f ms, p99 %.2f ms, max %.2f ms" % (
+    ts[len(ts) // 2] * 1e3, ts[int(len(ts) * 0.99)] * 1e3, ts[-1] * 1e3))
+PY
+
 fcb() { "$fc" bench "$@" --spawn --json --quiet; }
 
 if want publish-stream; then
@@ -179,5 +196,5 @@ if want e2e; then
   stop_peer
 fi
 
-python3 "$here/summarize.py" "$out" | tee "$out/summary.md"
+{ python3 "$here/summarize.py" "$out"; echo; cat "$out/fsync.txt"; } | tee "$out/summary.md"
 echo "== results in $out"

@@ -274,15 +274,22 @@ impl Report {
                     us(r.max_us)
                 );
             }
-            let _ = writeln!(
-                o,
-                "  (measured from each frame's intended send time{})",
-                if self.target_rate > 0.0 {
-                    ": stalls are not hidden"
-                } else {
-                    "; unpaced, so that is when it could be sent"
-                }
-            );
+            if self.latency.iter().any(|r| r.name != "first frame") {
+                let _ = writeln!(
+                    o,
+                    "  (ack and delivery from each frame's intended send time{})",
+                    if self.target_rate > 0.0 {
+                        ": stalls are not hidden"
+                    } else {
+                        "; unpaced, so that is when it could be sent"
+                    }
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  (first frame: from the Subscribe call to the first frame)"
+                );
+            }
         }
         let _ = writeln!(o);
         let f = &self.faults;
