@@ -34,8 +34,15 @@ impl Server {
     }
 
     fn start_owned(data_dir: &Path, extra: Vec<String>) -> Server {
+        let listen: &[&str] = if extra.iter().any(|a| a == "--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(&extra)
             .env("RUST_LOG", "info")
@@ -84,6 +91,18 @@ impl Server {
             log,
             extra,
         }
+    }
+
+    /// Starts a server on a fixed free loopback port, so that a restart keeps the address
+    /// clients know.
+    pub fn start_fixed_port(data_dir: &Path, extra: &[&str]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_owned(data_dir, args)
     }
 
     /// Starts again on the same data dir with the same flags (after a kill or exit).

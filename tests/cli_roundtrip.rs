@@ -1,0 +1,203 @@
+//! The CLI round trip: `framecast publish` from stdin and arguments, `framecast subscribe`
+//! printing them back, against the real server.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn publish_lines_from_stdin_and_subscribe_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.as_str();
+    let (ok, out, err) = run(
+        &[
+            "publish",
+            "--addr",
+            addr,
+            "--topic",
+            "cli",
+            "--seq-from",
+            "10",
+            "--verbose",
+        ],
+        Some("alpha\nbeta\ngamma\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines().next().unwrap().starts_with("offset=0 "),
+        "{out}"
+    );
+    let (ok, _, err) = run(
+        &[
+            "publish", "--addr", addr, "--topic", "cli", "--seq-no", "1", "first",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = run(
+        &[
+            "subscribe",
+            "--addr",
+            addr,
+            "--topic",
+            "cli",
+            "--count",
+            "4",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, &str)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["seq_no"].as_u64().unwrap(),
+                v["payload"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, "first"), (10, "alpha"), (11, "beta"), (12, "gamma")]
+    );
+    assert!(lines.iter().all(|v| v["live"] == false));
+
+    let (ok, out, _) = run(
+        &[
+            "subscribe",
+            "--addr",
+            addr,
+            "--topic",
+            "cli",
+            "--from",
+            "11",
+            "--count",
+            "2",
+            "--raw",
+        ],
+        None,
+    );
+    assert!(ok);
+    assert_eq!(out, "beta\ngamma\n");
+    let (ok, out, _) = run(
+        &[
+            "subscribe",
+            "--addr",
+            addr,
+            "--topic",
+            "cli",
+            "--count",
+            "1",
+        ],
+        None,
+    );
+    assert!(ok);
+    assert!(
+        out.starts_with("offset=3 seq_no=1 ") && out.contains("payload=\"first\""),
+        "{out}"
+    );
+
+    // A file as one frame.
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, [0u8, 159, 146, 150]).unwrap();
+    let (ok, _, err) = run(
+        &[
+            "publish",
+            "--addr",
+            addr,
+            "--topic",
+            "bin",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(
+        &[
+            "subscribe",
+            "--addr",
+            addr,
+            "--topic",
+            "bin",
+            "--count",
+            "1",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["payload_hex"], "009f9296");
+}
+
+#[test]
+fn publish_reports_refused_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "8"]);
+    let (ok, _, err) = run(
+        &[
+            "publish",
+            "--addr",
+            &server.addr,
+            "--topic",
+            "x",
+            "this is too long",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("invalid argument"), "{err}");
+    let (ok, _, err) = run(
+        &[
+            "publish",
+            "--addr",
+            &server.addr,
+            "--topic",
+            "bad/name",
+            "x",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("invalid argument"), "{err}");
+}
