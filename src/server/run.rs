@@ -123,13 +123,22 @@ pub async fn run(
     health_reporter
         .set_serving::<BroadcastServer<BroadcastService>>()
         .await;
+    // Reflection v1 and v1alpha: grpcurl and other tools work without the proto file,
+    // whichever version they speak.
+    let reflection_error = |e: tonic_reflection::server::Error| Error::Metadata {
+        path: "reflection".into(),
+        reason: e.to_string(),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Metadata {
-            path: "reflection".into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(reflection_error)?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(reflection_error)?;
 
     let addr = listener
         .local_addr()
@@ -143,6 +152,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_interval))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(service)
         // TcpIncoming, not a bare listener stream: with a caller-supplied incoming stream tonic
         // ignores `.tcp_nodelay(true)`, and Nagle's algorithm then holds small acks and frames
@@ -157,7 +167,7 @@ pub async fn run(
         () = signal => {
             info!("shutdown requested: no new calls; ending streams");
             trigger.fire();
-            let _ = health_reporter;
+            health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(r) => r.map_err(|e| Error::Metadata { path: "server".into(), reason: e.to_string() })?,
                 Err(_) => warn!(grace_ms = config.shutdown_grace.as_millis() as u64, "connections still open after the grace period; closing anyway"),
