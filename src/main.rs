@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use framecast::server::config::{parse_bytes, parse_duration};
 use framecast::server::maintenance::MaintenanceConfig;
 use framecast::server::ServerConfig;
-use framecast::wal::{CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_MAX_FRAME_BYTES};
+use framecast::wal::{
+    CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS,
+    DEFAULT_MAX_FRAME_BYTES,
+};
 
 /// A durable broadcast server.
 #[derive(Debug, Parser)]
@@ -83,6 +86,9 @@ struct ServeArgs {
     /// How long an idempotency key is remembered (90s, 2m, 1h).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     dedup_window: std::time::Duration,
+    /// Most idempotency keys remembered per topic; past it the oldest are forgotten early.
+    #[arg(long, default_value_t = DEFAULT_DEDUP_MAX_KEYS)]
+    dedup_max_keys: usize,
     /// Default retention by age for topics without their own (90s, 2m, 1h, 7d); unset: keep.
     #[arg(long, value_parser = parse_duration)]
     retention_max_age: Option<std::time::Duration>,
@@ -122,6 +128,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             fsync: args.fsync,
             max_frame_bytes: usize::try_from(args.max_frame_bytes).unwrap_or(usize::MAX),
             dedup_window: args.dedup_window,
+            dedup_max_keys: args.dedup_max_keys,
             retention: Retention {
                 max_age: args.retention_max_age,
                 max_bytes: args.retention_max_bytes,

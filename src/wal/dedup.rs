@@ -13,22 +13,32 @@ pub struct FirstAck {
     pub stored_at: i64,
 }
 
-/// Keys stored within the window. Memory is bounded by the window times the keyed publish
-/// rate: expired keys are dropped on every commit.
+/// Keys stored within the window. Expired keys are dropped on every commit, and at most
+/// `max_keys` are held: past that the oldest are forgotten early (counted in
+/// [`DedupWindow::evicted_early`]), so memory stays bounded (about 130 bytes per key) even
+/// when keyed publishing outruns the window.
 #[derive(Debug, Default)]
 pub struct DedupWindow {
     window_ns: i64,
+    max_keys: usize,
     map: HashMap<Box<[u8]>, FirstAck>,
     order: VecDeque<(i64, Box<[u8]>)>,
+    evicted_early: u64,
 }
 
 impl DedupWindow {
-    /// An empty window of `window_ns` nanoseconds.
-    pub fn new(window_ns: i64) -> DedupWindow {
+    /// An empty window of `window_ns` nanoseconds holding at most `max_keys` keys.
+    pub fn new(window_ns: i64, max_keys: usize) -> DedupWindow {
         DedupWindow {
             window_ns,
+            max_keys: max_keys.max(1),
             ..Default::default()
         }
+    }
+
+    /// Keys forgotten before their window ended because `max_keys` was reached.
+    pub fn evicted_early(&self) -> u64 {
+        self.evicted_early
     }
 
     /// The first ack of `key`, if stored within the window ending `now`.
@@ -43,6 +53,15 @@ impl DedupWindow {
     pub fn insert(&mut self, key: &[u8], ack: FirstAck, now: i64) {
         if ack.stored_at < now.saturating_sub(self.window_ns) {
             return;
+        }
+        while self.map.len() >= self.max_keys {
+            let Some((t, old)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|a| a.stored_at == t) {
+                self.map.remove(&old);
+                self.evicted_early += 1;
+            }
         }
         self.map.insert(key.into(), ack);
         self.order.push_back((ack.stored_at, key.into()));
@@ -87,7 +106,7 @@ mod tests {
 
     #[test]
     fn keys_expire_with_the_window() {
-        let mut d = DedupWindow::new(100);
+        let mut d = DedupWindow::new(100, 10);
         let ack = FirstAck {
             offset: 1,
             timestamp: 5,
@@ -111,7 +130,7 @@ mod tests {
 
     #[test]
     fn reinserted_key_survives_expiry_of_its_old_entry() {
-        let mut d = DedupWindow::new(100);
+        let mut d = DedupWindow::new(100, 10);
         let a = FirstAck {
             offset: 1,
             timestamp: 0,
@@ -127,5 +146,22 @@ mod tests {
         d.insert(b"k", b, 90);
         d.expire(150);
         assert_eq!(d.get(b"k", 150), Some(b));
+    }
+
+    #[test]
+    fn the_key_cap_forgets_the_oldest_first() {
+        let mut d = DedupWindow::new(1_000, 3);
+        for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
+            let ack = FirstAck {
+                offset: i as u64,
+                timestamp: 0,
+                stored_at: i as i64,
+            };
+            d.insert(*k, ack, 10);
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.evicted_early(), 1);
+        assert_eq!(d.get(b"a", 10), None);
+        assert!(d.get(b"d", 10).is_some());
     }
 }

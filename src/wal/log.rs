@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::compact::Retention;
 use super::dedup::{DedupWindow, FirstAck};
@@ -85,9 +85,14 @@ pub struct LogConfig {
     pub max_frame_bytes: usize,
     /// How long an idempotency key is remembered.
     pub dedup_window: Duration,
+    /// Most idempotency keys remembered per log (oldest forgotten first past it).
+    pub dedup_max_keys: usize,
     /// How much of the topic is kept.
     pub retention: Retention,
 }
+
+/// Default `--dedup-max-keys`: about 260 MB of keys per topic at most.
+pub const DEFAULT_DEDUP_MAX_KEYS: usize = 2_000_000;
 
 /// API.md's default `--max-frame-bytes`: 4 MiB − 1 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024 - 1024;
@@ -100,6 +105,7 @@ impl Default for LogConfig {
             sync_method: SyncMethod::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             dedup_window: Duration::from_secs(120),
+            dedup_max_keys: DEFAULT_DEDUP_MAX_KEYS,
             retention: Retention::default(),
         }
     }
@@ -409,7 +415,7 @@ impl Log {
         let started = Instant::now();
         let now = now_ns();
         let mut state = State::default();
-        let mut dedup = DedupWindow::new(duration_ns(config.dedup_window));
+        let mut dedup = DedupWindow::new(duration_ns(config.dedup_window), config.dedup_max_keys);
         let recovered = recover(
             dir,
             &mut Rebuild {
@@ -819,6 +825,7 @@ impl Shared {
         let mut w = self.writer.lock();
         let now = now_ns();
         w.dedup.expire(now);
+        let evicted_before = w.dedup.evicted_early();
         let mut portion = Portion::at(&w);
         for req in batch {
             if let Some(why) = &w.failed {
@@ -887,6 +894,15 @@ impl Shared {
             portion.replies.push((req.reply, acks));
         }
         self.finish(&mut w, portion);
+        let evicted = w.dedup.evicted_early() - evicted_before;
+        if evicted > 0 && w.dedup.evicted_early() / 100_000 != evicted_before / 100_000 {
+            warn!(
+                dir = %self.dir.display(),
+                max_keys = self.config.dedup_max_keys,
+                evicted_total = w.dedup.evicted_early(),
+                "dedup key limit reached: the oldest idempotency keys are forgotten before the window ends (raise --dedup-max-keys)"
+            );
+        }
     }
 
     /// Makes a portion durable (per policy), visible and indexed, then answers it. On a

@@ -17,7 +17,7 @@ pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};
 pub use log::{
     now_ns, Appended, FsyncPolicy, Log, LogConfig, LogStats, NewFrame, StoredFrame,
-    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
 };
 pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
 pub use run::{Run, RunWriter};
