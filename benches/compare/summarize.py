@@ -42,8 +42,8 @@ def main():
     d = os.path.normpath(sys.argv[1])
     runs = load(d)
     print(f"Results of `{os.path.basename(d)}`\n")
-    print("| workload | system | durability | frames/s | p50 | p99 | p99.9 | faults | server CPU s | load before |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |")
+    print("| workload | system | durability | frames/s | p50 | p99 | p99.9 | faults | server CPU s | server µs/frame | bench CPU s | load before |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |")
     ratios = []
     for name in ORDER:
         systems = runs.get(name, {})
@@ -55,11 +55,16 @@ def main():
             row = next((x for x in r.get("latency", []) if x["name"] == lat), {}) if lat else {}
             f = r.get("faults", {})
             bad = sum(f.values()) + r.get("errors", 0) + r.get("incomplete_subscribers", 0)
-            cpu = (r.get("resources") or {}).get("server_cpu_s")
+            res = r.get("resources") or {}
+            cpu = res.get("server_cpu_s")
+            frames = (r.get(key) or {}).get("frames", 0)
+            per = f"{cpu * 1e6 / frames:.1f}" if cpu is not None and frames else ""
+            ccpu = res.get("client_cpu_s")
             lavg = r.get("load_before") or (r.get("machine") or {}).get("load_before") or [0]
             print(f"| {name} | {system} | {r.get('durability', r.get('fsync'))} | {fmt_rate(t)} | "
                   f"{fmt_us(row.get('p50_us'))} | {fmt_us(row.get('p99_us'))} | {fmt_us(row.get('p999_us'))} | "
-                  f"{'none' if bad == 0 else bad} | {'' if cpu is None else f'{cpu:.1f}'} | {lavg[0]:.2f} |")
+                  f"{'none' if bad == 0 else bad} | {'' if cpu is None else f'{cpu:.1f}'} | {per} | "
+                  f"{'' if ccpu is None else f'{ccpu:.1f}'} | {lavg[0]:.2f} |")
             if system == "framecast":
                 base = (t, row.get("p99_us"))
             elif base and not system.startswith("framecast") and t > 0:
