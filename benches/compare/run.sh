@@ -6,7 +6,7 @@
 #   bash benches/compare/run.sh            # the full set (about 6 minutes)
 #   QUICK=1 bash benches/compare/run.sh    # 2-second runs, 100k-frame replay: a smoke test
 #   ONLY=fanout bash benches/compare/run.sh   # one workload (publish-stream, publish-unary,
-#                                             # fanout, replay, e2e)
+#                                             # fanout, fanout-max, replay, e2e)
 #   FRAMECAST=path/to/framecast bash benches/compare/run.sh   # measure that binary
 #
 # Installs redis-server and nats-server from Debian's packages if they are missing. Not part
@@ -173,6 +173,18 @@ if want fanout; then
   stop_peer
   start_nats
   run fanout nats page-cache -- "$cmp" --peer nats --url "$peer_url" --fsync "page cache (2.9: no per-write sync)" --server-pid "$peer_pid" fanout --subscribers 1000 --connections 100 --rate 1000 --seconds "$secs"
+  stop_peer
+fi
+
+if want fanout-max; then
+  # Offered 3,000,000 deliveries/s: more than any of the three sustains here, so the
+  # delivered rate is each one's capacity (latency is then queueing, not service time).
+  run fanout-max framecast interval:1000 -- fcb fanout --subscribers 1000 --connections 100 --rate 3000 --duration "$(( secs / 2 ))s" --fsync interval:1000
+  start_redis everysec
+  run fanout-max redis everysec -- "$cmp" --peer redis --url "$peer_url" --fsync everysec --server-pid "$peer_pid" fanout --subscribers 1000 --rate 3000 --seconds "$(( secs / 2 ))"
+  stop_peer
+  start_nats
+  run fanout-max nats page-cache -- "$cmp" --peer nats --url "$peer_url" --fsync "page cache (2.9: no per-write sync)" --server-pid "$peer_pid" fanout --subscribers 1000 --connections 100 --rate 3000 --seconds "$(( secs / 2 ))"
   stop_peer
 fi
 

@@ -6,11 +6,12 @@ import json
 import os
 import sys
 
-ORDER = ["publish-stream", "publish-unary", "fanout", "replay", "e2e"]
+ORDER = ["publish-stream", "publish-unary", "fanout", "fanout-max", "replay", "e2e"]
 WHAT = {
     "publish-stream": ("published", "ack"),
     "publish-unary": ("published", "ack"),
     "fanout": ("delivered", "delivery"),
+    "fanout-max": ("delivered", "delivery"),
     "replay": ("delivered", None),
     "e2e": ("delivered", "delivery"),
 }

@@ -4,6 +4,7 @@
 
 mod common;
 mod peer;
+mod resp;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -546,7 +547,7 @@ fn main() {
                     publishers,
                     subscribers,
                     connections,
-                    Duration::from_secs(30),
+                    Duration::from_secs(60),
                     true,
                     || publish(&run, &plan),
                 )
@@ -575,7 +576,7 @@ fn main() {
                     1,
                     subscribers,
                     subscribers,
-                    Duration::from_secs(30),
+                    Duration::from_secs(60),
                     true,
                     || publish(&run, &plan),
                 )

@@ -33,13 +33,14 @@ pub enum PubConn {
 }
 
 pub enum SubConn {
-    Redis(redis::aio::MultiplexedConnection),
+    /// A blocking XREAD needs its own connection: the reader opens it (raw RESP).
+    Redis(String),
     Nats(async_nats::Client),
 }
 
 pub enum Reader {
     Redis {
-        con: redis::aio::MultiplexedConnection,
+        con: crate::resp::RespConn,
         key: String,
         last: String,
     },
@@ -113,7 +114,9 @@ impl Peer {
 
     pub async fn sub_conn(&self) -> Result<SubConn, String> {
         Ok(match self {
-            Peer::Redis { client, .. } => SubConn::Redis(redis_conn(client).await.map_err(e)?),
+            Peer::Redis { client, .. } => {
+                SubConn::Redis(client.get_connection_info().addr().to_string())
+            }
             Peer::Nats { url, .. } => {
                 SubConn::Nats(async_nats::connect(url.as_str()).await.map_err(e)?)
             }
@@ -124,8 +127,8 @@ impl Peer {
     /// its own, so `conn` must not be shared; NATS: an ordered push consumer on `conn`.
     pub async fn reader(&self, conn: &SubConn) -> Result<Reader, String> {
         Ok(match (self, conn) {
-            (Peer::Redis { key, .. }, SubConn::Redis(c)) => Reader::Redis {
-                con: c.clone(),
+            (Peer::Redis { key, .. }, SubConn::Redis(addr)) => Reader::Redis {
+                con: crate::resp::RespConn::connect(addr).await?,
                 key: key.clone(),
                 last: "0-0".into(),
             },
@@ -202,43 +205,47 @@ impl Reader {
     ) -> Result<(), String> {
         match self {
             Reader::Redis { con, key, last } => {
-                let v: Value = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(max)
-                    .arg("BLOCK")
-                    .arg(wait.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(key.as_str())
-                    .arg(last.as_str())
-                    .query_async(con)
-                    .await
-                    .map_err(e)?;
+                use crate::resp::Resp;
+                let (count, block) = (max.to_string(), wait.as_millis().to_string());
+                let (v, bytes) = con
+                    .call(&[
+                        b"XREAD",
+                        b"COUNT",
+                        count.as_bytes(),
+                        b"BLOCK",
+                        block.as_bytes(),
+                        b"STREAMS",
+                        key.as_bytes(),
+                        last.as_bytes(),
+                    ])
+                    .await?;
                 // [[key, [[id, [field, value]], ...]]] or nil on timeout.
-                let Value::Array(streams) = v else {
+                let Resp::Array(streams) = v else {
                     return Ok(());
                 };
                 for s in streams {
-                    let Value::Array(mut kv) = s else { continue };
-                    let Some(Value::Array(entries)) = kv.pop() else {
+                    let Resp::Array(mut kv) = s else { continue };
+                    let Some(Resp::Array(entries)) = kv.pop() else {
                         continue;
                     };
                     for entry in entries {
-                        let Value::Array(mut parts) = entry else {
+                        let Resp::Array(mut parts) = entry else {
                             continue;
                         };
                         let fields = parts.pop();
-                        let Some(Value::BulkString(id)) = parts.pop() else {
+                        let Some(Resp::Bulk(id)) = parts.pop() else {
                             continue;
                         };
                         let payload = match fields {
-                            Some(Value::Array(mut f)) => match f.pop() {
-                                Some(Value::BulkString(p)) => Bytes::from(p),
+                            Some(Resp::Array(mut f)) => match f.pop() {
+                                Some(Resp::Bulk(p)) => bytes.slice(p),
                                 _ => Bytes::new(),
                             },
                             _ => Bytes::new(),
                         };
-                        out.push((redis_pos(&id), payload));
-                        *last = String::from_utf8_lossy(&id).into_owned();
+                        let id = &bytes[id];
+                        out.push((redis_pos(id), payload));
+                        *last = String::from_utf8_lossy(id).into_owned();
                     }
                 }
                 Ok(())
