@@ -34,6 +34,31 @@ impl Counters {
     }
 }
 
+/// One task's share of a counter, added to the shared atomic in batches: after 1,024 events or
+/// 50 ms, whichever comes first (by count alone, subscribers that receive the same frames
+/// would all flush in the same instant and the live rate would flicker between 0 and a peak).
+#[derive(Debug, Default)]
+pub struct Tally {
+    unreported: u64,
+    last_flush_ns: u64,
+}
+
+impl Tally {
+    /// Counts one event at run-clock time `now_ns`.
+    pub fn one(&mut self, counter: &AtomicU64, now_ns: u64) {
+        self.unreported += 1;
+        if self.unreported >= 1024 || now_ns.saturating_sub(self.last_flush_ns) >= 50_000_000 {
+            self.last_flush_ns = now_ns;
+            self.flush(counter);
+        }
+    }
+
+    /// Adds what is not yet counted.
+    pub fn flush(&mut self, counter: &AtomicU64) {
+        Counters::add(counter, std::mem::take(&mut self.unreported));
+    }
+}
+
 /// A progress bar over a phase of known length (frames or milliseconds), redrawn with live
 /// rates four times a second. Hidden with `--quiet`, `--json`, or when stderr is no terminal.
 pub struct Progress {
@@ -66,23 +91,27 @@ impl Progress {
         let b = bar.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let mut last = counters.snapshot();
-            let mut last_at = Instant::now();
+            // Rates over the last second (four ticks), so they read steadily.
+            let mut window =
+                std::collections::VecDeque::from([(Instant::now(), counters.snapshot())]);
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
                 let now = counters.snapshot();
-                let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+                window.push_back((Instant::now(), now));
+                if window.len() > 5 {
+                    window.pop_front();
+                }
+                let (then, old) = window[0];
+                let dt = then.elapsed().as_secs_f64().max(1e-3);
                 let rate = |a: u64, b: u64| human((a.saturating_sub(b)) as f64 / dt);
                 b.set_message(format!(
                     "acked {}/s  delivered {}/s  errors {}",
-                    rate(now.0, last.0),
-                    rate(now.1, last.1),
+                    rate(now.0, old.0),
+                    rate(now.1, old.1),
                     now.2
                 ));
                 b.set_position(pos(&counters, started.elapsed()));
-                last = now;
-                last_at = Instant::now();
             }
         });
         Progress { bar, task }

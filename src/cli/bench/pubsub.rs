@@ -18,7 +18,7 @@ use super::conn::{connect, Grpc, Windows};
 use super::error::Result;
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
 use super::payload::{self, Checker, Faults};
-use super::progress::{Counters, Progress};
+use super::progress::{Counters, Progress, Tally};
 use crate::proto;
 
 /// What to run.
@@ -333,7 +333,7 @@ async fn unary_publisher(
     mut sink: LatencySink,
 ) -> PubResult {
     let mut acked = 0u64;
-    let mut unreported = 0u64;
+    let mut tally = Tally::default();
     let mut last_ack_ns = origin;
     let mut k = 0u64;
     while let Some(due) = next_due(&ctx, &pacer, k, count, origin).await {
@@ -343,11 +343,8 @@ async fn unary_publisher(
                 let now = ctx.clock.now_ns();
                 sink.record_ns(now.saturating_sub(intended));
                 acked += 1;
-                unreported += 1;
+                tally.one(&ctx.counters.acked, now);
                 last_ack_ns = now;
-                if unreported >= 64 {
-                    Counters::add(&ctx.counters.acked, std::mem::take(&mut unreported));
-                }
             }
             Err(s) => {
                 ctx.error(format!("publisher {index}, frame {k}: {s}"));
@@ -356,7 +353,7 @@ async fn unary_publisher(
         }
         k += 1;
     }
-    Counters::add(&ctx.counters.acked, unreported);
+    tally.flush(&ctx.counters.acked);
     PubResult { acked, last_ack_ns }
 }
 
@@ -388,7 +385,7 @@ async fn stream_publisher(
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let mut acked = 0u64;
-            let mut unreported = 0u64;
+            let mut tally = Tally::default();
             let mut last_ack_ns = origin;
             loop {
                 match acks.message().await {
@@ -400,11 +397,8 @@ async fn stream_publisher(
                         };
                         sink.record_ns(now.saturating_sub(intended));
                         acked += 1;
-                        unreported += 1;
+                        tally.one(&ctx.counters.acked, now);
                         last_ack_ns = now;
-                        if unreported >= 256 {
-                            Counters::add(&ctx.counters.acked, std::mem::take(&mut unreported));
-                        }
                     }
                     Ok(None) => break,
                     Err(s) => {
@@ -415,7 +409,7 @@ async fn stream_publisher(
                     }
                 }
             }
-            Counters::add(&ctx.counters.acked, unreported);
+            tally.flush(&ctx.counters.acked);
             PubResult { acked, last_ack_ns }
         })
     };
@@ -473,7 +467,7 @@ async fn subscriber(
     let _ = ready.send(true).await;
     drop(ready);
     let mut expected: Option<Arc<Vec<u64>>> = None;
-    let mut unreported = 0u64;
+    let mut tally = Tally::default();
     let mut done_ns = None;
     loop {
         if let Some(e) = &expected {
@@ -486,13 +480,11 @@ async fn subscriber(
             biased;
             msg = stream.message() => match msg {
                 Ok(Some(f)) => {
+                    let now = ctx.clock.now_ns();
                     if let Some(h) = checker.frame(f.offset, &f.payload) {
-                        sink.record_ns(ctx.clock.now_ns().saturating_sub(h.intended_ns));
+                        sink.record_ns(now.saturating_sub(h.intended_ns));
                     }
-                    unreported += 1;
-                    if unreported >= 1024 {
-                        Counters::add(&ctx.counters.delivered, std::mem::take(&mut unreported));
-                    }
+                    tally.one(&ctx.counters.delivered, now);
                 }
                 Ok(None) => {
                     ctx.error("subscription ended by the server".into());
@@ -515,6 +507,6 @@ async fn subscriber(
             }
         }
     }
-    Counters::add(&ctx.counters.delivered, unreported);
+    tally.flush(&ctx.counters.delivered);
     SubResult { checker, done_ns }
 }

@@ -12,7 +12,7 @@ use super::conn::{connect, Windows};
 use super::error::{Error, Result};
 use super::latency::Recorder;
 use super::payload::{Checker, Faults};
-use super::progress::{Counters, Progress};
+use super::progress::{Counters, Progress, Tally};
 use super::pubsub::{self, Plan};
 use crate::proto;
 
@@ -160,7 +160,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
                     return (checker, None);
                 }
             };
-            let mut unreported = 0u64;
+            let mut tally = Tally::default();
             let mut done = None;
             while checker.received < frames {
                 let msg = tokio::time::timeout_at(deadline, stream.message()).await;
@@ -170,10 +170,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
                             sink.record_ns(asked.elapsed().as_nanos() as u64);
                         }
                         checker.frame(f.offset, &f.payload);
-                        unreported += 1;
-                        if unreported >= 4096 {
-                            Counters::add(&counters.delivered, std::mem::take(&mut unreported));
-                        }
+                        tally.one(&counters.delivered, asked.elapsed().as_nanos() as u64);
                     }
                     Ok(Ok(None)) => {
                         fail("subscription ended by the server".into());
@@ -195,7 +192,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             if checker.complete(&expected) {
                 done = Some(Instant::now());
             }
-            Counters::add(&counters.delivered, unreported);
+            tally.flush(&counters.delivered);
             (checker, done)
         }));
     }
