@@ -1,10 +1,11 @@
 //! The gRPC service: validation, then the log, then the answer.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -209,6 +210,25 @@ fn append_error(topic: &Topic, e: wal::Error) -> Error {
     }
 }
 
+/// Waits for the acks of a multi-frame log request.
+async fn await_acks(
+    topic: &Topic,
+    rx: oneshot::Receiver<wal::Result<Vec<Appended>>>,
+) -> Result<Vec<proto::PublishAck>> {
+    let acks = rx
+        .await
+        .map_err(|_| append_error(topic, wal::Error::Unavailable("log closed".into())))?
+        .map_err(|e| append_error(topic, e))?;
+    Ok(acks
+        .iter()
+        .map(|a| proto::PublishAck {
+            offset: a.offset,
+            timestamp: a.timestamp,
+            duplicate: a.duplicate,
+        })
+        .collect())
+}
+
 async fn await_ack(
     topic: &Topic,
     rx: oneshot::Receiver<wal::Result<Vec<Appended>>>,
@@ -249,8 +269,80 @@ type AckStream = std::pin::Pin<
 
 /// One entry of a publish stream's pipeline, in request order.
 enum Pipelined {
-    Ack(Arc<Topic>, oneshot::Receiver<wal::Result<Vec<Appended>>>),
+    /// `n` frames queued in the log as one request.
+    Batch(
+        Arc<Topic>,
+        oneshot::Receiver<wal::Result<Vec<Appended>>>,
+        usize,
+    ),
     Fail(Status),
+}
+
+/// Most frames of one publish stream handed to the log as one request.
+const PUBLISH_BATCH_FRAMES: usize = 512;
+/// Most payload bytes of one such request (a larger frame goes alone).
+const PUBLISH_BATCH_BYTES: usize = 1 << 20;
+
+/// Consecutive validated requests of one stream for one topic, not yet queued.
+#[derive(Default)]
+struct PendingBatch {
+    topic: String,
+    frames: Vec<NewFrame>,
+    bytes: usize,
+    first_index: u64,
+}
+
+impl PendingBatch {
+    /// True when `frame` for `topic` may join this batch.
+    fn fits(&self, topic: &str, frame: &NewFrame) -> bool {
+        self.frames.is_empty()
+            || (self.topic == topic && self.bytes + frame.payload.len() <= PUBLISH_BATCH_BYTES)
+    }
+
+    fn push(&mut self, topic: String, frame: NewFrame, index: u64) {
+        if self.frames.is_empty() {
+            self.topic = topic;
+            self.first_index = index;
+            self.bytes = 0;
+        }
+        self.bytes += frame.payload.len();
+        self.frames.push(frame);
+    }
+
+    /// Queues the batch in its topic's log and hands its receiver to the writer. False when
+    /// the stream must end (a failure was sent, or the writer is gone).
+    async fn flush(&mut self, svc: &BroadcastService, tx: &mpsc::Sender<Pipelined>) -> bool {
+        if self.frames.is_empty() {
+            return true;
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let n = frames.len();
+        let queued = match svc.topics.get_or_create(&self.topic).await {
+            Ok(topic) => match topic.log().submit(frames) {
+                Ok(rx) => Ok((topic, rx)),
+                Err(e) => Err(append_error(&topic, e)),
+            },
+            Err(e) => Err(e),
+        };
+        match queued {
+            Ok((topic, rx)) => tx.send(Pipelined::Batch(topic, rx, n)).await.is_ok(),
+            Err(e) => {
+                let _ = tx
+                    .send(Pipelined::Fail(at_index(self.first_index, e)))
+                    .await;
+                false
+            }
+        }
+    }
+}
+
+/// A refusal of the request at `index` of a publish stream, as the client sees it.
+fn at_index(index: u64, e: Error) -> Status {
+    let status = Status::from(e);
+    Status::new(
+        status.code(),
+        format!("request {index}: {}", status.message()),
+    )
 }
 
 #[tonic::async_trait]
@@ -275,7 +367,11 @@ impl Broadcast for BroadcastService {
         let (tx, rx) = mpsc::channel::<Pipelined>(PUBLISH_PIPELINE);
         let svc = self.clone();
         let mut shutdown = self.shutdown.clone();
-        // Reader: validates and queues each request; the order of `tx` is the ack order.
+        // Reader: validates each request and queues it in the log; the order of `tx` is the
+        // ack order. Requests that have already arrived are taken together (up to
+        // PUBLISH_BATCH_FRAMES / PUBLISH_BATCH_BYTES) and consecutive ones for the same topic
+        // go to the log as one request: one queue push and one committer wake-up per batch,
+        // not per frame.
         tokio::spawn(async move {
             let mut index: u64 = 0;
             loop {
@@ -286,42 +382,73 @@ impl Broadcast for BroadcastService {
                         return;
                     }
                 };
-                let entry = match next {
+                let first = match next {
                     None => return,
                     Some(Err(status)) => {
                         debug!(%status, "publish stream broken");
                         return;
                     }
-                    Some(Ok(r)) => match svc.submit(r).await {
-                        Ok((topic, ack)) => Pipelined::Ack(topic, ack),
-                        Err(e) => {
-                            let status = Status::from(e);
-                            Pipelined::Fail(Status::new(
-                                status.code(),
-                                format!("request {index}: {}", status.message()),
-                            ))
-                        }
-                    },
+                    Some(Ok(r)) => r,
                 };
-                let stop = matches!(entry, Pipelined::Fail(_));
-                if tx.send(entry).await.is_err() || stop {
+                let mut arrived = vec![first];
+                let mut ended = false;
+                while arrived.len() < PUBLISH_BATCH_FRAMES {
+                    match inbound.next().now_or_never() {
+                        Some(Some(Ok(r))) => arrived.push(r),
+                        Some(_) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let mut batch = PendingBatch::default();
+                for r in arrived {
+                    let checked = svc.check_running().and_then(|()| svc.validate(r));
+                    let (name, frame) = match checked {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = batch.flush(&svc, &tx).await;
+                            let _ = tx.send(Pipelined::Fail(at_index(index, e))).await;
+                            return;
+                        }
+                    };
+                    if !batch.fits(&name, &frame) && !batch.flush(&svc, &tx).await {
+                        return;
+                    }
+                    batch.push(name, frame, index);
+                    index += 1;
+                }
+                if !batch.flush(&svc, &tx).await || ended {
                     return;
                 }
-                index += 1;
             }
         });
         // Writer: answers in request order; the first failure ends the stream.
-        let acks = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
-            if done {
-                return None;
-            }
-            let item = match rx.recv().await? {
-                Pipelined::Ack(topic, ack) => await_ack(&topic, ack).await.map_err(Status::from),
-                Pipelined::Fail(status) => Err(status),
-            };
-            let done = item.is_err();
-            Some((item, (rx, done)))
-        });
+        let acks = futures::stream::unfold(
+            (rx, VecDeque::new(), false),
+            |(mut rx, mut ready, done)| async move {
+                loop {
+                    if let Some(item) = ready.pop_front() {
+                        return Some((item, (rx, ready, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match rx.recv().await? {
+                        Pipelined::Batch(topic, ack, n) => match await_acks(&topic, ack).await {
+                            Ok(acks) if acks.len() == n => ready.extend(acks.into_iter().map(Ok)),
+                            Ok(_) => {
+                                ready.push_back(Err(Status::internal("ack count mismatch")));
+                                return ready.pop_front().map(|i| (i, (rx, VecDeque::new(), true)));
+                            }
+                            Err(e) => return Some((Err(Status::from(e)), (rx, ready, true))),
+                        },
+                        Pipelined::Fail(status) => return Some((Err(status), (rx, ready, true))),
+                    }
+                }
+            },
+        );
         Ok(Response::new(Box::pin(acks)))
     }
 
