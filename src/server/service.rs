@@ -347,7 +347,7 @@ fn at_index(index: u64, e: Error) -> Status {
 
 #[tonic::async_trait]
 impl Broadcast for BroadcastService {
-    #[instrument(skip_all, fields(topic = %req.get_ref().topic, seq_no = req.get_ref().seq_no))]
+    #[instrument(level = "debug", skip_all, fields(topic = %req.get_ref().topic, seq_no = req.get_ref().seq_no))]
     async fn publish(
         &self,
         req: Request<proto::PublishRequest>,
@@ -454,7 +454,7 @@ impl Broadcast for BroadcastService {
 
     type SubscribeStream = FrameStream;
 
-    #[instrument(skip_all, fields(topic = %req.get_ref().topic, start = req.get_ref().replay_seq_no_start))]
+    #[instrument(level = "debug", skip_all, fields(topic = %req.get_ref().topic, start = req.get_ref().replay_seq_no_start))]
     async fn subscribe(
         &self,
         req: Request<proto::SubscribeRequest>,
