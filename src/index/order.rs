@@ -41,6 +41,8 @@ impl OrderKey {
 /// Keys per chunk. 1024 keys × 24 bytes = 24 KiB: large enough that chunk bookkeeping is
 /// noise per key, small enough that an out-of-order insert moves little memory.
 const CHUNK: usize = 1024;
+/// Keys a split or full chunk grows by at a time (exactly, not doubling).
+const GROWTH: usize = 64;
 
 #[derive(Debug)]
 struct Chunk {
@@ -137,19 +139,29 @@ impl OrderIndex {
         // below the last key overall.
         let mut ci = self.chunks.partition_point(|c| *c.last() < key);
         if self.chunks[ci].keys.len() == CHUNK {
-            let tail = self.chunks[ci].keys.split_off(CHUNK / 2);
-            let mut right = Vec::with_capacity(CHUNK);
-            right.extend_from_slice(&tail);
+            // Split in halves, each with room for GROWTH more keys (not a whole CHUNK): chunks
+            // made by out-of-order inserts then stay mostly full, so random seq_nos cost ~25
+            // bytes per key instead of ~32.
+            let mut right = Vec::with_capacity(CHUNK / 2 + GROWTH);
+            right.extend_from_slice(&self.chunks[ci].keys[CHUNK / 2..]);
             let right = Chunk {
                 min_offset: min_offset(&right),
                 keys: right,
             };
             let left = &mut self.chunks[ci];
+            left.keys.truncate(CHUNK / 2);
+            left.keys.shrink_to(CHUNK / 2 + GROWTH);
             left.min_offset = min_offset(&left.keys);
             self.chunks.insert(ci + 1, right);
             if key > *self.chunks[ci].last() {
                 ci += 1;
             }
+        }
+        let chunk = &mut self.chunks[ci];
+        if chunk.keys.len() == chunk.keys.capacity() {
+            chunk
+                .keys
+                .reserve_exact(GROWTH.min(CHUNK - chunk.keys.len()));
         }
         let chunk = &mut self.chunks[ci];
         let at = chunk.keys.partition_point(|k| *k < key);
