@@ -163,7 +163,14 @@ pub fn raise_fd_limit() -> u64 {
     let lim = getrlimit(Resource::Nofile);
     let (current, maximum) = (lim.current.unwrap_or(u64::MAX), lim.maximum);
     if maximum.is_some_and(|m| current < m)
-        && setrlimit(Resource::Nofile, Rlimit { current: maximum, maximum }).is_ok()
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: maximum,
+                maximum,
+            },
+        )
+        .is_ok()
     {
         return maximum.unwrap_or(current);
     }
