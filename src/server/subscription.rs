@@ -43,6 +43,8 @@ pub struct Subscription {
     snapshot: u64,
     phase: Phase,
     buf: VecDeque<StoredFrame>,
+    /// Reused for every read, so a live step that finds one frame allocates nothing.
+    scratch: Vec<StoredFrame>,
     durable: watch::Receiver<u64>,
     deleted: watch::Receiver<bool>,
     shutdown: Shutdown,
@@ -108,6 +110,7 @@ impl Subscription {
             snapshot: at.snapshot,
             phase,
             buf: VecDeque::with_capacity(BATCH),
+            scratch: Vec::with_capacity(BATCH),
             shutdown,
             finished: false,
             _slots: slots,
@@ -149,7 +152,7 @@ impl Subscription {
             let log = self.topic.log();
             match self.phase {
                 Phase::Replay { from } => {
-                    let mut got = Vec::with_capacity(BATCH);
+                    let mut got = std::mem::take(&mut self.scratch);
                     let done = log
                         .read_ordered(&from, self.snapshot, BATCH, &mut got)
                         .map_err(|e| Status::from(Error::from(e)))?;
@@ -168,12 +171,13 @@ impl Subscription {
                             next: self.snapshot,
                         },
                     };
-                    self.buf.extend(got);
+                    self.buf.extend(got.drain(..));
+                    self.scratch = got;
                 }
                 Phase::Live { next } => {
                     let durable = *self.durable.borrow_and_update();
                     if durable > next {
-                        let mut got = Vec::with_capacity(BATCH);
+                        let mut got = std::mem::take(&mut self.scratch);
                         let after = log
                             .read_range(next, durable, self.start_seq_no, BATCH, &mut got)
                             .map_err(|e| match e {
@@ -181,7 +185,8 @@ impl Subscription {
                                 e => Status::from(Error::from(e)),
                             })?;
                         self.phase = Phase::Live { next: after };
-                        self.buf.extend(got);
+                        self.buf.extend(got.drain(..));
+                        self.scratch = got;
                         continue;
                     }
                     self.wait_for_more().await?;
