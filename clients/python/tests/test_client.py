@@ -268,12 +268,9 @@ def test_close_ends_subscriptions_and_calls(server: ServerProcess, topic: str) -
     client.close()  # idempotent
 
 
-@pytest.mark.xfail(
-    reason="server bug: a request cancelled while it auto-creates a topic leaves the topic's "
-    "directory on disk but not in the server's map; every later use of the name fails with "
-    "UNAVAILABLE 'Directory not empty (os error 39)' until the server restarts",
-    strict=False,
-)
+# Regression: a request cancelled while it auto-created a topic used to leave the topic's
+# directory on disk but not in the server's map (every later use failed with UNAVAILABLE
+# "Directory not empty" until a restart). Creation now finishes even when cancelled.
 def test_cancelled_topic_creation_leaves_topic_usable(server: ServerProcess, topic: str) -> None:
     from framecast import RetryPolicy
 
