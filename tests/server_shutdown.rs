@@ -1,4 +1,4 @@
-//! Graceful shutdown under load, against the real server: SIGTERM while 200 subscriber
+//! Graceful shutdown under load, against the real server: SIGTERM while 2000 subscriber
 //! streams are open and publishers are mid-flight. The process exits 0 within 5 s, every
 //! open stream ends with UNAVAILABLE (not a silent end, not a reset), calls made after
 //! shutdown began are refused, and after a restart every acknowledged frame is there.
@@ -16,9 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 const TOPICS: usize = 4;
-const SUBSCRIBERS: usize = 200;
+const SUBSCRIBERS: usize = 2000;
 /// Subscriber streams are spread over this many connections.
-const CONNECTIONS: usize = 10;
+const CONNECTIONS: usize = 40;
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn topic(i: usize) -> String {
@@ -127,7 +127,7 @@ async fn sigterm_ends_streams_with_unavailable_exits_0_and_keeps_every_acked_fra
         acked.insert((r.topic.clone(), a.offset), (r, a));
     }
 
-    // 200 open streams over 10 connections, all reading.
+    // 2000 open streams over 40 connections, all reading.
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
         channels.push(server.client().await);
