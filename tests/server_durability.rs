@@ -17,9 +17,7 @@ use common::*;
 use framecast::proto::{PublishAck, PublishRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 
 const TOPIC: &str = "durable";
 const ROUNDS: usize = 8;
@@ -60,41 +58,20 @@ async fn publisher(addr: String, round: usize, p: usize) -> Vec<(PublishRequest,
         }
         return acked;
     }
-    let (tx, rx) = mpsc::channel::<PublishRequest>(64);
-    let Ok(resp) = c.publish_stream(ReceiverStream::new(rx)).await else {
-        return acked;
-    };
-    let mut acks = resp.into_inner();
-    let feeder = tokio::spawn(async move {
-        let mut sent = Vec::new();
-        for i in 0..PER_ROUND {
-            let r = req(TOPIC, i as u64, &payload(round, p, i));
-            if tx.send(r.clone()).await.is_err() {
-                break;
-            }
-            sent.push(r);
-            // Paced (about 10k frames/s), so the stream is still going when the kill comes.
-            if i % 32 == 31 {
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        }
-        sent
-    });
-    let mut got = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, acks.message()).await {
-            Ok(Ok(Some(a))) => got.push(a),
-            Ok(_) => break,
-            Err(_) => panic!("publisher {p}: the ack stream hung"),
-        }
-    }
-    drop(acks);
-    let sent = tokio::time::timeout_at(deadline, feeder)
-        .await
-        .expect("feeder hung")
-        .expect("feeder");
-    assert!(got.len() <= sent.len());
-    acked.extend(sent.into_iter().zip(got));
+    // Paced (about 10k frames/s), so the stream is still going when the kill comes.
+    let requests = (0..PER_ROUND).map(move |i| req(TOPIC, i as u64, &payload(round, p, i)));
+    let who = format!("publisher {p}");
+    acked.extend(
+        paced_publish_stream(
+            &mut c,
+            requests,
+            32,
+            Duration::from_millis(3),
+            deadline,
+            &who,
+        )
+        .await,
+    );
     acked
 }
 

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use framecast::proto::{Frame, PublishAck, PublishRequest};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 const TOPICS: usize = 4;
@@ -56,39 +54,18 @@ async fn publisher(addr: String, p: usize) -> Vec<(PublishRequest, PublishAck)> 
         }
         return acked;
     }
-    let (tx, rx) = mpsc::channel::<PublishRequest>(64);
-    let Ok(resp) = c.publish_stream(ReceiverStream::new(rx)).await else {
-        return acked;
-    };
-    let mut acks = resp.into_inner();
-    let feeder = tokio::spawn(async move {
-        let mut sent = Vec::new();
-        for i in 0..200_000 {
-            let r = mk(i);
-            if tx.send(r.clone()).await.is_err() {
-                break;
-            }
-            sent.push(r);
-            if i % 16 == 15 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        sent
-    });
-    let mut got = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, acks.message()).await {
-            Ok(Ok(Some(a))) => got.push(a),
-            Ok(_) => break,
-            Err(_) => panic!("publisher {p}: the ack stream hung"),
-        }
-    }
-    drop(acks);
-    let sent = tokio::time::timeout_at(deadline, feeder)
-        .await
-        .expect("feeder hung")
-        .expect("feeder");
-    acked.extend(sent.into_iter().zip(got));
+    let who = format!("publisher {p}");
+    acked.extend(
+        paced_publish_stream(
+            &mut c,
+            (0..200_000).map(mk),
+            16,
+            Duration::from_millis(1),
+            deadline,
+            &who,
+        )
+        .await,
+    );
     acked
 }
 

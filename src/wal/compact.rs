@@ -310,8 +310,7 @@ impl Log {
             st.runs = runs;
             st.order.remove_below_offset(seal_end);
             st.offsets.drop_front_while(|b, _, _| b < seal_end);
-            st.bytes =
-                st.bytes + report.bytes_out - report.bytes_in.min(st.bytes + report.bytes_out);
+            st.bytes = st.bytes.saturating_sub(report.bytes_in) + report.bytes_out;
         }
 
         // 5. Delete what the manifest no longer names.

@@ -373,3 +373,53 @@ pub async fn wait_subscribers(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Publishes `requests` over one `PublishStream`, pausing `pause` after every `every` frames
+/// (so the stream is still going when a test kills or stops the server), until the stream
+/// ends or the requests run out. Returns each acknowledged request with its ack, in order.
+/// Panics if the stream hangs past `deadline`.
+pub async fn paced_publish_stream(
+    c: &mut BroadcastClient<Channel>,
+    requests: impl Iterator<Item = PublishRequest> + Send + 'static,
+    every: usize,
+    pause: Duration,
+    deadline: tokio::time::Instant,
+    who: &str,
+) -> Vec<(PublishRequest, PublishAck)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(64);
+    let Ok(resp) = c
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut acks = resp.into_inner();
+    let feeder = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for (i, r) in requests.enumerate() {
+            if tx.send(r.clone()).await.is_err() {
+                break;
+            }
+            sent.push(r);
+            if i % every == every - 1 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, acks.message()).await {
+            Ok(Ok(Some(a))) => got.push(a),
+            Ok(_) => break,
+            Err(_) => panic!("{who}: the ack stream hung"),
+        }
+    }
+    drop(acks);
+    let sent = tokio::time::timeout_at(deadline, feeder)
+        .await
+        .expect("feeder hung")
+        .expect("feeder");
+    assert!(got.len() <= sent.len());
+    sent.into_iter().zip(got).collect()
+}
