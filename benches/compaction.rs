@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench compaction`. Frames and sizes can be scaled with
 //! `FRAMECAST_BENCH_FRAMES` (default 1,000,000).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use std::path::Path;
 use std::time::{Duration, Instant};

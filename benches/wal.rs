@@ -8,6 +8,8 @@
 //! target is stated in (frames/s for 100 B frames, bytes/s for 4 KiB frames and recovery),
 //! and each prints a `wal-summary:` line on stderr with the rest: frames/s, MB/s of payload,
 //! syncs/s and frames per sync, over every run of that benchmark (warm-up included).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};

@@ -19,10 +19,8 @@
 //! - [`client`]: the Rust client: publish with never-duplicate retries, pipelined
 //!   [`client::Publisher`], and a subscription stream that resumes exactly after a break.
 //! - [`proto`]: the generated wire types.
-//! - [`cli`]: the `publish` and `subscribe` commands, built on the client.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
 
-pub mod cli;
 pub mod client;
 pub mod dump;
 pub mod index;

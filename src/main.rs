@@ -1,4 +1,10 @@
 //! The `framecast` binary: one executable, subcommands for the server and its tools.
+//!
+//! The command-line tools live here, not in the library, so that a user of
+//! `framecast::client` does not build the load generator's dependencies: [`cli`] holds the
+//! `publish` and `subscribe` commands and `bench`, the load generator.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,11 +31,11 @@ enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Publish frames from arguments, a file, or one per stdin line.
-    Publish(framecast::cli::publish::PublishArgs),
+    Publish(cli::publish::PublishArgs),
     /// Print frames of a topic: history from --from, then live; reconnects on its own.
-    Subscribe(framecast::cli::subscribe::SubscribeArgs),
+    Subscribe(cli::subscribe::SubscribeArgs),
     /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
-    Bench(framecast::cli::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Compact a stopped server's topics: apply retention, merge sealed segments and runs
     /// into one sorted run per topic.
     Compact {
@@ -244,11 +250,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Publish(args) => client_command("publish", framecast::cli::publish::run(args)),
-        Command::Subscribe(args) => {
-            client_command("subscribe", framecast::cli::subscribe::run(args))
-        }
-        Command::Bench(args) => framecast::cli::bench::main(args),
+        Command::Publish(args) => client_command("publish", cli::publish::run(args)),
+        Command::Subscribe(args) => client_command("subscribe", cli::subscribe::run(args)),
+        Command::Bench(args) => cli::bench::main(args),
         Command::Dump {
             data_dir,
             topic,

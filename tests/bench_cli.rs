@@ -2,6 +2,7 @@
 //! it publishes and delivers, and reports a clean run (nothing lost, duplicated or
 //! reordered) in its `--json` output with exit code 0. Small counts: this checks the tool,
 //! it measures nothing.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! The CLI round trip: `framecast publish` from stdin and arguments, `framecast subscribe`
 //! printing them back, against the real server.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The Rust client against a server that is `kill -9`ed and restarted: its subscription
 //! stream yields exactly the frames of one unbroken subscription, and every publish it
 //! reports as done is stored exactly once.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Compaction and retention in a running server: publishing, subscribing, replay and resume
 //! keep working while segments are rewritten into runs, and a subscriber that needs frames
 //! retention removed gets OUT_OF_RANGE, never a silent gap.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

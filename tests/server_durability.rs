@@ -5,6 +5,7 @@
 //! may or may not have made it, but nothing else appears and nothing appears twice. And a
 //! client that retries with the same idempotency keys after a crash gets the first acks
 //! back (`duplicate = true`, same offset and timestamp) instead of a second copy.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

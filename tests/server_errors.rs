@@ -2,6 +2,7 @@
 //! the checks that give the table its heading, "nothing is written when a request is
 //! refused": the topic's figures are unchanged, an open subscription receives nothing, no
 //! topic was created by the refused request, and the server still serves.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

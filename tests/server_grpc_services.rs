@@ -1,5 +1,6 @@
 //! The standard gRPC services beside `Broadcast`: health (SERVING, then NOT_SERVING once
 //! shutdown begins) and reflection (so grpcurl needs no proto file).
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failing
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! point S: the frames below S with `seq_no >= start` in `(seq_no, timestamp, offset)`
 //! order, then the frames from S on with `seq_no >= start` in offset order. Any skipped,
 //! repeated or misordered frame at the handoff fails the comparison.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

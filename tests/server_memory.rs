@@ -5,6 +5,7 @@
 //! stalled subscriber can still read, and cancelling it releases its slot.
 //!
 //! The measured figures are printed (run with `--nocapture`) for BENCHMARKS.md.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Replay order and the `replay_seq_no_start` filter, against the real server.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! a wrong epoch is FAILED_PRECONDITION, a cursor beyond the topic's next offset is
 //! OUT_OF_RANGE, and a cursor with timestamp 0 ("no frame received yet") restarts the same
 //! snapshot.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! streams are open and publishers are mid-flight. The process exits 0 within 5 s, every
 //! open stream ends with UNAVAILABLE (not a silent end, not a reset), calls made after
 //! shutdown began are refused, and after a restart every acknowledged frame is there.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Compaction and retention of the log: frames, order and offsets survive a rewrite into
 //! sorted runs; retention removes only the oldest sealed frames; a reopen sees the same.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::BTreeMap;
 use std::time::Duration;

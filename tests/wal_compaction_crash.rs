@@ -6,6 +6,7 @@
 //! would (nothing after it runs, nothing is cleaned up); the log is then dropped and
 //! reopened. A model-based test mixes appends, compactions, retention passes, reopens and
 //! injected crashes, checking every read against a reference model.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 #![cfg(feature = "failpoints")]
 
 use std::collections::BTreeMap;

@@ -2,6 +2,7 @@
 //! syncs (group commit); readers following the durable frontier must see exactly what was
 //! appended, in offset order, never a frame the frontier does not cover yet, and an ordered
 //! read bounded by a snapshot must see exactly the frames below it.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,6 +4,7 @@
 //! is there byte for byte, that offsets are dense, and that every stored frame is one the
 //! child really wrote. Rounds reuse the same directory, so each recovery starts from what the
 //! previous kill and recovery left.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -4,6 +4,7 @@
 //!
 //! `framecast dump --verify` must agree: exit 1 on such damage, 0 on a clean (or merely torn)
 //! log; `dump --json` prints one JSON object per line.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! idempotency keys), reopens, ordered reads and offset-range reads, each checked against a
 //! plain reference model: a `Vec` by offset, a `BTreeMap` by order key, and a map of the
 //! first ack of each idempotency key.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

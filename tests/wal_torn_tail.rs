@@ -7,6 +7,7 @@
 //! Segment files are preallocated, so a crash mid-write leaves the tail of the record as the
 //! zeros that were there before; a file system may also lose the end of the file itself. Both
 //! shapes are tried at every byte position of the last record.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::path::{Path, PathBuf};
 

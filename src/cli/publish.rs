@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use crate::client::{Client, Error, Result};
+use framecast::client::{Client, Error, Result};
 
 /// What to publish.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{hex, payload_text};
-use crate::client::{Client, Result};
+use framecast::client::{Client, Result};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]

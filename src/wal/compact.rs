@@ -23,29 +23,15 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::failpoint;
-use super::log::{now_ns, Loc, Log};
+use super::frame::now_ns;
+use super::log::Log;
 use super::manifest::{self, Manifest};
 use super::record::{decode, Decoded, RecordRef};
 use super::run::{Run, RunWriter};
 use super::segment::Segment;
+use super::state::Loc;
 use super::{Error, Result};
 use crate::index::OrderKey;
-
-/// How much a topic keeps. `None` means no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    /// Frames whose stored timestamp is older than this may be removed.
-    pub max_age: Option<Duration>,
-    /// Above this many bytes of records, the oldest frames may be removed.
-    pub max_bytes: Option<u64>,
-}
-
-impl Retention {
-    /// True when anything may ever be removed.
-    pub fn is_limited(&self) -> bool {
-        self.max_age.is_some() || self.max_bytes.is_some()
-    }
-}
 
 /// How a compaction runs.
 #[derive(Debug, Clone, Copy)]

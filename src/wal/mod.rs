@@ -1,24 +1,39 @@
 //! The write-ahead log: segment files of CRC'd records, group commit, recovery.
+//!
+//! `format` (every on-disk constant), `record` (the record codec and the one record
+//! walker), `segment` (one mapped file; the only `unsafe`), `config` (a log's settings),
+//! `frame` (the values appended and read back, and their checks), `log` (open, append,
+//! close), `commit` (group commit and the fsync policy), `state` (the in-memory index of a
+//! log), `read` (range and ordered reads), `recovery` (scan, torn-tail cut), `dedup` (the
+//! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
+//! `manifest` (what a compaction committed), `failpoint` (crash injection for tests).
 
+mod commit;
 mod compact;
+mod config;
 mod dedup;
 mod error;
 pub mod failpoint;
 pub mod format;
+mod frame;
 mod log;
 pub mod manifest;
+mod read;
 pub mod record;
 pub mod recovery;
 pub mod run;
 pub mod segment;
+mod state;
 
-pub use compact::{CompactOptions, CompactionReport, Retention, RetentionReport};
+pub use compact::{CompactOptions, CompactionReport, RetentionReport};
+pub use config::{
+    FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
+};
 pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};
-pub use log::{
-    now_ns, Appended, FsyncPolicy, Log, LogConfig, LogStats, NewFrame, StoredFrame,
-    DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
-};
+pub use frame::{check_frames, now_ns, Appended, NewFrame, StoredFrame};
+pub use log::Log;
+pub use read::LogStats;
 pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
 pub use run::{Run, RunWriter};
 pub use segment::{MappedFile, Segment, SegmentWriter, SyncMethod};

@@ -15,7 +15,7 @@ use super::format::{
     decode_run_header, encode_run_header, le4, le8, run_file_name, RunHeader, RECORD_HEADER_LEN,
     RUN_BLOCK_BYTES, RUN_HEADER_LEN, TEMP_SUFFIX,
 };
-use super::log::StoredFrame;
+use super::frame::StoredFrame;
 use super::record::{decode, Decoded, RecordRef};
 use super::segment::{sync_dir, MappedFile};
 use super::{Error, Result};

@@ -1,5 +1,6 @@
 //! Shared harness of the server tests: start the real `framecast` binary on a loopback
 //! port with a temporary data dir, talk to it with the generated gRPC client, kill it.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failing
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::server::config::parse_duration;
+use framecast::server::config::parse_duration;
 
 /// Load generator: publish, fan-out, replay and end-to-end scenarios.
 #[derive(Debug, Clone, clap::Args)]

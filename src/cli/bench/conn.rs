@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{Error, Result};
-use crate::proto::broadcast_client::BroadcastClient;
+use framecast::proto::broadcast_client::BroadcastClient;
 
 /// The generated client over one connection.
 pub type Grpc = BroadcastClient<Channel>;

@@ -26,7 +26,5 @@ mod report;
 mod run;
 mod server;
 
-pub use args::{BenchArgs, Scenario};
-pub use error::{Error, Result};
-pub use report::Report;
+pub use args::BenchArgs;
 pub use run::main;

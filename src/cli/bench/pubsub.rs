@@ -19,7 +19,7 @@ use super::error::Result;
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
 use super::payload::{self, Checker, Faults};
 use super::progress::{Counters, Progress, Tally};
-use crate::proto;
+use framecast::proto;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ struct PubResult {
 /// Runs `plan` and reports.
 pub async fn run(plan: Plan) -> Result<Outcome> {
     let ctx = Arc::new(Ctx {
-        seq_base: crate::wal::now_ns().max(1) as u64,
+        seq_base: framecast::wal::now_ns().max(1) as u64,
         clock: Clock::new(),
         counters: Arc::new(Counters::default()),
         errors: parking_lot::Mutex::new(Vec::new()),

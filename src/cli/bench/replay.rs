@@ -14,7 +14,7 @@ use super::latency::Recorder;
 use super::payload::{Checker, Faults};
 use super::progress::{Counters, Progress, Tally};
 use super::pubsub::{self, Plan};
-use crate::proto;
+use framecast::proto;
 
 /// What `bench replay` does.
 #[derive(Debug, Clone)]

@@ -1,0 +1,439 @@
+//! Group commit: one [`Committer`] per log takes every queued append, encodes it straight
+//! into the active segment's mapping, syncs once under the fsync policy, updates the index,
+//! moves the durable frontier and answers every waiter, so concurrent appenders share one
+//! sync. Its thread is started on demand and stops after a few idle seconds.
+//!
+//! Under `interval:<ms>` the committer syncs at least every `<ms>` while anything written
+//! is unsynced, however steady the load: the oldest unsynced write sets the deadline.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, warn};
+
+use super::config::{FsyncPolicy, LogConfig};
+use super::dedup::{DedupWindow, FirstAck};
+use super::frame::{now_ns, Appended, NewFrame};
+use super::record::{encoded_len, RecordRef};
+use super::segment::{Segment, SegmentWriter, SyncMethod};
+use super::state::{rec_key, State};
+use super::{Error, Result};
+use crate::index::OrderKey;
+
+/// How long a committer thread waits for work before it stops.
+const IDLE_WORKER: Duration = Duration::from_secs(5);
+
+/// The write path of one log.
+#[derive(Debug)]
+pub(super) struct Committer {
+    dir: PathBuf,
+    config: LogConfig,
+    state: Arc<RwLock<State>>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    writer: Mutex<Writer>,
+    durable: watch::Sender<u64>,
+    syncs: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<Request>,
+    closed: bool,
+    worker_running: bool,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// Where the acks of one request go.
+type AckSender = oneshot::Sender<Result<Vec<Appended>>>;
+
+/// Where the acks of one request arrive.
+pub(super) type AckReceiver = oneshot::Receiver<Result<Vec<Appended>>>;
+
+#[derive(Debug)]
+struct Request {
+    frames: Vec<NewFrame>,
+    reply: AckSender,
+}
+
+/// The committer's side of the log: the active segment and what goes with it.
+#[derive(Debug)]
+pub(super) struct Writer {
+    active: SegmentWriter,
+    next_offset: u64,
+    dedup: DedupWindow,
+    /// Position in the active segment up to which everything is synced.
+    synced_to: u64,
+    /// When the oldest write not yet synced was made; `None` when all is synced.
+    unsynced_since: Option<Instant>,
+    /// Set when a failed sync could not be undone on disk: appends are refused.
+    failed: Option<String>,
+}
+
+/// Appends of one commit that share the active segment and so one sync.
+#[derive(Debug)]
+struct Portion {
+    start_pos: u64,
+    start_offset: u64,
+    entries: Vec<(OrderKey, u32)>,
+    keys: Vec<(Bytes, FirstAck)>,
+    replies: Vec<(AckSender, Vec<Appended>)>,
+}
+
+impl Portion {
+    fn at(w: &Writer) -> Portion {
+        Portion {
+            start_pos: w.active.cursor(),
+            start_offset: w.next_offset,
+            entries: Vec::new(),
+            keys: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+}
+
+impl Committer {
+    /// A committer appending to `active` from `next_offset` on; no thread runs yet.
+    pub(super) fn new(
+        dir: PathBuf,
+        config: LogConfig,
+        state: Arc<RwLock<State>>,
+        active: SegmentWriter,
+        next_offset: u64,
+        dedup: DedupWindow,
+    ) -> Arc<Committer> {
+        let (durable, _) = watch::channel(next_offset);
+        let synced_to = active.cursor();
+        Arc::new(Committer {
+            dir,
+            config,
+            state,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            writer: Mutex::new(Writer {
+                active,
+                next_offset,
+                dedup,
+                synced_to,
+                unsynced_since: None,
+                failed: None,
+            }),
+            durable,
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues already validated `frames`, starting the thread if none runs; the receiver
+    /// gets the acks.
+    pub(super) fn submit(self: &Arc<Self>, frames: Vec<NewFrame>) -> Result<AckReceiver> {
+        let (reply, rx) = oneshot::channel();
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Err(closed());
+        }
+        q.pending.push(Request { frames, reply });
+        if q.worker_running {
+            self.wake.notify_one();
+        } else {
+            let committer = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("framecast-commit".into())
+                .spawn(move || committer.run());
+            match spawned {
+                Ok(handle) => {
+                    q.worker_running = true;
+                    q.worker = Some(handle);
+                }
+                Err(e) => {
+                    q.pending.pop();
+                    return Err(Error::Unavailable(format!("cannot start committer: {e}")));
+                }
+            }
+        }
+        Ok(rx)
+    }
+
+    /// The durable frontier: the first offset not yet durable.
+    pub(super) fn durable_offset(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// A receiver that changes whenever the durable frontier moves.
+    pub(super) fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// Syncs done since the log was opened.
+    pub(super) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Finishes what is queued and stops the thread; later submits fail.
+    pub(super) fn stop(&self) {
+        let worker = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            self.wake.notify_all();
+            q.worker.take()
+        };
+        if let Some(handle) = worker {
+            if handle.join().is_err() {
+                error!(dir = %self.dir.display(), "committer thread panicked");
+            }
+        }
+    }
+
+    /// Syncs whatever was written and not yet synced (at close).
+    pub(super) fn sync_all(&self) {
+        let mut w = self.writer.lock();
+        self.sync_unsynced(&mut w);
+    }
+}
+
+impl Committer {
+    fn run(self: Arc<Self>) {
+        let mut last_work = Instant::now();
+        loop {
+            let wait = self.sync_due_in().unwrap_or(IDLE_WORKER).min(IDLE_WORKER);
+            let mut q = self.queue.lock();
+            if q.pending.is_empty() && !q.closed && !wait.is_zero() {
+                self.wake.wait_for(&mut q, wait);
+            }
+            if !q.pending.is_empty() {
+                let batch = std::mem::take(&mut q.pending);
+                drop(q);
+                self.commit(batch);
+                self.sync_if_due();
+                last_work = Instant::now();
+                continue;
+            }
+            if q.closed {
+                q.worker_running = false;
+                return;
+            }
+            drop(q);
+            self.sync_if_due();
+            let unsynced = {
+                let w = self.writer.lock();
+                w.synced_to < w.active.cursor() && self.config.fsync != FsyncPolicy::Never
+            };
+            if !unsynced && last_work.elapsed() >= IDLE_WORKER {
+                let mut q = self.queue.lock();
+                if q.pending.is_empty() {
+                    q.worker_running = false;
+                    debug!(dir = %self.dir.display(), "committer idle, stopping");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Under `interval:<ms>`, how long until the oldest unsynced write must be synced
+    /// (zero when overdue); `None` when nothing waits for a sync.
+    fn sync_due_in(&self) -> Option<Duration> {
+        let FsyncPolicy::Interval(every) = self.config.fsync else {
+            return None;
+        };
+        let since = self.writer.lock().unsynced_since?;
+        Some(every.saturating_sub(since.elapsed()))
+    }
+
+    /// Syncs under `interval:<ms>` once the oldest unsynced write is `<ms>` old.
+    fn sync_if_due(&self) {
+        if self.sync_due_in().is_some_and(|d| d.is_zero()) {
+            let mut w = self.writer.lock();
+            self.sync_unsynced(&mut w);
+        }
+    }
+
+    /// Writes a batch of requests, syncing once per segment touched, and answers them.
+    fn commit(&self, batch: Vec<Request>) {
+        let mut w = self.writer.lock();
+        let now = now_ns();
+        w.dedup.expire(now);
+        let evicted_before = w.dedup.evicted_early();
+        let mut portion = Portion::at(&w);
+        for req in batch {
+            if let Some(why) = &w.failed {
+                let _ = req.reply.send(Err(Error::Unavailable(why.clone())));
+                continue;
+            }
+            let need: u64 = req
+                .frames
+                .iter()
+                .map(|f| encoded_len(f.key.len(), f.payload.len()) as u64)
+                .sum();
+            if need > w.active.remaining() {
+                self.finish(&mut w, portion);
+                if let Err(e) = self.roll(&mut w) {
+                    error!(dir = %self.dir.display(), error = %e, "cannot start a new segment");
+                    let _ = req.reply.send(Err(e));
+                    portion = Portion::at(&w);
+                    continue;
+                }
+                portion = Portion::at(&w);
+            }
+            let mut acks = Vec::with_capacity(req.frames.len());
+            for f in &req.frames {
+                if !f.key.is_empty() {
+                    if let Some(first) = w.dedup.get(&f.key, now) {
+                        acks.push(Appended {
+                            offset: first.offset,
+                            timestamp: first.timestamp,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                let offset = w.next_offset;
+                let rec = RecordRef {
+                    offset,
+                    seq_no: f.seq_no,
+                    timestamp: f.timestamp,
+                    key_time: if f.key.is_empty() { 0 } else { now },
+                    key: &f.key,
+                    payload: &f.payload,
+                };
+                let pos = w.active.cursor() as u32;
+                let Some(buf) = w.active.reserve(rec.encoded_len()) else {
+                    // Unreachable: `need` was checked against the room left.
+                    break;
+                };
+                rec.encode_into(buf);
+                w.next_offset += 1;
+                if !f.key.is_empty() {
+                    let ack = FirstAck {
+                        offset,
+                        timestamp: f.timestamp,
+                        stored_at: now,
+                    };
+                    w.dedup.insert(&f.key, ack, now);
+                    portion.keys.push((f.key.clone(), ack));
+                }
+                portion.entries.push((rec_key(&rec), pos));
+                acks.push(Appended {
+                    offset,
+                    timestamp: f.timestamp,
+                    duplicate: false,
+                });
+            }
+            portion.replies.push((req.reply, acks));
+        }
+        self.finish(&mut w, portion);
+        let evicted = w.dedup.evicted_early() - evicted_before;
+        if evicted > 0 && w.dedup.evicted_early() / 100_000 != evicted_before / 100_000 {
+            warn!(
+                dir = %self.dir.display(),
+                max_keys = self.config.dedup_max_keys,
+                evicted_total = w.dedup.evicted_early(),
+                "dedup key limit reached: the oldest idempotency keys are forgotten before the window ends (raise --dedup-max-keys)"
+            );
+        }
+    }
+
+    /// Makes a portion durable (per policy), visible and indexed, then answers it. On a
+    /// failed sync the portion is undone and every request in it fails.
+    fn finish(&self, w: &mut Writer, portion: Portion) {
+        let end = w.active.cursor();
+        let written = end - portion.start_pos;
+        if written > 0 && self.config.fsync == FsyncPolicy::Always {
+            let seg = Arc::clone(w.active.segment());
+            if let Err(e) = self.sync(&seg, portion.start_pos, written, self.config.sync_method) {
+                error!(file = %seg.path().display(), error = %e, "sync failed; undoing the batch");
+                w.active.rollback(portion.start_pos);
+                w.next_offset = portion.start_offset;
+                for (key, ack) in &portion.keys {
+                    w.dedup.remove(key, *ack);
+                }
+                // The zeros must reach the disk too, or the undone records could come back.
+                if let Err(e2) =
+                    self.sync(&seg, portion.start_pos, written, self.config.sync_method)
+                {
+                    error!(file = %seg.path().display(), error = %e2, "cannot undo a failed sync; refusing appends");
+                    w.failed = Some(format!("{e2}"));
+                }
+                for (reply, _) in portion.replies {
+                    let _ = reply.send(Err(Error::Unavailable(format!("append failed: {e}"))));
+                }
+                return;
+            }
+            w.synced_to = end;
+            w.unsynced_since = None;
+        } else if written > 0 && w.unsynced_since.is_none() {
+            w.unsynced_since = Some(Instant::now());
+        }
+        w.active.publish();
+        if !portion.entries.is_empty() {
+            let mut st = self.state.write();
+            for (key, pos) in &portion.entries {
+                st.order.insert(*key);
+                st.offsets.push(*pos);
+            }
+            st.next_offset = w.next_offset;
+            st.bytes += written;
+        }
+        self.durable.send_replace(w.next_offset);
+        for (reply, acks) in portion.replies {
+            let _ = reply.send(Ok(acks));
+        }
+    }
+
+    /// Seals the active segment (synced in full, whatever the policy, so that a newer file
+    /// never exists beside an older one with a torn tail) and starts the next one.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let seg = Arc::clone(w.active.segment());
+        let from = w.synced_to.min(w.active.cursor());
+        self.sync(
+            &seg,
+            from,
+            w.active.cursor() - from,
+            self.config.sync_method,
+        )?;
+        let next = SegmentWriter::create(&self.dir, w.next_offset, self.config.segment_bytes)?;
+        self.state
+            .write()
+            .offsets
+            .push_segment(w.next_offset, Arc::clone(next.segment()));
+        debug!(file = %next.segment().path().display(), "new segment");
+        w.synced_to = next.cursor();
+        w.unsynced_since = None;
+        w.active = next;
+        Ok(())
+    }
+
+    /// Syncs `[pos, pos + len)` of `seg` and counts it.
+    fn sync(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        seg.sync_range(pos, len, method)
+    }
+
+    /// Syncs whatever the active segment holds beyond the last sync.
+    fn sync_unsynced(&self, w: &mut Writer) {
+        let end = w.active.cursor();
+        if w.synced_to >= end {
+            return;
+        }
+        let seg = Arc::clone(w.active.segment());
+        match self.sync(
+            &seg,
+            w.synced_to,
+            end - w.synced_to,
+            self.config.sync_method,
+        ) {
+            Ok(()) => {
+                w.synced_to = end;
+                w.unsynced_since = None;
+            }
+            Err(e) => error!(file = %seg.path().display(), error = %e, "background sync failed"),
+        }
+    }
+}
+fn closed() -> Error {
+    Error::Unavailable("log is closed".into())
+}

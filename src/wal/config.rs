@@ -1,0 +1,128 @@
+//! A log's settings: the fsync policy, segment and frame sizes, the dedup window, retention.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::format::{DEFAULT_SEGMENT_BYTES, MAX_KEY_LEN, MIN_SEGMENT_BYTES, SEGMENT_HEADER_LEN};
+use super::record::encoded_len;
+use super::segment::SyncMethod;
+use super::{Error, Result};
+
+/// When an append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Synced to disk before it is acknowledged or visible.
+    #[default]
+    Always,
+    /// Acknowledged after the write; a background sync runs at this interval.
+    Interval(Duration),
+    /// Acknowledged after the write; the OS writes it back when it likes.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok())
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| {
+                        format!("'{s}' is not always, never or interval:<ms> (ms > 0)")
+                    })?;
+                Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => write!(f, "always"),
+            FsyncPolicy::Never => write!(f, "never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Settings of a log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Size each segment file is preallocated to.
+    pub segment_bytes: u64,
+    /// When an append counts as durable.
+    pub fsync: FsyncPolicy,
+    /// How a sync is done.
+    pub sync_method: SyncMethod,
+    /// Largest payload accepted.
+    pub max_frame_bytes: usize,
+    /// How long an idempotency key is remembered.
+    pub dedup_window: Duration,
+    /// Most idempotency keys remembered per log (oldest forgotten first past it).
+    pub dedup_max_keys: usize,
+    /// How much of the topic is kept.
+    pub retention: Retention,
+}
+
+/// Default `--dedup-max-keys`: about 260 MB of keys per topic at most.
+pub const DEFAULT_DEDUP_MAX_KEYS: usize = 2_000_000;
+
+/// API.md's default `--max-frame-bytes`: 4 MiB − 1 KiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024 - 1024;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fsync: FsyncPolicy::Always,
+            sync_method: SyncMethod::default(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            dedup_window: Duration::from_secs(120),
+            dedup_max_keys: DEFAULT_DEDUP_MAX_KEYS,
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the largest frame fits in a segment and positions fit in 32 bits.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "segment size {} is outside {MIN_SEGMENT_BYTES}..={}",
+                self.segment_bytes,
+                u32::MAX
+            )));
+        }
+        let largest = encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64;
+        if largest > self.segment_bytes - SEGMENT_HEADER_LEN as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "a {}-byte frame does not fit in a {}-byte segment",
+                self.max_frame_bytes, self.segment_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How much a topic keeps. `None` means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Frames whose stored timestamp is older than this may be removed.
+    pub max_age: Option<Duration>,
+    /// Above this many bytes of records, the oldest frames may be removed.
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// True when anything may ever be removed.
+    pub fn is_limited(&self) -> bool {
+        self.max_age.is_some() || self.max_bytes.is_some()
+    }
+}

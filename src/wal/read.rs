@@ -1,0 +1,189 @@
+//! Reads: by offset range (live delivery, replication) and in order-key order (replay),
+//! never taking the committer's lock, and the log's figures.
+
+use std::sync::Arc;
+
+use super::frame::StoredFrame;
+use super::log::Log;
+use super::state::{missing, Loc};
+use super::{Error, Result};
+use crate::index::OrderKey;
+
+/// Figures of a log, for `ListTopics` and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Frames held.
+    pub frames: u64,
+    /// Bytes of stored records, headers included.
+    pub bytes: u64,
+    /// Oldest offset held.
+    pub first_offset: u64,
+    /// Next offset to be made durable.
+    pub next_offset: u64,
+    /// Smallest seq_no held.
+    pub min_seq_no: Option<u64>,
+    /// Largest seq_no held.
+    pub max_seq_no: Option<u64>,
+    /// Files holding frames: segments and sorted runs.
+    pub segments: usize,
+    /// Sorted runs among them.
+    pub runs: usize,
+    /// Heap bytes of the in-memory index (order index and offset map).
+    pub index_bytes: usize,
+    /// Syncs (msync or fdatasync calls) done since the log was opened.
+    pub syncs: u64,
+}
+
+impl Log {
+    /// The oldest offset held.
+    pub fn first_offset(&self) -> u64 {
+        self.shared.state.read().first_offset
+    }
+
+    /// The frame at `offset`, if it is held and durable.
+    pub fn read(&self, offset: u64) -> Result<Option<StoredFrame>> {
+        let mut out = Vec::with_capacity(1);
+        self.read_range(offset, offset.saturating_add(1), 0, 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Reads frames with offsets in `[from, until)` (clamped to the durable frontier) whose
+    /// seq_no is at least `min_seq_no`, looking at no more than `max` offsets. Appends them to
+    /// `out` in offset order and returns the next offset to look at.
+    pub fn read_range(
+        &self,
+        from: u64,
+        until: u64,
+        min_seq_no: u64,
+        max: usize,
+        out: &mut Vec<StoredFrame>,
+    ) -> Result<u64> {
+        let mut locs = Vec::new();
+        let next;
+        {
+            // Clamp to the announced frontier, not the index's `next_offset`: the committer
+            // indexes a batch before it announces it, and a reader must not get a frame that
+            // `durable_offset()` does not cover yet. Read before the index lock, so that
+            // everything below it is already indexed.
+            let frontier = self.durable_offset();
+            let st = self.shared.state.read();
+            if from < st.first_offset {
+                return Err(Error::OutOfRange {
+                    requested: from,
+                    first: st.first_offset,
+                    next: st.next_offset,
+                });
+            }
+            let end = until.min(frontier).min(from.saturating_add(max as u64));
+            locs.reserve(end.saturating_sub(from) as usize);
+            for offset in from..end {
+                locs.push((offset, st.locate(offset).ok_or_else(|| missing(offset))?));
+            }
+            next = end.max(from);
+        }
+        for (offset, loc) in locs {
+            let frame = loc.load(offset)?;
+            if frame.seq_no >= min_seq_no {
+                out.push(frame);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Reads up to `max` frames in order-key order, starting at key `from` (inclusive),
+    /// skipping frames whose offset is not below `offset_limit`. Returns true when the end of
+    /// the log was reached. Sorted runs and the segments' index are merged (k-way): a replay
+    /// over runs reads each run sequentially.
+    pub fn read_ordered(
+        &self,
+        from: &OrderKey,
+        offset_limit: u64,
+        max: usize,
+        out: &mut Vec<StoredFrame>,
+    ) -> Result<bool> {
+        // Up to `max` candidates from each source; the first `max` of their merge are the
+        // answer, since no source can contribute more than `max` of them.
+        let mut candidates: Vec<(OrderKey, Loc)> = Vec::new();
+        let mut done = true;
+        {
+            // The announced frontier, as in `read_range`.
+            let limit = offset_limit.min(self.durable_offset());
+            let st = self.shared.state.read();
+            let mut keys = Vec::with_capacity(max.min(4096));
+            done &= st.order.collect(from, limit, max, &mut keys);
+            for k in keys {
+                let (seg, pos) = st
+                    .offsets
+                    .locate(k.offset)
+                    .ok_or_else(|| missing(k.offset))?;
+                candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
+            }
+            let mut found = Vec::new();
+            for run in &st.runs {
+                if run.base_offset() >= limit || run.end_offset() <= st.first_offset {
+                    continue;
+                }
+                found.clear();
+                done &= run.scan(from, st.first_offset, limit, max, &mut found);
+                candidates.extend(
+                    found
+                        .iter()
+                        .map(|&(k, pos)| (k, Loc::Run(Arc::clone(run), pos))),
+                );
+            }
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        if candidates.len() > max {
+            candidates.truncate(max);
+            done = false;
+        }
+        for (key, loc) in candidates {
+            out.push(loc.load(key.offset)?);
+        }
+        Ok(done)
+    }
+
+    /// The retention watermark: the oldest retained offset and the largest order key ever
+    /// removed by retention.
+    pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {
+        let st = self.shared.state.read();
+        (st.first_offset, st.removed_max_key)
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> LogStats {
+        let st = self.shared.state.read();
+        let run_keys = st.runs.iter().filter_map(|r| r.key_range());
+        let (run_min, run_max) = run_keys.fold(
+            (None, None),
+            |(lo, hi): (Option<u64>, Option<u64>), (a, b)| {
+                (
+                    Some(lo.map_or(a.seq_no, |l| l.min(a.seq_no))),
+                    Some(hi.map_or(b.seq_no, |h| h.max(b.seq_no))),
+                )
+            },
+        );
+        let min_of = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let max_of = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        LogStats {
+            frames: st.next_offset - st.first_offset.min(st.next_offset),
+            bytes: st.bytes,
+            first_offset: st.first_offset,
+            next_offset: st.next_offset,
+            min_seq_no: min_of(st.order.first().map(|k| k.seq_no), run_min),
+            max_seq_no: max_of(st.order.last().map(|k| k.seq_no), run_max),
+            segments: st.offsets.segment_count() + st.runs.len(),
+            runs: st.runs.len(),
+            index_bytes: st.order.heap_bytes()
+                + st.offsets.heap_bytes()
+                + st.runs.iter().map(|r| r.heap_bytes()).sum::<usize>(),
+            syncs: self.shared.committer.syncs(),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The in-memory state of a log: the order index and offset map of its segments, its
+//! sorted runs, the retention watermark; where each frame's record is; and the recovery
+//! sink that rebuilds all of it at open.
+
+use std::sync::Arc;
+
+use super::dedup::{DedupWindow, FirstAck};
+use super::frame::StoredFrame;
+use super::record::{decode, Decoded, RecordRef};
+use super::recovery::RecoverySink;
+use super::run::Run;
+use super::segment::Segment;
+use super::{Error, Result};
+use crate::index::{OffsetMap, OrderIndex, OrderKey};
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Order keys of the frames in segments (not yet compacted into runs).
+    pub(super) order: OrderIndex,
+    /// Record positions of the frames in segments.
+    pub(super) offsets: OffsetMap<Arc<Segment>>,
+    /// Sorted runs, in offset order; they hold every offset below the first segment's base.
+    pub(super) runs: Vec<Arc<Run>>,
+    /// Oldest retained offset.
+    pub(super) first_offset: u64,
+    /// Offsets below this are indexed.
+    pub(super) next_offset: u64,
+    /// Bytes of retained records.
+    pub(super) bytes: u64,
+    /// Largest order key removed by retention.
+    pub(super) removed_max_key: Option<OrderKey>,
+}
+
+/// Where a frame's record is.
+pub(super) enum Loc {
+    Segment(Arc<Segment>, u32),
+    Run(Arc<Run>, u32),
+}
+
+impl State {
+    /// Where the record of `offset` is, if it is retained and indexed.
+    pub(super) fn locate(&self, offset: u64) -> Option<Loc> {
+        if offset < self.first_offset {
+            return None;
+        }
+        if let Some((seg, pos)) = self.offsets.locate(offset) {
+            return Some(Loc::Segment(Arc::clone(seg), pos));
+        }
+        let i = self.runs.partition_point(|r| r.end_offset() <= offset);
+        let run = self.runs.get(i)?;
+        run.locate(offset).map(|pos| Loc::Run(Arc::clone(run), pos))
+    }
+}
+
+impl Loc {
+    /// The order key and record length of `offset`, checked.
+    pub(super) fn header(&self, offset: u64) -> Result<(OrderKey, u64)> {
+        let (data, file, pos) = match self {
+            Loc::Segment(seg, pos) => (seg.read_from(*pos as u64)?, seg.path(), *pos),
+            Loc::Run(run, pos) => (run.record_bytes(*pos), run.path(), *pos),
+        };
+        match decode(data) {
+            Decoded::Record(r, len) if r.offset == offset => Ok((rec_key(&r), len as u64)),
+            Decoded::Invalid(reason) => Err(Error::corruption(file, pos as u64, reason)),
+            _ => Err(Error::corruption(
+                file,
+                pos as u64,
+                format!("no record of offset {offset}"),
+            )),
+        }
+    }
+
+    pub(super) fn load(&self, offset: u64) -> Result<StoredFrame> {
+        match self {
+            Loc::Segment(seg, pos) => load(seg, *pos, offset),
+            Loc::Run(run, pos) => run.load(*pos, offset),
+        }
+    }
+}
+
+/// Feeds recovered records into the index and the dedup window.
+pub(super) struct Rebuild<'a> {
+    pub(super) state: &'a mut State,
+    pub(super) dedup: &'a mut DedupWindow,
+    pub(super) now: i64,
+}
+
+impl Rebuild<'_> {
+    fn remember_key(&mut self, r: &RecordRef<'_>) {
+        if !r.key.is_empty() {
+            let ack = FirstAck {
+                offset: r.offset,
+                timestamp: r.timestamp,
+                stored_at: r.key_time,
+            };
+            self.dedup.insert(r.key, ack, self.now);
+        }
+    }
+}
+
+impl RecoverySink for Rebuild<'_> {
+    fn begin(&mut self, first_offset: u64) {
+        self.state.first_offset = first_offset;
+    }
+
+    fn run(&mut self, run: &Arc<Run>) {
+        self.state.runs.push(Arc::clone(run));
+    }
+
+    fn run_record(&mut self, record: &RecordRef<'_>) {
+        self.remember_key(record);
+    }
+
+    fn segment(&mut self, segment: &Arc<Segment>) {
+        self.state
+            .offsets
+            .push_segment(segment.base_offset(), Arc::clone(segment));
+    }
+
+    fn record(&mut self, r: &RecordRef<'_>, position: u64, _len: u64) {
+        if r.offset >= self.state.first_offset {
+            self.state.order.insert(OrderKey {
+                seq_no: r.seq_no,
+                timestamp: r.timestamp,
+                offset: r.offset,
+            });
+        }
+        // Positions fit: segments are at most u32::MAX bytes (LogConfig::validate).
+        self.state.offsets.push(position as u32);
+        self.remember_key(r);
+    }
+}
+
+pub(super) fn rec_key(r: &RecordRef<'_>) -> OrderKey {
+    OrderKey {
+        seq_no: r.seq_no,
+        timestamp: r.timestamp,
+        offset: r.offset,
+    }
+}
+
+/// Decodes and checks the record of `offset` at `pos`.
+pub(super) fn load(seg: &Arc<Segment>, pos: u32, offset: u64) -> Result<StoredFrame> {
+    let data = seg.read_from(pos as u64)?;
+    match decode(data) {
+        Decoded::Record(rec, len) if rec.offset == offset => {
+            let payload_at = pos as u64 + (len - rec.payload.len()) as u64;
+            Ok(StoredFrame {
+                offset,
+                seq_no: rec.seq_no,
+                timestamp: rec.timestamp,
+                payload: seg.bytes(payload_at, rec.payload.len() as u64)?,
+            })
+        }
+        Decoded::Record(rec, _) => Err(Error::corruption(
+            seg.path(),
+            pos as u64,
+            format!("expected offset {offset}, found {}", rec.offset),
+        )),
+        Decoded::End => Err(Error::corruption(
+            seg.path(),
+            pos as u64,
+            "no record where one was indexed",
+        )),
+        Decoded::Invalid(reason) => Err(Error::corruption(seg.path(), pos as u64, reason)),
+    }
+}
+
+pub(super) fn missing(offset: u64) -> Error {
+    Error::Unavailable(format!(
+        "offset {offset} is indexed but its segment is gone"
+    ))
+}
