@@ -7,19 +7,28 @@
 //!
 //! # Layout
 //!
-//! - [`wal`]: the log of one topic. `format` (every on-disk constant), `record` (the
-//!   record codec), `segment` (one mapped file; the only `unsafe`), `log` (group commit,
-//!   fsync policy, durable frontier, reads), `recovery` (scan, torn-tail cut), `dedup`
-//!   (idempotency window).
+//! - [`wal`]: the log of one topic. `format` (every on-disk constant), `record` (the record
+//!   codec and the one record walker), `segment` (one mapped file; the only `unsafe`),
+//!   `config` (settings, fsync policy, retention), `frame` (values appended and read back,
+//!   and the one publish check), `log` (open, append, close), `commit` (group commit, the
+//!   fsync policy, the durable frontier), `state` (the in-memory index and where records
+//!   are), `read` (range and ordered reads, figures), `recovery` (scan, torn-tail cut),
+//!   `dedup` (idempotency window), `run` (sorted runs), `compact` (compaction and
+//!   retention), `manifest` (what a compaction committed), `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
-//! - [`server`]: the gRPC server. `config` (flags and their parsing), `topics` (the topic
-//!   registry and metadata), `service` (the RPCs), `subscription` (the replay→live cursor),
+//! - [`server`]: the gRPC server. `config` (settings and their parsing), `topics` (the
+//!   topic registry, metadata and name rules), `service` (the RPCs), `subscription` (the
+//!   replay→live cursor), `maintenance` (retention and compaction in the background),
 //!   `shutdown` (the one shutdown signal), `run` (startup, serve, drain), `error` (the one
 //!   mapping to gRPC status codes).
-//! - [`client`]: the Rust client: publish with never-duplicate retries, pipelined
-//!   [`client::Publisher`], and a subscription stream that resumes exactly after a break.
-//! - [`proto`]: the generated wire types.
+//! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
+//!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
+//!   stream that resumes exactly after a break), `retry`, `error`.
+//! - [`proto`]: the generated wire types and the metadata names.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
+//!
+//! The command-line tools (`publish`, `subscribe`, the `bench` load generator) belong to
+//! the binary, `src/main.rs`, not to this library.
 
 pub mod client;
 pub mod dump;

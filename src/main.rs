@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use framecast::server::config::{parse_bytes, parse_duration};
-use framecast::server::maintenance::MaintenanceConfig;
+use framecast::server::config::{parse_bytes, parse_duration, MaintenanceConfig};
 use framecast::server::ServerConfig;
 use framecast::wal::{
     CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS,

@@ -4,5 +4,10 @@
 
 tonic::include_proto!("framecast.v1");
 
+/// Metadata key of the snapshot offset S sent at the start of a subscription.
+pub const SNAPSHOT_OFFSET_HEADER: &str = "framecast-snapshot-offset";
+/// Metadata key of the topic epoch sent at the start of a subscription.
+pub const EPOCH_HEADER: &str = "framecast-epoch";
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("framecast_descriptor");

@@ -8,9 +8,7 @@ use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{from_status, transient, Error, Result};
-use super::publisher::Publisher;
 use super::retry::{Backoff, RetryPolicy};
-use super::subscription::Subscription;
 use crate::proto::{self, broadcast_client::BroadcastClient};
 
 /// The acknowledgement of a published frame.
@@ -148,18 +146,6 @@ impl Client {
                 Err(s) => return Err(from_status(s)),
             }
         }
-    }
-
-    /// A pipelined publisher over `PublishStream` for `topic`: many frames in flight, acks in
-    /// order, the same never-duplicate retries.
-    pub fn publisher(&self, topic: &str) -> Publisher {
-        Publisher::start(self.clone(), topic.to_string())
-    }
-
-    /// Subscribes to `topic` from `replay_seq_no_start`: the history in order-key order, then
-    /// live frames. The stream survives disconnects and server restarts, resuming exactly.
-    pub fn subscribe(&self, topic: &str, replay_seq_no_start: u64) -> Subscription {
-        Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
     }
 
     /// Creates a topic with retention settings (0 = server default).

@@ -14,6 +14,14 @@ use super::handle::{Ack, Client};
 use super::retry::Backoff;
 use crate::proto;
 
+impl Client {
+    /// A pipelined publisher over `PublishStream` for `topic`: many frames in flight, acks in
+    /// order, the same never-duplicate retries.
+    pub fn publisher(&self, topic: &str) -> Publisher {
+        Publisher::start(self.clone(), topic.to_string())
+    }
+}
+
 /// Frames in flight (sent, not yet acked) per publisher.
 const WINDOW: usize = 1024;
 
@@ -68,7 +76,7 @@ fn stopped() -> Error {
 }
 
 impl Publisher {
-    pub(crate) fn start(client: Client, topic: String) -> Publisher {
+    fn start(client: Client, topic: String) -> Publisher {
         let (jobs, rx) = mpsc::channel(WINDOW);
         tokio::spawn(run(client.clone(), rx));
         Publisher {

@@ -10,8 +10,15 @@ use futures::Stream;
 use super::error::{from_status, transient, Error, Result};
 use super::handle::Client;
 use super::retry::Backoff;
-use crate::proto;
-use crate::server::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
+use crate::proto::{self, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
+
+impl Client {
+    /// Subscribes to `topic` from `replay_seq_no_start`: the history in order-key order, then
+    /// live frames. The stream survives disconnects and server restarts, resuming exactly.
+    pub fn subscribe(&self, topic: &str, replay_seq_no_start: u64) -> Subscription {
+        Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
+    }
+}
 
 /// A delivered frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +67,7 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(client: Client, topic: String, start: u64) -> Subscription {
+    fn new(client: Client, topic: String, start: u64) -> Subscription {
         let backoff = Backoff::new(client.retry);
         let state = State {
             client,

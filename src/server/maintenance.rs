@@ -6,40 +6,13 @@
 //! compaction I/O is rate-limited, so publishers keep a steady latency.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::warn;
 
+use super::config::MaintenanceConfig;
 use super::shutdown::Shutdown;
 use super::topics::Topics;
-use crate::wal::{now_ns, CompactOptions};
-
-/// When and how fast maintenance runs.
-#[derive(Debug, Clone, Copy)]
-pub struct MaintenanceConfig {
-    /// How often every topic is looked at.
-    pub interval: Duration,
-    /// Compact once this many sealed segments wait (0 = never compact automatically).
-    pub compact_after_segments: usize,
-    /// Compact once sealed segments hold this many bytes.
-    pub compact_after_bytes: u64,
-    /// Compaction I/O budget.
-    pub compact: CompactOptions,
-}
-
-impl Default for MaintenanceConfig {
-    fn default() -> Self {
-        MaintenanceConfig {
-            interval: Duration::from_secs(1),
-            compact_after_segments: 4,
-            compact_after_bytes: 256 << 20,
-            compact: CompactOptions {
-                bytes_per_sec: Some(64 << 20),
-                max_runs: 4,
-            },
-        }
-    }
-}
+use crate::wal::now_ns;
 
 /// Runs maintenance until shutdown.
 pub async fn run(topics: Arc<Topics>, config: MaintenanceConfig, mut shutdown: Shutdown) {

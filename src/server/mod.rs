@@ -9,9 +9,10 @@ pub mod shutdown;
 mod subscription;
 pub mod topics;
 
+pub use crate::proto::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 pub use config::ServerConfig;
 pub use error::{Error, Result};
 pub use run::{compact_offline, run, DataDirLock};
-pub use service::{BroadcastService, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
+pub use service::BroadcastService;
 pub use subscription::{FrameStream, Subscription};
 pub use topics::{Topic, TopicMeta, Topics};

@@ -11,19 +11,15 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
-use super::config::{valid_topic_name, ServerConfig};
+use super::config::ServerConfig;
 use super::error::{Error, Result};
 use super::shutdown::Shutdown;
 use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
-use super::topics::{Topic, Topics};
+use super::topics::{valid_topic_name, Topic, Topics};
 use crate::index::OrderKey;
-use crate::proto::{self, broadcast_server::Broadcast};
+use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::{self, format::MAX_KEY_LEN, Appended, NewFrame};
 
-/// Metadata key of the snapshot offset S sent at the start of a subscription.
-pub const SNAPSHOT_OFFSET_HEADER: &str = "framecast-snapshot-offset";
-/// Metadata key of the topic epoch sent at the start of a subscription.
-pub const EPOCH_HEADER: &str = "framecast-epoch";
 /// Publish requests of one stream in flight at once: bounds memory per publisher.
 const PUBLISH_PIPELINE: usize = 1024;
 

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::config::valid_topic_name;
 use super::error::{Error, Result};
 use crate::wal::{segment::sync_dir, Log, LogConfig};
 
@@ -377,4 +376,38 @@ fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
     write().map_err(|e| crate::wal::Error::io(&path, e))?;
     sync_dir(dir)?;
     Ok(())
+}
+
+/// True when `name` matches `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub fn valid_topic_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["default", "a", "prices.eu-1_x", &"a".repeat(128)] {
+            assert!(valid_topic_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(129),
+            "..",
+        ] {
+            assert!(!valid_topic_name(bad), "{bad}");
+        }
+    }
 }
