@@ -18,7 +18,7 @@ use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
 use super::topics::{valid_topic_name, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
-use crate::wal::{self, format::MAX_KEY_LEN, Appended, NewFrame};
+use crate::wal::{self, Appended, NewFrame};
 
 /// Publish requests of one stream in flight at once: bounds memory per publisher.
 const PUBLISH_PIPELINE: usize = 1024;
@@ -53,31 +53,17 @@ impl BroadcastService {
     /// Checks a publish request against API.md's error table; nothing is touched yet.
     fn validate(&self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
         let topic = topic_name(&r.topic)?;
-        let max = self.config.log.max_frame_bytes;
-        if r.payload.len() > max {
-            return Err(Error::InvalidArgument(format!(
-                "payload of {} bytes exceeds --max-frame-bytes {max}",
-                r.payload.len()
-            )));
-        }
-        if r.timestamp < 0 {
-            return Err(Error::InvalidArgument(format!(
-                "negative timestamp {}",
-                r.timestamp
-            )));
-        }
-        if r.idempotency_key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "idempotency_key of {} bytes exceeds {MAX_KEY_LEN}",
-                r.idempotency_key.len()
-            )));
-        }
-        let frame = NewFrame {
+        let mut frame = NewFrame {
             seq_no: r.seq_no,
             timestamp: r.timestamp,
             key: Bytes::from(r.idempotency_key.into_bytes()),
             payload: r.payload,
         };
+        wal::check_frames(
+            &self.config.log,
+            std::slice::from_mut(&mut frame),
+            wal::now_ns(),
+        )?;
         Ok((topic, frame))
     }
 

@@ -71,22 +71,33 @@ pub fn now_ns() -> i64 {
 pub fn check_frames(config: &LogConfig, frames: &mut [NewFrame], now: i64) -> Result<()> {
     let max = config.max_frame_bytes;
     let mut total = 0u64;
+    let many = frames.len() > 1;
+    let at = |i: usize| {
+        if many {
+            format!("frame {i}: ")
+        } else {
+            String::new()
+        }
+    };
     for (i, f) in frames.iter_mut().enumerate() {
         if f.payload.len() > max {
             return Err(Error::InvalidArgument(format!(
-                "frame {i}: payload of {} bytes exceeds the limit of {max}",
+                "{}payload of {} bytes exceeds --max-frame-bytes {max}",
+                at(i),
                 f.payload.len()
             )));
         }
         if f.key.len() > MAX_KEY_LEN {
             return Err(Error::InvalidArgument(format!(
-                "frame {i}: idempotency key of {} bytes exceeds {MAX_KEY_LEN}",
+                "{}idempotency_key of {} bytes exceeds {MAX_KEY_LEN}",
+                at(i),
                 f.key.len()
             )));
         }
         if f.timestamp < 0 {
             return Err(Error::InvalidArgument(format!(
-                "frame {i}: negative timestamp {}",
+                "{}negative timestamp {}",
+                at(i),
                 f.timestamp
             )));
         }
