@@ -9,7 +9,7 @@ use tokio::time::Instant as Deadline;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::config::ServerConfig;
 use super::error::{Error, Result};
@@ -213,7 +213,7 @@ pub async fn run(
     // Every tracked task, up to the same deadline: publish stream readers finish queueing
     // what they read, maintenance stops at the signal.
     match tokio::time::timeout_at(deadline, all_done.wait()).await {
-        Ok(()) => debug!("every server task ended"),
+        Ok(()) => info!("every server task ended"),
         Err(_) => warn!(
             running = all_done.running(),
             "server tasks still running at the shutdown deadline; closing anyway"
