@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use framecast::server::config::{parse_bytes, parse_duration, MaintenanceConfig};
-use framecast::server::ServerConfig;
+use framecast::server::{Http2Limits, ServerConfig};
 use framecast::wal::{
     CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS,
     DEFAULT_MAX_FRAME_BYTES,
@@ -106,6 +106,29 @@ struct ServeArgs {
     /// Compact a topic once this many sealed segments wait (0 = never automatically).
     #[arg(long, default_value_t = 4)]
     compact_after_segments: usize,
+    /// Client connections served at once; more wait to be accepted until one closes.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Concurrent HTTP/2 streams (calls, subscriptions) per connection.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// HTTP/2 receive window per stream: bytes a client may send ahead on one call.
+    #[arg(long, default_value = "1MiB", value_parser = parse_window)]
+    http2_stream_window: u32,
+    /// HTTP/2 receive window per connection, shared by its streams.
+    #[arg(long, default_value = "2MiB", value_parser = parse_window)]
+    http2_connection_window: u32,
+}
+
+/// An HTTP/2 window: 64 KiB - 1 (the protocol's initial window) up to 2 GiB - 1.
+fn parse_window(s: &str) -> Result<u32, String> {
+    let n = parse_bytes(s)?;
+    if !(65_535..=0x7fff_ffff).contains(&n) {
+        return Err(format!(
+            "window '{s}' must be between 65535 bytes and 2GiB - 1"
+        ));
+    }
+    u32::try_from(n).map_err(|e| e.to_string())
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -151,6 +174,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         max_subscribers: args.max_subscribers,
         auto_create_topics: !args.no_auto_create_topics,
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        http2: Http2Limits {
+            max_streams_per_connection: args.max_streams_per_connection,
+            stream_window: args.http2_stream_window,
+            connection_window: args.http2_connection_window,
+        },
         ..ServerConfig::default()
     };
     if let Err(e) = config.log.validate() {

@@ -216,6 +216,11 @@ async fn sigterm_ends_streams_with_unavailable_exits_0_and_keeps_every_acked_fra
         "{this_run} publishes acked while streams were open; {delivered} frames delivered to {SUBSCRIBERS} streams"
     );
     assert!(server.log_text().contains("all logs synced and closed"));
+    // Every task the server spawned (publish stream readers, maintenance) ended before the
+    // logs closed, none was left running past the deadline.
+    let log = server.log_text();
+    assert!(log.contains("every server task ended"), "log:\n{log}");
+    assert!(!log.contains("server tasks still running"), "log:\n{log}");
 
     // After a restart, every acked frame is there, byte for byte.
     server.restart();

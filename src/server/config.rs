@@ -25,6 +25,33 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// Retention passes and automatic compaction.
     pub maintenance: MaintenanceConfig,
+    /// Client connections served at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
+    /// HTTP/2 limits of every connection.
+    pub http2: Http2Limits,
+}
+
+/// HTTP/2 limits of every connection: they bound what a connection can make the server
+/// buffer before flow control pushes back on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Concurrent streams (calls) per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// Receive window of each stream: bytes a client may send on a stream before the
+    /// server has read them.
+    pub stream_window: u32,
+    /// Receive window of each connection, shared by its streams.
+    pub connection_window: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_streams_per_connection: 1024,
+            stream_window: 1 << 20,
+            connection_window: 2 << 20,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -38,6 +65,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(4),
             keepalive_interval: Duration::from_secs(20),
             maintenance: MaintenanceConfig::default(),
+            max_connections: 10_000,
+            http2: Http2Limits::default(),
         }
     }
 }

@@ -4,6 +4,10 @@
 //! when its sealed, not yet compacted segments reach `compact_after_segments` files or
 //! `compact_after_bytes` bytes. Topics are handled one at a time on a blocking thread, and
 //! compaction I/O is rate-limited, so publishers keep a steady latency.
+//!
+//! At the shutdown signal the loop stops at once, even in the middle of a topic's pass:
+//! that pass (a blocking job) is handed back, to be awaited after the logs are closed,
+//! which cancels a running compaction.
 
 use std::sync::Arc;
 
@@ -14,22 +18,29 @@ use super::shutdown::Shutdown;
 use super::topics::Topics;
 use crate::wal::now_ns;
 
-/// Runs maintenance until shutdown.
-pub async fn run(topics: Arc<Topics>, config: MaintenanceConfig, mut shutdown: Shutdown) {
+/// A topic's retention and compaction pass still running when maintenance stopped.
+pub type Unfinished = tokio::task::JoinHandle<crate::wal::Result<()>>;
+
+/// Runs maintenance until shutdown; the pass still running then, if any.
+pub async fn run(
+    topics: Arc<Topics>,
+    config: MaintenanceConfig,
+    mut shutdown: Shutdown,
+) -> Option<Unfinished> {
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.interval) => {}
-            () = shutdown.wait() => return,
+            () = shutdown.wait() => return None,
         }
         for topic in topics.list() {
             if shutdown.is_fired() {
-                return;
+                return None;
             }
             if topic.is_deleted() {
                 continue;
             }
             let t = Arc::clone(&topic);
-            let job = tokio::task::spawn_blocking(move || -> crate::wal::Result<()> {
+            let mut job = tokio::task::spawn_blocking(move || -> crate::wal::Result<()> {
                 let log = t.log();
                 log.apply_retention(now_ns())?;
                 let (segments, bytes) = log.compaction_backlog();
@@ -41,7 +52,14 @@ pub async fn run(topics: Arc<Topics>, config: MaintenanceConfig, mut shutdown: S
                 }
                 Ok(())
             });
-            match job.await {
+            let finished = tokio::select! {
+                r = &mut job => r,
+                () = shutdown.wait() => {
+                    tracing::debug!(topic = topic.name(), "maintenance stopping at shutdown; its pass ends when the log closes");
+                    return Some(job);
+                }
+            };
+            match finished {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if topic.log().is_closed() => {
                     tracing::debug!(topic = topic.name(), error = %e, "maintenance stopped: log closed");

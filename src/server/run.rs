@@ -4,6 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::time::Instant as Deadline;
+
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -13,6 +15,7 @@ use super::config::ServerConfig;
 use super::error::{Error, Result};
 use super::service::BroadcastService;
 use super::shutdown;
+use super::tasks;
 use super::topics::Topics;
 use crate::proto::{self, broadcast_server::BroadcastServer};
 
@@ -78,6 +81,9 @@ pub fn compact_offline(
 
 /// Recovers every topic, then serves on `listener` until `signal` completes; then stops
 /// accepting, ends open streams with UNAVAILABLE, finishes in-flight publishes and syncs.
+///
+/// Every task the server spawns (maintenance, publish stream readers) is tracked, and
+/// shutdown waits for all of them up to `shutdown_grace` after the signal.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
@@ -104,8 +110,9 @@ pub async fn run(
     );
 
     let (trigger, shutdown) = shutdown::channel();
+    let (tasks, mut all_done) = tasks::tracker();
     let config = Arc::new(config);
-    let upkeep = tokio::spawn(super::maintenance::run(
+    let mut upkeep = tasks.spawn(super::maintenance::run(
         Arc::clone(&topics),
         config.maintenance,
         shutdown.clone(),
@@ -115,6 +122,7 @@ pub async fn run(
         Arc::clone(&topics),
         Arc::clone(&config),
         shutdown.clone(),
+        tasks,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -143,13 +151,25 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| crate::wal::Error::io(&config.data_dir, e))?;
-    info!(%addr, data_dir = %config.data_dir.display(), fsync = %config.log.fsync, "listening");
+    info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        fsync = %config.log.fsync,
+        max_connections = config.max_connections,
+        max_streams_per_connection = config.http2.max_streams_per_connection,
+        "listening"
+    );
 
     let mut stop_accepting = shutdown.clone();
     let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
+        // What one connection can make the server buffer: its streams, and the bytes the
+        // client may send ahead of the server reading them (the receive windows).
+        .max_concurrent_streams(config.http2.max_streams_per_connection)
+        .initial_stream_window_size(config.http2.stream_window)
+        .initial_connection_window_size(config.http2.connection_window)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -157,23 +177,59 @@ pub async fn run(
         // TcpIncoming, not a bare listener stream: with a caller-supplied incoming stream tonic
         // ignores `.tcp_nodelay(true)`, and Nagle's algorithm then holds small acks and frames
         // back for up to 40 ms (a delayed-ACK round): pipelined publishing ran 2-3x slower.
+        // Wrapped so that at most --max-connections are open at once.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            super::connections::limit(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                config.max_connections,
+            ),
             async move { stop_accepting.wait().await },
         );
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => r.map_err(|e| Error::Metadata { path: "server".into(), reason: e.to_string() })?,
+    // Boxed, not pinned on the stack, so it can be dropped (with the service and its task
+    // tracker) before waiting for the tasks.
+    let mut server = Box::pin(server);
+    let server_error = |e: tonic::transport::Error| Error::Metadata {
+        path: "server".into(),
+        reason: e.to_string(),
+    };
+    let deadline = tokio::select! {
+        r = &mut server => {
+            r.map_err(server_error)?;
+            Deadline::now() + config.shutdown_grace
+        }
         () = signal => {
             info!("shutdown requested: no new calls; ending streams");
+            let deadline = Deadline::now() + config.shutdown_grace;
             trigger.fire();
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
-            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                Ok(r) => r.map_err(|e| Error::Metadata { path: "server".into(), reason: e.to_string() })?,
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(r) => r.map_err(server_error)?,
                 Err(_) => warn!(grace_ms = config.shutdown_grace.as_millis() as u64, "connections still open after the grace period; closing anyway"),
             }
+            deadline
         }
+    };
+    drop(server);
+    // Every tracked task, up to the same deadline: publish stream readers finish queueing
+    // what they read, maintenance stops at the signal.
+    match tokio::time::timeout_at(deadline, all_done.wait()).await {
+        Ok(()) => info!("every server task ended"),
+        Err(_) => warn!(
+            running = all_done.running(),
+            "server tasks still running at the shutdown deadline; closing anyway"
+        ),
     }
+    let unfinished = match tokio::time::timeout_at(deadline, &mut upkeep).await {
+        Ok(Ok(pass)) => pass,
+        Ok(Err(e)) => {
+            warn!(error = %e, "maintenance task failed");
+            None
+        }
+        Err(_) => {
+            warn!("maintenance still running at the shutdown deadline");
+            None
+        }
+    };
     // Closing a log cancels a running compaction, so this is quick.
     let closing = Arc::clone(&topics);
     tokio::task::spawn_blocking(move || closing.close_all())
@@ -182,7 +238,16 @@ pub async fn run(
             path: "close".into(),
             reason: e.to_string(),
         })?;
-    upkeep.abort();
+    // A retention or compaction pass that was running at the signal: closing its log
+    // cancelled it, so it ends at its next record.
+    if let Some(pass) = unfinished {
+        if tokio::time::timeout(config.shutdown_grace, pass)
+            .await
+            .is_err()
+        {
+            warn!("a maintenance pass did not end after its log closed");
+        }
+    }
     info!("all logs synced and closed");
     Ok(())
 }

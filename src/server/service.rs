@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
@@ -15,13 +15,20 @@ use super::config::ServerConfig;
 use super::error::{Error, Result};
 use super::shutdown::Shutdown;
 use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
+use super::tasks::TaskTracker;
 use super::topics::{valid_topic_name, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::{self, Appended, NewFrame};
 
-/// Publish requests of one stream in flight at once: bounds memory per publisher.
+/// Log requests (batches) of one publish stream in flight at once.
 const PUBLISH_PIPELINE: usize = 1024;
+/// Bytes of one publish stream read ahead of their acks: requests read from the stream
+/// and queued in the log but not yet written. This, not the batch count, bounds the memory
+/// of a publisher: 1024 batches of 1 MiB frames would be 1 GiB.
+pub const PUBLISH_READ_AHEAD_BYTES: usize = 16 << 20;
+/// What a frame costs beyond its payload and key while it waits (request, frame, index).
+const FRAME_OVERHEAD_BYTES: usize = 96;
 
 /// The `Broadcast` service.
 #[derive(Debug, Clone)]
@@ -30,16 +37,24 @@ pub struct BroadcastService {
     config: Arc<ServerConfig>,
     shutdown: Shutdown,
     subscribers: Arc<AtomicUsize>,
+    tasks: TaskTracker,
 }
 
 impl BroadcastService {
-    /// A service over `topics`.
-    pub fn new(topics: Arc<Topics>, config: Arc<ServerConfig>, shutdown: Shutdown) -> Self {
+    /// A service over `topics`; the tasks it spawns (publish stream readers) go to `tasks`,
+    /// so shutdown can wait for them.
+    pub fn new(
+        topics: Arc<Topics>,
+        config: Arc<ServerConfig>,
+        shutdown: Shutdown,
+        tasks: TaskTracker,
+    ) -> Self {
         BroadcastService {
             topics,
             config,
             shutdown,
             subscribers: Arc::new(AtomicUsize::new(0)),
+            tasks,
         }
     }
 
@@ -251,13 +266,34 @@ type AckStream = std::pin::Pin<
 
 /// One entry of a publish stream's pipeline, in request order.
 enum Pipelined {
-    /// `n` frames queued in the log as one request.
+    /// `n` frames queued in the log as one request, holding their share of the stream's
+    /// read-ahead budget until their acks are taken.
     Batch(
         Arc<Topic>,
         oneshot::Receiver<wal::Result<Vec<Appended>>>,
         usize,
+        OwnedSemaphorePermit,
     ),
     Fail(Status),
+}
+
+/// What `frame` counts against a publish stream's read-ahead budget.
+fn frame_cost(frame: &NewFrame) -> usize {
+    frame.payload.len() + frame.key.len() + FRAME_OVERHEAD_BYTES
+}
+
+/// Takes `cost` bytes of a stream's read-ahead budget (all of it for a batch larger than
+/// the budget), waiting while earlier batches are unacknowledged; `None` at shutdown.
+async fn reserve_read_ahead(
+    budget: &Arc<Semaphore>,
+    cost: usize,
+    shutdown: &mut Shutdown,
+) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(cost.min(PUBLISH_READ_AHEAD_BYTES)).unwrap_or(u32::MAX);
+    tokio::select! {
+        permit = Arc::clone(budget).acquire_many_owned(n) => permit.ok(),
+        () = shutdown.wait() => None,
+    }
 }
 
 /// Most frames of one publish stream handed to the log as one request.
@@ -271,6 +307,8 @@ struct PendingBatch {
     topic: String,
     frames: Vec<NewFrame>,
     bytes: usize,
+    /// Sum of [`frame_cost`] of `frames`.
+    cost: usize,
     first_index: u64,
 }
 
@@ -286,17 +324,35 @@ impl PendingBatch {
             self.topic = topic;
             self.first_index = index;
             self.bytes = 0;
+            self.cost = 0;
         }
         self.bytes += frame.payload.len();
+        self.cost += frame_cost(&frame);
         self.frames.push(frame);
     }
 
-    /// Queues the batch in its topic's log and hands its receiver to the writer. False when
-    /// the stream must end (a failure was sent, or the writer is gone).
-    async fn flush(&mut self, svc: &BroadcastService, tx: &mpsc::Sender<Pipelined>) -> bool {
+    /// Takes the batch's share of the read-ahead budget, queues it in its topic's log and
+    /// hands its receiver to the writer. False when the stream must end (a failure was
+    /// sent, the writer is gone, or shutdown came while waiting for the budget).
+    async fn flush(
+        &mut self,
+        svc: &BroadcastService,
+        tx: &mpsc::Sender<Pipelined>,
+        budget: &Arc<Semaphore>,
+        shutdown: &mut Shutdown,
+    ) -> bool {
         if self.frames.is_empty() {
             return true;
         }
+        let Some(permit) = reserve_read_ahead(budget, self.cost, shutdown).await else {
+            let _ = tx
+                .send(Pipelined::Fail(at_index(
+                    self.first_index,
+                    Error::ShuttingDown,
+                )))
+                .await;
+            return false;
+        };
         let frames = std::mem::take(&mut self.frames);
         let n = frames.len();
         let queued = match svc.topics.get_or_create(&self.topic).await {
@@ -307,7 +363,10 @@ impl PendingBatch {
             Err(e) => Err(e),
         };
         match queued {
-            Ok((topic, rx)) => tx.send(Pipelined::Batch(topic, rx, n)).await.is_ok(),
+            Ok((topic, rx)) => tx
+                .send(Pipelined::Batch(topic, rx, n, permit))
+                .await
+                .is_ok(),
             Err(e) => {
                 let _ = tx
                     .send(Pipelined::Fail(at_index(self.first_index, e)))
@@ -349,12 +408,16 @@ impl Broadcast for BroadcastService {
         let (tx, rx) = mpsc::channel::<Pipelined>(PUBLISH_PIPELINE);
         let svc = self.clone();
         let mut shutdown = self.shutdown.clone();
+        let budget = Arc::new(Semaphore::new(PUBLISH_READ_AHEAD_BYTES));
         // Reader: validates each request and queues it in the log; the order of `tx` is the
         // ack order. Requests that have already arrived are taken together (up to
         // PUBLISH_BATCH_FRAMES / PUBLISH_BATCH_BYTES) and consecutive ones for the same topic
         // go to the log as one request: one queue push and one committer wake-up per batch,
-        // not per frame.
-        tokio::spawn(async move {
+        // not per frame. Each batch first takes its bytes from the stream's read-ahead
+        // budget (PUBLISH_READ_AHEAD_BYTES), given back when the writer takes its acks: a
+        // publisher faster than the log waits here, and HTTP/2 flow control holds the rest
+        // on the client. The task is tracked, so shutdown waits for it.
+        self.tasks.spawn(async move {
             let mut index: u64 = 0;
             loop {
                 let next = tokio::select! {
@@ -372,11 +435,15 @@ impl Broadcast for BroadcastService {
                     }
                     Some(Ok(r)) => r,
                 };
+                let mut arrived_bytes = first.payload.len();
                 let mut arrived = vec![first];
                 let mut ended = false;
-                while arrived.len() < PUBLISH_BATCH_FRAMES {
+                while arrived.len() < PUBLISH_BATCH_FRAMES && arrived_bytes < PUBLISH_BATCH_BYTES {
                     match inbound.next().now_or_never() {
-                        Some(Some(Ok(r))) => arrived.push(r),
+                        Some(Some(Ok(r))) => {
+                            arrived_bytes += r.payload.len();
+                            arrived.push(r);
+                        }
                         Some(_) => {
                             ended = true;
                             break;
@@ -390,18 +457,20 @@ impl Broadcast for BroadcastService {
                     let (name, frame) = match checked {
                         Ok(v) => v,
                         Err(e) => {
-                            let _ = batch.flush(&svc, &tx).await;
+                            let _ = batch.flush(&svc, &tx, &budget, &mut shutdown).await;
                             let _ = tx.send(Pipelined::Fail(at_index(index, e))).await;
                             return;
                         }
                     };
-                    if !batch.fits(&name, &frame) && !batch.flush(&svc, &tx).await {
+                    if !batch.fits(&name, &frame)
+                        && !batch.flush(&svc, &tx, &budget, &mut shutdown).await
+                    {
                         return;
                     }
                     batch.push(name, frame, index);
                     index += 1;
                 }
-                if !batch.flush(&svc, &tx).await || ended {
+                if !batch.flush(&svc, &tx, &budget, &mut shutdown).await || ended {
                     return;
                 }
             }
@@ -418,7 +487,10 @@ impl Broadcast for BroadcastService {
                         return None;
                     }
                     match rx.recv().await? {
-                        Pipelined::Batch(topic, ack, n) => match await_acks(&topic, ack).await {
+                        // The permit goes back to the budget once the acks are taken.
+                        Pipelined::Batch(topic, ack, n, _permit) => match await_acks(&topic, ack)
+                            .await
+                        {
                             Ok(acks) if acks.len() == n => ready.extend(acks.into_iter().map(Ok)),
                             Ok(_) => {
                                 ready.push_back(Err(Status::internal("ack count mismatch")));

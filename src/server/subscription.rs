@@ -21,8 +21,13 @@ use crate::index::OrderKey;
 use crate::proto;
 use crate::wal::StoredFrame;
 
-/// Frames read from the log per step.
+/// Most frames read from the log per step.
 const BATCH: usize = 256;
+/// Payload bytes a step aims to stay under: with large frames the next step reads fewer
+/// frames (at least one), so a batch is about this big, not 256 frames of 1 MiB. The
+/// payloads point into the segment mappings, but each frame sent is copied into tonic's
+/// encode buffer, and a batch pins its segments.
+const BATCH_BYTES: usize = 4 << 20;
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct Subscription {
     buf: VecDeque<StoredFrame>,
     /// Reused for every read, so a live step that finds one frame allocates nothing.
     scratch: Vec<StoredFrame>,
+    /// Frames the next step reads: `BATCH`, less when frames are large.
+    batch: usize,
     durable: watch::Receiver<u64>,
     deleted: watch::Receiver<bool>,
     shutdown: Shutdown,
@@ -111,6 +118,7 @@ impl Subscription {
             phase,
             buf: VecDeque::with_capacity(BATCH),
             scratch: Vec::with_capacity(BATCH),
+            batch: BATCH,
             shutdown,
             finished: false,
             _slots: slots,
@@ -154,7 +162,7 @@ impl Subscription {
                 Phase::Replay { from } => {
                     let mut got = std::mem::take(&mut self.scratch);
                     let done = log
-                        .read_ordered(&from, self.snapshot, BATCH, &mut got)
+                        .read_ordered(&from, self.snapshot, self.batch, &mut got)
                         .map_err(|e| Status::from(Error::from(e)))?;
                     // Frames this replay still needs (key >= from, offset < S) may have been
                     // removed by retention since it started: then say so, never skip them.
@@ -171,6 +179,7 @@ impl Subscription {
                             next: self.snapshot,
                         },
                     };
+                    self.batch = next_batch(self.batch, &got);
                     self.buf.extend(got.drain(..));
                     self.scratch = got;
                 }
@@ -179,12 +188,13 @@ impl Subscription {
                     if durable > next {
                         let mut got = std::mem::take(&mut self.scratch);
                         let after = log
-                            .read_range(next, durable, self.start_seq_no, BATCH, &mut got)
+                            .read_range(next, durable, self.start_seq_no, self.batch, &mut got)
                             .map_err(|e| match e {
                                 crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
                                 e => Status::from(Error::from(e)),
                             })?;
                         self.phase = Phase::Live { next: after };
+                        self.batch = next_batch(self.batch, &got);
                         self.buf.extend(got.drain(..));
                         self.scratch = got;
                         continue;
@@ -221,8 +231,50 @@ impl Subscription {
     }
 }
 
+/// The frame count of the next step after reading `got` with a count of `batch`: what
+/// keeps a batch of frames of this size near `BATCH_BYTES`, at least 1, at most `BATCH`;
+/// it grows back (doubling) when frames get smaller.
+fn next_batch(batch: usize, got: &[StoredFrame]) -> usize {
+    let bytes: usize = got.iter().map(|f| f.payload.len()).sum();
+    if got.is_empty() || bytes == 0 {
+        return batch;
+    }
+    let fits = BATCH_BYTES * got.len() / bytes;
+    fits.min(batch.saturating_mul(2)).clamp(1, BATCH)
+}
+
 fn out_of_range(oldest: u64) -> Status {
     Status::out_of_range(format!(
         "frames needed by this subscription were removed by retention; the oldest retained offset is {oldest}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frames(n: usize, size: usize) -> Vec<StoredFrame> {
+        (0..n)
+            .map(|i| StoredFrame {
+                offset: i as u64,
+                seq_no: i as u64,
+                timestamp: 1,
+                payload: Bytes::from(vec![0u8; size]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_shrink_for_large_frames_and_grow_back() {
+        // 256 frames of 1 MiB: the next step reads 4 (4 MiB).
+        assert_eq!(next_batch(BATCH, &frames(8, 1 << 20)), 4);
+        // Frames larger than the byte target: one at a time.
+        assert_eq!(next_batch(4, &frames(1, 8 << 20)), 1);
+        // Small frames again: doubling back up to BATCH.
+        assert_eq!(next_batch(1, &frames(1, 100)), 2);
+        assert_eq!(next_batch(200, &frames(200, 100)), BATCH);
+        // Nothing read: unchanged.
+        assert_eq!(next_batch(7, &[]), 7);
+    }
 }

@@ -1,0 +1,104 @@
+//! `--max-connections`: at most N client connections are served at once.
+//!
+//! The listener's stream of accepted connections is wrapped so that a connection is only
+//! accepted once a permit of a semaphore of N is free (mini-redis's pattern). The permit
+//! travels with the connection and is given back when the server drops it, that is when
+//! the connection closes. Beyond N, new connections wait in the kernel's accept queue
+//! (the client sees its handshake hang, or time out) until one closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::Connected;
+use tracing::warn;
+
+/// A connection holding one of the `--max-connections` permits while it is open.
+#[derive(Debug)]
+pub struct Limited<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Accepts from `incoming` only while fewer than `max` accepted connections are open.
+pub fn limit<S, IO, E>(incoming: S, max: usize) -> impl Stream<Item = Result<Limited<IO>, E>>
+where
+    S: Stream<Item = Result<IO, E>> + Unpin,
+{
+    let max = max.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    futures::stream::unfold(
+        (incoming, permits),
+        move |(mut incoming, permits)| async move {
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    warn!(
+                        max_connections = max,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                    // The semaphore is never closed, so this only waits.
+                    Arc::clone(&permits).acquire_owned().await.ok()?
+                }
+            };
+            let next = incoming.next().await?;
+            let item = next.map(|io| Limited {
+                io,
+                _permit: permit,
+            });
+            Some((item, (incoming, permits)))
+        },
+    )
+}
+
+impl<IO: Connected> Connected for Limited<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
