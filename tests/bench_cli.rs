@@ -110,3 +110,48 @@ fn a_size_below_the_header_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
 }
+
+#[test]
+fn fanout_counts_wire_bytes_and_compression_shrinks_them() {
+    let run = |compression: &str| {
+        let r = bench(&[
+            "fanout",
+            "--count",
+            "200",
+            "--rate",
+            "2000",
+            "--size",
+            "4096",
+            "--payload",
+            "json",
+            "--compression",
+            compression,
+            "--subscribers",
+            "4",
+            "--connections",
+            "2",
+        ]);
+        assert_clean(&r);
+        assert_eq!(r["delivered"]["frames"], 200 * 4);
+        assert_eq!(r["compression"], compression);
+        assert_eq!(r["payload"], "json");
+        let wire = &r["wire"];
+        let (sent, received) = (
+            wire["sent_bytes"].as_u64().unwrap(),
+            wire["received_bytes"].as_u64().unwrap(),
+        );
+        (sent, received)
+    };
+    let (plain_sent, plain_received) = run("none");
+    // Uncompressed, every payload crosses once to the server and once per subscriber.
+    assert!(plain_sent > 200 * 4096, "{plain_sent}");
+    assert!(plain_received > 200 * 4 * 4096, "{plain_received}");
+    for c in ["gzip", "zstd"] {
+        let (sent, received) = run(c);
+        assert!(sent < plain_sent / 2, "{c}: sent {sent} vs {plain_sent}");
+        assert!(
+            received < plain_received / 2,
+            "{c}: received {received} vs {plain_received}"
+        );
+    }
+}

@@ -202,3 +202,51 @@ fn publish_reports_refused_frames() {
     assert!(!ok);
     assert!(err.contains("invalid argument"), "{err}");
 }
+
+#[test]
+fn publish_and_subscribe_with_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.as_str();
+    let line = format!("{{\"k\":\"{}\"}}", "v".repeat(3000));
+    let (ok, _, err) = run(
+        &[
+            "publish",
+            "--addr",
+            addr,
+            "--topic",
+            "z",
+            "--compression",
+            "gzip",
+            &line,
+            "second",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    for c in ["zstd", "gzip", "none"] {
+        let (ok, out, err) = run(
+            &[
+                "subscribe",
+                "--addr",
+                addr,
+                "--topic",
+                "z",
+                "--count",
+                "2",
+                "--raw",
+                "--compression",
+                c,
+            ],
+            None,
+        );
+        assert!(ok, "{c}: {err}");
+        assert_eq!(out, format!("{line}\nsecond\n"), "{c}");
+    }
+    let (ok, _, err) = run(
+        &["subscribe", "--addr", addr, "--compression", "brotli"],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("unknown compression"), "{err}");
+}

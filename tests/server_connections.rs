@@ -1,5 +1,6 @@
 //! `--max-connections N`: while N connections are open the next one is not served; once
 //! one of them closes it is.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use framecast::client::{Client, Error, Result};
+use framecast::client::{Client, Compression, Error, Result};
 
 /// What to publish.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +23,9 @@ pub struct PublishArgs {
     /// Send this file's bytes as one frame.
     #[arg(long, conflicts_with = "payloads")]
     pub file: Option<PathBuf>,
+    /// gRPC message compression: requests sent with it, responses asked for with it.
+    #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
+    pub compression: Compression,
     /// Print one ack line per frame (offset, timestamp, duplicate).
     #[arg(long, short)]
     pub verbose: bool,
@@ -32,7 +35,7 @@ pub struct PublishArgs {
 
 /// Publishes and returns the number of frames acknowledged.
 pub async fn run(args: PublishArgs) -> Result<u64> {
-    let client = Client::connect(&args.addr)?;
+    let client = Client::connect(&args.addr)?.with_compression(args.compression);
     let publisher = client.publisher(&args.topic);
     let mut next_seq = args.seq_from.unwrap_or(0);
     let mut seq = move || match args.seq_no {

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{hex, payload_text};
-use framecast::client::{Client, Result};
+use framecast::client::{Client, Compression, Result};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,9 @@ pub struct SubscribeArgs {
     /// replay_seq_no_start: replay history with seq_no >= this, then follow live.
     #[arg(long, default_value_t = 0)]
     pub from: u64,
+    /// gRPC message compression: requests sent with it, responses asked for with it.
+    #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
+    pub compression: Compression,
     /// Stop after this many frames.
     #[arg(long)]
     pub count: Option<u64>,
@@ -33,7 +36,7 @@ pub struct SubscribeArgs {
 
 /// Prints frames until `--count` is reached or the stream fails.
 pub async fn run(args: SubscribeArgs) -> Result<u64> {
-    let client = Client::connect(&args.addr)?;
+    let client = Client::connect(&args.addr)?.with_compression(args.compression);
     let mut frames = client.subscribe(&args.topic, args.from);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

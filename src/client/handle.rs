@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
+use super::compression::Compression;
 use super::error::{from_status, transient, Error, Result};
 use super::retry::{Backoff, RetryPolicy};
 use crate::proto::{self, broadcast_client::BroadcastClient};
@@ -53,6 +54,8 @@ pub type TopicInfo = proto::TopicInfo;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) grpc: BroadcastClient<Channel>,
+    /// The connection `grpc` runs on, kept so that a new compression setting can be applied.
+    channel: Channel,
     pub(crate) retry: RetryPolicy,
     keys: Arc<KeySource>,
 }
@@ -79,12 +82,12 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let grpc = BroadcastClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let channel = endpoint.connect_lazy();
+        let grpc = generated(channel.clone(), Compression::None);
         let prefix = format!("{:016x}", rand::random::<u64>());
         Ok(Client {
             grpc,
+            channel,
             retry: RetryPolicy::default(),
             keys: Arc::new(KeySource {
                 prefix,
@@ -96,6 +99,13 @@ impl Client {
     /// Uses `policy` for retries and reconnects.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
         self.retry = policy;
+        self
+    }
+
+    /// Compresses requests with `compression` and asks the server to compress responses
+    /// with it (`grpc-accept-encoding`); [`Compression::None`] (the default) asks for nothing.
+    pub fn with_compression(mut self, compression: Compression) -> Client {
+        self.grpc = generated(self.channel.clone(), compression);
         self
     }
 
@@ -206,5 +216,16 @@ impl Client {
                 Err(s) => return Err(from_status(s)),
             }
         }
+    }
+}
+
+/// The generated client on `channel`, with framecast's message size limits and `compression`.
+fn generated(channel: Channel, compression: Compression) -> BroadcastClient<Channel> {
+    let grpc = BroadcastClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    match compression.encoding() {
+        Some(e) => grpc.send_compressed(e).accept_compressed(e),
+        None => grpc,
     }
 }

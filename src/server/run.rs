@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::time::Instant as Deadline;
 
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
@@ -79,6 +80,18 @@ pub fn compact_offline(
     Ok(out)
 }
 
+/// gzip and zstd requests are accepted; responses are compressed only when the client
+/// lists one of them in `grpc-accept-encoding` (tonic picks the first the client lists), so a
+/// client that advertises nothing gets plain messages. Once chosen, every message of a
+/// response stream is compressed, small ones too (tonic has no size threshold).
+fn compressed(service: BroadcastServer<BroadcastService>) -> BroadcastServer<BroadcastService> {
+    service
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+}
+
 /// Recovers every topic, then serves on `listener` until `signal` completes; then stops
 /// accepting, ends open streams with UNAVAILABLE, finishes in-flight publishes and syncs.
 ///
@@ -126,8 +139,14 @@ pub async fn run(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    let service = compressed(service);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    let health = health
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
     health_reporter
         .set_serving::<BroadcastServer<BroadcastService>>()
         .await;

@@ -1,9 +1,12 @@
-"""What the blocking and the asyncio clients share: retry policy, idempotency keys,
-request building, the mapping of gRPC messages to the package's types."""
+"""What the blocking and the asyncio clients share, free of I/O: retry policy and every retry
+decision (retry or give up, how long to wait, which error to raise), idempotency keys,
+request building (the resume cursor included), the mapping of gRPC messages to the
+package's types. ``client.py`` and ``aio.py`` only do the waiting and the calls."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import threading
@@ -13,9 +16,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+import grpc
+
 from . import errors
 from ._proto import framecast_pb2 as pb
+from .errors import from_rpc_error, is_transient
 from .types import Ack, Cursor, Frame, TopicInfo
+
+log = logging.getLogger("framecast")
 
 #: Initial metadata key carrying the subscription's snapshot offset ``S``.
 SNAPSHOT_OFFSET_HEADER = "framecast-snapshot-offset"
@@ -46,6 +54,45 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.enable_retries", 0),
 )
+
+
+#: ``compression=`` values and the grpcio algorithm each stands for. grpcio has no zstd (the
+#: server accepts it from other clients, e.g. the Rust one).
+COMPRESSIONS: dict[str | None, grpc.Compression] = {
+    None: grpc.Compression.NoCompression,
+    "none": grpc.Compression.NoCompression,
+    "gzip": grpc.Compression.Gzip,
+}
+#: ``grpc.compression_enabled_algorithms_bitset`` bits (identity = 1 << 0, deflate = 1 << 1,
+#: gzip = 1 << 2). They decide what the channel lists in ``grpc-accept-encoding``, and so
+#: whether the server compresses its responses.
+_ALGORITHM_BITS = {
+    grpc.Compression.NoCompression: 1 << 0,
+    grpc.Compression.Gzip: 1 << 2,
+}
+
+
+def compression_settings(
+    compression: str | None,
+) -> tuple[grpc.Compression, tuple[tuple[str, Any], ...]]:
+    """The channel's compression and options for ``compression=`` (``None``/``"none"`` or
+    ``"gzip"``; the server has no deflate, grpcio no zstd): requests are compressed with
+    it, and the channel advertises only it (and identity), so the server compresses
+    responses only when asked. Without compression the channel advertises identity alone
+    (grpcio's default would list gzip, and the server would then compress every answer)."""
+    key = compression.lower() if isinstance(compression, str) else compression
+    if key == "zstd":
+        raise errors.InvalidArgument(
+            "compression='zstd' is not available in grpcio; use 'gzip' (the server accepts both)"
+        )
+    try:
+        algorithm = COMPRESSIONS[key]
+    except KeyError:
+        raise errors.InvalidArgument(
+            f"unknown compression {compression!r} (expected None, 'none' or 'gzip')"
+        ) from None
+    bits = _ALGORITHM_BITS[grpc.Compression.NoCompression] | _ALGORITHM_BITS[algorithm]
+    return algorithm, (("grpc.compression_enabled_algorithms_bitset", bits),)
 
 
 def normalize_address(addr: str) -> str:
@@ -151,6 +198,86 @@ def remaining(deadline: float | None) -> float | None:
 def timed_out(what: str, timeout: float | None) -> errors.DeadlineExceeded:
     """The error for a call whose own ``timeout`` ran out."""
     return errors.DeadlineExceeded(f"{what}: timeout of {timeout} s exceeded")
+
+
+def attempt_timeout(call_timeout: float | None, deadline: float | None) -> float | None:
+    """How long one attempt of a unary call may take: ``call_timeout``, never past the call's
+    overall ``deadline``."""
+    left = remaining(deadline)
+    if call_timeout is None:
+        return left
+    return call_timeout if left is None else min(call_timeout, left)
+
+
+def unary_retry_delay(
+    what: str,
+    err: grpc.RpcError,
+    backoff: Backoff,
+    *,
+    deadline: float | None,
+    timeout: float | None,
+    retry: bool = True,
+    closed: bool = False,
+) -> float:
+    """After a failed attempt of the unary call ``what``: the delay before the next attempt,
+    or raises the error to end the call with (the client closed, the call's own timeout
+    over, a permanent error, or the retry budget spent), without the gRPC error as context."""
+    if closed:
+        raise errors.ClientClosed(f"{what}: client closed") from None
+    if deadline is not None and time.monotonic() >= deadline:
+        raise timed_out(what, timeout) from None
+    if not retry or not is_transient(err):
+        raise from_rpc_error(err, backoff.attempts + 1) from None
+    delay = backoff.next_delay(deadline)
+    if delay is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise timed_out(what, timeout) from None
+        raise from_rpc_error(err, backoff.attempts) from None
+    log.debug("%s: %s; retry %d in %.3f s", what, from_rpc_error(err), backoff.attempts, delay)
+    return delay
+
+
+def publish_stream_retry_delay(
+    pipe: Pipeline,
+    failure: grpc.RpcError | None,
+    backoff: Backoff,
+    *,
+    deadline: float | None,
+    timeout: float | None,
+    closed: bool = False,
+) -> float | None:
+    """After a ``PublishStream`` ended (``failure``: why, ``None`` when it just ended):
+    ``None`` when ``pipe`` is finished, else the delay before a new stream re-sends the
+    unacknowledged frames; raises ``pipe.fail(...)`` of the error to give up with."""
+    if pipe.done:
+        return None
+    if closed:
+        raise pipe.fail(errors.ClientClosed("publish_many: client closed"))
+    if deadline is not None and time.monotonic() >= deadline:
+        raise pipe.fail(timed_out("publish_many", timeout))
+    if failure is not None and not is_transient(failure):
+        raise pipe.fail(from_rpc_error(failure))
+    if failure is None and pipe.source_error is not None and not pipe.unacked:
+        return None  # the caller's iterable failed; finish() re-raises its error
+    # A transient failure, or the stream ended with frames unacknowledged.
+    delay = backoff.next_delay(deadline)
+    log.debug(
+        "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
+        "ended" if failure is None else from_rpc_error(failure),
+        len(pipe.unacked),
+        backoff.attempts,
+        delay,
+    )
+    if delay is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise pipe.fail(timed_out("publish_many", timeout))
+        why = (
+            from_rpc_error(failure, backoff.attempts)
+            if failure is not None
+            else errors.Unavailable("publish stream ended early", None, backoff.attempts)
+        )
+        raise pipe.fail(why)
+    return delay
 
 
 def publish_request(
@@ -385,3 +512,89 @@ class RunState:
     def complete(self) -> bool:
         """True once publishing is done and every published frame was delivered."""
         return self.expected is not None and self.expected <= self.seen
+
+
+class Resume:
+    """The decisions of one subscription across its streams: the request to (re)open with,
+    the cursor it stands at (snapshot point and epoch from the first stream's metadata, the
+    last frame delivered), and whether a broken stream is retried, after how long.
+
+    The blocking and the asyncio subscriptions open streams, read them and sleep; this
+    decides everything else, so both resume exactly alike.
+    """
+
+    def __init__(self, topic: str, start: int, policy: RetryPolicy, timeout: float | None):
+        self.topic = topic
+        self.start = start
+        self.timeout = timeout
+        self.deadline = deadline_after(timeout)
+        self.backoff = Backoff(policy)
+        #: Where the subscription stands; ``None`` until the first stream's metadata.
+        self.cursor: Cursor | None = None
+        #: ``time.monotonic()`` when the current stream started delivering, if it did.
+        self.opened_at: float | None = None
+
+    def request(self) -> pb.SubscribeRequest:
+        """The request for the next stream: with ``resume`` once there is a cursor."""
+        return subscribe_request(self.topic, self.start, self.cursor)
+
+    def opened(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        """Records a stream's initial metadata. False when it has no framecast headers: the
+        call failed before starting (a trailers-only answer), and reading it raises why."""
+        got = parse_subscription_metadata(metadata)
+        if got is None:
+            return False
+        if self.cursor is None:
+            self.cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
+        self.opened_at = time.monotonic()
+        return True
+
+    def frame(self, msg: pb.Frame) -> Frame:
+        """Records a delivered frame (progress: the retry budget starts over) and returns
+        it as a :class:`Frame`."""
+        c = self.cursor
+        if c is None:  # unreachable: opened() records the cursor before any frame
+            raise errors.ProtocolError("subscription frame before its metadata")
+        self.backoff.reset()
+        self.cursor = Cursor(c.snapshot_offset, c.epoch, msg.seq_no, msg.timestamp, msg.offset)
+        return frame_from_pb(msg, c.snapshot_offset)
+
+    def missing_metadata(self) -> errors.ProtocolError:
+        """The error for a stream that delivered a frame without framecast's metadata."""
+        return errors.ProtocolError(
+            "subscription without framecast-snapshot-offset / framecast-epoch metadata"
+        )
+
+    def broken(self, err: grpc.RpcError | None, *, client_closed: bool = False) -> float:
+        """A stream broke (``err``), or ended (``None``; the server never ends one
+        cleanly): the delay before reconnecting, or raises the error the subscription ends
+        with (client closed, timeout over, a permanent error, the retry budget spent)."""
+        if client_closed:
+            raise errors.ClientClosed("client closed")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise timed_out("subscription", self.timeout)
+        if err is not None and not is_transient(err):
+            raise from_rpc_error(err)
+        if (
+            self.opened_at is not None
+            and time.monotonic() - self.opened_at >= STABLE_STREAM_SECONDS
+        ):
+            self.backoff.reset()  # the broken stream had been working
+        self.opened_at = None
+        delay = self.backoff.next_delay(self.deadline)
+        log.debug(
+            "subscription %s: stream broken (%s); reconnect %d in %s s",
+            self.topic,
+            "ended" if err is None else from_rpc_error(err),
+            self.backoff.attempts,
+            delay,
+        )
+        if delay is None:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise timed_out("subscription", self.timeout)
+            if err is None:
+                raise errors.Unavailable(
+                    "subscription stream kept ending", None, self.backoff.attempts
+                )
+            raise from_rpc_error(err, self.backoff.attempts)
+        return delay

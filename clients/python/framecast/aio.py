@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -31,30 +30,31 @@ from . import errors
 from ._core import (
     CHANNEL_OPTIONS,
     DEFAULT_WINDOW,
-    STABLE_STREAM_SECONDS,
     Backoff,
     FrameSpec,
     KeySource,
     Pipeline,
+    Resume,
     RetryPolicy,
     RunState,
     ack_from_pb,
+    attempt_timeout,
+    compression_settings,
     create_topic_request,
     deadline_after,
-    frame_from_pb,
     frame_requests,
     normalize_address,
-    parse_subscription_metadata,
     publish_request,
+    publish_stream_retry_delay,
     remaining,
-    subscribe_request,
     timed_out,
     topic_from_pb,
+    unary_retry_delay,
 )
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, from_rpc_error, is_transient
-from .types import Ack, Cursor, Frame, TopicInfo
+from .errors import ClientClosed
+from .types import Ack, Frame, TopicInfo
 
 __all__ = ["Client"]
 
@@ -74,6 +74,9 @@ class Client:
         retry: How transient failures are retried.
         call_timeout: Longest time, in seconds, one attempt of a unary call may take.
         channel_options: Extra gRPC channel options, appended to the client's own.
+        compression: ``"gzip"`` compresses requests and asks the server to compress its
+            responses; ``None`` (the default) sends and asks for plain messages. (grpcio
+            has no zstd.)
     """
 
     def __init__(
@@ -83,11 +86,13 @@ class Client:
         retry: RetryPolicy | None = None,
         call_timeout: float = 30.0,
         channel_options: Iterable[tuple[str, Any]] = (),
+        compression: str | None = None,
     ) -> None:
         self._address = normalize_address(address)
         self._retry = retry or RetryPolicy()
         self._call_timeout = call_timeout
-        self._options = [*CHANNEL_OPTIONS, *channel_options]
+        self._compression, compression_options = compression_settings(compression)
+        self._options = [*CHANNEL_OPTIONS, *compression_options, *channel_options]
         self._keys = KeySource()
         self._channel: grpc.aio.Channel | None = None
         self._stub_: BroadcastStub | None = None
@@ -116,7 +121,9 @@ class Client:
         if self._closed:
             raise ClientClosed("client is closed")
         if self._stub_ is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+            self._channel = grpc.aio.insecure_channel(
+                self._address, options=self._options, compression=self._compression
+            )
             self._stub_ = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_
 
@@ -159,12 +166,6 @@ class Client:
         if self._closed:
             raise ClientClosed("client is closed")
 
-    def _attempt_timeout(self, deadline: float | None) -> float | None:
-        left = remaining(deadline)
-        if self._call_timeout is None:
-            return left
-        return self._call_timeout if left is None else min(self._call_timeout, left)
-
     async def _call(
         self,
         what: str,
@@ -180,21 +181,16 @@ class Client:
         while True:
             method = getattr(self._stub, method_name)
             try:
-                return await method(request, timeout=self._attempt_timeout(deadline))
+                return await method(request, timeout=attempt_timeout(self._call_timeout, deadline))
             except grpc.RpcError as e:
-                if self._closed:
-                    raise ClientClosed(f"{what}: client closed") from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise timed_out(what, timeout) from None
-                if not retry or not is_transient(e):
-                    raise from_rpc_error(e, backoff.attempts + 1) from None
-                delay = backoff.next_delay(deadline)
-                if delay is None:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise timed_out(what, timeout) from None
-                    raise from_rpc_error(e, backoff.attempts) from None
-                log.debug(
-                    "%s: %s; retry %d in %.3f s", what, from_rpc_error(e), backoff.attempts, delay
+                delay = unary_retry_delay(
+                    what,
+                    e,
+                    backoff,
+                    deadline=deadline,
+                    timeout=timeout,
+                    retry=retry,
+                    closed=self._closed,
                 )
             except grpc.aio.UsageError:
                 raise ClientClosed(f"{what}: client closed") from None
@@ -277,31 +273,11 @@ class Client:
                 writer.cancel()
                 call.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
-            if pipe.done:
-                return
-            if self._closed:
-                raise pipe.fail(ClientClosed("publish_many: client closed"))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise pipe.fail(timed_out("publish_many", timeout))
-            if failure is not None and not is_transient(failure):
-                raise pipe.fail(from_rpc_error(failure))
-            delay = backoff.next_delay(deadline)
-            log.debug(
-                "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
-                "ended" if failure is None else from_rpc_error(failure),
-                len(pipe.unacked),
-                backoff.attempts,
-                delay,
+            delay = publish_stream_retry_delay(
+                pipe, failure, backoff, deadline=deadline, timeout=timeout, closed=self._closed
             )
             if delay is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise pipe.fail(timed_out("publish_many", timeout))
-                why = (
-                    from_rpc_error(failure, backoff.attempts)
-                    if failure is not None
-                    else errors.Unavailable("publish stream ended early", None, backoff.attempts)
-                )
-                raise pipe.fail(why)
+                return
             try:
                 await self._sleep(delay)
             except ClientClosed as e:
@@ -321,78 +297,29 @@ class Client:
         :class:`framecast.errors.DeadlineExceeded`). Errors as in
         :meth:`framecast.Client.frames`.
         """
-        deadline = deadline_after(timeout)
-        backoff = Backoff(self._retry)
-        cursor: Cursor | None = None
-        opened_at: float | None = None
+        resume = Resume(topic, start, self._retry, timeout)
 
         async def pause(e: grpc.RpcError | None) -> None:
-            nonlocal opened_at
-            if self._closed:
-                raise ClientClosed("client closed")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise timed_out("subscription", timeout)
-            if e is not None and not is_transient(e):
-                raise from_rpc_error(e)
-            if opened_at is not None and time.monotonic() - opened_at >= STABLE_STREAM_SECONDS:
-                backoff.reset()  # the broken stream had been working
-            opened_at = None
-            delay = backoff.next_delay(deadline)
-            log.debug(
-                "subscription %s: stream broken (%s); reconnect %d in %s s",
-                topic,
-                "ended" if e is None else from_rpc_error(e),
-                backoff.attempts,
-                delay,
-            )
-            if delay is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise timed_out("subscription", timeout)
-                if e is None:
-                    raise errors.Unavailable(
-                        "subscription stream kept ending", None, backoff.attempts
-                    )
-                raise from_rpc_error(e, backoff.attempts)
-            await self._sleep(delay)
+            await self._sleep(resume.broken(e, client_closed=self._closed))
 
         while True:
             try:
-                call = self._stub.Subscribe(
-                    subscribe_request(topic, start, cursor), timeout=remaining(deadline)
-                )
+                call = self._stub.Subscribe(resume.request(), timeout=remaining(resume.deadline))
             except grpc.aio.UsageError:
                 raise ClientClosed("client is closed") from None
             try:
                 try:
-                    md = await call.initial_metadata()
-                    got = parse_subscription_metadata(md)
-                    if got is None:
-                        # No framecast headers: the call failed before starting (a
-                        # trailers-only error answer), so read() raises why.
-                        msg = await call.read()
-                        if msg is grpc.aio.EOF:
+                    if not resume.opened(await call.initial_metadata()):
+                        # The call failed before starting, so read() raises why.
+                        if await call.read() is grpc.aio.EOF:
                             await pause(None)
                             continue
-                        raise errors.ProtocolError(
-                            "subscription without framecast-snapshot-offset / "
-                            "framecast-epoch metadata"
-                        )
-                    if cursor is None:
-                        cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
-                    opened_at = time.monotonic()
+                        raise resume.missing_metadata()
                     while True:
                         msg = await call.read()
                         if msg is grpc.aio.EOF:
                             break
-                        backoff.reset()
-                        cursor = Cursor(
-                            cursor.snapshot_offset,
-                            cursor.epoch,
-                            msg.seq_no,
-                            msg.timestamp,
-                            msg.offset,
-                        )
-                        yield frame_from_pb(msg, cursor.snapshot_offset)
+                        yield resume.frame(msg)
                 except grpc.RpcError as e:
                     call.cancel()
                     await pause(e)

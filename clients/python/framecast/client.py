@@ -5,40 +5,39 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import grpc
 
-from . import errors
 from ._core import (
     CHANNEL_OPTIONS,
     DEFAULT_WINDOW,
-    STABLE_STREAM_SECONDS,
     Backoff,
     FrameSpec,
     KeySource,
     Pipeline,
+    Resume,
     RetryPolicy,
     RunState,
     ack_from_pb,
+    attempt_timeout,
+    compression_settings,
     create_topic_request,
     deadline_after,
-    frame_from_pb,
     frame_requests,
     normalize_address,
-    parse_subscription_metadata,
     publish_request,
+    publish_stream_retry_delay,
     remaining,
-    subscribe_request,
     timed_out,
     topic_from_pb,
+    unary_retry_delay,
 )
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, from_rpc_error, is_transient
+from .errors import ClientClosed
 from .types import Ack, Cursor, Frame, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -81,6 +80,9 @@ class Client:
         call_timeout: Longest time, in seconds, one attempt of a unary call may take before
             it is abandoned and retried (with the same idempotency key for a publish).
         channel_options: Extra gRPC channel options, appended to the client's own.
+        compression: ``"gzip"`` compresses requests and asks the server to compress its
+            responses; ``None`` (the default) sends and asks for plain messages. (grpcio
+            has no zstd.)
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Client:
         retry: RetryPolicy | None = None,
         call_timeout: float = 30.0,
         channel_options: Iterable[tuple[str, Any]] = (),
+        compression: str | None = None,
     ) -> None:
         self._address = normalize_address(address)
         self._retry = retry or RetryPolicy()
@@ -98,8 +101,11 @@ class Client:
         self._closed = threading.Event()
         self._subscriptions: weakref.WeakSet[Subscription[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
+        algorithm, compression_options = compression_settings(compression)
         self._channel = grpc.insecure_channel(
-            self._address, options=[*CHANNEL_OPTIONS, *channel_options]
+            self._address,
+            options=[*CHANNEL_OPTIONS, *compression_options, *channel_options],
+            compression=algorithm,
         )
         self._stub = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
 
@@ -152,12 +158,6 @@ class Client:
         if self._closed.wait(delay) or self._closed.is_set():
             raise ClientClosed("client is closed")
 
-    def _attempt_timeout(self, deadline: float | None) -> float | None:
-        left = remaining(deadline)
-        if self._call_timeout is None:
-            return left
-        return self._call_timeout if left is None else min(self._call_timeout, left)
-
     def _call(
         self,
         what: str,
@@ -173,21 +173,16 @@ class Client:
         while True:
             self._check_open()
             try:
-                return method(request, timeout=self._attempt_timeout(deadline))
+                return method(request, timeout=attempt_timeout(self._call_timeout, deadline))
             except grpc.RpcError as e:
-                if self._closed.is_set():
-                    raise ClientClosed(f"{what}: client closed") from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise timed_out(what, timeout) from None
-                if not retry or not is_transient(e):
-                    raise from_rpc_error(e, backoff.attempts + 1) from None
-                delay = backoff.next_delay(deadline)
-                if delay is None:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise timed_out(what, timeout) from None
-                    raise from_rpc_error(e, backoff.attempts) from None
-                log.debug(
-                    "%s: %s; retry %d in %.3f s", what, from_rpc_error(e), backoff.attempts, delay
+                delay = unary_retry_delay(
+                    what,
+                    e,
+                    backoff,
+                    deadline=deadline,
+                    timeout=timeout,
+                    retry=retry,
+                    closed=self._closed.is_set(),
                 )
             except ValueError:
                 # grpc raises ValueError for a call on a closed channel.
@@ -325,34 +320,16 @@ class Client:
                     stream_id += 1  # stops this stream's request generator
                     cond.notify_all()
                 call.cancel()
-            if pipe.done:
-                return
-            if self._closed.is_set():
-                raise pipe.fail(ClientClosed("publish_many: client closed"))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise pipe.fail(timed_out("publish_many", timeout))
-            if failure is not None and not is_transient(failure):
-                raise pipe.fail(from_rpc_error(failure))
-            if failure is None and pipe.source_error is not None and not pipe.unacked:
-                return  # the caller's iterable failed; finish() re-raises its error
-            # A transient failure, or the stream ended with frames unacknowledged.
-            delay = backoff.next_delay(deadline)
-            log.debug(
-                "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
-                "ended" if failure is None else from_rpc_error(failure),
-                len(pipe.unacked),
-                backoff.attempts,
-                delay,
+            delay = publish_stream_retry_delay(
+                pipe,
+                failure,
+                backoff,
+                deadline=deadline,
+                timeout=timeout,
+                closed=self._closed.is_set(),
             )
             if delay is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise pipe.fail(timed_out("publish_many", timeout))
-                why = (
-                    from_rpc_error(failure, backoff.attempts)
-                    if failure is not None
-                    else errors.Unavailable("publish stream ended early", None, backoff.attempts)
-                )
-                raise pipe.fail(why)
+                return
             try:
                 self._sleep(delay)
             except ClientClosed as e:
@@ -558,48 +535,44 @@ class Subscription(Generic[T]):
         project: Callable[[Frame], T],
     ) -> None:
         self._client = client
-        self._topic = topic
-        self._start = start
-        self._timeout = timeout
-        self._deadline = deadline_after(timeout)
+        self._resume = Resume(topic, start, client._retry, timeout)
         self._project = project
-        self._backoff = Backoff(client._retry)
-        self._cursor: Cursor | None = None
         self._lock = threading.Lock()
         self._call: Any = None
         self._closed = False
         self._done = False
         self._wake = threading.Event()
         self._reconnects = 0
-        self._opened_at: float | None = None
         with client._lock:
             client._subscriptions.add(self)
 
     @property
     def topic(self) -> str:
         """The topic subscribed to."""
-        return self._topic
+        return self._resume.topic
 
     @property
     def start(self) -> int:
         """``replay_seq_no_start``."""
-        return self._start
+        return self._resume.start
 
     @property
     def cursor(self) -> Cursor | None:
         """Where the subscription stands (``None`` before the server answered): the
         snapshot point, epoch and last frame yielded."""
-        return self._cursor
+        return self._resume.cursor
 
     @property
     def snapshot_offset(self) -> int | None:
         """The snapshot point ``S``: frames with ``offset < S`` are history."""
-        return None if self._cursor is None else self._cursor.snapshot_offset
+        c = self._resume.cursor
+        return None if c is None else c.snapshot_offset
 
     @property
     def epoch(self) -> int | None:
         """The topic epoch the subscription was given."""
-        return None if self._cursor is None else self._cursor.epoch
+        c = self._resume.cursor
+        return None if c is None else c.epoch
 
     @property
     def reconnects(self) -> int:
@@ -636,7 +609,8 @@ class Subscription(Generic[T]):
         return self._project(frame)
 
     def __repr__(self) -> str:
-        return f"Subscription(topic={self._topic!r}, start={self._start}, cursor={self._cursor})"
+        r = self._resume
+        return f"Subscription(topic={r.topic!r}, start={r.start}, cursor={r.cursor})"
 
     def _drop_call(self) -> None:
         with self._lock:
@@ -658,29 +632,24 @@ class Subscription(Generic[T]):
             except StopIteration:
                 # The server never ends a subscription cleanly: treat it as a break.
                 self._drop_call()
-                self._pause(None)
+                self._broken(None)
                 continue
             except grpc.RpcError as e:
                 self._drop_call()
-                self._handle(e)
+                self._broken(e)
                 continue
-            self._backoff.reset()
-            c = self._cursor
-            if c is None:  # unreachable: _open records the cursor before any frame
-                raise errors.ProtocolError("subscription frame before its metadata")
-            self._cursor = Cursor(c.snapshot_offset, c.epoch, msg.seq_no, msg.timestamp, msg.offset)
-            return frame_from_pb(msg, c.snapshot_offset)
+            return self._resume.frame(msg)
 
     def _open(self) -> Any:
         """Opens (or re-opens with the cursor) the server stream; ``None``: try again."""
         if self._client._closed.is_set():
             raise ClientClosed("client is closed")
-        req = subscribe_request(self._topic, self._start, self._cursor)
+        req = self._resume.request()
         with self._lock:
             if self._closed:
                 raise StopIteration
             try:
-                call = self._client._stub.Subscribe(req, timeout=remaining(self._deadline))
+                call = self._client._stub.Subscribe(req, timeout=remaining(self._resume.deadline))
             except ValueError:
                 raise ClientClosed("client is closed") from None
             self._call = call
@@ -688,65 +657,28 @@ class Subscription(Generic[T]):
             md = call.initial_metadata()
         except grpc.RpcError as e:
             self._drop_call()
-            self._handle(e)
+            self._broken(e)
             return None
-        got = parse_subscription_metadata(md)
-        if got is None:
-            # No framecast headers: the call failed before starting (a trailers-only error
-            # answer), so next(call) raises why.
+        if not self._resume.opened(md):
+            # The call failed before starting, so next(call) raises why.
             try:
                 next(call)
             except grpc.RpcError as e:
                 self._drop_call()
-                self._handle(e)
+                self._broken(e)
                 return None
             except StopIteration:
                 self._drop_call()
-                self._pause(None)
+                self._broken(None)
                 return None
-            raise errors.ProtocolError(
-                "subscription without framecast-snapshot-offset / framecast-epoch metadata"
-            )
-        if self._cursor is None:
-            self._cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
-        self._opened_at = time.monotonic()
+            raise self._resume.missing_metadata()
         return call
 
-    def _handle(self, e: grpc.RpcError) -> None:
-        """Raises the error ``e`` stands for, or sleeps before a reconnect."""
+    def _broken(self, e: grpc.RpcError | None) -> None:
+        """Sleeps before a reconnect, or raises what the subscription ends with."""
         if self._closed:
             raise StopIteration
-        if self._client._closed.is_set():
-            raise ClientClosed("client closed")
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise timed_out("subscription", self._timeout)
-        if not is_transient(e):
-            raise from_rpc_error(e)
-        self._pause(e)
-
-    def _pause(self, e: grpc.RpcError | None) -> None:
-        if (
-            self._opened_at is not None
-            and time.monotonic() - self._opened_at >= STABLE_STREAM_SECONDS
-        ):
-            self._backoff.reset()  # the broken stream had been working
-        self._opened_at = None
-        delay = self._backoff.next_delay(self._deadline)
-        log.debug(
-            "subscription %s: stream broken (%s); reconnect %d in %s s",
-            self._topic,
-            "ended" if e is None else from_rpc_error(e),
-            self._backoff.attempts,
-            delay,
-        )
-        if delay is None:
-            if self._deadline is not None and time.monotonic() >= self._deadline:
-                raise timed_out("subscription", self._timeout)
-            if e is None:
-                raise errors.Unavailable(
-                    "subscription stream kept ending", None, self._backoff.attempts
-                )
-            raise from_rpc_error(e, self._backoff.attempts)
+        delay = self._resume.broken(e, client_closed=self._client._closed.is_set())
         if self._wake.wait(delay):
             if self._closed:
                 raise StopIteration

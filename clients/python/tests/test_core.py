@@ -9,11 +9,17 @@ import pytest
 
 from framecast import Ack, InvalidArgument, RetryPolicy, errors
 from framecast._core import (
+    STABLE_STREAM_SECONDS,
     Backoff,
     KeySource,
     Pipeline,
+    Resume,
+    attempt_timeout,
+    compression_settings,
     normalize_address,
     parse_subscription_metadata,
+    publish_stream_retry_delay,
+    unary_retry_delay,
 )
 from framecast._proto import framecast_pb2 as pb
 
@@ -85,17 +91,25 @@ def test_pipeline_resends_unacked_in_order_and_respects_the_window() -> None:
     assert p.acked_seq_nos == [0, 1, 2, 3, 4]
 
 
+class Err(grpc.RpcError):  # type: ignore[misc]
+    """A gRPC error with a status code, as grpcio raises them."""
+
+    def __init__(self, code: grpc.StatusCode, details: str = "d") -> None:
+        self._c, self._d = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._c
+
+    def details(self) -> str:
+        return self._d
+
+
+UNAVAILABLE = Err(grpc.StatusCode.UNAVAILABLE, "connection refused")
+NOT_FOUND = Err(grpc.StatusCode.NOT_FOUND, "no such topic")
+FAST = RetryPolicy(initial=0.01, max_delay=0.02, max_elapsed=30)
+
+
 def test_status_mapping() -> None:
-    class Err(grpc.RpcError):
-        def __init__(self, code: grpc.StatusCode, details: str = "d") -> None:
-            self._c, self._d = code, details
-
-        def code(self) -> grpc.StatusCode:
-            return self._c
-
-        def details(self) -> str:
-            return self._d
-
     S = grpc.StatusCode
     cases = {
         S.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -114,3 +128,148 @@ def test_status_mapping() -> None:
         e = errors.from_rpc_error(Err(code))
         assert type(e) is cls and isinstance(e, errors.FramecastError) and e.code == code
     assert errors.is_transient(Err(S.UNAVAILABLE)) and not errors.is_transient(Err(S.NOT_FOUND))
+
+
+def test_attempt_timeout_is_the_call_timeout_within_the_deadline() -> None:
+    assert attempt_timeout(None, None) is None
+    assert attempt_timeout(5.0, None) == 5.0
+    left = attempt_timeout(5.0, time.monotonic() + 1.0)
+    assert left is not None and 0.9 < left <= 1.0
+    assert attempt_timeout(0.5, time.monotonic() + 10.0) == 0.5
+    assert attempt_timeout(5.0, time.monotonic() - 1.0) == 0.0
+
+
+def test_unary_retry_retries_transient_and_raises_the_rest() -> None:
+    b = Backoff(FAST)
+    d = unary_retry_delay("publish", UNAVAILABLE, b, deadline=None, timeout=None)
+    assert 0 < d <= 0.01 and b.attempts == 1
+    # Permanent: mapped, with the attempts made so far counted in.
+    with pytest.raises(errors.NotFound) as nf:
+        unary_retry_delay("publish", NOT_FOUND, b, deadline=None, timeout=None)
+    assert nf.value.__suppress_context__
+    # Not retried (delete_topic): transient becomes Unavailable with 1 attempt.
+    with pytest.raises(errors.Unavailable) as un:
+        unary_retry_delay(
+            "delete", UNAVAILABLE, Backoff(FAST), deadline=None, timeout=None, retry=False
+        )
+    assert un.value.attempts == 1
+    with pytest.raises(errors.ClientClosed, match="list_topics: client closed"):
+        unary_retry_delay("list_topics", UNAVAILABLE, b, deadline=None, timeout=None, closed=True)
+    with pytest.raises(errors.DeadlineExceeded, match="timeout of 3 s"):
+        unary_retry_delay("publish", UNAVAILABLE, b, deadline=time.monotonic() - 1, timeout=3)
+
+
+def test_unary_retry_gives_up_when_the_budget_is_spent() -> None:
+    b = Backoff(RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.05))
+    unary_retry_delay("publish", UNAVAILABLE, b, deadline=None, timeout=None)
+    time.sleep(0.08)
+    with pytest.raises(errors.Unavailable) as e:
+        unary_retry_delay("publish", UNAVAILABLE, b, deadline=None, timeout=None)
+    assert e.value.attempts == 2
+
+
+def pipe_with_unacked(n: int) -> Pipeline:
+    p = Pipeline(iter([pb.PublishRequest(seq_no=i) for i in range(n)]), window=8)
+    for i in range(n):
+        p.take(i)
+    return p
+
+
+def test_publish_stream_decisions() -> None:
+    # Finished: nothing to do, whatever happened.
+    done = pipe_with_unacked(1)
+    done.take(1)
+    done.on_ack(pb.PublishAck(offset=0))
+    assert (
+        publish_stream_retry_delay(done, UNAVAILABLE, Backoff(FAST), deadline=None, timeout=None)
+        is None
+    )
+    # Transient failure, or an early end, with frames unacked: retry after a delay.
+    p = pipe_with_unacked(2)
+    p.on_ack(pb.PublishAck(offset=0))
+    for failure in (UNAVAILABLE, None):
+        d = publish_stream_retry_delay(p, failure, Backoff(FAST), deadline=None, timeout=None)
+        assert d is not None and 0 < d <= 0.01
+    # Permanent: the frame's index and the acks so far ride on the error.
+    with pytest.raises(errors.NotFound) as nf:
+        publish_stream_retry_delay(p, NOT_FOUND, Backoff(FAST), deadline=None, timeout=None)
+    assert "frame 1 (0-based" in str(nf.value) and [a.offset for a in nf.value.acks] == [0]
+    with pytest.raises(errors.ClientClosed):
+        publish_stream_retry_delay(p, None, Backoff(FAST), deadline=None, timeout=None, closed=True)
+    with pytest.raises(errors.DeadlineExceeded) as de:
+        publish_stream_retry_delay(p, None, Backoff(FAST), deadline=time.monotonic() - 1, timeout=2)
+    assert len(de.value.acks) == 1
+    # Budget spent on streams that keep ending: Unavailable.
+    b = Backoff(RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.0))
+    with pytest.raises(errors.Unavailable, match="ended early"):
+        publish_stream_retry_delay(p, None, b, deadline=None, timeout=None)
+
+
+def test_resume_requests_carry_the_cursor_of_the_last_frame() -> None:
+    r = Resume("prices", 5, FAST, None)
+    first = r.request()
+    assert first.topic == "prices" and first.replay_seq_no_start == 5
+    assert not first.HasField("resume")
+    assert not r.opened((("x", "y"),))  # a trailers-only error answer
+    assert r.opened((("framecast-snapshot-offset", "10"), ("framecast-epoch", "3")))
+    f = r.frame(pb.Frame(seq_no=7, payload=b"a", timestamp=70, offset=4))
+    assert (f.offset, f.live) == (4, False)
+    live = r.frame(pb.Frame(seq_no=8, payload=b"b", timestamp=80, offset=11))
+    assert live.live and live.payload == b"b"
+    again = r.request()
+    assert again.resume.snapshot_offset == 10 and again.resume.epoch == 3
+    assert (again.resume.seq_no, again.resume.timestamp, again.resume.offset) == (8, 80, 11)
+    # A second stream's metadata does not move the snapshot point or the epoch.
+    assert r.opened((("framecast-snapshot-offset", "99"), ("framecast-epoch", "4")))
+    assert r.cursor is not None and (r.cursor.snapshot_offset, r.cursor.epoch) == (10, 3)
+
+
+def test_resume_frame_before_metadata_is_a_protocol_error() -> None:
+    with pytest.raises(errors.ProtocolError):
+        Resume("t", 0, FAST, None).frame(pb.Frame(offset=1))
+
+
+def test_resume_reconnect_decisions() -> None:
+    r = Resume("t", 0, FAST, None)
+    assert 0 < r.broken(UNAVAILABLE) <= 0.01
+    assert 0 < r.broken(None) <= 0.02
+    with pytest.raises(errors.NotFound):
+        r.broken(NOT_FOUND)
+    with pytest.raises(errors.ClientClosed):
+        r.broken(UNAVAILABLE, client_closed=True)
+    timed = Resume("t", 0, FAST, 0.0)
+    with pytest.raises(errors.DeadlineExceeded, match="subscription"):
+        timed.broken(UNAVAILABLE)
+
+
+def test_resume_budget_resets_after_a_stable_stream_only() -> None:
+    policy = RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.05)
+    r = Resume("t", 0, policy, None)
+    r.broken(UNAVAILABLE)
+    time.sleep(0.08)
+    # A stream that opened but broke at once is no progress: the budget is spent.
+    r.opened((("framecast-snapshot-offset", "0"), ("framecast-epoch", "1")))
+    with pytest.raises(errors.Unavailable):
+        r.broken(None)
+    # One that lived STABLE_STREAM_SECONDS is: a fresh budget.
+    r = Resume("t", 0, policy, None)
+    r.broken(UNAVAILABLE)
+    time.sleep(0.08)
+    r.opened((("framecast-snapshot-offset", "0"), ("framecast-epoch", "1")))
+    assert r.opened_at is not None
+    r.opened_at -= STABLE_STREAM_SECONDS
+    assert r.broken(UNAVAILABLE) > 0 and r.backoff.attempts == 1
+
+
+def test_compression_settings() -> None:
+    algo, opts = compression_settings(None)
+    assert algo == grpc.Compression.NoCompression
+    # Identity alone advertised: the server answers uncompressed.
+    assert opts == (("grpc.compression_enabled_algorithms_bitset", 1),)
+    algo, opts = compression_settings("gzip")
+    assert algo == grpc.Compression.Gzip and opts[0][1] == 1 | 4
+    assert compression_settings("NONE")[0] == grpc.Compression.NoCompression
+    with pytest.raises(InvalidArgument, match="zstd"):
+        compression_settings("zstd")
+    with pytest.raises(InvalidArgument):
+        compression_settings("lz4")

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::payload::Filler;
+use framecast::client::Compression;
 use framecast::server::config::parse_duration;
 
 /// Load generator: publish, fan-out, replay and end-to-end scenarios.
@@ -73,6 +75,13 @@ pub struct Common {
     /// Payload bytes per frame (at least 24: publisher, counter and send time ride in it).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// What fills a payload after its 24-byte header: `x` bytes, or JSON-like records.
+    #[arg(long, value_enum, default_value_t = Filler::Filler)]
+    pub payload: Filler,
+    /// gRPC message compression of the bench's connections (requests, and the responses they
+    /// ask for).
+    #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
+    pub compression: Compression,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,7 @@
 //! Connections to the server. A tonic `Channel` made with `Endpoint::connect` is one HTTP/2
 //! connection; many streams share it. Fan-out spreads its subscribers over C of them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -8,6 +9,8 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{Error, Result};
+use super::wire::{CountingConnector, WireBytes};
+use framecast::client::Compression;
 use framecast::proto::broadcast_client::BroadcastClient;
 
 /// The generated client over one connection.
@@ -23,8 +26,17 @@ pub enum Windows {
     Many,
 }
 
+/// How the bench's connections talk: message compression, and where their bytes are counted.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    /// Requests compressed with it, and responses asked for with it.
+    pub compression: Compression,
+    /// Every byte written and read by the connections.
+    pub bytes: Arc<WireBytes>,
+}
+
 /// Opens `n` connections to `addr` (at most 64 handshakes at a time).
-pub async fn connect(addr: &str, n: usize, windows: Windows) -> Result<Vec<Grpc>> {
+pub async fn connect(addr: &str, n: usize, windows: Windows, wire: &Wire) -> Result<Vec<Grpc>> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -42,7 +54,8 @@ pub async fn connect(addr: &str, n: usize, windows: Windows) -> Result<Vec<Grpc>
     let mut out = Vec::with_capacity(n);
     let mut pending = futures::stream::iter((0..n).map(|_| {
         let e = endpoint.clone();
-        async move { e.connect().await }
+        let connector = CountingConnector::new(Arc::clone(&wire.bytes));
+        async move { e.connect_with_connector(connector).await }
     }))
     .buffered(64);
     while let Some(ch) = pending.next().await {
@@ -50,11 +63,13 @@ pub async fn connect(addr: &str, n: usize, windows: Windows) -> Result<Vec<Grpc>
             addr: addr.to_string(),
             source,
         })?;
-        out.push(
-            BroadcastClient::new(ch)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        );
+        let grpc = BroadcastClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        out.push(match wire.compression.encoding() {
+            Some(e) => grpc.send_compressed(e).accept_compressed(e),
+            None => grpc,
+        });
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! - `server`: `--spawn` (a `framecast serve` on a temporary data dir) and the sampling of
 //!   a server process's CPU time and memory.
 //! - `conn`: gRPC connections (one HTTP/2 connection per channel, many streams on each).
+//! - `wire`: a connector that counts the bytes the bench's connections write and read.
 //! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers).
 //! - `replay`: prefill a topic, then time subscribers reading it from the start.
 //! - `progress`: live counters and the progress bar.
@@ -25,6 +26,7 @@ mod replay;
 mod report;
 mod run;
 mod server;
+mod wire;
 
 pub use args::BenchArgs;
 pub use run::main;

@@ -9,6 +9,10 @@
 //! | 8..16  | counter     | the publisher's frame number, 0, 1, 2, … (u64)              |
 //! | 16..24 | intended_ns | when the frame was *meant* to be sent, ns since run start   |
 //!
+//! The filler is `x` bytes (`--payload filler`, compresses to almost nothing) or JSON-like
+//! market-data records (`--payload json`) whose figures vary from frame to frame, so that a
+//! compressor sees what a real JSON feed gives it.
+//!
 //! A publisher's frames are stored in the order it sends them (acks come back in request
 //! order), so each subscriber expects every publisher's counters as 0, 1, 2, … exactly.
 
@@ -20,15 +24,89 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const HEADER_LEN: usize = 24;
 const MAGIC: &[u8; 4] = b"FCB1";
 
-/// Builds a payload of `size` bytes (`size >= HEADER_LEN`).
-pub fn encode(size: usize, publisher: u32, counter: u64, intended_ns: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(size);
+/// What fills a payload after its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Filler {
+    /// `x` bytes: the cheapest to make, and compressible to nearly nothing.
+    #[default]
+    Filler,
+    /// JSON-like market-data records with varying figures (compresses about as a feed does).
+    Json,
+}
+
+impl Filler {
+    /// The name as typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filler::Filler => "filler",
+            Filler::Json => "json",
+        }
+    }
+}
+
+/// Builds a payload of `size` bytes (`size >= HEADER_LEN`) with `filler` after the header.
+pub fn encode_with(
+    filler: Filler,
+    size: usize,
+    publisher: u32,
+    counter: u64,
+    intended_ns: u64,
+) -> Bytes {
+    let mut b = BytesMut::with_capacity(size + 160);
     b.put_slice(MAGIC);
     b.put_u32_le(publisher);
     b.put_u64_le(counter);
     b.put_u64_le(intended_ns);
-    b.resize(size, b'x');
+    match filler {
+        Filler::Filler => b.resize(size, b'x'),
+        Filler::Json => {
+            json_records(&mut b, size, (u64::from(publisher) << 40) ^ counter);
+            b.truncate(size);
+        }
+    }
     b.freeze()
+}
+
+const SYMBOLS: [&str; 16] = [
+    "EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF", "NZDUSD", "USDCAD", "EURGBP", "EURJPY",
+    "GBPJPY", "XAUUSD", "BTCUSD", "ETHUSD", "SPX500", "NAS100", "GER40",
+];
+const VENUES: [&str; 4] = ["LD4", "NY4", "TY3", "FR2"];
+
+/// Appends `[{"sym":…,"bid":…,…},…` until `b` holds at least `size` bytes. The figures come
+/// from a xorshift generator seeded per frame: similar in shape, different in digits.
+fn json_records(b: &mut BytesMut, size: usize, seed: u64) {
+    use std::fmt::Write;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut s = String::with_capacity(size + 160);
+    s.push('[');
+    let mut i = 0u64;
+    while HEADER_LEN + s.len() < size {
+        let r = next();
+        let mid = 1000 + r % 99_000;
+        let spread = 1 + (r >> 20) % 40;
+        let _ = write!(
+            s,
+            "{{\"sym\":\"{}\",\"bid\":{}.{:05},\"ask\":{}.{:05},\"qty\":{},\"venue\":\"{}\",\"seq\":{},\"ts\":{}}},",
+            SYMBOLS[(r >> 8) as usize % SYMBOLS.len()],
+            mid / 1000,
+            (mid % 1000) * 100 + (r >> 30) % 100,
+            (mid + spread) / 1000,
+            ((mid + spread) % 1000) * 100 + (r >> 30) % 100,
+            100 * (1 + (r >> 40) % 500),
+            VENUES[(r >> 50) as usize % VENUES.len()],
+            seed.wrapping_add(i) % 1_000_000_000,
+            1_764_000_000_000_000_000 + (next() % 1_000_000_000_000),
+        );
+        i += 1;
+    }
+    b.put_slice(s.as_bytes());
 }
 
 /// The header of a received payload; `None` when it is not a benchmark frame.
@@ -179,6 +257,10 @@ impl Checker {
 mod tests {
     use super::*;
 
+    fn encode(size: usize, publisher: u32, counter: u64, intended_ns: u64) -> Bytes {
+        encode_with(Filler::Filler, size, publisher, counter, intended_ns)
+    }
+
     fn feed(c: &mut Checker, frames: &[(u32, u64)]) {
         for (i, &(p, n)) in frames.iter().enumerate() {
             c.frame(i as u64, &encode(32, p, n, 0));
@@ -198,6 +280,19 @@ mod tests {
             })
         );
         assert_eq!(decode(b"hello, this is not a benchmark frame"), None);
+    }
+
+    #[test]
+    fn json_filler_has_the_size_the_header_and_varies() {
+        let a = encode_with(Filler::Json, 4096, 3, 10, 99);
+        let b = encode_with(Filler::Json, 4096, 3, 11, 99);
+        assert_eq!(a.len(), 4096);
+        assert_eq!(decode(&a).map(|h| (h.publisher, h.counter)), Some((3, 10)));
+        assert!(a[HEADER_LEN..].starts_with(b"[{\"sym\":\""));
+        assert_ne!(a[HEADER_LEN..], b[HEADER_LEN..]);
+        let mut c = Checker::new(4, 4096);
+        assert!(c.frame(0, &a).is_some());
+        assert!(c.faults.is_clean());
     }
 
     #[test]

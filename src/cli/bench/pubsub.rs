@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::args::Length;
-use super::conn::{connect, Grpc, Windows};
+use super::conn::{connect, Grpc, Windows, Wire};
 use super::error::Result;
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
-use super::payload::{self, Checker, Faults};
+use super::payload::{self, Checker, Faults, Filler};
 use super::progress::{Counters, Progress, Tally};
 use framecast::proto;
 
@@ -30,6 +30,10 @@ pub struct Plan {
     pub topic: String,
     /// Payload bytes per frame.
     pub size: usize,
+    /// What fills each payload after its header.
+    pub filler: Filler,
+    /// Compression, and the counter of bytes on the wire.
+    pub wire: Wire,
     /// Publishers.
     pub publishers: usize,
     /// Connections the publishers share.
@@ -126,14 +130,26 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         plan,
     });
     let plan = &ctx.plan;
-    let pub_conns = connect(&plan.addr, plan.pub_connections.max(1), Windows::Default).await?;
+    let pub_conns = connect(
+        &plan.addr,
+        plan.pub_connections.max(1),
+        Windows::Default,
+        &plan.wire,
+    )
+    .await?;
     let sub_windows = if plan.subscribers > plan.sub_connections {
         Windows::Many
     } else {
         Windows::Default
     };
     let sub_conns = if plan.subscribers > 0 {
-        connect(&plan.addr, plan.sub_connections.max(1), sub_windows).await?
+        connect(
+            &plan.addr,
+            plan.sub_connections.max(1),
+            sub_windows,
+            &plan.wire,
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -277,7 +293,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
 fn request(ctx: &Ctx, index: u32, k: u64, intended_ns: u64) -> proto::PublishRequest {
     proto::PublishRequest {
         seq_no: ctx.seq_base + k,
-        payload: payload::encode(ctx.plan.size, index, k, intended_ns),
+        payload: payload::encode_with(ctx.plan.filler, ctx.plan.size, index, k, intended_ns),
         timestamp: 0,
         topic: ctx.plan.topic.clone(),
         idempotency_key: if ctx.plan.keys {

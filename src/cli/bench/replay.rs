@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::args::Length;
-use super::conn::{connect, Windows};
+use super::conn::{connect, Windows, Wire};
 use super::error::{Error, Result};
 use super::latency::Recorder;
-use super::payload::{Checker, Faults};
+use super::payload::{Checker, Faults, Filler};
 use super::progress::{Counters, Progress, Tally};
 use super::pubsub::{self, Plan};
 use framecast::proto;
@@ -25,6 +25,10 @@ pub struct ReplayPlan {
     pub topic: String,
     /// Payload bytes per frame.
     pub size: usize,
+    /// What fills each payload after its header (prefill).
+    pub filler: Filler,
+    /// Compression, and the counter of bytes on the wire (the replay's, not the prefill's).
+    pub wire: Wire,
     /// Frames to replay.
     pub frames: u64,
     /// Subscribers.
@@ -62,7 +66,9 @@ pub struct ReplayOutcome {
 
 /// Prefills if needed, then replays.
 pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
-    let mut admin = connect(&plan.addr, 1, Windows::Default).await?.remove(0);
+    let mut admin = connect(&plan.addr, 1, Windows::Default, &plan.wire)
+        .await?
+        .remove(0);
     let topics = admin
         .list_topics(proto::ListTopicsRequest {})
         .await
@@ -83,6 +89,11 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             addr: plan.addr.clone(),
             topic: plan.topic.clone(),
             size: plan.size,
+            filler: plan.filler,
+            wire: Wire {
+                compression: plan.wire.compression,
+                bytes: Default::default(),
+            },
             publishers: 1,
             pub_connections: 1,
             stream: true,
@@ -116,7 +127,13 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
         )));
     }
 
-    let conns = connect(&plan.addr, plan.connections.max(1), Windows::Default).await?;
+    let conns = connect(
+        &plan.addr,
+        plan.connections.max(1),
+        Windows::Default,
+        &plan.wire,
+    )
+    .await?;
     let counters = Arc::new(Counters::default());
     let errors = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let first = Recorder::new(1);

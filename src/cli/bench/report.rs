@@ -29,6 +29,12 @@ pub struct Report {
     pub topic: String,
     /// Payload bytes per frame.
     pub frame_bytes: usize,
+    /// What filled the payloads (`filler` or `json`).
+    pub payload: String,
+    /// gRPC message compression of the bench's connections (`none`, `gzip`, `zstd`).
+    pub compression: String,
+    /// Bytes the bench's connections wrote and read.
+    pub wire: Option<WireReport>,
     /// Publishers.
     pub publishers: usize,
     /// `stream` (PublishStream) or `unary` (Publish).
@@ -141,6 +147,33 @@ impl Throughput {
     }
 }
 
+/// Bytes on the wire, counted on the bench's sockets (HTTP/2 framing and headers included).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WireReport {
+    /// Bytes written: publishes and subscribe calls.
+    pub sent_bytes: u64,
+    /// Bytes read: acks and delivered frames.
+    pub received_bytes: u64,
+    /// Bytes read and written per frame delivered (or per frame acked, with no subscribers).
+    pub bytes_per_frame: f64,
+}
+
+impl WireReport {
+    /// The counts in `bytes`, spread over `frames`.
+    pub fn new(bytes: &super::wire::WireBytes, frames: u64) -> WireReport {
+        let (sent, received) = (bytes.sent(), bytes.received());
+        WireReport {
+            sent_bytes: sent,
+            received_bytes: received,
+            bytes_per_frame: if frames > 0 {
+                (sent + received) as f64 / frames as f64
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// One latency distribution, in µs.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyRow {
@@ -236,6 +269,11 @@ impl Report {
             "  load:    topic {}, {} B frames, {} publisher(s) ({}, rate {}), {} subscriber(s) over {} connection(s)",
             self.topic, self.frame_bytes, self.publishers, self.publish_mode, rate, self.subscribers, self.connections
         );
+        let _ = writeln!(
+            o,
+            "  wire:    payload {}, compression {}",
+            self.payload, self.compression
+        );
         let _ = writeln!(o);
         let _ = writeln!(
             o,
@@ -253,6 +291,13 @@ impl Report {
                     name, t.frames, t.secs, t.frames_per_s, t.mb_per_s
                 );
             }
+        }
+        if let Some(w) = &self.wire {
+            let _ = writeln!(
+                o,
+                "  {:<12} sent {} B, received {} B, {:.0} B per frame",
+                "wire bytes", w.sent_bytes, w.received_bytes, w.bytes_per_frame
+            );
         }
         if !self.latency.is_empty() {
             let _ = writeln!(o);

@@ -5,11 +5,14 @@
 use std::process::ExitCode;
 
 use super::args::{BenchArgs, Common, Length, Scenario};
+use super::conn::Wire;
 use super::error::{Error, Result};
 use super::payload::HEADER_LEN;
 use super::pubsub::{self, Plan};
 use super::replay::{self, ReplayPlan};
-use super::report::{load_average, utc_now, LatencyRow, Machine, Report, Resources, Throughput};
+use super::report::{
+    load_average, utc_now, LatencyRow, Machine, Report, Resources, Throughput, WireReport,
+};
 use super::server::{cpu_seconds, memory, own_cpu_seconds, raise_fd_limit, Spawned};
 
 /// Runs `framecast bench`.
@@ -87,6 +90,9 @@ fn run(args: BenchArgs) -> Result<Report> {
         fsync,
         topic: topic.clone(),
         frame_bytes: common.size,
+        payload: common.payload.as_str().into(),
+        compression: common.compression.to_string(),
+        wire: None,
         publishers: 0,
         publish_mode: "stream".into(),
         target_rate: 0.0,
@@ -153,6 +159,10 @@ async fn scenario_run(
     report: &mut Report,
 ) -> Result<()> {
     let size = common.size;
+    let wire = Wire {
+        compression: common.compression,
+        bytes: Default::default(),
+    };
     let plan = |publishers: usize,
                 pub_connections: usize,
                 stream: bool,
@@ -164,6 +174,8 @@ async fn scenario_run(
         addr: addr.clone(),
         topic: topic.clone(),
         size,
+        filler: common.payload,
+        wire: wire.clone(),
         publishers: publishers.max(1),
         pub_connections: pub_connections.max(1),
         stream,
@@ -218,6 +230,8 @@ async fn scenario_run(
                 addr,
                 topic,
                 size,
+                filler: common.payload,
+                wire: wire.clone(),
                 frames: o.frames,
                 subscribers: o.subscribers.max(1),
                 connections: o.connections.max(1),
@@ -231,6 +245,7 @@ async fn scenario_run(
             report.published =
                 (out.prefilled > 0).then(|| Throughput::new(out.prefilled, out.prefill_secs, size));
             report.delivered = Some(Throughput::new(out.delivered, out.secs, size));
+            report.wire = Some(WireReport::new(&wire.bytes, out.delivered));
             report.latency = LatencyRow::of("first frame", &out.first_frame)
                 .into_iter()
                 .collect();
@@ -257,6 +272,14 @@ async fn scenario_run(
     if has_subscribers {
         report.delivered = Some(Throughput::new(out.delivered, out.deliver_secs, size));
     }
+    report.wire = Some(WireReport::new(
+        &wire.bytes,
+        if has_subscribers {
+            out.delivered
+        } else {
+            out.acked
+        },
+    ));
     report.latency = [
         LatencyRow::of("ack", &out.ack_latency),
         LatencyRow::of("delivery", &out.delivery_latency),
