@@ -22,8 +22,8 @@ use tracing::{debug, error, info, warn};
 use super::compact::Retention;
 use super::dedup::{DedupWindow, FirstAck};
 use super::format::{DEFAULT_SEGMENT_BYTES, MAX_KEY_LEN, MIN_SEGMENT_BYTES, SEGMENT_HEADER_LEN};
-use super::record::{decode, encoded_len, Decoded, RecordRef};
-use super::recovery::{recover, RecoverySink};
+use super::record::{decode, encoded_len, Decoded, Gap, RecordRef};
+use super::recovery::{recover, RecoverySink, TornTail};
 use super::run::Run;
 use super::segment::{Segment, SegmentWriter, SyncMethod};
 use super::{Error, Result};
@@ -226,6 +226,8 @@ pub(super) struct Shared {
     pub(super) cancel: std::sync::atomic::AtomicBool,
     durable: watch::Sender<u64>,
     syncs: AtomicU64,
+    /// What recovery cut from the last segment when this log was opened.
+    torn: Option<TornTail>,
 }
 
 #[derive(Debug, Default)]
@@ -395,6 +397,10 @@ impl RecoverySink for Rebuild<'_> {
         self.state.offsets.push(position as u32);
         self.remember_key(r);
     }
+
+    fn gap(&mut self, gap: &Gap) {
+        self.state.offsets.push_holes(gap.count);
+    }
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -478,6 +484,7 @@ impl Log {
                 syncs: AtomicU64::new(0),
                 maintenance: Mutex::new(()),
                 cancel: std::sync::atomic::AtomicBool::new(false),
+                torn: recovered.torn,
             }),
         })
     }
@@ -597,6 +604,11 @@ impl Log {
         self.shared.durable.subscribe()
     }
 
+    /// The torn tail recovery cut from the last segment when this log was opened, if any.
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.shared.torn.as_ref()
+    }
+
     /// The oldest offset held.
     pub fn first_offset(&self) -> u64 {
         self.shared.state.read().first_offset
@@ -639,7 +651,12 @@ impl Log {
             let end = until.min(frontier).min(from.saturating_add(max as u64));
             locs.reserve(end.saturating_sub(from) as usize);
             for offset in from..end {
-                locs.push((offset, st.locate(offset).ok_or_else(|| missing(offset))?));
+                match st.locate(offset) {
+                    Some(loc) => locs.push((offset, loc)),
+                    // Lost to damage and marked by repair: absent, not an error.
+                    None if st.offsets.is_hole(offset) => {}
+                    None => return Err(missing(offset)),
+                }
             }
             next = end.max(from);
         }
@@ -1026,7 +1043,7 @@ pub(super) fn load(seg: &Arc<Segment>, pos: u32, offset: u64) -> Result<StoredFr
             pos as u64,
             format!("expected offset {offset}, found {}", rec.offset),
         )),
-        Decoded::End => Err(Error::corruption(
+        Decoded::End | Decoded::Gap(..) => Err(Error::corruption(
             seg.path(),
             pos as u64,
             "no record where one was indexed",

@@ -26,6 +26,10 @@ use super::format::{
 /// 40 zero bytes (preallocated, never written space) marks the end of a segment's data.
 /// Because the CRC covers every field after it and `length` is checked against the
 /// covered lengths, any single flipped bit makes a record invalid.
+///
+/// A **gap record** (flags = [`FLAG_GAP`], written only by `framecast repair` over damaged
+/// bytes) holds no frame: `offset` is the first offset lost, the payload's first 8 bytes
+/// (u64) the number of offsets lost, the rest zero padding; key, seq_no and timestamp are 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
     /// The frame's offset in its topic.
@@ -42,11 +46,51 @@ pub struct RecordRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// The `flags` value of a gap record: offsets lost to damage, set aside by repair.
+pub const FLAG_GAP: u16 = 0x0001;
+/// Smallest gap record: a header and the 8-byte count of lost offsets.
+pub const MIN_GAP_LEN: usize = RECORD_HEADER_LEN + 8;
+
+/// Offsets known to be lost: what a gap record stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The first offset lost.
+    pub offset: u64,
+    /// How many offsets, from `offset` on, are lost (may be 0: damage that held none).
+    pub count: u64,
+}
+
+impl Gap {
+    /// One past the last offset lost.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.count)
+    }
+
+    /// Encodes a gap record exactly `len` bytes long (padding with zeros), or `None` when
+    /// `len` is below [`MIN_GAP_LEN`] or above `u32::MAX`.
+    pub fn encode(&self, len: usize) -> Option<Vec<u8>> {
+        if len < MIN_GAP_LEN || u32::try_from(len).is_err() {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[34..36].copy_from_slice(&FLAG_GAP.to_le_bytes());
+        out[36..40].copy_from_slice(&((len - RECORD_HEADER_LEN) as u32).to_le_bytes());
+        out[40..48].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&out[RECORD_CRC_START..]);
+        out[RECORD_CRC_AT..RECORD_CRC_START].copy_from_slice(&crc.to_le_bytes());
+        Some(out)
+    }
+}
+
 /// What [`decode`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A valid record and its length in bytes.
     Record(RecordRef<'a>, usize),
+    /// A valid gap record and its length in bytes.
+    Gap(Gap, usize),
     /// Zero bytes: the end of the written data.
     End,
     /// Bytes that are not a valid record, and why.
@@ -135,6 +179,9 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     let key_len = u16::from_le_bytes([header[32], header[33]]) as usize;
     let flags = u16::from_le_bytes([header[34], header[35]]);
     let payload_len = u32::from_le_bytes(le4(&header[36..40])) as usize;
+    if flags == FLAG_GAP {
+        return decode_gap(header, body);
+    }
     if flags != 0 {
         return Decoded::Invalid(format!("unknown flags {flags:#06x}"));
     }
@@ -171,6 +218,224 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         },
         length,
     )
+}
+
+/// The rest of [`decode`] for a record whose CRC matched and whose flags say gap.
+fn decode_gap<'a>(header: &[u8], body: &[u8]) -> Decoded<'a> {
+    let key_len = u16::from_le_bytes([header[32], header[33]]);
+    let payload_len = u32::from_le_bytes(le4(&header[36..40])) as usize;
+    if key_len != 0 || body.len() < MIN_GAP_LEN || payload_len != body.len() - RECORD_HEADER_LEN {
+        return Decoded::Invalid("malformed gap record".into());
+    }
+    let gap = Gap {
+        offset: u64::from_le_bytes(le8(&header[8..16])),
+        count: u64::from_le_bytes(le8(&body[40..48])),
+    };
+    Decoded::Gap(gap, body.len())
+}
+
+/// The fields of a record header, read without any check: for records verified before
+/// (a run's, at open), on hot paths that must not pay a CRC per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The whole record's length in bytes.
+    pub length: usize,
+    /// The frame's offset.
+    pub offset: u64,
+    /// Client-chosen sequence number.
+    pub seq_no: u64,
+    /// Stored timestamp.
+    pub timestamp: i64,
+}
+
+impl Header {
+    /// Reads the header at the start of `buf`; `None` if fewer than 40 bytes remain.
+    pub fn peek(buf: &[u8]) -> Option<Header> {
+        let h = buf.get(..RECORD_HEADER_LEN)?;
+        Some(Header {
+            length: u32::from_le_bytes(le4(&h[0..4])) as usize,
+            offset: u64::from_le_bytes(le8(&h[8..16])),
+            seq_no: u64::from_le_bytes(le8(&h[16..24])),
+            timestamp: i64::from_le_bytes(le8(&h[24..32])),
+        })
+    }
+}
+
+/// One step of a [`Walk`]: what lies at a byte position.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// A valid record, `len` bytes long.
+    Record(RecordRef<'a>, usize),
+    /// A valid gap record, `len` bytes long.
+    Gap(Gap, usize),
+    /// Not a valid record here, and why. The walk ends after it.
+    Invalid(String),
+    /// The end of the data: zeros (or nothing) from here to the end. The walk ends.
+    End,
+}
+
+/// The one record walker: steps through the records of a byte slice from a start
+/// position, yielding `(position, step)`. After an [`Step::Invalid`] or [`Step::End`] it
+/// yields nothing more; callers that must look past damage use [`scan_ahead`].
+///
+/// With [`Walk::expecting`], a record (or gap) whose offset is not the next expected one
+/// is reported as invalid, so a segment's offsets are checked to follow one another.
+#[derive(Debug, Clone)]
+pub struct Walk<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    expect: Option<u64>,
+    done: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// Walks `buf` from `start`. A zero header is the end only if every byte after it is
+    /// zero too (a zeroed header followed by data is damage, not an end).
+    pub fn new(buf: &'a [u8], start: usize) -> Walk<'a> {
+        Walk {
+            buf,
+            pos: start.min(buf.len()),
+            expect: None,
+            done: false,
+        }
+    }
+
+    /// Checks that offsets run on from `first`, one per record, `count` per gap.
+    pub fn expecting(mut self, first: u64) -> Walk<'a> {
+        self.expect = Some(first);
+        self
+    }
+
+    /// The position of the next step (after the walk ended: where it ended).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The offset the next record must have, when checking offsets.
+    pub fn expected_offset(&self) -> Option<u64> {
+        self.expect
+    }
+
+    fn offset_ok(&self, offset: u64) -> Result<(), String> {
+        match self.expect {
+            Some(e) if e != offset => Err(format!("record has offset {offset}, expected {e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<'a> Iterator for Walk<'a> {
+    type Item = (usize, Step<'a>);
+
+    fn next(&mut self) -> Option<(usize, Step<'a>)> {
+        if self.done {
+            return None;
+        }
+        let pos = self.pos;
+        let step = match decode(&self.buf[pos..]) {
+            Decoded::Record(rec, len) => match self.offset_ok(rec.offset) {
+                Ok(()) => {
+                    self.pos += len;
+                    self.expect = self.expect.map(|e| e + 1);
+                    return Some((pos, Step::Record(rec, len)));
+                }
+                Err(why) => Step::Invalid(why),
+            },
+            Decoded::Gap(gap, len) => match self.offset_ok(gap.offset) {
+                Ok(()) => {
+                    self.pos += len;
+                    self.expect = self.expect.map(|_| gap.end());
+                    return Some((pos, Step::Gap(gap, len)));
+                }
+                Err(why) => Step::Invalid(why),
+            },
+            Decoded::End => match first_non_zero(&self.buf[pos..]) {
+                Some(at) => Step::Invalid(format!(
+                    "non-zero bytes at {} after the end of data",
+                    pos + at
+                )),
+                None => Step::End,
+            },
+            Decoded::Invalid(reason) => Step::Invalid(reason),
+        };
+        self.done = true;
+        Some((pos, step))
+    }
+}
+
+/// A valid record found past damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Where it starts.
+    pub position: usize,
+    /// Its offset (a gap record's first offset).
+    pub offset: u64,
+}
+
+/// Looks from `from` on for the first byte position where a valid record (or gap record)
+/// with an offset above `after` starts: the test that tells interior damage (something
+/// valid follows) from a torn tail (nothing does). Runs of zeros are skipped a block at a
+/// time, and each position is checked for plausibility (length bounds, header fields that
+/// agree, the offset) before its CRC is computed, so the scan goes at memory speed.
+pub fn scan_ahead(buf: &[u8], from: usize, after: Option<u64>) -> Option<Found> {
+    let mut pos = from;
+    while pos + RECORD_HEADER_LEN <= buf.len() {
+        // A record's length is at least 40, so its first four bytes are never all zero: at
+        // a zero word, jump to three bytes before the next non-zero byte.
+        if buf[pos..pos + 4] == [0, 0, 0, 0] {
+            let next = first_non_zero(&buf[pos..])?;
+            pos = (pos + next).saturating_sub(3).max(pos + 1);
+            continue;
+        }
+        if let Some(offset) = plausible(&buf[pos..], after) {
+            match decode(&buf[pos..]) {
+                Decoded::Record(..) | Decoded::Gap(..) => {
+                    return Some(Found {
+                        position: pos,
+                        offset,
+                    })
+                }
+                _ => {}
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// The offset of the record header at the start of `buf` if its fields could belong to a
+/// valid record with an offset above `after`: cheap checks, no CRC.
+fn plausible(buf: &[u8], after: Option<u64>) -> Option<u64> {
+    let h = Header::peek(buf)?;
+    if h.length < RECORD_HEADER_LEN || h.length > buf.len() {
+        return None;
+    }
+    if after.is_some_and(|a| h.offset <= a) {
+        return None;
+    }
+    let key_len = u16::from_le_bytes([buf[32], buf[33]]) as usize;
+    let flags = u16::from_le_bytes([buf[34], buf[35]]);
+    let payload_len = u32::from_le_bytes(le4(&buf[36..40])) as usize;
+    let fits = match flags {
+        0 => key_len <= MAX_KEY_LEN && encoded_len(key_len, payload_len) == h.length,
+        FLAG_GAP => {
+            key_len == 0 && h.length >= MIN_GAP_LEN && payload_len + RECORD_HEADER_LEN == h.length
+        }
+        _ => false,
+    };
+    fits.then_some(h.offset)
+}
+
+/// Index of the first non-zero byte, scanning a block at a time.
+pub fn first_non_zero(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    for chunk in b.chunks(4096) {
+        if chunk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
+            return chunk.iter().position(|&x| x != 0).map(|p| i + p);
+        }
+        i += chunk.len();
+    }
+    None
 }
 
 #[cfg(test)]

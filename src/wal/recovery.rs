@@ -16,7 +16,7 @@ use super::format::{
     TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
-use super::record::{decode, Decoded, RecordRef};
+use super::record::{first_non_zero, scan_ahead, Found, Gap, RecordRef, Step, Walk};
 use super::run::Run;
 use super::segment::{sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
@@ -40,6 +40,8 @@ pub trait RecoverySink {
     fn segment(&mut self, segment: &Arc<Segment>);
     /// A valid record at byte `position` of the current segment, `len` bytes long.
     fn record(&mut self, record: &RecordRef<'_>, position: u64, len: u64);
+    /// Offsets of the current segment that `framecast repair` marked lost.
+    fn gap(&mut self, gap: &Gap);
 }
 
 /// A torn tail that recovery cut from the last segment.
@@ -194,17 +196,30 @@ pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
             ));
         }
         sink.segment(writer.segment());
-        let (end, bad) = scan(writer.contents(), &mut out, sink);
-        match bad {
+        let scanned = scan(writer.contents(), &mut out, sink);
+        match scanned.bad {
             None => {}
             Some((position, reason)) if !is_last => {
                 return Err(Error::corruption(path, position, reason));
             }
-            Some((position, reason)) => {
-                out.torn = Some(cut_torn_tail(&mut writer, position, reason)?);
-            }
+            Some((position, reason)) => match scanned.valid_after {
+                Some(found) => {
+                    // Something valid follows: not a torn write but damage inside
+                    // acknowledged data. Cutting here would lose (and later reuse) the
+                    // offsets of every frame after it.
+                    return Err(Error::corruption(
+                        path,
+                        position,
+                        format!(
+                            "{reason}; a valid record (offset {}) follows at byte {}, so this is interior damage, not a torn tail",
+                            found.offset, found.position
+                        ),
+                    ));
+                }
+                None => out.torn = Some(cut_torn_tail(&mut writer, position, reason)?),
+            },
         }
-        writer.set_cursor(end);
+        writer.set_cursor(scanned.end);
         writer.publish();
         if is_last {
             out.active = Some(writer);
@@ -240,48 +255,49 @@ fn remove_superseded(dir: &Path, manifest: Option<&Manifest>) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Walks records from the header on. Returns where valid data ends and, if the bytes after
-/// it are not clean zeros, the position and reason of the first bad byte.
-fn scan(
-    contents: &[u8],
-    out: &mut Recovered,
-    sink: &mut impl RecoverySink,
-) -> (u64, Option<(u64, String)>) {
-    let mut pos = SEGMENT_HEADER_LEN;
-    loop {
-        match decode(&contents[pos..]) {
-            Decoded::Record(rec, len) if rec.offset == out.next_offset => {
+/// Where a segment's walk stopped.
+struct Scanned {
+    /// Where the valid data ends.
+    end: u64,
+    /// The first bad byte and why, when the bytes after `end` are not clean zeros.
+    bad: Option<(u64, String)>,
+    /// A valid record (or gap) found past the bad byte: the damage is interior.
+    valid_after: Option<Found>,
+}
+
+/// Walks records from the header on, feeding `sink`. Past a bad record, looks ahead for
+/// any later valid record (only then: the common clean case pays nothing).
+fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> Scanned {
+    let mut walk = Walk::new(contents, SEGMENT_HEADER_LEN).expecting(out.next_offset);
+    while let Some((pos, step)) = walk.next() {
+        match step {
+            Step::Record(rec, len) => {
                 sink.record(&rec, pos as u64, len as u64);
                 out.next_offset += 1;
                 if rec.offset >= out.first_offset {
                     out.records += 1;
                     out.bytes += len as u64;
                 }
-                pos += len;
             }
-            Decoded::Record(rec, _) => {
-                let why = format!(
-                    "record has offset {}, expected {}",
-                    rec.offset, out.next_offset
-                );
-                return (pos as u64, Some((pos as u64, why)));
+            Step::Gap(gap, _) => {
+                sink.gap(&gap);
+                out.next_offset = gap.end();
             }
-            Decoded::End => {
-                // Clean end only if everything after is zero too: a zeroed header followed by
-                // data is damage, not an end.
-                return match first_non_zero(&contents[pos..]) {
-                    None => (pos as u64, None),
-                    Some(at) => (
-                        pos as u64,
-                        Some((
-                            pos as u64,
-                            format!("non-zero bytes at {} after the end of data", pos + at),
-                        )),
-                    ),
+            Step::End => break,
+            Step::Invalid(reason) => {
+                let last_good = out.next_offset.checked_sub(1);
+                return Scanned {
+                    end: pos as u64,
+                    bad: Some((pos as u64, reason)),
+                    valid_after: scan_ahead(contents, pos, last_good),
                 };
             }
-            Decoded::Invalid(reason) => return (pos as u64, Some((pos as u64, reason))),
         }
+    }
+    Scanned {
+        end: walk.position() as u64,
+        bad: None,
+        valid_after: None,
     }
 }
 
@@ -340,18 +356,6 @@ fn file_is_all_zero(path: &Path) -> Result<bool> {
             return Ok(false);
         }
     }
-}
-
-/// Index of the first non-zero byte, scanning eight bytes at a time.
-pub(crate) fn first_non_zero(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    for chunk in b.chunks(4096) {
-        if chunk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
-            return chunk.iter().position(|&x| x != 0).map(|p| i + p);
-        }
-        i += chunk.len();
-    }
-    None
 }
 
 fn last_non_zero(b: &[u8]) -> Option<usize> {
