@@ -93,6 +93,21 @@ impl<S> OffsetMap<S> {
         self.slot(offset).is_some_and(|(_, p)| p == HOLE)
     }
 
+    /// Every hole below `end`, in order (for compaction, which carries them into a run).
+    pub fn holes_below(&self, end: u64) -> Vec<u64> {
+        self.segments
+            .iter()
+            .flat_map(|s| {
+                s.positions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &p)| p == HOLE)
+                    .map(move |(i, _)| s.base + i as u64)
+            })
+            .take_while(|&o| o < end)
+            .collect()
+    }
+
     /// The first offset held, if any.
     pub fn first_offset(&self) -> Option<u64> {
         self.segments
@@ -172,5 +187,7 @@ mod tests {
         assert!(!m.is_hole(10) && !m.is_hole(13) && !m.is_hole(14));
         assert_eq!(m.locate(13), Some((&"a", 200)));
         assert_eq!(m.segments().next().map(|s| s.2), Some(4));
+        assert_eq!(m.holes_below(12), vec![11]);
+        assert_eq!(m.holes_below(100), vec![11, 12]);
     }
 }

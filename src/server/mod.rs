@@ -3,6 +3,7 @@
 pub mod config;
 mod error;
 pub mod maintenance;
+mod repair;
 mod run;
 pub mod service;
 pub mod shutdown;
@@ -11,6 +12,7 @@ pub mod topics;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};
+pub use repair::{repair_offline, RepairOutcome};
 pub use run::{compact_offline, run, DataDirLock};
 pub use service::{BroadcastService, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 pub use subscription::{FrameStream, Subscription};

@@ -148,7 +148,7 @@ impl Log {
         let started = Instant::now();
 
         // 1. Inputs, taken under the read lock in one consistent view.
-        let (sealed, merge, keep, frames, base, seal_end, first_offset, removed_max_key) = {
+        let (sealed, merge, keep, frames, holes, base, seal_end, first_offset, removed_max_key) = {
             let st = self.shared.state.read();
             let segs: Vec<(u64, Arc<Segment>)> = st
                 .offsets
@@ -188,11 +188,20 @@ impl Log {
                     pos,
                 });
             }
+            // Offsets lost to repaired damage stay lost in the run (and are never reused).
+            let mut holes: Vec<u64> = merge
+                .iter()
+                .flat_map(|r| (r.base_offset()..r.end_offset()).filter(|&o| r.is_hole(o)))
+                .chain(st.offsets.holes_below(*seal_end))
+                .filter(|&o| o >= base)
+                .collect();
+            holes.sort_unstable();
             (
                 sealed.to_vec(),
                 merge,
                 keep,
                 frames,
+                holes,
                 base,
                 *seal_end,
                 st.first_offset,
@@ -210,6 +219,9 @@ impl Log {
             ..Default::default()
         };
         let mut writer = RunWriter::create(&dir, base, seal_end)?;
+        for &offset in &holes {
+            writer.skip(offset)?;
+        }
         let mut throttle = Throttle {
             rate: opts.bytes_per_sec,
             started: Instant::now(),

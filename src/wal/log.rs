@@ -298,6 +298,17 @@ impl State {
     }
 }
 
+impl State {
+    /// True when `offset` was lost to damage that `framecast repair` marked: no frame.
+    pub(super) fn is_hole(&self, offset: u64) -> bool {
+        if self.offsets.is_hole(offset) {
+            return true;
+        }
+        let i = self.runs.partition_point(|r| r.end_offset() <= offset);
+        self.runs.get(i).is_some_and(|r| r.is_hole(offset))
+    }
+}
+
 impl Loc {
     /// The order key and record length of `offset`, checked.
     pub(super) fn header(&self, offset: u64) -> Result<(OrderKey, u64)> {
@@ -654,7 +665,7 @@ impl Log {
                 match st.locate(offset) {
                     Some(loc) => locs.push((offset, loc)),
                     // Lost to damage and marked by repair: absent, not an error.
-                    None if st.offsets.is_hole(offset) => {}
+                    None if st.is_hole(offset) => {}
                     None => return Err(missing(offset)),
                 }
             }

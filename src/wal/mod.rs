@@ -9,6 +9,7 @@ mod log;
 pub mod manifest;
 pub mod record;
 pub mod recovery;
+pub mod repair;
 pub mod run;
 pub mod segment;
 

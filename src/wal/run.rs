@@ -30,6 +30,10 @@ pub struct SparseEntry {
     pub pos: u32,
 }
 
+/// The offset-map entry of an offset lost to repaired damage: no record (records start
+/// below 4 GiB - 2, and `u32::MAX` marks a slot not yet written).
+const HOLE: u32 = u32::MAX - 1;
+
 /// An open, verified run.
 #[derive(Debug)]
 pub struct Run {
@@ -134,11 +138,14 @@ impl Run {
             end = pos + len;
         }
         let pos = end;
-        if seen != count {
+        let holes = (header.base_offset..header.end_offset)
+            .filter(|&o| run.map_entry(o) == HOLE)
+            .count() as u64;
+        if seen + holes != count {
             return Err(Error::corruption(
                 path,
                 pos as u64,
-                format!("{seen} records, header says {count}"),
+                format!("{seen} records and {holes} lost offsets, header says {count}"),
             ));
         }
         run.sparse.shrink_to_fit();
@@ -180,11 +187,18 @@ impl Run {
         u32::from_le_bytes(le4(&self.file.as_slice()[at..at + 4]))
     }
 
-    /// Position of `offset`'s record, if the run holds it.
+    /// Position of `offset`'s record, if the run holds it (not for a lost offset).
     pub fn locate(&self, offset: u64) -> Option<u32> {
         (self.header.base_offset..self.header.end_offset)
             .contains(&offset)
             .then(|| self.map_entry(offset))
+            .filter(|&p| p != HOLE)
+    }
+
+    /// True when `offset` is inside the run but was lost to repaired damage.
+    pub fn is_hole(&self, offset: u64) -> bool {
+        (self.header.base_offset..self.header.end_offset).contains(&offset)
+            && self.map_entry(offset) == HOLE
     }
 
     /// Key and length of the (verified at open) record at `pos`. No CRC: this is the
@@ -331,7 +345,9 @@ impl RunWriter {
         }
         let slot = (key.offset - self.base) as usize;
         self.map[slot] = u32::try_from(self.pos)
-            .map_err(|_| Error::InvalidArgument("run larger than 4 GiB".into()))?;
+            .ok()
+            .filter(|&p| p < HOLE)
+            .ok_or_else(|| Error::InvalidArgument("run larger than 4 GiB".into()))?;
         self.out
             .write_all(record)
             .map_err(|e| Error::io(&self.temp, e))?;
@@ -345,6 +361,17 @@ impl RunWriter {
                 .map_err(|e| Error::io(&self.temp, e))?;
             self.synced = self.pos;
         }
+        Ok(())
+    }
+
+    /// Records that `offset` was lost to repaired damage: the run holds no record for it.
+    pub fn skip(&mut self, offset: u64) -> Result<()> {
+        if !(self.base..self.end).contains(&offset) {
+            return Err(Error::InvalidArgument(format!(
+                "lost offset {offset} outside the run"
+            )));
+        }
+        self.map[(offset - self.base) as usize] = HOLE;
         Ok(())
     }
 
