@@ -149,7 +149,12 @@ fn check_survivors(log: &Log, n: u64, lost: &[u64]) {
     let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
     assert_eq!(offsets, want, "every other frame, at its offset");
     for f in &got {
-        assert_eq!(&f.payload[..], &payload(f.offset)[..], "offset {}", f.offset);
+        assert_eq!(
+            &f.payload[..],
+            &payload(f.offset)[..],
+            "offset {}",
+            f.offset
+        );
         assert_eq!(f.seq_no, 100 + f.offset);
     }
 }
