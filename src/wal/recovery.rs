@@ -269,7 +269,7 @@ struct Scanned {
 /// any later valid record (only then: the common clean case pays nothing).
 fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> Scanned {
     let mut walk = Walk::new(contents, SEGMENT_HEADER_LEN).expecting(out.next_offset);
-    while let Some((pos, step)) = walk.next() {
+    for (pos, step) in walk.by_ref() {
         match step {
             Step::Record(rec, len) => {
                 sink.record(&rec, pos as u64, len as u64);
