@@ -489,6 +489,87 @@ mod tests {
         }
     }
 
+    fn rec(offset: u64, payload: &[u8]) -> Vec<u8> {
+        RecordRef {
+            offset,
+            ..sample(b"", payload)
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn gap_records_round_trip_and_every_bit_flip_is_detected() {
+        let gap = Gap {
+            offset: 100,
+            count: 3,
+        };
+        assert_eq!(gap.encode(MIN_GAP_LEN - 1), None);
+        for len in [MIN_GAP_LEN, 73, 200] {
+            let bytes = gap.encode(len).expect("long enough");
+            assert_eq!(decode(&bytes), Decoded::Gap(gap, len));
+            for bit in 0..len * 8 {
+                let mut bad = bytes.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    matches!(decode(&bad), Decoded::Invalid(_)),
+                    "len {len}, bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn walk_checks_offsets_and_what_follows_the_end() {
+        let mut buf = vec![0u8; 8];
+        buf.extend(rec(5, b"a"));
+        buf.extend(
+            Gap {
+                offset: 6,
+                count: 2,
+            }
+            .encode(60)
+            .expect("gap"),
+        );
+        buf.extend(rec(8, b"b"));
+        buf.extend([0u8; 100]);
+        let steps: Vec<_> = Walk::new(&buf, 8).expecting(5).collect();
+        assert_eq!(steps.len(), 4);
+        assert!(matches!(steps[0].1, Step::Record(r, _) if r.offset == 5));
+        assert!(matches!(steps[1].1, Step::Gap(g, 60) if g.end() == 8));
+        assert!(matches!(steps[2].1, Step::Record(r, _) if r.offset == 8));
+        assert_eq!(steps[3], (buf.len() - 100, Step::End));
+        // A wrong offset is invalid; so is data after a zero header.
+        let wrong: Vec<_> = Walk::new(&buf, 8).expecting(4).collect();
+        assert!(matches!(&wrong[..], [(8, Step::Invalid(_))]));
+        let mut tail = buf.clone();
+        let n = tail.len();
+        tail[n - 10] = 1;
+        let last = Walk::new(&tail, 8).last().expect("steps");
+        assert!(matches!(last.1, Step::Invalid(ref w) if w.contains("after the end")));
+    }
+
+    #[test]
+    fn scan_ahead_finds_a_later_record_at_any_byte_position() {
+        for garbage in [1usize, 39, 40, 41, 5000] {
+            let mut buf: Vec<u8> = (0..garbage).map(|i| (i % 251) as u8 | 1).collect();
+            buf.extend([0u8; 4099]);
+            let at = buf.len();
+            buf.extend(rec(7, b"payload"));
+            buf.extend([0u8; 64]);
+            let found = scan_ahead(&buf, 0, Some(6));
+            assert_eq!(
+                found,
+                Some(Found {
+                    position: at,
+                    offset: 7
+                }),
+                "{garbage}"
+            );
+            assert_eq!(scan_ahead(&buf, 0, Some(7)), None, "not later than 7");
+            assert_eq!(scan_ahead(&buf, at + 1, None), None);
+        }
+    }
+
     proptest! {
         #[test]
         fn round_trip(offset: u64, seq_no: u64, timestamp in 0i64..i64::MAX,
