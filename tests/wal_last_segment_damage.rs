@@ -235,3 +235,45 @@ fn repair_in_a_sealed_segment_survives_compaction() {
     assert_eq!(log.durable_offset(), N);
     log.close();
 }
+
+/// Figures for BENCHMARKS, not a timed assertion: how fast the scan past a bad record goes
+/// over 64 MiB of zeros (a torn tail in a preallocated segment) and of non-zero garbage
+/// (the worst case: every byte position is checked for plausibility). Run with
+/// `cargo test --test wal_last_segment_damage -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_scan_ahead() {
+    use framecast::wal::record::{scan_ahead, RecordRef};
+    const MIB: usize = 1 << 20;
+    let valid = RecordRef {
+        offset: 9,
+        seq_no: 1,
+        timestamp: 1,
+        key_time: 0,
+        key: b"",
+        payload: b"the one valid record at the very end",
+    }
+    .to_vec();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let garbage: Vec<u8> = (0..64 * MIB)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 24) as u8
+        })
+        .collect();
+    for (what, mut buf) in [("zeros", vec![0u8; 64 * MIB]), ("random garbage", garbage)] {
+        let at = buf.len();
+        buf.extend_from_slice(&valid);
+        let started = std::time::Instant::now();
+        let found = scan_ahead(&buf, 0, Some(8)).expect("finds the record at the end");
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(found.position, at);
+        println!(
+            "scan_ahead over 64 MiB of {what}: {:.1} ms, {:.0} MiB/s",
+            secs * 1e3,
+            64.0 / secs
+        );
+    }
+}

@@ -380,22 +380,23 @@ pub struct Found {
 pub fn scan_ahead(buf: &[u8], from: usize, after: Option<u64>) -> Option<Found> {
     let mut pos = from;
     while pos + RECORD_HEADER_LEN <= buf.len() {
-        // A record's length is at least 40, so its first four bytes are never all zero: at
-        // a zero word, jump to three bytes before the next non-zero byte.
-        if buf[pos..pos + 4] == [0, 0, 0, 0] {
+        let length = u32::from_le_bytes(le4(&buf[pos..pos + 4])) as usize;
+        if length == 0 {
+            // A record's length is at least 40, so its first four bytes are never all zero:
+            // jump to three bytes before the next non-zero byte.
             let next = first_non_zero(&buf[pos..])?;
             pos = (pos + next).saturating_sub(3).max(pos + 1);
             continue;
         }
-        if let Some(offset) = plausible(&buf[pos..], after) {
-            match decode(&buf[pos..]) {
-                Decoded::Record(..) | Decoded::Gap(..) => {
+        // The cheapest test first: most garbage positions fail the length bounds.
+        if (RECORD_HEADER_LEN..=buf.len() - pos).contains(&length) {
+            if let Some(offset) = plausible(&buf[pos..], after) {
+                if let Decoded::Record(..) | Decoded::Gap(..) = decode(&buf[pos..]) {
                     return Some(Found {
                         position: pos,
                         offset,
-                    })
+                    });
                 }
-                _ => {}
             }
         }
         pos += 1;
