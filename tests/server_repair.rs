@@ -153,6 +153,14 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
         "names the repair command: {stderr}"
     );
     assert_eq!(std::fs::read(&seg).expect("read"), bytes, "nothing was cut");
+    // `dump --verify` agrees: interior damage, not a torn tail.
+    let out = run(&["dump", "--verify", "--data-dir", data_s, "--topic", TOPIC]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "dump --verify: {text}");
+    assert!(
+        text.contains(&format!("BAD {} at byte {pos}", seg.display())),
+        "{text}"
+    );
 
     // Repair: prints what it did.
     let out = run(&["repair", "--data-dir", data_s, "--topic", TOPIC]);
@@ -181,6 +189,20 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
     );
     let new_epoch = file_epoch(data);
     assert_ne!(new_epoch, old_epoch);
+    let out = run(&["dump", "--verify", "--data-dir", data_s, "--topic", TOPIC]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "dump --verify after repair: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "GAP {} at byte {pos}: offsets 100..101 lost",
+            seg.display()
+        )),
+        "{text}"
+    );
 
     // Serves every other frame at its offset, under the new epoch.
     let server = Server::start(data, &["--fsync", "always"]);
