@@ -3,8 +3,12 @@
 //!
 //! The contract: a torn tail is what a crash leaves in the last segment, and is absorbed
 //! (cut back to the last valid record, the cut bytes kept in a `.torn` file beside it,
-//! logged). Damage anywhere else refuses to open, naming the file and byte position;
-//! nothing is deleted.
+//! logged). A bad record in the last segment is a torn tail only if nothing valid follows
+//! it: past it, [`scan_ahead`] looks for any record with a valid CRC and a later offset,
+//! and if there is one the damage is interior. Interior damage, and damage anywhere else,
+//! refuses to open, naming the file and byte position; nothing is cut or deleted. Gap
+//! records (left by `framecast repair`) stand for lost offsets: the sink gets them as
+//! [`RecoverySink::gap`], and the offsets after them are never handed out again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
