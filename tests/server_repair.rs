@@ -212,6 +212,8 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
         .expect("subscribe");
     assert_eq!(sub.epoch, new_epoch);
     assert_eq!(sub.snapshot, 2000);
+    let info = topic_info(&mut c, TOPIC).await.expect("listed");
+    assert_eq!((info.epoch, info.frames), (new_epoch, 1999));
     let frames = take(&mut sub.stream, 1999, LIMIT).await;
     let want: Vec<u64> = (0..2000).filter(|&o| o != 100).collect();
     assert_eq!(frames.iter().map(|f| f.offset).collect::<Vec<_>>(), want);

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use framecast::wal::format::SEGMENT_HEADER_LEN;
 use framecast::wal::record::{Step, Walk};
 use framecast::wal::repair::repair_dir;
-use framecast::wal::{list_segments, CompactOptions, Error, Log, LogConfig, NewFrame, StoredFrame};
+use framecast::wal::{
+    list_segments, CompactOptions, Error, Log, LogConfig, NewFrame, Retention, StoredFrame,
+};
 
 const BASE_TS: i64 = 1_700_000_000_000_000_000;
 
@@ -149,6 +151,11 @@ fn flip_payload(path: &Path, offset: u64) -> usize {
 }
 
 fn check_survivors(log: &Log, n: u64, lost: &[u64]) {
+    assert_eq!(
+        log.stats().frames,
+        n - lost.len() as u64,
+        "lost offsets are not frames"
+    );
     let got = read_all(log);
     let want: Vec<u64> = (0..n).filter(|o| !lost.contains(o)).collect();
     let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
@@ -238,6 +245,23 @@ fn repair_in_a_sealed_segment_survives_compaction() {
     let log = Log::open(dir.path(), config(4096)).expect("reopens from the run");
     check_survivors(&log, N, &[damaged]);
     assert_eq!(log.durable_offset(), N);
+    log.close();
+    // Retention passes the lost offset like any removed frame.
+    let keep_last = LogConfig {
+        retention: Retention {
+            max_age: None,
+            max_bytes: Some(1),
+        },
+        ..config(4096)
+    };
+    let log = Log::open(dir.path(), keep_last).expect("reopens");
+    let report = log
+        .apply_retention(framecast::wal::now_ns())
+        .expect("retention over the hole");
+    assert!(report.first_offset > damaged, "{report:?}");
+    assert_eq!(report.holes_passed, 1);
+    let first = log.first_offset();
+    assert_eq!(log.stats().frames, N - first);
     log.close();
 }
 

@@ -275,6 +275,8 @@ pub(super) struct State {
     pub(super) bytes: u64,
     /// Largest order key removed by retention.
     pub(super) removed_max_key: Option<OrderKey>,
+    /// Offsets at or above `first_offset` lost to repaired damage (they hold no frame).
+    pub(super) holes: u64,
 }
 
 /// Where a frame's record is.
@@ -383,6 +385,8 @@ impl RecoverySink for Rebuild<'_> {
     }
 
     fn run(&mut self, run: &Arc<Run>) {
+        let from = run.base_offset().max(self.state.first_offset);
+        self.state.holes += (from..run.end_offset()).filter(|&o| run.is_hole(o)).count() as u64;
         self.state.runs.push(Arc::clone(run));
     }
 
@@ -411,6 +415,9 @@ impl RecoverySink for Rebuild<'_> {
 
     fn gap(&mut self, gap: &Gap) {
         self.state.offsets.push_holes(gap.count);
+        self.state.holes += gap
+            .end()
+            .saturating_sub(gap.offset.max(self.state.first_offset));
     }
 }
 
@@ -762,7 +769,7 @@ impl Log {
             (a, b) => a.or(b),
         };
         LogStats {
-            frames: st.next_offset - st.first_offset.min(st.next_offset),
+            frames: (st.next_offset - st.first_offset.min(st.next_offset)).saturating_sub(st.holes),
             bytes: st.bytes,
             first_offset: st.first_offset,
             next_offset: st.next_offset,
