@@ -306,3 +306,38 @@ fn measure_scan_ahead() {
         );
     }
 }
+
+#[test]
+fn repair_marks_even_the_smallest_record_as_a_gap() {
+    // Empty payload, no key: 40-byte records, the smallest there are.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), config(4096)).expect("open");
+    for i in 0..10u64 {
+        log.append(vec![NewFrame {
+            seq_no: i,
+            timestamp: BASE_TS,
+            key: Bytes::new(),
+            payload: Bytes::new(),
+        }])
+        .expect("append");
+    }
+    log.close();
+    let seg = list_segments(dir.path()).expect("list")[0].1.clone();
+    let mut data = std::fs::read(&seg).expect("read");
+    let ranges = record_ranges(&data);
+    assert_eq!(ranges[3].1 - ranges[3].0, 40);
+    data[ranges[3].0 + 17] ^= 0x01; // a bit of frame 3's seq_no
+    std::fs::write(&seg, &data).expect("write");
+    assert!(Log::open(dir.path(), config(4096)).is_err());
+    let done = repair_dir(dir.path()).expect("repair");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].start, done[0].end),
+        (ranges[3].0 as u64, ranges[3].1 as u64)
+    );
+    assert_eq!(done[0].lost, 3..4);
+    let log = Log::open(dir.path(), config(4096)).expect("opens after repair");
+    let offsets: Vec<u64> = read_all(&log).iter().map(|f| f.offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    log.close();
+}

@@ -53,6 +53,19 @@ pub enum Error {
         #[source]
         source: wal::Error,
     },
+    /// `framecast repair` ran, but the topic still does not open (damage it cannot mend:
+    /// a segment header or a sorted run).
+    #[error(
+        "topic '{topic}' still does not open after repair: {source} (repair mends records \
+         of segments; a damaged segment header or sorted run must be restored from a copy)"
+    )]
+    NotRepaired {
+        /// The topic.
+        topic: String,
+        /// Why it does not open.
+        #[source]
+        source: wal::Error,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {
@@ -77,7 +90,7 @@ impl From<Error> for Status {
             Error::TooManySubscribers(_) => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
-            Error::Damaged { .. } => Code::DataLoss,
+            Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
             Error::Wal(w) => match w {
                 wal::Error::InvalidArgument(_) => Code::InvalidArgument,
                 wal::Error::OutOfRange { .. } => Code::OutOfRange,

@@ -37,14 +37,20 @@ pub fn repair_offline(data_dir: &Path, topic: &str) -> Result<RepairOutcome> {
         return Err(Error::TopicNotFound(topic.to_string()));
     }
     let meta = read_meta(&dir)?;
-    let repaired = repair_dir(&dir)?;
+    let repaired = repair_dir(&dir).map_err(|source| Error::NotRepaired {
+        topic: topic.to_string(),
+        source,
+    })?;
     let new_meta = if repaired.is_empty() {
         meta
     } else {
         renew_epoch(&dir, &meta)?
     };
     // The check that it worked: the log opens (and would have refused on damage left).
-    let log = Log::open(&dir, LogConfig::default())?;
+    let log = Log::open(&dir, LogConfig::default()).map_err(|source| Error::NotRepaired {
+        topic: topic.to_string(),
+        source,
+    })?;
     let next_offset = log.durable_offset();
     log.close();
     Ok(RepairOutcome {

@@ -28,8 +28,9 @@ use super::format::{
 /// covered lengths, any single flipped bit makes a record invalid.
 ///
 /// A **gap record** (flags = [`FLAG_GAP`], written only by `framecast repair` over damaged
-/// bytes) holds no frame: `offset` is the first offset lost, the payload's first 8 bytes
-/// (u64) the number of offsets lost, the rest zero padding; key, seq_no and timestamp are 0.
+/// bytes) holds no frame: `offset` is the first offset lost, the `seq_no` field the number
+/// of offsets lost; timestamp and key are empty, the payload is zero padding so that the gap
+/// record covers the damaged bytes exactly (40 bytes at least: any record fits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
     /// The frame's offset in its topic.
@@ -48,8 +49,8 @@ pub struct RecordRef<'a> {
 
 /// The `flags` value of a gap record: offsets lost to damage, set aside by repair.
 pub const FLAG_GAP: u16 = 0x0001;
-/// Smallest gap record: a header and the 8-byte count of lost offsets.
-pub const MIN_GAP_LEN: usize = RECORD_HEADER_LEN + 8;
+/// Smallest gap record: a bare header, as small as the smallest record.
+pub const MIN_GAP_LEN: usize = RECORD_HEADER_LEN;
 
 /// Offsets known to be lost: what a gap record stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +76,9 @@ impl Gap {
         let mut out = vec![0u8; len];
         out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..24].copy_from_slice(&self.count.to_le_bytes());
         out[34..36].copy_from_slice(&FLAG_GAP.to_le_bytes());
         out[36..40].copy_from_slice(&((len - RECORD_HEADER_LEN) as u32).to_le_bytes());
-        out[40..48].copy_from_slice(&self.count.to_le_bytes());
         let crc = crc32fast::hash(&out[RECORD_CRC_START..]);
         out[RECORD_CRC_AT..RECORD_CRC_START].copy_from_slice(&crc.to_le_bytes());
         Some(out)
@@ -224,12 +225,13 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 fn decode_gap<'a>(header: &[u8], body: &[u8]) -> Decoded<'a> {
     let key_len = u16::from_le_bytes([header[32], header[33]]);
     let payload_len = u32::from_le_bytes(le4(&header[36..40])) as usize;
-    if key_len != 0 || body.len() < MIN_GAP_LEN || payload_len != body.len() - RECORD_HEADER_LEN {
+    let timestamp = i64::from_le_bytes(le8(&header[24..32]));
+    if key_len != 0 || timestamp != 0 || payload_len + RECORD_HEADER_LEN != body.len() {
         return Decoded::Invalid("malformed gap record".into());
     }
     let gap = Gap {
         offset: u64::from_le_bytes(le8(&header[8..16])),
-        count: u64::from_le_bytes(le8(&body[40..48])),
+        count: u64::from_le_bytes(le8(&header[16..24])),
     };
     Decoded::Gap(gap, body.len())
 }
@@ -419,9 +421,7 @@ fn plausible(buf: &[u8], after: Option<u64>) -> Option<u64> {
     let payload_len = u32::from_le_bytes(le4(&buf[36..40])) as usize;
     let fits = match flags {
         0 => key_len <= MAX_KEY_LEN && encoded_len(key_len, payload_len) == h.length,
-        FLAG_GAP => {
-            key_len == 0 && h.length >= MIN_GAP_LEN && payload_len + RECORD_HEADER_LEN == h.length
-        }
+        FLAG_GAP => key_len == 0 && payload_len + RECORD_HEADER_LEN == h.length,
         _ => false,
     };
     fits.then_some(h.offset)
@@ -505,7 +505,7 @@ mod tests {
             count: 3,
         };
         assert_eq!(gap.encode(MIN_GAP_LEN - 1), None);
-        for len in [MIN_GAP_LEN, 73, 200] {
+        for len in [MIN_GAP_LEN, 41, 73, 200] {
             let bytes = gap.encode(len).expect("long enough");
             assert_eq!(decode(&bytes), Decoded::Gap(gap, len));
             for bit in 0..len * 8 {
