@@ -341,3 +341,33 @@ fn repair_marks_even_the_smallest_record_as_a_gap() {
     assert_eq!(offsets, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
     log.close();
 }
+
+#[test]
+fn before_cut_runs_before_anything_is_cut_and_can_stop_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build(dir.path(), 5, 4096);
+    let seg = list_segments(dir.path()).expect("list")[0].1.clone();
+    let mut data = std::fs::read(&seg).expect("read");
+    let last = *record_ranges(&data).last().expect("records");
+    data[last.1 - 4..last.1].fill(0); // a torn write of the last record
+    std::fs::write(&seg, &data).expect("write");
+    // A failing hook (say, the epoch could not be written) stops the open, nothing cut.
+    let mut seen = Vec::new();
+    let refused = Log::open_with(dir.path(), config(4096), &mut |t| {
+        seen.push(t.position);
+        Err(Error::Unavailable("no epoch".into()))
+    });
+    assert!(matches!(refused, Err(Error::Unavailable(_))));
+    assert_eq!(seen, vec![last.0 as u64]);
+    assert_eq!(std::fs::read(&seg).expect("read"), data, "nothing was cut");
+    // The next open sees the same tail, calls again, and cuts.
+    let mut calls = 0;
+    let log = Log::open_with(dir.path(), config(4096), &mut |_| {
+        calls += 1;
+        Ok(())
+    })
+    .expect("opens");
+    assert_eq!(calls, 1);
+    assert_eq!(log.durable_offset(), 4);
+    log.close();
+}

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::config::valid_topic_name;
 use super::error::{Error, Result};
-use crate::wal::{segment::sync_dir, FsyncPolicy, Log, LogConfig};
+use crate::wal::{segment::sync_dir, FsyncPolicy, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -139,7 +139,31 @@ impl Topics {
         for name in names {
             let topic_dir = dir.join(&name);
             let mut meta = read_meta(&topic_dir)?;
-            let log = match Log::open(&topic_dir, topic_config(&log_config, &meta)) {
+            let config = topic_config(&log_config, &meta);
+            // Under interval/never a cut tail may have held acknowledged frames: the new epoch
+            // is made durable before the cut, so a crash in between cannot lose it.
+            let renew = log_config.fsync != FsyncPolicy::Always;
+            let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
+                if renew {
+                    let old_epoch = meta.epoch;
+                    meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
+                        crate::wal::Error::Unavailable(format!(
+                            "cannot give topic '{name}' a new epoch before cutting a torn tail: {e}"
+                        ))
+                    })?;
+                    warn!(
+                        topic = %name,
+                        old_epoch,
+                        new_epoch = meta.epoch,
+                        bytes_cut = torn.bytes_dropped,
+                        file = %torn.file.display(),
+                        fsync = %log_config.fsync,
+                        "recovery cuts a tail that may have held acknowledged frames; new epoch"
+                    );
+                }
+                Ok(())
+            };
+            let log = match Log::open_with(&topic_dir, config, &mut before_cut) {
                 Ok(log) => log,
                 Err(source @ crate::wal::Error::Corruption { .. }) => {
                     return Err(Error::Damaged {
@@ -150,21 +174,6 @@ impl Topics {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(torn) = log.torn_tail() {
-                if log_config.fsync != FsyncPolicy::Always {
-                    let old_epoch = meta.epoch;
-                    meta = renew_epoch(&topic_dir, &meta)?;
-                    warn!(
-                        topic = %name,
-                        old_epoch,
-                        new_epoch = meta.epoch,
-                        bytes_cut = torn.bytes_dropped,
-                        file = %torn.file.display(),
-                        fsync = %log_config.fsync,
-                        "recovery cut a tail that may have held acknowledged frames; new epoch"
-                    );
-                }
-            }
             frames += log.stats().frames;
             map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
         }

@@ -364,6 +364,7 @@ struct Rebuild<'a> {
     state: &'a mut State,
     dedup: &'a mut DedupWindow,
     now: i64,
+    before_cut: &'a mut dyn FnMut(&TornTail) -> Result<()>,
 }
 
 impl Rebuild<'_> {
@@ -413,6 +414,10 @@ impl RecoverySink for Rebuild<'_> {
         self.remember_key(r);
     }
 
+    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
+        (self.before_cut)(torn)
+    }
+
     fn gap(&mut self, gap: &Gap) {
         self.state.offsets.push_holes(gap.count);
         self.state.holes += gap
@@ -434,6 +439,16 @@ const IDLE_WORKER: Duration = Duration::from_secs(5);
 impl Log {
     /// Opens (recovering) or creates the log in `dir`.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        Self::open_with(dir, config, &mut |_| Ok(()))
+    }
+
+    /// [`Log::open`], calling `before_cut` when recovery is about to cut a torn tail (after
+    /// its copy is kept, before anything is cut); an error from it stops the open.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+    ) -> Result<Log> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let started = Instant::now();
@@ -446,6 +461,7 @@ impl Log {
                 state: &mut state,
                 dedup: &mut dedup,
                 now,
+                before_cut,
             },
         )?;
         let active = match recovered.active {

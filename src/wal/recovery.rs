@@ -46,6 +46,13 @@ pub trait RecoverySink {
     fn record(&mut self, record: &RecordRef<'_>, position: u64, len: u64);
     /// Offsets of the current segment that `framecast repair` marked lost.
     fn gap(&mut self, gap: &Gap);
+    /// Recovery is about to cut `torn` from the last segment (its copy is already kept):
+    /// the place to record what the cut means (a new epoch) before it happens. An error
+    /// stops the open with nothing cut.
+    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
+        let _ = torn;
+        Ok(())
+    }
 }
 
 /// A torn tail that recovery cut from the last segment.
@@ -220,7 +227,7 @@ pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
                         ),
                     ));
                 }
-                None => out.torn = Some(cut_torn_tail(&mut writer, position, reason)?),
+                None => out.torn = Some(cut_torn_tail(&mut writer, position, reason, sink)?),
             },
         }
         writer.set_cursor(scanned.end);
@@ -306,7 +313,12 @@ fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> S
 }
 
 /// Cuts the last segment back to `position`, keeping a copy of the non-zero bytes cut.
-fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> Result<TornTail> {
+fn cut_torn_tail(
+    writer: &mut SegmentWriter,
+    position: u64,
+    reason: String,
+    sink: &mut impl RecoverySink,
+) -> Result<TornTail> {
     let path = writer.segment().path().to_path_buf();
     let tail = &writer.contents()[position as usize..];
     let extent = last_non_zero(tail).map_or(0, |i| i + 1);
@@ -317,6 +329,15 @@ fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> R
     } else {
         None
     };
+    let torn = TornTail {
+        file: path.clone(),
+        position,
+        bytes_dropped: extent as u64,
+        reason,
+        saved_to,
+    };
+    // Before anything is cut: a crash after this call cuts (and calls) again next time.
+    sink.before_cut(&torn)?;
     writer.truncate_tail(position)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -324,18 +345,12 @@ fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> R
     warn!(
         file = %path.display(),
         position,
-        bytes_dropped = extent,
-        reason = %reason,
-        saved_to = ?saved_to,
+        bytes_dropped = torn.bytes_dropped,
+        reason = %torn.reason,
+        saved_to = ?torn.saved_to,
         "cut a torn tail from the last segment"
     );
-    Ok(TornTail {
-        file: path,
-        position,
-        bytes_dropped: extent as u64,
-        reason,
-        saved_to,
-    })
+    Ok(torn)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
