@@ -5,7 +5,9 @@
 //!   and prints what it did; the server then serves every other frame at its offset under a
 //!   new epoch, an old-epoch resume gets FAILED_PRECONDITION, and new offsets follow the old
 //!   end;
-//! - a tail cut under `--fsync never` gives the topic a new epoch; under `always` it stays.
+//! - a tail cut under `--fsync never` gives the topic a new epoch (also when the server
+//!   that cuts it runs under `always`: the policy the frames were written under counts);
+//!   under `always` throughout it stays.
 
 mod common;
 
@@ -255,9 +257,12 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
 }
 
 /// Publishes 10 frames under `fsync`, stops, tears the last record by hand (its last 12
-/// bytes zeroed, as a crash mid-write leaves it), starts again; returns (old epoch, new
+/// bytes zeroed, as a crash mid-write leaves it), starts again under `restart_fsync`; returns (old epoch, new
 /// epoch, a cursor of frame 5 in the old epoch, the server, the data dir).
-async fn torn_tail_under(fsync: &str) -> (u64, u64, Cursor, Server, tempfile::TempDir) {
+async fn torn_tail_under(
+    fsync: &str,
+    restart_fsync: &str,
+) -> (u64, u64, Cursor, Server, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path();
     let server = Server::start(data, &["--fsync", fsync]);
@@ -277,7 +282,7 @@ async fn torn_tail_under(fsync: &str) -> (u64, u64, Cursor, Server, tempfile::Te
     let mut bytes = std::fs::read(&seg).expect("read");
     bytes[pos + len - 12..pos + len].fill(0);
     std::fs::write(&seg, &bytes).expect("write");
-    let server = Server::start(data, &["--fsync", fsync]);
+    let server = Server::start(data, &["--fsync", restart_fsync]);
     let mut c = server.client().await;
     let info = topic_info(&mut c, TOPIC).await.expect("topic listed");
     assert_eq!(
@@ -292,7 +297,7 @@ async fn torn_tail_under(fsync: &str) -> (u64, u64, Cursor, Server, tempfile::Te
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_cut_under_fsync_never_gets_a_new_epoch() {
-    let (old, new, old_cursor, server, _tmp) = torn_tail_under("never").await;
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("never", "never").await;
     assert_ne!(
         old, new,
         "a cut under never may have lost acknowledged frames"
@@ -312,7 +317,7 @@ async fn a_tail_cut_under_fsync_never_gets_a_new_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_cut_under_fsync_always_keeps_the_epoch() {
-    let (old, new, old_cursor, server, _tmp) = torn_tail_under("always").await;
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("always", "always").await;
     assert_eq!(old, new, "under always a cut tail was never acknowledged");
     let mut c = server.client().await;
     let mut sub = subscribe(&mut c, resume(old_cursor))
@@ -327,5 +332,18 @@ async fn a_tail_cut_under_fsync_always_keeps_the_epoch() {
     );
     assert_eq!(&rest[3].payload[..], b"next");
     drop(sub);
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_written_under_never_gets_a_new_epoch_even_if_restarted_under_always() {
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("never", "always").await;
+    assert_ne!(
+        old, new,
+        "the cut frames were written (and acked) under never"
+    );
+    let mut c = server.client().await;
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
     stop(server);
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 mod error;
+pub mod last_fsync;
 pub mod maintenance;
 mod repair;
 mod run;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::config::valid_topic_name;
 use super::error::{Error, Result};
-use crate::wal::{segment::sync_dir, FsyncPolicy, Log, LogConfig, TornTail};
+use crate::wal::{segment::sync_dir, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -142,7 +142,7 @@ impl Topics {
             let config = topic_config(&log_config, &meta);
             // Under interval/never a cut tail may have held acknowledged frames: the new epoch
             // is made durable before the cut, so a crash in between cannot lose it.
-            let renew = log_config.fsync != FsyncPolicy::Always;
+            let renew = super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync);
             let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
                 if renew {
                     let old_epoch = meta.epoch;
