@@ -8,8 +8,7 @@ use serde_json::json;
 
 use crate::wal::format::parse_run_file_name;
 use crate::wal::format::{decode_segment_header, SEGMENT_HEADER_LEN};
-use crate::wal::record::{decode, Decoded, RecordRef};
-use crate::wal::recovery::first_non_zero;
+use crate::wal::record::{decode, scan_ahead, Decoded, RecordRef, Step, Walk};
 use crate::wal::{list_segments, manifest, Error, Result, Run};
 
 /// What to dump.
@@ -44,6 +43,8 @@ pub struct DumpOutcome {
 struct Scanned {
     summary: Summary,
     problem: Option<(u64, String)>,
+    /// A valid record follows the problem: interior damage, never a torn tail.
+    valid_after: bool,
 }
 
 #[derive(Default)]
@@ -55,6 +56,8 @@ struct Summary {
     last: Option<u64>,
     min_seq: Option<u64>,
     max_seq: Option<u64>,
+    /// Gap records left by repair: `(position, first lost offset, end)`.
+    gaps: Vec<(u64, u64, u64)>,
 }
 
 /// Runs a dump, writing to `out`.
@@ -272,8 +275,21 @@ fn dump_segment(
             w(out, line)
         })?;
     }
+    for &(position, from, until) in &scanned.summary.gaps {
+        let line = if opts.json {
+            json!({"type": "gap", "topic": topic, "file": path, "position": position,
+                   "first_offset": from, "end_offset": until})
+            .to_string()
+        } else {
+            format!(
+                "GAP {} at byte {position}: offsets {from}..{until} lost, marked by repair",
+                path.display()
+            )
+        };
+        w(out, line)?;
+    }
     if let Some((position, reason)) = scanned.problem {
-        let torn = is_last;
+        let torn = is_last && !scanned.valid_after;
         if torn {
             outcome.torn_tails += 1;
         } else {
@@ -296,7 +312,8 @@ fn dump_segment(
     Ok(())
 }
 
-/// Walks the records of one segment, calling `each` for every valid one.
+/// Walks the records of one segment, calling `each` for every valid one. Past a bad
+/// record it looks ahead, as recovery does, for a later valid record.
 fn scan(
     data: &[u8],
     base: u64,
@@ -306,11 +323,12 @@ fn scan(
         base,
         ..Default::default()
     };
-    let mut pos = SEGMENT_HEADER_LEN.min(data.len());
+    let mut problem = None;
+    let mut valid_after = false;
     let mut expected = base;
-    let problem = loop {
-        match decode(&data[pos..]) {
-            Decoded::Record(rec, len) if rec.offset == expected => {
+    for (pos, step) in Walk::new(data, SEGMENT_HEADER_LEN).expecting(base) {
+        match step {
+            Step::Record(rec, len) => {
                 each(&rec, pos, len)?;
                 s.records += 1;
                 s.bytes += len as u64;
@@ -318,29 +336,23 @@ fn scan(
                 s.last = Some(rec.offset);
                 s.min_seq = Some(s.min_seq.map_or(rec.seq_no, |m| m.min(rec.seq_no)));
                 s.max_seq = Some(s.max_seq.map_or(rec.seq_no, |m| m.max(rec.seq_no)));
-                expected += 1;
-                pos += len;
+                expected = rec.offset + 1;
             }
-            Decoded::Record(rec, _) => {
-                break Some((
-                    pos as u64,
-                    format!("record has offset {}, expected {expected}", rec.offset),
-                ))
+            Step::Gap(gap, _) => {
+                s.gaps.push((pos as u64, gap.offset, gap.end()));
+                expected = gap.end();
             }
-            Decoded::End => {
-                break first_non_zero(&data[pos..]).map(|at| {
-                    (
-                        pos as u64,
-                        format!("non-zero bytes at {} after the end of data", pos + at),
-                    )
-                })
+            Step::End => {}
+            Step::Invalid(reason) => {
+                valid_after = scan_ahead(data, pos, expected.checked_sub(1)).is_some();
+                problem = Some((pos as u64, reason));
             }
-            Decoded::Invalid(reason) => break Some((pos as u64, reason)),
         }
-    };
+    }
     Ok(Scanned {
         summary: s,
         problem,
+        valid_after,
     })
 }
 

@@ -45,6 +45,16 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Repair a stopped server's damaged topic: set damaged bytes aside, keep every valid
+    /// frame at its offset, mark the lost offsets as a gap, and give the topic a new epoch.
+    Repair {
+        /// The data directory.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The topic to repair.
+        #[arg(long)]
+        topic: String,
+    },
     /// Print and check segment files (reads files only; safe on a live data dir).
     Dump {
         /// The data directory.
@@ -274,6 +284,21 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("framecast compact: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Repair { data_dir, topic } => {
+            init_tracing();
+            match framecast::server::repair_offline(&data_dir, &topic) {
+                Ok(outcome) => {
+                    for line in outcome.lines(&topic) {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("framecast repair: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -94,6 +94,7 @@ fn records(path: &Path) -> Vec<(usize, usize, u64)> {
             }
             Decoded::End => return out,
             Decoded::Invalid(why) => panic!("clean segment has a bad record at {pos}: {why}"),
+            Decoded::Gap(..) => panic!("clean segment has a gap record at {pos}"),
         }
     }
 }

@@ -113,6 +113,7 @@ fn last_record(dir: &Path) -> (PathBuf, usize, usize) {
             }
             Decoded::End => break,
             Decoded::Invalid(why) => panic!("clean segment has a bad record at {pos}: {why}"),
+            Decoded::Gap(..) => panic!("clean segment has a gap record at {pos}"),
         }
     }
     let (start, end) = last.expect("the last segment holds a record");

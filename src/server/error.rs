@@ -38,6 +38,34 @@ pub enum Error {
     /// A storage error.
     #[error(transparent)]
     Wal(#[from] wal::Error),
+    /// A topic's log is damaged inside acknowledged data: startup stops, nothing is cut.
+    #[error(
+        "topic '{topic}': {source}; nothing was cut. With the server stopped, run \
+         `framecast repair --data-dir {data_dir} --topic {topic}` to set the damaged bytes \
+         aside and keep every valid frame at its offset (the topic gets a new epoch)"
+    )]
+    Damaged {
+        /// The topic.
+        topic: String,
+        /// The data directory, as given to the server.
+        data_dir: String,
+        /// The corruption found (file and byte position).
+        #[source]
+        source: wal::Error,
+    },
+    /// `framecast repair` ran, but the topic still does not open (damage it cannot mend:
+    /// a segment header or a sorted run).
+    #[error(
+        "topic '{topic}' still does not open after repair: {source} (repair mends records \
+         of segments; a damaged segment header or sorted run must be restored from a copy)"
+    )]
+    NotRepaired {
+        /// The topic.
+        topic: String,
+        /// Why it does not open.
+        #[source]
+        source: wal::Error,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {
@@ -62,6 +90,7 @@ impl From<Error> for Status {
             Error::TooManySubscribers(_) => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
+            Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
             Error::Wal(w) => match w {
                 wal::Error::InvalidArgument(_) => Code::InvalidArgument,
                 wal::Error::OutOfRange { .. } => Code::OutOfRange,

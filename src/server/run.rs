@@ -116,6 +116,9 @@ pub async fn run(
             reason: e.to_string(),
         })??;
     let topics = Arc::new(topics);
+    // From here on frames are written under this run's policy: remember it for the next
+    // recovery (see `last_fsync`).
+    super::last_fsync::record(&config.data_dir, config.log.fsync)?;
     info!(
         topics = topics.list().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

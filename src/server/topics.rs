@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::error::{Error, Result};
-use crate::wal::{segment::sync_dir, Log, LogConfig};
+use crate::wal::{segment::sync_dir, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -137,8 +137,42 @@ impl Topics {
         let mut frames = 0;
         for name in names {
             let topic_dir = dir.join(&name);
-            let meta = read_meta(&topic_dir)?;
-            let log = Log::open(&topic_dir, topic_config(&log_config, &meta))?;
+            let mut meta = read_meta(&topic_dir)?;
+            let config = topic_config(&log_config, &meta);
+            // Under interval/never a cut tail may have held acknowledged frames: the new epoch
+            // is made durable before the cut, so a crash in between cannot lose it.
+            let renew = super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync);
+            let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
+                if renew {
+                    let old_epoch = meta.epoch;
+                    meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
+                        crate::wal::Error::Unavailable(format!(
+                            "cannot give topic '{name}' a new epoch before cutting a torn tail: {e}"
+                        ))
+                    })?;
+                    warn!(
+                        topic = %name,
+                        old_epoch,
+                        new_epoch = meta.epoch,
+                        bytes_cut = torn.bytes_dropped,
+                        file = %torn.file.display(),
+                        fsync = %log_config.fsync,
+                        "recovery cuts a tail that may have held acknowledged frames; new epoch"
+                    );
+                }
+                Ok(())
+            };
+            let log = match Log::open_with(&topic_dir, config, &mut before_cut) {
+                Ok(log) => log,
+                Err(source @ crate::wal::Error::Corruption { .. }) => {
+                    return Err(Error::Damaged {
+                        topic: name,
+                        data_dir: data_dir.display().to_string(),
+                        source,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
             frames += log.stats().frames;
             map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
         }
@@ -339,7 +373,19 @@ fn new_epoch() -> u64 {
     }
 }
 
-fn read_meta(dir: &Path) -> Result<TopicMeta> {
+/// Gives the topic in `dir` a new epoch (persisted durably) and returns the new metadata:
+/// resuming subscribers then get `FAILED_PRECONDITION` instead of a silent gap.
+pub fn renew_epoch(dir: &Path, meta: &TopicMeta) -> Result<TopicMeta> {
+    let mut renewed = *meta;
+    while renewed.epoch == meta.epoch {
+        renewed.epoch = new_epoch();
+    }
+    write_meta(dir, &renewed)?;
+    Ok(renewed)
+}
+
+/// Reads `topic.json` of the topic directory `dir`.
+pub fn read_meta(dir: &Path) -> Result<TopicMeta> {
     let path = dir.join(TOPIC_META_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::Metadata {
         path: path.display().to_string(),

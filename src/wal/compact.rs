@@ -81,6 +81,8 @@ pub struct RetentionReport {
     pub bytes_removed: u64,
     /// Files deleted.
     pub files_removed: usize,
+    /// Offsets lost to repaired damage that the new oldest offset moved past.
+    pub holes_passed: u64,
 }
 
 /// Limits compaction I/O to a byte rate.
@@ -134,7 +136,7 @@ impl Log {
         let started = Instant::now();
 
         // 1. Inputs, taken under the read lock in one consistent view.
-        let (sealed, merge, keep, frames, base, seal_end, first_offset, removed_max_key) = {
+        let (sealed, merge, keep, frames, holes, base, seal_end, first_offset, removed_max_key) = {
             let st = self.shared.state.read();
             let segs: Vec<(u64, Arc<Segment>)> = st
                 .offsets
@@ -174,11 +176,20 @@ impl Log {
                     pos,
                 });
             }
+            // Offsets lost to repaired damage stay lost in the run (and are never reused).
+            let mut holes: Vec<u64> = merge
+                .iter()
+                .flat_map(|r| (r.base_offset()..r.end_offset()).filter(|&o| r.is_hole(o)))
+                .chain(st.offsets.holes_below(*seal_end))
+                .filter(|&o| o >= base)
+                .collect();
+            holes.sort_unstable();
             (
                 sealed.to_vec(),
                 merge,
                 keep,
                 frames,
+                holes,
                 base,
                 *seal_end,
                 st.first_offset,
@@ -196,6 +207,9 @@ impl Log {
             ..Default::default()
         };
         let mut writer = RunWriter::create(&dir, base, seal_end)?;
+        for &offset in &holes {
+            writer.skip(offset)?;
+        }
         let mut throttle = Throttle {
             rate: opts.bytes_per_sec,
             started: Instant::now(),
@@ -357,14 +371,23 @@ impl Log {
         let mut cutoff = first;
         let mut removed_key: Option<OrderKey> = None;
         'scan: while cutoff < seal_end {
-            let batch: Vec<(u64, Loc)> = {
+            let batch: Vec<(u64, Option<Loc>)> = {
                 let st = self.shared.state.read();
                 (cutoff..seal_end.min(cutoff + 256))
-                    .map(|o| st.locate(o).map(|l| (o, l)))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| Error::Unavailable(format!("offset {cutoff} not located")))?
+                    .map(|o| match st.locate(o) {
+                        Some(l) => Ok((o, Some(l))),
+                        None if st.is_hole(o) => Ok((o, None)),
+                        None => Err(Error::Unavailable(format!("offset {o} not located"))),
+                    })
+                    .collect::<Result<_>>()?
             };
             for (offset, loc) in batch {
+                // An offset lost to repaired damage holds nothing: retention passes it.
+                let Some(loc) = loc else {
+                    report.holes_passed += 1;
+                    cutoff = offset + 1;
+                    continue;
+                };
                 let (key, len) = loc.header(offset)?;
                 let over_bytes = policy
                     .max_bytes
@@ -430,6 +453,7 @@ impl Log {
                 .drop_front_while(|b, _, _| b < manifest.segments_from);
             st.runs.retain(|r| r.end_offset() > cutoff);
             st.bytes = st.bytes.saturating_sub(report.bytes_removed);
+            st.holes = st.holes.saturating_sub(report.holes_passed);
         }
         failpoint::hit("compact.before_delete")?;
         for p in old_runs.iter().chain(old_segments.iter()) {

@@ -19,7 +19,7 @@ use super::commit::Committer;
 use super::config::LogConfig;
 use super::dedup::DedupWindow;
 use super::frame::{check_frames, now_ns, Appended, NewFrame};
-use super::recovery::recover;
+use super::recovery::{recover, TornTail};
 use super::segment::SegmentWriter;
 use super::state::{Rebuild, State};
 use super::{Error, Result};
@@ -43,11 +43,23 @@ pub(super) struct Shared {
     /// Set by `close`: a running compaction stops at its next record (leaving only a
     /// temporary file, removed at the next open).
     pub(super) cancel: AtomicBool,
+    /// What recovery cut from the last segment when this log was opened.
+    torn: Option<TornTail>,
 }
 
 impl Log {
     /// Opens (recovering) or creates the log in `dir`.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        Self::open_with(dir, config, &mut |_| Ok(()))
+    }
+
+    /// [`Log::open`], calling `before_cut` when recovery is about to cut a torn tail (after
+    /// its copy is kept, before anything is cut); an error from it stops the open.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+    ) -> Result<Log> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let started = Instant::now();
@@ -60,6 +72,7 @@ impl Log {
                 state: &mut state,
                 dedup: &mut dedup,
                 now,
+                before_cut,
             },
         )?;
         let active = match recovered.active {
@@ -111,6 +124,7 @@ impl Log {
                 state,
                 maintenance: Mutex::new(()),
                 cancel: AtomicBool::new(false),
+                torn: recovered.torn,
             }),
         })
     }
@@ -167,6 +181,11 @@ impl Log {
     /// A receiver that changes whenever the durable frontier moves.
     pub fn watch_durable(&self) -> watch::Receiver<u64> {
         self.shared.committer.watch_durable()
+    }
+
+    /// The torn tail recovery cut from the last segment when this log was opened, if any.
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.shared.torn.as_ref()
     }
 
     /// Finishes queued appends, syncs, and stops the committer. Later appends fail with

@@ -21,6 +21,7 @@ pub mod manifest;
 mod read;
 pub mod record;
 pub mod recovery;
+pub mod repair;
 pub mod run;
 pub mod segment;
 mod state;

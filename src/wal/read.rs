@@ -77,7 +77,12 @@ impl Log {
             let end = until.min(frontier).min(from.saturating_add(max as u64));
             locs.reserve(end.saturating_sub(from) as usize);
             for offset in from..end {
-                locs.push((offset, st.locate(offset).ok_or_else(|| missing(offset))?));
+                match st.locate(offset) {
+                    Some(loc) => locs.push((offset, loc)),
+                    // Lost to damage and marked by repair: absent, not an error.
+                    None if st.is_hole(offset) => {}
+                    None => return Err(missing(offset)),
+                }
             }
             next = end.max(from);
         }
@@ -172,7 +177,7 @@ impl Log {
             (a, b) => a.or(b),
         };
         LogStats {
-            frames: st.next_offset - st.first_offset.min(st.next_offset),
+            frames: (st.next_offset - st.first_offset.min(st.next_offset)).saturating_sub(st.holes),
             bytes: st.bytes,
             first_offset: st.first_offset,
             next_offset: st.next_offset,

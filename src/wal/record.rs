@@ -26,6 +26,11 @@ use super::format::{
 /// 40 zero bytes (preallocated, never written space) marks the end of a segment's data.
 /// Because the CRC covers every field after it and `length` is checked against the
 /// covered lengths, any single flipped bit makes a record invalid.
+///
+/// A **gap record** (flags = [`FLAG_GAP`], written only by `framecast repair` over damaged
+/// bytes) holds no frame: `offset` is the first offset lost, the `seq_no` field the number
+/// of offsets lost; timestamp and key are empty, the payload is zero padding so that the gap
+/// record covers the damaged bytes exactly (40 bytes at least: any record fits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
     /// The frame's offset in its topic.
@@ -42,11 +47,51 @@ pub struct RecordRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// The `flags` value of a gap record: offsets lost to damage, set aside by repair.
+pub const FLAG_GAP: u16 = 0x0001;
+/// Smallest gap record: a bare header, as small as the smallest record.
+pub const MIN_GAP_LEN: usize = RECORD_HEADER_LEN;
+
+/// Offsets known to be lost: what a gap record stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The first offset lost.
+    pub offset: u64,
+    /// How many offsets, from `offset` on, are lost (may be 0: damage that held none).
+    pub count: u64,
+}
+
+impl Gap {
+    /// One past the last offset lost.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.count)
+    }
+
+    /// Encodes a gap record exactly `len` bytes long (padding with zeros), or `None` when
+    /// `len` is below [`MIN_GAP_LEN`] or above `u32::MAX`.
+    pub fn encode(&self, len: usize) -> Option<Vec<u8>> {
+        if len < MIN_GAP_LEN || u32::try_from(len).is_err() {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..24].copy_from_slice(&self.count.to_le_bytes());
+        out[34..36].copy_from_slice(&FLAG_GAP.to_le_bytes());
+        out[36..40].copy_from_slice(&((len - RECORD_HEADER_LEN) as u32).to_le_bytes());
+        let crc = crc32fast::hash(&out[RECORD_CRC_START..]);
+        out[RECORD_CRC_AT..RECORD_CRC_START].copy_from_slice(&crc.to_le_bytes());
+        Some(out)
+    }
+}
+
 /// What [`decode`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A valid record and its length in bytes.
     Record(RecordRef<'a>, usize),
+    /// A valid gap record and its length in bytes.
+    Gap(Gap, usize),
     /// Zero bytes: the end of the written data.
     End,
     /// Bytes that are not a valid record, and why.
@@ -135,6 +180,9 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     let key_len = u16::from_le_bytes([header[32], header[33]]) as usize;
     let flags = u16::from_le_bytes([header[34], header[35]]);
     let payload_len = u32::from_le_bytes(le4(&header[36..40])) as usize;
+    if flags == FLAG_GAP {
+        return decode_gap(header, body);
+    }
     if flags != 0 {
         return Decoded::Invalid(format!("unknown flags {flags:#06x}"));
     }
@@ -171,6 +219,224 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         },
         length,
     )
+}
+
+/// The rest of [`decode`] for a record whose CRC matched and whose flags say gap.
+fn decode_gap<'a>(header: &[u8], body: &[u8]) -> Decoded<'a> {
+    let key_len = u16::from_le_bytes([header[32], header[33]]);
+    let payload_len = u32::from_le_bytes(le4(&header[36..40])) as usize;
+    let timestamp = i64::from_le_bytes(le8(&header[24..32]));
+    if key_len != 0 || timestamp != 0 || payload_len + RECORD_HEADER_LEN != body.len() {
+        return Decoded::Invalid("malformed gap record".into());
+    }
+    let gap = Gap {
+        offset: u64::from_le_bytes(le8(&header[8..16])),
+        count: u64::from_le_bytes(le8(&header[16..24])),
+    };
+    Decoded::Gap(gap, body.len())
+}
+
+/// The fields of a record header, read without any check: for records verified before
+/// (a run's, at open), on hot paths that must not pay a CRC per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The whole record's length in bytes.
+    pub length: usize,
+    /// The frame's offset.
+    pub offset: u64,
+    /// Client-chosen sequence number.
+    pub seq_no: u64,
+    /// Stored timestamp.
+    pub timestamp: i64,
+}
+
+impl Header {
+    /// Reads the header at the start of `buf`; `None` if fewer than 40 bytes remain.
+    pub fn peek(buf: &[u8]) -> Option<Header> {
+        let h = buf.get(..RECORD_HEADER_LEN)?;
+        Some(Header {
+            length: u32::from_le_bytes(le4(&h[0..4])) as usize,
+            offset: u64::from_le_bytes(le8(&h[8..16])),
+            seq_no: u64::from_le_bytes(le8(&h[16..24])),
+            timestamp: i64::from_le_bytes(le8(&h[24..32])),
+        })
+    }
+}
+
+/// One step of a [`Walk`]: what lies at a byte position.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// A valid record, `len` bytes long.
+    Record(RecordRef<'a>, usize),
+    /// A valid gap record, `len` bytes long.
+    Gap(Gap, usize),
+    /// Not a valid record here, and why. The walk ends after it.
+    Invalid(String),
+    /// The end of the data: zeros (or nothing) from here to the end. The walk ends.
+    End,
+}
+
+/// The one record walker: steps through the records of a byte slice from a start
+/// position, yielding `(position, step)`. After an [`Step::Invalid`] or [`Step::End`] it
+/// yields nothing more; callers that must look past damage use [`scan_ahead`].
+///
+/// With [`Walk::expecting`], a record (or gap) whose offset is not the next expected one
+/// is reported as invalid, so a segment's offsets are checked to follow one another.
+#[derive(Debug, Clone)]
+pub struct Walk<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    expect: Option<u64>,
+    done: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// Walks `buf` from `start`. A zero header is the end only if every byte after it is
+    /// zero too (a zeroed header followed by data is damage, not an end).
+    pub fn new(buf: &'a [u8], start: usize) -> Walk<'a> {
+        Walk {
+            buf,
+            pos: start.min(buf.len()),
+            expect: None,
+            done: false,
+        }
+    }
+
+    /// Checks that offsets run on from `first`, one per record, `count` per gap.
+    pub fn expecting(mut self, first: u64) -> Walk<'a> {
+        self.expect = Some(first);
+        self
+    }
+
+    /// The position of the next step (after the walk ended: where it ended).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The offset the next record must have, when checking offsets.
+    pub fn expected_offset(&self) -> Option<u64> {
+        self.expect
+    }
+
+    fn offset_ok(&self, offset: u64) -> Result<(), String> {
+        match self.expect {
+            Some(e) if e != offset => Err(format!("record has offset {offset}, expected {e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<'a> Iterator for Walk<'a> {
+    type Item = (usize, Step<'a>);
+
+    fn next(&mut self) -> Option<(usize, Step<'a>)> {
+        if self.done {
+            return None;
+        }
+        let pos = self.pos;
+        let step = match decode(&self.buf[pos..]) {
+            Decoded::Record(rec, len) => match self.offset_ok(rec.offset) {
+                Ok(()) => {
+                    self.pos += len;
+                    self.expect = self.expect.map(|e| e + 1);
+                    return Some((pos, Step::Record(rec, len)));
+                }
+                Err(why) => Step::Invalid(why),
+            },
+            Decoded::Gap(gap, len) => match self.offset_ok(gap.offset) {
+                Ok(()) => {
+                    self.pos += len;
+                    self.expect = self.expect.map(|_| gap.end());
+                    return Some((pos, Step::Gap(gap, len)));
+                }
+                Err(why) => Step::Invalid(why),
+            },
+            Decoded::End => match first_non_zero(&self.buf[pos..]) {
+                Some(at) => Step::Invalid(format!(
+                    "non-zero bytes at {} after the end of data",
+                    pos + at
+                )),
+                None => Step::End,
+            },
+            Decoded::Invalid(reason) => Step::Invalid(reason),
+        };
+        self.done = true;
+        Some((pos, step))
+    }
+}
+
+/// A valid record found past damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Where it starts.
+    pub position: usize,
+    /// Its offset (a gap record's first offset).
+    pub offset: u64,
+}
+
+/// Looks from `from` on for the first byte position where a valid record (or gap record)
+/// with an offset above `after` starts: the test that tells interior damage (something
+/// valid follows) from a torn tail (nothing does). Runs of zeros are skipped a block at a
+/// time, and each position is checked for plausibility (length bounds, header fields that
+/// agree, the offset) before its CRC is computed, so the scan goes at memory speed.
+pub fn scan_ahead(buf: &[u8], from: usize, after: Option<u64>) -> Option<Found> {
+    let mut pos = from;
+    while pos + RECORD_HEADER_LEN <= buf.len() {
+        let length = u32::from_le_bytes(le4(&buf[pos..pos + 4])) as usize;
+        if length == 0 {
+            // A record's length is at least 40, so its first four bytes are never all zero:
+            // jump to three bytes before the next non-zero byte.
+            let next = first_non_zero(&buf[pos..])?;
+            pos = (pos + next).saturating_sub(3).max(pos + 1);
+            continue;
+        }
+        // The cheapest test first: most garbage positions fail the length bounds.
+        if (RECORD_HEADER_LEN..=buf.len() - pos).contains(&length) {
+            if let Some(offset) = plausible(&buf[pos..], after) {
+                if let Decoded::Record(..) | Decoded::Gap(..) = decode(&buf[pos..]) {
+                    return Some(Found {
+                        position: pos,
+                        offset,
+                    });
+                }
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// The offset of the record header at the start of `buf` if its fields could belong to a
+/// valid record with an offset above `after`: cheap checks, no CRC.
+fn plausible(buf: &[u8], after: Option<u64>) -> Option<u64> {
+    let h = Header::peek(buf)?;
+    if h.length < RECORD_HEADER_LEN || h.length > buf.len() {
+        return None;
+    }
+    if after.is_some_and(|a| h.offset <= a) {
+        return None;
+    }
+    let key_len = u16::from_le_bytes([buf[32], buf[33]]) as usize;
+    let flags = u16::from_le_bytes([buf[34], buf[35]]);
+    let payload_len = u32::from_le_bytes(le4(&buf[36..40])) as usize;
+    let fits = match flags {
+        0 => key_len <= MAX_KEY_LEN && encoded_len(key_len, payload_len) == h.length,
+        FLAG_GAP => key_len == 0 && payload_len + RECORD_HEADER_LEN == h.length,
+        _ => false,
+    };
+    fits.then_some(h.offset)
+}
+
+/// Index of the first non-zero byte, scanning a block at a time.
+pub fn first_non_zero(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    for chunk in b.chunks(4096) {
+        if chunk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
+            return chunk.iter().position(|&x| x != 0).map(|p| i + p);
+        }
+        i += chunk.len();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -221,6 +487,87 @@ mod tests {
                 matches!(decode(&bytes[..cut]), Decoded::Invalid(_)),
                 "cut at {cut} not caught"
             );
+        }
+    }
+
+    fn rec(offset: u64, payload: &[u8]) -> Vec<u8> {
+        RecordRef {
+            offset,
+            ..sample(b"", payload)
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn gap_records_round_trip_and_every_bit_flip_is_detected() {
+        let gap = Gap {
+            offset: 100,
+            count: 3,
+        };
+        assert_eq!(gap.encode(MIN_GAP_LEN - 1), None);
+        for len in [MIN_GAP_LEN, 41, 73, 200] {
+            let bytes = gap.encode(len).expect("long enough");
+            assert_eq!(decode(&bytes), Decoded::Gap(gap, len));
+            for bit in 0..len * 8 {
+                let mut bad = bytes.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    matches!(decode(&bad), Decoded::Invalid(_)),
+                    "len {len}, bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn walk_checks_offsets_and_what_follows_the_end() {
+        let mut buf = vec![0u8; 8];
+        buf.extend(rec(5, b"a"));
+        buf.extend(
+            Gap {
+                offset: 6,
+                count: 2,
+            }
+            .encode(60)
+            .expect("gap"),
+        );
+        buf.extend(rec(8, b"b"));
+        buf.extend([0u8; 100]);
+        let steps: Vec<_> = Walk::new(&buf, 8).expecting(5).collect();
+        assert_eq!(steps.len(), 4);
+        assert!(matches!(steps[0].1, Step::Record(r, _) if r.offset == 5));
+        assert!(matches!(steps[1].1, Step::Gap(g, 60) if g.end() == 8));
+        assert!(matches!(steps[2].1, Step::Record(r, _) if r.offset == 8));
+        assert_eq!(steps[3], (buf.len() - 100, Step::End));
+        // A wrong offset is invalid; so is data after a zero header.
+        let wrong: Vec<_> = Walk::new(&buf, 8).expecting(4).collect();
+        assert!(matches!(&wrong[..], [(8, Step::Invalid(_))]));
+        let mut tail = buf.clone();
+        let n = tail.len();
+        tail[n - 10] = 1;
+        let last = Walk::new(&tail, 8).last().expect("steps");
+        assert!(matches!(last.1, Step::Invalid(ref w) if w.contains("after the end")));
+    }
+
+    #[test]
+    fn scan_ahead_finds_a_later_record_at_any_byte_position() {
+        for garbage in [1usize, 39, 40, 41, 5000] {
+            let mut buf: Vec<u8> = (0..garbage).map(|i| (i % 251) as u8 | 1).collect();
+            buf.extend([0u8; 4099]);
+            let at = buf.len();
+            buf.extend(rec(7, b"payload"));
+            buf.extend([0u8; 64]);
+            let found = scan_ahead(&buf, 0, Some(6));
+            assert_eq!(
+                found,
+                Some(Found {
+                    position: at,
+                    offset: 7
+                }),
+                "{garbage}"
+            );
+            assert_eq!(scan_ahead(&buf, 0, Some(7)), None, "not later than 7");
+            assert_eq!(scan_ahead(&buf, at + 1, None), None);
         }
     }
 

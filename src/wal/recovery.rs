@@ -3,8 +3,12 @@
 //!
 //! The contract: a torn tail is what a crash leaves in the last segment, and is absorbed
 //! (cut back to the last valid record, the cut bytes kept in a `.torn` file beside it,
-//! logged). Damage anywhere else refuses to open, naming the file and byte position;
-//! nothing is deleted.
+//! logged). A bad record in the last segment is a torn tail only if nothing valid follows
+//! it: past it, [`scan_ahead`] looks for any record with a valid CRC and a later offset,
+//! and if there is one the damage is interior. Interior damage, and damage anywhere else,
+//! refuses to open, naming the file and byte position; nothing is cut or deleted. Gap
+//! records (left by `framecast repair`) stand for lost offsets: the sink gets them as
+//! [`RecoverySink::gap`], and the offsets after them are never handed out again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use super::format::{
     TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
-use super::record::{decode, Decoded, RecordRef};
+use super::record::{first_non_zero, scan_ahead, Found, Gap, RecordRef, Step, Walk};
 use super::run::Run;
 use super::segment::{sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
@@ -40,6 +44,15 @@ pub trait RecoverySink {
     fn segment(&mut self, segment: &Arc<Segment>);
     /// A valid record at byte `position` of the current segment, `len` bytes long.
     fn record(&mut self, record: &RecordRef<'_>, position: u64, len: u64);
+    /// Offsets of the current segment that `framecast repair` marked lost.
+    fn gap(&mut self, gap: &Gap);
+    /// Recovery is about to cut `torn` from the last segment (its copy is already kept):
+    /// the place to record what the cut means (a new epoch) before it happens. An error
+    /// stops the open with nothing cut.
+    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
+        let _ = torn;
+        Ok(())
+    }
 }
 
 /// A torn tail that recovery cut from the last segment.
@@ -194,17 +207,30 @@ pub fn recover(dir: &Path, sink: &mut impl RecoverySink) -> Result<Recovered> {
             ));
         }
         sink.segment(writer.segment());
-        let (end, bad) = scan(writer.contents(), &mut out, sink);
-        match bad {
+        let scanned = scan(writer.contents(), &mut out, sink);
+        match scanned.bad {
             None => {}
             Some((position, reason)) if !is_last => {
                 return Err(Error::corruption(path, position, reason));
             }
-            Some((position, reason)) => {
-                out.torn = Some(cut_torn_tail(&mut writer, position, reason)?);
-            }
+            Some((position, reason)) => match scanned.valid_after {
+                Some(found) => {
+                    // Something valid follows: not a torn write but damage inside
+                    // acknowledged data. Cutting here would lose (and later reuse) the
+                    // offsets of every frame after it.
+                    return Err(Error::corruption(
+                        path,
+                        position,
+                        format!(
+                            "{reason}; a valid record (offset {}) follows at byte {}, so this is interior damage, not a torn tail",
+                            found.offset, found.position
+                        ),
+                    ));
+                }
+                None => out.torn = Some(cut_torn_tail(&mut writer, position, reason, sink)?),
+            },
         }
-        writer.set_cursor(end);
+        writer.set_cursor(scanned.end);
         writer.publish();
         if is_last {
             out.active = Some(writer);
@@ -240,53 +266,59 @@ fn remove_superseded(dir: &Path, manifest: Option<&Manifest>) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Walks records from the header on. Returns where valid data ends and, if the bytes after
-/// it are not clean zeros, the position and reason of the first bad byte.
-fn scan(
-    contents: &[u8],
-    out: &mut Recovered,
-    sink: &mut impl RecoverySink,
-) -> (u64, Option<(u64, String)>) {
-    let mut pos = SEGMENT_HEADER_LEN;
-    loop {
-        match decode(&contents[pos..]) {
-            Decoded::Record(rec, len) if rec.offset == out.next_offset => {
+/// Where a segment's walk stopped.
+struct Scanned {
+    /// Where the valid data ends.
+    end: u64,
+    /// The first bad byte and why, when the bytes after `end` are not clean zeros.
+    bad: Option<(u64, String)>,
+    /// A valid record (or gap) found past the bad byte: the damage is interior.
+    valid_after: Option<Found>,
+}
+
+/// Walks records from the header on, feeding `sink`. Past a bad record, looks ahead for
+/// any later valid record (only then: the common clean case pays nothing).
+fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> Scanned {
+    let mut walk = Walk::new(contents, SEGMENT_HEADER_LEN).expecting(out.next_offset);
+    for (pos, step) in walk.by_ref() {
+        match step {
+            Step::Record(rec, len) => {
                 sink.record(&rec, pos as u64, len as u64);
                 out.next_offset += 1;
                 if rec.offset >= out.first_offset {
                     out.records += 1;
                     out.bytes += len as u64;
                 }
-                pos += len;
             }
-            Decoded::Record(rec, _) => {
-                let why = format!(
-                    "record has offset {}, expected {}",
-                    rec.offset, out.next_offset
-                );
-                return (pos as u64, Some((pos as u64, why)));
+            Step::Gap(gap, _) => {
+                sink.gap(&gap);
+                out.next_offset = gap.end();
             }
-            Decoded::End => {
-                // Clean end only if everything after is zero too: a zeroed header followed by
-                // data is damage, not an end.
-                return match first_non_zero(&contents[pos..]) {
-                    None => (pos as u64, None),
-                    Some(at) => (
-                        pos as u64,
-                        Some((
-                            pos as u64,
-                            format!("non-zero bytes at {} after the end of data", pos + at),
-                        )),
-                    ),
+            Step::End => break,
+            Step::Invalid(reason) => {
+                let last_good = out.next_offset.checked_sub(1);
+                return Scanned {
+                    end: pos as u64,
+                    bad: Some((pos as u64, reason)),
+                    valid_after: scan_ahead(contents, pos, last_good),
                 };
             }
-            Decoded::Invalid(reason) => return (pos as u64, Some((pos as u64, reason))),
         }
+    }
+    Scanned {
+        end: walk.position() as u64,
+        bad: None,
+        valid_after: None,
     }
 }
 
 /// Cuts the last segment back to `position`, keeping a copy of the non-zero bytes cut.
-fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> Result<TornTail> {
+fn cut_torn_tail(
+    writer: &mut SegmentWriter,
+    position: u64,
+    reason: String,
+    sink: &mut impl RecoverySink,
+) -> Result<TornTail> {
     let path = writer.segment().path().to_path_buf();
     let tail = &writer.contents()[position as usize..];
     let extent = last_non_zero(tail).map_or(0, |i| i + 1);
@@ -297,6 +329,15 @@ fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> R
     } else {
         None
     };
+    let torn = TornTail {
+        file: path.clone(),
+        position,
+        bytes_dropped: extent as u64,
+        reason,
+        saved_to,
+    };
+    // Before anything is cut: a crash after this call cuts (and calls) again next time.
+    sink.before_cut(&torn)?;
     writer.truncate_tail(position)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -304,18 +345,12 @@ fn cut_torn_tail(writer: &mut SegmentWriter, position: u64, reason: String) -> R
     warn!(
         file = %path.display(),
         position,
-        bytes_dropped = extent,
-        reason = %reason,
-        saved_to = ?saved_to,
+        bytes_dropped = torn.bytes_dropped,
+        reason = %torn.reason,
+        saved_to = ?torn.saved_to,
         "cut a torn tail from the last segment"
     );
-    Ok(TornTail {
-        file: path,
-        position,
-        bytes_dropped: extent as u64,
-        reason,
-        saved_to,
-    })
+    Ok(torn)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -340,18 +375,6 @@ fn file_is_all_zero(path: &Path) -> Result<bool> {
             return Ok(false);
         }
     }
-}
-
-/// Index of the first non-zero byte, scanning eight bytes at a time.
-pub(crate) fn first_non_zero(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    for chunk in b.chunks(4096) {
-        if chunk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
-            return chunk.iter().position(|&x| x != 0).map(|p| i + p);
-        }
-        i += chunk.len();
-    }
-    None
 }
 
 fn last_non_zero(b: &[u8]) -> Option<usize> {

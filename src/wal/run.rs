@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use super::failpoint;
 use super::format::{
-    decode_run_header, encode_run_header, le4, le8, run_file_name, RunHeader, RECORD_HEADER_LEN,
-    RUN_BLOCK_BYTES, RUN_HEADER_LEN, TEMP_SUFFIX,
+    decode_run_header, encode_run_header, le4, run_file_name, RunHeader, RUN_BLOCK_BYTES,
+    RUN_HEADER_LEN, TEMP_SUFFIX,
 };
 use super::frame::StoredFrame;
-use super::record::{decode, Decoded, RecordRef};
+use super::record::{decode, Decoded, Header, RecordRef, Step, Walk};
 use super::segment::{sync_dir, MappedFile};
 use super::{Error, Result};
 use crate::index::OrderKey;
@@ -29,6 +29,10 @@ pub struct SparseEntry {
     /// Position of that record.
     pub pos: u32,
 }
+
+/// The offset-map entry of an offset lost to repaired damage: no record (records start
+/// below 4 GiB - 2, and `u32::MAX` marks a slot not yet written).
+const HOLE: u32 = u32::MAX - 1;
 
 /// An open, verified run.
 #[derive(Debug)]
@@ -75,22 +79,24 @@ impl Run {
             bytes: 0,
             last_key: None,
         };
-        let mut pos = RUN_HEADER_LEN;
         let mut next_block = 0u64;
         let mut seen = 0u64;
-        while pos < records.len() {
-            let (rec, len) = match decode(&records[pos..]) {
-                Decoded::Record(rec, len) => (rec, len),
-                Decoded::End => {
+        let mut end = RUN_HEADER_LEN;
+        for (pos, step) in Walk::new(records, RUN_HEADER_LEN) {
+            let (rec, len) = match step {
+                Step::Record(rec, len) => (rec, len),
+                Step::End if pos == records.len() => break,
+                Step::End => {
                     return Err(Error::corruption(
                         path,
                         pos as u64,
                         "zero bytes inside the records",
                     ))
                 }
-                Decoded::Invalid(reason) => {
-                    return Err(Error::corruption(path, pos as u64, reason))
+                Step::Gap(..) => {
+                    return Err(Error::corruption(path, pos as u64, "gap record in a run"))
                 }
+                Step::Invalid(reason) => return Err(Error::corruption(path, pos as u64, reason)),
             };
             let key = OrderKey {
                 seq_no: rec.seq_no,
@@ -129,13 +135,17 @@ impl Run {
             run.last_key = Some(key);
             run.bytes += len as u64;
             seen += 1;
-            pos += len;
+            end = pos + len;
         }
-        if seen != count {
+        let pos = end;
+        let holes = (header.base_offset..header.end_offset)
+            .filter(|&o| run.map_entry(o) == HOLE)
+            .count() as u64;
+        if seen + holes != count {
             return Err(Error::corruption(
                 path,
                 pos as u64,
-                format!("{seen} records, header says {count}"),
+                format!("{seen} records and {holes} lost offsets, header says {count}"),
             ));
         }
         run.sparse.shrink_to_fit();
@@ -177,22 +187,31 @@ impl Run {
         u32::from_le_bytes(le4(&self.file.as_slice()[at..at + 4]))
     }
 
-    /// Position of `offset`'s record, if the run holds it.
+    /// Position of `offset`'s record, if the run holds it (not for a lost offset).
     pub fn locate(&self, offset: u64) -> Option<u32> {
         (self.header.base_offset..self.header.end_offset)
             .contains(&offset)
             .then(|| self.map_entry(offset))
+            .filter(|&p| p != HOLE)
     }
 
-    /// Key and length of the (verified at open) record at `pos`.
-    fn peek(&self, pos: usize) -> (OrderKey, usize) {
-        let h = &self.file.as_slice()[pos..pos + RECORD_HEADER_LEN];
+    /// True when `offset` is inside the run but was lost to repaired damage.
+    pub fn is_hole(&self, offset: u64) -> bool {
+        (self.header.base_offset..self.header.end_offset).contains(&offset)
+            && self.map_entry(offset) == HOLE
+    }
+
+    /// Key and length of the (verified at open) record at `pos`. No CRC: this is the
+    /// replay path, over records checked when the run was opened.
+    fn peek(&self, pos: usize) -> Option<(OrderKey, usize)> {
+        let h = Header::peek(self.file.as_slice().get(pos..)?)?;
         let key = OrderKey {
-            offset: u64::from_le_bytes(le8(&h[8..16])),
-            seq_no: u64::from_le_bytes(le8(&h[16..24])),
-            timestamp: i64::from_le_bytes(le8(&h[24..32])),
+            offset: h.offset,
+            seq_no: h.seq_no,
+            timestamp: h.timestamp,
         };
-        (key, u32::from_le_bytes(le4(&h[0..4])) as usize)
+        // Verified lengths are at least a header; never loop in place on a bad one.
+        (h.length > 0).then_some((key, h.length))
     }
 
     /// Appends to `out` up to `max` `(key, position)` pairs with key `>= from` and offset in
@@ -213,7 +232,9 @@ impl Run {
         let end = self.header.records_end as usize;
         let mut taken = 0;
         while pos < end {
-            let (key, len) = self.peek(pos);
+            let Some((key, len)) = self.peek(pos) else {
+                break;
+            };
             if key >= *from && key.offset >= offset_min && key.offset < offset_limit {
                 if taken == max {
                     return false;
@@ -228,17 +249,10 @@ impl Run {
 
     /// Every record in key order: `(key, position, raw record bytes)`.
     pub fn records(&self) -> impl Iterator<Item = (OrderKey, u32, &[u8])> + '_ {
-        let data = self.file.as_slice();
-        let end = self.header.records_end as usize;
-        let mut pos = RUN_HEADER_LEN;
-        std::iter::from_fn(move || {
-            if pos >= end {
-                return None;
-            }
-            let (key, len) = self.peek(pos);
-            let item = (key, pos as u32, &data[pos..pos + len]);
-            pos += len;
-            Some(item)
+        let data = &self.file.as_slice()[..self.header.records_end as usize];
+        Walk::new(data, RUN_HEADER_LEN).filter_map(move |(pos, step)| match step {
+            Step::Record(rec, len) => Some((rec_key(&rec), pos as u32, &data[pos..pos + len])),
+            _ => None,
         })
     }
 
@@ -271,6 +285,14 @@ impl Run {
                 format!("no record of offset {offset}"),
             )),
         }
+    }
+}
+
+fn rec_key(r: &RecordRef<'_>) -> OrderKey {
+    OrderKey {
+        seq_no: r.seq_no,
+        timestamp: r.timestamp,
+        offset: r.offset,
     }
 }
 
@@ -323,7 +345,9 @@ impl RunWriter {
         }
         let slot = (key.offset - self.base) as usize;
         self.map[slot] = u32::try_from(self.pos)
-            .map_err(|_| Error::InvalidArgument("run larger than 4 GiB".into()))?;
+            .ok()
+            .filter(|&p| p < HOLE)
+            .ok_or_else(|| Error::InvalidArgument("run larger than 4 GiB".into()))?;
         self.out
             .write_all(record)
             .map_err(|e| Error::io(&self.temp, e))?;
@@ -337,6 +361,17 @@ impl RunWriter {
                 .map_err(|e| Error::io(&self.temp, e))?;
             self.synced = self.pos;
         }
+        Ok(())
+    }
+
+    /// Records that `offset` was lost to repaired damage: the run holds no record for it.
+    pub fn skip(&mut self, offset: u64) -> Result<()> {
+        if !(self.base..self.end).contains(&offset) {
+            return Err(Error::InvalidArgument(format!(
+                "lost offset {offset} outside the run"
+            )));
+        }
+        self.map[(offset - self.base) as usize] = HOLE;
         Ok(())
     }
 

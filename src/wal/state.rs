@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::dedup::{DedupWindow, FirstAck};
 use super::frame::StoredFrame;
-use super::record::{decode, Decoded, RecordRef};
-use super::recovery::RecoverySink;
+use super::record::{decode, Decoded, Gap, RecordRef};
+use super::recovery::{RecoverySink, TornTail};
 use super::run::Run;
 use super::segment::Segment;
 use super::{Error, Result};
@@ -29,6 +29,8 @@ pub(super) struct State {
     pub(super) bytes: u64,
     /// Largest order key removed by retention.
     pub(super) removed_max_key: Option<OrderKey>,
+    /// Offsets at or above `first_offset` lost to repaired damage (they hold no frame).
+    pub(super) holes: u64,
 }
 
 /// Where a frame's record is.
@@ -49,6 +51,17 @@ impl State {
         let i = self.runs.partition_point(|r| r.end_offset() <= offset);
         let run = self.runs.get(i)?;
         run.locate(offset).map(|pos| Loc::Run(Arc::clone(run), pos))
+    }
+}
+
+impl State {
+    /// True when `offset` was lost to damage that `framecast repair` marked: no frame.
+    pub(super) fn is_hole(&self, offset: u64) -> bool {
+        if self.offsets.is_hole(offset) {
+            return true;
+        }
+        let i = self.runs.partition_point(|r| r.end_offset() <= offset);
+        self.runs.get(i).is_some_and(|r| r.is_hole(offset))
     }
 }
 
@@ -83,6 +96,7 @@ pub(super) struct Rebuild<'a> {
     pub(super) state: &'a mut State,
     pub(super) dedup: &'a mut DedupWindow,
     pub(super) now: i64,
+    pub(super) before_cut: &'a mut dyn FnMut(&TornTail) -> Result<()>,
 }
 
 impl Rebuild<'_> {
@@ -104,6 +118,8 @@ impl RecoverySink for Rebuild<'_> {
     }
 
     fn run(&mut self, run: &Arc<Run>) {
+        let from = run.base_offset().max(self.state.first_offset);
+        self.state.holes += (from..run.end_offset()).filter(|&o| run.is_hole(o)).count() as u64;
         self.state.runs.push(Arc::clone(run));
     }
 
@@ -128,6 +144,17 @@ impl RecoverySink for Rebuild<'_> {
         // Positions fit: segments are at most u32::MAX bytes (LogConfig::validate).
         self.state.offsets.push(position as u32);
         self.remember_key(r);
+    }
+
+    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
+        (self.before_cut)(torn)
+    }
+
+    fn gap(&mut self, gap: &Gap) {
+        self.state.offsets.push_holes(gap.count);
+        self.state.holes += gap
+            .end()
+            .saturating_sub(gap.offset.max(self.state.first_offset));
     }
 }
 
@@ -157,7 +184,7 @@ pub(super) fn load(seg: &Arc<Segment>, pos: u32, offset: u64) -> Result<StoredFr
             pos as u64,
             format!("expected offset {offset}, found {}", rec.offset),
         )),
-        Decoded::End => Err(Error::corruption(
+        Decoded::End | Decoded::Gap(..) => Err(Error::corruption(
             seg.path(),
             pos as u64,
             "no record where one was indexed",

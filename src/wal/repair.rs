@@ -1,0 +1,189 @@
+//! `framecast repair`, the log part: on a stopped server's topic directory, set damaged
+//! bytes aside and mark the offsets they held as lost, keeping every valid record where it
+//! is, at its offset.
+//!
+//! For each damaged place of a segment (a record that does not decode, found by the one
+//! record walker) the repair:
+//! 1. looks past it for the next valid record ([`scan_ahead`]); the bytes in between are
+//!    the damage, and the offsets between the last good record and that one are lost;
+//! 2. copies the damaged bytes to `<segment>.<position>.damaged`, synced (an existing copy
+//!    from an interrupted repair is kept, as it holds the original bytes);
+//! 3. overwrites them in place with one gap record of exactly their length (see
+//!    [`crate::wal::record::Gap`]) and syncs the segment.
+//!
+//! Nothing moves, so the positions of every other record are unchanged. Recovery then reads
+//! a gap record as "these offsets are lost": the offset map holds them as holes, readers skip
+//! them, and the next offsets handed out follow the old end (lost offsets are never reused).
+//! Damage at the end of the last segment with nothing valid after it is a torn tail: its
+//! bytes are set aside and zeroed, as startup would cut them. A crash part way leaves either
+//! the damage (repair again) or the gap record; both are safe.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::format::{decode_segment_header, SEGMENT_HEADER_LEN};
+use super::manifest;
+use super::record::{first_non_zero, scan_ahead, Gap, Step, Walk, MIN_GAP_LEN};
+use super::recovery::list_segments;
+use super::segment::sync_dir;
+use super::{Error, Result};
+
+/// Suffix of a copy of bytes that repair set aside.
+pub const DAMAGED_SUFFIX: &str = "damaged";
+
+/// One damaged place that repair dealt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The segment file.
+    pub file: PathBuf,
+    /// First damaged byte.
+    pub start: u64,
+    /// One past the last damaged byte.
+    pub end: u64,
+    /// Offsets lost, `first..end` (empty when the damage held no whole frame).
+    pub lost: std::ops::Range<u64>,
+    /// Why the first damaged byte was not a valid record.
+    pub reason: String,
+    /// Where the damaged bytes were copied.
+    pub saved_to: PathBuf,
+    /// True for a torn tail (zeroed, the offsets after it are handed out again under a
+    /// new epoch), false for interior damage (marked with a gap record).
+    pub tail: bool,
+}
+
+/// Repairs every segment of the topic directory `dir`; returns what was done, in file
+/// order (empty when nothing was damaged). The server must be stopped.
+pub fn repair_dir(dir: &Path) -> Result<Vec<Repaired>> {
+    let from = manifest::read(dir)?.map_or(0, |m| m.segments_from);
+    let files: Vec<(u64, PathBuf)> = list_segments(dir)?
+        .into_iter()
+        .filter(|(base, _)| *base >= from)
+        .collect();
+    let mut done = Vec::new();
+    for (i, (_, path)) in files.iter().enumerate() {
+        let next_base = files.get(i + 1).map(|f| f.0);
+        done.extend(repair_segment(path, next_base)?);
+    }
+    if !done.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(done)
+}
+
+/// Repairs one segment. `next_base` is the next segment's base offset (`None` for the last
+/// segment), which bounds the offsets lost at the end of a sealed segment.
+fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> {
+    let mut data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if next_base.is_none() && first_non_zero(&data).is_none() {
+        return Ok(Vec::new()); // a half-created last segment: startup removes it
+    }
+    let base = decode_segment_header(&data).map_err(|reason| {
+        Error::corruption(
+            path,
+            0,
+            format!("{reason} (repair cannot rebuild a segment header)"),
+        )
+    })?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let mut done = Vec::new();
+    let (mut start, mut expect) = (SEGMENT_HEADER_LEN, base);
+    loop {
+        let mut walk = Walk::new(&data, start).expecting(expect);
+        let (pos, reason) = loop {
+            match walk.next() {
+                Some((_, Step::Record(..) | Step::Gap(..))) => {}
+                Some((pos, Step::Invalid(reason))) => break (pos, reason),
+                Some((_, Step::End)) | None => return Ok(done),
+            }
+        };
+        expect = walk.expected_offset().unwrap_or(expect);
+        let found = scan_ahead(&data, pos, expect.checked_sub(1));
+        let extent = pos + non_zero_len(&data[pos..]);
+        let (end, lost_end, tail) = match (found, next_base) {
+            (Some(f), _) => (f.position, f.offset, false),
+            (None, Some(b)) => (extent.max(pos + MIN_GAP_LEN).min(data.len()), b, false),
+            (None, None) => (extent, expect, true),
+        };
+        let saved_to = save_aside(path, pos, &data[pos..end])?;
+        let patch = if tail {
+            vec![0u8; end - pos]
+        } else {
+            Gap {
+                offset: expect,
+                count: lost_end.saturating_sub(expect),
+            }
+            .encode(end - pos)
+            .ok_or_else(|| {
+                Error::corruption(
+                    path,
+                    pos as u64,
+                    format!(
+                        "{reason}; the damage is {} bytes, too short to mark as a gap",
+                        end - pos
+                    ),
+                )
+            })?
+        };
+        file.write_all_at(&patch, pos as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        data[pos..end].copy_from_slice(&patch);
+        warn!(
+            file = %path.display(),
+            start = pos,
+            end,
+            lost_from = expect,
+            lost_until = lost_end,
+            tail,
+            reason = %reason,
+            saved_to = %saved_to.display(),
+            "repaired damage"
+        );
+        done.push(Repaired {
+            file: path.to_path_buf(),
+            start: pos as u64,
+            end: end as u64,
+            lost: expect..lost_end.max(expect),
+            reason,
+            saved_to,
+            tail,
+        });
+        if tail {
+            return Ok(done);
+        }
+        (start, expect) = (end, lost_end.max(expect));
+    }
+}
+
+/// Length of `b` up to and including its last non-zero byte.
+fn non_zero_len(b: &[u8]) -> usize {
+    b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1)
+}
+
+/// Copies `bytes` (from byte `pos` of `segment`) to `<segment>.<pos>.damaged`, synced. An
+/// existing copy is kept: it came from an interrupted repair and holds the original bytes.
+fn save_aside(segment: &Path, pos: usize, bytes: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let mut name = segment.as_os_str().to_owned();
+    name.push(format!(".{pos}.{DAMAGED_SUFFIX}"));
+    let copy = PathBuf::from(name);
+    if copy.exists() {
+        return Ok(copy);
+    }
+    let temp = copy.with_extension(format!("{DAMAGED_SUFFIX}.partial"));
+    let mut f = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&temp, e))?;
+    std::fs::rename(&temp, &copy).map_err(|e| Error::io(&copy, e))?;
+    if let Some(dir) = copy.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(copy)
+}

@@ -1,0 +1,350 @@
+//! Recovery keeps its promises, end to end with the real binary (issue 9):
+//! - a flipped bit in frame 100 of 2,000 (the only, active, segment) stops startup, naming
+//!   the file, the byte position and `framecast repair`; nothing is cut;
+//! - `framecast repair` (refused while a server holds the data dir) sets the damage aside
+//!   and prints what it did; the server then serves every other frame at its offset under a
+//!   new epoch, an old-epoch resume gets FAILED_PRECONDITION, and new offsets follow the old
+//!   end;
+//! - a tail cut under `--fsync never` gives the topic a new epoch (also when the server
+//!   that cuts it runs under `always`: the policy the frames were written under counts);
+//!   under `always` throughout it stays.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use framecast::proto::{Cursor, Frame, SubscribeRequest};
+use framecast::wal::format::SEGMENT_HEADER_LEN;
+use framecast::wal::list_segments;
+use framecast::wal::record::{Step, Walk};
+use tonic::Code;
+
+const TOPIC: &str = "issue9";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("frame {i} of the issue-9 scenario").into_bytes()
+}
+
+fn topic_dir(data: &Path) -> PathBuf {
+    data.join("topics").join(TOPIC)
+}
+
+fn only_segment(data: &Path) -> PathBuf {
+    let segs = list_segments(&topic_dir(data)).expect("list segments");
+    assert_eq!(segs.len(), 1, "the scenario has one segment");
+    segs[0].1.clone()
+}
+
+/// Position and length of `offset`'s record in `seg`.
+fn record_at(seg: &Path, offset: u64) -> (usize, usize) {
+    let data = std::fs::read(seg).expect("read segment");
+    Walk::new(&data, SEGMENT_HEADER_LEN)
+        .expecting(0)
+        .find_map(|(pos, step)| match step {
+            Step::Record(r, len) if r.offset == offset => Some((pos, len)),
+            _ => None,
+        })
+        .expect("record present")
+}
+
+fn file_epoch(data: &Path) -> u64 {
+    let text = std::fs::read_to_string(topic_dir(data).join("topic.json")).expect("topic.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["epoch"].as_u64().expect("epoch")
+}
+
+fn cursor(snapshot: u64, epoch: u64, f: &Frame) -> Cursor {
+    Cursor {
+        snapshot_offset: snapshot,
+        epoch,
+        seq_no: f.seq_no,
+        timestamp: f.timestamp,
+        offset: f.offset,
+    }
+}
+
+fn resume(c: Cursor) -> SubscribeRequest {
+    SubscribeRequest {
+        replay_seq_no_start: 0,
+        topic: TOPIC.into(),
+        resume: Some(c),
+    }
+}
+
+fn stop(mut server: Server) {
+    server.sigterm();
+    let status = server.wait_exit(LIMIT).expect("server stops");
+    assert!(status.success(), "clean stop: {}", server.log_text());
+}
+
+/// Runs the binary with `args` to completion (bounded by the server's own startup time).
+fn run(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run framecast");
+    out
+}
+
+/// Publishes `n` frames (seq_no = i, so replay order is offset order) and returns the acks'
+/// offsets.
+async fn publish_n(server: &Server, n: u64) -> Vec<u64> {
+    let mut c = server.client().await;
+    let reqs: Vec<_> = (0..n).map(|i| req(TOPIC, i, &payload(i))).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let acked = paced_publish_stream(
+        &mut c,
+        reqs.into_iter(),
+        usize::MAX,
+        Duration::ZERO,
+        deadline,
+        "publish",
+    )
+    .await;
+    acked.iter().map(|(_, a)| a.offset).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, &["--fsync", "always"]);
+    let offsets = publish_n(&server, 2000).await;
+    assert_eq!(offsets, (0..2000).collect::<Vec<_>>());
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let old_epoch = sub.epoch;
+    let seen = take(&mut sub.stream, 150, LIMIT).await;
+    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[149]);
+    drop(sub);
+    drop(c);
+    stop(server);
+
+    // Flip one payload bit of frame 100.
+    let seg = only_segment(data);
+    let (pos, len) = record_at(&seg, 100);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[pos + len - 3] ^= 0x04;
+    std::fs::write(&seg, &bytes).expect("write");
+
+    // Startup refuses, naming file, position and the repair command; nothing is cut.
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("startup on damage said:\n{stderr}");
+    assert!(!out.status.success(), "must not start: {stderr}");
+    assert!(
+        stderr.contains(&seg.display().to_string()),
+        "names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("at byte {pos}")),
+        "names the position: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "framecast repair --data-dir {data_s} --topic {TOPIC}"
+        )),
+        "names the repair command: {stderr}"
+    );
+    assert_eq!(std::fs::read(&seg).expect("read"), bytes, "nothing was cut");
+    // `dump --verify` agrees: interior damage, not a torn tail.
+    let out = run(&["dump", "--verify", "--data-dir", data_s, "--topic", TOPIC]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "dump --verify: {text}");
+    assert!(
+        text.contains(&format!("BAD {} at byte {pos}", seg.display())),
+        "{text}"
+    );
+
+    // Repair: prints what it did.
+    let out = run(&["repair", "--data-dir", data_s, "--topic", TOPIC]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("repair printed:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "repair: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&seg.display().to_string()), "{stdout}");
+    assert!(
+        stdout.contains(&format!("bytes {pos}..{}", pos + len)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("offsets lost: 100..101 (1)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("epoch {old_epoch} -> ")),
+        "{stdout}"
+    );
+    let saved = PathBuf::from(format!("{}.{pos}.damaged", seg.display()));
+    assert_eq!(
+        std::fs::read(&saved).expect("damaged copy"),
+        &bytes[pos..pos + len],
+        "the damaged bytes are kept"
+    );
+    let new_epoch = file_epoch(data);
+    assert_ne!(new_epoch, old_epoch);
+    let out = run(&["dump", "--verify", "--data-dir", data_s, "--topic", TOPIC]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "dump --verify after repair: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "GAP {} at byte {pos}: offsets 100..101 lost",
+            seg.display()
+        )),
+        "{text}"
+    );
+
+    // Serves every other frame at its offset, under the new epoch.
+    let server = Server::start(data, &["--fsync", "always"]);
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    assert_eq!(sub.epoch, new_epoch);
+    assert_eq!(sub.snapshot, 2000);
+    let info = topic_info(&mut c, TOPIC).await.expect("listed");
+    assert_eq!((info.epoch, info.frames), (new_epoch, 1999));
+    let frames = take(&mut sub.stream, 1999, LIMIT).await;
+    let want: Vec<u64> = (0..2000).filter(|&o| o != 100).collect();
+    assert_eq!(frames.iter().map(|f| f.offset).collect::<Vec<_>>(), want);
+    for f in &frames {
+        assert_eq!(
+            &f.payload[..],
+            &payload(f.offset)[..],
+            "offset {}",
+            f.offset
+        );
+        assert_eq!(f.seq_no, f.offset);
+    }
+    expect_quiet(&mut sub.stream, Duration::from_millis(300)).await;
+
+    // The old epoch's cursor is refused.
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+
+    // New publishes go after the old end; a live subscriber gets them.
+    let ack = publish(&mut c, TOPIC, 5000, b"after repair").await;
+    assert_eq!(ack.offset, 2000, "offsets are never reused");
+    let live = take(&mut sub.stream, 1, LIMIT).await;
+    assert_eq!(
+        (live[0].offset, &live[0].payload[..]),
+        (2000, &b"after repair"[..])
+    );
+
+    // Repair refuses while the server runs.
+    let out = run(&["repair", "--data-dir", data_s, "--topic", TOPIC]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(sub);
+    drop(c);
+    stop(server);
+}
+
+/// Publishes 10 frames under `fsync`, stops, tears the last record by hand (its last 12
+/// bytes zeroed, as a crash mid-write leaves it), starts again under `restart_fsync`; returns (old epoch, new
+/// epoch, a cursor of frame 5 in the old epoch, the server, the data dir).
+async fn torn_tail_under(
+    fsync: &str,
+    restart_fsync: &str,
+) -> (u64, u64, Cursor, Server, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let server = Server::start(data, &["--fsync", fsync]);
+    assert_eq!(publish_n(&server, 10).await, (0..10).collect::<Vec<_>>());
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let old_epoch = sub.epoch;
+    let seen = take(&mut sub.stream, 10, LIMIT).await;
+    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[5]);
+    drop(sub);
+    drop(c);
+    stop(server);
+    let seg = only_segment(data);
+    let (pos, len) = record_at(&seg, 9);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[pos + len - 12..pos + len].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    let server = Server::start(data, &["--fsync", restart_fsync]);
+    let mut c = server.client().await;
+    let info = topic_info(&mut c, TOPIC).await.expect("topic listed");
+    assert_eq!(
+        file_epoch(data),
+        info.epoch,
+        "topic.json holds the epoch served"
+    );
+    let ack = publish(&mut c, TOPIC, 77, b"next").await;
+    assert_eq!(ack.offset, 9, "the torn frame 9 was cut");
+    (old_epoch, info.epoch, old_cursor, server, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_under_fsync_never_gets_a_new_epoch() {
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("never", "never").await;
+    assert_ne!(
+        old, new,
+        "a cut under never may have lost acknowledged frames"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("new epoch")
+            && log.contains(&format!("old_epoch={old}")),
+        "logged at WARN with the old epoch: {log}"
+    );
+    let mut c = server.client().await;
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_under_fsync_always_keeps_the_epoch() {
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("always", "always").await;
+    assert_eq!(old, new, "under always a cut tail was never acknowledged");
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, resume(old_cursor))
+        .await
+        .expect("resume works");
+    let rest = take(&mut sub.stream, 4, LIMIT).await;
+    let offsets: Vec<u64> = rest.iter().map(|f| f.offset).collect();
+    assert_eq!(
+        offsets,
+        vec![6, 7, 8, 9],
+        "frames 6..=8, then the new frame 9"
+    );
+    assert_eq!(&rest[3].payload[..], b"next");
+    drop(sub);
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_written_under_never_gets_a_new_epoch_even_if_restarted_under_always() {
+    let (old, new, old_cursor, server, _tmp) = torn_tail_under("never", "always").await;
+    assert_ne!(
+        old, new,
+        "the cut frames were written (and acked) under never"
+    );
+    let mut c = server.client().await;
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    stop(server);
+}
