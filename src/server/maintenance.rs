@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::shutdown::Shutdown;
 use super::topics::Topics;
-use crate::wal::{now_ns, CompactOptions};
+use crate::wal::{now_ns, CompactOptions, Log};
 
 /// When and how fast maintenance runs.
 #[derive(Debug, Clone, Copy)]
@@ -52,18 +52,14 @@ pub async fn run(topics: Arc<Topics>, config: MaintenanceConfig, mut shutdown: S
             if shutdown.is_fired() {
                 return;
             }
-            if topic.is_deleted() {
+            if topic.is_deleted() || !due(topic.log(), &config) {
                 continue;
             }
             let t = Arc::clone(&topic);
             let job = tokio::task::spawn_blocking(move || -> crate::wal::Result<()> {
                 let log = t.log();
                 log.apply_retention(now_ns())?;
-                let (segments, bytes) = log.compaction_backlog();
-                let due = config.compact_after_segments > 0
-                    && (segments >= config.compact_after_segments
-                        || (segments > 0 && bytes >= config.compact_after_bytes));
-                if due {
+                if compaction_due(log, &config) {
                     log.compact(&config.compact)?;
                 }
                 Ok(())
@@ -80,4 +76,19 @@ pub async fn run(topics: Arc<Topics>, config: MaintenanceConfig, mut shutdown: S
             }
         }
     }
+}
+
+/// True when a topic has retention limits or a compaction is due. Checked here, in memory,
+/// so that an idle topic costs no blocking task per pass (ten thousand small topics would
+/// otherwise mean ten thousand tasks a second).
+fn due(log: &Log, config: &MaintenanceConfig) -> bool {
+    log.config().retention.is_limited() || compaction_due(log, config)
+}
+
+/// True when the sealed, not yet compacted segments reach the configured backlog.
+fn compaction_due(log: &Log, config: &MaintenanceConfig) -> bool {
+    let (segments, bytes) = log.compaction_backlog();
+    config.compact_after_segments > 0
+        && (segments >= config.compact_after_segments
+            || (segments > 0 && bytes >= config.compact_after_bytes))
 }

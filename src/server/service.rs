@@ -15,7 +15,7 @@ use super::config::{valid_topic_name, ServerConfig};
 use super::error::{Error, Result};
 use super::shutdown::Shutdown;
 use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
-use super::topics::{Topic, Topics};
+use super::topics::{Cause, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto::{self, broadcast_server::Broadcast};
 use crate::wal::{self, format::MAX_KEY_LEN, Appended, NewFrame};
@@ -92,7 +92,7 @@ impl BroadcastService {
     ) -> Result<(Arc<Topic>, oneshot::Receiver<wal::Result<Vec<Appended>>>)> {
         self.check_running()?;
         let (name, frame) = self.validate(r)?;
-        let topic = self.topics.get_or_create(&name).await?;
+        let topic = self.topics.get_or_create(&name, Cause::Publish).await?;
         let rx = topic
             .log()
             .submit(vec![frame])
@@ -127,7 +127,7 @@ impl BroadcastService {
                 // Epochs are never 0: the topic does not exist.
                 current: 0,
             }),
-            (None, _) => self.topics.get_or_create(name).await,
+            (None, _) => self.topics.get_or_create(name, Cause::Subscribe).await,
         }
     }
 
@@ -317,7 +317,11 @@ impl PendingBatch {
         }
         let frames = std::mem::take(&mut self.frames);
         let n = frames.len();
-        let queued = match svc.topics.get_or_create(&self.topic).await {
+        let queued = match svc
+            .topics
+            .get_or_create(&self.topic, Cause::PublishStream)
+            .await
+        {
             Ok(topic) => match topic.log().submit(frames) {
                 Ok(rx) => Ok((topic, rx)),
                 Err(e) => Err(append_error(&topic, e)),

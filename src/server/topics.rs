@@ -98,6 +98,28 @@ impl Topic {
     }
 }
 
+/// What made a topic be created automatically, for the log line that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A unary `Publish` to a missing topic.
+    Publish,
+    /// A `PublishStream` frame for a missing topic.
+    PublishStream,
+    /// A `Subscribe` to a missing topic (a mistyped name creates a topic too).
+    Subscribe,
+}
+
+impl Cause {
+    /// The name logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Publish => "publish",
+            Cause::PublishStream => "publish_stream",
+            Cause::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// Every topic of a data directory.
 #[derive(Debug)]
 pub struct Topics {
@@ -136,12 +158,9 @@ impl Topics {
         }
         names.sort();
         let mut frames = 0;
-        for name in names {
-            let topic_dir = dir.join(&name);
-            let meta = read_meta(&topic_dir)?;
-            let log = Log::open(&topic_dir, topic_config(&log_config, &meta))?;
-            frames += log.stats().frames;
-            map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
+        for topic in open_all(&dir, &log_config, names)? {
+            frames += topic.log.stats().frames;
+            map.insert(topic.name.clone(), Arc::new(topic));
         }
         info!(
             topics = map.len(),
@@ -163,15 +182,25 @@ impl Topics {
         topic_config(&self.log_config, meta)
     }
 
-    /// The topic `name`, created with default settings if missing and auto-creation is on.
-    pub async fn get_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+    /// The topic `name`, created with default settings if missing and auto-creation is on;
+    /// a creation is logged with its `cause`.
+    pub async fn get_or_create(&self, name: &str, cause: Cause) -> Result<Arc<Topic>> {
         if let Some(t) = self.get(name) {
             return Ok(t);
         }
         if !self.auto_create {
             return Err(Error::TopicNotFound(name.to_string()));
         }
-        Ok(self.create(name, 0, 0).await?.0)
+        let (topic, created) = self.create(name, 0, 0).await?;
+        if created {
+            info!(
+                topic = name,
+                cause = cause.as_str(),
+                epoch = topic.meta().epoch,
+                "topic auto-created"
+            );
+        }
+        Ok(topic)
     }
 
     /// The topic `name`, if it exists.
@@ -298,6 +327,44 @@ impl Topics {
             t.log.close();
         }
     }
+}
+
+/// Recovers the topics `names` of `dir` on a few threads at once: a start with ten
+/// thousand small topics is bound by file-system round trips, not by the CPU.
+fn open_all(dir: &Path, log_config: &LogConfig, names: Vec<String>) -> Result<Vec<Topic>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(1, 16)
+        .min(names.len().max(1));
+    let per_thread = names.len().div_ceil(threads).max(1);
+    let open_one = |name: &String| -> Result<Topic> {
+        let topic_dir = dir.join(name);
+        let meta = read_meta(&topic_dir)?;
+        let log = Log::open(&topic_dir, topic_config(log_config, &meta))?;
+        Ok(new_topic(name.clone(), meta, log))
+    };
+    let results: Vec<Result<Vec<Topic>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(open_one).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Metadata {
+                        path: dir.display().to_string(),
+                        reason: "a recovery thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut topics = Vec::with_capacity(names.len());
+    for r in results {
+        topics.extend(r?);
+    }
+    Ok(topics)
 }
 
 /// `base` with the topic's own retention limits where they are set (non-zero).

@@ -75,7 +75,7 @@ impl std::fmt::Display for FsyncPolicy {
 /// Settings of a log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Size each segment file is preallocated to.
+    /// Capacity of a segment: its file grows in steps up to this size, then a new one starts.
     pub segment_bytes: u64,
     /// When an append counts as durable.
     pub fsync: FsyncPolicy,
@@ -418,6 +418,7 @@ impl Log {
         let mut dedup = DedupWindow::new(duration_ns(config.dedup_window), config.dedup_max_keys);
         let recovered = recover(
             dir,
+            config.segment_bytes,
             &mut Rebuild {
                 state: &mut state,
                 dedup: &mut dedup,
@@ -847,6 +848,11 @@ impl Shared {
                 }
                 portion = Portion::at(&w);
             }
+            if let Err(e) = w.active.make_room(need) {
+                error!(dir = %self.dir.display(), error = %e, "cannot grow the segment");
+                let _ = req.reply.send(Err(e));
+                continue;
+            }
             let mut acks = Vec::with_capacity(req.frames.len());
             for f in &req.frames {
                 if !f.key.is_empty() {
@@ -870,7 +876,7 @@ impl Shared {
                 };
                 let pos = w.active.cursor() as u32;
                 let Some(buf) = w.active.reserve(rec.encoded_len()) else {
-                    // Unreachable: `need` was checked against the room left.
+                    // Unreachable: `need` was checked against the room left and allocated.
                     break;
                 };
                 rec.encode_into(buf);

@@ -10,6 +10,7 @@
 //! - `conn`: gRPC connections (one HTTP/2 connection per channel, many streams on each).
 //! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers).
 //! - `replay`: prefill a topic, then time subscribers reading it from the start.
+//! - `topics`: many small topics: disk, memory, descriptors and threads, restart time.
 //! - `progress`: live counters and the progress bar.
 //! - `report`: the final table and `--json`.
 //! - `run`: the entry point: runtime, fd limit, server, scenario, report, exit code.
@@ -25,6 +26,7 @@ mod replay;
 mod report;
 mod run;
 mod server;
+mod topics;
 
 pub use args::{BenchArgs, Scenario};
 pub use error::{Error, Result};
