@@ -524,4 +524,172 @@ mod tests {
         assert!(w.reserve(9000).is_none(), "no room past capacity");
         Ok(())
     }
+
+    fn tmp() -> Result<tempfile::TempDir> {
+        tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))
+    }
+
+    /// Length and allocated bytes of the segment's file.
+    fn on_disk(w: &SegmentWriter) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(w.segment().path()).expect("stat");
+        (md.len(), md.blocks() * 512)
+    }
+
+    /// Appends `len` bytes of `fill` the way the committer does: room first, then reserve.
+    fn append(w: &mut SegmentWriter, len: usize, fill: u8) -> Result<()> {
+        w.make_room(len as u64)?;
+        w.reserve(len).expect("room was made").fill(fill);
+        w.publish();
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_segment_takes_its_first_step_not_its_capacity() -> Result<()> {
+        let dir = tmp()?;
+        let w = SegmentWriter::create(dir.path(), 0, 64 << 20)?;
+        let (len, blocks) = on_disk(&w);
+        assert_eq!(len, SEGMENT_FIRST_ALLOCATION);
+        assert_eq!(w.segment().allocated(), SEGMENT_FIRST_ALLOCATION);
+        assert_eq!(w.segment().capacity(), 64 << 20);
+        assert_eq!(w.remaining(), (64 << 20) - SEGMENT_HEADER_LEN as u64);
+        assert!(
+            blocks <= 2 * SEGMENT_FIRST_ALLOCATION,
+            "{blocks} bytes allocated"
+        );
+        assert_eq!(w.contents().len() as u64, SEGMENT_FIRST_ALLOCATION);
+        Ok(())
+    }
+
+    #[test]
+    fn reserve_refuses_bytes_beyond_the_allocated_end() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 1 << 20)?;
+        let room = (SEGMENT_FIRST_ALLOCATION - w.cursor()) as usize;
+        assert!(w.reserve(room + 1).is_none(), "past the file's end");
+        assert!(w.reserve(room).is_some(), "up to the file's end");
+        Ok(())
+    }
+
+    #[test]
+    fn growth_doubles_up_to_the_step_limit_and_stops_at_capacity() -> Result<()> {
+        let dir = tmp()?;
+        let capacity = 24 << 20;
+        let mut w = SegmentWriter::create(dir.path(), 0, capacity)?;
+        let mut sizes = vec![w.segment().allocated()];
+        while w.remaining() >= 4096 {
+            append(&mut w, 4096, 0xA5)?;
+            let a = w.segment().allocated();
+            if a != *sizes.last().expect("one") {
+                sizes.push(a);
+            }
+            assert!(w.cursor() <= a, "cursor past the allocated end");
+            assert_eq!(on_disk(&w).0, a, "the file length is the allocation");
+        }
+        let k = 1024;
+        assert_eq!(
+            sizes[..10],
+            [
+                16 * k,
+                32 * k,
+                64 * k,
+                128 * k,
+                256 * k,
+                512 * k,
+                1024 * k,
+                2048 * k,
+                4096 * k,
+                8192 * k
+            ],
+            "{sizes:?}"
+        );
+        for pair in sizes.windows(2) {
+            assert!(pair[1] - pair[0] <= SEGMENT_MAX_GROWTH, "{sizes:?}");
+        }
+        assert_eq!(*sizes.last().expect("one"), capacity, "grown to capacity");
+        assert!(
+            w.make_room(w.remaining() + 1).is_err(),
+            "never past capacity"
+        );
+        assert_eq!(on_disk(&w).0, capacity);
+        Ok(())
+    }
+
+    #[test]
+    fn one_large_append_grows_the_file_enough_at_once() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 8 << 20)?;
+        append(&mut w, 1 << 20, 1)?;
+        assert!(w.segment().allocated() >= w.cursor());
+        assert_eq!(w.segment().allocated() % SEGMENT_ALLOCATION_UNIT, 0);
+        assert_eq!(
+            w.segment().read(SEGMENT_HEADER_LEN as u64, 1 << 20)?[12345],
+            1
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_grown_segment_reopens_at_its_length_and_grows_on() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 7, 1 << 20)?;
+        append(&mut w, 20_000, 3)?;
+        let end = w.cursor();
+        let path = w.segment().path().to_path_buf();
+        let allocated = w.segment().allocated();
+        assert_eq!(allocated, 32 * 1024);
+        drop(w);
+        let mut r = SegmentWriter::open(&path, 1 << 20)?;
+        assert_eq!(r.segment().base_offset(), 7);
+        assert_eq!(r.segment().allocated(), allocated);
+        assert_eq!(r.segment().capacity(), 1 << 20);
+        assert_eq!(r.contents().len() as u64, allocated);
+        assert!(r.contents()[SEGMENT_HEADER_LEN..end as usize]
+            .iter()
+            .all(|&b| b == 3));
+        r.set_cursor(end);
+        r.publish();
+        append(&mut r, 40_000, 4)?;
+        assert!(r.segment().allocated() > allocated);
+        // A sealed segment opened at capacity 0 maps just its length.
+        let s = SegmentWriter::open(&path, 0)?;
+        assert_eq!(s.segment().capacity(), s.segment().allocated());
+        Ok(())
+    }
+
+    #[test]
+    fn a_cut_tail_keeps_the_file_length() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 1 << 20)?;
+        append(&mut w, 30_000, 9)?;
+        let allocated = w.segment().allocated();
+        w.truncate_tail(1000)?;
+        assert_eq!(w.cursor(), 1000);
+        assert_eq!(on_disk(&w).0, allocated);
+        let reopened = SegmentWriter::open(w.segment().path(), 1 << 20)?;
+        assert!(reopened.contents()[1000..].iter().all(|&b| b == 0));
+        Ok(())
+    }
+
+    #[test]
+    fn no_descriptor_is_kept() -> Result<()> {
+        let dir = tmp()?;
+        let count = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let before = count();
+        let mut ws = Vec::new();
+        for base in 0..20 {
+            let mut w = SegmentWriter::create(dir.path(), base, 1 << 20)?;
+            append(&mut w, 20_000, 1)?;
+            w.segment()
+                .sync_range(SEGMENT_HEADER_LEN as u64, 20_000, SyncMethod::Fdatasync)?;
+            ws.push(w);
+        }
+        // Other tests run in parallel threads and may hold a few descriptors for a moment.
+        assert!(
+            count() < before + 10,
+            "{} fds for 20 segments",
+            count() - before
+        );
+        Ok(())
+    }
 }
