@@ -129,6 +129,17 @@ async fn a_thousand_small_topics_cost_little_and_survive_a_restart() {
         "{open} descriptors with {TOPICS} idle topics ({fds_empty} when empty)"
     );
 
+    // One mapping per topic (its segment), nothing more: an idle committer that exited
+    // without being joined or detached would keep its stack mapped, two more per topic.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("maps")
+        .lines()
+        .count();
+    assert!(
+        maps < TOPICS + 300,
+        "{maps} mappings with {TOPICS} idle topics"
+    );
+
     // Every creation was logged at INFO, with what caused it.
     let log = server.log_text();
     let created = log

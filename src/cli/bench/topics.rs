@@ -168,6 +168,7 @@ fn run(opts: &TopicsOpts) -> Result<TopicsReport> {
             temp.path().to_path_buf()
         }
     };
+    let mut machine = Machine::probe();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -218,7 +219,6 @@ fn run(opts: &TopicsOpts) -> Result<TopicsReport> {
         && stored_frames == opts.frames * opts.topics as u64
         && restarted_topics == opts.topics
         && check_failures == 0;
-    let mut machine = Machine::probe();
     machine.load_after = load_average();
     Ok(TopicsReport {
         command: std::env::args().collect::<Vec<_>>().join(" "),
