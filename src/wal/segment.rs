@@ -303,11 +303,13 @@ impl SegmentWriter {
             )));
         }
         let target = next_allocation(allocated, need, seg.capacity);
+        // No sync here: the sync that makes records in the new space durable (`msync` is
+        // `fdatasync` of a range) also makes durable the length and allocation needed to
+        // read them back. A sync here would be a full `fsync` of the file's dirty pages,
+        // stalling the committer every step under `--fsync never`.
         let grow = |to: u64| -> std::io::Result<()> {
             let file = seg.open_file()?;
-            preallocate(&file, allocated, to - allocated)?;
-            // The new length must be durable before records in it are acknowledged.
-            file.sync_all()
+            preallocate(&file, allocated, to - allocated)
         };
         let grown = match grow(target) {
             // Short of room for a whole step: take just what this append needs.
