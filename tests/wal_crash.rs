@@ -3,7 +3,9 @@
 //! with SIGKILL at a random moment, reopens the log, and checks that every acknowledged frame
 //! is there byte for byte, that offsets are dense, and that every stored frame is one the
 //! child really wrote. Rounds reuse the same directory, so each recovery starts from what the
-//! previous kill and recovery left.
+//! previous kill and recovery left. Segments grow in steps (16 KiB, doubling), so kills
+//! land in segments of every allocated size; the second test uses a larger segment so that
+//! they land across many growth steps of one file.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::BTreeMap;
@@ -21,14 +23,16 @@ use rand::Rng;
 const DIR_VAR: &str = "FRAMECAST_CRASH_CHILD_DIR";
 /// The round number, so that every round writes fresh seq_nos.
 const ROUND_VAR: &str = "FRAMECAST_CRASH_CHILD_ROUND";
+/// The segment capacity the child and the parent use.
+const SEGMENT_VAR: &str = "FRAMECAST_CRASH_CHILD_SEGMENT";
 const ROUNDS: u64 = 15;
 const THREADS: u64 = 4;
 /// A bound on what a child writes if the parent never kills it.
 const CHILD_MAX_APPENDS: u64 = 5_000;
 
-fn config() -> LogConfig {
+fn config(segment_bytes: u64) -> LogConfig {
     LogConfig {
-        segment_bytes: 64 * 1024,
+        segment_bytes,
         max_frame_bytes: 8 * 1024,
         fsync: FsyncPolicy::Always,
         ..Default::default()
@@ -71,7 +75,11 @@ fn child_appender() {
         .expect("round")
         .parse()
         .expect("round number");
-    let log = Log::open(Path::new(&dir), config()).expect("child: open");
+    let segment_bytes: u64 = std::env::var(SEGMENT_VAR)
+        .expect("segment bytes")
+        .parse()
+        .expect("segment bytes number");
+    let log = Log::open(Path::new(&dir), config(segment_bytes)).expect("child: open");
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready {}", log.durable_offset()).expect("stdout");
@@ -134,12 +142,13 @@ fn parse_ack(line: &str) -> Option<Ack> {
 }
 
 /// Runs one child, kills it, and returns the acks it printed and whether it got going.
-fn run_child(dir: &Path, round: u64) -> (Vec<Ack>, bool) {
+fn run_child(dir: &Path, round: u64, segment_bytes: u64) -> (Vec<Ack>, bool) {
     let mut rng = rand::rng();
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
         .args(["child_appender", "--exact", "--nocapture", "--ignored"])
         .env(DIR_VAR, dir)
         .env(ROUND_VAR, round.to_string())
+        .env(SEGMENT_VAR, segment_bytes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -206,12 +215,29 @@ fn run_child(dir: &Path, round: u64) -> (Vec<Ack>, bool) {
 
 #[test]
 fn kill_9_loses_no_acked_frame() {
+    kill_9_rounds(64 * 1024, ROUNDS);
+}
+
+#[test]
+fn kill_9_while_a_segment_grows_loses_no_acked_frame() {
+    let tmp = kill_9_rounds(2 << 20, 8);
+    // The rounds wrote into one segment that grew in steps, never to its capacity at once.
+    let segs = framecast::wal::list_segments(tmp.path()).expect("list");
+    let len = std::fs::metadata(&segs[0].1).expect("stat").len();
+    assert!(
+        (len > 16 * 1024 && len < 2 << 20) || segs.len() > 1,
+        "segment length {len}: the test never made it grow"
+    );
+}
+
+/// Kill rounds on one directory with segments of `segment_bytes`; returns the directory.
+fn kill_9_rounds(segment_bytes: u64, rounds: u64) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let mut acked: BTreeMap<u64, Ack> = BTreeMap::new();
     let mut rounds_with_acks = 0;
-    for round in 0..ROUNDS {
-        let (acks, _) = run_child(dir, round);
+    for round in 0..rounds {
+        let (acks, _) = run_child(dir, round, segment_bytes);
         if !acks.is_empty() {
             rounds_with_acks += 1;
         }
@@ -229,7 +255,7 @@ fn kill_9_loses_no_acked_frame() {
             }
         }
 
-        let log = Log::open(dir, config())
+        let log = Log::open(dir, config(segment_bytes))
             .unwrap_or_else(|e| panic!("round {round}: recovery after kill -9 failed: {e}"));
         let next = log.stats().next_offset;
         assert_eq!(log.durable_offset(), next);
@@ -270,8 +296,9 @@ fn kill_9_loses_no_acked_frame() {
         log.close();
     }
     assert!(
-        rounds_with_acks >= ROUNDS / 2,
-        "only {rounds_with_acks} of {ROUNDS} rounds got acks: the test exercised little"
+        rounds_with_acks >= rounds / 2,
+        "only {rounds_with_acks} of {rounds} rounds got acks: the test exercised little"
     );
     assert!(acked.len() > 100, "only {} acks in all", acked.len());
+    tmp
 }

@@ -53,7 +53,9 @@ struct Chunk {
 
 impl Chunk {
     fn with_first(key: OrderKey) -> Chunk {
-        let mut keys = Vec::with_capacity(CHUNK);
+        // Room for GROWTH keys, doubling up to CHUNK as keys come: a small topic (a chat
+        // room with ten frames) holds 1.5 KiB here, not 24 KiB.
+        let mut keys = Vec::with_capacity(GROWTH);
         keys.push(key);
         Chunk {
             keys,

@@ -16,7 +16,7 @@ use tracing::warn;
 use super::config::MaintenanceConfig;
 use super::shutdown::Shutdown;
 use super::topics::Topics;
-use crate::wal::now_ns;
+use crate::wal::{now_ns, Log};
 
 /// A topic's retention and compaction pass still running when maintenance stopped.
 pub type Unfinished = tokio::task::JoinHandle<crate::wal::Result<()>>;
@@ -36,18 +36,14 @@ pub async fn run(
             if shutdown.is_fired() {
                 return None;
             }
-            if topic.is_deleted() {
+            if topic.is_deleted() || !due(topic.log(), &config) {
                 continue;
             }
             let t = Arc::clone(&topic);
             let mut job = tokio::task::spawn_blocking(move || -> crate::wal::Result<()> {
                 let log = t.log();
                 log.apply_retention(now_ns())?;
-                let (segments, bytes) = log.compaction_backlog();
-                let due = config.compact_after_segments > 0
-                    && (segments >= config.compact_after_segments
-                        || (segments > 0 && bytes >= config.compact_after_bytes));
-                if due {
+                if compaction_due(log, &config) {
                     log.compact(&config.compact)?;
                 }
                 Ok(())
@@ -71,4 +67,19 @@ pub async fn run(
             }
         }
     }
+}
+
+/// True when a topic has retention limits or a compaction is due. Checked here, in memory,
+/// so that an idle topic costs no blocking task per pass (ten thousand small topics would
+/// otherwise mean ten thousand tasks a second).
+fn due(log: &Log, config: &MaintenanceConfig) -> bool {
+    log.config().retention.is_limited() || compaction_due(log, config)
+}
+
+/// True when the sealed, not yet compacted segments reach the configured backlog.
+fn compaction_due(log: &Log, config: &MaintenanceConfig) -> bool {
+    let (segments, bytes) = log.compaction_backlog();
+    config.compact_after_segments > 0
+        && (segments >= config.compact_after_segments
+            || (segments > 0 && bytes >= config.compact_after_bytes))
 }

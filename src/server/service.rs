@@ -16,7 +16,7 @@ use super::error::{Error, Result};
 use super::shutdown::Shutdown;
 use super::subscription::{FrameStream, GlobalSlot, StartAt, Subscription};
 use super::tasks::TaskTracker;
-use super::topics::{valid_topic_name, Topic, Topics};
+use super::topics::{valid_topic_name, Cause, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::{self, Appended, NewFrame};
@@ -89,7 +89,7 @@ impl BroadcastService {
     ) -> Result<(Arc<Topic>, oneshot::Receiver<wal::Result<Vec<Appended>>>)> {
         self.check_running()?;
         let (name, frame) = self.validate(r)?;
-        let topic = self.topics.get_or_create(&name).await?;
+        let topic = self.topics.get_or_create(&name, Cause::Publish).await?;
         let rx = topic
             .log()
             .submit(vec![frame])
@@ -124,7 +124,7 @@ impl BroadcastService {
                 // Epochs are never 0: the topic does not exist.
                 current: 0,
             }),
-            (None, _) => self.topics.get_or_create(name).await,
+            (None, _) => self.topics.get_or_create(name, Cause::Subscribe).await,
         }
     }
 
@@ -355,7 +355,11 @@ impl PendingBatch {
         };
         let frames = std::mem::take(&mut self.frames);
         let n = frames.len();
-        let queued = match svc.topics.get_or_create(&self.topic).await {
+        let queued = match svc
+            .topics
+            .get_or_create(&self.topic, Cause::PublishStream)
+            .await
+        {
             Ok(topic) => match topic.log().submit(frames) {
                 Ok(rx) => Ok((topic, rx)),
                 Err(e) => Err(append_error(&topic, e)),

@@ -97,6 +97,28 @@ impl Topic {
     }
 }
 
+/// What made a topic be created automatically, for the log line that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A unary `Publish` to a missing topic.
+    Publish,
+    /// A `PublishStream` frame for a missing topic.
+    PublishStream,
+    /// A `Subscribe` to a missing topic (a mistyped name creates a topic too).
+    Subscribe,
+}
+
+impl Cause {
+    /// The name logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Publish => "publish",
+            Cause::PublishStream => "publish_stream",
+            Cause::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// Every topic of a data directory.
 #[derive(Debug)]
 pub struct Topics {
@@ -135,46 +157,9 @@ impl Topics {
         }
         names.sort();
         let mut frames = 0;
-        for name in names {
-            let topic_dir = dir.join(&name);
-            let mut meta = read_meta(&topic_dir)?;
-            let config = topic_config(&log_config, &meta);
-            // Under interval/never a cut tail may have held acknowledged frames: the new epoch
-            // is made durable before the cut, so a crash in between cannot lose it.
-            let renew = super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync);
-            let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
-                if renew {
-                    let old_epoch = meta.epoch;
-                    meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
-                        crate::wal::Error::Unavailable(format!(
-                            "cannot give topic '{name}' a new epoch before cutting a torn tail: {e}"
-                        ))
-                    })?;
-                    warn!(
-                        topic = %name,
-                        old_epoch,
-                        new_epoch = meta.epoch,
-                        bytes_cut = torn.bytes_dropped,
-                        file = %torn.file.display(),
-                        fsync = %log_config.fsync,
-                        "recovery cuts a tail that may have held acknowledged frames; new epoch"
-                    );
-                }
-                Ok(())
-            };
-            let log = match Log::open_with(&topic_dir, config, &mut before_cut) {
-                Ok(log) => log,
-                Err(source @ crate::wal::Error::Corruption { .. }) => {
-                    return Err(Error::Damaged {
-                        topic: name,
-                        data_dir: data_dir.display().to_string(),
-                        source,
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            };
-            frames += log.stats().frames;
-            map.insert(name.clone(), Arc::new(new_topic(name, meta, log)));
+        for topic in open_all(data_dir, &dir, &log_config, names)? {
+            frames += topic.log.stats().frames;
+            map.insert(topic.name.clone(), Arc::new(topic));
         }
         info!(
             topics = map.len(),
@@ -196,15 +181,25 @@ impl Topics {
         topic_config(&self.log_config, meta)
     }
 
-    /// The topic `name`, created with default settings if missing and auto-creation is on.
-    pub async fn get_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+    /// The topic `name`, created with default settings if missing and auto-creation is on;
+    /// a creation is logged with its `cause`.
+    pub async fn get_or_create(&self, name: &str, cause: Cause) -> Result<Arc<Topic>> {
         if let Some(t) = self.get(name) {
             return Ok(t);
         }
         if !self.auto_create {
             return Err(Error::TopicNotFound(name.to_string()));
         }
-        Ok(self.create(name, 0, 0).await?.0)
+        let (topic, created) = self.create(name, 0, 0).await?;
+        if created {
+            info!(
+                topic = name,
+                cause = cause.as_str(),
+                epoch = topic.meta().epoch,
+                "topic auto-created"
+            );
+        }
+        Ok(topic)
     }
 
     /// The topic `name`, if it exists.
@@ -331,6 +326,93 @@ impl Topics {
             t.log.close();
         }
     }
+}
+
+/// Opens one topic: its metadata, then its log, giving it a new epoch first when recovery
+/// is about to cut a tail that may have held acknowledged frames.
+fn open_one(data_dir: &Path, dir: &Path, log_config: &LogConfig, name: String) -> Result<Topic> {
+    let topic_dir = dir.join(&name);
+    let mut meta = read_meta(&topic_dir)?;
+    let config = topic_config(log_config, &meta);
+    // Under interval/never a cut tail may have held acknowledged frames: the new epoch
+    // is made durable before the cut, so a crash in between cannot lose it.
+    let renew = super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync);
+    let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
+        if renew {
+            let old_epoch = meta.epoch;
+            meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
+                crate::wal::Error::Unavailable(format!(
+                    "cannot give topic '{name}' a new epoch before cutting a torn tail: {e}"
+                ))
+            })?;
+            warn!(
+                topic = %name,
+                old_epoch,
+                new_epoch = meta.epoch,
+                bytes_cut = torn.bytes_dropped,
+                file = %torn.file.display(),
+                fsync = %log_config.fsync,
+                "recovery cuts a tail that may have held acknowledged frames; new epoch"
+            );
+        }
+        Ok(())
+    };
+    let log = match Log::open_with(&topic_dir, config, &mut before_cut) {
+        Ok(log) => log,
+        Err(source @ crate::wal::Error::Corruption { .. }) => {
+            return Err(Error::Damaged {
+                topic: name,
+                data_dir: data_dir.display().to_string(),
+                source,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(new_topic(name, meta, log))
+}
+
+/// Recovers the topics `names` of `dir` on a few threads at once: a start with ten
+/// thousand small topics is bound by file-system round trips, not by the CPU.
+fn open_all(
+    data_dir: &Path,
+    dir: &Path,
+    log_config: &LogConfig,
+    names: Vec<String>,
+) -> Result<Vec<Topic>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(1, 16)
+        .min(names.len().max(1));
+    let per_thread = names.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Topic>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|name| open_one(data_dir, dir, log_config, name.clone()))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Metadata {
+                        path: dir.display().to_string(),
+                        reason: "a recovery thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut topics = Vec::with_capacity(names.len());
+    for r in results {
+        topics.extend(r?);
+    }
+    Ok(topics)
 }
 
 /// `base` with the topic's own retention limits where they are set (non-zero).

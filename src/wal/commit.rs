@@ -227,6 +227,10 @@ impl Committer {
                 let mut q = self.queue.lock();
                 if q.pending.is_empty() {
                     q.worker_running = false;
+                    // Detach this thread: an exited thread that nobody joins keeps its stack
+                    // (a mapping and its touched pages) until its handle goes; with ten
+                    // thousand idle topics that is ten thousand stacks.
+                    drop(q.worker.take());
                     debug!(dir = %self.dir.display(), "committer idle, stopping");
                     return;
                 }
@@ -279,6 +283,11 @@ impl Committer {
                 }
                 portion = Portion::at(&w);
             }
+            if let Err(e) = w.active.make_room(need) {
+                error!(dir = %self.dir.display(), error = %e, "cannot grow the segment");
+                let _ = req.reply.send(Err(e));
+                continue;
+            }
             let mut acks = Vec::with_capacity(req.frames.len());
             for f in &req.frames {
                 if !f.key.is_empty() {
@@ -302,7 +311,7 @@ impl Committer {
                 };
                 let pos = w.active.cursor() as u32;
                 let Some(buf) = w.active.reserve(rec.encoded_len()) else {
-                    // Unreachable: `need` was checked against the room left.
+                    // Unreachable: `need` was checked against the room left and allocated.
                     break;
                 };
                 rec.encode_into(buf);

@@ -54,7 +54,7 @@ impl std::fmt::Display for FsyncPolicy {
 /// Settings of a log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Size each segment file is preallocated to.
+    /// Capacity of a segment: its file grows in steps up to this size, then a new one starts.
     pub segment_bytes: u64,
     /// When an append counts as durable.
     pub fsync: FsyncPolicy,

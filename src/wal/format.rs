@@ -4,6 +4,12 @@
 //! digits (`00000000000000000000.seg`). Each file starts with a [`SEGMENT_HEADER_LEN`]-byte
 //! header and is followed by records (see [`crate::wal::record`]). The space after the
 //! last record is zero: a record header of all zero bytes marks the end of data.
+//!
+//! A segment file is not created at its full capacity: it starts at
+//! [`SEGMENT_FIRST_ALLOCATION`] bytes and is grown (allocated with `posix_fallocate`)
+//! ahead of the writer, so the file's length is its allocated size, which is any multiple
+//! of [`SEGMENT_ALLOCATION_UNIT`] up to the capacity. Files written by older builds, fully
+//! allocated at creation, are simply segments that are fully grown.
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"FRAMECST";
@@ -40,10 +46,19 @@ pub const RECORD_CRC_AT: usize = 4;
 /// First byte covered by the record CRC.
 pub const RECORD_CRC_START: usize = 8;
 
-/// Default size a segment file is preallocated to.
+/// Default segment capacity: a segment file grows up to this many bytes, then the next
+/// one is started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest allowed segment size: a header and one small record must fit.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Bytes a new segment file is first allocated with: a small topic (a chat room with a few
+/// frames) costs this much disk, not a whole segment.
+pub const SEGMENT_FIRST_ALLOCATION: u64 = 16 * 1024;
+/// Largest single growth of a segment file. Below it a file doubles when it fills up, so
+/// its allocation stays within twice its data (plus the first allocation).
+pub const SEGMENT_MAX_GROWTH: u64 = 4 * 1024 * 1024;
+/// Segment file allocations are whole multiples of this (the page size).
+pub const SEGMENT_ALLOCATION_UNIT: u64 = 4096;
 
 /// Magic at the start of every sorted-run file.
 pub const RUN_MAGIC: [u8; 8] = *b"FRAMERUN";

@@ -68,6 +68,7 @@ impl Log {
         let mut dedup = DedupWindow::new(duration_ns(config.dedup_window), config.dedup_max_keys);
         let recovered = recover(
             dir,
+            config.segment_bytes,
             &mut Rebuild {
                 state: &mut state,
                 dedup: &mut dedup,

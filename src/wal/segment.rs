@@ -1,14 +1,24 @@
-//! One segment file: preallocated, memory-mapped, appended by one writer, read by many.
+//! One segment file: grown in steps, memory-mapped, appended by one writer, read by many.
 //!
 //! This is the only module with `unsafe`. The mapping is a [`MmapRaw`]; soundness rests on
-//! one rule: bytes below `published` are immutable, bytes at or above it are touched only by
-//! the single [`SegmentWriter`]. Readers ([`Segment::read`], [`Segment::bytes`]) check their
-//! range against `published` (an acquire load that pairs with the writer's release store), so
-//! no reference ever aliases a region being written.
+//! two rules. First, bytes below `published` are immutable, bytes at or above it are
+//! touched only by the single [`SegmentWriter`]. Readers ([`Segment::read`],
+//! [`Segment::bytes`]) check their range against `published` (an acquire load that pairs
+//! with the writer's release store), so no reference ever aliases a region being written.
+//! Second, the mapping spans the segment's whole capacity (address space only) while the
+//! file is shorter: no byte at or beyond the file's allocated end is ever touched, since
+//! that would be `SIGBUS`. `published <= cursor <= allocated` always holds.
 //!
-//! Space is reserved with `posix_fallocate` when a segment is created, so a store through the
-//! mapping never needs the file system to allocate a block: a full disk shows up as a clean
-//! error at segment creation, never as `SIGBUS` in the middle of an append.
+//! Space is reserved with `posix_fallocate` before the writer stores into it
+//! ([`SegmentWriter::make_room`]), so a store through the mapping never needs the file
+//! system to allocate a block: a full disk shows up as a clean error to the appender,
+//! never as `SIGBUS` in the middle of an append. The file starts at
+//! [`SEGMENT_FIRST_ALLOCATION`] bytes and doubles (by at most [`SEGMENT_MAX_GROWTH`]) as it
+//! fills, up to the capacity, so a topic with a few frames costs a few KiB of disk.
+//!
+//! No file descriptor is kept: the mapping outlives the descriptor it was made from, and
+//! the rare operations that need one (growth, `fdatasync`, cutting a torn tail) open the
+//! file for the moment. Ten thousand idle topics hold ten thousand mappings, no files.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -17,9 +27,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
+use tracing::debug;
 
 use super::format::{
-    decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_HEADER_LEN,
+    decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_ALLOCATION_UNIT,
+    SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH,
 };
 use super::{Error, Result};
 
@@ -29,7 +41,7 @@ pub enum SyncMethod {
     /// `msync(MS_SYNC)` of the dirty byte range only.
     #[default]
     Msync,
-    /// `fdatasync` of the whole file.
+    /// `fdatasync` of the whole file (opened for the call: segments keep no descriptor).
     Fdatasync,
 }
 
@@ -38,9 +50,11 @@ pub enum SyncMethod {
 pub struct Segment {
     path: PathBuf,
     base_offset: u64,
-    file: File,
     map: MmapRaw,
+    /// Length of the mapping: the most the file may grow to.
     capacity: u64,
+    /// Length of the file, every byte of it allocated. Only the writer changes it.
+    allocated: AtomicU64,
     /// Bytes from the start of the file that are written and immutable.
     published: AtomicU64,
 }
@@ -63,8 +77,8 @@ struct MappedRange {
 impl AsRef<[u8]> for MappedRange {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the range was checked to lie below `published` when this value was made
-        // (`Segment::bytes`); published bytes are never written again and the mapping lives as
-        // long as the `Arc<Segment>` held here.
+        // (`Segment::bytes`); published bytes are never written again, lie inside the
+        // allocated file, and the mapping lives as long as the `Arc<Segment>` held here.
         unsafe { std::slice::from_raw_parts(self.segment.map.as_ptr().add(self.start), self.len) }
     }
 }
@@ -80,9 +94,14 @@ impl Segment {
         self.base_offset
     }
 
-    /// Size of the file (preallocated capacity).
+    /// The most bytes the file may grow to (the mapping's length).
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Length of the file now: every byte below it is allocated on disk.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Acquire)
     }
 
     /// Bytes from the start of the file that readers may see.
@@ -101,7 +120,8 @@ impl Segment {
             ));
         };
         // SAFETY: `[pos, pos + len)` lies below `published` (checked above), so it is
-        // immutable, and inside the mapping, which lives as long as `self`.
+        // immutable and inside the allocated file, and inside the mapping, which lives as
+        // long as `self`.
         Ok(
             unsafe {
                 std::slice::from_raw_parts(self.map.as_ptr().add(pos as usize), len as usize)
@@ -132,15 +152,23 @@ impl Segment {
         }
         match method {
             SyncMethod::Msync => self.map.flush_range(pos as usize, len as usize),
-            SyncMethod::Fdatasync => self.file.sync_data(),
+            // `fdatasync` flushes the file's dirty pages whichever descriptor asks, the
+            // mapping's included.
+            SyncMethod::Fdatasync => self.open_file().and_then(|f| f.sync_data()),
         }
         .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Opens the file for an operation that needs a descriptor; closed when dropped.
+    fn open_file(&self) -> std::io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(&self.path)
     }
 }
 
 impl SegmentWriter {
-    /// Creates a new segment file for `base_offset` in `dir`, preallocated to `capacity`
-    /// bytes, with its header written and synced, and the directory synced.
+    /// Creates a new segment file for `base_offset` in `dir` that may grow to `capacity`
+    /// bytes, allocated to its first step, with its header written and synced, and the
+    /// directory synced.
     pub fn create(dir: &Path, base_offset: u64, capacity: u64) -> Result<SegmentWriter> {
         let path = dir.join(segment_file_name(base_offset));
         let file = OpenOptions::new()
@@ -149,7 +177,8 @@ impl SegmentWriter {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let made = preallocate(&file, capacity).and_then(|()| {
+        let first = SEGMENT_FIRST_ALLOCATION.min(capacity);
+        let made = preallocate(&file, 0, first).and_then(|()| {
             use std::os::unix::fs::FileExt;
             file.write_all_at(&encode_segment_header(base_offset), 0)?;
             file.sync_all()
@@ -161,26 +190,28 @@ impl SegmentWriter {
             return Err(Error::io(&path, e));
         }
         sync_dir(dir)?;
-        let segment = Self::map(path, file, base_offset, capacity)?;
+        let segment = Self::map(path, &file, base_offset, first, capacity)?;
         Ok(SegmentWriter {
             segment,
             cursor: SEGMENT_HEADER_LEN as u64,
         })
     }
 
-    /// Opens an existing segment file for recovery. Nothing is published until the caller
-    /// has scanned it and called [`SegmentWriter::set_cursor`] and [`SegmentWriter::publish`].
-    pub fn open(path: &Path) -> Result<SegmentWriter> {
+    /// Opens an existing segment file for recovery, mapped so that it may grow to
+    /// `capacity` bytes (or its length, if longer: a file is never shrunk). Nothing is
+    /// published until the caller has scanned it and called [`SegmentWriter::set_cursor`]
+    /// and [`SegmentWriter::publish`].
+    pub fn open(path: &Path, capacity: u64) -> Result<SegmentWriter> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        let capacity = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut header = [0u8; SEGMENT_HEADER_LEN];
         {
             use std::os::unix::fs::FileExt;
-            if capacity < SEGMENT_HEADER_LEN as u64 {
+            if len < SEGMENT_HEADER_LEN as u64 {
                 return Err(Error::corruption(
                     path,
                     0,
@@ -192,23 +223,40 @@ impl SegmentWriter {
         }
         let base_offset =
             decode_segment_header(&header).map_err(|reason| Error::corruption(path, 0, reason))?;
-        let segment = Self::map(path.to_path_buf(), file, base_offset, capacity)?;
+        let segment = Self::map(
+            path.to_path_buf(),
+            &file,
+            base_offset,
+            len,
+            capacity.max(len),
+        )?;
         Ok(SegmentWriter {
             segment,
             cursor: SEGMENT_HEADER_LEN as u64,
         })
     }
 
-    fn map(path: PathBuf, file: File, base_offset: u64, capacity: u64) -> Result<Arc<Segment>> {
+    /// Maps `capacity` bytes of `file`, of which the first `allocated` exist. The
+    /// descriptor is not kept: the mapping stays valid after it is closed.
+    fn map(
+        path: PathBuf,
+        file: &File,
+        base_offset: u64,
+        allocated: u64,
+        capacity: u64,
+    ) -> Result<Arc<Segment>> {
+        let len = usize::try_from(capacity)
+            .map_err(|_| Error::InvalidArgument(format!("segment of {capacity} bytes")))?;
         let map = MmapOptions::new()
-            .map_raw(&file)
+            .len(len)
+            .map_raw(file)
             .map_err(|e| Error::io(&path, e))?;
         Ok(Arc::new(Segment {
             path,
             base_offset,
-            file,
             map,
             capacity,
+            allocated: AtomicU64::new(allocated),
             published: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
         }))
     }
@@ -223,30 +271,76 @@ impl SegmentWriter {
         self.cursor
     }
 
-    /// Bytes left for records.
+    /// Bytes left for records before the segment is full (allocated or not yet).
     pub fn remaining(&self) -> u64 {
         self.segment.capacity - self.cursor
     }
 
-    /// The whole file as mapped, for the recovery scan before anything is published.
+    /// The whole file as allocated, for the recovery scan before anything is published.
     pub fn contents(&self) -> &[u8] {
         // SAFETY: only this writer stores into the mapping, and it needs `&mut self` to do so;
-        // the returned borrow of `&self` therefore cannot overlap a store.
+        // the returned borrow of `&self` therefore cannot overlap a store. The slice ends at
+        // the allocated end of the file, inside the mapping.
         unsafe {
-            std::slice::from_raw_parts(self.segment.map.as_ptr(), self.segment.capacity as usize)
+            std::slice::from_raw_parts(self.segment.map.as_ptr(), self.segment.allocated() as usize)
         }
     }
 
-    /// Reserves `len` bytes at the cursor for a record and returns them to be filled in.
+    /// Makes sure the next `len` bytes at the cursor are allocated on disk, growing the
+    /// file by the next step if they are not. A full disk is an error here, before any
+    /// byte is stored; the segment stays as it was and valid.
+    pub fn make_room(&mut self, len: u64) -> Result<()> {
+        let seg = &self.segment;
+        let need = self.cursor.saturating_add(len);
+        let allocated = seg.allocated();
+        if need <= allocated {
+            return Ok(());
+        }
+        if need > seg.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "{len} bytes at {} do not fit in a {}-byte segment",
+                self.cursor, seg.capacity
+            )));
+        }
+        let target = next_allocation(allocated, need, seg.capacity);
+        // No sync here: the sync that makes records in the new space durable (`msync` is
+        // `fdatasync` of a range) also makes durable the length and allocation needed to
+        // read them back. A sync here would be a full `fsync` of the file's dirty pages,
+        // stalling the committer every step under `--fsync never`.
+        let grow = |to: u64| -> std::io::Result<()> {
+            let file = seg.open_file()?;
+            preallocate(&file, allocated, to - allocated)
+        };
+        let grown = match grow(target) {
+            // Short of room for a whole step: take just what this append needs.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                let least = round_up(need).min(seg.capacity);
+                if least < target {
+                    grow(least).map(|()| least)
+                } else {
+                    Err(e)
+                }
+            }
+            other => other.map(|()| target),
+        }
+        .map_err(|e| Error::io(&seg.path, e))?;
+        seg.allocated.store(grown, Ordering::Release);
+        debug!(file = %seg.path.display(), from = allocated, to = grown, "segment grown");
+        Ok(())
+    }
+
+    /// Reserves `len` bytes at the cursor for a record and returns them to be filled in;
+    /// `None` unless [`SegmentWriter::make_room`] made room for them first.
     pub fn reserve(&mut self, len: usize) -> Option<&mut [u8]> {
-        if len as u64 > self.remaining() {
+        if self.cursor + len as u64 > self.segment.allocated() {
             return None;
         }
         let at = self.cursor as usize;
         self.cursor += len as u64;
-        // SAFETY: `[at, at + len)` is inside the mapping (checked above) and at or above
-        // `published`, so no reader can hold a reference into it; `&mut self` excludes any other
-        // borrow from this writer.
+        // SAFETY: `[at, at + len)` is inside the allocated file and so inside the mapping
+        // (checked above: no store can reach past the file's end and fault), and at or
+        // above `published`, so no reader can hold a reference into it; `&mut self`
+        // excludes any other borrow from this writer.
         Some(unsafe { std::slice::from_raw_parts_mut(self.segment.map.as_mut_ptr().add(at), len) })
     }
 
@@ -258,7 +352,7 @@ impl SegmentWriter {
     /// Moves the cursor after recovery has found the end of the valid data.
     pub fn set_cursor(&mut self, cursor: u64) {
         debug_assert!(cursor >= self.segment.published());
-        self.cursor = cursor.min(self.segment.capacity);
+        self.cursor = cursor.min(self.segment.allocated());
     }
 
     /// Undoes unpublished writes: zeroes `[to, cursor)` and moves the cursor back to `to`, so
@@ -267,8 +361,8 @@ impl SegmentWriter {
         let to = to.max(self.segment.published());
         if to < self.cursor {
             let len = (self.cursor - to) as usize;
-            // SAFETY: `[to, cursor)` is at or above `published` (clamped above), inside the
-            // mapping, and only this writer touches it.
+            // SAFETY: `[to, cursor)` is at or above `published` (clamped above), below the
+            // cursor and so inside the allocated file, and only this writer touches it.
             unsafe {
                 std::ptr::write_bytes(self.segment.map.as_mut_ptr().add(to as usize), 0, len)
             };
@@ -276,18 +370,35 @@ impl SegmentWriter {
         }
     }
 
-    /// Cuts the file back to `len` bytes (dropping a torn tail), syncs, and preallocates the
-    /// freed space again so that it reads as zeros.
+    /// Cuts the file back to `len` bytes (dropping a torn tail), syncs, and allocates the
+    /// freed space again so that it reads as zeros and the file keeps its length.
     pub fn truncate_tail(&mut self, len: u64) -> Result<()> {
         let seg = &self.segment;
         let path = &seg.path;
-        seg.file.set_len(len).map_err(|e| Error::io(path, e))?;
-        seg.file.sync_all().map_err(|e| Error::io(path, e))?;
-        preallocate(&seg.file, seg.capacity).map_err(|e| Error::io(path, e))?;
-        seg.file.sync_all().map_err(|e| Error::io(path, e))?;
+        let allocated = seg.allocated();
+        let file = seg.open_file().map_err(|e| Error::io(path, e))?;
+        file.set_len(len).map_err(|e| Error::io(path, e))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        if allocated > len {
+            preallocate(&file, len, allocated - len).map_err(|e| Error::io(path, e))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
+        }
         self.cursor = len;
         Ok(())
     }
+}
+
+/// The file length to grow to so that `need` bytes fit: double the allocation (by at
+/// least the first step, at most [`SEGMENT_MAX_GROWTH`]), more if one append needs it,
+/// never past the capacity.
+fn next_allocation(allocated: u64, need: u64, capacity: u64) -> u64 {
+    let step = allocated.clamp(SEGMENT_FIRST_ALLOCATION, SEGMENT_MAX_GROWTH);
+    round_up(need.max(allocated + step)).min(capacity)
+}
+
+/// `n` rounded up to a whole number of allocation units.
+fn round_up(n: u64) -> u64 {
+    n.div_ceil(SEGMENT_ALLOCATION_UNIT) * SEGMENT_ALLOCATION_UNIT
 }
 
 /// An immutable file mapped read-only: a sorted run, written in full and synced before it
@@ -353,17 +464,19 @@ impl MappedFile {
     }
 }
 
-/// Reserves real blocks for `[0, len)` so stores through the mapping never allocate.
-fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+/// Reserves real blocks for `[at, at + len)`, extending the file to cover them, so stores
+/// through the mapping never allocate.
+fn preallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "segment too large"))?;
+    let too_large = |_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "segment too large");
+    let off = libc::off_t::try_from(at).map_err(too_large)?;
+    let n = libc::off_t::try_from(len).map_err(too_large)?;
     // SAFETY: plain system call on an open descriptor owned by `file`; no memory is shared.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, n) };
     match rc {
         0 => Ok(()),
         // File systems without fallocate: fall back to a sized (possibly sparse) file.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(at + len),
         errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
@@ -411,6 +524,174 @@ mod tests {
             .iter()
             .all(|&b| b == 0));
         assert!(w.reserve(9000).is_none(), "no room past capacity");
+        Ok(())
+    }
+
+    fn tmp() -> Result<tempfile::TempDir> {
+        tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))
+    }
+
+    /// Length and allocated bytes of the segment's file.
+    fn on_disk(w: &SegmentWriter) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(w.segment().path()).expect("stat");
+        (md.len(), md.blocks() * 512)
+    }
+
+    /// Appends `len` bytes of `fill` the way the committer does: room first, then reserve.
+    fn append(w: &mut SegmentWriter, len: usize, fill: u8) -> Result<()> {
+        w.make_room(len as u64)?;
+        w.reserve(len).expect("room was made").fill(fill);
+        w.publish();
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_segment_takes_its_first_step_not_its_capacity() -> Result<()> {
+        let dir = tmp()?;
+        let w = SegmentWriter::create(dir.path(), 0, 64 << 20)?;
+        let (len, blocks) = on_disk(&w);
+        assert_eq!(len, SEGMENT_FIRST_ALLOCATION);
+        assert_eq!(w.segment().allocated(), SEGMENT_FIRST_ALLOCATION);
+        assert_eq!(w.segment().capacity(), 64 << 20);
+        assert_eq!(w.remaining(), (64 << 20) - SEGMENT_HEADER_LEN as u64);
+        assert!(
+            blocks <= 2 * SEGMENT_FIRST_ALLOCATION,
+            "{blocks} bytes allocated"
+        );
+        assert_eq!(w.contents().len() as u64, SEGMENT_FIRST_ALLOCATION);
+        Ok(())
+    }
+
+    #[test]
+    fn reserve_refuses_bytes_beyond_the_allocated_end() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 1 << 20)?;
+        let room = (SEGMENT_FIRST_ALLOCATION - w.cursor()) as usize;
+        assert!(w.reserve(room + 1).is_none(), "past the file's end");
+        assert!(w.reserve(room).is_some(), "up to the file's end");
+        Ok(())
+    }
+
+    #[test]
+    fn growth_doubles_up_to_the_step_limit_and_stops_at_capacity() -> Result<()> {
+        let dir = tmp()?;
+        let capacity = 24 << 20;
+        let mut w = SegmentWriter::create(dir.path(), 0, capacity)?;
+        let mut sizes = vec![w.segment().allocated()];
+        while w.remaining() >= 4096 {
+            append(&mut w, 4096, 0xA5)?;
+            let a = w.segment().allocated();
+            if a != *sizes.last().expect("one") {
+                sizes.push(a);
+            }
+            assert!(w.cursor() <= a, "cursor past the allocated end");
+            assert_eq!(on_disk(&w).0, a, "the file length is the allocation");
+        }
+        let k = 1024;
+        assert_eq!(
+            sizes[..10],
+            [
+                16 * k,
+                32 * k,
+                64 * k,
+                128 * k,
+                256 * k,
+                512 * k,
+                1024 * k,
+                2048 * k,
+                4096 * k,
+                8192 * k
+            ],
+            "{sizes:?}"
+        );
+        for pair in sizes.windows(2) {
+            assert!(pair[1] - pair[0] <= SEGMENT_MAX_GROWTH, "{sizes:?}");
+        }
+        assert_eq!(*sizes.last().expect("one"), capacity, "grown to capacity");
+        assert!(
+            w.make_room(w.remaining() + 1).is_err(),
+            "never past capacity"
+        );
+        assert_eq!(on_disk(&w).0, capacity);
+        Ok(())
+    }
+
+    #[test]
+    fn one_large_append_grows_the_file_enough_at_once() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 8 << 20)?;
+        append(&mut w, 1 << 20, 1)?;
+        assert!(w.segment().allocated() >= w.cursor());
+        assert_eq!(w.segment().allocated() % SEGMENT_ALLOCATION_UNIT, 0);
+        assert_eq!(
+            w.segment().read(SEGMENT_HEADER_LEN as u64, 1 << 20)?[12345],
+            1
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_grown_segment_reopens_at_its_length_and_grows_on() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 7, 1 << 20)?;
+        append(&mut w, 20_000, 3)?;
+        let end = w.cursor();
+        let path = w.segment().path().to_path_buf();
+        let allocated = w.segment().allocated();
+        assert_eq!(allocated, 32 * 1024);
+        drop(w);
+        let mut r = SegmentWriter::open(&path, 1 << 20)?;
+        assert_eq!(r.segment().base_offset(), 7);
+        assert_eq!(r.segment().allocated(), allocated);
+        assert_eq!(r.segment().capacity(), 1 << 20);
+        assert_eq!(r.contents().len() as u64, allocated);
+        assert!(r.contents()[SEGMENT_HEADER_LEN..end as usize]
+            .iter()
+            .all(|&b| b == 3));
+        r.set_cursor(end);
+        r.publish();
+        append(&mut r, 40_000, 4)?;
+        assert!(r.segment().allocated() > allocated);
+        // A sealed segment opened at capacity 0 maps just its length.
+        let s = SegmentWriter::open(&path, 0)?;
+        assert_eq!(s.segment().capacity(), s.segment().allocated());
+        Ok(())
+    }
+
+    #[test]
+    fn a_cut_tail_keeps_the_file_length() -> Result<()> {
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 1 << 20)?;
+        append(&mut w, 30_000, 9)?;
+        let allocated = w.segment().allocated();
+        w.truncate_tail(1000)?;
+        assert_eq!(w.cursor(), 1000);
+        assert_eq!(on_disk(&w).0, allocated);
+        let reopened = SegmentWriter::open(w.segment().path(), 1 << 20)?;
+        assert!(reopened.contents()[1000..].iter().all(|&b| b == 0));
+        Ok(())
+    }
+
+    #[test]
+    fn no_descriptor_is_kept() -> Result<()> {
+        let dir = tmp()?;
+        let count = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let before = count();
+        let mut ws = Vec::new();
+        for base in 0..20 {
+            let mut w = SegmentWriter::create(dir.path(), base, 1 << 20)?;
+            append(&mut w, 20_000, 1)?;
+            w.segment()
+                .sync_range(SEGMENT_HEADER_LEN as u64, 20_000, SyncMethod::Fdatasync)?;
+            ws.push(w);
+        }
+        // Other tests run in parallel threads and may hold a few descriptors for a moment.
+        assert!(
+            count() < before + 10,
+            "{} fds for 20 segments",
+            count() - before
+        );
         Ok(())
     }
 }

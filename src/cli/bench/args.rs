@@ -26,6 +26,8 @@ pub enum Scenario {
     Replay(ReplayOpts),
     /// Publish→delivery latency at a fixed rate.
     E2e(E2eOpts),
+    /// Many small topics: disk, memory, descriptors and threads per topic, restart time.
+    Topics(super::topics::TopicsOpts),
 }
 
 impl Scenario {
@@ -36,6 +38,7 @@ impl Scenario {
             Scenario::Fanout(o) => &o.common,
             Scenario::Replay(o) => &o.common,
             Scenario::E2e(o) => &o.common,
+            Scenario::Topics(o) => &o.common,
         }
     }
 
@@ -46,6 +49,7 @@ impl Scenario {
             Scenario::Fanout(_) => "fanout",
             Scenario::Replay(_) => "replay",
             Scenario::E2e(_) => "e2e",
+            Scenario::Topics(_) => "topics",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `wire`: a connector that counts the bytes the bench's connections write and read.
 //! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers).
 //! - `replay`: prefill a topic, then time subscribers reading it from the start.
+//! - `topics`: many small topics: disk, memory, descriptors and threads, restart time.
 //! - `progress`: live counters and the progress bar.
 //! - `report`: the final table and `--json`.
 //! - `run`: the entry point: runtime, fd limit, server, scenario, report, exit code.
@@ -26,6 +27,7 @@ mod replay;
 mod report;
 mod run;
 mod server;
+mod topics;
 mod wire;
 
 pub use args::BenchArgs;
