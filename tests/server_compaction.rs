@@ -59,6 +59,12 @@ async fn streams_stay_exact_while_the_compactor_rewrites_segments() {
                 format!("frame-{i}-{}", "z".repeat((i % 40) as usize)).as_bytes(),
             )
             .await;
+            // Spread publishing over about 3 s, several maintenance passes (one a second):
+            // unpaced, a fast machine publishes everything before the second pass, and the
+            // compactor would run once instead of while subscribers read and resume.
+            if i % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     });
     // Subscribers join while publishing and compaction go on; each reads until it has
