@@ -172,15 +172,22 @@ fn dump_run(
 
 /// The topics and segment files to read.
 fn plan(opts: &DumpOptions) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let topics_dir = opts.data_dir.join("topics");
     if let Some(seg) = &opts.segment {
+        let seg = find_segment(seg, &topics_dir, opts.topic.as_deref())?;
         let topic = seg
             .parent()
             .and_then(Path::file_name)
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        return Ok(vec![(topic, vec![seg.clone()])]);
+        return Ok(vec![(topic, vec![seg])]);
     }
-    let topics_dir = opts.data_dir.join("topics");
+    if !topics_dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "no framecast data dir at {} (it has no topics/ directory)",
+            opts.data_dir.display()
+        )));
+    }
     let mut names = Vec::new();
     if let Some(t) = &opts.topic {
         let dir = topics_dir.join(t);
@@ -212,6 +219,44 @@ fn plan(opts: &DumpOptions) -> Result<Vec<(String, Vec<PathBuf>)>> {
             Ok((t, files))
         })
         .collect()
+}
+
+/// `--segment FILE`: the file itself if it exists, else a bare file name looked up in the
+/// topic's directory (`--topic`), or in every topic when exactly one holds it.
+fn find_segment(seg: &Path, topics_dir: &Path, topic: Option<&str>) -> Result<PathBuf> {
+    if seg.is_file() {
+        return Ok(seg.to_path_buf());
+    }
+    let bare = seg.parent().is_none_or(|p| p.as_os_str().is_empty());
+    if bare {
+        if let Some(t) = topic {
+            let candidate = topics_dir.join(t).join(seg);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        } else if let Ok(entries) = std::fs::read_dir(topics_dir) {
+            let found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join(seg))
+                .filter(|p| p.is_file())
+                .collect();
+            match found.len() {
+                1 => return Ok(found[0].clone()),
+                0 => {}
+                n => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{n} topics hold a segment named {}: name the topic with --topic",
+                        seg.display()
+                    )))
+                }
+            }
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "no segment file {} (nor under {})",
+        seg.display(),
+        topics_dir.display()
+    )))
 }
 
 fn dump_segment(

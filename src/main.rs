@@ -77,8 +77,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the log line "listening" names it).
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    /// Address to listen on: HOST:PORT, or :PORT for 127.0.0.1 (port 0 picks a free port;
+    /// the log line "listening" names it). 0.0.0.0:PORT listens on every interface.
+    #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_listen)]
     listen: std::net::SocketAddr,
     /// Data directory; topics live in <data-dir>/topics/<topic>/.
     #[arg(long, default_value = "./data")]
@@ -141,6 +142,19 @@ fn parse_window(s: &str) -> Result<u32, String> {
     u32::try_from(n).map_err(|e| e.to_string())
 }
 
+/// `HOST:PORT` (a name is resolved, its first address taken) or `:PORT` (loopback).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => s.to_string(),
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not HOST:PORT or :PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
     s.parse()
 }
@@ -196,6 +210,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("framecast serve: {e}");
         return ExitCode::from(2);
     }
+    if config.data_dir.exists() && !config.data_dir.is_dir() {
+        eprintln!(
+            "framecast serve: --data-dir {} exists and is not a directory",
+            config.data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        settings = ?config,
+        "framecast serve starting"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -216,8 +242,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Printed once, plainly, as the last line: the log already has the details.
         Err(e) => {
-            tracing::error!(error = %e, "framecast serve failed");
             eprintln!("framecast serve: {e}");
             ExitCode::FAILURE
         }

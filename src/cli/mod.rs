@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod publish;
+mod seq;
 pub mod subscribe;
 mod text;
 

@@ -15,10 +15,10 @@ pub struct PublishArgs {
     #[arg(long, default_value = "default")]
     pub topic: String,
     /// Number the frames N, N+1, … (the default, from 0).
-    #[arg(long, conflicts_with = "seq_no")]
+    #[arg(long, conflicts_with = "seq_no", allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub seq_from: Option<u64>,
     /// Give every frame this seq_no.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub seq_no: Option<u64>,
     /// Send this file's bytes as one frame.
     #[arg(long, conflicts_with = "payloads")]

@@ -18,7 +18,7 @@ pub struct SubscribeArgs {
     #[arg(long, default_value = "default")]
     pub topic: String,
     /// replay_seq_no_start: replay history with seq_no >= this, then follow live.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub from: u64,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]

@@ -31,6 +31,7 @@ pub fn repair_offline(data_dir: &Path, topic: &str) -> Result<RepairOutcome> {
     if !valid_topic_name(topic) {
         return Err(Error::InvalidArgument(format!("bad topic name '{topic}'")));
     }
+    super::run::require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
     let dir = data_dir.join("topics").join(topic);
     if !dir.is_dir() {

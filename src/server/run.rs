@@ -51,12 +51,25 @@ impl DataDirLock {
     }
 }
 
+/// Checks that `data_dir` holds a framecast data directory (its `topics/`), so that an
+/// offline tool run on a mistyped path says so instead of creating an empty one.
+pub fn require_data_dir(data_dir: &std::path::Path) -> Result<()> {
+    if data_dir.join("topics").is_dir() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "no framecast data dir at {} (it has no topics/ directory; give the --data-dir a server ran with)",
+        data_dir.display()
+    )))
+}
+
 /// `framecast compact`: on a stopped server's data dir, applies retention and merges every
 /// topic's sealed segments and runs into one sorted run. Returns a report per topic.
 pub fn compact_offline(
     data_dir: &std::path::Path,
     only: Option<&str>,
 ) -> Result<Vec<(String, crate::wal::CompactionReport)>> {
+    require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
     let topics = Topics::open(data_dir, crate::wal::LogConfig::default(), false)?;
     let mut out = Vec::new();

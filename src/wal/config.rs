@@ -95,15 +95,23 @@ impl LogConfig {
     pub fn validate(&self) -> Result<()> {
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
             return Err(Error::InvalidArgument(format!(
-                "segment size {} is outside {MIN_SEGMENT_BYTES}..={}",
+                "--segment-bytes {} is outside {MIN_SEGMENT_BYTES}..={}",
                 self.segment_bytes,
                 u32::MAX
             )));
         }
+        if self.max_frame_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "--max-frame-bytes must be at least 1".into(),
+            ));
+        }
+        let room = self.segment_bytes - SEGMENT_HEADER_LEN as u64;
         let largest = encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64;
-        if largest > self.segment_bytes - SEGMENT_HEADER_LEN as u64 {
+        if largest > room {
+            let fits = room.saturating_sub(encoded_len(MAX_KEY_LEN, 0) as u64);
             return Err(Error::InvalidArgument(format!(
-                "a {}-byte frame does not fit in a {}-byte segment",
+                "--max-frame-bytes {} does not fit in a {}-byte segment (--segment-bytes): \
+                 the largest that fits is {fits}, or raise --segment-bytes",
                 self.max_frame_bytes, self.segment_bytes
             )));
         }

@@ -1,0 +1,183 @@
+//! What a new user trips over, answered plainly by the real binary: a mistyped data dir,
+//! settings that cannot work, a negative seq_no, `:PORT` listen addresses, a bare segment
+//! file name. Each error says what is wrong and changes nothing.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs the binary to its end; (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn offline_tools_refuse_a_directory_that_is_no_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("dtaa");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["dump", "--data-dir", m, "--verify"],
+        vec!["dump", "--data-dir", m],
+        vec!["compact", "--data-dir", m],
+        vec!["repair", "--data-dir", m, "--topic", "t"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, Some(0), "{args:?} must fail: {err}");
+        assert!(
+            err.contains(&format!("no framecast data dir at {m}")),
+            "{args:?}: {err}"
+        );
+        assert!(!missing.exists(), "{args:?} created {m}");
+    }
+}
+
+#[test]
+fn serve_names_the_setting_that_cannot_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let (code, _, err) = run(&["serve", "--data-dir", d, "--max-frame-bytes", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--max-frame-bytes must be at least 1"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&["serve", "--data-dir", d, "--segment-bytes", "1MiB"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--max-frame-bytes 4193280 does not fit")
+            && err.contains("the largest that fits is"),
+        "{err}"
+    );
+    // The largest value it names does fit.
+    let fits: u64 = err
+        .split("the largest that fits is ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let (code, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        d,
+        "--segment-bytes",
+        "1MiB",
+        "--max-frame-bytes",
+        &(fits + 1).to_string(),
+    ]);
+    assert_eq!(
+        code,
+        Some(2),
+        "one more than the largest must not fit: {err}"
+    );
+
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a dir").unwrap();
+    let (code, _, err) = run(&["serve", "--data-dir", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a dir");
+}
+
+#[test]
+fn negative_seq_nos_get_a_plain_message() {
+    for args in [
+        vec!["subscribe", "--from", "-1"],
+        vec!["publish", "--seq-from", "-1", "x"],
+        vec!["publish", "--seq-no", "-5", "x"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(
+            err.contains("must be a non-negative integer"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn listen_takes_a_bare_port_and_a_host_name() {
+    for listen in [":0", "localhost:0"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut listening = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("listening") {
+                listening = Some(line);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no listening line for {listen}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = listening.unwrap_or_else(|| panic!("{listen}: server exited early"));
+        assert!(
+            line.contains("addr=127.0.0.1:") || line.contains("addr=[::1]:"),
+            "{listen} must listen on loopback: {line}"
+        );
+        assert!(!line.contains(":0 "), "{listen} must pick a port: {line}");
+    }
+}
+
+#[test]
+fn dump_finds_a_bare_segment_name_in_its_topic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let topic = tmp.path().join("topics").join("chat");
+    std::fs::create_dir_all(&topic).unwrap();
+    // A real segment: made by the log itself.
+    {
+        let log = framecast::wal::Log::open(&topic, framecast::wal::LogConfig::default()).unwrap();
+        log.append(vec![framecast::wal::NewFrame {
+            seq_no: 7,
+            payload: bytes::Bytes::from_static(b"hello"),
+            ..Default::default()
+        }])
+        .unwrap();
+    }
+    let d = tmp.path().to_str().unwrap();
+    let name = "00000000000000000000.seg";
+    for args in [
+        vec![
+            "dump",
+            "--data-dir",
+            d,
+            "--topic",
+            "chat",
+            "--segment",
+            name,
+        ],
+        vec!["dump", "--data-dir", d, "--segment", name],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains("hello"), "{args:?}: {out}");
+    }
+    let (code, _, err) = run(&["dump", "--data-dir", d, "--segment", "nope.seg"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no segment file nope.seg"), "{err}");
+}
