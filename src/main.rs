@@ -87,7 +87,7 @@ struct ServeArgs {
     /// When a publish counts as durable: always (sync before ack), interval:<ms>, never.
     #[arg(long, default_value = "always", value_parser = parse_fsync)]
     fsync: FsyncPolicy,
-    /// Size each segment file is preallocated to (e.g. 67108864 or 64MiB).
+    /// Capacity of a segment (e.g. 67108864 or 64MiB): its file grows in steps up to it.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     segment_bytes: u64,
     /// Largest payload accepted (default 4 MiB - 1 KiB).
