@@ -33,6 +33,8 @@ enum Command {
     Publish(cli::publish::PublishArgs),
     /// Print frames of a topic: history from --from, then live; reconnects on its own.
     Subscribe(cli::subscribe::SubscribeArgs),
+    /// List topics with their figures (default), create or delete one.
+    Topics(cli::topics::TopicsArgs),
     /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
     Bench(cli::bench::BenchArgs),
     /// Compact a stopped server's topics: apply retention, merge sealed segments and runs
@@ -331,6 +333,7 @@ fn main() -> ExitCode {
         }
         Command::Publish(args) => client_command("publish", cli::publish::run(args)),
         Command::Subscribe(args) => client_command("subscribe", cli::subscribe::run(args)),
+        Command::Topics(args) => client_command("topics", cli::topics::run(args)),
         Command::Bench(args) => cli::bench::main(args),
         Command::Dump {
             data_dir,

@@ -1,9 +1,10 @@
-//! Command-line tools built on the client: `publish`, `subscribe` (and `bench`).
+//! Command-line tools built on the client: `publish`, `subscribe`, `topics` (and `bench`).
 
 pub mod bench;
 pub mod publish;
 mod seq;
 pub mod subscribe;
 mod text;
+pub mod topics;
 
 pub use text::{hex, payload_text};
