@@ -63,7 +63,8 @@ fn create_list_delete() {
     assert!(ok, "{err}");
     assert!(out.lines().next().unwrap().starts_with("topic"), "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("chat ") && l.contains(" 3 ")),
+        out.lines()
+            .any(|l| l.starts_with("chat ") && l.contains(" 3 ")),
         "{out}"
     );
 
