@@ -81,56 +81,68 @@ enum Command {
 struct ServeArgs {
     /// Address to listen on: HOST:PORT, or :PORT for 127.0.0.1 (port 0 picks a free port;
     /// the log line "listening" names it). 0.0.0.0:PORT listens on every interface.
-    #[arg(long, default_value = "127.0.0.1:7070", value_parser = parse_listen)]
+    #[arg(long, env = "FRAMECAST_LISTEN", default_value = "127.0.0.1:7070", value_parser = parse_listen)]
     listen: std::net::SocketAddr,
     /// Data directory; topics live in <data-dir>/topics/<topic>/.
-    #[arg(long, default_value = "./data")]
+    #[arg(long, env = "FRAMECAST_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// When a publish counts as durable: always (sync before ack), interval:<ms>, never.
-    #[arg(long, default_value = "always", value_parser = parse_fsync)]
+    #[arg(long, env = "FRAMECAST_FSYNC", default_value = "always", value_parser = parse_fsync)]
     fsync: FsyncPolicy,
     /// Capacity of a segment (e.g. 67108864 or 64MiB): its file grows in steps up to it.
-    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "FRAMECAST_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     segment_bytes: u64,
     /// Largest payload accepted (default 4 MiB - 1 KiB).
-    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES as u64, value_parser = parse_bytes)]
+    #[arg(long, env = "FRAMECAST_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES as u64, value_parser = parse_bytes)]
     max_frame_bytes: u64,
     /// Open subscriber streams allowed across all topics.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "FRAMECAST_MAX_SUBSCRIBERS", default_value_t = 100_000)]
     max_subscribers: usize,
     /// Refuse publishes and subscriptions to missing topics (NOT_FOUND) instead of creating them.
-    #[arg(long)]
+    #[arg(long, env = "FRAMECAST_NO_AUTO_CREATE_TOPICS")]
     no_auto_create_topics: bool,
     /// How long an idempotency key is remembered (90s, 2m, 1h).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "FRAMECAST_DEDUP_WINDOW", default_value = "2m", value_parser = parse_duration)]
     dedup_window: std::time::Duration,
     /// Most idempotency keys remembered per topic; past it the oldest are forgotten early.
-    #[arg(long, default_value_t = DEFAULT_DEDUP_MAX_KEYS)]
+    #[arg(long, env = "FRAMECAST_DEDUP_MAX_KEYS", default_value_t = DEFAULT_DEDUP_MAX_KEYS)]
     dedup_max_keys: usize,
     /// Default retention by age for topics without their own (90s, 2m, 1h, 7d); unset: keep.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "FRAMECAST_RETENTION_MAX_AGE", value_parser = parse_duration)]
     retention_max_age: Option<std::time::Duration>,
     /// Default retention by size for topics without their own (e.g. 10GiB); unset: keep.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "FRAMECAST_RETENTION_MAX_BYTES", value_parser = parse_bytes)]
     retention_max_bytes: Option<u64>,
     /// Compaction I/O budget in MB/s (0 = unlimited).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "FRAMECAST_COMPACTION_MB_PER_SEC", default_value_t = 64)]
     compaction_mb_per_sec: u64,
     /// Compact a topic once this many sealed segments wait (0 = never automatically).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "FRAMECAST_COMPACT_AFTER_SEGMENTS", default_value_t = 4)]
     compact_after_segments: usize,
     /// Client connections served at once; more wait to be accepted until one closes.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FRAMECAST_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Concurrent HTTP/2 streams (calls, subscriptions) per connection.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FRAMECAST_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
     /// HTTP/2 receive window per stream: bytes a client may send ahead on one call.
-    #[arg(long, default_value = "1MiB", value_parser = parse_window)]
+    #[arg(long, env = "FRAMECAST_HTTP2_STREAM_WINDOW", default_value = "1MiB", value_parser = parse_window)]
     http2_stream_window: u32,
     /// HTTP/2 receive window per connection, shared by its streams.
-    #[arg(long, default_value = "2MiB", value_parser = parse_window)]
+    #[arg(long, env = "FRAMECAST_HTTP2_CONNECTION_WINDOW", default_value = "2MiB", value_parser = parse_window)]
     http2_connection_window: u32,
+    /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
+    /// a flag beats its FRAMECAST_<FLAG> environment variable, which beats the file.
+    #[arg(long, env = "FRAMECAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log lines as plain text or as one JSON object per line.
+    #[arg(
+        long,
+        env = "FRAMECAST_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    log_format: LogFormat,
 }
 
 /// An HTTP/2 window: 64 KiB - 1 (the protocol's initial window) up to 2 GiB - 1.
@@ -161,19 +173,104 @@ fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
     s.parse()
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`, and the spans.
+    Json,
+}
+
 fn init_tracing() {
+    init_logs(LogFormat::Text);
+}
+
+fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+/// `serve --config FILE` (or FRAMECAST_CONFIG): every key of the TOML file becomes the
+/// FRAMECAST_<FLAG> environment variable of that flag unless it is already set, so clap sees
+/// a flag first, then the real environment, then the file. Unknown keys are an error.
+fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
+    use clap::CommandFactory;
+    if raw.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return Ok(());
+    }
+    let mut path = std::env::var_os("FRAMECAST_CONFIG").map(PathBuf::from);
+    let mut it = raw.iter().skip(2);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            path = it.next().map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let cli = Cli::command();
+    let serve = cli
+        .find_subcommand("serve")
+        .ok_or("no serve command")?
+        .clone();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()) && flag != "config")
+            .ok_or_else(|| {
+                format!(
+                    "--config {}: unknown setting '{key}' (keys are serve flag names, e.g. data-dir)",
+                    path.display()
+                )
+            })?;
+        let Some(env) = arg.get_env() else {
+            continue;
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "--config {}: '{key}' must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ))
+            }
+        };
+        if std::env::var_os(env).is_none() {
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var(env, text);
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    init_logs(args.log_format);
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -295,7 +392,12 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = load_config_file(&raw) {
+        eprintln!("framecast serve: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(raw);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Compact { data_dir, topic } => {
