@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Payloads as `bytes::Bytes`: frames read from the log point into the segment
         // mapping and are handed to the encoder without a copy.
         .bytes(".")
+        // `Frame` is written by hand (src/wire_frame.rs): a live frame is encoded once and
+        // the same bytes go to every subscriber. Its encoding is prost's, byte for byte.
+        .extern_path(".framecast.v1.Frame", "crate::wire_frame::Frame")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -24,7 +24,8 @@
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
 //!   stream that resumes exactly after a break), `retry`, `error`.
-//! - [`proto`]: the generated wire types and the metadata names.
+//! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
+//!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
 //!
 //! The command-line tools (`publish`, `subscribe`, the `bench` load generator) belong to
@@ -36,3 +37,4 @@ pub mod index;
 pub mod proto;
 pub mod server;
 pub mod wal;
+mod wire_frame;

@@ -4,6 +4,8 @@
 
 tonic::include_proto!("framecast.v1");
 
+pub use crate::wire_frame::Frame;
+
 /// Metadata key of the snapshot offset S sent at the start of a subscription.
 pub const SNAPSHOT_OFFSET_HEADER: &str = "framecast-snapshot-offset";
 /// Metadata key of the topic epoch sent at the start of a subscription.

@@ -3,6 +3,7 @@
 pub mod config;
 mod connections;
 mod error;
+pub mod frame_cache;
 pub mod last_fsync;
 pub mod maintenance;
 mod repair;

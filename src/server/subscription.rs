@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::error::Error;
+use super::frame_cache::Cached;
 use super::shutdown::Shutdown;
 use super::topics::{SubscriberSlot, Topic};
 use crate::index::OrderKey;
@@ -47,7 +48,7 @@ pub struct Subscription {
     start_seq_no: u64,
     snapshot: u64,
     phase: Phase,
-    buf: VecDeque<StoredFrame>,
+    buf: VecDeque<proto::Frame>,
     /// Reused for every read, so a live step that finds one frame allocates nothing.
     scratch: Vec<StoredFrame>,
     /// Frames the next step reads: `BATCH`, less when frames are large.
@@ -149,12 +150,7 @@ impl Subscription {
     async fn step(&mut self) -> Result<proto::Frame, Status> {
         loop {
             if let Some(f) = self.buf.pop_front() {
-                return Ok(proto::Frame {
-                    seq_no: f.seq_no,
-                    payload: f.payload,
-                    timestamp: f.timestamp,
-                    offset: f.offset,
-                });
+                return Ok(f);
             }
             self.check_open()?;
             let log = self.topic.log();
@@ -180,29 +176,59 @@ impl Subscription {
                         },
                     };
                     self.batch = next_batch(self.batch, &got);
-                    self.buf.extend(got.drain(..));
+                    self.buf.extend(got.drain(..).map(plain));
                     self.scratch = got;
                 }
                 Phase::Live { next } => {
                     let durable = *self.durable.borrow_and_update();
                     if durable > next {
-                        let mut got = std::mem::take(&mut self.scratch);
-                        let after = log
-                            .read_range(next, durable, self.start_seq_no, self.batch, &mut got)
-                            .map_err(|e| match e {
-                                crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
-                                e => Status::from(Error::from(e)),
-                            })?;
-                        self.phase = Phase::Live { next: after };
-                        self.batch = next_batch(self.batch, &got);
-                        self.buf.extend(got.drain(..));
-                        self.scratch = got;
+                        self.phase = Phase::Live {
+                            next: self.read_live(next, durable)?,
+                        };
                         continue;
                     }
                     self.wait_for_more().await?;
                 }
             }
         }
+    }
+
+    /// Queues the live frames from `next` on (below `durable`) and returns the offset after
+    /// them: from the topic's shared cache of encoded frames, or, for a subscriber behind
+    /// it, read from the log and encoded by this subscriber alone.
+    fn read_live(&mut self, next: u64, durable: u64) -> Result<u64, Status> {
+        let log = self.topic.log();
+        let oor = |e| match e {
+            crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
+            e => Status::from(Error::from(e)),
+        };
+        // Frames retention removed are refused as the log would refuse them, even if the
+        // cache still holds them.
+        if next >= log.first_offset() {
+            let cached = self
+                .topic
+                .frame_cache()
+                .read(
+                    log,
+                    next,
+                    durable,
+                    self.start_seq_no,
+                    self.batch,
+                    &mut self.buf,
+                )
+                .map_err(oor)?;
+            if let Cached::Next(after) = cached {
+                return Ok(after);
+            }
+        }
+        let mut got = std::mem::take(&mut self.scratch);
+        let after = log
+            .read_range(next, durable, self.start_seq_no, self.batch, &mut got)
+            .map_err(oor)?;
+        self.batch = next_batch(self.batch, &got);
+        self.buf.extend(got.drain(..).map(plain));
+        self.scratch = got;
+        Ok(after)
     }
 
     /// Waits until the durable frontier moves, or the stream must end.
@@ -229,6 +255,11 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// A frame read from the log, encoded when sent.
+fn plain(f: StoredFrame) -> proto::Frame {
+    proto::Frame::new(f.seq_no, f.payload, f.timestamp, f.offset)
 }
 
 /// The frame count of the next step after reading `got` with a count of `batch`: what

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::error::{Error, Result};
+use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use crate::wal::{segment::sync_dir, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
@@ -43,6 +44,8 @@ pub struct Topic {
     log: Log,
     subscribers: AtomicU32,
     deleted: watch::Sender<bool>,
+    /// Recent live frames, encoded once for all subscribers.
+    cache: FrameCache,
 }
 
 /// Holds one subscriber slot of a topic; gives it back when dropped.
@@ -53,7 +56,10 @@ pub struct SubscriberSlot {
 
 impl Drop for SubscriberSlot {
     fn drop(&mut self) {
-        self.topic.subscribers.fetch_sub(1, Ordering::Relaxed);
+        // The last subscriber gone: nobody reads the encoded frames any more.
+        if self.topic.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.topic.cache.clear();
+        }
     }
 }
 
@@ -61,6 +67,11 @@ impl Topic {
     /// The topic's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The shared encoded-frame cache of the topic's live frames.
+    pub fn frame_cache(&self) -> &FrameCache {
+        &self.cache
     }
 
     /// Epoch and settings.
@@ -80,7 +91,7 @@ impl Topic {
 
     /// Counts a subscriber until the slot is dropped.
     pub fn add_subscriber(self: &Arc<Self>) -> SubscriberSlot {
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
         SubscriberSlot {
             topic: Arc::clone(self),
         }
@@ -437,6 +448,7 @@ fn new_topic(name: String, meta: TopicMeta, log: Log) -> Topic {
         log,
         subscribers: AtomicU32::new(0),
         deleted,
+        cache: FrameCache::new(FRAME_CACHE_BYTES),
     }
 }
 

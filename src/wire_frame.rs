@@ -1,0 +1,239 @@
+//! The `Frame` message of the wire contract, written by hand instead of generated, so a
+//! frame can carry its own protobuf encoding: the server encodes a live frame once and
+//! hands the same bytes to every subscriber (the encoder copies them into each stream's
+//! buffer; nothing is encoded again). The bytes on the wire are exactly prost's encoding of
+//! the same fields, so every gRPC client decodes them as before.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::DecodeError;
+
+/// One frame of a subscription (`framecast.v1.Frame`).
+///
+/// A frame built by [`Frame::encoded`] carries its encoding, which is what is sent: its
+/// fields are read-only views of it. Changing a field of such a frame drops nothing and
+/// re-encodes nothing, so build a new frame instead (decoded frames carry no encoding).
+#[derive(Clone, Default)]
+pub struct Frame {
+    /// Client-chosen sequence number.
+    pub seq_no: u64,
+    /// The payload.
+    pub payload: Bytes,
+    /// Nanoseconds since the Unix epoch (the stored timestamp).
+    pub timestamp: i64,
+    /// The frame's offset in its topic.
+    pub offset: u64,
+    /// The message's encoding, when it was made by [`Frame::encoded`].
+    encoding: Option<Bytes>,
+}
+
+impl Frame {
+    /// A frame of these fields, encoded once now: the payload is copied into the encoding
+    /// (one allocation), and `payload` then points into it, so the frame pins no segment.
+    pub fn encoded(seq_no: u64, payload: &[u8], timestamp: i64, offset: u64) -> Frame {
+        let plain = Frame {
+            seq_no,
+            payload: Bytes::copy_from_slice(payload),
+            timestamp,
+            offset,
+            encoding: None,
+        };
+        let mut buf = BytesMut::with_capacity(plain.fields_len());
+        plain.encode_fields(&mut buf);
+        let encoding = buf.freeze();
+        // The payload's place in the encoding: after the seq_no field, its tag and length.
+        let start = if seq_no != 0 {
+            encoding::key_len(1) + encoding::encoded_len_varint(seq_no)
+        } else {
+            0
+        };
+        let payload = if payload.is_empty() {
+            Bytes::new()
+        } else {
+            let at =
+                start + encoding::key_len(2) + encoding::encoded_len_varint(payload.len() as u64);
+            encoding.slice(at..at + payload.len())
+        };
+        Frame {
+            seq_no,
+            payload,
+            timestamp,
+            offset,
+            encoding: Some(encoding),
+        }
+    }
+
+    /// A frame of these fields without a stored encoding (encoded when sent).
+    pub fn new(seq_no: u64, payload: Bytes, timestamp: i64, offset: u64) -> Frame {
+        Frame {
+            seq_no,
+            payload,
+            timestamp,
+            offset,
+            encoding: None,
+        }
+    }
+
+    /// The stored encoding, if the frame has one.
+    pub fn encoding(&self) -> Option<&Bytes> {
+        self.encoding.as_ref()
+    }
+
+    /// Bytes this frame holds on the heap beyond its struct (its encoding).
+    pub fn heap_bytes(&self) -> usize {
+        self.encoding.as_ref().map_or(0, Bytes::len)
+    }
+
+    fn fields_len(&self) -> usize {
+        let mut n = 0;
+        if self.seq_no != 0 {
+            n += encoding::uint64::encoded_len(1, &self.seq_no);
+        }
+        if !self.payload.is_empty() {
+            n += encoding::bytes::encoded_len(2, &self.payload);
+        }
+        if self.timestamp != 0 {
+            n += encoding::int64::encoded_len(3, &self.timestamp);
+        }
+        if self.offset != 0 {
+            n += encoding::uint64::encoded_len(4, &self.offset);
+        }
+        n
+    }
+
+    fn encode_fields(&self, buf: &mut impl BufMut) {
+        if self.seq_no != 0 {
+            encoding::uint64::encode(1, &self.seq_no, buf);
+        }
+        if !self.payload.is_empty() {
+            encoding::bytes::encode(2, &self.payload, buf);
+        }
+        if self.timestamp != 0 {
+            encoding::int64::encode(3, &self.timestamp, buf);
+        }
+        if self.offset != 0 {
+            encoding::uint64::encode(4, &self.offset, buf);
+        }
+    }
+}
+
+impl prost::Message for Frame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match &self.encoding {
+            Some(e) => buf.put_slice(e),
+            None => self.encode_fields(buf),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        self.encoding = None;
+        match tag {
+            1 => encoding::uint64::merge(wire_type, &mut self.seq_no, buf, ctx),
+            2 => encoding::bytes::merge(wire_type, &mut self.payload, buf, ctx),
+            3 => encoding::int64::merge(wire_type, &mut self.timestamp, buf, ctx),
+            4 => encoding::uint64::merge(wire_type, &mut self.offset, buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match &self.encoding {
+            Some(e) => e.len(),
+            None => self.fields_len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Frame::default();
+    }
+}
+
+impl PartialEq for Frame {
+    /// Frames are equal when their fields are, whether or not they carry an encoding.
+    fn eq(&self, other: &Frame) -> bool {
+        self.seq_no == other.seq_no
+            && self.payload == other.payload
+            && self.timestamp == other.timestamp
+            && self.offset == other.offset
+    }
+}
+
+impl Eq for Frame {}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("seq_no", &self.seq_no)
+            .field("payload", &self.payload)
+            .field("timestamp", &self.timestamp)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// What prost generates for `framecast.v1.Frame`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Generated {
+        #[prost(uint64, tag = "1")]
+        seq_no: u64,
+        #[prost(bytes = "bytes", tag = "2")]
+        payload: Bytes,
+        #[prost(int64, tag = "3")]
+        timestamp: i64,
+        #[prost(uint64, tag = "4")]
+        offset: u64,
+    }
+
+    #[test]
+    fn the_shared_encoding_is_prosts_encoding() {
+        let payloads: [&[u8]; 4] = [b"", b"x", &[7u8; 100], &[0u8; 70_000]];
+        let numbers = [0u64, 1, 127, 128, 300, u64::MAX];
+        let stamps = [0i64, 1, -1, 1_700_000_000_000_000_000, i64::MIN];
+        for p in payloads {
+            for &n in &numbers {
+                for &t in &stamps {
+                    let reference = Generated {
+                        seq_no: n,
+                        payload: Bytes::copy_from_slice(p),
+                        timestamp: t,
+                        offset: n.wrapping_mul(3),
+                    }
+                    .encode_to_vec();
+                    let shared = Frame::encoded(n, p, t, n.wrapping_mul(3));
+                    assert_eq!(shared.encode_to_vec(), reference);
+                    assert_eq!(shared.encoded_len(), reference.len());
+                    assert_eq!(&shared.payload[..], p);
+                    let plain = Frame::new(n, Bytes::copy_from_slice(p), t, n.wrapping_mul(3));
+                    assert_eq!(plain.encode_to_vec(), reference);
+                    let back = Frame::decode(&reference[..]).unwrap();
+                    assert_eq!(back, shared);
+                    assert!(back.encoding().is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn length_delimited_framing_matches() {
+        let reference = Generated {
+            seq_no: 9,
+            payload: Bytes::from_static(b"abc"),
+            timestamp: 5,
+            offset: 2,
+        }
+        .encode_length_delimited_to_vec();
+        let shared = Frame::encoded(9, b"abc", 5, 2);
+        assert_eq!(shared.encode_length_delimited_to_vec(), reference);
+    }
+}
