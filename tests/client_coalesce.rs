@@ -90,7 +90,7 @@ async fn concurrent_publishes_across_kill9_are_stored_exactly_once() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let mut acks = Vec::new();
-            for i in 0..40u64 {
+            for i in 0..80u64 {
                 let seq_no = p * 1000 + i;
                 let payload = format!("p{p}-{i}");
                 let ack = c
@@ -103,8 +103,12 @@ async fn concurrent_publishes_across_kill9_are_stored_exactly_once() {
             acks
         }));
     }
-    for _ in 0..2 {
+    for round in 0..2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "kill {round} came after the load ended"
+        );
         server.kill9();
         server.restart();
     }
@@ -112,7 +116,7 @@ async fn concurrent_publishes_across_kill9_are_stored_exactly_once() {
     for t in tasks {
         acks.extend(t.await.unwrap());
     }
-    assert_eq!(acks.len() as u64, PUBLISHERS * 40);
+    assert_eq!(acks.len() as u64, PUBLISHERS * 80);
     assert_stored_exactly_once(&server, "k", &acks).await;
     assert!(
         server.log_text().contains("recovered"),
