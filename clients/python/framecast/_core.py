@@ -301,6 +301,17 @@ RESEND = "resend"
 FAIL_ALL = "fail_all"
 
 
+def _core_broke(err: grpc.RpcError) -> bool:
+    """grpcio's asyncio calls report a connection that broke mid-stream (the server was
+    killed) as ``INTERNAL: Internal error from Core``. Re-sending is safe (every frame keeps
+    its key), so a shared stream treats it as transient rather than failing a call."""
+    try:
+        code, details = err.code(), err.details() or ""
+    except Exception:
+        return False
+    return code == grpc.StatusCode.INTERNAL and "Internal error from Core" in details
+
+
 def coalesced_stream_end(
     failure: grpc.RpcError | None,
     backoff: Backoff,
@@ -321,7 +332,7 @@ def coalesced_stream_end(
     """
     if closed:
         return FAIL_ALL, None, errors.ClientClosed("publish: client closed")
-    if failure is not None and not is_transient(failure):
+    if failure is not None and not is_transient(failure) and not _core_broke(failure):
         return FAIL_OLDEST, None, from_rpc_error(failure)
     delay = backoff.next_delay()
     if delay is None:

@@ -1,9 +1,11 @@
 """Coalesced publish() (``Client(coalesce=True)``) against the real server: concurrent calls
 from threads share one PublishStream per topic, each gets its own ack, exactly once across a
-kill -9, and a frame the server refuses fails only its own call."""
+kill -9, and a frame the server refuses fails only its own call; the same for the asyncio
+client with tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,7 @@ import pytest
 from conftest import TEST_RETRY, ServerProcess
 
 from framecast import Ack, Client, InvalidArgument
+from framecast.aio import Client as AioClient
 
 THREADS = 32
 
@@ -98,3 +101,83 @@ def test_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # type:
         acks = [(s, p, r) for s, p, r in results if isinstance(r, Ack)]
         assert len(acks) == THREADS * 10 - THREADS // 8
         assert_exactly_once(c, "cv", acks)
+
+
+# ------------------------------------------------------------------ asyncio client
+
+TASKS = 64
+
+
+async def aio_publish_all(
+    c: AioClient, topic: str, per_task: int, pause: float = 0.0
+) -> list[tuple[int, bytes, Ack]]:
+    async def worker(t: int) -> list[tuple[int, bytes, Ack]]:
+        out = []
+        for i in range(per_task):
+            payload = f"a{t}-{i}".encode()
+            out.append((t * 1000 + i, payload, await c.publish(payload, t * 1000 + i, topic)))
+            if pause:
+                await asyncio.sleep(pause)
+        return out
+
+    results = await asyncio.gather(*(worker(t) for t in range(TASKS)))
+    return [a for r in results for a in r]
+
+
+def test_aio_concurrent_publishes_get_their_own_acks(server: ServerProcess) -> None:
+    async def main() -> list[tuple[int, bytes, Ack]]:
+        async with AioClient(server.address, retry=TEST_RETRY, coalesce=True) as c:
+            return await aio_publish_all(c, "aco", 10)
+
+    acks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(acks) == TASKS * 10
+    assert len({a.offset for _, _, a in acks}) == len(acks)
+    with Client(server.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "aco", acks)
+
+
+def test_aio_exactly_once_across_kill9(restartable_server: ServerProcess) -> None:
+    srv = restartable_server
+
+    async def main() -> list[tuple[int, bytes, Ack]]:
+        async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+            load = asyncio.ensure_future(aio_publish_all(c, "ack", 30, 0.005))
+            for _ in range(2):
+                await asyncio.sleep(0.15)
+                assert not load.done(), "the kill came after the load ended"
+                await asyncio.to_thread(srv.kill)
+                await asyncio.to_thread(srv.restart)
+            return await load
+
+    acks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(acks) == TASKS * 30
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "ack", acks)
+
+
+def test_aio_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("--max-frame-bytes", "1024")
+
+    async def main() -> list[tuple[int, bytes, Ack | Exception]]:
+        async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+
+            async def one(t: int, i: int) -> tuple[int, bytes, Ack | Exception]:
+                big = t % 8 == 0 and i == 5
+                payload = (f"big-a{t}-" + "x" * 2000 if big else f"a{t}-{i}").encode()
+                try:
+                    return (t * 1000 + i, payload, await c.publish(payload, t * 1000 + i, "acv"))
+                except InvalidArgument as e:
+                    return (t * 1000 + i, payload, e)
+
+            out = await asyncio.gather(*(one(t, i) for t in range(TASKS) for i in range(10)))
+            with pytest.raises(InvalidArgument):
+                await c.publish(b"x", 1, "bad name")
+            return list(out)
+
+    results = asyncio.run(asyncio.wait_for(main(), 60))
+    refused = sorted(p for _, p, r in results if isinstance(r, Exception))
+    assert refused == sorted(p for _, p, _ in results if p.startswith(b"big-"))
+    assert len(refused) == TASKS // 8
+    acks = [(s, p, r) for s, p, r in results if isinstance(r, Ack)]
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "acv", acks)

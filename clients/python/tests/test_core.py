@@ -217,8 +217,11 @@ def test_coalesced_stream_decisions() -> None:
     assert action == FAIL_OLDEST and delay is None and isinstance(err, errors.InvalidArgument)
     action, _, err = coalesced_stream_end(NOT_FOUND, Backoff(FAST))
     assert action == FAIL_OLDEST and isinstance(err, errors.NotFound)
+    action, _, err = coalesced_stream_end(Err(grpc.StatusCode.INTERNAL, "boom"), Backoff(FAST))
+    assert action == FAIL_OLDEST and isinstance(err, errors.ServerError)
     # Transient, or an early end: re-send everything unacked after a delay.
-    for failure in (UNAVAILABLE, None):
+    core = Err(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    for failure in (UNAVAILABLE, core, None):
         action, delay, err = coalesced_stream_end(failure, Backoff(FAST))
         assert action == RESEND and delay is not None and 0 < delay <= 0.01 and err is None
     # Closed, or the budget spent: every waiting call fails.
