@@ -69,6 +69,22 @@ fn unary_publish_with_fsync_reported() {
 }
 
 #[test]
+fn coalesced_publishers_share_one_client() {
+    let r = bench(&[
+        "publish",
+        "--coalesce",
+        "--count",
+        "2000",
+        "--publishers",
+        "64",
+    ]);
+    assert_clean(&r);
+    assert_eq!(r["published"]["frames"], 2000);
+    assert_eq!(r["latency"][0]["count"], 2000);
+    assert_eq!(r["publish_mode"], "coalesced");
+}
+
+#[test]
 fn fanout_delivers_every_frame_to_every_subscriber() {
     let r = bench(&[
         "fanout",

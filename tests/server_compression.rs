@@ -66,9 +66,11 @@ async fn rust_client_round_trips_4kib_json_with_gzip_and_zstd() {
             .unwrap()
             .with_compression(compression);
         let sent: Vec<Vec<u8>> = (0..20).map(|i| json_payload(i, 4096)).collect();
-        // Unary publishes, then pipelined ones: both request paths compressed.
+        // Unary publishes (coalescing off), then pipelined ones: both request paths
+        // compressed.
+        let unary = client.clone().with_coalescing(false);
         for (i, p) in sent.iter().enumerate().take(10) {
-            let ack = client.publish(&topic, i as u64, p.clone()).await.unwrap();
+            let ack = unary.publish(&topic, i as u64, p.clone()).await.unwrap();
             assert_eq!(ack.offset, i as u64);
         }
         let publisher = client.publisher(&topic);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
+use super::coalesce::{validate, Coalescer};
 use super::compression::Compression;
 use super::error::{from_status, transient, Error, Result};
 use super::retry::{Backoff, RetryPolicy};
@@ -58,6 +59,9 @@ pub struct Client {
     channel: Channel,
     pub(crate) retry: RetryPolicy,
     keys: Arc<KeySource>,
+    /// The shared publish streams concurrent `publish` calls are coalesced over; `None`
+    /// when coalescing is off (and inside the streams' own tasks).
+    pub(crate) coalescer: Option<Arc<Coalescer>>,
 }
 
 /// Idempotency keys unique to this client: a random prefix and a counter.
@@ -93,19 +97,57 @@ impl Client {
                 prefix,
                 next: AtomicU64::new(0),
             }),
+            coalescer: Some(Arc::default()),
         })
     }
 
     /// Uses `policy` for retries and reconnects.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
         self.retry = policy;
+        self.renew_coalescer();
         self
+    }
+
+    /// Turns coalescing of concurrent publishes on (the default) or off.
+    ///
+    /// On, [`Client::publish`] and [`Client::publish_at`] calls made at the same time on
+    /// this client and its clones travel over one shared pipelined `PublishStream` per
+    /// topic instead of one unary call each, as Kafka's producer batches: each call still
+    /// gets its own ack and its own idempotency key, and a broken stream re-sends every
+    /// unacknowledged frame with its key, so nothing is stored twice. There is no linger
+    /// timer: a lone call is sent at once and costs about what a unary call does. Off,
+    /// every call is a unary `Publish`.
+    pub fn with_coalescing(mut self, on: bool) -> Client {
+        self.coalescer = on.then(Arc::default);
+        self
+    }
+
+    /// True when concurrent publishes are coalesced (see [`Client::with_coalescing`]).
+    pub fn coalescing(&self) -> bool {
+        self.coalescer.is_some()
+    }
+
+    /// A fresh set of shared streams, so that they run with this client's settings.
+    fn renew_coalescer(&mut self) {
+        if self.coalescer.is_some() {
+            self.coalescer = Some(Arc::default());
+        }
+    }
+
+    /// This client without coalescing: what a shared stream's task publishes with (it must
+    /// not hold the coalescer, which holds the task's queue).
+    pub(crate) fn plain(&self) -> Client {
+        Client {
+            coalescer: None,
+            ..self.clone()
+        }
     }
 
     /// Compresses requests with `compression` and asks the server to compress responses
     /// with it (`grpc-accept-encoding`); [`Compression::None`] (the default) asks for nothing.
     pub fn with_compression(mut self, compression: Compression) -> Client {
         self.grpc = generated(self.channel.clone(), compression);
+        self.renew_coalescer();
         self
     }
 
@@ -117,6 +159,8 @@ impl Client {
 
     /// Publishes one frame with the server's receive time as its timestamp. Retries
     /// transient failures with the same idempotency key, so a retry never stores it twice.
+    /// Concurrent calls are coalesced over one stream unless coalescing is off
+    /// ([`Client::with_coalescing`]).
     pub async fn publish(
         &self,
         topic: &str,
@@ -141,6 +185,12 @@ impl Client {
             topic: topic.to_string(),
             idempotency_key: self.next_key(),
         };
+        if let Some(coalescer) = &self.coalescer {
+            // A stream ends at its first invalid request: refuse here what can be checked
+            // here, so that one bad call does not cost the others a new stream.
+            validate(&req)?;
+            return coalescer.publish(self, req).await;
+        }
         let mut backoff = Backoff::new(self.retry);
         loop {
             match self.grpc.clone().publish(req.clone()).await {

@@ -2,6 +2,7 @@
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
 //! resumes exactly. No gRPC type is needed to use it.
 
+mod coalesce;
 mod compression;
 mod error;
 mod handle;

@@ -78,6 +78,8 @@ fn stopped() -> Error {
 impl Publisher {
     fn start(client: Client, topic: String) -> Publisher {
         let (jobs, rx) = mpsc::channel(WINDOW);
+        // The task must not hold the client's coalescer, which may hold this queue.
+        let client = client.plain();
         tokio::spawn(run(client.clone(), rx));
         Publisher {
             jobs,
@@ -112,6 +114,18 @@ impl Publisher {
             .await
             .map_err(|_| stopped())?;
         Ok(PendingAck(rx))
+    }
+
+    /// Queues a ready request (its key already made); gives it back if the task is gone.
+    pub(crate) async fn submit(
+        &self,
+        req: proto::PublishRequest,
+    ) -> std::result::Result<PendingAck, proto::PublishRequest> {
+        let (reply, rx) = oneshot::channel();
+        match self.jobs.send(Job { req, reply }).await {
+            Ok(()) => Ok(PendingAck(rx)),
+            Err(e) => Err(e.0.req),
+        }
     }
 
     /// Sends a frame and waits for its ack.

@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -278,6 +279,71 @@ def publish_stream_retry_delay(
         )
         raise pipe.fail(why)
     return delay
+
+
+#: The topic name pattern of API.md (``""`` means ``default``).
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_coalesced(req: pb.PublishRequest) -> None:
+    """Refuses, as the server would, what the client can check itself, so that a coalesced
+    frame never ends the stream it shares with other calls (a ``PublishStream`` ends at its
+    first invalid request). The payload size limit is the server's setting: left to it."""
+    if req.topic and not TOPIC_PATTERN.fullmatch(req.topic):
+        raise errors.InvalidArgument(f"topic name {req.topic!r} does not match the pattern")
+    if req.timestamp < 0:
+        raise errors.InvalidArgument(f"negative timestamp {req.timestamp}")
+
+
+#: ``coalesced_stream_end`` actions.
+FAIL_OLDEST = "fail_oldest"
+RESEND = "resend"
+FAIL_ALL = "fail_all"
+
+
+def _core_broke(err: grpc.RpcError) -> bool:
+    """grpcio's asyncio calls report a connection that broke mid-stream (the server was
+    killed) as ``INTERNAL: Internal error from Core``. Re-sending is safe (every frame keeps
+    its key), so a shared stream treats it as transient rather than failing a call."""
+    try:
+        code, details = err.code(), err.details() or ""
+    except Exception:
+        return False
+    return code == grpc.StatusCode.INTERNAL and "Internal error from Core" in details
+
+
+def coalesced_stream_end(
+    failure: grpc.RpcError | None,
+    backoff: Backoff,
+    *,
+    closed: bool = False,
+) -> tuple[str, float | None, errors.FramecastError | None]:
+    """After a shared ``PublishStream`` of coalesced ``publish()`` calls ended with frames
+    unacknowledged: what to do, as ``(action, delay, error)``.
+
+    - :data:`FAIL_OLDEST` with the error: the server refused a frame (a non-transient
+      status). Acks come in order and the stream ends at the first invalid request, so the
+      oldest unacknowledged frame is the refused one: only its call fails; the others are
+      re-sent at once on a new stream, with their keys.
+    - :data:`RESEND` with a delay: a transient failure (or an early end); re-send every
+      unacknowledged frame, with its key, after the delay.
+    - :data:`FAIL_ALL` with the error: the client is closed or the retry budget is spent;
+      every waiting call fails (for a publish: outcome unknown).
+    """
+    if closed:
+        return FAIL_ALL, None, errors.ClientClosed("publish: client closed")
+    if failure is not None and not is_transient(failure) and not _core_broke(failure):
+        return FAIL_OLDEST, None, from_rpc_error(failure)
+    delay = backoff.next_delay()
+    if delay is None:
+        if failure is not None:
+            return FAIL_ALL, None, from_rpc_error(failure, backoff.attempts)
+        return (
+            FAIL_ALL,
+            None,
+            errors.Unavailable("publish stream ended early", None, backoff.attempts),
+        )
+    return RESEND, delay, None
 
 
 def publish_request(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,9 @@ from . import errors
 from ._core import (
     CHANNEL_OPTIONS,
     DEFAULT_WINDOW,
+    FAIL_ALL,
+    FAIL_OLDEST,
+    RESEND,
     Backoff,
     FrameSpec,
     KeySource,
@@ -39,6 +43,8 @@ from ._core import (
     RunState,
     ack_from_pb,
     attempt_timeout,
+    check_coalesced,
+    coalesced_stream_end,
     compression_settings,
     create_topic_request,
     deadline_after,
@@ -87,8 +93,11 @@ class Client:
         call_timeout: float = 30.0,
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
+        coalesce: bool = False,
     ) -> None:
         self._address = normalize_address(address)
+        self._coalesce = coalesce
+        self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
         self._call_timeout = call_timeout
         self._compression, compression_options = compression_settings(compression)
@@ -142,6 +151,8 @@ class Client:
         self._closed = True
         if self._closing is not None:
             self._closing.set()
+        for stream in self._streams.values():
+            stream.wake()
         if self._channel is not None:
             await self._channel.close()
 
@@ -212,7 +223,23 @@ class Client:
         are retried with the same idempotency key. See :meth:`framecast.Client.publish`."""
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
+        if self._coalesce:
+            return await self._publish_coalesced(req, timeout)
         return ack_from_pb(await self._call("publish", "Publish", req, timeout))
+
+    async def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
+        """Sends ``req`` over its topic's shared stream and waits for its own ack."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        check_coalesced(req)
+        stream = self._streams.get(req.topic)
+        if stream is None:
+            stream = self._streams[req.topic] = _SharedStream(self)
+        future = stream.submit(req)
+        try:
+            return ack_from_pb(await asyncio.wait_for(future, timeout))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise timed_out("publish", timeout) from None
 
     async def publish_many(
         self,
@@ -427,3 +454,101 @@ class Client:
         """Every topic with its figures."""
         resp = await self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
+
+
+class _SharedStream:
+    """One topic's ``PublishStream`` shared by coalesced :meth:`Client.publish` calls.
+
+    Calls append ``(request, future)`` in order; a task keeps a stream open while there is
+    work, writes every request not yet sent on it, and resolves the oldest future per ack
+    (acks come in request order). When the stream ends, :func:`coalesced_stream_end`
+    decides: fail only the refused frame's call, re-send every unacknowledged frame with
+    its key, or fail them all.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._pending: deque[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = deque()
+        #: Acks received (the absolute position of ``_pending[0]``).
+        self._base = 0
+        self._work = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    def submit(self, req: pb.PublishRequest) -> asyncio.Future[pb.PublishAck]:
+        future: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
+        self._pending.append((req, future))
+        self._work.set()
+        return future
+
+    def wake(self) -> None:
+        """Wakes the task and the writer (the client is closing)."""
+        self._work.set()
+
+    async def _wait_work(self) -> None:
+        self._work.clear()
+        await self._work.wait()
+
+    async def _write(self, call: Any) -> None:
+        n = self._base
+        try:
+            while True:
+                while n - self._base >= len(self._pending):
+                    if self._client.closed:
+                        await call.done_writing()
+                        return
+                    await self._wait_work()
+                await call.write(self._pending[n - self._base][0])
+                n += 1
+        except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            return  # the call ended; the reader sees why
+
+    async def _run(self) -> None:
+        client = self._client
+        backoff = Backoff(client.retry)
+        while True:
+            while not self._pending:
+                if client.closed:
+                    return
+                await self._wait_work()
+            failure: grpc.RpcError | None = None
+            try:
+                call = client._stub.PublishStream()
+            except (ClientClosed, grpc.aio.UsageError):
+                call = None
+            if call is not None:
+                writer = asyncio.ensure_future(self._write(call))
+                try:
+                    while True:
+                        ack = await call.read()
+                        if ack is grpc.aio.EOF or not self._pending:
+                            break
+                        _, future = self._pending.popleft()
+                        self._base += 1
+                        if not future.done():
+                            future.set_result(ack)
+                        backoff.reset()
+                except grpc.RpcError as e:
+                    failure = e
+                finally:
+                    writer.cancel()
+                    call.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
+            if not self._pending:
+                continue
+            action, delay, err = coalesced_stream_end(failure, backoff, closed=client.closed)
+            failed: list[asyncio.Future[pb.PublishAck]] = []
+            if action == FAIL_OLDEST:
+                failed.append(self._pending.popleft()[1])
+                self._base += 1
+            elif action == FAIL_ALL:
+                failed.extend(f for _, f in self._pending)
+                self._base += len(self._pending)
+                self._pending.clear()
+            for f in failed:
+                if not f.done():
+                    f.set_exception(err if err is not None else ClientClosed("publish failed"))
+            if action == RESEND and delay:
+                try:
+                    await client._sleep(delay)
+                except ClientClosed:
+                    pass

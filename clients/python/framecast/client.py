@@ -6,7 +6,10 @@ import logging
 import queue
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -14,6 +17,9 @@ import grpc
 from ._core import (
     CHANNEL_OPTIONS,
     DEFAULT_WINDOW,
+    FAIL_ALL,
+    FAIL_OLDEST,
+    RESEND,
     Backoff,
     FrameSpec,
     KeySource,
@@ -23,6 +29,8 @@ from ._core import (
     RunState,
     ack_from_pb,
     attempt_timeout,
+    check_coalesced,
+    coalesced_stream_end,
     compression_settings,
     create_topic_request,
     deadline_after,
@@ -83,6 +91,10 @@ class Client:
         compression: ``"gzip"`` compresses requests and asks the server to compress its
             responses; ``None`` (the default) sends and asks for plain messages. (grpcio
             has no zstd.)
+        coalesce: ``True``: concurrent :meth:`publish` calls from many threads share one
+            pipelined ``PublishStream`` per topic (each still gets its own ack and keeps its
+            own idempotency key; after a break every unacknowledged frame is re-sent with
+            its key). ``False`` (the default): one unary ``Publish`` per call.
     """
 
     def __init__(
@@ -93,8 +105,11 @@ class Client:
         call_timeout: float = 30.0,
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
+        coalesce: bool = False,
     ) -> None:
         self._address = normalize_address(address)
+        self._coalesce = coalesce
+        self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
         self._call_timeout = call_timeout
         self._keys = KeySource()
@@ -232,7 +247,23 @@ class Client:
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
+        if self._coalesce:
+            return self._publish_coalesced(req, timeout)
         return ack_from_pb(self._call("publish", self._stub.Publish, req, timeout))
+
+    def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
+        """Sends ``req`` over its topic's shared stream and waits for its own ack."""
+        self._check_open()
+        check_coalesced(req)
+        with self._lock:
+            stream = self._streams.get(req.topic)
+            if stream is None:
+                stream = self._streams[req.topic] = _SharedStream(self)
+        future = stream.submit(req)
+        try:
+            return ack_from_pb(future.result(timeout))
+        except FutureTimeout:
+            raise timed_out("publish", timeout) from None
 
     def publish_many(
         self,
@@ -504,6 +535,98 @@ class Client:
 
 
 _WAKE = object()
+
+
+class _SharedStream:
+    """One topic's ``PublishStream`` shared by coalesced :meth:`Client.publish` calls.
+
+    Calls append ``(request, future)`` in order; a thread keeps a stream open while there
+    is work, feeds it every request not yet sent on it, and resolves the oldest future per
+    ack (acks come in request order). When the stream ends, :func:`coalesced_stream_end`
+    decides: fail only the refused frame's call, re-send every unacknowledged frame with
+    its key, or fail them all.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = deque()
+        #: Acks received (the absolute position of ``_pending[0]``).
+        self._base = 0
+        self._stream_id = 0
+        threading.Thread(target=self._run, name="framecast-coalesce", daemon=True).start()
+
+    def submit(self, req: pb.PublishRequest) -> Future[pb.PublishAck]:
+        future: Future[pb.PublishAck] = Future()
+        with self._cond:
+            self._pending.append((req, future))
+            self._cond.notify_all()
+        return future
+
+    def _requests(self, my_id: int) -> Iterator[pb.PublishRequest]:
+        n = self._base
+        while True:
+            with self._cond:
+                while True:
+                    if self._stream_id != my_id or self._client.closed:
+                        return
+                    idx = n - self._base
+                    if idx < len(self._pending):
+                        req = self._pending[idx][0]
+                        break
+                    self._cond.wait(0.5)
+            n += 1
+            yield req
+
+    def _run(self) -> None:
+        client = self._client
+        backoff = Backoff(client._retry)
+        while True:
+            with self._cond:
+                while not self._pending:
+                    if client.closed:
+                        return
+                    self._cond.wait(0.5)
+                self._stream_id += 1
+                my_id = self._stream_id
+            failure: grpc.RpcError | None = None
+            call: Any = None
+            try:
+                call = client._stub.PublishStream(self._requests(my_id))
+                for ack in call:
+                    with self._cond:
+                        if not self._pending:
+                            break
+                        _, future = self._pending.popleft()
+                        self._base += 1
+                    future.set_result(ack)
+                    backoff.reset()
+            except grpc.RpcError as e:
+                failure = e
+            except ValueError:
+                pass  # grpc raises ValueError for a call on a closed channel
+            finally:
+                with self._cond:
+                    self._stream_id += 1  # stops this stream's request generator
+                    self._cond.notify_all()
+                if call is not None:
+                    call.cancel()
+            with self._cond:
+                if not self._pending:
+                    continue
+                action, delay, err = coalesced_stream_end(failure, backoff, closed=client.closed)
+                failed: list[Future[pb.PublishAck]] = []
+                if action == FAIL_OLDEST:
+                    failed.append(self._pending.popleft()[1])
+                    self._base += 1
+                elif action == FAIL_ALL:
+                    failed.extend(f for _, f in self._pending)
+                    self._base += len(self._pending)
+                    self._pending.clear()
+            for f in failed:
+                f.set_exception(err if err is not None else ClientClosed("publish failed"))
+            if action == RESEND and delay:
+                client._closed.wait(delay)
 
 
 def _identity(frame: Frame) -> Frame:

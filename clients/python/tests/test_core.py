@@ -9,12 +9,17 @@ import pytest
 
 from framecast import Ack, InvalidArgument, RetryPolicy, errors
 from framecast._core import (
+    FAIL_ALL,
+    FAIL_OLDEST,
+    RESEND,
     STABLE_STREAM_SECONDS,
     Backoff,
     KeySource,
     Pipeline,
     Resume,
     attempt_timeout,
+    check_coalesced,
+    coalesced_stream_end,
     compression_settings,
     normalize_address,
     parse_subscription_metadata,
@@ -203,6 +208,43 @@ def test_publish_stream_decisions() -> None:
     b = Backoff(RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.0))
     with pytest.raises(errors.Unavailable, match="ended early"):
         publish_stream_retry_delay(p, None, b, deadline=None, timeout=None)
+
+
+def test_coalesced_stream_decisions() -> None:
+    # A refused frame (the stream ends at it): only the oldest unacked call fails.
+    bad = Err(grpc.StatusCode.INVALID_ARGUMENT, "request 3: payload too large")
+    action, delay, err = coalesced_stream_end(bad, Backoff(FAST))
+    assert action == FAIL_OLDEST and delay is None and isinstance(err, errors.InvalidArgument)
+    action, _, err = coalesced_stream_end(NOT_FOUND, Backoff(FAST))
+    assert action == FAIL_OLDEST and isinstance(err, errors.NotFound)
+    action, _, err = coalesced_stream_end(Err(grpc.StatusCode.INTERNAL, "boom"), Backoff(FAST))
+    assert action == FAIL_OLDEST and isinstance(err, errors.ServerError)
+    # Transient, or an early end: re-send everything unacked after a delay.
+    core = Err(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    for failure in (UNAVAILABLE, core, None):
+        action, delay, err = coalesced_stream_end(failure, Backoff(FAST))
+        assert action == RESEND and delay is not None and 0 < delay <= 0.01 and err is None
+    # Closed, or the budget spent: every waiting call fails.
+    action, _, err = coalesced_stream_end(UNAVAILABLE, Backoff(FAST), closed=True)
+    assert action == FAIL_ALL and isinstance(err, errors.ClientClosed)
+    spent = RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.0)
+    action, _, err = coalesced_stream_end(UNAVAILABLE, Backoff(spent))
+    assert action == FAIL_ALL and isinstance(err, errors.Unavailable)
+    action, _, err = coalesced_stream_end(None, Backoff(spent))
+    assert action == FAIL_ALL and isinstance(err, errors.Unavailable) and "ended early" in str(err)
+
+
+def test_coalesced_frames_are_checked_before_they_share_a_stream() -> None:
+    check_coalesced(pb.PublishRequest(topic="", timestamp=0))
+    check_coalesced(pb.PublishRequest(topic="prices.eu-1_x", timestamp=5))
+    for req in (
+        pb.PublishRequest(topic=".hidden"),
+        pb.PublishRequest(topic="a b"),
+        pb.PublishRequest(topic="a" * 129),
+        pb.PublishRequest(topic="ok", timestamp=-1),
+    ):
+        with pytest.raises(InvalidArgument):
+            check_coalesced(req)
 
 
 def test_resume_requests_carry_the_cursor_of_the_last_frame() -> None:

@@ -135,6 +135,12 @@ pub struct PublishOpts {
     /// Give every frame an idempotency key (the server then keeps a dedup entry per frame).
     #[arg(long)]
     pub keys: bool,
+    /// The publishers are tasks in this process sharing one `framecast::client::Client`,
+    /// each calling `publish` and awaiting its ack; the client coalesces the concurrent
+    /// calls over one PublishStream (its keys on every frame; --stream, --window,
+    /// --connections and --keys do not apply). Wire bytes are not counted in this mode.
+    #[arg(long, conflicts_with = "stream")]
+    pub coalesce: bool,
 }
 
 /// `bench fanout`.

@@ -15,10 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::args::Length;
 use super::conn::{connect, Grpc, Windows, Wire};
-use super::error::Result;
+use super::error::{Error, Result};
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
 use super::payload::{self, Checker, Faults, Filler};
 use super::progress::{Counters, Progress, Tally};
+use framecast::client::Client;
 use framecast::proto;
 
 /// What to run.
@@ -42,6 +43,9 @@ pub struct Plan {
     pub stream: bool,
     /// Frames in flight per stream.
     pub window: usize,
+    /// Publishers are tasks sharing one `framecast::client::Client`, which coalesces their
+    /// concurrent `publish` calls (instead of the bench's own unary calls or streams).
+    pub coalesce: bool,
     /// Total frames/s; 0 = unpaced.
     pub rate: f64,
     /// Idempotency keys on every frame.
@@ -206,6 +210,14 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
             },
         )
     };
+    let shared = if plan.coalesce {
+        let client = Client::connect(&plan.addr)
+            .map_err(|e| Error::Args(e.to_string()))?
+            .with_compression(plan.wire.compression);
+        Some(client)
+    } else {
+        None
+    };
     let mut pubs = Vec::with_capacity(plan.publishers);
     for i in 0..plan.publishers {
         let grpc = pub_conns[i % pub_conns.len()].clone();
@@ -216,8 +228,11 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         let pacer = Pacer::new(plan.rate, plan.publishers, i, origin);
         let sink = acks.handle(i);
         let ctx = Arc::clone(&ctx);
+        let shared = shared.clone();
         pubs.push(tokio::spawn(async move {
-            if ctx.plan.stream {
+            if let Some(client) = shared {
+                client_publisher(ctx, client, i as u32, pacer, count, origin, sink).await
+            } else if ctx.plan.stream {
                 stream_publisher(ctx, grpc, i as u32, pacer, count, origin, sink).await
             } else {
                 unary_publisher(ctx, grpc, i as u32, pacer, count, origin, sink).await
@@ -364,6 +379,43 @@ async fn unary_publisher(
             }
             Err(s) => {
                 ctx.error(format!("publisher {index}, frame {k}: {s}"));
+                break;
+            }
+        }
+        k += 1;
+    }
+    tally.flush(&ctx.counters.acked);
+    PubResult { acked, last_ack_ns }
+}
+
+/// One task calling `Client::publish` on the run's shared client, one call in flight; the
+/// client coalesces the tasks' calls. The client makes every frame's idempotency key.
+async fn client_publisher(
+    ctx: Arc<Ctx>,
+    client: Client,
+    index: u32,
+    pacer: Pacer,
+    count: Option<u64>,
+    origin: u64,
+    mut sink: LatencySink,
+) -> PubResult {
+    let mut acked = 0u64;
+    let mut tally = Tally::default();
+    let mut last_ack_ns = origin;
+    let mut k = 0u64;
+    while let Some(due) = next_due(&ctx, &pacer, k, count, origin).await {
+        let intended = due.unwrap_or_else(|| ctx.clock.now_ns());
+        let req = request(&ctx, index, k, intended);
+        match client.publish(&req.topic, req.seq_no, req.payload).await {
+            Ok(_) => {
+                let now = ctx.clock.now_ns();
+                sink.record_ns(now.saturating_sub(intended));
+                acked += 1;
+                tally.one(&ctx.counters.acked, now);
+                last_ack_ns = now;
+            }
+            Err(e) => {
+                ctx.error(format!("publisher {index}, frame {k}: {e}"));
                 break;
             }
         }

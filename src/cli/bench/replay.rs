@@ -98,6 +98,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             pub_connections: 1,
             stream: true,
             window: 1024,
+            coalesce: false,
             rate: 0.0,
             keys: false,
             length: Length {

@@ -37,7 +37,7 @@ pub struct Report {
     pub wire: Option<WireReport>,
     /// Publishers.
     pub publishers: usize,
-    /// `stream` (PublishStream) or `unary` (Publish).
+    /// `stream` (PublishStream), `unary` (Publish) or `coalesced` (one shared client).
     pub publish_mode: String,
     /// Target total publish rate in frames/s; 0 = as fast as acks come back.
     pub target_rate: f64,

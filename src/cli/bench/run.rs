@@ -184,6 +184,7 @@ async fn scenario_run(
         pub_connections: pub_connections.max(1),
         stream,
         window,
+        coalesce: false,
         rate,
         keys: false,
         length: length.clone(),
@@ -204,6 +205,7 @@ async fn scenario_run(
                 0,
             );
             p.keys = o.keys;
+            p.coalesce = o.coalesce;
             p
         }
         Scenario::Fanout(o) => plan(
@@ -265,7 +267,14 @@ async fn scenario_run(
         }
     };
     report.publishers = plan.publishers;
-    report.publish_mode = if plan.stream { "stream" } else { "unary" }.into();
+    report.publish_mode = if plan.coalesce {
+        "coalesced"
+    } else if plan.stream {
+        "stream"
+    } else {
+        "unary"
+    }
+    .into();
     report.target_rate = plan.rate;
     report.subscribers = plan.subscribers;
     report.connections = if plan.subscribers > 0 {

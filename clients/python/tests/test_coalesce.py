@@ -1,0 +1,183 @@
+"""Coalesced publish() (``Client(coalesce=True)``) against the real server: concurrent calls
+from threads share one PublishStream per topic, each gets its own ack, exactly once across a
+kill -9, and a frame the server refuses fails only its own call; the same for the asyncio
+client with tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import TEST_RETRY, ServerProcess
+
+from framecast import Ack, Client, InvalidArgument
+from framecast.aio import Client as AioClient
+
+THREADS = 32
+
+
+def stored(client: Client, topic: str, n: int) -> dict[bytes, list[tuple[int, int]]]:
+    """payload -> [(offset, seq_no)] of the topic's first ``n`` frames."""
+    out: dict[bytes, list[tuple[int, int]]] = {}
+    with client.frames(topic, 0) as sub:
+        for _, f in zip(range(n), sub):
+            out.setdefault(f.payload, []).append((f.offset, f.seq_no))
+    return out
+
+
+def assert_exactly_once(client: Client, topic: str, acks: list[tuple[int, bytes, Ack]]) -> None:
+    log = stored(client, topic, len(acks))
+    for seq_no, payload, ack in acks:
+        assert log.get(payload) == [(ack.offset, seq_no)], (payload, ack)
+    info = {t.name: t for t in client.list_topics()}[topic]
+    assert info.frames == len(acks), "a stray or doubled frame is stored"
+
+
+def publish_all(client: Client, topic: str, per_thread: int, pause: float = 0.0):  # type: ignore[no-untyped-def]
+    def worker(t: int) -> list[tuple[int, bytes, Ack]]:
+        out = []
+        for i in range(per_thread):
+            payload = f"t{t}-{i}".encode()
+            out.append((t * 1000 + i, payload, client.publish(payload, t * 1000 + i, topic)))
+            if pause:
+                time.sleep(pause)
+        return out
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        return [a for r in pool.map(worker, range(THREADS)) for a in r]
+
+
+def test_concurrent_publishes_get_their_own_acks(server: ServerProcess) -> None:
+    with Client(server.address, retry=TEST_RETRY, coalesce=True) as c:
+        acks = publish_all(c, "co", 20)
+        assert len(acks) == THREADS * 20
+        assert len({a.offset for _, _, a in acks}) == len(acks)
+        assert not any(a.duplicate for _, _, a in acks)
+        assert_exactly_once(c, "co", acks)
+
+
+def test_exactly_once_across_kill9(restartable_server: ServerProcess) -> None:
+    srv = restartable_server
+    with Client(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+        result: list[list[tuple[int, bytes, Ack]]] = []
+        t = threading.Thread(target=lambda: result.append(publish_all(c, "ck", 40, 0.005)))
+        t.start()
+        for _ in range(2):
+            time.sleep(0.15)
+            assert t.is_alive(), "the kill came after the load ended"
+            srv.kill()
+            srv.restart()
+        t.join(60)
+        assert not t.is_alive() and result
+        assert len(result[0]) == THREADS * 40
+        assert_exactly_once(c, "ck", result[0])
+
+
+def test_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("--max-frame-bytes", "1024")
+    with Client(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+
+        def worker(t: int) -> list[tuple[int, bytes, Ack | Exception]]:
+            out: list[tuple[int, bytes, Ack | Exception]] = []
+            for i in range(10):
+                big = t % 8 == 0 and i == 5
+                payload = (f"big-t{t}-" + "x" * 2000 if big else f"t{t}-{i}").encode()
+                try:
+                    out.append((t * 1000 + i, payload, c.publish(payload, t * 1000 + i, "cv")))
+                except InvalidArgument as e:
+                    out.append((t * 1000 + i, payload, e))
+            return out
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = [r for rs in pool.map(worker, range(THREADS)) for r in rs]
+        refused = [p for _, p, r in results if isinstance(r, Exception)]
+        assert sorted(refused) == sorted(p for _, p, _ in results if p.startswith(b"big-"))
+        assert len(refused) == THREADS // 8
+        with pytest.raises(InvalidArgument):
+            c.publish(b"x", 1, "bad name")
+        acks = [(s, p, r) for s, p, r in results if isinstance(r, Ack)]
+        assert len(acks) == THREADS * 10 - THREADS // 8
+        assert_exactly_once(c, "cv", acks)
+
+
+# ------------------------------------------------------------------ asyncio client
+
+TASKS = 64
+
+
+async def aio_publish_all(
+    c: AioClient, topic: str, per_task: int, pause: float = 0.0
+) -> list[tuple[int, bytes, Ack]]:
+    async def worker(t: int) -> list[tuple[int, bytes, Ack]]:
+        out = []
+        for i in range(per_task):
+            payload = f"a{t}-{i}".encode()
+            out.append((t * 1000 + i, payload, await c.publish(payload, t * 1000 + i, topic)))
+            if pause:
+                await asyncio.sleep(pause)
+        return out
+
+    results = await asyncio.gather(*(worker(t) for t in range(TASKS)))
+    return [a for r in results for a in r]
+
+
+def test_aio_concurrent_publishes_get_their_own_acks(server: ServerProcess) -> None:
+    async def main() -> list[tuple[int, bytes, Ack]]:
+        async with AioClient(server.address, retry=TEST_RETRY, coalesce=True) as c:
+            return await aio_publish_all(c, "aco", 10)
+
+    acks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(acks) == TASKS * 10
+    assert len({a.offset for _, _, a in acks}) == len(acks)
+    with Client(server.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "aco", acks)
+
+
+def test_aio_exactly_once_across_kill9(restartable_server: ServerProcess) -> None:
+    srv = restartable_server
+
+    async def main() -> list[tuple[int, bytes, Ack]]:
+        async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+            load = asyncio.ensure_future(aio_publish_all(c, "ack", 30, 0.005))
+            for _ in range(2):
+                await asyncio.sleep(0.15)
+                assert not load.done(), "the kill came after the load ended"
+                await asyncio.to_thread(srv.kill)
+                await asyncio.to_thread(srv.restart)
+            return await load
+
+    acks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(acks) == TASKS * 30
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "ack", acks)
+
+
+def test_aio_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("--max-frame-bytes", "1024")
+
+    async def main() -> list[tuple[int, bytes, Ack | Exception]]:
+        async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+
+            async def one(t: int, i: int) -> tuple[int, bytes, Ack | Exception]:
+                big = t % 8 == 0 and i == 5
+                payload = (f"big-a{t}-" + "x" * 2000 if big else f"a{t}-{i}").encode()
+                try:
+                    return (t * 1000 + i, payload, await c.publish(payload, t * 1000 + i, "acv"))
+                except InvalidArgument as e:
+                    return (t * 1000 + i, payload, e)
+
+            out = await asyncio.gather(*(one(t, i) for t in range(TASKS) for i in range(10)))
+            with pytest.raises(InvalidArgument):
+                await c.publish(b"x", 1, "bad name")
+            return list(out)
+
+    results = asyncio.run(asyncio.wait_for(main(), 60))
+    refused = sorted(p for _, p, r in results if isinstance(r, Exception))
+    assert refused == sorted(p for _, p, _ in results if p.startswith(b"big-"))
+    assert len(refused) == TASKS // 8
+    acks = [(s, p, r) for s, p, r in results if isinstance(r, Ack)]
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "acv", acks)
