@@ -90,7 +90,8 @@ async fn concurrent_publishes_across_kill9_are_stored_exactly_once() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let mut acks = Vec::new();
-            for i in 0..80u64 {
+            // At least 1 s of paced load, so both kills land in it however fast the machine.
+            for i in 0..200u64 {
                 let seq_no = p * 1000 + i;
                 let payload = format!("p{p}-{i}");
                 let ack = c
@@ -116,7 +117,7 @@ async fn concurrent_publishes_across_kill9_are_stored_exactly_once() {
     for t in tasks {
         acks.extend(t.await.unwrap());
     }
-    assert_eq!(acks.len() as u64, PUBLISHERS * 80);
+    assert_eq!(acks.len() as u64, PUBLISHERS * 200);
     assert_stored_exactly_once(&server, "k", &acks).await;
     assert!(
         server.log_text().contains("recovered"),

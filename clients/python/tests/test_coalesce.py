@@ -63,7 +63,9 @@ def test_exactly_once_across_kill9(restartable_server: ServerProcess) -> None:
     srv = restartable_server
     with Client(srv.address, retry=TEST_RETRY, coalesce=True) as c:
         result: list[list[tuple[int, bytes, Ack]]] = []
-        t = threading.Thread(target=lambda: result.append(publish_all(c, "ck", 40, 0.005)))
+        # At least 1 s of load (200 paced publishes per thread), so both kills land in it
+        # however fast the machine.
+        t = threading.Thread(target=lambda: result.append(publish_all(c, "ck", 200, 0.005)))
         t.start()
         for _ in range(2):
             time.sleep(0.15)
@@ -72,7 +74,7 @@ def test_exactly_once_across_kill9(restartable_server: ServerProcess) -> None:
             srv.restart()
         t.join(60)
         assert not t.is_alive() and result
-        assert len(result[0]) == THREADS * 40
+        assert len(result[0]) == THREADS * 200
         assert_exactly_once(c, "ck", result[0])
 
 
@@ -141,7 +143,8 @@ def test_aio_exactly_once_across_kill9(restartable_server: ServerProcess) -> Non
 
     async def main() -> list[tuple[int, bytes, Ack]]:
         async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
-            load = asyncio.ensure_future(aio_publish_all(c, "ack", 30, 0.005))
+            # At least 1 s of load, so both kills land in it however fast the machine.
+            load = asyncio.ensure_future(aio_publish_all(c, "ack", 200, 0.005))
             for _ in range(2):
                 await asyncio.sleep(0.15)
                 assert not load.done(), "the kill came after the load ended"
@@ -150,7 +153,7 @@ def test_aio_exactly_once_across_kill9(restartable_server: ServerProcess) -> Non
             return await load
 
     acks = asyncio.run(asyncio.wait_for(main(), 60))
-    assert len(acks) == TASKS * 30
+    assert len(acks) == TASKS * 200
     with Client(srv.address, retry=TEST_RETRY) as c:
         assert_exactly_once(c, "ack", acks)
 
