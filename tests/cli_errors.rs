@@ -181,3 +181,41 @@ fn dump_finds_a_bare_segment_name_in_its_topic() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no segment file nope.seg"), "{err}");
 }
+
+#[test]
+fn an_unreachable_server_is_named_at_once_and_the_wait_is_bounded() {
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    for args in [
+        vec!["publish", "--addr", &addr, "--timeout", "2s", "hello"],
+        vec!["subscribe", "--addr", &addr, "--timeout", "2s"],
+    ] {
+        let started = Instant::now();
+        let (code, _, err) = run(&args);
+        let took = started.elapsed();
+        assert_ne!(code, Some(0), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(&format!("cannot reach {addr}")) && first.contains("retrying"),
+            "{args:?}: the first line must say at once what is happening: {err}"
+        );
+        assert!(
+            err.contains("Connection refused"),
+            "{args:?}: the cause: {err}"
+        );
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("cannot reach {addr}")),
+            "{args:?}: the final error names the address: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "{args:?}: --timeout 2s took {took:?}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use framecast::client::{Client, Compression, Error, Result};
+use framecast::client::{Compression, Error, Result};
 
 /// What to publish.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +23,9 @@ pub struct PublishArgs {
     /// Send this file's bytes as one frame.
     #[arg(long, conflicts_with = "payloads")]
     pub file: Option<PathBuf>,
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
+    pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
     pub compression: Compression,
@@ -33,9 +36,17 @@ pub struct PublishArgs {
     pub payloads: Vec<String>,
 }
 
-/// Publishes and returns the number of frames acknowledged.
+/// Publishes and returns the number of frames acknowledged; an unreachable server is named.
 pub async fn run(args: PublishArgs) -> Result<u64> {
-    let client = Client::connect(&args.addr)?.with_compression(args.compression);
+    let addr = args.addr.clone();
+    publish_all(args)
+        .await
+        .map_err(|e| super::connect::name_addr(e, &addr))
+}
+
+/// Publishes and returns the number of frames acknowledged.
+async fn publish_all(args: PublishArgs) -> Result<u64> {
+    let client = super::connect::client("publish", &args.addr, args.timeout, args.compression)?;
     let publisher = client.publisher(&args.topic);
     let mut next_seq = args.seq_from.unwrap_or(0);
     let mut seq = move || match args.seq_no {

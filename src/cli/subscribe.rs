@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{hex, payload_text};
-use framecast::client::{Client, Compression, Result};
+use framecast::client::{Compression, Result};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,9 @@ pub struct SubscribeArgs {
     /// replay_seq_no_start: replay history with seq_no >= this, then follow live.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub from: u64,
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
+    pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
     pub compression: Compression,
@@ -34,9 +37,17 @@ pub struct SubscribeArgs {
     pub raw: bool,
 }
 
-/// Prints frames until `--count` is reached or the stream fails.
+/// Prints frames until `--count` is reached or the stream fails; an unreachable server is named.
 pub async fn run(args: SubscribeArgs) -> Result<u64> {
-    let client = Client::connect(&args.addr)?.with_compression(args.compression);
+    let addr = args.addr.clone();
+    print_frames(args)
+        .await
+        .map_err(|e| super::connect::name_addr(e, &addr))
+}
+
+/// Prints frames until `--count` is reached or the stream fails.
+async fn print_frames(args: SubscribeArgs) -> Result<u64> {
+    let client = super::connect::client("subscribe", &args.addr, args.timeout, args.compression)?;
     let mut frames = client.subscribe(&args.topic, args.from);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

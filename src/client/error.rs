@@ -66,6 +66,23 @@ pub(crate) fn transient(status: &tonic::Status) -> bool {
 }
 
 /// Maps a final (non-transient) status to the client's error.
+/// Why a call failed, for a person: the status message and its deepest cause (a transport
+/// error's "tcp connect error" says little; "Connection refused (os error 111)" says it).
+pub(crate) fn reason(s: &tonic::Status) -> String {
+    let mut deepest: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        deepest = Some(e);
+        next = e.source();
+    }
+    match deepest {
+        Some(cause) if !s.message().contains(&cause.to_string()) => {
+            format!("{} ({cause})", s.message())
+        }
+        _ => s.message().to_string(),
+    }
+}
+
 pub(crate) fn from_status(s: tonic::Status) -> Error {
     let msg = s.message().to_string();
     match s.code() {

@@ -9,8 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::coalesce::{validate, Coalescer};
 use super::compression::Compression;
-use super::error::{from_status, transient, Error, Result};
-use super::retry::{Backoff, RetryPolicy};
+use super::error::{from_status, reason, transient, Error, Result};
+use super::retry::{Backoff, RetryNotice, RetryPolicy, Retrying};
 use crate::proto::{self, broadcast_client::BroadcastClient};
 
 /// The acknowledgement of a published frame.
@@ -58,6 +58,10 @@ pub struct Client {
     /// The connection `grpc` runs on, kept so that a new compression setting can be applied.
     channel: Channel,
     pub(crate) retry: RetryPolicy,
+    /// The address as given, for messages.
+    addr: Arc<str>,
+    /// Told before every retry (see [`Client::on_retry`]).
+    notice: Option<RetryNotice>,
     keys: Arc<KeySource>,
     /// The shared publish streams concurrent `publish` calls are coalesced over; `None`
     /// when coalescing is off (and inside the streams' own tasks).
@@ -93,6 +97,8 @@ impl Client {
             grpc,
             channel,
             retry: RetryPolicy::default(),
+            addr: Arc::from(addr),
+            notice: None,
             keys: Arc::new(KeySource {
                 prefix,
                 next: AtomicU64::new(0),
@@ -106,6 +112,26 @@ impl Client {
         self.retry = policy;
         self.renew_coalescer();
         self
+    }
+
+    /// Calls `notice` before every retry of every operation of this client (unary calls,
+    /// shared and explicit publish streams, subscriptions): with the address, the attempt,
+    /// the reason and the delay, so a program can say at once that the server cannot be
+    /// reached, and that a subscription reconnects.
+    pub fn on_retry(mut self, notice: impl Fn(&Retrying<'_>) + Send + Sync + 'static) -> Client {
+        self.notice = Some(RetryNotice(Arc::new(notice)));
+        self.renew_coalescer();
+        self
+    }
+
+    /// The address this client was made for.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A backoff under this client's retry policy that tells its retry notice.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry, Arc::clone(&self.addr), self.notice.clone())
     }
 
     /// Turns coalescing of concurrent publishes on (the default) or off.
@@ -191,12 +217,12 @@ impl Client {
             validate(&req)?;
             return coalescer.publish(self, req).await;
         }
-        let mut backoff = Backoff::new(self.retry);
+        let mut backoff = self.backoff();
         loop {
             match self.grpc.clone().publish(req.clone()).await {
                 Ok(r) => return Ok(r.into_inner().into()),
                 Err(s) if transient(&s) => {
-                    if !backoff.wait().await {
+                    if !backoff.wait(&reason(&s)).await {
                         return Err(Error::Unavailable {
                             attempts: backoff.attempts,
                             last: s.message().to_string(),
@@ -251,12 +277,12 @@ impl Client {
         F: FnMut(BroadcastClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let mut backoff = Backoff::new(self.retry);
+        let mut backoff = self.backoff();
         loop {
             match call(self.grpc.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => {
-                    if !backoff.wait().await {
+                    if !backoff.wait(&reason(&s)).await {
                         return Err(Error::Unavailable {
                             attempts: backoff.attempts,
                             last: s.message().to_string(),

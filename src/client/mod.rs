@@ -14,5 +14,5 @@ pub use compression::Compression;
 pub use error::{Error, Result};
 pub use handle::{Ack, Client, TopicInfo};
 pub use publisher::{PendingAck, Publisher};
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, Retrying};
 pub use subscription::{Frame, Subscription};

@@ -9,9 +9,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::{from_status, transient, Error, Result};
+use super::error::{from_status, reason, transient, Error, Result};
 use super::handle::{Ack, Client};
-use super::retry::Backoff;
 use crate::proto;
 
 impl Client {
@@ -138,7 +137,7 @@ impl Publisher {
 /// on a break re-sends what is unacknowledged on a new stream.
 async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
     let mut inflight: VecDeque<Job> = VecDeque::new();
-    let mut backoff = Backoff::new(client.retry);
+    let mut backoff = client.backoff();
     let mut closed = false;
     loop {
         if closed && inflight.is_empty() {
@@ -163,7 +162,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
         {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
-                if !backoff.wait().await {
+                if !backoff.wait(&reason(&s)).await {
                     fail_all(&mut inflight, &s, backoff.attempts);
                     backoff.reset();
                 }
@@ -197,7 +196,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                     }
                     Ok(None) => break,
                     Err(s) if transient(&s) => {
-                        if !backoff.wait().await {
+                        if !backoff.wait(&reason(&s)).await {
                             fail_all(&mut inflight, &s, backoff.attempts);
                             backoff.reset();
                         }
@@ -220,7 +219,7 @@ fn fail_all(inflight: &mut VecDeque<Job>, s: &tonic::Status, attempts: u32) {
     for j in inflight.drain(..) {
         let _ = j.reply.send(Err(Error::Unavailable {
             attempts,
-            last: s.message().to_string(),
+            last: reason(s),
         }));
     }
 }

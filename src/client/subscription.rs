@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::error::{from_status, transient, Error, Result};
+use super::error::{from_status, reason, transient, Error, Result};
 use super::handle::Client;
 use super::retry::Backoff;
 use crate::proto::{self, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     fn new(client: Client, topic: String, start: u64) -> Subscription {
-        let backoff = Backoff::new(client.retry);
+        let backoff = client.backoff();
         let state = State {
             client,
             topic,
@@ -136,7 +136,7 @@ impl State {
                 }
                 Err(s) if transient(&s) => {
                     self.stream = None;
-                    if let Some(e) = self.pause(s.message()).await {
+                    if let Some(e) = self.pause(&reason(&s)).await {
                         return Some(Err(e));
                     }
                 }
@@ -188,7 +188,7 @@ impl State {
                 self.stream = Some(resp.into_inner());
                 Ok(())
             }
-            Err(s) if transient(&s) => Err(self.pause(s.message()).await),
+            Err(s) if transient(&s) => Err(self.pause(&reason(&s)).await),
             Err(s) => Err(Some(from_status(s))),
         }
     }
@@ -196,7 +196,7 @@ impl State {
     /// Backs off before reconnecting; an error when the retry budget is spent.
     async fn pause(&mut self, why: &str) -> Option<Error> {
         tracing::debug!(topic = %self.topic, reason = why, "subscription broken; resuming");
-        if self.backoff.wait().await {
+        if self.backoff.wait(why).await {
             None
         } else {
             Some(Error::Unavailable {
