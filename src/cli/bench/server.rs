@@ -97,21 +97,7 @@ impl Spawned {
 
     /// Stops the server gracefully (SIGTERM), killing it after 10 s.
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // Our own child, not reaped yet, so the pid is still its.
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -119,6 +105,26 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Ends a spawned server: SIGTERM, then SIGKILL if it has not exited after `grace`.
+pub fn terminate(child: &mut std::process::Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // Our own child, not reaped yet, so the pid is still its.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
