@@ -31,6 +31,7 @@
 //! The command-line tools (`publish`, `subscribe`, the `bench` load generator) belong to
 //! the binary, `src/main.rs`, not to this library.
 
+pub mod broker;
 pub mod client;
 pub mod dump;
 pub mod index;

@@ -1,0 +1,3 @@
+//! The broker: the one transport-neutral core behind every front door (gRPC, HTTP, SSE,
+//! WebSocket, replication). Validation, authorization and metrics live here, once; a door
+//! translates its protocol into these calls and their answers back, and nothing else.
