@@ -1,3 +1,24 @@
 //! The broker: the one transport-neutral core behind every front door (gRPC, HTTP, SSE,
 //! WebSocket, replication). Validation, authorization and metrics live here, once; a door
 //! translates its protocol into these calls and their answers back, and nothing else.
+//!
+//! - `core`: [`Broker`], the operations (publish, subscribe, topics) every door calls.
+//! - `topics`: the topic registry, each topic's metadata and log, and the name rules.
+//! - `subscription`: the replay→live cursor over one topic's log.
+//! - `frame_cache`: live frames encoded once per topic, shared by every subscriber.
+//! - `shutdown`: the one shutdown signal.
+//! - `last_fsync`: the fsync policy the data was last written under (recovery's epoch rule).
+//! - `error`: the one error enum and its status code.
+
+pub mod core;
+pub mod error;
+pub mod frame_cache;
+pub mod last_fsync;
+pub mod shutdown;
+mod subscription;
+pub mod topics;
+
+pub use self::core::{Broker, Opened, PublishGate};
+pub use error::{Error, Result};
+pub use subscription::{StartAt, Subscription};
+pub use topics::{Cause, Topic, TopicMeta, Topics};

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use super::error::{Error, Result};
 use super::handle::{Ack, Client};
 use super::publisher::Publisher;
+use crate::broker::topics::valid_topic_name;
 use crate::proto;
-use crate::server::topics::valid_topic_name;
 
 /// The longest idempotency key the server accepts (API.md).
 const MAX_KEY_BYTES: usize = 128;

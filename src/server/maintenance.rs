@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::config::MaintenanceConfig;
-use super::shutdown::Shutdown;
-use super::topics::Topics;
+use crate::broker::shutdown::Shutdown;
+use crate::broker::Topics;
 use crate::wal::{now_ns, Log};
 
 /// A topic's retention and compaction pass still running when maintenance stopped.

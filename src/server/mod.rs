@@ -1,24 +1,18 @@
-//! The gRPC server: topics, the `Broadcast` service, subscriptions and shutdown.
+//! The server process: its settings, the gRPC door onto the [`crate::broker`], the
+//! background maintenance, and startup, serving and the drain at shutdown.
 
 pub mod config;
 mod connections;
-mod error;
-pub mod frame_cache;
-pub mod last_fsync;
 pub mod maintenance;
 mod repair;
 mod run;
 pub mod service;
-pub mod shutdown;
-mod subscription;
+mod status;
 pub mod tasks;
-pub mod topics;
 
+pub use crate::broker::{last_fsync, shutdown, topics, Error, Result, Topic, TopicMeta, Topics};
 pub use crate::proto::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 pub use config::{Http2Limits, ServerConfig};
-pub use error::{Error, Result};
 pub use repair::{repair_offline, RepairOutcome};
 pub use run::{compact_offline, run, DataDirLock};
 pub use service::BroadcastService;
-pub use subscription::{FrameStream, Subscription};
-pub use topics::{Topic, TopicMeta, Topics};

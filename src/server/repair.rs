@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use super::run::DataDirLock;
-use super::topics::valid_topic_name;
-use super::topics::{read_meta, renew_epoch};
 use super::{Error, Result};
+use crate::broker::topics::valid_topic_name;
+use crate::broker::topics::{read_meta, renew_epoch};
 use crate::wal::repair::{repair_dir, Repaired};
 use crate::wal::{Log, LogConfig};
 

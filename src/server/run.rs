@@ -13,11 +13,9 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 use super::config::ServerConfig;
-use super::error::{Error, Result};
 use super::service::BroadcastService;
-use super::shutdown;
 use super::tasks;
-use super::topics::Topics;
+use crate::broker::{shutdown, Broker, Error, Result, Topics};
 use crate::proto::{self, broadcast_server::BroadcastServer};
 
 /// Holds the data directory's lock file for the life of the server, so two servers never
@@ -147,14 +145,14 @@ pub async fn run(
         shutdown.clone(),
     ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
-    let service = BroadcastServer::new(BroadcastService::new(
+    let broker = Broker::new(
         Arc::clone(&topics),
-        Arc::clone(&config),
         shutdown.clone(),
-        tasks,
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
+        config.max_subscribers,
+    );
+    let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let service = compressed(service);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

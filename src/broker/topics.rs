@@ -187,6 +187,16 @@ impl Topics {
         })
     }
 
+    /// The server's log settings (every topic's, but for its own retention).
+    pub fn log_config(&self) -> &LogConfig {
+        &self.log_config
+    }
+
+    /// True when a publish or subscribe to a missing topic creates it.
+    pub fn auto_create(&self) -> bool {
+        self.auto_create
+    }
+
     /// The log settings of a topic: the server's, with the topic's own retention where set.
     fn topic_config(&self, meta: &TopicMeta) -> LogConfig {
         topic_config(&self.log_config, meta)

@@ -1,6 +1,7 @@
-//! The server's error type and its one mapping to gRPC status codes.
+//! The one error enum of every operation, and its status code (the gRPC code names are
+//! the contract's vocabulary; each door maps a code to its own protocol).
 
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::wal;
 
@@ -32,6 +33,15 @@ pub enum Error {
     /// `--max-subscribers` streams are open.
     #[error("too many subscribers (limit {0})")]
     TooManySubscribers(usize),
+    /// No valid credentials: no token, a malformed one, a bad signature, expired.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the permission the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The token of an open stream expired.
+    #[error("token expired")]
+    TokenExpired,
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -79,15 +89,18 @@ pub enum Error {
 /// Result of a server operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Status {
-        let code = match &e {
+impl Error {
+    /// The status code of this error, as API.md's error table gives it.
+    pub fn code(&self) -> Code {
+        match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::TopicNotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::EpochMismatch { .. } => Code::FailedPrecondition,
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::TooManySubscribers(_) => Code::ResourceExhausted,
+            Error::Unauthenticated(_) | Error::TokenExpired => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
             Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
@@ -97,7 +110,35 @@ impl From<Error> for Status {
                 wal::Error::Io { .. } | wal::Error::Unavailable(_) => Code::Unavailable,
                 wal::Error::Corruption { .. } => Code::DataLoss,
             },
-        };
-        Status::new(code, e.to_string())
+        }
+    }
+
+    /// The lower-case name of [`Error::code`] (`permission_denied`), as metrics label it
+    /// and the HTTP door's JSON spells it upper-case.
+    pub fn code_name(&self) -> &'static str {
+        code_name(self.code())
+    }
+}
+
+/// The lower-case gRPC name of `code`: `invalid_argument`, `not_found`, ...
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::watch;
-use tonic::Status;
 
 use super::error::Error;
 use super::frame_cache::Cached;
@@ -39,8 +38,8 @@ enum Phase {
     Live { next: u64 },
 }
 
-/// The boxed stream handed to tonic.
-pub type FrameStream = Pin<Box<dyn Stream<Item = Result<proto::Frame, Status>> + Send>>;
+/// A subscription as a stream of frames; the first error ends it.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<proto::Frame, Error>> + Send>>;
 
 /// One open subscriber stream.
 pub struct Subscription {
@@ -60,6 +59,8 @@ pub struct Subscription {
     /// The oldest retained offset when the stream started (0 for a resumed stream, whose
     /// start is unknown here): retention after it may have removed frames it needs.
     first_at_start: u64,
+    /// When the caller's token expires: the stream ends with UNAUTHENTICATED then.
+    expires: Option<tokio::time::Instant>,
     _slots: (SubscriberSlot, GlobalSlot),
 }
 
@@ -90,6 +91,7 @@ impl Subscription {
         at: StartAt,
         shutdown: Shutdown,
         slots: (SubscriberSlot, GlobalSlot),
+        expires: Option<tokio::time::Instant>,
     ) -> Subscription {
         let first = OrderKey::first_of_seq(at.start_seq_no);
         let phase = match at.after {
@@ -122,11 +124,12 @@ impl Subscription {
             batch: BATCH,
             shutdown,
             finished: false,
+            expires,
             _slots: slots,
         }
     }
 
-    /// Turns the subscription into the stream tonic sends.
+    /// Turns the subscription into a stream of frames, for a door to send.
     pub fn into_stream(self) -> FrameStream {
         Box::pin(futures::stream::unfold(self, |mut sub| async move {
             sub.next_frame().await.map(|item| (item, sub))
@@ -134,7 +137,7 @@ impl Subscription {
     }
 
     /// The next frame, an error that ends the stream, or `None` after an error.
-    async fn next_frame(&mut self) -> Option<Result<proto::Frame, Status>> {
+    async fn next_frame(&mut self) -> Option<Result<proto::Frame, Error>> {
         if self.finished {
             return None;
         }
@@ -147,7 +150,7 @@ impl Subscription {
         }
     }
 
-    async fn step(&mut self) -> Result<proto::Frame, Status> {
+    async fn step(&mut self) -> Result<proto::Frame, Error> {
         loop {
             if let Some(f) = self.buf.pop_front() {
                 return Ok(f);
@@ -159,7 +162,7 @@ impl Subscription {
                     let mut got = std::mem::take(&mut self.scratch);
                     let done = log
                         .read_ordered(&from, self.snapshot, self.batch, &mut got)
-                        .map_err(|e| Status::from(Error::from(e)))?;
+                        .map_err(Error::from)?;
                     // Frames this replay still needs (key >= from, offset < S) may have been
                     // removed by retention since it started: then say so, never skip them.
                     let (first, removed_max) = log.retention_watermark();
@@ -196,11 +199,11 @@ impl Subscription {
     /// Queues the live frames from `next` on (below `durable`) and returns the offset after
     /// them: from the topic's shared cache of encoded frames, or, for a subscriber behind
     /// it, read from the log and encoded by this subscriber alone.
-    fn read_live(&mut self, next: u64, durable: u64) -> Result<u64, Status> {
+    fn read_live(&mut self, next: u64, durable: u64) -> Result<u64, Error> {
         let log = self.topic.log();
         let oor = |e| match e {
             crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
-            e => Status::from(Error::from(e)),
+            e => Error::from(e),
         };
         // Frames retention removed are refused as the log would refuse them, even if the
         // cache still holds them.
@@ -232,26 +235,33 @@ impl Subscription {
     }
 
     /// Waits until the durable frontier moves, or the stream must end.
-    async fn wait_for_more(&mut self) -> Result<(), Status> {
+    async fn wait_for_more(&mut self) -> Result<(), Error> {
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
             changed = self.durable.changed() => {
                 if changed.is_err() {
-                    return Err(Status::unavailable("topic log closed"));
+                    return Err(Error::Wal(crate::wal::Error::Unavailable("topic log closed".into())));
                 }
             }
             _ = self.deleted.wait_for(|&d| d) => {}
             _ = shutdown.wait() => {}
+            () = until(self.expires) => {}
         }
         self.check_open()
     }
 
-    fn check_open(&self) -> Result<(), Status> {
+    fn check_open(&self) -> Result<(), Error> {
         if self.shutdown.is_fired() {
-            return Err(Error::ShuttingDown.into());
+            return Err(Error::ShuttingDown);
         }
         if *self.deleted.borrow() {
-            return Err(Error::TopicNotFound(self.topic.name().to_string()).into());
+            return Err(Error::TopicNotFound(self.topic.name().to_string()));
+        }
+        if self
+            .expires
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            return Err(Error::TokenExpired);
         }
         Ok(())
     }
@@ -274,8 +284,16 @@ fn next_batch(batch: usize, got: &[StoredFrame]) -> usize {
     fits.min(batch.saturating_mul(2)).clamp(1, BATCH)
 }
 
-fn out_of_range(oldest: u64) -> Status {
-    Status::out_of_range(format!(
+/// Completes at `deadline`, or never.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn out_of_range(oldest: u64) -> Error {
+    Error::OutOfRange(format!(
         "frames needed by this subscription were removed by retention; the oldest retained offset is {oldest}"
     ))
 }

@@ -1,0 +1,312 @@
+//! [`Broker`]: the operations every front door calls — publish, subscribe, topics — with
+//! their checks, in one place. A door turns its protocol into these calls and the
+//! [`Error`]s back into its own statuses; it holds no rule of its own.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::error::{Error, Result};
+use super::shutdown::Shutdown;
+use super::subscription::{GlobalSlot, StartAt, Subscription};
+use super::topics::{valid_topic_name, Cause, Topic, Topics};
+use crate::index::OrderKey;
+use crate::proto;
+use crate::wal::{self, Appended, NewFrame};
+
+/// Where the acks of one log request arrive.
+pub type AckReceiver = oneshot::Receiver<wal::Result<Vec<Appended>>>;
+
+/// The one core behind every door. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    topics: Arc<Topics>,
+    shutdown: Shutdown,
+    max_subscribers: usize,
+    subscribers: Arc<AtomicUsize>,
+}
+
+/// An opened subscription and what its first answer tells the client.
+pub struct Opened {
+    /// The stream of frames.
+    pub subscription: Subscription,
+    /// The snapshot point S.
+    pub snapshot_offset: u64,
+    /// The topic's epoch.
+    pub epoch: u64,
+}
+
+/// The checks of one publish stream: the frames of a stream are checked one by one
+/// against the request rules.
+#[derive(Debug)]
+pub struct PublishGate {
+    broker: Broker,
+}
+
+impl PublishGate {
+    /// Checks one request of the stream; nothing is touched yet. Returns the topic's name
+    /// and the frame to append.
+    pub fn check(&mut self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
+        self.broker.check_running()?;
+        self.broker.validate(r)
+    }
+}
+
+impl Broker {
+    /// A broker over `topics`, allowing `max_subscribers` open subscriptions in all.
+    pub fn new(topics: Arc<Topics>, shutdown: Shutdown, max_subscribers: usize) -> Broker {
+        Broker {
+            topics,
+            shutdown,
+            max_subscribers,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The topic registry.
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    /// The shutdown signal every stream watches.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Refuses new calls once shutdown began.
+    pub fn check_running(&self) -> Result<()> {
+        if self.shutdown.is_fired() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Publishes one frame and waits until it is durable under the fsync policy.
+    pub async fn publish(&self, r: proto::PublishRequest) -> Result<proto::PublishAck> {
+        self.check_running()?;
+        let (name, frame) = self.validate(r)?;
+        let topic = self.topics.get_or_create(&name, Cause::Publish).await?;
+        let rx = topic
+            .log()
+            .submit(vec![frame])
+            .map_err(|e| append_error(&topic, e))?;
+        let acks = self.acks(&topic, rx).await?;
+        acks.into_iter()
+            .next()
+            .ok_or_else(|| Error::Wal(wal::Error::Unavailable("no ack".into())))
+    }
+
+    /// The checks of a new publish stream.
+    pub fn publish_gate(&self) -> PublishGate {
+        PublishGate {
+            broker: self.clone(),
+        }
+    }
+
+    /// Queues frames already checked by a [`PublishGate`] for one topic as one log request
+    /// (one queue push, one commit); the receiver gets their acks.
+    pub async fn submit(
+        &self,
+        topic: &str,
+        frames: Vec<NewFrame>,
+        cause: Cause,
+    ) -> Result<(Arc<Topic>, AckReceiver)> {
+        let topic = self.topics.get_or_create(topic, cause).await?;
+        let rx = topic
+            .log()
+            .submit(frames)
+            .map_err(|e| append_error(&topic, e))?;
+        Ok((topic, rx))
+    }
+
+    /// Waits for the acks of a log request of `topic`.
+    pub async fn acks(&self, topic: &Topic, rx: AckReceiver) -> Result<Vec<proto::PublishAck>> {
+        let acks = rx
+            .await
+            .map_err(|_| append_error(topic, wal::Error::Unavailable("log closed".into())))?
+            .map_err(|e| append_error(topic, e))?;
+        Ok(acks
+            .iter()
+            .map(|a| proto::PublishAck {
+                offset: a.offset,
+                timestamp: a.timestamp,
+                duplicate: a.duplicate,
+            })
+            .collect())
+    }
+
+    /// Opens a subscription: replay up to the snapshot point, then live.
+    pub async fn subscribe(
+        &self,
+        r: &proto::SubscribeRequest,
+        expires: Option<tokio::time::Instant>,
+    ) -> Result<Opened> {
+        self.check_running()?;
+        let name = topic_name(&r.topic)?;
+        let global = self.reserve_subscriber()?;
+        let topic = self.subscription_topic(&name, r).await?;
+        let epoch = topic.meta().epoch;
+        let at = start_at(&topic, r)?;
+        let slots = (topic.add_subscriber(), global);
+        Ok(Opened {
+            snapshot_offset: at.snapshot,
+            epoch,
+            subscription: Subscription::new(topic, at, self.shutdown.clone(), slots, expires),
+        })
+    }
+
+    /// Creates a topic with its retention settings (an existing one with the same
+    /// settings is answered as created).
+    pub async fn create_topic(&self, r: proto::CreateTopicRequest) -> Result<proto::TopicInfo> {
+        self.check_running()?;
+        let (topic, _) = self
+            .topics
+            .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
+            .await?;
+        Ok(topic_info(&topic))
+    }
+
+    /// Deletes a topic: its open streams end with NOT_FOUND and its files are removed.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_running()?;
+        self.topics.delete(name).await
+    }
+
+    /// Every topic with its figures.
+    pub fn list_topics(&self) -> Vec<proto::TopicInfo> {
+        self.topics.list().iter().map(|t| topic_info(t)).collect()
+    }
+
+    /// Checks a publish request against API.md's error table; nothing is touched yet.
+    fn validate(&self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
+        let topic = topic_name(&r.topic)?;
+        let mut frame = NewFrame {
+            seq_no: r.seq_no,
+            timestamp: r.timestamp,
+            key: Bytes::from(r.idempotency_key.into_bytes()),
+            payload: r.payload,
+        };
+        wal::check_frames(
+            self.topics.log_config(),
+            std::slice::from_mut(&mut frame),
+            wal::now_ns(),
+        )?;
+        Ok((topic, frame))
+    }
+
+    /// Takes a slot of `--max-subscribers`, before anything else is done for a
+    /// subscription, so that a refused one creates no topic.
+    fn reserve_subscriber(&self) -> Result<GlobalSlot> {
+        let max = self.max_subscribers;
+        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= max {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::TooManySubscribers(max));
+        }
+        Ok(GlobalSlot(Arc::clone(&self.subscribers)))
+    }
+
+    /// The topic of a subscription. A resume cursor names an epoch of an existing topic,
+    /// which a topic created now could never match: refused as the epoch check would,
+    /// without creating the topic (nothing is written when a request is refused).
+    async fn subscription_topic(
+        &self,
+        name: &str,
+        r: &proto::SubscribeRequest,
+    ) -> Result<Arc<Topic>> {
+        match (self.topics.get(name), &r.resume) {
+            (Some(topic), _) => Ok(topic),
+            (None, Some(c)) if self.topics.auto_create() => Err(Error::EpochMismatch {
+                topic: name.to_string(),
+                cursor: c.epoch,
+                // Epochs are never 0: the topic does not exist.
+                current: 0,
+            }),
+            (None, _) => self.topics.get_or_create(name, Cause::Subscribe).await,
+        }
+    }
+}
+
+/// Where a subscription of `topic` starts: a fresh snapshot, or the checked resume cursor.
+fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
+    let epoch = topic.meta().epoch;
+    let durable = topic.log().durable_offset();
+    let Some(c) = &r.resume else {
+        return Ok(StartAt {
+            snapshot: durable,
+            start_seq_no: r.replay_seq_no_start,
+            after: None,
+        });
+    };
+    if c.epoch != epoch {
+        return Err(Error::EpochMismatch {
+            topic: topic.name().to_string(),
+            cursor: c.epoch,
+            current: epoch,
+        });
+    }
+    if c.snapshot_offset > durable {
+        return Err(Error::OutOfRange(format!(
+            "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
+            c.snapshot_offset
+        )));
+    }
+    // A cursor with timestamp 0 names no frame (stored timestamps are never 0): the stream
+    // starts again from the beginning of the same snapshot.
+    let after = (c.timestamp != 0).then_some(OrderKey {
+        seq_no: c.seq_no,
+        timestamp: c.timestamp,
+        offset: c.offset,
+    });
+    if let Some(a) = after {
+        if a.offset >= durable {
+            return Err(Error::OutOfRange(format!(
+                "cursor offset {} is beyond the topic's next offset {durable}",
+                a.offset
+            )));
+        }
+    }
+    Ok(StartAt {
+        snapshot: c.snapshot_offset,
+        start_seq_no: r.replay_seq_no_start,
+        after,
+    })
+}
+
+/// Maps an empty topic to `default` and checks the name.
+pub fn topic_name(t: &str) -> Result<String> {
+    let name = if t.is_empty() { "default" } else { t };
+    if !valid_topic_name(name) {
+        return Err(Error::InvalidArgument(format!(
+            "topic name '{name}' does not match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// An append error as the client should see it: a deleted topic is NOT_FOUND.
+fn append_error(topic: &Topic, e: wal::Error) -> Error {
+    if topic.is_deleted() {
+        Error::TopicNotFound(topic.name().to_string())
+    } else {
+        Error::Wal(e)
+    }
+}
+
+/// A topic's figures.
+pub fn topic_info(t: &Topic) -> proto::TopicInfo {
+    let s = t.log().stats();
+    proto::TopicInfo {
+        name: t.name().to_string(),
+        epoch: t.meta().epoch,
+        frames: s.frames,
+        bytes: s.bytes,
+        first_offset: s.first_offset,
+        next_offset: s.next_offset,
+        min_seq_no: s.min_seq_no.unwrap_or(0),
+        max_seq_no: s.max_seq_no.unwrap_or(0),
+        subscribers: t.subscribers(),
+        segments: u32::try_from(s.segments).unwrap_or(u32::MAX),
+    }
+}
