@@ -1,3 +1,7 @@
 //! The broker: the one transport-neutral core behind every front door (gRPC, HTTP, SSE,
 //! WebSocket, replication). Validation, authorization and metrics live here, once; a door
 //! translates its protocol into these calls and their answers back, and nothing else.
+//!
+//! - [`process`]: the standard `process_*` metrics, read from `/proc` at scrape time.
+
+pub mod process;
