@@ -9,11 +9,16 @@
 //! - `shutdown`: the one shutdown signal.
 //! - `last_fsync`: the fsync policy the data was last written under (recovery's epoch rule).
 //! - `error`: the one error enum and its status code.
+//! - `metrics`: the metrics registry, its pre-resolved per-topic handles for the hot path,
+//!   and the `/metrics` exposition.
+//! - `process`: the standard `process_*` metrics, read from `/proc` at scrape time.
 
 pub mod core;
 pub mod error;
 pub mod frame_cache;
 pub mod last_fsync;
+pub mod metrics;
+pub mod process;
 pub mod shutdown;
 mod subscription;
 pub mod topics;
