@@ -1,3 +1,8 @@
 //! The broker: the one transport-neutral core behind every front door (gRPC, HTTP, SSE,
 //! WebSocket, replication). Validation, authorization and metrics live here, once; a door
 //! translates its protocol into these calls and their answers back, and nothing else.
+//!
+//! - `pattern`: topic patterns (`a.*`, `a.>`, `>`), compiled once and matched without
+//!   allocating.
+
+pub mod pattern;
