@@ -4,5 +4,7 @@
 //!
 //! - `pattern`: topic patterns (`a.*`, `a.>`, `>`), compiled once and matched without
 //!   allocating.
+//! - `principal`: who is calling and what they may publish, subscribe to and administer.
 
 pub mod pattern;
+pub mod principal;
