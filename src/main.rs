@@ -35,6 +35,8 @@ enum Command {
     Subscribe(cli::subscribe::SubscribeArgs),
     /// List topics with their figures (default), create or delete one.
     Topics(cli::topics::TopicsArgs),
+    /// Mint an HS256 token for scripts and tests (see --help).
+    Token(cli::token::TokenArgs),
     /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
     Bench(cli::bench::BenchArgs),
     /// Compact a stopped server's topics: apply retention, merge sealed segments and runs
@@ -436,6 +438,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => client_command("publish", cli::publish::run(args)),
         Command::Subscribe(args) => client_command("subscribe", cli::subscribe::run(args)),
         Command::Topics(args) => client_command("topics", cli::topics::run(args)),
+        Command::Token(args) => cli::token::run(args),
         Command::Bench(args) => cli::bench::main(args),
         Command::Dump {
             data_dir,

@@ -12,15 +12,24 @@
 //! - `metrics`: the metrics registry, its pre-resolved per-topic handles for the hot path,
 //!   and the `/metrics` exposition.
 //! - `process`: the standard `process_*` metrics, read from `/proc` at scrape time.
+//! - `pattern`: topic patterns (`a.*`, `a.>`, `>`), compiled once and matched without
+//!   allocating.
+//! - `principal`: who is calling and what they may publish, subscribe to and administer.
+//! - `token`: JWT verification (HS256, RS256, ES256) into a principal, its cache, and
+//!   minting HS256 tokens.
+
 
 pub mod core;
 pub mod error;
 pub mod frame_cache;
 pub mod last_fsync;
 pub mod metrics;
+pub mod pattern;
+pub mod principal;
 pub mod process;
 pub mod shutdown;
 mod subscription;
+pub mod token;
 pub mod topics;
 
 pub use self::core::{Broker, Opened, PublishGate};

@@ -1,4 +1,5 @@
-//! Command-line tools built on the client: `publish`, `subscribe`, `topics` (and `bench`).
+//! Command-line tools built on the client: `publish`, `subscribe`, `topics` (and `bench`),
+//! and `token`, which mints a token for them.
 
 pub mod bench;
 mod connect;
@@ -6,6 +7,7 @@ pub mod publish;
 mod seq;
 pub mod subscribe;
 mod text;
+pub mod token;
 pub mod topics;
 
 pub use text::{hex, payload_text};
