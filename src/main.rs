@@ -133,6 +133,13 @@ struct ServeArgs {
     /// HTTP/2 receive window per connection, shared by its streams.
     #[arg(long, env = "FRAMECAST_HTTP2_CONNECTION_WINDOW", default_value = "2MiB", value_parser = parse_window)]
     http2_connection_window: u32,
+    /// Require a JWT on every call; HS256 tokens are checked with this file's bytes (one
+    /// trailing newline stripped). `framecast token` mints such tokens.
+    #[arg(long, env = "FRAMECAST_AUTH_JWT_SECRET_FILE")]
+    auth_jwt_secret_file: Option<PathBuf>,
+    /// Require a JWT on every call; RS256 or ES256 tokens are checked with this PEM public key.
+    #[arg(long, env = "FRAMECAST_AUTH_JWT_PUBLIC_KEY")]
+    auth_jwt_public_key: Option<PathBuf>,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
     /// a flag beats its FRAMECAST_<FLAG> environment variable, which beats the file.
     #[arg(long, env = "FRAMECAST_CONFIG")]
@@ -305,6 +312,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             stream_window: args.http2_stream_window,
             connection_window: args.http2_connection_window,
         },
+        auth_jwt_secret_file: args.auth_jwt_secret_file,
+        auth_jwt_public_key: args.auth_jwt_public_key,
         ..ServerConfig::default()
     };
     if let Err(e) = config.log.validate() {

@@ -4,13 +4,16 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::error::{Error, Result};
+use super::principal::Principal;
 use super::shutdown::Shutdown;
 use super::subscription::{GlobalSlot, StartAt, Subscription};
+use super::token::Authenticator;
 use super::topics::{valid_topic_name, Cause, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto;
@@ -26,6 +29,9 @@ pub struct Broker {
     shutdown: Shutdown,
     max_subscribers: usize,
     subscribers: Arc<AtomicUsize>,
+    /// `None`: no authentication (every caller is [`Principal::anonymous`]).
+    auth: Option<Arc<Authenticator>>,
+    anonymous: Arc<Principal>,
 }
 
 /// An opened subscription and what its first answer tells the client.
@@ -38,11 +44,15 @@ pub struct Opened {
     pub epoch: u64,
 }
 
-/// The checks of one publish stream: the frames of a stream are checked one by one
-/// against the request rules.
+/// The checks of one publish stream: its caller's permissions, resolved once for the
+/// stream, and the request rules, for each frame.
 #[derive(Debug)]
 pub struct PublishGate {
     broker: Broker,
+    who: Arc<Principal>,
+    /// The last topic this stream was allowed to publish to: a stream mostly publishes to
+    /// one topic, so its frames cost a string comparison, not a pattern match.
+    allowed: Option<String>,
 }
 
 impl PublishGate {
@@ -50,19 +60,48 @@ impl PublishGate {
     /// and the frame to append.
     pub fn check(&mut self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
         self.broker.check_running()?;
-        self.broker.validate(r)
+        check_expiry(&self.who)?;
+        let (topic, frame) = self.broker.validate(r)?;
+        if self.allowed.as_deref() != Some(topic.as_str()) {
+            may_publish(&self.who, &topic)?;
+            self.allowed = Some(topic.clone());
+        }
+        Ok((topic, frame))
     }
 }
 
 impl Broker {
     /// A broker over `topics`, allowing `max_subscribers` open subscriptions in all.
-    pub fn new(topics: Arc<Topics>, shutdown: Shutdown, max_subscribers: usize) -> Broker {
+    pub fn new(
+        topics: Arc<Topics>,
+        shutdown: Shutdown,
+        max_subscribers: usize,
+        auth: Option<Authenticator>,
+    ) -> Broker {
         Broker {
             topics,
             shutdown,
             max_subscribers,
             subscribers: Arc::new(AtomicUsize::new(0)),
+            auth: auth.map(Arc::new),
+            anonymous: Arc::new(Principal::anonymous()),
         }
+    }
+
+    /// Who is calling, from the value of an `authorization` header (`Bearer <JWT>`); every
+    /// caller is anonymous, with every permission, when the server has no `--auth-*` flag.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>> {
+        match &self.auth {
+            None => Ok(Arc::clone(&self.anonymous)),
+            Some(auth) => auth
+                .from_header(authorization)
+                .map_err(|e| Error::Unauthenticated(e.to_string())),
+        }
+    }
+
+    /// True when calls need a token.
+    pub fn requires_auth(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// The topic registry.
@@ -84,9 +123,14 @@ impl Broker {
     }
 
     /// Publishes one frame and waits until it is durable under the fsync policy.
-    pub async fn publish(&self, r: proto::PublishRequest) -> Result<proto::PublishAck> {
+    pub async fn publish(
+        &self,
+        who: &Principal,
+        r: proto::PublishRequest,
+    ) -> Result<proto::PublishAck> {
         self.check_running()?;
         let (name, frame) = self.validate(r)?;
+        may_publish(who, &name)?;
         let topic = self.topics.get_or_create(&name, Cause::Publish).await?;
         let rx = topic
             .log()
@@ -99,9 +143,11 @@ impl Broker {
     }
 
     /// The checks of a new publish stream.
-    pub fn publish_gate(&self) -> PublishGate {
+    pub fn publish_gate(&self, who: Arc<Principal>) -> PublishGate {
         PublishGate {
             broker: self.clone(),
+            who,
+            allowed: None,
         }
     }
 
@@ -138,13 +184,20 @@ impl Broker {
     }
 
     /// Opens a subscription: replay up to the snapshot point, then live.
-    pub async fn subscribe(
-        &self,
-        r: &proto::SubscribeRequest,
-        expires: Option<tokio::time::Instant>,
-    ) -> Result<Opened> {
+    /// The stream ends with UNAUTHENTICATED when `who`'s token expires.
+    pub async fn subscribe(&self, who: &Principal, r: &proto::SubscribeRequest) -> Result<Opened> {
         self.check_running()?;
         let name = topic_name(&r.topic)?;
+        if !who.may_subscribe(&name) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' may not subscribe to topic '{name}'",
+                who.subject()
+            )));
+        }
+        let expires = who.expires_at().map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         let global = self.reserve_subscriber()?;
         let topic = self.subscription_topic(&name, r).await?;
         let epoch = topic.meta().epoch;
@@ -159,8 +212,13 @@ impl Broker {
 
     /// Creates a topic with its retention settings (an existing one with the same
     /// settings is answered as created).
-    pub async fn create_topic(&self, r: proto::CreateTopicRequest) -> Result<proto::TopicInfo> {
+    pub async fn create_topic(
+        &self,
+        who: &Principal,
+        r: proto::CreateTopicRequest,
+    ) -> Result<proto::TopicInfo> {
         self.check_running()?;
+        must_be_admin(who, "create topics")?;
         let (topic, _) = self
             .topics
             .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
@@ -169,14 +227,20 @@ impl Broker {
     }
 
     /// Deletes a topic: its open streams end with NOT_FOUND and its files are removed.
-    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+    pub async fn delete_topic(&self, who: &Principal, name: &str) -> Result<()> {
         self.check_running()?;
+        must_be_admin(who, "delete topics")?;
         self.topics.delete(name).await
     }
 
-    /// Every topic with its figures.
-    pub fn list_topics(&self) -> Vec<proto::TopicInfo> {
-        self.topics.list().iter().map(|t| topic_info(t)).collect()
+    /// Every topic `who` may publish or subscribe to (all for an admin), with its figures.
+    pub fn list_topics(&self, who: &Principal) -> Vec<proto::TopicInfo> {
+        self.topics
+            .list()
+            .iter()
+            .filter(|t| who.may_see(t.name()))
+            .map(|t| topic_info(t))
+            .collect()
     }
 
     /// Checks a publish request against API.md's error table; nothing is touched yet.
@@ -272,6 +336,36 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
         start_seq_no: r.replay_seq_no_start,
         after,
     })
+}
+
+/// Refuses a publish to `topic` that `who` may not make.
+fn may_publish(who: &Principal, topic: &str) -> Result<()> {
+    if who.may_publish(topic) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "'{}' may not publish to topic '{topic}'",
+        who.subject()
+    )))
+}
+
+/// Refuses an administrative call by a caller without `admin`.
+fn must_be_admin(who: &Principal, what: &str) -> Result<()> {
+    if who.is_admin() {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "'{}' may not {what}: it needs admin",
+        who.subject()
+    )))
+}
+
+/// Ends a stream whose token has expired.
+fn check_expiry(who: &Principal) -> Result<()> {
+    if who.expires_at().is_some() && who.is_expired(SystemTime::now()) {
+        return Err(Error::TokenExpired);
+    }
+    Ok(())
 }
 
 /// Maps an empty topic to `default` and checks the name.

@@ -18,7 +18,6 @@
 //! - `token`: JWT verification (HS256, RS256, ES256) into a principal, its cache, and
 //!   minting HS256 tokens.
 
-
 pub mod core;
 pub mod error;
 pub mod frame_cache;

@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 limits of every connection.
     pub http2: Http2Limits,
+    /// `--auth-jwt-secret-file`: HS256 tokens are checked with this file's bytes.
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// `--auth-jwt-public-key`: RS256 or ES256 tokens are checked with this PEM key.
+    pub auth_jwt_public_key: Option<PathBuf>,
 }
 
 /// HTTP/2 limits of every connection: they bound what a connection can make the server
@@ -67,6 +71,8 @@ impl Default for ServerConfig {
             maintenance: MaintenanceConfig::default(),
             max_connections: 10_000,
             http2: Http2Limits::default(),
+            auth_jwt_secret_file: None,
+            auth_jwt_public_key: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::config::ServerConfig;
 use super::service::BroadcastService;
 use super::tasks;
+use crate::broker::token::Authenticator;
 use crate::broker::{shutdown, Broker, Error, Result, Topics};
 use crate::proto::{self, broadcast_server::BroadcastServer};
 
@@ -114,6 +115,22 @@ pub async fn run(
     signal: impl Future<Output = ()>,
 ) -> Result<()> {
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    // Keys are read before recovery, so a wrong path fails at once.
+    let auth = Authenticator::from_files(
+        config.auth_jwt_secret_file.as_deref(),
+        config.auth_jwt_public_key.as_deref(),
+    )
+    .map_err(Error::InvalidArgument)?;
+    match &auth {
+        Some(a) => info!(algorithms = %a.accepted(), "every call needs a bearer token"),
+        None if !config.listen.ip().is_loopback() => warn!(
+            listen = %config.listen,
+            "listening beyond loopback with no authentication: anyone who can reach this \
+             port can publish, read and delete every topic (give --auth-jwt-secret-file or \
+             --auth-jwt-public-key)"
+        ),
+        None => {}
+    }
     let started = Instant::now();
     let (data_dir, log_config, auto) = (
         config.data_dir.clone(),
@@ -149,6 +166,7 @@ pub async fn run(
         Arc::clone(&topics),
         shutdown.clone(),
         config.max_subscribers,
+        auth,
     );
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)

@@ -14,6 +14,7 @@ use tracing::{debug, instrument};
 use super::status::status;
 use super::tasks::TaskTracker;
 use crate::broker::core::AckReceiver;
+use crate::broker::principal::Principal;
 use crate::broker::shutdown::Shutdown;
 use crate::broker::{Broker, Cause, Error, Topic};
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
@@ -40,6 +41,15 @@ impl BroadcastService {
     /// `tasks`, so shutdown can wait for them.
     pub fn new(broker: Broker, tasks: TaskTracker) -> Self {
         BroadcastService { broker, tasks }
+    }
+
+    /// Who is calling: the broker checks the `authorization` metadata.
+    fn caller<T>(&self, req: &Request<T>) -> std::result::Result<Arc<Principal>, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.broker.authenticate(header).map_err(status)
     }
 }
 
@@ -167,9 +177,10 @@ impl Broadcast for BroadcastService {
         &self,
         req: Request<proto::PublishRequest>,
     ) -> std::result::Result<Response<proto::PublishAck>, Status> {
+        let who = self.caller(&req)?;
         let ack = self
             .broker
-            .publish(req.into_inner())
+            .publish(&who, req.into_inner())
             .await
             .map_err(status)?;
         Ok(Response::new(ack))
@@ -182,7 +193,7 @@ impl Broadcast for BroadcastService {
         req: Request<Streaming<proto::PublishRequest>>,
     ) -> std::result::Result<Response<AckStream>, Status> {
         self.broker.check_running().map_err(status)?;
-        let mut gate = self.broker.publish_gate();
+        let mut gate = self.broker.publish_gate(self.caller(&req)?);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Pipelined>(PUBLISH_PIPELINE);
         let broker = self.broker.clone();
@@ -302,9 +313,10 @@ impl Broadcast for BroadcastService {
         &self,
         req: Request<proto::SubscribeRequest>,
     ) -> std::result::Result<Response<FrameStream>, Status> {
+        let who = self.caller(&req)?;
         let opened = self
             .broker
-            .subscribe(req.get_ref(), None)
+            .subscribe(&who, req.get_ref())
             .await
             .map_err(status)?;
         let frames = opened.subscription.into_stream().map(|r| r.map_err(status));
@@ -322,9 +334,10 @@ impl Broadcast for BroadcastService {
         &self,
         req: Request<proto::CreateTopicRequest>,
     ) -> std::result::Result<Response<proto::TopicInfo>, Status> {
+        let who = self.caller(&req)?;
         let info = self
             .broker
-            .create_topic(req.into_inner())
+            .create_topic(&who, req.into_inner())
             .await
             .map_err(status)?;
         Ok(Response::new(info))
@@ -334,8 +347,9 @@ impl Broadcast for BroadcastService {
         &self,
         req: Request<proto::DeleteTopicRequest>,
     ) -> std::result::Result<Response<proto::DeleteTopicResponse>, Status> {
+        let who = self.caller(&req)?;
         self.broker
-            .delete_topic(&req.into_inner().name)
+            .delete_topic(&who, &req.into_inner().name)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
@@ -343,9 +357,10 @@ impl Broadcast for BroadcastService {
 
     async fn list_topics(
         &self,
-        _req: Request<proto::ListTopicsRequest>,
+        req: Request<proto::ListTopicsRequest>,
     ) -> std::result::Result<Response<proto::ListTopicsResponse>, Status> {
-        let topics = self.broker.list_topics();
+        let who = self.caller(&req)?;
+        let topics = self.broker.list_topics(&who);
         Ok(Response::new(proto::ListTopicsResponse { topics }))
     }
 }

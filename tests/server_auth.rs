@@ -1,0 +1,273 @@
+//! Tokens and permissions against the real binary over gRPC: every refusal is
+//! UNAUTHENTICATED or PERMISSION_DENIED as API.md's security rules say, writes nothing and
+//! creates no topic; an open stream ends with UNAUTHENTICATED when its token expires.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{req, sub_req, Server};
+use framecast::broker::token::{mint_hs256, MintClaims};
+use framecast::proto::broadcast_client::BroadcastClient;
+use framecast::proto::{CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const SECRET: &[u8] = b"test-secret-of-some-length";
+
+fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: Duration) -> String {
+    mint_hs256(
+        SECRET,
+        &MintClaims {
+            subject: "tester".into(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            admin,
+            ttl,
+            not_before: None,
+        },
+    )
+    .unwrap()
+}
+
+fn with<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+/// Topic names the admin token sees.
+async fn topics(c: &mut BroadcastClient<Channel>, admin: &str) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .list_topics(with(ListTopicsRequest {}, Some(admin)))
+        .await
+        .unwrap()
+        .into_inner()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn start() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    // A trailing newline, as `echo` writes it: stripped by the server.
+    std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn every_refusal_is_unauthenticated_or_denied_and_writes_nothing() {
+    let (_dir, server) = start();
+    let mut c = server.client().await;
+    let hour = Duration::from_secs(3600);
+    let admin = token(&[], &[], true, hour);
+    let chat = token(&["chat.*"], &["chat.>"], false, hour);
+
+    // No token, a malformed one, one signed with another secret, one not valid yet.
+    let other = mint_hs256(
+        b"another-secret",
+        &MintClaims {
+            subject: "x".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+            ttl: hour,
+            not_before: None,
+        },
+    )
+    .unwrap();
+    let later = mint_hs256(
+        SECRET,
+        &MintClaims {
+            subject: "x".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+            ttl: hour,
+            not_before: Some(SystemTime::now() + Duration::from_secs(600)),
+        },
+    )
+    .unwrap();
+    // alg none: a header, the claims of a full token, no signature.
+    let claims = admin.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
+    for bad in [
+        None,
+        Some("not-a-jwt"),
+        Some(other.as_str()),
+        Some(later.as_str()),
+        Some(none.as_str()),
+    ] {
+        let e = c
+            .publish(with(req("chat.a", 1, b"x"), bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{bad:?}: {e:?}");
+        let e = c
+            .subscribe(with(sub_req("chat.b", 0), bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = c
+            .list_topics(with(ListTopicsRequest {}, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+
+    // Valid token, wrong topic: denied, nothing created.
+    let e = c
+        .publish(with(req("news", 1, b"x"), Some(&chat)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // `chat.*` is exactly one token after chat.
+    let e = c
+        .publish(with(req("chat.a.b", 1, b"x"), Some(&chat)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = c
+        .subscribe(with(sub_req("news", 0), Some(&chat)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Publish permission alone does not let a token subscribe, nor admin publish.
+    let pub_only = token(&[">"], &[], false, hour);
+    let e = c
+        .subscribe(with(sub_req("chat.a", 0), Some(&pub_only)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = c
+        .publish(with(req("chat.a", 1, b"x"), Some(&admin)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Admin calls need admin.
+    let e = c
+        .create_topic(with(
+            CreateTopicRequest {
+                name: "chat.made".into(),
+                ..Default::default()
+            },
+            Some(&chat),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // A publish stream: the allowed frame is acked and stands; the forbidden one ends
+    // the stream naming its index.
+    let reqs = vec![req("chat.s", 1, b"ok"), req("secret", 2, b"no")];
+    let mut acks = c
+        .publish_stream(with(tokio_stream::iter(reqs), Some(&chat)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.next().await.unwrap().unwrap().offset, 0);
+    let e = acks.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("request 1"), "{e:?}");
+
+    assert_eq!(topics(&mut c, &admin).await, vec!["chat.s".to_string()]);
+
+    // Allowed calls work; ListTopics shows only what the token may see.
+    let ack = c
+        .publish(with(req("chat.a", 7, b"hello"), Some(&chat)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.offset, 0);
+    c.create_topic(with(
+        CreateTopicRequest {
+            name: "ops".into(),
+            ..Default::default()
+        },
+        Some(&admin),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        topics(&mut c, &admin).await,
+        vec!["chat.a".to_string(), "chat.s".into(), "ops".into()]
+    );
+    let seen: Vec<String> = c
+        .list_topics(with(ListTopicsRequest {}, Some(&chat)))
+        .await
+        .unwrap()
+        .into_inner()
+        .topics
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(seen.contains(&"chat.a".to_string()) && !seen.contains(&"ops".to_string()));
+    let e = c
+        .delete_topic(with(DeleteTopicRequest { name: "ops".into() }, Some(&chat)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    c.delete_topic(with(
+        DeleteTopicRequest { name: "ops".into() },
+        Some(&admin),
+    ))
+    .await
+    .unwrap();
+    // The refused publishes wrote nothing: chat.a holds the one allowed frame.
+    let mut frames = c
+        .subscribe(with(sub_req("chat.a", 0), Some(&chat)))
+        .await
+        .unwrap()
+        .into_inner();
+    let f = frames.next().await.unwrap().unwrap();
+    assert_eq!((f.seq_no, f.offset), (7, 0));
+    let info = c
+        .list_topics(with(ListTopicsRequest {}, Some(&admin)))
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    let a = info.iter().find(|t| t.name == "chat.a").unwrap();
+    assert_eq!(a.frames, 1);
+}
+
+#[tokio::test]
+async fn a_stream_ends_unauthenticated_when_its_token_expires() {
+    let (_dir, server) = start();
+    let mut c = server.client().await;
+    let short = token(&["t"], &["t"], false, Duration::from_secs(2));
+    c.publish(with(req("t", 1, b"before"), Some(&short)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut frames = c
+        .subscribe(with(sub_req("t", 0), Some(&short)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(frames.next().await.unwrap().unwrap().seq_no, 1);
+    let end = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .expect("the stream ends within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    // Not before the token expired (`exp` is rounded up to a whole second).
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // And the expired token opens nothing more.
+    let e = c
+        .publish(with(req("t", 2, b"after"), Some(&short)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
