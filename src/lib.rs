@@ -16,11 +16,15 @@
 //!   `dedup` (idempotency window), `run` (sorted runs), `compact` (compaction and
 //!   retention), `manifest` (what a compaction committed), `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
-//! - [`server`]: the gRPC server. `config` (settings and their parsing), `topics` (the
-//!   topic registry, metadata and name rules), `service` (the RPCs), `subscription` (the
-//!   replay→live cursor), `maintenance` (retention and compaction in the background),
-//!   `shutdown` (the one shutdown signal), `run` (startup, serve, drain), `error` (the one
-//!   mapping to gRPC status codes).
+//! - [`broker`]: the one transport-neutral core behind every front door: `core` (publish,
+//!   subscribe and topic operations with their validation and authorization), `topics`
+//!   (the registry, metadata and name rules), `subscription` (the replay→live cursor),
+//!   `frame_cache`, `shutdown` (the one shutdown signal), `last_fsync`, `error` (the one
+//!   error enum and its codes), `pattern`, `principal` and `token` (JWT verification),
+//!   `metrics` and `process` (the Prometheus registry).
+//! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
+//!   gRPC door), `maintenance` (retention and compaction in the background), `run`
+//!   (startup, serve, drain), `repair`, `status` (the one mapping to gRPC status codes).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
 //!   stream that resumes exactly after a break), `retry`, `error`.
