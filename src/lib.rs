@@ -25,6 +25,10 @@
 //! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
 //!   gRPC door), `maintenance` (retention and compaction in the background), `run`
 //!   (startup, serve, drain), `repair`, `status` (the one mapping to gRPC status codes).
+//! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
+//!   (REST topics and publish, `/metrics`, `/healthz`), `caller` (bearer tokens), `json`
+//!   (proto3-JSON bodies), `error` (the HTTP status table), `listener` (accepted
+//!   connections for axum).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
 //!   stream that resumes exactly after a break), `retry`, `error`.
@@ -38,6 +42,7 @@
 pub mod broker;
 pub mod client;
 pub mod dump;
+pub mod http;
 pub mod index;
 pub mod proto;
 pub mod server;

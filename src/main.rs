@@ -85,6 +85,15 @@ struct ServeArgs {
     /// the log line "listening" names it). 0.0.0.0:PORT listens on every interface.
     #[arg(long, env = "FRAMECAST_LISTEN", default_value = "127.0.0.1:7070", value_parser = parse_listen)]
     listen: std::net::SocketAddr,
+    /// The HTTP door (REST, /metrics, /healthz): HOST:PORT, :PORT, or `off`.
+    #[arg(long, env = "FRAMECAST_HTTP_LISTEN", default_value = "127.0.0.1:7071", value_parser = parse_http_listen, value_name = "ADDR|off")]
+    http_listen: HttpListen,
+    /// Serve /metrics without a token even when auth is on (for a scraper on a trusted network).
+    #[arg(long, env = "FRAMECAST_METRICS_PUBLIC")]
+    metrics_public: bool,
+    /// Topics with their own metric series; the rest are summed under topic="_other".
+    #[arg(long, env = "FRAMECAST_METRICS_MAX_TOPICS", default_value_t = 1000)]
+    metrics_max_topics: usize,
     /// Data directory; topics live in <data-dir>/topics/<topic>/.
     #[arg(long, env = "FRAMECAST_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -176,6 +185,18 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("'{s}' is not HOST:PORT or :PORT ({e})"))?
         .next()
         .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+/// Where the HTTP door listens, if at all.
+#[derive(Debug, Clone, Copy)]
+struct HttpListen(Option<std::net::SocketAddr>);
+
+/// `off`, or what `--listen` takes.
+fn parse_http_listen(s: &str) -> Result<HttpListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    parse_listen(s).map(|a| HttpListen(Some(a)))
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -314,6 +335,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         auth_jwt_secret_file: args.auth_jwt_secret_file,
         auth_jwt_public_key: args.auth_jwt_public_key,
+        http_listen: args.http_listen.0,
+        metrics_public: args.metrics_public,
+        metrics_max_topics: args.metrics_max_topics,
         ..ServerConfig::default()
     };
     if let Err(e) = config.log.validate() {

@@ -115,7 +115,14 @@ fn listen_takes_a_bare_port_and_a_host_name() {
     for listen in [":0", "localhost:0"] {
         let tmp = tempfile::tempdir().unwrap();
         let mut child = Command::new(bin())
-            .args(["serve", "--listen", listen, "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--http-listen",
+                "off",
+                "--data-dir",
+            ])
             .arg(tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

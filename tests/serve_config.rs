@@ -21,6 +21,8 @@ fn startup(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--log-format",
         "json",
         "--data-dir",

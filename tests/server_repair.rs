@@ -137,7 +137,15 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
     std::fs::write(&seg, &bytes).expect("write");
 
     // Startup refuses, naming file, position and the repair command; nothing is cut.
-    let out = run(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s]);
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "off",
+        "--data-dir",
+        data_s,
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("startup on damage said:\n{stderr}");
     assert!(!out.status.success(), "must not start: {stderr}");

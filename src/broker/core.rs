@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::error::{Error, Result};
+use super::metrics::{Metrics, Transport};
 use super::principal::Principal;
 use super::shutdown::Shutdown;
 use super::subscription::{GlobalSlot, StartAt, Subscription};
@@ -21,6 +22,22 @@ use crate::wal::{self, Appended, NewFrame};
 
 /// Where the acks of one log request arrive.
 pub type AckReceiver = oneshot::Receiver<wal::Result<Vec<Appended>>>;
+
+/// A log request queued by [`Broker::submit`], whose acks [`Broker::acks`] waits for.
+#[derive(Debug)]
+pub struct Pending {
+    topic: Arc<Topic>,
+    rx: AckReceiver,
+    /// When the request's frames were received, for `publish_duration_seconds`.
+    received: Instant,
+}
+
+impl Pending {
+    /// The topic the frames went to.
+    pub fn topic(&self) -> &Arc<Topic> {
+        &self.topic
+    }
+}
 
 /// The one core behind every door. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -59,6 +76,11 @@ impl PublishGate {
     /// Checks one request of the stream; nothing is touched yet. Returns the topic's name
     /// and the frame to append.
     pub fn check(&mut self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
+        let checked = self.check_inner(r);
+        self.broker.counted(checked)
+    }
+
+    fn check_inner(&mut self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
         self.broker.check_running()?;
         check_expiry(&self.who)?;
         let (topic, frame) = self.broker.validate(r)?;
@@ -93,10 +115,37 @@ impl Broker {
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>> {
         match &self.auth {
             None => Ok(Arc::clone(&self.anonymous)),
-            Some(auth) => auth
-                .from_header(authorization)
-                .map_err(|e| Error::Unauthenticated(e.to_string())),
+            Some(auth) => self.counted(
+                auth.from_header(authorization)
+                    .map_err(|e| Error::Unauthenticated(e.to_string())),
+            ),
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.topics.metrics()
+    }
+
+    /// The `/metrics` exposition: the registry and every topic's scrape-time figures.
+    pub fn scrape(&self) -> String {
+        let gauges: Vec<_> = self.topics.list().iter().map(|t| t.gauges()).collect();
+        self.metrics().encode(&gauges)
+    }
+
+    /// Counts a refusal a door made itself (a request its protocol cannot parse) in
+    /// `rejected_requests_total{code}`, like the broker's own.
+    pub fn reject(&self, e: Error) -> Error {
+        self.metrics().rejected(e.code_name());
+        e
+    }
+
+    /// `r`, with a refusal counted in `rejected_requests_total{code}`.
+    fn counted<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.metrics().rejected(e.code_name());
+        }
+        r
     }
 
     /// True when calls need a token.
@@ -128,15 +177,16 @@ impl Broker {
         who: &Principal,
         r: proto::PublishRequest,
     ) -> Result<proto::PublishAck> {
-        self.check_running()?;
-        let (name, frame) = self.validate(r)?;
-        may_publish(who, &name)?;
-        let topic = self.topics.get_or_create(&name, Cause::Publish).await?;
-        let rx = topic
-            .log()
-            .submit(vec![frame])
-            .map_err(|e| append_error(&topic, e))?;
-        let acks = self.acks(&topic, rx).await?;
+        let received = Instant::now();
+        let queued = async {
+            self.check_running()?;
+            let (name, frame) = self.validate(r)?;
+            may_publish(who, &name)?;
+            self.submit_at(&name, vec![frame], Cause::Publish, received)
+                .await
+        };
+        let pending = self.counted(queued.await)?;
+        let acks = self.acks(pending).await?;
         acks.into_iter()
             .next()
             .ok_or_else(|| Error::Wal(wal::Error::Unavailable("no ack".into())))
@@ -158,22 +208,53 @@ impl Broker {
         topic: &str,
         frames: Vec<NewFrame>,
         cause: Cause,
-    ) -> Result<(Arc<Topic>, AckReceiver)> {
+    ) -> Result<Pending> {
+        let queued = self.submit_at(topic, frames, cause, Instant::now()).await;
+        self.counted(queued)
+    }
+
+    async fn submit_at(
+        &self,
+        topic: &str,
+        frames: Vec<NewFrame>,
+        cause: Cause,
+        received: Instant,
+    ) -> Result<Pending> {
         let topic = self.topics.get_or_create(topic, cause).await?;
         let rx = topic
             .log()
             .submit(frames)
             .map_err(|e| append_error(&topic, e))?;
-        Ok((topic, rx))
+        Ok(Pending {
+            topic,
+            rx,
+            received,
+        })
     }
 
-    /// Waits for the acks of a log request of `topic`.
-    pub async fn acks(&self, topic: &Topic, rx: AckReceiver) -> Result<Vec<proto::PublishAck>> {
-        let acks = rx
+    /// Waits for the acks of a queued log request, and counts what it stored.
+    pub async fn acks(&self, pending: Pending) -> Result<Vec<proto::PublishAck>> {
+        let Pending {
+            topic,
+            rx,
+            received,
+        } = pending;
+        let appended = rx
             .await
-            .map_err(|_| append_error(topic, wal::Error::Unavailable("log closed".into())))?
-            .map_err(|e| append_error(topic, e))?;
-        Ok(acks
+            .map_err(|_| append_error(&topic, wal::Error::Unavailable("log closed".into())))
+            .and_then(|r| r.map_err(|e| append_error(&topic, e)));
+        let appended = self.counted(appended)?;
+        let (mut frames, mut bytes) = (0, 0);
+        for a in appended.iter().filter(|a| !a.duplicate) {
+            frames += 1;
+            bytes += u64::from(a.payload_bytes);
+        }
+        let m = topic.metrics();
+        m.published_frames.inc_by(frames);
+        m.published_bytes.inc_by(bytes);
+        self.metrics()
+            .observe_publishes(received.elapsed(), appended.len() as u64);
+        Ok(appended
             .iter()
             .map(|a| proto::PublishAck {
                 offset: a.offset,
@@ -185,7 +266,22 @@ impl Broker {
 
     /// Opens a subscription: replay up to the snapshot point, then live.
     /// The stream ends with UNAUTHENTICATED when `who`'s token expires.
-    pub async fn subscribe(&self, who: &Principal, r: &proto::SubscribeRequest) -> Result<Opened> {
+    pub async fn subscribe(
+        &self,
+        who: &Principal,
+        r: &proto::SubscribeRequest,
+        transport: Transport,
+    ) -> Result<Opened> {
+        let opened = self.open_subscription(who, r, transport).await;
+        self.counted(opened)
+    }
+
+    async fn open_subscription(
+        &self,
+        who: &Principal,
+        r: &proto::SubscribeRequest,
+        transport: Transport,
+    ) -> Result<Opened> {
         self.check_running()?;
         let name = topic_name(&r.topic)?;
         if !who.may_subscribe(&name) {
@@ -202,7 +298,11 @@ impl Broker {
         let topic = self.subscription_topic(&name, r).await?;
         let epoch = topic.meta().epoch;
         let at = start_at(&topic, r)?;
-        let slots = (topic.add_subscriber(), global);
+        let position = match at.after {
+            Some(last) if last.offset >= at.snapshot => last.offset + 1,
+            _ => topic.log().first_offset(),
+        };
+        let slots = (topic.add_subscriber(transport, position), global);
         Ok(Opened {
             snapshot_offset: at.snapshot,
             epoch,
@@ -217,20 +317,31 @@ impl Broker {
         who: &Principal,
         r: proto::CreateTopicRequest,
     ) -> Result<proto::TopicInfo> {
-        self.check_running()?;
-        must_be_admin(who, "create topics")?;
-        let (topic, _) = self
-            .topics
-            .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
-            .await?;
-        Ok(topic_info(&topic))
+        let created = async {
+            self.check_running()?;
+            must_be_admin(who, "create topics")?;
+            let (topic, _) = self
+                .topics
+                .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
+                .await?;
+            Ok(topic_info(&topic))
+        };
+        self.counted(created.await)
     }
 
     /// Deletes a topic: its open streams end with NOT_FOUND and its files are removed.
     pub async fn delete_topic(&self, who: &Principal, name: &str) -> Result<()> {
-        self.check_running()?;
-        must_be_admin(who, "delete topics")?;
-        self.topics.delete(name).await
+        let deleted = async {
+            self.check_running()?;
+            must_be_admin(who, "delete topics")?;
+            self.topics.delete(name).await
+        };
+        self.counted(deleted.await)
+    }
+
+    /// Refuses `/metrics` to a caller without `admin`.
+    pub fn may_read_metrics(&self, who: &Principal) -> Result<()> {
+        self.counted(must_be_admin(who, "read /metrics"))
     }
 
     /// Every topic `who` may publish or subscribe to (all for an admin), with its figures.
@@ -246,6 +357,7 @@ impl Broker {
     /// Checks a publish request against API.md's error table; nothing is touched yet.
     fn validate(&self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
         let topic = topic_name(&r.topic)?;
+        self.payload_fits(r.payload.len() as u64)?;
         let mut frame = NewFrame {
             seq_no: r.seq_no,
             timestamp: r.timestamp,
@@ -258,6 +370,25 @@ impl Broker {
             wal::now_ns(),
         )?;
         Ok((topic, frame))
+    }
+
+    /// Refuses (and counts) a payload of `size` bytes over `--max-frame-bytes`: for a
+    /// door that knows a body's size before reading it.
+    pub fn check_payload_size(&self, size: u64) -> Result<()> {
+        self.counted(self.payload_fits(size))
+    }
+
+    fn payload_fits(&self, size: u64) -> Result<()> {
+        let max = self.max_frame_bytes();
+        if size > max {
+            return Err(Error::PayloadTooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// `--max-frame-bytes`: the largest payload accepted.
+    pub fn max_frame_bytes(&self) -> u64 {
+        self.topics.log_config().max_frame_bytes as u64
     }
 
     /// Takes a slot of `--max-subscribers`, before anything else is done for a

@@ -11,6 +11,14 @@ pub enum Error {
     /// The request is malformed; nothing was written.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A payload over `--max-frame-bytes` (INVALID_ARGUMENT; HTTP answers it 413).
+    #[error("payload of {size} bytes exceeds --max-frame-bytes {max}")]
+    PayloadTooLarge {
+        /// The payload's size (at least this many bytes, when it was not read whole).
+        size: u64,
+        /// `--max-frame-bytes`.
+        max: u64,
+    },
     /// The topic does not exist (and auto-creation is off, or it was deleted).
     #[error("topic '{0}' not found")]
     TopicNotFound(String),
@@ -42,6 +50,9 @@ pub enum Error {
     /// The token of an open stream expired.
     #[error("token expired")]
     TokenExpired,
+    /// The server is still recovering its topics.
+    #[error("server starting: recovering topics")]
+    Starting,
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -93,7 +104,7 @@ impl Error {
     /// The status code of this error, as API.md's error table gives it.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::PayloadTooLarge { .. } => Code::InvalidArgument,
             Error::TopicNotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::EpochMismatch { .. } => Code::FailedPrecondition,
@@ -101,7 +112,7 @@ impl Error {
             Error::TooManySubscribers(_) => Code::ResourceExhausted,
             Error::Unauthenticated(_) | Error::TokenExpired => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::Starting => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
             Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
             Error::Wal(w) => match w {

@@ -355,6 +355,12 @@ impl Metrics {
         self.publish_duration.observe(d);
     }
 
+    /// publish_duration_seconds: `n` publishes of one log request, each from request
+    /// received to acknowledgement.
+    pub fn observe_publishes(&self, d: Duration, n: u64) {
+        self.publish_duration.observe_n(d, n);
+    }
+
     /// fsync_duration_seconds: one sync of a topic's log.
     pub fn observe_fsync(&self, d: Duration) {
         self.fsync_duration.observe(d);
@@ -475,11 +481,21 @@ impl DurationHistogram {
     }
 
     fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// `n` observations of `d`.
+    fn observe_n(&self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let cells = &*self.0;
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let bucket = cells.bounds_ns.partition_point(|&bound| bound < ns);
-        cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        cells.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        cells.buckets[bucket].fetch_add(n, Ordering::Relaxed);
+        cells
+            .sum_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
     }
 }
 

@@ -31,7 +31,7 @@ mod subscription;
 pub mod token;
 pub mod topics;
 
-pub use self::core::{Broker, Opened, PublishGate};
+pub use self::core::{Broker, Opened, Pending, PublishGate};
 pub use error::{Error, Result};
 pub use subscription::{StartAt, Subscription};
 pub use topics::{Cause, Topic, TopicMeta, Topics};

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::Stream;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use super::error::Error;
 use super::frame_cache::Cached;
+use super::metrics::Counter;
 use super::shutdown::Shutdown;
 use super::topics::{SubscriberSlot, Topic};
 use crate::index::OrderKey;
@@ -61,6 +63,17 @@ pub struct Subscription {
     first_at_start: u64,
     /// When the caller's token expires: the stream ends with UNAUTHENTICATED then.
     expires: Option<tokio::time::Instant>,
+    /// `delivered_frames_total{topic,transport}` of this subscription's door.
+    delivered: Counter,
+    /// Frames sent since the counter was last added to: it is added to once per step, not
+    /// per frame, so that a thousand subscribers do not contend on one cache line.
+    uncounted: u64,
+    /// Frames of the snapshot replayed so far.
+    replayed: u64,
+    /// The position the subscription started at.
+    replay_base: u64,
+    /// Shared with the topic, for `subscriber_max_lag_frames`.
+    position: Arc<AtomicU64>,
     _slots: (SubscriberSlot, GlobalSlot),
 }
 
@@ -111,7 +124,15 @@ impl Subscription {
         } else {
             topic.log().first_offset()
         };
+        let delivered = topic.metrics().delivered(slots.0.transport()).clone();
+        let position = Arc::clone(slots.0.position());
+        let replay_base = position.load(Ordering::Relaxed);
         Subscription {
+            replay_base,
+            delivered,
+            uncounted: 0,
+            replayed: 0,
+            position,
             first_at_start,
             durable: topic.log().watch_durable(),
             deleted: topic.watch_deleted(),
@@ -142,11 +163,36 @@ impl Subscription {
             return None;
         }
         match self.step().await {
-            Ok(f) => Some(Ok(f)),
+            Ok(f) => {
+                self.sent(&f);
+                Some(Ok(f))
+            }
             Err(status) => {
                 self.finished = true;
                 Some(Err(status))
             }
+        }
+    }
+
+    /// Counts a frame handed to the door and moves the position past it: a live frame's
+    /// offset, or one more frame of the snapshot replayed (replay is in key order, so its
+    /// offsets say nothing about how far it got).
+    fn sent(&mut self, f: &proto::Frame) {
+        self.uncounted += 1;
+        let position = if f.offset >= self.snapshot {
+            f.offset + 1
+        } else {
+            self.replayed += 1;
+            (self.replay_base + self.replayed).min(self.snapshot)
+        };
+        self.position.store(position, Ordering::Relaxed);
+    }
+
+    /// Adds the frames sent since the last call to the delivered counter.
+    fn count_delivered(&mut self) {
+        if self.uncounted > 0 {
+            self.delivered.inc_by(self.uncounted);
+            self.uncounted = 0;
         }
     }
 
@@ -155,6 +201,8 @@ impl Subscription {
             if let Some(f) = self.buf.pop_front() {
                 return Ok(f);
             }
+            // Every frame of the last step was sent: count them before reading or waiting.
+            self.count_delivered();
             self.check_open()?;
             let log = self.topic.log();
             match self.phase {
@@ -264,6 +312,12 @@ impl Subscription {
             return Err(Error::TokenExpired);
         }
         Ok(())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.count_delivered();
     }
 }
 

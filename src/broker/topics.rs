@@ -7,17 +7,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::error::{Error, Result};
 use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
+use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use crate::wal::{segment::sync_dir, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
@@ -46,16 +47,46 @@ pub struct Topic {
     deleted: watch::Sender<bool>,
     /// Recent live frames, encoded once for all subscribers.
     cache: FrameCache,
+    /// Handles of the topic's metric series, resolved once when the topic was opened.
+    metrics: TopicMetrics,
+    /// Where each open subscription stands, for `subscriber_max_lag_frames`: touched
+    /// when a subscription opens or closes and at a scrape, never per frame.
+    positions: Mutex<Positions>,
+}
+
+/// The positions of a topic's open subscriptions, by slot id.
+#[derive(Debug, Default)]
+struct Positions {
+    next_id: u64,
+    open: HashMap<u64, Arc<AtomicU64>>,
 }
 
 /// Holds one subscriber slot of a topic; gives it back when dropped.
 #[derive(Debug)]
 pub struct SubscriberSlot {
     topic: Arc<Topic>,
+    transport: Transport,
+    id: u64,
+    position: Arc<AtomicU64>,
+}
+
+impl SubscriberSlot {
+    /// The door the subscription came through.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The subscription's position: the offset up to which it has been sent everything it
+    /// will get (while replaying, its start plus the frames replayed so far).
+    pub fn position(&self) -> &Arc<AtomicU64> {
+        &self.position
+    }
 }
 
 impl Drop for SubscriberSlot {
     fn drop(&mut self) {
+        self.topic.metrics.subscribers(self.transport).dec();
+        self.topic.positions.lock().open.remove(&self.id);
         // The last subscriber gone: nobody reads the encoded frames any more.
         if self.topic.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.topic.cache.clear();
@@ -89,11 +120,51 @@ impl Topic {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    /// Counts a subscriber until the slot is dropped.
-    pub fn add_subscriber(self: &Arc<Self>) -> SubscriberSlot {
+    /// Counts a subscriber of `transport` starting at offset `position` until the slot
+    /// is dropped.
+    pub fn add_subscriber(self: &Arc<Self>, transport: Transport, position: u64) -> SubscriberSlot {
         self.subscribers.fetch_add(1, Ordering::AcqRel);
+        self.metrics.subscribers(transport).inc();
+        let position = Arc::new(AtomicU64::new(position));
+        let id = {
+            let mut p = self.positions.lock();
+            let id = p.next_id;
+            p.next_id += 1;
+            p.open.insert(id, Arc::clone(&position));
+            id
+        };
         SubscriberSlot {
             topic: Arc::clone(self),
+            transport,
+            id,
+            position,
+        }
+    }
+
+    /// Handles of the topic's metric series.
+    pub fn metrics(&self) -> &TopicMetrics {
+        &self.metrics
+    }
+
+    /// The topic's scrape-time figures: offsets, stored bytes, and the largest durable
+    /// frontier minus position among its subscriptions.
+    pub fn gauges(&self) -> TopicGauges {
+        let s = self.log.stats();
+        let durable = self.log.durable_offset();
+        let max_lag_frames = self
+            .positions
+            .lock()
+            .open
+            .values()
+            .map(|p| durable.saturating_sub(p.load(Ordering::Relaxed)))
+            .max()
+            .unwrap_or(0);
+        TopicGauges {
+            topic: self.name.clone(),
+            next_offset: s.next_offset,
+            first_offset: s.first_offset,
+            stored_bytes: s.bytes,
+            max_lag_frames,
         }
     }
 
@@ -137,14 +208,22 @@ pub struct Topics {
     log_config: LogConfig,
     auto_create: bool,
     map: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
+    /// The server's metrics; each topic holds its own handles.
+    metrics: Arc<Metrics>,
     /// Serializes creation and deletion (not lookups). The guard moves into the blocking
     /// task that does the work, so a cancelled request never leaves a change half done.
     changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Topics {
-    /// Opens every topic under `<data_dir>/topics`, recovering each log. Blocking.
-    pub fn open(data_dir: &Path, log_config: LogConfig, auto_create: bool) -> Result<Topics> {
+    /// Opens every topic under `<data_dir>/topics`, recovering each log; each topic
+    /// resolves its handles of `metrics`. Blocking.
+    pub fn open(
+        data_dir: &Path,
+        log_config: LogConfig,
+        auto_create: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Topics> {
         let dir = data_dir.join("topics");
         std::fs::create_dir_all(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
         let started = Instant::now();
@@ -168,7 +247,7 @@ impl Topics {
         }
         names.sort();
         let mut frames = 0;
-        for topic in open_all(data_dir, &dir, &log_config, names)? {
+        for topic in open_all(data_dir, &dir, &log_config, &metrics, names)? {
             frames += topic.log.stats().frames;
             map.insert(topic.name.clone(), Arc::new(topic));
         }
@@ -183,6 +262,7 @@ impl Topics {
             log_config,
             auto_create,
             map: Arc::new(RwLock::new(map)),
+            metrics,
             changes: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -190,6 +270,11 @@ impl Topics {
     /// The server's log settings (every topic's, but for its own retention).
     pub fn log_config(&self) -> &LogConfig {
         &self.log_config
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// True when a publish or subscribe to a missing topic creates it.
@@ -258,6 +343,7 @@ impl Topics {
             retention_max_bytes,
         };
         let (dir, name_owned, map) = (self.dir.clone(), name.to_string(), Arc::clone(&self.map));
+        let metrics = self.metrics.topic(name);
         let config = self.topic_config(&meta);
         // Runs to the end even if the request is cancelled: the topic is either fully made and
         // registered, or not made at all.
@@ -284,7 +370,7 @@ impl Topics {
                     return Err(e.into());
                 }
             };
-            let topic = Arc::new(new_topic(name_owned.clone(), meta, log));
+            let topic = Arc::new(new_topic(name_owned.clone(), meta, log, metrics));
             map.write().insert(name_owned, Arc::clone(&topic));
             Ok(topic)
         })
@@ -310,6 +396,7 @@ impl Topics {
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         topic.deleted.send_replace(true);
+        self.metrics.forget_topic(name);
         let dir = self.dir.clone();
         let name_owned = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -351,7 +438,13 @@ impl Topics {
 
 /// Opens one topic: its metadata, then its log, giving it a new epoch first when recovery
 /// is about to cut a tail that may have held acknowledged frames.
-fn open_one(data_dir: &Path, dir: &Path, log_config: &LogConfig, name: String) -> Result<Topic> {
+fn open_one(
+    data_dir: &Path,
+    dir: &Path,
+    log_config: &LogConfig,
+    metrics: &Metrics,
+    name: String,
+) -> Result<Topic> {
     let topic_dir = dir.join(&name);
     let mut meta = read_meta(&topic_dir)?;
     let config = topic_config(log_config, &meta);
@@ -389,7 +482,8 @@ fn open_one(data_dir: &Path, dir: &Path, log_config: &LogConfig, name: String) -
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(new_topic(name, meta, log))
+    let handles = metrics.topic(&name);
+    Ok(new_topic(name, meta, log, handles))
 }
 
 /// Recovers the topics `names` of `dir` on a few threads at once: a start with ten
@@ -398,6 +492,7 @@ fn open_all(
     data_dir: &Path,
     dir: &Path,
     log_config: &LogConfig,
+    metrics: &Metrics,
     names: Vec<String>,
 ) -> Result<Vec<Topic>> {
     let threads = std::thread::available_parallelism()
@@ -412,7 +507,7 @@ fn open_all(
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|name| open_one(data_dir, dir, log_config, name.clone()))
+                        .map(|name| open_one(data_dir, dir, log_config, metrics, name.clone()))
                         .collect()
                 })
             })
@@ -450,7 +545,7 @@ fn topic_config(base: &LogConfig, meta: &TopicMeta) -> LogConfig {
     c
 }
 
-fn new_topic(name: String, meta: TopicMeta, log: Log) -> Topic {
+fn new_topic(name: String, meta: TopicMeta, log: Log, metrics: TopicMetrics) -> Topic {
     let (deleted, _) = watch::channel(false);
     Topic {
         name,
@@ -459,6 +554,8 @@ fn new_topic(name: String, meta: TopicMeta, log: Log) -> Topic {
         subscribers: AtomicU32::new(0),
         deleted,
         cache: FrameCache::new(FRAME_CACHE_BYTES),
+        metrics,
+        positions: Mutex::new(Positions::default()),
     }
 }
 

@@ -33,6 +33,13 @@ pub struct ServerConfig {
     pub auth_jwt_secret_file: Option<PathBuf>,
     /// `--auth-jwt-public-key`: RS256 or ES256 tokens are checked with this PEM key.
     pub auth_jwt_public_key: Option<PathBuf>,
+    /// `--http-listen`: the HTTP door (REST, `/metrics`, `/healthz`); `None` is `off`.
+    pub http_listen: Option<SocketAddr>,
+    /// `--metrics-public`: `/metrics` without a token even when auth is on.
+    pub metrics_public: bool,
+    /// `--metrics-max-topics`: topics with their own metric series; the rest are summed
+    /// under `topic="_other"`.
+    pub metrics_max_topics: usize,
 }
 
 /// HTTP/2 limits of every connection: they bound what a connection can make the server
@@ -73,6 +80,9 @@ impl Default for ServerConfig {
             http2: Http2Limits::default(),
             auth_jwt_secret_file: None,
             auth_jwt_public_key: None,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
+            metrics_public: false,
+            metrics_max_topics: crate::broker::metrics::DEFAULT_MAX_TOPICS,
         }
     }
 }

@@ -17,23 +17,42 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::Connected;
 use tracing::warn;
 
-/// A connection holding one of the `--max-connections` permits while it is open.
+use crate::broker::metrics::Gauge;
+
+/// A connection holding one of the `--max-connections` permits while it is open, and
+/// counted in `connections{listener}`.
 #[derive(Debug)]
 pub struct Limited<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
 }
 
-/// Accepts from `incoming` only while fewer than `max` accepted connections are open.
-pub fn limit<S, IO, E>(incoming: S, max: usize) -> impl Stream<Item = Result<Limited<IO>, E>>
+/// One count of the `connections{listener}` gauge, taken back when dropped.
+#[derive(Debug)]
+struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Accepts from `incoming` only while fewer than `max` accepted connections are open;
+/// `open` counts them.
+pub fn limit<S, IO, E>(
+    incoming: S,
+    max: usize,
+    open: Gauge,
+) -> impl Stream<Item = Result<Limited<IO>, E>>
 where
     S: Stream<Item = Result<IO, E>> + Unpin,
 {
     let max = max.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     futures::stream::unfold(
-        (incoming, permits),
-        move |(mut incoming, permits)| async move {
+        (incoming, permits, open),
+        move |(mut incoming, permits, open)| async move {
             let permit = match Arc::clone(&permits).try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
@@ -46,11 +65,15 @@ where
                 }
             };
             let next = incoming.next().await?;
-            let item = next.map(|io| Limited {
-                io,
-                _permit: permit,
+            let item = next.map(|io| {
+                open.inc();
+                Limited {
+                    io,
+                    _permit: permit,
+                    _open: OpenConnection(open.clone()),
+                }
             });
-            Some((item, (incoming, permits)))
+            Some((item, (incoming, permits, open)))
         },
     )
 }

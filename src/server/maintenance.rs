@@ -44,7 +44,10 @@ pub async fn run(
                 let log = t.log();
                 log.apply_retention(now_ns())?;
                 if compaction_due(log, &config) {
-                    log.compact(&config.compact)?;
+                    let report = log.compact(&config.compact)?;
+                    if report.run.is_some() {
+                        t.metrics().compactions.inc();
+                    }
                 }
                 Ok(())
             });

@@ -15,9 +15,14 @@ use tracing::{info, warn};
 use super::config::ServerConfig;
 use super::service::BroadcastService;
 use super::tasks;
+use crate::broker::metrics::{Metrics, DEFAULT_MAX_TOPICS};
 use crate::broker::token::Authenticator;
 use crate::broker::{shutdown, Broker, Error, Result, Topics};
+use crate::http::HttpDoor;
 use crate::proto::{self, broadcast_server::BroadcastServer};
+use crate::wal::SyncObserver;
+use futures::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 
 /// Holds the data directory's lock file for the life of the server, so two servers never
 /// write one directory.
@@ -70,7 +75,8 @@ pub fn compact_offline(
 ) -> Result<Vec<(String, crate::wal::CompactionReport)>> {
     require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
-    let topics = Topics::open(data_dir, crate::wal::LogConfig::default(), false)?;
+    let metrics = Arc::new(Metrics::new(DEFAULT_MAX_TOPICS));
+    let topics = Topics::open(data_dir, crate::wal::LogConfig::default(), false, metrics)?;
     let mut out = Vec::new();
     for t in topics.list() {
         if only.is_some_and(|o| o != t.name()) {
@@ -132,17 +138,36 @@ pub async fn run(
         None => {}
     }
     let started = Instant::now();
-    let (data_dir, log_config, auto) = (
-        config.data_dir.clone(),
-        config.log.clone(),
-        config.auto_create_topics,
-    );
-    let topics = tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_config, auto))
-        .await
-        .map_err(|e| Error::Metadata {
-            path: "topics".into(),
-            reason: e.to_string(),
-        })??;
+    let metrics = Arc::new(Metrics::new(config.metrics_max_topics));
+    // The HTTP door listens before recovery, so that /healthz can say "starting".
+    let door = HttpDoor::new(config.metrics_public);
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match config.http_listen {
+        Some(at) => Some(
+            start_http(
+                at,
+                &door,
+                &metrics,
+                config.max_connections,
+                config.shutdown_grace,
+                http_stopped,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut log_config = config.log.clone();
+    let observed = Arc::clone(&metrics);
+    log_config.sync_observer = Some(SyncObserver(Arc::new(move |d| observed.observe_fsync(d))));
+    let (data_dir, auto) = (config.data_dir.clone(), config.auto_create_topics);
+    let opened = Arc::clone(&metrics);
+    let topics =
+        tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_config, auto, opened))
+            .await
+            .map_err(|e| Error::Metadata {
+                path: "topics".into(),
+                reason: e.to_string(),
+            })??;
     let topics = Arc::new(topics);
     // From here on frames are written under this run's policy: remember it for the next
     // recovery (see `last_fsync`).
@@ -168,6 +193,7 @@ pub async fn run(
         config.max_subscribers,
         auth,
     );
+    door.serving(broker.clone());
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -202,8 +228,13 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| crate::wal::Error::io(&config.data_dir, e))?;
+    let http_addr = match &http {
+        Some((at, _)) => at.to_string(),
+        None => "off".to_string(),
+    };
     info!(
         %addr,
+        %http_addr,
         data_dir = %config.data_dir.display(),
         fsync = %config.log.fsync,
         max_connections = config.max_connections,
@@ -233,6 +264,7 @@ pub async fn run(
             super::connections::limit(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 config.max_connections,
+                metrics.connections("grpc"),
             ),
             async move { stop_accepting.wait().await },
         );
@@ -251,6 +283,7 @@ pub async fn run(
         () = signal => {
             info!("shutdown requested: no new calls; ending streams");
             let deadline = Deadline::now() + config.shutdown_grace;
+            door.stopping();
             trigger.fire();
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
             match tokio::time::timeout_at(deadline, &mut server).await {
@@ -300,5 +333,46 @@ pub async fn run(
         }
     }
     info!("all logs synced and closed");
+    if let Some((_, task)) = http {
+        let _ = http_stop.send(());
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// Binds the HTTP door on `at` and serves it until `stop` fires. Returns the bound address
+/// and the serving task.
+async fn start_http(
+    at: std::net::SocketAddr,
+    door: &Arc<HttpDoor>,
+    metrics: &Metrics,
+    max_connections: usize,
+    grace: std::time::Duration,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let cannot = |e: std::io::Error| {
+        Error::InvalidArgument(format!("cannot listen on --http-listen {at}: {e}"))
+    };
+    let listener = TcpListener::bind(at).await.map_err(cannot)?;
+    let local = listener.local_addr().map_err(cannot)?;
+    let accepted = TcpListenerStream::new(listener).map(|r| {
+        r.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let limited = Box::pin(super::connections::limit(
+        accepted,
+        max_connections,
+        metrics.connections("http"),
+    ));
+    let incoming = crate::http::listener::Incoming::new(limited, local);
+    let task = tokio::spawn(crate::http::serve(
+        incoming,
+        Arc::clone(door),
+        async move {
+            let _ = stop.await;
+        },
+        grace,
+    ));
+    Ok((local, task))
 }

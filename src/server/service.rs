@@ -13,10 +13,10 @@ use tracing::{debug, instrument};
 
 use super::status::status;
 use super::tasks::TaskTracker;
-use crate::broker::core::AckReceiver;
+use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
 use crate::broker::shutdown::Shutdown;
-use crate::broker::{Broker, Cause, Error, Topic};
+use crate::broker::{Broker, Cause, Error, Pending};
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::NewFrame;
 
@@ -61,7 +61,7 @@ type AckStream = std::pin::Pin<
 enum Pipelined {
     /// `n` frames queued in the log as one request, holding their share of the stream's
     /// read-ahead budget until their acks are taken.
-    Batch(Arc<Topic>, AckReceiver, usize, OwnedSemaphorePermit),
+    Batch(Pending, usize, OwnedSemaphorePermit),
     Fail(Status),
 }
 
@@ -147,10 +147,7 @@ impl PendingBatch {
             .submit(&self.topic, frames, Cause::PublishStream)
             .await
         {
-            Ok((topic, rx)) => tx
-                .send(Pipelined::Batch(topic, rx, n, permit))
-                .await
-                .is_ok(),
+            Ok(pending) => tx.send(Pipelined::Batch(pending, n, permit)).await.is_ok(),
             Err(e) => {
                 let _ = tx
                     .send(Pipelined::Fail(at_index(self.first_index, e)))
@@ -280,8 +277,8 @@ impl Broadcast for BroadcastService {
                         }
                         match rx.recv().await? {
                             // The permit goes back to the budget once the acks are taken.
-                            Pipelined::Batch(topic, ack, n, _permit) => {
-                                match broker.acks(&topic, ack).await {
+                            Pipelined::Batch(pending, n, _permit) => {
+                                match broker.acks(pending).await {
                                     Ok(acks) if acks.len() == n => {
                                         ready.extend(acks.into_iter().map(Ok))
                                     }
@@ -316,7 +313,7 @@ impl Broadcast for BroadcastService {
         let who = self.caller(&req)?;
         let opened = self
             .broker
-            .subscribe(&who, req.get_ref())
+            .subscribe(&who, req.get_ref(), Transport::Grpc)
             .await
             .map_err(status)?;
         let frames = opened.subscription.into_stream().map(|r| r.map_err(status));

@@ -296,6 +296,7 @@ impl Committer {
                             offset: first.offset,
                             timestamp: first.timestamp,
                             duplicate: true,
+                            payload_bytes: 0,
                         });
                         continue;
                     }
@@ -330,6 +331,7 @@ impl Committer {
                     offset,
                     timestamp: f.timestamp,
                     duplicate: false,
+                    payload_bytes: u32::try_from(f.payload.len()).unwrap_or(u32::MAX),
                 });
             }
             portion.replies.push((req.reply, acks));
@@ -419,7 +421,13 @@ impl Committer {
     /// Syncs `[pos, pos + len)` of `seg` and counts it.
     fn sync(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        seg.sync_range(pos, len, method)
+        let Some(observer) = &self.config.sync_observer else {
+            return seg.sync_range(pos, len, method);
+        };
+        let started = std::time::Instant::now();
+        let synced = seg.sync_range(pos, len, method);
+        (observer.0)(started.elapsed());
+        synced
     }
 
     /// Syncs whatever the active segment holds beyond the last sync.

@@ -68,6 +68,18 @@ pub struct LogConfig {
     pub dedup_max_keys: usize,
     /// How much of the topic is kept.
     pub retention: Retention,
+    /// Told how long each commit sync took (the server's `fsync_duration_seconds`).
+    pub sync_observer: Option<SyncObserver>,
+}
+
+/// A callback told the duration of every sync a commit waits for. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncObserver(pub std::sync::Arc<dyn Fn(Duration) + Send + Sync>);
+
+impl std::fmt::Debug for SyncObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncObserver")
+    }
 }
 
 /// Default `--dedup-max-keys`: about 260 MB of keys per topic at most.
@@ -86,6 +98,7 @@ impl Default for LogConfig {
             dedup_window: Duration::from_secs(120),
             dedup_max_keys: DEFAULT_DEDUP_MAX_KEYS,
             retention: Retention::default(),
+            sync_observer: None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Appended {
     pub timestamp: i64,
     /// True when the key was already stored: this is the first ack again.
     pub duplicate: bool,
+    /// Payload bytes this request stored (0 for a duplicate, which stores nothing).
+    pub payload_bytes: u32,
 }
 
 /// A frame read back from the log. The payload points into the segment mapping.

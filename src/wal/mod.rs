@@ -28,7 +28,8 @@ mod state;
 
 pub use compact::{CompactOptions, CompactionReport, RetentionReport};
 pub use config::{
-    FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
+    FsyncPolicy, LogConfig, Retention, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failing
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +24,8 @@ pub fn bin() -> &'static str {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The HTTP door, `http://127.0.0.1:PORT` (None when started with `--http-listen off`).
+    pub http: Option<String>,
     pub data_dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
     extra: Vec<String>,
@@ -40,9 +44,16 @@ impl Server {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
+        // Never the default 127.0.0.1:7071, which parallel tests would fight over.
+        let http: &[&str] = if extra.iter().any(|a| a == "--http-listen") {
+            &[]
+        } else {
+            &["--http-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(bin())
             .arg("serve")
             .args(listen)
+            .args(http)
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra)
@@ -62,20 +73,20 @@ impl Server {
                 let Ok(line) = line else { break };
                 if line.contains("listening") {
                     if let Some(at) = line.find("addr=") {
-                        let addr: String = line[at + 5..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .into();
+                        let field = |from: usize| -> String {
+                            line[from..].split_whitespace().next().unwrap_or("").into()
+                        };
+                        let addr = field(at + 5);
+                        let http = line.find("http_addr=").map(|h| field(h + 10));
                         if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
+                            let _ = tx.send((addr, http));
                         }
                     }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (addr, http) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -88,6 +99,7 @@ impl Server {
         Server {
             child,
             addr: format!("http://{addr}"),
+            http: http.filter(|h| h != "off").map(|h| format!("http://{h}")),
             data_dir: data_dir.to_path_buf(),
             log,
             extra,

@@ -99,6 +99,7 @@ class ServerProcess:
             "serve",
             "--listen",
             listen,
+            *([] if "--http-listen" in self.args else ["--http-listen", "127.0.0.1:0"]),
             "--data-dir",
             str(self.data_dir),
             *self.args,

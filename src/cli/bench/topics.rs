@@ -470,12 +470,19 @@ impl Served {
     /// topic is recovered.
     fn start(dir: &Path, common: &Common) -> Result<Served> {
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn,framecast::server::run=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "warn,framecast::server::run=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         if let Some(f) = &common.fsync {
             cmd.arg("--fsync").arg(f);
         }

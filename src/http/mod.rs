@@ -1,0 +1,60 @@
+//! The HTTP door (`--http-listen`, default `127.0.0.1:7071`): REST for topics and
+//! publishing, `/metrics` and `/healthz`, over axum.
+//!
+//! Like the gRPC door it holds no rule of its own: every call goes through the
+//! [`Broker`](crate::broker::Broker), which authenticates, authorizes, validates and counts
+//! it; this module only turns HTTP into broker calls and the broker's errors into the
+//! status table of API.md. `door` (the state shared by the handlers, and the health phase),
+//! `error` (the JSON error body and the status table), `caller` (the bearer token of a
+//! request), `json` (proto3-JSON bodies), `routes` (the handlers), `listener` (accepted
+//! connections as axum sees them, limited and counted).
+
+pub mod caller;
+pub mod door;
+pub mod error;
+pub mod json;
+pub mod listener;
+pub mod routes;
+
+pub use door::{HttpDoor, Phase};
+pub use routes::router;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tracing::warn;
+
+/// Serves the HTTP door on `listener` until `stop` completes; then lets open requests
+/// finish for up to `grace`.
+pub async fn serve<L>(
+    listener: L,
+    door: Arc<HttpDoor>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(door)).with_graceful_shutdown(async move {
+        stop.await;
+        let _ = stopped_tx.send(());
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        r = &mut server => {
+            if let Err(e) = r {
+                warn!(error = %e, "http listener failed");
+            }
+            return;
+        }
+        _ = stopped_rx => {}
+    }
+    // Streams and keep-alive connections: at most `grace` more.
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "http connections still open after the grace period; closing anyway"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The routes of the HTTP door and their handlers: each authenticates the caller through
+//! the broker, makes one broker call, and answers JSON (or the error body).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+
+use super::caller::caller;
+use super::door::{HttpDoor, Phase};
+use super::error::ApiError;
+use super::json::{self, TopicSettings};
+use crate::broker::metrics::CONTENT_TYPE;
+use crate::broker::{Broker, Error};
+use crate::proto;
+
+/// A handler's answer.
+type Answer = Result<Response, ApiError>;
+
+/// The query parameters of a request (`access_token`, `seq_no`, ...).
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// Every route of the HTTP door.
+pub fn router(door: Arc<HttpDoor>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics/{topic}", put(create_topic).delete(delete_topic))
+        .route("/v1/topics/{topic}/frames", post(publish))
+        .fallback(not_found)
+        // Bodies are read by the handlers, which bound them by --max-frame-bytes.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(door)
+}
+
+/// `GET /healthz`: 200 while serving, 503 while starting or shutting down. Open to all.
+async fn healthz(State(door): State<Arc<HttpDoor>>) -> Response {
+    match door.phase() {
+        Phase::Serving => (StatusCode::OK, "ok\n").into_response(),
+        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
+        Phase::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// `GET /metrics`: the Prometheus exposition; needs `admin` unless `--metrics-public`.
+async fn metrics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Params) -> Answer {
+    let broker = door.broker()?;
+    if !door.metrics_public() {
+        let who = caller(broker, &headers, &params(broker, q)?)?;
+        broker.may_read_metrics(&who)?;
+    }
+    let text = broker.scrape();
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// `GET /v1/topics`: the topics the caller may see, with their figures.
+async fn list_topics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Params) -> Answer {
+    let broker = door.broker()?;
+    let who = caller(broker, &headers, &params(broker, q)?)?;
+    broker.check_running()?;
+    let topics: Vec<_> = broker.list_topics(&who).iter().map(json::topic).collect();
+    Ok(Json(serde_json::json!({ "topics": topics })).into_response())
+}
+
+/// `PUT /v1/topics/{topic}`, body the JSON settings (or empty): CreateTopic.
+async fn create_topic(
+    State(door): State<Arc<HttpDoor>>,
+    topic: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Params,
+    body: Body,
+) -> Answer {
+    let broker = door.broker()?;
+    let who = caller(broker, &headers, &params(broker, q)?)?;
+    let name = topic_path(broker, topic)?;
+    // Settings are a few dozen bytes: anything past 64 KiB is not a settings object.
+    let body = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map_err(|e| broker.reject(Error::InvalidArgument(format!("topic settings: {e}"))))?;
+    let settings: TopicSettings = if body.iter().all(u8::is_ascii_whitespace) {
+        TopicSettings::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| broker.reject(Error::InvalidArgument(format!("topic settings: {e}"))))?
+    };
+    let info = broker
+        .create_topic(
+            &who,
+            proto::CreateTopicRequest {
+                name,
+                retention_max_age_seconds: settings.retention_max_age_seconds,
+                retention_max_bytes: settings.retention_max_bytes,
+            },
+        )
+        .await?;
+    Ok(Json(json::topic(&info)).into_response())
+}
+
+/// `DELETE /v1/topics/{topic}`: 204.
+async fn delete_topic(
+    State(door): State<Arc<HttpDoor>>,
+    topic: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Params,
+) -> Answer {
+    let broker = door.broker()?;
+    let who = caller(broker, &headers, &params(broker, q)?)?;
+    let name = topic_path(broker, topic)?;
+    broker.delete_topic(&who, &name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/topics/{topic}/frames?seq_no=N[&timestamp=T]`, body the payload, optional
+/// `Idempotency-Key` header: Publish.
+async fn publish(
+    State(door): State<Arc<HttpDoor>>,
+    topic: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Params,
+    body: Body,
+) -> Answer {
+    let broker = door.broker()?;
+    let q = params(broker, q)?;
+    let who = caller(broker, &headers, &q)?;
+    let topic = topic_path(broker, topic)?;
+    let seq_no = match q.get("seq_no") {
+        Some(v) => number::<u64>(broker, "seq_no", v)?,
+        None => {
+            return Err(broker
+                .reject(Error::InvalidArgument(
+                    "seq_no is required: POST /v1/topics/{topic}/frames?seq_no=N".into(),
+                ))
+                .into())
+        }
+    };
+    let timestamp = match q.get("timestamp") {
+        Some(v) => number::<i64>(broker, "timestamp", v)?,
+        None => 0,
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| {
+                broker.reject(Error::InvalidArgument(
+                    "Idempotency-Key must be visible ASCII".into(),
+                ))
+            })?
+            .to_string(),
+        None => String::new(),
+    };
+    // A declared length over the limit is refused before reading a byte of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        broker.check_payload_size(n)?;
+    }
+    let max = usize::try_from(broker.max_frame_bytes()).unwrap_or(usize::MAX);
+    let payload: Bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        // Over the limit while streaming (no or a wrong Content-Length).
+        Err(_) => {
+            broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
+            return Err(broker
+                .reject(Error::InvalidArgument(
+                    "the request body could not be read".into(),
+                ))
+                .into());
+        }
+    };
+    let ack = broker
+        .publish(
+            &who,
+            proto::PublishRequest {
+                topic,
+                seq_no,
+                payload,
+                timestamp,
+                idempotency_key,
+            },
+        )
+        .await?;
+    Ok(Json(json::ack(&ack)).into_response())
+}
+
+/// Any other path: 404 with the error body.
+async fn not_found() -> Response {
+    let body = serde_json::json!({"code": "NOT_FOUND", "message": "no such path"});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// The query parameters, or INVALID_ARGUMENT.
+fn params(broker: &Broker, q: Params) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(m)| m)
+        .map_err(|e| ApiError(broker.reject(Error::InvalidArgument(format!("query: {e}")))))
+}
+
+/// The `{topic}` of the path; the broker checks the name.
+fn topic_path(broker: &Broker, p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(t)| t).map_err(|e| {
+        ApiError(broker.reject(Error::InvalidArgument(format!("topic in the path: {e}"))))
+    })
+}
+
+/// A numeric query parameter.
+fn number<T: std::str::FromStr>(broker: &Broker, name: &str, v: &str) -> Result<T, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError(broker.reject(Error::InvalidArgument(format!(
+            "{name} must be an integer, not '{v}'"
+        ))))
+    })
+}

@@ -1,0 +1,353 @@
+//! The HTTP door against the real binary: REST publish and topics with API.md's status
+//! table and proto3-JSON bodies, `/healthz`, and every security row over HTTP (tokens in
+//! the header or `?access_token=`, refusals that write nothing and create nothing, counted
+//! in `rejected_requests_total`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{metric, request, with_token};
+use common::{sub_req, subscribe, take, Server};
+use framecast::broker::token::{mint_hs256, MintClaims};
+
+fn http(s: &Server) -> String {
+    s.http.clone().expect("the HTTP door listens")
+}
+
+fn post(base: &str, path: &str, body: &[u8]) -> common::http::Response {
+    request(base, "POST", path, &[], body)
+}
+
+#[tokio::test]
+async fn rest_publishes_and_manages_topics_with_the_status_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "1024"]);
+    let base = http(&server);
+
+    let health = request(&base, "GET", "/healthz", &[], b"");
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+
+    // Publish: the ack in proto3 JSON (64-bit figures as strings).
+    let r = post(&base, "/v1/topics/chat/frames?seq_no=1", b"hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let ack = r.json();
+    assert_eq!(ack["offset"], "0");
+    assert_eq!(ack["duplicate"], false);
+    assert!(ack["timestamp"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+
+    // The same Idempotency-Key twice: one frame, the first ack again.
+    let keyed = |seq: u64| {
+        request(
+            &base,
+            "POST",
+            &format!("/v1/topics/chat/frames?seq_no={seq}&timestamp=1700000000000000000"),
+            &[("Idempotency-Key", "order-17")],
+            b"keyed",
+        )
+    };
+    let first = keyed(2).json();
+    let again = keyed(2).json();
+    assert_eq!(first["offset"], "1");
+    assert_eq!(first["timestamp"], "1700000000000000000");
+    assert_eq!(again["offset"], "1");
+    assert_eq!(again["duplicate"], true);
+
+    // 0 bytes and exactly --max-frame-bytes are frames; one byte more is 413.
+    assert_eq!(
+        post(&base, "/v1/topics/chat/frames?seq_no=3", b"").status,
+        200
+    );
+    let max = vec![b'x'; 1024];
+    assert_eq!(
+        post(&base, "/v1/topics/chat/frames?seq_no=4", &max).status,
+        200
+    );
+    let over = post(&base, "/v1/topics/chat/frames?seq_no=5", &[b'x'; 1025]);
+    assert_eq!(over.status, 413);
+    assert_eq!(over.json()["code"], "INVALID_ARGUMENT");
+    assert!(over.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-frame-bytes 1024"));
+
+    // Bad input: 400 with the error body, nothing written.
+    for path in [
+        "/v1/topics/chat/frames",
+        "/v1/topics/chat/frames?seq_no=abc",
+        "/v1/topics/chat/frames?seq_no=6&timestamp=-1",
+        "/v1/topics/bad%24name/frames?seq_no=6",
+    ] {
+        let r = post(&base, path, b"no");
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["code"], "INVALID_ARGUMENT", "{path}");
+    }
+
+    // What HTTP wrote, read back over gRPC: four frames, in order, bytes intact.
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req("chat", 0)).await.unwrap();
+    assert_eq!(sub.snapshot, 4);
+    let frames = take(&mut sub.stream, 4, Duration::from_secs(10)).await;
+    let payloads: Vec<&[u8]> = frames.iter().map(|f| f.payload.as_ref()).collect();
+    assert_eq!(payloads, [&b"hello"[..], b"keyed", b"", &max[..]]);
+
+    // Topics: list, create (idempotent with the same settings, 409 with others), delete.
+    let list = request(&base, "GET", "/v1/topics", &[], b"").json();
+    let chat = &list["topics"][0];
+    assert_eq!(chat["name"], "chat");
+    assert_eq!(chat["frames"], "4");
+    assert_eq!(chat["next_offset"], "4");
+    assert_eq!(chat["max_seq_no"], "4");
+    assert_eq!(chat["subscribers"], 1);
+    let settings = br#"{"retention_max_bytes":"1048576","retention_max_age_seconds":3600}"#;
+    let made = request(&base, "PUT", "/v1/topics/orders", &[], settings);
+    assert_eq!(made.status, 200, "{}", made.text());
+    assert_eq!(made.json()["name"], "orders");
+    assert_eq!(
+        request(&base, "PUT", "/v1/topics/orders", &[], settings).status,
+        200
+    );
+    let clash = request(&base, "PUT", "/v1/topics/orders", &[], b"");
+    assert_eq!(
+        (clash.status, clash.json()["code"].as_str()),
+        (409, Some("ALREADY_EXISTS"))
+    );
+    let garbled = request(&base, "PUT", "/v1/topics/other", &[], b"{retention");
+    assert_eq!(garbled.status, 400);
+    let gone = request(&base, "DELETE", "/v1/topics/orders", &[], b"");
+    assert_eq!((gone.status, gone.body.len()), (204, 0));
+    let missing = request(&base, "DELETE", "/v1/topics/orders", &[], b"");
+    assert_eq!(
+        (missing.status, missing.json()["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    let names: Vec<String> = request(&base, "GET", "/v1/topics", &[], b"").json()["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["chat"], "no refused request created a topic");
+    let nowhere = request(&base, "GET", "/v2/anything", &[], b"");
+    assert_eq!(
+        (nowhere.status, nowhere.json()["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+
+    // Every refusal above was counted, by code.
+    let m = request(&base, "GET", "/metrics", &[], b"").text();
+    let rejected = |code: &str| {
+        metric(
+            &m,
+            &format!("framecast_rejected_requests_total{{code=\"{code}\"}}"),
+        )
+    };
+    // 413, four 400s on publish, the garbled settings.
+    assert_eq!(rejected("invalid_argument"), Some(6.0));
+    assert_eq!(rejected("already_exists"), Some(1.0));
+    assert_eq!(rejected("not_found"), Some(1.0));
+    assert_eq!(
+        metric(&m, "framecast_published_frames_total{topic=\"chat\"}"),
+        Some(4.0)
+    );
+}
+
+const SECRET: &[u8] = b"http-test-secret";
+
+fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: Duration) -> String {
+    mint_hs256(
+        SECRET,
+        &MintClaims {
+            subject: "web".into(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            admin,
+            ttl,
+            not_before: None,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_security_row_holds_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--auth-jwt-secret-file", secret.to_str().unwrap()],
+    );
+    let base = http(&server);
+    let hour = Duration::from_secs(3600);
+    let admin = token(&[], &[], true, hour);
+    let chat = token(&["chat.*"], &["chat.>"], false, hour);
+    let reader = token(&[], &["chat.>"], false, hour);
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "late", "exp": past, "publish": [">"], "admin": true}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap();
+    let forged = mint_hs256(
+        b"not-the-secret",
+        &MintClaims {
+            subject: "mallory".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+            ttl: hour,
+            not_before: None,
+        },
+    )
+    .unwrap();
+
+    // /healthz is open.
+    assert_eq!(request(&base, "GET", "/healthz", &[], b"").status, 200);
+
+    // No token, garbage, a forged signature, an expired token: 401 on every route.
+    for (method, path) in [
+        ("GET", "/v1/topics"),
+        ("POST", "/v1/topics/chat.a/frames?seq_no=1"),
+        ("PUT", "/v1/topics/chat.a"),
+        ("DELETE", "/v1/topics/chat.a"),
+        ("GET", "/metrics"),
+    ] {
+        let none = request(&base, method, path, &[], b"x");
+        assert_eq!(none.status, 401, "{method} {path}: {}", none.text());
+        assert_eq!(none.json()["code"], "UNAUTHENTICATED");
+        assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+        for bad in ["garbage", forged.as_str(), expired.as_str()] {
+            let r = with_token(&base, method, path, bad, b"x");
+            assert_eq!(
+                r.status,
+                401,
+                "{method} {path} with {bad:.12}: {}",
+                r.text()
+            );
+        }
+    }
+
+    // Allowed: publish by header and by ?access_token=.
+    let ok = with_token(
+        &base,
+        "POST",
+        "/v1/topics/chat.a/frames?seq_no=1",
+        &chat,
+        b"one",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let by_query = post(
+        &base,
+        &format!("/v1/topics/chat.a/frames?seq_no=2&access_token={chat}"),
+        b"two",
+    );
+    assert_eq!(by_query.status, 200, "{}", by_query.text());
+
+    // Denied: another topic, a deeper one than `*` matches, a reader publishing,
+    // non-admins managing topics or reading /metrics.
+    let denied = [
+        with_token(
+            &base,
+            "POST",
+            "/v1/topics/news/frames?seq_no=1",
+            &chat,
+            b"x",
+        ),
+        with_token(
+            &base,
+            "POST",
+            "/v1/topics/chat.a.b/frames?seq_no=1",
+            &chat,
+            b"x",
+        ),
+        with_token(
+            &base,
+            "POST",
+            "/v1/topics/chat.a/frames?seq_no=3",
+            &reader,
+            b"x",
+        ),
+        with_token(&base, "PUT", "/v1/topics/chat.b", &chat, b""),
+        with_token(&base, "DELETE", "/v1/topics/chat.a", &chat, b""),
+        with_token(&base, "GET", "/metrics", &chat, b""),
+    ];
+    for r in &denied {
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.json()["code"], "PERMISSION_DENIED");
+    }
+
+    // Nothing was written or created by a refusal; ListTopics is filtered.
+    let list = |t: &str| -> Vec<(String, String)> {
+        with_token(&base, "GET", "/v1/topics", t, b"").json()["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["frames"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(list(&admin), [("chat.a".to_string(), "2".to_string())]);
+    let outsider = token(&["news"], &["news"], false, hour);
+    assert!(list(&outsider).is_empty(), "a token sees only its topics");
+
+    // Admin manages topics and reads /metrics, where every refusal is counted.
+    assert_eq!(
+        with_token(&base, "PUT", "/v1/topics/chat.b", &admin, b"").status,
+        200
+    );
+    assert_eq!(
+        with_token(&base, "DELETE", "/v1/topics/chat.b", &admin, b"").status,
+        204
+    );
+    let m = with_token(&base, "GET", "/metrics", &admin, b"");
+    assert_eq!(m.status, 200);
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let m = m.text();
+    // 5 routes x (no token + 3 bad tokens).
+    assert_eq!(
+        metric(
+            &m,
+            "framecast_rejected_requests_total{code=\"unauthenticated\"}"
+        ),
+        Some(20.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "framecast_rejected_requests_total{code=\"permission_denied\"}"
+        ),
+        Some(6.0)
+    );
+    drop(server);
+
+    // --metrics-public: a scraper needs no token, the API still does.
+    let open = Server::start(
+        &dir.path().join("data2"),
+        &[
+            "--auth-jwt-secret-file",
+            secret.to_str().unwrap(),
+            "--metrics-public",
+        ],
+    );
+    let base = http(&open);
+    assert_eq!(request(&base, "GET", "/metrics", &[], b"").status, 200);
+    assert_eq!(request(&base, "GET", "/v1/topics", &[], b"").status, 401);
+}
