@@ -20,7 +20,7 @@ fn post(base: &str, path: &str, body: &[u8]) -> common::http::Response {
     request(base, "POST", path, &[], body)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_publishes_and_manages_topics_with_the_status_table() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-frame-bytes", "1024"]);
