@@ -45,7 +45,10 @@ async fn figures_match_what_was_done() {
     let mut b = subscribe(&mut c, sub_req("m", 0)).await.unwrap();
     let text = scrape(&base);
     assert_eq!(
-        metric(&text, "framecast_subscribers{topic=\"m\",transport=\"grpc\"}"),
+        metric(
+            &text,
+            "framecast_subscribers{topic=\"m\",transport=\"grpc\"}"
+        ),
         Some(2.0)
     );
 
@@ -65,17 +68,33 @@ async fn figures_match_what_was_done() {
     let delivered = "framecast_delivered_frames_total{topic=\"m\",transport=\"grpc\"}";
     let text = wait_for(&base, delivered, 2.0 * N as f64);
     let at = |s: &str| metric(&text, s);
-    assert_eq!(at(delivered), Some(2.0 * N as f64), "two subscribers, N frames each");
-    assert_eq!(at("framecast_published_frames_total{topic=\"m\"}"), Some(N as f64));
+    assert_eq!(
+        at(delivered),
+        Some(2.0 * N as f64),
+        "two subscribers, N frames each"
+    );
+    assert_eq!(
+        at("framecast_published_frames_total{topic=\"m\"}"),
+        Some(N as f64)
+    );
     assert_eq!(
         at("framecast_published_bytes_total{topic=\"m\"}"),
         Some((N as usize * SIZE) as f64)
     );
-    assert_eq!(at("framecast_topic_next_offset{topic=\"m\"}"), Some(N as f64));
+    assert_eq!(
+        at("framecast_topic_next_offset{topic=\"m\"}"),
+        Some(N as f64)
+    );
     assert_eq!(at("framecast_topic_first_offset{topic=\"m\"}"), Some(0.0));
     assert!(at("framecast_topic_stored_bytes{topic=\"m\"}").unwrap() > (N as usize * SIZE) as f64);
-    assert_eq!(at("framecast_subscriber_max_lag_frames{topic=\"m\"}"), Some(0.0));
-    assert_eq!(at("framecast_publish_duration_seconds_count"), Some(N as f64));
+    assert_eq!(
+        at("framecast_subscriber_max_lag_frames{topic=\"m\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        at("framecast_publish_duration_seconds_count"),
+        Some(N as f64)
+    );
     assert!(at("framecast_fsync_duration_seconds_count").unwrap() >= 1.0);
     assert!(at("framecast_connections{listener=\"grpc\"}").unwrap() >= 1.0);
     assert!(at("framecast_connections{listener=\"http\"}").unwrap() >= 1.0);
@@ -120,7 +139,9 @@ async fn a_stalled_subscriber_shows_its_lag_and_health_turns_503_at_shutdown() {
 
     // A subscriber that never reads, on its own connection.
     let mut stalled_client = server.client().await;
-    let stalled = subscribe(&mut stalled_client, sub_req("lag", 0)).await.unwrap();
+    let stalled = subscribe(&mut stalled_client, sub_req("lag", 0))
+        .await
+        .unwrap();
     // 400 x 64 KiB = 25 MiB: far more than the windows and socket buffers hold.
     let frames: Vec<PublishRequest> = (0..N).map(|i| req("lag", i, &big)).collect();
     let acks = c
@@ -148,7 +169,13 @@ async fn a_stalled_subscriber_shows_its_lag_and_health_turns_503_at_shutdown() {
         if r.status == 503 {
             saw = Some(r.text());
             // New API calls are refused as UNAVAILABLE meanwhile.
-            let p = request(&base, "POST", "/v1/topics/lag/frames?seq_no=1", &[], b"late");
+            let p = request(
+                &base,
+                "POST",
+                "/v1/topics/lag/frames?seq_no=1",
+                &[],
+                b"late",
+            );
             assert_eq!(p.status, 503, "{}", p.text());
             assert_eq!(p.json()["code"], "UNAVAILABLE");
             break;

@@ -148,6 +148,11 @@ impl Broker {
         r
     }
 
+    /// Subscriptions open now, across all topics and doors.
+    pub fn open_subscriptions(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
     /// True when calls need a token.
     pub fn requires_auth(&self) -> bool {
         self.auth.is_some()

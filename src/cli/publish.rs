@@ -86,6 +86,7 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
     }
     let mut out = std::io::stdout().lock();
     let mut count = 0;
+    let closing = publisher.close();
     for p in pending {
         let ack = p.await?;
         count += 1;
@@ -97,5 +98,6 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
             );
         }
     }
+    closing.await;
     Ok(count)
 }

@@ -51,6 +51,8 @@ pub struct Publisher {
     jobs: mpsc::Sender<Job>,
     client: Client,
     topic: String,
+    /// True once the publisher's task has ended.
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The ack of a frame sent with [`Publisher::send`]; await it.
@@ -79,12 +81,28 @@ impl Publisher {
         let (jobs, rx) = mpsc::channel(WINDOW);
         // The task must not hold the client's coalescer, which may hold this queue.
         let client = client.plain();
-        tokio::spawn(run(client.clone(), rx));
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let task = run(client.clone(), rx);
+        tokio::spawn(async move {
+            task.await;
+            let _ = done_tx.send(true);
+        });
         Publisher {
             jobs,
             client,
             topic,
+            done,
         }
+    }
+
+    /// Stops taking frames and waits (up to a few seconds) until every frame sent was
+    /// answered and the stream closed cleanly. Without it, a program that exits right after
+    /// its last ack resets the stream under the server. Clones of this publisher keep the
+    /// stream open; then this returns after the wait.
+    pub async fn close(self) {
+        let Publisher { jobs, mut done, .. } = self;
+        drop(jobs);
+        let _ = tokio::time::timeout(CLOSE_WAIT * 3, done.wait_for(|d| *d)).await;
     }
 
     /// Queues a frame (timestamp = server time) and returns its pending ack. Waits only when
@@ -132,6 +150,9 @@ impl Publisher {
         self.send(seq_no, payload).await?.await
     }
 }
+
+/// How long a closing publisher waits for the server to end its ack stream.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drives one publisher: keeps a stream open, feeds it, matches acks to jobs in order, and
 /// on a break re-sends what is unacknowledged on a new stream.
@@ -182,7 +203,13 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         let _ = req_tx.send(j.req.clone()).await;
                         inflight.push_back(j);
                     }
-                    None => closed = true,
+                    None => {
+                        closed = true;
+                        if inflight.is_empty() {
+                            finish(req_tx, &mut acks).await;
+                            return;
+                        }
+                    }
                 },
                 msg = acks.message() => match msg {
                     Ok(Some(ack)) => {
@@ -191,6 +218,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                             let _ = j.reply.send(Ok(ack.into()));
                         }
                         if closed && inflight.is_empty() {
+                            finish(req_tx, &mut acks).await;
                             return;
                         }
                     }
@@ -213,6 +241,16 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Ends the request stream first and lets the server end the acks (bounded), so the
+/// stream closes cleanly instead of being reset under the server's reader.
+async fn finish(
+    req_tx: mpsc::Sender<proto::PublishRequest>,
+    acks: &mut tonic::Streaming<proto::PublishAck>,
+) {
+    drop(req_tx);
+    let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
 }
 
 fn fail_all(inflight: &mut VecDeque<Job>, s: &tonic::Status, attempts: u32) {

@@ -281,7 +281,12 @@ pub async fn run(
             Deadline::now() + config.shutdown_grace
         }
         () = signal => {
-            info!("shutdown requested: no new calls; ending streams");
+            info!(
+                open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
+                // Publish stream readers, and the maintenance task.
+                running_tasks = all_done.running(),
+                "shutdown requested: no new calls; ending streams"
+            );
             let deadline = Deadline::now() + config.shutdown_grace;
             door.stopping();
             trigger.fire();
@@ -297,7 +302,10 @@ pub async fn run(
     // Every tracked task, up to the same deadline: publish stream readers finish queueing
     // what they read, maintenance stops at the signal.
     match tokio::time::timeout_at(deadline, all_done.wait()).await {
-        Ok(()) => info!("every server task ended"),
+        Ok(()) => info!(
+            open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
+            "every server task ended: publish streams finished, subscriptions ended"
+        ),
         Err(_) => warn!(
             running = all_done.running(),
             "server tasks still running at the shutdown deadline; closing anyway"
