@@ -256,12 +256,32 @@ async fn a_stream_ends_unauthenticated_when_its_token_expires() {
         .unwrap()
         .into_inner();
     assert_eq!(frames.next().await.unwrap().unwrap().seq_no, 1);
+    // A publish stream that sends one frame and then idles (its request side stays open).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req("t", 2, b"streamed")).await.unwrap();
+    let mut acks = c
+        .publish_stream(with(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some(&short),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.next().await.unwrap().unwrap().offset, 1);
+    assert_eq!(frames.next().await.unwrap().unwrap().seq_no, 2, "live");
     let end = tokio::time::timeout(Duration::from_secs(10), frames.next())
         .await
         .expect("the stream ends within 10 s")
         .unwrap()
         .unwrap_err();
     assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    let idle_end = tokio::time::timeout(Duration::from_secs(10), acks.next())
+        .await
+        .expect("the idle publish stream ends within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(idle_end.code(), Code::Unauthenticated, "{idle_end:?}");
+    drop(tx);
     // Not before the token expired (`exp` is rounded up to a whole second).
     assert!(started.elapsed() >= Duration::from_millis(900));
     // And the expired token opens nothing more.

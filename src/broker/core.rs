@@ -80,6 +80,12 @@ impl PublishGate {
         self.broker.counted(checked)
     }
 
+    /// When the stream's token expires: the stream ends with UNAUTHENTICATED then, even
+    /// if it sends nothing more.
+    pub fn expires(&self) -> Option<tokio::time::Instant> {
+        deadline(&self.who)
+    }
+
     fn check_inner(&mut self, r: proto::PublishRequest) -> Result<(String, NewFrame)> {
         self.broker.check_running()?;
         check_expiry(&self.who)?;
@@ -295,10 +301,7 @@ impl Broker {
                 who.subject()
             )));
         }
-        let expires = who.expires_at().map(|at| {
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
-        });
+        let expires = deadline(who);
         let global = self.reserve_subscriber()?;
         let topic = self.subscription_topic(&name, r).await?;
         let epoch = topic.meta().epoch;
@@ -494,6 +497,14 @@ fn must_be_admin(who: &Principal, what: &str) -> Result<()> {
         "'{}' may not {what}: it needs admin",
         who.subject()
     )))
+}
+
+/// When `who`'s token expires, on the runtime's clock.
+fn deadline(who: &Principal) -> Option<tokio::time::Instant> {
+    who.expires_at().map(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    })
 }
 
 /// Ends a stream whose token has expired.

@@ -27,7 +27,7 @@ pub mod pattern;
 pub mod principal;
 pub mod process;
 pub mod shutdown;
-mod subscription;
+pub mod subscription;
 pub mod token;
 pub mod topics;
 

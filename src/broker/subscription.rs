@@ -339,7 +339,7 @@ fn next_batch(batch: usize, got: &[StoredFrame]) -> usize {
 }
 
 /// Completes at `deadline`, or never.
-async fn until(deadline: Option<tokio::time::Instant>) {
+pub async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

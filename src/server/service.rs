@@ -16,6 +16,7 @@ use super::tasks::TaskTracker;
 use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
 use crate::broker::shutdown::Shutdown;
+use crate::broker::subscription::until;
 use crate::broker::{Broker, Cause, Error, Pending};
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::NewFrame;
@@ -204,6 +205,7 @@ impl Broadcast for BroadcastService {
         // budget (PUBLISH_READ_AHEAD_BYTES), given back when the writer takes its acks: a
         // publisher faster than the log waits here, and HTTP/2 flow control holds the rest
         // on the client. The task is tracked, so shutdown waits for it.
+        let expires = gate.expires();
         self.tasks.spawn(async move {
             let mut index: u64 = 0;
             loop {
@@ -211,6 +213,12 @@ impl Broadcast for BroadcastService {
                     n = inbound.next() => n,
                     _ = shutdown.wait() => {
                         let _ = tx.send(Pipelined::Fail(status(Error::ShuttingDown))).await;
+                        return;
+                    }
+                    // An idle stream ends when its token expires, as a busy one would at its
+                    // next frame.
+                    () = until(expires) => {
+                        let _ = tx.send(Pipelined::Fail(status(Error::TokenExpired))).await;
                         return;
                     }
                 };
