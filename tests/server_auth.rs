@@ -18,18 +18,7 @@ use tonic::{Code, Request};
 const SECRET: &[u8] = b"test-secret-of-some-length";
 
 fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: Duration) -> String {
-    mint_hs256(
-        SECRET,
-        &MintClaims {
-            subject: "tester".into(),
-            publish: publish.iter().map(|s| s.to_string()).collect(),
-            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
-            admin,
-            ttl,
-            not_before: None,
-        },
-    )
-    .unwrap()
+    common::tokens::token(SECRET, publish, subscribe, admin, ttl)
 }
 
 fn with<T>(msg: T, token: Option<&str>) -> Request<T> {

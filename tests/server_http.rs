@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::http::{metric, request, with_token};
 use common::{sub_req, subscribe, take, Server};
-use framecast::broker::token::{mint_hs256, MintClaims};
 
 fn http(s: &Server) -> String {
     s.http.clone().expect("the HTTP door listens")
@@ -160,18 +159,7 @@ async fn rest_publishes_and_manages_topics_with_the_status_table() {
 const SECRET: &[u8] = b"http-test-secret";
 
 fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: Duration) -> String {
-    mint_hs256(
-        SECRET,
-        &MintClaims {
-            subject: "web".into(),
-            publish: publish.iter().map(|s| s.to_string()).collect(),
-            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
-            admin,
-            ttl,
-            not_before: None,
-        },
-    )
-    .unwrap()
+    common::tokens::token(SECRET, publish, subscribe, admin, ttl)
 }
 
 #[test]
@@ -199,18 +187,8 @@ fn every_security_row_holds_over_http() {
         &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
     )
     .unwrap();
-    let forged = mint_hs256(
-        b"not-the-secret",
-        &MintClaims {
-            subject: "mallory".into(),
-            publish: vec![">".into()],
-            subscribe: vec![">".into()],
-            admin: true,
-            ttl: hour,
-            not_before: None,
-        },
-    )
-    .unwrap();
+    // Signed with another secret.
+    let forged = common::tokens::token(b"not-the-secret", &[">"], &[">"], true, hour);
 
     // /healthz is open.
     assert_eq!(request(&base, "GET", "/healthz", &[], b"").status, 200);

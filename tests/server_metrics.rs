@@ -17,6 +17,22 @@ fn scrape(base: &str) -> String {
     r.text()
 }
 
+/// Publishes `frames` over one PublishStream and checks that every one was acked.
+async fn stream_all(
+    c: &mut framecast::proto::broadcast_client::BroadcastClient<tonic::transport::Channel>,
+    frames: Vec<PublishRequest>,
+) {
+    let n = frames.len();
+    let acks = c
+        .publish_stream(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let acks: Vec<_> = tokio_stream::StreamExt::collect::<Vec<_>>(acks).await;
+    assert_eq!(acks.len(), n);
+    assert!(acks.iter().all(|a| a.is_ok()), "every frame acked");
+}
+
 /// Waits (bounded) until `series` reads `want`; the last exposition otherwise.
 fn wait_for(base: &str, series: &str, want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -53,15 +69,7 @@ async fn figures_match_what_was_done() {
     );
 
     // N frames over one publish stream, acked.
-    let frames: Vec<PublishRequest> = (0..N).map(|i| req("m", i, &[7u8; SIZE])).collect();
-    let acks = c
-        .publish_stream(tokio_stream::iter(frames))
-        .await
-        .unwrap()
-        .into_inner();
-    let acks: Vec<_> = tokio_stream::StreamExt::collect::<Vec<_>>(acks).await;
-    assert_eq!(acks.len() as u64, N);
-    assert!(acks.iter().all(|a| a.is_ok()));
+    stream_all(&mut c, (0..N).map(|i| req("m", i, &[7u8; SIZE])).collect()).await;
     take(&mut a.stream, N as usize, Duration::from_secs(20)).await;
     take(&mut b.stream, N as usize, Duration::from_secs(20)).await;
 
@@ -143,14 +151,7 @@ async fn a_stalled_subscriber_shows_its_lag_and_health_turns_503_at_shutdown() {
         .await
         .unwrap();
     // 400 x 64 KiB = 25 MiB: far more than the windows and socket buffers hold.
-    let frames: Vec<PublishRequest> = (0..N).map(|i| req("lag", i, &big)).collect();
-    let acks = c
-        .publish_stream(tokio_stream::iter(frames))
-        .await
-        .unwrap()
-        .into_inner();
-    let acks: Vec<_> = tokio_stream::StreamExt::collect::<Vec<_>>(acks).await;
-    assert_eq!(acks.len() as u64, N);
+    stream_all(&mut c, (0..N).map(|i| req("lag", i, &big)).collect()).await;
 
     let series = "framecast_subscriber_max_lag_frames{topic=\"lag\"}";
     let lag = metric(&scrape(&base), series).unwrap();
