@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::TlsFiles;
 use crate::wal::{CompactOptions, LogConfig};
 
 /// Everything `framecast serve` is told.
@@ -33,6 +34,8 @@ pub struct ServerConfig {
     pub auth_jwt_secret_file: Option<PathBuf>,
     /// `--auth-jwt-public-key`: RS256 or ES256 tokens are checked with this PEM key.
     pub auth_jwt_public_key: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on the listeners; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// HTTP/2 limits of every connection: they bound what a connection can make the server
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             http2: Http2Limits::default(),
             auth_jwt_secret_file: None,
             auth_jwt_public_key: None,
+            tls: None,
         }
     }
 }

@@ -121,6 +121,13 @@ pub async fn run(
         config.auth_jwt_public_key.as_deref(),
     )
     .map_err(Error::InvalidArgument)?;
+    // Certificates too: a bad file stops startup before recovery, with its name.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| super::tls::server_config(files, super::tls::ALPN_GRPC))
+        .transpose()
+        .map_err(Error::InvalidArgument)?;
     match &auth {
         Some(a) => info!(algorithms = %a.accepted(), "every call needs a bearer token"),
         None if !config.listen.ip().is_loopback() => warn!(
@@ -130,6 +137,13 @@ pub async fn run(
              --auth-jwt-public-key)"
         ),
         None => {}
+    }
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        warn!(
+            listen = %config.listen,
+            "listening beyond loopback without TLS: frames and tokens cross the network in \
+             the clear (give --tls-cert and --tls-key)"
+        );
     }
     let started = Instant::now();
     let (data_dir, log_config, auto) = (
@@ -208,6 +222,8 @@ pub async fn run(
         fsync = %config.log.fsync,
         max_connections = config.max_connections,
         max_streams_per_connection = config.http2.max_streams_per_connection,
+        tls = tls.is_some(),
+        client_auth = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "listening"
     );
 
@@ -228,10 +244,11 @@ pub async fn run(
         // TcpIncoming, not a bare listener stream: with a caller-supplied incoming stream tonic
         // ignores `.tcp_nodelay(true)`, and Nagle's algorithm then holds small acks and frames
         // back for up to 40 ms (a delayed-ACK round): pipelined publishing ran 2-3x slower.
-        // Wrapped so that at most --max-connections are open at once.
+        // Then TLS handshakes (when configured), concurrently, off the accept path; then
+        // wrapped so that at most --max-connections are open at once.
         .serve_with_incoming_shutdown(
             super::connections::limit(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                super::tls::accept(TcpIncoming::from(listener).with_nodelay(Some(true)), tls),
                 config.max_connections,
             ),
             async move { stop_accepting.wait().await },
