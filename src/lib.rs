@@ -23,15 +23,18 @@
 //!   error enum and its codes), `pattern`, `principal` and `token` (JWT verification),
 //!   `metrics` and `process` (the Prometheus registry).
 //! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
-//!   gRPC door), `maintenance` (retention and compaction in the background), `run`
-//!   (startup, serve, drain), `repair`, `status` (the one mapping to gRPC status codes).
+//!   gRPC door), `tls` (certificates and the TLS acceptor every listener shares),
+//!   `connections` (`--max-connections`, counted per listener), `maintenance` (retention
+//!   and compaction in the background), `run` (startup, serve, drain), `repair`, `status`
+//!   (the one mapping to gRPC status codes).
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
 //!   (REST topics and publish, `/metrics`, `/healthz`), `caller` (bearer tokens), `json`
 //!   (proto3-JSON bodies), `error` (the HTTP status table), `listener` (accepted
 //!   connections for axum).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
-//!   stream that resumes exactly after a break), `retry`, `error`.
+//!   stream that resumes exactly after a break), `credentials` (token and TLS settings),
+//!   `retry`, `error`.
 //! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
 //!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.

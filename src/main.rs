@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use framecast::server::config::{parse_bytes, parse_duration, MaintenanceConfig};
-use framecast::server::{Http2Limits, ServerConfig};
+use framecast::server::{Http2Limits, ServerConfig, TlsFiles};
 use framecast::wal::{
     CompactOptions, FsyncPolicy, LogConfig, Retention, DEFAULT_DEDUP_MAX_KEYS,
     DEFAULT_MAX_FRAME_BYTES,
@@ -149,6 +149,31 @@ struct ServeArgs {
     /// Require a JWT on every call; RS256 or ES256 tokens are checked with this PEM public key.
     #[arg(long, env = "FRAMECAST_AUTH_JWT_PUBLIC_KEY")]
     auth_jwt_public_key: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(
+        long,
+        env = "FRAMECAST_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "FRAMECAST_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by a CA of this PEM file (mutual TLS): a client
+    /// without one is refused at the handshake. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "FRAMECAST_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
     /// a flag beats its FRAMECAST_<FLAG> environment variable, which beats the file.
     #[arg(long, env = "FRAMECAST_CONFIG")]
@@ -338,6 +363,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         http_listen: args.http_listen.0,
         metrics_public: args.metrics_public,
         metrics_max_topics: args.metrics_max_topics,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            // clap requires both or neither.
+            _ => None,
+        },
         ..ServerConfig::default()
     };
     if let Err(e) = config.log.validate() {

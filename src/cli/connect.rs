@@ -1,19 +1,103 @@
-//! The client the CLI commands share: a retry budget from `--timeout`, and a line on stderr
-//! as soon as the server cannot be reached (naming the address and the cause), so a user is
-//! never left waiting in silence.
+//! The client the CLI commands share: a token and TLS files (`--token`, `--ca-cert`), a retry
+//! budget from `--timeout`, and a line on stderr as soon as the server cannot be reached
+//! (naming the address and the cause), so a user is never left waiting in silence.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use framecast::client::{Client, Compression, Error, Result, RetryPolicy};
+use framecast::client::{Bearer, Client, ClientTls, Compression, Error, Result, RetryPolicy};
+
+/// The token and TLS files of a client command (`--token`, `--ca-cert`, and for servers that
+/// require client certificates `--client-cert` and `--client-key`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Credentials {
+    /// Bearer token sent with every call (a JWT; `framecast token` mints one).
+    #[arg(long, env = "FRAMECAST_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Connect with TLS, trusting this PEM CA to sign the server's certificate (an
+    /// https:// --addr needs it; no system roots are used).
+    #[arg(long, env = "FRAMECAST_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM certificate presented to a server that requires one (serve --tls-client-ca).
+    #[arg(
+        long,
+        env = "FRAMECAST_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "FRAMECAST_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// `client` with this token and these TLS files.
+    pub fn apply(&self, mut client: Client) -> Result<Client> {
+        if let Some(token) = &self.token {
+            client = client.with_token(token)?;
+        }
+        if let Some(ca) = &self.ca_cert {
+            client = client.with_ca_cert(read("--ca-cert", ca)?)?;
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            client = client
+                .with_client_identity(read("--client-cert", cert)?, read("--client-key", key)?)?;
+        }
+        Ok(client)
+    }
+
+    /// The token as the load generator's connections send it.
+    pub fn bearer(&self) -> Result<Bearer> {
+        self.token
+            .as_deref()
+            .map_or_else(|| Ok(Bearer::default()), Bearer::new)
+    }
+
+    /// The TLS settings as the load generator's connections use them.
+    pub fn tls(&self) -> Result<ClientTls> {
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((
+                read("--client-cert", cert)?.into(),
+                read("--client-key", key)?.into(),
+            )),
+            _ => None,
+        };
+        Ok(ClientTls {
+            ca_pem: self
+                .ca_cert
+                .as_ref()
+                .map(|ca| read("--ca-cert", ca))
+                .transpose()?
+                .map(Into::into),
+            identity,
+        })
+    }
+}
+
+/// A file's bytes; an error names the flag and the file.
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::InvalidArgument(format!("{flag} {}: {e}", path.display())))
+}
 
 /// A client for `addr` that retries for up to `timeout` and tells stderr when it does.
 pub fn client(
     command: &'static str,
     addr: &str,
+    credentials: &Credentials,
     timeout: Duration,
     compression: Compression,
 ) -> Result<Client> {
-    let client = Client::connect(addr)?
+    let client = credentials
+        .apply(Client::connect(addr)?)?
         .with_compression(compression)
         .with_retry(RetryPolicy {
             max_elapsed: timeout,

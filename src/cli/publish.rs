@@ -11,6 +11,9 @@ pub struct PublishArgs {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub addr: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub credentials: super::connect::Credentials,
     /// Topic ("" = default).
     #[arg(long, default_value = "default")]
     pub topic: String,
@@ -46,7 +49,13 @@ pub async fn run(args: PublishArgs) -> Result<u64> {
 
 /// Publishes and returns the number of frames acknowledged.
 async fn publish_all(args: PublishArgs) -> Result<u64> {
-    let client = super::connect::client("publish", &args.addr, args.timeout, args.compression)?;
+    let client = super::connect::client(
+        "publish",
+        &args.addr,
+        &args.credentials,
+        args.timeout,
+        args.compression,
+    )?;
     let publisher = client.publisher(&args.topic);
     let mut next_seq = args.seq_from.unwrap_or(0);
     let mut seq = move || match args.seq_no {

@@ -14,6 +14,9 @@ pub struct SubscribeArgs {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub addr: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub credentials: super::connect::Credentials,
     /// Topic ("" = default).
     #[arg(long, default_value = "default")]
     pub topic: String,
@@ -47,7 +50,13 @@ pub async fn run(args: SubscribeArgs) -> Result<u64> {
 
 /// Prints frames until `--count` is reached or the stream fails.
 async fn print_frames(args: SubscribeArgs) -> Result<u64> {
-    let client = super::connect::client("subscribe", &args.addr, args.timeout, args.compression)?;
+    let client = super::connect::client(
+        "subscribe",
+        &args.addr,
+        &args.credentials,
+        args.timeout,
+        args.compression,
+    )?;
     let mut frames = client.subscribe(&args.topic, args.from);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

@@ -14,6 +14,9 @@ pub struct TopicsArgs {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:7070", global = true)]
     pub addr: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub credentials: super::connect::Credentials,
     /// What to do (default: list).
     #[command(subcommand)]
     pub command: Option<TopicsCommand>,
@@ -48,7 +51,7 @@ pub enum TopicsCommand {
 
 /// Runs the operation and prints its outcome; returns how many topics it printed or touched.
 pub async fn run(args: TopicsArgs) -> Result<u64> {
-    let client = Client::connect(&args.addr)?;
+    let client = args.credentials.apply(Client::connect(&args.addr)?)?;
     let mut out = std::io::stdout().lock();
     match args.command.unwrap_or(TopicsCommand::List { json: false }) {
         TopicsCommand::List { json } => {

@@ -32,7 +32,14 @@ pub enum Error {
         /// The last failure.
         last: String,
     },
-    /// Any other server answer.
+    /// The TLS handshake failed in a way a retry cannot cure: the server's certificate is
+    /// not signed by the given CA or not for this host, or the server refused this client's
+    /// certificate.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// Any other server answer (UNAUTHENTICATED and PERMISSION_DENIED among them: a
+    /// missing, expired or insufficient token, never retried).
+
     #[error("server error {code:?}: {message}")]
     Server {
         /// The gRPC code.
@@ -53,8 +60,12 @@ impl Error {
     }
 }
 
-/// True for statuses a retry can cure.
+/// True for statuses a retry can cure. UNAUTHENTICATED and PERMISSION_DENIED are not among
+/// them (the same token will be refused again), nor is a refused TLS certificate.
 pub(crate) fn transient(status: &tonic::Status) -> bool {
+    if tls_refused(status) {
+        return false;
+    }
     matches!(
         status.code(),
         Code::Unavailable
@@ -65,7 +76,38 @@ pub(crate) fn transient(status: &tonic::Status) -> bool {
     ) || (status.code() == Code::Internal && status.message().contains("h2"))
 }
 
-/// Maps a final (non-transient) status to the client's error.
+/// True when the call failed because a TLS handshake rejected a certificate, ours or the
+/// server's. rustls's error sits inside an `io::Error`, whose `source()` skips it, so each
+/// `io::Error` of the chain is looked into.
+fn tls_refused(status: &tonic::Status) -> bool {
+    use tokio_rustls::rustls::{AlertDescription as A, Error as TlsError};
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        let tls = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<TlsError>());
+        match tls {
+            Some(TlsError::InvalidCertificate(_) | TlsError::NoCertificatesPresented) => {
+                return true
+            }
+            Some(TlsError::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::CertificateRequired
+                | A::AccessDenied,
+            )) => return true,
+            _ => {}
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Why a call failed, for a person: the status message and its deepest cause (a transport
 /// error's "tcp connect error" says little; "Connection refused (os error 111)" says it).
 pub(crate) fn reason(s: &tonic::Status) -> String {
@@ -83,7 +125,11 @@ pub(crate) fn reason(s: &tonic::Status) -> String {
     }
 }
 
+/// Maps a final (non-transient) status to the client's error.
 pub(crate) fn from_status(s: tonic::Status) -> Error {
+    if tls_refused(&s) {
+        return Error::Tls(reason(&s));
+    }
     let msg = s.message().to_string();
     match s.code() {
         Code::InvalidArgument => Error::InvalidArgument(msg),

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use super::coalesce::{validate, Coalescer};
 use super::compression::Compression;
+use super::credentials::{Bearer, ClientTls};
 use super::error::{from_status, reason, transient, Error, Result};
 use super::retry::{Backoff, RetryNotice, RetryPolicy, Retrying};
 use crate::proto::{self, broadcast_client::BroadcastClient};
@@ -37,8 +39,14 @@ impl From<proto::PublishAck> for Ack {
 /// A topic as the server describes it.
 pub type TopicInfo = proto::TopicInfo;
 
+/// The generated client as [`Client`] uses it: every call carries the client's token.
+pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
+
 /// A framecast client. Cheap to clone; clones share one HTTP/2 connection, which is made on
 /// first use and made again on its own after a failure.
+///
+/// With a token ([`Client::with_token`]) every call carries it; with a CA
+/// ([`Client::with_ca_cert`]) or an `https://` address the connection is TLS.
 ///
 /// ```no_run
 /// # async fn demo() -> framecast::client::Result<()> {
@@ -54,9 +62,15 @@ pub type TopicInfo = proto::TopicInfo;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub(crate) grpc: BroadcastClient<Channel>,
+    pub(crate) grpc: Grpc,
     /// The connection `grpc` runs on, kept so that a new compression setting can be applied.
     channel: Channel,
+    /// Sent as `authorization: Bearer …` on every call.
+    bearer: Bearer,
+    /// The CA and client certificate the connection is made with.
+    tls: ClientTls,
+    /// Requests compressed with it, responses asked for with it.
+    compression: Compression,
     pub(crate) retry: RetryPolicy,
     /// The address as given, for messages.
     addr: Arc<str>,
@@ -76,26 +90,20 @@ struct KeySource {
 }
 
 impl Client {
-    /// A client for `addr` (`host:port` or `http://host:port`). No I/O happens here.
+    /// A client for `addr` (`host:port`, `http://host:port`, or `https://host:port` for
+    /// TLS, which then needs [`Client::with_ca_cert`]). No I/O happens here.
     pub fn connect(addr: &str) -> Result<Client> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(url)
-            .map_err(|_| Error::InvalidAddress(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        let grpc = generated(channel.clone(), Compression::None);
+        let tls = ClientTls::default();
+        let channel = channel(addr, &tls)?;
+        let bearer = Bearer::default();
+        let grpc = generated(channel.clone(), Compression::None, bearer.clone());
         let prefix = format!("{:016x}", rand::random::<u64>());
         Ok(Client {
             grpc,
             channel,
+            bearer,
+            tls,
+            compression: Compression::None,
             retry: RetryPolicy::default(),
             addr: Arc::from(addr),
             notice: None,
@@ -105,6 +113,60 @@ impl Client {
             }),
             coalescer: Some(Arc::default()),
         })
+    }
+
+    /// Sends `token` (a JWT) as `authorization: Bearer <token>` on every call.
+    pub fn with_token(self, token: &str) -> Result<Client> {
+        Ok(self.with_bearer(Bearer::new(token)?))
+    }
+
+    /// Connects with TLS, trusting only the CA(s) of `pem` (PEM certificates) to sign the
+    /// server's certificate; the server's name is the address's host. A plain `host:port`
+    /// or `http://` address is then reached over `https://`.
+    pub fn with_ca_cert(mut self, pem: impl Into<Bytes>) -> Result<Client> {
+        self.tls.ca_pem = Some(pem.into());
+        self.reconnect()?;
+        Ok(self)
+    }
+
+    /// Presents this certificate (PEM chain, leaf first) and its PEM private key to a server
+    /// that requires client certificates (`serve --tls-client-ca`).
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl Into<Bytes>,
+        key_pem: impl Into<Bytes>,
+    ) -> Result<Client> {
+        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
+        self.reconnect()?;
+        Ok(self)
+    }
+
+    /// Sends the token of `bearer` on every call (what [`Client::with_token`] makes).
+    pub fn with_bearer(mut self, bearer: Bearer) -> Client {
+        self.bearer = bearer;
+        self.rewire();
+        self
+    }
+
+    /// Connects with these TLS settings (what [`Client::with_ca_cert`] and
+    /// [`Client::with_client_identity`] set, both at once).
+    pub fn with_tls(mut self, tls: ClientTls) -> Result<Client> {
+        self.tls = tls;
+        self.reconnect()?;
+        Ok(self)
+    }
+
+    /// A new (lazy) connection with the current TLS settings.
+    fn reconnect(&mut self) -> Result<()> {
+        self.channel = channel(&self.addr, &self.tls)?;
+        self.rewire();
+        Ok(())
+    }
+
+    /// The generated client again, after a setting changed, and shared streams that use it.
+    fn rewire(&mut self) {
+        self.grpc = generated(self.channel.clone(), self.compression, self.bearer.clone());
+        self.renew_coalescer();
     }
 
     /// Uses `policy` for retries and reconnects.
@@ -172,8 +234,8 @@ impl Client {
     /// Compresses requests with `compression` and asks the server to compress responses
     /// with it (`grpc-accept-encoding`); [`Compression::None`] (the default) asks for nothing.
     pub fn with_compression(mut self, compression: Compression) -> Client {
-        self.grpc = generated(self.channel.clone(), compression);
-        self.renew_coalescer();
+        self.compression = compression;
+        self.rewire();
         self
     }
 
@@ -274,7 +336,7 @@ impl Client {
 
     async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(BroadcastClient<Channel>) -> Fut,
+        F: FnMut(Grpc) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut backoff = self.backoff();
@@ -295,9 +357,22 @@ impl Client {
     }
 }
 
-/// The generated client on `channel`, with framecast's message size limits and `compression`.
-fn generated(channel: Channel, compression: Compression) -> BroadcastClient<Channel> {
-    let grpc = BroadcastClient::new(channel)
+/// A lazy connection to `addr` with framecast's transport settings.
+fn channel(addr: &str, tls: &ClientTls) -> Result<Channel> {
+    let endpoint = tls
+        .endpoint(addr)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// The generated client on `channel`, with framecast's message size limits, `compression`
+/// and the token of `bearer`.
+fn generated(channel: Channel, compression: Compression, bearer: Bearer) -> Grpc {
+    let grpc = BroadcastClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     match compression.encoding() {

@@ -1,9 +1,11 @@
 //! The Rust client: [`Client`] publishes with retries that never duplicate (each frame
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
-//! resumes exactly. No gRPC type is needed to use it.
+//! resumes exactly. It can send a token on every call and connect with TLS (mutual too).
+//! No gRPC type is needed to use it.
 
 mod coalesce;
 mod compression;
+mod credentials;
 mod error;
 mod handle;
 mod publisher;
@@ -11,6 +13,7 @@ mod retry;
 mod subscription;
 
 pub use compression::Compression;
+pub use credentials::{Bearer, ClientTls};
 pub use error::{Error, Result};
 pub use handle::{Ack, Client, TopicInfo};
 pub use publisher::{PendingAck, Publisher};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::TlsFiles;
 use crate::wal::{CompactOptions, LogConfig};
 
 /// Everything `framecast serve` is told.
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     /// `--metrics-max-topics`: topics with their own metric series; the rest are summed
     /// under `topic="_other"`.
     pub metrics_max_topics: usize,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on the listeners; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// HTTP/2 limits of every connection: they bound what a connection can make the server
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             metrics_public: false,
             metrics_max_topics: crate::broker::metrics::DEFAULT_MAX_TOPICS,
+            tls: None,
         }
     }
 }

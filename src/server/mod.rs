@@ -1,5 +1,5 @@
-//! The server process: its settings, the gRPC door onto the [`crate::broker`], the
-//! background maintenance, and startup, serving and the drain at shutdown.
+//! The server process: its settings, the gRPC door onto the [`crate::broker`], TLS for the
+//! listeners, the background maintenance, and startup, serving and the drain at shutdown.
 
 pub mod config;
 mod connections;
@@ -9,6 +9,7 @@ mod run;
 pub mod service;
 mod status;
 pub mod tasks;
+pub mod tls;
 
 pub use crate::broker::{last_fsync, shutdown, topics, Error, Result, Topic, TopicMeta, Topics};
 pub use crate::proto::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
@@ -16,3 +17,4 @@ pub use config::{Http2Limits, ServerConfig};
 pub use repair::{repair_offline, RepairOutcome};
 pub use run::{compact_offline, run, DataDirLock};
 pub use service::BroadcastService;
+pub use tls::TlsFiles;

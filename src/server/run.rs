@@ -127,15 +127,38 @@ pub async fn run(
         config.auth_jwt_public_key.as_deref(),
     )
     .map_err(Error::InvalidArgument)?;
+    // Certificates too: a bad file stops startup before recovery, with its name.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| super::tls::server_config(files, super::tls::ALPN_GRPC))
+        .transpose()
+        .map_err(Error::InvalidArgument)?;
+    // The HTTP door offers HTTP/2 and HTTP/1.1 over the same certificates.
+    let http_tls = config
+        .tls
+        .as_ref()
+        .map(|files| super::tls::server_config(files, super::tls::ALPN_HTTP))
+        .transpose()
+        .map_err(Error::InvalidArgument)?;
+    let beyond_loopback = !config.listen.ip().is_loopback()
+        || config.http_listen.is_some_and(|h| !h.ip().is_loopback());
     match &auth {
         Some(a) => info!(algorithms = %a.accepted(), "every call needs a bearer token"),
-        None if !config.listen.ip().is_loopback() => warn!(
+        None if beyond_loopback => warn!(
             listen = %config.listen,
             "listening beyond loopback with no authentication: anyone who can reach this \
              port can publish, read and delete every topic (give --auth-jwt-secret-file or \
              --auth-jwt-public-key)"
         ),
         None => {}
+    }
+    if tls.is_none() && beyond_loopback {
+        warn!(
+            listen = %config.listen,
+            "listening beyond loopback without TLS: frames and tokens cross the network in \
+             the clear (give --tls-cert and --tls-key)"
+        );
     }
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new(config.metrics_max_topics));
@@ -148,6 +171,7 @@ pub async fn run(
                 at,
                 &door,
                 &metrics,
+                http_tls,
                 config.max_connections,
                 config.shutdown_grace,
                 http_stopped,
@@ -239,6 +263,8 @@ pub async fn run(
         fsync = %config.log.fsync,
         max_connections = config.max_connections,
         max_streams_per_connection = config.http2.max_streams_per_connection,
+        tls = tls.is_some(),
+        client_auth = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "listening"
     );
 
@@ -259,10 +285,11 @@ pub async fn run(
         // TcpIncoming, not a bare listener stream: with a caller-supplied incoming stream tonic
         // ignores `.tcp_nodelay(true)`, and Nagle's algorithm then holds small acks and frames
         // back for up to 40 ms (a delayed-ACK round): pipelined publishing ran 2-3x slower.
-        // Wrapped so that at most --max-connections are open at once.
+        // Then TLS handshakes (when configured), concurrently, off the accept path; then
+        // wrapped so that at most --max-connections are open at once.
         .serve_with_incoming_shutdown(
             super::connections::limit(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                super::tls::accept(TcpIncoming::from(listener).with_nodelay(Some(true)), tls),
                 config.max_connections,
                 metrics.connections("grpc"),
             ),
@@ -354,6 +381,7 @@ async fn start_http(
     at: std::net::SocketAddr,
     door: &Arc<HttpDoor>,
     metrics: &Metrics,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     max_connections: usize,
     grace: std::time::Duration,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -368,8 +396,9 @@ async fn start_http(
             let _ = s.set_nodelay(true);
         })
     });
+    // TLS handshakes (when configured) run concurrently, off the accept path.
     let limited = Box::pin(super::connections::limit(
-        accepted,
+        super::tls::accept(Box::pin(accepted), tls),
         max_connections,
         metrics.connections("http"),
     ));

@@ -46,7 +46,7 @@ pub fn request(
     let host = base.trim_start_matches("http://");
     let s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    exchange(s, host, method, path, headers, body)
+    exchange(s, host, method, path, headers, body).unwrap()
 }
 
 /// Sends `method path` to `base` (`https://localhost:PORT`) over TLS, trusting only the CA
@@ -88,7 +88,7 @@ pub fn request_tls(
             .complete_io(&mut tls.sock)
             .map_err(|e| e.to_string())?;
     }
-    Ok(exchange(tls, host, method, path, headers, body))
+    exchange(tls, host, method, path, headers, body)
 }
 
 /// One request and its response on `s`.
@@ -99,7 +99,7 @@ fn exchange(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Response {
+) -> Result<Response, String> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -108,14 +108,20 @@ fn exchange(
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    s.flush().map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     // A TLS peer may close without close_notify after the response: keep what was read.
     if let Err(e) = s.read_to_end(&mut raw) {
-        assert!(!raw.is_empty(), "reading the response: {e}");
+        if raw.is_empty() {
+            return Err(format!("reading the response: {e}"));
+        }
     }
-    parse(&raw)
+    if raw.is_empty() {
+        return Err("the connection closed without a response".into());
+    }
+    Ok(parse(&raw))
 }
 
 /// A request with a bearer token.

@@ -72,6 +72,9 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the address is handed over, so a test that asks the log
+                // right after start finds the "listening" line in it.
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("listening") {
                     if let Some(at) = line.find("addr=") {
                         let field = |from: usize| -> String {
@@ -84,7 +87,6 @@ impl Server {
                         }
                     }
                 }
-                log2.lock().unwrap().push(line);
             }
         });
         let (addr, http) = match rx.recv_timeout(Duration::from_secs(60)) {

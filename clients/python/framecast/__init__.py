@@ -31,9 +31,11 @@ from .errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    PermissionDenied,
     ProtocolError,
     ResourceExhausted,
     ServerError,
+    Unauthenticated,
     Unavailable,
 )
 from .types import Ack, Cursor, Frame, TopicInfo
@@ -59,6 +61,8 @@ __all__ = [
     "Unavailable",
     "DataLoss",
     "ServerError",
+    "Unauthenticated",
+    "PermissionDenied",
     "DeadlineExceeded",
     "ClientClosed",
     "ProtocolError",

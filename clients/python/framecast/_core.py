@@ -97,17 +97,21 @@ def compression_settings(
 
 
 def normalize_address(addr: str) -> str:
-    """``host:port`` from ``host:port``, ``http://host:port`` or ``grpc://host:port``."""
-    for scheme in ("http://", "grpc://", "dns:///"):
+    """``host:port`` from ``host:port``, ``http://host:port``, ``https://host:port`` or
+    ``grpc://host:port`` (whether to use TLS is :func:`address_wants_tls`)."""
+    for scheme in ("http://", "https://", "grpc://", "dns:///"):
         if addr.startswith(scheme):
             addr = addr[len(scheme) :]
             break
-    if addr.startswith("https://"):
-        raise errors.InvalidArgument(f"TLS is not supported: {addr!r}")
     addr = addr.rstrip("/")
     if not addr:
         raise errors.InvalidArgument("empty server address")
     return addr
+
+
+def address_wants_tls(addr: str) -> bool:
+    """True for an ``https://`` address."""
+    return addr.startswith("https://")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from ._core import (
     RetryPolicy,
     RunState,
     ack_from_pb,
+    address_wants_tls,
     attempt_timeout,
     check_coalesced,
     coalesced_stream_end,
@@ -57,6 +58,7 @@ from ._core import (
     topic_from_pb,
     unary_retry_delay,
 )
+from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed
@@ -76,13 +78,22 @@ class Client:
     failures are :mod:`framecast.errors` exceptions, never a raw ``grpc.RpcError``.
 
     Args:
-        address: ``host:port`` (or ``http://host:port``) of the server.
+        address: ``host:port`` (or ``http://host:port``) of the server; ``https://host:port``
+            for TLS.
         retry: How transient failures are retried.
         call_timeout: Longest time, in seconds, one attempt of a unary call may take.
         channel_options: Extra gRPC channel options, appended to the client's own.
         compression: ``"gzip"`` compresses requests and asks the server to compress its
             responses; ``None`` (the default) sends and asks for plain messages. (grpcio
             has no zstd.)
+        token: A bearer token (a JWT, e.g. from ``framecast token``) sent as
+            ``authorization`` metadata on every call; ``None`` reads ``$FRAMECAST_TOKEN``.
+        ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
+            certificate. Given, or with an ``https://`` address, the channel is TLS (without
+            ``ca_cert``, grpc's own root certificates are trusted).
+        client_cert: With ``client_key``: the certificate (PEM path or bytes) presented to
+            a server that requires client certificates (``serve --tls-client-ca``).
+        client_key: The PEM private key of ``client_cert``.
     """
 
     def __init__(
@@ -94,8 +105,16 @@ class Client:
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
         coalesce: bool = False,
+        token: str | None = None,
+        ca_cert: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         self._address = normalize_address(address)
+        self._token = resolve_token(token)
+        self._credentials = channel_credentials(
+            address_wants_tls(address), ca_cert, client_cert, client_key
+        )
         self._coalesce = coalesce
         self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
@@ -130,8 +149,8 @@ class Client:
         if self._closed:
             raise ClientClosed("client is closed")
         if self._stub_ is None:
-            self._channel = grpc.aio.insecure_channel(
-                self._address, options=self._options, compression=self._compression
+            self._channel = aio_channel(
+                self._address, self._credentials, self._token, self._options, self._compression
             )
             self._stub_ = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_

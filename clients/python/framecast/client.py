@@ -28,6 +28,7 @@ from ._core import (
     RetryPolicy,
     RunState,
     ack_from_pb,
+    address_wants_tls,
     attempt_timeout,
     check_coalesced,
     coalesced_stream_end,
@@ -43,6 +44,7 @@ from ._core import (
     topic_from_pb,
     unary_retry_delay,
 )
+from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed
@@ -83,7 +85,8 @@ class Client:
                 print(frame.seq_no, frame.payload, frame.live)
 
     Args:
-        address: ``host:port`` (or ``http://host:port``) of the server.
+        address: ``host:port`` (or ``http://host:port``) of the server; ``https://host:port``
+            for TLS.
         retry: How transient failures are retried (see :class:`RetryPolicy`).
         call_timeout: Longest time, in seconds, one attempt of a unary call may take before
             it is abandoned and retried (with the same idempotency key for a publish).
@@ -95,6 +98,14 @@ class Client:
             pipelined ``PublishStream`` per topic (each still gets its own ack and keeps its
             own idempotency key; after a break every unacknowledged frame is re-sent with
             its key). ``False`` (the default): one unary ``Publish`` per call.
+        token: A bearer token (a JWT, e.g. from ``framecast token``) sent as
+            ``authorization`` metadata on every call; ``None`` reads ``$FRAMECAST_TOKEN``.
+        ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
+            certificate. Given, or with an ``https://`` address, the channel is TLS (without
+            ``ca_cert``, grpc's own root certificates are trusted).
+        client_cert: With ``client_key``: the certificate (PEM path or bytes) presented to
+            a server that requires client certificates (``serve --tls-client-ca``).
+        client_key: The PEM private key of ``client_cert``.
     """
 
     def __init__(
@@ -106,8 +117,16 @@ class Client:
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
         coalesce: bool = False,
+        token: str | None = None,
+        ca_cert: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
     ) -> None:
         self._address = normalize_address(address)
+        self._token = resolve_token(token)
+        self._credentials = channel_credentials(
+            address_wants_tls(address), ca_cert, client_cert, client_key
+        )
         self._coalesce = coalesce
         self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
@@ -117,12 +136,14 @@ class Client:
         self._subscriptions: weakref.WeakSet[Subscription[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
         algorithm, compression_options = compression_settings(compression)
-        self._channel = grpc.insecure_channel(
+        self._channel, calls = blocking_channel(
             self._address,
-            options=[*CHANNEL_OPTIONS, *compression_options, *channel_options],
-            compression=algorithm,
+            self._credentials,
+            self._token,
+            [*CHANNEL_OPTIONS, *compression_options, *channel_options],
+            algorithm,
         )
-        self._stub = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = BroadcastStub(calls)  # type: ignore[no-untyped-call]
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -15,6 +15,8 @@ gRPC status                 exception
 ``UNAVAILABLE`` and other   :class:`Unavailable` (after the retry budget is spent)
 transient codes
 ``DATA_LOSS``               :class:`DataLoss`
+``UNAUTHENTICATED``         :class:`Unauthenticated` (never retried)
+``PERMISSION_DENIED``       :class:`PermissionDenied` (never retried)
 anything else               :class:`ServerError`
 ==========================  =========================
 """
@@ -36,6 +38,8 @@ __all__ = [
     "Unavailable",
     "DataLoss",
     "ServerError",
+    "Unauthenticated",
+    "PermissionDenied",
     "DeadlineExceeded",
     "ClientClosed",
     "ProtocolError",
@@ -122,6 +126,15 @@ class ServerError(FramecastError):
     """Any other server answer (``INTERNAL``, ``UNIMPLEMENTED``, ...)."""
 
 
+class Unauthenticated(ServerError):
+    """No token, or one the server does not accept (malformed, bad signature, expired):
+    a retry with the same token would be refused again."""
+
+
+class PermissionDenied(ServerError):
+    """The token is valid but does not allow this call (topic pattern, admin)."""
+
+
 class DeadlineExceeded(FramecastError, TimeoutError):
     """A ``timeout`` given to a client call ran out."""
 
@@ -153,6 +166,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FramecastError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: EpochChanged,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -60,6 +60,9 @@ pub struct Common {
     /// Server address (ignored with --spawn).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub addr: String,
+    /// Token and TLS files for --addr (ignored with --spawn).
+    #[command(flatten)]
+    pub credentials: crate::cli::connect::Credentials,
     /// Start a `framecast serve` on a temporary data dir for this run, and stop it after.
     #[arg(long)]
     pub spawn: bool,

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use super::error::{Error, Result};
 use super::wire::{CountingConnector, WireBytes};
-use framecast::client::Compression;
+use framecast::client::{Bearer, ClientTls, Compression};
 use framecast::proto::broadcast_client::BroadcastClient;
 
-/// The generated client over one connection.
-pub type Grpc = BroadcastClient<Channel>;
+/// The generated client over one connection; every call carries the run's token.
+pub type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 
 /// Flow-control windows of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -33,17 +34,18 @@ pub struct Wire {
     pub compression: Compression,
     /// Every byte written and read by the connections.
     pub bytes: Arc<WireBytes>,
+    /// `--token`, sent with every call.
+    pub bearer: Bearer,
+    /// `--ca-cert` (and client certificate): TLS settings of the connections.
+    pub tls: ClientTls,
 }
 
 /// Opens `n` connections to `addr` (at most 64 handshakes at a time).
 pub async fn connect(addr: &str, n: usize, windows: Windows, wire: &Wire) -> Result<Vec<Grpc>> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let mut endpoint = Endpoint::from_shared(url)
-        .map_err(|e| Error::Args(format!("bad address '{addr}': {e}")))?
+    let mut endpoint = wire
+        .tls
+        .endpoint(addr)
+        .map_err(|e| Error::Args(format!("address '{addr}': {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
     if let Windows::Many = windows {
@@ -63,7 +65,7 @@ pub async fn connect(addr: &str, n: usize, windows: Windows, wire: &Wire) -> Res
             addr: addr.to_string(),
             source,
         })?;
-        let grpc = BroadcastClient::new(ch)
+        let grpc = BroadcastClient::with_interceptor(ch, wire.bearer.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         out.push(match wire.compression.encoding() {

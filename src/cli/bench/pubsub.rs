@@ -212,7 +212,9 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     };
     let shared = if plan.coalesce {
         let client = Client::connect(&plan.addr)
+            .and_then(|c| c.with_tls(plan.wire.tls.clone()))
             .map_err(|e| Error::Args(e.to_string()))?
+            .with_bearer(plan.wire.bearer.clone())
             .with_compression(plan.wire.compression);
         Some(client)
     } else {

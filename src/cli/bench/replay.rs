@@ -90,9 +90,10 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             topic: plan.topic.clone(),
             size: plan.size,
             filler: plan.filler,
+            // The prefill's bytes are not the replay's: counted apart.
             wire: Wire {
-                compression: plan.wire.compression,
                 bytes: Default::default(),
+                ..plan.wire.clone()
             },
             publishers: 1,
             pub_connections: 1,

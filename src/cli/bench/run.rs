@@ -163,9 +163,18 @@ async fn scenario_run(
     report: &mut Report,
 ) -> Result<()> {
     let size = common.size;
+    // A spawned server has neither TLS nor authentication.
+    let credentials = match common.spawn {
+        true => Default::default(),
+        false => common.credentials.clone(),
+    };
     let wire = Wire {
         compression: common.compression,
         bytes: Default::default(),
+        bearer: credentials
+            .bearer()
+            .map_err(|e| Error::Args(e.to_string()))?,
+        tls: credentials.tls().map_err(|e| Error::Args(e.to_string()))?,
     };
     let plan = |publishers: usize,
                 pub_connections: usize,

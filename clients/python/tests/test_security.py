@@ -1,0 +1,213 @@
+"""Tokens and TLS against the real server: a token from ``framecast token`` is sent on every
+call (given, or from ``$FRAMECAST_TOKEN``) and a missing or insufficient one is refused
+without retries; ``ca_cert=`` or an ``https://`` address makes a TLS channel; a server with
+``--tls-client-ca`` serves a client with a certificate from that CA. Certificates are made
+with trustme; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from conftest import TEST_RETRY, ServerProcess
+
+from framecast import (
+    Client,
+    PermissionDenied,
+    RetryPolicy,
+    Unauthenticated,
+    Unavailable,
+)
+from framecast import aio as framecast_aio
+
+#: Retries for calls that must fail: a short budget.
+QUICK = RetryPolicy(initial=0.02, max_delay=0.2, max_elapsed=2.0)
+
+
+class Pki:
+    """A CA and a server certificate for ``localhost`` and 127.0.0.1, written under a
+    directory; and a second CA for client certificates."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = trustme.CA()
+        self.ca_path = root / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_path))
+        server = self.ca.issue_cert("localhost", "127.0.0.1")
+        self.cert_path = root / "server.pem"
+        self.key_path = root / "server-key.pem"
+        server.private_key_pem.write_to_path(str(self.key_path))
+        with self.cert_path.open("wb") as f:
+            for blob in server.cert_chain_pems:
+                f.write(blob.bytes())
+        self.client_ca = trustme.CA()
+        self.client_ca_path = root / "client-ca.pem"
+        self.client_ca.cert_pem.write_to_path(str(self.client_ca_path))
+
+    def serve_args(self, *extra: str) -> tuple[str, ...]:
+        return ("--tls-cert", str(self.cert_path), "--tls-key", str(self.key_path), *extra)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def https(srv: ServerProcess) -> str:
+    return f"https://localhost:{srv.port}"
+
+
+def mint(binary: Path, secret: Path, *perms: str) -> str:
+    """A token from ``framecast token``."""
+    out = subprocess.run(
+        [str(binary), "token", "--secret-file", str(secret), "--subject", "py", *perms],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return out.stdout.decode().strip()
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_bytes(b"a-secret-long-enough-for-hs256\n")
+    return path
+
+
+def test_token_is_sent_and_a_missing_or_narrow_one_is_refused(
+    make_server, framecast_bin: Path, secret: Path, topic: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    token = mint(framecast_bin, secret, "--publish", "sec.*", "--subscribe", "sec.*")
+    topic = f"sec.{topic}"
+
+    with Client(srv.address, retry=TEST_RETRY, token=token) as c:
+        assert c.publish(b"hi", seq_no=1, topic=topic).offset == 0
+        with c.subscribe(topic=topic, start=0, timeout=15) as sub:
+            assert next(iter(sub)) == b"hi"
+        # The token allows sec.* only: refused at once, not retried.
+        started = time.monotonic()
+        with pytest.raises(PermissionDenied):
+            c.publish(b"x", seq_no=1, topic="elsewhere")
+        assert time.monotonic() - started < 5
+
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        started = time.monotonic()
+        with pytest.raises(Unauthenticated):
+            c.publish(b"x", seq_no=1, topic=topic)
+        assert time.monotonic() - started < 5
+
+    # From the environment when not given.
+    monkeypatch.setenv("FRAMECAST_TOKEN", token)
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        assert c.publish(b"env", seq_no=2, topic=topic).offset == 1
+
+
+def test_aio_client_sends_the_token_on_every_kind_of_call(
+    make_server, framecast_bin: Path, secret: Path, topic: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    token = mint(framecast_bin, secret, "--publish", "sec.*", "--subscribe", "sec.*")
+    topic = f"sec.{topic}"
+
+    async def scenario() -> None:
+        async with framecast_aio.Client(srv.address, retry=TEST_RETRY, token=token) as c:
+            await c.publish(b"one", seq_no=1, topic=topic)  # unary
+            acks = await c.publish_many([(2, b"two")], topic=topic)  # bidirectional stream
+            assert [a.offset for a in acks] == [1]
+            got = []
+            async for frame in c.frames(topic=topic, start=0):  # server stream
+                got.append(frame.payload)
+                if len(got) == 2:
+                    break
+            assert got == [b"one", b"two"]
+        async with framecast_aio.Client(srv.address, retry=TEST_RETRY) as c:
+            with pytest.raises(Unauthenticated):
+                await c.publish(b"x", seq_no=1, topic=topic)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_tls_publish_and_subscribe_with_a_ca(make_server, pki: Pki, topic: str) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(*pki.serve_args())
+    with Client(https(srv), retry=TEST_RETRY, ca_cert=str(pki.ca_path)) as c:
+        c.publish(b"secret", seq_no=1, topic=topic)
+        with c.subscribe(topic=topic, start=0, timeout=15) as sub:
+            assert next(iter(sub)) == b"secret"
+    # The CA as bytes, and a plain host:port address: TLS all the same.
+    with Client(f"localhost:{srv.port}", retry=TEST_RETRY, ca_cert=pki.ca.cert_pem.bytes()) as c:
+        assert c.publish(b"again", seq_no=2, topic=topic).offset == 1
+    # Plaintext to the TLS port, or TLS trusting another CA: no call gets through.
+    with Client(srv.address, retry=QUICK) as c:
+        with pytest.raises(Unavailable):
+            c.publish(b"x", seq_no=3, topic=topic)
+    other = trustme.CA()
+    with Client(https(srv), retry=QUICK, ca_cert=other.cert_pem.bytes()) as c:
+        with pytest.raises(Unavailable):
+            c.publish(b"x", seq_no=3, topic=topic)
+
+
+def test_aio_tls(make_server, pki: Pki, topic: str) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(*pki.serve_args())
+
+    async def scenario() -> None:
+        async with framecast_aio.Client(
+            https(srv), retry=TEST_RETRY, ca_cert=str(pki.ca_path)
+        ) as c:
+            await c.publish(b"aio", seq_no=1, topic=topic)
+            async for frame in c.frames(topic=topic, start=0):
+                assert frame.payload == b"aio"
+                break
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_mutual_tls_and_a_token_together(
+    make_server, framecast_bin: Path, pki: Pki, secret: Path, topic: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(
+        *pki.serve_args("--tls-client-ca", str(pki.client_ca_path)),
+        "--auth-jwt-secret-file",
+        str(secret),
+    )
+    token = mint(framecast_bin, secret, "--publish", ">", "--subscribe", ">")
+    monkeypatch.delenv("FRAMECAST_TOKEN", raising=False)
+    leaf = pki.client_ca.issue_cert("publisher@example.com")
+    with Client(
+        https(srv),
+        retry=TEST_RETRY,
+        ca_cert=str(pki.ca_path),
+        client_cert=b"".join(b.bytes() for b in leaf.cert_chain_pems),
+        client_key=leaf.private_key_pem.bytes(),
+        token=token,
+    ) as c:
+        assert c.publish(b"both", seq_no=1, topic=topic).offset == 0
+    # Without a client certificate: refused at the handshake.
+    with Client(https(srv), retry=QUICK, ca_cert=str(pki.ca_path), token=token) as c:
+        with pytest.raises(Unavailable):
+            c.publish(b"x", seq_no=2, topic=topic)
+
+
+def test_bad_credentials_are_refused_before_any_call(tmp_path: Path) -> None:
+    from framecast import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        Client("localhost:1", ca_cert=str(tmp_path / "missing.pem"))
+    with pytest.raises(InvalidArgument):
+        Client("localhost:1", ca_cert=b"not a pem")
+    with pytest.raises(InvalidArgument):
+        Client("localhost:1", client_cert=b"-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(InvalidArgument):
+        Client("localhost:1", token="t\u00e9")
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_the_environment(monkeypatch) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("FRAMECAST_TOKEN", raising=False)
+    yield
