@@ -3,6 +3,7 @@
 # whatever else the machine does, so two builds can be compared on a busy 2-core machine.
 #
 #   bash benches/callgrind-ab.sh SERVER_BIN [LOADGEN_BIN] [-- extra serve flags]
+#   LOADGEN_ARGS="--token T" bash benches/callgrind-ab.sh ...   (extra load-generator flags)
 #
 # The server runs under `valgrind --tool=callgrind`; the load generator (LOADGEN_BIN, default
 # SERVER_BIN) drives it from outside. Each workload runs at two sizes and the difference of
@@ -33,7 +34,8 @@ run() {
         grep -q "listening" "$work/server.log" && break
         sleep 0.1
     done
-    "$@" --addr "http://127.0.0.1:$port" --quiet >/dev/null
+    # shellcheck disable=SC2086 # LOADGEN_ARGS is a list of flags
+    "$@" --addr "http://127.0.0.1:$port" --quiet ${LOADGEN_ARGS:-} >/dev/null
     kill -TERM "$pid"
     wait "$pid" || true
     awk '/^(summary|totals):/ {print $2; exit}' "$out"
