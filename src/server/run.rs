@@ -128,19 +128,17 @@ pub async fn run(
     )
     .map_err(Error::InvalidArgument)?;
     // Certificates too: a bad file stops startup before recovery, with its name.
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|files| super::tls::server_config(files, super::tls::ALPN_GRPC))
-        .transpose()
-        .map_err(Error::InvalidArgument)?;
+    let tls_offering = |alpn: &[&[u8]]| {
+        config
+            .tls
+            .as_ref()
+            .map(|files| super::tls::server_config(files, alpn))
+            .transpose()
+            .map_err(Error::InvalidArgument)
+    };
+    let tls = tls_offering(super::tls::ALPN_GRPC)?;
     // The HTTP door offers HTTP/2 and HTTP/1.1 over the same certificates.
-    let http_tls = config
-        .tls
-        .as_ref()
-        .map(|files| super::tls::server_config(files, super::tls::ALPN_HTTP))
-        .transpose()
-        .map_err(Error::InvalidArgument)?;
+    let http_tls = tls_offering(super::tls::ALPN_HTTP)?;
     let beyond_loopback = !config.listen.ip().is_loopback()
         || config.http_listen.is_some_and(|h| !h.ip().is_loopback());
     match &auth {
