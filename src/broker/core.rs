@@ -147,7 +147,7 @@ impl Broker {
     }
 
     /// `r`, with a refusal counted in `rejected_requests_total{code}`.
-    fn counted<T>(&self, r: Result<T>) -> Result<T> {
+    pub(super) fn counted<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             self.metrics().rejected(e.code_name());
         }
@@ -224,7 +224,7 @@ impl Broker {
         self.counted(queued)
     }
 
-    async fn submit_at(
+    pub(super) async fn submit_at(
         &self,
         topic: &str,
         frames: Vec<NewFrame>,
@@ -386,7 +386,7 @@ impl Broker {
         self.counted(self.payload_fits(size))
     }
 
-    fn payload_fits(&self, size: u64) -> Result<()> {
+    pub(super) fn payload_fits(&self, size: u64) -> Result<()> {
         let max = self.max_frame_bytes();
         if size > max {
             return Err(Error::PayloadTooLarge { size, max });
@@ -478,7 +478,7 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
 }
 
 /// Refuses a publish to `topic` that `who` may not make.
-fn may_publish(who: &Principal, topic: &str) -> Result<()> {
+pub(super) fn may_publish(who: &Principal, topic: &str) -> Result<()> {
     if who.may_publish(topic) {
         return Ok(());
     }
@@ -549,5 +549,6 @@ pub fn topic_info(t: &Topic) -> proto::TopicInfo {
         max_seq_no: s.max_seq_no.unwrap_or(0),
         subscribers: t.subscribers(),
         segments: u32::try_from(s.segments).unwrap_or(u32::MAX),
+        subscriber_max_lag_frames: t.gauges().max_lag_frames,
     }
 }

@@ -3,6 +3,9 @@
 //! translates its protocol into these calls and their answers back, and nothing else.
 //!
 //! - `core`: [`Broker`], the operations (publish, subscribe, topics) every door calls.
+//! - `history`: History pages over a fixed snapshot, forward and newest first.
+//! - `broadcast`: one frame to many topics or patterns, checked whole before any write.
+//! - `cursor`: cursor tokens, the opaque resume points of SSE, WebSocket and History.
 //! - `topics`: the topic registry, each topic's metadata and log, and the name rules.
 //! - `subscription`: the replay→live cursor over one topic's log.
 //! - `frame_cache`: live frames encoded once per topic, shared by every subscriber.
@@ -18,9 +21,12 @@
 //! - `token`: JWT verification (HS256, RS256, ES256) into a principal, its cache, and
 //!   minting HS256 tokens.
 
+pub mod broadcast;
 pub mod core;
+pub mod cursor;
 pub mod error;
 pub mod frame_cache;
+pub mod history;
 pub mod last_fsync;
 pub mod metrics;
 pub mod pattern;
@@ -32,6 +38,7 @@ pub mod token;
 pub mod topics;
 
 pub use self::core::{Broker, Opened, Pending, PublishGate};
+pub use cursor::CursorToken;
 pub use error::{Error, Result};
 pub use subscription::{StartAt, Subscription};
 pub use topics::{Cause, Topic, TopicMeta, Topics};

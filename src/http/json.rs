@@ -1,10 +1,16 @@
 //! Bodies in the proto3 JSON mapping, with the proto field names: 64-bit integers are
 //! decimal strings, so a JavaScript client loses no precision.
 
+use std::fmt::Write as _;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::broker::Error;
 use crate::proto;
 
 /// A `PublishAck`.
@@ -29,7 +35,189 @@ pub fn topic(t: &proto::TopicInfo) -> Value {
         "max_seq_no": t.max_seq_no.to_string(),
         "subscribers": t.subscribers,
         "segments": t.segments,
+        "subscriber_max_lag_frames": t.subscriber_max_lag_frames.to_string(),
     })
+}
+
+/// Where a frame's JSON goes and what it carries beside the frame's own fields.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameExtras<'a> {
+    /// `"topic"` (WebSocket pushes).
+    pub topic: Option<&'a str>,
+    /// `"live"`: the frame is past the snapshot (SSE, WebSocket).
+    pub live: Option<bool>,
+    /// `"cursor"`: the token that resumes after this frame (WebSocket pushes).
+    pub cursor: Option<&'a str>,
+}
+
+/// Appends a frame as a JSON object to `out`: `{"seq_no","timestamp","offset","payload"[,
+/// "text"]}` (the payload in base64; `text` when it is valid UTF-8) with `extras`. Written
+/// directly, not through a `Value`: this is every SSE and WebSocket delivery.
+pub fn write_frame(out: &mut String, f: &proto::Frame, extras: FrameExtras<'_>) {
+    out.push('{');
+    if let Some(topic) = extras.topic {
+        // Topic names are [A-Za-z0-9._-]: nothing to escape.
+        let _ = write!(out, "\"topic\":\"{topic}\",");
+    }
+    let _ = write!(
+        out,
+        "\"seq_no\":\"{}\",\"timestamp\":\"{}\",\"offset\":\"{}\",",
+        f.seq_no, f.timestamp, f.offset
+    );
+    if let Some(live) = extras.live {
+        let _ = write!(out, "\"live\":{live},");
+    }
+    out.push_str("\"payload\":\"");
+    STANDARD.encode_string(&f.payload, out);
+    out.push('"');
+    if let Ok(text) = std::str::from_utf8(&f.payload) {
+        out.push_str(",\"text\":");
+        // Escaping a str into JSON cannot fail.
+        let _ = serde_json::to_writer(StringWriter(out), text);
+    }
+    if let Some(cursor) = extras.cursor {
+        // Cursor tokens are base64url: nothing to escape.
+        let _ = write!(out, ",\"cursor\":\"{cursor}\"");
+    }
+    out.push('}');
+}
+
+/// A frame as a `Value` (History pages).
+pub fn frame(f: &proto::Frame) -> Value {
+    let mut s = String::with_capacity(f.payload.len() * 2 + 96);
+    write_frame(&mut s, f, FrameExtras::default());
+    serde_json::from_str(&s).unwrap_or(Value::Null)
+}
+
+/// A `HistoryPage`.
+pub fn history_page(p: &proto::HistoryPage) -> Value {
+    json!({
+        "frames": p.frames.iter().map(frame).collect::<Vec<_>>(),
+        "next": p.next,
+        "more": p.more,
+        "snapshot_offset": p.snapshot_offset.to_string(),
+        "epoch": p.epoch.to_string(),
+    })
+}
+
+/// A `BroadcastAck`.
+pub fn broadcast_ack(a: &proto::BroadcastAck) -> Value {
+    let acks: Vec<Value> = a
+        .acks
+        .iter()
+        .map(|t| json!({"topic": t.topic, "ack": t.ack.as_ref().map(ack)}))
+        .collect();
+    json!({ "acks": acks })
+}
+
+/// `io::Write` into a `String` (serde_json writes valid UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A payload given in JSON: `"payload"` in base64, or `"text"`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Payload {
+    /// Base64 (standard or URL-safe alphabet, padding optional).
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// UTF-8 text, stored as is.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Payload {
+    /// The payload's bytes: exactly one of `payload` and `text` may be given (neither: empty).
+    pub fn bytes(self) -> Result<Bytes, Error> {
+        match (self.payload, self.text) {
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(
+                "give the payload as \"payload\" (base64) or \"text\", not both".into(),
+            )),
+            (Some(b64), None) => decode_base64(&b64)
+                .map(Bytes::from)
+                .ok_or_else(|| Error::InvalidArgument("\"payload\" is not valid base64".into())),
+            (None, Some(text)) => Ok(Bytes::from(text.into_bytes())),
+            (None, None) => Ok(Bytes::new()),
+        }
+    }
+}
+
+/// Base64 in either alphabet, with or without padding (proto3 JSON accepts both).
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = s.trim_end_matches('=');
+    STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()
+}
+
+/// The body of `POST /v1/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    /// Topic names or patterns.
+    pub topics: Vec<String>,
+    /// The frame's seq_no.
+    #[serde(default, deserialize_with = "uint64")]
+    pub seq_no: u64,
+    /// Base64 payload.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Or the payload as text.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Nanoseconds since the Unix epoch; 0 = receive time.
+    #[serde(default, deserialize_with = "int64")]
+    pub timestamp: i64,
+    /// Stored with each topic's frame.
+    #[serde(default)]
+    pub idempotency_key: String,
+}
+
+impl BroadcastBody {
+    /// The request it stands for.
+    pub fn into_request(self) -> Result<proto::BroadcastRequest, Error> {
+        let payload = Payload {
+            payload: self.payload,
+            text: self.text,
+        }
+        .bytes()?;
+        Ok(proto::BroadcastRequest {
+            topics: self.topics,
+            seq_no: self.seq_no,
+            payload,
+            timestamp: self.timestamp,
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
+/// A proto3 JSON `int64`: a decimal string or a number.
+pub fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(i64),
+        Text(String),
+    }
+    match Wire::deserialize(d)? {
+        Wire::Number(n) => Ok(n),
+        Wire::Text(s) => s
+            .parse()
+            .map_err(|_| de::Error::custom(format!("'{s}' is not an integer"))),
+    }
 }
 
 /// The body of `PUT /v1/topics/{topic}`: the settings of `CreateTopicRequest` (absent
@@ -46,7 +234,7 @@ pub struct TopicSettings {
 }
 
 /// A proto3 JSON `uint64`: a decimal string or a number.
-fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Wire {
@@ -75,6 +263,56 @@ mod tests {
         assert_eq!(s.retention_max_bytes, 10);
         assert!(serde_json::from_str::<TopicSettings>(r#"{"retention_max_bytes":"-1"}"#).is_err());
         assert!(serde_json::from_str::<TopicSettings>(r#"{"retention":1}"#).is_err());
+    }
+
+    #[test]
+    fn frames_carry_base64_and_text_when_utf8() {
+        let f = proto::Frame::new(7, Bytes::from_static(b"hi \"you\"\n"), 9, 3);
+        let v = frame(&f);
+        assert_eq!(v["seq_no"], "7");
+        assert_eq!(v["offset"], "3");
+        assert_eq!(v["payload"], STANDARD.encode(b"hi \"you\"\n"));
+        assert_eq!(v["text"], "hi \"you\"\n");
+        let binary = proto::Frame::new(1, Bytes::from_static(&[0xff, 0]), 1, 0);
+        assert!(frame(&binary).get("text").is_none());
+        let mut s = String::new();
+        let extras = FrameExtras {
+            topic: Some("t"),
+            live: Some(true),
+            cursor: Some("abc"),
+        };
+        write_frame(&mut s, &binary, extras);
+        let v: Value = serde_json::from_str(&s).unwrap_or(Value::Null);
+        assert_eq!(
+            (
+                v["topic"].as_str(),
+                v["live"].as_bool(),
+                v["cursor"].as_str()
+            ),
+            (Some("t"), Some(true), Some("abc"))
+        );
+    }
+
+    #[test]
+    fn payloads_in_either_base64_alphabet_or_text() {
+        let p = |payload: Option<&str>, text: Option<&str>| {
+            Payload {
+                payload: payload.map(str::to_string),
+                text: text.map(str::to_string),
+            }
+            .bytes()
+        };
+        assert_eq!(
+            p(Some("+/8="), None).ok(),
+            Some(Bytes::from_static(&[0xfb, 0xff]))
+        );
+        assert_eq!(
+            p(Some("-_8"), None).ok(),
+            Some(Bytes::from_static(&[0xfb, 0xff]))
+        );
+        assert_eq!(p(None, Some("hé")).ok(), Some(Bytes::from("hé")));
+        assert!(p(Some("!"), None).is_err());
+        assert!(p(Some("aA=="), Some("x")).is_err());
     }
 
     #[test]

@@ -1,20 +1,24 @@
-//! The HTTP door (`--http-listen`, default `127.0.0.1:7071`): REST for topics and
-//! publishing, `/metrics` and `/healthz`, over axum.
+//! The HTTP door (`--http-listen`, default `127.0.0.1:7071`): REST (publish, topics,
+//! History, Broadcast), Server-Sent Events, WebSocket, the web console, `/metrics` and
+//! `/healthz`, over axum.
 //!
 //! Like the gRPC door it holds no rule of its own: every call goes through the
 //! [`Broker`](crate::broker::Broker), which authenticates, authorizes, validates and counts
 //! it; this module only turns HTTP into broker calls and the broker's errors into the
 //! status table of API.md. `door` (the state shared by the handlers, and the health phase),
 //! `error` (the JSON error body and the status table), `caller` (the bearer token of a
-//! request), `json` (proto3-JSON bodies), `routes` (the handlers), `listener` (accepted
-//! connections as axum sees them, limited and counted).
+//! request), `json` (proto3-JSON bodies), `routes` (the REST handlers), `sse` (Server-Sent Events with
+//! exact resume), `console` (the embedded web console), `listener` (accepted connections as
+//! axum sees them, limited and counted).
 
 pub mod caller;
+pub mod console;
 pub mod door;
 pub mod error;
 pub mod json;
 pub mod listener;
 pub mod routes;
+pub mod sse;
 
 pub use door::{HttpDoor, Phase};
 pub use routes::router;

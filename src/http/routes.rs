@@ -21,10 +21,10 @@ use crate::broker::{Broker, Error};
 use crate::proto;
 
 /// A handler's answer.
-type Answer = Result<Response, ApiError>;
+pub type Answer = Result<Response, ApiError>;
 
 /// The query parameters of a request (`access_token`, `seq_no`, ...).
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// Every route of the HTTP door.
 pub fn router(door: Arc<HttpDoor>) -> Router {
@@ -34,6 +34,11 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .route("/v1/topics", get(list_topics))
         .route("/v1/topics/{topic}", put(create_topic).delete(delete_topic))
         .route("/v1/topics/{topic}/frames", post(publish))
+        .route("/v1/topics/{topic}/history", get(history))
+        .route("/v1/topics/{topic}/events", get(super::sse::events))
+        .route("/v1/broadcast", post(broadcast))
+        .route("/", get(super::console::index))
+        .route("/console/{file}", get(super::console::asset))
         .fallback(not_found)
         // Bodies are read by the handlers, which bound them by --max-frame-bytes.
         .layer(DefaultBodyLimit::disable())
@@ -191,6 +196,83 @@ async fn publish(
     Ok(Json(json::ack(&ack)).into_response())
 }
 
+/// `GET /v1/topics/{topic}/history?from=SEQ&limit=N[&reverse=true][&after=TOKEN]`: one
+/// History page.
+async fn history(
+    State(door): State<Arc<HttpDoor>>,
+    topic: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Params,
+) -> Answer {
+    let broker = door.broker()?;
+    let q = params(broker, q)?;
+    let who = caller(broker, &headers, &q)?;
+    let topic = topic_path(broker, topic)?;
+    let request = history_request(broker, topic, &q)?;
+    let page = broker.history(&who, &request).await?;
+    Ok(Json(json::history_page(&page)).into_response())
+}
+
+/// A `HistoryRequest` from query parameters (`from`, `limit`, `reverse`, `after`); shared
+/// with the WebSocket door, whose `history` message has the same fields.
+pub fn history_request(
+    broker: &Broker,
+    topic: String,
+    q: &HashMap<String, String>,
+) -> Result<proto::HistoryRequest, ApiError> {
+    let from_seq_no = match q.get("from") {
+        Some(v) => number::<u64>(broker, "from", v)?,
+        None => 0,
+    };
+    let limit = match q.get("limit") {
+        Some(v) => number::<u32>(broker, "limit", v)?,
+        None => 0,
+    };
+    let reverse = match q.get("reverse").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(v) => {
+            return Err(broker
+                .reject(Error::InvalidArgument(format!(
+                    "reverse must be true or false, not '{v}'"
+                )))
+                .into())
+        }
+    };
+    Ok(proto::HistoryRequest {
+        topic,
+        from_seq_no,
+        limit,
+        reverse,
+        after: q.get("after").cloned().unwrap_or_default(),
+    })
+}
+
+/// `POST /v1/broadcast`, body `{"topics":[…],"seq_no","payload"|"text","idempotency_key"}`.
+async fn broadcast(
+    State(door): State<Arc<HttpDoor>>,
+    headers: HeaderMap,
+    q: Params,
+    body: Body,
+) -> Answer {
+    let broker = door.broker()?;
+    let who = caller(broker, &headers, &params(broker, q)?)?;
+    // The payload in base64 plus up to 10,000 topic names.
+    let max = usize::try_from(broker.max_frame_bytes())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .saturating_add(2 << 20);
+    let body = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|e| broker.reject(Error::InvalidArgument(format!("broadcast body: {e}"))))?;
+    let request = serde_json::from_slice::<json::BroadcastBody>(&body)
+        .map_err(|e| Error::InvalidArgument(format!("broadcast body: {e}")))
+        .and_then(json::BroadcastBody::into_request)
+        .map_err(|e| broker.reject(e))?;
+    let ack = broker.broadcast(&who, request).await?;
+    Ok(Json(json::broadcast_ack(&ack)).into_response())
+}
+
 /// Any other path: 404 with the error body.
 async fn not_found() -> Response {
     let body = serde_json::json!({"code": "NOT_FOUND", "message": "no such path"});
@@ -198,20 +280,23 @@ async fn not_found() -> Response {
 }
 
 /// The query parameters, or INVALID_ARGUMENT.
-fn params(broker: &Broker, q: Params) -> Result<HashMap<String, String>, ApiError> {
+pub fn params(broker: &Broker, q: Params) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(m)| m)
         .map_err(|e| ApiError(broker.reject(Error::InvalidArgument(format!("query: {e}")))))
 }
 
 /// The `{topic}` of the path; the broker checks the name.
-fn topic_path(broker: &Broker, p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub fn topic_path(
+    broker: &Broker,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
     p.map(|Path(t)| t).map_err(|e| {
         ApiError(broker.reject(Error::InvalidArgument(format!("topic in the path: {e}"))))
     })
 }
 
 /// A numeric query parameter.
-fn number<T: std::str::FromStr>(broker: &Broker, name: &str, v: &str) -> Result<T, ApiError> {
+pub fn number<T: std::str::FromStr>(broker: &Broker, name: &str, v: &str) -> Result<T, ApiError> {
     v.parse().map_err(|_| {
         ApiError(broker.reject(Error::InvalidArgument(format!(
             "{name} must be an integer, not '{v}'"

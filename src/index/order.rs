@@ -204,6 +204,47 @@ impl OrderIndex {
         true
     }
 
+    /// Appends to `out` up to `max` keys `< before` (every key when `None`) and `>= min`, in
+    /// descending key order, skipping keys whose offset is not below `offset_limit`. Returns
+    /// true when no such key remains below the last one taken.
+    pub fn collect_rev(
+        &self,
+        before: Option<&OrderKey>,
+        min: &OrderKey,
+        offset_limit: u64,
+        max: usize,
+        out: &mut Vec<OrderKey>,
+    ) -> bool {
+        let mut taken = 0;
+        // Chunks holding a key below `before`: those whose first key is below it.
+        let end = match before {
+            Some(b) => self.chunks.partition_point(|c| c.keys[0] < *b),
+            None => self.chunks.len(),
+        };
+        for chunk in self.chunks[..end].iter().rev() {
+            if chunk.last() < min {
+                return true;
+            }
+            if chunk.min_offset >= offset_limit {
+                continue;
+            }
+            let stop = before.map_or(chunk.keys.len(), |b| chunk.keys.partition_point(|k| k < b));
+            for key in chunk.keys[..stop].iter().rev() {
+                if key < min {
+                    return true;
+                }
+                if key.offset < offset_limit {
+                    if taken == max {
+                        return false;
+                    }
+                    out.push(*key);
+                    taken += 1;
+                }
+            }
+        }
+        true
+    }
+
     /// Removes every key whose offset is below `first_offset` (retention, compaction). The
     /// survivors are packed into full chunks again, so memory shrinks with the key count.
     pub fn remove_below_offset(&mut self, first_offset: u64) {

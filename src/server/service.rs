@@ -321,7 +321,7 @@ impl Broadcast for BroadcastService {
         let who = self.caller(&req)?;
         let opened = self
             .broker
-            .subscribe(&who, req.get_ref(), Transport::Grpc)
+            .subscribe(&who, req.get_ref(), transport(&req))
             .await
             .map_err(status)?;
         let frames = opened.subscription.into_stream().map(|r| r.map_err(status));
@@ -367,6 +367,42 @@ impl Broadcast for BroadcastService {
         let who = self.caller(&req)?;
         let topics = self.broker.list_topics(&who);
         Ok(Response::new(proto::ListTopicsResponse { topics }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<proto::HistoryRequest>,
+    ) -> std::result::Result<Response<proto::HistoryPage>, Status> {
+        let who = self.caller(&req)?;
+        let page = self
+            .broker
+            .history(&who, req.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(page))
+    }
+
+    async fn broadcast(
+        &self,
+        req: Request<proto::BroadcastRequest>,
+    ) -> std::result::Result<Response<proto::BroadcastAck>, Status> {
+        let who = self.caller(&req)?;
+        let ack = self
+            .broker
+            .broadcast(&who, req.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ack))
+    }
+}
+
+/// The door a gRPC request came through: gRPC-Web clients (grpc-web, Connect) mark their
+/// requests with `x-grpc-web`, which the gRPC-Web translation keeps.
+fn transport<T>(req: &Request<T>) -> Transport {
+    if req.metadata().contains_key("x-grpc-web") {
+        Transport::GrpcWeb
+    } else {
+        Transport::Grpc
     }
 }
 

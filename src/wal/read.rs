@@ -148,6 +148,56 @@ impl Log {
         Ok(done)
     }
 
+    /// Reads up to `max` frames in descending order-key order: keys below `before` (every
+    /// key when `None`) and at least `min`, with offsets below `offset_limit`. Returns true
+    /// when no such frame remains. The reverse of [`Log::read_ordered`], merged the same way.
+    pub fn read_ordered_rev(
+        &self,
+        before: Option<&OrderKey>,
+        min: &OrderKey,
+        offset_limit: u64,
+        max: usize,
+        out: &mut Vec<StoredFrame>,
+    ) -> Result<bool> {
+        let mut candidates: Vec<(OrderKey, Loc)> = Vec::new();
+        let mut done = true;
+        {
+            let limit = offset_limit.min(self.durable_offset());
+            let st = self.shared.state.read();
+            let mut keys = Vec::with_capacity(max.min(4096));
+            done &= st.order.collect_rev(before, min, limit, max, &mut keys);
+            for k in keys {
+                let (seg, pos) = st
+                    .offsets
+                    .locate(k.offset)
+                    .ok_or_else(|| missing(k.offset))?;
+                candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
+            }
+            let mut found = Vec::new();
+            for run in &st.runs {
+                if run.base_offset() >= limit || run.end_offset() <= st.first_offset {
+                    continue;
+                }
+                found.clear();
+                done &= run.scan_rev(before, min, st.first_offset..limit, max, &mut found);
+                candidates.extend(
+                    found
+                        .iter()
+                        .map(|&(k, pos)| (k, Loc::Run(Arc::clone(run), pos))),
+                );
+            }
+        }
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        if candidates.len() > max {
+            candidates.truncate(max);
+            done = false;
+        }
+        for (key, loc) in candidates {
+            out.push(loc.load(key.offset)?);
+        }
+        Ok(done)
+    }
+
     /// The retention watermark: the oldest retained offset and the largest order key ever
     /// removed by retention.
     pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {

@@ -247,6 +247,56 @@ impl Run {
         true
     }
 
+    /// Appends to `out` up to `max` `(key, position)` pairs with key `< before` (every key
+    /// when `None`) and `>= min`, and offset in `[offset_min, offset_limit)`, in descending
+    /// key order: blocks are walked backwards, each scanned forward. True when no such key
+    /// remains below the last one taken.
+    pub fn scan_rev(
+        &self,
+        before: Option<&OrderKey>,
+        min: &OrderKey,
+        offset: std::ops::Range<u64>,
+        max: usize,
+        out: &mut Vec<(OrderKey, u32)>,
+    ) -> bool {
+        let blocks = match before {
+            Some(b) => self.sparse.partition_point(|e| e.key < *b),
+            None => self.sparse.len(),
+        };
+        let mut block_keys = Vec::new();
+        let mut taken = 0;
+        for b in (0..blocks).rev() {
+            let start = self.sparse[b].pos as usize;
+            let end = self
+                .sparse
+                .get(b + 1)
+                .map_or(self.header.records_end as usize, |e| e.pos as usize);
+            block_keys.clear();
+            let mut pos = start;
+            while pos < end {
+                let Some((key, len)) = self.peek(pos) else {
+                    break;
+                };
+                let below = before.is_none_or(|b| key < *b);
+                if below && key >= *min && offset.contains(&key.offset) {
+                    block_keys.push((key, pos as u32));
+                }
+                pos += len;
+            }
+            for &found in block_keys.iter().rev() {
+                if taken == max {
+                    return false;
+                }
+                out.push(found);
+                taken += 1;
+            }
+            if self.sparse[b].key < *min {
+                break;
+            }
+        }
+        true
+    }
+
     /// Every record in key order: `(key, position, raw record bytes)`.
     pub fn records(&self) -> impl Iterator<Item = (OrderKey, u32, &[u8])> + '_ {
         let data = &self.file.as_slice()[..self.header.records_end as usize];

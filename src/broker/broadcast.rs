@@ -1,0 +1,116 @@
+//! Broadcast: one frame to many topics, named or matched by patterns. The whole request is
+//! checked — every name, the payload, the permission on every topic, that each topic
+//! exists or may be created — before anything is written; then each topic gets the frame,
+//! and the ack waits until every one is durable. The idempotency key is stored with each
+//! topic's frame, so a retry of a broadcast that failed part way appends only what is
+//! missing and answers the rest as duplicates.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::core::{may_publish, topic_name, Broker};
+use super::error::{Error, Result};
+use super::pattern::TopicPattern;
+use super::principal::Principal;
+use super::topics::Cause;
+use crate::proto;
+use crate::wal::{self, NewFrame};
+
+/// The most topics one broadcast may reach.
+pub const MAX_TOPICS: usize = 10_000;
+
+impl Broker {
+    /// Appends the frame to every topic `r` names or matches; answers once all are durable.
+    pub async fn broadcast(
+        &self,
+        who: &Principal,
+        r: proto::BroadcastRequest,
+    ) -> Result<proto::BroadcastAck> {
+        let received = Instant::now();
+        let checked = self.check_broadcast(who, r);
+        let (topics, frame) = self.counted(checked)?;
+        // Every topic's request is queued before any ack is awaited: the appends run in
+        // parallel, each topic's log committing on its own.
+        let mut pending = Vec::with_capacity(topics.len());
+        for name in &topics {
+            let queued = self
+                .submit_at(name, vec![frame.clone()], Cause::Publish, received)
+                .await;
+            pending.push(self.counted(queued)?);
+        }
+        let mut acks = Vec::with_capacity(topics.len());
+        for (name, p) in topics.into_iter().zip(pending) {
+            let ack = self
+                .acks(p)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Wal(wal::Error::Unavailable("no ack".into())))?;
+            acks.push(proto::TopicAck {
+                topic: name,
+                ack: Some(ack),
+            });
+        }
+        Ok(proto::BroadcastAck { acks })
+    }
+
+    /// The topics a broadcast reaches, in name order, and its frame; nothing is touched.
+    fn check_broadcast(
+        &self,
+        who: &Principal,
+        r: proto::BroadcastRequest,
+    ) -> Result<(Vec<String>, NewFrame)> {
+        self.check_running()?;
+        if r.topics.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a broadcast names at least one topic or pattern".into(),
+            ));
+        }
+        let mut topics = BTreeSet::new();
+        for (i, t) in r.topics.iter().enumerate() {
+            if t.contains(['*', '>']) {
+                let pattern = TopicPattern::parse(t)
+                    .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
+                topics.extend(
+                    self.topics()
+                        .list()
+                        .iter()
+                        .map(|topic| topic.name())
+                        .filter(|name| pattern.matches(name))
+                        .map(str::to_string),
+                );
+            } else {
+                let name = topic_name(t)
+                    .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
+                if !self.topics().auto_create() && self.topics().get(&name).is_none() {
+                    return Err(Error::TopicNotFound(name));
+                }
+                topics.insert(name);
+            }
+            if topics.len() > MAX_TOPICS {
+                return Err(Error::InvalidArgument(format!(
+                    "a broadcast reaches at most {MAX_TOPICS} topics"
+                )));
+            }
+        }
+        for name in &topics {
+            may_publish(who, name)?;
+        }
+        self.payload_fits(r.payload.len() as u64)?;
+        let mut frame = NewFrame {
+            seq_no: r.seq_no,
+            timestamp: r.timestamp,
+            key: Bytes::from(r.idempotency_key.into_bytes()),
+            payload: r.payload,
+        };
+        // One timestamp for every topic: a receive time assigned here, not per log.
+        wal::check_frames(
+            self.topics().log_config(),
+            std::slice::from_mut(&mut frame),
+            wal::now_ns(),
+        )?;
+        Ok((topics.into_iter().collect(), frame))
+    }
+}

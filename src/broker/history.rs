@@ -1,0 +1,179 @@
+//! History: pages over a fixed snapshot of a topic, forward (order-key order) or newest
+//! first, read from the index and segments (no copy of the topic). The first page fixes
+//! the snapshot S; each page's `next` token names it and the page's last frame, so pages
+//! never overlap and never skip, whatever is published meanwhile.
+
+use super::core::{topic_name, Broker};
+use super::cursor::CursorToken;
+use super::error::{Error, Result};
+use super::principal::Principal;
+use crate::index::OrderKey;
+use crate::proto;
+use crate::wal::StoredFrame;
+
+/// Frames per page when the request names no limit.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The most frames a page may ask for.
+pub const MAX_LIMIT: u32 = 10_000;
+/// Payload bytes a page aims to stay under (at least one frame): a page of 10,000 frames of
+/// 4 MiB would otherwise be 40 GB in one answer. A shortened page says `more`.
+const PAGE_BYTES: usize = 4 << 20;
+
+impl Broker {
+    /// One History page.
+    pub async fn history(
+        &self,
+        who: &Principal,
+        r: &proto::HistoryRequest,
+    ) -> Result<proto::HistoryPage> {
+        let page = self.history_page(who, r);
+        self.counted(page)
+    }
+
+    fn history_page(
+        &self,
+        who: &Principal,
+        r: &proto::HistoryRequest,
+    ) -> Result<proto::HistoryPage> {
+        self.check_running()?;
+        let name = topic_name(&r.topic)?;
+        if !who.may_subscribe(&name) {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' may not read the history of topic '{name}'",
+                who.subject()
+            )));
+        }
+        let limit = match r.limit {
+            0 => DEFAULT_LIMIT,
+            n if n > MAX_LIMIT => {
+                return Err(Error::InvalidArgument(format!(
+                    "limit {n} is over the most a page may hold, {MAX_LIMIT}"
+                )))
+            }
+            n => n,
+        } as usize;
+        let after = match r.after.as_str() {
+            "" => None,
+            text => Some(CursorToken::decode(text)?),
+        };
+        // History reads: it never creates a topic.
+        let topic = self
+            .topics()
+            .get(&name)
+            .ok_or_else(|| Error::TopicNotFound(name.clone()))?;
+        let epoch = topic.meta().epoch;
+        let log = topic.log();
+        let walk = match after {
+            None => CursorToken {
+                start_seq_no: r.from_seq_no,
+                snapshot: log.durable_offset(),
+                epoch,
+                last: None,
+                reverse: r.reverse,
+                floor: Some(log.first_offset()),
+            },
+            Some(t) => checked_token(t, r, &name, epoch, log.durable_offset())?,
+        };
+        let first = OrderKey::first_of_seq(walk.start_seq_no);
+        let mut got: Vec<StoredFrame> = Vec::new();
+        let done = if walk.reverse {
+            log.read_ordered_rev(walk.last.as_ref(), &first, walk.snapshot, limit, &mut got)?
+        } else {
+            let from = match walk.last {
+                None => Some(first),
+                Some(last) => last.successor().map(|k| k.max(first)),
+            };
+            match from {
+                Some(from) => log.read_ordered(&from, walk.snapshot, limit, &mut got)?,
+                None => true,
+            }
+        };
+        check_retention(&topic, &walk, &first)?;
+        let mut bytes = 0;
+        let keep = got
+            .iter()
+            .position(|f| {
+                bytes += f.payload.len();
+                bytes > PAGE_BYTES
+            })
+            .map_or(got.len(), |at| at.max(1));
+        let more = !done || keep < got.len();
+        got.truncate(keep);
+        let next = got.last().map_or(walk, |f| CursorToken {
+            last: Some(f.key()),
+            ..walk
+        });
+        Ok(proto::HistoryPage {
+            frames: got
+                .into_iter()
+                .map(|f| proto::Frame::new(f.seq_no, f.payload, f.timestamp, f.offset))
+                .collect(),
+            next: next.encode(),
+            more,
+            snapshot_offset: walk.snapshot,
+            epoch,
+        })
+    }
+}
+
+/// The walk a later page continues: the token's, once it is checked against the request
+/// and the topic.
+fn checked_token(
+    t: CursorToken,
+    r: &proto::HistoryRequest,
+    topic: &str,
+    epoch: u64,
+    durable: u64,
+) -> Result<CursorToken> {
+    if t.epoch != epoch {
+        return Err(Error::EpochMismatch {
+            topic: topic.to_string(),
+            cursor: t.epoch,
+            current: epoch,
+        });
+    }
+    if t.snapshot > durable {
+        return Err(Error::OutOfRange(format!(
+            "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
+            t.snapshot
+        )));
+    }
+    if t.reverse != r.reverse {
+        return Err(Error::InvalidArgument(format!(
+            "the 'after' token continues a {} walk; the request asks for reverse={}",
+            if t.reverse { "reverse" } else { "forward" },
+            r.reverse
+        )));
+    }
+    // `from` may be left out of a later page's request; if given it must be the walk's.
+    if r.from_seq_no != 0 && r.from_seq_no != t.start_seq_no {
+        return Err(Error::InvalidArgument(format!(
+            "from_seq_no {} differs from the walk's start {} named by the 'after' token",
+            r.from_seq_no, t.start_seq_no
+        )));
+    }
+    Ok(t)
+}
+
+/// Refuses a page whose walk needs frames that retention removed since the walk began:
+/// `OUT_OF_RANGE`, never a silent gap. Conservative when the walk's start is unknown.
+fn check_retention(topic: &super::Topic, walk: &CursorToken, first: &OrderKey) -> Result<()> {
+    let (oldest, removed_max) = topic.log().retention_watermark();
+    let floor = walk.floor.unwrap_or(0);
+    if walk.last.is_none() && walk.floor.is_some() {
+        // A first page: the snapshot is what is retained now.
+        return Ok(());
+    }
+    // Keys the rest of the walk needs: above the last frame going forward, at least the
+    // start seq_no going backwards.
+    let needed_min = match (walk.reverse, walk.last) {
+        (false, Some(last)) => last,
+        _ => *first,
+    };
+    if oldest > floor && floor < walk.snapshot && removed_max.is_some_and(|k| k >= needed_min) {
+        return Err(Error::OutOfRange(format!(
+            "frames this history walk needs were removed by retention; the oldest retained offset is {oldest}"
+        )));
+    }
+    Ok(())
+}
