@@ -8,7 +8,7 @@
 //! status table of API.md. `door` (the state shared by the handlers, and the health phase),
 //! `error` (the JSON error body and the status table), `caller` (the bearer token of a
 //! request), `json` (proto3-JSON bodies), `routes` (the REST handlers), `sse` (Server-Sent Events with
-//! exact resume), `console` (the embedded web console), `listener` (accepted connections as
+//! exact resume), `ws` (WebSocket: many subscriptions per socket, bounded memory), `console` (the embedded web console), `listener` (accepted connections as
 //! axum sees them, limited and counted).
 
 pub mod caller;
@@ -19,6 +19,7 @@ pub mod json;
 pub mod listener;
 pub mod routes;
 pub mod sse;
+pub mod ws;
 
 pub use door::{HttpDoor, Phase};
 pub use routes::router;

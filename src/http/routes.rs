@@ -37,6 +37,7 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .route("/v1/topics/{topic}/history", get(history))
         .route("/v1/topics/{topic}/events", get(super::sse::events))
         .route("/v1/broadcast", post(broadcast))
+        .route("/v1/ws", get(super::ws::upgrade))
         .route("/", get(super::console::index))
         .route("/console/{file}", get(super::console::asset))
         .fallback(not_found)

@@ -107,7 +107,7 @@ function fmtBytes(n) {
   return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
 }
 
-/** A nanosecond timestamp (decimal string) as local-free UTC `YYYY-MM-DD hh:mm:ss.mmm`. */
+/** A nanosecond timestamp (decimal string) in UTC, `YYYY-MM-DD hh:mm:ss.mmm`. */
 function fmtTime(ns) {
   try {
     const ms = Number(BigInt(ns) / 1_000_000n);
@@ -293,7 +293,9 @@ function startPolling() {
       if (gen !== pollGeneration) return;
       conn.className = 'err';
       if (e.status === 401) {
-        // Wait for a token instead of knocking every second.
+        // Show nothing stale, and wait for a token instead of knocking every second.
+        topics.clear();
+        $('topics').tBodies[0].replaceChildren();
         conn.textContent = 'this server needs a token';
         status.textContent = e.toString();
         return;
@@ -301,7 +303,8 @@ function startPolling() {
       conn.textContent = e.status ? 'error' : 'unreachable';
       status.textContent = e.toString();
     }
-    setTimeout(() => gen === pollGeneration && loop(), Math.max(0, POLL_MS - (performance.now() - started)));
+    const wait = Math.max(0, POLL_MS - (performance.now() - started));
+    setTimeout(() => gen === pollGeneration && loop(), wait);
   };
   loop();
 }
@@ -466,8 +469,8 @@ async function loadHistory(first) {
   } catch (e) {
     if (h !== hist) return;
     status.className = 'err';
-    status.dataset.more = 'false';
     status.textContent = e.toString();
+    $('hist-next').disabled = first || !h.next; // a failed next page may be retried
   } finally {
     $('hist-load').disabled = false;
   }

@@ -1,0 +1,506 @@
+//! WebSocket (`GET /v1/ws`): one socket, any number of subscriptions (one per topic),
+//! publishing, History and token refresh, as JSON text messages (API.md).
+//!
+//! Memory is bounded whatever the client does. Every message the server sends — replies and
+//! pushes — takes its size from the socket's byte budget ([`OUT_BUDGET`]) before it is
+//! queued, and gives it back once the socket wrote it; the writer hands one message at a
+//! time to the connection, which waits while the peer's window is full. A client that stops
+//! reading therefore stops its subscriptions' cursors (each holds at most one batch), and
+//! its own requests wait for the budget, so the server stops reading from it: the cost is
+//! the budget plus a batch per subscription, never a queue that grows with lag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::caller::caller;
+use super::door::HttpDoor;
+use super::error::{error_body, ApiError};
+use super::json::{self, write_frame, FrameExtras, Payload};
+use super::routes::{history_request, params};
+use crate::broker::metrics::Transport;
+use crate::broker::principal::Principal;
+use crate::broker::subscription::FrameStream;
+use crate::broker::{Broker, CursorToken, Error};
+use crate::proto;
+
+/// Bytes of outgoing messages one socket may have queued and not yet written.
+pub const OUT_BUDGET: usize = 8 << 20;
+/// Requests (publish, History) of one socket running at once; more wait, and the socket
+/// is not read meanwhile.
+const MAX_IN_FLIGHT: usize = 64;
+/// How often the server pings.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// A socket from which nothing (not even a pong) arrived for this long is closed.
+pub const SILENT_FOR: Duration = Duration::from_secs(60);
+
+/// The `/v1/ws` handler: upgrades, then serves the socket.
+pub async fn upgrade(
+    State(door): State<Arc<HttpDoor>>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let broker = door.broker()?.clone();
+    let q = params(&broker, q)?;
+    // A token given with the upgrade must be good; without one the socket starts
+    // unauthenticated, and an `auth` message may follow.
+    let given = headers.contains_key(header::AUTHORIZATION) || q.contains_key("access_token");
+    let who = if given || !broker.requires_auth() {
+        Some(caller(&broker, &headers, &q)?)
+    } else {
+        None
+    };
+    let max_message = usize::try_from(broker.max_frame_bytes())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .saturating_add(64 << 10);
+    Ok(ws
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| serve(broker, who, socket)))
+}
+
+/// One message on its way out, holding its share of the budget until written.
+type Out = (Message, Option<OwnedSemaphorePermit>);
+
+/// What every task of one socket shares.
+#[derive(Clone)]
+struct Link {
+    broker: Broker,
+    out: mpsc::Sender<Out>,
+    budget: Arc<Semaphore>,
+    /// The socket's caller; `None` until an `auth` message when auth is on.
+    who: watch::Receiver<Option<Arc<Principal>>>,
+}
+
+impl Link {
+    /// Queues `text`, waiting for its share of the budget; false once the socket closed.
+    async fn send(&self, text: String) -> bool {
+        let share = text.len().clamp(1, OUT_BUDGET) as u32;
+        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(share).await else {
+            return false;
+        };
+        self.out
+            .send((Message::Text(Utf8Bytes::from(text)), Some(permit)))
+            .await
+            .is_ok()
+    }
+
+    async fn reply(&self, id: &Value, result: Result<Value, Error>) -> bool {
+        let msg = match result {
+            Ok(v) => json!({"id": id, "result": v}),
+            Err(e) => json!({"id": id, "error": error_body(&e)}),
+        };
+        self.send(msg.to_string()).await
+    }
+
+    /// The socket's caller, if it may make calls now.
+    fn caller(&self) -> Result<Arc<Principal>, Error> {
+        let who = self.who.borrow().clone().ok_or_else(|| {
+            Error::Unauthenticated(
+                "send {\"auth\":{\"token\":…}} first: this server needs a token".into(),
+            )
+        })?;
+        if who.expires_at().is_some() && who.is_expired(std::time::SystemTime::now()) {
+            return Err(Error::TokenExpired);
+        }
+        Ok(who)
+    }
+}
+
+/// A message from the client: an `id` and exactly one operation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    #[serde(default)]
+    id: Value,
+    subscribe: Option<SubscribeOp>,
+    unsubscribe: Option<TopicOp>,
+    publish: Option<PublishOp>,
+    history: Option<HashMap<String, Value>>,
+    auth: Option<AuthOp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeOp {
+    #[serde(default)]
+    topic: String,
+    #[serde(default, deserialize_with = "json::uint64")]
+    from: u64,
+    #[serde(default)]
+    resume: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicOp {
+    #[serde(default)]
+    topic: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishOp {
+    #[serde(default)]
+    topic: String,
+    #[serde(default, deserialize_with = "json::uint64")]
+    seq_no: u64,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "json::int64")]
+    timestamp: i64,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthOp {
+    token: String,
+}
+
+/// A subscription's task; aborted when the entry is dropped (unsubscribe, socket closed).
+struct Pump(JoinHandle<()>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves one socket until it closes, goes silent, or the server shuts down.
+async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut out_rx) = mpsc::channel::<Out>(64);
+    let (who_tx, who_rx) = watch::channel(who);
+    let link = Link {
+        broker: broker.clone(),
+        out,
+        budget: Arc::new(Semaphore::new(OUT_BUDGET)),
+        who: who_rx,
+    };
+    let (seen_tx, mut seen_rx) = watch::channel(());
+    // The writer: one message at a time to the connection, pings, and the silence check.
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut last_seen = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                next = out_rx.recv() => {
+                    let Some((msg, _permit)) = next else { break };
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(()) = seen_rx.changed() => last_seen = tokio::time::Instant::now(),
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= SILENT_FOR {
+                        debug!("websocket silent; closing");
+                        break;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut subs: HashMap<String, Pump> = HashMap::new();
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut shutdown = broker.shutdown().clone();
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = shutdown.wait() => break,
+        };
+        let Some(Ok(msg)) = msg else { break };
+        let _ = seen_tx.send(());
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(_) => {
+                let e = broker.reject(Error::InvalidArgument(
+                    "messages are JSON text, not binary".into(),
+                ));
+                if !link.reply(&Value::Null, Err(e)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if writer.is_finished() {
+            break;
+        }
+        let request = match serde_json::from_str::<Request>(text.as_str()) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(text.as_str())
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                let e = broker.reject(Error::InvalidArgument(format!("message: {e}")));
+                if !link.reply(&id, Err(e)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if !handle(&link, &who_tx, &mut subs, &in_flight, request).await {
+            break;
+        }
+    }
+    drop(subs);
+    drop(link);
+    let _ = writer.await;
+}
+
+/// Handles one request; false once the socket closed.
+async fn handle(
+    link: &Link,
+    who_tx: &watch::Sender<Option<Arc<Principal>>>,
+    subs: &mut HashMap<String, Pump>,
+    in_flight: &Arc<Semaphore>,
+    r: Request,
+) -> bool {
+    let broker = &link.broker;
+    let id = r.id;
+    let ops = [
+        r.subscribe.is_some(),
+        r.unsubscribe.is_some(),
+        r.publish.is_some(),
+        r.history.is_some(),
+        r.auth.is_some(),
+    ];
+    if ops.iter().filter(|&&op| op).count() != 1 {
+        let e = broker.reject(Error::InvalidArgument(
+            "a message has exactly one of subscribe, unsubscribe, publish, history, auth".into(),
+        ));
+        return link.reply(&id, Err(e)).await;
+    }
+    if let Some(auth) = r.auth {
+        let result = broker
+            .authenticate(Some(&format!("Bearer {}", auth.token)))
+            .map(|who| {
+                let expires = who
+                    .expires_at()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs().to_string());
+                let answer = json!({"subject": who.subject(), "expires": expires});
+                who_tx.send_replace(Some(who));
+                answer
+            });
+        return link.reply(&id, result).await;
+    }
+    if let Some(op) = r.unsubscribe {
+        let result =
+            crate::broker::core::topic_name(&op.topic).and_then(|name| match subs.remove(&name) {
+                Some(pump) if !pump.0.is_finished() => Ok(json!({"topic": name})),
+                _ => Err(Error::InvalidArgument(format!(
+                    "this socket has no open subscription to topic '{name}'"
+                ))),
+            });
+        return link.reply(&id, result.map_err(|e| broker.reject(e))).await;
+    }
+    if let Some(op) = r.subscribe {
+        return subscribe(link, subs, id, op).await;
+    }
+    // Publish and History run beside the socket's other work; at most MAX_IN_FLIGHT at once.
+    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
+        return false;
+    };
+    let task = link.clone();
+    if let Some(op) = r.publish {
+        tokio::spawn(async move {
+            let result = publish(&task, op).await;
+            task.reply(&id, result).await;
+            drop(permit);
+        });
+    } else if let Some(q) = r.history {
+        tokio::spawn(async move {
+            let result = history(&task, q).await;
+            task.reply(&id, result).await;
+            drop(permit);
+        });
+    }
+    true
+}
+
+async fn publish(link: &Link, op: PublishOp) -> Result<Value, Error> {
+    let broker = &link.broker;
+    let who = link.caller().map_err(|e| broker.reject(e))?;
+    let payload = Payload {
+        payload: op.payload,
+        text: op.text,
+    }
+    .bytes()
+    .map_err(|e| broker.reject(e))?;
+    let ack = broker
+        .publish(
+            &who,
+            proto::PublishRequest {
+                seq_no: op.seq_no,
+                payload,
+                timestamp: op.timestamp,
+                topic: op.topic,
+                idempotency_key: op.idempotency_key,
+            },
+        )
+        .await?;
+    Ok(json::ack(&ack))
+}
+
+async fn history(link: &Link, q: HashMap<String, Value>) -> Result<Value, Error> {
+    let broker = &link.broker;
+    let who = link.caller().map_err(|e| broker.reject(e))?;
+    // The same fields as the HTTP query, as strings, numbers or booleans.
+    let q: HashMap<String, String> = q
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect();
+    let topic = q.get("topic").cloned().unwrap_or_default();
+    let request = history_request(broker, topic, &q).map_err(|ApiError(e)| e)?;
+    let page = broker.history(&who, &request).await?;
+    Ok(json::history_page(&page))
+}
+
+/// Opens a subscription, answers it, then starts its pump: the answer always comes before
+/// the first frame.
+async fn subscribe(
+    link: &Link,
+    subs: &mut HashMap<String, Pump>,
+    id: Value,
+    op: SubscribeOp,
+) -> bool {
+    let broker = &link.broker;
+    let opened = async {
+        let who = link.caller().map_err(|e| broker.reject(e))?;
+        let name = crate::broker::core::topic_name(&op.topic).map_err(|e| broker.reject(e))?;
+        if subs.get(&name).is_some_and(|p| !p.0.is_finished()) {
+            return Err(broker.reject(Error::AlreadyExists(format!(
+                "this socket already subscribes to topic '{name}'"
+            ))));
+        }
+        let resume = match &op.resume {
+            Some(t) if !t.is_empty() => Some(CursorToken::decode(t).map_err(|e| broker.reject(e))?),
+            _ => None,
+        };
+        let request = match &resume {
+            Some(token) => token.subscribe_request(&name),
+            None => proto::SubscribeRequest {
+                replay_seq_no_start: op.from,
+                topic: name.clone(),
+                resume: None,
+            },
+        };
+        let opened = broker.subscribe(&who, &request, Transport::Ws).await?;
+        let walk = CursorToken {
+            start_seq_no: request.replay_seq_no_start,
+            snapshot: opened.snapshot_offset,
+            epoch: opened.epoch,
+            last: resume.and_then(|t| t.last),
+            reverse: false,
+            floor: None,
+        };
+        Ok((name, opened, walk))
+    };
+    match opened.await {
+        Err(e) => link.reply(&id, Err(e)).await,
+        Ok((name, opened, walk)) => {
+            let answer = json!({
+                "topic": name,
+                "snapshot_offset": opened.snapshot_offset.to_string(),
+                "epoch": opened.epoch.to_string(),
+                "cursor": walk.encode(),
+            });
+            if !link.reply(&id, Ok(answer)).await {
+                return false;
+            }
+            let task = link.clone();
+            let frames = opened.subscription.into_stream();
+            let topic = name.clone();
+            subs.insert(name, Pump(tokio::spawn(pump(task, topic, walk, frames))));
+            true
+        }
+    }
+}
+
+/// Sends a subscription's frames as pushes, each with the cursor that resumes after it,
+/// and its end. A stream ended by its token's expiry continues, exactly where it was, if
+/// the socket has a fresh token by then (`auth`); otherwise it ends with UNAUTHENTICATED.
+async fn pump(link: Link, topic: String, mut walk: CursorToken, mut frames: FrameStream) {
+    let broker = link.broker.clone();
+    loop {
+        let Some(next) = frames.next().await else {
+            return;
+        };
+        match next {
+            Ok(f) => {
+                walk = walk.after(&f);
+                let cursor = walk.encode();
+                let mut msg = String::with_capacity(f.payload.len() * 7 / 3 + 192);
+                msg.push_str("{\"frame\":");
+                let extras = FrameExtras {
+                    topic: Some(&topic),
+                    live: Some(f.offset >= walk.snapshot),
+                    cursor: Some(&cursor),
+                };
+                write_frame(&mut msg, &f, extras);
+                msg.push('}');
+                if !link.send(msg).await {
+                    return;
+                }
+            }
+            Err(Error::TokenExpired) => {
+                let refreshed = match link.caller() {
+                    Ok(who) => broker
+                        .subscribe(&who, &walk.subscribe_request(&topic), Transport::Ws)
+                        .await
+                        .map(|o| o.subscription.into_stream()),
+                    Err(e) => Err(e),
+                };
+                match refreshed {
+                    Ok(stream) => frames = stream,
+                    Err(e) => {
+                        end(&link, &topic, &e).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                end(&link, &topic, &e).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn end(link: &Link, topic: &str, e: &Error) {
+    let body = error_body(e);
+    let msg = json!({"end": {"topic": topic, "code": body["code"], "message": body["message"]}});
+    link.send(msg.to_string()).await;
+}
