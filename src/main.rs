@@ -91,6 +91,15 @@ struct ServeArgs {
     /// Serve /metrics without a token even when auth is on (for a scraper on a trusted network).
     #[arg(long, env = "FRAMECAST_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// An origin (`https://app.example.com`) whose pages may call the HTTP door and gRPC-Web
+    /// (CORS); repeat it, or give `*` for any origin. None: same-origin pages only.
+    #[arg(
+        long = "cors-origin",
+        env = "FRAMECAST_CORS_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    cors_origins: Vec<String>,
     /// Topics with their own metric series; the rest are summed under topic="_other".
     #[arg(long, env = "FRAMECAST_METRICS_MAX_TOPICS", default_value_t = 1000)]
     metrics_max_topics: usize,
@@ -362,6 +371,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         auth_jwt_public_key: args.auth_jwt_public_key,
         http_listen: args.http_listen.0,
         metrics_public: args.metrics_public,
+        cors_origins: args.cors_origins,
         metrics_max_topics: args.metrics_max_topics,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {

@@ -8,11 +8,12 @@
 //! status table of API.md. `door` (the state shared by the handlers, and the health phase),
 //! `error` (the JSON error body and the status table), `caller` (the bearer token of a
 //! request), `json` (proto3-JSON bodies), `routes` (the REST handlers), `sse` (Server-Sent Events with
-//! exact resume), `ws` (WebSocket: many subscriptions per socket, bounded memory), `console` (the embedded web console), `listener` (accepted connections as
+//! exact resume), `ws` (WebSocket: many subscriptions per socket, bounded memory), `console` (the embedded web console), `cors` (`--cors-origin`, for both doors), `listener` (accepted connections as
 //! axum sees them, limited and counted).
 
 pub mod caller;
 pub mod console;
+pub mod cors;
 pub mod door;
 pub mod error;
 pub mod json;
@@ -29,11 +30,12 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-/// Serves the HTTP door on `listener` until `stop` completes; then lets open requests
-/// finish for up to `grace`.
+/// Serves the HTTP door on `listener` (with CORS headers when `cors` is given) until `stop`
+/// completes; then lets open requests finish for up to `grace`.
 pub async fn serve<L>(
     listener: L,
     door: Arc<HttpDoor>,
+    cors: Option<tower_http::cors::CorsLayer>,
     stop: impl Future<Output = ()> + Send + 'static,
     grace: std::time::Duration,
 ) where
@@ -41,7 +43,11 @@ pub async fn serve<L>(
     L::Addr: std::fmt::Debug,
 {
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(door)).with_graceful_shutdown(async move {
+    let app = match cors {
+        Some(cors) => router(door).layer(cors),
+        None => router(door),
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.await;
         let _ = stopped_tx.send(());
     });

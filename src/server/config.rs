@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub http_listen: Option<SocketAddr>,
     /// `--metrics-public`: `/metrics` without a token even when auth is on.
     pub metrics_public: bool,
+    /// `--cors-origin`: origins whose pages may call both doors (`*`: any); empty: none.
+    pub cors_origins: Vec<String>,
     /// `--metrics-max-topics`: topics with their own metric series; the rest are summed
     /// under `topic="_other"`.
     pub metrics_max_topics: usize,
@@ -85,6 +87,7 @@ impl Default for ServerConfig {
             auth_jwt_public_key: None,
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             metrics_public: false,
+            cors_origins: Vec::new(),
             metrics_max_topics: crate::broker::metrics::DEFAULT_MAX_TOPICS,
             tls: None,
         }

@@ -160,6 +160,7 @@ pub async fn run(
     }
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new(config.metrics_max_topics));
+    let cors = crate::http::cors::layer(&config.cors_origins).map_err(Error::InvalidArgument)?;
     // The HTTP door listens before recovery, so that /healthz can say "starting".
     let door = HttpDoor::new(config.metrics_public);
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +173,7 @@ pub async fn run(
                 http_tls,
                 config.max_connections,
                 config.shutdown_grace,
+                cors.clone(),
                 http_stopped,
             )
             .await?,
@@ -268,6 +270,11 @@ pub async fn run(
 
     let mut stop_accepting = shutdown.clone();
     let server = Server::builder()
+        // gRPC-Web (browser grpc-web and Connect clients) over HTTP/1.1 and HTTP/2, beside
+        // gRPC; CORS first, so a preflight is answered before the translation.
+        .accept_http1(true)
+        .layer(tower::util::option_layer(cors))
+        .layer(tonic_web::GrpcWebLayer::new())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
@@ -382,6 +389,7 @@ async fn start_http(
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     max_connections: usize,
     grace: std::time::Duration,
+    cors: Option<tower_http::cors::CorsLayer>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let cannot = |e: std::io::Error| {
@@ -404,6 +412,7 @@ async fn start_http(
     let task = tokio::spawn(crate::http::serve(
         incoming,
         Arc::clone(door),
+        cors,
         async move {
             let _ = stop.await;
         },

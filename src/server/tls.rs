@@ -32,8 +32,8 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::debug;
 
-/// ALPN of the gRPC listener: HTTP/2 only.
-pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+/// ALPN of the gRPC listener: HTTP/2, then HTTP/1.1 for gRPC-Web clients.
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// ALPN of the HTTP listener: HTTP/2, then HTTP/1.1.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
