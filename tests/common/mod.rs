@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod sse;
 pub mod tokens;
 
 use std::io::{BufRead, BufReader};
