@@ -167,7 +167,13 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared {
-        broker.check_payload_size(n)?;
+        if let Err(e) = broker.check_payload_size(n) {
+            // Read (and drop) what the client is still sending before answering, up to a
+            // bound: a server that answers and closes mid-upload makes most clients see a
+            // reset instead of the 413 (RFC 9112 §9.6).
+            drain(body, DRAIN_REFUSED_BYTES).await;
+            return Err(e.into());
+        }
     }
     let max = usize::try_from(broker.max_frame_bytes()).unwrap_or(usize::MAX);
     let payload: Bytes = match axum::body::to_bytes(body, max).await {
@@ -272,6 +278,23 @@ async fn broadcast(
         .map_err(|e| broker.reject(e))?;
     let ack = broker.broadcast(&who, request).await?;
     Ok(Json(json::broadcast_ack(&ack)).into_response())
+}
+
+/// The most of a refused body read before answering; past it the connection is closed.
+const DRAIN_REFUSED_BYTES: usize = 64 << 20;
+
+/// Reads and drops up to `limit` bytes of `body` (for at most a few seconds).
+async fn drain(body: Body, limit: usize) {
+    use futures::StreamExt;
+    let mut data = body.into_data_stream();
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while read < limit {
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len(),
+            _ => break,
+        }
+    }
 }
 
 /// Any other path: 404 with the error body.

@@ -1,0 +1,54 @@
+/**
+ * `Framecast`: one object per server (or cluster) whose methods are the HTTP door's calls
+ * (API.md, "Two front doors"): publish, subscribe, history, topics, broadcast.
+ */
+import { Subscription } from "./subscription.js";
+import type { BroadcastAck, BroadcastOptions, FramecastOptions, HistoryOptions, HistoryPage, PublishAck, PublishOptions, SubscribeOptions, TopicInfo, TopicSettings } from "./types.js";
+/** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
+export declare class Framecast {
+    private readonly transport;
+    constructor(options: FramecastOptions);
+    /** The node(s) this client talks to. */
+    get urls(): readonly string[];
+    /**
+     * Appends one frame to `topic` (created if missing, unless the server forbids it) and
+     * resolves once it is durable. Retries network errors and 503s with backoff, sending
+     * the same idempotency key each time (one is made when none is given), so a retry whose
+     * first attempt was in fact stored is answered with that first ack (`duplicate: true`).
+     */
+    publish(topic: string, payload: string | Uint8Array, options: PublishOptions): Promise<PublishAck>;
+    /**
+     * Subscribes to `topic`: first its stored frames with `seqNo >= from` in order-key order
+     * (`live: false`), then new ones in offset order (`live: true`). Reconnects by itself
+     * and resumes exactly after the last frame handed out. See {@link Subscription}.
+     */
+    subscribe(topic: string, options?: SubscribeOptions): Subscription;
+    /**
+     * One page of `topic`'s history. The first page (no `after`) fixes a snapshot; pass its
+     * `next` as `after` (with the same `from` and `reverse`) for the following page. Pages
+     * never overlap and never skip.
+     */
+    history(topic: string, options?: HistoryOptions): Promise<HistoryPage>;
+    /** Every page of `topic`'s history from `options.after` (or the start) until `more` is false. */
+    historyPages(topic: string, options?: HistoryOptions): AsyncGenerator<HistoryPage, void, undefined>;
+    /** The topics this client's token may publish or subscribe to (all of them without auth, or for admin). */
+    topics(options?: {
+        signal?: AbortSignal;
+    }): Promise<TopicInfo[]>;
+    /** Creates `name` with `settings` (retention); `ALREADY_EXISTS` (409) when it exists. Needs `admin` under auth. */
+    createTopic(name: string, settings?: TopicSettings): Promise<TopicInfo>;
+    /** Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing. Needs `admin` under auth. */
+    deleteTopic(name: string): Promise<void>;
+    /**
+     * Appends the same frame to every topic in `topics` (names, or patterns matching existing
+     * topics). Retried like {@link publish}, with one idempotency key for every attempt, so a
+     * broadcast that failed part way is completed by the retry without duplicates.
+     */
+    broadcast(topics: readonly string[], payload: string | Uint8Array, options: BroadcastOptions): Promise<BroadcastAck>;
+}
+/**
+ * A fresh idempotency key: a random UUID (`crypto.randomUUID` exists in Node and in secure
+ * browser contexts; elsewhere 16 bytes of `crypto.getRandomValues`, as hex).
+ */
+export declare function newIdempotencyKey(): string;
+//# sourceMappingURL=client.d.ts.map

@@ -1,0 +1,48 @@
+/**
+ * A subscription: Server-Sent Events read through `fetch`'s streaming body, reconnecting
+ * by itself. Each reconnect sends `Last-Event-ID` = the id of the last event it handed
+ * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate.
+ */
+import type { Transport } from "./transport.js";
+import type { Frame, SubscribeOptions } from "./types.js";
+/**
+ * The frames of a topic: its stored frames (replay, in order-key order), then its new
+ * ones (live, in offset order), for as long as it is iterated.
+ *
+ * `for await (const f of sub)` ends without an error when the `signal` aborts or
+ * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
+ * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
+ * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect.
+ */
+export declare class Subscription implements AsyncIterableIterator<Frame> {
+    /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */
+    snapshotOffset: bigint | undefined;
+    /** The topic's epoch; set by the first event. */
+    epoch: bigint | undefined;
+    /** The id of the last event handed out: a cursor token that resumes right after it. */
+    cursor: string | undefined;
+    /** How many times the stream was re-opened after a break. */
+    reconnects: number;
+    private readonly transport;
+    private readonly path;
+    private readonly from;
+    private readonly maxReconnects;
+    private readonly idleTimeoutMs;
+    private readonly stop;
+    private readonly userSignal;
+    private readonly onUserAbort;
+    private readonly frames;
+    /** @internal Made by `Framecast.subscribe`. */
+    constructor(transport: Transport, path: string, opts: SubscribeOptions);
+    /** Ends the subscription: the stream is cancelled and the iterator finishes. */
+    close(): void;
+    next(): Promise<IteratorResult<Frame, void>>;
+    return(): Promise<IteratorResult<Frame, void>>;
+    throw(e?: unknown): Promise<IteratorResult<Frame, void>>;
+    [Symbol.asyncIterator](): this;
+    /** The connect, read, reconnect loop. */
+    private run;
+    /** A `frame` event: its data, and its id as the frame's cursor. */
+    private frameOf;
+}
+//# sourceMappingURL=subscription.d.ts.map

@@ -1,0 +1,154 @@
+/**
+ * The client's public shapes. Every 64-bit figure (offsets, sequence numbers, timestamps,
+ * epochs) is a `bigint`: the server's are unsigned 64-bit and a `number` would round them.
+ */
+/** A token, or a function that returns the current one (called before every request and reconnect, so it may refresh). */
+export type TokenSource = string | (() => string | Promise<string>);
+/** How transient failures are retried: exponential backoff with jitter. */
+export interface BackoffOptions {
+    /** First delay, milliseconds (default 100). */
+    initialMs?: number;
+    /** Largest delay, milliseconds (default 5000). */
+    maxMs?: number;
+}
+/** What a `Framecast` client is built from. */
+export interface FramecastOptions {
+    /**
+     * The server's HTTP door (`--http-listen`), e.g. `http://127.0.0.1:7071`; or several
+     * nodes of a cluster, tried in turn when one is unreachable or answers 503 (a follower's
+     * `Framecast-Leader` header is followed when it names one of them or a URL).
+     */
+    url: string | readonly string[];
+    /** A bearer token (`framecast token …`), sent as `Authorization: Bearer <token>`. */
+    token?: TokenSource;
+    /** The `fetch` to use (default: the global one). */
+    fetch?: typeof fetch;
+    /** Backoff between retries and reconnects. */
+    backoff?: BackoffOptions;
+}
+/** The options of one publish. */
+export interface PublishOptions {
+    /** The frame's sequence number (the first part of the order key). */
+    seqNo: bigint | number;
+    /** Nanoseconds since the Unix epoch; 0 or absent: the server's receive time. */
+    timestamp?: bigint | number;
+    /**
+     * At most 128 bytes of visible ASCII. A key the topic already stored within its dedup
+     * window is not appended again: the first ack comes back with `duplicate: true`.
+     * Absent: the client makes one, and sends the same for every retry of this call.
+     * `""`: no deduplication; then a network error is not retried (only a 503 is).
+     */
+    idempotencyKey?: string;
+    /** How many times to retry after a network error or a 503 (default 8). */
+    retries?: number;
+    /** Stops waiting (and retrying); the publish may or may not have been stored. */
+    signal?: AbortSignal;
+}
+/** What the server answers once a frame is durable. */
+export interface PublishAck {
+    /** The frame's offset in its topic (0, 1, 2, … in commit order). */
+    offset: bigint;
+    /** The stored timestamp (the server's receive time when none was given). */
+    timestamp: bigint;
+    /** True when the idempotency key was already stored: this is the first publish's ack. */
+    duplicate: boolean;
+}
+/** A frame as stored: what a history page holds. */
+export interface HistoryFrame {
+    seqNo: bigint;
+    timestamp: bigint;
+    offset: bigint;
+    payload: Uint8Array;
+    /** The payload as text, when it is valid UTF-8. */
+    text?: string;
+}
+/** A frame delivered by a subscription. */
+export interface Frame extends HistoryFrame {
+    /** False while replaying the frames stored before the subscription started, true after. */
+    live: boolean;
+    /** A cursor token: `subscribe(topic, { resume: cursor })` continues right after this frame. */
+    cursor: string;
+}
+/** The options of a subscription. */
+export interface SubscribeOptions {
+    /** Only frames with `seqNo >= from` (default 0: all). */
+    from?: bigint | number;
+    /** A cursor token (a frame's `cursor`): continue exactly after that frame. */
+    resume?: string;
+    /** Ends the subscription: the iterator finishes without an error. */
+    signal?: AbortSignal;
+    /** Give up after this many consecutive failed reconnects (default: never). */
+    maxReconnects?: number;
+    /** Reconnect when nothing (not even the server's 15 s ping) arrived for this long, ms (default 45000). */
+    idleTimeoutMs?: number;
+}
+/** The options of one history page. */
+export interface HistoryOptions {
+    /** Only frames with `seqNo >= from` (default 0). */
+    from?: bigint | number;
+    /** Frames per page (server default 100, at most 10,000). */
+    limit?: number;
+    /** Newest first (descending order key). */
+    reverse?: boolean;
+    /** The previous page's `next`: the page after it (same `from` and `reverse`). */
+    after?: string;
+    /** Cancels the request. */
+    signal?: AbortSignal;
+}
+/** One page of a topic's history, a slice of the frames stored before the first page's snapshot. */
+export interface HistoryPage {
+    /** In order-key order (`reverse`: descending). */
+    frames: HistoryFrame[];
+    /** Pass as `after` for the next page. */
+    next: string;
+    /** Whether another page follows. */
+    more: boolean;
+    /** The snapshot the first page fixed: every page holds only frames with `offset < snapshotOffset`. */
+    snapshotOffset: bigint;
+    /** The topic's epoch. */
+    epoch: bigint;
+}
+/** A topic and its figures (`GET /v1/topics`). */
+export interface TopicInfo {
+    name: string;
+    /** Random, non-zero, chosen at creation; a re-created topic has a new one. */
+    epoch: bigint;
+    frames: bigint;
+    /** Stored record bytes, headers included. */
+    bytes: bigint;
+    firstOffset: bigint;
+    nextOffset: bigint;
+    minSeqNo: bigint;
+    maxSeqNo: bigint;
+    subscribers: number;
+    segments: number;
+    /** The largest lag among the topic's subscribers, when the server reports it. */
+    subscriberMaxLagFrames?: bigint;
+}
+/** The settings of an explicitly created topic. */
+export interface TopicSettings {
+    /** Frames older than this may be removed (0 or absent: keep). */
+    retentionMaxAgeSeconds?: bigint | number;
+    /** Stored bytes above this may be removed (0 or absent: no limit). */
+    retentionMaxBytes?: bigint | number;
+}
+/** The options of a broadcast. */
+export interface BroadcastOptions {
+    seqNo: bigint | number;
+    /** Nanoseconds since the Unix epoch; 0 or absent: the server's receive time. */
+    timestamp?: bigint | number;
+    /** As for publish; absent, the client makes one and reuses it for every retry, so a retry completes a broadcast that failed part way without duplicates. */
+    idempotencyKey?: string;
+    /** How many times to retry after a network error or a 503 (default 8). */
+    retries?: number;
+    signal?: AbortSignal;
+}
+/** One topic's ack of a broadcast. */
+export interface TopicAck extends PublishAck {
+    topic: string;
+}
+/** What a broadcast answers: one ack per topic it wrote to. */
+export interface BroadcastAck {
+    acks: TopicAck[];
+}
+//# sourceMappingURL=types.d.ts.map

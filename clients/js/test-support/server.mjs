@@ -1,0 +1,189 @@
+// Test helpers: the real framecast binary on loopback with a temporary data dir, and
+// bounded waits. Every wait has a deadline, so a broken server fails a test instead of
+// hanging the suite.
+
+import { spawn, execFile } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+
+const here = dirname(fileURLToPath(import.meta.url)); // clients/js/test-support
+/** clients/js */
+export const PACKAGE_DIR = resolve(here, "..");
+
+/** The server binary: $FRAMECAST_BIN, else ../../target/debug/framecast from clients/js. */
+export const BIN = process.env.FRAMECAST_BIN
+  ? resolve(process.env.FRAMECAST_BIN)
+  : resolve(PACKAGE_DIR, "../../target/debug/framecast");
+
+if (!existsSync(BIN)) {
+  throw new Error(`framecast binary not found at ${BIN}: build it (cargo build) or set FRAMECAST_BIN`);
+}
+
+/** A fresh temporary directory. */
+export function tempDir(prefix = "framecast-js-") {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** `p`, or a rejection naming `what` after `ms`. */
+export function within(ms, what, p) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 20 ms until it is true; fails after `ms`. */
+export async function until(cond, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/**
+ * Starts `framecast serve` on loopback. `listen` / `httpListen` default to port 0 (pass
+ * the ports of an earlier run to restart on the same addresses). Resolves once the
+ * server logged its `listening addr=… http_addr=…` line and `/healthz` answers 200.
+ */
+export async function startServer({
+  dataDir = tempDir(),
+  listen = "127.0.0.1:0",
+  httpListen = "127.0.0.1:0",
+  args = [],
+  timeoutMs = 20_000,
+} = {}) {
+  const argv = ["serve", "--listen", listen, "--http-listen", httpListen, "--data-dir", dataDir, ...args];
+  const proc = spawn(BIN, argv, {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
+  });
+  const lines = [];
+  let partial = "";
+  let onLine = () => {};
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (chunk) => {
+    partial += chunk;
+    let nl;
+    while ((nl = partial.indexOf("\n")) >= 0) {
+      const line = partial.slice(0, nl).replace(ANSI, "");
+      partial = partial.slice(nl + 1);
+      lines.push(line);
+      if (lines.length > 400) lines.shift();
+      onLine(line);
+    }
+  });
+  const exited = new Promise((resolveExit) => {
+    proc.on("exit", (code, signal) => resolveExit({ code, signal }));
+  });
+  const log = () => lines.join("\n");
+
+  let addrs;
+  try {
+    addrs = await within(
+      timeoutMs,
+      `server to log "listening" (${BIN} ${argv.join(" ")})`,
+      new Promise((resolveAddrs, reject) => {
+        const check = (line) => {
+          const m = /listening.*\baddr=(\S+).*\bhttp_addr=(\S+)/.exec(line);
+          if (m) resolveAddrs({ addr: m[1], httpAddr: m[2] });
+        };
+        lines.forEach(check);
+        onLine = check;
+        exited.then(({ code, signal }) =>
+          reject(new Error(`server exited (code ${code}, signal ${signal}) before listening:\n${log()}`)),
+        );
+      }),
+    );
+  } catch (e) {
+    proc.kill("SIGKILL");
+    throw e;
+  }
+  onLine = () => {};
+  const url = `http://${addrs.httpAddr}`;
+  const server = {
+    url,
+    addr: addrs.addr,
+    httpAddr: addrs.httpAddr,
+    grpcUrl: `http://${addrs.addr}`,
+    dataDir,
+    proc,
+    exited,
+    log,
+    /** Sends `signal` and waits (bounded) for the process to exit. */
+    async kill(signal = "SIGKILL") {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return within(10_000, `server to exit on ${signal}`, exited);
+    },
+    /** Kills the server (if running) and removes its data dir. */
+    async cleanup() {
+      await server.kill("SIGKILL").catch(() => {});
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  await until(
+    async () => {
+      try {
+        return (await fetch(`${url}/healthz`)).status === 200;
+      } catch {
+        return false;
+      }
+    },
+    timeoutMs,
+    `${url}/healthz to answer 200`,
+  ).catch(async (e) => {
+    proc.kill("SIGKILL");
+    throw new Error(`${e.message}\n${log()}`);
+  });
+  return server;
+}
+
+const execFileP = promisify(execFile);
+
+/** A secret file for `--auth-jwt-secret-file`, in `dir`. */
+export function secretFile(dir) {
+  const f = join(dir, "jwt.secret");
+  writeFileSync(f, "framecast-js-test-secret-0123456789abcdef\n");
+  return f;
+}
+
+/** A token minted by `framecast token`. */
+export async function mintToken(secret, { subject = "js-test", publish = [], subscribe = [], admin = false, ttl = "1h" } = {}) {
+  const argv = ["token", "--secret-file", secret, "--subject", subject, "--ttl", ttl];
+  for (const p of publish) argv.push("--publish", p);
+  for (const s of subscribe) argv.push("--subscribe", s);
+  if (admin) argv.push("--admin");
+  const { stdout } = await within(20_000, "framecast token", execFileP(BIN, argv));
+  return stdout.trim();
+}
+
+/** The next `n` frames of a subscription (bounded); the subscription stays open. */
+export async function nextFrames(sub, n, ms = 15_000) {
+  const out = [];
+  const deadline = Date.now() + ms;
+  while (out.length < n) {
+    const left = deadline - Date.now();
+    const r = await within(Math.max(left, 1), `frame ${out.length + 1} of ${n} (got ${out.length})`, sub.next());
+    if (r.done) throw new Error(`the subscription ended after ${out.length} of ${n} frames`);
+    out.push(r.value);
+  }
+  return out;
+}
+
+/** Order-key comparison: (seq_no, timestamp, offset) ascending. */
+export function byOrderKey(a, b) {
+  for (const k of ["seqNo", "timestamp", "offset"]) {
+    if (a[k] < b[k]) return -1;
+    if (a[k] > b[k]) return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,89 @@
+// Tokens: a server with --auth-jwt-secret-file, tokens minted by `framecast token`.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import { Framecast, FramecastError } from "../dist/index.js";
+import { startServer, tempDir, secretFile, mintToken, nextFrames, within } from "../test-support/server.mjs";
+
+let server;
+let secretDir;
+let secret;
+before(async () => {
+  secretDir = tempDir("framecast-js-secret-");
+  secret = secretFile(secretDir);
+  server = await startServer({ args: ["--auth-jwt-secret-file", secret] });
+});
+after(async () => {
+  await server?.cleanup();
+  if (secretDir) rmSync(secretDir, { recursive: true, force: true });
+});
+
+const refused = (code, status) => (e) => {
+  assert.ok(e instanceof FramecastError, String(e));
+  assert.equal(e.code, code);
+  assert.equal(e.status, status);
+  return true;
+};
+
+test("no token: UNAUTHENTICATED (401) for publish, history, topics and subscribe", async () => {
+  const fc = new Framecast({ url: server.url });
+  await assert.rejects(fc.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
+  await assert.rejects(fc.history("secure"), refused("UNAUTHENTICATED", 401));
+  await assert.rejects(fc.topics(), refused("UNAUTHENTICATED", 401));
+  const sub = fc.subscribe("secure");
+  await within(10_000, "the subscription to be refused", assert.rejects(sub.next(), refused("UNAUTHENTICATED", 401)));
+  assert.equal(sub.reconnects, 0, "a 401 is not retried");
+
+  const forged = new Framecast({ url: server.url, token: "not.a.jwt" });
+  await assert.rejects(forged.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
+});
+
+test("a token (string or function) publishes and subscribes; Authorization reaches the event stream", async (t) => {
+  const token = await mintToken(secret, { publish: [">"], subscribe: [">"] });
+  const fc = new Framecast({ url: server.url, token });
+  const ack = await fc.publish("secure", "hello", { seqNo: 1 });
+  assert.equal(ack.offset, 0n);
+
+  let asked = 0;
+  const refreshing = new Framecast({
+    url: server.url,
+    token: async () => {
+      asked++;
+      return token;
+    },
+  });
+  const sub = refreshing.subscribe("secure");
+  t.after(() => sub.close());
+  const [f] = await nextFrames(sub, 1);
+  assert.equal(f.text, "hello");
+  await refreshing.publish("secure", "live", { seqNo: 2 });
+  const [g] = await nextFrames(sub, 1);
+  assert.deepEqual([g.text, g.live], ["live", true]);
+  assert.ok(asked >= 2, "the token function is asked per request");
+
+  const page = await refreshing.history("secure");
+  assert.deepEqual(
+    page.frames.map((x) => x.text),
+    ["hello", "live"],
+  );
+});
+
+test("a token without the permission: PERMISSION_DENIED (403), nothing written", async () => {
+  const token = await mintToken(secret, { publish: ["mine.*"], subscribe: ["mine.*"] });
+  const fc = new Framecast({ url: server.url, token });
+  await fc.publish("mine.one", "ok", { seqNo: 1 });
+  await assert.rejects(fc.publish("theirs", "no", { seqNo: 1 }), refused("PERMISSION_DENIED", 403));
+  await assert.rejects(fc.createTopic("mine.two"), refused("PERMISSION_DENIED", 403));
+  const sub = fc.subscribe("theirs");
+  await within(10_000, "the subscription to be refused", assert.rejects(sub.next(), refused("PERMISSION_DENIED", 403)));
+  const names = (await fc.topics()).map((x) => x.name);
+  assert.ok(names.includes("mine.one"));
+  assert.ok(!names.includes("theirs"), "nothing created on refusal, and not listed");
+
+  const admin = new Framecast({ url: server.url, token: await mintToken(secret, { admin: true }) });
+  const all = (await admin.topics()).map((x) => x.name);
+  assert.ok(!all.includes("theirs"), "no topic was created by the refused publish or subscribe");
+  await admin.createTopic("mine.two");
+  await admin.deleteTopic("mine.two");
+});

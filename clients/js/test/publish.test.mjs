@@ -1,0 +1,180 @@
+// Publish over HTTP: the ack's shape, idempotent retries (explicit key, and the client's
+// own key reused when an answer is lost or the server answers 503), refusals.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Framecast, FramecastError } from "../dist/index.js";
+import { startServer } from "../test-support/server.mjs";
+
+let server;
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  await server?.cleanup();
+});
+
+test("publish acks with bigint offset and timestamp, offsets count up from 0", async () => {
+  const fc = new Framecast({ url: server.url });
+  const before = BigInt(Date.now()) * 1_000_000n;
+  const a0 = await fc.publish("acks", "hello", { seqNo: 1 });
+  const a1 = await fc.publish("acks", new Uint8Array([0, 255, 1]), { seqNo: 2n });
+  const after = BigInt(Date.now()) * 1_000_000n;
+  assert.deepEqual(Object.keys(a0).sort(), ["duplicate", "offset", "timestamp"]);
+  assert.equal(typeof a0.offset, "bigint");
+  assert.equal(typeof a0.timestamp, "bigint");
+  assert.equal(a0.offset, 0n);
+  assert.equal(a1.offset, 1n);
+  assert.equal(a0.duplicate, false);
+  assert.equal(a1.duplicate, false);
+  // No timestamp given: the server's receive time, in nanoseconds.
+  assert.ok(a0.timestamp >= before - 5_000_000_000n && a0.timestamp <= after + 5_000_000_000n, `${a0.timestamp}`);
+
+  // An explicit timestamp is stored as given; a 64-bit seq_no survives the trip.
+  const ts = 1_700_000_000_123_456_789n;
+  const a2 = await fc.publish("acks", "t", { seqNo: (1n << 64n) - 1n, timestamp: ts });
+  assert.equal(a2.timestamp, ts);
+  const page = await fc.history("acks", { from: (1n << 64n) - 1n });
+  assert.equal(page.frames.length, 1);
+  assert.equal(page.frames[0].seqNo, (1n << 64n) - 1n);
+  assert.equal(page.frames[0].timestamp, ts);
+  assert.equal(page.frames[0].text, "t");
+});
+
+test("a retry with the same idempotency key answers the first ack with duplicate: true", async () => {
+  const fc = new Framecast({ url: server.url });
+  await fc.publish("dedup", "first", { seqNo: 1 });
+  const a = await fc.publish("dedup", "keyed", { seqNo: 2, idempotencyKey: "order-42" });
+  const b = await fc.publish("dedup", "keyed", { seqNo: 2, idempotencyKey: "order-42" });
+  assert.equal(a.duplicate, false);
+  assert.equal(b.duplicate, true);
+  assert.equal(b.offset, a.offset);
+  assert.equal(b.timestamp, a.timestamp);
+  const c = await fc.publish("dedup", "other", { seqNo: 3, idempotencyKey: "order-43" });
+  assert.equal(c.duplicate, false);
+  assert.equal(c.offset, a.offset + 1n);
+  const page = await fc.history("dedup");
+  assert.deepEqual(
+    page.frames.map((f) => f.text),
+    ["first", "keyed", "other"],
+  );
+});
+
+test("a lost answer is retried with the client's own key: stored once, duplicate: true", async () => {
+  const keys = [];
+  let calls = 0;
+  // Delivers the first publish to the server, then loses its answer, as a dropped connection would.
+  const lossy = async (input, init) => {
+    if (String(input).includes("/frames")) {
+      keys.push(new Headers(init.headers).get("idempotency-key"));
+      calls++;
+      const resp = await fetch(input, init);
+      if (calls === 1) {
+        await resp.arrayBuffer();
+        throw new TypeError("fetch failed (test: answer lost)");
+      }
+      return resp;
+    }
+    return fetch(input, init);
+  };
+  const fc = new Framecast({ url: server.url, fetch: lossy, backoff: { initialMs: 10, maxMs: 50 } });
+  const ack = await fc.publish("lost-ack", "once", { seqNo: 7 });
+  assert.equal(calls, 2);
+  assert.equal(keys.length, 2);
+  assert.ok(keys[0] && keys[0].length > 0, "the client sends a key of its own");
+  assert.equal(keys[1], keys[0], "the retry reuses the key");
+  assert.equal(ack.duplicate, true);
+  assert.equal(ack.offset, 0n);
+  const page = await fc.history("lost-ack");
+  assert.equal(page.frames.length, 1, "stored once");
+
+  // Two separate publishes get two different keys.
+  keys.length = 0;
+  await fc.publish("lost-ack", "again", { seqNo: 8 });
+  await fc.publish("lost-ack", "again", { seqNo: 8 });
+  assert.equal(keys.length, 2);
+  assert.notEqual(keys[0], keys[1]);
+  assert.equal((await fc.history("lost-ack")).frames.length, 3);
+});
+
+test("a 503 is retried; a 4xx is not", async () => {
+  let calls = 0;
+  const flaky = async (input, init) => {
+    calls++;
+    if (calls <= 2) {
+      return new Response(JSON.stringify({ code: "UNAVAILABLE", message: "test: shutting down" }), {
+        status: 503,
+        headers: { "content-type": "application/json" },
+      });
+    }
+    return fetch(input, init);
+  };
+  const fc = new Framecast({ url: server.url, fetch: flaky, backoff: { initialMs: 5, maxMs: 20 } });
+  const ack = await fc.publish("flaky", "x", { seqNo: 1 });
+  assert.equal(calls, 3);
+  assert.equal(ack.offset, 0n);
+
+  // Out of retries: the 503 itself is the error.
+  calls = 0;
+  await assert.rejects(fc.publish("flaky", "y", { seqNo: 2, retries: 1 }), (e) => {
+    assert.ok(e instanceof FramecastError);
+    assert.equal(e.code, "UNAVAILABLE");
+    assert.equal(e.status, 503);
+    return true;
+  });
+  assert.equal(calls, 2);
+
+  // Refusals are final: asked once.
+  const direct = new Framecast({ url: server.url });
+  let asked = 0;
+  const counting = new Framecast({
+    url: server.url,
+    fetch: (i, o) => {
+      asked++;
+      return fetch(i, o);
+    },
+  });
+  await assert.rejects(counting.publish("bad name!", "x", { seqNo: 1 }), (e) => {
+    assert.ok(e instanceof FramecastError);
+    assert.equal(e.code, "INVALID_ARGUMENT");
+    assert.equal(e.status, 400);
+    return true;
+  });
+  assert.equal(asked, 1);
+  await assert.rejects(direct.publish("x", "y", { seqNo: 1, idempotencyKey: "k".repeat(129) }), (e) => {
+    assert.equal(e.code, "INVALID_ARGUMENT");
+    assert.equal(e.status, 400);
+    return true;
+  });
+});
+
+test("an unreachable server is retried, then reported as UNAVAILABLE with status 0", async () => {
+  // A port nothing listens on: the server's own gRPC port speaks HTTP/2 only, so take a closed one.
+  const fc = new Framecast({ url: "http://127.0.0.1:9", backoff: { initialMs: 1, maxMs: 2 } });
+  await assert.rejects(fc.publish("x", "y", { seqNo: 1, retries: 2 }), (e) => {
+    assert.ok(e instanceof FramecastError);
+    assert.equal(e.code, "UNAVAILABLE");
+    assert.equal(e.status, 0);
+    return true;
+  });
+});
+
+// The server reads (and drops) a refused body before answering, so a fetch client that is
+// still sending sees the 413, not a reset (RFC 9112 9.6, the "TCP reset problem").
+test(
+  "a payload over --max-frame-bytes is refused with 413 INVALID_ARGUMENT (10 tries, no retries)",
+  async () => {
+    const fc = new Framecast({ url: server.url });
+    const seen = {};
+    for (let i = 0; i < 10; i++) {
+      try {
+        await fc.publish("too-big", new Uint8Array(4 << 20), { seqNo: 1, retries: 0 });
+        seen.stored = (seen.stored ?? 0) + 1;
+      } catch (e) {
+        const k = `${e.code} ${e.status}`;
+        seen[k] = (seen[k] ?? 0) + 1;
+      }
+    }
+    assert.deepEqual(seen, { "INVALID_ARGUMENT 413": 10 });
+  },
+);
