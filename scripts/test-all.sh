@@ -5,6 +5,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# System packages the tests need: Chromium and ChromeDriver (the console's browser test,
+# the JS client's browser test), Node.js and npm (the JS client's suite). Installed only
+# when missing, as root, with one `apt-get update`.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing ${need[*]}: run as root, or install them (apt-get install -y ${need[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
 # Crash safety of compaction: the same tests with fail points compiled in.
@@ -22,4 +41,11 @@ if [ -d clients/python ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "./clients/python[test]"
   cargo build --quiet --bin framecast
   FRAMECAST_BIN="$PWD/target/debug/framecast" .venv/bin/python -m pytest -q clients/python/tests
+fi
+
+if [ -d clients/js ]; then
+  echo "== javascript client tests"
+  cargo build --quiet --bin framecast
+  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && \
+    FRAMECAST_BIN="$PWD/../../target/debug/framecast" npm test)
 fi
