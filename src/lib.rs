@@ -17,20 +17,23 @@
 //!   retention), `manifest` (what a compaction committed), `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
 //! - [`broker`]: the one transport-neutral core behind every front door: `core` (publish,
-//!   subscribe and topic operations with their validation and authorization), `topics`
+//!   subscribe and topic operations with their validation and authorization), `history`
+//!   (History pages over a fixed snapshot), `broadcast` (one frame to many topics),
+//!   `cursor` (cursor tokens: the resume points of SSE, WebSocket and History), `topics`
 //!   (the registry, metadata and name rules), `subscription` (the replay→live cursor),
 //!   `frame_cache`, `shutdown` (the one shutdown signal), `last_fsync`, `error` (the one
 //!   error enum and its codes), `pattern`, `principal` and `token` (JWT verification),
 //!   `metrics` and `process` (the Prometheus registry).
 //! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
-//!   gRPC door), `tls` (certificates and the TLS acceptor every listener shares),
+//!   gRPC door, which also answers gRPC-Web), `tls` (certificates and the TLS acceptor every listener shares),
 //!   `connections` (`--max-connections`, counted per listener), `maintenance` (retention
 //!   and compaction in the background), `run` (startup, serve, drain), `repair`, `status`
 //!   (the one mapping to gRPC status codes).
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
-//!   (REST topics and publish, `/metrics`, `/healthz`), `caller` (bearer tokens), `json`
-//!   (proto3-JSON bodies), `error` (the HTTP status table), `listener` (accepted
-//!   connections for axum).
+//!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`), `sse` (Server-Sent
+//!   Events with exact resume), `ws` (WebSocket), `console` (the embedded web console),
+//!   `cors` (`--cors-origin`, for both doors), `caller` (bearer tokens), `json` (proto3-JSON
+//!   bodies), `error` (the HTTP status table), `listener` (accepted connections for axum).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
 //!   stream that resumes exactly after a break), `credentials` (token and TLS settings),
