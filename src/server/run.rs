@@ -167,13 +167,15 @@ pub async fn run(
     let http = match config.http_listen {
         Some(at) => Some(
             start_http(
-                at,
+                HttpListener {
+                    at,
+                    tls: http_tls,
+                    max_connections: config.max_connections,
+                    grace: config.shutdown_grace,
+                    cors: cors.clone(),
+                },
                 &door,
                 &metrics,
-                http_tls,
-                config.max_connections,
-                config.shutdown_grace,
-                cors.clone(),
                 http_stopped,
             )
             .await?,
@@ -382,16 +384,28 @@ pub async fn run(
 
 /// Binds the HTTP door on `at` and serves it until `stop` fires. Returns the bound address
 /// and the serving task.
-async fn start_http(
+/// How the HTTP door listens.
+struct HttpListener {
     at: std::net::SocketAddr,
-    door: &Arc<HttpDoor>,
-    metrics: &Metrics,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     max_connections: usize,
     grace: std::time::Duration,
     cors: Option<tower_http::cors::CorsLayer>,
+}
+
+async fn start_http(
+    listen: HttpListener,
+    door: &Arc<HttpDoor>,
+    metrics: &Metrics,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let HttpListener {
+        at,
+        tls,
+        max_connections,
+        grace,
+        cors,
+    } = listen;
     let cannot = |e: std::io::Error| {
         Error::InvalidArgument(format!("cannot listen on --http-listen {at}: {e}"))
     };

@@ -187,7 +187,7 @@ impl Log {
                 );
             }
         }
-        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         if candidates.len() > max {
             candidates.truncate(max);
             done = false;
