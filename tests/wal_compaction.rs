@@ -45,6 +45,33 @@ fn everything(log: &Log) -> (Vec<StoredFrame>, Vec<StoredFrame>) {
             break;
         }
     }
+    // Newest first, in pages, over segments and sorted runs alike: exactly the reverse.
+    let mut reverse: Vec<StoredFrame> = Vec::new();
+    let mut before: Option<OrderKey> = None;
+    loop {
+        let mut batch = Vec::new();
+        let min = OrderKey::first_of_seq(0);
+        let done = log
+            .read_ordered_rev(before.as_ref(), &min, u64::MAX, 89, &mut batch)
+            .unwrap();
+        if let Some(last) = batch.last() {
+            before = Some(last.key());
+        }
+        reverse.extend(batch);
+        if done {
+            break;
+        }
+    }
+    reverse.reverse();
+    assert_eq!(reverse, ordered, "the reverse walk is the forward one backwards");
+    // Bounded below: only keys from seq_no 500 on.
+    let mut upper = Vec::new();
+    let min = OrderKey::first_of_seq(500);
+    log.read_ordered_rev(None, &min, u64::MAX, usize::MAX >> 1, &mut upper)
+        .unwrap();
+    upper.reverse();
+    let want: Vec<_> = ordered.iter().filter(|f| f.seq_no >= 500).cloned().collect();
+    assert_eq!(upper, want);
     let mut by_offset = Vec::new();
     let mut next = log.first_offset();
     let end = log.durable_offset();

@@ -339,6 +339,16 @@ mod tests {
             let done = idx.collect(&from, limit, max, &mut got);
             prop_assert_eq!(&got[..], &expect[..max.min(expect.len())]);
             prop_assert_eq!(done, expect.len() <= max);
+            // Backwards: keys below `before` (none: all) and at least `min`, descending.
+            let before = (cut % 3 != 0).then_some(from);
+            let min = key(from.seq_no / 2, 0, 0);
+            let expect: Vec<_> = reference.iter().rev()
+                .filter(|k| before.is_none_or(|b| **k < b) && **k >= min && k.offset < limit)
+                .copied().collect();
+            let mut got = Vec::new();
+            let done = idx.collect_rev(before.as_ref(), &min, limit, max, &mut got);
+            prop_assert_eq!(&got[..], &expect[..max.min(expect.len())]);
+            prop_assert_eq!(done, expect.len() <= max);
             idx.remove_below_offset(cut);
             reference.retain(|k| k.offset >= cut);
             prop_assert_eq!(idx.iter().copied().collect::<Vec<_>>(), reference.clone());

@@ -63,6 +63,8 @@ class ServerProcess:
         self.data_dir = data_dir
         self.fixed_port = fixed_port
         self.port: int | None = None
+        #: The HTTP door's port (``http_addr=`` of the ``listening`` line); None if it is off.
+        self.http_port: int | None = None
         self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: list[str] = []
@@ -73,6 +75,12 @@ class ServerProcess:
         """``127.0.0.1:PORT`` of the running server."""
         assert self.port is not None
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the running server's HTTP door."""
+        assert self.http_port is not None, "the HTTP door is off"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
         """Starts the server and waits (bounded) for its ``listening addr=`` line. With a
@@ -108,6 +116,7 @@ class ServerProcess:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         found: list[int] = []
+        http_found: list[int] = []
         ready = threading.Event()
 
         def drain() -> None:
@@ -117,6 +126,10 @@ class ServerProcess:
                 self.log.append(line)
                 if not found and "listening addr=" in line:
                     addr = line.split("listening addr=", 1)[1].split()[0]
+                    if "http_addr=" in line:
+                        http_addr = line.split("http_addr=", 1)[1].split()[0]
+                        if http_addr.rsplit(":", 1)[-1].isdigit():
+                            http_found.append(int(http_addr.rsplit(":", 1)[1]))
                     found.append(int(addr.rsplit(":", 1)[1]))
                     ready.set()
             ready.set()  # the process ended
@@ -126,6 +139,7 @@ class ServerProcess:
         if found:
             self.proc = proc
             self.port = found[0]
+            self.http_port = http_found[0] if http_found else None
             return True, ""
         if proc.poll() is None:
             proc.kill()
