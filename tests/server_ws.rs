@@ -30,8 +30,9 @@ async fn send(ws: &mut Socket, v: Value) {
 
 /// The next JSON message (pings skipped), within 20 s.
 async fn recv(ws: &mut Socket) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a message within 20 s")
             .expect("socket open")
@@ -213,7 +214,9 @@ async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     std::fs::write(&secret, "k3y").unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
-    let short = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(3));
+    // Short enough to wait out, long enough for the setup below on a loaded machine.
+    let minted = std::time::Instant::now();
+    let short = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(6));
     let long = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
 
     // Without a token the socket opens, but calls are refused until `auth`.
@@ -233,24 +236,31 @@ async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     // Two sockets on the short token; one refreshes before it expires.
     let mut kept = open(&server, &format!("?access_token={short}")).await;
     let mut lapsed = open(&server, &format!("?access_token={short}")).await;
-    let mut pushes = Vec::new();
-    for ws in [&mut kept, &mut lapsed] {
+    // Each socket's pushes in its own list: a push may come before or after a reply.
+    let (mut kept_pushes, mut lapsed_pushes) = (Vec::new(), Vec::new());
+    for (ws, pushes) in [
+        (&mut kept, &mut kept_pushes),
+        (&mut lapsed, &mut lapsed_pushes),
+    ] {
         send(ws, json!({"id": 1, "subscribe": {"topic": "t"}})).await;
-        assert!(reply(ws, 1, &mut pushes).await.get("result").is_some());
+        assert!(reply(ws, 1, pushes).await.get("result").is_some());
         send(
             ws,
             json!({"id": 2, "publish": {"topic": "t", "seq_no": 1, "text": "x"}}),
         )
         .await;
-        assert!(reply(ws, 2, &mut pushes).await.get("result").is_some());
+        assert!(reply(ws, 2, pushes).await.get("result").is_some());
     }
     send(&mut kept, json!({"id": 3, "auth": {"token": long}})).await;
-    let mut kept_pushes = Vec::new();
     assert!(reply(&mut kept, 3, &mut kept_pushes)
         .await
         .get("result")
         .is_some());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        minted.elapsed() < Duration::from_secs(5),
+        "the refresh came before the old token's expiry"
+    );
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(minted.elapsed())).await;
     let mut c = server.client().await;
     let mut req = tonic::Request::new(common::req("t", 2, b"after expiry"));
     req.metadata_mut()
@@ -258,7 +268,10 @@ async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     c.publish(req).await.unwrap();
     // The lapsed socket's subscription ended with UNAUTHENTICATED.
     loop {
-        let v = recv(&mut lapsed).await;
+        let v = match lapsed_pushes.pop() {
+            Some(v) if v.get("end").is_some() => v,
+            _ => recv(&mut lapsed).await,
+        };
         if let Some(end) = v.get("end") {
             assert_eq!(
                 (end["topic"].as_str(), end["code"].as_str()),
