@@ -63,14 +63,21 @@ fn everything(log: &Log) -> (Vec<StoredFrame>, Vec<StoredFrame>) {
         }
     }
     reverse.reverse();
-    assert_eq!(reverse, ordered, "the reverse walk is the forward one backwards");
+    assert_eq!(
+        reverse, ordered,
+        "the reverse walk is the forward one backwards"
+    );
     // Bounded below: only keys from seq_no 500 on.
     let mut upper = Vec::new();
     let min = OrderKey::first_of_seq(500);
     log.read_ordered_rev(None, &min, u64::MAX, usize::MAX >> 1, &mut upper)
         .unwrap();
     upper.reverse();
-    let want: Vec<_> = ordered.iter().filter(|f| f.seq_no >= 500).cloned().collect();
+    let want: Vec<_> = ordered
+        .iter()
+        .filter(|f| f.seq_no >= 500)
+        .cloned()
+        .collect();
     assert_eq!(upper, want);
     let mut by_offset = Vec::new();
     let mut next = log.first_offset();

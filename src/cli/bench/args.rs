@@ -173,6 +173,38 @@ pub struct FanoutOpts {
     /// Frames in flight per publish stream.
     #[arg(long, default_value_t = 1024)]
     pub window: usize,
+    /// How the subscribers receive: gRPC streams spread over --connections, or one HTTP/1.1
+    /// connection (Server-Sent Events) or WebSocket per subscriber on the HTTP door.
+    /// Publishers always use gRPC.
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
+    /// The server's HTTP door, for --transport sse|ws (ignored with --spawn, which uses the
+    /// spawned server's).
+    #[arg(long, default_value = "http://127.0.0.1:7071", value_name = "URL")]
+    pub http_addr: String,
+}
+
+/// How subscribers receive frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// `Subscribe` streams, many per HTTP/2 connection.
+    #[default]
+    Grpc,
+    /// Server-Sent Events (`GET /v1/topics/{topic}/events`), one connection each.
+    Sse,
+    /// WebSocket (`/v1/ws`), one socket each, one subscription per socket.
+    Ws,
+}
+
+impl Transport {
+    /// The name as typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
 }
 
 /// `bench replay`.

@@ -32,3 +32,30 @@ pub enum Error {
 
 /// Result of a benchmark step.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What ends one subscriber's stream during a run: counted and sampled in the report, it
+/// does not stop the run.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The gRPC call failed.
+    #[error("{0}")]
+    Grpc(#[from] tonic::Status),
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The WebSocket failed (handshake, framing, connection).
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The server answered something the bench cannot use (an HTTP status other than 200,
+    /// a refused subscribe, a malformed message).
+    #[error("{0}")]
+    Refused(String),
+    /// The server ended the stream with an error (SSE `event: error`, WebSocket `end`).
+    #[error("ended by the server: {code}: {message}")]
+    Ended {
+        /// The error's code (`NOT_FOUND`, `UNAVAILABLE`, …).
+        code: String,
+        /// Its message.
+        message: String,
+    },
+}

@@ -9,7 +9,10 @@
 //!   a server process's CPU time and memory.
 //! - `conn`: gRPC connections (one HTTP/2 connection per channel, many streams on each).
 //! - `wire`: a connector that counts the bytes the bench's connections write and read.
-//! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers).
+//! - `pubsub`: the publish, fan-out and end-to-end scenarios (publishers and subscribers,
+//!   the latter over any transport through one `Source`).
+//! - `web`: subscribers on the HTTP door: Server-Sent Events (a small HTTP/1.1 client) and
+//!   WebSocket, one connection each.
 //! - `replay`: prefill a topic, then time subscribers reading it from the start.
 //! - `topics`: many small topics: disk, memory, descriptors and threads, restart time.
 //! - `progress`: live counters and the progress bar.
@@ -28,6 +31,7 @@ mod report;
 mod run;
 mod server;
 mod topics;
+mod web;
 mod wire;
 
 pub use args::BenchArgs;

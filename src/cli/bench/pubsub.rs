@@ -6,19 +6,25 @@
 //! send time. When the publishers are done, subscribers are told how many frames each
 //! publisher had acknowledged and finish once they hold exactly those, or when the drain
 //! time runs out; then what is missing is counted.
+//!
+//! Subscribers receive over gRPC (streams shared by `--connections` HTTP/2 connections) or,
+//! for fan-out, over the HTTP door (one Server-Sent Events connection or WebSocket each);
+//! publishers always use gRPC. Whatever the transport, each subscriber runs the same loop
+//! and the same checks over a [`Source`].
 
 use hdrhistogram::Histogram;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::args::Length;
+use super::args::{Length, Transport};
 use super::conn::{connect, Grpc, Windows, Wire};
-use super::error::{Error, Result};
+use super::error::{Error, Result, StreamError};
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
 use super::payload::{self, Checker, Faults, Filler};
 use super::progress::{Counters, Progress, Tally};
+use super::web::{SseStream, WebTarget, WsStream};
 use framecast::client::Client;
 use framecast::proto;
 
@@ -54,8 +60,14 @@ pub struct Plan {
     pub length: Length,
     /// Subscribers.
     pub subscribers: usize,
-    /// Connections the subscribers share.
+    /// Connections the gRPC subscribers share.
     pub sub_connections: usize,
+    /// How subscribers receive.
+    pub transport: Transport,
+    /// The HTTP door, for SSE and WebSocket subscribers.
+    pub http_addr: String,
+    /// The token the SSE and WebSocket subscribers send (gRPC calls carry `wire.bearer`).
+    pub token: Option<String>,
     /// Show the progress bar.
     pub progress: bool,
 }
@@ -93,6 +105,9 @@ struct Ctx {
     seq_base: u64,
     counters: Arc<Counters>,
     errors: parking_lot::Mutex<Vec<String>>,
+    /// Subscriptions being opened on the HTTP door at once (each a TCP connection, and an
+    /// upgrade for WebSocket), so a thousand do not overflow the server's accept queue.
+    opening: Semaphore,
 }
 
 impl Ctx {
@@ -131,9 +146,18 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         clock: Clock::new(),
         counters: Arc::new(Counters::default()),
         errors: parking_lot::Mutex::new(Vec::new()),
+        opening: Semaphore::new(64),
         plan,
     });
     let plan = &ctx.plan;
+    let web = match plan.transport {
+        Transport::Grpc => None,
+        Transport::Sse | Transport::Ws => Some(Arc::new(WebTarget::new(
+            &plan.http_addr,
+            plan.token.clone(),
+            Arc::clone(&plan.wire.bytes),
+        )?)),
+    };
     let pub_conns = connect(
         &plan.addr,
         plan.pub_connections.max(1),
@@ -146,7 +170,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     } else {
         Windows::Default
     };
-    let sub_conns = if plan.subscribers > 0 {
+    let sub_conns = if plan.subscribers > 0 && web.is_none() {
         connect(
             &plan.addr,
             plan.sub_connections.max(1),
@@ -164,11 +188,15 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(plan.subscribers.max(1));
     let mut subs = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
-        let grpc = sub_conns[i % sub_conns.len()].clone();
+        let door = match (&web, plan.transport) {
+            (Some(web), Transport::Ws) => Door::Ws(Arc::clone(web)),
+            (Some(web), _) => Door::Sse(Arc::clone(web)),
+            (None, _) => Door::Grpc(Box::new(sub_conns[i % sub_conns.len()].clone())),
+        };
         let sink = delivery.handle(i);
         subs.push(tokio::spawn(subscriber(
             Arc::clone(&ctx),
-            grpc,
+            door,
             sink,
             phase_rx.clone(),
             ready_tx.clone(),
@@ -508,25 +536,86 @@ async fn stream_publisher(
     })
 }
 
-/// One subscriber: opens its stream, reports it open, checks and times every frame until it
-/// holds everything that was acknowledged or is told to stop.
+/// Where a subscriber opens its subscription.
+enum Door {
+    /// A `Subscribe` stream on this shared connection (boxed: a client is 200 bytes, the
+    /// other doors a pointer).
+    Grpc(Box<Grpc>),
+    /// Server-Sent Events on a connection of its own.
+    Sse(Arc<WebTarget>),
+    /// A WebSocket of its own.
+    Ws(Arc<WebTarget>),
+}
+
+/// A subscriber's open subscription, whatever the transport: the frames as `(offset,
+/// payload)`, so one loop checks every transport alike.
+enum Source {
+    /// A gRPC stream, and the last frame it gave (whose payload `next` lends).
+    Grpc(tonic::Streaming<proto::Frame>, Option<proto::Frame>),
+    /// Server-Sent Events.
+    Sse(SseStream),
+    /// WebSocket.
+    Ws(WsStream),
+}
+
+impl Source {
+    /// Opens the subscription of this run (every frame from `seq_base` on); it is open,
+    /// and will see every frame published from now on, when this returns.
+    async fn open(ctx: &Ctx, door: Door) -> Result<Source, StreamError> {
+        let topic = &ctx.plan.topic;
+        match door {
+            Door::Grpc(mut grpc) => {
+                let req = proto::SubscribeRequest {
+                    replay_seq_no_start: ctx.seq_base,
+                    topic: topic.clone(),
+                    resume: None,
+                };
+                Ok(Source::Grpc(grpc.subscribe(req).await?.into_inner(), None))
+            }
+            Door::Sse(web) => {
+                let _turn = ctx.opening.acquire().await;
+                Ok(Source::Sse(
+                    SseStream::open(&web, topic, ctx.seq_base).await?,
+                ))
+            }
+            Door::Ws(web) => {
+                let _turn = ctx.opening.acquire().await;
+                Ok(Source::Ws(WsStream::open(&web, topic, ctx.seq_base).await?))
+            }
+        }
+    }
+
+    /// The next frame's offset and payload; `None` when the server ended the stream
+    /// without an error. Cancel-safe.
+    async fn next(&mut self) -> Result<Option<(u64, &[u8])>, StreamError> {
+        match self {
+            Source::Grpc(stream, last) => Ok(match stream.message().await? {
+                Some(f) => {
+                    let f = last.insert(f);
+                    Some((f.offset, &f.payload[..]))
+                }
+                None => None,
+            }),
+            Source::Sse(sse) => sse.next().await,
+            Source::Ws(ws) => ws.next().await,
+        }
+    }
+}
+
+/// One subscriber: opens its subscription, reports it open, checks and times every frame
+/// until it holds everything that was acknowledged or is told to stop.
 async fn subscriber(
     ctx: Arc<Ctx>,
-    mut grpc: Grpc,
+    door: Door,
     mut sink: LatencySink,
     mut phase: watch::Receiver<Phase>,
     ready: mpsc::Sender<bool>,
 ) -> SubResult {
     let mut checker = Checker::new(ctx.plan.publishers, ctx.plan.size);
-    let req = proto::SubscribeRequest {
-        replay_seq_no_start: ctx.seq_base,
-        topic: ctx.plan.topic.clone(),
-        resume: None,
-    };
-    let mut stream = match grpc.subscribe(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => {
-            ctx.error(format!("subscribe: {s}"));
+    let mut source = match Source::open(&ctx, door).await {
+        Ok(source) => source,
+        Err(e) => {
+            ctx.error(format!("subscribe: {e}"));
             let _ = ready.send(false).await;
             return SubResult {
                 checker,
@@ -548,10 +637,10 @@ async fn subscriber(
         }
         tokio::select! {
             biased;
-            msg = stream.message() => match msg {
-                Ok(Some(f)) => {
+            msg = source.next() => match msg {
+                Ok(Some((offset, payload))) => {
                     let now = ctx.clock.now_ns();
-                    if let Some(h) = checker.frame(f.offset, &f.payload) {
+                    if let Some(h) = checker.frame(offset, payload) {
                         sink.record_ns(now.saturating_sub(h.intended_ns));
                     }
                     tally.one(&ctx.counters.delivered, now);
@@ -560,8 +649,8 @@ async fn subscriber(
                     ctx.error("subscription ended by the server".into());
                     break;
                 }
-                Err(s) => {
-                    ctx.error(format!("subscription failed: {s}"));
+                Err(e) => {
+                    ctx.error(format!("subscription failed: {e}"));
                     break;
                 }
             },

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::args::Length;
+use super::args::{Length, Transport};
 use super::conn::{connect, Windows, Wire};
 use super::error::{Error, Result};
 use super::latency::Recorder;
@@ -109,6 +109,9 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             },
             subscribers: 0,
             sub_connections: 0,
+            transport: Transport::Grpc,
+            http_addr: String::new(),
+            token: None,
             progress: plan.progress,
         })
         .await?;

@@ -23,6 +23,8 @@ pub struct Report {
     pub server: String,
     /// The address used.
     pub addr: String,
+    /// The HTTP door the SSE or WebSocket subscribers used (none for gRPC).
+    pub http_addr: Option<String>,
     /// The server's fsync policy, as far as the bench knows it.
     pub fsync: String,
     /// The topic used.
@@ -45,6 +47,8 @@ pub struct Report {
     pub subscribers: usize,
     /// TCP connections the subscribers were spread over.
     pub connections: usize,
+    /// How subscribers received: `grpc`, `sse` (Server-Sent Events) or `ws` (WebSocket).
+    pub transport: String,
     /// Frames acknowledged to publishers (for replay: the prefill, if one was needed).
     pub published: Option<Throughput>,
     /// Frames delivered to subscribers, all together.
@@ -254,9 +258,13 @@ impl Report {
             m.load_before[2],
             m.load_after[0]
         );
+        let door = self
+            .http_addr
+            .as_ref()
+            .map_or_else(String::new, |h| format!(" (HTTP door {h})"));
         let _ = writeln!(
             o,
-            "  server:  {} at {}, fsync {}",
+            "  server:  {} at {}{door}, fsync {}",
             self.server, self.addr, self.fsync
         );
         let rate = if self.target_rate > 0.0 {
@@ -266,8 +274,8 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "  load:    topic {}, {} B frames, {} publisher(s) ({}, rate {}), {} subscriber(s) over {} connection(s)",
-            self.topic, self.frame_bytes, self.publishers, self.publish_mode, rate, self.subscribers, self.connections
+            "  load:    topic {}, {} B frames, {} publisher(s) ({}, rate {}), {} {} subscriber(s) over {} connection(s)",
+            self.topic, self.frame_bytes, self.publishers, self.publish_mode, rate, self.subscribers, self.transport, self.connections
         );
         let _ = writeln!(
             o,

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use super::args::{BenchArgs, Common, Length, Scenario};
+use super::args::{BenchArgs, Common, Length, Scenario, Transport};
 use super::conn::Wire;
 use super::error::{Error, Result};
 use super::payload::HEADER_LEN;
@@ -47,12 +47,20 @@ fn run(args: BenchArgs) -> Result<Report> {
     }
     let fd_limit = raise_fd_limit();
     if let Scenario::Fanout(o) = &scenario {
-        // Each connection is a socket on both ends when the server is spawned here.
-        let needed = (o.connections as u64 + o.publishers as u64) * 2 + 64;
+        // gRPC subscribers share --connections; SSE and WebSocket ones have one each. The
+        // limit is per process: the bench holds one descriptor per connection, and so does
+        // a spawned server, which inherits this limit (and needs a few more for its log,
+        // hence the margin).
+        let connections = match o.transport {
+            Transport::Grpc => o.connections,
+            Transport::Sse | Transport::Ws => o.subscribers,
+        } as u64
+            + o.publishers.min(64) as u64;
+        let needed = connections + 64;
         if fd_limit < needed {
             return Err(Error::Args(format!(
-                "{} connections need about {needed} open files; the limit is {fd_limit} (ulimit -n)",
-                o.connections
+                "{connections} connections need about {needed} open files; the limit is \
+                 {fd_limit} (ulimit -n)"
             )));
         }
     }
@@ -64,6 +72,12 @@ fn run(args: BenchArgs) -> Result<Report> {
     let addr = spawned
         .as_ref()
         .map_or_else(|| common.addr.clone(), |s| s.addr.clone());
+    let http_addr = match &scenario {
+        Scenario::Fanout(o) => spawned
+            .as_ref()
+            .map_or_else(|| o.http_addr.clone(), |s| s.http_addr.clone()),
+        _ => String::new(),
+    };
     let server_pid = spawned.as_ref().map(Spawned::pid).or(common.server_pid);
     let fsync = match (&spawned, &common.fsync) {
         (Some(_), Some(f)) => f.clone(),
@@ -91,6 +105,7 @@ fn run(args: BenchArgs) -> Result<Report> {
         }
         .into(),
         addr: addr.clone(),
+        http_addr: None,
         fsync,
         topic: topic.clone(),
         frame_bytes: common.size,
@@ -102,6 +117,7 @@ fn run(args: BenchArgs) -> Result<Report> {
         target_rate: 0.0,
         subscribers: 0,
         connections: 0,
+        transport: Transport::Grpc.as_str().into(),
         published: None,
         delivered: None,
         latency: Vec::new(),
@@ -122,6 +138,7 @@ fn run(args: BenchArgs) -> Result<Report> {
         &scenario,
         &common,
         addr,
+        http_addr,
         topic,
         progress,
         &mut report,
@@ -158,6 +175,7 @@ async fn scenario_run(
     scenario: &Scenario,
     common: &Common,
     addr: String,
+    http_addr: String,
     topic: String,
     progress: bool,
     report: &mut Report,
@@ -199,6 +217,9 @@ async fn scenario_run(
         length: length.clone(),
         subscribers,
         sub_connections: sub_connections.max(1),
+        transport: Transport::Grpc,
+        http_addr: http_addr.clone(),
+        token: credentials.token.clone(),
         progress,
     };
     let plan = match scenario {
@@ -217,16 +238,33 @@ async fn scenario_run(
             p.coalesce = o.coalesce;
             p
         }
-        Scenario::Fanout(o) => plan(
-            o.publishers,
-            o.publishers.min(64),
-            !o.unary,
-            o.window,
-            o.rate,
-            &o.length,
-            o.subscribers,
-            o.connections,
-        ),
+        Scenario::Fanout(o) => {
+            if o.transport != Transport::Grpc && wire.tls.wanted() {
+                return Err(Error::Args(
+                    "--transport sse|ws: these subscribers speak plain HTTP (no TLS); \
+                     use --transport grpc with --ca-cert"
+                        .into(),
+                ));
+            }
+            if o.transport != Transport::Grpc && http_addr.ends_with("off") {
+                return Err(Error::Args(format!(
+                    "--transport {} needs the HTTP door, and it is off",
+                    o.transport.as_str()
+                )));
+            }
+            let mut p = plan(
+                o.publishers,
+                o.publishers.min(64),
+                !o.unary,
+                o.window,
+                o.rate,
+                &o.length,
+                o.subscribers,
+                o.connections,
+            );
+            p.transport = o.transport;
+            p
+        }
         Scenario::E2e(o) => {
             let publishers = if o.unary { o.unary_publishers } else { 1 };
             plan(
@@ -286,10 +324,15 @@ async fn scenario_run(
     .into();
     report.target_rate = plan.rate;
     report.subscribers = plan.subscribers;
-    report.connections = if plan.subscribers > 0 {
-        plan.sub_connections
-    } else {
-        0
+    report.transport = plan.transport.as_str().into();
+    if plan.transport != Transport::Grpc {
+        report.http_addr = Some(plan.http_addr.clone());
+    }
+    report.connections = match (plan.subscribers, plan.transport) {
+        (0, _) => 0,
+        (_, Transport::Grpc) => plan.sub_connections,
+        // One connection (or socket) per subscriber.
+        (n, Transport::Sse | Transport::Ws) => n,
     };
     let has_subscribers = plan.subscribers > 0;
     let out = pubsub::run(plan).await?;

@@ -13,14 +13,17 @@ use super::error::{Error, Result};
 #[derive(Debug)]
 pub struct Spawned {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// The gRPC listener, `http://127.0.0.1:PORT`.
     pub addr: String,
+    /// The HTTP door (SSE, WebSocket), `http://127.0.0.1:PORT`.
+    pub http_addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Spawned {
     /// Starts `framecast serve` (this executable) with `fsync` and `extra` flags on a fresh
-    /// temporary data dir, and waits for its "listening" line.
+    /// temporary data dir, both listeners on free loopback ports, and waits for its
+    /// "listening" line, which names them.
     pub fn start(fsync: Option<&str>, extra: &[String]) -> Result<Spawned> {
         let exe = std::env::current_exe()?;
         let dir = tempfile::Builder::new()
@@ -32,7 +35,7 @@ impl Spawned {
             "--listen",
             "127.0.0.1:0",
             "--http-listen",
-            "off",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -58,11 +61,10 @@ impl Spawned {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if tx.is_some() {
-                    match line.find("addr=").filter(|_| line.contains("listening")) {
-                        Some(at) => {
-                            let addr = line[at + 5..].split_whitespace().next().unwrap_or("");
+                    match listening_addrs(&line) {
+                        Some(addrs) => {
                             if let Some(tx) = tx.take() {
-                                let _ = tx.send(Ok(addr.to_string()));
+                                let _ = tx.send(Ok(addrs));
                             }
                         }
                         None => tail.push(line.clone()),
@@ -76,7 +78,7 @@ impl Spawned {
                 let _ = tx.send(Err(tail.join("\n")));
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (addr, http_addr) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(a)) => a,
             Ok(Err(log)) => {
                 let _ = child.wait();
@@ -93,6 +95,7 @@ impl Spawned {
         Ok(Spawned {
             child,
             addr: format!("http://{addr}"),
+            http_addr: format!("http://{http_addr}"),
             _dir: dir,
         })
     }
@@ -112,6 +115,20 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The gRPC and HTTP addresses (`HOST:PORT`) of the server's "listening" log line
+/// (`… listening addr=127.0.0.1:P1 http_addr=127.0.0.1:P2 …`); `None` for any other line.
+fn listening_addrs(line: &str) -> Option<(String, String)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    Some((field("addr")?, field("http_addr")?))
 }
 
 /// Ends a spawned server: SIGTERM, then SIGKILL if it has not exited after `grace`.
@@ -169,8 +186,10 @@ pub fn own_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
-/// Raises this process's open-file limit to its hard limit (10,000 subscriber streams over
-/// 1,000 connections need more than the usual 1,024), returning the limit now in force.
+/// Raises this process's open-file limit to its hard limit, returning the limit now in
+/// force: a thousand connections (10,000 gRPC streams over 1,000 connections, or 1,000 SSE
+/// or WebSocket subscribers, one connection each) need more than the usual 1,024. Called
+/// before `--spawn`, so the spawned server inherits the raised limit for its end of them.
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let lim = getrlimit(Resource::Nofile);
@@ -188,4 +207,27 @@ pub fn raise_fd_limit() -> u64 {
         return maximum.unwrap_or(current);
     }
     current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_addresses_come_from_the_listening_line() {
+        let line = "2025-01-01T00:00:00.000Z  INFO framecast::server::run: listening \
+                    addr=127.0.0.1:40001 http_addr=127.0.0.1:40002 data_dir=/tmp/x fsync=always";
+        assert_eq!(
+            listening_addrs(line),
+            Some(("127.0.0.1:40001".into(), "127.0.0.1:40002".into()))
+        );
+        // The HTTP door switched off is not an address the bench can use.
+        let off = "INFO listening addr=127.0.0.1:1 http_addr=off";
+        assert_eq!(
+            listening_addrs(off),
+            Some(("127.0.0.1:1".into(), "off".into()))
+        );
+        assert_eq!(listening_addrs("INFO opened topic addr=1"), None);
+        assert_eq!(listening_addrs("INFO listening addr=127.0.0.1:1"), None);
+    }
 }

@@ -81,6 +81,19 @@ pub struct Counted {
     wire: Arc<WireBytes>,
 }
 
+impl Counted {
+    /// Connects plain TCP to `host:port` (`TCP_NODELAY` on), counting into `wire`: the
+    /// HTTP/1.1 and WebSocket subscribers' connections, counted like the gRPC ones.
+    pub async fn connect(host: &str, port: u16, wire: Arc<WireBytes>) -> io::Result<Counted> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Counted {
+            inner: stream,
+            wire,
+        })
+    }
+}
+
 impl AsyncRead for Counted {
     fn poll_read(
         mut self: Pin<&mut Self>,
