@@ -110,6 +110,26 @@ fn fanout_delivers_every_frame_to_every_subscriber() {
 }
 
 #[test]
+fn fanout_over_sse_and_websocket_is_checked_like_grpc() {
+    for transport in ["sse", "ws"] {
+        let r = bench(&[
+            "fanout",
+            "--count",
+            "300",
+            "--rate",
+            "3000",
+            "--subscribers",
+            "20",
+            "--transport",
+            transport,
+        ]);
+        assert_clean(&r);
+        assert_eq!(r["transport"], transport, "{r:#}");
+        assert_eq!(r["delivered"]["frames"], 300 * 20, "{transport}");
+    }
+}
+
+#[test]
 fn replay_reads_the_prefilled_topic() {
     let r = bench(&["replay", "--frames", "5000", "--subscribers", "2"]);
     assert_clean(&r);

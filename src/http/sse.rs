@@ -13,12 +13,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use futures::{FutureExt, Stream, StreamExt};
 
 use super::caller::caller;
 use super::door::HttpDoor;
@@ -26,6 +26,7 @@ use super::error::{error_body, ApiError};
 use super::json::{write_frame, FrameExtras};
 use super::routes::{number, params, topic_path, Params};
 use crate::broker::metrics::Transport;
+use crate::broker::subscription::FrameStream;
 use crate::broker::{CursorToken, Error};
 use crate::proto;
 
@@ -74,59 +75,126 @@ pub async fn events(
         reverse: false,
         floor: None,
     };
-    let snapshot = Event::default()
-        .event("snapshot")
-        .id(walk.encode())
-        .data(format!(
+    let mut first = String::with_capacity(160);
+    push_event(
+        &mut first,
+        "snapshot",
+        &walk.encode(),
+        &format!(
             "{{\"snapshot_offset\":\"{}\",\"epoch\":\"{}\"}}",
             opened.snapshot_offset, opened.epoch
-        ));
-    let events = futures::stream::once(async move { snapshot })
-        .chain(frame_events(opened.subscription.into_stream(), walk))
-        .map(Ok::<_, Infallible>);
-    let keep_alive = KeepAlive::new().interval(PING_EVERY).text(" ping");
-    let mut resp = Sse::new(events).keep_alive(keep_alive).into_response();
-    // Proxies (nginx) must pass events through as they come, not buffer them.
-    resp.headers_mut().insert(
-        "x-accel-buffering",
-        axum::http::HeaderValue::from_static("no"),
+        ),
     );
+    let body = Body::from_stream(event_stream(first, opened.subscription.into_stream(), walk));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies (nginx) must pass events through as they come, not buffer them.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 
-/// One `frame` event per frame, each with the token that resumes after it; the stream's
-/// error, if any, as a last `error` event.
-fn frame_events(
-    frames: crate::broker::subscription::FrameStream,
+/// Most events written into one chunk of the body: the frames a step finds ready go out
+/// together (one allocation, one write), not one chunk each.
+const EVENTS_PER_CHUNK: usize = 64;
+
+/// The body: the snapshot event, then chunks of `frame` events, each with the token that
+/// resumes after it; `: ping` when 15 s pass without one; the stream's error, if any, as a
+/// last `error` event. Polled by hyper only when the connection can take more.
+fn event_stream(
+    first: String,
+    frames: FrameStream,
     walk: CursorToken,
-) -> impl Stream<Item = Event> + Send {
-    futures::stream::unfold(
-        (frames, walk, false),
-        |(mut frames, walk, ended)| async move {
-            if ended {
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let state = Sse {
+        frames,
+        walk,
+        ended: false,
+        ping: tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY),
+        wrote: false,
+    };
+    futures::stream::once(async move { Ok(Bytes::from(first)) }).chain(futures::stream::unfold(
+        state,
+        |mut st| async move {
+            if st.ended {
                 return None;
             }
-            match frames.next().await? {
-                Ok(f) => {
-                    let walk = walk.after(&f);
-                    let mut data = String::with_capacity(f.payload.len() * 7 / 3 + 128);
-                    let extras = FrameExtras {
-                        live: Some(f.offset >= walk.snapshot),
-                        ..FrameExtras::default()
-                    };
-                    write_frame(&mut data, &f, extras);
-                    let event = Event::default().event("frame").id(walk.encode()).data(data);
-                    Some((event, (frames, walk, false)))
+            let mut out = String::new();
+            let next = tokio::select! {
+                next = st.frames.next() => next,
+                _ = st.ping.tick() => {
+                    // A ping only when nothing was written since the last tick.
+                    if !std::mem::replace(&mut st.wrote, false) {
+                        out.push_str(": ping\n\n");
+                    }
+                    return Some((Ok(Bytes::from(out)), st));
                 }
-                Err(e) => Some((error_event(&e), (frames, walk, true))),
+            };
+            st.push(&mut out, next);
+            for _ in 1..EVENTS_PER_CHUNK {
+                if st.ended {
+                    break;
+                }
+                match st.frames.next().now_or_never() {
+                    Some(next) => st.push(&mut out, next),
+                    None => break,
+                }
             }
+            st.wrote = true;
+            Some((Ok(Bytes::from(out)), st))
         },
-    )
+    ))
 }
 
-/// `event: error` with `{"code","message"}`.
-fn error_event(e: &Error) -> Event {
-    Event::default()
-        .event("error")
-        .data(error_body(e).to_string())
+/// Where an event stream stands.
+struct Sse {
+    frames: FrameStream,
+    walk: CursorToken,
+    ended: bool,
+    ping: tokio::time::Interval,
+    /// Something was written since the last ping tick.
+    wrote: bool,
+}
+
+impl Sse {
+    /// Appends the event of the stream's next item to `out`.
+    fn push(&mut self, out: &mut String, next: Option<Result<proto::Frame, Error>>) {
+        match next {
+            Some(Ok(f)) => {
+                self.walk = self.walk.after(&f);
+                out.reserve(f.payload.len() * 7 / 3 + 192);
+                out.push_str("event: frame\nid: ");
+                out.push_str(&self.walk.encode());
+                out.push_str("\ndata: ");
+                let extras = FrameExtras {
+                    live: Some(f.offset >= self.walk.snapshot),
+                    ..FrameExtras::default()
+                };
+                write_frame(out, &f, extras);
+                out.push_str("\n\n");
+            }
+            Some(Err(e)) => {
+                push_event(out, "error", "", &error_body(&e).to_string());
+                self.ended = true;
+            }
+            None => self.ended = true,
+        }
+    }
+}
+
+/// Appends one event (`id` left out when empty). `data` is one line of JSON.
+fn push_event(out: &mut String, event: &str, id: &str, data: &str) {
+    out.push_str("event: ");
+    out.push_str(event);
+    if !id.is_empty() {
+        out.push_str("\nid: ");
+        out.push_str(id);
+    }
+    out.push_str("\ndata: ");
+    out.push_str(data);
+    out.push_str("\n\n");
 }

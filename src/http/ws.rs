@@ -41,6 +41,8 @@ pub const OUT_BUDGET: usize = 8 << 20;
 /// Requests (publish, History) of one socket running at once; more wait, and the socket
 /// is not read meanwhile.
 const MAX_IN_FLIGHT: usize = 64;
+/// Most messages written in one flush.
+const FLUSH_EVERY: usize = 64;
 /// How often the server pings.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket from which nothing (not even a pong) arrived for this long is closed.
@@ -204,10 +206,20 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         loop {
             tokio::select! {
                 next = out_rx.recv() => {
-                    let Some((msg, _permit)) = next else { break };
-                    if sink.send(msg).await.is_err() {
+                    let Some((msg, permit)) = next else { break };
+                    // Everything queued now goes out in one flush (one write), not one
+                    // each; the budget shares are kept until the flush wrote them.
+                    let mut held = vec![permit];
+                    let mut ok = sink.feed(msg).await.is_ok();
+                    while ok && held.len() < FLUSH_EVERY {
+                        let Ok((msg, permit)) = out_rx.try_recv() else { break };
+                        held.push(permit);
+                        ok = sink.feed(msg).await.is_ok();
+                    }
+                    if !ok || sink.flush().await.is_err() {
                         break;
                     }
+                    drop(held);
                 }
                 Ok(()) = seen_rx.changed() => last_seen = tokio::time::Instant::now(),
                 _ = ping.tick() => {
