@@ -18,7 +18,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -76,7 +76,7 @@ pub async fn upgrade(
 }
 
 /// One message on its way out, holding its share of the budget until written.
-type Out = (Message, Option<OwnedSemaphorePermit>);
+type Out = (Vec<Message>, Option<OwnedSemaphorePermit>);
 
 /// What every task of one socket shares.
 #[derive(Clone)]
@@ -91,14 +91,21 @@ struct Link {
 impl Link {
     /// Queues `text`, waiting for its share of the budget; false once the socket closed.
     async fn send(&self, text: String) -> bool {
-        let share = text.len().clamp(1, OUT_BUDGET) as u32;
+        self.send_all(vec![text]).await
+    }
+
+    /// Queues `texts` together, with one share of the budget for all of them.
+    async fn send_all(&self, texts: Vec<String>) -> bool {
+        let bytes: usize = texts.iter().map(String::len).sum();
+        let share = bytes.clamp(1, OUT_BUDGET) as u32;
         let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(share).await else {
             return false;
         };
-        self.out
-            .send((Message::Text(Utf8Bytes::from(text)), Some(permit)))
-            .await
-            .is_ok()
+        let msgs = texts
+            .into_iter()
+            .map(|t| Message::Text(Utf8Bytes::from(t)))
+            .collect();
+        self.out.send((msgs, Some(permit))).await.is_ok()
     }
 
     async fn reply(&self, id: &Value, result: Result<Value, Error>) -> bool {
@@ -206,15 +213,23 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         loop {
             tokio::select! {
                 next = out_rx.recv() => {
-                    let Some((msg, permit)) = next else { break };
+                    let Some((msgs, permit)) = next else { break };
                     // Everything queued now goes out in one flush (one write), not one
                     // each; the budget shares are kept until the flush wrote them.
                     let mut held = vec![permit];
-                    let mut ok = sink.feed(msg).await.is_ok();
-                    while ok && held.len() < FLUSH_EVERY {
-                        let Ok((msg, permit)) = out_rx.try_recv() else { break };
+                    let mut fed = 0;
+                    let mut ok = true;
+                    for msg in msgs {
+                        fed += 1;
+                        ok = ok && sink.feed(msg).await.is_ok();
+                    }
+                    while ok && fed < FLUSH_EVERY {
+                        let Ok((msgs, permit)) = out_rx.try_recv() else { break };
                         held.push(permit);
-                        ok = sink.feed(msg).await.is_ok();
+                        for msg in msgs {
+                            fed += 1;
+                            ok = ok && sink.feed(msg).await.is_ok();
+                        }
                     }
                     if !ok || sink.flush().await.is_err() {
                         break;
@@ -470,24 +485,41 @@ async fn pump(link: Link, topic: String, mut walk: CursorToken, mut frames: Fram
         let Some(next) = frames.next().await else {
             return;
         };
-        match next {
-            Ok(f) => {
-                walk = walk.after(&f);
-                let cursor = walk.encode();
-                let mut msg = String::with_capacity(f.payload.len() * 7 / 3 + 192);
-                msg.push_str("{\"frame\":");
-                let extras = FrameExtras {
-                    topic: Some(&topic),
-                    live: Some(f.offset >= walk.snapshot),
-                    cursor: Some(&cursor),
-                };
-                write_frame(&mut msg, &f, extras);
-                msg.push('}');
-                if !link.send(msg).await {
-                    return;
+        // This frame and those ready right after it go out as one batch: one share of the
+        // budget, one trip through the channel.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut failed = None;
+        let mut done = false;
+        let mut item = Some(next);
+        while let Some(next) = item.take() {
+            match next {
+                Ok(f) => {
+                    walk = walk.after(&f);
+                    let msg = push_message(&topic, &walk, &f);
+                    bytes += msg.len();
+                    batch.push(msg);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-            Err(Error::TokenExpired) => {
+            if batch.len() >= PUSH_BATCH || bytes >= PUSH_BATCH_BYTES {
+                break;
+            }
+            match frames.next().now_or_never() {
+                Some(Some(next)) => item = Some(next),
+                Some(None) => done = true,
+                None => {}
+            }
+        }
+        if (!batch.is_empty() && !link.send_all(batch).await) || done {
+            return;
+        }
+        match failed {
+            None => {}
+            Some(Error::TokenExpired) => {
                 let refreshed = match link.caller() {
                     Ok(who) => broker
                         .subscribe(&who, &walk.subscribe_request(&topic), Transport::Ws)
@@ -503,12 +535,31 @@ async fn pump(link: Link, topic: String, mut walk: CursorToken, mut frames: Fram
                     }
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 end(&link, &topic, &e).await;
                 return;
             }
         }
     }
+}
+
+/// Most pushes queued as one batch, and the bytes a batch aims to stay under.
+const PUSH_BATCH: usize = 64;
+const PUSH_BATCH_BYTES: usize = 1 << 20;
+
+/// `{"frame":{…,"cursor"}}` for `f`, the walk being past it.
+fn push_message(topic: &str, walk: &CursorToken, f: &proto::Frame) -> String {
+    let cursor = walk.encode();
+    let mut msg = String::with_capacity(f.payload.len() * 7 / 3 + 192);
+    msg.push_str("{\"frame\":");
+    let extras = FrameExtras {
+        topic: Some(topic),
+        live: Some(f.offset >= walk.snapshot),
+        cursor: Some(&cursor),
+    };
+    write_frame(&mut msg, f, extras);
+    msg.push('}');
+    msg
 }
 
 async fn end(link: &Link, topic: &str, e: &Error) {
