@@ -101,6 +101,9 @@ pub async fn events(
 /// Most events written into one chunk of the body: the frames a step finds ready go out
 /// together (one allocation, one write), not one chunk each.
 const EVENTS_PER_CHUNK: usize = 64;
+/// Bytes a chunk stops growing at (one event may pass it): what a reader that stops reading
+/// costs beyond the connection's own buffers.
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// The body: the snapshot event, then chunks of `frame` events, each with the token that
 /// resumes after it; `: ping` when 15 s pass without one; the stream's error, if any, as a
@@ -136,7 +139,7 @@ fn event_stream(
             };
             st.push(&mut out, next);
             for _ in 1..EVENTS_PER_CHUNK {
-                if st.ended {
+                if st.ended || out.len() >= CHUNK_BYTES {
                     break;
                 }
                 match st.frames.next().now_or_never() {

@@ -41,6 +41,11 @@ pub const OUT_BUDGET: usize = 8 << 20;
 /// Requests (publish, History) of one socket running at once; more wait, and the socket
 /// is not read meanwhile.
 const MAX_IN_FLIGHT: usize = 64;
+/// The socket's read buffer: requests are small (a larger message still fits, read in
+/// several steps).
+const WS_READ_BUFFER: usize = 8 << 10;
+/// Bytes the socket's writer gathers before writing, between flushes.
+const WS_WRITE_BUFFER: usize = 32 << 10;
 /// Most messages written in one flush.
 const FLUSH_EVERY: usize = 64;
 /// How often the server pings.
@@ -70,6 +75,10 @@ pub async fn upgrade(
         .saturating_mul(2)
         .saturating_add(64 << 10);
     Ok(ws
+        // Per-socket buffers (tungstenite's defaults are 128 KiB each way, 256 MB for a
+        // thousand sockets): clients send small requests, and the writer flushes batches.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| serve(broker, who, socket)))
