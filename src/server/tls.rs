@@ -482,8 +482,12 @@ mod tests {
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+        // The gRPC listener offers HTTP/1.1 too, for gRPC-Web clients; h2 first.
         let config = server_config(&files(dir.path(), &ca, Some(&ca)), ALPN_GRPC).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
     }
 
     #[test]
