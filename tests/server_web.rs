@@ -136,9 +136,10 @@ async fn sse_replays_then_follows_and_resumes_exactly_across_forced_disconnects(
     .await
     .unwrap();
     assert!(connects >= 8, "{connects} connections");
-    assert_eq!(
-        s, 150,
-        "the snapshot is the durable frontier when the page first opened"
+    // The live publisher starts before the page opens: its first frames may be inside.
+    assert!(
+        s >= 150,
+        "the snapshot is at least the frames acknowledged before the page opened: {s}"
     );
     frames.extend(live.await.unwrap());
     let want = expected(&frames, s, from);
