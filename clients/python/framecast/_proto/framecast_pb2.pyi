@@ -97,7 +97,7 @@ class ListTopicsResponse(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[_Union[TopicInfo, _Mapping]]] = ...) -> None: ...
 
 class TopicInfo(_message.Message):
-    __slots__ = ("name", "epoch", "frames", "bytes", "first_offset", "next_offset", "min_seq_no", "max_seq_no", "subscribers", "segments")
+    __slots__ = ("name", "epoch", "frames", "bytes", "first_offset", "next_offset", "min_seq_no", "max_seq_no", "subscribers", "segments", "subscriber_max_lag_frames")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class TopicInfo(_message.Message):
     MAX_SEQ_NO_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_MAX_LAG_FRAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     epoch: int
     frames: int
@@ -118,4 +119,61 @@ class TopicInfo(_message.Message):
     max_seq_no: int
     subscribers: int
     segments: int
-    def __init__(self, name: _Optional[str] = ..., epoch: _Optional[int] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., first_offset: _Optional[int] = ..., next_offset: _Optional[int] = ..., min_seq_no: _Optional[int] = ..., max_seq_no: _Optional[int] = ..., subscribers: _Optional[int] = ..., segments: _Optional[int] = ...) -> None: ...
+    subscriber_max_lag_frames: int
+    def __init__(self, name: _Optional[str] = ..., epoch: _Optional[int] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., first_offset: _Optional[int] = ..., next_offset: _Optional[int] = ..., min_seq_no: _Optional[int] = ..., max_seq_no: _Optional[int] = ..., subscribers: _Optional[int] = ..., segments: _Optional[int] = ..., subscriber_max_lag_frames: _Optional[int] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("topic", "from_seq_no", "limit", "reverse", "after")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    from_seq_no: int
+    limit: int
+    reverse: bool
+    after: str
+    def __init__(self, topic: _Optional[str] = ..., from_seq_no: _Optional[int] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., after: _Optional[str] = ...) -> None: ...
+
+class HistoryPage(_message.Message):
+    __slots__ = ("frames", "next", "more", "snapshot_offset", "epoch")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[Frame]
+    next: str
+    more: bool
+    snapshot_offset: int
+    epoch: int
+    def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., next: _Optional[str] = ..., more: _Optional[bool] = ..., snapshot_offset: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class BroadcastRequest(_message.Message):
+    __slots__ = ("topics", "seq_no", "payload", "timestamp", "idempotency_key")
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_NO_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    seq_no: int
+    payload: bytes
+    timestamp: int
+    idempotency_key: str
+    def __init__(self, topics: _Optional[_Iterable[str]] = ..., seq_no: _Optional[int] = ..., payload: _Optional[bytes] = ..., timestamp: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class BroadcastAck(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[TopicAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[TopicAck, _Mapping]]] = ...) -> None: ...
+
+class TopicAck(_message.Message):
+    __slots__ = ("topic", "ack")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    ack: PublishAck
+    def __init__(self, topic: _Optional[str] = ..., ack: _Optional[_Union[PublishAck, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,16 @@ class BroadcastStub:
                 request_serializer=framecast__pb2.ListTopicsRequest.SerializeToString,
                 response_deserializer=framecast__pb2.ListTopicsResponse.FromString,
                 _registered_method=True)
+        self.History = channel.unary_unary(
+                '/framecast.v1.Broadcast/History',
+                request_serializer=framecast__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=framecast__pb2.HistoryPage.FromString,
+                _registered_method=True)
+        self.Broadcast = channel.unary_unary(
+                '/framecast.v1.Broadcast/Broadcast',
+                request_serializer=framecast__pb2.BroadcastRequest.SerializeToString,
+                response_deserializer=framecast__pb2.BroadcastAck.FromString,
+                _registered_method=True)
 
 
 class BroadcastServicer:
@@ -114,6 +124,21 @@ class BroadcastServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """One page of a topic's history over a fixed snapshot, forward or newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Broadcast(self, request, context):
+        """One frame to many topics (names or patterns); validated before anything is written,
+        completed without duplicates by a retry with the same idempotency key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BroadcastServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +171,16 @@ def add_BroadcastServicer_to_server(servicer, server):
                     servicer.ListTopics,
                     request_deserializer=framecast__pb2.ListTopicsRequest.FromString,
                     response_serializer=framecast__pb2.ListTopicsResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=framecast__pb2.HistoryRequest.FromString,
+                    response_serializer=framecast__pb2.HistoryPage.SerializeToString,
+            ),
+            'Broadcast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Broadcast,
+                    request_deserializer=framecast__pb2.BroadcastRequest.FromString,
+                    response_serializer=framecast__pb2.BroadcastAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +346,60 @@ class Broadcast:
             '/framecast.v1.Broadcast/ListTopics',
             framecast__pb2.ListTopicsRequest.SerializeToString,
             framecast__pb2.ListTopicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/framecast.v1.Broadcast/History',
+            framecast__pb2.HistoryRequest.SerializeToString,
+            framecast__pb2.HistoryPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Broadcast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/framecast.v1.Broadcast/Broadcast',
+            framecast__pb2.BroadcastRequest.SerializeToString,
+            framecast__pb2.BroadcastAck.FromString,
             options,
             channel_credentials,
             insecure,
