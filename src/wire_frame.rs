@@ -3,6 +3,12 @@
 //! hands the same bytes to every subscriber (the encoder copies them into each stream's
 //! buffer; nothing is encoded again). The bytes on the wire are exactly prost's encoding of
 //! the same fields, so every gRPC client decodes them as before.
+//!
+//! Such a frame also has room for its JSON text, which the web doors (Server-Sent Events,
+//! WebSocket) make once, the first time one of them sends the frame live, and share the same
+//! way.
+
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -25,6 +31,9 @@ pub struct Frame {
     pub offset: u64,
     /// The message's encoding, when it was made by [`Frame::encoded`].
     encoding: Option<Bytes>,
+    /// Room for the frame's JSON fields, shared by every clone, when it was made by
+    /// [`Frame::encoded`].
+    json: Option<Arc<OnceLock<Box<str>>>>,
 }
 
 impl Frame {
@@ -37,6 +46,7 @@ impl Frame {
             timestamp,
             offset,
             encoding: None,
+            json: None,
         };
         let mut buf = BytesMut::with_capacity(plain.fields_len());
         plain.encode_fields(&mut buf);
@@ -60,6 +70,7 @@ impl Frame {
             timestamp,
             offset,
             encoding: Some(encoding),
+            json: Some(Arc::default()),
         }
     }
 
@@ -71,7 +82,16 @@ impl Frame {
             timestamp,
             offset,
             encoding: None,
+            json: None,
         }
+    }
+
+    /// The frame's JSON text as `make` writes it, made by the first caller and shared with
+    /// every clone of the frame; `None` for a frame without room for it (made by
+    /// [`Frame::new`] or decoded), whose caller writes its own.
+    pub fn shared_json(&self, make: impl FnOnce(&Frame) -> String) -> Option<&str> {
+        let cell = self.json.as_ref()?;
+        Some(cell.get_or_init(|| make(self).into_boxed_str()))
     }
 
     /// The stored encoding, if the frame has one.
@@ -79,9 +99,15 @@ impl Frame {
         self.encoding.as_ref()
     }
 
-    /// Bytes this frame holds on the heap beyond its struct (its encoding).
+    /// Bytes this frame holds on the heap beyond its struct: its encoding, and room for its
+    /// shared JSON text counted at the text's usual size whether made yet or not (so the
+    /// figure never changes; a payload of escaped control characters takes more).
     pub fn heap_bytes(&self) -> usize {
-        self.encoding.as_ref().map_or(0, Bytes::len)
+        let json = match &self.json {
+            Some(_) => json_len_estimate(self.payload.len()),
+            None => 0,
+        };
+        self.encoding.as_ref().map_or(0, Bytes::len) + json
     }
 
     fn fields_len(&self) -> usize {
@@ -117,6 +143,13 @@ impl Frame {
     }
 }
 
+/// About how long a frame's JSON fields are for a payload of `len` bytes: the payload in
+/// base64 and, for text, the text again, and the numbers. What a buffer reserves before
+/// writing one.
+pub fn json_len_estimate(len: usize) -> usize {
+    len.div_ceil(3) * 4 + len + 160
+}
+
 impl prost::Message for Frame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match &self.encoding {
@@ -133,6 +166,7 @@ impl prost::Message for Frame {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         self.encoding = None;
+        self.json = None;
         match tag {
             1 => encoding::uint64::merge(wire_type, &mut self.seq_no, buf, ctx),
             2 => encoding::bytes::merge(wire_type, &mut self.payload, buf, ctx),

@@ -15,8 +15,9 @@ use parking_lot::Mutex;
 use crate::proto::Frame;
 use crate::wal::{self, Log, StoredFrame};
 
-/// Bytes of encoded frames a topic keeps for its live subscribers: at 100-byte frames
-/// about 40,000 frames, many seconds of a fan-out at 1,000 frames/s.
+/// Bytes of encoded frames a topic keeps for its live subscribers (each charged for its
+/// protobuf encoding and room for its JSON text): at 100-byte frames about 14,000 frames,
+/// many seconds of a fan-out at 1,000 frames/s.
 pub const FRAME_CACHE_BYTES: usize = 8 << 20;
 /// Bytes one cached frame costs beyond its encoding (the `Frame` and its slot).
 const ENTRY_OVERHEAD: usize = 96;
@@ -244,7 +245,7 @@ mod tests {
     #[test]
     fn the_cache_is_bounded_and_a_reader_behind_it_is_told_so() {
         let (_dir, log) = log_with(400, 1000);
-        let max = 20 * (1000 + 16 + ENTRY_OVERHEAD);
+        let max = 20 * (1000 + 16 + crate::wire_frame::json_len_estimate(1000) + ENTRY_OVERHEAD);
         let cache = FrameCache::new(max);
         let frames = read_all(&cache, &log, 0, 400, 10);
         assert_eq!(frames.len(), 400);

@@ -38,7 +38,7 @@ pub mod token;
 pub mod topics;
 
 pub use self::core::{Broker, Opened, Pending, PublishGate};
-pub use cursor::CursorToken;
+pub use cursor::{CursorToken, CursorWriter};
 pub use error::{Error, Result};
 pub use subscription::{StartAt, Subscription};
 pub use topics::{Cause, Topic, TopicMeta, Topics};

@@ -1,8 +1,6 @@
 //! Bodies in the proto3 JSON mapping, with the proto field names: 64-bit integers are
 //! decimal strings, so a JavaScript client loses no precision.
 
-use std::fmt::Write as _;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -10,8 +8,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::broker::Error;
+use crate::broker::{CursorWriter, Error};
 use crate::proto;
+use crate::wire_frame::json_len_estimate;
 
 /// A `PublishAck`.
 pub fn ack(a: &proto::PublishAck) -> Value {
@@ -46,26 +45,58 @@ pub struct FrameExtras<'a> {
     pub topic: Option<&'a str>,
     /// `"live"`: the frame is past the snapshot (SSE, WebSocket).
     pub live: Option<bool>,
-    /// `"cursor"`: the token that resumes after this frame (WebSocket pushes).
-    pub cursor: Option<&'a str>,
+    /// `"cursor"`: the token that resumes after this frame (WebSocket pushes), the writer
+    /// having moved past it.
+    pub cursor: Option<&'a CursorWriter>,
 }
 
 /// Appends a frame as a JSON object to `out`: `{"seq_no","timestamp","offset","payload"[,
 /// "text"]}` (the payload in base64; `text` when it is valid UTF-8) with `extras`. Written
-/// directly, not through a `Value`: this is every SSE and WebSocket delivery.
+/// directly, not through a `Value`: this is every SSE and WebSocket delivery. A live frame
+/// from the topic's shared cache is written once and its text copied to every subscriber.
 pub fn write_frame(out: &mut String, f: &proto::Frame, extras: FrameExtras<'_>) {
     out.push('{');
     if let Some(topic) = extras.topic {
         // Topic names are [A-Za-z0-9._-]: nothing to escape.
-        let _ = write!(out, "\"topic\":\"{topic}\",");
+        out.push_str("\"topic\":\"");
+        out.push_str(topic);
+        out.push_str("\",");
     }
-    let _ = write!(
-        out,
-        "\"seq_no\":\"{}\",\"timestamp\":\"{}\",\"offset\":\"{}\",",
-        f.seq_no, f.timestamp, f.offset
-    );
-    if let Some(live) = extras.live {
-        let _ = write!(out, "\"live\":{live},");
+    let shared = match extras.live {
+        Some(true) => f.shared_json(|f| {
+            let mut s = String::with_capacity(json_len_estimate(f.payload.len()));
+            write_fields(&mut s, f, Some(true));
+            s
+        }),
+        _ => None,
+    };
+    match shared {
+        Some(text) => out.push_str(text),
+        None => write_fields(out, f, extras.live),
+    }
+    if let Some(cursor) = extras.cursor {
+        // Cursor tokens are base64url: nothing to escape.
+        out.push_str(",\"cursor\":\"");
+        cursor.write(out);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// The frame's own fields, without braces.
+fn write_fields(out: &mut String, f: &proto::Frame, live: Option<bool>) {
+    let mut n = itoa::Buffer::new();
+    out.push_str("\"seq_no\":\"");
+    out.push_str(n.format(f.seq_no));
+    out.push_str("\",\"timestamp\":\"");
+    out.push_str(n.format(f.timestamp));
+    out.push_str("\",\"offset\":\"");
+    out.push_str(n.format(f.offset));
+    out.push_str("\",");
+    match live {
+        Some(true) => out.push_str("\"live\":true,"),
+        Some(false) => out.push_str("\"live\":false,"),
+        None => {}
     }
     out.push_str("\"payload\":\"");
     STANDARD.encode_string(&f.payload, out);
@@ -75,11 +106,6 @@ pub fn write_frame(out: &mut String, f: &proto::Frame, extras: FrameExtras<'_>) 
         // Escaping a str into JSON cannot fail.
         let _ = serde_json::to_writer(StringWriter(out), text);
     }
-    if let Some(cursor) = extras.cursor {
-        // Cursor tokens are base64url: nothing to escape.
-        let _ = write!(out, ",\"cursor\":\"{cursor}\"");
-    }
-    out.push('}');
 }
 
 /// A frame as a `Value` (History pages).
@@ -276,10 +302,18 @@ mod tests {
         let binary = proto::Frame::new(1, Bytes::from_static(&[0xff, 0]), 1, 0);
         assert!(frame(&binary).get("text").is_none());
         let mut s = String::new();
+        let token = CursorWriter::new(crate::broker::CursorToken {
+            start_seq_no: 1,
+            snapshot: 2,
+            epoch: 3,
+            last: None,
+            reverse: false,
+            floor: None,
+        });
         let extras = FrameExtras {
             topic: Some("t"),
             live: Some(true),
-            cursor: Some("abc"),
+            cursor: Some(&token),
         };
         write_frame(&mut s, &binary, extras);
         let v: Value = serde_json::from_str(&s).unwrap_or(Value::Null);
@@ -289,8 +323,54 @@ mod tests {
                 v["live"].as_bool(),
                 v["cursor"].as_str()
             ),
-            (Some("t"), Some(true), Some("abc"))
+            (Some("t"), Some(true), Some(token.walk().encode().as_str()))
         );
+    }
+
+    #[test]
+    fn a_shared_live_frame_writes_what_a_plain_one_does() {
+        let payloads: [&[u8]; 5] = [
+            b"",
+            b"hi \"you\"\n",
+            &[0xff, 0],
+            &[b'a'; 1000],
+            "é\u{1}".as_bytes(),
+        ];
+        for p in payloads {
+            for (seq_no, ts, off) in [(0u64, 1i64, 0u64), (7, 1_700_000_000_000_000_000, u64::MAX)]
+            {
+                let shared = proto::Frame::encoded(seq_no, p, ts, off);
+                let plain = proto::Frame::new(seq_no, Bytes::copy_from_slice(p), ts, off);
+                for extras in [
+                    FrameExtras {
+                        live: Some(true),
+                        ..FrameExtras::default()
+                    },
+                    FrameExtras {
+                        topic: Some("room.1"),
+                        live: Some(true),
+                        ..FrameExtras::default()
+                    },
+                    FrameExtras {
+                        live: Some(false),
+                        ..FrameExtras::default()
+                    },
+                    FrameExtras::default(),
+                ] {
+                    let (mut a, mut b) = (String::new(), String::new());
+                    write_frame(&mut a, &shared, extras);
+                    write_frame(&mut b, &plain, extras);
+                    assert_eq!(a, b);
+                    // Twice: the second write copies the shared text.
+                    let mut again = String::new();
+                    write_frame(&mut again, &shared.clone(), extras);
+                    assert_eq!(again, b);
+                    let v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+                    assert_eq!(v["offset"], off.to_string());
+                    assert_eq!(v["payload"], STANDARD.encode(p));
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,8 +27,9 @@ use super::json::{write_frame, FrameExtras};
 use super::routes::{number, params, topic_path, Params};
 use crate::broker::metrics::Transport;
 use crate::broker::subscription::FrameStream;
-use crate::broker::{CursorToken, Error};
+use crate::broker::{CursorToken, CursorWriter, Error};
 use crate::proto;
+use crate::wire_frame::json_len_estimate;
 
 /// How often an idle stream sends `: ping`.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
@@ -85,7 +86,11 @@ pub async fn events(
             opened.snapshot_offset, opened.epoch
         ),
     );
-    let body = Body::from_stream(event_stream(first, opened.subscription.into_stream(), walk));
+    let body = Body::from_stream(event_stream(
+        first,
+        opened.subscription.into_stream(),
+        CursorWriter::new(walk),
+    ));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -111,11 +116,11 @@ const CHUNK_BYTES: usize = 256 << 10;
 fn event_stream(
     first: String,
     frames: FrameStream,
-    walk: CursorToken,
+    cursor: CursorWriter,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let state = Sse {
         frames,
-        walk,
+        cursor,
         ended: false,
         ping: tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY),
         wrote: false,
@@ -156,7 +161,8 @@ fn event_stream(
 /// Where an event stream stands.
 struct Sse {
     frames: FrameStream,
-    walk: CursorToken,
+    /// The token of the last event sent.
+    cursor: CursorWriter,
     ended: bool,
     ping: tokio::time::Interval,
     /// Something was written since the last ping tick.
@@ -168,13 +174,13 @@ impl Sse {
     fn push(&mut self, out: &mut String, next: Option<Result<proto::Frame, Error>>) {
         match next {
             Some(Ok(f)) => {
-                self.walk = self.walk.after(&f);
-                out.reserve(f.payload.len() * 7 / 3 + 192);
+                self.cursor.advance(&f);
+                out.reserve(json_len_estimate(f.payload.len()) + 128);
                 out.push_str("event: frame\nid: ");
-                out.push_str(&self.walk.encode());
+                self.cursor.write(out);
                 out.push_str("\ndata: ");
                 let extras = FrameExtras {
-                    live: Some(f.offset >= self.walk.snapshot),
+                    live: Some(f.offset >= self.cursor.walk().snapshot),
                     ..FrameExtras::default()
                 };
                 write_frame(out, &f, extras);

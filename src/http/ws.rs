@@ -1,16 +1,15 @@
 //! WebSocket (`GET /v1/ws`): one socket, any number of subscriptions (one per topic),
 //! publishing, History and token refresh, as JSON text messages (API.md).
 //!
-//! Memory is bounded whatever the client does. Every message the server sends — replies and
-//! pushes — takes its size from the socket's byte budget ([`OUT_BUDGET`]) before it is
-//! queued, and gives it back once the socket wrote it; the writer hands one message at a
-//! time to the connection, which waits while the peer's window is full. A client that stops
-//! reading therefore stops its subscriptions' cursors (each holds at most one batch), and
-//! its own requests wait for the budget, so the server stops reading from it: the cost is
-//! the budget plus a batch per subscription, never a queue that grows with lag.
+//! Memory is bounded whatever the client does. One writer task owns the connection: it
+//! pulls the next pushes from the socket's subscriptions only when the connection has taken
+//! what it wrote before, so a client that stops reading stops its subscriptions' cursors
+//! (each holds at most one batch) and nothing queues with lag. Replies take their size from
+//! the socket's byte budget ([`OUT_BUDGET`]) before they are queued and give it back once
+//! written; a client that sends requests but does not read stops being read.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -18,11 +17,12 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use futures::stream::BoxStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_stream::StreamMap;
 use tracing::debug;
 
 use super::caller::caller;
@@ -33,8 +33,9 @@ use super::routes::{history_request, params};
 use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
 use crate::broker::subscription::FrameStream;
-use crate::broker::{Broker, CursorToken, Error};
+use crate::broker::{Broker, CursorToken, CursorWriter, Error};
 use crate::proto;
+use crate::wire_frame::json_len_estimate;
 
 /// Bytes of outgoing messages one socket may have queued and not yet written.
 pub const OUT_BUDGET: usize = 8 << 20;
@@ -48,6 +49,8 @@ const WS_READ_BUFFER: usize = 8 << 10;
 const WS_WRITE_BUFFER: usize = 32 << 10;
 /// Most messages written in one flush.
 const FLUSH_EVERY: usize = 64;
+/// Bytes of pushes a flush aims to stay under (one push may pass it).
+const FLUSH_BYTES: usize = 1 << 20;
 /// How often the server pings.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket from which nothing (not even a pong) arrived for this long is closed.
@@ -84,37 +87,41 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(broker, who, socket)))
 }
 
-/// One message on its way out, holding its share of the budget until written.
-type Out = (Vec<Message>, Option<OwnedSemaphorePermit>);
+/// What the socket's other tasks hand its writer, in the order it must happen.
+enum Cmd {
+    /// Messages to write (replies, the end of a subscription), holding their share of the
+    /// budget until written.
+    Send(Vec<Message>, Option<OwnedSemaphorePermit>),
+    /// A topic's subscription's pushes, from now on (its answer was queued before this).
+    Feed(String, BoxStream<'static, Message>),
+    /// No more pushes of this topic (its answer is queued after this).
+    Stop(String),
+}
+
+/// Who the socket's calls are made as: `None` until an `auth` message when auth is on.
+type Who = watch::Receiver<Option<Arc<Principal>>>;
 
 /// What every task of one socket shares.
 #[derive(Clone)]
 struct Link {
     broker: Broker,
-    out: mpsc::Sender<Out>,
+    out: mpsc::Sender<Cmd>,
     budget: Arc<Semaphore>,
-    /// The socket's caller; `None` until an `auth` message when auth is on.
-    who: watch::Receiver<Option<Arc<Principal>>>,
+    who: Who,
 }
 
 impl Link {
     /// Queues `text`, waiting for its share of the budget; false once the socket closed.
     async fn send(&self, text: String) -> bool {
-        self.send_all(vec![text]).await
-    }
-
-    /// Queues `texts` together, with one share of the budget for all of them.
-    async fn send_all(&self, texts: Vec<String>) -> bool {
-        let bytes: usize = texts.iter().map(String::len).sum();
-        let share = bytes.clamp(1, OUT_BUDGET) as u32;
+        let share = text.len().clamp(1, OUT_BUDGET) as u32;
         let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(share).await else {
             return false;
         };
-        let msgs = texts
-            .into_iter()
-            .map(|t| Message::Text(Utf8Bytes::from(t)))
-            .collect();
-        self.out.send((msgs, Some(permit))).await.is_ok()
+        let msg = Message::Text(Utf8Bytes::from(text));
+        self.out
+            .send(Cmd::Send(vec![msg], Some(permit)))
+            .await
+            .is_ok()
     }
 
     async fn reply(&self, id: &Value, result: Result<Value, Error>) -> bool {
@@ -127,16 +134,21 @@ impl Link {
 
     /// The socket's caller, if it may make calls now.
     fn caller(&self) -> Result<Arc<Principal>, Error> {
-        let who = self.who.borrow().clone().ok_or_else(|| {
-            Error::Unauthenticated(
-                "send {\"auth\":{\"token\":…}} first: this server needs a token".into(),
-            )
-        })?;
-        if who.expires_at().is_some() && who.is_expired(std::time::SystemTime::now()) {
-            return Err(Error::TokenExpired);
-        }
-        Ok(who)
+        current(&self.who)
     }
+}
+
+/// The socket's caller, if it may make calls now.
+fn current(who: &Who) -> Result<Arc<Principal>, Error> {
+    let who = who.borrow().clone().ok_or_else(|| {
+        Error::Unauthenticated(
+            "send {\"auth\":{\"token\":…}} first: this server needs a token".into(),
+        )
+    })?;
+    if who.expires_at().is_some() && who.is_expired(std::time::SystemTime::now()) {
+        return Err(Error::TokenExpired);
+    }
+    Ok(who)
 }
 
 /// A message from the client: an `id` and exactly one operation.
@@ -193,19 +205,22 @@ struct AuthOp {
     token: String,
 }
 
-/// A subscription's task; aborted when the entry is dropped (unsubscribe, socket closed).
-struct Pump(JoinHandle<()>);
+/// A subscription of the socket, as its reader knows it.
+struct Sub {
+    /// Gone once the feed ended (its stream's end, an error, or stopped).
+    alive: Weak<()>,
+}
 
-impl Drop for Pump {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Sub {
+    fn is_open(&self) -> bool {
+        self.alive.strong_count() > 0
     }
 }
 
 /// Serves one socket until it closes, goes silent, or the server shuts down.
 async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Out>(64);
+    let (out, mut out_rx) = mpsc::channel::<Cmd>(64);
     let (who_tx, who_rx) = watch::channel(who);
     let link = Link {
         broker: broker.clone(),
@@ -214,36 +229,66 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         who: who_rx,
     };
     let (seen_tx, mut seen_rx) = watch::channel(());
-    // The writer: one message at a time to the connection, pings, and the silence check.
+    // The writer: replies and pushes to the connection, pings, and the silence check. It
+    // pulls pushes only after the last flush finished: a peer that stops reading stops them.
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut last_seen = tokio::time::Instant::now();
+        // One entry per subscribed topic; polled without allocating (a `SelectAll` costs a
+        // task allocation per push).
+        let mut feeds: StreamMap<String, BoxStream<'static, Message>> = StreamMap::new();
         loop {
             tokio::select! {
+                biased;
                 next = out_rx.recv() => {
-                    let Some((msgs, permit)) = next else { break };
+                    let Some(cmd) = next else { break };
                     // Everything queued now goes out in one flush (one write), not one
                     // each; the budget shares are kept until the flush wrote them.
-                    let mut held = vec![permit];
+                    let mut held = Vec::new();
                     let mut fed = 0;
                     let mut ok = true;
-                    for msg in msgs {
-                        fed += 1;
-                        ok = ok && sink.feed(msg).await.is_ok();
-                    }
-                    while ok && fed < FLUSH_EVERY {
-                        let Ok((msgs, permit)) = out_rx.try_recv() else { break };
-                        held.push(permit);
-                        for msg in msgs {
-                            fed += 1;
-                            ok = ok && sink.feed(msg).await.is_ok();
+                    let mut cmd = Some(cmd);
+                    while let Some(next) = cmd.take() {
+                        match next {
+                            Cmd::Feed(topic, f) => {
+                                feeds.insert(topic, f);
+                            }
+                            Cmd::Stop(topic) => {
+                                feeds.remove(&topic);
+                            }
+                            Cmd::Send(msgs, permit) => {
+                                held.push(permit);
+                                for msg in msgs {
+                                    fed += 1;
+                                    ok = ok && sink.feed(msg).await.is_ok();
+                                }
+                            }
                         }
+                        if !ok || fed >= FLUSH_EVERY {
+                            break;
+                        }
+                        cmd = out_rx.try_recv().ok();
+                    }
+                    if !ok || (fed > 0 && sink.flush().await.is_err()) {
+                        break;
+                    }
+                    drop(held);
+                }
+                Some((_, msg)) = feeds.next(), if !feeds.is_empty() => {
+                    // This push and those ready right after it, from any subscription.
+                    let mut bytes = message_len(&msg);
+                    let mut ok = sink.feed(msg).await.is_ok();
+                    let mut fed = 1;
+                    while ok && fed < FLUSH_EVERY && bytes < FLUSH_BYTES {
+                        let Some(Some((_, msg))) = feeds.next().now_or_never() else { break };
+                        bytes += message_len(&msg);
+                        fed += 1;
+                        ok = sink.feed(msg).await.is_ok();
                     }
                     if !ok || sink.flush().await.is_err() {
                         break;
                     }
-                    drop(held);
                 }
                 Ok(()) = seen_rx.changed() => last_seen = tokio::time::Instant::now(),
                 _ = ping.tick() => {
@@ -259,7 +304,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         }
         let _ = sink.close().await;
     });
-    let mut subs: HashMap<String, Pump> = HashMap::new();
+    let mut subs: HashMap<String, Sub> = HashMap::new();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut shutdown = broker.shutdown().clone();
     loop {
@@ -313,7 +358,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
 async fn handle(
     link: &Link,
     who_tx: &watch::Sender<Option<Arc<Principal>>>,
-    subs: &mut HashMap<String, Pump>,
+    subs: &mut HashMap<String, Sub>,
     in_flight: &Arc<Semaphore>,
     r: Request,
 ) -> bool {
@@ -349,12 +394,22 @@ async fn handle(
     if let Some(op) = r.unsubscribe {
         let result =
             crate::broker::core::topic_name(&op.topic).and_then(|name| match subs.remove(&name) {
-                Some(pump) if !pump.0.is_finished() => Ok(json!({"topic": name})),
+                Some(sub) if sub.is_open() => Ok(name),
                 _ => Err(Error::InvalidArgument(format!(
                     "this socket has no open subscription to topic '{name}'"
                 ))),
             });
-        return link.reply(&id, result.map_err(|e| broker.reject(e))).await;
+        let result = match result {
+            // The writer stops the pushes before it sends the answer: none comes after it.
+            Ok(name) => {
+                if link.out.send(Cmd::Stop(name.clone())).await.is_err() {
+                    return false;
+                }
+                Ok(json!({"topic": name}))
+            }
+            Err(e) => Err(broker.reject(e)),
+        };
+        return link.reply(&id, result).await;
     }
     if let Some(op) = r.subscribe {
         return subscribe(link, subs, id, op).await;
@@ -428,7 +483,7 @@ async fn history(link: &Link, q: HashMap<String, Value>) -> Result<Value, Error>
 /// the first frame.
 async fn subscribe(
     link: &Link,
-    subs: &mut HashMap<String, Pump>,
+    subs: &mut HashMap<String, Sub>,
     id: Value,
     op: SubscribeOp,
 ) -> bool {
@@ -436,7 +491,7 @@ async fn subscribe(
     let opened = async {
         let who = link.caller().map_err(|e| broker.reject(e))?;
         let name = crate::broker::core::topic_name(&op.topic).map_err(|e| broker.reject(e))?;
-        if subs.get(&name).is_some_and(|p| !p.0.is_finished()) {
+        if subs.get(&name).is_some_and(Sub::is_open) {
             return Err(broker.reject(Error::AlreadyExists(format!(
                 "this socket already subscribes to topic '{name}'"
             ))));
@@ -476,103 +531,111 @@ async fn subscribe(
             if !link.reply(&id, Ok(answer)).await {
                 return false;
             }
-            let task = link.clone();
-            let frames = opened.subscription.into_stream();
-            let topic = name.clone();
-            subs.insert(name, Pump(tokio::spawn(pump(task, topic, walk, frames))));
-            true
+            let alive = Arc::new(());
+            let pushes = feed(Feed {
+                broker: broker.clone(),
+                who: link.who.clone(),
+                topic: name.clone(),
+                cursor: CursorWriter::new(walk),
+                frames: opened.subscription.into_stream(),
+                _alive: Arc::clone(&alive),
+            });
+            subs.insert(
+                name.clone(),
+                Sub {
+                    alive: Arc::downgrade(&alive),
+                },
+            );
+            link.out.send(Cmd::Feed(name, pushes)).await.is_ok()
         }
     }
 }
 
-/// Sends a subscription's frames as pushes, each with the cursor that resumes after it,
-/// and its end. A stream ended by its token's expiry continues, exactly where it was, if
-/// the socket has a fresh token by then (`auth`); otherwise it ends with UNAUTHENTICATED.
-async fn pump(link: Link, topic: String, mut walk: CursorToken, mut frames: FrameStream) {
-    let broker = link.broker.clone();
-    loop {
-        let Some(next) = frames.next().await else {
-            return;
-        };
-        // This frame and those ready right after it go out as one batch: one share of the
-        // budget, one trip through the channel.
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut failed = None;
-        let mut done = false;
-        let mut item = Some(next);
-        while let Some(next) = item.take() {
-            match next {
+/// One subscription of a socket, turned into pushes.
+struct Feed {
+    broker: Broker,
+    who: Who,
+    topic: String,
+    /// The token of the last push.
+    cursor: CursorWriter,
+    frames: FrameStream,
+    /// Dropped with the feed: tells the reader the subscription ended.
+    _alive: Arc<()>,
+}
+
+/// A subscription's pushes, each with the cursor that resumes after it, then its `end`
+/// message. A stream ended by its token's expiry continues, exactly where it was, if the
+/// socket has a fresh token by then (`auth`); otherwise it ends with UNAUTHENTICATED.
+fn feed(state: Feed) -> BoxStream<'static, Message> {
+    let pushes = futures::stream::unfold(Some(Box::new(state)), |state| async move {
+        let mut st = state?;
+        loop {
+            let failed = match st.frames.next().await? {
                 Ok(f) => {
-                    walk = walk.after(&f);
-                    let msg = push_message(&topic, &walk, &f);
-                    bytes += msg.len();
-                    batch.push(msg);
+                    st.cursor.advance(&f);
+                    let msg = push_message(&st.topic, &st.cursor, &f);
+                    return Some((Message::Text(Utf8Bytes::from(msg)), Some(st)));
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if batch.len() >= PUSH_BATCH || bytes >= PUSH_BATCH_BYTES {
-                break;
-            }
-            match frames.next().now_or_never() {
-                Some(Some(next)) => item = Some(next),
-                Some(None) => done = true,
-                None => {}
-            }
-        }
-        if (!batch.is_empty() && !link.send_all(batch).await) || done {
-            return;
-        }
-        match failed {
-            None => {}
-            Some(Error::TokenExpired) => {
-                let refreshed = match link.caller() {
-                    Ok(who) => broker
-                        .subscribe(&who, &walk.subscribe_request(&topic), Transport::Ws)
-                        .await
-                        .map(|o| o.subscription.into_stream()),
-                    Err(e) => Err(e),
-                };
-                match refreshed {
-                    Ok(stream) => frames = stream,
-                    Err(e) => {
-                        end(&link, &topic, &e).await;
-                        return;
+                Err(e) => e,
+            };
+            let failed = match failed {
+                Error::TokenExpired => {
+                    let resumed = match current(&st.who) {
+                        Ok(who) => st
+                            .broker
+                            .subscribe(
+                                &who,
+                                &st.cursor.walk().subscribe_request(&st.topic),
+                                Transport::Ws,
+                            )
+                            .await
+                            .map(|o| o.subscription.into_stream()),
+                        Err(e) => Err(e),
+                    };
+                    match resumed {
+                        Ok(stream) => {
+                            st.frames = stream;
+                            continue;
+                        }
+                        Err(e) => e,
                     }
                 }
-            }
-            Some(e) => {
-                end(&link, &topic, &e).await;
-                return;
-            }
+                e => e,
+            };
+            return Some((
+                Message::Text(Utf8Bytes::from(end_message(&st.topic, &failed))),
+                None,
+            ));
         }
+    });
+    pushes.boxed()
+}
+
+/// Bytes of a message the writer counts toward a flush.
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
     }
 }
 
-/// Most pushes queued as one batch, and the bytes a batch aims to stay under.
-const PUSH_BATCH: usize = 64;
-const PUSH_BATCH_BYTES: usize = 1 << 20;
-
 /// `{"frame":{…,"cursor"}}` for `f`, the walk being past it.
-fn push_message(topic: &str, walk: &CursorToken, f: &proto::Frame) -> String {
-    let cursor = walk.encode();
-    let mut msg = String::with_capacity(f.payload.len() * 7 / 3 + 192);
+fn push_message(topic: &str, cursor: &CursorWriter, f: &proto::Frame) -> String {
+    let mut msg = String::with_capacity(json_len_estimate(f.payload.len()) + 128);
     msg.push_str("{\"frame\":");
     let extras = FrameExtras {
         topic: Some(topic),
-        live: Some(f.offset >= walk.snapshot),
-        cursor: Some(&cursor),
+        live: Some(f.offset >= cursor.walk().snapshot),
+        cursor: Some(cursor),
     };
     write_frame(&mut msg, f, extras);
     msg.push('}');
     msg
 }
 
-async fn end(link: &Link, topic: &str, e: &Error) {
+/// `{"end":{"topic","code","message"}}`: the subscription ended with `e`.
+fn end_message(topic: &str, e: &Error) -> String {
     let body = error_body(e);
-    let msg = json!({"end": {"topic": topic, "code": body["code"], "message": body["message"]}});
-    link.send(msg.to_string()).await;
+    json!({"end": {"topic": topic, "code": body["code"], "message": body["message"]}}).to_string()
 }
