@@ -43,9 +43,6 @@ pub enum StreamError {
     /// The connection failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The WebSocket failed (handshake, framing, connection).
-    #[error("websocket: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
     /// The server answered something the bench cannot use (an HTTP status other than 200,
     /// a refused subscribe, a malformed message).
     #[error("{0}")]

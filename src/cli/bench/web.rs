@@ -4,7 +4,8 @@
 //! - Server-Sent Events over a small HTTP/1.1 client written here: one `GET`, the chunked
 //!   body decoded into a buffer, the events split into lines. No HTTP library: the bench
 //!   shares the machine with the server, and every cycle it spends is one the server lacks.
-//! - WebSocket through tokio-tungstenite: one socket, one `subscribe`, then pushes.
+//! - WebSocket, also by hand (RFC 6455's client side): one socket, one `subscribe`, then
+//!   pushes parsed where they were read.
 //!
 //! A frame's JSON is not parsed whole: `offset` and `payload` are found by their keys (the
 //! server writes 64-bit integers as decimal strings and payloads as standard base64, neither
@@ -18,13 +19,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::error::{Error, Result, StreamError};
 use super::wire::{Counted, WireBytes};
@@ -447,10 +442,34 @@ impl SseStream {
     }
 }
 
-/// One WebSocket with one subscription.
+/// Most bytes one WebSocket message may have (a frame of the largest payload, in base64 and
+/// as text, fits many times over).
+const MAX_WS_MESSAGE: usize = 256 << 20;
+
+/// Where a whole WebSocket message is, once `next_message` found one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsMessage {
+    /// A text or binary message in one frame: `raw[start..end]`, read in place.
+    Whole(usize, usize),
+    /// A message that came in fragments, gathered in `partial`.
+    Gathered,
+    /// The server closed the socket.
+    Closed,
+}
+
+/// One WebSocket with one subscription, spoken by hand (RFC 6455, client side): the
+/// upgrade, masked client frames, and the server's frames parsed where they were read, with
+/// no allocation or copy per message. The bench shares the machine with the server, as for
+/// SSE: every cycle it spends is one the server lacks.
 #[derive(Debug)]
 pub struct WsStream {
-    socket: WebSocketStream<Counted>,
+    io: Counted,
+    /// Bytes read from the socket, not yet parsed: `raw[raw_at..]`.
+    raw: Vec<u8>,
+    raw_at: usize,
+    /// A fragmented message so far, while `fragmented`.
+    partial: Vec<u8>,
+    fragmented: bool,
     /// The last frame's decoded payload.
     payload: Vec<u8>,
 }
@@ -460,83 +479,252 @@ impl WsStream {
     /// which the server sends before the first frame.
     pub async fn open(target: &WebTarget, topic: &str, from: u64) -> Result<WsStream, StreamError> {
         let io = target.connect().await?;
-        let mut request = format!("ws://{}/v1/ws", target.authority).into_client_request()?;
+        let key = STANDARD.encode(rand::random::<[u8; 16]>());
+        let mut request = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+            target.authority
+        );
         if let Some(token) = &target.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| StreamError::Refused("the token is not a header value".into()))?;
-            request.headers_mut().insert(header::AUTHORIZATION, value);
+            request.push_str("Authorization: Bearer ");
+            request.push_str(token);
+            request.push_str("\r\n");
         }
-        // A reader per socket and a thousand sockets: tungstenite's 128 KiB read buffer
-        // would be 128 MB of the bench.
-        let config = WebSocketConfig::default().read_buffer_size(READ_AT_ONCE);
-        let (mut socket, _) =
-            tokio_tungstenite::client_async_with_config(request, io, Some(config)).await?;
+        request.push_str("\r\n");
+        let mut ws = WsStream {
+            io,
+            raw: Vec::with_capacity(READ_AT_ONCE),
+            raw_at: 0,
+            partial: Vec::new(),
+            fragmented: false,
+            payload: Vec::new(),
+        };
+        ws.io.write_all(request.as_bytes()).await?;
+        ws.read_upgrade(&key).await?;
         let subscribe = serde_json::json!({
             "id": 1,
             "subscribe": {"topic": topic, "from": from.to_string()},
         });
-        socket.send(Message::text(subscribe.to_string())).await?;
-        loop {
-            let msg = match socket.next().await {
-                Some(msg) => msg?,
-                None => {
-                    return Err(StreamError::Refused(
-                        "the socket closed before the subscribe answer".into(),
-                    ))
-                }
-            };
-            match msg {
-                Message::Text(text) => {
-                    let answer: serde_json::Value = serde_json::from_str(text.as_str())
-                        .map_err(|e| StreamError::Refused(format!("not JSON ({e}): {text}")))?;
-                    if answer.get("id") == Some(&serde_json::json!(1))
-                        && answer.get("result").is_some()
-                    {
-                        return Ok(WsStream {
-                            socket,
-                            payload: Vec::new(),
-                        });
-                    }
-                    return Err(StreamError::Refused(format!("subscribe: {answer}")));
-                }
-                Message::Close(_) => {
-                    return Err(StreamError::Refused(
-                        "the socket closed before the subscribe answer".into(),
-                    ))
-                }
-                _ => continue,
+        ws.send(OP_TEXT, subscribe.to_string().as_bytes()).await?;
+        let answer = match ws.next_message().await? {
+            WsMessage::Whole(start, end) => &ws.raw[start..end],
+            WsMessage::Gathered => &ws.partial[..],
+            WsMessage::Closed => {
+                return Err(StreamError::Refused(
+                    "the socket closed before the subscribe answer".into(),
+                ))
             }
+        };
+        let answer: serde_json::Value = serde_json::from_slice(answer).map_err(|e| {
+            StreamError::Refused(format!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            ))
+        })?;
+        if answer.get("id") == Some(&serde_json::json!(1)) && answer.get("result").is_some() {
+            return Ok(ws);
         }
+        Err(StreamError::Refused(format!("subscribe: {answer}")))
     }
 
     /// The next frame's offset and payload; `None` when the socket closed.
     pub async fn next(&mut self) -> Result<Option<(u64, &[u8])>, StreamError> {
+        let json = match self.next_message().await? {
+            WsMessage::Whole(start, end) => &self.raw[start..end],
+            WsMessage::Gathered => &self.partial[..],
+            WsMessage::Closed => return Ok(None),
+        };
+        if json.starts_with(b"{\"frame\":") {
+            let offset = frame_fields(json, &mut self.payload)?;
+            return Ok(Some((offset, &self.payload)));
+        }
+        if json.starts_with(b"{\"end\":") {
+            return Err(ended(json, Some("end")));
+        }
+        Err(StreamError::Refused(format!(
+            "an unexpected message: {}",
+            String::from_utf8_lossy(&json[..json.len().min(200)])
+        )))
+    }
+
+    /// Reads the upgrade's answer: `101` with the accept value `key` asks for, or a refusal
+    /// with the status line and the start of the body.
+    async fn read_upgrade(&mut self, key: &str) -> Result<(), StreamError> {
+        let end = loop {
+            if let Some(at) = find(&self.raw, b"\r\n\r\n") {
+                break at;
+            }
+            if self.raw.len() > MAX_HEAD {
+                return Err(StreamError::Refused("an endless response head".into()));
+            }
+            if self.read_more().await? == 0 {
+                return Err(StreamError::Refused(
+                    "the connection closed before the response".into(),
+                ));
+            }
+        };
+        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+        self.raw_at = end + 4;
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("101") {
+            let rest = &self.raw[self.raw_at..];
+            let body = String::from_utf8_lossy(&rest[..rest.len().min(300)]);
+            return Err(StreamError::Refused(format!("{status}: {}", body.trim())));
+        }
+        let want = accept_value(key);
+        let accepted = lines.any(|l| {
+            l.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == want
+            })
+        });
+        if !accepted {
+            return Err(StreamError::Refused(
+                "the upgrade's Sec-WebSocket-Accept does not answer our key".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next whole text or binary message; pings are answered on the way, pongs skipped.
+    async fn next_message(&mut self) -> Result<WsMessage, StreamError> {
         loop {
-            let msg = match self.socket.next().await {
-                Some(msg) => msg?,
-                None => return Ok(None),
-            };
-            match msg {
-                Message::Text(text) => {
-                    let json = text.as_bytes();
-                    if json.starts_with(b"{\"frame\":") {
-                        let offset = frame_fields(json, &mut self.payload)?;
-                        return Ok(Some((offset, &self.payload)));
-                    }
-                    if json.starts_with(b"{\"end\":") {
-                        return Err(ended(json, Some("end")));
-                    }
-                    return Err(StreamError::Refused(format!(
-                        "an unexpected message: {}",
-                        &text.as_str()[..text.len().min(200)]
+            let Some((fin, opcode, start, end)) = self.parse_frame()? else {
+                if self.read_more().await? == 0 {
+                    return Err(StreamError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed without a close frame",
                     )));
                 }
-                Message::Close(_) => return Ok(None),
-                // Pings are answered by tungstenite.
-                _ => continue,
+                continue;
+            };
+            self.raw_at = end;
+            match opcode {
+                OP_CONTINUATION if self.fragmented => {
+                    if self.partial.len() + (end - start) > MAX_WS_MESSAGE {
+                        return Err(StreamError::Refused("a message too large".into()));
+                    }
+                    self.partial.extend_from_slice(&self.raw[start..end]);
+                    if fin {
+                        self.fragmented = false;
+                        return Ok(WsMessage::Gathered);
+                    }
+                }
+                OP_TEXT | OP_BINARY if !self.fragmented => {
+                    if fin {
+                        return Ok(WsMessage::Whole(start, end));
+                    }
+                    self.partial.clear();
+                    self.partial.extend_from_slice(&self.raw[start..end]);
+                    self.fragmented = true;
+                }
+                OP_CLOSE => return Ok(WsMessage::Closed),
+                OP_PING => {
+                    let ping = self.raw[start..end].to_vec();
+                    self.send(OP_PONG, &ping).await?;
+                }
+                OP_PONG => {}
+                _ => {
+                    return Err(StreamError::Refused(format!(
+                        "an unexpected WebSocket frame (opcode {opcode})"
+                    )))
+                }
             }
         }
     }
+
+    /// The frame at `raw[raw_at..]` if it is all there: `(fin, opcode, payload start, end)`.
+    fn parse_frame(&self) -> Result<Option<(bool, u8, usize, usize)>, StreamError> {
+        let buf = &self.raw[self.raw_at..];
+        let [b0, b1, rest @ ..] = buf else {
+            return Ok(None);
+        };
+        if b1 & 0x80 != 0 {
+            return Err(StreamError::Refused(
+                "a masked frame from the server".into(),
+            ));
+        }
+        if b0 & 0x70 != 0 {
+            return Err(StreamError::Refused(
+                "a frame with reserved bits set".into(),
+            ));
+        }
+        let (len, header) = match b1 & 0x7f {
+            126 => match rest {
+                [a, b, ..] => (u64::from(u16::from_be_bytes([*a, *b])), 4),
+                _ => return Ok(None),
+            },
+            127 => match rest.get(..8) {
+                Some(b) => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(b);
+                    (u64::from_be_bytes(n), 10)
+                }
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 2),
+        };
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= MAX_WS_MESSAGE)
+            .ok_or_else(|| StreamError::Refused("a frame too large".into()))?;
+        if buf.len() < header + len {
+            return Ok(None);
+        }
+        let start = self.raw_at + header;
+        Ok(Some((b0 & 0x80 != 0, b0 & 0x0f, start, start + len)))
+    }
+
+    /// Sends one whole message as a masked frame.
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), StreamError> {
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        frame.push(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = rand::random::<[u8; 4]>();
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.io.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads what the socket has (cancel-safe: `read_buf` either read or did not).
+    async fn read_more(&mut self) -> Result<usize, StreamError> {
+        if self.raw_at == self.raw.len() {
+            self.raw.clear();
+            self.raw_at = 0;
+        } else if self.raw_at > 0 {
+            self.raw.drain(..self.raw_at);
+            self.raw_at = 0;
+        }
+        self.raw.reserve(READ_AT_ONCE);
+        Ok(self.io.read_buf(&mut self.raw).await?)
+    }
+}
+
+const OP_CONTINUATION: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+
+/// The `Sec-WebSocket-Accept` a server answers `key` with.
+fn accept_value(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    STANDARD.encode(h.finalize())
 }
 
 /// The `offset` of a frame's JSON (SSE data or WebSocket push); its payload decoded into
@@ -853,5 +1041,168 @@ mod tests {
         let target = serve_once(cut, 1000).await;
         let mut sse = SseStream::open(&target, "t", 7).await.expect("open");
         assert!(sse.next().await.is_err());
+    }
+
+    /// A server frame (unmasked).
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 65535 => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Reads one masked client frame: `(opcode, unmasked payload)`.
+    async fn client_frame(socket: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        socket.read_exact(&mut h).await.expect("frame head");
+        assert_eq!(h[1] & 0x80, 0x80, "client frames are masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                socket.read_exact(&mut b).await.expect("len16");
+                usize::from(u16::from_be_bytes(b))
+            }
+            127 => panic!("no long client frames here"),
+            n => usize::from(n),
+        };
+        let mut mask = [0u8; 4];
+        socket.read_exact(&mut mask).await.expect("mask");
+        let mut payload = vec![0u8; len];
+        socket.read_exact(&mut payload).await.expect("payload");
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        (h[0] & 0x0f, payload)
+    }
+
+    fn push(offset: u64, payload: &[u8]) -> Vec<u8> {
+        format!(
+            "{{\"frame\":{{\"topic\":\"t\",\"seq_no\":\"1\",\"timestamp\":\"2\",\"offset\":\"{offset}\",\
+             \"live\":true,\"payload\":\"{}\",\"cursor\":\"c\"}}}}",
+            STANDARD.encode(payload)
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn websocket_frames_of_every_length_fragmented_and_pinged_across_any_split() {
+        let big = vec![7u8; 70_000];
+        for piece in [1, 3, 64, 1 << 20] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let big2 = big.clone();
+            let server = tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut head = Vec::new();
+                while find(&head, b"\r\n\r\n").is_none() {
+                    let mut b = [0u8; 1024];
+                    let n = socket.read(&mut b).await.expect("read");
+                    assert!(n > 0, "request cut short");
+                    head.extend_from_slice(&b[..n]);
+                }
+                let head = String::from_utf8(head).expect("utf8");
+                assert!(head.starts_with("GET /v1/ws HTTP/1.1\r\n"), "{head}");
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .expect("key")
+                    .to_string();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {}\r\n\r\n",
+                    accept_value(&key)
+                );
+                socket.write_all(answer.as_bytes()).await.expect("101");
+                let (op, sub) = client_frame(&mut socket).await;
+                assert_eq!(op, OP_TEXT);
+                let sub: serde_json::Value = serde_json::from_slice(&sub).expect("json");
+                assert_eq!(sub["subscribe"]["topic"], "t");
+                let mut out = Vec::new();
+                // The answer in two fragments, a ping, then pushes of 7-, 16- and 64-bit
+                // lengths, one fragmented around a pong, then close.
+                let answer = br#"{"id":1,"result":{"topic":"t"}}"#;
+                out.extend(server_frame(false, OP_TEXT, &answer[..10]));
+                out.extend(server_frame(true, OP_CONTINUATION, &answer[10..]));
+                out.extend(server_frame(true, OP_PING, b"hi"));
+                out.extend(server_frame(true, OP_TEXT, &push(0, b"a")));
+                out.extend(server_frame(true, OP_TEXT, &push(1, &[9u8; 200])));
+                out.extend(server_frame(true, OP_TEXT, &push(2, &big2)));
+                let p3 = push(3, b"split");
+                out.extend(server_frame(false, OP_TEXT, &p3[..20]));
+                out.extend(server_frame(true, OP_PONG, b""));
+                out.extend(server_frame(true, OP_CONTINUATION, &p3[20..]));
+                out.extend(server_frame(true, OP_CLOSE, b""));
+                for part in out.chunks(piece) {
+                    socket.write_all(part).await.expect("write");
+                    tokio::task::yield_now().await;
+                }
+                // The pong answers the ping with its payload.
+                let (op, pong) = client_frame(&mut socket).await;
+                assert_eq!((op, pong.as_slice()), (OP_PONG, &b"hi"[..]));
+            });
+            let t = target(&format!("http://{addr}")).expect("target");
+            let mut ws = WsStream::open(&t, "t", 0).await.expect("open");
+            let want: [&[u8]; 4] = [b"a", &[9u8; 200], &big, b"split"];
+            for (i, payload) in want.iter().enumerate() {
+                let (offset, got) = ws.next().await.expect("frame").expect("some");
+                assert_eq!((offset, got), (i as u64, *payload), "piece {piece}");
+            }
+            assert!(ws.next().await.expect("close").is_none());
+            server.await.expect("server");
+        }
+    }
+
+    #[tokio::test]
+    async fn websocket_refusals() {
+        let target = serve_upgrade_answer(
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno".to_vec(),
+        )
+        .await;
+        match WsStream::open(&target, "t", 0).await {
+            Err(StreamError::Refused(why)) => assert!(why.contains("401"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let target = serve_upgrade_answer(
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: wrong\r\n\r\n".to_vec(),
+        )
+        .await;
+        match WsStream::open(&target, "t", 0).await {
+            Err(StreamError::Refused(why)) => assert!(why.contains("Accept"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A server that answers an upgrade request with `response`, whatever it asked.
+    async fn serve_upgrade_answer(response: Vec<u8>) -> WebTarget {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            while find(&head, b"\r\n\r\n").is_none() {
+                let mut b = [0u8; 1024];
+                let n = socket.read(&mut b).await.expect("read");
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&b[..n]);
+            }
+            socket.write_all(&response).await.expect("write");
+        });
+        target(&format!("http://{addr}")).expect("target")
     }
 }
