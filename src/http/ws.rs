@@ -9,6 +9,7 @@
 //! written; a client that sends requests but does not read stops being read.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -92,11 +93,14 @@ enum Cmd {
     /// Messages to write (replies, the end of a subscription), holding their share of the
     /// budget until written.
     Send(Vec<Message>, Option<OwnedSemaphorePermit>),
-    /// A topic's subscription's pushes, from now on (its answer was queued before this).
-    Feed(String, BoxStream<'static, Message>),
-    /// No more pushes of this topic (its answer is queued after this).
-    Stop(String),
+    /// A subscription's pushes, by its id, from now on (its answer was queued before this).
+    Feed(u64, BoxStream<'static, Message>),
+    /// No more pushes of this subscription (its answer is queued after this).
+    Stop(u64),
 }
+
+/// Ids of subscriptions (the writer's keys: a number, copied per push, not the topic's name).
+static FEED_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Who the socket's calls are made as: `None` until an `auth` message when auth is on.
 type Who = watch::Receiver<Option<Arc<Principal>>>;
@@ -207,6 +211,8 @@ struct AuthOp {
 
 /// A subscription of the socket, as its reader knows it.
 struct Sub {
+    /// The writer's key for it.
+    id: u64,
     /// Gone once the feed ended (its stream's end, an error, or stopped).
     alive: Weak<()>,
 }
@@ -237,7 +243,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         let mut last_seen = tokio::time::Instant::now();
         // One entry per subscribed topic; polled without allocating (a `SelectAll` costs a
         // task allocation per push).
-        let mut feeds: StreamMap<String, BoxStream<'static, Message>> = StreamMap::new();
+        let mut feeds: StreamMap<u64, BoxStream<'static, Message>> = StreamMap::new();
         loop {
             tokio::select! {
                 biased;
@@ -251,11 +257,11 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     let mut cmd = Some(cmd);
                     while let Some(next) = cmd.take() {
                         match next {
-                            Cmd::Feed(topic, f) => {
-                                feeds.insert(topic, f);
+                            Cmd::Feed(id, f) => {
+                                feeds.insert(id, f);
                             }
-                            Cmd::Stop(topic) => {
-                                feeds.remove(&topic);
+                            Cmd::Stop(id) => {
+                                feeds.remove(&id);
                             }
                             Cmd::Send(msgs, permit) => {
                                 held.push(permit);
@@ -394,15 +400,15 @@ async fn handle(
     if let Some(op) = r.unsubscribe {
         let result =
             crate::broker::core::topic_name(&op.topic).and_then(|name| match subs.remove(&name) {
-                Some(sub) if sub.is_open() => Ok(name),
+                Some(sub) if sub.is_open() => Ok((name, sub.id)),
                 _ => Err(Error::InvalidArgument(format!(
                     "this socket has no open subscription to topic '{name}'"
                 ))),
             });
         let result = match result {
             // The writer stops the pushes before it sends the answer: none comes after it.
-            Ok(name) => {
-                if link.out.send(Cmd::Stop(name.clone())).await.is_err() {
+            Ok((name, id)) => {
+                if link.out.send(Cmd::Stop(id)).await.is_err() {
                     return false;
                 }
                 Ok(json!({"topic": name}))
@@ -532,21 +538,24 @@ async fn subscribe(
                 return false;
             }
             let alive = Arc::new(());
+            let id = FEED_IDS.fetch_add(1, Ordering::Relaxed);
             let pushes = feed(Feed {
                 broker: broker.clone(),
                 who: link.who.clone(),
                 topic: name.clone(),
                 cursor: CursorWriter::new(walk),
                 frames: opened.subscription.into_stream(),
+                scratch: String::new(),
                 _alive: Arc::clone(&alive),
             });
             subs.insert(
                 name.clone(),
                 Sub {
+                    id,
                     alive: Arc::downgrade(&alive),
                 },
             );
-            link.out.send(Cmd::Feed(name, pushes)).await.is_ok()
+            link.out.send(Cmd::Feed(id, pushes)).await.is_ok()
         }
     }
 }
@@ -559,6 +568,8 @@ struct Feed {
     /// The token of the last push.
     cursor: CursorWriter,
     frames: FrameStream,
+    /// Where each push is written before it is copied out at its exact size.
+    scratch: String,
     /// Dropped with the feed: tells the reader the subscription ended.
     _alive: Arc<()>,
 }
@@ -573,7 +584,7 @@ fn feed(state: Feed) -> BoxStream<'static, Message> {
             let failed = match st.frames.next().await? {
                 Ok(f) => {
                     st.cursor.advance(&f);
-                    let msg = push_message(&st.topic, &st.cursor, &f);
+                    let msg = push_message(&mut st.scratch, &st.topic, &st.cursor, &f);
                     return Some((Message::Text(Utf8Bytes::from(msg)), Some(st)));
                 }
                 Err(e) => e,
@@ -620,19 +631,36 @@ fn message_len(m: &Message) -> usize {
     }
 }
 
-/// `{"frame":{…,"cursor"}}` for `f`, the walk being past it.
-fn push_message(topic: &str, cursor: &CursorWriter, f: &proto::Frame) -> String {
-    let mut msg = String::with_capacity(json_len_estimate(f.payload.len()) + 128);
+/// `{"frame":{…,"cursor"}}` for `f`, the walk being past it: written into `scratch`, then
+/// copied into a string of exactly its length, which becomes the message's bytes without
+/// another allocation (one with spare capacity would cost one more, and a shared count).
+fn push_message(
+    scratch: &mut String,
+    topic: &str,
+    cursor: &CursorWriter,
+    f: &proto::Frame,
+) -> String {
+    let msg = scratch;
+    msg.clear();
+    msg.reserve(json_len_estimate(f.payload.len()) + 128);
     msg.push_str("{\"frame\":");
     let extras = FrameExtras {
         topic: Some(topic),
         live: Some(f.offset >= cursor.walk().snapshot),
         cursor: Some(cursor),
     };
-    write_frame(&mut msg, f, extras);
+    write_frame(msg, f, extras);
     msg.push('}');
-    msg
+    let out = String::from(msg.as_str());
+    // A large frame's push is not kept per subscription.
+    if msg.capacity() > SCRATCH_KEEP {
+        *msg = String::new();
+    }
+    out
 }
+
+/// The scratch capacity a subscription keeps between pushes.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 /// `{"end":{"topic","code","message"}}`: the subscription ended with `e`.
 fn end_message(topic: &str, e: &Error) -> String {
