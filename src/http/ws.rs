@@ -9,8 +9,10 @@
 //! written; a client that sends requests but does not read stops being read.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -19,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use futures::stream::BoxStream;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -539,14 +541,15 @@ async fn subscribe(
             }
             let alive = Arc::new(());
             let id = FEED_IDS.fetch_add(1, Ordering::Relaxed);
-            let pushes = feed(Feed {
+            let pushes = Box::pin(Feed {
                 broker: broker.clone(),
                 who: link.who.clone(),
                 topic: name.clone(),
                 cursor: CursorWriter::new(walk),
                 frames: opened.subscription.into_stream(),
+                state: FeedState::Reading,
                 scratch: String::new(),
-                _alive: Arc::clone(&alive),
+                alive: Some(Arc::clone(&alive)),
             });
             subs.insert(
                 name.clone(),
@@ -560,7 +563,10 @@ async fn subscribe(
     }
 }
 
-/// One subscription of a socket, turned into pushes.
+/// One subscription of a socket, as a stream of pushes: each frame with the cursor that
+/// resumes after it, then its `end` message. A stream ended by its token's expiry continues,
+/// exactly where it was, if the socket has a fresh token by then (`auth`); otherwise it ends
+/// with UNAUTHENTICATED. Written out rather than as an `unfold`: this is every push.
 struct Feed {
     broker: Broker,
     who: Who,
@@ -568,58 +574,79 @@ struct Feed {
     /// The token of the last push.
     cursor: CursorWriter,
     frames: FrameStream,
+    state: FeedState,
     /// Where each push is written before it is copied out at its exact size.
     scratch: String,
-    /// Dropped with the feed: tells the reader the subscription ended.
-    _alive: Arc<()>,
+    /// Dropped when the feed ends: tells the reader the subscription is over.
+    alive: Option<Arc<()>>,
 }
 
-/// A subscription's pushes, each with the cursor that resumes after it, then its `end`
-/// message. A stream ended by its token's expiry continues, exactly where it was, if the
-/// socket has a fresh token by then (`auth`); otherwise it ends with UNAUTHENTICATED.
-fn feed(state: Feed) -> BoxStream<'static, Message> {
-    let pushes = futures::stream::unfold(Some(Box::new(state)), |state| async move {
-        let mut st = state?;
+/// Where a feed is.
+enum FeedState {
+    /// Reading `frames`.
+    Reading,
+    /// Opening the subscription again under a fresh token.
+    Resuming(futures::future::BoxFuture<'static, Result<FrameStream, Error>>),
+    /// Ended (its `end` message, if any, was given).
+    Done,
+}
+
+impl Feed {
+    /// The feed's last message: its `end`, for `e`.
+    fn end(&mut self, e: &Error) -> Poll<Option<Message>> {
+        self.state = FeedState::Done;
+        self.alive = None;
+        Poll::Ready(Some(Message::Text(Utf8Bytes::from(end_message(
+            &self.topic,
+            e,
+        )))))
+    }
+}
+
+impl Stream for Feed {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let st = self.get_mut();
         loop {
-            let failed = match st.frames.next().await? {
-                Ok(f) => {
-                    st.cursor.advance(&f);
-                    let msg = push_message(&mut st.scratch, &st.topic, &st.cursor, &f);
-                    return Some((Message::Text(Utf8Bytes::from(msg)), Some(st)));
-                }
-                Err(e) => e,
-            };
-            let failed = match failed {
-                Error::TokenExpired => {
-                    let resumed = match current(&st.who) {
-                        Ok(who) => st
-                            .broker
-                            .subscribe(
-                                &who,
-                                &st.cursor.walk().subscribe_request(&st.topic),
-                                Transport::Ws,
-                            )
-                            .await
-                            .map(|o| o.subscription.into_stream()),
-                        Err(e) => Err(e),
-                    };
-                    match resumed {
-                        Ok(stream) => {
-                            st.frames = stream;
-                            continue;
-                        }
-                        Err(e) => e,
+            match &mut st.state {
+                FeedState::Done => return Poll::Ready(None),
+                FeedState::Resuming(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Ok(frames) => {
+                        st.frames = frames;
+                        st.state = FeedState::Reading;
                     }
-                }
-                e => e,
-            };
-            return Some((
-                Message::Text(Utf8Bytes::from(end_message(&st.topic, &failed))),
-                None,
-            ));
+                    Err(e) => return st.end(&e),
+                },
+                FeedState::Reading => match ready!(st.frames.as_mut().poll_next(cx)) {
+                    Some(Ok(f)) => {
+                        st.cursor.advance(&f);
+                        let msg = push_message(&mut st.scratch, &st.topic, &st.cursor, &f);
+                        return Poll::Ready(Some(Message::Text(Utf8Bytes::from(msg))));
+                    }
+                    Some(Err(Error::TokenExpired)) => match current(&st.who) {
+                        Ok(who) => {
+                            let broker = st.broker.clone();
+                            let request = st.cursor.walk().subscribe_request(&st.topic);
+                            st.state = FeedState::Resuming(Box::pin(async move {
+                                broker
+                                    .subscribe(&who, &request, Transport::Ws)
+                                    .await
+                                    .map(|o| o.subscription.into_stream())
+                            }));
+                        }
+                        Err(e) => return st.end(&e),
+                    },
+                    Some(Err(e)) => return st.end(&e),
+                    None => {
+                        st.state = FeedState::Done;
+                        st.alive = None;
+                        return Poll::Ready(None);
+                    }
+                },
+            }
         }
-    });
-    pushes.boxed()
+    }
 }
 
 /// Bytes of a message the writer counts toward a flush.
