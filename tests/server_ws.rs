@@ -387,3 +387,94 @@ async fn readers_that_never_read_cost_bounded_memory_and_slow_no_one() {
     assert_eq!(got, (0..40).collect::<Vec<_>>());
     drop(stalled_sse);
 }
+
+/// Payloads of every shape: empty, binary at the largest size accepted, and text full of
+/// what JSON must escape.
+fn shapes() -> Vec<Vec<u8>> {
+    let max = 4 * 1024 * 1024 - 1024;
+    let binary: Vec<u8> = (0..max).map(|i| (i * 7 % 256) as u8).collect();
+    let text = "quote \" backslash \\ newline \n tab \t bell \u{7} é 漢字 🚀 "
+        .repeat(20_000)
+        .into_bytes();
+    vec![Vec::new(), binary, text, b"x".to_vec()]
+}
+
+/// Checks one frame's JSON against the payload it must carry.
+fn check_frame(v: &Value, want: &[u8], live: bool, how: &str) {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(v["payload"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        payload == want,
+        "{how}: payload of {} bytes differs",
+        want.len()
+    );
+    match std::str::from_utf8(want) {
+        Ok(text) => assert_eq!(v["text"].as_str(), Some(text), "{how}: text"),
+        Err(_) => assert!(v.get("text").is_none(), "{how}: no text for binary"),
+    }
+    assert_eq!(v["live"].as_bool(), Some(live), "{how}: live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_every_size_reach_sse_and_websocket_whole_replayed_and_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let shapes = shapes();
+    // Replayed frames are written per subscriber; live ones once, shared by every
+    // subscriber: both paths, every shape.
+    for (i, p) in shapes.iter().enumerate() {
+        publish(&mut c, "shapes", i as u64, p).await;
+    }
+    let mut ws = open(&server, "").await;
+    let mut ws2 = open(&server, "").await;
+    for w in [&mut ws, &mut ws2] {
+        send(w, json!({"id": 1, "subscribe": {"topic": "shapes"}})).await;
+        let r = reply(w, 1, &mut Vec::new()).await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    let base = server.http.clone().unwrap();
+    let n = shapes.len();
+    let sse = tokio::task::spawn_blocking(move || {
+        let mut s = common::sse::open(&base, "/v1/topics/shapes/events", &[]).unwrap();
+        let mut out = Vec::new();
+        while out.len() < 2 * n {
+            let e = s.next_event().expect("the stream goes on");
+            if e.event == "frame" {
+                out.push(e.json());
+            }
+        }
+        out
+    });
+    // Live frames once both kinds of reader are in.
+    common::wait_subscribers(&mut c, "shapes", 3, Duration::from_secs(20)).await;
+    for (i, p) in shapes.iter().enumerate() {
+        publish(&mut c, "shapes", (n + i) as u64, p).await;
+    }
+    for (k, w) in [&mut ws, &mut ws2].into_iter().enumerate() {
+        for round in 0..2 {
+            for (i, p) in shapes.iter().enumerate() {
+                let v = recv(w).await;
+                let f = &v["frame"];
+                assert_eq!(num(&f["seq_no"]), (round * n + i) as u64);
+                check_frame(f, p, round == 1, &format!("ws {k} round {round} shape {i}"));
+            }
+        }
+    }
+    let events = tokio::time::timeout(Duration::from_secs(60), sse)
+        .await
+        .unwrap()
+        .unwrap();
+    for (j, v) in events.iter().enumerate() {
+        let (round, i) = (j / n, j % n);
+        assert_eq!(num(&v["seq_no"]), j as u64);
+        check_frame(
+            v,
+            &shapes[i],
+            round == 1,
+            &format!("sse round {round} shape {i}"),
+        );
+    }
+}
