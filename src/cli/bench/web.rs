@@ -103,6 +103,76 @@ impl WebTarget {
     }
 }
 
+/// A connection and the bytes read from it not yet consumed: `raw[at..]`.
+#[derive(Debug)]
+struct Inbox {
+    io: Counted,
+    raw: Vec<u8>,
+    at: usize,
+}
+
+impl Inbox {
+    fn new(io: Counted) -> Inbox {
+        Inbox {
+            io,
+            raw: Vec::with_capacity(READ_AT_ONCE),
+            at: 0,
+        }
+    }
+
+    /// Reads what the socket has (cancel-safe: `read_buf` either read or did not).
+    async fn read_more(&mut self) -> Result<usize, StreamError> {
+        compact(&mut self.raw, &mut self.at);
+        self.raw.reserve(READ_AT_ONCE);
+        Ok(self.io.read_buf(&mut self.raw).await?)
+    }
+
+    /// Reads a response head with status `status` and returns it (status line first);
+    /// another status is refused with its status line and the start of its body.
+    async fn read_head(&mut self, status: &str) -> Result<String, StreamError> {
+        let end = loop {
+            if let Some(at) = find(&self.raw, b"\r\n\r\n") {
+                break at;
+            }
+            if self.raw.len() > MAX_HEAD {
+                return Err(StreamError::Refused("an endless response head".into()));
+            }
+            if self.read_more().await? == 0 {
+                return Err(StreamError::Refused(
+                    "the connection closed before the response".into(),
+                ));
+            }
+        };
+        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+        self.at = end + 4;
+        let line = head.split("\r\n").next().unwrap_or_default();
+        if line.split_whitespace().nth(1) != Some(status) {
+            let rest = &self.raw[self.at..];
+            let body = String::from_utf8_lossy(&rest[..rest.len().min(300)]);
+            return Err(StreamError::Refused(format!("{line}: {}", body.trim())));
+        }
+        Ok(head)
+    }
+}
+
+/// Drops the consumed bytes `buf[..at]`, keeping the rest at the start.
+fn compact(buf: &mut Vec<u8>, at: &mut usize) {
+    if *at == buf.len() {
+        buf.clear();
+    } else if *at > 0 {
+        buf.drain(..*at);
+    }
+    *at = 0;
+}
+
+/// A response head's header lines as `(name, value)`, both trimmed.
+fn header_lines(head: &str) -> impl Iterator<Item = (&str, &str)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim(), value.trim()))
+}
+
 /// How an SSE response's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -161,10 +231,8 @@ enum Event {
 /// One Server-Sent Events subscription on its own HTTP/1.1 connection.
 #[derive(Debug)]
 pub struct SseStream {
-    io: Counted,
-    /// Bytes read from the socket, not yet taken into `body`: `raw[raw_at..]`.
-    raw: Vec<u8>,
-    raw_at: usize,
+    /// The connection; its bytes not yet taken into `body`.
+    inbox: Inbox,
     framing: Framing,
     /// The body, de-chunked, not yet split into lines: `body[body_at..]`.
     body: Vec<u8>,
@@ -202,9 +270,7 @@ impl SseStream {
         request.push_str("\r\n");
         io.write_all(request.as_bytes()).await?;
         let mut sse = SseStream {
-            io,
-            raw: Vec::with_capacity(READ_AT_ONCE),
-            raw_at: 0,
+            inbox: Inbox::new(io),
             framing: Framing::UntilClose,
             body: Vec::with_capacity(READ_AT_ONCE),
             body_at: 0,
@@ -239,33 +305,10 @@ impl SseStream {
     /// Reads the response head: a 200 goes on (chunked or not), anything else is refused
     /// with its status line and the start of its body.
     async fn read_head(&mut self) -> Result<(), StreamError> {
-        let end = loop {
-            if let Some(at) = find(&self.raw, b"\r\n\r\n") {
-                break at;
-            }
-            if self.raw.len() > MAX_HEAD {
-                return Err(StreamError::Refused("an endless response head".into()));
-            }
-            if self.read_more().await? == 0 {
-                return Err(StreamError::Refused(
-                    "the connection closed before the response".into(),
-                ));
-            }
-        };
-        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
-        self.raw_at = end + 4;
-        let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap_or_default();
-        if status.split_whitespace().nth(1) != Some("200") {
-            let rest = &self.raw[self.raw_at..];
-            let body = String::from_utf8_lossy(&rest[..rest.len().min(300)]);
-            return Err(StreamError::Refused(format!("{status}: {}", body.trim())));
-        }
-        let chunked = lines.any(|l| {
-            l.split_once(':').is_some_and(|(name, value)| {
-                name.trim().eq_ignore_ascii_case("transfer-encoding")
-                    && value.to_ascii_lowercase().contains("chunked")
-            })
+        let head = self.inbox.read_head("200").await?;
+        let chunked = header_lines(&head).any(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
         });
         if chunked {
             self.framing = Framing::Chunked(Chunk::Size);
@@ -295,43 +338,25 @@ impl SseStream {
                     ))),
                 };
             }
-            if self.read_more().await? == 0 {
+            if self.inbox.read_more().await? == 0 {
                 self.eof = true;
             }
         }
     }
 
-    /// Reads what the socket has (cancel-safe: `read_buf` either read or did not).
-    async fn read_more(&mut self) -> Result<usize, StreamError> {
-        if self.raw_at == self.raw.len() {
-            self.raw.clear();
-            self.raw_at = 0;
-        } else if self.raw_at > 0 {
-            self.raw.drain(..self.raw_at);
-            self.raw_at = 0;
-        }
-        self.raw.reserve(READ_AT_ONCE);
-        Ok(self.io.read_buf(&mut self.raw).await?)
-    }
-
     /// Moves the body's bytes from `raw` to `body`, taking the chunked framing off; true
     /// when it consumed anything.
     fn dechunk(&mut self) -> Result<bool, StreamError> {
-        if self.body_at == self.body.len() {
-            self.body.clear();
-            self.body_at = 0;
-        } else if self.body_at > 0 {
-            self.body.drain(..self.body_at);
-            self.body_at = 0;
-        }
-        let start = self.raw_at;
+        compact(&mut self.body, &mut self.body_at);
+        let start = self.inbox.at;
         match &mut self.framing {
             Framing::UntilClose => {
-                self.body.extend_from_slice(&self.raw[self.raw_at..]);
-                self.raw_at = self.raw.len();
+                self.body
+                    .extend_from_slice(&self.inbox.raw[self.inbox.at..]);
+                self.inbox.at = self.inbox.raw.len();
             }
             Framing::Chunked(state) => loop {
-                let avail = &self.raw[self.raw_at..];
+                let avail = &self.inbox.raw[self.inbox.at..];
                 match *state {
                     Chunk::Size => {
                         let Some(end) = find(avail, b"\r\n") else {
@@ -346,7 +371,7 @@ impl SseStream {
                                 String::from_utf8_lossy(&avail[..end.min(40)])
                             ))
                         })?;
-                        self.raw_at += end + 2;
+                        self.inbox.at += end + 2;
                         *state = if size == 0 {
                             Chunk::Last
                         } else {
@@ -359,7 +384,7 @@ impl SseStream {
                         }
                         let take = left.min(avail.len());
                         self.body.extend_from_slice(&avail[..take]);
-                        self.raw_at += take;
+                        self.inbox.at += take;
                         *state = if take == left {
                             Chunk::DataEnd
                         } else {
@@ -375,14 +400,14 @@ impl SseStream {
                                 "a chunk not followed by CRLF".into(),
                             ));
                         }
-                        self.raw_at += 2;
+                        self.inbox.at += 2;
                         *state = Chunk::Size;
                     }
                     Chunk::Last => break,
                 }
             },
         }
-        Ok(self.raw_at > start)
+        Ok(self.inbox.at > start)
     }
 
     /// Takes whole lines off `body` until one ends an event; that event, or `None` when no
@@ -463,10 +488,8 @@ enum WsMessage {
 /// SSE: every cycle it spends is one the server lacks.
 #[derive(Debug)]
 pub struct WsStream {
-    io: Counted,
-    /// Bytes read from the socket, not yet parsed: `raw[raw_at..]`.
-    raw: Vec<u8>,
-    raw_at: usize,
+    /// The connection; its bytes not yet parsed.
+    inbox: Inbox,
     /// A fragmented message so far, while `fragmented`.
     partial: Vec<u8>,
     fragmented: bool,
@@ -492,14 +515,12 @@ impl WsStream {
         }
         request.push_str("\r\n");
         let mut ws = WsStream {
-            io,
-            raw: Vec::with_capacity(READ_AT_ONCE),
-            raw_at: 0,
+            inbox: Inbox::new(io),
             partial: Vec::new(),
             fragmented: false,
             payload: Vec::new(),
         };
-        ws.io.write_all(request.as_bytes()).await?;
+        ws.inbox.io.write_all(request.as_bytes()).await?;
         ws.read_upgrade(&key).await?;
         let subscribe = serde_json::json!({
             "id": 1,
@@ -507,7 +528,7 @@ impl WsStream {
         });
         ws.send(OP_TEXT, subscribe.to_string().as_bytes()).await?;
         let answer = match ws.next_message().await? {
-            WsMessage::Whole(start, end) => &ws.raw[start..end],
+            WsMessage::Whole(start, end) => &ws.inbox.raw[start..end],
             WsMessage::Gathered => &ws.partial[..],
             WsMessage::Closed => {
                 return Err(StreamError::Refused(
@@ -530,7 +551,7 @@ impl WsStream {
     /// The next frame's offset and payload; `None` when the socket closed.
     pub async fn next(&mut self) -> Result<Option<(u64, &[u8])>, StreamError> {
         let json = match self.next_message().await? {
-            WsMessage::Whole(start, end) => &self.raw[start..end],
+            WsMessage::Whole(start, end) => &self.inbox.raw[start..end],
             WsMessage::Gathered => &self.partial[..],
             WsMessage::Closed => return Ok(None),
         };
@@ -550,33 +571,10 @@ impl WsStream {
     /// Reads the upgrade's answer: `101` with the accept value `key` asks for, or a refusal
     /// with the status line and the start of the body.
     async fn read_upgrade(&mut self, key: &str) -> Result<(), StreamError> {
-        let end = loop {
-            if let Some(at) = find(&self.raw, b"\r\n\r\n") {
-                break at;
-            }
-            if self.raw.len() > MAX_HEAD {
-                return Err(StreamError::Refused("an endless response head".into()));
-            }
-            if self.read_more().await? == 0 {
-                return Err(StreamError::Refused(
-                    "the connection closed before the response".into(),
-                ));
-            }
-        };
-        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
-        self.raw_at = end + 4;
-        let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap_or_default();
-        if status.split_whitespace().nth(1) != Some("101") {
-            let rest = &self.raw[self.raw_at..];
-            let body = String::from_utf8_lossy(&rest[..rest.len().min(300)]);
-            return Err(StreamError::Refused(format!("{status}: {}", body.trim())));
-        }
+        let head = self.inbox.read_head("101").await?;
         let want = accept_value(key);
-        let accepted = lines.any(|l| {
-            l.split_once(':').is_some_and(|(name, value)| {
-                name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == want
-            })
+        let accepted = header_lines(&head).any(|(name, value)| {
+            name.eq_ignore_ascii_case("sec-websocket-accept") && value == want
         });
         if !accepted {
             return Err(StreamError::Refused(
@@ -590,7 +588,7 @@ impl WsStream {
     async fn next_message(&mut self) -> Result<WsMessage, StreamError> {
         loop {
             let Some((fin, opcode, start, end)) = self.parse_frame()? else {
-                if self.read_more().await? == 0 {
+                if self.inbox.read_more().await? == 0 {
                     return Err(StreamError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "the connection closed without a close frame",
@@ -598,13 +596,13 @@ impl WsStream {
                 }
                 continue;
             };
-            self.raw_at = end;
+            self.inbox.at = end;
             match opcode {
                 OP_CONTINUATION if self.fragmented => {
                     if self.partial.len() + (end - start) > MAX_WS_MESSAGE {
                         return Err(StreamError::Refused("a message too large".into()));
                     }
-                    self.partial.extend_from_slice(&self.raw[start..end]);
+                    self.partial.extend_from_slice(&self.inbox.raw[start..end]);
                     if fin {
                         self.fragmented = false;
                         return Ok(WsMessage::Gathered);
@@ -615,12 +613,12 @@ impl WsStream {
                         return Ok(WsMessage::Whole(start, end));
                     }
                     self.partial.clear();
-                    self.partial.extend_from_slice(&self.raw[start..end]);
+                    self.partial.extend_from_slice(&self.inbox.raw[start..end]);
                     self.fragmented = true;
                 }
                 OP_CLOSE => return Ok(WsMessage::Closed),
                 OP_PING => {
-                    let ping = self.raw[start..end].to_vec();
+                    let ping = self.inbox.raw[start..end].to_vec();
                     self.send(OP_PONG, &ping).await?;
                 }
                 OP_PONG => {}
@@ -635,7 +633,7 @@ impl WsStream {
 
     /// The frame at `raw[raw_at..]` if it is all there: `(fin, opcode, payload start, end)`.
     fn parse_frame(&self) -> Result<Option<(bool, u8, usize, usize)>, StreamError> {
-        let buf = &self.raw[self.raw_at..];
+        let buf = &self.inbox.raw[self.inbox.at..];
         let [b0, b1, rest @ ..] = buf else {
             return Ok(None);
         };
@@ -671,7 +669,7 @@ impl WsStream {
         if buf.len() < header + len {
             return Ok(None);
         }
-        let start = self.raw_at + header;
+        let start = self.inbox.at + header;
         Ok(Some((b0 & 0x80 != 0, b0 & 0x0f, start, start + len)))
     }
 
@@ -693,21 +691,8 @@ impl WsStream {
         let mask = rand::random::<[u8; 4]>();
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.io.write_all(&frame).await?;
+        self.inbox.io.write_all(&frame).await?;
         Ok(())
-    }
-
-    /// Reads what the socket has (cancel-safe: `read_buf` either read or did not).
-    async fn read_more(&mut self) -> Result<usize, StreamError> {
-        if self.raw_at == self.raw.len() {
-            self.raw.clear();
-            self.raw_at = 0;
-        } else if self.raw_at > 0 {
-            self.raw.drain(..self.raw_at);
-            self.raw_at = 0;
-        }
-        self.raw.reserve(READ_AT_ONCE);
-        Ok(self.io.read_buf(&mut self.raw).await?)
     }
 }
 
@@ -939,6 +924,18 @@ mod tests {
         assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
     }
 
+    /// A request's head, read whole.
+    async fn request_head(socket: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        while find(&head, b"\r\n\r\n").is_none() {
+            let mut b = [0u8; 1024];
+            let n = socket.read(&mut b).await.expect("read");
+            assert!(n > 0, "request cut short");
+            head.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8(head).expect("utf8")
+    }
+
     /// A server on loopback that answers one request with `response`, written in pieces
     /// of `piece` bytes so that chunks and lines are split everywhere.
     async fn serve_once(response: Vec<u8>, piece: usize) -> WebTarget {
@@ -948,14 +945,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut head = Vec::new();
-            while find(&head, b"\r\n\r\n").is_none() {
-                let mut b = [0u8; 1024];
-                let n = socket.read(&mut b).await.expect("read");
-                assert!(n > 0, "request cut short");
-                head.extend_from_slice(&b[..n]);
-            }
-            let head = String::from_utf8(head).expect("utf8");
+            let head = request_head(&mut socket).await;
             assert!(
                 head.starts_with("GET /v1/topics/t/events?from=7 HTTP/1.1\r\n"),
                 "{head}"
@@ -1105,14 +1095,7 @@ mod tests {
             let big2 = big.clone();
             let server = tokio::spawn(async move {
                 let (mut socket, _) = listener.accept().await.expect("accept");
-                let mut head = Vec::new();
-                while find(&head, b"\r\n\r\n").is_none() {
-                    let mut b = [0u8; 1024];
-                    let n = socket.read(&mut b).await.expect("read");
-                    assert!(n > 0, "request cut short");
-                    head.extend_from_slice(&b[..n]);
-                }
-                let head = String::from_utf8(head).expect("utf8");
+                let head = request_head(&mut socket).await;
                 assert!(head.starts_with("GET /v1/ws HTTP/1.1\r\n"), "{head}");
                 let key = head
                     .lines()
@@ -1166,21 +1149,22 @@ mod tests {
 
     #[tokio::test]
     async fn websocket_refusals() {
-        let target = serve_upgrade_answer(
-            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno".to_vec(),
-        )
-        .await;
-        match WsStream::open(&target, "t", 0).await {
-            Err(StreamError::Refused(why)) => assert!(why.contains("401"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        let target = serve_upgrade_answer(
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: wrong\r\n\r\n".to_vec(),
-        )
-        .await;
-        match WsStream::open(&target, "t", 0).await {
-            Err(StreamError::Refused(why)) => assert!(why.contains("Accept"), "{why}"),
-            other => panic!("{other:?}"),
+        let cases: [(&[u8], &str); 2] = [
+            (
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno",
+                "401",
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: wrong\r\n\r\n",
+                "Accept",
+            ),
+        ];
+        for (response, why_has) in cases {
+            let target = serve_upgrade_answer(response.to_vec()).await;
+            match WsStream::open(&target, "t", 0).await {
+                Err(StreamError::Refused(why)) => assert!(why.contains(why_has), "{why}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -1192,15 +1176,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut head = Vec::new();
-            while find(&head, b"\r\n\r\n").is_none() {
-                let mut b = [0u8; 1024];
-                let n = socket.read(&mut b).await.expect("read");
-                if n == 0 {
-                    return;
-                }
-                head.extend_from_slice(&b[..n]);
-            }
+            request_head(&mut socket).await;
             socket.write_all(&response).await.expect("write");
         });
         target(&format!("http://{addr}")).expect("target")
