@@ -90,6 +90,39 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(broker, who, socket)))
 }
 
+/// When the peer was last heard from (any message, a pong included), as the reader signals.
+struct Heard {
+    seen: watch::Receiver<()>,
+    at: tokio::time::Instant,
+}
+
+impl Heard {
+    /// Runs `io`, a write to the peer, unless the peer stays silent for [`SILENT_FOR`]
+    /// meanwhile: a peer that neither reads nor says anything is given up on, even while a
+    /// write waits for it. False when `io` failed or the peer fell silent.
+    async fn unless_silent<T, E>(
+        &mut self,
+        io: impl std::future::Future<Output = Result<T, E>>,
+    ) -> bool {
+        let mut io = std::pin::pin!(io);
+        // Most writes are done at once: no timer for them.
+        if let Some(done) = io.as_mut().now_or_never() {
+            return done.is_ok();
+        }
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut io => return done.is_ok(),
+                Ok(()) = self.seen.changed() => self.at = tokio::time::Instant::now(),
+                () = tokio::time::sleep_until(self.at + SILENT_FOR) => {
+                    debug!("websocket silent while a write waits; closing");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// What the socket's other tasks hand its writer, in the order it must happen.
 enum Cmd {
     /// Messages to write (replies, the end of a subscription), holding their share of the
@@ -236,13 +269,16 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         budget: Arc::new(Semaphore::new(OUT_BUDGET)),
         who: who_rx,
     };
-    let (seen_tx, mut seen_rx) = watch::channel(());
+    let (seen_tx, seen_rx) = watch::channel(());
     // The writer: replies and pushes to the connection, pings, and the silence check. It
     // pulls pushes only after the last flush finished: a peer that stops reading stops them.
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
-        let mut last_seen = tokio::time::Instant::now();
+        let mut heard = Heard {
+            seen: seen_rx,
+            at: tokio::time::Instant::now(),
+        };
         // One entry per subscribed topic; polled without allocating (a `SelectAll` costs a
         // task allocation per push).
         let mut feeds: StreamMap<u64, BoxStream<'static, Message>> = StreamMap::new();
@@ -269,7 +305,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                                 held.push(permit);
                                 for msg in msgs {
                                     fed += 1;
-                                    ok = ok && sink.feed(msg).await.is_ok();
+                                    ok = ok && heard.unless_silent(sink.feed(msg)).await;
                                 }
                             }
                         }
@@ -278,7 +314,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                         }
                         cmd = out_rx.try_recv().ok();
                     }
-                    if !ok || (fed > 0 && sink.flush().await.is_err()) {
+                    if !ok || (fed > 0 && !heard.unless_silent(sink.flush()).await) {
                         break;
                     }
                     drop(held);
@@ -286,32 +322,35 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 Some((_, msg)) = feeds.next(), if !feeds.is_empty() => {
                     // This push and those ready right after it, from any subscription.
                     let mut bytes = message_len(&msg);
-                    let mut ok = sink.feed(msg).await.is_ok();
+                    let mut ok = heard.unless_silent(sink.feed(msg)).await;
                     let mut fed = 1;
                     while ok && fed < FLUSH_EVERY && bytes < FLUSH_BYTES {
                         let Some(Some((_, msg))) = feeds.next().now_or_never() else { break };
                         bytes += message_len(&msg);
                         fed += 1;
-                        ok = sink.feed(msg).await.is_ok();
+                        ok = heard.unless_silent(sink.feed(msg)).await;
                     }
-                    if !ok || sink.flush().await.is_err() {
+                    if !ok || !heard.unless_silent(sink.flush()).await {
                         break;
                     }
                 }
-                Ok(()) = seen_rx.changed() => last_seen = tokio::time::Instant::now(),
+                Ok(()) = heard.seen.changed() => heard.at = tokio::time::Instant::now(),
                 _ = ping.tick() => {
-                    if last_seen.elapsed() >= SILENT_FOR {
+                    if heard.at.elapsed() >= SILENT_FOR {
                         debug!("websocket silent; closing");
                         break;
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if !heard.unless_silent(sink.send(Message::Ping(Default::default()))).await {
                         break;
                     }
                 }
             }
         }
-        let _ = sink.close().await;
+        // A peer that fell silent while writes waited gets no close frame (it would wait too).
+        heard.unless_silent(sink.close()).await;
     });
+    let mut writer = writer;
+    let mut writer_done = false;
     let mut subs: HashMap<String, Sub> = HashMap::new();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut shutdown = broker.shutdown().clone();
@@ -319,6 +358,11 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         let msg = tokio::select! {
             msg = stream.next() => msg,
             _ = shutdown.wait() => break,
+            // The writer gave up on the peer (silent, or the connection failed).
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                break;
+            }
         };
         let Some(Ok(msg)) = msg else { break };
         let _ = seen_tx.send(());
@@ -359,7 +403,9 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     }
     drop(subs);
     drop(link);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
 }
 
 /// Handles one request; false once the socket closed.
@@ -693,4 +739,42 @@ const SCRATCH_KEEP: usize = 64 << 10;
 fn end_message(topic: &str, e: &Error) -> String {
     let body = error_body(e);
     json!({"end": {"topic": topic, "code": body["code"], "message": body["message"]}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{sleep, Instant};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_waiting_on_a_silent_peer_is_given_up_and_a_talking_one_is_waited_for() {
+        let (tx, rx) = watch::channel(());
+        let mut heard = Heard {
+            seen: rx,
+            at: Instant::now(),
+        };
+        assert!(heard.unless_silent(async { Ok::<_, ()>(()) }).await);
+        assert!(!heard.unless_silent(async { Err::<(), _>(()) }).await);
+        // A write that never finishes, to a peer that says nothing: given up after the
+        // silence, not before.
+        let start = Instant::now();
+        assert!(!heard.unless_silent(std::future::pending::<Result<(), ()>>()).await);
+        assert_eq!(start.elapsed(), SILENT_FOR);
+        // A peer that keeps talking while the write waits twice the silence: waited for.
+        heard.at = Instant::now();
+        let talker = tokio::spawn(async move {
+            for _ in 0..5 {
+                sleep(SILENT_FOR / 2).await;
+                let _ = tx.send(());
+            }
+        });
+        let start = Instant::now();
+        let slow = async {
+            sleep(SILENT_FOR * 2).await;
+            Ok::<_, ()>(())
+        };
+        assert!(heard.unless_silent(slow).await);
+        assert_eq!(start.elapsed(), SILENT_FOR * 2);
+        talker.await.unwrap_or_default();
+    }
 }
