@@ -758,7 +758,11 @@ mod tests {
         // A write that never finishes, to a peer that says nothing: given up after the
         // silence, not before.
         let start = Instant::now();
-        assert!(!heard.unless_silent(std::future::pending::<Result<(), ()>>()).await);
+        assert!(
+            !heard
+                .unless_silent(std::future::pending::<Result<(), ()>>())
+                .await
+        );
         assert_eq!(start.elapsed(), SILENT_FOR);
         // A peer that keeps talking while the write waits twice the silence: waited for.
         heard.at = Instant::now();
