@@ -127,19 +127,63 @@ impl Frame {
         n
     }
 
+    /// Writes the fields as prost would, in three writes (the fields before the payload,
+    /// the payload, the fields after it) instead of one per varint byte: replay encodes
+    /// every frame it sends, and byte-wise writes were a tenth of its time.
     fn encode_fields(&self, buf: &mut impl BufMut) {
+        // Two keys and two varints of at most 10 bytes each.
+        let mut head = Varints::default();
         if self.seq_no != 0 {
-            encoding::uint64::encode(1, &self.seq_no, buf);
+            head.field(1, self.seq_no);
         }
         if !self.payload.is_empty() {
-            encoding::bytes::encode(2, &self.payload, buf);
+            head.key(2, WireType::LengthDelimited);
+            head.varint(self.payload.len() as u64);
         }
+        buf.put_slice(head.written());
+        buf.put_slice(&self.payload);
+        let mut tail = Varints::default();
         if self.timestamp != 0 {
-            encoding::int64::encode(3, &self.timestamp, buf);
+            // int64 is the two's complement as a varint: a negative stamp takes 10 bytes.
+            tail.field(3, self.timestamp as u64);
         }
         if self.offset != 0 {
-            encoding::uint64::encode(4, &self.offset, buf);
+            tail.field(4, self.offset);
         }
+        buf.put_slice(tail.written());
+    }
+}
+
+/// Up to two protobuf fields' keys and varints, written into an array.
+#[derive(Default)]
+struct Varints {
+    bytes: [u8; 22],
+    len: usize,
+}
+
+impl Varints {
+    /// A varint field: its key (field numbers here are below 16: one byte) and value.
+    fn field(&mut self, tag: u32, value: u64) {
+        self.key(tag, WireType::Varint);
+        self.varint(value);
+    }
+
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.varint(u64::from((tag << 3) | wire_type as u32));
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.bytes[self.len] = (v as u8) | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.bytes[self.len] = v as u8;
+        self.len += 1;
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

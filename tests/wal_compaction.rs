@@ -278,3 +278,63 @@ fn retention_by_age_uses_stored_timestamps() {
     assert!(r.files_removed > 0);
     assert_eq!(log.stats().min_seq_no, Some(300));
 }
+
+/// The usual log, where keys grow with offsets: runs and the segments' tail hold disjoint key
+/// ranges, so a page is read from the sources in order (later ones are not read at all once
+/// a page is full). Every page size and offset limit gives the frames in order, and `done`
+/// exactly when nothing of the read is left.
+#[test]
+fn ordered_reads_over_runs_in_key_order_page_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let opts = CompactOptions {
+        bytes_per_sec: None,
+        max_runs: 8,
+    };
+    let mut seq = 0u64;
+    let mut append = |log: &Log, n: u64| {
+        for _ in 0..n {
+            seq += 1;
+            log.append(vec![NewFrame {
+                seq_no: seq,
+                timestamp: 1,
+                payload: payload(seq, seq as usize),
+                ..Default::default()
+            }])
+            .unwrap();
+        }
+    };
+    append(&log, 1500);
+    log.compact(&opts).unwrap();
+    append(&log, 1500);
+    log.compact(&opts).unwrap();
+    append(&log, 700);
+    let stats = log.stats();
+    assert!(stats.runs >= 2, "{stats:?}");
+    let total = log.durable_offset();
+    for limit in [u64::MAX, total, total - 350, 1800, 1500, 1, 0] {
+        let want: Vec<u64> = (0..total.min(limit)).collect();
+        for page in [1usize, 7, 256, 1500, 4000] {
+            let mut from = OrderKey::first_of_seq(0);
+            let mut got = Vec::new();
+            loop {
+                let mut batch = Vec::new();
+                let done = log.read_ordered(&from, limit, page, &mut batch).unwrap();
+                assert!(batch.len() <= page);
+                got.extend(batch.iter().map(|f| f.offset));
+                let left = want.len() - got.len();
+                assert_eq!(
+                    done,
+                    left == 0,
+                    "limit {limit} page {page} at {}",
+                    got.len()
+                );
+                if done {
+                    break;
+                }
+                from = batch.last().unwrap().key().successor().unwrap();
+            }
+            assert_eq!(got, want, "limit {limit} page {page}");
+        }
+    }
+}

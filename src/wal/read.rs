@@ -107,37 +107,65 @@ impl Log {
         out: &mut Vec<StoredFrame>,
     ) -> Result<bool> {
         // Up to `max` candidates from each source; the first `max` of their merge are the
-        // answer, since no source can contribute more than `max` of them.
+        // answer, since no source can contribute more than `max` of them. Runs come first
+        // (older, so usually lower keys), then the segments' index: in the usual log, keys
+        // grow with offsets and the candidates arrive already in order, and a source whose
+        // first key lies past the `max` smallest so far is not read at all.
         let mut candidates: Vec<(OrderKey, Loc)> = Vec::new();
         let mut done = true;
+        let mut sorted = true;
+        // Whether a source starting at `lo` cannot contribute: `max` candidates in order are
+        // held and its first key is past the last of them. (Whether the log is done then
+        // depends on whether it holds a key for this read at all: one is looked for.)
+        let past = |candidates: &[(OrderKey, Loc)], sorted: bool, lo: Option<OrderKey>| {
+            sorted
+                && candidates.len() >= max
+                && lo.is_some_and(|lo| max > 0 && lo > candidates[max - 1].0)
+        };
         {
             // The announced frontier, as in `read_range`.
             let limit = offset_limit.min(self.durable_offset());
             let st = self.shared.state.read();
-            let mut keys = Vec::with_capacity(max.min(4096));
-            done &= st.order.collect(from, limit, max, &mut keys);
-            for k in keys {
-                let (seg, pos) = st
-                    .offsets
-                    .locate(k.offset)
-                    .ok_or_else(|| missing(k.offset))?;
-                candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
-            }
             let mut found = Vec::new();
             for run in &st.runs {
                 if run.base_offset() >= limit || run.end_offset() <= st.first_offset {
                     continue;
                 }
                 found.clear();
+                if past(&candidates, sorted, run.key_range().map(|r| r.0)) {
+                    run.scan(from, st.first_offset, limit, 1, &mut found);
+                    done &= found.is_empty();
+                    continue;
+                }
                 done &= run.scan(from, st.first_offset, limit, max, &mut found);
+                sorted &= in_order(&candidates, found.first().map(|f| f.0));
                 candidates.extend(
                     found
                         .iter()
                         .map(|&(k, pos)| (k, Loc::Run(Arc::clone(run), pos))),
                 );
             }
+            let mut keys = Vec::new();
+            if past(&candidates, sorted, st.order.first().copied()) {
+                st.order.collect(from, limit, 1, &mut keys);
+                done &= keys.is_empty();
+            } else {
+                keys.reserve(max.min(4096));
+                done &= st.order.collect(from, limit, max, &mut keys);
+                sorted &= in_order(&candidates, keys.first().copied());
+                for k in keys {
+                    let (seg, pos) = st
+                        .offsets
+                        .locate(k.offset)
+                        .ok_or_else(|| missing(k.offset))?;
+                    candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
+                }
+            }
         }
-        candidates.sort_unstable_by_key(|c| c.0);
+        // Each source is in key order: only sources that interleave need sorting.
+        if !sorted {
+            candidates.sort_unstable_by_key(|c| c.0);
+        }
         if candidates.len() > max {
             candidates.truncate(max);
             done = false;
@@ -161,11 +189,13 @@ impl Log {
     ) -> Result<bool> {
         let mut candidates: Vec<(OrderKey, Loc)> = Vec::new();
         let mut done = true;
+        let mut sources = 0usize;
         {
             let limit = offset_limit.min(self.durable_offset());
             let st = self.shared.state.read();
             let mut keys = Vec::with_capacity(max.min(4096));
             done &= st.order.collect_rev(before, min, limit, max, &mut keys);
+            sources += usize::from(!keys.is_empty());
             for k in keys {
                 let (seg, pos) = st
                     .offsets
@@ -180,6 +210,7 @@ impl Log {
                 }
                 found.clear();
                 done &= run.scan_rev(before, min, st.first_offset..limit, max, &mut found);
+                sources += usize::from(!found.is_empty());
                 candidates.extend(
                     found
                         .iter()
@@ -187,7 +218,9 @@ impl Log {
                 );
             }
         }
-        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        if sources > 1 {
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        }
         if candidates.len() > max {
             candidates.truncate(max);
             done = false;
@@ -240,5 +273,13 @@ impl Log {
                 + st.runs.iter().map(|r| r.heap_bytes()).sum::<usize>(),
             syncs: self.shared.committer.syncs(),
         }
+    }
+}
+
+/// Whether a source whose first key is `next` continues `candidates` in key order.
+fn in_order(candidates: &[(OrderKey, Loc)], next: Option<OrderKey>) -> bool {
+    match (candidates.last(), next) {
+        (Some(last), Some(next)) => last.0 < next,
+        _ => true,
     }
 }

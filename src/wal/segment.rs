@@ -50,7 +50,11 @@ pub enum SyncMethod {
 pub struct Segment {
     path: PathBuf,
     base_offset: u64,
-    map: MmapRaw,
+    map: Arc<MmapRaw>,
+    /// The published bytes as one [`Bytes`], that [`Segment::bytes`] slices: a frame read
+    /// costs a reference count, not an allocation (the view is made again, once, when a
+    /// read reaches past it).
+    view: PublishedView,
     /// Length of the mapping: the most the file may grow to.
     capacity: u64,
     /// Length of the file, every byte of it allocated. Only the writer changes it.
@@ -66,20 +70,29 @@ pub struct SegmentWriter {
     cursor: u64,
 }
 
-/// A byte range of a segment, kept alive by an `Arc` so that [`Bytes`] can point into the
-/// mapping without copying.
-struct MappedRange {
-    segment: Arc<Segment>,
-    start: usize,
+/// The first `len` bytes of a segment's mapping, all published when this value was made,
+/// kept alive by an `Arc` so that [`Bytes`] can point into the mapping without copying.
+struct PublishedPrefix {
+    map: Arc<MmapRaw>,
     len: usize,
 }
 
-impl AsRef<[u8]> for MappedRange {
+impl AsRef<[u8]> for PublishedPrefix {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the range was checked to lie below `published` when this value was made
+        // SAFETY: `len` was at most `published` when this value was made
         // (`Segment::bytes`); published bytes are never written again, lie inside the
-        // allocated file, and the mapping lives as long as the `Arc<Segment>` held here.
-        unsafe { std::slice::from_raw_parts(self.segment.map.as_ptr().add(self.start), self.len) }
+        // allocated file, and the mapping lives as long as the `Arc<MmapRaw>` held here.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
+    }
+}
+
+/// A segment's published prefix as [`Bytes`], replaced by a longer one as the segment grows.
+#[derive(Default)]
+struct PublishedView(parking_lot::RwLock<Bytes>);
+
+impl std::fmt::Debug for PublishedView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublishedView({} bytes)", self.0.read().len())
     }
 }
 
@@ -136,13 +149,27 @@ impl Segment {
     }
 
     /// The published bytes `[pos, pos + len)` as [`Bytes`] that keep the mapping alive.
-    pub fn bytes(self: &Arc<Self>, pos: u64, len: u64) -> Result<Bytes> {
+    pub fn bytes(&self, pos: u64, len: u64) -> Result<Bytes> {
         self.read(pos, len)?;
-        Ok(Bytes::from_owner(MappedRange {
-            segment: Arc::clone(self),
-            start: pos as usize,
-            len: len as usize,
-        }))
+        let (start, end) = (pos as usize, (pos + len) as usize);
+        {
+            let view = self.view.0.read();
+            if end <= view.len() {
+                return Ok(view.slice(start..end));
+            }
+        }
+        // Past the view: a new one up to everything published now (at least `end`, checked
+        // above, since `published` only grows).
+        let view = Bytes::from_owner(PublishedPrefix {
+            map: Arc::clone(&self.map),
+            len: self.published() as usize,
+        });
+        let out = view.slice(start..end);
+        let mut held = self.view.0.write();
+        if view.len() > held.len() {
+            *held = view;
+        }
+        Ok(out)
     }
 
     /// Makes `[pos, pos + len)` durable.
@@ -254,7 +281,8 @@ impl SegmentWriter {
         Ok(Arc::new(Segment {
             path,
             base_offset,
-            map,
+            map: Arc::new(map),
+            view: PublishedView::default(),
             capacity,
             allocated: AtomicU64::new(allocated),
             published: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
@@ -403,22 +431,18 @@ fn round_up(n: u64) -> u64 {
 
 /// An immutable file mapped read-only: a sorted run, written in full and synced before it
 /// is renamed into place, and never written again.
-#[derive(Debug)]
 pub struct MappedFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    /// The whole mapping: a read slices it (a reference count, no allocation).
+    map: Bytes,
 }
 
-/// A byte range of a [`MappedFile`], kept alive by an `Arc`.
-struct MappedFileRange {
-    file: Arc<MappedFile>,
-    start: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MappedFileRange {
-    fn as_ref(&self) -> &[u8] {
-        &self.file.as_slice()[self.start..self.start + self.len]
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
@@ -432,7 +456,7 @@ impl MappedFile {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         Ok(Arc::new(MappedFile {
             path: path.to_path_buf(),
-            map,
+            map: Bytes::from_owner(map),
         }))
     }
 
@@ -447,7 +471,7 @@ impl MappedFile {
     }
 
     /// `[pos, pos + len)` as [`Bytes`] that keep the mapping alive.
-    pub fn bytes(self: &Arc<Self>, pos: u64, len: u64) -> Result<Bytes> {
+    pub fn bytes(&self, pos: u64, len: u64) -> Result<Bytes> {
         let end = pos.checked_add(len).filter(|&e| e <= self.map.len() as u64);
         if end.is_none() {
             return Err(Error::corruption(
@@ -456,11 +480,7 @@ impl MappedFile {
                 "read past the end of the file",
             ));
         }
-        Ok(Bytes::from_owner(MappedFileRange {
-            file: Arc::clone(self),
-            start: pos as usize,
-            len: len as usize,
-        }))
+        Ok(self.map.slice(pos as usize..(pos + len) as usize))
     }
 }
 

@@ -184,15 +184,24 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             };
             let mut tally = Tally::default();
             let mut done = None;
+            // One timer for the whole replay, not one per frame.
+            let timeout = tokio::time::sleep_until(deadline);
+            tokio::pin!(timeout);
             while checker.received < frames {
-                let msg = tokio::time::timeout_at(deadline, stream.message()).await;
+                let msg = tokio::select! {
+                    biased;
+                    m = stream.message() => Ok(m),
+                    () = &mut timeout => Err(()),
+                };
                 match msg {
                     Ok(Ok(Some(f))) => {
                         if checker.received == 0 {
                             sink.record_ns(asked.elapsed().as_nanos() as u64);
                         }
                         checker.frame(f.offset, &f.payload);
-                        tally.one(&counters.delivered, asked.elapsed().as_nanos() as u64);
+                        tally.one_reading_clock(&counters.delivered, || {
+                            asked.elapsed().as_nanos() as u64
+                        });
                     }
                     Ok(Ok(None)) => {
                         fail("subscription ended by the server".into());
