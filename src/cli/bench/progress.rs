@@ -56,7 +56,7 @@ impl Tally {
     /// Counts one event, reading the run clock (`now_ns`) only every 64th: for a loop with
     /// no clock of its own (replay), where a clock read per frame was a tenth of the bench.
     pub fn one_reading_clock(&mut self, counter: &AtomicU64, now_ns: impl FnOnce() -> u64) {
-        if (self.unreported + 1) % 64 == 0 {
+        if (self.unreported + 1).is_multiple_of(64) {
             self.one(counter, now_ns());
         } else {
             self.unreported += 1;
