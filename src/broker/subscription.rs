@@ -7,12 +7,15 @@
 //! connection can take more, so a slow reader never slows a publisher or another reader.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::Stream;
 use tokio::sync::watch;
+use tokio_util::sync::ReusableBoxFuture;
 
 use super::error::Error;
 use super::frame_cache::Cached;
@@ -152,30 +155,11 @@ impl Subscription {
 
     /// Turns the subscription into a stream of frames, for a door to send.
     pub fn into_stream(self) -> FrameStream {
-        // Boxed: `unfold` moves its state into each step's future and back out, so a state
-        // of a pointer is a pointer copied per frame, not the whole cursor (measured:
-        // copying the cursor was most of a live delivery's memcpy).
-        Box::pin(futures::stream::unfold(
-            Box::new(self),
-            |mut sub| async move { sub.next_frame().await.map(|item| (item, sub)) },
-        ))
-    }
-
-    /// The next frame, an error that ends the stream, or `None` after an error.
-    async fn next_frame(&mut self) -> Option<Result<proto::Frame, Error>> {
-        if self.finished {
-            return None;
-        }
-        match self.step().await {
-            Ok(f) => {
-                self.sent(&f);
-                Some(Ok(f))
-            }
-            Err(status) => {
-                self.finished = true;
-                Some(Err(status))
-            }
-        }
+        Box::pin(SubscriptionStream {
+            sub: Box::new(self),
+            wait: ReusableBoxFuture::new(std::future::ready(Ok(()))),
+            waiting: false,
+        })
     }
 
     /// Counts a frame handed to the door and moves the position past it: a live frame's
@@ -200,49 +184,48 @@ impl Subscription {
         }
     }
 
-    async fn step(&mut self) -> Result<proto::Frame, Error> {
-        loop {
-            if let Some(f) = self.buf.pop_front() {
-                return Ok(f);
-            }
-            // Every frame of the last step was sent: count them before reading or waiting.
-            self.count_delivered();
-            self.check_open()?;
-            let log = self.topic.log();
-            match self.phase {
-                Phase::Replay { from } => {
-                    let mut got = std::mem::take(&mut self.scratch);
-                    let done = log
-                        .read_ordered(&from, self.snapshot, self.batch, &mut got)
-                        .map_err(Error::from)?;
-                    // Frames this replay still needs (key >= from, offset < S) may have been
-                    // removed by retention since it started: then say so, never skip them.
-                    let (first, removed_max) = log.retention_watermark();
-                    if first > self.first_at_start
-                        && self.first_at_start < self.snapshot
-                        && removed_max.is_some_and(|k| k >= from)
-                    {
-                        return Err(out_of_range(first));
-                    }
-                    self.phase = match got.last().and_then(|f| f.key().successor()) {
-                        Some(next) if !done => Phase::Replay { from: next },
-                        _ => Phase::Live {
-                            next: self.snapshot,
-                        },
-                    };
-                    self.batch = next_batch(self.batch, &got);
-                    self.buf.extend(got.drain(..).map(plain));
-                    self.scratch = got;
+    /// Queues the next frames (or moves from replay to live), or says that the subscription
+    /// must wait for the durable frontier to move. Never waits itself.
+    fn fill(&mut self) -> Result<Fill, Error> {
+        // Every frame of the last step was sent: count them before reading or waiting.
+        self.count_delivered();
+        self.check_open()?;
+        let log = self.topic.log();
+        match self.phase {
+            Phase::Replay { from } => {
+                let mut got = std::mem::take(&mut self.scratch);
+                let done = log
+                    .read_ordered(&from, self.snapshot, self.batch, &mut got)
+                    .map_err(Error::from)?;
+                // Frames this replay still needs (key >= from, offset < S) may have been
+                // removed by retention since it started: then say so, never skip them.
+                let (first, removed_max) = log.retention_watermark();
+                if first > self.first_at_start
+                    && self.first_at_start < self.snapshot
+                    && removed_max.is_some_and(|k| k >= from)
+                {
+                    return Err(out_of_range(first));
                 }
-                Phase::Live { next } => {
-                    let durable = *self.durable.borrow_and_update();
-                    if durable > next {
-                        self.phase = Phase::Live {
-                            next: self.read_live(next, durable)?,
-                        };
-                        continue;
-                    }
-                    self.wait_for_more().await?;
+                self.phase = match got.last().and_then(|f| f.key().successor()) {
+                    Some(next) if !done => Phase::Replay { from: next },
+                    _ => Phase::Live {
+                        next: self.snapshot,
+                    },
+                };
+                self.batch = next_batch(self.batch, &got);
+                self.buf.extend(got.drain(..).map(plain));
+                self.scratch = got;
+                Ok(Fill::Filled)
+            }
+            Phase::Live { next } => {
+                let durable = *self.durable.borrow_and_update();
+                if durable > next {
+                    self.phase = Phase::Live {
+                        next: self.read_live(next, durable)?,
+                    };
+                    Ok(Fill::Filled)
+                } else {
+                    Ok(Fill::Wait)
                 }
             }
         }
@@ -286,20 +269,27 @@ impl Subscription {
         Ok(after)
     }
 
-    /// Waits until the durable frontier moves, or the stream must end.
-    async fn wait_for_more(&mut self) -> Result<(), Error> {
+    /// What completes when the durable frontier moves past what this subscription has
+    /// seen, or the stream must end: made of clones of its signals (a clone of the frontier's
+    /// receiver has seen what it has seen), so it borrows nothing.
+    fn wait_for_more(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let mut durable = self.durable.clone();
+        let mut deleted = self.deleted.clone();
         let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            changed = self.durable.changed() => {
-                if changed.is_err() {
-                    return Err(Error::Wal(crate::wal::Error::Unavailable("topic log closed".into())));
+        let expires = self.expires;
+        async move {
+            tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Wal(crate::wal::Error::Unavailable("topic log closed".into())));
+                    }
                 }
+                _ = deleted.wait_for(|&d| d) => {}
+                _ = shutdown.wait() => {}
+                () = until(expires) => {}
             }
-            _ = self.deleted.wait_for(|&d| d) => {}
-            _ = shutdown.wait() => {}
-            () = until(self.expires) => {}
+            Ok(())
         }
-        self.check_open()
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -316,6 +306,64 @@ impl Subscription {
             return Err(Error::TokenExpired);
         }
         Ok(())
+    }
+}
+
+/// What [`Subscription::fill`] did.
+enum Fill {
+    /// Frames were queued, or the phase moved on: look again.
+    Filled,
+    /// Nothing to send until the durable frontier moves.
+    Wait,
+}
+
+/// A subscription polled as a stream: frames already read are handed out without building
+/// a future (replay hands out 256 per read), and only waiting for the frontier is a
+/// future, kept in one reused allocation.
+struct SubscriptionStream {
+    sub: Box<Subscription>,
+    wait: ReusableBoxFuture<'static, Result<(), Error>>,
+    /// Whether `wait` is a wait in progress.
+    waiting: bool,
+}
+
+impl Stream for SubscriptionStream {
+    type Item = Result<proto::Frame, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let sub = &mut this.sub;
+        loop {
+            if sub.finished {
+                return Poll::Ready(None);
+            }
+            if let Some(f) = sub.buf.pop_front() {
+                sub.sent(&f);
+                return Poll::Ready(Some(Ok(f)));
+            }
+            let step = if this.waiting {
+                match this.wait.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(done) => {
+                        this.waiting = false;
+                        done.and_then(|()| sub.fill())
+                    }
+                }
+            } else {
+                sub.fill()
+            };
+            match step {
+                Ok(Fill::Filled) => {}
+                Ok(Fill::Wait) => {
+                    this.wait.set(sub.wait_for_more());
+                    this.waiting = true;
+                }
+                Err(e) => {
+                    sub.finished = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
     }
 }
 
