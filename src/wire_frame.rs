@@ -94,6 +94,25 @@ impl Frame {
         Some(cell.get_or_init(|| make(self).into_boxed_str()))
     }
 
+    /// A copy for a gRPC stream, which sends only the encoding: a frame that has one is
+    /// copied without its payload view and JSON room (one reference count taken instead of
+    /// three; with a thousand subscribers on two cores, those counts were a tenth of a live
+    /// delivery's time). Its `payload` is empty; the payload is in what it sends. A frame
+    /// without an encoding is copied whole.
+    pub fn wire_only(&self) -> Frame {
+        match &self.encoding {
+            Some(e) => Frame {
+                seq_no: self.seq_no,
+                payload: Bytes::new(),
+                timestamp: self.timestamp,
+                offset: self.offset,
+                encoding: Some(e.clone()),
+                json: None,
+            },
+            None => self.clone(),
+        }
+    }
+
     /// The stored encoding, if the frame has one.
     pub fn encoding(&self) -> Option<&Bytes> {
         self.encoding.as_ref()
@@ -487,6 +506,20 @@ mod tests {
             bytes.extend(noise);
             decodes_as_prost_does(&bytes);
         }
+    }
+
+    #[test]
+    fn a_wire_only_copy_sends_the_same_bytes() {
+        let shared = Frame::encoded(9, b"payload", 5, 2);
+        let lean = shared.wire_only();
+        assert_eq!(lean.encode_to_vec(), shared.encode_to_vec());
+        assert_eq!(lean.encoded_len(), shared.encoded_len());
+        assert!(lean.payload.is_empty());
+        assert_eq!((lean.seq_no, lean.timestamp, lean.offset), (9, 5, 2));
+        assert_eq!(Frame::decode(&lean.encode_to_vec()[..]).unwrap(), shared);
+        // Without an encoding, nothing is dropped.
+        let plain = Frame::new(9, Bytes::from_static(b"payload"), 5, 2);
+        assert_eq!(plain.wire_only().payload, plain.payload);
     }
 
     #[test]

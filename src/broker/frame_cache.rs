@@ -63,7 +63,9 @@ impl FrameCache {
     /// Appends to `out` the frames with offsets in `[from, until)` whose seq_no is at least
     /// `min_seq_no`, looking at no more than `max` offsets, from the cache; reads and
     /// encodes the next batch from `log` first when `from` is where the cache ends.
-    /// `until` must not pass the log's durable frontier.
+    /// `until` must not pass the log's durable frontier. With `wire_only` (a gRPC
+    /// subscriber) the frames are [`Frame::wire_only`] copies.
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &self,
         log: &Log,
@@ -71,6 +73,7 @@ impl FrameCache {
         until: u64,
         min_seq_no: u64,
         max: usize,
+        wire_only: bool,
         out: &mut VecDeque<Frame>,
     ) -> wal::Result<Cached> {
         if self.max_bytes == 0 {
@@ -98,7 +101,7 @@ impl FrameCache {
                 break;
             }
             if f.seq_no >= min_seq_no {
-                out.push_back(f.clone());
+                out.push_back(if wire_only { f.wire_only() } else { f.clone() });
             }
         }
         Ok(Cached::Next(stop.max(from)))
@@ -194,7 +197,10 @@ mod tests {
         let mut out = VecDeque::new();
         let mut next = from;
         while next < until {
-            match cache.read(log, next, until, 0, max, &mut out).unwrap() {
+            match cache
+                .read(log, next, until, 0, max, false, &mut out)
+                .unwrap()
+            {
                 Cached::Next(n) => next = n,
                 Cached::Behind => panic!("behind at {next}"),
             }
@@ -231,7 +237,7 @@ mod tests {
         let mut out = VecDeque::new();
         let mut next = 0;
         while next < 50 {
-            match cache.read(&log, next, 50, 3, 8, &mut out).unwrap() {
+            match cache.read(&log, next, 50, 3, 8, false, &mut out).unwrap() {
                 Cached::Next(n) => next = n,
                 Cached::Behind => panic!("behind"),
             }
@@ -252,13 +258,13 @@ mod tests {
         assert!(cache.bytes() <= max, "{} > {max}", cache.bytes());
         let mut out = VecDeque::new();
         assert!(matches!(
-            cache.read(&log, 0, 400, 0, 10, &mut out).unwrap(),
+            cache.read(&log, 0, 400, 0, 10, false, &mut out).unwrap(),
             Cached::Behind
         ));
         assert!(out.is_empty());
         // The newest frames are still there.
         assert!(matches!(
-            cache.read(&log, 395, 400, 0, 10, &mut out).unwrap(),
+            cache.read(&log, 395, 400, 0, 10, false, &mut out).unwrap(),
             Cached::Next(400)
         ));
         assert_eq!(out.len(), 5);
@@ -272,17 +278,17 @@ mod tests {
         let cache = FrameCache::new(1 << 20);
         let mut out = VecDeque::new();
         assert!(matches!(
-            cache.read(&log, 0, 4, 0, 100, &mut out).unwrap(),
+            cache.read(&log, 0, 4, 0, 100, false, &mut out).unwrap(),
             Cached::Next(4)
         ));
         assert_eq!(out.len(), 4);
         // A reader jumping ahead moves the cache on; one left behind reads the log.
         assert!(matches!(
-            cache.read(&log, 8, 10, 0, 100, &mut out).unwrap(),
+            cache.read(&log, 8, 10, 0, 100, false, &mut out).unwrap(),
             Cached::Next(10)
         ));
         assert!(matches!(
-            cache.read(&log, 5, 10, 0, 100, &mut out).unwrap(),
+            cache.read(&log, 5, 10, 0, 100, false, &mut out).unwrap(),
             Cached::Behind
         ));
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use super::error::Error;
 use super::frame_cache::Cached;
-use super::metrics::Counter;
+use super::metrics::{Counter, Transport};
 use super::shutdown::Shutdown;
 use super::topics::{SubscriberSlot, Topic};
 use crate::index::OrderKey;
@@ -77,6 +77,9 @@ pub struct Subscription {
     replay_base: u64,
     /// Shared with the topic, for `subscriber_max_lag_frames`.
     position: Arc<AtomicU64>,
+    /// Whether the door sends only the frames' encoding (gRPC, gRPC-Web): cached live
+    /// frames are then handed over as [`proto::Frame::wire_only`] copies.
+    wire_only: bool,
     _slots: (SubscriberSlot, GlobalSlot),
 }
 
@@ -128,11 +131,13 @@ impl Subscription {
             topic.log().first_offset()
         };
         let delivered = topic.metrics().delivered(slots.0.transport()).clone();
+        let wire_only = matches!(slots.0.transport(), Transport::Grpc | Transport::GrpcWeb);
         let position = Arc::clone(slots.0.position());
         let replay_base = position.load(Ordering::Relaxed);
         Subscription {
             replay_base,
             delivered,
+            wire_only,
             uncounted: 0,
             replayed: 0,
             position,
@@ -252,6 +257,7 @@ impl Subscription {
                     durable,
                     self.start_seq_no,
                     self.batch,
+                    self.wire_only,
                     &mut self.buf,
                 )
                 .map_err(oor)?;
