@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::frame::StoredFrame;
 use super::log::Log;
-use super::state::{missing, Loc};
+use super::state::{missing, Loc, State};
 use super::{Error, Result};
 use crate::index::OrderKey;
 
@@ -153,13 +153,7 @@ impl Log {
                 keys.reserve(max.min(4096));
                 done &= st.order.collect(from, limit, max, &mut keys);
                 sorted &= in_order(&candidates, keys.first().copied());
-                for k in keys {
-                    let (seg, pos) = st
-                        .offsets
-                        .locate(k.offset)
-                        .ok_or_else(|| missing(k.offset))?;
-                    candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
-                }
+                locate_in_segments(&st, keys, &mut candidates)?;
             }
         }
         // Each source is in key order: only sources that interleave need sorting.
@@ -196,13 +190,7 @@ impl Log {
             let mut keys = Vec::with_capacity(max.min(4096));
             done &= st.order.collect_rev(before, min, limit, max, &mut keys);
             sources += usize::from(!keys.is_empty());
-            for k in keys {
-                let (seg, pos) = st
-                    .offsets
-                    .locate(k.offset)
-                    .ok_or_else(|| missing(k.offset))?;
-                candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
-            }
+            locate_in_segments(&st, keys, &mut candidates)?;
             let mut found = Vec::new();
             for run in &st.runs {
                 if run.base_offset() >= limit || run.end_offset() <= st.first_offset {
@@ -274,6 +262,22 @@ impl Log {
             syncs: self.shared.committer.syncs(),
         }
     }
+}
+
+/// Appends each key of the segments' index with where its record lies.
+fn locate_in_segments(
+    st: &State,
+    keys: Vec<OrderKey>,
+    candidates: &mut Vec<(OrderKey, Loc)>,
+) -> Result<()> {
+    for k in keys {
+        let (seg, pos) = st
+            .offsets
+            .locate(k.offset)
+            .ok_or_else(|| missing(k.offset))?;
+        candidates.push((k, Loc::Segment(Arc::clone(seg), pos)));
+    }
+    Ok(())
 }
 
 /// Whether a source whose first key is `next` continues `candidates` in key order.
