@@ -211,21 +211,13 @@ impl Fields {
     }
 }
 
-/// A varint at `*at`, moving past it; `None` when it runs past the end or past 64 bits.
+/// A varint at `*at`, moving past it (prost's decoder on the rest of the slice); `None`
+/// when it runs past the end or past 64 bits.
 fn read_varint(s: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *s.get(*at + i)?;
-        if i == 9 && b > 1 {
-            return None;
-        }
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            *at += i + 1;
-            return Some(v);
-        }
-    }
-    None
+    let mut rest = s.get(*at..)?;
+    let v = encoding::decode_varint(&mut rest).ok()?;
+    *at = s.len() - rest.len();
+    Some(v)
 }
 
 /// Up to two protobuf fields' keys and varints, written into an array.

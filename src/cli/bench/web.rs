@@ -936,13 +936,19 @@ mod tests {
         String::from_utf8(head).expect("utf8")
     }
 
-    /// A server on loopback that answers one request with `response`, written in pieces
-    /// of `piece` bytes so that chunks and lines are split everywhere.
-    async fn serve_once(response: Vec<u8>, piece: usize) -> WebTarget {
+    /// A listener on a free loopback port, and its address.
+    async fn loopback_listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        (listener, addr)
+    }
+
+    /// A server on loopback that answers one request with `response`, written in pieces
+    /// of `piece` bytes so that chunks and lines are split everywhere.
+    async fn serve_once(response: Vec<u8>, piece: usize) -> WebTarget {
+        let (listener, addr) = loopback_listener().await;
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
             let head = request_head(&mut socket).await;
@@ -1088,10 +1094,7 @@ mod tests {
     async fn websocket_frames_of_every_length_fragmented_and_pinged_across_any_split() {
         let big = vec![7u8; 70_000];
         for piece in [1, 3, 64, 1 << 20] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
+            let (listener, addr) = loopback_listener().await;
             let big2 = big.clone();
             let server = tokio::spawn(async move {
                 let (mut socket, _) = listener.accept().await.expect("accept");
@@ -1170,10 +1173,7 @@ mod tests {
 
     /// A server that answers an upgrade request with `response`, whatever it asked.
     async fn serve_upgrade_answer(response: Vec<u8>) -> WebTarget {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = loopback_listener().await;
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
             request_head(&mut socket).await;
