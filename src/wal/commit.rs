@@ -21,6 +21,7 @@ use super::config::{FsyncPolicy, LogConfig};
 use super::dedup::{DedupWindow, FirstAck};
 use super::frame::{now_ns, Appended, NewFrame};
 use super::record::{encoded_len, RecordRef};
+use super::replica::Copied;
 use super::segment::{Segment, SegmentWriter, SyncMethod};
 use super::state::{rec_key, State};
 use super::{Error, Result};
@@ -58,8 +59,17 @@ pub(super) type AckReceiver = oneshot::Receiver<Result<Vec<Appended>>>;
 
 #[derive(Debug)]
 struct Request {
-    frames: Vec<NewFrame>,
+    body: Body,
     reply: AckSender,
+}
+
+/// What a request appends.
+#[derive(Debug)]
+enum Body {
+    /// New frames: offsets, key times and deduplication are the committer's.
+    Frames(Vec<NewFrame>),
+    /// Records copied from a leader, with their offsets and key times.
+    Copied(Vec<Copied>),
 }
 
 /// The committer's side of the log: the active segment and what goes with it.
@@ -82,6 +92,8 @@ struct Portion {
     start_pos: u64,
     start_offset: u64,
     entries: Vec<(OrderKey, u32)>,
+    /// Runs of holes (copied gap records): after how many `entries`, how many offsets.
+    holes: Vec<(usize, u64)>,
     keys: Vec<(Bytes, FirstAck)>,
     replies: Vec<(AckSender, Vec<Appended>)>,
 }
@@ -92,6 +104,7 @@ impl Portion {
             start_pos: w.active.cursor(),
             start_offset: w.next_offset,
             entries: Vec::new(),
+            holes: Vec::new(),
             keys: Vec::new(),
             replies: Vec::new(),
         }
@@ -132,12 +145,22 @@ impl Committer {
     /// Queues already validated `frames`, starting the thread if none runs; the receiver
     /// gets the acks.
     pub(super) fn submit(self: &Arc<Self>, frames: Vec<NewFrame>) -> Result<AckReceiver> {
+        self.enqueue(Body::Frames(frames))
+    }
+
+    /// Queues records copied from a leader (checked to fit a segment); the receiver is
+    /// answered once they are durable.
+    pub(super) fn submit_copied(self: &Arc<Self>, records: Vec<Copied>) -> Result<AckReceiver> {
+        self.enqueue(Body::Copied(records))
+    }
+
+    fn enqueue(self: &Arc<Self>, body: Body) -> Result<AckReceiver> {
         let (reply, rx) = oneshot::channel();
         let mut q = self.queue.lock();
         if q.closed {
             return Err(closed());
         }
-        q.pending.push(Request { frames, reply });
+        q.pending.push(Request { body, reply });
         if q.worker_running {
             self.wake.notify_one();
         } else {
@@ -268,8 +291,14 @@ impl Committer {
                 let _ = req.reply.send(Err(Error::Unavailable(why.clone())));
                 continue;
             }
-            let need: u64 = req
-                .frames
+            let frames = match req.body {
+                Body::Frames(frames) => frames,
+                Body::Copied(records) => {
+                    portion = self.copy(&mut w, portion, records, req.reply, now);
+                    continue;
+                }
+            };
+            let need: u64 = frames
                 .iter()
                 .map(|f| encoded_len(f.key.len(), f.payload.len()) as u64)
                 .sum();
@@ -288,8 +317,8 @@ impl Committer {
                 let _ = req.reply.send(Err(e));
                 continue;
             }
-            let mut acks = Vec::with_capacity(req.frames.len());
-            for f in &req.frames {
+            let mut acks = Vec::with_capacity(frames.len());
+            for f in &frames {
                 if !f.key.is_empty() {
                     if let Some(first) = w.dedup.get(&f.key, now) {
                         acks.push(Appended {
@@ -348,6 +377,99 @@ impl Committer {
         }
     }
 
+    /// Writes records copied from a leader, each at the offset it names, rolling segments as
+    /// they fill; returns the portion the next request continues. Records that do not
+    /// continue the log fail the request, with nothing of it written.
+    fn copy(
+        &self,
+        w: &mut Writer,
+        mut portion: Portion,
+        records: Vec<Copied>,
+        reply: AckSender,
+        now: i64,
+    ) -> Portion {
+        let mut expect = w.next_offset;
+        for r in &records {
+            if r.offset() != expect {
+                let _ = reply.send(Err(Error::InvalidArgument(format!(
+                    "copied record of offset {} does not continue the log at {expect}",
+                    r.offset()
+                ))));
+                return portion;
+            }
+            expect = r.end();
+        }
+        let mut acks = Vec::with_capacity(records.len());
+        for r in &records {
+            let need = r.encoded_len() as u64;
+            if need > w.active.remaining() {
+                self.finish(w, portion);
+                if let Err(e) = self.roll(w) {
+                    error!(dir = %self.dir.display(), error = %e, "cannot start a new segment");
+                    let _ = reply.send(Err(e));
+                    return Portion::at(w);
+                }
+                portion = Portion::at(w);
+            }
+            if let Err(e) = w.active.make_room(need) {
+                error!(dir = %self.dir.display(), error = %e, "cannot grow the segment");
+                let _ = reply.send(Err(e));
+                return portion;
+            }
+            let pos = w.active.cursor() as u32;
+            let Some(buf) = w.active.reserve(need as usize) else {
+                // Unreachable: the room was checked and allocated just above.
+                break;
+            };
+            match r {
+                Copied::Frame {
+                    offset,
+                    seq_no,
+                    timestamp,
+                    key_time,
+                    key,
+                    payload,
+                } => {
+                    let rec = RecordRef {
+                        offset: *offset,
+                        seq_no: *seq_no,
+                        timestamp: *timestamp,
+                        key_time: *key_time,
+                        key,
+                        payload,
+                    };
+                    rec.encode_into(buf);
+                    if !key.is_empty() {
+                        let ack = FirstAck {
+                            offset: *offset,
+                            timestamp: *timestamp,
+                            stored_at: *key_time,
+                        };
+                        w.dedup.insert(key, ack, now);
+                        portion.keys.push((key.clone(), ack));
+                    }
+                    portion.entries.push((rec_key(&rec), pos));
+                    acks.push(Appended {
+                        offset: *offset,
+                        timestamp: *timestamp,
+                        duplicate: false,
+                        payload_bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+                    });
+                }
+                Copied::Gap(gap) => {
+                    let Some(encoded) = gap.encode(need as usize) else {
+                        break;
+                    };
+                    buf.copy_from_slice(&encoded);
+                    portion.holes.push((portion.entries.len(), gap.count));
+                }
+            }
+            w.next_offset = r.end();
+        }
+        portion.replies.push((reply, acks));
+        portion
+    }
+
     /// Makes a portion durable (per policy), visible and indexed, then answers it. On a
     /// failed sync the portion is undone and every request in it fails.
     fn finish(&self, w: &mut Writer, portion: Portion) {
@@ -380,11 +502,20 @@ impl Committer {
             w.unsynced_since = Some(Instant::now());
         }
         w.active.publish();
-        if !portion.entries.is_empty() {
+        if !portion.entries.is_empty() || !portion.holes.is_empty() {
             let mut st = self.state.write();
-            for (key, pos) in &portion.entries {
+            let mut holes = portion.holes.iter().peekable();
+            for (i, (key, pos)) in portion.entries.iter().enumerate() {
+                while let Some((_, count)) = holes.next_if(|(at, _)| *at == i) {
+                    st.offsets.push_holes(*count);
+                    st.holes += count;
+                }
                 st.order.insert(*key);
                 st.offsets.push(*pos);
+            }
+            for (_, count) in holes {
+                st.offsets.push_holes(*count);
+                st.holes += count;
             }
             st.next_offset = w.next_offset;
             st.bytes += written;

@@ -6,7 +6,9 @@
 //! close), `commit` (group commit and the fsync policy), `state` (the in-memory index of a
 //! log), `read` (range and ordered reads), `recovery` (scan, torn-tail cut), `dedup` (the
 //! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
-//! `manifest` (what a compaction committed), `failpoint` (crash injection for tests).
+//! `manifest` (what a compaction committed), `replica` (records shipped to and copied by a
+//! follower, and the cut of a suffix a new leader lacks), `failpoint` (crash injection for
+//! tests).
 
 mod commit;
 mod compact;
@@ -22,6 +24,7 @@ mod read;
 pub mod record;
 pub mod recovery;
 pub mod repair;
+pub mod replica;
 pub mod run;
 pub mod segment;
 mod state;
@@ -37,5 +40,6 @@ pub use frame::{check_frames, now_ns, Appended, NewFrame, StoredFrame};
 pub use log::Log;
 pub use read::LogStats;
 pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
+pub use replica::{cut_from, Copied, Cut};
 pub use run::{Run, RunWriter};
 pub use segment::{MappedFile, Segment, SegmentWriter, SyncMethod};

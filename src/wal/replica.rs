@@ -1,0 +1,313 @@
+//! A log as a copy of another: the records a leader ships ([`Log::read_records`]), their
+//! append on a follower ([`Log::append_copied`]), and the cut of a suffix that a new leader
+//! does not hold ([`cut_from`]).
+//!
+//! Records travel as their encoded bytes, CRC included, and are checked on arrival: a
+//! follower stores exactly the leader's offsets, seq_nos, timestamps, keys and key times, so
+//! the record bytes (and their CRCs) are the same on every node, only segment boundaries
+//! differ. A hole left by `framecast repair` travels as a gap record.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tracing::warn;
+
+use super::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
+use super::log::Log;
+use super::record::{decode, encoded_len, Decoded, Gap, Step, Walk, MIN_GAP_LEN};
+use super::recovery::{list_segments, write_synced};
+use super::segment::{sync_dir, SegmentWriter};
+use super::state::{missing, Loc};
+use super::{Error, Result};
+
+/// One record copied from a leader, checked: a frame with every stored field, or a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copied {
+    /// A frame as the leader stored it.
+    Frame {
+        /// Its offset (the follower's next offset when appended).
+        offset: u64,
+        /// Client-chosen sequence number.
+        seq_no: u64,
+        /// Stored timestamp.
+        timestamp: i64,
+        /// When its idempotency key was stored (0 without a key).
+        key_time: i64,
+        /// Idempotency key; empty for none.
+        key: Bytes,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// Offsets the leader lost to repaired damage: they hold no frame.
+    Gap(Gap),
+}
+
+impl Copied {
+    /// Decodes and checks (CRC, lengths) one whole encoded record as shipped.
+    pub fn decode(record: &Bytes) -> Result<Copied> {
+        match decode(record) {
+            Decoded::Record(r, len) if len == record.len() => {
+                let at = |s: &[u8]| record.slice_ref(s);
+                Ok(Copied::Frame {
+                    offset: r.offset,
+                    seq_no: r.seq_no,
+                    timestamp: r.timestamp,
+                    key_time: r.key_time,
+                    key: if r.key.is_empty() {
+                        Bytes::new()
+                    } else {
+                        at(r.key)
+                    },
+                    payload: if r.payload.is_empty() {
+                        Bytes::new()
+                    } else {
+                        at(r.payload)
+                    },
+                })
+            }
+            Decoded::Gap(g, len) if len == record.len() => Ok(Copied::Gap(g)),
+            Decoded::Record(_, len) | Decoded::Gap(_, len) => Err(Error::InvalidArgument(format!(
+                "a copied record of {} bytes holds a {len}-byte record",
+                record.len()
+            ))),
+            Decoded::End => Err(Error::InvalidArgument("an empty copied record".into())),
+            Decoded::Invalid(why) => Err(Error::InvalidArgument(format!(
+                "a copied record is damaged: {why}"
+            ))),
+        }
+    }
+
+    /// The first offset this record stands for.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Copied::Frame { offset, .. } => *offset,
+            Copied::Gap(g) => g.offset,
+        }
+    }
+
+    /// One past the last offset this record stands for.
+    pub fn end(&self) -> u64 {
+        match self {
+            Copied::Frame { offset, .. } => offset.saturating_add(1),
+            Copied::Gap(g) => g.end(),
+        }
+    }
+
+    /// Bytes the record takes in a segment.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Copied::Frame { key, payload, .. } => encoded_len(key.len(), payload.len()),
+            Copied::Gap(_) => MIN_GAP_LEN,
+        }
+    }
+}
+
+impl Log {
+    /// The encoded records of offsets `[from, …)` below the durable frontier, whole, up to
+    /// `max_bytes` (at least one record when any is durable), consecutive holes as one gap
+    /// record. Returns them and the next offset to ask for. An offset below the oldest
+    /// retained one is [`Error::OutOfRange`].
+    pub fn read_records(&self, from: u64, max_bytes: usize) -> Result<(Vec<Bytes>, u64)> {
+        let frontier = self.durable_offset();
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        let mut offset = from;
+        let st = self.shared.state.read();
+        if from < st.first_offset {
+            return Err(Error::OutOfRange {
+                requested: from,
+                first: st.first_offset,
+                next: st.next_offset,
+            });
+        }
+        while offset < frontier && (out.is_empty() || size < max_bytes) {
+            let record = match st.locate(offset) {
+                Some(Loc::Segment(seg, pos)) => {
+                    let data = seg.read_from(pos as u64)?;
+                    let len = whole_record(data, offset, seg.path(), pos)?;
+                    seg.bytes(pos as u64, len as u64)?
+                }
+                Some(Loc::Run(run, pos)) => {
+                    let data = run.record_bytes(pos);
+                    let len = whole_record(data, offset, run.path(), pos)?;
+                    Bytes::copy_from_slice(&data[..len])
+                }
+                None if st.is_hole(offset) => {
+                    let mut end = offset + 1;
+                    while end < frontier && st.locate(end).is_none() && st.is_hole(end) {
+                        end += 1;
+                    }
+                    let gap = Gap {
+                        offset,
+                        count: end - offset,
+                    };
+                    let Some(encoded) = gap.encode(MIN_GAP_LEN) else {
+                        return Err(Error::Unavailable("cannot encode a gap record".into()));
+                    };
+                    Bytes::from(encoded)
+                }
+                None => return Err(missing(offset)),
+            };
+            offset = match Copied::decode(&record)? {
+                c @ Copied::Gap(_) => c.end(),
+                _ => offset + 1,
+            };
+            size += record.len();
+            out.push(record);
+        }
+        Ok((out, offset.max(from)))
+    }
+
+    /// Appends records copied from a leader and waits until they are durable; returns the
+    /// log's next offset. They must continue this log: the first at its next offset, each
+    /// after the one before; otherwise nothing is written and the error says where the log
+    /// stands.
+    pub async fn append_copied(&self, records: Vec<Copied>) -> Result<u64> {
+        let room = self.config().segment_bytes - SEGMENT_HEADER_LEN as u64;
+        for r in &records {
+            if r.encoded_len() as u64 > room {
+                return Err(Error::InvalidArgument(format!(
+                    "a copied record of {} bytes does not fit in a {room}-byte segment",
+                    r.encoded_len()
+                )));
+            }
+        }
+        let rx = self.shared.committer.submit_copied(records)?;
+        rx.await
+            .map_err(|_| Error::Unavailable("log is closed".into()))??;
+        // The frontier moved past the copied records before the answer was sent.
+        Ok(self.durable_offset())
+    }
+}
+
+/// The length of the record of `offset` at the start of `data`, checked.
+fn whole_record(data: &[u8], offset: u64, file: &Path, pos: u32) -> Result<usize> {
+    match decode(data) {
+        Decoded::Record(r, len) if r.offset == offset => Ok(len),
+        Decoded::Invalid(reason) => Err(Error::corruption(file, pos as u64, reason)),
+        _ => Err(Error::corruption(
+            file,
+            pos as u64,
+            format!("no record of offset {offset}"),
+        )),
+    }
+}
+
+/// What [`cut_from`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// The first offset removed; the log continues from it.
+    pub from: u64,
+    /// Bytes of records removed.
+    pub bytes: u64,
+    /// Where the removed bytes were kept: a `.torn` copy per segment touched.
+    pub kept: Vec<PathBuf>,
+}
+
+/// Removes every record at or past `offset` from the (closed) log in `dir`, keeping the
+/// removed bytes in `.torn` files beside the segments: what a follower does with frames a
+/// new leader never had (never acknowledged). A segment starting past `offset` is renamed to
+/// `<name>.torn` whole; the one holding `offset` is cut at its record. Returns `None` when
+/// nothing lies at or past `offset`. Refuses to cut into compacted runs (below the first
+/// segment): those hold only committed frames.
+pub fn cut_from(dir: &Path, offset: u64, segment_bytes: u64) -> Result<Option<Cut>> {
+    let segments = list_segments(dir)?;
+    let Some(first) = segments.first().map(|s| s.0) else {
+        return Ok(None);
+    };
+    if offset < first {
+        return Err(Error::InvalidArgument(format!(
+            "cannot cut at offset {offset}: offsets below {first} are compacted"
+        )));
+    }
+    let mut cut = Cut {
+        from: offset,
+        bytes: 0,
+        kept: Vec::new(),
+    };
+    // Later segments first, whole: a crash midway leaves a shorter log that a second cut
+    // finishes, never a gap.
+    for (base, path) in segments.iter().rev() {
+        if *base <= offset {
+            break;
+        }
+        let len = records_len(path, segment_bytes)?;
+        let to = torn_name(path, "whole");
+        std::fs::rename(path, &to).map_err(|e| Error::io(path, e))?;
+        sync_dir(dir)?;
+        warn!(file = %path.display(), kept = %to.display(), bytes = len, "cut a segment a new leader does not hold");
+        cut.bytes += len;
+        cut.kept.push(to);
+    }
+    let Some((_, path)) = segments.iter().rev().find(|s| s.0 <= offset) else {
+        return Ok(None);
+    };
+    let mut writer = SegmentWriter::open(path, segment_bytes)?;
+    let (at, end) = {
+        let data = writer.contents();
+        let mut at = None;
+        let mut end = SEGMENT_HEADER_LEN;
+        for (pos, step) in Walk::new(data, SEGMENT_HEADER_LEN) {
+            match step {
+                Step::Record(r, len) => {
+                    if r.offset >= offset && at.is_none() {
+                        at = Some(pos);
+                    }
+                    end = pos + len;
+                }
+                Step::Gap(g, len) => {
+                    if g.end() > offset && at.is_none() {
+                        if g.offset < offset {
+                            return Err(Error::InvalidArgument(format!(
+                                "cannot cut at offset {offset}: it lies inside a gap record"
+                            )));
+                        }
+                        at = Some(pos);
+                    }
+                    end = pos + len;
+                }
+                Step::Invalid(reason) => {
+                    return Err(Error::corruption(path, pos as u64, reason));
+                }
+                Step::End => break,
+            }
+        }
+        (at, end)
+    };
+    if let Some(at) = at {
+        let to = torn_name(path, &at.to_string());
+        write_synced(&to, &writer.contents()[at..end])?;
+        writer.truncate_tail(at as u64)?;
+        sync_dir(dir)?;
+        warn!(file = %path.display(), position = at, bytes = end - at, kept = %to.display(), "cut records a new leader does not hold");
+        cut.bytes += (end - at) as u64;
+        cut.kept.push(to);
+    }
+    Ok((!cut.kept.is_empty()).then_some(cut))
+}
+
+/// Bytes of records in a segment file.
+fn records_len(path: &Path, segment_bytes: u64) -> Result<u64> {
+    let writer = SegmentWriter::open(path, segment_bytes)?;
+    let data = writer.contents();
+    let mut end = SEGMENT_HEADER_LEN;
+    for (pos, step) in Walk::new(data, SEGMENT_HEADER_LEN) {
+        match step {
+            Step::Record(_, len) | Step::Gap(_, len) => end = pos + len,
+            Step::Invalid(_) | Step::End => break,
+        }
+    }
+    Ok((end - SEGMENT_HEADER_LEN) as u64)
+}
+
+/// A `.torn` name beside `path` that does not exist yet.
+fn torn_name(path: &Path, tag: &str) -> PathBuf {
+    let base = path.with_extension(format!("seg.{tag}.{TORN_SUFFIX}"));
+    if !base.exists() {
+        return base;
+    }
+    (1u32..)
+        .map(|n| path.with_extension(format!("seg.{tag}.{n}.{TORN_SUFFIX}")))
+        .find(|p| !p.exists())
+        .unwrap_or(base)
+}

@@ -1,0 +1,251 @@
+//! A log as a copy of another (the cluster's follower side): records read from a leader's
+//! log and appended to a follower's are the same bytes, offsets, keys and key times, across
+//! segment rolls, compaction and restarts; records that do not continue the log or arrive
+//! damaged are refused with nothing written; a suffix a new leader lacks is cut with a
+//! `.torn` copy kept, and the log continues from the cut.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use framecast::wal::format::SEGMENT_HEADER_LEN;
+use framecast::wal::record::{Step, Walk};
+use framecast::wal::{
+    cut_from, CompactOptions, Copied, Error, FsyncPolicy, Log, LogConfig, NewFrame,
+};
+
+fn config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        fsync: FsyncPolicy::Always,
+        max_frame_bytes: (segment_bytes / 2) as usize,
+        dedup_window: Duration::from_secs(120),
+        ..LogConfig::default()
+    }
+}
+
+/// Appends frames of every shape (empty, small, up to `max` bytes, with and without keys),
+/// one request each, all queued at once (so they share syncs).
+async fn fill(log: &Log, n: u64, start: u64, max: u64) {
+    let receivers: Vec<_> = frames(n, start, max)
+        .into_iter()
+        .map(|f| log.submit(vec![f]).unwrap())
+        .collect();
+    for rx in receivers {
+        rx.await.unwrap().unwrap();
+    }
+}
+
+fn frames(n: u64, start: u64, max: u64) -> Vec<NewFrame> {
+    (start..start + n)
+        .map(|i| NewFrame {
+            seq_no: (i * 7919) % 97,
+            timestamp: 0,
+            key: if i % 3 == 0 {
+                Bytes::from(format!("key-{i}"))
+            } else {
+                Bytes::new()
+            },
+            // Odd frames carry up to `max` bytes, even ones none.
+            payload: Bytes::from(vec![(i % 251) as u8; (i % 2 * (i * 131) % max) as usize]),
+        })
+        .collect()
+}
+
+/// Every record of `log` as shipped, from offset 0, in pages of at most `page` bytes.
+fn shipped(log: &Log, page: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut from = log.first_offset();
+    loop {
+        let (records, next) = log.read_records(from, page).unwrap();
+        if records.is_empty() {
+            assert_eq!(next, log.durable_offset());
+            return out;
+        }
+        assert!(next > from);
+        from = next;
+        out.extend(records);
+    }
+}
+
+/// Copies everything `leader` holds past `follower`'s end, in pages.
+async fn follow(leader: &Log, follower: &Log, page: usize) {
+    loop {
+        let (records, _) = leader
+            .read_records(follower.durable_offset(), page)
+            .unwrap();
+        if records.is_empty() {
+            return;
+        }
+        let copied: Vec<Copied> = records.iter().map(|r| Copied::decode(r).unwrap()).collect();
+        let end = copied.last().unwrap().end();
+        assert_eq!(follower.append_copied(copied).await.unwrap(), end);
+    }
+}
+
+#[tokio::test]
+async fn a_follower_holds_the_leaders_records_byte_for_byte() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), config(256 * 1024)).unwrap();
+    // The follower's segments are smaller: its files roll elsewhere, its records do not change.
+    let follower = Log::open(fd.path(), config(64 * 1024)).unwrap();
+    for round in 0..4u64 {
+        fill(&leader, 150, round * 150, 20_000).await;
+        follow(&leader, &follower, 1 + (round as usize) * 40_000).await;
+    }
+    assert_eq!(follower.durable_offset(), 600);
+    assert_eq!(shipped(&leader, 1 << 20), shipped(&follower, 1 << 20));
+    let (ls, fs) = (leader.stats(), follower.stats());
+    assert_eq!(
+        (ls.frames, ls.bytes, ls.next_offset),
+        (fs.frames, fs.bytes, fs.next_offset)
+    );
+    assert!(fs.segments > ls.segments, "{fs:?} vs {ls:?}");
+
+    // Keys came along: a retry of a key the leader stored is a duplicate on the follower.
+    let retry = NewFrame {
+        key: Bytes::from("key-300"),
+        ..NewFrame::default()
+    };
+    let ack = follower.append_async(vec![retry]).await.unwrap();
+    assert!(ack[0].duplicate);
+    assert_eq!(ack[0].offset, 300);
+
+    // A restart reads the same records back.
+    drop(follower);
+    let follower = Log::open(fd.path(), config(64 * 1024)).unwrap();
+    assert_eq!(shipped(&leader, 1 << 20), shipped(&follower, 1 << 20));
+}
+
+#[tokio::test]
+async fn records_read_from_compacted_runs_are_the_same_bytes() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), config(64 * 1024)).unwrap();
+    fill(&leader, 400, 0, 20_000).await;
+    let before = shipped(&leader, 1 << 16);
+    let report = leader.compact(&CompactOptions::default()).unwrap();
+    assert!(report.segments_in >= 2, "{report:?}");
+    assert_eq!(leader.stats().runs, 1);
+    assert_eq!(shipped(&leader, 1 << 16), before);
+    let follower = Log::open(fd.path(), config(64 * 1024)).unwrap();
+    follow(&leader, &follower, 10_000).await;
+    assert_eq!(shipped(&follower, 1 << 16), before);
+}
+
+#[tokio::test]
+async fn records_that_do_not_continue_the_log_or_are_damaged_are_refused() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), config(64 * 1024)).unwrap();
+    fill(&leader, 10, 0, 20_000).await;
+    let follower = Log::open(fd.path(), config(64 * 1024)).unwrap();
+    let (records, _) = leader.read_records(0, 1 << 20).unwrap();
+    assert_eq!(records.len(), 10);
+    let all: Vec<Copied> = records.iter().map(|r| Copied::decode(r).unwrap()).collect();
+
+    // Not starting at the follower's end.
+    let err = follower.append_copied(all[1..].to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    // A hole in the middle: nothing of the request is written.
+    let holey = vec![all[0].clone(), all[2].clone()];
+    let err = follower.append_copied(holey).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert_eq!(follower.durable_offset(), 0);
+    assert_eq!(follower.stats().frames, 0);
+
+    // Every single flipped bit of a shipped record is caught on arrival.
+    let record = &records[3];
+    for bit in 0..record.len() * 8 {
+        let mut bad = record.to_vec();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            Copied::decode(&Bytes::from(bad)).is_err(),
+            "bit {bit} passed"
+        );
+    }
+    // A record cut short, or two records in one piece.
+    assert!(Copied::decode(&record.slice(..record.len() - 1)).is_err());
+    let two = [records[0].as_ref(), records[1].as_ref()].concat();
+    assert!(Copied::decode(&Bytes::from(two)).is_err());
+
+    follower.append_copied(all).await.unwrap();
+    assert_eq!(shipped(&follower, 1 << 20), records);
+    // Past the durable end: nothing yet.
+    assert!(leader.read_records(11, 100).unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn a_suffix_the_new_leader_lacks_is_cut_and_kept() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = config(16 * 1024);
+    let leader = Log::open(ld.path(), cfg.clone()).unwrap();
+    fill(&leader, 300, 0, 5_000).await;
+    let follower = Log::open(fd.path(), cfg.clone()).unwrap();
+    follow(&leader, &follower, 50_000).await;
+    // Owned copies: shipped records point into the mapping, which the cut rewrites.
+    let before: Vec<Bytes> = shipped(&follower, 1 << 20)
+        .iter()
+        .map(|r| Bytes::copy_from_slice(r))
+        .collect();
+    let segments = follower.stats().segments;
+    assert!(segments > 4, "{segments}");
+    drop(follower);
+
+    // Nothing at or past the end: nothing to cut.
+    assert_eq!(cut_from(fd.path(), 300, cfg.segment_bytes).unwrap(), None);
+
+    // Cut at 120: later segments go whole, the one holding 120 is cut at its record.
+    let cut = cut_from(fd.path(), 120, cfg.segment_bytes)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cut.from, 120);
+    let cut_bytes: u64 = before[120..].iter().map(|r| r.len() as u64).sum();
+    assert_eq!(cut.bytes, cut_bytes);
+    // The kept copies hold exactly the cut records, in order.
+    let mut kept = Vec::new();
+    let mut files = cut.kept.clone();
+    files.sort();
+    for f in &files {
+        assert!(f.to_string_lossy().ends_with(".torn"), "{}", f.display());
+        let bytes = std::fs::read(f).unwrap();
+        if f.to_string_lossy().contains(".whole.") {
+            // A whole segment: its header, its records, then preallocated zeros.
+            let start = SEGMENT_HEADER_LEN;
+            let mut end = start;
+            for (pos, step) in Walk::new(&bytes, start) {
+                match step {
+                    Step::Record(_, len) => end = pos + len,
+                    other => {
+                        assert_eq!(other, Step::End);
+                        break;
+                    }
+                }
+            }
+            kept.extend_from_slice(&bytes[start..end]);
+        } else {
+            kept.extend_from_slice(&bytes);
+        }
+    }
+    let expected = before[120..].concat();
+    assert_eq!(kept.len(), expected.len(), "{files:?}");
+    let first_diff = kept.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        first_diff.is_none(),
+        "the kept copies differ from the cut records at byte {first_diff:?} of {}; {files:?}",
+        kept.len()
+    );
+
+    let follower = Log::open(fd.path(), cfg.clone()).unwrap();
+    assert_eq!(follower.durable_offset(), 120);
+    assert_eq!(shipped(&follower, 1 << 20), before[..120].to_vec());
+    // Following the (new) leader again from the cut gives back the same log.
+    follow(&leader, &follower, 7_000).await;
+    assert_eq!(shipped(&follower, 1 << 20), before);
+
+    // A cut at the very first offset empties the log; it continues from 0.
+    drop(follower);
+    cut_from(fd.path(), 0, cfg.segment_bytes).unwrap().unwrap();
+    let follower = Log::open(fd.path(), cfg).unwrap();
+    assert_eq!((follower.first_offset(), follower.durable_offset()), (0, 0));
+    follow(&leader, &follower, 7_000).await;
+    assert_eq!(shipped(&follower, 1 << 20), before);
+}
