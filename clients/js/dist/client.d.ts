@@ -8,8 +8,10 @@ import type { BroadcastAck, BroadcastOptions, FramecastOptions, HistoryOptions, 
 export declare class Framecast {
     private readonly transport;
     constructor(options: FramecastOptions);
-    /** The node(s) this client talks to. */
+    /** The node(s) this client talks to: those given, then leaders learned from `Framecast-Leader` hints. */
     get urls(): readonly string[];
+    /** The node requests go to now: the first one given, until it failed or a follower named the leader. */
+    get url(): string;
     /**
      * Appends one frame to `topic` (created if missing, unless the server forbids it) and
      * resolves once it is durable. Retries network errors and 503s with backoff, sending

@@ -14,9 +14,13 @@ export class Framecast {
     constructor(options) {
         this.transport = new Transport(options);
     }
-    /** The node(s) this client talks to. */
+    /** The node(s) this client talks to: those given, then leaders learned from `Framecast-Leader` hints. */
     get urls() {
         return this.transport.urls;
+    }
+    /** The node requests go to now: the first one given, until it failed or a follower named the leader. */
+    get url() {
+        return this.transport.base();
     }
     /**
      * Appends one frame to `topic` (created if missing, unless the server forbids it) and

@@ -31,9 +31,14 @@ export class Framecast {
     this.transport = new Transport(options);
   }
 
-  /** The node(s) this client talks to. */
+  /** The node(s) this client talks to: those given, then leaders learned from `Framecast-Leader` hints. */
   get urls(): readonly string[] {
     return this.transport.urls;
+  }
+
+  /** The node requests go to now: the first one given, until it failed or a follower named the leader. */
+  get url(): string {
+    return this.transport.base();
   }
 
   /**

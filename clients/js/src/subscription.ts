@@ -112,14 +112,16 @@ export class Subscription implements AsyncIterableIterator<Frame> {
         };
         /** Why this connection ended, when it is worth reconnecting. */
         let broke: unknown;
+        /** The node of this connection: a break moves the client on from it (reads work on every node, with the same cursors). */
+        const base = this.transport.base();
         try {
           arm();
-          const url = this.transport.url(this.path, { from: this.from });
+          const url = this.transport.url(this.path, { from: this.from }, base);
           const resp = await this.transport.fetch(url, { headers, signal: conn.signal, cache: "no-store" });
           if (!resp.ok) {
             const err = await errorOfResponse(resp);
             if (!reconnectable(resp.status)) throw err;
-            this.transport.failover(resp.headers.get("framecast-leader"));
+            this.transport.failover(resp.headers.get("framecast-leader"), base);
             broke = err;
           } else if (!resp.body) {
             throw malformed("the event stream has no body");
@@ -146,19 +148,23 @@ export class Subscription implements AsyncIterableIterator<Frame> {
                 } else if (ev.event === "error") {
                   const err = errorOfEvent(ev.data);
                   if (err.code !== "UNAVAILABLE") throw err;
-                  broke = err;
+                  broke = err; // e.g. the node shutting down
+                  this.transport.failover(undefined, base);
                   break read;
                 }
                 // Other event types are for newer clients: skip them.
               }
             }
-            broke ??= new Error("the event stream ended");
+            if (broke === undefined) {
+              broke = new Error("the event stream ended");
+              this.transport.failover(undefined, base);
+            }
           }
         } catch (e) {
           if (stop.aborted) return;
           if (e instanceof FramecastError) throw e;
           broke = e; // a network error, or the idle timer
-          this.transport.failover();
+          this.transport.failover(undefined, base);
         } finally {
           clearTimeout(idle);
           stop.removeEventListener("abort", onStop);

@@ -30,19 +30,91 @@ function unreachable(url: string, cause: unknown): FramecastError {
   return new FramecastError("UNAVAILABLE", 0, `cannot reach ${url}: ${why}`, { cause });
 }
 
+/** Error codes (Node's) of a connection that was never made: no server saw the request. */
+const NOT_CONNECTED = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
+
+/**
+ * Whether a failed `fetch` never reached a server (connection refused, no such host), so
+ * that sending it to another node is harmless even for a request that is not repeated
+ * after a lost answer. Node's fetch tells (`cause.code`); a browser's does not (false).
+ */
+export function neverSent(e: unknown): boolean {
+  const cause = (e as { cause?: unknown } | null)?.cause;
+  const codes = (c: unknown): unknown[] => {
+    const r = c as { code?: unknown; errors?: unknown } | null;
+    if (!r) return [];
+    if (Array.isArray(r.errors) && r.errors.length > 0) return r.errors.map((x) => (x as { code?: unknown })?.code);
+    return [r.code];
+  };
+  const found = codes(cause);
+  return found.length > 0 && found.every((c) => typeof c === "string" && NOT_CONNECTED.has(c));
+}
+
+/**
+ * How many `Framecast-Leader` hints in a row one call follows at once. After that, or as
+ * soon as a hint names a node the call already passed through (nodes naming each other),
+ * the call backs off like after any 503, so disagreeing nodes cost retries, not a busy loop.
+ */
+export const MAX_LEADER_HOPS = 3;
+/** How many nodes learned from hints (beyond the configured ones) a client keeps. */
+const MAX_LEARNED = 16;
+
+/** The nodes one call went through by following hints at once, and the chain it cut, if any. */
+export class Hops {
+  private chain: string[] = [];
+  /** The last chain that was cut (a loop, or too many hints in a row), for the error message. */
+  loop: string[] = [];
+
+  /** A hint from `from` to `to` (base URLs): true to follow it at once, false to back off first. */
+  follow(from: string, to: string): boolean {
+    if (this.chain.length === 0) this.chain.push(from);
+    const cut = this.chain.includes(to) || this.chain.length > MAX_LEADER_HOPS;
+    this.chain.push(to);
+    if (!cut) return true;
+    this.loop = this.chain;
+    this.chain = [];
+    return false;
+  }
+
+  /** Anything but a hint ends the chain. */
+  reset(): void {
+    this.chain = [];
+  }
+
+  /** `err`, naming the loop of hints the call ran into, if it did. */
+  explain(err: FramecastError): FramecastError {
+    if (this.loop.length === 0) return err;
+    return new FramecastError(
+      err.code,
+      err.status,
+      `${err.message} (no leader found: the Framecast-Leader hints went ${this.loop.join(" -> ")})`,
+      { cause: err },
+    );
+  }
+}
+
 /** The addresses, credentials and fetch of a client, and its request loop. */
 export class Transport {
-  /** The nodes, normalised (no trailing slash). */
+  /** The nodes, normalised (no trailing slash): those given, then leaders learned from hints. */
   readonly urls: string[];
   readonly backoff: Backoff;
   readonly fetch: typeof fetch;
   private readonly token: TokenSource | undefined;
+  private readonly configured: number;
   private current = 0;
 
   constructor(opts: FramecastOptions) {
-    const list = typeof opts.url === "string" ? [opts.url] : [...opts.url];
-    if (list.length === 0) throw new TypeError("Framecast: url is required");
-    this.urls = list.map(normaliseUrl);
+    const list = nodeList(opts);
+    this.urls = [];
+    for (const u of list.map(normaliseUrl)) if (!this.urls.includes(u)) this.urls.push(u);
+    this.configured = this.urls.length;
     this.token = opts.token;
     this.backoff = backoffOf(opts.backoff);
     if (opts.fetch) {
@@ -60,8 +132,8 @@ export class Transport {
     return this.urls[this.current]!;
   }
 
-  /** The full URL of `path` on the current node, with the query's defined parameters. */
-  url(path: string, query?: Record<string, string | undefined>): string {
+  /** The full URL of `path` on the node `base` (default: the current one), with the query's defined parameters. */
+  url(path: string, query?: Record<string, string | undefined>, base: string = this.base()): string {
     let qs = "";
     if (query) {
       const p = new URLSearchParams();
@@ -69,7 +141,7 @@ export class Transport {
       const s = p.toString();
       if (s) qs = `?${s}`;
     }
-    return this.base() + path + qs;
+    return base + path + qs;
   }
 
   /** `extra` plus `Authorization` when there is a token (fetched anew each time, so it may refresh). */
@@ -84,33 +156,55 @@ export class Transport {
   }
 
   /**
-   * After a node failed (unreachable, or 503): go to the leader a follower named in its
-   * `Framecast-Leader` header when it is one of the nodes (or a URL), else to the next node.
+   * The base URL a `Framecast-Leader` header names (a URL, or `host:port` of one of the
+   * nodes, else reached with the scheme of `from`); undefined when it names nothing usable.
    */
-  failover(leader?: string | null): void {
-    if (leader) {
-      const named = leader.trim();
-      let i = -1;
-      if (/^https?:\/\//i.test(named)) {
-        const u = normaliseUrl(named);
-        i = this.urls.indexOf(u);
-        if (i < 0) i = this.urls.push(u) - 1;
-      } else {
-        i = this.urls.findIndex((u) => new URL(u).host === named);
-      }
-      if (i >= 0) {
-        this.current = i;
-        return;
-      }
+  leaderOf(header: string | null | undefined, from: string = this.base()): string | undefined {
+    const named = header?.trim();
+    if (!named || /[\s,]/.test(named)) return undefined;
+    try {
+      if (/^https?:\/\//i.test(named)) return normaliseUrl(named);
+      const known = this.urls.find((u) => new URL(u).host === named);
+      if (known) return known;
+      return normaliseUrl(`${new URL(from).protocol}//${named}`);
+    } catch {
+      return undefined;
     }
-    if (this.urls.length > 1) this.current = (this.current + 1) % this.urls.length;
+  }
+
+  /** Makes `leader` (a base URL) the current node, learning it if it is not one of the nodes. */
+  follow(leader: string): void {
+    let i = this.urls.indexOf(leader);
+    if (i < 0) {
+      if (this.urls.length - this.configured >= MAX_LEARNED) this.urls.splice(this.configured, 1);
+      i = this.urls.push(leader) - 1;
+    }
+    this.current = i;
+  }
+
+  /**
+   * The node `from` failed (unreachable, 503, a broken stream): go to the leader a
+   * follower named in its `Framecast-Leader` header, else to the next node (round robin),
+   * unless another call already moved on from `from`.
+   */
+  failover(leader?: string | null, from: string = this.base()): void {
+    const named = this.leaderOf(leader, from);
+    if (named !== undefined && named !== from) {
+      this.follow(named);
+      return;
+    }
+    if (this.base() === from && this.urls.length > 1) this.current = (this.current + 1) % this.urls.length;
   }
 
   /** Sends `call`, retrying as it allows; the parsed JSON body of the 2xx answer (undefined when empty). */
   async request(call: Call): Promise<unknown> {
     const { signal } = call;
-    for (let attempt = 0; ; attempt++) {
-      const url = this.url(call.path, call.query);
+    const hops = new Hops();
+    const tried = new Set<string>();
+    for (let attempt = 0; ; ) {
+      const base = this.base();
+      tried.add(base);
+      const url = this.url(call.path, call.query, base);
       const headers = await this.headers(call.headers);
       let resp: Response;
       let text: string;
@@ -122,9 +216,13 @@ export class Transport {
         if (resp.ok) text = await resp.text();
       } catch (e) {
         if (signal?.aborted) throw abortReason(signal);
-        if (!call.idempotent || attempt >= call.retries) throw unreachable(url, e);
-        this.failover();
-        await sleep(delayMs(this.backoff, attempt), signal);
+        hops.reset();
+        // A request never sent may go to a node it was not sent to yet, even when it is
+        // not repeated after a lost answer.
+        const again = call.idempotent || (neverSent(e) && this.urls.some((u) => !tried.has(u)));
+        if (!again || attempt >= call.retries) throw hops.explain(unreachable(url, e));
+        this.failover(undefined, base);
+        await sleep(delayMs(this.backoff, attempt++), signal);
         continue;
       }
       if (resp.ok) {
@@ -135,16 +233,51 @@ export class Transport {
           throw malformed(`${call.method} ${call.path}: body is not JSON: ${text!.slice(0, 200)}`);
         }
       }
-      if (resp.status === 503 && attempt < call.retries) {
-        const leader = resp.headers.get("framecast-leader");
-        await resp.body?.cancel().catch(() => undefined);
-        this.failover(leader);
-        await sleep(delayMs(this.backoff, attempt), signal);
-        continue;
+      if (resp.status === 503) {
+        // A refusal wrote nothing: always safe to send again.
+        const leader = this.leaderOf(resp.headers.get("framecast-leader"), base);
+        if (leader === undefined) {
+          hops.reset();
+          this.failover(undefined, base); // unavailable, naming no leader: the next node
+        } else if (leader === base) {
+          hops.reset(); // the leader itself, not ready: wait for it
+        } else {
+          this.follow(leader);
+          if (hops.follow(base, leader)) {
+            await resp.body?.cancel().catch(() => undefined);
+            continue; // at once, to the leader
+          }
+        }
+        if (attempt < call.retries) {
+          await resp.body?.cancel().catch(() => undefined);
+          await sleep(delayMs(this.backoff, attempt++), signal);
+          continue;
+        }
+        throw hops.explain(await errorOfResponse(resp));
       }
       throw await errorOfResponse(resp);
     }
   }
+}
+
+/** The nodes of the options: `url` (a URL, several separated by commas, or a list) or `urls`. */
+function nodeList(opts: FramecastOptions): string[] {
+  const { url, urls } = opts as { url?: unknown; urls?: unknown };
+  if (url !== undefined && urls !== undefined) throw new TypeError("Framecast: give url or urls, not both");
+  const given = url ?? urls;
+  if (given === undefined) throw new TypeError("Framecast: url is required");
+  const parts: unknown[] = typeof given === "string" ? [given] : Array.isArray(given) ? given : [given];
+  const list: string[] = [];
+  for (const p of parts) {
+    if (typeof p !== "string") throw new TypeError(`Framecast: a url is a string, not ${typeof p}`);
+    for (const one of p.split(",")) {
+      const u = one.trim();
+      if (u === "") throw new TypeError(`Framecast: an empty url in ${JSON.stringify(p)}`);
+      list.push(u);
+    }
+  }
+  if (list.length === 0) throw new TypeError("Framecast: url is required");
+  return list;
 }
 
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */

@@ -14,14 +14,17 @@ export interface BackoffOptions {
   maxMs?: number;
 }
 
-/** What a `Framecast` client is built from. */
+/** What a `Framecast` client is built from: `url` or `urls`, and the rest. */
 export interface FramecastOptions {
   /**
    * The server's HTTP door (`--http-listen`), e.g. `http://127.0.0.1:7071`; or several
-   * nodes of a cluster, tried in turn when one is unreachable or answers 503 (a follower's
-   * `Framecast-Leader` header is followed when it names one of them or a URL).
+   * nodes of a cluster, as a list or separated by commas (`"http://a:7071,http://b:7071"`):
+   * one that is unreachable or answers 503 is left for the next, and a write a follower
+   * refuses goes at once to the leader its `Framecast-Leader` header names.
    */
-  url: string | readonly string[];
+  url?: string | readonly string[];
+  /** The nodes of a cluster, as `url` takes them (give one of `url` and `urls`). */
+  urls?: readonly string[];
   /** A bearer token (`framecast token …`), sent as `Authorization: Bearer <token>`. */
   token?: TokenSource;
   /** The `fetch` to use (default: the global one). */
@@ -43,7 +46,7 @@ export interface PublishOptions {
    * `""`: no deduplication; then a network error is not retried (only a 503 is).
    */
   idempotencyKey?: string;
-  /** How many times to retry after a network error or a 503 (default 8). */
+  /** How many times to retry after a network error or a 503 (default 8). Following a follower's `Framecast-Leader` to the leader is not counted. */
   retries?: number;
   /** Stops waiting (and retrying); the publish may or may not have been stored. */
   signal?: AbortSignal;
@@ -152,7 +155,7 @@ export interface BroadcastOptions {
   timestamp?: bigint | number;
   /** As for publish; absent, the client makes one and reuses it for every retry, so a retry completes a broadcast that failed part way without duplicates. */
   idempotencyKey?: string;
-  /** How many times to retry after a network error or a 503 (default 8). */
+  /** How many times to retry after a network error or a 503 (default 8). Following a follower's `Framecast-Leader` to the leader is not counted. */
   retries?: number;
   signal?: AbortSignal;
 }

@@ -114,6 +114,206 @@ def address_wants_tls(addr: str) -> bool:
     return addr.startswith("https://")
 
 
+def parse_addresses(address: str | Iterable[str]) -> tuple[list[str], bool]:
+    """Every server address of ``address`` (one string, which may list several separated by
+    commas, or an iterable of them) as ``host:port``, in order and without duplicates, and
+    whether the channels are TLS (an ``https://`` address: then every address is, so that
+    a leader named by a follower is reached the same way). A list mixing ``https://`` and
+    ``http://`` addresses is :class:`framecast.errors.InvalidArgument`."""
+    parts = [address] if isinstance(address, str) else list(address)
+    found: list[str] = []
+    schemes: set[bool] = set()
+    for part in parts:
+        if not isinstance(part, str):
+            raise errors.InvalidArgument(f"a server address is a string, not {type(part).__name__}")
+        for one in part.split(","):
+            one = one.strip()
+            if one.startswith(("http://", "grpc://")):
+                schemes.add(False)
+            elif address_wants_tls(one):
+                schemes.add(True)
+            addr = normalize_address(one)
+            if addr not in found:
+                found.append(addr)
+    if not found:
+        raise errors.InvalidArgument("no server address")
+    if len(schemes) > 1:
+        raise errors.InvalidArgument(
+            "the addresses mix https:// and http://: a client is TLS to every node or to none"
+        )
+    return found, True in schemes
+
+
+#: The trailing metadata key with which a follower refuses a write: the leader's address.
+LEADER_HEADER = "framecast-leader"
+#: How many ``framecast-leader`` hints in a row one call follows at once; after that (or
+#: as soon as a hint names a node already passed through: nodes pointing at each other)
+#: the call waits its backoff before the next attempt, like any transient failure, so
+#: disagreeing nodes cost the retry budget rather than a busy loop.
+MAX_LEADER_HOPS = 3
+#: How many addresses learned from hints (beyond the configured ones) a client keeps.
+MAX_LEARNED_ADDRESSES = 16
+
+
+def leader_hint(err: grpc.RpcError | None) -> str | None:
+    """The leader's ``host:port`` a follower named when refusing a write (``UNAVAILABLE``
+    with the ``framecast-leader`` trailer), or ``None``."""
+    if err is None:
+        return None
+    try:
+        if err.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        trailers = err.trailing_metadata() or ()
+    except Exception:
+        return None
+    for key, value in trailers:
+        if key.lower() != LEADER_HEADER:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        value = value.strip()
+        if not value or any(c.isspace() or c == "," for c in value):
+            return None
+        try:
+            return normalize_address(value)
+        except errors.InvalidArgument:
+            return None
+    return None
+
+
+def never_sent(err: grpc.RpcError | None) -> bool:
+    """True when the attempt failed because the channel could not connect at all: no server
+    saw it, so sending it to another address is harmless even for a call that is not
+    retried otherwise (``delete_topic``)."""
+    if err is None:
+        return False
+    try:
+        code, details = err.code(), err.details() or ""
+    except Exception:
+        return False
+    return code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower()
+
+
+class Nodes:
+    """A client's server addresses (``host:port``) and the one calls go to now.
+
+    Shared by every call of a client (thread-safe). A transient failure at the current
+    address moves it on to the next (round robin); a follower's ``framecast-leader`` hint
+    makes the leader current, learning its address if it was not configured. So once one
+    call found the leader (or found a node dead), the others go there too.
+    """
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        if not addresses:
+            raise errors.InvalidArgument("no server address")
+        self._addresses = list(addresses)
+        self._configured = len(self._addresses)
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every known address: the configured ones, then those learned from hints."""
+        with self._lock:
+            return tuple(self._addresses)
+
+    @property
+    def current(self) -> str:
+        """The address calls go to now."""
+        with self._lock:
+            return self._addresses[self._current]
+
+    def failed(self, address: str) -> None:
+        """``address`` failed (unreachable, restarting): move on to the next address, unless
+        another call already moved on from it."""
+        with self._lock:
+            if self._addresses[self._current] == address:
+                self._current = (self._current + 1) % len(self._addresses)
+
+    def follow(self, leader: str) -> None:
+        """Make ``leader`` (a hint) the current address."""
+        with self._lock:
+            try:
+                self._current = self._addresses.index(leader)
+                return
+            except ValueError:
+                pass
+            if len(self._addresses) - self._configured >= MAX_LEARNED_ADDRESSES:
+                self._addresses.pop(self._configured)  # forget the oldest learned one
+            self._addresses.append(leader)
+            self._current = len(self._addresses) - 1
+
+
+class Route:
+    """Where the attempts of one call (or one stream's successive connections) go, and
+    whether a failed attempt is followed at once by another one on the leader.
+
+    ``next()`` gives the address of the next attempt (the client's current one);
+    ``failed(err)`` records how it failed: a ``framecast-leader`` hint makes the leader
+    current and says to retry at once (a refused write wrote nothing); a transient failure
+    moves the client on to the next address, and the usual backoff applies.
+    """
+
+    def __init__(self, nodes: Nodes) -> None:
+        self.nodes = nodes
+        #: The address of the attempt in flight (the last ``next()``).
+        self.address = nodes.current
+        self._tried: set[str] = set()
+        #: Addresses passed through by hints followed at once, in order.
+        self._chain: list[str] = []
+        #: The last chain of hints that was cut (a loop, or too many in a row).
+        self.loop: list[str] = []
+
+    def next(self) -> str:
+        """The address for the next attempt."""
+        self.address = self.nodes.current
+        self._tried.add(self.address)
+        return self.address
+
+    def untried(self) -> bool:
+        """True while a known address was not tried yet by this route."""
+        return any(a not in self._tried for a in self.nodes.addresses)
+
+    def progress(self) -> None:
+        """The attempt delivered (an ack, a frame): hints start a fresh chain."""
+        self._chain.clear()
+
+    def failed(self, err: grpc.RpcError | None) -> bool:
+        """The attempt at :attr:`address` failed with ``err`` (``None``: a stream ended
+        early). True: retry at once, on the leader ``err`` named. False: the usual decision
+        applies (a transient failure: back off, and the next attempt goes to the next
+        address)."""
+        hint = leader_hint(err)
+        if hint is not None and hint != self.address:
+            if not self._chain:
+                self._chain.append(self.address)
+            cut = hint in self._chain or len(self._chain) > MAX_LEADER_HOPS
+            self._chain.append(hint)
+            self.nodes.follow(hint)
+            if not cut:
+                log.debug("not the leader at %s: to %s", self.address, hint)
+                return True
+            self.loop = list(self._chain)
+            self._chain.clear()
+            log.debug("leader hints went round: %s", " -> ".join(self.loop))
+            return False
+        self._chain.clear()
+        if hint is None and (err is None or is_transient(err) or _core_broke(err)):
+            self.nodes.failed(self.address)
+        return False
+
+    def explain(self, error: errors.FramecastError) -> errors.FramecastError:
+        """``error`` (the one a call gives up with), naming the loop of leader hints the
+        call ran into, if it did."""
+        if self.loop and isinstance(error, errors.Unavailable):
+            error.message = (
+                f"{error.message} (no leader found: the framecast-leader hints went "
+                f"{' -> '.join(self.loop)})"
+            )
+            error.args = (error.message,)
+        return error
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How transient failures (server unreachable, restarting, connection broken) are
@@ -223,21 +423,31 @@ def unary_retry_delay(
     timeout: float | None,
     retry: bool = True,
     closed: bool = False,
+    route: Route | None = None,
 ) -> float:
     """After a failed attempt of the unary call ``what``: the delay before the next attempt,
     or raises the error to end the call with (the client closed, the call's own timeout
-    over, a permanent error, or the retry budget spent), without the gRPC error as context."""
+    over, a permanent error, or the retry budget spent), without the gRPC error as context.
+
+    With a ``route``: 0 (retry at once) when a follower named the leader, even for a call
+    not retried otherwise (a refused write wrote nothing); a call not retried otherwise is
+    also sent on to an address it has not tried when this one could not be connected to."""
     if closed:
         raise errors.ClientClosed(f"{what}: client closed") from None
     if deadline is not None and time.monotonic() >= deadline:
         raise timed_out(what, timeout) from None
+    if route is not None:
+        if route.failed(err):
+            return 0.0
+        if not retry and never_sent(err) and route.untried():
+            retry = True
     if not retry or not is_transient(err):
-        raise from_rpc_error(err, backoff.attempts + 1) from None
+        raise _explained(route, from_rpc_error(err, backoff.attempts + 1)) from None
     delay = backoff.next_delay(deadline)
     if delay is None:
         if deadline is not None and time.monotonic() >= deadline:
             raise timed_out(what, timeout) from None
-        raise from_rpc_error(err, backoff.attempts) from None
+        raise _explained(route, from_rpc_error(err, backoff.attempts)) from None
     log.debug("%s: %s; retry %d in %.3f s", what, from_rpc_error(err), backoff.attempts, delay)
     return delay
 
@@ -250,20 +460,24 @@ def publish_stream_retry_delay(
     deadline: float | None,
     timeout: float | None,
     closed: bool = False,
+    route: Route | None = None,
 ) -> float | None:
     """After a ``PublishStream`` ended (``failure``: why, ``None`` when it just ended):
     ``None`` when ``pipe`` is finished, else the delay before a new stream re-sends the
-    unacknowledged frames; raises ``pipe.fail(...)`` of the error to give up with."""
+    unacknowledged frames (0 when a follower named the leader: at once, there); raises
+    ``pipe.fail(...)`` of the error to give up with."""
     if pipe.done:
         return None
     if closed:
         raise pipe.fail(errors.ClientClosed("publish_many: client closed"))
     if deadline is not None and time.monotonic() >= deadline:
         raise pipe.fail(timed_out("publish_many", timeout))
-    if failure is not None and not is_transient(failure):
-        raise pipe.fail(from_rpc_error(failure))
     if failure is None and pipe.source_error is not None and not pipe.unacked:
         return None  # the caller's iterable failed; finish() re-raises its error
+    if route is not None and route.failed(failure):
+        return 0.0
+    if failure is not None and not is_transient(failure) and not _core_broke(failure):
+        raise pipe.fail(from_rpc_error(failure))
     # A transient failure, or the stream ended with frames unacknowledged.
     delay = backoff.next_delay(deadline)
     log.debug(
@@ -281,8 +495,12 @@ def publish_stream_retry_delay(
             if failure is not None
             else errors.Unavailable("publish stream ended early", None, backoff.attempts)
         )
-        raise pipe.fail(why)
+        raise pipe.fail(_explained(route, why))
     return delay
+
+
+def _explained(route: Route | None, error: errors.FramecastError) -> errors.FramecastError:
+    return error if route is None else route.explain(error)
 
 
 #: The topic name pattern of API.md (``""`` means ``default``).
@@ -307,8 +525,9 @@ FAIL_ALL = "fail_all"
 
 def _core_broke(err: grpc.RpcError) -> bool:
     """grpcio's asyncio calls report a connection that broke mid-stream (the server was
-    killed) as ``INTERNAL: Internal error from Core``. Re-sending is safe (every frame keeps
-    its key), so a shared stream treats it as transient rather than failing a call."""
+    killed), or a refusal that raced a write, as ``INTERNAL: Internal error from Core``.
+    Re-sending is safe (every frame keeps its key), so publishing streams treat it as
+    transient rather than failing a call."""
     try:
         code, details = err.code(), err.details() or ""
     except Exception:
@@ -321,6 +540,7 @@ def coalesced_stream_end(
     backoff: Backoff,
     *,
     closed: bool = False,
+    route: Route | None = None,
 ) -> tuple[str, float | None, errors.FramecastError | None]:
     """After a shared ``PublishStream`` of coalesced ``publish()`` calls ended with frames
     unacknowledged: what to do, as ``(action, delay, error)``.
@@ -333,15 +553,20 @@ def coalesced_stream_end(
       unacknowledged frame, with its key, after the delay.
     - :data:`FAIL_ALL` with the error: the client is closed or the retry budget is spent;
       every waiting call fails (for a publish: outcome unknown).
+
+    With a ``route``, a follower's refusal naming the leader is :data:`RESEND` with delay 0
+    (at once, to the leader).
     """
     if closed:
         return FAIL_ALL, None, errors.ClientClosed("publish: client closed")
+    if route is not None and route.failed(failure):
+        return RESEND, 0.0, None
     if failure is not None and not is_transient(failure) and not _core_broke(failure):
         return FAIL_OLDEST, None, from_rpc_error(failure)
     delay = backoff.next_delay()
     if delay is None:
         if failure is not None:
-            return FAIL_ALL, None, from_rpc_error(failure, backoff.attempts)
+            return FAIL_ALL, None, _explained(route, from_rpc_error(failure, backoff.attempts))
         return (
             FAIL_ALL,
             None,
@@ -593,8 +818,18 @@ class Resume:
     decides everything else, so both resume exactly alike.
     """
 
-    def __init__(self, topic: str, start: int, policy: RetryPolicy, timeout: float | None):
+    def __init__(
+        self,
+        topic: str,
+        start: int,
+        policy: RetryPolicy,
+        timeout: float | None,
+        route: Route | None = None,
+    ):
         self.topic = topic
+        #: Which address each stream is opened at: the client's current one; a break moves
+        #: the client on to the next (the cursor resumes exactly on any node).
+        self.route = route
         self.start = start
         self.timeout = timeout
         self.deadline = deadline_after(timeout)
@@ -603,6 +838,10 @@ class Resume:
         self.cursor: Cursor | None = None
         #: ``time.monotonic()`` when the current stream started delivering, if it did.
         self.opened_at: float | None = None
+
+    def address(self, default: str) -> str:
+        """The address to open the next stream at (``default`` without a route)."""
+        return default if self.route is None else self.route.next()
 
     def request(self) -> pb.SubscribeRequest:
         """The request for the next stream: with ``resume`` once there is a cursor."""
@@ -626,6 +865,8 @@ class Resume:
         if c is None:  # unreachable: opened() records the cursor before any frame
             raise errors.ProtocolError("subscription frame before its metadata")
         self.backoff.reset()
+        if self.route is not None:
+            self.route.progress()
         self.cursor = Cursor(c.snapshot_offset, c.epoch, msg.seq_no, msg.timestamp, msg.offset)
         return frame_from_pb(msg, c.snapshot_offset)
 
@@ -643,6 +884,9 @@ class Resume:
             raise errors.ClientClosed("client closed")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise timed_out("subscription", self.timeout)
+        if self.route is not None and self.route.failed(err):
+            self.opened_at = None
+            return 0.0  # a hint: to the node it named, at once
         if err is not None and not is_transient(err):
             raise from_rpc_error(err)
         if (
@@ -666,5 +910,5 @@ class Resume:
                 raise errors.Unavailable(
                     "subscription stream kept ending", None, self.backoff.attempts
                 )
-            raise from_rpc_error(err, self.backoff.attempts)
+            raise _explained(self.route, from_rpc_error(err, self.backoff.attempts))
         return delay

@@ -21,7 +21,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -37,12 +37,13 @@ from ._core import (
     Backoff,
     FrameSpec,
     KeySource,
+    Nodes,
     Pipeline,
     Resume,
     RetryPolicy,
+    Route,
     RunState,
     ack_from_pb,
-    address_wants_tls,
     attempt_timeout,
     check_coalesced,
     coalesced_stream_end,
@@ -50,7 +51,7 @@ from ._core import (
     create_topic_request,
     deadline_after,
     frame_requests,
-    normalize_address,
+    parse_addresses,
     publish_request,
     publish_stream_retry_delay,
     remaining,
@@ -70,16 +71,20 @@ log = logging.getLogger("framecast")
 
 
 class Client:
-    """An asyncio framecast client over one gRPC channel, created on first use in the
-    running event loop (so the client may be constructed outside it; use it from one loop).
+    """An asyncio framecast client over one gRPC channel per server address, each created
+    on first use in the running event loop (so the client may be constructed outside it;
+    use it from one loop).
 
     Same guarantees as :class:`framecast.Client`: publishes are retried with the same
     idempotency key and never stored twice; subscriptions resume exactly after a break;
-    failures are :mod:`framecast.errors` exceptions, never a raw ``grpc.RpcError``.
+    failures are :mod:`framecast.errors` exceptions, never a raw ``grpc.RpcError``; with
+    several addresses, a node that cannot be reached is left for the next, and a write
+    refused by a follower goes at once to the leader it named (``framecast-leader``).
 
     Args:
         address: ``host:port`` (or ``http://host:port``) of the server; ``https://host:port``
-            for TLS.
+            for TLS. Several nodes: ``"a:7070,b:7070"`` or a list of addresses (all TLS if
+            one is ``https://``).
         retry: How transient failures are retried.
         call_timeout: Longest time, in seconds, one attempt of a unary call may take.
         channel_options: Extra gRPC channel options, appended to the client's own.
@@ -98,7 +103,7 @@ class Client:
 
     def __init__(
         self,
-        address: str = "localhost:7070",
+        address: str | Sequence[str] = "localhost:7070",
         *,
         retry: RetryPolicy | None = None,
         call_timeout: float = 30.0,
@@ -110,11 +115,10 @@ class Client:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        self._address = normalize_address(address)
+        addresses, tls = parse_addresses(address)
+        self._nodes = Nodes(addresses)
         self._token = resolve_token(token)
-        self._credentials = channel_credentials(
-            address_wants_tls(address), ca_cert, client_cert, client_key
-        )
+        self._credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         self._coalesce = coalesce
         self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
@@ -122,8 +126,8 @@ class Client:
         self._compression, compression_options = compression_settings(compression)
         self._options = [*CHANNEL_OPTIONS, *compression_options, *channel_options]
         self._keys = KeySource()
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_: BroadcastStub | None = None
+        #: ``host:port`` → (the channel, its stub).
+        self._channels: dict[str, tuple[grpc.aio.Channel, BroadcastStub]] = {}
         self._closed = False
         self._closing: asyncio.Event | None = None
 
@@ -131,8 +135,15 @@ class Client:
 
     @property
     def address(self) -> str:
-        """The server address (``host:port``)."""
-        return self._address
+        """The address (``host:port``) calls go to now: the first one given, until it
+        failed or a follower named the leader."""
+        return self._nodes.current
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every server address (``host:port``): those given, then leaders learned from
+        ``framecast-leader`` hints."""
+        return self._nodes.addresses
 
     @property
     def retry(self) -> RetryPolicy:
@@ -144,16 +155,20 @@ class Client:
         """True once :meth:`close` was called."""
         return self._closed
 
-    @property
-    def _stub(self) -> BroadcastStub:
+    def _stub_for(self, address: str) -> BroadcastStub:
+        """The stub for ``address``, over its channel (made on first use, then kept)."""
         if self._closed:
             raise ClientClosed("client is closed")
-        if self._stub_ is None:
-            self._channel = aio_channel(
-                self._address, self._credentials, self._token, self._options, self._compression
+        made = self._channels.get(address)
+        if made is None:
+            channel = aio_channel(
+                address, self._credentials, self._token, self._options, self._compression
             )
-            self._stub_ = BroadcastStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub_
+            made = self._channels[address] = (
+                channel,
+                BroadcastStub(channel),  # type: ignore[no-untyped-call]
+            )
+        return made[1]
 
     def _closing_event(self) -> asyncio.Event:
         if self._closing is None:
@@ -172,8 +187,8 @@ class Client:
             self._closing.set()
         for stream in self._streams.values():
             stream.wake()
-        if self._channel is not None:
-            await self._channel.close()
+        for channel, _ in list(self._channels.values()):
+            await channel.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -182,7 +197,7 @@ class Client:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"aio.Client({self._address!r}{', closed' if self._closed else ''})"
+        return f"aio.Client({','.join(self.addresses)!r}{', closed' if self._closed else ''})"
 
     # ----------------------------------------------------------------- helpers
 
@@ -205,11 +220,13 @@ class Client:
         *,
         retry: bool = True,
     ) -> Any:
-        """Runs a unary call, retrying transient failures with the same request."""
+        """Runs a unary call, retrying transient failures with the same request (on the next
+        address, or at once on the leader a follower named)."""
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
+        route = Route(self._nodes)
         while True:
-            method = getattr(self._stub, method_name)
+            method = getattr(self._stub_for(route.next()), method_name)
             try:
                 return await method(request, timeout=attempt_timeout(self._call_timeout, deadline))
             except grpc.RpcError as e:
@@ -221,10 +238,12 @@ class Client:
                     timeout=timeout,
                     retry=retry,
                     closed=self._closed,
+                    route=route,
                 )
             except grpc.aio.UsageError:
                 raise ClientClosed(f"{what}: client closed") from None
-            await self._sleep(delay)
+            if delay:
+                await self._sleep(delay)
 
     # ----------------------------------------------------------------- publishing
 
@@ -280,11 +299,13 @@ class Client:
     async def _publish_pipeline(self, pipe: Pipeline, timeout: float | None) -> None:
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
+        route = Route(self._nodes)
         acked = asyncio.Condition()
 
         async def write(call: Any) -> None:
             n = pipe.base
             try:
+                await _accepted(call)
                 while True:
                     async with acked:
                         while (req := pipe.take(n)) is Pipeline.WAIT:
@@ -299,7 +320,7 @@ class Client:
 
         while not pipe.done:
             try:
-                call = self._stub.PublishStream(timeout=remaining(deadline))
+                call = self._stub_for(route.next()).PublishStream(timeout=remaining(deadline))
             except (ClientClosed, grpc.aio.UsageError):
                 raise pipe.fail(ClientClosed("publish_many: client closed")) from None
             writer = asyncio.ensure_future(write(call))
@@ -313,6 +334,7 @@ class Client:
                         pipe.on_ack(ack)
                         acked.notify_all()
                     backoff.reset()
+                    route.progress()
             except grpc.RpcError as e:
                 failure = e
             finally:
@@ -320,10 +342,18 @@ class Client:
                 call.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
             delay = publish_stream_retry_delay(
-                pipe, failure, backoff, deadline=deadline, timeout=timeout, closed=self._closed
+                pipe,
+                failure,
+                backoff,
+                deadline=deadline,
+                timeout=timeout,
+                closed=self._closed,
+                route=route,
             )
             if delay is None:
                 return
+            if not delay:
+                continue  # at once, to the leader a follower named
             try:
                 await self._sleep(delay)
             except ClientClosed as e:
@@ -343,14 +373,17 @@ class Client:
         :class:`framecast.errors.DeadlineExceeded`). Errors as in
         :meth:`framecast.Client.frames`.
         """
-        resume = Resume(topic, start, self._retry, timeout)
+        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes))
 
         async def pause(e: grpc.RpcError | None) -> None:
-            await self._sleep(resume.broken(e, client_closed=self._closed))
+            delay = resume.broken(e, client_closed=self._closed)
+            if delay:
+                await self._sleep(delay)
 
         while True:
             try:
-                call = self._stub.Subscribe(resume.request(), timeout=remaining(resume.deadline))
+                stub = self._stub_for(resume.address(self.address))
+                call = stub.Subscribe(resume.request(), timeout=remaining(resume.deadline))
             except grpc.aio.UsageError:
                 raise ClientClosed("client is closed") from None
             try:
@@ -475,6 +508,19 @@ class Client:
         return [topic_from_pb(t) for t in resp.topics]
 
 
+async def _accepted(call: Any) -> None:
+    """Waits until the server took a ``PublishStream`` (its headers came), or refused it.
+    A write racing a refusal (a follower naming the leader, answered at once) makes grpcio
+    report the call as ``INTERNAL: Internal error from Core`` without the refusal's status
+    and trailers; writing only once the call is known not to be over avoids that (nearly
+    always; the rest is retried as a broken stream). Raises
+    ``asyncio.InvalidStateError`` when the call is over."""
+    await call.initial_metadata()
+    await asyncio.sleep(0)  # lets a status that came with the headers land
+    if call.done():
+        raise asyncio.InvalidStateError("the call is over")
+
+
 class _SharedStream:
     """One topic's ``PublishStream`` shared by coalesced :meth:`Client.publish` calls.
 
@@ -510,6 +556,7 @@ class _SharedStream:
     async def _write(self, call: Any) -> None:
         n = self._base
         try:
+            await _accepted(call)
             while True:
                 while n - self._base >= len(self._pending):
                     if self._client.closed:
@@ -524,6 +571,7 @@ class _SharedStream:
     async def _run(self) -> None:
         client = self._client
         backoff = Backoff(client.retry)
+        route = Route(client._nodes)
         while True:
             while not self._pending:
                 if client.closed:
@@ -531,7 +579,7 @@ class _SharedStream:
                 await self._wait_work()
             failure: grpc.RpcError | None = None
             try:
-                call = client._stub.PublishStream()
+                call = client._stub_for(route.next()).PublishStream()
             except (ClientClosed, grpc.aio.UsageError):
                 call = None
             if call is not None:
@@ -546,6 +594,7 @@ class _SharedStream:
                         if not future.done():
                             future.set_result(ack)
                         backoff.reset()
+                        route.progress()
                 except grpc.RpcError as e:
                     failure = e
                 finally:
@@ -554,7 +603,9 @@ class _SharedStream:
                     await asyncio.gather(writer, return_exceptions=True)
             if not self._pending:
                 continue
-            action, delay, err = coalesced_stream_end(failure, backoff, closed=client.closed)
+            action, delay, err = coalesced_stream_end(
+                failure, backoff, closed=client.closed, route=route
+            )
             failed: list[asyncio.Future[pb.PublishAck]] = []
             if action == FAIL_OLDEST:
                 failed.append(self._pending.popleft()[1])

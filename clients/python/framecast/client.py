@@ -7,7 +7,7 @@ import queue
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
@@ -23,12 +23,13 @@ from ._core import (
     Backoff,
     FrameSpec,
     KeySource,
+    Nodes,
     Pipeline,
     Resume,
     RetryPolicy,
+    Route,
     RunState,
     ack_from_pb,
-    address_wants_tls,
     attempt_timeout,
     check_coalesced,
     coalesced_stream_end,
@@ -36,7 +37,7 @@ from ._core import (
     create_topic_request,
     deadline_after,
     frame_requests,
-    normalize_address,
+    parse_addresses,
     publish_request,
     publish_stream_retry_delay,
     remaining,
@@ -58,8 +59,9 @@ T = TypeVar("T")
 
 
 class Client:
-    """A blocking framecast client over one gRPC channel (HTTP/2 connection), made on first
-    use and made again on its own after a failure. Safe to share between threads.
+    """A blocking framecast client over one gRPC channel (HTTP/2 connection) per server
+    address, each made on first use and made again on its own after a failure. Safe to
+    share between threads.
 
     Guarantees:
 
@@ -74,6 +76,11 @@ class Client:
     * **No silent gaps.** ``OUT_OF_RANGE`` (frames removed by retention), a changed topic
       epoch, a deleted topic and invalid requests are raised as
       :mod:`framecast.errors` exceptions. No raw ``grpc.RpcError`` escapes.
+    * **Several nodes.** Given several addresses (the nodes of a cluster), calls go to one
+      of them; one that cannot be reached (or answers ``UNAVAILABLE``) is left for the
+      next, round robin, within the retry policy. A follower refusing a write names the
+      leader (``framecast-leader``): the write is sent there at once. A subscription that
+      breaks resumes, exactly, on the next node.
 
     Example::
 
@@ -86,7 +93,8 @@ class Client:
 
     Args:
         address: ``host:port`` (or ``http://host:port``) of the server; ``https://host:port``
-            for TLS.
+            for TLS. Several nodes: ``"a:7070,b:7070"`` or a list of addresses (all TLS if
+            one is ``https://``).
         retry: How transient failures are retried (see :class:`RetryPolicy`).
         call_timeout: Longest time, in seconds, one attempt of a unary call may take before
             it is abandoned and retried (with the same idempotency key for a publish).
@@ -110,7 +118,7 @@ class Client:
 
     def __init__(
         self,
-        address: str = "localhost:7070",
+        address: str | Sequence[str] = "localhost:7070",
         *,
         retry: RetryPolicy | None = None,
         call_timeout: float = 30.0,
@@ -122,11 +130,10 @@ class Client:
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
     ) -> None:
-        self._address = normalize_address(address)
+        addresses, tls = parse_addresses(address)
+        self._nodes = Nodes(addresses)
         self._token = resolve_token(token)
-        self._credentials = channel_credentials(
-            address_wants_tls(address), ca_cert, client_cert, client_key
-        )
+        self._credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         self._coalesce = coalesce
         self._streams: dict[str, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
@@ -135,22 +142,40 @@ class Client:
         self._closed = threading.Event()
         self._subscriptions: weakref.WeakSet[Subscription[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
-        algorithm, compression_options = compression_settings(compression)
-        self._channel, calls = blocking_channel(
-            self._address,
-            self._credentials,
-            self._token,
-            [*CHANNEL_OPTIONS, *compression_options, *channel_options],
-            algorithm,
-        )
-        self._stub = BroadcastStub(calls)  # type: ignore[no-untyped-call]
+        self._compression, compression_options = compression_settings(compression)
+        self._options = [*CHANNEL_OPTIONS, *compression_options, *channel_options]
+        #: ``host:port`` → (the channel, the stub calling through it).
+        self._channels: dict[str, tuple[grpc.Channel, BroadcastStub]] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
     @property
     def address(self) -> str:
-        """The server address (``host:port``)."""
-        return self._address
+        """The address (``host:port``) calls go to now: the first one given, until it
+        failed or a follower named the leader."""
+        return self._nodes.current
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every server address (``host:port``): those given, then leaders learned from
+        ``framecast-leader`` hints."""
+        return self._nodes.addresses
+
+    def _stub_for(self, address: str) -> BroadcastStub:
+        """The stub for ``address``, over its channel (made on first use, then kept)."""
+        with self._lock:
+            if self._closed.is_set():
+                raise ClientClosed("client is closed")
+            made = self._channels.get(address)
+            if made is None:
+                channel, calls = blocking_channel(
+                    address, self._credentials, self._token, self._options, self._compression
+                )
+                made = self._channels[address] = (
+                    channel,
+                    BroadcastStub(calls),  # type: ignore[no-untyped-call]
+                )
+            return made[1]
 
     @property
     def retry(self) -> RetryPolicy:
@@ -170,9 +195,11 @@ class Client:
         self._closed.set()
         with self._lock:
             subs = list(self._subscriptions)
+            channels = [c for c, _ in self._channels.values()]
         for s in subs:
             s._wake.set()
-        self._channel.close()
+        for channel in channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -181,7 +208,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self._address!r}{', closed' if self.closed else ''})"
+        return f"Client({','.join(self.addresses)!r}{', closed' if self.closed else ''})"
 
     # ----------------------------------------------------------------- helpers
 
@@ -197,17 +224,20 @@ class Client:
     def _call(
         self,
         what: str,
-        method: Callable[..., Any],
+        method_name: str,
         request: Any,
         timeout: float | None,
         *,
         retry: bool = True,
     ) -> Any:
-        """Runs a unary call, retrying transient failures with the same request."""
+        """Runs a unary call, retrying transient failures with the same request (on the next
+        address, or at once on the leader a follower named)."""
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
+        route = Route(self._nodes)
         while True:
             self._check_open()
+            method = getattr(self._stub_for(route.next()), method_name)
             try:
                 return method(request, timeout=attempt_timeout(self._call_timeout, deadline))
             except grpc.RpcError as e:
@@ -219,13 +249,15 @@ class Client:
                     timeout=timeout,
                     retry=retry,
                     closed=self._closed.is_set(),
+                    route=route,
                 )
             except ValueError:
                 # grpc raises ValueError for a call on a closed channel.
                 if self._closed.is_set():
                     raise ClientClosed(f"{what}: client closed") from None
                 raise
-            self._sleep(delay)
+            if delay:
+                self._sleep(delay)
 
     # ----------------------------------------------------------------- publishing
 
@@ -270,7 +302,7 @@ class Client:
         req = publish_request(topic, seq_no, payload, timestamp, key)
         if self._coalesce:
             return self._publish_coalesced(req, timeout)
-        return ack_from_pb(self._call("publish", self._stub.Publish, req, timeout))
+        return ack_from_pb(self._call("publish", "Publish", req, timeout))
 
     def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream and waits for its own ack."""
@@ -325,6 +357,7 @@ class Client:
     def _publish_pipeline(self, pipe: Pipeline, timeout: float | None) -> None:
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
+        route = Route(self._nodes)
         cond = threading.Condition()
         stream_id = 0
 
@@ -351,8 +384,9 @@ class Client:
                 stream_id += 1
                 my_id = stream_id
             try:
-                call = self._stub.PublishStream(requests(my_id), timeout=remaining(deadline))
-            except ValueError:
+                stub = self._stub_for(route.next())
+                call = stub.PublishStream(requests(my_id), timeout=remaining(deadline))
+            except (ValueError, ClientClosed):
                 raise pipe.fail(ClientClosed("publish_many: client closed")) from None
             failure: grpc.RpcError | None = None
             try:
@@ -361,6 +395,7 @@ class Client:
                         pipe.on_ack(ack)
                         cond.notify_all()
                     backoff.reset()
+                    route.progress()
             except grpc.RpcError as e:
                 failure = e
             except ValueError:
@@ -379,6 +414,7 @@ class Client:
                 deadline=deadline,
                 timeout=timeout,
                 closed=self._closed.is_set(),
+                route=route,
             )
             if delay is None:
                 return
@@ -539,7 +575,7 @@ class Client:
         raises :class:`framecast.errors.AlreadyExists`.
         """
         req = create_topic_request(name, retention_max_age_seconds, retention_max_bytes)
-        return topic_from_pb(self._call("create_topic", self._stub.CreateTopic, req, timeout))
+        return topic_from_pb(self._call("create_topic", "CreateTopic", req, timeout))
 
     def delete_topic(self, name: str, *, timeout: float | None = None) -> None:
         """Deletes a topic and its frames; its open subscriptions end with
@@ -547,11 +583,11 @@ class Client:
         report ``NotFound``): a transient failure raises
         :class:`framecast.errors.Unavailable`."""
         req = pb.DeleteTopicRequest(name=name)
-        self._call("delete_topic", self._stub.DeleteTopic, req, timeout, retry=False)
+        self._call("delete_topic", "DeleteTopic", req, timeout, retry=False)
 
     def list_topics(self, *, timeout: float | None = None) -> list[TopicInfo]:
         """Every topic with its figures."""
-        resp = self._call("list_topics", self._stub.ListTopics, pb.ListTopicsRequest(), timeout)
+        resp = self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
 
 
@@ -602,6 +638,7 @@ class _SharedStream:
     def _run(self) -> None:
         client = self._client
         backoff = Backoff(client._retry)
+        route = Route(client._nodes)
         while True:
             with self._cond:
                 while not self._pending:
@@ -613,7 +650,7 @@ class _SharedStream:
             failure: grpc.RpcError | None = None
             call: Any = None
             try:
-                call = client._stub.PublishStream(self._requests(my_id))
+                call = client._stub_for(route.next()).PublishStream(self._requests(my_id))
                 for ack in call:
                     with self._cond:
                         if not self._pending:
@@ -622,9 +659,10 @@ class _SharedStream:
                         self._base += 1
                     future.set_result(ack)
                     backoff.reset()
+                    route.progress()
             except grpc.RpcError as e:
                 failure = e
-            except ValueError:
+            except (ValueError, ClientClosed):
                 pass  # grpc raises ValueError for a call on a closed channel
             finally:
                 with self._cond:
@@ -635,7 +673,9 @@ class _SharedStream:
             with self._cond:
                 if not self._pending:
                     continue
-                action, delay, err = coalesced_stream_end(failure, backoff, closed=client.closed)
+                action, delay, err = coalesced_stream_end(
+                    failure, backoff, closed=client.closed, route=route
+                )
                 failed: list[Future[pb.PublishAck]] = []
                 if action == FAIL_OLDEST:
                     failed.append(self._pending.popleft()[1])
@@ -679,7 +719,7 @@ class Subscription(Generic[T]):
         project: Callable[[Frame], T],
     ) -> None:
         self._client = client
-        self._resume = Resume(topic, start, client._retry, timeout)
+        self._resume = Resume(topic, start, client._retry, timeout, Route(client._nodes))
         self._project = project
         self._lock = threading.Lock()
         self._call: Any = None
@@ -789,11 +829,12 @@ class Subscription(Generic[T]):
         if self._client._closed.is_set():
             raise ClientClosed("client is closed")
         req = self._resume.request()
+        stub = self._client._stub_for(self._resume.address(self._client.address))
         with self._lock:
             if self._closed:
                 raise StopIteration
             try:
-                call = self._client._stub.Subscribe(req, timeout=remaining(self._resume.deadline))
+                call = stub.Subscribe(req, timeout=remaining(self._resume.deadline))
             except ValueError:
                 raise ClientClosed("client is closed") from None
             self._call = call
