@@ -434,7 +434,7 @@ impl Broker {
 /// Where a subscription of `topic` starts: a fresh snapshot, or the checked resume cursor.
 fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
     let epoch = topic.meta().epoch;
-    let durable = topic.log().durable_offset();
+    let durable = topic.visible_offset();
     let Some(c) = &r.resume else {
         return Ok(StartAt {
             snapshot: durable,

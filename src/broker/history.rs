@@ -66,13 +66,13 @@ impl Broker {
         let walk = match after {
             None => CursorToken {
                 start_seq_no: r.from_seq_no,
-                snapshot: log.durable_offset(),
+                snapshot: topic.visible_offset(),
                 epoch,
                 last: None,
                 reverse: r.reverse,
                 floor: Some(log.first_offset()),
             },
-            Some(t) => checked_token(t, r, &name, epoch, log.durable_offset())?,
+            Some(t) => checked_token(t, r, &name, epoch, topic.visible_offset())?,
         };
         let first = OrderKey::first_of_seq(walk.start_seq_no);
         let mut got: Vec<StoredFrame> = Vec::new();

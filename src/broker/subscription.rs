@@ -57,7 +57,7 @@ pub struct Subscription {
     scratch: Vec<StoredFrame>,
     /// Frames the next step reads: `BATCH`, less when frames are large.
     batch: usize,
-    durable: watch::Receiver<u64>,
+    visible: watch::Receiver<u64>,
     deleted: watch::Receiver<bool>,
     shutdown: Shutdown,
     finished: bool,
@@ -142,7 +142,7 @@ impl Subscription {
             replayed: 0,
             position,
             first_at_start,
-            durable: topic.log().watch_durable(),
+            visible: topic.watch_visible(),
             deleted: topic.watch_deleted(),
             topic,
             start_seq_no: at.start_seq_no,
@@ -190,7 +190,7 @@ impl Subscription {
     }
 
     /// Queues the next frames (or moves from replay to live), or says that the subscription
-    /// must wait for the durable frontier to move. Never waits itself.
+    /// must wait for the visibility frontier to move. Never waits itself.
     fn fill(&mut self) -> Result<Fill, Error> {
         // Every frame of the last step was sent: count them before reading or waiting.
         self.count_delivered();
@@ -223,10 +223,10 @@ impl Subscription {
                 Ok(Fill::Filled)
             }
             Phase::Live { next } => {
-                let durable = *self.durable.borrow_and_update();
-                if durable > next {
+                let visible = *self.visible.borrow_and_update();
+                if visible > next {
                     self.phase = Phase::Live {
-                        next: self.read_live(next, durable)?,
+                        next: self.read_live(next, visible)?,
                     };
                     Ok(Fill::Filled)
                 } else {
@@ -236,10 +236,10 @@ impl Subscription {
         }
     }
 
-    /// Queues the live frames from `next` on (below `durable`) and returns the offset after
-    /// them: from the topic's shared cache of encoded frames, or, for a subscriber behind
-    /// it, read from the log and encoded by this subscriber alone.
-    fn read_live(&mut self, next: u64, durable: u64) -> Result<u64, Error> {
+    /// Queues the live frames from `next` on (below the visibility frontier `until`) and
+    /// returns the offset after them: from the topic's shared cache of encoded frames, or,
+    /// for a subscriber behind it, read from the log and encoded by this subscriber alone.
+    fn read_live(&mut self, next: u64, until: u64) -> Result<u64, Error> {
         let log = self.topic.log();
         let oor = |e| match e {
             crate::wal::Error::OutOfRange { first, .. } => out_of_range(first),
@@ -254,7 +254,7 @@ impl Subscription {
                 .read(
                     log,
                     next,
-                    durable,
+                    until,
                     self.start_seq_no,
                     self.batch,
                     self.wire_only,
@@ -267,7 +267,7 @@ impl Subscription {
         }
         let mut got = std::mem::take(&mut self.scratch);
         let after = log
-            .read_range(next, durable, self.start_seq_no, self.batch, &mut got)
+            .read_range(next, until, self.start_seq_no, self.batch, &mut got)
             .map_err(oor)?;
         self.batch = next_batch(self.batch, &got);
         self.buf.extend(got.drain(..).map(plain));
@@ -275,17 +275,17 @@ impl Subscription {
         Ok(after)
     }
 
-    /// What completes when the durable frontier moves past what this subscription has
+    /// What completes when the visibility frontier moves past what this subscription has
     /// seen, or the stream must end: made of clones of its signals (a clone of the frontier's
     /// receiver has seen what it has seen), so it borrows nothing.
     fn wait_for_more(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let mut durable = self.durable.clone();
+        let mut visible = self.visible.clone();
         let mut deleted = self.deleted.clone();
         let mut shutdown = self.shutdown.clone();
         let expires = self.expires;
         async move {
             tokio::select! {
-                changed = durable.changed() => {
+                changed = visible.changed() => {
                     if changed.is_err() {
                         return Err(Error::Wal(crate::wal::Error::Unavailable("topic log closed".into())));
                     }
@@ -319,7 +319,7 @@ impl Subscription {
 enum Fill {
     /// Frames were queued, or the phase moved on: look again.
     Filled,
-    /// Nothing to send until the durable frontier moves.
+    /// Nothing to send until the visibility frontier moves.
     Wait,
 }
 

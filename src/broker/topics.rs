@@ -115,6 +115,19 @@ impl Topic {
         &self.log
     }
 
+    /// The visibility frontier: frames below it may be delivered, listed and acknowledged;
+    /// it is the snapshot point of a new subscription or History walk. A single node makes
+    /// a frame visible once it is durable (its durable frontier); every reader asks here,
+    /// never the log, so that a replicated topic can hold it back to its commit point.
+    pub fn visible_offset(&self) -> u64 {
+        self.log.durable_offset()
+    }
+
+    /// A receiver that changes whenever [`Topic::visible_offset`] moves.
+    pub fn watch_visible(&self) -> watch::Receiver<u64> {
+        self.log.watch_durable()
+    }
+
     /// Open subscriber streams.
     pub fn subscribers(&self) -> u32 {
         self.subscribers.load(Ordering::Relaxed)
@@ -146,11 +159,11 @@ impl Topic {
         &self.metrics
     }
 
-    /// The topic's scrape-time figures: offsets, stored bytes, and the largest durable
+    /// The topic's scrape-time figures: offsets, stored bytes, and the largest visibility
     /// frontier minus position among its subscriptions.
     pub fn gauges(&self) -> TopicGauges {
         let s = self.log.stats();
-        let durable = self.log.durable_offset();
+        let durable = self.visible_offset();
         let max_lag_frames = self
             .positions
             .lock()
