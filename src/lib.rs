@@ -19,6 +19,7 @@
 //! - [`broker`]: the one transport-neutral core behind every front door: `core` (publish,
 //!   subscribe and topic operations with their validation and authorization), `history`
 //!   (History pages over a fixed snapshot), `broadcast` (one frame to many topics),
+//!   `cluster_view` (the cluster as this node sees it: Cluster, WatchCluster, positions),
 //!   `cursor` (cursor tokens: the resume points of SSE, WebSocket and History), `topics`
 //!   (the registry, metadata and name rules), `subscription` (the replay→live cursor),
 //!   `frame_cache`, `shutdown` (the one shutdown signal), `last_fsync`, `error` (the one

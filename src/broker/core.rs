@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::cluster_view::ClusterView;
 use super::error::{Error, Result};
 use super::metrics::{Metrics, Transport};
 use super::principal::Principal;
@@ -49,6 +50,7 @@ pub struct Broker {
     /// `None`: no authentication (every caller is [`Principal::anonymous`]).
     auth: Option<Arc<Authenticator>>,
     anonymous: Arc<Principal>,
+    cluster: ClusterView,
 }
 
 /// An opened subscription and what its first answer tells the client.
@@ -99,12 +101,14 @@ impl PublishGate {
 }
 
 impl Broker {
-    /// A broker over `topics`, allowing `max_subscribers` open subscriptions in all.
+    /// A broker over `topics`, allowing `max_subscribers` open subscriptions in all;
+    /// `cluster` answers Cluster and WatchCluster.
     pub fn new(
         topics: Arc<Topics>,
         shutdown: Shutdown,
         max_subscribers: usize,
         auth: Option<Authenticator>,
+        cluster: ClusterView,
     ) -> Broker {
         Broker {
             topics,
@@ -113,6 +117,7 @@ impl Broker {
             subscribers: Arc::new(AtomicUsize::new(0)),
             auth: auth.map(Arc::new),
             anonymous: Arc::new(Principal::anonymous()),
+            cluster,
         }
     }
 
@@ -172,6 +177,11 @@ impl Broker {
     /// The shutdown signal every stream watches.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+
+    /// The cluster as this node sees it.
+    pub fn cluster_view(&self) -> &ClusterView {
+        &self.cluster
     }
 
     /// Refuses new calls once shutdown began.
@@ -500,7 +510,7 @@ fn must_be_admin(who: &Principal, what: &str) -> Result<()> {
 }
 
 /// When `who`'s token expires, on the runtime's clock.
-fn deadline(who: &Principal) -> Option<tokio::time::Instant> {
+pub(super) fn deadline(who: &Principal) -> Option<tokio::time::Instant> {
     who.expires_at().map(|at| {
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::Instant::now() + left

@@ -4,6 +4,7 @@
 //!
 //! - `core`: [`Broker`], the operations (publish, subscribe, topics) every door calls.
 //! - `history`: History pages over a fixed snapshot, forward and newest first.
+//! - `cluster_view`: the cluster as this node sees it, for Cluster and WatchCluster.
 //! - `broadcast`: one frame to many topics or patterns, checked whole before any write.
 //! - `cursor`: cursor tokens, the opaque resume points of SSE, WebSocket and History.
 //! - `topics`: the topic registry, each topic's metadata and log, and the name rules.
@@ -22,6 +23,7 @@
 //!   minting HS256 tokens.
 
 pub mod broadcast;
+pub mod cluster_view;
 pub mod core;
 pub mod cursor;
 pub mod error;

@@ -38,6 +38,41 @@ pub fn topic(t: &proto::TopicInfo) -> Value {
     })
 }
 
+/// A `ClusterInfo`.
+pub fn cluster_info(c: &proto::ClusterInfo) -> Value {
+    let nodes: Vec<Value> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let topics: Vec<Value> = n
+                .topics
+                .iter()
+                .map(|t| {
+                    json!({
+                        "topic": t.topic,
+                        "next_offset": t.next_offset.to_string(),
+                        "commit_offset": t.commit_offset.to_string(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": n.id,
+                "address": n.address,
+                "http_address": n.http_address,
+                "leader": n.leader,
+                "in_sync": n.in_sync,
+                "online": n.online,
+                "topics": topics,
+            })
+        })
+        .collect();
+    json!({
+        "term": c.term.to_string(),
+        "leader": c.leader,
+        "nodes": nodes,
+    })
+}
+
 /// Where a frame's JSON goes and what it carries beside the frame's own fields.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameExtras<'a> {

@@ -37,6 +37,7 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .route("/v1/topics/{topic}/history", get(history))
         .route("/v1/topics/{topic}/events", get(super::sse::events))
         .route("/v1/broadcast", post(broadcast))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/ws", get(super::ws::upgrade))
         .route("/", get(super::console::index))
         .route("/console/{file}", get(super::console::asset))
@@ -73,6 +74,15 @@ async fn list_topics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: P
     broker.check_running()?;
     let topics: Vec<_> = broker.list_topics(&who).iter().map(json::topic).collect();
     Ok(Json(serde_json::json!({ "topics": topics })).into_response())
+}
+
+/// `GET /v1/cluster`: the cluster as this node sees it, with the positions of the topics the
+/// caller may see.
+async fn cluster(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Params) -> Answer {
+    let broker = door.broker()?;
+    let who = caller(broker, &headers, &params(broker, q)?)?;
+    let info = broker.cluster(&who)?;
+    Ok(Json(json::cluster_info(&info)).into_response())
 }
 
 /// `PUT /v1/topics/{topic}`, body the JSON settings (or empty): CreateTopic.

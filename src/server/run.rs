@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::config::ServerConfig;
 use super::service::BroadcastService;
 use super::tasks;
+use crate::broker::cluster_view::{ClusterView, ThisNode, STANDALONE_NODE_ID};
 use crate::broker::metrics::{Metrics, DEFAULT_MAX_TOPICS};
 use crate::broker::token::Authenticator;
 use crate::broker::{shutdown, Broker, Error, Result, Topics};
@@ -213,11 +214,14 @@ pub async fn run(
         shutdown.clone(),
     ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
+    let cluster =
+        ClusterView::single_node(Arc::clone(&topics), this_node(&config, &listener, &http)?);
     let broker = Broker::new(
         Arc::clone(&topics),
         shutdown.clone(),
         config.max_subscribers,
         auth,
+        cluster,
     );
     door.serving(broker.clone());
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
@@ -380,6 +384,31 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Who this node is when it runs alone: [`STANDALONE_NODE_ID`], at the addresses it is
+/// listening on (`--advertise` will name them for a cluster).
+fn this_node(
+    config: &ServerConfig,
+    listener: &TcpListener,
+    http: &Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+) -> Result<ThisNode> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| crate::wal::Error::io(&config.data_dir, e))?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(ThisNode {
+        id: STANDALONE_NODE_ID.to_string(),
+        address: address.to_string(),
+        http_address: http
+            .as_ref()
+            .map(|(at, _)| format!("{scheme}://{at}"))
+            .unwrap_or_default(),
+    })
 }
 
 /// Binds the HTTP door on `at` and serves it until `stop` fires. Returns the bound address

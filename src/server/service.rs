@@ -394,6 +394,26 @@ impl Broadcast for BroadcastService {
             .map_err(status)?;
         Ok(Response::new(ack))
     }
+
+    async fn cluster(
+        &self,
+        req: Request<proto::ClusterRequest>,
+    ) -> std::result::Result<Response<proto::ClusterInfo>, Status> {
+        let who = self.caller(&req)?;
+        let info = self.broker.cluster(&who).map_err(status)?;
+        Ok(Response::new(info))
+    }
+
+    type WatchClusterStream = ClusterEventStream;
+
+    async fn watch_cluster(
+        &self,
+        req: Request<proto::ClusterRequest>,
+    ) -> std::result::Result<Response<ClusterEventStream>, Status> {
+        let who = self.caller(&req)?;
+        let events = self.broker.watch_cluster(who).map_err(status)?;
+        Ok(Response::new(Box::pin(events.map(|r| r.map_err(status)))))
+    }
 }
 
 /// The door a gRPC request came through: gRPC-Web clients (grpc-web, Connect) mark their
@@ -409,4 +429,9 @@ fn transport<T>(req: &Request<T>) -> Transport {
 /// A subscription as tonic sends it.
 pub type FrameStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = std::result::Result<proto::Frame, Status>> + Send>,
+>;
+
+/// A WatchCluster stream as tonic sends it.
+pub type ClusterEventStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<proto::ClusterEvent, Status>> + Send>,
 >;
