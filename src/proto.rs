@@ -10,6 +10,9 @@ pub use crate::wire_frame::Frame;
 pub const SNAPSHOT_OFFSET_HEADER: &str = "framecast-snapshot-offset";
 /// Metadata key of the topic epoch sent at the start of a subscription.
 pub const EPOCH_HEADER: &str = "framecast-epoch";
+/// Metadata key naming the leader (`HOST:PORT`, its advertised gRPC address) on the
+/// `UNAVAILABLE` a follower answers a write with; the clients retry there.
+pub const LEADER_HEADER: &str = "framecast-leader";
 
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("framecast_descriptor");

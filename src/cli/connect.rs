@@ -88,7 +88,8 @@ fn read(flag: &str, path: &Path) -> Result<Vec<u8>> {
         .map_err(|e| Error::InvalidArgument(format!("{flag} {}: {e}", path.display())))
 }
 
-/// A client for `addr` that retries for up to `timeout` and tells stderr when it does.
+/// A client for `addr` (one address or several, comma-separated) that retries for up to
+/// `timeout` and tells stderr when it does, naming the node that failed.
 pub fn client(
     command: &'static str,
     addr: &str,
@@ -118,12 +119,17 @@ pub fn client(
     Ok(client)
 }
 
-/// `e` with the address named when the server could not be reached at all.
+/// `e` with the address (or addresses) named when no server could be reached at all.
 pub fn name_addr(e: Error, addr: &str) -> Error {
+    let what = if addr.contains(',') {
+        format!("any of {addr}")
+    } else {
+        addr.to_string()
+    };
     match e {
         Error::Unavailable { attempts, last } => Error::Unavailable {
             attempts,
-            last: format!("cannot reach {addr}: {last}"),
+            last: format!("cannot reach {what}: {last}"),
         },
         other => other,
     }

@@ -11,8 +11,13 @@ use framecast::client::{Compression, Result};
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubscribeArgs {
-    /// Server address.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    /// Server address; for a cluster, several, comma-separated (a:7070,b:7070): when one
+    /// cannot be reached the next is tried, and writes go to the leader a follower names.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7070",
+        value_name = "ADDR[,ADDR...]"
+    )]
     pub addr: String,
     #[command(flatten)]
     #[allow(missing_docs)]

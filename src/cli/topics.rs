@@ -11,8 +11,14 @@ use framecast::server::config::{parse_bytes, parse_duration};
 /// Which topic operation, against which server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopicsArgs {
-    /// Server address.
-    #[arg(long, default_value = "http://127.0.0.1:7070", global = true)]
+    /// Server address; for a cluster, several, comma-separated (a:7070,b:7070): when one
+    /// cannot be reached the next is tried, and writes go to the leader a follower names.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7070",
+        value_name = "ADDR[,ADDR...]",
+        global = true
+    )]
     pub addr: String,
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -32,6 +32,18 @@ pub enum Error {
         /// The last failure.
         last: String,
     },
+    /// The nodes kept naming another node as the leader and none of them took the write:
+    /// a cluster still electing, or nodes whose advertised addresses lead back to each
+    /// other (check `--advertise`).
+    #[error(
+        "no leader: followed {hops} leader hints in a row ({chain}) and no node took the write"
+    )]
+    NoLeader {
+        /// Leader hints followed.
+        hops: u32,
+        /// The node first refused and every leader named since, `a -> b -> a`.
+        chain: String,
+    },
     /// The TLS handshake failed in a way a retry cannot cure: the server's certificate is
     /// not signed by the given CA or not for this host, or the server refused this client's
     /// certificate.
@@ -54,9 +66,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// True when retrying the same request later may succeed (the server was unreachable,
-    /// restarting or shutting down).
+    /// restarting or shutting down, or a cluster was electing its leader).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+        matches!(self, Error::Unavailable { .. } | Error::NoLeader { .. })
     }
 }
 
@@ -74,6 +86,29 @@ pub(crate) fn transient(status: &tonic::Status) -> bool {
             | Code::Cancelled
             | Code::DeadlineExceeded
     ) || (status.code() == Code::Internal && status.message().contains("h2"))
+}
+
+/// True when the call failed before it reached any server: the connection was refused or
+/// the host is unreachable. Such a call may be sent elsewhere even when it is not
+/// idempotent.
+pub(crate) fn unsent(status: &tonic::Status) -> bool {
+    use std::io::ErrorKind as K;
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+                    | K::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// True when the call failed because a TLS handshake rejected a certificate, ours or the

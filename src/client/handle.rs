@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::service::interceptor::InterceptedService;
@@ -11,8 +10,9 @@ use tonic::transport::Channel;
 use super::coalesce::{validate, Coalescer};
 use super::compression::Compression;
 use super::credentials::{Bearer, ClientTls};
-use super::error::{from_status, reason, transient, Error, Result};
-use super::retry::{Backoff, RetryNotice, RetryPolicy, Retrying};
+use super::error::{from_status, transient, unsent, Result};
+use super::nodes::{leader_hint, split_addrs, Conn, Nodes};
+use super::retry::{Attempts, RetryNotice, RetryPolicy, Retrying};
 use crate::proto::{self, broadcast_client::BroadcastClient};
 
 /// The acknowledgement of a published frame.
@@ -42,11 +42,26 @@ pub type TopicInfo = proto::TopicInfo;
 /// The generated client as [`Client`] uses it: every call carries the client's token.
 pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 
-/// A framecast client. Cheap to clone; clones share one HTTP/2 connection, which is made on
-/// first use and made again on its own after a failure.
+/// A framecast client. Cheap to clone; clones share their connections, which are made on
+/// first use and made again on their own after a failure.
 ///
 /// With a token ([`Client::with_token`]) every call carries it; with a CA
 /// ([`Client::with_ca_cert`]) or an `https://` address the connection is TLS.
+///
+/// # Several nodes
+///
+/// A client may be given the nodes of a cluster, `Client::connect("a:7070,b:7070,c:7070")`
+/// or [`Client::connect_many`]. Calls go to the first; when a node cannot be reached (or
+/// answers `UNAVAILABLE` without naming a leader) the next attempt goes to the next
+/// address, round robin, within the retry policy ([`Client::with_retry`]). A follower
+/// refuses writes (publish, publish streams, topic creation and deletion) with
+/// `UNAVAILABLE` and the leader's address (`framecast-leader`); the client then sends the
+/// call there at once, with the same scheme, TLS settings, token and compression, and
+/// keeps sending there. A refused call wrote nothing, and a publish keeps its idempotency
+/// key, so following a hint never stores a frame twice. A call follows at most a few
+/// hints in a row: nodes that keep naming each other end it with
+/// [`Error::NoLeader`](crate::client::Error::NoLeader).
+/// Subscriptions read from any node and resume on the next one exactly.
 ///
 /// ```no_run
 /// # async fn demo() -> framecast::client::Result<()> {
@@ -62,18 +77,12 @@ pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub(crate) grpc: Grpc,
-    /// The connection `grpc` runs on, kept so that a new compression setting can be applied.
-    channel: Channel,
-    /// Sent as `authorization: Bearer …` on every call.
-    bearer: Bearer,
-    /// The CA and client certificate the connection is made with.
-    tls: ClientTls,
-    /// Requests compressed with it, responses asked for with it.
-    compression: Compression,
+    /// The nodes, their connection settings and the route calls take. Shared by clones, so
+    /// that what one call learns (a leader named, a node down) serves them all.
+    nodes: Arc<Nodes>,
+    /// The addresses as given, for messages.
+    given: Arc<str>,
     pub(crate) retry: RetryPolicy,
-    /// The address as given, for messages.
-    addr: Arc<str>,
     /// Told before every retry (see [`Client::on_retry`]).
     notice: Option<RetryNotice>,
     keys: Arc<KeySource>,
@@ -91,21 +100,28 @@ struct KeySource {
 
 impl Client {
     /// A client for `addr` (`host:port`, `http://host:port`, or `https://host:port` for
-    /// TLS, which then needs [`Client::with_ca_cert`]). No I/O happens here.
+    /// TLS, which then needs [`Client::with_ca_cert`]), or for several nodes of a cluster
+    /// separated by commas (`a:7070,b:7070`). No I/O happens here.
     pub fn connect(addr: &str) -> Result<Client> {
-        let tls = ClientTls::default();
-        let channel = channel(addr, &tls)?;
-        let bearer = Bearer::default();
-        let grpc = generated(channel.clone(), Compression::None, bearer.clone());
+        Client::connect_many(&[addr])
+    }
+
+    /// A client for the nodes of a cluster, tried in this order (see [`Client`]); each
+    /// entry is what [`Client::connect`] takes, commas included. No I/O happens here.
+    pub fn connect_many<S: AsRef<str>>(addrs: &[S]) -> Result<Client> {
+        let addrs = split_addrs(addrs)?;
+        let nodes = Nodes::new(
+            &addrs,
+            ClientTls::default(),
+            Bearer::default(),
+            Compression::None,
+        )?;
+        let given = addrs.iter().map(|a| &**a).collect::<Vec<_>>().join(",");
         let prefix = format!("{:016x}", rand::random::<u64>());
         Ok(Client {
-            grpc,
-            channel,
-            bearer,
-            tls,
-            compression: Compression::None,
+            nodes: Arc::new(nodes),
+            given: Arc::from(given),
             retry: RetryPolicy::default(),
-            addr: Arc::from(addr),
             notice: None,
             keys: Arc::new(KeySource {
                 prefix,
@@ -122,51 +138,45 @@ impl Client {
 
     /// Connects with TLS, trusting only the CA(s) of `pem` (PEM certificates) to sign the
     /// server's certificate; the server's name is the address's host. A plain `host:port`
-    /// or `http://` address is then reached over `https://`.
-    pub fn with_ca_cert(mut self, pem: impl Into<Bytes>) -> Result<Client> {
-        self.tls.ca_pem = Some(pem.into());
-        self.reconnect()?;
-        Ok(self)
+    /// or `http://` address is then reached over `https://`, and so is a leader a follower
+    /// names.
+    pub fn with_ca_cert(self, pem: impl Into<Bytes>) -> Result<Client> {
+        let mut tls = self.nodes.tls().clone();
+        tls.ca_pem = Some(pem.into());
+        self.with_tls(tls)
     }
 
     /// Presents this certificate (PEM chain, leaf first) and its PEM private key to a server
     /// that requires client certificates (`serve --tls-client-ca`).
     pub fn with_client_identity(
-        mut self,
+        self,
         cert_pem: impl Into<Bytes>,
         key_pem: impl Into<Bytes>,
     ) -> Result<Client> {
-        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
-        self.reconnect()?;
-        Ok(self)
+        let mut tls = self.nodes.tls().clone();
+        tls.identity = Some((cert_pem.into(), key_pem.into()));
+        self.with_tls(tls)
     }
 
     /// Sends the token of `bearer` on every call (what [`Client::with_token`] makes).
     pub fn with_bearer(mut self, bearer: Bearer) -> Client {
-        self.bearer = bearer;
-        self.rewire();
+        self.nodes = Arc::new(self.nodes.with_calls(bearer, self.nodes.compression()));
+        self.renew_coalescer();
         self
     }
 
     /// Connects with these TLS settings (what [`Client::with_ca_cert`] and
     /// [`Client::with_client_identity`] set, both at once).
     pub fn with_tls(mut self, tls: ClientTls) -> Result<Client> {
-        self.tls = tls;
-        self.reconnect()?;
-        Ok(self)
-    }
-
-    /// A new (lazy) connection with the current TLS settings.
-    fn reconnect(&mut self) -> Result<()> {
-        self.channel = channel(&self.addr, &self.tls)?;
-        self.rewire();
-        Ok(())
-    }
-
-    /// The generated client again, after a setting changed, and shared streams that use it.
-    fn rewire(&mut self) {
-        self.grpc = generated(self.channel.clone(), self.compression, self.bearer.clone());
+        let addrs: Vec<Arc<str>> = self.nodes.addrs().map(Arc::from).collect();
+        self.nodes = Arc::new(Nodes::new(
+            &addrs,
+            tls,
+            self.nodes.bearer().clone(),
+            self.nodes.compression(),
+        )?);
         self.renew_coalescer();
+        Ok(self)
     }
 
     /// Uses `policy` for retries and reconnects.
@@ -179,21 +189,43 @@ impl Client {
     /// Calls `notice` before every retry of every operation of this client (unary calls,
     /// shared and explicit publish streams, subscriptions): with the address, the attempt,
     /// the reason and the delay, so a program can say at once that the server cannot be
-    /// reached, and that a subscription reconnects.
+    /// reached, and that a subscription reconnects. A call sent on at once to the leader a
+    /// follower named waits for nothing and is not told.
     pub fn on_retry(mut self, notice: impl Fn(&Retrying<'_>) + Send + Sync + 'static) -> Client {
         self.notice = Some(RetryNotice(Arc::new(notice)));
         self.renew_coalescer();
         self
     }
 
-    /// The address this client was made for.
+    /// The addresses this client was made for, comma-separated.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.given
     }
 
-    /// A backoff under this client's retry policy that tells its retry notice.
-    pub(crate) fn backoff(&self) -> Backoff {
-        Backoff::new(self.retry, Arc::clone(&self.addr), self.notice.clone())
+    /// The addresses this client was made for, one by one, in order.
+    pub fn addrs(&self) -> Vec<&str> {
+        self.nodes.addrs().collect()
+    }
+
+    /// The node calls go to now: the first address until one failed or a follower named
+    /// the leader; then the next address, or the leader (`HOST:PORT`, as named).
+    pub fn current_addr(&self) -> String {
+        self.nodes.current_addr().to_string()
+    }
+
+    /// The retries of one operation under this client's policy, telling its retry notice.
+    pub(crate) fn attempts(&self) -> Attempts {
+        Attempts::new(self.retry, self.notice.clone())
+    }
+
+    /// The nodes and the route calls take.
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    /// The node the next attempt goes to.
+    pub(crate) fn conn(&self) -> Conn {
+        self.nodes.conn()
     }
 
     /// Turns coalescing of concurrent publishes on (the default) or off.
@@ -234,8 +266,11 @@ impl Client {
     /// Compresses requests with `compression` and asks the server to compress responses
     /// with it (`grpc-accept-encoding`); [`Compression::None`] (the default) asks for nothing.
     pub fn with_compression(mut self, compression: Compression) -> Client {
-        self.compression = compression;
-        self.rewire();
+        self.nodes = Arc::new(
+            self.nodes
+                .with_calls(self.nodes.bearer().clone(), compression),
+        );
+        self.renew_coalescer();
         self
     }
 
@@ -279,21 +314,11 @@ impl Client {
             validate(&req)?;
             return coalescer.publish(self, req).await;
         }
-        let mut backoff = self.backoff();
-        loop {
-            match self.grpc.clone().publish(req.clone()).await {
-                Ok(r) => return Ok(r.into_inner().into()),
-                Err(s) if transient(&s) => {
-                    if !backoff.wait(&reason(&s)).await {
-                        return Err(Error::Unavailable {
-                            attempts: backoff.attempts,
-                            last: s.message().to_string(),
-                        });
-                    }
-                }
-                Err(s) => return Err(from_status(s)),
-            }
-        }
+        self.retrying(|mut g| {
+            let req = req.clone();
+            async move { g.publish(req).await.map(|r| r.into_inner().into()) }
+        })
+        .await
     }
 
     /// Creates a topic with retention settings (0 = server default).
@@ -315,13 +340,26 @@ impl Client {
         .await
     }
 
-    /// Deletes a topic and its frames.
+    /// Deletes a topic and its frames. Sent again only when it surely did nothing: refused
+    /// by a follower naming the leader, or the node could not be reached at all (a retry
+    /// after a lost answer would find the topic gone).
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let req = proto::DeleteTopicRequest {
             name: name.to_string(),
         };
-        let mut g = self.grpc.clone();
-        g.delete_topic(req).await.map(|_| ()).map_err(from_status)
+        let mut attempts = self.attempts();
+        loop {
+            let conn = self.conn();
+            match conn.grpc.clone().delete_topic(req.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(s) if leader_hint(&s).is_some() || unsent(&s) => {
+                    if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {
+                        return Err(e);
+                    }
+                }
+                Err(s) => return Err(from_status(s)),
+            }
+        }
     }
 
     /// Every topic with its figures.
@@ -339,44 +377,18 @@ impl Client {
         F: FnMut(Grpc) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let mut backoff = self.backoff();
+        let mut attempts = self.attempts();
         loop {
-            match call(self.grpc.clone()).await {
+            let conn = self.conn();
+            match call(conn.grpc.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => {
-                    if !backoff.wait(&reason(&s)).await {
-                        return Err(Error::Unavailable {
-                            attempts: backoff.attempts,
-                            last: s.message().to_string(),
-                        });
+                    if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {
+                        return Err(e);
                     }
                 }
                 Err(s) => return Err(from_status(s)),
             }
         }
-    }
-}
-
-/// A lazy connection to `addr` with framecast's transport settings.
-fn channel(addr: &str, tls: &ClientTls) -> Result<Channel> {
-    let endpoint = tls
-        .endpoint(addr)?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
-}
-
-/// The generated client on `channel`, with framecast's message size limits, `compression`
-/// and the token of `bearer`.
-fn generated(channel: Channel, compression: Compression, bearer: Bearer) -> Grpc {
-    let grpc = BroadcastClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    match compression.encoding() {
-        Some(e) => grpc.send_compressed(e).accept_compressed(e),
-        None => grpc,
     }
 }

@@ -1,13 +1,15 @@
 //! The Rust client: [`Client`] publishes with retries that never duplicate (each frame
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
 //! resumes exactly. It can send a token on every call and connect with TLS (mutual too).
-//! No gRPC type is needed to use it.
+//! Given the nodes of a cluster, it moves to the next when one fails and follows the leader
+//! a follower names. No gRPC type is needed to use it.
 
 mod coalesce;
 mod compression;
 mod credentials;
 mod error;
 mod handle;
+mod nodes;
 mod publisher;
 mod retry;
 mod subscription;

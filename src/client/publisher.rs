@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::{from_status, reason, transient, Error, Result};
+use super::error::{from_status, transient, Error, Result};
 use super::handle::{Ack, Client};
 use crate::proto;
 
@@ -31,7 +31,9 @@ struct Job {
 
 /// A pipelined publisher for one topic. Frames are sent without waiting for earlier acks;
 /// acks come back in order. If the connection breaks, every unacknowledged frame is sent
-/// again on a new stream with its original idempotency key, so none is stored twice.
+/// again on a new stream with its original idempotency key, so none is stored twice: on the
+/// next of the client's addresses, or at once on the leader when a follower refused the
+/// stream naming it (see [`Client`]).
 ///
 /// ```no_run
 /// # async fn demo() -> framecast::client::Result<()> {
@@ -155,10 +157,11 @@ impl Publisher {
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drives one publisher: keeps a stream open, feeds it, matches acks to jobs in order, and
-/// on a break re-sends what is unacknowledged on a new stream.
+/// on a break re-sends what is unacknowledged on a new stream (on the next node, or on the
+/// leader a refusal names).
 async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
     let mut inflight: VecDeque<Job> = VecDeque::new();
-    let mut backoff = client.backoff();
+    let mut attempts = client.attempts();
     let mut closed = false;
     loop {
         if closed && inflight.is_empty() {
@@ -175,7 +178,8 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
         for j in &inflight {
             let _ = req_tx.try_send(j.req.clone());
         }
-        let mut acks = match client
+        let conn = client.conn();
+        let mut acks = match conn
             .grpc
             .clone()
             .publish_stream(ReceiverStream::new(req_rx))
@@ -183,9 +187,9 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
         {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
-                if !backoff.wait(&reason(&s)).await {
-                    fail_all(&mut inflight, &s, backoff.attempts);
-                    backoff.reset();
+                if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
+                    fail_all(&mut inflight, &e);
+                    attempts.succeeded();
                 }
                 continue;
             }
@@ -213,7 +217,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                 },
                 msg = acks.message() => match msg {
                     Ok(Some(ack)) => {
-                        backoff.reset();
+                        attempts.succeeded();
                         if let Some(j) = inflight.pop_front() {
                             let _ = j.reply.send(Ok(ack.into()));
                         }
@@ -224,9 +228,12 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                     }
                     Ok(None) => break,
                     Err(s) if transient(&s) => {
-                        if !backoff.wait(&reason(&s)).await {
-                            fail_all(&mut inflight, &s, backoff.attempts);
-                            backoff.reset();
+                        // A refusal naming the leader wrote nothing of what is unacked;
+                        // a break may have: either way every unacked frame goes again
+                        // with its key.
+                        if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
+                            fail_all(&mut inflight, &e);
+                            attempts.succeeded();
                         }
                         break;
                     }
@@ -253,11 +260,9 @@ async fn finish(
     let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
 }
 
-fn fail_all(inflight: &mut VecDeque<Job>, s: &tonic::Status, attempts: u32) {
+/// Ends every unacknowledged frame with `e` (the retry budget is spent, or the nodes loop).
+fn fail_all(inflight: &mut VecDeque<Job>, e: &Error) {
     for j in inflight.drain(..) {
-        let _ = j.reply.send(Err(Error::Unavailable {
-            attempts,
-            last: reason(s),
-        }));
+        let _ = j.reply.send(Err(e.clone()));
     }
 }

@@ -1,7 +1,11 @@
-//! Exponential backoff with full jitter, bounded in attempts and total time.
+//! Exponential backoff with full jitter, bounded in attempts and total time; and the retries
+//! of one operation across a cluster's nodes ([`Attempts`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::error::{reason, Error};
+use super::nodes::{leader_hint, Conn, Nodes};
 
 /// How a client retries transient failures.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +32,8 @@ impl Default for RetryPolicy {
 /// before each wait, so a program can say at once that the server cannot be reached.
 #[derive(Debug, Clone, Copy)]
 pub struct Retrying<'a> {
-    /// The server address the client was made for.
+    /// The address of the node the failed attempt went to (one of the client's addresses,
+    /// or a leader a follower named).
     pub addr: &'a str,
     /// The retry about to be made: 1 for the first.
     pub attempt: u32,
@@ -55,28 +60,26 @@ pub(crate) struct Backoff {
     started: Instant,
     next: Duration,
     pub(crate) attempts: u32,
-    addr: Arc<str>,
     notice: Option<RetryNotice>,
 }
 
 impl Backoff {
-    /// A backoff under `policy` that tells `notice` (if any) about each retry to `addr`.
-    pub(crate) fn new(policy: RetryPolicy, addr: Arc<str>, notice: Option<RetryNotice>) -> Backoff {
+    /// A backoff under `policy` that tells `notice` (if any) about each retry.
+    pub(crate) fn new(policy: RetryPolicy, notice: Option<RetryNotice>) -> Backoff {
         Backoff {
             policy,
             started: Instant::now(),
             next: policy.initial,
             attempts: 0,
-            addr,
             notice,
         }
     }
 
-    /// Sleeps before the next attempt, after an attempt failed for `reason`; false when the
-    /// budget is spent. The budget counts from the first failure since the last success,
+    /// Sleeps before the next attempt, after an attempt on `addr` failed for `reason`; false
+    /// when the budget is spent. The budget counts from the first failure since the last success,
     /// not from when the operation began, so a subscription that was quiet for an hour
     /// still retries fully.
-    pub(crate) async fn wait(&mut self, reason: &str) -> bool {
+    pub(crate) async fn wait(&mut self, addr: &str, reason: &str) -> bool {
         if self.attempts == 0 {
             self.started = Instant::now();
         }
@@ -88,7 +91,7 @@ impl Backoff {
         let jittered = Duration::from_millis(rand::random_range(ceiling / 2..=ceiling));
         if let Some(RetryNotice(notice)) = &self.notice {
             notice(&Retrying {
-                addr: &self.addr,
+                addr,
                 attempt: self.attempts,
                 reason,
                 delay: jittered,
@@ -104,5 +107,82 @@ impl Backoff {
         self.started = Instant::now();
         self.next = self.policy.initial;
         self.attempts = 0;
+    }
+}
+
+/// Leader hints one operation follows in a row (with no other failure between them) before
+/// it gives up: a hint one election stale costs one more, while nodes that keep naming each
+/// other (or a node whose `--advertise` address reaches another) end the call at once.
+pub(crate) const MAX_LEADER_HOPS: usize = 4;
+
+/// One operation's retries across a client's nodes: the backoff between attempts and the
+/// leader hints followed since the last attempt that failed otherwise.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    backoff: Backoff,
+    /// The node first refused and each leader named since, for the error of a loop.
+    hops: Vec<Arc<str>>,
+}
+
+impl Attempts {
+    /// Retries under `policy`, telling `notice` (if any) before each wait.
+    pub(crate) fn new(policy: RetryPolicy, notice: Option<RetryNotice>) -> Attempts {
+        Attempts {
+            backoff: Backoff::new(policy, notice),
+            hops: Vec::new(),
+        }
+    }
+
+    /// After an attempt on `conn` failed with a transient `status`: `None` to try again (at
+    /// once on the leader a refusal names, otherwise on the next node after a backoff
+    /// wait), or the error to end with.
+    pub(crate) async fn failed(
+        &mut self,
+        nodes: &Nodes,
+        conn: &Conn,
+        status: &tonic::Status,
+    ) -> Option<Error> {
+        if let Some(leader) = leader_hint(status) {
+            if let Ok(to) = nodes.follow(leader) {
+                if self.hops.is_empty() {
+                    self.hops.push(Arc::clone(&conn.addr));
+                }
+                self.hops.push(to);
+                if self.hops.len() > MAX_LEADER_HOPS {
+                    let chain = self.hops.iter().map(|a| &**a).collect::<Vec<_>>();
+                    let e = Error::NoLeader {
+                        hops: (self.hops.len() - 1) as u32,
+                        chain: chain.join(" -> "),
+                    };
+                    self.hops.clear();
+                    return Some(e);
+                }
+                return None;
+            }
+            // A hint that is no address: the node is unavailable, like any other.
+        }
+        self.broken(nodes, conn, &reason(status)).await
+    }
+
+    /// After an attempt on `conn` broke without a status (a stream that just ended) or
+    /// failed for `why`: the next node after a backoff wait, or the error to end with when
+    /// the retry budget is spent.
+    pub(crate) async fn broken(&mut self, nodes: &Nodes, conn: &Conn, why: &str) -> Option<Error> {
+        self.hops.clear();
+        nodes.failed(conn);
+        if self.backoff.wait(&conn.addr, why).await {
+            None
+        } else {
+            Some(Error::Unavailable {
+                attempts: self.backoff.attempts,
+                last: why.to_string(),
+            })
+        }
+    }
+
+    /// Starts over after a success.
+    pub(crate) fn succeeded(&mut self) {
+        self.backoff.reset();
+        self.hops.clear();
     }
 }

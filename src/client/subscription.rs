@@ -9,12 +9,15 @@ use futures::Stream;
 
 use super::error::{from_status, reason, transient, Error, Result};
 use super::handle::Client;
-use super::retry::Backoff;
+use super::nodes::Conn;
+use super::retry::Attempts;
 use crate::proto::{self, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 
 impl Client {
     /// Subscribes to `topic` from `replay_seq_no_start`: the history in order-key order, then
-    /// live frames. The stream survives disconnects and server restarts, resuming exactly.
+    /// live frames. The stream survives disconnects and server restarts, resuming exactly:
+    /// with several addresses, on the next node (every node of a cluster serves the same
+    /// cursors).
     pub fn subscribe(&self, topic: &str, replay_seq_no_start: u64) -> Subscription {
         Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
     }
@@ -49,8 +52,9 @@ struct State {
     topic: String,
     start: u64,
     position: Option<Position>,
-    stream: Option<tonic::Streaming<proto::Frame>>,
-    backoff: Backoff,
+    /// The open server stream and the node it comes from.
+    stream: Option<(Conn, tonic::Streaming<proto::Frame>)>,
+    attempts: Attempts,
     done: bool,
 }
 
@@ -68,14 +72,14 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     fn new(client: Client, topic: String, start: u64) -> Subscription {
-        let backoff = client.backoff();
+        let attempts = client.attempts();
         let state = State {
             client,
             topic,
             start,
             position: None,
             stream: None,
-            backoff,
+            attempts,
             done: false,
         };
         let inner = futures::stream::unfold(state, |mut s| async move {
@@ -112,10 +116,10 @@ impl State {
                     Err(None) => continue,
                 }
             }
-            let stream = self.stream.as_mut()?;
+            let (_, stream) = self.stream.as_mut()?;
             match stream.message().await {
                 Ok(Some(f)) => {
-                    self.backoff.reset();
+                    self.attempts.succeeded();
                     let pos = self.position.get_or_insert_with(Position::default);
                     pos.last = Some((f.seq_no, f.timestamp, f.offset));
                     let live = f.offset >= pos.snapshot;
@@ -129,14 +133,14 @@ impl State {
                 }
                 Ok(None) => {
                     // The server never ends a subscription cleanly; treat it as a break.
-                    self.stream = None;
-                    if let Some(e) = self.pause("stream ended").await {
+                    let (conn, _) = self.stream.take()?;
+                    if let Some(e) = self.pause(&conn, Break::Ended).await {
                         return Some(Err(e));
                     }
                 }
                 Err(s) if transient(&s) => {
-                    self.stream = None;
-                    if let Some(e) = self.pause(&reason(&s)).await {
+                    let (conn, _) = self.stream.take()?;
+                    if let Some(e) = self.pause(&conn, Break::Failed(&s)).await {
                         return Some(Err(e));
                     }
                 }
@@ -162,7 +166,8 @@ impl State {
             topic: self.topic.clone(),
             resume,
         };
-        match self.client.grpc.clone().subscribe(req).await {
+        let conn = self.client.conn();
+        match conn.grpc.clone().subscribe(req).await {
             Ok(resp) => {
                 let md = resp.metadata();
                 let num = |k: &str| {
@@ -185,24 +190,46 @@ impl State {
                         last: None,
                     });
                 }
-                self.stream = Some(resp.into_inner());
+                self.stream = Some((conn, resp.into_inner()));
                 Ok(())
             }
-            Err(s) if transient(&s) => Err(self.pause(&reason(&s)).await),
+            Err(s) if transient(&s) => Err(self.pause(&conn, Break::Failed(&s)).await),
             Err(s) => Err(Some(from_status(s))),
         }
     }
 
-    /// Backs off before reconnecting; an error when the retry budget is spent.
-    async fn pause(&mut self, why: &str) -> Option<Error> {
-        tracing::debug!(topic = %self.topic, reason = why, "subscription broken; resuming");
-        if self.backoff.wait(why).await {
-            None
-        } else {
-            Some(Error::Unavailable {
-                attempts: self.backoff.attempts,
-                last: why.to_string(),
-            })
+    /// Before reconnecting after the stream from `conn` broke: backs off and moves to the
+    /// next node, or goes at once to a leader the node named; an error when the retry
+    /// budget is spent.
+    async fn pause(&mut self, conn: &Conn, why: Break<'_>) -> Option<Error> {
+        let nodes = self.client.nodes();
+        match why {
+            Break::Failed(status) => {
+                let why = reason(status);
+                tracing::debug!(
+                    topic = %self.topic,
+                    node = %conn.addr,
+                    reason = %why,
+                    "subscription broken; resuming"
+                );
+                self.attempts.failed(nodes, conn, status).await
+            }
+            Break::Ended => {
+                tracing::debug!(
+                    topic = %self.topic,
+                    node = %conn.addr,
+                    "subscription ended; resuming"
+                );
+                self.attempts.broken(nodes, conn, "stream ended").await
+            }
         }
     }
+}
+
+/// Why a subscription's server stream has to be opened again.
+enum Break<'a> {
+    /// The call or the stream failed with a transient status.
+    Failed(&'a tonic::Status),
+    /// The server ended the stream, which it never does on its own.
+    Ended,
 }

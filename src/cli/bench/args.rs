@@ -57,7 +57,8 @@ impl Scenario {
 /// Flags shared by all scenarios.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Server address (ignored with --spawn).
+    /// Server address (ignored with --spawn). Of a comma-separated list only the first is
+    /// used: the load generator measures one node and does not follow a cluster's leader.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub addr: String,
     /// Token and TLS files for --addr (ignored with --spawn).

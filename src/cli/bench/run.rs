@@ -69,9 +69,11 @@ fn run(args: BenchArgs) -> Result<Report> {
     } else {
         None
     };
+    // One node only (see --addr): the first of a list.
+    let first = common.addr.split(',').next().unwrap_or_default().trim();
     let addr = spawned
         .as_ref()
-        .map_or_else(|| common.addr.clone(), |s| s.addr.clone());
+        .map_or_else(|| first.to_string(), |s| s.addr.clone());
     let http_addr = match &scenario {
         Scenario::Fanout(o) => spawned
             .as_ref()
