@@ -1,4 +1,5 @@
-//! Compiles `proto/framecast.proto` with protox (pure Rust: no system `protoc` needed).
+//! Compiles `proto/framecast.proto` and the vendored etcd protos (`proto/etcd/`) with protox
+//! (pure Rust: no system `protoc` needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/framecast.proto");
@@ -18,5 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // the same bytes go to every subscriber. Its encoding is prost's, byte for byte.
         .extern_path(".framecast.v1.Frame", "crate::wire_frame::Frame")
         .compile_fds(fds)?;
+
+    // The etcd v3 client stubs the cluster coordinates through (src/cluster/etcd_proto.rs).
+    // framecast is only ever an etcd client: no server stubs.
+    println!("cargo:rerun-if-changed=proto/etcd");
+    let etcd_fds = protox::compile(["etcd/rpc.proto", "etcd/v3election.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(etcd_fds)?;
     Ok(())
 }

@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need: Chromium and ChromeDriver (the console's browser test,
-# the JS client's browser test), Node.js and npm (the JS client's suite). Installed only
-# when missing, as root, with one `apt-get update`.
+# the JS client's browser test), Node.js and npm (the JS client's suite), etcd (the
+# cluster tests). Installed only when missing, as root, with one `apt-get update`.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then

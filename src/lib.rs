@@ -39,6 +39,9 @@
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
 //!   stream that resumes exactly after a break), `credentials` (token and TLS settings),
 //!   `retry`, `error`.
+//! - [`cluster`]: the cluster (v1.1), coordinated through etcd: `etcd` (the typed etcd
+//!   client: leases and their keeper, KV, watches, the election, fenced writes), `insync`
+//!   (the leader's bookkeeping of followers, commit points and the in-sync set).
 //! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
 //!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
@@ -48,6 +51,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod dump;
 pub mod http;
 pub mod index;

@@ -1,0 +1,14 @@
+//! The cluster (v1.1): nodes coordinate through etcd, and framecast implements no consensus
+//! of its own. Membership lives under a lease each node keeps alive, the leader is chosen
+//! with etcd's election API (the leader key's revision is the term), and the leader keeps
+//! the in-sync set in etcd with writes fenced on its leadership.
+//!
+//! - [`etcd`]: the typed async etcd client for exactly what the cluster needs: leases and
+//!   their keeper, KV, prefix watches, the election, and the fenced write.
+//! - `etcd_proto`: the generated etcd v3 client stubs (`proto/etcd/`), used by `etcd` only.
+//! - [`insync`]: the leader's bookkeeping of its followers: positions, commit points, who
+//!   is in sync (pure state; `docs/cluster-design.md` says how the rest uses it).
+
+pub mod etcd;
+mod etcd_proto;
+pub mod insync;
