@@ -1,0 +1,347 @@
+//! The leader's bookkeeping of its followers: how far each holds each topic durably, the
+//! commit point those positions make, and who is in sync.
+//!
+//! Pure state, no I/O: the replication stream feeds it (what was sent, what a follower
+//! reports durable) and the leader reads from it (commit points to announce, members to add
+//! to or drop from the in-sync set in etcd). Kafka's rules: the commit point of a topic is
+//! the smallest durable end among the in-sync members (the leader's own included) and never
+//! moves back; a follower is in sync while, for every topic, it holds the leader's end or
+//! held the end it was last sent no more than `max_lag` ago.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// How far one follower stands in one topic.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    /// First offset the follower does not hold durably.
+    durable: u64,
+    /// The end the leader last sent up to while it was the leader's whole end, and when.
+    sent_whole: Option<(u64, Instant)>,
+    /// When the follower last held everything it had been sent as the leader's whole end;
+    /// until it first did, when its position was first known.
+    caught_up_at: Instant,
+    /// True once the follower held a whole end it was sent.
+    caught: bool,
+}
+
+/// One follower as the leader knows it.
+#[derive(Debug, Default)]
+struct Follower {
+    /// When the leader first heard of it in this term.
+    first_seen: Option<Instant>,
+    topics: HashMap<String, Position>,
+}
+
+/// The in-sync set and the commit points of every topic, as the leader keeps them.
+#[derive(Debug)]
+pub struct InSync {
+    leader: String,
+    max_lag: Duration,
+    /// Members of the in-sync set besides the leader.
+    members: BTreeSet<String>,
+    /// Each follower's positions.
+    positions: HashMap<String, Follower>,
+    /// When this bookkeeping started (the term began).
+    created: Instant,
+    /// The leader's own durable end per topic.
+    ends: HashMap<String, u64>,
+    /// The commit point per topic (monotonic).
+    commits: HashMap<String, u64>,
+}
+
+impl InSync {
+    /// The bookkeeping of leader `leader` whose in-sync set also holds `members`.
+    pub fn new(
+        leader: &str,
+        members: impl IntoIterator<Item = String>,
+        max_lag: Duration,
+        now: Instant,
+    ) -> InSync {
+        InSync {
+            leader: leader.to_string(),
+            max_lag,
+            members: members.into_iter().filter(|m| m != leader).collect(),
+            positions: HashMap::new(),
+            created: now,
+            ends: HashMap::new(),
+            commits: HashMap::new(),
+        }
+    }
+
+    /// The in-sync set, the leader first.
+    pub fn set(&self) -> Vec<String> {
+        std::iter::once(self.leader.clone())
+            .chain(self.members.iter().cloned())
+            .collect()
+    }
+
+    /// The leader's durable end of `topic` moved to `end`; returns the new commit point if
+    /// it moved.
+    pub fn leader_durable(&mut self, topic: &str, end: u64) -> Option<u64> {
+        self.ends.insert(topic.to_string(), end);
+        self.recompute(topic)
+    }
+
+    /// The leader sent `follower` the records of `topic` up to `until`, its whole durable end
+    /// when `whole` (so holding `until` means holding everything, as of `now`).
+    pub fn sent(&mut self, follower: &str, topic: &str, until: u64, whole: bool, now: Instant) {
+        let p = self.position(follower, topic, now);
+        if whole {
+            p.sent_whole = Some((until, now));
+        }
+    }
+
+    /// `follower` reports `topic` durable up to `durable`; returns the new commit point if it
+    /// moved.
+    pub fn reported(
+        &mut self,
+        follower: &str,
+        topic: &str,
+        durable: u64,
+        now: Instant,
+    ) -> Option<u64> {
+        let p = self.position(follower, topic, now);
+        p.durable = p.durable.max(durable);
+        if let Some((until, at)) = p.sent_whole {
+            if p.durable >= until {
+                p.caught_up_at = p.caught_up_at.max(at);
+                p.caught = true;
+            }
+        }
+        self.recompute(topic)
+    }
+
+    /// The commit point of `topic`: every offset below it is durable on every in-sync member.
+    pub fn commit(&self, topic: &str) -> u64 {
+        self.commits.get(topic).copied().unwrap_or(0)
+    }
+
+    /// Forgets a deleted topic.
+    pub fn remove_topic(&mut self, topic: &str) {
+        self.ends.remove(topic);
+        self.commits.remove(topic);
+        for f in self.positions.values_mut() {
+            f.topics.remove(topic);
+        }
+    }
+
+    /// Members to drop from the in-sync set: offline ones (`online` says who is), and those
+    /// lagging past `max_lag` in some topic as of `now`. The caller drops them in etcd first,
+    /// then here with [`InSync::drop_member`].
+    pub fn laggards(&self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| !online(m) || self.lagging(m, now))
+            .cloned()
+            .collect()
+    }
+
+    /// Followers outside the set that have caught up (for every topic the leader holds,
+    /// they hold its end or caught up within `max_lag`). The caller adds them in etcd first,
+    /// then here with [`InSync::add_member`].
+    pub fn caught_up(&self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<String> {
+        self.positions
+            .keys()
+            .filter(|f| !self.members.contains(*f) && online(f) && self.holds_up(f, now))
+            .cloned()
+            .collect()
+    }
+
+    /// Removes `member` from the set (after etcd says so); commit points may move.
+    /// Returns the topics whose commit point moved, with the new point.
+    pub fn drop_member(&mut self, member: &str) -> Vec<(String, u64)> {
+        self.members.remove(member);
+        let topics: Vec<String> = self.ends.keys().cloned().collect();
+        topics
+            .into_iter()
+            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
+            .collect()
+    }
+
+    /// Adds `member` to the set (after etcd says so). Commit points do not move back: a
+    /// member is added only when it holds them.
+    pub fn add_member(&mut self, member: &str) {
+        if member != self.leader {
+            self.members.insert(member.to_string());
+        }
+    }
+
+    /// Forgets a follower's positions (its stream ended); it stays in the set until dropped.
+    pub fn forget_follower(&mut self, follower: &str) {
+        self.positions.remove(follower);
+    }
+
+    /// Some topic is behind the leader's end for longer than `max_lag`: since the follower
+    /// last caught up in it, or since it was first seen (or the term began) if never.
+    fn lagging(&self, follower: &str, now: Instant) -> bool {
+        let f = self.positions.get(follower);
+        let seen = f.and_then(|f| f.first_seen).unwrap_or(self.created);
+        self.ends.iter().any(|(topic, &end)| {
+            let (held, since) = match f.and_then(|f| f.topics.get(topic)) {
+                Some(p) => (p.durable, if p.caught { p.caught_up_at } else { seen }),
+                None => (0, seen),
+            };
+            held < end && now.saturating_duration_since(since) > self.max_lag
+        })
+    }
+
+    /// Every topic held to the leader's end, or caught up (for real) within `max_lag`.
+    fn holds_up(&self, follower: &str, now: Instant) -> bool {
+        let Some(f) = self.positions.get(follower) else {
+            return false;
+        };
+        self.ends
+            .iter()
+            .all(|(topic, &end)| match f.topics.get(topic) {
+                Some(p) => {
+                    p.durable >= end
+                        || (p.caught
+                            && now.saturating_duration_since(p.caught_up_at) <= self.max_lag)
+                }
+                None => end == 0,
+            })
+    }
+
+    fn position(&mut self, follower: &str, topic: &str, now: Instant) -> &mut Position {
+        let f = self.positions.entry(follower.to_string()).or_default();
+        let seen = *f.first_seen.get_or_insert(now);
+        f.topics.entry(topic.to_string()).or_insert(Position {
+            durable: 0,
+            sent_whole: None,
+            caught_up_at: seen,
+            caught: false,
+        })
+    }
+
+    fn recompute(&mut self, topic: &str) -> Option<u64> {
+        let mut commit = self.ends.get(topic).copied().unwrap_or(0);
+        for m in &self.members {
+            let held = self
+                .positions
+                .get(m)
+                .and_then(|f| f.topics.get(topic))
+                .map_or(0, |p| p.durable);
+            commit = commit.min(held);
+        }
+        let old = self.commits.entry(topic.to_string()).or_insert(0);
+        if commit > *old {
+            *old = commit;
+            Some(commit)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const LAG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_commit_point_is_the_smallest_durable_end_of_the_set_and_never_moves_back() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", ["b".to_string(), "c".to_string()], LAG, t0);
+        assert_eq!(s.set(), ["a", "b", "c"]);
+        assert_eq!(
+            s.leader_durable("t", 10),
+            None,
+            "followers hold nothing yet"
+        );
+        assert_eq!(s.reported("b", "t", 10, t0), None, "c holds nothing yet");
+        assert_eq!(s.reported("c", "t", 7, t0), Some(7));
+        assert_eq!(s.commit("t"), 7);
+        assert_eq!(
+            s.reported("c", "t", 12, t0),
+            Some(10),
+            "bounded by the leader's end"
+        );
+        assert_eq!(
+            s.reported("c", "t", 5, t0),
+            None,
+            "a stale report changes nothing"
+        );
+        assert_eq!(s.commit("t"), 10);
+        assert_eq!(s.commit("other"), 0);
+        // Dropping a member who holds less lets the commit point move without it.
+        s.leader_durable("t", 20);
+        s.reported("b", "t", 20, t0);
+        assert_eq!(s.commit("t"), 12);
+        assert_eq!(s.drop_member("c"), vec![("t".to_string(), 20)]);
+        assert_eq!(s.set(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_member_that_never_reports_is_dropped_after_the_lag_not_before() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        s.leader_durable("t", 5);
+        assert!(s.laggards(&online, t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(s.laggards(&online, t0 + Duration::from_secs(11)), ["b"]);
+        // Nothing to hold: never lagging.
+        let mut idle = InSync::new("a", ["b".to_string()], LAG, t0);
+        idle.leader_durable("t", 0);
+        assert!(idle
+            .laggards(&online, t0 + Duration::from_secs(60))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_leader_alone_commits_what_it_holds() {
+        let mut s = InSync::new("a", Vec::new(), LAG, Instant::now());
+        assert_eq!(s.leader_durable("t", 3), Some(3));
+    }
+
+    #[test]
+    fn in_sync_follows_the_last_time_a_follower_held_the_whole_end() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        s.leader_durable("t", 100);
+        s.sent("b", "t", 100, true, t0);
+        s.reported("b", "t", 50, t0 + Duration::from_secs(1));
+        // Behind, but within the lag of its last catch-up (its first report).
+        assert!(s.laggards(&online, t0 + Duration::from_secs(5)).is_empty());
+        // Holds the whole end it was sent at t0 + 2: caught up as of then.
+        s.sent("b", "t", 150, true, t0 + Duration::from_secs(2));
+        s.leader_durable("t", 150);
+        s.reported("b", "t", 150, t0 + Duration::from_secs(3));
+        s.leader_durable("t", 400);
+        assert!(s.laggards(&online, t0 + Duration::from_secs(11)).is_empty());
+        // Never catching up again: out once the lag has passed since t0 + 2.
+        assert_eq!(s.laggards(&online, t0 + Duration::from_secs(13)), ["b"]);
+        // Offline members go at once, whatever their lag.
+        let offline = |m: &str| m != "b";
+        s.reported("b", "t", 400, t0 + Duration::from_secs(13));
+        assert_eq!(s.laggards(&offline, t0 + Duration::from_secs(13)), ["b"]);
+    }
+
+    #[test]
+    fn a_follower_outside_the_set_joins_once_caught_up_in_every_topic() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", Vec::new(), LAG, t0);
+        s.leader_durable("t", 10);
+        s.leader_durable("u", 5);
+        s.sent("c", "t", 10, true, t0);
+        s.reported("c", "t", 10, t0);
+        // Topic u never sent: c holds none of it.
+        assert!(s
+            .caught_up(&online, t0 + Duration::from_secs(20))
+            .is_empty());
+        s.sent("c", "u", 5, true, t0 + Duration::from_secs(20));
+        s.reported("c", "u", 5, t0 + Duration::from_secs(20));
+        assert_eq!(s.caught_up(&online, t0 + Duration::from_secs(20)), ["c"]);
+        s.add_member("c");
+        assert_eq!(s.set(), ["a", "c"]);
+        assert_eq!(s.commit("t"), 10);
+        s.leader_durable("t", 11);
+        assert_eq!(s.commit("t"), 10, "c must hold 11 first");
+        s.remove_topic("t");
+        assert_eq!(s.commit("t"), 0);
+    }
+}
