@@ -287,45 +287,31 @@ enum StreamEnd {
     Broken(String),
 }
 
-/// A stream of [`WatchEvent`]s under a prefix, from [`Etcd::watch_prefix`]. It never ends
-/// quietly: when etcd goes away or cancels the watch, it yields one error and then ends, so
-/// that the caller can list again and watch from the listing's revision.
-pub struct WatchStream {
-    inner: Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>,
+/// A stream of etcd events that never ends quietly: when etcd goes away or cancels it, it
+/// yields one error and then ends, so that the caller can list again and watch from the
+/// listing's revision.
+pub struct EventStream<T> {
+    inner: Pin<Box<dyn Stream<Item = Result<T>> + Send>>,
 }
 
-impl Stream for WatchStream {
-    type Item = Result<WatchEvent>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
-impl std::fmt::Debug for WatchStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchStream").finish_non_exhaustive()
-    }
-}
+/// The [`WatchEvent`]s under a prefix, from [`Etcd::watch_prefix`].
+pub type WatchStream = EventStream<WatchEvent>;
 
 /// The successive leaders of an election, from [`Etcd::observe`]: the current leader's kv
-/// first (once there is one), then one item per new leader or proclaimed value. Like
-/// [`WatchStream`], it ends with an error, never quietly.
-pub struct ObserveStream {
-    inner: Pin<Box<dyn Stream<Item = Result<Kv>> + Send>>,
-}
+/// first (once there is one), then one item per new leader or proclaimed value.
+pub type ObserveStream = EventStream<Kv>;
 
-impl Stream for ObserveStream {
-    type Item = Result<Kv>;
+impl<T> Stream for EventStream<T> {
+    type Item = Result<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
 }
 
-impl std::fmt::Debug for ObserveStream {
+impl<T> std::fmt::Debug for EventStream<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObserveStream").finish_non_exhaustive()
+        f.debug_struct("EventStream").finish_non_exhaustive()
     }
 }
 
@@ -661,7 +647,7 @@ impl Etcd {
             pending: created.events.into_iter().map(watch_event).collect(),
             finished: false,
         };
-        Ok(WatchStream {
+        Ok(EventStream {
             inner: Box::pin(futures::stream::unfold(state, next_watch_event)),
         })
     }
@@ -773,7 +759,7 @@ impl Etcd {
             open: None,
             finished: false,
         };
-        ObserveStream {
+        EventStream {
             inner: Box::pin(futures::stream::unfold(state, next_observed_leader)),
         }
     }
