@@ -21,7 +21,7 @@ use super::error::Error;
 use super::frame_cache::Cached;
 use super::metrics::{Counter, Transport};
 use super::shutdown::Shutdown;
-use super::topics::{SubscriberSlot, Topic};
+use super::topics::{Ended, SubscriberSlot, Topic};
 use crate::index::OrderKey;
 use crate::proto;
 use crate::wal::StoredFrame;
@@ -58,7 +58,7 @@ pub struct Subscription {
     /// Frames the next step reads: `BATCH`, less when frames are large.
     batch: usize,
     visible: watch::Receiver<u64>,
-    deleted: watch::Receiver<bool>,
+    ended: watch::Receiver<Option<Ended>>,
     shutdown: Shutdown,
     finished: bool,
     /// The oldest retained offset when the stream started (0 for a resumed stream, whose
@@ -143,7 +143,7 @@ impl Subscription {
             position,
             first_at_start,
             visible: topic.watch_visible(),
-            deleted: topic.watch_deleted(),
+            ended: topic.watch_ended(),
             topic,
             start_seq_no: at.start_seq_no,
             snapshot: at.snapshot,
@@ -280,7 +280,7 @@ impl Subscription {
     /// receiver has seen what it has seen), so it borrows nothing.
     fn wait_for_more(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let mut visible = self.visible.clone();
-        let mut deleted = self.deleted.clone();
+        let mut ended = self.ended.clone();
         let mut shutdown = self.shutdown.clone();
         let expires = self.expires;
         async move {
@@ -290,7 +290,7 @@ impl Subscription {
                         return Err(Error::Wal(crate::wal::Error::Unavailable("topic log closed".into())));
                     }
                 }
-                _ = deleted.wait_for(|&d| d) => {}
+                _ = ended.wait_for(Option::is_some) => {}
                 _ = shutdown.wait() => {}
                 () = until(expires) => {}
             }
@@ -302,8 +302,17 @@ impl Subscription {
         if self.shutdown.is_fired() {
             return Err(Error::ShuttingDown);
         }
-        if *self.deleted.borrow() {
-            return Err(Error::TopicNotFound(self.topic.name().to_string()));
+        match *self.ended.borrow() {
+            Some(Ended::Deleted) => {
+                return Err(Error::TopicNotFound(self.topic.name().to_string()))
+            }
+            Some(Ended::Reopened) => {
+                return Err(Error::Wal(crate::wal::Error::Unavailable(format!(
+                    "topic '{}' was reopened on this node; resume to continue",
+                    self.topic.name()
+                ))))
+            }
+            None => {}
         }
         if self
             .expires

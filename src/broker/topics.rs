@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::error::{Error, Result};
 use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
-use crate::wal::{segment::sync_dir, Log, LogConfig, TornTail};
+use crate::wal::{cut_from, segment::sync_dir, Cut, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -44,7 +44,8 @@ pub struct Topic {
     meta: TopicMeta,
     log: Log,
     subscribers: AtomicU32,
-    deleted: watch::Sender<bool>,
+    /// Set when the topic's streams must end: deleted, or reopened after a cut.
+    ended: watch::Sender<Option<Ended>>,
     /// Recent live frames, encoded once for all subscribers.
     cache: FrameCache,
     /// Handles of the topic's metric series, resolved once when the topic was opened.
@@ -59,6 +60,16 @@ pub struct Topic {
 struct Positions {
     next_id: u64,
     open: HashMap<u64, Arc<AtomicU64>>,
+}
+
+/// Why a topic's open streams end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The topic was deleted (`NOT_FOUND`).
+    Deleted,
+    /// The topic was closed and opened again, as a follower does when it cuts frames a new
+    /// leader lacks (`UNAVAILABLE`: a resume on the reopened topic continues exactly).
+    Reopened,
 }
 
 /// Holds one subscriber slot of a topic; gives it back when dropped.
@@ -183,12 +194,17 @@ impl Topic {
 
     /// True once the topic was deleted.
     pub fn is_deleted(&self) -> bool {
-        *self.deleted.borrow()
+        matches!(*self.ended.borrow(), Some(Ended::Deleted))
     }
 
-    /// Changes to true when the topic is deleted.
-    pub fn watch_deleted(&self) -> watch::Receiver<bool> {
-        self.deleted.subscribe()
+    /// Why the topic's streams must end, once they must.
+    pub fn ended(&self) -> Option<Ended> {
+        *self.ended.borrow()
+    }
+
+    /// Changes when the topic is deleted or reopened: its open streams must end.
+    pub fn watch_ended(&self) -> watch::Receiver<Option<Ended>> {
+        self.ended.subscribe()
     }
 }
 
@@ -334,6 +350,39 @@ impl Topics {
         retention_max_age_seconds: u64,
         retention_max_bytes: u64,
     ) -> Result<(Arc<Topic>, bool)> {
+        let meta = TopicMeta {
+            epoch: new_epoch(),
+            retention_max_age_seconds,
+            retention_max_bytes,
+        };
+        self.create_with(name, meta, false).await
+    }
+
+    /// Creates `name` as a copy of a leader's topic: with the leader's epoch and settings.
+    /// An existing topic with the same epoch and settings is returned as it is (`false`);
+    /// otherwise it is an error (the caller deletes a stale copy first).
+    pub async fn create_copy(&self, name: &str, meta: TopicMeta) -> Result<(Arc<Topic>, bool)> {
+        if meta.epoch == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "topic '{name}': a copy needs the leader's non-zero epoch"
+            )));
+        }
+        self.create_with(name, meta, true).await
+    }
+
+    /// Creates `name` with `meta`; `same_epoch`: an existing topic is the same only if its
+    /// epoch matches too.
+    async fn create_with(
+        &self,
+        name: &str,
+        meta: TopicMeta,
+        same_epoch: bool,
+    ) -> Result<(Arc<Topic>, bool)> {
+        let TopicMeta {
+            retention_max_age_seconds,
+            retention_max_bytes,
+            ..
+        } = meta;
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
         }
@@ -342,6 +391,7 @@ impl Topics {
             let m = t.meta();
             if m.retention_max_age_seconds == retention_max_age_seconds
                 && m.retention_max_bytes == retention_max_bytes
+                && (!same_epoch || m.epoch == meta.epoch)
             {
                 return Ok((t, false));
             }
@@ -350,11 +400,6 @@ impl Topics {
                 m.retention_max_age_seconds, m.retention_max_bytes
             )));
         }
-        let meta = TopicMeta {
-            epoch: new_epoch(),
-            retention_max_age_seconds,
-            retention_max_bytes,
-        };
         let (dir, name_owned, map) = (self.dir.clone(), name.to_string(), Arc::clone(&self.map));
         let metrics = self.metrics.topic(name);
         let config = self.topic_config(&meta);
@@ -408,7 +453,7 @@ impl Topics {
             .write()
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        topic.deleted.send_replace(true);
+        topic.ended.send_replace(Some(Ended::Deleted));
         self.metrics.forget_topic(name);
         let dir = self.dir.clone();
         let name_owned = name.to_string();
@@ -432,6 +477,44 @@ impl Topics {
         })??;
         info!(topic = name, "topic deleted");
         Ok(())
+    }
+
+    /// Cuts every frame at or past `offset` from `name` (a follower's frames that a new
+    /// leader lacks: never acknowledged), keeping them in `.torn` files: the topic is closed,
+    /// cut and opened again. Its open streams end with `UNAVAILABLE` (a resume continues on
+    /// the reopened topic exactly: they never saw a cut frame, which was never visible).
+    /// Returns what was cut; `None` when nothing lay at or past `offset` (nothing changes).
+    pub async fn cut_and_reopen(&self, name: &str, offset: u64) -> Result<Option<Cut>> {
+        let guard = Arc::clone(&self.changes).lock_owned().await;
+        let old = self
+            .get(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        if old.log.durable_offset() <= offset {
+            return Ok(None);
+        }
+        let (dir, map) = (self.dir.join(name), Arc::clone(&self.map));
+        let config = self.topic_config(&old.meta);
+        let metrics = self.metrics.topic(name);
+        let name_owned = name.to_string();
+        let cut = tokio::task::spawn_blocking(move || -> Result<Option<Cut>> {
+            let _guard = guard;
+            old.ended.send_replace(Some(Ended::Reopened));
+            old.log.close();
+            let cut = cut_from(&dir, offset, config.segment_bytes)?;
+            let log = Log::open(&dir, config)?;
+            let topic = Arc::new(new_topic(name_owned.clone(), old.meta, log, metrics));
+            map.write().insert(name_owned, topic);
+            Ok(cut)
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })??;
+        if let Some(c) = &cut {
+            warn!(topic = name, from = c.from, bytes = c.bytes, kept = ?c.kept, "cut frames a new leader lacks; topic reopened");
+        }
+        Ok(cut)
     }
 
     /// Every topic, by name.
@@ -559,13 +642,13 @@ fn topic_config(base: &LogConfig, meta: &TopicMeta) -> LogConfig {
 }
 
 fn new_topic(name: String, meta: TopicMeta, log: Log, metrics: TopicMetrics) -> Topic {
-    let (deleted, _) = watch::channel(false);
+    let (ended, _) = watch::channel(None);
     Topic {
         name,
         meta,
         log,
         subscribers: AtomicU32::new(0),
-        deleted,
+        ended,
         cache: FrameCache::new(FRAME_CACHE_BYTES),
         metrics,
         positions: Mutex::new(Positions::default()),
