@@ -40,7 +40,8 @@
 //!   stream that resumes exactly after a break), `credentials` (token and TLS settings),
 //!   `retry`, `error`.
 //! - [`cluster`]: the cluster (v1.1), coordinated through etcd: `etcd` (the typed etcd
-//!   client: leases and their keeper, KV, watches, the election, fenced writes), `insync`
+//!   client: leases and their keeper, KV, watches, the election, fenced writes),
+//!   `membership` (nodes registered under their leases, online/offline events), `insync`
 //!   (the leader's bookkeeping of followers, commit points and the in-sync set).
 //! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
 //!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.

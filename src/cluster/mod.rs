@@ -8,7 +8,11 @@
 //! - `etcd_proto`: the generated etcd v3 client stubs (`proto/etcd/`), used by `etcd` only.
 //! - [`insync`]: the leader's bookkeeping of its followers: positions, commit points, who
 //!   is in sync (pure state; `docs/cluster-design.md` says how the rest uses it).
+//! - [`membership`]: this node's registration under its lease and the live map of every
+//!   node (a watch of the latest map, and bounded online/offline events), re-listed after
+//!   the etcd watch breaks.
 
 pub mod etcd;
 mod etcd_proto;
 pub mod insync;
+pub mod membership;
