@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -177,3 +178,65 @@ class TopicAck(_message.Message):
     topic: str
     ack: PublishAck
     def __init__(self, topic: _Optional[str] = ..., ack: _Optional[_Union[PublishAck, _Mapping]] = ...) -> None: ...
+
+class ClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("term", "leader", "nodes")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    leader: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, term: _Optional[int] = ..., leader: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("id", "address", "http_address", "leader", "in_sync", "online", "topics")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    http_address: str
+    leader: bool
+    in_sync: bool
+    online: bool
+    topics: _containers.RepeatedCompositeFieldContainer[TopicPosition]
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., http_address: _Optional[str] = ..., leader: _Optional[bool] = ..., in_sync: _Optional[bool] = ..., online: _Optional[bool] = ..., topics: _Optional[_Iterable[_Union[TopicPosition, _Mapping]]] = ...) -> None: ...
+
+class TopicPosition(_message.Message):
+    __slots__ = ("topic", "next_offset", "commit_offset")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    next_offset: int
+    commit_offset: int
+    def __init__(self, topic: _Optional[str] = ..., next_offset: _Optional[int] = ..., commit_offset: _Optional[int] = ...) -> None: ...
+
+class ClusterEvent(_message.Message):
+    __slots__ = ("kind", "node_id", "cluster")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[ClusterEvent.Kind]
+        NODE_ONLINE: _ClassVar[ClusterEvent.Kind]
+        NODE_OFFLINE: _ClassVar[ClusterEvent.Kind]
+        LEADER_CHANGED: _ClassVar[ClusterEvent.Kind]
+    KIND_UNSPECIFIED: ClusterEvent.Kind
+    NODE_ONLINE: ClusterEvent.Kind
+    NODE_OFFLINE: ClusterEvent.Kind
+    LEADER_CHANGED: ClusterEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    kind: ClusterEvent.Kind
+    node_id: str
+    cluster: ClusterInfo
+    def __init__(self, kind: _Optional[_Union[ClusterEvent.Kind, str]] = ..., node_id: _Optional[str] = ..., cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ...) -> None: ...

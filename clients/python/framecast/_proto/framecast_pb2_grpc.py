@@ -75,6 +75,16 @@ class BroadcastStub:
                 request_serializer=framecast__pb2.BroadcastRequest.SerializeToString,
                 response_deserializer=framecast__pb2.BroadcastAck.FromString,
                 _registered_method=True)
+        self.Cluster = channel.unary_unary(
+                '/framecast.v1.Broadcast/Cluster',
+                request_serializer=framecast__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=framecast__pb2.ClusterInfo.FromString,
+                _registered_method=True)
+        self.WatchCluster = channel.unary_stream(
+                '/framecast.v1.Broadcast/WatchCluster',
+                request_serializer=framecast__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=framecast__pb2.ClusterEvent.FromString,
+                _registered_method=True)
 
 
 class BroadcastServicer:
@@ -139,6 +149,22 @@ class BroadcastServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cluster(self, request, context):
+        """The cluster as this node sees it: the term, every node and its per-topic positions.
+        A single node answers itself alone, as the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCluster(self, request, context):
+        """The cluster's changes as they happen, each event with the whole ClusterInfo; the first
+        is sent on open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BroadcastServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +207,16 @@ def add_BroadcastServicer_to_server(servicer, server):
                     servicer.Broadcast,
                     request_deserializer=framecast__pb2.BroadcastRequest.FromString,
                     response_serializer=framecast__pb2.BroadcastAck.SerializeToString,
+            ),
+            'Cluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cluster,
+                    request_deserializer=framecast__pb2.ClusterRequest.FromString,
+                    response_serializer=framecast__pb2.ClusterInfo.SerializeToString,
+            ),
+            'WatchCluster': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCluster,
+                    request_deserializer=framecast__pb2.ClusterRequest.FromString,
+                    response_serializer=framecast__pb2.ClusterEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +436,60 @@ class Broadcast:
             '/framecast.v1.Broadcast/Broadcast',
             framecast__pb2.BroadcastRequest.SerializeToString,
             framecast__pb2.BroadcastAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/framecast.v1.Broadcast/Cluster',
+            framecast__pb2.ClusterRequest.SerializeToString,
+            framecast__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/framecast.v1.Broadcast/WatchCluster',
+            framecast__pb2.ClusterRequest.SerializeToString,
+            framecast__pb2.ClusterEvent.FromString,
             options,
             channel_credentials,
             insecure,
