@@ -1,5 +1,5 @@
-//! Compiles `proto/framecast.proto` and the vendored etcd protos (`proto/etcd/`) with protox
-//! (pure Rust: no system `protoc` needed).
+//! Compiles `proto/framecast.proto`, `proto/replication.proto` and the vendored etcd protos
+//! (`proto/etcd/`) with protox (pure Rust: no system `protoc` needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/framecast.proto");
@@ -19,6 +19,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // the same bytes go to every subscriber. Its encoding is prost's, byte for byte.
         .extern_path(".framecast.v1.Frame", "crate::wire_frame::Frame")
         .compile_fds(fds)?;
+
+    // The nodes' replication protocol (src/cluster/replication_proto.rs): internal, so
+    // apart from the client contract and its stubs.
+    println!("cargo:rerun-if-changed=proto/replication.proto");
+    let replication_fds = protox::compile(["replication.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".")
+        .compile_fds(replication_fds)?;
 
     // The etcd v3 client stubs the cluster coordinates through (src/cluster/etcd_proto.rs).
     // framecast is only ever an etcd client: no server stubs.

@@ -8,6 +8,7 @@
 //! - `broadcast`: one frame to many topics or patterns, checked whole before any write.
 //! - `cursor`: cursor tokens, the opaque resume points of SSE, WebSocket and History.
 //! - `topics`: the topic registry, each topic's metadata and log, and the name rules.
+//! - `terms`: a topic's term history, and where a follower's copy diverges from a leader's.
 //! - `subscription`: the replay→live cursor over one topic's log.
 //! - `frame_cache`: live frames encoded once per topic, shared by every subscriber.
 //! - `shutdown`: the one shutdown signal.
@@ -36,6 +37,7 @@ pub mod principal;
 pub mod process;
 pub mod shutdown;
 pub mod subscription;
+pub mod terms;
 pub mod token;
 pub mod topics;
 

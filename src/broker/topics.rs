@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::error::{Error, Result};
 use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
+use super::terms::TermHistory;
 use crate::wal::{cut_from, segment::sync_dir, Cut, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
@@ -53,6 +54,11 @@ pub struct Topic {
     /// Where each open subscription stands, for `subscriber_max_lag_frames`: touched
     /// when a subscription opens or closes and at a scrape, never per frame.
     positions: Mutex<Positions>,
+    /// At which offset each leadership term began writing the topic (persisted).
+    terms: Mutex<TermHistory>,
+    /// The commit point of a replicated topic (`None` on a single node, where a frame is
+    /// visible once durable).
+    commit: Option<watch::Sender<u64>>,
 }
 
 /// The positions of a topic's open subscriptions, by slot id.
@@ -131,12 +137,44 @@ impl Topic {
     /// a frame visible once it is durable (its durable frontier); every reader asks here,
     /// never the log, so that a replicated topic can hold it back to its commit point.
     pub fn visible_offset(&self) -> u64 {
-        self.log.durable_offset()
+        match &self.commit {
+            Some(c) => (*c.borrow()).min(self.log.durable_offset()),
+            None => self.log.durable_offset(),
+        }
     }
 
     /// A receiver that changes whenever [`Topic::visible_offset`] moves.
     pub fn watch_visible(&self) -> watch::Receiver<u64> {
-        self.log.watch_durable()
+        match &self.commit {
+            Some(c) => c.subscribe(),
+            None => self.log.watch_durable(),
+        }
+    }
+
+    /// True when the topic is a replica whose frames become visible at the commit point.
+    pub fn is_replicated(&self) -> bool {
+        self.commit.is_some()
+    }
+
+    /// Moves a replicated topic's commit point forward to `offset` (never back; the caller
+    /// keeps it at or below the durable frontier). Returns true when it moved. A single
+    /// node's topic has no commit point: nothing changes.
+    pub fn advance_commit(&self, offset: u64) -> bool {
+        match &self.commit {
+            Some(c) => c.send_if_modified(|v| {
+                let moved = offset > *v;
+                if moved {
+                    *v = offset;
+                }
+                moved
+            }),
+            None => false,
+        }
+    }
+
+    /// The topic's term history.
+    pub fn terms(&self) -> TermHistory {
+        self.terms.lock().clone()
     }
 
     /// Open subscriber streams.
@@ -242,6 +280,12 @@ pub struct Topics {
     /// Serializes creation and deletion (not lookups). The guard moves into the blocking
     /// task that does the work, so a cancelled request never leaves a change half done.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// True when every topic is a replica with a commit point (a cluster node).
+    replicated: bool,
+    /// The leadership term a topic created now begins in (0 on a single node).
+    term: AtomicU64,
+    /// Bumped whenever a topic is created, deleted or reopened.
+    roster: watch::Sender<u64>,
 }
 
 impl Topics {
@@ -252,6 +296,19 @@ impl Topics {
         log_config: LogConfig,
         auto_create: bool,
         metrics: Arc<Metrics>,
+    ) -> Result<Topics> {
+        Topics::open_with(data_dir, log_config, auto_create, metrics, false)
+    }
+
+    /// Opens the topics as [`Topics::open`] does; `replicated`: every topic is a cluster
+    /// replica, its frames visible only below a commit point the cluster advances (0 at
+    /// start). Blocking.
+    pub fn open_with(
+        data_dir: &Path,
+        log_config: LogConfig,
+        auto_create: bool,
+        metrics: Arc<Metrics>,
+        replicated: bool,
     ) -> Result<Topics> {
         let dir = data_dir.join("topics");
         std::fs::create_dir_all(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
@@ -276,7 +333,7 @@ impl Topics {
         }
         names.sort();
         let mut frames = 0;
-        for topic in open_all(data_dir, &dir, &log_config, &metrics, names)? {
+        for topic in open_all(data_dir, &dir, &log_config, &metrics, replicated, names)? {
             frames += topic.log.stats().frames;
             map.insert(topic.name.clone(), Arc::new(topic));
         }
@@ -293,7 +350,68 @@ impl Topics {
             map: Arc::new(RwLock::new(map)),
             metrics,
             changes: Arc::new(tokio::sync::Mutex::new(())),
+            replicated,
+            term: AtomicU64::new(0),
+            roster: watch::channel(0).0,
         })
+    }
+
+    /// True when every topic is a replica with a commit point.
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Sets the leadership term topics created from now on begin in.
+    pub fn set_term(&self, term: u64) {
+        self.term.store(term, Ordering::Release);
+    }
+
+    /// Changes whenever a topic is created, deleted or reopened.
+    pub fn watch_roster(&self) -> watch::Receiver<u64> {
+        self.roster.subscribe()
+    }
+
+    fn roster_changed(&self) {
+        self.roster.send_modify(|v| *v += 1);
+    }
+
+    /// Records durably that `term` begins writing `name` at its current end (a new leader
+    /// taking over). Returns the history as it now stands.
+    pub async fn begin_term(&self, name: &str, term: u64) -> Result<TermHistory> {
+        let topic = self
+            .get(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        let mut history = topic.terms();
+        if !history.begin(term, topic.log.durable_offset()) {
+            return Ok(history);
+        }
+        self.store_terms(topic, history).await
+    }
+
+    /// Replaces `name`'s term history durably with `history` (a follower copying its
+    /// leader's). Nothing is written when it is already the same.
+    pub async fn set_terms(&self, name: &str, history: TermHistory) -> Result<TermHistory> {
+        let topic = self
+            .get(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        if topic.terms() == history {
+            return Ok(history);
+        }
+        self.store_terms(topic, history).await
+    }
+
+    async fn store_terms(&self, topic: Arc<Topic>, history: TermHistory) -> Result<TermHistory> {
+        let name = topic.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<TermHistory> {
+            history.store(topic.log.dir())?;
+            *topic.terms.lock() = history.clone();
+            Ok(history)
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: name,
+            reason: e.to_string(),
+        })?
     }
 
     /// The server's log settings (every topic's, but for its own retention).
@@ -403,6 +521,10 @@ impl Topics {
         let (dir, name_owned, map) = (self.dir.clone(), name.to_string(), Arc::clone(&self.map));
         let metrics = self.metrics.topic(name);
         let config = self.topic_config(&meta);
+        let (replicated, terms) = (
+            self.replicated,
+            TermHistory::starting(self.term.load(Ordering::Acquire)),
+        );
         // Runs to the end even if the request is cancelled: the topic is either fully made and
         // registered, or not made at all.
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
@@ -413,6 +535,9 @@ impl Topics {
             }
             std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
             write_meta(&temp, &meta)?;
+            if terms != TermHistory::default() {
+                terms.store(&temp)?;
+            }
             let final_dir = dir.join(&name_owned);
             std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
             sync_dir(&dir)?;
@@ -428,7 +553,14 @@ impl Topics {
                     return Err(e.into());
                 }
             };
-            let topic = Arc::new(new_topic(name_owned.clone(), meta, log, metrics));
+            let topic = Arc::new(new_topic(
+                name_owned.clone(),
+                meta,
+                log,
+                metrics,
+                terms,
+                replicated.then_some(0),
+            ));
             map.write().insert(name_owned, Arc::clone(&topic));
             Ok(topic)
         })
@@ -437,6 +569,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
+        self.roster_changed();
         info!(topic = name, epoch = meta.epoch, "topic created");
         Ok((topic, true))
     }
@@ -475,6 +608,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
+        self.roster_changed();
         info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -502,7 +636,16 @@ impl Topics {
             old.log.close();
             let cut = cut_from(&dir, offset, config.segment_bytes)?;
             let log = Log::open(&dir, config)?;
-            let topic = Arc::new(new_topic(name_owned.clone(), old.meta, log, metrics));
+            // Cut frames were never committed: the commit point stays where it was.
+            let commit = old.commit.as_ref().map(|c| (*c.borrow()).min(offset));
+            let topic = Arc::new(new_topic(
+                name_owned.clone(),
+                old.meta,
+                log,
+                metrics,
+                old.terms(),
+                commit,
+            ));
             map.write().insert(name_owned, topic);
             Ok(cut)
         })
@@ -511,6 +654,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
+        self.roster_changed();
         if let Some(c) = &cut {
             warn!(topic = name, from = c.from, bytes = c.bytes, kept = ?c.kept, "cut frames a new leader lacks; topic reopened");
         }
@@ -539,10 +683,12 @@ fn open_one(
     dir: &Path,
     log_config: &LogConfig,
     metrics: &Metrics,
+    replicated: bool,
     name: String,
 ) -> Result<Topic> {
     let topic_dir = dir.join(&name);
     let mut meta = read_meta(&topic_dir)?;
+    let terms = TermHistory::load(&topic_dir)?;
     let config = topic_config(log_config, &meta);
     // Under interval/never a cut tail may have held acknowledged frames: the new epoch
     // is made durable before the cut, so a crash in between cannot lose it.
@@ -579,7 +725,14 @@ fn open_one(
         Err(e) => return Err(e.into()),
     };
     let handles = metrics.topic(&name);
-    Ok(new_topic(name, meta, log, handles))
+    Ok(new_topic(
+        name,
+        meta,
+        log,
+        handles,
+        terms,
+        replicated.then_some(0),
+    ))
 }
 
 /// Recovers the topics `names` of `dir` on a few threads at once: a start with ten
@@ -589,6 +742,7 @@ fn open_all(
     dir: &Path,
     log_config: &LogConfig,
     metrics: &Metrics,
+    replicated: bool,
     names: Vec<String>,
 ) -> Result<Vec<Topic>> {
     let threads = std::thread::available_parallelism()
@@ -603,7 +757,9 @@ fn open_all(
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|name| open_one(data_dir, dir, log_config, metrics, name.clone()))
+                        .map(|name| {
+                            open_one(data_dir, dir, log_config, metrics, replicated, name.clone())
+                        })
                         .collect()
                 })
             })
@@ -641,7 +797,15 @@ fn topic_config(base: &LogConfig, meta: &TopicMeta) -> LogConfig {
     c
 }
 
-fn new_topic(name: String, meta: TopicMeta, log: Log, metrics: TopicMetrics) -> Topic {
+/// A topic; `commit`: the starting commit point of a replica (`None` on a single node).
+fn new_topic(
+    name: String,
+    meta: TopicMeta,
+    log: Log,
+    metrics: TopicMetrics,
+    terms: TermHistory,
+    commit: Option<u64>,
+) -> Topic {
     let (ended, _) = watch::channel(None);
     Topic {
         name,
@@ -652,6 +816,8 @@ fn new_topic(name: String, meta: TopicMeta, log: Log, metrics: TopicMetrics) -> 
         cache: FrameCache::new(FRAME_CACHE_BYTES),
         metrics,
         positions: Mutex::new(Positions::default()),
+        terms: Mutex::new(terms),
+        commit: commit.map(|c| watch::channel(c).0),
     }
 }
 
@@ -701,18 +867,24 @@ pub fn read_meta(dir: &Path) -> Result<TopicMeta> {
     Ok(meta)
 }
 
-/// Writes `topic.json` durably: temp file, sync, rename, directory sync.
+/// Writes `topic.json` durably.
 fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
-    use std::io::Write;
-    let path = dir.join(TOPIC_META_FILE);
-    let temp = dir.join(format!("{TOPIC_META_FILE}.tmp"));
     let text = serde_json::to_string_pretty(meta).map_err(|e| Error::Metadata {
-        path: path.display().to_string(),
+        path: dir.join(TOPIC_META_FILE).display().to_string(),
         reason: e.to_string(),
     })?;
+    replace_durably(dir, TOPIC_META_FILE, text.as_bytes())
+}
+
+/// Replaces the file `name` of directory `dir` with `bytes` durably: temp file, sync,
+/// rename, directory sync. A crash leaves the old file or the new one, whole.
+pub(super) fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&temp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&temp, &path)
     };

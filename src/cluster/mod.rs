@@ -8,11 +8,21 @@
 //! - `etcd_proto`: the generated etcd v3 client stubs (`proto/etcd/`), used by `etcd` only.
 //! - [`insync`]: the leader's bookkeeping of its followers: positions, commit points, who
 //!   is in sync (pure state; `docs/cluster-design.md` says how the rest uses it).
+//! - [`leader`]: the leader's `Follow` service: each follower's stream of topics, records
+//!   and commit points, and the commit points its reports make.
+//! - [`follower`]: the follower's side: one `Follow` stream applied in order, records
+//!   appended byte for byte, its durable end reported.
+//! - [`watches`]: waiting on every topic's frontiers at once.
+//! - `replication_proto`: the generated stubs of `proto/replication.proto`.
 //! - [`membership`]: this node's registration under its lease and the live map of every
 //!   node (a watch of the latest map, and bounded online/offline events), re-listed after
 //!   the etcd watch breaks.
 
 pub mod etcd;
 mod etcd_proto;
+pub mod follower;
 pub mod insync;
+pub mod leader;
 pub mod membership;
+pub mod replication_proto;
+pub mod watches;

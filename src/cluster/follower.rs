@@ -1,0 +1,213 @@
+//! The follower's side of replication: one `Follow` stream to the leader, applied in order.
+//!
+//! The follower reports every topic it holds (epoch, durable end, term history); the leader
+//! answers deletions and cuts, then the topics it holds, then records and commit points.
+//! Records are checked (CRC, lengths) and appended byte for byte through the same log
+//! ([`Log::append_copied`](crate::wal::Log::append_copied)); once durable the follower
+//! reports its new end. A topic's frames become visible here up to the smaller of the
+//! leader's commit point and this node's durable end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::leader::{from_wire_terms, wire_terms, MAX_RECORDS_BYTES};
+use super::replication_proto as rp;
+use super::replication_proto::leader_update::Update;
+use crate::broker::error::Error;
+use crate::broker::topics::{TopicMeta, Topics};
+use crate::wal::Copied;
+
+/// Why a `Follow` stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The leader refused or broke the stream.
+    #[error("leader: {0}")]
+    Leader(#[from] Status),
+    /// This node could not apply an update (its storage, or a damaged record).
+    #[error("follower: {0}")]
+    Local(#[from] Error),
+    /// The leader sent something the protocol does not allow.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Follows the leader of `term` over `channel` as node `node_id`, copying every topic into
+/// `topics`, until the stream ends. Returns `Ok` when the leader ended it; the caller
+/// decides whom to follow next.
+pub async fn follow(
+    topics: Arc<Topics>,
+    channel: Channel,
+    node_id: &str,
+    term: u64,
+) -> Result<(), FollowError> {
+    let (reports, rx) = mpsc::channel(16);
+    let positions = topics
+        .list()
+        .iter()
+        .map(|t| rp::ReplicaPosition {
+            topic: t.name().to_string(),
+            epoch: t.meta().epoch,
+            next_offset: t.log().durable_offset(),
+            terms: wire_terms(&t.terms()),
+        })
+        .collect();
+    let first = rp::FollowerReport {
+        term,
+        node_id: node_id.to_string(),
+        positions,
+    };
+    // The channel has room: this is its first message.
+    let _ = reports.try_send(first);
+    let mut client = rp::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
+        .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
+    let mut updates = client.follow(ReceiverStream::new(rx)).await?.into_inner();
+    info!(node_id, term, "following");
+    let mut apply = Apply {
+        topics,
+        node_id: node_id.to_string(),
+        term,
+        reports,
+        commits: HashMap::new(),
+    };
+    while let Some(u) = updates.message().await? {
+        if u.term != term {
+            return Err(FollowError::Protocol(format!(
+                "an update of term {} on a stream of term {term}",
+                u.term
+            )));
+        }
+        match u.update {
+            Some(update) => apply.update(update).await?,
+            None => return Err(FollowError::Protocol("an empty update".into())),
+        }
+    }
+    info!(node_id, term, "the leader ended the stream");
+    Ok(())
+}
+
+/// The follower's state on one stream.
+struct Apply {
+    topics: Arc<Topics>,
+    node_id: String,
+    term: u64,
+    reports: mpsc::Sender<rp::FollowerReport>,
+    /// The leader's commit point per topic, as last sent.
+    commits: HashMap<String, u64>,
+}
+
+impl Apply {
+    async fn update(&mut self, update: Update) -> Result<(), FollowError> {
+        match update {
+            Update::Topic(t) => self.topic(t).await,
+            Update::Deleted(name) => {
+                self.commits.remove(&name);
+                if self.topics.get(&name).is_some() {
+                    info!(topic = %name, "deleting a copy the leader does not hold");
+                    match self.topics.delete(&name).await {
+                        Ok(()) | Err(Error::TopicNotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
+            Update::Cut(c) => {
+                self.topics.cut_and_reopen(&c.topic, c.offset).await?;
+                self.report(&c.topic).await
+            }
+            Update::Records(r) => self.records(r).await,
+            Update::Commit(c) => {
+                self.commits.insert(c.topic.clone(), c.offset);
+                self.make_visible(&c.topic);
+                Ok(())
+            }
+        }
+    }
+
+    /// Holds the leader's topic: created with its epoch and settings (a copy of another
+    /// epoch deleted first), its term history copied.
+    async fn topic(&mut self, t: rp::ReplicaTopic) -> Result<(), FollowError> {
+        let meta = TopicMeta {
+            epoch: t.epoch,
+            retention_max_age_seconds: t.retention_max_age_seconds,
+            retention_max_bytes: t.retention_max_bytes,
+        };
+        if let Some(old) = self.topics.get(&t.name) {
+            if *old.meta() != meta {
+                info!(topic = %t.name, old_epoch = old.meta().epoch, epoch = t.epoch, "replacing a copy of another epoch");
+                self.commits.remove(&t.name);
+                self.topics.delete(&t.name).await?;
+            }
+        }
+        let (copy, created) = self.topics.create_copy(&t.name, meta).await?;
+        if created {
+            info!(topic = %t.name, epoch = t.epoch, "copying a new topic");
+        }
+        if copy.log().durable_offset() < t.first_offset {
+            warn!(topic = %t.name, first_offset = t.first_offset, "the leader no longer holds the start of this topic; starting a copy past it is not built yet");
+        }
+        let terms = from_wire_terms(&t.terms).map_err(|e| FollowError::Protocol(e.to_string()))?;
+        self.topics.set_terms(&t.name, terms).await?;
+        Ok(())
+    }
+
+    async fn records(&mut self, r: rp::ReplicaRecords) -> Result<(), FollowError> {
+        let topic = self
+            .topics
+            .get(&r.topic)
+            .filter(|t| t.meta().epoch == r.epoch)
+            .ok_or_else(|| {
+                FollowError::Protocol(format!(
+                    "records of topic '{}' epoch {} before the topic",
+                    r.topic, r.epoch
+                ))
+            })?;
+        let copied = r
+            .records
+            .iter()
+            .map(Copied::decode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::from)?;
+        topic
+            .log()
+            .append_copied(copied)
+            .await
+            .map_err(Error::from)?;
+        self.make_visible(&r.topic);
+        self.report(&r.topic).await
+    }
+
+    /// Tells the leader how far this node holds `topic` durably.
+    async fn report(&self, name: &str) -> Result<(), FollowError> {
+        let Some(t) = self.topics.get(name) else {
+            return Ok(());
+        };
+        let report = rp::FollowerReport {
+            term: self.term,
+            node_id: self.node_id.clone(),
+            positions: vec![rp::ReplicaPosition {
+                topic: name.to_string(),
+                epoch: t.meta().epoch,
+                next_offset: t.log().durable_offset(),
+                terms: Vec::new(),
+            }],
+        };
+        self.reports
+            .send(report)
+            .await
+            .map_err(|_| FollowError::Protocol("the report stream closed".into()))
+    }
+
+    /// Frames of `name` below the leader's commit point and durable here become visible.
+    fn make_visible(&self, name: &str) {
+        if let (Some(t), Some(&commit)) = (self.topics.get(name), self.commits.get(name)) {
+            t.advance_commit(commit.min(t.log().durable_offset()));
+        }
+    }
+}

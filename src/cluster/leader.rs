@@ -1,0 +1,455 @@
+//! The leader's side of replication: the `Follow` service that ships every topic to each
+//! follower, and the commit points its followers' reports make.
+//!
+//! A session starts with the follower's report of every topic it holds. The leader answers
+//! what the follower must delete (unknown here, or another epoch) and where it must cut
+//! (where its copy stops sharing this log, by term: [`divergence`]), then every topic it
+//! holds (epoch, settings, term history), then ships records from each topic's position as
+//! they become durable here (one fsync on each side, in series), up to 1 MiB per message,
+//! with the channel to the follower bounded: a slow follower costs the leader at most a few
+//! messages of memory. Each report moves that follower's durable positions in the in-sync
+//! bookkeeping ([`InSync`]); a commit point that moves is set on the topic, and each
+//! session sends it to its follower.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::insync::InSync;
+use super::replication_proto as rp;
+use super::replication_proto::leader_update::Update;
+use super::watches::{Change, Kind, TopicWatches};
+use crate::broker::terms::{divergence, TermHistory, TermStart};
+use crate::broker::topics::{Topic, Topics};
+use crate::wal;
+
+/// Bytes of records per message to a follower (at least one record).
+pub const MAX_RECORDS_BYTES: usize = 1 << 20;
+/// Messages queued to one follower before the session waits for it.
+const SESSION_QUEUE: usize = 8;
+
+/// This node as the leader of a term: its topics, the term, and the in-sync bookkeeping.
+#[derive(Debug)]
+pub struct Leader {
+    topics: Arc<Topics>,
+    node_id: String,
+    term: u64,
+    insync: Mutex<InSync>,
+}
+
+impl Leader {
+    /// Takes the lead of `topics` in `term`: every topic's term history records that the
+    /// term begins at its end (durably, before anything is written in the term), and topics
+    /// created from now on begin in it. `members`: the in-sync set besides this node.
+    pub async fn start(
+        topics: Arc<Topics>,
+        node_id: &str,
+        term: u64,
+        members: impl IntoIterator<Item = String>,
+        max_lag: Duration,
+    ) -> crate::broker::error::Result<Arc<Leader>> {
+        topics.set_term(term);
+        for t in topics.list() {
+            topics.begin_term(t.name(), term).await?;
+        }
+        let insync = InSync::new(node_id, members, max_lag, Instant::now());
+        let leader = Arc::new(Leader {
+            topics,
+            node_id: node_id.to_string(),
+            term,
+            insync: Mutex::new(insync),
+        });
+        info!(node_id, term, insync = ?leader.insync.lock().set(), "leading");
+        Ok(leader)
+    }
+
+    /// The term this node leads.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The in-sync set, this node first.
+    pub fn insync_set(&self) -> Vec<String> {
+        self.insync.lock().set()
+    }
+
+    /// Moves commit points with this node's own durable ends, until the registry is gone:
+    /// with no other member in sync, a frame is committed once durable here.
+    pub async fn run_commits(self: Arc<Self>) {
+        let mut watches = TopicWatches::new(Arc::clone(&self.topics), &[Kind::Durable]);
+        self.own_ends(self.topics.list());
+        loop {
+            match watches.next().await {
+                Change::Roster => self.own_ends(self.topics.list()),
+                Change::Topic(_, topic) => self.own_ends(vec![topic]),
+            }
+        }
+    }
+
+    fn own_ends(&self, topics: Vec<Arc<Topic>>) {
+        let mut insync = self.insync.lock();
+        for t in topics {
+            if let Some(c) = insync.leader_durable(t.name(), t.log().durable_offset()) {
+                t.advance_commit(c);
+            }
+        }
+    }
+
+    /// `follower` holds `topic` durably up to `durable`.
+    fn reported(&self, follower: &str, topic: &str, durable: u64) {
+        let Some(t) = self.topics.get(topic) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut insync = self.insync.lock();
+        if let Some(c) = insync.reported(follower, topic, durable, now) {
+            t.advance_commit(c);
+        }
+    }
+
+    /// The `Replication` gRPC service of this leader.
+    pub fn service(self: &Arc<Self>) -> rp::replication_server::ReplicationServer<LeaderService> {
+        rp::replication_server::ReplicationServer::new(LeaderService {
+            leader: Arc::clone(self),
+        })
+        .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
+        .max_encoding_message_size(MAX_RECORDS_BYTES * 2)
+    }
+}
+
+/// The `Replication` service of a [`Leader`].
+#[derive(Debug, Clone)]
+pub struct LeaderService {
+    leader: Arc<Leader>,
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<rp::LeaderUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl rp::replication_server::Replication for LeaderService {
+    type FollowStream = UpdateStream;
+
+    async fn follow(
+        &self,
+        request: Request<Streaming<rp::FollowerReport>>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let mut reports = request.into_inner();
+        let first = reports
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a Follow stream starts with a report"))?;
+        let leader = &self.leader;
+        if first.term != leader.term {
+            return Err(Status::failed_precondition(format!(
+                "this node leads term {}, not term {}",
+                leader.term, first.term
+            )));
+        }
+        if first.node_id.is_empty() || first.node_id == leader.node_id {
+            return Err(Status::invalid_argument(format!(
+                "a follower needs its own node id (got '{}')",
+                first.node_id
+            )));
+        }
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let session = Session {
+            leader: Arc::clone(leader),
+            follower: first.node_id.clone(),
+            tx,
+            positions: HashMap::new(),
+            dirty: BTreeSet::new(),
+        };
+        tokio::spawn(session.run(first, reports));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Where the leader stands with one topic of one follower.
+#[derive(Debug, Clone, Copy)]
+struct Shipped {
+    /// The epoch shipped (a re-created topic has another).
+    epoch: u64,
+    /// The next offset to ship.
+    next: u64,
+    /// The commit point last sent.
+    commit: Option<u64>,
+    /// True once the topic's epoch, settings and terms were sent.
+    announced: bool,
+}
+
+/// One follower's stream.
+struct Session {
+    leader: Arc<Leader>,
+    follower: String,
+    tx: mpsc::Sender<Result<rp::LeaderUpdate, Status>>,
+    positions: HashMap<String, Shipped>,
+    /// Topics with records to ship.
+    dirty: BTreeSet<String>,
+}
+
+/// The session ended: the follower went away or the stream broke.
+struct Gone;
+
+impl Session {
+    async fn run(mut self, first: rp::FollowerReport, mut reports: Streaming<rp::FollowerReport>) {
+        let follower = self.follower.clone();
+        info!(follower = %follower, term = self.leader.term, topics = first.positions.len(), "follower connected");
+        let mut watches = TopicWatches::new(
+            Arc::clone(&self.leader.topics),
+            &[Kind::Durable, Kind::Visible],
+        );
+        let tx = self.tx.clone();
+        let ended = async {
+            self.handshake(first).await?;
+            self.rescan().await?;
+            loop {
+                tokio::select! {
+                    permit = tx.reserve(), if !self.dirty.is_empty() => {
+                        let permit = permit.map_err(|_| Gone)?;
+                        if let Some(update) = self.next_records()? {
+                            permit.send(Ok(update));
+                        }
+                    }
+                    report = reports.message() => match report {
+                        Ok(Some(r)) => self.apply_report(r)?,
+                        Ok(None) => return Err::<(), Gone>(Gone),
+                        Err(e) => {
+                            debug!(follower = %self.follower, error = %e, "follower stream broke");
+                            return Err(Gone);
+                        }
+                    },
+                    change = watches.next() => match change {
+                        Change::Roster => self.rescan().await?,
+                        Change::Topic(Kind::Durable, t) => self.mark(&t),
+                        Change::Topic(Kind::Visible, t) => self.send_commit(&t).await?,
+                    },
+                }
+            }
+        };
+        let _ = ended.await;
+        self.leader.insync.lock().forget_follower(&follower);
+        info!(follower = %follower, "follower disconnected");
+    }
+
+    async fn send(&self, update: Update) -> Result<(), Gone> {
+        let msg = rp::LeaderUpdate {
+            term: self.leader.term,
+            update: Some(update),
+        };
+        self.tx.send(Ok(msg)).await.map_err(|_| Gone)
+    }
+
+    /// Answers the follower's first report: deletions and cuts.
+    async fn handshake(&mut self, first: rp::FollowerReport) -> Result<(), Gone> {
+        for p in first.positions {
+            let topic = self.leader.topics.get(&p.topic);
+            let Some(t) = topic.filter(|t| t.meta().epoch == p.epoch) else {
+                info!(follower = %self.follower, topic = %p.topic, "follower holds a topic this leader does not (or another epoch): delete");
+                self.send(Update::Deleted(p.topic)).await?;
+                continue;
+            };
+            let theirs = TermHistory::from_entries(p.terms.iter().map(term_start).collect())
+                .unwrap_or_else(|_| TermHistory::starting(0));
+            let cut = divergence(&t.terms(), t.log().durable_offset(), &theirs, p.next_offset);
+            if cut < p.next_offset {
+                info!(follower = %self.follower, topic = %p.topic, from = cut, follower_end = p.next_offset, "follower holds frames this leader lacks: cut");
+                self.send(Update::Cut(rp::ReplicaCut {
+                    topic: p.topic.clone(),
+                    offset: cut,
+                }))
+                .await?;
+            }
+            self.leader.reported(&self.follower, &p.topic, cut);
+            self.positions.insert(
+                p.topic,
+                Shipped {
+                    epoch: p.epoch,
+                    next: cut,
+                    commit: None,
+                    announced: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Brings the follower's set of topics in line with this node's: deletes what went,
+    /// announces what is new (or re-created), and ships and commits what is pending.
+    async fn rescan(&mut self) -> Result<(), Gone> {
+        let now: HashMap<String, Arc<Topic>> = self
+            .leader
+            .topics
+            .list()
+            .into_iter()
+            .map(|t| (t.name().to_string(), t))
+            .collect();
+        let gone: Vec<String> = self
+            .positions
+            .iter()
+            .filter(|(name, s)| now.get(*name).is_none_or(|t| t.meta().epoch != s.epoch))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.positions.remove(&name);
+            self.dirty.remove(&name);
+            if !now.contains_key(&name) {
+                self.leader.insync.lock().remove_topic(&name);
+            }
+            self.send(Update::Deleted(name)).await?;
+        }
+        for (name, t) in &now {
+            let s = self.positions.entry(name.clone()).or_insert(Shipped {
+                epoch: t.meta().epoch,
+                next: 0,
+                commit: None,
+                announced: false,
+            });
+            if !s.announced {
+                s.announced = true;
+                self.send(Update::Topic(replica_topic(t))).await?;
+            }
+            self.mark(t);
+            self.send_commit(t).await?;
+        }
+        Ok(())
+    }
+
+    /// Notes that `topic` may have records to ship.
+    fn mark(&mut self, topic: &Topic) {
+        if let Some(s) = self.positions.get(topic.name()) {
+            if s.next < topic.log().durable_offset() {
+                self.dirty.insert(topic.name().to_string());
+            }
+        }
+    }
+
+    /// The next batch of records of the first dirty topic.
+    fn next_records(&mut self) -> Result<Option<rp::LeaderUpdate>, Gone> {
+        let Some(name) = self.dirty.pop_first() else {
+            return Ok(None);
+        };
+        let (Some(t), Some(s)) = (
+            self.leader.topics.get(&name),
+            self.positions.get(&name).copied(),
+        ) else {
+            return Ok(None);
+        };
+        if t.meta().epoch != s.epoch {
+            return Ok(None);
+        }
+        let (records, next) = match t.log().read_records(s.next, MAX_RECORDS_BYTES) {
+            Ok(r) => r,
+            Err(wal::Error::OutOfRange { first, .. }) => {
+                // Retention removed what this follower needs next. Restarting a copy past
+                // the leader's first offset is not built yet: the follower stays behind in
+                // this topic (and out of the in-sync set).
+                warn!(follower = %self.follower, topic = %name, from = s.next, first, "follower needs frames retention removed; this topic is not copied");
+                return Ok(None);
+            }
+            Err(e) => {
+                warn!(follower = %self.follower, topic = %name, error = %e, "cannot read records to ship");
+                return Err(Gone);
+            }
+        };
+        let durable = t.log().durable_offset();
+        if let Some(p) = self.positions.get_mut(&name) {
+            p.next = next;
+        }
+        if next < durable {
+            self.dirty.insert(name.clone());
+        }
+        self.leader.insync.lock().sent(
+            &self.follower,
+            &name,
+            next,
+            next >= durable,
+            Instant::now(),
+        );
+        Ok(Some(rp::LeaderUpdate {
+            term: self.leader.term,
+            update: Some(Update::Records(rp::ReplicaRecords {
+                topic: name,
+                epoch: s.epoch,
+                records,
+            })),
+        }))
+    }
+
+    /// Sends `topic`'s commit point if it moved since last sent.
+    async fn send_commit(&mut self, topic: &Topic) -> Result<(), Gone> {
+        let commit = topic.visible_offset();
+        let Some(s) = self.positions.get_mut(topic.name()) else {
+            return Ok(());
+        };
+        if s.epoch != topic.meta().epoch || s.commit == Some(commit) {
+            return Ok(());
+        }
+        s.commit = Some(commit);
+        self.send(Update::Commit(rp::ReplicaCommit {
+            topic: topic.name().to_string(),
+            offset: commit,
+        }))
+        .await
+    }
+
+    fn apply_report(&mut self, report: rp::FollowerReport) -> Result<(), Gone> {
+        if report.term != self.leader.term {
+            warn!(follower = %self.follower, term = report.term, "follower reports another term; ending its stream");
+            return Err(Gone);
+        }
+        for p in report.positions {
+            let same = self
+                .positions
+                .get(&p.topic)
+                .is_some_and(|s| s.epoch == p.epoch);
+            if same {
+                self.leader
+                    .reported(&self.follower, &p.topic, p.next_offset);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn term_start(t: &rp::TermStart) -> TermStart {
+    TermStart {
+        term: t.term,
+        start: t.start,
+    }
+}
+
+/// A term history as sent.
+pub fn wire_terms(h: &TermHistory) -> Vec<rp::TermStart> {
+    h.entries()
+        .iter()
+        .map(|e| rp::TermStart {
+            term: e.term,
+            start: e.start,
+        })
+        .collect()
+}
+
+/// A term history as received, checked.
+pub fn from_wire_terms(terms: &[rp::TermStart]) -> crate::broker::error::Result<TermHistory> {
+    TermHistory::from_entries(terms.iter().map(term_start).collect())
+}
+
+fn replica_topic(t: &Topic) -> rp::ReplicaTopic {
+    let m = t.meta();
+    rp::ReplicaTopic {
+        name: t.name().to_string(),
+        epoch: m.epoch,
+        retention_max_age_seconds: m.retention_max_age_seconds,
+        retention_max_bytes: m.retention_max_bytes,
+        first_offset: t.log().stats().first_offset,
+        terms: wire_terms(&t.terms()),
+    }
+}
