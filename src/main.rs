@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use framecast::cluster::node::ClusterConfig;
 use framecast::server::config::{parse_bytes, parse_duration, MaintenanceConfig};
 use framecast::server::{Http2Limits, ServerConfig, TlsFiles};
 use framecast::wal::{
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish frames from arguments, a file, or one per stdin line.
     Publish(cli::publish::PublishArgs),
     /// Print frames of a topic: history from --from, then live; reconnects on its own.
@@ -183,6 +184,32 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_client_ca: Option<PathBuf>,
+    /// Run as a node of a cluster coordinated through these etcd endpoints
+    /// (`http://host:2379`, comma-separated). Without it the server is a single node.
+    #[arg(long, env = "FRAMECAST_CLUSTER_ETCD", value_delimiter = ',', value_name = "URL", requires_all = ["node_id", "advertise"])]
+    cluster_etcd: Vec<String>,
+    /// This node's id in the cluster (unique; stable across restarts).
+    #[arg(long, env = "FRAMECAST_NODE_ID")]
+    node_id: Option<String>,
+    /// The gRPC address (HOST:PORT) clients and the other nodes reach this node at.
+    #[arg(long, env = "FRAMECAST_ADVERTISE")]
+    advertise: Option<String>,
+    /// The HTTP door's URL other nodes and clients are told (`http://host:7071`).
+    #[arg(long, env = "FRAMECAST_ADVERTISE_HTTP", default_value = "")]
+    advertise_http: String,
+    /// The cluster's name: its keys live under /framecast/<name>/ in etcd.
+    #[arg(long, env = "FRAMECAST_CLUSTER", default_value = "framecast")]
+    cluster: String,
+    /// Writes are refused (UNAVAILABLE) while fewer members are in sync.
+    #[arg(long, env = "FRAMECAST_MIN_INSYNC", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    min_insync: u64,
+    /// The node's etcd lease: a node silent this long leaves the cluster (a leader stops
+    /// acknowledging before it lapses). etcd's minimum is 2s.
+    #[arg(long, env = "FRAMECAST_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// How long a follower may stay behind the leader and remain in sync.
+    #[arg(long, env = "FRAMECAST_REPLICA_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
+    replica_max_lag: std::time::Duration,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
     /// a flag beats its FRAMECAST_<FLAG> environment variable, which beats the file.
     #[arg(long, env = "FRAMECAST_CONFIG")]
@@ -373,6 +400,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         metrics_public: args.metrics_public,
         cors_origins: args.cors_origins,
         metrics_max_topics: args.metrics_max_topics,
+        cluster: (!args.cluster_etcd.is_empty()).then(|| ClusterConfig {
+            etcd: args.cluster_etcd.clone(),
+            cluster: args.cluster.clone(),
+            node_id: args.node_id.clone().unwrap_or_default(),
+            advertise: args.advertise.clone().unwrap_or_default(),
+            advertise_http: args.advertise_http.clone(),
+            min_insync: usize::try_from(args.min_insync).unwrap_or(usize::MAX),
+            lease_ttl: args.lease_ttl,
+            replica_max_lag: args.replica_max_lag,
+        }),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
@@ -478,7 +515,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(raw);
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Compact { data_dir, topic } => {
             init_tracing();
             match framecast::server::compact_offline(&data_dir, topic.as_deref()) {

@@ -98,6 +98,7 @@ impl Broker {
         for name in &topics {
             may_publish(who, name)?;
         }
+        self.cluster_view().check_writable()?;
         self.payload_fits(r.payload.len() as u64)?;
         let mut frame = NewFrame {
             seq_no: r.seq_no,

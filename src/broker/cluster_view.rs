@@ -101,12 +101,38 @@ struct Inner {
     topics: Arc<Topics>,
     this: ThisNode,
     latest: watch::Sender<Latest>,
+    /// Why this node, though it leads, cannot acknowledge writes now (`None`: it can).
+    refusal: parking_lot::RwLock<Option<String>>,
+    /// The instant past which this leader must not acknowledge (its lease may have
+    /// lapsed), unless the cluster layer moves it on: checked at every write and ack, so a
+    /// process resumed after a pause refuses before any task has run.
+    deadline: parking_lot::RwLock<Option<std::time::Instant>>,
 }
 
 impl ClusterView {
     /// The view of a node that runs alone (no `--cluster-etcd`), over its `topics`.
     pub fn single_node(topics: Arc<Topics>, this: ThisNode) -> ClusterView {
         let membership = Membership::single(&this);
+        ClusterView::with(topics, this, membership)
+    }
+
+    /// The view of a cluster node before it knows the cluster: no leader yet, not in sync,
+    /// not registered. It refuses writes until the cluster layer announces it leads.
+    pub fn cluster_node(topics: Arc<Topics>, this: ThisNode) -> ClusterView {
+        let membership = Membership {
+            term: 0,
+            leader: String::new(),
+            this: Roles {
+                leader: false,
+                in_sync: false,
+                online: false,
+            },
+            others: Vec::new(),
+        };
+        ClusterView::with(topics, this, membership)
+    }
+
+    fn with(topics: Arc<Topics>, this: ThisNode, membership: Membership) -> ClusterView {
         ClusterView {
             inner: Arc::new(Inner {
                 topics,
@@ -115,7 +141,49 @@ impl ClusterView {
                     membership,
                     change: None,
                 }),
+                refusal: parking_lot::RwLock::new(None),
+                deadline: parking_lot::RwLock::new(None),
             }),
+        }
+    }
+
+    /// Whether this node may take a write now: it must lead ([`Error::NotLeader`] with the
+    /// leader's address otherwise) and be able to acknowledge ([`Error::NotWritable`]).
+    pub fn check_writable(&self) -> Result<()> {
+        {
+            let latest = self.inner.latest.borrow();
+            if !latest.membership.this.leader {
+                return Err(Error::NotLeader {
+                    leader: latest.membership.leader.clone(),
+                });
+            }
+        }
+        if let Some(why) = &*self.inner.refusal.read() {
+            return Err(Error::NotWritable(why.clone()));
+        }
+        match *self.inner.deadline.read() {
+            Some(d) if std::time::Instant::now() >= d => Err(Error::NotWritable(
+                "this node's etcd lease may have lapsed: not acknowledging writes".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the instant past which this node refuses writes (`None`: no limit).
+    pub fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        *self.inner.deadline.write() = deadline;
+    }
+
+    /// Sets why this node, though it leads, refuses writes (`None`: it takes them).
+    pub fn set_refusal(&self, why: Option<String>) {
+        let mut r = self.inner.refusal.write();
+        if *r != why {
+            if let Some(w) = &why {
+                tracing::warn!(reason = %w, "refusing writes");
+            } else if r.is_some() {
+                tracing::info!("taking writes again");
+            }
+            *r = why;
         }
     }
 

@@ -241,6 +241,7 @@ impl Broker {
         cause: Cause,
         received: Instant,
     ) -> Result<Pending> {
+        self.cluster.check_writable()?;
         let topic = self.topics.get_or_create(topic, cause).await?;
         let rx = topic
             .log()
@@ -265,6 +266,8 @@ impl Broker {
             .map_err(|_| append_error(&topic, wal::Error::Unavailable("log closed".into())))
             .and_then(|r| r.map_err(|e| append_error(&topic, e)));
         let appended = self.counted(appended)?;
+        let committed = self.committed(&topic, &appended).await;
+        self.counted(committed)?;
         let (mut frames, mut bytes) = (0, 0);
         for a in appended.iter().filter(|a| !a.duplicate) {
             frames += 1;
@@ -338,6 +341,7 @@ impl Broker {
         let created = async {
             self.check_running()?;
             must_be_admin(who, "create topics")?;
+            self.cluster.check_writable()?;
             let (topic, _) = self
                 .topics
                 .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
@@ -352,6 +356,7 @@ impl Broker {
         let deleted = async {
             self.check_running()?;
             must_be_admin(who, "delete topics")?;
+            self.cluster.check_writable()?;
             self.topics.delete(name).await
         };
         self.counted(deleted.await)
@@ -436,8 +441,42 @@ impl Broker {
                 // Epochs are never 0: the topic does not exist.
                 current: 0,
             }),
+            // Only a node that takes writes creates topics (a follower's would diverge).
+            (None, _) if self.cluster.check_writable().is_err() => {
+                Err(Error::TopicNotFound(name.to_string()))
+            }
             (None, _) => self.topics.get_or_create(name, Cause::Subscribe).await,
         }
+    }
+
+    /// Waits until the frames acknowledged as `appended` of `topic` are committed: at once
+    /// on a single node (durable is committed), on a cluster node once every in-sync member
+    /// holds them. Checks again then that this node may still acknowledge (a leader whose
+    /// lease may have lapsed must not).
+    async fn committed(&self, topic: &Topic, appended: &[wal::Appended]) -> Result<()> {
+        if !topic.is_replicated() {
+            return Ok(());
+        }
+        let Some(need) = appended.iter().map(|a| a.offset + 1).max() else {
+            return Ok(());
+        };
+        let mut visible = topic.watch_visible();
+        let mut ended = topic.watch_ended();
+        let mut shutdown = self.shutdown.clone();
+        while topic.visible_offset() < need {
+            tokio::select! {
+                changed = visible.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::NotWritable("the topic was closed before its frames were committed".into()));
+                    }
+                }
+                _ = ended.changed() => {
+                    return Err(Error::NotWritable("the topic was closed before its frames were committed".into()));
+                }
+                _ = shutdown.wait() => return Err(Error::ShuttingDown),
+            }
+        }
+        self.cluster.check_writable()
     }
 }
 

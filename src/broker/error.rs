@@ -56,6 +56,18 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
+    /// A write reached a cluster node that does not lead; `leader` is the leader's
+    /// advertised address (`""` while there is none). UNAVAILABLE, with the trailer
+    /// `framecast-leader` (HTTP: the `Framecast-Leader` header).
+    #[error("not the leader{}", if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
+    NotLeader {
+        /// The leader's address, or `""`.
+        leader: String,
+    },
+    /// The cluster cannot acknowledge writes now (too few in-sync members, or the leader's
+    /// lease may have lapsed): UNAVAILABLE, nothing was written.
+    #[error("{0}")]
+    NotWritable(String),
     /// A storage error.
     #[error(transparent)]
     Wal(#[from] wal::Error),
@@ -112,7 +124,10 @@ impl Error {
             Error::TooManySubscribers(_) => Code::ResourceExhausted,
             Error::Unauthenticated(_) | Error::TokenExpired => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ShuttingDown | Error::Starting => Code::Unavailable,
+            Error::ShuttingDown
+            | Error::Starting
+            | Error::NotLeader { .. }
+            | Error::NotWritable(_) => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
             Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
             Error::Wal(w) => match w {

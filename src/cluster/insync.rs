@@ -167,6 +167,13 @@ impl InSync {
         }
     }
 
+    /// `follower` opened its stream (as of `now`): known from now on, even before it reports
+    /// any topic, so that a follower of a leader without topics can be in sync.
+    pub fn connected(&mut self, follower: &str, now: Instant) {
+        let f = self.positions.entry(follower.to_string()).or_default();
+        f.first_seen.get_or_insert(now);
+    }
+
     /// Forgets a follower's positions (its stream ended); it stays in the set until dropped.
     pub fn forget_follower(&mut self, follower: &str) {
         self.positions.remove(follower);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -43,6 +43,8 @@ pub struct Leader {
     node_id: String,
     term: u64,
     insync: Mutex<InSync>,
+    /// Set when this node stops leading: every session and the commit task end.
+    stopped: watch::Sender<bool>,
 }
 
 impl Leader {
@@ -66,6 +68,7 @@ impl Leader {
             node_id: node_id.to_string(),
             term,
             insync: Mutex::new(insync),
+            stopped: watch::Sender::new(false),
         });
         info!(node_id, term, insync = ?leader.insync.lock().set(), "leading");
         Ok(leader)
@@ -81,17 +84,59 @@ impl Leader {
         self.insync.lock().set()
     }
 
-    /// Moves commit points with this node's own durable ends, until the registry is gone:
+    /// Ends the leadership: every follower's stream and the commit task end.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Resolves once [`Leader::stop`] was called.
+    async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Moves commit points with this node's own durable ends, until the leadership ends:
     /// with no other member in sync, a frame is committed once durable here.
     pub async fn run_commits(self: Arc<Self>) {
         let mut watches = TopicWatches::new(Arc::clone(&self.topics), &[Kind::Durable]);
         self.own_ends(self.topics.list());
+        let stopped = self.stopped();
+        tokio::pin!(stopped);
         loop {
-            match watches.next().await {
-                Change::Roster => self.own_ends(self.topics.list()),
-                Change::Topic(_, topic) => self.own_ends(vec![topic]),
+            tokio::select! {
+                _ = &mut stopped => return,
+                change = watches.next() => match change {
+                    Change::Roster => self.own_ends(self.topics.list()),
+                    Change::Topic(_, topic) => self.own_ends(vec![topic]),
+                },
             }
         }
+    }
+
+    /// Members to drop from the in-sync set now: offline (`online` says who is not) or
+    /// lagging past the limit.
+    pub fn laggards(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
+        self.insync.lock().laggards(online, Instant::now())
+    }
+
+    /// Followers outside the set that have caught up.
+    pub fn caught_up(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
+        self.insync.lock().caught_up(online, Instant::now())
+    }
+
+    /// Drops `member` from the in-sync set (after etcd says so): commit points may move.
+    pub fn drop_member(&self, member: &str) {
+        let moved = self.insync.lock().drop_member(member);
+        for (topic, commit) in moved {
+            if let Some(t) = self.topics.get(&topic) {
+                t.advance_commit(commit);
+            }
+        }
+    }
+
+    /// Adds `member` to the in-sync set (after etcd says so).
+    pub fn add_member(&self, member: &str) {
+        self.insync.lock().add_member(member);
     }
 
     fn own_ends(&self, topics: Vec<Arc<Topic>>) {
@@ -129,6 +174,15 @@ impl Leader {
 #[derive(Debug, Clone)]
 pub struct LeaderService {
     leader: Arc<Leader>,
+}
+
+impl LeaderService {
+    /// The service of `leader`.
+    pub fn of(leader: &Arc<Leader>) -> LeaderService {
+        LeaderService {
+            leader: Arc::clone(leader),
+        }
+    }
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<rp::LeaderUpdate, Status>> + Send>>;
@@ -207,6 +261,7 @@ impl Session {
             &[Kind::Durable, Kind::Visible],
         );
         let tx = self.tx.clone();
+        let leader = Arc::clone(&self.leader);
         let ended = async {
             self.handshake(first).await?;
             self.rescan().await?;
@@ -234,7 +289,10 @@ impl Session {
                 }
             }
         };
-        let _ = ended.await;
+        tokio::select! {
+            _ = ended => {}
+            _ = leader.stopped() => {}
+        }
         self.leader.insync.lock().forget_follower(&follower);
         info!(follower = %follower, "follower disconnected");
     }
@@ -249,6 +307,10 @@ impl Session {
 
     /// Answers the follower's first report: deletions and cuts.
     async fn handshake(&mut self, first: rp::FollowerReport) -> Result<(), Gone> {
+        self.leader
+            .insync
+            .lock()
+            .connected(&self.follower, Instant::now());
         for p in first.positions {
             let topic = self.leader.topics.get(&p.topic);
             let Some(t) = topic.filter(|t| t.meta().epoch == p.epoch) else {

@@ -12,6 +12,9 @@
 //!   and commit points, and the commit points its reports make.
 //! - [`follower`]: the follower's side: one `Follow` stream applied in order, records
 //!   appended byte for byte, its durable end reported.
+//! - [`node`]: a node's life with `--cluster-etcd`: registered under a lease, following the
+//!   elected leader, campaigning while in sync, leading (the in-sync set kept in etcd,
+//!   writes refused below `--min-insync` or near the lease's end).
 //! - [`watches`]: waiting on every topic's frontiers at once.
 //! - `replication_proto`: the generated stubs of `proto/replication.proto`.
 //! - [`membership`]: this node's registration under its lease and the live map of every
@@ -24,5 +27,6 @@ pub mod follower;
 pub mod insync;
 pub mod leader;
 pub mod membership;
+pub mod node;
 pub mod replication_proto;
 pub mod watches;

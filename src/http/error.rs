@@ -52,6 +52,13 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Error::NotLeader { leader } = &self.0 {
+            if let Ok(v) = HeaderValue::from_str(leader) {
+                if !leader.is_empty() {
+                    resp.headers_mut().insert("framecast-leader", v);
+                }
+            }
+        }
         resp
     }
 }

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub metrics_max_topics: usize,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on the listeners; `None`: plaintext.
     pub tls: Option<TlsFiles>,
+    /// `--cluster-etcd` and the other cluster flags; `None`: a single node.
+    pub cluster: Option<crate::cluster::node::ClusterConfig>,
 }
 
 /// HTTP/2 limits of every connection: they bound what a connection can make the server
@@ -90,6 +92,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             metrics_max_topics: crate::broker::metrics::DEFAULT_MAX_TOPICS,
             tls: None,
+            cluster: None,
         }
     }
 }

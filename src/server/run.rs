@@ -188,13 +188,15 @@ pub async fn run(
     log_config.sync_observer = Some(SyncObserver(Arc::new(move |d| observed.observe_fsync(d))));
     let (data_dir, auto) = (config.data_dir.clone(), config.auto_create_topics);
     let opened = Arc::clone(&metrics);
-    let topics =
-        tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_config, auto, opened))
-            .await
-            .map_err(|e| Error::Metadata {
-                path: "topics".into(),
-                reason: e.to_string(),
-            })??;
+    let replicated = config.cluster.is_some();
+    let topics = tokio::task::spawn_blocking(move || {
+        Topics::open_with(&data_dir, log_config, auto, opened, replicated)
+    })
+    .await
+    .map_err(|e| Error::Metadata {
+        path: "topics".into(),
+        reason: e.to_string(),
+    })??;
     let topics = Arc::new(topics);
     // From here on frames are written under this run's policy: remember it for the next
     // recovery (see `last_fsync`).
@@ -214,8 +216,18 @@ pub async fn run(
         shutdown.clone(),
     ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
-    let cluster =
-        ClusterView::single_node(Arc::clone(&topics), this_node(&config, &listener, &http)?);
+    let this = this_node(&config, &listener, &http)?;
+    let (cluster, replication) = match &config.cluster {
+        None => (ClusterView::single_node(Arc::clone(&topics), this), None),
+        Some(c) => {
+            let view = ClusterView::cluster_node(Arc::clone(&topics), this);
+            let (service, _life) =
+                crate::cluster::node::start(c.clone(), Arc::clone(&topics), view.clone())
+                    .await
+                    .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
+            (view, Some(service))
+        }
+    };
     let broker = Broker::new(
         Arc::clone(&topics),
         shutdown.clone(),
@@ -293,6 +305,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
+        .add_optional_service(replication)
         // TcpIncoming, not a bare listener stream: with a caller-supplied incoming stream tonic
         // ignores `.tcp_nodelay(true)`, and Nagle's algorithm then holds small acks and frames
         // back for up to 40 ms (a delayed-ACK round): pipelined publishing ran 2-3x slower.
@@ -401,6 +414,13 @@ fn this_node(
     } else {
         "http"
     };
+    if let Some(c) = &config.cluster {
+        return Ok(ThisNode {
+            id: c.node_id.clone(),
+            address: c.advertise.clone(),
+            http_address: c.advertise_http.clone(),
+        });
+    }
     Ok(ThisNode {
         id: STANDALONE_NODE_ID.to_string(),
         address: address.to_string(),

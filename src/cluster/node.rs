@@ -1,0 +1,569 @@
+//! A cluster node's life (`serve --cluster-etcd`): it registers under a lease, follows
+//! whoever leads, campaigns while it is in the in-sync set, and when elected leads: it
+//! serves the `Follow` streams, keeps the in-sync set in etcd (fenced by its leader key),
+//! and refuses writes while the set is smaller than `--min-insync` or its lease may lapse.
+//!
+//! etcd is touched on membership, election and in-sync changes only, never per publish.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::etcd::{Etcd, EtcdError, LeaderKey, LeaseKeeper, WatchEvent};
+use super::follower::follow;
+use super::leader::{Leader, LeaderService, MAX_RECORDS_BYTES};
+use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
+use super::replication_proto as rp;
+use crate::broker::cluster_view::{ClusterView, Membership as ViewMembership, Roles};
+use crate::broker::topics::Topics;
+use crate::proto::{self, cluster_event::Kind};
+
+/// The cluster flags of `serve`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `--cluster-etcd`: etcd endpoints (`http://host:port`).
+    pub etcd: Vec<String>,
+    /// `--cluster`: the cluster's name; its keys live under `/framecast/<name>/`.
+    pub cluster: String,
+    /// `--node-id`.
+    pub node_id: String,
+    /// `--advertise`: the gRPC address clients and peers reach this node at.
+    pub advertise: String,
+    /// `--advertise-http`: the HTTP door's URL, or `""`.
+    pub advertise_http: String,
+    /// `--min-insync`: writes are refused while fewer members are in sync.
+    pub min_insync: usize,
+    /// `--lease-ttl`: how long a silent node stays registered (and a leader leads).
+    pub lease_ttl: Duration,
+    /// `--replica-max-lag`: how long a follower may stay behind and still be in sync.
+    pub replica_max_lag: Duration,
+}
+
+/// What a cluster node could not do at start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// etcd failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// Registration failed (a duplicate node id, say).
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+}
+
+/// The in-sync set as the leader keeps it in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InSyncRecord {
+    /// The term of the leader that wrote it.
+    pub term: u64,
+    /// The members, the leader included.
+    pub members: Vec<String>,
+}
+
+/// The `Replication` service every cluster node serves: the leader's `Follow`, or
+/// `UNAVAILABLE` with the leader's address on any other node.
+#[derive(Debug, Clone)]
+pub struct ReplicationDoor {
+    leader: watch::Receiver<Option<Arc<Leader>>>,
+    view: ClusterView,
+}
+
+#[tonic::async_trait]
+impl rp::replication_server::Replication for ReplicationDoor {
+    type FollowStream = <LeaderService as rp::replication_server::Replication>::FollowStream;
+
+    async fn follow(
+        &self,
+        request: Request<Streaming<rp::FollowerReport>>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let leader = self.leader.borrow().clone();
+        match leader {
+            Some(l) => {
+                rp::replication_server::Replication::follow(&LeaderService::of(&l), request).await
+            }
+            None => Err(Status::unavailable(format!(
+                "not the leader (the leader is '{}')",
+                self.view.membership().leader
+            ))),
+        }
+    }
+}
+
+/// A running cluster node.
+struct Node {
+    config: ClusterConfig,
+    etcd: Etcd,
+    topics: Arc<Topics>,
+    view: ClusterView,
+    membership: Membership,
+    keeper: Mutex<LeaseKeeper>,
+    door: watch::Sender<Option<Arc<Leader>>>,
+    /// What this node believes: the term, the leader's id, the in-sync set.
+    state: Mutex<Believed>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Believed {
+    term: u64,
+    leader: String,
+    insync: Vec<String>,
+}
+
+/// Joins the cluster and starts the node's life in the background. Returns the
+/// `Replication` service to serve beside `Broadcast`, and the task.
+pub async fn start(
+    config: ClusterConfig,
+    topics: Arc<Topics>,
+    view: ClusterView,
+) -> Result<
+    (
+        rp::replication_server::ReplicationServer<ReplicationDoor>,
+        JoinHandle<()>,
+    ),
+    NodeError,
+> {
+    let etcd = Etcd::connect(&config.etcd, Duration::from_secs(2)).await?;
+    let lease = etcd.grant_lease(config.lease_ttl).await?;
+    let keeper = etcd.keep_alive(lease, config.lease_ttl).await?;
+    let me = NodeRecord {
+        id: config.node_id.clone(),
+        address: config.advertise.clone(),
+        http_address: config.advertise_http.clone(),
+    };
+    let membership = Membership::join(&etcd, &config.cluster, me, lease).await?;
+    let (door, rx) = watch::channel(None);
+    let node = Arc::new(Node {
+        config,
+        etcd,
+        topics,
+        view: view.clone(),
+        membership,
+        keeper: Mutex::new(keeper),
+        door,
+        state: Mutex::new(Believed::default()),
+    });
+    node.announce(Kind::NodeOnline, &node.config.node_id.clone());
+    let service =
+        rp::replication_server::ReplicationServer::new(ReplicationDoor { leader: rx, view })
+            .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
+            .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
+    tokio::spawn(Arc::clone(&node).watch_members());
+    tokio::spawn(Arc::clone(&node).watch_insync());
+    let task = tokio::spawn(node.run());
+    Ok((service, task))
+}
+
+impl Node {
+    fn election(&self) -> String {
+        format!("/framecast/{}/election", self.config.cluster)
+    }
+
+    fn insync_key(&self) -> String {
+        format!("/framecast/{}/isr", self.config.cluster)
+    }
+
+    fn me(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Follows, campaigns, leads; forever.
+    async fn run(self: Arc<Self>) {
+        loop {
+            self.renew_lease_if_lost().await;
+            let following = tokio::spawn(Arc::clone(&self).follow_leaders());
+            let won = self.campaign().await;
+            following.abort();
+            let _ = following.await;
+            match won {
+                Ok(key) => self.lead(key).await,
+                Err(e) => {
+                    warn!(error = %e, "campaign failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// A lost lease (this node was paused or cut off from etcd past its TTL) is replaced
+    /// and the node registers again.
+    async fn renew_lease_if_lost(&self) {
+        loop {
+            if !self.keeper.lock().state().borrow().lost {
+                return;
+            }
+            warn!(
+                node = self.me(),
+                "lease lost; registering again under a new lease"
+            );
+            let renewed = async {
+                let lease = self.etcd.grant_lease(self.config.lease_ttl).await?;
+                let keeper = self.etcd.keep_alive(lease, self.config.lease_ttl).await?;
+                self.membership.rejoin(lease).await?;
+                Ok::<_, NodeError>(keeper)
+            };
+            match renewed.await {
+                Ok(keeper) => {
+                    *self.keeper.lock() = keeper;
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot register again; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until this node may campaign (it is in the in-sync set, or there is none yet)
+    /// and campaigns; returns once elected.
+    async fn campaign(&self) -> Result<LeaderKey, EtcdError> {
+        loop {
+            let record = self.read_insync().await?;
+            if record
+                .as_ref()
+                .is_none_or(|r| r.members.iter().any(|m| m == self.me()))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let lease = self.keeper.lock().lease();
+        self.etcd
+            .campaign(&self.election(), lease, self.me().as_bytes().to_vec())
+            .await
+    }
+
+    async fn read_insync(&self) -> Result<Option<InSyncRecord>, EtcdError> {
+        Ok(self
+            .etcd
+            .get(&self.insync_key())
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    /// Follows each leader the election names, until aborted.
+    async fn follow_leaders(self: Arc<Self>) {
+        let mut following: Option<(String, u64, JoinHandle<()>)> = None;
+        loop {
+            let mut observed = self.etcd.observe(&self.election());
+            while let Some(next) = observed.next().await {
+                let kv = match next {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        warn!(error = %e, "observing the election failed");
+                        break;
+                    }
+                };
+                let id = String::from_utf8_lossy(&kv.value).into_owned();
+                let term = u64::try_from(kv.create_revision).unwrap_or(0);
+                if id == self.me() {
+                    continue;
+                }
+                if following
+                    .as_ref()
+                    .is_some_and(|(i, t, _)| *i == id && *t == term)
+                {
+                    continue;
+                }
+                if let Some((_, _, task)) = following.take() {
+                    task.abort();
+                }
+                info!(leader = %id, term, "following a new leader");
+                {
+                    let mut s = self.state.lock();
+                    s.term = term;
+                    s.leader = id.clone();
+                }
+                self.announce(Kind::LeaderChanged, &id);
+                let task = tokio::spawn(Arc::clone(&self).follow_one(id.clone(), term));
+                following = Some((id, term, task));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Follows leader `id` of `term`, reconnecting, until aborted.
+    async fn follow_one(self: Arc<Self>, id: String, term: u64) {
+        loop {
+            let address = self
+                .membership
+                .nodes()
+                .borrow()
+                .get(&id)
+                .map(|n| n.address.clone());
+            let Some(address) = address else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let channel = match Endpoint::from_shared(format!("http://{address}")) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect().await,
+                Err(e) => {
+                    warn!(leader = %id, %address, error = %e, "invalid leader address");
+                    return;
+                }
+            };
+            match channel {
+                Ok(ch) => match follow(Arc::clone(&self.topics), ch, self.me(), term).await {
+                    Ok(()) => {}
+                    Err(e) => warn!(leader = %id, term, error = %e, "following stopped"),
+                },
+                Err(e) => warn!(leader = %id, %address, error = %e, "cannot reach the leader"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Leads the term `key` won, until the leadership is lost.
+    async fn lead(&self, key: LeaderKey) {
+        let term = u64::try_from(key.rev).unwrap_or(0);
+        let record = match self.read_insync().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the in-sync set; resigning");
+                let _ = self.etcd.resign(&key).await;
+                return;
+            }
+        };
+        if let Some(r) = &record {
+            if !r.members.iter().any(|m| m == self.me()) {
+                info!(term, members = ?r.members, "elected but no longer in sync; resigning");
+                let _ = self.etcd.resign(&key).await;
+                return;
+            }
+        }
+        let members: Vec<String> = record.map(|r| r.members).unwrap_or_default();
+        let leader = match Leader::start(
+            Arc::clone(&self.topics),
+            self.me(),
+            term,
+            members.clone(),
+            self.config.replica_max_lag,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot take the lead; resigning");
+                let _ = self.etcd.resign(&key).await;
+                return;
+            }
+        };
+        if !self.write_insync(&key, term, leader.insync_set()).await {
+            leader.stop();
+            let _ = self.etcd.resign(&key).await;
+            return;
+        }
+        {
+            let mut s = self.state.lock();
+            s.term = term;
+            s.leader = self.me().to_string();
+        }
+        self.door.send_replace(Some(Arc::clone(&leader)));
+        let commits = tokio::spawn(Arc::clone(&leader).run_commits());
+        self.view.set_refusal(None);
+        self.refuse_unless_writable(&leader, Instant::now());
+        self.announce(Kind::LeaderChanged, self.me());
+        info!(term, insync = ?leader.insync_set(), "leading");
+
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let lost = self.keeper.lock().state().borrow().lost;
+            if lost {
+                warn!(term, "lease lost: stepping down");
+                break;
+            }
+            self.refuse_unless_writable(&leader, Instant::now());
+            let online = |id: &str| self.membership.is_online(id);
+            let mut deposed = false;
+            for m in leader.laggards(&online) {
+                let set: Vec<String> = leader
+                    .insync_set()
+                    .into_iter()
+                    .filter(|x| *x != m)
+                    .collect();
+                if self.write_insync(&key, term, set).await {
+                    info!(term, member = %m, "dropped from the in-sync set");
+                    leader.drop_member(&m);
+                } else {
+                    deposed = true;
+                    break;
+                }
+            }
+            for m in leader.caught_up(&online) {
+                let mut set = leader.insync_set();
+                set.push(m.clone());
+                if self.write_insync(&key, term, set).await {
+                    info!(term, member = %m, "added to the in-sync set");
+                    leader.add_member(&m);
+                } else {
+                    deposed = true;
+                    break;
+                }
+            }
+            if deposed {
+                warn!(term, "no longer the leader in etcd: stepping down");
+                break;
+            }
+            self.refuse_unless_writable(&leader, Instant::now());
+        }
+        self.view.set_refusal(Some("stepping down".into()));
+        self.door.send_replace(None);
+        leader.stop();
+        commits.abort();
+        {
+            let mut s = self.state.lock();
+            s.leader = String::new();
+        }
+        self.announce(Kind::LeaderChanged, "");
+        self.view.set_refusal(None);
+        let _ = self.etcd.resign(&key).await;
+    }
+
+    /// Refuses writes while too few members are in sync or the lease may lapse soon.
+    fn refuse_unless_writable(&self, leader: &Leader, now: Instant) {
+        let set = leader.insync_set();
+        let valid_until = self.keeper.lock().valid_until().into_std();
+        // Renewals come every third of the TTL: a lease with less than a third left has
+        // missed one; stop acknowledging before it can lapse.
+        let margin = self.config.lease_ttl / 3;
+        let why = if valid_until.saturating_duration_since(now) < margin {
+            Some("this node's etcd lease may lapse: not acknowledging writes".to_string())
+        } else if set.len() < self.config.min_insync {
+            Some(format!(
+                "the in-sync set has {} of the {} members --min-insync requires ({})",
+                set.len(),
+                self.config.min_insync,
+                set.join(", ")
+            ))
+        } else {
+            None
+        };
+        self.view.set_refusal(why);
+        self.view
+            .set_deadline(Some(valid_until.checked_sub(margin).unwrap_or(now)));
+    }
+
+    /// Writes the in-sync set, fenced by the leader key; false when deposed or etcd failed.
+    async fn write_insync(&self, key: &LeaderKey, term: u64, members: Vec<String>) -> bool {
+        let record = InSyncRecord { term, members };
+        let value = match serde_json::to_vec(&record) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        match self
+            .etcd
+            .put_if_leader(key, &self.insync_key(), value)
+            .await
+        {
+            Ok(true) => {
+                let leader = {
+                    let mut s = self.state.lock();
+                    s.insync = record.members;
+                    s.leader.clone()
+                };
+                self.announce(Kind::LeaderChanged, &leader);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, "cannot write the in-sync set");
+                false
+            }
+        }
+    }
+
+    /// Keeps the view's in-sync set current from etcd.
+    async fn watch_insync(self: Arc<Self>) {
+        loop {
+            let listed = async {
+                let (kvs, revision) = self.etcd.get_prefix(&self.insync_key()).await?;
+                if let Some(r) = kvs
+                    .iter()
+                    .find(|kv| kv.key == self.insync_key())
+                    .and_then(|kv| serde_json::from_slice::<InSyncRecord>(&kv.value).ok())
+                {
+                    self.state.lock().insync = r.members;
+                }
+                self.etcd
+                    .watch_prefix(&self.insync_key(), revision + 1)
+                    .await
+            };
+            match listed.await {
+                Ok(mut events) => {
+                    while let Some(Ok(e)) = events.next().await {
+                        if let WatchEvent::Put(kv) = e {
+                            if let Ok(r) = serde_json::from_slice::<InSyncRecord>(&kv.value) {
+                                self.state.lock().insync = r.members;
+                                let leader = self.state.lock().leader.clone();
+                                self.announce(Kind::LeaderChanged, &leader);
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot watch the in-sync set"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Announces nodes coming online and going offline.
+    async fn watch_members(self: Arc<Self>) {
+        let (_, mut events) = self.membership.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(MemberEvent::Online(r)) => self.announce(Kind::NodeOnline, &r.id),
+                Ok(MemberEvent::Offline(id)) => self.announce(Kind::NodeOffline, &id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.announce(Kind::NodeOnline, "")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Tells the view (Cluster, WatchCluster, and the write gate) what this node believes.
+    fn announce(&self, kind: Kind, about: &str) {
+        let believed = self.state.lock().clone();
+        let nodes: BTreeMap<String, NodeRecord> = self.membership.nodes().borrow().clone();
+        let address_of = |id: &str| nodes.get(id).map(|n| n.address.clone()).unwrap_or_default();
+        let me = self.me();
+        let leader_address = if believed.leader == me {
+            self.config.advertise.clone()
+        } else {
+            address_of(&believed.leader)
+        };
+        let others = nodes
+            .values()
+            .filter(|n| n.id != me)
+            .map(|n| proto::NodeInfo {
+                id: n.id.clone(),
+                address: n.address.clone(),
+                http_address: n.http_address.clone(),
+                leader: n.id == believed.leader,
+                in_sync: believed.insync.contains(&n.id),
+                online: true,
+                topics: Vec::new(),
+            })
+            .collect();
+        let membership = ViewMembership {
+            term: believed.term,
+            leader: leader_address,
+            this: Roles {
+                leader: !believed.leader.is_empty() && believed.leader == me,
+                in_sync: believed.insync.iter().any(|m| m == me),
+                online: self.membership.is_registered(),
+            },
+            others,
+        };
+        self.view.announce(kind, about, membership);
+    }
+}

@@ -1,0 +1,434 @@
+//! The cluster with real nodes (the `framecast` binary, three processes on loopback ports)
+//! coordinated by a real etcd: one leader elected, followers copying every topic and
+//! refusing writes with the leader's address, acks only once the in-sync set holds a
+//! frame, `kill -9` of the leader under load over several cycles with every acknowledged
+//! frame on the new leader (and the failover time measured), `--min-insync` refusing
+//! writes, and a leader paused past its lease that must not acknowledge and rejoins as a
+//! follower, converged.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+#[path = "common/etcd.rs"]
+mod etcd_server;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{connect, read_log, req, Server};
+use etcd_server::EtcdServer;
+use framecast::proto::broadcast_client::BroadcastClient;
+use framecast::proto::{ClusterInfo, ClusterRequest, Frame, LEADER_HEADER};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The lease TTL every node runs with (etcd's minimum).
+const TTL: Duration = Duration::from_secs(2);
+
+struct Node {
+    id: String,
+    /// `127.0.0.1:PORT`, as advertised.
+    address: String,
+    server: Server,
+}
+
+struct Cluster {
+    etcd: EtcdServer,
+    name: String,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Node>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+fn node_args(etcd: &str, cluster: &str, id: &str, address: &str, min_insync: u32) -> Vec<String> {
+    [
+        "--listen",
+        address,
+        "--cluster-etcd",
+        etcd,
+        "--cluster",
+        cluster,
+        "--node-id",
+        id,
+        "--advertise",
+        address,
+        "--lease-ttl",
+        "2s",
+        "--replica-max-lag",
+        "3s",
+        "--min-insync",
+        &min_insync.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Cluster {
+    async fn start(n: usize, min_insync: u32) -> Cluster {
+        let etcd = EtcdServer::start().await;
+        let name = format!("t{}", std::process::id() ^ free_port() as u32);
+        let mut c = Cluster {
+            etcd,
+            name,
+            dirs: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let id = format!("n{}", i + 1);
+            let address = format!("127.0.0.1:{}", free_port());
+            let args = node_args(&c.etcd.endpoint(), &c.name, &id, &address, min_insync);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let server = Server::start(dir.path(), &args);
+            c.dirs.push(dir);
+            c.nodes.push(Node {
+                id,
+                address,
+                server,
+            });
+        }
+        c
+    }
+
+    fn node(&self, id: &str) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    fn node_mut(&mut self, id: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// What node `id` answers to Cluster, if it answers.
+    async fn info(&self, id: &str) -> Option<ClusterInfo> {
+        let n = self.node(id);
+        let ch = Channel::from_shared(format!("http://{}", n.address))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .ok()?;
+        let mut c = BroadcastClient::new(ch);
+        tokio::time::timeout(Duration::from_secs(2), c.cluster(ClusterRequest {}))
+            .await
+            .ok()?
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the live nodes `ids` agree on one leader among them whose in-sync set
+    /// has `insync` members; its id.
+    async fn leader(&self, ids: &[&str], insync: usize, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let mut leaders = BTreeMap::new();
+            for id in ids {
+                if let Some(info) = self.info(id).await {
+                    let l = info.nodes.iter().find(|n| n.leader).map(|n| n.id.clone());
+                    let in_sync = info.nodes.iter().filter(|n| n.in_sync).count();
+                    leaders.insert(id.to_string(), (l, info.term, in_sync));
+                }
+            }
+            let first = leaders.values().next().cloned();
+            if leaders.len() == ids.len() {
+                if let Some((Some(l), term, n)) = first {
+                    if n >= insync
+                        && leaders
+                            .values()
+                            .all(|v| v.0.as_deref() == Some(l.as_str()) && v.1 == term)
+                    {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no agreed leader with {insync} in sync after {limit:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = n.server.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {} ---\n{}", n.id, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn client(&self, id: &str) -> BroadcastClient<Channel> {
+        connect(&format!("http://{}", self.node(id).address)).await
+    }
+}
+
+/// Every frame of `topic` on node `id`, by offset (a fresh subscription's replay: what the
+/// node delivers, below its commit point).
+async fn log_of(c: &Cluster, id: &str, topic: &str) -> Vec<Frame> {
+    read_log(&mut c.client(id).await, topic).await
+}
+
+/// Waits until node `id` delivers `n` frames of `topic`.
+async fn until_delivers(c: &Cluster, id: &str, topic: &str, n: usize) {
+    let start = Instant::now();
+    loop {
+        let mut client = c.client(id).await;
+        let listed = common::topic_info(&mut client, topic).await;
+        if listed.is_some() && log_of(c, id, topic).await.len() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{id} does not deliver {n} frames of {topic}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn same_frames(a: &[Frame], b: &[Frame]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.offset == y.offset
+                && x.seq_no == y.seq_no
+                && x.timestamp == y.timestamp
+                && x.payload == y.payload
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_address() {
+    let c = Cluster::start(3, 2).await;
+    let leader = c
+        .leader(&["n1", "n2", "n3"], 3, Duration::from_secs(30))
+        .await;
+    let followers: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .collect();
+
+    let mut lc = c.client(&leader).await;
+    for i in 0..300u64 {
+        let payload = vec![b'x'; (i % 50) as usize * 20];
+        lc.publish(req("prices", i, &payload)).await.unwrap();
+    }
+    // A follower refuses writes, naming the leader, and creates nothing.
+    let mut fc = c.client(followers[0]).await;
+    let refused = fc.publish(req("other", 1, b"x")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some(c.node(&leader).address.as_str()),
+        "{refused:?}"
+    );
+    // Every node delivers the same 300 frames; nobody has the refused topic.
+    let on_leader = log_of(&c, &leader, "prices").await;
+    assert_eq!(on_leader.len(), 300);
+    for f in &followers {
+        until_delivers(&c, f, "prices", 300).await;
+        assert!(
+            same_frames(&on_leader, &log_of(&c, f, "prices").await),
+            "{f} differs"
+        );
+        let mut client = c.client(f).await;
+        assert!(common::topic_info(&mut client, "other").await.is_none());
+    }
+    // The Cluster answer names the leader and three nodes in sync.
+    let info = c.info(followers[1]).await.unwrap();
+    assert_eq!(info.leader, c.node(&leader).address);
+    assert_eq!(info.nodes.len(), 3);
+    assert!(info.nodes.iter().all(|n| n.in_sync && n.online), "{info:?}");
+}
+
+/// One ack: seq_no, offset, when it arrived, from which node.
+type Ack = (u64, u64, Instant, String);
+
+/// A publisher that keeps publishing numbered frames (each with its idempotency key) to
+/// whichever node takes them, following the leader hint, and records every ack.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn payload_of(seq: u64) -> Vec<u8> {
+    format!("frame {seq} {}", "p".repeat((seq % 40) as usize)).into_bytes()
+}
+
+impl Load {
+    fn start(addresses: Vec<String>, topic: &str, first_seq: u64) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, topic) = (Arc::clone(&stop), Arc::clone(&acked), topic.to_string());
+        let task = tokio::spawn(async move {
+            let mut at = 0usize;
+            let mut seq = first_seq;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    assert!(Instant::now() < deadline, "frame {seq} never acknowledged");
+                    let address = &addresses[at % addresses.len()];
+                    let mut r = req(&topic, seq, &payload_of(seq));
+                    r.idempotency_key = format!("k{seq}");
+                    let answer = async {
+                        let ch = Channel::from_shared(format!("http://{address}"))
+                            .unwrap()
+                            .connect_timeout(Duration::from_millis(300))
+                            .connect()
+                            .await
+                            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                        BroadcastClient::new(ch).publish(r).await
+                    };
+                    match tokio::time::timeout(Duration::from_secs(3), answer).await {
+                        Ok(Ok(ack)) => {
+                            a.lock().unwrap().push((
+                                seq,
+                                ack.into_inner().offset,
+                                Instant::now(),
+                                address.clone(),
+                            ));
+                            break;
+                        }
+                        Ok(Err(status)) => {
+                            let hint = status
+                                .metadata()
+                                .get(LEADER_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|h| addresses.iter().position(|x| x == h));
+                            at = hint.unwrap_or(at + 1);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(_) => at += 1,
+                    }
+                }
+                seq += 1;
+            }
+        });
+        Load { stop, acked, task }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// The first ack received after `t` from another node than `old` (an ack the old
+    /// leader sent just before it died does not count).
+    fn first_ack_after(&self, t: Instant, old: &str) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|x| x.2 > t && x.3 != old)
+            .map(|x| x.2)
+    }
+
+    async fn finish(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap();
+        acked.iter().map(|x| (x.0, x.1)).collect()
+    }
+}
+
+async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every acknowledged `(seq_no, offset)` is in `log` at its offset, once.
+fn holds_every_ack(log: &[Frame], acked: &[(u64, u64)]) {
+    let by_offset: BTreeMap<u64, &Frame> = log.iter().map(|f| (f.offset, f)).collect();
+    for (seq, offset) in acked {
+        let f = by_offset
+            .get(offset)
+            .unwrap_or_else(|| panic!("acknowledged frame {seq} at offset {offset} is lost"));
+        assert_eq!(f.seq_no, *seq, "offset {offset} holds another frame");
+        assert_eq!(f.payload.as_ref(), payload_of(*seq).as_slice());
+    }
+    let mut seqs: Vec<u64> = log.iter().map(|f| f.seq_no).collect();
+    seqs.sort_unstable();
+    let n = seqs.len();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        n,
+        "a frame was stored twice (retries are deduplicated)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let mut acked = Vec::new();
+    let mut seq = 0;
+    let mut failovers = Vec::new();
+    for cycle in 0..3 {
+        let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+        let load = Load::start(addresses.clone(), "orders", seq);
+        until("some acks", Duration::from_secs(20), || load.acked() >= 200).await;
+        let killed = Instant::now();
+        c.node_mut(&leader).server.kill9();
+        let acks_before = load.acked();
+        let old = c.node(&leader).address.clone();
+        until("writes accepted again", Duration::from_secs(20), || {
+            load.first_ack_after(killed, &old).is_some()
+        })
+        .await;
+        let failover = load.first_ack_after(killed, &old).unwrap() - killed;
+        until(
+            "more acks after the failover",
+            Duration::from_secs(20),
+            || load.acked() >= acks_before + 200,
+        )
+        .await;
+        let done = load.finish().await;
+        seq = done.last().map_or(seq, |x| x.0 + 1);
+        acked.extend(done);
+        eprintln!(
+            "cycle {cycle}: killed leader {leader}; writes accepted again after {failover:?}"
+        );
+        failovers.push(failover);
+        // The killed node comes back and rejoins as a follower.
+        c.node_mut(&leader).server.restart();
+    }
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let on_leader = log_of(&c, &leader, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    for id in ids.iter().filter(|id| **id != leader) {
+        until_delivers(&c, id, "orders", on_leader.len()).await;
+        assert!(
+            same_frames(&on_leader, &log_of(&c, id, "orders").await),
+            "{id} differs from the leader"
+        );
+    }
+    eprintln!(
+        "failover times (kill -9 to the next ack, lease TTL {TTL:?}): {failovers:?}; {} frames acknowledged",
+        acked.len()
+    );
+    for f in &failovers {
+        assert!(
+            *f <= TTL + Duration::from_secs(2),
+            "writes were accepted again only after {f:?} (lease TTL {TTL:?} + 2 s allowed)"
+        );
+    }
+}
