@@ -19,8 +19,14 @@ use common::{connect, read_log, req, Server};
 use etcd_server::EtcdServer;
 use framecast::proto::broadcast_client::BroadcastClient;
 use framecast::proto::{ClusterInfo, ClusterRequest, Frame, LEADER_HEADER};
+use rustix::process::{kill_process, Pid, Signal};
 use tonic::transport::Channel;
 use tonic::Code;
+
+/// One scenario at a time: each runs etcd and three nodes, and their timing bounds (the
+/// failover time, acks stopping within the lease) are measured, not raced against the
+/// other scenarios on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The lease TTL every node runs with (etcd's minimum).
 const TTL: Duration = Duration::from_secs(2);
@@ -139,6 +145,7 @@ impl Cluster {
             if leaders.len() == ids.len() {
                 if let Some((Some(l), term, n)) = first {
                     if n >= insync
+                        && ids.contains(&l.as_str())
                         && leaders
                             .values()
                             .all(|v| v.0.as_deref() == Some(l.as_str()) && v.1 == term)
@@ -210,6 +217,7 @@ fn same_frames(a: &[Frame], b: &[Frame]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_address() {
+    let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, 2).await;
     let leader = c
         .leader(&["n1", "n2", "n3"], 3, Duration::from_secs(30))
@@ -376,6 +384,7 @@ fn holds_every_ack(log: &[Frame], acked: &[(u64, u64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(3, 2).await;
     let ids = ["n1", "n2", "n3"];
     let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
@@ -430,5 +439,327 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
             *f <= TTL + Duration::from_secs(2),
             "writes were accepted again only after {f:?} (lease TTL {TTL:?} + 2 s allowed)"
         );
+    }
+}
+
+/// Publishes one frame to node `id`; its ack or the refusal.
+async fn publish_to(c: &Cluster, id: &str, seq: u64) -> Result<u64, tonic::Status> {
+    let mut client = c.client(id).await;
+    let mut r = req("orders", seq, &payload_of(seq));
+    r.idempotency_key = format!("k{seq}");
+    match tokio::time::timeout(Duration::from_secs(15), client.publish(r)).await {
+        Ok(answer) => answer.map(|a| a.into_inner().offset),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in 15 s")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_insync_refuses_writes_until_a_follower_is_back_in_sync() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2).await;
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    let follower = if leader == "n1" { "n2" } else { "n1" }.to_string();
+    for seq in 0..20 {
+        publish_to(&c, &leader, seq).await.unwrap();
+    }
+    c.node_mut(&follower).server.kill9();
+    // Once the leader drops the dead follower (its lease lapses), the set is 1 < 2: writes
+    // are refused, with UNAVAILABLE, and none is acknowledged.
+    let start = Instant::now();
+    let refused = loop {
+        match publish_to(&c, &leader, 1000).await {
+            Err(s) if s.code() == Code::Unavailable => break s,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "still accepted: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(
+        refused.message().contains("min-insync"),
+        "the refusal says why: {refused:?}"
+    );
+    assert!(publish_to(&c, &leader, 1001).await.is_err());
+    // The follower comes back, catches up, is in sync again: writes are taken.
+    c.node_mut(&follower).server.restart();
+    let ids = ["n1", "n2"];
+    c.leader(&ids, 2, Duration::from_secs(30)).await;
+    let start = Instant::now();
+    while publish_to(&c, &leader, 2000).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "writes never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_leader = log_of(&c, &leader, "orders").await;
+    until_delivers(&c, &follower, "orders", on_leader.len()).await;
+    assert!(same_frames(
+        &on_leader,
+        &log_of(&c, &follower, "orders").await
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_never_acknowledges_and_rejoins_as_follower() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let old = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    for seq in 0..50 {
+        publish_to(&c, &old, seq).await.unwrap();
+    }
+    let pid = Pid::from_raw(c.node(&old).server.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    // A publish sent to the frozen leader waits in its socket.
+    let mut client = c.client(&old).await;
+    let mut r = req("orders", 5000, &payload_of(5000));
+    r.idempotency_key = "zombie".into();
+    let queued = tokio::spawn(async move { client.publish(r).await });
+    let others: Vec<&str> = ids.into_iter().filter(|i| *i != old).collect();
+    let new = c.leader(&others, 2, Duration::from_secs(30)).await;
+    assert_ne!(new, old);
+    for seq in 50..100 {
+        publish_to(&c, &new, seq).await.unwrap();
+    }
+    kill_process(pid, Signal::CONT).unwrap();
+    // The old leader answers the queued publish, and a new one, without acknowledging.
+    let queued = tokio::time::timeout(Duration::from_secs(20), queued)
+        .await
+        .expect("the resumed node answers")
+        .unwrap();
+    assert!(queued.is_err(), "a zombie leader acknowledged: {queued:?}");
+    let late = publish_to(&c, &old, 5001).await;
+    assert!(late.is_err(), "a zombie leader acknowledged: {late:?}");
+    eprintln!("the resumed old leader answered: {queued:?} then {late:?}");
+    // It rejoins as a follower of the new leader and converges on its log.
+    c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let on_leader = log_of(&c, &new, "orders").await;
+    assert!(on_leader.iter().all(|f| f.seq_no != 5001));
+    until_delivers(&c, &old, "orders", on_leader.len()).await;
+    assert!(
+        same_frames(&on_leader, &log_of(&c, &old, "orders").await),
+        "the old leader did not converge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_during_50000_publishes_catches_up() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let away = ids.into_iter().find(|i| *i != leader).unwrap().to_string();
+    c.node_mut(&away).server.kill9();
+    let mut client = c.client(&leader).await;
+    let frames: Vec<_> = (0..50_000u64)
+        .map(|i| req("bulk", i, format!("bulk frame {i}").as_bytes()))
+        .collect();
+    let mut acks = client
+        .publish_stream(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(ack) = tokio::time::timeout(Duration::from_secs(60), acks.message())
+        .await
+        .expect("acks keep coming")
+        .unwrap()
+    {
+        assert_eq!(ack.offset, n);
+        n += 1;
+    }
+    assert_eq!(n, 50_000);
+    c.node_mut(&away).server.restart();
+    c.leader(&ids, 3, Duration::from_secs(60)).await;
+    let on_leader = log_of(&c, &leader, "bulk").await;
+    assert_eq!(on_leader.len(), 50_000);
+    until_delivers(&c, &away, "bulk", 50_000).await;
+    assert!(same_frames(&on_leader, &log_of(&c, &away, "bulk").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopped_stops_acks_within_the_lease_and_its_restart_brings_them_back() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let mut acked = Vec::new();
+    for seq in 0..50 {
+        acked.push((seq, publish_to(&c, &leader, seq).await.unwrap()));
+    }
+    c.etcd.stop();
+    let stopped = Instant::now();
+    // Within the lease TTL the leader stops acknowledging: it cannot know it still leads.
+    let mut seq = 50;
+    loop {
+        match publish_to(&c, &leader, seq).await {
+            Ok(offset) => {
+                acked.push((seq, offset));
+                seq += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                break;
+            }
+        }
+        assert!(
+            stopped.elapsed() < TTL + Duration::from_secs(1),
+            "still acknowledging {:?} after etcd stopped",
+            stopped.elapsed()
+        );
+    }
+    eprintln!("acks stopped {:?} after etcd did", stopped.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.etcd.start_again().await;
+    // A leader is (re-)established and writes are acknowledged again; nothing acknowledged
+    // is lost.
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let start = Instant::now();
+    loop {
+        match publish_to(&c, &leader, 10_000).await {
+            Ok(offset) => {
+                acked.push((10_000, offset));
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no writes: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let on_leader = log_of(&c, &leader, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+}
+
+/// A subscriber on node `id` of `topic` that resumes with its cursor after every break,
+/// on the same node or, when it is down, on the next.
+struct Reader {
+    got: Arc<Mutex<Vec<Frame>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(addresses: Vec<String>, first: usize, topic: &str) -> Reader {
+        let got = Arc::new(Mutex::new(Vec::<Frame>::new()));
+        let (g, topic) = (Arc::clone(&got), topic.to_string());
+        let task = tokio::spawn(async move {
+            let mut at = first;
+            let mut cursor: Option<framecast::proto::Cursor> = None;
+            let (mut snapshot, mut epoch) = (0, 0);
+            loop {
+                let address = &addresses[at % addresses.len()];
+                let opened = async {
+                    let ch = Channel::from_shared(format!("http://{address}"))
+                        .unwrap()
+                        .connect_timeout(Duration::from_millis(300))
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let mut client = BroadcastClient::new(ch);
+                    common::subscribe(
+                        &mut client,
+                        framecast::proto::SubscribeRequest {
+                            replay_seq_no_start: 0,
+                            topic: topic.clone(),
+                            resume: cursor.clone(),
+                        },
+                    )
+                    .await
+                };
+                let mut sub = match opened.await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        at += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if cursor.is_none() {
+                    (snapshot, epoch) = (sub.snapshot, sub.epoch);
+                }
+                while let Ok(Some(f)) = sub.stream.message().await {
+                    cursor = Some(framecast::proto::Cursor {
+                        snapshot_offset: snapshot,
+                        seq_no: f.seq_no,
+                        timestamp: f.timestamp,
+                        offset: f.offset,
+                        epoch,
+                    });
+                    g.lock().unwrap().push(f);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Reader { got, task }
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_followers_resume_across_a_failover_without_gap_or_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    publish_to(&c, &leader, 0).await.unwrap();
+    let readers: Vec<Reader> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| **id != leader)
+        .map(|(i, _)| Reader::start(addresses.clone(), i, "orders"))
+        .collect();
+    let load = Load::start(addresses.clone(), "orders", 1);
+    until("frames flow", Duration::from_secs(20), || {
+        load.acked() >= 300
+    })
+    .await;
+    c.node_mut(&leader).server.kill9();
+    let before = load.acked();
+    until("writes after the failover", Duration::from_secs(30), || {
+        load.acked() >= before + 300
+    })
+    .await;
+    let acked = load.finish().await;
+    let new = c
+        .leader(
+            &ids.iter()
+                .copied()
+                .filter(|i| *i != leader)
+                .collect::<Vec<_>>(),
+            2,
+            Duration::from_secs(30),
+        )
+        .await;
+    let on_leader = log_of(&c, &new, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    for r in &readers {
+        until(
+            "the reader has every frame",
+            Duration::from_secs(30),
+            || r.count() >= on_leader.len(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = r.got.lock().unwrap().clone();
+        assert!(
+            same_frames(&on_leader, &got),
+            "a subscriber on a follower saw a gap, a duplicate or another frame: {} frames vs {} on the leader",
+            got.len(),
+            on_leader.len()
+        );
+    }
+    for r in readers {
+        r.task.abort();
     }
 }
