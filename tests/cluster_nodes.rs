@@ -668,7 +668,7 @@ impl Reader {
                         framecast::proto::SubscribeRequest {
                             replay_seq_no_start: 0,
                             topic: topic.clone(),
-                            resume: cursor.clone(),
+                            resume: cursor,
                         },
                     )
                     .await
