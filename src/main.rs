@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use framecast::cluster::node::ClusterConfig;
+use framecast::cluster::node::{ClusterConfig, NodeToken};
 use framecast::server::config::{parse_bytes, parse_duration, MaintenanceConfig};
 use framecast::server::{Http2Limits, ServerConfig, TlsFiles};
 use framecast::wal::{
@@ -210,6 +210,10 @@ struct ServeArgs {
     /// How long a follower may stay behind the leader and remain in sync.
     #[arg(long, env = "FRAMECAST_REPLICA_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
     replica_max_lag: std::time::Duration,
+    /// With auth on: a file holding the admin token this node presents to the leader.
+    /// Without it, a node with --auth-jwt-secret-file mints its own.
+    #[arg(long, env = "FRAMECAST_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
     /// a flag beats its FRAMECAST_<FLAG> environment variable, which beats the file.
     #[arg(long, env = "FRAMECAST_CONFIG")]
@@ -362,6 +366,27 @@ fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logs(args.log_format);
+    // The token a cluster node presents to the leader when auth is on.
+    let node_token = match (&args.cluster_token_file, &args.auth_jwt_secret_file) {
+        (Some(file), _) => match std::fs::read_to_string(file) {
+            Ok(t) => NodeToken::Fixed(t.trim().to_string()),
+            Err(e) => {
+                eprintln!(
+                    "framecast serve: --cluster-token-file {}: {e}",
+                    file.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(secret)) => match framecast::broker::token::read_secret(secret) {
+            Ok(s) => NodeToken::Minted(s),
+            Err(e) => {
+                eprintln!("framecast serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => NodeToken::None,
+    };
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -409,6 +434,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             min_insync: usize::try_from(args.min_insync).unwrap_or(usize::MAX),
             lease_ttl: args.lease_ttl,
             replica_max_lag: args.replica_max_lag,
+            token: node_token.clone(),
         }),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {

@@ -39,6 +39,8 @@ struct Node {
 }
 
 struct Cluster {
+    /// Presented on Cluster calls when the nodes run with auth.
+    token: Option<String>,
     etcd: EtcdServer,
     name: String,
     dirs: Vec<tempfile::TempDir>,
@@ -78,9 +80,20 @@ fn node_args(etcd: &str, cluster: &str, id: &str, address: &str, min_insync: u32
 
 impl Cluster {
     async fn start(n: usize, min_insync: u32) -> Cluster {
+        Cluster::start_with(n, min_insync, &[], None).await
+    }
+
+    /// `n` nodes with `extra` flags each; `token` for the harness's own Cluster calls.
+    async fn start_with(
+        n: usize,
+        min_insync: u32,
+        extra: &[&str],
+        token: Option<String>,
+    ) -> Cluster {
         let etcd = EtcdServer::start().await;
         let name = format!("t{}", std::process::id() ^ free_port() as u32);
         let mut c = Cluster {
+            token,
             etcd,
             name,
             dirs: Vec::new(),
@@ -90,7 +103,8 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let id = format!("n{}", i + 1);
             let address = format!("127.0.0.1:{}", free_port());
-            let args = node_args(&c.etcd.endpoint(), &c.name, &id, &address, min_insync);
+            let mut args = node_args(&c.etcd.endpoint(), &c.name, &id, &address, min_insync);
+            args.extend(extra.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let server = Server::start(dir.path(), &args);
             c.dirs.push(dir);
@@ -121,7 +135,13 @@ impl Cluster {
             .await
             .ok()?;
         let mut c = BroadcastClient::new(ch);
-        tokio::time::timeout(Duration::from_secs(2), c.cluster(ClusterRequest {}))
+        let mut request = tonic::Request::new(ClusterRequest {});
+        if let Some(t) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio::time::timeout(Duration::from_secs(2), c.cluster(request))
             .await
             .ok()?
             .ok()
@@ -256,6 +276,21 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
         let mut client = c.client(f).await;
         assert!(common::topic_info(&mut client, "other").await.is_none());
     }
+    // The Rust client, given a follower first, follows the hint to the leader.
+    let client = framecast::client::Client::connect_many(&[
+        c.node(followers[0]).address.as_str(),
+        c.node(followers[1]).address.as_str(),
+    ])
+    .unwrap();
+    let ack = client
+        .publish("prices", 300, &b"via the hint"[..])
+        .await
+        .unwrap();
+    assert_eq!(ack.offset, 300);
+    assert_eq!(
+        client.current_addr(),
+        format!("http://{}", c.node(&leader).address)
+    );
     // The Cluster answer names the leader and three nodes in sync.
     let info = c.info(followers[1]).await.unwrap();
     assert_eq!(info.leader, c.node(&leader).address);
@@ -762,4 +797,70 @@ async fn subscribers_on_followers_resume_across_a_failover_without_gap_or_duplic
     for r in readers {
         r.task.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = b"a cluster secret of enough bytes!";
+    let file = dir.path().join("secret");
+    std::fs::write(&file, secret).unwrap();
+    let admin = common::tokens::token(secret, &[], &[], true, Duration::from_secs(600));
+    let c = Cluster::start_with(
+        2,
+        2,
+        &["--auth-jwt-secret-file", file.to_str().unwrap()],
+        Some(admin),
+    )
+    .await;
+    // Two members in sync: the follower follows with the token it minted.
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    let follow = |token: Option<String>| {
+        let address = c.node(&leader).address.clone();
+        async move {
+            let ch = Channel::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client =
+                framecast::cluster::replication_proto::replication_client::ReplicationClient::new(
+                    ch,
+                );
+            let report = framecast::cluster::replication_proto::FollowerReport {
+                term: 0,
+                node_id: "stranger".into(),
+                positions: Vec::new(),
+            };
+            let mut request = tonic::Request::new(tokio_stream::iter(vec![report]));
+            if let Some(t) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            client.follow(request).await.map(|_| ())
+        }
+    };
+    let anonymous = follow(None).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    let reader = common::tokens::token(secret, &[], &[">"], false, Duration::from_secs(600));
+    let denied = follow(Some(reader)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // A publisher's frame is acknowledged (so held by both members) and delivered by the
+    // follower to a subscriber with a token.
+    let writer = common::tokens::token(secret, &["t"], &["t"], false, Duration::from_secs(600));
+    let mut lc = c.client(&leader).await;
+    let mut r = tonic::Request::new(req("t", 1, b"secret frame"));
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
+    lc.publish(r).await.unwrap();
+    let follower = if leader == "n1" { "n2" } else { "n1" };
+    let mut fc = c.client(follower).await;
+    let mut r = tonic::Request::new(common::sub_req("t", 0));
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
+    let mut stream = fc.subscribe(r).await.unwrap().into_inner();
+    let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload.as_ref(), b"secret frame");
 }

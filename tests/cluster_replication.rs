@@ -75,7 +75,7 @@ fn start_following(
     term: u64,
 ) -> JoinHandle<Result<(), FollowError>> {
     let (topics, id) = (Arc::clone(topics), id.to_string());
-    tokio::spawn(async move { follow(topics, ch, &id, term).await })
+    tokio::spawn(async move { follow(topics, ch, &id, term, None).await })
 }
 
 async fn publish(topic: &Topic, from: u64, n: u64, tag: &str) {
@@ -269,7 +269,7 @@ async fn a_follower_of_another_term_is_refused() {
         visible(&a, "t") == 3
     })
     .await;
-    let err = follow(Arc::clone(&b), channel(addr).await, "B", 4)
+    let err = follow(Arc::clone(&b), channel(addr).await, "B", 4, None)
         .await
         .unwrap_err();
     match err {

@@ -38,13 +38,15 @@ pub enum FollowError {
 }
 
 /// Follows the leader of `term` over `channel` as node `node_id`, copying every topic into
-/// `topics`, until the stream ends. Returns `Ok` when the leader ended it; the caller
-/// decides whom to follow next.
+/// `topics`, until the stream ends; `token`: the admin token presented when the cluster
+/// runs with auth. Returns `Ok` when the leader ended it; the caller decides whom to follow
+/// next.
 pub async fn follow(
     topics: Arc<Topics>,
     channel: Channel,
     node_id: &str,
     term: u64,
+    token: Option<&str>,
 ) -> Result<(), FollowError> {
     let (reports, rx) = mpsc::channel(16);
     let positions = topics
@@ -67,7 +69,14 @@ pub async fn follow(
     let mut client = rp::replication_client::ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
         .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
-    let mut updates = client.follow(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| FollowError::Protocol("the node token is not a valid header".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut updates = client.follow(request).await?.into_inner();
     info!(node_id, term, "following");
     let mut apply = Apply {
         topics,

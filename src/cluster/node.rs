@@ -24,8 +24,11 @@ use super::leader::{Leader, LeaderService, MAX_RECORDS_BYTES};
 use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
 use super::replication_proto as rp;
 use crate::broker::cluster_view::{ClusterView, Membership as ViewMembership, Roles};
+use crate::broker::token::{mint_hs256, MintClaims};
 use crate::broker::topics::Topics;
+use crate::broker::{Broker, Error};
 use crate::proto::{self, cluster_event::Kind};
+use crate::server::status::status;
 
 /// The cluster flags of `serve`.
 #[derive(Debug, Clone)]
@@ -46,6 +49,53 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// `--replica-max-lag`: how long a follower may stay behind and still be in sync.
     pub replica_max_lag: Duration,
+    /// The admin token this node presents to the leader when auth is on.
+    pub token: NodeToken,
+}
+
+/// The token a node presents on its `Follow` stream.
+#[derive(Clone, Default)]
+pub enum NodeToken {
+    /// Auth is off: none.
+    #[default]
+    None,
+    /// A token given with `--cluster-token-file`.
+    Fixed(String),
+    /// Minted (HS256, admin, one hour) from `--auth-jwt-secret-file` at each connection.
+    Minted(Vec<u8>),
+}
+
+impl std::fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeToken::None => "None",
+            NodeToken::Fixed(_) => "Fixed(..)",
+            NodeToken::Minted(_) => "Minted(..)",
+        })
+    }
+}
+
+impl NodeToken {
+    /// The token to present now, for node `node_id`.
+    fn current(&self, node_id: &str) -> Option<String> {
+        match self {
+            NodeToken::None => None,
+            NodeToken::Fixed(t) => Some(t.clone()),
+            NodeToken::Minted(secret) => mint_hs256(
+                secret,
+                &MintClaims {
+                    subject: format!("framecast-node-{node_id}"),
+                    publish: Vec::new(),
+                    subscribe: Vec::new(),
+                    admin: true,
+                    ttl: Duration::from_secs(3600),
+                    not_before: None,
+                },
+            )
+            .map_err(|e| warn!(error = %e, "cannot mint this node's token"))
+            .ok(),
+        }
+    }
 }
 
 /// What a cluster node could not do at start.
@@ -69,11 +119,12 @@ pub struct InSyncRecord {
 }
 
 /// The `Replication` service every cluster node serves: the leader's `Follow`, or
-/// `UNAVAILABLE` with the leader's address on any other node.
+/// `UNAVAILABLE` with the leader's address on any other node. With auth on, only an admin
+/// token may follow (it reads every topic), checked by the broker like every other call.
 #[derive(Debug, Clone)]
 pub struct ReplicationDoor {
     leader: watch::Receiver<Option<Arc<Leader>>>,
-    view: ClusterView,
+    broker: Broker,
 }
 
 #[tonic::async_trait]
@@ -84,6 +135,19 @@ impl rp::replication_server::Replication for ReplicationDoor {
         &self,
         request: Request<Streaming<rp::FollowerReport>>,
     ) -> Result<Response<Self::FollowStream>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let who = self.broker.authenticate(header).map_err(status)?;
+        if !who.is_admin() {
+            return Err(status(self.broker.reject(Error::PermissionDenied(
+                format!(
+                    "'{}' may not follow the leader: it needs admin",
+                    who.subject()
+                ),
+            ))));
+        }
         let leader = self.leader.borrow().clone();
         match leader {
             Some(l) => {
@@ -91,7 +155,7 @@ impl rp::replication_server::Replication for ReplicationDoor {
             }
             None => Err(Status::unavailable(format!(
                 "not the leader (the leader is '{}')",
-                self.view.membership().leader
+                self.broker.cluster_view().membership().leader
             ))),
         }
     }
@@ -122,7 +186,7 @@ struct Believed {
 pub async fn start(
     config: ClusterConfig,
     topics: Arc<Topics>,
-    view: ClusterView,
+    broker: Broker,
 ) -> Result<
     (
         rp::replication_server::ReplicationServer<ReplicationDoor>,
@@ -140,6 +204,7 @@ pub async fn start(
     };
     let membership = Membership::join(&etcd, &config.cluster, me, lease).await?;
     let (door, rx) = watch::channel(None);
+    let view = broker.cluster_view().clone();
     let node = Arc::new(Node {
         config,
         etcd,
@@ -152,7 +217,7 @@ pub async fn start(
     });
     node.announce(Kind::NodeOnline, &node.config.node_id.clone());
     let service =
-        rp::replication_server::ReplicationServer::new(ReplicationDoor { leader: rx, view })
+        rp::replication_server::ReplicationServer::new(ReplicationDoor { leader: rx, broker })
             .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
             .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
     tokio::spawn(Arc::clone(&node).watch_members());
@@ -311,7 +376,15 @@ impl Node {
                 }
             };
             match channel {
-                Ok(ch) => match follow(Arc::clone(&self.topics), ch, self.me(), term).await {
+                Ok(ch) => match follow(
+                    Arc::clone(&self.topics),
+                    ch,
+                    self.me(),
+                    term,
+                    self.config.token.current(self.me()).as_deref(),
+                )
+                .await
+                {
                     Ok(()) => {}
                     Err(e) => warn!(leader = %id, term, error = %e, "following stopped"),
                 },

@@ -7,7 +7,7 @@ pub mod maintenance;
 mod repair;
 mod run;
 pub mod service;
-mod status;
+pub(crate) mod status;
 pub mod tasks;
 pub mod tls;
 

@@ -217,16 +217,9 @@ pub async fn run(
     ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
     let this = this_node(&config, &listener, &http)?;
-    let (cluster, replication) = match &config.cluster {
-        None => (ClusterView::single_node(Arc::clone(&topics), this), None),
-        Some(c) => {
-            let view = ClusterView::cluster_node(Arc::clone(&topics), this);
-            let (service, _life) =
-                crate::cluster::node::start(c.clone(), Arc::clone(&topics), view.clone())
-                    .await
-                    .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
-            (view, Some(service))
-        }
+    let cluster = match &config.cluster {
+        None => ClusterView::single_node(Arc::clone(&topics), this),
+        Some(_) => ClusterView::cluster_node(Arc::clone(&topics), this),
     };
     let broker = Broker::new(
         Arc::clone(&topics),
@@ -235,6 +228,17 @@ pub async fn run(
         auth,
         cluster,
     );
+    // A cluster node joins before it listens: it refuses writes until it leads.
+    let replication = match &config.cluster {
+        None => None,
+        Some(c) => {
+            let (service, _life) =
+                crate::cluster::node::start(c.clone(), Arc::clone(&topics), broker.clone())
+                    .await
+                    .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
+            Some(service)
+        }
+    };
     door.serving(broker.clone());
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
