@@ -21,7 +21,8 @@
 //!   (History pages over a fixed snapshot), `broadcast` (one frame to many topics),
 //!   `cluster_view` (the cluster as this node sees it: Cluster, WatchCluster, positions),
 //!   `cursor` (cursor tokens: the resume points of SSE, WebSocket and History), `topics`
-//!   (the registry, metadata and name rules), `subscription` (the replay→live cursor),
+//!   (the registry, metadata and name rules), `terms` (each topic's term history and the
+//!   divergence rule), `subscription` (the replay→live cursor),
 //!   `frame_cache`, `shutdown` (the one shutdown signal), `last_fsync`, `error` (the one
 //!   error enum and its codes), `pattern`, `principal` and `token` (JWT verification),
 //!   `metrics` and `process` (the Prometheus registry).
@@ -42,7 +43,9 @@
 //! - [`cluster`]: the cluster (v1.1), coordinated through etcd: `etcd` (the typed etcd
 //!   client: leases and their keeper, KV, watches, the election, fenced writes),
 //!   `membership` (nodes registered under their leases, online/offline events), `insync`
-//!   (the leader's bookkeeping of followers, commit points and the in-sync set).
+//!   (the leader's bookkeeping of followers, commit points and the in-sync set), `leader`
+//!   and `follower` (the `Follow` replication stream), `watches` (every topic's frontiers
+//!   at once), `node` (a node's life: register, follow, campaign, lead).
 //! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
 //!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.

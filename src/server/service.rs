@@ -162,9 +162,11 @@ impl PendingBatch {
 /// A refusal of the request at `index` of a publish stream, as the client sees it.
 fn at_index(index: u64, e: Error) -> Status {
     let status = status(e);
-    Status::new(
+    // The metadata goes along: a follower's refusal carries the leader's address.
+    Status::with_metadata(
         status.code(),
         format!("request {index}: {}", status.message()),
+        status.metadata().clone(),
     )
 }
 
