@@ -78,6 +78,23 @@ pub async fn follow(
     }
     let mut updates = client.follow(request).await?.into_inner();
     info!(node_id, term, "following");
+    // The stream is read ahead by its own task, so that records that arrive while this
+    // node syncs are appended together: one fsync for all of them (group commit).
+    let (ahead, mut received) = mpsc::channel::<Result<rp::LeaderUpdate, Status>>(READ_AHEAD);
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let next = updates.message().await;
+            let end = !matches!(next, Ok(Some(_)));
+            let item = match next {
+                Ok(Some(u)) => Ok(u),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            if ahead.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    }));
     let mut apply = Apply {
         topics,
         node_id: node_id.to_string(),
@@ -85,19 +102,82 @@ pub async fn follow(
         reports,
         commits: HashMap::new(),
     };
-    while let Some(u) = updates.message().await? {
-        if u.term != term {
-            return Err(FollowError::Protocol(format!(
-                "an update of term {} on a stream of term {term}",
-                u.term
-            )));
-        }
+    let mut next: Option<rp::LeaderUpdate> = None;
+    loop {
+        let u = match next.take() {
+            Some(u) => u,
+            None => match received.recv().await {
+                Some(u) => u?,
+                None => break,
+            },
+        };
+        check_term(&u, term)?;
         match u.update {
+            Some(Update::Records(mut r)) => {
+                // Records of the same topic already received join this append.
+                let mut failed = None;
+                let mut bytes: usize = r.records.iter().map(|x| x.len()).sum();
+                while bytes < MERGE_BYTES {
+                    match received.try_recv() {
+                        Ok(Ok(more)) => match more.update {
+                            Some(Update::Records(m))
+                                if more.term == term
+                                    && m.topic == r.topic
+                                    && m.epoch == r.epoch =>
+                            {
+                                bytes += m.records.iter().map(|x| x.len()).sum::<usize>();
+                                r.records.extend(m.records);
+                            }
+                            update => {
+                                next = Some(rp::LeaderUpdate {
+                                    term: more.term,
+                                    update,
+                                });
+                                break;
+                            }
+                        },
+                        Ok(Err(status)) => {
+                            failed = Some(status);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                apply.records(r).await?;
+                if let Some(status) = failed {
+                    return Err(status.into());
+                }
+            }
             Some(update) => apply.update(update).await?,
             None => return Err(FollowError::Protocol("an empty update".into())),
         }
     }
+    drop(reader);
     info!(node_id, term, "the leader ended the stream");
+    Ok(())
+}
+
+/// Updates read ahead of the one being applied.
+const READ_AHEAD: usize = 32;
+/// Bytes of records appended at once at most (several messages merged).
+const MERGE_BYTES: usize = 8 << 20;
+
+/// Aborts a task when dropped (the stream's reader, when following ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn check_term(u: &rp::LeaderUpdate, term: u64) -> Result<(), FollowError> {
+    if u.term != term {
+        return Err(FollowError::Protocol(format!(
+            "an update of term {} on a stream of term {term}",
+            u.term
+        )));
+    }
     Ok(())
 }
 
