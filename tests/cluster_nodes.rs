@@ -54,10 +54,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn node_args(etcd: &str, cluster: &str, id: &str, address: &str, min_insync: u32) -> Vec<String> {
+fn node_args(
+    etcd: &str,
+    cluster: &str,
+    id: &str,
+    address: &str,
+    http: &str,
+    min_insync: u32,
+) -> Vec<String> {
+    let http_url = format!("http://{http}");
     [
         "--listen",
         address,
+        "--http-listen",
+        http,
+        "--advertise-http",
+        &http_url,
         "--cluster-etcd",
         etcd,
         "--cluster",
@@ -103,7 +115,15 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let id = format!("n{}", i + 1);
             let address = format!("127.0.0.1:{}", free_port());
-            let mut args = node_args(&c.etcd.endpoint(), &c.name, &id, &address, min_insync);
+            let http = format!("127.0.0.1:{}", free_port());
+            let mut args = node_args(
+                &c.etcd.endpoint(),
+                &c.name,
+                &id,
+                &address,
+                &http,
+                min_insync,
+            );
             args.extend(extra.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let server = Server::start(dir.path(), &args);
@@ -263,6 +283,21 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
             .and_then(|v| v.to_str().ok()),
         Some(c.node(&leader).address.as_str()),
         "{refused:?}"
+    );
+    // Over HTTP too, naming the leader's HTTP door.
+    let follower_http = c.node(followers[0]).server.http.clone().unwrap();
+    let leader_http = c.node(&leader).server.http.clone().unwrap();
+    let refused = common::http::request(
+        &follower_http,
+        "POST",
+        "/v1/topics/other/frames?seq_no=1",
+        &[],
+        b"x",
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.header("framecast-leader"),
+        Some(leader_http.as_str())
     );
     // Every node delivers the same 300 frames; nobody has the refused topic.
     let on_leader = log_of(&c, &leader, "prices").await;

@@ -153,8 +153,15 @@ impl ClusterView {
         {
             let latest = self.inner.latest.borrow();
             if !latest.membership.this.leader {
+                let m = &latest.membership;
                 return Err(Error::NotLeader {
-                    leader: latest.membership.leader.clone(),
+                    leader: m.leader.clone(),
+                    leader_http: m
+                        .others
+                        .iter()
+                        .find(|n| n.leader)
+                        .map(|n| n.http_address.clone())
+                        .unwrap_or_default(),
                 });
             }
         }

@@ -56,13 +56,15 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
-    /// A write reached a cluster node that does not lead; `leader` is the leader's
-    /// advertised address (`""` while there is none). UNAVAILABLE, with the trailer
-    /// `framecast-leader` (HTTP: the `Framecast-Leader` header).
+    /// A write reached a cluster node that does not lead. UNAVAILABLE, with the trailer
+    /// `framecast-leader: <leader>` (HTTP: the `Framecast-Leader` header, naming the
+    /// leader's HTTP door when it advertises one).
     #[error("not the leader{}", if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
     NotLeader {
-        /// The leader's address, or `""`.
+        /// The leader's advertised gRPC address, or `""` while there is none.
         leader: String,
+        /// The leader's advertised HTTP door (`--advertise-http`), or `""`.
+        leader_http: String,
     },
     /// The cluster cannot acknowledge writes now (too few in-sync members, or the leader's
     /// lease may have lapsed): UNAVAILABLE, nothing was written.

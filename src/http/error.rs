@@ -52,9 +52,19 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Error::NotLeader { leader } = &self.0 {
-            if let Ok(v) = HeaderValue::from_str(leader) {
-                if !leader.is_empty() {
+        if let Error::NotLeader {
+            leader,
+            leader_http,
+        } = &self.0
+        {
+            // A browser client needs the leader's HTTP door, not its gRPC address.
+            let named = if leader_http.is_empty() {
+                leader
+            } else {
+                leader_http
+            };
+            if let Ok(v) = HeaderValue::from_str(named) {
+                if !named.is_empty() {
                     resp.headers_mut().insert("framecast-leader", v);
                 }
             }

@@ -8,7 +8,7 @@ use crate::broker::Error;
 /// leader's address in the `framecast-leader` trailer.
 pub fn status(e: Error) -> Status {
     let mut status = Status::new(e.code(), e.to_string());
-    if let Error::NotLeader { leader } = &e {
+    if let Error::NotLeader { leader, .. } = &e {
         if let Ok(v) = leader.parse() {
             if !leader.is_empty() {
                 status.metadata_mut().insert(crate::proto::LEADER_HEADER, v);
