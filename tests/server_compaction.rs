@@ -265,3 +265,42 @@ async fn retention_moves_first_offset_and_needed_frames_are_out_of_range() {
         status.message()
     );
 }
+
+/// A publish stream's frames are grouped into log requests, and a request is written whole
+/// into one segment: with small segments the groups must stay within one, or a stream of
+/// small frames would be refused though every frame fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_of_small_frames_fills_many_small_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FLAGS);
+    let mut c = connect(&server.addr).await;
+    let n = 5_000u64;
+    let frames: Vec<_> = (0..n)
+        .map(|i| {
+            req(
+                "small",
+                i,
+                format!("small frame {i} {}", "s".repeat(100)).as_bytes(),
+            )
+        })
+        .collect();
+    let mut acks = c
+        .publish_stream(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = 0;
+    while let Some(ack) = tokio::time::timeout(Duration::from_secs(30), acks.message())
+        .await
+        .expect("acks keep coming")
+        .unwrap()
+    {
+        assert_eq!(ack.offset, next);
+        next += 1;
+    }
+    assert_eq!(next, n);
+    let info = topic_info(&mut c, "small").await.unwrap();
+    assert_eq!(info.next_offset, n);
+    assert!(info.segments > 10, "{info:?}");
+    assert_eq!(read_log(&mut c, "small").await.len() as u64, n);
+}

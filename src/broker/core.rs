@@ -414,6 +414,12 @@ impl Broker {
         self.topics.log_config().max_frame_bytes as u64
     }
 
+    /// Bytes of encoded records one log request may hold (one segment's room): a door
+    /// that groups frames into one request keeps each group within it.
+    pub fn request_room(&self) -> u64 {
+        self.topics.log_config().request_room()
+    }
+
     /// Takes a slot of `--max-subscribers`, before anything else is done for a
     /// subscription, so that a refused one creates no topic.
     fn reserve_subscriber(&self) -> Result<GlobalSlot> {

@@ -71,6 +71,11 @@ fn frame_cost(frame: &NewFrame) -> usize {
     frame.payload.len() + frame.key.len() + FRAME_OVERHEAD_BYTES
 }
 
+/// The bytes `frame`'s record takes in a segment.
+fn encoded_size(frame: &NewFrame) -> u64 {
+    crate::wal::record::encoded_len(frame.key.len(), frame.payload.len()) as u64
+}
+
 /// Takes `cost` bytes of a stream's read-ahead budget (all of it for a batch larger than
 /// the budget), waiting while earlier batches are unacknowledged; `None` at shutdown.
 async fn reserve_read_ahead(
@@ -96,16 +101,21 @@ struct PendingBatch {
     topic: String,
     frames: Vec<NewFrame>,
     bytes: usize,
+    /// Encoded record bytes of `frames`: a request is written whole into one segment.
+    encoded: u64,
     /// Sum of [`frame_cost`] of `frames`.
     cost: usize,
     first_index: u64,
 }
 
 impl PendingBatch {
-    /// True when `frame` for `topic` may join this batch.
-    fn fits(&self, topic: &str, frame: &NewFrame) -> bool {
+    /// True when `frame` for `topic` may join this batch, whose encoded records must stay
+    /// within `room` (one segment's).
+    fn fits(&self, topic: &str, frame: &NewFrame, room: u64) -> bool {
         self.frames.is_empty()
-            || (self.topic == topic && self.bytes + frame.payload.len() <= PUBLISH_BATCH_BYTES)
+            || (self.topic == topic
+                && self.bytes + frame.payload.len() <= PUBLISH_BATCH_BYTES
+                && self.encoded + encoded_size(frame) <= room)
     }
 
     fn push(&mut self, topic: String, frame: NewFrame, index: u64) {
@@ -113,9 +123,11 @@ impl PendingBatch {
             self.topic = topic;
             self.first_index = index;
             self.bytes = 0;
+            self.encoded = 0;
             self.cost = 0;
         }
         self.bytes += frame.payload.len();
+        self.encoded += encoded_size(&frame);
         self.cost += frame_cost(&frame);
         self.frames.push(frame);
     }
@@ -249,6 +261,7 @@ impl Broadcast for BroadcastService {
                     }
                 }
                 let mut batch = PendingBatch::default();
+                let room = broker.request_room();
                 for r in arrived {
                     let (name, frame) = match gate.check(r) {
                         Ok(v) => v,
@@ -258,7 +271,7 @@ impl Broadcast for BroadcastService {
                             return;
                         }
                     };
-                    if !batch.fits(&name, &frame)
+                    if !batch.fits(&name, &frame, room)
                         && !batch.flush(&broker, &tx, &budget, &mut shutdown).await
                     {
                         return;

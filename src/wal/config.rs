@@ -104,6 +104,12 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Bytes of records one append request may hold at most: the room of one segment
+    /// (a request is written whole into one segment).
+    pub fn request_room(&self) -> u64 {
+        self.segment_bytes.saturating_sub(SEGMENT_HEADER_LEN as u64)
+    }
+
     /// Checks that the largest frame fits in a segment and positions fit in 32 bits.
     pub fn validate(&self) -> Result<()> {
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
@@ -118,7 +124,7 @@ impl LogConfig {
                 "--max-frame-bytes must be at least 1".into(),
             ));
         }
-        let room = self.segment_bytes - SEGMENT_HEADER_LEN as u64;
+        let room = self.request_room();
         let largest = encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64;
         if largest > room {
             let fits = room.saturating_sub(encoded_len(MAX_KEY_LEN, 0) as u64);

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::config::LogConfig;
-use super::format::{MAX_KEY_LEN, SEGMENT_HEADER_LEN};
+use super::format::MAX_KEY_LEN;
 use super::record::encoded_len;
 use super::{Error, Result};
 use crate::index::OrderKey;
@@ -108,7 +108,7 @@ pub fn check_frames(config: &LogConfig, frames: &mut [NewFrame], now: i64) -> Re
         }
         total += encoded_len(f.key.len(), f.payload.len()) as u64;
     }
-    let room = config.segment_bytes - SEGMENT_HEADER_LEN as u64;
+    let room = config.request_room();
     if total > room {
         return Err(Error::InvalidArgument(format!(
             "a request of {total} bytes does not fit in one {room}-byte segment"
