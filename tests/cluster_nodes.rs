@@ -899,3 +899,175 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].payload.as_ref(), b"secret frame");
 }
+
+/// Publishes the frames of offsets `offsets` of `topic` (empty so far up to them) to node
+/// `id` over one PublishStream, frame `i` with seq_no `seq_of(i)`; waits for every ack.
+async fn publish_all(
+    c: &Cluster,
+    id: &str,
+    topic: &str,
+    offsets: std::ops::Range<u64>,
+    seq_of: impl Fn(u64) -> u64,
+) {
+    let mut client = c.client(id).await;
+    let first = offsets.start;
+    let frames: Vec<_> = offsets
+        .clone()
+        .map(|i| {
+            req(
+                topic,
+                seq_of(i),
+                format!("frame {i} {}", "r".repeat(80)).as_bytes(),
+            )
+        })
+        .collect();
+    let mut acks = client
+        .publish_stream(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = first;
+    while let Some(ack) = tokio::time::timeout(Duration::from_secs(60), acks.message())
+        .await
+        .expect("acks keep coming")
+        .unwrap()
+    {
+        assert_eq!(ack.offset, next);
+        next += 1;
+    }
+    assert_eq!(next, offsets.end);
+}
+
+/// The oldest retained offset of `topic` on node `id` (ListTopics).
+async fn first_offset_on(c: &Cluster, id: &str, topic: &str) -> Option<u64> {
+    let mut client = c.client(id).await;
+    common::topic_info(&mut client, topic)
+        .await
+        .map(|t| t.first_offset)
+}
+
+/// Every frame node `id` retains of `topic` (a fresh subscription's replay from seq_no 0,
+/// which starts at the oldest retained frame), by offset.
+async fn retained_on(c: &Cluster, id: &str, topic: &str) -> Vec<Frame> {
+    let mut client = c.client(id).await;
+    let Some(first) = first_offset_on(c, id, topic).await else {
+        return Vec::new();
+    };
+    let mut sub = common::subscribe(&mut client, common::sub_req(topic, 0))
+        .await
+        .expect("subscribe");
+    let n = sub.snapshot.saturating_sub(first) as usize;
+    let mut frames = common::take(&mut sub.stream, n, Duration::from_secs(30)).await;
+    frames.sort_by_key(|f| f.offset);
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_starts_again() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(3, 2, &flags, None).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let mut followers = ids.iter().filter(|i| **i != leader).map(|i| i.to_string());
+    let (stays, away) = (followers.next().unwrap(), followers.next().unwrap());
+    let mut client = c.client(&leader).await;
+    client
+        .create_topic(framecast::proto::CreateTopicRequest {
+            name: "aged".into(),
+            retention_max_age_seconds: 0,
+            retention_max_bytes: 200_000,
+        })
+        .await
+        .unwrap();
+    // `away` holds the first thousand frames, then stops. The rest go in with falling
+    // seq_nos, so a replay (in seq_no order) reads the newest frames first and the ones
+    // retention removes last.
+    publish_all(&c, &leader, "aged", 0..1_000, |i| i).await;
+    until_delivers(&c, &away, "aged", 1_000).await;
+    c.node_mut(&away).server.kill9();
+    publish_all(&c, &leader, "aged", 1_000..30_000, |i| 100_000 - i).await;
+
+    // The leader's retention removes all but ~200 kB; the follower that stayed removes the
+    // same frames from its copy.
+    let start = Instant::now();
+    let first = loop {
+        let on_leader = first_offset_on(&c, &leader, "aged").await.unwrap();
+        let on_stays = first_offset_on(&c, &stays, "aged").await.unwrap();
+        if on_leader > 1_000 && on_leader == on_stays {
+            // Settled: nothing is published any more, so the next passes keep it there.
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            if first_offset_on(&c, &leader, "aged").await == Some(on_leader)
+                && first_offset_on(&c, &stays, "aged").await == Some(on_leader)
+            {
+                break on_leader;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "retention did not settle alike: leader {on_leader}, follower {on_stays}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // A reader replays the three lowest seq_nos the leader retains and goes away, holding
+    // its cursor: the rest of its replay includes frames retention removed.
+    let early = {
+        let mut client = c.client(&leader).await;
+        let mut sub = common::subscribe(&mut client, common::sub_req("aged", 0))
+            .await
+            .unwrap();
+        let read = common::take(&mut sub.stream, 3, Duration::from_secs(10)).await;
+        assert_eq!(read[0].offset, 29_999);
+        let last = read.last().unwrap();
+        framecast::proto::Cursor {
+            snapshot_offset: sub.snapshot,
+            epoch: sub.epoch,
+            seq_no: last.seq_no,
+            timestamp: last.timestamp,
+            offset: last.offset,
+        }
+    };
+
+    // `away` comes back holding 0..1000, all below the leader's oldest frame: it starts its
+    // copy again there, catches up and rejoins the in-sync set.
+    c.node_mut(&away).server.restart();
+    c.leader(&ids, 3, Duration::from_secs(60)).await;
+    let on_leader = retained_on(&c, &leader, "aged").await;
+    assert_eq!(on_leader.len() as u64, 30_000 - first);
+    assert_eq!(on_leader.first().map(|f| f.offset), Some(first));
+    for id in [&stays, &away] {
+        let start = Instant::now();
+        while !same_frames(&on_leader, &retained_on(&c, id, "aged").await) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{id} does not hold the leader's frames from {first}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(
+        c.node(&away)
+            .server
+            .log_text()
+            .contains("copy restarted at the leader's oldest retained offset"),
+        "{}",
+        c.logs()
+    );
+    // The reader's resume needs removed frames: every node refuses it, naming the oldest
+    // retained offset, the restarted copy too (it carries the leader's retention
+    // watermark): no silent gap anywhere.
+    for id in ids {
+        let mut client = c.client(id).await;
+        let mut resume = common::sub_req("aged", 0);
+        resume.resume = Some(early);
+        let status = common::subscribe_error(&mut client, resume).await;
+        assert_eq!(status.code(), Code::OutOfRange, "{id}: {status:?}");
+        assert!(
+            status.message().contains(&first.to_string()),
+            "{id}: {status:?}"
+        );
+    }
+}

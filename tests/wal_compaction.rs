@@ -338,3 +338,91 @@ fn ordered_reads_over_runs_in_key_order_page_exactly() {
         }
     }
 }
+
+/// A retention decision made elsewhere (a cluster leader's), applied with `remove_below`:
+/// sealed frames below the cutoff go, the active segment keeps its frames until sealed, the
+/// leader's watermark is kept, and a reopen sees the same. `apply_retention_below` never
+/// passes its limit (a leader's commit point).
+#[test]
+fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let model = fill(&log, 3000, &mut rng);
+    let next = log.durable_offset();
+    assert!(log.stats().segments > 3);
+    // Past the active segment's start: only sealed data goes.
+    let leader_key = OrderKey {
+        seq_no: 5000,
+        timestamp: 7,
+        offset: next - 1,
+    };
+    let r = log.remove_below(next, Some(leader_key)).unwrap();
+    let first = log.first_offset();
+    assert!(first > 0 && first < next, "{r:?}");
+    assert_eq!(r.first_offset, first);
+    assert_eq!(log.stats().frames, next - first);
+    assert_eq!(log.retention_watermark().1, Some(leader_key));
+    let (_, by_offset) = everything(&log);
+    let expect: Vec<u64> = model.range(first..).map(|(o, _)| *o).collect();
+    assert_eq!(
+        by_offset.iter().map(|f| f.offset).collect::<Vec<_>>(),
+        expect
+    );
+    // A cutoff below the first offset changes nothing.
+    assert_eq!(log.remove_below(first / 2, None).unwrap().frames_removed, 0);
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!(log.first_offset(), first);
+    assert_eq!(log.retention_watermark().1, Some(leader_key));
+
+    // A byte limit of 1 would remove every sealed frame; a limit offset stops it.
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_bytes: Some(1),
+        max_age: None,
+    };
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    fill(&log, 3000, &mut rng);
+    let r = log
+        .apply_retention_below(framecast::wal::now_ns(), 100)
+        .unwrap();
+    assert_eq!(r.first_offset, 100);
+    assert_eq!(log.first_offset(), 100);
+}
+
+/// A copy that starts where its source's retention left off: an empty log prepared to start
+/// at an offset appends from there, refuses reads below it, keeps the watermark across a
+/// reopen; a directory that holds a log cannot be prepared.
+#[test]
+fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = OrderKey {
+        seq_no: 41,
+        timestamp: 3,
+        offset: 999,
+    };
+    Log::prepare_start(dir.path(), 1000, Some(key)).unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!(log.durable_offset(), 1000);
+    assert_eq!(log.first_offset(), 1000);
+    let acks = log
+        .append(vec![NewFrame {
+            seq_no: 42,
+            timestamp: 5,
+            key: Bytes::new(),
+            payload: Bytes::from_static(b"first kept"),
+        }])
+        .unwrap();
+    assert_eq!(acks[0].offset, 1000);
+    let mut out = Vec::new();
+    assert!(log.read_range(0, 1001, 0, 10, &mut out).is_err());
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!((log.first_offset(), log.durable_offset()), (1000, 1001));
+    assert_eq!(log.retention_watermark().1, Some(key));
+    let (ordered, _) = everything(&log);
+    assert_eq!(ordered.len(), 1);
+    assert_eq!(ordered[0].offset, 1000);
+    assert!(Log::prepare_start(dir.path(), 5, None).is_err());
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use super::error::{Error, Result};
 use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
+use crate::index::OrderKey;
 use crate::wal::{cut_from, segment::sync_dir, Cut, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
@@ -59,6 +60,12 @@ pub struct Topic {
     /// The commit point of a replicated topic (`None` on a single node, where a frame is
     /// visible once durable).
     commit: Option<watch::Sender<u64>>,
+    /// The oldest retained offset this node's own retention passes set, announced to the
+    /// sessions that copy the topic to followers.
+    first_offset: watch::Sender<u64>,
+    /// A cluster leader's retention decision not yet applied to this copy: the oldest
+    /// offset it retains and the largest order key it removed.
+    leader_retention: Mutex<(u64, Option<OrderKey>)>,
 }
 
 /// The positions of a topic's open subscriptions, by slot id.
@@ -177,6 +184,39 @@ impl Topic {
         self.terms.lock().clone()
     }
 
+    /// Notes that this node's retention moved the oldest retained offset to `first`:
+    /// [`Topic::watch_first_offset`] fires when it moved.
+    pub fn note_first_offset(&self, first: u64) {
+        self.first_offset.send_if_modified(|v| {
+            let moved = first > *v;
+            if moved {
+                *v = first;
+            }
+            moved
+        });
+    }
+
+    /// A receiver that changes whenever this node's retention removes frames.
+    pub fn watch_first_offset(&self) -> watch::Receiver<u64> {
+        self.first_offset.subscribe()
+    }
+
+    /// Records a cluster leader's retention decision for this copy (it only moves
+    /// forward): frames below `first` go at the next maintenance pass; `removed_max_key`
+    /// is the largest order key the leader removed.
+    pub fn set_leader_retention(&self, first: u64, removed_max_key: Option<OrderKey>) {
+        let mut r = self.leader_retention.lock();
+        if first > r.0 {
+            r.0 = first;
+        }
+        r.1 = r.1.max(removed_max_key);
+    }
+
+    /// The leader's retention decision for this copy (see [`Topic::set_leader_retention`]).
+    pub fn leader_retention(&self) -> (u64, Option<OrderKey>) {
+        *self.leader_retention.lock()
+    }
+
     /// Open subscriber streams.
     pub fn subscribers(&self) -> u32 {
         self.subscribers.load(Ordering::Relaxed)
@@ -284,6 +324,9 @@ pub struct Topics {
     replicated: bool,
     /// The leadership term a topic created now begins in (0 on a single node).
     term: AtomicU64,
+    /// True when this node decides what retention removes (a single node, a cluster's
+    /// leader); a follower applies its leader's decisions instead.
+    owns_retention: AtomicBool,
     /// Bumped whenever a topic is created, deleted or reopened.
     roster: watch::Sender<u64>,
 }
@@ -352,6 +395,7 @@ impl Topics {
             changes: Arc::new(tokio::sync::Mutex::new(())),
             replicated,
             term: AtomicU64::new(0),
+            owns_retention: AtomicBool::new(!replicated),
             roster: watch::channel(0).0,
         })
     }
@@ -359,6 +403,19 @@ impl Topics {
     /// True when every topic is a replica with a commit point.
     pub fn is_replicated(&self) -> bool {
         self.replicated
+    }
+
+    /// True when this node decides what retention removes: a single node, or a cluster
+    /// node while it leads. A follower applies its leader's decisions
+    /// ([`Topic::set_leader_retention`]).
+    pub fn owns_retention(&self) -> bool {
+        self.owns_retention.load(Ordering::Acquire)
+    }
+
+    /// Sets whether this node decides what retention removes (a cluster node taking or
+    /// leaving the lead).
+    pub fn set_owns_retention(&self, owns: bool) {
+        self.owns_retention.store(owns, Ordering::Release);
     }
 
     /// Sets the leadership term topics created from now on begin in.
@@ -529,30 +586,7 @@ impl Topics {
         // registered, or not made at all.
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
-            let temp = dir.join(format!("{TEMP_PREFIX}creating-{name_owned}"));
-            if temp.exists() {
-                std::fs::remove_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
-            }
-            std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
-            write_meta(&temp, &meta)?;
-            if terms != TermHistory::default() {
-                terms.store(&temp)?;
-            }
-            let final_dir = dir.join(&name_owned);
-            std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
-            sync_dir(&dir)?;
-            let log = match Log::open(&final_dir, config) {
-                Ok(log) => log,
-                Err(e) => {
-                    // No segment (a full disk, say): the topic was never usable and nothing
-                    // was acknowledged into it. Take it back, or a later creation would
-                    // find the name taken on disk and fail for good.
-                    warn!(dir = %final_dir.display(), error = %e, "topic creation failed; removing it");
-                    let _ = std::fs::remove_dir_all(&final_dir);
-                    let _ = sync_dir(&dir);
-                    return Err(e.into());
-                }
-            };
+            let log = make_topic(&dir, &name_owned, &meta, &terms, None, config)?;
             let topic = Arc::new(new_topic(
                 name_owned.clone(),
                 meta,
@@ -572,6 +606,76 @@ impl Topics {
         self.roster_changed();
         info!(topic = name, epoch = meta.epoch, "topic created");
         Ok((topic, true))
+    }
+
+    /// Replaces the copy `name` with an empty one of `meta` that starts at `first_offset`:
+    /// a follower whose copy ends before its leader's oldest retained frame (retention
+    /// removed what it lacks, everywhere). `removed_max_key`: the leader's retention
+    /// watermark. The old copy's streams end with `UNAVAILABLE`; a resume below
+    /// `first_offset` then gets `OUT_OF_RANGE`, never a silent gap. The term history stays.
+    pub async fn restart_copy(
+        &self,
+        name: &str,
+        meta: TopicMeta,
+        first_offset: u64,
+        removed_max_key: Option<OrderKey>,
+    ) -> Result<Arc<Topic>> {
+        if !valid_topic_name(name) {
+            return Err(invalid_name(name));
+        }
+        if meta.epoch == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "topic '{name}': a copy needs the leader's non-zero epoch"
+            )));
+        }
+        let guard = Arc::clone(&self.changes).lock_owned().await;
+        let old = self.get(name);
+        let terms = old.as_ref().map_or_else(
+            || TermHistory::starting(self.term.load(Ordering::Acquire)),
+            |t| t.terms(),
+        );
+        let (dir, name_owned, map) = (self.dir.clone(), name.to_string(), Arc::clone(&self.map));
+        let metrics = self.metrics.topic(name);
+        let config = self.topic_config(&meta);
+        let replicated = self.replicated;
+        let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
+            let _guard = guard;
+            if let Some(old) = &old {
+                // Streams of the old copy end and resume on the new one; the old files go
+                // the way a deletion's do (aside first), the old topic stays readable from
+                // its mapped files until the new one replaces it in the registry.
+                old.ended.send_replace(Some(Ended::Reopened));
+                old.log.close();
+                let from = dir.join(&name_owned);
+                let aside = dir.join(format!(
+                    "{TEMP_PREFIX}deleted-{name_owned}-{}",
+                    old.meta.epoch
+                ));
+                std::fs::rename(&from, &aside).map_err(|e| crate::wal::Error::io(&from, e))?;
+                sync_dir(&dir)?;
+                std::fs::remove_dir_all(&aside).map_err(|e| crate::wal::Error::io(&aside, e))?;
+            }
+            let start = Some((first_offset, removed_max_key));
+            let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
+            let topic = Arc::new(new_topic(
+                name_owned.clone(),
+                meta,
+                log,
+                metrics,
+                terms,
+                replicated.then_some(first_offset),
+            ));
+            map.write().insert(name_owned, Arc::clone(&topic));
+            Ok(topic)
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })??;
+        self.roster_changed();
+        warn!(topic = name, epoch = meta.epoch, first_offset, "copy restarted at the leader's oldest retained offset (retention removed the frames it lacked)");
+        Ok(topic)
     }
 
     /// Deletes `name`: ends its streams (they see the deleted flag), finishes queued appends,
@@ -783,6 +887,46 @@ fn open_all(
     Ok(topics)
 }
 
+/// Makes topic `name`'s directory under `dir` (under a temporary name, renamed into place)
+/// with its metadata and term history, and opens its log; `start`: the offset an empty
+/// copy starts at and its retention watermark. A log that cannot open is taken back.
+fn make_topic(
+    dir: &Path,
+    name: &str,
+    meta: &TopicMeta,
+    terms: &TermHistory,
+    start: Option<(u64, Option<OrderKey>)>,
+    config: LogConfig,
+) -> Result<Log> {
+    let temp = dir.join(format!("{TEMP_PREFIX}creating-{name}"));
+    if temp.exists() {
+        std::fs::remove_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
+    }
+    std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
+    write_meta(&temp, meta)?;
+    if *terms != TermHistory::default() {
+        terms.store(&temp)?;
+    }
+    if let Some((first_offset, removed_max_key)) = start {
+        Log::prepare_start(&temp, first_offset, removed_max_key)?;
+    }
+    let final_dir = dir.join(name);
+    std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
+    sync_dir(dir)?;
+    match Log::open(&final_dir, config) {
+        Ok(log) => Ok(log),
+        Err(e) => {
+            // No segment (a full disk, say): the topic was never usable and nothing was
+            // acknowledged into it. Take it back, or a later creation would find the name
+            // taken on disk and fail for good.
+            warn!(dir = %final_dir.display(), error = %e, "topic creation failed; removing it");
+            let _ = std::fs::remove_dir_all(&final_dir);
+            let _ = sync_dir(dir);
+            Err(e.into())
+        }
+    }
+}
+
 /// `base` with the topic's own retention limits where they are set (non-zero).
 fn topic_config(base: &LogConfig, meta: &TopicMeta) -> LogConfig {
     let mut c = base.clone();
@@ -807,6 +951,7 @@ fn new_topic(
     commit: Option<u64>,
 ) -> Topic {
     let (ended, _) = watch::channel(None);
+    let first = log.retention_watermark().0;
     Topic {
         name,
         meta,
@@ -818,6 +963,8 @@ fn new_topic(
         positions: Mutex::new(Positions::default()),
         terms: Mutex::new(terms),
         commit: commit.map(|c| watch::channel(c).0),
+        first_offset: watch::channel(first).0,
+        leader_retention: Mutex::new((first, None)),
     }
 }
 

@@ -5,7 +5,9 @@
 //! Records are checked (CRC, lengths) and appended byte for byte through the same log
 //! ([`Log::append_copied`](crate::wal::Log::append_copied)); once durable the follower
 //! reports its new end. A topic's frames become visible here up to the smaller of the
-//! leader's commit point and this node's durable end.
+//! leader's commit point and this node's durable end. The leader's retention decisions are
+//! applied to the copy by maintenance ([`Topic::set_leader_retention`](crate::broker::topics::Topic::set_leader_retention)); a copy that ends
+//! before the leader's oldest retained frame starts again there ([`Topics::restart_copy`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::leader::{from_wire_terms, wire_terms, MAX_RECORDS_BYTES};
+use super::leader::{from_wire_key, from_wire_terms, wire_terms, MAX_RECORDS_BYTES};
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use crate::broker::error::Error;
@@ -216,7 +218,47 @@ impl Apply {
                 self.make_visible(&c.topic);
                 Ok(())
             }
+            Update::Retention(r) => {
+                let Some(t) = self
+                    .topics
+                    .get(&r.topic)
+                    .filter(|t| t.meta().epoch == r.epoch)
+                else {
+                    return Err(FollowError::Protocol(format!(
+                        "retention of topic '{}' epoch {} before the topic",
+                        r.topic, r.epoch
+                    )));
+                };
+                let meta = *t.meta();
+                let key = r.removed_max_key.as_ref().map(from_wire_key);
+                self.retain(&r.topic, meta, r.first_offset, key).await
+            }
         }
+    }
+
+    /// Applies the leader's retention decision to this copy: frames below `first` go at
+    /// the next maintenance pass; a copy that ends before `first` starts again there
+    /// (retention removed every frame it lacks) and reports its new end.
+    async fn retain(
+        &mut self,
+        name: &str,
+        meta: TopicMeta,
+        first: u64,
+        removed_max_key: Option<crate::index::OrderKey>,
+    ) -> Result<(), FollowError> {
+        let Some(t) = self.topics.get(name) else {
+            return Ok(());
+        };
+        if t.log().durable_offset() < first {
+            info!(topic = %name, first_offset = first, end = t.log().durable_offset(), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
+            self.topics
+                .restart_copy(name, meta, first, removed_max_key)
+                .await?;
+            self.make_visible(name);
+            return self.report(name).await;
+        }
+        t.set_leader_retention(first, removed_max_key);
+        Ok(())
     }
 
     /// Holds the leader's topic: created with its epoch and settings (a copy of another
@@ -234,16 +276,14 @@ impl Apply {
                 self.topics.delete(&t.name).await?;
             }
         }
-        let (copy, created) = self.topics.create_copy(&t.name, meta).await?;
+        let (_, created) = self.topics.create_copy(&t.name, meta).await?;
         if created {
             info!(topic = %t.name, epoch = t.epoch, "copying a new topic");
         }
-        if copy.log().durable_offset() < t.first_offset {
-            warn!(topic = %t.name, first_offset = t.first_offset, "the leader no longer holds the start of this topic; starting a copy past it is not built yet");
-        }
         let terms = from_wire_terms(&t.terms).map_err(|e| FollowError::Protocol(e.to_string()))?;
         self.topics.set_terms(&t.name, terms).await?;
-        Ok(())
+        let key = t.removed_max_key.as_ref().map(from_wire_key);
+        self.retain(&t.name, meta, t.first_offset, key).await
     }
 
     async fn records(&mut self, r: rp::ReplicaRecords) -> Result<(), FollowError> {

@@ -9,7 +9,9 @@
 //! with the channel to the follower bounded: a slow follower costs the leader at most a few
 //! messages of memory. Each report moves that follower's durable positions in the in-sync
 //! bookkeeping ([`InSync`]); a commit point that moves is set on the topic, and each
-//! session sends it to its follower.
+//! session sends it to its follower. So is each retention decision of this node (a topic's
+//! oldest retained offset moving): the follower removes the same frames, or starts its copy
+//! again at that offset when it lacks frames retention removed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -29,6 +31,7 @@ use super::replication_proto::leader_update::Update;
 use super::watches::{Change, Kind, TopicWatches};
 use crate::broker::terms::{divergence, TermHistory, TermStart};
 use crate::broker::topics::{Topic, Topics};
+use crate::index::OrderKey;
 use crate::wal;
 
 /// Bytes of records per message to a follower (at least one record).
@@ -59,6 +62,7 @@ impl Leader {
         max_lag: Duration,
     ) -> crate::broker::error::Result<Arc<Leader>> {
         topics.set_term(term);
+        topics.set_owns_retention(true);
         for t in topics.list() {
             topics.begin_term(t.name(), term).await?;
         }
@@ -84,8 +88,10 @@ impl Leader {
         self.insync.lock().set()
     }
 
-    /// Ends the leadership: every follower's stream and the commit task end.
+    /// Ends the leadership: every follower's stream and the commit task end, and this
+    /// node's retention stops deciding (a follower applies its leader's).
     pub fn stop(&self) {
+        self.topics.set_owns_retention(false);
         self.stopped.send_replace(true);
     }
 
@@ -237,6 +243,8 @@ struct Shipped {
     commit: Option<u64>,
     /// True once the topic's epoch, settings and terms were sent.
     announced: bool,
+    /// The oldest retained offset last sent.
+    first: u64,
 }
 
 /// One follower's stream.
@@ -258,7 +266,7 @@ impl Session {
         info!(follower = %follower, term = self.leader.term, topics = first.positions.len(), "follower connected");
         let mut watches = TopicWatches::new(
             Arc::clone(&self.leader.topics),
-            &[Kind::Durable, Kind::Visible],
+            &[Kind::Durable, Kind::Visible, Kind::First],
         );
         let tx = self.tx.clone();
         let leader = Arc::clone(&self.leader);
@@ -285,6 +293,7 @@ impl Session {
                         Change::Roster => self.rescan().await?,
                         Change::Topic(Kind::Durable, t) => self.mark(&t),
                         Change::Topic(Kind::Visible, t) => self.send_commit(&t).await?,
+                        Change::Topic(Kind::First, t) => self.send_retention(&t).await?,
                     },
                 }
             }
@@ -337,6 +346,7 @@ impl Session {
                     next: cut,
                     commit: None,
                     announced: false,
+                    first: 0,
                 },
             );
         }
@@ -373,10 +383,16 @@ impl Session {
                 next: 0,
                 commit: None,
                 announced: false,
+                first: 0,
             });
             if !s.announced {
                 s.announced = true;
-                self.send(Update::Topic(replica_topic(t))).await?;
+                let announced = replica_topic(t);
+                // A follower whose copy ends before the oldest retained frame starts it
+                // again there: shipping continues from that offset.
+                s.first = announced.first_offset;
+                s.next = s.next.max(announced.first_offset);
+                self.send(Update::Topic(announced)).await?;
             }
             self.mark(t);
             self.send_commit(t).await?;
@@ -410,11 +426,24 @@ impl Session {
         let (records, next) = match t.log().read_records(s.next, MAX_RECORDS_BYTES) {
             Ok(r) => r,
             Err(wal::Error::OutOfRange { first, .. }) => {
-                // Retention removed what this follower needs next. Restarting a copy past
-                // the leader's first offset is not built yet: the follower stays behind in
-                // this topic (and out of the in-sync set).
-                warn!(follower = %self.follower, topic = %name, from = s.next, first, "follower needs frames retention removed; this topic is not copied");
-                return Ok(None);
+                // Retention removed what this follower needs next: it starts its copy again
+                // at the oldest retained offset, and shipping goes on from there.
+                info!(follower = %self.follower, topic = %name, from = s.next, first, "follower needs frames retention removed: it restarts its copy at the oldest retained offset");
+                let (first, removed) = t.log().retention_watermark();
+                if let Some(p) = self.positions.get_mut(&name) {
+                    p.next = first;
+                    p.first = first;
+                }
+                self.dirty.insert(name.clone());
+                return Ok(Some(rp::LeaderUpdate {
+                    term: self.leader.term,
+                    update: Some(Update::Retention(rp::ReplicaRetention {
+                        topic: name,
+                        epoch: s.epoch,
+                        first_offset: first,
+                        removed_max_key: removed.map(wire_key),
+                    })),
+                }));
             }
             Err(e) => {
                 warn!(follower = %self.follower, topic = %name, error = %e, "cannot read records to ship");
@@ -458,6 +487,28 @@ impl Session {
         self.send(Update::Commit(rp::ReplicaCommit {
             topic: topic.name().to_string(),
             offset: commit,
+        }))
+        .await
+    }
+
+    /// Sends `topic`'s oldest retained offset if this node's retention moved it since last
+    /// sent: the follower removes the same frames from its copy.
+    async fn send_retention(&mut self, topic: &Topic) -> Result<(), Gone> {
+        let (first, removed) = topic.log().retention_watermark();
+        let Some(s) = self.positions.get_mut(topic.name()) else {
+            return Ok(());
+        };
+        if s.epoch != topic.meta().epoch || !s.announced || first <= s.first {
+            return Ok(());
+        }
+        s.first = first;
+        s.next = s.next.max(first);
+        let epoch = s.epoch;
+        self.send(Update::Retention(rp::ReplicaRetention {
+            topic: topic.name().to_string(),
+            epoch,
+            first_offset: first,
+            removed_max_key: removed.map(wire_key),
         }))
         .await
     }
@@ -506,12 +557,32 @@ pub fn from_wire_terms(terms: &[rp::TermStart]) -> crate::broker::error::Result<
 
 fn replica_topic(t: &Topic) -> rp::ReplicaTopic {
     let m = t.meta();
+    let (first_offset, removed) = t.log().retention_watermark();
     rp::ReplicaTopic {
         name: t.name().to_string(),
         epoch: m.epoch,
         retention_max_age_seconds: m.retention_max_age_seconds,
         retention_max_bytes: m.retention_max_bytes,
-        first_offset: t.log().stats().first_offset,
+        first_offset,
         terms: wire_terms(&t.terms()),
+        removed_max_key: removed.map(wire_key),
+    }
+}
+
+/// An order key as sent.
+pub fn wire_key(k: OrderKey) -> rp::OrderKey {
+    rp::OrderKey {
+        seq_no: k.seq_no,
+        timestamp: k.timestamp,
+        offset: k.offset,
+    }
+}
+
+/// An order key as received.
+pub fn from_wire_key(k: &rp::OrderKey) -> OrderKey {
+    OrderKey {
+        seq_no: k.seq_no,
+        timestamp: k.timestamp,
+        offset: k.offset,
     }
 }

@@ -1,5 +1,5 @@
-//! Waiting on every topic at once: which topic's durable frontier or commit point moved, or
-//! that the set of topics changed.
+//! Waiting on every topic at once: which topic's durable frontier, commit point or oldest
+//! retained offset moved, or that the set of topics changed.
 //!
 //! One future per topic and kind in a `FuturesUnordered`, re-armed after each change, so a
 //! wake costs the topic that changed, not a scan of every topic. When the roster changes
@@ -22,6 +22,8 @@ pub enum Kind {
     Durable,
     /// Its visibility frontier (the commit point).
     Visible,
+    /// Its oldest retained offset (this node's retention removed frames).
+    First,
 }
 
 /// What [`TopicWatches::next`] saw.
@@ -74,6 +76,7 @@ impl TopicWatches {
                 let rx = match kind {
                     Kind::Durable => topic.log().watch_durable(),
                     Kind::Visible => topic.watch_visible(),
+                    Kind::First => topic.watch_first_offset(),
                 };
                 self.armed.push(arm(kind, Arc::clone(&topic), rx));
             }

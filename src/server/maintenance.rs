@@ -1,6 +1,9 @@
 //! Background upkeep of every topic: retention passes and automatic compaction.
 //!
-//! Every `interval`, each topic's retention limits are applied, then the topic is compacted
+//! Every `interval`, each topic's retention limits are applied (on a cluster follower: the
+//! leader's retention decisions, which it copies; on a cluster leader: never past the
+//! commit point, so no follower is asked to drop a frame it may not hold), then the topic
+//! is compacted
 //! when its sealed, not yet compacted segments reach `compact_after_segments` files or
 //! `compact_after_bytes` bytes. Topics are handled one at a time on a blocking thread, and
 //! compaction I/O is rate-limited, so publishers keep a steady latency.
@@ -15,6 +18,7 @@ use tracing::warn;
 
 use super::config::MaintenanceConfig;
 use crate::broker::shutdown::Shutdown;
+use crate::broker::topics::Topic;
 use crate::broker::Topics;
 use crate::wal::{now_ns, Log};
 
@@ -36,13 +40,22 @@ pub async fn run(
             if shutdown.is_fired() {
                 return None;
             }
-            if topic.is_deleted() || !due(topic.log(), &config) {
+            let owns = topics.owns_retention();
+            if topic.is_deleted() || !due(&topic, owns, &config) {
                 continue;
             }
             let t = Arc::clone(&topic);
             let mut job = tokio::task::spawn_blocking(move || -> crate::wal::Result<()> {
                 let log = t.log();
-                log.apply_retention(now_ns())?;
+                if owns {
+                    let report = log.apply_retention_below(now_ns(), t.visible_offset())?;
+                    t.note_first_offset(report.first_offset);
+                } else {
+                    let (first, removed_max_key) = t.leader_retention();
+                    if first > log.retention_watermark().0 {
+                        log.remove_below(first, removed_max_key)?;
+                    }
+                }
                 if compaction_due(log, &config) {
                     let report = log.compact(&config.compact)?;
                     if report.run.is_some() {
@@ -72,11 +85,18 @@ pub async fn run(
     }
 }
 
-/// True when a topic has retention limits or a compaction is due. Checked here, in memory,
-/// so that an idle topic costs no blocking task per pass (ten thousand small topics would
-/// otherwise mean ten thousand tasks a second).
-fn due(log: &Log, config: &MaintenanceConfig) -> bool {
-    log.config().retention.is_limited() || compaction_due(log, config)
+/// True when a topic has retention limits (`owns`: this node decides them), a leader's
+/// retention decision to apply, or a compaction due. Checked here, in memory, so that an
+/// idle topic costs no blocking task per pass (ten thousand small topics would otherwise
+/// mean ten thousand tasks a second).
+fn due(topic: &Topic, owns: bool, config: &MaintenanceConfig) -> bool {
+    let log = topic.log();
+    let retention = if owns {
+        log.config().retention.is_limited()
+    } else {
+        topic.leader_retention().0 > log.retention_watermark().0
+    };
+    retention || compaction_due(log, config)
 }
 
 /// True when the sealed, not yet compacted segments reach the configured backlog.

@@ -344,7 +344,52 @@ impl Log {
 
     /// Removes the oldest frames beyond the retention limits, within sealed data only.
     pub fn apply_retention(&self, now: i64) -> Result<RetentionReport> {
+        self.apply_retention_below(now, u64::MAX)
+    }
+
+    /// [`Log::apply_retention`], removing nothing at or past `limit` (a cluster leader
+    /// passes its commit point: it never removes a frame its followers may not hold yet).
+    pub fn apply_retention_below(&self, now: i64, limit: u64) -> Result<RetentionReport> {
         let policy = self.shared.config.retention;
+        if !policy.is_limited() {
+            let first = self.shared.state.read().first_offset;
+            return Ok(RetentionReport {
+                first_offset: first,
+                ..Default::default()
+            });
+        }
+        let horizon = policy
+            .max_age
+            .map(|a| now.saturating_sub(i64::try_from(a.as_nanos()).unwrap_or(i64::MAX)));
+        self.remove_prefix(limit, None, &mut |key, remaining| {
+            let over_bytes = policy.max_bytes.is_some_and(|m| remaining > m);
+            let too_old = horizon.is_some_and(|h| key.timestamp < h);
+            over_bytes || too_old
+        })
+    }
+
+    /// Removes every frame below `cutoff` that lies in sealed data: a retention decision
+    /// made elsewhere (a cluster leader's), applied to this copy. `removed_max_key`: the
+    /// largest order key that decision removed, kept as this log's retention watermark so
+    /// a resumed replay that needed it is refused here too. Frames below `cutoff` in the
+    /// active segment stay until it is sealed; call again then.
+    pub fn remove_below(
+        &self,
+        cutoff: u64,
+        removed_max_key: Option<OrderKey>,
+    ) -> Result<RetentionReport> {
+        self.remove_prefix(cutoff, removed_max_key, &mut |_, _| true)
+    }
+
+    /// Moves the oldest retained offset forward over the frames `remove` accepts, in offset
+    /// order, within sealed data and below `limit`; `remove` gets each frame's key and the
+    /// bytes retained before it goes. `extra_key` joins the removed keys' maximum.
+    fn remove_prefix(
+        &self,
+        limit: u64,
+        extra_key: Option<OrderKey>,
+        remove: &mut dyn FnMut(&OrderKey, u64) -> bool,
+    ) -> Result<RetentionReport> {
         let (first, seal_end, total) = {
             let st = self.shared.state.read();
             let active = st
@@ -352,22 +397,16 @@ impl Log {
                 .segments()
                 .last()
                 .map_or(st.next_offset, |(b, _, _)| b);
-            (st.first_offset, active, st.bytes)
+            (st.first_offset, active.min(limit), st.bytes)
         };
         let mut report = RetentionReport {
             first_offset: first,
             ..Default::default()
         };
-        if !policy.is_limited() {
-            return Ok(report);
-        }
         let _one_at_a_time = self.shared.maintenance.lock();
         if self.is_closed() {
             return Err(Error::Unavailable("log is closed".into()));
         }
-        let horizon = policy
-            .max_age
-            .map(|a| now.saturating_sub(i64::try_from(a.as_nanos()).unwrap_or(i64::MAX)));
         let mut cutoff = first;
         let mut removed_key: Option<OrderKey> = None;
         'scan: while cutoff < seal_end {
@@ -389,11 +428,7 @@ impl Log {
                     continue;
                 };
                 let (key, len) = loc.header(offset)?;
-                let over_bytes = policy
-                    .max_bytes
-                    .is_some_and(|m| total.saturating_sub(report.bytes_removed) > m);
-                let too_old = horizon.is_some_and(|h| key.timestamp < h);
-                if !(over_bytes || too_old) {
+                if !remove(&key, total.saturating_sub(report.bytes_removed)) {
                     break 'scan;
                 }
                 report.bytes_removed += len;
@@ -405,6 +440,7 @@ impl Log {
         if cutoff == first {
             return Ok(report);
         }
+        let removed_key = removed_key.max(extra_key);
         let (old_runs, old_segments, manifest) = {
             let st = self.shared.state.read();
             // The segment holding the cutoff stays (its frames below the cutoff are merely

@@ -19,6 +19,7 @@ use super::commit::Committer;
 use super::config::LogConfig;
 use super::dedup::DedupWindow;
 use super::frame::{check_frames, now_ns, Appended, NewFrame};
+use super::manifest::{self, Manifest};
 use super::recovery::{recover, TornTail};
 use super::segment::SegmentWriter;
 use super::state::{Rebuild, State};
@@ -128,6 +129,34 @@ impl Log {
                 torn: recovered.torn,
             }),
         })
+    }
+
+    /// Prepares the empty directory `dir` so that the log opened in it starts at
+    /// `first_offset`: a copy of a log whose older frames retention removed elsewhere.
+    /// `removed_max_key`: the largest order key they held (the retention watermark), so a
+    /// resumed replay that needed one is refused here too. Refused when `dir` holds a log.
+    pub fn prepare_start(
+        dir: &Path,
+        first_offset: u64,
+        removed_max_key: Option<OrderKey>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if !super::recovery::list_segments(dir)?.is_empty() || manifest::read(dir)?.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds a log",
+                dir.display()
+            )));
+        }
+        manifest::write(
+            dir,
+            &Manifest {
+                version: 1,
+                first_offset,
+                segments_from: first_offset,
+                runs: Vec::new(),
+                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+            },
+        )
     }
 
     /// The directory of this log.
