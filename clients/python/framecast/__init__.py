@@ -12,8 +12,10 @@
         ...
 
 Publishing never stores a frame twice (idempotency keys, retries with the same key);
-subscriptions resume exactly after a disconnect or a server restart; errors are the
-exceptions of :mod:`framecast.errors`. The asyncio flavour is :class:`framecast.aio.Client`.
+subscriptions resume exactly after a disconnect or a server restart (on another node of a
+cluster too; ``Client(nodes, read_from="followers")`` spreads them over the followers);
+errors are the exceptions of :mod:`framecast.errors`. The asyncio flavour is
+:class:`framecast.aio.Client`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .types import Ack, Cursor, Frame, TopicInfo
+from .types import Ack, ClusterInfo, Cursor, Frame, NodeInfo, TopicInfo, TopicPosition
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,9 @@ __all__ = [
     "Frame",
     "TopicInfo",
     "Cursor",
+    "ClusterInfo",
+    "NodeInfo",
+    "TopicPosition",
     "errors",
     "FramecastError",
     "InvalidArgument",

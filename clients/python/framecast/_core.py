@@ -1,7 +1,8 @@
 """What the blocking and the asyncio clients share, free of I/O: retry policy and every retry
 decision (retry or give up, how long to wait, which error to raise), idempotency keys,
-request building (the resume cursor included), the mapping of gRPC messages to the
-package's types. ``client.py`` and ``aio.py`` only do the waiting and the calls."""
+request building (the resume cursor included), which node a subscription reads from, the
+mapping of gRPC messages to the package's types. ``client.py`` and ``aio.py`` only do the
+waiting and the calls."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import grpc
 from . import errors
 from ._proto import framecast_pb2 as pb
 from .errors import from_rpc_error, is_transient
-from .types import Ack, Cursor, Frame, TopicInfo
+from .types import Ack, ClusterInfo, Cursor, Frame, NodeInfo, TopicInfo, TopicPosition
 
 log = logging.getLogger("framecast")
 
@@ -312,6 +313,77 @@ class Route:
             )
             error.args = (error.message,)
         return error
+
+
+#: ``read_from=`` value: subscriptions go where every call goes (the default).
+READ_FROM_LEADER = "leader"
+#: ``read_from=`` value: each subscription (and each resume of it) reads from a follower.
+READ_FROM_FOLLOWERS = "followers"
+#: Longest time (seconds) the ``Cluster`` call that picks a subscription's follower may
+#: take; past it (or on any failure) the subscription reads through the usual route.
+CLUSTER_LOOKUP_TIMEOUT = 5.0
+
+
+def cluster_lookup_timeout(deadline: float | None) -> float:
+    """How long the ``Cluster`` call before a subscription's stream may take: at most
+    :data:`CLUSTER_LOOKUP_TIMEOUT`, never past the subscription's ``deadline``."""
+    left = remaining(deadline)
+    return CLUSTER_LOOKUP_TIMEOUT if left is None else min(CLUSTER_LOOKUP_TIMEOUT, left)
+
+
+def check_read_from(read_from: str) -> str:
+    """``read_from`` if it is ``"leader"`` or ``"followers"``; anything else is
+    :class:`framecast.errors.InvalidArgument` (a ``ValueError``), as other bad constructor
+    arguments are."""
+    if read_from in (READ_FROM_LEADER, READ_FROM_FOLLOWERS):
+        return read_from
+    raise errors.InvalidArgument(
+        f"unknown read_from {read_from!r} (expected {READ_FROM_LEADER!r} or "
+        f"{READ_FROM_FOLLOWERS!r})"
+    )
+
+
+def follower_candidates(info: ClusterInfo) -> list[NodeInfo]:
+    """The nodes of ``info`` a subscription may read from, sorted by id: the online
+    followers with an address, only the in-sync ones if any is (an out-of-sync follower
+    delivers the same committed frames, but may be far behind). Empty for a single node
+    (which lists itself alone, as the leader)."""
+    online = [n for n in info.nodes if n.online and not n.leader and node_address(n)]
+    in_sync = [n for n in online if n.in_sync]
+    return sorted(in_sync or online, key=lambda n: n.id)
+
+
+class FollowerPicker:
+    """Which follower each subscription of one client reads from: round robin over the
+    candidates (:func:`follower_candidates`), starting at a random index per client, so
+    the subscriptions of many clients spread evenly over the followers. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._next = random.randrange(1 << 16)
+        self._lock = threading.Lock()
+
+    def pick(self, info: ClusterInfo, avoid: str | None = None) -> NodeInfo | None:
+        """The follower to read from next, or ``None`` when there is none. ``avoid``: the
+        address of the node a stream just failed on, left out when another candidate
+        exists."""
+        candidates = follower_candidates(info)
+        if avoid is not None and len(candidates) > 1:
+            candidates = [n for n in candidates if node_address(n) != avoid] or candidates
+        if not candidates:
+            return None
+        with self._lock:
+            i = self._next
+            self._next += 1
+        return candidates[i % len(candidates)]
+
+
+def node_address(node: NodeInfo) -> str:
+    """``host:port`` of ``node`` (its advertised address, normalized like a configured one);
+    ``""`` when it has none."""
+    try:
+        return normalize_address(node.address)
+    except errors.InvalidArgument:
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,6 +755,31 @@ def topic_from_pb(t: pb.TopicInfo) -> TopicInfo:
     )
 
 
+def cluster_from_pb(c: pb.ClusterInfo) -> ClusterInfo:
+    """A :class:`ClusterInfo` from its message."""
+    return ClusterInfo(
+        term=c.term,
+        leader=c.leader,
+        nodes=tuple(
+            NodeInfo(
+                id=n.id,
+                address=n.address,
+                http_address=n.http_address,
+                leader=n.leader,
+                in_sync=n.in_sync,
+                online=n.online,
+                topics=tuple(
+                    TopicPosition(
+                        topic=t.topic, next_offset=t.next_offset, commit_offset=t.commit_offset
+                    )
+                    for t in n.topics
+                ),
+            )
+            for n in c.nodes
+        ),
+    )
+
+
 def create_topic_request(
     name: str, retention_max_age_seconds: int, retention_max_bytes: int
 ) -> pb.CreateTopicRequest:
@@ -825,11 +922,15 @@ class Resume:
         policy: RetryPolicy,
         timeout: float | None,
         route: Route | None = None,
+        followers: FollowerPicker | None = None,
     ):
         self.topic = topic
         #: Which address each stream is opened at: the client's current one; a break moves
         #: the client on to the next (the cursor resumes exactly on any node).
         self.route = route
+        #: With ``read_from="followers"``: picks the follower each stream is opened at,
+        #: from a ``Cluster`` answer (:meth:`wants_cluster`); the route is the fallback.
+        self.followers = followers
         self.start = start
         self.timeout = timeout
         self.deadline = deadline_after(timeout)
@@ -838,10 +939,49 @@ class Resume:
         self.cursor: Cursor | None = None
         #: ``time.monotonic()`` when the current stream started delivering, if it did.
         self.opened_at: float | None = None
+        #: The address (``host:port``) of the node the current (or last) stream was opened
+        #: at; ``None`` before the first.
+        self.node: str | None = None
+        #: The follower the current stream was opened at; ``None`` when it went by the route.
+        self.follower: NodeInfo | None = None
+        #: The address of the node the last stream broke on: the next follower is another.
+        self.avoid: str | None = None
+        #: How many times a stream was re-opened after a break (counted by the caller).
+        self.reconnects = 0
+        #: A follower refused the last stream: the next one goes by the route, whose
+        #: answer is final (a follower may lack a topic just created on the leader).
+        self._by_route = False
 
-    def address(self, default: str) -> str:
-        """The address to open the next stream at (``default`` without a route)."""
-        return default if self.route is None else self.route.next()
+    def wants_cluster(self) -> bool:
+        """True when the next stream is to be opened at a follower, so the caller first
+        asks ``Cluster`` (any node answers it) and hands the answer to :meth:`address`."""
+        return self.followers is not None and not self._by_route
+
+    def address(self, default: str, cluster: ClusterInfo | None = None) -> str:
+        """The address to open the next stream at: a follower picked from ``cluster`` (with
+        ``read_from="followers"``), else the route's (``default`` without a route)."""
+        self.follower = None
+        followers = self.followers
+        if followers is not None and not self._by_route:
+            picked = None if cluster is None else followers.pick(cluster, self.avoid)
+            if picked is not None:
+                self.follower = picked
+                self.node = node_address(picked)
+                log.debug(
+                    "subscription %s: reading from follower %s (%s)",
+                    self.topic,
+                    picked.id,
+                    self.node,
+                )
+                return self.node
+            log.debug(
+                "subscription %s: %s; reading through the usual route",
+                self.topic,
+                "no Cluster answer" if cluster is None else "no follower online",
+            )
+        self._by_route = False
+        self.node = default if self.route is None else self.route.next()
+        return self.node
 
     def request(self) -> pb.SubscribeRequest:
         """The request for the next stream: with ``resume`` once there is a cursor."""
@@ -880,14 +1020,30 @@ class Resume:
         """A stream broke (``err``), or ended (``None``; the server never ends one
         cleanly): the delay before reconnecting, or raises the error the subscription ends
         with (client closed, timeout over, a permanent error, the retry budget spent)."""
+        on_follower, self.follower = self.follower, None
+        self.avoid = self.node
         if client_closed:
             raise errors.ClientClosed("client closed")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise timed_out("subscription", self.timeout)
-        if self.route is not None and self.route.failed(err):
+        if on_follower is not None:
+            # The route did not choose this node: its failure leaves the client's current
+            # node alone. A refusal is not final (the follower may lag: lack a topic just
+            # created, or frames): the route's node answers at once.
+            if err is not None and not is_transient(err) and not _core_broke(err):
+                log.debug(
+                    "subscription %s: follower %s refused (%s); asking the usual route",
+                    self.topic,
+                    on_follower.id,
+                    from_rpc_error(err),
+                )
+                self._by_route = True
+                self.opened_at = None
+                return 0.0
+        elif self.route is not None and self.route.failed(err):
             self.opened_at = None
             return 0.0  # a hint: to the node it named, at once
-        if err is not None and not is_transient(err):
+        elif err is not None and not is_transient(err):
             raise from_rpc_error(err)
         if (
             self.opened_at is not None

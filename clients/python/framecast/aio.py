@@ -22,7 +22,8 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -33,8 +34,10 @@ from ._core import (
     DEFAULT_WINDOW,
     FAIL_ALL,
     FAIL_OLDEST,
+    READ_FROM_FOLLOWERS,
     RESEND,
     Backoff,
+    FollowerPicker,
     FrameSpec,
     KeySource,
     Nodes,
@@ -46,6 +49,9 @@ from ._core import (
     ack_from_pb,
     attempt_timeout,
     check_coalesced,
+    check_read_from,
+    cluster_from_pb,
+    cluster_lookup_timeout,
     coalesced_stream_end,
     compression_settings,
     create_topic_request,
@@ -62,10 +68,10 @@ from ._core import (
 from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed
-from .types import Ack, Frame, TopicInfo
+from .errors import ClientClosed, FramecastError
+from .types import Ack, ClusterInfo, Cursor, Frame, TopicInfo
 
-__all__ = ["Client"]
+__all__ = ["Client", "Subscription"]
 
 log = logging.getLogger("framecast")
 
@@ -79,7 +85,9 @@ class Client:
     idempotency key and never stored twice; subscriptions resume exactly after a break;
     failures are :mod:`framecast.errors` exceptions, never a raw ``grpc.RpcError``; with
     several addresses, a node that cannot be reached is left for the next, and a write
-    refused by a follower goes at once to the leader it named (``framecast-leader``).
+    refused by a follower goes at once to the leader it named (``framecast-leader``); with
+    ``read_from="followers"``, subscriptions read from the cluster's followers, spread
+    round robin, and resume exactly on another one.
 
     Args:
         address: ``host:port`` (or ``http://host:port``) of the server; ``https://host:port``
@@ -99,6 +107,10 @@ class Client:
         client_cert: With ``client_key``: the certificate (PEM path or bytes) presented to
             a server that requires client certificates (``serve --tls-client-ca``).
         client_key: The PEM private key of ``client_cert``.
+        read_from: ``"leader"`` (the default): subscriptions go where every call goes;
+            ``"followers"``: each subscription (and each resume of it) reads from a
+            follower of the cluster. See :class:`framecast.Client`. Anything else raises
+            :class:`framecast.errors.InvalidArgument`.
     """
 
     def __init__(
@@ -114,7 +126,10 @@ class Client:
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
+        read_from: str = "leader",
     ) -> None:
+        self._read_from = check_read_from(read_from)
+        self._followers = FollowerPicker() if read_from == READ_FROM_FOLLOWERS else None
         addresses, tls = parse_addresses(address)
         self._nodes = Nodes(addresses)
         self._token = resolve_token(token)
@@ -149,6 +164,11 @@ class Client:
     def retry(self) -> RetryPolicy:
         """The retry policy."""
         return self._retry
+
+    @property
+    def read_from(self) -> str:
+        """Where subscriptions read: ``"leader"`` or ``"followers"``."""
+        return self._read_from
 
     @property
     def closed(self) -> bool:
@@ -361,9 +381,9 @@ class Client:
 
     # ----------------------------------------------------------------- subscribing
 
-    async def frames(
+    def frames(
         self, topic: str = "", start: int = 0, *, timeout: float | None = None
-    ) -> AsyncGenerator[Frame, None]:
+    ) -> Subscription[Frame]:
         """An async generator of the subscription's :class:`Frame` s: history (``seq_no >=
         start``, sorted by ``(seq_no, timestamp, offset)``), then live frames in offset
         order, forever. It survives disconnects and server restarts, resuming exactly.
@@ -371,18 +391,25 @@ class Client:
 
         ``timeout`` bounds the whole subscription (then
         :class:`framecast.errors.DeadlineExceeded`). Errors as in
-        :meth:`framecast.Client.frames`.
+        :meth:`framecast.Client.frames`. The :class:`Subscription` returned tells where it
+        stands (``cursor``) and which node it reads from (``address``).
         """
-        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes))
+        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes), self._followers)
+        return Subscription(resume, self._frames(resume), _identity)
+
+    async def _frames(self, resume: Resume) -> AsyncGenerator[Frame, None]:
+        """The frames of the subscription ``resume`` keeps the state of."""
 
         async def pause(e: grpc.RpcError | None) -> None:
             delay = resume.broken(e, client_closed=self._closed)
             if delay:
                 await self._sleep(delay)
+            resume.reconnects += 1
 
         while True:
+            cluster = await self._cluster_for(resume) if resume.wants_cluster() else None
             try:
-                stub = self._stub_for(resume.address(self.address))
+                stub = self._stub_for(resume.address(self.address, cluster))
                 call = stub.Subscribe(resume.request(), timeout=remaining(resume.deadline))
             except grpc.aio.UsageError:
                 raise ClientClosed("client is closed") from None
@@ -410,16 +437,12 @@ class Client:
             finally:
                 call.cancel()
 
-    async def subscribe(
+    def subscribe(
         self, topic: str = "", start: int = 0, *, timeout: float | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> Subscription[bytes]:
         """Like :meth:`frames`, but yields the payloads only."""
-        frames = self.frames(topic, start, timeout=timeout)
-        try:
-            async for frame in frames:
-                yield frame.payload
-        finally:
-            await frames.aclose()
+        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes), self._followers)
+        return Subscription(resume, self._frames(resume), _payload)
 
     # ----------------------------------------------------------------- both at once
 
@@ -506,6 +529,124 @@ class Client:
         """Every topic with its figures."""
         resp = await self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
+
+    # ----------------------------------------------------------------- the cluster
+
+    async def cluster(self, *, timeout: float | None = None) -> ClusterInfo:
+        """The cluster as the node the client calls sees it (term, leader, every node). See
+        :meth:`framecast.Client.cluster`."""
+        return cluster_from_pb(await self._call("cluster", "Cluster", pb.ClusterRequest(), timeout))
+
+    async def _cluster_for(self, resume: Resume) -> ClusterInfo | None:
+        """The ``Cluster`` answer a subscription picks its follower from: one attempt on
+        the usual route, bounded in time; ``None`` when it fails (the subscription then
+        reads through the route)."""
+        try:
+            resp = await self._call(
+                "cluster",
+                "Cluster",
+                pb.ClusterRequest(),
+                cluster_lookup_timeout(resume.deadline),
+                retry=False,
+            )
+        except ClientClosed:
+            raise
+        except FramecastError as e:
+            log.debug("subscription %s: Cluster failed: %s", resume.topic, e)
+            return None
+        return cluster_from_pb(resp)
+
+
+T = TypeVar("T")
+
+
+def _identity(frame: Frame) -> Frame:
+    return frame
+
+
+def _payload(frame: Frame) -> bytes:
+    return frame.payload
+
+
+class Subscription(AsyncGenerator[T, None], Generic[T]):
+    """An async generator over a subscription's frames (or payloads), made by
+    :meth:`Client.frames` and :meth:`Client.subscribe`: iterate it with ``async for``,
+    stop it with ``break`` and ``aclose()`` (or ``async with``). Like
+    :class:`framecast.Subscription`, it resumes exactly after a break, and tells where it
+    stands and which node it reads from.
+    """
+
+    def __init__(
+        self,
+        resume: Resume,
+        frames: AsyncGenerator[Frame, None],
+        project: Callable[[Frame], T],
+    ) -> None:
+        self._resume = resume
+        self._frames = frames
+        self._project = project
+
+    @property
+    def topic(self) -> str:
+        """The topic subscribed to."""
+        return self._resume.topic
+
+    @property
+    def start(self) -> int:
+        """``replay_seq_no_start``."""
+        return self._resume.start
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where the subscription stands (``None`` before the server answered): the
+        snapshot point, epoch and last frame yielded."""
+        return self._resume.cursor
+
+    @property
+    def snapshot_offset(self) -> int | None:
+        """The snapshot point ``S``: frames with ``offset < S`` are history."""
+        c = self._resume.cursor
+        return None if c is None else c.snapshot_offset
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream was re-opened after a break."""
+        return self._resume.reconnects
+
+    @property
+    def address(self) -> str | None:
+        """The node (``host:port``) the subscription reads from now (or last, between a
+        break and the resume): a follower with ``read_from="followers"``, else the
+        client's current node; ``None`` before the first stream was opened."""
+        return self._resume.node
+
+    async def asend(self, value: None) -> T:
+        return self._project(await self._frames.asend(value))
+
+    async def athrow(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+    ) -> T:
+        return self._project(await self._frames.athrow(typ, val, tb))  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        """Ends the subscription (its stream is cancelled). Idempotent."""
+        await self._frames.aclose()
+
+    async def __aenter__(self) -> Subscription[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        r = self._resume
+        return (
+            f"aio.Subscription(topic={r.topic!r}, start={r.start}, cursor={r.cursor}, "
+            f"address={r.node!r})"
+        )
 
 
 async def _accepted(call: Any) -> None:

@@ -19,8 +19,10 @@ from ._core import (
     DEFAULT_WINDOW,
     FAIL_ALL,
     FAIL_OLDEST,
+    READ_FROM_FOLLOWERS,
     RESEND,
     Backoff,
+    FollowerPicker,
     FrameSpec,
     KeySource,
     Nodes,
@@ -32,6 +34,9 @@ from ._core import (
     ack_from_pb,
     attempt_timeout,
     check_coalesced,
+    check_read_from,
+    cluster_from_pb,
+    cluster_lookup_timeout,
     coalesced_stream_end,
     compression_settings,
     create_topic_request,
@@ -48,8 +53,8 @@ from ._core import (
 from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed
-from .types import Ack, Cursor, Frame, TopicInfo
+from .errors import ClientClosed, FramecastError
+from .types import Ack, ClusterInfo, Cursor, Frame, TopicInfo
 
 __all__ = ["Client", "Subscription"]
 
@@ -81,6 +86,13 @@ class Client:
       next, round robin, within the retry policy. A follower refusing a write names the
       leader (``framecast-leader``): the write is sent there at once. A subscription that
       breaks resumes, exactly, on the next node.
+    * **Reading from followers.** With ``read_from="followers"``, each subscription (and
+      each resume of it) asks the cluster (:meth:`cluster`) and reads from an online
+      follower, in-sync ones first, round robin, so subscriptions spread over the
+      followers and leave the leader to writes; a resume after a break goes to another
+      follower, exactly after the last frame yielded (every node delivers only committed
+      frames, with the same cursors). Without a follower (a single node, an unreachable
+      cluster) it reads through the usual route. Writes and other calls are unaffected.
 
     Example::
 
@@ -114,6 +126,11 @@ class Client:
         client_cert: With ``client_key``: the certificate (PEM path or bytes) presented to
             a server that requires client certificates (``serve --tls-client-ca``).
         client_key: The PEM private key of ``client_cert``.
+        read_from: Where subscriptions read: ``"leader"`` (the default) where every call
+            goes; ``"followers"``: each subscription at a follower of the cluster, picked
+            afresh (another one) at each resume; a follower is reached with the client's
+            own TLS, certificates, token and compression. Anything else raises
+            :class:`framecast.errors.InvalidArgument`.
     """
 
     def __init__(
@@ -129,7 +146,10 @@ class Client:
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
+        read_from: str = "leader",
     ) -> None:
+        self._read_from = check_read_from(read_from)
+        self._followers = FollowerPicker() if read_from == READ_FROM_FOLLOWERS else None
         addresses, tls = parse_addresses(address)
         self._nodes = Nodes(addresses)
         self._token = resolve_token(token)
@@ -181,6 +201,11 @@ class Client:
     def retry(self) -> RetryPolicy:
         """The retry policy."""
         return self._retry
+
+    @property
+    def read_from(self) -> str:
+        """Where subscriptions read: ``"leader"`` or ``"followers"``."""
+        return self._read_from
 
     @property
     def closed(self) -> bool:
@@ -434,7 +459,8 @@ class Client:
 
         The returned :class:`Subscription` is an iterator of :class:`Frame`; it survives
         disconnects and server restarts, resuming exactly. Stop it with ``close()`` (or use
-        it as a context manager, or ``break`` and drop it).
+        it as a context manager, or ``break`` and drop it). With ``read_from="followers"``
+        it reads from a follower of the cluster (``Subscription.address`` names it).
 
         Args:
             topic: The topic (``""`` = ``default``).
@@ -590,6 +616,40 @@ class Client:
         resp = self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
 
+    # ----------------------------------------------------------------- the cluster
+
+    def cluster(self, *, timeout: float | None = None) -> ClusterInfo:
+        """The cluster as the node the client calls sees it: the term, the leader's address
+        and every node (id, addresses, leader or follower, in sync, online, its position in
+        each topic the caller may see). A server without a cluster answers as a cluster of
+        one: term 0, itself the leader. Retried like every call.
+
+        Raises:
+            Unavailable: No node answered within the retry budget.
+            DeadlineExceeded: ``timeout`` ran out.
+        """
+        resp = self._call("cluster", "Cluster", pb.ClusterRequest(), timeout)
+        return cluster_from_pb(resp)
+
+    def _cluster_for(self, resume: Resume) -> ClusterInfo | None:
+        """The ``Cluster`` answer a subscription picks its follower from: one attempt on
+        the usual route, bounded in time; ``None`` when it fails (the subscription then
+        reads through the route)."""
+        try:
+            resp = self._call(
+                "cluster",
+                "Cluster",
+                pb.ClusterRequest(),
+                cluster_lookup_timeout(resume.deadline),
+                retry=False,
+            )
+        except ClientClosed:
+            raise
+        except FramecastError as e:
+            log.debug("subscription %s: Cluster failed: %s", resume.topic, e)
+            return None
+        return cluster_from_pb(resp)
+
 
 _WAKE = object()
 
@@ -706,6 +766,8 @@ class Subscription(Generic[T]):
     and resumes with a cursor — the snapshot point and epoch it was first given, and the
     last frame it yielded — so what it yields is exactly what one unbroken subscription
     would have. It ends only by :meth:`close` (then iteration stops) or with an error.
+    :attr:`address` names the node it reads from (a follower, with the client's
+    ``read_from="followers"``).
 
     :meth:`close` may be called from any thread; it interrupts a blocked ``next()``.
     """
@@ -719,7 +781,9 @@ class Subscription(Generic[T]):
         project: Callable[[Frame], T],
     ) -> None:
         self._client = client
-        self._resume = Resume(topic, start, client._retry, timeout, Route(client._nodes))
+        self._resume = Resume(
+            topic, start, client._retry, timeout, Route(client._nodes), client._followers
+        )
         self._project = project
         self._lock = threading.Lock()
         self._call: Any = None
@@ -763,6 +827,13 @@ class Subscription(Generic[T]):
         """How many times the stream was re-opened after a break."""
         return self._reconnects
 
+    @property
+    def address(self) -> str | None:
+        """The node (``host:port``) the subscription reads from now (or last, between a
+        break and the resume): a follower with ``read_from="followers"``, else the
+        client's current node; ``None`` before the first stream was opened."""
+        return self._resume.node
+
     def close(self) -> None:
         """Ends the subscription: iteration stops. Thread-safe and idempotent."""
         with self._lock:
@@ -794,7 +865,10 @@ class Subscription(Generic[T]):
 
     def __repr__(self) -> str:
         r = self._resume
-        return f"Subscription(topic={r.topic!r}, start={r.start}, cursor={r.cursor})"
+        return (
+            f"Subscription(topic={r.topic!r}, start={r.start}, cursor={r.cursor}, "
+            f"address={r.node!r})"
+        )
 
     def _drop_call(self) -> None:
         with self._lock:
@@ -829,7 +903,8 @@ class Subscription(Generic[T]):
         if self._client._closed.is_set():
             raise ClientClosed("client is closed")
         req = self._resume.request()
-        stub = self._client._stub_for(self._resume.address(self._client.address))
+        cluster = self._client._cluster_for(self._resume) if self._resume.wants_cluster() else None
+        stub = self._client._stub_for(self._resume.address(self._client.address, cluster))
         with self._lock:
             if self._closed:
                 raise StopIteration

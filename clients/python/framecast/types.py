@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Ack", "Frame", "TopicInfo", "Cursor"]
+__all__ = ["Ack", "Frame", "TopicInfo", "Cursor", "ClusterInfo", "NodeInfo", "TopicPosition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +96,62 @@ class Cursor:
     seq_no: int = 0
     timestamp: int = 0
     offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPosition:
+    """How far one node holds one topic.
+
+    Attributes:
+        topic: The topic name.
+        next_offset: The offset the node's next frame of the topic will get (frames it
+            stores: ``0 .. next_offset``).
+        commit_offset: The commit point: the node delivers frames below it (those durable
+            on every in-sync member, which no failover can take back).
+    """
+
+    topic: str
+    next_offset: int
+    commit_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node of a cluster, as the node that answered :meth:`framecast.Client.cluster`
+    sees it.
+
+    Attributes:
+        id: The node's id (``--node-id``; ``"standalone"`` for a server without a cluster).
+        address: The gRPC address (``HOST:PORT``) clients reach it at (``--advertise``).
+        http_address: Its HTTP door (``http://HOST:PORT``), or ``""`` when it has none.
+        leader: It is the leader: the one node that accepts writes.
+        in_sync: It is in the in-sync set (a publish is acknowledged once durable on every
+            member).
+        online: It is registered in the cluster (alive, as far as etcd knows).
+        topics: Its position in each topic the caller may see.
+    """
+
+    id: str
+    address: str
+    http_address: str
+    leader: bool
+    in_sync: bool
+    online: bool
+    topics: tuple[TopicPosition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """A cluster as one of its nodes sees it (the ``Cluster`` call). A server without a
+    cluster answers as a cluster of one: term 0, itself the leader.
+
+    Attributes:
+        term: The leader key's revision in etcd (0 for a single node); it grows with every
+            new leader.
+        leader: The leader's gRPC address (``HOST:PORT``), ``""`` while there is none.
+        nodes: Every node the answering node knows of, itself included.
+    """
+
+    term: int
+    leader: str
+    nodes: tuple[NodeInfo, ...] = ()

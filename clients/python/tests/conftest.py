@@ -48,7 +48,8 @@ class ServerProcess:
     """One ``framecast serve`` process over a data dir; can be killed and restarted.
 
     With ``fixed_port`` it listens on a port chosen once (so clients keep their address
-    across restarts); otherwise on ``127.0.0.1:0``, and the port changes on restart.
+    across restarts); otherwise on ``127.0.0.1:0``, and the port changes on restart. With
+    ``port`` it listens on that port, never another (a cluster node advertises it).
     """
 
     def __init__(
@@ -58,11 +59,13 @@ class ServerProcess:
         *,
         fixed_port: bool = False,
         args: list[str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.binary = binary
         self.data_dir = data_dir
-        self.fixed_port = fixed_port
-        self.port: int | None = None
+        self.fixed_port = fixed_port or port is not None
+        self.pinned = port is not None
+        self.port: int | None = port
         #: The HTTP door's port (``http_addr=`` of the ``listening`` line); None if it is off.
         self.http_port: int | None = None
         self.args = list(args or [])
@@ -97,7 +100,7 @@ class ServerProcess:
                 return
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"server did not start on {listen}: {why}\n{self.tail()}")
-            if self.fixed_port and self.starts == 0:
+            if self.fixed_port and self.starts == 0 and not self.pinned:
                 self.port = None  # never used by a client yet: pick another
             time.sleep(0.1)
 
