@@ -1,13 +1,19 @@
 /**
  * `Framecast`: one object per server (or cluster) whose methods are the HTTP door's calls
- * (API.md, "Two front doors"): publish, subscribe, history, topics, broadcast.
+ * (API.md, "Two front doors"): publish, subscribe, history, topics, broadcast, cluster.
  */
 import { Subscription } from "./subscription.js";
-import type { BroadcastAck, BroadcastOptions, FramecastOptions, HistoryOptions, HistoryPage, PublishAck, PublishOptions, SubscribeOptions, TopicInfo, TopicSettings } from "./types.js";
+import type { BroadcastAck, BroadcastOptions, ClusterInfo, FramecastOptions, HistoryOptions, HistoryPage, PublishAck, PublishOptions, ReadFrom, SubscribeOptions, TopicInfo, TopicSettings } from "./types.js";
 /** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
 export declare class Framecast {
     private readonly transport;
+    private readonly readMode;
+    /** With `readFrom: "followers"`: the round robin over followers, shared by this client's subscriptions. */
+    private readonly followers;
+    /** Throws a `TypeError` or `RangeError` on a bad option (no url, a url that is not http(s), a bad `readFrom`, …). */
     constructor(options: FramecastOptions);
+    /** Where subscriptions read: `"leader"` (the default) or `"followers"`; see {@link FramecastOptions.readFrom}. */
+    get readFrom(): ReadFrom;
     /** The node(s) this client talks to: those given, then leaders learned from `Framecast-Leader` hints. */
     get urls(): readonly string[];
     /** The node requests go to now: the first one given, until it failed or a follower named the leader. */
@@ -22,7 +28,8 @@ export declare class Framecast {
     /**
      * Subscribes to `topic`: first its stored frames with `seqNo >= from` in order-key order
      * (`live: false`), then new ones in offset order (`live: true`). Reconnects by itself
-     * and resumes exactly after the last frame handed out. See {@link Subscription}.
+     * and resumes exactly after the last frame handed out. With `readFrom: "followers"` it
+     * reads from a follower of the cluster (`sub.node` tells which). See {@link Subscription}.
      */
     subscribe(topic: string, options?: SubscribeOptions): Subscription;
     /**
@@ -37,6 +44,15 @@ export declare class Framecast {
     topics(options?: {
         signal?: AbortSignal;
     }): Promise<TopicInfo[]>;
+    /**
+     * The cluster as the node asked sees it (`GET /v1/cluster`): the term, the leader's
+     * address, and every node with its HTTP address, roles and (the node asked) its topics'
+     * positions. A single node answers a cluster of one: term 0, itself the leader. Any valid
+     * token may ask; positions list only the topics it may see. Retried like {@link topics}.
+     */
+    cluster(options?: {
+        signal?: AbortSignal;
+    }): Promise<ClusterInfo>;
     /** Creates `name` with `settings` (retention); `ALREADY_EXISTS` (409) when it exists. Needs `admin` under auth. */
     createTopic(name: string, settings?: TopicSettings): Promise<TopicInfo>;
     /** Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing. Needs `admin` under auth. */

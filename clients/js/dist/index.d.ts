@@ -2,8 +2,9 @@
  * framecast: the JavaScript client of the framecast broadcast server's HTTP door.
  *
  * Layout:
- * - `client`: {@link Framecast}, the calls (publish, subscribe, history, topics, broadcast);
+ * - `client`: {@link Framecast}, the calls (publish, subscribe, history, topics, broadcast, cluster);
  * - `subscription`: {@link Subscription}, Server-Sent Events over `fetch` that reconnect and resume exactly;
+ * - `followers`: with `readFrom: "followers"`, the follower each connect of a subscription goes to;
  * - `transport`: addresses, token, `fetch`, and the retrying request loop;
  * - `sse`: the event-stream parser; `wire`: the JSON bodies (bigint figures, base64);
  * - `backoff`: backoff with jitter; `errors`: {@link FramecastError}; `types`: the public shapes.
@@ -13,5 +14,5 @@
 export { Framecast, newIdempotencyKey } from "./client.js";
 export { FramecastError } from "./errors.js";
 export { Subscription } from "./subscription.js";
-export type { BackoffOptions, BroadcastAck, BroadcastOptions, Frame, FramecastOptions, HistoryFrame, HistoryOptions, HistoryPage, PublishAck, PublishOptions, SubscribeOptions, TokenSource, TopicAck, TopicInfo, TopicSettings, } from "./types.js";
+export type { BackoffOptions, BroadcastAck, BroadcastOptions, ClusterInfo, Frame, FramecastOptions, HistoryFrame, HistoryOptions, HistoryPage, NodeInfo, PublishAck, PublishOptions, ReadFrom, SubscribeOptions, TokenSource, TopicAck, TopicInfo, TopicPosition, TopicSettings, } from "./types.js";
 //# sourceMappingURL=index.d.ts.map

@@ -1,8 +1,11 @@
 /**
  * A subscription: Server-Sent Events read through `fetch`'s streaming body, reconnecting
  * by itself. Each reconnect sends `Last-Event-ID` = the id of the last event it handed
- * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate.
+ * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate, on
+ * whichever node of a cluster it reconnects to (the client's current one, or with
+ * `readFrom: "followers"` a follower picked anew for each connect).
  */
+import type { FollowerPicker } from "./followers.js";
 import type { Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
 /**
@@ -12,7 +15,9 @@ import type { Frame, SubscribeOptions } from "./types.js";
  * `for await (const f of sub)` ends without an error when the `signal` aborts or
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
  * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
- * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect.
+ * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect. A refusal from
+ * a follower (`readFrom: "followers"`) is not final: the subscription asks the leader at
+ * once (else the client's current node), and that answer is.
  */
 export declare class Subscription implements AsyncIterableIterator<Frame> {
     /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */
@@ -24,6 +29,10 @@ export declare class Subscription implements AsyncIterableIterator<Frame> {
     /** How many times the stream was re-opened after a break. */
     reconnects: number;
     private readonly transport;
+    /** With `readFrom: "followers"`: picks the node of each connect. */
+    private readonly followers;
+    /** The node of the current connection (see {@link node}). */
+    private at;
     private readonly path;
     private readonly from;
     private readonly maxReconnects;
@@ -33,7 +42,15 @@ export declare class Subscription implements AsyncIterableIterator<Frame> {
     private readonly onUserAbort;
     private readonly frames;
     /** @internal Made by `Framecast.subscribe`. */
-    constructor(transport: Transport, path: string, opts: SubscribeOptions);
+    constructor(transport: Transport, path: string, opts: SubscribeOptions, followers?: FollowerPicker);
+    /**
+     * The base URL of the node this subscription reads from now (e.g. `http://10.0.0.2:7071`):
+     * the node of its open connection, or of the one it is opening. With `readFrom:
+     * "followers"` a follower's HTTP address as the cluster advertises it (or the client's
+     * current node, `fc.url`, when it fell back); else the client's current node. Undefined
+     * until the first connect, which the first `next()` starts. Changes when it reconnects.
+     */
+    get node(): string | undefined;
     /** Ends the subscription: the stream is cancelled and the iterator finishes. */
     close(): void;
     next(): Promise<IteratorResult<Frame, void>>;

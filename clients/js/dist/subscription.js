@@ -1,7 +1,9 @@
 /**
  * A subscription: Server-Sent Events read through `fetch`'s streaming body, reconnecting
  * by itself. Each reconnect sends `Last-Event-ID` = the id of the last event it handed
- * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate.
+ * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate, on
+ * whichever node of a cluster it reconnects to (the client's current one, or with
+ * `readFrom: "followers"` a follower picked anew for each connect).
  */
 import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
@@ -18,7 +20,9 @@ function reconnectable(status) {
  * `for await (const f of sub)` ends without an error when the `signal` aborts or
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
  * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
- * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect.
+ * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect. A refusal from
+ * a follower (`readFrom: "followers"`) is not final: the subscription asks the leader at
+ * once (else the client's current node), and that answer is.
  */
 export class Subscription {
     /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */
@@ -30,6 +34,10 @@ export class Subscription {
     /** How many times the stream was re-opened after a break. */
     reconnects = 0;
     transport;
+    /** With `readFrom: "followers"`: picks the node of each connect. */
+    followers;
+    /** The node of the current connection (see {@link node}). */
+    at;
     path;
     from;
     maxReconnects;
@@ -39,8 +47,9 @@ export class Subscription {
     onUserAbort = () => this.close();
     frames;
     /** @internal Made by `Framecast.subscribe`. */
-    constructor(transport, path, opts) {
+    constructor(transport, path, opts, followers) {
         this.transport = transport;
+        this.followers = followers;
         this.path = path;
         this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
         this.cursor = opts.resume;
@@ -52,6 +61,16 @@ export class Subscription {
         else
             opts.signal?.addEventListener("abort", this.onUserAbort, { once: true });
         this.frames = this.run();
+    }
+    /**
+     * The base URL of the node this subscription reads from now (e.g. `http://10.0.0.2:7071`):
+     * the node of its open connection, or of the one it is opening. With `readFrom:
+     * "followers"` a follower's HTTP address as the cluster advertises it (or the client's
+     * current node, `fc.url`, when it fell back); else the client's current node. Undefined
+     * until the first connect, which the first `next()` starts. Changes when it reconnects.
+     */
+    get node() {
+        return this.at;
     }
     /** Ends the subscription: the stream is cancelled and the iterator finishes. */
     close() {
@@ -76,8 +95,46 @@ export class Subscription {
     async *run() {
         const stop = this.stop.signal;
         let failures = 0;
+        /** The node whose stream broke last: the next follower picked is another, if there is one. */
+        let broken;
+        /**
+         * A follower refused the stream: the next connect asks the leader (as the cluster named
+         * it; else the normal route) at once, and its answer is final.
+         */
+        let refusedByFollower = false;
+        /** The leader's base URL, as the cluster named it at the last pick. */
+        let leader;
         try {
             while (!stop.aborted) {
+                /**
+                 * The node of this connection: a follower, the leader after a follower's refusal, or
+                 * the normal route. A break on the normal route moves the client on from it (reads
+                 * work on every node, with the same cursors); a follower is left by the next pick.
+                 */
+                let base;
+                let follower;
+                if (refusedByFollower) {
+                    refusedByFollower = false;
+                    base = leader ?? this.transport.base();
+                }
+                else {
+                    const pick = this.followers ? await this.followers.pick(broken, stop) : undefined;
+                    if (stop.aborted)
+                        return;
+                    follower = pick?.url;
+                    leader = pick?.leader;
+                    base = follower ?? this.transport.base();
+                }
+                this.at = base;
+                /**
+                 * This connection broke: the next pick avoids its node; off a follower, the client
+                 * moves on too (to the node `hint`, a `Framecast-Leader` header, names, else the next).
+                 */
+                const moveOn = (hint) => {
+                    broken = base;
+                    if (follower === undefined)
+                        this.transport.failover(hint, base);
+                };
                 // Before the try: a token function that fails is the caller's error, not the network's.
                 const headers = await this.transport.headers({
                     Accept: "text/event-stream",
@@ -100,17 +157,22 @@ export class Subscription {
                 };
                 /** Why this connection ended, when it is worth reconnecting. */
                 let broke;
-                /** The node of this connection: a break moves the client on from it (reads work on every node, with the same cursors). */
-                const base = this.transport.base();
                 try {
                     arm();
                     const url = this.transport.url(this.path, { from: this.from }, base);
                     const resp = await this.transport.fetch(url, { headers, signal: conn.signal, cache: "no-store" });
                     if (!resp.ok) {
                         const err = await errorOfResponse(resp);
-                        if (!reconnectable(resp.status))
-                            throw err;
-                        this.transport.failover(resp.headers.get("framecast-leader"), base);
+                        if (!reconnectable(resp.status)) {
+                            // A follower may refuse what the leader serves: a topic it does not hold yet
+                            // (only the leader creates topics), or a cursor of an epoch it has not seen.
+                            if (follower === undefined)
+                                throw err;
+                            refusedByFollower = true;
+                        }
+                        else {
+                            moveOn(resp.headers.get("framecast-leader"));
+                        }
                         broke = err;
                     }
                     else if (!resp.body) {
@@ -146,7 +208,7 @@ export class Subscription {
                                     if (err.code !== "UNAVAILABLE")
                                         throw err;
                                     broke = err; // e.g. the node shutting down
-                                    this.transport.failover(undefined, base);
+                                    moveOn();
                                     break read;
                                 }
                                 // Other event types are for newer clients: skip them.
@@ -154,7 +216,7 @@ export class Subscription {
                         }
                         if (broke === undefined) {
                             broke = new Error("the event stream ended");
-                            this.transport.failover(undefined, base);
+                            moveOn();
                         }
                     }
                 }
@@ -164,7 +226,7 @@ export class Subscription {
                     if (e instanceof FramecastError)
                         throw e;
                     broke = e; // a network error, or the idle timer
-                    this.transport.failover(undefined, base);
+                    moveOn();
                 }
                 finally {
                     clearTimeout(idle);
@@ -173,6 +235,8 @@ export class Subscription {
                 }
                 if (stop.aborted)
                     return;
+                if (refusedByFollower)
+                    continue; // at once: not a break, a question for the leader
                 if (failures >= this.maxReconnects) {
                     const why = broke instanceof Error ? broke.message : String(broke);
                     const status = broke instanceof FramecastError ? broke.status : 0;

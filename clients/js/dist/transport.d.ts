@@ -76,4 +76,6 @@ export declare class Transport {
     /** Sends `call`, retrying as it allows; the parsed JSON body of the 2xx answer (undefined when empty). */
     request(call: Call): Promise<unknown>;
 }
+/** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
+export declare function normaliseUrl(u: string): string;
 //# sourceMappingURL=transport.d.ts.map

@@ -276,7 +276,7 @@ function nodeList(opts) {
     return list;
 }
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
-function normaliseUrl(u) {
+export function normaliseUrl(u) {
     let parsed;
     try {
         parsed = new URL(u);

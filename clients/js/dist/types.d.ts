@@ -28,7 +28,21 @@ export interface FramecastOptions {
     fetch?: typeof fetch;
     /** Backoff between retries and reconnects. */
     backoff?: BackoffOptions;
+    /**
+     * Where subscriptions read (default `"leader"`). `"leader"`: on the node requests go to
+     * (`fc.url`), as every other call. `"followers"`: each subscription, and each resume after
+     * its stream broke, first asks the cluster (`GET /v1/cluster`) and opens the stream on one
+     * of its online followers, round robin, in-sync ones first, so that a cluster spreads its
+     * readers and leaves the leader to writes; it falls back to `fc.url` when there is no
+     * follower (a single node, a cluster call that fails). Writes and other calls are unchanged.
+     */
+    readFrom?: ReadFrom;
 }
+/**
+ * Where a client's subscriptions read: `"leader"` (the node requests go to) or
+ * `"followers"` (spread over the cluster's followers). See {@link FramecastOptions.readFrom}.
+ */
+export type ReadFrom = "leader" | "followers";
 /** The options of one publish. */
 export interface PublishOptions {
     /** The frame's sequence number (the first part of the order key). */
@@ -153,5 +167,38 @@ export interface TopicAck extends PublishAck {
 /** What a broadcast answers: one ack per topic it wrote to. */
 export interface BroadcastAck {
     acks: TopicAck[];
+}
+/** The cluster as the node asked sees it (`GET /v1/cluster`); a single node is a cluster of one, at term 0. */
+export interface ClusterInfo {
+    /** The leader key's revision in etcd: it grows with every new leader (0 for a single node). */
+    term: bigint;
+    /** The leader's gRPC address (`host:port`), `""` while there is none. */
+    leader: string;
+    /** The nodes it knows of, sorted by id: those registered in etcd, and itself (even while it is not). */
+    nodes: NodeInfo[];
+}
+/** One node of a cluster. */
+export interface NodeInfo {
+    id: string;
+    /** Its gRPC address (`host:port`). */
+    address: string;
+    /** Its HTTP door's URL (`http://host:port`), `""` when it has none. */
+    httpAddress: string;
+    /** It is the leader: the one node that takes writes. */
+    leader: boolean;
+    /** It is in the in-sync set: every acknowledged frame is durable on it. */
+    inSync: boolean;
+    /** It is registered in etcd (its lease is alive). */
+    online: boolean;
+    /** Its topics' positions, as far as the caller may see them; only the node asked lists its own (others: empty). */
+    topics: TopicPosition[];
+}
+/** How far a node holds one topic. */
+export interface TopicPosition {
+    topic: string;
+    /** The offset after the last frame durable on the node. */
+    nextOffset: bigint;
+    /** The commit point: frames below it are durable on every in-sync member; the node delivers only those. */
+    commitOffset: bigint;
 }
 //# sourceMappingURL=types.d.ts.map

@@ -4,7 +4,7 @@
  * 64-bit figure is a `bigint` so nothing loses precision.
  */
 import { FramecastError } from "./errors.js";
-import type { HistoryFrame, PublishAck, TopicInfo } from "./types.js";
+import type { ClusterInfo, HistoryFrame, PublishAck, TopicInfo } from "./types.js";
 /** Standard, padded base64 (what the server's JSON expects for `bytes`). */
 export declare function base64Encode(bytes: Uint8Array): string;
 /** Base64, padded or not, standard or URL-safe. Throws on any other character. */
@@ -25,4 +25,6 @@ export declare function ackOf(v: unknown): PublishAck;
 export declare function frameOf(v: unknown): HistoryFrame;
 /** A `TopicInfo` body. */
 export declare function topicOf(v: unknown): TopicInfo;
+/** A `ClusterInfo` body (`GET /v1/cluster`). */
+export declare function clusterOf(v: unknown): ClusterInfo;
 //# sourceMappingURL=wire.d.ts.map

@@ -170,4 +170,49 @@ export function topicOf(v) {
     }
     return info;
 }
+/** A string field of a response (`""` when absent: proto3 JSON omits empty strings). */
+function text(v, field) {
+    if (typeof v === "string")
+        return v;
+    if (v === undefined || v === null)
+        return "";
+    throw malformed(`${field} is not a string: ${JSON.stringify(v)}`);
+}
+/** A `ClusterInfo` body (`GET /v1/cluster`). */
+export function clusterOf(v) {
+    const c = record(v, "cluster");
+    const nodes = c["nodes"] ?? [];
+    if (!Array.isArray(nodes))
+        throw malformed("cluster nodes is not a list");
+    return {
+        term: toBigInt(c["term"], "term"),
+        leader: text(c["leader"], "leader"),
+        nodes: nodes.map(nodeOf),
+    };
+}
+/** A `NodeInfo` of a cluster. */
+function nodeOf(v) {
+    const n = record(v, "node");
+    const topics = n["topics"] ?? [];
+    if (!Array.isArray(topics))
+        throw malformed("node topics is not a list");
+    return {
+        id: text(n["id"], "id"),
+        address: text(n["address"], "address"),
+        httpAddress: text(n["http_address"], "http_address"),
+        leader: n["leader"] === true,
+        inSync: n["in_sync"] === true,
+        online: n["online"] === true,
+        topics: topics.map(positionOf),
+    };
+}
+/** A `TopicPosition` of a node. */
+function positionOf(v) {
+    const t = record(v, "topic position");
+    return {
+        topic: text(t["topic"], "topic"),
+        nextOffset: toBigInt(t["next_offset"], "next_offset"),
+        commitOffset: toBigInt(t["commit_offset"], "commit_offset"),
+    };
+}
 //# sourceMappingURL=wire.js.map

@@ -1,24 +1,27 @@
 /**
  * `Framecast`: one object per server (or cluster) whose methods are the HTTP door's calls
- * (API.md, "Two front doors"): publish, subscribe, history, topics, broadcast.
+ * (API.md, "Two front doors"): publish, subscribe, history, topics, broadcast, cluster.
  */
 
 import { FramecastError } from "./errors.js";
+import { FollowerPicker, readFromOf } from "./followers.js";
 import { Subscription } from "./subscription.js";
 import { Transport } from "./transport.js";
 import type {
   BroadcastAck,
   BroadcastOptions,
+  ClusterInfo,
   FramecastOptions,
   HistoryOptions,
   HistoryPage,
   PublishAck,
   PublishOptions,
+  ReadFrom,
   SubscribeOptions,
   TopicInfo,
   TopicSettings,
 } from "./types.js";
-import { ackOf, base64Encode, frameOf, integerText, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
+import { ackOf, base64Encode, clusterOf, frameOf, integerText, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
 
 /** Retries of a publish or broadcast after a network error or a 503, unless told otherwise (about 16 s of backoff). */
 const DEFAULT_RETRIES = 8;
@@ -26,9 +29,26 @@ const DEFAULT_RETRIES = 8;
 /** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
 export class Framecast {
   private readonly transport: Transport;
+  private readonly readMode: ReadFrom;
+  /** With `readFrom: "followers"`: the round robin over followers, shared by this client's subscriptions. */
+  private readonly followers: FollowerPicker | undefined;
 
+  /** Throws a `TypeError` or `RangeError` on a bad option (no url, a url that is not http(s), a bad `readFrom`, …). */
   constructor(options: FramecastOptions) {
     this.transport = new Transport(options);
+    this.readMode = readFromOf((options as { readFrom?: unknown }).readFrom);
+    const transport = this.transport;
+    this.followers =
+      this.readMode === "followers"
+        ? // One attempt per node (as far as the client knows them), so a dead one is passed by;
+          // past that the subscription takes the normal route rather than wait.
+          new FollowerPicker((signal) => clusterCall(transport, Math.max(1, transport.urls.length - 1), signal))
+        : undefined;
+  }
+
+  /** Where subscriptions read: `"leader"` (the default) or `"followers"`; see {@link FramecastOptions.readFrom}. */
+  get readFrom(): ReadFrom {
+    return this.readMode;
   }
 
   /** The node(s) this client talks to: those given, then leaders learned from `Framecast-Leader` hints. */
@@ -68,10 +88,11 @@ export class Framecast {
   /**
    * Subscribes to `topic`: first its stored frames with `seqNo >= from` in order-key order
    * (`live: false`), then new ones in offset order (`live: true`). Reconnects by itself
-   * and resumes exactly after the last frame handed out. See {@link Subscription}.
+   * and resumes exactly after the last frame handed out. With `readFrom: "followers"` it
+   * reads from a follower of the cluster (`sub.node` tells which). See {@link Subscription}.
    */
   subscribe(topic: string, options: SubscribeOptions = {}): Subscription {
-    return new Subscription(this.transport, `${topicPath(topic)}/events`, options);
+    return new Subscription(this.transport, `${topicPath(topic)}/events`, options, this.followers);
   }
 
   /**
@@ -135,6 +156,16 @@ export class Framecast {
     const list = record(answer, "topic list")["topics"] ?? [];
     if (!Array.isArray(list)) throw malformed("topics is not a list");
     return list.map(topicOf);
+  }
+
+  /**
+   * The cluster as the node asked sees it (`GET /v1/cluster`): the term, the leader's
+   * address, and every node with its HTTP address, roles and (the node asked) its topics'
+   * positions. A single node answers a cluster of one: term 0, itself the leader. Any valid
+   * token may ask; positions list only the topics it may see. Retried like {@link topics}.
+   */
+  async cluster(options: { signal?: AbortSignal } = {}): Promise<ClusterInfo> {
+    return clusterCall(this.transport, DEFAULT_RETRIES, options.signal);
   }
 
   /** Creates `name` with `settings` (retention); `ALREADY_EXISTS` (409) when it exists. Needs `admin` under auth. */
@@ -201,6 +232,18 @@ export class Framecast {
       }),
     };
   }
+}
+
+/** `GET /v1/cluster` on the normal route, a read: retried `retries` times after a network error or a 503. */
+async function clusterCall(transport: Transport, retries: number, signal: AbortSignal | undefined): Promise<ClusterInfo> {
+  const answer = await transport.request({
+    method: "GET",
+    path: "/v1/cluster",
+    retries,
+    idempotent: true,
+    signal,
+  });
+  return clusterOf(answer);
 }
 
 /** `/v1/topics/{topic}`; `""` is `default` (API.md). */

@@ -1,11 +1,14 @@
 /**
  * A subscription: Server-Sent Events read through `fetch`'s streaming body, reconnecting
  * by itself. Each reconnect sends `Last-Event-ID` = the id of the last event it handed
- * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate.
+ * out (a cursor token), so the server resumes exactly after it: no gap, no duplicate, on
+ * whichever node of a cluster it reconnects to (the client's current one, or with
+ * `readFrom: "followers"` a follower picked anew for each connect).
  */
 
 import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
+import type { FollowerPicker } from "./followers.js";
 import { SseParser } from "./sse.js";
 import type { Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
@@ -23,7 +26,9 @@ function reconnectable(status: number): boolean {
  * `for await (const f of sub)` ends without an error when the `signal` aborts or
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
  * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
- * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect.
+ * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect. A refusal from
+ * a follower (`readFrom: "followers"`) is not final: the subscription asks the leader at
+ * once (else the client's current node), and that answer is.
  */
 export class Subscription implements AsyncIterableIterator<Frame> {
   /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */
@@ -36,6 +41,10 @@ export class Subscription implements AsyncIterableIterator<Frame> {
   reconnects = 0;
 
   private readonly transport: Transport;
+  /** With `readFrom: "followers"`: picks the node of each connect. */
+  private readonly followers: FollowerPicker | undefined;
+  /** The node of the current connection (see {@link node}). */
+  private at: string | undefined;
   private readonly path: string;
   private readonly from: string | undefined;
   private readonly maxReconnects: number;
@@ -46,8 +55,9 @@ export class Subscription implements AsyncIterableIterator<Frame> {
   private readonly frames: AsyncGenerator<Frame, void, undefined>;
 
   /** @internal Made by `Framecast.subscribe`. */
-  constructor(transport: Transport, path: string, opts: SubscribeOptions) {
+  constructor(transport: Transport, path: string, opts: SubscribeOptions, followers?: FollowerPicker) {
     this.transport = transport;
+    this.followers = followers;
     this.path = path;
     this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
     this.cursor = opts.resume;
@@ -57,6 +67,17 @@ export class Subscription implements AsyncIterableIterator<Frame> {
     if (opts.signal?.aborted) this.stop.abort();
     else opts.signal?.addEventListener("abort", this.onUserAbort, { once: true });
     this.frames = this.run();
+  }
+
+  /**
+   * The base URL of the node this subscription reads from now (e.g. `http://10.0.0.2:7071`):
+   * the node of its open connection, or of the one it is opening. With `readFrom:
+   * "followers"` a follower's HTTP address as the cluster advertises it (or the client's
+   * current node, `fc.url`, when it fell back); else the client's current node. Undefined
+   * until the first connect, which the first `next()` starts. Changes when it reconnects.
+   */
+  get node(): string | undefined {
+    return this.at;
   }
 
   /** Ends the subscription: the stream is cancelled and the iterator finishes. */
@@ -86,8 +107,43 @@ export class Subscription implements AsyncIterableIterator<Frame> {
   private async *run(): AsyncGenerator<Frame, void, undefined> {
     const stop = this.stop.signal;
     let failures = 0;
+    /** The node whose stream broke last: the next follower picked is another, if there is one. */
+    let broken: string | undefined;
+    /**
+     * A follower refused the stream: the next connect asks the leader (as the cluster named
+     * it; else the normal route) at once, and its answer is final.
+     */
+    let refusedByFollower = false;
+    /** The leader's base URL, as the cluster named it at the last pick. */
+    let leader: string | undefined;
     try {
       while (!stop.aborted) {
+        /**
+         * The node of this connection: a follower, the leader after a follower's refusal, or
+         * the normal route. A break on the normal route moves the client on from it (reads
+         * work on every node, with the same cursors); a follower is left by the next pick.
+         */
+        let base: string;
+        let follower: string | undefined;
+        if (refusedByFollower) {
+          refusedByFollower = false;
+          base = leader ?? this.transport.base();
+        } else {
+          const pick = this.followers ? await this.followers.pick(broken, stop) : undefined;
+          if (stop.aborted) return;
+          follower = pick?.url;
+          leader = pick?.leader;
+          base = follower ?? this.transport.base();
+        }
+        this.at = base;
+        /**
+         * This connection broke: the next pick avoids its node; off a follower, the client
+         * moves on too (to the node `hint`, a `Framecast-Leader` header, names, else the next).
+         */
+        const moveOn = (hint?: string | null): void => {
+          broken = base;
+          if (follower === undefined) this.transport.failover(hint, base);
+        };
         // Before the try: a token function that fails is the caller's error, not the network's.
         const headers = await this.transport.headers({
           Accept: "text/event-stream",
@@ -112,16 +168,20 @@ export class Subscription implements AsyncIterableIterator<Frame> {
         };
         /** Why this connection ended, when it is worth reconnecting. */
         let broke: unknown;
-        /** The node of this connection: a break moves the client on from it (reads work on every node, with the same cursors). */
-        const base = this.transport.base();
         try {
           arm();
           const url = this.transport.url(this.path, { from: this.from }, base);
           const resp = await this.transport.fetch(url, { headers, signal: conn.signal, cache: "no-store" });
           if (!resp.ok) {
             const err = await errorOfResponse(resp);
-            if (!reconnectable(resp.status)) throw err;
-            this.transport.failover(resp.headers.get("framecast-leader"), base);
+            if (!reconnectable(resp.status)) {
+              // A follower may refuse what the leader serves: a topic it does not hold yet
+              // (only the leader creates topics), or a cursor of an epoch it has not seen.
+              if (follower === undefined) throw err;
+              refusedByFollower = true;
+            } else {
+              moveOn(resp.headers.get("framecast-leader"));
+            }
             broke = err;
           } else if (!resp.body) {
             throw malformed("the event stream has no body");
@@ -149,7 +209,7 @@ export class Subscription implements AsyncIterableIterator<Frame> {
                   const err = errorOfEvent(ev.data);
                   if (err.code !== "UNAVAILABLE") throw err;
                   broke = err; // e.g. the node shutting down
-                  this.transport.failover(undefined, base);
+                  moveOn();
                   break read;
                 }
                 // Other event types are for newer clients: skip them.
@@ -157,20 +217,21 @@ export class Subscription implements AsyncIterableIterator<Frame> {
             }
             if (broke === undefined) {
               broke = new Error("the event stream ended");
-              this.transport.failover(undefined, base);
+              moveOn();
             }
           }
         } catch (e) {
           if (stop.aborted) return;
           if (e instanceof FramecastError) throw e;
           broke = e; // a network error, or the idle timer
-          this.transport.failover(undefined, base);
+          moveOn();
         } finally {
           clearTimeout(idle);
           stop.removeEventListener("abort", onStop);
           conn.abort(); // cancels the body of a stream left early
         }
         if (stop.aborted) return;
+        if (refusedByFollower) continue; // at once: not a break, a question for the leader
         if (failures >= this.maxReconnects) {
           const why = broke instanceof Error ? broke.message : String(broke);
           const status = broke instanceof FramecastError ? broke.status : 0;

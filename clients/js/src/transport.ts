@@ -281,7 +281,7 @@ function nodeList(opts: FramecastOptions): string[] {
 }
 
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
-function normaliseUrl(u: string): string {
+export function normaliseUrl(u: string): string {
   let parsed: URL;
   try {
     parsed = new URL(u);

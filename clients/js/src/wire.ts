@@ -5,7 +5,7 @@
  */
 
 import { FramecastError, isRecord } from "./errors.js";
-import type { HistoryFrame, PublishAck, TopicInfo } from "./types.js";
+import type { ClusterInfo, HistoryFrame, NodeInfo, PublishAck, TopicInfo, TopicPosition } from "./types.js";
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -165,4 +165,49 @@ export function topicOf(v: unknown): TopicInfo {
     info.subscriberMaxLagFrames = toBigInt(t["subscriber_max_lag_frames"], "subscriber_max_lag_frames");
   }
   return info;
+}
+
+/** A string field of a response (`""` when absent: proto3 JSON omits empty strings). */
+function text(v: unknown, field: string): string {
+  if (typeof v === "string") return v;
+  if (v === undefined || v === null) return "";
+  throw malformed(`${field} is not a string: ${JSON.stringify(v)}`);
+}
+
+/** A `ClusterInfo` body (`GET /v1/cluster`). */
+export function clusterOf(v: unknown): ClusterInfo {
+  const c = record(v, "cluster");
+  const nodes = c["nodes"] ?? [];
+  if (!Array.isArray(nodes)) throw malformed("cluster nodes is not a list");
+  return {
+    term: toBigInt(c["term"], "term"),
+    leader: text(c["leader"], "leader"),
+    nodes: nodes.map(nodeOf),
+  };
+}
+
+/** A `NodeInfo` of a cluster. */
+function nodeOf(v: unknown): NodeInfo {
+  const n = record(v, "node");
+  const topics = n["topics"] ?? [];
+  if (!Array.isArray(topics)) throw malformed("node topics is not a list");
+  return {
+    id: text(n["id"], "id"),
+    address: text(n["address"], "address"),
+    httpAddress: text(n["http_address"], "http_address"),
+    leader: n["leader"] === true,
+    inSync: n["in_sync"] === true,
+    online: n["online"] === true,
+    topics: topics.map(positionOf),
+  };
+}
+
+/** A `TopicPosition` of a node. */
+function positionOf(v: unknown): TopicPosition {
+  const t = record(v, "topic position");
+  return {
+    topic: text(t["topic"], "topic"),
+    nextOffset: toBigInt(t["next_offset"], "next_offset"),
+    commitOffset: toBigInt(t["commit_offset"], "commit_offset"),
+  };
 }

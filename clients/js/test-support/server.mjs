@@ -187,3 +187,186 @@ export function byOrderKey(a, b) {
   }
   return 0;
 }
+
+// ------------------------------------------------------------------ a cluster: etcd and nodes
+
+/** A free loopback port (free a moment ago: the caller binds it right after). */
+export async function freePort() {
+  const { createServer } = await import("node:net");
+  const s = createServer();
+  await new Promise((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** The etcd binary: Debian's `etcd-server` puts it at /usr/bin/etcd; else `etcd` on PATH; undefined when neither. */
+export function etcdBin() {
+  if (existsSync("/usr/bin/etcd")) return "/usr/bin/etcd";
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    if (dir && existsSync(join(dir, "etcd"))) return join(dir, "etcd");
+  }
+  return undefined;
+}
+
+/** Processes to kill if the test process exits without its `after` hooks (a crash, a timeout). */
+const leftovers = new Set();
+process.on("exit", () => {
+  for (const p of leftovers) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+});
+
+/**
+ * Starts a single-member etcd on free loopback ports with a temporary data dir and waits
+ * (bounded) until it answers `/health`. Returns `{ endpoint, proc, log, cleanup }`.
+ */
+export async function startEtcd({ timeoutMs = 20_000 } = {}) {
+  const bin = etcdBin();
+  if (!bin) throw new Error("etcd is not installed (apt-get install etcd-server)");
+  const dir = tempDir("framecast-js-etcd-");
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const endpoint = `http://127.0.0.1:${clientPort}`;
+  const peer = `http://127.0.0.1:${peerPort}`;
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ETCD_")));
+  // Settings from the environment (ETCD_*) would override the flags.
+  const proc = spawn(
+    bin,
+    [
+      "--name", "framecast-js",
+      "--data-dir", join(dir, "data"),
+      "--listen-client-urls", endpoint,
+      "--advertise-client-urls", endpoint,
+      "--listen-peer-urls", peer,
+      "--initial-advertise-peer-urls", peer,
+      "--initial-cluster", `framecast-js=${peer}`,
+      "--initial-cluster-state", "new",
+      "--log-level", "error",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"], env },
+  );
+  leftovers.add(proc);
+  let stderr = "";
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", (c) => {
+    stderr = (stderr + c).slice(-20_000);
+  });
+  const etcd = {
+    endpoint,
+    proc,
+    log: () => stderr,
+    async cleanup() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((r) => proc.once("exit", r));
+        proc.kill("SIGKILL");
+        await within(10_000, "etcd to exit", exited).catch(() => {});
+      }
+      leftovers.delete(proc);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await until(
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`etcd exited (code ${proc.exitCode}) at start:\n${stderr}`);
+        try {
+          const r = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+          return r.ok && (await r.json()).health === "true";
+        } catch {
+          return false;
+        }
+      },
+      timeoutMs,
+      `etcd at ${endpoint} to answer /health`,
+    );
+  } catch (e) {
+    await etcd.cleanup();
+    throw e;
+  }
+  return etcd;
+}
+
+/** `GET /v1/cluster` of the node at `url`, as JSON, or undefined if it does not answer 200 within 2 s. */
+export async function clusterJson(url) {
+  try {
+    const r = await fetch(`${url}/v1/cluster`, { signal: AbortSignal.timeout(2000) });
+    return r.ok ? await r.json() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A framecast cluster on loopback: a real etcd and `n` real nodes (`n1`…), each
+ * `framecast serve --cluster-etcd … --node-id nI --advertise … --advertise-http …` with a
+ * 2 s lease, `--replica-max-lag 3s` and `--min-insync 2`, plus `args`. Resolves once every
+ * node answers `/v1/cluster` with the same term, a leader, and all `n` nodes online and in
+ * sync (bounded). Returns `{ etcd, nodes: [{ id, url, addr, server }], cleanup }`.
+ */
+export async function startCluster({ n = 3, args = [], minInsync = 2, timeoutMs = 30_000 } = {}) {
+  const etcd = await startEtcd();
+  const name = `js${process.pid}x${await freePort()}`;
+  const nodes = [];
+  const cleanup = async () => {
+    await Promise.all(nodes.map((node) => node.server?.cleanup()));
+    await etcd.cleanup();
+  };
+  try {
+    const specs = [];
+    for (let i = 1; i <= n; i++) {
+      const [grpc, http] = [await freePort(), await freePort()];
+      specs.push({ id: `n${i}`, addr: `127.0.0.1:${grpc}`, http: `127.0.0.1:${http}` });
+    }
+    const started = await Promise.allSettled(
+      specs.map((s) =>
+        startServer({
+          listen: s.addr,
+          httpListen: s.http,
+          args: [
+            "--advertise-http", `http://${s.http}`,
+            "--cluster-etcd", etcd.endpoint,
+            "--cluster", name,
+            "--node-id", s.id,
+            "--advertise", s.addr,
+            "--lease-ttl", "2s",
+            "--replica-max-lag", "3s",
+            "--min-insync", String(minInsync),
+            ...args,
+          ],
+        }),
+      ),
+    );
+    for (const [i, r] of started.entries()) {
+      if (r.status === "fulfilled") {
+        leftovers.add(r.value.proc);
+        nodes.push({ id: specs[i].id, addr: specs[i].addr, url: r.value.url, server: r.value });
+      }
+    }
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+    let last = [];
+    await until(
+      async () => {
+        last = await Promise.all(nodes.map((node) => clusterJson(node.url)));
+        if (last.some((c) => c === undefined)) return false;
+        const [first] = last;
+        return last.every(
+          (c) =>
+            c.term === first.term &&
+            c.term !== "0" &&
+            c.leader !== "" &&
+            c.leader === first.leader &&
+            c.nodes.length === n &&
+            c.nodes.filter((x) => x.leader).length === 1 &&
+            c.nodes.every((x) => x.online && x.in_sync),
+        );
+      },
+      timeoutMs,
+      `a leader and ${n} nodes online and in sync`,
+    ).catch((e) => {
+      throw new Error(`${e.message}\nlast seen: ${JSON.stringify(last)}\n${nodes.map((x) => `--- ${x.id}\n${x.server.log()}`).join("\n")}`);
+    });
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+  return { etcd, nodes, cleanup };
+}
