@@ -1071,3 +1071,151 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
         );
     }
 }
+
+/// Open subscriptions of `topic` on each node (`TopicInfo.subscribers`), by node id.
+async fn subscribers_by_node(c: &Cluster, topic: &str) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for n in &c.nodes {
+        let mut client = c.client(&n.id).await;
+        let count = common::topic_info(&mut client, topic)
+            .await
+            .map_or(0, |t| t.subscribers);
+        out.insert(n.id.clone(), count);
+    }
+    out
+}
+
+/// Reads `n` frames from `sub`, failing after 30 s.
+async fn next_frames(sub: &mut framecast::client::Subscription, n: usize) -> Vec<(u64, u64)> {
+    use futures::StreamExt;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let f = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("frames keep coming")
+            .expect("the subscription goes on")
+            .expect("a frame");
+        out.push((f.offset, f.seq_no));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_after_kill_9() {
+    use framecast::client::{Client, ReadFrom};
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let by_id: BTreeMap<String, String> = c
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.address.clone()))
+        .collect();
+    let address_of = |id: &str| by_id[id].clone();
+    let client = Client::connect_many(&addresses)
+        .unwrap()
+        .with_read_from(ReadFrom::Followers);
+    let info = client.cluster().await.unwrap();
+    assert_eq!(info.nodes.len(), 3);
+    assert_eq!(info.leader, address_of(&leader));
+    for i in 0..10u64 {
+        client.publish("spread", i, format!("f{i}")).await.unwrap();
+    }
+    // Six subscriptions: three on each follower, none on the leader.
+    let mut subs: Vec<_> = (0..6).map(|_| client.subscribe("spread", 0)).collect();
+    let expect: Vec<(u64, u64)> = (0..10).map(|i| (i, i)).collect();
+    for s in &mut subs {
+        assert_eq!(next_frames(s, 10).await, expect);
+    }
+    let on: Vec<String> = subs.iter().map(|s| s.node().unwrap()).collect();
+    let followers: Vec<String> = ids
+        .iter()
+        .filter(|i| **i != leader)
+        .map(|i| i.to_string())
+        .collect();
+    for f in &followers {
+        let here = on.iter().filter(|a| **a == address_of(f)).count();
+        assert_eq!(here, 3, "{on:?}");
+    }
+    let counts = subscribers_by_node(&c, "spread").await;
+    assert_eq!(counts[&leader], 0, "{counts:?}");
+    for f in &followers {
+        assert_eq!(counts[f], 3, "{counts:?}");
+    }
+
+    // The CLI spreads too: a `subscribe --read-from followers` waits on a follower.
+    let mut cli = std::process::Command::new(common::bin())
+        .args([
+            "subscribe",
+            "--addr",
+            &addresses.join(","),
+            "--read-from",
+            "followers",
+            "--topic",
+            "spread",
+            "--count",
+            "11",
+            "--raw",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let counts = subscribers_by_node(&c, "spread").await;
+        if counts.values().sum::<u32>() == 7 {
+            assert_eq!(
+                counts[&leader], 0,
+                "the CLI reads from the leader: {counts:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.publish("spread", 10, "f10").await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cli.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the CLI did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cli.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+    assert_eq!(lines, want);
+
+    // kill -9 of one follower while frames keep coming: its subscriptions resume on the
+    // other follower, and every subscription yields exactly what was acknowledged.
+    let victim = followers[0].clone();
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 11..211u64 {
+                let ack = client.publish("spread", i, format!("f{i}")).await.unwrap();
+                assert_eq!(ack.offset, i);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.node_mut(&victim).server.kill9();
+    publisher.await.unwrap();
+    let expect: Vec<(u64, u64)> = (10..211).map(|i| (i, i)).collect();
+    for s in &mut subs {
+        assert_eq!(next_frames(s, 201).await, expect);
+        assert_eq!(s.node().unwrap(), address_of(&followers[1]));
+    }
+    c.node_mut(&victim).server.restart();
+}

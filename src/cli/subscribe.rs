@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{hex, payload_text};
-use framecast::client::{Compression, Result};
+use framecast::client::{Compression, ReadFrom, Result};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +34,11 @@ pub struct SubscribeArgs {
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
     pub compression: Compression,
+    /// Where to read from: `leader` (where every call goes) or `followers` (a follower of
+    /// the cluster, picked from its Cluster answer; the next one when it fails; where every
+    /// call goes when none is online).
+    #[arg(long, default_value = "leader", value_name = "leader|followers")]
+    pub read_from: ReadFrom,
     /// Stop after this many frames.
     #[arg(long)]
     pub count: Option<u64>,
@@ -61,7 +66,8 @@ async fn print_frames(args: SubscribeArgs) -> Result<u64> {
         &args.credentials,
         args.timeout,
         args.compression,
-    )?;
+    )?
+    .with_read_from(args.read_from);
     let mut frames = client.subscribe(&args.topic, args.from);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

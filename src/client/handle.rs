@@ -11,6 +11,7 @@ use super::coalesce::{validate, Coalescer};
 use super::compression::Compression;
 use super::credentials::{Bearer, ClientTls};
 use super::error::{from_status, transient, unsent, Result};
+use super::followers::{Picker, ReadFrom};
 use super::nodes::{leader_hint, split_addrs, Conn, Nodes};
 use super::retry::{Attempts, RetryNotice, RetryPolicy, Retrying};
 use crate::proto::{self, broadcast_client::BroadcastClient};
@@ -39,6 +40,9 @@ impl From<proto::PublishAck> for Ack {
 /// A topic as the server describes it.
 pub type TopicInfo = proto::TopicInfo;
 
+/// A cluster as a node describes it: the term, the leader's address, every node.
+pub type ClusterInfo = proto::ClusterInfo;
+
 /// The generated client as [`Client`] uses it: every call carries the client's token.
 pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 
@@ -61,7 +65,9 @@ pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 /// key, so following a hint never stores a frame twice. A call follows at most a few
 /// hints in a row: nodes that keep naming each other end it with
 /// [`Error::NoLeader`](crate::client::Error::NoLeader).
-/// Subscriptions read from any node and resume on the next one exactly.
+/// Subscriptions read from any node and resume on the next one exactly; with
+/// [`Client::with_read_from`]`(`[`ReadFrom::Followers`]`)` each subscription reads from a
+/// follower, spread round robin over them.
 ///
 /// ```no_run
 /// # async fn demo() -> framecast::client::Result<()> {
@@ -89,6 +95,10 @@ pub struct Client {
     /// The shared publish streams concurrent `publish` calls are coalesced over; `None`
     /// when coalescing is off (and inside the streams' own tasks).
     pub(crate) coalescer: Option<Arc<Coalescer>>,
+    /// Where subscriptions read from.
+    pub(crate) read_from: ReadFrom,
+    /// Which follower the next subscription stream reads from (shared by clones).
+    pub(crate) picker: Arc<Picker>,
 }
 
 /// Idempotency keys unique to this client: a random prefix and a counter.
@@ -128,7 +138,26 @@ impl Client {
                 next: AtomicU64::new(0),
             }),
             coalescer: Some(Arc::default()),
+            read_from: ReadFrom::Leader,
+            picker: Arc::default(),
         })
+    }
+
+    /// Where subscriptions read from: [`ReadFrom::Leader`] (the default) where every call
+    /// goes; [`ReadFrom::Followers`] a follower of the cluster, picked before each stream
+    /// (the first and every resume) from a `Cluster` answer, round robin over the online
+    /// followers (the in-sync ones if any is) from a random start, avoiding a node that just
+    /// failed. With no follower online, a failed `Cluster` call or a single node, a
+    /// subscription reads where every call goes; so it does, once, when a follower refuses
+    /// it (it may lack a topic the leader just created). Writes are not affected.
+    pub fn with_read_from(mut self, read_from: ReadFrom) -> Client {
+        self.read_from = read_from;
+        self
+    }
+
+    /// Where subscriptions read from (see [`Client::with_read_from`]).
+    pub fn read_from(&self) -> ReadFrom {
+        self.read_from
     }
 
     /// Sends `token` (a JWT) as `authorization: Bearer <token>` on every call.
@@ -360,6 +389,17 @@ impl Client {
                 Err(s) => return Err(from_status(s)),
             }
         }
+    }
+
+    /// The cluster as the node calls go to describes it: the term, the leader, and every
+    /// node with its addresses and state (a single node lists itself, as the leader).
+    pub async fn cluster(&self) -> Result<ClusterInfo> {
+        self.retrying(|mut g| async move {
+            g.cluster(proto::ClusterRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
     }
 
     /// Every topic with its figures.

@@ -2,12 +2,14 @@
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
 //! resumes exactly. It can send a token on every call and connect with TLS (mutual too).
 //! Given the nodes of a cluster, it moves to the next when one fails and follows the leader
-//! a follower names. No gRPC type is needed to use it.
+//! a follower names; asked to ([`ReadFrom::Followers`]), it spreads subscriptions over the
+//! followers. No gRPC type is needed to use it.
 
 mod coalesce;
 mod compression;
 mod credentials;
 mod error;
+mod followers;
 mod handle;
 mod nodes;
 mod publisher;
@@ -17,7 +19,8 @@ mod subscription;
 pub use compression::Compression;
 pub use credentials::{Bearer, ClientTls};
 pub use error::{Error, Result};
-pub use handle::{Ack, Client, TopicInfo};
+pub use followers::ReadFrom;
+pub use handle::{Ack, Client, ClusterInfo, TopicInfo};
 pub use publisher::{PendingAck, Publisher};
 pub use retry::{RetryPolicy, Retrying};
 pub use subscription::{Frame, Subscription};

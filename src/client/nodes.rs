@@ -97,8 +97,16 @@ pub(crate) struct Conn {
     pub(crate) addr: Arc<str>,
     /// The generated client on its connection.
     pub(crate) grpc: Grpc,
-    /// The route's generation the attempt was made in.
-    generation: u64,
+    /// The route's generation the attempt was made in; `None` for a node the route did not
+    /// choose (a follower a subscription reads from), whose failure leaves the route alone.
+    generation: Option<u64>,
+}
+
+impl Conn {
+    /// False for a node the route did not choose (see [`Nodes::conn_at`]).
+    pub(crate) fn routed(&self) -> bool {
+        self.generation.is_some()
+    }
 }
 
 impl Nodes {
@@ -187,8 +195,24 @@ impl Nodes {
         Conn {
             addr: Arc::clone(&route.addr),
             grpc,
-            generation: route.generation,
+            generation: Some(route.generation),
         }
+    }
+
+    /// An attempt at the node `addr` (`HOST:PORT`, as a cluster advertises it), reached
+    /// with the configured scheme and settings, outside the route: its failure moves
+    /// nothing.
+    pub(crate) fn conn_at(&self, addr: &str) -> Result<Conn> {
+        let host_port = super::followers::host_port(addr);
+        let endpoint = endpoint(&format!("{}://{host_port}", self.scheme), &self.tls)
+            .map_err(|_| Error::InvalidAddress(format!("node address '{addr}'")))?;
+        let mut route = self.route.lock();
+        let grpc = self.grpc(&mut route, &endpoint);
+        Ok(Conn {
+            addr: Arc::from(host_port),
+            grpc,
+            generation: None,
+        })
     }
 
     /// After an attempt on `conn` could not reach its node, or the node was unavailable
@@ -197,7 +221,7 @@ impl Nodes {
     /// remade on the next call).
     pub(crate) fn failed(&self, conn: &Conn) {
         let mut route = self.route.lock();
-        if route.generation != conn.generation {
+        if conn.generation != Some(route.generation) {
             return;
         }
         let n = self.configured.len();
@@ -358,6 +382,11 @@ mod tests {
         assert_eq!(&*at_leader.addr, "l:9");
         // Naming the current node again changes nothing.
         n.follow("l:9").unwrap();
+        assert_eq!(n.conn().generation, at_leader.generation);
+        // A node outside the route: its failure moves nothing.
+        let aside = n.conn_at("f:5").unwrap();
+        assert_eq!(&*aside.addr, "f:5");
+        n.failed(&aside);
         assert_eq!(n.conn().generation, at_leader.generation);
         n.failed(&at_leader);
         assert_eq!(&*n.conn().addr, "b:2");

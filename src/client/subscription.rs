@@ -1,13 +1,17 @@
 //! A subscription that survives disconnects: it reconnects with backoff and resumes with
-//! the cursor, so what it yields is exactly one unbroken subscription.
+//! the cursor, so what it yields is exactly one unbroken subscription. With
+//! [`ReadFrom::Followers`] each stream opens at a follower (see [`super::followers`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
+use parking_lot::Mutex;
 
 use super::error::{from_status, reason, transient, Error, Result};
+use super::followers::{ReadFrom, CLUSTER_LOOKUP};
 use super::handle::Client;
 use super::nodes::Conn;
 use super::retry::Attempts;
@@ -17,7 +21,7 @@ impl Client {
     /// Subscribes to `topic` from `replay_seq_no_start`: the history in order-key order, then
     /// live frames. The stream survives disconnects and server restarts, resuming exactly:
     /// with several addresses, on the next node (every node of a cluster serves the same
-    /// cursors).
+    /// cursors); with [`ReadFrom::Followers`], on a follower.
     pub fn subscribe(&self, topic: &str, replay_seq_no_start: u64) -> Subscription {
         Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
     }
@@ -56,12 +60,20 @@ struct State {
     stream: Option<(Conn, tonic::Streaming<proto::Frame>)>,
     attempts: Attempts,
     done: bool,
+    /// The node the current (or last) stream was opened at, shared with the [`Subscription`].
+    node: Arc<Mutex<Option<Arc<str>>>>,
+    /// The node the last stream broke on: the next follower is another, if there is one.
+    avoid: Option<Arc<str>>,
+    /// A follower refused the last stream: the next opens where every call goes, and that
+    /// answer is final (a follower may lack a topic the leader just created).
+    by_route: bool,
 }
 
 /// A stream of [`Frame`]s. Ends with an error for `OUT_OF_RANGE` (frames removed by
 /// retention), a changed epoch (topic re-created) or a deleted topic: never a silent gap.
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<Frame>> + Send>>,
+    node: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -73,6 +85,7 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     fn new(client: Client, topic: String, start: u64) -> Subscription {
         let attempts = client.attempts();
+        let node = Arc::new(Mutex::new(None));
         let state = State {
             client,
             topic,
@@ -81,6 +94,9 @@ impl Subscription {
             stream: None,
             attempts,
             done: false,
+            node: Arc::clone(&node),
+            avoid: None,
+            by_route: false,
         };
         let inner = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
@@ -91,7 +107,14 @@ impl Subscription {
         });
         Subscription {
             inner: Box::pin(inner),
+            node,
         }
+    }
+
+    /// The node (`HOST:PORT`, or an address as given) the subscription reads from now, or
+    /// last read from; `None` before its first stream was opened.
+    pub fn node(&self) -> Option<String> {
+        self.node.lock().as_ref().map(|a| a.to_string())
     }
 }
 
@@ -144,7 +167,64 @@ impl State {
                         return Some(Err(e));
                     }
                 }
-                Err(s) => return Some(Err(from_status(s))),
+                Err(s) => {
+                    let (conn, _) = self.stream.take()?;
+                    if !self.refused_by_follower(&conn, &s) {
+                        return Some(Err(from_status(s)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when `conn` is a follower this subscription picked: its refusal `status` is not
+    /// final, the next stream opens where every call goes (whose answer is).
+    fn refused_by_follower(&mut self, conn: &Conn, status: &tonic::Status) -> bool {
+        if conn.routed() {
+            return false;
+        }
+        tracing::debug!(
+            topic = %self.topic,
+            node = %conn.addr,
+            reason = %reason(status),
+            "a follower refused the subscription; asking where every call goes"
+        );
+        self.by_route = true;
+        true
+    }
+
+    /// With [`ReadFrom::Followers`]: the follower the next stream opens at, picked from the
+    /// `Cluster` answer of the node calls go to; `None` to open where every call goes.
+    async fn follower_conn(&mut self) -> Option<Conn> {
+        if self.client.read_from != ReadFrom::Followers || std::mem::take(&mut self.by_route) {
+            return None;
+        }
+        let route = self.client.conn();
+        let mut grpc = route.grpc.clone();
+        let asked = grpc.cluster(proto::ClusterRequest {});
+        let info = match tokio::time::timeout(CLUSTER_LOOKUP, asked).await {
+            Ok(Ok(info)) => info.into_inner(),
+            Ok(Err(status)) => {
+                tracing::debug!(topic = %self.topic, node = %route.addr, reason = %reason(&status), "no Cluster answer; reading where every call goes");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(topic = %self.topic, node = %route.addr, "Cluster call timed out; reading where every call goes");
+                return None;
+            }
+        };
+        let Some(node) = self.client.picker.pick(&info, self.avoid.as_deref()) else {
+            tracing::debug!(topic = %self.topic, "no follower online; reading where every call goes");
+            return None;
+        };
+        match self.client.nodes().conn_at(&node.address) {
+            Ok(conn) => {
+                tracing::debug!(topic = %self.topic, follower = %node.id, node = %conn.addr, "reading from a follower");
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::debug!(topic = %self.topic, follower = %node.id, error = %e, "unusable follower address; reading where every call goes");
+                None
             }
         }
     }
@@ -166,7 +246,11 @@ impl State {
             topic: self.topic.clone(),
             resume,
         };
-        let conn = self.client.conn();
+        let conn = match self.follower_conn().await {
+            Some(c) => c,
+            None => self.client.conn(),
+        };
+        *self.node.lock() = Some(Arc::clone(&conn.addr));
         match conn.grpc.clone().subscribe(req).await {
             Ok(resp) => {
                 let md = resp.metadata();
@@ -194,6 +278,7 @@ impl State {
                 Ok(())
             }
             Err(s) if transient(&s) => Err(self.pause(&conn, Break::Failed(&s)).await),
+            Err(s) if self.refused_by_follower(&conn, &s) => Err(None),
             Err(s) => Err(Some(from_status(s))),
         }
     }
@@ -202,6 +287,7 @@ impl State {
     /// next node, or goes at once to a leader the node named; an error when the retry
     /// budget is spent.
     async fn pause(&mut self, conn: &Conn, why: Break<'_>) -> Option<Error> {
+        self.avoid = Some(Arc::clone(&conn.addr));
         let nodes = self.client.nodes();
         match why {
             Break::Failed(status) => {
