@@ -331,6 +331,26 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
     assert_eq!(info.leader, c.node(&leader).address);
     assert_eq!(info.nodes.len(), 3);
     assert!(info.nodes.iter().all(|n| n.in_sync && n.online), "{info:?}");
+    // The leader's answer lists every node's positions: each holds and commits 301 frames
+    // of "prices". A follower lists its own.
+    let start = Instant::now();
+    loop {
+        let info = c.info(&leader).await.unwrap();
+        let at = |n: &framecast::proto::NodeInfo| {
+            n.topics
+                .iter()
+                .find(|t| t.topic == "prices")
+                .map(|t| (t.next_offset, t.commit_offset))
+        };
+        if info.nodes.iter().all(|n| at(n) == Some((301, 301))) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = c.info(followers[1]).await.unwrap();
+    let own = info.nodes.iter().find(|n| n.id == followers[1]).unwrap();
+    assert!(own.topics.iter().any(|t| t.topic == "prices"), "{info:?}");
 }
 
 /// One ack: seq_no, offset, when it arrived, from which node.

@@ -82,6 +82,13 @@ impl Membership {
     }
 }
 
+/// Where the other nodes stand in each topic, as the leader learns from their reports.
+pub trait PeerPositions: Send + Sync + std::fmt::Debug {
+    /// The positions of node `id` in every topic it reported, in name order (empty when
+    /// unknown).
+    fn positions_of(&self, id: &str) -> Vec<proto::TopicPosition>;
+}
+
 /// The membership and the change that made it, as the watch holds it.
 #[derive(Debug, Clone)]
 struct Latest {
@@ -107,6 +114,9 @@ struct Inner {
     /// lapsed), unless the cluster layer moves it on: checked at every write and ack, so a
     /// process resumed after a pause refuses before any task has run.
     deadline: parking_lot::RwLock<Option<std::time::Instant>>,
+    /// The other nodes' positions while this node leads (`None` otherwise: a follower
+    /// knows only its own).
+    peers: parking_lot::RwLock<Option<Arc<dyn PeerPositions>>>,
 }
 
 impl ClusterView {
@@ -143,6 +153,7 @@ impl ClusterView {
                 }),
                 refusal: parking_lot::RwLock::new(None),
                 deadline: parking_lot::RwLock::new(None),
+                peers: parking_lot::RwLock::new(None),
             }),
         }
     }
@@ -194,6 +205,12 @@ impl ClusterView {
         }
     }
 
+    /// Where the other nodes' positions come from: the leader's bookkeeping while this node
+    /// leads, `None` when it stops.
+    pub fn set_peer_positions(&self, peers: Option<Arc<dyn PeerPositions>>) {
+        *self.inner.peers.write() = peers;
+    }
+
     /// Who this node is.
     pub fn this_node(&self) -> &ThisNode {
         &self.inner.this
@@ -243,7 +260,14 @@ impl ClusterView {
             online: membership.this.online,
             topics: self.positions(),
         });
-        nodes.extend(membership.others.iter().cloned());
+        let peers = self.inner.peers.read().clone();
+        nodes.extend(membership.others.iter().map(|n| {
+            let mut n = n.clone();
+            if let (true, Some(p)) = (n.topics.is_empty(), &peers) {
+                n.topics = p.positions_of(&n.id);
+            }
+            n
+        }));
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         proto::ClusterInfo {
             term: membership.term,

@@ -117,6 +117,21 @@ impl InSync {
         self.commits.get(topic).copied().unwrap_or(0)
     }
 
+    /// How far `follower` holds each topic it reported, with the commit point as it stands
+    /// for it (never past what it holds), in topic name order.
+    pub fn positions_of(&self, follower: &str) -> Vec<(String, u64, u64)> {
+        let Some(f) = self.positions.get(follower) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u64, u64)> = f
+            .topics
+            .iter()
+            .map(|(t, p)| (t.clone(), p.durable, self.commit(t).min(p.durable)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Forgets a deleted topic.
     pub fn remove_topic(&mut self, topic: &str) {
         self.ends.remove(topic);

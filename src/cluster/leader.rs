@@ -176,6 +176,23 @@ impl Leader {
     }
 }
 
+impl crate::broker::cluster_view::PeerPositions for Leader {
+    fn positions_of(&self, id: &str) -> Vec<crate::proto::TopicPosition> {
+        self.insync
+            .lock()
+            .positions_of(id)
+            .into_iter()
+            .map(
+                |(topic, next_offset, commit_offset)| crate::proto::TopicPosition {
+                    topic,
+                    next_offset,
+                    commit_offset,
+                },
+            )
+            .collect()
+    }
+}
+
 /// The `Replication` service of a [`Leader`].
 #[derive(Debug, Clone)]
 pub struct LeaderService {

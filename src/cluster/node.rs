@@ -23,7 +23,9 @@ use super::follower::follow;
 use super::leader::{Leader, LeaderService, MAX_RECORDS_BYTES};
 use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
 use super::replication_proto as rp;
-use crate::broker::cluster_view::{ClusterView, Membership as ViewMembership, Roles};
+use crate::broker::cluster_view::{
+    ClusterView, Membership as ViewMembership, PeerPositions, Roles,
+};
 use crate::broker::token::{mint_hs256, MintClaims};
 use crate::broker::topics::Topics;
 use crate::broker::{Broker, Error};
@@ -440,6 +442,8 @@ impl Node {
             s.leader = self.me().to_string();
         }
         self.door.send_replace(Some(Arc::clone(&leader)));
+        self.view
+            .set_peer_positions(Some(Arc::clone(&leader) as Arc<dyn PeerPositions>));
         let commits = tokio::spawn(Arc::clone(&leader).run_commits());
         self.view.set_refusal(None);
         self.refuse_unless_writable(&leader, Instant::now());
@@ -490,6 +494,7 @@ impl Node {
         }
         self.view.set_refusal(Some("stepping down".into()));
         self.door.send_replace(None);
+        self.view.set_peer_positions(None);
         leader.stop();
         commits.abort();
         {
