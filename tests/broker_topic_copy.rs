@@ -143,3 +143,45 @@ async fn a_cut_reopens_the_topic_and_ends_its_streams_with_unavailable() {
     let t = topics.get("t").unwrap();
     assert_eq!((t.visible_offset(), t.meta().epoch), (7, epoch));
 }
+
+/// A new leader begins its term in every topic at once: each history records the term at the
+/// topic's end, durably (a reopen reads it back), and beginning the same term again writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_term_begins_in_every_topic_at_its_end_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = {
+        let (topics, broker, _trigger) = open(dir.path());
+        for seq in 0..5 {
+            publish(&broker, "busy", seq).await;
+        }
+        publish(&broker, "quiet", 0).await;
+        topics.create("empty", 0, 0).await.unwrap();
+        assert_eq!(topics.begin_term_all(7).await.unwrap(), 3);
+        assert_eq!(topics.begin_term_all(7).await.unwrap(), 0);
+        let ends: Vec<(String, u64)> = topics
+            .list()
+            .iter()
+            .map(|t| {
+                let last = *t.terms().entries().last().unwrap();
+                assert_eq!(last.term, 7, "{}", t.name());
+                (t.name().to_string(), last.start)
+            })
+            .collect();
+        topics.close_all();
+        ends
+    };
+    assert_eq!(
+        ends,
+        [
+            ("busy".to_string(), 5),
+            ("empty".to_string(), 0),
+            ("quiet".to_string(), 1)
+        ]
+    );
+    let (topics, _broker, _trigger) = open(dir.path());
+    for (name, start) in ends {
+        let last = *topics.get(&name).unwrap().terms().entries().last().unwrap();
+        assert_eq!((last.term, last.start), (7, start), "{name}");
+    }
+}

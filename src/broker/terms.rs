@@ -128,11 +128,24 @@ impl TermHistory {
     /// Writes the history into the topic directory `dir` durably (temp file, sync, rename,
     /// directory sync). Blocking.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let text = serde_json::to_string(self).map_err(|e| Error::Metadata {
+        replace_durably(dir, TERMS_FILE, self.text(dir)?.as_bytes())
+    }
+
+    /// Writes the history into `dir` (temp file, rename) without syncing: the caller makes
+    /// many of them durable at once (one `syncfs`) before relying on any. Blocking.
+    pub fn store_unsynced(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(TERMS_FILE);
+        let temp = dir.join(format!("{TERMS_FILE}.tmp"));
+        std::fs::write(&temp, self.text(dir)?.as_bytes())
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|e| crate::wal::Error::io(&path, e).into())
+    }
+
+    fn text(&self, dir: &Path) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::Metadata {
             path: dir.join(TERMS_FILE).display().to_string(),
             reason: e.to_string(),
-        })?;
-        replace_durably(dir, TERMS_FILE, text.as_bytes())
+        })
     }
 }
 

@@ -445,6 +445,60 @@ impl Topics {
         self.store_terms(topic, history).await
     }
 
+    /// Records durably that `term` begins writing every topic at its current end (a new
+    /// leader taking over): the histories are written, then made durable together with one
+    /// `syncfs` of the data directory's file system (one sync for ten thousand topics, not
+    /// two each), then take effect. Topics created meanwhile begin in the term already
+    /// ([`Topics::set_term`] comes first).
+    pub async fn begin_term_all(&self, term: u64) -> Result<usize> {
+        let topics = self.list();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<usize> {
+            // A few threads: ten thousand small writes are bound by file-system round trips.
+            let threads = std::thread::available_parallelism()
+                .map_or(2, |n| n.get() * 2)
+                .clamp(1, 8);
+            let per_thread = topics.len().div_ceil(threads).max(1);
+            let written: Vec<Result<Vec<Begun>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = topics
+                    .chunks(per_thread)
+                    .map(|chunk| scope.spawn(move || write_term_starts(chunk, term)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Metadata {
+                                path: String::new(),
+                                reason: "a term history thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            let mut begun = Vec::new();
+            for w in written {
+                begun.extend(w?);
+            }
+            if begun.is_empty() {
+                return Ok(0);
+            }
+            let root = std::fs::File::open(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
+            rustix::fs::syncfs(&root)
+                .map_err(|e| crate::wal::Error::io(&dir, std::io::Error::from(e)))?;
+            let n = begun.len();
+            for (topic, history) in begun {
+                *topic.terms.lock() = history;
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: self.dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+    }
+
     /// Replaces `name`'s term history durably with `history` (a follower copying its
     /// leader's). Nothing is written when it is already the same.
     pub async fn set_terms(&self, name: &str, history: TermHistory) -> Result<TermHistory> {
@@ -925,6 +979,27 @@ fn make_topic(
             Err(e.into())
         }
     }
+}
+
+/// A topic a term began in, with its new history (written, not yet synced).
+type Begun = (Arc<Topic>, TermHistory);
+
+/// Writes (unsynced) the history of every topic of `topics` that `term` begins now, at its
+/// end; the topics and their new histories.
+fn write_term_starts(topics: &[Arc<Topic>], term: u64) -> Result<Vec<Begun>> {
+    let mut begun = Vec::new();
+    for topic in topics {
+        let mut history = topic.terms();
+        if history.begin(term, topic.log.durable_offset()) {
+            match history.store_unsynced(topic.log.dir()) {
+                Ok(()) => begun.push((Arc::clone(topic), history)),
+                // Deleted meanwhile: its directory went aside.
+                Err(_) if topic.is_deleted() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(begun)
 }
 
 /// `base` with the topic's own retention limits where they are set (non-zero).

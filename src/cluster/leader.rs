@@ -63,9 +63,14 @@ impl Leader {
     ) -> crate::broker::error::Result<Arc<Leader>> {
         topics.set_term(term);
         topics.set_owns_retention(true);
-        for t in topics.list() {
-            topics.begin_term(t.name(), term).await?;
-        }
+        let started = Instant::now();
+        let begun = topics.begin_term_all(term).await?;
+        info!(
+            term,
+            topics = begun,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "term begun in every topic"
+        );
         let insync = InSync::new(node_id, members, max_lag, Instant::now());
         let leader = Arc::new(Leader {
             topics,
