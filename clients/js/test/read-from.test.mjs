@@ -216,14 +216,18 @@ describe("a cluster of three nodes and etcd", { skip: ETCD ? false : NO_ETCD }, 
       assert.equal(leaders.length, 1);
       assert.equal(leaders[0].httpAddress, leader);
       assert.equal(info.leader, leaders[0].address);
-      // The node asked lists its own positions (bigints); the others' it does not know.
+      // A follower lists its own positions (bigints), not the others'. The leader lists
+      // every node's: an acknowledged frame is held and committed on each in-sync node.
       const me = info.nodes.find((n) => n.httpAddress === url);
-      for (const n of info.nodes) if (n !== me) assert.deepEqual(n.topics, []);
       if (url === leader) {
-        const p = me.topics.find((x) => x.topic === "rf.cluster");
-        assert.ok(p, show(me.topics));
-        assert.equal(p.nextOffset, ack.offset + 1n);
-        assert.equal(p.commitOffset, ack.offset + 1n); // acknowledged: committed
+        for (const n of info.nodes) {
+          const p = n.topics.find((x) => x.topic === "rf.cluster");
+          assert.ok(p, `${n.id}: ${show(n.topics)}`);
+          assert.equal(p.nextOffset, ack.offset + 1n);
+          assert.equal(p.commitOffset, ack.offset + 1n); // acknowledged: committed
+        }
+      } else {
+        for (const n of info.nodes) if (n !== me) assert.deepEqual(n.topics, []);
       }
     }
     // The same term and leader, whichever node is asked.
