@@ -918,6 +918,40 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     let mut stream = fc.subscribe(r).await.unwrap().into_inner();
     let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].payload.as_ref(), b"secret frame");
+    // The Rust client reading from followers asks Cluster and subscribes on the follower,
+    // both with its token; without one, the Cluster call is refused and it gives up there.
+    use futures::StreamExt;
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let client = framecast::client::Client::connect_many(&addresses)
+        .unwrap()
+        .with_token(&writer)
+        .unwrap()
+        .with_read_from(framecast::client::ReadFrom::Followers);
+    let mut sub = client.subscribe("t", 0);
+    let f = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.payload.as_ref(), b"secret frame");
+    assert_eq!(sub.node().unwrap(), c.node(follower).address);
+    let anonymous = framecast::client::Client::connect_many(&addresses)
+        .unwrap()
+        .with_read_from(framecast::client::ReadFrom::Followers);
+    let refused = tokio::time::timeout(Duration::from_secs(10), anonymous.subscribe("t", 0).next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            &refused,
+            Err(framecast::client::Error::Server {
+                code: Code::Unauthenticated,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
 }
 
 /// Publishes the frames of offsets `offsets` of `topic` (empty so far up to them) to node
