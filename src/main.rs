@@ -210,6 +210,16 @@ struct ServeArgs {
     /// How long a follower may stay behind the leader and remain in sync.
     #[arg(long, env = "FRAMECAST_REPLICA_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
     replica_max_lag: std::time::Duration,
+    /// With TLS on (--tls-cert): the PEM CA that signed the other nodes' certificates, which
+    /// this node checks when it follows a leader (it presents its own --tls-cert and
+    /// --tls-key). Default: --tls-client-ca.
+    #[arg(
+        long,
+        env = "FRAMECAST_CLUSTER_CA_CERT",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    cluster_ca_cert: Option<PathBuf>,
     /// With auth on: a file holding the admin token this node presents to the leader.
     /// Without it, a node with --auth-jwt-secret-file mints its own.
     #[arg(long, env = "FRAMECAST_CLUSTER_TOKEN_FILE")]
@@ -387,6 +397,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => NodeToken::None,
     };
+    // With TLS on, a cluster node follows its leader over TLS: it checks the leader's
+    // certificate against the cluster CA and presents its own.
+    let peer_tls = if args.cluster_etcd.is_empty() {
+        None
+    } else {
+        match peer_tls(&args) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("framecast serve: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -435,6 +458,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             lease_ttl: args.lease_ttl,
             replica_max_lag: args.replica_max_lag,
             token: node_token.clone(),
+            tls: peer_tls,
         }),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
@@ -489,6 +513,39 @@ fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How a cluster node with TLS reaches the other nodes: the cluster CA (`--cluster-ca-cert`,
+/// else `--tls-client-ca`) and its own certificate and key; `None` without TLS.
+fn peer_tls(args: &ServeArgs) -> Result<Option<framecast::client::ClientTls>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let Some(ca) = args
+        .cluster_ca_cert
+        .as_ref()
+        .or(args.tls_client_ca.as_ref())
+    else {
+        return Err(
+            "a cluster node with --tls-cert follows its leader over TLS: give it \
+                    --cluster-ca-cert FILE (the CA that signed the other nodes' certificates)"
+                .into(),
+        );
+    };
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map(bytes::Bytes::from)
+            .map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let ca_flag = if args.cluster_ca_cert.is_some() {
+        "--cluster-ca-cert"
+    } else {
+        "--tls-client-ca"
+    };
+    Ok(Some(framecast::client::ClientTls {
+        ca_pem: Some(read(ca_flag, ca)?),
+        identity: Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
+    }))
 }
 
 /// Runs a client command on a small runtime; errors go to stderr with exit code 1.

@@ -57,6 +57,25 @@ fn serve_names_the_setting_that_cannot_work() {
         "{err}"
     );
 
+    // A cluster node with TLS needs the CA of the other nodes' certificates.
+    let (code, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        d,
+        "--cluster-etcd",
+        "http://127.0.0.1:1",
+        "--node-id",
+        "n1",
+        "--advertise",
+        "127.0.0.1:1",
+        "--tls-cert",
+        "cert.pem",
+        "--tls-key",
+        "key.pem",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--cluster-ca-cert FILE"), "{err}");
+
     let (code, _, err) = run(&["serve", "--data-dir", d, "--segment-bytes", "1MiB"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(

@@ -1273,3 +1273,99 @@ async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_af
     }
     c.node_mut(&victim).server.restart();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
+    use futures::StreamExt;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let _serial = SERIAL.lock().await;
+    // One CA signs every node's certificate (server and client use) and the client's.
+    let pki = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "framecast cluster CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
+    let path = |n: &str| pki.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(path("node.pem"), &leaf_pem).unwrap();
+    std::fs::write(path("node-key.pem"), leaf_key.serialize_pem()).unwrap();
+    let flags = [
+        "--tls-cert".to_string(),
+        path("node.pem"),
+        "--tls-key".to_string(),
+        path("node-key.pem"),
+        "--tls-client-ca".to_string(),
+        path("ca.pem"),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let c = Cluster::start_with(3, 2, &flags, None).await;
+    let addresses: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("https://{}", n.address))
+        .collect();
+    let client = framecast::client::Client::connect_many(&addresses)
+        .unwrap()
+        .with_ca_cert(ca_pem.clone())
+        .unwrap()
+        .with_client_identity(leaf_pem.clone(), leaf_key.serialize_pem())
+        .unwrap();
+    // Three nodes in sync: the followers reached the leader over TLS with their certificates.
+    let start = Instant::now();
+    let info = loop {
+        if let Ok(info) = client.cluster().await {
+            if info.nodes.len() == 3
+                && info.nodes.iter().filter(|n| n.in_sync).count() == 3
+                && info.nodes.iter().any(|n| n.leader)
+            {
+                break info;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no leader with three in sync over TLS\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for i in 0..20u64 {
+        let ack = client.publish("tls", i, format!("t{i}")).await.unwrap();
+        assert_eq!(ack.offset, i);
+    }
+    // A follower delivers them, to a client reading from followers over TLS.
+    let reader = client.with_read_from(framecast::client::ReadFrom::Followers);
+    let mut sub = reader.subscribe("tls", 0);
+    for i in 0..20u64 {
+        let f = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (f.offset, f.payload.as_ref()),
+            (i, format!("t{i}").as_bytes())
+        );
+    }
+    let on = sub.node().unwrap();
+    let leader = info.nodes.iter().find(|n| n.leader).unwrap();
+    assert_ne!(on, leader.address, "read from the leader");
+    assert!(
+        !c.logs().contains("cannot reach the leader"),
+        "{}",
+        c.logs()
+    );
+}

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
+
+use crate::client::ClientTls;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -53,6 +55,9 @@ pub struct ClusterConfig {
     pub replica_max_lag: Duration,
     /// The admin token this node presents to the leader when auth is on.
     pub token: NodeToken,
+    /// With TLS on: the CA the other nodes' certificates chain to and this node's own
+    /// certificate, used when it follows a leader (`https://`); `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 /// The token a node presents on its `Follow` stream.
@@ -370,10 +375,18 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let channel = match Endpoint::from_shared(format!("http://{address}")) {
+            let endpoint = match &self.config.tls {
+                Some(tls) => tls
+                    .endpoint(&format!("https://{address}"))
+                    .map_err(|e| e.to_string()),
+                None => {
+                    Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())
+                }
+            };
+            let channel = match endpoint {
                 Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect().await,
                 Err(e) => {
-                    warn!(leader = %id, %address, error = %e, "invalid leader address");
+                    warn!(leader = %id, %address, error = %e, "invalid leader address or TLS settings");
                     return;
                 }
             };
