@@ -700,14 +700,7 @@ impl Topics {
                 // its mapped files until the new one replaces it in the registry.
                 old.ended.send_replace(Some(Ended::Reopened));
                 old.log.close();
-                let from = dir.join(&name_owned);
-                let aside = dir.join(format!(
-                    "{TEMP_PREFIX}deleted-{name_owned}-{}",
-                    old.meta.epoch
-                ));
-                std::fs::rename(&from, &aside).map_err(|e| crate::wal::Error::io(&from, e))?;
-                sync_dir(&dir)?;
-                std::fs::remove_dir_all(&aside).map_err(|e| crate::wal::Error::io(&aside, e))?;
+                remove_topic_dir(&dir, &name_owned, old.meta.epoch)?;
             }
             let start = Some((first_offset, removed_max_key));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
@@ -751,15 +744,7 @@ impl Topics {
         tokio::task::spawn_blocking(move || -> Result<()> {
             let _guard = guard;
             topic.log.close();
-            let from = dir.join(&name_owned);
-            let aside = dir.join(format!(
-                "{TEMP_PREFIX}deleted-{name_owned}-{}",
-                topic.meta.epoch
-            ));
-            std::fs::rename(&from, &aside).map_err(|e| crate::wal::Error::io(&from, e))?;
-            sync_dir(&dir)?;
-            std::fs::remove_dir_all(&aside).map_err(|e| crate::wal::Error::io(&aside, e))?;
-            Ok(())
+            remove_topic_dir(&dir, &name_owned, topic.meta.epoch)
         })
         .await
         .map_err(|e| Error::Metadata {
@@ -939,6 +924,17 @@ fn open_all(
         topics.extend(r?);
     }
     Ok(topics)
+}
+
+/// Removes topic `name`'s directory under `dir`: renamed aside first (durably), so a crash
+/// never leaves it half removed under its real name, then deleted.
+fn remove_topic_dir(dir: &Path, name: &str, epoch: u64) -> Result<()> {
+    let from = dir.join(name);
+    let aside = dir.join(format!("{TEMP_PREFIX}deleted-{name}-{epoch}"));
+    std::fs::rename(&from, &aside).map_err(|e| crate::wal::Error::io(&from, e))?;
+    sync_dir(dir)?;
+    std::fs::remove_dir_all(&aside).map_err(|e| crate::wal::Error::io(&aside, e))?;
+    Ok(())
 }
 
 /// Makes topic `name`'s directory under `dir` (under a temporary name, renamed into place)
