@@ -121,16 +121,18 @@ impl Log {
             });
         }
         while offset < frontier && (out.is_empty() || size < max_bytes) {
-            let record = match st.locate(offset) {
+            // A frame's record is checked once (CRC, offset) as it is read; a gap record
+            // stands for every offset up to its end.
+            let (record, end) = match st.locate(offset) {
                 Some(Loc::Segment(seg, pos)) => {
                     let data = seg.read_from(pos as u64)?;
                     let len = whole_record(data, offset, seg.path(), pos)?;
-                    seg.bytes(pos as u64, len as u64)?
+                    (seg.bytes(pos as u64, len as u64)?, offset + 1)
                 }
                 Some(Loc::Run(run, pos)) => {
                     let data = run.record_bytes(pos);
                     let len = whole_record(data, offset, run.path(), pos)?;
-                    Bytes::copy_from_slice(&data[..len])
+                    (Bytes::copy_from_slice(&data[..len]), offset + 1)
                 }
                 None if st.is_hole(offset) => {
                     let mut end = offset + 1;
@@ -144,14 +146,11 @@ impl Log {
                     let Some(encoded) = gap.encode(MIN_GAP_LEN) else {
                         return Err(Error::Unavailable("cannot encode a gap record".into()));
                     };
-                    Bytes::from(encoded)
+                    (Bytes::from(encoded), gap.end())
                 }
                 None => return Err(missing(offset)),
             };
-            offset = match Copied::decode(&record)? {
-                c @ Copied::Gap(_) => c.end(),
-                _ => offset + 1,
-            };
+            offset = end;
             size += record.len();
             out.push(record);
         }
