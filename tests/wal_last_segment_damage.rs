@@ -3,7 +3,9 @@
 //! refuse to open with `Corruption` naming the file and that record's position, or — for
 //! the very last record only — be cut as a torn tail. And `repair` (the log part of
 //! `framecast repair`) must keep every other frame at its offset, in the active and in a
-//! sealed segment, through reopening and compaction, never reusing a lost offset.
+//! sealed segment, through reopening and compaction, never reusing a lost offset; a
+//! leader ships a repaired hole to a follower as one gap record, and the copy holds the same
+//! frames at the same offsets.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use framecast::wal::format::SEGMENT_HEADER_LEN;
 use framecast::wal::record::{Step, Walk};
 use framecast::wal::repair::repair_dir;
 use framecast::wal::{
-    list_segments, CompactOptions, Error, Log, LogConfig, NewFrame, Retention, StoredFrame,
+    list_segments, CompactOptions, Copied, Error, Log, LogConfig, NewFrame, Retention, StoredFrame,
 };
 
 const BASE_TS: i64 = 1_700_000_000_000_000_000;
@@ -371,4 +373,61 @@ fn before_cut_runs_before_anything_is_cut_and_can_stop_the_open() {
     assert_eq!(calls, 1);
     assert_eq!(log.durable_offset(), 4);
     log.close();
+}
+
+#[test]
+fn a_repaired_hole_ships_as_one_gap_record_and_the_copy_keeps_every_offset() {
+    const N: u64 = 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    build(dir.path(), N, 4096);
+    let seg = list_segments(dir.path()).expect("list")[0].1.clone();
+    flip_payload(&seg, 7);
+    assert_eq!(repair_dir(dir.path()).expect("repair").len(), 1);
+    let leader = Log::open(dir.path(), config(4096)).expect("opens after repair");
+
+    // Read in small pieces too: the gap is one record wherever a piece starts.
+    let mut records = Vec::new();
+    let mut from = 0;
+    while from < N {
+        let (got, next) = leader.read_records(from, 1).expect("read records");
+        assert!(next > from, "progress from {from}");
+        records.extend(got);
+        from = next;
+    }
+    assert_eq!(from, N);
+    let copied: Vec<Copied> = records
+        .iter()
+        .map(|r| Copied::decode(r).expect("a whole record"))
+        .collect();
+    let spans: Vec<(u64, u64)> = copied.iter().map(|c| (c.offset(), c.end())).collect();
+    let want: Vec<(u64, u64)> = (0..N).filter(|&o| o != 7).map(|o| (o, o + 1)).collect();
+    let frames: Vec<(u64, u64)> = spans.iter().copied().filter(|s| *s != (7, 8)).collect();
+    assert_eq!(frames, want, "every frame once, at its offset");
+    assert!(
+        matches!(copied.iter().find(|c| c.offset() == 7), Some(Copied::Gap(g)) if g.count == 1),
+        "the lost offset ships as a gap record of one: {spans:?}"
+    );
+
+    let copy_dir = tempfile::tempdir().expect("tempdir");
+    let copy = Log::open(copy_dir.path(), config(4096)).expect("a new copy");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    assert_eq!(rt.block_on(copy.append_copied(copied)).expect("append"), N);
+    check_survivors(&copy, N, &[7]);
+    assert_eq!(copy.read(7).expect("read"), None);
+    let ack = copy
+        .append(vec![NewFrame {
+            seq_no: 100 + N,
+            timestamp: BASE_TS + N as i64,
+            key: Bytes::new(),
+            payload: Bytes::from(payload(N)),
+        }])
+        .expect("append");
+    assert_eq!(
+        ack[0].offset, N,
+        "the copy continues after the leader's end"
+    );
+    copy.close();
+    leader.close();
 }
