@@ -887,6 +887,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
                 term: 0,
                 node_id: "stranger".into(),
                 positions: Vec::new(),
+                takes_runs: true,
             };
             let mut request = tonic::Request::new(tokio_stream::iter(vec![report]));
             if let Some(t) = token {
@@ -1368,4 +1369,101 @@ async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
         "{}",
         c.logs()
     );
+}
+
+/// What a raw `Follow` stream to the leader receives for `topic` until it holds `n`
+/// frames: the records shipped one by one and the runs, each checked.
+async fn follow_raw(
+    c: &Cluster,
+    leader: &str,
+    term: u64,
+    takes_runs: bool,
+    topic: &str,
+    n: u64,
+) -> (Vec<framecast::wal::Copied>, usize, usize) {
+    use framecast::cluster::replication_proto as rp;
+    use framecast::wal::Copied;
+    let ch = Channel::from_shared(format!("http://{}", c.node(leader).address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = rp::replication_client::ReplicationClient::new(ch);
+    let report = rp::FollowerReport {
+        term,
+        node_id: format!("probe-{takes_runs}"),
+        positions: Vec::new(),
+        takes_runs,
+    };
+    // The report stream stays open while the updates are read.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(report).await.unwrap();
+    let mut updates = client
+        .follow(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut copied, mut one_by_one, mut runs) = (Vec::new(), 0, 0);
+    while (copied.len() as u64) < n {
+        let u = tokio::time::timeout(Duration::from_secs(10), updates.message())
+            .await
+            .expect("an update within 10 s")
+            .unwrap()
+            .expect("the stream goes on");
+        assert_eq!(u.term, term);
+        let Some(rp::leader_update::Update::Records(r)) = u.update else {
+            continue;
+        };
+        assert_eq!(r.topic, topic);
+        assert!(
+            r.run.is_empty() || r.records.is_empty(),
+            "both kinds in one message"
+        );
+        if !r.run.is_empty() {
+            runs += 1;
+            copied.extend(Copied::decode_run(&r.run).unwrap());
+        }
+        one_by_one += r.records.len();
+        copied.extend(r.records.iter().map(|b| Copied::decode(b).unwrap()));
+    }
+    drop(tx);
+    (copied, one_by_one, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_ships_runs_only_to_followers_that_take_them() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(1, 1).await;
+    let leader = c.leader(&["n1"], 1, Duration::from_secs(30)).await;
+    let term = c.info(&leader).await.unwrap().term;
+    let mut client = c.client(&leader).await;
+    for seq in 0..20u64 {
+        let payload = vec![seq as u8; (seq * 37) as usize];
+        client.publish(req("t", seq, &payload)).await.unwrap();
+    }
+    let stored = log_of(&c, &leader, "t").await;
+    assert_eq!(stored.len(), 20);
+    // A follower that does not say it takes runs (an older node) gets records one by one;
+    // one that does gets runs. Both hold the same frames at the same offsets.
+    let (old, one_by_one, runs) = follow_raw(&c, &leader, term, false, "t", 20).await;
+    assert_eq!((one_by_one, runs), (20, 0));
+    let (new, one_by_one, runs) = follow_raw(&c, &leader, term, true, "t", 20).await;
+    assert_eq!(one_by_one, 0);
+    assert!(runs >= 1);
+    assert_eq!(old, new);
+    for (copy, frame) in new.iter().zip(&stored) {
+        let framecast::wal::Copied::Frame {
+            offset,
+            seq_no,
+            payload,
+            ..
+        } = copy
+        else {
+            panic!("a gap where frame {} is stored", frame.offset);
+        };
+        assert_eq!(
+            (*offset, *seq_no, payload.as_ref()),
+            (frame.offset, frame.seq_no, frame.payload.as_ref())
+        );
+    }
 }

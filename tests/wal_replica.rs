@@ -173,6 +173,108 @@ async fn records_that_do_not_continue_the_log_or_are_damaged_are_refused() {
     assert!(leader.read_records(11, 100).unwrap().0.is_empty());
 }
 
+/// Copies everything `leader` holds past `follower`'s end as the cluster's leader ships it
+/// to a follower that takes runs: a run of one segment where there is one, else record by
+/// record. Returns how many pieces went each way.
+async fn follow_in_runs(leader: &Log, follower: &Log, page: usize) -> (usize, usize) {
+    let (mut runs, mut singles) = (0, 0);
+    loop {
+        let from = follower.durable_offset();
+        let copied = match leader.read_run(from, page).unwrap() {
+            Some((run, next)) => {
+                runs += 1;
+                // A run holds whole records, `page` bytes at most unless one record is more.
+                let copied = Copied::decode_run(&run).unwrap();
+                assert!(
+                    run.len() <= page || copied.len() == 1,
+                    "{} bytes",
+                    run.len()
+                );
+                assert_eq!(copied.last().unwrap().end(), next);
+                copied
+            }
+            None => {
+                let (records, _) = leader.read_records(from, page).unwrap();
+                if records.is_empty() {
+                    return (runs, singles);
+                }
+                singles += 1;
+                records.iter().map(|r| Copied::decode(r).unwrap()).collect()
+            }
+        };
+        assert_eq!(copied[0].offset(), from);
+        let end = copied.last().unwrap().end();
+        assert_eq!(follower.append_copied(copied).await.unwrap(), end);
+    }
+}
+
+#[tokio::test]
+async fn runs_carry_the_same_records_as_one_by_one_across_segments_and_compaction() {
+    let ld = tempfile::tempdir().unwrap();
+    let leader = Log::open(ld.path(), config(64 * 1024)).unwrap();
+    fill(&leader, 400, 0, 20_000).await;
+    leader.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(leader.stats().runs, 1);
+    fill(&leader, 300, 400, 20_000).await;
+    let all = shipped(&leader, 1 << 20);
+    assert_eq!(all.len(), 700);
+
+    // Whatever the page, the copy is the leader's records byte for byte: compacted ones
+    // one by one, the segments' as runs that never cross a segment's end.
+    for page in [1, 300, 10_000, 1 << 20] {
+        let follower_dir = tempfile::tempdir().unwrap();
+        let follower = Log::open(follower_dir.path(), config(48 * 1024)).unwrap();
+        let (runs, singles) = follow_in_runs(&leader, &follower, page).await;
+        assert!(
+            runs > 0 && singles > 0,
+            "page {page}: {runs} runs, {singles} singles"
+        );
+        assert_eq!(shipped(&follower, 1 << 20), all, "page {page}");
+    }
+
+    // Runs read from any record on start at that record and end where a segment ends.
+    let mut from = leader.stats().next_offset - 5;
+    while from < leader.durable_offset() {
+        let (run, next) = leader.read_run(from, 1 << 20).unwrap().unwrap();
+        let copied = Copied::decode_run(&run).unwrap();
+        assert_eq!(copied[0].offset(), from);
+        assert_eq!(copied.len() as u64, next - from);
+        from = next;
+    }
+    // Nothing durable past the end: no run.
+    assert!(leader.read_run(700, 1 << 20).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_run_damaged_cut_short_or_padded_is_refused() {
+    let ld = tempfile::tempdir().unwrap();
+    let leader = Log::open(ld.path(), config(64 * 1024)).unwrap();
+    fill(&leader, 4, 0, 300).await;
+    let (run, next) = leader.read_run(0, 1 << 20).unwrap().unwrap();
+    assert_eq!(next, 4);
+    let one_by_one: Vec<Copied> = shipped(&leader, 1 << 20)
+        .iter()
+        .map(|r| Copied::decode(r).unwrap())
+        .collect();
+    assert_eq!(Copied::decode_run(&run).unwrap(), one_by_one);
+
+    // Every single flipped bit is caught.
+    for bit in 0..run.len() * 8 {
+        let mut bad = run.to_vec();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            Copied::decode_run(&Bytes::from(bad)).is_err(),
+            "bit {bit} passed"
+        );
+    }
+    // Cut inside its last record, or followed by zeros or by a stray byte.
+    assert!(Copied::decode_run(&run.slice(..run.len() - 1)).is_err());
+    let padded = [run.as_ref(), &[0u8; 64]].concat();
+    assert!(Copied::decode_run(&Bytes::from(padded)).is_err());
+    let stray = [run.as_ref(), &[1u8]].concat();
+    assert!(Copied::decode_run(&Bytes::from(stray)).is_err());
+}
+
 #[tokio::test]
 async fn a_suffix_the_new_leader_lacks_is_cut_and_kept() {
     let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -65,6 +65,7 @@ pub async fn follow(
         term,
         node_id: node_id.to_string(),
         positions,
+        takes_runs: true,
     };
     // The channel has room: this is its first message.
     let _ = reports.try_send(first);
@@ -115,10 +116,11 @@ pub async fn follow(
         };
         check_term(&u, term)?;
         match u.update {
-            Some(Update::Records(mut r)) => {
+            Some(Update::Records(r)) => {
                 // Records of the same topic already received join this append.
                 let mut failed = None;
-                let mut bytes: usize = r.records.iter().map(|x| x.len()).sum();
+                let mut records = received_records(&r)?;
+                let mut bytes: usize = records.iter().map(|c| c.encoded_len()).sum();
                 while bytes < MERGE_BYTES {
                     match received.try_recv() {
                         Ok(Ok(more)) => match more.update {
@@ -127,8 +129,9 @@ pub async fn follow(
                                     && m.topic == r.topic
                                     && m.epoch == r.epoch =>
                             {
-                                bytes += m.records.iter().map(|x| x.len()).sum::<usize>();
-                                r.records.extend(m.records);
+                                let m = received_records(&m)?;
+                                bytes += m.iter().map(|c| c.encoded_len()).sum::<usize>();
+                                records.extend(m);
                             }
                             update => {
                                 next = Some(rp::LeaderUpdate {
@@ -145,7 +148,7 @@ pub async fn follow(
                         Err(_) => break,
                     }
                 }
-                apply.records(r).await?;
+                apply.records(&r.topic, r.epoch, records).await?;
                 if let Some(status) = failed {
                     return Err(status.into());
                 }
@@ -157,6 +160,21 @@ pub async fn follow(
     drop(reader);
     info!(node_id, term, "the leader ended the stream");
     Ok(())
+}
+
+/// The records of a message, checked (CRC, lengths): one by one or as one run.
+fn received_records(r: &rp::ReplicaRecords) -> Result<Vec<Copied>, FollowError> {
+    if !r.run.is_empty() && !r.records.is_empty() {
+        return Err(FollowError::Protocol(
+            "records sent both one by one and as a run".into(),
+        ));
+    }
+    let copied = if r.run.is_empty() {
+        r.records.iter().map(Copied::decode).collect()
+    } else {
+        Copied::decode_run(&r.run)
+    };
+    Ok(copied.map_err(Error::from)?)
 }
 
 /// Updates read ahead of the one being applied.
@@ -212,7 +230,10 @@ impl Apply {
                 self.topics.cut_and_reopen(&c.topic, c.offset).await?;
                 self.report(&c.topic).await
             }
-            Update::Records(r) => self.records(r).await,
+            Update::Records(r) => {
+                let records = received_records(&r)?;
+                self.records(&r.topic, r.epoch, records).await
+            }
             Update::Commit(c) => {
                 self.commits.insert(c.topic.clone(), c.offset);
                 self.make_visible(&c.topic);
@@ -286,30 +307,29 @@ impl Apply {
         self.retain(&t.name, meta, t.first_offset, key).await
     }
 
-    async fn records(&mut self, r: rp::ReplicaRecords) -> Result<(), FollowError> {
+    /// Appends records of `name` (epoch `epoch`), checked, and reports the new end.
+    async fn records(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        records: Vec<Copied>,
+    ) -> Result<(), FollowError> {
         let topic = self
             .topics
-            .get(&r.topic)
-            .filter(|t| t.meta().epoch == r.epoch)
+            .get(name)
+            .filter(|t| t.meta().epoch == epoch)
             .ok_or_else(|| {
                 FollowError::Protocol(format!(
-                    "records of topic '{}' epoch {} before the topic",
-                    r.topic, r.epoch
+                    "records of topic '{name}' epoch {epoch} before the topic"
                 ))
             })?;
-        let copied = r
-            .records
-            .iter()
-            .map(Copied::decode)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::from)?;
         topic
             .log()
-            .append_copied(copied)
+            .append_copied(records)
             .await
             .map_err(Error::from)?;
-        self.make_visible(&r.topic);
-        self.report(&r.topic).await
+        self.make_visible(name);
+        self.report(name).await
     }
 
     /// Tells the leader how far this node holds `topic` durably.
@@ -326,6 +346,7 @@ impl Apply {
                 next_offset: t.log().durable_offset(),
                 terms: Vec::new(),
             }],
+            takes_runs: true,
         };
         self.reports
             .send(report)

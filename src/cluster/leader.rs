@@ -5,7 +5,8 @@
 //! what the follower must delete (unknown here, or another epoch) and where it must cut
 //! (where its copy stops sharing this log, by term: [`divergence`]), then every topic it
 //! holds (epoch, settings, term history), then ships records from each topic's position as
-//! they become durable here (one fsync on each side, in series), up to 1 MiB per message,
+//! they become durable here (one fsync on each side, in series), up to 1 MiB per message
+//! (records of one segment as one run of their stored bytes to a follower that takes runs),
 //! with the channel to the follower bounded: a slow follower costs the leader at most a few
 //! messages of memory. Each report moves that follower's durable positions in the in-sync
 //! bookkeeping ([`InSync`]); a commit point that moves is set on the topic, and each
@@ -17,6 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -247,6 +250,7 @@ impl rp::replication_server::Replication for LeaderService {
             follower: first.node_id.clone(),
             tx,
             positions: HashMap::new(),
+            takes_runs: first.takes_runs,
             dirty: BTreeSet::new(),
         };
         tokio::spawn(session.run(first, reports));
@@ -275,6 +279,8 @@ struct Session {
     follower: String,
     tx: mpsc::Sender<Result<rp::LeaderUpdate, Status>>,
     positions: HashMap<String, Shipped>,
+    /// The follower takes records as runs (`ReplicaRecords.run`).
+    takes_runs: bool,
     /// Topics with records to ship.
     dirty: BTreeSet<String>,
 }
@@ -445,7 +451,23 @@ impl Session {
         if t.meta().epoch != s.epoch {
             return Ok(None);
         }
-        let (records, next) = match t.log().read_records(s.next, MAX_RECORDS_BYTES) {
+        // Records that lie in one segment go as one run to a follower that takes runs;
+        // compacted runs, holes and older followers get them one by one.
+        let read = match self.takes_runs {
+            true => match t.log().read_run(s.next, MAX_RECORDS_BYTES) {
+                Ok(Some((run, next))) => Ok((Vec::new(), run, next)),
+                Ok(None) => t
+                    .log()
+                    .read_records(s.next, MAX_RECORDS_BYTES)
+                    .map(|(records, next)| (records, Bytes::new(), next)),
+                Err(e) => Err(e),
+            },
+            false => t
+                .log()
+                .read_records(s.next, MAX_RECORDS_BYTES)
+                .map(|(records, next)| (records, Bytes::new(), next)),
+        };
+        let (records, run, next) = match read {
             Ok(r) => r,
             Err(wal::Error::OutOfRange { first, .. }) => {
                 // Retention removed what this follower needs next: it starts its copy again
@@ -492,6 +514,7 @@ impl Session {
                 topic: name,
                 epoch: s.epoch,
                 records,
+                run,
             })),
         }))
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::frame::StoredFrame;
 use super::log::Log;
 use super::state::{missing, Loc, State};
-use super::{Error, Result};
+use super::Result;
 use crate::index::OrderKey;
 
 /// Figures of a log, for `ListTopics` and benchmarks.
@@ -67,13 +67,7 @@ impl Log {
             // everything below it is already indexed.
             let frontier = self.durable_offset();
             let st = self.shared.state.read();
-            if from < st.first_offset {
-                return Err(Error::OutOfRange {
-                    requested: from,
-                    first: st.first_offset,
-                    next: st.next_offset,
-                });
-            }
+            st.check_retained(from)?;
             let end = until.min(frontier).min(from.saturating_add(max as u64));
             locs.reserve(end.saturating_sub(from) as usize);
             for offset in from..end {

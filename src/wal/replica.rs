@@ -1,6 +1,6 @@
-//! A log as a copy of another: the records a leader ships ([`Log::read_records`]), their
-//! append on a follower ([`Log::append_copied`]), and the cut of a suffix that a new leader
-//! does not hold ([`cut_from`]).
+//! A log as a copy of another: the records a leader ships ([`Log::read_run`],
+//! [`Log::read_records`]), their append on a follower ([`Log::append_copied`]), and the cut
+//! of a suffix that a new leader does not hold ([`cut_from`]).
 //!
 //! Records travel as their encoded bytes, CRC included, and are checked on arrival: a
 //! follower stores exactly the leader's offsets, seq_nos, timestamps, keys and key times, so
@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
 use super::log::Log;
-use super::record::{decode, encoded_len, Decoded, Gap, Step, Walk, MIN_GAP_LEN};
+use super::record::{decode, Decoded, Gap, Step, Walk, MIN_GAP_LEN};
 use super::recovery::{list_segments, write_synced};
 use super::segment::{sync_dir, SegmentWriter};
 use super::state::{missing, Loc};
@@ -37,6 +37,8 @@ pub enum Copied {
         key: Bytes,
         /// The payload.
         payload: Bytes,
+        /// The whole record as shipped, checked: stored as it is, byte for byte.
+        record: Bytes,
     },
     /// Offsets the leader lost to repaired damage: they hold no frame.
     Gap(Gap),
@@ -45,34 +47,60 @@ pub enum Copied {
 impl Copied {
     /// Decodes and checks (CRC, lengths) one whole encoded record as shipped.
     pub fn decode(record: &Bytes) -> Result<Copied> {
-        match decode(record) {
-            Decoded::Record(r, len) if len == record.len() => {
-                let at = |s: &[u8]| record.slice_ref(s);
-                Ok(Copied::Frame {
+        let (copied, len) = Copied::decode_at(record, 0)?;
+        if len != record.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a copied record of {} bytes holds a {len}-byte record",
+                record.len()
+            )));
+        }
+        Ok(copied)
+    }
+
+    /// Decodes and checks (CRC, lengths) a run: whole encoded records one after the other,
+    /// as shipped in one piece. The run must end where its last record ends.
+    pub fn decode_run(run: &Bytes) -> Result<Vec<Copied>> {
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while at < run.len() {
+            let (copied, len) = Copied::decode_at(run, at)?;
+            out.push(copied);
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// The record at byte `at` of `buf`, checked, and its length; its fields and its
+    /// bytes are slices of `buf`.
+    fn decode_at(buf: &Bytes, at: usize) -> Result<(Copied, usize)> {
+        match decode(&buf[at..]) {
+            Decoded::Record(r, len) => {
+                let slice = |s: &[u8]| {
+                    if s.is_empty() {
+                        Bytes::new()
+                    } else {
+                        buf.slice_ref(s)
+                    }
+                };
+                let copied = Copied::Frame {
                     offset: r.offset,
                     seq_no: r.seq_no,
                     timestamp: r.timestamp,
                     key_time: r.key_time,
-                    key: if r.key.is_empty() {
-                        Bytes::new()
-                    } else {
-                        at(r.key)
-                    },
-                    payload: if r.payload.is_empty() {
-                        Bytes::new()
-                    } else {
-                        at(r.payload)
-                    },
-                })
+                    key: slice(r.key),
+                    payload: slice(r.payload),
+                    record: buf.slice(at..at + len),
+                };
+                Ok((copied, len))
             }
-            Decoded::Gap(g, len) if len == record.len() => Ok(Copied::Gap(g)),
-            Decoded::Record(_, len) | Decoded::Gap(_, len) => Err(Error::InvalidArgument(format!(
-                "a copied record of {} bytes holds a {len}-byte record",
-                record.len()
+            Decoded::Gap(g, len) => Ok((Copied::Gap(g), len)),
+            Decoded::End if at == 0 => Err(Error::InvalidArgument("an empty copied record".into())),
+            Decoded::End => Err(Error::InvalidArgument(format!(
+                "copied records of {} bytes hold zeros from byte {at}",
+                buf.len()
             ))),
-            Decoded::End => Err(Error::InvalidArgument("an empty copied record".into())),
             Decoded::Invalid(why) => Err(Error::InvalidArgument(format!(
-                "a copied record is damaged: {why}"
+                "a copied record is damaged (at byte {at}): {why}"
             ))),
         }
     }
@@ -96,7 +124,7 @@ impl Copied {
     /// Bytes the record takes in a segment.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Copied::Frame { key, payload, .. } => encoded_len(key.len(), payload.len()),
+            Copied::Frame { record, .. } => record.len(),
             Copied::Gap(_) => MIN_GAP_LEN,
         }
     }
@@ -113,13 +141,7 @@ impl Log {
         let mut size = 0usize;
         let mut offset = from;
         let st = self.shared.state.read();
-        if from < st.first_offset {
-            return Err(Error::OutOfRange {
-                requested: from,
-                first: st.first_offset,
-                next: st.next_offset,
-            });
-        }
+        st.check_retained(from)?;
         while offset < frontier && (out.is_empty() || size < max_bytes) {
             // A frame's record is checked once (CRC, offset) as it is read; a gap record
             // stands for every offset up to its end.
@@ -155,6 +177,46 @@ impl Log {
             out.push(record);
         }
         Ok((out, offset.max(from)))
+    }
+
+    /// The records of offsets `[from, …)` below the durable frontier as they lie in one
+    /// segment, as one piece of at most `max_bytes` (or one record, if that is larger): the stored bytes,
+    /// each record checked (CRC, offset) as it is walked. Returns the run and the next
+    /// offset to ask for; `None` when `from` does not start such a run (nothing durable
+    /// past it, a compacted run, a hole): [`Log::read_records`] reads those. An offset
+    /// below the oldest retained one is [`Error::OutOfRange`].
+    pub fn read_run(&self, from: u64, max_bytes: usize) -> Result<Option<(Bytes, u64)>> {
+        let frontier = self.durable_offset();
+        let st = self.shared.state.read();
+        st.check_retained(from)?;
+        if from >= frontier {
+            return Ok(None);
+        }
+        let Some((seg, pos)) = st.offsets.locate(from) else {
+            return Ok(None);
+        };
+        let data = seg.read_from(pos as u64)?;
+        let mut end = 0usize;
+        let mut next = from;
+        for (at, step) in Walk::new(data, 0).expecting(from) {
+            match step {
+                // Within `max_bytes`, unless it is the first record.
+                Step::Record(_, len) if end == 0 || at + len <= max_bytes => {
+                    end = at + len;
+                    next += 1;
+                }
+                Step::Record(..) => break,
+                // Gap records and damage go one by one, through `read_records`.
+                Step::Gap(..) | Step::Invalid(_) | Step::End => break,
+            }
+            if next >= frontier || end >= max_bytes {
+                break;
+            }
+        }
+        if end == 0 {
+            return Ok(None);
+        }
+        Ok(Some((seg.bytes(pos as u64, end as u64)?, next)))
     }
 
     /// Appends records copied from a leader and waits until they are durable; returns the

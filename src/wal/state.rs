@@ -55,6 +55,18 @@ impl State {
 }
 
 impl State {
+    /// [`Error::OutOfRange`] when `from` lies below the oldest retained offset.
+    pub(super) fn check_retained(&self, from: u64) -> Result<()> {
+        if from < self.first_offset {
+            return Err(Error::OutOfRange {
+                requested: from,
+                first: self.first_offset,
+                next: self.next_offset,
+            });
+        }
+        Ok(())
+    }
+
     /// True when `offset` was lost to damage that `framecast repair` marked: no frame.
     pub(super) fn is_hole(&self, offset: u64) -> bool {
         if self.offsets.is_hole(offset) {
