@@ -27,8 +27,9 @@ fi
 
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
-# Crash safety of compaction: the same tests with fail points compiled in.
-cargo test --features failpoints --test wal_compaction_crash 2>&1 | tee -a target/cargo-test.log
+# Crash safety of compaction, and failed commit syncs: the same tests with fail points
+# compiled in.
+cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail 2>&1 | tee -a target/cargo-test.log
 # Doc examples (not run by --all-targets).
 cargo test --doc 2>&1 | tail -3
 

@@ -66,6 +66,8 @@ impl Leader {
     ) -> crate::broker::error::Result<Arc<Leader>> {
         topics.set_term(term);
         topics.set_owns_retention(true);
+        // Batches go to the followers while this node syncs them.
+        topics.log_config().early_tail.set(true);
         let started = Instant::now();
         let begun = topics.begin_term_all(term).await?;
         info!(
@@ -100,6 +102,7 @@ impl Leader {
     /// node's retention stops deciding (a follower applies its leader's).
     pub fn stop(&self) {
         self.topics.set_owns_retention(false);
+        self.topics.log_config().early_tail.set(false);
         self.stopped.send_replace(true);
     }
 
@@ -294,7 +297,7 @@ impl Session {
         info!(follower = %follower, term = self.leader.term, topics = first.positions.len(), "follower connected");
         let mut watches = TopicWatches::new(
             Arc::clone(&self.leader.topics),
-            &[Kind::Durable, Kind::Visible, Kind::First],
+            &[Kind::Durable, Kind::Written, Kind::Visible, Kind::First],
         );
         let tx = self.tx.clone();
         let leader = Arc::clone(&self.leader);
@@ -319,7 +322,7 @@ impl Session {
                     },
                     change = watches.next() => match change {
                         Change::Roster => self.rescan().await?,
-                        Change::Topic(Kind::Durable, t) => self.mark(&t),
+                        Change::Topic(Kind::Durable | Kind::Written, t) => self.mark(&t),
                         Change::Topic(Kind::Visible, t) => self.send_commit(&t).await?,
                         Change::Topic(Kind::First, t) => self.send_retention(&t).await?,
                     },
@@ -431,7 +434,7 @@ impl Session {
     /// Notes that `topic` may have records to ship.
     fn mark(&mut self, topic: &Topic) {
         if let Some(s) = self.positions.get(topic.name()) {
-            if s.next < topic.log().durable_offset() {
+            if s.next < shippable_end(topic) {
                 self.dirty.insert(topic.name().to_string());
             }
         }
@@ -451,24 +454,9 @@ impl Session {
         if t.meta().epoch != s.epoch {
             return Ok(None);
         }
-        // Records that lie in one segment go as one run to a follower that takes runs;
-        // compacted runs, holes and older followers get them one by one.
-        let read = match self.takes_runs {
-            true => match t.log().read_run(s.next, MAX_RECORDS_BYTES) {
-                Ok(Some((run, next))) => Ok((Vec::new(), run, next)),
-                Ok(None) => t
-                    .log()
-                    .read_records(s.next, MAX_RECORDS_BYTES)
-                    .map(|(records, next)| (records, Bytes::new(), next)),
-                Err(e) => Err(e),
-            },
-            false => t
-                .log()
-                .read_records(s.next, MAX_RECORDS_BYTES)
-                .map(|(records, next)| (records, Bytes::new(), next)),
-        };
-        let (records, run, next) = match read {
-            Ok(r) => r,
+        let (records, run, next) = match self.read(&t, s.next) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
             Err(wal::Error::OutOfRange { first, .. }) => {
                 // Retention removed what this follower needs next: it starts its copy again
                 // at the oldest retained offset, and shipping goes on from there.
@@ -498,7 +486,7 @@ impl Session {
         if let Some(p) = self.positions.get_mut(&name) {
             p.next = next;
         }
-        if next < durable {
+        if next < shippable_end(&t) {
             self.dirty.insert(name.clone());
         }
         self.leader.insync.lock().sent(
@@ -517,6 +505,29 @@ impl Session {
                 run,
             })),
         }))
+    }
+
+    /// What to ship of `t` from offset `from`: records one by one or as a run, and the
+    /// next offset; `None` when there is nothing to ship yet. Records that lie in one
+    /// segment go as one run to a follower that takes runs; compacted runs, holes and older
+    /// followers get them one by one. Past the durable end, the batch this node is syncing
+    /// goes as it was handed out, so the follower syncs it while this node does.
+    fn read(&self, t: &Topic, from: u64) -> wal::Result<Option<(Vec<Bytes>, Bytes, u64)>> {
+        let log = t.log();
+        if from >= log.durable_offset() {
+            let early = log
+                .tail()
+                .filter(|_| self.takes_runs)
+                .and_then(|tail| early_run(&tail, from));
+            return Ok(early.map(|(run, next)| (Vec::new(), run, next)));
+        }
+        if self.takes_runs {
+            if let Some((run, next)) = log.read_run(from, MAX_RECORDS_BYTES)? {
+                return Ok(Some((Vec::new(), run, next)));
+            }
+        }
+        let (records, next) = log.read_records(from, MAX_RECORDS_BYTES)?;
+        Ok(Some((records, Bytes::new(), next)))
     }
 
     /// Sends `topic`'s commit point if it moved since last sent.
@@ -575,6 +586,40 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Where `topic`'s records to ship end: its durable end, or the end of the batch it is
+/// syncing when that was handed out early.
+fn shippable_end(topic: &Topic) -> u64 {
+    let durable = topic.log().durable_offset();
+    topic.log().tail().map_or(durable, |t| t.end.max(durable))
+}
+
+/// The records of `tail` from offset `from` on, up to [`MAX_RECORDS_BYTES`] (at least one
+/// record), and the next offset; `None` unless `from` starts the tail. The committer
+/// wrote these bytes itself: the follower checks each record on arrival.
+fn early_run(tail: &wal::Tail, from: u64) -> Option<(Bytes, u64)> {
+    if from != tail.start || tail.end <= from {
+        return None;
+    }
+    if tail.records.len() <= MAX_RECORDS_BYTES {
+        return Some((tail.records.clone(), tail.end));
+    }
+    // A batch larger than a message goes in pieces: the first here, the rest from the log
+    // once durable.
+    let (mut end, mut next) = (0usize, from);
+    for (at, step) in wal::record::Walk::new(&tail.records, 0).expecting(from) {
+        let (len, to) = match step {
+            wal::record::Step::Record(r, len) => (len, r.offset + 1),
+            wal::record::Step::Gap(g, len) => (len, g.end()),
+            wal::record::Step::Invalid(_) | wal::record::Step::End => break,
+        };
+        if end > 0 && at + len > MAX_RECORDS_BYTES {
+            break;
+        }
+        (end, next) = (at + len, to);
+    }
+    (end > 0).then(|| (tail.records.slice(..end), next))
 }
 
 fn term_start(t: &rp::TermStart) -> TermStart {

@@ -1,5 +1,5 @@
-//! Waiting on every topic at once: which topic's durable frontier, commit point or oldest
-//! retained offset moved, or that the set of topics changed.
+//! Waiting on every topic at once: which topic's durable frontier, written batch, commit
+//! point or oldest retained offset moved, or that the set of topics changed.
 //!
 //! One future per topic and kind in a `FuturesUnordered`, re-armed after each change, so a
 //! wake costs the topic that changed, not a scan of every topic. When the roster changes
@@ -20,6 +20,8 @@ use crate::broker::topics::{Topic, Topics};
 pub enum Kind {
     /// Its durable frontier (new frames to ship, or the leader's own end).
     Durable,
+    /// A batch was handed out before its sync (new frames to ship early).
+    Written,
     /// Its visibility frontier (the commit point).
     Visible,
     /// Its oldest retained offset (this node's retention removed frames).
@@ -75,6 +77,7 @@ impl TopicWatches {
             for &kind in &self.kinds {
                 let rx = match kind {
                     Kind::Durable => topic.log().watch_durable(),
+                    Kind::Written => topic.log().watch_written(),
                     Kind::Visible => topic.watch_visible(),
                     Kind::First => topic.watch_first_offset(),
                 };

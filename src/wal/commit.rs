@@ -40,7 +40,23 @@ pub(super) struct Committer {
     wake: Condvar,
     writer: Mutex<Writer>,
     durable: watch::Sender<u64>,
+    /// The last batch handed out before its sync (with [`LogConfig::early_tail`] on).
+    tail: Mutex<Option<Arc<Tail>>>,
+    /// The end of that batch: moves when one is handed out.
+    written: watch::Sender<u64>,
     syncs: AtomicU64,
+}
+
+/// A batch of records as the committer wrote them, handed out before its sync: offsets
+/// `[start, end)`, the records' bytes as stored (one segment's, consecutive).
+#[derive(Debug)]
+pub struct Tail {
+    /// Its first offset.
+    pub start: u64,
+    /// One past its last offset.
+    pub end: u64,
+    /// The records, whole, one after the other.
+    pub records: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +138,7 @@ impl Committer {
         dedup: DedupWindow,
     ) -> Arc<Committer> {
         let (durable, _) = watch::channel(next_offset);
+        let (written, _) = watch::channel(next_offset);
         let synced_to = active.cursor();
         Arc::new(Committer {
             dir,
@@ -138,6 +155,8 @@ impl Committer {
                 failed: None,
             }),
             durable,
+            tail: Mutex::new(None),
+            written,
             syncs: AtomicU64::new(0),
         })
     }
@@ -190,6 +209,16 @@ impl Committer {
     /// A receiver that changes whenever the durable frontier moves.
     pub(super) fn watch_durable(&self) -> watch::Receiver<u64> {
         self.durable.subscribe()
+    }
+
+    /// The last batch handed out before its sync, if any.
+    pub(super) fn tail(&self) -> Option<Arc<Tail>> {
+        self.tail.lock().clone()
+    }
+
+    /// A receiver that changes whenever a batch is handed out before its sync.
+    pub(super) fn watch_written(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// Syncs done since the log was opened.
@@ -475,11 +504,39 @@ impl Committer {
     /// Makes a portion durable (per policy), visible and indexed, then answers it. On a
     /// failed sync the portion is undone and every request in it fails.
     fn finish(&self, w: &mut Writer, portion: Portion) {
+        if let Some(why) = &w.failed {
+            // Nothing past a failed sync is published, or made durable, ever.
+            for (reply, _) in portion.replies {
+                let _ = reply.send(Err(Error::Unavailable(why.clone())));
+            }
+            return;
+        }
         let end = w.active.cursor();
         let written = end - portion.start_pos;
         if written > 0 && self.config.fsync == FsyncPolicy::Always {
             let seg = Arc::clone(w.active.segment());
-            if let Err(e) = self.sync(&seg, portion.start_pos, written, self.config.sync_method) {
+            let handed_out = self.config.early_tail.is_on();
+            if handed_out {
+                let tail = Tail {
+                    start: portion.start_offset,
+                    end: w.next_offset,
+                    records: Bytes::copy_from_slice(w.active.unpublished(portion.start_pos)),
+                };
+                *self.tail.lock() = Some(Arc::new(tail));
+                self.written.send_replace(w.next_offset);
+            }
+            let synced = self.sync(&seg, portion.start_pos, written, self.config.sync_method);
+            if let (Err(e), true) = (&synced, handed_out) {
+                // The batch may be on followers already: its offsets must never be used
+                // for other records, so it is not undone, and nothing more is appended.
+                error!(file = %seg.path().display(), error = %e, "sync failed after the batch was handed out to followers; refusing appends");
+                w.failed = Some(format!("a sync failed: {e}"));
+                for (reply, _) in portion.replies {
+                    let _ = reply.send(Err(Error::Unavailable(format!("append failed: {e}"))));
+                }
+                return;
+            }
+            if let Err(e) = synced {
                 error!(file = %seg.path().display(), error = %e, "sync failed; undoing the batch");
                 w.active.rollback(portion.start_pos);
                 w.next_offset = portion.start_offset;
@@ -523,6 +580,8 @@ impl Committer {
             st.bytes += written;
         }
         self.durable.send_replace(w.next_offset);
+        // A batch handed out early is durable now: the log has it (no copy kept).
+        self.tail.lock().take();
         for (reply, acks) in portion.replies {
             let _ = reply.send(Ok(acks));
         }
@@ -554,6 +613,8 @@ impl Committer {
     /// Syncs `[pos, pos + len)` of `seg` and counts it.
     fn sync(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        // Tests make one commit sync fail here (`--features failpoints`).
+        super::failpoint::hit(super::failpoint::COMMIT_SYNC)?;
         let Some(observer) = &self.config.sync_observer else {
             return seg.sync_range(pos, len, method);
         };

@@ -70,6 +70,30 @@ pub struct LogConfig {
     pub retention: Retention,
     /// Told how long each commit sync took (the server's `fsync_duration_seconds`).
     pub sync_observer: Option<SyncObserver>,
+    /// When on, each batch is handed out before its sync (a cluster leader ships it to
+    /// its followers while it syncs). Shared by every clone of the config.
+    pub early_tail: EarlyTail,
+}
+
+/// The switch of [`LogConfig::early_tail`], shared by every log made from one config.
+///
+/// While on, under `--fsync always`, the committer copies each batch's records into a
+/// [`Tail`](super::Tail) before it syncs them. A sync that fails after that cannot be
+/// undone (the records may already be on followers, so their offsets must never be used
+/// again): the log refuses appends from then on, as when an undo fails.
+#[derive(Debug, Clone, Default)]
+pub struct EarlyTail(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl EarlyTail {
+    /// Turns the switch on or off, for every log sharing it.
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while on.
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A callback told the duration of every sync a commit waits for. Cheap to clone.
@@ -99,6 +123,7 @@ impl Default for LogConfig {
             dedup_max_keys: DEFAULT_DEDUP_MAX_KEYS,
             retention: Retention::default(),
             sync_observer: None,
+            early_tail: EarlyTail::default(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub const ALL: &[&str] = &[
     "compact.mid_delete",
 ];
 
+/// Not in [`ALL`] (not a step of compaction): a commit's sync fails as if the disk
+/// refused it (`commit.sync`).
+pub const COMMIT_SYNC: &str = "commit.sync";
+
 /// Fails with [`super::Error::Unavailable`] if `name` is armed.
 #[inline]
 pub fn hit(name: &str) -> Result<()> {

@@ -213,6 +213,17 @@ impl Log {
         self.shared.committer.watch_durable()
     }
 
+    /// The last batch handed out before its sync (with [`LogConfig::early_tail`] on),
+    /// if any: it may not be durable yet.
+    pub fn tail(&self) -> Option<std::sync::Arc<super::Tail>> {
+        self.shared.committer.tail()
+    }
+
+    /// A receiver that changes whenever a batch is handed out before its sync.
+    pub fn watch_written(&self) -> watch::Receiver<u64> {
+        self.shared.committer.watch_written()
+    }
+
     /// The torn tail recovery cut from the last segment when this log was opened, if any.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.shared.torn.as_ref()

@@ -29,9 +29,10 @@ pub mod run;
 pub mod segment;
 mod state;
 
+pub use commit::Tail;
 pub use compact::{CompactOptions, CompactionReport, RetentionReport};
 pub use config::{
-    FsyncPolicy, LogConfig, Retention, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
+    EarlyTail, FsyncPolicy, LogConfig, Retention, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
     DEFAULT_MAX_FRAME_BYTES,
 };
 pub use dedup::{DedupWindow, FirstAck};

@@ -314,6 +314,21 @@ impl SegmentWriter {
         }
     }
 
+    /// The bytes written from `from` (at or above `published`: clamped) up to the cursor,
+    /// not yet published: what the writer just stored.
+    pub fn unpublished(&self, from: u64) -> &[u8] {
+        let from = from.max(self.segment.published()).min(self.cursor) as usize;
+        // SAFETY: `[from, cursor)` is inside the allocated file (the cursor never passes
+        // it) and so inside the mapping; only this writer stores there, and it needs
+        // `&mut self` to do so, so the returned borrow of `&self` cannot overlap a store.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.segment.map.as_ptr().add(from),
+                self.cursor as usize - from,
+            )
+        }
+    }
+
     /// Makes sure the next `len` bytes at the cursor are allocated on disk, growing the
     /// file by the next step if they are not. A full disk is an error here, before any
     /// byte is stored; the segment stays as it was and valid.
