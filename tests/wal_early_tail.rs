@@ -30,9 +30,8 @@ fn config(early: bool, sync_pause: Option<Duration>) -> LogConfig {
         segment_bytes: 256 * 1024,
         max_frame_bytes: 4096,
         fsync: FsyncPolicy::Always,
-        sync_observer: sync_pause.map(|pause| {
-            SyncObserver(Arc::new(move |_| std::thread::sleep(pause)) as Arc<_>)
-        }),
+        sync_observer: sync_pause
+            .map(|pause| SyncObserver(Arc::new(move |_| std::thread::sleep(pause)) as Arc<_>)),
         ..LogConfig::default()
     };
     config.early_tail.set(early);

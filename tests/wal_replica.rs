@@ -276,6 +276,43 @@ async fn a_run_damaged_cut_short_or_padded_is_refused() {
 }
 
 #[tokio::test]
+async fn batches_queued_before_the_one_before_is_durable_land_in_order() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), config(64 * 1024)).unwrap();
+    fill(&leader, 30, 0, 2_000).await;
+    let all: Vec<Copied> = shipped(&leader, 1 << 20)
+        .iter()
+        .map(|r| Copied::decode(r).unwrap())
+        .collect();
+    let follower = Log::open(fd.path(), config(64 * 1024)).unwrap();
+    // Three batches queued at once, as a follower queues the next while one syncs.
+    let queued: Vec<_> = [&all[..10], &all[10..20], &all[20..]]
+        .into_iter()
+        .map(|b| follower.submit_copied(b.to_vec()).unwrap())
+        .collect();
+    for durable in queued {
+        durable.await.unwrap();
+    }
+    assert_eq!(follower.durable_offset(), 30);
+    assert_eq!(shipped(&follower, 1 << 20), shipped(&leader, 1 << 20));
+    // A batch queued after one that fails does not continue the log: refused too, and
+    // nothing of either is written.
+    fill(&leader, 10, 30, 2_000).await;
+    let more: Vec<Copied> = leader
+        .read_records(30, 1 << 20)
+        .unwrap()
+        .0
+        .iter()
+        .map(|r| Copied::decode(r).unwrap())
+        .collect();
+    let skipping = follower.submit_copied(more[1..5].to_vec()).unwrap();
+    let after = follower.submit_copied(more[5..].to_vec()).unwrap();
+    assert!(matches!(skipping.await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(after.await, Err(Error::InvalidArgument(_))));
+    assert_eq!(follower.durable_offset(), 30);
+}
+
+#[tokio::test]
 async fn a_suffix_the_new_leader_lacks_is_cut_and_kept() {
     let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = config(16 * 1024);

@@ -3,13 +3,17 @@
 //! The follower reports every topic it holds (epoch, durable end, term history); the leader
 //! answers deletions and cuts, then the topics it holds, then records and commit points.
 //! Records are checked (CRC, lengths) and appended byte for byte through the same log
-//! ([`Log::append_copied`](crate::wal::Log::append_copied)); once durable the follower
-//! reports its new end. A topic's frames become visible here up to the smaller of the
+//! ([`Log::submit_copied`](crate::wal::Log::submit_copied)); once durable the follower
+//! reports its new end. Up to four appends are queued at once, so the next batch is
+//! written as soon as the one before is synced (the committer takes every queued one into
+//! its next sync); anything but a commit point waits until every queued append landed. A topic's frames become visible here up to the smaller of the
 //! leader's commit point and this node's durable end. The leader's retention decisions are
 //! applied to the copy by maintenance ([`Topic::set_leader_retention`](crate::broker::topics::Topic::set_leader_retention)); a copy that ends
 //! before the leader's oldest retained frame starts again there ([`Topics::restart_copy`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -106,12 +110,22 @@ pub async fn follow(
         commits: HashMap::new(),
     };
     let mut next: Option<rp::LeaderUpdate> = None;
+    // Appends queued and not yet durable, oldest first: the next batch is queued while the
+    // one before syncs, and each is reported once durable, in order.
+    let mut pending = Pending::default();
     loop {
         let u = match next.take() {
             Some(u) => u,
-            None => match received.recv().await {
-                Some(u) => u?,
-                None => break,
+            None => tokio::select! {
+                biased;
+                done = pending.next_durable(), if !pending.is_empty() => {
+                    apply.durable(&done?).await?;
+                    continue;
+                }
+                u = received.recv(), if pending.has_room() => match u {
+                    Some(u) => u?,
+                    None => break,
+                },
             },
         };
         check_term(&u, term)?;
@@ -148,15 +162,24 @@ pub async fn follow(
                         Err(_) => break,
                     }
                 }
-                apply.records(&r.topic, r.epoch, records).await?;
+                pending.push(r.topic.clone(), apply.submit(&r.topic, r.epoch, records)?);
                 if let Some(status) = failed {
+                    pending.drain(&mut apply).await?;
                     return Err(status.into());
                 }
             }
-            Some(update) => apply.update(update).await?,
+            // A commit point needs nothing queued to land first: only what is durable
+            // here becomes visible.
+            Some(update @ Update::Commit(_)) => apply.update(update).await?,
+            Some(update) => {
+                // Whatever is queued lands before anything else changes.
+                pending.drain(&mut apply).await?;
+                apply.update(update).await?
+            }
             None => return Err(FollowError::Protocol("an empty update".into())),
         }
     }
+    pending.drain(&mut apply).await?;
     drop(reader);
     info!(node_id, term, "the leader ended the stream");
     Ok(())
@@ -175,6 +198,57 @@ fn received_records(r: &rp::ReplicaRecords) -> Result<Vec<Copied>, FollowError> 
         Copied::decode_run(&r.run)
     };
     Ok(copied.map_err(Error::from)?)
+}
+
+/// Appends queued at most before the follower waits for the oldest to be durable.
+const MAX_PENDING: usize = 4;
+
+type Durable = Pin<Box<dyn Future<Output = crate::wal::Result<()>> + Send>>;
+
+/// Appends queued on this node's logs and not yet durable, oldest first, with their topic.
+#[derive(Default)]
+struct Pending(VecDeque<(String, Durable)>);
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn has_room(&self) -> bool {
+        self.0.len() < MAX_PENDING
+    }
+
+    fn push(
+        &mut self,
+        topic: String,
+        durable: impl Future<Output = crate::wal::Result<()>> + Send + 'static,
+    ) {
+        self.0.push_back((topic, Box::pin(durable)));
+    }
+
+    /// Waits until the oldest append is durable; its topic. Cancel-safe: the append stays
+    /// queued until it is.
+    async fn next_durable(&mut self) -> Result<String, FollowError> {
+        let Some((_, durable)) = self.0.front_mut() else {
+            return std::future::pending().await;
+        };
+        let result = durable.as_mut().await;
+        let (topic, _) = self
+            .0
+            .pop_front()
+            .ok_or_else(|| FollowError::Protocol("an append vanished from the queue".into()))?;
+        result.map_err(Error::from)?;
+        Ok(topic)
+    }
+
+    /// Waits for every queued append, reporting each.
+    async fn drain(&mut self, apply: &mut Apply) -> Result<(), FollowError> {
+        while !self.is_empty() {
+            let topic = self.next_durable().await?;
+            apply.durable(&topic).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Updates read ahead of the one being applied.
@@ -307,13 +381,14 @@ impl Apply {
         self.retain(&t.name, meta, t.first_offset, key).await
     }
 
-    /// Appends records of `name` (epoch `epoch`), checked, and reports the new end.
-    async fn records(
-        &mut self,
+    /// Queues records of `name` (epoch `epoch`), checked, on its log; the future resolves
+    /// once they are durable (then [`Apply::durable`]).
+    fn submit(
+        &self,
         name: &str,
         epoch: u64,
         records: Vec<Copied>,
-    ) -> Result<(), FollowError> {
+    ) -> Result<impl Future<Output = crate::wal::Result<()>> + Send + 'static, FollowError> {
         let topic = self
             .topics
             .get(name)
@@ -323,11 +398,25 @@ impl Apply {
                     "records of topic '{name}' epoch {epoch} before the topic"
                 ))
             })?;
-        topic
-            .log()
-            .append_copied(records)
+        Ok(topic.log().submit_copied(records).map_err(Error::from)?)
+    }
+
+    /// Appends records of `name` (epoch `epoch`), checked, and reports the new end.
+    async fn records(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        records: Vec<Copied>,
+    ) -> Result<(), FollowError> {
+        self.submit(name, epoch, records)?
             .await
             .map_err(Error::from)?;
+        self.durable(name).await
+    }
+
+    /// Records of `name` became durable here: what the commit point allows becomes
+    /// visible, and the leader hears the new end.
+    async fn durable(&mut self, name: &str) -> Result<(), FollowError> {
         self.make_visible(name);
         self.report(name).await
     }

@@ -224,6 +224,19 @@ impl Log {
     /// after the one before; otherwise nothing is written and the error says where the log
     /// stands.
     pub async fn append_copied(&self, records: Vec<Copied>) -> Result<u64> {
+        self.submit_copied(records)?.await?;
+        // The frontier moved past the copied records before the answer was sent.
+        Ok(self.durable_offset())
+    }
+
+    /// Queues records copied from a leader, checked as [`Log::append_copied`] checks them,
+    /// and returns at once: the future resolves once they are durable. Requests are written
+    /// in the order they are queued, so a follower queues the next batch while the one
+    /// before syncs (the committer takes every queued request into its next sync).
+    pub fn submit_copied(
+        &self,
+        records: Vec<Copied>,
+    ) -> Result<impl std::future::Future<Output = Result<()>> + Send + 'static> {
         let room = self.config().segment_bytes - SEGMENT_HEADER_LEN as u64;
         for r in &records {
             if r.encoded_len() as u64 > room {
@@ -234,10 +247,11 @@ impl Log {
             }
         }
         let rx = self.shared.committer.submit_copied(records)?;
-        rx.await
-            .map_err(|_| Error::Unavailable("log is closed".into()))??;
-        // The frontier moved past the copied records before the answer was sent.
-        Ok(self.durable_offset())
+        Ok(async move {
+            rx.await
+                .map_err(|_| Error::Unavailable("log is closed".into()))??;
+            Ok(())
+        })
     }
 }
 
