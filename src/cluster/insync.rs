@@ -8,16 +8,22 @@
 //! moves back; a follower is in sync while, for every topic, it holds the leader's end or
 //! held the end it was last sent no more than `max_lag` ago.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// Whole ends sent and not yet held that one position remembers (the oldest forgotten
+/// first: a report must then cover a later one, so a catch-up is never seen too early).
+const SENT_WHOLE_KEPT: usize = 64;
+
 /// How far one follower stands in one topic.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Position {
     /// First offset the follower does not hold durably.
     durable: u64,
-    /// The end the leader last sent up to while it was the leader's whole end, and when.
-    sent_whole: Option<(u64, Instant)>,
+    /// The ends the leader sent up to while each was its whole end, and when, oldest
+    /// first, until the follower holds them. Under steady load the leader sends the next
+    /// end before the follower reports the last one, so one slot would never be held.
+    sent_whole: VecDeque<(u64, Instant)>,
     /// When the follower last held everything it had been sent as the leader's whole end;
     /// until it first did, when its position was first known.
     caught_up_at: Instant,
@@ -88,7 +94,10 @@ impl InSync {
     pub fn sent(&mut self, follower: &str, topic: &str, until: u64, whole: bool, now: Instant) {
         let p = self.position(follower, topic, now);
         if whole {
-            p.sent_whole = Some((until, now));
+            if p.sent_whole.len() == SENT_WHOLE_KEPT {
+                p.sent_whole.pop_front();
+            }
+            p.sent_whole.push_back((until, now));
         }
     }
 
@@ -103,11 +112,13 @@ impl InSync {
     ) -> Option<u64> {
         let p = self.position(follower, topic, now);
         p.durable = p.durable.max(durable);
-        if let Some((until, at)) = p.sent_whole {
-            if p.durable >= until {
-                p.caught_up_at = p.caught_up_at.max(at);
-                p.caught = true;
+        while let Some(&(until, at)) = p.sent_whole.front() {
+            if p.durable < until {
+                break;
             }
+            p.sent_whole.pop_front();
+            p.caught_up_at = p.caught_up_at.max(at);
+            p.caught = true;
         }
         self.recompute(topic)
     }
@@ -230,7 +241,7 @@ impl InSync {
         let seen = *f.first_seen.get_or_insert(now);
         f.topics.entry(topic.to_string()).or_insert(Position {
             durable: 0,
-            sent_whole: None,
+            sent_whole: VecDeque::new(),
             caught_up_at: seen,
             caught: false,
         })
@@ -340,6 +351,46 @@ mod tests {
         let offline = |m: &str| m != "b";
         s.reported("b", "t", 400, t0 + Duration::from_secs(13));
         assert_eq!(s.laggards(&offline, t0 + Duration::from_secs(13)), ["b"]);
+    }
+
+    #[test]
+    fn under_steady_load_a_follower_one_batch_behind_stays_in_sync() {
+        // Every 10 ms the leader sends its next whole end before the follower reports the
+        // one before (early shipping, pipelined appends): the follower always holds the end
+        // it was sent one step ago, never the latest, for a minute.
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        for step in 1..=6_000u64 {
+            let now = t0 + Duration::from_millis(step * 10);
+            s.leader_durable("t", step * 100);
+            s.sent("b", "t", step * 100, true, now);
+            s.reported("b", "t", (step - 1) * 100, now);
+            assert!(s.laggards(&online, now).is_empty(), "dropped at step {step}");
+        }
+        // Once it stops reporting, it goes after the lag, counted from the last end it held.
+        let last = t0 + Duration::from_millis(5_999 * 10);
+        s.sent("b", "t", 700_000, true, last + Duration::from_secs(1));
+        assert!(s.laggards(&online, last + LAG - Duration::from_millis(1)).is_empty());
+        assert_eq!(s.laggards(&online, last + LAG + Duration::from_millis(1)), ["b"]);
+    }
+
+    #[test]
+    fn a_report_covering_only_forgotten_sends_is_no_catch_up() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        s.leader_durable("t", 1_000_000);
+        // More whole ends sent than are kept: the oldest (sent at t0) is forgotten.
+        for i in 0..=SENT_WHOLE_KEPT as u64 {
+            s.sent("b", "t", 10 + i, true, t0 + Duration::from_secs(i * 20));
+        }
+        // Holding only the forgotten first end tells nothing: still lagging since t0.
+        s.reported("b", "t", 10, t0 + Duration::from_secs(2_000));
+        assert_eq!(s.laggards(&online, t0 + Duration::from_secs(2_000)), ["b"]);
+        // Holding the next one (sent at t0 + 20 s) is a catch-up as of then.
+        s.reported("b", "t", 11, t0 + Duration::from_secs(2_000));
+        assert!(s.laggards(&online, t0 + Duration::from_secs(25)).is_empty());
     }
 
     #[test]
