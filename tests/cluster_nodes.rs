@@ -1467,3 +1467,48 @@ async fn the_leader_ships_runs_only_to_followers_that_take_them() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
+    let _serial = SERIAL.lock().await;
+    // Two members and --min-insync 2: a follower dropped from the set refuses writes.
+    let c = Cluster::start(2, 2).await;
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    // Longer than --replica-max-lag (3 s) after the follower connected.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // 400 topics appear, 16 at a time: each one's first frame is durable on the leader a
+    // moment before the follower reports the new topic.
+    let address = format!("http://{}", c.node(&leader).address);
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let address = address.clone();
+            tokio::spawn(async move {
+                let mut client = connect(&address).await;
+                for i in 0..25 {
+                    let topic = format!("new-{task}-{i}");
+                    let r = client.publish(req(&topic, 1, b"first")).await;
+                    assert!(r.is_ok(), "{topic}: {r:?}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = c.node(&leader).server.log_text();
+    assert!(
+        !log.contains("dropped from the in-sync set"),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(
+        c.info(&leader)
+            .await
+            .unwrap()
+            .nodes
+            .iter()
+            .filter(|n| n.in_sync)
+            .count(),
+        2
+    );
+}

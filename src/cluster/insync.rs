@@ -52,6 +52,10 @@ pub struct InSync {
     created: Instant,
     /// The leader's own durable end per topic.
     ends: HashMap<String, u64>,
+    /// When each topic first had an end here: a follower cannot lag in a topic for longer
+    /// than the topic has existed (created after it connected, the follower's first report
+    /// of it is not yet in).
+    appeared: HashMap<String, Instant>,
     /// The commit point per topic (monotonic).
     commits: HashMap<String, u64>,
 }
@@ -71,6 +75,7 @@ impl InSync {
             positions: HashMap::new(),
             created: now,
             ends: HashMap::new(),
+            appeared: HashMap::new(),
             commits: HashMap::new(),
         }
     }
@@ -82,9 +87,10 @@ impl InSync {
             .collect()
     }
 
-    /// The leader's durable end of `topic` moved to `end`; returns the new commit point if
-    /// it moved.
-    pub fn leader_durable(&mut self, topic: &str, end: u64) -> Option<u64> {
+    /// The leader's durable end of `topic` moved to `end` (as of `now`); returns the new
+    /// commit point if it moved.
+    pub fn leader_durable(&mut self, topic: &str, end: u64, now: Instant) -> Option<u64> {
+        self.appeared.entry(topic.to_string()).or_insert(now);
         self.ends.insert(topic.to_string(), end);
         self.recompute(topic)
     }
@@ -146,6 +152,7 @@ impl InSync {
     /// Forgets a deleted topic.
     pub fn remove_topic(&mut self, topic: &str) {
         self.ends.remove(topic);
+        self.appeared.remove(topic);
         self.commits.remove(topic);
         for f in self.positions.values_mut() {
             f.topics.remove(topic);
@@ -211,9 +218,10 @@ impl InSync {
         let f = self.positions.get(follower);
         let seen = f.and_then(|f| f.first_seen).unwrap_or(self.created);
         self.ends.iter().any(|(topic, &end)| {
+            let first = self.appeared.get(topic).map_or(seen, |&a| a.max(seen));
             let (held, since) = match f.and_then(|f| f.topics.get(topic)) {
-                Some(p) => (p.durable, if p.caught { p.caught_up_at } else { seen }),
-                None => (0, seen),
+                Some(p) => (p.durable, if p.caught { p.caught_up_at } else { first }),
+                None => (0, first),
             };
             held < end && now.saturating_duration_since(since) > self.max_lag
         })
@@ -280,7 +288,7 @@ mod tests {
         let mut s = InSync::new("a", ["b".to_string(), "c".to_string()], LAG, t0);
         assert_eq!(s.set(), ["a", "b", "c"]);
         assert_eq!(
-            s.leader_durable("t", 10),
+            s.leader_durable("t", 10, t0),
             None,
             "followers hold nothing yet"
         );
@@ -300,7 +308,7 @@ mod tests {
         assert_eq!(s.commit("t"), 10);
         assert_eq!(s.commit("other"), 0);
         // Dropping a member who holds less lets the commit point move without it.
-        s.leader_durable("t", 20);
+        s.leader_durable("t", 20, t0);
         s.reported("b", "t", 20, t0);
         assert_eq!(s.commit("t"), 12);
         assert_eq!(s.drop_member("c"), vec![("t".to_string(), 20)]);
@@ -312,12 +320,12 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 5);
+        s.leader_durable("t", 5, t0);
         assert!(s.laggards(&online, t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(11)), ["b"]);
         // Nothing to hold: never lagging.
         let mut idle = InSync::new("a", ["b".to_string()], LAG, t0);
-        idle.leader_durable("t", 0);
+        idle.leader_durable("t", 0, t0);
         assert!(idle
             .laggards(&online, t0 + Duration::from_secs(60))
             .is_empty());
@@ -326,7 +334,7 @@ mod tests {
     #[test]
     fn a_leader_alone_commits_what_it_holds() {
         let mut s = InSync::new("a", Vec::new(), LAG, Instant::now());
-        assert_eq!(s.leader_durable("t", 3), Some(3));
+        assert_eq!(s.leader_durable("t", 3, Instant::now()), Some(3));
     }
 
     #[test]
@@ -334,16 +342,16 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 100);
+        s.leader_durable("t", 100, t0);
         s.sent("b", "t", 100, true, t0);
         s.reported("b", "t", 50, t0 + Duration::from_secs(1));
         // Behind, but within the lag of its last catch-up (its first report).
         assert!(s.laggards(&online, t0 + Duration::from_secs(5)).is_empty());
         // Holds the whole end it was sent at t0 + 2: caught up as of then.
         s.sent("b", "t", 150, true, t0 + Duration::from_secs(2));
-        s.leader_durable("t", 150);
+        s.leader_durable("t", 150, t0);
         s.reported("b", "t", 150, t0 + Duration::from_secs(3));
-        s.leader_durable("t", 400);
+        s.leader_durable("t", 400, t0);
         assert!(s.laggards(&online, t0 + Duration::from_secs(11)).is_empty());
         // Never catching up again: out once the lag has passed since t0 + 2.
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(13)), ["b"]);
@@ -363,16 +371,50 @@ mod tests {
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
         for step in 1..=6_000u64 {
             let now = t0 + Duration::from_millis(step * 10);
-            s.leader_durable("t", step * 100);
+            s.leader_durable("t", step * 100, t0);
             s.sent("b", "t", step * 100, true, now);
             s.reported("b", "t", (step - 1) * 100, now);
-            assert!(s.laggards(&online, now).is_empty(), "dropped at step {step}");
+            assert!(
+                s.laggards(&online, now).is_empty(),
+                "dropped at step {step}"
+            );
         }
         // Once it stops reporting, it goes after the lag, counted from the last end it held.
         let last = t0 + Duration::from_millis(5_999 * 10);
         s.sent("b", "t", 700_000, true, last + Duration::from_secs(1));
-        assert!(s.laggards(&online, last + LAG - Duration::from_millis(1)).is_empty());
-        assert_eq!(s.laggards(&online, last + LAG + Duration::from_millis(1)), ["b"]);
+        assert!(s
+            .laggards(&online, last + LAG - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(
+            s.laggards(&online, last + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn a_topic_created_long_after_a_follower_connected_is_no_lag_at_once() {
+        // The follower connected at t0 and holds topic t; topic u appears at t0 + 60 s and
+        // its first frames are durable on the leader before the follower reports u.
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        s.leader_durable("t", 10, t0);
+        s.sent("b", "t", 10, true, t0);
+        s.reported("b", "t", 10, t0);
+        let later = t0 + Duration::from_secs(60);
+        s.leader_durable("u", 0, later);
+        s.leader_durable("u", 5, later + Duration::from_millis(1));
+        assert!(s
+            .laggards(&online, later + Duration::from_millis(2))
+            .is_empty());
+        // Never copying u, the follower goes once the lag has passed since u appeared.
+        assert!(s
+            .laggards(&online, later + LAG - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(
+            s.laggards(&online, later + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
     }
 
     #[test]
@@ -380,7 +422,7 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 1_000_000);
+        s.leader_durable("t", 1_000_000, t0);
         // More whole ends sent than are kept: the oldest (sent at t0) is forgotten.
         for i in 0..=SENT_WHOLE_KEPT as u64 {
             s.sent("b", "t", 10 + i, true, t0 + Duration::from_secs(i * 20));
@@ -398,8 +440,8 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", Vec::new(), LAG, t0);
-        s.leader_durable("t", 10);
-        s.leader_durable("u", 5);
+        s.leader_durable("t", 10, t0);
+        s.leader_durable("u", 5, t0);
         s.sent("c", "t", 10, true, t0);
         s.reported("c", "t", 10, t0);
         // Topic u never sent: c holds none of it.
@@ -412,7 +454,7 @@ mod tests {
         s.add_member("c");
         assert_eq!(s.set(), ["a", "c"]);
         assert_eq!(s.commit("t"), 10);
-        s.leader_durable("t", 11);
+        s.leader_durable("t", 11, t0);
         assert_eq!(s.commit("t"), 10, "c must hold 11 first");
         s.remove_topic("t");
         assert_eq!(s.commit("t"), 0);

@@ -157,9 +157,10 @@ impl Leader {
     }
 
     fn own_ends(&self, topics: Vec<Arc<Topic>>) {
+        let now = Instant::now();
         let mut insync = self.insync.lock();
         for t in topics {
-            if let Some(c) = insync.leader_durable(t.name(), t.log().durable_offset()) {
+            if let Some(c) = insync.leader_durable(t.name(), t.log().durable_offset(), now) {
                 t.advance_commit(c);
             }
         }
