@@ -109,10 +109,27 @@ pub async fn follow(
         reports,
         commits: HashMap::new(),
     };
-    let mut next: Option<rp::LeaderUpdate> = None;
     // Appends queued and not yet durable, oldest first: the next batch is queued while the
     // one before syncs, and each is reported once durable, in order.
     let mut pending = Pending::default();
+    let applied = apply_updates(&mut received, &mut apply, &mut pending, term).await;
+    // Whatever was queued lands before this returns, however the stream ended: the next
+    // stream starts from this node's durable ends, which must not move under it.
+    pending.settle().await;
+    applied?;
+    drop(reader);
+    info!(node_id, term, "the leader ended the stream");
+    Ok(())
+}
+
+/// Applies the leader's updates in order until the stream ends.
+async fn apply_updates(
+    received: &mut mpsc::Receiver<Result<rp::LeaderUpdate, Status>>,
+    apply: &mut Apply,
+    pending: &mut Pending,
+    term: u64,
+) -> Result<(), FollowError> {
+    let mut next: Option<rp::LeaderUpdate> = None;
     loop {
         let u = match next.take() {
             Some(u) => u,
@@ -164,7 +181,7 @@ pub async fn follow(
                 }
                 pending.push(r.topic.clone(), apply.submit(&r.topic, r.epoch, records)?);
                 if let Some(status) = failed {
-                    pending.drain(&mut apply).await?;
+                    pending.drain(apply).await?;
                     return Err(status.into());
                 }
             }
@@ -173,15 +190,13 @@ pub async fn follow(
             Some(update @ Update::Commit(_)) => apply.update(update).await?,
             Some(update) => {
                 // Whatever is queued lands before anything else changes.
-                pending.drain(&mut apply).await?;
+                pending.drain(apply).await?;
                 apply.update(update).await?
             }
             None => return Err(FollowError::Protocol("an empty update".into())),
         }
     }
-    pending.drain(&mut apply).await?;
-    drop(reader);
-    info!(node_id, term, "the leader ended the stream");
+    pending.drain(apply).await?;
     Ok(())
 }
 
@@ -239,6 +254,13 @@ impl Pending {
             .ok_or_else(|| FollowError::Protocol("an append vanished from the queue".into()))?;
         result.map_err(Error::from)?;
         Ok(topic)
+    }
+
+    /// Waits for every queued append, whatever its outcome, reporting none.
+    async fn settle(&mut self) {
+        while let Some((_, durable)) = self.0.pop_front() {
+            let _ = durable.await;
+        }
     }
 
     /// Waits for every queued append, reporting each.

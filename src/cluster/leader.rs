@@ -4,8 +4,9 @@
 //! A session starts with the follower's report of every topic it holds. The leader answers
 //! what the follower must delete (unknown here, or another epoch) and where it must cut
 //! (where its copy stops sharing this log, by term: [`divergence`]), then every topic it
-//! holds (epoch, settings, term history), then ships records from each topic's position as
-//! they become durable here (one fsync on each side, in series), up to 1 MiB per message
+//! holds (epoch, settings, term history), then ships records from each topic's position:
+//! each batch as it is handed out before this node syncs it (so the follower's fsync runs
+//! while this node's does), else from the log once durable, up to 1 MiB per message
 //! (records of one segment as one run of their stored bytes to a follower that takes runs),
 //! with the channel to the follower bounded: a slow follower costs the leader at most a few
 //! messages of memory. Each report moves that follower's durable positions in the in-sync

@@ -502,7 +502,9 @@ impl Committer {
     }
 
     /// Makes a portion durable (per policy), visible and indexed, then answers it. On a
-    /// failed sync the portion is undone and every request in it fails.
+    /// failed sync every request in it fails and the portion is undone, unless it was
+    /// handed out before the sync ([`LogConfig::early_tail`]): then it stays, unpublished,
+    /// and the log refuses appends from then on.
     fn finish(&self, w: &mut Writer, portion: Portion) {
         if let Some(why) = &w.failed {
             // Nothing past a failed sync is published, or made durable, ever.
