@@ -33,6 +33,19 @@ fn payload(i: u64) -> Vec<u8> {
 }
 
 /// Writes `n` frames (every fourth with an idempotency key) and closes the log.
+/// Appends the frame that follows `n` frames and returns its offset.
+fn append_next(log: &Log, n: u64) -> u64 {
+    let ack = log
+        .append(vec![NewFrame {
+            seq_no: 100 + n,
+            timestamp: BASE_TS + n as i64,
+            key: Bytes::new(),
+            payload: Bytes::from(payload(n)),
+        }])
+        .expect("append");
+    ack[0].offset
+}
+
 fn build(dir: &Path, n: u64, segment_bytes: u64) {
     let log = Log::open(dir, config(segment_bytes)).expect("open a new log");
     for i in 0..n {
@@ -203,15 +216,11 @@ fn repair_in_the_active_segment_keeps_every_other_frame_and_never_reuses_offsets
         let log = Log::open(dir.path(), config(4096)).expect("opens after repair");
         assert!(log.torn_tail().is_none());
         check_survivors(&log, N, &[damaged]);
-        let ack = log
-            .append(vec![NewFrame {
-                seq_no: 100 + N,
-                timestamp: BASE_TS + N as i64,
-                key: Bytes::new(),
-                payload: Bytes::from(payload(N)),
-            }])
-            .expect("append");
-        assert_eq!(ack[0].offset, N, "offsets continue after the old end");
+        assert_eq!(
+            append_next(&log, N),
+            N,
+            "offsets continue after the old end"
+        );
         // The lost offset reads as absent, alone too.
         assert_eq!(log.read(damaged).expect("read"), None);
         log.close();
@@ -416,16 +425,9 @@ fn a_repaired_hole_ships_as_one_gap_record_and_the_copy_keeps_every_offset() {
     assert_eq!(rt.block_on(copy.append_copied(copied)).expect("append"), N);
     check_survivors(&copy, N, &[7]);
     assert_eq!(copy.read(7).expect("read"), None);
-    let ack = copy
-        .append(vec![NewFrame {
-            seq_no: 100 + N,
-            timestamp: BASE_TS + N as i64,
-            key: Bytes::new(),
-            payload: Bytes::from(payload(N)),
-        }])
-        .expect("append");
     assert_eq!(
-        ack[0].offset, N,
+        append_next(&copy, N),
+        N,
         "the copy continues after the leader's end"
     );
     copy.close();
