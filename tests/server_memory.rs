@@ -404,3 +404,106 @@ async fn large_frames_without_subscribers_stay_within_64_mib() {
 async fn large_frames_past_stalled_subscribers_stay_within_64_mib() {
     large_frame_cases(&[5]).await;
 }
+
+// ---- Many subscribers (issue 13): what each live subscriber keeps. ----
+
+/// Subscribers of the many-subscriber test, over `MANY_CONNECTIONS` connections.
+const MANY_SUBSCRIBERS: usize = 2_000;
+const MANY_CONNECTIONS: usize = 20;
+/// Live frames each subscriber receives, one commit each: more than a read step's 256, so
+/// step buffers kept at that size would be touched all the way round.
+const MANY_LIVE: u64 = 300;
+/// The first seq_no of the live frames, and the subscribers' replay start: nothing older
+/// is replayed to them.
+const MANY_FIRST_SEQ: u64 = 1_000_000;
+/// The bound: RssAnon growth per open live subscriber. Its state, HTTP/2 stream and task
+/// took 12–14 KiB when measured; step buffers allocated for 256 frames from the start made
+/// it 39 KiB (touched as the ring turns), which this bound refuses.
+const PER_SUBSCRIBER_MAX: u64 = 30 << 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscribers_keep_little_memory_each() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let pid = server.child.id();
+    let mut c = server.client().await;
+    let topic = "many";
+    let small = |i: u64| format!("frame {i:>7} of the many-subscriber test").into_bytes();
+    // Warm-up: the topic, and one subscriber through replay and live; then the baseline.
+    publish(&mut c, topic, 0, &small(0)).await;
+    {
+        let mut reader = server.client().await;
+        let mut sub = subscribe(&mut reader, sub_req(topic, 0)).await.unwrap();
+        take(&mut sub.stream, 1, Duration::from_secs(30)).await;
+    }
+    wait_subscribers(&mut c, topic, 0, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = rss_anon(pid);
+
+    let mut clients = Vec::new();
+    for _ in 0..MANY_CONNECTIONS {
+        clients.push(server.client().await);
+    }
+    let mut subs = Vec::with_capacity(MANY_SUBSCRIBERS);
+    for i in 0..MANY_SUBSCRIBERS {
+        let client = &mut clients[i % MANY_CONNECTIONS];
+        subs.push(
+            subscribe(client, sub_req(topic, MANY_FIRST_SEQ))
+                .await
+                .unwrap(),
+        );
+    }
+    wait_subscribers(
+        &mut c,
+        topic,
+        MANY_SUBSCRIBERS as u32,
+        Duration::from_secs(30),
+    )
+    .await;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let got = take(&mut s.stream, MANY_LIVE as usize, Duration::from_secs(120)).await;
+                (s, got)
+            })
+        })
+        .collect();
+    for i in 0..MANY_LIVE {
+        let seq = MANY_FIRST_SEQ + i;
+        publish(&mut c, topic, seq, &small(seq)).await;
+    }
+    let mut open = Vec::with_capacity(MANY_SUBSCRIBERS);
+    for r in readers {
+        let (s, got) = r.await.unwrap();
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, f)| f.offset == 1 + i as u64 && f.seq_no == MANY_FIRST_SEQ + i as u64),
+            "every subscriber gets every live frame, in order"
+        );
+        open.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_anon(pid);
+    let per = after.saturating_sub(baseline) / MANY_SUBSCRIBERS as u64;
+    eprintln!(
+        "memory: {MANY_SUBSCRIBERS} live subscribers over {MANY_CONNECTIONS} connections, \
+         {MANY_LIVE} frames each: RssAnon baseline {:.1} MiB, after {:.1} MiB, \
+         {:.1} KiB per subscriber (bound {} KiB)",
+        baseline as f64 / MB as f64,
+        after as f64 / MB as f64,
+        per as f64 / 1024.0,
+        PER_SUBSCRIBER_MAX >> 10,
+    );
+    let info = topic_info(&mut c, topic).await.unwrap();
+    assert_eq!(info.subscribers as usize, MANY_SUBSCRIBERS);
+    assert!(
+        per <= PER_SUBSCRIBER_MAX,
+        "each live subscriber keeps {} KiB (bound {} KiB)",
+        per >> 10,
+        PER_SUBSCRIBER_MAX >> 10
+    );
+    drop(open);
+}
