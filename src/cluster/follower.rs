@@ -308,6 +308,7 @@ struct Apply {
 }
 
 impl Apply {
+    /// Applies an update other than records (which `apply_updates` queues).
     async fn update(&mut self, update: Update) -> Result<(), FollowError> {
         match update {
             Update::Topic(t) => self.topic(t).await,
@@ -326,10 +327,11 @@ impl Apply {
                 self.topics.cut_and_reopen(&c.topic, c.offset).await?;
                 self.report(&c.topic).await
             }
-            Update::Records(r) => {
-                let records = received_records(&r)?;
-                self.records(&r.topic, r.epoch, records).await
-            }
+            // Records are queued by `apply_updates` (`Apply::submit`), never applied here.
+            Update::Records(r) => Err(FollowError::Protocol(format!(
+                "records of topic '{}' reached the one-by-one path",
+                r.topic
+            ))),
             Update::Commit(c) => {
                 self.commits.insert(c.topic.clone(), c.offset);
                 self.make_visible(&c.topic);
@@ -421,19 +423,6 @@ impl Apply {
                 ))
             })?;
         Ok(topic.log().submit_copied(records).map_err(Error::from)?)
-    }
-
-    /// Appends records of `name` (epoch `epoch`), checked, and reports the new end.
-    async fn records(
-        &mut self,
-        name: &str,
-        epoch: u64,
-        records: Vec<Copied>,
-    ) -> Result<(), FollowError> {
-        self.submit(name, epoch, records)?
-            .await
-            .map_err(Error::from)?;
-        self.durable(name).await
     }
 
     /// Records of `name` became durable here: what the commit point allows becomes
