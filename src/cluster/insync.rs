@@ -90,7 +90,10 @@ impl InSync {
     /// The leader's durable end of `topic` moved to `end` (as of `now`); returns the new
     /// commit point if it moved.
     pub fn leader_durable(&mut self, topic: &str, end: u64, now: Instant) -> Option<u64> {
-        self.appeared.entry(topic.to_string()).or_insert(now);
+        // Looked up first: this runs at every commit, and a known topic needs no new key.
+        if !self.appeared.contains_key(topic) {
+            self.appeared.insert(topic.to_string(), now);
+        }
         self.ends.insert(topic.to_string(), end);
         self.recompute(topic)
     }
