@@ -30,6 +30,9 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
 # Crash safety of compaction, and failed commit syncs: the same tests with fail points
 # compiled in.
 cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail 2>&1 | tee -a target/cargo-test.log
+# A cluster leader whose disk fails (a fail point armed in the real binary) leaves, and an
+# in-sync follower takes over.
+cargo test --features failpoints --test cluster_nodes a_leader_whose_log_fails 2>&1 | tee -a target/cargo-test.log
 # Doc examples (not run by --all-targets).
 cargo test --doc 2>&1 | tail -3
 

@@ -376,6 +376,16 @@ fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logs(args.log_format);
+    // Test builds only (`--features failpoints`): fail points armed from the environment,
+    // so tests can make a real node's disk fail (`commit.sync@300`).
+    #[cfg(feature = "failpoints")]
+    if let Ok(spec) = std::env::var("FRAMECAST_FAILPOINTS") {
+        if let Err(e) = framecast::wal::failpoint::arm_spec(&spec) {
+            eprintln!("framecast serve: FRAMECAST_FAILPOINTS: {e}");
+            return ExitCode::from(2);
+        }
+        tracing::warn!(%spec, "fail points armed");
+    }
     // The token a cluster node presents to the leader when auth is on.
     let node_token = match (&args.cluster_token_file, &args.auth_jwt_secret_file) {
         (Some(file), _) => match std::fs::read_to_string(file) {

@@ -3,8 +3,9 @@
 //! refusing writes with the leader's address, acks only once the in-sync set holds a
 //! frame, `kill -9` of the leader under load over several cycles with every acknowledged
 //! frame on the new leader (and the failover time measured), `--min-insync` refusing
-//! writes, and a leader paused past its lease that must not acknowledge and rejoins as a
-//! follower, converged.
+//! writes, a leader paused past its lease that must not acknowledge and rejoins as a
+//! follower, converged, and (with `--features failpoints`) a leader whose disk fails
+//! leaving so that a follower takes over.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -111,30 +112,35 @@ impl Cluster {
             dirs: Vec::new(),
             nodes: Vec::new(),
         };
-        for i in 0..n {
-            let dir = tempfile::tempdir().unwrap();
-            let id = format!("n{}", i + 1);
-            let address = format!("127.0.0.1:{}", free_port());
-            let http = format!("127.0.0.1:{}", free_port());
-            let mut args = node_args(
-                &c.etcd.endpoint(),
-                &c.name,
-                &id,
-                &address,
-                &http,
-                min_insync,
-            );
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let server = Server::start(dir.path(), &args);
-            c.dirs.push(dir);
-            c.nodes.push(Node {
-                id,
-                address,
-                server,
-            });
+        for _ in 0..n {
+            c.add_node(min_insync, extra, &[]);
         }
         c
+    }
+
+    /// Starts node `n<count + 1>` with `extra` flags, and `env` for its first start only.
+    fn add_node(&mut self, min_insync: u32, extra: &[&str], env: &[(&str, &str)]) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!("n{}", self.nodes.len() + 1);
+        let address = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut args = node_args(
+            &self.etcd.endpoint(),
+            &self.name,
+            &id,
+            &address,
+            &http,
+            min_insync,
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_with_env(dir.path(), &args, env);
+        self.dirs.push(dir);
+        self.nodes.push(Node {
+            id,
+            address,
+            server,
+        });
     }
 
     fn node(&self, id: &str) -> &Node {
@@ -432,6 +438,18 @@ impl Load {
             .unwrap()
             .iter()
             .find(|x| x.2 > t && x.3 != old)
+            .map(|x| x.2)
+    }
+
+    /// When node `address` last acknowledged a frame.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // the failed-disk scenario's
+    fn last_ack_from(&self, address: &str) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|x| x.3 == address)
             .map(|x| x.2)
     }
 
@@ -1511,4 +1529,77 @@ async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
             .count(),
         2
     );
+}
+
+/// A leader whose disk fails (a commit sync fails after its batch was shipped: the page
+/// cache can no longer be trusted) leaves the cluster and exits instead of refusing
+/// writes forever: an in-sync follower is elected, every acknowledged frame is on it, and
+/// the failed node, restarted, recovers from its disk and converges. The disk failure is a
+/// fail point armed in the real binary (`--features failpoints`), at n1's 300th sync.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_log_fails_leaves_and_an_in_sync_follower_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_with(0, 2, &[], None).await;
+    // n1 alone first, so that it leads; then two followers.
+    c.add_node(2, &[], &[("FRAMECAST_FAILPOINTS", "commit.sync@300")]);
+    assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
+    c.add_node(2, &[], &[]);
+    c.add_node(2, &[], &[]);
+    let ids = ["n1", "n2", "n3"];
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let load = Load::start(addresses, "orders", 0);
+    let exited =
+        tokio::task::block_in_place(|| c.node_mut("n1").server.wait_exit(Duration::from_secs(60)));
+    let gone = Instant::now();
+    let status = exited.unwrap_or_else(|| panic!("n1 never left\n{}", c.logs()));
+    assert!(!status.success(), "n1 exited with {status}");
+    let log = c.node("n1").server.log_text();
+    assert!(
+        log.contains("a log failed: leaving the cluster") && log.contains("fail point commit.sync"),
+        "n1 left for another reason:\n{log}"
+    );
+    let old = c.node("n1").address.clone();
+    until(
+        "writes accepted by another node",
+        Duration::from_secs(20),
+        || load.first_ack_after(gone, &old).is_some(),
+    )
+    .await;
+    // From n1's last ack (its sync failed after it) to the next ack, by another node.
+    let last_on_n1 = load.last_ack_from(&old).unwrap();
+    let failover = load.first_ack_after(last_on_n1, &old).unwrap() - last_on_n1;
+    let before = load.acked();
+    until(
+        "more acks on the new leader",
+        Duration::from_secs(20),
+        || load.acked() >= before + 100,
+    )
+    .await;
+    let acked = load.finish().await;
+    eprintln!(
+        "n1's sync failed: it exited ({status}); writes accepted again {failover:?} after its \
+         last ack; {} frames acknowledged",
+        acked.len()
+    );
+    assert!(
+        failover <= TTL + Duration::from_secs(2),
+        "writes were accepted again only {failover:?} after the failed leader's last ack"
+    );
+    let leader = c.leader(&["n2", "n3"], 2, Duration::from_secs(20)).await;
+    let on_leader = log_of(&c, &leader, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    // Restarted without the fail point, n1 recovers what its disk holds, follows and
+    // converges on the new leader's log.
+    c.node_mut("n1").server.restart();
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, leader);
+    until_delivers(&c, "n1", "orders", on_leader.len()).await;
+    let final_log = log_of(&c, &leader, "orders").await;
+    for id in ids {
+        assert!(
+            same_frames(&final_log, &log_of(&c, id, "orders").await),
+            "{id} differs from the leader"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use tonic::transport::Endpoint;
 
 use crate::client::ClientTls;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::etcd::{Etcd, EtcdError, LeaderKey, LeaseKeeper, WatchEvent};
 use super::follower::follow;
@@ -189,7 +189,9 @@ struct Believed {
 }
 
 /// Joins the cluster and starts the node's life in the background. Returns the
-/// `Replication` service to serve beside `Broadcast`, and the task.
+/// `Replication` service to serve beside `Broadcast`, and the task, which ends only when
+/// one of this node's logs failed for good and the node left the cluster (with why): the
+/// server then exits.
 pub async fn start(
     config: ClusterConfig,
     topics: Arc<Topics>,
@@ -197,7 +199,7 @@ pub async fn start(
 ) -> Result<
     (
         rp::replication_server::ReplicationServer<ReplicationDoor>,
-        JoinHandle<()>,
+        JoinHandle<String>,
     ),
     NodeError,
 > {
@@ -246,21 +248,48 @@ impl Node {
         &self.config.node_id
     }
 
-    /// Follows, campaigns, leads; forever.
-    async fn run(self: Arc<Self>) {
+    /// Follows, campaigns, leads; until one of this node's logs fails for good. Then it
+    /// leaves the cluster and returns why.
+    async fn run(self: Arc<Self>) -> String {
+        let mut failed = self.topics.log_config().failure.subscribe();
         loop {
+            if let Some(why) = self.topics.log_config().failure.get() {
+                self.leave(&why).await;
+                return why;
+            }
             self.renew_lease_if_lost().await;
             let following = tokio::spawn(Arc::clone(&self).follow_leaders());
-            let won = self.campaign().await;
+            let won = tokio::select! {
+                won = self.campaign() => Some(won),
+                _ = failed.wait_for(Option::is_some) => None,
+            };
             following.abort();
             let _ = following.await;
             match won {
-                Ok(key) => self.lead(key).await,
-                Err(e) => {
+                Some(Ok(key)) => self.lead(key).await,
+                Some(Err(e)) => {
                     warn!(error = %e, "campaign failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                None => {}
             }
+        }
+    }
+
+    /// Leaves the cluster after a log failed for good (a sync that could not be undone:
+    /// what the page cache holds can no longer be trusted to match the disk). Refuses
+    /// writes, and revokes the lease, which removes this node from the members and from
+    /// the election at once, so an in-sync follower is elected without waiting for the
+    /// TTL. The process then exits; restarted, it recovers from its disk and follows.
+    async fn leave(&self, why: &str) {
+        error!(node = self.me(), %why, "a log failed: leaving the cluster");
+        self.view
+            .set_refusal(Some(format!("this node's storage failed: {why}")));
+        let lease = self.keeper.lock().lease();
+        match tokio::time::timeout(self.config.lease_ttl, self.etcd.revoke(lease)).await {
+            Ok(Ok(())) => info!(lease, "lease revoked: no longer a member"),
+            Ok(Err(e)) => warn!(error = %e, "cannot revoke the lease; it lapses within its TTL"),
+            Err(_) => warn!("revoking the lease timed out; it lapses within its TTL"),
         }
     }
 
@@ -469,6 +498,10 @@ impl Node {
             let lost = self.keeper.lock().state().borrow().lost;
             if lost {
                 warn!(term, "lease lost: stepping down");
+                break;
+            }
+            if let Some(why) = self.topics.log_config().failure.get() {
+                error!(term, %why, "a log failed: stepping down");
                 break;
             }
             self.refuse_unless_writable(&leader, Instant::now());

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::config::ServerConfig;
 use super::service::BroadcastService;
@@ -229,14 +229,24 @@ pub async fn run(
         cluster,
     );
     // A cluster node joins before it listens: it refuses writes until it leads.
-    let replication = match &config.cluster {
-        None => None,
+    let (replication, mut node_life) = match &config.cluster {
+        None => (None, None),
         Some(c) => {
-            let (service, _life) =
+            let (service, life) =
                 crate::cluster::node::start(c.clone(), Arc::clone(&topics), broker.clone())
                     .await
                     .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
-            Some(service)
+            (Some(service), Some(life))
+        }
+    };
+    // A cluster node whose log failed for good has left the cluster: it exits at once, to
+    // be restarted and recover from its disk (its streams end; nothing more is written).
+    let node_left = async {
+        match node_life.as_mut() {
+            Some(life) => life
+                .await
+                .unwrap_or_else(|e| format!("the cluster task ended: {e}")),
+            None => std::future::pending().await,
         }
     };
     door.serving(broker.clone());
@@ -331,6 +341,10 @@ pub async fn run(
         reason: e.to_string(),
     };
     let deadline = tokio::select! {
+        why = node_left => {
+            error!(%why, "left the cluster: exiting so that a restart recovers from the disk");
+            return Err(Error::NotWritable(format!("left the cluster: {why}")));
+        }
         r = &mut server => {
             r.map_err(server_error)?;
             Deadline::now() + config.shutdown_grace

@@ -533,6 +533,10 @@ impl Committer {
                 // for other records, so it is not undone, and nothing more is appended.
                 error!(file = %seg.path().display(), error = %e, "sync failed after the batch was handed out to followers; refusing appends");
                 w.failed = Some(format!("a sync failed: {e}"));
+                self.config.failure.raise(format!(
+                    "a sync of {} failed after its batch was handed out: {e}",
+                    seg.path().display()
+                ));
                 for (reply, _) in portion.replies {
                     let _ = reply.send(Err(Error::Unavailable(format!("append failed: {e}"))));
                 }
@@ -551,6 +555,10 @@ impl Committer {
                 {
                     error!(file = %seg.path().display(), error = %e2, "cannot undo a failed sync; refusing appends");
                     w.failed = Some(format!("{e2}"));
+                    self.config.failure.raise(format!(
+                        "a sync of {} failed and could not be undone: {e2}",
+                        seg.path().display()
+                    ));
                 }
                 for (reply, _) in portion.replies {
                     let _ = reply.send(Err(Error::Unavailable(format!("append failed: {e}"))));

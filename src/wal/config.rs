@@ -73,6 +73,9 @@ pub struct LogConfig {
     /// When on, each batch is handed out before its sync (a cluster leader ships it to
     /// its followers while it syncs). Shared by every clone of the config.
     pub early_tail: EarlyTail,
+    /// Told when a log made from this config fails for good (a sync that could not be
+    /// undone): a cluster node then leaves the cluster. Shared by every clone.
+    pub failure: FailureSignal,
 }
 
 /// The switch of [`LogConfig::early_tail`], shared by every log made from one config.
@@ -93,6 +96,41 @@ impl EarlyTail {
     /// True while on.
     pub fn is_on(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Where the logs made from one config report that one of them failed for good: a sync
+/// failed and could not be undone, so the log refuses appends until the process restarts
+/// and recovers from what its disk holds. Holds the first such failure; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FailureSignal(std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for FailureSignal {
+    fn default() -> Self {
+        FailureSignal(std::sync::Arc::new(tokio::sync::watch::channel(None).0))
+    }
+}
+
+impl FailureSignal {
+    /// Records a failure (the first one is kept) and wakes every subscriber.
+    pub fn raise(&self, why: String) {
+        self.0.send_if_modified(|held| {
+            if held.is_some() {
+                return false;
+            }
+            *held = Some(why);
+            true
+        });
+    }
+
+    /// The first failure raised, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// A receiver that sees the failure once it is raised.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.0.subscribe()
     }
 }
 
@@ -124,6 +162,7 @@ impl Default for LogConfig {
             retention: Retention::default(),
             sync_observer: None,
             early_tail: EarlyTail::default(),
+            failure: FailureSignal::default(),
         }
     }
 }

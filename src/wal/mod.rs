@@ -32,8 +32,8 @@ mod state;
 pub use commit::Tail;
 pub use compact::{CompactOptions, CompactionReport, RetentionReport};
 pub use config::{
-    EarlyTail, FsyncPolicy, LogConfig, Retention, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
-    DEFAULT_MAX_FRAME_BYTES,
+    EarlyTail, FailureSignal, FsyncPolicy, LogConfig, Retention, SyncObserver,
+    DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
 };
 pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};

@@ -37,10 +37,17 @@ impl Server {
     /// Starts a server on `data_dir` with extra flags, waiting until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::start_owned(data_dir, extra)
+        Self::start_owned(data_dir, extra, &[])
     }
 
-    fn start_owned(data_dir: &Path, extra: Vec<String>) -> Server {
+    /// Like [`Server::start`], with environment variables set for this start only (a
+    /// restart runs without them).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_owned(data_dir, extra, env)
+    }
+
+    fn start_owned(data_dir: &Path, extra: Vec<String>, env: &[(&str, &str)]) -> Server {
         let listen: &[&str] = if extra.iter().any(|a| a == "--listen") {
             &[]
         } else {
@@ -60,6 +67,7 @@ impl Server {
             .arg(data_dir)
             .args(&extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -119,14 +127,14 @@ impl Server {
             .port();
         let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start_owned(data_dir, args)
+        Self::start_owned(data_dir, args, &[])
     }
 
     /// Starts again on the same data dir with the same flags (after a kill or exit).
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = Self::start_owned(&self.data_dir.clone(), self.extra.clone());
+        *self = Self::start_owned(&self.data_dir.clone(), self.extra.clone(), &[]);
     }
 
     /// SIGKILL, no goodbye.
