@@ -16,10 +16,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Status, Streaming};
 use tracing::info;
 
 use super::leader::{from_wire_key, from_wire_terms, wire_terms, MAX_RECORDS_BYTES};
@@ -85,23 +86,6 @@ pub async fn follow(
     }
     let mut updates = client.follow(request).await?.into_inner();
     info!(node_id, term, "following");
-    // The stream is read ahead by its own task, so that records that arrive while this
-    // node syncs are appended together: one fsync for all of them (group commit).
-    let (ahead, mut received) = mpsc::channel::<Result<rp::LeaderUpdate, Status>>(READ_AHEAD);
-    let reader = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let next = updates.message().await;
-            let end = !matches!(next, Ok(Some(_)));
-            let item = match next {
-                Ok(Some(u)) => Ok(u),
-                Ok(None) => return,
-                Err(e) => Err(e),
-            };
-            if ahead.send(item).await.is_err() || end {
-                return;
-            }
-        }
-    }));
     let mut apply = Apply {
         topics,
         node_id: node_id.to_string(),
@@ -112,19 +96,20 @@ pub async fn follow(
     // Appends queued and not yet durable, oldest first: the next batch is queued while the
     // one before syncs, and each is reported once durable, in order.
     let mut pending = Pending::default();
-    let applied = apply_updates(&mut received, &mut apply, &mut pending, term).await;
+    let applied = apply_updates(&mut updates, &mut apply, &mut pending, term).await;
     // Whatever was queued lands before this returns, however the stream ended: the next
     // stream starts from this node's durable ends, which must not move under it.
     pending.settle().await;
     applied?;
-    drop(reader);
     info!(node_id, term, "the leader ended the stream");
     Ok(())
 }
 
-/// Applies the leader's updates in order until the stream ends.
+/// Applies the leader's updates in order until the stream ends. The stream is read on
+/// this task (no hand-over to another): records that arrived while this node synced are
+/// taken together into one append, so one fsync serves all of them (group commit).
 async fn apply_updates(
-    received: &mut mpsc::Receiver<Result<rp::LeaderUpdate, Status>>,
+    updates: &mut Streaming<rp::LeaderUpdate>,
     apply: &mut Apply,
     pending: &mut Pending,
     term: u64,
@@ -133,14 +118,15 @@ async fn apply_updates(
     loop {
         let u = match next.take() {
             Some(u) => u,
+            // `Streaming::message` is cancel-safe: what it has read stays in the stream.
             None => tokio::select! {
                 biased;
                 done = pending.next_durable(), if !pending.is_empty() => {
                     apply.durable(&done?).await?;
                     continue;
                 }
-                u = received.recv(), if pending.has_room() => match u {
-                    Some(u) => u?,
+                u = updates.message(), if pending.has_room() => match u? {
+                    Some(u) => u,
                     None => break,
                 },
             },
@@ -149,12 +135,12 @@ async fn apply_updates(
         match u.update {
             Some(Update::Records(r)) => {
                 // Records of the same topic already received join this append.
-                let mut failed = None;
+                let (mut failed, mut ended) = (None, false);
                 let mut records = received_records(&r)?;
                 let mut bytes: usize = records.iter().map(|c| c.encoded_len()).sum();
                 while bytes < MERGE_BYTES {
-                    match received.try_recv() {
-                        Ok(Ok(more)) => match more.update {
+                    match updates.message().now_or_never() {
+                        Some(Ok(Some(more))) => match more.update {
                             Some(Update::Records(m))
                                 if more.term == term
                                     && m.topic == r.topic
@@ -172,17 +158,24 @@ async fn apply_updates(
                                 break;
                             }
                         },
-                        Ok(Err(status)) => {
+                        Some(Err(status)) => {
                             failed = Some(status);
                             break;
                         }
-                        Err(_) => break,
+                        Some(Ok(None)) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
                     }
                 }
                 pending.push(r.topic.clone(), apply.submit(&r.topic, r.epoch, records)?);
                 if let Some(status) = failed {
                     pending.drain(apply).await?;
                     return Err(status.into());
+                }
+                if ended {
+                    break;
                 }
             }
             // A commit point needs nothing queued to land first: only what is durable
@@ -273,19 +266,8 @@ impl Pending {
     }
 }
 
-/// Updates read ahead of the one being applied.
-const READ_AHEAD: usize = 32;
 /// Bytes of records appended at once at most (several messages merged).
 const MERGE_BYTES: usize = 8 << 20;
-
-/// Aborts a task when dropped (the stream's reader, when following ends).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 fn check_term(u: &rp::LeaderUpdate, term: u64) -> Result<(), FollowError> {
     if u.term != term {
