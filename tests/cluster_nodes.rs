@@ -1603,3 +1603,104 @@ async fn a_leader_whose_log_fails_leaves_and_an_in_sync_follower_takes_over() {
         );
     }
 }
+
+/// Topics of the many-topics scenario, and frames in each.
+const MANY_TOPICS: usize = 2_000;
+const FRAMES_EACH: u64 = 3;
+
+/// Waits until node `id` lists every one of the many topics with all its frames.
+async fn until_lists_all(c: &Cluster, id: &str) {
+    let start = Instant::now();
+    loop {
+        let topics = common::list_topics(&mut c.client(id).await).await;
+        let full = topics
+            .iter()
+            .filter(|t| t.name.starts_with("room-") && t.frames == FRAMES_EACH)
+            .count();
+        if full == MANY_TOPICS {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{id} lists {full} of {MANY_TOPICS} topics in full\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two thousand topics on three nodes: every topic is copied to both followers, a `kill -9`
+/// of the leader under load fails over within the lease TTL + 2 s although the new leader
+/// begins its term in every topic first, and every topic's acknowledged frames are on the
+/// new leader, where the old leader, restarted, converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_topics_are_copied_and_fail_over_within_the_bar() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let name = |i: usize| format!("room-{i:05}");
+    // 32 publishers, each topic's frames in order, each ack checked at its offset.
+    let client = c.client(&leader).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            for i in (w..MANY_TOPICS).step_by(32) {
+                let t = name(i);
+                for f in 0..FRAMES_EACH {
+                    let ack = common::publish(&mut client, &t, f, t.as_bytes()).await;
+                    assert_eq!(ack.offset, f, "{t}");
+                }
+            }
+        });
+    }
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(180), tasks.join_next())
+        .await
+        .expect("publishing to 2,000 topics took over 3 minutes")
+    {
+        r.unwrap();
+    }
+    for id in ids.iter().filter(|id| **id != leader) {
+        until_lists_all(&c, id).await;
+    }
+    // Failover under load, timed as in the kill -9 scenario.
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let load = Load::start(addresses, "orders", 0);
+    until("some acks", Duration::from_secs(20), || load.acked() >= 100).await;
+    let killed = Instant::now();
+    c.node_mut(&leader).server.kill9();
+    let old = c.node(&leader).address.clone();
+    until("writes accepted again", Duration::from_secs(30), || {
+        load.first_ack_after(killed, &old).is_some()
+    })
+    .await;
+    let failover = load.first_ack_after(killed, &old).unwrap() - killed;
+    let acked = load.finish().await;
+    let rest: Vec<&str> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let new_leader = c.leader(&rest, 2, Duration::from_secs(20)).await;
+    eprintln!(
+        "{MANY_TOPICS} topics: kill -9 of leader {leader}, writes accepted again by {new_leader} after {failover:?}"
+    );
+    assert!(
+        failover <= TTL + Duration::from_secs(2),
+        "with {MANY_TOPICS} topics writes were accepted again only after {failover:?}"
+    );
+    holds_every_ack(&log_of(&c, &new_leader, "orders").await, &acked);
+    // Every topic on the new leader, frame for frame; the old leader comes back and
+    // converges on it.
+    let mut on_new = c.client(&new_leader).await;
+    for i in 0..MANY_TOPICS {
+        let t = name(i);
+        let frames = read_log(&mut on_new, &t).await;
+        let got: Vec<(u64, u64, &[u8])> = frames
+            .iter()
+            .map(|f| (f.offset, f.seq_no, f.payload.as_ref()))
+            .collect();
+        let want: Vec<(u64, u64, &[u8])> = (0..FRAMES_EACH).map(|f| (f, f, t.as_bytes())).collect();
+        assert_eq!(got, want, "{t} on the new leader");
+    }
+    c.node_mut(&leader).server.restart();
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(60)).await, new_leader);
+    until_lists_all(&c, &leader).await;
+}

@@ -511,6 +511,45 @@ impl Topics {
         self.store_terms(topic, history).await
     }
 
+    /// Sets the term history of many topics at once (a follower taking every topic's
+    /// from a new leader): those that change are written, then made durable with one
+    /// `syncfs`, then take effect. Topics not held are skipped.
+    pub async fn set_terms_many(&self, histories: Vec<(String, TermHistory)>) -> Result<()> {
+        let changed: Vec<(Arc<Topic>, TermHistory)> = histories
+            .into_iter()
+            .filter_map(|(name, h)| self.get(&name).map(|t| (t, h)))
+            .filter(|(t, h)| t.terms() != *h)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if changed.len() == 1 {
+            let (topic, history) = changed.into_iter().next().ok_or(Error::Metadata {
+                path: "terms".into(),
+                reason: "a term history vanished".into(),
+            })?;
+            return self.store_terms(topic, history).await.map(|_| ());
+        }
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for (topic, history) in &changed {
+                history.store_unsynced(topic.log.dir())?;
+            }
+            let root = std::fs::File::open(&dir).map_err(|e| crate::wal::Error::io(&dir, e))?;
+            rustix::fs::syncfs(&root)
+                .map_err(|e| crate::wal::Error::io(&dir, std::io::Error::from(e)))?;
+            for (topic, history) in changed {
+                *topic.terms.lock() = history;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "terms".into(),
+            reason: e.to_string(),
+        })?
+    }
+
     async fn store_terms(&self, topic: Arc<Topic>, history: TermHistory) -> Result<TermHistory> {
         let name = topic.name.clone();
         tokio::task::spawn_blocking(move || -> Result<TermHistory> {

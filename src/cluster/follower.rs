@@ -6,12 +6,15 @@
 //! ([`Log::submit_copied`](crate::wal::Log::submit_copied)); once durable the follower
 //! reports its new end. Up to four appends are queued at once, so the next batch is
 //! written as soon as the one before is synced (the committer takes every queued one into
-//! its next sync); anything but a commit point waits until every queued append landed. A topic's frames become visible here up to the smaller of the
+//! its next sync); anything but a commit point waits until every queued append landed.
+//! Topic announcements that arrive together (a new leader announces every topic) are
+//! applied together, their term histories made durable with one `syncfs`
+//! ([`Topics::set_terms_many`]): with 2,000 topics that took a follower 1.2 s one by one. A topic's frames become visible here up to the smaller of the
 //! leader's commit point and this node's durable end. The leader's retention decisions are
 //! applied to the copy by maintenance ([`Topic::set_leader_retention`](crate::broker::topics::Topic::set_leader_retention)); a copy that ends
 //! before the leader's oldest retained frame starts again there ([`Topics::restart_copy`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -139,8 +142,8 @@ async fn apply_updates(
                 let mut records = received_records(&r)?;
                 let mut bytes: usize = records.iter().map(|c| c.encoded_len()).sum();
                 while bytes < MERGE_BYTES {
-                    match updates.message().now_or_never() {
-                        Some(Ok(Some(more))) => match more.update {
+                    match ready(updates) {
+                        Ready::Update(more) => match more.update {
                             Some(Update::Records(m))
                                 if more.term == term
                                     && m.topic == r.topic
@@ -158,15 +161,15 @@ async fn apply_updates(
                                 break;
                             }
                         },
-                        Some(Err(status)) => {
+                        Ready::Failed(status) => {
                             failed = Some(status);
                             break;
                         }
-                        Some(Ok(None)) => {
+                        Ready::Ended => {
                             ended = true;
                             break;
                         }
-                        None => break,
+                        Ready::Nothing => break,
                     }
                 }
                 pending.push(r.topic.clone(), apply.submit(&r.topic, r.epoch, records)?);
@@ -176,6 +179,57 @@ async fn apply_updates(
                 }
                 if ended {
                     break;
+                }
+            }
+            // A new leader announces every topic at once: the announcements already here
+            // are applied together, their term histories made durable with one sync.
+            Some(Update::Topic(t)) => {
+                pending.drain(apply).await?;
+                let mut names = HashSet::from([t.name.clone()]);
+                let mut batch = vec![t];
+                // The leader follows each announcement with the topic's commit point:
+                // those of topics in the batch apply once it is held.
+                let mut commits = Vec::new();
+                let mut stop = None;
+                while batch.len() < MAX_TOPICS_AT_ONCE {
+                    match ready(updates) {
+                        Ready::Update(more) => match more.update {
+                            Some(Update::Topic(t))
+                                if more.term == term && !names.contains(&t.name) =>
+                            {
+                                names.insert(t.name.clone());
+                                batch.push(t);
+                            }
+                            Some(Update::Commit(c))
+                                if more.term == term && names.contains(&c.topic) =>
+                            {
+                                commits.push(Update::Commit(c));
+                            }
+                            update => {
+                                next = Some(rp::LeaderUpdate {
+                                    term: more.term,
+                                    update,
+                                });
+                                break;
+                            }
+                        },
+                        Ready::Failed(status) => {
+                            stop = Some(Err(status.into()));
+                            break;
+                        }
+                        Ready::Ended => {
+                            stop = Some(Ok(()));
+                            break;
+                        }
+                        Ready::Nothing => break,
+                    }
+                }
+                apply.announced(batch).await?;
+                for c in commits {
+                    apply.update(c).await?;
+                }
+                if let Some(stop) = stop {
+                    return stop;
                 }
             }
             // A commit point needs nothing queued to land first: only what is durable
@@ -191,6 +245,24 @@ async fn apply_updates(
     }
     pending.drain(apply).await?;
     Ok(())
+}
+
+/// What the stream holds right now, without waiting.
+enum Ready {
+    Update(rp::LeaderUpdate),
+    Failed(Status),
+    Ended,
+    Nothing,
+}
+
+fn ready(updates: &mut Streaming<rp::LeaderUpdate>) -> Ready {
+    // `Streaming::message` is cancel-safe: a message not yet whole stays in the stream.
+    match updates.message().now_or_never() {
+        Some(Ok(Some(u))) => Ready::Update(u),
+        Some(Ok(None)) => Ready::Ended,
+        Some(Err(status)) => Ready::Failed(status),
+        None => Ready::Nothing,
+    }
 }
 
 /// The records of a message, checked (CRC, lengths): one by one or as one run.
@@ -268,6 +340,16 @@ impl Pending {
 
 /// Bytes of records appended at once at most (several messages merged).
 const MERGE_BYTES: usize = 8 << 20;
+/// Topic announcements applied at once at most.
+const MAX_TOPICS_AT_ONCE: usize = 4096;
+
+fn topic_meta(t: &rp::ReplicaTopic) -> TopicMeta {
+    TopicMeta {
+        epoch: t.epoch,
+        retention_max_age_seconds: t.retention_max_age_seconds,
+        retention_max_bytes: t.retention_max_bytes,
+    }
+}
 
 fn check_term(u: &rp::LeaderUpdate, term: u64) -> Result<(), FollowError> {
     if u.term != term {
@@ -293,7 +375,7 @@ impl Apply {
     /// Applies an update other than records (which `apply_updates` queues).
     async fn update(&mut self, update: Update) -> Result<(), FollowError> {
         match update {
-            Update::Topic(t) => self.topic(t).await,
+            Update::Topic(t) => self.announced(vec![t]).await,
             Update::Deleted(name) => {
                 self.commits.remove(&name);
                 if self.topics.get(&name).is_some() {
@@ -362,29 +444,35 @@ impl Apply {
         Ok(())
     }
 
-    /// Holds the leader's topic: created with its epoch and settings (a copy of another
-    /// epoch deleted first), its term history copied.
-    async fn topic(&mut self, t: rp::ReplicaTopic) -> Result<(), FollowError> {
-        let meta = TopicMeta {
-            epoch: t.epoch,
-            retention_max_age_seconds: t.retention_max_age_seconds,
-            retention_max_bytes: t.retention_max_bytes,
-        };
-        if let Some(old) = self.topics.get(&t.name) {
-            if *old.meta() != meta {
-                info!(topic = %t.name, old_epoch = old.meta().epoch, epoch = t.epoch, "replacing a copy of another epoch");
-                self.commits.remove(&t.name);
-                self.topics.delete(&t.name).await?;
+    /// Holds the leader's topics: each created with its epoch and settings (a copy of
+    /// another epoch deleted first), its term history copied (all of them made durable
+    /// with one sync), the leader's retention applied.
+    async fn announced(&mut self, batch: Vec<rp::ReplicaTopic>) -> Result<(), FollowError> {
+        let mut histories = Vec::with_capacity(batch.len());
+        for t in &batch {
+            let meta = topic_meta(t);
+            if let Some(old) = self.topics.get(&t.name) {
+                if *old.meta() != meta {
+                    info!(topic = %t.name, old_epoch = old.meta().epoch, epoch = t.epoch, "replacing a copy of another epoch");
+                    self.commits.remove(&t.name);
+                    self.topics.delete(&t.name).await?;
+                }
             }
+            let (_, created) = self.topics.create_copy(&t.name, meta).await?;
+            if created {
+                info!(topic = %t.name, epoch = t.epoch, "copying a new topic");
+            }
+            let terms =
+                from_wire_terms(&t.terms).map_err(|e| FollowError::Protocol(e.to_string()))?;
+            histories.push((t.name.clone(), terms));
         }
-        let (_, created) = self.topics.create_copy(&t.name, meta).await?;
-        if created {
-            info!(topic = %t.name, epoch = t.epoch, "copying a new topic");
+        self.topics.set_terms_many(histories).await?;
+        for t in batch {
+            let key = t.removed_max_key.as_ref().map(from_wire_key);
+            self.retain(&t.name, topic_meta(&t), t.first_offset, key)
+                .await?;
         }
-        let terms = from_wire_terms(&t.terms).map_err(|e| FollowError::Protocol(e.to_string()))?;
-        self.topics.set_terms(&t.name, terms).await?;
-        let key = t.removed_max_key.as_ref().map(from_wire_key);
-        self.retain(&t.name, meta, t.first_offset, key).await
+        Ok(())
     }
 
     /// Queues records of `name` (epoch `epoch`), checked, on its log; the future resolves
