@@ -311,29 +311,35 @@ export async function startCluster({ n = 3, args = [], minInsync = 2, timeoutMs 
   };
   try {
     const specs = [];
-    for (let i = 1; i <= n; i++) {
-      const [grpc, http] = [await freePort(), await freePort()];
-      specs.push({ id: `n${i}`, addr: `127.0.0.1:${grpc}`, http: `127.0.0.1:${http}` });
-    }
-    const started = await Promise.allSettled(
-      specs.map((s) =>
-        startServer({
-          listen: s.addr,
-          httpListen: s.http,
-          args: [
-            "--advertise-http", `http://${s.http}`,
-            "--cluster-etcd", etcd.endpoint,
-            "--cluster", name,
-            "--node-id", s.id,
-            "--advertise", s.addr,
-            "--lease-ttl", "2s",
-            "--replica-max-lag", "3s",
-            "--min-insync", String(minInsync),
-            ...args,
-          ],
-        }),
-      ),
-    );
+    for (let i = 1; i <= n; i++) specs.push({ id: `n${i}` });
+    // A port free a moment ago can be taken before the node binds it (another node's
+    // outgoing connection to etcd gets an ephemeral port): start again on fresh ports.
+    const startNode = async (s) => {
+      for (let attempt = 1; ; attempt++) {
+        const [grpc, http] = [await freePort(), await freePort()];
+        Object.assign(s, { addr: `127.0.0.1:${grpc}`, http: `127.0.0.1:${http}` });
+        try {
+          return await startServer({
+            listen: s.addr,
+            httpListen: s.http,
+            args: [
+              "--advertise-http", `http://${s.http}`,
+              "--cluster-etcd", etcd.endpoint,
+              "--cluster", name,
+              "--node-id", s.id,
+              "--advertise", s.addr,
+              "--lease-ttl", "2s",
+              "--replica-max-lag", "3s",
+              "--min-insync", String(minInsync),
+              ...args,
+            ],
+          });
+        } catch (e) {
+          if (attempt >= 3 || !/Address already in use/.test(String(e?.message ?? e))) throw e;
+        }
+      }
+    };
+    const started = await Promise.allSettled(specs.map(startNode));
     for (const [i, r] of started.entries()) {
       if (r.status === "fulfilled") {
         leftovers.add(r.value.proc);
