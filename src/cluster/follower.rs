@@ -138,47 +138,36 @@ async fn apply_updates(
         match u.update {
             Some(Update::Records(r)) => {
                 // Records of the same topic already received join this append.
-                let (mut failed, mut ended) = (None, false);
                 let mut records = received_records(&r)?;
                 let mut bytes: usize = records.iter().map(|c| c.encoded_len()).sum();
-                while bytes < MERGE_BYTES {
-                    match ready(updates) {
-                        Ready::Update(more) => match more.update {
-                            Some(Update::Records(m))
-                                if more.term == term
-                                    && m.topic == r.topic
-                                    && m.epoch == r.epoch =>
-                            {
-                                let m = received_records(&m)?;
-                                bytes += m.iter().map(|c| c.encoded_len()).sum::<usize>();
-                                records.extend(m);
-                            }
-                            update => {
-                                next = Some(rp::LeaderUpdate {
-                                    term: more.term,
-                                    update,
-                                });
-                                break;
-                            }
-                        },
-                        Ready::Failed(status) => {
-                            failed = Some(status);
-                            break;
+                let end = if bytes < MERGE_BYTES {
+                    take_received(updates, &mut next, |more| match more.update {
+                        Some(Update::Records(m))
+                            if more.term == term && m.topic == r.topic && m.epoch == r.epoch =>
+                        {
+                            let m = received_records(&m)?;
+                            bytes += m.iter().map(|c| c.encoded_len()).sum::<usize>();
+                            records.extend(m);
+                            Ok(Taken::Took {
+                                full: bytes >= MERGE_BYTES,
+                            })
                         }
-                        Ready::Ended => {
-                            ended = true;
-                            break;
-                        }
-                        Ready::Nothing => break,
-                    }
-                }
+                        update => Ok(Taken::Refused(rp::LeaderUpdate {
+                            term: more.term,
+                            update,
+                        })),
+                    })?
+                } else {
+                    StreamEnd::Open
+                };
                 pending.push(r.topic.clone(), apply.submit(&r.topic, r.epoch, records)?);
-                if let Some(status) = failed {
-                    pending.drain(apply).await?;
-                    return Err(status.into());
-                }
-                if ended {
-                    break;
+                match end {
+                    StreamEnd::Open => {}
+                    StreamEnd::Failed(status) => {
+                        pending.drain(apply).await?;
+                        return Err(status.into());
+                    }
+                    StreamEnd::Ended => break,
                 }
             }
             // A new leader announces every topic at once: the announcements already here
@@ -190,46 +179,31 @@ async fn apply_updates(
                 // The leader follows each announcement with the topic's commit point:
                 // those of topics in the batch apply once it is held.
                 let mut commits = Vec::new();
-                let mut stop = None;
-                while batch.len() < MAX_TOPICS_AT_ONCE {
-                    match ready(updates) {
-                        Ready::Update(more) => match more.update {
-                            Some(Update::Topic(t))
-                                if more.term == term && !names.contains(&t.name) =>
-                            {
-                                names.insert(t.name.clone());
-                                batch.push(t);
-                            }
-                            Some(Update::Commit(c))
-                                if more.term == term && names.contains(&c.topic) =>
-                            {
-                                commits.push(Update::Commit(c));
-                            }
-                            update => {
-                                next = Some(rp::LeaderUpdate {
-                                    term: more.term,
-                                    update,
-                                });
-                                break;
-                            }
-                        },
-                        Ready::Failed(status) => {
-                            stop = Some(Err(status.into()));
-                            break;
-                        }
-                        Ready::Ended => {
-                            stop = Some(Ok(()));
-                            break;
-                        }
-                        Ready::Nothing => break,
+                let end = take_received(updates, &mut next, |more| match more.update {
+                    Some(Update::Topic(t)) if more.term == term && !names.contains(&t.name) => {
+                        names.insert(t.name.clone());
+                        batch.push(t);
+                        Ok(Taken::Took {
+                            full: batch.len() >= MAX_TOPICS_AT_ONCE,
+                        })
                     }
-                }
+                    Some(Update::Commit(c)) if more.term == term && names.contains(&c.topic) => {
+                        commits.push(Update::Commit(c));
+                        Ok(Taken::Took { full: false })
+                    }
+                    update => Ok(Taken::Refused(rp::LeaderUpdate {
+                        term: more.term,
+                        update,
+                    })),
+                })?;
                 apply.announced(batch).await?;
                 for c in commits {
                     apply.update(c).await?;
                 }
-                if let Some(stop) = stop {
-                    return stop;
+                match end {
+                    StreamEnd::Open => {}
+                    StreamEnd::Failed(status) => return Err(status.into()),
+                    StreamEnd::Ended => return Ok(()),
                 }
             }
             // A commit point needs nothing queued to land first: only what is durable
@@ -245,6 +219,48 @@ async fn apply_updates(
     }
     pending.drain(apply).await?;
     Ok(())
+}
+
+/// What `take_received`'s caller did with an update.
+enum Taken {
+    /// Taken; `full`: take no more.
+    Took { full: bool },
+    /// Not for this batch: it is the next update to apply.
+    Refused(rp::LeaderUpdate),
+}
+
+/// How the stream stood when `take_received` stopped.
+enum StreamEnd {
+    /// Still open (nothing more received yet, a refused update, or the batch full).
+    Open,
+    /// The leader broke it.
+    Failed(Status),
+    /// The leader ended it.
+    Ended,
+}
+
+/// Hands the updates already received, without waiting, to `take` until it refuses one
+/// (put in `next`, to be applied next) or says the batch is full.
+fn take_received(
+    updates: &mut Streaming<rp::LeaderUpdate>,
+    next: &mut Option<rp::LeaderUpdate>,
+    mut take: impl FnMut(rp::LeaderUpdate) -> Result<Taken, FollowError>,
+) -> Result<StreamEnd, FollowError> {
+    loop {
+        match ready(updates) {
+            Ready::Update(u) => match take(u)? {
+                Taken::Took { full: false } => {}
+                Taken::Took { full: true } => return Ok(StreamEnd::Open),
+                Taken::Refused(u) => {
+                    *next = Some(u);
+                    return Ok(StreamEnd::Open);
+                }
+            },
+            Ready::Failed(status) => return Ok(StreamEnd::Failed(status)),
+            Ready::Ended => return Ok(StreamEnd::Ended),
+            Ready::Nothing => return Ok(StreamEnd::Open),
+        }
+    }
 }
 
 /// What the stream holds right now, without waiting.
