@@ -62,7 +62,7 @@ fn systemd_analyze_verifies_the_unit() {
     let path = dir.path().join("framecast.service");
     std::fs::write(
         &path,
-        unit().replace("/usr/local/bin/framecast", common::bin()),
+        unit().replace("/usr/local/bin/framecast", &common::bin()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

@@ -5,7 +5,7 @@
 //! renaming it aside first, so a crash never leaves a half-made or half-removed topic under
 //! its real name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -329,7 +329,13 @@ pub struct Topics {
     owns_retention: AtomicBool,
     /// Bumped whenever a topic is created, deleted or reopened.
     roster: watch::Sender<u64>,
+    /// The recent roster changes, oldest first: which topic each version changed.
+    roster_log: Mutex<VecDeque<(u64, String)>>,
 }
+
+/// Roster changes kept for [`Topics::roster_since`]: a watcher further behind than this
+/// rescans every topic.
+pub(crate) const ROSTER_LOG: usize = 4_096;
 
 impl Topics {
     /// Opens every topic under `<data_dir>/topics`, recovering each log; each topic
@@ -397,6 +403,7 @@ impl Topics {
             term: AtomicU64::new(0),
             owns_retention: AtomicBool::new(!replicated),
             roster: watch::channel(0).0,
+            roster_log: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -428,8 +435,36 @@ impl Topics {
         self.roster.subscribe()
     }
 
-    fn roster_changed(&self) {
-        self.roster.send_modify(|v| *v += 1);
+    /// The topics created, deleted or reopened after roster version `seen`, and the version
+    /// they bring the roster to; `None` when changes that old are no longer kept (rescan
+    /// every topic). A name may come more than once.
+    pub fn roster_since(&self, seen: u64) -> Option<(Vec<String>, u64)> {
+        let log = self.roster_log.lock();
+        let newest = log.back().map_or(0, |(v, _)| *v);
+        if newest <= seen {
+            return Some((Vec::new(), seen));
+        }
+        match log.front() {
+            Some((oldest, _)) if *oldest <= seen + 1 => {}
+            _ => return None,
+        }
+        let names = log
+            .iter()
+            .filter(|(v, _)| *v > seen)
+            .map(|(_, name)| name.clone())
+            .collect();
+        Some((names, newest))
+    }
+
+    fn roster_changed(&self, name: &str) {
+        let mut log = self.roster_log.lock();
+        let version = log.back().map_or(0, |(v, _)| *v) + 1;
+        if log.len() == ROSTER_LOG {
+            log.pop_front();
+        }
+        log.push_back((version, name.to_string()));
+        // Sent under the log's lock: the watched version never runs ahead of the log.
+        self.roster.send_replace(version);
     }
 
     /// Records durably that `term` begins writing `name` at its current end (a new leader
@@ -696,7 +731,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed();
+        self.roster_changed(name);
         info!(topic = name, epoch = meta.epoch, "topic created");
         Ok((topic, true))
     }
@@ -759,7 +794,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed();
+        self.roster_changed(name);
         warn!(topic = name, epoch = meta.epoch, first_offset, "copy restarted at the leader's oldest retained offset (retention removed the frames it lacked)");
         Ok(topic)
     }
@@ -790,7 +825,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed();
+        self.roster_changed(name);
         info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -836,7 +871,7 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed();
+        self.roster_changed(name);
         if let Some(c) = &cut {
             warn!(topic = name, from = c.from, bytes = c.bytes, kept = ?c.kept, "cut frames a new leader lacks; topic reopened");
         }

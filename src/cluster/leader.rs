@@ -125,6 +125,8 @@ impl Leader {
                 _ = &mut stopped => return,
                 change = watches.next() => match change {
                     Change::Roster => self.own_ends(self.topics.list()),
+                    Change::Topics(names) => self
+                        .own_ends(names.iter().filter_map(|n| self.topics.get(n)).collect()),
                     Change::Topic(_, topic) => self.own_ends(vec![topic]),
                 },
             }
@@ -324,6 +326,7 @@ impl Session {
                     },
                     change = watches.next() => match change {
                         Change::Roster => self.rescan().await?,
+                        Change::Topics(names) => self.look_at(&names).await?,
                         Change::Topic(Kind::Durable | Kind::Written, t) => self.mark(&t),
                         Change::Topic(Kind::Visible, t) => self.send_commit(&t).await?,
                         Change::Topic(Kind::First, t) => self.send_retention(&t).await?,
@@ -403,34 +406,69 @@ impl Session {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            self.positions.remove(&name);
-            self.dirty.remove(&name);
-            if !now.contains_key(&name) {
-                self.leader.insync.lock().remove_topic(&name);
-            }
-            self.send(Update::Deleted(name)).await?;
+            let deleted = !now.contains_key(&name);
+            self.forget(name, deleted).await?;
         }
-        for (name, t) in &now {
-            let s = self.positions.entry(name.clone()).or_insert(Shipped {
+        for t in now.values() {
+            self.bring(t).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Session::rescan`] for the topics `names` only (they were created, deleted or
+    /// reopened).
+    async fn look_at(&mut self, names: &[String]) -> Result<(), Gone> {
+        for name in names {
+            let now = self.leader.topics.get(name);
+            let went = self
+                .positions
+                .get(name)
+                .is_some_and(|s| now.as_ref().is_none_or(|t| t.meta().epoch != s.epoch));
+            if went {
+                self.forget(name.clone(), now.is_none()).await?;
+            }
+            if let Some(t) = now {
+                self.bring(&t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the follower to delete `name` (gone here, or another epoch); `deleted`: gone
+    /// here, so it leaves the in-sync bookkeeping too.
+    async fn forget(&mut self, name: String, deleted: bool) -> Result<(), Gone> {
+        self.positions.remove(&name);
+        self.dirty.remove(&name);
+        if deleted {
+            self.leader.insync.lock().remove_topic(&name);
+        }
+        self.send(Update::Deleted(name)).await
+    }
+
+    /// Announces `t` if the follower has not been told of it, and ships and commits what is
+    /// pending.
+    async fn bring(&mut self, t: &Arc<Topic>) -> Result<(), Gone> {
+        let s = self
+            .positions
+            .entry(t.name().to_string())
+            .or_insert(Shipped {
                 epoch: t.meta().epoch,
                 next: 0,
                 commit: None,
                 announced: false,
                 first: 0,
             });
-            if !s.announced {
-                s.announced = true;
-                let announced = replica_topic(t);
-                // A follower whose copy ends before the oldest retained frame starts it
-                // again there: shipping continues from that offset.
-                s.first = announced.first_offset;
-                s.next = s.next.max(announced.first_offset);
-                self.send(Update::Topic(announced)).await?;
-            }
-            self.mark(t);
-            self.send_commit(t).await?;
+        if !s.announced {
+            s.announced = true;
+            let announced = replica_topic(t);
+            // A follower whose copy ends before the oldest retained frame starts it
+            // again there: shipping continues from that offset.
+            s.first = announced.first_offset;
+            s.next = s.next.max(announced.first_offset);
+            self.send(Update::Topic(announced)).await?;
         }
-        Ok(())
+        self.mark(t);
+        self.send_commit(t).await
     }
 
     /// Notes that `topic` may have records to ship.

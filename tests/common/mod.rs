@@ -17,9 +17,11 @@ use framecast::proto::broadcast_client::BroadcastClient;
 use framecast::proto::{Frame, PublishAck, PublishRequest, SubscribeRequest};
 use tonic::transport::Channel;
 
-/// The binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_framecast")
+/// The binary under test: this build's, or `FRAMECAST_TEST_BIN` (another build, for
+/// comparing two by hand).
+pub fn bin() -> String {
+    std::env::var("FRAMECAST_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_framecast").to_string())
 }
 
 /// A running `framecast serve`.
