@@ -130,9 +130,25 @@ pub struct InSyncRecord {
 /// token may follow (it reads every topic), checked by the broker like every other call.
 #[derive(Debug, Clone)]
 pub struct ReplicationDoor {
-    leader: watch::Receiver<Option<Arc<Leader>>>,
+    leader: watch::Receiver<Door>,
     broker: Broker,
 }
+
+/// Whether this node's `Follow` door is open.
+#[derive(Debug, Clone, Default)]
+enum Door {
+    /// Not leading.
+    #[default]
+    Shut,
+    /// Elected, beginning its term in every topic (0.7 s with 10,000 topics): a follower
+    /// that asks now is held until the door opens, not sent away to retry later.
+    Opening,
+    /// Leading.
+    Open(Arc<Leader>),
+}
+
+/// How long a `Follow` is held while the door is opening.
+const OPENING_WAIT: Duration = Duration::from_secs(5);
 
 #[tonic::async_trait]
 impl rp::replication_server::Replication for ReplicationDoor {
@@ -155,12 +171,15 @@ impl rp::replication_server::Replication for ReplicationDoor {
                 ),
             ))));
         }
-        let leader = self.leader.borrow().clone();
+        let mut door = self.leader.clone();
+        let _ = tokio::time::timeout(OPENING_WAIT, door.wait_for(|d| !matches!(d, Door::Opening)))
+            .await;
+        let leader = door.borrow().clone();
         match leader {
-            Some(l) => {
+            Door::Open(l) => {
                 rp::replication_server::Replication::follow(&LeaderService::of(&l), request).await
             }
-            None => Err(Status::unavailable(format!(
+            Door::Shut | Door::Opening => Err(Status::unavailable(format!(
                 "not the leader (the leader is '{}')",
                 self.broker.cluster_view().membership().leader
             ))),
@@ -176,7 +195,7 @@ struct Node {
     view: ClusterView,
     membership: Membership,
     keeper: Mutex<LeaseKeeper>,
-    door: watch::Sender<Option<Arc<Leader>>>,
+    door: watch::Sender<Door>,
     /// What this node believes: the term, the leader's id, the in-sync set.
     state: Mutex<Believed>,
 }
@@ -212,7 +231,7 @@ pub async fn start(
         http_address: config.advertise_http.clone(),
     };
     let membership = Membership::join(&etcd, &config.cluster, me, lease).await?;
-    let (door, rx) = watch::channel(None);
+    let (door, rx) = watch::channel(Door::Shut);
     let view = broker.cluster_view().clone();
     let node = Arc::new(Node {
         config,
@@ -457,6 +476,7 @@ impl Node {
             }
         }
         let members: Vec<String> = record.map(|r| r.members).unwrap_or_default();
+        self.door.send_replace(Door::Opening);
         let leader = match Leader::start(
             Arc::clone(&self.topics),
             self.me(),
@@ -469,11 +489,13 @@ impl Node {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "cannot take the lead; resigning");
+                self.door.send_replace(Door::Shut);
                 let _ = self.etcd.resign(&key).await;
                 return;
             }
         };
         if !self.write_insync(&key, term, leader.insync_set()).await {
+            self.door.send_replace(Door::Shut);
             leader.stop();
             let _ = self.etcd.resign(&key).await;
             return;
@@ -483,7 +505,7 @@ impl Node {
             s.term = term;
             s.leader = self.me().to_string();
         }
-        self.door.send_replace(Some(Arc::clone(&leader)));
+        self.door.send_replace(Door::Open(Arc::clone(&leader)));
         self.view
             .set_peer_positions(Some(Arc::clone(&leader) as Arc<dyn PeerPositions>));
         let commits = tokio::spawn(Arc::clone(&leader).run_commits());
@@ -539,7 +561,7 @@ impl Node {
             self.refuse_unless_writable(&leader, Instant::now());
         }
         self.view.set_refusal(Some("stepping down".into()));
-        self.door.send_replace(None);
+        self.door.send_replace(Door::Shut);
         self.view.set_peer_positions(None);
         leader.stop();
         commits.abort();
