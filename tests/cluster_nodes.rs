@@ -1610,7 +1610,7 @@ fn many_topics() -> usize {
     std::env::var("FRAMECAST_TEST_MANY_TOPICS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(2_000)
+        .unwrap_or(10_000)
 }
 const FRAMES_EACH: u64 = 3;
 
@@ -1636,12 +1636,12 @@ async fn until_lists_all(c: &Cluster, id: &str) {
     }
 }
 
-/// Two thousand topics on three nodes: every topic is copied to both followers, a `kill -9`
+/// Ten thousand topics on three nodes: every topic is copied to both followers, a `kill -9`
 /// of the leader under load fails over within the lease TTL + 2 s although the new leader
 /// begins its term in every topic first, and every topic's acknowledged frames are on the
 /// new leader, where the old leader, restarted, converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_topics_are_copied_and_fail_over_within_the_bar() {
+async fn ten_thousand_topics_are_copied_and_fail_over_within_the_bar() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(3, 2).await;
     let ids = ["n1", "n2", "n3"];

@@ -9,8 +9,9 @@
 //! its next sync); anything but a commit point waits until every queued append landed.
 //! Topic announcements that arrive together (a new leader announces every topic) are
 //! applied together, their term histories made durable with one `syncfs`
-//! ([`Topics::set_terms_many`]): with 2,000 topics that took a follower 1.2 s one by one. A topic's frames become visible here up to the smaller of the
-//! leader's commit point and this node's durable end. The leader's retention decisions are
+//! ([`Topics::set_terms_many`]): with 2,000 topics that took a follower 1.2 s one by one.
+//! A topic's frames become visible here up to the smaller of the leader's commit point and
+//! this node's durable end. The leader's retention decisions are
 //! applied to the copy by maintenance ([`Topic::set_leader_retention`](crate::broker::topics::Topic::set_leader_retention)); a copy that ends
 //! before the leader's oldest retained frame starts again there ([`Topics::restart_copy`]).
 
