@@ -119,22 +119,36 @@ impl Cluster {
     }
 
     /// Starts node `n<count + 1>` with `extra` flags, and `env` for its first start only.
+    /// A port picked free can be taken before the node binds it (another node's outgoing
+    /// connection to etcd, say): such a node starts again on fresh ports, after its lease
+    /// (if it joined) has lapsed.
     fn add_node(&mut self, min_insync: u32, extra: &[&str], env: &[(&str, &str)]) {
         let dir = tempfile::tempdir().unwrap();
         let id = format!("n{}", self.nodes.len() + 1);
-        let address = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut args = node_args(
-            &self.etcd.endpoint(),
-            &self.name,
-            &id,
-            &address,
-            &http,
-            min_insync,
-        );
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let server = Server::start_with_env(dir.path(), &args, env);
+        let mut attempt = 1;
+        let (address, server) = loop {
+            let address = format!("127.0.0.1:{}", free_port());
+            let http = format!("127.0.0.1:{}", free_port());
+            let mut args = node_args(
+                &self.etcd.endpoint(),
+                &self.name,
+                &id,
+                &address,
+                &http,
+                min_insync,
+            );
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match Server::try_start_with_env(dir.path(), &args, env) {
+                Ok(server) => break (address, server),
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {
+                    eprintln!("{id}: a port was taken before it bound it; again on fresh ports");
+                    attempt += 1;
+                    std::thread::sleep(TTL + Duration::from_millis(500));
+                }
+                Err(log) => panic!("{id} did not start; log:\n{log}"),
+            }
+        };
         self.dirs.push(dir);
         self.nodes.push(Node {
             id,

@@ -137,3 +137,32 @@ fn unknown_or_bad_settings_are_refused() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// A taken address (gRPC or HTTP) stops `serve` at once with the address and the reason,
+/// not a hang: and the test harness sees the exit as a failed start, with the log.
+#[test]
+fn a_taken_address_is_refused_at_once_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    for (flag, said) in [
+        ("--listen", format!("cannot listen on {at}")),
+        (
+            "--http-listen",
+            format!("cannot listen on --http-listen {at}"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let log = match Server::try_start_with_env(dir.path(), &[flag, &at], &[]) {
+            Ok(_) => panic!("{flag} {at} is taken, yet the server started"),
+            Err(log) => log,
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{flag}: the failed start was seen only after {:?}",
+            started.elapsed()
+        );
+        assert!(log.contains(&said), "{flag}: {log}");
+        assert!(log.contains("Address already in use"), "{flag}: {log}");
+    }
+}

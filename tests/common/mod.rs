@@ -49,7 +49,27 @@ impl Server {
         Self::start_owned(data_dir, extra, env)
     }
 
+    /// Like [`Server::start_with_env`]; `Err` with the server's log when it did not start
+    /// (it exited, or said nothing of listening within 60 s).
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::try_start_owned(data_dir, extra, env)
+    }
+
     fn start_owned(data_dir: &Path, extra: Vec<String>, env: &[(&str, &str)]) -> Server {
+        Self::try_start_owned(data_dir, extra, env)
+            .unwrap_or_else(|log| panic!("server did not start; log:\n{log}"))
+    }
+
+    fn try_start_owned(
+        data_dir: &Path,
+        extra: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let listen: &[&str] = if extra.iter().any(|a| a == "--listen") {
             &[]
         } else {
@@ -100,24 +120,24 @@ impl Server {
                 }
             }
         });
+        // The reader drops the sender when the server's stderr closes: an exit is seen at
+        // once, not after the timeout.
         let (addr, http) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "server did not start; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                let _ = child.wait();
+                return Err(log.lock().unwrap().join("\n"));
             }
         };
-        Server {
+        Ok(Server {
             child,
             addr: format!("http://{addr}"),
             http: http.filter(|h| h != "off").map(|h| format!("http://{h}")),
             data_dir: data_dir.to_path_buf(),
             log,
             extra,
-        }
+        })
     }
 
     /// Starts a server on a fixed free loopback port, so that a restart keeps the address
