@@ -31,8 +31,9 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
 # compiled in.
 cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail 2>&1 | tee -a target/cargo-test.log
 # A cluster leader whose disk fails (a fail point armed in the real binary) leaves, and an
-# in-sync follower takes over.
-cargo test --features failpoints --test cluster_nodes a_leader_whose_log_fails 2>&1 | tee -a target/cargo-test.log
+# in-sync follower takes over; a follower whose disk fails leaves, and the cluster goes on.
+cargo test --features failpoints --lib failpoint 2>&1 | tee -a target/cargo-test.log
+cargo test --features failpoints --test cluster_nodes -- a_leader_whose_log_fails a_follower_whose_log_fails 2>&1 | tee -a target/cargo-test.log
 # Doc examples (not run by --all-targets).
 cargo test --doc 2>&1 | tail -3
 

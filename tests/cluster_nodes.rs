@@ -455,8 +455,20 @@ impl Load {
             .map(|x| x.2)
     }
 
+    /// The longest time between two acks in a row (a stall), and when it ended.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // the failed-disk scenarios'
+    fn longest_gap(&self) -> (Duration, Option<Instant>) {
+        let mut times: Vec<Instant> = self.acked.lock().unwrap().iter().map(|x| x.2).collect();
+        times.sort();
+        times
+            .windows(2)
+            .map(|w| (w[1] - w[0], Some(w[1])))
+            .max_by_key(|(gap, _)| *gap)
+            .unwrap_or((Duration::ZERO, None))
+    }
+
     /// When node `address` last acknowledged a frame.
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // the failed-disk scenario's
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // the failed-disk scenarios'
     fn last_ack_from(&self, address: &str) -> Option<Instant> {
         self.acked
             .lock()
@@ -1545,6 +1557,54 @@ async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
     );
 }
 
+/// Three nodes, n1 leading, with `failpoints` armed in node `armed`'s first start, under a
+/// publisher to "orders"; waits until `armed` exits non-zero, having left the cluster
+/// because of the fail point (its log also saying each of `said`). Returns the cluster, the
+/// load, when the exit was seen, and the exit status.
+#[cfg(feature = "failpoints")]
+async fn until_a_log_fails(
+    armed: &str,
+    failpoints: &str,
+    said: &[&str],
+) -> (Cluster, Load, Instant, std::process::ExitStatus) {
+    let mut c = Cluster::start_with(0, 2, &[], None).await;
+    let ids = ["n1", "n2", "n3"];
+    // n1 alone first, so that it leads; then two followers.
+    for id in ids {
+        let env: &[(&str, &str)] = if id == armed {
+            &[("FRAMECAST_FAILPOINTS", failpoints)]
+        } else {
+            &[]
+        };
+        c.add_node(2, &[], env);
+        if id == "n1" {
+            assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
+        }
+    }
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let load = Load::start(addresses, "orders", 0);
+    let exited =
+        tokio::task::block_in_place(|| c.node_mut(armed).server.wait_exit(Duration::from_secs(60)));
+    let gone = Instant::now();
+    let status = exited.unwrap_or_else(|| panic!("{armed} never left\n{}", c.logs()));
+    assert!(!status.success(), "{armed} exited with {status}");
+    let log = c.node(armed).server.log_text();
+    for want in [
+        "a log failed: leaving the cluster",
+        "fail point commit.sync",
+    ]
+    .iter()
+    .chain(said)
+    {
+        assert!(
+            log.contains(want),
+            "{armed} left for another reason:\n{log}"
+        );
+    }
+    (c, load, gone, status)
+}
+
 /// A leader whose disk fails (a commit sync fails after its batch was shipped: the page
 /// cache can no longer be trusted) leaves the cluster and exits instead of refusing
 /// writes forever: an in-sync follower is elected, every acknowledged frame is on it, and
@@ -1554,26 +1614,8 @@ async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_log_fails_leaves_and_an_in_sync_follower_takes_over() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start_with(0, 2, &[], None).await;
-    // n1 alone first, so that it leads; then two followers.
-    c.add_node(2, &[], &[("FRAMECAST_FAILPOINTS", "commit.sync@300")]);
-    assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
-    c.add_node(2, &[], &[]);
-    c.add_node(2, &[], &[]);
     let ids = ["n1", "n2", "n3"];
-    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
-    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
-    let load = Load::start(addresses, "orders", 0);
-    let exited =
-        tokio::task::block_in_place(|| c.node_mut("n1").server.wait_exit(Duration::from_secs(60)));
-    let gone = Instant::now();
-    let status = exited.unwrap_or_else(|| panic!("n1 never left\n{}", c.logs()));
-    assert!(!status.success(), "n1 exited with {status}");
-    let log = c.node("n1").server.log_text();
-    assert!(
-        log.contains("a log failed: leaving the cluster") && log.contains("fail point commit.sync"),
-        "n1 left for another reason:\n{log}"
-    );
+    let (mut c, load, gone, status) = until_a_log_fails("n1", "commit.sync@300", &[]).await;
     let old = c.node("n1").address.clone();
     until(
         "writes accepted by another node",
@@ -1610,6 +1652,57 @@ async fn a_leader_whose_log_fails_leaves_and_an_in_sync_follower_takes_over() {
     assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, leader);
     until_delivers(&c, "n1", "orders", on_leader.len()).await;
     let final_log = log_of(&c, &leader, "orders").await;
+    for id in ids {
+        assert!(
+            same_frames(&final_log, &log_of(&c, id, "orders").await),
+            "{id} differs from the leader"
+        );
+    }
+}
+
+/// A follower whose disk fails for good (a commit sync fails, and so does the sync that
+/// would undo it: two fail points in a row, armed in the real binary) leaves the cluster and
+/// exits; the leader drops it from the in-sync set and goes on acknowledging with the other
+/// follower, nothing acknowledged is lost, and the failed follower, restarted, recovers from
+/// its disk and converges.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_fails_leaves_and_the_cluster_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let ids = ["n1", "n2", "n3"];
+    let (mut c, load, gone, status) =
+        until_a_log_fails("n2", "commit.sync@200*2", &["cannot undo a failed sync"]).await;
+    let before = load.acked();
+    until("acks go on without n2", Duration::from_secs(20), || {
+        load.acked() >= before + 100
+    })
+    .await;
+    // The longest stall of acks, and that it ended around n2's failure (not elsewhere).
+    let (stall, ended) = load.longest_gap();
+    let acked = load.finish().await;
+    let ended = ended.unwrap();
+    eprintln!(
+        "n2's log failed: it exited ({status}); the longest stall of acks was {stall:?}, \
+         ending {:?} after n2 was seen gone; {} frames acknowledged",
+        ended.saturating_duration_since(gone),
+        acked.len()
+    );
+    assert!(
+        stall <= TTL + Duration::from_secs(2),
+        "acks stalled for {stall:?} when a follower's log failed"
+    );
+    assert_eq!(
+        c.leader(&["n1", "n3"], 2, Duration::from_secs(20)).await,
+        "n1"
+    );
+    let on_leader = log_of(&c, "n1", "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    // Restarted without the fail point, n2 recovers what its disk holds, follows and
+    // converges on the leader's log.
+    c.node_mut("n2").server.restart();
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    until_delivers(&c, "n2", "orders", on_leader.len()).await;
+    let final_log = log_of(&c, "n1", "orders").await;
     for id in ids {
         assert!(
             same_frames(&final_log, &log_of(&c, id, "orders").await),

@@ -9,8 +9,9 @@ mod imp {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    /// Armed points and how many more hits each lets pass before it fails.
-    static ARMED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    /// Armed points: how many more hits each lets pass before it fails, and how many hits
+    /// in a row then fail.
+    static ARMED: Mutex<Option<HashMap<String, (u64, u64)>>> = Mutex::new(None);
 
     /// Arms `name`: the next time it is hit it fails (once).
     pub fn arm(name: &str) {
@@ -19,24 +20,35 @@ mod imp {
 
     /// Arms `name` to fail at its `nth` hit from now (1: the next one), once.
     pub fn arm_at(name: &str, nth: u64) {
-        let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
-        g.get_or_insert_with(HashMap::new)
-            .insert(name.to_string(), nth.max(1));
+        arm_times(name, nth, 1);
     }
 
-    /// Arms the points `spec` names, `name@nth` or `name`, separated by commas (the
-    /// `framecast` binary reads it from `FRAMECAST_FAILPOINTS` in builds with the feature).
+    /// Arms `name` to fail `times` hits in a row from its `nth` hit from now.
+    pub fn arm_times(name: &str, nth: u64, times: u64) {
+        let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert_with(HashMap::new)
+            .insert(name.to_string(), (nth.max(1), times.max(1)));
+    }
+
+    /// Arms the points `spec` names, separated by commas: `name` (the next hit fails),
+    /// `name@nth` (the nth hit fails) or `name@nth*times` (that many hits in a row fail
+    /// from the nth). The `framecast` binary reads it from `FRAMECAST_FAILPOINTS` in builds
+    /// with the feature.
     pub fn arm_spec(spec: &str) -> Result<(), String> {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (name, nth) = match item.split_once('@') {
-                Some((name, nth)) => (
-                    name,
-                    nth.parse::<u64>()
-                        .map_err(|_| format!("fail point {item:?}: not name@count"))?,
-                ),
-                None => (item, 1),
+            let bad = || format!("fail point {item:?}: not name, name@nth or name@nth*times");
+            let (name, nth, times) = match item.split_once('@') {
+                None => (item, 1, 1),
+                Some((name, count)) => {
+                    let (nth, times) = count.split_once('*').unwrap_or((count, "1"));
+                    (
+                        name,
+                        nth.parse::<u64>().map_err(|_| bad())?,
+                        times.parse::<u64>().map_err(|_| bad())?,
+                    )
+                }
             };
-            arm_at(name, nth);
+            arm_times(name, nth, times);
         }
         Ok(())
     }
@@ -48,22 +60,25 @@ mod imp {
 
     pub(super) fn take(name: &str) -> bool {
         let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(left) = g.as_mut().and_then(|points| points.get_mut(name)) else {
+        let Some((left, times)) = g.as_mut().and_then(|points| points.get_mut(name)) else {
             return false;
         };
-        *left -= 1;
-        if *left > 0 {
+        if *left > 1 {
+            *left -= 1;
             return false;
         }
-        if let Some(points) = g.as_mut() {
-            points.remove(name);
+        *times -= 1;
+        if *times == 0 {
+            if let Some(points) = g.as_mut() {
+                points.remove(name);
+            }
         }
         true
     }
 }
 
 #[cfg(feature = "failpoints")]
-pub use imp::{arm, arm_at, arm_spec, clear};
+pub use imp::{arm, arm_at, arm_spec, arm_times, clear};
 
 /// Every fail point, in the order a compaction or retention pass meets them.
 pub const ALL: &[&str] = &[
@@ -89,4 +104,20 @@ pub fn hit(name: &str) -> Result<()> {
     }
     let _ = name;
     Ok(())
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_fails_the_nth_hit_that_many_times_in_a_row() {
+        arm_spec("test.repeat@3*2,test.once@2").expect("spec");
+        let hits: Vec<bool> = (0..6).map(|_| hit("test.repeat").is_err()).collect();
+        assert_eq!(hits, [false, false, true, true, false, false]);
+        let hits: Vec<bool> = (0..3).map(|_| hit("test.once").is_err()).collect();
+        assert_eq!(hits, [false, true, false]);
+        assert!(arm_spec("test.bad@x").is_err());
+        assert!(arm_spec("test.bad@2*").is_err());
+    }
 }
