@@ -220,6 +220,27 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     cluster_ca_cert: Option<PathBuf>,
+    /// Reach etcd over TLS, checking its certificate against this PEM CA (an `http://`
+    /// endpoint is reached at `https://` then).
+    #[arg(long, env = "FRAMECAST_CLUSTER_ETCD_CA", value_name = "FILE")]
+    cluster_etcd_ca: Option<PathBuf>,
+    /// The PEM certificate this node presents to etcd (with `--client-cert-auth` on etcd's
+    /// side); needs --cluster-etcd-key and --cluster-etcd-ca.
+    #[arg(
+        long,
+        env = "FRAMECAST_CLUSTER_ETCD_CERT",
+        value_name = "FILE",
+        requires_all = ["cluster_etcd_key", "cluster_etcd_ca"]
+    )]
+    cluster_etcd_cert: Option<PathBuf>,
+    /// The PEM private key of --cluster-etcd-cert.
+    #[arg(
+        long,
+        env = "FRAMECAST_CLUSTER_ETCD_KEY",
+        value_name = "FILE",
+        requires = "cluster_etcd_cert"
+    )]
+    cluster_etcd_key: Option<PathBuf>,
     /// With auth on: a file holding the admin token this node presents to the leader.
     /// Without it, a node with --auth-jwt-secret-file mints its own.
     #[arg(long, env = "FRAMECAST_CLUSTER_TOKEN_FILE")]
@@ -420,6 +441,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     };
+    let etcd_tls = match etcd_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("framecast serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -460,6 +488,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         metrics_max_topics: args.metrics_max_topics,
         cluster: (!args.cluster_etcd.is_empty()).then(|| ClusterConfig {
             etcd: args.cluster_etcd.clone(),
+            etcd_tls,
             cluster: args.cluster.clone(),
             node_id: args.node_id.clone().unwrap_or_default(),
             advertise: args.advertise.clone().unwrap_or_default(),
@@ -542,11 +571,6 @@ fn peer_tls(args: &ServeArgs) -> Result<Option<framecast::client::ClientTls>, St
                 .into(),
         );
     };
-    let read = |flag: &str, path: &PathBuf| {
-        std::fs::read(path)
-            .map(bytes::Bytes::from)
-            .map_err(|e| format!("{flag} {}: {e}", path.display()))
-    };
     let ca_flag = if args.cluster_ca_cert.is_some() {
         "--cluster-ca-cert"
     } else {
@@ -556,6 +580,33 @@ fn peer_tls(args: &ServeArgs) -> Result<Option<framecast::client::ClientTls>, St
         ca_pem: Some(read(ca_flag, ca)?),
         identity: Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
     }))
+}
+
+/// How a cluster node reaches etcd: over TLS with `--cluster-etcd-ca` (and its own
+/// certificate with `--cluster-etcd-cert`/`--cluster-etcd-key`), else in plaintext.
+fn etcd_tls(args: &ServeArgs) -> Result<Option<framecast::client::ClientTls>, String> {
+    let Some(ca) = &args.cluster_etcd_ca else {
+        return Ok(None);
+    };
+    let identity = match (&args.cluster_etcd_cert, &args.cluster_etcd_key) {
+        (Some(cert), Some(key)) => Some((
+            read("--cluster-etcd-cert", cert)?,
+            read("--cluster-etcd-key", key)?,
+        )),
+        // clap requires both or neither.
+        _ => None,
+    };
+    Ok(Some(framecast::client::ClientTls {
+        ca_pem: Some(read("--cluster-etcd-ca", ca)?),
+        identity,
+    }))
+}
+
+/// The bytes of the file `path` given with `flag`; the error names both.
+fn read(flag: &str, path: &PathBuf) -> Result<bytes::Bytes, String> {
+    std::fs::read(path)
+        .map(bytes::Bytes::from)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))
 }
 
 /// Runs a client command on a small runtime; errors go to stderr with exit code 1.

@@ -103,7 +103,17 @@ impl Cluster {
         extra: &[&str],
         token: Option<String>,
     ) -> Cluster {
-        let etcd = EtcdServer::start().await;
+        Cluster::start_on(EtcdServer::start().await, n, min_insync, extra, token).await
+    }
+
+    /// [`Cluster::start_with`] on a given etcd (one served over TLS, say).
+    async fn start_on(
+        etcd: EtcdServer,
+        n: usize,
+        min_insync: u32,
+        extra: &[&str],
+        token: Option<String>,
+    ) -> Cluster {
         let name = format!("t{}", std::process::id() ^ free_port() as u32);
         let mut c = Cluster {
             token,
@@ -1319,8 +1329,12 @@ async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_af
     c.node_mut(&victim).server.restart();
 }
 
+/// Mutual TLS everywhere: clients to nodes, nodes to their leader, and nodes to etcd (served
+/// with `--client-cert-auth`): three nodes elect a leader, replicate and serve over TLS; a
+/// node that reaches that etcd without TLS, or without a client certificate, cannot join
+/// and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
+async fn with_mutual_tls_nodes_follow_and_reach_etcd_over_tls_with_their_own_certificates() {
     use futures::StreamExt;
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -1348,6 +1362,12 @@ async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
     std::fs::write(path("ca.pem"), &ca_pem).unwrap();
     std::fs::write(path("node.pem"), &leaf_pem).unwrap();
     std::fs::write(path("node-key.pem"), leaf_key.serialize_pem()).unwrap();
+    let etcd = EtcdServer::start_tls(etcd_server::EtcdTls {
+        cert: path("node.pem").into(),
+        key: path("node-key.pem").into(),
+        ca: path("ca.pem").into(),
+    })
+    .await;
     let flags = [
         "--tls-cert".to_string(),
         path("node.pem"),
@@ -1355,9 +1375,16 @@ async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
         path("node-key.pem"),
         "--tls-client-ca".to_string(),
         path("ca.pem"),
+        "--cluster-etcd-ca".to_string(),
+        path("ca.pem"),
+        "--cluster-etcd-cert".to_string(),
+        path("node.pem"),
+        "--cluster-etcd-key".to_string(),
+        path("node-key.pem"),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let c = Cluster::start_with(3, 2, &flags, None).await;
+    let c = Cluster::start_on(etcd, 3, 2, &flags, None).await;
+    assert!(c.etcd.endpoint().starts_with("https://"));
     let addresses: Vec<String> = c
         .nodes
         .iter()
@@ -1392,7 +1419,9 @@ async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
         assert_eq!(ack.offset, i);
     }
     // A follower delivers them, to a client reading from followers over TLS.
-    let reader = client.with_read_from(framecast::client::ReadFrom::Followers);
+    let reader = client
+        .clone()
+        .with_read_from(framecast::client::ReadFrom::Followers);
     let mut sub = reader.subscribe("tls", 0);
     for i in 0..20u64 {
         let f = tokio::time::timeout(Duration::from_secs(10), sub.next())
@@ -1413,6 +1442,44 @@ async fn with_mutual_tls_nodes_follow_over_tls_with_their_own_certificates() {
         "{}",
         c.logs()
     );
+    // Without TLS to etcd, or without a client certificate, a fourth node cannot join.
+    let http_url = c.etcd.endpoint().replace("https://", "http://");
+    let ca = path("ca.pem");
+    for (what, etcd_url, etcd_flags, cause) in [
+        ("no TLS", http_url.as_str(), &[][..], "transport error"),
+        (
+            "no client certificate",
+            c.etcd.endpoint().as_str(),
+            &["--cluster-etcd-ca", ca.as_str()][..],
+            // With TLS 1.3 the server checks the (missing) certificate after the client's
+            // handshake ends: either its alert (BadCertificate) or a closed connection.
+            "transport error",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = node_args(
+            etcd_url,
+            &c.name,
+            "n4",
+            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{}", free_port()),
+            2,
+        );
+        args.extend(flags[..6].iter().map(|f| f.to_string()));
+        args.extend(etcd_flags.iter().map(|f| f.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        match Server::try_start_with_env(dir.path(), &args, &[]) {
+            Ok(_) => panic!("{what}: a node joined etcd\n{}", c.etcd.log_tail()),
+            Err(log) => {
+                eprintln!("{what}: {}", log.lines().last().unwrap_or(""));
+                assert!(log.contains("cannot join the cluster"), "{what}: {log}");
+                assert!(log.contains(cause), "{what}: {log}");
+                assert!(started.elapsed() < Duration::from_secs(30), "{what}: {log}");
+            }
+        }
+    }
+    assert_eq!(client.cluster().await.unwrap().nodes.len(), 3);
 }
 
 /// What a raw `Follow` stream to the leader receives for `topic` until it holds `n`

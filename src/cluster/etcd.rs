@@ -41,6 +41,7 @@ use super::etcd_proto::v3electionpb::{
     election_client::ElectionClient, CampaignRequest, LeaderRequest, LeaderResponse,
     ProclaimRequest, ResignRequest,
 };
+use crate::client::ClientTls;
 
 /// HTTP/2 keep-alive ping interval on every etcd connection, so that a watch, an observe or
 /// a campaign on a connection that silently died (etcd paused, network cut) ends with an
@@ -76,6 +77,14 @@ pub enum EtcdError {
         /// Why it is not valid.
         #[source]
         source: tonic::transport::Error,
+    },
+    /// The TLS settings for an endpoint are not usable (a file without a certificate, say).
+    #[error("TLS to etcd endpoint {endpoint:?}: {reason}")]
+    InvalidTls {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
     },
     /// etcd did not answer in time (on any endpoint).
     #[error("etcd {op} timed out after {timeout:?}")]
@@ -135,11 +144,22 @@ pub enum EtcdError {
 pub type Result<T> = std::result::Result<T, EtcdError>;
 
 /// Converts a gRPC status into the layer's error: the one place that reads etcd's messages.
+/// A failed connection says little alone ("transport error"): its causes (a refused
+/// connection, a TLS handshake error) are appended.
 fn rpc_error(op: &'static str, status: &Status) -> EtcdError {
+    let mut message = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !message.contains(&said) {
+            message = format!("{message}: {said}");
+        }
+        cause = e.source();
+    }
     EtcdError::Rpc {
         op,
         code: status.code(),
-        message: status.message().to_owned(),
+        message,
     }
 }
 
@@ -338,16 +358,35 @@ impl Etcd {
     /// which waits for as long as it takes to win). Checks with one read that an endpoint
     /// answers, so that a wrong address fails here and not at the first use.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd> {
+        Etcd::connect_with(endpoints, None, timeout).await
+    }
+
+    /// [`Etcd::connect`], over TLS when `tls` is given: every endpoint is reached at
+    /// `https://` (whatever its URL says), its certificate checked against `tls`'s CA, and
+    /// `tls`'s certificate presented when etcd asks for one (`--client-cert-auth`).
+    pub async fn connect_with(
+        endpoints: &[String],
+        tls: Option<&ClientTls>,
+        timeout: Duration,
+    ) -> Result<Etcd> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
         let mut channels = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let channel = Endpoint::from_shared(endpoint.clone())
-                .map_err(|source| EtcdError::InvalidEndpoint {
+            let base = match tls {
+                Some(tls) => tls.endpoint(endpoint).map_err(|e| EtcdError::InvalidTls {
                     endpoint: endpoint.clone(),
-                    source,
-                })?
+                    reason: e.to_string(),
+                })?,
+                None => Endpoint::from_shared(endpoint.clone()).map_err(|source| {
+                    EtcdError::InvalidEndpoint {
+                        endpoint: endpoint.clone(),
+                        source,
+                    }
+                })?,
+            };
+            let channel = base
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -39,6 +39,9 @@ use crate::server::status::status;
 pub struct ClusterConfig {
     /// `--cluster-etcd`: etcd endpoints (`http://host:port`).
     pub etcd: Vec<String>,
+    /// `--cluster-etcd-ca` (and `--cluster-etcd-cert`/`--cluster-etcd-key`): etcd is reached
+    /// over TLS, its certificate checked against this CA; `None`: plaintext.
+    pub etcd_tls: Option<ClientTls>,
     /// `--cluster`: the cluster's name; its keys live under `/framecast/<name>/`.
     pub cluster: String,
     /// `--node-id`.
@@ -222,7 +225,12 @@ pub async fn start(
     ),
     NodeError,
 > {
-    let etcd = Etcd::connect(&config.etcd, Duration::from_secs(2)).await?;
+    let etcd = Etcd::connect_with(
+        &config.etcd,
+        config.etcd_tls.as_ref(),
+        Duration::from_secs(2),
+    )
+    .await?;
     let lease = etcd.grant_lease(config.lease_ttl).await?;
     let keeper = etcd.keep_alive(lease, config.lease_ttl).await?;
     let me = NodeRecord {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use framecast::client::ClientTls;
 use framecast::cluster::etcd::Etcd;
 use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
@@ -40,11 +41,34 @@ pub struct EtcdServer {
     /// Appended to by every run, so that a failure shows the whole history.
     log: PathBuf,
     paused: bool,
+    /// With TLS: clients reach etcd at `https://` and must present a certificate.
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files of an etcd served over TLS with client certificates required: its own
+/// certificate and key (for 127.0.0.1), which its clients also present, and their CA.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The certificate (server and client use).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA that signed it.
+    pub ca: PathBuf,
 }
 
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> EtcdServer {
+        EtcdServer::start_with(None).await
+    }
+
+    /// Starts etcd serving its clients over TLS (`--client-cert-auth`): see [`EtcdTls`].
+    pub async fn start_tls(tls: EtcdTls) -> EtcdServer {
+        EtcdServer::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTls>) -> EtcdServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("etcd.log");
         // Both listeners held at once, so the two ports differ; etcd binds them right after.
@@ -57,6 +81,7 @@ impl EtcdServer {
             dir,
             log,
             paused: false,
+            tls,
         };
         drop((client, peer));
         server.spawn();
@@ -64,16 +89,32 @@ impl EtcdServer {
         server
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// What a client needs to reach this etcd over TLS (`None`: plaintext).
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.tls.as_ref().map(|t| ClientTls {
+            ca_pem: Some(std::fs::read(&t.ca).unwrap().into()),
+            identity: Some((
+                std::fs::read(&t.cert).unwrap().into(),
+                std::fs::read(&t.key).unwrap().into(),
+            )),
+        })
     }
 
     /// A connected client (timeout [`CLIENT_TIMEOUT`]).
     pub async fn client(&self) -> Etcd {
-        Etcd::connect(&[self.endpoint()], CLIENT_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("connect to etcd: {e}\n{}", self.log_tail()))
+        Etcd::connect_with(
+            &[self.endpoint()],
+            self.client_tls().as_ref(),
+            CLIENT_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect to etcd: {e}\n{}", self.log_tail()))
     }
 
     /// Kills etcd with SIGKILL (a crash: nothing flushed beyond what etcd already synced).
@@ -135,6 +176,16 @@ impl EtcdServer {
                 command.env_remove(key);
             }
         }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         let child = command
             .arg("--name")
             .arg("framecast-test")
@@ -174,7 +225,9 @@ impl EtcdServer {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etcd exited at start: {status}\n{}", self.log_tail());
             }
-            if let Ok(etcd) = Etcd::connect(&[self.endpoint()], Duration::from_millis(500)).await {
+            let (endpoints, tls) = ([self.endpoint()], self.client_tls());
+            let probe = Etcd::connect_with(&endpoints, tls.as_ref(), Duration::from_millis(500));
+            if let Ok(etcd) = probe.await {
                 if etcd.get("/").await.is_ok() {
                     return;
                 }
