@@ -5,6 +5,7 @@
 #
 #   cargo build --release && bash benches/compare/cluster.sh
 #   FRAMECAST=/path/to/framecast DURATION=10s bash benches/compare/cluster.sh
+#   WINDOW=4096 bash benches/compare/cluster.sh   # frames in flight when pipelined
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FRAMECAST=${FRAMECAST:-target/release/framecast}
@@ -16,9 +17,10 @@ cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; 
 trap cleanup EXIT
 
 bench() { "$FRAMECAST" bench publish --quiet --duration "$DURATION" --fsync always "$@"; }
+stream=(--stream ${WINDOW:+--window "$WINDOW"})
 
 echo "== single node"
-bench --spawn --stream
+bench --spawn "${stream[@]}"
 bench --spawn --publishers 64
 
 echo "== three nodes, --min-insync 2"
@@ -47,5 +49,5 @@ if sum(n["in_sync"] for n in c["nodes"]) == 3: print(c["leader"])' 2>/dev/null |
 done
 [ -n "$leader" ] || { echo "no leader with three in sync"; tail -20 "$work"/n*.log; exit 1; }
 echo "leader: $leader (pid ${pid_of[$leader]})"
-bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" --stream
+bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" "${stream[@]}"
 bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" --publishers 64
