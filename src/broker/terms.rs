@@ -13,9 +13,11 @@
 //! is written in place over the older slot, so the newer one survives a torn write, and
 //! no file is created or renamed: a new leader writes ten thousand histories in about
 //! 4 µs each, not the 70–240 µs a new file and a rename cost on ext4. A history too big
-//! for its slot gets a new file with bigger slots (temp file, rename). A `terms.json` (the
-//! format before) is read when `terms` is missing and left in place; the first write
-//! creates `terms`.
+//! for its slot gets a new file with bigger slots (temp file, synced, rename). A
+//! `terms.json` (the format before) is read when `terms` is missing and left in place; the
+//! first write creates `terms`. Writes are serialized by [`Topics`](super::topics::Topics),
+//! and one that cannot be made durable is a storage failure: the node restarts, so which
+//! slot is newer is always read from what the disk holds.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -35,8 +37,8 @@ const JSON_TERMS_FILE: &str = "terms.json";
 const SLOT_MAGIC: [u8; 4] = *b"FCth";
 const SLOT_HEADER: usize = 24;
 const ENTRY_BYTES: usize = 16;
-/// The smallest slot (255 entries): slots are page-aligned, so writing one never touches
-/// the page of the other.
+/// The smallest slot (254 entries): slots are 4 KiB-aligned, so on 4 KiB pages and blocks
+/// writing one never touches the other's.
 const MIN_SLOT: usize = 4096;
 
 /// The first offset a term wrote (or would write) in a topic.
@@ -210,6 +212,9 @@ impl TermHistory {
             }
         }
         // No file yet (or a damaged one, or slots too small): a new one replaces it whole.
+        // Its bytes are synced before the rename even when the caller syncs later: a rename
+        // may reach the disk before the data it names (ext4's delayed allocation, XFS), and
+        // a crash would then leave an empty `terms` where the old history stood.
         let encoded = self.encode(version);
         let slot_bytes = encoded.len().next_multiple_of(MIN_SLOT);
         let mut bytes = encoded;
@@ -218,9 +223,7 @@ impl TermHistory {
         let replace = || -> std::io::Result<()> {
             let f = File::create(&temp)?;
             f.write_all_at(&bytes, 0)?;
-            if sync {
-                f.sync_all()?;
-            }
+            f.sync_data()?;
             std::fs::rename(&temp, &path)
         };
         replace().map_err(io)?;

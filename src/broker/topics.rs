@@ -21,7 +21,7 @@ use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
-use crate::wal::{cut_from, segment::sync_dir, Cut, Log, LogConfig, TornTail};
+use crate::wal::{cut_from, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TornTail};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -327,6 +327,9 @@ pub struct Topics {
     /// True when this node decides what retention removes (a single node, a cluster's
     /// leader); a follower applies its leader's decisions instead.
     owns_retention: AtomicBool,
+    /// Serializes term-history writes (a history is read, changed and written whole; and
+    /// which slot of its file to write over is read from the file).
+    term_writes: Arc<tokio::sync::Mutex<()>>,
     /// Bumped whenever a topic is created, deleted or reopened.
     roster: watch::Sender<u64>,
     /// The recent roster changes, oldest first: which topic each version changed.
@@ -399,6 +402,7 @@ impl Topics {
             map: Arc::new(RwLock::new(map)),
             metrics,
             changes: Arc::new(tokio::sync::Mutex::new(())),
+            term_writes: Arc::new(tokio::sync::Mutex::new(())),
             replicated,
             term: AtomicU64::new(0),
             owns_retention: AtomicBool::new(!replicated),
@@ -467,25 +471,13 @@ impl Topics {
         self.roster.send_replace(version);
     }
 
-    /// Records durably that `term` begins writing `name` at its current end (a new leader
-    /// taking over). Returns the history as it now stands.
-    pub async fn begin_term(&self, name: &str, term: u64) -> Result<TermHistory> {
-        let topic = self
-            .get(name)
-            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        let mut history = topic.terms();
-        if !history.begin(term, topic.log.durable_offset()) {
-            return Ok(history);
-        }
-        self.store_terms(topic, history).await
-    }
-
     /// Records durably that `term` begins writing every topic at its current end (a new
     /// leader taking over): the histories are written, then made durable together with one
     /// `syncfs` of the data directory's file system (one sync for ten thousand topics, not
     /// two each), then take effect. Topics created meanwhile begin in the term already
     /// ([`Topics::set_term`] comes first).
     pub async fn begin_term_all(&self, term: u64) -> Result<usize> {
+        let guard = Arc::clone(&self.term_writes).lock_owned().await;
         let begun: Vec<Begun> = self
             .list()
             .into_iter()
@@ -496,13 +488,16 @@ impl Topics {
                     .then_some((topic, history))
             })
             .collect();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || store_histories(&dir, begun))
-            .await
-            .map_err(|e| Error::Metadata {
-                path: self.dir.display().to_string(),
-                reason: e.to_string(),
-            })?
+        let (dir, failure) = (self.dir.clone(), self.log_config.failure.clone());
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            store_histories(&dir, begun, &failure)
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: self.dir.display().to_string(),
+            reason: e.to_string(),
+        })?
     }
 
     /// Replaces `name`'s term history durably with `history` (a follower copying its
@@ -521,6 +516,7 @@ impl Topics {
     /// from a new leader): those that change are written, then made durable with one
     /// `syncfs`, then take effect. Topics not held are skipped.
     pub async fn set_terms_many(&self, histories: Vec<(String, TermHistory)>) -> Result<()> {
+        let guard = Arc::clone(&self.term_writes).lock_owned().await;
         let changed: Vec<(Arc<Topic>, TermHistory)> = histories
             .into_iter()
             .filter_map(|(name, h)| self.get(&name).map(|t| (t, h)))
@@ -534,21 +530,38 @@ impl Topics {
                 path: "terms".into(),
                 reason: "a term history vanished".into(),
             })?;
+            drop(guard);
             return self.store_terms(topic, history).await.map(|_| ());
         }
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || store_histories(&dir, changed).map(|_| ()))
-            .await
-            .map_err(|e| Error::Metadata {
-                path: "terms".into(),
-                reason: e.to_string(),
-            })?
+        let (dir, failure) = (self.dir.clone(), self.log_config.failure.clone());
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            store_histories(&dir, changed, &failure).map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "terms".into(),
+            reason: e.to_string(),
+        })?
     }
 
+    /// Writes `history` for `topic` durably; a failure is a storage failure (see
+    /// [`store_histories`]).
     async fn store_terms(&self, topic: Arc<Topic>, history: TermHistory) -> Result<TermHistory> {
+        let guard = Arc::clone(&self.term_writes).lock_owned().await;
         let name = topic.name.clone();
+        let failure = self.log_config.failure.clone();
         tokio::task::spawn_blocking(move || -> Result<TermHistory> {
-            history.store(topic.log.dir())?;
+            let _guard = guard;
+            if let Err(e) = history.store(topic.log.dir()) {
+                if !topic.is_deleted() {
+                    failure.raise(format!(
+                        "the term history of '{}' could not be made durable: {e}",
+                        topic.name
+                    ));
+                }
+                return Err(e);
+            }
             *topic.terms.lock() = history.clone();
             Ok(history)
         })
@@ -775,17 +788,18 @@ impl Topics {
         self.metrics.forget_topic(name);
         let dir = self.dir.clone();
         let name_owned = name.to_string();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let removed = tokio::task::spawn_blocking(move || -> Result<()> {
             let _guard = guard;
             topic.log.close();
             remove_topic_dir(&dir, &name_owned, topic.meta.epoch)
         })
-        .await
-        .map_err(|e| Error::Metadata {
+        .await;
+        // Gone from the registry whatever became of its files: the watchers must hear it.
+        self.roster_changed(name);
+        removed.map_err(|e| Error::Metadata {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed(name);
         info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -1030,16 +1044,29 @@ type Begun = (Arc<Topic>, TermHistory);
 /// A few threads write: ten thousand small writes are bound by file-system round trips,
 /// not by one core (with a new file per history, 10,001 took a follower about 1.5 s on one
 /// thread).
-fn store_histories(dir: &Path, changed: Vec<Begun>) -> Result<usize> {
+///
+/// A failure raises `failure` (a cluster node then leaves and restarts): histories may be
+/// written and not durable, and after a failed sync the page cache can no longer be
+/// trusted to say which slot of a file is durable, so nothing short of a restart (reading
+/// what the disk holds) is safe. A deleted topic's failure is not one.
+fn store_histories(dir: &Path, changed: Vec<Begun>, failure: &FailureSignal) -> Result<usize> {
     if changed.is_empty() {
         return Ok(0);
     }
-    let stored = on_threads(&changed, 8, "term history", write_histories)?;
+    let raise = |e: Error| -> Error {
+        failure.raise(format!(
+            "term histories under {} could not be made durable: {e}",
+            dir.display()
+        ));
+        e
+    };
+    let stored = on_threads(&changed, 8, "term history", write_histories).map_err(raise)?;
     if stored.is_empty() {
         return Ok(0);
     }
-    let root = std::fs::File::open(dir).map_err(|e| crate::wal::Error::io(dir, e))?;
-    rustix::fs::syncfs(&root).map_err(|e| crate::wal::Error::io(dir, std::io::Error::from(e)))?;
+    let root = std::fs::File::open(dir).map_err(|e| raise(crate::wal::Error::io(dir, e).into()))?;
+    rustix::fs::syncfs(&root)
+        .map_err(|e| raise(crate::wal::Error::io(dir, std::io::Error::from(e)).into()))?;
     for (topic, history) in &stored {
         *topic.terms.lock() = history.clone();
     }

@@ -70,7 +70,15 @@ impl Leader {
         // Batches go to the followers while this node syncs them.
         topics.log_config().early_tail.set(true);
         let started = Instant::now();
-        let begun = topics.begin_term_all(term).await?;
+        let begun = match topics.begin_term_all(term).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Not leading after all: back to a follower's settings.
+                topics.set_owns_retention(false);
+                topics.log_config().early_tail.set(false);
+                return Err(e);
+            }
+        };
         info!(
             term,
             topics = begun,

@@ -143,7 +143,7 @@ enum Door {
     /// Not leading.
     #[default]
     Shut,
-    /// Elected, beginning its term in every topic (0.7 s with 10,000 topics): a follower
+    /// Elected, beginning its term in every topic (0.23–0.26 s with 10,000 topics): a follower
     /// that asks now is held until the door opens, not sent away to retry later.
     Opening,
     /// Leading.
@@ -182,11 +182,28 @@ impl rp::replication_server::Replication for ReplicationDoor {
             Door::Open(l) => {
                 rp::replication_server::Replication::follow(&LeaderService::of(&l), request).await
             }
-            Door::Shut | Door::Opening => Err(Status::unavailable(format!(
+            Door::Opening => Err(Status::unavailable(
+                "elected, still beginning its term in every topic: try again",
+            )),
+            Door::Shut => Err(Status::unavailable(format!(
                 "not the leader (the leader is '{}')",
                 self.broker.cluster_view().membership().leader
             ))),
         }
+    }
+}
+
+/// The task following one leader; aborted when dropped. One at a time: it writes topics
+/// and their term histories, which a node that leads next writes too.
+struct Following {
+    leader: String,
+    term: u64,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -201,6 +218,8 @@ struct Node {
     door: watch::Sender<Door>,
     /// What this node believes: the term, the leader's id, the in-sync set.
     state: Mutex<Believed>,
+    /// The task following the current leader, if any.
+    following: Mutex<Option<Following>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -250,6 +269,7 @@ pub async fn start(
         keeper: Mutex::new(keeper),
         door,
         state: Mutex::new(Believed::default()),
+        following: Mutex::new(None),
     });
     node.announce(Kind::NodeOnline, &node.config.node_id.clone());
     let service =
@@ -293,7 +313,16 @@ impl Node {
             following.abort();
             let _ = following.await;
             match won {
-                Some(Ok(key)) => self.lead(key).await,
+                Some(Ok(key)) => {
+                    // Stop following before leading: the follower task must not write
+                    // while this node begins its term.
+                    let follower = self.following.lock().take();
+                    if let Some(mut f) = follower {
+                        f.task.abort();
+                        let _ = (&mut f.task).await;
+                    }
+                    self.lead(key).await
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "campaign failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -377,9 +406,10 @@ impl Node {
             .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
-    /// Follows each leader the election names, until aborted.
+    /// Follows each leader the election names, until aborted. The task following one
+    /// outlives this loop (etcd may be unreachable while the leader is not): it ends when
+    /// another leader is named, or when this node wins the election ([`Node::run`]).
     async fn follow_leaders(self: Arc<Self>) {
-        let mut following: Option<(String, u64, JoinHandle<()>)> = None;
         loop {
             let mut observed = self.etcd.observe(&self.election());
             while let Some(next) = observed.next().await {
@@ -395,15 +425,16 @@ impl Node {
                 if id == self.me() {
                     continue;
                 }
-                if following
+                if self
+                    .following
+                    .lock()
                     .as_ref()
-                    .is_some_and(|(i, t, _)| *i == id && *t == term)
+                    .is_some_and(|f| f.leader == id && f.term == term)
                 {
                     continue;
                 }
-                if let Some((_, _, task)) = following.take() {
-                    task.abort();
-                }
+                // The task following the old leader ends here.
+                drop(self.following.lock().take());
                 info!(leader = %id, term, "following a new leader");
                 {
                     let mut s = self.state.lock();
@@ -412,7 +443,11 @@ impl Node {
                 }
                 self.announce(Kind::LeaderChanged, &id);
                 let task = tokio::spawn(Arc::clone(&self).follow_one(id.clone(), term));
-                following = Some((id, term, task));
+                *self.following.lock() = Some(Following {
+                    leader: id,
+                    term,
+                    task,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
