@@ -1892,3 +1892,72 @@ async fn ten_thousand_topics_are_copied_and_fail_over_within_the_bar() {
     assert_eq!(c.leader(&ids, 3, Duration::from_secs(60)).await, new_leader);
     until_lists_all(&c, &leader).await;
 }
+
+/// `name`'s value in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_spreads_subscribers_over_every_node_and_checks_each_delivery() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    // The leader first (it takes the publishes), then the followers.
+    let mut order: Vec<&Node> = vec![c.node(&leader)];
+    order.extend(c.nodes.iter().filter(|n| n.id != leader));
+    let addrs: Vec<String> = order
+        .iter()
+        .map(|n| format!("http://{}", n.address))
+        .collect();
+    let pids: Vec<String> = order
+        .iter()
+        .map(|n| n.server.child.id().to_string())
+        .collect();
+    let (addrs, pids) = (addrs.join(","), pids.join(","));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::bin())
+            .args(["bench", "fanout", "--json", "--quiet", "--topic", "spread"])
+            .args(["--addr", &addrs, "--server-pid", &pids])
+            .args(["--count", "300", "--rate", "3000", "-s", "30", "-c", "6"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench exited {:?}\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["delivered"]["frames"], 300 * 30, "{r:#}");
+    assert_eq!(r["resources"]["servers"], 3, "{r:#}");
+    assert_eq!(
+        r["resources"]["server_cpu_each_s"].as_array().map(Vec::len),
+        Some(3),
+        "{r:#}"
+    );
+    // Six connections over three nodes: two each, five subscribers per connection, so
+    // every node sent each of the 300 frames to ten subscribers.
+    let delivered = "framecast_delivered_frames_total{topic=\"spread\",transport=\"grpc\"}";
+    for n in &c.nodes {
+        let base = n.server.http.clone().unwrap();
+        let mut seen = None;
+        for _ in 0..100 {
+            let text = common::http::request(&base, "GET", "/metrics", &[], b"").text();
+            seen = metric(&text, delivered);
+            if seen == Some(3000.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, Some(3000.0), "deliveries by {}", n.id);
+    }
+}

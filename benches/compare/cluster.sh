@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Publishing to a three-node cluster (--min-insync 2, fsync always; one etcd) against a
 # single node, same binary, same machine, back to back: pipelined (PublishStream) and 64
-# unary publishers. All processes share this machine's cores: report it with the figures.
+# unary publishers; then fan-out, 1 publisher -> SUBSCRIBERS at RATE frames/s, from one node
+# against the same subscribers spread over the three nodes' connections (every delivery
+# checked; the servers' CPU summed). All processes share this machine's cores: report it
+# with the figures.
 #
 #   cargo build --release && bash benches/compare/cluster.sh
 #   FRAMECAST=/path/to/framecast DURATION=10s bash benches/compare/cluster.sh
 #   WINDOW=4096 bash benches/compare/cluster.sh   # frames in flight when pipelined
+#   ONLY=fanout SUBSCRIBERS=1000 RATE=1000 bash benches/compare/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FRAMECAST=${FRAMECAST:-target/release/framecast}
@@ -16,12 +20,26 @@ pids=()
 cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+ONLY=${ONLY:-}
+SUBSCRIBERS=${SUBSCRIBERS:-1000}
+RATE=${RATE:-1000}
+publish=true fanout=true
+[ "$ONLY" = fanout ] && publish=false
+[ "$ONLY" = publish ] && fanout=false
+
 bench() { "$FRAMECAST" bench publish --quiet --duration "$DURATION" --fsync always "$@"; }
 stream=(--stream ${WINDOW:+--window "$WINDOW"})
+spread() {
+  "$FRAMECAST" bench fanout --quiet --duration "$DURATION" --fsync always -p 1 \
+    -s "$SUBSCRIBERS" -c $(( (SUBSCRIBERS + 9) / 10 )) --rate "$RATE" "$@"
+}
 
 echo "== single node"
-bench --spawn "${stream[@]}"
-bench --spawn --publishers 64
+if $publish; then
+  bench --spawn "${stream[@]}"
+  bench --spawn --publishers 64
+fi
+if $fanout; then spread --spawn; fi
 
 echo "== three nodes, --min-insync 2"
 "$ETCD" --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
@@ -49,5 +67,15 @@ if sum(n["in_sync"] for n in c["nodes"]) == 3: print(c["leader"])' 2>/dev/null |
 done
 [ -n "$leader" ] || { echo "no leader with three in sync"; tail -20 "$work"/n*.log; exit 1; }
 echo "leader: $leader (pid ${pid_of[$leader]})"
-bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" "${stream[@]}"
-bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" --publishers 64
+if $publish; then
+  bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" "${stream[@]}"
+  bench --addr "http://$leader" --server-pid "${pid_of[$leader]}" --publishers 64
+fi
+if $fanout; then
+  # The publisher on the leader (listed first); subscribers' connections over all three.
+  addrs="http://$leader" servers="${pid_of[$leader]}"
+  for a in "${!pid_of[@]}"; do
+    [ "$a" = "$leader" ] || { addrs+=",http://$a"; servers+=",${pid_of[$a]}"; }
+  done
+  spread --addr "$addrs" --server-pid "$servers"
+fi

@@ -57,8 +57,10 @@ impl Scenario {
 /// Flags shared by all scenarios.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Server address (ignored with --spawn). Of a comma-separated list only the first is
-    /// used: the load generator measures one node and does not follow a cluster's leader.
+    /// Server address (ignored with --spawn). Of a comma-separated list, publishers and
+    /// replay use the first (the load generator does not follow a cluster's leader: name
+    /// it first); `fanout` spreads its gRPC subscribers' connections over every address
+    /// (connection i to address i mod n), to measure fan-out from a cluster's nodes.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     pub addr: String,
     /// Token and TLS files for --addr (ignored with --spawn).
@@ -75,8 +77,9 @@ pub struct Common {
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     pub serve_arg: Vec<String>,
     /// Sample this server process's CPU time and peak memory (automatic with --spawn).
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// Several (comma-separated or repeated) are summed: the nodes of a cluster.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Topic (default: a fresh `bench-<scenario>-<random>`).
     #[arg(long)]
     pub topic: Option<String>,

@@ -75,3 +75,15 @@ pub async fn connect(addr: &str, n: usize, windows: Windows, wire: &Wire) -> Res
     }
     Ok(out)
 }
+
+/// Every topic the node behind `c` holds.
+pub async fn list_topics(c: &mut Grpc) -> Result<Vec<framecast::proto::TopicInfo>> {
+    Ok(c.list_topics(framecast::proto::ListTopicsRequest {})
+        .await
+        .map_err(|status| Error::Rpc {
+            what: "ListTopics",
+            status,
+        })?
+        .into_inner()
+        .topics)
+}

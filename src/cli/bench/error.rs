@@ -17,6 +17,9 @@ pub enum Error {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The cluster did not get ready for the run (a node never copied the topic).
+    #[error("cluster not ready: {0}")]
+    NotReady(String),
     /// An RPC needed to set the run up failed.
     #[error("{what}: {status}")]
     Rpc {

@@ -15,11 +15,12 @@
 use hdrhistogram::Histogram;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::args::{Length, Transport};
-use super::conn::{connect, Grpc, Windows, Wire};
+use super::conn::{connect, list_topics, Grpc, Windows, Wire};
 use super::error::{Error, Result, StreamError};
 use super::latency::{Clock, LatencySink, Pacer, Recorder};
 use super::payload::{self, Checker, Faults, Filler};
@@ -31,8 +32,11 @@ use framecast::proto;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Server address.
+    /// Server address (publishers).
     pub addr: String,
+    /// Addresses the gRPC subscribers' connections are spread over (connection i to
+    /// address i mod n).
+    pub sub_addrs: Vec<String>,
     /// Topic.
     pub topic: String,
     /// Payload bytes per frame.
@@ -139,6 +143,61 @@ struct PubResult {
     last_ack_ns: u64,
 }
 
+/// Opens `n` connections spread over `addrs`, connection i to address i mod the count.
+async fn spread(addrs: &[String], n: usize, windows: Windows, wire: &Wire) -> Result<Vec<Grpc>> {
+    let k = addrs.len().max(1);
+    let mut each = Vec::with_capacity(k);
+    for (j, addr) in addrs.iter().enumerate() {
+        // Connections j, j + k, j + 2k, … go to address j.
+        let count = n / k + usize::from(j < n % k);
+        each.push(connect(addr, count, windows, wire).await?.into_iter());
+    }
+    Ok((0..n)
+        .filter_map(|i| each.get_mut(i % k).and_then(Iterator::next))
+        .collect())
+}
+
+/// Creates the topic on the publishers' node and waits until every subscriber address
+/// holds it: a follower creates no topic (a subscription there to a topic it has not copied
+/// yet is `NOT_FOUND`), so subscribers spread over a cluster open once it has the topic.
+async fn topic_everywhere(leader: &Grpc, plan: &Plan) -> Result<()> {
+    let created = leader
+        .clone()
+        .create_topic(proto::CreateTopicRequest {
+            name: plan.topic.clone(),
+            ..Default::default()
+        })
+        .await;
+    if let Err(status) = created {
+        if status.code() != tonic::Code::AlreadyExists {
+            return Err(Error::Rpc {
+                what: "CreateTopic",
+                status,
+            });
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for addr in &plan.sub_addrs {
+        let mut node = connect(addr, 1, Windows::Default, &plan.wire)
+            .await?
+            .remove(0);
+        loop {
+            let listed = list_topics(&mut node).await?;
+            if listed.iter().any(|t| t.name == plan.topic) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotReady(format!(
+                    "{addr} does not hold topic '{}' 10 s after it was created on {}",
+                    plan.topic, plan.addr
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `plan` and reports.
 pub async fn run(plan: Plan) -> Result<Outcome> {
     let ctx = Arc::new(Ctx {
@@ -170,9 +229,12 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     } else {
         Windows::Default
     };
+    if plan.subscribers > 0 && web.is_none() && plan.sub_addrs.iter().any(|a| *a != plan.addr) {
+        topic_everywhere(&pub_conns[0], plan).await?;
+    }
     let sub_conns = if plan.subscribers > 0 && web.is_none() {
-        connect(
-            &plan.addr,
+        spread(
+            &plan.sub_addrs,
             plan.sub_connections.max(1),
             sub_windows,
             &plan.wire,

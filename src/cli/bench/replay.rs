@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::args::{Length, Transport};
-use super::conn::{connect, Windows, Wire};
+use super::conn::{connect, list_topics, Windows, Wire};
 use super::error::{Error, Result};
 use super::latency::Recorder;
 use super::payload::{Checker, Faults, Filler};
@@ -69,15 +69,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
     let mut admin = connect(&plan.addr, 1, Windows::Default, &plan.wire)
         .await?
         .remove(0);
-    let topics = admin
-        .list_topics(proto::ListTopicsRequest {})
-        .await
-        .map_err(|status| Error::Rpc {
-            what: "ListTopics",
-            status,
-        })?
-        .into_inner()
-        .topics;
+    let topics = list_topics(&mut admin).await?;
     let held = topics
         .iter()
         .find(|t| t.name == plan.topic)
@@ -87,6 +79,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
     if held == 0 {
         let fill = pubsub::run(Plan {
             addr: plan.addr.clone(),
+            sub_addrs: vec![plan.addr.clone()],
             topic: plan.topic.clone(),
             size: plan.size,
             filler: plan.filler,

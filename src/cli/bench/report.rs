@@ -218,6 +218,10 @@ impl LatencyRow {
 /// CPU time and memory of the server (when its process is known) and of the bench.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Resources {
+    /// Server processes sampled (0 when none is known); the figures below are their sums.
+    pub servers: usize,
+    /// Each sampled server's CPU seconds during the run, in --server-pid order.
+    pub server_cpu_each_s: Vec<f64>,
     /// Server CPU seconds (user + system) during the run.
     pub server_cpu_s: Option<f64>,
     /// Server resident memory at the end, MB.
@@ -365,8 +369,22 @@ impl Report {
             |v: Option<f64>, unit: &str| v.map_or("?".to_string(), |v| format!("{v:.1}{unit}"));
         let _ = writeln!(
             o,
-            "  cpu: server {}, bench {:.1}s; memory: server {} now, {} peak; bench {} peak",
-            opt(r.server_cpu_s, "s"),
+            "  cpu: {} {}, bench {:.1}s; memory: server {} now, {} peak; bench {} peak",
+            match r.servers {
+                0 | 1 => "server".to_string(),
+                n => format!("{n} servers (summed)"),
+            },
+            match (r.server_cpu_each_s.len(), r.server_cpu_s) {
+                (2.., Some(sum)) => format!(
+                    "{sum:.1}s ({})",
+                    r.server_cpu_each_s
+                        .iter()
+                        .map(|c| format!("{c:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                ),
+                _ => opt(r.server_cpu_s, "s"),
+            },
             r.client_cpu_s,
             opt(r.server_rss_mb, " MB"),
             opt(r.server_peak_rss_mb, " MB"),

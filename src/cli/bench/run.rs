@@ -69,18 +69,33 @@ fn run(args: BenchArgs) -> Result<Report> {
     } else {
         None
     };
-    // One node only (see --addr): the first of a list.
-    let first = common.addr.split(',').next().unwrap_or_default().trim();
-    let addr = spawned
-        .as_ref()
-        .map_or_else(|| first.to_string(), |s| s.addr.clone());
+    // Publishers and replay use the first address of a list; fan-out's subscribers spread
+    // over all of them (see --addr).
+    let listed: Vec<String> = common
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let addr = spawned.as_ref().map_or_else(
+        || listed.first().cloned().unwrap_or_default(),
+        |s| s.addr.clone(),
+    );
+    let sub_addrs = match &spawned {
+        Some(_) => vec![addr.clone()],
+        None => listed,
+    };
     let http_addr = match &scenario {
         Scenario::Fanout(o) => spawned
             .as_ref()
             .map_or_else(|| o.http_addr.clone(), |s| s.http_addr.clone()),
         _ => String::new(),
     };
-    let server_pid = spawned.as_ref().map(Spawned::pid).or(common.server_pid);
+    let server_pids = match &spawned {
+        Some(s) => vec![s.pid()],
+        None => common.server_pid.clone(),
+    };
     let fsync = match (&spawned, &common.fsync) {
         (Some(_), Some(f)) => f.clone(),
         (Some(_), None) => "always (server default)".into(),
@@ -134,24 +149,31 @@ fn run(args: BenchArgs) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let server_cpu_before = server_pid.and_then(cpu_seconds);
+    let server_cpu_before = summed(&server_pids, cpu_seconds);
+    let each_before: Vec<Option<f64>> = server_pids.iter().map(|&p| cpu_seconds(p)).collect();
     let client_cpu_before = own_cpu_seconds();
     let result = runtime.block_on(scenario_run(
         &scenario,
         &common,
         addr,
+        sub_addrs,
         http_addr,
         topic,
         progress,
         &mut report,
     ));
     report.resources = Resources {
-        server_cpu_s: server_pid
-            .and_then(cpu_seconds)
+        servers: server_pids.len(),
+        server_cpu_each_s: server_pids
+            .iter()
+            .zip(&each_before)
+            .filter_map(|(&p, b)| Some(cpu_seconds(p)? - (*b)?))
+            .collect(),
+        server_cpu_s: summed(&server_pids, cpu_seconds)
             .zip(server_cpu_before)
             .map(|(a, b)| a - b),
-        server_rss_mb: server_pid.and_then(memory).map(|m| m.0 as f64 / 1e6),
-        server_peak_rss_mb: server_pid.and_then(memory).map(|m| m.1 as f64 / 1e6),
+        server_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.0 as f64 / 1e6)),
+        server_peak_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.1 as f64 / 1e6)),
         client_cpu_s: own_cpu_seconds() - client_cpu_before,
         client_peak_rss_mb: memory(std::process::id()).map(|m| m.1 as f64 / 1e6),
     };
@@ -173,10 +195,20 @@ fn run(args: BenchArgs) -> Result<Report> {
     Ok(report)
 }
 
+/// `of` summed over `pids`: none when there are none, or when one cannot be read.
+fn summed(pids: &[u32], of: impl Fn(u32) -> Option<f64>) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| of(p)).sum()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn scenario_run(
     scenario: &Scenario,
     common: &Common,
     addr: String,
+    sub_addrs: Vec<String>,
     http_addr: String,
     topic: String,
     progress: bool,
@@ -205,6 +237,7 @@ async fn scenario_run(
                 subscribers: usize,
                 sub_connections: usize| Plan {
         addr: addr.clone(),
+        sub_addrs: vec![addr.clone()],
         topic: topic.clone(),
         size,
         filler: common.payload,
@@ -264,7 +297,15 @@ async fn scenario_run(
                 o.subscribers,
                 o.connections,
             );
+            if o.transport != Transport::Grpc && sub_addrs.len() > 1 {
+                return Err(Error::Args(
+                    "several --addr spread gRPC subscribers only; SSE and WebSocket ones use \
+                     the one --http-addr"
+                        .into(),
+                ));
+            }
             p.transport = o.transport;
+            p.sub_addrs = sub_addrs;
             p
         }
         Scenario::E2e(o) => {

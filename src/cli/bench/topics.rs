@@ -19,11 +19,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::args::Common;
-use super::conn::{connect, Grpc, Windows, Wire};
+use super::conn::{connect, list_topics, Grpc, Windows, Wire};
 use super::error::{Error, Result};
 use super::report::{load_average, utc_now, Machine};
 use super::server::raise_fd_limit;
-use framecast::proto::{ListTopicsRequest, PublishRequest, SubscribeRequest};
+use framecast::proto::{PublishRequest, SubscribeRequest};
 use framecast::server::config::parse_duration;
 
 /// `bench topics`.
@@ -300,15 +300,7 @@ async fn stored(addr: &str) -> Result<(u64, u64, usize)> {
     let mut c = connect(addr, 1, Windows::Default, &Wire::default())
         .await?
         .remove(0);
-    let topics = c
-        .list_topics(ListTopicsRequest {})
-        .await
-        .map_err(|status| Error::Rpc {
-            what: "ListTopics",
-            status,
-        })?
-        .into_inner()
-        .topics;
+    let topics = list_topics(&mut c).await?;
     let frames = topics.iter().map(|t| t.frames).sum();
     let bytes = topics.iter().map(|t| t.bytes).sum();
     Ok((frames, bytes, topics.len()))
