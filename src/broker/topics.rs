@@ -478,19 +478,20 @@ impl Topics {
     /// ([`Topics::set_term`] comes first).
     pub async fn begin_term_all(&self, term: u64) -> Result<usize> {
         let guard = Arc::clone(&self.term_writes).lock_owned().await;
-        let begun: Vec<Begun> = self
-            .list()
-            .into_iter()
-            .filter_map(|topic| {
-                let mut history = topic.terms();
-                history
-                    .begin(term, topic.log.durable_offset())
-                    .then_some((topic, history))
-            })
-            .collect();
+        let topics = self.list();
         let (dir, failure) = (self.dir.clone(), self.log_config.failure.clone());
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
+            // Ten thousand histories are built here, off the runtime's threads.
+            let begun: Vec<Begun> = topics
+                .into_iter()
+                .filter_map(|topic| {
+                    let mut history = topic.terms();
+                    history
+                        .begin(term, topic.log.durable_offset())
+                        .then_some((topic, history))
+                })
+                .collect();
             store_histories(&dir, begun, &failure)
         })
         .await
@@ -530,8 +531,11 @@ impl Topics {
                 path: "terms".into(),
                 reason: "a term history vanished".into(),
             })?;
-            drop(guard);
-            return self.store_terms(topic, history).await.map(|_| ());
+            // Still holding the lock the comparison above was made under.
+            return self
+                .store_terms_holding(guard, topic, history)
+                .await
+                .map(|_| ());
         }
         let (dir, failure) = (self.dir.clone(), self.log_config.failure.clone());
         tokio::task::spawn_blocking(move || {
@@ -549,6 +553,16 @@ impl Topics {
     /// [`store_histories`]).
     async fn store_terms(&self, topic: Arc<Topic>, history: TermHistory) -> Result<TermHistory> {
         let guard = Arc::clone(&self.term_writes).lock_owned().await;
+        self.store_terms_holding(guard, topic, history).await
+    }
+
+    /// [`Topics::store_terms`] with the term-history lock already taken.
+    async fn store_terms_holding(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        topic: Arc<Topic>,
+        history: TermHistory,
+    ) -> Result<TermHistory> {
         let name = topic.name.clone();
         let failure = self.log_config.failure.clone();
         tokio::task::spawn_blocking(move || -> Result<TermHistory> {
@@ -1050,9 +1064,6 @@ type Begun = (Arc<Topic>, TermHistory);
 /// trusted to say which slot of a file is durable, so nothing short of a restart (reading
 /// what the disk holds) is safe. A deleted topic's failure is not one.
 fn store_histories(dir: &Path, changed: Vec<Begun>, failure: &FailureSignal) -> Result<usize> {
-    if changed.is_empty() {
-        return Ok(0);
-    }
     let raise = |e: Error| -> Error {
         failure.raise(format!(
             "term histories under {} could not be made durable: {e}",
