@@ -220,7 +220,8 @@ impl LatencyRow {
 pub struct Resources {
     /// Server processes sampled (0 when none is known); the figures below are their sums.
     pub servers: usize,
-    /// Each sampled server's CPU seconds during the run, in --server-pid order.
+    /// Each sampled server's CPU seconds during the run, in --server-pid order (empty when
+    /// one could not be read).
     pub server_cpu_each_s: Vec<f64>,
     /// Server CPU seconds (user + system) during the run.
     pub server_cpu_s: Option<f64>,

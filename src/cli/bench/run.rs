@@ -164,11 +164,13 @@ fn run(args: BenchArgs) -> Result<Report> {
     ));
     report.resources = Resources {
         servers: server_pids.len(),
+        // All or none, so that the list stays in --server-pid order.
         server_cpu_each_s: server_pids
             .iter()
             .zip(&each_before)
-            .filter_map(|(&p, b)| Some(cpu_seconds(p)? - (*b)?))
-            .collect(),
+            .map(|(&p, b)| Some(cpu_seconds(p)? - (*b)?))
+            .collect::<Option<Vec<f64>>>()
+            .unwrap_or_default(),
         server_cpu_s: summed(&server_pids, cpu_seconds)
             .zip(server_cpu_before)
             .map(|(a, b)| a - b),
