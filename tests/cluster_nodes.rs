@@ -1939,6 +1939,7 @@ async fn the_load_generator_spreads_subscribers_over_every_node_and_checks_each_
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["delivered"]["frames"], 300 * 30, "{r:#}");
     assert_eq!(r["resources"]["servers"], 3, "{r:#}");
+    assert_eq!(r["sub_addrs"].as_array().map(Vec::len), Some(3), "{r:#}");
     assert_eq!(
         r["resources"]["server_cpu_each_s"].as_array().map(Vec::len),
         Some(3),

@@ -24,8 +24,12 @@ ONLY=${ONLY:-}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 RATE=${RATE:-1000}
 publish=true fanout=true
-[ "$ONLY" = fanout ] && publish=false
-[ "$ONLY" = publish ] && fanout=false
+case "$ONLY" in
+  "") ;;
+  fanout) publish=false ;;
+  publish) fanout=false ;;
+  *) echo "ONLY=$ONLY: expected publish or fanout" >&2; exit 2 ;;
+esac
 
 bench() { "$FRAMECAST" bench publish --quiet --duration "$DURATION" --fsync always "$@"; }
 stream=(--stream ${WINDOW:+--window "$WINDOW"})

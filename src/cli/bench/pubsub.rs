@@ -145,7 +145,10 @@ struct PubResult {
 
 /// Opens `n` connections spread over `addrs`, connection i to address i mod the count.
 async fn spread(addrs: &[String], n: usize, windows: Windows, wire: &Wire) -> Result<Vec<Grpc>> {
-    let k = addrs.len().max(1);
+    let k = addrs.len();
+    if k == 0 {
+        return Err(Error::Args("no address for the subscribers".into()));
+    }
     let mut each = Vec::with_capacity(k);
     for (j, addr) in addrs.iter().enumerate() {
         // Connections j, j + k, j + 2k, … go to address j.
@@ -156,6 +159,9 @@ async fn spread(addrs: &[String], n: usize, windows: Windows, wire: &Wire) -> Re
         .filter_map(|i| each.get_mut(i % k).and_then(Iterator::next))
         .collect())
 }
+
+/// How long every node may take to copy the run's new topic.
+const TOPIC_EVERYWHERE: Duration = Duration::from_secs(60);
 
 /// Creates the topic on the publishers' node and waits until every subscriber address
 /// holds it: a follower creates no topic (a subscription there to a topic it has not copied
@@ -176,7 +182,7 @@ async fn topic_everywhere(leader: &Grpc, plan: &Plan) -> Result<()> {
             });
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + TOPIC_EVERYWHERE;
     for addr in &plan.sub_addrs {
         let mut node = connect(addr, 1, Windows::Default, &plan.wire)
             .await?
@@ -188,8 +194,10 @@ async fn topic_everywhere(leader: &Grpc, plan: &Plan) -> Result<()> {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::NotReady(format!(
-                    "{addr} does not hold topic '{}' 10 s after it was created on {}",
-                    plan.topic, plan.addr
+                    "{addr} does not hold topic '{}' {} s after it was created on {}",
+                    plan.topic,
+                    TOPIC_EVERYWHERE.as_secs(),
+                    plan.addr
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -21,8 +21,10 @@ pub struct Report {
     pub machine: Machine,
     /// `spawned` or `external`.
     pub server: String,
-    /// The address used.
+    /// The address publishers (and replay) used: the first of --addr.
     pub addr: String,
+    /// Every address gRPC subscribers' connections were spread over (fan-out).
+    pub sub_addrs: Vec<String>,
     /// The HTTP door the SSE or WebSocket subscribers used (none for gRPC).
     pub http_addr: Option<String>,
     /// The server's fsync policy, as far as the bench knows it.
@@ -218,7 +220,8 @@ impl LatencyRow {
 /// CPU time and memory of the server (when its process is known) and of the bench.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Resources {
-    /// Server processes sampled (0 when none is known); the figures below are their sums.
+    /// Server processes given (--server-pid, or the spawned one); the figures below are
+    /// their sums, and none when one of them could not be read.
     pub servers: usize,
     /// Each sampled server's CPU seconds during the run, in --server-pid order (empty when
     /// one could not be read).
@@ -370,7 +373,7 @@ impl Report {
             |v: Option<f64>, unit: &str| v.map_or("?".to_string(), |v| format!("{v:.1}{unit}"));
         let _ = writeln!(
             o,
-            "  cpu: {} {}, bench {:.1}s; memory: server {} now, {} peak; bench {} peak",
+            "  cpu: {} {}, bench {:.1}s; memory: {} {} now, {} peak; bench {} peak",
             match r.servers {
                 0 | 1 => "server".to_string(),
                 n => format!("{n} servers (summed)"),
@@ -387,6 +390,10 @@ impl Report {
                 _ => opt(r.server_cpu_s, "s"),
             },
             r.client_cpu_s,
+            match r.servers {
+                0 | 1 => "server",
+                _ => "servers",
+            },
             opt(r.server_rss_mb, " MB"),
             opt(r.server_peak_rss_mb, " MB"),
             opt(r.client_peak_rss_mb, " MB"),

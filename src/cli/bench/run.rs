@@ -122,6 +122,7 @@ fn run(args: BenchArgs) -> Result<Report> {
         }
         .into(),
         addr: addr.clone(),
+        sub_addrs: Vec::new(),
         http_addr: None,
         fsync,
         topic: topic.clone(),
@@ -149,8 +150,7 @@ fn run(args: BenchArgs) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let server_cpu_before = summed(&server_pids, cpu_seconds);
-    let each_before: Vec<Option<f64>> = server_pids.iter().map(|&p| cpu_seconds(p)).collect();
+    let cpu_before: Option<Vec<f64>> = server_pids.iter().map(|&p| cpu_seconds(p)).collect();
     let client_cpu_before = own_cpu_seconds();
     let result = runtime.block_on(scenario_run(
         &scenario,
@@ -162,18 +162,21 @@ fn run(args: BenchArgs) -> Result<Report> {
         progress,
         &mut report,
     ));
+    // Each server read once, all or none: the list keeps --server-pid order and adds up
+    // to the sum.
+    let cpu_each: Vec<f64> = cpu_before
+        .and_then(|before| {
+            server_pids
+                .iter()
+                .zip(before)
+                .map(|(&p, b)| Some(cpu_seconds(p)? - b))
+                .collect()
+        })
+        .unwrap_or_default();
     report.resources = Resources {
         servers: server_pids.len(),
-        // All or none, so that the list stays in --server-pid order.
-        server_cpu_each_s: server_pids
-            .iter()
-            .zip(&each_before)
-            .map(|(&p, b)| Some(cpu_seconds(p)? - (*b)?))
-            .collect::<Option<Vec<f64>>>()
-            .unwrap_or_default(),
-        server_cpu_s: summed(&server_pids, cpu_seconds)
-            .zip(server_cpu_before)
-            .map(|(a, b)| a - b),
+        server_cpu_s: (!cpu_each.is_empty()).then(|| cpu_each.iter().sum()),
+        server_cpu_each_s: cpu_each,
         server_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.0 as f64 / 1e6)),
         server_peak_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.1 as f64 / 1e6)),
         client_cpu_s: own_cpu_seconds() - client_cpu_before,
@@ -307,6 +310,9 @@ async fn scenario_run(
                 ));
             }
             p.transport = o.transport;
+            if o.transport == Transport::Grpc {
+                report.sub_addrs = sub_addrs.clone();
+            }
             p.sub_addrs = sub_addrs;
             p
         }
