@@ -1893,12 +1893,6 @@ async fn ten_thousand_topics_are_copied_and_fail_over_within_the_bar() {
     until_lists_all(&c, &leader).await;
 }
 
-/// `name`'s value in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_spreads_subscribers_over_every_node_and_checks_each_delivery() {
     let _serial = SERIAL.lock().await;
@@ -1953,7 +1947,7 @@ async fn the_load_generator_spreads_subscribers_over_every_node_and_checks_each_
         let mut seen = None;
         for _ in 0..100 {
             let text = common::http::request(&base, "GET", "/metrics", &[], b"").text();
-            seen = metric(&text, delivered);
+            seen = common::http::metric(&text, delivered);
             if seen == Some(3000.0) {
                 break;
             }
