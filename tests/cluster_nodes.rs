@@ -329,6 +329,7 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
         refused.header("framecast-leader"),
         Some(leader_http.as_str())
     );
+    follower_refuses_subscriptions_to_topics_it_lacks(&c, &leader, followers[0]).await;
     // Every node delivers the same 300 frames; nobody has the refused topic.
     let on_leader = log_of(&c, &leader, "prices").await;
     assert_eq!(on_leader.len(), 300);
@@ -381,6 +382,86 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
     let info = c.info(followers[1]).await.unwrap();
     let own = info.nodes.iter().find(|n| n.id == followers[1]).unwrap();
     assert!(own.topics.iter().any(|t| t.topic == "prices"), "{info:?}");
+}
+
+/// A follower lacks topic "other" (only the leader creates topics): it refuses a
+/// subscription to it as it refuses a write, `UNAVAILABLE` naming the leader, with or
+/// without a resume cursor (its cursor may be of a topic the follower has not copied yet:
+/// not an epoch mismatch), over gRPC, SSE and WebSocket, and creates nothing.
+async fn follower_refuses_subscriptions_to_topics_it_lacks(
+    c: &Cluster,
+    leader: &str,
+    follower: &str,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut fc = c.client(follower).await;
+    for resume in [
+        None,
+        Some(framecast::proto::Cursor {
+            epoch: 7,
+            ..Default::default()
+        }),
+    ] {
+        let refused = fc
+            .subscribe(framecast::proto::SubscribeRequest {
+                topic: "other".into(),
+                replay_seq_no_start: 0,
+                resume,
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{resume:?}: {refused:?}");
+        assert_eq!(
+            refused
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(c.node(leader).address.as_str()),
+            "{refused:?}"
+        );
+    }
+    let follower_http = c.node(follower).server.http.clone().unwrap();
+    let leader_http = c.node(leader).server.http.clone().unwrap();
+    let refused = common::http::request(
+        &follower_http,
+        "GET",
+        "/v1/topics/other/events?from=0",
+        &[],
+        b"",
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.header("framecast-leader"),
+        Some(leader_http.as_str())
+    );
+    assert_eq!(refused.json()["leader"], leader_http.as_str());
+    // A WebSocket error has no headers: its body names the leader.
+    let url = format!("{follower_http}/v1/ws").replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ask = serde_json::json!({"id": 1, "subscribe": {"topic": "other", "from": "0"}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    let answer = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer within 20 s")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
+        }
+    };
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(answer["error"]["code"], "UNAVAILABLE", "{answer}");
+    assert_eq!(answer["error"]["leader"], leader_http.as_str(), "{answer}");
+    for id in [leader, follower] {
+        let mut client = c.client(id).await;
+        assert!(
+            common::topic_info(&mut client, "other").await.is_none(),
+            "{id}"
+        );
+    }
 }
 
 /// One ack: seq_no, offset, when it arrived, from which node.
@@ -1252,6 +1333,39 @@ async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_af
     assert_eq!(counts[&leader], 0, "{counts:?}");
     for f in &followers {
         assert_eq!(counts[f], 3, "{counts:?}");
+    }
+
+    // A topic nobody has created yet: the follower a subscription picks lacks it and names
+    // the leader, so the subscription asks the route at once and the leader creates it and
+    // serves it. A client given only a follower follows the hint the same way.
+    let lone = Client::connect(&address_of(&followers[0])).unwrap();
+    let fresh = [client.subscribe("fresh", 0), lone.subscribe("fresh", 0)];
+    let readers: Vec<_> = fresh
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let got = next_frames(&mut s, 3).await;
+                (got, s.node())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let counts = subscribers_by_node(&c, "fresh").await;
+        if counts[&leader] == 2 {
+            assert!(followers.iter().all(|f| counts[f] == 0), "{counts:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3u64 {
+        assert_eq!(client.publish("fresh", i, "n").await.unwrap().offset, i);
+    }
+    for r in readers {
+        let (got, node) = r.await.unwrap();
+        assert_eq!(got, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(node, Some(address_of(&leader)));
     }
 
     // The CLI spreads too: a `subscribe --read-from followers` waits on a follower.

@@ -434,24 +434,28 @@ impl Broker {
     /// The topic of a subscription. A resume cursor names an epoch of an existing topic,
     /// which a topic created now could never match: refused as the epoch check would,
     /// without creating the topic (nothing is written when a request is refused).
+    ///
+    /// A node that takes no writes (a follower) and lacks the topic cannot tell a topic
+    /// to create from one it has not copied yet, and only the leader creates topics (a
+    /// follower's would diverge): it answers as it does to every write, `UNAVAILABLE` naming
+    /// the leader, whose answer is final (the topic, created or copied, or `NOT_FOUND`).
     async fn subscription_topic(
         &self,
         name: &str,
         r: &proto::SubscribeRequest,
     ) -> Result<Arc<Topic>> {
-        match (self.topics.get(name), &r.resume) {
-            (Some(topic), _) => Ok(topic),
-            (None, Some(c)) if self.topics.auto_create() => Err(Error::EpochMismatch {
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic);
+        }
+        self.cluster.check_writable()?;
+        match &r.resume {
+            Some(c) if self.topics.auto_create() => Err(Error::EpochMismatch {
                 topic: name.to_string(),
                 cursor: c.epoch,
                 // Epochs are never 0: the topic does not exist.
                 current: 0,
             }),
-            // Only a node that takes writes creates topics (a follower's would diverge).
-            (None, _) if self.cluster.check_writable().is_err() => {
-                Err(Error::TopicNotFound(name.to_string()))
-            }
-            (None, _) => self.topics.get_or_create(name, Cause::Subscribe).await,
+            _ => self.topics.get_or_create(name, Cause::Subscribe).await,
         }
     }
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::error::{from_status, reason, transient, Error, Result};
 use super::followers::{ReadFrom, CLUSTER_LOOKUP};
 use super::handle::Client;
-use super::nodes::Conn;
+use super::nodes::{leader_hint, Conn};
 use super::retry::Attempts;
 use crate::proto::{self, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 
@@ -177,8 +177,9 @@ impl State {
         }
     }
 
-    /// True when `conn` is a follower this subscription picked: its refusal `status` is not
-    /// final, the next stream opens where every call goes (whose answer is).
+    /// True when `conn` is a follower this subscription picked: its refusal `status` (or its
+    /// `UNAVAILABLE` naming the leader) is not final, the next stream opens where every call
+    /// goes (whose answer is).
     fn refused_by_follower(&mut self, conn: &Conn, status: &tonic::Status) -> bool {
         if conn.routed() {
             return false;
@@ -277,6 +278,9 @@ impl State {
                 self.stream = Some((conn, resp.into_inner()));
                 Ok(())
             }
+            // A follower that lacks the topic names the leader: a question for the route,
+            // asked at once, not a break of this follower.
+            Err(s) if leader_hint(&s).is_some() && self.refused_by_follower(&conn, &s) => Err(None),
             Err(s) if transient(&s) => Err(self.pause(&conn, Break::Failed(&s)).await),
             Err(s) if self.refused_by_follower(&conn, &s) => Err(None),
             Err(s) => Err(Some(from_status(s))),

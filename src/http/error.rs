@@ -36,12 +36,37 @@ pub fn http_status(e: &Error) -> StatusCode {
     }
 }
 
-/// The JSON body of an error: `code` is the upper-case gRPC code name.
+/// The JSON body of an error: `code` is the upper-case gRPC code name. A follower's
+/// refusal also names the leader (`"leader"`: its HTTP door, else its gRPC address), as the
+/// `Framecast-Leader` header does: a WebSocket error has no headers.
 pub fn error_body(e: &Error) -> serde_json::Value {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "code": e.code_name().to_ascii_uppercase(),
         "message": e.to_string(),
-    })
+    });
+    if let Some(leader) = leader_named(e) {
+        body["leader"] = leader.into();
+    }
+    body
+}
+
+/// The leader a follower's refusal `e` names for an HTTP client: the leader's HTTP door
+/// (a browser needs it, not the gRPC address), else its gRPC address; `None` when `e` is
+/// not such a refusal or no leader is known.
+fn leader_named(e: &Error) -> Option<&str> {
+    let Error::NotLeader {
+        leader,
+        leader_http,
+    } = e
+    else {
+        return None;
+    };
+    let named = if leader_http.is_empty() {
+        leader
+    } else {
+        leader_http
+    };
+    (!named.is_empty()).then_some(named.as_str())
 }
 
 impl IntoResponse for ApiError {
@@ -52,22 +77,8 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Error::NotLeader {
-            leader,
-            leader_http,
-        } = &self.0
-        {
-            // A browser client needs the leader's HTTP door, not its gRPC address.
-            let named = if leader_http.is_empty() {
-                leader
-            } else {
-                leader_http
-            };
-            if let Ok(v) = HeaderValue::from_str(named) {
-                if !named.is_empty() {
-                    resp.headers_mut().insert("framecast-leader", v);
-                }
-            }
+        if let Some(v) = leader_named(&self.0).and_then(|n| HeaderValue::from_str(n).ok()) {
+            resp.headers_mut().insert("framecast-leader", v);
         }
         resp
     }
@@ -106,5 +117,31 @@ mod tests {
         let body = error_body(&Error::PermissionDenied("no".into()));
         assert_eq!(body["code"], "PERMISSION_DENIED");
         assert_eq!(body["message"], "no");
+        assert!(body.get("leader").is_none());
+    }
+
+    #[test]
+    fn a_followers_refusal_names_the_leaders_http_door_else_its_grpc_address() {
+        let refusal = |http: &str| Error::NotLeader {
+            leader: "l:7070".into(),
+            leader_http: http.into(),
+        };
+        let body = error_body(&refusal("http://l:8080"));
+        assert_eq!(body["code"], "UNAVAILABLE");
+        assert_eq!(body["leader"], "http://l:8080");
+        assert_eq!(error_body(&refusal(""))["leader"], "l:7070");
+        let resp = ApiError(refusal("http://l:8080")).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["framecast-leader"], "http://l:8080");
+        let none = Error::NotLeader {
+            leader: String::new(),
+            leader_http: String::new(),
+        };
+        assert!(error_body(&none).get("leader").is_none());
+        assert!(ApiError(none)
+            .into_response()
+            .headers()
+            .get("framecast-leader")
+            .is_none());
     }
 }

@@ -163,9 +163,11 @@ export class Subscription {
                     const resp = await this.transport.fetch(url, { headers, signal: conn.signal, cache: "no-store" });
                     if (!resp.ok) {
                         const err = await errorOfResponse(resp);
-                        if (!reconnectable(resp.status)) {
+                        const leaderNamed = resp.status === 503 && !!resp.headers.get("framecast-leader");
+                        if (!reconnectable(resp.status) || (leaderNamed && follower !== undefined)) {
                             // A follower may refuse what the leader serves: a topic it does not hold yet
-                            // (only the leader creates topics), or a cursor of an epoch it has not seen.
+                            // (only the leader creates topics: it answers 503 naming the leader), or a
+                            // cursor of an epoch it has not seen.
                             if (follower === undefined)
                                 throw err;
                             refusedByFollower = true;

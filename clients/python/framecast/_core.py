@@ -157,8 +157,9 @@ MAX_LEARNED_ADDRESSES = 16
 
 
 def leader_hint(err: grpc.RpcError | None) -> str | None:
-    """The leader's ``host:port`` a follower named when refusing a write (``UNAVAILABLE``
-    with the ``framecast-leader`` trailer), or ``None``."""
+    """The leader's ``host:port`` a follower named when refusing a write or a subscription
+    to a topic it lacks (``UNAVAILABLE`` with the ``framecast-leader`` trailer), or
+    ``None``."""
     if err is None:
         return None
     try:
@@ -1029,8 +1030,12 @@ class Resume:
         if on_follower is not None:
             # The route did not choose this node: its failure leaves the client's current
             # node alone. A refusal is not final (the follower may lag: lack a topic just
-            # created, or frames): the route's node answers at once.
-            if err is not None and not is_transient(err) and not _core_broke(err):
+            # created, or frames; a follower that lacks the topic answers UNAVAILABLE
+            # naming the leader): the route's node answers at once.
+            if err is not None and (
+                leader_hint(err) is not None
+                or (not is_transient(err) and not _core_broke(err))
+            ):
                 log.debug(
                     "subscription %s: follower %s refused (%s); asking the usual route",
                     self.topic,

@@ -388,6 +388,18 @@ def test_followers_on_a_single_node_fall_back_to_it(make_server: Any) -> None:
     assert asyncio.run(asyncio.wait_for(aio(), 30)) == [b"s%d" % i for i in range(5)]
 
 
+async def read_aio(cluster: Cluster, topic: str, n: int) -> tuple[str | None, list[Frame]]:
+    """The first ``n`` frames of ``topic`` from 0 read by an asyncio client with
+    ``read_from="followers"``, and the address its subscription read them from."""
+    async with framecast_aio.Client(
+        cluster.addresses, retry=TEST_RETRY, read_from="followers"
+    ) as c:
+        sub = c.frames(topic, 0, timeout=30)
+        frames = [f async for f in _first(sub, n)]
+        await sub.aclose()
+        return sub.address, frames
+
+
 async def _first(sub: Any, n: int) -> Any:
     i = 0
     async for x in sub:
@@ -460,18 +472,59 @@ def test_subscriptions_spread_over_the_followers_and_get_every_frame(cluster: Cl
             assert s.reconnects == 0
             s.close()
 
-    async def aio() -> tuple[str | None, list[Frame]]:
-        async with framecast_aio.Client(
-            cluster.addresses, retry=TEST_RETRY, read_from="followers"
-        ) as c:
-            sub = c.frames(topic, 0, timeout=30)
-            frames = [f async for f in _first(sub, 45)]
-            await sub.aclose()
-            return sub.address, frames
-
-    address, frames = asyncio.run(asyncio.wait_for(aio(), 40))
+    address, frames = asyncio.run(asyncio.wait_for(read_aio(cluster, topic, 45), 40))
     assert address in follower_addresses
     assert triples(frames) == expected
+
+
+def test_a_topic_no_node_holds_yet_is_created_and_served_by_the_leader(cluster: Cluster) -> None:
+    """A follower lacks a topic nobody has created (only the leader creates topics): it
+    answers a subscription to it ``UNAVAILABLE`` naming the leader. A subscription that
+    picked it asks the route at once, a client given only that follower follows the hint,
+    and the leader creates the topic and serves both, sync and asyncio alike."""
+    leader, followers = cluster.roles()
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    leader_address = cluster.nodes[leader].address
+    only_follower = cluster.nodes[followers[0]].address
+    got: dict[str, tuple[str | None, list[Frame]]] = {}
+
+    def read(name: str, client: Client) -> None:
+        sub = client.frames(topic, 0, timeout=60)
+        frames = list(itertools.islice(sub, 3))
+        got[name] = (sub.address, frames)
+        sub.close()
+
+
+    with (
+        Client(cluster.addresses, retry=TEST_RETRY) as pub,
+        Client(cluster.addresses, retry=TEST_RETRY, read_from="followers") as reader,
+        Client(only_follower, retry=TEST_RETRY) as lone,
+    ):
+        threads = [
+            threading.Thread(target=read, args=("followers", reader), daemon=True),
+            threading.Thread(target=read, args=("lone", lone), daemon=True),
+            threading.Thread(
+                target=lambda: got.update(aio=asyncio.run(read_aio(cluster, topic, 3))),
+                daemon=True,
+            ),
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while True:
+            gauges = {i: cluster.subscribers(i, topic) for i in cluster.nodes}
+            if gauges == {leader: 3, followers[0]: 0, followers[1]: 0}:
+                break
+            assert time.monotonic() < deadline, (gauges, got, cluster.logs())
+            time.sleep(0.1)
+        acks = publish_all(pub, topic, [(i, b"n%d" % i) for i in range(3)])
+        for t in threads:
+            t.join(30)
+        expected = [(a.offset, i, b"n%d" % i) for i, a in enumerate(acks)]
+        assert sorted(got) == ["aio", "followers", "lone"], got
+        for name, (address, frames) in got.items():
+            assert triples(frames) == expected, name
+            assert address == leader_address, (name, address)
 
 
 def test_kill_9_of_the_serving_follower_resumes_exactly_on_the_other(cluster: Cluster) -> None:
