@@ -342,6 +342,29 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
         let mut client = c.client(f).await;
         assert!(common::topic_info(&mut client, "other").await.is_none());
     }
+    // A History token of one node reads the same on another: the first page from the
+    // leader, the rest from a follower, one walk of the 300 frames, each once, in order.
+    {
+        use framecast::client::{Client, HistoryQuery};
+        use futures::StreamExt;
+        let at_leader = Client::connect(&c.node(&leader).address).unwrap();
+        let at_follower = Client::connect(&c.node(followers[1]).address).unwrap();
+        let query = HistoryQuery::from(0).limit(120);
+        let first = at_leader.history("prices", &query).await.unwrap();
+        assert_eq!(first.snapshot_offset, 300);
+        let rest: Vec<_> = at_follower
+            .history_pages("prices", query.after(first.next.clone()))
+            .collect()
+            .await;
+        let mut walked: Vec<(u64, u64)> =
+            first.frames.iter().map(|f| (f.offset, f.seq_no)).collect();
+        for page in rest {
+            let page = page.unwrap();
+            assert_eq!((page.snapshot_offset, page.epoch), (300, first.epoch));
+            walked.extend(page.frames.iter().map(|f| (f.offset, f.seq_no)));
+        }
+        assert_eq!(walked, (0..300u64).map(|i| (i, i)).collect::<Vec<_>>());
+    }
     // The Rust client, given a follower first, follows the hint to the leader.
     let client = framecast::client::Client::connect_many(&[
         c.node(followers[0]).address.as_str(),

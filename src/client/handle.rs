@@ -412,7 +412,8 @@ impl Client {
         .await
     }
 
-    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// Sends `call` where calls go, again on transient failures (following the nodes).
+    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
         F: FnMut(Grpc) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,

@@ -10,6 +10,7 @@
         ...
     for frame in client.frames(topic="prices", start=0):  # Frame(seq_no, payload, ..., live)
         ...
+    page = client.history("prices", limit=50, reverse=True)  # newest first; page.next for more
 
 Publishing never stores a frame twice (idempotency keys, retries with the same key);
 subscriptions resume exactly after a disconnect or a server restart (on another node of a
@@ -40,7 +41,16 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .types import Ack, ClusterInfo, Cursor, Frame, NodeInfo, TopicInfo, TopicPosition
+from .types import (
+    Ack,
+    ClusterInfo,
+    Cursor,
+    Frame,
+    HistoryPage,
+    NodeInfo,
+    TopicInfo,
+    TopicPosition,
+)
 
 __version__ = "0.1.0"
 
@@ -50,6 +60,7 @@ __all__ = [
     "RetryPolicy",
     "Ack",
     "Frame",
+    "HistoryPage",
     "TopicInfo",
     "Cursor",
     "ClusterInfo",

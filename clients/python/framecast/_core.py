@@ -23,7 +23,16 @@ import grpc
 from . import errors
 from ._proto import framecast_pb2 as pb
 from .errors import from_rpc_error, is_transient
-from .types import Ack, ClusterInfo, Cursor, Frame, NodeInfo, TopicInfo, TopicPosition
+from .types import (
+    Ack,
+    ClusterInfo,
+    Cursor,
+    Frame,
+    HistoryPage,
+    NodeInfo,
+    TopicInfo,
+    TopicPosition,
+)
 
 log = logging.getLogger("framecast")
 
@@ -740,6 +749,38 @@ def frame_from_pb(f: pb.Frame, snapshot: int) -> Frame:
     )
 
 
+def history_request(
+    topic: str, from_seq_no: int, limit: int | None, reverse: bool, after: str | None
+) -> pb.HistoryRequest:
+    """The ``History`` request of one page; ``InvalidArgument`` for a bad limit."""
+    if limit is not None and not (isinstance(limit, int) and limit > 0):
+        raise errors.InvalidArgument(f"limit must be a positive integer, not {limit!r}")
+    if not isinstance(from_seq_no, int) or from_seq_no < 0:
+        raise errors.InvalidArgument(f"from_seq_no must be a non-negative int, not {from_seq_no!r}")
+    return pb.HistoryRequest(
+        topic=topic,
+        from_seq_no=from_seq_no,
+        limit=limit or 0,
+        reverse=reverse,
+        after=after or "",
+    )
+
+
+def history_from_pb(p: pb.HistoryPage) -> HistoryPage:
+    """A :class:`HistoryPage` from its message; ``ProtocolError`` for a page that says
+    more frames follow and gives no token to read them."""
+    if p.more and not p.next:
+        raise errors.ProtocolError("a history page with more frames and no next token")
+    return HistoryPage(
+        # Every frame of a page is below its snapshot point: not live.
+        frames=tuple(frame_from_pb(f, p.snapshot_offset) for f in p.frames),
+        next=p.next,
+        more=p.more,
+        snapshot_offset=p.snapshot_offset,
+        epoch=p.epoch,
+    )
+
+
 def topic_from_pb(t: pb.TopicInfo) -> TopicInfo:
     """A :class:`TopicInfo` from its message."""
     return TopicInfo(
@@ -1033,8 +1074,7 @@ class Resume:
             # created, or frames; a follower that lacks the topic answers UNAVAILABLE
             # naming the leader): the route's node answers at once.
             if err is not None and (
-                leader_hint(err) is not None
-                or (not is_transient(err) and not _core_broke(err))
+                leader_hint(err) is not None or (not is_transient(err) and not _core_broke(err))
             ):
                 log.debug(
                     "subscription %s: follower %s refused (%s); asking the usual route",

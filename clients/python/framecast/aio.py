@@ -21,7 +21,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -57,6 +57,8 @@ from ._core import (
     create_topic_request,
     deadline_after,
     frame_requests,
+    history_from_pb,
+    history_request,
     parse_addresses,
     publish_request,
     publish_stream_retry_delay,
@@ -69,7 +71,7 @@ from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed, FramecastError
-from .types import Ack, ClusterInfo, Cursor, Frame, TopicInfo
+from .types import Ack, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
 
@@ -529,6 +531,48 @@ class Client:
         """Every topic with its figures."""
         resp = await self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
+
+    # ----------------------------------------------------------------- history
+
+    async def history(
+        self,
+        topic: str,
+        *,
+        from_seq_no: int = 0,
+        limit: int | None = None,
+        reverse: bool = False,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> HistoryPage:
+        """One page of ``topic``'s history. See :meth:`framecast.Client.history`."""
+        req = history_request(topic, from_seq_no, limit, reverse, after)
+        return history_from_pb(await self._call("history", "History", req, timeout))
+
+    async def history_pages(
+        self,
+        topic: str,
+        *,
+        from_seq_no: int = 0,
+        limit: int | None = None,
+        reverse: bool = False,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[HistoryPage]:
+        """Every page of ``topic``'s history from ``after`` on. See
+        :meth:`framecast.Client.history_pages`."""
+        while True:
+            page = await self.history(
+                topic,
+                from_seq_no=from_seq_no,
+                limit=limit,
+                reverse=reverse,
+                after=after,
+                timeout=timeout,
+            )
+            yield page
+            if not page.more:
+                return
+            after = page.next
 
     # ----------------------------------------------------------------- the cluster
 

@@ -42,6 +42,8 @@ from ._core import (
     create_topic_request,
     deadline_after,
     frame_requests,
+    history_from_pb,
+    history_request,
     parse_addresses,
     publish_request,
     publish_stream_retry_delay,
@@ -54,7 +56,7 @@ from ._credentials import Pem, blocking_channel, channel_credentials, resolve_to
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed, FramecastError
-from .types import Ack, ClusterInfo, Cursor, Frame, TopicInfo
+from .types import Ack, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
 
@@ -615,6 +617,61 @@ class Client:
         """Every topic with its figures."""
         resp = self._call("list_topics", "ListTopics", pb.ListTopicsRequest(), timeout)
         return [topic_from_pb(t) for t in resp.topics]
+
+    # ----------------------------------------------------------------- history
+
+    def history(
+        self,
+        topic: str,
+        *,
+        from_seq_no: int = 0,
+        limit: int | None = None,
+        reverse: bool = False,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> HistoryPage:
+        """One page of ``topic``'s history: its stored frames with ``seq_no >=
+        from_seq_no`` in order-key order (``reverse``: newest first, as a chat scrolls
+        back), at most ``limit`` (the server's default 100 when ``None``; at most 10,000).
+        The first page (no ``after``) fixes a snapshot; pass its ``next`` as ``after``, with
+        the same ``from_seq_no`` and ``reverse``, for the following page. Pages never
+        overlap and never skip, and a token is read the same on every node of a cluster.
+        A read: retried like every call, and it creates nothing.
+
+        Raises:
+            NotFound: The topic does not exist.
+            EpochChanged: ``after`` is a token of another epoch (the topic was re-created).
+            InvalidArgument: A bad ``limit`` or token.
+        """
+        req = history_request(topic, from_seq_no, limit, reverse, after)
+        return history_from_pb(self._call("history", "History", req, timeout))
+
+    def history_pages(
+        self,
+        topic: str,
+        *,
+        from_seq_no: int = 0,
+        limit: int | None = None,
+        reverse: bool = False,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[HistoryPage]:
+        """Every page of ``topic``'s history from ``after`` (or the first page) until a
+        page says there is no more: one snapshot, read a page at a time as the iteration
+        goes. See :meth:`history`."""
+        while True:
+            page = self.history(
+                topic,
+                from_seq_no=from_seq_no,
+                limit=limit,
+                reverse=reverse,
+                after=after,
+                timeout=timeout,
+            )
+            yield page
+            if not page.more:
+                return
+            after = page.next
 
     # ----------------------------------------------------------------- the cluster
 

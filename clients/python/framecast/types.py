@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Ack", "Frame", "TopicInfo", "Cursor", "ClusterInfo", "NodeInfo", "TopicPosition"]
+__all__ = [
+    "Ack",
+    "Frame",
+    "HistoryPage",
+    "TopicInfo",
+    "Cursor",
+    "ClusterInfo",
+    "NodeInfo",
+    "TopicPosition",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,28 @@ class Frame:
     def order_key(self) -> tuple[int, int, int]:
         """``(seq_no, timestamp, offset)``: the order replayed history is sorted by."""
         return (self.seq_no, self.timestamp, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of a topic's history (``Client.history``). The pages of one walk never
+    overlap and never skip.
+
+    Attributes:
+        frames: The page's frames, in order-key order (descending when read ``reverse``);
+            ``live`` is False for all of them.
+        next: The token for the following page (``after=``); ``""`` when there is none.
+        more: Whether more frames follow this page.
+        snapshot_offset: The snapshot point ``S`` the walk reads below, fixed by its first
+            page: frames published during the walk are not in it.
+        epoch: The topic's epoch.
+    """
+
+    frames: tuple[Frame, ...]
+    next: str
+    more: bool
+    snapshot_offset: int
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)

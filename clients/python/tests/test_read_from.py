@@ -494,7 +494,6 @@ def test_a_topic_no_node_holds_yet_is_created_and_served_by_the_leader(cluster: 
         got[name] = (sub.address, frames)
         sub.close()
 
-
     with (
         Client(cluster.addresses, retry=TEST_RETRY) as pub,
         Client(cluster.addresses, retry=TEST_RETRY, read_from="followers") as reader,

@@ -1,0 +1,88 @@
+"""History pages (``Client.history``, ``Client.history_pages`` and their asyncio twins)
+against a real server: a walk yields exactly the stored frames below its snapshot, in
+order-key order (or newest first), each once, with frames published during the walk left
+out; a missing topic is ``NotFound`` and stays missing; a token of a deleted and re-created
+topic is ``EpochChanged``; a bad limit is refused before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import pytest
+from conftest import TEST_RETRY, ServerProcess
+
+from framecast import Client, EpochChanged, Frame, HistoryPage, InvalidArgument, NotFound
+from framecast import aio as framecast_aio
+
+
+def keys(frames: tuple[Frame, ...] | list[Frame]) -> list[tuple[int, int, int]]:
+    """``(seq_no, offset, crc32 of the payload)`` of each frame."""
+    return [(f.seq_no, f.offset, zlib.crc32(f.payload)) for f in frames]
+
+
+def publish_shapes(client: Client, topic: str) -> list[tuple[int, int, int]]:
+    """230 frames whose seq_nos come out of order (and repeat), payloads 0 B to ~3 KB; the
+    stored frames sorted by order key (timestamps follow offsets)."""
+    frames = [((i * 97) % 110, bytes([97 + i % 26]) * ((i * 37) % 3000)) for i in range(230)]
+    acks = client.publish_many(frames, topic, timeout=30)
+    stored = [(seq, a.offset, zlib.crc32(p)) for (seq, p), a in zip(frames, acks)]
+    return sorted(stored)
+
+
+def test_a_walk_reads_one_snapshot_in_order_key_order_both_ways(
+    server: ServerProcess, topic: str
+) -> None:
+    with Client(server.address, retry=TEST_RETRY) as c:
+        in_order = publish_shapes(c, topic)
+        first = c.history(topic, limit=100)
+        assert isinstance(first, HistoryPage)
+        assert first.snapshot_offset == 230 and first.more and first.next
+        assert not any(f.live for f in first.frames)
+        c.publish(b"after the snapshot", seq_no=0, topic=topic)
+        rest = list(c.history_pages(topic, limit=100, after=first.next))
+        assert [len(p.frames) for p in rest] == [100, 30]
+        assert [p.more for p in rest] == [True, False]
+        assert {(p.snapshot_offset, p.epoch) for p in rest} == {(230, first.epoch)}
+        walked = list(first.frames) + [f for p in rest for f in p.frames]
+        assert keys(walked) == in_order
+
+        # Newest first from seq_no 100, pages of 7 (a fresh walk: the frame published
+        # above has seq_no 0, below the start).
+        back = [
+            f
+            for p in c.history_pages(topic, from_seq_no=100, limit=7, reverse=True)
+            for f in p.frames
+        ]
+        assert keys(back) == [k for k in reversed(in_order) if k[0] >= 100]
+
+        # Refusals change nothing.
+        with pytest.raises(NotFound):
+            c.history(f"{topic}-missing")
+        assert all(t.name != f"{topic}-missing" for t in c.list_topics())
+        for bad in (0, -1):
+            with pytest.raises(InvalidArgument):
+                c.history(topic, limit=bad)
+        token = c.history(topic, limit=10).next
+        c.delete_topic(topic)
+        c.publish(b"new epoch", seq_no=1, topic=topic)
+        with pytest.raises(EpochChanged):
+            c.history(topic, limit=10, after=token)
+
+
+def test_the_asyncio_client_walks_the_same_pages(server: ServerProcess, topic: str) -> None:
+    with Client(server.address, retry=TEST_RETRY) as c:
+        in_order = publish_shapes(c, topic)
+
+    async def walk() -> tuple[list[HistoryPage], HistoryPage]:
+        async with framecast_aio.Client(server.address, retry=TEST_RETRY) as ac:
+            pages = [p async for p in ac.history_pages(topic, limit=64)]
+            newest = await ac.history(topic, limit=1, reverse=True)
+            with pytest.raises(NotFound):
+                await ac.history(f"{topic}-missing")
+            return pages, newest
+
+    pages, newest = asyncio.run(asyncio.wait_for(walk(), 30))
+    assert [len(p.frames) for p in pages] == [64, 64, 64, 38]
+    assert keys([f for p in pages for f in p.frames]) == in_order
+    assert keys(newest.frames) == in_order[-1:]
