@@ -2,7 +2,7 @@
 //!
 //! The command-line tools live here, not in the library, so that a user of
 //! `framecast::client` does not build the load generator's dependencies: [`cli`] holds the
-//! `publish` and `subscribe` commands and `bench`, the load generator.
+//! `publish`, `subscribe` and `history` commands and `bench`, the load generator.
 
 mod cli;
 
@@ -34,6 +34,8 @@ enum Command {
     Publish(cli::publish::PublishArgs),
     /// Print frames of a topic: history from --from, then live; reconnects on its own.
     Subscribe(cli::subscribe::SubscribeArgs),
+    /// Print a topic's stored frames page by page (History), oldest or newest first.
+    History(cli::history::HistoryArgs),
     /// List topics with their figures (default), create or delete one.
     Topics(cli::topics::TopicsArgs),
     /// Mint an HS256 token for scripts and tests (see --help).
@@ -695,6 +697,7 @@ fn main() -> ExitCode {
         }
         Command::Publish(args) => client_command("publish", cli::publish::run(args)),
         Command::Subscribe(args) => client_command("subscribe", cli::subscribe::run(args)),
+        Command::History(args) => client_command("history", cli::history::run(args)),
         Command::Topics(args) => client_command("topics", cli::topics::run(args)),
         Command::Token(args) => cli::token::run(args),
         Command::Bench(args) => cli::bench::main(args),

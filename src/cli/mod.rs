@@ -1,8 +1,9 @@
-//! Command-line tools built on the client: `publish`, `subscribe`, `topics` (and `bench`),
+//! Command-line tools built on the client: `publish`, `subscribe`, `history`, `topics` (and `bench`),
 //! and `token`, which mints a token for them.
 
 pub mod bench;
 mod connect;
+pub mod history;
 pub mod publish;
 mod seq;
 pub mod subscribe;

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{hex, payload_text};
-use framecast::client::{Compression, ReadFrom, Result};
+use framecast::client::{Compression, Frame, ReadFrom, Result};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,32 +76,44 @@ async fn print_frames(args: SubscribeArgs) -> Result<u64> {
             break;
         };
         let f = frame?;
-        let written = if args.raw {
-            out.write_all(&f.payload)
-                .and_then(|()| out.write_all(b"\n"))
-        } else if args.json {
-            let mut v = json!({"offset": f.offset, "seq_no": f.seq_no, "timestamp": f.timestamp,
-                               "live": f.live});
-            match std::str::from_utf8(&f.payload) {
-                Ok(s) => v["payload"] = json!(s),
-                Err(_) => v["payload_hex"] = json!(hex(&f.payload)),
-            }
-            writeln!(out, "{v}")
-        } else {
-            writeln!(
-                out,
-                "offset={} seq_no={} timestamp={} {} payload={}",
-                f.offset,
-                f.seq_no,
-                f.timestamp,
-                if f.live { "live" } else { "replay" },
-                payload_text(&f.payload)
-            )
-        };
-        if written.and_then(|()| out.flush()).is_err() {
+        if print_frame(&mut out, &f, args.json, args.raw).is_err() {
             break; // stdout closed (e.g. piped into `head`)
         }
         printed += 1;
     }
     Ok(printed)
+}
+
+/// Writes one frame to `out` and flushes: its payload and a newline (`raw`), one JSON object
+/// (`json`), else one `offset=… seq_no=… timestamp=… replay|live payload=…` line. An error
+/// when `out` is closed (piped into `head`, say).
+pub(super) fn print_frame(
+    out: &mut impl Write,
+    f: &Frame,
+    json: bool,
+    raw: bool,
+) -> std::io::Result<()> {
+    if raw {
+        out.write_all(&f.payload)?;
+        out.write_all(b"\n")?;
+    } else if json {
+        let mut v = json!({"offset": f.offset, "seq_no": f.seq_no, "timestamp": f.timestamp,
+                           "live": f.live});
+        match std::str::from_utf8(&f.payload) {
+            Ok(s) => v["payload"] = json!(s),
+            Err(_) => v["payload_hex"] = json!(hex(&f.payload)),
+        }
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "offset={} seq_no={} timestamp={} {} payload={}",
+            f.offset,
+            f.seq_no,
+            f.timestamp,
+            if f.live { "live" } else { "replay" },
+            payload_text(&f.payload)
+        )?;
+    }
+    out.flush()
 }
