@@ -38,10 +38,11 @@
 //!   bodies), `error` (the HTTP status table), `listener` (accepted connections for axum).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a
-//!   stream that resumes exactly after a break), `history` (pages of stored frames), `nodes` (several addresses, the leader
-//!   hint), `followers` (which follower a subscription reads from with
-//!   [`client::ReadFrom::Followers`]), `coalesce` (concurrent publishes over one stream),
-//!   `compression`, `credentials` (token and TLS settings), `retry`, `error`.
+//!   stream that resumes exactly after a break), `history` (pages of stored frames),
+//!   `nodes` (several addresses, the leader hint), `followers` (which follower a
+//!   subscription reads from with [`client::ReadFrom::Followers`]), `coalesce` (concurrent
+//!   publishes over one stream), `compression`, `credentials` (token and TLS settings),
+//!   `retry`, `error`.
 //! - [`cluster`]: the cluster (v1.1), coordinated through etcd: `etcd` (the typed etcd
 //!   client: leases and their keeper, KV, watches, the election, fenced writes),
 //!   `membership` (nodes registered under their leases, online/offline events), `insync`

@@ -29,10 +29,13 @@ async fn history_pages_walk_one_snapshot_in_order_key_order_both_ways() {
         let seq = (i * 97) % 120;
         let payload = vec![b'a' + (i % 26) as u8; (i as usize * 37) % 3000];
         let ack = c.publish("chat", seq, payload.clone()).await.unwrap();
-        stored.push((seq, ack.offset, crc32fast::hash(&payload)));
+        stored.push((seq, ack.timestamp, ack.offset, crc32fast::hash(&payload)));
     }
-    let mut in_order = stored.clone();
-    in_order.sort_by_key(|(seq, offset, _)| (*seq, *offset)); // timestamps follow offsets
+    stored.sort(); // the order key: (seq_no, timestamp, offset)
+    let in_order: Vec<(u64, u64, u32)> = stored
+        .iter()
+        .map(|&(seq, _, offset, crc)| (seq, offset, crc))
+        .collect();
 
     // Forward, 100 per page; frames published after the first page are not in the walk.
     let first = c

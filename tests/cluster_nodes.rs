@@ -1361,34 +1361,47 @@ async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_af
     // A topic nobody has created yet: the follower a subscription picks lacks it and names
     // the leader, so the subscription asks the route at once and the leader creates it and
     // serves it. A client given only a follower follows the hint the same way.
+    // Each reader has a topic of its own: once the leader created one, a follower copies it
+    // and rightly serves a later subscriber to it.
     let lone = Client::connect(&address_of(&followers[0])).unwrap();
-    let fresh = [client.subscribe("fresh", 0), lone.subscribe("fresh", 0)];
+    let fresh = [
+        ("fresh-picked", client.subscribe("fresh-picked", 0)),
+        ("fresh-lone", lone.subscribe("fresh-lone", 0)),
+    ];
     let readers: Vec<_> = fresh
         .into_iter()
-        .map(|mut s| {
+        .map(|(topic, mut s)| {
             tokio::spawn(async move {
                 let got = next_frames(&mut s, 3).await;
-                (got, s.node())
+                (topic, got, s.node())
             })
         })
         .collect();
-    let start = Instant::now();
-    loop {
-        let counts = subscribers_by_node(&c, "fresh").await;
-        if counts[&leader] == 2 {
-            assert!(followers.iter().all(|f| counts[f] == 0), "{counts:?}");
-            break;
+    for topic in ["fresh-picked", "fresh-lone"] {
+        let start = Instant::now();
+        loop {
+            let counts = subscribers_by_node(&c, topic).await;
+            if counts[&leader] == 1 {
+                assert!(
+                    followers.iter().all(|f| counts[f] == 0),
+                    "{topic}: {counts:?}"
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{topic}: {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{counts:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..3u64 {
-        assert_eq!(client.publish("fresh", i, "n").await.unwrap().offset, i);
+        for i in 0..3u64 {
+            assert_eq!(client.publish(topic, i, "n").await.unwrap().offset, i);
+        }
     }
     for r in readers {
-        let (got, node) = r.await.unwrap();
-        assert_eq!(got, vec![(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(node, Some(address_of(&leader)));
+        let (topic, got, node) = r.await.unwrap();
+        assert_eq!(got, vec![(0, 0), (1, 1), (2, 2)], "{topic}");
+        assert_eq!(node, Some(address_of(&leader)), "{topic}");
     }
 
     // The CLI spreads too: a `subscribe --read-from followers` waits on a follower.

@@ -1,5 +1,5 @@
-//! Command-line tools built on the client: `publish`, `subscribe`, `history`, `topics` (and `bench`),
-//! and `token`, which mints a token for them.
+//! Command-line tools built on the client: `publish`, `subscribe`, `history`, `topics` (and
+//! `bench`), and `token`, which mints a token for them.
 
 pub mod bench;
 mod connect;

@@ -57,7 +57,8 @@ impl HistoryQuery {
 pub struct HistoryPage {
     /// The frames of the page (`live` is false: all are below the snapshot point).
     pub frames: Vec<Frame>,
-    /// The token for the next page ([`HistoryQuery::after`]); empty when there is none.
+    /// The token for the next page ([`HistoryQuery::after`]); the server always sets it, and
+    /// it leads somewhere only while [`HistoryPage::more`].
     pub next: String,
     /// Whether more frames follow this page.
     pub more: bool,
@@ -92,7 +93,7 @@ impl From<proto::HistoryPage> for HistoryPage {
 impl Client {
     /// One page of `topic`'s history. A read, so it is retried on transient failures and
     /// follows the nodes as every call does; a token from a page of one node is read the
-    /// same on every node of a cluster. `NOT_FOUND` for a topic that does not exist (a
+    /// same on every node of a cluster that has copied the frames below its snapshot. `NOT_FOUND` for a topic that does not exist (a
     /// history read creates nothing), `FAILED_PRECONDITION` for a token of another epoch.
     ///
     /// ```no_run

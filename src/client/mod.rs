@@ -1,6 +1,6 @@
 //! The Rust client: [`Client`] publishes with retries that never duplicate (each frame
 //! carries a client-made idempotency key) and subscribes with a stream that reconnects and
-//! resumes exactly. It can send a token on every call and connect with TLS (mutual too).
+//! resumes exactly; it reads History pages too. It can send a token on every call and connect with TLS (mutual too).
 //! Given the nodes of a cluster, it moves to the next when one fails and follows the leader
 //! a follower names; asked to ([`ReadFrom::Followers`]), it spreads subscriptions over the
 //! followers. No gRPC type is needed to use it.

@@ -6,7 +6,7 @@
  * `readFrom: "followers"` a follower picked anew for each connect).
  */
 import type { FollowerPicker } from "./followers.js";
-import type { Transport } from "./transport.js";
+import { type Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
 /**
  * The frames of a topic: its stored frames (replay, in order-key order), then its new

@@ -8,6 +8,7 @@
 import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import { SseParser } from "./sse.js";
+import { Hops } from "./transport.js";
 import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
 /** A refused subscription that is worth asking again: timeouts, rate limits, server-side trouble. */
 function reconnectable(status) {
@@ -104,6 +105,10 @@ export class Subscription {
         let refusedByFollower = false;
         /** The leader's base URL, as the cluster named it at the last pick. */
         let leader;
+        /** The hints of the normal route followed at once in a row (bounded, as for a call). */
+        const hops = new Hops();
+        /** The normal route's node named the leader: the next connect goes there at once. */
+        let hinted = false;
         try {
             while (!stop.aborted) {
                 /**
@@ -173,7 +178,12 @@ export class Subscription {
                             refusedByFollower = true;
                         }
                         else {
-                            moveOn(resp.headers.get("framecast-leader"));
+                            const hint = resp.headers.get("framecast-leader");
+                            const named = leaderNamed ? this.transport.leaderOf(hint, base) : undefined;
+                            moveOn(hint);
+                            // A follower on the normal route names the leader (it lacks the topic): there,
+                            // at once, like a refused call; a chain of hints is cut and backs off.
+                            hinted = named !== undefined && named !== base && hops.follow(base, named);
                         }
                         broke = err;
                     }
@@ -204,6 +214,7 @@ export class Subscription {
                                     if (ev.id !== undefined)
                                         this.cursor = ev.id;
                                     failures = 0; // the server took us back: the next break starts the backoff over
+                                    hops.reset();
                                 }
                                 else if (ev.event === "error") {
                                     const err = errorOfEvent(ev.data);
@@ -239,6 +250,10 @@ export class Subscription {
                     return;
                 if (refusedByFollower)
                     continue; // at once: not a break, a question for the leader
+                if (hinted) {
+                    hinted = false;
+                    continue; // at once, to the leader the node named
+                }
                 if (failures >= this.maxReconnects) {
                     const why = broke instanceof Error ? broke.message : String(broke);
                     const status = broke instanceof FramecastError ? broke.status : 0;

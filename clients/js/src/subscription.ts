@@ -10,7 +10,7 @@ import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import type { FollowerPicker } from "./followers.js";
 import { SseParser } from "./sse.js";
-import type { Transport } from "./transport.js";
+import { Hops, type Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
 import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
 
@@ -116,6 +116,10 @@ export class Subscription implements AsyncIterableIterator<Frame> {
     let refusedByFollower = false;
     /** The leader's base URL, as the cluster named it at the last pick. */
     let leader: string | undefined;
+    /** The hints of the normal route followed at once in a row (bounded, as for a call). */
+    const hops = new Hops();
+    /** The normal route's node named the leader: the next connect goes there at once. */
+    let hinted = false;
     try {
       while (!stop.aborted) {
         /**
@@ -182,7 +186,12 @@ export class Subscription implements AsyncIterableIterator<Frame> {
               if (follower === undefined) throw err;
               refusedByFollower = true;
             } else {
-              moveOn(resp.headers.get("framecast-leader"));
+              const hint = resp.headers.get("framecast-leader");
+              const named = leaderNamed ? this.transport.leaderOf(hint, base) : undefined;
+              moveOn(hint);
+              // A follower on the normal route names the leader (it lacks the topic): there,
+              // at once, like a refused call; a chain of hints is cut and backs off.
+              hinted = named !== undefined && named !== base && hops.follow(base, named);
             }
             broke = err;
           } else if (!resp.body) {
@@ -207,6 +216,7 @@ export class Subscription implements AsyncIterableIterator<Frame> {
                   this.epoch = toBigInt(s["epoch"], "epoch");
                   if (ev.id !== undefined) this.cursor = ev.id;
                   failures = 0; // the server took us back: the next break starts the backoff over
+                  hops.reset();
                 } else if (ev.event === "error") {
                   const err = errorOfEvent(ev.data);
                   if (err.code !== "UNAVAILABLE") throw err;
@@ -234,6 +244,10 @@ export class Subscription implements AsyncIterableIterator<Frame> {
         }
         if (stop.aborted) return;
         if (refusedByFollower) continue; // at once: not a break, a question for the leader
+        if (hinted) {
+          hinted = false;
+          continue; // at once, to the leader the node named
+        }
         if (failures >= this.maxReconnects) {
           const why = broke instanceof Error ? broke.message : String(broke);
           const status = broke instanceof FramecastError ? broke.status : 0;

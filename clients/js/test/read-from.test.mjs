@@ -299,6 +299,22 @@ describe("a cluster of three nodes and etcd", { skip: ETCD ? false : NO_ETCD }, 
     assert.equal(sub.reconnects, 0);
   });
 
+  test("a client given only a follower: its refusal names the leader, followed at once", async (t) => {
+    const topic = "rf.lone";
+    const { leader, followers } = await roles();
+    const fc = new Framecast({ urls: [followers[0]], backoff: FAST });
+    const sub = fc.subscribe(topic);
+    t.after(() => sub.close());
+    const first = sub.next();
+    first.catch(() => {});
+    await untilGauges(urls, topic, { [leader]: 1 });
+    const ack = await fc.publish(topic, "l", { seqNo: 1 });
+    const r = await within(15_000, "the first frame", first);
+    assert.deepEqual([r.value.offset, r.value.text], [ack.offset, "l"]);
+    assert.equal(sub.node, leader);
+    assert.equal(sub.reconnects, 0, "a hint is not a break: no backoff, no reconnect counted");
+  });
+
   test("a cluster call that fails (an older server): subscriptions take the normal route", async (t) => {
     const topic = "rf.nocluster";
     const { leader } = await roles();

@@ -66,7 +66,8 @@ class HistoryPage:
     Attributes:
         frames: The page's frames, in order-key order (descending when read ``reverse``);
             ``live`` is False for all of them.
-        next: The token for the following page (``after=``); ``""`` when there is none.
+        next: The token for the following page (``after=``); always set by the server, it
+            leads somewhere only while ``more``.
         more: Whether more frames follow this page.
         snapshot_offset: The snapshot point ``S`` the walk reads below, fixed by its first
             page: frames published during the walk are not in it.

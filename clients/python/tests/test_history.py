@@ -23,11 +23,14 @@ def keys(frames: tuple[Frame, ...] | list[Frame]) -> list[tuple[int, int, int]]:
 
 def publish_shapes(client: Client, topic: str) -> list[tuple[int, int, int]]:
     """230 frames whose seq_nos come out of order (and repeat), payloads 0 B to ~3 KB; the
-    stored frames sorted by order key (timestamps follow offsets)."""
+    stored frames sorted by order key."""
     frames = [((i * 97) % 110, bytes([97 + i % 26]) * ((i * 37) % 3000)) for i in range(230)]
     acks = client.publish_many(frames, topic, timeout=30)
-    stored = [(seq, a.offset, zlib.crc32(p)) for (seq, p), a in zip(frames, acks)]
-    return sorted(stored)
+    # The order key is (seq_no, timestamp, offset), with the timestamps the acks gave.
+    stored = sorted(
+        (seq, a.timestamp, a.offset, zlib.crc32(p)) for (seq, p), a in zip(frames, acks)
+    )
+    return [(seq, offset, crc) for seq, _, offset, crc in stored]
 
 
 def test_a_walk_reads_one_snapshot_in_order_key_order_both_ways(

@@ -334,7 +334,7 @@ def test_without_a_cluster_answer_a_subscription_takes_the_route() -> None:
     assert {picker.pick(five, avoid="h:3").id for _ in range(3)} == {"f1"}  # type: ignore[union-attr]
     alone = ClusterInfo(7, "a:1", (single.nodes[0], f0))
     assert picker.pick(alone, avoid="e:0") == f0  # no other: the same one again
-    # A refusal by the follower (NOT_FOUND: it lacks a topic just created): at once, by
+    # A refusal by the follower (here NOT_FOUND): at once, by
     # the route, without moving the client's current node.
     err = _Err(grpc.StatusCode.NOT_FOUND)
     assert resume.broken(err) == 0.0 and not resume.wants_cluster() and nodes.current == "a:1"
@@ -343,11 +343,18 @@ def test_without_a_cluster_answer_a_subscription_takes_the_route() -> None:
     # The same refusal on the route's node is final.
     with pytest.raises(Exception, match="NOT_FOUND|gone"):
         resume.broken(err)
+    # A follower that lacks the topic answers UNAVAILABLE naming the leader: not a break of
+    # that follower (which would pick the other one, lacking it too) but, at once, the route.
+    assert resume.address("a:1", three) == "f:1"
+    hinted = _Err(grpc.StatusCode.UNAVAILABLE, (("framecast-leader", "a:1"),))
+    assert resume.broken(hinted) == 0.0 and not resume.wants_cluster()
+    assert resume.address("a:1", None) == "a:1"
 
 
 class _Err(grpc.RpcError):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode) -> None:
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[Any, ...] = ()) -> None:
         self._c = code
+        self._t = trailers
 
     def code(self) -> grpc.StatusCode:
         return self._c
@@ -356,7 +363,7 @@ class _Err(grpc.RpcError):  # type: ignore[misc]
         return "gone"
 
     def trailing_metadata(self) -> tuple[Any, ...]:
-        return ()
+        return self._t
 
 
 # ------------------------------------------------------------------ a single node
@@ -481,15 +488,18 @@ def test_a_topic_no_node_holds_yet_is_created_and_served_by_the_leader(cluster: 
     """A follower lacks a topic nobody has created (only the leader creates topics): it
     answers a subscription to it ``UNAVAILABLE`` naming the leader. A subscription that
     picked it asks the route at once, a client given only that follower follows the hint,
-    and the leader creates the topic and serves both, sync and asyncio alike."""
+    and the leader creates the topic and serves it, sync and asyncio alike. Each reader has
+    a topic of its own: once the leader created one, a follower copies it and rightly serves
+    a later subscriber to it."""
     leader, followers = cluster.roles()
-    topic = f"t-{uuid.uuid4().hex[:12]}"
+    base = f"t-{uuid.uuid4().hex[:12]}"
+    topics = {name: f"{base}-{name}" for name in ("followers", "lone", "aio")}
     leader_address = cluster.nodes[leader].address
     only_follower = cluster.nodes[followers[0]].address
     got: dict[str, tuple[str | None, list[Frame]]] = {}
 
     def read(name: str, client: Client) -> None:
-        sub = client.frames(topic, 0, timeout=60)
+        sub = client.frames(topics[name], 0, timeout=60)
         frames = list(itertools.islice(sub, 3))
         got[name] = (sub.address, frames)
         sub.close()
@@ -503,26 +513,28 @@ def test_a_topic_no_node_holds_yet_is_created_and_served_by_the_leader(cluster: 
             threading.Thread(target=read, args=("followers", reader), daemon=True),
             threading.Thread(target=read, args=("lone", lone), daemon=True),
             threading.Thread(
-                target=lambda: got.update(aio=asyncio.run(read_aio(cluster, topic, 3))),
+                target=lambda: got.update(aio=asyncio.run(read_aio(cluster, topics["aio"], 3))),
                 daemon=True,
             ),
         ]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        while True:
-            gauges = {i: cluster.subscribers(i, topic) for i in cluster.nodes}
-            if gauges == {leader: 3, followers[0]: 0, followers[1]: 0}:
-                break
-            assert time.monotonic() < deadline, (gauges, got, cluster.logs())
-            time.sleep(0.1)
-        acks = publish_all(pub, topic, [(i, b"n%d" % i) for i in range(3)])
+        expected = {}
+        for name, topic in topics.items():
+            deadline = time.monotonic() + 20
+            while True:
+                gauges = {i: cluster.subscribers(i, topic) for i in cluster.nodes}
+                if gauges == {leader: 1, followers[0]: 0, followers[1]: 0}:
+                    break
+                assert time.monotonic() < deadline, (name, gauges, got, cluster.logs())
+                time.sleep(0.1)
+            acks = publish_all(pub, topic, [(i, b"n%d" % i) for i in range(3)])
+            expected[name] = [(a.offset, i, b"n%d" % i) for i, a in enumerate(acks)]
         for t in threads:
             t.join(30)
-        expected = [(a.offset, i, b"n%d" % i) for i, a in enumerate(acks)]
         assert sorted(got) == ["aio", "followers", "lone"], got
         for name, (address, frames) in got.items():
-            assert triples(frames) == expected, name
+            assert triples(frames) == expected[name], name
             assert address == leader_address, (name, address)
 
 

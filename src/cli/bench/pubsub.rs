@@ -164,8 +164,9 @@ async fn spread(addrs: &[String], n: usize, windows: Windows, wire: &Wire) -> Re
 const TOPIC_EVERYWHERE: Duration = Duration::from_secs(60);
 
 /// Creates the topic on the publishers' node and waits until every subscriber address
-/// holds it: a follower creates no topic (a subscription there to a topic it has not copied
-/// yet is `NOT_FOUND`), so subscribers spread over a cluster open once it has the topic.
+/// holds it: a follower creates no topic (it refuses a subscription to a topic it has not
+/// copied yet, naming the leader), so subscribers spread over a cluster each open on the
+/// node they were given, once it has the topic.
 async fn topic_everywhere(leader: &Grpc, plan: &Plan) -> Result<()> {
     let created = leader
         .clone()

@@ -364,7 +364,7 @@ function startTail(topic, from) {
       }
       stopTail(`ended: ${err.code}: ${err.message}`, 'err');
     } else if (es.readyState === EventSource.CLOSED) {
-      stopTail('refused by the server (topic, from or token?)', 'err');
+      stopTail('refused by the server (topic, from or token? on a cluster, a follower refuses a topic it does not hold: use the leader)', 'err');
     } else {
       setTailStatus('connection lost: reconnecting, resuming after the last frame…', 'warn');
     }
