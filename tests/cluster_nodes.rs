@@ -436,6 +436,12 @@ async fn follower_refuses_subscriptions_to_topics_it_lacks(
             .map(|_| ())
             .unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable, "{resume:?}: {refused:?}");
+        assert!(
+            refused
+                .message()
+                .starts_with("this node does not hold topic 'other' and is not the leader"),
+            "{refused:?}"
+        );
         assert_eq!(
             refused
                 .metadata()

@@ -166,6 +166,7 @@ impl ClusterView {
             if !latest.membership.this.leader {
                 let m = &latest.membership;
                 return Err(Error::NotLeader {
+                    topic: String::new(),
                     leader: m.leader.clone(),
                     leader_http: m
                         .others

@@ -447,7 +447,18 @@ impl Broker {
         if let Some(topic) = self.topics.get(name) {
             return Ok(topic);
         }
-        self.cluster.check_writable()?;
+        self.cluster.check_writable().map_err(|e| match e {
+            Error::NotLeader {
+                leader,
+                leader_http,
+                ..
+            } => Error::NotLeader {
+                topic: name.to_string(),
+                leader,
+                leader_http,
+            },
+            other => other,
+        })?;
         match &r.resume {
             Some(c) if self.topics.auto_create() => Err(Error::EpochMismatch {
                 topic: name.to_string(),

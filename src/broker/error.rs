@@ -56,11 +56,14 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
-    /// A write reached a cluster node that does not lead. UNAVAILABLE, with the trailer
+    /// A write reached a cluster node that does not lead (or a subscription, a topic it does
+    /// not hold: only the leader creates topics). UNAVAILABLE, with the trailer
     /// `framecast-leader: <leader>` (HTTP: the `Framecast-Leader` header, naming the
     /// leader's HTTP door when it advertises one).
-    #[error("not the leader{}", if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
+    #[error("{}not the leader{}", if topic.is_empty() { String::new() } else { format!("this node does not hold topic '{topic}' and is ") }, if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
     NotLeader {
+        /// The topic a subscription named that this node does not hold; `""` for a write.
+        topic: String,
         /// The leader's advertised gRPC address, or `""` while there is none.
         leader: String,
         /// The leader's advertised HTTP door (`--advertise-http`), or `""`.

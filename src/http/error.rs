@@ -57,6 +57,7 @@ fn leader_named(e: &Error) -> Option<&str> {
     let Error::NotLeader {
         leader,
         leader_http,
+        ..
     } = e
     else {
         return None;
@@ -123,6 +124,7 @@ mod tests {
     #[test]
     fn a_followers_refusal_names_the_leaders_http_door_else_its_grpc_address() {
         let refusal = |http: &str| Error::NotLeader {
+            topic: String::new(),
             leader: "l:7070".into(),
             leader_http: http.into(),
         };
@@ -134,10 +136,19 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()["framecast-leader"], "http://l:8080");
         let none = Error::NotLeader {
+            topic: "t".into(),
             leader: String::new(),
             leader_http: String::new(),
         };
         assert!(error_body(&none).get("leader").is_none());
+        assert_eq!(
+            error_body(&none)["message"],
+            "this node does not hold topic 't' and is not the leader (no leader elected yet)"
+        );
+        assert_eq!(
+            error_body(&refusal(""))["message"],
+            "not the leader: the leader is l:7070"
+        );
         assert!(ApiError(none)
             .into_response()
             .headers()
