@@ -71,17 +71,8 @@ pub struct HistoryPage {
 impl From<proto::HistoryPage> for HistoryPage {
     fn from(p: proto::HistoryPage) -> HistoryPage {
         HistoryPage {
-            frames: p
-                .frames
-                .into_iter()
-                .map(|f| Frame {
-                    seq_no: f.seq_no,
-                    payload: f.payload,
-                    timestamp: f.timestamp,
-                    offset: f.offset,
-                    live: false,
-                })
-                .collect(),
+            // Every frame of a page is below its snapshot point: not live.
+            frames: p.frames.into_iter().map(|f| Frame::of(f, false)).collect(),
             next: p.next,
             more: p.more,
             snapshot_offset: p.snapshot_offset,

@@ -42,6 +42,19 @@ pub struct Frame {
     pub live: bool,
 }
 
+impl Frame {
+    /// The frame of message `f`; `live` when it is at or past the snapshot point.
+    pub(super) fn of(f: proto::Frame, live: bool) -> Frame {
+        Frame {
+            seq_no: f.seq_no,
+            payload: f.payload,
+            timestamp: f.timestamp,
+            offset: f.offset,
+            live,
+        }
+    }
+}
+
 /// Where the subscription stands, for an exact resume.
 #[derive(Debug, Clone, Copy, Default)]
 struct Position {
@@ -146,13 +159,7 @@ impl State {
                     let pos = self.position.get_or_insert_with(Position::default);
                     pos.last = Some((f.seq_no, f.timestamp, f.offset));
                     let live = f.offset >= pos.snapshot;
-                    return Some(Ok(Frame {
-                        seq_no: f.seq_no,
-                        payload: f.payload,
-                        timestamp: f.timestamp,
-                        offset: f.offset,
-                        live,
-                    }));
+                    return Some(Ok(Frame::of(f, live)));
                 }
                 Ok(None) => {
                     // The server never ends a subscription cleanly; treat it as a break.
