@@ -330,6 +330,7 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
         Some(leader_http.as_str())
     );
     follower_refuses_subscriptions_to_topics_it_lacks(&c, &leader, followers[0]).await;
+    follower_names_the_leader_for_history_it_lacks(&c, &leader, followers[0]).await;
     // Every node delivers the same 300 frames; nobody has the refused topic.
     let on_leader = log_of(&c, &leader, "prices").await;
     assert_eq!(on_leader.len(), 300);
@@ -484,6 +485,100 @@ async fn follower_refuses_subscriptions_to_topics_it_lacks(
     assert_eq!(answer["id"], 1, "{answer}");
     assert_eq!(answer["error"]["code"], "UNAVAILABLE", "{answer}");
     assert_eq!(answer["error"]["leader"], leader_http.as_str(), "{answer}");
+    for id in [leader, follower] {
+        let mut client = c.client(id).await;
+        assert!(
+            common::topic_info(&mut client, "other").await.is_none(),
+            "{id}"
+        );
+    }
+}
+
+/// History reads what a node holds, and a follower may lack what the leader has: a topic
+/// it has not copied (or nobody created), or the frames below another node's snapshot. It
+/// names the leader then (`UNAVAILABLE`, as a write), whose answer is final (`NOT_FOUND`,
+/// `OUT_OF_RANGE`), and creates nothing. `prices` holds 300 frames on every node.
+async fn follower_names_the_leader_for_history_it_lacks(c: &Cluster, leader: &str, follower: &str) {
+    use framecast::broker::cursor::CursorToken;
+    let leader_addr = c.node(leader).address.as_str();
+    let history = |topic: &str, after: &str| framecast::proto::HistoryRequest {
+        topic: topic.into(),
+        after: after.into(),
+        ..Default::default()
+    };
+    let mut at_follower = c.client(follower).await;
+    let mut at_leader = c.client(leader).await;
+    let epoch = at_leader
+        .history(history("prices", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .epoch;
+    let ahead = CursorToken {
+        start_seq_no: 0,
+        snapshot: 1_000_000,
+        epoch,
+        last: None,
+        reverse: false,
+        floor: Some(0),
+    }
+    .encode();
+    for (topic, after, lacks, final_code) in [
+        ("other", "", "topic 'other'", Code::NotFound),
+        (
+            "prices",
+            ahead.as_str(),
+            "topic 'prices' up to offset 1000000",
+            Code::OutOfRange,
+        ),
+    ] {
+        let refused = at_follower
+            .history(history(topic, after))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            format!("this node does not hold {lacks} and is not the leader: the leader is {leader_addr}"),
+        );
+        assert_eq!(
+            refused
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(leader_addr),
+            "{refused:?}"
+        );
+        let answer = at_leader.history(history(topic, after)).await.unwrap_err();
+        assert_eq!(answer.code(), final_code, "{answer:?}");
+    }
+    // Over HTTP, naming the leader's HTTP door.
+    let follower_http = c.node(follower).server.http.clone().unwrap();
+    let leader_http = c.node(leader).server.http.clone().unwrap();
+    let refused = common::http::request(
+        &follower_http,
+        "GET",
+        "/v1/topics/other/history?from=0",
+        &[],
+        b"",
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.header("framecast-leader"),
+        Some(leader_http.as_str())
+    );
+    // The Rust client given only the follower follows the hint: the leader's answer.
+    let client = framecast::client::Client::connect(&c.node(follower).address).unwrap();
+    let query = framecast::client::HistoryQuery::from(0);
+    let answer = client.history("other", &query).await.unwrap_err();
+    assert!(
+        matches!(answer, framecast::client::Error::NotFound(_)),
+        "{answer:?}"
+    );
+    assert_eq!(
+        client.current_addr().trim_start_matches("http://"),
+        leader_addr
+    );
     for id in [leader, follower] {
         let mut client = c.client(id).await;
         assert!(

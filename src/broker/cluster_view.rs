@@ -161,21 +161,8 @@ impl ClusterView {
     /// Whether this node may take a write now: it must lead ([`Error::NotLeader`] with the
     /// leader's address otherwise) and be able to acknowledge ([`Error::NotWritable`]).
     pub fn check_writable(&self) -> Result<()> {
-        {
-            let latest = self.inner.latest.borrow();
-            if !latest.membership.this.leader {
-                let m = &latest.membership;
-                return Err(Error::NotLeader {
-                    topic: String::new(),
-                    leader: m.leader.clone(),
-                    leader_http: m
-                        .others
-                        .iter()
-                        .find(|n| n.leader)
-                        .map(|n| n.http_address.clone())
-                        .unwrap_or_default(),
-                });
-            }
+        if let Some(refusal) = self.leader_elsewhere(String::new()) {
+            return Err(refusal);
         }
         if let Some(why) = &*self.inner.refusal.read() {
             return Err(Error::NotWritable(why.clone()));
@@ -186,6 +173,25 @@ impl ClusterView {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The refusal of a request that needs `lacks`, something this node does not hold,
+    /// when this node does not lead: [`Error::NotLeader`] naming the leader, who holds it
+    /// or answers for good. `None` on the leader and on a single node, whose answer about
+    /// its own topics is final.
+    pub fn leader_elsewhere(&self, lacks: String) -> Option<Error> {
+        let latest = self.inner.latest.borrow();
+        let m = &latest.membership;
+        (!m.this.leader).then(|| Error::NotLeader {
+            lacks,
+            leader: m.leader.clone(),
+            leader_http: m
+                .others
+                .iter()
+                .find(|n| n.leader)
+                .map(|n| n.http_address.clone())
+                .unwrap_or_default(),
+        })
     }
 
     /// Sets the instant past which this node refuses writes (`None`: no limit).

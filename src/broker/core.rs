@@ -447,18 +447,10 @@ impl Broker {
         if let Some(topic) = self.topics.get(name) {
             return Ok(topic);
         }
-        self.cluster.check_writable().map_err(|e| match e {
-            Error::NotLeader {
-                leader,
-                leader_http,
-                ..
-            } => Error::NotLeader {
-                topic: name.to_string(),
-                leader,
-                leader_http,
-            },
-            other => other,
-        })?;
+        if let Some(refusal) = self.cluster.leader_elsewhere(format!("topic '{name}'")) {
+            return Err(refusal);
+        }
+        self.cluster.check_writable()?;
         match &r.resume {
             Some(c) if self.topics.auto_create() => Err(Error::EpochMismatch {
                 topic: name.to_string(),

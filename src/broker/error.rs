@@ -56,14 +56,16 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
-    /// A write reached a cluster node that does not lead (or a subscription, a topic it does
-    /// not hold: only the leader creates topics). UNAVAILABLE, with the trailer
-    /// `framecast-leader: <leader>` (HTTP: the `Framecast-Leader` header, naming the
-    /// leader's HTTP door when it advertises one).
-    #[error("{}not the leader{}", if topic.is_empty() { String::new() } else { format!("this node does not hold topic '{topic}' and is ") }, if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
+    /// A write reached a cluster node that does not lead, or a read needs what this
+    /// follower does not hold yet (a subscription to a topic it lacks: only the leader
+    /// creates topics; a History page of such a topic, or past what it has copied).
+    /// UNAVAILABLE, with the trailer `framecast-leader: <leader>` (HTTP: the
+    /// `Framecast-Leader` header, naming the leader's HTTP door when it advertises one).
+    #[error("{}not the leader{}", if lacks.is_empty() { String::new() } else { format!("this node does not hold {lacks} and is ") }, if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]
     NotLeader {
-        /// The topic a subscription named that this node does not hold; `""` for a write.
-        topic: String,
+        /// What a read needs that this node does not hold (`topic 'T'`, or `topic 'T' up to
+        /// offset N`); `""` for a write.
+        lacks: String,
         /// The leader's advertised gRPC address, or `""` while there is none.
         leader: String,
         /// The leader's advertised HTTP door (`--advertise-http`), or `""`.

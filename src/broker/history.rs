@@ -56,11 +56,14 @@ impl Broker {
             "" => None,
             text => Some(CursorToken::decode(text)?),
         };
-        // History reads: it never creates a topic.
-        let topic = self
-            .topics()
-            .get(&name)
-            .ok_or_else(|| Error::TopicNotFound(name.clone()))?;
+        // History reads: it never creates a topic. A follower that lacks it (not copied yet,
+        // or never created) names the leader, whose answer is final.
+        let Some(topic) = self.topics().get(&name) else {
+            return Err(self
+                .cluster_view()
+                .leader_elsewhere(format!("topic '{name}'"))
+                .unwrap_or(Error::TopicNotFound(name)));
+        };
         let epoch = topic.meta().epoch;
         let log = topic.log();
         let walk = match after {
@@ -72,7 +75,24 @@ impl Broker {
                 reverse: r.reverse,
                 floor: Some(log.first_offset()),
             },
-            Some(t) => checked_token(t, r, &name, epoch, topic.visible_offset())?,
+            Some(t) => {
+                let t = checked_token(t, r, &name, epoch)?;
+                let visible = topic.visible_offset();
+                if t.snapshot > visible {
+                    // A token from a node ahead of this one: a follower that has not copied
+                    // that far names the leader; the leader's own answer is final.
+                    let lacks = format!("topic '{name}' up to offset {}", t.snapshot);
+                    return Err(self.cluster_view().leader_elsewhere(lacks).unwrap_or_else(
+                        || {
+                            Error::OutOfRange(format!(
+                                "cursor snapshot_offset {} is beyond the topic's next offset {visible}",
+                                t.snapshot
+                            ))
+                        },
+                    ));
+                }
+                t
+            }
         };
         let first = OrderKey::first_of_seq(walk.start_seq_no);
         let mut got: Vec<StoredFrame> = Vec::new();
@@ -117,13 +137,12 @@ impl Broker {
 }
 
 /// The walk a later page continues: the token's, once it is checked against the request
-/// and the topic.
+/// and the topic's epoch (its snapshot against what this node holds is the caller's).
 fn checked_token(
     t: CursorToken,
     r: &proto::HistoryRequest,
     topic: &str,
     epoch: u64,
-    durable: u64,
 ) -> Result<CursorToken> {
     if t.epoch != epoch {
         return Err(Error::EpochMismatch {
@@ -131,12 +150,6 @@ fn checked_token(
             cursor: t.epoch,
             current: epoch,
         });
-    }
-    if t.snapshot > durable {
-        return Err(Error::OutOfRange(format!(
-            "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
-            t.snapshot
-        )));
     }
     if t.reverse != r.reverse {
         return Err(Error::InvalidArgument(format!(

@@ -84,8 +84,10 @@ impl From<proto::HistoryPage> for HistoryPage {
 impl Client {
     /// One page of `topic`'s history. A read, so it is retried on transient failures and
     /// follows the nodes as every call does; a token from a page of one node is read the
-    /// same on every node of a cluster that has copied the frames below its snapshot. `NOT_FOUND` for a topic that does not exist (a
-    /// history read creates nothing), `FAILED_PRECONDITION` for a token of another epoch.
+    /// same on every node of a cluster (a follower that has not copied the topic, or the
+    /// frames below the token's snapshot, names the leader, and the call goes there).
+    /// `NOT_FOUND` for a topic that does not exist (a history read creates nothing),
+    /// `FAILED_PRECONDITION` for a token of another epoch.
     ///
     /// ```no_run
     /// # async fn scroll_back() -> framecast::client::Result<()> {

@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn a_followers_refusal_names_the_leaders_http_door_else_its_grpc_address() {
         let refusal = |http: &str| Error::NotLeader {
-            topic: String::new(),
+            lacks: String::new(),
             leader: "l:7070".into(),
             leader_http: http.into(),
         };
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()["framecast-leader"], "http://l:8080");
         let none = Error::NotLeader {
-            topic: "t".into(),
+            lacks: "topic 't'".into(),
             leader: String::new(),
             leader_http: String::new(),
         };

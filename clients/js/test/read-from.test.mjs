@@ -315,6 +315,19 @@ describe("a cluster of three nodes and etcd", { skip: ETCD ? false : NO_ETCD }, 
     assert.equal(sub.reconnects, 0, "a hint is not a break: no backoff, no reconnect counted");
   });
 
+  test("history of a topic a follower lacks: the follower names the leader, whose NOT_FOUND is the answer", async () => {
+    const topic = "rf.nohistory";
+    const { leader, followers } = await roles();
+    const direct = await fetch(`${followers[0]}/v1/topics/${topic}/history`);
+    assert.equal(direct.status, 503);
+    assert.equal(direct.headers.get("framecast-leader"), leader);
+    const fc = new Framecast({ urls: [followers[0]], backoff: FAST });
+    await assert.rejects(fc.history(topic), (e) => e.code === "NOT_FOUND" && e.status === 404);
+    assert.equal(fc.url, leader, "the call followed the hint");
+    const topics = await new Framecast({ urls }).topics();
+    assert.ok(!topics.some((t) => t.name === topic), show(topics));
+  });
+
   test("a cluster call that fails (an older server): subscriptions take the normal route", async (t) => {
     const topic = "rf.nocluster";
     const { leader } = await roles();

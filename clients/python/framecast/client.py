@@ -635,8 +635,9 @@ class Client:
         back), at most ``limit`` (the server's default 100 when ``None``; at most 10,000).
         The first page (no ``after``) fixes a snapshot; pass its ``next`` as ``after``, with
         the same ``from_seq_no`` and ``reverse``, for the following page. Pages never
-        overlap and never skip, and a token is read the same on every node of a cluster that
-        has copied the frames below its snapshot.
+        overlap and never skip, and a token is read the same on every node of a cluster (a
+        follower that has not copied the topic, or the frames below the token's snapshot,
+        names the leader, and the call goes there).
         A read: retried like every call, and it creates nothing.
 
         Raises:

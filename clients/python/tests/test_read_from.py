@@ -32,7 +32,16 @@ import grpc
 import pytest
 from conftest import TEST_RETRY, ServerProcess, free_port, run_bounded
 
-from framecast import Ack, Client, ClusterInfo, Frame, InvalidArgument, NodeInfo, RetryPolicy
+from framecast import (
+    Ack,
+    Client,
+    ClusterInfo,
+    Frame,
+    InvalidArgument,
+    NodeInfo,
+    NotFound,
+    RetryPolicy,
+)
 from framecast import aio as framecast_aio
 from framecast._core import FollowerPicker, Nodes, Resume, Route
 
@@ -536,6 +545,30 @@ def test_a_topic_no_node_holds_yet_is_created_and_served_by_the_leader(cluster: 
         for name, (address, frames) in got.items():
             assert triples(frames) == expected[name], name
             assert address == leader_address, (name, address)
+
+
+def test_history_a_follower_lacks_is_answered_by_the_leader(cluster: Cluster) -> None:
+    """A follower that lacks a topic answers a History page of it ``UNAVAILABLE`` naming
+    the leader; a client given only that follower follows the hint, sync and asyncio, and
+    the leader's ``NotFound`` is the answer. Nothing is created."""
+    leader, followers = cluster.roles()
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    leader_address = cluster.nodes[leader].address
+    only_follower = cluster.nodes[followers[0]].address
+
+    async def read_aio() -> str:
+        async with framecast_aio.Client(only_follower, retry=TEST_RETRY) as c:
+            with pytest.raises(NotFound):
+                await c.history(topic)
+            return c.address
+
+    with Client(only_follower, retry=TEST_RETRY) as lone:
+        with pytest.raises(NotFound):
+            lone.history(topic)
+        assert lone.address == leader_address
+    assert asyncio.run(read_aio()) == leader_address
+    with Client(cluster.addresses, retry=TEST_RETRY) as c:
+        assert topic not in {t.name for t in c.list_topics()}
 
 
 def test_kill_9_of_the_serving_follower_resumes_exactly_on_the_other(cluster: Cluster) -> None:
