@@ -195,12 +195,19 @@ impl InSync {
             .collect()
     }
 
-    /// Adds `member` to the set (after etcd says so). Commit points do not move back: a
-    /// member is added only when it holds them.
-    pub fn add_member(&mut self, member: &str) {
-        if member != self.leader {
-            self.members.insert(member.to_string());
+    /// Adds `member` to the set if it is caught up as of `now` and holds every commit point
+    /// (they never move back); whether it is in the set now. The caller adds it here
+    /// before etcd: from then on no commit point passes what it holds, so it holds every
+    /// committed frame once etcd names it in sync and it may be elected.
+    pub fn add_member(&mut self, member: &str, now: Instant) -> bool {
+        if member == self.leader || self.members.contains(member) {
+            return true;
         }
+        if !self.holds_up(member, now) {
+            return false;
+        }
+        self.members.insert(member.to_string());
+        true
     }
 
     /// `follower` opened its stream (as of `now`): known from now on, even before it reports
@@ -230,7 +237,9 @@ impl InSync {
         })
     }
 
-    /// Every topic held to the leader's end, or caught up (for real) within `max_lag`.
+    /// Every topic held to the leader's end, or caught up (for real) within `max_lag`, and
+    /// to its commit point at least: a member that lacked committed frames could be elected
+    /// without them (Kafka's rule: a follower rejoins once it holds the high watermark).
     fn holds_up(&self, follower: &str, now: Instant) -> bool {
         let Some(f) = self.positions.get(follower) else {
             return false;
@@ -239,11 +248,12 @@ impl InSync {
             .iter()
             .all(|(topic, &end)| match f.topics.get(topic) {
                 Some(p) => {
-                    p.durable >= end
-                        || (p.caught
-                            && now.saturating_duration_since(p.caught_up_at) <= self.max_lag)
+                    p.durable >= self.commit(topic)
+                        && (p.durable >= end
+                            || (p.caught
+                                && now.saturating_duration_since(p.caught_up_at) <= self.max_lag))
                 }
-                None => end == 0,
+                None => end == 0 && self.commit(topic) == 0,
             })
     }
 
@@ -454,12 +464,39 @@ mod tests {
         s.sent("c", "u", 5, true, t0 + Duration::from_secs(20));
         s.reported("c", "u", 5, t0 + Duration::from_secs(20));
         assert_eq!(s.caught_up(&online, t0 + Duration::from_secs(20)), ["c"]);
-        s.add_member("c");
+        assert!(s.add_member("c", t0 + Duration::from_secs(20)));
         assert_eq!(s.set(), ["a", "c"]);
         assert_eq!(s.commit("t"), 10);
         s.leader_durable("t", 11, t0);
         assert_eq!(s.commit("t"), 10, "c must hold 11 first");
         s.remove_topic("t");
         assert_eq!(s.commit("t"), 0);
+    }
+
+    #[test]
+    fn a_follower_caught_up_within_the_lag_joins_only_once_it_holds_the_commit_point() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.leader_durable("t", 100, t0);
+        s.reported("b", "t", 100, t0);
+        assert_eq!(s.commit("t"), 100);
+        // c held the whole end it was sent (50) a moment ago, so it is caught up within the
+        // lag; but frames up to 100 are committed and c holds 50 of them.
+        s.sent("c", "t", 50, true, t0);
+        s.reported("c", "t", 50, t0);
+        let now = t0 + Duration::from_secs(1);
+        assert!(s.caught_up(&online, now).is_empty());
+        assert!(!s.add_member("c", now));
+        assert_eq!(s.set(), ["a", "b"]);
+        // Once it holds the commit point it joins, and commit points then wait for it.
+        s.reported("c", "t", 100, now);
+        assert_eq!(s.caught_up(&online, now), ["c"]);
+        assert!(s.add_member("c", now));
+        s.leader_durable("t", 120, now);
+        s.reported("b", "t", 120, now);
+        assert_eq!(s.commit("t"), 100, "c must hold 120 first");
+        s.reported("c", "t", 120, now);
+        assert_eq!(s.commit("t"), 120);
     }
 }

@@ -162,9 +162,10 @@ impl Leader {
         }
     }
 
-    /// Adds `member` to the in-sync set (after etcd says so).
-    pub fn add_member(&self, member: &str) {
-        self.insync.lock().add_member(member);
+    /// Adds `member` to the in-sync set if it is caught up and holds every commit point;
+    /// whether it is in the set now. Before etcd: see [`InSync::add_member`].
+    pub fn add_member(&self, member: &str) -> bool {
+        self.insync.lock().add_member(member, Instant::now())
     }
 
     fn own_ends(&self, topics: Vec<Arc<Topic>>) {

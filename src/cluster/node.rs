@@ -553,7 +553,7 @@ impl Node {
             .set_peer_positions(Some(Arc::clone(&leader) as Arc<dyn PeerPositions>));
         let commits = tokio::spawn(Arc::clone(&leader).run_commits());
         self.view.set_refusal(None);
-        self.refuse_unless_writable(&leader, Instant::now());
+        self.refuse_unless_writable(&leader.insync_set(), Instant::now());
         self.announce(Kind::LeaderChanged, self.me());
         info!(term, insync = ?leader.insync_set(), "leading");
 
@@ -569,7 +569,7 @@ impl Node {
                 error!(term, %why, "a log failed: stepping down");
                 break;
             }
-            self.refuse_unless_writable(&leader, Instant::now());
+            self.refuse_unless_writable(&leader.insync_set(), Instant::now());
             let online = |id: &str| self.membership.is_online(id);
             let mut deposed = false;
             for m in leader.laggards(&online) {
@@ -578,8 +578,12 @@ impl Node {
                     .into_iter()
                     .filter(|x| *x != m)
                     .collect();
-                if self.write_insync(&key, term, set).await {
+                if self.write_insync(&key, term, set.clone()).await {
                     info!(term, member = %m, "dropped from the in-sync set");
+                    // Refused first if the set is now too small: the drop moves commit
+                    // points, and the publishes waiting for the dropped member must then
+                    // find the refusal, not an acknowledgement.
+                    self.refuse_unless_writable(&set, Instant::now());
                     leader.drop_member(&m);
                 } else {
                     deposed = true;
@@ -587,11 +591,13 @@ impl Node {
                 }
             }
             for m in leader.caught_up(&online) {
-                let mut set = leader.insync_set();
-                set.push(m.clone());
-                if self.write_insync(&key, term, set).await {
+                // Here first, then in etcd: from now on commit points wait for it, so it
+                // holds every committed frame once etcd names it (and it may be elected).
+                if !leader.add_member(&m) {
+                    continue;
+                }
+                if self.write_insync(&key, term, leader.insync_set()).await {
                     info!(term, member = %m, "added to the in-sync set");
-                    leader.add_member(&m);
                 } else {
                     deposed = true;
                     break;
@@ -601,7 +607,7 @@ impl Node {
                 warn!(term, "no longer the leader in etcd: stepping down");
                 break;
             }
-            self.refuse_unless_writable(&leader, Instant::now());
+            self.refuse_unless_writable(&leader.insync_set(), Instant::now());
         }
         self.view.set_refusal(Some("stepping down".into()));
         self.door.send_replace(Door::Shut);
@@ -617,9 +623,8 @@ impl Node {
         let _ = self.etcd.resign(&key).await;
     }
 
-    /// Refuses writes while too few members are in sync or the lease may lapse soon.
-    fn refuse_unless_writable(&self, leader: &Leader, now: Instant) {
-        let set = leader.insync_set();
+    /// Refuses writes while the in-sync `set` is too small or the lease may lapse soon.
+    fn refuse_unless_writable(&self, set: &[String], now: Instant) {
         let valid_until = self.keeper.lock().valid_until().into_std();
         // Renewals come every third of the TTL: a lease with less than a third left has
         // missed one; stop acknowledging before it can lapse.
