@@ -252,3 +252,26 @@ fn concurrent_appenders_and_readers() {
         .expect("read all");
     assert_eq!(again, all);
 }
+
+/// Appends whose waiter is gone (a cancelled task) still land; `appends_settled` returns
+/// once every one queued before it is durable, and at once when nothing is queued.
+#[tokio::test]
+async fn appends_settled_waits_for_appends_nobody_waits_for() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(tmp.path(), config()).expect("open");
+    log.appends_settled().await;
+    assert_eq!(log.durable_offset(), 0);
+    for i in 0..200u64 {
+        let frame = NewFrame {
+            seq_no: i,
+            timestamp: 1,
+            key: Bytes::new(),
+            payload: Bytes::from(payload(i)),
+        };
+        drop(log.submit(vec![frame]).expect("submit"));
+    }
+    log.appends_settled().await;
+    assert_eq!(log.durable_offset(), 200);
+    log.appends_settled().await;
+    assert_eq!(log.durable_offset(), 200);
+}

@@ -58,6 +58,9 @@ pub struct InSync {
     appeared: HashMap<String, Instant>,
     /// The commit point per topic (monotonic).
     commits: HashMap<String, u64>,
+    /// The epoch each topic's entries are of: a topic deleted and created again under the
+    /// same name starts over, no position or commit point of the old one carried into it.
+    epochs: HashMap<String, u64>,
 }
 
 impl InSync {
@@ -77,6 +80,7 @@ impl InSync {
             ends: HashMap::new(),
             appeared: HashMap::new(),
             commits: HashMap::new(),
+            epochs: HashMap::new(),
         }
     }
 
@@ -87,9 +91,16 @@ impl InSync {
             .collect()
     }
 
-    /// The leader's durable end of `topic` moved to `end` (as of `now`); returns the new
-    /// commit point if it moved.
-    pub fn leader_durable(&mut self, topic: &str, end: u64, now: Instant) -> Option<u64> {
+    /// The leader's durable end of `topic` (of `epoch`) moved to `end` (as of `now`);
+    /// returns the new commit point if it moved.
+    pub fn leader_durable(
+        &mut self,
+        topic: &str,
+        epoch: u64,
+        end: u64,
+        now: Instant,
+    ) -> Option<u64> {
+        self.epoch(topic, epoch);
         // Looked up first: this runs at every commit, and a known topic needs no new key.
         if !self.appeared.contains_key(topic) {
             self.appeared.insert(topic.to_string(), now);
@@ -100,7 +111,16 @@ impl InSync {
 
     /// The leader sent `follower` the records of `topic` up to `until`, its whole durable end
     /// when `whole` (so holding `until` means holding everything, as of `now`).
-    pub fn sent(&mut self, follower: &str, topic: &str, until: u64, whole: bool, now: Instant) {
+    pub fn sent(
+        &mut self,
+        follower: &str,
+        topic: &str,
+        epoch: u64,
+        until: u64,
+        whole: bool,
+        now: Instant,
+    ) {
+        self.epoch(topic, epoch);
         let p = self.position(follower, topic, now);
         if whole {
             if p.sent_whole.len() == SENT_WHOLE_KEPT {
@@ -116,9 +136,11 @@ impl InSync {
         &mut self,
         follower: &str,
         topic: &str,
+        epoch: u64,
         durable: u64,
         now: Instant,
     ) -> Option<u64> {
+        self.epoch(topic, epoch);
         let p = self.position(follower, topic, now);
         p.durable = p.durable.max(durable);
         while let Some(&(until, at)) = p.sent_whole.front() {
@@ -157,8 +179,40 @@ impl InSync {
         self.ends.remove(topic);
         self.appeared.remove(topic);
         self.commits.remove(topic);
+        self.epochs.remove(topic);
         for f in self.positions.values_mut() {
             f.topics.remove(topic);
+        }
+    }
+
+    /// Forgets every topic but `held` (name and epoch: the leader's topics now), so that a
+    /// topic deleted while no follower's stream noticed does not stay behind, a topic every
+    /// follower lacks.
+    pub fn retain_topics(&mut self, held: &HashMap<String, u64>) {
+        let gone: Vec<String> = self
+            .epochs
+            .iter()
+            .filter(|(t, e)| held.get(*t) != Some(*e))
+            .map(|(t, _)| t.clone())
+            .chain(self.ends.keys().filter(|t| !held.contains_key(*t)).cloned())
+            .collect();
+        for t in gone {
+            self.remove_topic(&t);
+        }
+    }
+
+    /// What is known of `topic` is of `epoch` from now on: entries of another epoch (the
+    /// topic was deleted and created again) are forgotten first.
+    fn epoch(&mut self, topic: &str, epoch: u64) {
+        match self.epochs.get(topic) {
+            Some(&e) if e == epoch => {}
+            Some(_) => {
+                self.remove_topic(topic);
+                self.epochs.insert(topic.to_string(), epoch);
+            }
+            None => {
+                self.epochs.insert(topic.to_string(), epoch);
+            }
         }
     }
 
@@ -301,28 +355,28 @@ mod tests {
         let mut s = InSync::new("a", ["b".to_string(), "c".to_string()], LAG, t0);
         assert_eq!(s.set(), ["a", "b", "c"]);
         assert_eq!(
-            s.leader_durable("t", 10, t0),
+            s.leader_durable("t", 1, 10, t0),
             None,
             "followers hold nothing yet"
         );
-        assert_eq!(s.reported("b", "t", 10, t0), None, "c holds nothing yet");
-        assert_eq!(s.reported("c", "t", 7, t0), Some(7));
+        assert_eq!(s.reported("b", "t", 1, 10, t0), None, "c holds nothing yet");
+        assert_eq!(s.reported("c", "t", 1, 7, t0), Some(7));
         assert_eq!(s.commit("t"), 7);
         assert_eq!(
-            s.reported("c", "t", 12, t0),
+            s.reported("c", "t", 1, 12, t0),
             Some(10),
             "bounded by the leader's end"
         );
         assert_eq!(
-            s.reported("c", "t", 5, t0),
+            s.reported("c", "t", 1, 5, t0),
             None,
             "a stale report changes nothing"
         );
         assert_eq!(s.commit("t"), 10);
         assert_eq!(s.commit("other"), 0);
         // Dropping a member who holds less lets the commit point move without it.
-        s.leader_durable("t", 20, t0);
-        s.reported("b", "t", 20, t0);
+        s.leader_durable("t", 1, 20, t0);
+        s.reported("b", "t", 1, 20, t0);
         assert_eq!(s.commit("t"), 12);
         assert_eq!(s.drop_member("c"), vec![("t".to_string(), 20)]);
         assert_eq!(s.set(), ["a", "b"]);
@@ -333,12 +387,12 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 5, t0);
+        s.leader_durable("t", 1, 5, t0);
         assert!(s.laggards(&online, t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(11)), ["b"]);
         // Nothing to hold: never lagging.
         let mut idle = InSync::new("a", ["b".to_string()], LAG, t0);
-        idle.leader_durable("t", 0, t0);
+        idle.leader_durable("t", 1, 0, t0);
         assert!(idle
             .laggards(&online, t0 + Duration::from_secs(60))
             .is_empty());
@@ -347,7 +401,7 @@ mod tests {
     #[test]
     fn a_leader_alone_commits_what_it_holds() {
         let mut s = InSync::new("a", Vec::new(), LAG, Instant::now());
-        assert_eq!(s.leader_durable("t", 3, Instant::now()), Some(3));
+        assert_eq!(s.leader_durable("t", 1, 3, Instant::now()), Some(3));
     }
 
     #[test]
@@ -355,22 +409,22 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 100, t0);
-        s.sent("b", "t", 100, true, t0);
-        s.reported("b", "t", 50, t0 + Duration::from_secs(1));
+        s.leader_durable("t", 1, 100, t0);
+        s.sent("b", "t", 1, 100, true, t0);
+        s.reported("b", "t", 1, 50, t0 + Duration::from_secs(1));
         // Behind, but within the lag of its last catch-up (its first report).
         assert!(s.laggards(&online, t0 + Duration::from_secs(5)).is_empty());
         // Holds the whole end it was sent at t0 + 2: caught up as of then.
-        s.sent("b", "t", 150, true, t0 + Duration::from_secs(2));
-        s.leader_durable("t", 150, t0);
-        s.reported("b", "t", 150, t0 + Duration::from_secs(3));
-        s.leader_durable("t", 400, t0);
+        s.sent("b", "t", 1, 150, true, t0 + Duration::from_secs(2));
+        s.leader_durable("t", 1, 150, t0);
+        s.reported("b", "t", 1, 150, t0 + Duration::from_secs(3));
+        s.leader_durable("t", 1, 400, t0);
         assert!(s.laggards(&online, t0 + Duration::from_secs(11)).is_empty());
         // Never catching up again: out once the lag has passed since t0 + 2.
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(13)), ["b"]);
         // Offline members go at once, whatever their lag.
         let offline = |m: &str| m != "b";
-        s.reported("b", "t", 400, t0 + Duration::from_secs(13));
+        s.reported("b", "t", 1, 400, t0 + Duration::from_secs(13));
         assert_eq!(s.laggards(&offline, t0 + Duration::from_secs(13)), ["b"]);
     }
 
@@ -384,9 +438,9 @@ mod tests {
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
         for step in 1..=6_000u64 {
             let now = t0 + Duration::from_millis(step * 10);
-            s.leader_durable("t", step * 100, t0);
-            s.sent("b", "t", step * 100, true, now);
-            s.reported("b", "t", (step - 1) * 100, now);
+            s.leader_durable("t", 1, step * 100, t0);
+            s.sent("b", "t", 1, step * 100, true, now);
+            s.reported("b", "t", 1, (step - 1) * 100, now);
             assert!(
                 s.laggards(&online, now).is_empty(),
                 "dropped at step {step}"
@@ -394,7 +448,7 @@ mod tests {
         }
         // Once it stops reporting, it goes after the lag, counted from the last end it held.
         let last = t0 + Duration::from_millis(5_999 * 10);
-        s.sent("b", "t", 700_000, true, last + Duration::from_secs(1));
+        s.sent("b", "t", 1, 700_000, true, last + Duration::from_secs(1));
         assert!(s
             .laggards(&online, last + LAG - Duration::from_millis(1))
             .is_empty());
@@ -411,12 +465,12 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 10, t0);
-        s.sent("b", "t", 10, true, t0);
-        s.reported("b", "t", 10, t0);
+        s.leader_durable("t", 1, 10, t0);
+        s.sent("b", "t", 1, 10, true, t0);
+        s.reported("b", "t", 1, 10, t0);
         let later = t0 + Duration::from_secs(60);
-        s.leader_durable("u", 0, later);
-        s.leader_durable("u", 5, later + Duration::from_millis(1));
+        s.leader_durable("u", 1, 0, later);
+        s.leader_durable("u", 1, 5, later + Duration::from_millis(1));
         assert!(s
             .laggards(&online, later + Duration::from_millis(2))
             .is_empty());
@@ -435,16 +489,16 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.leader_durable("t", 1_000_000, t0);
+        s.leader_durable("t", 1, 1_000_000, t0);
         // More whole ends sent than are kept: the oldest (sent at t0) is forgotten.
         for i in 0..=SENT_WHOLE_KEPT as u64 {
-            s.sent("b", "t", 10 + i, true, t0 + Duration::from_secs(i * 20));
+            s.sent("b", "t", 1, 10 + i, true, t0 + Duration::from_secs(i * 20));
         }
         // Holding only the forgotten first end tells nothing: still lagging since t0.
-        s.reported("b", "t", 10, t0 + Duration::from_secs(2_000));
+        s.reported("b", "t", 1, 10, t0 + Duration::from_secs(2_000));
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(2_000)), ["b"]);
         // Holding the next one (sent at t0 + 20 s) is a catch-up as of then.
-        s.reported("b", "t", 11, t0 + Duration::from_secs(2_000));
+        s.reported("b", "t", 1, 11, t0 + Duration::from_secs(2_000));
         assert!(s.laggards(&online, t0 + Duration::from_secs(25)).is_empty());
     }
 
@@ -453,21 +507,21 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", Vec::new(), LAG, t0);
-        s.leader_durable("t", 10, t0);
-        s.leader_durable("u", 5, t0);
-        s.sent("c", "t", 10, true, t0);
-        s.reported("c", "t", 10, t0);
+        s.leader_durable("t", 1, 10, t0);
+        s.leader_durable("u", 1, 5, t0);
+        s.sent("c", "t", 1, 10, true, t0);
+        s.reported("c", "t", 1, 10, t0);
         // Topic u never sent: c holds none of it.
         assert!(s
             .caught_up(&online, t0 + Duration::from_secs(20))
             .is_empty());
-        s.sent("c", "u", 5, true, t0 + Duration::from_secs(20));
-        s.reported("c", "u", 5, t0 + Duration::from_secs(20));
+        s.sent("c", "u", 1, 5, true, t0 + Duration::from_secs(20));
+        s.reported("c", "u", 1, 5, t0 + Duration::from_secs(20));
         assert_eq!(s.caught_up(&online, t0 + Duration::from_secs(20)), ["c"]);
         assert!(s.add_member("c", t0 + Duration::from_secs(20)));
         assert_eq!(s.set(), ["a", "c"]);
         assert_eq!(s.commit("t"), 10);
-        s.leader_durable("t", 11, t0);
+        s.leader_durable("t", 1, 11, t0);
         assert_eq!(s.commit("t"), 10, "c must hold 11 first");
         s.remove_topic("t");
         assert_eq!(s.commit("t"), 0);
@@ -478,25 +532,52 @@ mod tests {
         let t0 = Instant::now();
         let online = |_: &str| true;
         let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
-        s.leader_durable("t", 100, t0);
-        s.reported("b", "t", 100, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported("b", "t", 1, 100, t0);
         assert_eq!(s.commit("t"), 100);
         // c held the whole end it was sent (50) a moment ago, so it is caught up within the
         // lag; but frames up to 100 are committed and c holds 50 of them.
-        s.sent("c", "t", 50, true, t0);
-        s.reported("c", "t", 50, t0);
+        s.sent("c", "t", 1, 50, true, t0);
+        s.reported("c", "t", 1, 50, t0);
         let now = t0 + Duration::from_secs(1);
         assert!(s.caught_up(&online, now).is_empty());
         assert!(!s.add_member("c", now));
         assert_eq!(s.set(), ["a", "b"]);
         // Once it holds the commit point it joins, and commit points then wait for it.
-        s.reported("c", "t", 100, now);
+        s.reported("c", "t", 1, 100, now);
         assert_eq!(s.caught_up(&online, now), ["c"]);
         assert!(s.add_member("c", now));
-        s.leader_durable("t", 120, now);
-        s.reported("b", "t", 120, now);
+        s.leader_durable("t", 1, 120, now);
+        s.reported("b", "t", 1, 120, now);
         assert_eq!(s.commit("t"), 100, "c must hold 120 first");
-        s.reported("c", "t", 120, now);
+        s.reported("c", "t", 1, 120, now);
         assert_eq!(s.commit("t"), 120);
+    }
+
+    #[test]
+    fn a_topic_created_again_starts_over_and_one_deleted_unnoticed_is_forgotten() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into(), "c".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported("b", "t", 1, 100, t0);
+        s.reported("c", "t", 1, 80, t0);
+        assert_eq!(s.commit("t"), 80);
+        // Deleted and created again (epoch 2): c copies the new topic fast, b slowly. The
+        // old positions (b at 100) count for nothing: the commit point is b's 10.
+        s.leader_durable("t", 2, 150, t0);
+        assert_eq!(s.commit("t"), 0);
+        s.reported("c", "t", 2, 150, t0);
+        s.reported("b", "t", 2, 10, t0);
+        assert_eq!(s.commit("t"), 10);
+        // A topic deleted while no stream noticed: every follower lacks it, so both would
+        // lag; once the leader's topics are retained, it is gone and nobody lags for it.
+        s.leader_durable("u", 1, 5, t0);
+        s.reported("b", "t", 2, 150, t0);
+        let later = t0 + LAG + Duration::from_secs(1);
+        assert_eq!(s.laggards(&online, later), ["b", "c"]);
+        s.retain_topics(&HashMap::from([("t".to_string(), 2)]));
+        assert!(s.laggards(&online, later).is_empty());
+        assert_eq!(s.commit("t"), 150);
     }
 }

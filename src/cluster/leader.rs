@@ -132,7 +132,15 @@ impl Leader {
             tokio::select! {
                 _ = &mut stopped => return,
                 change = watches.next() => match change {
-                    Change::Roster => self.own_ends(self.topics.list()),
+                    Change::Roster => {
+                        let topics = self.topics.list();
+                        let held = topics
+                            .iter()
+                            .map(|t| (t.name().to_string(), t.meta().epoch))
+                            .collect();
+                        self.insync.lock().retain_topics(&held);
+                        self.own_ends(topics);
+                    }
                     Change::Topics(names) => self
                         .own_ends(names.iter().filter_map(|n| self.topics.get(n)).collect()),
                     Change::Topic(_, topic) => self.own_ends(vec![topic]),
@@ -172,20 +180,25 @@ impl Leader {
         let now = Instant::now();
         let mut insync = self.insync.lock();
         for t in topics {
-            if let Some(c) = insync.leader_durable(t.name(), t.log().durable_offset(), now) {
+            let end = t.log().durable_offset();
+            if let Some(c) = insync.leader_durable(t.name(), t.meta().epoch, end, now) {
                 t.advance_commit(c);
             }
         }
     }
 
-    /// `follower` holds `topic` durably up to `durable`.
-    fn reported(&self, follower: &str, topic: &str, durable: u64) {
+    /// `follower` holds `topic` (of `epoch`) durably up to `durable`; a report of another
+    /// epoch than this node's topic of that name is of a topic gone here, and ignored.
+    fn reported(&self, follower: &str, topic: &str, epoch: u64, durable: u64) {
         let Some(t) = self.topics.get(topic) else {
             return;
         };
+        if t.meta().epoch != epoch {
+            return;
+        }
         let now = Instant::now();
         let mut insync = self.insync.lock();
-        if let Some(c) = insync.reported(follower, topic, durable, now) {
+        if let Some(c) = insync.reported(follower, topic, epoch, durable, now) {
             t.advance_commit(c);
         }
     }
@@ -383,7 +396,7 @@ impl Session {
                 }))
                 .await?;
             }
-            self.leader.reported(&self.follower, &p.topic, cut);
+            self.leader.reported(&self.follower, &p.topic, p.epoch, cut);
             self.positions.insert(
                 p.topic,
                 Shipped {
@@ -541,6 +554,7 @@ impl Session {
         self.leader.insync.lock().sent(
             &self.follower,
             &name,
+            t.meta().epoch,
             next,
             next >= durable,
             Instant::now(),
@@ -630,7 +644,7 @@ impl Session {
                 .is_some_and(|s| s.epoch == p.epoch);
             if same {
                 self.leader
-                    .reported(&self.follower, &p.topic, p.next_offset);
+                    .reported(&self.follower, &p.topic, p.epoch, p.next_offset);
             }
         }
         Ok(())

@@ -316,11 +316,7 @@ impl Node {
                 Some(Ok(key)) => {
                     // Stop following before leading: the follower task must not write
                     // while this node begins its term.
-                    let follower = self.following.lock().take();
-                    if let Some(mut f) = follower {
-                        f.task.abort();
-                        let _ = (&mut f.task).await;
-                    }
+                    self.stop_following().await;
                     self.lead(key).await
                 }
                 Some(Err(e)) => {
@@ -434,7 +430,7 @@ impl Node {
                     continue;
                 }
                 // The task following the old leader ends here.
-                drop(self.following.lock().take());
+                self.stop_following().await;
                 info!(leader = %id, term, "following a new leader");
                 {
                     let mut s = self.state.lock();
@@ -450,6 +446,30 @@ impl Node {
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the task following a leader, if one runs, and waits until the appends it
+    /// queued have landed: the next stream (or this node's own term) starts from this
+    /// node's durable ends, which must not move under it, and a cancelled task does not
+    /// wait for its appends itself.
+    async fn stop_following(&self) {
+        if let Some(f) = self.following.lock().as_ref() {
+            f.task.abort();
+        }
+        // Left in place until it has finished: if this call is cancelled meanwhile, the
+        // next one still finds it.
+        while self
+            .following
+            .lock()
+            .as_ref()
+            .is_some_and(|f| !f.task.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(self.following.lock().take());
+        for t in self.topics.list() {
+            t.log().appends_settled().await;
         }
     }
 

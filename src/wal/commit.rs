@@ -201,6 +201,20 @@ impl Committer {
         Ok(rx)
     }
 
+    /// A receiver answered once every request queued before it is answered (written and
+    /// synced, or failed); `None` when nothing is queued or being written (no thread runs).
+    pub(super) fn barrier(self: &Arc<Self>) -> Option<AckReceiver> {
+        {
+            let q = self.queue.lock();
+            // A running thread is the only one to take requests, and it stops only when
+            // none is queued: without one, nothing is pending.
+            if !q.worker_running || q.closed {
+                return None;
+            }
+        }
+        self.enqueue(Body::Copied(Vec::new())).ok()
+    }
+
     /// The durable frontier: the first offset not yet durable.
     pub(super) fn durable_offset(&self) -> u64 {
         *self.durable.borrow()

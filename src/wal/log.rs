@@ -229,6 +229,15 @@ impl Log {
         self.shared.torn.as_ref()
     }
 
+    /// Waits until every append queued so far is answered: written and durable, or failed.
+    /// Appends queued by a task that was then cancelled still land; whoever reads this
+    /// log's durable end next waits here first so that it does not move under them.
+    pub async fn appends_settled(&self) {
+        if let Some(rx) = self.shared.committer.barrier() {
+            let _ = rx.await;
+        }
+    }
+
     /// Finishes queued appends, syncs, and stops the committer. Later appends fail with
     /// [`Error::Unavailable`]; reads keep working. Called by `drop` too.
     pub fn close(&self) {
