@@ -426,3 +426,50 @@ fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     assert_eq!(ordered[0].offset, 1000);
     assert!(Log::prepare_start(dir.path(), 5, None).is_err());
 }
+
+/// A cluster node compacts below its commit point only: what lies above it may have to be
+/// cut when a new leader lacks it, and a cut cannot reach into a compacted run.
+#[test]
+fn compaction_below_a_limit_leaves_the_segments_above_it_to_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let cfg = config(Retention::default());
+    let log = Log::open(dir.path(), cfg.clone()).unwrap();
+    let model = fill(&log, 6000, &mut rng);
+    let segments = log.stats().segments;
+    assert!(segments > 5, "{segments}");
+    let limit = model.len() as u64 / 2;
+    let before = everything(&log);
+    let report = log
+        .compact_below(&CompactOptions::default(), limit)
+        .unwrap();
+    assert!(report.segments_in >= 1, "{report:?}");
+    assert!(
+        report.segments_in < segments - 2,
+        "{report:?}: merged past the limit"
+    );
+    assert_eq!(
+        everything(&log),
+        before,
+        "compaction changed what readers see"
+    );
+    assert!(log.stats().segments > 2);
+    // Nothing below the limit is left to merge into a new run.
+    let again = log
+        .compact_below(&CompactOptions::default(), limit)
+        .unwrap();
+    assert_eq!(again.segments_in, 0, "{again:?}");
+    drop(log);
+    // The frames from the limit on can be cut; those below stay.
+    framecast::wal::cut_from(dir.path(), limit, cfg.segment_bytes)
+        .unwrap()
+        .unwrap();
+    let log = Log::open(dir.path(), cfg.clone()).unwrap();
+    let (_, by_offset) = everything(&log);
+    let kept: Vec<u64> = by_offset.iter().map(|f| f.offset).collect();
+    assert_eq!(kept, (0..limit).collect::<Vec<u64>>());
+    // A full compaction would have put them out of a cut's reach.
+    log.compact(&CompactOptions::default()).unwrap();
+    drop(log);
+    assert!(framecast::wal::cut_from(dir.path(), limit / 2, cfg.segment_bytes).is_err());
+}

@@ -57,7 +57,9 @@ pub async fn run(
                     }
                 }
                 if compaction_due(log, &config) {
-                    let report = log.compact(&config.compact)?;
+                    // Below the commit point only: a cluster node may have to cut what
+                    // lies above it (on a single node it is the durable end).
+                    let report = log.compact_below(&config.compact, t.visible_offset())?;
                     if report.run.is_some() {
                         t.metrics().compactions.inc();
                     }

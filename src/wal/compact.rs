@@ -128,6 +128,13 @@ impl Log {
     /// Merges the sealed segments (and, past `max_runs`, the runs) into one new sorted run.
     /// Appends and reads go on meanwhile; a reader keeps the files it mapped.
     pub fn compact(&self, opts: &CompactOptions) -> Result<CompactionReport> {
+        self.compact_below(opts, u64::MAX)
+    }
+
+    /// [`Log::compact`] of the sealed segments that lie wholly below offset `limit` only: a
+    /// cluster node compacts below its commit point, so that frames a new leader may have
+    /// it cut (never acknowledged) stay in segments, where a cut can reach them.
+    pub fn compact_below(&self, opts: &CompactOptions, limit: u64) -> Result<CompactionReport> {
         let _one_at_a_time = self.shared.maintenance.lock();
         if self.is_closed() {
             return Err(Error::Unavailable("log is closed".into()));
@@ -143,7 +150,13 @@ impl Log {
                 .segments()
                 .map(|(b, s, _)| (b, Arc::clone(s)))
                 .collect();
-            let Some(((seal_end, _), sealed)) = segs.split_last() else {
+            // The sealed segments each ending (where the next one begins) at `limit` or
+            // below; `seal_end`: where the first one left as it is begins.
+            let below = segs
+                .windows(2)
+                .take_while(|pair| pair[1].0 <= limit)
+                .count();
+            let (Some(sealed), Some((seal_end, _))) = (segs.get(..below), segs.get(below)) else {
                 return Ok(CompactionReport::default());
             };
             if sealed.is_empty() {
