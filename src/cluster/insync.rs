@@ -31,12 +31,25 @@ struct Position {
     caught: bool,
 }
 
+/// Who reports (or is sent) a position: a follower, over one of its streams.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerStream<'a> {
+    /// The follower's node id.
+    pub follower: &'a str,
+    /// Which of its streams (see [`InSync::connected`]).
+    pub session: u64,
+}
+
 /// One follower as the leader knows it.
 #[derive(Debug, Default)]
 struct Follower {
     /// When the leader first heard of it in this term.
     first_seen: Option<Instant>,
     topics: HashMap<String, Position>,
+    /// The stream its positions come from: a new stream starts them over (the follower
+    /// reports again what it holds, which may be less: a node whose disk was replaced), and
+    /// what an older stream still says is ignored.
+    session: u64,
 }
 
 /// The in-sync set and the commit points of every topic, as the leader keeps them.
@@ -113,15 +126,18 @@ impl InSync {
     /// when `whole` (so holding `until` means holding everything, as of `now`).
     pub fn sent(
         &mut self,
-        follower: &str,
+        FollowerStream { follower, session }: FollowerStream<'_>,
         topic: &str,
         epoch: u64,
         until: u64,
         whole: bool,
         now: Instant,
     ) {
+        if !self.current(follower, session) {
+            return;
+        }
         self.epoch(topic, epoch);
-        let p = self.position(follower, topic, now);
+        let p = self.position(follower, session, topic, now);
         if whole {
             if p.sent_whole.len() == SENT_WHOLE_KEPT {
                 p.sent_whole.pop_front();
@@ -134,14 +150,17 @@ impl InSync {
     /// moved.
     pub fn reported(
         &mut self,
-        follower: &str,
+        FollowerStream { follower, session }: FollowerStream<'_>,
         topic: &str,
         epoch: u64,
         durable: u64,
         now: Instant,
     ) -> Option<u64> {
+        if !self.current(follower, session) {
+            return None;
+        }
         self.epoch(topic, epoch);
-        let p = self.position(follower, topic, now);
+        let p = self.position(follower, session, topic, now);
         p.durable = p.durable.max(durable);
         while let Some(&(until, at)) = p.sent_whole.front() {
             if p.durable < until {
@@ -264,16 +283,33 @@ impl InSync {
         true
     }
 
-    /// `follower` opened its stream (as of `now`): known from now on, even before it reports
-    /// any topic, so that a follower of a leader without topics can be in sync.
-    pub fn connected(&mut self, follower: &str, now: Instant) {
+    /// `follower` opened its stream `session` (as of `now`): known from now on, even before
+    /// it reports any topic, so that a follower of a leader without topics can be in sync.
+    /// Positions of an earlier stream are forgotten: the new one reports them again.
+    pub fn connected(&mut self, follower: &str, session: u64, now: Instant) {
         let f = self.positions.entry(follower.to_string()).or_default();
-        f.first_seen.get_or_insert(now);
+        if f.session != session {
+            *f = Follower {
+                first_seen: Some(now),
+                topics: HashMap::new(),
+                session,
+            };
+        }
     }
 
-    /// Forgets a follower's positions (its stream ended); it stays in the set until dropped.
-    pub fn forget_follower(&mut self, follower: &str) {
-        self.positions.remove(follower);
+    /// Forgets a follower's positions (its stream `session` ended, and no newer one has
+    /// begun); it stays in the set until dropped.
+    pub fn forget_follower(&mut self, follower: &str, session: u64) {
+        if self.current(follower, session) {
+            self.positions.remove(follower);
+        }
+    }
+
+    /// Whether `session` is `follower`'s stream of record (or none is known).
+    fn current(&self, follower: &str, session: u64) -> bool {
+        self.positions
+            .get(follower)
+            .is_none_or(|f| f.session == session)
     }
 
     /// Some topic is behind the leader's end for longer than `max_lag`: since the follower
@@ -311,8 +347,20 @@ impl InSync {
             })
     }
 
-    fn position(&mut self, follower: &str, topic: &str, now: Instant) -> &mut Position {
-        let f = self.positions.entry(follower.to_string()).or_default();
+    fn position(
+        &mut self,
+        follower: &str,
+        session: u64,
+        topic: &str,
+        now: Instant,
+    ) -> &mut Position {
+        let f = self
+            .positions
+            .entry(follower.to_string())
+            .or_insert_with(|| Follower {
+                session,
+                ..Follower::default()
+            });
         let seen = *f.first_seen.get_or_insert(now);
         f.topics.entry(topic.to_string()).or_insert(Position {
             durable: 0,
@@ -349,6 +397,10 @@ mod tests {
 
     const LAG: Duration = Duration::from_secs(10);
 
+    fn on(follower: &str, session: u64) -> FollowerStream<'_> {
+        FollowerStream { follower, session }
+    }
+
     #[test]
     fn the_commit_point_is_the_smallest_durable_end_of_the_set_and_never_moves_back() {
         let t0 = Instant::now();
@@ -359,16 +411,20 @@ mod tests {
             None,
             "followers hold nothing yet"
         );
-        assert_eq!(s.reported("b", "t", 1, 10, t0), None, "c holds nothing yet");
-        assert_eq!(s.reported("c", "t", 1, 7, t0), Some(7));
+        assert_eq!(
+            s.reported(on("b", 1), "t", 1, 10, t0),
+            None,
+            "c holds nothing yet"
+        );
+        assert_eq!(s.reported(on("c", 1), "t", 1, 7, t0), Some(7));
         assert_eq!(s.commit("t"), 7);
         assert_eq!(
-            s.reported("c", "t", 1, 12, t0),
+            s.reported(on("c", 1), "t", 1, 12, t0),
             Some(10),
             "bounded by the leader's end"
         );
         assert_eq!(
-            s.reported("c", "t", 1, 5, t0),
+            s.reported(on("c", 1), "t", 1, 5, t0),
             None,
             "a stale report changes nothing"
         );
@@ -376,7 +432,7 @@ mod tests {
         assert_eq!(s.commit("other"), 0);
         // Dropping a member who holds less lets the commit point move without it.
         s.leader_durable("t", 1, 20, t0);
-        s.reported("b", "t", 1, 20, t0);
+        s.reported(on("b", 1), "t", 1, 20, t0);
         assert_eq!(s.commit("t"), 12);
         assert_eq!(s.drop_member("c"), vec![("t".to_string(), 20)]);
         assert_eq!(s.set(), ["a", "b"]);
@@ -410,21 +466,21 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
         s.leader_durable("t", 1, 100, t0);
-        s.sent("b", "t", 1, 100, true, t0);
-        s.reported("b", "t", 1, 50, t0 + Duration::from_secs(1));
+        s.sent(on("b", 1), "t", 1, 100, true, t0);
+        s.reported(on("b", 1), "t", 1, 50, t0 + Duration::from_secs(1));
         // Behind, but within the lag of its last catch-up (its first report).
         assert!(s.laggards(&online, t0 + Duration::from_secs(5)).is_empty());
         // Holds the whole end it was sent at t0 + 2: caught up as of then.
-        s.sent("b", "t", 1, 150, true, t0 + Duration::from_secs(2));
+        s.sent(on("b", 1), "t", 1, 150, true, t0 + Duration::from_secs(2));
         s.leader_durable("t", 1, 150, t0);
-        s.reported("b", "t", 1, 150, t0 + Duration::from_secs(3));
+        s.reported(on("b", 1), "t", 1, 150, t0 + Duration::from_secs(3));
         s.leader_durable("t", 1, 400, t0);
         assert!(s.laggards(&online, t0 + Duration::from_secs(11)).is_empty());
         // Never catching up again: out once the lag has passed since t0 + 2.
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(13)), ["b"]);
         // Offline members go at once, whatever their lag.
         let offline = |m: &str| m != "b";
-        s.reported("b", "t", 1, 400, t0 + Duration::from_secs(13));
+        s.reported(on("b", 1), "t", 1, 400, t0 + Duration::from_secs(13));
         assert_eq!(s.laggards(&offline, t0 + Duration::from_secs(13)), ["b"]);
     }
 
@@ -439,8 +495,8 @@ mod tests {
         for step in 1..=6_000u64 {
             let now = t0 + Duration::from_millis(step * 10);
             s.leader_durable("t", 1, step * 100, t0);
-            s.sent("b", "t", 1, step * 100, true, now);
-            s.reported("b", "t", 1, (step - 1) * 100, now);
+            s.sent(on("b", 1), "t", 1, step * 100, true, now);
+            s.reported(on("b", 1), "t", 1, (step - 1) * 100, now);
             assert!(
                 s.laggards(&online, now).is_empty(),
                 "dropped at step {step}"
@@ -448,7 +504,14 @@ mod tests {
         }
         // Once it stops reporting, it goes after the lag, counted from the last end it held.
         let last = t0 + Duration::from_millis(5_999 * 10);
-        s.sent("b", "t", 1, 700_000, true, last + Duration::from_secs(1));
+        s.sent(
+            on("b", 1),
+            "t",
+            1,
+            700_000,
+            true,
+            last + Duration::from_secs(1),
+        );
         assert!(s
             .laggards(&online, last + LAG - Duration::from_millis(1))
             .is_empty());
@@ -466,8 +529,8 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
         s.leader_durable("t", 1, 10, t0);
-        s.sent("b", "t", 1, 10, true, t0);
-        s.reported("b", "t", 1, 10, t0);
+        s.sent(on("b", 1), "t", 1, 10, true, t0);
+        s.reported(on("b", 1), "t", 1, 10, t0);
         let later = t0 + Duration::from_secs(60);
         s.leader_durable("u", 1, 0, later);
         s.leader_durable("u", 1, 5, later + Duration::from_millis(1));
@@ -492,13 +555,20 @@ mod tests {
         s.leader_durable("t", 1, 1_000_000, t0);
         // More whole ends sent than are kept: the oldest (sent at t0) is forgotten.
         for i in 0..=SENT_WHOLE_KEPT as u64 {
-            s.sent("b", "t", 1, 10 + i, true, t0 + Duration::from_secs(i * 20));
+            s.sent(
+                on("b", 1),
+                "t",
+                1,
+                10 + i,
+                true,
+                t0 + Duration::from_secs(i * 20),
+            );
         }
         // Holding only the forgotten first end tells nothing: still lagging since t0.
-        s.reported("b", "t", 1, 10, t0 + Duration::from_secs(2_000));
+        s.reported(on("b", 1), "t", 1, 10, t0 + Duration::from_secs(2_000));
         assert_eq!(s.laggards(&online, t0 + Duration::from_secs(2_000)), ["b"]);
         // Holding the next one (sent at t0 + 20 s) is a catch-up as of then.
-        s.reported("b", "t", 1, 11, t0 + Duration::from_secs(2_000));
+        s.reported(on("b", 1), "t", 1, 11, t0 + Duration::from_secs(2_000));
         assert!(s.laggards(&online, t0 + Duration::from_secs(25)).is_empty());
     }
 
@@ -509,14 +579,14 @@ mod tests {
         let mut s = InSync::new("a", Vec::new(), LAG, t0);
         s.leader_durable("t", 1, 10, t0);
         s.leader_durable("u", 1, 5, t0);
-        s.sent("c", "t", 1, 10, true, t0);
-        s.reported("c", "t", 1, 10, t0);
+        s.sent(on("c", 1), "t", 1, 10, true, t0);
+        s.reported(on("c", 1), "t", 1, 10, t0);
         // Topic u never sent: c holds none of it.
         assert!(s
             .caught_up(&online, t0 + Duration::from_secs(20))
             .is_empty());
-        s.sent("c", "u", 1, 5, true, t0 + Duration::from_secs(20));
-        s.reported("c", "u", 1, 5, t0 + Duration::from_secs(20));
+        s.sent(on("c", 1), "u", 1, 5, true, t0 + Duration::from_secs(20));
+        s.reported(on("c", 1), "u", 1, 5, t0 + Duration::from_secs(20));
         assert_eq!(s.caught_up(&online, t0 + Duration::from_secs(20)), ["c"]);
         assert!(s.add_member("c", t0 + Duration::from_secs(20)));
         assert_eq!(s.set(), ["a", "c"]);
@@ -533,24 +603,24 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
         s.leader_durable("t", 1, 100, t0);
-        s.reported("b", "t", 1, 100, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
         assert_eq!(s.commit("t"), 100);
         // c held the whole end it was sent (50) a moment ago, so it is caught up within the
         // lag; but frames up to 100 are committed and c holds 50 of them.
-        s.sent("c", "t", 1, 50, true, t0);
-        s.reported("c", "t", 1, 50, t0);
+        s.sent(on("c", 1), "t", 1, 50, true, t0);
+        s.reported(on("c", 1), "t", 1, 50, t0);
         let now = t0 + Duration::from_secs(1);
         assert!(s.caught_up(&online, now).is_empty());
         assert!(!s.add_member("c", now));
         assert_eq!(s.set(), ["a", "b"]);
         // Once it holds the commit point it joins, and commit points then wait for it.
-        s.reported("c", "t", 1, 100, now);
+        s.reported(on("c", 1), "t", 1, 100, now);
         assert_eq!(s.caught_up(&online, now), ["c"]);
         assert!(s.add_member("c", now));
         s.leader_durable("t", 1, 120, now);
-        s.reported("b", "t", 1, 120, now);
+        s.reported(on("b", 1), "t", 1, 120, now);
         assert_eq!(s.commit("t"), 100, "c must hold 120 first");
-        s.reported("c", "t", 1, 120, now);
+        s.reported(on("c", 1), "t", 1, 120, now);
         assert_eq!(s.commit("t"), 120);
     }
 
@@ -560,24 +630,48 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", vec!["b".into(), "c".into()], LAG, t0);
         s.leader_durable("t", 1, 100, t0);
-        s.reported("b", "t", 1, 100, t0);
-        s.reported("c", "t", 1, 80, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        s.reported(on("c", 1), "t", 1, 80, t0);
         assert_eq!(s.commit("t"), 80);
         // Deleted and created again (epoch 2): c copies the new topic fast, b slowly. The
         // old positions (b at 100) count for nothing: the commit point is b's 10.
         s.leader_durable("t", 2, 150, t0);
         assert_eq!(s.commit("t"), 0);
-        s.reported("c", "t", 2, 150, t0);
-        s.reported("b", "t", 2, 10, t0);
+        s.reported(on("c", 1), "t", 2, 150, t0);
+        s.reported(on("b", 1), "t", 2, 10, t0);
         assert_eq!(s.commit("t"), 10);
         // A topic deleted while no stream noticed: every follower lacks it, so both would
         // lag; once the leader's topics are retained, it is gone and nobody lags for it.
         s.leader_durable("u", 1, 5, t0);
-        s.reported("b", "t", 2, 150, t0);
+        s.reported(on("b", 1), "t", 2, 150, t0);
         let later = t0 + LAG + Duration::from_secs(1);
         assert_eq!(s.laggards(&online, later), ["b", "c"]);
         s.retain_topics(&HashMap::from([("t".to_string(), 2)]));
         assert!(s.laggards(&online, later).is_empty());
         assert_eq!(s.commit("t"), 150);
+    }
+
+    #[test]
+    fn a_new_stream_starts_a_followers_positions_over_and_an_older_one_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.connected("b", 1, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        assert_eq!(s.commit("t"), 100);
+        // b's disk was replaced: it connects again (stream 2) holding nothing, before the
+        // leader noticed stream 1 is gone. What it holds now is what counts.
+        s.connected("b", 2, t0);
+        s.reported(on("b", 2), "t", 1, 0, t0);
+        s.leader_durable("t", 1, 150, t0);
+        assert_eq!(s.commit("t"), 100);
+        // Stream 1 speaks late: ignored, and its end forgets nothing of stream 2's.
+        assert_eq!(s.reported(on("b", 1), "t", 1, 150, t0), None);
+        s.forget_follower("b", 1);
+        assert_eq!(s.positions_of("b"), [("t".to_string(), 0, 0)]);
+        assert_eq!(s.commit("t"), 100);
+        assert_eq!(s.reported(on("b", 2), "t", 1, 150, t0), Some(150));
+        s.forget_follower("b", 2);
+        assert!(s.positions_of("b").is_empty());
     }
 }

@@ -29,7 +29,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::insync::InSync;
+use super::insync::{FollowerStream, InSync};
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use super::watches::{Change, Kind, TopicWatches};
@@ -50,6 +50,8 @@ pub struct Leader {
     node_id: String,
     term: u64,
     insync: Mutex<InSync>,
+    /// Follower streams opened in this term: each one's number.
+    sessions: std::sync::atomic::AtomicU64,
     /// Set when this node stops leading: every session and the commit task end.
     stopped: watch::Sender<bool>,
 }
@@ -91,6 +93,7 @@ impl Leader {
             node_id: node_id.to_string(),
             term,
             insync: Mutex::new(insync),
+            sessions: std::sync::atomic::AtomicU64::new(0),
             stopped: watch::Sender::new(false),
         });
         info!(node_id, term, insync = ?leader.insync.lock().set(), "leading");
@@ -189,7 +192,7 @@ impl Leader {
 
     /// `follower` holds `topic` (of `epoch`) durably up to `durable`; a report of another
     /// epoch than this node's topic of that name is of a topic gone here, and ignored.
-    fn reported(&self, follower: &str, topic: &str, epoch: u64, durable: u64) {
+    fn reported(&self, follower: &str, session: u64, topic: &str, epoch: u64, durable: u64) {
         let Some(t) = self.topics.get(topic) else {
             return;
         };
@@ -198,7 +201,13 @@ impl Leader {
         }
         let now = Instant::now();
         let mut insync = self.insync.lock();
-        if let Some(c) = insync.reported(follower, topic, epoch, durable, now) {
+        if let Some(c) = insync.reported(
+            FollowerStream { follower, session },
+            topic,
+            epoch,
+            durable,
+            now,
+        ) {
             t.advance_commit(c);
         }
     }
@@ -276,6 +285,10 @@ impl rp::replication_server::Replication for LeaderService {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let session = Session {
             leader: Arc::clone(leader),
+            id: leader
+                .sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
             follower: first.node_id.clone(),
             tx,
             positions: HashMap::new(),
@@ -305,6 +318,8 @@ struct Shipped {
 /// One follower's stream.
 struct Session {
     leader: Arc<Leader>,
+    /// This stream among the follower's: positions come from its latest one only.
+    id: u64,
     follower: String,
     tx: mpsc::Sender<Result<rp::LeaderUpdate, Status>>,
     positions: HashMap<String, Shipped>,
@@ -360,7 +375,10 @@ impl Session {
             _ = ended => {}
             _ = leader.stopped() => {}
         }
-        self.leader.insync.lock().forget_follower(&follower);
+        self.leader
+            .insync
+            .lock()
+            .forget_follower(&follower, self.id);
         info!(follower = %follower, "follower disconnected");
     }
 
@@ -377,7 +395,7 @@ impl Session {
         self.leader
             .insync
             .lock()
-            .connected(&self.follower, Instant::now());
+            .connected(&self.follower, self.id, Instant::now());
         for p in first.positions {
             let topic = self.leader.topics.get(&p.topic);
             let Some(t) = topic.filter(|t| t.meta().epoch == p.epoch) else {
@@ -396,7 +414,8 @@ impl Session {
                 }))
                 .await?;
             }
-            self.leader.reported(&self.follower, &p.topic, p.epoch, cut);
+            self.leader
+                .reported(&self.follower, self.id, &p.topic, p.epoch, cut);
             self.positions.insert(
                 p.topic,
                 Shipped {
@@ -552,7 +571,10 @@ impl Session {
             self.dirty.insert(name.clone());
         }
         self.leader.insync.lock().sent(
-            &self.follower,
+            FollowerStream {
+                follower: &self.follower,
+                session: self.id,
+            },
             &name,
             t.meta().epoch,
             next,
@@ -644,7 +666,7 @@ impl Session {
                 .is_some_and(|s| s.epoch == p.epoch);
             if same {
                 self.leader
-                    .reported(&self.follower, &p.topic, p.epoch, p.next_offset);
+                    .reported(&self.follower, self.id, &p.topic, p.epoch, p.next_offset);
             }
         }
         Ok(())
