@@ -866,6 +866,13 @@ impl Topics {
         Ok(cut)
     }
 
+    /// Waits until a creation, deletion, cut or copy restart under way has finished (their
+    /// blocking work holds the lock this takes), for a caller that cancelled the task that
+    /// asked for it.
+    pub async fn changes_settled(&self) {
+        drop(self.changes.lock().await);
+    }
+
     /// Every topic, by name.
     pub fn list(&self) -> Vec<Arc<Topic>> {
         let mut v: Vec<_> = self.map.read().values().cloned().collect();

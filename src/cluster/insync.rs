@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 /// first: a report must then cover a later one, so a catch-up is never seen too early).
 const SENT_WHOLE_KEPT: usize = 64;
 
+/// How long a follower may take to join the in-sync set once it started (commit points
+/// wait for it meanwhile) before it stops trying, and how long it waits before it tries
+/// again.
+const JOIN_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How far one follower stands in one topic.
 #[derive(Debug, Clone)]
 struct Position {
@@ -59,6 +64,14 @@ pub struct InSync {
     max_lag: Duration,
     /// Members of the in-sync set besides the leader.
     members: BTreeSet<String>,
+    /// Followers joining the set, and when each started: caught up within `max_lag` but
+    /// not yet holding every commit point. Commit points wait for them (so they get there:
+    /// under load a follower seldom holds every busy topic's commit point at one instant
+    /// otherwise); etcd does not name them yet.
+    joining: HashMap<String, Instant>,
+    /// Followers whose last try to join took longer than [`JOIN_PATIENCE`], and when it
+    /// ended.
+    cooling: HashMap<String, Instant>,
     /// Each follower's positions.
     positions: HashMap<String, Follower>,
     /// When this bookkeeping started (the term began).
@@ -88,6 +101,8 @@ impl InSync {
             leader: leader.to_string(),
             max_lag,
             members: members.into_iter().filter(|m| m != leader).collect(),
+            joining: HashMap::new(),
+            cooling: HashMap::new(),
             positions: HashMap::new(),
             created: now,
             ends: HashMap::new(),
@@ -204,19 +219,22 @@ impl InSync {
         }
     }
 
-    /// Forgets every topic but `held` (name and epoch: the leader's topics now), so that a
-    /// topic deleted while no follower's stream noticed does not stay behind, a topic every
-    /// follower lacks.
-    pub fn retain_topics(&mut self, held: &HashMap<String, u64>) {
-        let gone: Vec<String> = self
-            .epochs
-            .iter()
-            .filter(|(t, e)| held.get(*t) != Some(*e))
-            .map(|(t, _)| t.clone())
-            .chain(self.ends.keys().filter(|t| !held.contains_key(*t)).cloned())
-            .collect();
-        for t in gone {
-            self.remove_topic(&t);
+    /// The topics known here, each with its epoch.
+    pub fn known_topics(&self) -> Vec<(String, u64)> {
+        self.epochs.iter().map(|(t, e)| (t.clone(), *e)).collect()
+    }
+
+    /// The epoch `topic` is known here with, if it is.
+    pub fn known_epoch(&self, topic: &str) -> Option<u64> {
+        self.epochs.get(topic).copied()
+    }
+
+    /// Forgets `topic` if it is still known with `epoch`: the leader no longer holds that
+    /// topic (deleted, maybe while no follower's stream noticed: every follower would lack
+    /// it for good). Known with another epoch since, it is left alone.
+    pub fn forget_gone(&mut self, topic: &str, epoch: u64) {
+        if self.epochs.get(topic) == Some(&epoch) {
+            self.remove_topic(topic);
         }
     }
 
@@ -246,14 +264,66 @@ impl InSync {
             .collect()
     }
 
-    /// Followers outside the set that have caught up (for every topic the leader holds,
-    /// they hold its end or caught up within `max_lag`). The caller adds them in etcd first,
-    /// then here with [`InSync::add_member`].
+    /// Followers outside the set that are ready to join it: caught up (for every topic the
+    /// leader holds, they hold its end or caught up within `max_lag`) and holding every
+    /// commit point. The caller adds each here with [`InSync::add_member`], then in etcd.
     pub fn caught_up(&self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<String> {
         self.positions
             .keys()
             .filter(|f| !self.members.contains(*f) && online(f) && self.holds_up(f, now))
             .cloned()
+            .collect()
+    }
+
+    /// Moves followers towards the set, as of `now`: an outsider caught up within
+    /// `max_lag` (not yet holding every commit point) starts joining, and commit points
+    /// wait for it from then on; a joiner that went offline, fell behind or has not got
+    /// there within [`JOIN_PATIENCE`] stops (and waits as long before it tries again).
+    /// Returns the topics whose commit point moved, with the new point.
+    pub fn tend_joiners(
+        &mut self,
+        online: &dyn Fn(&str) -> bool,
+        now: Instant,
+    ) -> Vec<(String, u64)> {
+        let stop: Vec<String> = self
+            .joining
+            .iter()
+            .filter(|(f, since)| {
+                !online(f)
+                    || !self.near(f, now)
+                    || (now.saturating_duration_since(**since) > JOIN_PATIENCE
+                        && !self.holds_up(f, now))
+            })
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in &stop {
+            self.joining.remove(f);
+            self.cooling.insert(f.clone(), now);
+        }
+        self.cooling
+            .retain(|_, at| now.saturating_duration_since(*at) <= JOIN_PATIENCE);
+        let start: Vec<String> = self
+            .positions
+            .keys()
+            .filter(|f| {
+                !self.members.contains(*f)
+                    && !self.joining.contains_key(*f)
+                    && !self.cooling.contains_key(*f)
+                    && online(f)
+                    && self.near(f, now)
+            })
+            .cloned()
+            .collect();
+        for f in start {
+            self.joining.insert(f, now);
+        }
+        if stop.is_empty() {
+            return Vec::new();
+        }
+        let topics: Vec<String> = self.ends.keys().cloned().collect();
+        topics
+            .into_iter()
+            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
             .collect()
     }
 
@@ -279,6 +349,7 @@ impl InSync {
         if !self.holds_up(member, now) {
             return false;
         }
+        self.joining.remove(member);
         self.members.insert(member.to_string());
         true
     }
@@ -327,10 +398,22 @@ impl InSync {
         })
     }
 
-    /// Every topic held to the leader's end, or caught up (for real) within `max_lag`, and
-    /// to its commit point at least: a member that lacked committed frames could be elected
-    /// without them (Kafka's rule: a follower rejoins once it holds the high watermark).
+    /// [`InSync::near`], and every topic held to its commit point at least: a member that
+    /// lacked committed frames could be elected without them (Kafka's rule: a follower
+    /// rejoins once it holds the high watermark).
     fn holds_up(&self, follower: &str, now: Instant) -> bool {
+        let Some(f) = self.positions.get(follower) else {
+            return false;
+        };
+        self.near(follower, now)
+            && self.ends.keys().all(|topic| {
+                let held = f.topics.get(topic).map_or(0, |p| p.durable);
+                held >= self.commit(topic)
+            })
+    }
+
+    /// Every topic held to the leader's end, or caught up (for real) within `max_lag`.
+    fn near(&self, follower: &str, now: Instant) -> bool {
         let Some(f) = self.positions.get(follower) else {
             return false;
         };
@@ -338,12 +421,11 @@ impl InSync {
             .iter()
             .all(|(topic, &end)| match f.topics.get(topic) {
                 Some(p) => {
-                    p.durable >= self.commit(topic)
-                        && (p.durable >= end
-                            || (p.caught
-                                && now.saturating_duration_since(p.caught_up_at) <= self.max_lag))
+                    p.durable >= end
+                        || (p.caught
+                            && now.saturating_duration_since(p.caught_up_at) <= self.max_lag)
                 }
-                None => end == 0 && self.commit(topic) == 0,
+                None => end == 0,
             })
     }
 
@@ -372,7 +454,7 @@ impl InSync {
 
     fn recompute(&mut self, topic: &str) -> Option<u64> {
         let mut commit = self.ends.get(topic).copied().unwrap_or(0);
-        for m in &self.members {
+        for m in self.members.iter().chain(self.joining.keys()) {
             let held = self
                 .positions
                 .get(m)
@@ -625,6 +707,97 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_follower_holds_commit_points_until_it_holds_them_and_joins_under_load() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        let topics = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+        // Steady load: every step the leader and b move 10 on; c holds what it was sent a
+        // step ago, so in some topic it is always behind the commit point at one instant.
+        let mut now = t0;
+        let mut end = 0;
+        let step = |s: &mut InSync, now: Instant, end: u64, c_lag: &dyn Fn(usize) -> u64| {
+            for (i, t) in topics.iter().enumerate() {
+                s.leader_durable(t, 1, end, now);
+                s.reported(on("b", 1), t, 1, end, now);
+                s.sent(on("c", 1), t, 1, end, true, now);
+                s.reported(on("c", 1), t, 1, end.saturating_sub(c_lag(i)), now);
+            }
+        };
+        for _ in 0..5 {
+            end += 10;
+            now += Duration::from_millis(100);
+            step(&mut s, now, end, &|i| if i % 2 == 0 { 10 } else { 0 });
+            assert!(
+                s.caught_up(&online, now).is_empty(),
+                "behind at every instant"
+            );
+        }
+        // Joining: commit points wait for c from now on.
+        assert!(s.tend_joiners(&online, now).is_empty());
+        let frozen = s.commit("t0");
+        end += 10;
+        now += Duration::from_millis(100);
+        step(&mut s, now, end, &|i| if i % 2 == 0 { 10 } else { 0 });
+        assert_eq!(s.commit("t0"), frozen, "waits for c, one step behind");
+        assert_eq!(s.commit("t1"), end, "c holds t1's end");
+        assert_eq!(
+            s.caught_up(&online, now),
+            ["c"],
+            "it holds every commit point"
+        );
+        assert!(s.add_member("c", now));
+        assert_eq!(s.set(), ["a", "b", "c"]);
+        assert!(s.tend_joiners(&online, now).is_empty());
+    }
+
+    #[test]
+    fn a_joiner_that_does_not_get_there_in_time_stops_and_the_commit_points_move_on() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        s.sent(on("c", 1), "t", 1, 50, true, t0);
+        s.reported(on("c", 1), "t", 1, 50, t0);
+        s.tend_joiners(&online, t0);
+        s.leader_durable("t", 1, 200, t0);
+        assert_eq!(
+            s.reported(on("b", 1), "t", 1, 200, t0),
+            None,
+            "c is joining"
+        );
+        assert_eq!(s.commit("t"), 100);
+        // Within the patience nothing changes; past it c stops, the commit point moves.
+        let soon = t0 + JOIN_PATIENCE / 2;
+        assert!(s.tend_joiners(&online, soon).is_empty());
+        let late = t0 + JOIN_PATIENCE + Duration::from_millis(1);
+        assert_eq!(s.tend_joiners(&online, late), vec![("t".to_string(), 200)]);
+        // Cooling: it does not start again at once, and the commit point is not held.
+        s.leader_durable("t", 1, 300, late);
+        assert_eq!(s.reported(on("b", 1), "t", 1, 300, late), Some(300));
+        assert!(s.tend_joiners(&online, late).is_empty());
+        assert_eq!(s.reported(on("b", 1), "t", 1, 300, late), None);
+        // A joiner that goes offline stops at once.
+        let again = late + JOIN_PATIENCE + Duration::from_millis(1);
+        s.reported(on("c", 1), "t", 1, 250, again);
+        s.sent(on("c", 1), "t", 1, 300, true, again);
+        s.reported(on("c", 1), "t", 1, 280, again);
+        s.tend_joiners(&online, again);
+        s.leader_durable("t", 1, 400, again);
+        assert_eq!(
+            s.reported(on("b", 1), "t", 1, 400, again),
+            None,
+            "joining again"
+        );
+        let offline = |m: &str| m != "c";
+        assert_eq!(
+            s.tend_joiners(&offline, again),
+            vec![("t".to_string(), 400)]
+        );
+    }
+
+    #[test]
     fn a_topic_created_again_starts_over_and_one_deleted_unnoticed_is_forgotten() {
         let t0 = Instant::now();
         let online = |_: &str| true;
@@ -646,7 +819,9 @@ mod tests {
         s.reported(on("b", 1), "t", 2, 150, t0);
         let later = t0 + LAG + Duration::from_secs(1);
         assert_eq!(s.laggards(&online, later), ["b", "c"]);
-        s.retain_topics(&HashMap::from([("t".to_string(), 2)]));
+        assert_eq!(s.known_epoch("u"), Some(1));
+        s.forget_gone("t", 1); // an epoch of t that is no more: nothing
+        s.forget_gone("u", 1);
         assert!(s.laggards(&online, later).is_empty());
         assert_eq!(s.commit("t"), 150);
     }

@@ -136,16 +136,21 @@ impl Leader {
                 _ = &mut stopped => return,
                 change = watches.next() => match change {
                     Change::Roster => {
-                        let topics = self.topics.list();
-                        let held = topics
-                            .iter()
-                            .map(|t| (t.name().to_string(), t.meta().epoch))
-                            .collect();
-                        self.insync.lock().retain_topics(&held);
-                        self.own_ends(topics);
+                        let known = self.insync.lock().known_topics();
+                        self.forget_deleted(known);
+                        self.own_ends(self.topics.list());
                     }
-                    Change::Topics(names) => self
-                        .own_ends(names.iter().filter_map(|n| self.topics.get(n)).collect()),
+                    Change::Topics(names) => {
+                        let known = {
+                            let insync = self.insync.lock();
+                            names
+                                .iter()
+                                .filter_map(|n| insync.known_epoch(n).map(|e| (n.clone(), e)))
+                                .collect()
+                        };
+                        self.forget_deleted(known);
+                        self.own_ends(names.iter().filter_map(|n| self.topics.get(n)).collect());
+                    }
                     Change::Topic(_, topic) => self.own_ends(vec![topic]),
                 },
             }
@@ -158,9 +163,17 @@ impl Leader {
         self.insync.lock().laggards(online, Instant::now())
     }
 
-    /// Followers outside the set that have caught up.
+    /// Followers outside the set ready to join it (see [`InSync::caught_up`]), after one
+    /// step of the joining ones ([`InSync::tend_joiners`]).
     pub fn caught_up(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
-        self.insync.lock().caught_up(online, Instant::now())
+        let now = Instant::now();
+        let mut insync = self.insync.lock();
+        for (topic, commit) in insync.tend_joiners(online, now) {
+            if let Some(t) = self.topics.get(&topic) {
+                t.advance_commit(commit);
+            }
+        }
+        insync.caught_up(online, now)
     }
 
     /// Drops `member` from the in-sync set (after etcd says so): commit points may move.
@@ -177,6 +190,27 @@ impl Leader {
     /// whether it is in the set now. Before etcd: see [`InSync::add_member`].
     pub fn add_member(&self, member: &str) -> bool {
         self.insync.lock().add_member(member, Instant::now())
+    }
+
+    /// Forgets, of the topics `known` in the in-sync bookkeeping (with their epochs), those
+    /// this node no longer holds with that epoch: a topic deleted while no follower's stream
+    /// noticed would otherwise stay, one every follower lacks for good.
+    fn forget_deleted(&self, known: Vec<(String, u64)>) {
+        let gone: Vec<(String, u64)> = known
+            .into_iter()
+            .filter(|(name, epoch)| {
+                self.topics
+                    .get(name)
+                    .is_none_or(|t| t.meta().epoch != *epoch)
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut insync = self.insync.lock();
+        for (name, epoch) in gone {
+            insync.forget_gone(&name, epoch);
+        }
     }
 
     fn own_ends(&self, topics: Vec<Arc<Topic>>) {

@@ -449,10 +449,10 @@ impl Node {
         }
     }
 
-    /// Stops the task following a leader, if one runs, and waits until the appends it
-    /// queued have landed: the next stream (or this node's own term) starts from this
-    /// node's durable ends, which must not move under it, and a cancelled task does not
-    /// wait for its appends itself.
+    /// Stops the task following a leader, if one runs, and waits until the topic changes
+    /// and appends it asked for have landed: the next stream (or this node's own term)
+    /// starts from this node's topics and durable ends, which must not move under it, and a
+    /// cancelled task does not wait for them itself.
     async fn stop_following(&self) {
         if let Some(f) = self.following.lock().as_ref() {
             f.task.abort();
@@ -468,6 +468,9 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         drop(self.following.lock().take());
+        // A topic change it asked for (a cut, a copy started again, a creation or deletion)
+        // runs on in a blocking task: it ends first.
+        self.topics.changes_settled().await;
         for t in self.topics.list() {
             t.log().appends_settled().await;
         }
