@@ -854,6 +854,96 @@ async fn min_insync_refuses_writes_until_a_follower_is_back_in_sync() {
     ));
 }
 
+/// Publishers that keep `topics` busy on node `address`, `per_topic` at a time each, over
+/// their own connections; every ack is recorded as (topic, seq_no, offset).
+struct BusyTopics {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BusyTopics {
+    async fn start(address: &str, topics: &[String], per_topic: u64) -> BusyTopics {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for topic in topics {
+            for p in 0..per_topic {
+                let mut client = connect(&format!("http://{address}")).await;
+                let (s, a, topic) = (Arc::clone(&stop), Arc::clone(&acked), topic.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut seq = p * 1_000_000;
+                    while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut r = req(&topic, seq, &payload_of(seq));
+                        r.idempotency_key = format!("k{seq}");
+                        let ack = tokio::time::timeout(Duration::from_secs(10), client.publish(r))
+                            .await
+                            .unwrap_or_else(|_| panic!("frame {seq} of {topic} never answered"))
+                            .unwrap_or_else(|e| panic!("frame {seq} of {topic} refused: {e:?}"));
+                        a.lock()
+                            .unwrap()
+                            .push((topic.clone(), seq, ack.into_inner().offset));
+                        seq += 1;
+                    }
+                }));
+            }
+        }
+        BusyTopics { stop, acked, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops, and returns every topic's acks as (seq_no, offset).
+    async fn finish(self) -> BTreeMap<String, Vec<(u64, u64)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let mut by_topic: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        for (topic, seq, offset) in self.acked.lock().unwrap().iter() {
+            by_topic
+                .entry(topic.clone())
+                .or_default()
+                .push((*seq, *offset));
+        }
+        by_topic
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_under_load_on_many_topics_rejoins_the_in_sync_set() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let follower = ids.iter().find(|id| **id != leader).unwrap().to_string();
+    let others: Vec<&str> = ids.into_iter().filter(|id| *id != follower).collect();
+    c.node_mut(&follower).server.kill9();
+    c.leader(&others, 2, Duration::from_secs(40)).await;
+    // Every topic busy all the time: at no instant does the restarted follower hold every
+    // topic's commit point, unless commit points wait for it.
+    let topics: Vec<String> = (0..16).map(|i| format!("busy-{i}")).collect();
+    let load = BusyTopics::start(&c.node(&leader).address, &topics, 4).await;
+    until("acks", Duration::from_secs(20), || load.acked() >= 2_000).await;
+    c.node_mut(&follower).server.restart();
+    c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let before = load.acked();
+    until("acks after the rejoin", Duration::from_secs(20), || {
+        load.acked() >= before + 1_000
+    })
+    .await;
+    let acked = load.finish().await;
+    assert_eq!(acked.len(), topics.len(), "every topic was acknowledged");
+    for (topic, acks) in &acked {
+        let on_leader = log_of(&c, &leader, topic).await;
+        holds_every_ack(&on_leader, acks);
+        until_delivers(&c, &follower, topic, on_leader.len()).await;
+        assert!(same_frames(&on_leader, &log_of(&c, &follower, topic).await));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_never_acknowledges_and_rejoins_as_follower() {
     let _serial = SERIAL.lock().await;
