@@ -44,6 +44,10 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Compact a stopped server's topics: apply retention, merge sealed segments and runs
     /// into one sorted run per topic.
+    ///
+    /// A cluster node's copy of a topic is left alone (named with --topic, an error): which
+    /// of its frames are committed is known only while the cluster runs, and it compacts
+    /// then, below its commit point.
     Compact {
         /// The data directory.
         #[arg(long, default_value = "./data")]
@@ -667,6 +671,12 @@ fn main() -> ExitCode {
             match framecast::server::compact_offline(&data_dir, topic.as_deref()) {
                 Ok(reports) => {
                     for (name, r) in reports {
+                        let Some(r) = r else {
+                            println!(
+                                "{name}: a cluster node's copy, left alone (it compacts while the node runs, below its commit point)"
+                            );
+                            continue;
+                        };
                         println!(
                             "{name}: {} segments + {} runs -> {} frames, {} -> {} bytes, {} keys dropped",
                             r.segments_in, r.runs_in, r.frames, r.bytes_in, r.bytes_out, r.keys_dropped

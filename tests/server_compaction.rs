@@ -304,3 +304,86 @@ async fn a_publish_stream_of_small_frames_fills_many_small_segments() {
     assert!(info.segments > 10, "{info:?}");
     assert_eq!(read_log(&mut c, "small").await.len() as u64, n);
 }
+
+/// Every file under `dir` with its bytes, by name.
+fn files_of(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_compaction_leaves_a_cluster_nodes_copy_alone_and_compacts_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--segment-bytes",
+        "32KiB",
+        "--max-frame-bytes",
+        "8192",
+        "--compact-after-segments",
+        "0",
+        "--fsync",
+        "never",
+    ];
+    let mut server = Server::start(tmp.path(), &flags);
+    let mut c = server.client().await;
+    let payload = vec![7u8; 2000];
+    for seq in 0..100u64 {
+        publish(&mut c, "plain", 99 - seq, &payload).await;
+        publish(&mut c, "copy", 99 - seq, &payload).await;
+    }
+    server.sigterm();
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    // "copy" as a cluster node holds it: its term history names a cluster term.
+    let copy_dir = tmp.path().join("topics").join("copy");
+    framecast::broker::terms::TermHistory::starting(7)
+        .store(&copy_dir)
+        .unwrap();
+    let before = files_of(&copy_dir);
+    let d = tmp.path().to_str().unwrap();
+
+    let out = std::process::Command::new(bin())
+        .args(["compact", "--data-dir", d])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("copy: a cluster node's copy, left alone"),
+        "{stdout}"
+    );
+    let plain = stdout.lines().find(|l| l.starts_with("plain: ")).unwrap();
+    assert!(!plain.starts_with("plain: 0 segments"), "{plain}");
+    assert_eq!(files_of(&copy_dir), before, "the copy was changed");
+
+    // Named, it is refused, and still nothing changes.
+    let out = std::process::Command::new(bin())
+        .args(["compact", "--data-dir", d, "--topic", "copy"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("topic 'copy' is a cluster node's copy (term 7)"),
+        "{stderr}"
+    );
+    assert_eq!(files_of(&copy_dir), before, "the copy was changed");
+
+    // Both topics still hold every frame, at its offset.
+    let server = Server::start(tmp.path(), &flags);
+    let mut c = server.client().await;
+    for topic in ["plain", "copy"] {
+        let log = read_log(&mut c, topic).await;
+        let frames: Vec<(u64, u64)> = log.iter().map(|f| (f.offset, f.seq_no)).collect();
+        let want: Vec<(u64, u64)> = (0..100).map(|o| (o, 99 - o)).collect();
+        assert_eq!(frames, want, "{topic}");
+    }
+}

@@ -69,11 +69,16 @@ pub fn require_data_dir(data_dir: &std::path::Path) -> Result<()> {
 }
 
 /// `framecast compact`: on a stopped server's data dir, applies retention and merges every
-/// topic's sealed segments and runs into one sorted run. Returns a report per topic.
+/// topic's sealed segments and runs into one sorted run. Returns a report per topic, `None`
+/// for a topic left alone: a cluster node's copy (its term history names a cluster term).
+/// Which of its frames are committed is known only while the cluster runs, and frames above
+/// the commit point may have to be cut for a new leader, which a compacted run does not
+/// allow: such a copy compacts online, below its commit point. Naming one with `only` is an
+/// error.
 pub fn compact_offline(
     data_dir: &std::path::Path,
     only: Option<&str>,
-) -> Result<Vec<(String, crate::wal::CompactionReport)>> {
+) -> Result<Vec<(String, Option<crate::wal::CompactionReport>)>> {
     require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
     let metrics = Arc::new(Metrics::new(DEFAULT_MAX_TOPICS));
@@ -83,12 +88,27 @@ pub fn compact_offline(
         if only.is_some_and(|o| o != t.name()) {
             continue;
         }
+        let term = t.terms().last_term();
+        if term > 0 {
+            if only.is_some() {
+                topics.close_all();
+                return Err(Error::InvalidArgument(format!(
+                    "topic '{}' is a cluster node's copy (term {term}): it compacts while the \
+                     node runs, below its commit point; offline, which frames a new leader may \
+                     cut is unknown, so it is left alone",
+                    t.name()
+                )));
+            }
+            info!(topic = t.name(), term, "a cluster node's copy: left alone");
+            out.push((t.name().to_string(), None));
+            continue;
+        }
         t.log().apply_retention(crate::wal::now_ns())?;
         let opts = crate::wal::CompactOptions {
             bytes_per_sec: None,
             max_runs: 1,
         };
-        out.push((t.name().to_string(), t.log().compact(&opts)?));
+        out.push((t.name().to_string(), Some(t.log().compact(&opts)?)));
     }
     if let Some(o) = only {
         if out.is_empty() {
