@@ -4,9 +4,10 @@
 //! Pure state, no I/O: the replication stream feeds it (what was sent, what a follower
 //! reports durable) and the leader reads from it (commit points to announce, members to add
 //! to or drop from the in-sync set in etcd). Kafka's rules: the commit point of a topic is
-//! the smallest durable end among the in-sync members (the leader's own included) and never
-//! moves back; a follower is in sync while, for every topic, it holds the leader's end or
-//! held the end it was last sent no more than `max_lag` ago.
+//! the smallest durable end among the in-sync members (the leader's own included) and the
+//! followers joining the set, and never moves back; a follower is in sync while, for every
+//! topic, it holds the leader's end or held the end it was last sent no more than `max_lag`
+//! ago.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,8 +18,22 @@ const SENT_WHOLE_KEPT: usize = 64;
 
 /// How long a follower may take to join the in-sync set once it started (commit points
 /// wait for it meanwhile) before it stops trying, and how long it waits before it tries
-/// again.
+/// again the first time; each further failed try doubles the wait, up to
+/// [`JOIN_WAIT_MAX`].
 const JOIN_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries to join: a follower that keeps failing holds commit
+/// points back for [`JOIN_PATIENCE`] at most once in this long.
+const JOIN_WAIT_MAX: Duration = Duration::from_secs(16);
+
+/// A follower whose last try to join the set failed.
+#[derive(Debug, Clone, Copy)]
+struct Cooling {
+    /// When it may try again.
+    until: Instant,
+    /// Tries failed in a row.
+    failed: u32,
+}
 
 /// How far one follower stands in one topic.
 #[derive(Debug, Clone)]
@@ -55,6 +70,9 @@ struct Follower {
     /// reports again what it holds, which may be less: a node whose disk was replaced), and
     /// what an older stream still says is ignored.
     session: u64,
+    /// True once the stream's first report is in: every topic the follower holds has a
+    /// position, so one it lacks is lacked for real.
+    handshaken: bool,
 }
 
 /// The in-sync set and the commit points of every topic, as the leader keeps them.
@@ -69,9 +87,8 @@ pub struct InSync {
     /// under load a follower seldom holds every busy topic's commit point at one instant
     /// otherwise); etcd does not name them yet.
     joining: HashMap<String, Instant>,
-    /// Followers whose last try to join took longer than [`JOIN_PATIENCE`], and when it
-    /// ended.
-    cooling: HashMap<String, Instant>,
+    /// Followers whose last tries to join failed.
+    cooling: HashMap<String, Cooling>,
     /// Each follower's positions.
     positions: HashMap<String, Follower>,
     /// When this bookkeeping started (the term began).
@@ -128,7 +145,7 @@ impl InSync {
         end: u64,
         now: Instant,
     ) -> Option<u64> {
-        self.epoch(topic, epoch);
+        self.own_epoch(topic, epoch);
         // Looked up first: this runs at every commit, and a known topic needs no new key.
         if !self.appeared.contains_key(topic) {
             self.appeared.insert(topic.to_string(), now);
@@ -148,10 +165,9 @@ impl InSync {
         whole: bool,
         now: Instant,
     ) {
-        if !self.current(follower, session) {
+        if !self.current(follower, session) || !self.same_epoch(topic, epoch) {
             return;
         }
-        self.epoch(topic, epoch);
         let p = self.position(follower, session, topic, now);
         if whole {
             if p.sent_whole.len() == SENT_WHOLE_KEPT {
@@ -171,10 +187,9 @@ impl InSync {
         durable: u64,
         now: Instant,
     ) -> Option<u64> {
-        if !self.current(follower, session) {
+        if !self.current(follower, session) || !self.same_epoch(topic, epoch) {
             return None;
         }
-        self.epoch(topic, epoch);
         let p = self.position(follower, session, topic, now);
         p.durable = p.durable.max(durable);
         while let Some(&(until, at)) = p.sent_whole.front() {
@@ -238,9 +253,23 @@ impl InSync {
         }
     }
 
+    /// Whether a follower's word on `topic` of `epoch` counts: the epoch known here, or
+    /// the first known. One of another epoch is of a topic gone here (or not yet here): only
+    /// the leader's own topics ([`InSync::leader_durable`]) move a topic to another epoch, so
+    /// a late report of the old one does not wipe the new one's entries.
+    fn same_epoch(&mut self, topic: &str, epoch: u64) -> bool {
+        match self.epochs.get(topic) {
+            Some(&e) => e == epoch,
+            None => {
+                self.epochs.insert(topic.to_string(), epoch);
+                true
+            }
+        }
+    }
+
     /// What is known of `topic` is of `epoch` from now on: entries of another epoch (the
     /// topic was deleted and created again) are forgotten first.
-    fn epoch(&mut self, topic: &str, epoch: u64) {
+    fn own_epoch(&mut self, topic: &str, epoch: u64) {
         match self.epochs.get(topic) {
             Some(&e) if e == epoch => {}
             Some(_) => {
@@ -259,9 +288,21 @@ impl InSync {
     pub fn laggards(&self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<String> {
         self.members
             .iter()
-            .filter(|m| !online(m) || self.lagging(m, now))
+            .filter(|m| !online(m) || self.lagging(m, now) || self.lost_committed(m))
             .cloned()
             .collect()
+    }
+
+    /// A member whose current stream reported all it holds, and that is less than some
+    /// commit point (commit points waited for it, so it lost frames: a replaced disk): it
+    /// could be elected without them, so it leaves the set at once.
+    fn lost_committed(&self, member: &str) -> bool {
+        let Some(f) = self.positions.get(member).filter(|f| f.handshaken) else {
+            return false;
+        };
+        self.commits.iter().any(|(topic, &commit)| {
+            self.ends.contains_key(topic) && f.topics.get(topic).map_or(0, |p| p.durable) < commit
+        })
     }
 
     /// Followers outside the set that are ready to join it: caught up (for every topic the
@@ -298,17 +339,25 @@ impl InSync {
             .collect();
         for f in &stop {
             self.joining.remove(f);
-            self.cooling.insert(f.clone(), now);
+            let failed = self.cooling.get(f).map_or(0, |c| c.failed) + 1;
+            let wait = JOIN_PATIENCE
+                .saturating_mul(1 << (failed - 1).min(16))
+                .min(JOIN_WAIT_MAX);
+            self.cooling.insert(
+                f.clone(),
+                Cooling {
+                    until: now + wait,
+                    failed,
+                },
+            );
         }
-        self.cooling
-            .retain(|_, at| now.saturating_duration_since(*at) <= JOIN_PATIENCE);
         let start: Vec<String> = self
             .positions
             .keys()
             .filter(|f| {
                 !self.members.contains(*f)
                     && !self.joining.contains_key(*f)
-                    && !self.cooling.contains_key(*f)
+                    && self.cooling.get(*f).is_none_or(|c| now >= c.until)
                     && online(f)
                     && self.near(f, now)
             })
@@ -320,22 +369,14 @@ impl InSync {
         if stop.is_empty() {
             return Vec::new();
         }
-        let topics: Vec<String> = self.ends.keys().cloned().collect();
-        topics
-            .into_iter()
-            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
-            .collect()
+        self.recompute_all()
     }
 
     /// Removes `member` from the set (after etcd says so); commit points may move.
     /// Returns the topics whose commit point moved, with the new point.
     pub fn drop_member(&mut self, member: &str) -> Vec<(String, u64)> {
         self.members.remove(member);
-        let topics: Vec<String> = self.ends.keys().cloned().collect();
-        topics
-            .into_iter()
-            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
-            .collect()
+        self.recompute_all()
     }
 
     /// Adds `member` to the set if it is caught up as of `now` and holds every commit point
@@ -350,6 +391,7 @@ impl InSync {
             return false;
         }
         self.joining.remove(member);
+        self.cooling.remove(member);
         self.members.insert(member.to_string());
         true
     }
@@ -357,23 +399,47 @@ impl InSync {
     /// `follower` opened its stream `session` (as of `now`): known from now on, even before
     /// it reports any topic, so that a follower of a leader without topics can be in sync.
     /// Positions of an earlier stream are forgotten: the new one reports them again.
+    /// An older stream than the one of record changes nothing.
     pub fn connected(&mut self, follower: &str, session: u64, now: Instant) {
-        let f = self.positions.entry(follower.to_string()).or_default();
-        if f.session != session {
-            *f = Follower {
-                first_seen: Some(now),
-                topics: HashMap::new(),
-                session,
-            };
+        let fresh = Follower {
+            first_seen: Some(now),
+            topics: HashMap::new(),
+            session,
+            handshaken: false,
+        };
+        match self.positions.get_mut(follower) {
+            Some(f) if f.session >= session => {}
+            Some(f) => *f = fresh,
+            None => {
+                self.positions.insert(follower.to_string(), fresh);
+            }
+        }
+    }
+
+    /// The first report of `follower`'s stream `session` is in: every topic it holds has a
+    /// position.
+    pub fn handshaken(&mut self, follower: &str, session: u64) {
+        if let Some(f) = self
+            .positions
+            .get_mut(follower)
+            .filter(|f| f.session == session)
+        {
+            f.handshaken = true;
         }
     }
 
     /// Forgets a follower's positions (its stream `session` ended, and no newer one has
-    /// begun); it stays in the set until dropped.
-    pub fn forget_follower(&mut self, follower: &str, session: u64) {
-        if self.current(follower, session) {
-            self.positions.remove(follower);
+    /// begun); it stays in the set until dropped, and stops joining it. Returns the topics
+    /// whose commit point moved (a joiner no longer holds them back), with the new point.
+    pub fn forget_follower(&mut self, follower: &str, session: u64) -> Vec<(String, u64)> {
+        if !self.current(follower, session) {
+            return Vec::new();
         }
+        self.positions.remove(follower);
+        if self.joining.remove(follower).is_none() {
+            return Vec::new();
+        }
+        self.recompute_all()
     }
 
     /// Whether `session` is `follower`'s stream of record (or none is known).
@@ -450,6 +516,16 @@ impl InSync {
             caught_up_at: seen,
             caught: false,
         })
+    }
+
+    /// [`InSync::recompute`] for every topic; the topics whose commit point moved, with
+    /// the new point.
+    fn recompute_all(&mut self) -> Vec<(String, u64)> {
+        let topics: Vec<String> = self.ends.keys().cloned().collect();
+        topics
+            .into_iter()
+            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
+            .collect()
     }
 
     fn recompute(&mut self, topic: &str) -> Option<u64> {
@@ -751,15 +827,16 @@ mod tests {
         assert!(s.tend_joiners(&online, now).is_empty());
     }
 
-    #[test]
-    fn a_joiner_that_does_not_get_there_in_time_stops_and_the_commit_points_move_on() {
-        let t0 = Instant::now();
+    /// Leader a with member b, both at 200 in topic t (committed to 100); c caught up
+    /// to `held` (below 100) and joining, so the commit point waits for it.
+    fn joining_c(held: u64, t0: Instant) -> InSync {
         let online = |_: &str| true;
         let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
         s.leader_durable("t", 1, 100, t0);
         s.reported(on("b", 1), "t", 1, 100, t0);
-        s.sent(on("c", 1), "t", 1, 50, true, t0);
-        s.reported(on("c", 1), "t", 1, 50, t0);
+        s.connected("c", 1, t0);
+        s.sent(on("c", 1), "t", 1, held, true, t0);
+        s.reported(on("c", 1), "t", 1, held, t0);
         s.tend_joiners(&online, t0);
         s.leader_durable("t", 1, 200, t0);
         assert_eq!(
@@ -767,6 +844,14 @@ mod tests {
             None,
             "c is joining"
         );
+        s
+    }
+
+    #[test]
+    fn a_joiner_that_does_not_get_there_in_time_stops_and_the_commit_points_move_on() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = joining_c(50, t0);
         assert_eq!(s.commit("t"), 100);
         // Within the patience nothing changes; past it c stops, the commit point moves.
         let soon = t0 + JOIN_PATIENCE / 2;
@@ -848,5 +933,89 @@ mod tests {
         assert_eq!(s.reported(on("b", 2), "t", 1, 150, t0), Some(150));
         s.forget_follower("b", 2);
         assert!(s.positions_of("b").is_empty());
+        // A stream older than the one of record that connects late changes nothing.
+        s.connected("b", 4, t0);
+        s.reported(on("b", 4), "t", 1, 150, t0);
+        s.connected("b", 3, t0);
+        assert_eq!(s.positions_of("b"), [("t".to_string(), 150, 150)]);
+    }
+
+    #[test]
+    fn a_late_word_of_an_old_epoch_leaves_the_new_one_alone() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        s.leader_durable("t", 2, 50, t0);
+        s.reported(on("b", 1), "t", 2, 40, t0);
+        assert_eq!(s.commit("t"), 40);
+        // A report, a send or a stream's forgetting of epoch 1 arrives late.
+        assert_eq!(s.reported(on("b", 1), "t", 1, 100, t0), None);
+        s.sent(on("b", 1), "t", 1, 100, true, t0);
+        s.forget_gone("t", 1);
+        assert_eq!(s.known_epoch("t"), Some(2));
+        assert_eq!(s.commit("t"), 40);
+        assert_eq!(s.positions_of("b"), [("t".to_string(), 40, 40)]);
+        assert_eq!(s.reported(on("b", 1), "t", 2, 50, t0), Some(50));
+    }
+
+    #[test]
+    fn a_member_back_with_less_than_a_commit_point_leaves_at_once() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.connected("b", 1, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.leader_durable("u", 1, 10, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        s.reported(on("b", 1), "u", 1, 10, t0);
+        s.handshaken("b", 1);
+        assert!(s.laggards(&online, t0).is_empty());
+        // It comes back with a new disk: until its first report is whole, nothing is
+        // concluded; then it lacks u, committed to 10, and leaves the set.
+        s.connected("b", 2, t0);
+        assert!(s.laggards(&online, t0).is_empty());
+        s.reported(on("b", 2), "t", 1, 100, t0);
+        assert!(s.laggards(&online, t0).is_empty());
+        s.handshaken("b", 2);
+        assert_eq!(s.laggards(&online, t0), ["b"]);
+    }
+
+    #[test]
+    fn a_joiner_whose_stream_ends_releases_the_commit_points_at_once() {
+        let mut s = joining_c(90, Instant::now());
+        assert_eq!(s.forget_follower("c", 1), vec![("t".to_string(), 200)]);
+    }
+
+    #[test]
+    fn each_failed_try_to_join_doubles_the_wait_before_the_next() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        // c keeps catching up within the lag but never reaches the commit point.
+        let mut now = t0;
+        let mut started = Vec::new();
+        for _ in 0..700 {
+            now += Duration::from_millis(100);
+            s.sent(on("c", 1), "t", 1, 50, true, now);
+            s.reported(on("c", 1), "t", 1, 50, now);
+            s.tend_joiners(&online, now);
+            if s.joining.contains_key("c") && !started.contains(&s.joining["c"]) {
+                started.push(s.joining["c"]);
+            }
+        }
+        let gaps: Vec<u64> = started
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        // Each try ends at the first look past the patience (1.1 s); the waits after them:
+        // 1, 2, 4, 8, then 16 s each.
+        assert_eq!(
+            gaps,
+            [2_100, 3_100, 5_100, 9_100, 17_100, 17_100],
+            "{started:?}"
+        );
     }
 }

@@ -87,7 +87,13 @@ impl Leader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "term begun in every topic"
         );
-        let insync = InSync::new(node_id, members, max_lag, Instant::now());
+        let mut insync = InSync::new(node_id, members, max_lag, Instant::now());
+        // Every topic's end known before any follower is looked at: a follower that lacks
+        // frames committed in an earlier term must not pass for caught up in no topic.
+        let now = Instant::now();
+        for t in topics.list() {
+            insync.leader_durable(t.name(), t.meta().epoch, t.log().durable_offset(), now);
+        }
         let leader = Arc::new(Leader {
             topics,
             node_id: node_id.to_string(),
@@ -168,22 +174,24 @@ impl Leader {
     pub fn caught_up(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
         let now = Instant::now();
         let mut insync = self.insync.lock();
-        for (topic, commit) in insync.tend_joiners(online, now) {
-            if let Some(t) = self.topics.get(&topic) {
-                t.advance_commit(commit);
-            }
-        }
+        let moved = insync.tend_joiners(online, now);
+        self.advance_commits(moved);
         insync.caught_up(online, now)
     }
 
-    /// Drops `member` from the in-sync set (after etcd says so): commit points may move.
-    pub fn drop_member(&self, member: &str) {
-        let moved = self.insync.lock().drop_member(member);
+    /// Moves the commit points of these topics (name, new point).
+    fn advance_commits(&self, moved: Vec<(String, u64)>) {
         for (topic, commit) in moved {
             if let Some(t) = self.topics.get(&topic) {
                 t.advance_commit(commit);
             }
         }
+    }
+
+    /// Drops `member` from the in-sync set (after etcd says so): commit points may move.
+    pub fn drop_member(&self, member: &str) {
+        let moved = self.insync.lock().drop_member(member);
+        self.advance_commits(moved);
     }
 
     /// Adds `member` to the in-sync set if it is caught up and holds every commit point;
@@ -409,10 +417,12 @@ impl Session {
             _ = ended => {}
             _ = leader.stopped() => {}
         }
-        self.leader
+        let moved = self
+            .leader
             .insync
             .lock()
             .forget_follower(&follower, self.id);
+        self.leader.advance_commits(moved);
         info!(follower = %follower, "follower disconnected");
     }
 
@@ -461,6 +471,11 @@ impl Session {
                 },
             );
         }
+        // Every topic it holds is reported: what it lacks now, it lacks.
+        self.leader
+            .insync
+            .lock()
+            .handshaken(&self.follower, self.id);
         Ok(())
     }
 
@@ -512,10 +527,11 @@ impl Session {
     /// Tells the follower to delete `name` (gone here, or another epoch); `deleted`: gone
     /// here, so it leaves the in-sync bookkeeping too.
     async fn forget(&mut self, name: String, deleted: bool) -> Result<(), Gone> {
-        self.positions.remove(&name);
+        let shipped = self.positions.remove(&name);
         self.dirty.remove(&name);
-        if deleted {
-            self.leader.insync.lock().remove_topic(&name);
+        if let Some(s) = shipped.filter(|_| deleted) {
+            // Of the epoch this stream knew only: the topic may exist again by now.
+            self.leader.insync.lock().forget_gone(&name, s.epoch);
         }
         self.send(Update::Deleted(name)).await
     }

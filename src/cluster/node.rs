@@ -571,12 +571,13 @@ impl Node {
             s.term = term;
             s.leader = self.me().to_string();
         }
+        // The refusal as this term starts (a set too small for --min-insync), in place
+        // before the door opens: no publish finds none meanwhile.
+        self.refuse_unless_writable(&leader.insync_set(), Instant::now());
         self.door.send_replace(Door::Open(Arc::clone(&leader)));
         self.view
             .set_peer_positions(Some(Arc::clone(&leader) as Arc<dyn PeerPositions>));
         let commits = tokio::spawn(Arc::clone(&leader).run_commits());
-        self.view.set_refusal(None);
-        self.refuse_unless_writable(&leader.insync_set(), Instant::now());
         self.announce(Kind::LeaderChanged, self.me());
         info!(term, insync = ?leader.insync_set(), "leading");
 
