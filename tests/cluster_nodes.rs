@@ -1923,6 +1923,38 @@ async fn the_leader_ships_runs_only_to_followers_that_take_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_restarted_shows_the_frames_it_holds_without_a_new_publish() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(1, 1).await;
+    let leader = c.leader(&["n1"], 1, Duration::from_secs(30)).await;
+    let mut client = c.client(&leader).await;
+    for seq in 0..20u64 {
+        client
+            .publish(req("idle", seq, &payload_of(seq)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(log_of(&c, &leader, "idle").await.len(), 20);
+    // Its next term starts with the commit point at 0 on every topic: the frames it holds,
+    // committed by itself alone, must be shown again without waiting for another publish.
+    c.node_mut(&leader).server.kill9();
+    // Its node key goes with its lease (a live one would refuse the id).
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    c.node_mut(&leader).server.restart();
+    c.leader(&["n1"], 1, Duration::from_secs(30)).await;
+    let mut shown = 0;
+    let start = Instant::now();
+    while shown < 20 {
+        shown = log_of(&c, &leader, "idle").await.len();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{shown} of 20 frames shown after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
     let _serial = SERIAL.lock().await;
     // Two members and --min-insync 2: a follower dropped from the set refuses writes.

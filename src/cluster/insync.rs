@@ -282,9 +282,10 @@ impl InSync {
         }
     }
 
-    /// Members to drop from the in-sync set: offline ones (`online` says who is), and those
-    /// lagging past `max_lag` in some topic as of `now`. The caller drops them in etcd first,
-    /// then here with [`InSync::drop_member`].
+    /// Members to drop from the in-sync set: offline ones (`online` says who is), those
+    /// lagging past `max_lag` in some topic as of `now`, and those back holding less than a
+    /// commit point. The caller drops them in etcd first, then here with
+    /// [`InSync::drop_member`].
     pub fn laggards(&self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<String> {
         self.members
             .iter()
@@ -319,7 +320,8 @@ impl InSync {
     /// Moves followers towards the set, as of `now`: an outsider caught up within
     /// `max_lag` (not yet holding every commit point) starts joining, and commit points
     /// wait for it from then on; a joiner that went offline, fell behind or has not got
-    /// there within [`JOIN_PATIENCE`] stops (and waits as long before it tries again).
+    /// there within [`JOIN_PATIENCE`] stops (and waits before it tries again: 1 s after a
+    /// first failed try, doubling with each further one up to [`JOIN_WAIT_MAX`]).
     /// Returns the topics whose commit point moved, with the new point.
     pub fn tend_joiners(
         &mut self,
@@ -399,8 +401,10 @@ impl InSync {
     /// `follower` opened its stream `session` (as of `now`): known from now on, even before
     /// it reports any topic, so that a follower of a leader without topics can be in sync.
     /// Positions of an earlier stream are forgotten: the new one reports them again.
-    /// An older stream than the one of record changes nothing.
-    pub fn connected(&mut self, follower: &str, session: u64, now: Instant) {
+    /// An older stream than the one of record changes nothing. A follower that was joining
+    /// the set stops (no failed try: it starts again with what the new stream reports);
+    /// returns the topics whose commit point moved then, with the new point.
+    pub fn connected(&mut self, follower: &str, session: u64, now: Instant) -> Vec<(String, u64)> {
         let fresh = Follower {
             first_seen: Some(now),
             topics: HashMap::new(),
@@ -408,12 +412,25 @@ impl InSync {
             handshaken: false,
         };
         match self.positions.get_mut(follower) {
-            Some(f) if f.session >= session => {}
+            Some(f) if f.session >= session => return Vec::new(),
             Some(f) => *f = fresh,
             None => {
                 self.positions.insert(follower.to_string(), fresh);
             }
         }
+        if self.joining.remove(follower).is_none() {
+            return Vec::new();
+        }
+        self.recompute_all()
+    }
+
+    /// `topic` (of `epoch`) is committed up to `commit` already (a new leader's commit point
+    /// from the term before): every member holds it, and a follower joins only once it
+    /// does too.
+    pub fn committed(&mut self, topic: &str, epoch: u64, commit: u64) {
+        self.own_epoch(topic, epoch);
+        let c = self.commits.entry(topic.to_string()).or_insert(0);
+        *c = (*c).max(commit);
     }
 
     /// The first report of `follower`'s stream `session` is in: every topic it holds has a
@@ -979,6 +996,37 @@ mod tests {
         assert!(s.laggards(&online, t0).is_empty());
         s.handshaken("b", 2);
         assert_eq!(s.laggards(&online, t0), ["b"]);
+    }
+
+    #[test]
+    fn a_new_leader_starts_from_the_commit_point_it_was_shown_and_a_member_without_it_leaves() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", vec!["b".into()], LAG, t0);
+        s.committed("t", 1, 80);
+        assert_eq!(s.leader_durable("t", 1, 100, t0), None);
+        assert_eq!(s.commit("t"), 80);
+        // b comes back with nothing (a new disk) as the term starts: it leaves at once.
+        s.connected("b", 1, t0);
+        s.handshaken("b", 1);
+        assert_eq!(s.laggards(&online, t0), ["b"]);
+        // An outsider holding 70 is caught up in t (it held what it was sent) but not the
+        // commit point: it does not join until it holds 80.
+        s.connected("c", 1, t0);
+        s.sent(on("c", 1), "t", 1, 70, true, t0);
+        s.reported(on("c", 1), "t", 1, 70, t0);
+        assert!(s.caught_up(&online, t0).is_empty());
+    }
+
+    #[test]
+    fn a_joiner_that_connects_again_stops_joining_and_releases_the_commit_points() {
+        let mut s = joining_c(90, Instant::now());
+        assert_eq!(
+            s.connected("c", 2, Instant::now()),
+            vec![("t".to_string(), 200)]
+        );
+        assert!(!s.joining.contains_key("c"));
+        assert!(!s.cooling.contains_key("c"), "no failed try");
     }
 
     #[test]

@@ -88,11 +88,17 @@ impl Leader {
             "term begun in every topic"
         );
         let mut insync = InSync::new(node_id, members, max_lag, Instant::now());
-        // Every topic's end known before any follower is looked at: a follower that lacks
-        // frames committed in an earlier term must not pass for caught up in no topic.
+        // Every topic's end and commit point known before any follower is looked at: a
+        // follower that lacks frames committed in an earlier term must not pass for caught
+        // up in no topic, and a member back without them leaves the set at once. What this
+        // node shows is committed (every member of the set holds it).
         let now = Instant::now();
         for t in topics.list() {
-            insync.leader_durable(t.name(), t.meta().epoch, t.log().durable_offset(), now);
+            let epoch = t.meta().epoch;
+            insync.committed(t.name(), epoch, t.visible_offset());
+            if let Some(c) = insync.leader_durable(t.name(), epoch, t.log().durable_offset(), now) {
+                t.advance_commit(c);
+            }
         }
         let leader = Arc::new(Leader {
             topics,
@@ -163,8 +169,8 @@ impl Leader {
         }
     }
 
-    /// Members to drop from the in-sync set now: offline (`online` says who is not) or
-    /// lagging past the limit.
+    /// Members to drop from the in-sync set now: offline (`online` says who is not),
+    /// lagging past the limit, or back holding less than a commit point.
     pub fn laggards(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
         self.insync.lock().laggards(online, Instant::now())
     }
@@ -243,6 +249,7 @@ impl Leader {
         }
         let now = Instant::now();
         let mut insync = self.insync.lock();
+        self.current_epoch(&mut insync, &t, now);
         if let Some(c) = insync.reported(
             FollowerStream { follower, session },
             topic,
@@ -251,6 +258,26 @@ impl Leader {
             now,
         ) {
             t.advance_commit(c);
+        }
+    }
+
+    /// The leader sent `follower` the records of `t` up to `until` (see [`InSync::sent`]).
+    fn sent(&self, follower: FollowerStream<'_>, t: &Topic, until: u64, whole: bool) {
+        let now = Instant::now();
+        let mut insync = self.insync.lock();
+        self.current_epoch(&mut insync, t, now);
+        insync.sent(follower, t.name(), t.meta().epoch, until, whole, now);
+    }
+
+    /// Moves the bookkeeping of `t` to its epoch here if it still knows another (the topic
+    /// was created again and the commit task has not looked yet): a follower's word on the
+    /// new topic would be ignored, and it may not say it again.
+    fn current_epoch(&self, insync: &mut InSync, t: &Topic, now: Instant) {
+        let epoch = t.meta().epoch;
+        if insync.known_epoch(t.name()).is_some_and(|e| e != epoch) {
+            if let Some(c) = insync.leader_durable(t.name(), epoch, t.log().durable_offset(), now) {
+                t.advance_commit(c);
+            }
         }
     }
 
@@ -436,10 +463,12 @@ impl Session {
 
     /// Answers the follower's first report: deletions and cuts.
     async fn handshake(&mut self, first: rp::FollowerReport) -> Result<(), Gone> {
-        self.leader
+        let moved = self
+            .leader
             .insync
             .lock()
             .connected(&self.follower, self.id, Instant::now());
+        self.leader.advance_commits(moved);
         for p in first.positions {
             let topic = self.leader.topics.get(&p.topic);
             let Some(t) = topic.filter(|t| t.meta().epoch == p.epoch) else {
@@ -620,16 +649,14 @@ impl Session {
         if next < shippable_end(&t) {
             self.dirty.insert(name.clone());
         }
-        self.leader.insync.lock().sent(
+        self.leader.sent(
             FollowerStream {
                 follower: &self.follower,
                 session: self.id,
             },
-            &name,
-            t.meta().epoch,
+            &t,
             next,
             next >= durable,
-            Instant::now(),
         );
         Ok(Some(rp::LeaderUpdate {
             term: self.leader.term,
