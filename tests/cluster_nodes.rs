@@ -275,6 +275,25 @@ async fn until_delivers(c: &Cluster, id: &str, topic: &str, n: usize) {
     }
 }
 
+/// GET `path` from `follower`'s HTTP door: refused with 503 and `Framecast-Leader` naming the
+/// leader's HTTP door. The answer, and that door.
+fn http_names_the_leader(
+    c: &Cluster,
+    follower: &str,
+    leader: &str,
+    path: &str,
+) -> (common::http::Response, String) {
+    let follower_http = c.node(follower).server.http.clone().unwrap();
+    let leader_http = c.node(leader).server.http.clone().unwrap();
+    let refused = common::http::request(&follower_http, "GET", path, &[], b"");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.header("framecast-leader"),
+        Some(leader_http.as_str())
+    );
+    (refused, leader_http)
+}
+
 fn same_frames(a: &[Frame], b: &[Frame]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
@@ -452,20 +471,9 @@ async fn follower_refuses_subscriptions_to_topics_it_lacks(
             "{refused:?}"
         );
     }
+    let (refused, leader_http) =
+        http_names_the_leader(c, follower, leader, "/v1/topics/other/events?from=0");
     let follower_http = c.node(follower).server.http.clone().unwrap();
-    let leader_http = c.node(leader).server.http.clone().unwrap();
-    let refused = common::http::request(
-        &follower_http,
-        "GET",
-        "/v1/topics/other/events?from=0",
-        &[],
-        b"",
-    );
-    assert_eq!(refused.status, 503, "{}", refused.text());
-    assert_eq!(
-        refused.header("framecast-leader"),
-        Some(leader_http.as_str())
-    );
     assert_eq!(refused.json()["leader"], leader_http.as_str());
     // A WebSocket error has no headers: its body names the leader.
     let url = format!("{follower_http}/v1/ws").replace("http://", "ws://");
@@ -553,20 +561,7 @@ async fn follower_names_the_leader_for_history_it_lacks(c: &Cluster, leader: &st
         assert_eq!(answer.code(), final_code, "{answer:?}");
     }
     // Over HTTP, naming the leader's HTTP door.
-    let follower_http = c.node(follower).server.http.clone().unwrap();
-    let leader_http = c.node(leader).server.http.clone().unwrap();
-    let refused = common::http::request(
-        &follower_http,
-        "GET",
-        "/v1/topics/other/history?from=0",
-        &[],
-        b"",
-    );
-    assert_eq!(refused.status, 503, "{}", refused.text());
-    assert_eq!(
-        refused.header("framecast-leader"),
-        Some(leader_http.as_str())
-    );
+    http_names_the_leader(c, follower, leader, "/v1/topics/other/history?from=0");
     // The Rust client given only the follower follows the hint: the leader's answer.
     let client = framecast::client::Client::connect(&c.node(follower).address).unwrap();
     let query = framecast::client::HistoryQuery::from(0);
