@@ -2326,3 +2326,49 @@ async fn the_load_generator_spreads_subscribers_over_every_node_and_checks_each_
         assert_eq!(seen, Some(3000.0), "deliveries by {}", n.id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_from_empty_to_the_largest_allowed_are_copied_to_every_follower() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 3).await;
+    let leader = c
+        .leader(&["n1", "n2", "n3"], 3, Duration::from_secs(30))
+        .await;
+    // The default --max-frame-bytes (4 MiB − 1 KiB), each acked only once all three
+    // nodes hold it (--min-insync 3), then one past it refused.
+    let max = 4 * 1024 * 1024 - 1024;
+    let sizes = [
+        0,
+        1,
+        100,
+        64 * 1024,
+        1 << 20,
+        (1 << 20) + 1,
+        2 << 20,
+        3 << 20,
+        max,
+    ];
+    let mut lc = c.client(&leader).await;
+    for (seq, &size) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 31 + seq) as u8).collect();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            lc.publish(req("sizes", seq as u64, &payload)),
+        )
+        .await;
+        assert!(matches!(r, Ok(Ok(_))), "{size} B: {r:?}\n{}", c.logs());
+    }
+    let refused = lc
+        .publish(req("sizes", 99, &vec![0u8; max + 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let on_leader = log_of(&c, &leader, "sizes").await;
+    let got: Vec<usize> = on_leader.iter().map(|f| f.payload.len()).collect();
+    assert_eq!(got, sizes.to_vec());
+    for id in ["n1", "n2", "n3"] {
+        until_delivers(&c, id, "sizes", sizes.len()).await;
+        let copy = log_of(&c, id, "sizes").await;
+        assert!(same_frames(&copy, &on_leader), "{id} differs");
+    }
+}

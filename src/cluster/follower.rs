@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tracing::info;
 
-use super::leader::{from_wire_key, from_wire_terms, wire_terms, MAX_RECORDS_BYTES};
+use super::leader::{from_wire_key, from_wire_terms, max_message_bytes, wire_terms};
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use crate::broker::error::Error;
@@ -78,9 +78,10 @@ pub async fn follow(
     };
     // The channel has room: this is its first message.
     let _ = reports.try_send(first);
+    let limit = max_message_bytes(topics.log_config());
     let mut client = rp::replication_client::ReplicationClient::new(channel)
-        .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
-        .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(t) = token {
         let value = format!("Bearer {t}")

@@ -40,6 +40,18 @@ use crate::wal;
 
 /// Bytes of records per message to a follower (at least one record).
 pub const MAX_RECORDS_BYTES: usize = 1 << 20;
+
+/// The largest replication message a node sends or takes, in either direction: a run of
+/// up to [`MAX_RECORDS_BYTES`], or a single record as large as a segment of `config` can
+/// hold (a frame of `--max-frame-bytes` is one), with room to spare for the message's
+/// other fields. A bound below the largest record would leave a follower unable to copy
+/// it, retrying forever and out of the in-sync set.
+pub fn max_message_bytes(config: &wal::LogConfig) -> usize {
+    let record = usize::try_from(config.request_room()).unwrap_or(usize::MAX);
+    record
+        .saturating_add(MAX_RECORDS_BYTES)
+        .max(MAX_RECORDS_BYTES * 2)
+}
 /// Messages queued to one follower before the session waits for it.
 const SESSION_QUEUE: usize = 8;
 
@@ -283,11 +295,12 @@ impl Leader {
 
     /// The `Replication` gRPC service of this leader.
     pub fn service(self: &Arc<Self>) -> rp::replication_server::ReplicationServer<LeaderService> {
+        let limit = max_message_bytes(self.topics.log_config());
         rp::replication_server::ReplicationServer::new(LeaderService {
             leader: Arc::clone(self),
         })
-        .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
-        .max_encoding_message_size(MAX_RECORDS_BYTES * 2)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
     }
 }
 

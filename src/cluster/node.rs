@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use super::etcd::{Etcd, EtcdError, LeaderKey, LeaseKeeper, WatchEvent};
 use super::follower::follow;
-use super::leader::{Leader, LeaderService, MAX_RECORDS_BYTES};
+use super::leader::{max_message_bytes, Leader, LeaderService};
 use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
 use super::replication_proto as rp;
 use crate::broker::cluster_view::{
@@ -272,10 +272,11 @@ pub async fn start(
         following: Mutex::new(None),
     });
     node.announce(Kind::NodeOnline, &node.config.node_id.clone());
+    let limit = max_message_bytes(node.topics.log_config());
     let service =
         rp::replication_server::ReplicationServer::new(ReplicationDoor { leader: rx, broker })
-            .max_decoding_message_size(MAX_RECORDS_BYTES * 2)
-            .max_encoding_message_size(MAX_RECORDS_BYTES * 2);
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
     tokio::spawn(Arc::clone(&node).watch_members());
     tokio::spawn(Arc::clone(&node).watch_insync());
     let task = tokio::spawn(node.run());
