@@ -2372,3 +2372,110 @@ async fn frames_from_empty_to_the_largest_allowed_are_copied_to_every_follower()
         assert!(same_frames(&copy, &on_leader), "{id} differs");
     }
 }
+
+/// A topic as one node holds it: its epoch and every frame's `(seq_no, payload)`.
+type Held = (u64, Vec<(u64, Vec<u8>)>);
+
+/// `topic` on node `id`, or `None` when the node does not list it.
+async fn copy_of(c: &Cluster, id: &str, topic: &str) -> Option<Held> {
+    let info = common::topic_info(&mut c.client(id).await, topic).await?;
+    let frames = log_of(c, id, topic).await;
+    Some((
+        info.epoch,
+        frames
+            .iter()
+            .map(|f| (f.seq_no, f.payload.to_vec()))
+            .collect(),
+    ))
+}
+
+/// Waits until every node in `ids` holds `topic` as `want` (its epoch and frames), or
+/// lacks it when `want` is `None`.
+async fn until_all_hold(c: &Cluster, ids: &[&str], topic: &str, want: Option<&Held>) {
+    let start = Instant::now();
+    for id in ids {
+        loop {
+            let got = copy_of(c, id, topic).await;
+            if got.as_ref() == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{id} holds {topic} as epoch {:?} with {:?} frames, not as the leader does \
+                 (epoch {:?}, {:?} frames)\n{}",
+                got.as_ref().map(|g| g.0),
+                got.as_ref().map(|g| g.1.len()),
+                want.map(|w| w.0),
+                want.map(|w| w.1.len()),
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_re_created_topics_reach_every_follower_also_one_away_meanwhile() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let followers: Vec<&str> = all.into_iter().filter(|n| *n != leader).collect();
+    let mut lc = c.client(&leader).await;
+    let address = format!("http://{}", c.node(&leader).address);
+    let publish = |tag: &'static str, n: u64| {
+        let address = address.clone();
+        async move {
+            let mut lc = connect(&address).await;
+            for seq in 0..n {
+                let payload = format!("{tag}-{seq}");
+                lc.publish(req("t", seq, payload.as_bytes())).await.unwrap();
+            }
+        }
+    };
+    publish("first", 50).await;
+    lc.publish(req("kept", 1, b"kept")).await.unwrap();
+    let first = copy_of(&c, &leader, "t").await.unwrap();
+    until_all_hold(&c, &all, "t", Some(&first)).await;
+
+    // A subscriber on a follower sees the deletion as NOT_FOUND, as on the leader.
+    let mut fc = c.client(followers[0]).await;
+    let mut sub = common::subscribe(&mut fc, common::sub_req("t", 0))
+        .await
+        .unwrap();
+    let seen = common::take(&mut sub.stream, 50, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 50);
+    lc.delete_topic(framecast::proto::DeleteTopicRequest { name: "t".into() })
+        .await
+        .unwrap();
+    let (rest, ended) = common::read_until_error(&mut sub.stream, Duration::from_secs(10)).await;
+    assert!(rest.is_empty(), "{} frames after the deletion", rest.len());
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    until_all_hold(&c, &all, "t", None).await;
+
+    // Re-created: a new epoch, and only the new frames, everywhere.
+    publish("second", 30).await;
+    let second = copy_of(&c, &leader, "t").await.unwrap();
+    assert_ne!(second.0, first.0, "a re-created topic has a new epoch");
+    until_all_hold(&c, &all, "t", Some(&second)).await;
+
+    // A follower away while the topic is deleted and re-created again, and another topic
+    // deleted, drops its old copies when it is back.
+    let away = followers[1];
+    c.node_mut(away).server.kill9();
+    lc.delete_topic(framecast::proto::DeleteTopicRequest { name: "t".into() })
+        .await
+        .unwrap();
+    lc.delete_topic(framecast::proto::DeleteTopicRequest {
+        name: "kept".into(),
+    })
+    .await
+    .unwrap();
+    publish("third", 20).await;
+    let third = copy_of(&c, &leader, "t").await.unwrap();
+    assert_ne!(third.0, second.0);
+    c.node_mut(away).server.restart();
+    c.leader(&all, 3, Duration::from_secs(30)).await;
+    until_all_hold(&c, &all, "t", Some(&third)).await;
+    until_all_hold(&c, &all, "kept", None).await;
+}
