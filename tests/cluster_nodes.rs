@@ -2479,3 +2479,59 @@ async fn deleted_and_re_created_topics_reach_every_follower_also_one_away_meanwh
     until_all_hold(&c, &all, "t", Some(&third)).await;
     until_all_hold(&c, &all, "kept", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_damage_refuses_to_start_and_after_repair_copies_the_leaders_frames() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(3, 2, &flags, None).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let away = all.into_iter().find(|n| *n != leader).unwrap();
+    let mut lc = c.client(&leader).await;
+    for seq in 0..600u64 {
+        let payload = format!("frame {seq} {}", "d".repeat(200));
+        lc.publish(req("orders", seq, payload.as_bytes()))
+            .await
+            .unwrap();
+    }
+    let held = copy_of(&c, &leader, "orders").await.unwrap();
+    until_all_hold(&c, &all, "orders", Some(&held)).await;
+
+    // One byte flipped in the middle of the follower's first (sealed) segment.
+    c.node_mut(away).server.kill9();
+    let data = c.node(away).server.data_dir.clone();
+    let seg = data.join("topics/orders/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    // It refuses to start, as a single node does, and cuts nothing.
+    let refused = c.node_mut(away).server.try_restart().unwrap_err();
+    assert!(refused.contains("framecast repair"), "{refused}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+    // The cluster goes on without it.
+    lc.publish(req("orders", 600, b"while it is down"))
+        .await
+        .unwrap();
+
+    // Repaired (a gap where the damage was, a new epoch), it takes the leader's copy
+    // again, the damaged frames included.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "repair",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--topic",
+            "orders",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.node_mut(away).server.restart();
+    c.leader(&all, 3, Duration::from_secs(30)).await;
+    let held = copy_of(&c, &leader, "orders").await.unwrap();
+    assert_eq!(held.1.len(), 601);
+    until_all_hold(&c, &all, "orders", Some(&held)).await;
+}

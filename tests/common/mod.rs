@@ -159,6 +159,14 @@ impl Server {
         *self = Self::start_owned(&self.data_dir.clone(), self.extra.clone(), &[]);
     }
 
+    /// Like [`Server::restart`]; `Err` with its log when it did not start (it exited).
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Self::try_start_owned(&self.data_dir.clone(), self.extra.clone(), &[])?;
+        Ok(())
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
