@@ -2535,3 +2535,95 @@ async fn a_follower_with_damage_refuses_to_start_and_after_repair_copies_the_lea
     assert_eq!(held.1.len(), 601);
     until_all_hold(&c, &all, "orders", Some(&held)).await;
 }
+
+/// Flips one byte in the middle of `seg`, in place (a running server's mapping sees it).
+fn flip_a_byte_in_place(seg: &std::path::Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg)
+        .unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut byte = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte[0] ^ 0x20]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_finding_damage_where_a_follower_needs_it_hands_over_to_an_in_sync_follower() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(3, 2, &flags, None).await;
+    let all = ["n1", "n2", "n3"];
+    let old = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let others: Vec<&str> = all.into_iter().filter(|n| *n != old).collect();
+    let (away, kept) = (others[0], others[1]);
+    c.node_mut(away).server.kill9();
+    let mut lc = c.client(&old).await;
+    let payload = |seq: u64| format!("frame {seq} {}", "d".repeat(200)).into_bytes();
+    for seq in 0..600u64 {
+        lc.publish(req("orders", seq, &payload(seq))).await.unwrap();
+    }
+    // Bit rot in the leader's first segment, which the follower that was away needs.
+    let old_seg = c
+        .node(&old)
+        .server
+        .data_dir
+        .join("topics/orders/00000000000000000000.seg");
+    flip_a_byte_in_place(&old_seg);
+    c.node_mut(away).server.restart();
+
+    // The leader leaves (exit 1), and the follower that holds every frame takes over.
+    let status = c.node_mut(&old).server.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the damaged leader is still running: {status:?}\n{}",
+        c.logs()
+    );
+    assert!(
+        c.node(&old)
+            .server
+            .log_text()
+            .contains("damage in this leader's log where a follower needs it"),
+        "{}",
+        c.logs()
+    );
+    let new = c.leader(&[away, kept], 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        new, kept,
+        "only the follower that holds every frame may lead"
+    );
+    let on_new = log_of(&c, kept, "orders").await;
+    let frames: Vec<(u64, Vec<u8>)> = on_new
+        .iter()
+        .map(|f| (f.seq_no, f.payload.to_vec()))
+        .collect();
+    assert_eq!(
+        frames,
+        (0..600u64).map(|s| (s, payload(s))).collect::<Vec<_>>()
+    );
+    let held = copy_of(&c, kept, "orders").await.unwrap();
+    until_all_hold(&c, &[away], "orders", Some(&held)).await;
+
+    // The damaged node refuses to start until repaired; then it takes the new leader's copy.
+    let refused = c.node_mut(&old).server.try_restart().unwrap_err();
+    assert!(refused.contains("framecast repair"), "{refused}");
+    let data = c.node(&old).server.data_dir.clone();
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "repair",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--topic",
+            "orders",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.node_mut(&old).server.restart();
+    c.leader(&all, 3, Duration::from_secs(30)).await;
+    until_all_hold(&c, &all, "orders", Some(&held)).await;
+}

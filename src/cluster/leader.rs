@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::insync::{FollowerStream, InSync};
 use super::replication_proto as rp;
@@ -650,6 +650,10 @@ impl Session {
                     })),
                 }));
             }
+            Err(e @ (wal::Error::Corruption { .. } | wal::Error::Io { .. })) => {
+                self.damaged(&name, &e);
+                return Err(Gone);
+            }
             Err(e) => {
                 warn!(follower = %self.follower, topic = %name, error = %e, "cannot read records to ship");
                 return Err(Gone);
@@ -703,6 +707,25 @@ impl Session {
         }
         let (records, next) = log.read_records(from, MAX_RECORDS_BYTES)?;
         Ok(Some((records, Bytes::new(), next)))
+    }
+
+    /// This leader's copy of `topic` is damaged (or its disk fails a read) where a follower
+    /// needs it: no follower can copy past it from here. Every committed frame is also on
+    /// each other in-sync member, so while there is one this node leaves the cluster, as
+    /// after a failed sync, and one of them takes over; startup then refuses the damaged
+    /// log until `framecast repair`, after which this node copies the frames back from the
+    /// new leader. Alone in the set it stays: it is the only copy there is.
+    fn damaged(&self, topic: &str, e: &wal::Error) {
+        let set = self.leader.insync_set();
+        if set.len() > 1 {
+            error!(follower = %self.follower, topic, error = %e, insync = ?set, "damage in this leader's log where a follower needs it: leaving the cluster so that an in-sync follower takes over; run `framecast repair` on this node before it starts again");
+            self.leader.topics.log_config().failure.raise(format!(
+                "topic '{topic}': damage found while shipping to {}: {e}",
+                self.follower
+            ));
+        } else {
+            error!(follower = %self.follower, topic, error = %e, "damage in this leader's log where a follower needs it, and no other member of the in-sync set holds a copy: leading on; the follower cannot copy past it");
+        }
     }
 
     /// Sends `topic`'s commit point if it moved since last sent.
