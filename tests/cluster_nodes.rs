@@ -2627,3 +2627,143 @@ async fn a_leader_finding_damage_where_a_follower_needs_it_hands_over_to_an_in_s
     c.leader(&all, 3, Duration::from_secs(30)).await;
     until_all_hold(&c, &all, "orders", Some(&held)).await;
 }
+
+/// Node `id`'s own position in `topic` as its Cluster answer gives it: (next offset it
+/// holds durably, commit point).
+async fn position_on(c: &Cluster, id: &str, topic: &str) -> Option<(u64, u64)> {
+    let info = c.info(id).await?;
+    let me = info.nodes.iter().find(|n| n.id == id)?;
+    let p = me.topics.iter().find(|p| p.topic == topic)?;
+    Some((p.next_offset, p.commit_offset))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_a_node_cannot_serve_yet_are_sent_on_to_the_leader_or_asked_again() {
+    use framecast::broker::cursor::CursorToken;
+    use framecast::proto::{Cursor, HistoryRequest, SubscribeRequest};
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let followers: Vec<&str> = all.into_iter().filter(|n| *n != leader).collect();
+    let leader_addr = c.node(&leader).address.clone();
+    let mut lc = c.client(&leader).await;
+    for seq in 0..20u64 {
+        lc.publish(req("prices", seq, &payload_of(seq)))
+            .await
+            .unwrap();
+    }
+    until_delivers(&c, followers[0], "prices", 20).await;
+    let epoch = common::subscribe(&mut lc, common::sub_req("prices", 0))
+        .await
+        .unwrap()
+        .epoch;
+    let resume = |cursor: Cursor| SubscribeRequest {
+        replay_seq_no_start: 0,
+        topic: "prices".into(),
+        resume: Some(cursor),
+    };
+    let cursor = |epoch: u64, snapshot: u64, offset: u64| Cursor {
+        snapshot_offset: snapshot,
+        seq_no: offset,
+        timestamp: i64::from(offset > 0),
+        offset,
+        epoch,
+    };
+    // Cursors from a node ahead of this follower (a snapshot or a frame it has not copied),
+    // or of an epoch it does not hold: the follower names the leader, whose answer is final.
+    let other_epoch = epoch ^ 1;
+    for (cursor, lacks, final_code) in [
+        (
+            cursor(epoch, 1_000_000, 0),
+            "topic 'prices' up to offset 1000000".to_string(),
+            Code::OutOfRange,
+        ),
+        (
+            cursor(epoch, 20, 1_000_000),
+            "topic 'prices' up to offset 1000001".to_string(),
+            Code::OutOfRange,
+        ),
+        (
+            cursor(other_epoch, 20, 0),
+            format!("topic 'prices' of epoch {other_epoch}"),
+            Code::FailedPrecondition,
+        ),
+    ] {
+        let mut fc = c.client(followers[0]).await;
+        let refused = common::subscribe_error(&mut fc, resume(cursor)).await;
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            format!("this node does not hold {lacks} and is not the leader: the leader is {leader_addr}"),
+        );
+        assert_eq!(
+            refused
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(leader_addr.as_str())
+        );
+        let answer = common::subscribe_error(&mut lc, resume(cursor)).await;
+        assert_eq!(answer.code(), final_code, "{answer:?}");
+    }
+    // A History token of another epoch alike.
+    let token = CursorToken {
+        start_seq_no: 0,
+        snapshot: 20,
+        epoch: other_epoch,
+        last: None,
+        reverse: false,
+        floor: Some(0),
+    }
+    .encode();
+    let page = || HistoryRequest {
+        topic: "prices".into(),
+        after: token.clone(),
+        ..Default::default()
+    };
+    let mut fc = c.client(followers[0]).await;
+    let refused = fc.history(page()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.metadata().get(LEADER_HEADER).is_some());
+    let answer = lc.history(page()).await.unwrap_err();
+    assert_eq!(answer.code(), Code::FailedPrecondition, "{answer:?}");
+
+    // The leader holds a frame it has not committed yet (both followers frozen, well within
+    // --replica-max-lag): a cursor naming it is to be asked again, not refused for good.
+    let pids: Vec<Pid> = followers
+        .iter()
+        .map(|f| Pid::from_raw(c.node(f).server.child.id() as i32).unwrap())
+        .collect();
+    for p in &pids {
+        kill_process(*p, Signal::STOP).unwrap();
+    }
+    let mut pc = c.client(&leader).await;
+    let waiting = tokio::spawn(async move { pc.publish(req("prices", 20, b"twenty")).await });
+    let start = Instant::now();
+    while position_on(&c, &leader, "prices").await != Some((21, 20)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the frame never became durable"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ahead = resume(cursor(epoch, 20, 20));
+    let again = common::subscribe_error(&mut lc, ahead.clone()).await;
+    for p in &pids {
+        kill_process(*p, Signal::CONT).unwrap();
+    }
+    assert_eq!(again.code(), Code::Unavailable, "{again:?}");
+    assert!(again.message().contains("not committed yet"), "{again:?}");
+    assert!(again.metadata().get(LEADER_HEADER).is_none());
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Committed now: the same cursor opens, and the stream goes on after frame 20.
+    let mut sub = common::subscribe(&mut lc, ahead).await.unwrap();
+    lc.publish(req("prices", 21, b"twenty-one")).await.unwrap();
+    let next = common::take(&mut sub.stream, 1, Duration::from_secs(10)).await;
+    assert_eq!((next[0].offset, next[0].seq_no), (21, 21));
+}

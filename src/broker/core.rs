@@ -318,7 +318,7 @@ impl Broker {
         let global = self.reserve_subscriber()?;
         let topic = self.subscription_topic(&name, r).await?;
         let epoch = topic.meta().epoch;
-        let at = start_at(&topic, r)?;
+        let at = start_at(&topic, r, &self.cluster)?;
         let position = match at.after {
             Some(last) if last.offset >= at.snapshot => last.offset + 1,
             _ => topic.log().first_offset(),
@@ -494,7 +494,9 @@ impl Broker {
 }
 
 /// Where a subscription of `topic` starts: a fresh snapshot, or the checked resume cursor.
-fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
+/// A cursor this node cannot serve yet (a cluster node behind the one that issued it) is
+/// refused with [`cursor_ahead`]'s answer; a single node's refusals are final.
+fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -> Result<StartAt> {
     let epoch = topic.meta().epoch;
     let durable = topic.visible_offset();
     let Some(c) = &r.resume else {
@@ -505,17 +507,18 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
         });
     };
     if c.epoch != epoch {
-        return Err(Error::EpochMismatch {
-            topic: topic.name().to_string(),
-            cursor: c.epoch,
-            current: epoch,
-        });
+        return Err(epoch_elsewhere(cluster, topic.name(), c.epoch, epoch));
     }
     if c.snapshot_offset > durable {
-        return Err(Error::OutOfRange(format!(
-            "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
-            c.snapshot_offset
-        )));
+        return Err(cursor_ahead(
+            cluster,
+            topic,
+            c.snapshot_offset,
+            format!(
+                "cursor snapshot_offset {} is beyond the topic's next offset {durable}",
+                c.snapshot_offset
+            ),
+        ));
     }
     // A cursor with timestamp 0 names no frame (stored timestamps are never 0): the stream
     // starts again from the beginning of the same snapshot.
@@ -526,10 +529,15 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
     });
     if let Some(a) = after {
         if a.offset >= durable {
-            return Err(Error::OutOfRange(format!(
-                "cursor offset {} is beyond the topic's next offset {durable}",
-                a.offset
-            )));
+            return Err(cursor_ahead(
+                cluster,
+                topic,
+                a.offset + 1,
+                format!(
+                    "cursor offset {} is beyond the topic's next offset {durable}",
+                    a.offset
+                ),
+            ));
         }
     }
     Ok(StartAt {
@@ -537,6 +545,50 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest) -> Result<StartAt> {
         start_seq_no: r.replay_seq_no_start,
         after,
     })
+}
+
+/// The refusal of a cursor that needs `topic` up to offset `upto` (exclusive) where this
+/// node shows less. A follower names the leader, who holds it or answers for good (a
+/// client that resumes on a follower a moment behind the node it left is sent on, not
+/// failed). A cluster leader that holds those frames but has not committed them yet (just
+/// after a failover its commit point catches up within a replication round) answers
+/// UNAVAILABLE, to be asked again. Otherwise `OUT_OF_RANGE` with `message`, final.
+pub(super) fn cursor_ahead(
+    cluster: &ClusterView,
+    topic: &Topic,
+    upto: u64,
+    message: String,
+) -> Error {
+    if let Some(refusal) =
+        cluster.leader_elsewhere(format!("topic '{}' up to offset {upto}", topic.name()))
+    {
+        return refusal;
+    }
+    if topic.is_replicated() && upto <= topic.log().durable_offset() {
+        return Error::NotCommittedYet(format!(
+            "topic '{}' up to offset {upto} is held here but not committed yet; ask again",
+            topic.name()
+        ));
+    }
+    Error::OutOfRange(message)
+}
+
+/// The refusal of a cursor of epoch `cursor` of `topic`, whose epoch here is `current`: a
+/// follower names the leader (it may not have copied a re-created topic yet; the leader's
+/// answer is final), elsewhere `FAILED_PRECONDITION`.
+pub(super) fn epoch_elsewhere(
+    cluster: &ClusterView,
+    topic: &str,
+    cursor: u64,
+    current: u64,
+) -> Error {
+    cluster
+        .leader_elsewhere(format!("topic '{topic}' of epoch {cursor}"))
+        .unwrap_or_else(|| Error::EpochMismatch {
+            topic: topic.to_string(),
+            cursor,
+            current,
+        })
 }
 
 /// Refuses a publish to `topic` that `who` may not make.

@@ -75,6 +75,11 @@ pub enum Error {
     /// lease may have lapsed): UNAVAILABLE, nothing was written.
     #[error("{0}")]
     NotWritable(String),
+    /// A cursor names frames a cluster leader holds but has not committed yet (just after
+    /// a failover, its commit point catches up within a replication round): UNAVAILABLE,
+    /// to be asked again.
+    #[error("{0}")]
+    NotCommittedYet(String),
     /// A storage error.
     #[error(transparent)]
     Wal(#[from] wal::Error),
@@ -134,7 +139,8 @@ impl Error {
             Error::ShuttingDown
             | Error::Starting
             | Error::NotLeader { .. }
-            | Error::NotWritable(_) => Code::Unavailable,
+            | Error::NotWritable(_)
+            | Error::NotCommittedYet(_) => Code::Unavailable,
             Error::Metadata { .. } => Code::Internal,
             Error::Damaged { .. } | Error::NotRepaired { .. } => Code::DataLoss,
             Error::Wal(w) => match w {

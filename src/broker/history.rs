@@ -3,7 +3,7 @@
 //! the snapshot S; each page's `next` token names it and the page's last frame, so pages
 //! never overlap and never skip, whatever is published meanwhile.
 
-use super::core::{topic_name, Broker};
+use super::core::{cursor_ahead, epoch_elsewhere, topic_name, Broker};
 use super::cursor::CursorToken;
 use super::error::{Error, Result};
 use super::principal::Principal;
@@ -76,19 +76,21 @@ impl Broker {
                 floor: Some(log.first_offset()),
             },
             Some(t) => {
+                if t.epoch != epoch {
+                    return Err(epoch_elsewhere(self.cluster_view(), &name, t.epoch, epoch));
+                }
                 let t = checked_token(t, r, &name, epoch)?;
                 let visible = topic.visible_offset();
                 if t.snapshot > visible {
-                    // A token from a node ahead of this one: a follower that has not copied
-                    // that far names the leader; the leader's own answer is final.
-                    let lacks = format!("topic '{name}' up to offset {}", t.snapshot);
-                    return Err(self.cluster_view().leader_elsewhere(lacks).unwrap_or_else(
-                        || {
-                            Error::OutOfRange(format!(
-                                "cursor snapshot_offset {} is beyond the topic's next offset {visible}",
-                                t.snapshot
-                            ))
-                        },
+                    // A token from a node ahead of this one.
+                    return Err(cursor_ahead(
+                        self.cluster_view(),
+                        &topic,
+                        t.snapshot,
+                        format!(
+                            "cursor snapshot_offset {} is beyond the topic's next offset {visible}",
+                            t.snapshot
+                        ),
                     ));
                 }
                 t
