@@ -2767,3 +2767,82 @@ async fn cursors_a_node_cannot_serve_yet_are_sent_on_to_the_leader_or_asked_agai
     let next = common::take(&mut sub.stream, 1, Duration::from_secs(10)).await;
     assert_eq!((next[0].offset, next[0].seq_no), (21, 21));
 }
+
+/// The next WatchCluster event of `kind` (others are skipped), within 20 s.
+async fn next_event_of(
+    events: &mut tonic::Streaming<framecast::proto::ClusterEvent>,
+    kind: framecast::proto::cluster_event::Kind,
+) -> framecast::proto::ClusterEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} event within 20 s"))
+            .unwrap()
+            .expect("the watch ended");
+        if e.kind() == kind {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_reports_the_leaders_death_the_new_leader_and_its_return() {
+    use framecast::proto::cluster_event::Kind;
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let old = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let watcher = all.into_iter().find(|n| *n != old).unwrap();
+    let mut wc = c.client(watcher).await;
+    let mut events = wc
+        .watch_cluster(ClusterRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let term = first.cluster.as_ref().unwrap().term;
+    c.node_mut(&old).server.kill9();
+
+    let gone = next_event_of(&mut events, Kind::NodeOffline).await;
+    assert_eq!(gone.node_id, old);
+    // Listed offline, not leading, while the in-sync set still counts it.
+    let view = gone.cluster.unwrap();
+    let listed = view.nodes.iter().find(|n| n.id == old).unwrap();
+    assert!(
+        !listed.online && !listed.leader && listed.in_sync,
+        "{view:?}"
+    );
+    // The old leader's key goes (a change to no leader), then a new one is elected.
+    let changed = loop {
+        let e = next_event_of(&mut events, Kind::LeaderChanged).await;
+        let view = e.cluster.as_ref().unwrap();
+        if view.leader.is_empty() {
+            assert_eq!(e.node_id, old);
+            continue;
+        }
+        break e;
+    };
+    let view = changed.cluster.unwrap();
+    assert_ne!(changed.node_id, old);
+    assert!(view.term > term, "{view:?}");
+    let new = c
+        .leader(
+            &all.into_iter().filter(|n| *n != old).collect::<Vec<_>>(),
+            2,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(changed.node_id, new);
+
+    c.node_mut(&old).server.restart();
+    let back = next_event_of(&mut events, Kind::NodeOnline).await;
+    assert_eq!(back.node_id, old);
+    let view = back.cluster.unwrap();
+    assert!(view.nodes.iter().find(|n| n.id == old).unwrap().online);
+    assert_eq!(view.leader, c.node(&new).address);
+}

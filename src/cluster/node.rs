@@ -220,6 +220,9 @@ struct Node {
     state: Mutex<Believed>,
     /// The task following the current leader, if any.
     following: Mutex<Option<Following>>,
+    /// Every node seen online that is online now or still in the in-sync set: one gone
+    /// offline is listed (`online: false`) while the set still counts it.
+    seen: Mutex<BTreeMap<String, NodeRecord>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -270,6 +273,7 @@ pub async fn start(
         door,
         state: Mutex::new(Believed::default()),
         following: Mutex::new(None),
+        seen: Mutex::new(BTreeMap::new()),
     });
     node.announce(Kind::NodeOnline, &node.config.node_id.clone());
     let limit = max_message_bytes(node.topics.log_config());
@@ -760,19 +764,26 @@ impl Node {
         } else {
             address_of(&believed.leader)
         };
-        let others = nodes
-            .values()
-            .filter(|n| n.id != me)
-            .map(|n| proto::NodeInfo {
-                id: n.id.clone(),
-                address: n.address.clone(),
-                http_address: n.http_address.clone(),
-                leader: n.id == believed.leader,
-                in_sync: believed.insync.contains(&n.id),
-                online: true,
-                topics: Vec::new(),
-            })
-            .collect();
+        let others = {
+            let mut seen = self.seen.lock();
+            seen.extend(nodes.iter().map(|(id, n)| (id.clone(), n.clone())));
+            seen.retain(|id, _| nodes.contains_key(id) || believed.insync.contains(id));
+            seen.values()
+                .filter(|n| n.id != me)
+                .map(|n| {
+                    let online = nodes.contains_key(&n.id);
+                    proto::NodeInfo {
+                        id: n.id.clone(),
+                        address: n.address.clone(),
+                        http_address: n.http_address.clone(),
+                        leader: online && n.id == believed.leader,
+                        in_sync: believed.insync.contains(&n.id),
+                        online,
+                        topics: Vec::new(),
+                    }
+                })
+                .collect()
+        };
         let membership = ViewMembership {
             term: believed.term,
             leader: leader_address,
