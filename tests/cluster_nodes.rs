@@ -666,7 +666,6 @@ impl Load {
     }
 
     /// The longest time between two acks in a row (a stall), and when it ended.
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // the failed-disk scenarios'
     fn longest_gap(&self) -> (Duration, Option<Instant>) {
         let mut times: Vec<Instant> = self.acked.lock().unwrap().iter().map(|x| x.2).collect();
         times.sort();
@@ -726,44 +725,70 @@ fn holds_every_ack(log: &[Frame], acked: &[(u64, u64)]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
-    let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, 2).await;
+/// `cycles` times, under a publisher to "orders": stops the leader (`clean`: SIGTERM, and
+/// it must exit 0; else `kill -9`), measures the time from the stop to the first ack by
+/// another node, waits for 200 more acks, and restarts the stopped node. Every ack, and the
+/// times.
+async fn leader_stops_under_load(
+    c: &mut Cluster,
+    cycles: usize,
+    clean: bool,
+) -> (Vec<(u64, u64)>, Vec<Duration>) {
     let ids = ["n1", "n2", "n3"];
     let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
-    let mut acked = Vec::new();
-    let mut seq = 0;
-    let mut failovers = Vec::new();
-    for cycle in 0..3 {
+    let (mut acked, mut seq, mut times) = (Vec::new(), 0, Vec::new());
+    for cycle in 0..cycles {
         let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
         let load = Load::start(addresses.clone(), "orders", seq);
         until("some acks", Duration::from_secs(20), || load.acked() >= 200).await;
-        let killed = Instant::now();
-        c.node_mut(&leader).server.kill9();
-        let acks_before = load.acked();
+        let stopped = Instant::now();
+        if clean {
+            c.node(&leader).server.sigterm();
+        } else {
+            c.node_mut(&leader).server.kill9();
+        }
         let old = c.node(&leader).address.clone();
         until("writes accepted again", Duration::from_secs(20), || {
-            load.first_ack_after(killed, &old).is_some()
+            load.first_ack_after(stopped, &old).is_some()
         })
         .await;
-        let failover = load.first_ack_after(killed, &old).unwrap() - killed;
+        let after = load.first_ack_after(stopped, &old).unwrap() - stopped;
+        if clean {
+            let status = c
+                .node_mut(&leader)
+                .server
+                .wait_exit(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "a clean stop exits 0: {status:?}\n{}",
+                c.logs()
+            );
+        }
+        let acks = load.acked();
         until(
-            "more acks after the failover",
+            "more acks after the new leader took over",
             Duration::from_secs(20),
-            || load.acked() >= acks_before + 200,
+            || load.acked() >= acks + 200,
         )
         .await;
         let done = load.finish().await;
         seq = done.last().map_or(seq, |x| x.0 + 1);
         acked.extend(done);
-        eprintln!(
-            "cycle {cycle}: killed leader {leader}; writes accepted again after {failover:?}"
-        );
-        failovers.push(failover);
-        // The killed node comes back and rejoins as a follower.
+        let how = if clean { "SIGTERM to" } else { "killed" };
+        eprintln!("cycle {cycle}: {how} leader {leader}; writes accepted again after {after:?}");
+        times.push(after);
+        // The stopped node comes back and rejoins as a follower.
         c.node_mut(&leader).server.restart();
     }
+    (acked, times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let (acked, failovers) = leader_stops_under_load(&mut c, 3, false).await;
     let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
     let on_leader = log_of(&c, &leader, "orders").await;
     holds_every_ack(&on_leader, &acked);
@@ -2845,4 +2870,54 @@ async fn a_watch_on_a_follower_reports_the_leaders_death_the_new_leader_and_its_
     let view = back.cluster.unwrap();
     assert!(view.nodes.iter().find(|n| n.id == old).unwrap().online);
     assert_eq!(view.leader, c.node(&new).address);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_before_its_lease_would_lapse() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let (mut acked, handovers) = leader_stops_under_load(&mut c, 2, true).await;
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let seq = acked.iter().map(|a| a.0 + 1).max().unwrap_or(0);
+    // A follower stopped cleanly leaves at once: the leader stops waiting for it without
+    // holding acks up for --replica-max-lag (3 s).
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let follower = ids.into_iter().find(|i| *i != leader).unwrap();
+    let load = Load::start(addresses.clone(), "orders", seq);
+    until("some acks", Duration::from_secs(20), || load.acked() >= 200).await;
+    c.node(follower).server.sigterm();
+    let status = c
+        .node_mut(follower)
+        .server
+        .wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let acks = load.acked();
+    until(
+        "more acks without the follower",
+        Duration::from_secs(20),
+        || load.acked() >= acks + 200,
+    )
+    .await;
+    let (stall, _) = load.longest_gap();
+    acked.extend(load.finish().await);
+    c.node_mut(follower).server.restart();
+    let leader = c.leader(&ids, 3, Duration::from_secs(40)).await;
+    let on_leader = log_of(&c, &leader, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    eprintln!(
+        "handover times (SIGTERM to the next ack elsewhere, lease TTL {TTL:?}): {handovers:?}; \
+         longest stall of acks while a follower stopped: {stall:?}"
+    );
+    assert!(
+        stall < Duration::from_secs(1),
+        "acks stalled {stall:?} while a follower stopped cleanly"
+    );
+    for h in &handovers {
+        assert!(
+            *h < TTL,
+            "writes were accepted again only after {h:?}: a leader stopped cleanly must hand over \
+             before its lease ({TTL:?}) would lapse"
+        );
+    }
 }

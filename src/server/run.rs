@@ -263,9 +263,7 @@ pub async fn run(
     // be restarted and recover from its disk (its streams end; nothing more is written).
     let node_left = async {
         match node_life.as_mut() {
-            Some(life) => life
-                .await
-                .unwrap_or_else(|e| format!("the cluster task ended: {e}")),
+            Some(life) => life.failed().await,
             None => std::future::pending().await,
         }
     };
@@ -379,6 +377,11 @@ pub async fn run(
             let deadline = Deadline::now() + config.shutdown_grace;
             door.stopping();
             trigger.fire();
+            // A cluster node leaves first, while it drains: another node takes over
+            // at once instead of after the grace period and the lease TTL.
+            if let Some(life) = node_life.take() {
+                life.leave().await;
+            }
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
             match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(r) => r.map_err(server_error)?,
