@@ -58,7 +58,8 @@ pub enum Error {
     ShuttingDown,
     /// A write reached a cluster node that does not lead, or a read needs what this
     /// follower does not hold yet (a subscription to a topic it lacks: only the leader
-    /// creates topics; a History page of such a topic, or past what it has copied).
+    /// creates topics; a History page of such a topic; a resume cursor or History token
+    /// past what it has copied, or of an epoch it does not hold).
     /// UNAVAILABLE, with the trailer `framecast-leader: <leader>` (HTTP: the
     /// `Framecast-Leader` header, naming the leader's HTTP door when it advertises one).
     #[error("{}not the leader{}", if lacks.is_empty() { String::new() } else { format!("this node does not hold {lacks} and is ") }, if leader.is_empty() { String::from(" (no leader elected yet)") } else { format!(": the leader is {leader}") })]

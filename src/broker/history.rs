@@ -79,7 +79,7 @@ impl Broker {
                 if t.epoch != epoch {
                     return Err(epoch_elsewhere(self.cluster_view(), &name, t.epoch, epoch));
                 }
-                let t = checked_token(t, r, &name, epoch)?;
+                let t = checked_token(t, r)?;
                 let visible = topic.visible_offset();
                 if t.snapshot > visible {
                     // A token from a node ahead of this one.
@@ -139,20 +139,8 @@ impl Broker {
 }
 
 /// The walk a later page continues: the token's, once it is checked against the request
-/// and the topic's epoch (its snapshot against what this node holds is the caller's).
-fn checked_token(
-    t: CursorToken,
-    r: &proto::HistoryRequest,
-    topic: &str,
-    epoch: u64,
-) -> Result<CursorToken> {
-    if t.epoch != epoch {
-        return Err(Error::EpochMismatch {
-            topic: topic.to_string(),
-            cursor: t.epoch,
-            current: epoch,
-        });
-    }
+/// (its epoch and its snapshot against what this node holds are the caller's).
+fn checked_token(t: CursorToken, r: &proto::HistoryRequest) -> Result<CursorToken> {
     if t.reverse != r.reverse {
         return Err(Error::InvalidArgument(format!(
             "the 'after' token continues a {} walk; the request asks for reverse={}",

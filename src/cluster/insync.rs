@@ -294,6 +294,20 @@ impl InSync {
             .collect()
     }
 
+    /// Members besides the leader that could take over now without losing a committed
+    /// frame: connected (their stream's first report is in) and holding every commit
+    /// point. A member whose stream ended (a crashed node, until its lease lapses) or that
+    /// came back with less is not one.
+    pub fn successors(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| {
+                self.positions.get(*m).is_some_and(|f| f.handshaken) && !self.lost_committed(m)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// A member whose current stream reported all it holds, and that is less than some
     /// commit point (commit points waited for it, so it lost frames: a replaced disk): it
     /// could be elected without them, so it leaves the set at once.
@@ -974,6 +988,28 @@ mod tests {
         assert_eq!(s.commit("t"), 40);
         assert_eq!(s.positions_of("b"), [("t".to_string(), 40, 40)]);
         assert_eq!(s.reported(on("b", 1), "t", 2, 50, t0), Some(50));
+    }
+
+    #[test]
+    fn successors_are_members_connected_and_holding_every_commit_point() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", vec!["b".into(), "c".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        assert!(s.successors().is_empty(), "no member has reported yet");
+        for m in ["b", "c"] {
+            s.connected(m, 1, t0);
+            s.reported(on(m, 1), "t", 1, 100, t0);
+            s.handshaken(m, 1);
+        }
+        assert_eq!(s.successors(), ["b", "c"]);
+        // c's stream ends (its process died; its lease has not lapsed yet).
+        s.forget_follower("c", 1);
+        assert_eq!(s.successors(), ["b"]);
+        // b comes back with a new disk holding less than the commit point.
+        s.connected("b", 2, t0);
+        s.reported(on("b", 2), "t", 1, 40, t0);
+        s.handshaken("b", 2);
+        assert!(s.successors().is_empty());
     }
 
     #[test]

@@ -41,17 +41,17 @@ use crate::wal;
 /// Bytes of records per message to a follower (at least one record).
 pub const MAX_RECORDS_BYTES: usize = 1 << 20;
 
-/// The largest replication message a node sends or takes, in either direction: a run of
-/// up to [`MAX_RECORDS_BYTES`], or a single record as large as a segment of `config` can
-/// hold (a frame of `--max-frame-bytes` is one), with room to spare for the message's
-/// other fields. A bound below the largest record would leave a follower unable to copy
-/// it, retrying forever and out of the in-sync set.
+/// The largest replication message a node sends or takes, in either direction. Records
+/// read one by one fill a message while it holds under [`MAX_RECORDS_BYTES`], so the last
+/// one may be as large as a segment of `config` holds (a frame of `--max-frame-bytes` is
+/// one): the bound is that record, the bytes before it, and as much again for the
+/// message's own framing of each record. A bound below what a message can hold would leave
+/// a follower unable to copy it, retrying forever and out of the in-sync set.
 pub fn max_message_bytes(config: &wal::LogConfig) -> usize {
     let record = usize::try_from(config.request_room()).unwrap_or(usize::MAX);
-    record
-        .saturating_add(MAX_RECORDS_BYTES)
-        .max(MAX_RECORDS_BYTES * 2)
+    record.saturating_add(MAX_RECORDS_BYTES * 2)
 }
+
 /// Messages queued to one follower before the session waits for it.
 const SESSION_QUEUE: usize = 8;
 
@@ -185,6 +185,12 @@ impl Leader {
     /// lagging past the limit, or back holding less than a commit point.
     pub fn laggards(&self, online: &dyn Fn(&str) -> bool) -> Vec<String> {
         self.insync.lock().laggards(online, Instant::now())
+    }
+
+    /// Members of the in-sync set besides this node that could take over now (see
+    /// [`InSync::successors`]).
+    pub fn successors(&self) -> Vec<String> {
+        self.insync.lock().successors()
     }
 
     /// Followers outside the set ready to join it (see [`InSync::caught_up`]), after one
@@ -650,7 +656,7 @@ impl Session {
                     })),
                 }));
             }
-            Err(e @ (wal::Error::Corruption { .. } | wal::Error::Io { .. })) => {
+            Err(e @ wal::Error::Corruption { .. }) => {
                 self.damaged(&name, &e);
                 return Err(Gone);
             }
@@ -709,23 +715,23 @@ impl Session {
         Ok(Some((records, Bytes::new(), next)))
     }
 
-    /// This leader's copy of `topic` is damaged (or its disk fails a read) where a follower
-    /// needs it: no follower can copy past it from here. Every committed frame is also on
-    /// each other in-sync member, so while there is one this node leaves the cluster, as
-    /// after a failed sync, and one of them takes over; startup then refuses the damaged
-    /// log until `framecast repair`, after which this node copies the frames back from the
-    /// new leader. Alone in the set it stays: it is the only copy there is.
+    /// This leader's copy of `topic` fails its checksums where a follower needs it: no
+    /// follower can copy past the damage from here. While another member of the in-sync
+    /// set could take over (connected, holding every commit point), this node leaves the
+    /// cluster as after a failed sync, and one of them is elected; restarted, this node
+    /// finds the damage at startup and copies the frames back once repaired. With no such
+    /// member it leads on: it holds the only copy there is.
     fn damaged(&self, topic: &str, e: &wal::Error) {
-        let set = self.leader.insync_set();
-        if set.len() > 1 {
-            error!(follower = %self.follower, topic, error = %e, insync = ?set, "damage in this leader's log where a follower needs it: leaving the cluster so that an in-sync follower takes over; run `framecast repair` on this node before it starts again");
-            self.leader.topics.log_config().failure.raise(format!(
-                "topic '{topic}': damage found while shipping to {}: {e}",
-                self.follower
-            ));
-        } else {
-            error!(follower = %self.follower, topic, error = %e, "damage in this leader's log where a follower needs it, and no other member of the in-sync set holds a copy: leading on; the follower cannot copy past it");
+        let successors = self.leader.successors();
+        if successors.is_empty() {
+            error!(follower = %self.follower, topic = %topic, error = %e, "damage in this leader's log where a follower needs it, and no other member could take over: leading on");
+            return;
         }
+        error!(follower = %self.follower, topic = %topic, error = %e, successors = ?successors, "damage in this leader's log where a follower needs it: leaving the cluster so that an in-sync follower takes over");
+        self.leader.topics.log_config().failure.raise(format!(
+            "topic '{topic}': damage found while shipping to {}: {e}",
+            self.follower
+        ));
     }
 
     /// Sends `topic`'s commit point if it moved since last sent.

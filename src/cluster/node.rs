@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::client::ClientTls;
@@ -223,6 +224,8 @@ struct Node {
     /// Every node seen online that is online now or still in the in-sync set: one gone
     /// offline is listed (`online: false`) while the set still counts it.
     seen: Mutex<BTreeMap<String, NodeRecord>>,
+    /// Cancelled when the server stops cleanly: the node steps down and stops campaigning.
+    stop: CancellationToken,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -236,7 +239,7 @@ struct Believed {
 /// failed for good and the node left the cluster (the server then exits); [`Life::leave`]
 /// ends it for a clean stop.
 pub struct Life {
-    task: JoinHandle<String>,
+    task: JoinHandle<Option<String>>,
     node: Arc<Node>,
 }
 
@@ -244,38 +247,58 @@ impl Life {
     /// Waits until one of this node's logs fails for good and the node has left the
     /// cluster; why. Cancel-safe.
     pub async fn failed(&mut self) -> String {
-        (&mut self.task)
-            .await
-            .unwrap_or_else(|e| format!("the cluster task ended: {e}"))
-    }
-
-    /// Leaves the cluster for a clean stop (SIGTERM): stops campaigning, following and
-    /// leading, and revokes the lease, so that its key and its leadership go at once. An
-    /// in-sync follower then leads within moments instead of after the lease TTL (a leader
-    /// that kept its lease while draining left writes refused for the grace period and the
-    /// TTL after it), and a leader drops a follower that leaves at once instead of waiting
-    /// `--replica-max-lag` for it. Nothing acknowledged is at stake: once shutdown began
-    /// this node acknowledges nothing more (waiting publishes answer `UNAVAILABLE`), and
-    /// what it acknowledged before is on every in-sync member.
-    pub async fn leave(self) {
-        let Life { task, node } = self;
-        task.abort();
-        let _ = task.await;
-        node.following.lock().take();
-        node.view
-            .set_refusal(Some("this node is shutting down".to_string()));
-        let lease = node.keeper.lock().lease();
-        match tokio::time::timeout(node.config.lease_ttl, node.etcd.revoke(lease)).await {
-            Ok(Ok(())) => {
-                info!(node = node.me(), lease, "left the cluster for a clean stop: lease revoked, another in-sync node may lead at once")
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "cannot revoke the lease on shutdown; it lapses within its TTL")
-            }
-            Err(_) => warn!("revoking the lease on shutdown timed out; it lapses within its TTL"),
+        match (&mut self.task).await {
+            Ok(Some(why)) => why,
+            Ok(None) => std::future::pending().await,
+            Err(e) => format!("the cluster task ended: {e}"),
         }
     }
+
+    /// Leaves the cluster for a clean stop (SIGTERM), within about a second: a leader
+    /// steps down (resigning, so the election moves on at once), the node stops
+    /// campaigning and following, refuses writes and revokes its lease, so its key goes
+    /// too. An in-sync follower then leads within moments instead of after the lease TTL
+    /// (a leader that kept its lease while it drained left writes refused for the grace
+    /// period and the TTL after it), and a leader drops a follower that leaves at once
+    /// instead of waiting `--replica-max-lag` for it. Nothing acknowledged is at stake:
+    /// once shutdown began this node acknowledges nothing more (publishes waiting for a
+    /// commit point answer `UNAVAILABLE`), and what it acknowledged before is on every
+    /// in-sync member. Returns why, if the node had left after a log failed meanwhile.
+    pub async fn leave(self) -> Option<String> {
+        let Life { mut task, node } = self;
+        let within = node.config.lease_ttl.min(LEAVE_WITHIN);
+        node.stop.cancel();
+        match tokio::time::timeout(within, &mut task).await {
+            Ok(Ok(Some(why))) => return Some(why),
+            Ok(_) => {}
+            Err(_) => {
+                warn!(
+                    node = node.me(),
+                    "the node did not step down in time; leaving anyway"
+                );
+                task.abort();
+            }
+        }
+        if tokio::time::timeout(within, node.stop_following())
+            .await
+            .is_err()
+        {
+            warn!(
+                node = node.me(),
+                "following did not stop in time; leaving anyway"
+            );
+        }
+        node.view
+            .set_refusal(Some("this node is shutting down".to_string()));
+        node.revoke_lease(within, "left the cluster for a clean stop")
+            .await;
+        None
+    }
 }
+
+/// The longest a clean stop waits for each step of leaving the cluster (stepping down,
+/// stopping following, revoking the lease), so the drain keeps most of its grace period.
+const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// Joins the cluster and starts the node's life in the background. Returns the
 /// `Replication` service to serve beside `Broadcast`, and the node's [`Life`].
@@ -317,6 +340,7 @@ pub async fn start(
         state: Mutex::new(Believed::default()),
         following: Mutex::new(None),
         seen: Mutex::new(BTreeMap::new()),
+        stop: CancellationToken::new(),
     });
     node.announce(Kind::NodeOnline, &node.config.node_id.clone());
     let limit = max_message_bytes(node.topics.log_config());
@@ -343,20 +367,24 @@ impl Node {
         &self.config.node_id
     }
 
-    /// Follows, campaigns, leads; until one of this node's logs fails for good. Then it
-    /// leaves the cluster and returns why.
-    async fn run(self: Arc<Self>) -> String {
+    /// Follows, campaigns, leads; until one of this node's logs fails for good (then it
+    /// leaves the cluster and returns why) or the server stops cleanly (`None`).
+    async fn run(self: Arc<Self>) -> Option<String> {
         let mut failed = self.topics.log_config().failure.subscribe();
         loop {
             if let Some(why) = self.topics.log_config().failure.get() {
                 self.leave(&why).await;
-                return why;
+                return Some(why);
             }
-            self.renew_lease_if_lost().await;
+            tokio::select! {
+                () = self.renew_lease_if_lost() => {}
+                () = self.stop.cancelled() => return None,
+            }
             let following = tokio::spawn(Arc::clone(&self).follow_leaders());
             let won = tokio::select! {
                 won = self.campaign() => Some(won),
                 _ = failed.wait_for(Option::is_some) => None,
+                () = self.stop.cancelled() => None,
             };
             following.abort();
             let _ = following.await;
@@ -373,6 +401,9 @@ impl Node {
                 }
                 None => {}
             }
+            if self.stop.is_cancelled() {
+                return None;
+            }
         }
     }
 
@@ -385,11 +416,25 @@ impl Node {
         error!(node = self.me(), %why, "a log failed: leaving the cluster");
         self.view
             .set_refusal(Some(format!("this node's storage failed: {why}")));
+        self.revoke_lease(self.config.lease_ttl, "lease revoked: no longer a member")
+            .await;
+    }
+
+    /// Revokes this node's lease (its key, and its leadership if it leads, go with it),
+    /// waiting `within` at most; logs `done` once revoked.
+    async fn revoke_lease(&self, within: Duration, done: &str) {
         let lease = self.keeper.lock().lease();
-        match tokio::time::timeout(self.config.lease_ttl, self.etcd.revoke(lease)).await {
-            Ok(Ok(())) => info!(lease, "lease revoked: no longer a member"),
-            Ok(Err(e)) => warn!(error = %e, "cannot revoke the lease; it lapses within its TTL"),
-            Err(_) => warn!("revoking the lease timed out; it lapses within its TTL"),
+        match tokio::time::timeout(within, self.etcd.revoke(lease)).await {
+            Ok(Ok(())) => info!(node = self.me(), lease, "{done}"),
+            Ok(Err(e)) => {
+                warn!(node = self.me(), lease, error = %e, "cannot revoke the lease; it lapses within its TTL")
+            }
+            Err(_) => {
+                warn!(
+                    node = self.me(),
+                    lease, "revoking the lease timed out; it lapses within its TTL"
+                )
+            }
         }
     }
 
@@ -631,7 +676,13 @@ impl Node {
 
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.stop.cancelled() => {
+                    info!(term, "shutting down: stepping down");
+                    break;
+                }
+            }
             let lost = self.keeper.lock().state().borrow().lost;
             if lost {
                 warn!(term, "lease lost: stepping down");
@@ -639,42 +690,14 @@ impl Node {
             }
             if let Some(why) = self.topics.log_config().failure.get() {
                 error!(term, %why, "a log failed: stepping down");
+                // Members that could not take over (offline, or back with less than a
+                // commit point) leave the set first, so that etcd elects one that can.
+                self.drop_laggards(&leader, &key, term).await;
                 break;
             }
             self.refuse_unless_writable(&leader.insync_set(), Instant::now());
-            let online = |id: &str| self.membership.is_online(id);
-            let mut deposed = false;
-            for m in leader.laggards(&online) {
-                let set: Vec<String> = leader
-                    .insync_set()
-                    .into_iter()
-                    .filter(|x| *x != m)
-                    .collect();
-                if self.write_insync(&key, term, set.clone()).await {
-                    info!(term, member = %m, "dropped from the in-sync set");
-                    // Refused first if the set is now too small: the drop moves commit
-                    // points, and the publishes waiting for the dropped member must then
-                    // find the refusal, not an acknowledgement.
-                    self.refuse_unless_writable(&set, Instant::now());
-                    leader.drop_member(&m);
-                } else {
-                    deposed = true;
-                    break;
-                }
-            }
-            for m in leader.caught_up(&online) {
-                // Here first, then in etcd: from now on commit points wait for it, so it
-                // holds every committed frame once etcd names it (and it may be elected).
-                if !leader.add_member(&m) {
-                    continue;
-                }
-                if self.write_insync(&key, term, leader.insync_set()).await {
-                    info!(term, member = %m, "added to the in-sync set");
-                } else {
-                    deposed = true;
-                    break;
-                }
-            }
+            let deposed = !self.drop_laggards(&leader, &key, term).await
+                || !self.add_caught_up(&leader, &key, term).await;
             if deposed {
                 warn!(term, "no longer the leader in etcd: stepping down");
                 break;
@@ -693,6 +716,46 @@ impl Node {
         self.announce(Kind::LeaderChanged, "");
         self.view.set_refusal(None);
         let _ = self.etcd.resign(&key).await;
+    }
+
+    /// Drops the in-sync set's laggards (offline, lagging past the limit, or back with
+    /// less than a commit point), in etcd first; false when this node was deposed.
+    async fn drop_laggards(&self, leader: &Leader, key: &LeaderKey, term: u64) -> bool {
+        let online = |id: &str| self.membership.is_online(id);
+        for m in leader.laggards(&online) {
+            let set: Vec<String> = leader
+                .insync_set()
+                .into_iter()
+                .filter(|x| *x != m)
+                .collect();
+            if !self.write_insync(key, term, set.clone()).await {
+                return false;
+            }
+            info!(term, member = %m, "dropped from the in-sync set");
+            // Refused first if the set is now too small: the drop moves commit points, and
+            // the publishes waiting for the dropped member must then find the refusal, not
+            // an acknowledgement.
+            self.refuse_unless_writable(&set, Instant::now());
+            leader.drop_member(&m);
+        }
+        true
+    }
+
+    /// Adds the followers ready to join the in-sync set, here first, then in etcd: from
+    /// then on commit points wait for each, so it holds every committed frame once etcd
+    /// names it (and it may be elected). False when this node was deposed.
+    async fn add_caught_up(&self, leader: &Leader, key: &LeaderKey, term: u64) -> bool {
+        let online = |id: &str| self.membership.is_online(id);
+        for m in leader.caught_up(&online) {
+            if !leader.add_member(&m) {
+                continue;
+            }
+            if !self.write_insync(key, term, leader.insync_set()).await {
+                return false;
+            }
+            info!(term, member = %m, "added to the in-sync set");
+        }
+        true
     }
 
     /// Refuses writes while the in-sync `set` is too small or the lease may lapse soon.
@@ -798,6 +861,9 @@ impl Node {
 
     /// Tells the view (Cluster, WatchCluster, and the write gate) what this node believes.
     fn announce(&self, kind: Kind, about: &str) {
+        // One announcement at a time, from its own snapshot: two racing with stale ones
+        // could forget an offline member for good.
+        let mut seen = self.seen.lock();
         let believed = self.state.lock().clone();
         let nodes: BTreeMap<String, NodeRecord> = self.membership.nodes().borrow().clone();
         let address_of = |id: &str| nodes.get(id).map(|n| n.address.clone()).unwrap_or_default();
@@ -808,7 +874,6 @@ impl Node {
             address_of(&believed.leader)
         };
         let others = {
-            let mut seen = self.seen.lock();
             seen.extend(nodes.iter().map(|(id, n)| (id.clone(), n.clone())));
             seen.retain(|id, _| nodes.contains_key(id) || believed.insync.contains(id));
             seen.values()

@@ -358,6 +358,8 @@ pub async fn run(
         path: "server".into(),
         reason: e.to_string(),
     };
+    // A log that failed for good while the node was leaving: the exit says so.
+    let mut left_after_failure = None;
     let deadline = tokio::select! {
         why = node_left => {
             error!(%why, "left the cluster: exiting so that a restart recovers from the disk");
@@ -377,12 +379,12 @@ pub async fn run(
             let deadline = Deadline::now() + config.shutdown_grace;
             door.stopping();
             trigger.fire();
-            // A cluster node leaves first, while it drains: another node takes over
-            // at once instead of after the grace period and the lease TTL.
-            if let Some(life) = node_life.take() {
-                life.leave().await;
-            }
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
+            // A cluster node leaves first (within about a second), then drains: another
+            // node takes over at once instead of after the grace period and the lease TTL.
+            if let Some(life) = node_life.take() {
+                left_after_failure = life.leave().await;
+            }
             match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(r) => r.map_err(server_error)?,
                 Err(_) => warn!(grace_ms = config.shutdown_grace.as_millis() as u64, "connections still open after the grace period; closing anyway"),
@@ -436,6 +438,10 @@ pub async fn run(
     if let Some((_, task)) = http {
         let _ = http_stop.send(());
         let _ = task.await;
+    }
+    if let Some(why) = left_after_failure {
+        error!(%why, "a log failed while the node was leaving the cluster");
+        return Err(Error::NotWritable(format!("left the cluster: {why}")));
     }
     Ok(())
 }
