@@ -19,7 +19,7 @@ out=${REFERENCE_OUT:-docs/reference.md}
   echo '## Command line'
   echo
   echo 'Every command and flag, as `framecast <command> --help` prints them.'
-  for cmd in "" serve publish subscribe history topics "topics list" "topics create" "topics delete" token dump compact repair bench "bench publish" "bench fanout" "bench replay" "bench e2e" "bench topics"; do
+  for cmd in "" serve publish subscribe history topics "topics list" "topics create" "topics delete" cluster token dump compact repair bench "bench publish" "bench fanout" "bench replay" "bench e2e" "bench topics"; do
     echo
     if [ -z "$cmd" ]; then echo '### `framecast`'; else echo "### \`framecast $cmd\`"; fi
     echo

@@ -38,6 +38,9 @@ enum Command {
     History(cli::history::HistoryArgs),
     /// List topics with their figures (default), create or delete one.
     Topics(cli::topics::TopicsArgs),
+    /// The cluster as a node describes it: the term, the leader, every node's role, in-sync
+    /// and online state (with --topics, each topic's positions).
+    Cluster(cli::cluster::ClusterArgs),
     /// Mint an HS256 token for scripts and tests (see --help).
     Token(cli::token::TokenArgs),
     /// Load generator: publish, fanout, replay and e2e scenarios, with checked deliveries.
@@ -709,6 +712,7 @@ fn main() -> ExitCode {
         Command::Subscribe(args) => client_command("subscribe", cli::subscribe::run(args)),
         Command::History(args) => client_command("history", cli::history::run(args)),
         Command::Topics(args) => client_command("topics", cli::topics::run(args)),
+        Command::Cluster(args) => client_command("cluster", cli::cluster::run(args)),
         Command::Token(args) => cli::token::run(args),
         Command::Bench(args) => cli::bench::main(args),
         Command::Dump {

@@ -2870,6 +2870,33 @@ async fn a_watch_on_a_follower_reports_the_leaders_death_the_new_leader_and_its_
     let view = back.cluster.unwrap();
     assert!(view.nodes.iter().find(|n| n.id == old).unwrap().online);
     assert_eq!(view.leader, c.node(&new).address);
+
+    // `framecast cluster` asked on the follower prints the same: three nodes online, the
+    // new one leading.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "cluster",
+            "--addr",
+            &format!("http://{}", c.node(watcher).address),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.starts_with(&format!("term {}, leader {}\n", view.term, view.leader)),
+        "{text}"
+    );
+    let rows: Vec<&str> = text.lines().skip(2).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().all(|r| r.ends_with("yes")), "{text}");
+    let leading: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.contains(" leader "))
+        .copied()
+        .collect();
+    assert_eq!(leading.len(), 1, "{text}");
+    assert!(leading[0].starts_with(&new), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Command-line tools built on the client: `publish`, `subscribe`, `history`, `topics` (and
-//! `bench`), and `token`, which mints a token for them.
+//! Command-line tools built on the client: `publish`, `subscribe`, `history`, `topics`,
+//! `cluster` (and `bench`), and `token`, which mints a token for them.
 
 pub mod bench;
+pub mod cluster;
 mod connect;
 pub mod history;
 pub mod publish;
