@@ -506,6 +506,26 @@ async fn follower_refuses_subscriptions_to_topics_it_lacks(
 /// it has not copied (or nobody created), or the frames below another node's snapshot. It
 /// names the leader then (`UNAVAILABLE`, as a write), whose answer is final (`NOT_FOUND`,
 /// `OUT_OF_RANGE`), and creates nothing. `prices` holds 300 frames on every node.
+/// A follower's gRPC refusal of a read that needs `lacks`: UNAVAILABLE, saying so, with
+/// the `framecast-leader` trailer naming `leader_addr`.
+fn grpc_names_the_leader(refused: &tonic::Status, lacks: &str, leader_addr: &str) {
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        format!(
+            "this node does not hold {lacks} and is not the leader: the leader is {leader_addr}"
+        ),
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some(leader_addr),
+        "{refused:?}"
+    );
+}
+
 async fn follower_names_the_leader_for_history_it_lacks(c: &Cluster, leader: &str, follower: &str) {
     use framecast::broker::cursor::CursorToken;
     let leader_addr = c.node(leader).address.as_str();
@@ -544,19 +564,7 @@ async fn follower_names_the_leader_for_history_it_lacks(c: &Cluster, leader: &st
             .history(history(topic, after))
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-        assert_eq!(
-            refused.message(),
-            format!("this node does not hold {lacks} and is not the leader: the leader is {leader_addr}"),
-        );
-        assert_eq!(
-            refused
-                .metadata()
-                .get(LEADER_HEADER)
-                .and_then(|v| v.to_str().ok()),
-            Some(leader_addr),
-            "{refused:?}"
-        );
+        grpc_names_the_leader(&refused, lacks, leader_addr);
         let answer = at_leader.history(history(topic, after)).await.unwrap_err();
         assert_eq!(answer.code(), final_code, "{answer:?}");
     }
@@ -2505,6 +2513,26 @@ async fn deleted_and_re_created_topics_reach_every_follower_also_one_away_meanwh
     until_all_hold(&c, &all, "kept", None).await;
 }
 
+/// Node `id`, stopped with damage in `topic`, repaired with `framecast repair` and started
+/// again, until the cluster has all three nodes in sync.
+async fn repaired_and_restarted(c: &mut Cluster, id: &str, topic: &str) {
+    let data = c.node(id).server.data_dir.clone();
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "repair",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--topic",
+            topic,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.node_mut(id).server.restart();
+    c.leader(&["n1", "n2", "n3"], 3, Duration::from_secs(30))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_damage_refuses_to_start_and_after_repair_copies_the_leaders_frames() {
     let _serial = SERIAL.lock().await;
@@ -2543,19 +2571,7 @@ async fn a_follower_with_damage_refuses_to_start_and_after_repair_copies_the_lea
 
     // Repaired (a gap where the damage was, a new epoch), it takes the leader's copy
     // again, the damaged frames included.
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "repair",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--topic",
-            "orders",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    c.node_mut(away).server.restart();
-    c.leader(&all, 3, Duration::from_secs(30)).await;
+    repaired_and_restarted(&mut c, away, "orders").await;
     let held = copy_of(&c, &leader, "orders").await.unwrap();
     assert_eq!(held.1.len(), 601);
     until_all_hold(&c, &all, "orders", Some(&held)).await;
@@ -2636,20 +2652,7 @@ async fn a_leader_finding_damage_where_a_follower_needs_it_hands_over_to_an_in_s
     // The damaged node refuses to start until repaired; then it takes the new leader's copy.
     let refused = c.node_mut(&old).server.try_restart().unwrap_err();
     assert!(refused.contains("framecast repair"), "{refused}");
-    let data = c.node(&old).server.data_dir.clone();
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "repair",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--topic",
-            "orders",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    c.node_mut(&old).server.restart();
-    c.leader(&all, 3, Duration::from_secs(30)).await;
+    repaired_and_restarted(&mut c, &old, "orders").await;
     until_all_hold(&c, &all, "orders", Some(&held)).await;
 }
 
@@ -2717,18 +2720,7 @@ async fn cursors_a_node_cannot_serve_yet_are_sent_on_to_the_leader_or_asked_agai
     ] {
         let mut fc = c.client(followers[0]).await;
         let refused = common::subscribe_error(&mut fc, resume(cursor)).await;
-        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-        assert_eq!(
-            refused.message(),
-            format!("this node does not hold {lacks} and is not the leader: the leader is {leader_addr}"),
-        );
-        assert_eq!(
-            refused
-                .metadata()
-                .get(LEADER_HEADER)
-                .and_then(|v| v.to_str().ok()),
-            Some(leader_addr.as_str())
-        );
+        grpc_names_the_leader(&refused, &lacks, &leader_addr);
         let answer = common::subscribe_error(&mut lc, resume(cursor)).await;
         assert_eq!(answer.code(), final_code, "{answer:?}");
     }
