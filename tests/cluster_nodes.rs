@@ -4,7 +4,8 @@
 //! frame, `kill -9` of the leader under load over several cycles with every acknowledged
 //! frame on the new leader (and the failover time measured), `--min-insync` refusing
 //! writes, a leader paused past its lease that must not acknowledge and rejoins as a
-//! follower, converged, and (with `--features failpoints`) a leader whose disk fails
+//! follower, converged, SSE and WebSocket subscribers moving between nodes with their
+//! cursors, and (with `--features failpoints`) a leader whose disk fails
 //! leaving so that a follower takes over.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
@@ -2939,4 +2940,228 @@ async fn a_leader_stopped_with_sigterm_hands_over_before_its_lease_would_lapse()
              before its lease ({TTL:?}) would lapse"
         );
     }
+}
+
+/// Frames a web reader saw, as `Frame`s (offset, seq_no, timestamp, payload).
+type Seen = Arc<Mutex<Vec<Frame>>>;
+
+/// A frame of an SSE event's or a WebSocket push's JSON.
+fn frame_of_json(v: &serde_json::Value) -> Frame {
+    use base64::Engine;
+    let num = |k: &str| v[k].as_str().unwrap().parse::<u64>().unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(v["payload"].as_str().unwrap_or(""))
+        .unwrap();
+    Frame::new(
+        num("seq_no"),
+        payload.into(),
+        v["timestamp"].as_str().unwrap().parse().unwrap(),
+        num("offset"),
+    )
+}
+
+/// The index in `doors` of the door a refusal names, else the next one after `at`.
+fn named_or_next(doors: &[String], named: Option<&str>, at: usize) -> usize {
+    named
+        .and_then(|n| doors.iter().position(|d| d == n))
+        .unwrap_or(at + 1)
+}
+
+/// A Server-Sent Events reader of `topic` (a thread) that leaves its node for the next one
+/// after every `hop` frames, and whenever its node is down or its stream ends, resuming with
+/// the last event's id as `Last-Event-ID`, as a browser's `EventSource` does; a node that
+/// names the leader sends it there. Any other refusal of a resume fails it.
+fn sse_hopper(doors: Vec<String>, topic: &str, hop: usize) -> (Seen, std::thread::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let (s, path) = (
+        Arc::clone(&seen),
+        format!("/v1/topics/{topic}/events?from=0"),
+    );
+    let task = std::thread::spawn(move || {
+        let (mut at, mut last_id) = (1usize, None::<String>);
+        // Ends when the nodes are gone at the end of the test.
+        for _attempt in 0..2_000 {
+            let door = &doors[at % doors.len()];
+            let headers: Vec<(&str, &str)> = last_id
+                .iter()
+                .map(|id| ("Last-Event-ID", id.as_str()))
+                .collect();
+            let mut stream = match common::sse::try_open(door, &path, &headers) {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(refused)) => {
+                    assert_eq!(
+                        refused.status,
+                        503,
+                        "{door} refused a resume: {}",
+                        refused.text()
+                    );
+                    at = named_or_next(&doors, refused.header("framecast-leader"), at);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Err(_) => {
+                    at += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let mut here = 0;
+            while let Ok(Some(event)) = stream.try_next_event() {
+                if event.event == "error" {
+                    break;
+                }
+                last_id = event.id.clone().or(last_id);
+                if event.event == "frame" {
+                    s.lock().unwrap().push(frame_of_json(&event.json()));
+                    here += 1;
+                    if here == hop {
+                        break;
+                    }
+                }
+            }
+            at += 1;
+        }
+    });
+    (seen, task)
+}
+
+/// The WebSocket counterpart of [`sse_hopper`] (a task): it subscribes with the last push's
+/// cursor as `resume` on each node in turn.
+fn ws_hopper(doors: Vec<String>, topic: &str, hop: usize) -> (Seen, tokio::task::JoinHandle<()>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let seen: Seen = Arc::default();
+    let (s, topic) = (Arc::clone(&seen), topic.to_string());
+    let task = tokio::spawn(async move {
+        let (mut at, mut cursor) = (2usize, None::<serde_json::Value>);
+        loop {
+            let url = format!("{}/v1/ws", doors[at % doors.len()]).replace("http://", "ws://");
+            let opened = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_tungstenite::connect_async(url),
+            );
+            let Ok(Ok((mut ws, _))) = opened.await else {
+                at += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut sub = serde_json::json!({"topic": topic, "from": "0"});
+            if let Some(c) = &cursor {
+                sub["resume"] = c.clone();
+            }
+            let hello = serde_json::json!({"id": 1, "subscribe": sub}).to_string();
+            if ws.send(Message::text(hello)).await.is_err() {
+                at += 1;
+                continue;
+            }
+            let mut here = 0;
+            let mut next = at + 1;
+            // A node killed under the socket may leave it silent: hop on after 10 s.
+            while let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+            {
+                let Message::Text(t) = msg else { continue };
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if let Some(e) = v.get("error") {
+                    assert_eq!(e["code"], "UNAVAILABLE", "a refused resume: {v}");
+                    next = named_or_next(&doors, e["leader"].as_str(), at);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+                if v.get("end").is_some() {
+                    break;
+                }
+                if let Some(f) = v.get("frame") {
+                    s.lock().unwrap().push(frame_of_json(f));
+                    cursor = Some(f["cursor"].clone());
+                    here += 1;
+                    if here == hop {
+                        break;
+                    }
+                }
+            }
+            at = next;
+        }
+    });
+    (seen, task)
+}
+
+/// SSE and WebSocket subscribers that move from node to node every few hundred frames, with
+/// their cursors, while the leader is killed and comes back: every frame of the final
+/// leader's log, in order, once, whichever node served it (API.md: "Subscribe, History and
+/// the HTTP reads work on every node, with the same cursors").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_subscribers_hopping_between_nodes_with_their_cursors_miss_nothing_across_a_failover() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let doors: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.server.http.clone().unwrap())
+        .collect();
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    publish_to(&c, &leader, 0).await.unwrap();
+    let (sse, sse_task) = sse_hopper(doors.clone(), "orders", 97);
+    let (ws, ws_task) = ws_hopper(doors.clone(), "orders", 131);
+    let load = Load::start(addresses.clone(), "orders", 1);
+    until("frames flow", Duration::from_secs(20), || {
+        load.acked() >= 500
+    })
+    .await;
+    c.node_mut(&leader).server.kill9();
+    let before = load.acked();
+    until("writes after the failover", Duration::from_secs(30), || {
+        load.acked() >= before + 300
+    })
+    .await;
+    c.node_mut(&leader).server.restart();
+    let before = load.acked();
+    until(
+        "writes with the old leader back",
+        Duration::from_secs(30),
+        || load.acked() >= before + 500,
+    )
+    .await;
+    let acked = load.finish().await;
+    let new = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let on_leader = log_of(&c, &new, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    for (transport, seen) in [("SSE", &sse), ("WebSocket", &ws)] {
+        until(
+            &format!("the {transport} reader has every frame"),
+            Duration::from_secs(30),
+            || {
+                seen.lock().unwrap().len() >= on_leader.len()
+                    || sse_task.is_finished()
+                    || ws_task.is_finished()
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if sse_task.is_finished() || ws_task.is_finished() {
+            break;
+        }
+        let got = seen.lock().unwrap().clone();
+        assert!(
+            same_frames(&on_leader, &got),
+            "a {transport} subscriber hopping between nodes saw a gap, a duplicate or another \
+             frame: {} frames vs {} on the leader",
+            got.len(),
+            on_leader.len()
+        );
+    }
+    // A reader that stopped failed: its panic, else that it gave up.
+    if sse_task.is_finished() {
+        match sse_task.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("the SSE reader gave up"),
+        }
+    }
+    if ws_task.is_finished() {
+        ws_task.await.unwrap();
+        panic!("the WebSocket reader ended");
+    }
+    ws_task.abort();
 }

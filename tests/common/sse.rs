@@ -34,18 +34,30 @@ pub struct Stream {
 /// Opens `GET path` on `base` with `headers`: the stream, or the response when the status
 /// is not 200.
 pub fn open(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Stream, Response> {
+    try_open(base, path, headers).unwrap()
+}
+
+/// As [`open`], with a failure to connect or a connection broken before the body an error
+/// (a node that is down, or killed meanwhile).
+pub fn try_open(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Result<Stream, Response>> {
     let host = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut s = TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(head.as_bytes())?;
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
-    r.read_line(&mut status_line).unwrap();
+    if r.read_line(&mut status_line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -55,7 +67,9 @@ pub fn open(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Stream, 
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        r.read_line(&mut line).unwrap();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -81,32 +95,37 @@ pub fn open(base: &str, path: &str, headers: &[(&str, &str)]) -> Result<Stream, 
         match len {
             Some(n) => {
                 b.resize(n, 0);
-                body.inner.read_exact(&mut b).unwrap();
+                body.inner.read_exact(&mut b)?;
             }
             None => {
                 let _ = body.read_to_end(&mut b);
             }
         }
-        return Err(Response {
+        return Ok(Err(Response {
             status,
             headers,
             body: b,
-        });
+        }));
     }
     let ct = headers
         .iter()
         .find(|(n, _)| n == "content-type")
         .map(|(_, v)| v.clone());
     assert_eq!(ct.as_deref(), Some("text/event-stream"), "{headers:?}");
-    Ok(Stream {
+    Ok(Ok(Stream {
         lines: BufReader::new(body),
         comments: Vec::new(),
-    })
+    }))
 }
 
 impl Stream {
     /// The next event; `None` when the stream ended.
     pub fn next_event(&mut self) -> Option<Event> {
+        self.try_next_event().unwrap()
+    }
+
+    /// As [`Stream::next_event`], with a broken connection an error (a node killed).
+    pub fn try_next_event(&mut self) -> std::io::Result<Option<Event>> {
         let mut e = Event {
             event: "message".into(),
             id: None,
@@ -115,13 +134,13 @@ impl Stream {
         let mut any = false;
         loop {
             let mut line = String::new();
-            if self.lines.read_line(&mut line).unwrap() == 0 {
-                return None;
+            if self.lines.read_line(&mut line)? == 0 {
+                return Ok(None);
             }
             let line = line.trim_end_matches(['\r', '\n']);
             if line.is_empty() {
                 if any {
-                    return Some(e);
+                    return Ok(Some(e));
                 }
                 continue;
             }
