@@ -3165,3 +3165,72 @@ async fn web_subscribers_hopping_between_nodes_with_their_cursors_miss_nothing_a
     }
     ws_task.abort();
 }
+
+/// Node `id`'s `framecast_compactions_total` for `topic`.
+fn compactions_on(c: &Cluster, id: &str, topic: &str) -> f64 {
+    let door = c.node(id).server.http.clone().unwrap();
+    let text = common::http::request(&door, "GET", "/metrics", &[], b"").text();
+    common::http::metric(
+        &text,
+        &format!("framecast_compactions_total{{topic=\"{topic}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// The fullest message a leader sends: a follower behind a compacted run is shipped its
+/// records one by one, and one message takes small records while they hold under 1 MiB and
+/// then the next record whatever its size. Here that is just under 1 MiB of 1 KB frames and
+/// then the largest frame a 4 MiB segment holds, with the longest idempotency key: the
+/// follower, `kill -9`ed before any of it and restarted once the leader compacted it, copies
+/// it all and is back in the in-sync set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_compacted_run_copies_a_message_of_small_frames_and_the_largest() {
+    let _serial = SERIAL.lock().await;
+    let extra = [
+        "--segment-bytes",
+        "4MiB",
+        "--compact-after-segments",
+        "1",
+        "--compaction-mb-per-sec",
+        "0",
+    ];
+    let mut c = Cluster::start_with(3, 2, &extra, None).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let behind = all.into_iter().find(|n| *n != leader).unwrap();
+    c.node_mut(behind).server.kill9();
+
+    // A record is a 40-byte header and its payload (no key): 1,008 records of 1,000 B are
+    // 1,048,320 B, under 1 MiB, so the record after them rides in the same message.
+    let max = 4 * 1024 * 1024 - 1024;
+    let mut lc = c.client(&leader).await;
+    let mut sent = Vec::new();
+    for seq in 0..1_008u64 {
+        let payload = vec![(seq % 251) as u8; 1_000];
+        lc.publish(req("big", seq, &payload)).await.unwrap();
+        sent.push((seq, payload));
+    }
+    let largest: Vec<u8> = (0..max).map(|i| (i % 253) as u8).collect();
+    let mut r = req("big", 1_008, &largest);
+    r.idempotency_key = "k".repeat(128);
+    lc.publish(r).await.unwrap();
+    sent.push((1_008, largest));
+    // The next frames start a third segment: the first two are sealed and compacted.
+    for seq in 1_009..1_019u64 {
+        let payload = seq.to_be_bytes().to_vec();
+        lc.publish(req("big", seq, &payload)).await.unwrap();
+        sent.push((seq, payload));
+    }
+    until(
+        "the leader compacts the topic",
+        Duration::from_secs(30),
+        || compactions_on(&c, &leader, "big") >= 1.0,
+    )
+    .await;
+
+    c.node_mut(behind).server.restart();
+    let info = common::topic_info(&mut lc, "big").await.unwrap();
+    until_all_hold(&c, &[behind], "big", Some(&(info.epoch, sent))).await;
+    let now = c.leader(&all, 3, Duration::from_secs(30)).await;
+    assert_eq!(now, leader);
+}
