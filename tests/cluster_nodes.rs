@@ -1268,6 +1268,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
                 node_id: "stranger".into(),
                 positions: Vec::new(),
                 takes_runs: true,
+                max_record_bytes: 0,
             };
             let mut request = tonic::Request::new(tokio_stream::iter(vec![report]));
             if let Some(t) = token {
@@ -1877,6 +1878,7 @@ async fn follow_raw(
         node_id: format!("probe-{takes_runs}"),
         positions: Vec::new(),
         takes_runs,
+        max_record_bytes: 0,
     };
     // The report stream stays open while the updates are read.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -3233,4 +3235,58 @@ async fn a_follower_behind_a_compacted_run_copies_a_message_of_small_frames_and_
     until_all_hold(&c, &[behind], "big", Some(&(info.epoch, sent))).await;
     let now = c.leader(&all, 3, Duration::from_secs(30)).await;
     assert_eq!(now, leader);
+}
+
+/// A node started with segments too small for the leader's largest frame (`--segment-bytes
+/// 2MiB` against the default `--max-frame-bytes` of 4 MiB − 1 KiB) could never copy such a
+/// frame: the leader refuses it at once, naming the `--segment-bytes` it needs, rather than
+/// when the first large frame comes. The refusal is logged once, not at every reconnection;
+/// the node stays out of the in-sync set while the others take every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_segments_cannot_hold_the_leaders_largest_frame_is_refused_at_once() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2).await;
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    c.add_node(
+        2,
+        &["--segment-bytes", "2MiB", "--max-frame-bytes", "1MiB"],
+        &[],
+    );
+    let needs = "--segment-bytes 4193520 or more";
+    until("the small node is refused", Duration::from_secs(20), || {
+        c.node("n3").server.log_text().contains(needs)
+    })
+    .await;
+    assert!(
+        c.node(&leader)
+            .server
+            .log_text()
+            .contains("refusing a follower that cannot hold this leader's frames"),
+        "{}",
+        c.logs()
+    );
+    // Reconnecting every 200 ms for 3 s: the refusal is logged once on either side.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, line) in [
+        ("n3", "following stopped"),
+        (leader.as_str(), "refusing a follower"),
+    ] {
+        let text = c.node(id).server.log_text();
+        assert_eq!(text.matches(line).count(), 1, "{id}:\n{text}");
+    }
+    let info = c.info(&leader).await.unwrap();
+    let n3 = info.nodes.iter().find(|n| n.id == "n3").unwrap();
+    assert!(n3.online && !n3.in_sync, "{info:?}");
+    // The others take a frame of the largest size.
+    let max = 4 * 1024 * 1024 - 1024;
+    let mut lc = c.client(&leader).await;
+    let mut r = req("big", 1, &vec![7u8; max]);
+    r.idempotency_key = "k".repeat(128);
+    lc.publish(r).await.unwrap();
+    for id in ["n1", "n2"] {
+        until_delivers(&c, id, "big", 1).await;
+    }
+    assert!(common::topic_info(&mut c.client("n3").await, "big")
+        .await
+        .is_none());
 }

@@ -75,6 +75,7 @@ pub async fn follow(
         node_id: node_id.to_string(),
         positions,
         takes_runs: true,
+        max_record_bytes: topics.log_config().request_room(),
     };
     // The channel has room: this is its first message.
     let _ = reports.try_send(first);
@@ -535,6 +536,8 @@ impl Apply {
                 terms: Vec::new(),
             }],
             takes_runs: true,
+            // Said in the first report only.
+            max_record_bytes: 0,
         };
         self.reports
             .send(report)

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
 use super::insync::{FollowerStream, InSync};
+use super::repeats::Repeats;
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use super::watches::{Change, Kind, TopicWatches};
@@ -66,6 +67,8 @@ pub struct Leader {
     sessions: std::sync::atomic::AtomicU64,
     /// Set when this node stops leading: every session and the commit task end.
     stopped: watch::Sender<bool>,
+    /// Refusals and damage met at each follower's reconnection, logged once in a while.
+    repeats: Mutex<Repeats>,
 }
 
 impl Leader {
@@ -119,6 +122,7 @@ impl Leader {
             insync: Mutex::new(insync),
             sessions: std::sync::atomic::AtomicU64::new(0),
             stopped: watch::Sender::new(false),
+            repeats: Mutex::new(Repeats::default()),
         });
         info!(node_id, term, insync = ?leader.insync.lock().set(), "leading");
         Ok(leader)
@@ -370,6 +374,13 @@ impl rp::replication_server::Replication for LeaderService {
                 first.node_id
             )));
         }
+        if let Err(refused) = can_hold(leader.topics.log_config(), &first) {
+            let key = format!("refused {}", first.node_id);
+            if let Some(repeated) = leader.repeats.lock().due(&key, Instant::now()) {
+                error!(follower = %first.node_id, reason = %refused.message(), repeated, "refusing a follower that cannot hold this leader's frames");
+            }
+            return Err(refused);
+        }
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let session = Session {
             leader: Arc::clone(leader),
@@ -386,6 +397,28 @@ impl rp::replication_server::Replication for LeaderService {
         tokio::spawn(session.run(first, reports));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Refuses follower `first` when its log cannot hold the largest record a frame may make
+/// under `config` (`--max-frame-bytes` with the longest key): it could copy nothing past
+/// the first such frame, and would stay out of the in-sync set for good. Said at the
+/// start, the operator learns it before that frame comes. A follower that does not say
+/// (0) is taken.
+fn can_hold(config: &wal::LogConfig, first: &rp::FollowerReport) -> Result<(), Status> {
+    let needs = config.largest_record();
+    if first.max_record_bytes == 0 || first.max_record_bytes >= needs {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "node '{}' cannot hold this leader's frames: a frame of --max-frame-bytes {} with an \
+         idempotency key is a {needs}-byte record, and its segments hold records of up to {} \
+         bytes; start it with --segment-bytes {} or more (or every node with the same \
+         --max-frame-bytes and --segment-bytes)",
+        first.node_id,
+        config.max_frame_bytes,
+        first.max_record_bytes,
+        wal::LogConfig::segment_bytes_for(needs),
+    )))
 }
 
 /// Where the leader stands with one topic of one follower.
@@ -724,7 +757,10 @@ impl Session {
     fn damaged(&self, topic: &str, e: &wal::Error) {
         let successors = self.leader.successors();
         if successors.is_empty() {
-            error!(follower = %self.follower, topic = %topic, error = %e, "damage in this leader's log where a follower needs it, and no other member could take over: leading on");
+            let key = format!("damage {} {topic}", self.follower);
+            if let Some(repeated) = self.leader.repeats.lock().due(&key, Instant::now()) {
+                error!(follower = %self.follower, topic = %topic, error = %e, repeated, "damage in this leader's log where a follower needs it, and no other member could take over: leading on");
+            }
             return;
         }
         error!(follower = %self.follower, topic = %topic, error = %e, successors = ?successors, "damage in this leader's log where a follower needs it: leaving the cluster so that an in-sync follower takes over");
@@ -878,5 +914,49 @@ pub fn from_wire_key(k: &rp::OrderKey) -> OrderKey {
         seq_no: k.seq_no,
         timestamp: k.timestamp,
         offset: k.offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(max_record_bytes: u64) -> rp::FollowerReport {
+        rp::FollowerReport {
+            term: 1,
+            node_id: "n2".into(),
+            positions: Vec::new(),
+            takes_runs: true,
+            max_record_bytes,
+        }
+    }
+
+    #[test]
+    fn a_follower_is_refused_when_its_segments_cannot_hold_the_largest_record() {
+        let config = wal::LogConfig::default();
+        let needs = config.largest_record();
+        assert!(can_hold(&config, &first(needs)).is_ok());
+        assert!(can_hold(&config, &first(needs + 1)).is_ok());
+        assert!(
+            can_hold(&config, &first(0)).is_ok(),
+            "an older follower says nothing"
+        );
+        let refused = can_hold(&config, &first(needs - 1)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let named = wal::LogConfig::segment_bytes_for(needs);
+        assert!(
+            refused
+                .message()
+                .contains(&format!("--segment-bytes {named} or more")),
+            "{}",
+            refused.message()
+        );
+        // The segment size it names holds that record.
+        let fixed = wal::LogConfig {
+            segment_bytes: named,
+            ..wal::LogConfig::default()
+        };
+        assert_eq!(fixed.request_room(), needs);
+        assert!(fixed.validate().is_ok());
     }
 }

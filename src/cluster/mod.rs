@@ -15,6 +15,8 @@
 //! - [`node`]: a node's life with `--cluster-etcd`: registered under a lease, following the
 //!   elected leader, campaigning while in sync, leading (the in-sync set kept in etcd,
 //!   writes refused below `--min-insync` or near the lease's end).
+//! - [`repeats`]: a failure that repeats (a follower refused every 200 ms) logged once in a
+//!   while, with how often it happened meanwhile.
 //! - [`watches`]: waiting on every topic's frontiers at once.
 //! - `replication_proto`: the generated stubs of `proto/replication.proto`.
 //! - [`membership`]: this node's registration under its lease and the live map of every
@@ -28,5 +30,6 @@ pub mod insync;
 pub mod leader;
 pub mod membership;
 pub mod node;
+pub mod repeats;
 pub mod replication_proto;
 pub mod watches;

@@ -25,6 +25,7 @@ use super::etcd::{Etcd, EtcdError, LeaderKey, LeaseKeeper, WatchEvent};
 use super::follower::follow;
 use super::leader::{max_message_bytes, Leader, LeaderService};
 use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
+use super::repeats::Repeats;
 use super::replication_proto as rp;
 use crate::broker::cluster_view::{
     ClusterView, Membership as ViewMembership, PeerPositions, Roles,
@@ -571,6 +572,9 @@ impl Node {
 
     /// Follows leader `id` of `term`, reconnecting, until aborted.
     async fn follow_one(self: Arc<Self>, id: String, term: u64) {
+        // A cause that lasts (a refusal, an unreachable leader) is logged every 30 s, not
+        // at every attempt.
+        let mut repeats = Repeats::default();
         loop {
             let address = self
                 .membership
@@ -607,10 +611,20 @@ impl Node {
                 )
                 .await
                 {
-                    Ok(()) => {}
-                    Err(e) => warn!(leader = %id, term, error = %e, "following stopped"),
+                    Ok(()) => repeats.clear(),
+                    Err(e) => {
+                        let error = e.to_string();
+                        if let Some(repeated) = repeats.due(&error, Instant::now()) {
+                            warn!(leader = %id, term, %error, repeated, "following stopped");
+                        }
+                    }
                 },
-                Err(e) => warn!(leader = %id, %address, error = %e, "cannot reach the leader"),
+                Err(e) => {
+                    let error = format!("{address}: {e}");
+                    if let Some(repeated) = repeats.due(&error, Instant::now()) {
+                        warn!(leader = %id, %address, error = %e, repeated, "cannot reach the leader");
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

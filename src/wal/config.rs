@@ -174,6 +174,17 @@ impl LogConfig {
         self.segment_bytes.saturating_sub(SEGMENT_HEADER_LEN as u64)
     }
 
+    /// The `--segment-bytes` whose segments hold a record of `record` bytes.
+    pub fn segment_bytes_for(record: u64) -> u64 {
+        record.saturating_add(SEGMENT_HEADER_LEN as u64)
+    }
+
+    /// Bytes of the largest record a frame may make: `max_frame_bytes` of payload with the
+    /// longest idempotency key.
+    pub fn largest_record(&self) -> u64 {
+        encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64
+    }
+
     /// Checks that the largest frame fits in a segment and positions fit in 32 bits.
     pub fn validate(&self) -> Result<()> {
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
@@ -189,7 +200,7 @@ impl LogConfig {
             ));
         }
         let room = self.request_room();
-        let largest = encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64;
+        let largest = self.largest_record();
         if largest > room {
             let fits = room.saturating_sub(encoded_len(MAX_KEY_LEN, 0) as u64);
             return Err(Error::InvalidArgument(format!(
