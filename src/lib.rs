@@ -48,7 +48,8 @@
 //!   `membership` (nodes registered under their leases, online/offline events), `insync`
 //!   (the leader's bookkeeping of followers, commit points and the in-sync set), `leader`
 //!   and `follower` (the `Follow` replication stream), `watches` (every topic's frontiers
-//!   at once), `node` (a node's life: register, follow, campaign, lead).
+//!   at once), `node` (a node's life: register, follow, campaign, lead), `repeats` (a
+//!   failure repeating at every reconnection logged once in a while).
 //! - [`proto`]: the generated wire types and the metadata names; its `Frame` is written by
 //!   hand (`wire_frame`) so that a frame can carry its encoding, shared by all subscribers.
 //! - [`dump`]: the `framecast dump` inspector, which reads segment files only.
