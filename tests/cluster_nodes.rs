@@ -3290,3 +3290,63 @@ async fn a_node_whose_segments_cannot_hold_the_leaders_largest_frame_is_refused_
         .await
         .is_none());
 }
+
+/// Five nodes with `--min-insync 3`: the leader and a follower `kill -9`ed at the same
+/// instant under load. One of the three left is elected, drops the dead follower from the
+/// in-sync set, and acknowledges again (the time is measured); every acknowledged frame is
+/// on it; both dead nodes come back and all five hold the same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_lose_the_leader_and_a_follower_at_once_and_lose_no_acknowledged_frame() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(5, 3).await;
+    let ids = ["n1", "n2", "n3", "n4", "n5"];
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let leader = c.leader(&ids, 5, Duration::from_secs(40)).await;
+    let follower = ids.into_iter().find(|n| *n != leader).unwrap();
+    let load = Load::start(addresses, "orders", 0);
+    until("some acks", Duration::from_secs(20), || load.acked() >= 300).await;
+    let killed = Instant::now();
+    c.node_mut(&leader).server.kill9();
+    c.node_mut(follower).server.kill9();
+    let old = c.node(&leader).address.clone();
+    until("writes accepted again", Duration::from_secs(30), || {
+        load.first_ack_after(killed, &old).is_some()
+    })
+    .await;
+    let after = load.first_ack_after(killed, &old).unwrap() - killed;
+    let acks = load.acked();
+    until("more acks", Duration::from_secs(20), || {
+        load.acked() >= acks + 300
+    })
+    .await;
+    let acked = load.finish().await;
+    eprintln!(
+        "leader {leader} and follower {follower} killed at once: writes accepted again after \
+         {after:?}; {} frames acknowledged",
+        acked.len()
+    );
+    // The lease lapses (TTL), then the dead follower leaves the in-sync set (at most
+    // --replica-max-lag, 3 s) before a commit point can move without it.
+    assert!(
+        after <= TTL + Duration::from_secs(3 + 2),
+        "writes were accepted again only after {after:?}\n{}",
+        c.logs()
+    );
+    let survivors: Vec<&str> = ids
+        .into_iter()
+        .filter(|n| *n != leader && *n != follower)
+        .collect();
+    let new = c.leader(&survivors, 3, Duration::from_secs(30)).await;
+    let on_leader = log_of(&c, &new, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    c.node_mut(&leader).server.restart();
+    c.node_mut(follower).server.restart();
+    assert_eq!(c.leader(&ids, 5, Duration::from_secs(40)).await, new);
+    for id in ids {
+        until_delivers(&c, id, "orders", on_leader.len()).await;
+        assert!(
+            same_frames(&on_leader, &log_of(&c, id, "orders").await),
+            "{id} differs from the leader"
+        );
+    }
+}
