@@ -3294,7 +3294,8 @@ async fn a_node_whose_segments_cannot_hold_the_leaders_largest_frame_is_refused_
 /// Five nodes with `--min-insync 3`: the leader and a follower `kill -9`ed at the same
 /// instant under load. One of the three left is elected, drops the dead follower from the
 /// in-sync set, and acknowledges again (the time is measured); every acknowledged frame is
-/// on it; both dead nodes come back and all five hold the same log.
+/// on it, and a retry of each answered as a duplicate; both dead nodes come back and all
+/// five hold the same log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_lose_the_leader_and_a_follower_at_once_and_lose_no_acknowledged_frame() {
     let _serial = SERIAL.lock().await;
@@ -3339,6 +3340,18 @@ async fn five_nodes_lose_the_leader_and_a_follower_at_once_and_lose_no_acknowled
     let new = c.leader(&survivors, 3, Duration::from_secs(30)).await;
     let on_leader = log_of(&c, &new, "orders").await;
     holds_every_ack(&on_leader, &acked);
+    // A producer that lost the acks retries with the same keys: the new leader answers
+    // each as a duplicate at its first offset, those the old leader acknowledged too.
+    let mut nc = c.client(&new).await;
+    for &(seq, offset) in &acked[acked.len() - 400..] {
+        let mut r = req("orders", seq, &payload_of(seq));
+        r.idempotency_key = format!("k{seq}");
+        let ack = nc.publish(r).await.unwrap().into_inner();
+        assert!(
+            ack.duplicate && ack.offset == offset,
+            "frame {seq}: {ack:?}"
+        );
+    }
     c.node_mut(&leader).server.restart();
     c.node_mut(follower).server.restart();
     assert_eq!(c.leader(&ids, 5, Duration::from_secs(40)).await, new);
