@@ -3363,3 +3363,134 @@ async fn five_nodes_lose_the_leader_and_a_follower_at_once_and_lose_no_acknowled
         );
     }
 }
+
+/// Every way to write, through every door, sent to a follower: refused as `UNAVAILABLE`
+/// (HTTP 503) naming the leader, and nothing is written, created or deleted on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_through_every_door_of_a_follower_names_the_leader_and_changes_nothing() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let follower = all.into_iter().find(|n| *n != leader).unwrap();
+    for seq in 0..5 {
+        publish_to(&c, &leader, seq).await.unwrap();
+    }
+    for id in all {
+        until_delivers(&c, id, "orders", 5).await;
+    }
+    let before: Vec<Vec<Frame>> =
+        futures::future::join_all(all.map(|id| log_of(&c, id, "orders"))).await;
+    let leader_grpc = c.node(&leader).address.clone();
+    let leader_http = c.node(&leader).server.http.clone().unwrap();
+
+    // gRPC.
+    let grpc_refused = |what: &str, r: Result<(), tonic::Status>| {
+        let refused = r.expect_err(what);
+        assert_eq!(refused.code(), Code::Unavailable, "{what}: {refused:?}");
+        assert_eq!(
+            refused
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(leader_grpc.as_str()),
+            "{what}: {refused:?}"
+        );
+    };
+    let mut fc = c.client(follower).await;
+    grpc_refused("Publish", fc.publish(req("new", 1, b"x")).await.map(|_| ()));
+    let stream = tokio_stream::iter(vec![req("new", 1, b"x"), req("orders", 99, b"y")]);
+    let streamed = match fc.publish_stream(stream).await {
+        Ok(acks) => acks.into_inner().message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    grpc_refused("PublishStream", streamed);
+    grpc_refused(
+        "Broadcast",
+        fc.broadcast(framecast::proto::BroadcastRequest {
+            topics: vec!["orders".into(), "new".into()],
+            seq_no: 7,
+            payload: b"z".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ()),
+    );
+    grpc_refused(
+        "CreateTopic",
+        fc.create_topic(framecast::proto::CreateTopicRequest {
+            name: "new".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ()),
+    );
+    grpc_refused(
+        "DeleteTopic",
+        fc.delete_topic(framecast::proto::DeleteTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .map(|_| ()),
+    );
+
+    // HTTP.
+    let door = c.node(follower).server.http.clone().unwrap();
+    for (method, path, body) in [
+        ("POST", "/v1/topics/orders/frames?seq_no=50", &b"x"[..]),
+        ("POST", "/v1/topics/new/frames?seq_no=1", b"x"),
+        ("PUT", "/v1/topics/new", b"{}"),
+        ("DELETE", "/v1/topics/orders", b""),
+        (
+            "POST",
+            "/v1/broadcast",
+            br#"{"topics":["orders","new"],"seq_no":"8","payload":"eg=="}"#,
+        ),
+    ] {
+        let refused = common::http::request(&door, method, path, &[], body);
+        assert_eq!(refused.status, 503, "{method} {path}: {}", refused.text());
+        assert_eq!(
+            refused.header("framecast-leader"),
+            Some(leader_http.as_str()),
+            "{method} {path}"
+        );
+        assert_eq!(refused.json()["leader"], leader_http.as_str());
+    }
+
+    // WebSocket.
+    let url = format!("{door}/v1/ws").replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for (id, topic) in [(1, "orders"), (2, "new")] {
+        let publish =
+            serde_json::json!({"id": id, "publish": {"topic": topic, "seq_no": "60", "text": "x"}});
+        ws.send(Message::text(publish.to_string())).await.unwrap();
+        let reply = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = msg {
+                break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
+            }
+        };
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["error"]["code"], "UNAVAILABLE", "{reply}");
+        assert_eq!(reply["error"]["leader"], leader_http.as_str(), "{reply}");
+    }
+
+    // Nothing changed anywhere: "orders" as it was, and no "new".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (id, was) in all.into_iter().zip(&before) {
+        let mut client = c.client(id).await;
+        let names: Vec<String> = common::list_topics(&mut client)
+            .await
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["orders"], "{id}");
+        assert!(same_frames(was, &log_of(&c, id, "orders").await), "{id}");
+    }
+}
