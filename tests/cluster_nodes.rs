@@ -3184,7 +3184,8 @@ fn compactions_on(c: &Cluster, id: &str, topic: &str) -> f64 {
 /// then the next record whatever its size. Here that is just under 1 MiB of 1 KB frames and
 /// then the largest frame a 4 MiB segment holds, with the longest idempotency key: the
 /// follower, `kill -9`ed before any of it and restarted once the leader compacted it, copies
-/// it all and is back in the in-sync set.
+/// it all and is back in the in-sync set. Then every node compacts its own copy and serves
+/// the same frames from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_a_compacted_run_copies_a_message_of_small_frames_and_the_largest() {
     let _serial = SERIAL.lock().await;
@@ -3232,9 +3233,21 @@ async fn a_follower_behind_a_compacted_run_copies_a_message_of_small_frames_and_
 
     c.node_mut(behind).server.restart();
     let info = common::topic_info(&mut lc, "big").await.unwrap();
-    until_all_hold(&c, &[behind], "big", Some(&(info.epoch, sent))).await;
+    let held = (info.epoch, sent);
+    until_all_hold(&c, &[behind], "big", Some(&held)).await;
     let now = c.leader(&all, 3, Duration::from_secs(30)).await;
     assert_eq!(now, leader);
+    // Each node compacts its own copy (below its commit point), and serves the same frames
+    // from it.
+    for id in all {
+        until(
+            &format!("{id} compacts its copy"),
+            Duration::from_secs(30),
+            || compactions_on(&c, id, "big") >= 1.0,
+        )
+        .await;
+    }
+    until_all_hold(&c, &all, "big", Some(&held)).await;
 }
 
 /// A node started with segments too small for the leader's largest frame (`--segment-bytes
