@@ -3507,3 +3507,94 @@ async fn every_write_through_every_door_of_a_follower_names_the_leader_and_chang
         assert!(same_frames(was, &log_of(&c, id, "orders").await), "{id}");
     }
 }
+
+/// Readers that never read on a follower (SSE, WebSocket and gRPC) while 200 MiB are
+/// published to the leader: the follower's memory stays bounded (no queue grows with their
+/// lag), copying goes on, and a reader on the same follower gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_on_a_follower_cost_it_bounded_memory() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 3).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let follower = all.into_iter().find(|n| *n != leader).unwrap();
+    let mut lc = c.client(&leader).await;
+    lc.publish(req("firehose", 0, b"first")).await.unwrap();
+    until_delivers(&c, follower, "firehose", 1).await;
+    let node = &c.node(follower).server;
+    let baseline = node.rss_anon();
+    let door = node.http.clone().unwrap();
+
+    let url = format!("{door}/v1/ws").replace("http://", "ws://");
+    let (mut stalled_ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = serde_json::json!({"id": 1, "subscribe": {"topic": "firehose"}});
+    stalled_ws
+        .send(Message::text(hello.to_string()))
+        .await
+        .unwrap();
+    let stalled_sse = tokio::task::spawn_blocking(move || {
+        common::sse::open(&door, "/v1/topics/firehose/events", &[])
+            .ok()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut fc = c.client(follower).await;
+    let stalled_grpc = common::subscribe(&mut fc, common::sub_req("firehose", 0))
+        .await
+        .unwrap();
+    let reading = common::subscribe(
+        &mut c.client(follower).await,
+        common::sub_req("firehose", 0),
+    )
+    .await
+    .unwrap();
+    let frames = 800u64;
+    let reader = tokio::spawn(async move {
+        let mut stream = reading.stream;
+        let got = common::take(&mut stream, frames as usize + 1, Duration::from_secs(240)).await;
+        got.iter().map(|f| f.offset).collect::<Vec<_>>()
+    });
+
+    // 200 MiB in 256 KiB frames, acknowledged once all three nodes hold them.
+    let payload = vec![7u8; 256 << 10];
+    let mut peak = 0;
+    let batch = 16;
+    for i in 0..frames / batch {
+        let reqs: Vec<_> = (0..batch)
+            .map(|j| req("firehose", 1 + i * batch + j, &payload))
+            .collect();
+        let acks = lc
+            .publish_stream(futures::stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let acks: Vec<_> = acks.collect().await;
+        assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+        peak = peak.max(node.rss_anon());
+    }
+    let offsets = tokio::time::timeout(Duration::from_secs(240), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        offsets,
+        (0..=frames).collect::<Vec<_>>(),
+        "the reading subscriber on the follower got every frame"
+    );
+    peak = peak.max(node.rss_anon());
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "follower RssAnon baseline {} MiB, peak {} MiB",
+        baseline >> 20,
+        peak >> 20
+    );
+    assert!(
+        grew < 96 << 20,
+        "the follower's anonymous memory grew by {} MiB",
+        grew >> 20
+    );
+    drop((stalled_ws, stalled_sse, stalled_grpc));
+}
