@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_server::EtcdServer;
-use framecast::cluster::etcd::{Etcd, LeaseKeeper};
+use framecast::cluster::etcd::{Etcd, EtcdError, LeaseKeeper};
 use framecast::cluster::membership::{
     nodes_prefix, MemberEvent, Membership, MembershipError, NodeRecord,
 };
@@ -46,6 +46,7 @@ fn record(id: &str) -> NodeRecord {
         id: id.to_owned(),
         address: format!("127.0.0.1:{}", 7000 + id.len()),
         http_address: format!("http://127.0.0.1:8000/{id}"),
+        home: String::new(),
     }
 }
 
@@ -191,6 +192,48 @@ async fn a_duplicate_id_is_refused_while_the_first_is_alive() {
         .unwrap();
     assert!(second.is_registered());
     assert_eq!(second.lease(), lease);
+}
+
+/// A record of the same id and home (host and data directory) under another lease is an
+/// earlier run of the node starting (the server holds that directory's lock): its lease is
+/// revoked and the node registers at once. Another home is a duplicate, refused.
+#[tokio::test]
+async fn an_earlier_run_of_the_same_home_is_revoked_and_another_home_refused() {
+    let server = EtcdServer::start().await;
+    let etcd = server.client().await;
+    let at = |home: &str| NodeRecord {
+        home: home.to_owned(),
+        ..record("a")
+    };
+    let (old_lease, old_keeper) = kept_lease(&etcd).await;
+    let earlier = Membership::join(&etcd, CLUSTER, at("h:/data"), old_lease)
+        .await
+        .unwrap();
+    // Killed: its keeper stops renewing, but the lease lives on for its TTL.
+    drop(old_keeper);
+
+    let (lease, _keeper) = kept_lease(&etcd).await;
+    match Membership::join(&etcd, CLUSTER, at("other:/data"), lease).await {
+        Err(MembershipError::DuplicateId { id, .. }) => assert_eq!(id, "a"),
+        other => panic!("another home with id a: {other:?}"),
+    }
+    let again = Membership::join(&etcd, CLUSTER, at("h:/data"), lease)
+        .await
+        .unwrap();
+    assert!(again.is_registered());
+    let kv = etcd
+        .get(&format!("{}a", nodes_prefix(CLUSTER)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, Some(lease));
+    // The earlier run's lease is gone: nothing it held stays for its TTL.
+    assert!(matches!(
+        etcd.keep_alive(old_lease, TTL).await,
+        Err(EtcdError::LeaseNotFound { .. })
+    ));
+    sleep(Duration::from_millis(300)).await;
+    assert!(!earlier.is_registered());
 }
 
 #[tokio::test]

@@ -47,6 +47,8 @@ struct Cluster {
     name: String,
     dirs: Vec<tempfile::TempDir>,
     nodes: Vec<Node>,
+    /// `--lease-ttl` of the nodes started ([`TTL`] unless a scenario says otherwise).
+    lease_ttl: String,
 }
 
 fn free_port() -> u16 {
@@ -63,6 +65,7 @@ fn node_args(
     address: &str,
     http: &str,
     min_insync: u32,
+    lease_ttl: &str,
 ) -> Vec<String> {
     let http_url = format!("http://{http}");
     [
@@ -81,7 +84,7 @@ fn node_args(
         "--advertise",
         address,
         "--lease-ttl",
-        "2s",
+        lease_ttl,
         "--replica-max-lag",
         "3s",
         "--min-insync",
@@ -122,9 +125,20 @@ impl Cluster {
             name,
             dirs: Vec::new(),
             nodes: Vec::new(),
+            lease_ttl: format!("{}s", TTL.as_secs()),
         };
         for _ in 0..n {
             c.add_node(min_insync, extra, &[]);
+        }
+        c
+    }
+
+    /// `n` nodes whose leases last `ttl` (`10s`) instead of [`TTL`].
+    async fn start_with_lease(n: usize, min_insync: u32, ttl: &str) -> Cluster {
+        let mut c = Cluster::start_on(EtcdServer::start().await, 0, min_insync, &[], None).await;
+        c.lease_ttl = ttl.to_string();
+        for _ in 0..n {
+            c.add_node(min_insync, &[], &[]);
         }
         c
     }
@@ -147,6 +161,7 @@ impl Cluster {
                 &address,
                 &http,
                 min_insync,
+                &self.lease_ttl,
             );
             args.extend(extra.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1837,6 +1852,7 @@ async fn with_mutual_tls_nodes_follow_and_reach_etcd_over_tls_with_their_own_cer
             &format!("127.0.0.1:{}", free_port()),
             &format!("127.0.0.1:{}", free_port()),
             2,
+            &c.lease_ttl,
         );
         args.extend(flags[..6].iter().map(|f| f.to_string()));
         args.extend(etcd_flags.iter().map(|f| f.to_string()));
@@ -3597,4 +3613,78 @@ async fn readers_that_never_read_on_a_follower_cost_it_bounded_memory() {
         grew >> 20
     );
     drop((stalled_ws, stalled_sse, stalled_grpc));
+}
+
+/// A node restarted at once after a `kill -9` (a supervisor's restart comes well within a
+/// lease TTL) finds its earlier run still registered: it revokes that run's lease (it holds
+/// its data directory, so that run is gone) instead of refusing to start until the lease
+/// lapses. A follower is back in the in-sync set; a leader's restart ends its term at once,
+/// so another node leads long before the lease (10 s here) would have lapsed; no
+/// acknowledged frame is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_once_after_kill_9_revokes_its_earlier_runs_lease() {
+    let _serial = SERIAL.lock().await;
+    let ttl = Duration::from_secs(10);
+    let mut c = Cluster::start_with_lease(3, 2, "10s").await;
+    let ids = ["n1", "n2", "n3"];
+    let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let follower = ids.into_iter().find(|n| *n != leader).unwrap();
+    let load = Load::start(addresses, "orders", 0);
+    until("some acks", Duration::from_secs(20), || load.acked() >= 200).await;
+
+    c.node_mut(follower).server.kill9();
+    let restarted = c.node_mut(follower).server.try_restart();
+    assert!(
+        restarted.is_ok(),
+        "the follower did not start again: {restarted:?}"
+    );
+    assert!(c
+        .node(follower)
+        .server
+        .log_text()
+        .contains("an earlier run of this node"));
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(20)).await, leader);
+
+    let acks = load.acked();
+    until("more acks", Duration::from_secs(20), || {
+        load.acked() >= acks + 200
+    })
+    .await;
+    let killed = Instant::now();
+    c.node_mut(&leader).server.kill9();
+    let restarted = c.node_mut(&leader).server.try_restart();
+    assert!(
+        restarted.is_ok(),
+        "the leader did not start again: {restarted:?}"
+    );
+    let old = c.node(&leader).address.clone();
+    until("writes accepted again", Duration::from_secs(20), || {
+        load.first_ack_after(killed, &old).is_some()
+    })
+    .await;
+    let after = load.first_ack_after(killed, &old).unwrap() - killed;
+    eprintln!("leader {leader} killed and restarted at once: writes accepted again after {after:?} (lease TTL {ttl:?})");
+    // Its lease would have lapsed 6.7-10 s after the kill (renewed every third of the TTL).
+    assert!(
+        after < ttl / 2,
+        "writes were accepted again only after {after:?}\n{}",
+        c.logs()
+    );
+    let acks = load.acked();
+    until("more acks", Duration::from_secs(20), || {
+        load.acked() >= acks + 200
+    })
+    .await;
+    let acked = load.finish().await;
+    let new = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let on_leader = log_of(&c, &new, "orders").await;
+    holds_every_ack(&on_leader, &acked);
+    for id in ids {
+        until_delivers(&c, id, "orders", on_leader.len()).await;
+        assert!(
+            same_frames(&on_leader, &log_of(&c, id, "orders").await),
+            "{id}"
+        );
+    }
 }

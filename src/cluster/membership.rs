@@ -95,6 +95,12 @@ pub struct NodeRecord {
     pub address: String,
     /// The HTTP door's URL (`--advertise-http`), or `""` when it has none.
     pub http_address: String,
+    /// Where the node keeps its data: its host's name and its data directory
+    /// (`host:/path`), or `""` when not said. A record of the same id and home under another
+    /// lease is an earlier run of this very node, killed before its lease lapsed: the
+    /// process starting now holds that directory's lock, so that run is gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub home: String,
 }
 
 /// A change of the membership.
@@ -347,8 +353,9 @@ impl Membership {
     /// nodes and starts watching them.
     ///
     /// Refuses with [`MembershipError::DuplicateId`] when the key is held under another lease
-    /// (another live process with this id; a process restarted within its predecessor's
-    /// lease TTL must wait for it to expire). Checked with a read before the put and again in
+    /// (another live process with this id), unless the record held there has `me`'s home:
+    /// then it is an earlier run of this node, killed within its lease TTL (the caller holds
+    /// the data directory's lock, so that run is gone), and its lease is revoked. Checked with a read before the put and again in
     /// the listing after it; two processes starting at the same instant could still both pass
     /// the first check, and then the one overwritten learns it from the listing or the watch
     /// (it is no longer [`Membership::is_registered`]).
@@ -370,7 +377,16 @@ impl Membership {
         };
         if let Some(kv) = etcd.get(&key).await? {
             if kv.lease != Some(lease) {
-                return Err(duplicate(kv.lease));
+                let earlier_run = parse_record(&prefix, &kv.key, &kv.value)
+                    .is_some_and(|held| !me.home.is_empty() && held.home == me.home);
+                let Some(old) = kv.lease.filter(|_| earlier_run) else {
+                    return Err(duplicate(kv.lease));
+                };
+                // Its keys (the registration, a leader key) go now rather than when the
+                // lease lapses: a restarted node is back at once, and if that run led, the
+                // next leader is elected at once.
+                etcd.revoke(old).await?;
+                warn!(cluster, node = %me.id, home = %me.home, lease = old, "an earlier run of this node (killed: this process holds its data directory) was still registered; its lease revoked");
             }
         }
         let put_revision = etcd.put(&key, value, Some(lease)).await?;
@@ -575,6 +591,7 @@ mod tests {
             id: id.to_owned(),
             address: address.to_owned(),
             http_address: String::new(),
+            home: String::new(),
         }
     }
 

@@ -52,6 +52,9 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// `--advertise-http`: the HTTP door's URL, or `""`.
     pub advertise_http: String,
+    /// This node's host name and data directory (`host:/path`), registered with it: an
+    /// earlier run of this node found registered under it is known to be gone. `""`: none.
+    pub home: String,
     /// `--min-insync`: writes are refused while fewer members are in sync.
     pub min_insync: usize,
     /// `--lease-ttl`: how long a silent node stays registered (and a leader leads).
@@ -301,6 +304,18 @@ impl Life {
 /// stopping following, revoking the lease), so the drain keeps most of its grace period.
 const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
+/// The home a node with `data_dir` registers: this host's name and the directory's
+/// absolute path (`host:/path`); `""` when the host name cannot be read.
+pub fn home(data_dir: &std::path::Path) -> String {
+    let host = rustix::system::uname();
+    let host = host.nodename().to_string_lossy();
+    if host.is_empty() {
+        return String::new();
+    }
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!("{host}:{}", dir.display())
+}
+
 /// Joins the cluster and starts the node's life in the background. Returns the
 /// `Replication` service to serve beside `Broadcast`, and the node's [`Life`].
 pub async fn start(
@@ -326,6 +341,7 @@ pub async fn start(
         id: config.node_id.clone(),
         address: config.advertise.clone(),
         http_address: config.advertise_http.clone(),
+        home: config.home.clone(),
     };
     let membership = Membership::join(&etcd, &config.cluster, me, lease).await?;
     let (door, rx) = watch::channel(Door::Shut);
