@@ -457,7 +457,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let home = framecast::cluster::node::home(&args.data_dir);
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -503,7 +502,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             node_id: args.node_id.clone().unwrap_or_default(),
             advertise: args.advertise.clone().unwrap_or_default(),
             advertise_http: args.advertise_http.clone(),
-            home: home.clone(),
+            // Set once the server holds the data directory's lock.
+            home: String::new(),
             min_insync: usize::try_from(args.min_insync).unwrap_or(usize::MAX),
             lease_ttl: args.lease_ttl,
             replica_max_lag: args.replica_max_lag,

@@ -95,8 +95,8 @@ pub struct NodeRecord {
     pub address: String,
     /// The HTTP door's URL (`--advertise-http`), or `""` when it has none.
     pub http_address: String,
-    /// Where the node keeps its data: its host's name and its data directory
-    /// (`host:/path`), or `""` when not said. A record of the same id and home under another
+    /// Where the node keeps its data: its host's name, its data directory and the identity
+    /// of that directory's lock file (`host:/path:dev:ino`), or `""` when not said. A record of the same id and home under another
     /// lease is an earlier run of this very node, killed before its lease lapsed: the
     /// process starting now holds that directory's lock, so that run is gone.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -52,8 +52,9 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// `--advertise-http`: the HTTP door's URL, or `""`.
     pub advertise_http: String,
-    /// This node's host name and data directory (`host:/path`), registered with it: an
-    /// earlier run of this node found registered under it is known to be gone. `""`: none.
+    /// This node's host, data directory and its lock file's identity ([`home`]), registered
+    /// with it: an earlier run of this node found registered under it is known to be gone.
+    /// Set by the server once it holds that directory's lock; `""`: none.
     pub home: String,
     /// `--min-insync`: writes are refused while fewer members are in sync.
     pub min_insync: usize,
@@ -304,16 +305,17 @@ impl Life {
 /// stopping following, revoking the lease), so the drain keeps most of its grace period.
 const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
-/// The home a node with `data_dir` registers: this host's name and the directory's
-/// absolute path (`host:/path`); `""` when the host name cannot be read.
-pub fn home(data_dir: &std::path::Path) -> String {
+/// The home a node with `data_dir` registers: this host's name, the directory's absolute
+/// path and `lock`, the identity of its lock file (`host:/path:dev:ino`); `""` when the
+/// host name or that identity is unknown.
+pub fn home(data_dir: &std::path::Path, lock: &str) -> String {
     let host = rustix::system::uname();
     let host = host.nodename().to_string_lossy();
-    if host.is_empty() {
+    if host.is_empty() || lock.is_empty() {
         return String::new();
     }
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    format!("{host}:{}", dir.display())
+    format!("{host}:{}:{lock}", dir.display())
 }
 
 /// Joins the cluster and starts the node's life in the background. Returns the

@@ -29,10 +29,20 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// write one directory.
 #[derive(Debug)]
 pub struct DataDirLock {
-    _file: std::fs::File,
+    file: std::fs::File,
 }
 
 impl DataDirLock {
+    /// The lock file's device and inode (`dev:ino`): the same across this directory's runs,
+    /// another for another directory, even one at the same path in another container.
+    pub fn identity(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .metadata()
+            .map(|m| format!("{}:{}", m.dev(), m.ino()))
+            .unwrap_or_default()
+    }
+
     /// Takes `<data_dir>/LOCK`, failing at once if another process holds it.
     pub fn acquire(data_dir: &std::path::Path) -> Result<DataDirLock> {
         std::fs::create_dir_all(data_dir).map_err(|e| crate::wal::Error::io(data_dir, e))?;
@@ -44,7 +54,7 @@ impl DataDirLock {
             .open(&path)
             .map_err(|e| crate::wal::Error::io(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(DataDirLock { _file: file }),
+            Ok(()) => Ok(DataDirLock { file }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(Error::Wal(crate::wal::Error::Unavailable(format!(
                     "{} is locked by another framecast process",
@@ -141,7 +151,7 @@ pub async fn run(
     listener: TcpListener,
     signal: impl Future<Output = ()>,
 ) -> Result<()> {
-    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     // Keys are read before recovery, so a wrong path fails at once.
     let auth = Authenticator::from_files(
         config.auth_jwt_secret_file.as_deref(),
@@ -252,8 +262,13 @@ pub async fn run(
     let (replication, mut node_life) = match &config.cluster {
         None => (None, None),
         Some(c) => {
+            // The home it registers: this directory, whose lock it holds from here on.
+            let c = crate::cluster::node::ClusterConfig {
+                home: crate::cluster::node::home(&config.data_dir, &lock.identity()),
+                ..c.clone()
+            };
             let (service, life) =
-                crate::cluster::node::start(c.clone(), Arc::clone(&topics), broker.clone())
+                crate::cluster::node::start(c, Arc::clone(&topics), broker.clone())
                     .await
                     .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
             (Some(service), Some(life))
@@ -529,4 +544,33 @@ async fn start_http(
         grace,
     ));
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dirs_lock_has_one_identity_across_runs_and_another_dir_another() {
+        let (a, b) = (tempfile::tempdir(), tempfile::tempdir());
+        let (a, b) = (a.expect("a temp dir"), b.expect("a temp dir"));
+        let first = DataDirLock::acquire(a.path()).expect("the lock");
+        let id = first.identity();
+        assert!(!id.is_empty());
+        assert!(
+            DataDirLock::acquire(a.path()).is_err(),
+            "held by the first run"
+        );
+        drop(first);
+        let again = DataDirLock::acquire(a.path()).expect("free again");
+        assert_eq!(again.identity(), id);
+        let other = DataDirLock::acquire(b.path()).expect("the other lock");
+        assert_ne!(other.identity(), id);
+        let home = crate::cluster::node::home(a.path(), &id);
+        assert!(
+            home.ends_with(&format!("{}:{id}", a.path().display())),
+            "{home}"
+        );
+        assert_eq!(crate::cluster::node::home(a.path(), ""), "");
+    }
 }
