@@ -301,6 +301,13 @@ impl Life {
     }
 }
 
+/// The first pause before a follower connects to its leader again; it doubles at each
+/// failure in a row, up to [`FOLLOW_RETRY_MAX`].
+const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(10);
+
+/// The longest pause between two tries to follow the leader.
+const FOLLOW_RETRY_MAX: Duration = Duration::from_millis(200);
+
 /// The longest a clean stop waits for each step of leaving the cluster (stepping down,
 /// stopping following, revoking the lease), so the drain keeps most of its grace period.
 const LEAVE_WITHIN: Duration = Duration::from_secs(1);
@@ -593,7 +600,9 @@ impl Node {
         // A cause that lasts (a refusal, an unreachable leader) is logged every 30 s, not
         // at every attempt.
         let mut repeats = Repeats::default();
+        let mut pause = FOLLOW_RETRY_MIN;
         loop {
+            let attempt = Instant::now();
             let address = self
                 .membership
                 .nodes()
@@ -644,7 +653,14 @@ impl Node {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A leader just elected opens its door a moment after its followers hear of it:
+            // the first tries come soon after each other, repeated failures back off. A
+            // stream that ran a while starts the pauses over.
+            if attempt.elapsed() >= FOLLOW_RETRY_MAX {
+                pause = FOLLOW_RETRY_MIN;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(FOLLOW_RETRY_MAX);
         }
     }
 
