@@ -3754,3 +3754,53 @@ async fn a_rolling_restart_of_every_node_under_load_stalls_no_ack_for_a_lease_an
     );
     reader.task.abort();
 }
+
+/// A leader alone in the in-sync set that finds damage where its follower needs it leads on
+/// (it holds the only copy), and ends that follower's every stream at once. The failure
+/// lasts until an operator repairs the leader: each side logs it once, not at each of the
+/// follower's tries, and the follower tries again at most once a second once it repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_with_damage_a_follower_needs_leads_on_without_flooding_either_log() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(2, 1, &flags, None).await;
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    let follower = if leader == "n1" { "n2" } else { "n1" };
+    c.node_mut(follower).server.kill9();
+    let mut lc = c.client(&leader).await;
+    for seq in 0..600u64 {
+        let payload = format!("frame {seq} {}", "d".repeat(200)).into_bytes();
+        lc.publish(req("orders", seq, &payload)).await.unwrap();
+    }
+    let seg = c
+        .node(&leader)
+        .server
+        .data_dir
+        .join("topics/orders/00000000000000000000.seg");
+    flip_a_byte_in_place(&seg);
+    c.node_mut(follower).server.restart();
+    let count = |id: &str, line: &str| c.node(id).server.log_text().matches(line).count();
+    until(
+        "the leader finds the damage",
+        Duration::from_secs(20),
+        || count(&leader, "no other member could take over: leading on") >= 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        count(&leader, "no other member could take over: leading on"),
+        1,
+        "{}",
+        c.logs()
+    );
+    // The follower sees the leader end its stream in one of two ways (while it sends a
+    // report, or before): each is logged once.
+    let stopped = count(follower, "following stopped");
+    assert!((1..=2).contains(&stopped), "{stopped}\n{}", c.logs());
+    // Five tries a second would be 25 or more.
+    let tries = count(&leader, "follower connected");
+    assert!(tries <= 15, "{tries} tries in about 5 s\n{}", c.logs());
+    // It leads on: writes are acknowledged (--min-insync 1).
+    let ack = lc.publish(req("orders", 600, b"after")).await.unwrap();
+    assert_eq!(ack.into_inner().offset, 600);
+}

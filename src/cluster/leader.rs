@@ -403,7 +403,8 @@ impl rp::replication_server::Replication for LeaderService {
 /// under `config` (`--max-frame-bytes` with the longest key): it could copy nothing past
 /// the first such frame, and would stay out of the in-sync set for good. Said at the
 /// start, the operator learns it before that frame comes. A follower that does not say
-/// (0) is taken.
+/// (0) is taken. Records written before under a larger `--max-frame-bytes` are not looked
+/// at: a follower taken may still fail at one of those.
 fn can_hold(config: &wal::LogConfig, first: &rp::FollowerReport) -> Result<(), Status> {
     let needs = config.largest_record();
     if first.max_record_bytes == 0 || first.max_record_bytes >= needs {

@@ -95,10 +95,11 @@ pub struct NodeRecord {
     pub address: String,
     /// The HTTP door's URL (`--advertise-http`), or `""` when it has none.
     pub http_address: String,
-    /// Where the node keeps its data: its host's name, its data directory and the identity
-    /// of that directory's lock file (`host:/path:dev:ino`), or `""` when not said. A record of the same id and home under another
-    /// lease is an earlier run of this very node, killed before its lease lapsed: the
-    /// process starting now holds that directory's lock, so that run is gone.
+    /// Where the node keeps its data: the host's boot and name, its data directory and the
+    /// identity of that directory's lock file (`boot:host:/path:dev:ino`), or `""` when not
+    /// said. A record of the same id and home under another lease is taken for an earlier
+    /// run of this very node, killed before its lease lapsed: the process starting now
+    /// holds that directory's lock on the same boot of the same host, so that run is gone.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub home: String,
 }
@@ -354,11 +355,12 @@ impl Membership {
     ///
     /// Refuses with [`MembershipError::DuplicateId`] when the key is held under another lease
     /// (another live process with this id), unless the record held there has `me`'s home:
-    /// then it is an earlier run of this node, killed within its lease TTL (the caller holds
-    /// the data directory's lock, so that run is gone), and its lease is revoked. Checked with a read before the put and again in
-    /// the listing after it; two processes starting at the same instant could still both pass
-    /// the first check, and then the one overwritten learns it from the listing or the watch
-    /// (it is no longer [`Membership::is_registered`]).
+    /// then it is taken for an earlier run of this node, killed within its lease TTL (the
+    /// caller holds the data directory's lock on the same boot of the same host), and its
+    /// lease is revoked. Checked with a read before the put and again in the listing after
+    /// it; two processes starting at the same instant could still both pass the first
+    /// check, and then the one overwritten learns it from the listing or the watch (it is
+    /// no longer [`Membership::is_registered`]).
     pub async fn join(
         etcd: &Etcd,
         cluster: &str,

@@ -308,21 +308,29 @@ const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between two tries to follow the leader.
 const FOLLOW_RETRY_MAX: Duration = Duration::from_millis(200);
 
+/// The longest pause once the same failure repeats (a refusal that lasts until an operator
+/// acts, damage on the leader): a try a second, not five.
+const FOLLOW_RETRY_LASTING: Duration = Duration::from_secs(1);
+
 /// The longest a clean stop waits for each step of leaving the cluster (stepping down,
 /// stopping following, revoking the lease), so the drain keeps most of its grace period.
 const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
-/// The home a node with `data_dir` registers: this host's name, the directory's absolute
-/// path and `lock`, the identity of its lock file (`host:/path:dev:ino`); `""` when the
-/// host name or that identity is unknown.
+/// The home a node with `data_dir` registers: this boot of the host (the kernel's random
+/// `boot_id`, so two machines cloned from one image differ, and so does one host after a
+/// reboot), its name, the directory's absolute path and `lock`, the identity of its lock
+/// file (`boot:host:/path:dev:ino`). `""` when any of them is unknown: the node is then
+/// never taken for an earlier run of itself, and waits for that run's lease to lapse.
 pub fn home(data_dir: &std::path::Path, lock: &str) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let host = rustix::system::uname();
     let host = host.nodename().to_string_lossy();
-    if host.is_empty() || lock.is_empty() {
+    let boot = boot.trim();
+    if boot.is_empty() || host.is_empty() || lock.is_empty() {
         return String::new();
     }
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    format!("{host}:{}:{lock}", dir.display())
+    format!("{boot}:{host}:{}:{lock}", dir.display())
 }
 
 /// Joins the cluster and starts the node's life in the background. Returns the
@@ -602,7 +610,6 @@ impl Node {
         let mut repeats = Repeats::default();
         let mut pause = FOLLOW_RETRY_MIN;
         loop {
-            let attempt = Instant::now();
             let address = self
                 .membership
                 .nodes()
@@ -628,39 +635,55 @@ impl Node {
                     return;
                 }
             };
-            match channel {
-                Ok(ch) => match follow(
-                    Arc::clone(&self.topics),
-                    ch,
-                    self.me(),
-                    term,
-                    self.config.token.current(self.me()).as_deref(),
-                )
-                .await
-                {
-                    Ok(()) => repeats.clear(),
-                    Err(e) => {
-                        let error = e.to_string();
-                        if let Some(repeated) = repeats.due(&error, Instant::now()) {
-                            warn!(leader = %id, term, %error, repeated, "following stopped");
-                        }
-                    }
-                },
-                Err(e) => {
-                    let error = format!("{address}: {e}");
-                    if let Some(repeated) = repeats.due(&error, Instant::now()) {
-                        warn!(leader = %id, %address, error = %e, repeated, "cannot reach the leader");
+            // What went wrong, if anything, and whether a stream ran a while first.
+            let (failure, ran) = match channel {
+                Ok(ch) => {
+                    let began = Instant::now();
+                    let result = follow(
+                        Arc::clone(&self.topics),
+                        ch,
+                        self.me(),
+                        term,
+                        self.config.token.current(self.me()).as_deref(),
+                    )
+                    .await;
+                    let ran = began.elapsed() >= FOLLOW_RETRY_MAX;
+                    match result {
+                        Ok(()) if ran => (None, true),
+                        // A leader that ends every stream at once (it finds damage where
+                        // this node needs it) is a failure that lasts too.
+                        Ok(()) => (
+                            Some((
+                                "following stopped",
+                                "the leader ended the stream at once".into(),
+                            )),
+                            false,
+                        ),
+                        Err(e) => (Some(("following stopped", e.to_string())), ran),
                     }
                 }
-            }
+                Err(e) => (
+                    Some(("cannot reach the leader", format!("{address}: {e}"))),
+                    false,
+                ),
+            };
             // A leader just elected opens its door a moment after its followers hear of it:
-            // the first tries come soon after each other, repeated failures back off. A
-            // stream that ran a while starts the pauses over.
-            if attempt.elapsed() >= FOLLOW_RETRY_MAX {
+            // the first tries come soon after each other, and failures in a row back off,
+            // up to 200 ms, or to 1 s once the same failure repeats (a refusal that lasts).
+            // A stream that ran a while starts the pauses, and the quiet, over.
+            if ran {
+                repeats.clear();
                 pause = FOLLOW_RETRY_MIN;
             }
+            let mut most = FOLLOW_RETRY_MAX;
+            if let Some((what, error)) = failure {
+                match repeats.due(&error, Instant::now()) {
+                    Some(repeated) => warn!(leader = %id, term, %error, repeated, "{what}"),
+                    None => most = FOLLOW_RETRY_LASTING,
+                }
+            }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(FOLLOW_RETRY_MAX);
+            pause = (pause * 2).min(most);
         }
     }
 

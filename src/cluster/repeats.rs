@@ -1,6 +1,6 @@
-//! Failures that repeat, logged once in a while: a follower that reconnects every 200 ms
-//! to a leader refusing it for the same reason (or a leader refusing it) would otherwise
-//! write five identical lines a second for as long as the cause lasts.
+//! Failures that repeat, logged once in a while: a follower that reconnects again and
+//! again to a leader refusing it for the same reason (or a leader refusing it) would
+//! otherwise write the same line several times a second for as long as the cause lasts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -33,8 +33,10 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// The lock file's device and inode (`dev:ino`): the same across this directory's runs,
-    /// another for another directory, even one at the same path in another container.
+    /// The lock file's device and inode (`dev:ino`): the same across this directory's runs
+    /// while it stays mounted as it is, another for another directory, even one at the same
+    /// path in another container. (A remount may change it: a restarted node then waits for
+    /// its earlier run's lease to lapse.)
     pub fn identity(&self) -> String {
         use std::os::unix::fs::MetadataExt;
         self.file
