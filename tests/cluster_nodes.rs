@@ -310,6 +310,16 @@ fn http_names_the_leader(
     (refused, leader_http)
 }
 
+/// Waits until node `id` delivers as many frames of `topic` as `on_leader` holds, and checks
+/// they are the leader's, frame for frame.
+async fn converged(c: &Cluster, id: &str, topic: &str, on_leader: &[Frame]) {
+    until_delivers(c, id, topic, on_leader.len()).await;
+    assert!(
+        same_frames(on_leader, &log_of(c, id, topic).await),
+        "{id} differs from the leader"
+    );
+}
+
 fn same_frames(a: &[Frame], b: &[Frame]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
@@ -370,11 +380,7 @@ async fn three_nodes_elect_a_leader_copy_its_topics_and_refuse_writes_with_its_a
     let on_leader = log_of(&c, &leader, "prices").await;
     assert_eq!(on_leader.len(), 300);
     for f in &followers {
-        until_delivers(&c, f, "prices", 300).await;
-        assert!(
-            same_frames(&on_leader, &log_of(&c, f, "prices").await),
-            "{f} differs"
-        );
+        converged(&c, f, "prices", &on_leader).await;
         let mut client = c.client(f).await;
         assert!(common::topic_info(&mut client, "other").await.is_none());
     }
@@ -817,11 +823,7 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_frame() {
     let on_leader = log_of(&c, &leader, "orders").await;
     holds_every_ack(&on_leader, &acked);
     for id in ids.iter().filter(|id| **id != leader) {
-        until_delivers(&c, id, "orders", on_leader.len()).await;
-        assert!(
-            same_frames(&on_leader, &log_of(&c, id, "orders").await),
-            "{id} differs from the leader"
-        );
+        converged(&c, id, "orders", &on_leader).await;
     }
     eprintln!(
         "failover times (kill -9 to the next ack, lease TTL {TTL:?}): {failovers:?}; {} frames acknowledged",
@@ -891,11 +893,7 @@ async fn min_insync_refuses_writes_until_a_follower_is_back_in_sync() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let on_leader = log_of(&c, &leader, "orders").await;
-    until_delivers(&c, &follower, "orders", on_leader.len()).await;
-    assert!(same_frames(
-        &on_leader,
-        &log_of(&c, &follower, "orders").await
-    ));
+    converged(&c, &follower, "orders", &on_leader).await;
 }
 
 /// Publishers that keep `topics` busy on node `address`, `per_topic` at a time each, over
@@ -983,8 +981,7 @@ async fn a_follower_restarted_under_load_on_many_topics_rejoins_the_in_sync_set(
     for (topic, acks) in &acked {
         let on_leader = log_of(&c, &leader, topic).await;
         holds_every_ack(&on_leader, acks);
-        until_delivers(&c, &follower, topic, on_leader.len()).await;
-        assert!(same_frames(&on_leader, &log_of(&c, &follower, topic).await));
+        converged(&c, &follower, topic, &on_leader).await;
     }
 }
 
@@ -1024,11 +1021,7 @@ async fn a_leader_paused_past_its_lease_never_acknowledges_and_rejoins_as_follow
     c.leader(&ids, 3, Duration::from_secs(30)).await;
     let on_leader = log_of(&c, &new, "orders").await;
     assert!(on_leader.iter().all(|f| f.seq_no != 5001));
-    until_delivers(&c, &old, "orders", on_leader.len()).await;
-    assert!(
-        same_frames(&on_leader, &log_of(&c, &old, "orders").await),
-        "the old leader did not converge"
-    );
+    converged(&c, &old, "orders", &on_leader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,8 +1055,7 @@ async fn a_follower_stopped_during_50000_publishes_catches_up() {
     c.leader(&ids, 3, Duration::from_secs(60)).await;
     let on_leader = log_of(&c, &leader, "bulk").await;
     assert_eq!(on_leader.len(), 50_000);
-    until_delivers(&c, &away, "bulk", 50_000).await;
-    assert!(same_frames(&on_leader, &log_of(&c, &away, "bulk").await));
+    converged(&c, &away, "bulk", &on_leader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3385,11 +3377,7 @@ async fn five_nodes_lose_the_leader_and_a_follower_at_once_and_lose_no_acknowled
     c.node_mut(follower).server.restart();
     assert_eq!(c.leader(&ids, 5, Duration::from_secs(40)).await, new);
     for id in ids {
-        until_delivers(&c, id, "orders", on_leader.len()).await;
-        assert!(
-            same_frames(&on_leader, &log_of(&c, id, "orders").await),
-            "{id} differs from the leader"
-        );
+        converged(&c, id, "orders", &on_leader).await;
     }
 }
 
@@ -3529,7 +3517,7 @@ async fn every_write_through_every_door_of_a_follower_names_the_leader_and_chang
 /// lag), copying goes on, and a reader on the same follower gets every frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_never_read_on_a_follower_cost_it_bounded_memory() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, 3).await;
@@ -3577,20 +3565,10 @@ async fn readers_that_never_read_on_a_follower_cost_it_bounded_memory() {
     // 200 MiB in 256 KiB frames, acknowledged once all three nodes hold them.
     let payload = vec![7u8; 256 << 10];
     let mut peak = 0;
-    let batch = 16;
-    for i in 0..frames / batch {
-        let reqs: Vec<_> = (0..batch)
-            .map(|j| req("firehose", 1 + i * batch + j, &payload))
-            .collect();
-        let acks = lc
-            .publish_stream(futures::stream::iter(reqs))
-            .await
-            .unwrap()
-            .into_inner();
-        let acks: Vec<_> = acks.collect().await;
-        assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    common::publish_in_batches(&mut lc, "firehose", 1, frames, &payload, 16, || {
         peak = peak.max(node.rss_anon());
-    }
+    })
+    .await;
     let offsets = tokio::time::timeout(Duration::from_secs(240), reader)
         .await
         .unwrap()
@@ -3681,11 +3659,7 @@ async fn a_node_restarted_at_once_after_kill_9_revokes_its_earlier_runs_lease() 
     let on_leader = log_of(&c, &new, "orders").await;
     holds_every_ack(&on_leader, &acked);
     for id in ids {
-        until_delivers(&c, id, "orders", on_leader.len()).await;
-        assert!(
-            same_frames(&on_leader, &log_of(&c, id, "orders").await),
-            "{id}"
-        );
+        converged(&c, id, "orders", &on_leader).await;
     }
 }
 

@@ -338,20 +338,10 @@ async fn readers_that_never_read_cost_bounded_memory_and_slow_no_one() {
     // 200 MiB in 256 KiB frames.
     let payload = vec![7u8; 256 << 10];
     let mut peak = 0;
-    let batch = 16;
-    for i in 0..frames / batch {
-        let reqs: Vec<_> = (0..batch)
-            .map(|j| common::req("firehose", 1 + i * batch + j, &payload))
-            .collect();
-        let acks = c
-            .publish_stream(futures::stream::iter(reqs))
-            .await
-            .unwrap()
-            .into_inner();
-        let acks: Vec<_> = acks.collect().await;
-        assert!(acks.iter().all(Result::is_ok));
+    common::publish_in_batches(&mut c, "firehose", 1, frames, &payload, 16, || {
         peak = peak.max(server.rss_anon());
-    }
+    })
+    .await;
     let offsets = tokio::time::timeout(Duration::from_secs(180), reader)
         .await
         .unwrap()

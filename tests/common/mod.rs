@@ -429,6 +429,34 @@ pub async fn wait_subscribers(
     }
 }
 
+/// Publishes `frames` frames of `payload` to `topic`, seq_nos from `first_seq`, over one
+/// PublishStream per `batch` frames, each batch wholly acknowledged before the next;
+/// `after_batch` runs after each (to sample memory, say).
+pub async fn publish_in_batches(
+    c: &mut BroadcastClient<Channel>,
+    topic: &str,
+    first_seq: u64,
+    frames: u64,
+    payload: &[u8],
+    batch: u64,
+    mut after_batch: impl FnMut(),
+) {
+    use futures::StreamExt;
+    for i in 0..frames / batch {
+        let reqs: Vec<_> = (0..batch)
+            .map(|j| req(topic, first_seq + i * batch + j, payload))
+            .collect();
+        let acks = c
+            .publish_stream(futures::stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let acks: Vec<_> = acks.collect().await;
+        assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+        after_batch();
+    }
+}
+
 /// Publishes `requests` over one `PublishStream`, pausing `pause` after every `every` frames
 /// (so the stream is still going when a test kills or stops the server), until the stream
 /// ends or the requests run out. Returns each acknowledged request with its ack, in order.
