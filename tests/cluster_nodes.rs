@@ -3778,3 +3778,123 @@ async fn a_lone_leader_with_damage_a_follower_needs_leads_on_without_flooding_ei
     let ack = lc.publish(req("orders", 600, b"after")).await.unwrap();
     assert_eq!(ack.into_inner().offset, 600);
 }
+
+/// What a follower out of the in-sync set says it may lack when it refuses a read.
+const OUT_OF_SYNC: &str = "every frame the cluster acknowledged (it is out of the in-sync set)";
+
+/// A follower the cluster goes on without: the new leader refuses it (its segments cannot
+/// hold that leader's largest frame) and drops it from the in-sync set. Its subscriptions —
+/// gRPC, SSE, and the Rust client's — end with UNAVAILABLE naming the leader instead of
+/// waiting, open, for frames that never come (what they did before); the client resumes on
+/// the leader exactly; new reads there are refused the same way while it is out of sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_dropped_from_the_in_sync_set_ends_its_subscriptions_naming_the_leader() {
+    use framecast::client::Client;
+    let _serial = SERIAL.lock().await;
+    let small = ["--max-frame-bytes", "1MiB"];
+    let mut c = Cluster::start_with(1, 1, &small, None).await;
+    assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
+    // n2 takes the default largest frame (4 MiB); it campaigns once in sync (asking every
+    // 250 ms), queued in the election before n3, so it leads next.
+    c.add_node(1, &[], &[]);
+    c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.add_node(
+        1,
+        &["--segment-bytes", "2MiB", "--max-frame-bytes", "1MiB"],
+        &[],
+    );
+    c.leader(&["n1", "n2", "n3"], 3, Duration::from_secs(30))
+        .await;
+    let mut n1 = c.client("n1").await;
+    for seq in 0..100u64 {
+        n1.publish(req("quotes", seq, &payload_of(seq)))
+            .await
+            .unwrap();
+    }
+    let on_leader = log_of(&c, "n1", "quotes").await;
+    converged(&c, "n3", "quotes", &on_leader).await;
+
+    // Three readers on n3, each holding the first 100 frames.
+    let mut raw = common::subscribe(&mut c.client("n3").await, common::sub_req("quotes", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::take(&mut raw.stream, 100, Duration::from_secs(10))
+            .await
+            .len(),
+        100
+    );
+    let client = Client::connect(&c.node("n3").address).unwrap();
+    let mut sub = client.subscribe("quotes", 0);
+    let first: Vec<(u64, u64)> = (0..100).map(|i| (i, i)).collect();
+    assert_eq!(next_frames(&mut sub, 100).await, first);
+    let n3_http = c.node("n3").server.http.clone().unwrap();
+    let sse_path = "/v1/topics/quotes/events?from=0";
+    let mut sse = common::sse::open(&n3_http, sse_path, &[]).unwrap();
+    let sse_task = tokio::task::spawn_blocking(move || {
+        let mut frames = 0;
+        loop {
+            let e = sse.next_event().expect("the stream ends with an event");
+            match e.event.as_str() {
+                "frame" => frames += 1,
+                "error" => return (frames, e.json()),
+                _ => {}
+            }
+        }
+    });
+
+    // n1 hands over to n2, which refuses n3 and, after --replica-max-lag, drops it.
+    c.node("n1").server.sigterm();
+    assert!(c
+        .node_mut("n1")
+        .server
+        .wait_exit(Duration::from_secs(10))
+        .is_some());
+    assert_eq!(
+        c.leader(&["n2", "n3"], 1, Duration::from_secs(30)).await,
+        "n2"
+    );
+    let n2_address = c.node("n2").address.clone();
+    let n2_http = c.node("n2").server.http.clone().unwrap();
+    let mut n2 = c.client("n2").await;
+    for seq in 100..200u64 {
+        n2.publish(req("quotes", seq, &payload_of(seq)))
+            .await
+            .unwrap();
+    }
+    let (frames, status) = common::read_until_error(&mut raw.stream, Duration::from_secs(20)).await;
+    assert!(frames.is_empty(), "n3 copied none of them: {frames:?}");
+    grpc_names_the_leader(&status, OUT_OF_SYNC, &n2_address);
+    let (sse_frames, error) = sse_task.await.unwrap();
+    assert_eq!(sse_frames, 100);
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert_eq!(error["leader"], n2_http.as_str(), "{error}");
+    // The client resumed on the leader the refusal named, after its last frame.
+    let next: Vec<(u64, u64)> = (100..200).map(|i| (i, i)).collect();
+    assert_eq!(next_frames(&mut sub, 100).await, next);
+    assert_eq!(sub.node(), Some(n2_address.clone()));
+
+    // While out of sync, n3 refuses new reads (it still answers Cluster: it is out of sync).
+    let mut n3 = c.client("n3").await;
+    let refused = common::subscribe_error(&mut n3, common::sub_req("quotes", 0)).await;
+    grpc_names_the_leader(&refused, OUT_OF_SYNC, &n2_address);
+    let history = n3
+        .history(framecast::proto::HistoryRequest {
+            topic: "quotes".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    grpc_names_the_leader(&history, OUT_OF_SYNC, &n2_address);
+    let (refused, _) = http_names_the_leader(&c, "n3", "n2", sse_path);
+    assert!(
+        refused.text().contains("out of the in-sync set"),
+        "{}",
+        refused.text()
+    );
+    let info = c.info("n3").await.unwrap();
+    let me = info.nodes.iter().find(|n| n.id == "n3").unwrap();
+    assert!(me.online && !me.in_sync && !me.leader, "{info:?}");
+    assert_eq!(info.leader, n2_address);
+}

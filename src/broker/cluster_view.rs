@@ -52,6 +52,14 @@ pub struct Roles {
     pub online: bool,
 }
 
+impl Roles {
+    /// Whether a node with these roles is out of sync: a follower the leader left out of
+    /// the in-sync set (or has not added yet), whose copy may lack acknowledged frames.
+    fn out_of_sync(&self) -> bool {
+        !self.leader && !self.in_sync
+    }
+}
+
 /// What the cluster layer knows beyond this node's own topics: the state every answer and
 /// event is built from.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +125,10 @@ struct Inner {
     /// The other nodes' positions while this node leads (`None` otherwise: a follower
     /// knows only its own).
     peers: parking_lot::RwLock<Option<Arc<dyn PeerPositions>>>,
+    /// Whether this node neither leads nor is in the in-sync set: what it holds may lack
+    /// frames the cluster acknowledged, so it serves no reads ([`OutOfSync`]). Changes only
+    /// when that does, so the subscriptions watching it wake only then.
+    out_of_sync: watch::Sender<bool>,
 }
 
 impl ClusterView {
@@ -143,6 +155,7 @@ impl ClusterView {
     }
 
     fn with(topics: Arc<Topics>, this: ThisNode, membership: Membership) -> ClusterView {
+        let out_of_sync = watch::Sender::new(membership.this.out_of_sync());
         ClusterView {
             inner: Arc::new(Inner {
                 topics,
@@ -154,7 +167,17 @@ impl ClusterView {
                 refusal: parking_lot::RwLock::new(None),
                 deadline: parking_lot::RwLock::new(None),
                 peers: parking_lot::RwLock::new(None),
+                out_of_sync,
             }),
+        }
+    }
+
+    /// Whether this node may serve reads, and the signal that says when it may not: see
+    /// [`OutOfSync`].
+    pub fn out_of_sync(&self) -> OutOfSync {
+        OutOfSync {
+            view: self.clone(),
+            rx: self.inner.out_of_sync.subscribe(),
         }
     }
 
@@ -231,6 +254,22 @@ impl ClusterView {
     /// Records a change of the cluster (`kind`, about node `node_id`) and the membership
     /// after it; every watcher gets one event for it, or only the latest if it is behind.
     pub fn announce(&self, kind: Kind, node_id: &str, membership: Membership) {
+        let out = membership.this.out_of_sync();
+        self.inner.out_of_sync.send_if_modified(|was| {
+            if *was == out {
+                return false;
+            }
+            if out {
+                tracing::warn!(
+                    leader = %membership.leader,
+                    "out of the in-sync set: ending this node's subscriptions and refusing reads; clients resume on another node"
+                );
+            } else {
+                tracing::info!("in sync: serving reads again");
+            }
+            *was = out;
+            true
+        });
         self.inner.latest.send_replace(Latest {
             membership,
             change: Some((kind, node_id.to_string())),
@@ -297,6 +336,42 @@ impl ClusterView {
                 commit_offset: t.visible_offset(),
             })
             .collect()
+    }
+}
+
+/// What a read needs that a node out of sync may lack, as its refusal names it.
+const OUT_OF_SYNC_LACKS: &str =
+    "every frame the cluster acknowledged (it is out of the in-sync set)";
+
+/// Whether this node may serve reads. A node that neither leads nor is in the in-sync set
+/// (the leader dropped it, being more than `--replica-max-lag` behind or unreachable, or has
+/// not added it yet) may lack frames the cluster has acknowledged since: its subscribers
+/// would wait, unknowing, for frames that do not come. So it refuses reads
+/// ([`Error::NotLeader`], naming the leader) and its open subscriptions end the same way;
+/// the clients resume them on another node with their cursors, exactly. Nodes that stay
+/// in sync are never refused, also while no leader is elected or etcd is unreachable (the
+/// in-sync set cannot change then, and no frame is acknowledged without them).
+#[derive(Debug, Clone)]
+pub struct OutOfSync {
+    view: ClusterView,
+    rx: watch::Receiver<bool>,
+}
+
+impl OutOfSync {
+    /// The refusal of a read now, if this node is out of sync.
+    pub fn refusal(&self) -> Option<Error> {
+        if !*self.rx.borrow() {
+            return None;
+        }
+        self.view.leader_elsewhere(OUT_OF_SYNC_LACKS.to_string())
+    }
+
+    /// Completes when this node is (or becomes) out of sync; never while the view lives
+    /// and it stays in sync.
+    pub async fn wait(&mut self) {
+        if self.rx.wait_for(|out| *out).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -397,7 +472,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::broker::metrics::Metrics;
+    use crate::broker::metrics::{Metrics, Transport};
     use crate::broker::pattern::PatternSet;
     use crate::broker::shutdown::{self, ShutdownTrigger};
     use crate::wal::LogConfig;
@@ -493,6 +568,91 @@ mod tests {
         assert_eq!((info.term, info.leader.as_str()), (1000, "10.0.0.1:7070"));
         let quiet = tokio::time::timeout(Duration::from_millis(50), watch.next()).await;
         assert!(quiet.is_err(), "{quiet:?}");
+        broker.topics().close_all();
+    }
+
+    async fn history_len(broker: &Broker, who: &Principal, r: &proto::HistoryRequest) -> usize {
+        broker.history(who, r).await.unwrap().frames.len()
+    }
+
+    #[tokio::test]
+    async fn a_follower_out_of_sync_ends_its_subscriptions_and_refuses_reads_until_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new(100));
+        let topics =
+            Arc::new(Topics::open(dir.path(), LogConfig::default(), true, metrics).unwrap());
+        let view = ClusterView::cluster_node(Arc::clone(&topics), this());
+        let (_trigger, signal) = shutdown::channel();
+        let broker = Broker::new(topics, signal, 10, None, view.clone());
+        let roles = |leader, in_sync| Membership {
+            term: 7,
+            leader: if leader {
+                "127.0.0.1:7070"
+            } else {
+                "10.0.0.2:7070"
+            }
+            .into(),
+            this: Roles {
+                leader,
+                in_sync,
+                online: true,
+            },
+            others: Vec::new(),
+        };
+        let anyone = Principal::anonymous();
+        let request = proto::SubscribeRequest {
+            replay_seq_no_start: 0,
+            topic: "a".into(),
+            resume: None,
+        };
+        let history = proto::HistoryRequest {
+            topic: "a".into(),
+            ..Default::default()
+        };
+        let names_leader = |e: Error| match e {
+            Error::NotLeader { lacks, leader, .. } => {
+                assert_eq!(lacks, OUT_OF_SYNC_LACKS);
+                assert_eq!(leader, "10.0.0.2:7070");
+            }
+            e => panic!("{e:?}"),
+        };
+        // A node that knows nothing of the cluster yet serves no reads.
+        assert!(view.out_of_sync().refusal().is_some());
+        // It leads (term 7) and takes three frames; then it follows, in sync, and reads.
+        view.announce(Kind::LeaderChanged, "n1", roles(true, true));
+        publish(&broker, "a", 3).await;
+        view.announce(Kind::LeaderChanged, "n2", roles(false, true));
+        let opened = broker
+            .subscribe(&anyone, &request, Transport::Grpc)
+            .await
+            .unwrap();
+        let mut frames = opened.subscription.into_stream();
+        for offset in 0..3 {
+            assert_eq!(frames.next().await.unwrap().unwrap().offset, offset);
+        }
+        assert_eq!(history_len(&broker, &anyone, &history).await, 3);
+        // Dropped from the in-sync set: the waiting subscription ends naming the leader,
+        // and new reads are refused the same way.
+        let waiting = tokio::spawn(async move { frames.next().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        view.announce(Kind::LeaderChanged, "n2", roles(false, false));
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        names_leader(ended.unwrap().unwrap_err());
+        let refused = broker.subscribe(&anyone, &request, Transport::Sse).await;
+        names_leader(refused.err().unwrap());
+        names_leader(broker.history(&anyone, &history).await.unwrap_err());
+        // Back in sync: it reads again.
+        view.announce(Kind::LeaderChanged, "n2", roles(false, true));
+        assert!(view.out_of_sync().refusal().is_none());
+        assert_eq!(history_len(&broker, &anyone, &history).await, 3);
+        assert!(broker
+            .subscribe(&anyone, &request, Transport::Grpc)
+            .await
+            .is_ok());
         broker.topics().close_all();
     }
 

@@ -314,6 +314,9 @@ impl Broker {
                 who.subject()
             )));
         }
+        if let Some(refusal) = self.cluster.out_of_sync().refusal() {
+            return Err(refusal);
+        }
         let expires = deadline(who);
         let global = self.reserve_subscriber()?;
         let topic = self.subscription_topic(&name, r).await?;
@@ -327,7 +330,13 @@ impl Broker {
         Ok(Opened {
             snapshot_offset: at.snapshot,
             epoch,
-            subscription: Subscription::new(topic, at, self.shutdown.clone(), slots, expires),
+            subscription: Subscription::new(
+                topic,
+                at,
+                (self.shutdown.clone(), self.cluster.out_of_sync()),
+                slots,
+                expires,
+            ),
         })
     }
 

@@ -56,6 +56,9 @@ impl Broker {
             "" => None,
             text => Some(CursorToken::decode(text)?),
         };
+        if let Some(refusal) = self.cluster_view().out_of_sync().refusal() {
+            return Err(refusal);
+        }
         // History reads: it never creates a topic. A follower that lacks it (not copied yet,
         // or never created) names the leader, whose answer is final.
         let Some(topic) = self.topics().get(&name) else {

@@ -17,6 +17,7 @@ use futures::Stream;
 use tokio::sync::watch;
 use tokio_util::sync::ReusableBoxFuture;
 
+use super::cluster_view::OutOfSync;
 use super::error::Error;
 use super::frame_cache::Cached;
 use super::metrics::{Counter, Transport};
@@ -69,6 +70,8 @@ pub struct Subscription {
     visible: watch::Receiver<u64>,
     ended: watch::Receiver<Option<Ended>>,
     shutdown: Shutdown,
+    /// Whether this node fell out of sync: the stream ends then, naming the leader.
+    out_of_sync: OutOfSync,
     finished: bool,
     /// The oldest retained offset when the stream started (0 for a resumed stream, whose
     /// start is unknown here): retention after it may have removed frames it needs.
@@ -113,11 +116,12 @@ pub struct StartAt {
 }
 
 impl Subscription {
-    /// A subscription of `topic` starting at `at`.
+    /// A subscription of `topic` starting at `at`; it ends at `shutdown`, when the token
+    /// `expires`, and when this node falls `out_of_sync`.
     pub fn new(
         topic: Arc<Topic>,
         at: StartAt,
-        shutdown: Shutdown,
+        (shutdown, out_of_sync): (Shutdown, OutOfSync),
         slots: (SubscriberSlot, GlobalSlot),
         expires: Option<tokio::time::Instant>,
     ) -> Subscription {
@@ -161,6 +165,7 @@ impl Subscription {
             scratch: Vec::new(),
             batch: BATCH,
             shutdown,
+            out_of_sync,
             finished: false,
             expires,
             _slots: slots,
@@ -302,6 +307,7 @@ impl Subscription {
         let mut visible = self.visible.clone();
         let mut ended = self.ended.clone();
         let mut shutdown = self.shutdown.clone();
+        let mut out_of_sync = self.out_of_sync.clone();
         let expires = self.expires;
         async move {
             tokio::select! {
@@ -312,6 +318,7 @@ impl Subscription {
                 }
                 _ = ended.wait_for(Option::is_some) => {}
                 _ = shutdown.wait() => {}
+                () = out_of_sync.wait() => {}
                 () = until(expires) => {}
             }
             Ok(())
@@ -340,7 +347,10 @@ impl Subscription {
         {
             return Err(Error::TokenExpired);
         }
-        Ok(())
+        match self.out_of_sync.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
     }
 }
 

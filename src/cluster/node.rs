@@ -892,6 +892,9 @@ impl Node {
                     .and_then(|kv| serde_json::from_slice::<InSyncRecord>(&kv.value).ok())
                 {
                     self.state.lock().insync = r.members;
+                    let leader = self.state.lock().leader.clone();
+                    // Whether this node is in sync decides whether it serves reads.
+                    self.announce(Kind::LeaderChanged, &leader);
                 }
                 self.etcd
                     .watch_prefix(&self.insync_key(), revision + 1)
