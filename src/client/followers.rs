@@ -2,11 +2,11 @@
 //! spread its subscriptions over a cluster's followers ([`ReadFrom::Followers`]).
 //!
 //! Before each subscription stream (the first and every resume) the client asks any node for
-//! the cluster (`Cluster`), and picks among the online followers, the in-sync ones if any
-//! is, round robin from a random start per client: many clients spread evenly. A resume
-//! after a failure avoids the node that failed when another is there. When no follower is
-//! online, the `Cluster` call fails or the server is a single node, the subscription reads
-//! where every call goes. Every node delivers only committed frames and serves the same
+//! the cluster (`Cluster`), and picks among the online, in-sync followers, round robin from
+//! a random start per client: many clients spread evenly. A resume after a failure avoids
+//! the node that failed when another is there. When no follower is in sync, the `Cluster`
+//! call fails or the server is a single node, the subscription reads where every call goes
+//! (a follower out of the in-sync set refuses reads: it may lack acknowledged frames). Every node delivers only committed frames and serves the same
 //! cursors, so a subscription moves between nodes exactly.
 
 use std::str::FromStr;
@@ -60,20 +60,17 @@ impl std::fmt::Display for ReadFrom {
 /// stream opens where every call goes.
 pub(crate) const CLUSTER_LOOKUP: Duration = Duration::from_secs(5);
 
-/// The followers a subscription may read from, by id: online, not the leader, with an
-/// address; only the in-sync ones if any is (an out-of-sync follower delivers the same
-/// committed frames, but may be far behind). Empty for a single node.
+/// The followers a subscription may read from, by id: online, in sync, not the leader,
+/// with an address (a follower out of the in-sync set refuses reads, naming the leader).
+/// Empty for a single node.
 pub(crate) fn candidates(info: &ClusterInfo) -> Vec<&NodeInfo> {
-    let mut online: Vec<&NodeInfo> = info
+    let mut usable: Vec<&NodeInfo> = info
         .nodes
         .iter()
-        .filter(|n| n.online && !n.leader && !n.address.trim().is_empty())
+        .filter(|n| n.online && n.in_sync && !n.leader && !n.address.trim().is_empty())
         .collect();
-    if online.iter().any(|n| n.in_sync) {
-        online.retain(|n| n.in_sync);
-    }
-    online.sort_by(|a, b| a.id.cmp(&b.id));
-    online
+    usable.sort_by(|a, b| a.id.cmp(&b.id));
+    usable
 }
 
 /// Round robin over a client's subscriptions, from a random start.
@@ -145,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn followers_are_picked_round_robin_in_sync_first_avoiding_a_failed_one() {
+    fn in_sync_followers_are_picked_round_robin_avoiding_a_failed_one() {
         let info = cluster(vec![
             node("c", false, true, true),
             node("l", true, true, true),
@@ -164,12 +161,12 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(p.pick(&info, Some("http://a:7070")).unwrap().id, "c");
         }
-        // Out of sync only: still a follower.
+        // Out of sync only: none (it would refuse the stream).
         let info = cluster(vec![
             node("l", true, true, true),
             node("b", false, false, true),
         ]);
-        assert_eq!(p.pick(&info, Some("b:7070")).unwrap().id, "b");
+        assert!(p.pick(&info, None).is_none());
         // A single node, or no follower online: none.
         let single = cluster(vec![node("l", true, true, true)]);
         assert!(p.pick(&single, None).is_none());

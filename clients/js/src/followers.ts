@@ -105,10 +105,9 @@ export class FollowerPicker {
       clearTimeout(timer);
       stop.removeEventListener("abort", onStop);
     }
-    let followers = followersOf(info).filter((f) => f.url !== avoid);
+    // In-sync ones only: a follower out of the in-sync set refuses reads, naming the leader.
+    const followers = followersOf(info).filter((f) => f.inSync && f.url !== avoid);
     if (followers.length === 0) return undefined;
-    // In-sync ones first: the others lag behind the commit point (they would deliver late).
-    if (followers.some((f) => f.inSync)) followers = followers.filter((f) => f.inSync);
     this.turn ??= Math.floor(Math.random() * followers.length);
     return { url: followers[this.turn++ % followers.length]!.url, leader: leaderOf(info) };
   }

@@ -35,7 +35,7 @@ export interface FramecastOptions {
    * Where subscriptions read (default `"leader"`). `"leader"`: on the node requests go to
    * (`fc.url`), as every other call. `"followers"`: each subscription, and each resume after
    * its stream broke, first asks the cluster (`GET /v1/cluster`) and opens the stream on one
-   * of its online followers, round robin, in-sync ones first, so that a cluster spreads its
+   * of its online, in-sync followers, round robin, so that a cluster spreads its
    * readers and leaves the leader to writes; it falls back to `fc.url` when there is no
    * follower (a single node, a cluster call that fails). Writes and other calls are unchanged.
    */

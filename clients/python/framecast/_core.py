@@ -354,13 +354,14 @@ def check_read_from(read_from: str) -> str:
 
 
 def follower_candidates(info: ClusterInfo) -> list[NodeInfo]:
-    """The nodes of ``info`` a subscription may read from, sorted by id: the online
-    followers with an address, only the in-sync ones if any is (an out-of-sync follower
-    delivers the same committed frames, but may be far behind). Empty for a single node
-    (which lists itself alone, as the leader)."""
-    online = [n for n in info.nodes if n.online and not n.leader and node_address(n)]
-    in_sync = [n for n in online if n.in_sync]
-    return sorted(in_sync or online, key=lambda n: n.id)
+    """The nodes of ``info`` a subscription may read from, sorted by id: the online,
+    in-sync followers with an address (a follower out of the in-sync set refuses reads,
+    naming the leader). Empty for a single node (which lists itself alone, as the
+    leader)."""
+    usable = [
+        n for n in info.nodes if n.online and n.in_sync and not n.leader and node_address(n)
+    ]
+    return sorted(usable, key=lambda n: n.id)
 
 
 class FollowerPicker:

@@ -89,8 +89,8 @@ class Client:
       leader (``framecast-leader``): the write is sent there at once. A subscription that
       breaks resumes, exactly, on the next node.
     * **Reading from followers.** With ``read_from="followers"``, each subscription (and
-      each resume of it) asks the cluster (:meth:`cluster`) and reads from an online
-      follower, in-sync ones first, round robin, so subscriptions spread over the
+      each resume of it) asks the cluster (:meth:`cluster`) and reads from an online,
+      in-sync follower, round robin, so subscriptions spread over the
       followers and leave the leader to writes; a resume after a break goes to another
       follower, exactly after the last frame yielded (every node delivers only committed
       frames, with the same cursors). Without a follower (a single node, an unreachable

@@ -332,8 +332,8 @@ def test_without_a_cluster_answer_a_subscription_takes_the_route() -> None:
         7, "a:1", (single.nodes[0], f, NodeInfo("f2", "g:2", "", False, True, False))
     )
     assert resume.address("a:1", three) == "f:1" and resume.node == "f:1"
-    # Round robin over the online followers sorted by id, in-sync ones first, skipping the
-    # node that just failed when another one is there.
+    # Round robin over the online, in-sync followers sorted by id, skipping the node that
+    # just failed when another one is there.
     f3 = NodeInfo("f3", "h:3", "", False, True, True)
     f0 = NodeInfo("f0", "e:0", "", False, False, True)  # online, not in sync
     five = ClusterInfo(7, "a:1", (f3, single.nodes[0], f0, f, three.nodes[2]))
@@ -341,8 +341,10 @@ def test_without_a_cluster_answer_a_subscription_takes_the_route() -> None:
     picks = [picker.pick(five) for _ in range(4)]
     assert [p.id for p in picks if p is not None] in (["f1", "f3"] * 2, ["f3", "f1"] * 2)
     assert {picker.pick(five, avoid="h:3").id for _ in range(3)} == {"f1"}  # type: ignore[union-attr]
-    alone = ClusterInfo(7, "a:1", (single.nodes[0], f0))
-    assert picker.pick(alone, avoid="e:0") == f0  # no other: the same one again
+    alone = ClusterInfo(7, "a:1", (single.nodes[0], f))
+    assert picker.pick(alone, avoid="f:1") == f  # no other: the same one again
+    lagging = ClusterInfo(7, "a:1", (single.nodes[0], f0))
+    assert picker.pick(lagging) is None  # out of sync: it would refuse the stream
     # A refusal by the follower (here NOT_FOUND): at once, by
     # the route, without moving the client's current node.
     err = _Err(grpc.StatusCode.NOT_FOUND)
