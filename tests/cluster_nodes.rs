@@ -268,9 +268,30 @@ impl Cluster {
 }
 
 /// Every frame of `topic` on node `id`, by offset (a fresh subscription's replay: what the
-/// node delivers, below its commit point).
+/// node delivers, below its commit point). A node out of the in-sync set (catching up, say)
+/// refuses reads: this waits, up to 30 s, until it serves them.
 async fn log_of(c: &Cluster, id: &str, topic: &str) -> Vec<Frame> {
+    until_serving(c, id, topic).await;
     read_log(&mut c.client(id).await, topic).await
+}
+
+/// Waits until node `id` serves reads of `topic` (a node out of the in-sync set refuses
+/// them, naming the leader), up to 30 s.
+async fn until_serving(c: &Cluster, id: &str, topic: &str) {
+    let start = Instant::now();
+    loop {
+        let mut client = c.client(id).await;
+        match client.subscribe(common::sub_req(topic, 0)).await {
+            Err(s) if s.message().contains(OUT_OF_SYNC) => {}
+            _ => return,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{id} is out of sync for 30 s\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until node `id` delivers `n` frames of `topic`.
@@ -1396,6 +1417,7 @@ async fn retained_on(c: &Cluster, id: &str, topic: &str) -> Vec<Frame> {
     let Some(first) = first_offset_on(c, id, topic).await else {
         return Vec::new();
     };
+    until_serving(c, id, topic).await;
     let mut sub = common::subscribe(&mut client, common::sub_req(topic, 0))
         .await
         .expect("subscribe");
@@ -3832,6 +3854,31 @@ async fn a_follower_dropped_from_the_in_sync_set_ends_its_subscriptions_naming_t
     let n3_http = c.node("n3").server.http.clone().unwrap();
     let sse_path = "/v1/topics/quotes/events?from=0";
     let mut sse = common::sse::open(&n3_http, sse_path, &[]).unwrap();
+    let ws_task = {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("{n3_http}/v1/ws").replace("http://", "ws://");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let hello = serde_json::json!({"id": 1, "subscribe": {"topic": "quotes", "from": "0"}});
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        tokio::spawn(async move {
+            let mut frames = 0;
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await
+                    .expect("the WebSocket subscription ends with a message")
+                    .unwrap()
+                    .unwrap();
+                let Message::Text(t) = msg else { continue };
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v.get("frame").is_some() {
+                    frames += 1;
+                } else if let Some(end) = v.get("end") {
+                    return (frames, end.clone());
+                }
+            }
+        })
+    };
     let sse_task = tokio::task::spawn_blocking(move || {
         let mut frames = 0;
         loop {
@@ -3870,6 +3917,11 @@ async fn a_follower_dropped_from_the_in_sync_set_ends_its_subscriptions_naming_t
     assert_eq!(sse_frames, 100);
     assert_eq!(error["code"], "UNAVAILABLE", "{error}");
     assert_eq!(error["leader"], n2_http.as_str(), "{error}");
+    let (ws_frames, end) = ws_task.await.unwrap();
+    assert_eq!(ws_frames, 100);
+    assert_eq!(end["code"], "UNAVAILABLE", "{end}");
+    assert_eq!(end["topic"], "quotes", "{end}");
+    assert_eq!(end["leader"], n2_http.as_str(), "{end}");
     // The client resumed on the leader the refusal named, after its last frame.
     let next: Vec<(u64, u64)> = (100..200).map(|i| (i, i)).collect();
     assert_eq!(next_frames(&mut sub, 100).await, next);

@@ -129,13 +129,16 @@ struct Inner {
     /// frames the cluster acknowledged, so it serves no reads ([`OutOfSync`]). Changes only
     /// when that does, so the subscriptions watching it wake only then.
     out_of_sync: watch::Sender<bool>,
+    /// Whether this node runs in a cluster: a single node is never out of sync, and its
+    /// subscriptions do not watch the flag.
+    clustered: bool,
 }
 
 impl ClusterView {
     /// The view of a node that runs alone (no `--cluster-etcd`), over its `topics`.
     pub fn single_node(topics: Arc<Topics>, this: ThisNode) -> ClusterView {
         let membership = Membership::single(&this);
-        ClusterView::with(topics, this, membership)
+        ClusterView::with(topics, this, membership, false)
     }
 
     /// The view of a cluster node before it knows the cluster: no leader yet, not in sync,
@@ -151,10 +154,15 @@ impl ClusterView {
             },
             others: Vec::new(),
         };
-        ClusterView::with(topics, this, membership)
+        ClusterView::with(topics, this, membership, true)
     }
 
-    fn with(topics: Arc<Topics>, this: ThisNode, membership: Membership) -> ClusterView {
+    fn with(
+        topics: Arc<Topics>,
+        this: ThisNode,
+        membership: Membership,
+        clustered: bool,
+    ) -> ClusterView {
         let out_of_sync = watch::Sender::new(membership.this.out_of_sync());
         ClusterView {
             inner: Arc::new(Inner {
@@ -168,6 +176,7 @@ impl ClusterView {
                 deadline: parking_lot::RwLock::new(None),
                 peers: parking_lot::RwLock::new(None),
                 out_of_sync,
+                clustered,
             }),
         }
     }
@@ -175,9 +184,15 @@ impl ClusterView {
     /// Whether this node may serve reads, and the signal that says when it may not: see
     /// [`OutOfSync`].
     pub fn out_of_sync(&self) -> OutOfSync {
+        let rx = self
+            .inner
+            .clustered
+            .then(|| self.inner.out_of_sync.subscribe());
+        let out = rx.as_ref().is_some_and(|rx| *rx.borrow());
         OutOfSync {
             view: self.clone(),
-            rx: self.inner.out_of_sync.subscribe(),
+            rx,
+            out,
         }
     }
 
@@ -255,13 +270,19 @@ impl ClusterView {
     /// after it; every watcher gets one event for it, or only the latest if it is behind.
     pub fn announce(&self, kind: Kind, node_id: &str, membership: Membership) {
         let out = membership.this.out_of_sync();
+        let leader = membership.leader.clone();
+        // The membership first: a subscription woken by the flag finds the leader to name.
+        self.inner.latest.send_replace(Latest {
+            membership,
+            change: Some((kind, node_id.to_string())),
+        });
         self.inner.out_of_sync.send_if_modified(|was| {
             if *was == out {
                 return false;
             }
             if out {
                 tracing::warn!(
-                    leader = %membership.leader,
+                    %leader,
                     "out of the in-sync set: ending this node's subscriptions and refusing reads; clients resume on another node"
                 );
             } else {
@@ -269,10 +290,6 @@ impl ClusterView {
             }
             *was = out;
             true
-        });
-        self.inner.latest.send_replace(Latest {
-            membership,
-            change: Some((kind, node_id.to_string())),
         });
     }
 
@@ -354,23 +371,37 @@ const OUT_OF_SYNC_LACKS: &str =
 #[derive(Debug, Clone)]
 pub struct OutOfSync {
     view: ClusterView,
-    rx: watch::Receiver<bool>,
+    /// The flag (`None` on a single node, never out of sync).
+    rx: Option<watch::Receiver<bool>>,
+    /// The flag as last read: a subscription asks at every step, and reading the flag's
+    /// lock there from every subscriber would contend on it; its version is read instead.
+    out: bool,
 }
 
 impl OutOfSync {
     /// The refusal of a read now, if this node is out of sync.
-    pub fn refusal(&self) -> Option<Error> {
-        if !*self.rx.borrow() {
+    pub fn refusal(&mut self) -> Option<Error> {
+        let rx = self.rx.as_mut()?;
+        if rx.has_changed().unwrap_or(false) {
+            self.out = *rx.borrow_and_update();
+        }
+        if !self.out {
             return None;
         }
         self.view.leader_elsewhere(OUT_OF_SYNC_LACKS.to_string())
     }
 
-    /// Completes when this node is (or becomes) out of sync; never while the view lives
-    /// and it stays in sync.
-    pub async fn wait(&mut self) {
-        if self.rx.wait_for(|out| *out).await.is_err() {
-            std::future::pending::<()>().await;
+    /// What completes when this node is (or becomes) out of sync: never on a single node,
+    /// nor while it stays in sync. It holds a clone of the flag's receiver only.
+    pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.rx.clone();
+        async move {
+            if let Some(mut rx) = rx {
+                if rx.wait_for(|out| *out).await.is_ok() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
         }
     }
 }

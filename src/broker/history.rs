@@ -54,7 +54,7 @@ impl Broker {
         } as usize;
         let after = match r.after.as_str() {
             "" => None,
-            text => Some(CursorToken::decode(text)?),
+            text => Some(checked_token(CursorToken::decode(text)?, r)?),
         };
         if let Some(refusal) = self.cluster_view().out_of_sync().refusal() {
             return Err(refusal);
@@ -82,7 +82,6 @@ impl Broker {
                 if t.epoch != epoch {
                     return Err(epoch_elsewhere(self.cluster_view(), &name, t.epoch, epoch));
                 }
-                let t = checked_token(t, r)?;
                 let visible = topic.visible_offset();
                 if t.snapshot > visible {
                     // A token from a node ahead of this one.

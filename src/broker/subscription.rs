@@ -307,7 +307,7 @@ impl Subscription {
         let mut visible = self.visible.clone();
         let mut ended = self.ended.clone();
         let mut shutdown = self.shutdown.clone();
-        let mut out_of_sync = self.out_of_sync.clone();
+        let out_of_sync = self.out_of_sync.signal();
         let expires = self.expires;
         async move {
             tokio::select! {
@@ -318,14 +318,14 @@ impl Subscription {
                 }
                 _ = ended.wait_for(Option::is_some) => {}
                 _ = shutdown.wait() => {}
-                () = out_of_sync.wait() => {}
+                () = out_of_sync => {}
                 () = until(expires) => {}
             }
             Ok(())
         }
     }
 
-    fn check_open(&self) -> Result<(), Error> {
+    fn check_open(&mut self) -> Result<(), Error> {
         if self.shutdown.is_fired() {
             return Err(Error::ShuttingDown);
         }

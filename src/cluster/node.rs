@@ -891,10 +891,17 @@ impl Node {
                     .find(|kv| kv.key == self.insync_key())
                     .and_then(|kv| serde_json::from_slice::<InSyncRecord>(&kv.value).ok())
                 {
-                    self.state.lock().insync = r.members;
-                    let leader = self.state.lock().leader.clone();
-                    // Whether this node is in sync decides whether it serves reads.
-                    self.announce(Kind::LeaderChanged, &leader);
+                    // Read at start and after each reconnection: announced when it changed
+                    // (whether this node is in sync decides whether it serves reads).
+                    let changed = {
+                        let mut s = self.state.lock();
+                        let changed = s.insync != r.members;
+                        s.insync = r.members;
+                        changed.then(|| s.leader.clone())
+                    };
+                    if let Some(leader) = changed {
+                        self.announce(Kind::LeaderChanged, &leader);
+                    }
                 }
                 self.etcd
                     .watch_prefix(&self.insync_key(), revision + 1)

@@ -735,10 +735,12 @@ fn push_message(
 /// The scratch capacity a subscription keeps between pushes.
 const SCRATCH_KEEP: usize = 64 << 10;
 
-/// `{"end":{"topic","code","message"}}`: the subscription ended with `e`.
+/// `{"end":{"topic","code","message"}}`: the subscription ended with `e`; with `leader`
+/// too (its HTTP door, else its address) when a follower names the leader.
 fn end_message(topic: &str, e: &Error) -> String {
-    let body = error_body(e);
-    json!({"end": {"topic": topic, "code": body["code"], "message": body["message"]}}).to_string()
+    let mut body = error_body(e);
+    body["topic"] = topic.into();
+    json!({ "end": body }).to_string()
 }
 
 #[cfg(test)]
