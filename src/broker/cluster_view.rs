@@ -276,7 +276,7 @@ impl ClusterView {
             membership,
             change: Some((kind, node_id.to_string())),
         });
-        self.inner.out_of_sync.send_if_modified(|was| {
+        let fell = self.inner.out_of_sync.send_if_modified(|was| {
             if *was == out {
                 return false;
             }
@@ -291,6 +291,13 @@ impl ClusterView {
             *was = out;
             true
         });
+        if out && fell {
+            // Subscriptions waiting for frames (none come to a node cut off) are woken
+            // through their topics' frontiers, and find the flag set.
+            for t in self.inner.topics.list() {
+                t.wake_subscribers();
+            }
+        }
     }
 
     /// The whole cluster now, every topic of this node included.
@@ -389,20 +396,6 @@ impl OutOfSync {
             return None;
         }
         self.view.leader_elsewhere(OUT_OF_SYNC_LACKS.to_string())
-    }
-
-    /// What completes when this node is (or becomes) out of sync: never on a single node,
-    /// nor while it stays in sync. It holds a clone of the flag's receiver only.
-    pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let rx = self.rx.clone();
-        async move {
-            if let Some(mut rx) = rx {
-                if rx.wait_for(|out| *out).await.is_ok() {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
-        }
     }
 }
 
@@ -610,8 +603,9 @@ mod tests {
     async fn a_follower_out_of_sync_ends_its_subscriptions_and_refuses_reads_until_back() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new(100));
-        let topics =
-            Arc::new(Topics::open(dir.path(), LogConfig::default(), true, metrics).unwrap());
+        // A cluster node's topics are replicas: frames visible below a commit point.
+        let topics = Topics::open_with(dir.path(), LogConfig::default(), true, metrics, true);
+        let topics = Arc::new(topics.unwrap());
         let view = ClusterView::cluster_node(Arc::clone(&topics), this());
         let (_trigger, signal) = shutdown::channel();
         let broker = Broker::new(topics, signal, 10, None, view.clone());
@@ -649,9 +643,20 @@ mod tests {
         };
         // A node that knows nothing of the cluster yet serves no reads.
         assert!(view.out_of_sync().refusal().is_some());
-        // It leads (term 7) and takes three frames; then it follows, in sync, and reads.
+        // It leads (term 7) and takes three frames, committed (as every in-sync member would
+        // report them); then it follows, in sync, and reads.
         view.announce(Kind::LeaderChanged, "n1", roles(true, true));
-        publish(&broker, "a", 3).await;
+        let publishing = {
+            let broker = broker.clone();
+            tokio::spawn(async move { publish(&broker, "a", 3).await })
+        };
+        while !publishing.is_finished() {
+            if let Some(t) = broker.topics().get("a") {
+                t.advance_commit(t.log().durable_offset());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        publishing.await.unwrap();
         view.announce(Kind::LeaderChanged, "n2", roles(false, true));
         let opened = broker
             .subscribe(&anyone, &request, Transport::Grpc)

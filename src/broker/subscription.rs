@@ -70,7 +70,9 @@ pub struct Subscription {
     visible: watch::Receiver<u64>,
     ended: watch::Receiver<Option<Ended>>,
     shutdown: Shutdown,
-    /// Whether this node fell out of sync: the stream ends then, naming the leader.
+    /// Whether this node fell out of sync: the stream ends then, naming the leader (the
+    /// fall wakes a waiting subscription through its topic's frontier, so waiting costs
+    /// no signal of its own).
     out_of_sync: OutOfSync,
     finished: bool,
     /// The oldest retained offset when the stream started (0 for a resumed stream, whose
@@ -307,7 +309,6 @@ impl Subscription {
         let mut visible = self.visible.clone();
         let mut ended = self.ended.clone();
         let mut shutdown = self.shutdown.clone();
-        let out_of_sync = self.out_of_sync.signal();
         let expires = self.expires;
         async move {
             tokio::select! {
@@ -318,7 +319,6 @@ impl Subscription {
                 }
                 _ = ended.wait_for(Option::is_some) => {}
                 _ = shutdown.wait() => {}
-                () = out_of_sync => {}
                 () = until(expires) => {}
             }
             Ok(())

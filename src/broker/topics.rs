@@ -179,6 +179,15 @@ impl Topic {
         }
     }
 
+    /// Wakes every subscription waiting for this topic's frontier to move, which has not:
+    /// each looks again whether it must end (its node fell out of sync). Only a replicated
+    /// topic's subscriptions can be told so; a single node's are never.
+    pub fn wake_subscribers(&self) {
+        if let Some(c) = &self.commit {
+            c.send_modify(|_| {});
+        }
+    }
+
     /// The topic's term history.
     pub fn terms(&self) -> TermHistory {
         self.terms.lock().clone()
