@@ -127,10 +127,11 @@ struct Inner {
     peers: parking_lot::RwLock<Option<Arc<dyn PeerPositions>>>,
     /// Whether this node neither leads nor is in the in-sync set: what it holds may lack
     /// frames the cluster acknowledged, so it serves no reads ([`OutOfSync`]). Changes only
-    /// when that does, so the subscriptions watching it wake only then.
+    /// when that does; subscriptions read its version at each step, and waiting ones are
+    /// woken through their topics when it is set.
     out_of_sync: watch::Sender<bool>,
     /// Whether this node runs in a cluster: a single node is never out of sync, and its
-    /// subscriptions do not watch the flag.
+    /// subscriptions do not read the flag.
     clustered: bool,
 }
 
@@ -181,8 +182,8 @@ impl ClusterView {
         }
     }
 
-    /// Whether this node may serve reads, and the signal that says when it may not: see
-    /// [`OutOfSync`].
+    /// Whether this node may serve reads, asked once (a call) or at every step (a
+    /// subscription): see [`OutOfSync`].
     pub fn out_of_sync(&self) -> OutOfSync {
         let rx = self
             .inner
