@@ -66,13 +66,13 @@ fn encode(c: &mut Criterion) {
             }
         })
         .collect();
-    let bytes = metrics.encode(&topics).len();
+    let bytes = metrics.encode(&topics, &[]).len();
     eprintln!("metrics-summary: encode of 1000 topics is {bytes} bytes");
 
     let mut group = c.benchmark_group("metrics");
     group.throughput(Throughput::Bytes(bytes as u64));
     group.bench_function("encode_1000_topics", |b| {
-        b.iter(|| black_box(metrics.encode(black_box(&topics))))
+        b.iter(|| black_box(metrics.encode(black_box(&topics), &[])))
     });
     group.finish();
 }

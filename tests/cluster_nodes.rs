@@ -1079,6 +1079,108 @@ async fn a_follower_stopped_during_50000_publishes_catches_up() {
     converged(&c, &away, "bulk", &on_leader).await;
 }
 
+/// Node `id`'s `framecast_replication_lag_frames` series, `(topic, node) -> frames`.
+fn replication_lags_on(c: &Cluster, id: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let door = c.node(id).server.http.clone().unwrap();
+    let text = common::http::request(&door, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("framecast_replication_lag_frames{topic=\""))
+        .map(|rest| {
+            let (topic, rest) = rest.split_once("\",node=\"").unwrap();
+            let (node, value) = rest.split_once("\"} ").unwrap();
+            (
+                (topic.to_string(), node.to_string()),
+                value.parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Polls node `id`'s replication lags until `want` holds them (within 10 s).
+async fn until_lags(c: &Cluster, id: &str, want: &[(&str, &str, f64)]) {
+    let want: std::collections::BTreeMap<(String, String), f64> = want
+        .iter()
+        .map(|(t, n, v)| ((t.to_string(), n.to_string()), *v))
+        .collect();
+    let mut seen = Default::default();
+    for _ in 0..500 {
+        seen = replication_lags_on(c, id);
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{id}'s replication lags: {seen:?}, want {want:?}\n{}",
+        c.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_reports_what_each_follower_lacks_in_replication_lag_frames() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let followers: Vec<&str> = ids.into_iter().filter(|i| *i != leader).collect();
+    let (paused, other) = (followers[0], followers[1]);
+    for seq in 0..10 {
+        publish_to(&c, &leader, seq).await.unwrap();
+    }
+    until_lags(
+        &c,
+        &leader,
+        &[("orders", paused, 0.0), ("orders", other, 0.0)],
+    )
+    .await;
+    // Followers know nothing of each other: no series there.
+    for f in &followers {
+        assert!(
+            replication_lags_on(&c, f).is_empty(),
+            "series on follower {f}"
+        );
+    }
+    // One follower frozen (well within its lease and --replica-max-lag): the 1,000 frames
+    // published meanwhile are on the leader and the other follower, not on it.
+    let pid = Pid::from_raw(c.node(paused).server.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let mut client = c.client(&leader).await;
+    let frames: Vec<_> = (10..1010u64)
+        .map(|i| req("orders", i, format!("frame {i}").as_bytes()))
+        .collect();
+    let mut acks = client
+        .publish_stream(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        until_lags(
+            &c,
+            &leader,
+            &[("orders", paused, 1000.0), ("orders", other, 0.0)],
+        ),
+    )
+    .await;
+    kill_process(pid, Signal::CONT).unwrap();
+    seen.unwrap();
+    // Thawed, it catches up: the acks come, and its lag is back to nothing.
+    for n in 10..1010u64 {
+        let ack = tokio::time::timeout(Duration::from_secs(30), acks.message())
+            .await
+            .expect("acks come once the follower is back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.offset, n);
+    }
+    until_lags(
+        &c,
+        &leader,
+        &[("orders", paused, 0.0), ("orders", other, 0.0)],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_stopped_stops_acks_within_the_lease_and_its_restart_brings_them_back() {
     let _serial = SERIAL.lock().await;

@@ -95,6 +95,10 @@ pub trait PeerPositions: Send + Sync + std::fmt::Debug {
     /// The positions of node `id` in every topic it reported, in name order (empty when
     /// unknown).
     fn positions_of(&self, id: &str) -> Vec<proto::TopicPosition>;
+
+    /// How many of the leader's frames each follower it hears from lacks, per topic, as
+    /// `(topic, node id, frames)` (`replication_lag_frames{topic,node}`).
+    fn lags(&self) -> Vec<(String, String, u64)>;
 }
 
 /// The membership and the change that made it, as the watch holds it.
@@ -255,6 +259,18 @@ impl ClusterView {
     /// leads, `None` when it stops.
     pub fn set_peer_positions(&self, peers: Option<Arc<dyn PeerPositions>>) {
         *self.inner.peers.write() = peers;
+    }
+
+    /// How many of this leader's frames each follower it hears from lacks, per topic, as
+    /// `(topic, node id, frames)`; empty on a follower and on a single node (nothing to
+    /// copy to, or no knowledge of the others).
+    pub fn replication_lags(&self) -> Vec<(String, String, u64)> {
+        self.inner
+            .peers
+            .read()
+            .as_ref()
+            .map(|p| p.lags())
+            .unwrap_or_default()
     }
 
     /// Who this node is.

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::cluster_view::ClusterView;
 use super::error::{Error, Result};
-use super::metrics::{Metrics, Transport};
+use super::metrics::{Metrics, ReplicaLag, Transport};
 use super::principal::Principal;
 use super::shutdown::Shutdown;
 use super::subscription::{GlobalSlot, StartAt, Subscription};
@@ -141,7 +141,17 @@ impl Broker {
     /// The `/metrics` exposition: the registry and every topic's scrape-time figures.
     pub fn scrape(&self) -> String {
         let gauges: Vec<_> = self.topics.list().iter().map(|t| t.gauges()).collect();
-        self.metrics().encode(&gauges)
+        let lags: Vec<_> = self
+            .cluster
+            .replication_lags()
+            .into_iter()
+            .map(|(topic, node, frames)| ReplicaLag {
+                topic,
+                node,
+                frames,
+            })
+            .collect();
+        self.metrics().encode(&gauges, &lags)
     }
 
     /// Counts a refusal a door made itself (a request its protocol cannot parse) in

@@ -13,9 +13,9 @@
 //! The exposition is OpenMetrics text (what `prometheus-client` writes, ending in `# EOF`),
 //! which Prometheus scrapes natively; serve it with [`CONTENT_TYPE`].
 //!
-//! `replication_lag_frames{topic,node}` is not registered: like the topic gauges it is a
-//! scrape-time figure (the leader's frontier minus each follower's), so it will join
-//! [`TopicGauges`] with the cluster rather than be an empty family kept up to date here.
+//! `replication_lag_frames{topic,node}` is such a figure too ([`ReplicaLag`]): the leader's
+//! durable end minus what each follower holds, as the leader knows it at the scrape. Only a
+//! cluster's leader has series in it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -152,6 +152,18 @@ pub struct TopicGauges {
     pub stored_bytes: u64,
     /// Largest durable frontier minus position among the topic's subscribers.
     pub max_lag_frames: u64,
+}
+
+/// How far one follower is behind the leader in one topic, read at scrape time on the
+/// leader: `replication_lag_frames{topic,node}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The topic's name.
+    pub topic: String,
+    /// The follower's node id.
+    pub node: String,
+    /// The leader's durable end minus what the follower holds.
+    pub frames: u64,
 }
 
 /// The metrics registry: the families, the per-topic series and the scrape.
@@ -374,14 +386,29 @@ impl Metrics {
     }
 
     /// The whole exposition in OpenMetrics text ([`CONTENT_TYPE`]): every registered
-    /// family, then the scrape-time topic gauges computed by the caller, then the process
-    /// metrics. A topic without its own series (past `max_topics`) is added into
-    /// `topic="_other"`: its figures summed, its lag the largest.
-    pub fn encode(&self, topics: &[TopicGauges]) -> String {
+    /// family, then the scrape-time topic gauges and replication lags computed by the
+    /// caller, then the process metrics. A topic without its own series (past `max_topics`)
+    /// is added into `topic="_other"`: its figures summed, its lags the largest.
+    pub fn encode(&self, topics: &[TopicGauges], replicas: &[ReplicaLag]) -> String {
         let mut rows = Vec::with_capacity(topics.len() + 1);
         let mut other: Option<TopicGauges> = None;
+        let mut lags: Vec<ReplicaLag> = Vec::with_capacity(replicas.len());
         {
             let slots = self.topics.lock();
+            let mut other_lags: std::collections::BTreeMap<&str, u64> = Default::default();
+            for lag in replicas {
+                if slots.named.contains_key(&lag.topic) {
+                    lags.push(lag.clone());
+                } else {
+                    let worst = other_lags.entry(lag.node.as_str()).or_default();
+                    *worst = (*worst).max(lag.frames);
+                }
+            }
+            lags.extend(other_lags.into_iter().map(|(node, frames)| ReplicaLag {
+                topic: OTHER_TOPIC.to_owned(),
+                node: node.to_owned(),
+                frames,
+            }));
             for gauges in topics {
                 if slots.named.contains_key(&gauges.topic) {
                     rows.push(gauges.clone());
@@ -399,7 +426,7 @@ impl Metrics {
         }
         rows.extend(other);
         let mut scraped = Registry::with_prefix(PREFIX);
-        scraped.register_collector(Box::new(TopicGaugesCollector { rows }));
+        scraped.register_collector(Box::new(TopicGaugesCollector { rows, lags }));
 
         let mut out = String::with_capacity(64 * 1024);
         let written = encode_registry(&mut out, &self.registry)
@@ -526,10 +553,11 @@ impl EncodeMetric for DurationHistogram {
     }
 }
 
-/// The scrape-time topic gauges of one scrape.
+/// The scrape-time topic gauges and replication lags of one scrape.
 #[derive(Debug)]
 struct TopicGaugesCollector {
     rows: Vec<TopicGauges>,
+    lags: Vec<ReplicaLag>,
 }
 
 impl Collector for TopicGaugesCollector {
@@ -563,6 +591,19 @@ impl Collector for TopicGaugesCollector {
                 family
                     .encode_family(&[("topic", row.topic.as_str())])?
                     .encode_gauge(&read(row))?;
+            }
+        }
+        if !self.lags.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "replication_lag_frames",
+                "Frames of the leader's durable end a follower does not hold yet.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for lag in &self.lags {
+                family
+                    .encode_family(&[("topic", lag.topic.as_str()), ("node", lag.node.as_str())])?
+                    .encode_gauge(&lag.frames)?;
             }
         }
         Ok(())
@@ -648,7 +689,7 @@ mod tests {
     }
 
     fn scrape(metrics: &Metrics, topics: &[TopicGauges]) -> Exposition {
-        Exposition::parse(&metrics.encode(topics))
+        Exposition::parse(&metrics.encode(topics, &[]))
     }
 
     fn gauges(topic: &str, n: u64) -> TopicGauges {
@@ -814,6 +855,46 @@ mod tests {
                 .filter(|s| s.starts_with("framecast_topic_next_offset"))
                 .count(),
             3
+        );
+    }
+
+    #[test]
+    fn replication_lags_by_topic_and_node_with_the_rest_under_other_at_their_largest() {
+        let metrics = Metrics::new(1);
+        let _a = metrics.topic("a");
+        let _b = metrics.topic("b");
+        let _c = metrics.topic("c");
+        let lag = |topic: &str, node: &str, frames| ReplicaLag {
+            topic: topic.to_owned(),
+            node: node.to_owned(),
+            frames,
+        };
+        // No lags (a follower, a single node): no family at all.
+        let text = scrape(&metrics, &[]);
+        assert!(!text
+            .samples
+            .keys()
+            .any(|s| s.starts_with("framecast_replication_lag_frames")));
+        let lags = [
+            lag("a", "n2", 3),
+            lag("a", "n3", 0),
+            lag("b", "n2", 5),
+            lag("c", "n2", 9),
+            lag("c", "n3", 1),
+        ];
+        let text = Exposition::parse(&metrics.encode(&[], &lags));
+        let value =
+            |labels: &str| text.value(&format!("framecast_replication_lag_frames{{{labels}}}"));
+        assert_eq!(value(r#"topic="a",node="n2""#), 3.0);
+        assert_eq!(value(r#"topic="a",node="n3""#), 0.0);
+        assert_eq!(value(r#"topic="_other",node="n2""#), 9.0);
+        assert_eq!(value(r#"topic="_other",node="n3""#), 1.0);
+        assert_eq!(
+            text.samples
+                .keys()
+                .filter(|s| s.starts_with("framecast_replication_lag_frames"))
+                .count(),
+            4
         );
     }
 

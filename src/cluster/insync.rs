@@ -223,6 +223,22 @@ impl InSync {
         out
     }
 
+    /// How many of the leader's frames each follower lacks, per topic: the leader's durable
+    /// end minus what the follower holds (a topic it has not reported counts whole), as
+    /// `(topic, follower, frames)` in that order. Only followers whose stream's first report
+    /// is in: of one without a stream the leader knows nothing now.
+    pub fn lags(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for (id, f) in self.positions.iter().filter(|(_, f)| f.handshaken) {
+            for (topic, &end) in &self.ends {
+                let held = f.topics.get(topic).map_or(0, |p| p.durable);
+                out.push((topic.clone(), id.clone(), end.saturating_sub(held)));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Forgets a deleted topic.
     pub fn remove_topic(&mut self, topic: &str) {
         self.ends.remove(topic);
@@ -969,6 +985,33 @@ mod tests {
         s.reported(on("b", 4), "t", 1, 150, t0);
         s.connected("b", 3, t0);
         assert_eq!(s.positions_of("b"), [("t".to_string(), 150, 150)]);
+    }
+
+    #[test]
+    fn lags_count_what_each_follower_with_a_stream_lacks_of_the_leaders_end() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", vec!["b".into(), "c".into()], LAG, t0);
+        s.leader_durable("t", 1, 100, t0);
+        s.leader_durable("u", 1, 7, t0);
+        // Before its first report, nothing is known of b.
+        s.connected("b", 1, t0);
+        s.reported(on("b", 1), "t", 1, 60, t0);
+        assert!(s.lags().is_empty());
+        s.handshaken("b", 1);
+        // u, which b has not reported, counts whole; c (no stream) has no figures.
+        assert_eq!(
+            s.lags(),
+            [
+                ("t".to_string(), "b".to_string(), 40),
+                ("u".to_string(), "b".to_string(), 7)
+            ]
+        );
+        s.reported(on("b", 1), "t", 1, 100, t0);
+        s.reported(on("b", 1), "u", 1, 7, t0);
+        assert!(s.lags().iter().all(|(_, _, n)| *n == 0));
+        // Its stream ends: its figures go with it.
+        s.forget_follower("b", 1);
+        assert!(s.lags().is_empty());
     }
 
     #[test]

@@ -329,6 +329,10 @@ impl crate::broker::cluster_view::PeerPositions for Leader {
             )
             .collect()
     }
+
+    fn lags(&self) -> Vec<(String, String, u64)> {
+        self.insync.lock().lags()
+    }
 }
 
 /// The `Replication` service of a [`Leader`].
