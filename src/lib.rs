@@ -29,10 +29,11 @@
 //! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
 //!   gRPC door, which also answers gRPC-Web), `tls` (certificates and the TLS acceptor every listener shares),
 //!   `connections` (`--max-connections`, counted per listener), `maintenance` (retention
-//!   and compaction in the background), `run` (startup, serve, drain), `repair`, `status`
+//!   and compaction in the background), `readiness` (whether this node serves reads: the
+//!   `framecast.reads` gRPC health status), `run` (startup, serve, drain), `repair`, `status`
 //!   (the one mapping to gRPC status codes).
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
-//!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`), `sse` (Server-Sent
+//!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`, `/readyz`), `sse` (Server-Sent
 //!   Events with exact resume), `ws` (WebSocket), `console` (the embedded web console),
 //!   `cors` (`--cors-origin`, for both doors), `caller` (bearer tokens), `json` (proto3-JSON
 //!   bodies), `error` (the HTTP status table), `listener` (accepted connections for axum).

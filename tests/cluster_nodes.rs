@@ -24,6 +24,9 @@ use framecast::proto::{ClusterInfo, ClusterRequest, Frame, LEADER_HEADER};
 use rustix::process::{kill_process, Pid, Signal};
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// One scenario at a time: each runs etcd and three nodes, and their timing bounds (the
 /// failover time, acks stopping within the lease) are measured, not raced against the
@@ -3955,6 +3958,16 @@ async fn a_follower_dropped_from_the_in_sync_set_ends_its_subscriptions_naming_t
     }
     let on_leader = log_of(&c, "n1", "quotes").await;
     converged(&c, "n3", "quotes", &on_leader).await;
+    // In sync, n3 is ready for readers.
+    let n3_ready = common::http::request(
+        &c.node("n3").server.http.clone().unwrap(),
+        "GET",
+        "/readyz",
+        &[],
+        b"",
+    );
+    assert_eq!(n3_ready.status, 200, "{}", n3_ready.text());
+    until_reads_health(&c, "n3", ServingStatus::Serving).await;
 
     // Three readers on n3, each holding the first 100 frames.
     let mut raw = common::subscribe(&mut c.client("n3").await, common::sub_req("quotes", 0))
@@ -4073,4 +4086,49 @@ async fn a_follower_dropped_from_the_in_sync_set_ends_its_subscriptions_naming_t
     let me = info.nodes.iter().find(|n| n.id == "n3").unwrap();
     assert!(me.online && !me.in_sync && !me.leader, "{info:?}");
     assert_eq!(info.leader, n2_address);
+    // A load balancer asking readiness skips n3 (its liveness holds: the process is sound);
+    // the leader is ready.
+    let ready = common::http::request(&n3_http, "GET", "/readyz", &[], b"");
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (503, "out of sync\n")
+    );
+    assert_eq!(ready.header("framecast-leader"), Some(n2_http.as_str()));
+    let alive = common::http::request(&n3_http, "GET", "/healthz", &[], b"");
+    assert_eq!(alive.status, 200);
+    until_reads_health(&c, "n3", ServingStatus::NotServing).await;
+    assert_eq!(health_of(&c, "n3", "").await, ServingStatus::Serving as i32);
+    let leader_ready = common::http::request(&n2_http, "GET", "/readyz", &[], b"");
+    assert_eq!(leader_ready.status, 200, "{}", leader_ready.text());
+    until_reads_health(&c, "n2", ServingStatus::Serving).await;
+}
+
+/// Node `id`'s gRPC health status for `service`.
+async fn health_of(c: &Cluster, id: &str, service: &str) -> i32 {
+    let channel = Channel::from_shared(format!("http://{}", c.node(id).address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Waits (up to 10 s) until node `id`'s `framecast.reads` health status is `want`.
+async fn until_reads_health(c: &Cluster, id: &str, want: ServingStatus) {
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = health_of(c, id, "framecast.reads").await;
+        if seen == want as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id}'s framecast.reads health: {seen}, want {want:?}");
 }

@@ -37,6 +37,16 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+    // A single node serves reads while it runs.
+    let reads = health
+        .check(HealthCheckRequest {
+            service: "framecast.reads".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(reads, ServingStatus::Serving as i32);
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -100,12 +110,18 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
         matches!(status, Ok(Err(ref s)) if s.code() == tonic::Code::Unavailable),
         "{status:?}"
     );
-    if let Ok(r) = health
-        .check(HealthCheckRequest {
-            service: "framecast.v1.Broadcast".into(),
-        })
-        .await
-    {
-        assert_eq!(r.into_inner().status, ServingStatus::NotServing as i32);
+    for service in ["framecast.v1.Broadcast", "framecast.reads"] {
+        if let Ok(r) = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+        {
+            assert_eq!(
+                r.into_inner().status,
+                ServingStatus::NotServing as i32,
+                "{service}"
+            );
+        }
     }
 }

@@ -27,6 +27,9 @@ async fn rest_publishes_and_manages_topics_with_the_status_table() {
 
     let health = request(&base, "GET", "/healthz", &[], b"");
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    // A single node serves reads while it runs.
+    let ready = request(&base, "GET", "/readyz", &[], b"");
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ok\n"));
 
     // Publish: the ack in proto3 JSON (64-bit figures as strings).
     let r = post(&base, "/v1/topics/chat/frames?seq_no=1", b"hello");

@@ -169,6 +169,8 @@ async fn a_stalled_subscriber_shows_its_lag_and_health_turns_503_at_shutdown() {
         let r = request(&base, "GET", "/healthz", &[], b"");
         if r.status == 503 {
             saw = Some(r.text());
+            let ready = request(&base, "GET", "/readyz", &[], b"");
+            assert_eq!((ready.status, ready.text()), (503, r.text()));
             // New API calls are refused as UNAVAILABLE meanwhile.
             let p = request(
                 &base,

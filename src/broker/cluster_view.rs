@@ -414,6 +414,20 @@ impl OutOfSync {
         }
         self.view.leader_elsewhere(OUT_OF_SYNC_LACKS.to_string())
     }
+
+    /// Waits until the flag changes, and returns whether this node is out of sync now.
+    /// Never returns on a single node, which never is.
+    pub async fn changed(&mut self) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            // The sender lives in the view this flag holds: it cannot be dropped.
+            return std::future::pending().await;
+        }
+        self.out = *rx.borrow_and_update();
+        self.out
+    }
 }
 
 /// One watcher of a [`ClusterView`]: a receiver of the latest change, never a queue.

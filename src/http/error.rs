@@ -70,6 +70,12 @@ fn leader_named(e: &Error) -> Option<&str> {
     (!named.is_empty()).then_some(named.as_str())
 }
 
+/// The `Framecast-Leader` header of a follower's refusal `e` (see [`error_body`]); `None`
+/// when `e` names no leader.
+pub fn leader_header(e: &Error) -> Option<HeaderValue> {
+    leader_named(e).and_then(|n| HeaderValue::from_str(n).ok())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = http_status(&self.0);
@@ -78,7 +84,7 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(v) = leader_named(&self.0).and_then(|n| HeaderValue::from_str(n).ok()) {
+        if let Some(v) = leader_header(&self.0) {
             resp.headers_mut().insert("framecast-leader", v);
         }
         resp

@@ -30,6 +30,7 @@ pub type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 pub fn router(door: Arc<HttpDoor>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/topics", get(list_topics))
         .route("/v1/topics/{topic}", put(create_topic).delete(delete_topic))
@@ -49,10 +50,35 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
 
 /// `GET /healthz`: 200 while serving, 503 while starting or shutting down. Open to all.
 async fn healthz(State(door): State<Arc<HttpDoor>>) -> Response {
-    match door.phase() {
+    life(door.phase())
+}
+
+/// `/healthz`'s answer in `phase`.
+fn life(phase: Phase) -> Response {
+    match phase {
         Phase::Serving => (StatusCode::OK, "ok\n").into_response(),
         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
         Phase::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// `GET /readyz`: 200 while this node serves reads; 503 while starting, shutting down, or
+/// out of the cluster's in-sync set (naming the leader in `Framecast-Leader`, as a refused
+/// read does). Open to all: see [`crate::server::readiness`].
+async fn readyz(State(door): State<Arc<HttpDoor>>) -> Response {
+    let broker = match (door.phase(), door.broker()) {
+        (Phase::Serving, Ok(broker)) => broker,
+        (phase, _) => return life(phase),
+    };
+    match broker.cluster_view().out_of_sync().refusal() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(refusal) => {
+            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, "out of sync\n").into_response();
+            if let Some(leader) = super::error::leader_header(&refusal) {
+                resp.headers_mut().insert("framecast-leader", leader);
+            }
+            resp
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod config;
 mod connections;
 pub mod maintenance;
+pub mod readiness;
 mod repair;
 mod run;
 pub mod service;

@@ -285,6 +285,7 @@ pub async fn run(
         }
     };
     door.serving(broker.clone());
+    let (reads, readiness_tasks) = (broker.cluster_view().out_of_sync(), tasks.clone());
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -299,6 +300,14 @@ pub async fn run(
     health_reporter
         .set_serving::<BroadcastServer<BroadcastService>>()
         .await;
+    // Whether this node serves reads (`framecast.reads`), kept up to date until shutdown.
+    readiness_tasks.spawn(super::readiness::follow(
+        health_reporter.clone(),
+        reads,
+        shutdown.clone(),
+    ));
+    // A tracker left alive would keep the drain waiting.
+    drop(readiness_tasks);
     // Reflection v1 and v1alpha: grpcurl and other tools work without the proto file,
     // whichever version they speak.
     let reflection_error = |e: tonic_reflection::server::Error| Error::Metadata {

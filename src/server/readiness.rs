@@ -1,0 +1,39 @@
+//! Readiness: whether this node serves reads, for load balancers and orchestrators that
+//! should send subscribers only where they get every acknowledged frame. A node serves
+//! reads while it runs, unless it is a cluster follower out of the in-sync set (see
+//! [`crate::broker::cluster_view::OutOfSync`]). Liveness (`/healthz`, the gRPC health of
+//! the whole server) stays `SERVING` then: the process is sound.
+//!
+//! gRPC: the health service's [`READS_SERVICE`] status, kept here. HTTP: `GET /readyz`,
+//! in [`crate::http`], asks the same flag.
+
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::broker::cluster_view::OutOfSync;
+use crate::broker::shutdown::Shutdown;
+
+/// The gRPC health service name whose status says whether this node serves reads.
+pub const READS_SERVICE: &str = "framecast.reads";
+
+/// Keeps [`READS_SERVICE`]'s status in step with `flag` until `shutdown`, then sets it
+/// `NOT_SERVING`.
+pub async fn follow(reporter: HealthReporter, mut flag: OutOfSync, mut shutdown: Shutdown) {
+    let mut out = flag.refusal().is_some();
+    loop {
+        let status = if out {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        reporter.set_service_status(READS_SERVICE, status).await;
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            now = flag.changed() => out = now,
+        }
+    }
+    reporter
+        .set_service_status(READS_SERVICE, ServingStatus::NotServing)
+        .await;
+}
