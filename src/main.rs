@@ -388,6 +388,23 @@ fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A flag that takes several values (cors-origin, cluster-etcd): a list of them,
+            // or one comma-separated string, as its environment variable takes them.
+            toml::Value::Array(items) if arg.get_value_delimiter() == Some(',') => {
+                let mut values = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(v) if !v.contains(',') => values.push(v),
+                        other => {
+                            return Err(format!(
+                                "--config {}: '{key}' lists strings without commas, not {other}",
+                                path.display()
+                            ))
+                        }
+                    }
+                }
+                values.join(",")
+            }
             other => {
                 return Err(format!(
                     "--config {}: '{key}' must be a string, number or boolean, not {}",

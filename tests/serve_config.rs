@@ -86,7 +86,8 @@ fn flag_beats_environment_beats_file() {
     let file = dir.path().join("framecast.toml");
     std::fs::write(
         &file,
-        "max-subscribers = 111\ndedup-window = \"90s\"\nno-auto-create-topics = true\n",
+        "max-subscribers = 111\ndedup-window = \"90s\"\nno-auto-create-topics = true\n\
+         cors-origin = [\"https://a.example\", \"https://b.example\"]\n",
     )
     .unwrap();
     let f = file.to_str().unwrap();
@@ -108,6 +109,11 @@ fn flag_beats_environment_beats_file() {
         .to_string();
     assert!(settings.contains("auto_create_topics: false"), "{settings}");
     assert!(settings.contains("dedup_window: 90s"), "{settings}");
+    // A flag that takes several values takes them as a TOML list.
+    assert!(
+        settings.contains(r#"cors_origins: ["https://a.example", "https://b.example"]"#),
+        "{settings}"
+    );
     assert_eq!(max_subscribers(&lines), 111);
 }
 
@@ -124,12 +130,21 @@ fn unknown_or_bad_settings_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown setting 'data-dri'"), "{err}");
 
-    std::fs::write(&file, "max-subscribers = [1, 2]\n").unwrap();
-    let out = Command::new(bin())
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    // A list only for a flag that takes several values, and of plain strings.
+    for bad in [
+        "max-subscribers = [1, 2]\n",
+        "cors-origin = [\"https://a.example,https://b.example\"]\n",
+        "cors-origin = [1]\n",
+    ] {
+        std::fs::write(&file, bad).unwrap();
+        let out = Command::new(bin())
+            .args(["serve", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--config"), "{bad}: {err}");
+    }
 
     let out = Command::new(bin())
         .args(["serve", "--log-format", "xml"])
