@@ -523,6 +523,74 @@ fn grpc_web_split(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
     (messages, trailers)
 }
 
+/// A gRPC-Web client need not send `X-Grpc-Web` (its content type says what it is): its
+/// subscription is counted under `transport="grpc_web"` all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_without_its_header_is_counted_as_grpc_web() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    publish_all(&server, "counted", &[1, 2, 3]).await;
+    let grpc = server.addr.clone();
+    let http_base = http(&server);
+    let sub = proto::SubscribeRequest {
+        replay_seq_no_start: 0,
+        topic: "counted".into(),
+        resume: None,
+    };
+    let body = grpc_web_frame(&sub);
+    let open = std::thread::spawn(move || {
+        let ct = "application/grpc-web+proto";
+        let headers = [("Content-Type", ct), ("Accept", ct)];
+        request(
+            &grpc,
+            "POST",
+            "/framecast.v1.Broadcast/Subscribe",
+            &headers,
+            &body,
+        )
+    });
+    let series = |t: &str| {
+        [
+            format!("framecast_delivered_frames_total{{topic=\"counted\",transport=\"{t}\"}}"),
+            format!("framecast_subscribers{{topic=\"counted\",transport=\"{t}\"}}"),
+        ]
+    };
+    let mut seen = (None, None);
+    for _ in 0..200 {
+        let text = request(&http_base, "GET", "/metrics", &[], b"").text();
+        let [delivered, subscribers] = series("grpc_web");
+        seen = (
+            common::http::metric(&text, &delivered),
+            common::http::metric(&text, &subscribers),
+        );
+        if seen == (Some(3.0), Some(1.0)) {
+            let [delivered, subscribers] = series("grpc");
+            assert_eq!(common::http::metric(&text, &delivered), Some(0.0), "{text}");
+            assert_eq!(
+                common::http::metric(&text, &subscribers),
+                Some(0.0),
+                "{text}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        seen,
+        (Some(3.0), Some(1.0)),
+        "grpc_web delivered, subscribers"
+    );
+    // Deleting the topic ends the stream (an HTTP/1.1 response ends with its body).
+    let deleted = request(&http_base, "DELETE", "/v1/topics/counted", &[], b"");
+    assert_eq!(deleted.status, 204);
+    let r = tokio::task::spawn_blocking(move || open.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (msgs, trailers) = grpc_web_split(&r.body);
+    assert_eq!(msgs.len(), 3, "{trailers}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_web_serves_unary_and_server_streaming_calls_over_http1_with_cors() {
     let dir = tempfile::tempdir().unwrap();

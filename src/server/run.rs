@@ -350,6 +350,7 @@ pub async fn run(
         // gRPC; CORS first, so a preflight is answered before the translation.
         .accept_http1(true)
         .layer(tower::util::option_layer(cors))
+        .layer(tower::util::MapRequestLayer::new(mark_grpc_web))
         .layer(tonic_web::GrpcWebLayer::new())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
@@ -555,6 +556,24 @@ async fn start_http(
         grace,
     ));
     Ok((local, task))
+}
+
+/// Marks a gRPC-Web request with `x-grpc-web` when its client did not (the header is
+/// optional; its content type says it), so the service, which sees the request translated
+/// to gRPC, counts it under `transport="grpc_web"`.
+fn mark_grpc_web(
+    mut req: axum::http::Request<tonic::body::Body>,
+) -> axum::http::Request<tonic::body::Body> {
+    let web = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc-web"));
+    if web && !req.headers().contains_key("x-grpc-web") {
+        req.headers_mut()
+            .insert("x-grpc-web", axum::http::HeaderValue::from_static("1"));
+    }
+    req
 }
 
 #[cfg(test)]
