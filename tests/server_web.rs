@@ -204,10 +204,15 @@ async fn sse_answers_what_it_cannot_serve_with_its_status_and_ends_streams_with_
             // The topic is deleted under the open stream: `event: error`, then the end.
             let del = request(&base, "DELETE", "/v1/topics/t", &[], b"");
             assert_eq!(del.status, 204);
-            let mut ended = None;
+            let (mut ended, mut last_id) = (None, token.clone());
             while let Some(e) = s.next_event() {
                 if e.event == "error" {
+                    // Its id too is a cursor token: the last frame's (a resume from it
+                    // is the resume from that frame).
+                    assert_eq!(e.id.as_deref(), Some(last_id.as_str()));
                     ended = Some(e.json());
+                } else if let Some(id) = e.id {
+                    last_id = id;
                 }
             }
             (token, ended)

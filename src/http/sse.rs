@@ -187,7 +187,11 @@ impl Sse {
                 out.push_str("\n\n");
             }
             Some(Err(e)) => {
-                push_event(out, "error", "", &error_body(&e).to_string());
+                // Its id, like every event's, is a cursor token: the last frame's (or the
+                // snapshot's), so a client resuming from it loses nothing.
+                let mut id = String::new();
+                self.cursor.write(&mut id);
+                push_event(out, "error", &id, &error_body(&e).to_string());
                 self.ended = true;
             }
             None => self.ended = true,
