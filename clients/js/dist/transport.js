@@ -89,7 +89,7 @@ export class Transport {
             if (!this.urls.includes(u))
                 this.urls.push(u);
         this.configured = this.urls.length;
-        this.token = opts.token;
+        this.token = opts.token ?? tokenFromEnv();
         this.backoff = backoffOf(opts.backoff);
         if (opts.fetch) {
             this.fetch = opts.fetch;
@@ -288,5 +288,11 @@ export function normaliseUrl(u) {
         throw new TypeError(`Framecast: url must be http: or https:, got ${JSON.stringify(u)}`);
     }
     return parsed.href.replace(/\/+$/, "");
+}
+/** Node's `$FRAMECAST_TOKEN` (trimmed; `undefined` when unset or empty, and in a browser). */
+function tokenFromEnv() {
+    const env = globalThis.process?.env;
+    const token = env?.["FRAMECAST_TOKEN"]?.trim();
+    return token ? token : undefined;
 }
 //# sourceMappingURL=transport.js.map

@@ -115,7 +115,7 @@ export class Transport {
     this.urls = [];
     for (const u of list.map(normaliseUrl)) if (!this.urls.includes(u)) this.urls.push(u);
     this.configured = this.urls.length;
-    this.token = opts.token;
+    this.token = opts.token ?? tokenFromEnv();
     this.backoff = backoffOf(opts.backoff);
     if (opts.fetch) {
       this.fetch = opts.fetch;
@@ -292,4 +292,11 @@ export function normaliseUrl(u: string): string {
     throw new TypeError(`Framecast: url must be http: or https:, got ${JSON.stringify(u)}`);
   }
   return parsed.href.replace(/\/+$/, "");
+}
+
+/** Node's `$FRAMECAST_TOKEN` (trimmed; `undefined` when unset or empty, and in a browser). */
+function tokenFromEnv(): string | undefined {
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  const token = env?.["FRAMECAST_TOKEN"]?.trim();
+  return token ? token : undefined;
 }

@@ -25,7 +25,10 @@ export interface FramecastOptions {
   url?: string | readonly string[];
   /** The nodes of a cluster, as `url` takes them (give one of `url` and `urls`). */
   urls?: readonly string[];
-  /** A bearer token (`framecast token …`), sent as `Authorization: Bearer <token>`. */
+  /**
+   * A bearer token (`framecast token …`), sent as `Authorization: Bearer <token>`. Absent:
+   * `$FRAMECAST_TOKEN` in Node, if set (as the CLI and the Python client do); none in a browser.
+   */
   token?: TokenSource;
   /** The `fetch` to use (default: the global one). */
   fetch?: typeof fetch;

@@ -27,6 +27,7 @@ const refused = (code, status) => (e) => {
 };
 
 test("no token: UNAUTHENTICATED (401) for publish, history, topics and subscribe", async () => {
+  delete process.env.FRAMECAST_TOKEN;
   const fc = new Framecast({ url: server.url });
   await assert.rejects(fc.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
   await assert.rejects(fc.history("secure"), refused("UNAUTHENTICATED", 401));
@@ -37,6 +38,18 @@ test("no token: UNAUTHENTICATED (401) for publish, history, topics and subscribe
 
   const forged = new Framecast({ url: server.url, token: "not.a.jwt" });
   await assert.rejects(forged.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
+});
+
+test("without a token option, Node's $FRAMECAST_TOKEN is sent", async (t) => {
+  const token = await mintToken(secret, { publish: [">"], subscribe: [">"] });
+  process.env.FRAMECAST_TOKEN = `${token}\n`;
+  t.after(() => delete process.env.FRAMECAST_TOKEN);
+  const fc = new Framecast({ url: server.url });
+  const ack = await fc.publish("from-env", "hello", { seqNo: 1 });
+  assert.equal(ack.offset, 0n);
+  // A token given beats the environment.
+  const forged = new Framecast({ url: server.url, token: "not.a.jwt" });
+  await assert.rejects(forged.publish("from-env", "x", { seqNo: 2 }), refused("UNAUTHENTICATED", 401));
 });
 
 test("a token (string or function) publishes and subscribes; Authorization reaches the event stream", async (t) => {
