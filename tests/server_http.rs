@@ -295,13 +295,37 @@ fn every_security_row_holds_over_http() {
         with_token(&base, "DELETE", "/v1/topics/chat.b", &admin, b"").status,
         204
     );
-    let m = with_token(&base, "GET", "/metrics", &admin, b"");
-    assert_eq!(m.status, 200);
-    assert!(m
+    // OpenMetrics to a scraper that asks for it, as Prometheus does; the Prometheus text
+    // format (0.0.4) to one that does not: the same samples.
+    let auth = format!("Bearer {admin}");
+    let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+    let open = request(
+        &base,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth), ("Accept", accept)],
+        b"",
+    );
+    assert_eq!(open.status, 200);
+    assert!(open
         .header("content-type")
         .unwrap()
         .starts_with("application/openmetrics-text"));
+    assert!(open.text().ends_with("# EOF\n"));
+    assert!(open
+        .text()
+        .contains("# TYPE framecast_rejected_requests counter\n"));
+    let m = with_token(&base, "GET", "/metrics", &admin, b"");
+    assert_eq!(m.status, 200);
+    assert_eq!(
+        m.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let m = m.text();
+    assert!(!m.contains("# EOF"), "{m}");
+    assert!(m.contains("# TYPE framecast_rejected_requests_total counter\n"));
+    let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(samples(&m), samples(&open.text()));
     // 5 routes x (no token + 3 bad tokens).
     assert_eq!(
         metric(

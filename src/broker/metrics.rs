@@ -41,6 +41,47 @@ pub use prometheus_client::metrics::gauge::Gauge;
 /// The content type of [`Metrics::encode`]'s output, for the `/metrics` response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The content type of the Prometheus text format (0.0.4), for scrapers that do not ask for
+/// OpenMetrics: see [`text_format`].
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics (Prometheus asks for it first;
+/// curl and older tools do not).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    accept.contains("application/openmetrics-text")
+}
+
+/// An exposition as [`Metrics::encode`] writes it, in the Prometheus text format 0.0.4:
+/// a counter's `HELP` and `TYPE` name its samples (`…_total`), and the `# UNIT` and `# EOF`
+/// lines, which that format does not have, go. Samples are unchanged.
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match comment.and_then(|(kind, rest)| Some((kind, rest.split_once(' ')?))) {
+            Some((kind, (name, rest))) if counters.contains(name) => {
+                out.push_str(kind);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Every framecast family is named `framecast_<name>`.
 const PREFIX: &str = "framecast";
 
@@ -896,6 +937,44 @@ mod tests {
                 .count(),
             4
         );
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples_and_drops_what_it_lacks() {
+        let metrics = Metrics::new(DEFAULT_MAX_TOPICS);
+        metrics.topic("a").published_frames.inc_by(3);
+        metrics.observe_fsync(Duration::from_millis(2));
+        let open = metrics.encode(&[gauges("a", 1)], &[]);
+        let text = text_format(&open);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE framecast_published_frames_total counter\n"));
+        assert!(text.contains("# HELP framecast_published_frames_total "));
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(text.contains("# TYPE framecast_fsync_duration_seconds histogram\n"));
+        assert!(text.contains("# TYPE framecast_topic_next_offset gauge\n"));
+        // Every sample line as it was, in order; every TYPE names the samples after it.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&open));
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(family), "{line} under TYPE {family}");
+            }
+        }
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"
+        ));
+        assert!(!wants_openmetrics("*/*"));
     }
 
     #[test]

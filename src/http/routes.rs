@@ -16,7 +16,7 @@ use super::caller::caller;
 use super::door::{HttpDoor, Phase};
 use super::error::ApiError;
 use super::json::{self, TopicSettings};
-use crate::broker::metrics::CONTENT_TYPE;
+use crate::broker::metrics::{text_format, wants_openmetrics, CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::broker::{Broker, Error};
 use crate::proto;
 
@@ -82,7 +82,8 @@ async fn readyz(State(door): State<Arc<HttpDoor>>) -> Response {
     }
 }
 
-/// `GET /metrics`: the Prometheus exposition; needs `admin` unless `--metrics-public`.
+/// `GET /metrics`: the exposition (OpenMetrics when asked for, else the Prometheus text
+/// format); needs `admin` unless `--metrics-public`.
 async fn metrics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Params) -> Answer {
     let broker = door.broker()?;
     if !door.metrics_public() {
@@ -90,7 +91,17 @@ async fn metrics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Param
         broker.may_read_metrics(&who)?;
     }
     let text = broker.scrape();
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+    // OpenMetrics to whoever asks for it (Prometheus does), the Prometheus text format to
+    // the rest.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if accept.is_some_and(wants_openmetrics) {
+        return Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+        text_format(&text),
+    )
+        .into_response())
 }
 
 /// `GET /v1/topics`: the topics the caller may see, with their figures.
