@@ -394,14 +394,22 @@ fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
                 let mut values = Vec::with_capacity(items.len());
                 for item in items {
                     match item {
-                        toml::Value::String(v) if !v.contains(',') => values.push(v),
+                        toml::Value::String(v) if !v.is_empty() && !v.contains(',') => {
+                            values.push(v)
+                        }
                         other => {
                             return Err(format!(
-                                "--config {}: '{key}' lists strings without commas, not {other}",
+                                "--config {}: '{key}' lists non-empty strings without commas, not {other}",
                                 path.display()
                             ))
                         }
                     }
+                }
+                if values.is_empty() {
+                    return Err(format!(
+                        "--config {}: '{key}' is an empty list (leave the key out instead)",
+                        path.display()
+                    ));
                 }
                 values.join(",")
             }

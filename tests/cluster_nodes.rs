@@ -1143,8 +1143,17 @@ async fn the_leader_reports_what_each_follower_lacks_in_replication_lag_frames()
             "series on follower {f}"
         );
     }
-    // One follower frozen (well within its lease and --replica-max-lag): the 1,000 frames
-    // published meanwhile are on the leader and the other follower, not on it.
+    // Every node counted, online and in sync, in the leader's view.
+    let door = c.node(&leader).server.http.clone().unwrap();
+    let text = common::http::request(&door, "GET", "/metrics", &[], b"").text();
+    for state in ["online", "in_sync"] {
+        let series = format!("framecast_cluster_nodes{{state=\"{state}\"}}");
+        assert_eq!(common::http::metric(&text, &series), Some(3.0), "{state}");
+    }
+    // One follower frozen: the 1,000 frames published meanwhile are on the leader and the
+    // other follower, not on it. The figures are read while it is frozen, usually within a
+    // fraction of a second; a freeze that outlasted its lease would see it dropped from the
+    // set (the acks then flow without it), and its stream, and so its figures, stay.
     let pid = Pid::from_raw(c.node(paused).server.child.id() as i32).unwrap();
     kill_process(pid, Signal::STOP).unwrap();
     let mut client = c.client(&leader).await;

@@ -135,6 +135,8 @@ fn unknown_or_bad_settings_are_refused() {
         "max-subscribers = [1, 2]\n",
         "cors-origin = [\"https://a.example,https://b.example\"]\n",
         "cors-origin = [1]\n",
+        "cors-origin = []\n",
+        "cluster-etcd = [\"\"]\n",
     ] {
         std::fs::write(&file, bad).unwrap();
         let out = Command::new(bin())

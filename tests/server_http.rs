@@ -326,6 +326,11 @@ fn every_security_row_holds_over_http() {
     assert!(m.contains("# TYPE framecast_rejected_requests_total counter\n"));
     let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
     assert_eq!(samples(&m), samples(&open.text()));
+    // A single node is a cluster of one.
+    for state in ["online", "in_sync"] {
+        let series = format!("framecast_cluster_nodes{{state=\"{state}\"}}");
+        assert_eq!(metric(&m, &series), Some(1.0), "{state}");
+    }
     // 5 routes x (no token + 3 bad tokens).
     assert_eq!(
         metric(

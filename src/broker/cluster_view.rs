@@ -75,6 +75,17 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Sets `cluster_nodes{state}` to the nodes this membership has online and in sync.
+    fn count_nodes(&self, topics: &Topics) {
+        let count = |this: bool, other: fn(&proto::NodeInfo) -> bool| {
+            u64::from(this) + self.others.iter().filter(|n| other(n)).count() as u64
+        };
+        topics.metrics().set_cluster_nodes(
+            count(self.this.online, |n| n.online),
+            count(self.this.in_sync, |n| n.in_sync),
+        );
+    }
+
     /// A cluster of one: `this` leads, at term 0.
     pub fn single(this: &ThisNode) -> Membership {
         Membership {
@@ -169,6 +180,7 @@ impl ClusterView {
         clustered: bool,
     ) -> ClusterView {
         let out_of_sync = watch::Sender::new(membership.this.out_of_sync());
+        membership.count_nodes(&topics);
         ClusterView {
             inner: Arc::new(Inner {
                 topics,
@@ -262,15 +274,14 @@ impl ClusterView {
     }
 
     /// How many of this leader's frames each follower it hears from lacks, per topic, as
-    /// `(topic, node id, frames)`; empty on a follower and on a single node (nothing to
-    /// copy to, or no knowledge of the others).
+    /// `(topic, node id, frames)` in that order; empty on a follower and on a single node
+    /// (nothing to copy to, or no knowledge of the others).
     pub fn replication_lags(&self) -> Vec<(String, String, u64)> {
-        self.inner
-            .peers
-            .read()
-            .as_ref()
-            .map(|p| p.lags())
-            .unwrap_or_default()
+        // Out of the lock first: the leader's bookkeeping is read under its own.
+        let peers = self.inner.peers.read().clone();
+        let mut lags = peers.map(|p| p.lags()).unwrap_or_default();
+        lags.sort_unstable();
+        lags
     }
 
     /// Who this node is.
@@ -288,6 +299,7 @@ impl ClusterView {
     pub fn announce(&self, kind: Kind, node_id: &str, membership: Membership) {
         let out = membership.this.out_of_sync();
         let leader = membership.leader.clone();
+        membership.count_nodes(&self.inner.topics);
         // The membership first: a subscription woken by the flag finds the leader to name.
         self.inner.latest.send_replace(Latest {
             membership,

@@ -141,10 +141,14 @@ impl Broker {
     /// The `/metrics` exposition: the registry and every topic's scrape-time figures.
     pub fn scrape(&self) -> String {
         let gauges: Vec<_> = self.topics.list().iter().map(|t| t.gauges()).collect();
+        // Topics open now only: the leader forgets a deleted one a moment after it goes.
+        let open: std::collections::HashSet<&str> =
+            gauges.iter().map(|g| g.topic.as_str()).collect();
         let lags: Vec<_> = self
             .cluster
             .replication_lags()
             .into_iter()
+            .filter(|(topic, _, _)| open.contains(topic.as_str()))
             .map(|(topic, node, frames)| ReplicaLag {
                 topic,
                 node,

@@ -223,6 +223,7 @@ pub struct Metrics {
     publish_duration: DurationHistogram,
     fsync_duration: DurationHistogram,
     connections: Family<[(&'static str, &'static str); 1], Gauge>,
+    cluster_nodes: Family<[(&'static str, &'static str); 1], Gauge>,
 }
 
 /// The families labelled by topic, from which [`TopicMetrics`] are resolved.
@@ -349,6 +350,19 @@ impl Metrics {
             connections.clone(),
         );
 
+        let cluster_nodes = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        // A single node is a cluster of one: online and in sync.
+        for state in ["online", "in_sync"] {
+            cluster_nodes
+                .get_or_create_owned(&[("state", state)])
+                .set(1);
+        }
+        registry.register(
+            "cluster_nodes",
+            "Nodes of the cluster as this node sees it, by state (online: registered; in_sync: in the in-sync set, the leader included)",
+            cluster_nodes.clone(),
+        );
+
         let mut process = Registry::default();
         process.register_collector(Box::new(ProcessCollector));
 
@@ -362,6 +376,16 @@ impl Metrics {
             publish_duration,
             fsync_duration,
             connections,
+            cluster_nodes,
+        }
+    }
+
+    /// cluster_nodes{state}: how many nodes this node sees `online` and `in_sync`.
+    pub fn set_cluster_nodes(&self, online: u64, in_sync: u64) {
+        for (state, n) in [("online", online), ("in_sync", in_sync)] {
+            self.cluster_nodes
+                .get_or_create_owned(&[("state", state)])
+                .set(n as i64);
         }
     }
 

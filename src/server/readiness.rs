@@ -16,24 +16,29 @@ use crate::broker::shutdown::Shutdown;
 /// The gRPC health service name whose status says whether this node serves reads.
 pub const READS_SERVICE: &str = "framecast.reads";
 
-/// Keeps [`READS_SERVICE`]'s status in step with `flag` until `shutdown`, then sets it
-/// `NOT_SERVING`.
+/// Sets [`READS_SERVICE`]'s status as `flag` says now: before the server listens, so the
+/// first health check already finds it.
+pub async fn report(reporter: &HealthReporter, flag: &mut OutOfSync) {
+    set(reporter, flag.refusal().is_some()).await;
+}
+
+/// Keeps [`READS_SERVICE`]'s status in step with `flag`'s changes until `shutdown` (whose
+/// `NOT_SERVING` the server sets itself, with the rest of its health).
 pub async fn follow(reporter: HealthReporter, mut flag: OutOfSync, mut shutdown: Shutdown) {
-    let mut out = flag.refusal().is_some();
     loop {
-        let status = if out {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
-        reporter.set_service_status(READS_SERVICE, status).await;
         tokio::select! {
             biased;
-            () = shutdown.wait() => break,
-            now = flag.changed() => out = now,
+            () = shutdown.wait() => return,
+            out = flag.changed() => set(&reporter, out).await,
         }
     }
-    reporter
-        .set_service_status(READS_SERVICE, ServingStatus::NotServing)
-        .await;
+}
+
+async fn set(reporter: &HealthReporter, out_of_sync: bool) {
+    let status = if out_of_sync {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    reporter.set_service_status(READS_SERVICE, status).await;
 }

@@ -285,7 +285,7 @@ pub async fn run(
         }
     };
     door.serving(broker.clone());
-    let (reads, readiness_tasks) = (broker.cluster_view().out_of_sync(), tasks.clone());
+    let (mut reads, readiness_tasks) = (broker.cluster_view().out_of_sync(), tasks.clone());
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -301,6 +301,7 @@ pub async fn run(
         .set_serving::<BroadcastServer<BroadcastService>>()
         .await;
     // Whether this node serves reads (`framecast.reads`), kept up to date until shutdown.
+    super::readiness::report(&health_reporter, &mut reads).await;
     readiness_tasks.spawn(super::readiness::follow(
         health_reporter.clone(),
         reads,
@@ -407,6 +408,9 @@ pub async fn run(
             door.stopping();
             trigger.fire();
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
+            health_reporter
+                .set_service_status(super::readiness::READS_SERVICE, tonic_health::ServingStatus::NotServing)
+                .await;
             // A cluster node leaves first (within about a second), then drains: another
             // node takes over at once instead of after the grace period and the lease TTL.
             if let Some(life) = node_life.take() {
@@ -558,20 +562,25 @@ async fn start_http(
     Ok((local, task))
 }
 
-/// Marks a gRPC-Web request with `x-grpc-web` when its client did not (the header is
-/// optional; its content type says it), so the service, which sees the request translated
-/// to gRPC, counts it under `transport="grpc_web"`.
+/// Marks a gRPC-Web request (one of the four content types tonic-web translates) with
+/// [`super::service::GrpcWebCall`], so the service, which sees it translated to gRPC, counts
+/// it under `transport="grpc_web"`; a client need not send the optional `x-grpc-web`.
 fn mark_grpc_web(
     mut req: axum::http::Request<tonic::body::Body>,
 ) -> axum::http::Request<tonic::body::Body> {
-    let web = req
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc-web"));
-    if web && !req.headers().contains_key("x-grpc-web") {
-        req.headers_mut()
-            .insert("x-grpc-web", axum::http::HeaderValue::from_static("1"));
+    let web = matches!(
+        req.headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some(
+            "application/grpc-web"
+                | "application/grpc-web+proto"
+                | "application/grpc-web-text"
+                | "application/grpc-web-text+proto"
+        )
+    );
+    if web {
+        req.extensions_mut().insert(super::service::GrpcWebCall);
     }
     req
 }

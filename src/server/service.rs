@@ -431,10 +431,15 @@ impl Broadcast for BroadcastService {
     }
 }
 
-/// The door a gRPC request came through: gRPC-Web clients (grpc-web, Connect) mark their
-/// requests with `x-grpc-web`, which the gRPC-Web translation keeps.
+/// Marks a request that came in as gRPC-Web (its content type said so) before the
+/// translation to gRPC: set by the server's outermost layer, read by [`transport`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrpcWebCall;
+
+/// The door a gRPC request came through: gRPC-Web when the server marked it
+/// [`GrpcWebCall`].
 fn transport<T>(req: &Request<T>) -> Transport {
-    if req.metadata().contains_key("x-grpc-web") {
+    if req.extensions().get::<GrpcWebCall>().is_some() {
         Transport::GrpcWeb
     } else {
         Transport::Grpc
