@@ -11,7 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use framecast::broker::metrics::{Metrics, TopicGauges, Transport, DEFAULT_MAX_TOPICS};
+use framecast::broker::metrics::{
+    text_format, Metrics, ReplicaLag, TopicGauges, Transport, DEFAULT_MAX_TOPICS,
+};
 
 fn counter_inc(c: &mut Criterion) {
     let metrics = Metrics::new(DEFAULT_MAX_TOPICS);
@@ -73,6 +75,34 @@ fn encode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes as u64));
     group.bench_function("encode_1000_topics", |b| {
         b.iter(|| black_box(metrics.encode(black_box(&topics), &[])))
+    });
+    // What /metrics serves to a scraper that does not ask for OpenMetrics (curl): the same
+    // exposition rewritten in the Prometheus text format.
+    let open = metrics.encode(&topics, &[]);
+    group.bench_function("text_format_1000_topics", |b| {
+        b.iter(|| black_box(text_format(black_box(&open))))
+    });
+    group.finish();
+
+    // A cluster's leader: each topic's lag on each of two followers as well.
+    let lags: Vec<ReplicaLag> = topics
+        .iter()
+        .flat_map(|t| {
+            ["n2", "n3"].map(|node| ReplicaLag {
+                topic: t.topic.clone(),
+                node: node.to_owned(),
+                frames: t.next_offset % 5,
+            })
+        })
+        .collect();
+    let bytes = metrics.encode(&topics, &lags).len();
+    eprintln!(
+        "metrics-summary: encode of 1000 topics on a leader of two followers is {bytes} bytes"
+    );
+    let mut group = c.benchmark_group("metrics");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("encode_1000_topics_leader_of_2", |b| {
+        b.iter(|| black_box(metrics.encode(black_box(&topics), black_box(&lags))))
     });
     group.finish();
 }
