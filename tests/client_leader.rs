@@ -307,6 +307,39 @@ async fn writes_sent_to_a_follower_land_once_on_the_leader() {
         topic_info(&mut raw, "made").await.is_none(),
         "deleted on the leader"
     );
+
+    // A broadcast follows the hint too: one frame on every topic it names (a pattern
+    // matches existing topics), each stored once.
+    let direct = Client::connect(&server.addr).unwrap();
+    for t in ["room.a", "room.b", "lobby"] {
+        direct.create_topic(t, 0, 0).await.unwrap();
+    }
+    let c = Client::connect(&fake.addr).unwrap().with_retry(quick());
+    let before = fake.refusals();
+    let acks = bounded(
+        "broadcast",
+        c.broadcast(&["room.>", "lobby"], 7, "hello all"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fake.refusals(),
+        before + 1,
+        "refused once, then on the leader"
+    );
+    let mut topics: Vec<&str> = acks.iter().map(|(t, _)| t.as_str()).collect();
+    topics.sort_unstable();
+    assert_eq!(topics, ["lobby", "room.a", "room.b"]);
+    for (topic, ack) in &acks {
+        assert_stored_once(&server, topic, &[("hello all".to_string(), *ack)]).await;
+    }
+    // Checked whole before anything is written: a bad name among good ones stores nothing.
+    let refused = direct.broadcast(&["room.a", "bad name"], 8, "never").await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert_eq!(read_log(&mut raw, "room.a").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,6 +350,50 @@ impl Client {
         .await
     }
 
+    /// Publishes one frame to every topic `topics` names — names, or patterns that match
+    /// existing topics (`chat.>`) — with the server's receive time; see
+    /// [`Client::broadcast_at`].
+    pub async fn broadcast<S: AsRef<str>>(
+        &self,
+        topics: &[S],
+        seq_no: u64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Vec<(String, Ack)>> {
+        self.broadcast_at(topics, seq_no, 0, payload).await
+    }
+
+    /// Publishes one frame to every topic `topics` names, with an explicit timestamp (ns
+    /// since the epoch; 0 = server time), and returns each topic's ack, every frame durable.
+    /// The server checks the whole request before it writes anything; transient failures
+    /// are retried with one idempotency key, so a broadcast that failed part way is
+    /// completed by the retry, no topic getting the frame twice.
+    pub async fn broadcast_at<S: AsRef<str>>(
+        &self,
+        topics: &[S],
+        seq_no: u64,
+        timestamp: i64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Vec<(String, Ack)>> {
+        let req = proto::BroadcastRequest {
+            topics: topics.iter().map(|t| t.as_ref().to_string()).collect(),
+            seq_no,
+            payload: payload.into(),
+            timestamp,
+            idempotency_key: self.next_key(),
+        };
+        let acks = self
+            .retrying(|mut g| {
+                let req = req.clone();
+                async move { g.broadcast(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(acks
+            .acks
+            .into_iter()
+            .map(|a| (a.topic, a.ack.unwrap_or_default().into()))
+            .collect())
+    }
+
     /// Creates a topic with retention settings (0 = server default).
     pub async fn create_topic(
         &self,

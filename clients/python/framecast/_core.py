@@ -682,6 +682,31 @@ def publish_request(
         raise errors.InvalidArgument(f"invalid publish request: {e}") from None
 
 
+def broadcast_request(
+    topics: Sequence[str], seq_no: int, payload: bytes, timestamp: int, key: str
+) -> pb.BroadcastRequest:
+    """Builds a ``BroadcastRequest`` with :func:`publish_request`'s client-side checks;
+    ``topics`` must be a list of names or patterns, not one string."""
+    if isinstance(topics, (str, bytes)):
+        raise errors.InvalidArgument("topics must be a list of names or patterns, not a string")
+    one = publish_request("", seq_no, payload, timestamp, key)
+    try:
+        return pb.BroadcastRequest(
+            topics=list(topics),
+            seq_no=one.seq_no,
+            payload=one.payload,
+            timestamp=one.timestamp,
+            idempotency_key=one.idempotency_key,
+        )
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidArgument(f"invalid broadcast request: {e}") from None
+
+
+def acks_from_pb(a: pb.BroadcastAck) -> dict[str, Ack]:
+    """Each topic's :class:`Ack` of a broadcast, by topic name."""
+    return {t.topic: ack_from_pb(t.ack) for t in a.acks}
+
+
 def frame_requests(
     topic: str, frames: Iterable[FrameSpec], keys: KeySource
 ) -> Iterable[pb.PublishRequest]:

@@ -47,6 +47,8 @@ from ._core import (
     Route,
     RunState,
     ack_from_pb,
+    acks_from_pb,
+    broadcast_request,
     attempt_timeout,
     check_coalesced,
     check_read_from,
@@ -286,6 +288,22 @@ class Client:
         if self._coalesce:
             return await self._publish_coalesced(req, timeout)
         return ack_from_pb(await self._call("publish", "Publish", req, timeout))
+
+    async def broadcast(
+        self,
+        topics: Sequence[str],
+        payload: bytes,
+        seq_no: int = 0,
+        *,
+        timestamp: int = 0,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Ack]:
+        """Publishes one frame to every topic ``topics`` names and returns each topic's ack;
+        retried with one idempotency key. See :meth:`framecast.Client.broadcast`."""
+        key = self._keys.next() if idempotency_key is None else idempotency_key
+        req = broadcast_request(topics, seq_no, payload, timestamp, key)
+        return acks_from_pb(await self._call("broadcast", "Broadcast", req, timeout))
 
     async def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream and waits for its own ack."""

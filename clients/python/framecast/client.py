@@ -32,6 +32,8 @@ from ._core import (
     Route,
     RunState,
     ack_from_pb,
+    acks_from_pb,
+    broadcast_request,
     attempt_timeout,
     check_coalesced,
     check_read_from,
@@ -330,6 +332,48 @@ class Client:
         if self._coalesce:
             return self._publish_coalesced(req, timeout)
         return ack_from_pb(self._call("publish", "Publish", req, timeout))
+
+    def broadcast(
+        self,
+        topics: Sequence[str],
+        payload: bytes,
+        seq_no: int = 0,
+        *,
+        timestamp: int = 0,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Ack]:
+        """Publishes one frame to every topic ``topics`` names and returns each topic's ack
+        once every frame is durable.
+
+        The server checks the whole request (every name, pattern and permission) before it
+        writes anything. Transient failures are retried with one idempotency key, so a
+        broadcast that failed part way is completed by the retry, no topic getting the frame
+        twice.
+
+        Args:
+            topics: Topic names, or patterns (``"room.*"``, ``"chat.>"``) that match existing
+                topics.
+            payload: The frame's bytes.
+            seq_no: Client-chosen sequence number.
+            timestamp: Nanoseconds since the Unix epoch; 0 = the server's receive time.
+            idempotency_key: As for :meth:`publish`; by default a fresh one.
+            timeout: Overall bound in seconds, retries included.
+
+        Returns:
+            Each topic's :class:`Ack`, by topic name.
+
+        Raises:
+            InvalidArgument: A bad name or pattern, a negative timestamp, a payload or key too
+                large; nothing was written.
+            PermissionDenied: The token may not publish to one of the topics; nothing was
+                written.
+            NotFound: A named topic does not exist and auto-creation is off.
+            Unavailable: The server stayed unreachable for the whole retry budget.
+        """
+        key = self._keys.next() if idempotency_key is None else idempotency_key
+        req = broadcast_request(topics, seq_no, payload, timestamp, key)
+        return acks_from_pb(self._call("broadcast", "Broadcast", req, timeout))
 
     def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream and waits for its own ack."""

@@ -85,6 +85,22 @@ def test_aio_round_trip(server: ServerProcess, topic: str) -> None:
     run(main())
 
 
+def test_aio_broadcast(server: ServerProcess, topic: str) -> None:
+    async def main() -> None:
+        async with Client(server.address, retry=TEST_RETRY) as client:
+            for t in (f"{topic}.a", f"{topic}.b"):
+                await client.create_topic(t)
+            acks = await client.broadcast([f"{topic}.*"], b"to both", seq_no=3)
+            assert sorted(acks) == [f"{topic}.a", f"{topic}.b"]
+            assert all(a.offset == 0 and not a.duplicate for a in acks.values())
+            with pytest.raises(InvalidArgument):
+                await client.broadcast([f"{topic}.a", "bad name"], b"never")
+            listed = {t.name: t.frames for t in await client.list_topics()}
+            assert (listed[f"{topic}.a"], listed[f"{topic}.b"]) == (1, 1)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_aio_errors_are_the_package_exceptions(server: ServerProcess, topic: str) -> None:
     async def main() -> None:
         async with Client(server.address, retry=TEST_RETRY) as client:

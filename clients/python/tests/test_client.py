@@ -181,6 +181,29 @@ def test_deleting_the_topic_ends_a_subscription_with_not_found(
         run_bounded(lambda: list(sub), 15)
 
 
+def test_broadcast_reaches_every_named_topic_once(client: Client, topic: str) -> None:
+    a, b, lobby = f"{topic}.a", f"{topic}.b", f"{topic}-lobby"
+    for t in (a, b, lobby):
+        client.create_topic(t)
+    names = [f"{topic}.*", lobby]
+    acks = client.broadcast(names, b"hello all", seq_no=7, idempotency_key=f"{topic}-k")
+    assert set(acks) == {a, b, lobby}
+    assert all(ack.offset == 0 and not ack.duplicate for ack in acks.values())
+    # The same key again (a retry): every topic answers with its first ack, nothing twice.
+    again = client.broadcast(names, b"hello all", seq_no=7, idempotency_key=f"{topic}-k")
+    assert again == {t: Ack(x.offset, x.timestamp, duplicate=True) for t, x in acks.items()}
+    # Checked whole before anything is written.
+    with pytest.raises(InvalidArgument):
+        client.broadcast([a, "bad name"], b"never", seq_no=8)
+    with pytest.raises(InvalidArgument, match="not a string"):
+        client.broadcast(a, b"never", seq_no=8)
+    listed = {t.name: t for t in client.list_topics()}
+    assert [listed[t].frames for t in (a, b, lobby)] == [1, 1, 1]
+    with client.frames(topic=b, start=0, timeout=15) as sub:
+        (frame,) = take(sub, 1)
+    assert (frame.seq_no, frame.payload) == (7, b"hello all")
+
+
 @pytest.mark.parametrize("bad_topic", ["bad/name", ".hidden", "-x", "a b", "é", "a" * 129])
 def test_invalid_topic_name_is_invalid_argument(client: Client, bad_topic: str) -> None:
     with pytest.raises(InvalidArgument, match="topic name"):
