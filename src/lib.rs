@@ -42,8 +42,9 @@
 //!   stream that resumes exactly after a break), `history` (pages of stored frames),
 //!   `nodes` (several addresses, the leader hint), `followers` (which follower a
 //!   subscription reads from with [`client::ReadFrom::Followers`]), `coalesce` (concurrent
-//!   publishes over one stream), `compression`, `credentials` (token and TLS settings),
-//!   `retry`, `error`.
+//!   publishes over one stream), `watch` (the cluster's changes, moving on to another node
+//!   when the one watched goes away), `compression`, `credentials` (token and TLS
+//!   settings), `retry`, `error`.
 //! - [`cluster`]: the cluster (v1.1), coordinated through etcd: `etcd` (the typed etcd
 //!   client: leases and their keeper, KV, watches, the election, fenced writes),
 //!   `membership` (nodes registered under their leases, online/offline events), `insync`

@@ -1193,6 +1193,97 @@ async fn the_leader_reports_what_each_follower_lacks_in_replication_lag_frames()
     .await;
 }
 
+/// The next event of `watch`, within 30 s.
+async fn next_event(
+    watch: &mut framecast::client::ClusterWatch,
+) -> framecast::client::ClusterEvent {
+    tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("an event within 30 s")
+        .unwrap()
+}
+
+/// The Rust client's `watch_cluster` (and `framecast cluster --watch`): the whole cluster
+/// first, then a follower's `kill -9` as NODE_OFFLINE; when the node watched stops, the
+/// watch moves on to another node, whose first event carries the whole cluster again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_watch_reports_changes_and_moves_on_when_its_node_stops() {
+    use framecast::client::{Client, ClusterEvent, ClusterEventKind};
+    use std::io::BufRead;
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let ids = ["n1", "n2", "n3"];
+    let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
+    let followers: Vec<String> = ids
+        .iter()
+        .filter(|i| **i != leader)
+        .map(|i| i.to_string())
+        .collect();
+    let (watched, doomed) = (followers[0].clone(), followers[1].clone());
+    let addresses = [&watched, &leader, &doomed].map(|id| c.node(id).address.clone());
+    let client = Client::connect_many(&addresses).unwrap();
+    let mut watch = client.watch_cluster();
+    let first: ClusterEvent = next_event(&mut watch).await;
+    assert_eq!(first.kind(), ClusterEventKind::NodeOnline);
+    assert_eq!(first.node_id, watched);
+    let cluster = first.cluster.clone().unwrap();
+    assert_eq!(cluster.nodes.len(), 3, "{cluster:?}");
+    assert_eq!(cluster.leader, c.node(&leader).address);
+
+    // The CLI prints the same first event, one JSON object per line.
+    let mut cli = std::process::Command::new(common::bin())
+        .args(["cluster", "--watch", "--json", "--addr", &addresses[1]])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = cli.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .expect("the CLI prints its first event")
+        .unwrap();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["kind"], "NODE_ONLINE", "{v}");
+    assert_eq!(v["node_id"], leader, "{v}");
+    assert_eq!(
+        v["cluster"]["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
+
+    // A follower dies: the watch says so.
+    c.node_mut(&doomed).server.kill9();
+    loop {
+        let e = next_event(&mut watch).await;
+        if e.kind() == ClusterEventKind::NodeOffline && e.node_id == doomed {
+            break;
+        }
+    }
+    // The node watched stops: the watch moves on, and its first event there is the whole
+    // cluster as another node sees it.
+    c.node(&watched).server.sigterm();
+    let moved = loop {
+        let e = next_event(&mut watch).await;
+        if e.kind() == ClusterEventKind::NodeOnline && e.node_id != watched {
+            break e;
+        }
+    };
+    // The only node left is the leader, next in the client's list.
+    assert_eq!(moved.node_id, leader);
+    let cluster = moved.cluster.unwrap();
+    let me = cluster.nodes.iter().find(|n| n.id == leader).unwrap();
+    assert!(me.leader && me.online, "{cluster:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_stopped_stops_acks_within_the_lease_and_its_restart_brings_them_back() {
     let _serial = SERIAL.lock().await;

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use framecast::client::{Client, ClusterInfo, Result};
+use framecast::client::{Client, ClusterEvent, ClusterInfo, Result};
 
 /// Which node to ask, and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,15 +27,58 @@ pub struct ClusterArgs {
     /// The answer as one JSON object, as `GET /v1/cluster` gives it.
     #[arg(long)]
     pub json: bool,
+    /// Follow the cluster's changes (WatchCluster) until interrupted: the cluster now, then
+    /// each change (NODE_ONLINE, NODE_OFFLINE, LEADER_CHANGED) with the cluster after it;
+    /// when the node watched goes away, another of `--addr` is watched. With `--json`, one
+    /// object per line: `{"kind","node_id","cluster"}`.
+    #[arg(long)]
+    pub watch: bool,
 }
 
-/// Asks and prints; returns how many nodes were listed.
+/// Asks and prints; returns how many nodes were listed (with `--watch`, runs until an
+/// error: no node answers).
 pub async fn run(args: ClusterArgs) -> Result<u64> {
     let client = args.credentials.apply(Client::connect(&args.addr)?)?;
+    if args.watch {
+        let mut watch = client.watch_cluster();
+        loop {
+            let event = watch.next().await?;
+            let text = render_event(&event, args.topics, args.json);
+            let mut out = std::io::stdout().lock();
+            // A reader that went away (a closed pipe) ends the watch.
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return Ok(0);
+            }
+        }
+    }
     let info = client.cluster().await?;
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", render(&info, args.topics, args.json));
     Ok(info.nodes.len() as u64)
+}
+
+/// The text `framecast cluster --watch` prints for `event`.
+fn render_event(event: &ClusterEvent, topics: bool, json: bool) -> String {
+    let kind = event.kind().as_str_name().to_string();
+    let cluster = event.cluster.clone().unwrap_or_default();
+    if json {
+        let v = serde_json::json!({
+            "kind": kind,
+            "node_id": event.node_id,
+            "cluster": framecast::http::json::cluster_info(&cluster),
+        });
+        return format!("{v}\n");
+    }
+    let about = if event.node_id.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", event.node_id)
+    };
+    format!("{kind}{about}\n{}", render(&cluster, topics, false))
 }
 
 /// The text `framecast cluster` prints for `info`.
@@ -127,5 +170,29 @@ mod tests {
             ..info
         };
         assert!(render(&none, false, false).starts_with("term 42, leader none elected\n"));
+    }
+
+    #[test]
+    fn a_watched_change_names_its_kind_and_node_then_the_cluster_after_it() {
+        let event = ClusterEvent {
+            kind: framecast::client::ClusterEventKind::NodeOffline as i32,
+            node_id: "b".into(),
+            cluster: Some(ClusterInfo {
+                term: 7,
+                leader: "a:7070".into(),
+                nodes: vec![node("a", true, true), node("b", false, false)],
+            }),
+        };
+        let text = render_event(&event, false, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NODE_OFFLINE b");
+        assert_eq!(lines[1], "term 7, leader a:7070");
+        assert_eq!(lines.len(), 5);
+        let line = render_event(&event, false, true);
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["kind"], "NODE_OFFLINE");
+        assert_eq!(json["node_id"], "b");
+        assert_eq!(json["cluster"]["nodes"][1]["online"], false);
     }
 }

@@ -16,6 +16,7 @@ mod nodes;
 mod publisher;
 mod retry;
 mod subscription;
+mod watch;
 
 pub use compression::Compression;
 pub use credentials::{Bearer, ClientTls};
@@ -26,3 +27,4 @@ pub use history::{HistoryPage, HistoryQuery};
 pub use publisher::{PendingAck, Publisher};
 pub use retry::{RetryPolicy, Retrying};
 pub use subscription::{Frame, Subscription};
+pub use watch::{ClusterEvent, ClusterEventKind, ClusterWatch};
