@@ -43,6 +43,7 @@ from .errors import (
 )
 from .types import (
     Ack,
+    ClusterEvent,
     ClusterInfo,
     Cursor,
     Frame,
@@ -63,6 +64,7 @@ __all__ = [
     "HistoryPage",
     "TopicInfo",
     "Cursor",
+    "ClusterEvent",
     "ClusterInfo",
     "NodeInfo",
     "TopicPosition",

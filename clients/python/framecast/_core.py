@@ -25,6 +25,7 @@ from ._proto import framecast_pb2 as pb
 from .errors import from_rpc_error, is_transient
 from .types import (
     Ack,
+    ClusterEvent,
     ClusterInfo,
     Cursor,
     Frame,
@@ -845,6 +846,15 @@ def cluster_from_pb(c: pb.ClusterInfo) -> ClusterInfo:
             )
             for n in c.nodes
         ),
+    )
+
+
+def cluster_event_from_pb(e: pb.ClusterEvent) -> ClusterEvent:
+    """A :class:`ClusterEvent` from its message."""
+    return ClusterEvent(
+        kind=pb.ClusterEvent.Kind.Name(e.kind),
+        node_id=e.node_id,
+        cluster=cluster_from_pb(e.cluster),
     )
 
 

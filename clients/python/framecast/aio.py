@@ -49,6 +49,7 @@ from ._core import (
     ack_from_pb,
     acks_from_pb,
     broadcast_request,
+    cluster_event_from_pb,
     attempt_timeout,
     check_coalesced,
     check_read_from,
@@ -72,8 +73,8 @@ from ._core import (
 from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError
-from .types import Ack, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
+from .errors import ClientClosed, FramecastError, Unavailable
+from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
 
@@ -598,6 +599,46 @@ class Client:
         """The cluster as the node the client calls sees it (term, leader, every node). See
         :meth:`framecast.Client.cluster`."""
         return cluster_from_pb(await self._call("cluster", "Cluster", pb.ClusterRequest(), timeout))
+
+    async def watch_cluster(self, *, timeout: float | None = None) -> AsyncIterator[ClusterEvent]:
+        """Follows the cluster's changes, moving on to the next address when the node
+        watched goes away. See :meth:`framecast.Client.watch_cluster`."""
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        route = Route(self._nodes)
+        while True:
+            call = self._stub_for(route.next()).WatchCluster(
+                pb.ClusterRequest(), timeout=remaining(deadline)
+            )
+            failure: grpc.RpcError | None = None
+            try:
+                async for event in call:
+                    backoff.reset()
+                    route.progress()
+                    yield cluster_event_from_pb(event)
+            except grpc.RpcError as e:
+                failure = e
+            finally:
+                call.cancel()
+            if failure is not None:
+                delay = unary_retry_delay(
+                    "watch_cluster",
+                    failure,
+                    backoff,
+                    deadline=deadline,
+                    timeout=timeout,
+                    closed=self._closed,
+                    route=route,
+                )
+            else:
+                # The stream just ended (the node stopped): on to the next node.
+                route.failed(None)
+                next_delay = backoff.next_delay(deadline)
+                if next_delay is None:
+                    raise Unavailable("watch_cluster: no node answered", None, backoff.attempts)
+                delay = next_delay
+            if delay:
+                await self._sleep(delay)
 
     async def _cluster_for(self, resume: Resume) -> ClusterInfo | None:
         """The ``Cluster`` answer a subscription picks its follower from: one attempt on

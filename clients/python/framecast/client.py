@@ -34,6 +34,7 @@ from ._core import (
     ack_from_pb,
     acks_from_pb,
     broadcast_request,
+    cluster_event_from_pb,
     attempt_timeout,
     check_coalesced,
     check_read_from,
@@ -57,8 +58,8 @@ from ._core import (
 from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError
-from .types import Ack, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
+from .errors import ClientClosed, FramecastError, Unavailable
+from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
 
@@ -733,6 +734,55 @@ class Client:
         """
         resp = self._call("cluster", "Cluster", pb.ClusterRequest(), timeout)
         return cluster_from_pb(resp)
+
+    def watch_cluster(self, *, timeout: float | None = None) -> Iterator[ClusterEvent]:
+        """Follows the cluster's changes (``WatchCluster``) on the node calls go to: first
+        that node coming online (``NODE_ONLINE``) with the whole cluster, then one
+        :class:`ClusterEvent` per change (or the latest, for a reader that fell behind).
+        When the node watched goes away, the watch moves on to the next address, whose first
+        event again carries the whole cluster. Close the generator (or the client) to stop.
+
+        Raises:
+            Unavailable: No node answered within the retry budget.
+            DeadlineExceeded: ``timeout`` (the whole watch) ran out.
+            Unauthenticated: The token was refused or expired.
+        """
+        deadline = deadline_after(timeout)
+        backoff = Backoff(self._retry)
+        route = Route(self._nodes)
+        while True:
+            self._check_open()
+            stub = self._stub_for(route.next())
+            call = stub.WatchCluster(pb.ClusterRequest(), timeout=remaining(deadline))
+            failure: grpc.RpcError | None = None
+            try:
+                for event in call:
+                    backoff.reset()
+                    route.progress()
+                    yield cluster_event_from_pb(event)
+            except grpc.RpcError as e:
+                failure = e
+            finally:
+                call.cancel()
+            if failure is not None:
+                delay = unary_retry_delay(
+                    "watch_cluster",
+                    failure,
+                    backoff,
+                    deadline=deadline,
+                    timeout=timeout,
+                    closed=self._closed.is_set(),
+                    route=route,
+                )
+            else:
+                # The stream just ended (the node stopped): on to the next node.
+                route.failed(None)
+                next_delay = backoff.next_delay(deadline)
+                if next_delay is None:
+                    raise Unavailable("watch_cluster: no node answered", None, backoff.attempts)
+                delay = next_delay
+            if delay:
+                self._sleep(delay)
 
     def _cluster_for(self, resume: Resume) -> ClusterInfo | None:
         """The ``Cluster`` answer a subscription picks its follower from: one attempt on

@@ -187,3 +187,18 @@ class ClusterInfo:
     term: int
     leader: str
     nodes: tuple[NodeInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    """One change of a cluster, as :meth:`framecast.Client.watch_cluster` yields it.
+
+    Attributes:
+        kind: ``"NODE_ONLINE"``, ``"NODE_OFFLINE"`` or ``"LEADER_CHANGED"``.
+        node_id: The node the change is about (``""`` for a leader change with no leader).
+        cluster: The whole cluster after the change.
+    """
+
+    kind: str
+    node_id: str
+    cluster: ClusterInfo

@@ -564,3 +564,53 @@ def test_aio_subscription_resumes_on_the_next_address(
     finally:
         one.kill()
         two.kill()
+
+
+def test_a_cluster_watch_moves_on_to_the_next_address(
+    framecast_bin: Path, tmp_path: Path, topic: str
+) -> None:
+    """``watch_cluster`` yields the node's whole cluster first; when that node dies, the
+    watch moves on to the next address and yields that node's whole cluster."""
+    one, two = _moved(framecast_bin, tmp_path)
+    try:
+        with Client([one.address, two.address], retry=TEST_RETRY) as client:
+            watch = client.watch_cluster(timeout=60)
+            first = run_bounded(lambda: next(watch), 15)
+            assert first.kind == "NODE_ONLINE" and first.node_id == "standalone"
+            (me,) = first.cluster.nodes
+            assert me.leader and me.in_sync and me.online and me.address == one.address
+            one.kill()
+            time.sleep(0.3)  # the watch tries both ports meanwhile
+            two.start()
+            moved = run_bounded(lambda: next(watch), 30)
+            assert moved.kind == "NODE_ONLINE"
+            (me,) = moved.cluster.nodes
+            assert me.address == two.address and client.address == two.address
+            watch.close()
+    finally:
+        one.kill()
+        two.kill()
+
+
+def test_aio_cluster_watch_moves_on_to_the_next_address(
+    framecast_bin: Path, tmp_path: Path, topic: str
+) -> None:
+    one, two = _moved(framecast_bin, tmp_path)
+
+    async def main() -> None:
+        async with framecast_aio.Client([one.address, two.address], retry=TEST_RETRY) as client:
+            watch = client.watch_cluster(timeout=60)
+            first = await asyncio.wait_for(anext(watch), 15)
+            assert first.kind == "NODE_ONLINE" and first.cluster.nodes[0].address == one.address
+            one.kill()
+            await asyncio.sleep(0.3)
+            two.start()
+            moved = await asyncio.wait_for(anext(watch), 30)
+            assert moved.kind == "NODE_ONLINE" and moved.cluster.nodes[0].address == two.address
+            await watch.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        one.kill()
+        two.kill()
