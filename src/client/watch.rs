@@ -1,6 +1,8 @@
 //! [`ClusterWatch`]: the cluster's changes as a client follows them (`WatchCluster`), moving
 //! on to another node when the one it watches goes away.
 
+use std::time::{Duration, Instant};
+
 use super::error::{from_status, transient, Result};
 use super::handle::Client;
 use super::nodes::Conn;
@@ -14,13 +16,26 @@ pub type ClusterEvent = proto::ClusterEvent;
 /// The kinds of a [`ClusterEvent`].
 pub use proto::cluster_event::Kind as ClusterEventKind;
 
+/// A watch stream that stayed open this long showed its node up: the retry budget starts
+/// over when it breaks.
+const STAYED_UP: Duration = Duration::from_secs(1);
+
+/// The stream a [`ClusterWatch`] reads.
+#[derive(Debug)]
+struct Open {
+    conn: Conn,
+    stream: tonic::Streaming<ClusterEvent>,
+    events: u64,
+    since: Instant,
+}
+
 /// Follows the cluster's changes from one node at a time; see [`Client::watch_cluster`].
 /// Holds one stream, never a queue: a watcher that reads slowly gets the latest state.
 #[derive(Debug)]
 pub struct ClusterWatch {
     client: Client,
-    /// The stream open now, and the node it comes from.
-    stream: Option<(Conn, tonic::Streaming<ClusterEvent>)>,
+    /// The stream open now: the node it comes from, and how many events it gave.
+    stream: Option<Open>,
     attempts: Attempts,
 }
 
@@ -42,34 +57,58 @@ impl Client {
 
 impl ClusterWatch {
     /// The next event. Fails only when no node answers within the retry policy, or for a
-    /// refusal that another node would repeat (a token refused or expired).
+    /// refusal that another node would repeat (a token refused or expired). Safe to cancel
+    /// (in a `select!`, under a timeout): the stream stays open for the next call.
     pub async fn next(&mut self) -> Result<ClusterEvent> {
         loop {
-            let (conn, mut stream) = match self.stream.take() {
-                Some(open) => open,
-                None => {
-                    let conn = self.client.conn();
-                    let opened = conn
-                        .grpc
-                        .clone()
-                        .watch_cluster(proto::ClusterRequest {})
-                        .await;
-                    match opened {
-                        Ok(r) => (conn, r.into_inner()),
-                        Err(s) => {
-                            self.failed(&conn, s).await?;
-                            continue;
-                        }
+            if self.stream.is_none() {
+                let conn = self.client.conn();
+                let opened = conn
+                    .grpc
+                    .clone()
+                    .watch_cluster(proto::ClusterRequest {})
+                    .await;
+                match opened {
+                    Ok(r) => {
+                        self.stream = Some(Open {
+                            conn,
+                            stream: r.into_inner(),
+                            events: 0,
+                            since: Instant::now(),
+                        })
                     }
+                    Err(s) => self.failed(&conn, s).await?,
                 }
+                continue;
+            }
+            let Some(open) = self.stream.as_mut() else {
+                continue;
             };
-            match stream.message().await {
-                Ok(Some(event)) => {
+            let read = open.stream.message().await;
+            if let Ok(Some(event)) = read {
+                open.events += 1;
+                // The first event is the snapshot every stream opens with: only a second
+                // one shows the node stays up (one that accepts and drops streams would
+                // otherwise be retried at once, forever).
+                if open.events > 1 {
                     self.attempts.succeeded();
-                    self.stream = Some((conn, stream));
-                    return Ok(event);
                 }
-                Ok(None) => {
+                return Ok(event);
+            }
+            let Some(Open {
+                conn,
+                events,
+                since,
+                ..
+            }) = self.stream.take()
+            else {
+                continue;
+            };
+            if events > 0 && since.elapsed() >= STAYED_UP {
+                self.attempts.succeeded();
+            }
+            match read {
+                Ok(_) => {
                     let nodes = self.client.nodes();
                     if let Some(e) = self
                         .attempts

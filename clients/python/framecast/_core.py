@@ -359,9 +359,7 @@ def follower_candidates(info: ClusterInfo) -> list[NodeInfo]:
     in-sync followers with an address (a follower out of the in-sync set refuses reads,
     naming the leader). Empty for a single node (which lists itself alone, as the
     leader)."""
-    usable = [
-        n for n in info.nodes if n.online and n.in_sync and not n.leader and node_address(n)
-    ]
+    usable = [n for n in info.nodes if n.online and n.in_sync and not n.leader and node_address(n)]
     return sorted(usable, key=lambda n: n.id)
 
 
@@ -849,10 +847,56 @@ def cluster_from_pb(c: pb.ClusterInfo) -> ClusterInfo:
     )
 
 
+def watch_retry_delay(
+    failure: grpc.RpcError | None,
+    backoff: Backoff,
+    *,
+    deadline: float | None,
+    timeout: float | None,
+    closed: bool,
+    route: Route,
+    events: int,
+    opened: float,
+) -> float:
+    """After a ``WatchCluster`` stream that gave ``events`` events since ``opened``
+    (``time.monotonic()``) broke with ``failure`` (``None``: it just ended, as when its node
+    stops): the delay before watching again on the next node, or raises the error to end
+    the watch with. The first event is the snapshot every stream opens with; a stream that
+    gave it and stayed up :data:`STABLE_STREAM_SECONDS` starts the retry budget over, as a
+    subscription's does."""
+    if events > 0 and time.monotonic() - opened >= STABLE_STREAM_SECONDS:
+        backoff.reset()
+    if failure is not None:
+        return unary_retry_delay(
+            "watch_cluster",
+            failure,
+            backoff,
+            deadline=deadline,
+            timeout=timeout,
+            closed=closed,
+            route=route,
+        )
+    if closed:
+        raise errors.ClientClosed("watch_cluster: client closed")
+    if deadline is not None and time.monotonic() >= deadline:
+        raise timed_out("watch_cluster", timeout)
+    route.failed(None)
+    delay = backoff.next_delay(deadline)
+    if delay is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise timed_out("watch_cluster", timeout)
+        raise errors.Unavailable("watch_cluster: no node answered", None, backoff.attempts)
+    return delay
+
+
 def cluster_event_from_pb(e: pb.ClusterEvent) -> ClusterEvent:
     """A :class:`ClusterEvent` from its message."""
+    try:
+        kind = pb.ClusterEvent.Kind.Name(e.kind)
+    except ValueError:  # a kind newer than this client
+        kind = "KIND_UNSPECIFIED"
     return ClusterEvent(
-        kind=pb.ClusterEvent.Kind.Name(e.kind),
+        kind=kind,
         node_id=e.node_id,
         cluster=cluster_from_pb(e.cluster),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -48,11 +49,11 @@ from ._core import (
     RunState,
     ack_from_pb,
     acks_from_pb,
-    broadcast_request,
-    cluster_event_from_pb,
     attempt_timeout,
+    broadcast_request,
     check_coalesced,
     check_read_from,
+    cluster_event_from_pb,
     cluster_from_pb,
     cluster_lookup_timeout,
     coalesced_stream_end,
@@ -69,11 +70,12 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    watch_retry_delay,
 )
 from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError, Unavailable
+from .errors import ClientClosed, FramecastError
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -304,7 +306,10 @@ class Client:
         retried with one idempotency key. See :meth:`framecast.Client.broadcast`."""
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
-        return acks_from_pb(await self._call("broadcast", "Broadcast", req, timeout))
+        # Without a key (""), nothing tells a retry from a new broadcast: no retry.
+        return acks_from_pb(
+            await self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
+        )
 
     async def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream and waits for its own ack."""
@@ -611,32 +616,35 @@ class Client:
                 pb.ClusterRequest(), timeout=remaining(deadline)
             )
             failure: grpc.RpcError | None = None
+            events, opened = 0, time.monotonic()
             try:
                 async for event in call:
-                    backoff.reset()
+                    events += 1
+                    # The first event is the snapshot every stream opens with: only a
+                    # second one shows the node stays up.
+                    if events > 1:
+                        backoff.reset()
                     route.progress()
                     yield cluster_event_from_pb(event)
             except grpc.RpcError as e:
                 failure = e
+            except asyncio.CancelledError:
+                # Closing the client cancels its calls: that is the end of the watch.
+                if self._closed:
+                    raise ClientClosed("watch_cluster: client closed") from None
+                raise
             finally:
                 call.cancel()
-            if failure is not None:
-                delay = unary_retry_delay(
-                    "watch_cluster",
-                    failure,
-                    backoff,
-                    deadline=deadline,
-                    timeout=timeout,
-                    closed=self._closed,
-                    route=route,
-                )
-            else:
-                # The stream just ended (the node stopped): on to the next node.
-                route.failed(None)
-                next_delay = backoff.next_delay(deadline)
-                if next_delay is None:
-                    raise Unavailable("watch_cluster: no node answered", None, backoff.attempts)
-                delay = next_delay
+            delay = watch_retry_delay(
+                failure,
+                backoff,
+                deadline=deadline,
+                timeout=timeout,
+                closed=self._closed,
+                route=route,
+                events=events,
+                opened=opened,
+            )
             if delay:
                 await self._sleep(delay)
 

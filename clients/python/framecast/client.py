@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,11 +34,11 @@ from ._core import (
     RunState,
     ack_from_pb,
     acks_from_pb,
-    broadcast_request,
-    cluster_event_from_pb,
     attempt_timeout,
+    broadcast_request,
     check_coalesced,
     check_read_from,
+    cluster_event_from_pb,
     cluster_from_pb,
     cluster_lookup_timeout,
     coalesced_stream_end,
@@ -54,11 +55,12 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    watch_retry_delay,
 )
 from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError, Unavailable
+from .errors import ClientClosed, FramecastError
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -374,7 +376,8 @@ class Client:
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
-        return acks_from_pb(self._call("broadcast", "Broadcast", req, timeout))
+        # Without a key (""), nothing tells a retry from a new broadcast: no retry.
+        return acks_from_pb(self._call("broadcast", "Broadcast", req, timeout, retry=bool(key)))
 
     def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream and waits for its own ack."""
@@ -752,35 +755,38 @@ class Client:
         route = Route(self._nodes)
         while True:
             self._check_open()
-            stub = self._stub_for(route.next())
-            call = stub.WatchCluster(pb.ClusterRequest(), timeout=remaining(deadline))
+            try:
+                call = self._stub_for(route.next()).WatchCluster(
+                    pb.ClusterRequest(), timeout=remaining(deadline)
+                )
+            except ValueError:
+                # grpc raises ValueError for a call on a closed channel.
+                raise ClientClosed("watch_cluster: client closed") from None
             failure: grpc.RpcError | None = None
+            events, opened = 0, time.monotonic()
             try:
                 for event in call:
-                    backoff.reset()
+                    events += 1
+                    # The first event is the snapshot every stream opens with: only a
+                    # second one shows the node stays up.
+                    if events > 1:
+                        backoff.reset()
                     route.progress()
                     yield cluster_event_from_pb(event)
             except grpc.RpcError as e:
                 failure = e
             finally:
                 call.cancel()
-            if failure is not None:
-                delay = unary_retry_delay(
-                    "watch_cluster",
-                    failure,
-                    backoff,
-                    deadline=deadline,
-                    timeout=timeout,
-                    closed=self._closed.is_set(),
-                    route=route,
-                )
-            else:
-                # The stream just ended (the node stopped): on to the next node.
-                route.failed(None)
-                next_delay = backoff.next_delay(deadline)
-                if next_delay is None:
-                    raise Unavailable("watch_cluster: no node answered", None, backoff.attempts)
-                delay = next_delay
+            delay = watch_retry_delay(
+                failure,
+                backoff,
+                deadline=deadline,
+                timeout=timeout,
+                closed=self._closed.is_set(),
+                route=route,
+                events=events,
+                opened=opened,
+            )
             if delay:
                 self._sleep(delay)
 

@@ -171,3 +171,19 @@ def test_aio_subscription_resumes_across_kill9(
         assert len(resumes) >= 2, "the kills did not break the subscription"
 
     run(main(), timeout=90)
+
+
+def test_aio_cluster_watch_ends_with_client_closed(server: ServerProcess) -> None:
+    async def main() -> None:
+        client = Client(server.address, retry=TEST_RETRY)
+        watch = client.watch_cluster(timeout=30)
+        first = await asyncio.wait_for(anext(watch), 15)
+        assert first.kind == "NODE_ONLINE" and first.node_id == "standalone"
+        waiting = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.2)  # waiting on the open stream: a quiet cluster says nothing
+        assert not waiting.done()
+        await client.close()
+        with pytest.raises(framecast.ClientClosed):
+            await asyncio.wait_for(waiting, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

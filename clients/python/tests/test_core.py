@@ -15,16 +15,20 @@ from framecast._core import (
     STABLE_STREAM_SECONDS,
     Backoff,
     KeySource,
+    Nodes,
     Pipeline,
     Resume,
+    Route,
     attempt_timeout,
     check_coalesced,
+    cluster_event_from_pb,
     coalesced_stream_end,
     compression_settings,
     normalize_address,
     parse_subscription_metadata,
     publish_stream_retry_delay,
     unary_retry_delay,
+    watch_retry_delay,
 )
 from framecast._proto import framecast_pb2 as pb
 
@@ -314,3 +318,37 @@ def test_compression_settings() -> None:
         compression_settings("zstd")
     with pytest.raises(InvalidArgument):
         compression_settings("lz4")
+
+
+def test_watch_retry_delay_moves_on_and_starts_over_only_after_a_stream_that_lasted() -> None:
+    nodes = Nodes(["a:1", "b:2"])
+    route = Route(nodes)
+    route.next()
+    b = Backoff(FAST)
+    now = time.monotonic()
+    # A stream that gave only its opening snapshot and ended at once: backoff, next node.
+    args = {"deadline": None, "timeout": None, "closed": False, "route": route}
+    assert watch_retry_delay(None, b, events=1, opened=now, **args) > 0
+    assert b.attempts == 1 and nodes.current == "b:2"
+    # One that gave its snapshot and stayed up: the budget starts over.
+    watch_retry_delay(None, b, events=1, opened=now - 5, **args)
+    assert b.attempts == 1
+    # A permanent error ends the watch; a closed client and a spent timeout too.
+    with pytest.raises(errors.Unauthenticated):
+        watch_retry_delay(Err(grpc.StatusCode.UNAUTHENTICATED), b, events=0, opened=now, **args)
+    with pytest.raises(errors.ClientClosed):
+        watch_retry_delay(None, b, events=0, opened=now, **{**args, "closed": True})
+    with pytest.raises(errors.DeadlineExceeded):
+        watch_retry_delay(
+            None, b, events=0, opened=now, **{**args, "deadline": now - 1, "timeout": 1.0}
+        )
+    # A budget spent without a stream that lasted: Unavailable.
+    spent = Backoff(RetryPolicy(initial=0.01, max_delay=0.01, max_elapsed=0.0))
+    with pytest.raises(errors.Unavailable):
+        watch_retry_delay(None, spent, events=0, opened=now, **args)
+
+
+def test_a_cluster_event_of_a_kind_newer_than_the_client_is_unspecified() -> None:
+    known = cluster_event_from_pb(pb.ClusterEvent(kind=pb.ClusterEvent.NODE_OFFLINE, node_id="n2"))
+    assert (known.kind, known.node_id) == ("NODE_OFFLINE", "n2")
+    assert cluster_event_from_pb(pb.ClusterEvent(kind=99)).kind == "KIND_UNSPECIFIED"
