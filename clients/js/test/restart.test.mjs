@@ -142,7 +142,7 @@ test("graceful shutdown (SIGTERM) ends the stream with event: error UNAVAILABLE;
   pending.catch(() => {});
   const { code } = await server.kill("SIGTERM");
   assert.equal(code, 0, `graceful shutdown exits 0:\n${server.log().split("\n").slice(-15).join("\n")}`);
-  assert.match(streams[0], /event: ?error\r?\ndata: ?\{[^\n]*"code":"UNAVAILABLE"/, `the stream's end:\n${streams[0].slice(-400)}`);
+  assert.match(streams[0], /event: ?error\r?\nid: ?[^\r\n]+\r?\ndata: ?\{[^\n]*"code":"UNAVAILABLE"/, `the stream's end:\n${streams[0].slice(-400)}`);
 
   server = await startServer({ dataDir, listen, httpListen });
   const more = [];
