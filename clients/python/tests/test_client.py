@@ -291,6 +291,17 @@ def test_close_ends_subscriptions_and_calls(server: ServerProcess, topic: str) -
     client.close()  # idempotent
 
 
+def test_close_ends_a_cluster_watch(server: ServerProcess) -> None:
+    client = Client(server.address, retry=TEST_RETRY)
+    watch = client.watch_cluster(timeout=30)
+    first = run_bounded(lambda: next(watch), 15)
+    assert (first.kind, first.node_id) == ("NODE_ONLINE", "standalone")
+    # A quiet cluster says nothing more: close() from another thread ends the wait.
+    threading.Timer(0.3, client.close).start()
+    with pytest.raises(ClientClosed):
+        run_bounded(lambda: next(watch), 15)
+
+
 # Regression: a request cancelled while it auto-created a topic used to leave the topic's
 # directory on disk but not in the server's map (every later use failed with UNAVAILABLE
 # "Directory not empty" until a restart). Creation now finishes even when cancelled.
