@@ -8,7 +8,7 @@
 import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import { SseParser } from "./sse.js";
-import { Hops } from "./transport.js";
+import { certificateRefused, Hops } from "./transport.js";
 import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
 /** A refused subscription that is worth asking again: timeouts, rate limits, server-side trouble. */
 function reconnectable(status) {
@@ -238,6 +238,9 @@ export class Subscription {
                         return;
                     if (e instanceof FramecastError)
                         throw e;
+                    const tls = certificateRefused(base, e);
+                    if (tls)
+                        throw tls;
                     broke = e; // a network error, or the idle timer
                     moveOn();
                 }

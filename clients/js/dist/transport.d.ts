@@ -21,6 +21,14 @@ export interface Call {
     signal?: AbortSignal | undefined;
 }
 /**
+ * When a failed `fetch` is a TLS handshake that refused a certificate (the server's not
+ * signed by the trusted CA or not for this host, or the server's alert refusing ours), the
+ * error to throw at once: a retry cannot cure it. Undefined for anything else. (A server
+ * that refuses a missing client certificate under TLS 1.3 may only close the connection
+ * after the handshake: that looks like any dropped connection and is retried.)
+ */
+export declare function certificateRefused(url: string, e: unknown): FramecastError | undefined;
+/**
  * Whether a failed `fetch` never reached a server (connection refused, no such host), so
  * that sending it to another node is harmless even for a request that is not repeated
  * after a lost answer. Node's fetch tells (`cause.code`); a browser's does not (false).

@@ -10,7 +10,7 @@ import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import type { FollowerPicker } from "./followers.js";
 import { SseParser } from "./sse.js";
-import { Hops, type Transport } from "./transport.js";
+import { certificateRefused, Hops, type Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
 import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
 
@@ -235,6 +235,8 @@ export class Subscription implements AsyncIterableIterator<Frame> {
         } catch (e) {
           if (stop.aborted) return;
           if (e instanceof FramecastError) throw e;
+          const tls = certificateRefused(base, e);
+          if (tls) throw tls;
           broke = e; // a network error, or the idle timer
           moveOn();
         } finally {

@@ -5,6 +5,7 @@
 
 import { abortReason, type Backoff, backoffOf, delayMs, sleep } from "./backoff.js";
 import { errorOfResponse, FramecastError } from "./errors.js";
+import { tlsFetch } from "./tls.js";
 import { malformed } from "./wire.js";
 import type { FramecastOptions, TokenSource } from "./types.js";
 
@@ -26,8 +27,52 @@ export interface Call {
 
 /** A network failure (no HTTP answer), as `fetch` reports it. */
 function unreachable(url: string, cause: unknown): FramecastError {
-  const why = cause instanceof Error ? cause.message : String(cause);
+  let why = cause instanceof Error ? cause.message : String(cause);
+  // `fetch` says only "fetch failed"; what failed (refused, a certificate) is its cause's.
+  const inner = (cause as { cause?: unknown } | null)?.cause;
+  if (inner instanceof Error && inner.message && !why.includes(inner.message)) why += ` (${inner.message})`;
   return new FramecastError("UNAVAILABLE", 0, `cannot reach ${url}: ${why}`, { cause });
+}
+
+/** Node's codes for a server certificate that does not verify (OpenSSL's, and the host name check). */
+const CERT_REFUSED = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_NOT_YET_VALID",
+  "CERT_HAS_EXPIRED",
+  "CERT_REVOKED",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "INVALID_CA",
+  "INVALID_PURPOSE",
+  "HOSTNAME_MISMATCH",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+/**
+ * When a failed `fetch` is a TLS handshake that refused a certificate (the server's not
+ * signed by the trusted CA or not for this host, or the server's alert refusing ours), the
+ * error to throw at once: a retry cannot cure it. Undefined for anything else. (A server
+ * that refuses a missing client certificate under TLS 1.3 may only close the connection
+ * after the handshake: that looks like any dropped connection and is retried.)
+ */
+export function certificateRefused(url: string, e: unknown): FramecastError | undefined {
+  const inner = (e as { cause?: unknown } | null)?.cause as { code?: unknown; message?: unknown } | undefined;
+  const code = inner?.code;
+  if (typeof code !== "string") return undefined;
+  const refused =
+    CERT_REFUSED.has(code) ||
+    /^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT_(BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|CERTIFICATE_\w+|UNKNOWN_CA|ACCESS_DENIED)$/.test(
+      code,
+    );
+  if (!refused) return undefined;
+  return new FramecastError("UNAVAILABLE", 0, `TLS handshake with ${url} failed (not retried): ${String(inner?.message ?? code)}`, {
+    cause: e,
+  });
 }
 
 /** Error codes (Node's) of a connection that was never made: no server saw the request. */
@@ -117,7 +162,10 @@ export class Transport {
     this.configured = this.urls.length;
     this.token = opts.token ?? tokenFromEnv();
     this.backoff = backoffOf(opts.backoff);
-    if (opts.fetch) {
+    const withTls = tlsFetch(opts);
+    if (withTls) {
+      this.fetch = withTls;
+    } else if (opts.fetch) {
       this.fetch = opts.fetch;
     } else if (typeof globalThis.fetch === "function") {
       // Bound: a browser's fetch called as a method of another object throws "Illegal invocation".
@@ -216,6 +264,8 @@ export class Transport {
         if (resp.ok) text = await resp.text();
       } catch (e) {
         if (signal?.aborted) throw abortReason(signal);
+        const tls = certificateRefused(url, e);
+        if (tls) throw tls;
         hops.reset();
         // A request never sent may go to a node it was not sent to yet, even when it is
         // not repeated after a lost answer.

@@ -32,6 +32,20 @@ export interface FramecastOptions {
   token?: TokenSource;
   /** The `fetch` to use (default: the global one). */
   fetch?: typeof fetch;
+  /**
+   * Node only: the CA to trust for `https://` nodes, as PEM text or its bytes
+   * (`readFileSync("ca.pem")`), as the CLI's `--ca-cert` and the Python client's `ca_cert`.
+   * Trusted in place of Node's bundled CAs. Absent: Node's own trust (its bundled CAs and
+   * `NODE_EXTRA_CA_CERTS`). A browser uses its trust store (the option is refused there).
+   */
+  caCert?: string | Uint8Array;
+  /**
+   * Node only: a client certificate chain (PEM), for a server started with
+   * `--tls-client-ca`; with `clientKey`.
+   */
+  clientCert?: string | Uint8Array;
+  /** Node only: the private key (PEM) of `clientCert`. */
+  clientKey?: string | Uint8Array;
   /** Backoff between retries and reconnects. */
   backoff?: BackoffOptions;
   /**

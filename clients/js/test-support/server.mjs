@@ -61,6 +61,7 @@ export async function startServer({
   httpListen = "127.0.0.1:0",
   args = [],
   timeoutMs = 20_000,
+  tls = undefined,
 } = {}) {
   const argv = ["serve", "--listen", listen, "--http-listen", httpListen, "--data-dir", dataDir, ...args];
   const proc = spawn(BIN, argv, {
@@ -109,12 +110,21 @@ export async function startServer({
     throw e;
   }
   onLine = () => {};
-  const url = `http://${addrs.httpAddr}`;
+  // With `tls` ({ ca, cert?, key? }: PEM texts; the server started with --tls-* in `args`),
+  // the doors are https:// and the health check trusts `ca` (and shows `cert`).
+  const scheme = tls ? "https" : "http";
+  const url = `${scheme}://${addrs.httpAddr}`;
+  let healthFetch = fetch;
+  if (tls) {
+    const undici = await import("undici");
+    const dispatcher = new undici.Agent({ connect: tls });
+    healthFetch = (u) => undici.fetch(u, { dispatcher });
+  }
   const server = {
     url,
     addr: addrs.addr,
     httpAddr: addrs.httpAddr,
-    grpcUrl: `http://${addrs.addr}`,
+    grpcUrl: `${scheme}://${addrs.addr}`,
     dataDir,
     proc,
     exited,
@@ -133,7 +143,7 @@ export async function startServer({
   await until(
     async () => {
       try {
-        return (await fetch(`${url}/healthz`)).status === 200;
+        return (await healthFetch(`${url}/healthz`)).status === 200;
       } catch {
         return false;
       }
