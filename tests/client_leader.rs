@@ -32,6 +32,9 @@ use tonic::{Code, Request, Response, Status};
 enum StreamRefusal {
     AtCall,
     InStream,
+    /// Reads the first request and ends the stream cleanly, answering nothing: a broken
+    /// server (counted in `refusals`).
+    EndsCleanly,
 }
 
 /// A follower that refuses every write naming `leader`; reads are unimplemented (the client
@@ -80,6 +83,12 @@ impl Broadcast for Follower {
                     Err(status)
                 };
                 Ok(Response::new(Box::pin(futures::stream::once(refusal))))
+            }
+            StreamRefusal::EndsCleanly => {
+                self.refusals.fetch_add(1, Ordering::SeqCst);
+                let mut requests = request.into_inner();
+                let _ = requests.message().await;
+                Ok(Response::new(Box::pin(futures::stream::empty())))
             }
         }
     }
@@ -674,4 +683,29 @@ async fn the_cli_takes_several_addresses_and_follows_the_hint() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// A publish stream that ends cleanly with frames unacknowledged is a failure like a break:
+/// the client backs off, and gives up within its retry budget with an error. Before, it
+/// reopened the stream at once, for ever, sending the frames again each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_ending_with_frames_unacknowledged_is_retried_with_backoff_then_fails() {
+    let fake = Fake::start("", StreamRefusal::EndsCleanly).await;
+    let c = Client::connect(&fake.addr)
+        .unwrap()
+        .with_retry(RetryPolicy {
+            initial: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
+            max_elapsed: Duration::from_secs(2),
+        });
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), c.publish("t", 1, "x"))
+        .await
+        .expect("the publish never returned")
+        .expect_err("a publish nobody acknowledged succeeded");
+    assert!(err.to_string().contains("unacknowledged"), "{err}");
+    let (took, streams) = (started.elapsed(), fake.refusals());
+    // About 2 s of backoff from 50 ms doubling to 200 ms: a dozen streams, not thousands.
+    assert!(took >= Duration::from_secs(1), "gave up after {took:?}");
+    assert!((2..=40).contains(&streams), "{streams} streams in {took:?}");
 }

@@ -603,3 +603,79 @@ async fn disk_full_is_unavailable_the_log_stays_valid_and_publishing_resumes() {
     check_log(read_log(&mut c, "full").await, &acked);
     drop(server);
 }
+
+/// A request message over the server's decoding limit (`max(--max-frame-bytes + 1 MiB,
+/// 8 MiB)`: tonic refuses it before any handler runs) is still the `INVALID_ARGUMENT` of a
+/// payload over `--max-frame-bytes`, in every call: unary Publish and Broadcast (tonic said
+/// `OUT_OF_RANGE`), PublishStream (which ended with OK and no answer to it, so the Rust
+/// client's publisher reopened its stream and sent it again, for ever), and the Rust
+/// client's `publish`. Nothing is stored; each refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_decoding_limit_is_invalid_argument_in_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--fsync", "always", "--max-frame-bytes", "1024"],
+    );
+    let mut c = server.client().await;
+    let big = vec![7u8; 9 << 20];
+    let over = |st: &Status, what: &str| {
+        assert_eq!(st.code(), Code::InvalidArgument, "{what}: {st:?}");
+        assert!(
+            st.message().contains("--max-frame-bytes 1024"),
+            "{what}: {st:?}"
+        );
+    };
+
+    let st = publish_status(&mut c, req("big", 1, &big)).await;
+    over(&st, "unary publish");
+
+    let reqs = vec![
+        req("big", 1, b"zero"),
+        req("big", 2, b"one"),
+        req("big", 3, &big),
+        req("big", 4, b"three"),
+    ];
+    let (acks, st) = publish_stream_result(&mut c, reqs).await;
+    let st = st.expect("the stream ended cleanly, leaving request 2 unanswered");
+    over(&st, "publish stream");
+    assert!(names_number(st.message(), 2), "{st:?}");
+    assert_eq!(acks.iter().map(|a| a.offset).collect::<Vec<_>>(), [0, 1]);
+
+    let st = tokio::time::timeout(
+        LIMIT,
+        c.broadcast(framecast::proto::BroadcastRequest {
+            topics: vec!["big".into()],
+            seq_no: 5,
+            payload: big.clone().into(),
+            timestamp: 0,
+            idempotency_key: String::new(),
+        }),
+    )
+    .await
+    .expect("broadcast timed out")
+    .expect_err("a broadcast over the limit was accepted");
+    over(&st, "broadcast");
+
+    // The Rust client gives up at once: the refusal is not retried.
+    let client = framecast::client::Client::connect(&server.addr).unwrap();
+    let err = tokio::time::timeout(LIMIT, client.publish("big", 6, big.clone()))
+        .await
+        .expect("the client's publish did not return")
+        .expect_err("the client's publish over the limit was accepted");
+    assert!(err.to_string().contains("--max-frame-bytes 1024"), "{err}");
+
+    // Only the two small frames before the refused one are stored.
+    let log = read_log(&mut c, "big").await;
+    assert_eq!(
+        log.iter().map(|f| f.payload.to_vec()).collect::<Vec<_>>(),
+        [b"zero".to_vec(), b"one".to_vec()]
+    );
+    let m =
+        common::http::request(server.http.as_ref().unwrap(), "GET", "/metrics", &[], b"").text();
+    let rejected = common::http::metric(
+        &m,
+        "framecast_rejected_requests_total{code=\"invalid_argument\"}",
+    );
+    assert_eq!(rejected, Some(4.0), "{m}");
+}

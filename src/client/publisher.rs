@@ -226,7 +226,22 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                             return;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // A server ends the acks only after answering every request it
+                        // read; frames unacknowledged at a clean end were not answered:
+                        // a failure like a break (with backoff), never an instant reopen.
+                        if !inflight.is_empty() {
+                            let s = tonic::Status::unavailable(format!(
+                                "the publish stream ended with {} frames unacknowledged",
+                                inflight.len()
+                            ));
+                            if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
+                                fail_all(&mut inflight, &e);
+                                attempts.succeeded();
+                            }
+                        }
+                        break;
+                    }
                     Err(s) if transient(&s) => {
                         // A refusal naming the leader wrote nothing of what is unacked;
                         // a break may have: either way every unacked frame goes again

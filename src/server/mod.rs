@@ -11,6 +11,7 @@ pub mod service;
 pub(crate) mod status;
 pub mod tasks;
 pub mod tls;
+mod too_large;
 
 pub use crate::broker::{last_fsync, shutdown, topics, Error, Result, Topic, TopicMeta, Topics};
 pub use crate::proto::{EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};

@@ -172,6 +172,19 @@ impl PendingBatch {
 }
 
 /// A refusal of the request at `index` of a publish stream, as the client sees it.
+/// Ends a publish stream whose request `index` tonic could not decode (over the decoding
+/// limit, or not protobuf) with `INVALID_ARGUMENT` naming it, counted as a refusal; a
+/// stream broken otherwise (the client went away) just ends.
+async fn refuse_undecodable(broker: &Broker, tx: &mpsc::Sender<Pipelined>, index: u64, s: &Status) {
+    match super::status::undecodable(s, broker.max_frame_bytes()) {
+        Some(e) => {
+            let e = broker.reject(e);
+            let _ = tx.send(Pipelined::Fail(at_index(index, e))).await;
+        }
+        None => debug!(status = %s, "publish stream broken"),
+    }
+}
+
 fn at_index(index: u64, e: Error) -> Status {
     let status = status(e);
     // The metadata goes along: a follower's refusal carries the leader's address.
@@ -239,7 +252,7 @@ impl Broadcast for BroadcastService {
                 let first = match next {
                     None => return,
                     Some(Err(status)) => {
-                        debug!(%status, "publish stream broken");
+                        refuse_undecodable(&broker, &tx, index, &status).await;
                         return;
                     }
                     Some(Ok(r)) => r,
@@ -247,13 +260,21 @@ impl Broadcast for BroadcastService {
                 let mut arrived_bytes = first.payload.len();
                 let mut arrived = vec![first];
                 let mut ended = false;
+                // A message that could not be decoded after those that arrived: they are
+                // stored and acknowledged first, then the stream ends refusing it.
+                let mut broken = None;
                 while arrived.len() < PUBLISH_BATCH_FRAMES && arrived_bytes < PUBLISH_BATCH_BYTES {
                     match inbound.next().now_or_never() {
                         Some(Some(Ok(r))) => {
                             arrived_bytes += r.payload.len();
                             arrived.push(r);
                         }
-                        Some(_) => {
+                        Some(Some(Err(status))) => {
+                            broken = Some(status);
+                            ended = true;
+                            break;
+                        }
+                        Some(None) => {
                             ended = true;
                             break;
                         }
@@ -279,7 +300,13 @@ impl Broadcast for BroadcastService {
                     batch.push(name, frame, index);
                     index += 1;
                 }
-                if !batch.flush(&broker, &tx, &budget, &mut shutdown).await || ended {
+                if !batch.flush(&broker, &tx, &budget, &mut shutdown).await {
+                    return;
+                }
+                if let Some(status) = broken {
+                    refuse_undecodable(&broker, &tx, index, &status).await;
+                }
+                if ended {
                     return;
                 }
             }

@@ -17,3 +17,49 @@ pub fn status(e: Error) -> Status {
     }
     status
 }
+
+/// What tonic says when a request message is over the server's decoding limit
+/// (`Status::out_of_range`, before any handler runs).
+const TOO_LARGE: &str = "message length too large";
+
+/// The refusal of a request message tonic could not decode — over the decoding limit, or
+/// not protobuf — as the broker's `INVALID_ARGUMENT` (API.md: a payload over
+/// `--max-frame-bytes` is `INVALID_ARGUMENT`); `None` for a stream that broke otherwise
+/// (a client reset: nobody to answer).
+pub fn undecodable(s: &Status, max_frame_bytes: u64) -> Option<Error> {
+    let message = s.message();
+    let too_large = s.code() == tonic::Code::OutOfRange && message.contains(TOO_LARGE);
+    if too_large {
+        return Some(Error::InvalidArgument(format!(
+            "payload larger than --max-frame-bytes {max_frame_bytes}: {message}"
+        )));
+    }
+    let garbled = s.code() == tonic::Code::Internal && message.contains("failed to decode");
+    garbled.then(|| Error::InvalidArgument(format!("malformed request: {message}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_over_the_decoding_limit_is_invalid_argument() {
+        let s = Status::out_of_range(
+            "Error, decoded message length too large: found 9437184 bytes, the limit is: 8388608 bytes",
+        );
+        let e = undecodable(&s, 1 << 20).expect("a refusal");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e
+            .to_string()
+            .starts_with("payload larger than --max-frame-bytes 1048576: "));
+        // Not protobuf.
+        let s = Status::internal("failed to decode Protobuf message: buffer underflow");
+        assert_eq!(
+            undecodable(&s, 1).map(|e| e.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        // A broken connection, or the broker's own OUT_OF_RANGE: left alone.
+        assert!(undecodable(&Status::unknown("h2 protocol error"), 1).is_none());
+        assert!(undecodable(&Status::out_of_range("cursor past the end"), 1).is_none());
+    }
+}
