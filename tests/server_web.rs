@@ -336,6 +336,37 @@ async fn history_pages_never_overlap_or_skip_forward_and_newest_first() {
         b"",
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    // A newest-first token as an event stream's Last-Event-ID: 400, not a stream that goes
+    // on after frames the client has and never sends the older ones.
+    let newest = request(
+        &base,
+        "GET",
+        "/v1/topics/room/history?reverse=true&limit=1",
+        &[],
+        b"",
+    )
+    .json();
+    let newest_first = newest["next"].as_str().unwrap().to_string();
+    let r = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            sse::open(
+                &base,
+                "/v1/topics/room/events",
+                &[("Last-Event-ID", newest_first.as_str())],
+            )
+            .err()
+            .expect("a newest-first cursor opened an event stream")
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{}",
+        r.text()
+    );
     assert_eq!(
         request(&base, "DELETE", "/v1/topics/room", &[], b"").status,
         204

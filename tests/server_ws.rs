@@ -137,6 +137,24 @@ async fn one_socket_carries_many_subscriptions_publish_history_and_exact_resume(
         reply(&mut ws, 8, &mut pushes).await["error"]["code"],
         "INVALID_ARGUMENT"
     );
+    // A newest-first History cursor cannot resume a subscription (it would go on from
+    // frames the client has, and never send the older ones): refused, on another socket.
+    let newest_first = page["result"]["next"].as_str().unwrap().to_string();
+    let mut other = open(&server, "").await;
+    send(
+        &mut other,
+        json!({"id": 1, "subscribe": {"topic": "a", "resume": newest_first}}),
+    )
+    .await;
+    let refused = reply(&mut other, 1, &mut Vec::new()).await;
+    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("newest-first"),
+        "{refused}"
+    );
 
     // Pushes so far: a's replay from seq_no 3 in key order, b's replay and live frame.
     while pushes.len() < 5 {

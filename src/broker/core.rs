@@ -563,11 +563,15 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -
             ));
         }
     }
-    Ok(StartAt {
+    let at = StartAt {
         snapshot: c.snapshot_offset,
         start_seq_no: r.replay_seq_no_start,
         after,
-    })
+    };
+    match at.removed_refusal(topic.log()) {
+        Some(refusal) => Err(refusal),
+        None => Ok(at),
+    }
 }
 
 /// The refusal of a cursor that needs `topic` up to offset `upto` (exclusive) where this

@@ -135,6 +135,20 @@ impl CursorToken {
         })
     }
 
+    /// This token, when a subscription may resume from it: a newest-first History token
+    /// walks the other way (the frames after it in order-key order are the ones the client
+    /// has not asked for, and those before it it has), so it is refused.
+    pub fn resumable(self) -> Result<CursorToken> {
+        if self.reverse {
+            return Err(Error::InvalidArgument(
+                "a newest-first History cursor cannot resume a subscription: resume from a \
+                 subscription's cursor or a forward History page's"
+                    .into(),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The token moved past `frame`.
     pub fn after(self, frame: &proto::Frame) -> CursorToken {
         CursorToken {

@@ -117,6 +117,46 @@ pub struct StartAt {
     pub after: Option<OrderKey>,
 }
 
+impl StartAt {
+    /// Where the stream begins: replaying from a key, or live from an offset.
+    fn phase(&self) -> Phase {
+        let first = OrderKey::first_of_seq(self.start_seq_no);
+        match self.after {
+            None => Phase::Replay { from: first },
+            Some(last) if last.offset < self.snapshot => match last.successor() {
+                Some(next) => Phase::Replay {
+                    from: next.max(first),
+                },
+                None => Phase::Live {
+                    next: self.snapshot,
+                },
+            },
+            Some(last) => Phase::Live {
+                next: last.offset + 1,
+            },
+        }
+    }
+
+    /// The refusal of a resume after a frame that needs frames retention has removed
+    /// (`OUT_OF_RANGE`, naming the oldest retained offset), checked when it opens so that
+    /// every door answers it as the call's status (HTTP: before the event stream's 200);
+    /// `None` when it can be served. The rule is the one an open stream's steps apply with
+    /// [`Subscription`]'s `first_at_start` 0. A fresh subscription's history is what is
+    /// retained now, and a cursor naming no frame carries no record of what was retained
+    /// when its stream began: neither is refused here.
+    pub(super) fn removed_refusal(&self, log: &crate::wal::Log) -> Option<Error> {
+        self.after?;
+        let (first, removed_max) = log.retention_watermark();
+        let gap = match self.phase() {
+            Phase::Replay { from } => {
+                self.snapshot > 0 && first > 0 && removed_max.is_some_and(|k| k >= from)
+            }
+            Phase::Live { next } => next < first,
+        };
+        gap.then(|| out_of_range(first))
+    }
+}
+
 impl Subscription {
     /// A subscription of `topic` starting at `at`; it ends at `shutdown`, when the token
     /// `expires`, and when this node falls `out_of_sync`.
@@ -127,19 +167,7 @@ impl Subscription {
         slots: (SubscriberSlot, GlobalSlot),
         expires: Option<tokio::time::Instant>,
     ) -> Subscription {
-        let first = OrderKey::first_of_seq(at.start_seq_no);
-        let phase = match at.after {
-            None => Phase::Replay { from: first },
-            Some(last) if last.offset < at.snapshot => match last.successor() {
-                Some(next) => Phase::Replay {
-                    from: next.max(first),
-                },
-                None => Phase::Live { next: at.snapshot },
-            },
-            Some(last) => Phase::Live {
-                next: last.offset + 1,
-            },
-        };
+        let phase = at.phase();
         let first_at_start = if at.after.is_some() {
             0
         } else {

@@ -551,7 +551,11 @@ async fn subscribe(
             ))));
         }
         let resume = match &op.resume {
-            Some(t) if !t.is_empty() => Some(CursorToken::decode(t).map_err(|e| broker.reject(e))?),
+            Some(t) if !t.is_empty() => Some(
+                CursorToken::decode(t)
+                    .and_then(CursorToken::resumable)
+                    .map_err(|e| broker.reject(e))?,
+            ),
             _ => None,
         };
         let request = match &resume {
