@@ -140,6 +140,26 @@ async fn rest_publishes_and_manages_topics_with_the_status_table() {
         (nowhere.status, nowhere.json()["code"].as_str()),
         (404, Some("NOT_FOUND"))
     );
+    // A known path with a method it does not take: 405 with the error body (and `Allow`).
+    for (method, path) in [
+        ("POST", "/v1/topics"),
+        ("GET", "/v1/topics/chat"),
+        ("DELETE", "/v1/topics/chat/frames"),
+    ] {
+        let r = request(&base, method, path, &[], b"");
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (405, Some("UNIMPLEMENTED")),
+            "{method} {path}: {}",
+            r.text()
+        );
+        assert!(
+            r.json()["message"].as_str().unwrap().contains(method),
+            "{}",
+            r.text()
+        );
+        assert!(r.header("allow").is_some(), "{:?}", r.headers);
+    }
 
     // Every refusal above was counted, by code.
     let m = request(&base, "GET", "/metrics", &[], b"").text();

@@ -43,6 +43,7 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .route("/", get(super::console::index))
         .route("/console/{file}", get(super::console::asset))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by the handlers, which bound them by --max-frame-bytes.
         .layer(DefaultBodyLimit::disable())
         .with_state(door)
@@ -348,6 +349,16 @@ async fn drain(body: Body, limit: usize) {
 async fn not_found() -> Response {
     let body = serde_json::json!({"code": "NOT_FOUND", "message": "no such path"});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// A known path asked with a method it does not take (`POST /v1/topics`, say): 405 with
+/// the error body every other refusal has.
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let body = serde_json::json!({
+        "code": "UNIMPLEMENTED",
+        "message": format!("this path does not take {method}"),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 /// The query parameters, or INVALID_ARGUMENT.

@@ -516,9 +516,11 @@ async fn publish(link: &Link, op: PublishOp) -> Result<Value, Error> {
 async fn history(link: &Link, q: HashMap<String, Value>) -> Result<Value, Error> {
     let broker = &link.broker;
     let who = link.caller().map_err(|e| broker.reject(e))?;
-    // The same fields as the HTTP query, as strings, numbers or booleans.
+    // The same fields as the HTTP query, as strings, numbers or booleans; `null` is a field
+    // left out, as in the other operations.
     let q: HashMap<String, String> = q
         .into_iter()
+        .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| {
             let v = match v {
                 Value::String(s) => s,
