@@ -494,3 +494,59 @@ async fn frames_of_every_size_reach_sse_and_websocket_whole_replayed_and_live() 
         );
     }
 }
+
+/// A payload of `--max-frame-bytes` fits a WebSocket message and a broadcast body however
+/// its JSON writes it: here as text of control characters, each escaped as `\u0007` (six
+/// bytes per byte). Before, both took twice the payload, so such a publish tore the whole
+/// socket down (every subscription on it ended with no word) and such a broadcast was 400.
+/// A message over the socket's limit is answered with an error naming it before the socket
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_largest_frame_fits_however_its_json_is_escaped() {
+    const MAX: usize = 65_536;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "65536"]);
+    let text = "\u{7}".repeat(MAX);
+    let publish = json!({"id": 1, "publish": {"topic": "esc", "seq_no": 1, "text": text}});
+    assert!(publish.to_string().len() > 6 * MAX, "every byte escaped");
+    let mut ws = open(&server, "").await;
+    send(&mut ws, json!({"id": 0, "subscribe": {"topic": "esc"}})).await;
+    let mut pushes = Vec::new();
+    assert!(reply(&mut ws, 0, &mut pushes).await.get("result").is_some());
+    send(&mut ws, publish).await;
+    let ack = reply(&mut ws, 1, &mut pushes).await;
+    assert_eq!(ack["result"]["offset"], "0", "{ack}");
+
+    let body = json!({"topics": ["esc"], "seq_no": 2, "text": text}).to_string();
+    let http = server.http.clone().unwrap();
+    let r = tokio::task::spawn_blocking(move || {
+        common::http::request(&http, "POST", "/v1/broadcast", &[], body.as_bytes())
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Both frames reach the subscription on the same socket, whole.
+    while pushes.iter().filter(|p| p.get("frame").is_some()).count() < 2 {
+        pushes.push(recv(&mut ws).await);
+    }
+    for f in pushes.iter().filter_map(|p| p.get("frame")) {
+        assert_eq!(f["text"].as_str().map(str::len), Some(MAX));
+    }
+
+    // Over the limit (6 × 64 KiB + 64 KiB): an error naming it, then the socket closes.
+    let huge =
+        json!({"id": 2, "publish": {"topic": "esc", "seq_no": 3, "text": "x".repeat(7 * MAX)}});
+    send(&mut ws, huge).await;
+    let refused = recv(&mut ws).await;
+    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over this socket's limit"),
+        "{refused}"
+    );
+    let mut c = server.client().await;
+    assert_eq!(common::read_log(&mut c, "esc").await.len(), 2);
+}

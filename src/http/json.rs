@@ -310,6 +310,18 @@ pub fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// The largest JSON message that carries a payload of `max_frame_bytes` plus `overhead`
+/// bytes of other fields: six bytes per payload byte, so that every payload the server takes
+/// fits however it is written — as `text` with every byte escaped (`\u0007`: 6 bytes; an
+/// encoder escaping non-ASCII, as Python's `json.dumps` does, up to 3) or as base64 (4/3).
+/// Bounds what one WebSocket message or one broadcast body may hold in memory.
+pub fn max_json_message(max_frame_bytes: u64, overhead: usize) -> usize {
+    usize::try_from(max_frame_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(6)
+        .saturating_add(overhead)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,14 +312,17 @@ async fn broadcast(
 ) -> Answer {
     let broker = door.broker()?;
     let who = caller(broker, &headers, &params(broker, q)?)?;
-    // The payload in base64 plus up to 10,000 topic names.
-    let max = usize::try_from(broker.max_frame_bytes())
-        .unwrap_or(usize::MAX)
-        .saturating_mul(2)
-        .saturating_add(2 << 20);
-    let body = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|e| broker.reject(Error::InvalidArgument(format!("broadcast body: {e}"))))?;
+    // The payload, however it is written, plus up to 10,000 topic names: a body over that
+    // holds a payload over --max-frame-bytes (413).
+    let max = super::json::max_json_message(broker.max_frame_bytes(), 2 << 20);
+    let Ok(body) = axum::body::to_bytes(body, max).await else {
+        broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
+        return Err(broker
+            .reject(Error::InvalidArgument(
+                "the broadcast body could not be read".into(),
+            ))
+            .into());
+    };
     let request = serde_json::from_slice::<json::BroadcastBody>(&body)
         .map_err(|e| Error::InvalidArgument(format!("broadcast body: {e}")))
         .and_then(json::BroadcastBody::into_request)

@@ -40,6 +40,12 @@ use crate::broker::{Broker, CursorToken, CursorWriter, Error};
 use crate::proto;
 use crate::wire_frame::json_len_estimate;
 
+/// Room in one WebSocket message for the fields around a payload (id, topic, key, ...).
+const WS_OVERHEAD: usize = 64 << 10;
+
+/// How tungstenite's refusal of a message over the limit reads (its `CapacityError`).
+const TOO_LONG: &str = "Message too long";
+
 /// Bytes of outgoing messages one socket may have queued and not yet written.
 pub const OUT_BUDGET: usize = 8 << 20;
 /// Requests (publish, History) of one socket running at once; more wait, and the socket
@@ -76,10 +82,7 @@ pub async fn upgrade(
     } else {
         None
     };
-    let max_message = usize::try_from(broker.max_frame_bytes())
-        .unwrap_or(usize::MAX)
-        .saturating_mul(2)
-        .saturating_add(64 << 10);
+    let max_message = super::json::max_json_message(broker.max_frame_bytes(), WS_OVERHEAD);
     Ok(ws
         // Per-socket buffers (tungstenite's defaults are 128 KiB each way, 256 MB for a
         // thousand sockets): clients send small requests, and the writer flushes batches.
@@ -364,7 +367,19 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 break;
             }
         };
-        let Some(Ok(msg)) = msg else { break };
+        let msg = match msg {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) if e.to_string().contains(TOO_LONG) => {
+                // tungstenite refused a message over the limit and cannot go on reading:
+                // say why (the reply reaches the writer before the socket closes).
+                let e = broker.reject(Error::InvalidArgument(format!(
+                    "message over this socket's limit (6 × --max-frame-bytes + 64 KiB): {e}"
+                )));
+                link.reply(&Value::Null, Err(e)).await;
+                break;
+            }
+            _ => break,
+        };
         let _ = seen_tx.send(());
         let text = match msg {
             Message::Text(t) => t,
