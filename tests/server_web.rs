@@ -455,6 +455,21 @@ async fn broadcast_is_checked_whole_before_any_write_and_completed_by_a_retry() 
         (0, 0, 0, 0)
     );
 
+    // Patterns that match no topic: nothing to write, an empty list of acks.
+    let r = with_token(
+        &base,
+        "POST",
+        "/v1/broadcast",
+        &admin,
+        &body(json!(["nomatch.*", "nomatch.>"]), "k0"),
+    );
+    assert_eq!(
+        (r.status, r.json()["acks"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{}",
+        r.text()
+    );
+
     // A pattern and a name: every topic gets the frame once, acks in name order.
     let r = with_token(
         &base,
