@@ -381,3 +381,52 @@ fn every_security_row_holds_over_http() {
     assert_eq!(request(&base, "GET", "/metrics", &[], b"").status, 200);
     assert_eq!(request(&base, "GET", "/v1/topics", &[], b"").status, 401);
 }
+
+/// A body sent without `Content-Length` (chunked) is bounded while it is read: over
+/// `--max-frame-bytes` it is 413 like a declared one, for a publish and a broadcast alike;
+/// within it, it is published whole.
+#[test]
+fn a_chunked_body_over_the_limit_is_413_and_one_within_it_is_published() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "1024"]);
+    let base = http(&server);
+    let host = base.trim_start_matches("http://").to_string();
+    let chunked = |path: &str, body: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for part in body.chunks(500) {
+            req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            req.extend_from_slice(part);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        // The server may answer and close before reading all of it.
+        let _ = s.write_all(&req);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let answer = chunked("/v1/topics/c/frames?seq_no=1", &[b'x'; 2000]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("INVALID_ARGUMENT"), "{answer}");
+    let answer = chunked("/v1/topics/c/frames?seq_no=2", &[b'y'; 1000]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A broadcast body over 6 x the limit + 2 MiB holds a payload over it.
+    let text = "z".repeat(3 << 20);
+    let body = format!("{{\"topics\":[\"c\"],\"seq_no\":3,\"text\":\"{text}\"}}");
+    let answer = chunked("/v1/broadcast", body.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    let page = request(&base, "GET", "/v1/topics/c/history", &[], b"").json();
+    let frames = page["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 1, "{page}");
+    assert_eq!(frames[0]["seq_no"], "2");
+}

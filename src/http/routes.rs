@@ -224,18 +224,7 @@ async fn publish(
         }
     }
     let max = usize::try_from(broker.max_frame_bytes()).unwrap_or(usize::MAX);
-    let payload: Bytes = match axum::body::to_bytes(body, max).await {
-        Ok(b) => b,
-        // Over the limit while streaming (no or a wrong Content-Length).
-        Err(_) => {
-            broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
-            return Err(broker
-                .reject(Error::InvalidArgument(
-                    "the request body could not be read".into(),
-                ))
-                .into());
-        }
-    };
+    let payload = read_body(broker, body, max).await?;
     let ack = broker
         .publish(
             &who,
@@ -315,20 +304,31 @@ async fn broadcast(
     // The payload, however it is written, plus up to 10,000 topic names: a body over that
     // holds a payload over --max-frame-bytes (413).
     let max = super::json::max_json_message(broker.max_frame_bytes(), 2 << 20);
-    let Ok(body) = axum::body::to_bytes(body, max).await else {
-        broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
-        return Err(broker
-            .reject(Error::InvalidArgument(
-                "the broadcast body could not be read".into(),
-            ))
-            .into());
-    };
+    let body = read_body(broker, body, max).await?;
     let request = serde_json::from_slice::<json::BroadcastBody>(&body)
         .map_err(|e| Error::InvalidArgument(format!("broadcast body: {e}")))
         .and_then(json::BroadcastBody::into_request)
         .map_err(|e| broker.reject(e))?;
     let ack = broker.broadcast(&who, request).await?;
     Ok(Json(json::broadcast_ack(&ack)).into_response())
+}
+
+/// The body, at most `max` bytes: past that (no or a wrong `Content-Length`) the payload is
+/// over `--max-frame-bytes` (413); a body that breaks off (the client went away) is
+/// `INVALID_ARGUMENT` naming why. Either is counted.
+async fn read_body(broker: &Broker, body: Body, max: usize) -> Result<Bytes, Error> {
+    match axum::body::to_bytes(body, max).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
+            }
+            Err(broker.reject(Error::InvalidArgument(format!(
+                "the request body could not be read: {inner}"
+            ))))
+        }
+    }
 }
 
 /// The most of a refused body read before answering; past it the connection is closed.
