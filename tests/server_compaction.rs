@@ -431,3 +431,74 @@ async fn offline_compaction_leaves_a_cluster_nodes_copy_alone_and_compacts_the_r
         assert_eq!(frames, want, "{topic}");
     }
 }
+
+/// A client that had the whole replay and no live frame yet, resuming after retention
+/// removed the live frames it still needs while every removed key sorts before its cursor
+/// (seq_nos that do not grow with offsets): refused when it opens, as the stream would
+/// refuse it at its first live read. Before, it opened, and an event stream then sent an
+/// error event, which an `EventSource` answers by reconnecting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_whose_live_frames_were_removed_is_refused_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FLAGS);
+    let mut c = server.client().await;
+    c.create_topic(CreateTopicRequest {
+        name: "late".into(),
+        retention_max_age_seconds: 0,
+        retention_max_bytes: 64 * 1024,
+    })
+    .await
+    .unwrap();
+    for i in 0..20u64 {
+        publish(&mut c, "late", 1_000_000 + i, &[b'h'; 500]).await;
+    }
+    let mut sub = subscribe(&mut c, sub_req("late", 0)).await.unwrap();
+    let replay = take(&mut sub.stream, 20, Duration::from_secs(10)).await;
+    drop(sub.stream);
+    let last = replay.last().unwrap();
+    // Live frames with small seq_nos: every key removed sorts before the cursor.
+    for i in 0..2000u64 {
+        publish(&mut c, "late", i, &[b'l'; 500]).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = c
+            .list_topics(ListTopicsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let t = info
+            .topics
+            .iter()
+            .find(|t| t.name == "late")
+            .unwrap()
+            .clone();
+        if t.first_offset > 21 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resumed = subscribe(
+        &mut c,
+        SubscribeRequest {
+            replay_seq_no_start: 0,
+            topic: "late".into(),
+            resume: Some(Cursor {
+                snapshot_offset: sub.snapshot,
+                epoch: sub.epoch,
+                seq_no: last.seq_no,
+                timestamp: last.timestamp,
+                offset: last.offset,
+            }),
+        },
+    )
+    .await;
+    match resumed {
+        Err(st) => assert_eq!(st.code(), tonic::Code::OutOfRange, "{st:?}"),
+        Ok(_) => panic!("a resume whose live frames were removed opened"),
+    }
+}

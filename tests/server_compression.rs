@@ -193,3 +193,58 @@ async fn responses_are_compressed_only_when_the_client_asks() {
         .unwrap();
     assert_eq!(encoding(r.metadata()), None, "plain health");
 }
+
+/// A gzip-compressed message small on the wire that unpacks past the decoding limit (9 MiB
+/// of zeros against 8 MiB) is the `INVALID_ARGUMENT` of a payload over `--max-frame-bytes`
+/// in every call, as an uncompressed one is: tonic refuses it with `RESOURCE_EXHAUSTED`
+/// before any handler runs, and a publish stream ended cleanly leaving it unanswered.
+/// Nothing is stored but the frame before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_message_that_unpacks_past_the_limit_is_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "1024"]);
+    let mut c = BroadcastClient::new(channel(&server.addr).await)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(64 << 20);
+    let zeros = vec![0u8; 9 << 20];
+    let over = |st: tonic::Status, what: &str| {
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{what}: {st:?}");
+        assert!(
+            st.message().contains("--max-frame-bytes 1024"),
+            "{what}: {st:?}"
+        );
+    };
+    let st = c.publish(req("z", 1, &zeros)).await.unwrap_err();
+    over(st, "unary publish");
+    let st = c
+        .broadcast(framecast::proto::BroadcastRequest {
+            topics: vec!["z".into()],
+            seq_no: 2,
+            payload: zeros.clone().into(),
+            timestamp: 0,
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    over(st, "broadcast");
+    let reqs = vec![req("z", 3, b"small"), req("z", 4, &zeros)];
+    let mut acks = c
+        .publish_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks
+        .message()
+        .await
+        .unwrap()
+        .expect("the small frame's ack");
+    assert_eq!(first.offset, 0);
+    let st = acks
+        .message()
+        .await
+        .expect_err("the stream ended cleanly, leaving request 1 unanswered");
+    assert!(st.message().starts_with("request 1: "), "{st:?}");
+    over(st, "publish stream");
+    let log = read_log(&mut c, "z").await;
+    assert_eq!(log.len(), 1, "only the small frame is stored");
+}

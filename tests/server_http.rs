@@ -161,7 +161,8 @@ async fn rest_publishes_and_manages_topics_with_the_status_table() {
         assert!(r.header("allow").is_some(), "{:?}", r.headers);
     }
 
-    // Every refusal above was counted, by code.
+    // Every refusal above was counted, by code (a path or method the door does not have is
+    // not a request to the broker: the 404 and 405s are not).
     let m = request(&base, "GET", "/metrics", &[], b"").text();
     let rejected = |code: &str| {
         metric(

@@ -536,7 +536,7 @@ async fn a_largest_frame_fits_however_its_json_is_escaped() {
 
     // Over the limit (6 × 64 KiB + 64 KiB): an error naming it, then the socket closes.
     let huge =
-        json!({"id": 2, "publish": {"topic": "esc", "seq_no": 3, "text": "x".repeat(7 * MAX)}});
+        json!({"id": 2, "publish": {"topic": "esc", "seq_no": 3, "text": "x".repeat(8 * MAX)}});
     send(&mut ws, huge).await;
     let refused = recv(&mut ws).await;
     assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
@@ -547,6 +547,16 @@ async fn a_largest_frame_fits_however_its_json_is_escaped() {
             .contains("over this socket's limit"),
         "{refused}"
     );
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket stayed open");
     let mut c = server.client().await;
     assert_eq!(common::read_log(&mut c, "esc").await.len(), 2);
 }

@@ -135,20 +135,6 @@ impl CursorToken {
         })
     }
 
-    /// This token, when a subscription may resume from it: a newest-first History token
-    /// walks the other way (the frames after it in order-key order are the ones the client
-    /// has not asked for, and those before it it has), so it is refused.
-    pub fn resumable(self) -> Result<CursorToken> {
-        if self.reverse {
-            return Err(Error::InvalidArgument(
-                "a newest-first History cursor cannot resume a subscription: resume from a \
-                 subscription's cursor or a forward History page's"
-                    .into(),
-            ));
-        }
-        Ok(self)
-    }
-
     /// The token moved past `frame`.
     pub fn after(self, frame: &proto::Frame) -> CursorToken {
         CursorToken {
@@ -161,12 +147,21 @@ impl CursorToken {
         }
     }
 
-    /// The subscription request that resumes exactly after this token.
-    pub fn subscribe_request(&self, topic: &str) -> proto::SubscribeRequest {
+    /// The subscription request that resumes exactly after this token. A newest-first
+    /// History token walks the other way (the frames after it in order-key order are ones
+    /// the client has, and those before it it has not): refused, `INVALID_ARGUMENT`.
+    pub fn subscribe_request(&self, topic: &str) -> Result<proto::SubscribeRequest> {
+        if self.reverse {
+            return Err(Error::InvalidArgument(
+                "a newest-first History cursor cannot resume a subscription: resume from a \
+                 subscription's cursor or a forward History page's"
+                    .into(),
+            ));
+        }
         let (seq_no, timestamp, offset) = self
             .last
             .map_or((0, 0, 0), |k| (k.seq_no, k.timestamp, k.offset));
-        proto::SubscribeRequest {
+        Ok(proto::SubscribeRequest {
             replay_seq_no_start: self.start_seq_no,
             topic: topic.to_string(),
             resume: Some(proto::Cursor {
@@ -176,7 +171,7 @@ impl CursorToken {
                 offset,
                 epoch: self.epoch,
             }),
-        }
+        })
     }
 }
 

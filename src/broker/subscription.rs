@@ -140,16 +140,19 @@ impl StartAt {
     /// The refusal of a resume after a frame that needs frames retention has removed
     /// (`OUT_OF_RANGE`, naming the oldest retained offset), checked when it opens so that
     /// every door answers it as the call's status (HTTP: before the event stream's 200);
-    /// `None` when it can be served. The rule is the one an open stream's steps apply with
-    /// [`Subscription`]'s `first_at_start` 0. A fresh subscription's history is what is
+    /// `None` when it can be served. The rules are the ones an open stream's steps apply
+    /// (the replay's with [`Subscription`]'s `first_at_start` 0, then the first live read's). A fresh subscription's history is what is
     /// retained now, and a cursor naming no frame carries no record of what was retained
     /// when its stream began: neither is refused here.
     pub(super) fn removed_refusal(&self, log: &crate::wal::Log) -> Option<Error> {
         self.after?;
         let (first, removed_max) = log.retention_watermark();
         let gap = match self.phase() {
+            // Replayed frames it still needs, or the live ones after the snapshot (the
+            // replay's step, then the first live read's).
             Phase::Replay { from } => {
-                self.snapshot > 0 && first > 0 && removed_max.is_some_and(|k| k >= from)
+                (self.snapshot > 0 && first > 0 && removed_max.is_some_and(|k| k >= from))
+                    || self.snapshot < first
             }
             Phase::Live { next } => next < first,
         };

@@ -56,15 +56,13 @@ pub async fn events(
         .or(q.get("last_event_id").map(String::as_str))
         .filter(|v| !v.is_empty());
     let resume = match last_event_id {
-        Some(id) => Some(
-            CursorToken::decode(id)
-                .and_then(CursorToken::resumable)
-                .map_err(|e| broker.reject(e))?,
-        ),
+        Some(id) => Some(CursorToken::decode(id).map_err(|e| broker.reject(e))?),
         None => None,
     };
     let request = match &resume {
-        Some(token) => token.subscribe_request(&topic),
+        Some(token) => token
+            .subscribe_request(&topic)
+            .map_err(|e| broker.reject(e))?,
         None => proto::SubscribeRequest {
             replay_seq_no_start: from,
             topic,

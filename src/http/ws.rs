@@ -568,15 +568,13 @@ async fn subscribe(
             ))));
         }
         let resume = match &op.resume {
-            Some(t) if !t.is_empty() => Some(
-                CursorToken::decode(t)
-                    .and_then(CursorToken::resumable)
-                    .map_err(|e| broker.reject(e))?,
-            ),
+            Some(t) if !t.is_empty() => Some(CursorToken::decode(t).map_err(|e| broker.reject(e))?),
             _ => None,
         };
         let request = match &resume {
-            Some(token) => token.subscribe_request(&name),
+            Some(token) => token
+                .subscribe_request(&name)
+                .map_err(|e| broker.reject(e))?,
             None => proto::SubscribeRequest {
                 replay_seq_no_start: op.from,
                 topic: name.clone(),
@@ -691,10 +689,12 @@ impl Stream for Feed {
                         let msg = push_message(&mut st.scratch, &st.topic, &st.cursor, &f);
                         return Poll::Ready(Some(Message::Text(Utf8Bytes::from(msg))));
                     }
-                    Some(Err(Error::TokenExpired)) => match current(&st.who) {
-                        Ok(who) => {
+                    Some(Err(Error::TokenExpired)) => match current(&st.who).and_then(|who| {
+                        // A subscription's own walk is forward: this never refuses.
+                        Ok((who, st.cursor.walk().subscribe_request(&st.topic)?))
+                    }) {
+                        Ok((who, request)) => {
                             let broker = st.broker.clone();
-                            let request = st.cursor.walk().subscribe_request(&st.topic);
                             st.state = FeedState::Resuming(Box::pin(async move {
                                 broker
                                     .subscribe(&who, &request, Transport::Ws)

@@ -171,10 +171,9 @@ impl PendingBatch {
     }
 }
 
-/// A refusal of the request at `index` of a publish stream, as the client sees it.
 /// Ends a publish stream whose request `index` tonic could not decode (over the decoding
-/// limit, or not protobuf) with `INVALID_ARGUMENT` naming it, counted as a refusal; a
-/// stream broken otherwise (the client went away) just ends.
+/// limit, not protobuf, not its compression) with `INVALID_ARGUMENT` naming it, counted as
+/// a refusal; a stream broken otherwise (the client went away) just ends.
 async fn refuse_undecodable(broker: &Broker, tx: &mpsc::Sender<Pipelined>, index: u64, s: &Status) {
     match super::status::undecodable(s, broker.max_frame_bytes()) {
         Some(e) => {
@@ -185,6 +184,7 @@ async fn refuse_undecodable(broker: &Broker, tx: &mpsc::Sender<Pipelined>, index
     }
 }
 
+/// A refusal of the request at `index` of a publish stream, as the client sees it.
 fn at_index(index: u64, e: Error) -> Status {
     let status = status(e);
     // The metadata goes along: a follower's refusal carries the leader's address.

@@ -19,22 +19,32 @@ pub fn status(e: Error) -> Status {
 }
 
 /// What tonic says when a request message is over the server's decoding limit
-/// (`Status::out_of_range`, before any handler runs).
-const TOO_LARGE: &str = "message length too large";
+/// (`OUT_OF_RANGE`, before any handler runs).
+const TOO_LARGE: &str = "decoded message length too large";
+/// ... when a compressed message unpacks past the limit (`RESOURCE_EXHAUSTED`).
+const UNPACKS_TOO_LARGE: &str = "exceeded while decompressing";
+/// ... when a compressed message is not what its encoding says (`INTERNAL`).
+const GARBLED_PACKING: &str = "Error decompressing";
+/// ... when a message is not protobuf (`INTERNAL`, from the codec).
+const GARBLED: &str = "failed to decode";
 
-/// The refusal of a request message tonic could not decode — over the decoding limit, or
-/// not protobuf — as the broker's `INVALID_ARGUMENT` (API.md: a payload over
-/// `--max-frame-bytes` is `INVALID_ARGUMENT`); `None` for a stream that broke otherwise
-/// (a client reset: nobody to answer).
+/// The refusal of a request message tonic could not decode — over the decoding limit (as
+/// sent, or once decompressed), not protobuf, or not the compression it names — as the
+/// broker's `INVALID_ARGUMENT` (API.md: a payload over `--max-frame-bytes` is
+/// `INVALID_ARGUMENT`); `None` for a stream that broke otherwise (a client reset: nobody to
+/// answer).
 pub fn undecodable(s: &Status, max_frame_bytes: u64) -> Option<Error> {
+    use tonic::Code;
     let message = s.message();
-    let too_large = s.code() == tonic::Code::OutOfRange && message.contains(TOO_LARGE);
+    let too_large = (s.code() == Code::OutOfRange && message.contains(TOO_LARGE))
+        || (s.code() == Code::ResourceExhausted && message.contains(UNPACKS_TOO_LARGE));
     if too_large {
         return Some(Error::InvalidArgument(format!(
             "payload larger than --max-frame-bytes {max_frame_bytes}: {message}"
         )));
     }
-    let garbled = s.code() == tonic::Code::Internal && message.contains("failed to decode");
+    let garbled = s.code() == Code::Internal
+        && (message.contains(GARBLED) || message.starts_with(GARBLED_PACKING));
     garbled.then(|| Error::InvalidArgument(format!("malformed request: {message}")))
 }
 
@@ -58,7 +68,23 @@ mod tests {
             undecodable(&s, 1).map(|e| e.code()),
             Some(tonic::Code::InvalidArgument)
         );
-        // A broken connection, or the broker's own OUT_OF_RANGE: left alone.
+        // Compressed: unpacked past the limit, or not what its encoding says.
+        let s = Status::resource_exhausted(
+            "Error decompressing: size limit, of 8388608 bytes, exceeded while decompressing message",
+        );
+        assert!(
+            undecodable(&s, 1).is_some_and(|e| e.to_string().starts_with("payload larger than"))
+        );
+        let s = Status::internal("Error decompressing: invalid gzip header, while sending request");
+        assert!(undecodable(&s, 1).is_some());
+        // A broken connection, the broker's own OUT_OF_RANGE or RESOURCE_EXHAUSTED (too many
+        // subscribers), tonic's encoding limit: left alone.
+        assert!(undecodable(&Status::resource_exhausted("too many subscribers"), 1).is_none());
+        assert!(undecodable(
+            &Status::out_of_range("Error, encoded message length too large: found 9 bytes"),
+            1
+        )
+        .is_none());
         assert!(undecodable(&Status::unknown("h2 protocol error"), 1).is_none());
         assert!(undecodable(&Status::out_of_range("cursor past the end"), 1).is_none());
     }

@@ -1,16 +1,16 @@
-//! A unary request whose message is over the gRPC decoding limit (`max(--max-frame-bytes +
-//! 1 MiB, 8 MiB)`) is refused by tonic itself, before any handler runs, with `OUT_OF_RANGE`
-//! in the answer's trailers. API.md gives a payload over `--max-frame-bytes` the broker's
-//! `INVALID_ARGUMENT`, whatever its size: this layer rewrites that one answer of Publish and
-//! Broadcast (the calls whose messages carry a payload) and counts it in
-//! `rejected_requests_total`. A stream's messages are refused by its handler
-//! ([`super::status::undecodable`]).
+//! A unary request whose message tonic cannot decode — over the gRPC decoding limit
+//! (`max(--max-frame-bytes + 1 MiB, 8 MiB)`, as sent or once decompressed), not protobuf,
+//! or not the compression it names — is refused by tonic itself, before any handler runs,
+//! in a trailers-only answer (`OUT_OF_RANGE`, `RESOURCE_EXHAUSTED` or `INTERNAL` in the
+//! headers). API.md gives a payload over `--max-frame-bytes`, and bad input, the broker's
+//! `INVALID_ARGUMENT`: this layer rewrites that answer of Publish and Broadcast (the calls
+//! whose messages carry a payload) and counts it in `rejected_requests_total`. A stream's
+//! messages are refused by its handler ([`super::status::undecodable`]).
 
 use std::task::{Context, Poll};
 
 use axum::http::{HeaderMap, HeaderValue, Request, Response};
 use futures::future::{BoxFuture, Either};
-use http_body_util::BodyExt;
 use tonic::body::Body;
 
 use super::status::undecodable;
@@ -78,27 +78,18 @@ where
     }
 }
 
-/// `resp` with a decoding-limit refusal, in its headers (a trailers-only answer) or its
-/// trailers, made `INVALID_ARGUMENT`.
-fn rewritten(resp: Response<Body>, broker: Broker) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    if rewrite(&mut parts.headers, &broker) {
-        return Response::from_parts(parts, body);
-    }
-    let body = body.map_frame(move |frame| match frame.into_trailers() {
-        Ok(mut trailers) => {
-            rewrite(&mut trailers, &broker);
-            http_body::Frame::trailers(trailers)
-        }
-        Err(frame) => frame,
-    });
-    Response::from_parts(parts, Body::new(body))
+/// `resp` with tonic's refusal of an undecodable message, in its headers, made
+/// `INVALID_ARGUMENT`; any other answer as it is (its body untouched).
+fn rewritten(mut resp: Response<Body>, broker: Broker) -> Response<Body> {
+    rewrite(resp.headers_mut(), &broker);
+    resp
 }
 
-/// Rewrites `grpc-status`/`grpc-message` in `map` when they are tonic's decoding-limit
-/// refusal; whether it did.
+/// Rewrites `grpc-status`/`grpc-message` in `map` when they are tonic's refusal of an
+/// undecodable message; whether it did.
 fn rewrite(map: &mut HeaderMap, broker: &Broker) -> bool {
-    if map.get("grpc-status").map(HeaderValue::as_bytes) != Some(b"11") {
+    let status = map.get("grpc-status").map(HeaderValue::as_bytes);
+    if !matches!(status, Some(b"8" | b"11" | b"13")) {
         return false;
     }
     // The message as tonic sent it (percent-encoded).
@@ -109,6 +100,6 @@ fn rewrite(map: &mut HeaderMap, broker: &Broker) -> bool {
         return false;
     };
     let e = broker.reject(e);
-    tracing::debug!(error = %e, "request message over the gRPC decoding limit");
+    tracing::debug!(error = %e, "request message tonic could not decode");
     super::status::status(e).add_header(map).is_ok()
 }
