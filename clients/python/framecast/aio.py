@@ -288,9 +288,11 @@ class Client:
         are retried with the same idempotency key. See :meth:`framecast.Client.publish`."""
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
-        if self._coalesce:
+        # Without a key (""), nothing tells a retry from a new frame: no retry, and no
+        # shared stream (whose break sends its unacknowledged frames again).
+        if self._coalesce and key:
             return await self._publish_coalesced(req, timeout)
-        return ack_from_pb(await self._call("publish", "Publish", req, timeout))
+        return ack_from_pb(await self._call("publish", "Publish", req, timeout, retry=bool(key)))
 
     async def broadcast(
         self,

@@ -316,7 +316,9 @@ class Client:
             timestamp: Nanoseconds since the Unix epoch; 0 = the server's receive time.
             idempotency_key: The key to publish with (at most 128 bytes); by default a fresh
                 one unique to this client. Re-using a key within the server's dedup window
-                returns the first ack with ``duplicate=True``.
+                returns the first ack with ``duplicate=True``. ``""``: no deduplication; then
+                a failed attempt is not retried (it may have been stored), except at once on
+                the leader a follower named or on an address never reached.
             timeout: Overall bound in seconds, retries included (``None``: the retry policy
                 alone bounds it).
 
@@ -332,9 +334,11 @@ class Client:
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
-        if self._coalesce:
+        # Without a key (""), nothing tells a retry from a new frame: no retry, and no
+        # shared stream (whose break sends its unacknowledged frames again).
+        if self._coalesce and key:
             return self._publish_coalesced(req, timeout)
-        return ack_from_pb(self._call("publish", "Publish", req, timeout))
+        return ack_from_pb(self._call("publish", "Publish", req, timeout, retry=bool(key)))
 
     def broadcast(
         self,

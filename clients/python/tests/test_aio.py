@@ -187,3 +187,30 @@ def test_aio_cluster_watch_ends_with_client_closed(server: ServerProcess) -> Non
             await asyncio.wait_for(waiting, 10)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_aio_publish_without_a_key_is_not_retried(topic: str) -> None:
+    """A publish with ``idempotency_key=""`` cannot tell a retry from a new frame: one
+    attempt, coalescing or not (the blocking client's rule)."""
+    import time
+
+    from conftest import free_port
+
+    from framecast import RetryPolicy, Unavailable
+
+    addr = f"127.0.0.1:{free_port()}"
+
+    async def main() -> None:
+        for coalesce in (False, True):
+            policy = RetryPolicy(initial=0.2, max_delay=0.2, max_elapsed=1.5)
+            async with Client(addr, retry=policy, coalesce=coalesce) as c:
+                t0 = time.monotonic()
+                with pytest.raises(Unavailable) as info:
+                    await c.publish(b"x", 1, topic, idempotency_key="")
+                assert info.value.attempts == 1 and time.monotonic() - t0 < 2, coalesce
+                # With a key the same failure is retried.
+                with pytest.raises(Unavailable) as info:
+                    await c.publish(b"x", 1, topic, timeout=None)
+                assert info.value.attempts >= 2, coalesce
+
+    asyncio.run(asyncio.wait_for(main(), 30))

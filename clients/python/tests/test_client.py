@@ -266,6 +266,15 @@ def test_unreachable_server_is_unavailable_or_deadline(topic: str) -> None:
         assert info.value.attempts >= 2 and time.monotonic() - t0 < 10
         with pytest.raises(Unavailable):
             run_bounded(lambda: next(c.frames(topic, 0)), 15)
+    # Without a key a failed attempt is not retried (a retry could store the frame twice),
+    # coalescing or not.
+    for coalesce in (False, True):
+        policy = RetryPolicy(initial=0.2, max_delay=0.2, max_elapsed=5.0)
+        with Client(addr, retry=policy, coalesce=coalesce) as c:
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable) as info:
+                c.publish(b"x", 1, topic, idempotency_key="")
+            assert info.value.attempts == 1 and time.monotonic() - t0 < 2, (coalesce, info.value)
     with Client(addr) as c:
         with pytest.raises(DeadlineExceeded):
             c.publish(b"x", 1, topic, timeout=0.3)
