@@ -185,3 +185,42 @@ async fn an_invalid_frame_fails_only_its_own_call() {
     acks.push((7, "after".to_string(), ack));
     assert_stored_exactly_once(&server, "v", &acks).await;
 }
+
+/// Concurrent publishes while no server answers all fail within about one retry budget:
+/// the frames queued behind the one being retried give up with it. Before, the publisher
+/// took them one at a time, so the k-th call failed after k budgets (20 calls, 1 s each:
+/// 20 s), and `framecast publish` fed from stdin advanced one line per `--timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_queued_during_an_outage_fail_together_within_one_budget() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = Client::connect(&format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .with_retry(RetryPolicy {
+            initial: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
+            max_elapsed: Duration::from_secs(1),
+        });
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..20u64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.publish("down", i, format!("f{i}")).await })
+        })
+        .collect();
+    for call in calls {
+        let r = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("a publish never returned")
+            .unwrap();
+        assert!(matches!(r, Err(Error::Unavailable { .. })), "{r:?}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "20 publishes took {took:?} to fail"
+    );
+}

@@ -188,7 +188,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
                 if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
-                    fail_all(&mut inflight, &e);
+                    give_up(&mut inflight, &mut jobs, &e);
                     attempts.succeeded();
                 }
                 continue;
@@ -236,7 +236,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                                 inflight.len()
                             ));
                             if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
-                                fail_all(&mut inflight, &e);
+                                give_up(&mut inflight, &mut jobs, &e);
                                 attempts.succeeded();
                             }
                         }
@@ -247,7 +247,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         // a break may have: either way every unacked frame goes again
                         // with its key.
                         if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
-                            fail_all(&mut inflight, &e);
+                            give_up(&mut inflight, &mut jobs, &e);
                             attempts.succeeded();
                         }
                         break;
@@ -275,9 +275,14 @@ async fn finish(
     let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
 }
 
-/// Ends every unacknowledged frame with `e` (the retry budget is spent, or the nodes loop).
-fn fail_all(inflight: &mut VecDeque<Job>, e: &Error) {
+/// Ends every unacknowledged frame with `e` (the retry budget is spent, or the nodes loop),
+/// and every frame queued behind them: they waited through the same outage, and taking
+/// them one at a time would give the k-th a budget k times as long.
+fn give_up(inflight: &mut VecDeque<Job>, jobs: &mut mpsc::Receiver<Job>, e: &Error) {
     for j in inflight.drain(..) {
+        let _ = j.reply.send(Err(e.clone()));
+    }
+    while let Ok(j) = jobs.try_recv() {
         let _ = j.reply.send(Err(e.clone()));
     }
 }
