@@ -201,6 +201,42 @@ fn publish_reports_refused_frames() {
     );
     assert!(!ok);
     assert!(err.contains("invalid argument"), "{err}");
+    // The last sequence number is given once; one more is refused, never wrapped to 0 (a
+    // debug build panicked, a release build published the second frame as seq_no 0).
+    let max = u64::MAX.to_string();
+    let (ok, _, err) = run(
+        &[
+            "publish",
+            "--addr",
+            &server.addr,
+            "--topic",
+            "last",
+            "--seq-from",
+            &max,
+            "a",
+            "b",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("would pass 2^64 - 1"), "{err}");
+    let (ok, out, err) = run(
+        &[
+            "history",
+            "--addr",
+            &server.addr,
+            "--topic",
+            "last",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let seqs: Vec<Option<u64>> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq_no"].as_u64())
+        .collect();
+    assert_eq!(seqs, [Some(u64::MAX)], "{out}");
 }
 
 #[test]

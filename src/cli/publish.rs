@@ -22,7 +22,7 @@ pub struct PublishArgs {
     /// Topic ("" = default).
     #[arg(long, default_value = "default")]
     pub topic: String,
-    /// Number the frames N, N+1, … (the default, from 0).
+    /// Number the frames N, N+1, … (the default, from 0); a frame past 2^64 - 1 is refused.
     #[arg(long, conflicts_with = "seq_no", allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub seq_from: Option<u64>,
     /// Give every frame this seq_no.
@@ -62,23 +62,38 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
         args.compression,
     )?;
     let publisher = client.publisher(&args.topic);
-    let mut next_seq = args.seq_from.unwrap_or(0);
+    // `None` once the last sequence number (2^64 - 1) was given: one more is refused, not
+    // wrapped to 0.
+    let mut next_seq = Some(args.seq_from.unwrap_or(0));
     let mut seq = move || match args.seq_no {
-        Some(fixed) => fixed,
+        Some(fixed) => Ok(fixed),
         None => {
-            let s = next_seq;
-            next_seq += 1;
-            s
+            let s = next_seq.ok_or_else(|| {
+                Error::InvalidArgument(
+                    "sequence numbers would pass 2^64 - 1 (give a lower --seq-from)".into(),
+                )
+            })?;
+            next_seq = s.checked_add(1);
+            Ok::<u64, Error>(s)
         }
     };
     let mut pending = Vec::new();
+    // A frame past the last sequence number: the ones before it are still published (and
+    // their acks awaited), then the command fails naming it.
+    let mut refused = None;
     if let Some(path) = &args.file {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-        pending.push(publisher.send(seq(), bytes).await?);
+        pending.push(publisher.send(seq()?, bytes).await?);
     } else if !args.payloads.is_empty() {
         for p in &args.payloads {
-            pending.push(publisher.send(seq(), p.clone().into_bytes()).await?);
+            match seq() {
+                Ok(s) => pending.push(publisher.send(s, p.clone().into_bytes()).await?),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
         }
     } else {
         let stdin = std::io::stdin();
@@ -95,7 +110,13 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
             if line.last() == Some(&b'\n') {
                 line.pop();
             }
-            pending.push(publisher.send(seq(), line.clone()).await?);
+            match seq() {
+                Ok(s) => pending.push(publisher.send(s, line.clone()).await?),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
         }
     }
     let mut out = std::io::stdout().lock();
@@ -113,5 +134,8 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
         }
     }
     closing.await;
-    Ok(count)
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(count),
+    }
 }
