@@ -12,9 +12,15 @@ export interface SseEvent {
     /** The `id:` of this event, or the last one seen before it (the stream's last event id). */
     id: string | undefined;
 }
-/** Turns chunks of an event stream into events. */
+/**
+ * Turns chunks of an event stream into events. Linear in the stream's length however its
+ * lines are cut into chunks: a line spanning many chunks (a large frame's `data:`) is kept
+ * as its pieces, each scanned once, and joined when its end arrives.
+ */
 export declare class SseParser {
-    private buffer;
+    /** The unfinished line's pieces (none holds a line end), and their total length. */
+    private pending;
+    private pendingLength;
     /** The previous chunk ended in `\r`: a `\n` starting the next one belongs to that line end. */
     private afterCR;
     private data;

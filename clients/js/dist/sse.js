@@ -3,9 +3,15 @@
  * arrives. The client reads the stream through `fetch` rather than `EventSource` so it can
  * send an `Authorization` header and choose its own reconnect policy.
  */
-/** Turns chunks of an event stream into events. */
+/**
+ * Turns chunks of an event stream into events. Linear in the stream's length however its
+ * lines are cut into chunks: a line spanning many chunks (a large frame's `data:`) is kept
+ * as its pieces, each scanned once, and joined when its end arrives.
+ */
 export class SseParser {
-    buffer = "";
+    /** The unfinished line's pieces (none holds a line end), and their total length. */
+    pending = [];
+    pendingLength = 0;
     /** The previous chunk ended in `\r`: a `\n` starting the next one belongs to that line end. */
     afterCR = false;
     data = [];
@@ -21,23 +27,40 @@ export class SseParser {
         if (this.afterCR && chunk.startsWith("\n"))
             chunk = chunk.slice(1);
         this.afterCR = false;
-        this.buffer += chunk;
+        if (chunk.indexOf("\n") < 0 && chunk.indexOf("\r") < 0) {
+            // No line ends here: one more piece of the unfinished line.
+            if (chunk !== "") {
+                this.pending.push(chunk);
+                this.pendingLength += chunk.length;
+            }
+            return [];
+        }
+        const buffer = this.pending.length === 0 ? chunk : this.pending.join("") + chunk;
+        // The pieces held no line end: the search starts after them.
+        let from = this.pendingLength;
+        this.pending = [];
+        this.pendingLength = 0;
         const events = [];
         let start = 0;
+        // The next "\n" and "\r" at or after `from` (-1: none left; -2: not looked for yet).
+        let lf = -2;
+        let cr = -2;
         for (;;) {
-            const lf = this.buffer.indexOf("\n", start);
-            const cr = this.buffer.indexOf("\r", start);
+            if (lf !== -1 && lf < from)
+                lf = buffer.indexOf("\n", from);
+            if (cr !== -1 && cr < from)
+                cr = buffer.indexOf("\r", from);
             let end;
             let next;
             if (cr >= 0 && (lf < 0 || cr < lf)) {
                 end = cr;
-                if (cr + 1 === this.buffer.length) {
+                if (cr + 1 === buffer.length) {
                     // A line ends here; whether "\r\n" or "\r" is told by the next chunk.
                     this.afterCR = true;
                     next = cr + 1;
                 }
                 else {
-                    next = this.buffer.charCodeAt(cr + 1) === 10 ? cr + 2 : cr + 1;
+                    next = buffer.charCodeAt(cr + 1) === 10 ? cr + 2 : cr + 1;
                 }
             }
             else if (lf >= 0) {
@@ -47,12 +70,17 @@ export class SseParser {
             else {
                 break;
             }
-            const ev = this.line(this.buffer.slice(start, end));
+            const ev = this.line(buffer.slice(start, end));
             if (ev)
                 events.push(ev);
             start = next;
+            from = next;
         }
-        this.buffer = this.buffer.slice(start);
+        if (start < buffer.length) {
+            const rest = buffer.slice(start);
+            this.pending.push(rest);
+            this.pendingLength = rest.length;
+        }
         return events;
     }
     /** One line: a field, a comment, or the blank line that dispatches an event. */

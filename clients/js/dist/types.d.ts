@@ -113,7 +113,7 @@ export interface SubscribeOptions {
     signal?: AbortSignal;
     /** Give up after this many consecutive failed reconnects (default: never). */
     maxReconnects?: number;
-    /** Reconnect when nothing (not even the server's 15 s ping) arrived for this long, ms (default 45000). */
+    /** Reconnect when nothing (not even the server's 15 s ping) arrived for this long, ms (default 45000); the time the consumer holds a frame does not count. */
     idleTimeoutMs?: number;
 }
 /** The options of one history page. */

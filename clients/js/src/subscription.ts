@@ -208,8 +208,12 @@ export class Subscription implements AsyncIterableIterator<Frame> {
                 if (ev.event === "frame") {
                   const frame = this.frameOf(ev.data, ev.id);
                   this.cursor = frame.cursor;
+                  // The idle timer measures the server's silence, not the consumer's pace:
+                  // stopped while the consumer holds the frame, started again after.
+                  clearTimeout(idle);
                   yield frame;
                   if (stop.aborted) return; // closed while the consumer held this frame
+                  arm();
                 } else if (ev.event === "snapshot") {
                   const s = record(parseJson(ev.data), "snapshot");
                   this.snapshotOffset = toBigInt(s["snapshot_offset"], "snapshot_offset");

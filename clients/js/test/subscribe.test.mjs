@@ -321,3 +321,22 @@ test("deleting the topic ends an open stream with NOT_FOUND (event: error)", asy
     }),
   );
 });
+
+test("a consumer slower than idleTimeoutMs does not make the subscription reconnect", async (t) => {
+  const fc = new Framecast({ url: server.url });
+  for (let i = 1; i <= 3; i++) await fc.publish("slow-consumer", `s${i}`, { seqNo: i });
+  const sub = fc.subscribe("slow-consumer", { idleTimeoutMs: 300 });
+  t.after(() => sub.close());
+  const got = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await within(10_000, `frame ${i + 1}`, sub.next());
+    got.push(r.value.text);
+    // Holding each frame past the idle timeout, with the next ones already received.
+    await new Promise((r) => setTimeout(r, 700));
+  }
+  await fc.publish("slow-consumer", "s4", { seqNo: 4 });
+  got.push((await within(10_000, "frame 4", sub.next())).value.text);
+  assert.deepEqual(got, ["s1", "s2", "s3", "s4"]);
+  assert.equal(sub.reconnects, 0, "the consumer's pace was taken for the server's silence");
+  assert.equal(fc.url, server.url, "the client moved off its node");
+});

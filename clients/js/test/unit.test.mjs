@@ -40,6 +40,21 @@ test("SSE: fields, comments, multi-line data, ids that persist, every line endin
   assert.deepEqual([...q.push("data: a\r"), ...q.push(""), ...q.push("\n\r\n")], [{ event: "message", data: "a", id: undefined }]);
   // An incomplete event is not dispatched.
   assert.deepEqual(new SseParser().push("event: frame\ndata: half"), []);
+  // A line of 6 MB (a frame at the default --max-frame-bytes, in base64 and as text) in
+  // 16 KiB chunks, then a burst of small events in one chunk: whole, in order.
+  const big = "x".repeat(6_000_000);
+  const r = new SseParser();
+  const long = `event: frame\nid: big\ndata: ${big}\n\n`;
+  const gotBig = [];
+  for (let i = 0; i < long.length; i += 16_384) gotBig.push(...r.push(long.slice(i, i + 16_384)));
+  assert.equal(gotBig.length, 1);
+  assert.equal(gotBig[0].data.length, big.length);
+  const burst = Array.from({ length: 5000 }, (_, i) => `id: s${i}\ndata: ${i}\n\n`).join("");
+  const small = r.push(burst);
+  assert.deepEqual(
+    small.map((e) => e.data),
+    Array.from({ length: 5000 }, (_, i) => String(i)),
+  );
   // The id given at construction (a resume cursor) is the last id until the stream names one.
   assert.deepEqual(new SseParser("c9").push("data: d\n\n"), [{ event: "message", data: "d", id: "c9" }]);
 });
