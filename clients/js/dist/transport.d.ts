@@ -57,6 +57,8 @@ export declare class Transport {
     /** The nodes, normalised (no trailing slash): those given, then leaders learned from hints. */
     readonly urls: string[];
     readonly backoff: Backoff;
+    /** The bound of one attempt of a call, ms. */
+    readonly callTimeoutMs: number;
     readonly fetch: typeof fetch;
     private readonly token;
     private readonly configured;

@@ -6,6 +6,8 @@ import { abortReason, backoffOf, delayMs, sleep } from "./backoff.js";
 import { errorOfResponse, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
 import { malformed } from "./wire.js";
+/** How long one attempt of a call may take by default, ms. */
+const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 /** A network failure (no HTTP answer), as `fetch` reports it. */
 function unreachable(url, cause) {
     let why = cause instanceof Error ? cause.message : String(cause);
@@ -121,6 +123,8 @@ export class Transport {
     /** The nodes, normalised (no trailing slash): those given, then leaders learned from hints. */
     urls;
     backoff;
+    /** The bound of one attempt of a call, ms. */
+    callTimeoutMs;
     fetch;
     token;
     configured;
@@ -134,6 +138,11 @@ export class Transport {
         this.configured = this.urls.length;
         this.token = opts.token ?? tokenFromEnv();
         this.backoff = backoffOf(opts.backoff);
+        const timeout = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+        if (!(Number.isFinite(timeout) && timeout > 0)) {
+            throw new TypeError(`Framecast: callTimeoutMs must be a positive number, got ${String(timeout)}`);
+        }
+        this.callTimeoutMs = timeout;
         const withTls = tlsFetch(opts);
         if (withTls) {
             this.fetch = withTls;
@@ -241,8 +250,9 @@ export class Transport {
                 const init = { method: call.method, headers, cache: "no-store" };
                 if (call.body !== undefined)
                     init.body = call.body;
-                if (signal)
-                    init.signal = signal;
+                // The caller's signal, and this attempt's bound (answer read included).
+                const bound = AbortSignal.timeout(this.callTimeoutMs);
+                init.signal = signal ? AbortSignal.any([signal, bound]) : bound;
                 resp = await this.fetch(url, init);
                 if (resp.ok)
                     text = await resp.text();

@@ -25,6 +25,9 @@ export interface Call {
   signal?: AbortSignal | undefined;
 }
 
+/** How long one attempt of a call may take by default, ms. */
+const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
 /** A network failure (no HTTP answer), as `fetch` reports it. */
 function unreachable(url: string, cause: unknown): FramecastError {
   let why = cause instanceof Error ? cause.message : String(cause);
@@ -150,6 +153,8 @@ export class Transport {
   /** The nodes, normalised (no trailing slash): those given, then leaders learned from hints. */
   readonly urls: string[];
   readonly backoff: Backoff;
+  /** The bound of one attempt of a call, ms. */
+  readonly callTimeoutMs: number;
   readonly fetch: typeof fetch;
   private readonly token: TokenSource | undefined;
   private readonly configured: number;
@@ -162,6 +167,11 @@ export class Transport {
     this.configured = this.urls.length;
     this.token = opts.token ?? tokenFromEnv();
     this.backoff = backoffOf(opts.backoff);
+    const timeout = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    if (!(Number.isFinite(timeout) && timeout > 0)) {
+      throw new TypeError(`Framecast: callTimeoutMs must be a positive number, got ${String(timeout)}`);
+    }
+    this.callTimeoutMs = timeout;
     const withTls = tlsFetch(opts);
     if (withTls) {
       this.fetch = withTls;
@@ -259,7 +269,9 @@ export class Transport {
       try {
         const init: RequestInit = { method: call.method, headers, cache: "no-store" };
         if (call.body !== undefined) init.body = call.body as BodyInit;
-        if (signal) init.signal = signal;
+        // The caller's signal, and this attempt's bound (answer read included).
+        const bound = AbortSignal.timeout(this.callTimeoutMs);
+        init.signal = signal ? AbortSignal.any([signal, bound]) : bound;
         resp = await this.fetch(url, init);
         if (resp.ok) text = await resp.text();
       } catch (e) {

@@ -49,6 +49,13 @@ export interface FramecastOptions {
   /** Backoff between retries and reconnects. */
   backoff?: BackoffOptions;
   /**
+   * How long one attempt of a call (publish, history, topics, ...) may take, answer read
+   * included, ms (default 30000, as the Python client's `call_timeout`): a node that
+   * accepts the connection but never answers (paused, overloaded) costs an attempt, then
+   * the call is retried as after a network error. Subscriptions have `idleTimeoutMs`.
+   */
+  callTimeoutMs?: number;
+  /**
    * Where subscriptions read (default `"leader"`). `"leader"`: on the node requests go to
    * (`fc.url`), as every other call. `"followers"`: each subscription, and each resume after
    * its stream broke, first asks the cluster (`GET /v1/cluster`) and opens the stream on one

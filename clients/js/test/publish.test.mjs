@@ -178,3 +178,37 @@ test(
     assert.deepEqual(seen, { "INVALID_ARGUMENT 413": 10 });
   },
 );
+
+test("a node that takes the connection but never answers costs one callTimeoutMs per attempt", async (t) => {
+  const paused = await startServer();
+  t.after(() => paused.cleanup());
+  const fc = new Framecast({ url: paused.url, callTimeoutMs: 300, backoff: { initialMs: 10, maxMs: 20 } });
+  await fc.publish("paused", "before", { seqNo: 1 });
+  paused.proc.kill("SIGSTOP");
+  let resumed = false;
+  t.after(() => {
+    if (!resumed) paused.proc.kill("SIGCONT");
+  });
+  const started = Date.now();
+  await assert.rejects(fc.publish("paused", "during", { seqNo: 2, retries: 2 }), (e) => {
+    assert.ok(e instanceof FramecastError, String(e));
+    assert.equal(e.code, "UNAVAILABLE");
+    assert.match(e.message, /timeout|aborted/i, e.message);
+    return true;
+  });
+  const took = Date.now() - started;
+  // Three attempts of 300 ms and two short backoffs: well under the 30 s default's one.
+  assert.ok(took < 10_000, `gave up after ${took} ms`);
+  paused.proc.kill("SIGCONT");
+  resumed = true;
+  // The same key went with every attempt: a frame stored once, whatever the paused node did.
+  const ack = await fc.publish("paused", "after", { seqNo: 3 });
+  assert.ok(ack.offset >= 1n);
+  const texts = (await fc.history("paused")).frames.map((f) => f.text);
+  assert.ok(texts.filter((x) => x === "during").length <= 1, `stored twice: ${texts}`);
+  assert.deepEqual(
+    texts.filter((x) => x !== "during"),
+    ["before", "after"],
+  );
+  assert.throws(() => new Framecast({ url: paused.url, callTimeoutMs: 0 }), TypeError);
+});
