@@ -224,3 +224,32 @@ async fn publishes_queued_during_an_outage_fail_together_within_one_budget() {
         "20 publishes took {took:?} to fail"
     );
 }
+
+/// Publishes to more topics than a connection takes streams (`--max-streams-per-connection`,
+/// here 16) all succeed, in order per topic: the coalescer spreads topics over a few shared
+/// streams. Before, each topic kept a stream of its own open for the client's life, and the
+/// publishes of the first topic past the server's limit waited for a stream for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_more_topics_than_a_connection_has_streams_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-streams-per-connection", "16"]);
+    let c = client(&server.addr);
+    for round in 0..2u64 {
+        for t in 0..40u64 {
+            let ack = tokio::time::timeout(
+                Duration::from_secs(20),
+                c.publish(&format!("many-{t}"), round, format!("r{round}")),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the publish to topic {t} never returned"))
+            .unwrap();
+            assert_eq!(ack.offset, round, "topic {t}");
+        }
+    }
+    let mut raw = server.client().await;
+    for t in 0..40u64 {
+        let log = read_log(&mut raw, &format!("many-{t}")).await;
+        let payloads: Vec<_> = log.iter().map(|f| f.payload.to_vec()).collect();
+        assert_eq!(payloads, [b"r0".to_vec(), b"r1".to_vec()], "topic {t}");
+    }
+}

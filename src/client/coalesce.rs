@@ -1,6 +1,8 @@
-//! Coalescing: concurrent `Client::publish` calls share one pipelined stream per topic.
+//! Coalescing: concurrent `Client::publish` calls share a few pipelined streams, a topic's
+//! frames always on the same one.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,24 +16,40 @@ use crate::proto;
 /// The longest idempotency key the server accepts (API.md).
 const MAX_KEY_BYTES: usize = 128;
 
-/// One shared [`Publisher`] per topic, made on first use and shared by a client's clones.
-/// It holds only the publishers' queues; their tasks hold a client without a coalescer, so
-/// dropping the last clone of the client ends them once their frames are acknowledged.
+/// How many shared streams a client's publishes spread over. A stream carries frames of
+/// any topic (each request names its own); a topic's go by one stream, so one caller's
+/// publishes keep their order. A fixed number, not one per topic: a stream stays open while
+/// the client lives, and a server takes at most `--max-streams-per-connection` (1024) on
+/// one connection, so streams per topic stopped an application's publishes at its 1025th
+/// topic.
+pub(crate) const SHARED_STREAMS: usize = 8;
+
+/// The shared [`Publisher`]s, made on first use and shared by a client's clones. It holds
+/// only the publishers' queues; their tasks hold a client without a coalescer, so dropping
+/// the last clone of the client ends them once their frames are acknowledged.
 #[derive(Debug, Default)]
 pub(crate) struct Coalescer {
-    streams: Mutex<HashMap<String, Arc<Publisher>>>,
+    streams: Mutex<HashMap<usize, Arc<Publisher>>>,
+}
+
+/// The shared stream `topic`'s frames go by.
+fn shard(topic: &str) -> usize {
+    // Fixed keys: the same topic maps to the same stream for the client's whole life.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    (h.finish() % SHARED_STREAMS as u64) as usize
 }
 
 impl Coalescer {
-    /// Sends `req` over the topic's shared stream and waits for its own ack.
+    /// Sends `req` over its topic's shared stream and waits for its own ack.
     pub(crate) async fn publish(&self, client: &Client, req: proto::PublishRequest) -> Result<Ack> {
-        let topic = req.topic.clone();
-        let pending = match self.stream(client, &topic).submit(req).await {
+        let at = shard(&req.topic);
+        let pending = match self.stream(client, at).submit(req).await {
             Ok(p) => p,
             // The stream's task is gone (the runtime it ran on has ended): start another.
             Err(req) => {
-                self.streams.lock().remove(&topic);
-                self.stream(client, &topic)
+                self.streams.lock().remove(&at);
+                self.stream(client, at)
                     .submit(req)
                     .await
                     .map_err(|_| stopped())?
@@ -40,14 +58,15 @@ impl Coalescer {
         pending.await
     }
 
-    /// The shared publisher of `topic`, started if there is none.
-    fn stream(&self, client: &Client, topic: &str) -> Arc<Publisher> {
+    /// The shared publisher `at`, started if there is none. It takes ready requests, each
+    /// naming its topic: the publisher's own topic (for `Publisher::send`) is not used.
+    fn stream(&self, client: &Client, at: usize) -> Arc<Publisher> {
         let mut streams = self.streams.lock();
-        if let Some(p) = streams.get(topic) {
+        if let Some(p) = streams.get(&at) {
             return Arc::clone(p);
         }
-        let p = Arc::new(client.plain().publisher(topic));
-        streams.insert(topic.to_string(), Arc::clone(&p));
+        let p = Arc::new(client.plain().publisher(""));
+        streams.insert(at, Arc::clone(&p));
         p
     }
 }
