@@ -13,6 +13,7 @@ import random
 import re
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -587,6 +588,19 @@ def _explained(route: Route | None, error: errors.FramecastError) -> errors.Fram
 
 #: The topic name pattern of API.md (``""`` means ``default``).
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+#: How many shared streams coalesced publishes spread over (the Rust client's number). A
+#: stream carries frames of any topic; a fixed number, not one per topic, because a stream
+#: stays open while the client lives and a server takes at most
+#: ``--max-streams-per-connection`` (1024) on one connection.
+SHARED_STREAMS = 8
+
+
+def shared_stream_of(topic: str) -> int:
+    """The shared stream ``topic``'s coalesced publishes go by: always the same one, so one
+    caller's publishes keep their order."""
+    return zlib.crc32(topic.encode()) % SHARED_STREAMS
 
 
 def check_coalesced(req: pb.PublishRequest) -> None:

@@ -67,6 +67,7 @@ from ._core import (
     publish_request,
     publish_stream_retry_delay,
     remaining,
+    shared_stream_of,
     timed_out,
     topic_from_pb,
     unary_retry_delay,
@@ -142,7 +143,7 @@ class Client:
         self._token = resolve_token(token)
         self._credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         self._coalesce = coalesce
-        self._streams: dict[str, _SharedStream] = {}
+        self._streams: dict[int, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
         self._call_timeout = call_timeout
         self._compression, compression_options = compression_settings(compression)
@@ -314,13 +315,15 @@ class Client:
         )
 
     async def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
-        """Sends ``req`` over its topic's shared stream and waits for its own ack."""
+        """Sends ``req`` over its topic's shared stream (one of a few, see
+        :func:`shared_stream_of`) and waits for its own ack."""
         if self._closed:
             raise ClientClosed("client is closed")
         check_coalesced(req)
-        stream = self._streams.get(req.topic)
+        at = shared_stream_of(req.topic)
+        stream = self._streams.get(at)
         if stream is None:
-            stream = self._streams[req.topic] = _SharedStream(self)
+            stream = self._streams[at] = _SharedStream(self)
         future = stream.submit(req)
         try:
             return ack_from_pb(await asyncio.wait_for(future, timeout))
@@ -776,7 +779,8 @@ async def _accepted(call: Any) -> None:
 
 
 class _SharedStream:
-    """One topic's ``PublishStream`` shared by coalesced :meth:`Client.publish` calls.
+    """A ``PublishStream`` shared by coalesced :meth:`Client.publish` calls (frames of the
+    topics :func:`shared_stream_of` maps to it).
 
     Calls append ``(request, future)`` in order; a task keeps a stream open while there is
     work, writes every request not yet sent on it, and resolves the oldest future per ack

@@ -52,6 +52,7 @@ from ._core import (
     publish_request,
     publish_stream_retry_delay,
     remaining,
+    shared_stream_of,
     timed_out,
     topic_from_pb,
     unary_retry_delay,
@@ -121,8 +122,9 @@ class Client:
         compression: ``"gzip"`` compresses requests and asks the server to compress its
             responses; ``None`` (the default) sends and asks for plain messages. (grpcio
             has no zstd.)
-        coalesce: ``True``: concurrent :meth:`publish` calls from many threads share one
-            pipelined ``PublishStream`` per topic (each still gets its own ack and keeps its
+        coalesce: ``True``: concurrent :meth:`publish` calls from many threads share a few
+            pipelined ``PublishStream`` s, a topic's always the same one (each call still
+            gets its own ack and keeps its
             own idempotency key; after a break every unacknowledged frame is re-sent with
             its key). ``False`` (the default): one unary ``Publish`` per call.
         token: A bearer token (a JWT, e.g. from ``framecast token``) sent as
@@ -162,7 +164,7 @@ class Client:
         self._token = resolve_token(token)
         self._credentials = channel_credentials(tls, ca_cert, client_cert, client_key)
         self._coalesce = coalesce
-        self._streams: dict[str, _SharedStream] = {}
+        self._streams: dict[int, _SharedStream] = {}
         self._retry = retry or RetryPolicy()
         self._call_timeout = call_timeout
         self._keys = KeySource()
@@ -384,13 +386,15 @@ class Client:
         return acks_from_pb(self._call("broadcast", "Broadcast", req, timeout, retry=bool(key)))
 
     def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
-        """Sends ``req`` over its topic's shared stream and waits for its own ack."""
+        """Sends ``req`` over its topic's shared stream (one of a few, see
+        :func:`shared_stream_of`) and waits for its own ack."""
         self._check_open()
         check_coalesced(req)
+        at = shared_stream_of(req.topic)
         with self._lock:
-            stream = self._streams.get(req.topic)
+            stream = self._streams.get(at)
             if stream is None:
-                stream = self._streams[req.topic] = _SharedStream(self)
+                stream = self._streams[at] = _SharedStream(self)
         future = stream.submit(req)
         try:
             return ack_from_pb(future.result(timeout))
@@ -818,7 +822,8 @@ _WAKE = object()
 
 
 class _SharedStream:
-    """One topic's ``PublishStream`` shared by coalesced :meth:`Client.publish` calls.
+    """A ``PublishStream`` shared by coalesced :meth:`Client.publish` calls (frames of the
+    topics :func:`shared_stream_of` maps to it).
 
     Calls append ``(request, future)`` in order; a thread keeps a stream open while there
     is work, feeds it every request not yet sent on it, and resolves the oldest future per

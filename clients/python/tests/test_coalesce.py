@@ -184,3 +184,29 @@ def test_aio_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # t
     acks = [(s, p, r) for s, p, r in results if isinstance(r, Ack)]
     with Client(srv.address, retry=TEST_RETRY) as c:
         assert_exactly_once(c, "acv", acks)
+
+
+def test_coalesced_publishes_to_more_topics_than_a_connection_has_streams(make_server) -> None:  # type: ignore[no-untyped-def]
+    """40 topics through a server that takes 16 streams per connection: every publish
+    returns, in order per topic (coalesced streams are shared by topics, not one per topic,
+    which held a stream open per topic and stopped at the 17th), blocking and asyncio."""
+    srv = make_server("--max-streams-per-connection", "16")
+    with Client(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+        for r in range(2):
+            for t in range(40):
+                ack = c.publish(f"r{r}".encode(), r, f"sync-{t}", timeout=20)
+                assert ack.offset == r, t
+
+    async def main() -> None:
+        async with AioClient(srv.address, retry=TEST_RETRY, coalesce=True) as c:
+            for r in range(2):
+                for t in range(40):
+                    ack = await c.publish(f"r{r}".encode(), r, f"aio-{t}", timeout=20)
+                    assert ack.offset == r, t
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    with Client(srv.address, retry=TEST_RETRY) as c:
+        for prefix in ("sync", "aio"):
+            for t in range(40):
+                got = [f.payload for f in c.history(f"{prefix}-{t}").frames]
+                assert got == [b"r0", b"r1"], (prefix, t)
