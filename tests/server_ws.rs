@@ -550,13 +550,15 @@ async fn a_largest_frame_fits_however_its_json_is_escaped() {
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
         }
     })
-    .await;
-    assert!(closed.is_ok(), "the socket stayed open");
+    .await
+    .expect("the socket stayed open");
+    assert_eq!(closed, Some(1009), "closed as 'message too big'");
     let mut c = server.client().await;
     assert_eq!(common::read_log(&mut c, "esc").await.len(), 2);
 }

@@ -304,6 +304,19 @@ async fn broadcast(
     // The payload, however it is written, plus up to 10,000 topic names: a body over that
     // holds a payload over --max-frame-bytes (413).
     let max = super::json::max_json_message(broker.max_frame_bytes(), 2 << 20);
+    // A declared length over it is refused before reading a byte of it, as a publish's.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        drain(body, DRAIN_REFUSED_BYTES).await;
+        return Err(broker
+            .check_payload_size(broker.max_frame_bytes().saturating_add(1))
+            .err()
+            .unwrap_or_else(|| Error::InvalidArgument("broadcast body too large".into()))
+            .into());
+    }
     let body = read_body(broker, body, max).await?;
     let request = serde_json::from_slice::<json::BroadcastBody>(&body)
         .map_err(|e| Error::InvalidArgument(format!("broadcast body: {e}")))

@@ -376,6 +376,12 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     "message over this socket's limit (6 × --max-frame-bytes + 64 KiB): {e}"
                 )));
                 link.reply(&Value::Null, Err(e)).await;
+                // And the close code for it (RFC 6455: 1009, message too big).
+                let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::SIZE,
+                    reason: Utf8Bytes::from_static("message too big"),
+                }));
+                let _ = link.out.send(Cmd::Send(vec![close], None)).await;
                 break;
             }
             _ => break,
