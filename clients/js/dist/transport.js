@@ -139,8 +139,9 @@ export class Transport {
         this.token = opts.token ?? tokenFromEnv();
         this.backoff = backoffOf(opts.backoff);
         const timeout = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-        if (!(Number.isFinite(timeout) && timeout > 0)) {
-            throw new TypeError(`Framecast: callTimeoutMs must be a positive number, got ${String(timeout)}`);
+        // A timer's delay is a signed 32-bit count of ms in every runtime.
+        if (!(Number.isInteger(timeout) && timeout > 0 && timeout <= 2_147_483_647)) {
+            throw new TypeError(`Framecast: callTimeoutMs must be a whole number of ms from 1 to 2147483647, got ${String(timeout)}`);
         }
         this.callTimeoutMs = timeout;
         const withTls = tlsFetch(opts);
@@ -246,13 +247,20 @@ export class Transport {
             const headers = await this.headers(call.headers);
             let resp;
             let text;
+            // This attempt's signal: the caller's abort, or callTimeoutMs (answer read included).
+            // A controller and a timer rather than AbortSignal.any/timeout: they are in every
+            // runtime the package supports, and the timer ends with the attempt.
+            const attemptAbort = new AbortController();
+            const timer = setTimeout(() => attemptAbort.abort(new DOMException(`no answer within ${this.callTimeoutMs} ms`, "TimeoutError")), this.callTimeoutMs);
+            const forward = () => attemptAbort.abort(signal ? abortReason(signal) : undefined);
+            if (signal?.aborted)
+                forward();
+            else
+                signal?.addEventListener("abort", forward, { once: true });
             try {
-                const init = { method: call.method, headers, cache: "no-store" };
+                const init = { method: call.method, headers, cache: "no-store", signal: attemptAbort.signal };
                 if (call.body !== undefined)
                     init.body = call.body;
-                // The caller's signal, and this attempt's bound (answer read included).
-                const bound = AbortSignal.timeout(this.callTimeoutMs);
-                init.signal = signal ? AbortSignal.any([signal, bound]) : bound;
                 resp = await this.fetch(url, init);
                 if (resp.ok)
                     text = await resp.text();
@@ -272,6 +280,10 @@ export class Transport {
                 this.failover(undefined, base);
                 await sleep(delayMs(this.backoff, attempt++), signal);
                 continue;
+            }
+            finally {
+                clearTimeout(timer);
+                signal?.removeEventListener("abort", forward);
             }
             if (resp.ok) {
                 if (text === "")
