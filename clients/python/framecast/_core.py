@@ -599,8 +599,8 @@ SHARED_STREAMS = 8
 
 def shared_stream_of(topic: str) -> int:
     """The shared stream ``topic``'s coalesced publishes go by: always the same one, so one
-    caller's publishes keep their order."""
-    return zlib.crc32(topic.encode()) % SHARED_STREAMS
+    caller's publishes keep their order (``""`` is the topic ``default``: the same one)."""
+    return zlib.crc32((topic or "default").encode()) % SHARED_STREAMS
 
 
 def check_coalesced(req: pb.PublishRequest) -> None:

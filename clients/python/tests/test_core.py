@@ -27,6 +27,7 @@ from framecast._core import (
     normalize_address,
     parse_subscription_metadata,
     publish_stream_retry_delay,
+    shared_stream_of,
     unary_retry_delay,
     watch_retry_delay,
 )
@@ -352,3 +353,14 @@ def test_a_cluster_event_of_a_kind_newer_than_the_client_is_unspecified() -> Non
     known = cluster_event_from_pb(pb.ClusterEvent(kind=pb.ClusterEvent.NODE_OFFLINE, node_id="n2"))
     assert (known.kind, known.node_id) == ("NODE_OFFLINE", "n2")
     assert cluster_event_from_pb(pb.ClusterEvent(kind=99)).kind == "KIND_UNSPECIFIED"
+
+
+def test_shared_streams_a_topic_always_on_the_same_one() -> None:
+    from framecast._core import SHARED_STREAMS
+
+    names = [f"topic-{i}" for i in range(1000)]
+    used = {shared_stream_of(n) for n in names}
+    assert used == set(range(SHARED_STREAMS)), "1000 topics spread over every stream"
+    assert all(shared_stream_of(n) == shared_stream_of(n) for n in names)
+    # "" is the topic "default": one stream for both spellings, so their order holds.
+    assert shared_stream_of("") == shared_stream_of("default")
