@@ -245,3 +245,53 @@ fn an_unreachable_server_is_named_at_once_and_the_wait_is_bounded() {
         );
     }
 }
+
+/// `framecast publish` fed by an input that does not end (`tail -f … | framecast publish`)
+/// against a server that cannot be reached stops once `--timeout` is spent, at the next
+/// line, with the error: before, it read on and reported nothing until its input ended.
+#[test]
+fn publish_from_an_endless_input_stops_when_the_server_stays_unreachable() {
+    use std::io::Write;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(bin())
+        .args([
+            "publish",
+            "--addr",
+            &addr,
+            "--topic",
+            "t",
+            "--timeout",
+            "1s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("framecast publish still running after 20 s of an unreachable server");
+        }
+        // A line every 200 ms; the pipe stays open.
+        let _ = writeln!(stdin, "line");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("unavailable") || err.contains("Unavailable"),
+        "{err}"
+    );
+}

@@ -77,18 +77,19 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
             Ok::<u64, Error>(s)
         }
     };
-    let mut pending = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
+    let mut count = 0;
     // A frame past the last sequence number: the ones before it are still published (and
     // their acks awaited), then the command fails naming it.
     let mut refused = None;
     if let Some(path) = &args.file {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-        pending.push(publisher.send(seq()?, bytes).await?);
+        pending.push_back(publisher.send(seq()?, bytes).await?);
     } else if !args.payloads.is_empty() {
         for p in &args.payloads {
             match seq() {
-                Ok(s) => pending.push(publisher.send(s, p.clone().into_bytes()).await?),
+                Ok(s) => pending.push_back(publisher.send(s, p.clone().into_bytes()).await?),
                 Err(e) => {
                     refused = Some(e);
                     break;
@@ -111,31 +112,60 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
                 line.pop();
             }
             match seq() {
-                Ok(s) => pending.push(publisher.send(s, line.clone()).await?),
+                Ok(s) => pending.push_back(publisher.send(s, line.clone()).await?),
                 Err(e) => {
                     refused = Some(e);
                     break;
                 }
             }
+            // Acks already in, in order: printed now, and the first failure (the server
+            // unreachable for the whole --timeout, say) ends the command at once instead of
+            // at the end of an input that may never end (`tail -f … | framecast publish`).
+            settle_ready(&mut pending, &mut count, args.verbose)?;
         }
     }
-    let mut out = std::io::stdout().lock();
-    let mut count = 0;
     let closing = publisher.close();
     for p in pending {
         let ack = p.await?;
-        count += 1;
-        if args.verbose {
-            let _ = writeln!(
-                out,
-                "offset={} timestamp={} duplicate={}",
-                ack.offset, ack.timestamp, ack.duplicate
-            );
-        }
+        report(&ack, &mut count, args.verbose);
     }
     closing.await;
     match refused {
         Some(e) => Err(e),
         None => Ok(count),
+    }
+}
+
+/// Takes the acks at the front of `pending` that are in, in order; the first failure ends
+/// the command with it.
+fn settle_ready(
+    pending: &mut std::collections::VecDeque<framecast::client::PendingAck>,
+    count: &mut u64,
+    verbose: bool,
+) -> Result<()> {
+    use futures::FutureExt;
+    while let Some(front) = pending.front_mut() {
+        match front.now_or_never() {
+            None => break,
+            Some(ack) => {
+                pending.pop_front();
+                report(&ack?, count, verbose);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts an ack and, with `--verbose`, prints it.
+fn report(ack: &framecast::client::Ack, count: &mut u64, verbose: bool) {
+    *count += 1;
+    if verbose {
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "offset={} timestamp={} duplicate={}",
+            ack.offset,
+            ack.timestamp,
+            ack.duplicate
+        );
     }
 }

@@ -32,11 +32,11 @@ pub(crate) struct Coalescer {
     streams: Mutex<HashMap<usize, Arc<Publisher>>>,
 }
 
-/// The shared stream `topic`'s frames go by.
+/// The shared stream `topic`'s frames go by (`""` is the topic `default`: the same one).
 fn shard(topic: &str) -> usize {
     // Fixed keys: the same topic maps to the same stream for the client's whole life.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
+    (if topic.is_empty() { "default" } else { topic }).hash(&mut h);
     (h.finish() % SHARED_STREAMS as u64) as usize
 }
 
@@ -44,11 +44,18 @@ impl Coalescer {
     /// Sends `req` over its topic's shared stream and waits for its own ack.
     pub(crate) async fn publish(&self, client: &Client, req: proto::PublishRequest) -> Result<Ack> {
         let at = shard(&req.topic);
-        let pending = match self.stream(client, at).submit(req).await {
+        let stream = self.stream(client, at);
+        let pending = match stream.submit(req).await {
             Ok(p) => p,
-            // The stream's task is gone (the runtime it ran on has ended): start another.
+            // The stream's task is gone (the runtime it ran on has ended): start another,
+            // unless another caller already did.
             Err(req) => {
-                self.streams.lock().remove(&at);
+                {
+                    let mut streams = self.streams.lock();
+                    if streams.get(&at).is_some_and(|p| Arc::ptr_eq(p, &stream)) {
+                        streams.remove(&at);
+                    }
+                }
                 self.stream(client, at)
                     .submit(req)
                     .await
@@ -114,6 +121,19 @@ mod tests {
             topic: topic.into(),
             idempotency_key: "k".into(),
         }
+    }
+
+    #[test]
+    fn a_topic_always_takes_the_same_shared_stream() {
+        let used: std::collections::HashSet<usize> =
+            (0..1000).map(|i| shard(&format!("topic-{i}"))).collect();
+        assert_eq!(
+            used.len(),
+            SHARED_STREAMS,
+            "1000 topics spread over every stream"
+        );
+        assert_eq!(shard("prices"), shard("prices"));
+        assert_eq!(shard(""), shard("default"), "\"\" is the topic default");
     }
 
     #[test]
