@@ -206,8 +206,9 @@ class Client:
         return self._closing
 
     async def close(self) -> None:
-        """Closes the channel; open calls end (subscriptions raise
-        :class:`framecast.errors.ClientClosed`). Idempotent."""
+        """Closes the channel; every call in flight (publishes, coalesced or not,
+        ``publish_many``, subscriptions, the cluster watch) ends with
+        :class:`framecast.errors.ClientClosed`. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -270,6 +271,11 @@ class Client:
                 )
             except grpc.aio.UsageError:
                 raise ClientClosed(f"{what}: client closed") from None
+            except asyncio.CancelledError:
+                # Closing the client cancels its calls: the call ends with ClientClosed.
+                if self._closed:
+                    raise ClientClosed(f"{what}: client closed") from None
+                raise
             if delay:
                 await self._sleep(delay)
 
@@ -388,6 +394,10 @@ class Client:
                     route.progress()
             except grpc.RpcError as e:
                 failure = e
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise pipe.fail(ClientClosed("publish_many: client closed")) from None
+                raise
             finally:
                 writer.cancel()
                 call.cancel()
@@ -463,6 +473,10 @@ class Client:
                     continue
                 except grpc.aio.UsageError:
                     raise ClientClosed("client is closed") from None
+                except asyncio.CancelledError:
+                    if self._closed:
+                        raise ClientClosed("client is closed") from None
+                    raise
                 # The server never ends a subscription cleanly: treat it as a break.
                 await pause(None)
             finally:
@@ -827,6 +841,16 @@ class _SharedStream:
             return  # the call ended; the reader sees why
 
     async def _run(self) -> None:
+        try:
+            await self._streams()
+        finally:
+            # However the task ends (its loop cancelling it, say), no caller waits for ever.
+            while self._pending:
+                _, future = self._pending.popleft()
+                if not future.done():
+                    future.set_exception(ClientClosed("publish: client closed"))
+
+    async def _streams(self) -> None:
         client = self._client
         backoff = Backoff(client.retry)
         route = Route(client._nodes)
@@ -855,6 +879,10 @@ class _SharedStream:
                         route.progress()
                 except grpc.RpcError as e:
                     failure = e
+                except asyncio.CancelledError:
+                    # Closing the client cancels its calls: the pending ones end below.
+                    if not client.closed:
+                        raise
                 finally:
                     writer.cancel()
                     call.cancel()

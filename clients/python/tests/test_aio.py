@@ -214,3 +214,44 @@ def test_aio_publish_without_a_key_is_not_retried(topic: str) -> None:
                 assert info.value.attempts >= 2, coalesce
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_aio_close_ends_every_call_in_flight_with_client_closed(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Calls in flight when the client closes — a unary publish, a coalesced one, a
+    publish_many, a subscription waiting for frames — all end with ``ClientClosed`` (not
+    ``CancelledError``; a coalesced publish without a timeout waited for ever). The server is
+    paused (SIGSTOP) so that every call is still waiting when ``close()`` comes."""
+    import os
+    import signal
+
+    from framecast import ClientClosed
+
+    srv = make_server()
+
+    async def main() -> None:
+        plain = Client(srv.address, retry=TEST_RETRY)
+        shared = Client(srv.address, retry=TEST_RETRY, coalesce=True)
+        await plain.publish(b"x", 1, "closing")
+        await shared.publish(b"x", 2, "closing")
+        frames = plain.frames("closing", 0)
+        assert (await asyncio.wait_for(frames.__anext__(), 10)).seq_no == 1
+        await asyncio.wait_for(frames.__anext__(), 10)
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            calls = [
+                asyncio.ensure_future(plain.publish(b"y", 3, "closing")),
+                asyncio.ensure_future(shared.publish(b"y", 4, "closing")),
+                asyncio.ensure_future(plain.publish_many([(5, b"z")], "closing")),
+                asyncio.ensure_future(frames.__anext__()),
+            ]
+            await asyncio.sleep(0.5)
+            assert not any(c.done() for c in calls), "a call ended before close()"
+            await plain.close()
+            await shared.close()
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        for what, r in zip(("publish", "coalesced", "publish_many", "subscription"), results):
+            assert isinstance(r, ClientClosed), (what, repr(r))
+
+    asyncio.run(asyncio.wait_for(main(), 60))
