@@ -210,13 +210,7 @@ fn dump_finds_a_bare_segment_name_in_its_topic() {
 
 #[test]
 fn an_unreachable_server_is_named_at_once_and_the_wait_is_bounded() {
-    // A port nobody listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("http://127.0.0.1:{port}");
+    let addr = dead_addr();
     for args in [
         vec!["publish", "--addr", &addr, "--timeout", "2s", "hello"],
         vec!["subscribe", "--addr", &addr, "--timeout", "2s"],
@@ -252,12 +246,7 @@ fn an_unreachable_server_is_named_at_once_and_the_wait_is_bounded() {
 #[test]
 fn publish_from_an_endless_input_stops_when_the_server_stays_unreachable() {
     use std::io::Write;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("http://127.0.0.1:{port}");
+    let addr = dead_addr();
     let mut child = Command::new(bin())
         .args([
             "publish",

@@ -192,12 +192,7 @@ async fn an_invalid_frame_fails_only_its_own_call() {
 /// 20 s), and `framecast publish` fed from stdin advanced one line per `--timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_queued_during_an_outage_fail_together_within_one_budget() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let c = Client::connect(&format!("http://127.0.0.1:{port}"))
+    let c = Client::connect(&dead_addr())
         .unwrap()
         .with_retry(RetryPolicy {
             initial: Duration::from_millis(50),

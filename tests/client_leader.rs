@@ -207,14 +207,6 @@ fn host_port(addr: &str) -> &str {
     addr.trim_start_matches("http://")
 }
 
-/// A loopback address nothing listens on.
-fn dead_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
-}
-
 fn quick() -> RetryPolicy {
     RetryPolicy {
         initial: Duration::from_millis(20),

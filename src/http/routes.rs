@@ -210,11 +210,7 @@ async fn publish(
         None => String::new(),
     };
     // A declared length over the limit is refused before reading a byte of it.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared {
+    if let Some(n) = declared_length(&headers) {
         if let Err(e) = broker.check_payload_size(n) {
             // Read (and drop) what the client is still sending before answering, up to a
             // bound: a server that answers and closes mid-upload makes most clients see a
@@ -305,17 +301,9 @@ async fn broadcast(
     // holds a payload over --max-frame-bytes (413).
     let max = super::json::max_json_message(broker.max_frame_bytes(), 2 << 20);
     // A declared length over it is refused before reading a byte of it, as a publish's.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if declared_length(&headers).is_some_and(|n| n > max as u64) {
         drain(body, DRAIN_REFUSED_BYTES).await;
-        return Err(broker
-            .check_payload_size(broker.max_frame_bytes().saturating_add(1))
-            .err()
-            .unwrap_or_else(|| Error::InvalidArgument("broadcast body too large".into()))
-            .into());
+        return Err(payload_over_limit(broker).into());
     }
     let body = read_body(broker, body, max).await?;
     let request = serde_json::from_slice::<json::BroadcastBody>(&body)
@@ -335,13 +323,31 @@ async fn read_body(broker: &Broker, body: Body, max: usize) -> Result<Bytes, Err
         Err(e) => {
             let inner = e.into_inner();
             if inner.is::<http_body_util::LengthLimitError>() {
-                broker.check_payload_size(broker.max_frame_bytes().saturating_add(1))?;
+                return Err(payload_over_limit(broker));
             }
             Err(broker.reject(Error::InvalidArgument(format!(
                 "the request body could not be read: {inner}"
             ))))
         }
     }
+}
+
+/// The `Content-Length` a request declares, if it declares a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The refusal (counted) of a body that holds a payload over `--max-frame-bytes` though its
+/// exact size is not known: 413, naming at least one byte over.
+fn payload_over_limit(broker: &Broker) -> Error {
+    let max = broker.max_frame_bytes();
+    broker.reject(Error::PayloadTooLarge {
+        size: max.saturating_add(1),
+        max,
+    })
 }
 
 /// The most of a refused body read before answering; past it the connection is closed.

@@ -72,34 +72,29 @@ where
         }
         let broker = self.broker.clone();
         let answer = self.inner.call(req);
-        Either::Right(Box::pin(
-            async move { Ok(rewritten(answer.await?, broker)) },
-        ))
+        Either::Right(Box::pin(async move {
+            let mut resp = answer.await?;
+            rewrite(resp.headers_mut(), &broker);
+            Ok(resp)
+        }))
     }
 }
 
-/// `resp` with tonic's refusal of an undecodable message, in its headers, made
-/// `INVALID_ARGUMENT`; any other answer as it is (its body untouched).
-fn rewritten(mut resp: Response<Body>, broker: Broker) -> Response<Body> {
-    rewrite(resp.headers_mut(), &broker);
-    resp
-}
-
-/// Rewrites `grpc-status`/`grpc-message` in `map` when they are tonic's refusal of an
-/// undecodable message; whether it did.
-fn rewrite(map: &mut HeaderMap, broker: &Broker) -> bool {
+/// Rewrites `grpc-status`/`grpc-message` in `map` (a trailers-only answer's headers; the
+/// body is left untouched) when they are tonic's refusal of an undecodable message.
+fn rewrite(map: &mut HeaderMap, broker: &Broker) {
     let status = map.get("grpc-status").map(HeaderValue::as_bytes);
     if !matches!(status, Some(b"8" | b"11" | b"13")) {
-        return false;
+        return;
     }
     // The message as tonic sent it (percent-encoded).
-    let Some(status) = tonic::Status::from_header_map(map) else {
-        return false;
-    };
-    let Some(e) = undecodable(&status, broker.max_frame_bytes()) else {
-        return false;
+    let Some(e) = tonic::Status::from_header_map(map)
+        .and_then(|status| undecodable(&status, broker.max_frame_bytes()))
+    else {
+        return;
     };
     let e = broker.reject(e);
     tracing::debug!(error = %e, "request message tonic could not decode");
-    super::status::status(e).add_header(map).is_ok()
+    // ASCII text from tonic's own message: encodable, so the refusal is always written.
+    let _ = super::status::status(e).add_header(map);
 }

@@ -506,3 +506,11 @@ pub async fn paced_publish_stream(
     assert!(got.len() <= sent.len());
     sent.into_iter().zip(got).collect()
 }
+
+/// A loopback address nothing listens on (a port bound, then freed), `http://127.0.0.1:P`.
+pub fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
