@@ -92,6 +92,39 @@ fn run(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Runs `framecast serve` with `args`, which must refuse to start: its stderr. A server that
+/// starts anyway is killed after 20 s and fails the test.
+fn refused_start(args: &[&str]) -> String {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run framecast");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr)
+                .expect("read stderr");
+            assert!(!status.success(), "must not start: {stderr}");
+            return stderr;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started on a damaged data dir");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Publishes `n` frames (seq_no = i, so replay order is offset order) and returns the acks'
 /// offsets.
 async fn publish_n(server: &Server, n: u64) -> Vec<u64> {
@@ -354,5 +387,64 @@ async fn a_tail_written_under_never_gets_a_new_epoch_even_if_restarted_under_alw
     let mut c = server.client().await;
     let st = subscribe_error(&mut c, resume(old_cursor)).await;
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_segment_of_zeros_stops_startup_then_repair_sets_it_aside_under_a_new_epoch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, &["--fsync", "always"]);
+    assert_eq!(publish_n(&server, 5).await, (0..5).collect::<Vec<_>>());
+    stop(server);
+    let old_epoch = file_epoch(data);
+    // The whole (only, active) segment reads back as zeros: five acknowledged frames lost.
+    let seg = only_segment(data);
+    let len = std::fs::metadata(&seg).expect("stat").len();
+    std::fs::write(&seg, vec![0u8; len as usize]).expect("zero the segment");
+
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "off",
+        "--data-dir",
+        data_s,
+    ];
+    let stderr = refused_start(&serve);
+    assert!(stderr.contains(&seg.display().to_string()), "{stderr}");
+    assert!(stderr.contains("all zeros"), "{stderr}");
+    assert_eq!(std::fs::metadata(&seg).expect("kept").len(), len);
+
+    let out = run(&["repair", "--data-dir", data_s, "--topic", TOPIC]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "repair: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("file set aside"), "{stdout}");
+    let saved = PathBuf::from(format!("{}.0.damaged", seg.display()));
+    assert_eq!(std::fs::metadata(&saved).expect("set aside").len(), len);
+    let new_epoch = file_epoch(data);
+    assert_ne!(new_epoch, old_epoch);
+
+    // The topic starts again at the segment's base under the new epoch: a subscriber that
+    // held the old frames is told, not handed the new ones at the same offsets.
+    let server = Server::start(data, &[]);
+    let mut c = server.client().await;
+    let ack = c
+        .publish(req(TOPIC, 9, b"after the repair"))
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(ack.offset, 0);
+    let mut old = Frame::default();
+    old.seq_no = 2;
+    old.offset = 2;
+    let err = subscribe_error(&mut c, resume(cursor(5, old_epoch, &old))).await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     stop(server);
 }

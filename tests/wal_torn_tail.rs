@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use framecast::wal::format::{decode_segment_header, SEGMENT_HEADER_LEN, TORN_SUFFIX};
+use framecast::wal::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
 use framecast::wal::record::{decode, Decoded};
 use framecast::wal::{list_segments, Log, LogConfig, NewFrame};
 
@@ -364,47 +364,74 @@ fn garbage_after_the_last_record_is_cut_and_kept() {
 }
 
 #[test]
-fn half_created_empty_last_segment_is_removed() {
-    // Preallocated but never given a header, and created but never sized.
-    for len in [SEGMENT_BYTES, 0] {
+fn an_all_zero_last_segment_is_refused_not_removed() {
+    // Segments are named only once their header is synced, so an all-zero last segment is
+    // lost data (a zeroed page of a small active segment, say), never a crash's leftover:
+    // removing it would hand its offsets out again.
+    for len in [SEGMENT_BYTES, 4096, 0] {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
-        let written = build(dir, false);
-        let before = list_segments(dir).expect("list");
+        build(dir, false);
         let empty = dir.join(format!("{FRAMES:020}.seg"));
         std::fs::write(&empty, vec![0u8; len as usize]).expect("write empty segment");
+        let before = list_segments(dir).expect("list");
 
-        let log = Log::open(dir, config()).expect("open with an empty last segment");
-        // The half-made file is removed. The log may then start a fresh segment at the same
-        // base offset (it does: the segment before is sealed), but never keeps the zeros.
-        if empty.exists() {
-            let bytes = std::fs::read(&empty).expect("read segment");
-            assert_eq!(
-                decode_segment_header(&bytes),
-                Ok(FRAMES),
-                "the empty {len}-byte segment is replaced by a proper one"
-            );
-        }
-        let mut now = list_segments(dir).expect("list");
-        now.retain(|(base, _)| *base != FRAMES);
-        assert_eq!(now, before, "other segments untouched");
-        assert_holds(&log, &written, "after removing the empty segment");
-        let ack = log
-            .append(vec![NewFrame {
-                seq_no: 1,
-                timestamp: BASE_TS,
-                key: Bytes::new(),
-                payload: Bytes::from_static(b"x"),
-            }])
-            .expect("append")[0];
-        assert_eq!(ack.offset, FRAMES);
-        assert!(torn_files(dir).is_empty());
+        let err = Log::open(dir, config()).expect_err("an all-zero last segment must not open");
+        assert!(
+            matches!(&err, framecast::wal::Error::Corruption { file, .. } if file == &empty),
+            "{err}"
+        );
+        assert_eq!(list_segments(dir).expect("list"), before, "nothing removed");
+        assert_eq!(
+            std::fs::metadata(&empty).expect("stat").len(),
+            len,
+            "the file is kept as it is"
+        );
     }
 }
 
 #[test]
+fn a_zeroed_first_page_of_the_active_segment_is_refused() {
+    // Three small frames in a new segment all sit in its first page; zeroing that page
+    // leaves a file of zeros that once held acknowledged frames.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    build(dir, false);
+    let log = Log::open(dir, config()).expect("open");
+    let segments = list_segments(dir).expect("list").len();
+    let small = |i: u64| NewFrame {
+        seq_no: i,
+        timestamp: BASE_TS,
+        key: Bytes::new(),
+        payload: Bytes::from(payload(i, 20)),
+    };
+    let mut i = 0;
+    while list_segments(dir).expect("list").len() == segments {
+        log.append(vec![small(i)]).expect("append");
+        i += 1;
+    }
+    log.append(vec![small(i), small(i + 1)]).expect("append");
+    let (_, active) = list_segments(dir)
+        .expect("list")
+        .last()
+        .cloned()
+        .expect("a segment");
+    drop(log);
+    let mut bytes = std::fs::read(&active).expect("read");
+    bytes[..4096].fill(0);
+    std::fs::write(&active, &bytes).expect("zero the first page");
+
+    let err = Log::open(dir, config()).expect_err("the lost page must be refused");
+    assert!(
+        matches!(&err, framecast::wal::Error::Corruption { file, .. } if file == &active),
+        "{err}"
+    );
+    assert!(active.exists(), "nothing is deleted");
+}
+
+#[test]
 fn all_zero_sealed_segment_is_not_removed() {
-    // Only the last segment may be a half-made one; an all-zero file before it is damage.
+    // An all-zero sealed segment is damage too, and is kept for the operator.
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     build(dir, false);

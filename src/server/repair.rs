@@ -75,7 +75,9 @@ impl RepairOutcome {
             return out;
         }
         for r in &self.repaired {
-            let what = if r.tail {
+            let what = if r.tail && r.start == 0 {
+                "file set aside, a new segment starts at its base"
+            } else if r.tail {
                 "torn tail zeroed"
             } else {
                 "marked as a gap"

@@ -307,7 +307,7 @@ impl Log {
         manifest::write(
             &dir,
             &Manifest {
-                version: 1,
+                version: manifest::VERSION,
                 first_offset,
                 segments_from: seal_end,
                 runs: names,
@@ -479,7 +479,7 @@ impl Log {
                 .collect();
             let removed_max_key = st.removed_max_key.max(removed_key);
             let m = Manifest {
-                version: 1,
+                version: manifest::VERSION,
                 first_offset: cutoff,
                 segments_from: segments_from.max(st.runs.last().map_or(0, |r| r.end_offset())),
                 runs: st

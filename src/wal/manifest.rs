@@ -1,6 +1,7 @@
 //! The manifest: which sorted runs are live and where the log starts. Replaced atomically
 //! (write a temporary file, sync, rename, sync the directory), so a crash leaves either the
-//! old manifest or the new one, never a mix.
+//! old manifest or the new one, never a mix. Its content carries a CRC (version 2): recovery
+//! removes files on its word, so a flipped digit must be refused, not obeyed.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,10 +13,13 @@ use super::format::{MANIFEST_FILE, TEMP_SUFFIX};
 use super::segment::sync_dir;
 use super::{Error, Result};
 
+/// The version [`write`] stamps: 2, with a CRC. Version 1 (no CRC) is still read.
+pub const VERSION: u32 = 2;
+
 /// The live set of a topic's files, beyond "every segment".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version of this file.
+    /// Format version of this file ([`VERSION`] when written).
     pub version: u32,
     /// Oldest retained offset: frames below it are removed, whatever files still hold them.
     pub first_offset: u64,
@@ -28,7 +32,26 @@ pub struct Manifest {
     pub removed_max_key: Option<(u64, i64, u64)>,
 }
 
+/// The file as stored: the manifest and, from version 2, the CRC-32 of its fields.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    manifest: Manifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc: Option<u32>,
+}
+
+/// The CRC-32 of `m`'s fields in their compact JSON form (field order is fixed, so the
+/// same manifest always gives the same bytes, whatever the file's whitespace).
+fn checksum(m: &Manifest) -> Result<u32> {
+    let bytes =
+        serde_json::to_vec(m).map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
+    Ok(crc32fast::hash(&bytes))
+}
+
 /// Reads the manifest of `dir`; `None` when the topic never compacted or removed anything.
+/// A manifest that does not parse, of an unknown version, or whose CRC does not match is
+/// corruption: nothing is removed on its word.
 pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_FILE);
     let text = match std::fs::read_to_string(&path) {
@@ -36,23 +59,41 @@ pub fn read(dir: &Path) -> Result<Option<Manifest>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| Error::corruption(&path, 0, format!("unreadable manifest: {e}")))?;
-    if m.version != 1 {
-        return Err(Error::corruption(
-            &path,
-            0,
-            format!("unsupported manifest version {}", m.version),
-        ));
+    let bad = |reason: String| Error::corruption(&path, 0, reason);
+    let stored: Stored =
+        serde_json::from_str(&text).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+    let m = stored.manifest;
+    match (m.version, stored.crc) {
+        // Written before manifests carried a CRC: taken as it is.
+        (1, None) => {}
+        (VERSION, Some(crc)) => {
+            let actual = checksum(&m)?;
+            if actual != crc {
+                return Err(bad(format!(
+                    "manifest CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
+                )));
+            }
+        }
+        (VERSION, None) => return Err(bad("manifest without its CRC".into())),
+        (1, Some(_)) => return Err(bad("version 1 manifest with a CRC".into())),
+        (v, _) => return Err(bad(format!("unsupported manifest version {v}"))),
     }
     Ok(Some(m))
 }
 
-/// Replaces the manifest of `dir` atomically and durably.
+/// Replaces the manifest of `dir` atomically and durably, as [`VERSION`] with its CRC.
 pub fn write(dir: &Path, m: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     let temp = dir.join(format!("{MANIFEST_FILE}.{TEMP_SUFFIX}"));
-    let text = serde_json::to_vec_pretty(m)
+    let manifest = Manifest {
+        version: VERSION,
+        ..m.clone()
+    };
+    let stored = Stored {
+        crc: Some(checksum(&manifest)?),
+        manifest,
+    };
+    let text = serde_json::to_vec_pretty(&stored)
         .map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
     let mut f = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;
     f.write_all(&text).map_err(|e| Error::io(&temp, e))?;

@@ -113,6 +113,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// `segment_bytes`; a file shorter than that is normal (segments grow in steps).
 pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> Result<Recovered> {
     let manifest = manifest::read(dir)?;
+    if manifest.is_none() {
+        check_unmanifested_start(dir)?;
+    }
     remove_superseded(dir, manifest.as_ref())?;
     let files: Vec<(u64, PathBuf)> = list_segments(dir)?;
     let first_offset = match &manifest {
@@ -182,12 +185,18 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
         let mut writer = match SegmentWriter::open(path, capacity) {
             Ok(w) => w,
             Err(e) if is_last && file_is_all_zero(path)? => {
-                // A segment whose creation was cut short by a crash: header never synced, no
-                // record ever written into it. It holds no data, so nothing is lost.
-                warn!(file = %path.display(), error = %e, "removing an empty, half-created last segment");
-                std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-                sync_dir(dir)?;
-                continue;
+                // Segments are made complete under a temporary name before they are named,
+                // so an all-zero segment is not a crash's leftover: its header and every
+                // record in it were lost. Removing it would reuse their offsets.
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!(
+                        "{e}: the last segment is all zeros, so the frames it held are lost \
+                         (framecast names a segment only once its header is synced); if an \
+                         older framecast crashed while creating it, remove the file"
+                    ),
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -242,6 +251,54 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
         }
     }
     Ok(out)
+}
+
+/// Without a manifest (nothing was ever compacted or removed by retention, which write one
+/// before deleting anything) the log starts at offset 0, in a segment. Anything else means
+/// the manifest or the first segments are missing: refused before any file is removed.
+fn check_unmanifested_start(dir: &Path) -> Result<()> {
+    let manifest = dir.join(MANIFEST_FILE);
+    match list_segments(dir)?.first() {
+        Some((0, _)) => Ok(()),
+        Some((base, path)) => Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "the log has no {MANIFEST_FILE}, so it starts at offset 0, but its first \
+                 segment starts at {base}: the {MANIFEST_FILE} or the segments before it are \
+                 missing"
+            ),
+        )),
+        None => match first_run_file(dir)? {
+            Some(run) => Err(Error::corruption(
+                &manifest,
+                0,
+                format!(
+                    "missing: the sorted run {} is here but no {MANIFEST_FILE} names it and no \
+                     segment holds its frames",
+                    run.display()
+                ),
+            )),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Any sorted-run file in `dir`.
+fn first_run_file(dir: &Path) -> Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(parse_run_file_name)
+            .is_some()
+        {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
 }
 
 /// Removes what a committed compaction or retention pass superseded but a crash left

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::format::{decode_segment_header, SEGMENT_HEADER_LEN};
+use super::format::{decode_segment_header, parse_segment_file_name, SEGMENT_HEADER_LEN};
 use super::manifest;
 use super::record::{first_non_zero, scan_ahead, Gap, Step, Walk, MIN_GAP_LEN};
 use super::recovery::list_segments;
@@ -78,7 +78,7 @@ pub fn repair_dir(dir: &Path) -> Result<Vec<Repaired>> {
 fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> {
     let mut data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if next_base.is_none() && first_non_zero(&data).is_none() {
-        return Ok(Vec::new()); // a half-created last segment: startup removes it
+        return set_aside_zeros(path, data.len());
     }
     let base = decode_segment_header(&data).map_err(|reason| {
         Error::corruption(
@@ -159,6 +159,38 @@ fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> 
         }
         (start, expect) = (end, lost_end.max(expect));
     }
+}
+
+/// Sets aside a last segment of zeros (startup refuses it: its header and whatever records
+/// it held are lost) by renaming it to `<segment>.0.damaged`: the log then starts a new
+/// segment at its base, and the offsets from there on are handed out again under the new
+/// epoch repair gives the topic. How many frames it held cannot be known.
+fn set_aside_zeros(path: &Path, len: usize) -> Result<Vec<Repaired>> {
+    let base = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name)
+        .ok_or_else(|| Error::corruption(path, 0, "not a segment file name"))?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".0.{DAMAGED_SUFFIX}"));
+    let saved_to = PathBuf::from(name);
+    std::fs::rename(path, &saved_to).map_err(|e| Error::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    let reason = "the last segment is all zeros: its header and every record it held are \
+                  lost (how many, nothing on disk says)"
+        .to_string();
+    warn!(file = %path.display(), base, saved_to = %saved_to.display(), "repaired a last segment of zeros");
+    Ok(vec![Repaired {
+        file: path.to_path_buf(),
+        start: 0,
+        end: len as u64,
+        lost: base..base,
+        reason,
+        saved_to,
+        tail: true,
+    }])
 }
 
 /// Length of `b` up to and including its last non-zero byte.

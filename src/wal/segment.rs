@@ -31,7 +31,7 @@ use tracing::debug;
 
 use super::format::{
     decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_ALLOCATION_UNIT,
-    SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH,
+    SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH, TEMP_SUFFIX,
 };
 use super::{Error, Result};
 
@@ -195,25 +195,37 @@ impl Segment {
 impl SegmentWriter {
     /// Creates a new segment file for `base_offset` in `dir` that may grow to `capacity`
     /// bytes, allocated to its first step, with its header written and synced, and the
-    /// directory synced.
+    /// directory synced. The file is made complete under a temporary name and only then
+    /// named: a segment file without a valid header is never a crash's leftover, always
+    /// damage (recovery removes the temporary file a crash leaves).
     pub fn create(dir: &Path, base_offset: u64, capacity: u64) -> Result<SegmentWriter> {
         let path = dir.join(segment_file_name(base_offset));
+        if path.exists() {
+            return Err(Error::io(
+                &path,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let temp = dir.join(format!("{}.{TEMP_SUFFIX}", segment_file_name(base_offset)));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| Error::io(&temp, e))?;
         let first = SEGMENT_FIRST_ALLOCATION.min(capacity);
-        let made = preallocate(&file, 0, first).and_then(|()| {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&encode_segment_header(base_offset), 0)?;
-            file.sync_all()
-        });
+        let made = preallocate(&file, 0, first)
+            .and_then(|()| {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&encode_segment_header(base_offset), 0)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = made {
             // Nothing was acknowledged into this file; remove the partial file so that a
             // full disk leaves no half-made segment behind.
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&temp);
             return Err(Error::io(&path, e));
         }
         sync_dir(dir)?;
