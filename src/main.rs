@@ -58,6 +58,10 @@ enum Command {
         /// Only this topic.
         #[arg(long)]
         topic: Option<String>,
+        /// Drop idempotency keys older than this (give the --dedup-window the server runs
+        /// with); unset: every key is kept.
+        #[arg(long, value_parser = parse_duration)]
+        dedup_window: Option<std::time::Duration>,
     },
     /// Repair a stopped server's damaged topic: set damaged bytes aside, keep every valid
     /// frame at its offset, mark the lost offsets as a gap, and give the topic a new epoch.
@@ -250,8 +254,9 @@ struct ServeArgs {
         requires = "cluster_etcd_cert"
     )]
     cluster_etcd_key: Option<PathBuf>,
-    /// With auth on: a file holding the admin token this node presents to the leader.
-    /// Without it, a node with --auth-jwt-secret-file mints its own.
+    /// With auth on: a file holding the token this node presents to the leader (admin,
+    /// subject framecast-node-<ID>). Without it, a node with --auth-jwt-secret-file mints
+    /// its own.
     #[arg(long, env = "FRAMECAST_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<PathBuf>,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
@@ -696,9 +701,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(raw);
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Compact { data_dir, topic } => {
+        Command::Compact {
+            data_dir,
+            topic,
+            dedup_window,
+        } => {
             init_tracing();
-            match framecast::server::compact_offline(&data_dir, topic.as_deref()) {
+            match framecast::server::compact_offline(&data_dir, topic.as_deref(), dedup_window) {
                 Ok(reports) => {
                     for (name, r) in reports {
                         let Some(r) = r else {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use framecast::proto::{CreateTopicRequest, Cursor, Frame, ListTopicsRequest, SubscribeRequest};
+use framecast::proto::{
+    CreateTopicRequest, Cursor, Frame, ListTopicsRequest, PublishRequest, SubscribeRequest,
+};
 use rand::{Rng, SeedableRng};
 
 const FLAGS: &[&str] = &[
@@ -501,4 +503,67 @@ async fn a_resume_whose_live_frames_were_removed_is_refused_when_it_opens() {
         Err(st) => assert_eq!(st.code(), tonic::Code::OutOfRange, "{st:?}"),
         Ok(_) => panic!("a resume whose live frames were removed opened"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_given() {
+    // Offline, the server's --dedup-window is not known: without the flag every key stays
+    // (a key dropped inside the server's window would let a retry store its frame twice).
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--segment-bytes",
+        "32KiB",
+        "--max-frame-bytes",
+        "8192",
+        "--compact-after-segments",
+        "0",
+        "--fsync",
+        "never",
+    ];
+    let keyed = |seq: u64| PublishRequest {
+        idempotency_key: format!("k{seq}"),
+        ..req("t", seq, &[seq as u8; 2000])
+    };
+    let mut server = Server::start(tmp.path(), &flags);
+    let mut c = server.client().await;
+    for seq in 0..60u64 {
+        let ack = c.publish(keyed(seq)).await.unwrap().into_inner();
+        assert_eq!((ack.offset, ack.duplicate), (seq, false));
+    }
+    server.sigterm();
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let compact = |extra: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["compact", "--data-dir", d])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("t: "))
+            .unwrap()
+            .to_string();
+        assert!(!line.starts_with("t: 0 segments"), "{line}");
+        line
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let line = compact(&[]);
+    assert!(line.ends_with(", 0 keys dropped"), "{line}");
+    // A retry of the first frame, after a restart: still known, not stored twice.
+    let mut server = Server::start(tmp.path(), &flags);
+    let mut c = server.client().await;
+    let ack = c.publish(keyed(0)).await.unwrap().into_inner();
+    assert_eq!((ack.offset, ack.duplicate), (0, true));
+    for seq in 60..80u64 {
+        c.publish(keyed(seq)).await.unwrap();
+    }
+    server.sigterm();
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    // Given a window the keys are older than, it drops them.
+    std::thread::sleep(Duration::from_millis(1500));
+    let line = compact(&["--dedup-window", "1s"]);
+    assert!(!line.ends_with(", 0 keys dropped"), "{line}");
 }

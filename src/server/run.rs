@@ -87,14 +87,23 @@ pub fn require_data_dir(data_dir: &std::path::Path) -> Result<()> {
 /// the commit point may have to be cut for a new leader, which a compacted run does not
 /// allow: such a copy compacts online, below its commit point. Naming one with `only` is an
 /// error.
+///
+/// `dedup_window`: idempotency keys older than this are dropped from the runs written;
+/// `None` keeps every key (offline, the window the server runs with is not known, and a
+/// key dropped too early would let a retry append its frame twice).
 pub fn compact_offline(
     data_dir: &std::path::Path,
     only: Option<&str>,
+    dedup_window: Option<std::time::Duration>,
 ) -> Result<Vec<(String, Option<crate::wal::CompactionReport>)>> {
     require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
     let metrics = Arc::new(Metrics::new(DEFAULT_MAX_TOPICS));
-    let topics = Topics::open(data_dir, crate::wal::LogConfig::default(), false, metrics)?;
+    let config = crate::wal::LogConfig {
+        dedup_window: dedup_window.unwrap_or(std::time::Duration::MAX),
+        ..crate::wal::LogConfig::default()
+    };
+    let topics = Topics::open(data_dir, config, false, metrics)?;
     let mut out = Vec::new();
     for t in topics.list() {
         if only.is_some_and(|o| o != t.name()) {
