@@ -1010,6 +1010,81 @@ async fn a_follower_restarted_under_load_on_many_topics_rejoins_the_in_sync_set(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_paused_past_its_lease_registers_again_and_is_back_in_sync() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(60)).await;
+    let follower = all.into_iter().find(|id| *id != leader).unwrap();
+    let pid = Pid::from_raw(c.node(follower).server.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    // Past its lease, etcd drops its registration: offline, out of the in-sync set.
+    let start = Instant::now();
+    loop {
+        let seen = c
+            .info(&leader)
+            .await
+            .and_then(|i| i.nodes.into_iter().find(|n| n.id == follower));
+        if seen.as_ref().is_none_or(|n| !n.online && !n.in_sync) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{follower} still online or in sync: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_to(&c, &leader, 1).await.unwrap();
+    kill_process(pid, Signal::CONT).unwrap();
+    // Thawed, it finds its lease gone, registers under a new one and, caught up, is in
+    // the set again: every node agrees, and all three are in sync.
+    c.leader(&all, 3, Duration::from_secs(30)).await;
+    let info = c.info(&leader).await.unwrap();
+    let back = info.nodes.iter().find(|n| n.id == follower).unwrap();
+    assert!(back.online && back.in_sync, "{back:?}");
+    publish_to(&c, &leader, 2).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_and_its_followers_fails_the_publish_waiting_on_them() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, 2).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(60)).await;
+    publish_to(&c, &leader, 0).await.unwrap();
+    let followers: Vec<Pid> = all
+        .iter()
+        .filter(|id| **id != leader)
+        .map(|id| Pid::from_raw(c.node(id).server.child.id() as i32).unwrap())
+        .collect();
+    for pid in &followers {
+        kill_process(*pid, Signal::STOP).unwrap();
+    }
+    c.etcd.pause();
+    // Taken while its lease still holds, the frame can never be committed: the leader can
+    // neither reach a follower nor change the in-sync set. Once the lease may have lapsed
+    // the publish fails (UNAVAILABLE, so its client looks for the next leader); it used to
+    // wait for as long as the cut lasted.
+    let started = Instant::now();
+    let answer = publish_to(&c, &leader, 1).await;
+    let took = started.elapsed();
+    c.etcd.resume();
+    for pid in &followers {
+        kill_process(*pid, Signal::CONT).unwrap();
+    }
+    let err = answer.expect_err("nothing to acknowledge it with");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?} after {took:?}");
+    eprintln!("the publish failed after {took:?} (lease TTL {TTL:?})");
+    // The cut healed, the cluster takes writes again.
+    let leader = c.leader(&all, 2, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    while publish_to(&c, &leader, 2).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_never_acknowledges_and_rejoins_as_follower() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, 2).await;
@@ -1509,7 +1584,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     .await;
     // Two members in sync: the follower follows with the token it minted.
     let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
-    let follow = |token: Option<String>| {
+    let follow = |token: Option<String>, node_id: &'static str| {
         let address = c.node(&leader).address.clone();
         async move {
             let ch = Channel::from_shared(format!("http://{address}"))
@@ -1523,7 +1598,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
                 );
             let report = framecast::cluster::replication_proto::FollowerReport {
                 term: 0,
-                node_id: "stranger".into(),
+                node_id: node_id.into(),
                 positions: Vec::new(),
                 takes_runs: true,
                 max_record_bytes: 0,
@@ -1537,11 +1612,44 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
             client.follow(request).await.map(|_| ())
         }
     };
-    let anonymous = follow(None).await.unwrap_err();
+    let anonymous = follow(None, "stranger").await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
     let reader = common::tokens::token(secret, &[], &[">"], false, Duration::from_secs(600));
-    let denied = follow(Some(reader)).await.unwrap_err();
+    let denied = follow(Some(reader), "stranger").await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // An operator's admin token is not a node's: Follow copies every frame, which admin
+    // alone may not read, and reports positions that move the commit point.
+    let operator = common::tokens::token(secret, &[], &[], true, Duration::from_secs(600));
+    let denied = follow(Some(operator), "stranger").await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("framecast-node-stranger"),
+        "{denied:?}"
+    );
+    // Nor may one node's token follow as another (its reports would stand for that one's).
+    let node_token = |id: &str| {
+        framecast::broker::token::mint_hs256(
+            secret,
+            &framecast::broker::token::MintClaims {
+                subject: format!("framecast-node-{id}"),
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+                admin: true,
+                ttl: Duration::from_secs(600),
+                not_before: None,
+            },
+        )
+        .unwrap()
+    };
+    let other = if leader == "n1" { "n2" } else { "n1" };
+    let denied = follow(Some(node_token("n3")), other).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // A node's own token passes, and the stream goes on to the leader's own checks (this
+    // report names no term).
+    let passed = follow(Some(node_token("stranger")), "stranger")
+        .await
+        .unwrap_err();
+    assert_eq!(passed.code(), Code::FailedPrecondition, "{passed:?}");
     // A publisher's frame is acknowledged (so held by both members) and delivered by the
     // follower to a subscriber with a token.
     let writer = common::tokens::token(secret, &["t"], &["t"], false, Duration::from_secs(600));

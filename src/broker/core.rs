@@ -133,6 +133,34 @@ impl Broker {
         }
     }
 
+    /// Whether `who` may follow this node as cluster node `node_id` (replication's `Follow`,
+    /// which copies every topic): with authentication on, only a node's own token may, an
+    /// admin token whose subject is `framecast-node-<node_id>` (what a node mints for
+    /// itself), so that neither an operator's token nor one node's can read every frame or
+    /// report positions as another node. `None`: the id is not known yet; only `admin` is
+    /// checked. With authentication off, everyone may.
+    pub fn may_follow(&self, who: &Principal, node_id: Option<&str>) -> Result<()> {
+        if self.auth.is_none() {
+            return Ok(());
+        }
+        let refused = |why: String| {
+            self.reject(Error::PermissionDenied(format!(
+                "'{}' may not follow the leader: {why}",
+                who.subject()
+            )))
+        };
+        if !who.is_admin() {
+            return Err(refused("it needs admin".into()));
+        }
+        match node_id {
+            Some(id) if who.subject() != node_subject(id) => Err(refused(format!(
+                "a node's token has the subject '{}'",
+                node_subject(id)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The server's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.topics.metrics()
@@ -499,6 +527,14 @@ impl Broker {
         let mut visible = topic.watch_visible();
         let mut ended = topic.watch_ended();
         let mut shutdown = self.shutdown.clone();
+        // A leader cut off from etcd and from its followers sees its commit point stand
+        // still: without a look at its own standing now and then, the publishes waiting
+        // would hang until the cut heals, where they must fail (UNAVAILABLE) once its lease
+        // may have lapsed, so that their clients go to the new leader.
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + WRITABLE_RECHECK,
+            WRITABLE_RECHECK,
+        );
         while topic.visible_offset() < need {
             tokio::select! {
                 changed = visible.changed() => {
@@ -509,6 +545,7 @@ impl Broker {
                 _ = ended.changed() => {
                     return Err(Error::NotWritable("the topic was closed before its frames were committed".into()));
                 }
+                _ = recheck.tick() => self.cluster.check_writable()?,
                 _ = shutdown.wait() => return Err(Error::ShuttingDown),
             }
         }
@@ -627,6 +664,15 @@ pub(super) fn may_publish(who: &Principal, topic: &str) -> Result<()> {
         "'{}' may not publish to topic '{topic}'",
         who.subject()
     )))
+}
+
+/// How often a publish waiting for the commit point checks that this node may still
+/// acknowledge.
+const WRITABLE_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The subject of node `node_id`'s token.
+pub fn node_subject(node_id: &str) -> String {
+    format!("framecast-node-{node_id}")
 }
 
 /// Refuses an administrative call by a caller without `admin`.

@@ -361,10 +361,28 @@ impl rp::replication_server::Replication for LeaderService {
         request: Request<Streaming<rp::FollowerReport>>,
     ) -> Result<Response<UpdateStream>, Status> {
         let mut reports = request.into_inner();
-        let first = reports
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("a Follow stream starts with a report"))?;
+        let first = first_report(&mut reports).await?;
+        self.open(first, reports).await.map(Response::new)
+    }
+}
+
+/// The report a `Follow` stream starts with.
+pub async fn first_report(
+    reports: &mut Streaming<rp::FollowerReport>,
+) -> Result<rp::FollowerReport, Status> {
+    reports
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("a Follow stream starts with a report"))
+}
+
+impl LeaderService {
+    /// Starts the session of the follower whose stream began with `first`.
+    pub async fn open(
+        &self,
+        first: rp::FollowerReport,
+        reports: Streaming<rp::FollowerReport>,
+    ) -> Result<UpdateStream, Status> {
         let leader = &self.leader;
         if first.term != leader.term {
             return Err(Status::failed_precondition(format!(
@@ -399,7 +417,7 @@ impl rp::replication_server::Replication for LeaderService {
             dirty: BTreeSet::new(),
         };
         tokio::spawn(session.run(first, reports));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
@@ -820,14 +838,16 @@ impl Session {
             return Err(Gone);
         }
         for p in report.positions {
-            let same = self
-                .positions
-                .get(&p.topic)
-                .is_some_and(|s| s.epoch == p.epoch);
-            if same {
-                self.leader
-                    .reported(&self.follower, self.id, &p.topic, p.epoch, p.next_offset);
-            }
+            let Some(shipped) = self.positions.get(&p.topic).filter(|s| s.epoch == p.epoch) else {
+                continue;
+            };
+            // A follower holds at most what this stream sent it: a report past that (one
+            // sent before the follower applied a cut, or a faulty or forged one) counts
+            // only up to it, so it can never move the commit point over frames that exist
+            // on the leader alone.
+            let durable = p.next_offset.min(shipped.next);
+            self.leader
+                .reported(&self.follower, self.id, &p.topic, p.epoch, durable);
         }
         Ok(())
     }

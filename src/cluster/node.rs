@@ -23,16 +23,17 @@ use tracing::{error, info, warn};
 
 use super::etcd::{Etcd, EtcdError, LeaderKey, LeaseKeeper, WatchEvent};
 use super::follower::follow;
-use super::leader::{max_message_bytes, Leader, LeaderService};
+use super::leader::{first_report, max_message_bytes, Leader, LeaderService};
 use super::membership::{MemberEvent, Membership, MembershipError, NodeRecord};
 use super::repeats::Repeats;
 use super::replication_proto as rp;
 use crate::broker::cluster_view::{
     ClusterView, Membership as ViewMembership, PeerPositions, Roles,
 };
+use crate::broker::core::node_subject;
 use crate::broker::token::{mint_hs256, MintClaims};
 use crate::broker::topics::Topics;
-use crate::broker::{Broker, Error};
+use crate::broker::Broker;
 use crate::proto::{self, cluster_event::Kind};
 use crate::server::status::status;
 
@@ -100,7 +101,7 @@ impl NodeToken {
             NodeToken::Minted(secret) => mint_hs256(
                 secret,
                 &MintClaims {
-                    subject: format!("framecast-node-{node_id}"),
+                    subject: node_subject(node_id),
                     publish: Vec::new(),
                     subscribe: Vec::new(),
                     admin: true,
@@ -172,22 +173,23 @@ impl rp::replication_server::Replication for ReplicationDoor {
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         let who = self.broker.authenticate(header).map_err(status)?;
-        if !who.is_admin() {
-            return Err(status(self.broker.reject(Error::PermissionDenied(
-                format!(
-                    "'{}' may not follow the leader: it needs admin",
-                    who.subject()
-                ),
-            ))));
-        }
+        // Refused before anything is read when the caller cannot be a node at all; its node
+        // id, which the token must name, comes with the stream's first report.
+        self.broker.may_follow(&who, None).map_err(status)?;
+        let mut reports = request.into_inner();
+        let first = first_report(&mut reports).await?;
+        self.broker
+            .may_follow(&who, Some(&first.node_id))
+            .map_err(status)?;
         let mut door = self.leader.clone();
         let _ = tokio::time::timeout(OPENING_WAIT, door.wait_for(|d| !matches!(d, Door::Opening)))
             .await;
         let leader = door.borrow().clone();
         match leader {
-            Door::Open(l) => {
-                rp::replication_server::Replication::follow(&LeaderService::of(&l), request).await
-            }
+            Door::Open(l) => LeaderService::of(&l)
+                .open(first, reports)
+                .await
+                .map(Response::new),
             Door::Opening => Err(Status::unavailable(
                 "elected, still beginning its term in every topic: try again",
             )),
@@ -415,9 +417,14 @@ impl Node {
                 () = self.stop.cancelled() => return None,
             }
             let following = tokio::spawn(Arc::clone(&self).follow_leaders());
+            // A lease lost meanwhile (this node paused or cut off from etcd past its TTL)
+            // took its registration and its place in the election with it: etcd's campaign
+            // would wait on regardless, and the node would copy frames unregistered, never
+            // again in sync. Back to the top: register again, campaign again.
             let won = tokio::select! {
                 won = self.campaign() => Some(won),
                 _ = failed.wait_for(Option::is_some) => None,
+                () = self.lease_lost() => None,
                 () = self.stop.cancelled() => None,
             };
             following.abort();
@@ -469,6 +476,15 @@ impl Node {
                     lease, "revoking the lease timed out; it lapses within its TTL"
                 )
             }
+        }
+    }
+
+    /// Returns once this node's lease is lost.
+    async fn lease_lost(&self) {
+        let mut state = self.keeper.lock().state();
+        if state.wait_for(|s| s.lost).await.is_err() {
+            // The keeper is gone without saying the lease was lost: nothing to wait for.
+            std::future::pending::<()>().await;
         }
     }
 
