@@ -547,6 +547,90 @@ async fn broadcast_to_a_missing_topic_without_auto_create_writes_nothing() {
     assert_eq!(list["topics"].as_array().unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_neither_reaches_nor_reveals_topics_hidden_from_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let admin = common::tokens::token(b"s3cret", &[">"], &[">"], true, Duration::from_secs(600));
+    let rooms = common::tokens::token(
+        b"s3cret",
+        &["room.*"],
+        &["room.*"],
+        false,
+        Duration::from_secs(600),
+    );
+    let body = |topics: Value| {
+        serde_json::to_vec(&json!({"topics": topics, "seq_no": "1", "text": "hi"})).unwrap()
+    };
+    for auto_create in [true, false] {
+        let data = dir.path().join(format!("data-{auto_create}"));
+        let mut args = vec!["--auth-jwt-secret-file", secret.to_str().unwrap()];
+        if !auto_create {
+            args.push("--no-auto-create-topics");
+        }
+        let server = Server::start(&data, &args);
+        let base = http(&server);
+        for t in ["room.a", "secret.payroll"] {
+            assert_eq!(
+                with_token(&base, "PUT", &format!("/v1/topics/{t}"), &admin, b"").status,
+                200
+            );
+        }
+        // Patterns reach only what the token may see: `>` is room.a alone, and a pattern
+        // matching only hidden topics answers as if none existed.
+        let r = with_token(&base, "POST", "/v1/broadcast", &rooms, &body(json!([">"])));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let answer = r.json();
+        let acked: Vec<&str> = answer["acks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["topic"].as_str().unwrap())
+            .collect();
+        assert_eq!(acked, ["room.a"], "{}", r.text());
+        assert!(!r.text().contains("payroll"), "{}", r.text());
+        let r = with_token(
+            &base,
+            "POST",
+            "/v1/broadcast",
+            &rooms,
+            &body(json!(["secret.*"])),
+        );
+        assert_eq!(
+            (r.status, r.json()["acks"].as_array().map(Vec::len)),
+            (200, Some(0)),
+            "{}",
+            r.text()
+        );
+        // Named outright, a hidden topic is refused the same whether it exists or not.
+        for name in ["secret.payroll", "secret.nothing"] {
+            let r = with_token(&base, "POST", "/v1/broadcast", &rooms, &body(json!([name])));
+            assert_eq!(r.status, 403, "{name}: {}", r.text());
+        }
+        let list = with_token(&base, "GET", "/v1/topics", &admin, b"").json();
+        let frames: Vec<(String, String)> = list["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["frames"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                ("room.a".to_string(), "1".to_string()),
+                ("secret.payroll".to_string(), "0".to_string())
+            ],
+            "auto-create {auto_create}"
+        );
+    }
+}
+
 /// A gRPC-Web message frame (flag 0) around `msg`.
 fn grpc_web_frame(msg: &impl prost::Message) -> Vec<u8> {
     let body = msg.encode_to_vec();

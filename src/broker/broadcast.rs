@@ -73,17 +73,22 @@ impl Broker {
             if t.contains(['*', '>']) {
                 let pattern = TopicPattern::parse(t)
                     .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
+                // Only topics the caller may see (as ListTopics shows them): one hidden from
+                // it is not reached, so a broadcast's answer tells nothing of it.
                 topics.extend(
                     self.topics()
                         .list()
                         .iter()
                         .map(|topic| topic.name())
-                        .filter(|name| pattern.matches(name))
+                        .filter(|name| pattern.matches(name) && who.may_see(name))
                         .map(str::to_string),
                 );
             } else {
                 let name = topic_name(t)
                     .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
+                // Permission before existence: NOT_FOUND would tell a caller who may not
+                // publish there that the topic exists.
+                may_publish(who, &name)?;
                 if !self.topics().auto_create() && self.topics().get(&name).is_none() {
                     return Err(Error::TopicNotFound(name));
                 }
