@@ -239,6 +239,17 @@ pub async fn run(
         reason: e.to_string(),
     })??;
     let topics = Arc::new(topics);
+    // What recovery read back may still be only in the page cache (a crash between a write
+    // and its sync): durable before anything is served (no subscriber is handed a frame a
+    // power cut could take back; the commit syncs that follow cover only new ranges) and
+    // before the policy below is recorded over the one the data was written under.
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || crate::wal::sync_filesystem(&dir))
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "topics".into(),
+            reason: e.to_string(),
+        })??;
     // From here on frames are written under this run's policy: remember it for the next
     // recovery (see `last_fsync`).
     super::last_fsync::record(&config.data_dir, config.log.fsync)?;

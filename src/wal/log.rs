@@ -87,14 +87,6 @@ impl Log {
                 w
             }
         };
-        // What recovery read back may still be only in the page cache (a crash between a
-        // write and its sync): made durable before anyone reads it, so that no subscriber
-        // is served a frame a power cut could take back, and later syncs, which cover only
-        // what is appended after this, leave no unsynced range behind. Sealed segments were
-        // synced in full when the next one was made.
-        active
-            .segment()
-            .sync_range(0, active.cursor(), config.sync_method)?;
         state.first_offset = recovered.first_offset;
         state.next_offset = recovered.next_offset;
         state.bytes = recovered.bytes;

@@ -43,4 +43,4 @@ pub use read::LogStats;
 pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
 pub use replica::{cut_from, Copied, Cut};
 pub use run::{Run, RunWriter};
-pub use segment::{MappedFile, Segment, SegmentWriter, SyncMethod};
+pub use segment::{sync_filesystem, MappedFile, Segment, SegmentWriter, SyncMethod};

@@ -528,6 +528,17 @@ fn preallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
+/// Syncs the whole file system holding `dir` (`syncfs`): after recovery, what it read back
+/// may still be only in the page cache (a crash between a write and its sync), and must be
+/// durable before anyone is served it. One call, however many topics (a sync per file costs
+/// about 60 µs even when nothing is dirty: 0.6 s for 10,000 topics); PostgreSQL's
+/// `recovery_init_sync_method = syncfs` does the same.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        .map_err(|e| Error::io(dir, e))
+}
+
 /// Syncs a directory so that a created, renamed or removed entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
