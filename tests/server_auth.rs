@@ -280,3 +280,96 @@ async fn a_stream_ends_unauthenticated_when_its_token_expires() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_call_without_a_valid_token_is_refused_before_its_message_is_decoded() {
+    // Over the decoding limit as sent, a few KB of gzip that unpack past it, or not
+    // protobuf at all: without a token the answer is UNAUTHENTICATED, not the decoder's
+    // refusal, because the message is never read (it used to be unpacked and decoded first).
+    let (_dir, server) = start();
+    let big = vec![0u8; 9 << 20];
+    let plain = server.client().await;
+    let gzip = plain
+        .clone()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let bad = mint_hs256(
+        b"another-secret",
+        &MintClaims {
+            subject: "x".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+            ttl: Duration::from_secs(3600),
+            not_before: None,
+        },
+    )
+    .unwrap();
+    for (what, mut c) in [("plain", plain), ("gzip", gzip)] {
+        for token in [None, Some(bad.as_str())] {
+            let st = c
+                .publish(with(req("t", 1, &big), token))
+                .await
+                .expect_err("refused");
+            assert_eq!(st.code(), Code::Unauthenticated, "{what} {token:?}: {st:?}");
+            let st = c
+                .broadcast(with(
+                    framecast::proto::BroadcastRequest {
+                        topics: vec!["t".into()],
+                        seq_no: 1,
+                        payload: big.clone().into(),
+                        timestamp: 0,
+                        idempotency_key: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .expect_err("refused");
+            assert_eq!(st.code(), Code::Unauthenticated, "{what} {token:?}: {st:?}");
+        }
+    }
+    // Not protobuf: the raw bytes of a gRPC message frame that does not decode.
+    let mut garbage = vec![0u8];
+    garbage.extend(5u32.to_be_bytes());
+    garbage.extend([0xff; 5]);
+    let base = format!("http://{}", server.addr);
+    let answer = tokio::task::spawn_blocking(move || {
+        common::http::request(
+            &base,
+            "POST",
+            "/framecast.v1.Broadcast/Publish",
+            &[("Content-Type", "application/grpc-web+proto")],
+            &garbage,
+        )
+    })
+    .await
+    .unwrap();
+    let trailers = String::from_utf8_lossy(&answer.body).to_lowercase();
+    let grpc_status = answer
+        .header("grpc-status")
+        .map(str::to_string)
+        .or_else(|| {
+            trailers
+                .contains("grpc-status:16")
+                .then(|| "16".to_string())
+        });
+    assert_eq!(
+        grpc_status.as_deref(),
+        Some("16"),
+        "a garbage message without a token: {} {trailers}",
+        answer.status
+    );
+    // With a valid token the same calls reach the decoder and the broker.
+    let writer = token(&[">"], &[], false, Duration::from_secs(3600));
+    let mut c = server.client().await;
+    let st = c
+        .publish(with(req("t", 1, &big), Some(&writer)))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    let ack = c
+        .publish(with(req("t", 1, b"fits"), Some(&writer)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.offset, 0);
+}

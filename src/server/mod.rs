@@ -4,6 +4,7 @@
 pub mod config;
 mod connections;
 pub mod maintenance;
+mod preauth;
 pub mod readiness;
 mod repair;
 mod run;

@@ -307,6 +307,9 @@ pub async fn run(
     door.serving(broker.clone());
     let (mut reads, readiness_tasks) = (broker.cluster_view().out_of_sync(), tasks.clone());
     let refusals = broker.clone();
+    let preauth = broker
+        .requires_auth()
+        .then(|| super::preauth::PreAuthLayer::new(broker.clone()));
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -375,6 +378,7 @@ pub async fn run(
         .layer(tower::util::MapRequestLayer::new(mark_grpc_web))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(super::too_large::TooLargeLayer::new(refusals))
+        .layer(tower::util::option_layer(preauth))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
