@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::wal::format::parse_run_file_name;
-use crate::wal::format::{decode_segment_header, SEGMENT_HEADER_LEN};
+use crate::wal::format::{
+    decode_segment_header, parse_run_file_name, parse_segment_file_name, MANIFEST_FILE,
+    SEGMENT_HEADER_LEN,
+};
 use crate::wal::record::{decode, scan_ahead, Decoded, RecordRef, Step, Walk};
 use crate::wal::{list_segments, manifest, Error, Result, Run};
 
@@ -66,16 +68,61 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome> {
     let jobs = plan(opts)?;
     for (topic, files) in jobs {
         let last_segment = files.iter().rposition(|p| !is_run(p));
+        // Where the next file must start, as recovery checks it: a topic without a
+        // manifest starts at 0; each file starts where the data before it ended.
+        let whole = opts.segment.is_none();
+        let mut expected = match files.first().and_then(|p| p.parent()) {
+            Some(dir) if whole && !dir.join(MANIFEST_FILE).exists() => Some(0),
+            _ => None,
+        };
         for (i, path) in files.iter().enumerate() {
-            if is_run(path) {
-                dump_run(opts, &topic, path, out, &mut outcome)?;
+            let span = if is_run(path) {
+                dump_run(opts, &topic, path, out, &mut outcome)?
             } else {
-                let is_last = Some(i) == last_segment && opts.segment.is_none();
-                dump_segment(opts, &topic, path, is_last, out, &mut outcome)?;
+                let is_last = Some(i) == last_segment && whole;
+                dump_segment(opts, &topic, path, is_last, out, &mut outcome)?
+            };
+            if let (Some((base, _)), Some(want)) = (span, expected) {
+                if whole && base != want {
+                    let reason = if i == 0 {
+                        format!(
+                            "the topic has no {MANIFEST_FILE}, so it starts at offset 0, but its \
+                             first file starts at {base}: files are missing"
+                        )
+                    } else {
+                        format!(
+                            "starts at offset {base} but the data before it ends at {want}: \
+                             files or records are missing"
+                        )
+                    };
+                    bad_line(opts, &topic, path, 0, &reason, out, &mut outcome)?;
+                }
             }
+            expected = span.map(|(_, end)| end);
         }
     }
     Ok(outcome)
+}
+
+/// Prints a damaged place (`BAD <file> at byte P: reason`) and counts it.
+fn bad_line(
+    opts: &DumpOptions,
+    topic: &str,
+    path: &Path,
+    position: u64,
+    reason: &str,
+    out: &mut dyn Write,
+    outcome: &mut DumpOutcome,
+) -> Result<()> {
+    outcome.bad += 1;
+    let line = if opts.json {
+        json!({"type": "bad", "topic": topic, "file": path, "position": position,
+               "reason": reason, "crc_ok": false})
+        .to_string()
+    } else {
+        format!("BAD {} at byte {position}: {reason}", path.display())
+    };
+    writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))
 }
 
 fn is_run(p: &Path) -> bool {
@@ -111,7 +158,7 @@ fn dump_run(
     path: &Path,
     out: &mut dyn Write,
     outcome: &mut DumpOutcome,
-) -> Result<()> {
+) -> Result<Option<(u64, u64)>> {
     outcome.segments += 1;
     let w = |out: &mut dyn Write, line: String| -> Result<()> {
         writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))
@@ -129,7 +176,7 @@ fn dump_run(
             } else {
                 format!("BAD {} at byte {position}: {reason}", path.display())
             };
-            return w(out, line);
+            return w(out, line).map(|()| None);
         }
         Err(e) => return Err(e),
     };
@@ -167,7 +214,7 @@ fn dump_run(
             }
         }
     }
-    Ok(())
+    Ok(Some((run.base_offset(), run.end_offset())))
 }
 
 /// The topics and segment files to read.
@@ -266,7 +313,7 @@ fn dump_segment(
     is_last: bool,
     out: &mut dyn Write,
     outcome: &mut DumpOutcome,
-) -> Result<()> {
+) -> Result<Option<(u64, u64)>> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     outcome.segments += 1;
     let w = |out: &mut dyn Write, line: String| -> Result<()> {
@@ -281,9 +328,18 @@ fn dump_segment(
             } else {
                 format!("BAD {} at byte 0: {reason}", path.display())
             };
-            return w(out, line);
+            return w(out, line).map(|()| None);
         }
     };
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name);
+    if named.is_some_and(|n| n != base) {
+        let reason = format!("header says base offset {base}, file name says {named:?}");
+        bad_line(opts, topic, path, 0, &reason, out, outcome)?;
+        return Ok(None);
+    }
     let scanned = scan(&data, base, |_, _, _| Ok(()))?;
     let s = &scanned.summary;
     outcome.records += s.records;
@@ -333,6 +389,14 @@ fn dump_segment(
         };
         w(out, line)?;
     }
+    let s = &scanned.summary;
+    let end = s
+        .gaps
+        .iter()
+        .map(|g| g.2)
+        .chain(s.last.map(|l| l + 1))
+        .fold(base, u64::max);
+    let span = scanned.problem.is_none().then_some((base, end));
     if let Some((position, reason)) = scanned.problem {
         let torn = is_last && !scanned.valid_after;
         if torn {
@@ -354,7 +418,7 @@ fn dump_segment(
         };
         w(out, line)?;
     }
-    Ok(())
+    Ok(span)
 }
 
 /// Walks the records of one segment, calling `each` for every valid one. Past a bad
