@@ -426,6 +426,11 @@ async fn a_last_segment_of_zeros_stops_startup_then_repair_sets_it_aside_under_a
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("file set aside"), "{stdout}");
+    assert!(stdout.contains("offsets lost: unknown"), "{stdout}");
+    assert!(
+        stdout.contains("0 offset(s) lost, and the uncounted frames of a segment of zeros"),
+        "{stdout}"
+    );
     let saved = PathBuf::from(format!("{}.0.damaged", seg.display()));
     assert_eq!(std::fs::metadata(&saved).expect("set aside").len(), len);
     let new_epoch = file_epoch(data);

@@ -89,7 +89,12 @@ impl RepairOutcome {
                 r.end,
                 r.end - r.start,
                 r.reason,
-                if r.lost.is_empty() {
+                if r.tail && r.start == 0 {
+                    format!(
+                        "unknown (every frame the segment held), offsets from {} on are handed out again under the new epoch",
+                        r.lost.start
+                    )
+                } else if r.lost.is_empty() {
                     "none".to_string()
                 } else {
                     format!(
@@ -102,10 +107,16 @@ impl RepairOutcome {
                 r.saved_to.display()
             ));
         }
+        let uncounted = self.repaired.iter().any(|r| r.tail && r.start == 0);
         out.push(format!(
-            "topic '{topic}': {} damaged place(s) repaired, {} offset(s) lost; every other frame keeps its offset; next offset {}",
+            "topic '{topic}': {} damaged place(s) repaired, {} offset(s) lost{}; every other frame keeps its offset; next offset {}",
             self.repaired.len(),
             self.offsets_lost,
+            if uncounted {
+                ", and the uncounted frames of a segment of zeros"
+            } else {
+                ""
+            },
             self.next_offset
         ));
         out.push(format!(

@@ -243,7 +243,12 @@ pub async fn run(
     // and its sync): durable before anything is served (no subscriber is handed a frame a
     // power cut could take back; the commit syncs that follow cover only new ranges) and
     // before the policy below is recorded over the one the data was written under.
-    let dir = config.data_dir.clone();
+    let topics_dir = config.data_dir.join("topics");
+    let dir = if topics_dir.is_dir() {
+        topics_dir
+    } else {
+        config.data_dir.clone()
+    };
     tokio::task::spawn_blocking(move || crate::wal::sync_filesystem(&dir))
         .await
         .map_err(|e| Error::Metadata {

@@ -113,8 +113,13 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// `segment_bytes`; a file shorter than that is normal (segments grow in steps).
 pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> Result<Recovered> {
     let manifest = manifest::read(dir)?;
-    if manifest.is_none() {
-        check_unmanifested_start(dir)?;
+    match &manifest {
+        None => check_unmanifested_start(dir)?,
+        // Written before manifests carried a CRC: given one now, before any file is removed
+        // on its word, rather than at the next compaction (which an idle topic may never
+        // have).
+        Some(m) if m.version < manifest::VERSION => manifest::write(dir, m)?,
+        Some(_) => {}
     }
     remove_superseded(dir, manifest.as_ref())?;
     let files: Vec<(u64, PathBuf)> = list_segments(dir)?;

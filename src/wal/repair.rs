@@ -171,9 +171,18 @@ fn set_aside_zeros(path: &Path, len: usize) -> Result<Vec<Repaired>> {
         .and_then(|n| n.to_str())
         .and_then(parse_segment_file_name)
         .ok_or_else(|| Error::corruption(path, 0, "not a segment file name"))?;
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".0.{DAMAGED_SUFFIX}"));
-    let saved_to = PathBuf::from(name);
+    // A copy set aside before (a segment at the same base zeroed again) is kept.
+    let saved_to = (0u32..)
+        .map(|n| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(match n {
+                0 => format!(".0.{DAMAGED_SUFFIX}"),
+                n => format!(".0.{DAMAGED_SUFFIX}.{n}"),
+            });
+            PathBuf::from(name)
+        })
+        .find(|p| !p.exists())
+        .ok_or_else(|| Error::corruption(path, 0, "no free name to set it aside"))?;
     std::fs::rename(path, &saved_to).map_err(|e| Error::io(path, e))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;

@@ -200,6 +200,9 @@ impl SegmentWriter {
     /// damage (recovery removes the temporary file a crash leaves).
     pub fn create(dir: &Path, base_offset: u64, capacity: u64) -> Result<SegmentWriter> {
         let path = dir.join(segment_file_name(base_offset));
+        // One writer per topic directory (the data dir's lock keeps other processes out),
+        // so nothing can make this file between the look and the rename below. (A hard
+        // link would refuse to replace it by itself, but not every volume has them.)
         if path.exists() {
             return Err(Error::io(
                 &path,
