@@ -509,6 +509,8 @@ async fn a_resume_whose_live_frames_were_removed_is_refused_when_it_opens() {
 async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_given() {
     // Offline, the server's --dedup-window is not known: without the flag every key stays
     // (a key dropped inside the server's window would let a retry store its frame twice).
+    // The keys here were stored an hour ago (copied in as a follower copies records, with
+    // their stored key times), inside a 2 h window, outside the old offline default (2 min).
     let tmp = tempfile::tempdir().unwrap();
     let flags = [
         "--segment-bytes",
@@ -519,6 +521,8 @@ async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_gi
         "0",
         "--fsync",
         "never",
+        "--dedup-window",
+        "2h",
     ];
     let keyed = |seq: u64| PublishRequest {
         idempotency_key: format!("k{seq}"),
@@ -526,12 +530,40 @@ async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_gi
     };
     let mut server = Server::start(tmp.path(), &flags);
     let mut c = server.client().await;
-    for seq in 0..60u64 {
-        let ack = c.publish(keyed(seq)).await.unwrap().into_inner();
-        assert_eq!((ack.offset, ack.duplicate), (seq, false));
-    }
+    c.publish(keyed(0)).await.unwrap();
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).unwrap();
+    {
+        let log = framecast::wal::Log::open(
+            &tmp.path().join("topics").join("t"),
+            framecast::wal::LogConfig {
+                segment_bytes: 32 * 1024,
+                max_frame_bytes: 8192,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let hour_ago = framecast::wal::now_ns() - 3_600_000_000_000;
+        let copied: Vec<_> = (1..60u64)
+            .map(|seq| {
+                let key = format!("k{seq}");
+                let payload = [seq as u8; 2000];
+                let rec = framecast::wal::record::RecordRef {
+                    offset: seq,
+                    seq_no: seq,
+                    timestamp: hour_ago,
+                    key_time: hour_ago,
+                    key: key.as_bytes(),
+                    payload: &payload,
+                };
+                let mut bytes = vec![0u8; rec.encoded_len()];
+                rec.encode_into(&mut bytes);
+                framecast::wal::Copied::decode(&bytes.into()).unwrap()
+            })
+            .collect();
+        log.append_copied(copied).await.unwrap();
+        log.close();
+    }
     let d = tmp.path().to_str().unwrap();
     let compact = |extra: &[&str]| {
         let out = std::process::Command::new(bin())
@@ -549,21 +581,19 @@ async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_gi
         assert!(!line.starts_with("t: 0 segments"), "{line}");
         line
     };
-    std::thread::sleep(Duration::from_millis(1500));
     let line = compact(&[]);
     assert!(line.ends_with(", 0 keys dropped"), "{line}");
-    // A retry of the first frame, after a restart: still known, not stored twice.
+    // A retry of an hour-old frame, after a restart: still known, not stored twice.
     let mut server = Server::start(tmp.path(), &flags);
     let mut c = server.client().await;
-    let ack = c.publish(keyed(0)).await.unwrap().into_inner();
-    assert_eq!((ack.offset, ack.duplicate), (0, true));
+    let ack = c.publish(keyed(5)).await.unwrap().into_inner();
+    assert_eq!((ack.offset, ack.duplicate), (5, true));
     for seq in 60..80u64 {
         c.publish(keyed(seq)).await.unwrap();
     }
     server.sigterm();
     server.wait_exit(Duration::from_secs(10)).unwrap();
     // Given a window the keys are older than, it drops them.
-    std::thread::sleep(Duration::from_millis(1500));
-    let line = compact(&["--dedup-window", "1s"]);
+    let line = compact(&["--dedup-window", "30m"]);
     assert!(!line.ends_with(", 0 keys dropped"), "{line}");
 }
