@@ -449,7 +449,19 @@ fn serve(args: ServeArgs) -> ExitCode {
     // The token a cluster node presents to the leader when auth is on.
     let node_token = match (&args.cluster_token_file, &args.auth_jwt_secret_file) {
         (Some(file), _) => match std::fs::read_to_string(file) {
-            Ok(t) => NodeToken::Fixed(t.trim().to_string()),
+            Ok(t) => {
+                let t = t.trim().to_string();
+                if let Some(id) = &args.node_id {
+                    if let Err(e) = framecast::broker::token::check_node_token(&t, id) {
+                        eprintln!(
+                            "framecast serve: --cluster-token-file {}: {e}",
+                            file.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+                NodeToken::Fixed(t)
+            }
             Err(e) => {
                 eprintln!(
                     "framecast serve: --cluster-token-file {}: {e}",

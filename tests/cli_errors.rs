@@ -284,3 +284,62 @@ fn publish_from_an_endless_input_stops_when_the_server_stays_unreachable() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cluster_node_refuses_to_start_with_a_token_the_leader_would_refuse() {
+    // Follow takes only a node's own token (admin, subject framecast-node-<id>): a node
+    // given an operator's token says so at start, before it reaches etcd (none runs here).
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"a cluster secret of enough bytes!").unwrap();
+    let data = dir.path().join("data");
+    let mint = |subject: &str, admin: bool| {
+        framecast::broker::token::mint_hs256(
+            b"a cluster secret of enough bytes!",
+            &framecast::broker::token::MintClaims {
+                subject: subject.into(),
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+                admin,
+                ttl: Duration::from_secs(600),
+                not_before: None,
+            },
+        )
+        .unwrap()
+    };
+    for (token, case) in [
+        (mint("ops", true), "an operator's admin token"),
+        (mint("framecast-node-n2", true), "another node's token"),
+        (
+            mint("framecast-node-n1", false),
+            "its own subject without admin",
+        ),
+    ] {
+        let file = dir.path().join("node.token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let (code, _, stderr) = run(&[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--cluster-etcd",
+            &format!("http://{}", dead_addr()),
+            "--node-id",
+            "n1",
+            "--advertise",
+            "127.0.0.1:1",
+            "--auth-jwt-secret-file",
+            secret.to_str().unwrap(),
+            "--cluster-token-file",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(2), "{case}: {stderr}");
+        assert!(
+            stderr.contains("--cluster-token-file") && stderr.contains("framecast-node-n1"),
+            "{case}: {stderr}"
+        );
+    }
+}

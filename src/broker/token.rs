@@ -360,6 +360,38 @@ fn header_algorithm(token: &str) -> Result<String, AuthError> {
     Ok(header.alg)
 }
 
+/// The claims a node's own token must carry, read without checking its signature (the
+/// leader checks that): a cluster node started with `--cluster-token-file` refuses to start
+/// when its token could never be accepted by `Follow`, rather than being turned away at
+/// every connection.
+pub fn check_node_token(token: &str, node_id: &str) -> Result<(), String> {
+    #[derive(Deserialize)]
+    struct Peeked {
+        sub: Option<String>,
+        #[serde(default)]
+        admin: bool,
+    }
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| "not a JWT (three base64url parts separated by dots)".to_string())?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|e| format!("the claims are not base64url: {e}"))?;
+    let claims: Peeked = serde_json::from_slice(&json).map_err(|e| format!("the claims: {e}"))?;
+    let want = super::core::node_subject(node_id);
+    if claims.sub.as_deref() != Some(want.as_str()) || !claims.admin {
+        return Err(format!(
+            "node '{node_id}' follows with a token whose subject is '{want}' and which has \
+             admin (this one: subject {:?}, admin {}); mint one with `framecast token \
+             --subject {want} --admin`",
+            claims.sub.unwrap_or_default(),
+            claims.admin
+        ));
+    }
+    Ok(())
+}
+
 /// The token of a `Bearer <token>` header value. The value is never echoed: a client that
 /// forgot the scheme would otherwise see its token in the server's logs.
 fn bearer_token(value: &str) -> Result<&str, AuthError> {
