@@ -524,6 +524,9 @@ impl Broker {
         let Some(need) = appended.iter().map(|a| a.offset + 1).max() else {
             return Ok(());
         };
+        if topic.visible_offset() >= need {
+            return self.cluster.check_writable();
+        }
         let mut visible = topic.watch_visible();
         let mut ended = topic.watch_ended();
         let mut shutdown = self.shutdown.clone();
