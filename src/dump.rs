@@ -168,15 +168,7 @@ fn dump_run(
         Err(Error::Corruption {
             position, reason, ..
         }) => {
-            outcome.bad += 1;
-            let line = if opts.json {
-                json!({"type": "bad", "topic": topic, "file": path, "position": position,
-                       "reason": reason, "crc_ok": false})
-                .to_string()
-            } else {
-                format!("BAD {} at byte {position}: {reason}", path.display())
-            };
-            return w(out, line).map(|()| None);
+            return bad_line(opts, topic, path, position, &reason, out, outcome).map(|()| None);
         }
         Err(e) => return Err(e),
     };
@@ -322,13 +314,7 @@ fn dump_segment(
     let base = match decode_segment_header(&data) {
         Ok(b) => b,
         Err(reason) => {
-            outcome.bad += 1;
-            let line = if opts.json {
-                json!({"type": "bad", "topic": topic, "file": path, "position": 0, "reason": reason, "crc_ok": false}).to_string()
-            } else {
-                format!("BAD {} at byte 0: {reason}", path.display())
-            };
-            return w(out, line).map(|()| None);
+            return bad_line(opts, topic, path, 0, &reason, out, outcome).map(|()| None);
         }
     };
     let named = path

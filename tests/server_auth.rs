@@ -21,6 +21,22 @@ fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: Duration) -> St
     common::tokens::token(SECRET, publish, subscribe, admin, ttl)
 }
 
+/// A token allowed everything, signed with another secret than the server's.
+fn signed_elsewhere() -> String {
+    mint_hs256(
+        b"another-secret",
+        &MintClaims {
+            subject: "x".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+            ttl: Duration::from_secs(3600),
+            not_before: None,
+        },
+    )
+    .unwrap()
+}
+
 fn with<T>(msg: T, token: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = token {
@@ -64,18 +80,7 @@ async fn every_refusal_is_unauthenticated_or_denied_and_writes_nothing() {
     let chat = token(&["chat.*"], &["chat.>"], false, hour);
 
     // No token, a malformed one, one signed with another secret, one not valid yet.
-    let other = mint_hs256(
-        b"another-secret",
-        &MintClaims {
-            subject: "x".into(),
-            publish: vec![">".into()],
-            subscribe: vec![">".into()],
-            admin: true,
-            ttl: hour,
-            not_before: None,
-        },
-    )
-    .unwrap();
+    let other = signed_elsewhere();
     let later = mint_hs256(
         SECRET,
         &MintClaims {
@@ -292,18 +297,7 @@ async fn a_call_without_a_valid_token_is_refused_before_its_message_is_decoded()
     let gzip = plain
         .clone()
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let bad = mint_hs256(
-        b"another-secret",
-        &MintClaims {
-            subject: "x".into(),
-            publish: vec![">".into()],
-            subscribe: vec![">".into()],
-            admin: true,
-            ttl: Duration::from_secs(3600),
-            not_before: None,
-        },
-    )
-    .unwrap();
+    let bad = signed_elsewhere();
     for (what, mut c) in [("plain", plain), ("gzip", gzip)] {
         for token in [None, Some(bad.as_str())] {
             let st = c
