@@ -73,6 +73,8 @@ export declare class Transport {
     /**
      * The base URL a `Framecast-Leader` header names (a URL, or `host:port` of one of the
      * nodes, else reached with the scheme of `from`); undefined when it names nothing usable.
+     * A hint from an `https` node is never followed over plain `http` (the token would go in
+     * clear): its host is reached over `https`, as every listener of a TLS server is.
      */
     leaderOf(header: string | null | undefined, from?: string): string | undefined;
     /** Makes `leader` (a base URL) the current node, learning it if it is not one of the nodes. */

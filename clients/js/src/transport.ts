@@ -217,12 +217,19 @@ export class Transport {
   /**
    * The base URL a `Framecast-Leader` header names (a URL, or `host:port` of one of the
    * nodes, else reached with the scheme of `from`); undefined when it names nothing usable.
+   * A hint from an `https` node is never followed over plain `http` (the token would go in
+   * clear): its host is reached over `https`, as every listener of a TLS server is.
    */
   leaderOf(header: string | null | undefined, from: string = this.base()): string | undefined {
     const named = header?.trim();
     if (!named || /[\s,]/.test(named)) return undefined;
     try {
-      if (/^https?:\/\//i.test(named)) return normaliseUrl(named);
+      const secure = new URL(from).protocol === "https:";
+      if (/^https?:\/\//i.test(named)) {
+        const url = new URL(named);
+        if (secure && url.protocol === "http:") url.protocol = "https:";
+        return normaliseUrl(url.toString());
+      }
       const known = this.urls.find((u) => new URL(u).host === named);
       if (known) return known;
       return normaliseUrl(`${new URL(from).protocol}//${named}`);

@@ -134,6 +134,34 @@ test("the token is sent as a bearer header, asked anew each request; the leader 
   );
 });
 
+test("a leader hint from an https node is followed over https, never plain http with the token", async () => {
+  const seen = [];
+  const fake = async (url, init) => {
+    seen.push({ url: String(url), auth: new Headers(init.headers).get("authorization") });
+    if (seen.length === 1) {
+      return new Response('{"code":"UNAVAILABLE","message":"not the leader"}', {
+        status: 503,
+        headers: { "framecast-leader": "http://b.example:7071" },
+      });
+    }
+    return new Response('{"offset":"0","timestamp":"9","duplicate":false}', { status: 200 });
+  };
+  const fc = new Framecast({
+    url: "https://a.example:7071",
+    token: "secret-token",
+    fetch: fake,
+    backoff: { initialMs: 1, maxMs: 2 },
+  });
+  await fc.publish("t", "x", { seqNo: 1 });
+  assert.deepEqual(
+    seen.map((s) => [new URL(s.url).origin, s.auth]),
+    [
+      ["https://a.example:7071", "Bearer secret-token"],
+      ["https://b.example:7071", "Bearer secret-token"],
+    ],
+  );
+});
+
 test("a failing token function ends a subscription with its error instead of reconnecting forever", async () => {
   let fetched = 0;
   const fc = new Framecast({
