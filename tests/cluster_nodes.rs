@@ -1289,11 +1289,7 @@ async fn a_cluster_watch_reports_changes_and_moves_on_when_its_node_stops() {
     let mut c = Cluster::start(3, 2).await;
     let ids = ["n1", "n2", "n3"];
     let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
-    let followers: Vec<String> = ids
-        .iter()
-        .filter(|i| **i != leader)
-        .map(|i| i.to_string())
-        .collect();
+    let followers = others(&ids, &leader);
     let (watched, doomed) = (followers[0].clone(), followers[1].clone());
     let addresses = [&watched, &leader, &doomed].map(|id| c.node(id).address.clone());
     let client = Client::connect_many(&addresses).unwrap();
@@ -1602,6 +1598,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
                 positions: Vec::new(),
                 takes_runs: true,
                 max_record_bytes: 0,
+                ..Default::default()
             };
             let mut request = tonic::Request::new(tokio_stream::iter(vec![report]));
             if let Some(t) = token {
@@ -1933,11 +1930,7 @@ async fn read_from_followers_spreads_subscriptions_and_resumes_them_elsewhere_af
         assert_eq!(next_frames(s, 10).await, expect);
     }
     let on: Vec<String> = subs.iter().map(|s| s.node().unwrap()).collect();
-    let followers: Vec<String> = ids
-        .iter()
-        .filter(|i| **i != leader)
-        .map(|i| i.to_string())
-        .collect();
+    let followers = others(&ids, &leader);
     for f in &followers {
         let here = on.iter().filter(|a| **a == address_of(f)).count();
         assert_eq!(here, 3, "{on:?}");
@@ -2247,6 +2240,7 @@ async fn follow_raw(
         positions: Vec::new(),
         takes_runs,
         max_record_bytes: 0,
+        ..Default::default()
     };
     // The report stream stays open while the updates are read.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -2882,6 +2876,161 @@ async fn deleted_and_re_created_topics_reach_every_follower_also_one_away_meanwh
     c.leader(&all, 3, Duration::from_secs(30)).await;
     until_all_hold(&c, &all, "t", Some(&third)).await;
     until_all_hold(&c, &all, "kept", None).await;
+}
+
+/// The nodes of `ids` other than `leader`.
+fn others(ids: &[&str], leader: &str) -> Vec<String> {
+    ids.iter()
+        .filter(|n| **n != leader)
+        .map(|n| n.to_string())
+        .collect()
+}
+
+fn pid_of(c: &Cluster, id: &str) -> Pid {
+    Pid::from_raw(c.node(id).server.child.id() as i32).unwrap()
+}
+
+/// The epoch of `topic` on node `id`, if it lists the topic.
+async fn epoch_on(c: &Cluster, id: &str, topic: &str) -> Option<u64> {
+    common::topic_info(&mut c.client(id).await, topic)
+        .await
+        .map(|t| t.epoch)
+}
+
+/// Node `id` (the leader) holds `topic` with these retention settings: CreateTopic with
+/// them answers with the topic of `epoch`, with others ALREADY_EXISTS.
+async fn holds_settings(c: &Cluster, id: &str, topic: &str, settings: (u64, u64), epoch: u64) {
+    let create = |settings: (u64, u64)| framecast::proto::CreateTopicRequest {
+        name: topic.into(),
+        retention_max_age_seconds: settings.0,
+        retention_max_bytes: settings.1,
+    };
+    let mut client = c.client(id).await;
+    let same = client.create_topic(create(settings)).await.unwrap();
+    assert_eq!(same.into_inner().epoch, epoch);
+    let other = client
+        .create_topic(create((settings.0 + 1, settings.1)))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+}
+
+/// What CreateTopic (the topic's epoch) and DeleteTopic answered.
+type Answers = (Result<u64, tonic::Status>, Result<(), tonic::Status>);
+
+/// CreateTopic `name` with these settings and DeleteTopic `doomed` on node `id`, at once;
+/// their answers.
+fn create_and_delete(
+    c: &Cluster,
+    id: &str,
+    name: &'static str,
+    settings: (u64, u64),
+    doomed: &'static str,
+) -> tokio::task::JoinHandle<Answers> {
+    let address = format!("http://{}", c.node(id).address);
+    tokio::spawn(async move {
+        let (mut a, mut b) = (connect(&address).await, connect(&address).await);
+        let create = a.create_topic(framecast::proto::CreateTopicRequest {
+            name: name.into(),
+            retention_max_age_seconds: settings.0,
+            retention_max_bytes: settings.1,
+        });
+        let delete = b.delete_topic(framecast::proto::DeleteTopicRequest {
+            name: doomed.into(),
+        });
+        let (created, deleted) = tokio::join!(create, delete);
+        (created.map(|r| r.into_inner().epoch), deleted.map(|_| ()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_create_or_delete_holds_on_the_next_leader() {
+    let _serial = SERIAL.lock().await;
+    // Leases long enough that a leader killed a second after its followers froze still
+    // names them in sync: one of them is elected.
+    let mut c = Cluster::start_with_lease(3, 2, "5s").await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(60)).await;
+    let followers = others(&all, &leader);
+    let mut lc = c.client(&leader).await;
+    for seq in 0..10 {
+        lc.publish(req("doomed", seq, b"d")).await.unwrap();
+        lc.publish(req("kept", seq, b"k")).await.unwrap();
+    }
+    let doomed = copy_of(&c, &leader, "doomed").await.unwrap();
+    let kept = copy_of(&c, &leader, "kept").await.unwrap();
+    until_all_hold(&c, &all, "doomed", Some(&doomed)).await;
+    until_all_hold(&c, &all, "kept", Some(&kept)).await;
+
+    // One follower frozen: the calls wait for its word until it leaves the set, then the
+    // other follower holds both changes, and, elected after the leader's kill -9, shows them.
+    let (awake, frozen) = (followers[0].as_str(), followers[1].as_str());
+    kill_process(pid_of(&c, frozen), Signal::STOP).unwrap();
+    let started = Instant::now();
+    let answers = create_and_delete(&c, &leader, "fresh", (3600, 1 << 20), "doomed");
+    let (created, deleted) = tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .expect("no answer within 30 s")
+        .unwrap();
+    let took = started.elapsed();
+    let fresh = created.unwrap();
+    deleted.unwrap();
+    eprintln!("with one follower frozen, CreateTopic and DeleteTopic took {took:?}");
+    c.node_mut(&leader).server.kill9();
+    kill_process(pid_of(&c, frozen), Signal::CONT).unwrap();
+    let next = c.leader(&[awake, frozen], 1, Duration::from_secs(60)).await;
+    assert_eq!(next, awake, "the frozen follower had left the set");
+    assert_eq!(epoch_on(&c, &next, "fresh").await, Some(fresh));
+    assert_eq!(epoch_on(&c, &next, "doomed").await, None);
+    c.node_mut(&leader).server.restart();
+    let leader = c.leader(&all, 3, Duration::from_secs(60)).await;
+    assert_eq!(leader, next);
+    holds_settings(&c, &leader, "fresh", (3600, 1 << 20), fresh).await;
+
+    // Both followers frozen: nothing can be acknowledged. The leader dies a second later,
+    // with the followers still named in sync; whichever is elected must show every change
+    // that was acknowledged (it used to be acknowledged at once, and lost).
+    let followers = others(&all, &leader);
+    for f in &followers {
+        kill_process(pid_of(&c, f), Signal::STOP).unwrap();
+    }
+    let answers = create_and_delete(&c, &leader, "later", (60, 4096), "kept");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.node_mut(&leader).server.kill9();
+    for f in &followers {
+        kill_process(pid_of(&c, f), Signal::CONT).unwrap();
+    }
+    let (created, deleted) = tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .expect("no answer within 30 s")
+        .unwrap();
+    eprintln!("with both followers frozen: CreateTopic {created:?}, DeleteTopic {deleted:?}");
+    let ids: Vec<&str> = followers.iter().map(String::as_str).collect();
+    let next = c.leader(&ids, 2, Duration::from_secs(60)).await;
+    let later = epoch_on(&c, &next, "later").await;
+    let kept_there = copy_of(&c, &next, "kept").await;
+    if let Ok(epoch) = created {
+        assert_eq!(later, Some(epoch), "an acknowledged creation was lost");
+    }
+    if deleted.is_ok() {
+        assert_eq!(kept_there, None, "an acknowledged deletion came back");
+    }
+    assert!(
+        created.is_err() && deleted.is_err(),
+        "acknowledged while no follower held the change: {created:?} {deleted:?}"
+    );
+    // Unacknowledged, the deletion may still have reached the followers (the leader sent it
+    // before it died): the topic is there whole, or gone, never cut.
+    eprintln!(
+        "after the unacknowledged calls, the next leader {} the created topic and {} the deleted one",
+        if later.is_some() { "holds" } else { "lacks" },
+        if kept_there.is_some() { "holds" } else { "lacks" }
+    );
+    assert!(
+        kept_there.is_none() || kept_there == Some(kept),
+        "an unacknowledged deletion cut the topic: {:?}",
+        kept_there.map(|k| k.1.len())
+    );
 }
 
 /// Node `id`, stopped with damage in `topic`, repaired with `framecast repair` and started

@@ -110,6 +110,16 @@ pub trait PeerPositions: Send + Sync + std::fmt::Debug {
     /// How many of the leader's frames each follower it hears from lacks, per topic, as
     /// `(topic, node id, frames)` (`replication_lag_frames{topic,node}`).
     fn lags(&self) -> Vec<(String, String, u64)>;
+
+    /// A CreateTopic or DeleteTopic waits until every in-sync member holds the topic
+    /// roster up to `version` ([`Topics::roster_version`] after its change): a member that
+    /// does not answer soon leaves the set. Returns what changes whenever the followers'
+    /// answers or the set do, to wait on before asking [`PeerPositions::roster_held`]
+    /// again.
+    fn want_roster(&self, version: u64) -> watch::Receiver<u64>;
+
+    /// Whether every in-sync member holds the topic roster up to `version`.
+    fn roster_held(&self, version: u64) -> bool;
 }
 
 /// The membership and the change that made it, as the watch holds it.
@@ -271,6 +281,12 @@ impl ClusterView {
     /// leads, `None` when it stops.
     pub fn set_peer_positions(&self, peers: Option<Arc<dyn PeerPositions>>) {
         *self.inner.peers.write() = peers;
+    }
+
+    /// The other nodes' word on the topic roster while this node leads (`None` on a single
+    /// node or a follower: nobody else to ask).
+    pub fn peers(&self) -> Option<Arc<dyn PeerPositions>> {
+        self.inner.peers.read().clone()
     }
 
     /// How many of this leader's frames each follower it hears from lacks, per topic, as

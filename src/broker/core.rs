@@ -397,6 +397,8 @@ impl Broker {
                 .topics
                 .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
                 .await?;
+            // Also when it existed: an earlier creation's answer may have been lost.
+            self.roster_committed(self.topics.roster_version()).await?;
             Ok(topic_info(&topic))
         };
         self.counted(created.await)
@@ -408,7 +410,8 @@ impl Broker {
             self.check_running()?;
             must_be_admin(who, "delete topics")?;
             self.cluster.check_writable()?;
-            self.topics.delete(name).await
+            self.topics.delete(name).await?;
+            self.roster_committed(self.topics.roster_version()).await
         };
         self.counted(deleted.await)
     }
@@ -511,6 +514,37 @@ impl Broker {
             }),
             _ => self.topics.get_or_create(name, Cause::Subscribe).await,
         }
+    }
+
+    /// Waits until every in-sync member holds the topics as they stand at roster version
+    /// `version` (a creation or deletion just made): at once on a single node, on a
+    /// cluster's leader once each member says so (or left the set). Without it a topic
+    /// deleted here could come back with its frames on the next leader, and an
+    /// acknowledged creation's settings be lost. Fails as [`Broker::committed`] does when
+    /// this node may no longer acknowledge meanwhile; the change stays made here then, as
+    /// an unacknowledged publish's frames do.
+    async fn roster_committed(&self, version: u64) -> Result<()> {
+        let Some(peers) = self.cluster.peers() else {
+            return self.cluster.check_writable();
+        };
+        let mut answers = peers.want_roster(version);
+        let mut shutdown = self.shutdown.clone();
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + WRITABLE_RECHECK,
+            WRITABLE_RECHECK,
+        );
+        while !peers.roster_held(version) {
+            tokio::select! {
+                changed = answers.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::NotWritable("this node stopped leading before the followers held the change".into()));
+                    }
+                }
+                _ = recheck.tick() => self.cluster.check_writable()?,
+                _ = shutdown.wait() => return Err(Error::ShuttingDown),
+            }
+        }
+        self.cluster.check_writable()
     }
 
     /// Waits until the frames acknowledged as `appended` of `topic` are committed: at once

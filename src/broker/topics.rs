@@ -448,6 +448,11 @@ impl Topics {
         self.roster.subscribe()
     }
 
+    /// The roster version now: one more for every topic created, deleted or reopened.
+    pub fn roster_version(&self) -> u64 {
+        *self.roster.borrow()
+    }
+
     /// The topics created, deleted or reopened after roster version `seen`, and the version
     /// they bring the roster to; `None` when changes that old are no longer kept (rescan
     /// every topic). A name may come more than once.

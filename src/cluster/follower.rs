@@ -76,6 +76,8 @@ pub async fn follow(
         positions,
         takes_runs: true,
         max_record_bytes: topics.log_config().request_room(),
+        takes_roster: true,
+        roster: 0,
     };
     // The channel has room: this is its first message.
     let _ = reports.try_send(first);
@@ -210,8 +212,9 @@ async fn apply_updates(
                 }
             }
             // A commit point needs nothing queued to land first: only what is durable
-            // here becomes visible.
-            Some(update @ Update::Commit(_)) => apply.update(update).await?,
+            // here becomes visible. Nor does a roster mark: creations and deletions are
+            // applied (durably) as they come, records do not make one.
+            Some(update @ (Update::Commit(_) | Update::Roster(_))) => apply.update(update).await?,
             Some(update) => {
                 // Whatever is queued lands before anything else changes.
                 pending.drain(apply).await?;
@@ -420,6 +423,9 @@ impl Apply {
                 self.make_visible(&c.topic);
                 Ok(())
             }
+            // Every creation and deletion sent before it was applied, each durable before
+            // the next update was read: the leader may acknowledge them.
+            Update::Roster(version) => self.send_report(Vec::new(), version).await,
             Update::Retention(r) => {
                 let Some(t) = self
                     .topics
@@ -526,18 +532,30 @@ impl Apply {
         let Some(t) = self.topics.get(name) else {
             return Ok(());
         };
+        let position = rp::ReplicaPosition {
+            topic: name.to_string(),
+            epoch: t.meta().epoch,
+            next_offset: t.log().durable_offset(),
+            terms: Vec::new(),
+        };
+        self.send_report(vec![position], 0).await
+    }
+
+    /// Sends the leader `positions` and the roster mark `roster` held (0: none).
+    async fn send_report(
+        &self,
+        positions: Vec<rp::ReplicaPosition>,
+        roster: u64,
+    ) -> Result<(), FollowError> {
         let report = rp::FollowerReport {
             term: self.term,
             node_id: self.node_id.clone(),
-            positions: vec![rp::ReplicaPosition {
-                topic: name.to_string(),
-                epoch: t.meta().epoch,
-                next_offset: t.log().durable_offset(),
-                terms: Vec::new(),
-            }],
+            positions,
             takes_runs: true,
             // Said in the first report only.
             max_record_bytes: 0,
+            takes_roster: true,
+            roster,
         };
         self.reports
             .send(report)

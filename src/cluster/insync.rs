@@ -9,7 +9,7 @@
 //! topic, it holds the leader's end or held the end it was last sent no more than `max_lag`
 //! ago.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Whole ends sent and not yet held that one position remembers (the oldest forgotten
@@ -73,6 +73,10 @@ struct Follower {
     /// True once the stream's first report is in: every topic the follower holds has a
     /// position, so one it lacks is lacked for real.
     handshaken: bool,
+    /// The last roster mark the follower holds (every topic creation and deletion up to
+    /// that roster version is durable on it); `None` for a follower that takes no marks
+    /// (it predates them: its word on creations and deletions is not waited for).
+    roster: Option<u64>,
 }
 
 /// The in-sync set and the commit points of every topic, as the leader keeps them.
@@ -104,6 +108,14 @@ pub struct InSync {
     /// The epoch each topic's entries are of: a topic deleted and created again under the
     /// same name starts over, no position or commit point of the old one carried into it.
     epochs: HashMap<String, u64>,
+    /// Roster versions a CreateTopic or DeleteTopic waits for, with when the wait began,
+    /// until every member and joiner holds them: a member that does not answer within
+    /// `max_lag` lags.
+    roster_waits: BTreeMap<u64, Instant>,
+    /// The latest roster version any CreateTopic or DeleteTopic waited for: a follower
+    /// joins the set only once it holds it (an acknowledged creation or deletion is on
+    /// every member).
+    roster_floor: u64,
 }
 
 impl InSync {
@@ -126,6 +138,8 @@ impl InSync {
             appeared: HashMap::new(),
             commits: HashMap::new(),
             epochs: HashMap::new(),
+            roster_waits: BTreeMap::new(),
+            roster_floor: 0,
         }
     }
 
@@ -409,6 +423,7 @@ impl InSync {
     /// Returns the topics whose commit point moved, with the new point.
     pub fn drop_member(&mut self, member: &str) -> Vec<(String, u64)> {
         self.members.remove(member);
+        self.forget_settled_waits();
         self.recompute_all()
     }
 
@@ -441,6 +456,7 @@ impl InSync {
             topics: HashMap::new(),
             session,
             handshaken: false,
+            roster: None,
         };
         match self.positions.get_mut(follower) {
             Some(f) if f.session >= session => return Vec::new(),
@@ -490,6 +506,81 @@ impl InSync {
         self.recompute_all()
     }
 
+    /// `follower`'s stream `session` takes roster marks: from now on a CreateTopic or
+    /// DeleteTopic waits for its word ([`InSync::roster_held`]). Said before its first
+    /// report is in, so no wait passes it by meanwhile.
+    pub fn takes_roster(&mut self, FollowerStream { follower, session }: FollowerStream<'_>) {
+        if let Some(f) = self
+            .positions
+            .get_mut(follower)
+            .filter(|f| f.session == session)
+        {
+            f.roster = Some(f.roster.unwrap_or(0));
+        }
+    }
+
+    /// `follower` holds every topic creation and deletion up to roster version `version`
+    /// (its answer to a mark); waits it settles are forgotten.
+    pub fn roster_reported(
+        &mut self,
+        FollowerStream { follower, session }: FollowerStream<'_>,
+        version: u64,
+    ) {
+        let Some(f) = self
+            .positions
+            .get_mut(follower)
+            .filter(|f| f.session == session)
+        else {
+            return;
+        };
+        if let Some(r) = f.roster.as_mut() {
+            *r = (*r).max(version);
+        }
+        self.forget_settled_waits();
+    }
+
+    /// A CreateTopic or DeleteTopic waits (from `now`) until every member holds roster
+    /// version `version`.
+    pub fn want_roster(&mut self, version: u64, now: Instant) {
+        self.roster_floor = self.roster_floor.max(version);
+        self.roster_waits.entry(version).or_insert(now);
+    }
+
+    /// Whether every member of the set and every joiner holds roster version `version`: a
+    /// member without a stream does not (until it is dropped), one that takes no marks is
+    /// not asked.
+    pub fn roster_held(&self, version: u64) -> bool {
+        self.members
+            .iter()
+            .chain(self.joining.keys())
+            .all(|m| self.holds_roster(m, version))
+    }
+
+    fn holds_roster(&self, follower: &str, version: u64) -> bool {
+        self.positions
+            .get(follower)
+            .is_some_and(|f| f.roster.is_none_or(|r| r >= version))
+    }
+
+    /// Forgets the waits every member and joiner has answered.
+    fn forget_settled_waits(&mut self) {
+        while let Some((&version, _)) = self.roster_waits.first_key_value() {
+            if !self.roster_held(version) {
+                break;
+            }
+            self.roster_waits.pop_first();
+        }
+    }
+
+    /// A roster version waited for since longer than `max_lag` that `follower` does not
+    /// hold.
+    fn roster_lagging(&self, follower: &str, now: Instant) -> bool {
+        self.roster_waits.iter().any(|(&version, &since)| {
+            now.saturating_duration_since(since) > self.max_lag
+                && !self.holds_roster(follower, version)
+        })
+    }
+
     /// Whether `session` is `follower`'s stream of record (or none is known).
     fn current(&self, follower: &str, session: u64) -> bool {
         self.positions
@@ -498,8 +589,12 @@ impl InSync {
     }
 
     /// Some topic is behind the leader's end for longer than `max_lag`: since the follower
-    /// last caught up in it, or since it was first seen (or the term began) if never.
+    /// last caught up in it, or since it was first seen (or the term began) if never. Or a
+    /// topic creation or deletion waited for longer than that is not held.
     fn lagging(&self, follower: &str, now: Instant) -> bool {
+        if self.roster_lagging(follower, now) {
+            return true;
+        }
         let f = self.positions.get(follower);
         let seen = f.and_then(|f| f.first_seen).unwrap_or(self.created);
         self.ends.iter().any(|(topic, &end)| {
@@ -520,6 +615,7 @@ impl InSync {
             return false;
         };
         self.near(follower, now)
+            && f.roster.is_none_or(|r| r >= self.roster_floor)
             && self.ends.keys().all(|topic| {
                 let held = f.topics.get(topic).map_or(0, |p| p.durable);
                 held >= self.commit(topic)
@@ -1147,5 +1243,61 @@ mod tests {
             [2_100, 3_100, 5_100, 9_100, 17_100, 17_100],
             "{started:?}"
         );
+    }
+
+    #[test]
+    fn a_topic_change_waits_for_every_member_that_takes_marks_and_a_silent_one_lags() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string(), "c".to_string()], LAG, t0);
+        // b takes marks, c predates them: only b's word is waited for.
+        s.connected("b", 1, t0);
+        s.takes_roster(on("b", 1));
+        s.connected("c", 1, t0);
+        s.want_roster(3, t0);
+        assert!(!s.roster_held(3), "b has not answered");
+        s.roster_reported(on("b", 1), 2);
+        assert!(!s.roster_held(3), "an older mark is not the change");
+        s.roster_reported(on("b", 1), 3);
+        assert!(s.roster_held(3));
+        assert!(s.roster_held(1), "a later mark covers earlier changes");
+        // b's next stream answers afresh; an old stream's word is not taken.
+        s.connected("b", 2, t0);
+        s.takes_roster(on("b", 2));
+        s.roster_reported(on("b", 1), 9);
+        assert!(!s.roster_held(3), "a new stream has held nothing yet");
+        // Unanswered for longer than the lag, b lags and leaves; then nothing holds it up.
+        s.want_roster(4, t0);
+        assert!(s.laggards(&online, t0 + LAG).is_empty());
+        assert_eq!(
+            s.laggards(&online, t0 + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
+        s.drop_member("b");
+        assert!(s.roster_held(4));
+    }
+
+    #[test]
+    fn a_member_without_a_stream_holds_no_topic_change_and_a_joiner_must_hold_them_all() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        assert!(!s.roster_held(1), "b has no stream: its word is missing");
+        s.connected("b", 1, t0);
+        s.takes_roster(on("b", 1));
+        s.roster_reported(on("b", 1), 1);
+        s.want_roster(1, t0);
+        assert!(s.roster_held(1));
+        s.forget_follower("b", 1);
+        assert!(!s.roster_held(1), "its stream ended");
+        // c, caught up in every topic, joins only once it holds the last change waited for.
+        s.connected("c", 1, t0);
+        s.takes_roster(on("c", 1));
+        s.handshaken("c", 1);
+        assert!(!s.add_member("c", t0), "c lacks roster version 1");
+        assert!(s.caught_up(&online, t0).is_empty());
+        s.roster_reported(on("c", 1), 1);
+        assert_eq!(s.caught_up(&online, t0), ["c"]);
+        assert!(s.add_member("c", t0));
     }
 }

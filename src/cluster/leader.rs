@@ -69,6 +69,9 @@ pub struct Leader {
     stopped: watch::Sender<bool>,
     /// Refusals and damage met at each follower's reconnection, logged once in a while.
     repeats: Mutex<Repeats>,
+    /// Bumped whenever a follower answers a roster mark or the set shrinks: a waiting
+    /// CreateTopic or DeleteTopic looks again.
+    roster_answers: watch::Sender<u64>,
 }
 
 impl Leader {
@@ -123,6 +126,7 @@ impl Leader {
             sessions: std::sync::atomic::AtomicU64::new(0),
             stopped: watch::Sender::new(false),
             repeats: Mutex::new(Repeats::default()),
+            roster_answers: watch::Sender::new(0),
         });
         info!(node_id, term, insync = ?leader.insync.lock().set(), "leading");
         Ok(leader)
@@ -144,6 +148,7 @@ impl Leader {
         self.topics.set_owns_retention(false);
         self.topics.log_config().early_tail.set(false);
         self.stopped.send_replace(true);
+        self.roster_answered();
     }
 
     /// Resolves once [`Leader::stop`] was called.
@@ -220,6 +225,12 @@ impl Leader {
     pub fn drop_member(&self, member: &str) {
         let moved = self.insync.lock().drop_member(member);
         self.advance_commits(moved);
+        self.roster_answered();
+    }
+
+    /// Wakes the CreateTopic and DeleteTopic calls waiting on the followers' word.
+    fn roster_answered(&self) {
+        self.roster_answers.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Adds `member` to the in-sync set if it is caught up and holds every commit point;
@@ -333,6 +344,16 @@ impl crate::broker::cluster_view::PeerPositions for Leader {
     fn lags(&self) -> Vec<(String, String, u64)> {
         self.insync.lock().lags()
     }
+
+    fn want_roster(&self, version: u64) -> watch::Receiver<u64> {
+        let answers = self.roster_answers.subscribe();
+        self.insync.lock().want_roster(version, Instant::now());
+        answers
+    }
+
+    fn roster_held(&self, version: u64) -> bool {
+        self.insync.lock().roster_held(version)
+    }
 }
 
 /// The `Replication` service of a [`Leader`].
@@ -414,6 +435,7 @@ impl LeaderService {
             tx,
             positions: HashMap::new(),
             takes_runs: first.takes_runs,
+            takes_roster: first.takes_roster,
             dirty: BTreeSet::new(),
         };
         tokio::spawn(session.run(first, reports));
@@ -469,6 +491,8 @@ struct Session {
     positions: HashMap<String, Shipped>,
     /// The follower takes records as runs (`ReplicaRecords.run`).
     takes_runs: bool,
+    /// The follower answers roster marks (`LeaderUpdate.roster`).
+    takes_roster: bool,
     /// Topics with records to ship.
     dirty: BTreeSet<String>,
 }
@@ -489,6 +513,7 @@ impl Session {
         let ended = async {
             self.handshake(first).await?;
             self.rescan().await?;
+            self.mark_roster(watches.seen()).await?;
             loop {
                 tokio::select! {
                     permit = tx.reserve(), if !self.dirty.is_empty() => {
@@ -506,8 +531,14 @@ impl Session {
                         }
                     },
                     change = watches.next() => match change {
-                        Change::Roster => self.rescan().await?,
-                        Change::Topics(names) => self.look_at(&names).await?,
+                        Change::Roster => {
+                            self.rescan().await?;
+                            self.mark_roster(watches.seen()).await?;
+                        }
+                        Change::Topics(names) => {
+                            self.look_at(&names).await?;
+                            self.mark_roster(watches.seen()).await?;
+                        }
                         Change::Topic(Kind::Durable | Kind::Written, t) => self.mark(&t),
                         Change::Topic(Kind::Visible, t) => self.send_commit(&t).await?,
                         Change::Topic(Kind::First, t) => self.send_retention(&t).await?,
@@ -536,13 +567,28 @@ impl Session {
         self.tx.send(Ok(msg)).await.map_err(|_| Gone)
     }
 
+    /// Tells the follower that every topic creation and deletion up to roster version
+    /// `version` was sent: it answers once it holds them (a follower that takes marks).
+    async fn mark_roster(&self, version: u64) -> Result<(), Gone> {
+        if !self.takes_roster {
+            return Ok(());
+        }
+        self.send(Update::Roster(version)).await
+    }
+
     /// Answers the follower's first report: deletions and cuts.
     async fn handshake(&mut self, first: rp::FollowerReport) -> Result<(), Gone> {
-        let moved = self
-            .leader
-            .insync
-            .lock()
-            .connected(&self.follower, self.id, Instant::now());
+        let moved = {
+            let mut insync = self.leader.insync.lock();
+            let moved = insync.connected(&self.follower, self.id, Instant::now());
+            if self.takes_roster {
+                insync.takes_roster(FollowerStream {
+                    follower: &self.follower,
+                    session: self.id,
+                });
+            }
+            moved
+        };
         self.leader.advance_commits(moved);
         for p in first.positions {
             let topic = self.leader.topics.get(&p.topic);
@@ -837,6 +883,16 @@ impl Session {
             warn!(follower = %self.follower, term = report.term, "follower reports another term; ending its stream");
             return Err(Gone);
         }
+        if report.roster > 0 {
+            self.leader.insync.lock().roster_reported(
+                FollowerStream {
+                    follower: &self.follower,
+                    session: self.id,
+                },
+                report.roster,
+            );
+            self.leader.roster_answered();
+        }
         for p in report.positions {
             let Some(shipped) = self.positions.get(&p.topic).filter(|s| s.epoch == p.epoch) else {
                 continue;
@@ -953,6 +1009,7 @@ mod tests {
             positions: Vec::new(),
             takes_runs: true,
             max_record_bytes,
+            ..Default::default()
         }
     }
 

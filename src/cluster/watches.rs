@@ -123,6 +123,12 @@ impl TopicWatches {
         self.tokens.insert(topic.name().to_string(), token);
     }
 
+    /// The roster version the watches reflect: every topic created, deleted or reopened up
+    /// to it was handed out by [`TopicWatches::next`] (or listed when they were armed).
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
     /// Re-arms what the roster changed since the last look.
     fn roster_changed(&mut self) -> Change {
         self.roster.mark_unchanged();
