@@ -2316,6 +2316,45 @@ async fn the_leader_ships_runs_only_to_followers_that_take_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_leads_while_the_in_sync_record_in_etcd_cannot_be_read() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_on(EtcdServer::start().await, 0, 1, &[], None).await;
+    let etcd = c.etcd.client().await;
+    let key = format!("/framecast/{}/isr", c.name);
+    // Any node elected now could lack acknowledged frames: the record names nobody.
+    etcd.put(&key, b"{\"term\": 3, \"memb".to_vec(), None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        c.add_node(1, &[], &[]);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for id in ["n1", "n2"] {
+            if let Some(info) = c.info(id).await {
+                assert!(
+                    info.nodes.iter().all(|n| !n.leader),
+                    "{id} names a leader: {info:?}\n{}",
+                    c.logs()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in ["n1", "n2"] {
+        let log = c.node(id).server.log_text();
+        assert!(
+            log.contains("the in-sync record in etcd cannot be read"),
+            "{id} does not say why it waits:\n{log}"
+        );
+    }
+    // Deleted by an operator (a new cluster), the nodes elect a leader.
+    etcd.delete(&key).await.unwrap();
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    publish_to(&c, &leader, 0).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_leader_restarted_shows_the_frames_it_holds_without_a_new_publish() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(1, 1).await;

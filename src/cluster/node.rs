@@ -135,6 +135,17 @@ pub struct InSyncRecord {
     pub members: Vec<String>,
 }
 
+/// The in-sync record as etcd holds it.
+#[derive(Debug)]
+enum Record {
+    /// None yet: a new cluster, whose first node to campaign leads.
+    Missing,
+    /// The set the last leader wrote.
+    Set(InSyncRecord),
+    /// A value that is no record (written by hand, or damaged), and why.
+    Unreadable(String),
+}
+
 /// The `Replication` service every cluster node serves: the leader's `Follow`, or
 /// `UNAVAILABLE` with the leader's address on any other node. With auth on, only an admin
 /// token may follow (it reads every topic), checked by the broker like every other call.
@@ -519,15 +530,21 @@ impl Node {
     }
 
     /// Waits until this node may campaign (it is in the in-sync set, or there is none yet)
-    /// and campaigns; returns once elected.
+    /// and campaigns; returns once elected. A record that cannot be read names nobody:
+    /// any node elected then could lack acknowledged frames, so none campaigns until an
+    /// operator mends or deletes it.
     async fn campaign(&self) -> Result<LeaderKey, EtcdError> {
+        let mut repeats = Repeats::default();
         loop {
-            let record = self.read_insync().await?;
-            if record
-                .as_ref()
-                .is_none_or(|r| r.members.iter().any(|m| m == self.me()))
-            {
-                break;
+            match self.read_insync().await? {
+                Record::Missing => break,
+                Record::Set(r) if r.members.iter().any(|m| m == self.me()) => break,
+                Record::Set(_) => {}
+                Record::Unreadable(why) => {
+                    if let Some(repeated) = repeats.due(&why, Instant::now()) {
+                        error!(key = %self.insync_key(), reason = %why, repeated, "the in-sync record in etcd cannot be read: not campaigning (mend or delete the key)");
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -537,12 +554,14 @@ impl Node {
             .await
     }
 
-    async fn read_insync(&self) -> Result<Option<InSyncRecord>, EtcdError> {
-        Ok(self
-            .etcd
-            .get(&self.insync_key())
-            .await?
-            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    async fn read_insync(&self) -> Result<Record, EtcdError> {
+        let Some(kv) = self.etcd.get(&self.insync_key()).await? else {
+            return Ok(Record::Missing);
+        };
+        Ok(match serde_json::from_slice(&kv.value) {
+            Ok(r) => Record::Set(r),
+            Err(e) => Record::Unreadable(e.to_string()),
+        })
     }
 
     /// Follows each leader the election names, until aborted. The task following one
@@ -707,7 +726,13 @@ impl Node {
     async fn lead(&self, key: LeaderKey) {
         let term = u64::try_from(key.rev).unwrap_or(0);
         let record = match self.read_insync().await {
-            Ok(r) => r,
+            Ok(Record::Missing) => None,
+            Ok(Record::Set(r)) => Some(r),
+            Ok(Record::Unreadable(why)) => {
+                error!(key = %self.insync_key(), reason = %why, "elected, but the in-sync record in etcd cannot be read; resigning");
+                let _ = self.etcd.resign(&key).await;
+                return;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot read the in-sync set; resigning");
                 let _ = self.etcd.resign(&key).await;
