@@ -255,8 +255,9 @@ struct ServeArgs {
     )]
     cluster_etcd_key: Option<PathBuf>,
     /// With auth on: a file holding the token this node presents to the leader (admin,
-    /// subject framecast-node-<ID>). Without it, a node with --auth-jwt-secret-file mints
-    /// its own.
+    /// subject framecast-node-<ID>), read again at each connection: replace the token
+    /// there before it expires. Without it, a node with --auth-jwt-secret-file mints its
+    /// own.
     #[arg(long, env = "FRAMECAST_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<PathBuf>,
     /// Settings from a TOML file whose keys are flag names (`data-dir = "/var/lib/x"`);
@@ -460,7 +461,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                         return ExitCode::from(2);
                     }
                 }
-                NodeToken::Fixed(t)
+                NodeToken::Fixed {
+                    path: file.clone(),
+                    at_start: t,
+                }
             }
             Err(e) => {
                 eprintln!(

@@ -1563,14 +1563,23 @@ async fn subscribers_on_followers_resume_across_a_failover_without_gap_or_duplic
     }
 }
 
+/// The secret the auth tests' nodes sign and check tokens with.
+const SECRET: &[u8] = b"a cluster secret of enough bytes!";
+
+/// A fresh directory holding [`SECRET`] in a file, the file, and an operator's admin token.
+fn secret_in_file() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, SECRET).unwrap();
+    let admin = common::tokens::token(SECRET, &[], &[], true, Duration::from_secs(600));
+    (dir, file, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = b"a cluster secret of enough bytes!";
-    let file = dir.path().join("secret");
-    std::fs::write(&file, secret).unwrap();
-    let admin = common::tokens::token(secret, &[], &[], true, Duration::from_secs(600));
+    let (_dir, file, admin) = secret_in_file();
+    let secret = SECRET;
     let c = Cluster::start_with(
         2,
         2,
@@ -1624,26 +1633,13 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
         "{denied:?}"
     );
     // Nor may one node's token follow as another (its reports would stand for that one's).
-    let node_token = |id: &str| {
-        framecast::broker::token::mint_hs256(
-            secret,
-            &framecast::broker::token::MintClaims {
-                subject: format!("framecast-node-{id}"),
-                publish: Vec::new(),
-                subscribe: Vec::new(),
-                admin: true,
-                ttl: Duration::from_secs(600),
-                not_before: None,
-            },
-        )
-        .unwrap()
-    };
+    let own_token = |id: &str| node_token(secret, id, Duration::from_secs(600));
     let other = if leader == "n1" { "n2" } else { "n1" };
-    let denied = follow(Some(node_token("n3")), other).await.unwrap_err();
+    let denied = follow(Some(own_token("n3")), other).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     // A node's own token passes, and the stream goes on to the leader's own checks (this
     // report names no term).
-    let passed = follow(Some(node_token("stranger")), "stranger")
+    let passed = follow(Some(own_token("stranger")), "stranger")
         .await
         .unwrap_err();
     assert_eq!(passed.code(), Code::FailedPrecondition, "{passed:?}");
@@ -1697,6 +1693,130 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
         ),
         "{refused:?}"
     );
+    // A Follow stream ends when its token expires, as a subscription does.
+    let term = c.info(&leader).await.unwrap().term;
+    let ch = Channel::from_shared(format!("http://{}", c.node(&leader).address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut replication =
+        framecast::cluster::replication_proto::replication_client::ReplicationClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(framecast::cluster::replication_proto::FollowerReport {
+        term,
+        node_id: "stranger".into(),
+        takes_runs: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let short = node_token(secret, "stranger", Duration::from_secs(3));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {short}").parse().unwrap());
+    let opened = Instant::now();
+    let mut updates = replication.follow(request).await.unwrap().into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match updates.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream outlived its token by far");
+    let lasted = opened.elapsed();
+    drop(tx);
+    let status = ended.expect("the stream ended without a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(lasted >= Duration::from_secs(1), "ended early: {lasted:?}");
+    eprintln!("a Follow stream whose token lasted 3 s ended after {lasted:?}");
+}
+
+/// A node's own token (admin, subject `framecast-node-<id>`) that lasts `ttl`.
+fn node_token(secret: &[u8], id: &str, ttl: Duration) -> String {
+    framecast::broker::token::mint_hs256(
+        secret,
+        &framecast::broker::token::MintClaims {
+            subject: format!("framecast-node-{id}"),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            admin: true,
+            ttl,
+            not_before: None,
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_token_expires_follows_again_with_the_one_its_token_file_holds_now() {
+    let _serial = SERIAL.lock().await;
+    let (dir, secret_file, admin) = secret_in_file();
+    let secret = SECRET;
+    let mut c = Cluster::start_on(EtcdServer::start().await, 0, 2, &[], Some(admin)).await;
+    let mut token_files = Vec::new();
+    for id in ["n1", "n2"] {
+        let file = dir.path().join(format!("{id}.token"));
+        std::fs::write(&file, node_token(secret, id, Duration::from_secs(5))).unwrap();
+        c.add_node(
+            2,
+            &[
+                "--auth-jwt-secret-file",
+                secret_file.to_str().unwrap(),
+                "--cluster-token-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        token_files.push(file);
+    }
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    let follower = if leader == "n1" { "n2" } else { "n1" };
+    // The operator replaces the follower's token before the first one expires.
+    let file = &token_files[if follower == "n1" { 0 } else { 1 }];
+    std::fs::write(file, node_token(secret, follower, Duration::from_secs(600))).unwrap();
+    let writer = common::tokens::token(secret, &["t"], &["t"], false, Duration::from_secs(600));
+    let publish = |seq: u64| {
+        let address = format!("http://{}", c.node(&leader).address);
+        let writer = writer.clone();
+        async move {
+            let mut r = tonic::Request::new(req("t", seq, b"frame"));
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {writer}").parse().unwrap());
+            connect(&address).await.publish(r).await
+        }
+    };
+    publish(0).await.unwrap();
+    // Its stream ends when the first token expires (5 s), and it follows again with the new
+    // one: still in sync, so publishes (which need both with --min-insync 2) go on.
+    until(
+        "the leader to end the stream of the expired token",
+        Duration::from_secs(15),
+        || {
+            c.node(&leader)
+                .server
+                .log_text()
+                .contains("the follower's token expired")
+        },
+    )
+    .await;
+    let start = Instant::now();
+    let mut seq = 1;
+    while let Err(e) = publish(seq).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no publish acknowledged since the token expired: {e:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seq += 1;
+    }
+    c.leader(&["n1", "n2"], 2, Duration::from_secs(15)).await;
 }
 
 /// Publishes the frames of offsets `offsets` of `topic` (empty so far up to them) to node

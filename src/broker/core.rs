@@ -723,8 +723,8 @@ fn must_be_admin(who: &Principal, what: &str) -> Result<()> {
     )))
 }
 
-/// When `who`'s token expires, on the runtime's clock.
-pub(super) fn deadline(who: &Principal) -> Option<tokio::time::Instant> {
+/// When `who`'s token expires, on the runtime's clock: a stream it opened ends then.
+pub fn deadline(who: &Principal) -> Option<tokio::time::Instant> {
     who.expires_at().map(|at| {
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::Instant::now() + left

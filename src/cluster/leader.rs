@@ -383,7 +383,7 @@ impl rp::replication_server::Replication for LeaderService {
     ) -> Result<Response<UpdateStream>, Status> {
         let mut reports = request.into_inner();
         let first = first_report(&mut reports).await?;
-        self.open(first, reports).await.map(Response::new)
+        self.open(first, reports, None).await.map(Response::new)
     }
 }
 
@@ -398,11 +398,13 @@ pub async fn first_report(
 }
 
 impl LeaderService {
-    /// Starts the session of the follower whose stream began with `first`.
+    /// Starts the session of the follower whose stream began with `first`; it ends at
+    /// `expires` (its token's expiry), if given, with `UNAUTHENTICATED`.
     pub async fn open(
         &self,
         first: rp::FollowerReport,
         reports: Streaming<rp::FollowerReport>,
+        expires: Option<tokio::time::Instant>,
     ) -> Result<UpdateStream, Status> {
         let leader = &self.leader;
         if first.term != leader.term {
@@ -438,7 +440,7 @@ impl LeaderService {
             takes_roster: first.takes_roster,
             dirty: BTreeSet::new(),
         };
-        tokio::spawn(session.run(first, reports));
+        tokio::spawn(session.run(first, reports, expires));
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
@@ -501,7 +503,12 @@ struct Session {
 struct Gone;
 
 impl Session {
-    async fn run(mut self, first: rp::FollowerReport, mut reports: Streaming<rp::FollowerReport>) {
+    async fn run(
+        mut self,
+        first: rp::FollowerReport,
+        mut reports: Streaming<rp::FollowerReport>,
+        expires: Option<tokio::time::Instant>,
+    ) {
         let follower = self.follower.clone();
         info!(follower = %follower, term = self.leader.term, topics = first.positions.len(), "follower connected");
         let mut watches = TopicWatches::new(
@@ -546,9 +553,21 @@ impl Session {
                 }
             }
         };
+        let expired = async {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ended => {}
             _ = leader.stopped() => {}
+            () = expired => {
+                info!(follower = %follower, "the follower's token expired: ending its stream");
+                // Not waited for: with its queue full the stream just ends, which the
+                // follower takes as a reason to follow again too.
+                let _ = tx.try_send(Err(Status::unauthenticated("token expired")));
+            }
         }
         let moved = self
             .leader

@@ -30,7 +30,7 @@ use super::replication_proto as rp;
 use crate::broker::cluster_view::{
     ClusterView, Membership as ViewMembership, PeerPositions, Roles,
 };
-use crate::broker::core::node_subject;
+use crate::broker::core::{deadline, node_subject};
 use crate::broker::token::{mint_hs256, MintClaims};
 use crate::broker::topics::Topics;
 use crate::broker::Broker;
@@ -76,8 +76,15 @@ pub enum NodeToken {
     /// Auth is off: none.
     #[default]
     None,
-    /// A token given with `--cluster-token-file`.
-    Fixed(String),
+    /// A token given with `--cluster-token-file`: the file is read again at each
+    /// connection (a token replaced there is used from the next one on: a stream ends when
+    /// its token expires), the token read at start used while it cannot be read.
+    Fixed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The token it held at start.
+        at_start: String,
+    },
     /// Minted (HS256, admin, one hour) from `--auth-jwt-secret-file` at each connection.
     Minted(Vec<u8>),
 }
@@ -86,7 +93,7 @@ impl std::fmt::Debug for NodeToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             NodeToken::None => "None",
-            NodeToken::Fixed(_) => "Fixed(..)",
+            NodeToken::Fixed { .. } => "Fixed(..)",
             NodeToken::Minted(_) => "Minted(..)",
         })
     }
@@ -97,7 +104,16 @@ impl NodeToken {
     fn current(&self, node_id: &str) -> Option<String> {
         match self {
             NodeToken::None => None,
-            NodeToken::Fixed(t) => Some(t.clone()),
+            NodeToken::Fixed { path, at_start } => Some(
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_string())
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| {
+                        warn!(file = %path.display(), "cannot read the cluster token file; presenting the token it held at start");
+                        at_start.clone()
+                    }),
+            ),
             NodeToken::Minted(secret) => mint_hs256(
                 secret,
                 &MintClaims {
@@ -197,8 +213,11 @@ impl rp::replication_server::Replication for ReplicationDoor {
             .await;
         let leader = door.borrow().clone();
         match leader {
+            // Like a subscription, the stream ends when its token expires: the node
+            // follows again with a token valid then (a minted one is, a fixed one must have
+            // been replaced).
             Door::Open(l) => LeaderService::of(&l)
-                .open(first, reports)
+                .open(first, reports, deadline(&who))
                 .await
                 .map(Response::new),
             Door::Opening => Err(Status::unavailable(
