@@ -95,17 +95,42 @@ pub struct Recovered {
 
 /// The segment files of `dir` with their base offsets, in offset order.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        if let Some(base) = name.to_str().and_then(parse_segment_file_name) {
-            found.push((base, entry.path()));
+    Ok(Listing::of(dir)?.segments)
+}
+
+/// The files of a log directory that recovery looks at, from one listing.
+struct Listing {
+    /// Segments with their base offsets, in offset order.
+    segments: Vec<(u64, PathBuf)>,
+    /// Sorted runs, by file name.
+    runs: Vec<(String, PathBuf)>,
+    /// Temporary files (a creation or rewrite a crash cut short).
+    temps: Vec<PathBuf>,
+}
+
+impl Listing {
+    fn of(dir: &Path) -> Result<Listing> {
+        let mut l = Listing {
+            segments: Vec::new(),
+            runs: Vec::new(),
+            temps: Vec::new(),
+        };
+        let temp = format!(".{TEMP_SUFFIX}");
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(&temp) {
+                l.temps.push(entry.path());
+            } else if parse_run_file_name(&name).is_some() {
+                l.runs.push((name, entry.path()));
+            } else if let Some(base) = parse_segment_file_name(&name) {
+                l.segments.push((base, entry.path()));
+            }
         }
+        l.segments.sort();
+        l.runs.sort();
+        Ok(l)
     }
-    found.sort();
-    Ok(found)
 }
 
 /// Recovers `dir`: reads the manifest, removes files it superseded, verifies every run and
@@ -113,16 +138,18 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// `segment_bytes`; a file shorter than that is normal (segments grow in steps).
 pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> Result<Recovered> {
     let manifest = manifest::read(dir)?;
+    // One look at the directory serves every check and the scan (ten thousand topics open
+    // at start: a listing each, not three).
+    let listing = Listing::of(dir)?;
     match &manifest {
-        None => check_unmanifested_start(dir)?,
+        None => check_unmanifested_start(dir, &listing)?,
         // Written before manifests carried a CRC: given one now, before any file is removed
         // on its word, rather than at the next compaction (which an idle topic may never
         // have).
         Some(m) if m.version < manifest::VERSION => manifest::write(dir, m)?,
         Some(_) => {}
     }
-    remove_superseded(dir, manifest.as_ref())?;
-    let files: Vec<(u64, PathBuf)> = list_segments(dir)?;
+    let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
     let first_offset = match &manifest {
         Some(m) => m.first_offset,
         None => files.first().map_or(0, |f| f.0),
@@ -261,9 +288,9 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
 /// Without a manifest (nothing was ever compacted or removed by retention, which write one
 /// before deleting anything) the log starts at offset 0, in a segment. Anything else means
 /// the manifest or the first segments are missing: refused before any file is removed.
-fn check_unmanifested_start(dir: &Path) -> Result<()> {
+fn check_unmanifested_start(dir: &Path, listing: &Listing) -> Result<()> {
     let manifest = dir.join(MANIFEST_FILE);
-    match list_segments(dir)?.first() {
+    match listing.segments.first() {
         Some((0, _)) => Ok(()),
         Some((base, path)) => Err(Error::corruption(
             path,
@@ -274,7 +301,7 @@ fn check_unmanifested_start(dir: &Path) -> Result<()> {
                  missing"
             ),
         )),
-        None => match first_run_file(dir)? {
+        None => match listing.runs.first().map(|(_, path)| path) {
             Some(run) => Err(Error::corruption(
                 &manifest,
                 0,
@@ -289,53 +316,43 @@ fn check_unmanifested_start(dir: &Path) -> Result<()> {
     }
 }
 
-/// Any sorted-run file in `dir`.
-fn first_run_file(dir: &Path) -> Result<Option<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .and_then(parse_run_file_name)
-            .is_some()
-        {
-            return Ok(Some(entry.path()));
-        }
-    }
-    Ok(None)
-}
-
 /// Removes what a committed compaction or retention pass superseded but a crash left
 /// behind: temporary files, runs the manifest does not name, segments below
-/// `segments_from`. Nothing else is ever removed.
-fn remove_superseded(dir: &Path, manifest: Option<&Manifest>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+/// `segments_from`. Nothing else is ever removed. Returns the segments that stay, in
+/// offset order.
+fn remove_superseded(
+    dir: &Path,
+    manifest: Option<&Manifest>,
+    listing: Listing,
+) -> Result<Vec<(u64, PathBuf)>> {
+    let Listing {
+        segments,
+        runs,
+        temps,
+    } = listing;
+    let stale_runs = runs
+        .into_iter()
+        .filter(|(name, _)| !manifest.is_some_and(|m| m.runs.contains(name)))
+        .map(|(_, path)| path);
+    let (below, kept): (Vec<_>, Vec<_>) = segments
+        .into_iter()
+        .partition(|(base, _)| manifest.is_some_and(|m| *base < m.segments_from));
     let mut removed = false;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let superseded = if name.ends_with(&format!(".{TEMP_SUFFIX}")) {
-            true
-        } else if parse_run_file_name(&name).is_some() {
-            !manifest.is_some_and(|m| m.runs.contains(&name))
-        } else if let Some(base) = parse_segment_file_name(&name) {
-            manifest.is_some_and(|m| base < m.segments_from)
-        } else {
-            false
-        };
-        if superseded {
-            warn!(file = %entry.path().display(), "removing a file superseded by the manifest");
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
-            removed = true;
-        }
+    for path in temps
+        .into_iter()
+        .chain(stale_runs)
+        .chain(below.into_iter().map(|(_, path)| path))
+    {
+        warn!(file = %path.display(), "removing a file superseded by the manifest");
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        removed = true;
     }
     // Only a removal needs the directory synced: a start with nothing to clean up costs no
     // sync per topic (ten thousand topics would otherwise mean ten thousand syncs).
     if removed {
         sync_dir(dir)?;
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Where a segment's walk stopped.
