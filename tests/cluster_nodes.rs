@@ -1762,7 +1762,8 @@ async fn a_follower_whose_token_expires_follows_again_with_the_one_its_token_fil
     let mut token_files = Vec::new();
     for id in ["n1", "n2"] {
         let file = dir.path().join(format!("{id}.token"));
-        std::fs::write(&file, node_token(secret, id, Duration::from_secs(5))).unwrap();
+        // Long enough for the cluster to form on a slow machine before it expires.
+        std::fs::write(&file, node_token(secret, id, Duration::from_secs(15))).unwrap();
         c.add_node(
             2,
             &[
@@ -1792,11 +1793,11 @@ async fn a_follower_whose_token_expires_follows_again_with_the_one_its_token_fil
         }
     };
     publish(0).await.unwrap();
-    // Its stream ends when the first token expires (5 s), and it follows again with the new
+    // Its stream ends when the first token expires (15 s), and it follows again with the new
     // one: still in sync, so publishes (which need both with --min-insync 2) go on.
     until(
         "the leader to end the stream of the expired token",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || {
             c.node(&leader)
                 .server
@@ -2448,10 +2449,26 @@ async fn no_node_leads_while_the_in_sync_record_in_etcd_cannot_be_read() {
     for _ in 0..2 {
         c.add_node(1, &[], &[]);
     }
+    // Both nodes up and waiting, each saying why; then, watched for 3 s, neither leads.
+    for id in ["n1", "n2"] {
+        until(
+            &format!("{id} says why it waits"),
+            Duration::from_secs(30),
+            || {
+                c.node(id)
+                    .server
+                    .log_text()
+                    .contains("the in-sync record in etcd cannot be read")
+            },
+        )
+        .await;
+    }
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(3) {
         for id in ["n1", "n2"] {
             if let Some(info) = c.info(id).await {
+                answers += 1;
                 assert!(
                     info.nodes.iter().all(|n| !n.leader),
                     "{id} names a leader: {info:?}\n{}",
@@ -2461,13 +2478,10 @@ async fn no_node_leads_while_the_in_sync_record_in_etcd_cannot_be_read() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for id in ["n1", "n2"] {
-        let log = c.node(id).server.log_text();
-        assert!(
-            log.contains("the in-sync record in etcd cannot be read"),
-            "{id} does not say why it waits:\n{log}"
-        );
-    }
+    assert!(
+        answers >= 4,
+        "the nodes hardly answered ({answers} answers)"
+    );
     // Deleted by an operator (a new cluster), the nodes elect a leader.
     etcd.delete(&key).await.unwrap();
     let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
@@ -3115,6 +3129,7 @@ async fn an_acknowledged_create_or_delete_holds_on_the_next_leader() {
     for seq in 0..10 {
         lc.publish(req("doomed", seq, b"d")).await.unwrap();
         lc.publish(req("kept", seq, b"k")).await.unwrap();
+        lc.publish(req("gone", seq, b"g")).await.unwrap();
     }
     let doomed = copy_of(&c, &leader, "doomed").await.unwrap();
     let kept = copy_of(&c, &leader, "kept").await.unwrap();
@@ -3125,6 +3140,25 @@ async fn an_acknowledged_create_or_delete_holds_on_the_next_leader() {
     // other follower holds both changes, and, elected after the leader's kill -9, shows them.
     let (awake, frozen) = (followers[0].as_str(), followers[1].as_str());
     kill_process(pid_of(&c, frozen), Signal::STOP).unwrap();
+    // A DeleteTopic its caller gave up on, retried: the retry's NOT_FOUND (the topic is
+    // gone here) waits until the deletion is held too, so until the frozen follower left.
+    let delete_gone = || framecast::proto::DeleteTopicRequest {
+        name: "gone".into(),
+    };
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(300), lc.delete_topic(delete_gone())).await;
+    assert!(
+        gave_up.is_err(),
+        "answered with a frozen member: {gave_up:?}"
+    );
+    let retried = lc.delete_topic(delete_gone()).await.unwrap_err();
+    assert_eq!(retried.code(), Code::NotFound, "{retried:?}");
+    let info = c.info(&leader).await.unwrap();
+    let member = info.nodes.iter().find(|n| n.id == frozen).unwrap();
+    assert!(
+        !member.in_sync,
+        "NOT_FOUND while a member lacking the deletion was in sync: {info:?}"
+    );
     let started = Instant::now();
     let answers = create_and_delete(&c, &leader, "fresh", (3600, 1 << 20), "doomed");
     let (created, deleted) = tokio::time::timeout(Duration::from_secs(30), answers)
@@ -3141,6 +3175,7 @@ async fn an_acknowledged_create_or_delete_holds_on_the_next_leader() {
     assert_eq!(next, awake, "the frozen follower had left the set");
     assert_eq!(epoch_on(&c, &next, "fresh").await, Some(fresh));
     assert_eq!(epoch_on(&c, &next, "doomed").await, None);
+    assert_eq!(epoch_on(&c, &next, "gone").await, None);
     c.node_mut(&leader).server.restart();
     let leader = c.leader(&all, 3, Duration::from_secs(60)).await;
     assert_eq!(leader, next);
@@ -3159,10 +3194,12 @@ async fn an_acknowledged_create_or_delete_holds_on_the_next_leader() {
     for f in &followers {
         kill_process(pid_of(&c, f), Signal::CONT).unwrap();
     }
-    let (created, deleted) = tokio::time::timeout(Duration::from_secs(30), answers)
-        .await
-        .expect("no answer within 30 s")
-        .unwrap();
+    // A call the kill cut may be left without an answer by tonic: not acknowledged.
+    let unanswered = || tonic::Status::unknown("no answer");
+    let (created, deleted) = match tokio::time::timeout(Duration::from_secs(30), answers).await {
+        Ok(answers) => answers.unwrap(),
+        Err(_) => (Err(unanswered()), Err(unanswered())),
+    };
     eprintln!("with both followers frozen: CreateTopic {created:?}, DeleteTopic {deleted:?}");
     let ids: Vec<&str> = followers.iter().map(String::as_str).collect();
     let next = c.leader(&ids, 2, Duration::from_secs(60)).await;

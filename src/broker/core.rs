@@ -410,7 +410,13 @@ impl Broker {
             self.check_running()?;
             must_be_admin(who, "delete topics")?;
             self.cluster.check_writable()?;
-            self.topics.delete(name).await?;
+            let deleted = self.topics.delete(name).await;
+            if let Err(Error::TopicNotFound(_)) = &deleted {
+                // Maybe deleted by an earlier call whose answer was lost: answered once the
+                // deletion is held, like it, so NOT_FOUND means gone after a failover too.
+                self.roster_committed(self.topics.roster_version()).await?;
+            }
+            deleted?;
             self.roster_committed(self.topics.roster_version()).await
         };
         self.counted(deleted.await)
@@ -540,7 +546,14 @@ impl Broker {
                         return Err(Error::NotWritable("this node stopped leading before the followers held the change".into()));
                     }
                 }
-                _ = recheck.tick() => self.cluster.check_writable()?,
+                _ = recheck.tick() => {
+                    self.cluster.check_writable()?;
+                    // Led again in a later term meanwhile: the old term's bookkeeping will
+                    // never hear another answer.
+                    if !self.cluster.peers().is_some_and(|now| std::ptr::addr_eq(Arc::as_ptr(&now), Arc::as_ptr(&peers))) {
+                        return Err(Error::NotWritable("the leadership changed before the followers held the change".into()));
+                    }
+                }
                 _ = shutdown.wait() => return Err(Error::ShuttingDown),
             }
         }

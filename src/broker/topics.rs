@@ -340,9 +340,32 @@ pub struct Topics {
     /// which slot of its file to write over is read from the file).
     term_writes: Arc<tokio::sync::Mutex<()>>,
     /// Bumped whenever a topic is created, deleted or reopened.
-    roster: watch::Sender<u64>,
+    roster: Arc<Roster>,
+}
+
+/// The roster: its version, bumped whenever a topic is created, deleted or reopened, and
+/// the recent changes. Bumped by the blocking task that makes the change, under the
+/// registry's change lock: a caller that finds the change made (a CreateTopic answered
+/// "exists") reads a version that covers it, and a cancelled request's change is still
+/// announced.
+#[derive(Debug)]
+struct Roster {
+    version: watch::Sender<u64>,
     /// The recent roster changes, oldest first: which topic each version changed.
-    roster_log: Mutex<VecDeque<(u64, String)>>,
+    log: Mutex<VecDeque<(u64, String)>>,
+}
+
+impl Roster {
+    fn changed(&self, name: &str) {
+        let mut log = self.log.lock();
+        let version = log.back().map_or(0, |(v, _)| *v) + 1;
+        if log.len() == ROSTER_LOG {
+            log.pop_front();
+        }
+        log.push_back((version, name.to_string()));
+        // Sent under the log's lock: the watched version never runs ahead of the log.
+        self.version.send_replace(version);
+    }
 }
 
 /// Roster changes kept for [`Topics::roster_since`]: a watcher further behind than this
@@ -415,8 +438,10 @@ impl Topics {
             replicated,
             term: AtomicU64::new(0),
             owns_retention: AtomicBool::new(!replicated),
-            roster: watch::channel(0).0,
-            roster_log: Mutex::new(VecDeque::new()),
+            roster: Arc::new(Roster {
+                version: watch::channel(0).0,
+                log: Mutex::new(VecDeque::new()),
+            }),
         })
     }
 
@@ -445,19 +470,19 @@ impl Topics {
 
     /// Changes whenever a topic is created, deleted or reopened.
     pub fn watch_roster(&self) -> watch::Receiver<u64> {
-        self.roster.subscribe()
+        self.roster.version.subscribe()
     }
 
     /// The roster version now: one more for every topic created, deleted or reopened.
     pub fn roster_version(&self) -> u64 {
-        *self.roster.borrow()
+        *self.roster.version.borrow()
     }
 
     /// The topics created, deleted or reopened after roster version `seen`, and the version
     /// they bring the roster to; `None` when changes that old are no longer kept (rescan
     /// every topic). A name may come more than once.
     pub fn roster_since(&self, seen: u64) -> Option<(Vec<String>, u64)> {
-        let log = self.roster_log.lock();
+        let log = self.roster.log.lock();
         let newest = log.back().map_or(0, |(v, _)| *v);
         if newest <= seen {
             return Some((Vec::new(), seen));
@@ -472,17 +497,6 @@ impl Topics {
             .map(|(_, name)| name.clone())
             .collect();
         Some((names, newest))
-    }
-
-    fn roster_changed(&self, name: &str) {
-        let mut log = self.roster_log.lock();
-        let version = log.back().map_or(0, |(v, _)| *v) + 1;
-        if log.len() == ROSTER_LOG {
-            log.pop_front();
-        }
-        log.push_back((version, name.to_string()));
-        // Sent under the log's lock: the watched version never runs ahead of the log.
-        self.roster.send_replace(version);
     }
 
     /// Records durably that `term` begins writing every topic at its current end (a new
@@ -711,8 +725,9 @@ impl Topics {
             self.replicated,
             TermHistory::starting(self.term.load(Ordering::Acquire)),
         );
-        // Runs to the end even if the request is cancelled: the topic is either fully made and
-        // registered, or not made at all.
+        let roster = Arc::clone(&self.roster);
+        // Runs to the end even if the request is cancelled: the topic is either fully made,
+        // registered and announced, or not made at all.
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
             let log = make_topic(&dir, &name_owned, &meta, &terms, None, config)?;
@@ -724,7 +739,8 @@ impl Topics {
                 terms,
                 replicated.then_some(0),
             ));
-            map.write().insert(name_owned, Arc::clone(&topic));
+            map.write().insert(name_owned.clone(), Arc::clone(&topic));
+            roster.changed(&name_owned);
             Ok(topic)
         })
         .await
@@ -732,7 +748,6 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed(name);
         info!(topic = name, epoch = meta.epoch, "topic created");
         Ok((topic, true))
     }
@@ -767,6 +782,7 @@ impl Topics {
         let metrics = self.metrics.topic(name);
         let config = self.topic_config(&meta);
         let replicated = self.replicated;
+        let roster = Arc::clone(&self.roster);
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
             if let Some(old) = &old {
@@ -787,7 +803,8 @@ impl Topics {
                 terms,
                 replicated.then_some(first_offset),
             ));
-            map.write().insert(name_owned, Arc::clone(&topic));
+            map.write().insert(name_owned.clone(), Arc::clone(&topic));
+            roster.changed(&name_owned);
             Ok(topic)
         })
         .await
@@ -795,7 +812,6 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed(name);
         warn!(topic = name, epoch = meta.epoch, first_offset, "copy restarted at the leader's oldest retained offset (retention removed the frames it lacked)");
         Ok(topic)
     }
@@ -816,14 +832,16 @@ impl Topics {
         self.metrics.forget_topic(name);
         let dir = self.dir.clone();
         let name_owned = name.to_string();
+        let roster = Arc::clone(&self.roster);
         let removed = tokio::task::spawn_blocking(move || -> Result<()> {
             let _guard = guard;
             topic.log.close();
-            remove_topic_dir(&dir, &name_owned, topic.meta.epoch)
+            let removed = remove_topic_dir(&dir, &name_owned, topic.meta.epoch);
+            // Gone from the registry whatever became of its files: the watchers must hear it.
+            roster.changed(&name_owned);
+            removed
         })
         .await;
-        // Gone from the registry whatever became of its files: the watchers must hear it.
-        self.roster_changed(name);
         removed.map_err(|e| Error::Metadata {
             path: name.to_string(),
             reason: e.to_string(),
@@ -849,6 +867,7 @@ impl Topics {
         let config = self.topic_config(&old.meta);
         let metrics = self.metrics.topic(name);
         let name_owned = name.to_string();
+        let roster = Arc::clone(&self.roster);
         let cut = tokio::task::spawn_blocking(move || -> Result<Option<Cut>> {
             let _guard = guard;
             old.ended.send_replace(Some(Ended::Reopened));
@@ -865,7 +884,8 @@ impl Topics {
                 old.terms(),
                 commit,
             ));
-            map.write().insert(name_owned, topic);
+            map.write().insert(name_owned.clone(), topic);
+            roster.changed(&name_owned);
             Ok(cut)
         })
         .await
@@ -873,7 +893,6 @@ impl Topics {
             path: name.to_string(),
             reason: e.to_string(),
         })??;
-        self.roster_changed(name);
         if let Some(c) = &cut {
             warn!(topic = name, from = c.from, bytes = c.bytes, kept = ?c.kept, "cut frames a new leader lacks; topic reopened");
         }

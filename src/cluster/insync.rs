@@ -416,6 +416,7 @@ impl InSync {
         if stop.is_empty() {
             return Vec::new();
         }
+        self.forget_settled_waits();
         self.recompute_all()
     }
 
@@ -468,6 +469,7 @@ impl InSync {
         if self.joining.remove(follower).is_none() {
             return Vec::new();
         }
+        self.forget_settled_waits();
         self.recompute_all()
     }
 
@@ -503,6 +505,7 @@ impl InSync {
         if self.joining.remove(follower).is_none() {
             return Vec::new();
         }
+        self.forget_settled_waits();
         self.recompute_all()
     }
 
@@ -544,6 +547,8 @@ impl InSync {
     pub fn want_roster(&mut self, version: u64, now: Instant) {
         self.roster_floor = self.roster_floor.max(version);
         self.roster_waits.entry(version).or_insert(now);
+        // Held already (a CreateTopic of a topic that exists): no wait to remember.
+        self.forget_settled_waits();
     }
 
     /// Whether every member of the set and every joiner holds roster version `version`: a
@@ -556,10 +561,13 @@ impl InSync {
             .all(|m| self.holds_roster(m, version))
     }
 
+    /// Whether `follower` holds roster version `version`: its current stream's first
+    /// report is in (an entry an older stream's late word made holds nothing) and it
+    /// answered a mark at or past it, or takes no marks.
     fn holds_roster(&self, follower: &str, version: u64) -> bool {
         self.positions
             .get(follower)
-            .is_some_and(|f| f.roster.is_none_or(|r| r >= version))
+            .is_some_and(|f| f.handshaken && f.roster.is_none_or(|r| r >= version))
     }
 
     /// Forgets the waits every member and joiner has answered.
@@ -575,7 +583,10 @@ impl InSync {
     /// A roster version waited for since longer than `max_lag` that `follower` does not
     /// hold.
     fn roster_lagging(&self, follower: &str, now: Instant) -> bool {
+        // A stream that began after the wait gets the whole lag from its start.
+        let seen = self.positions.get(follower).and_then(|f| f.first_seen);
         self.roster_waits.iter().any(|(&version, &since)| {
+            let since = seen.map_or(since, |s| s.max(since));
             now.saturating_duration_since(since) > self.max_lag
                 && !self.holds_roster(follower, version)
         })
@@ -1253,7 +1264,10 @@ mod tests {
         // b takes marks, c predates them: only b's word is waited for.
         s.connected("b", 1, t0);
         s.takes_roster(on("b", 1));
+        s.handshaken("b", 1);
         s.connected("c", 1, t0);
+        assert!(!s.roster_held(1), "c's first report is not in yet");
+        s.handshaken("c", 1);
         s.want_roster(3, t0);
         assert!(!s.roster_held(3), "b has not answered");
         s.roster_reported(on("b", 1), 2);
@@ -1264,6 +1278,7 @@ mod tests {
         // b's next stream answers afresh; an old stream's word is not taken.
         s.connected("b", 2, t0);
         s.takes_roster(on("b", 2));
+        s.handshaken("b", 2);
         s.roster_reported(on("b", 1), 9);
         assert!(!s.roster_held(3), "a new stream has held nothing yet");
         // Unanswered for longer than the lag, b lags and leaves; then nothing holds it up.
@@ -1278,6 +1293,44 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_begun_after_a_wait_gets_the_whole_lag_and_settled_waits_are_forgotten() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        s.connected("b", 1, t0);
+        s.takes_roster(on("b", 1));
+        s.handshaken("b", 1);
+        s.want_roster(1, t0);
+        // b's stream breaks and a new one begins just before the wait is a lag old.
+        let later = t0 + LAG - Duration::from_millis(1);
+        s.forget_follower("b", 1);
+        s.connected("b", 2, later);
+        s.takes_roster(on("b", 2));
+        s.handshaken("b", 2);
+        assert!(s
+            .laggards(&online, t0 + LAG + Duration::from_millis(5))
+            .is_empty());
+        assert_eq!(
+            s.laggards(&online, later + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
+        // Answered, the wait is forgotten: a wait already held leaves nothing behind.
+        s.roster_reported(on("b", 2), 1);
+        s.want_roster(1, later);
+        assert!(s.laggards(&online, later + LAG * 5).is_empty());
+    }
+
+    #[test]
+    fn an_entry_made_by_an_older_streams_late_word_holds_no_topic_change() {
+        let t0 = Instant::now();
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        // b's stream of record is gone; a late `sent` of an old stream makes an entry.
+        s.leader_durable("t", 1, 10, t0);
+        s.sent(on("b", 7), "t", 1, 10, true, t0);
+        assert!(!s.roster_held(1), "no first report of that stream is in");
+    }
+
+    #[test]
     fn a_member_without_a_stream_holds_no_topic_change_and_a_joiner_must_hold_them_all() {
         let t0 = Instant::now();
         let online = |_: &str| true;
@@ -1285,6 +1338,7 @@ mod tests {
         assert!(!s.roster_held(1), "b has no stream: its word is missing");
         s.connected("b", 1, t0);
         s.takes_roster(on("b", 1));
+        s.handshaken("b", 1);
         s.roster_reported(on("b", 1), 1);
         s.want_roster(1, t0);
         assert!(s.roster_held(1));

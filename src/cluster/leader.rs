@@ -559,22 +559,29 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = ended => {}
-            _ = leader.stopped() => {}
+        let expired = tokio::select! {
+            _ = ended => false,
+            _ = leader.stopped() => false,
             () = expired => {
                 info!(follower = %follower, "the follower's token expired: ending its stream");
                 // Not waited for: with its queue full the stream just ends, which the
                 // follower takes as a reason to follow again too.
                 let _ = tx.try_send(Err(Status::unauthenticated("token expired")));
+                true
             }
+        };
+        // A stream ended by its token's expiry is followed again at once (a minted token
+        // expires every hour): the follower holds what it reported, so its positions stay
+        // until its next stream starts them over, and it keeps its place in the set
+        // meanwhile. Without a next stream they stop moving, and it lags out as any other.
+        if !expired {
+            let moved = self
+                .leader
+                .insync
+                .lock()
+                .forget_follower(&follower, self.id);
+            self.leader.advance_commits(moved);
         }
-        let moved = self
-            .leader
-            .insync
-            .lock()
-            .forget_follower(&follower, self.id);
-        self.leader.advance_commits(moved);
         info!(follower = %follower, "follower disconnected");
     }
 
