@@ -355,10 +355,24 @@ struct Roster {
     log: Mutex<VecDeque<(u64, String)>>,
 }
 
+/// The roster's version before any change: 1, not 0, so that no wait for a version is
+/// settled by a follower's stream before it answered a mark (its answer starts at 0).
+const FIRST_ROSTER: u64 = 1;
+
+/// Bumps the roster when dropped: a change made under the registry's lock is announced
+/// before the lock is let go, also when the task making it panics.
+struct Announce(Arc<Roster>, String);
+
+impl Drop for Announce {
+    fn drop(&mut self) {
+        self.0.changed(&self.1);
+    }
+}
+
 impl Roster {
     fn changed(&self, name: &str) {
         let mut log = self.log.lock();
-        let version = log.back().map_or(0, |(v, _)| *v) + 1;
+        let version = *self.version.borrow() + 1;
         if log.len() == ROSTER_LOG {
             log.pop_front();
         }
@@ -439,7 +453,7 @@ impl Topics {
             term: AtomicU64::new(0),
             owns_retention: AtomicBool::new(!replicated),
             roster: Arc::new(Roster {
-                version: watch::channel(0).0,
+                version: watch::channel(FIRST_ROSTER).0,
                 log: Mutex::new(VecDeque::new()),
             }),
         })
@@ -835,11 +849,11 @@ impl Topics {
         let roster = Arc::clone(&self.roster);
         let removed = tokio::task::spawn_blocking(move || -> Result<()> {
             let _guard = guard;
+            // Gone from the registry whatever becomes of its files: the watchers must hear
+            // it (dropped before the guard: announced under the lock).
+            let _announce = Announce(roster, name_owned.clone());
             topic.log.close();
-            let removed = remove_topic_dir(&dir, &name_owned, topic.meta.epoch);
-            // Gone from the registry whatever became of its files: the watchers must hear it.
-            roster.changed(&name_owned);
-            removed
+            remove_topic_dir(&dir, &name_owned, topic.meta.epoch)
         })
         .await;
         removed.map_err(|e| Error::Metadata {

@@ -485,12 +485,18 @@ impl InSync {
     /// The first report of `follower`'s stream `session` is in: every topic it holds has a
     /// position.
     pub fn handshaken(&mut self, follower: &str, session: u64) {
-        if let Some(f) = self
-            .positions
-            .get_mut(follower)
-            .filter(|f| f.session == session)
-        {
+        if let Some(f) = self.stream_mut(follower, session) {
             f.handshaken = true;
+        }
+    }
+
+    /// `follower`'s stream `session` was ended for its token's expiry, to be followed
+    /// again at once: its positions stand (it holds what it reported), so it keeps its place
+    /// in the set, but without a stream it is no successor, shows no lag and answers no
+    /// topic change until its next stream's first report is in.
+    pub fn stream_expired(&mut self, follower: &str, session: u64) {
+        if let Some(f) = self.stream_mut(follower, session) {
+            f.handshaken = false;
         }
     }
 
@@ -513,11 +519,7 @@ impl InSync {
     /// DeleteTopic waits for its word ([`InSync::roster_held`]). Said before its first
     /// report is in, so no wait passes it by meanwhile.
     pub fn takes_roster(&mut self, FollowerStream { follower, session }: FollowerStream<'_>) {
-        if let Some(f) = self
-            .positions
-            .get_mut(follower)
-            .filter(|f| f.session == session)
-        {
+        if let Some(f) = self.stream_mut(follower, session) {
             f.roster = Some(f.roster.unwrap_or(0));
         }
     }
@@ -529,11 +531,7 @@ impl InSync {
         FollowerStream { follower, session }: FollowerStream<'_>,
         version: u64,
     ) {
-        let Some(f) = self
-            .positions
-            .get_mut(follower)
-            .filter(|f| f.session == session)
-        else {
+        let Some(f) = self.stream_mut(follower, session) else {
             return;
         };
         if let Some(r) = f.roster.as_mut() {
@@ -590,6 +588,13 @@ impl InSync {
             now.saturating_duration_since(since) > self.max_lag
                 && !self.holds_roster(follower, version)
         })
+    }
+
+    /// `follower`'s entry, if `session` is its stream of record.
+    fn stream_mut(&mut self, follower: &str, session: u64) -> Option<&mut Follower> {
+        self.positions
+            .get_mut(follower)
+            .filter(|f| f.session == session)
     }
 
     /// Whether `session` is `follower`'s stream of record (or none is known).
@@ -712,6 +717,22 @@ mod tests {
 
     fn on(follower: &str, session: u64) -> FollowerStream<'_> {
         FollowerStream { follower, session }
+    }
+
+    /// Leader a's bookkeeping with member b, whose stream 1 (opened at `t0`) takes roster
+    /// marks and reported no topic.
+    fn with_member_b(t0: Instant) -> InSync {
+        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
+        marked_stream(&mut s, "b", 1, t0);
+        s
+    }
+
+    /// `follower`'s stream `session`, opened at `now`, takes roster marks; its first report
+    /// (of no topic) is in.
+    fn marked_stream(s: &mut InSync, follower: &str, session: u64, now: Instant) {
+        s.connected(follower, session, now);
+        s.takes_roster(on(follower, session));
+        s.handshaken(follower, session);
     }
 
     #[test]
@@ -1262,9 +1283,7 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string(), "c".to_string()], LAG, t0);
         // b takes marks, c predates them: only b's word is waited for.
-        s.connected("b", 1, t0);
-        s.takes_roster(on("b", 1));
-        s.handshaken("b", 1);
+        marked_stream(&mut s, "b", 1, t0);
         s.connected("c", 1, t0);
         assert!(!s.roster_held(1), "c's first report is not in yet");
         s.handshaken("c", 1);
@@ -1276,9 +1295,7 @@ mod tests {
         assert!(s.roster_held(3));
         assert!(s.roster_held(1), "a later mark covers earlier changes");
         // b's next stream answers afresh; an old stream's word is not taken.
-        s.connected("b", 2, t0);
-        s.takes_roster(on("b", 2));
-        s.handshaken("b", 2);
+        marked_stream(&mut s, "b", 2, t0);
         s.roster_reported(on("b", 1), 9);
         assert!(!s.roster_held(3), "a new stream has held nothing yet");
         // Unanswered for longer than the lag, b lags and leaves; then nothing holds it up.
@@ -1296,17 +1313,12 @@ mod tests {
     fn a_stream_begun_after_a_wait_gets_the_whole_lag_and_settled_waits_are_forgotten() {
         let t0 = Instant::now();
         let online = |_: &str| true;
-        let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
-        s.connected("b", 1, t0);
-        s.takes_roster(on("b", 1));
-        s.handshaken("b", 1);
+        let mut s = with_member_b(t0);
         s.want_roster(1, t0);
         // b's stream breaks and a new one begins just before the wait is a lag old.
         let later = t0 + LAG - Duration::from_millis(1);
         s.forget_follower("b", 1);
-        s.connected("b", 2, later);
-        s.takes_roster(on("b", 2));
-        s.handshaken("b", 2);
+        marked_stream(&mut s, "b", 2, later);
         assert!(s
             .laggards(&online, t0 + LAG + Duration::from_millis(5))
             .is_empty());
@@ -1318,6 +1330,32 @@ mod tests {
         s.roster_reported(on("b", 2), 1);
         s.want_roster(1, later);
         assert!(s.laggards(&online, later + LAG * 5).is_empty());
+    }
+
+    #[test]
+    fn a_stream_ended_at_its_tokens_expiry_keeps_the_positions_but_is_no_successor() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = with_member_b(t0);
+        s.leader_durable("t", 1, 10, t0);
+        assert_eq!(s.reported(on("b", 1), "t", 1, 10, t0), Some(10));
+        s.roster_reported(on("b", 1), 2);
+        assert_eq!(s.successors(), ["b"]);
+        s.stream_expired("b", 1);
+        // Still a member, holding what it reported: no lag, no drop.
+        assert!(s.laggards(&online, t0 + LAG / 2).is_empty());
+        assert_eq!(s.commit("t"), 10);
+        // But no successor, no lag shown, and no word on topic changes until its next stream.
+        assert!(s.successors().is_empty());
+        assert!(s.lags().is_empty());
+        assert!(!s.roster_held(2));
+        s.connected("b", 2, t0);
+        s.takes_roster(on("b", 2));
+        s.reported(on("b", 2), "t", 1, 10, t0);
+        s.handshaken("b", 2);
+        s.roster_reported(on("b", 2), 2);
+        assert!(s.roster_held(2));
+        assert_eq!(s.successors(), ["b"]);
     }
 
     #[test]
@@ -1336,18 +1374,14 @@ mod tests {
         let online = |_: &str| true;
         let mut s = InSync::new("a", ["b".to_string()], LAG, t0);
         assert!(!s.roster_held(1), "b has no stream: its word is missing");
-        s.connected("b", 1, t0);
-        s.takes_roster(on("b", 1));
-        s.handshaken("b", 1);
+        marked_stream(&mut s, "b", 1, t0);
         s.roster_reported(on("b", 1), 1);
         s.want_roster(1, t0);
         assert!(s.roster_held(1));
         s.forget_follower("b", 1);
         assert!(!s.roster_held(1), "its stream ended");
         // c, caught up in every topic, joins only once it holds the last change waited for.
-        s.connected("c", 1, t0);
-        s.takes_roster(on("c", 1));
-        s.handshaken("c", 1);
+        marked_stream(&mut s, "c", 1, t0);
         assert!(!s.add_member("c", t0), "c lacks roster version 1");
         assert!(s.caught_up(&online, t0).is_empty());
         s.roster_reported(on("c", 1), 1);

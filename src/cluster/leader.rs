@@ -574,7 +574,9 @@ impl Session {
         // expires every hour): the follower holds what it reported, so its positions stay
         // until its next stream starts them over, and it keeps its place in the set
         // meanwhile. Without a next stream they stop moving, and it lags out as any other.
-        if !expired {
+        if expired {
+            self.leader.insync.lock().stream_expired(&follower, self.id);
+        } else {
             let moved = self
                 .leader
                 .insync

@@ -228,14 +228,17 @@ mod tests {
     async fn the_roster_log_names_each_change_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let topics = topics(dir.path());
-        assert_eq!(topics.roster_since(0), Some((vec![], 0)));
+        // Version 1 before any change (no follower's answer, 0 at first, holds it).
+        assert_eq!(topics.roster_version(), 1);
+        assert_eq!(topics.roster_since(1), Some((vec![], 1)));
         topics.create("a", 0, 0).await.unwrap();
         topics.create("b", 0, 0).await.unwrap();
         topics.delete("a").await.unwrap();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(topics.roster_since(0), Some((names(&["a", "b", "a"]), 3)));
-        assert_eq!(topics.roster_since(2), Some((names(&["a"]), 3)));
-        assert_eq!(topics.roster_since(3), Some((vec![], 3)));
+        assert_eq!(topics.roster_since(1), Some((names(&["a", "b", "a"]), 4)));
+        assert_eq!(topics.roster_since(3), Some((names(&["a"]), 4)));
+        assert_eq!(topics.roster_since(4), Some((vec![], 4)));
+        assert_eq!(topics.roster_version(), 4);
     }
 
     #[tokio::test]

@@ -138,16 +138,17 @@ impl Listing {
 /// `segment_bytes`; a file shorter than that is normal (segments grow in steps).
 pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> Result<Recovered> {
     let manifest = manifest::read(dir)?;
-    // One look at the directory serves every check and the scan (ten thousand topics open
-    // at start: a listing each, not three).
+    // Written before manifests carried a CRC: given one now, before any file is removed on
+    // its word, rather than at the next compaction (which an idle topic may never have).
+    if let Some(m) = manifest.as_ref().filter(|m| m.version < manifest::VERSION) {
+        manifest::write(dir, m)?;
+    }
+    // One look at the directory (after that rewrite, which makes and renames a temporary
+    // file) serves every check and the scan: ten thousand topics open at start, a listing
+    // each, not three.
     let listing = Listing::of(dir)?;
-    match &manifest {
-        None => check_unmanifested_start(dir, &listing)?,
-        // Written before manifests carried a CRC: given one now, before any file is removed
-        // on its word, rather than at the next compaction (which an idle topic may never
-        // have).
-        Some(m) if m.version < manifest::VERSION => manifest::write(dir, m)?,
-        Some(_) => {}
+    if manifest.is_none() {
+        check_unmanifested_start(dir, &listing)?;
     }
     let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
     let first_offset = match &manifest {
