@@ -758,6 +758,16 @@ async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until node `id`'s log holds `line`, up to 30 s.
+async fn until_logged(c: &Cluster, id: &str, line: &str) {
+    until(
+        &format!("{id} logs '{line}'"),
+        Duration::from_secs(30),
+        || c.node(id).server.log_text().contains(line),
+    )
+    .await;
+}
+
 /// Every acknowledged `(seq_no, offset)` is in `log` at its offset, once.
 fn holds_every_ack(log: &[Frame], acked: &[(u64, u64)]) {
     let by_offset: BTreeMap<u64, &Frame> = log.iter().map(|f| (f.offset, f)).collect();
@@ -1795,17 +1805,7 @@ async fn a_follower_whose_token_expires_follows_again_with_the_one_its_token_fil
     publish(0).await.unwrap();
     // Its stream ends when the first token expires (15 s), and it follows again with the new
     // one: still in sync, so publishes (which need both with --min-insync 2) go on.
-    until(
-        "the leader to end the stream of the expired token",
-        Duration::from_secs(30),
-        || {
-            c.node(&leader)
-                .server
-                .log_text()
-                .contains("the follower's token expired")
-        },
-    )
-    .await;
+    until_logged(&c, &leader, "the follower's token expired").await;
     let start = Instant::now();
     let mut seq = 1;
     while let Err(e) = publish(seq).await {
@@ -2451,17 +2451,7 @@ async fn no_node_leads_while_the_in_sync_record_in_etcd_cannot_be_read() {
     }
     // Both nodes up and waiting, each saying why; then, watched for 3 s, neither leads.
     for id in ["n1", "n2"] {
-        until(
-            &format!("{id} says why it waits"),
-            Duration::from_secs(30),
-            || {
-                c.node(id)
-                    .server
-                    .log_text()
-                    .contains("the in-sync record in etcd cannot be read")
-            },
-        )
-        .await;
+        until_logged(&c, id, "the in-sync record in etcd cannot be read").await;
     }
     let start = Instant::now();
     let mut answers = 0;
