@@ -11,6 +11,7 @@ use crate::wal::format::{
     SEGMENT_HEADER_LEN,
 };
 use crate::wal::record::{decode, scan_ahead, Decoded, RecordRef, Step, Walk};
+use crate::wal::recovery::missing_end;
 use crate::wal::{list_segments, manifest, Error, Result, Run};
 
 /// What to dump.
@@ -99,6 +100,12 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome> {
                 }
             }
             expected = span.map(|(_, end)| end);
+        }
+        if whole {
+            let dir = opts.data_dir.join("topics").join(&topic);
+            if let Some((path, reason)) = missing_end(&dir)? {
+                bad_line(opts, &topic, &path, 0, &reason, out, &mut outcome)?;
+            }
         }
     }
     Ok(outcome)

@@ -170,15 +170,7 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
     std::fs::write(&seg, &bytes).expect("write");
 
     // Startup refuses, naming file, position and the repair command; nothing is cut.
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "off",
-        "--data-dir",
-        data_s,
-    ]);
+    let out = run(&serve_args(data_s));
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("startup on damage said:\n{stderr}");
     assert!(!out.status.success(), "must not start: {stderr}");
@@ -404,27 +396,12 @@ async fn a_last_segment_of_zeros_stops_startup_then_repair_sets_it_aside_under_a
     let len = std::fs::metadata(&seg).expect("stat").len();
     std::fs::write(&seg, vec![0u8; len as usize]).expect("zero the segment");
 
-    let serve = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "off",
-        "--data-dir",
-        data_s,
-    ];
-    let stderr = refused_start(&serve);
+    let stderr = refused_start(&serve_args(data_s));
     assert!(stderr.contains(&seg.display().to_string()), "{stderr}");
     assert!(stderr.contains("all zeros"), "{stderr}");
     assert_eq!(std::fs::metadata(&seg).expect("kept").len(), len);
 
-    let out = run(&["repair", "--data-dir", data_s, "--topic", TOPIC]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "repair: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = repaired(data_s, TOPIC);
     assert!(stdout.contains("file set aside"), "{stdout}");
     assert!(stdout.contains("offsets lost: unknown"), "{stdout}");
     assert!(
@@ -439,17 +416,136 @@ async fn a_last_segment_of_zeros_stops_startup_then_repair_sets_it_aside_under_a
     // The topic starts again at the segment's base under the new epoch: a subscriber that
     // held the old frames is told, not handed the new ones at the same offsets.
     let server = Server::start(data, &[]);
+    assert_eq!(publish_one(&server, TOPIC, 9).await, 0);
     let mut c = server.client().await;
-    let ack = c
-        .publish(req(TOPIC, 9, b"after the repair"))
-        .await
-        .expect("publish")
-        .into_inner();
-    assert_eq!(ack.offset, 0);
     let mut old = Frame::default();
     old.seq_no = 2;
     old.offset = 2;
     let err = subscribe_error(&mut c, resume(cursor(5, old_epoch, &old))).await;
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    stop(server);
+}
+
+/// Segments of 16 KiB (a few hundred small frames fill several).
+const SMALL_SEGMENTS: &[&str] = &["--segment-bytes", "16KiB", "--max-frame-bytes", "4KiB"];
+
+/// Publishes one frame to `topic` (seq_no `seq_no`); its offset.
+async fn publish_one(server: &Server, topic: &str, seq_no: u64) -> u64 {
+    let mut c = server.client().await;
+    c.publish(req(topic, seq_no, b"one frame"))
+        .await
+        .expect("publish")
+        .into_inner()
+        .offset
+}
+
+/// The serve command on `data` with no HTTP listener.
+fn serve_args(data: &str) -> [&str; 7] {
+    [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "off",
+        "--data-dir",
+        data,
+    ]
+}
+
+/// `framecast dump --verify` on `data`: its exit status and output.
+fn dump_verify(data: &str) -> (bool, String) {
+    let out = run(&["dump", "--data-dir", data, "--topic", TOPIC, "--verify"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Repairs `topic`; its report.
+fn repaired(data: &str, topic: &str) -> String {
+    let out = run(&["repair", "--data-dir", data, "--topic", topic]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "repair: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A deleted file must not pass for the end of the log: the newest segment, and a topic's
+/// only one. Startup refuses, naming the missing file (before, it started, and handed the
+/// lost frames' offsets out again under the same epoch); `dump --verify` reports it; repair
+/// accepts the loss under a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_newest_or_only_segment_stops_startup_then_repair_accepts_the_loss() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, SMALL_SEGMENTS);
+    assert_eq!(publish_n(&server, 600).await, (0..600).collect::<Vec<_>>());
+    stop(server);
+    let segments = list_segments(&topic_dir(data)).expect("list");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let (newest, newest_path) = segments.last().expect("a segment").clone();
+    let old_epoch = file_epoch(data);
+    std::fs::remove_file(&newest_path).expect("remove the newest segment");
+
+    let stderr = refused_start(&serve_args(data_s));
+    assert!(
+        stderr.contains(&newest_path.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing"), "{stderr}");
+    let (ok, report) = dump_verify(data_s);
+    assert!(!ok, "dump --verify passed a missing segment: {report}");
+    assert!(
+        report.contains(&format!("BAD {}", newest_path.display())),
+        "{report}"
+    );
+
+    let stdout = repaired(data_s, TOPIC);
+    assert!(stdout.contains("missing"), "{stdout}");
+    assert!(
+        stdout.contains("the uncounted frames of a missing segment"),
+        "{stdout}"
+    );
+    let new_epoch = file_epoch(data);
+    assert_ne!(new_epoch, old_epoch);
+    let (ok, report) = dump_verify(data_s);
+    assert!(ok, "{report}");
+
+    // The log goes on from the missing segment's base, under the new epoch: a subscriber
+    // that held a lost frame is told.
+    let server = Server::start(data, SMALL_SEGMENTS);
+    assert_eq!(publish_one(&server, TOPIC, 1000).await, newest);
+    let mut c = server.client().await;
+    let mut old = Frame::default();
+    old.seq_no = newest + 1;
+    old.offset = newest + 1;
+    let err = subscribe_error(&mut c, resume(cursor(600, old_epoch, &old))).await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    stop(server);
+
+    // A topic's only segment.
+    let other = "only";
+    let server = Server::start(data, SMALL_SEGMENTS);
+    assert_eq!(publish_one(&server, other, 0).await, 0);
+    stop(server);
+    let dir = data.join("topics").join(other);
+    let segs = list_segments(&dir).expect("list");
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    std::fs::remove_file(&segs[0].1).expect("remove the only segment");
+    let stderr = refused_start(&serve_args(data_s));
+    assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
+    assert!(stderr.contains("no segment"), "{stderr}");
+    let stdout = repaired(data_s, other);
+    assert!(stdout.contains("no segment is left"), "{stdout}");
+    let server = Server::start(data, &[]);
+    assert_eq!(publish_one(&server, other, 1).await, 0);
     stop(server);
 }

@@ -972,7 +972,7 @@ fn open_one(
         }
         Ok(())
     };
-    let log = match Log::open_with(&topic_dir, config, &mut before_cut) {
+    let log = match Log::open_existing(&topic_dir, config, &mut before_cut) {
         Ok(log) => log,
         Err(source @ crate::wal::Error::Corruption { .. }) => {
             return Err(Error::Damaged {
@@ -1085,14 +1085,17 @@ fn make_topic(
     if let Some((first_offset, removed_max_key)) = start {
         Log::prepare_start(&temp, first_offset, removed_max_key)?;
     }
+    // The first segment too: a topic's directory never has its name without one, so a
+    // topic found at startup with no segment lost them (see `Log::open_existing`).
+    Log::create_first_segment(&temp, &config)?;
     let final_dir = dir.join(name);
     std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
     sync_dir(dir)?;
     match Log::open(&final_dir, config) {
         Ok(log) => Ok(log),
         Err(e) => {
-            // No segment (a full disk, say): the topic was never usable and nothing was
-            // acknowledged into it. Take it back, or a later creation would find the name
+            // A log that cannot open (its segment cannot be mapped, say): the topic was
+            // never usable and nothing was acknowledged into it. Take it back, or a later creation would find the name
             // taken on disk and fail for good.
             warn!(dir = %final_dir.display(), error = %e, "topic creation failed; removing it");
             let _ = std::fs::remove_dir_all(&final_dir);

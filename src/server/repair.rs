@@ -75,6 +75,23 @@ impl RepairOutcome {
             return out;
         }
         for r in &self.repaired {
+            let Some(saved_to) = &r.saved_to else {
+                // Nothing was there to set aside: a missing segment, or an unreadable
+                // ACTIVE file rewritten.
+                out.push(if r.tail {
+                    format!(
+                        "{}: {}; the log continues from the segments present; offsets lost: \
+                         unknown (every frame the file held), offsets from {} on are handed out \
+                         again under the new epoch",
+                        r.file.display(),
+                        r.reason,
+                        r.lost.start
+                    )
+                } else {
+                    format!("{}: {}", r.file.display(), r.reason)
+                });
+                continue;
+            };
             let what = if r.tail && r.start == 0 {
                 "file set aside, a new segment starts at its base"
             } else if r.tail {
@@ -104,19 +121,24 @@ impl RepairOutcome {
                         r.lost.end - r.lost.start
                     )
                 },
-                r.saved_to.display()
+                saved_to.display()
             ));
         }
-        let uncounted = self.repaired.iter().any(|r| r.tail && r.start == 0);
+        let uncounted = |missing: bool| {
+            self.repaired
+                .iter()
+                .any(|r| r.tail && r.start == 0 && r.saved_to.is_none() == missing)
+        };
+        let uncounted = match (uncounted(false), uncounted(true)) {
+            (false, false) => "",
+            (true, false) => ", and the uncounted frames of a segment of zeros",
+            (false, true) => ", and the uncounted frames of a missing segment",
+            (true, true) => ", and the uncounted frames of a segment of zeros and a missing one",
+        };
         out.push(format!(
-            "topic '{topic}': {} damaged place(s) repaired, {} offset(s) lost{}; every other frame keeps its offset; next offset {}",
+            "topic '{topic}': {} damaged place(s) repaired, {} offset(s) lost{uncounted}; every other frame keeps its offset; next offset {}",
             self.repaired.len(),
             self.offsets_lost,
-            if uncounted {
-                ", and the uncounted frames of a segment of zeros"
-            } else {
-                ""
-            },
             self.next_offset
         ));
         out.push(format!(

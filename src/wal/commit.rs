@@ -100,6 +100,9 @@ pub(super) struct Writer {
     unsynced_since: Option<Instant>,
     /// Set when a failed sync could not be undone on disk: appends are refused.
     failed: Option<String>,
+    /// The base of a segment started whose `ACTIVE` file could not be written: nothing is
+    /// appended to it until that file names it (see [`super::active`]).
+    unrecorded: Option<u64>,
 }
 
 /// Appends of one commit that share the active segment and so one sync.
@@ -153,6 +156,7 @@ impl Committer {
                 synced_to,
                 unsynced_since: None,
                 failed: None,
+                unrecorded: None,
             }),
             durable,
             tail: Mutex::new(None),
@@ -355,7 +359,10 @@ impl Committer {
                 }
                 portion = Portion::at(&w);
             }
-            if let Err(e) = w.active.make_room(need) {
+            if let Err(e) = self
+                .record_active(&mut w)
+                .and_then(|()| w.active.make_room(need))
+            {
                 error!(dir = %self.dir.display(), error = %e, "cannot grow the segment");
                 let _ = req.reply.send(Err(e));
                 continue;
@@ -454,7 +461,10 @@ impl Committer {
                 }
                 portion = Portion::at(w);
             }
-            if let Err(e) = w.active.make_room(need) {
+            if let Err(e) = self
+                .record_active(w)
+                .and_then(|()| w.active.make_room(need))
+            {
                 error!(dir = %self.dir.display(), error = %e, "cannot grow the segment");
                 let _ = reply.send(Err(e));
                 return portion;
@@ -631,6 +641,19 @@ impl Committer {
         w.synced_to = next.cursor();
         w.unsynced_since = None;
         w.active = next;
+        // Durable before any record goes into the new segment: from now on, a missing
+        // newest segment is refused at startup, not taken for the end of the log.
+        w.unrecorded = Some(w.next_offset);
+        self.record_active(w)
+    }
+
+    /// Writes the `ACTIVE` file a started segment still lacks (a failed write is tried
+    /// again before the next append, which fails until it succeeds).
+    fn record_active(&self, w: &mut Writer) -> Result<()> {
+        if let Some(base) = w.unrecorded {
+            super::active::write(&self.dir, base)?;
+            w.unrecorded = None;
+        }
         Ok(())
     }
 

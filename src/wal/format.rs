@@ -88,6 +88,9 @@ pub const TEMP_SUFFIX: &str = "tmp";
 pub const RUN_BLOCK_BYTES: u64 = 4096;
 /// The file naming the live runs and the retention watermark of a topic.
 pub const MANIFEST_FILE: &str = "MANIFEST";
+/// The file naming the base offset of a topic's newest segment, written when a segment is
+/// started past the first (see [`crate::wal::active`]).
+pub const ACTIVE_FILE: &str = "ACTIVE";
 
 /// A run file header's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,6 +61,35 @@ impl Log {
         config: LogConfig,
         before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
     ) -> Result<Log> {
+        Self::open_inner(dir, config, before_cut, false)
+    }
+
+    /// [`Log::open_with`] for a log that exists: one whose directory holds no segment (and
+    /// so no frame) is refused as damage, not started again empty. A topic's first segment
+    /// is made before the topic's directory gets its name, so every topic has one.
+    pub fn open_existing(
+        dir: &Path,
+        config: LogConfig,
+        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+    ) -> Result<Log> {
+        Self::open_inner(dir, config, before_cut, true)
+    }
+
+    /// Makes the first segment of a new log in `dir` (which holds none), so that the log
+    /// exists on disk before its directory is named; `dir`'s manifest, if
+    /// [`Log::prepare_start`] wrote one, says where it starts.
+    pub fn create_first_segment(dir: &Path, config: &LogConfig) -> Result<()> {
+        config.validate()?;
+        let base = manifest::read(dir)?.map_or(0, |m| m.first_offset);
+        SegmentWriter::create(dir, base, config.segment_bytes).map(drop)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        config: LogConfig,
+        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+        must_exist: bool,
+    ) -> Result<Log> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let started = Instant::now();
@@ -79,6 +108,16 @@ impl Log {
         )?;
         let active = match recovered.active {
             Some(w) => w,
+            None if must_exist => {
+                return Err(Error::corruption(
+                    dir,
+                    0,
+                    "missing: the log has no segment, so every frame it held is lost (a \
+                     topic's first segment is made before its directory is named); restore \
+                     the segments from a backup, or run `framecast repair` to start it again \
+                     empty under a new epoch",
+                ));
+            }
             None => {
                 let w = SegmentWriter::create(dir, recovered.next_offset, config.segment_bytes)?;
                 state

@@ -6,10 +6,12 @@
 //! close), `commit` (group commit and the fsync policy), `state` (the in-memory index of a
 //! log), `read` (range and ordered reads), `recovery` (scan, torn-tail cut), `dedup` (the
 //! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
-//! `manifest` (what a compaction committed), `replica` (records shipped to and copied by a
+//! `manifest` (what a compaction committed), `active` (the newest segment's base, so a
+//! missing newest segment is refused), `replica` (records shipped to and copied by a
 //! follower, and the cut of a suffix a new leader lacks), `failpoint` (crash injection for
 //! tests).
 
+pub mod active;
 mod commit;
 mod compact;
 mod config;

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::active;
 use super::format::{
-    parse_run_file_name, parse_segment_file_name, MANIFEST_FILE, SEGMENT_HEADER_LEN, TEMP_SUFFIX,
-    TORN_SUFFIX,
+    parse_run_file_name, parse_segment_file_name, segment_file_name, ACTIVE_FILE, MANIFEST_FILE,
+    SEGMENT_HEADER_LEN, TEMP_SUFFIX, TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
 use super::record::{first_non_zero, scan_ahead, Found, Gap, RecordRef, Step, Walk};
@@ -106,6 +107,8 @@ struct Listing {
     runs: Vec<(String, PathBuf)>,
     /// Temporary files (a creation or rewrite a crash cut short).
     temps: Vec<PathBuf>,
+    /// An `ACTIVE` file is here (read only then: most topics never start a second segment).
+    active: bool,
 }
 
 impl Listing {
@@ -114,12 +117,15 @@ impl Listing {
             segments: Vec::new(),
             runs: Vec::new(),
             temps: Vec::new(),
+            active: false,
         };
         let temp = format!(".{TEMP_SUFFIX}");
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(&temp) {
+            if name == ACTIVE_FILE {
+                l.active = true;
+            } else if name.ends_with(&temp) {
                 l.temps.push(entry.path());
             } else if parse_run_file_name(&name).is_some() {
                 l.runs.push((name, entry.path()));
@@ -150,7 +156,9 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
     if manifest.is_none() {
         check_unmanifested_start(dir, &listing)?;
     }
+    let named_active = listing.active;
     let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
+    check_ends(dir, manifest.as_ref(), named_active, &files)?;
     let first_offset = match &manifest {
         Some(m) => m.first_offset,
         None => files.first().map_or(0, |f| f.0),
@@ -317,6 +325,69 @@ fn check_unmanifested_start(dir: &Path, listing: &Listing) -> Result<()> {
     }
 }
 
+/// What [`recover`] would refuse for a segment missing at either end of `dir`'s log (see
+/// [`check_ends`]), or for a log with no segment at all (`framecast dump`'s check; the
+/// server refuses that through [`crate::wal::Log::open_existing`]): the file and why.
+pub fn missing_end(dir: &Path) -> Result<Option<(PathBuf, String)>> {
+    let manifest = manifest::read(dir)?;
+    let listing = Listing::of(dir)?;
+    let from = manifest.as_ref().map_or(0, |m| m.segments_from);
+    let files: Vec<(u64, PathBuf)> = listing
+        .segments
+        .into_iter()
+        .filter(|(base, _)| *base >= from)
+        .collect();
+    if files.is_empty() && !listing.active {
+        return Ok(Some((
+            dir.to_path_buf(),
+            "missing: the log has no segment, so every frame it held is lost".to_string(),
+        )));
+    }
+    match check_ends(dir, manifest.as_ref(), listing.active, &files) {
+        Ok(()) => Ok(None),
+        Err(Error::Corruption { file, reason, .. }) => Ok(Some((file, reason))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The segments present must reach both ends of the log: the newest must start at or past
+/// the base `ACTIVE` names, and (without runs) the oldest must hold the manifest's first
+/// retained offset. A segment missing at either end would otherwise pass unseen: the chain
+/// of base offsets only shows a missing segment between two present ones.
+fn check_ends(
+    dir: &Path,
+    manifest: Option<&Manifest>,
+    named_active: bool,
+    files: &[(u64, PathBuf)],
+) -> Result<()> {
+    if named_active {
+        if let Some(named) = active::read(dir)? {
+            let newest = files.last().map(|f| f.0);
+            if newest.is_none_or(|b| b < named) {
+                return Err(Error::corruption(
+                    &dir.join(segment_file_name(named)),
+                    0,
+                    active::missing_reason(named, newest),
+                ));
+            }
+        }
+    }
+    if let (Some(m), Some((base, path))) = (manifest, files.first()) {
+        if m.runs.is_empty() && *base > m.first_offset {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "the {MANIFEST_FILE} says the log starts at offset {}, but its oldest \
+                     segment starts at {base}: the segments before it are missing",
+                    m.first_offset
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Removes what a committed compaction or retention pass superseded but a crash left
 /// behind: temporary files, runs the manifest does not name, segments below
 /// `segments_from`. Nothing else is ever removed. Returns the segments that stay, in
@@ -330,6 +401,7 @@ fn remove_superseded(
         segments,
         runs,
         temps,
+        active: _,
     } = listing;
     let stale_runs = runs
         .into_iter()

@@ -24,7 +24,11 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::format::{decode_segment_header, parse_segment_file_name, SEGMENT_HEADER_LEN};
+use super::active;
+use super::format::{
+    decode_segment_header, parse_segment_file_name, segment_file_name, ACTIVE_FILE,
+    SEGMENT_HEADER_LEN,
+};
 use super::manifest;
 use super::record::{first_non_zero, scan_ahead, Gap, Step, Walk, MIN_GAP_LEN};
 use super::recovery::list_segments;
@@ -47,8 +51,8 @@ pub struct Repaired {
     pub lost: std::ops::Range<u64>,
     /// Why the first damaged byte was not a valid record.
     pub reason: String,
-    /// Where the damaged bytes were copied.
-    pub saved_to: PathBuf,
+    /// Where the damaged bytes were copied (`None` for a segment that is missing).
+    pub saved_to: Option<PathBuf>,
     /// True for a torn tail (zeroed, the offsets after it are handed out again under a
     /// new epoch), false for interior damage (marked with a gap record).
     pub tail: bool,
@@ -70,7 +74,89 @@ pub fn repair_dir(dir: &Path) -> Result<Vec<Repaired>> {
     if !done.is_empty() {
         sync_dir(dir)?;
     }
+    let missing = settle_newest(dir, from, &done)?;
+    done.extend(missing);
     Ok(done)
+}
+
+/// Accepts the loss of segments missing at the end of the log: when `ACTIVE` names a base
+/// past the newest segment present (or no segment is left at all), `ACTIVE` is brought
+/// down to the newest present (or removed), so the log continues from there under the new
+/// epoch repair gives it. How many frames the missing files held, nothing on disk says.
+/// `done`: what was repaired before (a segment of zeros set aside is already reported).
+fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repaired>> {
+    let newest = list_segments(dir)?
+        .into_iter()
+        .filter(|(base, _)| *base >= from)
+        .map(|(base, _)| base)
+        .next_back();
+    let named = match active::read(dir) {
+        Ok(named) => named,
+        Err(Error::Corruption { reason, .. }) => {
+            // Which segment it named is lost with it: the segments present are taken as
+            // the whole log, and the loss (if any) cannot be counted.
+            rewrite_active(dir, newest)?;
+            warn!(dir = %dir.display(), reason = %reason, "rewrote an unreadable ACTIVE file from the segments present");
+            return Ok(Some(Repaired {
+                file: dir.join(ACTIVE_FILE),
+                start: 0,
+                end: 0,
+                lost: 0..0,
+                reason: format!(
+                    "{reason}: rewritten from the segments present (whether a newest segment \
+                     went missing with it, nothing on disk says)"
+                ),
+                saved_to: None,
+                tail: false,
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    let set_aside = done
+        .iter()
+        .filter(|r| r.tail && r.start == 0 && r.saved_to.is_some())
+        .map(|r| r.lost.start)
+        .next_back();
+    let missing = match (named, newest) {
+        (Some(named), Some(b)) if b < named => Some(named),
+        (Some(named), None) => Some(named),
+        // No ACTIVE file (the log never started a second segment) and no segment: the
+        // first segment, and whatever it held, is lost.
+        (None, None) => Some(from),
+        _ => None,
+    };
+    let Some(base) = missing else {
+        return Ok(None);
+    };
+    rewrite_active(dir, newest)?;
+    if set_aside == Some(base) {
+        return Ok(None);
+    }
+    let file = dir.join(segment_file_name(base));
+    let reason = match newest {
+        Some(b) => format!(
+            "missing: {ACTIVE_FILE} named it as the newest segment, the newest present starts at {b}"
+        ),
+        None => "missing: no segment is left".to_string(),
+    };
+    warn!(file = %file.display(), reason = %reason, "accepted the loss of a missing segment");
+    Ok(Some(Repaired {
+        file,
+        start: 0,
+        end: 0,
+        lost: base..base,
+        reason,
+        saved_to: None,
+        tail: true,
+    }))
+}
+
+/// Makes `ACTIVE` name `newest`, or removes it when no segment is left.
+fn rewrite_active(dir: &Path, newest: Option<u64>) -> Result<()> {
+    match newest {
+        Some(b) => active::write(dir, b),
+        None => active::remove(dir),
+    }
 }
 
 /// Repairs one segment. `next_base` is the next segment's base offset (`None` for the last
@@ -151,7 +237,7 @@ fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> 
             end: end as u64,
             lost: expect..lost_end.max(expect),
             reason,
-            saved_to,
+            saved_to: Some(saved_to),
             tail,
         });
         if tail {
@@ -197,7 +283,7 @@ fn set_aside_zeros(path: &Path, len: usize) -> Result<Vec<Repaired>> {
         end: len as u64,
         lost: base..base,
         reason,
-        saved_to,
+        saved_to: Some(saved_to),
         tail: true,
     }])
 }

@@ -300,6 +300,12 @@ pub fn cut_from(dir: &Path, offset: u64, segment_bytes: u64) -> Result<Option<Cu
         bytes: 0,
         kept: Vec::new(),
     };
+    // The segment holding `offset` becomes the newest: `ACTIVE` says so before any newer
+    // one goes (a crash midway must not read as a lost segment).
+    let keeps = segments.iter().rev().find(|s| s.0 <= offset).map(|s| s.0);
+    if let Some(keeps) = keeps.filter(|&k| segments.last().is_some_and(|s| s.0 > k)) {
+        super::active::write(dir, keeps)?;
+    }
     // Later segments first, whole: a crash midway leaves a shorter log that a second cut
     // finishes, never a gap.
     for (base, path) in segments.iter().rev() {
