@@ -323,6 +323,54 @@ async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     assert_eq!(frames, [(1, 0), (1, 1), (2, 2)]);
 }
 
+/// With auth on, a socket opened without a token must authenticate within 10 s: one that
+/// sends nothing, or only a bad token, is told why and closed (1008); one that sent a good
+/// `auth` stays. Before, an unauthenticated socket stayed open as long as it answered pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_without_a_good_token_is_closed_ten_seconds_after_it_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "k3y").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let good = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
+    let opened = std::time::Instant::now();
+    let mut silent = open(&server, "").await;
+    let mut bad = open(&server, "").await;
+    let mut authed = open(&server, "").await;
+    send(&mut bad, json!({"id": 1, "auth": {"token": "garbage"}})).await;
+    assert_eq!(recv(&mut bad).await["error"]["code"], "UNAUTHENTICATED");
+    send(&mut authed, json!({"id": 1, "auth": {"token": good}})).await;
+    assert!(recv(&mut authed).await.get("result").is_some());
+    for ws in [&mut silent, &mut bad] {
+        let v = recv(ws).await;
+        assert_eq!(v["error"]["code"], "UNAUTHENTICATED", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("within 10 s"), "{message}");
+        let closed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed after the error");
+        match closed {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        let waited = opened.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(25),
+            "closed after {waited:?}"
+        );
+    }
+    // The socket that authenticated in time works past the deadline.
+    send(
+        &mut authed,
+        json!({"id": 2, "publish": {"topic": "t", "seq_no": 1, "text": "x"}}),
+    )
+    .await;
+    let v = recv(&mut authed).await;
+    assert!(v.get("result").is_some(), "{v}");
+    assert!(opened.elapsed() >= Duration::from_secs(10));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_never_read_cost_bounded_memory_and_slow_no_one() {
     let dir = tempfile::tempdir().unwrap();

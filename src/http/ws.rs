@@ -64,6 +64,10 @@ const FLUSH_BYTES: usize = 1 << 20;
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket from which nothing (not even a pong) arrived for this long is closed.
 pub const SILENT_FOR: Duration = Duration::from_secs(60);
+/// With auth on, a socket opened without a token that has not sent a good `auth` message
+/// this long after it opened is closed: an unauthenticated peer holds no socket, buffers or
+/// task for longer (it could otherwise hold them forever, answering pings).
+pub const AUTH_WITHIN: Duration = Duration::from_secs(10);
 
 /// The `/v1/ws` handler: upgrades, then serves the socket.
 pub async fn upgrade(
@@ -357,10 +361,26 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     let mut subs: HashMap<String, Sub> = HashMap::new();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut shutdown = broker.shutdown().clone();
+    let auth_by = tokio::time::Instant::now() + AUTH_WITHIN;
+    let mut unauthenticated = who_tx.borrow().is_none();
     loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
             _ = shutdown.wait() => break,
+            () = tokio::time::sleep_until(auth_by), if unauthenticated => {
+                let e = broker.reject(Error::Unauthenticated(format!(
+                    "no good {{\"auth\":{{\"token\":…}}}} within {} s of opening the socket",
+                    AUTH_WITHIN.as_secs()
+                )));
+                link.reply(&Value::Null, Err(e)).await;
+                // RFC 6455: 1008, policy violation.
+                let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::POLICY,
+                    reason: Utf8Bytes::from_static("no auth"),
+                }));
+                let _ = link.out.send(Cmd::Send(vec![close], None)).await;
+                break;
+            }
             // The writer gave up on the peer (silent, or the connection failed).
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
@@ -421,6 +441,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         if !handle(&link, &who_tx, &mut subs, &in_flight, request).await {
             break;
         }
+        unauthenticated = unauthenticated && who_tx.borrow().is_none();
     }
     drop(subs);
     drop(link);
