@@ -100,20 +100,25 @@ impl std::fmt::Debug for NodeToken {
 }
 
 impl NodeToken {
-    /// The token to present now, for node `node_id`.
-    fn current(&self, node_id: &str) -> Option<String> {
+    /// The token to present now, for node `node_id` (the file read off the runtime's
+    /// threads: a slow volume stalls this connection only).
+    async fn current(&self, node_id: &str) -> Option<String> {
         match self {
             NodeToken::None => None,
-            NodeToken::Fixed { path, at_start } => Some(
-                std::fs::read_to_string(path)
-                    .map(|t| t.trim().to_string())
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| {
+            NodeToken::Fixed { path, at_start } => {
+                let file = path.clone();
+                let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(file))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|read| read);
+                match read.map(|t| t.trim().to_string()) {
+                    Ok(token) if !token.is_empty() => Some(token),
+                    _ => {
                         warn!(file = %path.display(), "cannot read the cluster token file; presenting the token it held at start");
-                        at_start.clone()
-                    }),
-            ),
+                        Some(at_start.clone())
+                    }
+                }
+            }
             NodeToken::Minted(secret) => mint_hs256(
                 secret,
                 &MintClaims {
@@ -692,13 +697,14 @@ impl Node {
             // What went wrong, if anything, and whether a stream ran a while first.
             let (failure, ran) = match channel {
                 Ok(ch) => {
+                    let token = self.config.token.current(self.me()).await;
                     let began = Instant::now();
                     let result = follow(
                         Arc::clone(&self.topics),
                         ch,
                         self.me(),
                         term,
-                        self.config.token.current(self.me()).as_deref(),
+                        token.as_deref(),
                     )
                     .await;
                     let ran = began.elapsed() >= FOLLOW_RETRY_MAX;
