@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::broker::topics::valid_topic_name;
 use crate::wal::format::{
     decode_segment_header, parse_run_file_name, parse_segment_file_name, MANIFEST_FILE,
     SEGMENT_HEADER_LEN,
@@ -252,8 +253,11 @@ fn plan(opts: &DumpOptions) -> Result<Vec<(String, Vec<PathBuf>)>> {
         };
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&topics_dir, e))?;
-            if entry.path().is_dir() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A topic being created or deleted (its directory under a temporary name) is
+            // not a topic yet, or no more.
+            if entry.path().is_dir() && valid_topic_name(&name) {
+                names.push(name);
             }
         }
         names.sort();

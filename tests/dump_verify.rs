@@ -1,7 +1,8 @@
 //! `framecast dump --verify` agrees with startup on damage to a topic's set of files: a
-//! missing first or middle segment, a sealed segment that lost its last records, a segment
-//! whose header names another base offset. Each is `BAD` (exit 1) in the dump, and startup
-//! refuses the same data dir.
+//! missing first, middle or newest segment, a sealed segment that lost its last records, a
+//! segment whose header names another base offset. Each is `BAD` (exit 1) in the dump, and
+//! startup refuses the same data dir. A topic being created or deleted (a directory under a
+//! temporary name) is not reported.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -107,13 +108,20 @@ async fn dump_verify_and_startup_both_refuse_a_topic_missing_files_or_records() 
     build(&pristine).await;
     let segs = segments(&pristine);
     assert!(segs.len() >= 4, "{segs:?}");
-    // The intact data dir passes.
+    // The intact data dir passes, with a topic being created and one being deleted beside
+    // it (empty directories under temporary names).
+    for temp in [".creating-u", ".deleted-v-7"] {
+        std::fs::create_dir_all(pristine.join("topics").join(temp)).unwrap();
+    }
     let out = Command::new(bin())
         .args(["dump", "--verify", "--data-dir"])
         .arg(&pristine)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    for temp in [".creating-u", ".deleted-v-7"] {
+        std::fs::remove_dir(pristine.join("topics").join(temp)).unwrap();
+    }
 
     let case = |name: &str| {
         let data = tmp.path().join(name);
@@ -127,6 +135,12 @@ async fn dump_verify_and_startup_both_refuse_a_topic_missing_files_or_records() 
     std::fs::remove_file(&segs[0]).unwrap();
     dump_says_bad(&data, &segs[1], "first segment missing");
     startup_refuses(&data, "first segment missing");
+
+    // The newest segment gone: ACTIVE names it.
+    let (data, segs) = case("newest");
+    std::fs::remove_file(segs.last().unwrap()).unwrap();
+    dump_says_bad(&data, segs.last().unwrap(), "newest segment missing");
+    startup_refuses(&data, "newest segment missing");
 
     // A middle segment gone.
     let (data, segs) = case("middle");

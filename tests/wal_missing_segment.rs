@@ -108,11 +108,25 @@ fn a_missing_newest_segment_is_refused_and_repair_accepts_the_loss() {
     std::fs::rename(&kept2, &second_path).unwrap();
 
     // A crash between a new segment and its ACTIVE file leaves ACTIVE naming an older base,
-    // which opens: put the file back with ACTIVE one segment behind.
+    // which opens: put the file back with ACTIVE one segment behind. The open names the
+    // newest segment at once (frames will go into it), and so does one of a log from before
+    // ACTIVE existed.
     std::fs::rename(&kept, &newest_path).unwrap();
-    active::write(dir.path(), segments[segments.len() - 2].0).unwrap();
+    let newest_bytes = std::fs::read(&newest_path).unwrap();
+    for behind in [Some(segments[segments.len() - 2].0), None] {
+        match behind {
+            Some(base) => active::write(dir.path(), base).unwrap(),
+            None => active::remove(dir.path()).unwrap(),
+        }
+        let log = Log::open(dir.path(), config()).unwrap();
+        assert_eq!(log.durable_offset(), 200);
+        assert_eq!(active::read(dir.path()).unwrap(), Some(newest));
+        log.close();
+        std::fs::remove_file(&newest_path).unwrap();
+        refused(dir.path(), &newest_path, "missing");
+        std::fs::write(&newest_path, &newest_bytes).unwrap();
+    }
     let log = Log::open(dir.path(), config()).unwrap();
-    assert_eq!(log.durable_offset(), 200);
     // The next segment started names itself again.
     append(&log, 200, 60);
     log.close();
@@ -194,5 +208,172 @@ fn an_unreadable_active_file_is_refused_and_repair_rewrites_it() {
     assert_eq!(done[0].file, path);
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.durable_offset(), 100);
+    log.close();
+}
+
+#[test]
+fn repair_counts_from_the_newest_segment_left_when_two_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    append(&log, 0, 200);
+    log.close();
+    let segments = list_segments(dir.path()).unwrap();
+    let n = segments.len();
+    assert!(n >= 4, "{segments:?}");
+    for (_, path) in &segments[n - 2..] {
+        std::fs::remove_file(path).unwrap();
+    }
+    refused(dir.path(), &segments[n - 1].1, "missing");
+    let done = repair_dir(dir.path()).unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].file, segments[n - 1].1);
+    assert_eq!(active::read(dir.path()).unwrap(), Some(segments[n - 3].0));
+    // The log continues where the newest segment left ends: the base of the first missing.
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.durable_offset(), segments[n - 2].0);
+    log.close();
+}
+
+#[test]
+fn repair_moves_the_start_past_missing_oldest_segments_and_reuses_no_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    append(&log, 0, 200);
+    let segments = list_segments(dir.path()).unwrap();
+    let cutoff = segments[1].0 + 3;
+    log.remove_below(cutoff, None).unwrap();
+    log.close();
+    let segments = list_segments(dir.path()).unwrap();
+    std::fs::remove_file(&segments[0].1).unwrap();
+    refused(dir.path(), &segments[1].1, "missing");
+    let done = repair_dir(dir.path()).unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].lost, cutoff..segments[1].0);
+    assert!(!done[0].tail);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.durable_offset(), 200, "no offset is handed out again");
+    let mut out = Vec::new();
+    log.read_range(0, u64::MAX, 0, 100_000, &mut out)
+        .expect_err("offsets below the new start are out of range");
+    out.clear();
+    log.read_range(segments[1].0, u64::MAX, 0, 100_000, &mut out)
+        .unwrap();
+    assert_eq!(out.first().unwrap().offset, segments[1].0);
+    assert_eq!(out.len() as u64, 200 - segments[1].0);
+    log.close();
+}
+
+/// Damage done to a closed log: its directory and segments.
+type Damage = fn(&Path, &[(u64, PathBuf)]);
+
+/// Repair calls its hook (where `framecast repair` makes the new epoch durable) before it
+/// changes any file, for every kind of change; not at all when nothing is damaged.
+#[test]
+fn repair_calls_its_hook_before_the_first_change() {
+    let shapes: [(&str, Damage); 3] = [
+        ("newest segment missing", |_, segs| {
+            std::fs::remove_file(&segs.last().unwrap().1).unwrap()
+        }),
+        ("unreadable ACTIVE", |dir, _| {
+            std::fs::write(dir.join(ACTIVE_FILE), "garbage").unwrap()
+        }),
+        ("bit flip in a sealed segment", |_, segs| {
+            let path = &segs[1].1;
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[200] ^= 0x10;
+            std::fs::write(path, bytes).unwrap();
+        }),
+    ];
+    for (shape, damage) in shapes {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), config()).unwrap();
+        append(&log, 0, 200);
+        log.close();
+        let mut calls = 0;
+        assert!(
+            framecast::wal::repair::repair_dir_with(dir.path(), &mut || {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap()
+            .is_empty()
+        );
+        assert_eq!(calls, 0, "{shape}: nothing damaged, no call");
+        damage(dir.path(), &list_segments(dir.path()).unwrap());
+        let before = snapshot(dir.path());
+        let done = framecast::wal::repair::repair_dir_with(dir.path(), &mut || {
+            calls += 1;
+            assert_eq!(
+                snapshot(dir.path()),
+                before,
+                "{shape}: a file changed before the hook"
+            );
+            Ok(())
+        })
+        .unwrap();
+        assert!(!done.is_empty(), "{shape}");
+        assert_eq!(calls, 1, "{shape}");
+        assert_ne!(snapshot(dir.path()), before, "{shape}");
+        // A hook that fails stops the repair with nothing changed.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), config()).unwrap();
+        append(&log, 0, 200);
+        log.close();
+        damage(dir.path(), &list_segments(dir.path()).unwrap());
+        let before = snapshot(dir.path());
+        let refused = framecast::wal::repair::repair_dir_with(dir.path(), &mut || {
+            Err(Error::Unavailable("no epoch".into()))
+        });
+        assert!(refused.is_err(), "{shape}");
+        assert_eq!(
+            snapshot(dir.path()),
+            before,
+            "{shape}: changed although the hook failed"
+        );
+    }
+}
+
+/// A failed write of ACTIVE when a segment is started fails that append, and nothing goes
+/// into the new segment until ACTIVE names it (the next append writes it first).
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_failed_active_write_is_done_again_before_anything_goes_into_the_new_segment() {
+    use framecast::wal::failpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    append(&log, 0, 20);
+    let before = list_segments(dir.path()).unwrap().len();
+    failpoint::arm(failpoint::ACTIVE_WRITE);
+    let mut next = 20;
+    let failed = loop {
+        let r = log.append(vec![NewFrame {
+            seq_no: next,
+            timestamp: 1_700_000_000_000_000_000 + next as i64,
+            key: Bytes::new(),
+            payload: Bytes::from(vec![(next % 251) as u8; 100]),
+        }]);
+        match r {
+            Ok(acks) => {
+                assert_eq!(acks[0].offset, next);
+                next += 1;
+                assert!(next < 200, "no segment was started");
+            }
+            Err(e) => break e,
+        }
+    };
+    failpoint::clear();
+    assert!(matches!(failed, Error::Unavailable(_)), "{failed:?}");
+    let segments = list_segments(dir.path()).unwrap();
+    assert_eq!(segments.len(), before + 1, "the new segment exists");
+    let newest = segments.last().unwrap().0;
+    assert_eq!(newest, next);
+    assert_ne!(active::read(dir.path()).unwrap(), Some(newest));
+    // The next append writes ACTIVE first, then goes into the new segment at the same
+    // offset the failed one would have had.
+    append(&log, next, 1);
+    assert_eq!(active::read(dir.path()).unwrap(), Some(newest));
+    log.close();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.durable_offset(), next + 1);
     log.close();
 }

@@ -1098,8 +1098,9 @@ fn make_topic(
             // never usable and nothing was acknowledged into it. Take it back, or a later creation would find the name
             // taken on disk and fail for good.
             warn!(dir = %final_dir.display(), error = %e, "topic creation failed; removing it");
-            let _ = std::fs::remove_dir_all(&final_dir);
-            let _ = sync_dir(dir);
+            // Aside first, as a deletion does: a crash part way never leaves the real name
+            // holding a topic whose segment is gone (startup would take it for lost data).
+            let _ = remove_topic_dir(dir, name, meta.epoch);
             Err(e.into())
         }
     }

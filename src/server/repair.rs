@@ -8,7 +8,7 @@ use super::run::DataDirLock;
 use super::{Error, Result};
 use crate::broker::topics::valid_topic_name;
 use crate::broker::topics::{read_meta, renew_epoch};
-use crate::wal::repair::{repair_dir, Repaired};
+use crate::wal::repair::{repair_dir_with, Repaired};
 use crate::wal::{Log, LogConfig};
 
 /// What `framecast repair` did to one topic.
@@ -38,14 +38,24 @@ pub fn repair_offline(data_dir: &Path, topic: &str) -> Result<RepairOutcome> {
         return Err(Error::TopicNotFound(topic.to_string()));
     }
     let meta = read_meta(&dir)?;
-    let repaired = repair_dir(&dir).map_err(|source| Error::NotRepaired {
+    // The new epoch is durable before the first file changes: a crash part way through
+    // leaves the damage (repair again) under the new epoch, never a repaired log under the
+    // old one.
+    let mut renewed = None;
+    let repaired = repair_dir_with(&dir, &mut || {
+        let m = renew_epoch(&dir, &meta)
+            .map_err(|e| crate::wal::Error::Unavailable(format!("cannot renew the epoch: {e}")))?;
+        renewed = Some(m);
+        Ok(())
+    })
+    .map_err(|source| Error::NotRepaired {
         topic: topic.to_string(),
         source,
     })?;
-    let new_meta = if repaired.is_empty() {
-        meta
-    } else {
-        renew_epoch(&dir, &meta)?
+    let new_meta = match renewed {
+        Some(m) => m,
+        None if repaired.is_empty() => meta,
+        None => renew_epoch(&dir, &meta)?,
     };
     // The check that it worked: the log opens (and would have refused on damage left).
     let log = Log::open(&dir, LogConfig::default()).map_err(|source| Error::NotRepaired {
@@ -81,14 +91,22 @@ impl RepairOutcome {
                 out.push(if r.tail {
                     format!(
                         "{}: {}; the log continues from the segments present; offsets lost: \
-                         unknown (every frame the file held), offsets from {} on are handed out \
-                         again under the new epoch",
+                         unknown (every frame the file held), and the offsets from the next \
+                         offset below on are handed out again under the new epoch",
                         r.file.display(),
                         r.reason,
-                        r.lost.start
                     )
-                } else {
+                } else if r.lost.is_empty() {
                     format!("{}: {}", r.file.display(), r.reason)
+                } else {
+                    format!(
+                        "{}: {}; offsets lost: {}..{} ({}), none handed out again",
+                        r.file.display(),
+                        r.reason,
+                        r.lost.start,
+                        r.lost.end,
+                        r.lost.end - r.lost.start
+                    )
                 });
                 continue;
             };

@@ -67,6 +67,8 @@ pub fn read(dir: &Path) -> Result<Option<u64>> {
 
 /// Records durably that `dir`'s newest segment starts at `base_offset`.
 pub fn write(dir: &Path, base_offset: u64) -> Result<()> {
+    // Tests make this write fail here (`--features failpoints`).
+    super::failpoint::hit(super::failpoint::ACTIVE_WRITE)?;
     let path = dir.join(ACTIVE_FILE);
     let temp = dir.join(format!("{ACTIVE_FILE}.{TEMP_SUFFIX}"));
     let stored = Stored {

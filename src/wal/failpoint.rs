@@ -95,6 +95,9 @@ pub const ALL: &[&str] = &[
 /// refused it (`commit.sync`).
 pub const COMMIT_SYNC: &str = "commit.sync";
 
+/// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
+pub const ACTIVE_WRITE: &str = "active.write";
+
 /// Fails with [`super::Error::Unavailable`] if `name` is armed.
 #[inline]
 pub fn hit(name: &str) -> Result<()> {

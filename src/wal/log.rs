@@ -115,7 +115,8 @@ impl Log {
                     "missing: the log has no segment, so every frame it held is lost (a \
                      topic's first segment is made before its directory is named); restore \
                      the segments from a backup, or run `framecast repair` to start it again \
-                     empty under a new epoch",
+                     empty under a new epoch (an older framecast that crashed while creating \
+                     the topic leaves it so, with nothing lost: repair it the same way)",
                 ));
             }
             None => {

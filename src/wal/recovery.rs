@@ -156,9 +156,22 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
     if manifest.is_none() {
         check_unmanifested_start(dir, &listing)?;
     }
-    let named_active = listing.active;
+    let named = if listing.active {
+        active::read(dir)?
+    } else {
+        None
+    };
     let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
-    check_ends(dir, manifest.as_ref(), named_active, &files)?;
+    check_ends(dir, manifest.as_ref(), named, &files)?;
+    if let (Some((newest, _)), true) = (files.last(), files.len() > 1) {
+        // The newest segment has segments before it but ACTIVE does not name it (a crash
+        // between a new segment and its ACTIVE, or a log from before ACTIVE existed): named
+        // now, before any frame goes into it, so losing it is found from now on.
+        if named.is_none_or(|n| n < *newest) {
+            active::write(dir, *newest)?;
+            info!(dir = %dir.display(), newest, was = ?named, "ACTIVE now names the newest segment");
+        }
+    }
     let first_offset = match &manifest {
         Some(m) => m.first_offset,
         None => files.first().map_or(0, |f| f.0),
@@ -328,22 +341,34 @@ fn check_unmanifested_start(dir: &Path, listing: &Listing) -> Result<()> {
 /// What [`recover`] would refuse for a segment missing at either end of `dir`'s log (see
 /// [`check_ends`]), or for a log with no segment at all (`framecast dump`'s check; the
 /// server refuses that through [`crate::wal::Log::open_existing`]): the file and why.
+///
+/// A server may be running: a listing that a roll, a compaction or a retention pass changed
+/// meanwhile (the manifest or `ACTIVE` read before and after it differ) is taken again.
 pub fn missing_end(dir: &Path) -> Result<Option<(PathBuf, String)>> {
-    let manifest = manifest::read(dir)?;
-    let listing = Listing::of(dir)?;
+    let read_both = || -> Result<_> { Ok((manifest::read(dir)?, active::read(dir)?)) };
+    let mut tries = 0;
+    let (manifest, named, listing) = loop {
+        let before = read_both()?;
+        let listing = Listing::of(dir)?;
+        let after = read_both()?;
+        tries += 1;
+        if before == after || tries == 5 {
+            break (after.0, after.1, listing);
+        }
+    };
     let from = manifest.as_ref().map_or(0, |m| m.segments_from);
     let files: Vec<(u64, PathBuf)> = listing
         .segments
         .into_iter()
         .filter(|(base, _)| *base >= from)
         .collect();
-    if files.is_empty() && !listing.active {
+    if files.is_empty() && named.is_none() {
         return Ok(Some((
             dir.to_path_buf(),
             "missing: the log has no segment, so every frame it held is lost".to_string(),
         )));
     }
-    match check_ends(dir, manifest.as_ref(), listing.active, &files) {
+    match check_ends(dir, manifest.as_ref(), named, &files) {
         Ok(()) => Ok(None),
         Err(Error::Corruption { file, reason, .. }) => Ok(Some((file, reason))),
         Err(e) => Err(e),
@@ -354,22 +379,21 @@ pub fn missing_end(dir: &Path) -> Result<Option<(PathBuf, String)>> {
 /// the base `ACTIVE` names, and (without runs) the oldest must hold the manifest's first
 /// retained offset. A segment missing at either end would otherwise pass unseen: the chain
 /// of base offsets only shows a missing segment between two present ones.
+/// `named`: the base `ACTIVE` names.
 fn check_ends(
     dir: &Path,
     manifest: Option<&Manifest>,
-    named_active: bool,
+    named: Option<u64>,
     files: &[(u64, PathBuf)],
 ) -> Result<()> {
-    if named_active {
-        if let Some(named) = active::read(dir)? {
-            let newest = files.last().map(|f| f.0);
-            if newest.is_none_or(|b| b < named) {
-                return Err(Error::corruption(
-                    &dir.join(segment_file_name(named)),
-                    0,
-                    active::missing_reason(named, newest),
-                ));
-            }
+    if let Some(named) = named {
+        let newest = files.last().map(|f| f.0);
+        if newest.is_none_or(|b| b < named) {
+            return Err(Error::corruption(
+                &dir.join(segment_file_name(named)),
+                0,
+                active::missing_reason(named, newest),
+            ));
         }
     }
     if let (Some(m), Some((base, path))) = (manifest, files.first()) {

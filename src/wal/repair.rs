@@ -61,22 +61,99 @@ pub struct Repaired {
 /// Repairs every segment of the topic directory `dir`; returns what was done, in file
 /// order (empty when nothing was damaged). The server must be stopped.
 pub fn repair_dir(dir: &Path) -> Result<Vec<Repaired>> {
-    let from = manifest::read(dir)?.map_or(0, |m| m.segments_from);
+    repair_dir_with(dir, &mut || Ok(()))
+}
+
+/// [`repair_dir`], calling `before_change` once before the first file is changed (not at
+/// all when nothing is damaged): the place to give the topic its new epoch, durably, so
+/// that a crash part way through a repair never leaves a log that hands lost offsets out
+/// again under the old epoch. An error from it stops the repair with nothing changed.
+pub fn repair_dir_with(
+    dir: &Path,
+    before_change: &mut dyn FnMut() -> Result<()>,
+) -> Result<Vec<Repaired>> {
+    let mut first = FirstChange {
+        hook: before_change,
+        called: false,
+    };
+    let manifest = manifest::read(dir)?;
+    let from = manifest.as_ref().map_or(0, |m| m.segments_from);
     let files: Vec<(u64, PathBuf)> = list_segments(dir)?
         .into_iter()
         .filter(|(base, _)| *base >= from)
         .collect();
     let mut done = Vec::new();
+    if let Some(m) = &manifest {
+        done.extend(settle_oldest(dir, m, &files, &mut first)?);
+    }
     for (i, (_, path)) in files.iter().enumerate() {
         let next_base = files.get(i + 1).map(|f| f.0);
-        done.extend(repair_segment(path, next_base)?);
+        done.extend(repair_segment(path, next_base, &mut first)?);
     }
     if !done.is_empty() {
         sync_dir(dir)?;
     }
-    let missing = settle_newest(dir, from, &done)?;
+    let missing = settle_newest(dir, from, &done, &mut first)?;
     done.extend(missing);
     Ok(done)
+}
+
+/// The caller's hook, called once, before repair changes the first file.
+struct FirstChange<'a> {
+    hook: &'a mut dyn FnMut() -> Result<()>,
+    called: bool,
+}
+
+impl FirstChange<'_> {
+    /// A file is about to change.
+    fn now(&mut self) -> Result<()> {
+        if !self.called {
+            (self.hook)()?;
+            self.called = true;
+        }
+        Ok(())
+    }
+}
+
+/// Accepts the loss of segments missing at the start of the log: with no runs, the oldest
+/// segment present must hold the manifest's first retained offset (startup refuses it
+/// otherwise). The manifest's first offset moves up to that segment's base; the offsets in
+/// between are lost (counted: they lay between the two), and none is handed out again.
+fn settle_oldest(
+    dir: &Path,
+    m: &manifest::Manifest,
+    files: &[(u64, PathBuf)],
+    first: &mut FirstChange<'_>,
+) -> Result<Option<Repaired>> {
+    let Some((base, path)) = files.first() else {
+        return Ok(None);
+    };
+    if !m.runs.is_empty() || *base <= m.first_offset {
+        return Ok(None);
+    }
+    first.now()?;
+    manifest::write(
+        dir,
+        &manifest::Manifest {
+            first_offset: *base,
+            segments_from: m.segments_from.max(*base),
+            ..m.clone()
+        },
+    )?;
+    let reason = format!(
+        "missing: the segments before it (offsets {}..{base}); the log now starts at {base}",
+        m.first_offset
+    );
+    warn!(file = %path.display(), reason = %reason, "accepted the loss of missing oldest segments");
+    Ok(Some(Repaired {
+        file: path.clone(),
+        start: 0,
+        end: 0,
+        lost: m.first_offset..*base,
+        reason,
+        saved_to: None,
+        tail: false,
+    }))
 }
 
 /// Accepts the loss of segments missing at the end of the log: when `ACTIVE` names a base
@@ -84,20 +161,27 @@ pub fn repair_dir(dir: &Path) -> Result<Vec<Repaired>> {
 /// down to the newest present (or removed), so the log continues from there under the new
 /// epoch repair gives it. How many frames the missing files held, nothing on disk says.
 /// `done`: what was repaired before (a segment of zeros set aside is already reported).
-fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repaired>> {
+fn settle_newest(
+    dir: &Path,
+    from: u64,
+    done: &[Repaired],
+    first: &mut FirstChange<'_>,
+) -> Result<Vec<Repaired>> {
     let newest = list_segments(dir)?
         .into_iter()
         .filter(|(base, _)| *base >= from)
         .map(|(base, _)| base)
         .next_back();
+    let mut out = Vec::new();
     let named = match active::read(dir) {
         Ok(named) => named,
         Err(Error::Corruption { reason, .. }) => {
             // Which segment it named is lost with it: the segments present are taken as
             // the whole log, and the loss (if any) cannot be counted.
+            first.now()?;
             rewrite_active(dir, newest)?;
             warn!(dir = %dir.display(), reason = %reason, "rewrote an unreadable ACTIVE file from the segments present");
-            return Ok(Some(Repaired {
+            out.push(Repaired {
                 file: dir.join(ACTIVE_FILE),
                 start: 0,
                 end: 0,
@@ -108,7 +192,8 @@ fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repa
                 ),
                 saved_to: None,
                 tail: false,
-            }));
+            });
+            None
         }
         Err(e) => return Err(e),
     };
@@ -126,11 +211,12 @@ fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repa
         _ => None,
     };
     let Some(base) = missing else {
-        return Ok(None);
+        return Ok(out);
     };
+    first.now()?;
     rewrite_active(dir, newest)?;
     if set_aside == Some(base) {
-        return Ok(None);
+        return Ok(out);
     }
     let file = dir.join(segment_file_name(base));
     let reason = match newest {
@@ -140,7 +226,7 @@ fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repa
         None => "missing: no segment is left".to_string(),
     };
     warn!(file = %file.display(), reason = %reason, "accepted the loss of a missing segment");
-    Ok(Some(Repaired {
+    out.push(Repaired {
         file,
         start: 0,
         end: 0,
@@ -148,7 +234,8 @@ fn settle_newest(dir: &Path, from: u64, done: &[Repaired]) -> Result<Option<Repa
         reason,
         saved_to: None,
         tail: true,
-    }))
+    });
+    Ok(out)
 }
 
 /// Makes `ACTIVE` name `newest`, or removes it when no segment is left.
@@ -161,9 +248,14 @@ fn rewrite_active(dir: &Path, newest: Option<u64>) -> Result<()> {
 
 /// Repairs one segment. `next_base` is the next segment's base offset (`None` for the last
 /// segment), which bounds the offsets lost at the end of a sealed segment.
-fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> {
+fn repair_segment(
+    path: &Path,
+    next_base: Option<u64>,
+    first: &mut FirstChange<'_>,
+) -> Result<Vec<Repaired>> {
     let mut data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if next_base.is_none() && first_non_zero(&data).is_none() {
+        first.now()?;
         return set_aside_zeros(path, data.len());
     }
     let base = decode_segment_header(&data).map_err(|reason| {
@@ -196,6 +288,7 @@ fn repair_segment(path: &Path, next_base: Option<u64>) -> Result<Vec<Repaired>> 
             (None, Some(b)) => (extent.max(pos + MIN_GAP_LEN).min(data.len()), b, false),
             (None, None) => (extent, expect, true),
         };
+        first.now()?;
         let saved_to = save_aside(path, pos, &data[pos..end])?;
         let patch = if tail {
             vec![0u8; end - pos]
