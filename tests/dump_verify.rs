@@ -142,6 +142,13 @@ async fn dump_verify_and_startup_both_refuse_a_topic_missing_files_or_records() 
     dump_says_bad(&data, segs.last().unwrap(), "newest segment missing");
     startup_refuses(&data, "newest segment missing");
 
+    // An unreadable ACTIVE: BAD, and the dump goes on (it does not stop at the error).
+    let (data, _) = case("active");
+    let active = data.join("topics").join(TOPIC).join("ACTIVE");
+    std::fs::write(&active, "garbage").unwrap();
+    dump_says_bad(&data, &active, "unreadable ACTIVE");
+    startup_refuses(&data, "unreadable ACTIVE");
+
     // A middle segment gone.
     let (data, segs) = case("middle");
     std::fs::remove_file(&segs[1]).unwrap();

@@ -371,6 +371,54 @@ async fn a_socket_without_a_good_token_is_closed_ten_seconds_after_it_opened() {
     assert!(opened.elapsed() >= Duration::from_secs(10));
 }
 
+/// A peer without a token that floods the socket with requests and never reads their
+/// replies (so the server waits to queue them) is cut off at the 10 s deadline too: the
+/// server's descriptor for it is closed within 20 s of opening, not at the silence rule's
+/// minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_without_a_token_that_never_reads_is_cut_off_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "k3y").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let pid = server.child.id();
+    let fds = move || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let opened = std::time::Instant::now();
+    let ws = open(&server, "").await;
+    let (mut sink, stream) = ws.split();
+    let flood = tokio::spawn(async move {
+        // 300,000 requests, each answered with an error of about 170 bytes (about 50 MB of
+        // replies, past the socket buffers and the 8 MiB reply budget); never read.
+        for _ in 0..300_000 {
+            let msg = json!({"id": 1, "subscribe": {"topic": "t"}}).to_string();
+            if sink.send(Message::text(msg)).await.is_err() {
+                break;
+            }
+        }
+    });
+    assert!(fds() > before, "the socket is open on the server");
+    let closed_by = opened + Duration::from_secs(20);
+    while fds() > before {
+        assert!(
+            std::time::Instant::now() < closed_by,
+            "the server still holds the socket {:?} after it opened",
+            opened.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = opened.elapsed();
+    assert!(held >= Duration::from_secs(10), "closed after {held:?}");
+    eprintln!("the flooding socket was closed {held:?} after it opened");
+    flood.abort();
+    drop(stream);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_never_read_cost_bounded_memory_and_slow_no_one() {
     let dir = tempfile::tempdir().unwrap();

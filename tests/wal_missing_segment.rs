@@ -18,6 +18,14 @@ use framecast::wal::{cut_from, list_segments, Error, Log, LogConfig, NewFrame};
 
 const SEGMENT_BYTES: u64 = 4096;
 
+/// Taken by every test: with `--features failpoints`, an armed fail point fires on the next
+/// hit in the whole process, so no other test may write an ACTIVE file meanwhile.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config() -> LogConfig {
     LogConfig {
         segment_bytes: SEGMENT_BYTES,
@@ -77,6 +85,7 @@ fn refused(dir: &Path, file: &Path, says: &str) {
 
 #[test]
 fn a_log_that_never_started_a_second_segment_has_no_active_file() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 10);
@@ -87,6 +96,7 @@ fn a_log_that_never_started_a_second_segment_has_no_active_file() {
 
 #[test]
 fn a_missing_newest_segment_is_refused_and_repair_accepts_the_loss() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 200);
@@ -154,6 +164,7 @@ fn a_missing_newest_segment_is_refused_and_repair_accepts_the_loss() {
 
 #[test]
 fn a_missing_oldest_segment_is_refused_when_a_manifest_says_where_the_log_starts() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 200);
@@ -172,6 +183,7 @@ fn a_missing_oldest_segment_is_refused_when_a_manifest_says_where_the_log_starts
 
 #[test]
 fn a_cut_that_removes_newer_segments_leaves_a_log_that_opens() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 200);
@@ -195,6 +207,7 @@ fn a_cut_that_removes_newer_segments_leaves_a_log_that_opens() {
 
 #[test]
 fn an_unreadable_active_file_is_refused_and_repair_rewrites_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 100);
@@ -213,6 +226,7 @@ fn an_unreadable_active_file_is_refused_and_repair_rewrites_it() {
 
 #[test]
 fn repair_counts_from_the_newest_segment_left_when_two_are_missing() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 200);
@@ -236,6 +250,7 @@ fn repair_counts_from_the_newest_segment_left_when_two_are_missing() {
 
 #[test]
 fn repair_moves_the_start_past_missing_oldest_segments_and_reuses_no_offset() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 200);
@@ -270,6 +285,7 @@ type Damage = fn(&Path, &[(u64, PathBuf)]);
 /// changes any file, for every kind of change; not at all when nothing is damaged.
 #[test]
 fn repair_calls_its_hook_before_the_first_change() {
+    let _serial = serial();
     let shapes: [(&str, Damage); 3] = [
         ("newest segment missing", |_, segs| {
             std::fs::remove_file(&segs.last().unwrap().1).unwrap()
@@ -339,6 +355,7 @@ fn repair_calls_its_hook_before_the_first_change() {
 #[test]
 fn a_failed_active_write_is_done_again_before_anything_goes_into_the_new_segment() {
     use framecast::wal::failpoint;
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     append(&log, 0, 20);

@@ -372,13 +372,17 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     "no good {{\"auth\":{{\"token\":…}}}} within {} s of opening the socket",
                     AUTH_WITHIN.as_secs()
                 )));
-                link.reply(&Value::Null, Err(e)).await;
-                // RFC 6455: 1008, policy violation.
-                let close = Message::Close(Some(axum::extract::ws::CloseFrame {
-                    code: axum::extract::ws::close_code::POLICY,
-                    reason: Utf8Bytes::from_static("no auth"),
-                }));
-                let _ = link.out.send(Cmd::Send(vec![close], None)).await;
+                // Said if the peer takes it soon (one that reads nothing is not waited for).
+                let soon = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                if within(soon, link.reply(&Value::Null, Err(e))).await {
+                    // RFC 6455: 1008, policy violation.
+                    let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::POLICY,
+                        reason: Utf8Bytes::from_static("no auth"),
+                    }));
+                    let send = async { link.out.send(Cmd::Send(vec![close], None)).await.is_ok() };
+                    within(soon, send).await;
+                }
                 break;
             }
             // The writer gave up on the peer (silent, or the connection failed).
@@ -407,6 +411,9 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
             _ => break,
         };
         let _ = seen_tx.send(());
+        // A peer without a token that sends and never reads cannot hold the socket past
+        // the deadline by keeping its replies waiting.
+        let by = unauthenticated.then_some(auth_by);
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => break,
@@ -415,7 +422,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 let e = broker.reject(Error::InvalidArgument(
                     "messages are JSON text, not binary".into(),
                 ));
-                if !link.reply(&Value::Null, Err(e)).await {
+                if !within(by, link.reply(&Value::Null, Err(e))).await {
                     break;
                 }
                 continue;
@@ -432,13 +439,13 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     .and_then(|v| v.get("id").cloned())
                     .unwrap_or(Value::Null);
                 let e = broker.reject(Error::InvalidArgument(format!("message: {e}")));
-                if !link.reply(&id, Err(e)).await {
+                if !within(by, link.reply(&id, Err(e))).await {
                     break;
                 }
                 continue;
             }
         };
-        if !handle(&link, &who_tx, &mut subs, &in_flight, request).await {
+        if !within(by, handle(&link, &who_tx, &mut subs, &in_flight, request)).await {
             break;
         }
         unauthenticated = unauthenticated && who_tx.borrow().is_none();
@@ -446,7 +453,30 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     drop(subs);
     drop(link);
     if !writer_done {
-        let _ = writer.await;
+        if unauthenticated {
+            // A peer that never authenticated gets a moment to take what was queued, not
+            // the silence rule's minute: the socket closes now.
+            if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        } else {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// Runs `io` (a reply or a request that queues replies); false (as for a closed socket)
+/// if `by` is set and passes first.
+async fn within(
+    by: Option<tokio::time::Instant>,
+    io: impl std::future::Future<Output = bool>,
+) -> bool {
+    match by {
+        Some(by) => tokio::time::timeout_at(by, io).await.unwrap_or(false),
+        None => io.await,
     }
 }
 

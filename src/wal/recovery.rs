@@ -163,15 +163,6 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
     };
     let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
     check_ends(dir, manifest.as_ref(), named, &files)?;
-    if let (Some((newest, _)), true) = (files.last(), files.len() > 1) {
-        // The newest segment has segments before it but ACTIVE does not name it (a crash
-        // between a new segment and its ACTIVE, or a log from before ACTIVE existed): named
-        // now, before any frame goes into it, so losing it is found from now on.
-        if named.is_none_or(|n| n < *newest) {
-            active::write(dir, *newest)?;
-            info!(dir = %dir.display(), newest, was = ?named, "ACTIVE now names the newest segment");
-        }
-    }
     let first_offset = match &manifest {
         Some(m) => m.first_offset,
         None => files.first().map_or(0, |f| f.0),
@@ -304,6 +295,16 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
             out.sealed.push(Arc::clone(writer.segment()));
         }
     }
+    if let (Some((newest, _)), true) = (files.last(), files.len() > 1) {
+        // The newest segment has segments before it but ACTIVE does not name it (a crash
+        // between a new segment and its ACTIVE, or a log from before ACTIVE existed): named
+        // now that every segment checked out, before any frame goes into it, so losing it
+        // is found from now on. (A refused open changes nothing.)
+        if named.is_none_or(|n| n < *newest) {
+            active::write(dir, *newest)?;
+            info!(dir = %dir.display(), newest, was = ?named, "ACTIVE now names the newest segment");
+        }
+    }
     Ok(out)
 }
 
@@ -345,6 +346,15 @@ fn check_unmanifested_start(dir: &Path, listing: &Listing) -> Result<()> {
 /// A server may be running: a listing that a roll, a compaction or a retention pass changed
 /// meanwhile (the manifest or `ACTIVE` read before and after it differ) is taken again.
 pub fn missing_end(dir: &Path) -> Result<Option<(PathBuf, String)>> {
+    match look_at_ends(dir) {
+        Err(Error::Corruption { file, reason, .. }) => Ok(Some((file, reason))),
+        // Deleted meanwhile (a running server's DeleteTopic): nothing to say.
+        Err(_) if !dir.exists() => Ok(None),
+        other => other,
+    }
+}
+
+fn look_at_ends(dir: &Path) -> Result<Option<(PathBuf, String)>> {
     let read_both = || -> Result<_> { Ok((manifest::read(dir)?, active::read(dir)?)) };
     let mut tries = 0;
     let (manifest, named, listing) = loop {
@@ -368,11 +378,7 @@ pub fn missing_end(dir: &Path) -> Result<Option<(PathBuf, String)>> {
             "missing: the log has no segment, so every frame it held is lost".to_string(),
         )));
     }
-    match check_ends(dir, manifest.as_ref(), named, &files) {
-        Ok(()) => Ok(None),
-        Err(Error::Corruption { file, reason, .. }) => Ok(Some((file, reason))),
-        Err(e) => Err(e),
-    }
+    check_ends(dir, manifest.as_ref(), named, &files).map(|()| None)
 }
 
 /// The segments present must reach both ends of the log: the newest must start at or past

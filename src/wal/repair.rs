@@ -215,7 +215,9 @@ fn settle_newest(
     };
     first.now()?;
     rewrite_active(dir, newest)?;
-    if set_aside == Some(base) {
+    // A segment of zeros set aside is reported already: the one ACTIVE named, or the only
+    // one left.
+    if set_aside == Some(base) || (set_aside.is_some() && newest.is_none()) {
         return Ok(out);
     }
     let file = dir.join(segment_file_name(base));
