@@ -435,17 +435,27 @@ fn load_config_file(raw: &[std::ffi::OsString]) -> Result<(), String> {
     Ok(())
 }
 
+/// Test builds only (`--features failpoints`): arms the fail points `FRAMECAST_FAILPOINTS`
+/// names, if set, for `command`.
+#[cfg(feature = "failpoints")]
+fn arm_failpoints(command: &str) -> Result<(), ExitCode> {
+    if let Ok(spec) = std::env::var("FRAMECAST_FAILPOINTS") {
+        if let Err(e) = framecast::wal::failpoint::arm_spec(&spec) {
+            eprintln!("framecast {command}: FRAMECAST_FAILPOINTS: {e}");
+            return Err(ExitCode::from(2));
+        }
+        tracing::warn!(%spec, "fail points armed");
+    }
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     init_logs(args.log_format);
     // Test builds only (`--features failpoints`): fail points armed from the environment,
     // so tests can make a real node's disk fail (`commit.sync@300`).
     #[cfg(feature = "failpoints")]
-    if let Ok(spec) = std::env::var("FRAMECAST_FAILPOINTS") {
-        if let Err(e) = framecast::wal::failpoint::arm_spec(&spec) {
-            eprintln!("framecast serve: FRAMECAST_FAILPOINTS: {e}");
-            return ExitCode::from(2);
-        }
-        tracing::warn!(%spec, "fail points armed");
+    if let Err(code) = arm_failpoints("serve") {
+        return code;
     }
     // The token a cluster node presents to the leader when auth is on.
     let node_token = match (&args.cluster_token_file, &args.auth_jwt_secret_file) {
@@ -747,6 +757,11 @@ fn main() -> ExitCode {
         }
         Command::Repair { data_dir, topic } => {
             init_tracing();
+            // Test builds only: a repair that dies part way (`active.write`).
+            #[cfg(feature = "failpoints")]
+            if let Err(code) = arm_failpoints("repair") {
+                return code;
+            }
             match framecast::server::repair_offline(&data_dir, &topic) {
                 Ok(outcome) => {
                     for line in outcome.lines(&topic) {

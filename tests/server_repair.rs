@@ -549,3 +549,46 @@ async fn a_missing_newest_or_only_segment_stops_startup_then_repair_accepts_the_
     assert_eq!(publish_one(&server, other, 1).await, 0);
     stop(server);
 }
+
+/// A `framecast repair` that dies part way (its ACTIVE rewrite fails, a fail point armed in
+/// the real binary) has already made the topic's new epoch durable: the data dir is never
+/// left repaired under the old epoch. Startup still refuses it; a second repair finishes
+/// under yet another epoch.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_that_dies_part_way_has_already_given_the_topic_its_new_epoch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, SMALL_SEGMENTS);
+    assert_eq!(publish_n(&server, 600).await.len(), 600);
+    stop(server);
+    let (_, newest_path) = list_segments(&topic_dir(data))
+        .expect("list")
+        .last()
+        .expect("a segment")
+        .clone();
+    std::fs::remove_file(&newest_path).expect("remove the newest segment");
+    let old_epoch = file_epoch(data);
+    let out = Command::new(bin())
+        .args(["repair", "--data-dir", data_s, "--topic", TOPIC])
+        .env("FRAMECAST_FAILPOINTS", "active.write")
+        .output()
+        .expect("run framecast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the armed repair failed: {stderr}");
+    assert!(stderr.contains("fail points armed"), "{stderr}");
+    let died_epoch = file_epoch(data);
+    assert_ne!(
+        died_epoch, old_epoch,
+        "the epoch was renewed before the first change"
+    );
+    let stderr = refused_start(&serve_args(data_s));
+    assert!(stderr.contains("missing"), "{stderr}");
+    let stdout = repaired(data_s, TOPIC);
+    assert!(stdout.contains("missing"), "{stdout}");
+    let new_epoch = file_epoch(data);
+    assert!(new_epoch != died_epoch && new_epoch != old_epoch);
+    let server = Server::start(data, SMALL_SEGMENTS);
+    stop(server);
+}
