@@ -563,7 +563,7 @@ async fn a_repair_that_dies_part_way_has_already_given_the_topic_its_new_epoch()
     let server = Server::start(data, SMALL_SEGMENTS);
     assert_eq!(publish_n(&server, 600).await.len(), 600);
     stop(server);
-    let (_, newest_path) = list_segments(&topic_dir(data))
+    let (newest, newest_path) = list_segments(&topic_dir(data))
         .expect("list")
         .last()
         .expect("a segment")
@@ -590,5 +590,6 @@ async fn a_repair_that_dies_part_way_has_already_given_the_topic_its_new_epoch()
     let new_epoch = file_epoch(data);
     assert!(new_epoch != died_epoch && new_epoch != old_epoch);
     let server = Server::start(data, SMALL_SEGMENTS);
+    assert_eq!(publish_one(&server, TOPIC, 1000).await, newest);
     stop(server);
 }
