@@ -240,3 +240,74 @@ async fn sigterm_ends_streams_with_unavailable_exits_0_and_keeps_every_acked_fra
         }
     }
 }
+
+/// A SIGTERM that comes before the server listens (here while a cluster node tries to join
+/// an etcd that never answers) is not lost to the default action, which would kill the
+/// process: the node stops joining, closes its logs, and exits 0.
+#[test]
+fn sigterm_before_listening_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // "etcd" that accepts connections (the kernel's backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let etcd = format!("http://{}", silent.local_addr().unwrap());
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (grpc, http) = (free_port(), free_port());
+    let child = std::process::Command::new(bin())
+        .args(["serve", "--listen", &grpc, "--http-listen", &http])
+        .args([
+            "--cluster-etcd",
+            &etcd,
+            "--cluster",
+            "quiet",
+            "--node-id",
+            "n1",
+        ])
+        .args(["--advertise", &grpc])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The HTTP door opens before recovery and says "starting" until the node serves: from
+    // then on the server is past its start, joining the cluster, not yet listening.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let starting = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTP door never answered"
+        );
+        if std::net::TcpStream::connect(&http).is_ok() {
+            break common::http::request(&format!("http://{http}"), "GET", "/healthz", &[], b"");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        (starting.status, starting.text()),
+        (503, "starting\n".into())
+    );
+    // SAFETY (test code): plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?} (signal {:?}); log:\n{log}",
+        out.status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&out.status)
+    );
+    assert!(log.contains("SIGTERM received"), "log:\n{log}");
+    assert!(
+        log.contains("shutdown requested while joining the cluster"),
+        "log:\n{log}"
+    );
+    assert!(!log.contains(" listening "), "log:\n{log}");
+    drop(silent);
+}

@@ -162,6 +162,7 @@ pub async fn run(
     listener: TcpListener,
     signal: impl Future<Output = ()>,
 ) -> Result<()> {
+    let mut signal = std::pin::pin!(signal);
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // Keys are read before recovery, so a wrong path fails at once.
     let auth = Authenticator::from_files(
@@ -267,11 +268,6 @@ pub async fn run(
     let (trigger, shutdown) = shutdown::channel();
     let (tasks, mut all_done) = tasks::tracker();
     let config = Arc::new(config);
-    let mut upkeep = tasks.spawn(super::maintenance::run(
-        Arc::clone(&topics),
-        config.maintenance,
-        shutdown.clone(),
-    ));
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
     let this = this_node(&config, &listener, &http)?;
     let cluster = match &config.cluster {
@@ -285,7 +281,8 @@ pub async fn run(
         auth,
         cluster,
     );
-    // A cluster node joins before it listens: it refuses writes until it leads.
+    // A cluster node joins before it listens: it refuses writes until it leads. A signal
+    // while it joins (etcd slow or out of reach) stops it there, cleanly.
     let (replication, mut node_life) = match &config.cluster {
         None => (None, None),
         Some(c) => {
@@ -294,13 +291,27 @@ pub async fn run(
                 home: crate::cluster::node::home(&config.data_dir, &lock.identity()),
                 ..c.clone()
             };
-            let (service, life) =
-                crate::cluster::node::start(c, Arc::clone(&topics), broker.clone())
-                    .await
-                    .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
-            (Some(service), Some(life))
+            tokio::select! {
+                joined = crate::cluster::node::start(c, Arc::clone(&topics), broker.clone()) => {
+                    let (service, life) = joined
+                        .map_err(|e| Error::NotWritable(format!("cannot join the cluster: {e}")))?;
+                    (Some(service), Some(life))
+                }
+                () = &mut signal => {
+                    info!("shutdown requested while joining the cluster: closing without serving");
+                    door.stopping();
+                    close_logs(&topics).await?;
+                    stop_http(http, http_stop).await;
+                    return Ok(());
+                }
+            }
         }
     };
+    let mut upkeep = tasks.spawn(super::maintenance::run(
+        Arc::clone(&topics),
+        config.maintenance,
+        shutdown.clone(),
+    ));
     // A cluster node whose log failed for good has left the cluster: it exits at once, to
     // be restarted and recover from its disk (its streams end; nothing more is written).
     let node_left = async {
@@ -428,7 +439,7 @@ pub async fn run(
             r.map_err(server_error)?;
             Deadline::now() + config.shutdown_grace
         }
-        () = signal => {
+        () = &mut signal => {
             info!(
                 open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
                 // Publish stream readers, and the maintenance task.
@@ -479,13 +490,7 @@ pub async fn run(
         }
     };
     // Closing a log cancels a running compaction, so this is quick.
-    let closing = Arc::clone(&topics);
-    tokio::task::spawn_blocking(move || closing.close_all())
-        .await
-        .map_err(|e| Error::Metadata {
-            path: "close".into(),
-            reason: e.to_string(),
-        })?;
+    close_logs(&topics).await?;
     // A retention or compaction pass that was running at the signal: closing its log
     // cancelled it, so it ends at its next record.
     if let Some(pass) = unfinished {
@@ -497,15 +502,34 @@ pub async fn run(
         }
     }
     info!("all logs synced and closed");
-    if let Some((_, task)) = http {
-        let _ = http_stop.send(());
-        let _ = task.await;
-    }
+    stop_http(http, http_stop).await;
     if let Some(why) = left_after_failure {
         error!(%why, "a log failed while the node was leaving the cluster");
         return Err(Error::NotWritable(format!("left the cluster: {why}")));
     }
     Ok(())
+}
+
+/// Syncs and closes every topic's log (off the async workers).
+async fn close_logs(topics: &Arc<Topics>) -> Result<()> {
+    let closing = Arc::clone(topics);
+    tokio::task::spawn_blocking(move || closing.close_all())
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "close".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Stops the HTTP door, if there is one, and waits for it.
+async fn stop_http(
+    http: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    if let Some((_, task)) = http {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
 }
 
 /// Who this node is when it runs alone: [`STANDALONE_NODE_ID`], at the addresses it is
