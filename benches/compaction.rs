@@ -95,6 +95,7 @@ fn replay_before_and_after(c: &mut Criterion) {
         .compact(&CompactOptions {
             bytes_per_sec: None,
             max_runs: 1,
+            ..CompactOptions::default()
         })
         .unwrap();
     let took = started.elapsed();
@@ -159,6 +160,7 @@ fn append_latency_during_compaction(c: &mut Criterion) {
             log.compact(&CompactOptions {
                 bytes_per_sec: Some(64 << 20),
                 max_runs: 1,
+                ..CompactOptions::default()
             })
             .unwrap()
         })

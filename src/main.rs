@@ -62,6 +62,10 @@ enum Command {
         /// with); unset: every key is kept.
         #[arg(long, value_parser = parse_duration)]
         dedup_window: Option<std::time::Duration>,
+        /// The most bytes of frames one sorted run holds (at most 4GiB); a larger topic
+        /// becomes several runs.
+        #[arg(long, default_value = "1GiB", value_parser = parse_run_bytes)]
+        max_run_bytes: u64,
     },
     /// Repair a stopped server's damaged topic: set damaged bytes aside, keep every valid
     /// frame at its offset, mark the lost offsets as a gap, and give the topic a new epoch.
@@ -150,6 +154,10 @@ struct ServeArgs {
     /// Compaction I/O budget in MB/s (0 = unlimited).
     #[arg(long, env = "FRAMECAST_COMPACTION_MB_PER_SEC", default_value_t = 64)]
     compaction_mb_per_sec: u64,
+    /// The most bytes of frames one sorted run holds (at most 4GiB): a larger backlog is
+    /// compacted over several passes, and full runs are not merged again.
+    #[arg(long, env = "FRAMECAST_COMPACTION_MAX_RUN_BYTES", default_value = "1GiB", value_parser = parse_run_bytes)]
+    compaction_max_run_bytes: u64,
     /// Compact a topic once this many sealed segments wait (0 = never automatically).
     #[arg(long, env = "FRAMECAST_COMPACT_AFTER_SEGMENTS", default_value_t = 4)]
     compact_after_segments: usize,
@@ -283,6 +291,16 @@ fn parse_window(s: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(n).map_err(|e| e.to_string())
+}
+
+/// The most record bytes of one sorted run: 1 byte up to 4 GiB (a run's offset map holds
+/// 32-bit positions; just under 4 GiB is used for "4GiB").
+fn parse_run_bytes(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if !(1..=4 << 30).contains(&n) {
+        return Err(format!("run size '{s}' must be between 1 byte and 4GiB"));
+    }
+    Ok(n)
 }
 
 /// `HOST:PORT` (a name is resolved, its first address taken) or `:PORT` (loopback).
@@ -533,6 +551,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             compact: CompactOptions {
                 bytes_per_sec: (args.compaction_mb_per_sec > 0)
                     .then(|| args.compaction_mb_per_sec.saturating_mul(1 << 20)),
+                max_run_bytes: args.compaction_max_run_bytes,
                 ..CompactOptions::default()
             },
             ..MaintenanceConfig::default()
@@ -732,9 +751,15 @@ fn main() -> ExitCode {
             data_dir,
             topic,
             dedup_window,
+            max_run_bytes,
         } => {
             init_tracing();
-            match framecast::server::compact_offline(&data_dir, topic.as_deref(), dedup_window) {
+            match framecast::server::compact_offline(
+                &data_dir,
+                topic.as_deref(),
+                dedup_window,
+                max_run_bytes,
+            ) {
                 Ok(reports) => {
                     for (name, r) in reports {
                         let Some(r) = r else {

@@ -597,3 +597,97 @@ async fn offline_compaction_drops_idempotency_keys_only_past_the_window_it_is_gi
     let line = compact(&["--dedup-window", "30m"]);
     assert!(!line.ends_with(", 0 keys dropped"), "{line}");
 }
+
+/// A topic several times the size of one run: the server's compactor
+/// (`--compaction-max-run-bytes`) and `framecast compact` (`--max-run-bytes`) write runs no
+/// larger than the limit, and every frame replays in order, before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stay_under_the_run_size_limit_in_the_server_and_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--compaction-max-run-bytes", "80KiB"]);
+    let mut server = Server::start(tmp.path(), &flags);
+    let mut c = server.client().await;
+    // 480 frames of 1,000 B (about 15 segments of 32 KiB), seq_nos out of order.
+    let mut published = BTreeMap::new();
+    for i in 0..480u64 {
+        let seq = (i * 7919) % 480;
+        let ack = publish(&mut c, "big", seq, &[i as u8; 1000]).await;
+        published.insert(ack.offset, (seq, i as u8));
+    }
+    let topic_dir = tmp.path().join("topics").join("big");
+    let segments = || {
+        std::fs::read_dir(&topic_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    };
+    // The compactor takes sealed segments once two wait: at most the active one and one
+    // sealed are left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while segments() > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} segments left",
+            segments()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let check_runs = |limit: u64| {
+        let sizes = run_record_bytes(&topic_dir);
+        assert!(sizes.len() >= 3, "runs {sizes:?}");
+        assert!(
+            sizes.iter().all(|&b| b <= limit),
+            "runs {sizes:?} over {limit}"
+        );
+    };
+    check_runs(80 * 1024);
+    // Replay: every frame, in (seq_no, timestamp, offset) order.
+    let replay = |mut c: framecast::proto::broadcast_client::BroadcastClient<_>| {
+        let published = published.clone();
+        async move {
+            let mut sub = subscribe(&mut c, sub_req("big", 0)).await.unwrap();
+            let got = take(&mut sub.stream, 480, Duration::from_secs(30)).await;
+            let keys: Vec<_> = got
+                .iter()
+                .map(|f| (f.seq_no, f.timestamp, f.offset))
+                .collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "replay out of order");
+            let by_offset: BTreeMap<u64, (u64, u8)> = got
+                .iter()
+                .map(|f| (f.offset, (f.seq_no, f.payload[0])))
+                .collect();
+            assert_eq!(by_offset, published);
+            assert!(got.iter().all(|f| f.payload.len() == 1000));
+        }
+    };
+    replay(c).await;
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).unwrap().success());
+
+    // Offline, with another limit: everything sealed is compacted, no run over it.
+    let out = std::process::Command::new(bin())
+        .args(["compact", "--data-dir", tmp.path().to_str().unwrap()])
+        .args(["--max-run-bytes", "100KiB"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    check_runs(100 * 1024);
+    assert_eq!(segments(), 1, "only the active segment is left");
+    // A limit past what a run can hold is refused.
+    let out = std::process::Command::new(bin())
+        .args(["compact", "--data-dir", tmp.path().to_str().unwrap()])
+        .args(["--max-run-bytes", "5GiB"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    server.restart();
+    replay(server.client().await).await;
+}

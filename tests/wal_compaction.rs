@@ -12,6 +12,9 @@ use framecast::wal::{
 };
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::run_record_bytes;
+
 fn config(retention: Retention) -> LogConfig {
     LogConfig {
         segment_bytes: 64 * 1024,
@@ -157,6 +160,7 @@ fn compaction_keeps_every_frame_in_order_and_shrinks_the_index() {
     let opts = CompactOptions {
         bytes_per_sec: None,
         max_runs: 2,
+        ..CompactOptions::default()
     };
     for _ in 0..3 {
         fill(&log, 2000, &mut rng);
@@ -290,6 +294,7 @@ fn ordered_reads_over_runs_in_key_order_page_exactly() {
     let opts = CompactOptions {
         bytes_per_sec: None,
         max_runs: 8,
+        ..CompactOptions::default()
     };
     let mut seq = 0u64;
     let mut append = |log: &Log, n: u64| {
@@ -472,4 +477,108 @@ fn compaction_below_a_limit_leaves_the_segments_above_it_to_a_cut() {
     log.compact(&CompactOptions::default()).unwrap();
     drop(log);
     assert!(framecast::wal::cut_from(dir.path(), limit / 2, cfg.segment_bytes).is_err());
+}
+
+#[test]
+fn a_backlog_larger_than_a_run_becomes_several_runs_none_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    fill(&log, 8000, &mut rng);
+    let sealed = log.stats().segments - 1;
+    assert!(sealed >= 8, "{sealed} sealed segments");
+    let limit = 150 * 1024;
+    let opts = CompactOptions {
+        bytes_per_sec: None,
+        max_runs: 2,
+        max_run_bytes: limit,
+    };
+    let before = everything(&log);
+    let report = log.compact(&opts).unwrap();
+    // One call compacts every sealed segment, over several passes.
+    assert_eq!(report.segments_in, sealed, "{report:?}");
+    assert_eq!(log.compaction_backlog().0, 0);
+    assert_eq!(
+        everything(&log),
+        before,
+        "compaction changed what readers see"
+    );
+    let sizes = run_record_bytes(dir.path());
+    assert!(sizes.len() >= 3, "runs {sizes:?}");
+    assert!(sizes.iter().all(|&b| b <= limit), "runs {sizes:?}");
+    assert_eq!(log.stats().runs, sizes.len());
+
+    // More rounds, a segment or two each: past max_runs the newest runs merge with the new
+    // segments while they fit; full runs stay, so there are more runs than max_runs and
+    // none over the limit.
+    let mut runs_merged = 0;
+    for _ in 0..8 {
+        fill(&log, 1200, &mut rng);
+        let before = everything(&log);
+        runs_merged += log.compact(&opts).unwrap().runs_in;
+        assert_eq!(everything(&log), before);
+        let sizes = run_record_bytes(dir.path());
+        assert!(sizes.iter().all(|&b| b <= limit), "runs {sizes:?}");
+    }
+    let sizes = run_record_bytes(dir.path());
+    assert!(sizes.len() > opts.max_runs, "runs {sizes:?}");
+    assert!(runs_merged > 0, "no run was merged again: runs {sizes:?}");
+    let before = everything(&log);
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!(everything(&log), before, "reopen after compaction");
+}
+
+#[test]
+fn a_compaction_that_fails_part_way_leaves_no_temporary_run_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    fill(&log, 3000, &mut rng);
+    // A payload byte of the newest sealed segment's last record flipped on disk: its CRC
+    // fails when the merge reads it, after the run has records in it.
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let newest_sealed = &segments[segments.len() - 2];
+    let last_offset = {
+        let name = segments[segments.len() - 1]
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        name.parse::<u64>().unwrap() - 1
+    };
+    let last = log.read(last_offset).unwrap().unwrap();
+    let bytes = std::fs::read(newest_sealed).unwrap();
+    let at = bytes
+        .windows(last.payload.len())
+        .rposition(|w| w == &last.payload[..])
+        .unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(newest_sealed)
+            .unwrap();
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&[bytes[at] ^ 0xff]).unwrap();
+    }
+
+    let err = log.compact(&CompactOptions::default()).unwrap_err();
+    let file = newest_sealed
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(err.to_string().contains(&file), "{err}");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".run"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

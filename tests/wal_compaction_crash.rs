@@ -90,6 +90,7 @@ fn a_crash_at_every_step_of_a_compaction_leaves_exactly_the_same_frames() {
         log.compact(&CompactOptions {
             bytes_per_sec: None,
             max_runs: 4,
+            ..CompactOptions::default()
         })
         .unwrap();
         for n in 600..1000u64 {
@@ -101,6 +102,7 @@ fn a_crash_at_every_step_of_a_compaction_leaves_exactly_the_same_frames() {
         let result = log.compact(&CompactOptions {
             bytes_per_sec: None,
             max_runs: 1,
+            ..CompactOptions::default()
         });
         assert!(result.is_err(), "fail point {point} was not hit");
         drop(log);
@@ -191,8 +193,15 @@ proptest! {
     fn log_matches_a_reference_model_through_compactions_retention_and_crashes(
         ops in proptest::collection::vec(op(), 1..30),
         max_bytes in proptest::option::of(10_000u64..60_000),
+        // Small run limits: a compaction takes several passes, and a crash can come in any.
+        run_limit in proptest::option::of(4_000u64..40_000),
         probe in (0u64..40, 0u64..2000),
     ) {
+        let compact_opts = |max_runs| CompactOptions {
+            bytes_per_sec: None,
+            max_runs,
+            max_run_bytes: run_limit.unwrap_or(CompactOptions::default().max_run_bytes),
+        };
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         failpoint::clear();
         let dir = tempfile::tempdir().unwrap();
@@ -215,7 +224,7 @@ proptest! {
                     }
                 }
                 Op::Compact(max_runs) => {
-                    log.compact(&CompactOptions { bytes_per_sec: None, max_runs }).unwrap();
+                    log.compact(&compact_opts(max_runs)).unwrap();
                 }
                 Op::Retain => {
                     log.apply_retention(now_ns()).unwrap();
@@ -226,7 +235,7 @@ proptest! {
                 }
                 Op::CrashCompact(p, max_runs) => {
                     failpoint::arm(failpoint::ALL[p]);
-                    let _ = log.compact(&CompactOptions { bytes_per_sec: None, max_runs });
+                    let _ = log.compact(&compact_opts(max_runs));
                     failpoint::clear();
                     drop(log);
                     log = Log::open(dir.path(), cfg.clone()).unwrap();

@@ -164,7 +164,7 @@ impl Default for MaintenanceConfig {
             compact_after_bytes: 256 << 20,
             compact: CompactOptions {
                 bytes_per_sec: Some(64 << 20),
-                max_runs: 4,
+                ..CompactOptions::default()
             },
         }
     }

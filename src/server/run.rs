@@ -90,11 +90,13 @@ pub fn require_data_dir(data_dir: &std::path::Path) -> Result<()> {
 ///
 /// `dedup_window`: idempotency keys older than this are dropped from the runs written;
 /// `None` keeps every key (offline, the window the server runs with is not known, and a
-/// key dropped too early would let a retry append its frame twice).
+/// key dropped too early would let a retry append its frame twice). `max_run_bytes`: the
+/// most record bytes a run holds (a larger log becomes several runs).
 pub fn compact_offline(
     data_dir: &std::path::Path,
     only: Option<&str>,
     dedup_window: Option<std::time::Duration>,
+    max_run_bytes: u64,
 ) -> Result<Vec<(String, Option<crate::wal::CompactionReport>)>> {
     require_data_dir(data_dir)?;
     let _lock = DataDirLock::acquire(data_dir)?;
@@ -128,6 +130,7 @@ pub fn compact_offline(
         let opts = crate::wal::CompactOptions {
             bytes_per_sec: None,
             max_runs: 1,
+            max_run_bytes,
         };
         out.push((t.name().to_string(), Some(t.log().compact(&opts)?)));
     }

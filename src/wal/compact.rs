@@ -1,8 +1,11 @@
 //! Compaction and retention: the AOF rewrite of framecast.
 //!
-//! **Compaction** merges the sealed segments (and, once there are too many, the older runs)
+//! **Compaction** merges the sealed segments (and, once there are too many, the newest runs)
 //! into a new sorted run: surviving frames in order-key order, offsets and keys unchanged,
-//! idempotency keys older than the dedup window dropped. The switch is one atomic step:
+//! idempotency keys older than the dedup window dropped. A run holds at most
+//! [`CompactOptions::max_run_bytes`] of records (as Kafka's cleaner bounds the segments it
+//! writes): a larger backlog is compacted over several passes, and runs that are full are
+//! left as they are instead of being merged again. The switch is one atomic step:
 //! 1. the run is written under a temporary name, synced, renamed, the directory synced;
 //! 2. the manifest is replaced (temporary file, sync, rename, directory sync) — the commit;
 //! 3. the in-memory index switches to the run;
@@ -27,7 +30,7 @@ use super::frame::now_ns;
 use super::log::Log;
 use super::manifest::{self, Manifest};
 use super::record::{decode, Decoded, RecordRef};
-use super::run::{Run, RunWriter};
+use super::run::{Run, RunWriter, MAX_RUN_RECORD_BYTES};
 use super::segment::Segment;
 use super::state::Loc;
 use super::{Error, Result};
@@ -38,15 +41,23 @@ use crate::index::OrderKey;
 pub struct CompactOptions {
     /// Bytes written per second at most; `None`: as fast as the disk goes.
     pub bytes_per_sec: Option<u64>,
-    /// When this many runs exist, the next compaction merges them all into its new run.
+    /// When this many runs exist, the next compaction merges the newest of them (as many as
+    /// fit under `max_run_bytes` beside the segments) into its new run.
     pub max_runs: usize,
+    /// Record bytes one run may hold at most (clamped to [`MAX_RUN_RECORD_BYTES`], just
+    /// under 4 GiB). One pass takes the oldest sealed segments that fit (at least one).
+    pub max_run_bytes: u64,
 }
+
+/// Default [`CompactOptions::max_run_bytes`]: 1 GiB, Kafka's default segment size.
+pub const DEFAULT_MAX_RUN_BYTES: u64 = 1 << 30;
 
 impl Default for CompactOptions {
     fn default() -> Self {
         CompactOptions {
             bytes_per_sec: None,
             max_runs: 4,
+            max_run_bytes: DEFAULT_MAX_RUN_BYTES,
         }
     }
 }
@@ -112,6 +123,22 @@ struct SegFrame {
     pos: u32,
 }
 
+/// What one compaction merges (step 2), taken under the read lock in step 1.
+struct MergeInputs<'a> {
+    /// The sealed segments merged, oldest first, with their base offsets.
+    sealed: &'a [(u64, Arc<Segment>)],
+    /// Their frames in key order (`segment` indexes `sealed`).
+    frames: &'a [SegFrame],
+    /// The runs merged.
+    runs: &'a [Arc<Run>],
+    /// Offsets of the new run lost to repaired damage.
+    holes: &'a [u64],
+    /// The new run's first offset: anything below it is left out.
+    base: u64,
+    /// Idempotency keys older than this (ns) are dropped.
+    horizon: i64,
+}
+
 impl Log {
     /// Sealed segments waiting for compaction, and their bytes: what triggers it.
     pub fn compaction_backlog(&self) -> (usize, u64) {
@@ -125,15 +152,38 @@ impl Log {
         (sealed, segs[..sealed].iter().sum())
     }
 
-    /// Merges the sealed segments (and, past `max_runs`, the runs) into one new sorted run.
-    /// Appends and reads go on meanwhile; a reader keeps the files it mapped.
+    /// Compacts every segment sealed when it is called: one pass (see
+    /// [`Log::compact_below`]) after another until none is left, more than one when they
+    /// hold more than `max_run_bytes`. The report adds up the passes; `run` is the last
+    /// run written. Appends and reads go on meanwhile; a reader keeps the files it mapped.
     pub fn compact(&self, opts: &CompactOptions) -> Result<CompactionReport> {
-        self.compact_below(opts, u64::MAX)
+        let limit = {
+            let st = self.shared.state.read();
+            st.offsets.segments().last().map_or(0, |(base, _, _)| base)
+        };
+        let mut total = CompactionReport::default();
+        loop {
+            let pass = self.compact_below(opts, limit)?;
+            if pass.run.is_none() {
+                return Ok(total);
+            }
+            total.segments_in += pass.segments_in;
+            total.runs_in += pass.runs_in;
+            total.frames += pass.frames;
+            total.bytes_in += pass.bytes_in;
+            total.bytes_out += pass.bytes_out;
+            total.keys_dropped += pass.keys_dropped;
+            total.run = pass.run;
+        }
     }
 
     /// [`Log::compact`] of the sealed segments that lie wholly below offset `limit` only: a
     /// cluster node compacts below its commit point, so that frames a new leader may have
     /// it cut (never acknowledged) stay in segments, where a cut can reach them.
+    ///
+    /// One pass: the oldest sealed segments ending at `limit` or below, as many as fit under
+    /// `max_run_bytes` (at least one), and, once `max_runs` runs exist, the newest runs that
+    /// still fit beside them, are merged into one new run.
     pub fn compact_below(&self, opts: &CompactOptions, limit: u64) -> Result<CompactionReport> {
         let _one_at_a_time = self.shared.maintenance.lock();
         if self.is_closed() {
@@ -156,18 +206,41 @@ impl Log {
                 .windows(2)
                 .take_while(|pair| pair[1].0 <= limit)
                 .count();
+            // Of those, the oldest that fit in one run (bytes as published: an upper bound
+            // of the records they hold), and always one.
+            let cap = opts.max_run_bytes.clamp(1, MAX_RUN_RECORD_BYTES);
+            let mut sealed_bytes = 0u64;
+            let below = segs[..below]
+                .iter()
+                .take_while(|(_, seg)| {
+                    let fits = sealed_bytes == 0 || sealed_bytes + seg.published() <= cap;
+                    if fits {
+                        sealed_bytes += seg.published();
+                    }
+                    fits
+                })
+                .count();
             let (Some(sealed), Some((seal_end, _))) = (segs.get(..below), segs.get(below)) else {
                 return Ok(CompactionReport::default());
             };
             if sealed.is_empty() {
                 return Ok(CompactionReport::default());
             }
-            let merge_all = st.runs.len() >= opts.max_runs.max(1);
-            let (merge, keep): (Vec<Arc<Run>>, Vec<Arc<Run>>) = if merge_all {
-                (st.runs.clone(), Vec::new())
-            } else {
-                (Vec::new(), st.runs.clone())
-            };
+            // Past `max_runs`, the newest runs that fit beside the segments are merged with
+            // them; full runs stay as they are.
+            let mut from = st.runs.len();
+            if st.runs.len() >= opts.max_runs.max(1) {
+                let mut room = cap.saturating_sub(sealed_bytes);
+                while let Some(run) = from.checked_sub(1).map(|i| &st.runs[i]) {
+                    if run.bytes() > room {
+                        break;
+                    }
+                    room -= run.bytes();
+                    from -= 1;
+                }
+            }
+            let (keep, merge) = st.runs.split_at(from);
+            let (merge, keep) = (merge.to_vec(), keep.to_vec());
             let base = match (merge.first(), keep.last()) {
                 (Some(r), _) => r.base_offset(),
                 (None, Some(r)) => r.end_offset(),
@@ -220,82 +293,17 @@ impl Log {
             ..Default::default()
         };
         let mut writer = RunWriter::create(&dir, base, seal_end)?;
-        for &offset in &holes {
-            writer.skip(offset)?;
-        }
-        let mut throttle = Throttle {
-            rate: opts.bytes_per_sec,
-            started: Instant::now(),
-            bytes: 0,
+        let inputs = MergeInputs {
+            sealed: &sealed,
+            frames: &frames,
+            runs: &merge,
+            holes: &holes,
+            base,
+            horizon,
         };
-        let mut runs: Vec<_> = merge
-            .iter()
-            .map(|r| {
-                r.records()
-                    .filter(move |(k, _, _)| k.offset >= base)
-                    .peekable()
-            })
-            .collect();
-        let mut seg_frames = frames.iter().filter(|f| f.key.offset >= base).peekable();
-        let mut scratch = Vec::new();
-        loop {
-            let mut best: Option<(OrderKey, Option<usize>)> =
-                seg_frames.peek().map(|f| (f.key, None));
-            for (i, it) in runs.iter_mut().enumerate() {
-                if let Some((k, _, _)) = it.peek() {
-                    if best.is_none_or(|(b, _)| *k < b) {
-                        best = Some((*k, Some(i)));
-                    }
-                }
-            }
-            let Some((key, source)) = best else { break };
-            if self.is_closed() {
-                return Err(Error::Unavailable(
-                    "compaction cancelled: log closing".into(),
-                ));
-            }
-            let (raw, file): (&[u8], PathBuf) = match source {
-                Some(i) => match runs[i].next() {
-                    Some((_, _, raw)) => (raw, merge[i].path().to_path_buf()),
-                    None => break,
-                },
-                None => match seg_frames.next() {
-                    Some(f) => {
-                        let seg = &sealed[f.segment as usize].1;
-                        (seg.read_from(f.pos as u64)?, seg.path().to_path_buf())
-                    }
-                    None => break,
-                },
-            };
-            let (rec, len) = match decode(raw) {
-                Decoded::Record(rec, len) if rec.offset == key.offset => (rec, len),
-                Decoded::Invalid(reason) => return Err(Error::corruption(&file, 0, reason)),
-                _ => {
-                    return Err(Error::corruption(
-                        &file,
-                        0,
-                        format!("offset {} not found", key.offset),
-                    ))
-                }
-            };
-            report.bytes_in += len as u64;
-            let out: &[u8] = if !rec.key.is_empty() && rec.key_time < horizon {
-                let bare = RecordRef {
-                    key: &[],
-                    key_time: 0,
-                    ..rec
-                };
-                scratch.resize(bare.encoded_len(), 0);
-                bare.encode_into(&mut scratch);
-                report.keys_dropped += 1;
-                &scratch
-            } else {
-                &raw[..len]
-            };
-            writer.push(key, out)?;
-            report.frames += 1;
-            report.bytes_out += out.len() as u64;
-            throttle.consume(out.len() as u64);
+        if let Err(e) = self.merge_into(&mut writer, &inputs, opts, &mut report) {
+            writer.abandon();
+            return Err(e);
         }
         let path = writer.finish()?;
         // Verify what was written before the manifest names it.
@@ -353,6 +361,100 @@ impl Log {
             "compacted"
         );
         Ok(report)
+    }
+
+    /// Step 2 of a compaction: the k-way merge of the segments' frames and the runs into
+    /// `writer`, lost offsets marked, expired keys dropped, at the throttled rate.
+    fn merge_into(
+        &self,
+        writer: &mut RunWriter,
+        inputs: &MergeInputs<'_>,
+        opts: &CompactOptions,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        for &offset in inputs.holes {
+            writer.skip(offset)?;
+        }
+        let mut throttle = Throttle {
+            rate: opts.bytes_per_sec,
+            started: Instant::now(),
+            bytes: 0,
+        };
+        let mut runs: Vec<_> = inputs
+            .runs
+            .iter()
+            .map(|r| {
+                r.records()
+                    .filter(move |(k, _, _)| k.offset >= inputs.base)
+                    .peekable()
+            })
+            .collect();
+        let mut seg_frames = inputs
+            .frames
+            .iter()
+            .filter(|f| f.key.offset >= inputs.base)
+            .peekable();
+        let mut scratch = Vec::new();
+        loop {
+            let mut best: Option<(OrderKey, Option<usize>)> =
+                seg_frames.peek().map(|f| (f.key, None));
+            for (i, it) in runs.iter_mut().enumerate() {
+                if let Some((k, _, _)) = it.peek() {
+                    if best.is_none_or(|(b, _)| *k < b) {
+                        best = Some((*k, Some(i)));
+                    }
+                }
+            }
+            let Some((key, source)) = best else { break };
+            if self.is_closed() {
+                return Err(Error::Unavailable(
+                    "compaction cancelled: log closing".into(),
+                ));
+            }
+            let (raw, file): (&[u8], PathBuf) = match source {
+                Some(i) => match runs[i].next() {
+                    Some((_, _, raw)) => (raw, inputs.runs[i].path().to_path_buf()),
+                    None => break,
+                },
+                None => match seg_frames.next() {
+                    Some(f) => {
+                        let seg = &inputs.sealed[f.segment as usize].1;
+                        (seg.read_from(f.pos as u64)?, seg.path().to_path_buf())
+                    }
+                    None => break,
+                },
+            };
+            let (rec, len) = match decode(raw) {
+                Decoded::Record(rec, len) if rec.offset == key.offset => (rec, len),
+                Decoded::Invalid(reason) => return Err(Error::corruption(&file, 0, reason)),
+                _ => {
+                    return Err(Error::corruption(
+                        &file,
+                        0,
+                        format!("offset {} not found", key.offset),
+                    ))
+                }
+            };
+            report.bytes_in += len as u64;
+            let out: &[u8] = if !rec.key.is_empty() && rec.key_time < inputs.horizon {
+                let bare = RecordRef {
+                    key: &[],
+                    key_time: 0,
+                    ..rec
+                };
+                scratch.resize(bare.encoded_len(), 0);
+                bare.encode_into(&mut scratch);
+                report.keys_dropped += 1;
+                &scratch
+            } else {
+                &raw[..len]
+            };
+            writer.push(key, out)?;
+            report.frames += 1;
+            report.bytes_out += out.len() as u64;
+            throttle.consume(out.len() as u64);
+        }
+        Ok(())
     }
 
     /// Removes the oldest frames beyond the retention limits, within sealed data only.

@@ -34,6 +34,10 @@ pub struct SparseEntry {
 /// below 4 GiB - 2, and `u32::MAX` marks a slot not yet written).
 const HOLE: u32 = u32::MAX - 1;
 
+/// The most record bytes one run can hold: a record's position in the offset map is a
+/// `u32` below [`HOLE`], counted from the start of the file.
+pub const MAX_RUN_RECORD_BYTES: u64 = HOLE as u64 - RUN_HEADER_LEN as u64;
+
 /// An open, verified run.
 #[derive(Debug)]
 pub struct Run {
@@ -423,6 +427,18 @@ impl RunWriter {
         }
         self.map[(offset - self.base) as usize] = HOLE;
         Ok(())
+    }
+
+    /// Gives the run up: its temporary file is removed (a compaction that failed part way
+    /// leaves nothing behind, however much it had written).
+    pub fn abandon(self) {
+        let temp = self.temp.clone();
+        drop(self);
+        if let Err(e) = std::fs::remove_file(&temp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %temp.display(), error = %e, "cannot remove an abandoned run");
+            }
+        }
     }
 
     /// Writes the offset map and header, syncs, renames into place and syncs the directory.

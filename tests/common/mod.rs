@@ -514,3 +514,20 @@ pub fn dead_addr() -> String {
     drop(l);
     format!("http://{addr}")
 }
+
+/// Record bytes of every run in `dir`: the file less its 64-byte header and its offset
+/// map (4 bytes an offset, from the `BASE-END.run` name).
+pub fn run_record_bytes(dir: &std::path::Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(range) = name.strip_suffix(".run") else {
+            continue;
+        };
+        let (base, end) = range.split_once('-').unwrap();
+        let count = end.parse::<u64>().unwrap() - base.parse::<u64>().unwrap();
+        out.push(e.metadata().unwrap().len() - 64 - 4 * count);
+    }
+    out
+}
