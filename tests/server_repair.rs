@@ -593,3 +593,131 @@ async fn a_repair_that_dies_part_way_has_already_given_the_topic_its_new_epoch()
     assert_eq!(publish_one(&server, TOPIC, 1000).await, newest);
     stop(server);
 }
+
+/// Makes `data` look as if the machine went down under its last run: `LAST_FSYNC` names
+/// another boot (the run was in an earlier boot), and the records of offsets `lost` never
+/// reached the disk (the pages read back as zeros, as a preallocated file's do).
+fn the_machine_went_down(data: &Path, lost: std::ops::RangeInclusive<u64>) {
+    let path = data.join("LAST_FSYNC");
+    let text = std::fs::read_to_string(&path).expect("LAST_FSYNC");
+    assert!(
+        text.contains("\nboot ") && !text.contains("clean"),
+        "{text:?}"
+    );
+    let other: String = text
+        .lines()
+        .map(|l| match l.starts_with("boot ") {
+            true => "boot 00000000-0000-4000-8000-000000000000\n".to_string(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&path, other).expect("write LAST_FSYNC");
+    let seg = only_segment(data);
+    let (from, _) = record_at(&seg, *lost.start());
+    let (last, len) = record_at(&seg, *lost.end());
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[from..last + len].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+}
+
+/// Under `--fsync never` a frame is acknowledged before it is synced: a crash of the
+/// machine can lose the last ones without leaving a torn tail (the log just ends earlier),
+/// and their offsets would be given again. A server that did not stop cleanly, in an
+/// earlier boot, under such a policy: every topic gets a new epoch, so a resume with an old
+/// cursor is refused instead of skipping the new frames at reused offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_crash_under_fsync_never_gives_every_topic_a_new_epoch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let mut server = Server::start(data, &["--fsync", "never"]);
+    assert_eq!(publish_n(&server, 20).await, (0..20).collect::<Vec<_>>());
+    publish_one(&server, "other", 1).await;
+    let mut c = server.client().await;
+    let other_epoch = topic_info(&mut c, "other").await.expect("listed").epoch;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let seen = take(&mut sub.stream, 20, LIMIT).await;
+    let old_epoch = sub.epoch;
+    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[19]);
+    drop(sub);
+    drop(c);
+    server.kill9();
+    the_machine_went_down(data, 15..=19);
+
+    let server = Server::start(data, &["--fsync", "never"]);
+    let mut c = server.client().await;
+    let info = topic_info(&mut c, TOPIC).await.expect("listed");
+    assert_ne!(info.epoch, old_epoch, "frames 15..19 are gone: a new epoch");
+    assert_eq!(
+        file_epoch(data),
+        info.epoch,
+        "topic.json holds the epoch served"
+    );
+    let other = topic_info(&mut c, "other").await.expect("listed").epoch;
+    assert_ne!(other, other_epoch, "every topic written in that run");
+    let log = server.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("the machine went down"),
+        "{log}"
+    );
+    // The lost offsets are given again, under the new epoch.
+    assert_eq!(publish_one(&server, TOPIC, 99).await, 15);
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    drop(c);
+    stop(server);
+    let text = std::fs::read_to_string(data.join("LAST_FSYNC")).expect("LAST_FSYNC");
+    assert!(
+        text.ends_with("clean\n"),
+        "a clean stop is recorded: {text:?}"
+    );
+}
+
+/// The same rule does not fire where nothing can be lost: a `kill -9` in the same boot (the
+/// page cache keeps every write), a clean stop before the machine went down (everything was
+/// synced), and `--fsync always` (nothing is acknowledged before its sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_a_clean_stop_or_fsync_always_keeps_the_epoch() {
+    for (fsync, how) in [
+        ("never", "kill"),
+        ("never", "clean stop"),
+        ("always", "kill"),
+    ] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path();
+        let mut server = Server::start(data, &["--fsync", fsync]);
+        publish_n(&server, 20).await;
+        let mut c = server.client().await;
+        let epoch = topic_info(&mut c, TOPIC).await.expect("listed").epoch;
+        drop(c);
+        let boot_line = |data: &Path| {
+            let text = std::fs::read_to_string(data.join("LAST_FSYNC")).expect("LAST_FSYNC");
+            text.lines()
+                .find(|l| l.starts_with("boot "))
+                .map(str::to_string)
+        };
+        let before = boot_line(data);
+        match how {
+            "kill" => server.kill9(),
+            _ => stop(server),
+        }
+        if how == "clean stop" || fsync == "always" {
+            // Then the machine goes down: another boot.
+            let path = data.join("LAST_FSYNC");
+            let text = std::fs::read_to_string(&path).expect("LAST_FSYNC");
+            let text = text.replace(
+                before.as_deref().expect("a boot recorded"),
+                "boot elsewhere",
+            );
+            std::fs::write(&path, text).expect("write");
+        }
+        let server = Server::start(data, &["--fsync", fsync]);
+        let mut c = server.client().await;
+        let info = topic_info(&mut c, TOPIC).await.expect("listed");
+        assert_eq!(info.epoch, epoch, "{fsync}, {how}: {}", server.log_text());
+        assert_eq!(publish_one(&server, TOPIC, 99).await, 20, "{fsync}, {how}");
+        drop(c);
+        stop(server);
+    }
+}

@@ -927,31 +927,51 @@ impl Topics {
         v
     }
 
-    /// Finishes queued appends and syncs every log. Blocking.
-    pub fn close_all(&self) {
+    /// Finishes queued appends and syncs every log. Blocking. True when every frame
+    /// written is synced (false: a final sync failed, and was logged).
+    pub fn close_all(&self) -> bool {
+        let mut synced = true;
         for t in self.list() {
-            t.log.close();
+            synced &= t.log.close();
         }
+        synced
     }
 }
 
+/// When recovery gives topics a new epoch (see [`super::last_fsync`]).
+#[derive(Debug, Clone, Copy)]
+struct EpochRule {
+    /// A topic whose tail recovery cuts: its frames may have been acknowledged before they
+    /// were synced (the policy now or the one they were written under is not `always`).
+    cut: bool,
+    /// Every topic: the last run acknowledged before syncing and the machine went down
+    /// under it, so its last acknowledged frames may be gone without a trace.
+    all: bool,
+}
+
 /// Opens one topic: its metadata, then its log, giving it a new epoch first when recovery
-/// is about to cut a tail that may have held acknowledged frames.
+/// is about to cut a tail that may have held acknowledged frames, or when the machine went
+/// down under a run that acknowledged before syncing.
 fn open_one(
     data_dir: &Path,
     dir: &Path,
     log_config: &LogConfig,
     metrics: &Metrics,
-    replicated: bool,
+    (replicated, epochs): (bool, EpochRule),
     name: String,
 ) -> Result<Topic> {
     let topic_dir = dir.join(&name);
     let mut meta = read_meta(&topic_dir)?;
     let terms = TermHistory::load(&topic_dir)?;
     let config = topic_config(log_config, &meta);
+    if epochs.all {
+        let old_epoch = meta.epoch;
+        meta = renew_epoch(&topic_dir, &meta)?;
+        info!(topic = %name, old_epoch, new_epoch = meta.epoch, "new epoch: frames acknowledged before the machine went down may be lost");
+    }
     // Under interval/never a cut tail may have held acknowledged frames: the new epoch
     // is made durable before the cut, so a crash in between cannot lose it.
-    let renew = super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync);
+    let renew = epochs.cut && !epochs.all;
     let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
         if renew {
             let old_epoch = meta.epoch;
@@ -1004,10 +1024,39 @@ fn open_all(
     replicated: bool,
     names: Vec<String>,
 ) -> Result<Vec<Topic>> {
+    let epochs = EpochRule {
+        cut: super::last_fsync::acks_may_precede_sync(data_dir, log_config.fsync),
+        // Not on a cluster node: its topics' epochs are its leader's, copied with the log,
+        // and a node that lost frames copies them again from the leader it follows.
+        all: !replicated
+            && super::last_fsync::unsynced_frames_may_be_lost(
+                data_dir,
+                super::last_fsync::current_boot().as_deref(),
+            ),
+    };
+    if epochs.all && !names.is_empty() {
+        warn!(
+            topics = names.len(),
+            last_run = ?super::last_fsync::read_run(data_dir),
+            "the machine went down while the server acknowledged frames before syncing them \
+             (fsync never or interval) and it did not stop cleanly: the last acknowledged \
+             frames may be lost and their offsets given again; every topic gets a new epoch, \
+             and subscribers resuming with an old cursor must start over"
+        );
+    }
     on_threads(&names, 16, "recovery", |chunk| {
         chunk
             .iter()
-            .map(|name| open_one(data_dir, dir, log_config, metrics, replicated, name.clone()))
+            .map(|name| {
+                open_one(
+                    data_dir,
+                    dir,
+                    log_config,
+                    metrics,
+                    (replicated, epochs),
+                    name.clone(),
+                )
+            })
             .collect()
     })
 }

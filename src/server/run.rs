@@ -303,7 +303,9 @@ pub async fn run(
                 () = &mut signal => {
                     info!("shutdown requested while joining the cluster: closing without serving");
                     door.stopping();
-                    close_logs(&topics).await?;
+                    if close_logs(&topics).await? {
+                        record_clean_stop(&config);
+                    }
                     stop_http(http, http_stop).await;
                     return Ok(());
                 }
@@ -493,7 +495,7 @@ pub async fn run(
         }
     };
     // Closing a log cancels a running compaction, so this is quick.
-    close_logs(&topics).await?;
+    let synced = close_logs(&topics).await?;
     // A retention or compaction pass that was running at the signal: closing its log
     // cancelled it, so it ends at its next record.
     if let Some(pass) = unfinished {
@@ -510,11 +512,24 @@ pub async fn run(
         error!(%why, "a log failed while the node was leaving the cluster");
         return Err(Error::NotWritable(format!("left the cluster: {why}")));
     }
+    if synced {
+        record_clean_stop(&config);
+    }
     Ok(())
 }
 
-/// Syncs and closes every topic's log (off the async workers).
-async fn close_logs(topics: &Arc<Topics>) -> Result<()> {
+/// Records in `LAST_FSYNC` that this run stopped cleanly, every log synced and closed (so
+/// the next start knows no acknowledged frame can be missing). A failure is logged: the
+/// next start then treats the stop as a crash, which is safe.
+fn record_clean_stop(config: &ServerConfig) {
+    if let Err(e) = super::last_fsync::record_clean_stop(&config.data_dir, config.log.fsync) {
+        warn!(error = %e, "cannot record the clean stop");
+    }
+}
+
+/// Syncs and closes every topic's log (off the async workers); true when every frame
+/// written is synced.
+async fn close_logs(topics: &Arc<Topics>) -> Result<bool> {
     let closing = Arc::clone(topics);
     tokio::task::spawn_blocking(move || closing.close_all())
         .await

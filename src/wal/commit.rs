@@ -259,10 +259,12 @@ impl Committer {
         }
     }
 
-    /// Syncs whatever was written and not yet synced (at close).
-    pub(super) fn sync_all(&self) {
+    /// Syncs whatever was written and not yet synced (at close); true when nothing written
+    /// is left unsynced.
+    pub(super) fn sync_all(&self) -> bool {
         let mut w = self.writer.lock();
         self.sync_unsynced(&mut w);
+        w.synced_to >= w.active.cursor()
     }
 }
 

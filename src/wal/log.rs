@@ -279,13 +279,14 @@ impl Log {
     }
 
     /// Finishes queued appends, syncs, and stops the committer. Later appends fail with
-    /// [`Error::Unavailable`]; reads keep working. Called by `drop` too.
-    pub fn close(&self) {
+    /// [`Error::Unavailable`]; reads keep working. Called by `drop` too. True when every
+    /// frame written is synced (false: the last sync failed, and was logged).
+    pub fn close(&self) -> bool {
         self.shared.cancel.store(true, Ordering::Relaxed);
         self.shared.committer.stop();
         // Wait for a compaction or retention pass to stop; none starts after this.
         drop(self.shared.maintenance.lock());
-        self.shared.committer.sync_all();
+        self.shared.committer.sync_all()
     }
 }
 
