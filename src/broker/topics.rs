@@ -341,6 +341,8 @@ pub struct Topics {
     term_writes: Arc<tokio::sync::Mutex<()>>,
     /// Bumped whenever a topic is created, deleted or reopened.
     roster: Arc<Roster>,
+    /// Set by [`Topics::close_all`]: no topic is created after it.
+    closed: Arc<AtomicBool>,
 }
 
 /// The roster: its version, bumped whenever a topic is created, deleted or reopened, and
@@ -452,6 +454,7 @@ impl Topics {
             replicated,
             term: AtomicU64::new(0),
             owns_retention: AtomicBool::new(!replicated),
+            closed: Arc::new(AtomicBool::new(false)),
             roster: Arc::new(Roster {
                 version: watch::channel(FIRST_ROSTER).0,
                 log: Mutex::new(VecDeque::new()),
@@ -719,6 +722,9 @@ impl Topics {
             return Err(invalid_name(name));
         }
         let guard = Arc::clone(&self.changes).lock_owned().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
         if let Some(t) = self.get(name) {
             let m = t.meta();
             if m.retention_max_age_seconds == retention_max_age_seconds
@@ -739,7 +745,7 @@ impl Topics {
             self.replicated,
             TermHistory::starting(self.term.load(Ordering::Acquire)),
         );
-        let roster = Arc::clone(&self.roster);
+        let (roster, closed) = (Arc::clone(&self.roster), Arc::clone(&self.closed));
         // Runs to the end even if the request is cancelled: the topic is either fully made,
         // registered and announced, or not made at all.
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
@@ -755,6 +761,12 @@ impl Topics {
             ));
             map.write().insert(name_owned.clone(), Arc::clone(&topic));
             roster.changed(&name_owned);
+            // Made while `close_all` ran: whether or not its listing saw this topic, its
+            // log is closed here (synced; later appends refused) and the creation refused.
+            if closed.load(Ordering::SeqCst) {
+                topic.log.close();
+                return Err(Error::ShuttingDown);
+            }
             Ok(topic)
         })
         .await
@@ -927,9 +939,11 @@ impl Topics {
         v
     }
 
-    /// Finishes queued appends and syncs every log. Blocking. True when every frame
-    /// written is synced (false: a final sync failed, and was logged).
+    /// Finishes queued appends and syncs every log; no topic is created after it. Blocking.
+    /// True when every frame written is synced (false: a final sync failed, and was
+    /// logged).
     pub fn close_all(&self) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
         let mut synced = true;
         for t in self.list() {
             synced &= t.log.close();
@@ -944,8 +958,9 @@ struct EpochRule {
     /// A topic whose tail recovery cuts: its frames may have been acknowledged before they
     /// were synced (the policy now or the one they were written under is not `always`).
     cut: bool,
-    /// Every topic: the last run acknowledged before syncing and the machine went down
-    /// under it, so its last acknowledged frames may be gone without a trace.
+    /// Every topic not a cluster node's copy: the last run acknowledged before syncing
+    /// and the machine went down under it, so its last acknowledged frames may be gone
+    /// without a trace.
     all: bool,
 }
 
@@ -964,14 +979,17 @@ fn open_one(
     let mut meta = read_meta(&topic_dir)?;
     let terms = TermHistory::load(&topic_dir)?;
     let config = topic_config(log_config, &meta);
-    if epochs.all {
+    // A cluster node's copy (its term history names a cluster term) keeps its leader's
+    // epoch, also when opened offline (`framecast compact`).
+    let renew_now = epochs.all && terms.last_term() == 0;
+    if renew_now {
         let old_epoch = meta.epoch;
         meta = renew_epoch(&topic_dir, &meta)?;
         info!(topic = %name, old_epoch, new_epoch = meta.epoch, "new epoch: frames acknowledged before the machine went down may be lost");
     }
     // Under interval/never a cut tail may have held acknowledged frames: the new epoch
     // is made durable before the cut, so a crash in between cannot lose it.
-    let renew = epochs.cut && !epochs.all;
+    let renew = epochs.cut && !renew_now;
     let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
         if renew {
             let old_epoch = meta.epoch;
@@ -1350,5 +1368,20 @@ mod tests {
         ] {
             assert!(!valid_topic_name(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn no_topic_is_created_after_close_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new(16));
+        let topics = Topics::open(dir.path(), LogConfig::default(), true, metrics).expect("open");
+        topics
+            .get_or_create("before", Cause::Publish)
+            .await
+            .expect("created");
+        assert!(topics.close_all(), "nothing unsynced");
+        let refused = topics.get_or_create("after", Cause::Publish).await;
+        assert!(matches!(refused, Err(Error::ShuttingDown)), "{refused:?}");
+        assert!(!dir.path().join("topics").join("after").exists());
     }
 }

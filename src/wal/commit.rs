@@ -7,7 +7,7 @@
 //! is unsynced, however steady the load: the oldest unsynced write sets the deadline.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,6 +45,10 @@ pub(super) struct Committer {
     /// The end of that batch: moves when one is handed out.
     written: watch::Sender<u64>,
     syncs: AtomicU64,
+    /// Set for good once any sync failed: a later sync of the same range may succeed without
+    /// the data having reached the disk (the kernel may drop dirty pages a failed writeback
+    /// left), so such a log is never reported fully synced.
+    sync_failed: AtomicBool,
 }
 
 /// A batch of records as the committer wrote them, handed out before its sync: offsets
@@ -162,6 +166,7 @@ impl Committer {
             tail: Mutex::new(None),
             written,
             syncs: AtomicU64::new(0),
+            sync_failed: AtomicBool::new(false),
         })
     }
 
@@ -260,11 +265,13 @@ impl Committer {
     }
 
     /// Syncs whatever was written and not yet synced (at close); true when nothing written
-    /// is left unsynced.
+    /// is left unsynced and no sync of this log ever failed.
     pub(super) fn sync_all(&self) -> bool {
         let mut w = self.writer.lock();
         self.sync_unsynced(&mut w);
         w.synced_to >= w.active.cursor()
+            && w.failed.is_none()
+            && !self.sync_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -662,6 +669,14 @@ impl Committer {
     /// Syncs `[pos, pos + len)` of `seg` and counts it.
     fn sync(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        let synced = self.sync_observed(seg, pos, len, method);
+        if synced.is_err() {
+            self.sync_failed.store(true, Ordering::Relaxed);
+        }
+        synced
+    }
+
+    fn sync_observed(&self, seg: &Segment, pos: u64, len: u64, method: SyncMethod) -> Result<()> {
         // Tests make one commit sync fail here (`--features failpoints`).
         super::failpoint::hit(super::failpoint::COMMIT_SYNC)?;
         let Some(observer) = &self.config.sync_observer else {
