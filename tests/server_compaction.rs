@@ -671,14 +671,19 @@ async fn runs_stay_under_the_run_size_limit_in_the_server_and_offline() {
     server.sigterm();
     assert!(server.wait_exit(Duration::from_secs(10)).unwrap().success());
 
-    // Offline, with another limit: everything sealed is compacted, no run over it.
+    // Offline, with a larger limit: everything sealed is compacted, the server's runs merged
+    // into larger ones (over the server's 80 KiB), none over the new limit.
+    let before = run_record_bytes(&topic_dir).len();
     let out = std::process::Command::new(bin())
         .args(["compact", "--data-dir", tmp.path().to_str().unwrap()])
-        .args(["--max-run-bytes", "100KiB"])
+        .args(["--max-run-bytes", "200KiB"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    check_runs(100 * 1024);
+    check_runs(200 * 1024);
+    let sizes = run_record_bytes(&topic_dir);
+    assert!(sizes.len() < before, "runs {sizes:?}, {before} before");
+    assert!(sizes.iter().any(|&b| b > 80 * 1024), "runs {sizes:?}");
     assert_eq!(segments(), 1, "only the active segment is left");
     // A limit past what a run can hold is refused.
     let out = std::process::Command::new(bin())

@@ -171,7 +171,7 @@ enum Op {
     Compact(usize),
     Retain,
     Reopen,
-    CrashCompact(usize, usize),
+    CrashCompact(usize, usize, u64),
     CrashRetain(usize),
 }
 
@@ -181,7 +181,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1usize..4).prop_map(Op::Compact),
         1 => Just(Op::Retain),
         1 => Just(Op::Reopen),
-        1 => (0..failpoint::ALL.len(), 1usize..4).prop_map(|(p, r)| Op::CrashCompact(p, r)),
+        1 => (0..failpoint::ALL.len(), 1usize..4, 1u64..4).prop_map(|(p, r, n)| Op::CrashCompact(p, r, n)),
         1 => (0usize..3).prop_map(Op::CrashRetain),
     ]
 }
@@ -233,8 +233,9 @@ proptest! {
                     drop(log);
                     log = Log::open(dir.path(), cfg.clone()).unwrap();
                 }
-                Op::CrashCompact(p, max_runs) => {
-                    failpoint::arm(failpoint::ALL[p]);
+                Op::CrashCompact(p, max_runs, nth) => {
+                    // The nth hit: with a small run limit, in a later pass of the compaction.
+                    failpoint::arm_at(failpoint::ALL[p], nth);
                     let _ = log.compact(&compact_opts(max_runs));
                     failpoint::clear();
                     drop(log);

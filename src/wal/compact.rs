@@ -307,7 +307,13 @@ impl Log {
         }
         let path = writer.finish()?;
         // Verify what was written before the manifest names it.
-        let run = Arc::new(Run::open(&path, |_, _| {})?);
+        let run = match Run::open(&path, |_, _| {}) {
+            Ok(run) => Arc::new(run),
+            Err(e) => {
+                super::run::remove_if_there(&path);
+                return Err(e);
+            }
+        };
 
         // 3. Commit: the manifest names the new set.
         let mut names: Vec<String> = keep.iter().map(|r| file_name(r.path())).collect();

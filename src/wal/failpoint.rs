@@ -98,6 +98,12 @@ pub const COMMIT_SYNC: &str = "commit.sync";
 /// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
 pub const ACTIVE_WRITE: &str = "active.write";
 
+/// True when `e` came from a fail point: a simulated crash, after which nothing may be
+/// cleaned up.
+pub fn is_failpoint(e: &super::Error) -> bool {
+    matches!(e, super::Error::Unavailable(m) if m.starts_with("fail point "))
+}
+
 /// Fails with [`super::Error::Unavailable`] if `name` is armed.
 #[inline]
 pub fn hit(name: &str) -> Result<()> {

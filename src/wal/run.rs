@@ -434,15 +434,24 @@ impl RunWriter {
     pub fn abandon(self) {
         let temp = self.temp.clone();
         drop(self);
-        if let Err(e) = std::fs::remove_file(&temp) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %temp.display(), error = %e, "cannot remove an abandoned run");
-            }
-        }
+        remove_if_there(&temp);
     }
 
     /// Writes the offset map and header, syncs, renames into place and syncs the directory.
-    pub fn finish(mut self) -> Result<PathBuf> {
+    /// If that fails before the rename, the temporary file is removed (not after a fail
+    /// point, which stands for a crash).
+    pub fn finish(self) -> Result<PathBuf> {
+        let temp = self.temp.clone();
+        let finished = self.write_out();
+        if let Err(e) = &finished {
+            if !failpoint::is_failpoint(e) {
+                remove_if_there(&temp);
+            }
+        }
+        finished
+    }
+
+    fn write_out(mut self) -> Result<PathBuf> {
         if let Some(missing) = self.map.iter().position(|&p| p == u32::MAX) {
             return Err(Error::InvalidArgument(format!(
                 "run lacks offset {}",
@@ -473,5 +482,15 @@ impl RunWriter {
         sync_dir(&self.dir)?;
         failpoint::hit("run.after_rename")?;
         Ok(path)
+    }
+}
+
+/// Removes a run file no manifest names (a compaction given up); a failure is logged, and
+/// the next open removes the file.
+pub fn remove_if_there(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an unfinished run");
+        }
     }
 }
