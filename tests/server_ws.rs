@@ -658,3 +658,45 @@ async fn a_largest_frame_fits_however_its_json_is_escaped() {
     let mut c = server.client().await;
     assert_eq!(common::read_log(&mut c, "esc").await.len(), 2);
 }
+
+/// At shutdown every subscription of a socket ends with its `end` message (UNAVAILABLE),
+/// before the close: a browser knows to reconnect elsewhere, and where from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_subscription_with_its_end_message_before_the_close() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start(dir.path(), &[]);
+        let mut c = server.client().await;
+        for t in ["a", "b", "c"] {
+            publish(&mut c, t, 1, b"x").await;
+        }
+        let mut ws = open(&server, "").await;
+        let mut pushes = Vec::new();
+        for (id, t) in [(1, "a"), (2, "b"), (3, "c")] {
+            send(&mut ws, json!({"id": id, "subscribe": {"topic": t}})).await;
+            assert!(reply(&mut ws, id, &mut pushes)
+                .await
+                .get("result")
+                .is_some());
+        }
+        server.sigterm();
+        let mut ended = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if let Some(end) = v.get("end") {
+                        assert_eq!(end["code"], "UNAVAILABLE", "{v}");
+                        ended.push(end["topic"].as_str().unwrap().to_string());
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        ended.sort();
+        assert_eq!(ended, ["a", "b", "c"], "round {round}");
+        assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
+    }
+}

@@ -776,6 +776,7 @@ mod tests {
         assert_eq!(names(&broker.cluster(&writer).unwrap()), ["b.x"]);
         let listed: Vec<_> = broker
             .list_topics(&limited)
+            .unwrap()
             .into_iter()
             .map(|t| t.name)
             .collect();
@@ -791,6 +792,11 @@ mod tests {
         assert!(matches!(end, Some(Err(Error::ShuttingDown))), "{end:?}");
         assert!(events.next().await.is_none());
         assert!(matches!(broker.cluster(&limited), Err(Error::ShuttingDown)));
+        // ListTopics too, as every new call (the gRPC and HTTP doors both ask the broker).
+        assert!(matches!(
+            broker.list_topics(&limited),
+            Err(Error::ShuttingDown)
+        ));
         broker.topics().close_all();
     }
 }

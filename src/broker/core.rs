@@ -427,14 +427,17 @@ impl Broker {
         self.counted(must_be_admin(who, "read /metrics"))
     }
 
-    /// Every topic `who` may publish or subscribe to (all for an admin), with its figures.
-    pub fn list_topics(&self, who: &Principal) -> Vec<proto::TopicInfo> {
-        self.topics
+    /// Every topic `who` may publish or subscribe to (all for an admin), with its figures;
+    /// UNAVAILABLE once shutdown began, as every new call.
+    pub fn list_topics(&self, who: &Principal) -> Result<Vec<proto::TopicInfo>> {
+        self.counted(self.check_running())?;
+        Ok(self
+            .topics
             .list()
             .iter()
             .filter(|t| who.may_see(t.name()))
             .map(|t| topic_info(t))
-            .collect()
+            .collect())
     }
 
     /// Checks a publish request against API.md's error table; nothing is touched yet.

@@ -277,6 +277,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
         who: who_rx,
     };
     let (seen_tx, seen_rx) = watch::channel(());
+    let stopping = broker.shutdown().clone();
     // The writer: replies and pushes to the connection, pings, and the silence check. It
     // pulls pushes only after the last flush finished: a peer that stops reading stops them.
     let writer = tokio::spawn(async move {
@@ -293,7 +294,22 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
             tokio::select! {
                 biased;
                 next = out_rx.recv() => {
-                    let Some(cmd) = next else { break };
+                    let Some(cmd) = next else {
+                        // The reader is done. At shutdown the subscriptions still have their
+                        // last word, an `end` each: it goes out first (within a second).
+                        if stopping.is_fired() {
+                            let last_words = async {
+                                while let Some((_, msg)) = feeds.next().await {
+                                    if !heard.unless_silent(sink.feed(msg)).await {
+                                        return;
+                                    }
+                                }
+                                heard.unless_silent(sink.flush()).await;
+                            };
+                            let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
+                        }
+                        break;
+                    };
                     // Everything queued now goes out in one flush (one write), not one
                     // each; the budget shares are kept until the flush wrote them.
                     let mut held = Vec::new();
@@ -326,6 +342,18 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     }
                     drop(held);
                 }
+                Ok(()) = heard.seen.changed() => heard.at = tokio::time::Instant::now(),
+                _ = ping.tick() => {
+                    if heard.at.elapsed() >= SILENT_FOR {
+                        debug!("websocket silent; closing");
+                        break;
+                    }
+                    if !heard.unless_silent(sink.send(Message::Ping(Default::default()))).await {
+                        break;
+                    }
+                }
+                // Pushes last: under a steady stream of them, what the peer said and the ping
+                // tick (once every 20 s) still get their turn.
                 Some((_, msg)) = feeds.next(), if !feeds.is_empty() => {
                     // This push and those ready right after it, from any subscription.
                     let mut bytes = message_len(&msg);
@@ -338,16 +366,6 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                         ok = heard.unless_silent(sink.feed(msg)).await;
                     }
                     if !ok || !heard.unless_silent(sink.flush()).await {
-                        break;
-                    }
-                }
-                Ok(()) = heard.seen.changed() => heard.at = tokio::time::Instant::now(),
-                _ = ping.tick() => {
-                    if heard.at.elapsed() >= SILENT_FOR {
-                        debug!("websocket silent; closing");
-                        break;
-                    }
-                    if !heard.unless_silent(sink.send(Message::Ping(Default::default()))).await {
                         break;
                     }
                 }
@@ -812,6 +830,9 @@ fn push_message(
 
 /// The scratch capacity a subscription keeps between pushes.
 const SCRATCH_KEEP: usize = 64 << 10;
+
+/// How long the subscriptions' `end` messages may take to go out at shutdown.
+const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// `{"end":{"topic","code","message"}}`: the subscription ended with `e`; with `leader`
 /// too (its HTTP door, else its address) when a follower names the leader.

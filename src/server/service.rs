@@ -407,7 +407,7 @@ impl Broadcast for BroadcastService {
         req: Request<proto::ListTopicsRequest>,
     ) -> std::result::Result<Response<proto::ListTopicsResponse>, Status> {
         let who = self.caller(&req)?;
-        let topics = self.broker.list_topics(&who);
+        let topics = self.broker.list_topics(&who).map_err(status)?;
         Ok(Response::new(proto::ListTopicsResponse { topics }))
     }
 
