@@ -582,3 +582,23 @@ fn a_compaction_that_fails_part_way_leaves_no_temporary_run_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The merge takes the segments' keys from the index in batches (16,384 at a time): a
+/// compaction of 40,000 frames with repeated seq_nos and timestamps crosses batch
+/// boundaries inside runs of equal keys, and keeps every frame in order.
+#[test]
+fn a_compaction_of_many_frames_reads_the_index_in_batches_and_keeps_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    fill(&log, 40_000, &mut rng);
+    let before = everything(&log);
+    let sealed = log.stats().segments - 1;
+    let report = log.compact(&CompactOptions::default()).unwrap();
+    assert_eq!(report.segments_in, sealed);
+    assert!(report.frames > 32_768, "{report:?}");
+    assert_eq!(everything(&log), before);
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    assert_eq!(everything(&log), before, "reopen");
+}

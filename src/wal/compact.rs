@@ -19,6 +19,7 @@
 //! **Retention** moves the oldest retained offset forward (by age or bytes), only within
 //! sealed data, commits it in the manifest, and deletes files wholly below it.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,18 +124,88 @@ struct SegFrame {
     pos: u32,
 }
 
+/// Keys the merge takes from the index at a time.
+const SEG_FRAMES_BATCH: usize = 16_384;
+
+/// The sealed segments' frames in key order, taken from the index a batch at a time under
+/// its read lock: a compaction holds one batch of them, not an entry per frame of the
+/// segments it merges. (The maintenance lock it holds keeps retention and other
+/// compactions out; appends meanwhile go past `end`.)
+struct SegFrames<'a> {
+    log: &'a Log,
+    sealed: &'a [(u64, Arc<Segment>)],
+    /// Where the next batch starts; `None` once the index has no more.
+    from: Option<OrderKey>,
+    /// Offsets from here on are not the merge's.
+    end: u64,
+    /// Offsets below this are left out (below the first retained offset).
+    base: u64,
+    batch: VecDeque<SegFrame>,
+}
+
+impl SegFrames<'_> {
+    fn peek(&mut self) -> Result<Option<&SegFrame>> {
+        self.fill()?;
+        Ok(self.batch.front())
+    }
+
+    fn next(&mut self) -> Result<Option<SegFrame>> {
+        self.fill()?;
+        Ok(self.batch.pop_front())
+    }
+
+    /// Takes the next batch from the index when the last one is used up.
+    fn fill(&mut self) -> Result<()> {
+        while self.batch.is_empty() {
+            let Some(from) = self.from else {
+                return Ok(());
+            };
+            let st = self.log.shared.state.read();
+            let mut keys = Vec::with_capacity(SEG_FRAMES_BATCH);
+            let done = st
+                .order
+                .collect(&from, self.end, SEG_FRAMES_BATCH, &mut keys);
+            self.from = match keys.last() {
+                Some(last) if !done => last.successor(),
+                _ => None,
+            };
+            for key in keys.into_iter().filter(|k| k.offset >= self.base) {
+                let (seg, pos) = st.offsets.locate(key.offset).ok_or_else(|| {
+                    Error::Unavailable(format!("offset {} indexed without a segment", key.offset))
+                })?;
+                let segment = self
+                    .sealed
+                    .partition_point(|(b, _)| *b <= seg.base_offset())
+                    .checked_sub(1)
+                    .ok_or_else(|| {
+                        Error::Unavailable(format!(
+                            "offset {} below the segments merged",
+                            key.offset
+                        ))
+                    })?;
+                self.batch.push_back(SegFrame {
+                    key,
+                    segment: segment as u32,
+                    pos,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What one compaction merges (step 2), taken under the read lock in step 1.
 struct MergeInputs<'a> {
     /// The sealed segments merged, oldest first, with their base offsets.
     sealed: &'a [(u64, Arc<Segment>)],
-    /// Their frames in key order (`segment` indexes `sealed`).
-    frames: &'a [SegFrame],
     /// The runs merged.
     runs: &'a [Arc<Run>],
     /// Offsets of the new run lost to repaired damage.
     holes: &'a [u64],
     /// The new run's first offset: anything below it is left out.
     base: u64,
+    /// Where the first segment left as it is begins: the new run's end.
+    sealed_end: u64,
     /// Idempotency keys older than this (ns) are dropped.
     horizon: i64,
 }
@@ -193,7 +264,7 @@ impl Log {
         let started = Instant::now();
 
         // 1. Inputs, taken under the read lock in one consistent view.
-        let (sealed, merge, keep, frames, holes, base, seal_end, first_offset, removed_max_key) = {
+        let (sealed, merge, keep, holes, base, seal_end, first_offset, removed_max_key) = {
             let st = self.shared.state.read();
             let segs: Vec<(u64, Arc<Segment>)> = st
                 .offsets
@@ -247,21 +318,6 @@ impl Log {
                 (None, None) => sealed[0].0,
             }
             .max(st.first_offset);
-            let mut keys = Vec::new();
-            st.order
-                .collect(&OrderKey::first_of_seq(0), *seal_end, usize::MAX, &mut keys);
-            let mut frames = Vec::with_capacity(keys.len());
-            for key in keys {
-                let (seg, pos) = st.offsets.locate(key.offset).ok_or_else(|| {
-                    Error::Unavailable(format!("offset {} indexed without a segment", key.offset))
-                })?;
-                let segment = sealed.partition_point(|(b, _)| *b <= seg.base_offset()) - 1;
-                frames.push(SegFrame {
-                    key,
-                    segment: segment as u32,
-                    pos,
-                });
-            }
             // Offsets lost to repaired damage stay lost in the run (and are never reused).
             let mut holes: Vec<u64> = merge
                 .iter()
@@ -274,7 +330,6 @@ impl Log {
                 sealed.to_vec(),
                 merge,
                 keep,
-                frames,
                 holes,
                 base,
                 *seal_end,
@@ -295,10 +350,10 @@ impl Log {
         let mut writer = RunWriter::create(&dir, base, seal_end)?;
         let inputs = MergeInputs {
             sealed: &sealed,
-            frames: &frames,
             runs: &merge,
             holes: &holes,
             base,
+            sealed_end: seal_end,
             horizon,
         };
         if let Err(e) = self.merge_into(&mut writer, &inputs, opts, &mut report) {
@@ -395,15 +450,18 @@ impl Log {
                     .peekable()
             })
             .collect();
-        let mut seg_frames = inputs
-            .frames
-            .iter()
-            .filter(|f| f.key.offset >= inputs.base)
-            .peekable();
+        let mut seg_frames = SegFrames {
+            log: self,
+            sealed: inputs.sealed,
+            from: Some(OrderKey::first_of_seq(0)),
+            end: inputs.sealed_end,
+            base: inputs.base,
+            batch: VecDeque::new(),
+        };
         let mut scratch = Vec::new();
         loop {
             let mut best: Option<(OrderKey, Option<usize>)> =
-                seg_frames.peek().map(|f| (f.key, None));
+                seg_frames.peek()?.map(|f| (f.key, None));
             for (i, it) in runs.iter_mut().enumerate() {
                 if let Some((k, _, _)) = it.peek() {
                     if best.is_none_or(|(b, _)| *k < b) {
@@ -422,7 +480,7 @@ impl Log {
                     Some((_, _, raw)) => (raw, inputs.runs[i].path().to_path_buf()),
                     None => break,
                 },
-                None => match seg_frames.next() {
+                None => match seg_frames.next()? {
                     Some(f) => {
                         let seg = &inputs.sealed[f.segment as usize].1;
                         (seg.read_from(f.pos as u64)?, seg.path().to_path_buf())

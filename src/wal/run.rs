@@ -458,16 +458,23 @@ impl RunWriter {
                 self.base + missing as u64
             )));
         }
-        let map: Vec<u8> = self.map.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let temp = self.temp.clone();
+        let io = |e| Error::io(&temp, e);
+        // The offset map, written and checksummed a piece at a time (no second copy of it).
+        let mut crc = crc32fast::Hasher::new();
+        let mut bytes = Vec::with_capacity(64 << 10);
+        for piece in self.map.chunks(16 << 10) {
+            bytes.clear();
+            bytes.extend(piece.iter().flat_map(|p| p.to_le_bytes()));
+            crc.update(&bytes);
+            self.out.write_all(&bytes).map_err(io)?;
+        }
         let header = RunHeader {
             base_offset: self.base,
             end_offset: self.end,
             records_end: self.pos,
-            map_crc: crc32fast::hash(&map),
+            map_crc: crc.finalize(),
         };
-        let temp = self.temp.clone();
-        let io = |e| Error::io(&temp, e);
-        self.out.write_all(&map).map_err(io)?;
         let mut file = self
             .out
             .into_inner()
