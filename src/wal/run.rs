@@ -438,14 +438,18 @@ impl RunWriter {
     }
 
     /// Writes the offset map and header, syncs, renames into place and syncs the directory.
-    /// If that fails before the rename, the temporary file is removed (not after a fail
-    /// point, which stands for a crash).
+    /// If any of that fails, the file is removed, under its temporary name or its own (not
+    /// after a fail point, which stands for a crash).
     pub fn finish(self) -> Result<PathBuf> {
         let temp = self.temp.clone();
+        let named = self.dir.join(run_file_name(self.base, self.end));
         let finished = self.write_out();
         if let Err(e) = &finished {
             if !failpoint::is_failpoint(e) {
+                // Under either name: no manifest names this run yet (a failed directory
+                // sync comes after the rename).
                 remove_if_there(&temp);
+                remove_if_there(&named);
             }
         }
         finished
