@@ -700,3 +700,51 @@ async fn shutdown_ends_every_subscription_with_its_end_message_before_the_close(
         assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
     }
 }
+
+/// A socket whose peer is slow to read at shutdown still gets every subscription's `end`
+/// and the close: the server waits for its WebSocket sessions (up to the grace period) before
+/// it exits, instead of exiting while a session's writer waits on a full socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    // About 16 MB of JSON: more than the loopback socket's buffers hold.
+    let payload = vec![b'x'; 64 << 10];
+    common::publish_in_batches(&mut c, "big", 0, 192, &payload, 32, || {}).await;
+    drop(c);
+    let mut ws = open(&server, "").await;
+    let mut pushes = Vec::new();
+    send(&mut ws, json!({"id": 1, "subscribe": {"topic": "big"}})).await;
+    assert!(reply(&mut ws, 1, &mut pushes).await.get("result").is_some());
+    // The peer stops reading: the server's writer fills the socket and waits on it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.sigterm();
+    // Time for a server that does not wait for its sessions to exit (one did within 1 ms).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut end = None;
+    let mut closed = false;
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"end\"") => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                end = Some(v["end"].clone());
+            }
+            Some(Ok(Message::Close(_))) => {
+                closed = true;
+                break;
+            }
+            None => break,
+            Some(Err(e)) => panic!("the socket failed after {n} messages: {e}"),
+            Some(Ok(_)) => {}
+        }
+        n += 1;
+    }
+    let end = end.unwrap_or_else(|| panic!("no end message in the {n} messages before the close"));
+    assert_eq!(end["topic"], "big", "{end}");
+    assert_eq!(end["code"], "UNAVAILABLE", "{end}");
+    assert!(closed, "a close frame after the end message");
+    assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
+}

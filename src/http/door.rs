@@ -1,8 +1,11 @@
 //! [`HttpDoor`]: what every HTTP handler shares — the broker once recovery is done, and the
-//! server's phase, which `/healthz` reports.
+//! server's phase, which `/healthz` reports; and the WebSocket sessions, which shutdown
+//! waits for.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
 use crate::broker::{Broker, Error};
 
@@ -24,6 +27,9 @@ pub struct HttpDoor {
     broker: OnceLock<Broker>,
     phase: AtomicU8,
     metrics_public: bool,
+    /// One token per WebSocket session: an upgraded connection is no longer the HTTP
+    /// server's, so its graceful shutdown does not wait for it.
+    sessions: TaskTracker,
 }
 
 impl HttpDoor {
@@ -33,6 +39,7 @@ impl HttpDoor {
             broker: OnceLock::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             metrics_public,
+            sessions: TaskTracker::new(),
         })
     }
 
@@ -59,6 +66,20 @@ impl HttpDoor {
     /// True when `/metrics` needs no token.
     pub fn metrics_public(&self) -> bool {
         self.metrics_public
+    }
+
+    /// Held by a WebSocket session while it runs: [`HttpDoor::sessions_ended`] waits for it.
+    pub fn session(&self) -> TaskTrackerToken {
+        self.sessions.token()
+    }
+
+    /// Waits until every WebSocket session has ended (at shutdown each ends its
+    /// subscriptions, says their `end` and closes), up to `deadline`; the number still
+    /// running then.
+    pub async fn sessions_ended(&self, deadline: tokio::time::Instant) -> usize {
+        self.sessions.close();
+        let _ = tokio::time::timeout_at(deadline, self.sessions.wait()).await;
+        self.sessions.len()
     }
 
     /// The broker, or `UNAVAILABLE` while the server is still recovering.

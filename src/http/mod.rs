@@ -43,6 +43,7 @@ pub async fn serve<L>(
     L::Addr: std::fmt::Debug,
 {
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let sessions = Arc::clone(&door);
     let app = match cors {
         Some(cors) => router(door).layer(cors),
         None => router(door),
@@ -52,20 +53,33 @@ pub async fn serve<L>(
         let _ = stopped_tx.send(());
     });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
+    // Open streams and keep-alive connections, then WebSocket sessions: at most `grace`.
+    let deadline = tokio::select! {
         r = &mut server => {
             if let Err(e) = r {
                 warn!(error = %e, "http listener failed");
+                return;
             }
-            return;
+            // Stopped with no connection open (upgraded ones are no longer the server's).
+            tokio::time::Instant::now() + grace
         }
-        _ = stopped_rx => {}
-    }
-    // Streams and keep-alive connections: at most `grace` more.
-    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        _ = stopped_rx => {
+            let deadline = tokio::time::Instant::now() + grace;
+            if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+                warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "http connections still open after the grace period; closing anyway"
+                );
+            }
+            deadline
+        }
+    };
+    let open = sessions.sessions_ended(deadline).await;
+    if open > 0 {
         warn!(
+            open,
             grace_ms = grace.as_millis() as u64,
-            "http connections still open after the grace period; closing anyway"
+            "websocket sessions still open after the grace period; closing anyway"
         );
     }
 }

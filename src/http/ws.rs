@@ -87,6 +87,7 @@ pub async fn upgrade(
         None
     };
     let max_message = super::json::max_json_message(broker.max_frame_bytes(), WS_OVERHEAD);
+    let session = door.session();
     Ok(ws
         // Per-socket buffers (tungstenite's defaults are 128 KiB each way, 256 MB for a
         // thousand sockets): clients send small requests, and the writer flushes batches.
@@ -94,7 +95,10 @@ pub async fn upgrade(
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| serve(broker, who, socket)))
+        .on_upgrade(move |socket| async move {
+            serve(broker, who, socket).await;
+            drop(session);
+        }))
 }
 
 /// When the peer was last heard from (any message, a pong included), as the reader signals.
