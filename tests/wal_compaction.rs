@@ -602,3 +602,77 @@ fn a_compaction_of_many_frames_reads_the_index_in_batches_and_keeps_every_frame(
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     assert_eq!(everything(&log), before, "reopen");
 }
+
+/// The shapes at the edges: empty frames (no payload, no key) by the thousand, frames of
+/// the largest size, and a run limit smaller than one of them. Compaction keeps every
+/// frame, byte for byte, in the same order at the same offset; a run over the limit holds
+/// exactly one segment (a pass always takes one); a reopen sees the same.
+#[test]
+fn empty_and_largest_frames_compact_whole_under_a_run_limit_smaller_than_one_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Retention::default());
+    let max = cfg.max_frame_bytes as usize;
+    let log = Log::open(dir.path(), cfg.clone()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let mut seq = 0u64;
+    for round in 0..40 {
+        let mut batch = Vec::new();
+        // A run of empty frames, some at the same seq_no (equal keys: offset order).
+        for _ in 0..rng.random_range(50..400) {
+            batch.push(NewFrame {
+                seq_no: seq + rng.random_range(0..3),
+                timestamp: 1,
+                key: Bytes::new(),
+                payload: Bytes::new(),
+            });
+        }
+        // Then a frame of the largest size, or just under it.
+        let len = if round % 2 == 0 { max } else { max - 1 };
+        let fill: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+        batch.push(NewFrame {
+            seq_no: seq,
+            timestamp: 2,
+            key: Bytes::new(),
+            payload: Bytes::from(fill),
+        });
+        seq += 2;
+        log.append(batch).unwrap();
+    }
+    let sealed = log.stats().segments - 1;
+    assert!(sealed >= 4, "{sealed} sealed segments");
+    let before = everything(&log);
+    assert!(before.1.iter().any(|f| f.payload.is_empty()));
+    assert!(before.1.iter().any(|f| f.payload.len() == max));
+    let limit = (max / 2) as u64;
+    let opts = CompactOptions {
+        bytes_per_sec: None,
+        max_runs: 2,
+        max_run_bytes: limit,
+    };
+    let report = log.compact(&opts).unwrap();
+    assert_eq!(report.segments_in, sealed, "{report:?}");
+    assert_eq!(
+        everything(&log),
+        before,
+        "compaction changed what readers see"
+    );
+    // Every run is over the limit (one frame is), so each holds one segment: as many runs
+    // as sealed segments, and none was merged into another.
+    let sizes = run_record_bytes(dir.path());
+    assert_eq!(sizes.len(), sealed, "runs {sizes:?}");
+    drop(log);
+    let log = Log::open(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(everything(&log), before, "reopen after compaction");
+    // More frames and another pass: full runs are left as they are.
+    log.append(vec![NewFrame {
+        seq_no: 0,
+        timestamp: 3,
+        key: Bytes::new(),
+        payload: Bytes::new(),
+    }])
+    .unwrap();
+    let before = everything(&log);
+    log.compact(&opts).unwrap();
+    assert_eq!(everything(&log), before);
+    assert_eq!(run_record_bytes(dir.path()).len(), sealed);
+}
