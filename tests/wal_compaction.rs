@@ -611,7 +611,7 @@ fn a_compaction_of_many_frames_reads_the_index_in_batches_and_keeps_every_frame(
 fn empty_and_largest_frames_compact_whole_under_a_run_limit_smaller_than_one_frame() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(Retention::default());
-    let max = cfg.max_frame_bytes as usize;
+    let max = cfg.max_frame_bytes;
     let log = Log::open(dir.path(), cfg.clone()).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let mut seq = 0u64;

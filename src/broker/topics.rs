@@ -1062,7 +1062,11 @@ fn open_all(
              and subscribers resuming with an old cursor must start over"
         );
     }
-    on_threads(&names, 16, "recovery", |chunk| {
+    // Giving every topic a new epoch is two syncs a topic: bound by the disk's round trips,
+    // not the cores, so more threads overlap them (10,000 topics on a 2-core VM: 3.0 s with
+    // 4 threads, 1.8 s with 16).
+    let threads = if epochs.all { (16, 16) } else { (1, 16) };
+    on_threads(&names, threads, "recovery", |chunk| {
         chunk
             .iter()
             .map(|name| {
@@ -1079,18 +1083,19 @@ fn open_all(
     })
 }
 
-/// Runs `work` over `items` split among a few threads (twice the cores, at most `max`), and
-/// joins what each returned, in order: small file-system operations by the thousand are
-/// bound by round trips, not by one core. `what` names the work in an error.
+/// Runs `work` over `items` split among a few threads (twice the cores, within
+/// `[least, most]`), and joins what each returned, in order: small file-system operations
+/// by the thousand are bound by round trips, not by one core. `what` names the work in an
+/// error.
 fn on_threads<'a, T: Sync, R: Send>(
     items: &'a [T],
-    max: usize,
+    (least, most): (usize, usize),
     what: &str,
     work: impl Fn(&'a [T]) -> Result<Vec<R>> + Sync,
 ) -> Result<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get() * 2)
-        .clamp(1, max)
+        .clamp(least.clamp(1, most), most.max(1))
         .min(items.len().max(1));
     let per_thread = items.len().div_ceil(threads).max(1);
     let work = &work;
@@ -1196,7 +1201,7 @@ fn store_histories(dir: &Path, changed: Vec<Begun>, failure: &FailureSignal) -> 
         ));
         e
     };
-    let stored = on_threads(&changed, 8, "term history", write_histories).map_err(raise)?;
+    let stored = on_threads(&changed, (1, 8), "term history", write_histories).map_err(raise)?;
     if stored.is_empty() {
         return Ok(0);
     }
