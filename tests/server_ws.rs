@@ -701,6 +701,22 @@ async fn shutdown_ends_every_subscription_with_its_end_message_before_the_close(
     }
 }
 
+/// A socket subscribed to a topic holding about 12 MB (more than the loopback socket's
+/// buffers hold), whose peer stops reading once subscribed: after this the server's writer
+/// has filled the socket and waits on it.
+async fn a_socket_the_server_cannot_write_to(server: &Server) -> Socket {
+    let mut c = server.client().await;
+    let payload = vec![b'x'; 64 << 10];
+    common::publish_in_batches(&mut c, "big", 0, 192, &payload, 32, || {}).await;
+    drop(c);
+    let mut ws = open(server, "").await;
+    let mut pushes = Vec::new();
+    send(&mut ws, json!({"id": 1, "subscribe": {"topic": "big"}})).await;
+    assert!(reply(&mut ws, 1, &mut pushes).await.get("result").is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws
+}
+
 /// A socket whose peer is slow to read at shutdown still gets every subscription's `end`
 /// and the close: the server waits for its WebSocket sessions (up to the grace period) before
 /// it exits, instead of exiting while a session's writer waits on a full socket.
@@ -708,20 +724,12 @@ async fn shutdown_ends_every_subscription_with_its_end_message_before_the_close(
 async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let mut c = server.client().await;
-    // About 16 MB of JSON: more than the loopback socket's buffers hold.
-    let payload = vec![b'x'; 64 << 10];
-    common::publish_in_batches(&mut c, "big", 0, 192, &payload, 32, || {}).await;
-    drop(c);
-    let mut ws = open(&server, "").await;
-    let mut pushes = Vec::new();
-    send(&mut ws, json!({"id": 1, "subscribe": {"topic": "big"}})).await;
-    assert!(reply(&mut ws, 1, &mut pushes).await.get("result").is_some());
-    // The peer stops reading: the server's writer fills the socket and waits on it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ws = a_socket_the_server_cannot_write_to(&server).await;
     server.sigterm();
-    // Time for a server that does not wait for its sessions to exit (one did within 1 ms).
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Time for a server that does not wait for its sessions to exit (one did within 1 ms);
+    // the rest must reach the peer within a second of the signal.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reading = std::time::Instant::now();
     let mut end = None;
     let mut closed = false;
     let mut n = 0;
@@ -737,7 +745,10 @@ async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
                 break;
             }
             None => break,
-            Some(Err(e)) => panic!("the socket failed after {n} messages: {e}"),
+            Some(Err(e)) => panic!(
+                "the socket failed after {n} messages, {:?} after the peer began to read: {e}",
+                reading.elapsed()
+            ),
             Some(Ok(_)) => {}
         }
         n += 1;
@@ -747,4 +758,25 @@ async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
     assert_eq!(end["code"], "UNAVAILABLE", "{end}");
     assert!(closed, "a close frame after the end message");
     assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
+}
+
+/// A socket whose peer never reads does not hold up shutdown: its session gives its last
+/// words and the close a second at most, so the server exits without waiting out its grace
+/// period for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_does_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let ws = a_socket_the_server_cannot_write_to(&server).await;
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
+    // The log as far as the exit (its reader thread takes what the pipe still holds).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = server.log_text();
+    assert!(log.contains("all logs synced and closed"), "{log}");
+    assert!(
+        !log.contains("still open after the grace period"),
+        "shutdown waited out its grace period for a peer that never reads: {log}"
+    );
+    drop(ws);
 }
