@@ -1093,9 +1093,10 @@ fn on_threads<'a, T: Sync, R: Send>(
     what: &str,
     work: impl Fn(&'a [T]) -> Result<Vec<R>> + Sync,
 ) -> Result<Vec<R>> {
+    let most = most.max(1);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get() * 2)
-        .clamp(least.clamp(1, most), most.max(1))
+        .clamp(least.clamp(1, most), most)
         .min(items.len().max(1));
     let per_thread = items.len().div_ceil(threads).max(1);
     let work = &work;

@@ -35,7 +35,6 @@ use super::json::{self, write_frame, FrameExtras, Payload};
 use super::routes::{history_request, params};
 use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
-use crate::broker::shutdown::Shutdown;
 use crate::broker::subscription::FrameStream;
 use crate::broker::{Broker, CursorToken, CursorWriter, Error};
 use crate::proto;
@@ -102,31 +101,16 @@ pub async fn upgrade(
         }))
 }
 
-/// When the peer was last heard from (any message, a pong included), as the reader signals;
-/// and the server's shutdown, after which writes are waited for [`LAST_WORDS`] at most.
+/// When the peer was last heard from (any message, a pong included), as the reader signals.
 struct Heard {
     seen: watch::Receiver<()>,
     at: tokio::time::Instant,
-    stopping: Shutdown,
-    /// Set when a write first waits after shutdown began: when writes are given up on.
-    stop_by: Option<tokio::time::Instant>,
 }
 
 impl Heard {
-    fn new(seen: watch::Receiver<()>, stopping: Shutdown) -> Heard {
-        Heard {
-            seen,
-            at: tokio::time::Instant::now(),
-            stopping,
-            stop_by: None,
-        }
-    }
-
     /// Runs `io`, a write to the peer, unless the peer stays silent for [`SILENT_FOR`]
     /// meanwhile: a peer that neither reads nor says anything is given up on, even while a
-    /// write waits for it. Once shutdown began, writes that wait are given up on
-    /// [`LAST_WORDS`] after the first of them: a peer that does not read holds up no exit.
-    /// False when `io` failed or was given up on.
+    /// write waits for it. False when `io` failed or the peer fell silent.
     async fn unless_silent<T, E>(
         &mut self,
         io: impl std::future::Future<Output = Result<T, E>>,
@@ -143,14 +127,6 @@ impl Heard {
                 Ok(()) = self.seen.changed() => self.at = tokio::time::Instant::now(),
                 () = tokio::time::sleep_until(self.at + SILENT_FOR) => {
                     debug!("websocket silent while a write waits; closing");
-                    return false;
-                }
-                () = self.stopping.wait(), if self.stop_by.is_none() => {
-                    self.stop_by = Some(tokio::time::Instant::now() + LAST_WORDS);
-                }
-                () = tokio::time::sleep_until(self.stop_by.unwrap_or_else(tokio::time::Instant::now)),
-                    if self.stop_by.is_some() => {
-                    debug!("shutting down, and a write to the websocket still waits; closing");
                     return false;
                 }
             }
@@ -311,7 +287,10 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
-        let mut heard = Heard::new(seen_rx, stopping.clone());
+        let mut heard = Heard {
+            seen: seen_rx,
+            at: tokio::time::Instant::now(),
+        };
         // One entry per subscribed topic; polled without allocating (a `SelectAll` costs a
         // task allocation per push).
         let mut feeds: StreamMap<u64, BoxStream<'static, Message>> = StreamMap::new();
@@ -321,21 +300,21 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 next = out_rx.recv() => {
                     let Some(cmd) = next else {
                         // The reader is done. At shutdown the subscriptions still have their
-                        // last word, an `end` each: it goes out first, then the close, all
-                        // within a second (a peer that does not read is not waited for).
+                        // last word, an `end` each: it goes out first, then the close (below).
+                        // A feed still reopening after a second is not waited for. The
+                        // server waits for this (within its grace period) before it exits.
                         if stopping.is_fired() {
                             let last_words = async {
                                 while let Some((_, msg)) = feeds.next().await {
                                     if !heard.unless_silent(sink.feed(msg)).await {
-                                        return;
+                                        return false;
                                     }
                                 }
-                                if heard.unless_silent(sink.flush()).await {
-                                    heard.unless_silent(sink.close()).await;
-                                }
+                                true
                             };
-                            let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
-                            return;
+                            if let Ok(false) = tokio::time::timeout(LAST_WORDS, last_words).await {
+                                return;
+                            }
                         }
                         break;
                     };
@@ -787,6 +766,12 @@ impl Stream for Feed {
                     }
                     Err(e) => return st.end(&e),
                 },
+                // At shutdown the frames the subscription still buffers are not sent: its
+                // `end` goes out at once, so a peer that reads slowly gets it soon (it
+                // resumes from the last push's cursor).
+                FeedState::Reading if st.broker.shutdown().is_fired() => {
+                    return st.end(&Error::ShuttingDown)
+                }
                 FeedState::Reading => match ready!(st.frames.as_mut().poll_next(cx)) {
                     Some(Ok(f)) => {
                         st.cursor.advance(&f);
@@ -879,8 +864,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_waiting_on_a_silent_peer_is_given_up_and_a_talking_one_is_waited_for() {
         let (tx, rx) = watch::channel(());
-        let (_trigger, stopping) = crate::broker::shutdown::channel();
-        let mut heard = Heard::new(rx, stopping);
+        let mut heard = Heard {
+            seen: rx,
+            at: Instant::now(),
+        };
         assert!(heard.unless_silent(async { Ok::<_, ()>(()) }).await);
         assert!(!heard.unless_silent(async { Err::<(), _>(()) }).await);
         // A write that never finishes, to a peer that says nothing: given up after the
@@ -908,28 +895,5 @@ mod tests {
         assert!(heard.unless_silent(slow).await);
         assert_eq!(start.elapsed(), SILENT_FOR * 2);
         talker.await.unwrap_or_default();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn at_shutdown_writes_that_wait_are_given_up_on_after_the_last_words() {
-        let (_tx, rx) = watch::channel(());
-        let (trigger, stopping) = crate::broker::shutdown::channel();
-        let mut heard = Heard::new(rx, stopping);
-        let never = || std::future::pending::<Result<(), ()>>();
-        // A write waiting when shutdown begins: given up on a second later, not at the
-        // silence's minute.
-        let fire = async {
-            sleep(Duration::from_secs(5)).await;
-            trigger.fire();
-        };
-        let start = Instant::now();
-        let (given_up, ()) = tokio::join!(heard.unless_silent(never()), fire);
-        assert!(!given_up);
-        assert_eq!(start.elapsed(), Duration::from_secs(5) + LAST_WORDS);
-        // Writes that finish are still written; one more that waits is given up at once.
-        assert!(heard.unless_silent(async { Ok::<_, ()>(()) }).await);
-        let start = Instant::now();
-        assert!(!heard.unless_silent(never()).await);
-        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

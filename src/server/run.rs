@@ -441,6 +441,10 @@ pub async fn run(
             return Err(Error::NotWritable(format!("left the cluster: {why}")));
         }
         r = &mut server => {
+            // The listener ended without a signal: everything else stops too (the HTTP
+            // door's sessions, maintenance), as at a signal.
+            door.stopping();
+            trigger.fire();
             r.map_err(server_error)?;
             Deadline::now() + config.shutdown_grace
         }
