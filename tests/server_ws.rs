@@ -767,9 +767,11 @@ async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
     let mut server = Server::start(dir.path(), &[]);
     let mut ws = a_socket_the_server_cannot_write_to(&server).await;
     server.sigterm();
-    // Time for a server that does not wait for its sessions to exit (one did within 1 ms);
-    // then the peer reads, slowly: 150 ms after every ten messages.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than a server that does not wait for its sessions takes to exit (one did
+    // within 1 ms), and than a second (a session that gives up on its peer a second after
+    // the signal would be caught), well within the grace period (4 s); then the peer
+    // reads, slowly: 150 ms after every ten messages.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let pause = Duration::from_millis(150);
     let (pushes, end, closed, failed) = read_to_the_close(&mut ws, pause).await;
     assert_eq!(failed, None, "after {pushes} pushes");
@@ -778,8 +780,12 @@ async fn a_socket_slow_to_read_at_shutdown_still_gets_its_end_messages() {
     assert_eq!(end["topic"], "big", "{end}");
     assert_eq!(end["code"], "UNAVAILABLE", "{end}");
     assert!(closed, "a close frame after the end message");
-    // The premise: the writer was held up, with frames still to send at the signal.
-    assert!(pushes < BACKLOG, "{pushes} pushes");
+    // The frames the subscription still held at the signal (its first fill takes up to
+    // 256, so all of them) were dropped for the `end`.
+    assert!(
+        pushes < BACKLOG,
+        "{pushes} pushes: every frame went out before the end"
+    );
     assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
 
@@ -792,7 +798,14 @@ async fn a_socket_that_never_reads_holds_up_shutdown_no_longer_than_the_grace_pe
     let mut server = Server::start(dir.path(), &[]);
     let mut ws = a_socket_the_server_cannot_write_to(&server).await;
     server.sigterm();
+    let signalled = std::time::Instant::now();
     assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
+    // The grace period and the closing of the logs, not the session's minute of silence.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
     // The log as far as the exit (its reader thread takes what the pipe still holds).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = server.log_text();

@@ -301,19 +301,17 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     let Some(cmd) = next else {
                         // The reader is done. At shutdown the subscriptions still have their
                         // last word, an `end` each: it goes out first, then the close (below).
-                        // A feed still reopening after a second is not waited for. The
-                        // server waits for this (within its grace period) before it exits.
+                        // A feed with nothing to say within a second is not waited for; the
+                        // writes are (the server waits for this session within its grace
+                        // period before it exits).
                         if stopping.is_fired() {
-                            let last_words = async {
-                                while let Some((_, msg)) = feeds.next().await {
-                                    if !heard.unless_silent(sink.feed(msg)).await {
-                                        return false;
-                                    }
+                            let by = tokio::time::Instant::now() + LAST_WORDS;
+                            while let Ok(Some((_, msg))) =
+                                tokio::time::timeout_at(by, feeds.next()).await
+                            {
+                                if !heard.unless_silent(sink.feed(msg)).await {
+                                    return;
                                 }
-                                true
-                            };
-                            if let Ok(false) = tokio::time::timeout(LAST_WORDS, last_words).await {
-                                return;
                             }
                         }
                         break;

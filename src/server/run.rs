@@ -441,10 +441,14 @@ pub async fn run(
             return Err(Error::NotWritable(format!("left the cluster: {why}")));
         }
         r = &mut server => {
-            // The listener ended without a signal: everything else stops too (the HTTP
-            // door's sessions, maintenance), as at a signal.
+            // The listener ended without a signal: everything else stops too, as at a
+            // signal (the HTTP door's sessions, maintenance; a cluster node leaves).
+            warn!(error = ?r.as_ref().err(), "the gRPC listener ended without a signal: shutting down");
             door.stopping();
             trigger.fire();
+            if let Some(life) = node_life.take() {
+                left_after_failure = life.leave().await;
+            }
             r.map_err(server_error)?;
             Deadline::now() + config.shutdown_grace
         }
