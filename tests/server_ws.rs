@@ -704,11 +704,10 @@ async fn shutdown_ends_every_subscription_with_its_end_message_before_the_close(
 /// Frames in the topic of [`a_socket_the_server_cannot_write_to`].
 const BACKLOG: usize = 192;
 
-/// A socket subscribed to a topic holding about 12 MB, opened with a 16 KiB receive buffer
-/// (more than the loopback connection can hold, whatever the host's TCP buffer limits),
-/// whose peer stops reading once subscribed: after this the server's writer has filled the
-/// socket and waits on it.
-async fn a_socket_the_server_cannot_write_to(server: &Server) -> Socket {
+/// Publishes about 12 MB to topic `big` (more than a loopback connection with a small
+/// receive window holds), then connects to the HTTP door with a 16 KiB receive buffer
+/// (whatever the host's TCP buffer limits).
+async fn a_backlog_and_a_narrow_connection(server: &Server) -> tokio::net::TcpStream {
     let mut c = server.client().await;
     let payload = vec![b'x'; 64 << 10];
     common::publish_in_batches(&mut c, "big", 0, BACKLOG as u64, &payload, 32, || {}).await;
@@ -717,8 +716,15 @@ async fn a_socket_the_server_cannot_write_to(server: &Server) -> Socket {
     let addr: std::net::SocketAddr = http.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 << 10).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/v1/ws");
+    socket.connect(addr).await.unwrap()
+}
+
+/// A socket subscribed to [`a_backlog_and_a_narrow_connection`]'s topic, whose peer stops
+/// reading once subscribed: after this the server's writer has filled the socket and waits
+/// on it.
+async fn a_socket_the_server_cannot_write_to(server: &Server) -> Socket {
+    let stream = a_backlog_and_a_narrow_connection(server).await;
+    let url = format!("ws://{}/v1/ws", stream.peer_addr().unwrap());
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     assert_eq!(resp.status(), 101);
@@ -818,4 +824,55 @@ async fn a_socket_that_never_reads_holds_up_shutdown_no_longer_than_the_grace_pe
     let (pushes, end, _, _) = read_to_the_close(&mut ws, Duration::ZERO).await;
     assert!(pushes < BACKLOG, "{pushes} pushes");
     assert_eq!(end, None, "the writer was not held up");
+}
+
+/// The same for an event stream: a client that reads slowly at shutdown gets its `error`
+/// event (UNAVAILABLE) soon after the signal, without the frames its subscription still
+/// held, and the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_slow_to_read_at_shutdown_gets_its_error_event_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let stream = a_backlog_and_a_narrow_connection(&server)
+        .await
+        .into_std()
+        .unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let http = server.http.clone().unwrap();
+    let mut events = tokio::task::spawn_blocking(move || {
+        common::sse::try_open_on(stream, &http, "/v1/topics/big/events", &[])
+            .unwrap()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // The client stops reading: the server fills the connection and waits on it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.sigterm();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (frames, error) = tokio::task::spawn_blocking(move || {
+        let mut frames = 0;
+        for n in 1.. {
+            match events.next_event() {
+                Some(e) if e.event == "frame" => frames += 1,
+                Some(e) if e.event == "error" => return (frames, Some(e.json())),
+                Some(_) => {}
+                None => return (frames, None),
+            }
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .unwrap();
+    let error = error.unwrap_or_else(|| panic!("no error event after {frames} frames"));
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    // The frames the subscription still held at the signal were dropped for the error.
+    assert!(
+        frames < BACKLOG,
+        "{frames} frames: every frame went out before the error"
+    );
+    assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
 }

@@ -26,6 +26,7 @@ use super::error::{error_body, ApiError};
 use super::json::{write_frame, FrameExtras};
 use super::routes::{number, params, topic_path, Params};
 use crate::broker::metrics::Transport;
+use crate::broker::shutdown::Shutdown;
 use crate::broker::subscription::FrameStream;
 use crate::broker::{CursorToken, CursorWriter, Error};
 use crate::proto;
@@ -92,6 +93,7 @@ pub async fn events(
         first,
         opened.subscription.into_stream(),
         CursorWriter::new(walk),
+        broker.shutdown().clone(),
     ));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -114,15 +116,20 @@ const CHUNK_BYTES: usize = 256 << 10;
 
 /// The body: the snapshot event, then chunks of `frame` events, each with the token that
 /// resumes after it; `: ping` when 15 s pass without one; the stream's error, if any, as a
-/// last `error` event. Polled by hyper only when the connection can take more.
+/// last `error` event. Polled by hyper only when the connection can take more. At shutdown
+/// the frames the subscription still buffers are not sent: the `error` event (UNAVAILABLE)
+/// goes out at once, so a client that reads slowly gets it soon (it resumes from the last
+/// event's id).
 fn event_stream(
     first: String,
     frames: FrameStream,
     cursor: CursorWriter,
+    stopping: Shutdown,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let state = Sse {
         frames,
         cursor,
+        stopping,
         ended: false,
         ping: tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY),
         wrote: false,
@@ -134,6 +141,10 @@ fn event_stream(
                 return None;
             }
             let mut out = String::new();
+            if st.stopping.is_fired() {
+                st.push(&mut out, Some(Err(Error::ShuttingDown)));
+                return Some((Ok(Bytes::from(out)), st));
+            }
             let next = tokio::select! {
                 next = st.frames.next() => next,
                 _ = st.ping.tick() => {
@@ -146,7 +157,7 @@ fn event_stream(
             };
             st.push(&mut out, next);
             for _ in 1..EVENTS_PER_CHUNK {
-                if st.ended || out.len() >= CHUNK_BYTES {
+                if st.ended || out.len() >= CHUNK_BYTES || st.stopping.is_fired() {
                     break;
                 }
                 match st.frames.next().now_or_never() {
@@ -165,6 +176,7 @@ struct Sse {
     frames: FrameStream,
     /// The token of the last event sent.
     cursor: CursorWriter,
+    stopping: Shutdown,
     ended: bool,
     ping: tokio::time::Interval,
     /// Something was written since the last ping tick.

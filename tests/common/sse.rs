@@ -45,7 +45,17 @@ pub fn try_open(
     headers: &[(&str, &str)],
 ) -> std::io::Result<Result<Stream, Response>> {
     let host = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host)?;
+    try_open_on(TcpStream::connect(host)?, base, path, headers)
+}
+
+/// As [`try_open`], over a connection already made to `base`.
+pub fn try_open_on(
+    mut s: TcpStream,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Result<Stream, Response>> {
+    let host = base.trim_start_matches("http://");
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
     for (n, v) in headers {
