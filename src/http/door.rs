@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use crate::broker::{Broker, Error};
 

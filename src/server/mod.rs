@@ -10,7 +10,6 @@ mod repair;
 mod run;
 pub mod service;
 pub(crate) mod status;
-pub mod tasks;
 pub mod tls;
 mod too_large;
 

@@ -14,7 +14,6 @@ use tracing::{error, info, warn};
 
 use super::config::ServerConfig;
 use super::service::BroadcastService;
-use super::tasks;
 use crate::broker::cluster_view::{ClusterView, ThisNode, STANDALONE_NODE_ID};
 use crate::broker::metrics::{Metrics, DEFAULT_MAX_TOPICS};
 use crate::broker::token::Authenticator;
@@ -24,6 +23,7 @@ use crate::proto::{self, broadcast_server::BroadcastServer};
 use crate::wal::SyncObserver;
 use futures::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::task::TaskTracker;
 
 /// Holds the data directory's lock file for the life of the server, so two servers never
 /// write one directory.
@@ -269,7 +269,10 @@ pub async fn run(
     );
 
     let (trigger, shutdown) = shutdown::channel();
-    let (tasks, mut all_done) = tasks::tracker();
+    // The tasks the server spawns (publish stream readers, maintenance, readiness), which
+    // shutdown waits for.
+    let tasks = TaskTracker::new();
+    let all_done = tasks.clone();
     let config = Arc::new(config);
     let max_message = (config.log.max_frame_bytes + (1 << 20)).max(8 << 20);
     let this = this_node(&config, &listener, &http)?;
@@ -456,7 +459,7 @@ pub async fn run(
             info!(
                 open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
                 // Publish stream readers, and the maintenance task.
-                running_tasks = all_done.running(),
+                running_tasks = all_done.len(),
                 "shutdown requested: no new calls; ending streams"
             );
             let deadline = Deadline::now() + config.shutdown_grace;
@@ -481,13 +484,14 @@ pub async fn run(
     drop(server);
     // Every tracked task, up to the same deadline: publish stream readers finish queueing
     // what they read, maintenance stops at the signal.
+    all_done.close();
     match tokio::time::timeout_at(deadline, all_done.wait()).await {
         Ok(()) => info!(
             open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
             "every server task ended: publish streams finished, subscriptions ended"
         ),
         Err(_) => warn!(
-            running = all_done.running(),
+            running = all_done.len(),
             "server tasks still running at the shutdown deadline; closing anyway"
         ),
     }

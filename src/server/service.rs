@@ -12,7 +12,6 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
 use super::status::status;
-use super::tasks::TaskTracker;
 use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
 use crate::broker::shutdown::Shutdown;
@@ -20,6 +19,7 @@ use crate::broker::subscription::until;
 use crate::broker::{Broker, Cause, Error, Pending};
 use crate::proto::{self, broadcast_server::Broadcast, EPOCH_HEADER, SNAPSHOT_OFFSET_HEADER};
 use crate::wal::NewFrame;
+use tokio_util::task::TaskTracker;
 
 /// Log requests (batches) of one publish stream in flight at once.
 const PUBLISH_PIPELINE: usize = 1024;
