@@ -14,7 +14,9 @@
 //!   fsync policy, the durable frontier), `state` (the in-memory index and where records
 //!   are), `read` (range and ordered reads, figures), `recovery` (scan, torn-tail cut),
 //!   `dedup` (idempotency window), `run` (sorted runs), `compact` (compaction and
-//!   retention), `manifest` (what a compaction committed), `failpoint` (crash injection).
+//!   retention), `manifest` (what a compaction committed), `mappings` (the kernel's limit
+//!   on memory mappings: the budget kept under it, and the words for a refusal),
+//!   `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
 //! - [`broker`]: the one transport-neutral core behind every front door: `core` (publish,
 //!   subscribe and topic operations with their validation and authorization), `history`

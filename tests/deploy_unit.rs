@@ -1,6 +1,7 @@
 //! `deploy/framecast.service`: the systemd unit has what production needs (a dedicated user,
-//! the data dir on /var/lib/framecast, restart on failure, file limits for 100k streams,
-//! hardening), and `systemd-analyze verify` accepts it where systemd-analyze is installed
+//! the data dir on /var/lib/framecast, restart on failure, file and task limits for 100k streams
+//! and busy topics, hardening; the sysctl file beside it raises the memory-mapping limit),
+//! and `systemd-analyze verify` accepts it where systemd-analyze is installed
 //! (it is on this project's machines: Debian's systemd package).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
@@ -37,6 +38,21 @@ fn the_unit_has_what_production_needs() {
         nofile >= 100_000,
         "LimitNOFILE {nofile} is too low for 100k streams"
     );
+    let tasks: u64 = value(&u, "TasksMax").unwrap().parse().unwrap();
+    assert!(tasks >= 20_000, "TasksMax {tasks}: a thread per busy topic");
+    // The sysctl file beside it raises the mapping limit well past the kernel's default.
+    let sysctl = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/99-framecast.conf"
+    ))
+    .unwrap();
+    let maps: u64 = sysctl
+        .lines()
+        .find_map(|l| l.strip_prefix("vm.max_map_count = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(maps >= 262_144, "vm.max_map_count {maps}");
     for key in [
         "NoNewPrivileges",
         "ProtectSystem",

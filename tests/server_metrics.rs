@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{metric, request};
 use common::{req, sub_req, subscribe, take, Server};
-use framecast::proto::PublishRequest;
+use framecast::proto::{CreateTopicRequest, PublishRequest};
 
 fn scrape(base: &str) -> String {
     let r = request(base, "GET", "/metrics", &[], b"");
@@ -108,6 +108,25 @@ async fn figures_match_what_was_done() {
     assert!(at("framecast_connections{listener=\"http\"}").unwrap() >= 1.0);
     assert!(at("process_resident_memory_bytes").unwrap() > 0.0);
     assert!(at("process_open_fds").unwrap() > 0.0);
+    assert!(at("process_threads").unwrap() >= 2.0);
+
+    // Every topic's segment is a memory mapping, counted against the kernel's limit.
+    let mappings = "framecast_memory_mappings";
+    let before = at(mappings).unwrap();
+    assert!(before < at("framecast_memory_mappings_limit").unwrap());
+    for i in 0..50 {
+        let made = CreateTopicRequest {
+            name: format!("mapped-{i}"),
+            ..Default::default()
+        };
+        c.create_topic(made).await.unwrap();
+    }
+    let after = metric(&scrape(&base), mappings).unwrap();
+    // Less a few: an idle thread (four mappings) may have stopped meanwhile.
+    assert!(
+        after >= before + 40.0,
+        "50 topics created: {before} -> {after} mappings"
+    );
 
     // A duplicate is acknowledged but not counted as published.
     let mut keyed = req("m", N, b"once");

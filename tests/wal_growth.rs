@@ -10,6 +10,9 @@ use std::process::Command;
 use bytes::Bytes;
 use framecast::wal::{Error, FsyncPolicy, Log, LogConfig, NewFrame};
 
+mod common;
+use common::assert_holds_acked;
+
 fn config() -> LogConfig {
     LogConfig {
         // Far larger than the disk: only growth in steps can use it to the last block.
@@ -37,17 +40,6 @@ struct Unmount(PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn check(log: &Log, acked: &[(u64, NewFrame)], what: &str) {
-    let mut out = Vec::new();
-    log.read_range(0, u64::MAX, 0, usize::MAX, &mut out)
-        .expect("read");
-    assert_eq!(out.len(), acked.len(), "{what}: exactly the acked frames");
-    for (f, (offset, sent)) in out.iter().zip(acked) {
-        assert_eq!(f.offset, *offset, "{what}");
-        assert!(f.payload == sent.payload, "{what}: offset {offset} differs");
     }
 }
 
@@ -92,11 +84,11 @@ fn a_full_disk_at_a_growth_step_is_a_clean_error_and_the_log_stays_valid() {
     );
     // Refused appends used no offset and left nothing behind.
     assert!(log.append(vec![frame(9999)]).is_err(), "still full");
-    check(&log, &acked, "after the refusal");
+    assert_holds_acked(&log, &acked, "after the refusal");
     drop(log);
 
     let log = Log::open(dir, config()).expect("reopen on the full disk");
-    check(&log, &acked, "after a reopen");
+    assert_holds_acked(&log, &acked, "after a reopen");
     std::fs::remove_file(&filler).expect("free the filler");
     for _ in 0..20 {
         let f = frame(acked.len() as u64);
@@ -110,9 +102,9 @@ fn a_full_disk_at_a_growth_step_is_a_clean_error_and_the_log_stays_valid() {
         );
         acked.push((a[0].offset, f));
     }
-    check(&log, &acked, "after space was freed");
+    assert_holds_acked(&log, &acked, "after space was freed");
     drop(log);
     let log = Log::open(dir, config()).expect("final reopen");
-    check(&log, &acked, "after the final reopen");
+    assert_holds_acked(&log, &acked, "after the final reopen");
     drop(log);
 }

@@ -1167,6 +1167,12 @@ mod tests {
         assert!(text.value("process_resident_memory_bytes") > 0.0);
         assert!(text.value("process_open_fds") > 0.0);
         assert!(text.value("process_cpu_seconds_total") >= 0.0);
+        assert!(text.value("process_threads") >= 1.0);
+        let (maps, limit) = (
+            text.value("framecast_memory_mappings"),
+            text.value("framecast_memory_mappings_limit"),
+        );
+        assert!(maps > 5.0 && limit > maps, "{maps} of {limit}");
         // Started after 2020 and not in the future.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

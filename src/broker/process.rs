@@ -1,5 +1,8 @@
 //! The standard process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`,
-//! `process_open_fds`, `process_start_time_seconds`), read from `/proc` at each scrape.
+//! `process_open_fds`, `process_start_time_seconds`, `process_threads`), and the memory
+//! mappings this process holds against the kernel's limit (`framecast_memory_mappings`,
+//! `framecast_memory_mappings_limit`: every segment and run is one, every thread four; see
+//! `wal::mappings`), read from `/proc` at each scrape.
 //!
 //! Linux only: where `/proc` cannot be read or parsed, the metric is left out of the scrape
 //! rather than made up.
@@ -24,10 +27,17 @@ pub struct ProcessStats {
     pub open_fds: Option<u64>,
     /// When the process started, in seconds since the Unix epoch.
     pub start_time_seconds: Option<f64>,
+    /// Threads in the process.
+    pub threads: Option<u64>,
+    /// Memory mappings the process holds.
+    pub memory_mappings: Option<u64>,
+    /// The kernel's limit on them (`vm.max_map_count`).
+    pub memory_mappings_limit: Option<u64>,
 }
 
 impl ProcessStats {
-    /// Reads `/proc/self/stat`, `/proc/self/fd` and `/proc/stat` now.
+    /// Reads `/proc/self/stat`, `/proc/self/fd`, `/proc/self/maps`, `/proc/stat` and
+    /// `/proc/sys/vm/max_map_count` now.
     pub fn read() -> ProcessStats {
         let stat = fs::read_to_string("/proc/self/stat").ok();
         let stat = stat.as_deref().and_then(Stat::parse);
@@ -48,6 +58,9 @@ impl ProcessStats {
                 .zip(ticks)
                 .zip(boot_time_seconds())
                 .map(|((s, hz), boot)| boot as f64 + s.start_ticks as f64 / hz as f64),
+            threads: stat.map(|s| s.threads),
+            memory_mappings: crate::wal::mappings::in_use(),
+            memory_mappings_limit: crate::wal::mappings::limit(),
         }
     }
 }
@@ -59,6 +72,8 @@ struct Stat {
     utime_ticks: u64,
     /// Field 15.
     stime_ticks: u64,
+    /// Field 20.
+    threads: u64,
     /// Field 22: clock ticks after boot.
     start_ticks: u64,
     /// Field 24.
@@ -76,6 +91,7 @@ impl Stat {
         Some(Stat {
             utime_ticks: field(14)?,
             stime_ticks: field(15)?,
+            threads: field(20)?,
             start_ticks: field(22)?,
             rss_pages: field(24)?,
         })
@@ -127,6 +143,30 @@ impl Collector for ProcessCollector {
                 MetricType::Gauge,
             )?)?;
         }
+        if let Some(threads) = stats.threads {
+            ConstGauge::new(threads).encode(encoder.encode_descriptor(
+                "process_threads",
+                "Number of OS threads in the process.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(n) = stats.memory_mappings {
+            ConstGauge::new(n).encode(encoder.encode_descriptor(
+                "framecast_memory_mappings",
+                "Memory mappings the process holds: one per segment and sorted run, four per thread.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(n) = stats.memory_mappings_limit {
+            ConstGauge::new(n).encode(encoder.encode_descriptor(
+                "framecast_memory_mappings_limit",
+                "The kernel's limit on a process's memory mappings (vm.max_map_count).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         if let Some(seconds) = stats.start_time_seconds {
             ConstGauge::new(seconds).encode(encoder.encode_descriptor(
                 "process_start_time_seconds",
@@ -156,6 +196,7 @@ mod tests {
             Some(Stat {
                 utime_ticks: 711,
                 stime_ticks: 222,
+                threads: 9,
                 start_ticks: 98765,
                 rss_pages: 3000,
             })
@@ -197,5 +238,7 @@ mod tests {
             "stdin, stdout, stderr at least"
         );
         assert_eq!(after.start_time_seconds, before.start_time_seconds);
+        assert!(after.threads.unwrap() >= 1);
+        assert!(after.memory_mappings.unwrap() < after.memory_mappings_limit.unwrap());
     }
 }

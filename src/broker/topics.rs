@@ -1101,19 +1101,32 @@ fn on_threads<'a, T: Sync, R: Send>(
     let per_thread = items.len().div_ceil(threads).max(1);
     let work = &work;
     let results: Vec<Result<Vec<R>>> = std::thread::scope(|scope| {
+        // A chunk whose thread cannot start (the process near its thread or mapping limit)
+        // is done here, after the others: slower, never refused.
         let handles: Vec<_> = items
             .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || work(chunk)))
+            .map(|chunk| {
+                crate::wal::mappings::admit(crate::wal::mappings::THREAD)
+                    .and_then(|()| {
+                        std::thread::Builder::new().spawn_scoped(scope, move || work(chunk))
+                    })
+                    .map_err(|e| (chunk, e))
+            })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| {
                     Err(Error::Metadata {
                         path: String::new(),
                         reason: format!("a {what} thread panicked"),
                     })
-                })
+                }),
+                Err((chunk, e)) => {
+                    let e = crate::wal::mappings::explain(e);
+                    warn!(error = %e, work = what, "cannot start a thread; working on this one");
+                    work(chunk)
+                }
             })
             .collect()
     });
@@ -1150,17 +1163,26 @@ fn make_topic(
     if temp.exists() {
         std::fs::remove_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
     }
-    std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
-    write_meta(&temp, meta)?;
-    if *terms != TermHistory::default() {
-        terms.store(&temp)?;
+    let made = (|| -> Result<()> {
+        std::fs::create_dir_all(&temp).map_err(|e| crate::wal::Error::io(&temp, e))?;
+        write_meta(&temp, meta)?;
+        if *terms != TermHistory::default() {
+            terms.store(&temp)?;
+        }
+        if let Some((first_offset, removed_max_key)) = start {
+            Log::prepare_start(&temp, first_offset, removed_max_key)?;
+        }
+        // The first segment too: a topic's directory never has its name without one, so a
+        // topic found at startup with no segment lost them (see `Log::open_existing`).
+        Log::create_first_segment(&temp, &config)?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        // A refused creation leaves nothing behind (startup would remove it too).
+        warn!(topic = name, error = %e, "topic creation failed");
+        let _ = std::fs::remove_dir_all(&temp);
+        return Err(e);
     }
-    if let Some((first_offset, removed_max_key)) = start {
-        Log::prepare_start(&temp, first_offset, removed_max_key)?;
-    }
-    // The first segment too: a topic's directory never has its name without one, so a
-    // topic found at startup with no segment lost them (see `Log::open_existing`).
-    Log::create_first_segment(&temp, &config)?;
     let final_dir = dir.join(name);
     std::fs::rename(&temp, &final_dir).map_err(|e| crate::wal::Error::io(&final_dir, e))?;
     sync_dir(dir)?;

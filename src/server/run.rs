@@ -20,7 +20,7 @@ use crate::broker::token::Authenticator;
 use crate::broker::{shutdown, Broker, Error, Result, Topics};
 use crate::http::HttpDoor;
 use crate::proto::{self, broadcast_server::BroadcastServer};
-use crate::wal::SyncObserver;
+use crate::wal::{mappings, SyncObserver};
 use futures::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::task::TaskTracker;
@@ -262,11 +262,27 @@ pub async fn run(
     // From here on frames are written under this run's policy: remember it for the next
     // recovery (see `last_fsync`).
     super::last_fsync::record(&config.data_dir, config.log.fsync)?;
+    let (mappings, mappings_limit) = (mappings::in_use(), mappings::limit());
     info!(
         topics = topics.list().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
+        memory_mappings = mappings,
+        max_map_count = mappings_limit,
         "recovery done"
     );
+    if let (Some(n), Some(max)) = (mappings, mappings_limit) {
+        // Each topic being published to takes four more for its committer thread: with
+        // half the limit held by files alone, a busy moment can reach it.
+        if n.saturating_mul(2) >= max {
+            warn!(
+                memory_mappings = n,
+                max_map_count = max,
+                "half the kernel's limit on memory mappings is in use: every segment and \
+                 run is one, and each topic being published to holds four more; raise \
+                 vm.max_map_count (README, \"Limits of one node\")"
+            );
+        }
+    }
 
     let (trigger, shutdown) = shutdown::channel();
     // The tasks the server spawns (publish stream readers, maintenance, readiness), which

@@ -193,9 +193,12 @@ impl Committer {
             self.wake.notify_one();
         } else {
             let committer = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name("framecast-commit".into())
-                .spawn(move || committer.run());
+            // Admitted first: a thread started at the mapping limit can abort the process.
+            let spawned = super::mappings::admit(super::mappings::THREAD).and_then(|()| {
+                std::thread::Builder::new()
+                    .name("framecast-commit".into())
+                    .spawn(move || committer.run())
+            });
             match spawned {
                 Ok(handle) => {
                     q.worker_running = true;
@@ -203,6 +206,7 @@ impl Committer {
                 }
                 Err(e) => {
                     q.pending.pop();
+                    let e = super::mappings::explain(e);
                     return Err(Error::Unavailable(format!("cannot start committer: {e}")));
                 }
             }

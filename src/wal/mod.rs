@@ -8,7 +8,8 @@
 //! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
 //! `manifest` (what a compaction committed), `active` (the newest segment's base, so a
 //! missing newest segment is refused), `replica` (records shipped to and copied by a
-//! follower, and the cut of a suffix a new leader lacks), `failpoint` (crash injection for
+//! follower, and the cut of a suffix a new leader lacks), `mappings` (the kernel's limit on
+//! memory mappings, and what a refusal at it means), `failpoint` (crash injection for
 //! tests).
 
 pub mod active;
@@ -22,6 +23,7 @@ pub mod format;
 mod frame;
 mod log;
 pub mod manifest;
+pub mod mappings;
 mod read;
 pub mod record;
 pub mod recovery;

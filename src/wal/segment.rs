@@ -218,21 +218,32 @@ impl SegmentWriter {
             .open(&temp)
             .map_err(|e| Error::io(&temp, e))?;
         let first = SEGMENT_FIRST_ALLOCATION.min(capacity);
+        // Mapped before it is named (a mapping outlives a rename): a refused mapping (the
+        // process at its mapping limit) must not leave a file under the segment's name, or
+        // every later attempt to start this segment would find it taken.
         let made = preallocate(&file, 0, first)
             .and_then(|()| {
                 use std::os::unix::fs::FileExt;
                 file.write_all_at(&encode_segment_header(base_offset), 0)?;
                 file.sync_all()
             })
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if let Err(e) = made {
-            // Nothing was acknowledged into this file; remove the partial file so that a
-            // full disk leaves no half-made segment behind.
-            let _ = std::fs::remove_file(&temp);
-            return Err(Error::io(&path, e));
-        }
+            .map_err(|e| Error::io(&path, e))
+            .and_then(|()| Self::map(path.clone(), &file, base_offset, first, capacity))
+            .and_then(|segment| {
+                std::fs::rename(&temp, &path)
+                    .map(|()| segment)
+                    .map_err(|e| Error::io(&path, e))
+            });
+        let segment = match made {
+            Ok(segment) => segment,
+            Err(e) => {
+                // Nothing was acknowledged into this file; remove the partial file so that
+                // a full disk leaves no half-made segment behind.
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
         sync_dir(dir)?;
-        let segment = Self::map(path, &file, base_offset, first, capacity)?;
         Ok(SegmentWriter {
             segment,
             cursor: SEGMENT_HEADER_LEN as u64,
@@ -289,10 +300,11 @@ impl SegmentWriter {
     ) -> Result<Arc<Segment>> {
         let len = usize::try_from(capacity)
             .map_err(|_| Error::InvalidArgument(format!("segment of {capacity} bytes")))?;
+        super::mappings::admit(1).map_err(|e| Error::io(&path, e))?;
         let map = MmapOptions::new()
             .len(len)
             .map_raw(file)
-            .map_err(|e| Error::io(&path, e))?;
+            .map_err(|e| Error::io(&path, super::mappings::explain(e)))?;
         Ok(Arc::new(Segment {
             path,
             base_offset,
@@ -480,10 +492,12 @@ impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        super::mappings::admit(1).map_err(|e| Error::io(path, e))?;
         // SAFETY: run files are immutable once renamed into place (they are written under a
         // temporary name, synced, then renamed) and the data directory is locked against other
         // framecast processes, so the mapped bytes never change while mapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::io(path, super::mappings::explain(e)))?;
         Ok(Arc::new(MappedFile {
             path: path.to_path_buf(),
             map: Bytes::from_owner(map),

@@ -531,3 +531,20 @@ pub fn run_record_bytes(dir: &std::path::Path) -> Vec<u64> {
     }
     out
 }
+
+/// Asserts that `log` holds exactly the `acked` frames, `(offset, frame)` in offset order:
+/// the same offsets and payloads, nothing more. `what` names the moment in a failure.
+pub fn assert_holds_acked(
+    log: &framecast::wal::Log,
+    acked: &[(u64, framecast::wal::NewFrame)],
+    what: &str,
+) {
+    let mut out = Vec::new();
+    log.read_range(0, u64::MAX, 0, usize::MAX, &mut out)
+        .expect("read");
+    assert_eq!(out.len(), acked.len(), "{what}: exactly the acked frames");
+    for (f, (offset, sent)) in out.iter().zip(acked) {
+        assert_eq!(f.offset, *offset, "{what}");
+        assert!(f.payload == sent.payload, "{what}: offset {offset} differs");
+    }
+}

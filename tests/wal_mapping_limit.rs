@@ -1,0 +1,190 @@
+//! Near the kernel's limit on a process's memory mappings (`vm.max_map_count`, 65,530 by
+//! default; every segment is a mapping, every thread four), the log refuses what would take
+//! it closer than `mappings::RESERVE`: a new segment, a new log, a topic, a committer thread
+//! for an idle log. Each refusal names the limit and the fix (never `Cannot allocate memory`
+//! alone), the process lives on (at the limit itself a thread that gets its stack but not
+//! its signal stack aborts it), the log stays valid, a refused topic leaves nothing in the
+//! data dir, and everything resumes once mappings are freed.
+//!
+//! The test brings its own process there (one small file mapped again and again, through
+//! the crate's read-only mapping), so it needs no root and changes nothing outside its
+//! process. It is the only test in this binary: while it holds the mappings, other tests in
+//! the process would be refused too.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use framecast::broker::metrics::Metrics;
+use framecast::broker::Topics;
+use framecast::wal::{mappings, FsyncPolicy, Log, LogConfig, MappedFile, NewFrame};
+
+mod common;
+use common::assert_holds_acked;
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        max_frame_bytes: 24 * 1024,
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    }
+}
+
+/// Three of these fill a segment: every third append needs a new one.
+fn frame(i: u64) -> NewFrame {
+    let mut payload = format!("frame-{i}|").into_bytes();
+    payload.resize(20 * 1024, (i % 251) as u8);
+    NewFrame {
+        seq_no: i,
+        timestamp: i as i64,
+        key: Bytes::new(),
+        payload: Bytes::from(payload),
+    }
+}
+
+fn append(log: &Log, acked: &mut Vec<(u64, NewFrame)>) -> framecast::wal::Result<()> {
+    let f = frame(acked.len() as u64);
+    let a = log.append(vec![f.clone()])?;
+    assert_eq!(a[0].offset, acked.len() as u64, "no offset skipped");
+    acked.push((a[0].offset, f));
+    Ok(())
+}
+
+#[test]
+fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_lost() {
+    let limit = mappings::limit().expect("/proc/sys/vm/max_map_count");
+    if limit > 4_000_000 {
+        eprintln!("skipped: vm.max_map_count is {limit}; filling it would take too long");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: &Path = &tmp.path().join("log");
+    let log = Log::open(dir, config()).unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..4 {
+        append(&log, &mut acked).unwrap();
+    }
+    // A topic registry too, with a topic made (its blocking thread stays for the next).
+    let data = tmp.path().join("data");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topics = Topics::open(&data, config(), true, Arc::new(Metrics::new(100))).unwrap();
+    runtime.block_on(topics.create("warm", 0, 0)).unwrap();
+    let filler = tmp.path().join("filler");
+    std::fs::write(&filler, [7u8; 4096]).unwrap();
+
+    // A second log that takes one frame, then idles: its next publish needs a new thread.
+    let quiet_dir = tmp.path().join("quiet");
+    let quiet = Log::open(&quiet_dir, config()).unwrap();
+    let mut quiet_acked = Vec::new();
+    append(&quiet, &mut quiet_acked).unwrap();
+
+    // Up to the limit less the reserve: each mapping of the same file at offset 0 is its
+    // own (the kernel cannot merge them). Room for every handle is taken first.
+    let mut held: Vec<Arc<MappedFile>> = Vec::with_capacity(limit as usize + 64);
+    let refused = loop {
+        assert!(held.len() <= limit as usize, "never refused");
+        match MappedFile::open(&filler) {
+            Ok(m) => held.push(m),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(held.len() > 1000, "only {} mappings", held.len());
+    assert!(refused.contains("vm.max_map_count"), "{refused}");
+    assert!(refused.contains("sysctl -w vm.max_map_count="), "{refused}");
+    // Refused short of the kernel's limit, with room left for threads.
+    let in_use = mappings::in_use().unwrap();
+    assert!(
+        in_use + mappings::RESERVE / 2 < limit,
+        "{in_use} mappings of {limit}: the reserve was not kept"
+    );
+
+    // Appends go on until the segment is full; the one that needs a new segment is
+    // refused, saying why, and so is every later one while the limit holds.
+    let err = loop {
+        assert!(acked.len() < 20, "a new segment was never needed");
+        if let Err(e) = append(&log, &mut acked) {
+            break e.to_string();
+        }
+    };
+    assert!(err.contains("vm.max_map_count"), "{err}");
+    assert!(append(&log, &mut acked).is_err(), "still at the limit");
+    let other = tmp.path().join("other");
+    let err = Log::open(&other, config()).err().map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("vm.max_map_count")),
+        "a new log at the limit: {err:?}"
+    );
+    assert_holds_acked(&log, &acked, "at the limit");
+    let err = runtime
+        .block_on(topics.create("refused", 0, 0))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("vm.max_map_count")),
+        "a new topic at the limit: {err:?}"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(data.join("topics"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["warm"], "a refused creation leaves nothing behind");
+
+    // Once every committer thread has stopped (idle for a few seconds), the quiet log's
+    // publish needs a new one: refused, the process alive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while committer_threads() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committer threads never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let err = quiet.append(vec![frame(1)]).err().map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("cannot start committer") && e.contains("vm.max_map_count")),
+        "an idle log's publish at the limit: {err:?}"
+    );
+    assert_holds_acked(&quiet, &quiet_acked, "the quiet log at the limit");
+
+    drop(held);
+    // A refusal stands until the next reading of the process's mappings, at most 100 ms.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    append(&quiet, &mut quiet_acked).expect("the quiet log takes frames again");
+    assert_holds_acked(&quiet, &quiet_acked, "the quiet log after the limit");
+    let refused_at = acked.len();
+    for _ in 0..10 {
+        append(&log, &mut acked).expect("appends resume once mappings are free");
+    }
+    assert_eq!(
+        acked[refused_at].0, refused_at as u64,
+        "the refusals used no offset"
+    );
+    assert_holds_acked(&log, &acked, "after the limit");
+    drop(log);
+    let log = Log::open(dir, config()).unwrap();
+    assert_holds_acked(&log, &acked, "after a reopen");
+    // The log refused at the limit opens now, empty.
+    let other = Log::open(&other, config()).unwrap();
+    assert_holds_acked(&other, &[], "the other log");
+    let (made, created) = runtime.block_on(topics.create("refused", 0, 0)).unwrap();
+    assert!(created && made.name() == "refused");
+}
+
+/// Threads of this process named as the log's committers (`framecast-commit`, which the
+/// kernel cuts to 15 bytes).
+fn committer_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| "framecast-commit".starts_with(name.trim()))
+        .count()
+}
