@@ -21,7 +21,9 @@ use super::frame_cache::{FrameCache, FRAME_CACHE_BYTES};
 use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
-use crate::wal::{cut_from, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TornTail};
+use crate::wal::{
+    cut_from, mappings, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TornTail,
+};
 
 /// File holding a topic's metadata.
 pub const TOPIC_META_FILE: &str = "topic.json";
@@ -1106,7 +1108,8 @@ fn on_threads<'a, T: Sync, R: Send>(
         let handles: Vec<_> = items
             .chunks(per_thread)
             .map(|chunk| {
-                crate::wal::mappings::admit(crate::wal::mappings::THREAD)
+                // Threads that open existing files: held to the files' reserve.
+                mappings::admit(mappings::Need::Existing(mappings::THREAD))
                     .and_then(|()| {
                         std::thread::Builder::new().spawn_scoped(scope, move || work(chunk))
                     })
@@ -1123,7 +1126,7 @@ fn on_threads<'a, T: Sync, R: Send>(
                     })
                 }),
                 Err((chunk, e)) => {
-                    let e = crate::wal::mappings::explain(e);
+                    let e = mappings::explain(e);
                     warn!(error = %e, work = what, "cannot start a thread; working on this one");
                     work(chunk)
                 }

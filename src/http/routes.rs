@@ -91,7 +91,15 @@ async fn metrics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Param
         let who = caller(broker, &headers, &params(broker, q)?)?;
         broker.may_read_metrics(&who)?;
     }
-    let text = broker.scrape();
+    // Off the async workers: a scrape reads `/proc/self/maps` (100 ms near the kernel's
+    // default limit on mappings) and lists `/proc/self/fd`.
+    let door = Arc::clone(&door);
+    let text = tokio::task::spawn_blocking(move || door.broker().map(|b| b.scrape()))
+        .await
+        .map_err(|e| Error::Metadata {
+            path: "/metrics".into(),
+            reason: e.to_string(),
+        })??;
     // OpenMetrics to whoever asks for it (Prometheus does), the Prometheus text format to
     // the rest.
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());

@@ -20,6 +20,7 @@ use tracing::{debug, error, warn};
 use super::config::{FsyncPolicy, LogConfig};
 use super::dedup::{DedupWindow, FirstAck};
 use super::frame::{now_ns, Appended, NewFrame};
+use super::mappings::{Need, THREAD};
 use super::record::{encoded_len, RecordRef};
 use super::replica::Copied;
 use super::segment::{Segment, SegmentWriter, SyncMethod};
@@ -194,7 +195,7 @@ impl Committer {
         } else {
             let committer = Arc::clone(self);
             // Admitted first: a thread started at the mapping limit can abort the process.
-            let spawned = super::mappings::admit(super::mappings::THREAD).and_then(|()| {
+            let spawned = super::mappings::admit(Need::New(THREAD)).and_then(|()| {
                 std::thread::Builder::new()
                     .name("framecast-commit".into())
                     .spawn(move || committer.run())

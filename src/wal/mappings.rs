@@ -9,8 +9,9 @@
 //! (`EAGAIN`), and a thread that got its stack but not its signal stack aborts the whole
 //! process (Rust's runtime panics while starting it). So the server asks [`admit`] before
 //! each mapping and thread of its own, and is refused while fewer than [`RESERVE`] mappings
-//! would be left: a new segment, a new topic or an idle topic's publish fails `UNAVAILABLE`
-//! with the reason, and the process lives on.
+//! would be left (half that for files that exist already: see [`Need`]): a new segment, a
+//! new topic or an idle topic's publish fails `UNAVAILABLE` with the reason, and the
+//! process lives on.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -29,9 +30,39 @@ pub const THREAD: u64 = 4;
 /// Mappings [`admit`] leaves to what the server does not ask for: the async runtime's
 /// blocking threads (up to 512, four each), the allocator's large blocks, libraries.
 pub const RESERVE: u64 = 2_560;
-/// How long a reading of `/proc/self/maps` stands before a refusal reads it again (a
-/// reading costs about a millisecond per ten thousand mappings).
-const FRESH: Duration = Duration::from_millis(100);
+/// How long a reading of `/proc/self/maps` stands before a refusal reads it again: a
+/// reading costs about 1.5 ms per thousand mappings (15.7 ms for 10,141 measured), 100 ms
+/// near the default limit, and is made outside the budget's lock.
+pub const FRESH: Duration = Duration::from_secs(1);
+/// How often refusals are logged while they go on.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What asks for mappings, which decides how much of the reserve it may not touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A new segment, or a thread: leaves the whole [`RESERVE`].
+    New(u64),
+    /// A file that exists already: a segment or run opened by recovery, or a run a
+    /// compaction made to replace segments. Leaves half the reserve, so a node that ran
+    /// at its ceiling restarts (recovery's own threads take a few dozen more), and a
+    /// compaction, which lowers the count, still runs there.
+    Existing(u64),
+}
+
+impl Need {
+    fn count(self) -> u64 {
+        match self {
+            Need::New(n) | Need::Existing(n) => n,
+        }
+    }
+
+    fn reserve(self) -> u64 {
+        match self {
+            Need::New(_) => RESERVE,
+            Need::Existing(_) => RESERVE / 2,
+        }
+    }
+}
 
 /// What [`admit`] knows: the last reading, what it admitted since (counted up only: a
 /// mapping or thread that goes away shows at the next reading), and the limit.
@@ -39,75 +70,108 @@ struct Budget {
     reading: u64,
     since: u64,
     read_at: Instant,
+    /// `None` where `/proc` could not be read at the first reading: everything is admitted.
     limit: Option<u64>,
     /// When a refusal was last logged: at most one line per [`WARN_EVERY`].
     warned_at: Option<Instant>,
+    /// A caller is reading `/proc` for a refusal: others refuse on the last reading.
+    reading_now: bool,
 }
 
-/// How often refusals are logged while they go on.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
 impl Budget {
-    fn read() -> Budget {
+    fn first() -> Budget {
         Budget {
             reading: in_use().unwrap_or(0),
             since: 0,
             read_at: Instant::now(),
             limit: limit(),
             warned_at: None,
+            reading_now: false,
         }
     }
 
-    fn fits(&self, need: u64) -> bool {
+    /// Takes a reading made while `admitted` had been admitted since the last one: what was
+    /// admitted during the reading stays counted (it may not show in it). A figure that
+    /// could not be read (the process short of descriptors or memory) keeps its last value.
+    fn take(&mut self, in_use: Option<u64>, limit: Option<u64>, admitted: u64) {
+        self.reading_now = false;
+        self.read_at = Instant::now();
+        if let Some(n) = in_use {
+            self.reading = n;
+            self.since = self.since.saturating_sub(admitted);
+        }
+        if let Some(max) = limit {
+            self.limit = Some(max);
+        }
+    }
+
+    fn fits(&self, need: Need) -> bool {
         self.limit
-            .is_none_or(|max| self.reading + self.since + need + RESERVE <= max)
+            .is_none_or(|max| self.reading + self.since + need.count() + need.reserve() <= max)
     }
 }
 
 static BUDGET: Mutex<Option<Budget>> = Mutex::new(None);
 
 /// Takes `need` mappings (a segment or run: 1; a thread: [`THREAD`]) before the caller
-/// makes them, or refuses, with what an operator can do, when fewer than [`RESERVE`] would
-/// be left. Where `/proc` cannot be read, everything is admitted. Cheap while the process
-/// is far from the limit (no reading); near it, `/proc/self/maps` is read at most every
-/// 100 ms.
-pub fn admit(need: u64) -> io::Result<()> {
+/// makes them, or refuses, with what an operator can do, when less than the reserve would
+/// be left (see [`Need`]). Where `/proc` cannot be read, everything is admitted. Cheap
+/// while the process is far from the limit (no reading); near it, a refusal reads
+/// `/proc/self/maps` again at most every [`FRESH`], outside the lock (which nothing else is
+/// taken under), and the others meanwhile refuse on the last reading.
+pub fn admit(need: Need) -> io::Result<()> {
+    let admitted = {
+        let mut guard = BUDGET.lock();
+        let budget = guard.get_or_insert_with(Budget::first);
+        if budget.fits(need) {
+            budget.since += need.count();
+            return Ok(());
+        }
+        if budget.reading_now || budget.read_at.elapsed() < FRESH {
+            return Err(refusal(budget, need));
+        }
+        budget.reading_now = true;
+        budget.since
+    };
+    // Read outside the lock: near the default limit a reading takes 100 ms.
+    let (n, max) = (in_use(), limit());
     let mut guard = BUDGET.lock();
-    let budget = guard.get_or_insert_with(Budget::read);
-    if !budget.fits(need) && budget.read_at.elapsed() >= FRESH {
-        *budget = Budget {
-            warned_at: budget.warned_at,
-            ..Budget::read()
-        };
-    }
+    let budget = guard.get_or_insert_with(Budget::first);
+    budget.take(n, max, admitted);
     if budget.fits(need) {
-        budget.since += need;
+        budget.since += need.count();
         return Ok(());
     }
+    Err(refusal(budget, need))
+}
+
+/// The refusal of `need`, logged at most once per [`WARN_EVERY`].
+fn refusal(budget: &mut Budget, need: Need) -> io::Error {
     let max = budget.limit.unwrap_or_default();
     let held = budget.reading + budget.since;
+    let reserve = need.reserve();
     if budget.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
         budget.warned_at = Some(Instant::now());
         warn!(
             memory_mappings = held,
             max_map_count = max,
-            reserve = RESERVE,
+            reserve,
             "near the kernel's limit on memory mappings: refusing new segments, topics and \
              committer threads; raise vm.max_map_count (README, \"Limits of one node\")"
         );
     }
-    Err(io::Error::new(
+    io::Error::new(
         io::ErrorKind::OutOfMemory,
         format!(
-            "refused to come within {RESERVE} mappings of the kernel's limit, which a thread \
-             the server starts needs (at the limit it would abort the process): {}",
+            "refused to come within {reserve} mappings of the kernel's limit, which threads \
+             the server starts need (at the limit one would abort the process): {}",
             at_limit(held, max)
         ),
-    ))
+    )
 }
 
 /// The memory mappings this process holds (the lines of `/proc/self/maps`); `None` where it
-/// cannot be read. Costs about a millisecond per ten thousand mappings.
+/// cannot be read. Costs about 1.5 ms per thousand mappings.
 pub fn in_use() -> Option<u64> {
     let maps = std::fs::read("/proc/self/maps").ok()?;
     Some(maps.iter().filter(|&&b| b == b'\n').count() as u64)
@@ -204,6 +268,46 @@ mod tests {
             describe(Some(100), Some(65_530), Some(1 << 30), Some(libc::EAGAIN)),
             None
         );
+    }
+
+    fn budget(reading: u64, since: u64, limit: Option<u64>) -> Budget {
+        Budget {
+            reading,
+            since,
+            read_at: Instant::now(),
+            limit,
+            warned_at: None,
+            reading_now: false,
+        }
+    }
+
+    #[test]
+    fn new_mappings_keep_the_reserve_and_existing_files_half_of_it() {
+        let max = 65_530;
+        let ceiling = max - RESERVE;
+        assert!(budget(ceiling - 1, 0, Some(max)).fits(Need::New(1)));
+        assert!(!budget(ceiling, 0, Some(max)).fits(Need::New(1)));
+        // What was admitted since the reading counts as held.
+        assert!(!budget(ceiling - 10, 10, Some(max)).fits(Need::New(1)));
+        assert!(!budget(ceiling - 3, 0, Some(max)).fits(Need::New(THREAD)));
+        // Existing files (a restart, a compaction's run) go on to half the reserve.
+        assert!(budget(ceiling, 0, Some(max)).fits(Need::Existing(1)));
+        assert!(budget(max - RESERVE / 2 - 1, 0, Some(max)).fits(Need::Existing(1)));
+        assert!(!budget(max - RESERVE / 2, 0, Some(max)).fits(Need::Existing(1)));
+        // No limit read: everything fits.
+        assert!(budget(u64::MAX / 4, 0, None).fits(Need::New(1_000)));
+    }
+
+    #[test]
+    fn a_reading_keeps_what_was_admitted_while_it_ran_and_a_failed_one_changes_nothing() {
+        let mut b = budget(100, 40, Some(1_000));
+        // 40 admitted before the reading began, 5 more while it ran.
+        b.since += 5;
+        b.take(Some(150), Some(2_000), 40);
+        assert_eq!((b.reading, b.since, b.limit), (150, 5, Some(2_000)));
+        b.since += 7;
+        b.take(None, None, 5);
+        assert_eq!((b.reading, b.since, b.limit), (150, 12, Some(2_000)));
     }
 
     #[test]

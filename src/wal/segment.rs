@@ -33,6 +33,7 @@ use super::format::{
     decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_ALLOCATION_UNIT,
     SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH, TEMP_SUFFIX,
 };
+use super::mappings::Need;
 use super::{Error, Result};
 
 /// How dirty pages of a mapping are made durable.
@@ -228,7 +229,10 @@ impl SegmentWriter {
                 file.sync_all()
             })
             .map_err(|e| Error::io(&path, e))
-            .and_then(|()| Self::map(path.clone(), &file, base_offset, first, capacity))
+            .and_then(|()| {
+                let need = Need::New(1);
+                Self::map(path.clone(), &file, base_offset, first, capacity, need)
+            })
             .and_then(|segment| {
                 std::fs::rename(&temp, &path)
                     .map(|()| segment)
@@ -282,6 +286,7 @@ impl SegmentWriter {
             base_offset,
             len,
             capacity.max(len),
+            Need::Existing(1),
         )?;
         Ok(SegmentWriter {
             segment,
@@ -289,18 +294,20 @@ impl SegmentWriter {
         })
     }
 
-    /// Maps `capacity` bytes of `file`, of which the first `allocated` exist. The
-    /// descriptor is not kept: the mapping stays valid after it is closed.
+    /// Maps `capacity` bytes of `file`, of which the first `allocated` exist, once the
+    /// mapping budget admits `need`. The descriptor is not kept: the mapping stays valid
+    /// after it is closed.
     fn map(
         path: PathBuf,
         file: &File,
         base_offset: u64,
         allocated: u64,
         capacity: u64,
+        need: Need,
     ) -> Result<Arc<Segment>> {
         let len = usize::try_from(capacity)
             .map_err(|_| Error::InvalidArgument(format!("segment of {capacity} bytes")))?;
-        super::mappings::admit(1).map_err(|e| Error::io(&path, e))?;
+        super::mappings::admit(need).map_err(|e| Error::io(&path, e))?;
         let map = MmapOptions::new()
             .len(len)
             .map_raw(file)
@@ -492,7 +499,9 @@ impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        super::mappings::admit(1).map_err(|e| Error::io(path, e))?;
+        // Runs exist before they are opened: by recovery, or made by a compaction to
+        // replace segments (fewer mappings in the end).
+        super::mappings::admit(Need::Existing(1)).map_err(|e| Error::io(path, e))?;
         // SAFETY: run files are immutable once renamed into place (they are written under a
         // temporary name, synced, then renamed) and the data directory is locked against other
         // framecast processes, so the mapped bytes never change while mapped.
