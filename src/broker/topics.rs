@@ -813,6 +813,10 @@ impl Topics {
         let roster = Arc::clone(&self.roster);
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
+            // Room for the new copy's segment, asked before the old copy goes (with one to
+            // spare for the asking): refused near the mapping limit, nothing has changed and
+            // a retry can succeed.
+            mappings::admit(mappings::Need::New(2)).map_err(|e| crate::wal::Error::io(&dir, e))?;
             if let Some(old) = &old {
                 // Streams of the old copy end and resume on the new one; the old files go
                 // the way a deletion's do (aside first), the old topic stays readable from
@@ -1108,7 +1112,8 @@ fn on_threads<'a, T: Sync, R: Send>(
         let handles: Vec<_> = items
             .chunks(per_thread)
             .map(|chunk| {
-                // Threads that open existing files: held to the files' reserve.
+                // Short-lived threads of recovery and of a new term, which fall back to
+                // working inline: held to the smaller reserve, as recovery's files are.
                 mappings::admit(mappings::Need::Existing(mappings::THREAD))
                     .and_then(|()| {
                         std::thread::Builder::new().spawn_scoped(scope, move || work(chunk))

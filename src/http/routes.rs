@@ -96,10 +96,7 @@ async fn metrics(State(door): State<Arc<HttpDoor>>, headers: HeaderMap, q: Param
     let door = Arc::clone(&door);
     let text = tokio::task::spawn_blocking(move || door.broker().map(|b| b.scrape()))
         .await
-        .map_err(|e| Error::Metadata {
-            path: "/metrics".into(),
-            reason: e.to_string(),
-        })??;
+        .map_err(|_| Error::Wal(crate::wal::Error::Unavailable("the scrape failed".into())))??;
     // OpenMetrics to whoever asks for it (Prometheus does), the Prometheus text format to
     // the rest.
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());

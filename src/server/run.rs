@@ -336,6 +336,7 @@ pub async fn run(
         config.maintenance,
         shutdown.clone(),
     ));
+    tasks.spawn(recount_mappings(shutdown.clone()));
     // A cluster node whose log failed for good has left the cluster: it exits at once, to
     // be restarted and recover from its disk (its streams end; nothing more is written).
     let node_left = async {
@@ -684,6 +685,21 @@ fn mark_grpc_web(
         req.extensions_mut().insert(super::service::GrpcWebCall);
     }
     req
+}
+
+/// Counts the process's memory mappings again whenever the budget asks (refusals going on,
+/// or near the limit; see `wal::mappings::due`), on a blocking thread (a reading takes up
+/// to 100 ms), until shutdown: room given back shows within a second.
+async fn recount_mappings(mut shutdown: shutdown::Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(mappings::FRESH) => {}
+            () = shutdown.wait() => return,
+        }
+        if mappings::due() {
+            let _ = tokio::task::spawn_blocking(mappings::refresh).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,12 +28,16 @@ const NEAR: u64 = 8;
 /// Mappings a thread holds: its stack and guard page, its signal stack and guard page.
 pub const THREAD: u64 = 4;
 /// Mappings [`admit`] leaves to what the server does not ask for: the async runtime's
-/// blocking threads (up to 512, four each), the allocator's large blocks, libraries.
-pub const RESERVE: u64 = 2_560;
-/// How long a reading of `/proc/self/maps` stands before a refusal reads it again: a
-/// reading costs about 1.5 ms per thousand mappings (15.7 ms for 10,141 measured), 100 ms
-/// near the default limit, and is made outside the budget's lock.
+/// blocking threads (up to 512, four each: half of it, all that files that exist already
+/// leave), the allocator's large blocks, libraries.
+pub const RESERVE: u64 = 4_096;
+/// How often the server counts its mappings again (see [`due`]) while refusals go on:
+/// a reading costs about 1.5 ms per thousand mappings (15.7 ms for 10,141 measured), 100 ms
+/// near the default limit, so it is made on a blocking thread, never by [`admit`].
 pub const FRESH: Duration = Duration::from_secs(1);
+/// How often it counts again while near the limit (within twice the reserve) without
+/// refusals, and where the limit could not be read.
+const NEAR_EVERY: Duration = Duration::from_secs(10);
 /// How often refusals are logged while they go on.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -74,8 +78,10 @@ struct Budget {
     limit: Option<u64>,
     /// When a refusal was last logged: at most one line per [`WARN_EVERY`].
     warned_at: Option<Instant>,
-    /// A caller is reading `/proc` for a refusal: others refuse on the last reading.
+    /// A caller of [`refresh`] is reading `/proc`.
     reading_now: bool,
+    /// Something was refused since the last reading: [`due`] says so.
+    wanted: bool,
 }
 
 impl Budget {
@@ -87,6 +93,7 @@ impl Budget {
             limit: limit(),
             warned_at: None,
             reading_now: false,
+            wanted: false,
         }
     }
 
@@ -95,6 +102,7 @@ impl Budget {
     /// could not be read (the process short of descriptors or memory) keeps its last value.
     fn take(&mut self, in_use: Option<u64>, limit: Option<u64>, admitted: u64) {
         self.reading_now = false;
+        self.wanted = false;
         self.read_at = Instant::now();
         if let Some(n) = in_use {
             self.reading = n;
@@ -103,6 +111,15 @@ impl Budget {
         if let Some(max) = limit {
             self.limit = Some(max);
         }
+    }
+
+    /// See [`due`].
+    fn due(&self) -> bool {
+        let age = self.read_at.elapsed();
+        let near = self
+            .limit
+            .is_none_or(|max| self.reading + self.since + 2 * RESERVE > max);
+        !self.reading_now && ((self.wanted && age >= FRESH) || (near && age >= NEAR_EVERY))
     }
 
     fn fits(&self, need: Need) -> bool {
@@ -115,34 +132,45 @@ static BUDGET: Mutex<Option<Budget>> = Mutex::new(None);
 
 /// Takes `need` mappings (a segment or run: 1; a thread: [`THREAD`]) before the caller
 /// makes them, or refuses, with what an operator can do, when less than the reserve would
-/// be left (see [`Need`]). Where `/proc` cannot be read, everything is admitted. Cheap
-/// while the process is far from the limit (no reading); near it, a refusal reads
-/// `/proc/self/maps` again at most every [`FRESH`], outside the lock (which nothing else is
-/// taken under), and the others meanwhile refuse on the last reading.
+/// be left (see [`Need`]). Where `/proc` could not be read, everything is admitted. Always
+/// cheap: it counts what it admitted since the last reading and never reads `/proc` itself
+/// (but once, at the first call); mappings given back show at the next [`refresh`], which
+/// the server makes on a blocking thread once a second while refusals go on.
 pub fn admit(need: Need) -> io::Result<()> {
-    let admitted = {
-        let mut guard = BUDGET.lock();
-        let budget = guard.get_or_insert_with(Budget::first);
-        if budget.fits(need) {
-            budget.since += need.count();
-            return Ok(());
-        }
-        if budget.reading_now || budget.read_at.elapsed() < FRESH {
-            return Err(refusal(budget, need));
-        }
-        budget.reading_now = true;
-        budget.since
-    };
-    // Read outside the lock: near the default limit a reading takes 100 ms.
-    let (n, max) = (in_use(), limit());
     let mut guard = BUDGET.lock();
     let budget = guard.get_or_insert_with(Budget::first);
-    budget.take(n, max, admitted);
     if budget.fits(need) {
         budget.since += need.count();
         return Ok(());
     }
+    budget.wanted = true;
     Err(refusal(budget, need))
+}
+
+/// Whether the mappings should be counted again now: something was refused since the last
+/// reading (a second ago or more), or the process is within twice the reserve of the limit,
+/// or the limit could not be read (ten seconds ago or more).
+pub fn due() -> bool {
+    BUDGET.lock().as_ref().is_some_and(Budget::due)
+}
+
+/// Counts this process's mappings and reads the limit again (outside the budget's lock:
+/// near the default limit a reading takes 100 ms); what is admitted meanwhile stays
+/// counted. Blocking.
+pub fn refresh() {
+    let admitted = {
+        let mut guard = BUDGET.lock();
+        let budget = guard.get_or_insert_with(Budget::first);
+        if budget.reading_now {
+            return;
+        }
+        budget.reading_now = true;
+        budget.since
+    };
+    let (n, max) = (in_use(), limit());
+    if let Some(budget) = BUDGET.lock().as_mut() {
+        budget.take(n, max, admitted);
+    }
 }
 
 /// The refusal of `need`, logged at most once per [`WARN_EVERY`].
@@ -278,6 +306,7 @@ mod tests {
             limit,
             warned_at: None,
             reading_now: false,
+            wanted: false,
         }
     }
 
@@ -308,6 +337,28 @@ mod tests {
         b.since += 7;
         b.take(None, None, 5);
         assert_eq!((b.reading, b.since, b.limit), (150, 12, Some(2_000)));
+    }
+
+    #[test]
+    fn a_recount_is_due_after_a_refusal_near_the_limit_or_without_one() {
+        let ago = |secs| Instant::now() - Duration::from_secs(secs);
+        let mut b = budget(100, 0, Some(65_530));
+        b.read_at = ago(60);
+        assert!(!b.due(), "far from the limit, nothing refused");
+        b.wanted = true;
+        assert!(b.due());
+        b.read_at = Instant::now();
+        assert!(!b.due(), "counted under a second ago");
+        let mut near = budget(65_530 - RESERVE, 0, Some(65_530));
+        near.read_at = ago(5);
+        assert!(!near.due());
+        near.read_at = ago(11);
+        assert!(near.due());
+        near.reading_now = true;
+        assert!(!near.due(), "a count is under way");
+        let mut unknown = budget(0, 0, None);
+        unknown.read_at = ago(11);
+        assert!(unknown.due());
     }
 
     #[test]
