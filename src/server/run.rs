@@ -262,15 +262,15 @@ pub async fn run(
     // From here on frames are written under this run's policy: remember it for the next
     // recovery (see `last_fsync`).
     super::last_fsync::record(&config.data_dir, config.log.fsync)?;
-    let (mappings, mappings_limit) = (mappings::in_use(), mappings::limit());
+    let (held, limit) = (mappings::in_use(), mappings::limit());
     info!(
         topics = topics.list().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        memory_mappings = mappings,
-        max_map_count = mappings_limit,
+        memory_mappings = held,
+        max_map_count = limit,
         "recovery done"
     );
-    if let (Some(n), Some(max)) = (mappings, mappings_limit) {
+    if let (Some(n), Some(max)) = (held, limit) {
         // Each topic being published to takes four more for its committer thread: with
         // half the limit held by files alone, a busy moment can reach it.
         if n.saturating_mul(2) >= max {

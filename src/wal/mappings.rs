@@ -14,6 +14,7 @@
 //! process lives on.
 
 use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -171,6 +172,18 @@ pub fn refresh() {
     if let Some(budget) = BUDGET.lock().as_mut() {
         budget.take(n, max, admitted);
     }
+}
+
+/// Makes a mapping of `path` with `map` once the budget admits `need`; a refusal, the
+/// budget's or the kernel's, comes back in words an operator can act on.
+pub(crate) fn map_admitted<T>(
+    path: &Path,
+    need: Need,
+    map: impl FnOnce() -> io::Result<T>,
+) -> super::Result<T> {
+    admit(need)
+        .and_then(|()| map().map_err(explain))
+        .map_err(|e| super::Error::io(path, e))
 }
 
 /// The refusal of `need`, logged at most once per [`WARN_EVERY`].

@@ -33,7 +33,7 @@ use super::format::{
     decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_ALLOCATION_UNIT,
     SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH, TEMP_SUFFIX,
 };
-use super::mappings::Need;
+use super::mappings::{map_admitted, Need};
 use super::{Error, Result};
 
 /// How dirty pages of a mapping are made durable.
@@ -307,11 +307,7 @@ impl SegmentWriter {
     ) -> Result<Arc<Segment>> {
         let len = usize::try_from(capacity)
             .map_err(|_| Error::InvalidArgument(format!("segment of {capacity} bytes")))?;
-        super::mappings::admit(need).map_err(|e| Error::io(&path, e))?;
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(file)
-            .map_err(|e| Error::io(&path, super::mappings::explain(e)))?;
+        let map = map_admitted(&path, need, || MmapOptions::new().len(len).map_raw(file))?;
         Ok(Arc::new(Segment {
             path,
             base_offset,
@@ -501,12 +497,12 @@ impl MappedFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // Runs exist before they are opened: by recovery, or made by a compaction to
         // replace segments (fewer mappings in the end).
-        super::mappings::admit(Need::Existing(1)).map_err(|e| Error::io(path, e))?;
-        // SAFETY: run files are immutable once renamed into place (they are written under a
-        // temporary name, synced, then renamed) and the data directory is locked against other
-        // framecast processes, so the mapped bytes never change while mapped.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| Error::io(path, super::mappings::explain(e)))?;
+        let map = map_admitted(path, Need::Existing(1), || {
+            // SAFETY: run files are immutable once renamed into place (they are written under
+            // a temporary name, synced, then renamed) and the data directory is locked against
+            // other framecast processes, so the mapped bytes never change while mapped.
+            unsafe { memmap2::Mmap::map(&file) }
+        })?;
         Ok(Arc::new(MappedFile {
             path: path.to_path_buf(),
             map: Bytes::from_owner(map),
