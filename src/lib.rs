@@ -11,12 +11,13 @@
 //!   codec and the one record walker), `segment` (one mapped file; the only `unsafe`),
 //!   `config` (settings, fsync policy, retention), `frame` (values appended and read back,
 //!   and the one publish check), `log` (open, append, close), `commit` (group commit, the
-//!   fsync policy, the durable frontier), `state` (the in-memory index and where records
-//!   are), `read` (range and ordered reads, figures), `recovery` (scan, torn-tail cut),
-//!   `dedup` (idempotency window), `run` (sorted runs), `compact` (compaction and
-//!   retention), `manifest` (what a compaction committed), `mappings` (the kernel's limit
-//!   on memory mappings: the budget kept under it, and the words for a refusal),
-//!   `failpoint` (crash injection).
+//!   fsync policy, the durable frontier), `committers` (the process's bounded pool of
+//!   threads that runs every log's commits, and its clock for sync deadlines), `state` (the
+//!   in-memory index and where records are), `read` (range and ordered reads, figures),
+//!   `recovery` (scan, torn-tail cut), `dedup` (idempotency window), `run` (sorted runs),
+//!   `compact` (compaction and retention), `manifest` (what a compaction committed),
+//!   `mappings` (the kernel's limit on memory mappings: the budget kept under it, and the
+//!   words for a refusal), `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
 //! - [`broker`]: the one transport-neutral core behind every front door: `core` (publish,
 //!   subscribe and topic operations with their validation and authorization), `history`

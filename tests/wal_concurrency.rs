@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use framecast::index::OrderKey;
+use framecast::wal::committers;
 use framecast::wal::{Appended, FsyncPolicy, Log, LogConfig, NewFrame, StoredFrame};
 use rand::Rng;
 
@@ -274,4 +275,85 @@ async fn appends_settled_waits_for_appends_nobody_waits_for() {
     assert_eq!(log.durable_offset(), 200);
     log.appends_settled().await;
     assert_eq!(log.durable_offset(), 200);
+}
+
+/// Threads of this process running committers (the kernel cuts names to 15 bytes).
+fn committer_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| committers::THREAD_NAME.starts_with(name.trim()))
+        .count()
+}
+
+/// Many logs appended to at once, each by its own caller and under `always` (every turn
+/// holds its thread through a sync): their commits share the process's committer threads,
+/// never more than `committers::MAX_WORKERS` of them (a thread per busy log was four
+/// memory mappings and a stack per topic), and every log gets exactly its own frames.
+#[test]
+fn many_busy_logs_share_a_bounded_pool_of_committer_threads() {
+    const LOGS: u64 = 200;
+    const APPENDS: u64 = 10;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let logs: Vec<Log> = (0..LOGS)
+        .map(|i| Log::open(&tmp.path().join(format!("log-{i}")), config()).expect("open"))
+        .collect();
+    let appending = AtomicBool::new(true);
+    let most = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut most = 0;
+            while appending.load(Ordering::Acquire) {
+                most = most.max(committer_threads());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            most
+        });
+        let appenders: Vec<_> = logs
+            .iter()
+            .enumerate()
+            .map(|(t, log)| {
+                s.spawn(move || {
+                    for i in 0..APPENDS {
+                        let frame = NewFrame {
+                            seq_no: seq_no(t as u64, i),
+                            timestamp: 1,
+                            key: Bytes::new(),
+                            payload: Bytes::from(payload(seq_no(t as u64, i))),
+                        };
+                        let got = log.append(vec![frame]).expect("append");
+                        assert_eq!(got[0].offset, i, "log {t}: offsets are dense");
+                    }
+                })
+            })
+            .collect();
+        for a in appenders {
+            a.join().expect("appender");
+        }
+        appending.store(false, Ordering::Release);
+        sampler.join().expect("sampler")
+    });
+    assert!(
+        most > 1,
+        "the commits of {LOGS} logs ran on {most} thread(s)"
+    );
+    assert!(
+        most <= committers::MAX_WORKERS,
+        "{most} committer threads for {LOGS} busy logs"
+    );
+    for (t, log) in logs.iter().enumerate() {
+        let mut all = Vec::new();
+        log.read_range(0, u64::MAX, 0, usize::MAX, &mut all)
+            .expect("read all");
+        let seq_nos: Vec<u64> = all.iter().map(|f| f.seq_no).collect();
+        let want: Vec<u64> = (0..APPENDS).map(|i| seq_no(t as u64, i)).collect();
+        assert_eq!(seq_nos, want, "log {t} holds its own frames, in order");
+        for f in &all {
+            assert_eq!(
+                f.payload[..],
+                payload(f.seq_no)[..],
+                "log {t}, offset {}",
+                f.offset
+            );
+        }
+    }
 }

@@ -8,10 +8,12 @@
 //! syncing every commit (one per append).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framecast::wal::{FsyncPolicy, Log, LogConfig, NewFrame};
+use framecast::wal::{FsyncPolicy, Log, LogConfig, NewFrame, SyncObserver};
 
 fn open(dir: &std::path::Path, interval_ms: u64) -> Log {
     let config = LogConfig {
@@ -123,5 +125,92 @@ fn nothing_written_means_no_sync_and_last_write_is_synced_within_interval() {
         log.stats().syncs,
         after,
         "synced again with nothing new written"
+    );
+}
+
+/// Logs with different intervals share the committer threads and their clock: each lone
+/// write is synced by its own log's deadline (some slack for a busy machine), and a log
+/// whose interval has not passed is not synced on another's.
+#[test]
+fn each_log_is_synced_by_its_own_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let intervals: Vec<u64> = (1..=12).map(|i| i * 150).chain([3_600_000]).collect();
+    let logs: Vec<Log> = intervals
+        .iter()
+        .map(|ms| open(&dir.path().join(format!("every-{ms}")), *ms))
+        .collect();
+    let start = Instant::now();
+    for log in &logs {
+        log.append(vec![frame(1)]).expect("append");
+    }
+    let slack = Duration::from_millis(1500);
+    let mut synced_at = vec![None; logs.len()];
+    while start.elapsed() < Duration::from_millis(1800) + slack {
+        for (i, log) in logs.iter().enumerate() {
+            if synced_at[i].is_none() && log.stats().syncs > 0 {
+                synced_at[i] = Some(start.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (i, ms) in intervals.iter().enumerate() {
+        let due = Duration::from_millis(*ms);
+        let at = synced_at[i];
+        if due > start.elapsed() {
+            assert_eq!(at, None, "interval:{ms} synced before its deadline");
+            continue;
+        }
+        let at = at.unwrap_or_else(|| panic!("interval:{ms}: the lone write was never synced"));
+        assert!(
+            at + Duration::from_millis(20) >= due && at <= due + slack,
+            "interval:{ms} synced at {at:?}"
+        );
+    }
+}
+
+/// Logs whose deadlines come together sync side by side on the pool's threads, as their
+/// appends would: with every sync held 50 ms, a hundred logs take a small part of the 5 s
+/// they would take one after another.
+#[test]
+fn logs_whose_deadlines_come_together_sync_side_by_side() {
+    const LOGS: usize = 100;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let observer = {
+        let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+        SyncObserver(Arc::new(move |_| {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        }))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs: Vec<Log> = (0..LOGS)
+        .map(|i| {
+            let config = LogConfig {
+                fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+                sync_observer: Some(observer.clone()),
+                ..Default::default()
+            };
+            Log::open(&dir.path().join(format!("log-{i}")), config).expect("open")
+        })
+        .collect();
+    let start = Instant::now();
+    for log in &logs {
+        log.append(vec![frame(1)]).expect("append");
+    }
+    while logs.iter().any(|log| log.stats().syncs == 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{} of {LOGS} logs synced after 4 s, at most {} syncs at once",
+            logs.iter().filter(|log| log.stats().syncs > 0).count(),
+            most.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        most.load(Ordering::SeqCst) > 1,
+        "the syncs ran one at a time"
     );
 }

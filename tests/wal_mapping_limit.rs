@@ -1,7 +1,7 @@
 //! Near the kernel's limit on a process's memory mappings (`vm.max_map_count`, 65,530 by
 //! default; every segment is a mapping, every thread four), the log refuses what would take
 //! it within `mappings::RESERVE` of it: a new segment, a new log, a topic, a committer thread
-//! for an idle log. Each refusal names the limit and the fix (never `Cannot allocate memory`
+//! when none runs (a publish to an idle log runs on one that does). Each refusal names the limit and the fix (never `Cannot allocate memory`
 //! alone), the process lives on (at the limit itself a thread that gets its stack but not
 //! its signal stack aborts it), the log stays valid, a refused topic leaves nothing in the
 //! data dir, an existing log still opens there (as a restart must), and everything resumes
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use framecast::broker::metrics::Metrics;
 use framecast::broker::Topics;
+use framecast::wal::committers;
 use framecast::wal::mappings::{self, Need};
 use framecast::wal::{FsyncPolicy, Log, LogConfig, MappedFile, NewFrame};
 
@@ -37,8 +38,8 @@ fn config() -> LogConfig {
     }
 }
 
-/// A log whose committer thread stays while anything is unsynced (an hour): its refusals
-/// can only be its segments'.
+/// A log whose sync deadline (an hour) keeps a committer thread running: its refusals can
+/// only be its segments'.
 fn busy_config() -> LogConfig {
     LogConfig {
         fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
@@ -191,24 +192,23 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     assert_holds_acked(&reopened, &closed_acked, "the closed log at the ceiling");
     drop(reopened);
 
-    // Once the idle logs' committer threads have stopped (the busy log's stays), and the
-    // room they gave back is taken again, the quiet log's publish needs a new thread:
-    // refused, the process alive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committer_threads() > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "idle committer threads never stopped"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Once the committer threads the appends started have stopped but one (it keeps the
+    // busy log's sync deadline), and the room they gave back is taken again, the quiet
+    // log's publish runs on that one: an idle topic needs no thread of its own.
+    wait_for_committer_threads(1);
     fill(&filler, &mut held, limit);
-    let err = quiet.append(vec![frame(1)]).err().map(|e| e.to_string());
+    append(&quiet, &mut quiet_acked).expect("an idle log's publish on the running thread");
+    // With no deadline left, the last thread stops too; then the quiet log's publish needs
+    // a new one: refused, the process alive.
+    drop(log);
+    wait_for_committer_threads(0);
+    fill(&filler, &mut held, limit);
+    let err = quiet.append(vec![frame(9)]).err().map(|e| e.to_string());
     assert!(
         err.as_deref().is_some_and(
             |e| e.contains("cannot start committer") && e.contains("vm.max_map_count")
         ),
-        "an idle log's publish at the limit: {err:?}"
+        "a publish with no committer thread at the limit: {err:?}"
     );
     assert_holds_acked(&quiet, &quiet_acked, "the quiet log at the limit");
 
@@ -218,6 +218,8 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     mappings::refresh();
     append(&quiet, &mut quiet_acked).expect("the quiet log takes frames again");
     assert_holds_acked(&quiet, &quiet_acked, "the quiet log after the limit");
+    let log = Log::open(dir, busy_config()).unwrap();
+    assert_holds_acked(&log, &acked, "the busy log reopened");
     let refused_at = acked.len();
     for _ in 0..10 {
         append(&log, &mut acked).expect("appends resume once mappings are free");
@@ -237,12 +239,25 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     assert!(created && made.name() == "refused");
 }
 
-/// Threads of this process named as the log's committers (`framecast-commit`, which the
-/// kernel cuts to 15 bytes).
+/// Waits (up to 30 s) until `n` committer threads are left in this process.
+fn wait_for_committer_threads(n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committer_threads() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} committer threads, {n} expected: idle ones never stopped",
+            committer_threads()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Threads of this process named as the log's committers (the kernel cuts names to 15
+/// bytes).
 fn committer_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| "framecast-commit".starts_with(name.trim()))
+        .filter(|name| committers::THREAD_NAME.starts_with(name.trim()))
         .count()
 }

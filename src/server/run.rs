@@ -271,15 +271,14 @@ pub async fn run(
         "recovery done"
     );
     if let (Some(n), Some(max)) = (held, limit) {
-        // Each topic being published to takes four more for its committer thread: with
-        // half the limit held by files alone, a busy moment can reach it.
+        // Files are what grows: half the limit held by them is half the topics a node
+        // can take.
         if n.saturating_mul(2) >= max {
             warn!(
                 memory_mappings = n,
                 max_map_count = max,
                 "half the kernel's limit on memory mappings is in use: every segment and \
-                 run is one, and each topic being published to holds four more; raise \
-                 vm.max_map_count (README, \"Limits of one node\")"
+                 run is one; raise vm.max_map_count (README, \"Limits of one node\")"
             );
         }
     }

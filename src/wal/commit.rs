@@ -1,7 +1,8 @@
 //! Group commit: one [`Committer`] per log takes every queued append, encodes it straight
 //! into the active segment's mapping, syncs once under the fsync policy, updates the index,
 //! moves the durable frontier and answers every waiter, so concurrent appenders share one
-//! sync. Its thread is started on demand and stops after a few idle seconds.
+//! sync. It runs on the process's pool of committer threads ([`super::committers`]), one
+//! turn at a time, only while it has appends queued.
 //!
 //! Under `interval:<ms>` the committer syncs at least every `<ms>` while anything written
 //! is unsynced, however steady the load: the oldest unsynced write sets the deadline.
@@ -9,7 +10,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,16 +20,12 @@ use tracing::{debug, error, warn};
 use super::config::{FsyncPolicy, LogConfig};
 use super::dedup::{DedupWindow, FirstAck};
 use super::frame::{now_ns, Appended, NewFrame};
-use super::mappings::{Need, THREAD};
 use super::record::{encoded_len, RecordRef};
 use super::replica::Copied;
 use super::segment::{Segment, SegmentWriter, SyncMethod};
 use super::state::{rec_key, State};
 use super::{Error, Result};
 use crate::index::OrderKey;
-
-/// How long a committer thread waits for work before it stops.
-const IDLE_WORKER: Duration = Duration::from_secs(5);
 
 /// The write path of one log.
 #[derive(Debug)]
@@ -38,7 +34,10 @@ pub(super) struct Committer {
     config: LogConfig,
     state: Arc<RwLock<State>>,
     queue: Mutex<Queue>,
-    wake: Condvar,
+    /// Signalled when a turn ends with nothing queued (`stop` waits for it).
+    settled: Condvar,
+    /// Set by `stop`, for the pool's deadlines (read without the queue's lock).
+    stopped: AtomicBool,
     writer: Mutex<Writer>,
     durable: watch::Sender<u64>,
     /// The last batch handed out before its sync (with [`LogConfig::early_tail`] on).
@@ -68,8 +67,10 @@ pub struct Tail {
 struct Queue {
     pending: Vec<Request>,
     closed: bool,
-    worker_running: bool,
-    worker: Option<JoinHandle<()>>,
+    /// In the pool's queue or in a turn: set while anything is pending or being written.
+    scheduled: bool,
+    /// A sync deadline is set on the pool's clock.
+    deadline: bool,
 }
 
 /// Where the acks of one request go.
@@ -136,7 +137,7 @@ impl Portion {
 }
 
 impl Committer {
-    /// A committer appending to `active` from `next_offset` on; no thread runs yet.
+    /// A committer appending to `active` from `next_offset` on; nothing is scheduled yet.
     pub(super) fn new(
         dir: PathBuf,
         config: LogConfig,
@@ -153,7 +154,8 @@ impl Committer {
             config,
             state,
             queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
+            settled: Condvar::new(),
+            stopped: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 active,
                 next_offset,
@@ -171,8 +173,8 @@ impl Committer {
         })
     }
 
-    /// Queues already validated `frames`, starting the thread if none runs; the receiver
-    /// gets the acks.
+    /// Queues already validated `frames`, scheduling a turn if none is; the receiver gets
+    /// the acks.
     pub(super) fn submit(self: &Arc<Self>, frames: Vec<NewFrame>) -> Result<AckReceiver> {
         self.enqueue(Body::Frames(frames))
     }
@@ -190,39 +192,25 @@ impl Committer {
             return Err(closed());
         }
         q.pending.push(Request { body, reply });
-        if q.worker_running {
-            self.wake.notify_one();
-        } else {
-            let committer = Arc::clone(self);
-            // Admitted first: a thread started at the mapping limit can abort the process.
-            let spawned = super::mappings::admit(Need::New(THREAD)).and_then(|()| {
-                std::thread::Builder::new()
-                    .name("framecast-commit".into())
-                    .spawn(move || committer.run())
-            });
-            match spawned {
-                Ok(handle) => {
-                    q.worker_running = true;
-                    q.worker = Some(handle);
-                }
-                Err(e) => {
-                    q.pending.pop();
-                    let e = super::mappings::explain(e);
-                    return Err(Error::Unavailable(format!("cannot start committer: {e}")));
-                }
+        if !q.scheduled {
+            q.scheduled = true;
+            if let Err(e) = super::committers::schedule(Arc::clone(self)) {
+                q.scheduled = false;
+                q.pending.pop();
+                let e = super::mappings::explain(e);
+                return Err(Error::Unavailable(format!("cannot start committer: {e}")));
             }
         }
         Ok(rx)
     }
 
     /// A receiver answered once every request queued before it is answered (written and
-    /// synced, or failed); `None` when nothing is queued or being written (no thread runs).
+    /// synced, or failed); `None` when nothing is queued or being written.
     pub(super) fn barrier(self: &Arc<Self>) -> Option<AckReceiver> {
         {
             let q = self.queue.lock();
-            // A running thread is the only one to take requests, and it stops only when
-            // none is queued: without one, nothing is pending.
-            if !q.worker_running || q.closed {
+            // Scheduled until a turn finds nothing more queued: if not, nothing is pending.
+            if !q.scheduled || q.closed {
                 return None;
             }
         }
@@ -254,19 +242,22 @@ impl Committer {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Finishes what is queued and stops the thread; later submits fail.
+    /// Waits until what is queued is finished; later submits fail.
     pub(super) fn stop(&self) {
-        let worker = {
-            let mut q = self.queue.lock();
-            q.closed = true;
-            self.wake.notify_all();
-            q.worker.take()
-        };
-        if let Some(handle) = worker {
-            if handle.join().is_err() {
-                error!(dir = %self.dir.display(), "committer thread panicked");
-            }
+        let mut q = self.queue.lock();
+        q.closed = true;
+        self.stopped.store(true, Ordering::Relaxed);
+        while q.scheduled {
+            self.settled.wait(&mut q);
         }
+        if std::mem::take(&mut q.deadline) {
+            super::committers::deadline_cleared();
+        }
+    }
+
+    /// True once `stop` was called.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// Syncs whatever was written and not yet synced (at close); true when nothing written
@@ -281,45 +272,64 @@ impl Committer {
 }
 
 impl Committer {
-    fn run(self: Arc<Self>) {
-        let mut last_work = Instant::now();
-        loop {
-            let wait = self.sync_due_in().unwrap_or(IDLE_WORKER).min(IDLE_WORKER);
-            let mut q = self.queue.lock();
-            if q.pending.is_empty() && !q.closed && !wait.is_zero() {
-                self.wake.wait_for(&mut q, wait);
+    /// One turn on a pool thread: writes what is queued, syncs if due, answers. True when
+    /// more was queued meanwhile (the committer stays scheduled); otherwise it is no longer
+    /// scheduled, and a deadline is set if unsynced writes wait for one.
+    pub(super) fn turn(self: &Arc<Self>) -> bool {
+        let batch = std::mem::take(&mut self.queue.lock().pending);
+        if !batch.is_empty() {
+            // Tests make one turn panic here (`--features failpoints`).
+            if super::failpoint::hit(super::failpoint::COMMIT_PANIC).is_err() {
+                panic!("fail point {}", super::failpoint::COMMIT_PANIC);
             }
-            if !q.pending.is_empty() {
-                let batch = std::mem::take(&mut q.pending);
-                drop(q);
-                self.commit(batch);
-                self.sync_if_due();
-                last_work = Instant::now();
-                continue;
-            }
-            if q.closed {
-                q.worker_running = false;
-                return;
-            }
-            drop(q);
-            self.sync_if_due();
-            let unsynced = {
-                let w = self.writer.lock();
-                w.synced_to < w.active.cursor() && self.config.fsync != FsyncPolicy::Never
-            };
-            if !unsynced && last_work.elapsed() >= IDLE_WORKER {
-                let mut q = self.queue.lock();
-                if q.pending.is_empty() {
-                    q.worker_running = false;
-                    // Detach this thread: an exited thread that nobody joins keeps its stack
-                    // (a mapping and its touched pages) until its handle goes; with ten
-                    // thousand idle topics that is ten thousand stacks.
-                    drop(q.worker.take());
-                    debug!(dir = %self.dir.display(), "committer idle, stopping");
-                    return;
-                }
+            self.commit(batch);
+        }
+        self.sync_if_due();
+        let mut q = self.queue.lock();
+        if !q.pending.is_empty() {
+            return true;
+        }
+        q.scheduled = false;
+        self.settled.notify_all();
+        if !q.deadline && !q.closed {
+            if let Some(after) = self.sync_due_in() {
+                q.deadline = true;
+                super::committers::set_deadline(Instant::now() + after, Arc::downgrade(self));
             }
         }
+        false
+    }
+
+    /// After a turn panicked: the log refuses appends from now on (what the turn left is
+    /// unknown), the queued ones fail, and the committer is no longer scheduled. False.
+    pub(super) fn turn_panicked(&self) -> bool {
+        let why = "a commit panicked; the topic takes no more frames until it is reopened";
+        error!(dir = %self.dir.display(), "{why}");
+        self.writer.lock().failed = Some(why.into());
+        self.config
+            .failure
+            .raise(format!("{why}: {}", self.dir.display()));
+        let mut q = self.queue.lock();
+        for req in q.pending.drain(..) {
+            let _ = req.reply.send(Err(Error::Unavailable(why.into())));
+        }
+        q.scheduled = false;
+        self.settled.notify_all();
+        false
+    }
+
+    /// Called when this committer's deadline came: true when it is now scheduled for a
+    /// turn (which syncs), false when a turn is on already or it is stopped.
+    pub(super) fn deadline_came(&self) -> bool {
+        let mut q = self.queue.lock();
+        if std::mem::take(&mut q.deadline) {
+            super::committers::deadline_cleared();
+        }
+        if q.scheduled || q.closed {
+            return false;
+        }
+        q.scheduled = true;
+        true
     }
 
     /// Under `interval:<ms>`, how long until the oldest unsynced write must be synced
@@ -710,7 +720,12 @@ impl Committer {
                 w.synced_to = end;
                 w.unsynced_since = None;
             }
-            Err(e) => error!(file = %seg.path().display(), error = %e, "background sync failed"),
+            Err(e) => {
+                error!(file = %seg.path().display(), error = %e, "background sync failed");
+                // Tried again an interval later, not at once: a disk that keeps failing
+                // would otherwise take a thread of the pool in a loop.
+                w.unsynced_since = Some(Instant::now());
+            }
         }
     }
 }

@@ -95,6 +95,8 @@ pub const ALL: &[&str] = &[
 /// refused it (`commit.sync`).
 pub const COMMIT_SYNC: &str = "commit.sync";
 
+/// Not in [`ALL`]: a committer's turn panics before it writes (`commit.panic`).
+pub const COMMIT_PANIC: &str = "commit.panic";
 /// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
 pub const ACTIVE_WRITE: &str = "active.write";
 

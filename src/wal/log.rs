@@ -1,8 +1,8 @@
 //! The log of one topic: opening (recovery), appending, closing. The write path is in
 //! [`super::commit`], reads in [`super::read`], the in-memory state in [`super::state`].
 //!
-//! Appends go through a queue to one committer thread per log, started on demand and
-//! stopped after a few idle seconds; concurrent appenders share one sync (group commit).
+//! Appends go through a queue to the log's committer, which runs on the process's pool of
+//! committer threads while it has work; concurrent appenders share one sync (group commit).
 //! Readers never take the committer's lock: they read the index under a short read lock and
 //! the records from published, immutable bytes.
 

@@ -4,14 +4,15 @@
 //!
 //! Every segment and every sorted run is one mapping, and every thread holds four (its
 //! stack and guard page, and the signal stack Rust gives it and that one's guard). A topic
-//! costs one mapping, five while its committer thread is alive (it had a publish in the
-//! last few seconds). At the limit, `mmap` fails with `ENOMEM`, a thread cannot start
+//! costs one mapping; its commits run on the process's pool of at most
+//! [`super::committers::MAX_WORKERS`] threads, whatever the number of busy topics. At the
+//! limit, `mmap` fails with `ENOMEM`, a thread cannot start
 //! (`EAGAIN`), and a thread that got its stack but not its signal stack aborts the whole
 //! process (Rust's runtime panics while starting it). So the server asks [`admit`] before
 //! each mapping and thread of its own, and is refused while fewer than [`RESERVE`] mappings
 //! would be left (half that for files that exist already: see [`Need`]): a new segment, a
-//! new topic or an idle topic's publish fails `UNAVAILABLE` with the reason, and the
-//! process lives on.
+//! new topic or a publish that needs the first committer thread fails `UNAVAILABLE` with
+//! the reason, and the process lives on.
 
 use std::io;
 use std::path::Path;
@@ -269,9 +270,8 @@ fn describe(
 fn at_limit(n: u64, max: u64) -> String {
     format!(
         "this process holds {n} memory mappings and the kernel allows {max} \
-         (vm.max_map_count): each segment and sorted run is one, and each topic published \
-         to in the last few seconds has a committer thread that holds four more; raise the \
-         limit (`sysctl -w vm.max_map_count=262144`, kept across reboots by \
+         (vm.max_map_count): each segment and sorted run is one, and each thread holds four; \
+         raise the limit (`sysctl -w vm.max_map_count=262144`, kept across reboots by \
          deploy/99-framecast.conf) or hold fewer topics on this node"
     )
 }

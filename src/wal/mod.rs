@@ -3,7 +3,8 @@
 //! `format` (every on-disk constant), `record` (the record codec and the one record
 //! walker), `segment` (one mapped file; the only `unsafe`), `config` (a log's settings),
 //! `frame` (the values appended and read back, and their checks), `log` (open, append,
-//! close), `commit` (group commit and the fsync policy), `state` (the in-memory index of a
+//! close), `commit` (group commit and the fsync policy), `committers` (the process's pool
+//! of threads that run every log's commits), `state` (the in-memory index of a
 //! log), `read` (range and ordered reads), `recovery` (scan, torn-tail cut), `dedup` (the
 //! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
 //! `manifest` (what a compaction committed), `active` (the newest segment's base, so a
@@ -14,6 +15,7 @@
 
 pub mod active;
 mod commit;
+pub mod committers;
 mod compact;
 mod config;
 mod dedup;
