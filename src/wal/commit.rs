@@ -304,17 +304,19 @@ impl Committer {
     /// unknown), the queued ones fail, and the committer is no longer scheduled. False.
     pub(super) fn turn_panicked(&self) -> bool {
         let why = "a commit panicked; the topic takes no more frames until it is reopened";
-        error!(dir = %self.dir.display(), "{why}");
         self.writer.lock().failed = Some(why.into());
+        {
+            let mut q = self.queue.lock();
+            for req in q.pending.drain(..) {
+                let _ = req.reply.send(Err(Error::Unavailable(why.into())));
+            }
+            q.scheduled = false;
+            self.settled.notify_all();
+        }
+        error!(dir = %self.dir.display(), "{why}");
         self.config
             .failure
             .raise(format!("{why}: {}", self.dir.display()));
-        let mut q = self.queue.lock();
-        for req in q.pending.drain(..) {
-            let _ = req.reply.send(Err(Error::Unavailable(why.into())));
-        }
-        q.scheduled = false;
-        self.settled.notify_all();
         false
     }
 

@@ -63,6 +63,11 @@ struct State {
     idle: Vec<Arc<Condvar>>,
     /// A worker waits on `clock`.
     keeper: bool,
+    /// Workers woken or started for `ready` that have not taken the lock since: what
+    /// `ready` holds beyond them still needs a worker.
+    woken: usize,
+    /// The keeper was woken for `ready` (counted in `woken`).
+    keeper_called: bool,
 }
 
 /// When a committer's unsynced writes must be synced.
@@ -98,7 +103,7 @@ pub(super) fn schedule(committer: Arc<Committer>) -> io::Result<()> {
     let pool = &*POOL;
     let mut st = pool.state.lock();
     st.ready.push_back(committer);
-    if let Err(e) = wake(pool, &mut st) {
+    if let Err(e) = wake(pool, &mut st, 0) {
         if st.workers == 0 {
             st.ready.pop_back();
             return Err(e);
@@ -107,17 +112,21 @@ pub(super) fn schedule(committer: Arc<Committer>) -> io::Result<()> {
     Ok(())
 }
 
-/// Wakes or starts workers for what `ready` holds: an idle one per committer, then the
+/// Wakes or starts workers for what `ready` holds beyond those already woken and `taking`
+/// (workers that will look at `ready` next anyway): an idle one per committer, then the
 /// keeper, then new ones up to [`MAX_WORKERS`]. An error when one could not start.
-fn wake(pool: &Pool, st: &mut State) -> io::Result<()> {
-    let mut waiting = st.ready.len();
+fn wake(pool: &Pool, st: &mut State, taking: usize) -> io::Result<()> {
+    let mut waiting = st.ready.len().saturating_sub(st.woken + taking);
     while waiting > 0 {
         let Some(worker) = st.idle.pop() else { break };
         worker.notify_one();
+        st.woken += 1;
         waiting -= 1;
     }
-    if waiting > 0 && st.keeper {
+    if waiting > 0 && st.keeper && !st.keeper_called {
         pool.clock.notify_one();
+        st.keeper_called = true;
+        st.woken += 1;
         waiting -= 1;
     }
     while waiting > 0 && st.workers < MAX_WORKERS {
@@ -127,6 +136,7 @@ fn wake(pool: &Pool, st: &mut State) -> io::Result<()> {
             return Err(e);
         }
         st.workers += 1;
+        st.woken += 1;
         waiting -= 1;
     }
     Ok(())
@@ -146,6 +156,7 @@ pub(super) fn set_deadline(at: Instant, committer: Weak<Committer>) {
             pool.clock.notify_one();
         } else if let Some(worker) = st.idle.pop() {
             worker.notify_one();
+            st.woken += 1;
         }
     }
 }
@@ -177,12 +188,16 @@ fn start_worker() -> io::Result<()> {
 }
 
 /// Counts a worker out if it ends by a panic (one that stops counts itself out under the
-/// lock it decided in).
+/// lock it decided in), and hands what is ready to another.
 struct Leaving<'a>(&'a Pool);
 
 impl Drop for Leaving<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().workers -= 1;
+        let mut st = self.0.state.lock();
+        st.workers -= 1;
+        if !st.ready.is_empty() {
+            let _ = wake(self.0, &mut st, 0);
+        }
     }
 }
 
@@ -192,6 +207,8 @@ fn work(pool: &Pool) {
     let leaving = Leaving(pool);
     let parked = Arc::new(Condvar::new());
     let mut st = pool.state.lock();
+    // Started by `wake`, which counted it.
+    st.woken = st.woken.saturating_sub(1);
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
@@ -209,8 +226,9 @@ fn work(pool: &Pool) {
                     .collect()
             });
             st.ready.extend(woken);
-            // Every log that came due syncs on its own thread, as appends do.
-            let _ = wake(pool, &mut st);
+            // Every log that came due syncs on its own thread, as appends do (this one
+            // takes the first).
+            let _ = wake(pool, &mut st, 1);
             continue;
         }
         if let Some(committer) = st.ready.pop_front() {
@@ -227,16 +245,28 @@ fn work(pool: &Pool) {
         let live = LIVE_DEADLINES.load(Ordering::Relaxed) > 0;
         if !st.keeper && live {
             if let Some(at) = earliest_live(&mut st) {
+                // That may have let go of the lock: another may keep the clock now, or
+                // work may have come.
+                if st.keeper || !st.ready.is_empty() || at <= Instant::now() {
+                    continue;
+                }
                 st.keeper = true;
                 pool.clock.wait_until(&mut st, at);
                 st.keeper = false;
+                if std::mem::take(&mut st.keeper_called) {
+                    st.woken = st.woken.saturating_sub(1);
+                }
                 continue;
             }
         }
         st.idle.push(Arc::clone(&parked));
         let timed_out = parked.wait_for(&mut st, IDLE).timed_out();
-        // Whoever woke it took it off the list; a timeout did not.
-        st.idle.retain(|w| !Arc::ptr_eq(w, &parked));
+        // Whoever woke it took it off the list (and counted it); a timeout did not.
+        if st.idle.iter().any(|w| Arc::ptr_eq(w, &parked)) {
+            st.idle.retain(|w| !Arc::ptr_eq(w, &parked));
+        } else {
+            st.woken = st.woken.saturating_sub(1);
+        }
         let live = LIVE_DEADLINES.load(Ordering::Relaxed) > 0;
         if timed_out && st.ready.is_empty() && (st.keeper || !live) {
             st.workers -= 1;
@@ -248,24 +278,26 @@ fn work(pool: &Pool) {
 }
 
 /// The earliest deadline whose committer has not stopped, dropping those above it that
-/// have; `None` when there is none.
+/// have; `None` when there is none. Lets go of the lock while it looks at a committer.
 fn earliest_live(st: &mut MutexGuard<'_, State>) -> Option<Instant> {
     loop {
         let Reverse(top) = st.deadlines.peek()?;
         let at = top.at;
         let committer = top.committer.clone();
+        // Upgraded unlocked: a last reference frees a whole log.
         let stopped =
             MutexGuard::unlocked(st, || committer.upgrade().is_none_or(|c| c.is_stopped()));
+        let same = st
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse(d)| d.at == at && Weak::ptr_eq(&d.committer, &committer));
+        if !same {
+            // Changed meanwhile: look again.
+            continue;
+        }
         if !stopped {
             return Some(at);
         }
-        // Still the same entry unless another worker took it meanwhile.
-        if st
-            .deadlines
-            .peek()
-            .is_some_and(|Reverse(d)| Weak::ptr_eq(&d.committer, &committer))
-        {
-            st.deadlines.pop();
-        }
+        st.deadlines.pop();
     }
 }
