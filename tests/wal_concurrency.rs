@@ -5,14 +5,17 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use framecast::index::OrderKey;
 use framecast::wal::committers;
-use framecast::wal::{Appended, FsyncPolicy, Log, LogConfig, NewFrame, StoredFrame, SyncObserver};
+use framecast::wal::{Appended, FsyncPolicy, Log, LogConfig, NewFrame, StoredFrame};
 use rand::Rng;
+
+mod common;
+use common::held_syncs;
 
 const APPENDERS: u64 = 16;
 const APPENDS_EACH: u64 = 200;
@@ -295,17 +298,7 @@ fn many_busy_logs_share_a_bounded_pool_of_committer_threads() {
     const LOGS: u64 = 200;
     const APPENDS: u64 = 10;
     // Every sync held 2 ms: turns of different logs overlap only on different threads.
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let most_syncs = Arc::new(AtomicUsize::new(0));
-    let observer = {
-        let (in_flight, most_syncs) = (Arc::clone(&in_flight), Arc::clone(&most_syncs));
-        SyncObserver(Arc::new(move |_| {
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            most_syncs.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-        }))
-    };
+    let (observer, most_syncs) = held_syncs(std::time::Duration::from_millis(2));
     let tmp = tempfile::tempdir().expect("tempdir");
     let logs: Vec<Log> = (0..LOGS)
         .map(|i| {

@@ -8,12 +8,14 @@
 //! syncing every commit (one per append).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framecast::wal::{FsyncPolicy, Log, LogConfig, NewFrame, SyncObserver};
+use framecast::wal::{FsyncPolicy, Log, LogConfig, NewFrame};
+
+mod common;
+use common::held_syncs;
 
 fn open(dir: &std::path::Path, interval_ms: u64) -> Log {
     let config = LogConfig {
@@ -174,17 +176,7 @@ fn each_log_is_synced_by_its_own_deadline() {
 #[test]
 fn logs_whose_deadlines_come_together_sync_side_by_side() {
     const LOGS: usize = 100;
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let observer = {
-        let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
-        SyncObserver(Arc::new(move |_| {
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(50));
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-        }))
-    };
+    let (observer, most) = held_syncs(Duration::from_millis(50));
     let dir = tempfile::tempdir().expect("tempdir");
     let logs: Vec<Log> = (0..LOGS)
         .map(|i| {

@@ -10,6 +10,7 @@ pub mod tokens;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -547,4 +548,19 @@ pub fn assert_holds_acked(
         assert_eq!(f.offset, *offset, "{what}");
         assert!(f.payload == sent.payload, "{what}: offset {offset} differs");
     }
+}
+
+/// A sync observer that holds every sync `hold` long, and the most syncs it saw in flight
+/// at once (of every log it is given to): more than one means syncs ran side by side.
+pub fn held_syncs(hold: Duration) -> (framecast::wal::SyncObserver, Arc<AtomicUsize>) {
+    let in_flight = AtomicUsize::new(0);
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&most);
+    let observer = framecast::wal::SyncObserver(Arc::new(move |_| {
+        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        seen.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(hold);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }));
+    (observer, most)
 }
