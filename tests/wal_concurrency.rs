@@ -15,7 +15,7 @@ use framecast::wal::{Appended, FsyncPolicy, Log, LogConfig, NewFrame, StoredFram
 use rand::Rng;
 
 mod common;
-use common::held_syncs;
+use common::{committer_threads, held_syncs};
 
 const APPENDERS: u64 = 16;
 const APPENDS_EACH: u64 = 200;
@@ -278,15 +278,6 @@ async fn appends_settled_waits_for_appends_nobody_waits_for() {
     assert_eq!(log.durable_offset(), 200);
     log.appends_settled().await;
     assert_eq!(log.durable_offset(), 200);
-}
-
-/// Threads of this process running committers (the kernel cuts names to 15 bytes).
-fn committer_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .expect("/proc/self/task")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| committers::THREAD_NAME.starts_with(name.trim()))
-        .count()
 }
 
 /// Many logs appended to at once, each by its own caller and under `always` (every turn

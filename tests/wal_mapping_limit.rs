@@ -22,12 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use framecast::broker::metrics::Metrics;
 use framecast::broker::Topics;
-use framecast::wal::committers;
 use framecast::wal::mappings::{self, Need};
 use framecast::wal::{FsyncPolicy, Log, LogConfig, MappedFile, NewFrame};
 
 mod common;
-use common::assert_holds_acked;
+use common::{assert_holds_acked, committer_threads};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -250,14 +249,4 @@ fn wait_for_committer_threads(n: usize) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Threads of this process named as the log's committers (the kernel cuts names to 15
-/// bytes).
-fn committer_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| committers::THREAD_NAME.starts_with(name.trim()))
-        .count()
 }

@@ -564,3 +564,13 @@ pub fn held_syncs(hold: Duration) -> (framecast::wal::SyncObserver, Arc<AtomicUs
     }));
     (observer, most)
 }
+
+/// Threads of this process running the log's committers (the kernel cuts their name,
+/// `committers::THREAD_NAME`, to 15 bytes).
+pub fn committer_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| framecast::wal::committers::THREAD_NAME.starts_with(name.trim()))
+        .count()
+}
