@@ -19,14 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use framecast::broker::metrics::Metrics;
 use framecast::broker::Topics;
 use framecast::wal::mappings::{self, Need};
-use framecast::wal::{FsyncPolicy, Log, LogConfig, MappedFile, NewFrame};
+use framecast::wal::{FsyncPolicy, Log, LogConfig, MappedFile};
 
 mod common;
-use common::{assert_holds_acked, committer_threads};
+use common::{append_next, assert_holds_acked, committer_threads, third_of_a_segment};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -80,26 +79,6 @@ fn fill(filler: &Path, held: &mut Vec<Arc<MappedFile>>, limit: u64) -> String {
     refused
 }
 
-/// Three of these fill a segment: every third append needs a new one.
-fn frame(i: u64) -> NewFrame {
-    let mut payload = format!("frame-{i}|").into_bytes();
-    payload.resize(20 * 1024, (i % 251) as u8);
-    NewFrame {
-        seq_no: i,
-        timestamp: i as i64,
-        key: Bytes::new(),
-        payload: Bytes::from(payload),
-    }
-}
-
-fn append(log: &Log, acked: &mut Vec<(u64, NewFrame)>) -> framecast::wal::Result<()> {
-    let f = frame(acked.len() as u64);
-    let a = log.append(vec![f.clone()])?;
-    assert_eq!(a[0].offset, acked.len() as u64, "no offset skipped");
-    acked.push((a[0].offset, f));
-    Ok(())
-}
-
 #[test]
 fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_lost() {
     let limit = mappings::limit().expect("/proc/sys/vm/max_map_count");
@@ -114,7 +93,7 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     let log = Log::open(dir, busy_config()).unwrap();
     let mut acked = Vec::new();
     for _ in 0..4 {
-        append(&log, &mut acked).unwrap();
+        append_next(&log, &mut acked).unwrap();
     }
     // A log that exists, closed: it must still open at the ceiling, as a restart must.
     let closed_dir = tmp.path().join("closed");
@@ -122,14 +101,14 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     {
         let closed = Log::open(&closed_dir, config()).unwrap();
         for _ in 0..7 {
-            append(&closed, &mut closed_acked).unwrap();
+            append_next(&closed, &mut closed_acked).unwrap();
         }
     }
     // A log that takes one frame, then idles: its next publish needs a new thread.
     let quiet_dir = tmp.path().join("quiet");
     let quiet = Log::open(&quiet_dir, config()).unwrap();
     let mut quiet_acked = Vec::new();
-    append(&quiet, &mut quiet_acked).unwrap();
+    append_next(&quiet, &mut quiet_acked).unwrap();
     // A topic registry too, with a topic made (its blocking thread stays for the next).
     let data = tmp.path().join("data");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -153,7 +132,7 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     // refused, saying why, and so is every later one while the limit holds.
     let err = loop {
         assert!(acked.len() < 20, "a new segment was never needed");
-        if let Err(e) = append(&log, &mut acked) {
+        if let Err(e) = append_next(&log, &mut acked) {
             break e.to_string();
         }
     };
@@ -162,7 +141,7 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
         !err.contains("cannot start committer"),
         "the segment's refusal: {err}"
     );
-    assert!(append(&log, &mut acked).is_err(), "still at the limit");
+    assert!(append_next(&log, &mut acked).is_err(), "still at the limit");
     let other = tmp.path().join("other");
     let err = Log::open(&other, config()).err().map(|e| e.to_string());
     assert!(
@@ -196,13 +175,16 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     // log's publish runs on that one: an idle topic needs no thread of its own.
     wait_for_committer_threads(1);
     fill(&filler, &mut held, limit);
-    append(&quiet, &mut quiet_acked).expect("an idle log's publish on the running thread");
+    append_next(&quiet, &mut quiet_acked).expect("an idle log's publish on the running thread");
     // With no deadline left, the last thread stops too; then the quiet log's publish needs
     // a new one: refused, the process alive.
     drop(log);
     wait_for_committer_threads(0);
     fill(&filler, &mut held, limit);
-    let err = quiet.append(vec![frame(9)]).err().map(|e| e.to_string());
+    let err = quiet
+        .append(vec![third_of_a_segment(9)])
+        .err()
+        .map(|e| e.to_string());
     assert!(
         err.as_deref().is_some_and(
             |e| e.contains("cannot start committer") && e.contains("vm.max_map_count")
@@ -215,13 +197,13 @@ fn at_the_mapping_limit_a_new_segment_is_refused_with_the_reason_and_nothing_is_
     // A refusal stands until the mappings are counted again (the server does it once a
     // second while it refuses).
     mappings::refresh();
-    append(&quiet, &mut quiet_acked).expect("the quiet log takes frames again");
+    append_next(&quiet, &mut quiet_acked).expect("the quiet log takes frames again");
     assert_holds_acked(&quiet, &quiet_acked, "the quiet log after the limit");
     let log = Log::open(dir, busy_config()).unwrap();
     assert_holds_acked(&log, &acked, "the busy log reopened");
     let refused_at = acked.len();
     for _ in 0..10 {
-        append(&log, &mut acked).expect("appends resume once mappings are free");
+        append_next(&log, &mut acked).expect("appends resume once mappings are free");
     }
     assert_eq!(
         acked[refused_at].0, refused_at as u64,

@@ -97,6 +97,9 @@ pub const COMMIT_SYNC: &str = "commit.sync";
 
 /// Not in [`ALL`]: a committer's turn panics before it writes (`commit.panic`).
 pub const COMMIT_PANIC: &str = "commit.panic";
+/// Not in [`ALL`]: the directory sync after a new segment is named fails
+/// (`segment.dir_sync`).
+pub const SEGMENT_DIR_SYNC: &str = "segment.dir_sync";
 /// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
 pub const ACTIVE_WRITE: &str = "active.write";
 

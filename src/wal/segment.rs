@@ -247,7 +247,15 @@ impl SegmentWriter {
                 return Err(e);
             }
         };
-        sync_dir(dir)?;
+        // Tests make this sync fail (`--features failpoints`).
+        let named =
+            super::failpoint::hit(super::failpoint::SEGMENT_DIR_SYNC).and_then(|()| sync_dir(dir));
+        if let Err(e) = named {
+            // No record went into the file: the name is given back, or every later attempt
+            // to start this segment would find it taken (and the topic take no frame).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(SegmentWriter {
             segment,
             cursor: SEGMENT_HEADER_LEN as u64,

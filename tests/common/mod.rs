@@ -574,3 +574,28 @@ pub fn committer_threads() -> usize {
         .filter(|name| framecast::wal::committers::THREAD_NAME.starts_with(name.trim()))
         .count()
 }
+
+/// A frame of 20 KiB: three fill a 64 KiB segment, so every third append needs a new one.
+pub fn third_of_a_segment(i: u64) -> framecast::wal::NewFrame {
+    let mut payload = format!("frame-{i}|").into_bytes();
+    payload.resize(20 * 1024, (i % 251) as u8);
+    framecast::wal::NewFrame {
+        seq_no: i,
+        timestamp: i as i64,
+        key: bytes::Bytes::new(),
+        payload: bytes::Bytes::from(payload),
+    }
+}
+
+/// Appends the next [`third_of_a_segment`] frame to `log`, checks that it got the next
+/// offset (none skipped) and adds it to `acked`.
+pub fn append_next(
+    log: &framecast::wal::Log,
+    acked: &mut Vec<(u64, framecast::wal::NewFrame)>,
+) -> framecast::wal::Result<()> {
+    let f = third_of_a_segment(acked.len() as u64);
+    let a = log.append(vec![f.clone()])?;
+    assert_eq!(a[0].offset, acked.len() as u64, "no offset skipped");
+    acked.push((a[0].offset, f));
+    Ok(())
+}
