@@ -173,11 +173,6 @@ pub(super) fn deadline_cleared() {
     }
 }
 
-/// Committer threads running now.
-pub fn workers() -> usize {
-    POOL.state.lock().workers
-}
-
 fn start_worker() -> io::Result<()> {
     // Admitted first: a thread started at the mapping limit can abort the process.
     mappings::admit(Need::New(THREAD))?;
