@@ -36,8 +36,6 @@ pub(super) struct Committer {
     queue: Mutex<Queue>,
     /// Signalled when a turn ends with nothing queued (`stop` waits for it).
     settled: Condvar,
-    /// Set by `stop`, for the pool's deadlines (read without the queue's lock).
-    stopped: AtomicBool,
     writer: Mutex<Writer>,
     durable: watch::Sender<u64>,
     /// The last batch handed out before its sync (with [`LogConfig::early_tail`] on).
@@ -155,7 +153,6 @@ impl Committer {
             state,
             queue: Mutex::new(Queue::default()),
             settled: Condvar::new(),
-            stopped: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 active,
                 next_offset,
@@ -246,7 +243,6 @@ impl Committer {
     pub(super) fn stop(&self) {
         let mut q = self.queue.lock();
         q.closed = true;
-        self.stopped.store(true, Ordering::Relaxed);
         while q.scheduled {
             self.settled.wait(&mut q);
         }
@@ -257,7 +253,7 @@ impl Committer {
 
     /// True once `stop` was called.
     pub(super) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
+        self.queue.lock().closed
     }
 
     /// Syncs whatever was written and not yet synced (at close); true when nothing written

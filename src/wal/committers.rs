@@ -279,7 +279,8 @@ fn earliest_live(st: &mut MutexGuard<'_, State>) -> Option<Instant> {
         let Reverse(top) = st.deadlines.peek()?;
         let at = top.at;
         let committer = top.committer.clone();
-        // Upgraded unlocked: a last reference frees a whole log.
+        // Looked at unlocked: the committer's own lock comes before the pool's, and a last
+        // reference frees a whole log.
         let stopped =
             MutexGuard::unlocked(st, || committer.upgrade().is_none_or(|c| c.is_stopped()));
         let same = st
