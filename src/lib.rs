@@ -40,7 +40,8 @@
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
 //!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`, `/readyz`), `sse` (Server-Sent
 //!   Events with exact resume), `ws` (WebSocket), `console` (the embedded web console),
-//!   `cors` (`--cors-origin`, for both doors), `caller` (bearer tokens), `json` (proto3-JSON
+//!   `cors` (`--cors-origin`, for both doors), `origin` (other sites' pages refused),
+//!   `caller` (bearer tokens), `json` (proto3-JSON
 //!   bodies), `error` (the HTTP status table), `listener` (accepted connections for axum).
 //! - [`client`]: the Rust client: `handle` (connection, unary publish with never-duplicate
 //!   retries, topics), `publisher` (pipelined [`client::Publisher`]), `subscription` (a

@@ -110,7 +110,8 @@ struct ServeArgs {
     #[arg(long, env = "FRAMECAST_METRICS_PUBLIC")]
     metrics_public: bool,
     /// An origin (`https://app.example.com`) whose pages may call the HTTP door and gRPC-Web
-    /// (CORS); repeat it, or give `*` for any origin. None: same-origin pages only.
+    /// (CORS); repeat it, or give `*` for any origin. None: same-origin pages only (the
+    /// HTTP door refuses other sites' pages 403).
     #[arg(
         long = "cors-origin",
         env = "FRAMECAST_CORS_ORIGIN",

@@ -859,6 +859,7 @@ async fn grpc_web_serves_unary_and_server_streaming_calls_over_http1_with_cors()
             b"",
         );
         assert_eq!(other.header("access-control-allow-origin"), None);
+        assert_eq!(other.status, 403, "another site's page is refused");
     })
     .await
     .unwrap();
@@ -876,6 +877,7 @@ async fn grpc_web_serves_unary_and_server_streaming_calls_over_http1_with_cors()
             b"",
         );
         assert_eq!(r.header("access-control-allow-origin"), None);
+        assert_eq!(r.status, 403, "another site's page is refused");
     })
     .await
     .unwrap();

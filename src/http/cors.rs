@@ -1,6 +1,7 @@
 //! CORS for both doors (`--cors-origin`): which other origins' pages may call the HTTP door
 //! and gRPC-Web. Without the flag, no CORS headers are sent and only same-origin pages (the
-//! console) may call; `*` allows any origin. Tokens travel in `Authorization` (or
+//! console) may call (the HTTP door refuses the others outright: see
+//! [`origin`](super::origin)); `*` allows any origin. Tokens travel in `Authorization` (or
 //! `access_token`), never in cookies, so credentials are never allowed.
 
 use std::time::Duration;

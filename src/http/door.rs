@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
+use super::origin::Origins;
 use crate::broker::{Broker, Error};
 
 /// Where the server is in its life, as `/healthz` tells it.
@@ -27,18 +28,22 @@ pub struct HttpDoor {
     broker: OnceLock<Broker>,
     phase: AtomicU8,
     metrics_public: bool,
+    /// The origins besides its own whose pages may call the door (`--cors-origin`).
+    origins: Origins,
     /// One token per WebSocket session: an upgraded connection is no longer the HTTP
     /// server's, so its graceful shutdown does not wait for it.
     sessions: TaskTracker,
 }
 
 impl HttpDoor {
-    /// A door in [`Phase::Starting`]. `metrics_public`: `/metrics` needs no token.
-    pub fn new(metrics_public: bool) -> Arc<HttpDoor> {
+    /// A door in [`Phase::Starting`]. `metrics_public`: `/metrics` needs no token;
+    /// `origins`: the other sites whose pages may call it.
+    pub fn new(metrics_public: bool, origins: Origins) -> Arc<HttpDoor> {
         Arc::new(HttpDoor {
             broker: OnceLock::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             metrics_public,
+            origins,
             sessions: TaskTracker::new(),
         })
     }
@@ -66,6 +71,11 @@ impl HttpDoor {
     /// True when `/metrics` needs no token.
     pub fn metrics_public(&self) -> bool {
         self.metrics_public
+    }
+
+    /// The other sites whose pages may call the door.
+    pub fn origins(&self) -> &Origins {
+        &self.origins
     }
 
     /// Held by a WebSocket session while it runs: [`HttpDoor::sessions_ended`] waits for it.

@@ -5,11 +5,15 @@
 //! Like the gRPC door it holds no rule of its own: every call goes through the
 //! [`Broker`](crate::broker::Broker), which authenticates, authorizes, validates and counts
 //! it; this module only turns HTTP into broker calls and the broker's errors into the
-//! status table of API.md. `door` (the state shared by the handlers, and the health phase),
+//! status table of API.md. Its one check of its own is the browser's: which sites' pages
+//! may call at all. `door` (the state shared by the handlers, and the health phase),
 //! `error` (the JSON error body and the status table), `caller` (the bearer token of a
-//! request), `json` (proto3-JSON bodies), `routes` (the REST handlers), `sse` (Server-Sent Events with
-//! exact resume), `ws` (WebSocket: many subscriptions per socket, bounded memory), `console` (the embedded web console), `cors` (`--cors-origin`, for both doors), `listener` (accepted connections as
-//! axum sees them, limited and counted).
+//! request), `json` (proto3-JSON bodies), `routes` (the REST handlers), `sse` (Server-Sent
+//! Events with exact resume), `ws` (WebSocket: many subscriptions per socket, bounded
+//! memory), `console` (the embedded web console), `cors` (`--cors-origin`, for both doors),
+//! `origin` (refuses other sites' pages, which CORS alone does not stop from opening a
+//! WebSocket or posting), `listener` (accepted connections as axum sees them, limited and
+//! counted).
 
 pub mod caller;
 pub mod console;
@@ -18,6 +22,7 @@ pub mod door;
 pub mod error;
 pub mod json;
 pub mod listener;
+pub mod origin;
 pub mod routes;
 pub mod sse;
 pub mod ws;

@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -46,6 +47,8 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by the handlers, which bound them by --max-frame-bytes.
         .layer(DefaultBodyLimit::disable())
+        // Outermost: another site's page is refused before anything else runs.
+        .layer(from_fn_with_state(Arc::clone(&door), super::origin::guard))
         .with_state(door)
 }
 

@@ -208,7 +208,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(config.metrics_max_topics));
     let cors = crate::http::cors::layer(&config.cors_origins).map_err(Error::InvalidArgument)?;
     // The HTTP door listens before recovery, so that /healthz can say "starting".
-    let door = HttpDoor::new(config.metrics_public);
+    let door = HttpDoor::new(
+        config.metrics_public,
+        crate::http::origin::Origins::new(&config.cors_origins),
+    );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match config.http_listen {
         Some(at) => Some(
