@@ -31,9 +31,10 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
 # compiled in.
 cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail --test wal_commit_panic --test wal_roll_failure --test wal_missing_segment --test server_repair 2>&1 | tee -a target/cargo-test.log
 # A cluster leader whose disk fails (a fail point armed in the real binary) leaves, and an
-# in-sync follower takes over; a follower whose disk fails leaves, and the cluster goes on.
+# in-sync follower takes over; a follower whose disk fails leaves, and the cluster goes on;
+# a publish held past its leader's step-down is refused, not appended.
 cargo test --features failpoints --lib failpoint 2>&1 | tee -a target/cargo-test.log
-cargo test --features failpoints --test cluster_nodes -- a_leader_whose_log_fails a_follower_whose_log_fails 2>&1 | tee -a target/cargo-test.log
+cargo test --features failpoints --test cluster_nodes -- a_leader_whose_log_fails a_follower_whose_log_fails a_publish_that_reaches_the_log_after 2>&1 | tee -a target/cargo-test.log
 # Doc examples (not run by --all-targets).
 cargo test --doc 2>&1 | tail -3
 

@@ -2709,6 +2709,80 @@ async fn a_follower_whose_log_fails_leaves_and_the_cluster_goes_on() {
     }
 }
 
+/// A publish that passed the leader's checks just before the leader stepped down, and
+/// reached its log only once the node had begun to copy the new leader's records (a task
+/// held between the two: fail point `publish.stall`, armed in the real binary, released by
+/// the test), is refused: it must not take an offset where the new leader puts another
+/// frame, nor be acknowledged when the new leader's frame there is committed. The old
+/// leader converges on the new leader's log, frame for frame.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_reaches_the_log_after_its_leader_stepped_down_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let ids = ["n1", "n2", "n3"];
+    let release_dir = tempfile::tempdir().unwrap();
+    let release = release_dir.path().join("release");
+    let release_env = release.to_str().unwrap().to_string();
+    let mut c = Cluster::start_with(0, 2, &[], None).await;
+    // n1 alone first, so that it leads; its 51st publish stalls after its checks.
+    for id in ids {
+        let env: &[(&str, &str)] = if id == "n1" {
+            &[
+                ("FRAMECAST_FAILPOINTS", "publish.stall@51"),
+                ("FRAMECAST_FAILPOINT_RELEASE", &release_env),
+            ]
+        } else {
+            &[]
+        };
+        c.add_node(2, &[], env);
+        if id == "n1" {
+            assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
+        }
+    }
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    for seq in 0..50 {
+        publish_to(&c, "n1", seq).await.unwrap();
+    }
+    let mut client = c.client("n1").await;
+    let mut r = req("orders", 5000, &payload_of(5000));
+    r.idempotency_key = "stalled".into();
+    let stalled = tokio::spawn(async move { client.publish(r).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stalled.is_finished(), "the 51st publish did not stall");
+
+    // n1 frozen past its lease: another node leads and takes 50 more frames.
+    let pid = pid_of(&c, "n1");
+    kill_process(pid, Signal::STOP).unwrap();
+    let new = c.leader(&["n2", "n3"], 2, Duration::from_secs(30)).await;
+    for seq in 50..100 {
+        publish_to(&c, &new, seq).await.unwrap();
+    }
+    kill_process(pid, Signal::CONT).unwrap();
+    // n1 steps down, follows, and copies them; only then does the stalled publish go on.
+    until_logged(&c, "n1", "following a new leader").await;
+    until_delivers(&c, "n1", "orders", 100).await;
+    assert!(!stalled.is_finished(), "the stalled publish ended early");
+    std::fs::write(&release, b"").unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), stalled)
+        .await
+        .expect("the stalled publish is answered")
+        .unwrap();
+    eprintln!("the stalled publish was answered: {answer:?}");
+    assert!(
+        answer.is_err(),
+        "n1 acknowledged a publish after it stepped down: {answer:?}"
+    );
+    for seq in 100..110 {
+        publish_to(&c, &new, seq).await.unwrap();
+    }
+    let on_leader = log_of(&c, &new, "orders").await;
+    assert_eq!(on_leader.len(), 110);
+    assert!(on_leader.iter().all(|f| f.seq_no != 5000));
+    for id in ids {
+        converged(&c, id, "orders", &on_leader).await;
+    }
+}
+
 /// Topics of the many-topics scenario (`FRAMECAST_TEST_MANY_TOPICS` sets another count,
 /// for measuring by hand), and frames in each.
 fn many_topics() -> usize {

@@ -19,7 +19,7 @@ use super::token::Authenticator;
 use super::topics::{valid_topic_name, Cause, Topic, Topics};
 use crate::index::OrderKey;
 use crate::proto;
-use crate::wal::{self, Appended, NewFrame};
+use crate::wal::{self, failpoint, Appended, NewFrame};
 
 /// Where the acks of one log request arrive.
 pub type AckReceiver = oneshot::Receiver<wal::Result<Vec<Appended>>>;
@@ -284,6 +284,9 @@ impl Broker {
         received: Instant,
     ) -> Result<Pending> {
         self.cluster.check_writable()?;
+        if failpoint::hit(failpoint::PUBLISH_STALL).is_err() {
+            failpoint::stalled().await;
+        }
         let topic = self.topics.get_or_create(topic, cause).await?;
         let rx = topic
             .log()

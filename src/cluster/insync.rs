@@ -51,6 +51,18 @@ struct Position {
     caught: bool,
 }
 
+/// A topic whose commit point moved: its name, the epoch the point is of (the topic may
+/// have been deleted and created again since; the new one must not take it) and the point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The topic.
+    pub topic: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its new commit point.
+    pub commit: u64,
+}
+
 /// Who reports (or is sent) a position: a follower, over one of its streams.
 #[derive(Debug, Clone, Copy)]
 pub struct FollowerStream<'a> {
@@ -368,11 +380,7 @@ impl InSync {
     /// there within [`JOIN_PATIENCE`] stops (and waits before it tries again: 1 s after a
     /// first failed try, doubling with each further one up to [`JOIN_WAIT_MAX`]).
     /// Returns the topics whose commit point moved, with the new point.
-    pub fn tend_joiners(
-        &mut self,
-        online: &dyn Fn(&str) -> bool,
-        now: Instant,
-    ) -> Vec<(String, u64)> {
+    pub fn tend_joiners(&mut self, online: &dyn Fn(&str) -> bool, now: Instant) -> Vec<Moved> {
         let stop: Vec<String> = self
             .joining
             .iter()
@@ -422,7 +430,7 @@ impl InSync {
 
     /// Removes `member` from the set (after etcd says so); commit points may move.
     /// Returns the topics whose commit point moved, with the new point.
-    pub fn drop_member(&mut self, member: &str) -> Vec<(String, u64)> {
+    pub fn drop_member(&mut self, member: &str) -> Vec<Moved> {
         self.members.remove(member);
         self.forget_settled_waits();
         self.recompute_all()
@@ -451,7 +459,7 @@ impl InSync {
     /// An older stream than the one of record changes nothing. A follower that was joining
     /// the set stops (no failed try: it starts again with what the new stream reports);
     /// returns the topics whose commit point moved then, with the new point.
-    pub fn connected(&mut self, follower: &str, session: u64, now: Instant) -> Vec<(String, u64)> {
+    pub fn connected(&mut self, follower: &str, session: u64, now: Instant) -> Vec<Moved> {
         let fresh = Follower {
             first_seen: Some(now),
             topics: HashMap::new(),
@@ -503,7 +511,7 @@ impl InSync {
     /// Forgets a follower's positions (its stream `session` ended, and no newer one has
     /// begun); it stays in the set until dropped, and stops joining it. Returns the topics
     /// whose commit point moved (a joiner no longer holds them back), with the new point.
-    pub fn forget_follower(&mut self, follower: &str, session: u64) -> Vec<(String, u64)> {
+    pub fn forget_follower(&mut self, follower: &str, session: u64) -> Vec<Moved> {
         if !self.current(follower, session) {
             return Vec::new();
         }
@@ -680,11 +688,19 @@ impl InSync {
 
     /// [`InSync::recompute`] for every topic; the topics whose commit point moved, with
     /// the new point.
-    fn recompute_all(&mut self) -> Vec<(String, u64)> {
+    fn recompute_all(&mut self) -> Vec<Moved> {
         let topics: Vec<String> = self.ends.keys().cloned().collect();
         topics
             .into_iter()
-            .filter_map(|t| self.recompute(&t).map(|c| (t, c)))
+            .filter_map(|topic| {
+                let commit = self.recompute(&topic)?;
+                let epoch = *self.epochs.get(&topic)?;
+                Some(Moved {
+                    topic,
+                    epoch,
+                    commit,
+                })
+            })
             .collect()
     }
 
@@ -717,6 +733,15 @@ mod tests {
 
     fn on(follower: &str, session: u64) -> FollowerStream<'_> {
         FollowerStream { follower, session }
+    }
+
+    /// Topic `topic` of epoch 1 (every test's) moved to `commit`.
+    fn moved(topic: &str, commit: u64) -> Vec<Moved> {
+        vec![Moved {
+            topic: topic.into(),
+            epoch: 1,
+            commit,
+        }]
     }
 
     /// Leader a's bookkeeping with member b, whose stream 1 (opened at `t0`) takes roster
@@ -768,7 +793,7 @@ mod tests {
         s.leader_durable("t", 1, 20, t0);
         s.reported(on("b", 1), "t", 1, 20, t0);
         assert_eq!(s.commit("t"), 12);
-        assert_eq!(s.drop_member("c"), vec![("t".to_string(), 20)]);
+        assert_eq!(s.drop_member("c"), moved("t", 20));
         assert_eq!(s.set(), ["a", "b"]);
     }
 
@@ -1033,7 +1058,7 @@ mod tests {
         let soon = t0 + JOIN_PATIENCE / 2;
         assert!(s.tend_joiners(&online, soon).is_empty());
         let late = t0 + JOIN_PATIENCE + Duration::from_millis(1);
-        assert_eq!(s.tend_joiners(&online, late), vec![("t".to_string(), 200)]);
+        assert_eq!(s.tend_joiners(&online, late), moved("t", 200));
         // Cooling: it does not start again at once, and the commit point is not held.
         s.leader_durable("t", 1, 300, late);
         assert_eq!(s.reported(on("b", 1), "t", 1, 300, late), Some(300));
@@ -1052,10 +1077,7 @@ mod tests {
             "joining again"
         );
         let offline = |m: &str| m != "c";
-        assert_eq!(
-            s.tend_joiners(&offline, again),
-            vec![("t".to_string(), 400)]
-        );
+        assert_eq!(s.tend_joiners(&offline, again), moved("t", 400));
     }
 
     #[test]
@@ -1231,10 +1253,7 @@ mod tests {
     #[test]
     fn a_joiner_that_connects_again_stops_joining_and_releases_the_commit_points() {
         let mut s = joining_c(90, Instant::now());
-        assert_eq!(
-            s.connected("c", 2, Instant::now()),
-            vec![("t".to_string(), 200)]
-        );
+        assert_eq!(s.connected("c", 2, Instant::now()), moved("t", 200));
         assert!(!s.joining.contains_key("c"));
         assert!(!s.cooling.contains_key("c"), "no failed try");
     }
@@ -1242,7 +1261,7 @@ mod tests {
     #[test]
     fn a_joiner_whose_stream_ends_releases_the_commit_points_at_once() {
         let mut s = joining_c(90, Instant::now());
-        assert_eq!(s.forget_follower("c", 1), vec![("t".to_string(), 200)]);
+        assert_eq!(s.forget_follower("c", 1), moved("t", 200));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
-use super::insync::{FollowerStream, InSync};
+use super::insync::{FollowerStream, InSync, Moved};
 use super::repeats::Repeats;
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
@@ -105,6 +105,8 @@ impl Leader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "term begun in every topic"
         );
+        // New frames land from now on: after the term's start, at every topic's end.
+        topics.log_config().local_appends.set(true);
         let mut insync = InSync::new(node_id, members, max_lag, Instant::now());
         // Every topic's end and commit point known before any follower is looked at: a
         // follower that lacks frames committed in an earlier term must not pass for caught
@@ -145,6 +147,9 @@ impl Leader {
     /// Ends the leadership: every follower's stream and the commit task end, and this
     /// node's retention stops deciding (a follower applies its leader's).
     pub fn stop(&self) {
+        // First: a publish still on its way lands in no log (the node then waits for the
+        // ones queued before it copies another leader's records).
+        self.topics.log_config().local_appends.set(false);
         self.topics.set_owns_retention(false);
         self.topics.log_config().early_tail.set(false);
         self.stopped.send_replace(true);
@@ -212,11 +217,14 @@ impl Leader {
         insync.caught_up(online, now)
     }
 
-    /// Moves the commit points of these topics (name, new point).
-    fn advance_commits(&self, moved: Vec<(String, u64)>) {
-        for (topic, commit) in moved {
-            if let Some(t) = self.topics.get(&topic) {
-                t.advance_commit(commit);
+    /// Moves the commit points of these topics, each if it is still of the epoch the point
+    /// was computed for (not a topic deleted and created again meanwhile).
+    fn advance_commits(&self, moved: Vec<Moved>) {
+        for m in moved {
+            if let Some(t) = self.topics.get(&m.topic) {
+                if t.meta().epoch == m.epoch {
+                    t.advance_commit(m.commit);
+                }
             }
         }
     }

@@ -237,6 +237,8 @@ pub async fn run(
     let (data_dir, auto) = (config.data_dir.clone(), config.auto_create_topics);
     let opened = Arc::clone(&metrics);
     let replicated = config.cluster.is_some();
+    // A cluster node appends new frames only while it leads (see `Leader::start`).
+    log_config.local_appends = crate::wal::Switch::new(!replicated);
     let topics = tokio::task::spawn_blocking(move || {
         Topics::open_with(&data_dir, log_config, auto, opened, replicated)
     })

@@ -367,6 +367,14 @@ impl Committer {
                     continue;
                 }
             };
+            // Read under the writer's lock: once a node that stepped down has turned it
+            // off and seen its queued appends settle, no new frame lands.
+            if !self.config.local_appends.is_on() {
+                let _ = req.reply.send(Err(Error::Unavailable(
+                    "this node no longer leads its cluster: the frames were not appended".into(),
+                )));
+                continue;
+            }
             let need: u64 = frames
                 .iter()
                 .map(|f| encoded_len(f.key.len(), f.payload.len()) as u64)

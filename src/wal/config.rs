@@ -72,30 +72,42 @@ pub struct LogConfig {
     pub sync_observer: Option<SyncObserver>,
     /// When on, each batch is handed out before its sync (a cluster leader ships it to
     /// its followers while it syncs). Shared by every clone of the config.
-    pub early_tail: EarlyTail,
+    ///
+    /// Under `--fsync always`, the committer then copies each batch's records into a
+    /// [`Tail`](super::Tail) before it syncs them. A sync that fails after that cannot be
+    /// undone (the records may already be on followers, so their offsets must never be
+    /// used again): the log refuses appends from then on, as when an undo fails.
+    pub early_tail: Switch,
+    /// When off, the log refuses appends of new frames (copied records are still taken):
+    /// a cluster node that does not lead, so that a publish that passed the leader's
+    /// checks just before it stepped down cannot land in the log after it began to copy
+    /// the new leader's records (its offset would then hold another frame than the
+    /// leader's). On by default (one node); shared by every clone of the config.
+    pub local_appends: Switch,
     /// Told when a log made from this config fails for good (a sync that could not be
     /// undone): a cluster node then leaves the cluster. Shared by every clone.
     pub failure: FailureSignal,
 }
 
-/// The switch of [`LogConfig::early_tail`], shared by every log made from one config.
-///
-/// While on, under `--fsync always`, the committer copies each batch's records into a
-/// [`Tail`](super::Tail) before it syncs them. A sync that fails after that cannot be
-/// undone (the records may already be on followers, so their offsets must never be used
-/// again): the log refuses appends from then on, as when an undo fails.
-#[derive(Debug, Clone, Default)]
-pub struct EarlyTail(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// A switch shared by every log made from one config ([`LogConfig::early_tail`],
+/// [`LogConfig::local_appends`]).
+#[derive(Debug, Clone)]
+pub struct Switch(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
-impl EarlyTail {
+impl Switch {
+    /// A switch that starts `on`.
+    pub fn new(on: bool) -> Switch {
+        Switch(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(on)))
+    }
+
     /// Turns the switch on or off, for every log sharing it.
     pub fn set(&self, on: bool) {
-        self.0.store(on, std::sync::atomic::Ordering::Release);
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// True while on.
     pub fn is_on(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -161,7 +173,8 @@ impl Default for LogConfig {
             dedup_max_keys: DEFAULT_DEDUP_MAX_KEYS,
             retention: Retention::default(),
             sync_observer: None,
-            early_tail: EarlyTail::default(),
+            early_tail: Switch::new(false),
+            local_appends: Switch::new(true),
             failure: FailureSignal::default(),
         }
     }

@@ -100,6 +100,24 @@ pub const COMMIT_PANIC: &str = "commit.panic";
 /// Not in [`ALL`]: the directory sync after a new segment is named fails
 /// (`segment.dir_sync`).
 pub const SEGMENT_DIR_SYNC: &str = "segment.dir_sync";
+/// Not in [`ALL`]: a publish waits between the broker's checks (this node may take
+/// writes) and its log's queue, as a thread descheduled there would (`publish.stall`),
+/// until the file [`RELEASE_ENV`] names exists ([`stalled`]).
+pub const PUBLISH_STALL: &str = "publish.stall";
+/// The variable naming the file whose creation ends a stall.
+pub const RELEASE_ENV: &str = "FRAMECAST_FAILPOINT_RELEASE";
+
+/// Waits until the file `FRAMECAST_FAILPOINT_RELEASE` names exists: at once when the
+/// variable is not set, at most a minute.
+pub async fn stalled() {
+    let Some(release) = std::env::var_os(RELEASE_ENV) else {
+        return;
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(&release).exists() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 /// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
 pub const ACTIVE_WRITE: &str = "active.write";
 

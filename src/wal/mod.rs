@@ -38,8 +38,8 @@ mod state;
 pub use commit::Tail;
 pub use compact::{CompactOptions, CompactionReport, RetentionReport};
 pub use config::{
-    EarlyTail, FailureSignal, FsyncPolicy, LogConfig, Retention, SyncObserver,
-    DEFAULT_DEDUP_MAX_KEYS, DEFAULT_MAX_FRAME_BYTES,
+    FailureSignal, FsyncPolicy, LogConfig, Retention, Switch, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 pub use dedup::{DedupWindow, FirstAck};
 pub use error::{Error, Result};
