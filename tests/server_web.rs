@@ -193,6 +193,19 @@ async fn sse_answers_what_it_cannot_serve_with_its_status_and_ends_streams_with_
                 (r.status, r.json()["code"].as_str()),
                 (400, Some("INVALID_ARGUMENT"))
             );
+            // One that is not visible ASCII: 400 too, not a fresh stream from the start
+            // (it would send the client frames it has).
+            let r = sse::open(
+                &base,
+                "/v1/topics/t/events",
+                &[("Last-Event-ID", "caf\u{e9}")],
+            )
+            .err()
+            .unwrap();
+            assert_eq!(
+                (r.status, r.json()["code"].as_str()),
+                (400, Some("INVALID_ARGUMENT"))
+            );
             let r = sse::open(&base, "/v1/topics/Bad%20Name/events", &[])
                 .err()
                 .unwrap();

@@ -323,6 +323,72 @@ async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     assert_eq!(frames, [(1, 0), (1, 1), (2, 2)]);
 }
 
+/// A request to `/v1/ws` that is not a WebSocket handshake gets the JSON error body every
+/// other route answers with (it got axum's plain-text rejection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_request_to_the_websocket_route_gets_the_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = server.http.clone().unwrap();
+    let r = tokio::task::spawn_blocking(move || {
+        common::http::request(&base, "GET", "/v1/ws", &[], b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "INVALID_ARGUMENT");
+}
+
+/// At `--max-subscribers`, a subscription whose token expired resumes under the socket's
+/// fresh token: the ended one gives its place to its successor. Before, it still held it
+/// while the successor asked, and the feed ended with RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_subscription_resumes_at_the_subscriber_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "k3y").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &[
+            "--auth-jwt-secret-file",
+            secret.to_str().unwrap(),
+            "--max-subscribers",
+            "1",
+        ],
+    );
+    let minted = std::time::Instant::now();
+    let short = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(4));
+    let long = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
+    let mut ws = open(&server, &format!("?access_token={short}")).await;
+    let mut pushes = Vec::new();
+    send(&mut ws, json!({"id": 1, "subscribe": {"topic": "t"}})).await;
+    assert!(reply(&mut ws, 1, &mut pushes).await.get("result").is_some());
+    send(&mut ws, json!({"id": 2, "auth": {"token": long}})).await;
+    assert!(reply(&mut ws, 2, &mut pushes).await.get("result").is_some());
+    assert!(
+        minted.elapsed() < Duration::from_secs(3),
+        "the refresh came before the old token's expiry"
+    );
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(minted.elapsed())).await;
+    let mut c = server.client().await;
+    let mut req = tonic::Request::new(common::req("t", 7, b"after expiry"));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {long}").parse().unwrap());
+    c.publish(req).await.unwrap();
+    let pushed = loop {
+        let v = match pushes.pop() {
+            Some(v) => v,
+            None => recv(&mut ws).await,
+        };
+        assert!(v.get("end").is_none(), "the subscription ended: {v}");
+        if let Some(f) = v.get("frame") {
+            break f.clone();
+        }
+    };
+    assert_eq!(num(&pushed["seq_no"]), 7);
+}
+
 /// With auth on, a socket opened without a token must authenticate within 10 s: one that
 /// sends nothing, or only a bad token, is told why and closed (1008); one that sent a good
 /// `auth` stays. Before, an unauthenticated socket stayed open as long as it answered pings.

@@ -51,9 +51,17 @@ pub async fn events(
         None => 0,
     };
     // The header a reconnecting EventSource sends, or the query parameter a page can set.
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+    // One that is not text is refused, not taken for none (a fresh stream would send the
+    // client frames it has).
+    let header = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            broker.reject(Error::InvalidArgument(
+                "malformed cursor token: Last-Event-ID is not visible ASCII".into(),
+            ))
+        })?),
+        None => None,
+    };
+    let last_event_id = header
         .or(q.get("last_event_id").map(String::as_str))
         .filter(|v| !v.is_empty());
     let resume = match last_event_id {

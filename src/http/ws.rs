@@ -16,6 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
@@ -74,10 +75,17 @@ pub async fn upgrade(
     State(door): State<Arc<HttpDoor>>,
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let broker = door.broker()?.clone();
     let q = params(&broker, q)?;
+    // Not a WebSocket handshake: the JSON error body every route answers with.
+    let ws = ws.map_err(|r| {
+        broker.reject(Error::InvalidArgument(format!(
+            "/v1/ws takes WebSocket upgrades only: {}",
+            r.body_text()
+        )))
+    })?;
     // A token given with the upgrade must be good; without one the socket starts
     // unauthenticated, and an `auth` message may follow.
     let given = headers.contains_key(header::AUTHORIZATION) || q.contains_key("access_token");
@@ -781,6 +789,9 @@ impl Stream for Feed {
                         Ok((who, st.cursor.walk().subscribe_request(&st.topic)?))
                     }) {
                         Ok((who, request)) => {
+                            // The ended subscription lets go of its subscriber slots first:
+                            // at --max-subscribers, its own successor must not be refused.
+                            st.frames = Box::pin(futures::stream::empty());
                             let broker = st.broker.clone();
                             st.state = FeedState::Resuming(Box::pin(async move {
                                 broker
