@@ -566,6 +566,53 @@ async fn readers_that_never_read_cost_bounded_memory_and_slow_no_one() {
     drop(stalled_sse);
 }
 
+/// A socket that asks for 64 History pages of 4 MiB each and never reads the replies
+/// holds a bounded few of them in the server, not all 64 (each as a page, its JSON value
+/// and its text: about 700 MB before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_asked_for_and_never_read_cost_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    // 16 binary frames of 256 KiB: one full page (5.6 MB of base64 as JSON).
+    let payload: Vec<u8> = (0..256 << 10).map(|i| (i * 7 % 256) as u8).collect();
+    for seq in 0..16 {
+        publish(&mut c, "big", seq, &payload).await;
+    }
+    let baseline = server.rss_anon();
+    let mut ws = open(&server, "").await;
+    for id in 0..64 {
+        send(
+            &mut ws,
+            json!({"id": id, "history": {"topic": "big", "limit": 10000}}),
+        )
+        .await;
+    }
+    // The server builds what it may and waits on the unread socket.
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(server.rss_anon());
+    }
+    let grew = peak.saturating_sub(baseline);
+    eprintln!("RssAnon grew by {} MiB", grew >> 20);
+    assert!(
+        grew < 64 << 20,
+        "anonymous memory grew by {} MiB",
+        grew >> 20
+    );
+    // Read again, the socket gets all 64 pages, whole.
+    let mut pages = 0;
+    while pages < 64 {
+        let v = recv(&mut ws).await;
+        let frames = v["result"]["frames"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(frames.len(), 16);
+        pages += 1;
+    }
+}
+
 /// Payloads of every shape: empty, binary at the largest size accepted, and text full of
 /// what JSON must escape.
 fn shapes() -> Vec<Vec<u8>> {

@@ -52,6 +52,11 @@ pub const OUT_BUDGET: usize = 8 << 20;
 /// Requests (publish, History) of one socket running at once; more wait, and the socket
 /// is not read meanwhile.
 const MAX_IN_FLIGHT: usize = 64;
+/// History requests of one socket running at once, among [`MAX_IN_FLIGHT`]. A page (up to
+/// 4 MiB of payload, several times that as JSON) is built before its reply waits for its
+/// share of [`OUT_BUDGET`]: a socket that asks for pages and does not read them holds this
+/// many, not one per request in flight.
+const MAX_HISTORY_IN_FLIGHT: usize = 2;
 /// The socket's read buffer: requests are small (a larger message still fits, read in
 /// several steps).
 const WS_READ_BUFFER: usize = 8 << 10;
@@ -183,11 +188,14 @@ impl Link {
     }
 
     async fn reply(&self, id: &Value, result: Result<Value, Error>) -> bool {
-        let msg = match result {
+        // Only the text waits for its share of the budget (a History page's value is let
+        // go first).
+        let text = match result {
             Ok(v) => json!({"id": id, "result": v}),
             Err(e) => json!({"id": id, "error": error_body(&e)}),
-        };
-        self.send(msg.to_string()).await
+        }
+        .to_string();
+        self.send(text).await
     }
 
     /// The socket's caller, if it may make calls now.
@@ -391,7 +399,10 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
     let mut writer = writer;
     let mut writer_done = false;
     let mut subs: HashMap<String, Sub> = HashMap::new();
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let in_flight = InFlight {
+        any: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        history: Arc::new(Semaphore::new(MAX_HISTORY_IN_FLIGHT)),
+    };
     let mut shutdown = broker.shutdown().clone();
     let auth_by = tokio::time::Instant::now() + AUTH_WITHIN;
     let mut unauthenticated = who_tx.borrow().is_none();
@@ -517,7 +528,7 @@ async fn handle(
     link: &Link,
     who_tx: &watch::Sender<Option<Arc<Principal>>>,
     subs: &mut HashMap<String, Sub>,
-    in_flight: &Arc<Semaphore>,
+    in_flight: &InFlight,
     r: Request,
 ) -> bool {
     let broker = &link.broker;
@@ -572,8 +583,9 @@ async fn handle(
     if let Some(op) = r.subscribe {
         return subscribe(link, subs, id, op).await;
     }
-    // Publish and History run beside the socket's other work; at most MAX_IN_FLIGHT at once.
-    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
+    // Publish and History run beside the socket's other work; at most MAX_IN_FLIGHT at once
+    // (and MAX_HISTORY_IN_FLIGHT History).
+    let Ok(permit) = Arc::clone(&in_flight.any).acquire_owned().await else {
         return false;
     };
     let task = link.clone();
@@ -584,13 +596,24 @@ async fn handle(
             drop(permit);
         });
     } else if let Some(q) = r.history {
+        let Ok(page_permit) = Arc::clone(&in_flight.history).acquire_owned().await else {
+            return false;
+        };
         tokio::spawn(async move {
             let result = history(&task, q).await;
             task.reply(&id, result).await;
-            drop(permit);
+            drop((permit, page_permit));
         });
     }
     true
+}
+
+/// What bounds one socket's requests running at once.
+struct InFlight {
+    /// Publish and History: [`MAX_IN_FLIGHT`].
+    any: Arc<Semaphore>,
+    /// History: [`MAX_HISTORY_IN_FLIGHT`].
+    history: Arc<Semaphore>,
 }
 
 async fn publish(link: &Link, op: PublishOp) -> Result<Value, Error> {
