@@ -288,6 +288,17 @@ fn every_security_row_holds_over_http() {
         assert_eq!(r.status, 403, "{}", r.text());
         assert_eq!(r.json()["code"], "PERMISSION_DENIED");
     }
+    // A caller who may not publish there is refused before its body is read: 403 even for
+    // a body over --max-frame-bytes (it was read, or refused 413 by its length, first).
+    let big = vec![b'x'; 5 << 20];
+    for (path, who) in [
+        ("/v1/topics/chat.a/frames?seq_no=4", &reader),
+        ("/v1/broadcast", &reader),
+    ] {
+        let r = with_token(&base, "POST", path, who, &big);
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert_eq!(r.json()["code"], "PERMISSION_DENIED");
+    }
 
     // Nothing was written or created by a refusal; ListTopics is filtered.
     let list = |t: &str| -> Vec<(String, String)> {
@@ -365,7 +376,8 @@ fn every_security_row_holds_over_http() {
             &m,
             "framecast_rejected_requests_total{code=\"permission_denied\"}"
         ),
-        Some(6.0)
+        // The 6 denied, and the 2 refused before their bodies were read: each once.
+        Some(8.0)
     );
     drop(server);
 

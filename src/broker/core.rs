@@ -255,6 +255,25 @@ impl Broker {
             .ok_or_else(|| Error::Wal(wal::Error::Unavailable("no ack".into())))
     }
 
+    /// Refuses early a publish to `topic` that `who` may not make: for a front door that
+    /// must read a large body before it can call [`Broker::publish`] (HTTP), so that the
+    /// server buffers no body for a caller it will refuse. `publish` still decides.
+    pub fn may_publish_to(&self, who: &Principal, topic: &str) -> Result<()> {
+        self.counted(may_publish(who, topic))
+    }
+
+    /// Refuses early a broadcast by `who` if it may publish to no topic at all (as
+    /// [`Broker::may_publish_to`], before its body is read). `broadcast` still decides.
+    pub fn may_publish_somewhere(&self, who: &Principal) -> Result<()> {
+        if who.publish().is_empty() {
+            return self.counted(Err(Error::PermissionDenied(format!(
+                "'{}' may not publish to any topic",
+                who.subject()
+            ))));
+        }
+        Ok(())
+    }
+
     /// The checks of a new publish stream.
     pub fn publish_gate(&self, who: Arc<Principal>) -> PublishGate {
         PublishGate {

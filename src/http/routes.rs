@@ -216,7 +216,12 @@ async fn publish(
             .to_string(),
         None => String::new(),
     };
-    // A declared length over the limit is refused before reading a byte of it.
+    // A caller who may not publish here, and a declared length over the limit, are
+    // refused before a byte of the body is read.
+    if let Err(e) = broker.may_publish_to(&who, &topic) {
+        drain(body, DRAIN_REFUSED_BYTES).await;
+        return Err(e.into());
+    }
     if let Some(n) = declared_length(&headers) {
         if let Err(e) = broker.check_payload_size(n) {
             // Read (and drop) what the client is still sending before answering, up to a
@@ -307,7 +312,12 @@ async fn broadcast(
     // The payload, however it is written, plus up to 10,000 topic names: a body over that
     // holds a payload over --max-frame-bytes (413).
     let max = super::json::max_json_message(broker.max_frame_bytes(), 2 << 20);
-    // A declared length over it is refused before reading a byte of it, as a publish's.
+    // A caller who may publish nowhere, and a declared length over the limit, are refused
+    // before a byte of the body is read, as a publish's.
+    if let Err(e) = broker.may_publish_somewhere(&who) {
+        drain(body, DRAIN_REFUSED_BYTES).await;
+        return Err(e.into());
+    }
     if declared_length(&headers).is_some_and(|n| n > max as u64) {
         drain(body, DRAIN_REFUSED_BYTES).await;
         return Err(payload_over_limit(broker).into());
