@@ -186,6 +186,56 @@ async fn an_invalid_frame_fails_only_its_own_call() {
     assert_stored_exactly_once(&server, "v", &acks).await;
 }
 
+/// A payload over the client's largest message (64 MiB) is refused before it is queued:
+/// it fails only its own call, and the calls sharing its stream (or its `Publisher`) are
+/// acknowledged. Before, the message failed locally and broke the shared stream: the
+/// frame was retried for the whole budget as if the connection had broken, and the calls
+/// queued behind it failed with it, unstored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_clients_largest_message_fails_only_its_own_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "always"]);
+    let c = client(&server.addr);
+    let huge = bytes::Bytes::from(vec![7u8; 65 << 20]);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..8u64 {
+        let (c, huge) = (c.clone(), huge.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..10u64 {
+                let seq_no = p * 1000 + i;
+                if p == 0 && i == 5 {
+                    let r = c.publish("v", seq_no, huge.clone()).await;
+                    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+                    continue;
+                }
+                let payload = format!("p{p}-{i}");
+                let ack = c.publish("v", seq_no, payload.clone()).await.unwrap();
+                out.push((seq_no, payload, ack));
+            }
+            out
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await.unwrap());
+    }
+    assert_eq!(acks.len(), 79);
+    // A Publisher too: the huge frame is refused, the next one is acknowledged.
+    let publisher = c.publisher("v");
+    let r = publisher.send(1, huge.clone()).await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
+    let ack = publisher.send(2, "after").await.unwrap().await.unwrap();
+    acks.push((2, "after".to_string(), ack));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}: a retry budget was spent",
+        started.elapsed()
+    );
+    assert_stored_exactly_once(&server, "v", &acks).await;
+}
+
 /// Concurrent publishes while no server answers all fail within about one retry budget:
 /// the frames queued behind the one being retried give up with it. Before, the publisher
 /// took them one at a time, so the k-th call failed after k budgets (20 calls, 1 s each:

@@ -85,10 +85,28 @@ fn stopped() -> Error {
     }
 }
 
+/// The largest payload the client sends: its largest message less room for the other
+/// fields. The server's own limit (`--max-frame-bytes`, 4 MiB by default) is lower unless
+/// raised; a payload over this one would fail the message locally, ending the stream it
+/// shares with other calls (or being retried as if the connection had broken).
+pub(crate) const MAX_PAYLOAD_BYTES: usize = super::nodes::MAX_MESSAGE_BYTES - (64 << 10);
+
+/// Refuses a payload over [`MAX_PAYLOAD_BYTES`] before it is queued or sent.
+pub(crate) fn check_payload(len: usize) -> Result<()> {
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "payload of {len} bytes exceeds the client's largest, {MAX_PAYLOAD_BYTES} bytes \
+             (the server's --max-frame-bytes, 4 MiB by default, is lower still)"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses what the client can tell is invalid, as the server would (API.md's error
 /// table), so that it never ends a shared stream. The payload size limit is the server's
-/// own setting and is left to it.
+/// own setting and is left to it, up to the client's own ([`MAX_PAYLOAD_BYTES`]).
 pub(crate) fn validate(req: &proto::PublishRequest) -> Result<()> {
+    check_payload(req.payload.len())?;
     if !req.topic.is_empty() && !valid_topic_name(&req.topic) {
         return Err(Error::InvalidArgument(format!(
             "topic name '{}' does not match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",

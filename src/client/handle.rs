@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use super::coalesce::{validate, Coalescer};
+use super::coalesce::{check_payload, validate, Coalescer};
 use super::compression::Compression;
 use super::credentials::{Bearer, ClientTls};
 use super::error::{from_status, transient, unsent, Result};
@@ -337,6 +337,7 @@ impl Client {
             topic: topic.to_string(),
             idempotency_key: self.next_key(),
         };
+        check_payload(req.payload.len())?;
         if let Some(coalescer) = &self.coalescer {
             // A stream ends at its first invalid request: refuse here what can be checked
             // here, so that one bad call does not cost the others a new stream.
@@ -381,6 +382,7 @@ impl Client {
             timestamp,
             idempotency_key: self.next_key(),
         };
+        check_payload(req.payload.len())?;
         let acks = self
             .retrying(|mut g| {
                 let req = req.clone();

@@ -307,12 +307,15 @@ fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
+/// The largest message the client sends or takes.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// The generated client on `channel`, with framecast's message size limits, `compression`
 /// and the token of `bearer`.
 fn generated(channel: Channel, compression: Compression, bearer: Bearer) -> Grpc {
     let grpc = BroadcastClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     match compression.encoding() {
         Some(e) => grpc.send_compressed(e).accept_compressed(e),
         None => grpc,

@@ -120,10 +120,13 @@ impl Publisher {
         timestamp: i64,
         payload: impl Into<Bytes>,
     ) -> Result<PendingAck> {
+        let payload = payload.into();
+        // A message the client cannot send would break the stream of every frame behind it.
+        super::coalesce::check_payload(payload.len())?;
         let (reply, rx) = oneshot::channel();
         let req = proto::PublishRequest {
             seq_no,
-            payload: payload.into(),
+            payload,
             timestamp,
             topic: self.topic.clone(),
             idempotency_key: self.client.next_key(),

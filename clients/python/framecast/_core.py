@@ -55,6 +55,12 @@ STABLE_STREAM_SECONDS = 1.0
 #: ``(seq_no, payload, timestamp)``.
 FrameSpec = Union[tuple[int, bytes], tuple[int, bytes, int]]
 
+#: The largest payload the client sends: its largest message (64 MiB, below) less room for
+#: the other fields. The server's own limit (``--max-frame-bytes``, 4 MiB by default) is
+#: lower unless raised; a payload over this one would fail locally, ending the stream it
+#: shares with other calls and failing an innocent call in its place.
+MAX_PAYLOAD_BYTES = (64 << 20) - (64 << 10)
+
 #: Channel options: big messages, quick reconnects after a server restart (gRPC's default
 #: reconnect backoff grows to two minutes), keepalive so a dead peer is noticed.
 CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
@@ -679,6 +685,12 @@ def publish_request(
     negative timestamp or a bad topic name, is left to the server.)"""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise errors.InvalidArgument(f"payload must be bytes, not {type(payload).__name__}")
+    size = memoryview(payload).nbytes
+    if size > MAX_PAYLOAD_BYTES:
+        raise errors.InvalidArgument(
+            f"payload of {size} bytes exceeds the client's largest, {MAX_PAYLOAD_BYTES} bytes "
+            "(the server's --max-frame-bytes, 4 MiB by default, is lower still)"
+        )
     if len(key.encode()) > MAX_KEY_BYTES:
         raise errors.InvalidArgument(
             f"idempotency_key of {len(key.encode())} bytes exceeds {MAX_KEY_BYTES}"

@@ -105,6 +105,51 @@ def test_an_invalid_frame_fails_only_its_own_call(make_server) -> None:  # type:
         assert_exactly_once(c, "cv", acks)
 
 
+def test_a_payload_over_the_clients_largest_message_fails_only_its_own_call(
+    server: ServerProcess,
+) -> None:
+    """A payload over the client's 64 MiB message limit is refused before it is queued:
+    grpcio failed the shared stream locally, and an innocent call took its place as the one
+    refused (though stored)."""
+    huge = bytes(65 << 20)
+    with Client(server.address, retry=TEST_RETRY, coalesce=True) as c:
+
+        def worker(t: int) -> list[tuple[int, bytes, Ack]]:
+            out = []
+            for i in range(10):
+                if t == 0 and i == 5:
+                    with pytest.raises(InvalidArgument):
+                        c.publish(huge, t * 1000 + i, "cbig")
+                    continue
+                payload = f"t{t}-{i}".encode()
+                out.append((t * 1000 + i, payload, c.publish(payload, t * 1000 + i, "cbig")))
+            return out
+
+        with ThreadPoolExecutor(8) as pool:
+            acks = [r for rs in pool.map(worker, range(8)) for r in rs]
+        assert len(acks) == 79
+        assert_exactly_once(c, "cbig", acks)
+
+    async def aio() -> list[tuple[int, bytes, Ack]]:
+        async with AioClient(server.address, retry=TEST_RETRY, coalesce=True) as c:
+
+            async def one(t: int, i: int) -> tuple[int, bytes, Ack] | None:
+                if t == 0 and i == 5:
+                    with pytest.raises(InvalidArgument):
+                        await c.publish(huge, t * 1000 + i, "abig")
+                    return None
+                payload = f"a{t}-{i}".encode()
+                return (t * 1000 + i, payload, await c.publish(payload, t * 1000 + i, "abig"))
+
+            out = await asyncio.gather(*(one(t, i) for t in range(8) for i in range(10)))
+            return [a for a in out if a is not None]
+
+    aio_acks = asyncio.run(asyncio.wait_for(aio(), 60))
+    assert len(aio_acks) == 79
+    with Client(server.address, retry=TEST_RETRY) as c:
+        assert_exactly_once(c, "abig", aio_acks)
+
+
 # ------------------------------------------------------------------ asyncio client
 
 TASKS = 64
