@@ -11,7 +11,7 @@ use crate::wal::format::{
     decode_segment_header, parse_run_file_name, parse_segment_file_name, MANIFEST_FILE,
     SEGMENT_HEADER_LEN,
 };
-use crate::wal::record::{decode, scan_ahead, Decoded, RecordRef, Step, Walk};
+use crate::wal::record::{decode, look_past, Decoded, RecordRef, Step, Walk};
 use crate::wal::recovery::missing_end;
 use crate::wal::{list_segments, manifest, Error, Result, Run};
 
@@ -450,7 +450,7 @@ fn scan(
             }
             Step::End => {}
             Step::Invalid(reason) => {
-                valid_after = scan_ahead(data, pos, expected.checked_sub(1)).is_some();
+                valid_after = look_past(data, pos, expected).is_some();
                 problem = Some((pos as u64, reason));
             }
         }

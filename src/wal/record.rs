@@ -374,6 +374,41 @@ pub struct Found {
     pub offset: u64,
 }
 
+/// What follows the bad bytes at `pos`, where a walk that expected offset `expect` stopped:
+/// the test that tells interior damage (`Some`) from a torn tail (`None`).
+///
+/// - A whole record with a valid CRC at `pos` (its offset not the expected one) is the
+///   answer itself: a crash never leaves a whole valid record behind, so this is damage (a
+///   misdirected or stale write over an acknowledged frame), never a tail to cut.
+/// - A record whose header is whole and names the expected offset, with a bad CRC, is the
+///   record being written when the process died: the look-ahead starts past its length,
+///   not inside its payload, whose bytes are the client's and may hold anything, the bytes
+///   of a valid record too.
+/// - Otherwise the look-ahead ([`scan_ahead`]) starts at `pos`.
+pub fn look_past(buf: &[u8], pos: usize, expect: u64) -> Option<Found> {
+    let rest = &buf[pos..];
+    if let Decoded::Record(RecordRef { offset, .. }, _) | Decoded::Gap(Gap { offset, .. }, _) =
+        decode(rest)
+    {
+        return Some(Found {
+            position: pos,
+            offset,
+        });
+    }
+    scan_ahead(buf, look_from(buf, pos, expect), expect.checked_sub(1))
+}
+
+/// Where a look past the bad bytes at `pos` starts (see [`look_past`]): past the record
+/// there if its header is whole and names the expected offset `expect`, else at `pos`.
+pub fn look_from(buf: &[u8], pos: usize, expect: u64) -> usize {
+    match plausible(&buf[pos..], None) {
+        Some(offset) if offset == expect => {
+            pos + u32::from_le_bytes(le4(&buf[pos..pos + 4])) as usize
+        }
+        _ => pos,
+    }
+}
+
 /// Looks from `from` on for the first byte position where a valid record (or gap record)
 /// with an offset above `after` starts: the test that tells interior damage (something
 /// valid follows) from a torn tail (nothing does). Runs of zeros are skipped a block at a

@@ -4,7 +4,7 @@
 //! The contract: a torn tail is what a crash leaves in the last segment, and is absorbed
 //! (cut back to the last valid record, the cut bytes kept in a `.torn` file beside it,
 //! logged). A bad record in the last segment is a torn tail only if nothing valid follows
-//! it: past it, [`scan_ahead`] looks for any record with a valid CRC and a later offset,
+//! it: past it, [`look_past`] looks for any record with a valid CRC and a later offset,
 //! and if there is one the damage is interior. Interior damage, and damage anywhere else,
 //! refuses to open, naming the file and byte position; nothing is cut or deleted. Gap
 //! records (left by `framecast repair`) stand for lost offsets: the sink gets them as
@@ -21,7 +21,7 @@ use super::format::{
     SEGMENT_HEADER_LEN, TEMP_SUFFIX, TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
-use super::record::{first_non_zero, scan_ahead, Found, Gap, RecordRef, Step, Walk};
+use super::record::{first_non_zero, look_past, Found, Gap, RecordRef, Step, Walk};
 use super::run::Run;
 use super::segment::{sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
@@ -272,16 +272,22 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
             }
             Some((position, reason)) => match scanned.valid_after {
                 Some(found) => {
-                    // Something valid follows: not a torn write but damage inside
-                    // acknowledged data. Cutting here would lose (and later reuse) the
-                    // offsets of every frame after it.
+                    // Something valid follows (or stands here, whole, where a crash leaves
+                    // none): not a torn write but damage inside acknowledged data. Cutting
+                    // here would lose (and later reuse) the offsets of every frame after it.
+                    let why = if found.position as u64 == position {
+                        "a whole record with a valid checksum stands here, which no crash leaves"
+                            .to_string()
+                    } else {
+                        format!(
+                            "a valid record (offset {}) follows at byte {}",
+                            found.offset, found.position
+                        )
+                    };
                     return Err(Error::corruption(
                         path,
                         position,
-                        format!(
-                            "{reason}; a valid record (offset {}) follows at byte {}, so this is interior damage, not a torn tail",
-                            found.offset, found.position
-                        ),
+                        format!("{reason}; {why}, so this is interior damage, not a torn tail"),
                     ));
                 }
                 None => out.torn = Some(cut_torn_tail(&mut writer, position, reason, sink)?),
@@ -488,11 +494,10 @@ fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> S
             }
             Step::End => break,
             Step::Invalid(reason) => {
-                let last_good = out.next_offset.checked_sub(1);
                 return Scanned {
                     end: pos as u64,
                     bad: Some((pos as u64, reason)),
-                    valid_after: scan_ahead(contents, pos, last_good),
+                    valid_after: look_past(contents, pos, out.next_offset),
                 };
             }
         }

@@ -30,7 +30,9 @@ use super::format::{
     SEGMENT_HEADER_LEN,
 };
 use super::manifest;
-use super::record::{first_non_zero, scan_ahead, Gap, Step, Walk, MIN_GAP_LEN};
+use super::record::{
+    decode, first_non_zero, look_from, scan_ahead, Decoded, Gap, RecordRef, Step, Walk, MIN_GAP_LEN,
+};
 use super::recovery::list_segments;
 use super::segment::sync_dir;
 use super::{Error, Result};
@@ -283,7 +285,19 @@ fn repair_segment(
             }
         };
         expect = walk.expected_offset().unwrap_or(expect);
-        let found = scan_ahead(&data, pos, expect.checked_sub(1));
+        // Past a whole record of an earlier offset (a stale copy over the frame that stood
+        // here: its bytes are the damage) and past a torn record's own payload, whatever
+        // that holds (see `look_past`).
+        let from = match decode(&data[pos..]) {
+            Decoded::Record(RecordRef { offset, .. }, len)
+            | Decoded::Gap(Gap { offset, .. }, len)
+                if offset < expect =>
+            {
+                pos + len
+            }
+            _ => look_from(&data, pos, expect),
+        };
+        let found = scan_ahead(&data, from, expect.checked_sub(1));
         let extent = pos + non_zero_len(&data[pos..]);
         let (end, lost_end, tail) = match (found, next_base) {
             (Some(f), _) => (f.position, f.offset, false),
