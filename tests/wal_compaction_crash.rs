@@ -130,6 +130,61 @@ fn a_crash_at_every_step_of_a_compaction_leaves_exactly_the_same_frames() {
     }
 }
 
+/// A compaction that crashed after its manifest named the new run, before it deleted the
+/// segments the run replaces, leaves them: still a whole copy of the run's frames. If that
+/// run is then found damaged, startup refuses and keeps them. Before, recovery removed the
+/// superseded segments first and checked the run after, destroying the only good copy.
+#[test]
+fn a_damaged_run_leaves_the_segments_it_superseded_in_place() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    failpoint::clear();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(None)).unwrap();
+    for n in 0..600u64 {
+        log.append(vec![frame(n, 1, 100, n)]).unwrap();
+    }
+    let segments = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = segments(dir.path());
+    failpoint::arm("compact.before_delete");
+    assert!(log
+        .compact(&CompactOptions {
+            bytes_per_sec: None,
+            ..CompactOptions::default()
+        })
+        .is_err());
+    drop(log);
+    failpoint::clear();
+    assert_eq!(segments(dir.path()), before, "the crash deleted nothing");
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "run"))
+        .expect("the manifest names a run");
+    // Bit rot in the middle of the run.
+    let mut bytes = std::fs::read(&run).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&run, &bytes).unwrap();
+    match Log::open(dir.path(), config(None)) {
+        Err(framecast::wal::Error::Corruption { file, .. }) => assert_eq!(file, run),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a damaged run was accepted"),
+    }
+    assert_eq!(
+        segments(dir.path()),
+        before,
+        "the superseded segments were removed before the run was checked"
+    );
+}
+
 #[test]
 fn a_crash_during_retention_leaves_the_old_or_the_new_first_offset() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

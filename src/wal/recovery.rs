@@ -161,7 +161,7 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
     } else {
         None
     };
-    let files: Vec<(u64, PathBuf)> = remove_superseded(dir, manifest.as_ref(), listing)?;
+    let (files, superseded) = superseded(manifest.as_ref(), listing);
     check_ends(dir, manifest.as_ref(), named, &files)?;
     let first_offset = match &manifest {
         Some(m) => m.first_offset,
@@ -219,6 +219,10 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
         out.runs.push(run);
         chain = Some((end, path));
     }
+    // Only once every run the manifest names checked out: a compaction that crashed after
+    // its manifest but before its deletions left the old segments, still a whole copy of
+    // what a damaged run holds.
+    remove_superseded(dir, superseded)?;
     out.next_offset = chain
         .as_ref()
         .map_or(files.first().map_or(first_offset, |f| f.0), |c| c.0);
@@ -424,15 +428,14 @@ fn check_ends(
     Ok(())
 }
 
-/// Removes what a committed compaction or retention pass superseded but a crash left
-/// behind: temporary files, runs the manifest does not name, segments below
-/// `segments_from`. Nothing else is ever removed. Returns the segments that stay, in
-/// offset order.
-fn remove_superseded(
-    dir: &Path,
+/// Splits the listing into the segments that stay (in offset order) and what a committed
+/// compaction or retention pass superseded but a crash left behind: temporary files, runs
+/// the manifest does not name, segments below `segments_from`. Nothing else is ever
+/// removed.
+fn superseded(
     manifest: Option<&Manifest>,
     listing: Listing,
-) -> Result<Vec<(u64, PathBuf)>> {
+) -> (Vec<(u64, PathBuf)>, Vec<PathBuf>) {
     let Listing {
         segments,
         runs,
@@ -446,22 +449,26 @@ fn remove_superseded(
     let (below, kept): (Vec<_>, Vec<_>) = segments
         .into_iter()
         .partition(|(base, _)| manifest.is_some_and(|m| *base < m.segments_from));
-    let mut removed = false;
-    for path in temps
+    let doomed = temps
         .into_iter()
         .chain(stale_runs)
         .chain(below.into_iter().map(|(_, path)| path))
-    {
+        .collect();
+    (kept, doomed)
+}
+
+/// Removes the files the manifest superseded.
+fn remove_superseded(dir: &Path, doomed: Vec<PathBuf>) -> Result<()> {
+    for path in &doomed {
         warn!(file = %path.display(), "removing a file superseded by the manifest");
-        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        removed = true;
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
     }
     // Only a removal needs the directory synced: a start with nothing to clean up costs no
     // sync per topic (ten thousand topics would otherwise mean ten thousand syncs).
-    if removed {
+    if !doomed.is_empty() {
         sync_dir(dir)?;
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// Where a segment's walk stopped.
