@@ -148,3 +148,45 @@ fn a_whole_record_of_another_offset_over_the_last_frame_is_refused_and_repaired_
     assert_eq!(log.stats().next_offset, 2);
     log.close();
 }
+
+#[test]
+fn a_gap_record_of_more_offsets_than_a_segment_holds_is_refused_not_indexed() {
+    use framecast::wal::record::{Gap, MAX_GAP_OFFSETS};
+    let (_tmp, dir) = log_of(vec![b"zero".to_vec(), b"one".to_vec(), b"two".to_vec()]);
+    let (seg, recs) = records(&dir);
+    // Frame 2's bytes replaced by a gap record of 2^40 offsets with a valid checksum: its
+    // holes, indexed one by one, took 4 TiB and aborted the process.
+    let (pos, len) = recs[2];
+    let gap = Gap {
+        offset: 2,
+        count: 1 << 40,
+    };
+    assert_eq!(gap.encode(len), None, "the writer refuses to make one");
+    let mut bytes = vec![0u8; len];
+    bytes[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    bytes[8..16].copy_from_slice(&2u64.to_le_bytes());
+    bytes[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    bytes[34..36].copy_from_slice(&1u16.to_le_bytes());
+    bytes[36..40].copy_from_slice(&((len - 40) as u32).to_le_bytes());
+    let crc = crc32fast::hash(&bytes[8..]);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut data = std::fs::read(&seg).unwrap();
+    data[pos..pos + len].copy_from_slice(&bytes);
+    std::fs::write(&seg, &data).unwrap();
+    match Log::open(&dir, config()) {
+        Err(Error::Corruption { reason, .. }) => {
+            assert!(
+                reason.contains("gap record of 1099511627776 offsets"),
+                "{reason}"
+            )
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(log) => panic!("opened with next offset {}", log.stats().next_offset),
+    }
+    assert!(Gap {
+        offset: 0,
+        count: MAX_GAP_OFFSETS
+    }
+    .encode(40)
+    .is_some());
+}

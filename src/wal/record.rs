@@ -68,9 +68,10 @@ impl Gap {
     }
 
     /// Encodes a gap record exactly `len` bytes long (padding with zeros), or `None` when
-    /// `len` is below [`MIN_GAP_LEN`] or above `u32::MAX`.
+    /// `len` is below [`MIN_GAP_LEN`] or above `u32::MAX`, or the gap covers more than
+    /// [`MAX_GAP_OFFSETS`].
     pub fn encode(&self, len: usize) -> Option<Vec<u8>> {
-        if len < MIN_GAP_LEN || u32::try_from(len).is_err() {
+        if len < MIN_GAP_LEN || u32::try_from(len).is_err() || self.count > MAX_GAP_OFFSETS {
             return None;
         }
         let mut out = vec![0u8; len];
@@ -84,6 +85,10 @@ impl Gap {
         Some(out)
     }
 }
+
+/// The most offsets one gap record covers: what the largest segment (4 GiB) can hold, one
+/// header each. A gap the leader ships for a longer run of holes goes as several records.
+pub const MAX_GAP_OFFSETS: u64 = u32::MAX as u64 / RECORD_HEADER_LEN as u64;
 
 /// What [`decode`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
@@ -233,6 +238,14 @@ fn decode_gap<'a>(header: &[u8], body: &[u8]) -> Decoded<'a> {
         offset: u64::from_le_bytes(le8(&header[8..16])),
         count: u64::from_le_bytes(le8(&header[16..24])),
     };
+    if gap.count > MAX_GAP_OFFSETS {
+        // Its holes are indexed one by one: such a count would take the memory of the
+        // machine (and abort the process) on a file no crash or repair writes.
+        return Decoded::Invalid(format!(
+            "gap record of {} offsets, more than a segment holds ({MAX_GAP_OFFSETS})",
+            gap.count
+        ));
+    }
     Decoded::Gap(gap, body.len())
 }
 
@@ -377,25 +390,34 @@ pub struct Found {
 /// What follows the bad bytes at `pos`, where a walk that expected offset `expect` stopped:
 /// the test that tells interior damage (`Some`) from a torn tail (`None`).
 ///
-/// - A whole record with a valid CRC at `pos` (its offset not the expected one) is the
-///   answer itself: a crash never leaves a whole valid record behind, so this is damage (a
-///   misdirected or stale write over an acknowledged frame), never a tail to cut.
+/// - A whole record whose checksum matches at `pos` (of another offset, or with fields
+///   that make no valid record) is the answer itself: a crash never leaves one behind, so
+///   this is damage (a misdirected or stale write over an acknowledged frame), never a
+///   tail to cut.
 /// - A record whose header is whole and names the expected offset, with a bad CRC, is the
 ///   record being written when the process died: the look-ahead starts past its length,
 ///   not inside its payload, whose bytes are the client's and may hold anything, the bytes
 ///   of a valid record too.
 /// - Otherwise the look-ahead ([`scan_ahead`]) starts at `pos`.
 pub fn look_past(buf: &[u8], pos: usize, expect: u64) -> Option<Found> {
-    let rest = &buf[pos..];
-    if let Decoded::Record(RecordRef { offset, .. }, _) | Decoded::Gap(Gap { offset, .. }, _) =
-        decode(rest)
-    {
+    if let Some(h) = checksummed(&buf[pos..]) {
         return Some(Found {
             position: pos,
-            offset,
+            offset: h.offset,
         });
     }
     scan_ahead(buf, look_from(buf, pos, expect), expect.checked_sub(1))
+}
+
+/// The header of the record at the start of `buf` if its bytes, as long as it says, match
+/// its checksum (whether or not their fields make a valid record).
+fn checksummed(buf: &[u8]) -> Option<Header> {
+    let h = Header::peek(buf)?;
+    if !(RECORD_HEADER_LEN..=buf.len()).contains(&h.length) {
+        return None;
+    }
+    let stored = u32::from_le_bytes(le4(&buf[RECORD_CRC_AT..RECORD_CRC_START]));
+    (crc32fast::hash(&buf[RECORD_CRC_START..h.length]) == stored).then_some(h)
 }
 
 /// Where a look past the bad bytes at `pos` starts (see [`look_past`]): past the record

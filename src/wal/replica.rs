@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
 use super::log::Log;
-use super::record::{decode, Decoded, Gap, Step, Walk, MIN_GAP_LEN};
+use super::record::{decode, Decoded, Gap, Step, Walk, MAX_GAP_OFFSETS, MIN_GAP_LEN};
 use super::recovery::{list_segments, write_synced};
 use super::segment::{sync_dir, SegmentWriter};
 use super::state::{missing, Loc};
@@ -158,7 +158,11 @@ impl Log {
                 }
                 None if st.is_hole(offset) => {
                     let mut end = offset + 1;
-                    while end < frontier && st.locate(end).is_none() && st.is_hole(end) {
+                    while end < frontier
+                        && end - offset < MAX_GAP_OFFSETS
+                        && st.locate(end).is_none()
+                        && st.is_hole(end)
+                    {
                         end += 1;
                     }
                     let gap = Gap {
