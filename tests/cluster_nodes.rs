@@ -2555,6 +2555,22 @@ async fn topics_created_long_after_the_followers_joined_keep_them_in_sync() {
     );
 }
 
+/// Three nodes (min-insync 2), n1 started alone first so that it leads, then two
+/// followers; node `armed` runs with the environment `env` (fail points).
+#[cfg(feature = "failpoints")]
+async fn led_by_n1(armed: &str, env: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start_with(0, 2, &[], None).await;
+    let ids = ["n1", "n2", "n3"];
+    for id in ids {
+        c.add_node(2, &[], if id == armed { env } else { &[] });
+        if id == "n1" {
+            assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
+        }
+    }
+    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    c
+}
+
 /// Three nodes, n1 leading, with `failpoints` armed in node `armed`'s first start, under a
 /// publisher to "orders"; waits until `armed` exits non-zero, having left the cluster
 /// because of the fail point (its log also saying each of `said`). Returns the cluster, the
@@ -2565,21 +2581,7 @@ async fn until_a_log_fails(
     failpoints: &str,
     said: &[&str],
 ) -> (Cluster, Load, Instant, std::process::ExitStatus) {
-    let mut c = Cluster::start_with(0, 2, &[], None).await;
-    let ids = ["n1", "n2", "n3"];
-    // n1 alone first, so that it leads; then two followers.
-    for id in ids {
-        let env: &[(&str, &str)] = if id == armed {
-            &[("FRAMECAST_FAILPOINTS", failpoints)]
-        } else {
-            &[]
-        };
-        c.add_node(2, &[], env);
-        if id == "n1" {
-            assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
-        }
-    }
-    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    let mut c = led_by_n1(armed, &[("FRAMECAST_FAILPOINTS", failpoints)]).await;
     let addresses: Vec<String> = c.nodes.iter().map(|n| n.address.clone()).collect();
     let load = Load::start(addresses, "orders", 0);
     let exited =
@@ -2723,23 +2725,15 @@ async fn a_publish_that_reaches_the_log_after_its_leader_stepped_down_is_refused
     let release_dir = tempfile::tempdir().unwrap();
     let release = release_dir.path().join("release");
     let release_env = release.to_str().unwrap().to_string();
-    let mut c = Cluster::start_with(0, 2, &[], None).await;
-    // n1 alone first, so that it leads; its 51st publish stalls after its checks.
-    for id in ids {
-        let env: &[(&str, &str)] = if id == "n1" {
-            &[
-                ("FRAMECAST_FAILPOINTS", "publish.stall@51"),
-                ("FRAMECAST_FAILPOINT_RELEASE", &release_env),
-            ]
-        } else {
-            &[]
-        };
-        c.add_node(2, &[], env);
-        if id == "n1" {
-            assert_eq!(c.leader(&["n1"], 1, Duration::from_secs(30)).await, "n1");
-        }
-    }
-    assert_eq!(c.leader(&ids, 3, Duration::from_secs(40)).await, "n1");
+    // Its 51st publish stalls after its checks.
+    let c = led_by_n1(
+        "n1",
+        &[
+            ("FRAMECAST_FAILPOINTS", "publish.stall@51"),
+            ("FRAMECAST_FAILPOINT_RELEASE", &release_env),
+        ],
+    )
+    .await;
     for seq in 0..50 {
         publish_to(&c, "n1", seq).await.unwrap();
     }
