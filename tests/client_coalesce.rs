@@ -228,6 +228,12 @@ async fn a_payload_over_the_clients_largest_message_fails_only_its_own_call() {
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
     let ack = publisher.send(2, "after").await.unwrap().await.unwrap();
     acks.push((2, "after".to_string(), ack));
+    // A broadcast whose payload fits but whose topic names take it past the largest
+    // message: refused the same way, not sent.
+    let near = huge.slice(..(64 << 20) - (64 << 10) - 16);
+    let names: Vec<String> = (0..1000).map(|i| format!("{i:0>100}")).collect();
+    let r = c.broadcast(&names, 1, near).await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "took {:?}: a retry budget was spent",

@@ -382,7 +382,8 @@ impl Client {
             timestamp,
             idempotency_key: self.next_key(),
         };
-        check_payload(req.payload.len())?;
+        // The topic names count too (up to 10,000 of them).
+        check_payload(prost::Message::encoded_len(&req))?;
         let acks = self
             .retrying(|mut g| {
                 let req = req.clone();

@@ -1,8 +1,8 @@
 //! Which web pages may call the HTTP door. A browser names the page behind every request it
 //! may send on a page's behalf in `Origin`; the door serves such a request only when the
-//! origin is the door's own (the `Host` the request was sent to, or the `X-Forwarded-Host` a
-//! reverse proxy in front names) or one `--cors-origin` lets in, and refuses it otherwise
-//! with 403 before any handler runs. CORS alone does not do this: a browser opens a
+//! origin is the door's own (the `Host` the request was sent to, or the host a reverse
+//! proxy in front names in `X-Forwarded-Host` or `Forwarded`) or one `--cors-origin` lets
+//! in, and refuses it otherwise with 403 before any handler runs. CORS alone does not do this: a browser opens a
 //! WebSocket, and sends a "simple" POST, to any origin without asking first, so without
 //! this check any site a user of a server without `--auth-*` visits could subscribe to its
 //! topics and publish to them. Clients that are not browsers send no `Origin` and are not
@@ -65,8 +65,8 @@ impl Origins {
 
 /// Whether `origin` (lower-case) is the one the request was sent to: its scheme's host and
 /// port are the `Host` (or HTTP/2 authority) of the request, or the first host a reverse
-/// proxy names in `X-Forwarded-Host` (a browser cannot set that header without asking the
-/// server first).
+/// proxy names in `X-Forwarded-Host` or `Forwarded` (a browser cannot set either without
+/// asking the server first).
 fn same_origin(origin: &str, headers: &HeaderMap, uri: &Uri) -> bool {
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
@@ -85,10 +85,19 @@ fn same_origin(origin: &str, headers: &HeaderMap, uri: &Uri) -> bool {
     };
     let authority = plain(authority);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let forwarded = header("x-forwarded-host").and_then(|v| v.split(',').next());
+    let forwarded_host = header("x-forwarded-host").and_then(|v| v.split(',').next());
+    // RFC 7239: `Forwarded: for=…;host=example.com;proto=https, for=…` (the first proxy's).
+    let forwarded = header("forwarded").and_then(|v| {
+        v.split(',').next()?.split(';').find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            name.eq_ignore_ascii_case("host")
+                .then(|| value.trim_matches('"'))
+        })
+    });
     [
         header("host"),
         uri.authority().map(|a| a.as_str()),
+        forwarded_host,
         forwarded,
     ]
     .into_iter()
@@ -151,7 +160,26 @@ mod tests {
                 ("origin", "http://example.com/")
             ]
         ));
-        // Behind a proxy that passes the page's host on.
+        // Behind a proxy that passes the page's host on, either way.
+        assert!(admits(
+            &[],
+            &[
+                host,
+                (
+                    "forwarded",
+                    "for=10.0.0.1;host=\"app.example:8443\";proto=https, for=x"
+                ),
+                ("origin", "https://app.example:8443")
+            ]
+        ));
+        assert!(!admits(
+            &[],
+            &[
+                host,
+                ("forwarded", "for=10.0.0.1;host=app.example;proto=https"),
+                ("origin", "https://app.example:8443")
+            ]
+        ));
         assert!(admits(
             &[],
             &[

@@ -19,6 +19,7 @@ use tracing::{debug, error, warn};
 
 use super::config::{FsyncPolicy, LogConfig};
 use super::dedup::{DedupWindow, FirstAck};
+use super::format::RECORD_HEADER_LEN;
 use super::frame::{now_ns, Appended, NewFrame};
 use super::record::{encoded_len, RecordRef};
 use super::replica::Copied;
@@ -522,8 +523,14 @@ impl Committer {
                         key,
                         payload,
                     };
-                    // Checked on arrival (CRC, lengths): stored byte for byte.
-                    buf.copy_from_slice(record);
+                    // Checked on arrival (CRC, lengths): stored byte for byte, the header
+                    // first, as a frame of this node's own is written. One copy of the
+                    // whole record (memcpy stores its first bytes last) could leave a
+                    // process killed midway with a zero header before part of a payload,
+                    // which recovery cannot tell from damage (see `record::look_past`).
+                    buf[..RECORD_HEADER_LEN].copy_from_slice(&record[..RECORD_HEADER_LEN]);
+                    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                    buf[RECORD_HEADER_LEN..].copy_from_slice(&record[RECORD_HEADER_LEN..]);
                     if !key.is_empty() {
                         let ack = FirstAck {
                             offset: *offset,

@@ -121,6 +121,9 @@ impl<'a> RecordRef<'a> {
         out[32..34].copy_from_slice(&(self.key.len() as u16).to_le_bytes());
         out[34..36].copy_from_slice(&0u16.to_le_bytes());
         out[36..40].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        // The header before the rest, the checksum last: a process killed midway leaves a
+        // whole header naming this record, which recovery skips (see `look_from`).
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         let mut at = RECORD_HEADER_LEN;
         if !self.key.is_empty() {
             out[at..at + KEY_TIME_LEN].copy_from_slice(&self.key_time.to_le_bytes());
@@ -129,6 +132,7 @@ impl<'a> RecordRef<'a> {
             at += self.key.len();
         }
         out[at..].copy_from_slice(self.payload);
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         let crc = crc32fast::hash(&out[RECORD_CRC_START..]);
         out[RECORD_CRC_AT..RECORD_CRC_START].copy_from_slice(&crc.to_le_bytes());
     }

@@ -31,7 +31,8 @@ use super::format::{
 };
 use super::manifest;
 use super::record::{
-    decode, first_non_zero, look_from, scan_ahead, Decoded, Gap, RecordRef, Step, Walk, MIN_GAP_LEN,
+    decode, first_non_zero, look_from, scan_ahead, Decoded, Gap, RecordRef, Step, Walk,
+    MAX_GAP_OFFSETS, MIN_GAP_LEN,
 };
 use super::recovery::list_segments;
 use super::segment::sync_dir;
@@ -304,27 +305,32 @@ fn repair_segment(
             (None, Some(b)) => (extent.max(pos + MIN_GAP_LEN).min(data.len()), b, false),
             (None, None) => (extent, expect, true),
         };
-        first.now()?;
-        let saved_to = save_aside(path, pos, &data[pos..end])?;
+        // Made before anything changes: a gap that cannot be marked changes nothing.
+        let count = lost_end.saturating_sub(expect);
         let patch = if tail {
             vec![0u8; end - pos]
         } else {
             Gap {
                 offset: expect,
-                count: lost_end.saturating_sub(expect),
+                count,
             }
             .encode(end - pos)
             .ok_or_else(|| {
-                Error::corruption(
-                    path,
-                    pos as u64,
+                let why = if count > MAX_GAP_OFFSETS {
                     format!(
-                        "{reason}; the damage is {} bytes, too short to mark as a gap",
+                        "it loses {count} offsets, more than a gap record marks ({MAX_GAP_OFFSETS})"
+                    )
+                } else {
+                    format!(
+                        "the damage is {} bytes, too short to mark as a gap",
                         end - pos
-                    ),
-                )
+                    )
+                };
+                Error::corruption(path, pos as u64, format!("{reason}; {why}"))
             })?
         };
+        first.now()?;
+        let saved_to = save_aside(path, pos, &data[pos..end])?;
         file.write_all_at(&patch, pos as u64)
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(path, e))?;

@@ -716,7 +716,7 @@ def broadcast_request(
         raise errors.InvalidArgument("topics must be a list of names or patterns, not a string")
     one = publish_request("", seq_no, payload, timestamp, key)
     try:
-        return pb.BroadcastRequest(
+        req = pb.BroadcastRequest(
             topics=list(topics),
             seq_no=one.seq_no,
             payload=one.payload,
@@ -725,6 +725,12 @@ def broadcast_request(
         )
     except (ValueError, TypeError) as e:
         raise errors.InvalidArgument(f"invalid broadcast request: {e}") from None
+    # The topic names count too (up to 10,000 of them).
+    if req.ByteSize() > MAX_PAYLOAD_BYTES:
+        raise errors.InvalidArgument(
+            f"broadcast of {req.ByteSize()} bytes exceeds the client's largest message"
+        )
+    return req
 
 
 def acks_from_pb(a: pb.BroadcastAck) -> dict[str, Ack]:

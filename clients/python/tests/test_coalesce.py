@@ -129,6 +129,10 @@ def test_a_payload_over_the_clients_largest_message_fails_only_its_own_call(
             acks = [r for rs in pool.map(worker, range(8)) for r in rs]
         assert len(acks) == 79
         assert_exactly_once(c, "cbig", acks)
+        # A broadcast whose payload fits but whose topic names take it past the limit.
+        near = huge[: (64 << 20) - (64 << 10) - 16]
+        with pytest.raises(InvalidArgument):
+            c.broadcast([f"{i:0>100}" for i in range(1000)], near, 1)
 
     async def aio() -> list[tuple[int, bytes, Ack]]:
         async with AioClient(server.address, retry=TEST_RETRY, coalesce=True) as c:
