@@ -104,9 +104,9 @@ pub(crate) fn check_payload(len: usize) -> Result<()> {
 
 /// Refuses what the client can tell is invalid, as the server would (API.md's error
 /// table), so that it never ends a shared stream. The payload size limit is the server's
-/// own setting and is left to it, up to the client's own ([`MAX_PAYLOAD_BYTES`]).
+/// own setting and is left to it (the client's own, [`check_payload`], is checked for
+/// every publish).
 pub(crate) fn validate(req: &proto::PublishRequest) -> Result<()> {
-    check_payload(req.payload.len())?;
     if !req.topic.is_empty() && !valid_topic_name(&req.topic) {
         return Err(Error::InvalidArgument(format!(
             "topic name '{}' does not match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",

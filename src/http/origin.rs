@@ -2,10 +2,10 @@
 //! may send on a page's behalf in `Origin`; the door serves such a request only when the
 //! origin is the door's own (the `Host` the request was sent to, or the host a reverse
 //! proxy in front names in `X-Forwarded-Host` or `Forwarded`) or one `--cors-origin` lets
-//! in, and refuses it otherwise with 403 before any handler runs. CORS alone does not do this: a browser opens a
-//! WebSocket, and sends a "simple" POST, to any origin without asking first, so without
-//! this check any site a user of a server without `--auth-*` visits could subscribe to its
-//! topics and publish to them. Clients that are not browsers send no `Origin` and are not
+//! in, and refuses it otherwise with 403 before any handler runs. CORS alone does not do
+//! this: a browser opens a WebSocket, and sends a "simple" POST, to any origin without
+//! asking first, so without this check any site a user of a server without `--auth-*`
+//! visits could subscribe to its topics and publish to them. Clients that are not browsers send no `Origin` and are not
 //! concerned. This is not authorization (the broker decides what a caller may do): it keeps
 //! other sites' pages from calling as the browser's user.
 

@@ -415,7 +415,7 @@ pub fn look_past(buf: &[u8], pos: usize, expect: u64) -> Option<Found> {
 
 /// The header of the record at the start of `buf` if its bytes, as long as it says, match
 /// its checksum (whether or not their fields make a valid record).
-fn checksummed(buf: &[u8]) -> Option<Header> {
+pub fn checksummed(buf: &[u8]) -> Option<Header> {
     let h = Header::peek(buf)?;
     if !(RECORD_HEADER_LEN..=buf.len()).contains(&h.length) {
         return None;

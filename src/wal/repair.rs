@@ -31,8 +31,8 @@ use super::format::{
 };
 use super::manifest;
 use super::record::{
-    decode, first_non_zero, look_from, scan_ahead, Decoded, Gap, RecordRef, Step, Walk,
-    MAX_GAP_OFFSETS, MIN_GAP_LEN,
+    checksummed, first_non_zero, look_from, scan_ahead, Gap, Step, Walk, MAX_GAP_OFFSETS,
+    MIN_GAP_LEN,
 };
 use super::recovery::list_segments;
 use super::segment::sync_dir;
@@ -289,13 +289,8 @@ fn repair_segment(
         // Past a whole record of an earlier offset (a stale copy over the frame that stood
         // here: its bytes are the damage) and past a torn record's own payload, whatever
         // that holds (see `look_past`).
-        let from = match decode(&data[pos..]) {
-            Decoded::Record(RecordRef { offset, .. }, len)
-            | Decoded::Gap(Gap { offset, .. }, len)
-                if offset < expect =>
-            {
-                pos + len
-            }
+        let from = match checksummed(&data[pos..]) {
+            Some(h) if h.offset < expect => pos + h.length,
             _ => look_from(&data, pos, expect),
         };
         let found = scan_ahead(&data, from, expect.checked_sub(1));
