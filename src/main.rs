@@ -146,10 +146,12 @@ struct ServeArgs {
     /// Most idempotency keys remembered per topic; past it the oldest are forgotten early.
     #[arg(long, env = "FRAMECAST_DEDUP_MAX_KEYS", default_value_t = DEFAULT_DEDUP_MAX_KEYS)]
     dedup_max_keys: usize,
-    /// Default retention by age for topics without their own (90s, 2m, 1h, 7d); unset: keep.
+    /// Default retention by age for topics without their own (90s, 2m, 1h, 7d); unset or
+    /// 0: keep.
     #[arg(long, env = "FRAMECAST_RETENTION_MAX_AGE", value_parser = parse_duration)]
     retention_max_age: Option<std::time::Duration>,
-    /// Default retention by size for topics without their own (e.g. 10GiB); unset: keep.
+    /// Default retention by size for topics without their own (e.g. 10GiB); unset or 0:
+    /// keep.
     #[arg(long, env = "FRAMECAST_RETENTION_MAX_BYTES", value_parser = parse_bytes)]
     retention_max_bytes: Option<u64>,
     /// Compaction I/O budget in MB/s (0 = unlimited).
@@ -227,7 +229,7 @@ struct ServeArgs {
     min_insync: u64,
     /// The node's etcd lease: a node silent this long leaves the cluster (a leader stops
     /// acknowledging before it lapses). etcd's minimum is 2s.
-    #[arg(long, env = "FRAMECAST_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "FRAMECAST_LEASE_TTL", default_value = "5s", value_parser = parse_lease_ttl)]
     lease_ttl: std::time::Duration,
     /// How long a follower may stay behind the leader and remain in sync.
     #[arg(long, env = "FRAMECAST_REPLICA_MAX_LAG", default_value = "10s", value_parser = parse_duration)]
@@ -292,6 +294,16 @@ fn parse_window(s: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(n).map_err(|e| e.to_string())
+}
+
+/// A node's etcd lease: at least 2s, etcd's minimum (etcd would lengthen a shorter one
+/// behind the node's back, and a leader stops acknowledging a third of its lease early).
+fn parse_lease_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = parse_duration(s)?;
+    if ttl < std::time::Duration::from_secs(2) {
+        return Err(format!("lease TTL '{s}' is under etcd's minimum of 2s"));
+    }
+    Ok(ttl)
 }
 
 /// The most record bytes of one sorted run: 1 byte up to 4 GiB (a run's offset map holds
@@ -542,8 +554,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             dedup_window: args.dedup_window,
             dedup_max_keys: args.dedup_max_keys,
             retention: Retention {
-                max_age: args.retention_max_age,
-                max_bytes: args.retention_max_bytes,
+                // 0 means no limit, as in CreateTopic: never "remove everything".
+                max_age: args.retention_max_age.filter(|age| !age.is_zero()),
+                max_bytes: args.retention_max_bytes.filter(|&bytes| bytes > 0),
             },
             ..LogConfig::default()
         },
@@ -698,9 +711,9 @@ fn read(flag: &str, path: &PathBuf) -> Result<bytes::Bytes, String> {
 }
 
 /// Runs a client command on a small runtime; errors go to stderr with exit code 1.
-fn client_command(
+fn client_command<E: std::fmt::Display>(
     name: &str,
-    fut: impl std::future::Future<Output = framecast::client::Result<u64>>,
+    fut: impl std::future::Future<Output = Result<u64, E>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -828,7 +841,15 @@ fn main() -> ExitCode {
             match framecast::dump::run(&opts, &mut out) {
                 Ok(outcome) => {
                     use std::io::Write;
-                    let _ = out.flush();
+                    match out.flush() {
+                        Ok(()) => {}
+                        // The reader went away (`dump | head`): not an error.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        Err(e) => {
+                            eprintln!("framecast dump: cannot write the output: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
                     eprintln!(
                         "{} segments, {} records, {} bad, {} torn tails",
                         outcome.segments, outcome.records, outcome.bad, outcome.torn_tails

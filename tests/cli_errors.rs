@@ -343,3 +343,41 @@ fn a_cluster_node_refuses_to_start_with_a_token_the_leader_would_refuse() {
         );
     }
 }
+
+/// Output that cannot be written (a full disk: `/dev/full`) is a failure, not a short
+/// listing with exit 0; a reader that went away (`| head`) is not.
+#[test]
+fn output_that_cannot_be_written_fails_the_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--fsync", "never"]);
+    let addr = server.addr.as_str();
+    let (code, _, err) = run(&["publish", "--addr", addr, "--topic", "t", "a", "b"]);
+    assert_eq!(code, Some(0), "{err}");
+    let to_full = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        vec!["history", "--addr", addr, "--topic", "t", "--json"],
+        vec!["subscribe", "--addr", addr, "--topic", "t", "--count", "2"],
+        vec!["topics", "--addr", addr, "list"],
+        vec!["cluster", "--addr", addr],
+    ] {
+        let (code, err) = to_full(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot write the output"), "{args:?}: {err}");
+    }
+    drop(server);
+    let dir = tmp.path().to_str().unwrap();
+    let (code, err) = to_full(&["dump", "--data-dir", dir]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot write the output"), "{err}");
+}

@@ -153,6 +153,17 @@ fn unknown_or_bad_settings_are_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // A lease under etcd's 2s minimum (which etcd would lengthen without telling the node).
+    for ttl in ["0s", "1s", "1500ms"] {
+        let out = Command::new(bin())
+            .args(["serve", "--lease-ttl", ttl])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{ttl}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("minimum of 2s"), "{ttl}: {err}");
+    }
 }
 
 /// A taken address (gRPC or HTTP) stops `serve` at once with the address and the reason,

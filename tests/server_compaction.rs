@@ -696,3 +696,28 @@ async fn runs_stay_under_the_run_size_limit_in_the_server_and_offline() {
     server.restart();
     replay(server.client().await).await;
 }
+
+/// `--retention-max-bytes 0` and `--retention-max-age 0` mean "no limit", as 0 does in
+/// `CreateTopic`: sealed segments are compacted and every frame is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_default_retention_keeps_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--retention-max-bytes", "0", "--retention-max-age", "0s"]);
+    let server = Server::start(dir.path(), &flags);
+    let mut c = server.client().await;
+    for i in 0..600u64 {
+        publish(&mut c, "z", i, &[b'z'; 500]).await;
+    }
+    // Wait for a maintenance pass to have compacted the sealed segments (retention runs in
+    // the same pass), or long enough for several passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("compacted") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t = topic_info(&mut c, "z").await.unwrap();
+    assert_eq!((t.first_offset, t.frames), (0, 600), "{t:?}");
+    let mut all = subscribe(&mut c, sub_req("z", 0)).await.unwrap();
+    let got = take(&mut all.stream, 600, Duration::from_secs(20)).await;
+    assert!(got.iter().map(|f| f.offset).eq(0..600));
+}

@@ -4,7 +4,8 @@
 
 use std::io::Write;
 
-use framecast::client::{Client, ClusterEvent, ClusterInfo, Result};
+use super::{written, Result};
+use framecast::client::{Client, ClusterEvent, ClusterInfo};
 
 /// Which node to ask, and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,18 +47,15 @@ pub async fn run(args: ClusterArgs) -> Result<u64> {
             let text = render_event(&event, args.topics, args.json);
             let mut out = std::io::stdout().lock();
             // A reader that went away (a closed pipe) ends the watch.
-            if out
-                .write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .is_err()
-            {
+            if !written(out.write_all(text.as_bytes()).and_then(|()| out.flush()))? {
                 return Ok(0);
             }
         }
     }
     let info = client.cluster().await?;
+    let text = render(&info, args.topics, args.json);
     let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{}", render(&info, args.topics, args.json));
+    written(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
     Ok(info.nodes.len() as u64)
 }
 

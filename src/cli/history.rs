@@ -4,7 +4,8 @@
 use futures::StreamExt;
 
 use super::subscribe::print_frame;
-use framecast::client::{Compression, HistoryQuery, Result};
+use super::{written, Result};
+use framecast::client::{Compression, HistoryQuery};
 
 /// Which frames to read and how to print them.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,9 +53,10 @@ pub struct HistoryArgs {
 /// Prints the frames of one History walk (up to `--count`); an unreachable server is named.
 pub async fn run(args: HistoryArgs) -> Result<u64> {
     let addr = args.addr.clone();
-    print_history(args)
-        .await
-        .map_err(|e| super::connect::name_addr(e, &addr))
+    print_history(args).await.map_err(|e| match e {
+        super::Error::Client(e) => super::connect::name_addr(e, &addr).into(),
+        output => output,
+    })
 }
 
 /// Prints the frames of one History walk, page by page, up to `--count`.
@@ -84,7 +86,7 @@ async fn print_history(args: HistoryArgs) -> Result<u64> {
             if printed == wanted {
                 break;
             }
-            if print_frame(&mut out, &f, args.json, args.raw).is_err() {
+            if !written(print_frame(&mut out, &f, args.json, args.raw))? {
                 return Ok(printed); // stdout closed (e.g. piped into `head`)
             }
             printed += 1;

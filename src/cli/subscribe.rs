@@ -5,8 +5,8 @@ use std::io::Write;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{hex, payload_text};
-use framecast::client::{Compression, Frame, ReadFrom, Result};
+use super::{hex, payload_text, written, Result};
+use framecast::client::{Compression, Frame, ReadFrom};
 
 /// What to subscribe to and how to print it.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,9 +53,10 @@ pub struct SubscribeArgs {
 /// Prints frames until `--count` is reached or the stream fails; an unreachable server is named.
 pub async fn run(args: SubscribeArgs) -> Result<u64> {
     let addr = args.addr.clone();
-    print_frames(args)
-        .await
-        .map_err(|e| super::connect::name_addr(e, &addr))
+    print_frames(args).await.map_err(|e| match e {
+        super::Error::Client(e) => super::connect::name_addr(e, &addr).into(),
+        output => output,
+    })
 }
 
 /// Prints frames until `--count` is reached or the stream fails.
@@ -76,7 +77,7 @@ async fn print_frames(args: SubscribeArgs) -> Result<u64> {
             break;
         };
         let f = frame?;
-        if print_frame(&mut out, &f, args.json, args.raw).is_err() {
+        if !written(print_frame(&mut out, &f, args.json, args.raw))? {
             break; // stdout closed (e.g. piped into `head`)
         }
         printed += 1;

@@ -5,7 +5,8 @@ use std::io::Write;
 
 use serde_json::json;
 
-use framecast::client::{Client, Result, TopicInfo};
+use super::{written, Result};
+use framecast::client::{Client, TopicInfo};
 use framecast::server::config::{parse_bytes, parse_duration};
 
 /// Which topic operation, against which server.
@@ -37,7 +38,7 @@ pub enum TopicsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create a topic, with its own retention (unset: the server's defaults).
+    /// Create a topic, with its own retention (unset or 0: the server's defaults).
     Create {
         /// The topic's name.
         name: String,
@@ -58,22 +59,22 @@ pub enum TopicsCommand {
 /// Runs the operation and prints its outcome; returns how many topics it printed or touched.
 pub async fn run(args: TopicsArgs) -> Result<u64> {
     let client = args.credentials.apply(Client::connect(&args.addr)?)?;
-    let mut out = std::io::stdout().lock();
-    match args.command.unwrap_or(TopicsCommand::List { json: false }) {
+    let (text, count) = match args.command.unwrap_or(TopicsCommand::List { json: false }) {
         TopicsCommand::List { json } => {
             let mut topics = client.list_topics().await?;
             topics.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut text = String::new();
             if !json {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:>20} {:>10} {:>12} {:>12} {:>12} {:>5} {:>5}",
+                text = format!(
+                    "{:<24} {:>20} {:>10} {:>12} {:>12} {:>12} {:>5} {:>5}\n",
                     "topic", "epoch", "frames", "bytes", "first", "next", "subs", "files"
                 );
             }
             for t in &topics {
-                let _ = writeln!(out, "{}", line(t, json));
+                text.push_str(&line(t, json));
+                text.push('\n');
             }
-            Ok(topics.len() as u64)
+            (text, topics.len() as u64)
         }
         TopicsCommand::Create {
             name,
@@ -83,18 +84,29 @@ pub async fn run(args: TopicsArgs) -> Result<u64> {
             let t = client
                 .create_topic(
                     &name,
-                    retention_max_age.map_or(0, |d| d.as_secs().max(1)),
+                    retention_max_age.map_or(0, whole_seconds),
                     retention_max_bytes.unwrap_or(0),
                 )
                 .await?;
-            let _ = writeln!(out, "created {} epoch={}", t.name, t.epoch);
-            Ok(1)
+            (format!("created {} epoch={}\n", t.name, t.epoch), 1)
         }
         TopicsCommand::Delete { name } => {
             client.delete_topic(&name).await?;
-            let _ = writeln!(out, "deleted {name}");
-            Ok(1)
+            (format!("deleted {name}\n"), 1)
         }
+    };
+    let mut out = std::io::stdout().lock();
+    written(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
+    Ok(count)
+}
+
+/// `age` in the whole seconds `CreateTopic` takes: 0 stays 0 (the server's default, as in
+/// the RPC), and a fraction of a second becomes 1 rather than 0.
+fn whole_seconds(age: std::time::Duration) -> u64 {
+    if age.is_zero() {
+        0
+    } else {
+        age.as_secs().max(1)
     }
 }
 
@@ -120,4 +132,18 @@ fn line(t: &TopicInfo, json: bool) -> String {
         t.subscribers,
         t.segments
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::whole_seconds;
+
+    #[test]
+    fn zero_stays_unset_and_a_fraction_rounds_up() {
+        assert_eq!(whole_seconds(Duration::ZERO), 0);
+        assert_eq!(whole_seconds(Duration::from_millis(500)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(90)), 90);
+    }
 }
