@@ -232,6 +232,10 @@ async fn wrong_epoch_is_failed_precondition_and_cursor_past_next_offset_is_out_o
             offset: 1_000_000,
             ..cursor(s, epoch, last)
         },
+        Cursor {
+            offset: u64::MAX,
+            ..cursor(s, epoch, last)
+        },
     ];
     for cur in beyond {
         let st = subscribe_error(&mut c, resume_req(topic, 0, cur)).await;

@@ -667,7 +667,8 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -
             return Err(cursor_ahead(
                 cluster,
                 topic,
-                a.offset + 1,
+                // A cursor may carry any offset, u64::MAX too.
+                a.offset.saturating_add(1),
                 format!(
                     "cursor offset {} is beyond the topic's next offset {durable}",
                     a.offset

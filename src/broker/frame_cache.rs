@@ -130,8 +130,9 @@ impl Ring {
         self.end = offset;
     }
 
-    /// Reads up to `max` offsets from `end` on (below `until`), encodes them and appends
-    /// them, then drops the oldest frames beyond `max_bytes`.
+    /// Reads up to `max` offsets from `end` on (below `until`), encodes them (no more than
+    /// `max_bytes` of them, or one frame) and appends them, then drops the oldest frames beyond
+    /// `max_bytes`.
     fn fill(&mut self, log: &Log, until: u64, max: usize, max_bytes: usize) -> wal::Result<()> {
         if until <= self.end {
             return Ok(());
@@ -146,13 +147,22 @@ impl Ring {
                 return Err(e);
             }
         };
+        // Encode no more than the cache holds: `max` large frames could be gigabytes.
+        let mut added = 0;
+        let mut end = next;
         for f in got.drain(..) {
             let frame = Frame::encoded(f.seq_no, &f.payload, f.timestamp, f.offset);
-            self.bytes += frame.heap_bytes() + ENTRY_OVERHEAD;
+            let cost = frame.heap_bytes() + ENTRY_OVERHEAD;
+            if added > 0 && added + cost > max_bytes {
+                end = f.offset;
+                break;
+            }
+            added += cost;
             self.frames.push_back(frame);
         }
+        self.bytes += added;
         self.scratch = got;
-        self.end = next;
+        self.end = end;
         while self.bytes > max_bytes {
             let Some(old) = self.frames.pop_front() else {
                 break;
@@ -270,6 +280,27 @@ mod tests {
         assert_eq!(out.len(), 5);
         cache.clear();
         assert_eq!(cache.bytes(), 0);
+    }
+
+    /// A batch of large frames is encoded only up to the cache's size, not whole and then
+    /// trimmed: the reader that filled it still finds its frames there.
+    #[test]
+    fn large_frames_are_encoded_no_further_than_the_cache_holds() {
+        let (_dir, log) = log_with(50, 256 << 10);
+        let cache = FrameCache::new(1 << 20);
+        let mut out = VecDeque::new();
+        let Cached::Next(next) = cache.read(&log, 0, 50, 0, 256, false, &mut out).unwrap() else {
+            panic!("the reader that filled the cache was told it is behind");
+        };
+        assert!((1..=5).contains(&next), "{next} frames encoded at once");
+        assert_eq!(out.len() as u64, next);
+        assert!(
+            cache.bytes() <= (1 << 20) + (300 << 10),
+            "{}",
+            cache.bytes()
+        );
+        let all = read_all(&cache, &log, 0, 50, 256);
+        assert!(all.iter().map(|f| f.offset).eq(0..50));
     }
 
     #[test]

@@ -393,6 +393,10 @@ enum Fill {
     Wait,
 }
 
+/// How many reads that found only frames the subscriber skips one poll makes before it
+/// yields (each read covers up to a batch of offsets).
+const EMPTY_FILLS_PER_POLL: u32 = 4;
+
 /// A subscription polled as a stream: frames already read are handed out without building
 /// a future (replay hands out 256 per read), and only waiting for the frontier is a
 /// future, kept in one reused allocation.
@@ -409,6 +413,7 @@ impl Stream for SubscriptionStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let sub = &mut this.sub;
+        let mut empty_fills = 0;
         loop {
             if sub.finished {
                 return Poll::Ready(None);
@@ -429,6 +434,16 @@ impl Stream for SubscriptionStream {
                 sub.fill()
             };
             match step {
+                Ok(Fill::Filled) if sub.buf.is_empty() => {
+                    // Every frame read was below the subscriber's replay_seq_no_start. The
+                    // log may hold millions of them: scan on in a later poll, so that this
+                    // worker thread serves others meanwhile.
+                    empty_fills += 1;
+                    if empty_fills == EMPTY_FILLS_PER_POLL {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
                 Ok(Fill::Filled) => {}
                 Ok(Fill::Wait) => {
                     sub.shrink_idle();
