@@ -676,3 +676,39 @@ fn empty_and_largest_frames_compact_whole_under_a_run_limit_smaller_than_one_fra
     assert_eq!(everything(&log), before);
     assert_eq!(run_record_bytes(dir.path()).len(), sealed);
 }
+
+/// Retention decides from record headers: a payload damaged after the log opened (bit
+/// rot in a sealed segment) does not stop it removing that frame and everything after it
+/// that the limits allow — it would otherwise stop there for good while the disk fills.
+#[test]
+fn retention_passes_a_sealed_frame_whose_payload_was_damaged() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_bytes: Some(1),
+        max_age: None,
+    };
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    for i in 0..3000u64 {
+        let frame = NewFrame {
+            seq_no: i,
+            timestamp: 1 + i as i64,
+            key: Bytes::new(),
+            payload: Bytes::from(vec![b'p'; 100]),
+        };
+        log.append(vec![frame]).unwrap();
+    }
+    assert!(log.stats().segments > 2);
+    // Frame 0's payload starts after the 64-byte segment header and its 40-byte header.
+    let first_segment = dir.path().join(format!("{:020}.seg", 0));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first_segment)
+        .unwrap();
+    file.write_at(b"X", 64 + 40 + 10).unwrap();
+    assert!(log.read(0).is_err(), "the damage is seen by a read");
+    let r = log.apply_retention(framecast::wal::now_ns()).unwrap();
+    assert!(log.first_offset() > 0, "{r:?}");
+    assert_eq!(r.first_offset, log.first_offset());
+    assert!(log.read(log.first_offset()).unwrap().is_some());
+}

@@ -164,6 +164,9 @@ pub struct TopicMetrics {
     pub published_bytes: Counter,
     /// `compactions_total{topic}`: compactions committed.
     pub compactions: Counter,
+    /// `maintenance_failures_total{topic}`: retention or compaction passes that failed
+    /// (each retried later, waiting longer after each failure in a row).
+    pub maintenance_failures: Counter,
     delivered: [Counter; 4],
     subscribers: [Gauge; 4],
 }
@@ -231,6 +234,7 @@ struct TopicFamilies {
     published_frames: Family<TopicLabel, Counter>,
     published_bytes: Family<TopicLabel, Counter>,
     compactions: Family<TopicLabel, Counter>,
+    maintenance_failures: Family<TopicLabel, Counter>,
     delivered_frames: Family<TopicTransportLabels, Counter>,
     subscribers: Family<TopicTransportLabels, Gauge>,
 }
@@ -246,6 +250,7 @@ impl TopicFamilies {
             published_frames: self.published_frames.get_or_create_owned(&label),
             published_bytes: self.published_bytes.get_or_create_owned(&label),
             compactions: self.compactions.get_or_create_owned(&label),
+            maintenance_failures: self.maintenance_failures.get_or_create_owned(&label),
             delivered: Transport::ALL
                 .map(|t| self.delivered_frames.get_or_create_owned(&per_transport(t))),
             subscribers: Transport::ALL
@@ -258,6 +263,7 @@ impl TopicFamilies {
         self.published_frames.remove(&label);
         self.published_bytes.remove(&label);
         self.compactions.remove(&label);
+        self.maintenance_failures.remove(&label);
         for transport in Transport::ALL {
             let labels = TopicTransportLabels {
                 topic: topic.to_owned(),
@@ -287,6 +293,7 @@ impl Metrics {
             published_frames: Family::default(),
             published_bytes: Family::default(),
             compactions: Family::default(),
+            maintenance_failures: Family::default(),
             delivered_frames: Family::default(),
             subscribers: Family::default(),
         };
@@ -314,6 +321,11 @@ impl Metrics {
             "compactions",
             "Compactions committed",
             families.compactions.clone(),
+        );
+        registry.register(
+            "maintenance_failures",
+            "Retention or compaction passes that failed (retried later)",
+            families.maintenance_failures.clone(),
         );
 
         let rejected_family = Family::<[(&'static str, &'static str); 1], Counter>::default();

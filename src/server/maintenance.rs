@@ -8,12 +8,20 @@
 //! `compact_after_bytes` bytes. Topics are handled one at a time on a blocking thread, and
 //! compaction I/O is rate-limited, so publishers keep a steady latency.
 //!
+//! A topic whose pass failed (damage that stops a compaction, a full disk) is tried again
+//! after twice the interval, then four times, up to [`MAX_RETRY_AFTER`]: a pass that keeps
+//! failing must not rewrite a gigabyte every second. Each failure is logged and counted in
+//! `maintenance_failures_total{topic}`.
+//!
 //! At the shutdown signal the loop stops at once, even in the middle of a topic's pass:
 //! that pass (a blocking job) is handed back, to be awaited after the logs are closed,
 //! which cancels a running compaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::config::MaintenanceConfig;
@@ -25,12 +33,44 @@ use crate::wal::{now_ns, Log};
 /// A topic's retention and compaction pass still running when maintenance stopped.
 pub type Unfinished = tokio::task::JoinHandle<crate::wal::Result<()>>;
 
+/// The longest a topic whose passes keep failing waits before the next try.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The topics whose last pass failed: how many passes failed in a row, and when the next
+/// may run. One entry per such topic, dropped at its next good pass or its deletion.
+#[derive(Debug, Default)]
+struct Failing(HashMap<String, (u32, Instant)>);
+
+impl Failing {
+    /// True while `topic` waits after a failure.
+    fn waiting(&self, topic: &str, now: Instant) -> bool {
+        self.0.get(topic).is_some_and(|&(_, next)| now < next)
+    }
+
+    /// Notes a failed pass of `topic`; how long it waits before the next (twice `interval`
+    /// after the first failure, doubling, at most [`MAX_RETRY_AFTER`]).
+    fn failed(&mut self, topic: &str, interval: Duration, now: Instant) -> Duration {
+        let failures = self.0.get(topic).map_or(0, |&(n, _)| n).saturating_add(1);
+        let wait = interval
+            .saturating_mul(1u32 << failures.min(16))
+            .min(MAX_RETRY_AFTER);
+        self.0.insert(topic.to_owned(), (failures, now + wait));
+        wait
+    }
+
+    /// Forgets `topic` (a good pass, or its deletion).
+    fn forget(&mut self, topic: &str) {
+        self.0.remove(topic);
+    }
+}
+
 /// Runs maintenance until shutdown; the pass still running then, if any.
 pub async fn run(
     topics: Arc<Topics>,
     config: MaintenanceConfig,
     mut shutdown: Shutdown,
 ) -> Option<Unfinished> {
+    let mut failing = Failing::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.interval) => {}
@@ -40,8 +80,12 @@ pub async fn run(
             if shutdown.is_fired() {
                 return None;
             }
+            if topic.is_deleted() {
+                failing.forget(topic.name());
+                continue;
+            }
             let owns = topics.owns_retention();
-            if topic.is_deleted() || !due(&topic, owns, &config) {
+            if failing.waiting(topic.name(), Instant::now()) || !due(&topic, owns, &config) {
                 continue;
             }
             let t = Arc::clone(&topic);
@@ -74,14 +118,20 @@ pub async fn run(
                 }
             };
             match finished {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => failing.forget(topic.name()),
                 Ok(Err(e)) if topic.log().is_closed() => {
                     tracing::debug!(topic = topic.name(), error = %e, "maintenance stopped: log closed");
                 }
                 Ok(Err(e)) => {
-                    warn!(topic = topic.name(), error = %e, "maintenance failed; will retry")
+                    topic.metrics().maintenance_failures.inc();
+                    let wait = failing.failed(topic.name(), config.interval, Instant::now());
+                    warn!(topic = topic.name(), error = %e, retry_in = ?wait, "maintenance failed; will retry");
                 }
-                Err(e) => warn!(topic = topic.name(), error = %e, "maintenance task failed"),
+                Err(e) => {
+                    topic.metrics().maintenance_failures.inc();
+                    let wait = failing.failed(topic.name(), config.interval, Instant::now());
+                    warn!(topic = topic.name(), error = %e, retry_in = ?wait, "maintenance task failed; will retry");
+                }
             }
         }
     }
@@ -107,4 +157,27 @@ fn compaction_due(log: &Log, config: &MaintenanceConfig) -> bool {
     config.compact_after_segments > 0
         && (segments >= config.compact_after_segments
             || (segments > 0 && bytes >= config.compact_after_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_topic_waits_twice_as_long_after_each_failure_up_to_the_cap() {
+        let mut failing = Failing::default();
+        let second = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert!(!failing.waiting("a", t0));
+        let waits: Vec<u64> = (0..12)
+            .map(|_| failing.failed("a", second, t0).as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]);
+        assert!(failing.waiting("a", t0 + Duration::from_secs(299)));
+        assert!(!failing.waiting("a", t0 + MAX_RETRY_AFTER));
+        assert!(!failing.waiting("b", t0), "other topics go on");
+        failing.forget("a");
+        assert!(!failing.waiting("a", t0));
+        assert_eq!(failing.failed("a", second, t0), Duration::from_secs(2));
+    }
 }

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use super::dedup::{DedupWindow, FirstAck};
+use super::format::RECORD_HEADER_LEN;
 use super::frame::StoredFrame;
-use super::record::{decode, Decoded, Gap, RecordRef};
+use super::record::{decode, Decoded, Gap, Header, RecordRef};
 use super::recovery::{RecoverySink, TornTail};
 use super::run::Run;
 use super::segment::Segment;
@@ -78,19 +79,30 @@ impl State {
 }
 
 impl Loc {
-    /// The order key and record length of `offset`, checked.
+    /// The order key and record length of `offset`, from its header alone: what retention
+    /// decides by. The checksum is not checked, so that a damaged payload of a frame
+    /// retention removes cannot hold every later removal up; a header that does not name
+    /// `offset`, or whose length runs past the data, is damage.
     pub(super) fn header(&self, offset: u64) -> Result<(OrderKey, u64)> {
         let (data, file, pos) = match self {
             Loc::Segment(seg, pos) => (seg.read_from(*pos as u64)?, seg.path(), *pos),
             Loc::Run(run, pos) => (run.record_bytes(*pos), run.path(), *pos),
         };
-        match decode(data) {
-            Decoded::Record(r, len) if r.offset == offset => Ok((rec_key(&r), len as u64)),
-            Decoded::Invalid(reason) => Err(Error::corruption(file, pos as u64, reason)),
+        match Header::peek(data) {
+            Some(h)
+                if h.offset == offset && (RECORD_HEADER_LEN..=data.len()).contains(&h.length) =>
+            {
+                let key = OrderKey {
+                    seq_no: h.seq_no,
+                    timestamp: h.timestamp,
+                    offset,
+                };
+                Ok((key, h.length as u64))
+            }
             _ => Err(Error::corruption(
                 file,
                 pos as u64,
-                format!("no record of offset {offset}"),
+                format!("no record header of offset {offset}"),
             )),
         }
     }
