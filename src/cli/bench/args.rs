@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::payload::Filler;
+use super::payload::{Filler, MAX_PAYLOAD_LEN};
 use framecast::client::Compression;
 use framecast::server::config::parse_duration;
+use framecast::wal::DEFAULT_MAX_FRAME_BYTES;
 
 /// Load generator: publish, fan-out, replay and end-to-end scenarios.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,7 +85,8 @@ pub struct Common {
     #[arg(long)]
     pub topic: Option<String>,
     /// Payload bytes per frame (at least 24: publisher, counter and send time ride in it).
-    #[arg(long, default_value_t = 100)]
+    // At most MAX_PAYLOAD_LEN: `parse_size` says so when it is exceeded.
+    #[arg(long, default_value_t = 100, value_parser = parse_size)]
     pub size: usize,
     /// What fills a payload after its 24-byte header: `x` bytes, or JSON-like records.
     #[arg(long, value_enum, default_value_t = Filler::Filler)]
@@ -99,6 +101,19 @@ pub struct Common {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--size`: a payload length the bench can send, at most [`MAX_PAYLOAD_LEN`] (the lower
+/// bound depends on the scenario: `topics` has no header).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if size > MAX_PAYLOAD_LEN {
+        return Err(format!(
+            "at most {MAX_PAYLOAD_LEN} bytes, the largest payload the bench sends (the \
+             server's own limit, --max-frame-bytes, is {DEFAULT_MAX_FRAME_BYTES} unless raised)"
+        ));
+    }
+    Ok(size)
 }
 
 /// How long the publishers run: a duration, or a total frame count.

@@ -14,6 +14,9 @@ use super::wire::{CountingConnector, WireBytes};
 use framecast::client::{Bearer, ClientTls, Compression};
 use framecast::proto::broadcast_client::BroadcastClient;
 
+/// The largest gRPC message the bench's connections send or take.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// The generated client over one connection; every call carries the run's token.
 pub type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 
@@ -66,8 +69,8 @@ pub async fn connect(addr: &str, n: usize, windows: Windows, wire: &Wire) -> Res
             source,
         })?;
         let grpc = BroadcastClient::with_interceptor(ch, wire.bearer.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         out.push(match wire.compression.encoding() {
             Some(e) => grpc.send_compressed(e).accept_compressed(e),
             None => grpc,

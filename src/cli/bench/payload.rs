@@ -22,6 +22,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Bytes of the header; the smallest payload a benchmark frame can have.
 pub const HEADER_LEN: usize = 24;
+/// The largest payload (`--size`) the bench sends: its connections' largest message less
+/// room for the request's other fields, as `framecast::client` leaves. The server's own
+/// limit, `--max-frame-bytes`, is lower unless raised; a payload over it is refused by the
+/// server and counted as an error, while one over this limit could not be sent at all.
+pub const MAX_PAYLOAD_LEN: usize = super::conn::MAX_MESSAGE_BYTES - (64 << 10);
 const MAGIC: &[u8; 4] = b"FCB1";
 
 /// What fills a payload after its header.
@@ -44,7 +49,8 @@ impl Filler {
     }
 }
 
-/// Builds a payload of `size` bytes (`size >= HEADER_LEN`) with `filler` after the header.
+/// Builds a payload of `size` bytes (`HEADER_LEN <= size <= MAX_PAYLOAD_LEN`) with `filler`
+/// after the header.
 pub fn encode_with(
     filler: Filler,
     size: usize,

@@ -569,7 +569,14 @@ async fn stream_publisher(
                         tally.one(&ctx.counters.acked, now);
                         last_ack_ns = now;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Some(what) = early_end(&mut due_rx) {
+                            ctx.error(format!(
+                                "publisher {index}: stream ended after {acked} acks {what}"
+                            ));
+                        }
+                        break;
+                    }
                     Err(s) => {
                         ctx.error(format!(
                             "publisher {index}: stream failed after {acked} acks: {s}"
@@ -599,12 +606,42 @@ async fn stream_publisher(
         }
         k += 1;
     }
-    drop(req_tx);
+    // The due times first: by the time the server sees the requests end and ends the
+    // stream, the reader can tell that this side was done (see `early_end`).
     drop(due_tx);
+    drop(req_tx);
     reader.await.unwrap_or(PubResult {
         acked: 0,
         last_ack_ns: origin,
     })
+}
+
+/// Why a PublishStream that the server ended without an error ended early, if it did:
+/// frames were sent (their due times queued in `due`) that were never acknowledged, or
+/// the publisher was still sending (it holds `due`'s sender until it is done). Closes
+/// `due`, so the publisher stops.
+fn early_end(due: &mut mpsc::Receiver<u64>) -> Option<String> {
+    use mpsc::error::TryRecvError;
+    let mut unacknowledged = 0u64;
+    // Looked at before closing: once closed, an empty channel reads as disconnected
+    // whether or not the publisher still holds its sender.
+    let publisher_done = loop {
+        match due.try_recv() {
+            Ok(_) => unacknowledged += 1,
+            Err(TryRecvError::Empty) => break false,
+            Err(TryRecvError::Disconnected) => break true,
+        }
+    };
+    due.close();
+    // And those sent between the two looks.
+    while due.try_recv().is_ok() {
+        unacknowledged += 1;
+    }
+    match (unacknowledged, publisher_done) {
+        (0, true) => None,
+        (0, false) => Some("before the publisher was done".into()),
+        (n, _) => Some(format!("with {n} frames unacknowledged")),
+    }
 }
 
 /// Where a subscriber opens its subscription.
@@ -739,4 +776,32 @@ async fn subscriber(
     }
     tally.flush(&ctx.counters.delivered);
     SubResult { checker, done_ns }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_ended_early_is_told_from_one_that_finished() {
+        // Every frame sent was acknowledged and the publisher is done: a normal end.
+        let (tx, mut rx) = mpsc::channel::<u64>(4);
+        drop(tx);
+        assert_eq!(early_end(&mut rx), None);
+        // Two frames sent, never acknowledged.
+        let (tx, mut rx) = mpsc::channel::<u64>(4);
+        assert!(tx.try_send(1).is_ok() && tx.try_send(2).is_ok());
+        drop(tx);
+        assert_eq!(
+            early_end(&mut rx).as_deref(),
+            Some("with 2 frames unacknowledged")
+        );
+        // Nothing outstanding, but the publisher had more to send; it is stopped.
+        let (tx, mut rx) = mpsc::channel::<u64>(4);
+        assert_eq!(
+            early_end(&mut rx).as_deref(),
+            Some("before the publisher was done")
+        );
+        assert!(tx.try_send(3).is_err());
+    }
 }

@@ -1,5 +1,7 @@
 //! `bench replay`: a topic of N frames (prefilled by one pipelined publisher unless an
-//! earlier run left them), then S subscribers reading it from the start at once.
+//! earlier run left them), then S subscribers reading it from the start at once. The two
+//! steps are separate calls, so that what is measured around the replay (CPU time, wire
+//! bytes) leaves the prefill out.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,13 +43,18 @@ pub struct ReplayPlan {
     pub progress: bool,
 }
 
+/// The topic's prefill.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefill {
+    /// Frames published (0 when the topic already held them).
+    pub frames: u64,
+    /// Seconds it took.
+    pub secs: f64,
+}
+
 /// What happened.
 #[derive(Debug)]
 pub struct ReplayOutcome {
-    /// Frames published to prefill (0 when the topic already held them).
-    pub prefilled: u64,
-    /// Seconds the prefill took.
-    pub prefill_secs: f64,
     /// Frames delivered, all subscribers.
     pub delivered: u64,
     /// Seconds from the subscribe calls to the last subscriber done.
@@ -64,9 +71,21 @@ pub struct ReplayOutcome {
     pub incomplete: usize,
 }
 
-/// Prefills if needed, then replays.
-pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
-    let mut admin = connect(&plan.addr, 1, Windows::Default, &plan.wire)
+/// The topic's name when `--topic` is not given: fixed, so that a later run against the
+/// same server reuses the prefill, and naming everything that makes the stored frames
+/// differ (count, size and filler; compression is the wire's, not the frames').
+pub fn default_topic(frames: u64, size: usize, filler: Filler) -> String {
+    format!("bench-replay-{frames}x{size}-{}", filler.as_str())
+}
+
+/// Prefills the topic unless it already holds `plan.frames` frames.
+pub async fn prefill(plan: &ReplayPlan) -> Result<Prefill> {
+    // Neither this call nor the prefill is the replay: their bytes are counted apart.
+    let uncounted = Wire {
+        bytes: Default::default(),
+        ..plan.wire.clone()
+    };
+    let mut admin = connect(&plan.addr, 1, Windows::Default, &uncounted)
         .await?
         .remove(0);
     let topics = list_topics(&mut admin).await?;
@@ -74,8 +93,6 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
         .iter()
         .find(|t| t.name == plan.topic)
         .map_or(0, |t| t.next_offset);
-    let mut prefilled = 0;
-    let mut prefill_secs = 0.0;
     if held == 0 {
         let fill = pubsub::run(Plan {
             addr: plan.addr.clone(),
@@ -83,11 +100,7 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
             topic: plan.topic.clone(),
             size: plan.size,
             filler: plan.filler,
-            // The prefill's bytes are not the replay's: counted apart.
-            wire: Wire {
-                bytes: Default::default(),
-                ..plan.wire.clone()
-            },
+            wire: uncounted,
             publishers: 1,
             pub_connections: 1,
             stream: true,
@@ -116,15 +129,22 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
                 fill.error_samples.join("; ")
             )));
         }
-        prefilled = fill.acked;
-        prefill_secs = fill.publish_secs;
-    } else if held < plan.frames {
+        return Ok(Prefill {
+            frames: fill.acked,
+            secs: fill.publish_secs,
+        });
+    }
+    if held < plan.frames {
         return Err(Error::Args(format!(
             "topic '{}' holds {held} frames, fewer than --frames {}; use a fresh topic",
             plan.topic, plan.frames
         )));
     }
+    Ok(Prefill::default())
+}
 
+/// Replays the (prefilled) topic: `plan.subscribers` read it from offset 0 at once.
+pub async fn replay(plan: ReplayPlan) -> Result<ReplayOutcome> {
     let conns = connect(
         &plan.addr,
         plan.connections.max(1),
@@ -242,8 +262,6 @@ pub async fn run(plan: ReplayPlan) -> Result<ReplayOutcome> {
     progress.finish();
     let error_samples = errors.lock().clone();
     Ok(ReplayOutcome {
-        prefilled,
-        prefill_secs,
         delivered,
         secs: (last - started).as_secs_f64(),
         first_frame: first.merged(),

@@ -11,7 +11,7 @@ use super::progress::human;
 pub struct Report {
     /// `publish`, `fanout`, `replay` or `e2e`.
     pub scenario: String,
-    /// The command line, as typed.
+    /// The command line, as typed, with `--token`'s value masked ([`command_line`]).
     pub command: String,
     /// When the run started (UTC, RFC 3339).
     pub date: String,
@@ -37,7 +37,8 @@ pub struct Report {
     pub payload: String,
     /// gRPC message compression of the bench's connections (`none`, `gzip`, `zstd`).
     pub compression: String,
-    /// Bytes the bench's connections wrote and read.
+    /// Bytes the bench's connections wrote and read; none when not measured (`coalesced`
+    /// publishers: the shared client's own connection is not counted).
     pub wire: Option<WireReport>,
     /// Publishers.
     pub publishers: usize,
@@ -226,13 +227,14 @@ pub struct Resources {
     /// Each sampled server's CPU seconds during the run, in --server-pid order (empty when
     /// one could not be read).
     pub server_cpu_each_s: Vec<f64>,
-    /// Server CPU seconds (user + system) during the run.
+    /// Server CPU seconds (user + system) during the run (for replay: the replay, not the
+    /// prefill before it).
     pub server_cpu_s: Option<f64>,
     /// Server resident memory at the end, MB.
     pub server_rss_mb: Option<f64>,
     /// Server peak resident memory (over its life), MB.
     pub server_peak_rss_mb: Option<f64>,
-    /// The bench's CPU seconds during the run.
+    /// The bench's CPU seconds during the run (for replay: the replay, not the prefill).
     pub client_cpu_s: f64,
     /// The bench's peak resident memory, MB.
     pub client_peak_rss_mb: Option<f64>,
@@ -308,12 +310,21 @@ impl Report {
                 );
             }
         }
-        if let Some(w) = &self.wire {
-            let _ = writeln!(
-                o,
-                "  {:<12} sent {} B, received {} B, {:.0} B per frame",
-                "wire bytes", w.sent_bytes, w.received_bytes, w.bytes_per_frame
-            );
+        match &self.wire {
+            Some(w) => {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} sent {} B, received {} B, {:.0} B per frame",
+                    "wire bytes", w.sent_bytes, w.received_bytes, w.bytes_per_frame
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  {:<12} not measured (the shared client's connection is not counted)",
+                    "wire bytes"
+                );
+            }
         }
         if !self.latency.is_empty() {
             let _ = writeln!(o);
@@ -402,6 +413,40 @@ impl Report {
     }
 }
 
+/// Flags of the bench whose value is a secret. The files of `--ca-cert`, `--client-cert`
+/// and `--client-key` are paths, kept as typed.
+const SECRET_FLAGS: [&str; 1] = ["--token"];
+
+/// This process's command line, for a report: an argument that is not UTF-8 is shown with
+/// U+FFFD (the report is text), and the value of a flag that carries a secret (`--token X`,
+/// `--token=X`) is replaced with `***`, so a report can be shared.
+pub fn command_line() -> String {
+    masked(std::env::args_os().map(|a| a.to_string_lossy().into_owned()))
+}
+
+/// `args` joined with spaces, the values of [`SECRET_FLAGS`] masked.
+fn masked(args: impl IntoIterator<Item = String>) -> String {
+    let mut out = Vec::new();
+    let mut value_is_secret = false;
+    for arg in args {
+        if value_is_secret {
+            value_is_secret = false;
+            out.push("***".to_string());
+            continue;
+        }
+        if SECRET_FLAGS.contains(&arg.as_str()) {
+            value_is_secret = true;
+            out.push(arg);
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((flag, _)) if SECRET_FLAGS.contains(&flag) => out.push(format!("{flag}=***")),
+            _ => out.push(arg),
+        }
+    }
+    out.join(" ")
+}
+
 /// `SystemTime::now()` as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
@@ -435,6 +480,38 @@ mod tests {
         let d = utc_now();
         assert_eq!(d.len(), 20, "{d}");
         assert!(d.starts_with("20") && d.ends_with('Z'), "{d}");
+    }
+
+    #[test]
+    fn a_token_is_masked_in_the_command_line() {
+        let line = |args: &[&str]| masked(args.iter().map(|a| a.to_string()));
+        assert_eq!(
+            line(&[
+                "framecast",
+                "bench",
+                "fanout",
+                "--token",
+                "eyJ.s3cret",
+                "--json"
+            ]),
+            "framecast bench fanout --token *** --json"
+        );
+        assert_eq!(
+            line(&[
+                "framecast",
+                "bench",
+                "replay",
+                "--token=eyJ.s3cret",
+                "--size",
+                "64"
+            ]),
+            "framecast bench replay --token=*** --size 64"
+        );
+        // Paths and other flags stay as typed; a trailing --token has nothing to mask.
+        assert_eq!(
+            line(&["framecast", "--ca-cert", "/etc/ca.pem", "--token"]),
+            "framecast --ca-cert /etc/ca.pem --token"
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@ use super::args::{BenchArgs, Common, Length, Scenario, Transport};
 use super::conn::Wire;
 use super::error::{Error, Result};
 use super::payload::HEADER_LEN;
-use super::pubsub::{self, Plan};
+use super::pubsub::{self, Outcome, Plan};
 use super::replay::{self, ReplayPlan};
 use super::report::{
-    load_average, utc_now, LatencyRow, Machine, Report, Resources, Throughput, WireReport,
+    command_line, load_average, utc_now, LatencyRow, Machine, Report, Resources, Throughput,
+    WireReport,
 };
 use super::server::{cpu_seconds, memory, own_cpu_seconds, raise_fd_limit, Spawned};
 
@@ -96,22 +97,26 @@ fn run(args: BenchArgs) -> Result<Report> {
         Some(s) => vec![s.pid()],
         None => common.server_pid.clone(),
     };
+    // A spawned server names its policy, however it was set (--fsync, --serve-arg, its
+    // environment or config file); an external one does not say.
     let fsync = match (&spawned, &common.fsync) {
-        (Some(_), Some(f)) => f.clone(),
-        (Some(_), None) => "always (server default)".into(),
+        (Some(s), _) => s
+            .fsync
+            .clone()
+            .unwrap_or_else(|| "unknown (the spawned server did not log it)".into()),
         (None, Some(f)) => format!("{f} (as told by --fsync; not verified)"),
         (None, None) => "unknown (not spawned; pass --fsync to record it)".into(),
     };
     let progress = !common.quiet && !common.json;
     let topic = common.topic.clone().unwrap_or_else(|| match &scenario {
         // A fixed name, so a later run against the same server can reuse the prefill.
-        Scenario::Replay(o) => format!("bench-replay-{}x{}", o.frames, common.size),
+        Scenario::Replay(o) => replay::default_topic(o.frames, common.size, common.payload),
         s => format!("bench-{}-{:08x}", s.name(), rand::random::<u32>()),
     });
 
     let mut report = Report {
         scenario: scenario.name().to_string(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line(),
         date: utc_now(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         machine: Machine::probe(),
@@ -150,21 +155,25 @@ fn run(args: BenchArgs) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let cpu_before: Option<Vec<f64>> = server_pids.iter().map(|&p| cpu_seconds(p)).collect();
-    let client_cpu_before = own_cpu_seconds();
+    let mut cpu_baseline = CpuBaseline::now(&server_pids);
     let result = runtime.block_on(scenario_run(
         &scenario,
         &common,
-        addr,
-        sub_addrs,
-        http_addr,
-        topic,
+        Targets {
+            addr,
+            sub_addrs,
+            http_addr,
+            topic,
+            server_pids: &server_pids,
+        },
         progress,
+        &mut cpu_baseline,
         &mut report,
     ));
     // Each server read once, all or none: the list keeps --server-pid order and adds up
     // to the sum.
-    let cpu_each: Vec<f64> = cpu_before
+    let cpu_each: Vec<f64> = cpu_baseline
+        .servers
         .and_then(|before| {
             server_pids
                 .iter()
@@ -179,7 +188,7 @@ fn run(args: BenchArgs) -> Result<Report> {
         server_cpu_each_s: cpu_each,
         server_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.0 as f64 / 1e6)),
         server_peak_rss_mb: summed(&server_pids, |p| memory(p).map(|m| m.1 as f64 / 1e6)),
-        client_cpu_s: own_cpu_seconds() - client_cpu_before,
+        client_cpu_s: own_cpu_seconds() - cpu_baseline.bench,
         client_peak_rss_mb: memory(std::process::id()).map(|m| m.1 as f64 / 1e6),
     };
     report.machine.load_after = load_average();
@@ -200,6 +209,50 @@ fn run(args: BenchArgs) -> Result<Report> {
     Ok(report)
 }
 
+/// CPU seconds the sampled servers and the bench have used so far: what the report's CPU
+/// figures are counted from.
+struct CpuBaseline {
+    /// Each server's, in --server-pid order; none when one cannot be read.
+    servers: Option<Vec<f64>>,
+    /// The bench's own.
+    bench: f64,
+}
+
+impl CpuBaseline {
+    /// The figures now.
+    fn now(server_pids: &[u32]) -> CpuBaseline {
+        CpuBaseline {
+            servers: server_pids.iter().map(|&p| cpu_seconds(p)).collect(),
+            bench: own_cpu_seconds(),
+        }
+    }
+}
+
+/// Where a scenario runs.
+struct Targets<'a> {
+    /// The publishers' (and replay's) server.
+    addr: String,
+    /// The servers fan-out's gRPC subscribers spread over.
+    sub_addrs: Vec<String>,
+    /// The HTTP door, for SSE and WebSocket subscribers.
+    http_addr: String,
+    /// The topic.
+    topic: String,
+    /// The server processes whose CPU is sampled.
+    server_pids: &'a [u32],
+}
+
+/// True when a publishing run is clean: nothing failed, lost, duplicated or reordered,
+/// every subscriber complete, and every frame asked for acknowledged (with `--count`,
+/// exactly that many; a stream the server ended early leaves fewer).
+fn clean_run(out: &Outcome, count: Option<u64>) -> bool {
+    out.errors == 0
+        && out.faults.is_clean()
+        && out.incomplete == 0
+        && out.acked > 0
+        && count.is_none_or(|c| out.acked == c)
+}
+
 /// `of` summed over `pids`: none when there are none, or when one cannot be read.
 fn summed(pids: &[u32], of: impl Fn(u32) -> Option<f64>) -> Option<f64> {
     if pids.is_empty() {
@@ -208,17 +261,23 @@ fn summed(pids: &[u32], of: impl Fn(u32) -> Option<f64>) -> Option<f64> {
     pids.iter().map(|&p| of(p)).sum()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs `scenario` and fills `report` in; `cpu` is moved past any setup that is not the
+/// measured work (replay's prefill).
 async fn scenario_run(
     scenario: &Scenario,
     common: &Common,
-    addr: String,
-    sub_addrs: Vec<String>,
-    http_addr: String,
-    topic: String,
+    targets: Targets<'_>,
     progress: bool,
+    cpu: &mut CpuBaseline,
     report: &mut Report,
 ) -> Result<()> {
+    let Targets {
+        addr,
+        sub_addrs,
+        http_addr,
+        topic,
+        server_pids,
+    } = targets;
     let size = common.size;
     // A spawned server has neither TLS nor authentication.
     let credentials = match common.spawn {
@@ -330,7 +389,7 @@ async fn scenario_run(
             )
         }
         Scenario::Replay(o) => {
-            let out = replay::run(ReplayPlan {
+            let replay_plan = ReplayPlan {
                 addr,
                 topic,
                 size,
@@ -341,13 +400,16 @@ async fn scenario_run(
                 connections: o.connections.max(1),
                 timeout: o.timeout,
                 progress,
-            })
-            .await?;
-            report.publishers = usize::from(out.prefilled > 0);
+            };
+            let prefill = replay::prefill(&replay_plan).await?;
+            // The CPU figures are the replay's.
+            *cpu = CpuBaseline::now(server_pids);
+            let out = replay::replay(replay_plan).await?;
+            report.publishers = usize::from(prefill.frames > 0);
             report.subscribers = o.subscribers.max(1);
             report.connections = o.connections.max(1);
             report.published =
-                (out.prefilled > 0).then(|| Throughput::new(out.prefilled, out.prefill_secs, size));
+                (prefill.frames > 0).then(|| Throughput::new(prefill.frames, prefill.secs, size));
             report.delivered = Some(Throughput::new(out.delivered, out.secs, size));
             report.wire = Some(WireReport::new(&wire.bytes, out.delivered));
             report.latency = LatencyRow::of("first frame", &out.first_frame)
@@ -386,19 +448,25 @@ async fn scenario_run(
         (n, Transport::Sse | Transport::Ws) => n,
     };
     let has_subscribers = plan.subscribers > 0;
+    let coalesce = plan.coalesce;
+    let count = plan.length.count;
     let out = pubsub::run(plan).await?;
     report.published = Some(Throughput::new(out.acked, out.publish_secs, size));
     if has_subscribers {
         report.delivered = Some(Throughput::new(out.delivered, out.deliver_secs, size));
     }
-    report.wire = Some(WireReport::new(
-        &wire.bytes,
-        if has_subscribers {
-            out.delivered
-        } else {
-            out.acked
-        },
-    ));
+    // Coalesced publishers send over the shared client's own connection, which is not
+    // counted: no figure rather than a near-zero one.
+    report.wire = (!coalesce).then(|| {
+        WireReport::new(
+            &wire.bytes,
+            if has_subscribers {
+                out.delivered
+            } else {
+                out.acked
+            },
+        )
+    });
     report.latency = [
         LatencyRow::of("ack", &out.ack_latency),
         LatencyRow::of("delivery", &out.delivery_latency),
@@ -406,10 +474,41 @@ async fn scenario_run(
     .into_iter()
     .flatten()
     .collect();
+    report.ok = clean_run(&out, count);
     report.errors = out.errors;
     report.error_samples = out.error_samples;
     report.faults = out.faults;
     report.incomplete_subscribers = out.incomplete;
-    report.ok = out.errors == 0 && out.faults.is_clean() && out.incomplete == 0 && out.acked > 0;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+mod tests {
+    use super::*;
+    use hdrhistogram::Histogram;
+
+    fn outcome(acked: u64) -> Outcome {
+        Outcome {
+            acked,
+            publish_secs: 1.0,
+            delivered: 0,
+            deliver_secs: 0.0,
+            ack_latency: Histogram::new(3).unwrap(),
+            delivery_latency: Histogram::new(3).unwrap(),
+            errors: 0,
+            error_samples: Vec::new(),
+            faults: Default::default(),
+            incomplete: 0,
+        }
+    }
+
+    #[test]
+    fn a_count_must_be_acknowledged_whole() {
+        assert!(clean_run(&outcome(1000), Some(1000)));
+        assert!(clean_run(&outcome(1000), None));
+        // Fewer acks than asked, with no error to say why: a stream ended early.
+        assert!(!clean_run(&outcome(999), Some(1000)));
+        assert!(!clean_run(&outcome(0), None));
+    }
 }

@@ -17,13 +17,17 @@ pub struct Spawned {
     pub addr: String,
     /// The HTTP door (SSE, WebSocket), `http://127.0.0.1:PORT`.
     pub http_addr: String,
+    /// The fsync policy the server said it runs with (`always`, `interval:10`, `never`):
+    /// whatever set it, --fsync, --serve-arg, FRAMECAST_FSYNC or a FRAMECAST_CONFIG file.
+    /// `None` when its "listening" line did not name one.
+    pub fsync: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Spawned {
     /// Starts `framecast serve` (this executable) with `fsync` and `extra` flags on a fresh
     /// temporary data dir, both listeners on free loopback ports, and waits for its
-    /// "listening" line, which names them.
+    /// "listening" line, which names them and the fsync policy.
     pub fn start(fsync: Option<&str>, extra: &[String]) -> Result<Spawned> {
         let exe = std::env::current_exe()?;
         let dir = tempfile::Builder::new()
@@ -61,10 +65,10 @@ impl Spawned {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if tx.is_some() {
-                    match listening_addrs(&line) {
-                        Some(addrs) => {
+                    match Listening::parse(&line) {
+                        Some(listening) => {
                             if let Some(tx) = tx.take() {
-                                let _ = tx.send(Ok(addrs));
+                                let _ = tx.send(Ok(listening));
                             }
                         }
                         None => tail.push(line.clone()),
@@ -78,7 +82,7 @@ impl Spawned {
                 let _ = tx.send(Err(tail.join("\n")));
             }
         });
-        let (addr, http_addr) = match rx.recv_timeout(Duration::from_secs(30)) {
+        let listening = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(a)) => a,
             Ok(Err(log)) => {
                 let _ = child.wait();
@@ -94,8 +98,9 @@ impl Spawned {
         };
         Ok(Spawned {
             child,
-            addr: format!("http://{addr}"),
-            http_addr: format!("http://{http_addr}"),
+            addr: format!("http://{}", listening.addr),
+            http_addr: format!("http://{}", listening.http_addr),
+            fsync: listening.fsync,
             _dir: dir,
         })
     }
@@ -117,18 +122,36 @@ impl Drop for Spawned {
     }
 }
 
-/// The gRPC and HTTP addresses (`HOST:PORT`) of the server's "listening" log line
-/// (`… listening addr=127.0.0.1:P1 http_addr=127.0.0.1:P2 …`); `None` for any other line.
-fn listening_addrs(line: &str) -> Option<(String, String)> {
-    if !line.contains("listening") {
-        return None;
+/// What the server's "listening" log line tells
+/// (`… listening addr=127.0.0.1:P1 http_addr=127.0.0.1:P2 … fsync=always …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listening {
+    /// The gRPC listener, `HOST:PORT`.
+    addr: String,
+    /// The HTTP door, `HOST:PORT` or `off`.
+    http_addr: String,
+    /// The fsync policy in force.
+    fsync: Option<String>,
+}
+
+impl Listening {
+    /// The fields of `line`; `None` for any other line than "listening", or one without
+    /// both addresses.
+    fn parse(line: &str) -> Option<Listening> {
+        if !line.contains("listening") {
+            return None;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(Listening {
+            addr: field("addr")?,
+            http_addr: field("http_addr")?,
+            fsync: field("fsync"),
+        })
     }
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_string)
-    };
-    Some((field("addr")?, field("http_addr")?))
 }
 
 /// Ends a spawned server: SIGTERM, then SIGKILL if it has not exited after `grace`.
@@ -214,20 +237,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_addresses_come_from_the_listening_line() {
+    fn addresses_and_fsync_come_from_the_listening_line() {
         let line = "2025-01-01T00:00:00.000Z  INFO framecast::server::run: listening \
-                    addr=127.0.0.1:40001 http_addr=127.0.0.1:40002 data_dir=/tmp/x fsync=always";
+                    addr=127.0.0.1:40001 http_addr=127.0.0.1:40002 data_dir=/tmp/x \
+                    fsync=interval:10 max_connections=10000";
         assert_eq!(
-            listening_addrs(line),
-            Some(("127.0.0.1:40001".into(), "127.0.0.1:40002".into()))
+            Listening::parse(line),
+            Some(Listening {
+                addr: "127.0.0.1:40001".into(),
+                http_addr: "127.0.0.1:40002".into(),
+                fsync: Some("interval:10".into()),
+            })
         );
         // The HTTP door switched off is not an address the bench can use.
         let off = "INFO listening addr=127.0.0.1:1 http_addr=off";
         assert_eq!(
-            listening_addrs(off),
-            Some(("127.0.0.1:1".into(), "off".into()))
+            Listening::parse(off),
+            Some(Listening {
+                addr: "127.0.0.1:1".into(),
+                http_addr: "off".into(),
+                fsync: None,
+            })
         );
-        assert_eq!(listening_addrs("INFO opened topic addr=1"), None);
-        assert_eq!(listening_addrs("INFO listening addr=127.0.0.1:1"), None);
+        assert_eq!(Listening::parse("INFO opened topic addr=1"), None);
+        assert_eq!(Listening::parse("INFO listening addr=127.0.0.1:1"), None);
     }
 }

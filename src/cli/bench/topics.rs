@@ -5,7 +5,9 @@
 //! then reports what the server holds for them: disk allocated (`st_blocks`, as `du`
 //! counts it) against bytes stored, resident memory, open file descriptors and threads.
 //! Then it restarts the server on the same data dir and times the start until it serves
-//! again (every topic recovered), and checks a sample of topics frame by frame.
+//! again (every topic recovered), and checks a sample of topics frame by frame. The run
+//! fails (exit code 1) when a publish failed, something did not come back, or the data
+//! dir takes more than its bound.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +23,7 @@ use serde::Serialize;
 use super::args::Common;
 use super::conn::{connect, list_topics, Grpc, Windows, Wire};
 use super::error::{Error, Result};
-use super::report::{load_average, utc_now, Machine};
+use super::report::{command_line, load_average, utc_now, Machine};
 use super::server::raise_fd_limit;
 use framecast::proto::{PublishRequest, SubscribeRequest};
 use framecast::server::config::parse_duration;
@@ -84,7 +86,7 @@ pub struct DiskFigures {
 /// The report of `bench topics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicsReport {
-    /// The command line.
+    /// The command line, with `--token`'s value masked.
     pub command: String,
     /// When it ran (UTC).
     pub date: String,
@@ -108,6 +110,8 @@ pub struct TopicsReport {
     pub disk: DiskFigures,
     /// The bound: 2 × stored + 64 KiB per topic.
     pub disk_limit: u64,
+    /// True when the data dir's topics take no more than `disk_limit` (a condition of `ok`).
+    pub disk_within_limit: bool,
     /// The server before any topic existed.
     pub before: ProcessFigures,
     /// Right after the last publish was acknowledged.
@@ -126,7 +130,7 @@ pub struct TopicsReport {
     pub checked: usize,
     /// Checked topics whose frames were not exactly the published ones.
     pub check_failures: usize,
-    /// True when nothing failed and everything came back.
+    /// True when nothing failed, everything came back and the disk stayed within its bound.
     pub ok: bool,
 }
 
@@ -215,13 +219,15 @@ fn run(opts: &TopicsOpts) -> Result<TopicsReport> {
 
     let frame_bytes = opts.common.size;
     let disk_limit = 2 * stored_bytes + 64 * 1024 * opts.topics as u64;
+    let disk_within_limit = disk.allocated <= disk_limit;
     let ok = errors == 0
         && stored_frames == opts.frames * opts.topics as u64
+        && disk_within_limit
         && restarted_topics == opts.topics
         && check_failures == 0;
     machine.load_after = load_average();
     Ok(TopicsReport {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line(),
         date: utc_now(),
         machine,
         topics: opts.topics,
@@ -233,6 +239,7 @@ fn run(opts: &TopicsOpts) -> Result<TopicsReport> {
         stored_frames,
         disk,
         disk_limit,
+        disk_within_limit,
         before,
         busy,
         idle,
@@ -429,7 +436,7 @@ fn table(r: &TopicsReport) -> String {
         mb(r.disk.allocated),
         r.disk.allocated as f64 / 1024.0 / r.topics.max(1) as f64,
         mb(r.disk_limit),
-        if r.disk.allocated <= r.disk_limit { "within" } else { "OVER" },
+        if r.disk_within_limit { "within" } else { "OVER: the run fails" },
         r.disk.segment_files,
         mb(r.disk.segments_allocated),
         mb(r.disk.segments_length)
