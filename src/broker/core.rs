@@ -556,7 +556,7 @@ impl Broker {
     /// an unacknowledged publish's frames do.
     async fn roster_committed(&self, version: u64) -> Result<()> {
         let Some(peers) = self.cluster.peers() else {
-            return self.cluster.check_writable();
+            return self.cluster.check_writable().map_err(after_the_write);
         };
         let mut answers = peers.want_roster(version);
         let mut shutdown = self.shutdown.clone();
@@ -572,7 +572,7 @@ impl Broker {
                     }
                 }
                 _ = recheck.tick() => {
-                    self.cluster.check_writable()?;
+                    self.cluster.check_writable().map_err(after_the_write)?;
                     // Led again in a later term meanwhile: the old term's bookkeeping will
                     // never hear another answer.
                     if !self.cluster.peers().is_some_and(|now| std::ptr::addr_eq(Arc::as_ptr(&now), Arc::as_ptr(&peers))) {
@@ -582,7 +582,7 @@ impl Broker {
                 _ = shutdown.wait() => return Err(Error::ShuttingDown),
             }
         }
-        self.cluster.check_writable()
+        self.cluster.check_writable().map_err(after_the_write)
     }
 
     /// Waits until the frames acknowledged as `appended` of `topic` are committed: at once
@@ -597,7 +597,7 @@ impl Broker {
             return Ok(());
         };
         if topic.visible_offset() >= need {
-            return self.cluster.check_writable();
+            return self.cluster.check_writable().map_err(after_the_write);
         }
         let mut visible = topic.watch_visible();
         let mut ended = topic.watch_ended();
@@ -620,11 +620,27 @@ impl Broker {
                 _ = ended.changed() => {
                     return Err(Error::NotWritable("the topic was closed before its frames were committed".into()));
                 }
-                _ = recheck.tick() => self.cluster.check_writable()?,
+                _ = recheck.tick() => self.cluster.check_writable().map_err(after_the_write)?,
                 _ = shutdown.wait() => return Err(Error::ShuttingDown),
             }
         }
-        self.cluster.check_writable()
+        self.cluster.check_writable().map_err(after_the_write)
+    }
+}
+
+/// `e`, a refusal met after a write reached this node's log (it stopped leading while the
+/// write waited for its followers): a follower's [`Error::NotLeader`] would tell the client
+/// that nothing was written and send even a write without an idempotency key to the new
+/// leader, which may hold it already. Plain UNAVAILABLE instead: the write's fate is
+/// unknown, as an unacknowledged one's is, and only a retry with its key is safe.
+fn after_the_write(e: Error) -> Error {
+    match e {
+        Error::NotLeader { .. } => Error::NotWritable(
+            "this node stopped leading after the write reached its log; it may or may not be \
+             kept (a retry with the same idempotency key is safe)"
+                .into(),
+        ),
+        e => e,
     }
 }
 

@@ -73,7 +73,10 @@ pub enum Error {
         leader_http: String,
     },
     /// The cluster cannot acknowledge writes now (too few in-sync members, or the leader's
-    /// lease may have lapsed): UNAVAILABLE, nothing was written.
+    /// lease may have lapsed, or it stopped leading): UNAVAILABLE, without a leader hint.
+    /// Refused before the write, nothing was written; refused after it reached this node's
+    /// log, its fate is unknown (see `Broker::committed`): a retry with its idempotency key
+    /// is safe either way.
     #[error("{0}")]
     NotWritable(String),
     /// A cursor names frames a cluster leader holds but has not committed yet (just after
