@@ -4,7 +4,10 @@
  */
 import { Subscription } from "./subscription.js";
 import type { BroadcastAck, BroadcastOptions, ClusterInfo, FramecastOptions, HistoryOptions, HistoryPage, PublishAck, PublishOptions, ReadFrom, SubscribeOptions, TopicInfo, TopicSettings } from "./types.js";
-/** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
+/**
+ * A framecast client over HTTP: works in browsers and in Node 20+, on their own `fetch`
+ * (Node uses the `undici` package only for the TLS options).
+ */
 export declare class Framecast {
     private readonly transport;
     private readonly readMode;
@@ -20,9 +23,11 @@ export declare class Framecast {
     get url(): string;
     /**
      * Appends one frame to `topic` (created if missing, unless the server forbids it) and
-     * resolves once it is durable. Retries network errors and 503s with backoff, sending
-     * the same idempotency key each time (one is made when none is given), so a retry whose
-     * first attempt was in fact stored is answered with that first ack (`duplicate: true`).
+     * resolves once it is durable. Retries network errors, 502, 503 and 504 with backoff
+     * within the client's `retryBudgetMs`, sending the same idempotency key each time (one is
+     * made when none is given), so a retry whose first attempt was in fact stored is answered
+     * with that first ack (`duplicate: true`). Without a key (`""`) only what surely wrote
+     * nothing is sent again (see {@link PublishOptions.idempotencyKey}).
      */
     publish(topic: string, payload: string | Uint8Array, options: PublishOptions): Promise<PublishAck>;
     /**
@@ -55,7 +60,12 @@ export declare class Framecast {
     }): Promise<ClusterInfo>;
     /** Creates `name` with `settings` (retention); `ALREADY_EXISTS` (409) when it exists. Needs `admin` under auth. */
     createTopic(name: string, settings?: TopicSettings): Promise<TopicInfo>;
-    /** Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing. Needs `admin` under auth. */
+    /**
+     * Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing.
+     * Needs `admin` under auth. Sent again only when it surely did nothing (a follower's 503
+     * naming the leader, a connection refused), as the gRPC clients do: a retry after a lost
+     * answer, or after a 503 that came once the topic was gone, would report `NOT_FOUND`.
+     */
     deleteTopic(name: string): Promise<void>;
     /**
      * Appends the same frame to every topic in `topics` (names, or patterns matching existing

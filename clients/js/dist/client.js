@@ -7,9 +7,20 @@ import { FollowerPicker, readFromOf } from "./followers.js";
 import { Subscription } from "./subscription.js";
 import { Transport } from "./transport.js";
 import { ackOf, base64Encode, clusterOf, frameOf, integerText, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
-/** Retries of a publish or broadcast after a network error or a 503, unless told otherwise (about 16 s of backoff). */
+/** Retries of a call after a network error or a 502, 503 or 504, unless told otherwise (about 16 s of backoff). */
 const DEFAULT_RETRIES = 8;
-/** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
+/** The longest idempotency key the server takes, in bytes (API.md, "Idempotent publish"). */
+const MAX_KEY_BYTES = 128;
+/**
+ * What an idempotency key may hold: visible ASCII. The key of a publish travels as a header,
+ * which `fetch` refuses (or trims) and the server refuses otherwise; a broadcast's is held to
+ * the same rule, so a key works the same in both.
+ */
+const KEY_CHARS = /^[\x21-\x7e]*$/;
+/**
+ * A framecast client over HTTP: works in browsers and in Node 20+, on their own `fetch`
+ * (Node uses the `undici` package only for the TLS options).
+ */
 export class Framecast {
     transport;
     readMode;
@@ -41,13 +52,15 @@ export class Framecast {
     }
     /**
      * Appends one frame to `topic` (created if missing, unless the server forbids it) and
-     * resolves once it is durable. Retries network errors and 503s with backoff, sending
-     * the same idempotency key each time (one is made when none is given), so a retry whose
-     * first attempt was in fact stored is answered with that first ack (`duplicate: true`).
+     * resolves once it is durable. Retries network errors, 502, 503 and 504 with backoff
+     * within the client's `retryBudgetMs`, sending the same idempotency key each time (one is
+     * made when none is given), so a retry whose first attempt was in fact stored is answered
+     * with that first ack (`duplicate: true`). Without a key (`""`) only what surely wrote
+     * nothing is sent again (see {@link PublishOptions.idempotencyKey}).
      */
     async publish(topic, payload, options) {
         const body = payloadBytes(payload);
-        const key = options.idempotencyKey ?? newIdempotencyKey();
+        const key = idempotencyKeyOf(options.idempotencyKey);
         const query = { seq_no: integerText("seqNo", options.seqNo) };
         if (options.timestamp !== undefined)
             query["timestamp"] = integerText("timestamp", options.timestamp, true);
@@ -161,14 +174,19 @@ export class Framecast {
             path: topicPath(name),
             headers: { "Content-Type": "application/json" },
             body: JSON.stringify(body),
-            // Retried after a 503 (a refusal writes nothing), not after a lost answer: that
-            // retry could be refused with ALREADY_EXISTS although the first attempt succeeded.
             retries: DEFAULT_RETRIES,
-            idempotent: false,
+            // Repeated like a read, as the gRPC clients do: the server answers a topic that exists
+            // with these same settings as created, so a retry after a lost answer succeeds.
+            idempotent: true,
         });
         return topicOf(answer);
     }
-    /** Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing. Needs `admin` under auth. */
+    /**
+     * Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing.
+     * Needs `admin` under auth. Sent again only when it surely did nothing (a follower's 503
+     * naming the leader, a connection refused), as the gRPC clients do: a retry after a lost
+     * answer, or after a 503 that came once the topic was gone, would report `NOT_FOUND`.
+     */
     async deleteTopic(name) {
         await this.transport.request({
             method: "DELETE",
@@ -183,7 +201,7 @@ export class Framecast {
      * broadcast that failed part way is completed by the retry without duplicates.
      */
     async broadcast(topics, payload, options) {
-        const key = options.idempotencyKey ?? newIdempotencyKey();
+        const key = idempotencyKeyOf(options.idempotencyKey);
         const body = {
             topics: [...topics],
             seq_no: integerText("seqNo", options.seqNo),
@@ -212,7 +230,7 @@ export class Framecast {
         };
     }
 }
-/** `GET /v1/cluster` on the normal route, a read: retried `retries` times after a network error or a 503. */
+/** `GET /v1/cluster` on the normal route, a read: retried `retries` times after a network error or a 502, 503 or 504. */
 async function clusterCall(transport, retries, signal) {
     const answer = await transport.request({
         method: "GET",
@@ -233,6 +251,25 @@ function topicPath(topic) {
         throw new FramecastError("INVALID_ARGUMENT", 400, `invalid topic name ${JSON.stringify(topic)}`);
     }
     return `/v1/topics/${encodeURIComponent(name)}`;
+}
+/**
+ * The idempotency key of a write: the one given, checked before anything is sent (a bad
+ * header value would make `fetch` throw, and that would pass for a network error and be
+ * retried), or a fresh one.
+ */
+function idempotencyKeyOf(given) {
+    if (given === undefined)
+        return newIdempotencyKey();
+    if (typeof given !== "string")
+        throw new TypeError(`idempotencyKey must be a string, not ${typeof given}`);
+    if (!KEY_CHARS.test(given)) {
+        const at = [...given].findIndex((c) => !KEY_CHARS.test(c));
+        throw new FramecastError("INVALID_ARGUMENT", 400, `idempotency key: character ${at} is not visible ASCII (! to ~)`);
+    }
+    if (given.length > MAX_KEY_BYTES) {
+        throw new FramecastError("INVALID_ARGUMENT", 400, `idempotency key of ${given.length} bytes: at most ${MAX_KEY_BYTES}`);
+    }
+    return given;
 }
 /** A retry count, checked. */
 function retriesOf(n) {

@@ -14,10 +14,13 @@ import type { Frame, SubscribeOptions } from "./types.js";
  *
  * `for await (const f of sub)` ends without an error when the `signal` aborts or
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
- * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
- * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect. A refusal from
- * a follower (`readFrom: "followers"`) is not final: the subscription asks the leader at
- * once (else the client's current node), and that answer is.
+ * the subscription for good (any status but 408, 502, 503 and 504, or an `event: error`
+ * whose code is not `UNAVAILABLE`), or after `maxReconnects` reconnects without a frame.
+ * Network errors, those statuses and `UNAVAILABLE` reconnect. A token that expires under
+ * the stream (`UNAUTHENTICATED`) is replaced when the client's token is a function: the
+ * stream reconnects at once with a fresh one, and only a refusal of that one is final. A
+ * refusal from a follower (`readFrom: "followers"`) is not final: the subscription asks
+ * the leader at once (else the client's current node), and that answer is.
  */
 export declare class Subscription implements AsyncIterableIterator<Frame> {
     /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */

@@ -8,11 +8,15 @@
 import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import { SseParser } from "./sse.js";
-import { certificateRefused, Hops } from "./transport.js";
+import { certificateRefused, Hops, Route } from "./transport.js";
 import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
-/** A refused subscription that is worth asking again: timeouts, rate limits, server-side trouble. */
+/**
+ * A refused subscription that is worth asking again: a timeout, or a node (or a proxy in
+ * front of it) unavailable. As in the gRPC clients, `429` (RESOURCE_EXHAUSTED: too many
+ * subscribers) and `500` (INTERNAL) are final: asking again would not change the answer.
+ */
 function reconnectable(status) {
-    return status === 408 || status === 429 || status >= 500;
+    return status === 408 || status === 502 || status === 503 || status === 504;
 }
 /**
  * The frames of a topic: its stored frames (replay, in order-key order), then its new
@@ -20,10 +24,13 @@ function reconnectable(status) {
  *
  * `for await (const f of sub)` ends without an error when the `signal` aborts or
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
- * the subscription for good (any 4xx other than 408/429, or an `event: error` whose code
- * is not `UNAVAILABLE`). Network errors, 503 and `UNAVAILABLE` reconnect. A refusal from
- * a follower (`readFrom: "followers"`) is not final: the subscription asks the leader at
- * once (else the client's current node), and that answer is.
+ * the subscription for good (any status but 408, 502, 503 and 504, or an `event: error`
+ * whose code is not `UNAVAILABLE`), or after `maxReconnects` reconnects without a frame.
+ * Network errors, those statuses and `UNAVAILABLE` reconnect. A token that expires under
+ * the stream (`UNAUTHENTICATED`) is replaced when the client's token is a function: the
+ * stream reconnects at once with a fresh one, and only a refusal of that one is final. A
+ * refusal from a follower (`readFrom: "followers"`) is not final: the subscription asks
+ * the leader at once (else the client's current node), and that answer is.
  */
 export class Subscription {
     /** The snapshot point `S` of the stream (replay is `offset < S`); set by the first event. */
@@ -53,6 +60,11 @@ export class Subscription {
         this.followers = followers;
         this.path = path;
         this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
+        // Sent as Last-Event-ID: a value `fetch` refuses would pass for a network error, and
+        // reconnect for ever. A cursor token is URL-safe text.
+        if (opts.resume !== undefined && !/^[\x21-\x7e]*$/.test(opts.resume)) {
+            throw new FramecastError("INVALID_ARGUMENT", 400, "resume is not a cursor token (visible ASCII)");
+        }
         this.cursor = opts.resume;
         this.maxReconnects = opts.maxReconnects ?? Infinity;
         this.idleTimeoutMs = opts.idleTimeoutMs ?? 45_000;
@@ -75,6 +87,10 @@ export class Subscription {
     }
     /** Ends the subscription: the stream is cancelled and the iterator finishes. */
     close() {
+        // Here, not only when the iterator finishes: a consumer that closes while holding a
+        // frame (or before iterating) never resumes it, and the listener would keep this
+        // subscription alive as long as the caller's signal.
+        this.userSignal?.removeEventListener("abort", this.onUserAbort);
         if (!this.stop.signal.aborted)
             this.stop.abort();
     }
@@ -95,6 +111,7 @@ export class Subscription {
     /** The connect, read, reconnect loop. */
     async *run() {
         const stop = this.stop.signal;
+        /** Reconnects since the last frame: the backoff's step, and what `maxReconnects` bounds. */
         let failures = 0;
         /** The node whose stream broke last: the next follower picked is another, if there is one. */
         let broken;
@@ -105,10 +122,12 @@ export class Subscription {
         let refusedByFollower = false;
         /** The leader's base URL, as the cluster named it at the last pick. */
         let leader;
+        /** The normal route: the client's current node, or a leader a node named. */
+        const route = new Route(this.transport);
         /** The hints of the normal route followed at once in a row (bounded, as for a call). */
         const hops = new Hops();
         /** The normal route's node named the leader: the next connect goes there at once. */
-        let hinted = false;
+        let toLeaderAtOnce = false;
         try {
             while (!stop.aborted) {
                 /**
@@ -120,7 +139,7 @@ export class Subscription {
                 let follower;
                 if (refusedByFollower) {
                     refusedByFollower = false;
-                    base = leader ?? this.transport.base();
+                    base = leader ?? route.next();
                 }
                 else {
                     const pick = this.followers ? await this.followers.pick(broken, stop) : undefined;
@@ -128,17 +147,14 @@ export class Subscription {
                         return;
                     follower = pick?.url;
                     leader = pick?.leader;
-                    base = follower ?? this.transport.base();
+                    base = follower ?? route.next();
                 }
                 this.at = base;
-                /**
-                 * This connection broke: the next pick avoids its node; off a follower, the client
-                 * moves on too (to the node `hint`, a `Framecast-Leader` header, names, else the next).
-                 */
-                const moveOn = (hint) => {
+                /** This connection broke: the next pick avoids its node; off a follower, the client moves on too. */
+                const moveOn = () => {
                     broken = base;
                     if (follower === undefined)
-                        this.transport.failover(hint, base);
+                        route.failed(base);
                 };
                 // Before the try: a token function that fails is the caller's error, not the network's.
                 const headers = await this.transport.headers({
@@ -162,28 +178,41 @@ export class Subscription {
                 };
                 /** Why this connection ended, when it is worth reconnecting. */
                 let broke;
+                /**
+                 * The token expired under this stream and the token function may give a fresh one:
+                 * the next connect goes at once, not counted as a failure. A refusal of the fresh
+                 * token (401) is final, as any refused connect is.
+                 */
+                let tokenExpired = false;
                 try {
                     arm();
                     const url = this.transport.url(this.path, { from: this.from }, base);
                     const resp = await this.transport.fetch(url, { headers, signal: conn.signal, cache: "no-store" });
                     if (!resp.ok) {
                         const err = await errorOfResponse(resp);
-                        const leaderNamed = resp.status === 503 && !!resp.headers.get("framecast-leader");
-                        if (!reconnectable(resp.status) || (leaderNamed && follower !== undefined)) {
+                        const hint = resp.status === 503 ? resp.headers.get("framecast-leader") : null;
+                        if (!reconnectable(resp.status) || (hint && follower !== undefined)) {
                             // A follower may refuse what the leader serves: a topic it does not hold yet
                             // (only the leader creates topics: it answers 503 naming the leader), or a
                             // cursor of an epoch it has not seen.
-                            if (follower === undefined)
+                            if (follower === undefined) {
+                                route.answered(base); // a final answer: a leader a hint named is the client's node now
                                 throw err;
+                            }
                             refusedByFollower = true;
                         }
                         else {
-                            const hint = resp.headers.get("framecast-leader");
-                            const named = leaderNamed ? this.transport.leaderOf(hint, base) : undefined;
-                            moveOn(hint);
-                            // A follower on the normal route names the leader (it lacks the topic): there,
-                            // at once, like a refused call; a chain of hints is cut and backs off.
-                            hinted = named !== undefined && named !== base && hops.follow(base, named);
+                            const named = follower === undefined ? this.transport.leaderOf(hint, base) : undefined;
+                            if (named !== undefined && named !== base) {
+                                // A follower on the normal route names the leader (it lacks the topic): there,
+                                // at once, like a refused call; a chain of hints is cut and backs off.
+                                broken = base;
+                                route.hint(named);
+                                toLeaderAtOnce = hops.follow(base, named);
+                            }
+                            else {
+                                moveOn();
+                            }
                         }
                         broke = err;
                     }
@@ -191,6 +220,10 @@ export class Subscription {
                         throw malformed("the event stream has no body");
                     }
                     else {
+                        // Accepted: a leader a hint named is the client's node now.
+                        if (follower === undefined)
+                            route.answered(base);
+                        hops.reset();
                         const reader = resp.body.getReader();
                         const decoder = new TextDecoder();
                         const parser = new SseParser(this.cursor);
@@ -203,6 +236,9 @@ export class Subscription {
                                 if (ev.event === "frame") {
                                     const frame = this.frameOf(ev.data, ev.id);
                                     this.cursor = frame.cursor;
+                                    // A frame, not the stream's opening, is progress: a node that accepts
+                                    // streams and drops them at once must still exhaust maxReconnects.
+                                    failures = 0;
                                     // The idle timer measures the server's silence, not the consumer's pace:
                                     // stopped while the consumer holds the frame, started again after.
                                     clearTimeout(idle);
@@ -217,15 +253,21 @@ export class Subscription {
                                     this.epoch = toBigInt(s["epoch"], "epoch");
                                     if (ev.id !== undefined)
                                         this.cursor = ev.id;
-                                    failures = 0; // the server took us back: the next break starts the backoff over
-                                    hops.reset();
                                 }
                                 else if (ev.event === "error") {
                                     const err = errorOfEvent(ev.data);
-                                    if (err.code !== "UNAVAILABLE")
+                                    if (err.code === "UNAUTHENTICATED" && this.transport.refreshesToken) {
+                                        // The token expired: the token function gives the next connect a fresh
+                                        // one, on the same node, from the cursor (no gap, no duplicate).
+                                        tokenExpired = true;
+                                    }
+                                    else if (err.code !== "UNAVAILABLE") {
                                         throw err;
-                                    broke = err; // e.g. the node shutting down
-                                    moveOn();
+                                    }
+                                    else {
+                                        moveOn(); // e.g. the node shutting down
+                                    }
+                                    broke = err;
                                     break read;
                                 }
                                 // Other event types are for newer clients: skip them.
@@ -257,9 +299,13 @@ export class Subscription {
                     return;
                 if (refusedByFollower)
                     continue; // at once: not a break, a question for the leader
-                if (hinted) {
-                    hinted = false;
+                if (toLeaderAtOnce) {
+                    toLeaderAtOnce = false;
                     continue; // at once, to the leader the node named
+                }
+                if (tokenExpired) {
+                    this.reconnects++;
+                    continue; // at once: the node is fine, the token was not
                 }
                 if (failures >= this.maxReconnects) {
                     const why = broke instanceof Error ? broke.message : String(broke);

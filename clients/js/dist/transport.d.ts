@@ -14,9 +14,15 @@ export interface Call {
     /** Extra headers; undefined values are left out. */
     headers?: Record<string, string | undefined>;
     body?: Uint8Array | string;
-    /** How many times to retry after a 503 (always safe: a refused request wrote nothing) or, when `idempotent`, a network error. */
+    /** How many times to retry (see `idempotent` for after what); following a leader hint at once is not counted. */
     retries: number;
-    /** Whether repeating the request after a lost answer is harmless (reads; writes with an idempotency key). */
+    /**
+     * Whether repeating the request after any transient failure is harmless: reads, and writes
+     * the server deduplicates (a key, or createTopic). Such a call is retried after a network
+     * error and a 502, 503 or 504. Any other is retried only when it surely wrote nothing: a
+     * follower's 503 naming the leader (`Framecast-Leader`), and a connection refused before
+     * anything was sent; a plain 503 may come after the write was applied, so it is final.
+     */
     idempotent: boolean;
     signal?: AbortSignal | undefined;
 }
@@ -59,6 +65,8 @@ export declare class Transport {
     readonly backoff: Backoff;
     /** The bound of one attempt of a call, ms. */
     readonly callTimeoutMs: number;
+    /** The bound of a call with its retries, from its first attempt, ms. */
+    readonly retryBudgetMs: number;
     readonly fetch: typeof fetch;
     private readonly token;
     private readonly configured;
@@ -68,25 +76,64 @@ export declare class Transport {
     base(): string;
     /** The full URL of `path` on the node `base` (default: the current one), with the query's defined parameters. */
     url(path: string, query?: Record<string, string | undefined>, base?: string): string;
-    /** `extra` plus `Authorization` when there is a token (fetched anew each time, so it may refresh). */
+    /** Whether the token is a function, asked anew for each request: an expired one may be replaced. */
+    get refreshesToken(): boolean;
+    /**
+     * `extra` plus `Authorization` when there is a token (fetched anew each time, so it may
+     * refresh). A token that cannot be a bearer token is refused here, as the caller's error:
+     * `fetch` would throw on it, and that would pass for a network error and be retried.
+     */
     headers(extra?: Record<string, string | undefined>): Promise<Record<string, string>>;
     /**
-     * The base URL a `Framecast-Leader` header names (a URL, or `host:port` of one of the
-     * nodes, else reached with the scheme of `from`); undefined when it names nothing usable.
-     * A hint from an `https` node is never followed over plain `http` (the token would go in
-     * clear): its host is reached over `https`, as every listener of a TLS server is.
+     * The base URL of the node a `Framecast-Leader` header names, when it is an HTTP door the
+     * client can tell; undefined otherwise. A URL is the leader's HTTP door (`--advertise-http`):
+     * taken as it is, except that a hint from an `https` node is never followed over plain
+     * `http` (the token would go in clear): its host is reached over `https`, as every listener
+     * of a TLS server is. A bare `host:port` is what a node without `--advertise-http` names:
+     * the leader's gRPC address, which does not answer this client. It is taken only for a node
+     * the client has at that `host:port`, else for the one configured node on that host (its
+     * HTTP door, on another port); never reached as it is.
      */
     leaderOf(header: string | null | undefined, from?: string): string | undefined;
-    /** Makes `leader` (a base URL) the current node, learning it if it is not one of the nodes. */
+    /** Makes `leader` (a base URL that answered) the current node, learning it if it is not one of the nodes. */
     follow(leader: string): void;
+    /** The node `from` failed (unreachable, 503, a broken stream): the next node, round robin, unless another call already moved on from `from`. */
+    failover(from: string): void;
     /**
-     * The node `from` failed (unreachable, 503, a broken stream): go to the leader a
-     * follower named in its `Framecast-Leader` header, else to the next node (round robin),
-     * unless another call already moved on from `from`.
+     * The wait before retry number `attempt` of a call, ms; undefined when its `retries` are
+     * spent or the wait would reach `deadline` (the end of its retry budget).
      */
-    failover(leader?: string | null, from?: string): void;
-    /** Sends `call`, retrying as it allows; the parsed JSON body of the 2xx answer (undefined when empty). */
+    private retryDelay;
+    /**
+     * Sends `call`, retrying as it allows (see {@link Call}) within its `retries` and the
+     * client's retry budget; the parsed JSON body of the 2xx answer (undefined when empty).
+     * Once either is spent, the last failure is the error.
+     */
     request(call: Call): Promise<unknown>;
+}
+/**
+ * Where one call, or one subscription, sends its next attempt: the client's current node, or
+ * a node a `Framecast-Leader` hint named. A named node becomes the client's current node only
+ * once it answered (anything but a 502, 503 or 504): a hint may be stale or name a node that
+ * is down, and every call goes the current way.
+ */
+export declare class Route {
+    private readonly transport;
+    /** The node a hint named, not answered yet. */
+    private hinted;
+    constructor(transport: Transport);
+    /** The node of the next attempt. */
+    next(): string;
+    /** A node named `leader` (a base URL, see {@link Transport.leaderOf}): the next attempt goes there. */
+    hint(leader: string): void;
+    /** `node` answered (not unavailable): the leader a hint named becomes the client's current node. */
+    answered(node: string): void;
+    /**
+     * The attempt at `node` failed (unreachable, or unavailable naming no leader it can reach):
+     * the next configured node, round robin. A named node that failed is forgotten, and the
+     * client moves on from the node that named it.
+     */
+    failed(node: string): void;
 }
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
 export declare function normaliseUrl(u: string): string;

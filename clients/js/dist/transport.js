@@ -8,6 +8,16 @@ import { tlsFetch } from "./tls.js";
 import { malformed } from "./wire.js";
 /** How long one attempt of a call may take by default, ms. */
 const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+/**
+ * How long a call may take by default, retries included, counted from its first attempt, ms:
+ * the Rust and Python clients' bound, well below the server's default `--dedup-window` (2
+ * minutes), so that no retry of a publish is sent after the server forgot its key.
+ */
+const DEFAULT_RETRY_BUDGET_MS = 60_000;
+/** A timer's delay is a signed 32-bit count of ms in every runtime. */
+const MAX_TIMER_MS = 2_147_483_647;
+/** The statuses a proxy or the server answers when the node is unavailable; gRPC reads all three as UNAVAILABLE. */
+const UNAVAILABLE_STATUSES = new Set([502, 503, 504]);
 /** A network failure (no HTTP answer), as `fetch` reports it. */
 function unreachable(url, cause) {
     let why = cause instanceof Error ? cause.message : String(cause);
@@ -125,6 +135,8 @@ export class Transport {
     backoff;
     /** The bound of one attempt of a call, ms. */
     callTimeoutMs;
+    /** The bound of a call with its retries, from its first attempt, ms. */
+    retryBudgetMs;
     fetch;
     token;
     configured;
@@ -138,12 +150,8 @@ export class Transport {
         this.configured = this.urls.length;
         this.token = opts.token ?? tokenFromEnv();
         this.backoff = backoffOf(opts.backoff);
-        const timeout = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-        // A timer's delay is a signed 32-bit count of ms in every runtime.
-        if (!(Number.isInteger(timeout) && timeout > 0 && timeout <= 2_147_483_647)) {
-            throw new TypeError(`Framecast: callTimeoutMs must be a whole number of ms from 1 to 2147483647, got ${String(timeout)}`);
-        }
-        this.callTimeoutMs = timeout;
+        this.callTimeoutMs = timerMs("callTimeoutMs", opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
+        this.retryBudgetMs = timerMs("retryBudgetMs", opts.retryBudgetMs ?? DEFAULT_RETRY_BUDGET_MS);
         const withTls = tlsFetch(opts);
         if (withTls) {
             this.fetch = withTls;
@@ -177,7 +185,15 @@ export class Transport {
         }
         return base + path + qs;
     }
-    /** `extra` plus `Authorization` when there is a token (fetched anew each time, so it may refresh). */
+    /** Whether the token is a function, asked anew for each request: an expired one may be replaced. */
+    get refreshesToken() {
+        return typeof this.token === "function";
+    }
+    /**
+     * `extra` plus `Authorization` when there is a token (fetched anew each time, so it may
+     * refresh). A token that cannot be a bearer token is refused here, as the caller's error:
+     * `fetch` would throw on it, and that would pass for a network error and be retried.
+     */
     async headers(extra) {
         const h = {};
         if (extra)
@@ -185,40 +201,49 @@ export class Transport {
                 if (v !== undefined)
                     h[k] = v;
         if (this.token !== undefined) {
-            const t = typeof this.token === "function" ? await this.token() : this.token;
-            if (t)
-                h["Authorization"] = `Bearer ${t}`;
+            const given = typeof this.token === "function" ? await this.token() : this.token;
+            const token = typeof given === "string" ? given.trim() : given;
+            if (token)
+                h["Authorization"] = `Bearer ${bearerToken(token)}`;
         }
         return h;
     }
     /**
-     * The base URL a `Framecast-Leader` header names (a URL, or `host:port` of one of the
-     * nodes, else reached with the scheme of `from`); undefined when it names nothing usable.
-     * A hint from an `https` node is never followed over plain `http` (the token would go in
-     * clear): its host is reached over `https`, as every listener of a TLS server is.
+     * The base URL of the node a `Framecast-Leader` header names, when it is an HTTP door the
+     * client can tell; undefined otherwise. A URL is the leader's HTTP door (`--advertise-http`):
+     * taken as it is, except that a hint from an `https` node is never followed over plain
+     * `http` (the token would go in clear): its host is reached over `https`, as every listener
+     * of a TLS server is. A bare `host:port` is what a node without `--advertise-http` names:
+     * the leader's gRPC address, which does not answer this client. It is taken only for a node
+     * the client has at that `host:port`, else for the one configured node on that host (its
+     * HTTP door, on another port); never reached as it is.
      */
     leaderOf(header, from = this.base()) {
         const named = header?.trim();
         if (!named || /[\s,]/.test(named))
             return undefined;
         try {
-            const secure = new URL(from).protocol === "https:";
             if (/^https?:\/\//i.test(named)) {
                 const url = new URL(named);
-                if (secure && url.protocol === "http:")
+                if (new URL(from).protocol === "https:" && url.protocol === "http:")
                     url.protocol = "https:";
                 return normaliseUrl(url.toString());
             }
-            const known = this.urls.find((u) => new URL(u).host === named);
+            const hint = new URL(`http://${named}`);
+            if (hint.pathname !== "/" || hint.search || hint.hash || hint.username)
+                return undefined;
+            const at = `${hint.hostname}:${hint.port || "80"}`;
+            const known = this.urls.find((u) => hostPort(new URL(u)) === at);
             if (known)
                 return known;
-            return normaliseUrl(`${new URL(from).protocol}//${named}`);
+            const onHost = this.urls.slice(0, this.configured).filter((u) => new URL(u).hostname === hint.hostname);
+            return onHost.length === 1 ? onHost[0] : undefined;
         }
         catch {
             return undefined;
         }
     }
-    /** Makes `leader` (a base URL) the current node, learning it if it is not one of the nodes. */
+    /** Makes `leader` (a base URL that answered) the current node, learning it if it is not one of the nodes. */
     follow(leader) {
         let i = this.urls.indexOf(leader);
         if (i < 0) {
@@ -228,37 +253,53 @@ export class Transport {
         }
         this.current = i;
     }
-    /**
-     * The node `from` failed (unreachable, 503, a broken stream): go to the leader a
-     * follower named in its `Framecast-Leader` header, else to the next node (round robin),
-     * unless another call already moved on from `from`.
-     */
-    failover(leader, from = this.base()) {
-        const named = this.leaderOf(leader, from);
-        if (named !== undefined && named !== from) {
-            this.follow(named);
-            return;
-        }
+    /** The node `from` failed (unreachable, 503, a broken stream): the next node, round robin, unless another call already moved on from `from`. */
+    failover(from) {
         if (this.base() === from && this.urls.length > 1)
             this.current = (this.current + 1) % this.urls.length;
     }
-    /** Sends `call`, retrying as it allows; the parsed JSON body of the 2xx answer (undefined when empty). */
+    /**
+     * The wait before retry number `attempt` of a call, ms; undefined when its `retries` are
+     * spent or the wait would reach `deadline` (the end of its retry budget).
+     */
+    retryDelay(attempt, retries, deadline) {
+        if (attempt >= retries)
+            return undefined;
+        const delay = delayMs(this.backoff, attempt);
+        return Date.now() + delay < deadline ? delay : undefined;
+    }
+    /**
+     * Sends `call`, retrying as it allows (see {@link Call}) within its `retries` and the
+     * client's retry budget; the parsed JSON body of the 2xx answer (undefined when empty).
+     * Once either is spent, the last failure is the error.
+     */
     async request(call) {
         const { signal } = call;
+        const route = new Route(this);
         const hops = new Hops();
         const tried = new Set();
+        // Counted from the first attempt, not the first failure: every retry of a publish then
+        // goes out within the budget of the first one's sending, so (the budget below the
+        // server's dedup window) while the server still knows its key.
+        const deadline = Date.now() + this.retryBudgetMs;
         for (let attempt = 0;;) {
-            const base = this.base();
+            const base = route.next();
             tried.add(base);
             const url = this.url(call.path, call.query, base);
             const headers = await this.headers(call.headers);
             let resp;
-            let text;
-            // This attempt's signal: the caller's abort, or callTimeoutMs (answer read included).
-            // A controller and a timer rather than AbortSignal.any/timeout: they are in every
-            // runtime the package supports, and the timer ends with the attempt.
+            let text = "";
+            let failure;
+            // This attempt's signal: the caller's abort, or its time (callTimeoutMs, cut to what is
+            // left of the budget; answer read included). A controller and a timer rather than
+            // AbortSignal.any/timeout: they are in every runtime the package supports, and the
+            // timer ends with the attempt.
+            const attemptMs = Math.max(1, Math.min(this.callTimeoutMs, deadline - Date.now()));
             const attemptAbort = new AbortController();
-            const timer = setTimeout(() => attemptAbort.abort(new DOMException(`no answer within ${this.callTimeoutMs} ms`, "TimeoutError")), this.callTimeoutMs);
+            const timer = setTimeout(() => {
+                const why = attemptMs < this.callTimeoutMs ? " (the end of the call's retry budget)" : "";
+                attemptAbort.abort(new DOMException(`no answer within ${attemptMs} ms${why}`, "TimeoutError"));
+            }, attemptMs);
             const forward = () => attemptAbort.abort(signal ? abortReason(signal) : undefined);
             if (signal?.aborted)
                 forward();
@@ -273,6 +314,15 @@ export class Transport {
                     text = await resp.text();
             }
             catch (e) {
+                failure = { error: e };
+            }
+            finally {
+                clearTimeout(timer);
+                signal?.removeEventListener("abort", forward);
+            }
+            if (failure !== undefined || resp === undefined) {
+                // No answer, or one whose body broke off.
+                const e = failure?.error;
                 if (signal?.aborted)
                     throw abortReason(signal);
                 const tls = certificateRefused(url, e);
@@ -282,17 +332,19 @@ export class Transport {
                 // A request never sent may go to a node it was not sent to yet, even when it is
                 // not repeated after a lost answer.
                 const again = call.idempotent || (neverSent(e) && this.urls.some((u) => !tried.has(u)));
-                if (!again || attempt >= call.retries)
+                const delay = again ? this.retryDelay(attempt, call.retries, deadline) : undefined;
+                if (delay === undefined)
                     throw hops.explain(unreachable(url, e));
-                this.failover(undefined, base);
-                await sleep(delayMs(this.backoff, attempt++), signal);
+                route.failed(base);
+                attempt++;
+                await sleep(delay, signal);
                 continue;
             }
-            finally {
-                clearTimeout(timer);
-                signal?.removeEventListener("abort", forward);
-            }
-            if (resp.ok) {
+            if (!UNAVAILABLE_STATUSES.has(resp.status)) {
+                // An answer, not a node unavailable: a leader a hint named is the client's node now.
+                route.answered(base);
+                if (!resp.ok)
+                    throw await errorOfResponse(resp);
                 if (text === "")
                     return undefined;
                 try {
@@ -302,31 +354,76 @@ export class Transport {
                     throw malformed(`${call.method} ${call.path}: body is not JSON: ${text.slice(0, 200)}`);
                 }
             }
-            if (resp.status === 503) {
-                // A refusal wrote nothing: always safe to send again.
-                const leader = this.leaderOf(resp.headers.get("framecast-leader"), base);
-                if (leader === undefined) {
-                    hops.reset();
-                    this.failover(undefined, base); // unavailable, naming no leader: the next node
-                }
-                else if (leader === base) {
-                    hops.reset(); // the leader itself, not ready: wait for it
-                }
-                else {
-                    this.follow(leader);
-                    if (hops.follow(base, leader)) {
-                        await resp.body?.cancel().catch(() => undefined);
-                        continue; // at once, to the leader
-                    }
-                }
-                if (attempt < call.retries) {
-                    await resp.body?.cancel().catch(() => undefined);
-                    await sleep(delayMs(this.backoff, attempt++), signal);
-                    continue;
-                }
-                throw hops.explain(await errorOfResponse(resp));
+            // A follower's refusal naming the leader wrote nothing: safe to send again, whatever
+            // the call. Any other may come after the write was applied (a leader that lost its
+            // lease meanwhile, a proxy that timed out): only a call that may be repeated is.
+            const hint = resp.status === 503 ? resp.headers.get("framecast-leader")?.trim() : undefined;
+            if (!hint && !call.idempotent)
+                throw await errorOfResponse(resp);
+            const leader = this.leaderOf(hint, base);
+            let atOnce = false;
+            if (leader === undefined) {
+                hops.reset();
+                route.failed(base); // unavailable, naming no leader the client can reach: the next node
             }
-            throw await errorOfResponse(resp);
+            else if (leader === base) {
+                hops.reset(); // the leader itself, not ready: wait for it
+            }
+            else {
+                route.hint(leader);
+                atOnce = hops.follow(base, leader) && Date.now() < deadline;
+            }
+            const delay = atOnce ? 0 : this.retryDelay(attempt, call.retries, deadline);
+            if (delay === undefined)
+                throw hops.explain(await errorOfResponse(resp));
+            await resp.body?.cancel().catch(() => undefined);
+            if (atOnce)
+                continue; // at once, to the leader
+            attempt++;
+            await sleep(delay, signal);
+        }
+    }
+}
+/**
+ * Where one call, or one subscription, sends its next attempt: the client's current node, or
+ * a node a `Framecast-Leader` hint named. A named node becomes the client's current node only
+ * once it answered (anything but a 502, 503 or 504): a hint may be stale or name a node that
+ * is down, and every call goes the current way.
+ */
+export class Route {
+    transport;
+    /** The node a hint named, not answered yet. */
+    hinted;
+    constructor(transport) {
+        this.transport = transport;
+    }
+    /** The node of the next attempt. */
+    next() {
+        return this.hinted ?? this.transport.base();
+    }
+    /** A node named `leader` (a base URL, see {@link Transport.leaderOf}): the next attempt goes there. */
+    hint(leader) {
+        this.hinted = leader;
+    }
+    /** `node` answered (not unavailable): the leader a hint named becomes the client's current node. */
+    answered(node) {
+        if (node !== this.hinted)
+            return;
+        this.hinted = undefined;
+        this.transport.follow(node);
+    }
+    /**
+     * The attempt at `node` failed (unreachable, or unavailable naming no leader it can reach):
+     * the next configured node, round robin. A named node that failed is forgotten, and the
+     * client moves on from the node that named it.
+     */
+    failed(node) {
+        if (node === this.hinted) {
+            this.hinted = undefined;
+            this.transport.failover(this.transport.base());
+        }
+        else {
+            this.transport.failover(node);
         }
     }
 }
@@ -353,6 +450,26 @@ function nodeList(opts) {
     if (list.length === 0)
         throw new TypeError("Framecast: url is required");
     return list;
+}
+/** `host:port` of a URL, its scheme's default port spelt out. */
+function hostPort(u) {
+    return `${u.hostname}:${u.port || (u.protocol === "https:" ? "443" : "80")}`;
+}
+/** A timer option (`name`), checked: a whole number of ms a timer can wait. */
+function timerMs(name, ms) {
+    if (!(Number.isInteger(ms) && ms > 0 && ms <= MAX_TIMER_MS)) {
+        throw new TypeError(`Framecast: ${name} must be a whole number of ms from 1 to ${MAX_TIMER_MS}, got ${String(ms)}`);
+    }
+    return ms;
+}
+/** What a bearer token may hold: visible ASCII (a JWT is base64url and dots), as the Rust client checks. */
+const BEARER_TOKEN = /^[\x21-\x7e]+$/;
+/** `token` if it can be sent as `Bearer <token>`; else the caller's error, before anything is sent. */
+function bearerToken(token) {
+    if (typeof token === "string" && BEARER_TOKEN.test(token))
+        return token;
+    const what = typeof token === "string" ? "has characters a bearer token cannot have (it is visible ASCII)" : `is a ${typeof token}, not a string`;
+    throw new FramecastError("INVALID_ARGUMENT", 400, `the token ${what}`);
 }
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
 export function normaliseUrl(u) {

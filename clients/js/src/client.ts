@@ -23,10 +23,23 @@ import type {
 } from "./types.js";
 import { ackOf, base64Encode, clusterOf, frameOf, integerText, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
 
-/** Retries of a publish or broadcast after a network error or a 503, unless told otherwise (about 16 s of backoff). */
+/** Retries of a call after a network error or a 502, 503 or 504, unless told otherwise (about 16 s of backoff). */
 const DEFAULT_RETRIES = 8;
 
-/** A framecast client over HTTP: works in browsers and in Node 20+, with no dependencies. */
+/** The longest idempotency key the server takes, in bytes (API.md, "Idempotent publish"). */
+const MAX_KEY_BYTES = 128;
+
+/**
+ * What an idempotency key may hold: visible ASCII. The key of a publish travels as a header,
+ * which `fetch` refuses (or trims) and the server refuses otherwise; a broadcast's is held to
+ * the same rule, so a key works the same in both.
+ */
+const KEY_CHARS = /^[\x21-\x7e]*$/;
+
+/**
+ * A framecast client over HTTP: works in browsers and in Node 20+, on their own `fetch`
+ * (Node uses the `undici` package only for the TLS options).
+ */
 export class Framecast {
   private readonly transport: Transport;
   private readonly readMode: ReadFrom;
@@ -63,13 +76,15 @@ export class Framecast {
 
   /**
    * Appends one frame to `topic` (created if missing, unless the server forbids it) and
-   * resolves once it is durable. Retries network errors and 503s with backoff, sending
-   * the same idempotency key each time (one is made when none is given), so a retry whose
-   * first attempt was in fact stored is answered with that first ack (`duplicate: true`).
+   * resolves once it is durable. Retries network errors, 502, 503 and 504 with backoff
+   * within the client's `retryBudgetMs`, sending the same idempotency key each time (one is
+   * made when none is given), so a retry whose first attempt was in fact stored is answered
+   * with that first ack (`duplicate: true`). Without a key (`""`) only what surely wrote
+   * nothing is sent again (see {@link PublishOptions.idempotencyKey}).
    */
   async publish(topic: string, payload: string | Uint8Array, options: PublishOptions): Promise<PublishAck> {
     const body = payloadBytes(payload);
-    const key = options.idempotencyKey ?? newIdempotencyKey();
+    const key = idempotencyKeyOf(options.idempotencyKey);
     const query: Record<string, string | undefined> = { seq_no: integerText("seqNo", options.seqNo) };
     if (options.timestamp !== undefined) query["timestamp"] = integerText("timestamp", options.timestamp, true);
     const answer = await this.transport.request({
@@ -182,15 +197,20 @@ export class Framecast {
       path: topicPath(name),
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
-      // Retried after a 503 (a refusal writes nothing), not after a lost answer: that
-      // retry could be refused with ALREADY_EXISTS although the first attempt succeeded.
       retries: DEFAULT_RETRIES,
-      idempotent: false,
+      // Repeated like a read, as the gRPC clients do: the server answers a topic that exists
+      // with these same settings as created, so a retry after a lost answer succeeds.
+      idempotent: true,
     });
     return topicOf(answer);
   }
 
-  /** Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing. Needs `admin` under auth. */
+  /**
+   * Deletes `name` and its frames, ending its open streams; `NOT_FOUND` (404) when missing.
+   * Needs `admin` under auth. Sent again only when it surely did nothing (a follower's 503
+   * naming the leader, a connection refused), as the gRPC clients do: a retry after a lost
+   * answer, or after a 503 that came once the topic was gone, would report `NOT_FOUND`.
+   */
   async deleteTopic(name: string): Promise<void> {
     await this.transport.request({
       method: "DELETE",
@@ -206,7 +226,7 @@ export class Framecast {
    * broadcast that failed part way is completed by the retry without duplicates.
    */
   async broadcast(topics: readonly string[], payload: string | Uint8Array, options: BroadcastOptions): Promise<BroadcastAck> {
-    const key = options.idempotencyKey ?? newIdempotencyKey();
+    const key = idempotencyKeyOf(options.idempotencyKey);
     const body: Record<string, unknown> = {
       topics: [...topics],
       seq_no: integerText("seqNo", options.seqNo),
@@ -234,7 +254,7 @@ export class Framecast {
   }
 }
 
-/** `GET /v1/cluster` on the normal route, a read: retried `retries` times after a network error or a 503. */
+/** `GET /v1/cluster` on the normal route, a read: retried `retries` times after a network error or a 502, 503 or 504. */
 async function clusterCall(transport: Transport, retries: number, signal: AbortSignal | undefined): Promise<ClusterInfo> {
   const answer = await transport.request({
     method: "GET",
@@ -255,6 +275,24 @@ function topicPath(topic: string): string {
     throw new FramecastError("INVALID_ARGUMENT", 400, `invalid topic name ${JSON.stringify(topic)}`);
   }
   return `/v1/topics/${encodeURIComponent(name)}`;
+}
+
+/**
+ * The idempotency key of a write: the one given, checked before anything is sent (a bad
+ * header value would make `fetch` throw, and that would pass for a network error and be
+ * retried), or a fresh one.
+ */
+function idempotencyKeyOf(given: string | undefined): string {
+  if (given === undefined) return newIdempotencyKey();
+  if (typeof given !== "string") throw new TypeError(`idempotencyKey must be a string, not ${typeof given}`);
+  if (!KEY_CHARS.test(given)) {
+    const at = [...given].findIndex((c) => !KEY_CHARS.test(c));
+    throw new FramecastError("INVALID_ARGUMENT", 400, `idempotency key: character ${at} is not visible ASCII (! to ~)`);
+  }
+  if (given.length > MAX_KEY_BYTES) {
+    throw new FramecastError("INVALID_ARGUMENT", 400, `idempotency key of ${given.length} bytes: at most ${MAX_KEY_BYTES}`);
+  }
+  return given;
 }
 
 /** A retry count, checked. */

@@ -16,8 +16,10 @@ const CODE_OF_STATUS: Readonly<Record<number, string>> = {
   416: "OUT_OF_RANGE",
   429: "RESOURCE_EXHAUSTED",
   501: "UNIMPLEMENTED",
+  // A proxy's answers for a node it cannot reach: UNAVAILABLE, as gRPC reads them.
+  502: "UNAVAILABLE",
   503: "UNAVAILABLE",
-  504: "DEADLINE_EXCEEDED",
+  504: "UNAVAILABLE",
 };
 
 /** Code name → HTTP status, for errors that arrive inside a stream (`event: error`). */

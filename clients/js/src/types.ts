@@ -3,7 +3,12 @@
  * epochs) is a `bigint`: the server's are unsigned 64-bit and a `number` would round them.
  */
 
-/** A token, or a function that returns the current one (called before every request and reconnect, so it may refresh). */
+/**
+ * A token, or a function that returns the current one (called before every request and
+ * reconnect, so it may refresh; a subscription whose token expires reconnects at once with
+ * the next one). Visible ASCII, surrounding blanks trimmed; anything else is refused with
+ * `INVALID_ARGUMENT` before a request is sent.
+ */
 export type TokenSource = string | (() => string | Promise<string>);
 
 /** How transient failures are retried: exponential backoff with jitter. */
@@ -56,6 +61,15 @@ export interface FramecastOptions {
    */
   callTimeoutMs?: number;
   /**
+   * How long a call (publish, broadcast, history, topics, ...) may take with its retries,
+   * counted from its first attempt, ms (default 60000, as the Rust and Python clients'
+   * `max_elapsed`). Each attempt is bounded by what is left of it; once it is spent the call
+   * fails with the last error (`UNAVAILABLE`). Keep it below the server's `--dedup-window`
+   * (2 minutes by default): a retry of a publish sent later could be stored a second time.
+   * Subscriptions have `maxReconnects`.
+   */
+  retryBudgetMs?: number;
+  /**
    * Where subscriptions read (default `"leader"`). `"leader"`: on the node requests go to
    * (`fc.url`), as every other call. `"followers"`: each subscription, and each resume after
    * its stream broke, first asks the cluster (`GET /v1/cluster`) and opens the stream on one
@@ -79,13 +93,19 @@ export interface PublishOptions {
   /** Nanoseconds since the Unix epoch; 0 or absent: the server's receive time. */
   timestamp?: bigint | number;
   /**
-   * At most 128 bytes of visible ASCII. A key the topic already stored within its dedup
-   * window is not appended again: the first ack comes back with `duplicate: true`.
+   * At most 128 visible ASCII characters (`!` to `~`; anything else is refused with
+   * `INVALID_ARGUMENT` before a request is sent). A key the topic already stored within its
+   * dedup window is not appended again: the first ack comes back with `duplicate: true`.
    * Absent: the client makes one, and sends the same for every retry of this call.
-   * `""`: no deduplication; then a network error is not retried (only a 503 is).
+   * `""`: no deduplication; then an attempt is sent again only when it surely wrote nothing
+   * (a follower's `503` naming the leader, a connection refused before anything was sent):
+   * a network error after sending, a `503` that names no leader, a `502` or `504` is final.
    */
   idempotencyKey?: string;
-  /** How many times to retry after a network error or a 503 (default 8). Following a follower's `Framecast-Leader` to the leader is not counted. */
+  /**
+   * How many times to retry after a network error, a 502, 503 or 504 (default 8), within the
+   * client's `retryBudgetMs`. Following a follower's `Framecast-Leader` to the leader is not counted.
+   */
   retries?: number;
   /** Stops waiting (and retrying); the publish may or may not have been stored. */
   signal?: AbortSignal;
@@ -127,7 +147,11 @@ export interface SubscribeOptions {
   resume?: string;
   /** Ends the subscription: the iterator finishes without an error. */
   signal?: AbortSignal;
-  /** Give up after this many consecutive failed reconnects (default: never). */
+  /**
+   * Give up (`UNAVAILABLE`) after this many reconnects in a row with no frame received
+   * between them (default: never). A stream that opens and breaks again before its first
+   * frame is a failed reconnect too; a reconnect with a fresh token is not counted.
+   */
   maxReconnects?: number;
   /** Reconnect when nothing (not even the server's 15 s ping) arrived for this long, ms (default 45000); the time the consumer holds a frame does not count. */
   idleTimeoutMs?: number;
@@ -192,9 +216,9 @@ export interface BroadcastOptions {
   seqNo: bigint | number;
   /** Nanoseconds since the Unix epoch; 0 or absent: the server's receive time. */
   timestamp?: bigint | number;
-  /** As for publish; absent, the client makes one and reuses it for every retry, so a retry completes a broadcast that failed part way without duplicates. */
+  /** As for publish (also `""`); absent, the client makes one and reuses it for every retry, so a retry completes a broadcast that failed part way without duplicates. */
   idempotencyKey?: string;
-  /** How many times to retry after a network error or a 503 (default 8). Following a follower's `Framecast-Leader` to the leader is not counted. */
+  /** As for publish. */
   retries?: number;
   signal?: AbortSignal;
 }

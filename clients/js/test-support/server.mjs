@@ -307,11 +307,13 @@ export async function clusterJson(url) {
 /**
  * A framecast cluster on loopback: a real etcd and `n` real nodes (`n1`…), each
  * `framecast serve --cluster-etcd … --node-id nI --advertise … --advertise-http …` with a
- * 2 s lease, `--replica-max-lag 3s` and `--min-insync 2`, plus `args`. Resolves once every
- * node answers `/v1/cluster` with the same term, a leader, and all `n` nodes online and in
- * sync (bounded). Returns `{ etcd, nodes: [{ id, url, addr, server }], cleanup }`.
+ * 2 s lease, `--replica-max-lag 3s` and `--min-insync 2`, plus `args`. With `advertiseHttp:
+ * false` the nodes run without `--advertise-http`, so a follower's `Framecast-Leader` names
+ * the leader's gRPC address. Resolves once every node answers `/v1/cluster` with the same
+ * term, a leader, and all `n` nodes online and in sync (bounded). Returns `{ etcd, nodes:
+ * [{ id, url, addr, server }], cleanup }`.
  */
-export async function startCluster({ n = 3, args = [], minInsync = 2, timeoutMs = 30_000 } = {}) {
+export async function startCluster({ n = 3, args = [], minInsync = 2, advertiseHttp = true, timeoutMs = 30_000 } = {}) {
   const etcd = await startEtcd();
   const name = `js${process.pid}x${await freePort()}`;
   const nodes = [];
@@ -333,7 +335,7 @@ export async function startCluster({ n = 3, args = [], minInsync = 2, timeoutMs 
             listen: s.addr,
             httpListen: s.http,
             args: [
-              "--advertise-http", `http://${s.http}`,
+              ...(advertiseHttp ? ["--advertise-http", `http://${s.http}`] : []),
               "--cluster-etcd", etcd.endpoint,
               "--cluster", name,
               "--node-id", s.id,

@@ -1,10 +1,11 @@
-// Tokens: a server with --auth-jwt-secret-file, tokens minted by `framecast token`.
+// Tokens: a server with --auth-jwt-secret-file, tokens minted by `framecast token`; a
+// subscription that outlives its token, kept alive by a token function.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
 import { Framecast, FramecastError } from "../dist/index.js";
-import { startServer, tempDir, secretFile, mintToken, nextFrames, within } from "../test-support/server.mjs";
+import { startServer, tempDir, secretFile, mintToken, nextFrames, within, until, sleep } from "../test-support/server.mjs";
 
 let server;
 let secretDir;
@@ -99,4 +100,47 @@ test("a token without the permission: PERMISSION_DENIED (403), nothing written",
   assert.ok(!all.includes("theirs"), "no topic was created by the refused publish or subscribe");
   await admin.createTopic("mine.two");
   await admin.deleteTopic("mine.two");
+});
+
+test("a token function keeps a subscription alive across token expiry: no error, no gap, no duplicate", async (t) => {
+  const publisher = new Framecast({ url: server.url, token: await mintToken(secret, { publish: [">"] }) });
+  let minted = 0;
+  // Tokens that live a second or two: the stream outlives several of them.
+  const shortLived = async () => {
+    minted++;
+    return mintToken(secret, { subscribe: [">"], ttl: "1s" });
+  };
+  const fc = new Framecast({ url: server.url, token: shortLived, backoff: { initialMs: 20, maxMs: 100 } });
+  const acks = [await publisher.publish("expiring", "p0", { seqNo: 0 })];
+  const sub = fc.subscribe("expiring");
+  t.after(() => sub.close());
+  const got = await nextFrames(sub, 1);
+  // Publish across two expiries of the subscription's token, reading as it goes.
+  const deadline = Date.now() + 12_000;
+  while (sub.reconnects < 2) {
+    assert.ok(Date.now() < deadline, `only ${sub.reconnects} reconnects after 12 s`);
+    acks.push(await publisher.publish("expiring", `p${acks.length}`, { seqNo: acks.length }));
+    got.push(...(await nextFrames(sub, 1)));
+    await sleep(150);
+  }
+  acks.push(await publisher.publish("expiring", "last", { seqNo: acks.length }));
+  got.push(...(await nextFrames(sub, 1)));
+  assert.deepEqual(
+    got.map((f) => [f.offset, f.text]),
+    acks.map((a, i) => [a.offset, i === acks.length - 1 ? "last" : `p${i}`]),
+  );
+  assert.ok(minted >= 3, `the token function was asked ${minted} times`);
+});
+
+test("a token function whose next token is refused ends the subscription with UNAUTHENTICATED (401)", async (t) => {
+  let asked = 0;
+  const token = await mintToken(secret, { subscribe: [">"], ttl: "1s" });
+  // The first token, then one the server refuses.
+  const fc = new Framecast({ url: server.url, token: () => (++asked === 1 ? token : "not.a.jwt") });
+  const sub = fc.subscribe("expiring.refused");
+  t.after(() => sub.close());
+  const first = sub.next();
+  first.catch(() => {});
+  await within(10_000, "the refusal of the next token", assert.rejects(first, refused("UNAUTHENTICATED", 401)));
+  assert.equal(asked, 2, "asked once more after the expiry, not again after the refusal");
 });

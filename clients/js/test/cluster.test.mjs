@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { createServer as createTcpServer } from "node:net";
 import { Framecast, FramecastError } from "../dist/index.js";
-import { Hops, MAX_LEADER_HOPS, neverSent } from "../dist/transport.js";
+import { Hops, MAX_LEADER_HOPS, neverSent, Transport } from "../dist/transport.js";
 import { startServer, nextFrames, byOrderKey, within, sleep } from "../test-support/server.mjs";
 
 /** A free loopback port (free a moment ago). */
@@ -135,6 +135,25 @@ test("hops: a hint is followed at once, a loop or a long chain is cut; never-sen
   assert.equal(neverSent(refused), true);
   assert.equal(neverSent(reset), false);
   assert.equal(neverSent(new TypeError("Failed to fetch")), false); // a browser tells nothing
+});
+
+test("leader hints: a URL is taken, a bare host:port only for a node the client knows", () => {
+  const nodes = (...urls) => new Transport({ url: urls, fetch: () => assert.fail("no request expected") });
+  const t = nodes("http://10.0.0.1:7071", "http://10.0.0.2:7071", "https://h.example");
+  // The leader's HTTP door (--advertise-http): taken as it is, known or not.
+  assert.equal(t.leaderOf("http://10.0.0.2:7071/"), "http://10.0.0.2:7071");
+  assert.equal(t.leaderOf("http://10.0.0.9:7071"), "http://10.0.0.9:7071");
+  // A bare host:port: the node at that host:port (default ports spelt out or not)...
+  assert.equal(t.leaderOf("10.0.0.2:7071"), "http://10.0.0.2:7071");
+  assert.equal(t.leaderOf("h.example:443"), "https://h.example");
+  // ...else the one configured node on that host (its gRPC port named: its HTTP door)...
+  assert.equal(t.leaderOf("10.0.0.2:7070"), "http://10.0.0.2:7071");
+  // ...else nothing: a gRPC address is never reached as an HTTP door.
+  assert.equal(t.leaderOf("10.0.0.9:7070"), undefined);
+  const sameHost = nodes("http://127.0.0.1:7071", "http://127.0.0.1:7171");
+  assert.equal(sameHost.leaderOf("127.0.0.1:7070"), undefined, "two nodes on that host: which one is unknown");
+  assert.equal(sameHost.leaderOf("127.0.0.1:7171"), "http://127.0.0.1:7171");
+  for (const junk of ["", " ", "a b", "x:1,y:2", "h:1/path", "user@h:1"]) assert.equal(t.leaderOf(junk), undefined, junk);
 });
 
 // ------------------------------------------------------------------ the leader hint

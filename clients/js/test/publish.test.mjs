@@ -1,10 +1,16 @@
 // Publish over HTTP: the ack's shape, idempotent retries (explicit key, and the client's
-// own key reused when an answer is lost or the server answers 503), refusals.
+// own key reused when an answer is lost or the server answers 503), retries bounded in time
+// below the server's dedup window, writes without a key sent once, refusals.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Framecast, FramecastError } from "../dist/index.js";
 import { startServer } from "../test-support/server.mjs";
+
+/** The error `fetch` throws for a connection refused: nothing reached a server. */
+function connectionRefused() {
+  return new TypeError("fetch failed", { cause: Object.assign(new Error("connect ECONNREFUSED (test)"), { code: "ECONNREFUSED" }) });
+}
 
 let server;
 before(async () => {
@@ -213,4 +219,91 @@ test("a node that takes the connection but never answers costs one callTimeoutMs
   for (const bad of [0, 1500.5, 2 ** 31, Infinity]) {
     assert.throws(() => new Framecast({ url: paused.url, callTimeoutMs: bad }), TypeError, String(bad));
   }
+});
+
+test("retries stop at retryBudgetMs, before the server's --dedup-window forgets the key: stored once", async (t) => {
+  const DEDUP_WINDOW_MS = 1000;
+  const short = await startServer({ args: ["--dedup-window", `${DEDUP_WINDOW_MS}ms`] });
+  t.after(() => short.cleanup());
+  let firstSentAt;
+  let posts = 0;
+  // The first attempt reaches the server and its answer is lost; then the node refuses
+  // connections until the server's window for that key has passed, and takes them again.
+  const flaky = async (input, init) => {
+    if (!String(input).includes("/frames")) return fetch(input, init);
+    posts++;
+    if (firstSentAt === undefined) {
+      firstSentAt = Date.now();
+      await (await fetch(input, init)).arrayBuffer();
+      throw new TypeError("fetch failed (test: answer lost)");
+    }
+    if (Date.now() < firstSentAt + DEDUP_WINDOW_MS + 200) throw connectionRefused();
+    return fetch(input, init);
+  };
+  // Eight retries 200 to 400 ms apart would outlast the window; the budget ends them first.
+  const fc = new Framecast({ url: short.url, fetch: flaky, retryBudgetMs: 700, backoff: { initialMs: 400, maxMs: 400 } });
+  await assert.rejects(fc.publish("budget", "once", { seqNo: 1 }), (e) => {
+    assert.ok(e instanceof FramecastError, String(e));
+    assert.deepEqual([e.code, e.status], ["UNAVAILABLE", 0]);
+    assert.match(e.message, /ECONNREFUSED/);
+    return true;
+  });
+  assert.ok(posts >= 2, `${posts} attempts`);
+  const page = await new Framecast({ url: short.url }).history("budget");
+  assert.deepEqual(
+    page.frames.map((f) => f.text),
+    ["once"],
+    "stored once: no retry went out after the server forgot the key",
+  );
+});
+
+test("a write without a key is sent once when a 503 may have followed its append; with a key, retried harmlessly", async () => {
+  let writes = 0;
+  let replaceLeft = Infinity;
+  // Passes the write to the server, then answers a plain 503 in its place, as a leader that
+  // lost its lease after appending would.
+  const appliedThen503 = async (input, init) => {
+    const resp = await fetch(input, init);
+    if (init?.method !== "POST" || replaceLeft <= 0) return resp;
+    writes++;
+    replaceLeft--;
+    await resp.arrayBuffer();
+    return new Response(JSON.stringify({ code: "UNAVAILABLE", message: "test: appended, then unavailable" }), {
+      status: 503,
+      headers: { "content-type": "application/json" },
+    });
+  };
+  const fc = new Framecast({ url: server.url, fetch: appliedThen503, backoff: { initialMs: 5, maxMs: 20 } });
+  const unavailable = (e) => e instanceof FramecastError && e.code === "UNAVAILABLE" && e.status === 503;
+  await assert.rejects(fc.publish("keyless-503", "x", { seqNo: 1, idempotencyKey: "" }), unavailable);
+  await assert.rejects(fc.broadcast(["keyless-503.b"], "y", { seqNo: 1, idempotencyKey: "" }), unavailable);
+  assert.equal(writes, 2, "each sent once");
+  const plain = new Framecast({ url: server.url });
+  assert.equal((await plain.history("keyless-503")).frames.length, 1);
+  assert.equal((await plain.history("keyless-503.b")).frames.length, 1);
+
+  // With a key the 503 is retried, and the retry is answered with the first ack.
+  writes = 0;
+  replaceLeft = 1;
+  const ack = await fc.publish("keyed-503", "z", { seqNo: 1 });
+  assert.equal(writes, 1);
+  assert.deepEqual([ack.offset, ack.duplicate], [0n, true]);
+  assert.equal((await plain.history("keyed-503")).frames.length, 1);
+});
+
+test("createTopic is retried after a lost answer: the server answers the topic it made", async () => {
+  let puts = 0;
+  const lossy = async (input, init) => {
+    const resp = await fetch(input, init);
+    if (init?.method === "PUT" && ++puts === 1) {
+      await resp.arrayBuffer();
+      throw new TypeError("fetch failed (test: answer lost)");
+    }
+    return resp;
+  };
+  const fc = new Framecast({ url: server.url, fetch: lossy, backoff: { initialMs: 5, maxMs: 20 } });
+  const info = await fc.createTopic("created-once", { retentionMaxBytes: 1 << 20 });
+  assert.equal(puts, 2);
+  assert.equal(info.name, "created-once");
+  assert.equal(info.frames, 0n);
 });

@@ -1,8 +1,11 @@
-// The pieces that need no server: the event-stream parser, base64, argument checks, keys.
+// The pieces that need no server: the event-stream parser, base64, argument checks, keys,
+// and what the client does with each kind of answer, against fake `fetch` functions.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Framecast, newIdempotencyKey } from "../dist/index.js";
+import { getEventListeners } from "node:events";
+import { Framecast, FramecastError, newIdempotencyKey } from "../dist/index.js";
+import { within } from "../test-support/server.mjs";
 import { SseParser } from "../dist/sse.js";
 import { base64Decode, base64Encode, integerText } from "../dist/wire.js";
 
@@ -195,4 +198,273 @@ test("an empty idempotency key sends no header and is not retried after a networ
   await assert.rejects(fc.publish("t", "x", { seqNo: 1, retries: 3 }), (e) => e.code === "UNAVAILABLE");
   assert.equal(keys.length, 4);
   assert.equal(new Set(keys).size, 1);
+});
+
+// ------------------------------------------------------------------ answers, faked
+
+const FAST = { initialMs: 1, maxMs: 2 };
+
+/** A JSON error answer, as the server (or a proxy, with `body` text) gives it. */
+function refusal(status, code, { headers = {}, body } = {}) {
+  return new Response(body ?? JSON.stringify({ code, message: `test: ${status}` }), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+/** A publish ack. */
+const ackAnswer = () => new Response('{"offset":"0","timestamp":"9","duplicate":false}', { status: 200 });
+
+/**
+ * A 200 event stream holding `events` ([type, id, data]), ended after them, or kept open
+ * (`open`) until the request's signal aborts.
+ */
+function eventStream(events, { open = false, signal } = {}) {
+  const text = events.map(([type, id, data]) => `event: ${type}\nid: ${id}\ndata: ${JSON.stringify(data)}\n\n`).join("");
+  const body = new ReadableStream({
+    start(controller) {
+      controller.enqueue(new TextEncoder().encode(text));
+      if (!open) controller.close();
+      else signal?.addEventListener("abort", () => controller.error(signal.reason), { once: true });
+    },
+  });
+  return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+}
+
+const SNAPSHOT = ["snapshot", "c0", { snapshot_offset: "0", epoch: "7" }];
+const frameEvent = (offset) => ["frame", `c${offset + 1}`, { seq_no: "1", timestamp: "5", offset: String(offset), live: true, payload: "eA==" }];
+
+test("statuses: 502 and 504 are retried like 503 for reads and keyed writes, final for a keyless write", async () => {
+  const answers = [];
+  let calls = 0;
+  const fake = async () => {
+    calls++;
+    return answers.shift()?.() ?? ackAnswer();
+  };
+  const fc = new Framecast({ url: "http://a.example:7071", fetch: fake, backoff: FAST });
+  // A proxy in front of the node answers with its own page, not framecast's JSON.
+  const proxy = (status) => () => refusal(status, "", { body: `<html>${status}</html>` });
+  answers.push(proxy(502), proxy(504), () => new Response('{"frames":[],"more":false,"snapshot_offset":"0","epoch":"1"}'));
+  const page = await fc.history("t");
+  assert.equal(page.frames.length, 0);
+  assert.equal(calls, 3, "a read goes on after a 502 and a 504");
+
+  calls = 0;
+  answers.push(proxy(504));
+  assert.equal((await fc.publish("t", "x", { seqNo: 1 })).offset, 0n);
+  assert.equal(calls, 2, "a keyed publish goes on after a 504");
+
+  for (const status of [502, 504]) {
+    calls = 0;
+    answers.push(proxy(status));
+    await assert.rejects(fc.publish("t", "x", { seqNo: 1, idempotencyKey: "" }), (e) => {
+      assert.ok(e instanceof FramecastError, String(e));
+      assert.deepEqual([e.code, e.status], ["UNAVAILABLE", status]);
+      return true;
+    });
+    assert.equal(calls, 1, `a keyless publish is not sent again after a ${status}: the proxy may have passed it on`);
+  }
+
+  // Retries spent: the proxy's status is the error, read as UNAVAILABLE.
+  calls = 0;
+  answers.push(proxy(502), proxy(502));
+  await assert.rejects(fc.publish("t", "x", { seqNo: 1, retries: 1 }), (e) => {
+    assert.deepEqual([e.code, e.status, e.message], ["UNAVAILABLE", 502, "<html>502</html>"]);
+    return true;
+  });
+  assert.equal(calls, 2);
+});
+
+test("writes without a key, and deleteTopic, are not sent again after a plain 503; a follower's refusal is followed", async () => {
+  const seen = [];
+  let answer = () => refusal(503, "UNAVAILABLE");
+  const fake = async (url, init) => {
+    seen.push(`${init.method} ${new URL(url).host}${new URL(url).pathname}`);
+    return answer(new URL(url));
+  };
+  const fc = new Framecast({ url: ["http://a.example:7071", "http://b.example:7071"], fetch: fake, backoff: FAST });
+  const unavailable = (e) => e instanceof FramecastError && e.code === "UNAVAILABLE" && e.status === 503;
+  await assert.rejects(fc.publish("t", "x", { seqNo: 1, idempotencyKey: "" }), unavailable);
+  await assert.rejects(fc.broadcast(["t"], "x", { seqNo: 1, idempotencyKey: "" }), unavailable);
+  await assert.rejects(fc.deleteTopic("t"), unavailable);
+  assert.deepEqual(seen, ["POST a.example:7071/v1/topics/t/frames", "POST a.example:7071/v1/broadcast", "DELETE a.example:7071/v1/topics/t"]);
+
+  // A follower's 503 naming the leader wrote nothing: followed, even without a key.
+  seen.length = 0;
+  answer = (u) =>
+    u.host === "a.example:7071"
+      ? refusal(503, "UNAVAILABLE", { headers: { "framecast-leader": "http://b.example:7071" } })
+      : u.pathname.endsWith("/frames")
+        ? ackAnswer()
+        : new Response(null, { status: 204 });
+  const again = new Framecast({ url: ["http://a.example:7071", "http://b.example:7071"], fetch: fake, backoff: FAST });
+  await again.publish("t", "x", { seqNo: 1, idempotencyKey: "" });
+  const other = new Framecast({ url: ["http://a.example:7071", "http://b.example:7071"], fetch: fake, backoff: FAST });
+  await other.deleteTopic("t");
+  assert.deepEqual(seen, [
+    "POST a.example:7071/v1/topics/t/frames",
+    "POST b.example:7071/v1/topics/t/frames",
+    "DELETE a.example:7071/v1/topics/t",
+    "DELETE b.example:7071/v1/topics/t",
+  ]);
+});
+
+test("a call gives up once retryBudgetMs is spent, its last attempt cut to what is left", async () => {
+  // A node that takes the request and never answers: only the attempt's own bound ends it.
+  let calls = 0;
+  const silent = (_url, init) =>
+    new Promise((_, reject) => {
+      calls++;
+      init.signal.addEventListener("abort", () => reject(init.signal.reason), { once: true });
+    });
+  const fc = new Framecast({ url: "http://a.example:7071", fetch: silent, backoff: FAST, retryBudgetMs: 300 });
+  const started = Date.now();
+  await within(
+    10_000,
+    "the publish to give up",
+    assert.rejects(fc.publish("t", "x", { seqNo: 1 }), (e) => {
+      assert.ok(e instanceof FramecastError, String(e));
+      assert.deepEqual([e.code, e.status], ["UNAVAILABLE", 0]);
+      assert.match(e.message, /no answer within \d+ ms \(the end of the call's retry budget\)/);
+      return true;
+    }),
+  );
+  const took = Date.now() - started;
+  assert.ok(took >= 280 && took < 2_000, `gave up after ${took} ms (callTimeoutMs is 30000)`);
+  assert.equal(calls, 1);
+  for (const bad of [0, -1, 1.5, 2 ** 31, Infinity, "60000"]) {
+    assert.throws(() => new Framecast({ url: "http://a:1", retryBudgetMs: bad }), TypeError, String(bad));
+  }
+});
+
+test("a bad idempotency key or token is refused at once, before any request", async () => {
+  let requests = 0;
+  // The real fetch, counted: it would throw a TypeError on some of these headers, and send the others.
+  const counting = (url, init) => {
+    requests++;
+    return fetch(url, init);
+  };
+  const fc = new Framecast({ url: "http://127.0.0.1:9", fetch: counting });
+  const invalid = (e) => {
+    assert.ok(e instanceof FramecastError, String(e));
+    assert.equal(e.code, "INVALID_ARGUMENT");
+    return true;
+  };
+  const started = Date.now();
+  for (const key of ["ключ", "café", "two words", "line\nbreak", "k".repeat(129)]) {
+    await assert.rejects(fc.publish("t", "x", { seqNo: 1, idempotencyKey: key }), invalid, JSON.stringify(key));
+    await assert.rejects(fc.broadcast(["t"], "x", { seqNo: 1, idempotencyKey: key }), invalid, JSON.stringify(key));
+  }
+  for (const token of ["tök€n", "tok en", () => "tok\nen", async () => "токен"]) {
+    const bad = new Framecast({ url: "http://127.0.0.1:9", fetch: counting, token });
+    await assert.rejects(bad.publish("t", "x", { seqNo: 1 }), invalid, String(token));
+    await assert.rejects(bad.history("t"), invalid, String(token));
+    await assert.rejects(within(5_000, "the subscription to be refused", bad.subscribe("t").next()), invalid, String(token));
+  }
+  assert.throws(() => fc.subscribe("t", { resume: "ключ" }), invalid);
+  assert.equal(requests, 0);
+  assert.ok(Date.now() - started < 2_000, "refused at once, not retried");
+
+  // A key of 128 visible characters, and a token with blanks around it, are fine.
+  const seen = [];
+  const fake = async (_url, init) => {
+    const h = new Headers(init.headers);
+    seen.push([h.get("idempotency-key"), h.get("authorization")]);
+    return ackAnswer();
+  };
+  const ok = new Framecast({ url: "http://a.example:7071", fetch: fake, token: " tok.en-1_~ \n" });
+  await ok.publish("t", "x", { seqNo: 1, idempotencyKey: "!".repeat(64) + "~".repeat(64) });
+  assert.deepEqual(seen, [["!".repeat(64) + "~".repeat(64), "Bearer tok.en-1_~"]]);
+});
+
+test("maxReconnects counts reconnects without a frame: a stream accepted and dropped at once gives up", async (t) => {
+  let connects = 0;
+  const dropping = async (_url, init) => {
+    connects++;
+    return eventStream([SNAPSHOT], { signal: init.signal });
+  };
+  const fc = new Framecast({ url: "http://a.example:7071", fetch: dropping, backoff: FAST });
+  const sub = fc.subscribe("t", { maxReconnects: 3 });
+  t.after(() => sub.close());
+  await within(
+    5_000,
+    "the subscription to give up",
+    assert.rejects(sub.next(), (e) => {
+      assert.ok(e instanceof FramecastError, String(e));
+      assert.equal(e.code, "UNAVAILABLE");
+      assert.match(e.message, /after 3 reconnects: the event stream ended/);
+      return true;
+    }),
+  );
+  assert.equal(sub.reconnects, 3);
+  assert.equal(connects, 4);
+
+  // A frame is progress: a stream that delivers one frame per connection never gives up.
+  let offset = 0;
+  const oneFrameEach = async (_url, init) => eventStream([SNAPSHOT, frameEvent(offset++)], { signal: init.signal });
+  const steady = new Framecast({ url: "http://a.example:7071", fetch: oneFrameEach, backoff: FAST }).subscribe("t", { maxReconnects: 1 });
+  t.after(() => steady.close());
+  for (let i = 0; i < 5; i++) {
+    const r = await within(5_000, `frame ${i}`, steady.next());
+    assert.equal(r.value.offset, BigInt(i));
+  }
+  assert.equal(steady.reconnects, 4);
+});
+
+test("429 and 500 end a subscription at once; 502, 503 and 504 reconnect", async (t) => {
+  for (const [status, code] of [
+    [429, "RESOURCE_EXHAUSTED"],
+    [500, "INTERNAL"],
+  ]) {
+    let connects = 0;
+    const fake = async () => {
+      connects++;
+      return refusal(status, code);
+    };
+    const sub = new Framecast({ url: "http://a.example:7071", fetch: fake, backoff: FAST }).subscribe("t");
+    t.after(() => sub.close());
+    await within(
+      5_000,
+      `the ${status} to end the subscription`,
+      assert.rejects(sub.next(), (e) => {
+        assert.ok(e instanceof FramecastError, String(e));
+        assert.deepEqual([e.code, e.status], [code, status]);
+        return true;
+      }),
+    );
+    assert.equal(connects, 1);
+    assert.equal(sub.reconnects, 0);
+  }
+  const answers = [502, 503, 504].map((status) => () => refusal(status, "UNAVAILABLE"));
+  const fake = async (_url, init) => answers.shift()?.() ?? eventStream([SNAPSHOT, frameEvent(0)], { open: true, signal: init.signal });
+  const sub = new Framecast({ url: "http://a.example:7071", fetch: fake, backoff: FAST }).subscribe("t");
+  t.after(() => sub.close());
+  const r = await within(5_000, "the frame after three refusals", sub.next());
+  assert.equal(r.value.offset, 0n);
+  assert.equal(sub.reconnects, 3);
+});
+
+test("close() lets go of the caller's signal, also while the consumer holds a frame or before it iterates", async () => {
+  const ac = new AbortController();
+  const listeners = () => getEventListeners(ac.signal, "abort").length;
+  const connections = [];
+  const fake = async (_url, init) => {
+    connections.push(init.signal);
+    return eventStream([SNAPSHOT, frameEvent(0), frameEvent(1)], { open: true, signal: init.signal });
+  };
+  const fc = new Framecast({ url: "http://a.example:7071", fetch: fake, backoff: FAST });
+
+  const never = fc.subscribe("t", { signal: ac.signal });
+  assert.equal(listeners(), 1);
+  never.close();
+  assert.equal(listeners(), 0, "a subscription never iterated");
+
+  const holding = fc.subscribe("t", { signal: ac.signal });
+  const r = await within(5_000, "a frame", holding.next());
+  assert.equal(r.value.offset, 0n);
+  assert.equal(listeners(), 1);
+  holding.close(); // and next() is never called again
+  assert.equal(listeners(), 0, "a subscription closed while its consumer holds a frame");
+  assert.equal(connections.length, 1);
+  assert.equal(connections[0].aborted, true, "its connection is cancelled");
 });
