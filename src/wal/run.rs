@@ -439,17 +439,24 @@ impl RunWriter {
 
     /// Writes the offset map and header, syncs, renames into place and syncs the directory.
     /// If any of that fails, the file is removed, under its temporary name or its own (not
-    /// after a fail point, which stands for a crash).
+    /// after a fail point, which stands for a crash) — but never a file of its name that
+    /// was there before: a manifest on disk may name it.
     pub fn finish(self) -> Result<PathBuf> {
         let temp = self.temp.clone();
         let named = self.dir.join(run_file_name(self.base, self.end));
+        // A run of the same name is there when an earlier compaction of the same segments
+        // wrote its manifest but failed after the manifest's rename (its directory sync):
+        // the manifest on disk may name that run, though the log in memory does not.
+        let there_before = named.exists();
         let finished = self.write_out();
         if let Err(e) = &finished {
             if !failpoint::is_failpoint(e) {
                 // Under either name: no manifest names this run yet (a failed directory
                 // sync comes after the rename).
                 remove_if_there(&temp);
-                remove_if_there(&named);
+                if !there_before {
+                    remove_if_there(&named);
+                }
             }
         }
         finished
@@ -503,5 +510,28 @@ pub fn remove_if_there(path: &Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove an unfinished run");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that cannot be finished leaves alone a file of its name that was there before
+    /// it (a manifest on disk may name that one), and removes its own temporary file.
+    #[test]
+    fn a_failed_run_keeps_a_run_file_of_its_name_that_was_there_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join(run_file_name(10, 20));
+        std::fs::write(&named, b"an earlier compaction's run").unwrap();
+        // Offsets 10..20 are never pushed: finishing fails ("run lacks offset 10").
+        let writer = RunWriter::create(dir.path(), 10, 20).unwrap();
+        let temp = writer.temp.clone();
+        assert!(writer.finish().is_err());
+        assert!(!temp.exists());
+        assert_eq!(
+            std::fs::read(&named).unwrap(),
+            b"an earlier compaction's run"
+        );
     }
 }

@@ -451,19 +451,20 @@ impl SegmentWriter {
         }
     }
 
-    /// Cuts the file back to `len` bytes (dropping a torn tail), syncs, and allocates the
-    /// freed space again so that it reads as zeros and the file keeps its length.
+    /// Cuts the file's contents back to `len` bytes (dropping a torn tail, or records a new
+    /// leader does not hold): everything from `len` on reads as zeros, durably. The file
+    /// keeps its length and its blocks: it is never shrunk, because a reader may still hold
+    /// a mapping of it (a cluster node's old log, whose replication stream has bytes in
+    /// flight), and a mapped page past the end of its file is SIGBUS.
     pub fn truncate_tail(&mut self, len: u64) -> Result<()> {
         let seg = &self.segment;
         let path = &seg.path;
         let allocated = seg.allocated();
         let file = seg.open_file().map_err(|e| Error::io(path, e))?;
-        file.set_len(len).map_err(|e| Error::io(path, e))?;
-        file.sync_all().map_err(|e| Error::io(path, e))?;
         if allocated > len {
-            preallocate(&file, len, allocated - len).map_err(|e| Error::io(path, e))?;
-            file.sync_all().map_err(|e| Error::io(path, e))?;
+            zero_range(&file, len, allocated - len).map_err(|e| Error::io(path, e))?;
         }
+        file.sync_all().map_err(|e| Error::io(path, e))?;
         self.cursor = len;
         Ok(())
     }
@@ -555,6 +556,28 @@ fn preallocate(file: &File, at: u64, len: u64) -> std::io::Result<()> {
         // File systems without fallocate: fall back to a sized (possibly sparse) file.
         libc::EOPNOTSUPP | libc::EINVAL => file.set_len(at + len),
         errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Sets `len` bytes of `file` from `at` to zeros, keeping the file's length and blocks:
+/// one `fallocate(ZERO_RANGE)`, or zeros written where the file system lacks it.
+fn zero_range(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+    match rustix::fs::fallocate(file, flags, at, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at + done)?;
+                done += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -758,6 +781,43 @@ mod tests {
         assert_eq!(on_disk(&w).0, allocated);
         let reopened = SegmentWriter::open(w.segment().path(), 1 << 20)?;
         assert!(reopened.contents()[1000..].iter().all(|&b| b == 0));
+        Ok(())
+    }
+
+    /// A reader holding the old mapping past the cut reads zeros there, even while the cut
+    /// is made: the file is never shrunk under it (a mapped page past the end of its file
+    /// is SIGBUS, which would kill this test process).
+    #[test]
+    fn a_mapping_held_across_a_cut_reads_zeros_past_it() -> Result<()> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tmp()?;
+        let mut w = SegmentWriter::create(dir.path(), 0, 1 << 20)?;
+        let append_and_hold = |w: &mut SegmentWriter| -> Result<Bytes> {
+            append(w, 300_000, 9)?;
+            w.segment().bytes(0, 300_000)
+        };
+        for _ in 0..10 {
+            let held = append_and_hold(&mut w)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (held, stop) = (held.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut passes = 0u64;
+                    while !stop.load(Ordering::Relaxed) || passes == 0 {
+                        let sum: u64 = held.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+                        std::hint::black_box(sum);
+                        passes += 1;
+                    }
+                })
+            };
+            let allocated = w.segment().allocated();
+            w.truncate_tail(1000)?;
+            stop.store(true, Ordering::Relaxed);
+            reader.join().expect("the reader survived the cut");
+            assert_eq!(on_disk(&w).0, allocated);
+            assert!(held[1000..].iter().all(|&b| b == 0));
+            assert!(held[SEGMENT_HEADER_LEN..1000].iter().all(|&b| b == 9));
+        }
         Ok(())
     }
 
