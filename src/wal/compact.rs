@@ -589,6 +589,11 @@ impl Log {
         let mut cutoff = first;
         let mut removed_key: Option<OrderKey> = None;
         'scan: while cutoff < seal_end {
+            // A pass over a large backlog (a server back after a week down) must not hold
+            // up a close, a deletion or shutdown until it ends: nothing is changed yet.
+            if self.is_closed() {
+                return Err(Error::Unavailable("log is closed".into()));
+            }
             let batch: Vec<(u64, Option<Loc>)> = {
                 let st = self.shared.state.read();
                 (cutoff..seal_end.min(cutoff + 256))
