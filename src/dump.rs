@@ -13,7 +13,7 @@ use crate::wal::format::{
 };
 use crate::wal::record::{decode, look_past, Decoded, RecordRef, Step, Walk};
 use crate::wal::recovery::missing_end;
-use crate::wal::{list_segments, manifest, Error, Result, Run};
+use crate::wal::{list_segments, manifest, Error, MappedFile, Result, Run};
 
 /// What to dump.
 #[derive(Debug, Clone, Default)]
@@ -317,12 +317,14 @@ fn dump_segment(
     out: &mut dyn Write,
     outcome: &mut DumpOutcome,
 ) -> Result<Option<(u64, u64)>> {
-    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Mapped, not read: a segment may be gigabytes (`--segment-bytes` up to 4 GiB).
+    let mapped = MappedFile::scan_segment(path)?;
+    let data = mapped.as_slice();
     outcome.segments += 1;
     let w = |out: &mut dyn Write, line: String| -> Result<()> {
         writeln!(out, "{line}").map_err(|e| Error::io(Path::new("<stdout>"), e))
     };
-    let base = match decode_segment_header(&data) {
+    let base = match decode_segment_header(data) {
         Ok(b) => b,
         Err(reason) => {
             return bad_line(opts, topic, path, 0, &reason, out, outcome).map(|()| None);
@@ -337,7 +339,7 @@ fn dump_segment(
         bad_line(opts, topic, path, 0, &reason, out, outcome)?;
         return Ok(None);
     }
-    let scanned = scan(&data, base, |_, _, _| Ok(()))?;
+    let scanned = scan(data, base, |_, _, _| Ok(()))?;
     let s = &scanned.summary;
     outcome.records += s.records;
     let line = if opts.json {
@@ -364,7 +366,7 @@ fn dump_segment(
     };
     w(out, line)?;
     if !opts.verify {
-        scan(&data, base, |rec, pos, len| {
+        scan(data, base, |rec, pos, len| {
             let line = if opts.json {
                 record_json(topic, rec, pos, len).to_string()
             } else {

@@ -518,6 +518,28 @@ impl MappedFile {
         }))
     }
 
+    /// Maps a segment file read-only for an offline scan (`framecast dump`, which may run
+    /// beside a live server): the page cache holds it, however large, not the heap.
+    pub fn scan_segment(path: &Path) -> Result<MappedFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let map = if len == 0 {
+            Bytes::new()
+        } else {
+            // SAFETY: framecast never shrinks a segment file (a cut zeroes its tail in place,
+            // `SegmentWriter::truncate_tail`), so every page of this mapping stays backed by
+            // the file. A live server may still write into it (appends past the bytes it had
+            // written, a cut zeroing a tail): such bytes are read as they are at the moment,
+            // and checked by their CRC as any other.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            Bytes::from_owner(map)
+        };
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
     /// Path of the file.
     pub fn path(&self) -> &Path {
         &self.path
