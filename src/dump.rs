@@ -1,5 +1,7 @@
-//! `framecast dump`: print and verify segment files. It only reads files, with plain reads
-//! (no mapping), so it is safe on a data dir that a running server is writing.
+//! `framecast dump`: print and verify segment files. It only reads files, through
+//! read-only mappings (a segment may be gigabytes; the page cache holds it, not the heap),
+//! so it is safe on a data dir that a running server is writing: framecast never shrinks a
+//! file, so no mapped page loses its backing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
