@@ -764,3 +764,62 @@ async fn a_kill_a_clean_stop_or_fsync_always_keeps_the_epoch() {
         stop(server);
     }
 }
+
+/// The undo of a failed sync zeroes its records back to front: a `kill -9` midway (here
+/// the fail point stops it half way, and the test kills the server) leaves whole records,
+/// then zeros — a torn tail that startup cuts, not a zeroed record before whole ones,
+/// which startup would refuse as damage. None of those records was acknowledged.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_cut_short_by_a_kill_leaves_a_tail_that_startup_cuts() {
+    use futures::StreamExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    // The first sync passes (frame 0); the second (the stream's frames) fails, and its undo
+    // stops half way.
+    let mut server = Server::start_with_env(
+        data,
+        &["--fsync", "always"],
+        &[(
+            "FRAMECAST_FAILPOINTS",
+            "commit.sync@2,segment.rollback_half",
+        )],
+    );
+    let mut c = server.client().await;
+    publish(&mut c, TOPIC, 0, &payload(0)).await;
+    let reqs: Vec<_> = (1..65).map(|i| req(TOPIC, i, &payload(i))).collect();
+    let answers: Vec<_> = c
+        .publish_stream(futures::stream::iter(reqs))
+        .await
+        .expect("the stream opens")
+        .into_inner()
+        .collect()
+        .await;
+    assert!(
+        answers.iter().all(Result::is_err),
+        "a frame was acknowledged though its sync failed: {answers:?}"
+    );
+    server.kill9();
+    server
+        .try_restart()
+        .unwrap_or_else(|log| panic!("startup refused the undone tail: {log}"));
+    let mut c = server.client().await;
+    let t = topic_info(&mut c, TOPIC).await.expect("the topic");
+    assert!((1..65).contains(&t.next_offset), "{t:?}");
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let frames = take(
+        &mut sub.stream,
+        t.next_offset as usize,
+        Duration::from_secs(10),
+    )
+    .await;
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!((f.offset, f.seq_no), (i as u64, i as u64));
+        assert_eq!(f.payload, payload(i as u64));
+    }
+    // The log goes on where the kept records end.
+    let next = publish_one(&server, TOPIC, 100).await;
+    assert_eq!(next, t.next_offset);
+}

@@ -143,3 +143,58 @@ async fn with_the_switch_off_a_failed_sync_is_undone_and_appends_go_on() {
     let frame = log.read(5).unwrap().unwrap();
     assert_eq!(frame.seq_no, 100);
 }
+
+/// A sync that fails, and whose undo fails too, stops the log at once: a later request of
+/// the same batch that needs a new segment gets no segment (whose base would be an offset
+/// the disk may still hold), and nothing more is written, then or at close.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sync_that_cannot_be_undone_no_new_segment_is_started() {
+    use framecast::wal::{failpoint, Error};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sized = |seq_no: u64, len: usize| NewFrame {
+        seq_no,
+        timestamp: 0,
+        key: Bytes::new(),
+        payload: Bytes::from(vec![b'f'; len]),
+    };
+    // 256 KiB segments hold 262,080 bytes of records: 258 records of 1,000 bytes leave
+    // 4,080, enough for two empty frames (40 bytes each) but not then for 4,040 more.
+    let config = config(false, Some(Duration::from_millis(300)));
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    for chunk in 0..6u64 {
+        let n = if chunk < 5 { 50 } else { 8 };
+        let frames = (0..n).map(|i| sized(chunk * 50 + i, 960)).collect();
+        log.append_async(frames).await.unwrap();
+    }
+    assert_eq!(log.durable_offset(), 258);
+    let segment_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
+            .count()
+    };
+    assert_eq!(segment_files(), 1);
+    // The 2nd and 3rd syncs from here fail: the first request's sync, then its undo.
+    failpoint::arm_times(failpoint::COMMIT_SYNC, 2, 2);
+    let r0 = log.submit(vec![sized(1000, 0)]).unwrap();
+    // R0's sync takes 300 ms: R1 and R2 queue meanwhile and are committed in one batch.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r1 = log.submit(vec![sized(1001, 0)]).unwrap();
+    let r2 = log.submit(vec![sized(1002, 4000)]).unwrap();
+    assert_eq!(r0.await.unwrap().unwrap()[0].offset, 258);
+    let (r1, r2) = (r1.await.unwrap(), r2.await.unwrap());
+    failpoint::clear();
+    assert!(matches!(r1, Err(Error::Unavailable(_))), "{r1:?}");
+    assert!(matches!(r2, Err(Error::Unavailable(_))), "{r2:?}");
+    assert_eq!(
+        segment_files(),
+        1,
+        "a segment was started after the log failed"
+    );
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.durable_offset(), 259);
+    assert!(log.read(259).unwrap().is_none());
+}

@@ -382,6 +382,13 @@ impl Committer {
                 .sum();
             if need > w.active.remaining() {
                 self.finish(&mut w, portion);
+                if let Some(why) = &w.failed {
+                    // That sync failed for good: no new segment (its base would be an
+                    // offset the disk may still hold), nothing more written.
+                    let _ = req.reply.send(Err(Error::Unavailable(why.clone())));
+                    portion = Portion::at(&w);
+                    continue;
+                }
                 if let Err(e) = self.roll(&mut w) {
                     error!(dir = %self.dir.display(), error = %e, "cannot start a new segment");
                     let _ = req.reply.send(Err(e));
@@ -485,6 +492,11 @@ impl Committer {
             let need = r.encoded_len() as u64;
             if need > w.active.remaining() {
                 self.finish(w, portion);
+                if let Some(why) = &w.failed {
+                    // As in `commit`: no new segment after a sync that failed for good.
+                    let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                    return Portion::at(w);
+                }
                 if let Err(e) = self.roll(w) {
                     error!(dir = %self.dir.display(), error = %e, "cannot start a new segment");
                     let _ = reply.send(Err(e));

@@ -120,6 +120,10 @@ pub async fn stalled() {
 }
 /// Not in [`ALL`]: the write of a log's `ACTIVE` file fails (`active.write`).
 pub const ACTIVE_WRITE: &str = "active.write";
+/// Not in [`ALL`]: the undo of a failed sync stops half way through zeroing the undone
+/// records, as a `kill -9` there would leave them (`segment.rollback_half`); a test kills
+/// the process next.
+pub const ROLLBACK_HALF: &str = "segment.rollback_half";
 
 /// True when `e` came from a fail point: a simulated crash, after which nothing may be
 /// cleaned up.

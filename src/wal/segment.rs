@@ -181,8 +181,13 @@ impl Segment {
         match method {
             SyncMethod::Msync => self.map.flush_range(pos as usize, len as usize),
             // `fdatasync` flushes the file's dirty pages whichever descriptor asks, the
-            // mapping's included.
-            SyncMethod::Fdatasync => self.open_file().and_then(|f| f.sync_data()),
+            // mapping's included. Without a descriptor (the process is out of them for a
+            // moment), `msync` of the range, which needs none: a failed open is no failed
+            // sync, and must not stop the log.
+            SyncMethod::Fdatasync => match self.open_file() {
+                Ok(f) => f.sync_data(),
+                Err(_) => self.map.flush_range(pos as usize, len as usize),
+            },
         }
         .map_err(|e| Error::io(&self.path, e))
     }
@@ -440,15 +445,33 @@ impl SegmentWriter {
     /// that the bytes of a failed append can never be recovered as records.
     pub fn rollback(&mut self, to: u64) {
         let to = to.max(self.segment.published());
-        if to < self.cursor {
-            let len = (self.cursor - to) as usize;
-            // SAFETY: `[to, cursor)` is at or above `published` (clamped above), below the
-            // cursor and so inside the allocated file, and only this writer touches it.
+        // Backwards, a few bytes at a time (fewer than a record header): a kill midway
+        // leaves whole records, then at most one cut short, then zeros — a torn tail that
+        // recovery cuts. Forwards, it could leave a zeroed header before whole records,
+        // which recovery must take for damage.
+        let half = to + (self.cursor.saturating_sub(to)) / 2;
+        let stop_at_half = super::failpoint::hit(super::failpoint::ROLLBACK_HALF).is_err();
+        let mut end = self.cursor;
+        while end > to {
+            if stop_at_half && end <= half {
+                return; // a simulated crash: nothing after it runs
+            }
+            let start = end.saturating_sub(ROLLBACK_STEP).max(to);
+            // SAFETY: `[start, end)` lies in `[to, cursor)`, which is at or above
+            // `published` (clamped above), below the cursor and so inside the allocated
+            // file; only this writer touches it.
             unsafe {
-                std::ptr::write_bytes(self.segment.map.as_mut_ptr().add(to as usize), 0, len)
+                std::ptr::write_bytes(
+                    self.segment.map.as_mut_ptr().add(start as usize),
+                    0,
+                    (end - start) as usize,
+                )
             };
-            self.cursor = to;
+            // Each step's stores before the next's (toward the front).
+            std::sync::atomic::compiler_fence(Ordering::Release);
+            end = start;
         }
+        self.cursor = to;
     }
 
     /// Cuts the file's contents back to `len` bytes (dropping a torn tail, or records a new
@@ -469,6 +492,10 @@ impl SegmentWriter {
         Ok(())
     }
 }
+
+/// Bytes [`SegmentWriter::rollback`] zeroes per step, back to front: fewer than a record
+/// header, so no step can leave a whole record behind a zeroed one.
+const ROLLBACK_STEP: u64 = 32;
 
 /// The file length to grow to so that `need` bytes fit: double the allocation (by at
 /// least the first step, at most [`SEGMENT_MAX_GROWTH`]), more if one append needs it,
