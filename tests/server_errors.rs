@@ -412,6 +412,19 @@ async fn without_auto_create_missing_topics_are_not_found_until_created() {
     let st = publish_status(&mut c, req("y", 1, b"a")).await;
     assert_eq!(st.code(), Code::NotFound);
     assert_eq!(topic_names(&mut c).await, vec!["x".to_string()]);
+
+    // "" is `default` in CreateTopic and DeleteTopic too, as in Publish.
+    let info = c
+        .create_topic(CreateTopicRequest::default())
+        .await
+        .expect("create \"\"")
+        .into_inner();
+    assert_eq!(info.name, "default");
+    assert_eq!(publish(&mut c, "", 1, b"d").await.offset, 0);
+    c.delete_topic(DeleteTopicRequest { name: "".into() })
+        .await
+        .expect("delete \"\"");
+    assert_eq!(topic_names(&mut c).await, vec!["x".to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,4 +691,54 @@ async fn a_message_over_the_decoding_limit_is_invalid_argument_in_every_call() {
         "framecast_rejected_requests_total{code=\"invalid_argument\"}",
     );
     assert_eq!(rejected, Some(4.0), "{m}");
+}
+
+/// A topic name that is not UTF-8 is bad input in every call, as in Publish:
+/// `INVALID_ARGUMENT`, not tonic's `INTERNAL` decode failure. Sent as gRPC-Web over
+/// HTTP/1.1 (raw bytes a generated client cannot send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_name_that_is_not_utf8_is_invalid_argument_in_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = format!("http://{}", server.addr);
+    // The string field holding the topic's name (field 2 of SubscribeRequest, 1 of
+    // CreateTopicRequest and DeleteTopicRequest) as the one byte 0xff.
+    for (call, field) in [("Subscribe", 2u8), ("CreateTopic", 1), ("DeleteTopic", 1)] {
+        let message = [(field << 3) | 2, 1, 0xff];
+        let mut body = vec![0u8];
+        body.extend((message.len() as u32).to_be_bytes());
+        body.extend(message);
+        let base = base.clone();
+        let path = format!("/framecast.v1.Broadcast/{call}");
+        let answer = tokio::task::spawn_blocking(move || {
+            common::http::request(
+                &base,
+                "POST",
+                &path,
+                &[("Content-Type", "application/grpc-web+proto")],
+                &body,
+            )
+        })
+        .await
+        .unwrap();
+        let trailers = String::from_utf8_lossy(&answer.body).to_lowercase();
+        let status = answer
+            .header("grpc-status")
+            .map(str::to_string)
+            .or_else(|| {
+                trailers.split("grpc-status:").nth(1).map(|rest| {
+                    rest.trim()
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect()
+                })
+            });
+        assert_eq!(
+            status.as_deref(),
+            Some("3"),
+            "{call}: {} {trailers}",
+            answer.status
+        );
+    }
+    assert!(topic_dirs(dir.path()).is_empty());
 }

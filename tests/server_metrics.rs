@@ -209,3 +209,28 @@ async fn a_stalled_subscriber_shows_its_lag_and_health_turns_503_at_shutdown() {
     let status = server.wait_exit(Duration::from_secs(15)).expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// A topic whose creation failed (here its directory cannot be made) has no series: a
+/// refused request leaves nothing behind, not even one of `--metrics-max-topics`' slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_could_not_be_made_has_no_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = server.http.clone().unwrap();
+    // A file where the topic's directory is made first: its creation fails.
+    std::fs::write(
+        dir.path().join("topics").join(".creating-ghost"),
+        b"in the way",
+    )
+    .unwrap();
+    let mut c = server.client().await;
+    let refused = c.publish(req("ghost", 1, b"x")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    c.publish(req("real", 1, b"x")).await.unwrap();
+    let text = scrape(&base);
+    assert!(
+        text.contains("framecast_published_frames_total{topic=\"real\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("topic=\"ghost\""), "{text}");
+}

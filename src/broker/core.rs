@@ -415,9 +415,11 @@ impl Broker {
             self.check_running()?;
             must_be_admin(who, "create topics")?;
             self.cluster.check_writable()?;
+            // "" is `default`, as in every other call.
+            let name = topic_name(&r.name)?;
             let (topic, _) = self
                 .topics
-                .create(&r.name, r.retention_max_age_seconds, r.retention_max_bytes)
+                .create(&name, r.retention_max_age_seconds, r.retention_max_bytes)
                 .await?;
             // Also when it existed: an earlier creation's answer may have been lost.
             self.roster_committed(self.topics.roster_version()).await?;
@@ -432,7 +434,7 @@ impl Broker {
             self.check_running()?;
             must_be_admin(who, "delete topics")?;
             self.cluster.check_writable()?;
-            let deleted = self.topics.delete(name).await;
+            let deleted = self.topics.delete(&topic_name(name)?).await;
             if let Err(Error::TopicNotFound(_)) = &deleted {
                 // Maybe deleted by an earlier call whose answer was lost: answered once the
                 // deletion is held, like it, so NOT_FOUND means gone after a failover too.

@@ -748,11 +748,20 @@ impl Topics {
             TermHistory::starting(self.term.load(Ordering::Acquire)),
         );
         let (roster, closed) = (Arc::clone(&self.roster), Arc::clone(&self.closed));
+        let registry = Arc::clone(&self.metrics);
         // Runs to the end even if the request is cancelled: the topic is either fully made,
         // registered and announced, or not made at all.
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
-            let log = make_topic(&dir, &name_owned, &meta, &terms, None, config)?;
+            let log = match make_topic(&dir, &name_owned, &meta, &terms, None, config) {
+                Ok(log) => log,
+                Err(e) => {
+                    // Not made: no series of its own either (a refused request leaves
+                    // nothing behind, not even a `--metrics-max-topics` slot).
+                    registry.forget_topic(&name_owned);
+                    return Err(e);
+                }
+            };
             let topic = Arc::new(new_topic(
                 name_owned.clone(),
                 meta,

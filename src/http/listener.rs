@@ -35,12 +35,9 @@ where
         loop {
             match self.connections.next().await {
                 Some(Ok(io)) => return (io, self.local),
-                Some(Err(e)) => {
-                    // A failed accept (a connection reset before it was taken, too many
-                    // open files) ends that connection, not the listener.
-                    debug!(error = %e, "http accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
+                // A failed accept ends that connection, not the listener (the connection
+                // limit paused after it: `connections::limit`).
+                Some(Err(e)) => debug!(error = %e, "http accept failed"),
                 // The stream never ends while the listener is open; if it does, no more
                 // connections come.
                 None => std::future::pending::<()>().await,

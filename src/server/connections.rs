@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::Connected;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::broker::metrics::Gauge;
 
@@ -38,8 +38,11 @@ impl Drop for OpenConnection {
     }
 }
 
+/// How long a listener waits after a failed accept before it accepts again.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Accepts from `incoming` only while fewer than `max` accepted connections are open;
-/// `open` counts them.
+/// `open` counts them. A failed accept is passed on after a short pause.
 pub fn limit<S, IO, E>(
     incoming: S,
     max: usize,
@@ -47,6 +50,7 @@ pub fn limit<S, IO, E>(
 ) -> impl Stream<Item = Result<Limited<IO>, E>>
 where
     S: Stream<Item = Result<IO, E>> + Unpin,
+    E: std::fmt::Display,
 {
     let max = max.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
@@ -65,6 +69,14 @@ where
                 }
             };
             let next = incoming.next().await?;
+            if let Err(e) = &next {
+                // A failed accept (a connection reset before it was taken, too many open
+                // files) ends that connection, not the listener; a pause, because the
+                // server's accept loop asks again at once, and a connection left in the
+                // kernel's queue (out of descriptors) would fail again at once: a busy loop.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
             let item = next.map(|io| {
                 open.inc();
                 Limited {

@@ -218,33 +218,48 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // Take every waiting connection while there is room, so that new handshakes start
-        // while others are still running.
-        while this.handshakes.len() < MAX_PENDING_HANDSHAKES {
-            let Some(tcp) = this.tcp.as_mut() else { break };
-            match Pin::new(tcp).poll_next(cx) {
-                Poll::Ready(Some(Ok(tcp))) => match &this.acceptor {
-                    None => return Poll::Ready(Some(Ok(Conn::Plain(tcp)))),
-                    Some(acceptor) => {
-                        this.handshakes.spawn(handshake(acceptor.clone(), tcp));
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => this.tcp = None,
-                Poll::Pending => break,
-            }
-        }
         loop {
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                Poll::Ready(Some(Ok(None))) => continue,
-                Poll::Ready(Some(Err(e))) => {
-                    debug!(error = %e, "TLS handshake task ended abnormally");
-                    continue;
+            // Take every waiting connection while there is room, so that new handshakes
+            // start while others are still running.
+            let mut listener_waits = false;
+            while this.handshakes.len() < MAX_PENDING_HANDSHAKES {
+                let Some(tcp) = this.tcp.as_mut() else {
+                    listener_waits = true;
+                    break;
+                };
+                match Pin::new(tcp).poll_next(cx) {
+                    Poll::Ready(Some(Ok(tcp))) => match &this.acceptor {
+                        None => return Poll::Ready(Some(Ok(Conn::Plain(tcp)))),
+                        Some(acceptor) => {
+                            this.handshakes.spawn(handshake(acceptor.clone(), tcp));
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => this.tcp = None,
+                    Poll::Pending => {
+                        listener_waits = true;
+                        break;
+                    }
                 }
-                // Nothing in flight: the listener's waker is registered (or it has ended).
-                Poll::Ready(None) if this.tcp.is_none() => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+            let mut freed = false;
+            loop {
+                match this.handshakes.poll_join_next(cx) {
+                    Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                    Poll::Ready(Some(Ok(None))) => freed = true,
+                    Poll::Ready(Some(Err(e))) => {
+                        debug!(error = %e, "TLS handshake task ended abnormally");
+                        freed = true;
+                    }
+                    Poll::Ready(None) if this.tcp.is_none() => return Poll::Ready(None),
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            // The listener was left unpolled for want of room, and failed handshakes made
+            // room: poll it again, or nothing would wake this task for the connections
+            // waiting there (no handshake left to wake it either).
+            if listener_waits || !freed {
+                return Poll::Pending;
             }
         }
     }
