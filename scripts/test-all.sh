@@ -29,7 +29,7 @@ echo "== cargo test"
 cargo test --all-targets --no-fail-fast 2>&1 | tee target/cargo-test.log
 # Crash safety of compaction, failed commit syncs, ACTIVE writes and a repair that dies part way: the same tests with fail points
 # compiled in.
-cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail --test wal_commit_panic --test wal_roll_failure --test wal_missing_segment --test server_repair 2>&1 | tee -a target/cargo-test.log
+cargo test --features failpoints --test wal_compaction_crash --test wal_early_tail --test wal_commit_panic --test wal_roll_failure --test wal_missing_segment --test server_repair --test server_publish_budget 2>&1 | tee -a target/cargo-test.log
 # A cluster leader whose disk fails (a fail point armed in the real binary) leaves, and an
 # in-sync follower takes over; a follower whose disk fails leaves, and the cluster goes on;
 # a publish held past its leader's step-down is refused, not appended.

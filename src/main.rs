@@ -137,6 +137,11 @@ struct ServeArgs {
     /// Open subscriber streams allowed across all topics.
     #[arg(long, env = "FRAMECAST_MAX_SUBSCRIBERS", default_value_t = 100_000)]
     max_subscribers: usize,
+    /// Payload bytes of publishes taken in and not yet written to their logs, across the
+    /// server (every door, connection and stream); past it publishers wait, held back by
+    /// their connections' flow control (at most 4GiB).
+    #[arg(long, env = "FRAMECAST_MAX_QUEUED_PUBLISH_BYTES", default_value = "256MiB", value_parser = parse_publish_budget)]
+    max_queued_publish_bytes: u64,
     /// Refuse publishes and subscriptions to missing topics (NOT_FOUND) instead of creating them.
     #[arg(long, env = "FRAMECAST_NO_AUTO_CREATE_TOPICS")]
     no_auto_create_topics: bool,
@@ -294,6 +299,15 @@ fn parse_window(s: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(n).map_err(|e| e.to_string())
+}
+
+/// The publish budget: 1 byte to 4 GiB - 1 (what one wait for it can ask).
+fn parse_publish_budget(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if !(1..=u64::from(u32::MAX)).contains(&n) {
+        return Err(format!("'{s}' must be between 1 byte and 4GiB - 1"));
+    }
+    Ok(n)
 }
 
 /// A node's etcd lease: at least 2s, etcd's minimum (etcd would lengthen a shorter one
@@ -571,6 +585,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             ..MaintenanceConfig::default()
         },
         max_subscribers: args.max_subscribers,
+        max_queued_publish_bytes: args.max_queued_publish_bytes,
         auto_create_topics: !args.no_auto_create_topics,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         http2: Http2Limits {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::core::{may_publish, topic_name, Broker};
+use super::core::{frame_bytes, may_publish, topic_name, Broker};
 use super::error::{Error, Result};
 use super::pattern::TopicPattern;
 use super::principal::Principal;
@@ -33,10 +33,19 @@ impl Broker {
         let (topics, frame) = self.counted(checked)?;
         // Every topic's request is queued before any ack is awaited: the appends run in
         // parallel, each topic's log committing on its own.
+        // One share of the publish budget for every topic: the payload is one allocation.
+        let budget = self.take_publish_budget(frame_bytes(&frame)).await;
+        let budget = self.counted(budget)?;
         let mut pending = Vec::with_capacity(topics.len());
         for name in &topics {
             let queued = self
-                .submit_at(name, vec![frame.clone()], Cause::Publish, received)
+                .submit_at(
+                    name,
+                    vec![frame.clone()],
+                    Cause::Publish,
+                    received,
+                    budget.clone(),
+                )
                 .await;
             pending.push(self.counted(queued)?);
         }

@@ -31,6 +31,20 @@ pub struct Pending {
     rx: AckReceiver,
     /// When the request's frames were received, for `publish_duration_seconds`.
     received: Instant,
+    /// The request's share of the publish budget, given back once its log answered.
+    budget: PublishBudget,
+}
+
+/// Payload bytes of publishes taken in and not yet written to their logs that the server
+/// holds at most, across every door, by default (`--max-queued-publish-bytes`).
+pub const DEFAULT_PUBLISH_BUDGET: usize = 256 << 20;
+
+/// A share of the server's publish budget ([`Broker::take_publish_budget`]), given back
+/// when the last clone is dropped (a broadcast's topics share one: its payload is one
+/// allocation, however many topics it goes to).
+#[derive(Debug, Clone)]
+pub struct PublishBudget {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Pending {
@@ -51,6 +65,12 @@ pub struct Broker {
     auth: Option<Arc<Authenticator>>,
     anonymous: Arc<Principal>,
     cluster: ClusterView,
+    /// Payload bytes publishes may hold while queued for their logs, across the server:
+    /// without it a client opening many publish streams (each with its own read-ahead)
+    /// against a slow disk could make the server hold gigabytes.
+    publish_budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size, permits (at most `u32::MAX`, what one wait can ask).
+    publish_budget_max: u32,
 }
 
 /// An opened subscription and what its first answer tells the client.
@@ -118,6 +138,36 @@ impl Broker {
             auth: auth.map(Arc::new),
             anonymous: Arc::new(Principal::anonymous()),
             cluster,
+            publish_budget: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUBLISH_BUDGET)),
+            publish_budget_max: DEFAULT_PUBLISH_BUDGET as u32,
+        }
+    }
+
+    /// This broker with a publish budget of `bytes` (`--max-queued-publish-bytes`; at least
+    /// 1, at most 4 GiB - 1) instead of [`DEFAULT_PUBLISH_BUDGET`].
+    pub fn with_publish_budget(mut self, bytes: u64) -> Broker {
+        let max = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        self.publish_budget = Arc::new(tokio::sync::Semaphore::new(max as usize));
+        self.publish_budget_max = max;
+        self
+    }
+
+    /// Takes `bytes` of the server's publish budget (all of it for a request larger than
+    /// the budget), waiting while publishes taken in before hold it: what bounds the memory
+    /// of queued publishes, however many connections and streams bring them. The waiting
+    /// caller stops reading its request stream, so HTTP/2 flow control holds its client.
+    pub async fn take_publish_budget(&self, bytes: usize) -> Result<PublishBudget> {
+        let n = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.publish_budget_max);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            permit = Arc::clone(&self.publish_budget).acquire_many_owned(n) => permit
+                .map(|p| PublishBudget {
+                    _permit: Arc::new(p),
+                })
+                .map_err(|_| Error::ShuttingDown),
+            () = shutdown.wait() => Err(Error::ShuttingDown),
         }
     }
 
@@ -245,7 +295,8 @@ impl Broker {
             self.check_running()?;
             let (name, frame) = self.validate(r)?;
             may_publish(who, &name)?;
-            self.submit_at(&name, vec![frame], Cause::Publish, received)
+            let budget = self.take_publish_budget(frame_bytes(&frame)).await?;
+            self.submit_at(&name, vec![frame], Cause::Publish, received, budget)
                 .await
         };
         let pending = self.counted(queued.await)?;
@@ -291,8 +342,13 @@ impl Broker {
         frames: Vec<NewFrame>,
         cause: Cause,
     ) -> Result<Pending> {
-        let queued = self.submit_at(topic, frames, cause, Instant::now()).await;
-        self.counted(queued)
+        let received = Instant::now();
+        let queued = async {
+            let bytes = frames.iter().map(frame_bytes).sum();
+            let budget = self.take_publish_budget(bytes).await?;
+            self.submit_at(topic, frames, cause, received, budget).await
+        };
+        self.counted(queued.await)
     }
 
     pub(super) async fn submit_at(
@@ -301,6 +357,7 @@ impl Broker {
         frames: Vec<NewFrame>,
         cause: Cause,
         received: Instant,
+        budget: PublishBudget,
     ) -> Result<Pending> {
         self.cluster.check_writable()?;
         if failpoint::hit(failpoint::PUBLISH_STALL).is_err() {
@@ -315,6 +372,7 @@ impl Broker {
             topic,
             rx,
             received,
+            budget,
         })
     }
 
@@ -324,11 +382,14 @@ impl Broker {
             topic,
             rx,
             received,
+            budget,
         } = pending;
         let appended = rx
             .await
             .map_err(|_| append_error(&topic, wal::Error::Unavailable("log closed".into())))
             .and_then(|r| r.map_err(|e| append_error(&topic, e)));
+        // Written (or refused): the frames' memory is the log's no more.
+        drop(budget);
         let appended = self.counted(appended)?;
         let committed = self.committed(&topic, &appended).await;
         self.counted(committed)?;
@@ -805,6 +866,11 @@ pub fn topic_name(t: &str) -> Result<String> {
         )));
     }
     Ok(name.to_string())
+}
+
+/// What a frame costs the publish budget: its payload and key.
+pub(super) fn frame_bytes(frame: &NewFrame) -> usize {
+    frame.payload.len() + frame.key.len()
 }
 
 /// An append error as the client should see it: a deleted topic is NOT_FOUND.

@@ -18,6 +18,9 @@ pub struct ServerConfig {
     pub log: LogConfig,
     /// Open subscriber streams allowed across all topics.
     pub max_subscribers: usize,
+    /// Payload bytes of publishes taken in and not yet written to their logs, across the
+    /// server; past it publishers wait (`--max-queued-publish-bytes`).
+    pub max_queued_publish_bytes: u64,
     /// Create a topic on first publish or subscribe.
     pub auto_create_topics: bool,
     /// How long graceful shutdown may take before open streams are cut.
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             log: LogConfig::default(),
             max_subscribers: 100_000,
+            max_queued_publish_bytes: crate::broker::core::DEFAULT_PUBLISH_BUDGET as u64,
             auto_create_topics: true,
             shutdown_grace: Duration::from_secs(4),
             keepalive_interval: Duration::from_secs(20),

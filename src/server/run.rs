@@ -309,7 +309,8 @@ pub async fn run(
         config.max_subscribers,
         auth,
         cluster,
-    );
+    )
+    .with_publish_budget(config.max_queued_publish_bytes);
     // A cluster node joins before it listens: it refuses writes until it leads. A signal
     // while it joins (etcd slow or out of reach) stops it there, cleanly.
     let (replication, mut node_life) = match &config.cluster {

@@ -1,0 +1,75 @@
+//! The server-wide publish budget (`--max-queued-publish-bytes`): publishes taken in and not
+//! yet written to their logs hold it, and past it the next ones wait, whatever connection
+//! or stream they come through: the memory of queued publishes is bounded. The first
+//! publish is held between the budget and its log by a fail point (`publish.stall`,
+//! `--features failpoints`) until the test releases it.
+#![cfg(feature = "failpoints")]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Starts a server with `budget` whose first publish stalls, publishes 600 KiB (stalled)
+/// and then 600 KiB more on another connection; whether the second was answered while the
+/// first was held, then both acks' offsets once it is released.
+async fn second_publish_answered_while_the_first_is_held(budget: &str) -> (bool, Vec<u64>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let release = tmp.path().join("release");
+    let server = Server::start_with_env(
+        &data,
+        &["--fsync", "never", "--max-queued-publish-bytes", budget],
+        &[
+            ("FRAMECAST_FAILPOINTS", "publish.stall"),
+            ("FRAMECAST_FAILPOINT_RELEASE", release.to_str().unwrap()),
+        ],
+    );
+    let mut first_client = server.client().await;
+    let first = tokio::spawn(async move {
+        first_client
+            .publish(req("t", 1, &vec![1u8; 600 << 10]))
+            .await
+            .map(|a| a.into_inner().offset)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!first.is_finished(), "the first publish did not stall");
+    let mut second_client = server.client().await;
+    let second = tokio::spawn(async move {
+        second_client
+            .publish(req("t", 2, &vec![2u8; 600 << 10]))
+            .await
+            .map(|a| a.into_inner().offset)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered = second.is_finished();
+    std::fs::write(&release, b"").unwrap();
+    let mut offsets = Vec::new();
+    for call in [first, second] {
+        let offset = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("answered once released")
+            .unwrap()
+            .expect("acknowledged");
+        offsets.push(offset);
+    }
+    offsets.sort_unstable();
+    (answered, offsets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_past_the_budget_waits_until_the_ones_before_it_are_written() {
+    // 1 MiB: the first publish's 600 KiB leaves too little for the second.
+    let (answered, offsets) = second_publish_answered_while_the_first_is_held("1MiB").await;
+    assert!(!answered, "the second publish went past a full budget");
+    assert_eq!(offsets, [0, 1]);
+    // With room for both (the default budget), the second is not held up by the first.
+    let (answered, offsets) = second_publish_answered_while_the_first_is_held("256MiB").await;
+    assert!(
+        answered,
+        "the second publish waited though the budget had room"
+    );
+    assert_eq!(offsets, [0, 1]);
+}
