@@ -11,6 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use framecast::proto::broadcast_client::BroadcastClient;
+use tonic::transport::Channel;
 
 /// Starts a server with `budget` whose first publish stalls, publishes 600 KiB (stalled)
 /// and then 600 KiB more on another connection; whether the second was answered while the
@@ -27,22 +29,19 @@ async fn second_publish_answered_while_the_first_is_held(budget: &str) -> (bool,
             ("FRAMECAST_FAILPOINT_RELEASE", release.to_str().unwrap()),
         ],
     );
-    let mut first_client = server.client().await;
-    let first = tokio::spawn(async move {
-        first_client
-            .publish(req("t", 1, &vec![1u8; 600 << 10]))
-            .await
-            .map(|a| a.into_inner().offset)
-    });
+    // 600 KiB on a connection of its own: its offset once acknowledged.
+    let publish = |mut client: BroadcastClient<Channel>, seq_no: u64| {
+        tokio::spawn(async move {
+            client
+                .publish(req("t", seq_no, &vec![seq_no as u8; 600 << 10]))
+                .await
+                .map(|a| a.into_inner().offset)
+        })
+    };
+    let first = publish(server.client().await, 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!first.is_finished(), "the first publish did not stall");
-    let mut second_client = server.client().await;
-    let second = tokio::spawn(async move {
-        second_client
-            .publish(req("t", 2, &vec![2u8; 600 << 10]))
-            .await
-            .map(|a| a.into_inner().offset)
-    });
+    let second = publish(server.client().await, 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let answered = second.is_finished();
     std::fs::write(&release, b"").unwrap();

@@ -124,6 +124,35 @@ fn exchange(
     Ok(parse(&raw))
 }
 
+/// Sends `message` (raw protobuf bytes, which a generated client could not send) to the
+/// gRPC call `path` as gRPC-Web over HTTP/1.1; the answer's `grpc-status` (from its headers,
+/// or its trailers in the body) and the answer, for messages.
+pub fn grpc_web_status(base: &str, path: &str, message: &[u8]) -> (Option<String>, Response) {
+    let mut body = vec![0u8];
+    body.extend((message.len() as u32).to_be_bytes());
+    body.extend(message);
+    let answer = request(
+        base,
+        "POST",
+        path,
+        &[("Content-Type", "application/grpc-web+proto")],
+        &body,
+    );
+    let trailers = String::from_utf8_lossy(&answer.body).to_lowercase();
+    let status = answer
+        .header("grpc-status")
+        .map(str::to_string)
+        .or_else(|| {
+            trailers.split("grpc-status:").nth(1).map(|rest| {
+                rest.trim()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect()
+            })
+        });
+    (status, answer)
+}
+
 /// A request with a bearer token.
 pub fn with_token(base: &str, method: &str, path: &str, token: &str, body: &[u8]) -> Response {
     let auth = format!("Bearer {token}");
