@@ -856,14 +856,10 @@ fn main() -> ExitCode {
             match framecast::dump::run(&opts, &mut out) {
                 Ok(outcome) => {
                     use std::io::Write;
-                    match out.flush() {
-                        Ok(()) => {}
-                        // The reader went away (`dump | head`): not an error.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                        Err(e) => {
-                            eprintln!("framecast dump: cannot write the output: {e}");
-                            return ExitCode::from(2);
-                        }
+                    // A reader that went away (`dump | head`) is no failure.
+                    if let Err(e) = cli::written(out.flush()) {
+                        eprintln!("framecast dump: {e}");
+                        return ExitCode::from(2);
                     }
                     eprintln!(
                         "{} segments, {} records, {} bad, {} torn tails",

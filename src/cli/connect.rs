@@ -119,6 +119,14 @@ pub fn client(
     Ok(client)
 }
 
+/// [`name_addr`] for a command's error: the client's is named, the output's left as it is.
+pub fn name_addr_of(e: super::Error, addr: &str) -> super::Error {
+    match e {
+        super::Error::Client(e) => name_addr(e, addr).into(),
+        output => output,
+    }
+}
+
 /// `e` with the address (or addresses) named when no server could be reached at all.
 pub fn name_addr(e: Error, addr: &str) -> Error {
     let what = if addr.contains(',') {

@@ -53,10 +53,9 @@ pub struct HistoryArgs {
 /// Prints the frames of one History walk (up to `--count`); an unreachable server is named.
 pub async fn run(args: HistoryArgs) -> Result<u64> {
     let addr = args.addr.clone();
-    print_history(args).await.map_err(|e| match e {
-        super::Error::Client(e) => super::connect::name_addr(e, &addr).into(),
-        output => output,
-    })
+    print_history(args)
+        .await
+        .map_err(|e| super::connect::name_addr_of(e, &addr))
 }
 
 /// Prints the frames of one History walk, page by page, up to `--count`.

@@ -53,10 +53,9 @@ pub struct SubscribeArgs {
 /// Prints frames until `--count` is reached or the stream fails; an unreachable server is named.
 pub async fn run(args: SubscribeArgs) -> Result<u64> {
     let addr = args.addr.clone();
-    print_frames(args).await.map_err(|e| match e {
-        super::Error::Client(e) => super::connect::name_addr(e, &addr).into(),
-        output => output,
-    })
+    print_frames(args)
+        .await
+        .map_err(|e| super::connect::name_addr_of(e, &addr))
 }
 
 /// Prints frames until `--count` is reached or the stream fails.

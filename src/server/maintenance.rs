@@ -117,22 +117,21 @@ pub async fn run(
                     return Some(job);
                 }
             };
-            match finished {
-                Ok(Ok(())) => failing.forget(topic.name()),
+            let failure = match finished {
+                Ok(Ok(())) => {
+                    failing.forget(topic.name());
+                    continue;
+                }
                 Ok(Err(e)) if topic.log().is_closed() => {
                     tracing::debug!(topic = topic.name(), error = %e, "maintenance stopped: log closed");
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    topic.metrics().maintenance_failures.inc();
-                    let wait = failing.failed(topic.name(), config.interval, Instant::now());
-                    warn!(topic = topic.name(), error = %e, retry_in = ?wait, "maintenance failed; will retry");
-                }
-                Err(e) => {
-                    topic.metrics().maintenance_failures.inc();
-                    let wait = failing.failed(topic.name(), config.interval, Instant::now());
-                    warn!(topic = topic.name(), error = %e, retry_in = ?wait, "maintenance task failed; will retry");
-                }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the pass's task ended abnormally: {e}"),
+            };
+            topic.metrics().maintenance_failures.inc();
+            let wait = failing.failed(topic.name(), config.interval, Instant::now());
+            warn!(topic = topic.name(), error = %failure, retry_in = ?wait, "maintenance failed; will retry");
         }
     }
 }
