@@ -169,7 +169,8 @@ struct ServeArgs {
     /// Compact a topic once this many sealed segments wait (0 = never automatically).
     #[arg(long, env = "FRAMECAST_COMPACT_AFTER_SEGMENTS", default_value_t = 4)]
     compact_after_segments: usize,
-    /// Client connections served at once; more wait to be accepted until one closes.
+    /// Client connections served at once, on the gRPC and HTTP listeners together; more
+    /// wait to be accepted until one closes.
     #[arg(long, env = "FRAMECAST_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Concurrent HTTP/2 streams (calls, subscriptions) per connection.

@@ -61,3 +61,52 @@ async fn the_connection_past_max_connections_waits_until_one_closes() {
     let mut fourth = server.client().await;
     list_topics(&mut fourth).await;
 }
+
+/// Sends `GET /healthz` on a keep-alive HTTP/1.1 connection and reads the start of the
+/// answer: its status line.
+async fn healthz_on(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_counts_the_grpc_and_http_doors_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "2"]);
+    let http = server.http.clone().expect("HTTP door");
+    let http_at = http.trim_start_matches("http://").to_string();
+
+    // One connection on each door, both served.
+    let mut grpc = server.client().await;
+    list_topics(&mut grpc).await;
+    let mut first_http = tokio::net::TcpStream::connect(&http_at).await.unwrap();
+    assert!(healthz_on(&mut first_http).await.contains("200"));
+
+    // A second HTTP connection makes three in all: not served while the two are open.
+    let second_at = http_at.clone();
+    let call = tokio::spawn(async move {
+        let mut conn = tokio::net::TcpStream::connect(&second_at).await.unwrap();
+        healthz_on(&mut conn).await
+    });
+    tokio::time::sleep(HELD).await;
+    assert!(
+        !call.is_finished(),
+        "a third connection (the second on the HTTP door) was served while \
+         --max-connections 2 were open, one per door: {:?}",
+        call.await
+    );
+
+    // The gRPC connection closes: the waiting HTTP connection is served.
+    drop(grpc);
+    let status = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the waiting HTTP connection was not served after the gRPC one closed")
+        .expect("call task");
+    assert!(status.contains("200"), "{status}");
+}

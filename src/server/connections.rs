@@ -1,7 +1,10 @@
-//! `--max-connections`: at most N client connections are served at once.
+//! `--max-connections`: at most N client connections are served at once, on both doors
+//! together.
 //!
-//! The listener's stream of accepted connections is wrapped so that a connection is only
-//! accepted once a permit of a semaphore of N is free (mini-redis's pattern). The permit
+//! Each listener's stream of accepted connections is wrapped so that a connection is only
+//! accepted once a permit of one semaphore of N, shared by the listeners, is free
+//! (mini-redis's pattern), and is served once it holds one (when both listeners accept at
+//! the last free permit, one connection waits, accepted, for the next). The permit
 //! travels with the connection and is given back when the server drops it, that is when
 //! the connection closes. Beyond N, new connections wait in the kernel's accept queue
 //! (the client sees its handshake hang, or time out) until one closes.
@@ -41,53 +44,88 @@ impl Drop for OpenConnection {
 /// How long a listener waits after a failed accept before it accepts again.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Accepts from `incoming` only while fewer than `max` accepted connections are open;
-/// `open` counts them. A failed accept is passed on after a short pause.
+/// The `--max-connections` permits, one per open client connection, shared by every
+/// listener of the server.
+#[derive(Debug, Clone)]
+pub struct Permits {
+    semaphore: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Permits {
+    /// `max` permits (at least one).
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            semaphore: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+/// Accepts from `incoming` only while a connection permit of `permits` is free; each
+/// accepted connection holds one while it is open, and `open` counts them. A failed accept
+/// is passed on after a short pause.
 pub fn limit<S, IO, E>(
     incoming: S,
-    max: usize,
+    permits: &Permits,
     open: Gauge,
 ) -> impl Stream<Item = Result<Limited<IO>, E>>
 where
     S: Stream<Item = Result<IO, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let max = max.clamp(1, Semaphore::MAX_PERMITS);
-    let permits = Arc::new(Semaphore::new(max));
+    let max = permits.max;
+    let permits = Arc::clone(&permits.semaphore);
     futures::stream::unfold(
         (incoming, permits, open),
         move |(mut incoming, permits, open)| async move {
-            let permit = match Arc::clone(&permits).try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    warn!(
-                        max_connections = max,
-                        "connection limit reached: new connections wait until one closes"
-                    );
-                    // The semaphore is never closed, so this only waits.
-                    Arc::clone(&permits).acquire_owned().await.ok()?
+            // Accept only once a permit is free (beyond that, connections wait in the
+            // kernel's queue), without holding it while no connection comes: the other
+            // listener shares the permits.
+            drop(permit_of(&permits, max).await?);
+            let next = incoming.next().await?;
+            let item = match next {
+                Ok(io) => {
+                    // The other listener may have taken the free permit meanwhile: then
+                    // this one connection waits, accepted but not served, until one closes.
+                    let permit = permit_of(&permits, max).await?;
+                    open.inc();
+                    Ok(Limited {
+                        io,
+                        _permit: permit,
+                        _open: OpenConnection(open.clone()),
+                    })
+                }
+                Err(e) => {
+                    // A failed accept (a connection reset before it was taken, too many
+                    // open files) ends that connection, not the listener; a pause, because
+                    // the server's accept loop asks again at once, and a connection left in
+                    // the kernel's queue (out of descriptors) would fail again at once: a
+                    // busy loop.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    Err(e)
                 }
             };
-            let next = incoming.next().await?;
-            if let Err(e) = &next {
-                // A failed accept (a connection reset before it was taken, too many open
-                // files) ends that connection, not the listener; a pause, because the
-                // server's accept loop asks again at once, and a connection left in the
-                // kernel's queue (out of descriptors) would fail again at once: a busy loop.
-                debug!(error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-            let item = next.map(|io| {
-                open.inc();
-                Limited {
-                    io,
-                    _permit: permit,
-                    _open: OpenConnection(open.clone()),
-                }
-            });
             Some((item, (incoming, permits, open)))
         },
     )
+}
+
+/// A permit of `permits`, at once or (logged) once a connection closes; `None` only if the
+/// semaphore were closed, which it never is.
+async fn permit_of(permits: &Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
+    match Arc::clone(permits).try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            warn!(
+                max_connections = max,
+                "connection limit reached: new connections wait until one closes"
+            );
+            Arc::clone(permits).acquire_owned().await.ok()
+        }
+    }
 }
 
 impl<IO: Connected> Connected for Limited<IO> {

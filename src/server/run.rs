@@ -213,13 +213,15 @@ pub async fn run(
         crate::http::origin::Origins::new(&config.cors_origins),
     );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // --max-connections counts the connections of both doors together.
+    let connection_permits = super::connections::Permits::new(config.max_connections);
     let http = match config.http_listen {
         Some(at) => Some(
             start_http(
                 HttpListener {
                     at,
                     tls: http_tls,
-                    max_connections: config.max_connections,
+                    connections: connection_permits.clone(),
                     grace: config.shutdown_grace,
                     cors: cors.clone(),
                 },
@@ -449,7 +451,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             super::connections::limit(
                 super::tls::accept(TcpIncoming::from(listener).with_nodelay(Some(true)), tls),
-                config.max_connections,
+                &connection_permits,
                 metrics.connections("grpc"),
             ),
             async move { stop_accepting.wait().await },
@@ -625,7 +627,8 @@ fn this_node(
 struct HttpListener {
     at: std::net::SocketAddr,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    max_connections: usize,
+    /// The `--max-connections` permits, shared with the gRPC listener.
+    connections: super::connections::Permits,
     grace: std::time::Duration,
     cors: Option<tower_http::cors::CorsLayer>,
 }
@@ -639,7 +642,7 @@ async fn start_http(
     let HttpListener {
         at,
         tls,
-        max_connections,
+        connections,
         grace,
         cors,
     } = listen;
@@ -656,7 +659,7 @@ async fn start_http(
     // TLS handshakes (when configured) run concurrently, off the accept path.
     let limited = Box::pin(super::connections::limit(
         super::tls::accept(Box::pin(accepted), tls),
-        max_connections,
+        &connections,
         metrics.connections("http"),
     ));
     let incoming = crate::http::listener::Incoming::new(limited, local);
