@@ -6,17 +6,11 @@ import { FramecastError } from "./errors.js";
 import { FollowerPicker, readFromOf } from "./followers.js";
 import { Subscription } from "./subscription.js";
 import { Transport } from "./transport.js";
-import { ackOf, base64Encode, clusterOf, frameOf, integerText, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
+import { ackOf, base64Encode, clusterOf, frameOf, integerText, isVisibleAscii, malformed, payloadBytes, record, toBigInt, topicOf } from "./wire.js";
 /** Retries of a call after a network error or a 502, 503 or 504, unless told otherwise (about 16 s of backoff). */
 const DEFAULT_RETRIES = 8;
 /** The longest idempotency key the server takes, in bytes (API.md, "Idempotent publish"). */
 const MAX_KEY_BYTES = 128;
-/**
- * What an idempotency key may hold: visible ASCII. The key of a publish travels as a header,
- * which `fetch` refuses (or trims) and the server refuses otherwise; a broadcast's is held to
- * the same rule, so a key works the same in both.
- */
-const KEY_CHARS = /^[\x21-\x7e]*$/;
 /**
  * A framecast client over HTTP: works in browsers and in Node 20+, on their own `fetch`
  * (Node uses the `undici` package only for the TLS options).
@@ -255,15 +249,16 @@ function topicPath(topic) {
 /**
  * The idempotency key of a write: the one given, checked before anything is sent (a bad
  * header value would make `fetch` throw, and that would pass for a network error and be
- * retried), or a fresh one.
+ * retried), or a fresh one. A key is visible ASCII: a publish's travels as a header, and a
+ * broadcast's is held to the same rule, so a key works the same in both.
  */
 function idempotencyKeyOf(given) {
     if (given === undefined)
         return newIdempotencyKey();
     if (typeof given !== "string")
         throw new TypeError(`idempotencyKey must be a string, not ${typeof given}`);
-    if (!KEY_CHARS.test(given)) {
-        const at = [...given].findIndex((c) => !KEY_CHARS.test(c));
+    if (!isVisibleAscii(given)) {
+        const at = [...given].findIndex((c) => !isVisibleAscii(c));
         throw new FramecastError("INVALID_ARGUMENT", 400, `idempotency key: character ${at} is not visible ASCII (! to ~)`);
     }
     if (given.length > MAX_KEY_BYTES) {

@@ -9,7 +9,7 @@ import { abortReason, delayMs, sleep } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import { SseParser } from "./sse.js";
 import { certificateRefused, Hops, Route } from "./transport.js";
-import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
+import { frameOf, integerText, isVisibleAscii, malformed, record, toBigInt } from "./wire.js";
 /**
  * A refused subscription that is worth asking again: a timeout, or a node (or a proxy in
  * front of it) unavailable. As in the gRPC clients, `429` (RESOURCE_EXHAUSTED: too many
@@ -62,7 +62,7 @@ export class Subscription {
         this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
         // Sent as Last-Event-ID: a value `fetch` refuses would pass for a network error, and
         // reconnect for ever. A cursor token is URL-safe text.
-        if (opts.resume !== undefined && !/^[\x21-\x7e]*$/.test(opts.resume)) {
+        if (opts.resume !== undefined && !isVisibleAscii(opts.resume)) {
             throw new FramecastError("INVALID_ARGUMENT", 400, "resume is not a cursor token (visible ASCII)");
         }
         this.cursor = opts.resume;

@@ -5,7 +5,7 @@
 import { abortReason, backoffOf, delayMs, sleep } from "./backoff.js";
 import { errorOfResponse, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
-import { malformed } from "./wire.js";
+import { isVisibleAscii, malformed } from "./wire.js";
 /** How long one attempt of a call may take by default, ms. */
 const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 /**
@@ -462,11 +462,9 @@ function timerMs(name, ms) {
     }
     return ms;
 }
-/** What a bearer token may hold: visible ASCII (a JWT is base64url and dots), as the Rust client checks. */
-const BEARER_TOKEN = /^[\x21-\x7e]+$/;
 /** `token` if it can be sent as `Bearer <token>`; else the caller's error, before anything is sent. */
 function bearerToken(token) {
-    if (typeof token === "string" && BEARER_TOKEN.test(token))
+    if (typeof token === "string" && token !== "" && isVisibleAscii(token))
         return token;
     const what = typeof token === "string" ? "has characters a bearer token cannot have (it is visible ASCII)" : `is a ${typeof token}, not a string`;
     throw new FramecastError("INVALID_ARGUMENT", 400, `the token ${what}`);

@@ -5,6 +5,12 @@
  */
 import { FramecastError } from "./errors.js";
 import type { ClusterInfo, HistoryFrame, PublishAck, TopicInfo } from "./types.js";
+/**
+ * Whether `text` is visible ASCII only (`!` to `~`): what a header value the door reads as a
+ * token, an idempotency key or a resume cursor may hold. The empty string passes; callers
+ * that need something check for it.
+ */
+export declare function isVisibleAscii(text: string): boolean;
 /** Standard, padded base64 (what the server's JSON expects for `bytes`). */
 export declare function base64Encode(bytes: Uint8Array): string;
 /** Base64, padded or not, standard or URL-safe. Throws on any other character. */

@@ -12,7 +12,7 @@ import type { FollowerPicker } from "./followers.js";
 import { SseParser } from "./sse.js";
 import { certificateRefused, Hops, Route, type Transport } from "./transport.js";
 import type { Frame, SubscribeOptions } from "./types.js";
-import { frameOf, integerText, malformed, record, toBigInt } from "./wire.js";
+import { frameOf, integerText, isVisibleAscii, malformed, record, toBigInt } from "./wire.js";
 
 /**
  * A refused subscription that is worth asking again: a timeout, or a node (or a proxy in
@@ -69,7 +69,7 @@ export class Subscription implements AsyncIterableIterator<Frame> {
     this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
     // Sent as Last-Event-ID: a value `fetch` refuses would pass for a network error, and
     // reconnect for ever. A cursor token is URL-safe text.
-    if (opts.resume !== undefined && !/^[\x21-\x7e]*$/.test(opts.resume)) {
+    if (opts.resume !== undefined && !isVisibleAscii(opts.resume)) {
       throw new FramecastError("INVALID_ARGUMENT", 400, "resume is not a cursor token (visible ASCII)");
     }
     this.cursor = opts.resume;

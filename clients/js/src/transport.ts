@@ -6,7 +6,7 @@
 import { abortReason, type Backoff, backoffOf, delayMs, sleep } from "./backoff.js";
 import { errorOfResponse, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
-import { malformed } from "./wire.js";
+import { isVisibleAscii, malformed } from "./wire.js";
 import type { FramecastOptions, TokenSource } from "./types.js";
 
 /** One request. */
@@ -479,12 +479,9 @@ function timerMs(name: string, ms: number): number {
   return ms;
 }
 
-/** What a bearer token may hold: visible ASCII (a JWT is base64url and dots), as the Rust client checks. */
-const BEARER_TOKEN = /^[\x21-\x7e]+$/;
-
 /** `token` if it can be sent as `Bearer <token>`; else the caller's error, before anything is sent. */
 function bearerToken(token: unknown): string {
-  if (typeof token === "string" && BEARER_TOKEN.test(token)) return token;
+  if (typeof token === "string" && token !== "" && isVisibleAscii(token)) return token;
   const what = typeof token === "string" ? "has characters a bearer token cannot have (it is visible ASCII)" : `is a ${typeof token}, not a string`;
   throw new FramecastError("INVALID_ARGUMENT", 400, `the token ${what}`);
 }

@@ -7,6 +7,15 @@
 import { FramecastError, isRecord } from "./errors.js";
 import type { ClusterInfo, HistoryFrame, NodeInfo, PublishAck, TopicInfo, TopicPosition } from "./types.js";
 
+/**
+ * Whether `text` is visible ASCII only (`!` to `~`): what a header value the door reads as a
+ * token, an idempotency key or a resume cursor may hold. The empty string passes; callers
+ * that need something check for it.
+ */
+export function isVisibleAscii(text: string): boolean {
+  return /^[\x21-\x7e]*$/.test(text);
+}
+
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /** Base64 character → its 6 bits (both the standard and the URL-safe alphabet); -1 otherwise. */
