@@ -545,6 +545,46 @@ async fn broadcast_is_checked_whole_before_any_write_and_completed_by_a_retry() 
     assert_eq!(frames("room.b"), 2);
 }
 
+/// A broadcast lists at most 10,000 entries and 100 distinct patterns: each pattern is
+/// matched against every topic, so a request of a million `>` would hold a worker thread
+/// for as long as it took (seconds to hours), however few topics it reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_of_too_many_entries_or_patterns_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = http(&server);
+    assert_eq!(
+        request(&base, "PUT", "/v1/topics/a.x", &[], b"").status,
+        200
+    );
+    let broadcast = |topics: Vec<String>| {
+        let body =
+            serde_json::to_vec(&json!({"topics": topics, "seq_no": 1, "text": "x"})).unwrap();
+        request(&base, "POST", "/v1/broadcast", &[], &body)
+    };
+    let r = broadcast(vec![">".to_string(); 10_001]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("at most 10000"), "{}", r.text());
+    let distinct: Vec<String> = (0..101).map(|i| format!("p{i}.>")).collect();
+    let r = broadcast(distinct);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("100 distinct patterns"), "{}", r.text());
+    let list = request(&base, "GET", "/v1/topics", &[], b"").json();
+    assert_eq!(list["topics"][0]["frames"], "0", "{list}");
+
+    // At the limits it is taken: 10,000 entries, 100 distinct patterns (one matching).
+    let mut topics: Vec<String> = (0..99).map(|i| format!("p{i}.>")).collect();
+    topics.extend(std::iter::repeat_n("a.>".to_string(), 10_000 - 99));
+    let r = broadcast(topics);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["acks"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_to_a_missing_topic_without_auto_create_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,8 +18,13 @@ use super::topics::Cause;
 use crate::proto;
 use crate::wal::{self, NewFrame};
 
-/// The most topics one broadcast may reach.
+/// The most topics one broadcast may reach, and the most entries (names and patterns) it
+/// may list.
 pub const MAX_TOPICS: usize = 10_000;
+
+/// The most distinct patterns one broadcast may list: each is matched against every topic
+/// of the server, on the caller's thread.
+pub const MAX_PATTERNS: usize = 100;
 
 impl Broker {
     /// Appends the frame to every topic `r` names or matches; answers once all are durable.
@@ -77,21 +82,29 @@ impl Broker {
                 "a broadcast names at least one topic or pattern".into(),
             ));
         }
+        if r.topics.len() > MAX_TOPICS {
+            return Err(Error::InvalidArgument(format!(
+                "a broadcast lists at most {MAX_TOPICS} topics and patterns, not {}",
+                r.topics.len()
+            )));
+        }
+        let too_many =
+            || Error::InvalidArgument(format!("a broadcast reaches at most {MAX_TOPICS} topics"));
         let mut topics = BTreeSet::new();
+        // Each distinct pattern once; all of them matched in one pass over the topics.
+        let mut patterns = std::collections::HashMap::new();
         for (i, t) in r.topics.iter().enumerate() {
             if t.contains(['*', '>']) {
-                let pattern = TopicPattern::parse(t)
-                    .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
-                // Only topics the caller may see (as ListTopics shows them): one hidden from
-                // it is not reached, so a broadcast's answer tells nothing of it.
-                topics.extend(
-                    self.topics()
-                        .list()
-                        .iter()
-                        .map(|topic| topic.name())
-                        .filter(|name| pattern.matches(name) && who.may_see(name))
-                        .map(str::to_string),
-                );
+                if !patterns.contains_key(t.as_str()) {
+                    let pattern = TopicPattern::parse(t)
+                        .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
+                    patterns.insert(t.as_str(), pattern);
+                    if patterns.len() > MAX_PATTERNS {
+                        return Err(Error::InvalidArgument(format!(
+                            "a broadcast lists at most {MAX_PATTERNS} distinct patterns"
+                        )));
+                    }
+                }
             } else {
                 let name = topic_name(t)
                     .map_err(|e| Error::InvalidArgument(format!("topics[{i}]: {e}")))?;
@@ -103,10 +116,18 @@ impl Broker {
                 }
                 topics.insert(name);
             }
-            if topics.len() > MAX_TOPICS {
-                return Err(Error::InvalidArgument(format!(
-                    "a broadcast reaches at most {MAX_TOPICS} topics"
-                )));
+        }
+        if !patterns.is_empty() {
+            // Only topics the caller may see (as ListTopics shows them): one hidden from it
+            // is not reached, so a broadcast's answer tells nothing of it.
+            for topic in self.topics().list().iter() {
+                let name = topic.name();
+                if patterns.values().any(|p| p.matches(name)) && who.may_see(name) {
+                    topics.insert(name.to_string());
+                    if topics.len() > MAX_TOPICS {
+                        return Err(too_many());
+                    }
+                }
             }
         }
         for name in &topics {
