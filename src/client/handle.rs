@@ -426,7 +426,11 @@ impl Client {
         let mut attempts = self.attempts();
         loop {
             let conn = self.conn();
-            match conn.grpc.clone().delete_topic(req.clone()).await {
+            let mut grpc = conn.grpc.clone();
+            match attempts
+                .within(&conn.addr, grpc.delete_topic(req.clone()))
+                .await?
+            {
                 Ok(_) => return Ok(()),
                 Err(s) if leader_hint(&s).is_some() || unsent(&s) => {
                     if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {
@@ -468,7 +472,7 @@ impl Client {
         let mut attempts = self.attempts();
         loop {
             let conn = self.conn();
-            match call(conn.grpc.clone()).await {
+            match attempts.within(&conn.addr, call(conn.grpc.clone())).await? {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => {
                     if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {

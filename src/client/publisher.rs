@@ -182,12 +182,19 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
             let _ = req_tx.try_send(j.req.clone());
         }
         let conn = client.conn();
-        let mut acks = match conn
-            .grpc
-            .clone()
-            .publish_stream(ReceiverStream::new(req_rx))
-            .await
-        {
+        let mut grpc = conn.grpc.clone();
+        let opening = grpc.publish_stream(ReceiverStream::new(req_rx));
+        let opened = match attempts.within(&conn.addr, opening).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                give_up(&mut inflight, &mut jobs, &e);
+                attempts.succeeded();
+                continue;
+            }
+        };
+        // Frames in flight get an ack within the retry budget, or the node counts as hung.
+        let mut progress = tokio::time::Instant::now();
+        let mut acks = match opened {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
                 if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
@@ -207,6 +214,9 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
             tokio::select! {
                 job = jobs.recv(), if !closed && inflight.len() < WINDOW => match job {
                     Some(j) => {
+                        if inflight.is_empty() {
+                            progress = tokio::time::Instant::now();
+                        }
                         let _ = req_tx.send(j.req.clone()).await;
                         inflight.push_back(j);
                     }
@@ -218,8 +228,27 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         }
                     }
                 },
+                () = tokio::time::sleep_until(progress + client.retry.max_elapsed),
+                    if !inflight.is_empty() =>
+                {
+                    // The node took the frames and answers none of them (stopped, hung):
+                    // they may have been written, so they end unanswered (keys and all)
+                    // rather than wait on the connection's keepalive.
+                    let e = Error::Unavailable {
+                        attempts: 1,
+                        last: format!(
+                            "no ack from {} within {:?}",
+                            conn.addr,
+                            client.retry.max_elapsed
+                        ),
+                    };
+                    give_up(&mut inflight, &mut jobs, &e);
+                    attempts.succeeded();
+                    break;
+                }
                 msg = acks.message() => match msg {
                     Ok(Some(ack)) => {
+                        progress = tokio::time::Instant::now();
                         attempts.succeeded();
                         if let Some(j) = inflight.pop_front() {
                             let _ = j.reply.send(Ok(ack.into()));
@@ -245,6 +274,9 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         }
                         break;
                     }
+                    // An idle stream that broke (the node restarted, say) is opened again
+                    // when there is something to send: no failure to count or report yet.
+                    Err(s) if transient(&s) && inflight.is_empty() => break,
                     Err(s) if transient(&s) => {
                         // A refusal naming the leader wrote nothing of what is unacked;
                         // a break may have: either way every unacked frame goes again

@@ -102,6 +102,18 @@ impl Backoff {
         true
     }
 
+    /// What is left of the budget for the next attempt: all of it when none failed since
+    /// the last success.
+    pub(crate) fn remaining(&self) -> Duration {
+        if self.attempts == 0 {
+            self.policy.max_elapsed
+        } else {
+            self.policy
+                .max_elapsed
+                .saturating_sub(self.started.elapsed())
+        }
+    }
+
     /// Starts over after a success.
     pub(crate) fn reset(&mut self) {
         self.started = Instant::now();
@@ -109,6 +121,10 @@ impl Backoff {
         self.attempts = 0;
     }
 }
+
+/// A stream that stayed open this long showed its node up: the retry budget starts over
+/// when it breaks (a node that takes a stream and fails it at once keeps counting).
+pub(crate) const STAYED_UP: Duration = Duration::from_secs(1);
 
 /// Leader hints one operation follows in a row (with no other failure between them) before
 /// it gives up: a hint one election stale costs one more, while nodes that keep naming each
@@ -184,5 +200,31 @@ impl Attempts {
     pub(crate) fn succeeded(&mut self) {
         self.backoff.reset();
         self.hops.clear();
+    }
+
+    /// A stream opened at `since` broke: if it stayed up ([`STAYED_UP`]), its node was up,
+    /// and the failure that follows starts a new budget instead of ending an old one (a
+    /// quiet subscription through two restarts an hour apart retries fully each time).
+    pub(crate) fn stayed_up(&mut self, since: Instant) {
+        if since.elapsed() >= STAYED_UP {
+            self.succeeded();
+        }
+    }
+
+    /// Runs one attempt on `addr`, bounded by what is left of the retry budget: a node that
+    /// takes the connection and never answers (stopped, or hung) costs no more than the
+    /// budget. `Err` when it ran out; the attempt's own result otherwise.
+    pub(crate) async fn within<T>(
+        &self,
+        addr: &str,
+        attempt: impl std::future::Future<Output = T>,
+    ) -> Result<T, Error> {
+        let left = self.backoff.remaining();
+        tokio::time::timeout(left, attempt)
+            .await
+            .map_err(|_| Error::Unavailable {
+                attempts: self.backoff.attempts + 1,
+                last: format!("no answer from {addr} within {left:?}"),
+            })
     }
 }

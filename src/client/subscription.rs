@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -69,8 +70,8 @@ struct State {
     topic: String,
     start: u64,
     position: Option<Position>,
-    /// The open server stream and the node it comes from.
-    stream: Option<(Conn, tonic::Streaming<proto::Frame>)>,
+    /// The open server stream, the node it comes from, and when it opened.
+    stream: Option<(Conn, tonic::Streaming<proto::Frame>, Instant)>,
     attempts: Attempts,
     done: bool,
     /// The node the current (or last) stream was opened at, shared with the [`Subscription`].
@@ -152,7 +153,7 @@ impl State {
                     Err(None) => continue,
                 }
             }
-            let (_, stream) = self.stream.as_mut()?;
+            let (_, stream, _) = self.stream.as_mut()?;
             match stream.message().await {
                 Ok(Some(f)) => {
                     self.attempts.succeeded();
@@ -163,19 +164,21 @@ impl State {
                 }
                 Ok(None) => {
                     // The server never ends a subscription cleanly; treat it as a break.
-                    let (conn, _) = self.stream.take()?;
+                    let (conn, _, opened) = self.stream.take()?;
+                    self.attempts.stayed_up(opened);
                     if let Some(e) = self.pause(&conn, Break::Ended).await {
                         return Some(Err(e));
                     }
                 }
                 Err(s) if transient(&s) => {
-                    let (conn, _) = self.stream.take()?;
+                    let (conn, _, opened) = self.stream.take()?;
+                    self.attempts.stayed_up(opened);
                     if let Some(e) = self.pause(&conn, Break::Failed(&s)).await {
                         return Some(Err(e));
                     }
                 }
                 Err(s) => {
-                    let (conn, _) = self.stream.take()?;
+                    let (conn, _, _) = self.stream.take()?;
                     if !self.refused_by_follower(&conn, &s) {
                         return Some(Err(from_status(s)));
                     }
@@ -259,7 +262,12 @@ impl State {
             None => self.client.conn(),
         };
         *self.node.lock() = Some(Arc::clone(&conn.addr));
-        match conn.grpc.clone().subscribe(req).await {
+        let mut grpc = conn.grpc.clone();
+        let opened = match self.attempts.within(&conn.addr, grpc.subscribe(req)).await {
+            Ok(opened) => opened,
+            Err(e) => return Err(Some(e)),
+        };
+        match opened {
             Ok(resp) => {
                 let md = resp.metadata();
                 let num = |k: &str| {
@@ -282,7 +290,7 @@ impl State {
                         last: None,
                     });
                 }
-                self.stream = Some((conn, resp.into_inner()));
+                self.stream = Some((conn, resp.into_inner(), Instant::now()));
                 Ok(())
             }
             // A follower that lacks the topic names the leader: a question for the route,

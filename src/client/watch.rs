@@ -1,12 +1,12 @@
 //! [`ClusterWatch`]: the cluster's changes as a client follows them (`WatchCluster`), moving
 //! on to another node when the one it watches goes away.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::error::{from_status, transient, Result};
 use super::handle::Client;
 use super::nodes::Conn;
-use super::retry::Attempts;
+use super::retry::{Attempts, STAYED_UP};
 use crate::proto;
 
 /// One change of the cluster: its kind (`NODE_ONLINE`, `NODE_OFFLINE`, `LEADER_CHANGED`),
@@ -15,10 +15,6 @@ pub type ClusterEvent = proto::ClusterEvent;
 
 /// The kinds of a [`ClusterEvent`].
 pub use proto::cluster_event::Kind as ClusterEventKind;
-
-/// A watch stream that stayed open this long showed its node up: the retry budget starts
-/// over when it breaks.
-const STAYED_UP: Duration = Duration::from_secs(1);
 
 /// The stream a [`ClusterWatch`] reads.
 #[derive(Debug)]
