@@ -72,6 +72,11 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.enable_retries", 0),
+    # A connection of this client's own: grpcio otherwise shares one among every channel
+    # to the same address in the process, and one client's subscriptions (a server takes
+    # --max-streams-per-connection streams on a connection, 1,024 by default) would stall
+    # every other client's calls.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
@@ -465,18 +470,29 @@ class Backoff:
 
 
 class KeySource:
-    """Idempotency keys unique to one client: a random prefix and a counter."""
+    """Idempotency keys unique to one client: a random prefix and a counter. A process
+    forked from the one that made the client (gunicorn ``--preload``, a ``multiprocessing``
+    or Celery worker) draws a prefix of its own: with the parent's, every worker would make
+    the same keys, and the server would answer each worker's frame as a retry of another's
+    (``duplicate=True``) without storing it."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._prefix = os.urandom(8).hex()
         self._counter = itertools.count()
-        self._lock = threading.Lock()
 
     def next(self) -> str:
         """A fresh key (at most 40 bytes)."""
         with self._lock:
+            if os.getpid() != self._pid:
+                self._start()
             n = next(self._counter)
-        return f"py-{self._prefix}-{n}"
+            prefix = self._prefix
+        return f"py-{prefix}-{n}"
 
 
 def deadline_after(timeout: float | None) -> float | None:
@@ -691,6 +707,9 @@ def publish_request(
             f"payload of {size} bytes exceeds the client's largest, {MAX_PAYLOAD_BYTES} bytes "
             "(the server's --max-frame-bytes, 4 MiB by default, is lower still)"
         )
+    topic_name_checked(topic)
+    if not isinstance(key, str):
+        raise errors.InvalidArgument(f"idempotency_key must be a str, not {type(key).__name__}")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise errors.InvalidArgument(
             f"idempotency_key of {len(key.encode())} bytes exceeds {MAX_KEY_BYTES}"
@@ -934,10 +953,24 @@ def cluster_event_from_pb(e: pb.ClusterEvent) -> ClusterEvent:
     )
 
 
+def topic_name_checked(name: object) -> str:
+    """``name`` if it is a ``str``: ``None`` would travel as ``""``, which the server reads as
+    the topic ``default`` (a ``delete_topic(None)`` would delete it)."""
+    if not isinstance(name, str):
+        raise errors.InvalidArgument(f"a topic name must be a str, not {type(name).__name__}")
+    return name
+
+
+def delete_topic_request(name: str) -> pb.DeleteTopicRequest:
+    """Builds a ``DeleteTopicRequest``."""
+    return pb.DeleteTopicRequest(name=topic_name_checked(name))
+
+
 def create_topic_request(
     name: str, retention_max_age_seconds: int, retention_max_bytes: int
 ) -> pb.CreateTopicRequest:
     """Builds a ``CreateTopicRequest``."""
+    topic_name_checked(name)
     try:
         return pb.CreateTopicRequest(
             name=name,

@@ -60,6 +60,7 @@ from ._core import (
     compression_settings,
     create_topic_request,
     deadline_after,
+    delete_topic_request,
     frame_requests,
     history_from_pb,
     history_request,
@@ -567,7 +568,7 @@ class Client:
     async def delete_topic(self, name: str, *, timeout: float | None = None) -> None:
         """Deletes a topic and its frames (not retried; see
         :meth:`framecast.Client.delete_topic`)."""
-        req = pb.DeleteTopicRequest(name=name)
+        req = delete_topic_request(name)
         await self._call("delete_topic", "DeleteTopic", req, timeout, retry=False)
 
     async def list_topics(self, *, timeout: float | None = None) -> list[TopicInfo]:

@@ -45,6 +45,7 @@ from ._core import (
     compression_settings,
     create_topic_request,
     deadline_after,
+    delete_topic_request,
     frame_requests,
     history_from_pb,
     history_request,
@@ -666,7 +667,7 @@ class Client:
         :class:`framecast.errors.NotFound`. Not retried (a retry after a lost answer would
         report ``NotFound``): a transient failure raises
         :class:`framecast.errors.Unavailable`."""
-        req = pb.DeleteTopicRequest(name=name)
+        req = delete_topic_request(name)
         self._call("delete_topic", "DeleteTopic", req, timeout, retry=False)
 
     def list_topics(self, *, timeout: float | None = None) -> list[TopicInfo]:

@@ -326,3 +326,63 @@ def test_cancelled_topic_creation_leaves_topic_usable(server: ServerProcess, top
                 pass
             time.sleep(0.05)
             assert c.publish(b"x", 1, name, timeout=5).offset in (0, 1)
+
+
+def test_forked_workers_make_keys_of_their_own(server: ServerProcess, topic: str) -> None:
+    # A client made before fork() (gunicorn --preload, multiprocessing): each worker's
+    # frames are its own, not retries of another worker's.
+    import os
+
+    client = Client(server.address, retry=TEST_RETRY, coalesce=False)
+    client.create_topic(topic)
+    children = []
+    for w in range(3):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                acks = [client.publish(f"w{w}-{i}".encode(), i, topic=topic) for i in range(5)]
+                code = 0 if not any(a.duplicate for a in acks) else 2
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    listed = {t.name: t for t in client.list_topics()}
+    assert listed[topic].frames == 15
+    client.close()
+
+
+def test_a_topic_or_key_that_is_not_a_str_is_invalid_argument(client: Client, topic: str) -> None:
+    client.create_topic("default")
+    client.publish(b"x", 1, topic="default")
+    with pytest.raises(InvalidArgument, match="str"):
+        client.delete_topic(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="str"):
+        client.create_topic(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="str"):
+        client.publish(b"x", 1, topic=None)  # type: ignore[arg-type]
+    for key in (b"k", 5):
+        with pytest.raises(InvalidArgument, match="idempotency_key"):
+            client.publish(b"x", 1, topic=topic, idempotency_key=key)  # type: ignore[arg-type]
+    listed = {t.name: t.frames for t in client.list_topics()}
+    assert listed["default"] == 1
+
+
+def test_each_client_has_a_connection_of_its_own(make_server, topic: str) -> None:  # type: ignore[no-untyped-def]
+    # One client's subscriptions fill its connection's streams; another client's calls
+    # still go through, on a connection of their own.
+    srv = make_server("--max-streams-per-connection", "4")
+    with Client(srv.address, retry=TEST_RETRY) as a, Client(srv.address, retry=TEST_RETRY) as b:
+        a.create_topic(topic)
+        a.publish(b"first", 0, topic=topic)
+        subs = [a.frames(topic, 0, timeout=30) for _ in range(4)]
+        try:
+            for s in subs:
+                take(s, 1)  # its stream is open on a's connection
+            ack = b.publish(b"through", 1, topic=topic, timeout=5)
+            assert ack.offset == 1
+        finally:
+            for s in subs:
+                s.close()
