@@ -338,6 +338,20 @@ impl Life {
     }
 }
 
+/// What became of a write of the in-sync set to etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InSyncWrite {
+    /// Written: etcd names the new set.
+    Written,
+    /// Refused: this node no longer holds the leader key.
+    Deposed,
+    /// etcd did not answer (down, timed out): nothing is known to have changed.
+    Failed,
+}
+
+/// How often a follower pings its leader's connection, and how long it waits for the answer.
+const FOLLOW_KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// The first pause before a follower connects to its leader again; it doubles at each
 /// failure in a row, up to [`FOLLOW_RETRY_MAX`].
 const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(10);
@@ -688,7 +702,17 @@ impl Node {
                 }
             };
             let channel = match endpoint {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect().await,
+                // Pings on the quiet link too: a leader gone silent (a partition, a lost FIN)
+                // ends the stream and the follower connects again, instead of waiting on a
+                // dead socket while the leader has dropped it from the in-sync set.
+                Ok(e) => {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .http2_keep_alive_interval(FOLLOW_KEEPALIVE)
+                        .keep_alive_timeout(FOLLOW_KEEPALIVE)
+                        .keep_alive_while_idle(true)
+                        .connect()
+                        .await
+                }
                 Err(e) => {
                     warn!(leader = %id, %address, error = %e, "invalid leader address or TLS settings");
                     return;
@@ -790,7 +814,7 @@ impl Node {
                 return;
             }
         };
-        if !self.write_insync(&key, term, leader.insync_set()).await {
+        if self.write_insync(&key, term, leader.insync_set()).await != InSyncWrite::Written {
             self.door.send_replace(Door::Shut);
             leader.stop();
             let _ = self.etcd.resign(&key).await;
@@ -812,6 +836,8 @@ impl Node {
         info!(term, insync = ?leader.insync_set(), "leading");
 
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // True while etcd may not hold the set as it is here (a write it did not answer).
+        let mut unwritten = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -833,8 +859,21 @@ impl Node {
                 break;
             }
             self.refuse_unless_writable(&leader.insync_set(), Instant::now());
+            if unwritten {
+                // An addition etcd may not have taken: the set as it is here, again.
+                match self.write_insync(&key, term, leader.insync_set()).await {
+                    InSyncWrite::Written => unwritten = false,
+                    InSyncWrite::Deposed => {
+                        warn!(term, "no longer the leader in etcd: stepping down");
+                        break;
+                    }
+                    InSyncWrite::Failed => {}
+                }
+            }
             let deposed = !self.drop_laggards(&leader, &key, term).await
-                || !self.add_caught_up(&leader, &key, term).await;
+                || !self
+                    .add_caught_up(&leader, &key, term, &mut unwritten)
+                    .await;
             if deposed {
                 warn!(term, "no longer the leader in etcd: stepping down");
                 break;
@@ -865,8 +904,12 @@ impl Node {
                 .into_iter()
                 .filter(|x| *x != m)
                 .collect();
-            if !self.write_insync(key, term, set.clone()).await {
-                return false;
+            match self.write_insync(key, term, set.clone()).await {
+                InSyncWrite::Written => {}
+                InSyncWrite::Deposed => return false,
+                // etcd did not answer: the member stays in the set here too (commit points
+                // keep waiting for it, which is safe), and the drop is tried again.
+                InSyncWrite::Failed => return true,
             }
             info!(term, member = %m, "dropped from the in-sync set");
             // Refused first if the set is now too small: the drop moves commit points, and
@@ -881,14 +924,28 @@ impl Node {
     /// Adds the followers ready to join the in-sync set, here first, then in etcd: from
     /// then on commit points wait for each, so it holds every committed frame once etcd
     /// names it (and it may be elected). False when this node was deposed.
-    async fn add_caught_up(&self, leader: &Leader, key: &LeaderKey, term: u64) -> bool {
+    async fn add_caught_up(
+        &self,
+        leader: &Leader,
+        key: &LeaderKey,
+        term: u64,
+        unwritten: &mut bool,
+    ) -> bool {
         let online = |id: &str| self.membership.is_online(id);
         for m in leader.caught_up(&online) {
             if !leader.add_member(&m) {
                 continue;
             }
-            if !self.write_insync(key, term, leader.insync_set()).await {
-                return false;
+            match self.write_insync(key, term, leader.insync_set()).await {
+                InSyncWrite::Written => {}
+                InSyncWrite::Deposed => return false,
+                // etcd did not answer, and may have written it all the same: the member
+                // stays (commit points wait for it, whatever etcd names), and the set is
+                // written again at the next tick.
+                InSyncWrite::Failed => {
+                    *unwritten = true;
+                    return true;
+                }
             }
             info!(term, member = %m, "added to the in-sync set");
         }
@@ -919,11 +976,11 @@ impl Node {
     }
 
     /// Writes the in-sync set, fenced by the leader key; false when deposed or etcd failed.
-    async fn write_insync(&self, key: &LeaderKey, term: u64, members: Vec<String>) -> bool {
+    async fn write_insync(&self, key: &LeaderKey, term: u64, members: Vec<String>) -> InSyncWrite {
         let record = InSyncRecord { term, members };
         let value = match serde_json::to_vec(&record) {
             Ok(v) => v,
-            Err(_) => return false,
+            Err(_) => return InSyncWrite::Failed,
         };
         match self
             .etcd
@@ -937,12 +994,12 @@ impl Node {
                     s.leader.clone()
                 };
                 self.announce(Kind::LeaderChanged, &leader);
-                true
+                InSyncWrite::Written
             }
-            Ok(false) => false,
+            Ok(false) => InSyncWrite::Deposed,
             Err(e) => {
-                warn!(error = %e, "cannot write the in-sync set");
-                false
+                warn!(error = %e, "cannot write the in-sync set; trying again at the next tick");
+                InSyncWrite::Failed
             }
         }
     }
