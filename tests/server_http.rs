@@ -452,3 +452,38 @@ fn a_chunked_body_over_the_limit_is_413_and_one_within_it_is_published() {
     assert_eq!(frames.len(), 1, "{page}");
     assert_eq!(frames[0]["seq_no"], "2");
 }
+
+/// A connection that never finishes its request's headers (half a request, or an idle
+/// kept-alive connection) is closed after the header timeout, giving back its
+/// `--max-connections` slot: a client cannot hold the door by sending half a line.
+#[test]
+fn a_request_whose_headers_never_end_is_closed_and_frees_its_slot() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "1"]);
+    let at = http(&server).trim_start_matches("http://").to_string();
+    let mut half = std::net::TcpStream::connect(&at).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    half.set_read_timeout(Some(
+        framecast::http::HEADER_READ_TIMEOUT + Duration::from_secs(15),
+    ))
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    // Closed by the server (EOF, a reset, or a 408 and then EOF), not left open.
+    loop {
+        match half.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the half request was still open after {:?}: {e}",
+                started.elapsed()
+            ),
+        }
+    }
+    // Its slot is free again: the next connection is served.
+    let health = request(&http(&server), "GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200);
+}

@@ -989,3 +989,73 @@ async fn an_event_stream_slow_to_read_at_shutdown_gets_its_error_event_first() {
     );
     assert!(server.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
+
+/// One masked client text frame (RFC 6455) carrying `text` (under 126 bytes).
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): the door offers extended CONNECT in its settings, so a
+/// browser that speaks HTTP/2 to it (Firefox over TLS) opens `/v1/ws` with CONNECT, and the
+/// socket works as over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_extended_connect_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let at = server
+        .http
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(&at).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // Known once the server's SETTINGS are in.
+    let mut waited = 0;
+    while !client.is_extended_connect_protocol_enabled() && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert!(client.is_extended_connect_protocol_enabled());
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{at}/v1/ws"))
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("no answer to the CONNECT")
+        .unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    let publish = r#"{"id":1,"publish":{"topic":"h2","seq_no":"5","text":"over h2"}}"#;
+    send.send_data(masked_text_frame(publish).into(), false)
+        .unwrap();
+    // The server's frames are unmasked; the reply is the first text frame.
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    let reply = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("no reply on the socket")
+            .expect("the socket ended")
+            .unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+        if got.len() >= 2 && got.len() >= 2 + (got[1] & 0x7f) as usize {
+            assert_eq!(got[0], 0x81, "not a text frame: {got:?}");
+            break String::from_utf8(got[2..2 + (got[1] & 0x7f) as usize].to_vec()).unwrap();
+        }
+    };
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(reply["result"]["offset"], "0", "{reply}");
+}

@@ -40,7 +40,11 @@ pub fn router(door: Arc<HttpDoor>) -> Router {
         .route("/v1/topics/{topic}/events", get(super::sse::events))
         .route("/v1/broadcast", post(broadcast))
         .route("/v1/cluster", get(cluster))
-        .route("/v1/ws", get(super::ws::upgrade))
+        // GET for HTTP/1.1 upgrades, CONNECT for WebSocket over HTTP/2 (RFC 8441).
+        .route(
+            "/v1/ws",
+            get(super::ws::upgrade).connect(super::ws::upgrade),
+        )
         .route("/", get(super::console::index))
         .route("/console/{file}", get(super::console::asset))
         .fallback(not_found)

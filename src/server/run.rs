@@ -223,6 +223,7 @@ pub async fn run(
                     tls: http_tls,
                     connections: connection_permits.clone(),
                     grace: config.shutdown_grace,
+                    keepalive: config.keepalive_interval,
                     cors: cors.clone(),
                 },
                 &door,
@@ -630,6 +631,8 @@ struct HttpListener {
     /// The `--max-connections` permits, shared with the gRPC listener.
     connections: super::connections::Permits,
     grace: std::time::Duration,
+    /// HTTP/2 pings (`--keepalive-interval`).
+    keepalive: std::time::Duration,
     cors: Option<tower_http::cors::CorsLayer>,
 }
 
@@ -644,6 +647,7 @@ async fn start_http(
         tls,
         connections,
         grace,
+        keepalive,
         cors,
     } = listen;
     let cannot = |e: std::io::Error| {
@@ -670,7 +674,7 @@ async fn start_http(
         async move {
             let _ = stop.await;
         },
-        grace,
+        crate::http::ServeTimes { grace, keepalive },
     ));
     Ok((local, task))
 }
