@@ -107,6 +107,9 @@ pub struct InSync {
     cooling: HashMap<String, Cooling>,
     /// Each follower's positions.
     positions: HashMap<String, Follower>,
+    /// When each follower whose stream ended (no newer one yet) lost it: its lag counts
+    /// from then, not from the term's start, until its next stream reports.
+    gone: HashMap<String, Instant>,
     /// When this bookkeeping started (the term began).
     created: Instant,
     /// The leader's own durable end per topic.
@@ -145,6 +148,7 @@ impl InSync {
             joining: HashMap::new(),
             cooling: HashMap::new(),
             positions: HashMap::new(),
+            gone: HashMap::new(),
             created: now,
             ends: HashMap::new(),
             appeared: HashMap::new(),
@@ -176,7 +180,20 @@ impl InSync {
         if !self.appeared.contains_key(topic) {
             self.appeared.insert(topic.to_string(), now);
         }
-        self.ends.insert(topic.to_string(), end);
+        let before = self.ends.insert(topic.to_string(), end).unwrap_or(0);
+        if end > before {
+            // Whoever held the whole end held it until now: a follower's lag counts from
+            // when the leader's end passed what it holds, not from when it was last sent
+            // an end (a topic idle for longer than the lag would drop it at its next frame).
+            for f in self.positions.values_mut() {
+                if let Some(p) = f.topics.get_mut(topic) {
+                    if p.durable >= before {
+                        p.caught_up_at = p.caught_up_at.max(now);
+                        p.caught = true;
+                    }
+                }
+            }
+        }
         self.recompute(topic)
     }
 
@@ -474,6 +491,7 @@ impl InSync {
                 self.positions.insert(follower.to_string(), fresh);
             }
         }
+        self.gone.remove(follower);
         if self.joining.remove(follower).is_none() {
             return Vec::new();
         }
@@ -511,11 +529,12 @@ impl InSync {
     /// Forgets a follower's positions (its stream `session` ended, and no newer one has
     /// begun); it stays in the set until dropped, and stops joining it. Returns the topics
     /// whose commit point moved (a joiner no longer holds them back), with the new point.
-    pub fn forget_follower(&mut self, follower: &str, session: u64) -> Vec<Moved> {
+    pub fn forget_follower(&mut self, follower: &str, session: u64, now: Instant) -> Vec<Moved> {
         if !self.current(follower, session) {
             return Vec::new();
         }
         self.positions.remove(follower);
+        self.gone.insert(follower.to_string(), now);
         if self.joining.remove(follower).is_none() {
             return Vec::new();
         }
@@ -620,7 +639,10 @@ impl InSync {
             return true;
         }
         let f = self.positions.get(follower);
-        let seen = f.and_then(|f| f.first_seen).unwrap_or(self.created);
+        let seen = f
+            .and_then(|f| f.first_seen)
+            .or_else(|| self.gone.get(follower).copied())
+            .unwrap_or(self.created);
         self.ends.iter().any(|(topic, &end)| {
             let first = self.appeared.get(topic).map_or(seen, |&a| a.max(seen));
             let (held, since) = match f.and_then(|f| f.topics.get(topic)) {
@@ -841,6 +863,50 @@ mod tests {
         let offline = |m: &str| m != "b";
         s.reported(on("b", 1), "t", 1, 400, t0 + Duration::from_secs(13));
         assert_eq!(s.laggards(&offline, t0 + Duration::from_secs(13)), ["b"]);
+    }
+
+    #[test]
+    fn a_follower_holding_an_idle_topics_end_is_no_laggard_at_its_next_frame() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = with_member_b(t0);
+        s.leader_durable("t", 1, 10, t0);
+        s.sent(on("b", 1), "t", 1, 10, true, t0);
+        s.reported(on("b", 1), "t", 1, 10, t0);
+        // Idle for longer than the lag; then one frame: b held the whole end until now.
+        let later = t0 + LAG + Duration::from_secs(1);
+        s.leader_durable("t", 1, 11, later);
+        assert!(s.laggards(&online, later).is_empty());
+        assert!(s
+            .laggards(&online, later + LAG - Duration::from_millis(1))
+            .is_empty());
+        // Never getting it: out once the lag has passed since the end moved.
+        assert_eq!(
+            s.laggards(&online, later + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn a_member_whose_stream_broke_has_the_lag_from_then_to_come_back() {
+        let t0 = Instant::now();
+        let online = |_: &str| true;
+        let mut s = with_member_b(t0);
+        s.leader_durable("t", 1, 10, t0);
+        s.sent(on("b", 1), "t", 1, 10, true, t0);
+        s.reported(on("b", 1), "t", 1, 10, t0);
+        // Long into the term its stream breaks, and the leader's end moves on meanwhile.
+        let broke = t0 + LAG * 2;
+        s.forget_follower("b", 1, broke);
+        s.leader_durable("t", 1, 20, broke);
+        assert!(s
+            .laggards(&online, broke + Duration::from_millis(10))
+            .is_empty());
+        // Not back within the lag: out.
+        assert_eq!(
+            s.laggards(&online, broke + LAG + Duration::from_millis(1)),
+            ["b"]
+        );
     }
 
     #[test]
@@ -1125,11 +1191,11 @@ mod tests {
         assert_eq!(s.commit("t"), 100);
         // Stream 1 speaks late: ignored, and its end forgets nothing of stream 2's.
         assert_eq!(s.reported(on("b", 1), "t", 1, 150, t0), None);
-        s.forget_follower("b", 1);
+        s.forget_follower("b", 1, t0);
         assert_eq!(s.positions_of("b"), [("t".to_string(), 0, 0)]);
         assert_eq!(s.commit("t"), 100);
         assert_eq!(s.reported(on("b", 2), "t", 1, 150, t0), Some(150));
-        s.forget_follower("b", 2);
+        s.forget_follower("b", 2, t0);
         assert!(s.positions_of("b").is_empty());
         // A stream older than the one of record that connects late changes nothing.
         s.connected("b", 4, t0);
@@ -1163,7 +1229,7 @@ mod tests {
         s.reported(on("b", 1), "u", 1, 7, t0);
         assert!(s.lags().iter().all(|(_, _, n)| *n == 0));
         // Its stream ends: its figures go with it.
-        s.forget_follower("b", 1);
+        s.forget_follower("b", 1, t0);
         assert!(s.lags().is_empty());
     }
 
@@ -1199,7 +1265,7 @@ mod tests {
         }
         assert_eq!(s.successors(), ["b", "c"]);
         // c's stream ends (its process died; its lease has not lapsed yet).
-        s.forget_follower("c", 1);
+        s.forget_follower("c", 1, t0);
         assert_eq!(s.successors(), ["b"]);
         // b comes back with a new disk holding less than the commit point.
         s.connected("b", 2, t0);
@@ -1261,7 +1327,7 @@ mod tests {
     #[test]
     fn a_joiner_whose_stream_ends_releases_the_commit_points_at_once() {
         let mut s = joining_c(90, Instant::now());
-        assert_eq!(s.forget_follower("c", 1), moved("t", 200));
+        assert_eq!(s.forget_follower("c", 1, Instant::now()), moved("t", 200));
     }
 
     #[test]
@@ -1336,7 +1402,7 @@ mod tests {
         s.want_roster(1, t0);
         // b's stream breaks and a new one begins just before the wait is a lag old.
         let later = t0 + LAG - Duration::from_millis(1);
-        s.forget_follower("b", 1);
+        s.forget_follower("b", 1, t0);
         marked_stream(&mut s, "b", 2, later);
         assert!(s
             .laggards(&online, t0 + LAG + Duration::from_millis(5))
@@ -1397,7 +1463,7 @@ mod tests {
         s.roster_reported(on("b", 1), 1);
         s.want_roster(1, t0);
         assert!(s.roster_held(1));
-        s.forget_follower("b", 1);
+        s.forget_follower("b", 1, t0);
         assert!(!s.roster_held(1), "its stream ended");
         // c, caught up in every topic, joins only once it holds the last change waited for.
         marked_stream(&mut s, "c", 1, t0);

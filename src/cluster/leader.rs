@@ -585,11 +585,11 @@ impl Session {
         if expired {
             self.leader.insync.lock().stream_expired(&follower, self.id);
         } else {
-            let moved = self
-                .leader
-                .insync
-                .lock()
-                .forget_follower(&follower, self.id);
+            let moved =
+                self.leader
+                    .insync
+                    .lock()
+                    .forget_follower(&follower, self.id, Instant::now());
             self.leader.advance_commits(moved);
         }
         info!(follower = %follower, "follower disconnected");
