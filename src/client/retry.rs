@@ -126,6 +126,9 @@ impl Backoff {
 /// when it breaks (a node that takes a stream and fails it at once keeps counting).
 pub(crate) const STAYED_UP: Duration = Duration::from_secs(1);
 
+/// The least time an attempt is given, however little of the budget is left.
+const LAST_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// Leader hints one operation follows in a row (with no other failure between them) before
 /// it gives up: a hint one election stale costs one more, while nodes that keep naming each
 /// other (or a node whose `--advertise` address reaches another) end the call at once.
@@ -219,7 +222,9 @@ impl Attempts {
         addr: &str,
         attempt: impl std::future::Future<Output = T>,
     ) -> Result<T, Error> {
-        let left = self.backoff.remaining();
+        // An attempt made once the budget is nearly spent (its backoff wait ended there)
+        // still gets a moment to answer.
+        let left = self.backoff.remaining().max(LAST_ATTEMPT);
         tokio::time::timeout(left, attempt)
             .await
             .map_err(|_| Error::Unavailable {
