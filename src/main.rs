@@ -727,7 +727,23 @@ fn read(flag: &str, path: &PathBuf) -> Result<bytes::Bytes, String> {
 }
 
 /// Runs a client command on a small runtime; errors go to stderr with exit code 1.
-fn client_command<E: std::fmt::Display>(
+/// A client command's failure, and the exit code it ends the command with.
+trait CommandFailure: std::fmt::Display {
+    /// 1 unless the failure says otherwise.
+    fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
+impl CommandFailure for cli::Error {}
+
+impl CommandFailure for cli::publish::Failure {
+    fn exit_code(&self) -> u8 {
+        cli::publish::Failure::exit_code(self)
+    }
+}
+
+fn client_command<E: CommandFailure>(
     name: &str,
     fut: impl std::future::Future<Output = Result<u64, E>>,
 ) -> ExitCode {
@@ -746,7 +762,7 @@ fn client_command<E: std::fmt::Display>(
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("framecast {name}: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

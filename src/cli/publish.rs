@@ -45,15 +45,103 @@ pub struct PublishArgs {
 }
 
 /// Publishes and returns the number of frames acknowledged; an unreachable server is named.
-pub async fn run(args: PublishArgs) -> Result<u64> {
+pub async fn run(args: PublishArgs) -> Result<u64, Failure> {
     let addr = args.addr.clone();
-    publish_all(args)
-        .await
-        .map_err(|e| super::connect::name_addr(e, &addr))
+    publish_all(args).await.map_err(|f| Failure {
+        error: super::connect::name_addr(f.error, &addr),
+        ..f
+    })
 }
 
-/// Publishes and returns the number of frames acknowledged.
-async fn publish_all(args: PublishArgs) -> Result<u64> {
+/// How `framecast publish` failed: the first failure, and what was acknowledged before it.
+#[derive(Debug)]
+pub struct Failure {
+    /// The failure (a refused frame, the server unreachable, input that cannot be read).
+    error: Error,
+    /// Which input the failure is of, `line 7 (seq_no 16)`; none when it is of no frame.
+    of: Option<String>,
+    /// Frames acknowledged before it.
+    acked: u64,
+    /// The seq_no of the last frame acknowledged.
+    last_seq: Option<u64>,
+    /// Frames sent whose fate is unknown: stored or not (never twice).
+    unknown: usize,
+    /// Stopped by SIGINT (exit 130), not by a failure.
+    interrupted: bool,
+}
+
+impl Failure {
+    /// `error`, before anything was acknowledged.
+    fn of(error: Error, of: Option<String>) -> Failure {
+        Failure {
+            error,
+            of,
+            acked: 0,
+            last_seq: None,
+            unknown: 0,
+            interrupted: false,
+        }
+    }
+
+    /// The exit code: 130 after Ctrl-C, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            130
+        } else {
+            1
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure::of(error, None)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.of, self.interrupted) {
+            (_, true) => write!(f, "interrupted")?,
+            (Some(of), false) => write!(f, "{of}: {}", self.error)?,
+            (None, false) => write!(f, "{}", self.error)?,
+        }
+        write!(f, "; {} frames acknowledged", self.acked)?;
+        if let Some(seq) = self.last_seq {
+            write!(f, " (the last seq_no {seq})")?;
+        }
+        if self.unknown > 0 {
+            write!(
+                f,
+                "; {} sent and not acknowledged: stored or not, never twice",
+                self.unknown
+            )?;
+        } else if !self.interrupted {
+            write!(f, "; nothing after it was sent")?;
+        }
+        Ok(())
+    }
+}
+
+/// One frame's input: its bytes, and where it came from (`line 3`, `argument 2`, the file).
+type Input = std::result::Result<(Vec<u8>, String), Error>;
+
+/// Frames in flight (sent, not yet answered) the command holds at most.
+const MAX_PENDING: usize = 4096;
+
+/// How long, after Ctrl-C, the command waits for the acks of frames already sent.
+const INTERRUPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A frame sent and not yet answered.
+struct Sent {
+    ack: framecast::client::PendingAck,
+    seq: u64,
+    of: String,
+}
+
+/// Publishes every input in order, printing each ack as it comes (`--verbose`); stops at
+/// the first failure (nothing after a refused frame is sent) or at Ctrl-C.
+async fn publish_all(args: PublishArgs) -> Result<u64, Failure> {
     let client = super::connect::client(
         "publish",
         &args.addr,
@@ -61,7 +149,7 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
         args.timeout,
         args.compression,
     )?;
-    let publisher = client.publisher(&args.topic);
+    let publisher = client.publisher_until_refused(&args.topic);
     // `None` once the last sequence number (2^64 - 1) was given: one more is refused, not
     // wrapped to 0.
     let mut next_seq = Some(args.seq_from.unwrap_or(0));
@@ -77,88 +165,179 @@ async fn publish_all(args: PublishArgs) -> Result<u64> {
             Ok::<u64, Error>(s)
         }
     };
-    let mut pending = std::collections::VecDeque::new();
-    let mut count = 0;
-    // A frame past the last sequence number: the ones before it are still published (and
-    // their acks awaited), then the command fails naming it.
-    let mut refused = None;
-    if let Some(path) = &args.file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-        pending.push_back(publisher.send(seq()?, bytes).await?);
-    } else if !args.payloads.is_empty() {
-        for p in &args.payloads {
-            match seq() {
-                Ok(s) => pending.push_back(publisher.send(s, p.clone().into_bytes()).await?),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
+    let mut inputs = inputs(&args)?;
+    let mut pending: std::collections::VecDeque<Sent> = std::collections::VecDeque::new();
+    let mut acked = 0u64;
+    let mut last_seq = None;
+    let mut reading = true;
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let stop: Option<Failure> = loop {
+        if !reading && pending.is_empty() {
+            break None;
+        }
+        tokio::select! {
+            // Answers before new input: a refusal stops the input at once.
+            biased;
+            _ = &mut interrupt => {
+                let mut stopped = Failure::of(Error::NotSent("interrupted".into()), None);
+                stopped.interrupted = true;
+                break Some(stopped);
+            }
+            answer = front(&mut pending) => {
+                let Some(sent) = pending.pop_front() else { continue };
+                match answer {
+                    Ok(ack) => {
+                        acked += 1;
+                        last_seq = Some(sent.seq);
+                        report(&ack, args.verbose);
+                    }
+                    Err(error) => {
+                        // Given up after retries: this frame's fate is unknown too.
+                        let unknown = usize::from(error.is_transient());
+                        let mut failed = Failure::of(error, Some(format!("{} (seq_no {})", sent.of, sent.seq)));
+                        failed.unknown = unknown;
+                        break Some(failed);
+                    }
                 }
             }
+            input = inputs.recv(), if reading && pending.len() < MAX_PENDING => match input {
+                None => reading = false,
+                Some(Err(error)) => break Some(Failure::of(error, None)),
+                Some(Ok((bytes, of))) => {
+                    let s = match seq() {
+                        Ok(s) => s,
+                        Err(error) => break Some(Failure::of(error, Some(of))),
+                    };
+                    match publisher.send(s, bytes).await {
+                        Ok(ack) => pending.push_back(Sent { ack, seq: s, of }),
+                        // The publisher ended at a refusal whose answer is still on its way
+                        // to the front of `pending`: that is the failure to tell.
+                        Err(_) if !pending.is_empty() => reading = false,
+                        Err(error) => break Some(Failure::of(error, Some(format!("{of} (seq_no {s})")))),
+                    }
+                }
+            },
         }
+    };
+    drop(inputs);
+    let Some(mut failure) = stop else {
+        publisher.close().await;
+        return Ok(acked);
+    };
+    // Frames sent before the failure (or the interrupt) are still answered and counted;
+    // after a refusal, the ones behind it fail at once, not sent. After Ctrl-C the wait is
+    // bounded: what is not answered by then is unknown.
+    let sent = pending.len();
+    let mut answered = 0;
+    let mut unknown = 0;
+    let drain = async {
+        while let Some(next) = pending.pop_front() {
+            match next.ack.await {
+                Ok(ack) => {
+                    acked += 1;
+                    last_seq = Some(next.seq);
+                    report(&ack, args.verbose);
+                }
+                Err(Error::NotSent(_)) => {}
+                Err(_) => unknown += 1,
+            }
+            answered += 1;
+        }
+    };
+    if failure.interrupted {
+        let _ = tokio::time::timeout(INTERRUPT_WAIT, drain).await;
     } else {
-        let stdin = std::io::stdin();
-        let mut lines = stdin.lock();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = lines
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Error::InvalidArgument(format!("stdin: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            match seq() {
-                Ok(s) => pending.push_back(publisher.send(s, line.clone()).await?),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
+        drain.await;
+    }
+    failure.unknown += unknown + (sent - answered);
+    failure.acked = acked;
+    failure.last_seq = last_seq;
+    Err(failure)
+}
+
+/// The front of `pending`'s answer; never ready while nothing is pending.
+async fn front(pending: &mut std::collections::VecDeque<Sent>) -> Result<framecast::client::Ack> {
+    match pending.front_mut() {
+        Some(sent) => (&mut sent.ack).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The frames to publish, in order: the arguments, the file, or stdin's lines (read on a
+/// thread of their own, so acks are printed as they come while the input waits).
+fn inputs(args: &PublishArgs) -> Result<tokio::sync::mpsc::Receiver<Input>, Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Input>(256);
+    if let Some(path) = &args.file {
+        let unreadable =
+            |e: std::io::Error| Error::InvalidArgument(format!("{}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(unreadable)?.len();
+        if size > framecast::client::MAX_PAYLOAD_BYTES as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {size} bytes, more than a frame can hold ({} bytes)",
+                path.display(),
+                framecast::client::MAX_PAYLOAD_BYTES
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(unreadable)?;
+        let _ = tx.try_send(Ok((bytes, path.display().to_string())));
+    } else if !args.payloads.is_empty() {
+        let payloads = args.payloads.clone();
+        tokio::spawn(async move {
+            for (i, p) in payloads.into_iter().enumerate() {
+                if tx
+                    .send(Ok((p.into_bytes(), format!("argument {}", i + 1))))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
-            // Acks already in, in order: printed now, and the first failure (the server
-            // unreachable for the whole --timeout, say) ends the command at once instead of
-            // at the end of an input that may never end (`tail -f … | framecast publish`).
-            settle_ready(&mut pending, &mut count, args.verbose)?;
-        }
+        });
+    } else {
+        std::thread::spawn(move || read_lines(std::io::stdin().lock(), &tx));
     }
-    let closing = publisher.close();
-    for p in pending {
-        let ack = p.await?;
-        report(&ack, &mut count, args.verbose);
-    }
-    closing.await;
-    match refused {
-        Some(e) => Err(e),
-        None => Ok(count),
-    }
+    Ok(rx)
 }
 
-/// Takes the acks at the front of `pending` that are in, in order; the first failure ends
-/// the command with it.
-fn settle_ready(
-    pending: &mut std::collections::VecDeque<framecast::client::PendingAck>,
-    count: &mut u64,
-    verbose: bool,
-) -> Result<()> {
-    use futures::FutureExt;
-    while let Some(front) = pending.front_mut() {
-        match front.now_or_never() {
-            None => break,
-            Some(ack) => {
-                pending.pop_front();
-                report(&ack?, count, verbose);
+/// Sends each line of `input` (without its `\n`, or `\r\n`) to `tx` until the input ends,
+/// `tx` closes, or a line is longer than a frame can hold (sent as an error).
+fn read_lines(mut input: impl BufRead, tx: &tokio::sync::mpsc::Sender<Input>) {
+    let limit = framecast::client::MAX_PAYLOAD_BYTES as u64;
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        let mut line = Vec::new();
+        // One byte past the limit, and the line's end: a longer line is refused, not read
+        // whole into memory.
+        let read = std::io::Read::take(&mut input, limit + 2).read_until(b'\n', &mut line);
+        let item = match read {
+            Ok(0) => return,
+            Err(e) => Err(Error::InvalidArgument(format!("stdin: {e}"))),
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                if line.len() as u64 > limit {
+                    Err(Error::InvalidArgument(format!(
+                        "line {number} is longer than a frame can hold ({limit} bytes)"
+                    )))
+                } else {
+                    Ok((line, format!("line {number}")))
+                }
             }
+        };
+        let last = item.is_err();
+        if tx.blocking_send(item).is_err() || last {
+            return;
         }
     }
-    Ok(())
 }
 
-/// Counts an ack and, with `--verbose`, prints it.
-fn report(ack: &framecast::client::Ack, count: &mut u64, verbose: bool) {
-    *count += 1;
+/// With `--verbose`, prints an ack.
+fn report(ack: &framecast::client::Ack, verbose: bool) {
     if verbose {
         let _ = writeln!(
             std::io::stdout().lock(),

@@ -89,7 +89,7 @@ fn stopped() -> Error {
 /// fields. The server's own limit (`--max-frame-bytes`, 4 MiB by default) is lower unless
 /// raised; a payload over this one would fail the message locally, ending the stream it
 /// shares with other calls (or being retried as if the connection had broken).
-pub(crate) const MAX_PAYLOAD_BYTES: usize = super::nodes::MAX_MESSAGE_BYTES - (64 << 10);
+pub const MAX_PAYLOAD_BYTES: usize = super::nodes::MAX_MESSAGE_BYTES - (64 << 10);
 
 /// Refuses a payload over [`MAX_PAYLOAD_BYTES`] before it is queued or sent.
 pub(crate) fn check_payload(len: usize) -> Result<()> {

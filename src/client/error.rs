@@ -49,9 +49,13 @@ pub enum Error {
     /// certificate.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// Not sent: an earlier frame of the same publisher was refused, and a publisher made
+    /// with [`crate::client::Client::publisher_until_refused`] sends nothing after a
+    /// refusal (the server stored none of the frames behind it).
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// Any other server answer (UNAUTHENTICATED and PERMISSION_DENIED among them: a
     /// missing, expired or insufficient token, never retried).
-
     #[error("server error {code:?}: {message}")]
     Server {
         /// The gRPC code.

@@ -18,6 +18,7 @@ mod retry;
 mod subscription;
 mod watch;
 
+pub use coalesce::MAX_PAYLOAD_BYTES;
 pub use compression::Compression;
 pub use credentials::{Bearer, ClientTls};
 pub use error::{Error, Result};

@@ -17,12 +17,30 @@ impl Client {
     /// A pipelined publisher over `PublishStream` for `topic`: many frames in flight, acks in
     /// order, the same never-duplicate retries.
     pub fn publisher(&self, topic: &str) -> Publisher {
-        Publisher::start(self.clone(), topic.to_string())
+        Publisher::start(self.clone(), topic.to_string(), AtRefusal::GoOn)
+    }
+
+    /// Like [`Client::publisher`], for a sequence that must stay whole: the first frame the
+    /// server refuses (too large, not permitted, …) ends the publisher. That frame's ack is
+    /// the refusal, every frame sent after it fails with [`Error::NotSent`] (the server
+    /// stores nothing past a refused request of a stream, and nothing is sent again), and
+    /// later sends fail. What was acknowledged before it stands.
+    pub fn publisher_until_refused(&self, topic: &str) -> Publisher {
+        Publisher::start(self.clone(), topic.to_string(), AtRefusal::Stop)
     }
 }
 
 /// Frames in flight (sent, not yet acked) per publisher.
 const WINDOW: usize = 1024;
+
+/// What a publisher does after the server refuses one of its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtRefusal {
+    /// The refused frame fails; the ones behind it are sent again on a new stream.
+    GoOn,
+    /// The refused frame fails, the ones behind it are not sent, and the publisher ends.
+    Stop,
+}
 
 struct Job {
     req: proto::PublishRequest,
@@ -79,12 +97,12 @@ fn stopped() -> Error {
 }
 
 impl Publisher {
-    fn start(client: Client, topic: String) -> Publisher {
+    fn start(client: Client, topic: String, at_refusal: AtRefusal) -> Publisher {
         let (jobs, rx) = mpsc::channel(WINDOW);
         // The task must not hold the client's coalescer, which may hold this queue.
         let client = client.plain();
         let (done_tx, done) = tokio::sync::watch::channel(false);
-        let task = run(client.clone(), rx);
+        let task = run(client.clone(), rx, at_refusal);
         tokio::spawn(async move {
             task.await;
             let _ = done_tx.send(true);
@@ -162,7 +180,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Drives one publisher: keeps a stream open, feeds it, matches acks to jobs in order, and
 /// on a break re-sends what is unacknowledged on a new stream (on the next node, or on the
 /// leader a refusal names).
-async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
+async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusal) {
     let mut inflight: VecDeque<Job> = VecDeque::new();
     let mut attempts = client.attempts();
     let mut closed = false;
@@ -206,6 +224,9 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
             Err(s) => {
                 if let Some(j) = inflight.pop_front() {
                     let _ = j.reply.send(Err(from_status(s)));
+                }
+                if at_refusal == AtRefusal::Stop {
+                    return not_sent(&mut inflight, &mut jobs);
                 }
                 continue;
             }
@@ -292,6 +313,9 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         if let Some(j) = inflight.pop_front() {
                             let _ = j.reply.send(Err(from_status(s)));
                         }
+                        if at_refusal == AtRefusal::Stop {
+                            return not_sent(&mut inflight, &mut jobs);
+                        }
                         break;
                     }
                 },
@@ -308,6 +332,14 @@ async fn finish(
 ) {
     drop(req_tx);
     let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
+}
+
+/// After a refusal that ends the publisher: every frame behind the refused one fails, not
+/// sent again, and the queue closes (later sends fail).
+fn not_sent(inflight: &mut VecDeque<Job>, jobs: &mut mpsc::Receiver<Job>) {
+    jobs.close();
+    let e = Error::NotSent("an earlier frame of this publisher was refused".into());
+    give_up(inflight, jobs, &e);
 }
 
 /// Ends every unacknowledged frame with `e` (the retry budget is spent, or the nodes loop),

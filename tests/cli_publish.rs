@@ -1,0 +1,124 @@
+//! `framecast publish` against the real binary: a refused frame ends the command with
+//! nothing after it sent, and the message says which input it was and what was
+//! acknowledged; acks are printed as they come; Ctrl-C reports what was acknowledged.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `framecast publish` at `server` on `topic` with `extra` flags, stdin piped.
+fn publisher(server: &Server, topic: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .args(["publish", "--addr", &server.addr, "--topic", topic])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The frames stored in `topic`.
+async fn frames(server: &Server, topic: &str) -> u64 {
+    let mut c = server.client().await;
+    list_topics(&mut c)
+        .await
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map_or(0, |t| t.frames)
+}
+
+/// Waits for `child` to exit (within 30 s); its exit code and stderr.
+fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_line_ends_the_command_with_nothing_after_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-frame-bytes", "10"]);
+    for round in 0..3 {
+        let topic = format!("t{round}");
+        let mut child = publisher(&server, &topic, &["--seq-from", "10"]);
+        let mut input = String::new();
+        for i in 0..3000 {
+            input.push_str(&if i == 4 {
+                "x".repeat(50)
+            } else {
+                format!("l{i}")
+            });
+            input.push('\n');
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        // The command may stop reading before the end: a broken pipe is fine.
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        let (code, err) = finish(child);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("line 5 (seq_no 14)"), "{err}");
+        assert!(err.contains("max-frame-bytes"), "{err}");
+        assert!(
+            err.contains("4 frames acknowledged (the last seq_no 13); nothing after it was sent"),
+            "{err}"
+        );
+        assert_eq!(frames(&server, &topic).await, 4, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_printed_as_they_come_and_ctrl_c_reports_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut child = publisher(&server, "live", &["--verbose"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // One line, the input left open: its ack is printed before any more input comes.
+    for (i, text) in ["first\r", "second"].iter().enumerate() {
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut line = String::new();
+        let reader = std::thread::spawn(move || {
+            out.read_line(&mut line).unwrap();
+            tx.send(line).unwrap();
+            out
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no ack printed while the input stays open");
+        assert!(line.starts_with(&format!("offset={i} ")), "{line}");
+        out = reader.join().unwrap();
+    }
+    // Ctrl-C: exit 130, saying what was acknowledged.
+    let pid = child.id() as i32;
+    // SAFETY (test code): plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (code, err) = finish(child);
+    drop(stdin);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains("interrupted; 2 frames acknowledged (the last seq_no 1)"),
+        "{err}"
+    );
+    // A line's "\r\n" end is no part of its payload.
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req("live", 0)).await.unwrap();
+    let got = take(&mut sub.stream, 2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload, b"first".to_vec());
+    assert_eq!(got[1].payload, b"second".to_vec());
+}
