@@ -395,13 +395,22 @@ impl rp::replication_server::Replication for LeaderService {
     }
 }
 
-/// The report a `Follow` stream starts with.
+/// How long a `Follow` stream may take to send its first report (a follower sends it as
+/// it opens the stream).
+const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(10);
+
+/// The report a `Follow` stream starts with; `DEADLINE_EXCEEDED` when none comes within
+/// [`FIRST_REPORT_WITHIN`] (a stream that never reports holds no task here for long).
 pub async fn first_report(
     reports: &mut Streaming<rp::FollowerReport>,
 ) -> Result<rp::FollowerReport, Status> {
-    reports
-        .message()
-        .await?
+    tokio::time::timeout(FIRST_REPORT_WITHIN, reports.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "a Follow stream starts with a report, and none came within {FIRST_REPORT_WITHIN:?}"
+            ))
+        })??
         .ok_or_else(|| Status::invalid_argument("a Follow stream starts with a report"))
 }
 
