@@ -1059,3 +1059,54 @@ async fn a_websocket_over_http2_extended_connect_works() {
     assert_eq!(reply["id"], 1, "{reply}");
     assert_eq!(reply["result"]["offset"], "0", "{reply}");
 }
+
+/// With auth on, a socket opened without a token takes messages of at most 64 KiB for its
+/// whole life: an unauthenticated peer cannot make the server buffer a 25 MB message. One
+/// opened with its token takes the full size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_opened_without_a_token_takes_only_small_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "k3y").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let good = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
+    let big = "x".repeat(100 << 10);
+
+    let mut authed = open(&server, &format!("?access_token={good}")).await;
+    send(
+        &mut authed,
+        json!({"id": 1, "publish": {"topic": "big", "seq_no": "1", "text": big}}),
+    )
+    .await;
+    let ok = recv(&mut authed).await;
+    assert_eq!(ok["result"]["offset"], "0", "{ok}");
+
+    let mut bare = open(&server, "").await;
+    send(
+        &mut bare,
+        json!({"id": 1, "publish": {"topic": "big", "seq_no": "2", "text": big}}),
+    )
+    .await;
+    let refused = recv(&mut bare).await;
+    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 KiB: it opened without a token"),
+        "{refused}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match bare.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the socket stayed open");
+    assert_eq!(closed, Some(1009));
+}

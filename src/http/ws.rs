@@ -74,6 +74,11 @@ pub const SILENT_FOR: Duration = Duration::from_secs(60);
 /// this long after it opened is closed: an unauthenticated peer holds no socket, buffers or
 /// task for longer (it could otherwise hold them forever, answering pings).
 pub const AUTH_WITHIN: Duration = Duration::from_secs(10);
+/// With auth on, the largest message a socket opened without a token takes, for its whole
+/// life (the library's limit is set at the upgrade): an `auth` and requests, not large
+/// publishes. An unauthenticated peer could otherwise make the server buffer a message of
+/// 6 × `--max-frame-bytes` (25 MB) per socket before it says who it is.
+pub const PRE_AUTH_MESSAGE: usize = 64 << 10;
 
 /// The `/v1/ws` handler: upgrades, then serves the socket.
 pub async fn upgrade(
@@ -99,7 +104,10 @@ pub async fn upgrade(
     } else {
         None
     };
-    let max_message = super::json::max_json_message(broker.max_frame_bytes(), WS_OVERHEAD);
+    let max_message = match who {
+        Some(_) => super::json::max_json_message(broker.max_frame_bytes(), WS_OVERHEAD),
+        None => PRE_AUTH_MESSAGE,
+    };
     let session = door.session();
     Ok(ws
         // Per-socket buffers (tungstenite's defaults are 128 KiB each way, 256 MB for a
@@ -287,6 +295,10 @@ impl Sub {
 
 /// Serves one socket until it closes, goes silent, or the server shuts down.
 async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
+    let limit = match who {
+        Some(_) => "6 × --max-frame-bytes + 64 KiB",
+        None => "64 KiB: it opened without a token; give one with the upgrade for larger",
+    };
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<Cmd>(64);
     let (who_tx, who_rx) = watch::channel(who);
@@ -440,7 +452,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 // tungstenite refused a message over the limit and cannot go on reading:
                 // say why (the reply reaches the writer before the socket closes).
                 let e = broker.reject(Error::InvalidArgument(format!(
-                    "message over this socket's limit (6 × --max-frame-bytes + 64 KiB): {e}"
+                    "message over this socket's limit ({limit}): {e}"
                 )));
                 link.reply(&Value::Null, Err(e)).await;
                 // And the close code for it (RFC 6455: 1009, message too big).
