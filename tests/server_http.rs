@@ -487,3 +487,55 @@ fn a_request_whose_headers_never_end_is_closed_and_frees_its_slot() {
     let health = request(&http(&server), "GET", "/healthz", &[], b"");
     assert_eq!(health.status, 200);
 }
+
+/// History pages asked for over HTTP and never read cost the server at most the door's
+/// page budget (128 MiB), not a page each (a 4 MiB frame of control bytes is a 33 MB page
+/// of JSON); past it a request waits, then gets 429, and room comes back as readers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_never_read_hold_at_most_the_doors_budget() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = http(&server);
+    let at = base.trim_start_matches("http://").to_string();
+    let mut c = server.client().await;
+    common::publish(&mut c, "hp", 1, &vec![1u8; (4 << 20) - 1024]).await;
+    let baseline = server.rss_anon();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut conn = std::net::TcpStream::connect(&at).unwrap();
+        conn.write_all(b"GET /v1/topics/hp/history HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        idle.push(conn);
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(server.rss_anon());
+    }
+    let grew = peak.saturating_sub(baseline);
+    eprintln!("RssAnon grew by {} MiB", grew >> 20);
+    assert!(
+        grew < 400 << 20,
+        "anonymous memory grew by {} MiB",
+        grew >> 20
+    );
+    // The budget is held by pages nobody reads: a reader is told to come back later.
+    let busy = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || request(&base, "GET", "/v1/topics/hp/history", &[], b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.json()["code"], "RESOURCE_EXHAUSTED");
+    // The idle readers go: their pages' room comes back, and a reader gets its page.
+    drop(idle);
+    let page = tokio::task::spawn_blocking(move || {
+        request(&base, "GET", "/v1/topics/hp/history", &[], b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(page.json()["frames"].as_array().unwrap().len(), 1);
+}

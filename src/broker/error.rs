@@ -41,6 +41,10 @@ pub enum Error {
     /// `--max-subscribers` streams are open.
     #[error("too many subscribers (limit {0})")]
     TooManySubscribers(usize),
+    /// A server-wide budget (of history pages waiting to be written, say) stayed spent
+    /// while the call waited: RESOURCE_EXHAUSTED, to be asked again later.
+    #[error("{0}")]
+    Busy(String),
     /// No valid credentials: no token, a malformed one, a bad signature, expired.
     #[error("{0}")]
     Unauthenticated(String),
@@ -137,7 +141,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::EpochMismatch { .. } => Code::FailedPrecondition,
             Error::OutOfRange(_) => Code::OutOfRange,
-            Error::TooManySubscribers(_) => Code::ResourceExhausted,
+            Error::TooManySubscribers(_) | Error::Busy(_) => Code::ResourceExhausted,
             Error::Unauthenticated(_) | Error::TokenExpired => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ShuttingDown

@@ -115,6 +115,7 @@ mod tests {
             ),
             (Error::OutOfRange("x".into()), 416),
             (Error::TooManySubscribers(1), 429),
+            (Error::Busy("x".into()), 429),
             (Error::ShuttingDown, 503),
             (Error::NotCommittedYet("x".into()), 503),
             (Error::Starting, 503),

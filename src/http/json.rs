@@ -161,6 +161,17 @@ pub fn history_page(p: &proto::HistoryPage) -> Value {
     })
 }
 
+/// At most how many bytes [`history_page`] of `p` takes as JSON: a payload as base64 (4/3)
+/// and as text escaped at most 6 bytes a byte, and room for each frame's other fields.
+pub fn history_page_bound(p: &proto::HistoryPage) -> usize {
+    let frames: usize = p
+        .frames
+        .iter()
+        .map(|f| f.payload.len().saturating_mul(8).saturating_add(256))
+        .sum();
+    frames.saturating_add(p.next.len()).saturating_add(256)
+}
+
 /// A `BroadcastAck`.
 pub fn broadcast_ack(a: &proto::BroadcastAck) -> Value {
     let acks: Vec<Value> = a

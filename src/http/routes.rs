@@ -266,7 +266,28 @@ async fn history(
     let topic = topic_path(broker, topic)?;
     let request = history_request(broker, topic, &q)?;
     let page = broker.history(&who, &request).await?;
-    Ok(Json(json::history_page(&page)).into_response())
+    // Room for the page among those the door holds before it is built: held by the body
+    // until it is written (or the connection closes), so pages asked for and never read
+    // cost the server at most the door's budget, not a page each.
+    let room = door
+        .page_room(json::history_page_bound(&page))
+        .await
+        .map_err(|e| broker.reject(e))?;
+    let body = json::history_page(&page).to_string().into_bytes();
+    let length = body.len().to_string();
+    let held = futures::stream::unfold((Some(body), Some(room)), |(body, room)| async move {
+        // The page, then the end: the permit goes with the body, once it was written.
+        let chunk = body?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), (None, room)))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CONTENT_LENGTH, length),
+        ],
+        Body::from_stream(held),
+    )
+        .into_response())
 }
 
 /// A `HistoryRequest` from query parameters (`from`, `limit`, `reverse`, `after`); shared
