@@ -35,8 +35,8 @@
 //!   and compaction in the background), `readiness` (whether this node serves reads: the
 //!   `framecast.reads` gRPC health status), `run` (startup, serve, drain), `repair`, `status`
 //!   (the one mapping to gRPC status codes), `too_large` (an undecodable unary message
-//!   answered `INVALID_ARGUMENT`), `preauth` (with auth on, a call without a valid token
-//!   refused before its message is read).
+//!   answered `INVALID_ARGUMENT`), `gate` (checks on a call's head before its message is
+//!   read: with auth on, a valid token; with auth off, a web page's origin).
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
 //!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`, `/readyz`), `sse` (Server-Sent
 //!   Events with exact resume), `ws` (WebSocket), `console` (the embedded web console),

@@ -127,14 +127,15 @@ async fn another_sites_page_is_refused_and_changes_nothing() {
             b"from the console",
         );
         assert_eq!(r.status, 200, "{}", r.text());
-        // As are pages behind a reverse proxy that names the site's host.
+        // As are pages behind a reverse proxy that names the site's host (at an address:
+        // without --auth-*, a site at a DNS name needs --cors-origin, see below).
         let r = request(
             &b,
             "GET",
             "/v1/topics",
             &[
-                ("Origin", "https://app.example"),
-                ("X-Forwarded-Host", "app.example"),
+                ("Origin", "https://10.0.0.5:8443"),
+                ("X-Forwarded-Host", "10.0.0.5:8443"),
             ],
             b"",
         );
@@ -189,4 +190,94 @@ async fn a_cors_origin_lets_its_pages_in_and_no_others() {
     let dir = tempfile::tempdir().unwrap();
     let any = Server::start(dir.path(), &["--cors-origin", "*"]);
     assert_eq!(ws_status(&http(&any), EVIL).await, 101);
+}
+
+/// Sends `method path` to the door at `at` as a page of `host` would after a DNS rebinding:
+/// `Host` and `Origin` both the attacker's name. The status code.
+fn rebound(at: &str, host: &str, method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(at).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nConnection: close\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Without `--auth-*`, a page at a DNS name that resolves to the server (DNS rebinding: the
+/// attacker's name, its page's own origin) is refused and changes nothing; pages at an IP
+/// address or localhost, and names let in with `--cors-origin`, are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_at_a_rebound_name_is_refused_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--cors-origin", "http://listed.example:1"]);
+    let base = http(&server);
+    let at = base.trim_start_matches("http://").to_string();
+    let port = at.rsplit(':').next().unwrap().to_string();
+    let evil = format!("evil.example:{port}");
+    let statuses = tokio::task::spawn_blocking({
+        let at = at.clone();
+        move || {
+            [
+                rebound(&at, &evil, "POST", "/v1/topics/r/frames?seq_no=1", "x"),
+                rebound(&at, &evil, "PUT", "/v1/topics/made", ""),
+                rebound(&at, &evil, "GET", "/v1/topics", ""),
+                rebound(&at, &at, "POST", "/v1/topics/ip/frames?seq_no=1", "x"),
+                rebound(&at, &format!("localhost:{port}"), "GET", "/v1/topics", ""),
+            ]
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [403, 403, 403, 200, 200]);
+    assert_eq!(topics(&base), ["ip"]);
+}
+
+/// The same on the gRPC listener: without `--auth-*`, a gRPC-Web call from a page at a DNS
+/// name (the host a proxy, or a rebound name, gives) is refused `PERMISSION_DENIED` before
+/// it runs; one without an `Origin` (no browser) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_call_from_a_rebound_page_is_refused_without_auth() {
+    use common::http::grpc_web_status_with;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = http(&server);
+    assert_eq!(
+        request(&base, "PUT", "/v1/topics/keep", &[], b"").status,
+        200
+    );
+    let grpc = server.addr.clone();
+    let port = grpc.rsplit(':').next().unwrap().to_string();
+    let evil = format!("evil.example:{port}");
+    let origin = format!("http://{evil}");
+    // DeleteTopicRequest { name: "keep" }.
+    let delete = b"\x0a\x04keep";
+    let path = "/framecast.v1.Broadcast/DeleteTopic";
+    let (refused, _) = tokio::task::spawn_blocking({
+        let grpc = grpc.clone();
+        move || {
+            grpc_web_status_with(
+                &grpc,
+                path,
+                delete,
+                &[("Origin", &origin), ("X-Forwarded-Host", &evil)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.as_deref(), Some("7"), "PERMISSION_DENIED");
+    assert_eq!(topics(&base), ["keep"]);
+    let (served, _) =
+        tokio::task::spawn_blocking(move || grpc_web_status_with(&grpc, path, delete, &[]))
+            .await
+            .unwrap();
+    assert_eq!(served.as_deref(), Some("0"));
+    assert!(topics(&base).is_empty());
 }

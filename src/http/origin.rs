@@ -44,7 +44,13 @@ impl Origins {
     /// `Ok` when a request with these headers may be served: it names no origin, or its
     /// origin is the door's own or a listed one. Otherwise `PERMISSION_DENIED`, naming the
     /// flag that would let the page in.
-    pub fn admit(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Error> {
+    ///
+    /// `open`: the server takes calls without a token (no `--auth-*`). Then a page of its
+    /// own origin is admitted only at an IP address or `localhost`: a page at a DNS name is
+    /// one a DNS rebinding may have pointed at the server (the attacker's name, now
+    /// resolving to 127.0.0.1, is the page's own origin), and with no token to ask for it
+    /// would act as the browser's user. Such a name is let in with `--cors-origin`.
+    pub fn admit(&self, headers: &HeaderMap, uri: &Uri, open: bool) -> Result<(), Error> {
         let Some(origin) = headers.get("origin") else {
             return Ok(());
         };
@@ -53,8 +59,18 @@ impl Origins {
         }
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         let lower = origin.to_ascii_lowercase();
-        if self.listed.contains(&lower) || same_origin(&lower, headers, uri) {
+        if self.listed.contains(&lower) {
             return Ok(());
+        }
+        if same_origin(&lower, headers, uri) {
+            if !open || at_an_address(&lower) {
+                return Ok(());
+            }
+            return Err(Error::PermissionDenied(format!(
+                "a page from origin '{origin}' may not call this server: without --auth-*, \
+                 only pages at an IP address or localhost may (a DNS name may have been \
+                 rebound to this server); let it in with --cors-origin {origin}"
+            )));
         }
         Err(Error::PermissionDenied(format!(
             "a page from origin '{origin}' may not call this server (only its own origin's \
@@ -105,9 +121,24 @@ fn same_origin(origin: &str, headers: &HeaderMap, uri: &Uri) -> bool {
     .any(|host| plain(host) == authority)
 }
 
+/// Whether `origin` (`scheme://host[:port]`, lower-case) is at an IP address or at
+/// `localhost` (or a name under it): names no DNS rebinding can point elsewhere.
+fn at_an_address(origin: &str) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = match authority.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || host.ends_with(".localhost")
+}
+
 /// The middleware: refuses a request from another origin's page before its handler runs.
 pub async fn guard(State(door): State<Arc<HttpDoor>>, req: Request, next: Next) -> Response {
-    match door.origins().admit(req.headers(), req.uri()) {
+    let open = door.broker().is_ok_and(|b| !b.requires_auth());
+    match door.origins().admit(req.headers(), req.uri(), open) {
         Ok(()) => next.run(req).await,
         Err(e) => ApiError(e).into_response(),
     }
@@ -129,7 +160,9 @@ mod tests {
     fn admits(origins: &[&str], pairs: &[(&'static str, &str)]) -> bool {
         let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
         let uri: Uri = "/v1/ws".parse().expect("uri");
-        Origins::new(&origins).admit(&headers(pairs), &uri).is_ok()
+        Origins::new(&origins)
+            .admit(&headers(pairs), &uri, false)
+            .is_ok()
     }
 
     #[test]
@@ -191,6 +224,39 @@ mod tests {
     }
 
     #[test]
+    fn without_auth_only_pages_at_an_address_or_localhost_are_their_own_origin() {
+        let open = |origins: &[&str], host: &str, origin: &str| {
+            let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
+            let h = headers(&[("host", host), ("origin", origin)]);
+            Origins::new(&origins)
+                .admit(&h, &"/".parse().expect("uri"), true)
+                .is_ok()
+        };
+        for (host, origin) in [
+            ("127.0.0.1:7071", "http://127.0.0.1:7071"),
+            ("[::1]:7071", "http://[::1]:7071"),
+            ("localhost:7071", "http://localhost:7071"),
+            ("app.localhost", "http://app.localhost"),
+            ("10.1.2.3", "https://10.1.2.3"),
+        ] {
+            assert!(open(&[], host, origin), "{origin}");
+        }
+        for (host, origin) in [
+            ("evil.example:7071", "http://evil.example:7071"),
+            ("localhost.evil.example", "http://localhost.evil.example"),
+            ("127.0.0.1.nip.io:7071", "http://127.0.0.1.nip.io:7071"),
+        ] {
+            assert!(!open(&[], host, origin), "{origin}");
+        }
+        // A name let in by --cors-origin is served.
+        assert!(open(
+            &["http://app.example:7071"],
+            "app.example:7071",
+            "http://app.example:7071"
+        ));
+    }
+
+    #[test]
     fn other_origins_are_refused_unless_listed() {
         let host = ("host", "127.0.0.1:7071");
         for other in [
@@ -226,6 +292,7 @@ mod tests {
             .admit(
                 &headers(&[("origin", "https://evil.example")]),
                 &"/".parse().expect("uri"),
+                false,
             )
             .expect_err("refused");
         assert!(matches!(err, Error::PermissionDenied(_)));

@@ -3,8 +3,8 @@
 
 pub mod config;
 mod connections;
+mod gate;
 pub mod maintenance;
-mod preauth;
 pub mod readiness;
 mod repair;
 mod run;

@@ -359,9 +359,14 @@ pub async fn run(
     door.serving(broker.clone());
     let (mut reads, readiness_tasks) = (broker.cluster_view().out_of_sync(), tasks.clone());
     let refusals = broker.clone();
-    let preauth = broker
-        .requires_auth()
-        .then(|| super::preauth::PreAuthLayer::new(broker.clone()));
+    // Before tonic reads a message: with auth on, the token; with it off, a web page's
+    // origin, as the HTTP door checks it.
+    let gate = match broker.requires_auth() {
+        true => super::gate::Gate::tokens(broker.clone()),
+        false => {
+            super::gate::Gate::origins(crate::http::origin::Origins::new(&config.cors_origins))
+        }
+    };
     let service = BroadcastServer::new(BroadcastService::new(broker, tasks))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -430,7 +435,7 @@ pub async fn run(
         .layer(tower::util::MapRequestLayer::new(mark_grpc_web))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(super::too_large::TooLargeLayer::new(refusals))
-        .layer(tower::util::option_layer(preauth))
+        .layer(gate)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))

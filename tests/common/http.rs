@@ -128,16 +128,22 @@ fn exchange(
 /// gRPC call `path` as gRPC-Web over HTTP/1.1; the answer's `grpc-status` (from its headers,
 /// or its trailers in the body) and the answer, for messages.
 pub fn grpc_web_status(base: &str, path: &str, message: &[u8]) -> (Option<String>, Response) {
+    grpc_web_status_with(base, path, message, &[])
+}
+
+/// [`grpc_web_status`] with more request headers (an `Origin`, say).
+pub fn grpc_web_status_with(
+    base: &str,
+    path: &str,
+    message: &[u8],
+    headers: &[(&str, &str)],
+) -> (Option<String>, Response) {
     let mut body = vec![0u8];
     body.extend((message.len() as u32).to_be_bytes());
     body.extend(message);
-    let answer = request(
-        base,
-        "POST",
-        path,
-        &[("Content-Type", "application/grpc-web+proto")],
-        &body,
-    );
+    let mut all = vec![("Content-Type", "application/grpc-web+proto")];
+    all.extend_from_slice(headers);
+    let answer = request(base, "POST", path, &all, &body);
     let trailers = String::from_utf8_lossy(&answer.body).to_lowercase();
     let status = answer
         .header("grpc-status")
