@@ -505,9 +505,14 @@ def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def timed_out(what: str, timeout: float | None) -> errors.DeadlineExceeded:
-    """The error for a call whose own ``timeout`` ran out."""
-    return errors.DeadlineExceeded(f"{what}: timeout of {timeout} s exceeded")
+def timed_out(
+    what: str, timeout: float | None, key: str | None = None
+) -> errors.DeadlineExceeded:
+    """The error for a call whose own ``timeout`` ran out; ``key``: a publish's idempotency
+    key, to publish it again exactly once."""
+    return errors.DeadlineExceeded(
+        f"{what}: timeout of {timeout} s exceeded", idempotency_key=key or None
+    )
 
 
 def attempt_timeout(call_timeout: float | None, deadline: float | None) -> float | None:

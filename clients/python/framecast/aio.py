@@ -77,7 +77,7 @@ from ._core import (
 from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError
+from .errors import ClientClosed, DeadlineExceeded, FramecastError
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -300,7 +300,13 @@ class Client:
         # shared stream (whose break sends its unacknowledged frames again).
         if self._coalesce and key:
             return await self._publish_coalesced(req, timeout)
-        return ack_from_pb(await self._call("publish", "Publish", req, timeout, retry=bool(key)))
+        try:
+            return ack_from_pb(
+                await self._call("publish", "Publish", req, timeout, retry=bool(key))
+            )
+        except DeadlineExceeded as e:
+            e.idempotency_key = key or None
+            raise
 
     async def broadcast(
         self,
@@ -335,7 +341,7 @@ class Client:
         try:
             return ack_from_pb(await asyncio.wait_for(future, timeout))
         except (asyncio.TimeoutError, TimeoutError):
-            raise timed_out("publish", timeout) from None
+            raise timed_out("publish", timeout, req.idempotency_key) from None
 
     async def publish_many(
         self,
@@ -738,6 +744,12 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         """The snapshot point ``S``: frames with ``offset < S`` are history."""
         c = self._resume.cursor
         return None if c is None else c.snapshot_offset
+
+    @property
+    def epoch(self) -> int | None:
+        """The topic epoch the subscription was given."""
+        c = self._resume.cursor
+        return None if c is None else c.epoch
 
     @property
     def reconnects(self) -> int:

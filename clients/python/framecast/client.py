@@ -62,7 +62,7 @@ from ._core import (
 from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, FramecastError
+from .errors import ClientClosed, DeadlineExceeded, FramecastError
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -223,8 +223,8 @@ class Client:
         return self._closed.is_set()
 
     def close(self) -> None:
-        """Closes the channel: open calls and subscriptions end (subscriptions stop
-        iterating; other calls raise :class:`framecast.errors.ClientClosed`). Idempotent."""
+        """Closes the channel: open calls and subscriptions end (both raise
+        :class:`framecast.errors.ClientClosed`). Idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -333,7 +333,9 @@ class Client:
             NotFound: The topic does not exist and auto-creation is off.
             Unavailable: The server stayed unreachable for the whole retry budget; the
                 frame may or may not be stored.
-            DeadlineExceeded: ``timeout`` ran out (same uncertainty).
+            DeadlineExceeded: ``timeout`` ran out (same uncertainty; a coalesced frame is
+                sent on until the retry budget ends): publish again with
+                ``idempotency_key=error.idempotency_key`` to store it exactly once.
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
@@ -341,7 +343,11 @@ class Client:
         # shared stream (whose break sends its unacknowledged frames again).
         if self._coalesce and key:
             return self._publish_coalesced(req, timeout)
-        return ack_from_pb(self._call("publish", "Publish", req, timeout, retry=bool(key)))
+        try:
+            return ack_from_pb(self._call("publish", "Publish", req, timeout, retry=bool(key)))
+        except DeadlineExceeded as e:
+            e.idempotency_key = key or None
+            raise
 
     def broadcast(
         self,
@@ -400,7 +406,7 @@ class Client:
         try:
             return ack_from_pb(future.result(timeout))
         except FutureTimeout:
-            raise timed_out("publish", timeout) from None
+            raise timed_out("publish", timeout, req.idempotency_key) from None
 
     def publish_many(
         self,

@@ -136,7 +136,24 @@ class PermissionDenied(ServerError):
 
 
 class DeadlineExceeded(FramecastError, TimeoutError):
-    """A ``timeout`` given to a client call ran out."""
+    """A ``timeout`` given to a client call ran out.
+
+    Attributes:
+        idempotency_key: For a publish: the key its frame was sent with. A publish that
+            timed out may still be stored (a coalesced one is sent on after the call gave
+            up, until the client's retry budget ends); publish again with
+            ``idempotency_key=error.idempotency_key`` to store it exactly once. ``None``
+            for other calls.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.idempotency_key: str | None = idempotency_key
 
 
 class ClientClosed(FramecastError):

@@ -61,6 +61,10 @@ def test_aio_round_trip(server: ServerProcess, topic: str) -> None:
             await client.publish(b"live", seq_no=9, topic=topic)
             (live,) = await take(frames, 1)
             assert (live.payload, live.offset, live.live) == (b"live", 3, True)
+            # Where it stands, as the sync subscription says it.
+            assert frames.snapshot_offset == 3
+            cursor = frames.cursor
+            assert cursor is not None and frames.epoch == cursor.epoch
             await frames.aclose()
 
             seen: list[Frame] = []

@@ -386,3 +386,28 @@ def test_each_client_has_a_connection_of_its_own(make_server, topic: str) -> Non
         finally:
             for s in subs:
                 s.close()
+
+
+def test_a_publish_that_timed_out_names_its_key_and_a_retry_with_it_stores_once(
+    make_server, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    from framecast import RetryPolicy
+
+    srv = make_server(fixed_port=True)
+    patient = RetryPolicy(initial=0.05, max_delay=0.2, max_elapsed=30)
+    for coalesce in (True, False):
+        with Client(srv.address, retry=patient, coalesce=coalesce) as client:
+            client.create_topic(topic)
+            srv.kill()
+            with pytest.raises(DeadlineExceeded) as info:
+                client.publish(b"once", 1, topic=topic, timeout=1)
+            key = info.value.idempotency_key
+            assert key, "the error names the key the frame was sent with"
+            srv.start()
+            # The first send may land meanwhile (a coalesced one is sent on): with the
+            # key, the frame is stored once either way.
+            client.publish(b"once", 1, topic=topic, idempotency_key=key, timeout=30)
+            time.sleep(1)
+            listed = {t.name: t.frames for t in client.list_topics()}
+            assert listed[topic] == 1, (coalesce, listed)
+            client.delete_topic(topic)
