@@ -31,7 +31,8 @@ pub struct PublishArgs {
     /// Send this file's bytes as one frame.
     #[arg(long, conflicts_with = "payloads")]
     pub file: Option<PathBuf>,
-    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m).
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m);
+    /// keep it under half the server's --dedup-window, so a retry is never stored twice.
     #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
     pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.

@@ -69,6 +69,19 @@ pub(crate) type Grpc = BroadcastClient<InterceptedService<Channel, Bearer>>;
 /// [`Client::with_read_from`]`(`[`ReadFrom::Followers`]`)` each subscription reads from a
 /// follower, spread round robin over them.
 ///
+/// # Runtime
+///
+/// A client's connections are made on the tokio runtime it is first used on and serve
+/// every call after: use it (and its clones) on that runtime, or make a client per
+/// runtime. A runtime that ends closes them.
+///
+/// # Retries and the dedup window
+///
+/// A publish is retried with its key for at most the retry policy's `max_elapsed` after
+/// the attempt that failed (which may itself wait up to that long for an answer): keep
+/// twice `max_elapsed` under the server's `--dedup-window` (2 minutes by default; the
+/// default policy's 60 s fits), or a retry past the window is stored as a new frame.
+///
 /// ```no_run
 /// # async fn demo() -> framecast::client::Result<()> {
 /// use futures::StreamExt;
