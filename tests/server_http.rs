@@ -508,13 +508,7 @@ async fn history_pages_never_read_hold_at_most_the_doors_budget() {
             .unwrap();
         idle.push(conn);
     }
-    let mut peak = 0;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(server.rss_anon());
-    }
-    let grew = peak.saturating_sub(baseline);
-    eprintln!("RssAnon grew by {} MiB", grew >> 20);
+    let grew = server.rss_anon_growth(baseline).await;
     assert!(
         grew < 400 << 20,
         "anonymous memory grew by {} MiB",

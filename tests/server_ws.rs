@@ -24,6 +24,16 @@ async fn open(server: &Server, query: &str) -> Socket {
     ws
 }
 
+/// A server under `dir` that takes tokens signed with the secret `k3y`.
+fn with_auth(dir: &std::path::Path) -> Server {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "k3y").unwrap();
+    Server::start(
+        &dir.join("data"),
+        &["--auth-jwt-secret-file", secret.to_str().unwrap()],
+    )
+}
+
 async fn send(ws: &mut Socket, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
@@ -43,6 +53,29 @@ async fn recv(ws: &mut Socket) -> Value {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// The socket's error reply to a message over its limit, saying `says`, then its close
+/// with 1009 (message too big).
+async fn refused_as_too_big(ws: &mut Socket, says: &str) {
+    let refused = recv(ws).await;
+    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains(says),
+        "{refused}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the socket stayed open");
+    assert_eq!(closed, Some(1009), "closed as 'message too big'");
 }
 
 /// The reply to request `id`, collecting pushes that arrive before it.
@@ -236,10 +269,7 @@ async fn one_socket_carries_many_subscriptions_publish_history_and_exact_resume(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "k3y").unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let server = with_auth(dir.path());
     // Short enough to wait out, long enough for the setup below on a loaded machine.
     let minted = std::time::Instant::now();
     let short = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(6));
@@ -395,10 +425,7 @@ async fn a_refreshed_subscription_resumes_at_the_subscriber_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_without_a_good_token_is_closed_ten_seconds_after_it_opened() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "k3y").unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let server = with_auth(dir.path());
     let good = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
     let opened = std::time::Instant::now();
     let mut silent = open(&server, "").await;
@@ -444,10 +471,7 @@ async fn a_socket_without_a_good_token_is_closed_ten_seconds_after_it_opened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_without_a_token_that_never_reads_is_cut_off_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "k3y").unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let server = with_auth(dir.path());
     let pid = server.child.id();
     let fds = move || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -589,13 +613,7 @@ async fn history_pages_asked_for_and_never_read_cost_bounded_memory() {
         .await;
     }
     // The server builds what it may and waits on the unread socket.
-    let mut peak = 0;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(server.rss_anon());
-    }
-    let grew = peak.saturating_sub(baseline);
-    eprintln!("RssAnon grew by {} MiB", grew >> 20);
+    let grew = server.rss_anon_growth(baseline).await;
     assert!(
         grew < 64 << 20,
         "anonymous memory grew by {} MiB",
@@ -747,27 +765,7 @@ async fn a_largest_frame_fits_however_its_json_is_escaped() {
     let huge =
         json!({"id": 2, "publish": {"topic": "esc", "seq_no": 3, "text": "x".repeat(8 * MAX)}});
     send(&mut ws, huge).await;
-    let refused = recv(&mut ws).await;
-    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("over this socket's limit"),
-        "{refused}"
-    );
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
-    .expect("the socket stayed open");
-    assert_eq!(closed, Some(1009), "closed as 'message too big'");
+    refused_as_too_big(&mut ws, "over this socket's limit").await;
     let mut c = server.client().await;
     assert_eq!(common::read_log(&mut c, "esc").await.len(), 2);
 }
@@ -1066,10 +1064,7 @@ async fn a_websocket_over_http2_extended_connect_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_opened_without_a_token_takes_only_small_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "k3y").unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, &["--auth-jwt-secret-file", secret.to_str().unwrap()]);
+    let server = with_auth(dir.path());
     let good = common::tokens::token(b"k3y", &[">"], &[">"], false, Duration::from_secs(600));
     let big = "x".repeat(100 << 10);
 
@@ -1088,25 +1083,5 @@ async fn a_socket_opened_without_a_token_takes_only_small_messages() {
         json!({"id": 1, "publish": {"topic": "big", "seq_no": "2", "text": big}}),
     )
     .await;
-    let refused = recv(&mut bare).await;
-    assert_eq!(refused["error"]["code"], "INVALID_ARGUMENT", "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("64 KiB: it opened without a token"),
-        "{refused}"
-    );
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match bare.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
-    .expect("the socket stayed open");
-    assert_eq!(closed, Some(1009));
+    refused_as_too_big(&mut bare, "64 KiB: it opened without a token").await;
 }

@@ -766,6 +766,24 @@ mod tests {
         }]
     }
 
+    /// [`with_member_b`], b holding topic t's whole end, 10, as of `t0`.
+    fn b_holding_t_to_10(t0: Instant) -> InSync {
+        let mut s = with_member_b(t0);
+        s.leader_durable("t", 1, 10, t0);
+        s.sent(on("b", 1), "t", 1, 10, true, t0);
+        s.reported(on("b", 1), "t", 1, 10, t0);
+        s
+    }
+
+    /// b (always online) is no laggard until a lag has passed since `since`, and is one
+    /// right after.
+    fn dropped_a_lag_after(s: &InSync, since: Instant) {
+        let online = |_: &str| true;
+        let just = Duration::from_millis(1);
+        assert!(s.laggards(&online, since + LAG - just).is_empty());
+        assert_eq!(s.laggards(&online, since + LAG + just), ["b"]);
+    }
+
     /// Leader a's bookkeeping with member b, whose stream 1 (opened at `t0`) takes roster
     /// marks and reported no topic.
     fn with_member_b(t0: Instant) -> InSync {
@@ -869,32 +887,20 @@ mod tests {
     fn a_follower_holding_an_idle_topics_end_is_no_laggard_at_its_next_frame() {
         let t0 = Instant::now();
         let online = |_: &str| true;
-        let mut s = with_member_b(t0);
-        s.leader_durable("t", 1, 10, t0);
-        s.sent(on("b", 1), "t", 1, 10, true, t0);
-        s.reported(on("b", 1), "t", 1, 10, t0);
+        let mut s = b_holding_t_to_10(t0);
         // Idle for longer than the lag; then one frame: b held the whole end until now.
         let later = t0 + LAG + Duration::from_secs(1);
         s.leader_durable("t", 1, 11, later);
         assert!(s.laggards(&online, later).is_empty());
-        assert!(s
-            .laggards(&online, later + LAG - Duration::from_millis(1))
-            .is_empty());
         // Never getting it: out once the lag has passed since the end moved.
-        assert_eq!(
-            s.laggards(&online, later + LAG + Duration::from_millis(1)),
-            ["b"]
-        );
+        dropped_a_lag_after(&s, later);
     }
 
     #[test]
     fn a_member_whose_stream_broke_has_the_lag_from_then_to_come_back() {
         let t0 = Instant::now();
         let online = |_: &str| true;
-        let mut s = with_member_b(t0);
-        s.leader_durable("t", 1, 10, t0);
-        s.sent(on("b", 1), "t", 1, 10, true, t0);
-        s.reported(on("b", 1), "t", 1, 10, t0);
+        let mut s = b_holding_t_to_10(t0);
         // Long into the term its stream breaks, and the leader's end moves on meanwhile.
         let broke = t0 + LAG * 2;
         s.forget_follower("b", 1, broke);
@@ -903,10 +909,7 @@ mod tests {
             .laggards(&online, broke + Duration::from_millis(10))
             .is_empty());
         // Not back within the lag: out.
-        assert_eq!(
-            s.laggards(&online, broke + LAG + Duration::from_millis(1)),
-            ["b"]
-        );
+        dropped_a_lag_after(&s, broke);
     }
 
     #[test]
@@ -937,13 +940,7 @@ mod tests {
             true,
             last + Duration::from_secs(1),
         );
-        assert!(s
-            .laggards(&online, last + LAG - Duration::from_millis(1))
-            .is_empty());
-        assert_eq!(
-            s.laggards(&online, last + LAG + Duration::from_millis(1)),
-            ["b"]
-        );
+        dropped_a_lag_after(&s, last);
     }
 
     #[test]
@@ -963,13 +960,7 @@ mod tests {
             .laggards(&online, later + Duration::from_millis(2))
             .is_empty());
         // Never copying u, the follower goes once the lag has passed since u appeared.
-        assert!(s
-            .laggards(&online, later + LAG - Duration::from_millis(1))
-            .is_empty());
-        assert_eq!(
-            s.laggards(&online, later + LAG + Duration::from_millis(1)),
-            ["b"]
-        );
+        dropped_a_lag_after(&s, later);
     }
 
     #[test]

@@ -215,6 +215,19 @@ impl Server {
         let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kb * 1024
     }
+
+    /// How far the server's anonymous memory rose above `baseline` at its highest over the
+    /// next 3 s (sampled every 100 ms), printed.
+    pub async fn rss_anon_growth(&self, baseline: u64) -> u64 {
+        let mut peak = 0;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(self.rss_anon());
+        }
+        let grew = peak.saturating_sub(baseline);
+        eprintln!("RssAnon grew by {} MiB", grew >> 20);
+        grew
+    }
 }
 
 impl Drop for Server {
