@@ -210,8 +210,11 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusa
                 continue;
             }
         };
-        // Frames in flight get an ack within the retry budget, or the node counts as hung.
+        // Frames in flight get an ack within the retry budget, or the node counts as hung:
+        // one timer per stream, moved on only when it fires (an ack just notes the time).
+        let answer_within = client.retry.max_elapsed;
         let mut progress = tokio::time::Instant::now();
+        let mut hung = std::pin::pin!(tokio::time::sleep_until(progress + answer_within));
         let mut acks = match opened {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
@@ -249,19 +252,18 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusa
                         }
                     }
                 },
-                () = tokio::time::sleep_until(progress + client.retry.max_elapsed),
-                    if !inflight.is_empty() =>
-                {
+                () = &mut hung, if !inflight.is_empty() => {
+                    let due = progress + answer_within;
+                    if tokio::time::Instant::now() < due {
+                        hung.as_mut().reset(due);
+                        continue;
+                    }
                     // The node took the frames and answers none of them (stopped, hung):
                     // they may have been written, so they end unanswered (keys and all)
                     // rather than wait on the connection's keepalive.
                     let e = Error::Unavailable {
                         attempts: 1,
-                        last: format!(
-                            "no ack from {} within {:?}",
-                            conn.addr,
-                            client.retry.max_elapsed
-                        ),
+                        last: format!("no ack from {} within {answer_within:?}", conn.addr),
                     };
                     give_up(&mut inflight, &mut jobs, &e);
                     attempts.succeeded();
