@@ -859,17 +859,6 @@ impl Node {
                 break;
             }
             self.refuse_unless_writable(&leader.insync_set(), Instant::now());
-            if unwritten {
-                // An addition etcd may not have taken: the set as it is here, again.
-                match self.write_insync(&key, term, leader.insync_set()).await {
-                    InSyncWrite::Written => unwritten = false,
-                    InSyncWrite::Deposed => {
-                        warn!(term, "no longer the leader in etcd: stepping down");
-                        break;
-                    }
-                    InSyncWrite::Failed => {}
-                }
-            }
             let deposed = !self.drop_laggards(&leader, &key, term).await
                 || !self
                     .add_caught_up(&leader, &key, term, &mut unwritten)
@@ -923,7 +912,8 @@ impl Node {
 
     /// Adds the followers ready to join the in-sync set, here first, then in etcd: from
     /// then on commit points wait for each, so it holds every committed frame once etcd
-    /// names it (and it may be elected). False when this node was deposed.
+    /// names it (and it may be elected). `unwritten`: an earlier addition's write went
+    /// unanswered; the set is written again first. False when this node was deposed.
     async fn add_caught_up(
         &self,
         leader: &Leader,
@@ -931,6 +921,14 @@ impl Node {
         term: u64,
         unwritten: &mut bool,
     ) -> bool {
+        if *unwritten {
+            // An addition etcd may not have taken: the set as it is here, again.
+            match self.write_insync(key, term, leader.insync_set()).await {
+                InSyncWrite::Written => *unwritten = false,
+                InSyncWrite::Deposed => return false,
+                InSyncWrite::Failed => return true,
+            }
+        }
         let online = |id: &str| self.membership.is_online(id);
         for m in leader.caught_up(&online) {
             if !leader.add_member(&m) {
