@@ -31,12 +31,13 @@
 //!   `metrics` and `process` (the Prometheus registry).
 //! - [`server`]: the server process. `config` (settings and their parsing), `service` (the
 //!   gRPC door, which also answers gRPC-Web), `tls` (certificates and the TLS acceptor every listener shares),
-//!   `connections` (`--max-connections`, counted per listener), `maintenance` (retention
+//!   `connections` (`--max-connections`, one count for both listeners), `maintenance` (retention
 //!   and compaction in the background), `readiness` (whether this node serves reads: the
 //!   `framecast.reads` gRPC health status), `run` (startup, serve, drain), `repair`, `status`
 //!   (the one mapping to gRPC status codes), `too_large` (an undecodable unary message
 //!   answered `INVALID_ARGUMENT`), `gate` (checks on a call's head before its message is
-//!   read: with auth on, a valid token; with auth off, a web page's origin).
+//!   read: with auth on, a valid token; with auth off, a web page's origin), `held_pages` (a
+//!   History answer holds its room among the server's pages until it is written).
 //! - [`http`]: the HTTP door (`--http-listen`): `door` (shared state, health phase), `routes`
 //!   (REST publish, topics, History, Broadcast, `/metrics`, `/healthz`, `/readyz`), `sse` (Server-Sent
 //!   Events with exact resume), `ws` (WebSocket), `console` (the embedded web console),

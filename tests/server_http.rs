@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{metric, request, with_token};
+use common::http::{get, metric, request, with_token};
 use common::{sub_req, subscribe, take, Server};
 
 fn http(s: &Server) -> String {
@@ -488,8 +488,8 @@ fn a_request_whose_headers_never_end_is_closed_and_frees_its_slot() {
     assert_eq!(health.status, 200);
 }
 
-/// History pages asked for over HTTP and never read cost the server at most the door's
-/// page budget (128 MiB), not a page each (a 4 MiB frame of control bytes is a 33 MB page
+/// History pages asked for over HTTP and never read cost the server at most its page
+/// budget (128 MiB), not a page each (a 4 MiB frame of control bytes is a 33 MB page
 /// of JSON); past it a request waits, then gets 429, and room comes back as readers go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_never_read_hold_at_most_the_doors_budget() {
@@ -515,21 +515,99 @@ async fn history_pages_never_read_hold_at_most_the_doors_budget() {
         grew >> 20
     );
     // The budget is held by pages nobody reads: a reader is told to come back later.
-    let busy = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || request(&base, "GET", "/v1/topics/hp/history", &[], b"")
-    })
-    .await
-    .unwrap();
+    let busy = get(&base, "/v1/topics/hp/history").await;
     assert_eq!(busy.status, 429, "{}", busy.text());
     assert_eq!(busy.json()["code"], "RESOURCE_EXHAUSTED");
     // The idle readers go: their pages' room comes back, and a reader gets its page.
     drop(idle);
-    let page = tokio::task::spawn_blocking(move || {
-        request(&base, "GET", "/v1/topics/hp/history", &[], b"")
-    })
-    .await
-    .unwrap();
+    let page = get(&base, "/v1/topics/hp/history").await;
     assert_eq!(page.status, 200);
     assert_eq!(page.json()["frames"].as_array().unwrap().len(), 1);
+}
+
+/// The page budget is the server's, for every door: gRPC History answers never read (the
+/// encoded page waits in HTTP/2's buffers until the client's window lets it out) hold it
+/// too, until their connection goes; meanwhile History over gRPC and over HTTP is refused
+/// `RESOURCE_EXHAUSTED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_history_pages_never_read_hold_the_same_budget() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = http(&server);
+    let mut c = server.client().await;
+    common::publish(&mut c, "hp", 1, &vec![7u8; (4 << 20) - 1024]).await;
+    let baseline = server.rss_anon();
+    // 100 History calls of a 4 MiB page on one HTTP/2 connection, whose bodies nobody reads.
+    let tcp = tokio::net::TcpStream::connect(server.addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let ask = framecast::proto::HistoryRequest {
+        topic: "hp".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut message = vec![0u8];
+    message.extend_from_slice(&(ask.len() as u32).to_be_bytes());
+    message.extend_from_slice(&ask);
+    let mut unread = Vec::new();
+    for _ in 0..100 {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let call = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/framecast.v1.Broadcast/History", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (answer, mut send) = h2.send_request(call, false).unwrap();
+        send.send_data(message.clone().into(), true).unwrap();
+        unread.push(answer);
+    }
+    let grew = server.rss_anon_growth(baseline).await;
+    assert!(
+        grew < 250 << 20,
+        "anonymous memory grew by {} MiB for 100 unread pages of 4 MiB",
+        grew >> 20
+    );
+    // The budget is held: a page is refused over gRPC and over HTTP (after a short wait).
+    let refused = c
+        .history(framecast::proto::HistoryRequest {
+            topic: "hp".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let busy = get(&base, "/v1/topics/hp/history").await;
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    // The connection goes: its pages' room comes back.
+    drop(unread);
+    connection.abort();
+    let _ = connection.await;
+    let mut page = None;
+    for _ in 0..50 {
+        match c
+            .history(framecast::proto::HistoryRequest {
+                topic: "hp".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(p) => {
+                page = Some(p.into_inner());
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}"),
+        }
+    }
+    let page = page.expect("the room of a closed connection's pages came back");
+    assert_eq!(page.frames.len(), 1);
+    assert_eq!(page.frames[0].payload.len(), (4 << 20) - 1024);
 }

@@ -631,6 +631,48 @@ async fn history_pages_asked_for_and_never_read_cost_bounded_memory() {
     }
 }
 
+/// The server's History page budget holds for pages asked for over WebSocket too, across
+/// sockets: 10 sockets that each ask for 2 pages of a 4 MiB frame of control bytes (about
+/// 30 MB of JSON each) and never read hold at most the budget (128 MiB), not 600 MB;
+/// meanwhile a History page over HTTP is refused 429, and room comes back as they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_never_read_on_many_sockets_hold_the_servers_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = server.http.clone().unwrap();
+    let mut c = server.client().await;
+    publish(&mut c, "ctl", 1, &vec![1u8; (4 << 20) - 1024]).await;
+    let baseline = server.rss_anon();
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        let mut ws = open(&server, "").await;
+        for id in 0..2 {
+            send(&mut ws, json!({"id": id, "history": {"topic": "ctl"}})).await;
+        }
+        sockets.push(ws);
+    }
+    let grew = server.rss_anon_growth(baseline).await;
+    assert!(
+        grew < 300 << 20,
+        "anonymous memory grew by {} MiB",
+        grew >> 20
+    );
+    let busy = common::http::get(&base, "/v1/topics/ctl/history").await;
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    drop(sockets);
+    let mut status = 0;
+    for _ in 0..50 {
+        let page = common::http::get(&base, "/v1/topics/ctl/history").await;
+        status = page.status;
+        if status == 200 {
+            assert_eq!(page.json()["frames"].as_array().unwrap().len(), 1);
+            break;
+        }
+        assert_eq!(status, 429, "{}", page.text());
+    }
+    assert_eq!(status, 200, "the room of closed sockets' pages came back");
+}
+
 /// Payloads of every shape: empty, binary at the largest size accepted, and text full of
 /// what JSON must escape.
 fn shapes() -> Vec<Vec<u8>> {

@@ -655,7 +655,13 @@ mod tests {
     }
 
     async fn history_len(broker: &Broker, who: &Principal, r: &proto::HistoryRequest) -> usize {
-        broker.history(who, r).await.unwrap().frames.len()
+        broker
+            .history(who, r, |_| 1)
+            .await
+            .unwrap()
+            .page
+            .frames
+            .len()
     }
 
     #[tokio::test]
@@ -739,7 +745,7 @@ mod tests {
         names_leader(ended.unwrap().unwrap_err());
         let refused = broker.subscribe(&anyone, &request, Transport::Sse).await;
         names_leader(refused.err().unwrap());
-        names_leader(broker.history(&anyone, &history).await.unwrap_err());
+        names_leader(broker.history(&anyone, &history, |_| 1).await.unwrap_err());
         // Back in sync: it reads again.
         view.announce(Kind::LeaderChanged, "n2", roles(false, true));
         assert!(view.out_of_sync().refusal().is_none());

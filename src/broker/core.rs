@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::cluster_view::ClusterView;
 use super::error::{Error, Result};
+use super::history::PageBudget;
 use super::metrics::{Metrics, ReplicaLag, Transport};
 use super::principal::Principal;
 use super::shutdown::Shutdown;
@@ -71,6 +72,8 @@ pub struct Broker {
     publish_budget: Arc<tokio::sync::Semaphore>,
     /// The budget's size, permits (at most `u32::MAX`, what one wait can ask).
     publish_budget_max: u32,
+    /// Bytes of History pages built and not yet written, across every door.
+    page_budget: PageBudget,
 }
 
 /// An opened subscription and what its first answer tells the client.
@@ -140,6 +143,7 @@ impl Broker {
             cluster,
             publish_budget: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUBLISH_BUDGET)),
             publish_budget_max: DEFAULT_PUBLISH_BUDGET as u32,
+            page_budget: PageBudget::default(),
         }
     }
 
@@ -249,6 +253,11 @@ impl Broker {
             self.metrics().rejected(e.code_name());
         }
         r
+    }
+
+    /// The History pages held, built and not yet written.
+    pub(super) fn page_budget(&self) -> &PageBudget {
+        &self.page_budget
     }
 
     /// Subscriptions open now, across all topics and doors.

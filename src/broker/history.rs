@@ -3,6 +3,8 @@
 //! the snapshot S; each page's `next` token names it and the page's last frame, so pages
 //! never overlap and never skip, whatever is published meanwhile.
 
+use std::sync::Arc;
+
 use super::core::{cursor_ahead, epoch_elsewhere, topic_name, Broker};
 use super::cursor::CursorToken;
 use super::error::{Error, Result};
@@ -19,15 +21,75 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// 4 MiB would otherwise be 40 GB in one answer. A shortened page says `more`.
 const PAGE_BYTES: usize = 4 << 20;
 
+/// The most bytes of History pages, as their doors write them, the server holds at once,
+/// built and not yet written to their clients, across every door.
+pub const PAGES_HELD: usize = 128 << 20;
+
+/// How long a History request waits for room among the pages being written before it is
+/// refused `RESOURCE_EXHAUSTED`.
+const PAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A History page and its room among the pages the server holds ([`PAGES_HELD`]).
+#[derive(Debug)]
+pub struct Page {
+    /// The page.
+    pub page: proto::HistoryPage,
+    /// Held by the door until the page is written (or its client is gone).
+    pub room: PageRoom,
+}
+
+/// A page's room among the pages being written, given back when the last clone is dropped
+/// (a clone may sit in a response's extensions, which must be `Clone`).
+#[derive(Debug, Clone)]
+pub struct PageRoom {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The budget of History pages held, shared by every door ([`PAGES_HELD`]).
+#[derive(Debug, Clone)]
+pub struct PageBudget(Arc<tokio::sync::Semaphore>);
+
+impl Default for PageBudget {
+    fn default() -> Self {
+        PageBudget(Arc::new(tokio::sync::Semaphore::new(PAGES_HELD)))
+    }
+}
+
+impl PageBudget {
+    /// Room for a page of `bytes` (a page larger than the whole budget takes all of it):
+    /// waits up to [`PAGE_WAIT`], then `Busy`.
+    async fn room(&self, bytes: usize) -> Result<PageRoom> {
+        let want = u32::try_from(bytes.clamp(1, PAGES_HELD)).unwrap_or(u32::MAX);
+        let room = Arc::clone(&self.0).acquire_many_owned(want);
+        match tokio::time::timeout(PAGE_WAIT, room).await {
+            Ok(Ok(permit)) => Ok(PageRoom {
+                _permit: Arc::new(permit),
+            }),
+            _ => Err(Error::Busy(format!(
+                "{} MiB of History pages are waiting for their clients to read them; ask again later",
+                PAGES_HELD >> 20
+            ))),
+        }
+    }
+}
+
 impl Broker {
-    /// One History page.
+    /// One History page, with its room among the pages the server holds: `written` tells
+    /// how many bytes the page takes as the door writes it (at most). A client that asks
+    /// for pages and never reads them holds that budget, not a page each; past it, a request
+    /// waits a few seconds, then gets `Busy`.
     pub async fn history(
         &self,
         who: &Principal,
         r: &proto::HistoryRequest,
-    ) -> Result<proto::HistoryPage> {
-        let page = self.history_page(who, r);
-        self.counted(page)
+        written: fn(&proto::HistoryPage) -> usize,
+    ) -> Result<Page> {
+        let page = match self.history_page(who, r) {
+            Ok(page) => page,
+            Err(e) => return self.counted(Err(e)),
+        };
+        let room = self.page_budget().room(written(&page)).await;
+        self.counted(room.map(|room| Page { page, room }))
     }
 
     fn history_page(

@@ -3,7 +3,8 @@
 //! translates its protocol into these calls and their answers back, and nothing else.
 //!
 //! - `core`: [`Broker`], the operations (publish, subscribe, topics) every door calls.
-//! - `history`: History pages over a fixed snapshot, forward and newest first.
+//! - `history`: History pages over a fixed snapshot, forward and newest first, and the
+//!   budget of pages held until their clients read them.
 //! - `cluster_view`: the cluster as this node sees it, for Cluster and WatchCluster.
 //! - `broadcast`: one frame to many topics or patterns, checked whole before any write.
 //! - `cursor`: cursor tokens, the opaque resume points of SSE, WebSocket and History.
@@ -44,5 +45,6 @@ pub mod topics;
 pub use self::core::{Broker, Opened, Pending, PublishGate};
 pub use cursor::{CursorToken, CursorWriter};
 pub use error::{Error, Result};
+pub use history::{Page, PageRoom};
 pub use subscription::{StartAt, Subscription};
 pub use topics::{Cause, Topic, TopicMeta, Topics};

@@ -33,18 +33,7 @@ pub struct HttpDoor {
     /// One token per WebSocket session: an upgraded connection is no longer the HTTP
     /// server's, so its graceful shutdown does not wait for it.
     sessions: TaskTracker,
-    /// The bytes of History pages built and not yet written ([`PAGE_BYTES`]): a client
-    /// that asks and never reads holds its pages here, not more.
-    pages: Arc<tokio::sync::Semaphore>,
 }
-
-/// The most bytes of History pages (as JSON) the door holds at once, built and not yet
-/// written to their clients.
-pub const PAGE_BYTES: usize = 128 << 20;
-
-/// How long a History request waits for room among the pages being written before it is
-/// refused `RESOURCE_EXHAUSTED`.
-const PAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl HttpDoor {
     /// A door in [`Phase::Starting`]. `metrics_public`: `/metrics` needs no token;
@@ -56,26 +45,7 @@ impl HttpDoor {
             metrics_public,
             origins,
             sessions: TaskTracker::new(),
-            pages: Arc::new(tokio::sync::Semaphore::new(PAGE_BYTES)),
         })
-    }
-
-    /// Room for a History page of at most `bytes` (as JSON; a page larger than the whole
-    /// budget takes all of it), held until the permit is dropped: waits up to a few
-    /// seconds, then `Busy`.
-    pub async fn page_room(
-        &self,
-        bytes: usize,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        let want = u32::try_from(bytes.clamp(1, PAGE_BYTES)).unwrap_or(u32::MAX);
-        let room = Arc::clone(&self.pages).acquire_many_owned(want);
-        match tokio::time::timeout(PAGE_WAIT, room).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Error::Busy(format!(
-                "{} MiB of History pages are waiting for their clients to read them; ask again later",
-                PAGE_BYTES >> 20
-            ))),
-        }
     }
 
     /// Recovery is done: calls go to `broker` from now on.

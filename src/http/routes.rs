@@ -18,7 +18,7 @@ use super::door::{HttpDoor, Phase};
 use super::error::ApiError;
 use super::json::{self, TopicSettings};
 use crate::broker::metrics::{text_format, wants_openmetrics, CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use crate::broker::{Broker, Error};
+use crate::broker::{Broker, Error, Page};
 use crate::proto;
 
 /// A handler's answer.
@@ -265,15 +265,14 @@ async fn history(
     let who = caller(broker, &headers, &q)?;
     let topic = topic_path(broker, topic)?;
     let request = history_request(broker, topic, &q)?;
-    let page = broker.history(&who, &request).await?;
-    // Room for the page among those the door holds before it is built: held by the body
-    // until it is written (or the connection closes), so pages asked for and never read
-    // cost the server at most the door's budget, not a page each.
-    let room = door
-        .page_room(json::history_page_bound(&page))
-        .await
-        .map_err(|e| broker.reject(e))?;
+    // The page's room among those the server holds is held by the body until it is
+    // written (or the connection closes), so pages asked for and never read cost the
+    // server at most the broker's budget, not a page each.
+    let Page { page, room } = broker
+        .history(&who, &request, json::history_page_bound)
+        .await?;
     let body = json::history_page(&page).to_string().into_bytes();
+    drop(page);
     let length = body.len().to_string();
     let held = futures::stream::unfold((Some(body), Some(room)), |(body, room)| async move {
         // The page, then the end: the permit goes with the body, once it was written.

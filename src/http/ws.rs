@@ -37,7 +37,7 @@ use super::routes::{history_request, params};
 use crate::broker::metrics::Transport;
 use crate::broker::principal::Principal;
 use crate::broker::subscription::FrameStream;
-use crate::broker::{Broker, CursorToken, CursorWriter, Error};
+use crate::broker::{Broker, CursorToken, CursorWriter, Error, Page, PageRoom};
 use crate::proto;
 use crate::wire_frame::json_len_estimate;
 
@@ -158,8 +158,8 @@ impl Heard {
 /// What the socket's other tasks hand its writer, in the order it must happen.
 enum Cmd {
     /// Messages to write (replies, the end of a subscription), holding their share of the
-    /// budget until written.
-    Send(Vec<Message>, Option<OwnedSemaphorePermit>),
+    /// budget until written (and a History page's room among the server's pages).
+    Send(Vec<Message>, Option<OwnedSemaphorePermit>, Option<PageRoom>),
     /// A subscription's pushes, by its id, from now on (its answer was queued before this).
     Feed(u64, BoxStream<'static, Message>),
     /// No more pushes of this subscription (its answer is queued after this).
@@ -182,20 +182,31 @@ struct Link {
 }
 
 impl Link {
-    /// Queues `text`, waiting for its share of the budget; false once the socket closed.
-    async fn send(&self, text: String) -> bool {
+    /// Queues `text`, waiting for its share of the budget, with `page` held until it is
+    /// written; false once the socket closed.
+    async fn send(&self, text: String, page: Option<PageRoom>) -> bool {
         let share = text.len().clamp(1, OUT_BUDGET) as u32;
         let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(share).await else {
             return false;
         };
         let msg = Message::Text(Utf8Bytes::from(text));
         self.out
-            .send(Cmd::Send(vec![msg], Some(permit)))
+            .send(Cmd::Send(vec![msg], Some(permit), page))
             .await
             .is_ok()
     }
 
     async fn reply(&self, id: &Value, result: Result<Value, Error>) -> bool {
+        self.reply_holding(id, result, None).await
+    }
+
+    /// [`Link::reply`], holding a History page's room until the reply is written.
+    async fn reply_holding(
+        &self,
+        id: &Value,
+        result: Result<Value, Error>,
+        page: Option<PageRoom>,
+    ) -> bool {
         // Only the text waits for its share of the budget (a History page's value is let
         // go first).
         let text = match result {
@@ -203,7 +214,7 @@ impl Link {
             Err(e) => json!({"id": id, "error": error_body(&e)}),
         }
         .to_string();
-        self.send(text).await
+        self.send(text, page).await
     }
 
     /// The socket's caller, if it may make calls now.
@@ -358,8 +369,8 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                             Cmd::Stop(id) => {
                                 feeds.remove(&id);
                             }
-                            Cmd::Send(msgs, permit) => {
-                                held.push(permit);
+                            Cmd::Send(msgs, permit, page) => {
+                                held.push((permit, page));
                                 for msg in msgs {
                                     fed += 1;
                                     ok = ok && heard.unless_silent(sink.feed(msg)).await;
@@ -435,7 +446,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                         code: axum::extract::ws::close_code::POLICY,
                         reason: Utf8Bytes::from_static("no auth"),
                     }));
-                    let send = async { link.out.send(Cmd::Send(vec![close], None)).await.is_ok() };
+                    let send = async { link.out.send(Cmd::Send(vec![close], None, None)).await.is_ok() };
                     within(soon, send).await;
                 }
                 break;
@@ -460,7 +471,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     code: axum::extract::ws::close_code::SIZE,
                     reason: Utf8Bytes::from_static("message too big"),
                 }));
-                let _ = link.out.send(Cmd::Send(vec![close], None)).await;
+                let _ = link.out.send(Cmd::Send(vec![close], None, None)).await;
                 break;
             }
             _ => break,
@@ -612,8 +623,11 @@ async fn handle(
             return false;
         };
         tokio::spawn(async move {
-            let result = history(&task, q).await;
-            task.reply(&id, result).await;
+            let (result, room) = match history(&task, q).await {
+                Ok((page, room)) => (Ok(page), Some(room)),
+                Err(e) => (Err(e), None),
+            };
+            task.reply_holding(&id, result, room).await;
             drop((permit, page_permit));
         });
     }
@@ -652,7 +666,8 @@ async fn publish(link: &Link, op: PublishOp) -> Result<Value, Error> {
     Ok(json::ack(&ack))
 }
 
-async fn history(link: &Link, q: HashMap<String, Value>) -> Result<Value, Error> {
+/// A History page as JSON, and its room among the pages the server holds.
+async fn history(link: &Link, q: HashMap<String, Value>) -> Result<(Value, PageRoom), Error> {
     let broker = &link.broker;
     let who = link.caller().map_err(|e| broker.reject(e))?;
     // The same fields as the HTTP query, as strings, numbers or booleans; `null` is a field
@@ -670,8 +685,10 @@ async fn history(link: &Link, q: HashMap<String, Value>) -> Result<Value, Error>
         .collect();
     let topic = q.get("topic").cloned().unwrap_or_default();
     let request = history_request(broker, topic, &q).map_err(|ApiError(e)| e)?;
-    let page = broker.history(&who, &request).await?;
-    Ok(json::history_page(&page))
+    let Page { page, room } = broker
+        .history(&who, &request, json::history_page_bound)
+        .await?;
+    Ok((json::history_page(&page), room))
 }
 
 /// Opens a subscription, answers it, then starts its pump: the answer always comes before

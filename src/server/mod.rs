@@ -4,6 +4,7 @@
 pub mod config;
 mod connections;
 mod gate;
+mod held_pages;
 pub mod maintenance;
 pub mod readiness;
 mod repair;

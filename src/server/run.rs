@@ -436,6 +436,7 @@ pub async fn run(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(super::too_large::TooLargeLayer::new(refusals))
         .layer(gate)
+        .layer(super::held_pages::HeldPagesLayer)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))

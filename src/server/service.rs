@@ -418,10 +418,13 @@ impl Broadcast for BroadcastService {
         let who = self.caller(&req)?;
         let page = self
             .broker
-            .history(&who, req.get_ref())
+            .history(&who, req.get_ref(), prost::Message::encoded_len)
             .await
             .map_err(status)?;
-        Ok(Response::new(page))
+        // The page's room goes with the answer's body (`held_pages`), until it is written.
+        let mut answer = Response::new(page.page);
+        answer.extensions_mut().insert(page.room);
+        Ok(answer)
     }
 
     async fn broadcast(

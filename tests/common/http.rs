@@ -49,6 +49,15 @@ pub fn request(
     exchange(s, host, method, path, headers, body).unwrap()
 }
 
+/// `GET path` from `base` ([`request`]) off the async runtime's threads.
+#[allow(dead_code)] // not every test binary that includes `common` calls it
+pub async fn get(base: &str, path: &str) -> Response {
+    let (base, path) = (base.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || request(&base, "GET", &path, &[], b""))
+        .await
+        .unwrap()
+}
+
 /// Sends `method path` to `base` (`https://localhost:PORT`) over TLS, trusting only the CA
 /// certificate `ca_pem`. The handshake's error, if it fails.
 pub fn request_tls(
