@@ -248,6 +248,108 @@ async fn sse_answers_what_it_cannot_serve_with_its_status_and_ends_streams_with_
     );
 }
 
+/// A subscription's cursor on a live frame (past its snapshot) given to History as `after`
+/// ends the walk: its holder has every frame below the snapshot, so the page is empty, and
+/// its `next` resumes the subscription after that live frame, not before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_after_a_live_frames_cursor_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = http(&server);
+    publish_all(&server, "h5", &[5, 6, 7]).await;
+    let mut stream = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let mut stream = sse::open(&base, "/v1/topics/h5/events", &[]).unwrap();
+            assert_eq!(stream.next_event().unwrap().event, "snapshot");
+            for _ in 0..3 {
+                assert_eq!(stream.next_event().unwrap().event, "frame");
+            }
+            stream
+        }
+    })
+    .await
+    .unwrap();
+    // Seq 1, published now, is live at offset 3: below the replayed seq_nos in key order.
+    publish_all(&server, "h5", &[1]).await;
+    let live = tokio::task::spawn_blocking(move || stream.next_event().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(key(&live.json()), (1, 3));
+    let cursor = live.id.unwrap();
+    let page = request(
+        &base,
+        "GET",
+        &format!("/v1/topics/h5/history?after={cursor}"),
+        &[],
+        b"",
+    )
+    .json();
+    assert_eq!(page["frames"], json!([]), "{page}");
+    assert_eq!(page["more"], false);
+    // The page's `next` resumes after the live frame: the next frame is the next one live.
+    let next = page["next"].as_str().unwrap().to_string();
+    publish_all(&server, "h5", &[2]).await;
+    let resumed = tokio::task::spawn_blocking(move || {
+        let mut stream = sse::open(&base, "/v1/topics/h5/events", &[("Last-Event-ID", &next)])
+            .unwrap_or_else(|r| panic!("{} {}", r.status, r.text()));
+        assert_eq!(stream.next_event().unwrap().event, "snapshot");
+        stream.next_event().unwrap().json()
+    })
+    .await
+    .unwrap();
+    assert_eq!(key(&resumed), (2, 4));
+}
+
+/// A page of many small frames stays under gRPC's default message limit (4 MiB), counted
+/// with each frame's protobuf fields, so a client with default settings reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_history_page_fits_grpcs_default_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let mut c = server.client().await;
+    // 10,000 frames of 419 bytes: 4,190,000 bytes of payload, over 4 MiB as protobuf.
+    let frames: Vec<proto::PublishRequest> = (0..10_000u64)
+        .map(|s| proto::PublishRequest {
+            topic: "small".into(),
+            seq_no: s,
+            payload: vec![b'x'; 419].into(),
+            ..Default::default()
+        })
+        .collect();
+    let acks = c
+        .publish_stream(futures::stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    use futures::StreamExt;
+    assert_eq!(acks.count().await, 10_000);
+    // tonic's client, like grpc's, refuses a message over 4 MiB by default.
+    let mut plain = proto::broadcast_client::BroadcastClient::connect(server.addr.clone())
+        .await
+        .unwrap();
+    let mut read = 0;
+    let mut after = String::new();
+    loop {
+        let page = plain
+            .history(proto::HistoryRequest {
+                topic: "small".into(),
+                limit: 10_000,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("a page over the default limit: {e:?}"))
+            .into_inner();
+        read += page.frames.len();
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(read, 10_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_never_overlap_or_skip_forward_and_newest_first() {
     let dir = tempfile::tempdir().unwrap();

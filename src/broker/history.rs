@@ -17,9 +17,14 @@ use crate::wal::StoredFrame;
 pub const DEFAULT_LIMIT: u32 = 100;
 /// The most frames a page may ask for.
 pub const MAX_LIMIT: u32 = 10_000;
-/// Payload bytes a page aims to stay under (at least one frame): a page of 10,000 frames of
-/// 4 MiB would otherwise be 40 GB in one answer. A shortened page says `more`.
-const PAGE_BYTES: usize = 4 << 20;
+/// Bytes of frames, as protobuf, a page stays under (at least one frame): a page of 10,000
+/// frames of 4 MiB would otherwise be 40 GB in one answer. Under gRPC's default message
+/// limit (4 MiB), less room for the page's other fields, so that any gRPC client reads it.
+/// A shortened page says `more`.
+const PAGE_BYTES: usize = (4 << 20) - (4 << 10);
+/// The most bytes a `Frame` takes around its payload in a page: its tag and length, and
+/// the tags and varints of seq_no, timestamp, offset and the payload's length.
+const FRAME_OVERHEAD: usize = 48;
 
 /// The most bytes of History pages, as their doors write them, the server holds at once,
 /// built and not yet written to their clients, across every door.
@@ -161,6 +166,17 @@ impl Broker {
             }
         };
         let first = OrderKey::first_of_seq(walk.start_seq_no);
+        if !walk.reverse && walk.last.is_some_and(|last| last.offset >= walk.snapshot) {
+            // A subscription's token past its snapshot (a live frame's): its holder has every
+            // frame below the snapshot, so the walk is over; reading on would repeat them.
+            return Ok(proto::HistoryPage {
+                frames: Vec::new(),
+                next: walk.encode(),
+                more: false,
+                snapshot_offset: walk.snapshot,
+                epoch,
+            });
+        }
         let mut got: Vec<StoredFrame> = Vec::new();
         let done = if walk.reverse {
             log.read_ordered_rev(walk.last.as_ref(), &first, walk.snapshot, limit, &mut got)?
@@ -179,7 +195,7 @@ impl Broker {
         let keep = got
             .iter()
             .position(|f| {
-                bytes += f.payload.len();
+                bytes += f.payload.len() + FRAME_OVERHEAD;
                 bytes > PAGE_BYTES
             })
             .map_or(got.len(), |at| at.max(1));
