@@ -1,14 +1,26 @@
 /**
- * Waiting between attempts: exponential backoff with jitter, and a sleep that an
- * `AbortSignal` cuts short.
+ * Waiting between attempts: exponential backoff with jitter, a sleep that an `AbortSignal`
+ * cuts short, and the bounds every timer option is held to.
  */
 import type { BackoffOptions } from "./types.js";
+/**
+ * A timer's delay is a signed 32-bit count of ms in every runtime: a longer one (or
+ * `Infinity`) is not refused but fires at once (Node clamps it to 1 ms), so a bound past it
+ * would end every attempt or connection as soon as it starts.
+ */
+export declare const MAX_TIMER_MS = 2147483647;
+/** A timer option (`name`), checked: a whole number of ms a timer can wait. */
+export declare function timerMs(name: string, ms: unknown): number;
 /** The backoff settings with their defaults filled in. */
 export interface Backoff {
     initialMs: number;
     maxMs: number;
 }
-/** Defaults: 100 ms, doubling, at most 5 s. */
+/**
+ * Defaults: 100 ms, doubling, at most 5 s. A first delay under 1 ms is refused: every delay
+ * would be (about) 0, and a subscription to a dead node would reconnect in a busy loop; a
+ * largest delay past a timer's bound would not wait at all.
+ */
 export declare function backoffOf(o: BackoffOptions | undefined): Backoff;
 /**
  * The delay before retry number `attempt` (0 for the first retry): the doubled delay,

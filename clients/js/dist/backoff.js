@@ -1,13 +1,33 @@
 /**
- * Waiting between attempts: exponential backoff with jitter, and a sleep that an
- * `AbortSignal` cuts short.
+ * Waiting between attempts: exponential backoff with jitter, a sleep that an `AbortSignal`
+ * cuts short, and the bounds every timer option is held to.
  */
-/** Defaults: 100 ms, doubling, at most 5 s. */
+/**
+ * A timer's delay is a signed 32-bit count of ms in every runtime: a longer one (or
+ * `Infinity`) is not refused but fires at once (Node clamps it to 1 ms), so a bound past it
+ * would end every attempt or connection as soon as it starts.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+/** A timer option (`name`), checked: a whole number of ms a timer can wait. */
+export function timerMs(name, ms) {
+    if (!(typeof ms === "number" && Number.isInteger(ms) && ms > 0 && ms <= MAX_TIMER_MS)) {
+        throw new TypeError(`Framecast: ${name} must be a whole number of ms from 1 to ${MAX_TIMER_MS}, got ${String(ms)}`);
+    }
+    return ms;
+}
+/**
+ * Defaults: 100 ms, doubling, at most 5 s. A first delay under 1 ms is refused: every delay
+ * would be (about) 0, and a subscription to a dead node would reconnect in a busy loop; a
+ * largest delay past a timer's bound would not wait at all.
+ */
 export function backoffOf(o) {
     const initialMs = o?.initialMs ?? 100;
     const maxMs = o?.maxMs ?? 5000;
-    if (!(initialMs >= 0) || !(maxMs >= initialMs)) {
-        throw new RangeError(`backoff: need 0 <= initialMs <= maxMs, got ${initialMs} and ${maxMs}`);
+    if (typeof initialMs !== "number" || typeof maxMs !== "number") {
+        throw new TypeError(`backoff: initialMs and maxMs are numbers of ms, got ${typeof initialMs} and ${typeof maxMs}`);
+    }
+    if (!(initialMs >= 1 && maxMs >= initialMs && maxMs <= MAX_TIMER_MS)) {
+        throw new RangeError(`backoff: need 1 <= initialMs <= maxMs <= ${MAX_TIMER_MS}, got ${initialMs} and ${maxMs}`);
     }
     return { initialMs, maxMs };
 }

@@ -2,7 +2,7 @@
  * What every call shares: the server's address(es), the token, the `fetch` to use, and
  * the one request loop that retries what may be retried.
  */
-import { abortReason, backoffOf, delayMs, sleep } from "./backoff.js";
+import { abortReason, backoffOf, delayMs, sleep, timerMs } from "./backoff.js";
 import { errorOfResponse, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
 import { isVisibleAscii, malformed } from "./wire.js";
@@ -14,8 +14,6 @@ const DEFAULT_CALL_TIMEOUT_MS = 30_000;
  * minutes), so that no retry of a publish is sent after the server forgot its key.
  */
 const DEFAULT_RETRY_BUDGET_MS = 60_000;
-/** A timer's delay is a signed 32-bit count of ms in every runtime. */
-const MAX_TIMER_MS = 2_147_483_647;
 /** The statuses a proxy or the server answers when the node is unavailable; gRPC reads all three as UNAVAILABLE. */
 const UNAVAILABLE_STATUSES = new Set([502, 503, 504]);
 /** A network failure (no HTTP answer), as `fetch` reports it. */
@@ -277,14 +275,12 @@ export class Transport {
         const { signal } = call;
         const route = new Route(this);
         const hops = new Hops();
-        const tried = new Set();
         // Counted from the first attempt, not the first failure: every retry of a publish then
         // goes out within the budget of the first one's sending, so (the budget below the
         // server's dedup window) while the server still knows its key.
         const deadline = Date.now() + this.retryBudgetMs;
         for (let attempt = 0;;) {
             const base = route.next();
-            tried.add(base);
             const url = this.url(call.path, call.query, base);
             const headers = await this.headers(call.headers);
             let resp;
@@ -329,9 +325,10 @@ export class Transport {
                 if (tls)
                     throw tls;
                 hops.reset();
-                // A request never sent may go to a node it was not sent to yet, even when it is
-                // not repeated after a lost answer.
-                const again = call.idempotent || (neverSent(e) && this.urls.some((u) => !tried.has(u)));
+                // A request never sent wrote nothing: it is sent again, with the same backoff, even
+                // when it is not repeated after a lost answer. The next node if there is one, else
+                // the same: a node that refuses connections is often one still starting.
+                const again = call.idempotent || neverSent(e);
                 const delay = again ? this.retryDelay(attempt, call.retries, deadline) : undefined;
                 if (delay === undefined)
                     throw hops.explain(unreachable(url, e));
@@ -454,13 +451,6 @@ function nodeList(opts) {
 /** `host:port` of a URL, its scheme's default port spelt out. */
 function hostPort(u) {
     return `${u.hostname}:${u.port || (u.protocol === "https:" ? "443" : "80")}`;
-}
-/** A timer option (`name`), checked: a whole number of ms a timer can wait. */
-function timerMs(name, ms) {
-    if (!(Number.isInteger(ms) && ms > 0 && ms <= MAX_TIMER_MS)) {
-        throw new TypeError(`Framecast: ${name} must be a whole number of ms from 1 to ${MAX_TIMER_MS}, got ${String(ms)}`);
-    }
-    return ms;
 }
 /** `token` if it can be sent as `Bearer <token>`; else the caller's error, before anything is sent. */
 function bearerToken(token) {

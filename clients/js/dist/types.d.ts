@@ -11,9 +11,9 @@
 export type TokenSource = string | (() => string | Promise<string>);
 /** How transient failures are retried: exponential backoff with jitter. */
 export interface BackoffOptions {
-    /** First delay, milliseconds (default 100). */
+    /** First delay, milliseconds (default 100); at least 1, so that no retry loop runs without waiting. */
     initialMs?: number;
-    /** Largest delay, milliseconds (default 5000). */
+    /** Largest delay, milliseconds (default 5000); from `initialMs` to 2^31−1, the longest a timer waits. */
     maxMs?: number;
 }
 /** What a `Framecast` client is built from: `url` or `urls`, and the rest. */
@@ -134,17 +134,26 @@ export interface Frame extends HistoryFrame {
 export interface SubscribeOptions {
     /** Only frames with `seqNo >= from` (default 0: all). */
     from?: bigint | number;
-    /** A cursor token (a frame's `cursor`): continue exactly after that frame. */
-    resume?: string;
+    /**
+     * A cursor token (a frame's `cursor`): continue exactly after that frame. `null`,
+     * `undefined` and `""` are no cursor (start at `from`), so a store's "nothing saved yet"
+     * (`localStorage.getItem` answers `null`) can be passed as it is.
+     */
+    resume?: string | null | undefined;
     /** Ends the subscription: the iterator finishes without an error. */
     signal?: AbortSignal;
     /**
      * Give up (`UNAVAILABLE`) after this many reconnects in a row with no frame received
-     * between them (default: never). A stream that opens and breaks again before its first
-     * frame is a failed reconnect too; a reconnect with a fresh token is not counted.
+     * between them: a non-negative integer, or `Infinity` (the default: never). A stream that
+     * opens and breaks again before its first frame is a failed reconnect too; a reconnect
+     * with a fresh token is not counted.
      */
     maxReconnects?: number;
-    /** Reconnect when nothing (not even the server's 15 s ping) arrived for this long, ms (default 45000); the time the consumer holds a frame does not count. */
+    /**
+     * Reconnect when nothing (not even the server's 15 s ping) arrived for this long: a whole
+     * number of ms from 1 to 2^31−1 (default 45000), as every timer option; the time the
+     * consumer holds a frame does not count.
+     */
     idleTimeoutMs?: number;
 }
 /** The options of one history page. */

@@ -6,7 +6,7 @@
  * `readFrom: "followers"` a follower picked anew for each connect).
  */
 
-import { abortReason, delayMs, sleep } from "./backoff.js";
+import { abortReason, delayMs, sleep, timerMs } from "./backoff.js";
 import { errorOfEvent, errorOfResponse, FramecastError } from "./errors.js";
 import type { FollowerPicker } from "./followers.js";
 import { SseParser } from "./sse.js";
@@ -21,6 +21,35 @@ import { frameOf, integerText, isVisibleAscii, malformed, record, toBigInt } fro
  */
 function reconnectable(status: number): boolean {
   return status === 408 || status === 502 || status === 503 || status === 504;
+}
+
+/** How long a stream may stay silent by default, ms: three of the server's 15 s pings. */
+const DEFAULT_IDLE_TIMEOUT_MS = 45_000;
+
+/**
+ * The cursor `resume` gives, checked. `null`, `undefined` and `""` are no cursor (the
+ * stream starts at `from`): what a store answers when nothing was saved yet
+ * (`localStorage.getItem`), which would otherwise go out as the token `"null"` and be
+ * refused. A cursor is sent as `Last-Event-ID`: a value `fetch` refuses would pass for a
+ * network error and reconnect for ever, so anything but URL-safe text is refused here.
+ */
+function resumeOf(resume: unknown): string | undefined {
+  if (resume === undefined || resume === null || resume === "") return undefined;
+  if (typeof resume !== "string") throw new TypeError(`resume must be a cursor token (a string), not ${typeof resume}`);
+  if (!isVisibleAscii(resume)) {
+    throw new FramecastError("INVALID_ARGUMENT", 400, "resume is not a cursor token (visible ASCII)");
+  }
+  return resume;
+}
+
+/** `maxReconnects`, checked: a count, or `Infinity` (the default) for never giving up. */
+function maxReconnectsOf(n: unknown): number {
+  if (n === undefined) return Infinity;
+  if (typeof n !== "number") throw new TypeError(`maxReconnects must be a number, not ${typeof n}`);
+  if (!(n === Infinity || (Number.isInteger(n) && n >= 0))) {
+    throw new RangeError(`maxReconnects must be a non-negative integer or Infinity, not ${n}`);
+  }
+  return n;
 }
 
 /**
@@ -67,14 +96,9 @@ export class Subscription implements AsyncIterableIterator<Frame> {
     this.followers = followers;
     this.path = path;
     this.from = opts.from === undefined ? undefined : integerText("from", opts.from);
-    // Sent as Last-Event-ID: a value `fetch` refuses would pass for a network error, and
-    // reconnect for ever. A cursor token is URL-safe text.
-    if (opts.resume !== undefined && !isVisibleAscii(opts.resume)) {
-      throw new FramecastError("INVALID_ARGUMENT", 400, "resume is not a cursor token (visible ASCII)");
-    }
-    this.cursor = opts.resume;
-    this.maxReconnects = opts.maxReconnects ?? Infinity;
-    this.idleTimeoutMs = opts.idleTimeoutMs ?? 45_000;
+    this.cursor = resumeOf(opts.resume);
+    this.maxReconnects = maxReconnectsOf(opts.maxReconnects);
+    this.idleTimeoutMs = timerMs("idleTimeoutMs", opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS);
     this.userSignal = opts.signal;
     if (opts.signal?.aborted) this.stop.abort();
     else opts.signal?.addEventListener("abort", this.onUserAbort, { once: true });

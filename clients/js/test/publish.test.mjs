@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Framecast, FramecastError } from "../dist/index.js";
-import { startServer } from "../test-support/server.mjs";
+import { freePort, sleep, startServer, within } from "../test-support/server.mjs";
 
 /** The error `fetch` throws for a connection refused: nothing reached a server. */
 function connectionRefused() {
@@ -289,6 +289,39 @@ test("a write without a key is sent once when a 503 may have followed its append
   assert.equal(writes, 1);
   assert.deepEqual([ack.offset, ack.duplicate], [0n, true]);
   assert.equal((await plain.history("keyed-503")).frames.length, 1);
+});
+
+test("a write without a key is sent again after a connection refused, on a single node: a server still starting stores it once", async (t) => {
+  const port = await freePort();
+  // Nothing listens on the port for the first second: every attempt until then is refused.
+  let late;
+  const starting = sleep(1000).then(async () => {
+    late = await startServer({ httpListen: `127.0.0.1:${port}` });
+  });
+  t.after(async () => {
+    await starting.catch(() => {});
+    await late?.cleanup();
+  });
+  let posts = 0;
+  const counting = (input, init) => {
+    if (init?.method === "POST") posts++;
+    return fetch(input, init);
+  };
+  const fc = new Framecast({ url: `http://127.0.0.1:${port}`, fetch: counting, backoff: { initialMs: 50, maxMs: 250 } });
+  const ack = await within(
+    30_000,
+    "the keyless publish",
+    fc.publish("keyless-refused", "once", { seqNo: 1, idempotencyKey: "", retries: 40 }),
+  );
+  await starting;
+  assert.equal(ack.offset, 0n);
+  assert.ok(posts >= 2, `${posts} attempts: the first ones were refused`);
+  const page = await new Framecast({ url: late.url }).history("keyless-refused");
+  assert.deepEqual(
+    page.frames.map((f) => f.text),
+    ["once"],
+    "stored exactly once",
+  );
 });
 
 test("createTopic is retried after a lost answer: the server answers the topic it made", async () => {

@@ -178,6 +178,35 @@ test("a resume cursor from another epoch is refused with FAILED_PRECONDITION (41
   );
 });
 
+test('resume: null, undefined or "" (nothing saved yet) starts from the beginning, or from `from`', async (t) => {
+  const fc = new Framecast({ url: server.url });
+  for (let i = 1; i <= 3; i++) await fc.publish("resume-none", `n${i}`, { seqNo: i });
+  // The README's first run: localStorage.getItem answers null for a key never saved.
+  const saved = new Map();
+  const getItem = (key) => saved.get(key) ?? null;
+  for (const resume of [getItem("resume-none-cursor"), undefined, ""]) {
+    const sub = fc.subscribe("resume-none", { resume });
+    t.after(() => sub.close());
+    const frames = await nextFrames(sub, 3);
+    assert.deepEqual(
+      frames.map((f) => f.text),
+      ["n1", "n2", "n3"],
+      `resume: ${JSON.stringify(resume)}`,
+    );
+    await sub.return();
+  }
+  const from = fc.subscribe("resume-none", { resume: null, from: 2 });
+  t.after(() => from.close());
+  assert.deepEqual(
+    (await nextFrames(from, 2)).map((f) => f.text),
+    ["n2", "n3"],
+  );
+  // Anything else that is not a string is the caller's mistake, refused before a request.
+  for (const bad of [42, true, {}, ["c1"]]) {
+    assert.throws(() => fc.subscribe("resume-none", { resume: bad }), TypeError, JSON.stringify(bad));
+  }
+});
+
 test("breaking out of for-await ends the stream; abort signal ends the iterator quietly", async () => {
   const fc = new Framecast({ url: server.url });
   await fc.publish("quit", "a", { seqNo: 1 });

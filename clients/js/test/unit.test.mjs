@@ -3,9 +3,13 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { getEventListeners } from "node:events";
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { Framecast, FramecastError, newIdempotencyKey } from "../dist/index.js";
-import { within } from "../test-support/server.mjs";
+import { PACKAGE_DIR, tempDir, within } from "../test-support/server.mjs";
 import { SseParser } from "../dist/sse.js";
 import { base64Decode, base64Encode, integerText } from "../dist/wire.js";
 
@@ -198,6 +202,24 @@ test("an empty idempotency key sends no header and is not retried after a networ
   await assert.rejects(fc.publish("t", "x", { seqNo: 1, retries: 3 }), (e) => e.code === "UNAVAILABLE");
   assert.equal(keys.length, 4);
   assert.equal(new Set(keys).size, 1);
+});
+
+test("a write without a key is retried after a connection refused, on one node, within its retries", async () => {
+  let attempts = 0;
+  const refusing = async () => {
+    attempts++;
+    throw new TypeError("fetch failed", { cause: Object.assign(new Error("connect ECONNREFUSED (test)"), { code: "ECONNREFUSED" }) });
+  };
+  const fc = new Framecast({ url: "http://127.0.0.1:9", fetch: refusing, backoff: { initialMs: 1, maxMs: 2 } });
+  const refused = (e) => e instanceof FramecastError && e.code === "UNAVAILABLE" && e.status === 0 && /ECONNREFUSED/.test(e.message);
+  await assert.rejects(fc.publish("t", "x", { seqNo: 1, idempotencyKey: "", retries: 3 }), refused);
+  assert.equal(attempts, 4, "the first attempt and 3 retries");
+  attempts = 0;
+  await assert.rejects(fc.broadcast(["t"], "x", { seqNo: 1, idempotencyKey: "", retries: 2 }), refused);
+  assert.equal(attempts, 3);
+  attempts = 0;
+  await assert.rejects(fc.deleteTopic("t"), refused);
+  assert.equal(attempts, 9, "deleteTopic: 8 retries");
 });
 
 // ------------------------------------------------------------------ answers, faked
@@ -467,4 +489,61 @@ test("close() lets go of the caller's signal, also while the consumer holds a fr
   assert.equal(listeners(), 0, "a subscription closed while its consumer holds a frame");
   assert.equal(connections.length, 1);
   assert.equal(connections[0].aborted, true, "its connection is cancelled");
+});
+
+test("options that would break a subscription, or retry without waiting, are refused: idleTimeoutMs, maxReconnects, backoff", async (t) => {
+  const fc = new Framecast({ url: "http://a.example:7071", fetch: () => assert.fail("no request expected") });
+  // A timer past 2^31-1 ms (or Infinity) fires at once: every connection would be cut as it opens.
+  for (const bad of [0, -1, 1.5, 2 ** 31, Infinity, NaN, "45000"]) {
+    assert.throws(() => fc.subscribe("t", { idleTimeoutMs: bad }), TypeError, `idleTimeoutMs ${String(bad)}`);
+  }
+  for (const bad of [-1, 1.5, NaN, -Infinity]) {
+    assert.throws(() => fc.subscribe("t", { maxReconnects: bad }), RangeError, `maxReconnects ${String(bad)}`);
+  }
+  assert.throws(() => fc.subscribe("t", { maxReconnects: "3" }), TypeError);
+  for (const good of [{ maxReconnects: 0 }, { maxReconnects: 3 }, { maxReconnects: Infinity }, { idleTimeoutMs: 1 }]) {
+    fc.subscribe("t", good).close();
+  }
+  // A first delay of 0 made every delay 0: a subscription to a dead node reconnected in a busy loop.
+  for (const bad of [{ initialMs: 0 }, { initialMs: 0.5 }, { initialMs: -1 }, { initialMs: NaN }, { maxMs: 2 ** 31 }, { maxMs: Infinity }, { initialMs: 10, maxMs: 5 }]) {
+    assert.throws(() => new Framecast({ url: "http://a:1", backoff: bad }), RangeError, JSON.stringify(bad));
+  }
+  assert.throws(() => new Framecast({ url: "http://a:1", backoff: { initialMs: "100" } }), TypeError);
+  new Framecast({ url: "http://a:1", backoff: { initialMs: 1, maxMs: 2 ** 31 - 1 } });
+
+  // The longest idle timeout a timer can wait really waits: the open stream is not cut.
+  const connections = [];
+  const open = async (_url, init) => {
+    connections.push(init.signal);
+    return eventStream([SNAPSHOT, frameEvent(0)], { open: true, signal: init.signal });
+  };
+  const sub = new Framecast({ url: "http://a.example:7071", fetch: open, backoff: FAST }).subscribe("t", { idleTimeoutMs: 2 ** 31 - 1 });
+  t.after(() => sub.close());
+  assert.equal((await within(5_000, "a frame", sub.next())).value.offset, 0n);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(connections.length, 1);
+  assert.equal(connections[0].aborted, false, "the idle timer cut the stream");
+  assert.equal(sub.reconnects, 0);
+});
+
+test("the README's resume example type-checks: resume takes string | null | undefined", async (t) => {
+  const dir = tempDir("framecast-js-types-");
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const index = JSON.stringify(join(PACKAGE_DIR, "dist", "index.js"));
+  writeFileSync(
+    join(dir, "resume.ts"),
+    `import { Framecast } from ${index};
+declare const localStorage: { getItem(key: string): string | null };
+const fc = new Framecast({ url: "http://127.0.0.1:7071" });
+fc.subscribe("prices", { resume: localStorage.getItem("prices-cursor") });
+fc.subscribe("prices", { resume: undefined });
+// @ts-expect-error a cursor is text: the checker must still refuse a number
+fc.subscribe("prices", { resume: 42 });
+`,
+  );
+  const tsc = join(PACKAGE_DIR, "node_modules", "typescript", "bin", "tsc");
+  const args = ["--noEmit", "--strict", "--exactOptionalPropertyTypes", "--module", "nodenext", "--target", "es2022"];
+  args.push("--lib", "es2022,dom", "--skipLibCheck", join(dir, "resume.ts"));
+  const run = promisify(execFile)(process.execPath, [tsc, ...args], { cwd: dir });
+  await within(60_000, "tsc", run).catch((e) => assert.fail(`tsc refused the README's example:\n${e.stdout}${e.stderr}`));
 });
