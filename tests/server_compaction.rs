@@ -315,6 +315,149 @@ async fn retention_moves_first_offset_and_needed_frames_are_out_of_range() {
 /// A publish stream's frames are grouped into log requests, and a request is written whole
 /// into one segment: with small segments the groups must stay within one, or a stream of
 /// small frames would be refused though every frame fits.
+/// The topic's first retained offset once retention moved it past `past`.
+async fn first_offset_past(
+    c: &mut framecast::proto::broadcast_client::BroadcastClient<tonic::transport::Channel>,
+    topic: &str,
+    past: u64,
+) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = c
+            .list_topics(ListTopicsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let t = info
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .unwrap()
+            .clone();
+        if t.first_offset > past {
+            return t.first_offset;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An event stream opened on `path` resuming after `last_id`: the first frame event's
+/// seq_no, or the refusal's status and code.
+async fn resumed_sse(base: &str, path: &str, last_id: &str) -> Result<u64, (u16, String)> {
+    let (base, path, last_id) = (base.to_string(), path.to_string(), last_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        match sse::open(&base, &path, &[("Last-Event-ID", &last_id)]) {
+            Err(r) => Err((r.status, r.json()["code"].as_str().unwrap().to_string())),
+            Ok(mut s) => {
+                assert_eq!(s.next_event().unwrap().event, "snapshot");
+                let e = s.next_event().unwrap();
+                Ok(e.json()["seq_no"].as_str().unwrap().parse().unwrap())
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Retention counts against a stream only what it removed after the stream (the first of
+/// those it resumes) began: one old frame with a high seq_no (a publisher whose count
+/// started again) removed before then never refuses it, not its resumes over SSE nor the
+/// next pages of a History walk; a stream that began before and still needed it is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_frame_removed_before_a_stream_began_never_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FLAGS);
+    let base = server.http.clone().unwrap();
+    let mut c = server.client().await;
+    c.create_topic(CreateTopicRequest {
+        name: "s".into(),
+        retention_max_age_seconds: 0,
+        retention_max_bytes: 64 * 1024,
+    })
+    .await
+    .unwrap();
+    publish(&mut c, "s", 1_000_000, &[b'h'; 500]).await;
+    for seq in 1..=40u64 {
+        publish(&mut c, "s", seq, &[b'x'; 500]).await;
+    }
+    // Stream A begins while the high frame is kept: its replay ends with it.
+    let path = "/v1/topics/s/events";
+    let early = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let mut s = sse::open(&base, path, &[]).unwrap();
+            assert_eq!(s.next_event().unwrap().event, "snapshot");
+            s.next_event().unwrap();
+            s.next_event().unwrap().id.unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    for seq in 41..=300u64 {
+        publish(&mut c, "s", seq, &[b'x'; 500]).await;
+    }
+    let floor = first_offset_past(&mut c, "s", 0).await;
+    // A needed what retention took (its replay had not reached seq 1,000,000): refused.
+    assert_eq!(
+        resumed_sse(&base, path, &early).await,
+        Err((416, "OUT_OF_RANGE".to_string()))
+    );
+    // Stream B begins after: its resume from the middle of its replay is served.
+    let (b_third, b_second_id) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let mut s = sse::open(&base, path, &[]).unwrap();
+            assert_eq!(s.next_event().unwrap().event, "snapshot");
+            s.next_event().unwrap();
+            let second = s.next_event().unwrap().id.unwrap();
+            let third = s.next_event().unwrap().json()["seq_no"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (third.parse::<u64>().unwrap(), second)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(resumed_sse(&base, path, &b_second_id).await, Ok(b_third));
+    // A History walk begins, reads 100 frames, and retention then removes frames it has read.
+    let page = |after: String| {
+        let base = base.clone();
+        async move {
+            common::http::get(
+                &base,
+                &format!("/v1/topics/s/history?limit=100&after={after}"),
+            )
+            .await
+        }
+    };
+    let first_page = page(String::new()).await.json();
+    let frames = first_page["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 100);
+    let last_seq: u64 = frames[99]["seq_no"].as_str().unwrap().parse().unwrap();
+    for seq in 301..=360u64 {
+        publish(&mut c, "s", seq, &[b'x'; 500]).await;
+    }
+    let now = first_offset_past(&mut c, "s", floor).await;
+    assert!(
+        now < floor + 100,
+        "retention removed frames the walk had not read yet"
+    );
+    let next = page(first_page["next"].as_str().unwrap().to_string()).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    let seq: u64 = next.json()["frames"][0]["seq_no"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(seq, last_seq + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_stream_of_small_frames_fills_many_small_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -462,28 +605,7 @@ async fn a_resume_whose_live_frames_were_removed_is_refused_when_it_opens() {
     for i in 0..2000u64 {
         publish(&mut c, "late", i, &[b'l'; 500]).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = c
-            .list_topics(ListTopicsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let t = info
-            .topics
-            .iter()
-            .find(|t| t.name == "late")
-            .unwrap()
-            .clone();
-        if t.first_offset > 21 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention did not run: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    first_offset_past(&mut c, "late", 21).await;
     let resumed = subscribe(
         &mut c,
         SubscribeRequest {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::cluster_view::ClusterView;
+use super::cursor::CursorToken;
 use super::error::{Error, Result};
 use super::history::PageBudget;
 use super::metrics::{Metrics, ReplicaLag, Transport};
@@ -84,6 +85,10 @@ pub struct Opened {
     pub snapshot_offset: u64,
     /// The topic's epoch.
     pub epoch: u64,
+    /// The oldest retained offset the stream's retention checks count from: what a cursor
+    /// token carries, so that a resume is checked against what the first stream was
+    /// promised ([`StartAt::floor`]).
+    pub floor: u64,
 }
 
 /// The checks of one publish stream: its caller's permissions, resolved once for the
@@ -430,8 +435,44 @@ impl Broker {
         r: &proto::SubscribeRequest,
         transport: Transport,
     ) -> Result<Opened> {
-        let opened = self.open_subscription(who, r, transport).await;
+        let opened = self.open_subscription(who, r, transport, None).await;
         self.counted(opened)
+    }
+
+    /// A subscription of `topic` for a door whose resume points are cursor tokens (SSE,
+    /// WebSocket): from `from`, or resuming after `resume`. Also the walk its tokens
+    /// continue, carrying the stream's floor.
+    pub async fn subscribe_walk(
+        &self,
+        who: &Principal,
+        topic: String,
+        (from, resume): (u64, Option<CursorToken>),
+        transport: Transport,
+    ) -> Result<(Opened, CursorToken)> {
+        let opened = async {
+            let request = match &resume {
+                Some(token) => token.subscribe_request(&topic)?,
+                None => proto::SubscribeRequest {
+                    replay_seq_no_start: from,
+                    topic,
+                    resume: None,
+                },
+            };
+            let floor = resume.and_then(|t| t.floor);
+            let opened = self
+                .open_subscription(who, &request, transport, floor)
+                .await?;
+            let walk = CursorToken {
+                start_seq_no: request.replay_seq_no_start,
+                snapshot: opened.snapshot_offset,
+                epoch: opened.epoch,
+                last: resume.and_then(|t| t.last),
+                reverse: false,
+                floor: Some(opened.floor),
+            };
+            Ok((opened, walk))
+        };
+        self.counted(opened.await)
     }
 
     async fn open_subscription(
@@ -439,6 +480,7 @@ impl Broker {
         who: &Principal,
         r: &proto::SubscribeRequest,
         transport: Transport,
+        floor: Option<u64>,
     ) -> Result<Opened> {
         self.check_running()?;
         let name = topic_name(&r.topic)?;
@@ -455,7 +497,7 @@ impl Broker {
         let global = self.reserve_subscriber()?;
         let topic = self.subscription_topic(&name, r).await?;
         let epoch = topic.meta().epoch;
-        let at = start_at(&topic, r, &self.cluster)?;
+        let at = start_at(&topic, r, &self.cluster, floor)?;
         let position = match at.after {
             Some(last) if last.offset >= at.snapshot => last.offset + 1,
             _ => topic.log().first_offset(),
@@ -464,6 +506,7 @@ impl Broker {
         Ok(Opened {
             snapshot_offset: at.snapshot,
             epoch,
+            floor: at.floor_in(topic.log()),
             subscription: Subscription::new(
                 topic,
                 at,
@@ -716,10 +759,16 @@ fn after_the_write(e: Error) -> Error {
     }
 }
 
-/// Where a subscription of `topic` starts: a fresh snapshot, or the checked resume cursor.
-/// A cursor this node cannot serve yet (a cluster node behind the one that issued it) is
-/// refused with [`cursor_ahead`]'s answer; a single node's refusals are final.
-fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -> Result<StartAt> {
+/// Where a subscription of `topic` starts: a fresh snapshot, or the checked resume cursor
+/// (with the `floor` its token carried, if any). A cursor this node cannot serve yet (a
+/// cluster node behind the one that issued it) is refused with [`cursor_ahead`]'s answer;
+/// a single node's refusals are final.
+fn start_at(
+    topic: &Topic,
+    r: &proto::SubscribeRequest,
+    cluster: &ClusterView,
+    floor: Option<u64>,
+) -> Result<StartAt> {
     let epoch = topic.meta().epoch;
     let durable = topic.visible_offset();
     let Some(c) = &r.resume else {
@@ -727,6 +776,7 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -
             snapshot: durable,
             start_seq_no: r.replay_seq_no_start,
             after: None,
+            floor: Some(topic.log().first_offset()),
         });
     };
     if c.epoch != epoch {
@@ -768,6 +818,7 @@ fn start_at(topic: &Topic, r: &proto::SubscribeRequest, cluster: &ClusterView) -
         snapshot: c.snapshot_offset,
         start_seq_no: r.replay_seq_no_start,
         after,
+        floor,
     };
     match at.removed_refusal(topic.log()) {
         Some(refusal) => Err(refusal),

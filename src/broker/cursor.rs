@@ -34,8 +34,10 @@ pub struct CursorToken {
     pub last: Option<OrderKey>,
     /// A History walk newest first.
     pub reverse: bool,
-    /// The topic's oldest retained offset when a History walk began: retention past it may
-    /// have removed frames the walk still needs. `None` (SSE, WebSocket): unknown.
+    /// The topic's oldest retained offset when the walk (a History walk, or the first
+    /// stream a subscription's resumes continue) began: retention past it may have removed
+    /// frames the walk still needs, and before it removed none the walk was promised.
+    /// `None` (tokens from before subscriptions carried it): unknown, every removal counts.
     pub floor: Option<u64>,
 }
 

@@ -190,7 +190,10 @@ impl Broker {
                 None => true,
             }
         };
-        check_retention(&topic, &walk, &first)?;
+        if !r.after.is_empty() {
+            // A first page's snapshot is what is retained now.
+            check_retention(&topic, &walk, &first)?;
+        }
         let mut bytes = 0;
         let keep = got
             .iter()
@@ -241,19 +244,15 @@ fn checked_token(t: CursorToken, r: &proto::HistoryRequest) -> Result<CursorToke
 /// Refuses a page whose walk needs frames that retention removed since the walk began:
 /// `OUT_OF_RANGE`, never a silent gap. Conservative when the walk's start is unknown.
 fn check_retention(topic: &super::Topic, walk: &CursorToken, first: &OrderKey) -> Result<()> {
-    let (oldest, removed_max) = topic.log().retention_watermark();
     let floor = walk.floor.unwrap_or(0);
-    if walk.last.is_none() && walk.floor.is_some() {
-        // A first page: the snapshot is what is retained now.
-        return Ok(());
-    }
+    let (oldest, removed) = topic.log().removed_since(floor);
     // Keys the rest of the walk needs: above the last frame going forward, at least the
     // start seq_no going backwards.
     let needed_min = match (walk.reverse, walk.last) {
         (false, Some(last)) => last,
         _ => *first,
     };
-    if oldest > floor && floor < walk.snapshot && removed_max.is_some_and(|k| k >= needed_min) {
+    if floor < walk.snapshot && removed.is_some_and(|k| k >= needed_min) {
         return Err(Error::OutOfRange(format!(
             "frames this history walk needs were removed by retention; the oldest retained offset is {oldest}"
         )));

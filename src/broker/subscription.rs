@@ -75,8 +75,8 @@ pub struct Subscription {
     /// no signal of its own).
     out_of_sync: OutOfSync,
     finished: bool,
-    /// The oldest retained offset when the stream started (0 for a resumed stream, whose
-    /// start is unknown here): retention after it may have removed frames it needs.
+    /// The oldest retained offset when the stream (or the first of those it resumes)
+    /// started ([`StartAt::floor_in`]): retention after it may have removed frames it needs.
     first_at_start: u64,
     /// When the caller's token expires: the stream ends with UNAUTHENTICATED then.
     expires: Option<tokio::time::Instant>,
@@ -115,9 +115,24 @@ pub struct StartAt {
     pub start_seq_no: u64,
     /// The last frame the client has, if resuming: `(order key, had offset < S)`.
     pub after: Option<OrderKey>,
+    /// The topic's oldest retained offset when the stream (the first of those it resumes)
+    /// began: retention since then may have removed frames it still needs, and before
+    /// then removed none it was promised. `None`: not known (a gRPC cursor carries none).
+    pub floor: Option<u64>,
 }
 
 impl StartAt {
+    /// The oldest retained offset the stream's retention checks count from: its floor, or
+    /// without one, 0 for a resume (every removal counts, which may refuse a resume that
+    /// could be served, never skip a frame) and what is retained now for a new stream.
+    pub(super) fn floor_in(&self, log: &crate::wal::Log) -> u64 {
+        match (self.floor, self.after) {
+            (Some(floor), _) => floor,
+            (None, Some(_)) => 0,
+            (None, None) => log.first_offset(),
+        }
+    }
+
     /// Where the stream begins: replaying from a key, or live from an offset.
     fn phase(&self) -> Phase {
         let first = OrderKey::first_of_seq(self.start_seq_no);
@@ -141,17 +156,21 @@ impl StartAt {
     /// (`OUT_OF_RANGE`, naming the oldest retained offset), checked when it opens so that
     /// every door answers it as the call's status (HTTP: before the event stream's 200);
     /// `None` when it can be served. The rules are the ones an open stream's steps apply
-    /// (the replay's with [`Subscription`]'s `first_at_start` 0, then the first live read's). A fresh subscription's history is what is
-    /// retained now, and a cursor naming no frame carries no record of what was retained
-    /// when its stream began: neither is refused here.
+    /// (the replay's, then the first live read's), counted from the stream's floor. A fresh
+    /// subscription's history is what is retained now, and a cursor naming no frame and
+    /// no floor carries no record of what was retained when its stream began: neither is
+    /// refused here.
     pub(super) fn removed_refusal(&self, log: &crate::wal::Log) -> Option<Error> {
-        self.after?;
-        let (first, removed_max) = log.retention_watermark();
+        if self.after.is_none() && self.floor.is_none() {
+            return None;
+        }
+        let floor = self.floor_in(log);
+        let (first, removed) = log.removed_since(floor);
         let gap = match self.phase() {
             // Replayed frames it still needs, or the live ones after the snapshot (the
             // replay's step, then the first live read's).
             Phase::Replay { from } => {
-                (self.snapshot > 0 && first > 0 && removed_max.is_some_and(|k| k >= from))
+                (floor < self.snapshot && removed.is_some_and(|k| k >= from))
                     || self.snapshot < first
             }
             Phase::Live { next } => next < first,
@@ -171,11 +190,7 @@ impl Subscription {
         expires: Option<tokio::time::Instant>,
     ) -> Subscription {
         let phase = at.phase();
-        let first_at_start = if at.after.is_some() {
-            0
-        } else {
-            topic.log().first_offset()
-        };
+        let first_at_start = at.floor_in(topic.log());
         let delivered = topic.metrics().delivered(slots.0.transport()).clone();
         let wire_only = matches!(slots.0.transport(), Transport::Grpc | Transport::GrpcWeb);
         let position = Arc::clone(slots.0.position());
@@ -251,11 +266,8 @@ impl Subscription {
                     .map_err(Error::from)?;
                 // Frames this replay still needs (key >= from, offset < S) may have been
                 // removed by retention since it started: then say so, never skip them.
-                let (first, removed_max) = log.retention_watermark();
-                if first > self.first_at_start
-                    && self.first_at_start < self.snapshot
-                    && removed_max.is_some_and(|k| k >= from)
-                {
+                let (first, removed) = log.removed_since(self.first_at_start);
+                if self.first_at_start < self.snapshot && removed.is_some_and(|k| k >= from) {
                     return Err(out_of_range(first));
                 }
                 self.phase = match got.last().and_then(|f| f.key().successor()) {

@@ -68,25 +68,9 @@ pub async fn events(
         Some(id) => Some(CursorToken::decode(id).map_err(|e| broker.reject(e))?),
         None => None,
     };
-    let request = match &resume {
-        Some(token) => token
-            .subscribe_request(&topic)
-            .map_err(|e| broker.reject(e))?,
-        None => proto::SubscribeRequest {
-            replay_seq_no_start: from,
-            topic,
-            resume: None,
-        },
-    };
-    let opened = broker.subscribe(&who, &request, Transport::Sse).await?;
-    let walk = CursorToken {
-        start_seq_no: request.replay_seq_no_start,
-        snapshot: opened.snapshot_offset,
-        epoch: opened.epoch,
-        last: resume.and_then(|t| t.last),
-        reverse: false,
-        floor: None,
-    };
+    let (opened, walk) = broker
+        .subscribe_walk(&who, topic, (from, resume), Transport::Sse)
+        .await?;
     let mut first = String::with_capacity(160);
     push_event(
         &mut first,

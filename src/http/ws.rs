@@ -712,25 +712,9 @@ async fn subscribe(
             Some(t) if !t.is_empty() => Some(CursorToken::decode(t).map_err(|e| broker.reject(e))?),
             _ => None,
         };
-        let request = match &resume {
-            Some(token) => token
-                .subscribe_request(&name)
-                .map_err(|e| broker.reject(e))?,
-            None => proto::SubscribeRequest {
-                replay_seq_no_start: op.from,
-                topic: name.clone(),
-                resume: None,
-            },
-        };
-        let opened = broker.subscribe(&who, &request, Transport::Ws).await?;
-        let walk = CursorToken {
-            start_seq_no: request.replay_seq_no_start,
-            snapshot: opened.snapshot_offset,
-            epoch: opened.epoch,
-            last: resume.and_then(|t| t.last),
-            reverse: false,
-            floor: None,
-        };
+        let (opened, walk) = broker
+            .subscribe_walk(&who, name.clone(), (op.from, resume), Transport::Ws)
+            .await?;
         Ok((name, opened, walk))
     };
     match opened.await {
@@ -836,20 +820,23 @@ impl Stream for Feed {
                         let msg = push_message(&mut st.scratch, &st.topic, &st.cursor, &f);
                         return Poll::Ready(Some(Message::Text(Utf8Bytes::from(msg))));
                     }
-                    Some(Err(Error::TokenExpired)) => match current(&st.who).and_then(|who| {
-                        // A subscription's own walk is forward: this never refuses.
-                        Ok((who, st.cursor.walk().subscribe_request(&st.topic)?))
-                    }) {
-                        Ok((who, request)) => {
+                    Some(Err(Error::TokenExpired)) => match current(&st.who) {
+                        Ok(who) => {
                             // The ended subscription lets go of its subscriber slots first:
                             // at --max-subscribers, its own successor must not be refused.
                             st.frames = Box::pin(futures::stream::empty());
                             let broker = st.broker.clone();
+                            let (topic, walk) = (st.topic.to_string(), *st.cursor.walk());
                             st.state = FeedState::Resuming(Box::pin(async move {
                                 broker
-                                    .subscribe(&who, &request, Transport::Ws)
+                                    .subscribe_walk(
+                                        &who,
+                                        topic,
+                                        (walk.start_seq_no, Some(walk)),
+                                        Transport::Ws,
+                                    )
                                     .await
-                                    .map(|o| o.subscription.into_stream())
+                                    .map(|(o, _)| o.subscription.into_stream())
                             }));
                         }
                         Err(e) => return st.end(&e),

@@ -264,7 +264,7 @@ impl Log {
         let started = Instant::now();
 
         // 1. Inputs, taken under the read lock in one consistent view.
-        let (sealed, merge, keep, holes, base, seal_end, first_offset, removed_max_key) = {
+        let (sealed, merge, keep, holes, base, seal_end, first_offset, removals) = {
             let st = self.shared.state.read();
             let segs: Vec<(u64, Arc<Segment>)> = st
                 .offsets
@@ -334,7 +334,7 @@ impl Log {
                 base,
                 *seal_end,
                 st.first_offset,
-                st.removed_max_key,
+                st.removals.clone(),
             )
         };
 
@@ -380,7 +380,10 @@ impl Log {
                 first_offset,
                 segments_from: seal_end,
                 runs: names,
-                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removed_max_key: removals
+                    .largest()
+                    .map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removals: removals.to_stored(),
             },
         )?;
 
@@ -648,7 +651,10 @@ impl Log {
                 .filter(|(b, _, _)| *b < segments_from)
                 .map(|(_, s, _)| s.path().to_path_buf())
                 .collect();
-            let removed_max_key = st.removed_max_key.max(removed_key);
+            let mut removals = st.removals.clone();
+            if let Some(key) = removed_key {
+                removals.record(cutoff, key);
+            }
             let m = Manifest {
                 version: manifest::VERSION,
                 first_offset: cutoff,
@@ -659,7 +665,10 @@ impl Log {
                     .filter(|r| r.end_offset() > cutoff)
                     .map(|r| file_name(r.path()))
                     .collect(),
-                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removed_max_key: removals
+                    .largest()
+                    .map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removals: removals.to_stored(),
             };
             (old_runs, old_segments, m)
         };
@@ -667,7 +676,9 @@ impl Log {
         {
             let mut st = self.shared.state.write();
             st.first_offset = cutoff;
-            st.removed_max_key = st.removed_max_key.max(removed_key);
+            if let Some(key) = removed_key {
+                st.removals.record(cutoff, key);
+            }
             st.order.remove_below_offset(cutoff);
             st.offsets
                 .drop_front_while(|b, _, _| b < manifest.segments_from);

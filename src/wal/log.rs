@@ -21,6 +21,7 @@ use super::dedup::DedupWindow;
 use super::frame::{check_frames, now_ns, Appended, NewFrame};
 use super::manifest::{self, Manifest};
 use super::recovery::{recover, TornTail};
+use super::removals::Removals;
 use super::segment::SegmentWriter;
 use super::state::{Rebuild, State};
 use super::{Error, Result};
@@ -130,14 +131,18 @@ impl Log {
         state.first_offset = recovered.first_offset;
         state.next_offset = recovered.next_offset;
         state.bytes = recovered.bytes;
-        state.removed_max_key = recovered
+        state.removals = recovered
             .manifest
             .as_ref()
-            .and_then(|m| m.removed_max_key)
-            .map(|(seq_no, timestamp, offset)| OrderKey {
-                seq_no,
-                timestamp,
-                offset,
+            .map_or_else(Removals::default, |m| {
+                let largest = m
+                    .removed_max_key
+                    .map(|(seq_no, timestamp, offset)| OrderKey {
+                        seq_no,
+                        timestamp,
+                        offset,
+                    });
+                Removals::from_stored(&m.removals, largest, m.first_offset)
             });
         info!(
             dir = %dir.display(),
@@ -195,6 +200,7 @@ impl Log {
                 segments_from: first_offset,
                 runs: Vec::new(),
                 removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removals: Vec::new(),
             },
         )
     }

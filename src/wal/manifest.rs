@@ -30,6 +30,11 @@ pub struct Manifest {
     /// Largest order key `(seq_no, timestamp, offset)` ever removed by retention, so a
     /// resumed replay that still needed it gets OUT_OF_RANGE rather than a silent gap.
     pub removed_max_key: Option<(u64, i64, u64)>,
+    /// Retention's passes, as [`super::removals::Removals`] keeps them: the oldest retained
+    /// offset after each and the largest key it (or a later pass) removed. Absent from
+    /// manifests written before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<(u64, (u64, i64, u64))>,
 }
 
 /// The file as stored: the manifest and, from version 2, the CRC-32 of its fields.

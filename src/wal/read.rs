@@ -217,7 +217,15 @@ impl Log {
     /// removed by retention.
     pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {
         let st = self.shared.state.read();
-        (st.first_offset, st.removed_max_key)
+        (st.first_offset, st.removals.largest())
+    }
+
+    /// What retention took from a reader that began when the oldest retained offset was
+    /// `floor`: the oldest retained offset now, and the largest order key removed from
+    /// offsets at or above `floor` (`None`: nothing it could have read is gone).
+    pub fn removed_since(&self, floor: u64) -> (u64, Option<OrderKey>) {
+        let st = self.shared.state.read();
+        (st.first_offset, st.removals.largest_since(floor))
     }
 
     /// Current figures.

@@ -9,6 +9,7 @@ use super::format::RECORD_HEADER_LEN;
 use super::frame::StoredFrame;
 use super::record::{decode, Decoded, Gap, Header, RecordRef};
 use super::recovery::{RecoverySink, TornTail};
+use super::removals::Removals;
 use super::run::Run;
 use super::segment::Segment;
 use super::{Error, Result};
@@ -28,8 +29,8 @@ pub(super) struct State {
     pub(super) next_offset: u64,
     /// Bytes of retained records.
     pub(super) bytes: u64,
-    /// Largest order key removed by retention.
-    pub(super) removed_max_key: Option<OrderKey>,
+    /// What retention removed, pass by pass.
+    pub(super) removals: Removals,
     /// Offsets at or above `first_offset` lost to repaired damage (they hold no frame).
     pub(super) holes: u64,
 }
