@@ -266,6 +266,68 @@ async fn one_socket_carries_many_subscriptions_publish_history_and_exact_resume(
     );
 }
 
+/// One socket with 2,000 subscriptions, half of them ended with `unsubscribe`: a frame on
+/// every topic reaches the socket once for each subscription still open, and never for
+/// one that was ended, answered before the frames were published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_with_thousands_of_subscriptions_gets_each_open_ones_frames_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let mut ws = open(&server, "").await;
+    let mut pushes = Vec::new();
+    const TOPICS: u64 = 2_000;
+    for i in 0..TOPICS {
+        send(
+            &mut ws,
+            json!({"id": i, "subscribe": {"topic": format!("t{i}")}}),
+        )
+        .await;
+    }
+    for i in 0..TOPICS {
+        let r = reply(&mut ws, i, &mut pushes).await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    for i in (1..TOPICS).step_by(2) {
+        send(
+            &mut ws,
+            json!({"id": TOPICS + i, "unsubscribe": {"topic": format!("t{i}")}}),
+        )
+        .await;
+        let r = reply(&mut ws, TOPICS + i, &mut pushes).await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    assert!(pushes.is_empty(), "{pushes:?}");
+    let frames: Vec<framecast::proto::PublishRequest> = (0..TOPICS)
+        .map(|i| framecast::proto::PublishRequest {
+            topic: format!("t{i}"),
+            seq_no: i,
+            payload: vec![b'p'; 10].into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut c = server.client().await;
+    let acks = c
+        .publish_stream(futures::stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.count().await, TOPICS as usize);
+    let mut topics = std::collections::BTreeSet::new();
+    while topics.len() < (TOPICS / 2) as usize {
+        let v = recv(&mut ws).await;
+        let topic = v["frame"]["topic"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"));
+        let i: u64 = topic[1..].parse().unwrap();
+        assert_eq!(i % 2, 0, "a frame of unsubscribed topic {topic}");
+        assert!(topics.insert(i), "topic {topic} pushed twice");
+    }
+    // Nothing else comes: a request's answer is the next message.
+    send(&mut ws, json!({"id": 99_999, "history": {"topic": "t0"}})).await;
+    let next = recv(&mut ws).await;
+    assert_eq!(next["id"], 99_999, "{next}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_token_keeps_subscriptions_open_past_the_old_ones_expiry() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -21,12 +20,11 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use futures::stream::BoxStream;
+use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::StreamMap;
 use tracing::debug;
 
 use super::caller::caller;
@@ -160,14 +158,10 @@ enum Cmd {
     /// Messages to write (replies, the end of a subscription), holding their share of the
     /// budget until written (and a History page's room among the server's pages).
     Send(Vec<Message>, Option<OwnedSemaphorePermit>, Option<PageRoom>),
-    /// A subscription's pushes, by its id, from now on (its answer was queued before this).
-    Feed(u64, BoxStream<'static, Message>),
-    /// No more pushes of this subscription (its answer is queued after this).
-    Stop(u64),
+    /// A subscription's pushes from now on (its answer was queued before this); they stop
+    /// when the subscription's [`Sub::stop`] is aborted.
+    Feed(Abortable<BoxStream<'static, Message>>),
 }
-
-/// Ids of subscriptions (the writer's keys: a number, copied per push, not the topic's name).
-static FEED_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Who the socket's calls are made as: `None` until an `auth` message when auth is on.
 type Who = watch::Receiver<Option<Arc<Principal>>>;
@@ -292,8 +286,8 @@ struct AuthOp {
 
 /// A subscription of the socket, as its reader knows it.
 struct Sub {
-    /// The writer's key for it.
-    id: u64,
+    /// Ends its pushes: the writer polls none of them after this is aborted.
+    stop: AbortHandle,
     /// Gone once the feed ended (its stream's end, an error, or stopped).
     alive: Weak<()>,
 }
@@ -330,9 +324,10 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
             seen: seen_rx,
             at: tokio::time::Instant::now(),
         };
-        // One entry per subscribed topic; polled without allocating (a `SelectAll` costs a
-        // task allocation per push).
-        let mut feeds: StreamMap<u64, BoxStream<'static, Message>> = StreamMap::new();
+        // One entry per subscribed topic, polled only when its subscription woke it: a
+        // socket may carry thousands, and a map polled whole at every push (`StreamMap`)
+        // cost a microsecond per subscription per push.
+        let mut feeds: SelectAll<Abortable<BoxStream<'static, Message>>> = SelectAll::new();
         loop {
             tokio::select! {
                 biased;
@@ -345,7 +340,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                         // period before it exits).
                         if stopping.is_fired() {
                             let by = tokio::time::Instant::now() + LAST_WORDS;
-                            while let Ok(Some((_, msg))) =
+                            while let Ok(Some(msg)) =
                                 tokio::time::timeout_at(by, feeds.next()).await
                             {
                                 if !heard.unless_silent(sink.feed(msg)).await {
@@ -363,12 +358,7 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                     let mut cmd = Some(cmd);
                     while let Some(next) = cmd.take() {
                         match next {
-                            Cmd::Feed(id, f) => {
-                                feeds.insert(id, f);
-                            }
-                            Cmd::Stop(id) => {
-                                feeds.remove(&id);
-                            }
+                            Cmd::Feed(f) => feeds.push(f),
                             Cmd::Send(msgs, permit, page) => {
                                 held.push((permit, page));
                                 for msg in msgs {
@@ -399,13 +389,13 @@ async fn serve(broker: Broker, who: Option<Arc<Principal>>, socket: WebSocket) {
                 }
                 // Pushes last: under a steady stream of them, what the peer said and the ping
                 // tick (once every 20 s) still get their turn.
-                Some((_, msg)) = feeds.next(), if !feeds.is_empty() => {
+                Some(msg) = feeds.next(), if !feeds.is_empty() => {
                     // This push and those ready right after it, from any subscription.
                     let mut bytes = message_len(&msg);
                     let mut ok = heard.unless_silent(sink.feed(msg)).await;
                     let mut fed = 1;
                     while ok && fed < FLUSH_EVERY && bytes < FLUSH_BYTES {
-                        let Some(Some((_, msg))) = feeds.next().now_or_never() else { break };
+                        let Some(Some(msg)) = feeds.next().now_or_never() else { break };
                         bytes += message_len(&msg);
                         fed += 1;
                         ok = heard.unless_silent(sink.feed(msg)).await;
@@ -586,17 +576,16 @@ async fn handle(
     if let Some(op) = r.unsubscribe {
         let result =
             crate::broker::core::topic_name(&op.topic).and_then(|name| match subs.remove(&name) {
-                Some(sub) if sub.is_open() => Ok((name, sub.id)),
+                Some(sub) if sub.is_open() => Ok((name, sub.stop)),
                 _ => Err(Error::InvalidArgument(format!(
                     "this socket has no open subscription to topic '{name}'"
                 ))),
             });
         let result = match result {
-            // The writer stops the pushes before it sends the answer: none comes after it.
-            Ok((name, id)) => {
-                if link.out.send(Cmd::Stop(id)).await.is_err() {
-                    return false;
-                }
+            // The pushes stop before the answer is queued: the writer polls none of them
+            // after this, and writes what it took before it takes the answer.
+            Ok((name, stop)) => {
+                stop.abort();
                 Ok(json!({"topic": name}))
             }
             Err(e) => Err(broker.reject(e)),
@@ -730,7 +719,7 @@ async fn subscribe(
                 return false;
             }
             let alive = Arc::new(());
-            let id = FEED_IDS.fetch_add(1, Ordering::Relaxed);
+            let (stop, registration) = AbortHandle::new_pair();
             let pushes = Box::pin(Feed {
                 broker: broker.clone(),
                 who: link.who.clone(),
@@ -744,11 +733,15 @@ async fn subscribe(
             subs.insert(
                 name.clone(),
                 Sub {
-                    id,
+                    stop,
                     alive: Arc::downgrade(&alive),
                 },
             );
-            link.out.send(Cmd::Feed(id, pushes)).await.is_ok()
+            let pushes: BoxStream<'static, Message> = pushes;
+            link.out
+                .send(Cmd::Feed(Abortable::new(pushes, registration)))
+                .await
+                .is_ok()
         }
     }
 }
