@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -805,6 +806,12 @@ async def _accepted(call: Any) -> None:
         raise asyncio.InvalidStateError("the call is over")
 
 
+#: Seconds a shared stream with nothing to send or acknowledge stays open. Closing it then
+#: lets go of the client: a client dropped without :meth:`Client.close` is collected (its
+#: channel closes) and the stream's task ends, instead of both living as long as the loop.
+_IDLE_CLOSE = 30.0
+
+
 class _SharedStream:
     """A ``PublishStream`` shared by coalesced :meth:`Client.publish` calls (frames of the
     topics :func:`shared_stream_of` maps to it).
@@ -817,7 +824,12 @@ class _SharedStream:
     """
 
     def __init__(self, client: Client) -> None:
-        self._client = client
+        # The task holds the client only while a stream is open; a stream idle for
+        # _IDLE_CLOSE seconds is closed, so a client dropped without close() is collected.
+        self._client = weakref.ref(client)
+        #: The stream (by count) the writer ended for being idle.
+        self._streams_opened = 0
+        self._idle_closed = -1
         self._pending: deque[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = deque()
         #: Acks received (the absolute position of ``_pending[0]``).
         self._base = 0
@@ -834,20 +846,37 @@ class _SharedStream:
         """Wakes the task and the writer (the client is closing)."""
         self._work.set()
 
-    async def _wait_work(self) -> None:
-        self._work.clear()
-        await self._work.wait()
+    def _gone(self) -> bool:
+        client = self._client()
+        return client is None or client.closed
 
-    async def _write(self, call: Any) -> None:
+    async def _wait_work(self, within: float) -> bool:
+        """Waits up to ``within`` seconds for a wake; whether one came."""
+        self._work.clear()
+        try:
+            await asyncio.wait_for(self._work.wait(), within)
+            return True
+        except (asyncio.TimeoutError, TimeoutError):
+            return False
+
+    async def _write(self, call: Any, stream: int) -> None:
         n = self._base
         try:
             await _accepted(call)
             while True:
+                idle_since = time.monotonic()
                 while n - self._base >= len(self._pending):
-                    if self._client.closed:
+                    if self._gone():
                         await call.done_writing()
                         return
-                    await self._wait_work()
+                    if self._pending:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= _IDLE_CLOSE:
+                        # Every frame is acknowledged: the stream ends cleanly.
+                        self._idle_closed = stream
+                        await call.done_writing()
+                        return
+                    await self._wait_work(min(_IDLE_CLOSE, 1.0))
                 await call.write(self._pending[n - self._base][0])
                 n += 1
         except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
@@ -864,21 +893,29 @@ class _SharedStream:
                     future.set_exception(ClientClosed("publish: client closed"))
 
     async def _streams(self) -> None:
-        client = self._client
+        client = self._client()
+        if client is None:
+            return
         backoff = Backoff(client.retry)
         route = Route(client._nodes)
+        del client
         while True:
             while not self._pending:
-                if client.closed:
+                if self._gone():
                     return
-                await self._wait_work()
+                await self._wait_work(1.0)
+            client = self._client()
+            if client is None:
+                return  # nobody waits: a caller holds the client until its ack
             failure: grpc.RpcError | None = None
+            self._streams_opened += 1
+            stream = self._streams_opened
             try:
                 call = client._stub_for(route.next()).PublishStream()
             except (ClientClosed, grpc.aio.UsageError):
                 call = None
             if call is not None:
-                writer = asyncio.ensure_future(self._write(call))
+                writer = asyncio.ensure_future(self._write(call, stream))
                 try:
                     while True:
                         ack = await call.read()
@@ -900,10 +937,14 @@ class _SharedStream:
                     writer.cancel()
                     call.cancel()
                     await asyncio.gather(writer, return_exceptions=True)
+            closed = client.closed
+            del client, call  # while no stream is open, only the caller holds the client
             if not self._pending:
                 continue
+            if failure is None and self._idle_closed == stream:
+                continue  # a publish came as the idle stream ended: on a new stream, at once
             action, delay, err = coalesced_stream_end(
-                failure, backoff, closed=client.closed, route=route
+                failure, backoff, closed=closed, route=route
             )
             failed: list[asyncio.Future[pb.PublishAck]] = []
             if action == FAIL_OLDEST:
@@ -917,7 +958,11 @@ class _SharedStream:
                 if not f.done():
                     f.set_exception(err if err is not None else ClientClosed("publish failed"))
             if action == RESEND and delay:
+                sleeper = self._client()
+                if sleeper is None:
+                    return
                 try:
-                    await client._sleep(delay)
+                    await sleeper._sleep(delay)
                 except ClientClosed:
                     pass
+                del sleeper

@@ -827,6 +827,11 @@ class Client:
 
 _WAKE = object()
 
+#: Seconds a shared stream with nothing to send or acknowledge stays open. Closing it then
+#: lets go of the client: a client dropped without :meth:`Client.close` is collected (its
+#: channel closes) and the stream's thread ends, instead of both living for ever.
+_IDLE_CLOSE = 30.0
+
 
 class _SharedStream:
     """A ``PublishStream`` shared by coalesced :meth:`Client.publish` calls (frames of the
@@ -837,10 +842,18 @@ class _SharedStream:
     ack (acks come in request order). When the stream ends, :func:`coalesced_stream_end`
     decides: fail only the refused frame's call, re-send every unacknowledged frame with
     its key, or fail them all.
+
+    The thread holds the client only while a stream is open (a weak reference otherwise),
+    and a stream idle for :data:`_IDLE_CLOSE` seconds is closed: a client dropped without
+    ``close()`` is then collected, and the thread ends.
     """
 
     def __init__(self, client: Client) -> None:
-        self._client = client
+        self._client = weakref.ref(client)
+        #: Set when the client closes (the event, not the client, so waiting holds no client).
+        self._closing = client._closed
+        #: The id of the stream the request generator ended for being idle.
+        self._idle_closed = -1
         self._cond = threading.Condition()
         self._pending: deque[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = deque()
         #: Acks received (the absolute position of ``_pending[0]``).
@@ -855,33 +868,50 @@ class _SharedStream:
             self._cond.notify_all()
         return future
 
+    def _gone(self) -> bool:
+        client = self._client()
+        return client is None or client.closed
+
     def _requests(self, my_id: int) -> Iterator[pb.PublishRequest]:
         n = self._base
         while True:
             with self._cond:
+                idle_since = time.monotonic()
                 while True:
-                    if self._stream_id != my_id or self._client.closed:
+                    if self._stream_id != my_id or self._gone():
                         return
                     idx = n - self._base
                     if idx < len(self._pending):
                         req = self._pending[idx][0]
                         break
+                    if self._pending:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= _IDLE_CLOSE:
+                        # Every frame is acknowledged: the stream ends cleanly.
+                        self._idle_closed = my_id
+                        return
                     self._cond.wait(0.5)
             n += 1
             yield req
 
     def _run(self) -> None:
-        client = self._client
+        client = self._client()
+        if client is None:
+            return
         backoff = Backoff(client._retry)
         route = Route(client._nodes)
+        del client
         while True:
             with self._cond:
                 while not self._pending:
-                    if client.closed:
+                    if self._gone():
                         return
                     self._cond.wait(0.5)
                 self._stream_id += 1
                 my_id = self._stream_id
+            client = self._client()
+            if client is None:
+                return  # nobody waits: a caller holds the client until its ack
             failure: grpc.RpcError | None = None
             call: Any = None
             try:
@@ -905,11 +935,16 @@ class _SharedStream:
                     self._cond.notify_all()
                 if call is not None:
                     call.cancel()
+            closed = client.closed
+            del client, call  # while no stream is open, only the caller holds the client
             with self._cond:
                 if not self._pending:
                     continue
+                if failure is None and self._idle_closed == my_id:
+                    # A publish came as the idle stream ended: on a new stream, at once.
+                    continue
                 action, delay, err = coalesced_stream_end(
-                    failure, backoff, closed=client.closed, route=route
+                    failure, backoff, closed=closed, route=route
                 )
                 failed: list[Future[pb.PublishAck]] = []
                 if action == FAIL_OLDEST:
@@ -922,7 +957,7 @@ class _SharedStream:
             for f in failed:
                 f.set_exception(err if err is not None else ClientClosed("publish failed"))
             if action == RESEND and delay:
-                client._closed.wait(delay)
+                self._closing.wait(delay)
 
 
 def _identity(frame: Frame) -> Frame:

@@ -6,8 +6,10 @@ client with tasks."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -259,3 +261,54 @@ def test_coalesced_publishes_to_more_topics_than_a_connection_has_streams(make_s
             for t in range(40):
                 got = [f.payload for f in c.history(f"{prefix}-{t}").frames]
                 assert got == [b"r0", b"r1"], (prefix, t)
+
+
+def test_a_client_dropped_without_close_lets_go_of_its_stream_and_thread(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coalescing thread holds the client only while a stream is open, and an idle
+    stream closes: a client dropped without ``close()`` is collected and its thread ends,
+    instead of both (and the server's stream) living as long as the process."""
+    import framecast.client
+
+    monkeypatch.setattr(framecast.client, "_IDLE_CLOSE", 0.5, raising=False)
+    before = set(threading.enumerate())
+    c = Client(server.address, retry=TEST_RETRY, coalesce=True)
+    assert c.publish(b"x", 1, "dropped").offset == 0
+    threads = [t for t in threading.enumerate() if t not in before and t.name == "framecast-coalesce"]
+    assert threads
+    client = weakref.ref(c)
+    del c
+    deadline = time.monotonic() + 10
+    while (client() is not None or any(t.is_alive() for t in threads)) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert client() is None, "the dropped client is still referenced"
+    assert not any(t.is_alive() for t in threads), "its coalescing thread still runs"
+
+
+def test_an_aio_client_dropped_without_close_lets_go_of_its_stream_and_task(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio client's coalescing task, the same way: a client dropped without
+    ``close()`` is collected once its idle stream closes, and the task ends."""
+    import framecast.aio
+
+    monkeypatch.setattr(framecast.aio, "_IDLE_CLOSE", 0.5, raising=False)
+
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        c = AioClient(server.address, retry=TEST_RETRY, coalesce=True)
+        assert (await c.publish(b"x", 1, "dropped-aio")).offset == 0
+        tasks = [t for t in asyncio.all_tasks() if t not in before and t is not asyncio.current_task()]
+        assert tasks
+        client = weakref.ref(c)
+        del c
+        deadline = time.monotonic() + 10
+        while (client() is not None or not all(t.done() for t in tasks)) and time.monotonic() < deadline:
+            gc.collect()
+            await asyncio.sleep(0.1)
+        assert client() is None, "the dropped client is still referenced"
+        assert all(t.done() for t in tasks), "its coalescing task still runs"
+
+    asyncio.run(main())
