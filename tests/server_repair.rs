@@ -7,7 +7,9 @@
 //!   end;
 //! - a tail cut under `--fsync never` gives the topic a new epoch (also when the server
 //!   that cuts it runs under `always`: the policy the frames were written under counts);
-//!   under `always` throughout it stays.
+//!   under `always` throughout a tail a crash tore (no CRC written yet) keeps it, and a
+//!   whole last record that fails its check (damage: it may have been acknowledged) is
+//!   cut, kept aside and gets a new epoch.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -290,12 +292,31 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
     stop(server);
 }
 
-/// Publishes 10 frames under `fsync`, stops, tears the last record by hand (its last 12
-/// bytes zeroed, as a crash mid-write leaves it), starts again under `restart_fsync`; returns (old epoch, new
-/// epoch, a cursor of frame 5 in the old epoch, the server, the data dir).
+/// How the last record is damaged by hand in [`damaged_tail_under`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastRecord {
+    /// What a process killed mid-write leaves: the encoder writes the header, then the
+    /// payload, then the CRC, into zeroed space, so its last 12 bytes and its CRC are zero.
+    Torn,
+    /// One payload bit flipped in the whole, acknowledged record: damage, not a crash.
+    Flipped,
+}
+
+/// Publishes 10 frames under `fsync`, stops, tears the last record by hand (as a crash
+/// mid-write leaves it), starts again under `restart_fsync`; returns (old epoch, new epoch,
+/// a cursor of frame 5 in the old epoch, the server, the data dir).
 async fn torn_tail_under(
     fsync: &str,
     restart_fsync: &str,
+) -> (u64, u64, Cursor, Server, tempfile::TempDir) {
+    damaged_tail_under(fsync, restart_fsync, LastRecord::Torn).await
+}
+
+/// [`torn_tail_under`] with the last record damaged as `how` says.
+async fn damaged_tail_under(
+    fsync: &str,
+    restart_fsync: &str,
+    how: LastRecord,
 ) -> (u64, u64, Cursor, Server, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path();
@@ -314,7 +335,13 @@ async fn torn_tail_under(
     let seg = only_segment(data);
     let (pos, len) = record_at(&seg, 9);
     let mut bytes = std::fs::read(&seg).expect("read");
-    bytes[pos + len - 12..pos + len].fill(0);
+    match how {
+        LastRecord::Torn => {
+            bytes[pos + len - 12..pos + len].fill(0);
+            bytes[pos + 4..pos + 8].fill(0);
+        }
+        LastRecord::Flipped => bytes[pos + len - 3] ^= 0x04,
+    }
     std::fs::write(&seg, &bytes).expect("write");
     let server = Server::start(data, &["--fsync", restart_fsync]);
     let mut c = server.client().await;
@@ -366,6 +393,42 @@ async fn a_tail_cut_under_fsync_always_keeps_the_epoch() {
     );
     assert_eq!(&rest[3].payload[..], b"next");
     drop(sub);
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_last_record_that_fails_its_check_gets_a_new_epoch_under_always() {
+    // Frame 9 was acknowledged (synced) and delivered; a flipped bit makes it fail its
+    // check. It is cut like a torn tail (nothing valid follows), but its offset is handed
+    // out again, so the old epoch's cursors must be refused.
+    let (old, new, old_cursor, server, tmp) =
+        damaged_tail_under("always", "always", LastRecord::Flipped).await;
+    assert_ne!(
+        old, new,
+        "a whole record was cut: it may have been acknowledged"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("new epoch")
+            && log.contains(&format!("old_epoch={old}"))
+            && log.contains("damage, not a crash"),
+        "logged at WARN with the old epoch and why: {log}"
+    );
+    let mut c = server.client().await;
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    // The cut record is kept aside, as any cut tail (the new frame 9 took its place).
+    let seg = only_segment(tmp.path());
+    let (pos, _) = record_at(&seg, 9);
+    let torn: Vec<_> = std::fs::read_dir(topic_dir(tmp.path()))
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "torn"))
+        .collect();
+    let want = PathBuf::from(format!("{}.{pos}.torn", seg.display()));
+    assert_eq!(torn, vec![want]);
+    drop(c);
     stop(server);
 }
 

@@ -996,17 +996,28 @@ fn open_one(
     let config = topic_config(log_config, &meta);
     // A cluster node's copy (its term history names a cluster term) keeps its leader's
     // epoch, also when opened offline (`framecast compact`).
-    let renew_now = epochs.all && terms.last_term() == 0;
+    let copy = terms.last_term() != 0;
+    let renew_now = epochs.all && !copy;
     if renew_now {
         let old_epoch = meta.epoch;
         meta = renew_epoch(&topic_dir, &meta)?;
         info!(topic = %name, old_epoch, new_epoch = meta.epoch, "new epoch: frames acknowledged before the machine went down may be lost");
     }
-    // Under interval/never a cut tail may have held acknowledged frames: the new epoch
-    // is made durable before the cut, so a crash in between cannot lose it.
-    let renew = epochs.cut && !renew_now;
+    // Under interval/never a cut tail may have held acknowledged frames; under any policy
+    // so may a whole record that failed its check (damage, not a crash). The new epoch is
+    // made durable before the cut, so a crash in between cannot lose it. Not for a cluster
+    // node's copy on the second count: a follower appends its leader's records byte for
+    // byte, CRC included, so a crash mid-copy leaves a CRC too, and the frames it lost are
+    // copied again under the leader's epoch.
     let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
-        if renew {
+        let damaged = torn.written_whole && !copy;
+        if (epochs.cut || damaged) && !renew_now {
+            let cause = if damaged {
+                "a whole record failed its check: damage, not a crash; it may have been \
+                 acknowledged"
+            } else {
+                "frames may have been acknowledged before they were synced (fsync not always)"
+            };
             let old_epoch = meta.epoch;
             meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
                 crate::wal::Error::Unavailable(format!(
@@ -1020,6 +1031,8 @@ fn open_one(
                 bytes_cut = torn.bytes_dropped,
                 file = %torn.file.display(),
                 fsync = %log_config.fsync,
+                reason = %torn.reason,
+                cause,
                 "recovery cuts a tail that may have held acknowledged frames; new epoch"
             );
         }

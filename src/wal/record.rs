@@ -424,6 +424,17 @@ pub fn checksummed(buf: &[u8]) -> Option<Header> {
     (crc32fast::hash(&buf[RECORD_CRC_START..h.length]) == stored).then_some(h)
 }
 
+/// True when the bad record at the start of `buf` was written whole and damaged afterwards,
+/// not cut short by a crash: its header is whole and names the expected offset `expect`,
+/// its length fits in `buf`, and its stored CRC is not zero. [`RecordRef::encode_into`]
+/// stores the CRC last, into space that is zero until then (new files, rollback), so a
+/// record a killed process left half written has a CRC of zero; one with a CRC was
+/// complete, and may have been acknowledged. (A real CRC of zero, one record in 2^32,
+/// reads as a crash's.)
+pub fn written_whole(buf: &[u8], expect: u64) -> bool {
+    plausible(buf, None) == Some(expect) && buf[RECORD_CRC_AT..RECORD_CRC_START] != [0u8; 4]
+}
+
 /// Where a look past the bad bytes at `pos` starts (see [`look_past`]): past the record
 /// there if its header is whole and names the expected offset `expect`, else at `pos`.
 pub fn look_from(buf: &[u8], pos: usize, expect: u64) -> usize {
@@ -630,6 +641,25 @@ mod tests {
             assert_eq!(scan_ahead(&buf, 0, Some(7)), None, "not later than 7");
             assert_eq!(scan_ahead(&buf, at + 1, None), None);
         }
+    }
+
+    #[test]
+    fn written_whole_tells_damage_from_a_record_a_crash_cut_short() {
+        let whole = rec(7, b"a payload long enough to be cut");
+        let mut buf = whole.clone();
+        buf.extend([0u8; 64]);
+        let mut flipped = buf.clone();
+        flipped[whole.len() - 2] ^= 0x10;
+        assert!(written_whole(&flipped, 7), "a flipped payload bit: damage");
+        assert!(!written_whole(&flipped, 8), "another offset was expected");
+        // What a killed process leaves: the header, part of the payload, no CRC yet.
+        let mut torn = buf.clone();
+        torn[whole.len() - 10..whole.len()].fill(0);
+        torn[RECORD_CRC_AT..RECORD_CRC_START].fill(0);
+        assert!(!written_whole(&torn, 7));
+        // A length running past the bytes there, or a header cut short, is no whole record.
+        assert!(!written_whole(&flipped[..whole.len() - 1], 7));
+        assert!(!written_whole(&flipped[..RECORD_HEADER_LEN - 1], 7));
     }
 
     proptest! {

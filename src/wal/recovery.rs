@@ -3,12 +3,14 @@
 //!
 //! The contract: a torn tail is what a crash leaves in the last segment, and is absorbed
 //! (cut back to the last valid record, the cut bytes kept in a `.torn` file beside it,
-//! logged). A bad record in the last segment is a torn tail only if nothing valid follows
-//! it: past it, [`look_past`] looks for any record with a valid CRC and a later offset,
-//! and if there is one the damage is interior. Interior damage, and damage anywhere else,
-//! refuses to open, naming the file and byte position; nothing is cut or deleted. Gap
-//! records (left by `framecast repair`) stand for lost offsets: the sink gets them as
-//! [`RecoverySink::gap`], and the offsets after them are never handed out again.
+//! logged; a first cut record that was written whole, its CRC stored, is damage rather
+//! than a crash's work, and [`TornTail::written_whole`] says so to the caller, who gives
+//! the topic a new epoch). A bad record in the last segment is a torn tail only if nothing
+//! valid follows it: past it, [`look_past`] looks for any record with a valid CRC and a
+//! later offset, and if there is one the damage is interior. Interior damage, and damage
+//! anywhere else, refuses to open, naming the file and byte position; nothing is cut or
+//! deleted. Gap records (left by `framecast repair`) stand for lost offsets: the sink gets
+//! them as [`RecoverySink::gap`], and the offsets after them are never handed out again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use super::format::{
     SEGMENT_HEADER_LEN, TEMP_SUFFIX, TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
-use super::record::{first_non_zero, look_past, Found, Gap, RecordRef, Step, Walk};
+use super::record::{first_non_zero, look_past, written_whole, Found, Gap, RecordRef, Step, Walk};
 use super::run::Run;
 use super::segment::{sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
@@ -69,6 +71,10 @@ pub struct TornTail {
     pub reason: String,
     /// Where a copy of the cut bytes was kept.
     pub saved_to: Option<PathBuf>,
+    /// The first cut record was written whole and failed its check afterwards (see
+    /// [`written_whole`]): damage or a power loss, not a process killed mid-write, so it
+    /// may have been acknowledged even under `--fsync always`.
+    pub written_whole: bool,
 }
 
 /// The outcome of recovering a topic directory.
@@ -294,7 +300,12 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
                         format!("{reason}; {why}, so this is interior damage, not a torn tail"),
                     ));
                 }
-                None => out.torn = Some(cut_torn_tail(&mut writer, position, reason, sink)?),
+                None => {
+                    let whole =
+                        written_whole(&writer.contents()[position as usize..], out.next_offset);
+                    let torn = cut_torn_tail(&mut writer, position, reason, whole, sink)?;
+                    out.torn = Some(torn);
+                }
             },
         }
         writer.set_cursor(scanned.end);
@@ -521,6 +532,7 @@ fn cut_torn_tail(
     writer: &mut SegmentWriter,
     position: u64,
     reason: String,
+    written_whole: bool,
     sink: &mut impl RecoverySink,
 ) -> Result<TornTail> {
     let path = writer.segment().path().to_path_buf();
@@ -539,6 +551,7 @@ fn cut_torn_tail(
         bytes_dropped: extent as u64,
         reason,
         saved_to,
+        written_whole,
     };
     // Before anything is cut: a crash after this call cuts (and calls) again next time.
     sink.before_cut(&torn)?;
@@ -552,6 +565,7 @@ fn cut_torn_tail(
         bytes_dropped = torn.bytes_dropped,
         reason = %torn.reason,
         saved_to = ?torn.saved_to,
+        written_whole,
         "cut a torn tail from the last segment"
     );
     Ok(torn)
