@@ -14,7 +14,7 @@ use crate::wal::format::{
     SEGMENT_HEADER_LEN,
 };
 use crate::wal::record::{decode, look_past, Decoded, RecordRef, Step, Walk};
-use crate::wal::recovery::missing_end;
+use crate::wal::recovery::{cut_short, missing_end};
 use crate::wal::{list_segments, manifest, Error, MappedFile, Result, Run};
 
 /// What to dump.
@@ -45,9 +45,11 @@ pub struct DumpOutcome {
     pub torn_tails: u64,
 }
 
-/// One segment file, read into memory (bounded by the segment size).
+/// What a walk over one segment file found.
 struct Scanned {
     summary: Summary,
+    /// Where the walk stopped: the end of the valid data, or the bad bytes.
+    stop: usize,
     problem: Option<(u64, String)>,
     /// A valid record follows the problem: interior damage, never a torn tail.
     valid_after: bool,
@@ -419,6 +421,12 @@ fn dump_segment(
         };
         w(out, line)?;
     }
+    // As startup checks it (without the server's segment capacity: see `cut_short`).
+    if is_last {
+        if let Some(reason) = cut_short(data, scanned.stop, None) {
+            bad_line(opts, topic, path, data.len() as u64, &reason, out, outcome)?;
+        }
+    }
     Ok(span)
 }
 
@@ -436,7 +444,8 @@ fn scan(
     let mut problem = None;
     let mut valid_after = false;
     let mut expected = base;
-    for (pos, step) in Walk::new(data, SEGMENT_HEADER_LEN).expecting(base) {
+    let mut walk = Walk::new(data, SEGMENT_HEADER_LEN).expecting(base);
+    for (pos, step) in walk.by_ref() {
         match step {
             Step::Record(rec, len) => {
                 each(&rec, pos, len)?;
@@ -461,6 +470,7 @@ fn scan(
     }
     Ok(Scanned {
         summary: s,
+        stop: walk.position(),
         problem,
         valid_after,
     })

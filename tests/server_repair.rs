@@ -9,7 +9,9 @@
 //!   that cuts it runs under `always`: the policy the frames were written under counts);
 //!   under `always` throughout a tail a crash tore (no CRC written yet) keeps it, and a
 //!   whole last record that fails its check (damage: it may have been acknowledged) is
-//!   cut, kept aside and gets a new epoch.
+//!   cut, kept aside and gets a new epoch;
+//! - a last segment cut short by something else (to a length framecast never gives one) is
+//!   reported by startup and `dump --verify`, and gets a new epoch.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -428,6 +430,79 @@ async fn a_whole_last_record_that_fails_its_check_gets_a_new_epoch_under_always(
         .collect();
     let want = PathBuf::from(format!("{}.{pos}.torn", seg.display()));
     assert_eq!(torn, vec![want]);
+    drop(c);
+    stop(server);
+}
+
+/// framecast never shrinks a segment file: it starts at 16 KiB and grows in whole pages. A
+/// last segment cut to another length at a record boundary (`truncate -s`) loaded silently
+/// before, under the same epoch, handing out the lost frames' offsets again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_segment_cut_short_gets_a_new_epoch_and_dump_verify_reports_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, &["--fsync", "always"]);
+    assert_eq!(publish_n(&server, 3).await, vec![0, 1, 2]);
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let old_epoch = sub.epoch;
+    let seen = take(&mut sub.stream, 3, LIMIT).await;
+    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[1]);
+    drop(sub);
+    drop(c);
+    stop(server);
+    // The file cut where frame 2 starts: every byte left is a whole, valid record.
+    let seg = only_segment(data);
+    let (pos, _) = record_at(&seg, 2);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(pos as u64)
+        .expect("truncate");
+
+    let (ok, text) = dump_verify(data_s);
+    assert!(!ok, "dump --verify must fail: {text}");
+    assert!(
+        text.contains(&format!("BAD {}", seg.display())) && text.contains("cut it short"),
+        "{text}"
+    );
+
+    let server = Server::start(data, &["--fsync", "always"]);
+    let log = server.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains(&seg.display().to_string())
+            && log.contains(&format!("len={pos}"))
+            && log.contains("new epoch")
+            && log.contains(&format!("old_epoch={old_epoch}")),
+        "logged at WARN, naming the file and its length: {log}"
+    );
+    let mut c = server.client().await;
+    let info = topic_info(&mut c, TOPIC).await.expect("listed");
+    assert_ne!(
+        info.epoch, old_epoch,
+        "frame 2 was acknowledged and is lost"
+    );
+    assert_eq!(file_epoch(data), info.epoch);
+    let st = subscribe_error(&mut c, resume(old_cursor)).await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    drop(c);
+    stop(server);
+
+    // Reported once, also with nothing published meanwhile: the file was grown back to a
+    // length framecast gives a segment.
+    let (ok, text) = dump_verify(data_s);
+    assert!(ok, "{text}");
+    let new_epoch = info.epoch;
+    let server = Server::start(data, &["--fsync", "always"]);
+    let mut c = server.client().await;
+    let info = topic_info(&mut c, TOPIC).await.expect("listed");
+    assert_eq!(info.epoch, new_epoch, "{}", server.log_text());
+    assert_eq!(publish_one(&server, TOPIC, 9).await, 2);
     drop(c);
     stop(server);
 }

@@ -17,6 +17,7 @@ use framecast::wal::record::{Step, Walk};
 use framecast::wal::repair::repair_dir;
 use framecast::wal::{
     list_segments, CompactOptions, Copied, Error, Log, LogConfig, NewFrame, Retention, StoredFrame,
+    TailLoss,
 };
 
 const BASE_TS: i64 = 1_700_000_000_000_000_000;
@@ -373,8 +374,11 @@ fn before_cut_runs_before_anything_is_cut_and_can_stop_the_open() {
     std::fs::write(&seg, &data).expect("write");
     // A failing hook (say, the epoch could not be written) stops the open, nothing cut.
     let mut seen = Vec::new();
-    let refused = Log::open_with(dir.path(), config(4096), &mut |t| {
-        seen.push(t.position);
+    let refused = Log::open_with(dir.path(), config(4096), &mut |loss| {
+        match loss {
+            TailLoss::Torn(t) => seen.push(t.position),
+            other => panic!("{other:?}"),
+        }
         Err(Error::Unavailable("no epoch".into()))
     });
     assert!(matches!(refused, Err(Error::Unavailable(_))));

@@ -6,7 +6,9 @@
 //!
 //! Segment files are preallocated, so a crash mid-write leaves the tail of the record as the
 //! zeros that were there before; a file system may also lose the end of the file itself. Both
-//! shapes are tried at every byte position of the last record.
+//! shapes are tried at every byte position of the last record. A file cut to a length that
+//! framecast never gives a segment is reported as cut short (its frames past the cut may have
+//! been acknowledged) and grown back, so that the next open finds nothing to report.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use framecast::wal::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
 use framecast::wal::record::{decode, Decoded};
+use framecast::wal::segment::is_segment_length;
 use framecast::wal::{list_segments, Log, LogConfig, NewFrame};
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
@@ -216,7 +219,19 @@ fn every_position(pristine: &Path, written: &[Written], damage: Damage) {
 
         let log = Log::open(dir, config()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
         assert_holds(&log, expected, &format!("{what}, first open"));
+        // A file cut to a length framecast never gives a segment is reported (the caller
+        // gives the topic a new epoch) and grown back, so that it is reported once.
+        let cut_short =
+            matches!(damage, Damage::SetLen) && !is_segment_length(cut as u64, Some(SEGMENT_BYTES));
+        assert_eq!(log.cut_short().is_some(), cut_short, "{what}");
+        assert_eq!(
+            log.torn_tail().and_then(|t| t.cut_short.as_ref()).is_some(),
+            cut_short && cut > start && !intact,
+            "{what}: a torn record is left to cut"
+        );
         drop(log);
+        let len = std::fs::metadata(&seg).expect("stat").len();
+        assert!(is_segment_length(len, Some(SEGMENT_BYTES)), "{what}: {len}");
         let torn = torn_files(dir);
         if intact || extent == 0 {
             assert!(torn.is_empty(), "{what}: nothing was cut, yet {torn:?}");
@@ -244,6 +259,7 @@ fn every_position(pristine: &Path, written: &[Written], damage: Damage) {
         // A second open finds a clean log in the same state and cuts nothing more.
         let log = Log::open(dir, config()).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
         assert_holds(&log, expected, &format!("{what}, second open"));
+        assert!(log.cut_short().is_none(), "{what}: reported again");
         assert_eq!(torn_files(dir), torn, "{what}: second open cut again");
 
         // The next append gets the next offset. It reuses the last frame's key: a duplicate

@@ -22,7 +22,7 @@ use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
 use crate::wal::{
-    cut_from, mappings, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TornTail,
+    cut_from, mappings, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TailLoss,
 };
 
 /// File holding a topic's metadata.
@@ -979,6 +979,10 @@ struct EpochRule {
     all: bool,
 }
 
+/// Why a last segment cut short by something other than framecast gets a new epoch.
+const CUT_SHORT: &str = "the last segment was cut short by something other than framecast: \
+                         the frames past the cut may have been acknowledged";
+
 /// Opens one topic: its metadata, then its log, giving it a new epoch first when recovery
 /// is about to cut a tail that may have held acknowledged frames, or when the machine went
 /// down under a run that acknowledged before syncing.
@@ -1004,34 +1008,49 @@ fn open_one(
         info!(topic = %name, old_epoch, new_epoch = meta.epoch, "new epoch: frames acknowledged before the machine went down may be lost");
     }
     // Under interval/never a cut tail may have held acknowledged frames; under any policy
-    // so may a whole record that failed its check (damage, not a crash). The new epoch is
-    // made durable before the cut, so a crash in between cannot lose it. Not for a cluster
-    // node's copy on the second count: a follower appends its leader's records byte for
-    // byte, CRC included, so a crash mid-copy leaves a CRC too, and the frames it lost are
-    // copied again under the leader's epoch.
-    let mut before_cut = |torn: &TornTail| -> crate::wal::Result<()> {
-        let damaged = torn.written_whole && !copy;
-        if (epochs.cut || damaged) && !renew_now {
-            let cause = if damaged {
-                "a whole record failed its check: damage, not a crash; it may have been \
-                 acknowledged"
-            } else {
-                "frames may have been acknowledged before they were synced (fsync not always)"
-            };
+    // so may a whole record that failed its check (damage, not a crash), and a last segment
+    // something else cut short. The new epoch is made durable before recovery changes the
+    // file, so a crash in between cannot lose it. Not for a cluster node's copy on the
+    // last two counts: a follower appends its leader's records byte for byte, CRC included,
+    // so a crash mid-copy leaves a CRC too, and the frames it lost are copied again under
+    // the leader's epoch.
+    let mut before_cut = |loss: TailLoss<'_>| -> crate::wal::Result<()> {
+        let (file, bytes_cut, reason, damage) = match loss {
+            TailLoss::Torn(torn) => {
+                let damage = if torn.cut_short.is_some() {
+                    Some(CUT_SHORT)
+                } else if torn.written_whole {
+                    Some(
+                        "a whole record failed its check: damage, not a crash; it may have \
+                         been acknowledged",
+                    )
+                } else {
+                    None
+                };
+                (&torn.file, torn.bytes_dropped, &torn.reason, damage)
+            }
+            TailLoss::CutShort(short) => (&short.file, 0, &short.reason, Some(CUT_SHORT)),
+        };
+        let damage = damage.filter(|_| !copy);
+        if (epochs.cut || damage.is_some()) && !renew_now {
+            let cause = damage.unwrap_or(
+                "frames may have been acknowledged before they were synced (fsync not always)",
+            );
             let old_epoch = meta.epoch;
             meta = renew_epoch(&topic_dir, &meta).map_err(|e| {
                 crate::wal::Error::Unavailable(format!(
-                    "cannot give topic '{name}' a new epoch before cutting a torn tail: {e}"
+                    "cannot give topic '{name}' a new epoch before recovery changes its last \
+                     segment: {e}"
                 ))
             })?;
             warn!(
                 topic = %name,
                 old_epoch,
                 new_epoch = meta.epoch,
-                bytes_cut = torn.bytes_dropped,
-                file = %torn.file.display(),
+                bytes_cut,
+                file = %file.display(),
                 fsync = %log_config.fsync,
-                reason = %torn.reason,
+                reason = %reason,
                 cause,
                 "recovery cuts a tail that may have held acknowledged frames; new epoch"
             );

@@ -20,7 +20,7 @@ use super::config::LogConfig;
 use super::dedup::DedupWindow;
 use super::frame::{check_frames, now_ns, Appended, NewFrame};
 use super::manifest::{self, Manifest};
-use super::recovery::{recover, TornTail};
+use super::recovery::{recover, CutShort, TailLoss, TornTail};
 use super::removals::Removals;
 use super::segment::SegmentWriter;
 use super::state::{Rebuild, State};
@@ -47,6 +47,8 @@ pub(super) struct Shared {
     pub(super) cancel: AtomicBool,
     /// What recovery cut from the last segment when this log was opened.
     torn: Option<TornTail>,
+    /// The last segment was cut short by something else when this log was opened.
+    cut_short: Option<CutShort>,
 }
 
 impl Log {
@@ -56,11 +58,12 @@ impl Log {
     }
 
     /// [`Log::open`], calling `before_cut` when recovery is about to cut a torn tail (after
-    /// its copy is kept, before anything is cut); an error from it stops the open.
+    /// its copy is kept, before anything is cut) or to grow back a last segment something
+    /// else cut short; an error from it stops the open.
     pub fn open_with(
         dir: &Path,
         config: LogConfig,
-        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+        before_cut: &mut dyn FnMut(TailLoss<'_>) -> Result<()>,
     ) -> Result<Log> {
         Self::open_inner(dir, config, before_cut, false)
     }
@@ -71,7 +74,7 @@ impl Log {
     pub fn open_existing(
         dir: &Path,
         config: LogConfig,
-        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+        before_cut: &mut dyn FnMut(TailLoss<'_>) -> Result<()>,
     ) -> Result<Log> {
         Self::open_inner(dir, config, before_cut, true)
     }
@@ -88,7 +91,7 @@ impl Log {
     fn open_inner(
         dir: &Path,
         config: LogConfig,
-        before_cut: &mut dyn FnMut(&TornTail) -> Result<()>,
+        before_cut: &mut dyn FnMut(TailLoss<'_>) -> Result<()>,
         must_exist: bool,
     ) -> Result<Log> {
         config.validate()?;
@@ -151,6 +154,7 @@ impl Log {
             segments = state.offsets.segment_count(),
             next_offset = recovered.next_offset,
             torn_tail = recovered.torn.is_some(),
+            cut_short = recovered.cut_short.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "log recovered"
         );
@@ -172,6 +176,7 @@ impl Log {
                 maintenance: Mutex::new(()),
                 cancel: AtomicBool::new(false),
                 torn: recovered.torn,
+                cut_short: recovered.cut_short,
             }),
         })
     }
@@ -273,6 +278,11 @@ impl Log {
     /// The torn tail recovery cut from the last segment when this log was opened, if any.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.shared.torn.as_ref()
+    }
+
+    /// What recovery found when the last segment was cut short by something else, if it was.
+    pub fn cut_short(&self) -> Option<&CutShort> {
+        self.shared.cut_short.as_ref()
     }
 
     /// Waits until every append queued so far is answered: written and durable, or failed.

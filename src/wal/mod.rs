@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use frame::{check_frames, now_ns, Appended, NewFrame, StoredFrame};
 pub use log::Log;
 pub use read::LogStats;
-pub use recovery::{list_segments, recover, Recovered, RecoverySink, TornTail};
+pub use recovery::{list_segments, recover, CutShort, Recovered, RecoverySink, TailLoss, TornTail};
 pub use replica::{cut_from, Copied, Cut};
 pub use run::{Run, RunWriter};
 pub use segment::{sync_filesystem, MappedFile, Segment, SegmentWriter, SyncMethod};

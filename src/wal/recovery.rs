@@ -20,12 +20,15 @@ use tracing::{info, warn};
 use super::active;
 use super::format::{
     parse_run_file_name, parse_segment_file_name, segment_file_name, ACTIVE_FILE, MANIFEST_FILE,
+    MIN_SEGMENT_BYTES, RECORD_CRC_AT, SEGMENT_ALLOCATION_UNIT, SEGMENT_FIRST_ALLOCATION,
     SEGMENT_HEADER_LEN, TEMP_SUFFIX, TORN_SUFFIX,
 };
 use super::manifest::{self, Manifest};
-use super::record::{first_non_zero, look_past, written_whole, Found, Gap, RecordRef, Step, Walk};
+use super::record::{
+    first_non_zero, look_past, written_whole, Found, Gap, Header, RecordRef, Step, Walk,
+};
 use super::run::Run;
-use super::segment::{sync_dir, Segment, SegmentWriter};
+use super::segment::{is_segment_length, sync_dir, Segment, SegmentWriter};
 use super::{Error, Result};
 
 /// Receives what recovery finds, in log order. The index implements this; it never sees
@@ -49,13 +52,37 @@ pub trait RecoverySink {
     fn record(&mut self, record: &RecordRef<'_>, position: u64, len: u64);
     /// Offsets of the current segment that `framecast repair` marked lost.
     fn gap(&mut self, gap: &Gap);
-    /// Recovery is about to cut `torn` from the last segment (its copy is already kept):
-    /// the place to record what the cut means (a new epoch) before it happens. An error
-    /// stops the open with nothing cut.
-    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
-        let _ = torn;
+    /// Recovery is about to cut a torn tail from the last segment (its copy is already
+    /// kept), or to grow back a last segment something else cut short: the place to record
+    /// what that means (a new epoch) before it happens. An error stops the open with
+    /// nothing changed.
+    fn before_cut(&mut self, loss: TailLoss<'_>) -> Result<()> {
+        let _ = loss;
         Ok(())
     }
+}
+
+/// What recovery found at the end of the last segment, told to its caller before it
+/// changes the file (see [`RecoverySink::before_cut`]).
+#[derive(Debug, Clone, Copy)]
+pub enum TailLoss<'a> {
+    /// A torn tail about to be cut (possibly from a file that was also cut short).
+    Torn(&'a TornTail),
+    /// A file cut short, with nothing bad left to cut: what was past the cut is lost.
+    CutShort(&'a CutShort),
+}
+
+/// A last segment whose length framecast never gives a segment file, with its data running
+/// to its end: something else cut it short, and the frames past the cut are lost (see
+/// [`cut_short`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutShort {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Its length when recovery found it.
+    pub len: u64,
+    /// Why the length shows a cut.
+    pub reason: String,
 }
 
 /// A torn tail that recovery cut from the last segment.
@@ -75,6 +102,8 @@ pub struct TornTail {
     /// [`written_whole`]): damage or a power loss, not a process killed mid-write, so it
     /// may have been acknowledged even under `--fsync always`.
     pub written_whole: bool,
+    /// The file was also cut short by something else: frames past the cut are lost.
+    pub cut_short: Option<CutShort>,
 }
 
 /// The outcome of recovering a topic directory.
@@ -98,6 +127,8 @@ pub struct Recovered {
     pub bytes: u64,
     /// The torn tail that was cut, if any.
     pub torn: Option<TornTail>,
+    /// The last segment was cut short by something else (grown back since).
+    pub cut_short: Option<CutShort>,
 }
 
 /// The segment files of `dir` with their base offsets, in offset order.
@@ -184,6 +215,7 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
         records: 0,
         bytes: 0,
         torn: None,
+        cut_short: None,
     };
     let mut chain: Option<(u64, PathBuf)> = None;
     for name in manifest.iter().flat_map(|m| m.runs.iter()) {
@@ -275,8 +307,24 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
         }
         sink.segment(writer.segment());
         let scanned = scan(writer.contents(), &mut out, sink);
+        let stop = scanned.bad.as_ref().map_or(scanned.end, |b| b.0);
+        let short = if is_last {
+            cut_short(writer.contents(), stop as usize, Some(segment_bytes)).map(|reason| {
+                CutShort {
+                    file: path.clone(),
+                    len: writer.segment().allocated(),
+                    reason,
+                }
+            })
+        } else {
+            None
+        };
         match scanned.bad {
-            None => {}
+            None => {
+                if let Some(short) = &short {
+                    sink.before_cut(TailLoss::CutShort(short))?;
+                }
+            }
             Some((position, reason)) if !is_last => {
                 return Err(Error::corruption(path, position, reason));
             }
@@ -303,10 +351,33 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
                 None => {
                     let whole =
                         written_whole(&writer.contents()[position as usize..], out.next_offset);
-                    let torn = cut_torn_tail(&mut writer, position, reason, whole, sink)?;
-                    out.torn = Some(torn);
+                    let torn = TornTail {
+                        file: path.clone(),
+                        position,
+                        bytes_dropped: 0,
+                        reason,
+                        saved_to: None,
+                        written_whole: whole,
+                        cut_short: short.clone(),
+                    };
+                    out.torn = Some(cut_torn_tail(&mut writer, torn, sink)?);
                 }
             },
+        }
+        if let Some(short) = short {
+            warn!(
+                file = %short.file.display(),
+                len = short.len,
+                reason = %short.reason,
+                "the last segment was cut short by something other than framecast: the \
+                 frames past the cut are lost"
+            );
+            // Only so that the cut is reported once: a failure (a full disk) costs a second
+            // report at the next start, not this one.
+            if let Err(e) = writer.grow_back() {
+                warn!(file = %short.file.display(), error = %e, "cannot grow the segment back");
+            }
+            out.cut_short = Some(short);
         }
         writer.set_cursor(scanned.end);
         writer.publish();
@@ -527,34 +598,25 @@ fn scan(contents: &[u8], out: &mut Recovered, sink: &mut impl RecoverySink) -> S
     }
 }
 
-/// Cuts the last segment back to `position`, keeping a copy of the non-zero bytes cut.
+/// Cuts the last segment back to `torn.position`, keeping a copy of the non-zero bytes cut
+/// (filled in `torn`).
 fn cut_torn_tail(
     writer: &mut SegmentWriter,
-    position: u64,
-    reason: String,
-    written_whole: bool,
+    mut torn: TornTail,
     sink: &mut impl RecoverySink,
 ) -> Result<TornTail> {
-    let path = writer.segment().path().to_path_buf();
+    let path = torn.file.clone();
+    let position = torn.position;
     let tail = &writer.contents()[position as usize..];
     let extent = last_non_zero(tail).map_or(0, |i| i + 1);
-    let saved_to = if extent > 0 {
+    if extent > 0 {
         let copy = path.with_extension(format!("seg.{position}.{TORN_SUFFIX}"));
         write_synced(&copy, &tail[..extent])?;
-        Some(copy)
-    } else {
-        None
-    };
-    let torn = TornTail {
-        file: path.clone(),
-        position,
-        bytes_dropped: extent as u64,
-        reason,
-        saved_to,
-        written_whole,
-    };
+        torn.saved_to = Some(copy);
+    }
+    torn.bytes_dropped = extent as u64;
     // Before anything is cut: a crash after this call cuts (and calls) again next time.
-    sink.before_cut(&torn)?;
+    sink.before_cut(TailLoss::Torn(&torn))?;
     writer.truncate_tail(position)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -565,10 +627,48 @@ fn cut_torn_tail(
         bytes_dropped = torn.bytes_dropped,
         reason = %torn.reason,
         saved_to = ?torn.saved_to,
-        written_whole,
+        written_whole = torn.written_whole,
         "cut a torn tail from the last segment"
     );
     Ok(torn)
+}
+
+/// Why the last segment's file, walked up to `stop` (where its valid data ends), was cut
+/// short by something other than framecast, or `None`. Two things must hold:
+///
+/// - its length is one framecast never gives a segment file ([`is_segment_length`];
+///   `capacity` is the segment capacity, `None` when not known, as to `framecast dump`);
+/// - its data runs to the end of the file: fewer than 4 zero bytes follow its last
+///   non-zero byte (a record's length field, never all zero, could have begun there), or
+///   the bad bytes at `stop` claim more room than the file has left. Zeros before the end
+///   show that nothing but zeros was cut: records never follow zeros.
+pub fn cut_short(contents: &[u8], stop: usize, capacity: Option<u64>) -> Option<String> {
+    let len = contents.len() as u64;
+    if is_segment_length(len, capacity) {
+        return None;
+    }
+    let tail = &contents[stop.min(contents.len())..];
+    let data_end = last_non_zero(tail).map_or(0, |i| i + 1);
+    let runs_past = data_end > 0 && Header::peek(tail).is_none_or(|h| h.length > tail.len());
+    // The bytes before the CRC: a record's length field.
+    const LENGTH_FIELD: usize = RECORD_CRC_AT;
+    if tail.len() - data_end >= LENGTH_FIELD && !runs_past {
+        return None;
+    }
+    let steps = match capacity {
+        Some(cap) => format!(
+            "{} bytes, then whole {SEGMENT_ALLOCATION_UNIT}-byte units up to its capacity of {cap}",
+            SEGMENT_FIRST_ALLOCATION.min(cap)
+        ),
+        None => format!(
+            "whole {SEGMENT_ALLOCATION_UNIT}-byte units of {MIN_SEGMENT_BYTES} bytes or more"
+        ),
+    };
+    Some(format!(
+        "the file is {len} bytes long, which framecast never makes a segment ({steps}; it never \
+         shrinks one), and its data runs to its end: something else cut it short, and the \
+         frames past the cut are lost"
+    ))
 }
 
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -597,4 +697,47 @@ fn file_is_all_zero(path: &Path) -> Result<bool> {
 
 fn last_non_zero(b: &[u8]) -> Option<usize> {
     b.iter().rposition(|&x| x != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::RecordRef;
+
+    #[test]
+    fn a_cut_is_seen_only_when_the_length_is_odd_and_the_data_runs_to_the_end() {
+        let rec = RecordRef {
+            offset: 0,
+            seq_no: 1,
+            timestamp: 2,
+            key_time: 0,
+            key: b"",
+            payload: b"payload",
+        }
+        .to_vec();
+        let mut file = vec![1u8; SEGMENT_HEADER_LEN];
+        file.extend(&rec);
+        let end = file.len();
+        let cap = Some(64 << 20);
+        // Cut right after the record, or inside it: the data runs to the end.
+        assert!(cut_short(&file, end, cap).is_some());
+        assert!(cut_short(&file[..end - 5], SEGMENT_HEADER_LEN, cap).is_some());
+        // Cut a few bytes past it: a record's length field could have begun there.
+        let mut three = file.clone();
+        three.extend([0u8; 3]);
+        assert!(cut_short(&three, end, cap).is_some());
+        // Zeros before the end: nothing but zeros was cut.
+        let mut zeros = file.clone();
+        zeros.extend([0u8; 4]);
+        assert_eq!(cut_short(&zeros, end, cap), None);
+        // A length framecast gives a segment says nothing.
+        let mut full = file.clone();
+        full.resize(16 << 10, 7);
+        assert_eq!(cut_short(&full, end, cap), None);
+        // A torn record whose length runs past the end, zeros after its header.
+        let mut torn = file.clone();
+        torn.extend(&rec[..4]);
+        torn.extend([0u8; 40]);
+        assert!(cut_short(&torn, end, cap).is_some());
+    }
 }

@@ -30,8 +30,9 @@ use memmap2::{MmapOptions, MmapRaw};
 use tracing::debug;
 
 use super::format::{
-    decode_segment_header, encode_segment_header, segment_file_name, SEGMENT_ALLOCATION_UNIT,
-    SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH, TEMP_SUFFIX,
+    decode_segment_header, encode_segment_header, segment_file_name, MIN_SEGMENT_BYTES,
+    SEGMENT_ALLOCATION_UNIT, SEGMENT_FIRST_ALLOCATION, SEGMENT_HEADER_LEN, SEGMENT_MAX_GROWTH,
+    TEMP_SUFFIX,
 };
 use super::mappings::{map_admitted, Need};
 use super::{Error, Result};
@@ -491,6 +492,50 @@ impl SegmentWriter {
         self.cursor = len;
         Ok(())
     }
+
+    /// Grows a file that something else cut short back to [`regrown_length`] (zeros),
+    /// synced, once recovery has told its caller: with a length framecast gives a segment
+    /// again, the cut is reported once, not at every start.
+    pub fn grow_back(&mut self) -> Result<()> {
+        let seg = &self.segment;
+        let allocated = seg.allocated();
+        let to = regrown_length(allocated, seg.capacity);
+        if to <= allocated {
+            return Ok(());
+        }
+        let file = seg.open_file().map_err(|e| Error::io(&seg.path, e))?;
+        preallocate(&file, allocated, to - allocated)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&seg.path, e))?;
+        seg.allocated.store(to, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// True when `len` is a length framecast gives a segment file that may grow to `capacity`
+/// bytes: the first allocation, whole allocation units above it, or the capacity. A file
+/// longer than the capacity was made under a larger one, whose lengths are not known here.
+/// framecast never shrinks a segment file, so a last segment of another length was cut
+/// short by something else.
+///
+/// With the capacity not known (`framecast dump`): at least the smallest first allocation
+/// and whole allocation units, so a full segment whose capacity is not whole units is taken
+/// for one cut short.
+pub fn is_segment_length(len: u64, capacity: Option<u64>) -> bool {
+    let whole_units = len.is_multiple_of(SEGMENT_ALLOCATION_UNIT);
+    match capacity {
+        Some(cap) => len >= cap || (len >= SEGMENT_FIRST_ALLOCATION.min(cap) && whole_units),
+        None => len >= MIN_SEGMENT_BYTES && whole_units,
+    }
+}
+
+/// The length [`SegmentWriter::grow_back`] gives a file of `len` bytes that may grow to
+/// `capacity`: the next length framecast gives a segment.
+fn regrown_length(len: u64, capacity: u64) -> u64 {
+    round_up(len)
+        .max(SEGMENT_FIRST_ALLOCATION)
+        .min(capacity)
+        .max(len)
 }
 
 /// Bytes [`SegmentWriter::rollback`] zeroes per step, back to front: fewer than a record
@@ -651,6 +696,46 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_that_growth_or_a_grow_back_gives_are_segment_lengths() {
+        for capacity in [4096, 10_000, 16_384, 100_000, 64 << 20] {
+            let mut len = SEGMENT_FIRST_ALLOCATION.min(capacity);
+            loop {
+                assert!(
+                    is_segment_length(len, Some(capacity)),
+                    "{len} of {capacity}"
+                );
+                if len == capacity {
+                    break;
+                }
+                len = next_allocation(len, len + 1, capacity);
+            }
+            for cut in [0, 64, 204, 4095, 4097, 16_383, 16_385, 20_000] {
+                if cut >= capacity {
+                    continue;
+                }
+                let back = regrown_length(cut, capacity);
+                assert!(
+                    is_segment_length(back, Some(capacity)),
+                    "{cut} of {capacity}"
+                );
+                assert!(back >= cut);
+            }
+        }
+        assert!(!is_segment_length(204, Some(64 << 20)));
+        assert!(
+            !is_segment_length(8192, Some(64 << 20)),
+            "below the first allocation"
+        );
+        assert!(is_segment_length(8192, Some(8192)));
+        assert!(
+            is_segment_length(70_001, Some(65_536)),
+            "made under a larger capacity"
+        );
+        assert!(is_segment_length(8192, None));
+        assert!(!is_segment_length(10_000, None));
+    }
 
     #[test]
     fn readers_see_only_published_bytes() -> Result<()> {

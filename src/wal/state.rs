@@ -8,7 +8,7 @@ use super::dedup::{DedupWindow, FirstAck};
 use super::format::RECORD_HEADER_LEN;
 use super::frame::StoredFrame;
 use super::record::{decode, Decoded, Gap, Header, RecordRef};
-use super::recovery::{RecoverySink, TornTail};
+use super::recovery::{RecoverySink, TailLoss};
 use super::removals::Removals;
 use super::run::Run;
 use super::segment::Segment;
@@ -121,7 +121,7 @@ pub(super) struct Rebuild<'a> {
     pub(super) state: &'a mut State,
     pub(super) dedup: &'a mut DedupWindow,
     pub(super) now: i64,
-    pub(super) before_cut: &'a mut dyn FnMut(&TornTail) -> Result<()>,
+    pub(super) before_cut: &'a mut dyn FnMut(TailLoss<'_>) -> Result<()>,
 }
 
 impl Rebuild<'_> {
@@ -171,8 +171,8 @@ impl RecoverySink for Rebuild<'_> {
         self.remember_key(r);
     }
 
-    fn before_cut(&mut self, torn: &TornTail) -> Result<()> {
-        (self.before_cut)(torn)
+    fn before_cut(&mut self, loss: TailLoss<'_>) -> Result<()> {
+        (self.before_cut)(loss)
     }
 
     fn gap(&mut self, gap: &Gap) {
