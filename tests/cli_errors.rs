@@ -114,6 +114,24 @@ fn serve_names_the_setting_that_cannot_work() {
 }
 
 #[test]
+fn a_max_frame_bytes_too_large_for_any_record_is_refused_not_a_panic() {
+    // Adding a record's header and the longest key to these overflowed: a panic in a debug
+    // build, and in a release build a wrapped, tiny "largest record" that let them through.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    for value in [u64::MAX, u64::MAX - 100, u64::MAX - 175, 1 << 40] {
+        let v = value.to_string();
+        let (code, _, err) = run(&["serve", "--data-dir", d, "--max-frame-bytes", &v]);
+        assert_eq!(code, Some(2), "{v}: {err}");
+        assert!(!err.contains("panicked"), "{v}: {err}");
+        assert!(
+            err.contains(&format!("--max-frame-bytes {v} does not fit")),
+            "{v}: {err}"
+        );
+    }
+}
+
+#[test]
 fn negative_seq_nos_get_a_plain_message() {
     for args in [
         vec!["subscribe", "--from", "-1"],

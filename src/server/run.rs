@@ -300,7 +300,12 @@ pub async fn run(
     // Beside its payload a message carries its other fields: a Broadcast names up to
     // 10,000 topics of up to 128 bytes (3 more bytes of framing each), 1.3 MB.
     let fields = crate::broker::broadcast::MAX_TOPICS * (128 + 3) + (64 << 10);
-    let max_message = (config.log.max_frame_bytes + fields.max(1 << 20)).max(8 << 20);
+    // Saturating: a config that skipped `LogConfig::validate` must not wrap to a tiny limit.
+    let max_message = config
+        .log
+        .max_frame_bytes
+        .saturating_add(fields.max(1 << 20))
+        .max(8 << 20);
     let this = this_node(&config, &listener, &http)?;
     let cluster = match &config.cluster {
         None => ClusterView::single_node(Arc::clone(&topics), this),

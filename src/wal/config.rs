@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::format::{DEFAULT_SEGMENT_BYTES, MAX_KEY_LEN, MIN_SEGMENT_BYTES, SEGMENT_HEADER_LEN};
-use super::record::encoded_len;
+use super::record::{checked_encoded_len, encoded_len};
 use super::segment::SyncMethod;
 use super::{Error, Result};
 
@@ -193,9 +193,12 @@ impl LogConfig {
     }
 
     /// Bytes of the largest record a frame may make: `max_frame_bytes` of payload with the
-    /// longest idempotency key.
+    /// longest idempotency key (`u64::MAX` when that overflows: a flag value too large for
+    /// any segment, which [`LogConfig::validate`] refuses).
     pub fn largest_record(&self) -> u64 {
-        encoded_len(MAX_KEY_LEN, self.max_frame_bytes) as u64
+        checked_encoded_len(MAX_KEY_LEN, self.max_frame_bytes)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(u64::MAX)
     }
 
     /// Checks that the largest frame fits in a segment and positions fit in 32 bits.

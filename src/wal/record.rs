@@ -145,6 +145,19 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// [`encoded_len`] for lengths not bounded yet (a `--max-frame-bytes` being checked):
+/// `None` when the record would be larger than any length a `usize` holds.
+pub fn checked_encoded_len(key_len: usize, payload_len: usize) -> Option<usize> {
+    let key_part = if key_len > 0 {
+        KEY_TIME_LEN.checked_add(key_len)?
+    } else {
+        0
+    };
+    RECORD_HEADER_LEN
+        .checked_add(key_part)?
+        .checked_add(payload_len)
+}
+
 /// Bytes a record with a key of `key_len` and a payload of `payload_len` takes.
 pub fn encoded_len(key_len: usize, payload_len: usize) -> usize {
     let key_part = if key_len > 0 {
@@ -641,6 +654,19 @@ mod tests {
             assert_eq!(scan_ahead(&buf, 0, Some(7)), None, "not later than 7");
             assert_eq!(scan_ahead(&buf, at + 1, None), None);
         }
+    }
+
+    #[test]
+    fn checked_encoded_len_agrees_and_refuses_to_overflow() {
+        for (k, p) in [(0, 0), (3, 10), (MAX_KEY_LEN, 1 << 20)] {
+            assert_eq!(checked_encoded_len(k, p), Some(encoded_len(k, p)));
+        }
+        assert_eq!(checked_encoded_len(0, usize::MAX), None);
+        assert_eq!(checked_encoded_len(MAX_KEY_LEN, usize::MAX - 175), None);
+        assert_eq!(
+            checked_encoded_len(MAX_KEY_LEN, usize::MAX - 176),
+            Some(usize::MAX)
+        );
     }
 
     #[test]
