@@ -379,6 +379,52 @@ fn garbage_after_the_last_record_is_cut_and_kept() {
     }
 }
 
+/// Tears the record at `start..end` of `seg` as a killed process leaves it: the end of its
+/// payload and its CRC (written last) still zero.
+fn tear(seg: &Path, start: usize, end: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(seg).expect("read segment");
+    bytes[end - 10..end].fill(0);
+    bytes[start + 4..start + 8].fill(0);
+    std::fs::write(seg, &bytes).expect("write torn segment");
+    bytes[start..end - 10].to_vec()
+}
+
+#[test]
+fn a_second_cut_at_the_same_position_keeps_both_copies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let written = build(dir, false);
+    let (seg, start, end) = last_record(dir);
+    let first = tear(&seg, start, end);
+    let log = Log::open(dir, config()).expect("open");
+    assert_holds(&log, &written[..written.len() - 1], "first cut");
+    // The frame written in its place is torn too: cut at the same position.
+    let ack = log
+        .append(vec![NewFrame {
+            seq_no: 7,
+            timestamp: BASE_TS + 1_000_000,
+            key: Bytes::new(),
+            payload: Bytes::from(payload(99, 64)),
+        }])
+        .expect("append")[0];
+    assert_eq!(ack.offset, FRAMES - 1);
+    drop(log);
+    let (_, again, end) = last_record(dir);
+    assert_eq!(again, start, "the new frame took the cut one's place");
+    let second = tear(&seg, start, end);
+    assert_ne!(first, second);
+    let log = Log::open(dir, config()).expect("open again");
+    assert_holds(&log, &written[..written.len() - 1], "second cut");
+    drop(log);
+    let name = |tag: &str| PathBuf::from(format!("{}.{tag}.{TORN_SUFFIX}", seg.display()));
+    let copies = [name(&start.to_string()), name(&format!("{start}.1"))];
+    let mut want = copies.to_vec();
+    want.sort();
+    assert_eq!(torn_files(dir), want);
+    assert_eq!(std::fs::read(&copies[0]).expect("first copy"), first);
+    assert_eq!(std::fs::read(&copies[1]).expect("second copy"), second);
+}
+
 #[test]
 fn an_all_zero_last_segment_is_refused_not_removed() {
     // Segments are named only once their header is synced, so an all-zero last segment is

@@ -610,7 +610,9 @@ fn cut_torn_tail(
     let tail = &writer.contents()[position as usize..];
     let extent = last_non_zero(tail).map_or(0, |i| i + 1);
     if extent > 0 {
-        let copy = path.with_extension(format!("seg.{position}.{TORN_SUFFIX}"));
+        // A name of its own: a later cut at the same place (the frame written there since
+        // torn in turn) must not overwrite this copy.
+        let copy = torn_name(&path, &position.to_string());
         write_synced(&copy, &tail[..extent])?;
         torn.saved_to = Some(copy);
     }
@@ -669,6 +671,19 @@ pub fn cut_short(contents: &[u8], stop: usize, capacity: Option<u64>) -> Option<
          shrinks one), and its data runs to its end: something else cut it short, and the \
          frames past the cut are lost"
     ))
+}
+
+/// A `.torn` name beside the segment `path` that does not exist yet:
+/// `<segment>.<tag>.torn`, or `<segment>.<tag>.<n>.torn` with the first free `n`.
+pub(super) fn torn_name(path: &Path, tag: &str) -> PathBuf {
+    let base = path.with_extension(format!("seg.{tag}.{TORN_SUFFIX}"));
+    if !base.exists() {
+        return base;
+    }
+    (1u32..)
+        .map(|n| path.with_extension(format!("seg.{tag}.{n}.{TORN_SUFFIX}")))
+        .find(|p| !p.exists())
+        .unwrap_or(base)
 }
 
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

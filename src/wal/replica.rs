@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::warn;
 
-use super::format::{SEGMENT_HEADER_LEN, TORN_SUFFIX};
+use super::format::SEGMENT_HEADER_LEN;
 use super::log::Log;
 use super::record::{decode, Decoded, Gap, Step, Walk, MAX_GAP_OFFSETS, MIN_GAP_LEN};
-use super::recovery::{list_segments, write_synced};
+use super::recovery::{list_segments, torn_name, write_synced};
 use super::segment::{sync_dir, SegmentWriter};
 use super::state::{missing, Loc};
 use super::{Error, Result};
@@ -383,16 +383,4 @@ fn records_len(path: &Path, segment_bytes: u64) -> Result<u64> {
         }
     }
     Ok((end - SEGMENT_HEADER_LEN) as u64)
-}
-
-/// A `.torn` name beside `path` that does not exist yet.
-fn torn_name(path: &Path, tag: &str) -> PathBuf {
-    let base = path.with_extension(format!("seg.{tag}.{TORN_SUFFIX}"));
-    if !base.exists() {
-        return base;
-    }
-    (1u32..)
-        .map(|n| path.with_extension(format!("seg.{tag}.{n}.{TORN_SUFFIX}")))
-        .find(|p| !p.exists())
-        .unwrap_or(base)
 }
