@@ -304,6 +304,58 @@ enum LastRecord {
     Flipped,
 }
 
+/// A segment may be up to 4 GiB: repair maps it rather than reading it into the heap. Run
+/// under a data-size limit (`ulimit -d`, RLIMIT_DATA: heap and private memory, not a
+/// read-only mapping of a file) well below the segment's size, repair of a damaged frame in
+/// a 256 MiB segment must still succeed (before, it read the whole file and the allocation
+/// failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_maps_a_large_segment_instead_of_reading_it_into_memory() {
+    const SEGMENT: u64 = 256 << 20;
+    const LIMIT_KIB: u64 = 128 << 10;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path();
+    let data_s = data.to_str().expect("utf-8 path");
+    let server = Server::start(data, &["--segment-bytes", "256MiB"]);
+    assert_eq!(publish_n(&server, 10).await, (0..10).collect::<Vec<_>>());
+    stop(server);
+    let seg = only_segment(data);
+    let (pos, len) = record_at(&seg, 3);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[pos + len - 3] ^= 0x04;
+    std::fs::write(&seg, &bytes).expect("write");
+    // Grown to its capacity, as a full segment is (sparse: no disk used).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(SEGMENT)
+        .expect("grow");
+
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -d {LIMIT_KIB} && exec \"$0\" \"$@\""))
+        .arg(bin())
+        .args(["repair", "--data-dir", data_s, "--topic", TOPIC])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run framecast repair");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "repair under a {LIMIT_KIB} KiB data limit: {:?}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("offsets lost: 3..4"), "{stdout}");
+    let saved = PathBuf::from(format!("{}.{pos}.damaged", seg.display()));
+    assert_eq!(
+        std::fs::metadata(&saved).expect("set aside").len(),
+        len as u64
+    );
+    assert_eq!(std::fs::metadata(&seg).expect("kept").len(), SEGMENT);
+}
+
 /// Publishes 10 frames under `fsync`, stops, tears the last record by hand (as a crash
 /// mid-write leaves it), starts again under `restart_fsync`; returns (old epoch, new epoch,
 /// a cursor of frame 5 in the old epoch, the server, the data dir).

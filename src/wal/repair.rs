@@ -35,7 +35,7 @@ use super::record::{
     MIN_GAP_LEN,
 };
 use super::recovery::list_segments;
-use super::segment::sync_dir;
+use super::segment::{sync_dir, MappedFile};
 use super::{Error, Result};
 
 /// Suffix of a copy of bytes that repair set aside.
@@ -258,12 +258,16 @@ fn repair_segment(
     next_base: Option<u64>,
     first: &mut FirstChange<'_>,
 ) -> Result<Vec<Repaired>> {
-    let mut data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if next_base.is_none() && first_non_zero(&data).is_none() {
+    // Mapped, not read: a segment may be 4 GiB (`--segment-bytes`), and the page cache
+    // holds it, not the heap. Patches go to the file with positioned writes, each over
+    // bytes already walked past: the walk goes on from the end of the patch.
+    let mapped = MappedFile::scan_segment(path)?;
+    let data = mapped.as_slice();
+    if next_base.is_none() && first_non_zero(data).is_none() {
         first.now()?;
         return set_aside_zeros(path, data.len());
     }
-    let base = decode_segment_header(&data).map_err(|reason| {
+    let base = decode_segment_header(data).map_err(|reason| {
         Error::corruption(
             path,
             0,
@@ -277,7 +281,7 @@ fn repair_segment(
     let mut done = Vec::new();
     let (mut start, mut expect) = (SEGMENT_HEADER_LEN, base);
     loop {
-        let mut walk = Walk::new(&data, start).expecting(expect);
+        let mut walk = Walk::new(data, start).expecting(expect);
         let (pos, reason) = loop {
             match walk.next() {
                 Some((_, Step::Record(..) | Step::Gap(..))) => {}
@@ -291,9 +295,9 @@ fn repair_segment(
         // that holds (see `look_past`).
         let from = match checksummed(&data[pos..]) {
             Some(h) if h.offset < expect => pos + h.length,
-            _ => look_from(&data, pos, expect),
+            _ => look_from(data, pos, expect),
         };
-        let found = scan_ahead(&data, from, expect.checked_sub(1));
+        let found = scan_ahead(data, from, expect.checked_sub(1));
         let extent = pos + non_zero_len(&data[pos..]);
         let (end, lost_end, tail) = match (found, next_base) {
             (Some(f), _) => (f.position, f.offset, false),
@@ -329,7 +333,6 @@ fn repair_segment(
         file.write_all_at(&patch, pos as u64)
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(path, e))?;
-        data[pos..end].copy_from_slice(&patch);
         warn!(
             file = %path.display(),
             start = pos,

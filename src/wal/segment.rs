@@ -591,7 +591,8 @@ impl MappedFile {
     }
 
     /// Maps a segment file read-only for an offline scan (`framecast dump`, which may run
-    /// beside a live server): the page cache holds it, however large, not the heap.
+    /// beside a live server; `framecast repair`, which patches the file with positioned
+    /// writes as it goes): the page cache holds it, however large, not the heap.
     pub fn scan_segment(path: &Path) -> Result<MappedFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -601,8 +602,9 @@ impl MappedFile {
             // SAFETY: framecast never shrinks a segment file (a cut zeroes its tail in place,
             // `SegmentWriter::truncate_tail`), so every page of this mapping stays backed by
             // the file. A live server may still write into it (appends past the bytes it had
-            // written, a cut zeroing a tail): such bytes are read as they are at the moment,
-            // and checked by their CRC as any other.
+            // written, a cut zeroing a tail), and repair writes its patches into it: such
+            // bytes are read as they are at the moment, and checked by their CRC as any
+            // other (repair reads none of its own patches again: its walk resumes past each).
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
             Bytes::from_owner(map)
         };
