@@ -72,6 +72,17 @@ fn cursor(snapshot: u64, epoch: u64, f: &Frame) -> Cursor {
     }
 }
 
+/// Subscribes to the whole of `TOPIC` on `server` and reads `n` frames: the subscription's
+/// epoch and the cursor after the frame at index `at` of those.
+async fn read_to(server: &Server, n: usize, at: usize) -> (u64, Cursor) {
+    let mut c = server.client().await;
+    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
+        .await
+        .expect("subscribe");
+    let seen = take(&mut sub.stream, n, LIMIT).await;
+    (sub.epoch, cursor(sub.snapshot, sub.epoch, &seen[at]))
+}
+
 fn resume(c: Cursor) -> SubscribeRequest {
     SubscribeRequest {
         replay_seq_no_start: 0,
@@ -155,15 +166,7 @@ async fn flipped_bit_in_frame_100_stops_startup_then_repair_keeps_the_other_1999
     let server = Server::start(data, &["--fsync", "always"]);
     let offsets = publish_n(&server, 2000).await;
     assert_eq!(offsets, (0..2000).collect::<Vec<_>>());
-    let mut c = server.client().await;
-    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
-        .await
-        .expect("subscribe");
-    let old_epoch = sub.epoch;
-    let seen = take(&mut sub.stream, 150, LIMIT).await;
-    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[149]);
-    drop(sub);
-    drop(c);
+    let (old_epoch, old_cursor) = read_to(&server, 150, 149).await;
     stop(server);
 
     // Flip one payload bit of frame 100.
@@ -376,15 +379,7 @@ async fn damaged_tail_under(
     let data = tmp.path();
     let server = Server::start(data, &["--fsync", fsync]);
     assert_eq!(publish_n(&server, 10).await, (0..10).collect::<Vec<_>>());
-    let mut c = server.client().await;
-    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
-        .await
-        .expect("subscribe");
-    let old_epoch = sub.epoch;
-    let seen = take(&mut sub.stream, 10, LIMIT).await;
-    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[5]);
-    drop(sub);
-    drop(c);
+    let (old_epoch, old_cursor) = read_to(&server, 10, 5).await;
     stop(server);
     let seg = only_segment(data);
     let (pos, len) = record_at(&seg, 9);
@@ -496,15 +491,7 @@ async fn a_last_segment_cut_short_gets_a_new_epoch_and_dump_verify_reports_it() 
     let data_s = data.to_str().expect("utf-8 path");
     let server = Server::start(data, &["--fsync", "always"]);
     assert_eq!(publish_n(&server, 3).await, vec![0, 1, 2]);
-    let mut c = server.client().await;
-    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
-        .await
-        .expect("subscribe");
-    let old_epoch = sub.epoch;
-    let seen = take(&mut sub.stream, 3, LIMIT).await;
-    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[1]);
-    drop(sub);
-    drop(c);
+    let (old_epoch, old_cursor) = read_to(&server, 3, 1).await;
     stop(server);
     // The file cut where frame 2 starts: every byte left is a whole, valid record.
     let seg = only_segment(data);
@@ -833,14 +820,8 @@ async fn a_machine_crash_under_fsync_never_gives_every_topic_a_new_epoch() {
     publish_one(&server, "other", 1).await;
     let mut c = server.client().await;
     let other_epoch = topic_info(&mut c, "other").await.expect("listed").epoch;
-    let mut sub = subscribe(&mut c, sub_req(TOPIC, 0))
-        .await
-        .expect("subscribe");
-    let seen = take(&mut sub.stream, 20, LIMIT).await;
-    let old_epoch = sub.epoch;
-    let old_cursor = cursor(sub.snapshot, old_epoch, &seen[19]);
-    drop(sub);
     drop(c);
+    let (old_epoch, old_cursor) = read_to(&server, 20, 19).await;
     server.kill9();
     the_machine_went_down(data, 15..=19);
 
