@@ -526,8 +526,8 @@ async fn history_pages_never_read_hold_at_most_the_doors_budget() {
 }
 
 /// The page budget is the server's, for every door: gRPC History answers never read (the
-/// encoded page waits in HTTP/2's buffers until the client's window lets it out) hold it
-/// too, until their connection goes; meanwhile History over gRPC and over HTTP is refused
+/// encoded page waits in the server until the client's window lets it out) hold it too,
+/// until their connection goes; meanwhile History over gRPC and over HTTP is refused
 /// `RESOURCE_EXHAUSTED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_history_pages_never_read_hold_the_same_budget() {
@@ -542,7 +542,13 @@ async fn grpc_history_pages_never_read_hold_the_same_budget() {
     let tcp = tokio::net::TcpStream::connect(server.addr.trim_start_matches("http://"))
         .await
         .unwrap();
-    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    // A connection window as large as a real client's (hyper's is 5 MB; grpc's grows):
+    // only each stream's 64 KiB window holds the pages back.
+    let (h2, connection): (h2::client::SendRequest<bytes::Bytes>, _) = h2::client::Builder::new()
+        .initial_connection_window_size(1 << 30)
+        .handshake(tcp)
+        .await
+        .unwrap();
     let connection = tokio::spawn(connection);
     let ask = framecast::proto::HistoryRequest {
         topic: "hp".into(),
