@@ -37,20 +37,34 @@ pub struct Manifest {
     pub removals: Vec<(u64, (u64, i64, u64))>,
 }
 
-/// The file as stored: the manifest and, from version 2, the CRC-32 of its fields.
+/// The file as stored: the manifest and, from version 2, the CRC-32 of its fields. The
+/// retention passes (`removals`, added later in version 2) have a CRC of their own, so the
+/// first one still covers exactly the fields every version 2 reader knows: a binary from
+/// before them reads the file (ignoring both) instead of refusing it as damaged.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     #[serde(flatten)]
     manifest: Manifest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     crc: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    removals_crc: Option<u32>,
 }
 
-/// The CRC-32 of `m`'s fields in their compact JSON form (field order is fixed, so the
-/// same manifest always gives the same bytes, whatever the file's whitespace).
+/// The CRC-32 of `m`'s fields but its retention passes, in their compact JSON form (field
+/// order is fixed, so the same manifest always gives the same bytes, whatever the file's
+/// whitespace).
 fn checksum(m: &Manifest) -> Result<u32> {
+    crc_of(&Manifest {
+        removals: Vec::new(),
+        ..m.clone()
+    })
+}
+
+/// The CRC-32 of `value` in its compact JSON form.
+fn crc_of(value: &impl Serialize) -> Result<u32> {
     let bytes =
-        serde_json::to_vec(m).map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
+        serde_json::to_vec(value).map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
     Ok(crc32fast::hash(&bytes))
 }
 
@@ -78,6 +92,17 @@ pub fn read(dir: &Path) -> Result<Option<Manifest>> {
                     "manifest CRC mismatch (stored {crc:#010x}, computed {actual:#010x})"
                 )));
             }
+            // Retention passes with no CRC of their own (or a CRC whose passes are gone)
+            // were not written as they read.
+            if stored.removals_crc.is_some() || !m.removals.is_empty() {
+                let actual = crc_of(&m.removals)?;
+                if stored.removals_crc != Some(actual) {
+                    return Err(bad(format!(
+                        "manifest retention passes CRC mismatch (stored {:?}, computed {actual:#010x})",
+                        stored.removals_crc
+                    )));
+                }
+            }
         }
         (VERSION, None) => return Err(bad("manifest without its CRC".into())),
         (1, Some(_)) => return Err(bad("version 1 manifest with a CRC".into())),
@@ -94,8 +119,14 @@ pub fn write(dir: &Path, m: &Manifest) -> Result<()> {
         version: VERSION,
         ..m.clone()
     };
+    let removals_crc = if manifest.removals.is_empty() {
+        None
+    } else {
+        Some(crc_of(&manifest.removals)?)
+    };
     let stored = Stored {
         crc: Some(checksum(&manifest)?),
+        removals_crc,
         manifest,
     };
     let text = serde_json::to_vec_pretty(&stored)
@@ -109,4 +140,73 @@ pub fn write(dir: &Path, m: &Manifest) -> Result<()> {
     sync_dir(dir)?;
     failpoint::hit("manifest.after_rename")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_removals() -> Manifest {
+        Manifest {
+            version: VERSION,
+            first_offset: 250,
+            segments_from: 200,
+            runs: vec!["00000000000000000000.run".into()],
+            removed_max_key: Some((1_000_000, 5, 0)),
+            removals: vec![(78, (1_000_000, 5, 0)), (250, (249, 7, 249))],
+        }
+    }
+
+    /// What a binary from before the retention passes reads: these fields and the CRC.
+    #[derive(Serialize, Deserialize)]
+    struct Before {
+        version: u32,
+        first_offset: u64,
+        segments_from: u64,
+        runs: Vec<String>,
+        removed_max_key: Option<(u64, i64, u64)>,
+    }
+
+    #[test]
+    fn a_binary_from_before_the_retention_passes_reads_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = with_removals();
+        write(dir.path(), &m).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(m));
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        let before: Before = serde_json::from_str(&text).unwrap();
+        let crc = serde_json::from_str::<serde_json::Value>(&text).unwrap()["crc"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            u64::from(crc32fast::hash(&serde_json::to_vec(&before).unwrap())),
+            crc
+        );
+    }
+
+    #[test]
+    fn damaged_retention_passes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &with_removals()).unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // A digit of a pass changed.
+        std::fs::write(&path, text.replacen("249", "248", 1)).unwrap();
+        assert!(read(dir.path()).is_err());
+        // The passes gone, their CRC left.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("removals");
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert!(read(dir.path()).is_err());
+        // A manifest without passes has no CRC of them, as before they were kept.
+        let plain = Manifest {
+            removals: Vec::new(),
+            ..with_removals()
+        };
+        write(dir.path(), &plain).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("removals"));
+        assert_eq!(read(dir.path()).unwrap(), Some(plain));
+    }
 }
