@@ -346,7 +346,9 @@ fn ordered_reads_over_runs_in_key_order_page_exactly() {
 
 /// A retention decision made elsewhere (a cluster leader's), applied with `remove_below`:
 /// sealed frames below the cutoff go, the active segment keeps its frames until sealed, the
-/// leader's watermark is kept, and a reopen sees the same. `apply_retention_below` never
+/// watermark is the largest key this copy removed (the leader's frames; the leader's own
+/// largest key, which may sort above every frame removed here, would refuse streams the
+/// leader serves), and a reopen sees the same. `apply_retention_below` never
 /// passes its limit (a leader's commit point).
 #[test]
 fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
@@ -367,7 +369,9 @@ fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
     assert!(first > 0 && first < next, "{r:?}");
     assert_eq!(r.first_offset, first);
     assert_eq!(log.stats().frames, next - first);
-    assert_eq!(log.retention_watermark().1, Some(leader_key));
+    let removed_max = model.range(..first).map(|(_, (seq_no, _))| *seq_no).max();
+    let watermark = log.retention_watermark().1;
+    assert_eq!(watermark.map(|k| k.seq_no), removed_max);
     let (_, by_offset) = everything(&log);
     let expect: Vec<u64> = model.range(first..).map(|(o, _)| *o).collect();
     assert_eq!(
@@ -379,7 +383,7 @@ fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
     drop(log);
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     assert_eq!(log.first_offset(), first);
-    assert_eq!(log.retention_watermark().1, Some(leader_key));
+    assert_eq!(log.retention_watermark().1, watermark);
 
     // A byte limit of 1 would remove every sealed frame; a limit offset stops it.
     let dir = tempfile::tempdir().unwrap();

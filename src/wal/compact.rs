@@ -551,10 +551,12 @@ impl Log {
     }
 
     /// Removes every frame below `cutoff` that lies in sealed data: a retention decision
-    /// made elsewhere (a cluster leader's), applied to this copy. `removed_max_key`: the
-    /// largest order key that decision removed, kept as this log's retention watermark so
-    /// a resumed replay that needed it is refused here too. Frames below `cutoff` in the
-    /// active segment stay until it is sealed; call again then.
+    /// made elsewhere (a cluster leader's), applied to this copy. The pass is recorded with
+    /// the keys this copy removed, the leader's frames byte for byte, so a stream is refused
+    /// here exactly when it would be on the leader; `removed_max_key`, the largest key the
+    /// leader's decision removed, counts only when the pass crossed offsets this copy holds
+    /// no frame for (lost to repaired damage). Frames below `cutoff` in the active segment
+    /// stay until it is sealed; call again then.
     pub fn remove_below(
         &self,
         cutoff: u64,
@@ -565,7 +567,8 @@ impl Log {
 
     /// Moves the oldest retained offset forward over the frames `remove` accepts, in offset
     /// order, within sealed data and below `limit`; `remove` gets each frame's key and the
-    /// bytes retained before it goes. `extra_key` joins the removed keys' maximum.
+    /// bytes retained before it goes. `extra_key` joins the removed keys' maximum when the
+    /// pass crosses an offset that holds no frame here.
     fn remove_prefix(
         &self,
         limit: u64,
@@ -627,7 +630,11 @@ impl Log {
         if cutoff == first {
             return Ok(report);
         }
-        let removed_key = removed_key.max(extra_key);
+        let removed_key = if report.holes_passed > 0 {
+            removed_key.max(extra_key)
+        } else {
+            removed_key
+        };
         let (old_runs, old_segments, manifest) = {
             let st = self.shared.state.read();
             // The segment holding the cutoff stays (its frames below the cutoff are merely
