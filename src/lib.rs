@@ -15,7 +15,8 @@
 //!   threads that runs every log's commits, and its clock for sync deadlines), `state` (the
 //!   in-memory index and where records are), `read` (range and ordered reads, figures),
 //!   `recovery` (scan, torn-tail cut), `dedup` (idempotency window), `run` (sorted runs),
-//!   `compact` (compaction and retention), `manifest` (what a compaction committed),
+//!   `compact` (compaction and retention), `removals` (what retention removed, pass by
+//!   pass), `manifest` (what a compaction committed),
 //!   `mappings` (the kernel's limit on memory mappings: the budget kept under it, and the
 //!   words for a refusal), `failpoint` (crash injection).
 //! - [`index`]: the in-memory order index and offset map, fed by the log and recovery.
