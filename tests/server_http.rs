@@ -508,12 +508,7 @@ async fn history_pages_never_read_hold_at_most_the_doors_budget() {
             .unwrap();
         idle.push(conn);
     }
-    let grew = server.rss_anon_growth(baseline).await;
-    assert!(
-        grew < 400 << 20,
-        "anonymous memory grew by {} MiB",
-        grew >> 20
-    );
+    server.assert_anon_growth_under(baseline, 400 << 20).await;
     // The budget is held by pages nobody reads: a reader is told to come back later.
     let busy = get(&base, "/v1/topics/hp/history").await;
     assert_eq!(busy.status, 429, "{}", busy.text());
@@ -572,12 +567,7 @@ async fn grpc_history_pages_never_read_hold_the_same_budget() {
         send.send_data(message.clone().into(), true).unwrap();
         unread.push(answer);
     }
-    let grew = server.rss_anon_growth(baseline).await;
-    assert!(
-        grew < 250 << 20,
-        "anonymous memory grew by {} MiB for 100 unread pages of 4 MiB",
-        grew >> 20
-    );
+    server.assert_anon_growth_under(baseline, 250 << 20).await;
     // The budget is held: a page is refused over gRPC and over HTTP (after a short wait).
     let refused = c
         .history(framecast::proto::HistoryRequest {

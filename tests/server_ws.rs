@@ -676,12 +676,7 @@ async fn history_pages_asked_for_and_never_read_cost_bounded_memory() {
         .await;
     }
     // The server builds what it may and waits on the unread socket.
-    let grew = server.rss_anon_growth(baseline).await;
-    assert!(
-        grew < 64 << 20,
-        "anonymous memory grew by {} MiB",
-        grew >> 20
-    );
+    server.assert_anon_growth_under(baseline, 64 << 20).await;
     // Read again, the socket gets all 64 pages, whole.
     let mut pages = 0;
     while pages < 64 {
@@ -714,12 +709,7 @@ async fn history_pages_never_read_on_many_sockets_hold_the_servers_budget() {
         }
         sockets.push(ws);
     }
-    let grew = server.rss_anon_growth(baseline).await;
-    assert!(
-        grew < 300 << 20,
-        "anonymous memory grew by {} MiB",
-        grew >> 20
-    );
+    server.assert_anon_growth_under(baseline, 300 << 20).await;
     let busy = common::http::get(&base, "/v1/topics/ctl/history").await;
     assert_eq!(busy.status, 429, "{}", busy.text());
     drop(sockets);

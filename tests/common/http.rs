@@ -50,7 +50,6 @@ pub fn request(
 }
 
 /// `GET path` from `base` ([`request`]) off the async runtime's threads.
-#[allow(dead_code)] // not every test binary that includes `common` calls it
 pub async fn get(base: &str, path: &str) -> Response {
     let (base, path) = (base.to_string(), path.to_string());
     tokio::task::spawn_blocking(move || request(&base, "GET", &path, &[], b""))

@@ -228,6 +228,17 @@ impl Server {
         eprintln!("RssAnon grew by {} MiB", grew >> 20);
         grew
     }
+
+    /// Asserts that [`Server::rss_anon_growth`] over `baseline` stays under `limit` bytes.
+    pub async fn assert_anon_growth_under(&self, baseline: u64, limit: u64) {
+        let grew = self.rss_anon_growth(baseline).await;
+        assert!(
+            grew < limit,
+            "anonymous memory grew by {} MiB (the bound: {} MiB)",
+            grew >> 20,
+            limit >> 20
+        );
+    }
 }
 
 impl Drop for Server {
