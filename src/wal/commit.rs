@@ -19,7 +19,7 @@ use tracing::{debug, error, warn};
 
 use super::config::{FsyncPolicy, LogConfig};
 use super::dedup::{DedupWindow, FirstAck};
-use super::format::RECORD_HEADER_LEN;
+use super::format::{RECORD_CRC_AT, RECORD_CRC_START, RECORD_HEADER_LEN};
 use super::frame::{now_ns, Appended, NewFrame};
 use super::record::{encoded_len, RecordRef};
 use super::replica::Copied;
@@ -535,14 +535,21 @@ impl Committer {
                         key,
                         payload,
                     };
-                    // Checked on arrival (CRC, lengths): stored byte for byte, the header
-                    // first, as a frame of this node's own is written. One copy of the
+                    // Checked on arrival (CRC, lengths): stored byte for byte in the order
+                    // a frame of this node's own is written: the header, the rest, the
+                    // checksum last, into space that is zero until then. One copy of the
                     // whole record (memcpy stores its first bytes last) could leave a
                     // process killed midway with a zero header before part of a payload,
-                    // which recovery cannot tell from damage (see `record::look_past`).
-                    buf[..RECORD_HEADER_LEN].copy_from_slice(&record[..RECORD_HEADER_LEN]);
+                    // which recovery cannot tell from damage (see `record::look_past`);
+                    // the checksum first would make a torn copy look whole, like damage.
+                    buf[..RECORD_CRC_AT].copy_from_slice(&record[..RECORD_CRC_AT]);
+                    buf[RECORD_CRC_START..RECORD_HEADER_LEN]
+                        .copy_from_slice(&record[RECORD_CRC_START..RECORD_HEADER_LEN]);
                     std::sync::atomic::compiler_fence(Ordering::SeqCst);
                     buf[RECORD_HEADER_LEN..].copy_from_slice(&record[RECORD_HEADER_LEN..]);
+                    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                    buf[RECORD_CRC_AT..RECORD_CRC_START]
+                        .copy_from_slice(&record[RECORD_CRC_AT..RECORD_CRC_START]);
                     if !key.is_empty() {
                         let ack = FirstAck {
                             offset: *offset,
