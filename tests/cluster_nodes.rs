@@ -1993,6 +1993,145 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
     }
 }
 
+/// Waits until node `id` holds `topic` from an oldest retained offset above `above`, the
+/// same on every node of `ids`, and the offset holds for 2.5 s (retention settled).
+async fn settled_first(c: &Cluster, ids: &[&str], topic: &str, above: u64) -> u64 {
+    let start = Instant::now();
+    loop {
+        let mut firsts = Vec::new();
+        for id in ids {
+            firsts.push(first_offset_on(c, id, topic).await.unwrap_or(0));
+        }
+        if firsts[0] > above && firsts.iter().all(|f| *f == firsts[0]) {
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            let mut again = Vec::new();
+            for id in ids {
+                again.push(first_offset_on(c, id, topic).await.unwrap_or(0));
+            }
+            if again == firsts {
+                return firsts[0];
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "retention did not settle alike above {above}: {firsts:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A History page of `topic` on node `id`: the first (`after` empty) or a later one.
+async fn history_page(
+    c: &Cluster,
+    id: &str,
+    topic: &str,
+    limit: u32,
+    after: &str,
+) -> Result<framecast::proto::HistoryPage, tonic::Status> {
+    let mut client = c.client(id).await;
+    client
+        .history(framecast::proto::HistoryRequest {
+            topic: topic.into(),
+            from_seq_no: 0,
+            limit,
+            reverse: false,
+            after: after.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A follower refuses a History walk exactly when the leader does: when a retention pass
+/// since the walk began removed frames the walk still needs. A pass that removed only frames
+/// the walk already passed leaves it going on every node: the follower that applied the
+/// passes itself, and one whose copy started again at the leader's oldest retained frame
+/// (it was away). Before, a follower recorded every pass with the largest key the leader
+/// had ever removed (here one old frame with a high seq_no, from a publisher whose count
+/// started again), and refused for good the walks the leader served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_a_history_walk_exactly_when_the_leader_does() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(3, 2, &flags, None).await;
+    let all = ["n1", "n2", "n3"];
+    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
+    let mut others = all.into_iter().filter(|n| *n != leader);
+    let (stays, away) = (others.next().unwrap(), others.next().unwrap());
+    let up = [leader.as_str(), stays];
+    let mut client = c.client(&leader).await;
+    client
+        .create_topic(framecast::proto::CreateTopicRequest {
+            name: "late".into(),
+            retention_max_age_seconds: 0,
+            retention_max_bytes: 200_000,
+        })
+        .await
+        .unwrap();
+    // Offset 0 has the highest seq_no the topic will ever hold; the rest count up from 1.
+    // `away` holds offset 0 only.
+    publish_all(&c, &leader, "late", 0..1, |_| 1_000_000).await;
+    until_delivers(&c, away, "late", 1).await;
+    c.node_mut(away).server.kill9();
+    publish_all(&c, &leader, "late", 1..3_000, |i| i).await;
+    let first = settled_first(&c, &up, "late", 1).await;
+
+    // Two walks: one that read 1,000 frames, one that read 20. Their order keys are the
+    // offsets' (seq_no = offset from 1 on).
+    let mut walks = BTreeMap::new();
+    for id in up {
+        for limit in [1_000u32, 20] {
+            let page = history_page(&c, id, "late", limit, "").await.unwrap();
+            assert!(page.more, "{id}");
+            assert_eq!(page.frames.len(), limit as usize, "{id}");
+            assert_eq!(page.frames[0].seq_no, first, "{id}");
+            walks.insert((id, limit), page.next);
+        }
+    }
+
+    // 100 more frames: the next passes remove about as many of the oldest, which the long
+    // walks have passed and the short ones have not.
+    publish_all(&c, &leader, "late", 3_000..3_100, |i| i).await;
+    let now_first = settled_first(&c, &up, "late", first).await;
+    assert!(
+        now_first > first + 20 && now_first < first + 1_000,
+        "{first} -> {now_first}"
+    );
+    // `away` comes back: its copy ends before the oldest retained frame, so it starts again
+    // there.
+    c.node_mut(away).server.restart();
+    settled_first(&c, &all, "late", first).await;
+    let on_leader = retained_on(&c, &leader, "late").await;
+    let start = Instant::now();
+    while !same_frames(&on_leader, &retained_on(&c, away, "late").await) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{away} does not hold the leader's frames\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The leader's walks go on (or are refused) alike on every node.
+    let mut second_pages = Vec::new();
+    for (id, walked_on) in [(&*leader, &*leader), (stays, stays), (away, &*leader)] {
+        let page = history_page(&c, id, "late", 100, &walks[&(walked_on, 1_000)])
+            .await
+            .unwrap_or_else(|s| panic!("{id} refused a walk retention did not touch: {s:?}"));
+        assert_eq!(page.frames[0].seq_no, first + 1_000, "{id}");
+        second_pages.push(page.frames);
+        let refused = history_page(&c, id, "late", 100, &walks[&(walked_on, 20)]).await;
+        let status = refused.expect_err("a walk whose next frames were removed goes on");
+        assert_eq!(status.code(), Code::OutOfRange, "{id}: {status:?}");
+        assert!(
+            status.message().contains(&now_first.to_string()),
+            "{id}: {status:?}"
+        );
+    }
+    assert_eq!(second_pages[0], second_pages[1]);
+    assert_eq!(second_pages[0], second_pages[2]);
+}
+
 /// Open subscriptions of `topic` on each node (`TopicInfo.subscribers`), by node id.
 async fn subscribers_by_node(c: &Cluster, topic: &str) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
@@ -3351,6 +3490,90 @@ async fn a_follower_with_damage_refuses_to_start_and_after_repair_copies_the_lea
     until_all_hold(&c, &all, "orders", Some(&held)).await;
 }
 
+/// Flips one byte of the first occurrence of `needle` in `seg`.
+fn flip_a_byte_of(seg: &std::path::Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{} holds no {needle:?}", seg.display()));
+    bytes[at] ^= 0x20;
+    std::fs::write(seg, &bytes).unwrap();
+}
+
+/// A node whose recovery cuts a whole record that failed its check (damage: the frame may
+/// have been acknowledged) does not lead while another in-sync member holds it: it waits,
+/// follows the member that leads, copies the frame back, and only then may lead again.
+/// Before, it cut the frame keeping the epoch and, started first, was elected: the others
+/// cut the acknowledged frame too, and its offset went to the next publish, in the same
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_recovery_cut_an_acknowledged_frame_does_not_lead_until_it_copied_it_back() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2).await;
+    let all = ["n1", "n2"];
+    let damaged = c.leader(&all, 2, Duration::from_secs(30)).await;
+    let other = all.into_iter().find(|n| *n != damaged).unwrap();
+    let mut lc = c.client(&damaged).await;
+    for seq in 0..5u64 {
+        let payload = format!("acked-frame-{seq}");
+        lc.publish(req("dmg", seq, payload.as_bytes()))
+            .await
+            .unwrap();
+    }
+    let held = copy_of(&c, &damaged, "dmg").await.unwrap();
+    assert_eq!(held.1.len(), 5);
+    until_all_hold(&c, &all, "dmg", Some(&held)).await;
+    drop(lc);
+
+    // Both stop cleanly; bit rot in the last frame of the leader's copy.
+    for id in all {
+        c.node(id).server.sigterm();
+        assert!(c
+            .node_mut(id)
+            .server
+            .wait_exit(Duration::from_secs(30))
+            .is_some());
+    }
+    let data = c.node(&damaged).server.data_dir.clone();
+    flip_a_byte_of(
+        &data.join("topics/dmg/00000000000000000000.seg"),
+        b"acked-frame-4",
+    );
+
+    // Started first and alone, it cuts the frame, keeps its doubt and does not campaign.
+    c.node_mut(&damaged).server.restart();
+    tokio::time::sleep(TTL * 3).await;
+    let log = c.node(&damaged).server.log_text();
+    assert!(
+        !log.contains("leading") && log.contains("not campaigning"),
+        "{}",
+        c.logs()
+    );
+    assert!(data.join("topics/dmg/recovery-doubt").exists());
+
+    // The other comes back and leads; the damaged node copies the frame back under the
+    // same epoch, and its doubt is settled.
+    c.node_mut(other).server.restart();
+    let leader = c.leader(&all, 2, Duration::from_secs(30)).await;
+    assert_eq!(leader, other, "{}", c.logs());
+    until_all_hold(&c, &all, "dmg", Some(&held)).await;
+    let start = Instant::now();
+    while data.join("topics/dmg/recovery-doubt").exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.node(&damaged).server.log_text().contains("doubt settled"));
+
+    // The next frame takes the next offset on both.
+    let mut lc = c.client(&leader).await;
+    let ack = lc
+        .publish(req("dmg", 5, b"after"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.offset, 5);
+}
 /// Flips one byte in the middle of `seg`, in place (a running server's mapping sees it).
 fn flip_a_byte_in_place(seg: &std::path::Path) {
     use std::io::{Read, Seek, SeekFrom, Write};

@@ -401,17 +401,26 @@ fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
 }
 
 /// A copy that starts where its source's retention left off: an empty log prepared to start
-/// at an offset appends from there, refuses reads below it, keeps the watermark across a
-/// reopen; a directory that holds a log cannot be prepared.
+/// at an offset appends from there, refuses reads below it, keeps its source's retention
+/// passes across a reopen (a reader that began after an old pass counts only the later
+/// ones); a directory that holds a log cannot be prepared.
 #[test]
 fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     let dir = tempfile::tempdir().unwrap();
+    let old_high = OrderKey {
+        seq_no: 1_000_000,
+        timestamp: 1,
+        offset: 0,
+    };
     let key = OrderKey {
         seq_no: 41,
         timestamp: 3,
         offset: 999,
     };
-    Log::prepare_start(dir.path(), 1000, Some(key)).unwrap();
+    let mut passes = framecast::wal::removals::Removals::default();
+    passes.record(400, old_high);
+    passes.record(1000, key);
+    Log::prepare_start(dir.path(), 1000, &passes).unwrap();
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     assert_eq!(log.durable_offset(), 1000);
     assert_eq!(log.first_offset(), 1000);
@@ -429,11 +438,15 @@ fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     drop(log);
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     assert_eq!((log.first_offset(), log.durable_offset()), (1000, 1001));
-    assert_eq!(log.retention_watermark().1, Some(key));
+    assert_eq!(log.retention_watermark().1, Some(old_high));
+    assert_eq!(log.removed_since(0).1, Some(old_high));
+    assert_eq!(log.removed_since(400).1, Some(key));
+    assert_eq!(log.removed_since(1000).1, None);
     let (ordered, _) = everything(&log);
     assert_eq!(ordered.len(), 1);
     assert_eq!(ordered[0].offset, 1000);
-    assert!(Log::prepare_start(dir.path(), 5, None).is_err());
+    let none = framecast::wal::removals::Removals::default();
+    assert!(Log::prepare_start(dir.path(), 5, &none).is_err());
 }
 
 /// A cluster node compacts below its commit point only: what lies above it may have to be

@@ -10,6 +10,8 @@
 //! - `cursor`: cursor tokens, the opaque resume points of SSE, WebSocket and History.
 //! - `topics`: the topic registry, each topic's metadata and log, and the name rules.
 //! - `terms`: a topic's term history, and where a follower's copy diverges from a leader's.
+//! - `doubt`: a cluster copy whose recovery cut what may have been acknowledged, kept from
+//!   leading until settled.
 //! - `subscription`: the replay→live cursor over one topic's log.
 //! - `frame_cache`: live frames encoded once per topic, shared by every subscriber.
 //! - `shutdown`: the one shutdown signal.
@@ -28,6 +30,7 @@ pub mod broadcast;
 pub mod cluster_view;
 pub mod core;
 pub mod cursor;
+pub mod doubt;
 pub mod error;
 pub mod frame_cache;
 pub mod history;

@@ -22,7 +22,8 @@ use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
 use crate::wal::{
-    cut_from, mappings, segment::sync_dir, Cut, FailureSignal, Log, LogConfig, TailLoss,
+    cut_from, mappings, removals::Removals, segment::sync_dir, Cut, FailureSignal, Log, LogConfig,
+    TailLoss,
 };
 
 /// File holding a topic's metadata.
@@ -68,6 +69,9 @@ pub struct Topic {
     /// A cluster leader's retention decision not yet applied to this copy: the oldest
     /// offset it retains and the largest order key it removed.
     leader_retention: Mutex<(u64, Option<OrderKey>)>,
+    /// Why this cluster copy may lack acknowledged frames, until settled
+    /// ([`super::doubt`]).
+    doubt: Mutex<Option<String>>,
 }
 
 /// The positions of a topic's open subscriptions, by slot id.
@@ -139,6 +143,12 @@ impl Topic {
     /// The topic's log.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Why this cluster copy may lack acknowledged frames, until settled
+    /// ([`super::doubt`]).
+    pub fn doubt(&self) -> Option<String> {
+        self.doubt.lock().clone()
     }
 
     /// The visibility frontier: frames below it may be delivered, listed and acknowledged;
@@ -791,15 +801,15 @@ impl Topics {
 
     /// Replaces the copy `name` with an empty one of `meta` that starts at `first_offset`:
     /// a follower whose copy ends before its leader's oldest retained frame (retention
-    /// removed what it lacks, everywhere). `removed_max_key`: the leader's retention
-    /// watermark. The old copy's streams end with `UNAVAILABLE`; a resume below
+    /// removed what it lacks, everywhere). `removals`: the leader's retention passes. The
+    /// old copy's streams end with `UNAVAILABLE`; a resume below
     /// `first_offset` then gets `OUT_OF_RANGE`, never a silent gap. The term history stays.
     pub async fn restart_copy(
         &self,
         name: &str,
         meta: TopicMeta,
         first_offset: u64,
-        removed_max_key: Option<OrderKey>,
+        removals: Removals,
     ) -> Result<Arc<Topic>> {
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
@@ -834,7 +844,7 @@ impl Topics {
                 old.log.close();
                 remove_topic_dir(&dir, &name_owned, old.meta.epoch)?;
             }
-            let start = Some((first_offset, removed_max_key));
+            let start = Some((first_offset, &removals));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
             let topic = Arc::new(new_topic(
                 name_owned.clone(),
@@ -940,6 +950,74 @@ impl Topics {
         Ok(cut)
     }
 
+    /// Topics whose copy may lack acknowledged frames ([`super::doubt`]), by name.
+    pub fn doubtful(&self) -> Vec<String> {
+        let map = self.map.read();
+        map.values()
+            .filter(|t| t.doubt.lock().is_some())
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// Settles the doubt of topic `name`: its copy holds its leader's commit point again.
+    pub async fn settle_doubt(&self, name: &str) -> Result<()> {
+        let Some(topic) = self.get(name).filter(|t| t.doubt.lock().is_some()) else {
+            return Ok(());
+        };
+        let dir = self.dir.join(name);
+        tokio::task::spawn_blocking(move || super::doubt::clear(&dir))
+            .await
+            .map_err(|e| Error::Metadata {
+                path: name.to_string(),
+                reason: e.to_string(),
+            })??;
+        *topic.doubt.lock() = None;
+        info!(
+            topic = name,
+            "the copy holds its leader's commit point again: doubt settled"
+        );
+        Ok(())
+    }
+
+    /// Gives every doubtful topic a new epoch, reopened, and settles its doubt: for a node
+    /// that leads while its copies may lack acknowledged frames (no other member was in
+    /// sync), so that their offsets, given again, are never taken for the old frames.
+    pub async fn renew_doubtful(&self) -> Result<usize> {
+        let mut renewed = 0;
+        for name in self.doubtful() {
+            let guard = Arc::clone(&self.changes).lock_owned().await;
+            let Some(old) = self.get(&name) else {
+                continue;
+            };
+            let (dir, map) = (self.dir.join(&name), Arc::clone(&self.map));
+            let config = self.topic_config(&old.meta);
+            let metrics = self.metrics.topic(&name);
+            let roster = Arc::clone(&self.roster);
+            let owned = name.clone();
+            let epoch = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+                let _guard = guard;
+                old.ended.send_replace(Some(Ended::Reopened));
+                old.log.close();
+                let meta = renew_epoch(&dir, &old.meta)?;
+                super::doubt::clear(&dir)?;
+                let log = Log::open(&dir, config)?;
+                let commit = old.commit.as_ref().map(|c| *c.borrow());
+                let topic = new_topic(owned.clone(), meta, log, metrics, old.terms(), commit);
+                map.write().insert(owned.clone(), Arc::new(topic));
+                roster.changed(&owned);
+                Ok((old.meta.epoch, meta.epoch))
+            })
+            .await
+            .map_err(|e| Error::Metadata {
+                path: name.clone(),
+                reason: e.to_string(),
+            })??;
+            warn!(topic = %name, old_epoch = epoch.0, new_epoch = epoch.1, "leading a copy that may lack acknowledged frames (no other member was in sync): new epoch");
+            renewed += 1;
+        }
+        Ok(renewed)
+    }
+
     /// Waits until a creation, deletion, cut or copy restart under way has finished (their
     /// blocking work holds the lock this takes), for a caller that cancelled the task that
     /// asked for it.
@@ -1011,9 +1089,10 @@ fn open_one(
     // so may a whole record that failed its check (damage, not a crash), and a last segment
     // something else cut short. The new epoch is made durable before recovery changes the
     // file, so a crash in between cannot lose it. Not for a cluster node's copy on the
-    // last two counts: a follower appends its leader's records byte for byte, CRC included,
-    // so a crash mid-copy leaves a CRC too, and the frames it lost are copied again under
-    // the leader's epoch.
+    // last two counts: it keeps its leader's epoch and copies the frames it lost again,
+    // and its doubt keeps it from leading meanwhile (`super::doubt`). (A follower stores a
+    // copied record's checksum last, as its own, so a crash mid-copy leaves a zero one;
+    // copies written before that may still look whole when torn.)
     let mut before_cut = |loss: TailLoss<'_>| -> crate::wal::Result<()> {
         let (file, bytes_cut, reason, damage) = match loss {
             TailLoss::Torn(torn) => {
@@ -1031,6 +1110,26 @@ fn open_one(
             }
             TailLoss::CutShort(short) => (&short.file, 0, &short.reason, Some(CUT_SHORT)),
         };
+        if let (Some(why), true) = (damage, copy) {
+            // The epoch stays the leader's, but the node must not lead while another
+            // in-sync member could: made durable before recovery changes the file.
+            super::doubt::write(&topic_dir, why).map_err(|e| {
+                crate::wal::Error::Unavailable(format!(
+                    "cannot record the doubt of topic '{name}' before recovery changes its \
+                     last segment: {e}"
+                ))
+            })?;
+            warn!(
+                topic = %name,
+                bytes_cut,
+                file = %file.display(),
+                reason = %reason,
+                cause = why,
+                "recovery cuts a tail of a cluster copy that may have held acknowledged \
+                 frames; this node will not lead while another in-sync member can, until it \
+                 has copied the topic from a leader again"
+            );
+        }
         let damage = damage.filter(|_| !copy);
         if (epochs.cut || damage.is_some()) && !renew_now {
             let cause = damage.unwrap_or(
@@ -1069,14 +1168,9 @@ fn open_one(
         Err(e) => return Err(e.into()),
     };
     let handles = metrics.topic(&name);
-    Ok(new_topic(
-        name,
-        meta,
-        log,
-        handles,
-        terms,
-        replicated.then_some(0),
-    ))
+    let topic = new_topic(name, meta, log, handles, terms, replicated.then_some(0));
+    *topic.doubt.lock() = super::doubt::read(&topic_dir)?;
+    Ok(topic)
 }
 
 /// Recovers the topics `names` of `dir` on a few threads at once: a start with ten
@@ -1205,7 +1299,7 @@ fn make_topic(
     name: &str,
     meta: &TopicMeta,
     terms: &TermHistory,
-    start: Option<(u64, Option<OrderKey>)>,
+    start: Option<(u64, &Removals)>,
     config: LogConfig,
 ) -> Result<Log> {
     let temp = dir.join(format!("{TEMP_PREFIX}creating-{name}"));
@@ -1218,8 +1312,8 @@ fn make_topic(
         if *terms != TermHistory::default() {
             terms.store(&temp)?;
         }
-        if let Some((first_offset, removed_max_key)) = start {
-            Log::prepare_start(&temp, first_offset, removed_max_key)?;
+        if let Some((first_offset, removals)) = start {
+            Log::prepare_start(&temp, first_offset, removals)?;
         }
         // The first segment too: a topic's directory never has its name without one, so a
         // topic found at startup with no segment lost them (see `Log::open_existing`).
@@ -1339,6 +1433,7 @@ fn new_topic(
         commit: commit.map(|c| watch::channel(c).0),
         first_offset: watch::channel(first).0,
         leader_retention: Mutex::new((first, None)),
+        doubt: Mutex::new(None),
     }
 }
 
@@ -1399,7 +1494,7 @@ fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
 
 /// Replaces the file `name` of directory `dir` with `bytes` durably: temp file, sync,
 /// rename, directory sync. A crash leaves the old file or the new one, whole.
-fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+pub(super) fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let path = dir.join(name);
     let temp = dir.join(format!("{name}.tmp"));

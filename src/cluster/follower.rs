@@ -27,7 +27,9 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tracing::info;
 
-use super::leader::{from_wire_key, from_wire_terms, max_message_bytes, wire_terms};
+use super::leader::{
+    from_wire_key, from_wire_removals, from_wire_terms, max_message_bytes, wire_terms,
+};
 use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use crate::broker::error::Error;
@@ -421,7 +423,7 @@ impl Apply {
             Update::Commit(c) => {
                 self.commits.insert(c.topic.clone(), c.offset);
                 self.make_visible(&c.topic);
-                Ok(())
+                self.settle_doubt(&c.topic).await
             }
             // Every creation and deletion sent before it was applied, each durable before
             // the next update was read: the leader may acknowledge them.
@@ -439,7 +441,9 @@ impl Apply {
                 };
                 let meta = *t.meta();
                 let key = r.removed_max_key.as_ref().map(from_wire_key);
-                self.retain(&r.topic, meta, r.first_offset, key).await
+                let passes = (&r.removals[..], r.removed_max_key.as_ref());
+                self.retain(&r.topic, meta, r.first_offset, key, passes)
+                    .await
             }
         }
     }
@@ -453,6 +457,7 @@ impl Apply {
         meta: TopicMeta,
         first: u64,
         removed_max_key: Option<crate::index::OrderKey>,
+        passes: (&[rp::RemovalPass], Option<&rp::OrderKey>),
     ) -> Result<(), FollowError> {
         let Some(t) = self.topics.get(name) else {
             return Ok(());
@@ -460,7 +465,12 @@ impl Apply {
         if t.log().durable_offset() < first {
             info!(topic = %name, first_offset = first, end = t.log().durable_offset(), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
             self.topics
-                .restart_copy(name, meta, first, removed_max_key)
+                .restart_copy(
+                    name,
+                    meta,
+                    first,
+                    from_wire_removals(passes.0, passes.1, first),
+                )
                 .await?;
             self.make_visible(name);
             return self.report(name).await;
@@ -494,7 +504,8 @@ impl Apply {
         self.topics.set_terms_many(histories).await?;
         for t in batch {
             let key = t.removed_max_key.as_ref().map(from_wire_key);
-            self.retain(&t.name, topic_meta(&t), t.first_offset, key)
+            let passes = (&t.removals[..], t.removed_max_key.as_ref());
+            self.retain(&t.name, topic_meta(&t), t.first_offset, key, passes)
                 .await?;
         }
         Ok(())
@@ -524,7 +535,20 @@ impl Apply {
     /// visible, and the leader hears the new end.
     async fn durable(&mut self, name: &str) -> Result<(), FollowError> {
         self.make_visible(name);
+        self.settle_doubt(name).await?;
         self.report(name).await
+    }
+
+    /// A copy in doubt ([`crate::broker::doubt`]) that holds the leader's commit point
+    /// again holds every acknowledged frame: its doubt is settled.
+    async fn settle_doubt(&self, name: &str) -> Result<(), FollowError> {
+        let (Some(t), Some(&commit)) = (self.topics.get(name), self.commits.get(name)) else {
+            return Ok(());
+        };
+        if t.doubt().is_some() && t.log().durable_offset() >= commit {
+            self.topics.settle_doubt(name).await?;
+        }
+        Ok(())
     }
 
     /// Tells the leader how far this node holds `topic` durably.

@@ -38,6 +38,7 @@ use crate::broker::terms::{divergence, TermHistory, TermStart};
 use crate::broker::topics::{Topic, Topics};
 use crate::index::OrderKey;
 use crate::wal;
+use crate::wal::removals::Removals;
 
 /// Bytes of records per message to a follower (at least one record).
 pub const MAX_RECORDS_BYTES: usize = 1 << 20;
@@ -787,7 +788,7 @@ impl Session {
                 // Retention removed what this follower needs next: it starts its copy again
                 // at the oldest retained offset, and shipping goes on from there.
                 info!(follower = %self.follower, topic = %name, from = s.next, first, "follower needs frames retention removed: it restarts its copy at the oldest retained offset");
-                let (first, removed) = t.log().retention_watermark();
+                let (first, removals) = t.log().retention_passes();
                 if let Some(p) = self.positions.get_mut(&name) {
                     p.next = first;
                     p.first = first;
@@ -799,7 +800,8 @@ impl Session {
                         topic: name,
                         epoch: s.epoch,
                         first_offset: first,
-                        removed_max_key: removed.map(wire_key),
+                        removed_max_key: removals.largest().map(wire_key),
+                        removals: wire_removals(&removals),
                     })),
                 }));
             }
@@ -904,7 +906,7 @@ impl Session {
     /// Sends `topic`'s oldest retained offset if this node's retention moved it since last
     /// sent: the follower removes the same frames from its copy.
     async fn send_retention(&mut self, topic: &Topic) -> Result<(), Gone> {
-        let (first, removed) = topic.log().retention_watermark();
+        let (first, removals) = topic.log().retention_passes();
         let Some(s) = self.positions.get_mut(topic.name()) else {
             return Ok(());
         };
@@ -918,7 +920,8 @@ impl Session {
             topic: topic.name().to_string(),
             epoch,
             first_offset: first,
-            removed_max_key: removed.map(wire_key),
+            removed_max_key: removals.largest().map(wire_key),
+            removals: wire_removals(&removals),
         }))
         .await
     }
@@ -1013,7 +1016,7 @@ pub fn from_wire_terms(terms: &[rp::TermStart]) -> crate::broker::error::Result<
 
 fn replica_topic(t: &Topic) -> rp::ReplicaTopic {
     let m = t.meta();
-    let (first_offset, removed) = t.log().retention_watermark();
+    let (first_offset, removals) = t.log().retention_passes();
     rp::ReplicaTopic {
         name: t.name().to_string(),
         epoch: m.epoch,
@@ -1021,8 +1024,37 @@ fn replica_topic(t: &Topic) -> rp::ReplicaTopic {
         retention_max_bytes: m.retention_max_bytes,
         first_offset,
         terms: wire_terms(&t.terms()),
-        removed_max_key: removed.map(wire_key),
+        removed_max_key: removals.largest().map(wire_key),
+        removals: wire_removals(&removals),
     }
+}
+
+/// Retention's passes as sent.
+fn wire_removals(r: &Removals) -> Vec<rp::RemovalPass> {
+    r.passes()
+        .iter()
+        .map(|&(cutoff, largest)| rp::RemovalPass {
+            cutoff,
+            largest: Some(wire_key(largest)),
+        })
+        .collect()
+}
+
+/// Retention's passes as received: the leader's passes, or, from a leader that does not
+/// send them, its largest removed key counted as removed by one pass up to `first`.
+pub fn from_wire_removals(
+    passes: &[rp::RemovalPass],
+    largest: Option<&rp::OrderKey>,
+    first: u64,
+) -> Removals {
+    let stored: Vec<_> = passes
+        .iter()
+        .filter_map(|p| {
+            let k = from_wire_key(p.largest.as_ref()?);
+            Some((p.cutoff, (k.seq_no, k.timestamp, k.offset)))
+        })
+        .collect();
+    Removals::from_stored(&stored, largest.map(from_wire_key), first)
 }
 
 /// An order key as sent.

@@ -576,7 +576,16 @@ impl Node {
         loop {
             match self.read_insync().await? {
                 Record::Missing => break,
-                Record::Set(r) if r.members.iter().any(|m| m == self.me()) => break,
+                Record::Set(r) if r.members.iter().any(|m| m == self.me()) => {
+                    let doubtful = self.topics.doubtful();
+                    if doubtful.is_empty() || r.members.iter().all(|m| m == self.me()) {
+                        break;
+                    }
+                    let why = format!("doubt {doubtful:?}");
+                    if let Some(repeated) = repeats.due(&why, Instant::now()) {
+                        warn!(topics = ?doubtful, members = ?r.members, repeated, "not campaigning: recovery cut what may have been acknowledged frames of these topics, which another in-sync member holds; waiting to copy them from a leader (if none of the members can come back, delete the in-sync key in etcd to let this node lead, with new epochs for these topics)");
+                    }
+                }
                 Record::Set(_) => {}
                 Record::Unreadable(why) => {
                     if let Some(repeated) = repeats.due(&why, Instant::now()) {
@@ -794,6 +803,18 @@ impl Node {
                 let _ = self.etcd.resign(&key).await;
                 return;
             }
+            if !self.topics.doubtful().is_empty() && r.members.iter().any(|m| m != self.me()) {
+                info!(term, members = ?r.members, "elected, but copies here may lack acknowledged frames another member holds; resigning");
+                let _ = self.etcd.resign(&key).await;
+                return;
+            }
+        }
+        // Leading with copies that may lack acknowledged frames (no other member is in
+        // sync): their offsets will be given again, under a new epoch.
+        if let Err(e) = self.topics.renew_doubtful().await {
+            warn!(error = %e, "cannot give the doubtful topics a new epoch; resigning");
+            let _ = self.etcd.resign(&key).await;
+            return;
         }
         let members: Vec<String> = record.map(|r| r.members).unwrap_or_default();
         self.door.send_replace(Door::Opening);

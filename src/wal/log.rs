@@ -183,13 +183,9 @@ impl Log {
 
     /// Prepares the empty directory `dir` so that the log opened in it starts at
     /// `first_offset`: a copy of a log whose older frames retention removed elsewhere.
-    /// `removed_max_key`: the largest order key they held (the retention watermark), so a
-    /// resumed replay that needed one is refused here too. Refused when `dir` holds a log.
-    pub fn prepare_start(
-        dir: &Path,
-        first_offset: u64,
-        removed_max_key: Option<OrderKey>,
-    ) -> Result<()> {
+    /// `removals`: the passes that removed them there, so a stream that needed one of
+    /// their frames is refused here exactly when it is there. Refused when `dir` holds a log.
+    pub fn prepare_start(dir: &Path, first_offset: u64, removals: &Removals) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if !super::recovery::list_segments(dir)?.is_empty() || manifest::read(dir)?.is_some() {
             return Err(Error::InvalidArgument(format!(
@@ -204,8 +200,10 @@ impl Log {
                 first_offset,
                 segments_from: first_offset,
                 runs: Vec::new(),
-                removed_max_key: removed_max_key.map(|k| (k.seq_no, k.timestamp, k.offset)),
-                removals: Vec::new(),
+                removed_max_key: removals
+                    .largest()
+                    .map(|k| (k.seq_no, k.timestamp, k.offset)),
+                removals: removals.to_stored(),
             },
         )
     }

@@ -213,6 +213,13 @@ impl Log {
         Ok(done)
     }
 
+    /// The oldest retained offset and retention's passes over this log
+    /// ([`super::removals::Removals`]), read together.
+    pub fn retention_passes(&self) -> (u64, super::removals::Removals) {
+        let st = self.shared.state.read();
+        (st.first_offset, st.removals.clone())
+    }
+
     /// The retention watermark: the oldest retained offset and the largest order key ever
     /// removed by retention.
     pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {

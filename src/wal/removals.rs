@@ -81,6 +81,17 @@ impl Removals {
     pub fn largest(&self) -> Option<OrderKey> {
         self.passes.first().map(|(_, k)| *k)
     }
+
+    /// The passes, oldest first: each one's cut-off and the largest key it or a later
+    /// pass removed.
+    pub fn passes(&self) -> &[(u64, OrderKey)] {
+        &self.passes
+    }
+
+    /// True when no pass removed anything.
+    pub fn is_empty(&self) -> bool {
+        self.passes.is_empty()
+    }
 }
 
 #[cfg(test)]
