@@ -675,7 +675,8 @@ def coalesced_stream_end(
     - :data:`RESEND` with a delay: a transient failure (or an early end); re-send every
       unacknowledged frame, with its key, after the delay.
     - :data:`FAIL_ALL` with the error: the client is closed or the retry budget is spent;
-      every waiting call fails (for a publish: outcome unknown).
+      every waiting call fails (for a publish: outcome unknown), and ``backoff`` starts
+      over, so a later publish gets its own budget.
 
     With a ``route``, a follower's refusal naming the leader is :data:`RESEND` with delay 0
     (at once, to the leader).
@@ -688,12 +689,16 @@ def coalesced_stream_end(
         return FAIL_OLDEST, None, from_rpc_error(failure)
     delay = backoff.next_delay()
     if delay is None:
+        attempts = backoff.attempts
+        # Every waiting call fails now: the calls that come later get a budget of their own,
+        # counted from their first failure (not from this outage's).
+        backoff.reset()
         if failure is not None:
-            return FAIL_ALL, None, _explained(route, from_rpc_error(failure, backoff.attempts))
+            return FAIL_ALL, None, _explained(route, from_rpc_error(failure, attempts))
         return (
             FAIL_ALL,
             None,
-            errors.Unavailable("publish stream ended early", None, backoff.attempts),
+            errors.Unavailable("publish stream ended early", None, attempts),
         )
     return RESEND, delay, None
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import TEST_RETRY, ServerProcess
 
-from framecast import Ack, Client, InvalidArgument
+from framecast import Ack, Client, InvalidArgument, RetryPolicy, Unavailable
 from framecast.aio import Client as AioClient
 
 THREADS = 32
@@ -312,3 +312,62 @@ def test_an_aio_client_dropped_without_close_lets_go_of_its_stream_and_task(
         assert all(t.done() for t in tasks), "its coalescing task still runs"
 
     asyncio.run(main())
+
+
+#: A short budget: one outage spends it quickly.
+SHORT_BUDGET = RetryPolicy(initial=0.02, max_delay=0.2, max_elapsed=1.0)
+
+
+def _outage_then_return(srv: ServerProcess, publish) -> float:  # type: ignore[no-untyped-def]
+    """Kills ``srv``; ``publish()`` spends the whole budget (Unavailable); then ``srv``
+    comes back 0.4 s into a second ``publish()``, well within a fresh budget, and that one
+    must be acknowledged. Returns how long the second publish took."""
+    srv.kill()
+    t0 = time.monotonic()
+    with pytest.raises(Unavailable):
+        publish()
+    assert time.monotonic() - t0 >= SHORT_BUDGET.max_elapsed * 0.9, "gave up before its budget"
+    timer = threading.Timer(0.4, srv.start)
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        publish()
+        return time.monotonic() - t0
+    finally:
+        timer.join()
+
+
+def test_a_coalesced_publish_after_an_outage_gets_a_budget_of_its_own(
+    restartable_server: ServerProcess, topic: str
+) -> None:
+    # The shared stream's backoff must start over once the outage's calls failed: a later
+    # publish is measured from its own first failure, not from the old outage's.
+    srv = restartable_server
+    with Client(srv.address, retry=SHORT_BUDGET, coalesce=True) as c:
+        c.publish(b"before", 1, topic=topic, timeout=10)
+        took = _outage_then_return(srv, lambda: c.publish(b"p", 2, topic=topic, timeout=10))
+        assert took >= 0.3  # it waited for the server
+
+
+def test_an_aio_coalesced_publish_after_an_outage_gets_a_budget_of_its_own(
+    restartable_server: ServerProcess, topic: str
+) -> None:
+    srv = restartable_server
+
+    async def main() -> None:
+        async with AioClient(srv.address, retry=SHORT_BUDGET, coalesce=True) as c:
+            await c.publish(b"before", 1, topic=topic, timeout=10)
+            srv.kill()
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable):
+                await c.publish(b"p", 2, topic=topic, timeout=10)
+            assert time.monotonic() - t0 >= SHORT_BUDGET.max_elapsed * 0.9
+            timer = threading.Timer(0.4, srv.start)
+            timer.start()
+            try:
+                ack = await c.publish(b"p", 2, topic=topic, timeout=10)
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, timer.join)
+            assert ack.offset == 1
+
+    asyncio.run(asyncio.wait_for(main(), 30))
