@@ -444,7 +444,12 @@ class Client:
         self._publish_pipeline(pipe, timeout)
         return pipe.finish()
 
-    def _publish_pipeline(self, pipe: Pipeline, timeout: float | None) -> None:
+    def _publish_pipeline(
+        self, pipe: Pipeline, timeout: float | None, stop: _Stop | None = None
+    ) -> None:
+        """Publishes ``pipe`` over ``PublishStream`` s until every frame is acknowledged.
+        ``stop`` (``run``'s): once set, no frame is drawn from the caller's iterable any
+        more, the stream is cancelled and this raises :class:`ClientClosed`."""
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
         route = Route(self._nodes)
@@ -456,20 +461,25 @@ class Client:
             while True:
                 with cond:
                     while True:
-                        if stream_id != my_id:
+                        if stream_id != my_id or (stop is not None and stop.is_set()):
                             return
                         req = pipe.take(n)
                         if req is Pipeline.END:
                             return
                         if req is not Pipeline.WAIT:
                             break
-                        cond.wait()
+                        cond.wait(None if stop is None else 0.1)
                 n += 1
                 yield req
+
+        def stopped() -> bool:
+            return stop is not None and stop.is_set()
 
         while not pipe.done:
             if self._closed.is_set():
                 raise pipe.fail(ClientClosed("publish_many: client closed"))
+            if stopped():
+                raise pipe.fail(ClientClosed("run: stopped"))
             with cond:
                 stream_id += 1
                 my_id = stream_id
@@ -478,6 +488,8 @@ class Client:
                 call = stub.PublishStream(requests(my_id), timeout=remaining(deadline))
             except (ValueError, ClientClosed):
                 raise pipe.fail(ClientClosed("publish_many: client closed")) from None
+            if stop is not None:
+                stop.watch(call)
             failure: grpc.RpcError | None = None
             try:
                 for ack in call:
@@ -497,6 +509,8 @@ class Client:
                     stream_id += 1  # stops this stream's request generator
                     cond.notify_all()
                 call.cancel()
+            if stopped():
+                raise pipe.fail(ClientClosed("run: stopped"))
             delay = publish_stream_retry_delay(
                 pipe,
                 failure,
@@ -508,6 +522,11 @@ class Client:
             )
             if delay is None:
                 return
+            if stop is not None:
+                # run() sets stop when it ends, the client closing included.
+                if stop.wait(delay):
+                    raise pipe.fail(ClientClosed("run: stopped"))
+                continue
             try:
                 self._sleep(delay)
             except ClientClosed as e:
@@ -584,6 +603,9 @@ class Client:
                 received, if publishing finished).
             FramecastError: Whatever publishing or the subscription failed with; an exception
                 raised by ``on_frame`` propagates as it is.
+
+        However it ends, publishing stops with it: no frame is drawn from ``frames`` after
+        ``run`` returned or raised, and no thread is left publishing.
         """
         self._check_open()
         deadline = deadline_after(timeout)
@@ -591,30 +613,34 @@ class Client:
         pipe = Pipeline(iter(frame_requests(topic, frames, self._keys)), window)
         sub = self.frames(topic, start)
         inbox: queue.Queue[Any] = queue.Queue(maxsize=4096)
-        stop = threading.Event()
+        stop = _Stop()
         published: list[BaseException | None] = []
+
+        def hand_over(item: Any) -> None:
+            # Never blocks for ever: once run() ended nobody reads the inbox.
+            while not stop.is_set():
+                try:
+                    inbox.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
 
         def consume() -> None:
             try:
                 for frame in sub:
-                    while not stop.is_set():
-                        try:
-                            inbox.put(frame, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                    hand_over(frame)
                     if stop.is_set():
                         return
             except BaseException as e:  # handed to the calling thread
-                inbox.put(e)
+                hand_over(e)
 
         def publish() -> None:
             try:
-                self._publish_pipeline(pipe, remaining(deadline))
+                self._publish_pipeline(pipe, remaining(deadline), stop)
                 published.append(None)
             except BaseException as e:
                 published.append(e)
-            inbox.put(_WAKE)
+            hand_over(_WAKE)
 
         threads = [
             threading.Thread(target=consume, name="framecast-run-subscribe", daemon=True),
@@ -826,6 +852,40 @@ class Client:
 
 
 _WAKE = object()
+
+
+class _Stop:
+    """``run``'s stop signal: set when ``run`` returns or raises. Its publisher draws no
+    frame after it, and the stream it reads acks from (:meth:`watch`) is cancelled, so no
+    thread is left publishing the caller's frames."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+
+    def is_set(self) -> bool:
+        """True once :meth:`set` was called."""
+        return self._event.is_set()
+
+    def wait(self, delay: float) -> bool:
+        """Waits up to ``delay`` seconds; True when set."""
+        return self._event.wait(delay)
+
+    def watch(self, call: Any) -> None:
+        """``call`` is the publisher's stream now: cancelled on :meth:`set`."""
+        with self._lock:
+            self._call = call
+        if self._event.is_set():
+            call.cancel()
+
+    def set(self) -> None:
+        """Stops the publisher."""
+        self._event.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
 
 #: Seconds a shared stream with nothing to send or acknowledge stays open. Closing it then
 #: lets go of the client: a client dropped without :meth:`Client.close` is collected (its

@@ -148,6 +148,34 @@ def test_run_timeout_and_on_frame_errors(client: Client, topic: str) -> None:
         client.run([(1, b"x")], topic, on_frame=boom, timeout=20)
 
 
+
+def test_run_that_raised_stops_publishing_at_once(client: Client, topic: str) -> None:
+    # on_frame raising ends run(): it returns promptly, draws nothing more from the
+    # caller's iterable, and leaves no thread publishing behind.
+    client.create_topic(topic)
+    drawn = itertools.count()
+    last = [0]
+
+    def endless():  # type: ignore[no-untyped-def]
+        for i in itertools.count():
+            last[0] = next(drawn)
+            yield (i, b"x" * 100)
+
+    def boom(frame: Frame) -> None:
+        raise RuntimeError("stop at the first frame")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stop at the first frame"):
+        client.run(endless(), topic, on_frame=boom, window=64, timeout=20)
+    assert time.monotonic() - t0 < 2.0, "run() waited for its publisher"
+    assert not [t for t in threading.enumerate() if t.name.startswith("framecast-run")]
+    before = last[0]
+    stored = {t.name: t.next_offset for t in client.list_topics()}[topic]
+    time.sleep(0.3)
+    assert last[0] == before, "frames are still drawn from the iterable after run() raised"
+    assert {t.name: t.next_offset for t in client.list_topics()}[topic] == stored
+
+
 def test_topics_create_list_delete(client: Client, topic: str) -> None:
     info = client.create_topic(topic, retention_max_age_seconds=3600)
     assert info.name == topic and info.epoch > 0 and info.frames == 0
