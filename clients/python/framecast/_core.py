@@ -6,6 +6,7 @@ waiting and the calls."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import os
@@ -493,6 +494,20 @@ class KeySource:
             n = next(self._counter)
             prefix = self._prefix
         return f"py-{prefix}-{n}"
+
+
+def with_key(error: errors.FramecastError, key: str | None) -> errors.FramecastError:
+    """``error`` naming the idempotency key of the publish (or broadcast) that failed with
+    it, when it leaves the outcome unknown (:class:`framecast.errors.Unavailable`,
+    :class:`framecast.errors.DeadlineExceeded`); other errors (nothing was written) as they
+    are. A copy when it names another key already: one error may fail several coalesced
+    publishes, each with a key of its own."""
+    if not key or not isinstance(error, (errors.Unavailable, errors.DeadlineExceeded)):
+        return error
+    if error.idempotency_key not in (None, key):
+        error = copy.copy(error)
+    error.idempotency_key = key
+    return error
 
 
 def deadline_after(timeout: float | None) -> float | None:

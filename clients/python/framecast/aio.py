@@ -73,12 +73,13 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    with_key,
     watch_retry_delay,
 )
 from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, DeadlineExceeded, FramecastError
+from .errors import ClientClosed, DeadlineExceeded, FramecastError, Unavailable
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -305,7 +306,8 @@ class Client:
             return ack_from_pb(
                 await self._call("publish", "Publish", req, timeout, retry=bool(key))
             )
-        except DeadlineExceeded as e:
+        except (DeadlineExceeded, Unavailable) as e:
+            # The outcome is unknown: publishing again with this key stores it once.
             e.idempotency_key = key or None
             raise
 
@@ -324,9 +326,12 @@ class Client:
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
         # Without a key (""), nothing tells a retry from a new broadcast: no retry.
-        return acks_from_pb(
-            await self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
-        )
+        try:
+            resp = await self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
+        except (DeadlineExceeded, Unavailable) as e:
+            e.idempotency_key = key or None
+            raise
+        return acks_from_pb(resp)
 
     async def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream (one of a few, see
@@ -946,17 +951,18 @@ class _SharedStream:
             action, delay, err = coalesced_stream_end(
                 failure, backoff, closed=closed, route=route
             )
-            failed: list[asyncio.Future[pb.PublishAck]] = []
+            failed: list[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = []
             if action == FAIL_OLDEST:
-                failed.append(self._pending.popleft()[1])
+                failed.append(self._pending.popleft())
                 self._base += 1
             elif action == FAIL_ALL:
-                failed.extend(f for _, f in self._pending)
+                failed.extend(self._pending)
                 self._base += len(self._pending)
                 self._pending.clear()
-            for f in failed:
+            for req, f in failed:
                 if not f.done():
-                    f.set_exception(err if err is not None else ClientClosed("publish failed"))
+                    why = err if err is not None else ClientClosed("publish failed")
+                    f.set_exception(with_key(why, req.idempotency_key))
             if action == RESEND and delay:
                 sleeper = self._client()
                 if sleeper is None:

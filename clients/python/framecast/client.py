@@ -57,12 +57,13 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    with_key,
     watch_retry_delay,
 )
 from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
-from .errors import ClientClosed, DeadlineExceeded, FramecastError
+from .errors import ClientClosed, DeadlineExceeded, FramecastError, Unavailable
 from .types import Ack, ClusterEvent, ClusterInfo, Cursor, Frame, HistoryPage, TopicInfo
 
 __all__ = ["Client", "Subscription"]
@@ -332,7 +333,8 @@ class Client:
             InvalidArgument: Bad topic name, negative timestamp, payload or key too large.
             NotFound: The topic does not exist and auto-creation is off.
             Unavailable: The server stayed unreachable for the whole retry budget; the
-                frame may or may not be stored.
+                frame may or may not be stored (never twice): publish again with
+                ``idempotency_key=error.idempotency_key`` to store it exactly once.
             DeadlineExceeded: ``timeout`` ran out (same uncertainty; a coalesced frame is
                 sent on until the retry budget ends): publish again with
                 ``idempotency_key=error.idempotency_key`` to store it exactly once.
@@ -345,7 +347,8 @@ class Client:
             return self._publish_coalesced(req, timeout)
         try:
             return ack_from_pb(self._call("publish", "Publish", req, timeout, retry=bool(key)))
-        except DeadlineExceeded as e:
+        except (DeadlineExceeded, Unavailable) as e:
+            # The outcome is unknown: publishing again with this key stores it once.
             e.idempotency_key = key or None
             raise
 
@@ -385,12 +388,20 @@ class Client:
             PermissionDenied: The token may not publish to one of the topics; nothing was
                 written.
             NotFound: A named topic does not exist and auto-creation is off.
-            Unavailable: The server stayed unreachable for the whole retry budget.
+            Unavailable: The server stayed unreachable for the whole retry budget; each topic
+                may or may not have the frame: broadcast again with
+                ``idempotency_key=error.idempotency_key`` to complete it exactly once.
+            DeadlineExceeded: ``timeout`` ran out (the same; the key is in the error).
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
         # Without a key (""), nothing tells a retry from a new broadcast: no retry.
-        return acks_from_pb(self._call("broadcast", "Broadcast", req, timeout, retry=bool(key)))
+        try:
+            resp = self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
+        except (DeadlineExceeded, Unavailable) as e:
+            e.idempotency_key = key or None
+            raise
+        return acks_from_pb(resp)
 
     def _publish_coalesced(self, req: pb.PublishRequest, timeout: float | None) -> Ack:
         """Sends ``req`` over its topic's shared stream (one of a few, see
@@ -1006,16 +1017,17 @@ class _SharedStream:
                 action, delay, err = coalesced_stream_end(
                     failure, backoff, closed=closed, route=route
                 )
-                failed: list[Future[pb.PublishAck]] = []
+                failed: list[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = []
                 if action == FAIL_OLDEST:
-                    failed.append(self._pending.popleft()[1])
+                    failed.append(self._pending.popleft())
                     self._base += 1
                 elif action == FAIL_ALL:
-                    failed.extend(f for _, f in self._pending)
+                    failed.extend(self._pending)
                     self._base += len(self._pending)
                     self._pending.clear()
-            for f in failed:
-                f.set_exception(err if err is not None else ClientClosed("publish failed"))
+            for req, f in failed:
+                why = err if err is not None else ClientClosed("publish failed")
+                f.set_exception(with_key(why, req.idempotency_key))
             if action == RESEND and delay:
                 self._closing.wait(delay)
 

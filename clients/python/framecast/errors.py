@@ -100,18 +100,27 @@ class ResourceExhausted(FramecastError):
 class Unavailable(FramecastError):
     """The server could not be reached, or kept failing, within the retry budget.
 
-    For a publish this means *unknown outcome*: the frame may or may not be stored (a later
-    retry with the same idempotency key, within the server's dedup window, would tell).
+    For a publish this means *unknown outcome*: the frame may or may not be stored (never
+    twice). Publishing again with ``idempotency_key=error.idempotency_key`` within the
+    server's dedup window (2 minutes by default) stores it exactly once: the server answers
+    ``duplicate=True`` if the first send was stored.
 
     Attributes:
         attempts: How many attempts were made.
+        idempotency_key: For ``publish`` and ``broadcast``: the key the frame was sent with;
+            ``None`` for other calls (and for a publish given ``idempotency_key=""``).
     """
 
     def __init__(
-        self, message: str, code: grpc.StatusCode | None = None, attempts: int = 0
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        attempts: int = 0,
+        idempotency_key: str | None = None,
     ) -> None:
         super().__init__(message, code)
         self.attempts: int = attempts
+        self.idempotency_key: str | None = idempotency_key
 
     @property
     def transient(self) -> bool:
@@ -139,7 +148,7 @@ class DeadlineExceeded(FramecastError, TimeoutError):
     """A ``timeout`` given to a client call ran out.
 
     Attributes:
-        idempotency_key: For a publish: the key its frame was sent with. A publish that
+        idempotency_key: For a publish (or a broadcast): the key its frame was sent with. A publish that
             timed out may still be stored (a coalesced one is sent on after the call gave
             up, until the client's retry budget ends); publish again with
             ``idempotency_key=error.idempotency_key`` to store it exactly once. ``None``

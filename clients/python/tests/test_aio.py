@@ -259,3 +259,31 @@ def test_aio_close_ends_every_call_in_flight_with_client_closed(make_server) -> 
             assert isinstance(r, ClientClosed), (what, repr(r))
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_aio_publish_that_gave_up_names_its_key(make_server, topic: str) -> None:  # type: ignore[no-untyped-def]
+    # Unavailable (outcome unknown) names the key, coalesced or not; a retry with it
+    # stores the frame once.
+    srv = make_server(fixed_port=True)
+    short = framecast.RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=0.5)
+
+    async def main() -> None:
+        for coalesce in (False, True):
+            async with Client(srv.address, retry=short, coalesce=coalesce) as c:
+                name = f"{topic}-{int(coalesce)}"
+                await c.create_topic(name)
+                srv.kill()
+                with pytest.raises(framecast.Unavailable) as info:
+                    await c.publish(b"once", 1, topic=name, timeout=10)
+                with pytest.raises(framecast.Unavailable) as other:
+                    await c.broadcast([name], b"all", 2, timeout=10)
+                key = info.value.idempotency_key
+                assert key and other.value.idempotency_key and key != other.value.idempotency_key
+                srv.start()
+            # Any client may send it again (this one reconnects at once).
+            async with Client(srv.address, retry=TEST_RETRY) as c:
+                await c.publish(b"once", 1, topic=name, idempotency_key=key, timeout=10)
+                ack = await c.publish(b"once", 1, topic=name, idempotency_key=key, timeout=10)
+                assert ack.duplicate
+
+    run(main(), 30)

@@ -439,3 +439,40 @@ def test_a_publish_that_timed_out_names_its_key_and_a_retry_with_it_stores_once(
             listed = {t.name: t.frames for t in client.list_topics()}
             assert listed[topic] == 1, (coalesce, listed)
             client.delete_topic(topic)
+
+
+def test_a_publish_that_gave_up_names_its_key_and_a_retry_with_it_stores_once(
+    make_server, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # Unavailable leaves the outcome unknown: the error names the key (publish, coalesced
+    # publish, broadcast), and sending again with it cannot store the frame twice.
+    from framecast import RetryPolicy, Unavailable
+
+    srv = make_server(fixed_port=True)
+    short = RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=0.5)
+    for coalesce in (False, True):
+        with Client(srv.address, retry=short, coalesce=coalesce) as client:
+            client.create_topic(topic)
+            srv.kill()
+            keys = []
+            with pytest.raises(Unavailable) as info:
+                client.publish(b"once", 1, topic=topic, timeout=10)
+            keys.append(info.value.idempotency_key)
+            with pytest.raises(Unavailable) as info:
+                client.publish(b"mine", 2, topic=topic, idempotency_key="my-key", timeout=10)
+            keys.append(info.value.idempotency_key)
+            with pytest.raises(Unavailable) as info:
+                client.broadcast([topic], b"all", 3, timeout=10)
+            keys.append(info.value.idempotency_key)
+            assert keys[0] and keys[1] == "my-key" and keys[2] and keys[0] != keys[2], keys
+            srv.start()
+        # Any client may send them again (this one reconnects at once).
+        with Client(srv.address, retry=TEST_RETRY) as client:
+            first = client.publish(b"once", 1, topic=topic, idempotency_key=keys[0], timeout=10)
+            again = client.publish(b"once", 1, topic=topic, idempotency_key=keys[0], timeout=10)
+            assert again.duplicate and again.offset == first.offset
+            client.broadcast([topic], b"all", 3, idempotency_key=keys[2], timeout=10)
+            assert client.broadcast([topic], b"all", 3, idempotency_key=keys[2])[topic].duplicate
+            listed = {t.name: t.frames for t in client.list_topics()}
+            assert listed[topic] == 2, (coalesce, listed)
+            client.delete_topic(topic)
