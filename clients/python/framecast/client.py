@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -71,6 +72,17 @@ __all__ = ["Client", "Subscription"]
 log = logging.getLogger("framecast")
 
 T = TypeVar("T")
+
+#: Serializes :meth:`Client._own_process` in a forked child; made anew in every child.
+_FORK_LOCK = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 class Client:
@@ -177,6 +189,10 @@ class Client:
         self._options = [*CHANNEL_OPTIONS, *compression_options, *channel_options]
         #: ``host:port`` → (the channel, the stub calling through it).
         self._channels: dict[str, tuple[grpc.Channel, BroadcastStub]] = {}
+        #: The process the channels and shared streams belong to (see :meth:`_own_process`).
+        self._pid = os.getpid()
+        #: What a forked child inherited from its parent: kept, never used nor closed.
+        self._inherited: list[object] = []
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -192,8 +208,26 @@ class Client:
         ``framecast-leader`` hints."""
         return self._nodes.addresses
 
+    def _own_process(self) -> None:
+        """In a process forked from the one that made the client (gunicorn ``--preload``,
+        ``multiprocessing``): lets go of the parent's channels and shared streams, whose
+        threads do not exist here, so that this process makes its own. They are kept,
+        neither used nor closed: closing a channel could speak on the parent's connection."""
+        if os.getpid() == self._pid:
+            return
+        with _FORK_LOCK:
+            if os.getpid() == self._pid:
+                return
+            # A thread of the parent may have held the lock when it forked: a fresh one.
+            self._lock = threading.Lock()
+            self._inherited.append((self._channels, self._streams))
+            self._channels = {}
+            self._streams = {}
+            self._pid = os.getpid()
+
     def _stub_for(self, address: str) -> BroadcastStub:
         """The stub for ``address``, over its channel (made on first use, then kept)."""
+        self._own_process()
         with self._lock:
             if self._closed.is_set():
                 raise ClientClosed("client is closed")
@@ -408,6 +442,7 @@ class Client:
         :func:`shared_stream_of`) and waits for its own ack."""
         self._check_open()
         check_coalesced(req)
+        self._own_process()
         at = shared_stream_of(req.topic)
         with self._lock:
             stream = self._streams.get(at)

@@ -382,6 +382,30 @@ def test_forked_workers_make_keys_of_their_own(server: ServerProcess, topic: str
     client.close()
 
 
+def test_a_coalescing_client_made_before_fork_publishes_in_the_child(
+    server: ServerProcess, topic: str
+) -> None:
+    # The parent's shared streams (and their threads) do not exist in a forked child: the
+    # child makes its own instead of queueing frames nobody sends.
+    import os
+
+    client = Client(server.address, retry=TEST_RETRY, coalesce=True)
+    client.publish(b"parent", 1, topic=topic, timeout=10)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ack = client.publish(b"child", 2, topic=topic, timeout=3)
+            code = 0 if ack.offset == 1 and not ack.duplicate else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's client still works.
+    assert client.publish(b"parent again", 3, topic=topic, timeout=10).offset == 2
+    client.close()
+
+
 def test_a_topic_or_key_that_is_not_a_str_is_invalid_argument(client: Client, topic: str) -> None:
     client.create_topic("default")
     client.publish(b"x", 1, topic="default")
