@@ -717,6 +717,11 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
     stop it with ``break`` and ``aclose()`` (or ``async with``). Like
     :class:`framecast.Subscription`, it resumes exactly after a break, and tells where it
     stands and which node it reads from.
+
+    A wait for the next frame that is cancelled (``asyncio.wait_for(anext(sub), t)``
+    timing out, a cancelled task) does not end it: the read goes on in a task of its own,
+    and the next ``anext`` continues it, so no frame is lost or repeated. ``aclose()``
+    (or dropping the subscription) stops it.
     """
 
     def __init__(
@@ -728,6 +733,8 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         self._resume = resume
         self._frames = frames
         self._project = project
+        #: The read of the next frame, left running by a cancelled ``anext``.
+        self._next: asyncio.Future[Frame] | None = None
 
     @property
     def topic(self) -> str:
@@ -769,8 +776,36 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         client's current node; ``None`` before the first stream was opened."""
         return self._resume.node
 
+    async def __anext__(self) -> T:
+        """The next frame (or payload). Cancelling the wait leaves the read running: the
+        next call continues it."""
+        read = self._next
+        if read is None:
+            read = self._next = asyncio.ensure_future(self._frames.__anext__())
+        try:
+            # Shielded: a cancelled wait cancels only the waiting, not the read.
+            frame = await asyncio.shield(read)
+        except asyncio.CancelledError:
+            # The wait was cancelled: the read goes on, and a frame it got is kept for the
+            # next call. Only a read that was itself cancelled (by aclose) is dropped.
+            if read.cancelled():
+                self._next = None
+            raise
+        except BaseException:
+            self._next = None
+            raise
+        self._next = None
+        return self._project(frame)
+
     async def asend(self, value: None) -> T:
-        return self._project(await self._frames.asend(value))
+        return await self.__anext__()
+
+    async def _stop_read(self) -> None:
+        """Stops a read left running by a cancelled ``anext`` (its frame is dropped)."""
+        read, self._next = self._next, None
+        if read is not None:
+            read.cancel()
+            await asyncio.gather(read, return_exceptions=True)
 
     async def athrow(
         self,
@@ -778,11 +813,22 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         val: object = None,
         tb: TracebackType | None = None,
     ) -> T:
+        await self._stop_read()
         return self._project(await self._frames.athrow(typ, val, tb))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Ends the subscription (its stream is cancelled). Idempotent."""
+        await self._stop_read()
         await self._frames.aclose()
+
+    def __del__(self) -> None:
+        # A subscription dropped while a read was left running: stop the read.
+        read = self._next
+        if read is not None and not read.done():
+            try:
+                read.cancel()
+            except RuntimeError:  # its event loop is closed: nothing runs it any more
+                pass
 
     async def __aenter__(self) -> Subscription[T]:
         return self

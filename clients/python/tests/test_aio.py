@@ -287,3 +287,31 @@ def test_aio_publish_that_gave_up_names_its_key(make_server, topic: str) -> None
                 assert ack.duplicate
 
     run(main(), 30)
+
+
+def test_a_cancelled_wait_for_the_next_frame_does_not_end_the_subscription(
+    server: ServerProcess, topic: str
+) -> None:
+    # asyncio.wait_for(anext(sub), t) timing out cancels only the wait: the next anext
+    # continues the same read, no frame lost or repeated.
+    async def main() -> None:
+        async with Client(server.address, retry=TEST_RETRY) as c:
+            await c.publish(b"first", 1, topic=topic)
+            sub = c.frames(topic)
+            got = [await asyncio.wait_for(anext(sub), 10)]
+            for i in range(2):
+                with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+                    await asyncio.wait_for(anext(sub), 0.2)
+                await c.publish(f"frame {i}".encode(), 2 + i, topic=topic)
+                got.append(await asyncio.wait_for(anext(sub), 10))
+            # A frame that arrives while nobody waits is kept for the next anext.
+            with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+                await asyncio.wait_for(anext(sub), 0.1)
+            await c.publish(b"last", 9, topic=topic)
+            await asyncio.sleep(0.2)
+            got.append(await asyncio.wait_for(anext(sub), 10))
+            await sub.aclose()
+            assert [f.offset for f in got] == [0, 1, 2, 3]
+            assert [f.payload for f in got] == [b"first", b"frame 0", b"frame 1", b"last"]
+
+    run(main(), 30)
