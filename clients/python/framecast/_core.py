@@ -24,6 +24,7 @@ import grpc
 
 from . import errors
 from ._proto import framecast_pb2 as pb
+from ._credentials import Token
 from .errors import from_rpc_error, is_transient
 from .types import (
     Ack,
@@ -1135,8 +1136,23 @@ class Resume:
         timeout: float | None,
         route: Route | None = None,
         followers: FollowerPicker | None = None,
+        cursor: Cursor | None = None,
+        token: Token | None = None,
     ):
+        if cursor is not None and not isinstance(cursor, Cursor):
+            raise errors.InvalidArgument(
+                f"cursor must be a framecast.Cursor (a subscription's .cursor), not "
+                f"{type(cursor).__name__}"
+            )
         self.topic = topic
+        #: The client's token: each stream is opened with the token it gives then
+        #: (:meth:`call_metadata`), and a provider's fresh one replaces an expired one.
+        self.token = token
+        #: The token the current (or last) stream was opened with.
+        self._token_used: str | None = None
+        #: A stream was re-opened for a fresh token and has not started yet: a refusal of
+        #: that one is final.
+        self._renewing = False
         #: Which address each stream is opened at: the client's current one; a break moves
         #: the client on to the next (the cursor resumes exactly on any node).
         self.route = route
@@ -1147,8 +1163,9 @@ class Resume:
         self.timeout = timeout
         self.deadline = deadline_after(timeout)
         self.backoff = Backoff(policy)
-        #: Where the subscription stands; ``None`` until the first stream's metadata.
-        self.cursor: Cursor | None = None
+        #: Where the subscription stands; ``None`` until the first stream's metadata (or
+        #: the cursor given to resume from).
+        self.cursor: Cursor | None = cursor
         #: ``time.monotonic()`` when the current stream started delivering, if it did.
         self.opened_at: float | None = None
         #: The address (``host:port``) of the node the current (or last) stream was opened
@@ -1195,6 +1212,33 @@ class Resume:
         self.node = default if self.route is None else self.route.next()
         return self.node
 
+    def call_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The metadata to open the next stream with: the token the client's token (or
+        provider) gives now, remembered to tell an expired token from a refused one."""
+        if self.token is None:
+            return None
+        header = self.token.header()
+        self._token_used = header[1]
+        return (header,)
+
+    def _fresh_token(self, err: grpc.RpcError | None) -> bool:
+        """True when ``err`` refused the stream's token (``UNAUTHENTICATED``: it expired)
+        and the token provider now gives another one, which the next stream tries (once:
+        a refusal of the fresh one, before it started, is final)."""
+        if err is None or self.token is None or not self.token.refreshes or self._renewing:
+            return False
+        try:
+            if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return False
+        except Exception:
+            return False
+        if self.token.header()[1] == self._token_used:
+            return False
+        log.debug("subscription %s: token refused (expired?); reconnecting with a fresh one",
+                  self.topic)
+        self._renewing = True
+        return True
+
     def request(self) -> pb.SubscribeRequest:
         """The request for the next stream: with ``resume`` once there is a cursor."""
         return subscribe_request(self.topic, self.start, self.cursor)
@@ -1208,6 +1252,7 @@ class Resume:
         if self.cursor is None:
             self.cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
         self.opened_at = time.monotonic()
+        self._renewing = False
         return True
 
     def frame(self, msg: pb.Frame) -> Frame:
@@ -1238,6 +1283,9 @@ class Resume:
             raise errors.ClientClosed("client closed")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise timed_out("subscription", self.timeout)
+        if self._fresh_token(err):
+            self.opened_at = None
+            return 0.0  # the same node, at once, from the cursor
         if on_follower is not None:
             # The route did not choose this node: its failure leaves the client's current
             # node alone. A refusal is not final (the follower may lag: lack a topic just

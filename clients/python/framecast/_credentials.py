@@ -23,22 +23,64 @@ TOKEN_ENV = "FRAMECAST_TOKEN"
 #: A PEM given as a file path or as its bytes.
 Pem = Union[str, "os.PathLike[str]", bytes]
 
+#: What ``token=`` takes: a token, or a function returning the current one (asked for each
+#: new call, so a token about to expire can be replaced).
+TokenSource = Union[str, Callable[[], str]]
 
-def resolve_token(token: str | None) -> str | None:
-    """``token``, else ``$FRAMECAST_TOKEN``; ``None`` when neither is set (or empty)."""
-    if token is None:
-        token = os.environ.get(TOKEN_ENV)
-    if token is None:
-        return None
+
+def _checked(token: object) -> str:
+    """``token`` stripped, if it can be a bearer token; else ``InvalidArgument``."""
+    if not isinstance(token, str):
+        raise errors.InvalidArgument(f"a token is a str, not {type(token).__name__}")
     token = token.strip()
     if not token:
-        return None
+        raise errors.InvalidArgument("the token is empty")
     if not all(33 <= ord(c) <= 126 for c in token):
         raise errors.InvalidArgument(
             "the token has characters a bearer token cannot have (a JWT is printable ASCII "
             "without spaces)"
         )
     return token
+
+
+class Token:
+    """The token a client sends: a fixed one, or the one a provider (a function) returns
+    now. Thread-safe as far as the provider is."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source if callable(source) else _checked(source)
+
+    @property
+    def refreshes(self) -> bool:
+        """True when a provider gives the token: an expired one may be replaced."""
+        return callable(self._source)
+
+    def current(self) -> str:
+        """The token to send now (the provider is called; its error propagates)."""
+        source = self._source
+        return _checked(source()) if callable(source) else source
+
+    def header(self) -> tuple[str, str]:
+        """``authorization`` metadata with :meth:`current`."""
+        return ("authorization", f"Bearer {self.current()}")
+
+
+def resolve_token(token: TokenSource | None) -> Token | None:
+    """``token``, else ``$FRAMECAST_TOKEN``; ``None`` when neither is set (or empty). A
+    callable is kept as a provider, asked for each call."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None
+    if callable(token):
+        return Token(token)
+    if not isinstance(token, str):
+        raise errors.InvalidArgument(
+            f"token is a str or a function returning one, not {type(token).__name__}"
+        )
+    if not token.strip():
+        return None
+    return Token(token)
 
 
 def read_pem(pem: Pem, what: str) -> bytes:
@@ -90,9 +132,12 @@ class _SyncDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
     """``grpc.ClientCallDetails`` with the token added (grpc offers no constructor)."""
 
 
-def _with_token(details: Any, header: tuple[str, str]) -> list[tuple[str, str]]:
-    metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
-    metadata.append(header)
+def _with_token(details: Any, token: Token) -> list[tuple[str, str]]:
+    """The call's metadata with the token; a call that brings its own ``authorization``
+    (a subscription, which must know the token it used) keeps it."""
+    metadata = list(details.metadata or ())
+    if not any(m[0] == "authorization" for m in metadata):
+        metadata.append(token.header())
     return metadata
 
 
@@ -104,14 +149,14 @@ class BearerInterceptor(
 ):
     """Adds the token to every call of a blocking channel (``grpc.intercept_channel``)."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: Token) -> None:
+        self._token = token
 
     def _details(self, d: Any) -> Any:
         return _SyncDetails(
             d.method,
             d.timeout,
-            _with_token(d, self._header),
+            _with_token(d, self._token),
             d.credentials,
             d.wait_for_ready,
             getattr(d, "compression", None),
@@ -134,55 +179,54 @@ class BearerInterceptor(
         return continuation(self._details(d), requests)
 
 
-def _aio_details(d: Any, header: tuple[str, str]) -> grpc.aio.ClientCallDetails:
+def _aio_details(d: Any, token: Token) -> grpc.aio.ClientCallDetails:
     return grpc.aio.ClientCallDetails(
-        d.method, d.timeout, _with_token(d, header), d.credentials, d.wait_for_ready
+        d.method, d.timeout, _with_token(d, token), d.credentials, d.wait_for_ready
     )
 
 
 class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, header: tuple[str, str]) -> None:
-        self._header = header
+    def __init__(self, token: Token) -> None:
+        self._token = token
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], d: Any, request: Any
     ) -> Any:
-        return await continuation(_aio_details(d, self._header), request)
+        return await continuation(_aio_details(d, self._token), request)
 
 
 class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, header: tuple[str, str]) -> None:
-        self._header = header
+    def __init__(self, token: Token) -> None:
+        self._token = token
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], d: Any, request: Any
     ) -> Any:
-        return await continuation(_aio_details(d, self._header), request)
+        return await continuation(_aio_details(d, self._token), request)
 
 
 class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, header: tuple[str, str]) -> None:
-        self._header = header
+    def __init__(self, token: Token) -> None:
+        self._token = token
 
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], d: Any, requests: Any
     ) -> Any:
-        return await continuation(_aio_details(d, self._header), requests)
+        return await continuation(_aio_details(d, self._token), requests)
 
 
-def aio_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
+def aio_interceptors(token: Token | None) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors that add the token to every call of an asyncio channel (one per call
     kind the service has: unary, server streaming, bidirectional)."""
     if token is None:
         return []
-    header = ("authorization", f"Bearer {token}")
-    return [_AioUnaryUnary(header), _AioUnaryStream(header), _AioStreamStream(header)]
+    return [_AioUnaryUnary(token), _AioUnaryStream(token), _AioStreamStream(token)]
 
 
 def blocking_channel(
     address: str,
     credentials: grpc.ChannelCredentials | None,
-    token: str | None,
+    token: Token | None,
     options: list[tuple[str, Any]],
     compression: grpc.Compression,
 ) -> tuple[grpc.Channel, grpc.Channel]:
@@ -202,7 +246,7 @@ def blocking_channel(
 def aio_channel(
     address: str,
     credentials: grpc.ChannelCredentials | None,
-    token: str | None,
+    token: Token | None,
     options: list[tuple[str, Any]],
     compression: grpc.Compression,
 ) -> grpc.aio.Channel:

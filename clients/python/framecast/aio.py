@@ -76,7 +76,7 @@ from ._core import (
     with_key,
     watch_retry_delay,
 )
-from ._credentials import Pem, aio_channel, channel_credentials, resolve_token
+from ._credentials import Pem, TokenSource, aio_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed, DeadlineExceeded, FramecastError, Unavailable
@@ -112,6 +112,11 @@ class Client:
             has no zstd.)
         token: A bearer token (a JWT, e.g. from ``framecast token``) sent as
             ``authorization`` metadata on every call; ``None`` reads ``$FRAMECAST_TOKEN``.
+            Or a function returning the current token (a provider), called for each new
+            call and each reconnect: a subscription whose token expires under it
+            (``UNAUTHENTICATED``) reconnects at once with the provider's fresh token and
+            resumes exactly; only when the provider gives the same token again, or the
+            fresh one is refused too, does it raise :class:`framecast.errors.Unauthenticated`.
         ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
             certificate. Given, or with an ``https://`` address, the channel is TLS (without
             ``ca_cert``, grpc's own root certificates are trusted).
@@ -133,7 +138,7 @@ class Client:
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
         coalesce: bool = False,
-        token: str | None = None,
+        token: TokenSource | None = None,
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
@@ -436,7 +441,12 @@ class Client:
     # ----------------------------------------------------------------- subscribing
 
     def frames(
-        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+        self,
+        topic: str = "",
+        start: int = 0,
+        *,
+        timeout: float | None = None,
+        cursor: Cursor | None = None,
     ) -> Subscription[Frame]:
         """An async generator of the subscription's :class:`Frame` s: history (``seq_no >=
         start``, sorted by ``(seq_no, timestamp, offset)``), then live frames in offset
@@ -446,10 +456,26 @@ class Client:
         ``timeout`` bounds the whole subscription (then
         :class:`framecast.errors.DeadlineExceeded`). Errors as in
         :meth:`framecast.Client.frames`. The :class:`Subscription` returned tells where it
-        stands (``cursor``) and which node it reads from (``address``).
+        stands (``cursor``) and which node it reads from (``address``). ``cursor``: resume
+        from a saved :class:`Cursor`, exactly after its frame (see
+        :meth:`framecast.Client.frames`).
         """
-        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes), self._followers)
+        resume = self._resume(topic, start, timeout, cursor)
         return Subscription(resume, self._frames(resume), _identity)
+
+    def _resume(
+        self, topic: str, start: int, timeout: float | None, cursor: Cursor | None
+    ) -> Resume:
+        return Resume(
+            topic,
+            start,
+            self._retry,
+            timeout,
+            Route(self._nodes),
+            self._followers,
+            cursor,
+            self._token,
+        )
 
     async def _frames(self, resume: Resume) -> AsyncGenerator[Frame, None]:
         """The frames of the subscription ``resume`` keeps the state of."""
@@ -464,7 +490,11 @@ class Client:
             cluster = await self._cluster_for(resume) if resume.wants_cluster() else None
             try:
                 stub = self._stub_for(resume.address(self.address, cluster))
-                call = stub.Subscribe(resume.request(), timeout=remaining(resume.deadline))
+                call = stub.Subscribe(
+                    resume.request(),
+                    timeout=remaining(resume.deadline),
+                    metadata=resume.call_metadata(),
+                )
             except grpc.aio.UsageError:
                 raise ClientClosed("client is closed") from None
             try:
@@ -496,10 +526,15 @@ class Client:
                 call.cancel()
 
     def subscribe(
-        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+        self,
+        topic: str = "",
+        start: int = 0,
+        *,
+        timeout: float | None = None,
+        cursor: Cursor | None = None,
     ) -> Subscription[bytes]:
         """Like :meth:`frames`, but yields the payloads only."""
-        resume = Resume(topic, start, self._retry, timeout, Route(self._nodes), self._followers)
+        resume = self._resume(topic, start, timeout, cursor)
         return Subscription(resume, self._frames(resume), _payload)
 
     # ----------------------------------------------------------------- both at once

@@ -61,7 +61,7 @@ from ._core import (
     with_key,
     watch_retry_delay,
 )
-from ._credentials import Pem, blocking_channel, channel_credentials, resolve_token
+from ._credentials import Pem, TokenSource, blocking_channel, channel_credentials, resolve_token
 from ._proto import framecast_pb2 as pb
 from ._proto.framecast_pb2_grpc import BroadcastStub
 from .errors import ClientClosed, DeadlineExceeded, FramecastError, Unavailable
@@ -143,6 +143,11 @@ class Client:
             its key). ``False`` (the default): one unary ``Publish`` per call.
         token: A bearer token (a JWT, e.g. from ``framecast token``) sent as
             ``authorization`` metadata on every call; ``None`` reads ``$FRAMECAST_TOKEN``.
+            Or a function returning the current token (a provider), called for each new
+            call and each reconnect: a subscription whose token expires under it
+            (``UNAUTHENTICATED``) reconnects at once with the provider's fresh token and
+            resumes exactly; only when the provider gives the same token again, or the
+            fresh one is refused too, does it raise :class:`framecast.errors.Unauthenticated`.
         ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
             certificate. Given, or with an ``https://`` address, the channel is TLS (without
             ``ca_cert``, grpc's own root certificates are trusted).
@@ -165,7 +170,7 @@ class Client:
         channel_options: Iterable[tuple[str, Any]] = (),
         compression: str | None = None,
         coalesce: bool = False,
-        token: str | None = None,
+        token: TokenSource | None = None,
         ca_cert: Pem | None = None,
         client_cert: Pem | None = None,
         client_key: Pem | None = None,
@@ -581,7 +586,12 @@ class Client:
     # ----------------------------------------------------------------- subscribing
 
     def frames(
-        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+        self,
+        topic: str = "",
+        start: int = 0,
+        *,
+        timeout: float | None = None,
+        cursor: Cursor | None = None,
     ) -> Subscription[Frame]:
         """Subscribes to ``topic``: first the history (frames with ``seq_no >= start``
         committed before the subscription started, sorted by ``(seq_no, timestamp,
@@ -597,6 +607,10 @@ class Client:
             start: ``replay_seq_no_start``: frames with a smaller ``seq_no`` are skipped.
             timeout: Bound in seconds on the whole subscription; when it runs out the
                 iterator raises :class:`framecast.errors.DeadlineExceeded`.
+            cursor: Resume from it: a :class:`Cursor` saved from a subscription's
+                ``cursor`` (of the same ``topic`` and ``start``), on this client or another,
+                on any node. The subscription continues exactly after the last frame the
+                old one yielded: none skipped, none twice.
 
         Raises (while iterating):
             OutOfRange: Frames still needed were removed by retention.
@@ -605,14 +619,22 @@ class Client:
             InvalidArgument: Bad topic name.
             ResourceExhausted: The server's subscriber limit is reached.
             Unavailable: The server stayed unreachable for the whole retry budget.
+            EpochChanged: ``cursor`` is of another epoch (the topic was re-created).
+            OutOfRange: ``cursor`` lies beyond the topic, or its frames were removed.
+            Unauthenticated: The token was refused (and no fresh one came).
         """
-        return Subscription(self, topic, start, timeout, _identity)
+        return Subscription(self, topic, start, timeout, _identity, cursor)
 
     def subscribe(
-        self, topic: str = "", start: int = 0, *, timeout: float | None = None
+        self,
+        topic: str = "",
+        start: int = 0,
+        *,
+        timeout: float | None = None,
+        cursor: Cursor | None = None,
     ) -> Subscription[bytes]:
         """Like :meth:`frames`, but iterates over the payloads only."""
-        return Subscription(self, topic, start, timeout, _payload)
+        return Subscription(self, topic, start, timeout, _payload, cursor)
 
     # ----------------------------------------------------------------- both at once
 
@@ -1096,10 +1118,18 @@ class Subscription(Generic[T]):
         start: int,
         timeout: float | None,
         project: Callable[[Frame], T],
+        cursor: Cursor | None = None,
     ) -> None:
         self._client = client
         self._resume = Resume(
-            topic, start, client._retry, timeout, Route(client._nodes), client._followers
+            topic,
+            start,
+            client._retry,
+            timeout,
+            Route(client._nodes),
+            client._followers,
+            cursor,
+            client._token,
         )
         self._project = project
         self._lock = threading.Lock()
@@ -1222,11 +1252,14 @@ class Subscription(Generic[T]):
         req = self._resume.request()
         cluster = self._client._cluster_for(self._resume) if self._resume.wants_cluster() else None
         stub = self._client._stub_for(self._resume.address(self._client.address, cluster))
+        metadata = self._resume.call_metadata()
         with self._lock:
             if self._closed:
                 raise StopIteration
             try:
-                call = stub.Subscribe(req, timeout=remaining(self._resume.deadline))
+                call = stub.Subscribe(
+                    req, timeout=remaining(self._resume.deadline), metadata=metadata
+                )
             except ValueError:
                 raise ClientClosed("client is closed") from None
             self._call = call

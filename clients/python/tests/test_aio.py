@@ -315,3 +315,20 @@ def test_a_cancelled_wait_for_the_next_frame_does_not_end_the_subscription(
             assert [f.payload for f in got] == [b"first", b"frame 0", b"frame 1", b"last"]
 
     run(main(), 30)
+
+
+def test_aio_a_saved_cursor_resumes_a_subscription_exactly(server: ServerProcess, topic: str) -> None:
+    async def main() -> None:
+        async with Client(server.address, retry=TEST_RETRY) as c:
+            await c.publish_many([(s, b"x") for s in (3, 1, 2)], topic)
+            first = c.frames(topic)
+            assert [f.seq_no for f in await take(first, 1)] == [1]
+            saved = first.cursor
+            await first.aclose()
+            rest = c.subscribe(topic, cursor=saved)
+            await c.publish(b"live", 7, topic=topic)
+            assert await take(rest, 3) == [b"x", b"x", b"live"]
+            assert rest.cursor is not None and rest.cursor.seq_no == 7
+            await rest.aclose()
+
+    run(main(), 30)

@@ -500,3 +500,26 @@ def test_a_publish_that_gave_up_names_its_key_and_a_retry_with_it_stores_once(
             listed = {t.name: t.frames for t in client.list_topics()}
             assert listed[topic] == 2, (coalesce, listed)
             client.delete_topic(topic)
+
+
+def test_a_saved_cursor_resumes_a_subscription_exactly(server: ServerProcess, topic: str) -> None:
+    # frames(cursor=sub.cursor), on another client, continues exactly after the last frame
+    # the first subscription yielded: through the rest of its replay, then live.
+    from framecast import Cursor
+
+    with Client(server.address, retry=TEST_RETRY) as a:
+        a.publish_many([(s, f"f{s}".encode()) for s in (5, 1, 4, 2, 3)], topic)
+        first = a.frames(topic, 2)
+        got = take(first, 2)  # replay sorted by seq_no: 2, 3
+        saved = first.cursor
+        first.close()
+        assert isinstance(saved, Cursor) and [f.seq_no for f in got] == [2, 3]
+    with Client(server.address, retry=TEST_RETRY) as b:
+        rest = b.frames(topic, 2, cursor=saved)
+        assert [f.seq_no for f in take(rest, 2)] == [4, 5]  # the rest of the replay
+        b.publish(b"live", 9, topic=topic)
+        live = take(rest, 1)[0]
+        assert (live.seq_no, live.offset, live.live) == (9, 5, True)
+        rest.close()
+        with pytest.raises(InvalidArgument):
+            b.frames(topic, cursor=(1, 2))  # type: ignore[arg-type]

@@ -211,3 +211,75 @@ def test_bad_credentials_are_refused_before_any_call(tmp_path: Path) -> None:
 def _no_token_from_the_environment(monkeypatch) -> Iterator[None]:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("FRAMECAST_TOKEN", raising=False)
     yield
+
+
+def until_expired(token: str) -> float:
+    """Seconds until a little after ``token``'s ``exp`` (whole seconds)."""
+    import base64
+    import json
+
+    body = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return max(0.0, claims["exp"] - time.time() + 0.3)
+
+
+def test_a_token_provider_keeps_a_subscription_going_past_token_expiry(
+    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # token= a function: each call and reconnect asks it; a subscription whose token
+    # expires under it reconnects with the fresh one and resumes exactly. With a provider
+    # that has nothing fresher, the expiry is final (Unauthenticated).
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    publisher_token = mint(framecast_bin, secret, "--publish", ">")
+    short = mint(framecast_bin, secret, "--subscribe", ">", "--ttl", "2s")
+    long = mint(framecast_bin, secret, "--subscribe", ">")
+    given: list[str] = []
+
+    def provider() -> str:
+        given.append(short if not given else long)
+        return given[-1]
+
+    with Client(srv.address, token=publisher_token, retry=TEST_RETRY) as pub:
+        pub.publish(b"before", 1, topic=topic, timeout=10)
+        with Client(srv.address, token=provider, retry=TEST_RETRY) as c:
+            sub = c.frames(topic, timeout=15)
+            assert next(sub).payload == b"before"
+            assert given == [short]
+            time.sleep(until_expired(short))  # the short token expires under the stream
+            pub.publish(b"after", 2, topic=topic, timeout=10)
+            frame = next(sub)
+            assert (frame.payload, frame.offset) == (b"after", 1)
+            assert given[-1] == long and sub.reconnects == 1
+            sub.close()
+        with Client(srv.address, token=lambda: short, retry=TEST_RETRY) as c:
+            with pytest.raises(Unauthenticated):
+                next(c.frames(topic, timeout=15))  # already expired, nothing fresher
+
+
+def test_an_aio_token_provider_keeps_a_subscription_going_past_token_expiry(
+    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    publisher_token = mint(framecast_bin, secret, "--publish", ">")
+    short = mint(framecast_bin, secret, "--subscribe", ">", "--ttl", "2s")
+    long = mint(framecast_bin, secret, "--subscribe", ">")
+    given: list[str] = []
+
+    def provider() -> str:
+        given.append(short if not given else long)
+        return given[-1]
+
+    async def main() -> None:
+        async with framecast_aio.Client(srv.address, token=publisher_token) as pub:
+            await pub.publish(b"before", 1, topic=topic, timeout=10)
+            async with framecast_aio.Client(srv.address, token=provider, retry=TEST_RETRY) as c:
+                sub = c.frames(topic, timeout=15)
+                assert (await anext(sub)).payload == b"before"
+                await asyncio.sleep(until_expired(short))
+                await pub.publish(b"after", 2, topic=topic, timeout=10)
+                frame = await asyncio.wait_for(anext(sub), 10)
+                assert (frame.payload, frame.offset) == (b"after", 1)
+                assert given[-1] == long and sub.reconnects == 1
+                await sub.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
