@@ -39,6 +39,7 @@ from .errors import (
     ResourceExhausted,
     ServerError,
     Unauthenticated,
+    TlsRefused,
     Unavailable,
 )
 from .types import (
@@ -76,6 +77,7 @@ __all__ = [
     "OutOfRange",
     "EpochChanged",
     "ResourceExhausted",
+    "TlsRefused",
     "Unavailable",
     "DataLoss",
     "ServerError",

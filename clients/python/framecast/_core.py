@@ -701,6 +701,9 @@ def coalesced_stream_end(
         return FAIL_ALL, None, errors.ClientClosed("publish: client closed")
     if route is not None and route.failed(failure):
         return RESEND, 0.0, None
+    if failure is not None and errors.tls_refused(failure):
+        # Not one frame's fault: the server's certificate is refused for every one.
+        return FAIL_ALL, None, from_rpc_error(failure)
     if failure is not None and not is_transient(failure) and not _core_broke(failure):
         return FAIL_OLDEST, None, from_rpc_error(failure)
     delay = backoff.next_delay()

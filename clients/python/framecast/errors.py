@@ -14,6 +14,10 @@ gRPC status                 exception
 ``RESOURCE_EXHAUSTED``      :class:`ResourceExhausted`
 ``UNAVAILABLE`` and other   :class:`Unavailable` (after the retry budget is spent)
 transient codes
+a server certificate the    :class:`TlsRefused` (a :class:`Unavailable`; never retried)
+client refuses
+``RESOURCE_EXHAUSTED`` that :class:`Unavailable` (retried like ``UNAVAILABLE``, then
+asks to "ask again later"   raised after the retry budget is spent)
 ``DATA_LOSS``               :class:`DataLoss`
 ``UNAUTHENTICATED``         :class:`Unauthenticated` (never retried)
 ``PERMISSION_DENIED``       :class:`PermissionDenied` (never retried)
@@ -36,6 +40,7 @@ __all__ = [
     "EpochChanged",
     "ResourceExhausted",
     "Unavailable",
+    "TlsRefused",
     "DataLoss",
     "ServerError",
     "Unauthenticated",
@@ -94,7 +99,8 @@ class EpochChanged(FramecastError):
 
 
 class ResourceExhausted(FramecastError):
-    """The server's subscriber limit (``--max-subscribers``) is reached."""
+    """The server's subscriber limit (``--max-subscribers``) is reached. (A server-wide
+    budget that asks to "ask again later", as History's page budget, is retried instead.)"""
 
 
 class Unavailable(FramecastError):
@@ -125,6 +131,19 @@ class Unavailable(FramecastError):
     @property
     def transient(self) -> bool:
         return True
+
+
+class TlsRefused(Unavailable):
+    """The client refused the server's certificate at the TLS handshake (not signed by
+    ``ca_cert``, or by grpc's roots without it; issued for another name; expired). Never
+    retried: a retry would be refused the same way. A :class:`Unavailable` for code that
+    catches that, but not :attr:`transient`. (A server that refuses the client's own
+    certificate, ``--tls-client-ca``, shows grpcio only a broken connection: that is retried
+    and ends in :class:`Unavailable`.)"""
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class DataLoss(FramecastError):
@@ -205,11 +224,32 @@ def _code_and_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return code, details or ""
 
 
+#: What grpcio's status details hold when the client refused the server's certificate
+#: (BoringSSL's verify error, in the channel's "Tls handshake failed" report).
+_CERTIFICATE_REFUSED = "CERTIFICATE_VERIFY_FAILED"
+#: What a server-wide budget's ``RESOURCE_EXHAUSTED`` says (History's page budget): unlike
+#: ``--max-subscribers``, it asks the client to try again.
+_ASK_AGAIN_LATER = "ask again later"
+
+
+def tls_refused(err: grpc.RpcError) -> bool:
+    """True when the call failed because the client refused the server's certificate at the
+    TLS handshake: a retry cannot cure that."""
+    code, details = _code_and_details(err)
+    return code == grpc.StatusCode.UNAVAILABLE and _CERTIFICATE_REFUSED in details
+
+
 def is_transient(err: grpc.RpcError) -> bool:
     """True for statuses a retry (with the same idempotency key) can cure: the server was
-    unreachable, restarting, shutting down, or the connection broke."""
+    unreachable, restarting, shutting down, or the connection broke; or a server-wide
+    budget was spent for a moment (``RESOURCE_EXHAUSTED`` saying "ask again later"). Not a
+    server certificate the client refused."""
     code, details = _code_and_details(err)
+    if code == grpc.StatusCode.UNAVAILABLE and _CERTIFICATE_REFUSED in details:
+        return False
     if code in _TRANSIENT_CODES:
+        return True
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _ASK_AGAIN_LATER in details:
         return True
     # A connection torn down mid-stream can surface as INTERNAL from the HTTP/2 layer.
     return code == grpc.StatusCode.INTERNAL and (
@@ -222,6 +262,8 @@ def from_rpc_error(err: grpc.RpcError, attempts: int = 0) -> FramecastError:
     :class:`Unavailable`)."""
     code, details = _code_and_details(err)
     message = f"{code.name}: {details}" if details else code.name
+    if tls_refused(err):
+        return TlsRefused(f"the server's certificate was refused: {message}", code, attempts)
     if is_transient(err):
         return Unavailable(message, code, attempts)
     return _BY_CODE.get(code, ServerError)(details or code.name, code)

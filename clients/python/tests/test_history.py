@@ -89,3 +89,92 @@ def test_the_asyncio_client_walks_the_same_pages(server: ServerProcess, topic: s
     assert [len(p.frames) for p in pages] == [64, 64, 64, 38]
     assert keys([f for p in pages for f in p.frames]) == in_order
     assert keys(newest.frames) == in_order[-1:]
+
+
+class BusyHistory:
+    """A stand-in server (grpcio) whose History answers as the real one does when its page
+    budget stays spent: ``RESOURCE_EXHAUSTED`` "...; ask again later" for the first
+    ``busy`` calls, then a page. (Making the real server hold 128 MiB of unread pages for
+    5 s per refusal is too slow for a test.) ``message`` replaces the refusal's text."""
+
+    BUSY = (
+        "128 MiB of History pages are waiting for their clients to read them; ask again later"
+    )
+
+    def __init__(self, busy: int, message: str = BUSY) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+
+        from framecast._proto import framecast_pb2 as pb
+
+        self.calls = 0
+        lock = threading.Lock()
+
+        def history(request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryPage:
+            with lock:
+                self.calls += 1
+                n = self.calls
+            if n <= busy:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            return pb.HistoryPage(
+                frames=[pb.Frame(seq_no=1, payload=b"x", offset=0)], snapshot_offset=1, epoch=7
+            )
+
+        handler = grpc.method_handlers_generic_handler(
+            "framecast.v1.Broadcast",
+            {
+                "History": grpc.unary_unary_rpc_method_handler(
+                    history,
+                    request_deserializer=pb.HistoryRequest.FromString,
+                    response_serializer=pb.HistoryPage.SerializeToString,
+                )
+            },
+        )
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait(5)
+
+
+def test_history_busy_is_asked_again_later_within_the_budget() -> None:
+    # History's "ask again later" refusal is retried with backoff (sync and asyncio);
+    # --max-subscribers' RESOURCE_EXHAUSTED is not; a budget spent on refusals ends in
+    # Unavailable.
+    from framecast import ResourceExhausted, RetryPolicy, Unavailable
+
+    quick = RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=2.0)
+    fake = BusyHistory(busy=2)
+    try:
+        with Client(fake.address, retry=quick) as c:
+            page = c.history("t")
+            assert [f.seq_no for f in page.frames] == [1] and fake.calls == 3
+            fake.calls = 0
+
+        async def aio() -> HistoryPage:
+            async with framecast_aio.Client(fake.address, retry=quick) as c:
+                return await c.history("t")
+
+        assert asyncio.run(asyncio.wait_for(aio(), 10)).epoch == 7 and fake.calls == 3
+    finally:
+        fake.stop()
+    always = BusyHistory(busy=1 << 30)
+    try:
+        with Client(always.address, retry=RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=0.5)) as c:
+            with pytest.raises(Unavailable, match="ask again later"):
+                c.history("t")
+            assert always.calls > 2
+    finally:
+        always.stop()
+    limit = BusyHistory(busy=1 << 30, message="too many subscribers (limit 1)")
+    try:
+        with Client(limit.address, retry=quick) as c:
+            with pytest.raises(ResourceExhausted):
+                c.history("t")
+            assert limit.calls == 1
+    finally:
+        limit.stop()

@@ -283,3 +283,36 @@ def test_an_aio_token_provider_keeps_a_subscription_going_past_token_expiry(
                 await sub.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_server_certificate_the_client_refuses_is_not_retried(
+    make_server, pki: Pki, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # The client does not trust the server's CA: TlsRefused (an Unavailable) at once, not
+    # after the whole retry budget; publish, coalesced publish, subscription and asyncio.
+    from framecast import TlsRefused
+
+    srv = make_server(*pki.serve_args())
+    patient = RetryPolicy(initial=0.05, max_delay=0.5, max_elapsed=20.0)
+    other = trustme.CA().cert_pem.bytes()
+    address = f"https://127.0.0.1:{srv.port}"  # one IP: grpc reports its handshake error
+    for coalesce in (False, True):
+        with Client(address, retry=patient, ca_cert=other, coalesce=coalesce) as c:
+            t0 = time.monotonic()
+            with pytest.raises(TlsRefused) as info:
+                c.publish(b"x", 1, topic=topic, timeout=30)
+            assert time.monotonic() - t0 < 3.0 and not info.value.transient
+            with pytest.raises(TlsRefused):
+                next(c.frames(topic, timeout=30))
+
+    async def aio() -> None:
+        async with framecast_aio.Client(address, retry=patient, ca_cert=other) as c:
+            with pytest.raises(TlsRefused):
+                await c.publish(b"x", 1, topic=topic, timeout=30)
+
+    t0 = time.monotonic()
+    asyncio.run(asyncio.wait_for(aio(), 30))
+    assert time.monotonic() - t0 < 3.0
+    # The right CA still works.
+    with Client(address, retry=TEST_RETRY, ca_cert=str(pki.ca_path)) as c:
+        assert c.publish(b"x", 1, topic=topic, timeout=10).offset == 0
