@@ -167,9 +167,9 @@ class DeadlineExceeded(FramecastError, TimeoutError):
     """A ``timeout`` given to a client call ran out.
 
     Attributes:
-        idempotency_key: For a publish (or a broadcast): the key its frame was sent with. A publish that
-            timed out may still be stored (a coalesced one is sent on after the call gave
-            up, until the client's retry budget ends); publish again with
+        idempotency_key: For a publish (or a broadcast): the key its frame was sent with.
+            A publish that timed out may still be stored (a coalesced one is sent on after
+            the call gave up, until the client's retry budget ends); publish again with
             ``idempotency_key=error.idempotency_key`` to store it exactly once. ``None``
             for other calls.
     """

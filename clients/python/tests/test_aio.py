@@ -261,7 +261,9 @@ def test_aio_close_ends_every_call_in_flight_with_client_closed(make_server) -> 
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_aio_publish_that_gave_up_names_its_key(make_server, topic: str) -> None:  # type: ignore[no-untyped-def]
+def test_aio_publish_that_gave_up_names_its_key(
+    make_server, topic: str  # type: ignore[no-untyped-def]
+) -> None:
     # Unavailable (outcome unknown) names the key, coalesced or not; a retry with it
     # stores the frame once.
     srv = make_server(fixed_port=True)
@@ -317,7 +319,9 @@ def test_a_cancelled_wait_for_the_next_frame_does_not_end_the_subscription(
     run(main(), 30)
 
 
-def test_aio_a_saved_cursor_resumes_a_subscription_exactly(server: ServerProcess, topic: str) -> None:
+def test_aio_a_saved_cursor_resumes_a_subscription_exactly(
+    server: ServerProcess, topic: str
+) -> None:
     async def main() -> None:
         async with Client(server.address, retry=TEST_RETRY) as c:
             await c.publish_many([(s, b"x") for s in (3, 1, 2)], topic)

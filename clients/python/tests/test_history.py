@@ -163,8 +163,9 @@ def test_history_busy_is_asked_again_later_within_the_budget() -> None:
     finally:
         fake.stop()
     always = BusyHistory(busy=1 << 30)
+    short = RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=0.5)
     try:
-        with Client(always.address, retry=RetryPolicy(initial=0.02, max_delay=0.1, max_elapsed=0.5)) as c:
+        with Client(always.address, retry=short) as c:
             with pytest.raises(Unavailable, match="ask again later"):
                 c.history("t")
             assert always.calls > 2
