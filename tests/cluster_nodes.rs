@@ -1883,11 +1883,11 @@ async fn retained_on(c: &Cluster, id: &str, topic: &str) -> Vec<Frame> {
     frames
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_starts_again() {
-    let _serial = SERIAL.lock().await;
+/// Three nodes with 64 KiB segments, and `topic` created on the leader keeping 200 kB:
+/// the cluster, the leader, and the two followers.
+async fn three_with_retention(topic: &str) -> (Cluster, String, String, String) {
     let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
-    let mut c = Cluster::start_with(3, 2, &flags, None).await;
+    let c = Cluster::start_with(3, 2, &flags, None).await;
     let ids = ["n1", "n2", "n3"];
     let leader = c.leader(&ids, 3, Duration::from_secs(30)).await;
     let mut followers = ids.iter().filter(|i| **i != leader).map(|i| i.to_string());
@@ -1895,12 +1895,20 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
     let mut client = c.client(&leader).await;
     client
         .create_topic(framecast::proto::CreateTopicRequest {
-            name: "aged".into(),
+            name: topic.into(),
             retention_max_age_seconds: 0,
             retention_max_bytes: 200_000,
         })
         .await
         .unwrap();
+    (c, leader, stays, away)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_starts_again() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, leader, stays, away) = three_with_retention("aged").await;
+    let ids = ["n1", "n2", "n3"];
     // `away` holds the first thousand frames, then stops. The rest go in with falling
     // seq_nos, so a replay (in seq_no order) reads the newest frames first and the ones
     // retention removes last.
@@ -1911,26 +1919,7 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
 
     // The leader's retention removes all but ~200 kB; the follower that stayed removes the
     // same frames from its copy.
-    let start = Instant::now();
-    let first = loop {
-        let on_leader = first_offset_on(&c, &leader, "aged").await.unwrap();
-        let on_stays = first_offset_on(&c, &stays, "aged").await.unwrap();
-        if on_leader > 1_000 && on_leader == on_stays {
-            // Settled: nothing is published any more, so the next passes keep it there.
-            tokio::time::sleep(Duration::from_millis(2_500)).await;
-            if first_offset_on(&c, &leader, "aged").await == Some(on_leader)
-                && first_offset_on(&c, &stays, "aged").await == Some(on_leader)
-            {
-                break on_leader;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "retention did not settle alike: leader {on_leader}, follower {on_stays}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let first = settled_first(&c, &[leader.as_str(), stays.as_str()], "aged", 1_000).await;
 
     // A reader replays the three lowest seq_nos the leader retains and goes away, holding
     // its cursor: the rest of its replay includes frames retention removed.
@@ -1993,8 +1982,8 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
     }
 }
 
-/// Waits until node `id` holds `topic` from an oldest retained offset above `above`, the
-/// same on every node of `ids`, and the offset holds for 2.5 s (retention settled).
+/// Waits until every node of `ids` holds `topic` from the same oldest retained offset, above
+/// `above`, and it holds for 2.5 s (retention settled); that offset.
 async fn settled_first(c: &Cluster, ids: &[&str], topic: &str, above: u64) -> u64 {
     let start = Instant::now();
     loop {
@@ -2052,22 +2041,9 @@ async fn history_page(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_a_history_walk_exactly_when_the_leader_does() {
     let _serial = SERIAL.lock().await;
-    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
-    let mut c = Cluster::start_with(3, 2, &flags, None).await;
-    let all = ["n1", "n2", "n3"];
-    let leader = c.leader(&all, 3, Duration::from_secs(30)).await;
-    let mut others = all.into_iter().filter(|n| *n != leader);
-    let (stays, away) = (others.next().unwrap(), others.next().unwrap());
-    let up = [leader.as_str(), stays];
-    let mut client = c.client(&leader).await;
-    client
-        .create_topic(framecast::proto::CreateTopicRequest {
-            name: "late".into(),
-            retention_max_age_seconds: 0,
-            retention_max_bytes: 200_000,
-        })
-        .await
-        .unwrap();
+    let (mut c, leader, stays, away) = three_with_retention("late").await;
+    let (all, up) = (["n1", "n2", "n3"], [leader.as_str(), stays.as_str()]);
+    let (stays, away) = (stays.as_str(), away.as_str());
     // Offset 0 has the highest seq_no the topic will ever hold; the rest count up from 1.
     // `away` holds offset 0 only.
     publish_all(&c, &leader, "late", 0..1, |_| 1_000_000).await;

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -223,13 +223,11 @@ def until_expired(token: str) -> float:
     return max(0.0, claims["exp"] - time.time() + 0.3)
 
 
-def test_a_token_provider_keeps_a_subscription_going_past_token_expiry(
-    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
-) -> None:
-    # token= a function: each call and reconnect asks it; a subscription whose token
-    # expires under it reconnects with the fresh one and resumes exactly. With a provider
-    # that has nothing fresher, the expiry is final (Unauthenticated).
-    srv = make_server("--auth-jwt-secret-file", str(secret))
+def expiring_tokens(
+    framecast_bin: Path, secret: Path
+) -> tuple[str, str, str, Callable[[], str], list[str]]:
+    """A publisher's token, a subscriber's that expires in 2 s, a lasting subscriber's, and
+    a provider that gives the short one first and the lasting one after (and what it gave)."""
     publisher_token = mint(framecast_bin, secret, "--publish", ">")
     short = mint(framecast_bin, secret, "--subscribe", ">", "--ttl", "2s")
     long = mint(framecast_bin, secret, "--subscribe", ">")
@@ -238,6 +236,18 @@ def test_a_token_provider_keeps_a_subscription_going_past_token_expiry(
     def provider() -> str:
         given.append(short if not given else long)
         return given[-1]
+
+    return publisher_token, short, long, provider, given
+
+
+def test_a_token_provider_keeps_a_subscription_going_past_token_expiry(
+    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # token= a function: each call and reconnect asks it; a subscription whose token
+    # expires under it reconnects with the fresh one and resumes exactly. With a provider
+    # that has nothing fresher, the expiry is final (Unauthenticated).
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    publisher_token, short, long, provider, given = expiring_tokens(framecast_bin, secret)
 
     with Client(srv.address, token=publisher_token, retry=TEST_RETRY) as pub:
         pub.publish(b"before", 1, topic=topic, timeout=10)
@@ -260,14 +270,7 @@ def test_an_aio_token_provider_keeps_a_subscription_going_past_token_expiry(
     make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
 ) -> None:
     srv = make_server("--auth-jwt-secret-file", str(secret))
-    publisher_token = mint(framecast_bin, secret, "--publish", ">")
-    short = mint(framecast_bin, secret, "--subscribe", ">", "--ttl", "2s")
-    long = mint(framecast_bin, secret, "--subscribe", ">")
-    given: list[str] = []
-
-    def provider() -> str:
-        given.append(short if not given else long)
-        return given[-1]
+    publisher_token, short, long, provider, given = expiring_tokens(framecast_bin, secret)
 
     async def main() -> None:
         async with framecast_aio.Client(srv.address, token=publisher_token) as pub:
