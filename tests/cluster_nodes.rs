@@ -3477,32 +3477,32 @@ fn flip_a_byte_of(seg: &std::path::Path, needle: &[u8]) {
     std::fs::write(seg, &bytes).unwrap();
 }
 
-/// A node whose recovery cuts a whole record that failed its check (damage: the frame may
-/// have been acknowledged) does not lead while another in-sync member holds it: it waits,
-/// follows the member that leads, copies the frame back, and only then may lead again.
-/// Before, it cut the frame keeping the epoch and, started first, was elected: the others
-/// cut the acknowledged frame too, and its offset went to the next publish, in the same
-/// epoch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_recovery_cut_an_acknowledged_frame_does_not_lead_until_it_copied_it_back() {
+/// How a test damages a stopped node's copy of a topic's only segment.
+enum Damage {
+    /// One bit of the last frame flipped: a whole record that fails its check.
+    LastFrame,
+    /// The file cut short in the middle of its data, as a bad restore would.
+    CutShort,
+}
+
+/// A node whose recovery cuts what may have been acknowledged does not lead while another
+/// in-sync member holds it: it waits, follows the member that leads, copies the frames back
+/// under the same epoch, and only then is its doubt settled (never before it holds every
+/// frame the leader held) and may it lead again.
+async fn a_node_in_doubt_waits_for_a_leader_and_copies_back(damage: Damage, frames: u64) {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(2, 2).await;
     let all = ["n1", "n2"];
     let damaged = c.leader(&all, 2, Duration::from_secs(30)).await;
     let other = all.into_iter().find(|n| *n != damaged).unwrap();
-    let mut lc = c.client(&damaged).await;
-    for seq in 0..5u64 {
-        let payload = format!("acked-frame-{seq}");
-        lc.publish(req("dmg", seq, payload.as_bytes()))
-            .await
-            .unwrap();
-    }
+    // As `publish_all` writes frame i.
+    let payload = |i: u64| format!("frame {i} {}", "r".repeat(80));
+    publish_all(&c, &damaged, "dmg", 0..frames, |i| i).await;
     let held = copy_of(&c, &damaged, "dmg").await.unwrap();
-    assert_eq!(held.1.len(), 5);
+    assert_eq!(held.1.len() as u64, frames);
     until_all_hold(&c, &all, "dmg", Some(&held)).await;
-    drop(lc);
 
-    // Both stop cleanly; bit rot in the last frame of the leader's copy.
+    // Both stop cleanly; then the damage, on the leader's copy.
     for id in all {
         c.node(id).server.sigterm();
         assert!(c
@@ -3512,43 +3512,84 @@ async fn a_node_whose_recovery_cut_an_acknowledged_frame_does_not_lead_until_it_
             .is_some());
     }
     let data = c.node(&damaged).server.data_dir.clone();
-    flip_a_byte_of(
-        &data.join("topics/dmg/00000000000000000000.seg"),
-        b"acked-frame-4",
-    );
+    let seg = data.join("topics/dmg/00000000000000000000.seg");
+    match damage {
+        Damage::LastFrame => flip_a_byte_of(&seg, payload(frames - 1).as_bytes()),
+        Damage::CutShort => {
+            // Cut in the middle of frame frames/2: not a length framecast gives a segment.
+            let bytes = std::fs::read(&seg).unwrap();
+            let needle = payload(frames / 2);
+            let at = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            f.set_len(at as u64 + 5).unwrap();
+        }
+    }
 
-    // Started first and alone, it cuts the frame, keeps its doubt and does not campaign.
+    // Started first and alone, it cuts, keeps its doubt and does not campaign.
     c.node_mut(&damaged).server.restart();
-    tokio::time::sleep(TTL * 3).await;
-    let log = c.node(&damaged).server.log_text();
-    assert!(
-        !log.contains("leading") && log.contains("not campaigning"),
-        "{}",
-        c.logs()
-    );
-    assert!(data.join("topics/dmg/recovery-doubt").exists());
-
-    // The other comes back and leads; the damaged node copies the frame back under the
-    // same epoch, and its doubt is settled.
-    c.node_mut(other).server.restart();
-    let leader = c.leader(&all, 2, Duration::from_secs(30)).await;
-    assert_eq!(leader, other, "{}", c.logs());
-    until_all_hold(&c, &all, "dmg", Some(&held)).await;
     let start = Instant::now();
-    while data.join("topics/dmg/recovery-doubt").exists() {
+    while !c
+        .node(&damaged)
+        .server
+        .log_text()
+        .contains("not campaigning")
+    {
         assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(c.node(&damaged).server.log_text().contains("doubt settled"));
+    tokio::time::sleep(TTL * 2).await;
+    assert!(
+        !c.node(&damaged).server.log_text().contains("leading"),
+        "{}",
+        c.logs()
+    );
+    let doubt = data.join("topics/dmg/recovery-doubt");
+    assert!(doubt.exists());
 
-    // The next frame takes the next offset on both.
+    // The other comes back and leads; the damaged node copies the frames back under the
+    // same epoch. When its doubt is settled, it holds them all already.
+    c.node_mut(other).server.restart();
+    let start = Instant::now();
+    while doubt.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut dc = c.client(&damaged).await;
+    let end = common::topic_info(&mut dc, "dmg")
+        .await
+        .map(|t| t.next_offset);
+    assert_eq!(end, Some(frames), "settled before holding every frame");
+    assert!(c.node(&damaged).server.log_text().contains("doubt settled"));
+    let leader = c.leader(&all, 2, Duration::from_secs(30)).await;
+    assert_eq!(leader, other, "{}", c.logs());
+    until_all_hold(&c, &all, "dmg", Some(&held)).await;
+
+    // The next frame takes the next offset.
     let mut lc = c.client(&leader).await;
     let ack = lc
-        .publish(req("dmg", 5, b"after"))
+        .publish(req("dmg", frames, b"after"))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ack.offset, 5);
+    assert_eq!(ack.offset, frames);
+}
+
+/// Bit rot in the last frame. Before, the damaged node cut the frame keeping the epoch
+/// and, started first, was elected: the others cut the acknowledged frame too, and its
+/// offset went to the next publish, in the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_recovery_cut_an_acknowledged_frame_does_not_lead_until_it_copied_it_back() {
+    a_node_in_doubt_waits_for_a_leader_and_copies_back(Damage::LastFrame, 5).await;
+}
+
+/// A segment cut short losing half of 4,000 frames: the doubt is settled only once they
+/// are all copied back (before, the first commit point the new leader sent settled it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_segment_was_cut_short_settles_its_doubt_only_once_it_holds_every_frame() {
+    a_node_in_doubt_waits_for_a_leader_and_copies_back(Damage::CutShort, 4_000).await;
 }
 /// Flips one byte in the middle of `seg`, in place (a running server's mapping sees it).
 fn flip_a_byte_in_place(seg: &std::path::Path) {

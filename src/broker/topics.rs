@@ -846,14 +846,20 @@ impl Topics {
             }
             let start = Some((first_offset, &removals));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
-            let topic = Arc::new(new_topic(
+            let topic = new_topic(
                 name_owned.clone(),
                 meta,
                 log,
                 metrics,
                 terms,
                 replicated.then_some(first_offset),
-            ));
+            );
+            // A doubt stays until settled: the new copy lacks even more.
+            if let Some(why) = old.as_ref().and_then(|t| t.doubt()) {
+                super::doubt::write(&dir.join(&name_owned), &why)?;
+                *topic.doubt.lock() = Some(why);
+            }
+            let topic = Arc::new(topic);
             map.write().insert(name_owned.clone(), Arc::clone(&topic));
             roster.changed(&name_owned);
             Ok(topic)
@@ -927,15 +933,17 @@ impl Topics {
             let log = Log::open(&dir, config)?;
             // Cut frames were never committed: the commit point stays where it was.
             let commit = old.commit.as_ref().map(|c| (*c.borrow()).min(offset));
-            let topic = Arc::new(new_topic(
+            let topic = new_topic(
                 name_owned.clone(),
                 old.meta,
                 log,
                 metrics,
                 old.terms(),
                 commit,
-            ));
-            map.write().insert(name_owned.clone(), topic);
+            );
+            // A doubt stays until settled (its file is still in the directory).
+            *topic.doubt.lock() = old.doubt();
+            map.write().insert(name_owned.clone(), Arc::new(topic));
             roster.changed(&name_owned);
             Ok(cut)
         })

@@ -102,6 +102,7 @@ pub async fn follow(
         term,
         reports,
         commits: HashMap::new(),
+        ends: HashMap::new(),
     };
     // Appends queued and not yet durable, oldest first: the next batch is queued while the
     // one before syncs, and each is reported once durable, in order.
@@ -393,6 +394,8 @@ struct Apply {
     reports: mpsc::Sender<rp::FollowerReport>,
     /// The leader's commit point per topic, as last sent.
     commits: HashMap<String, u64>,
+    /// The leader's durable end per topic when it announced it on this stream.
+    ends: HashMap<String, u64>,
 }
 
 impl Apply {
@@ -402,6 +405,7 @@ impl Apply {
             Update::Topic(t) => self.announced(vec![t]).await,
             Update::Deleted(name) => {
                 self.commits.remove(&name);
+                self.ends.remove(&name);
                 if self.topics.get(&name).is_some() {
                     info!(topic = %name, "deleting a copy the leader does not hold");
                     match self.topics.delete(&name).await {
@@ -413,6 +417,7 @@ impl Apply {
             }
             Update::Cut(c) => {
                 self.topics.cut_and_reopen(&c.topic, c.offset).await?;
+                self.settle_doubt(&c.topic).await?;
                 self.report(&c.topic).await
             }
             // Records are queued by `apply_updates` (`Apply::submit`), never applied here.
@@ -494,6 +499,10 @@ impl Apply {
                 }
             }
             let (_, created) = self.topics.create_copy(&t.name, meta).await?;
+            match t.leader_end {
+                Some(end) => self.ends.insert(t.name.clone(), end),
+                None => self.ends.remove(&t.name),
+            };
             if created {
                 info!(topic = %t.name, epoch = t.epoch, "copying a new topic");
             }
@@ -507,6 +516,7 @@ impl Apply {
             let passes = (&t.removals[..], t.removed_max_key.as_ref());
             self.retain(&t.name, topic_meta(&t), t.first_offset, key, passes)
                 .await?;
+            self.settle_doubt(&t.name).await?;
         }
         Ok(())
     }
@@ -539,13 +549,16 @@ impl Apply {
         self.report(name).await
     }
 
-    /// A copy in doubt ([`crate::broker::doubt`]) that holds the leader's commit point
-    /// again holds every acknowledged frame: its doubt is settled.
+    /// A copy in doubt ([`crate::broker::doubt`]) that holds what the leader held when it
+    /// announced the topic on this stream (every frame acknowledged before: the leader was
+    /// in sync) and its commit point holds every acknowledged frame: its doubt is settled.
+    /// Not the commit point alone: a new leader's may still be this copy's own end.
     async fn settle_doubt(&self, name: &str) -> Result<(), FollowError> {
-        let (Some(t), Some(&commit)) = (self.topics.get(name), self.commits.get(name)) else {
+        let (Some(t), Some(&end)) = (self.topics.get(name), self.ends.get(name)) else {
             return Ok(());
         };
-        if t.doubt().is_some() && t.log().durable_offset() >= commit {
+        let commit = self.commits.get(name).copied().unwrap_or(0);
+        if t.doubt().is_some() && t.log().durable_offset() >= end.max(commit) {
             self.topics.settle_doubt(name).await?;
         }
         Ok(())

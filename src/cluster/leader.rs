@@ -1026,6 +1026,7 @@ fn replica_topic(t: &Topic) -> rp::ReplicaTopic {
         terms: wire_terms(&t.terms()),
         removed_max_key: removals.largest().map(wire_key),
         removals: wire_removals(&removals),
+        leader_end: Some(t.log().durable_offset()),
     }
 }
 

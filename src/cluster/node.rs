@@ -575,7 +575,13 @@ impl Node {
         let mut repeats = Repeats::default();
         loop {
             match self.read_insync().await? {
-                Record::Missing => break,
+                Record::Missing if self.topics.doubtful().is_empty() => break,
+                Record::Missing => {
+                    let doubtful = self.topics.doubtful();
+                    if let Some(repeated) = repeats.due("doubt, no record", Instant::now()) {
+                        warn!(topics = ?doubtful, repeated, "not campaigning: recovery cut what may have been acknowledged frames of these topics, and no in-sync record says whether another node holds them; waiting (to let this node lead, with new epochs for these topics, write an in-sync record naming only it)");
+                    }
+                }
                 Record::Set(r) if r.members.iter().any(|m| m == self.me()) => {
                     let doubtful = self.topics.doubtful();
                     if doubtful.is_empty() || r.members.iter().all(|m| m == self.me()) {
@@ -583,7 +589,7 @@ impl Node {
                     }
                     let why = format!("doubt {doubtful:?}");
                     if let Some(repeated) = repeats.due(&why, Instant::now()) {
-                        warn!(topics = ?doubtful, members = ?r.members, repeated, "not campaigning: recovery cut what may have been acknowledged frames of these topics, which another in-sync member holds; waiting to copy them from a leader (if none of the members can come back, delete the in-sync key in etcd to let this node lead, with new epochs for these topics)");
+                        warn!(topics = ?doubtful, members = ?r.members, repeated, "not campaigning: recovery cut what may have been acknowledged frames of these topics, which another in-sync member may hold; waiting to copy them from a leader (if none of the members can come back, write an in-sync record naming only this node to let it lead, with new epochs for these topics)");
                     }
                 }
                 Record::Set(_) => {}
@@ -808,6 +814,13 @@ impl Node {
                 let _ = self.etcd.resign(&key).await;
                 return;
             }
+        } else if !self.topics.doubtful().is_empty() {
+            info!(
+                term,
+                "elected with no in-sync record, but copies here may lack acknowledged frames; resigning"
+            );
+            let _ = self.etcd.resign(&key).await;
+            return;
         }
         // Leading with copies that may lack acknowledged frames (no other member is in
         // sync): their offsets will be given again, under a new epoch.
