@@ -754,9 +754,10 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
     stands and which node it reads from.
 
     A wait for the next frame that is cancelled (``asyncio.wait_for(anext(sub), t)``
-    timing out, a cancelled task) does not end it: the read goes on in a task of its own,
-    and the next ``anext`` continues it, so no frame is lost or repeated. ``aclose()``
-    (or dropping the subscription) stops it.
+    timing out, a cancelled task) ends it, loudly: the next ``anext`` (or ``async for``)
+    raises :class:`framecast.errors.SubscriptionCancelled`. Its ``cursor`` still names
+    exactly the last frame returned, so ``client.frames(topic, cursor=sub.cursor)``
+    resumes with the next frame, none lost or repeated.
     """
 
     def __init__(
@@ -768,8 +769,8 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         self._resume = resume
         self._frames = frames
         self._project = project
-        #: The read of the next frame, left running by a cancelled ``anext``.
-        self._next: asyncio.Future[Frame] | None = None
+        #: A wait for the next frame was cancelled, which ended the generator.
+        self._cancelled = False
 
     @property
     def topic(self) -> str:
@@ -812,35 +813,29 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         return self._resume.node
 
     async def __anext__(self) -> T:
-        """The next frame (or payload). Cancelling the wait leaves the read running: the
-        next call continues it."""
-        read = self._next
-        if read is None:
-            read = self._next = asyncio.ensure_future(self._frames.__anext__())
+        """The next frame (or payload)."""
         try:
-            # Shielded: a cancelled wait cancels only the waiting, not the read.
-            frame = await asyncio.shield(read)
+            return self._project(await self._frames.__anext__())
         except asyncio.CancelledError:
-            # The wait was cancelled: the read goes on, and a frame it got is kept for the
-            # next call. Only a read that was itself cancelled (by aclose) is dropped.
-            if read.cancelled():
-                self._next = None
+            # Thrown into the generator at its read: it is over (its stream cancelled).
+            self._cancelled = True
             raise
-        except BaseException:
-            self._next = None
+        except StopAsyncIteration:
+            if self._cancelled:
+                raise self._cancelled_error() from None
             raise
-        self._next = None
-        return self._project(frame)
+
+    def _cancelled_error(self) -> errors.SubscriptionCancelled:
+        r = self._resume
+        return errors.SubscriptionCancelled(
+            f"subscription {r.topic!r}: a wait for its next frame was cancelled (a timeout "
+            f"or a cancelled task), which ended it; resume with "
+            f"client.frames(topic, cursor=sub.cursor) (cursor {r.cursor}: the last frame "
+            f"returned)"
+        )
 
     async def asend(self, value: None) -> T:
         return await self.__anext__()
-
-    async def _stop_read(self) -> None:
-        """Stops a read left running by a cancelled ``anext`` (its frame is dropped)."""
-        read, self._next = self._next, None
-        if read is not None:
-            read.cancel()
-            await asyncio.gather(read, return_exceptions=True)
 
     async def athrow(
         self,
@@ -848,22 +843,11 @@ class Subscription(AsyncGenerator[T, None], Generic[T]):
         val: object = None,
         tb: TracebackType | None = None,
     ) -> T:
-        await self._stop_read()
         return self._project(await self._frames.athrow(typ, val, tb))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Ends the subscription (its stream is cancelled). Idempotent."""
-        await self._stop_read()
         await self._frames.aclose()
-
-    def __del__(self) -> None:
-        # A subscription dropped while a read was left running: stop the read.
-        read = self._next
-        if read is not None and not read.done():
-            try:
-                read.cancel()
-            except RuntimeError:  # its event loop is closed: nothing runs it any more
-                pass
 
     async def __aenter__(self) -> Subscription[T]:
         return self

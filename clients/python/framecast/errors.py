@@ -48,6 +48,7 @@ __all__ = [
     "DeadlineExceeded",
     "ClientClosed",
     "ProtocolError",
+    "SubscriptionCancelled",
     "from_rpc_error",
     "is_transient",
 ]
@@ -191,6 +192,14 @@ class ClientClosed(FramecastError):
 class ProtocolError(FramecastError):
     """The server answered in a way the contract does not allow (e.g. a subscription
     without its snapshot metadata)."""
+
+
+class SubscriptionCancelled(FramecastError, RuntimeError):
+    """asyncio: a wait for a subscription's next frame was cancelled
+    (``asyncio.wait_for(anext(sub), t)`` timing out, a cancelled task), which ended the
+    subscription; the next ``anext`` (or ``async for``) raises this instead of going on.
+    Nothing was lost: ``sub.cursor`` names the last frame returned, so
+    ``client.frames(topic, cursor=sub.cursor)`` resumes exactly after it."""
 
 
 _TRANSIENT_CODES = frozenset(
