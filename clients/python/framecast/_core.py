@@ -289,6 +289,8 @@ class Route:
         self._chain: list[str] = []
         #: The last chain of hints that was cut (a loop, or too many in a row).
         self.loop: list[str] = []
+        #: Addresses whose certificate the client refused since the last progress.
+        self._refused_tls: set[str] = set()
 
     def next(self) -> str:
         """The address for the next attempt."""
@@ -303,12 +305,26 @@ class Route:
     def progress(self) -> None:
         """The attempt delivered (an ack, a frame): hints start a fresh chain."""
         self._chain.clear()
+        self._refused_tls.clear()
 
     def failed(self, err: grpc.RpcError | None) -> bool:
         """The attempt at :attr:`address` failed with ``err`` (``None``: a stream ended
         early). True: retry at once, on the leader ``err`` named. False: the usual decision
         applies (a transient failure: back off, and the next attempt goes to the next
-        address)."""
+        address).
+
+        A server certificate the client refused: with several addresses, that node failed
+        (True: the next address, at once; nothing was sent), until every known address
+        refused; then (or with one address) False, and the refusal is final
+        (:class:`framecast.errors.TlsRefused`)."""
+        if err is not None and errors.tls_refused(err):
+            self._refused_tls.add(self.address)
+            addresses = self.nodes.addresses
+            if any(a not in self._refused_tls for a in addresses):
+                log.debug("certificate of %s refused; trying the next address", self.address)
+                self.nodes.failed(self.address)
+                return True
+            return False
         hint = leader_hint(err)
         if hint is not None and hint != self.address:
             if not self._chain:

@@ -319,3 +319,57 @@ def test_a_server_certificate_the_client_refuses_is_not_retried(
     # The right CA still works.
     with Client(address, retry=TEST_RETRY, ca_cert=str(pki.ca_path)) as c:
         assert c.publish(b"x", 1, topic=topic, timeout=10).offset == 0
+
+
+def test_a_refused_certificate_on_one_of_several_addresses_fails_over(
+    make_server, pki: Pki, tmp_path: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # Two addresses: the first server's certificate comes from a CA the client does not
+    # trust, the second's from the one it trusts. The refusal counts as that node failing:
+    # publish (plain and coalesced), subscribe and asyncio go on to the good node at once.
+    # When every address refuses, TlsRefused, at once.
+    from framecast import TlsRefused
+
+    other = trustme.CA()
+    cert = other.issue_cert("localhost", "127.0.0.1")
+    bad_cert, bad_key = tmp_path / "bad.pem", tmp_path / "bad-key.pem"
+    cert.private_key_pem.write_to_path(str(bad_key))
+    with bad_cert.open("wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    bad = make_server("--tls-cert", str(bad_cert), "--tls-key", str(bad_key))
+    bad2 = make_server("--tls-cert", str(bad_cert), "--tls-key", str(bad_key))
+    good = make_server(*pki.serve_args())
+    patient = RetryPolicy(initial=0.05, max_delay=0.5, max_elapsed=20.0)
+    both = [f"https://127.0.0.1:{bad.port}", f"https://127.0.0.1:{good.port}"]
+    ca = str(pki.ca_path)
+    for coalesce in (False, True):
+        with Client(both, retry=patient, ca_cert=ca, coalesce=coalesce) as c:
+            t0 = time.monotonic()
+            c.publish(b"x", 1, topic=topic, timeout=30)
+            assert time.monotonic() - t0 < 3.0
+    with Client(both, retry=patient, ca_cert=ca) as c:
+        sub = c.frames(topic, timeout=30)
+        assert next(sub).payload == b"x"
+        assert sub.address == f"127.0.0.1:{good.port}"
+        sub.close()
+
+    async def aio() -> None:
+        async with framecast_aio.Client(both, retry=patient, ca_cert=ca) as c:
+            assert (await c.publish(b"y", 2, topic=topic, timeout=30)).offset == 2
+            async with c.frames(topic, timeout=30) as sub:
+                assert (await anext(sub)).payload == b"x"
+
+    t0 = time.monotonic()
+    asyncio.run(asyncio.wait_for(aio(), 30))
+    assert time.monotonic() - t0 < 3.0
+
+    refusing = [f"https://127.0.0.1:{bad.port}", f"https://127.0.0.1:{bad2.port}"]
+    for coalesce in (False, True):
+        with Client(refusing, retry=patient, ca_cert=ca, coalesce=coalesce) as c:
+            t0 = time.monotonic()
+            with pytest.raises(TlsRefused):
+                c.publish(b"x", 1, topic=topic, timeout=30)
+            with pytest.raises(TlsRefused):
+                next(c.frames(topic, timeout=30))
+            assert time.monotonic() - t0 < 3.0
