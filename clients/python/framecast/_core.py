@@ -1169,6 +1169,9 @@ class Resume:
         self.token = token
         #: The token the current (or last) stream was opened with.
         self._token_used: str | None = None
+        #: The fresh token :meth:`_fresh_token` got, for the next stream (the provider is
+        #: called once per reconnect).
+        self._token_fresh: tuple[str, str] | None = None
         #: A stream was re-opened for a fresh token and has not started yet: a refusal of
         #: that one is final.
         self._renewing = False
@@ -1236,7 +1239,7 @@ class Resume:
         provider) gives now, remembered to tell an expired token from a refused one."""
         if self.token is None:
             return None
-        header = self.token.header()
+        header, self._token_fresh = self._token_fresh or self.token.header(), None
         self._token_used = header[1]
         return (header,)
 
@@ -1251,8 +1254,10 @@ class Resume:
                 return False
         except Exception:
             return False
-        if self.token.header()[1] == self._token_used:
+        header = self.token.header()  # the provider's error, if any, ends the subscription
+        if header[1] == self._token_used:
             return False
+        self._token_fresh = header
         log.debug("subscription %s: token refused (expired?); reconnecting with a fresh one",
                   self.topic)
         self._renewing = True

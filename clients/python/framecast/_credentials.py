@@ -23,8 +23,10 @@ TOKEN_ENV = "FRAMECAST_TOKEN"
 #: A PEM given as a file path or as its bytes.
 Pem = Union[str, "os.PathLike[str]", bytes]
 
-#: What ``token=`` takes: a token, or a function returning the current one (asked for each
-#: new call, so a token about to expire can be replaced).
+#: What ``token=`` takes: a token, or a function returning the current one (asked once for
+#: each new call, stream and reconnect, so a token about to expire can be replaced; it runs
+#: in the caller's thread, on the event loop with asyncio, so it must be fast; its exception
+#: propagates unchanged).
 TokenSource = Union[str, Callable[[], str]]
 
 

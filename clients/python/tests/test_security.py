@@ -259,7 +259,7 @@ def test_a_token_provider_keeps_a_subscription_going_past_token_expiry(
             pub.publish(b"after", 2, topic=topic, timeout=10)
             frame = next(sub)
             assert (frame.payload, frame.offset) == (b"after", 1)
-            assert given[-1] == long and sub.reconnects == 1
+            assert given == [short, long] and sub.reconnects == 1  # once per reconnect
             sub.close()
         with Client(srv.address, token=lambda: short, retry=TEST_RETRY) as c:
             with pytest.raises(Unauthenticated):
@@ -282,7 +282,7 @@ def test_an_aio_token_provider_keeps_a_subscription_going_past_token_expiry(
                 await pub.publish(b"after", 2, topic=topic, timeout=10)
                 frame = await asyncio.wait_for(anext(sub), 10)
                 assert (frame.payload, frame.offset) == (b"after", 1)
-                assert given[-1] == long and sub.reconnects == 1
+                assert given == [short, long] and sub.reconnects == 1
                 await sub.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 30))
@@ -373,3 +373,35 @@ def test_a_refused_certificate_on_one_of_several_addresses_fails_over(
             with pytest.raises(TlsRefused):
                 next(c.frames(topic, timeout=30))
             assert time.monotonic() - t0 < 3.0
+
+
+class _ProviderFailed(Exception):
+    pass
+
+
+def test_a_token_provider_that_raises_surfaces_its_error_as_is(
+    server: ServerProcess, topic: str
+) -> None:
+    # The provider is called for every call and reconnect; its own exception is raised by
+    # the call, unchanged (not retried, not wrapped).
+    calls: list[int] = []
+
+    def provider() -> str:
+        calls.append(1)
+        raise _ProviderFailed("no token today")
+
+    with Client(server.address, token=provider, retry=TEST_RETRY) as c:
+        with pytest.raises(_ProviderFailed):
+            c.publish(b"x", 1, topic=topic, timeout=5)
+        with pytest.raises(_ProviderFailed):
+            next(c.frames(topic, timeout=5))
+
+    async def aio() -> None:
+        async with framecast_aio.Client(server.address, token=provider, retry=TEST_RETRY) as c:
+            with pytest.raises(_ProviderFailed):
+                await c.publish(b"x", 1, topic=topic, timeout=5)
+            with pytest.raises(_ProviderFailed):
+                await anext(c.frames(topic, timeout=5))
+
+    asyncio.run(asyncio.wait_for(aio(), 20))
+    assert len(calls) == 4
