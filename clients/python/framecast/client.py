@@ -196,7 +196,8 @@ class Client:
         self._channels: dict[str, tuple[grpc.Channel, BroadcastStub]] = {}
         #: The process the channels and shared streams belong to (see :meth:`_own_process`).
         self._pid = os.getpid()
-        #: What a forked child inherited from its parent: kept, never used nor closed.
+        #: What a forked child inherited from its parent: kept, never used nor closed by
+        #: framecast (grpcio's destructors close them when the client is dropped).
         self._inherited: list[object] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -216,8 +217,14 @@ class Client:
     def _own_process(self) -> None:
         """In a process forked from the one that made the client (gunicorn ``--preload``,
         ``multiprocessing``): lets go of the parent's channels and shared streams, whose
-        threads do not exist here, so that this process makes its own. They are kept,
-        neither used nor closed: closing a channel could speak on the parent's connection."""
+        threads do not exist here, so that this process makes its own. framecast neither
+        uses nor closes them (closing could speak on the parent's connection); it keeps
+        them on the client so that they are not dropped at once. grpcio itself may still
+        close them: with ``GRPC_ENABLE_FORK_SUPPORT`` its fork handler closes every channel
+        in the child ("Closed on fork"), and without it the destructors of its calls and
+        channels cancel and close them when the client is dropped in the child. grpcio
+        supports using gRPC in a child forked after the parent used it only with that fork
+        support (off by default); see the README."""
         if os.getpid() == self._pid:
             return
         with _FORK_LOCK:
