@@ -138,10 +138,10 @@ class TlsRefused(Unavailable):
     """The client refused the server's certificate at the TLS handshake (not signed by
     ``ca_cert``, or by grpc's roots without it; issued for another name; expired). Never
     retried: a retry would be refused the same way. (A client given several addresses
-    moves on to the next one instead, and raises this only when every address refused.) A :class:`Unavailable` for code that
-    catches that, but not :attr:`transient`. (A server that refuses the client's own
-    certificate, ``--tls-client-ca``, shows grpcio only a broken connection: that is retried
-    and ends in :class:`Unavailable`.)"""
+    moves on to the next one instead, and raises this only when every address refused.)
+    A :class:`Unavailable` for code that catches that, but not :attr:`transient`. (A
+    server that refuses the client's own certificate, ``--tls-client-ca``, shows grpcio
+    only a broken connection: that is retried and ends in :class:`Unavailable`.)"""
 
     @property
     def transient(self) -> bool:
