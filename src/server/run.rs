@@ -642,7 +642,7 @@ struct HttpListener {
     /// The `--max-connections` permits, shared with the gRPC listener.
     connections: super::connections::Permits,
     grace: std::time::Duration,
-    /// HTTP/2 pings (`--keepalive-interval`).
+    /// How often HTTP/2 connections are pinged (`ServerConfig::keepalive_interval`).
     keepalive: std::time::Duration,
     cors: Option<tower_http::cors::CorsLayer>,
 }
