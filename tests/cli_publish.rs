@@ -122,3 +122,58 @@ async fn acks_are_printed_as_they_come_and_ctrl_c_reports_what_was_acknowledged(
     assert_eq!(got[0].payload, b"first".to_vec());
     assert_eq!(got[1].payload, b"second".to_vec());
 }
+
+/// Ctrl-C while the publish queue is full (the server unreachable, every slot taken) ends
+/// the command within the 5 s it waits for frames already sent, exit 130; before, the send
+/// waiting for room held the interrupt off until `--timeout` was spent.
+#[test]
+fn ctrl_c_with_a_full_queue_exits_without_waiting_for_the_timeout() {
+    let addr = dead_addr();
+    let mut child = Command::new(bin())
+        .args(["publish", "--addr", &addr, "--timeout", "30s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // More lines than the command and its publisher queue; the pipe stays open.
+    let feeder = std::thread::spawn(move || {
+        for i in 0..5000 {
+            if writeln!(stdin, "line {i}").is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(40));
+    });
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains("retrying"), "{first}");
+    // Time for the input to fill every queue.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id() as i32;
+    // SAFETY (test code): plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("still running 20 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = interrupted.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(
+        took < Duration::from_secs(7),
+        "Ctrl-C took {took:?} to end the command"
+    );
+    drop(feeder);
+}

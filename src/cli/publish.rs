@@ -209,7 +209,19 @@ async fn publish_all(args: PublishArgs) -> Result<u64, Failure> {
                         Ok(s) => s,
                         Err(error) => break Some(Failure::of(error, Some(of))),
                     };
-                    match publisher.send(s, bytes).await {
+                    // A full queue (the server unreachable, say) holds the send until the
+                    // publisher gives up: Ctrl-C must not wait for that.
+                    let queued = tokio::select! {
+                        biased;
+                        _ = &mut interrupt => None,
+                        queued = publisher.send(s, bytes) => Some(queued),
+                    };
+                    let Some(queued) = queued else {
+                        let mut stopped = Failure::of(Error::NotSent("interrupted".into()), None);
+                        stopped.interrupted = true;
+                        break Some(stopped);
+                    };
+                    match queued {
                         Ok(ack) => pending.push_back(Sent { ack, seq: s, of }),
                         // The publisher ended at a refusal whose answer is still on its way
                         // to the front of `pending`: that is the failure to tell.
