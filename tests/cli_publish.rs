@@ -177,3 +177,41 @@ fn ctrl_c_with_a_full_queue_exits_without_waiting_for_the_timeout() {
     );
     drop(feeder);
 }
+
+/// A token that expires while `publish` waits for its next line: the next line fails with
+/// the server's refusal (UNAUTHENTICATED, token expired), nothing counted as sent; before,
+/// it failed as "unavailable … cannot reach …: publisher stopped", as if retryable.
+#[test]
+fn a_token_that_expires_while_idle_is_reported_as_expired() {
+    const SECRET: &[u8] = b"test-secret-of-some-length";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--auth-jwt-secret-file", secret.to_str().unwrap()],
+    );
+    let token = common::tokens::token(SECRET, &["t"], &[], false, Duration::from_secs(2));
+    let mut child = publisher(&server, "t", &["--verbose", "--token", &token]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "a").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("offset=0 "), "{line}");
+    // Past the token's expiry (whole seconds), the input still open.
+    std::thread::sleep(Duration::from_millis(3500));
+    writeln!(stdin, "b").unwrap();
+    drop(stdin);
+    let (code, err) = finish(child);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 2 (seq_no 1)"), "{err}");
+    assert!(err.contains("Unauthenticated"), "{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert!(!err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains("1 frames acknowledged (the last seq_no 0); nothing after it was sent"),
+        "{err}"
+    );
+}

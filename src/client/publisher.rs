@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,7 +25,8 @@ impl Client {
     /// server refuses (too large, not permitted, …) ends the publisher. That frame's ack is
     /// the refusal, every frame sent after it fails with [`Error::NotSent`] (the server
     /// stores nothing past a refused request of a stream, and nothing is sent again), and
-    /// later sends fail. What was acknowledged before it stands.
+    /// later sends fail with that refusal (also when it ended an idle stream: a token that
+    /// expired, say). What was acknowledged before it stands.
     pub fn publisher_until_refused(&self, topic: &str) -> Publisher {
         Publisher::start(self.clone(), topic.to_string(), AtRefusal::Stop)
     }
@@ -73,6 +75,9 @@ pub struct Publisher {
     topic: String,
     /// True once the publisher's task has ended.
     done: tokio::sync::watch::Receiver<bool>,
+    /// The refusal that ended a publisher made with [`Client::publisher_until_refused`]:
+    /// every later send fails with it, not with a bare "publisher stopped".
+    refusal: Arc<OnceLock<Error>>,
 }
 
 /// The ack of a frame sent with [`Publisher::send`]; await it.
@@ -102,7 +107,8 @@ impl Publisher {
         // The task must not hold the client's coalescer, which may hold this queue.
         let client = client.plain();
         let (done_tx, done) = tokio::sync::watch::channel(false);
-        let task = run(client.clone(), rx, at_refusal);
+        let refusal = Arc::new(OnceLock::new());
+        let task = run(client.clone(), rx, at_refusal, Arc::clone(&refusal));
         tokio::spawn(async move {
             task.await;
             let _ = done_tx.send(true);
@@ -112,7 +118,13 @@ impl Publisher {
             client,
             topic,
             done,
+            refusal,
         }
+    }
+
+    /// Why a send cannot be queued: the refusal that ended the publisher, if one did.
+    fn ended(&self) -> Error {
+        self.refusal.get().cloned().unwrap_or_else(stopped)
     }
 
     /// Stops taking frames and waits (up to a few seconds) until every frame sent was
@@ -152,7 +164,7 @@ impl Publisher {
         self.jobs
             .send(Job { req, reply })
             .await
-            .map_err(|_| stopped())?;
+            .map_err(|_| self.ended())?;
         Ok(PendingAck(rx))
     }
 
@@ -180,7 +192,12 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Drives one publisher: keeps a stream open, feeds it, matches acks to jobs in order, and
 /// on a break re-sends what is unacknowledged on a new stream (on the next node, or on the
 /// leader a refusal names).
-async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusal) {
+async fn run(
+    client: Client,
+    mut jobs: mpsc::Receiver<Job>,
+    at_refusal: AtRefusal,
+    refusal: Arc<OnceLock<Error>>,
+) {
     let mut inflight: VecDeque<Job> = VecDeque::new();
     let mut attempts = client.attempts();
     let mut closed = false;
@@ -225,11 +242,14 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusa
                 continue;
             }
             Err(s) => {
-                if let Some(j) = inflight.pop_front() {
-                    let _ = j.reply.send(Err(from_status(s)));
+                let e = from_status(s);
+                let refused = inflight.pop_front();
+                let took_it = refused.is_some();
+                if let Some(j) = refused {
+                    let _ = j.reply.send(Err(e.clone()));
                 }
                 if at_refusal == AtRefusal::Stop {
-                    return not_sent(&mut inflight, &mut jobs);
+                    return not_sent(&mut inflight, &mut jobs, &refusal, e, took_it);
                 }
                 continue;
             }
@@ -312,11 +332,16 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>, at_refusal: AtRefusa
                     }
                     Err(s) => {
                         // Acks arrive in order, so the refused request is the oldest unacked.
-                        if let Some(j) = inflight.pop_front() {
-                            let _ = j.reply.send(Err(from_status(s)));
+                        // An idle stream refused (its token expired, say) refuses no frame:
+                        // the refusal is kept for the next send all the same.
+                        let e = from_status(s);
+                        let refused = inflight.pop_front();
+                        let took_it = refused.is_some();
+                        if let Some(j) = refused {
+                            let _ = j.reply.send(Err(e.clone()));
                         }
                         if at_refusal == AtRefusal::Stop {
-                            return not_sent(&mut inflight, &mut jobs);
+                            return not_sent(&mut inflight, &mut jobs, &refusal, e, took_it);
                         }
                         break;
                     }
@@ -337,10 +362,24 @@ async fn finish(
 }
 
 /// After a refusal that ends the publisher: every frame behind the refused one fails, not
-/// sent again, and the queue closes (later sends fail).
-fn not_sent(inflight: &mut VecDeque<Job>, jobs: &mut mpsc::Receiver<Job>) {
+/// sent again, and the queue closes (later sends fail with `refused`, kept in `refusal`).
+/// When no frame took the refusal (an idle stream refused, its token expired say), the
+/// frames waiting fail with the refusal itself: no earlier frame of theirs was refused.
+fn not_sent(
+    inflight: &mut VecDeque<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
+    refusal: &OnceLock<Error>,
+    refused: Error,
+    a_frame_took_it: bool,
+) {
+    tracing::debug!(error = %refused, a_frame_took_it, "publisher ended at a refusal");
+    let e = if a_frame_took_it {
+        Error::NotSent("an earlier frame of this publisher was refused".into())
+    } else {
+        refused.clone()
+    };
+    let _ = refusal.set(refused);
     jobs.close();
-    let e = Error::NotSent("an earlier frame of this publisher was refused".into());
     give_up(inflight, jobs, &e);
 }
 
