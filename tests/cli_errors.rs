@@ -399,3 +399,26 @@ fn output_that_cannot_be_written_fails_the_command() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot write the output"), "{err}");
 }
+
+/// A `--timeout` too short to wait for any ack (`0s`, `500ms`) is refused as a bad flag,
+/// exit 2, before anything is sent; before, `0s` was taken and every frame then failed
+/// after it may have been stored.
+#[test]
+fn a_timeout_under_a_second_is_refused_before_anything_is_sent() {
+    let addr = dead_addr();
+    for command in ["publish", "subscribe", "history"] {
+        for timeout in ["0s", "0", "500ms"] {
+            let mut args = vec![command, "--addr", &addr, "--timeout", timeout];
+            if command == "publish" {
+                args.push("x");
+            }
+            let (code, _, err) = run(&args);
+            assert_eq!(code, Some(2), "{command} --timeout {timeout}: {err}");
+            assert!(
+                err.contains("--timeout must be at least 1 s"),
+                "{command} --timeout {timeout}: {err}"
+            );
+            assert!(!err.contains("cannot reach"), "{command}: {err}");
+        }
+    }
+}

@@ -142,3 +142,20 @@ pub fn name_addr(e: Error, addr: &str) -> Error {
         other => other,
     }
 }
+
+/// The shortest `--timeout` a client command takes: a frame gets this long for its ack
+/// before it counts as unanswered, and a shorter budget would fail every frame after it may
+/// have been stored.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Parses `--timeout` (`30s`, `2m`), refusing one under [`MIN_TIMEOUT`].
+pub fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    let d = framecast::server::config::parse_duration(s)?;
+    if d < MIN_TIMEOUT {
+        return Err(format!(
+            "'{s}' is too short: --timeout must be at least {} s",
+            MIN_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(d)
+}

@@ -36,8 +36,9 @@ pub struct HistoryArgs {
     /// Frames per History page (1 to 10,000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page: u32,
-    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m).
-    #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m;
+    /// at least 1s).
+    #[arg(long, default_value = "60s", value_parser = super::connect::parse_timeout)]
     pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]

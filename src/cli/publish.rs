@@ -31,9 +31,10 @@ pub struct PublishArgs {
     /// Send this file's bytes as one frame.
     #[arg(long, conflicts_with = "payloads")]
     pub file: Option<PathBuf>,
-    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m);
-    /// keep it under half the server's --dedup-window, so a retry is never stored twice.
-    #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m;
+    /// at least 1s); keep it under half the server's --dedup-window, so a retry is never
+    /// stored twice.
+    #[arg(long, default_value = "60s", value_parser = super::connect::parse_timeout)]
     pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]

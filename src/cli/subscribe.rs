@@ -28,8 +28,9 @@ pub struct SubscribeArgs {
     /// replay_seq_no_start: replay history with seq_no >= this, then follow live.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::seq::parse_seq_no)]
     pub from: u64,
-    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m).
-    #[arg(long, default_value = "60s", value_parser = framecast::server::config::parse_duration)]
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m;
+    /// at least 1s).
+    #[arg(long, default_value = "60s", value_parser = super::connect::parse_timeout)]
     pub timeout: std::time::Duration,
     /// gRPC message compression: requests sent with it, responses asked for with it.
     #[arg(long, default_value = "none", value_name = "none|gzip|zstd")]
