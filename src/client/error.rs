@@ -54,6 +54,10 @@ pub enum Error {
     /// refusal (the server stored none of the frames behind it).
     #[error("not sent: {0}")]
     NotSent(String),
+    /// A message larger than the receiver takes (gRPC's own limit, on this side or the
+    /// server's): no retention or cursor matter, and sending it again will not help.
+    #[error("message too large: {0}")]
+    TooLarge(String),
     /// Any other server answer (UNAUTHENTICATED and PERMISSION_DENIED among them: a
     /// missing, expired or insufficient token, never retried).
     #[error("server error {code:?}: {message}")]
@@ -173,9 +177,31 @@ pub(crate) fn from_status(s: tonic::Status) -> Error {
     match s.code() {
         Code::InvalidArgument => Error::InvalidArgument(msg),
         Code::NotFound => Error::NotFound(msg),
+        // gRPC's message size check answers OUT_OF_RANGE too; it is not about retention.
+        Code::OutOfRange if too_large(&msg) => Error::TooLarge(msg),
         Code::OutOfRange => Error::OutOfRange(msg),
         Code::FailedPrecondition => Error::EpochChanged(msg),
         Code::ResourceExhausted => Error::ResourceExhausted(msg),
         code => Error::Server { code, message: msg },
+    }
+}
+
+/// True for the message of gRPC's message size check (tonic's, on either side).
+fn too_large(message: &str) -> bool {
+    message.contains("message length too large")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{from_status, Error};
+
+    #[test]
+    fn a_message_too_large_is_no_retention_error() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 70000000 bytes, the limit is: 67108864 bytes",
+        );
+        assert!(matches!(from_status(s), Error::TooLarge(_)));
+        let s = tonic::Status::out_of_range("frames before seq_no 7 were removed by retention");
+        assert!(matches!(from_status(s), Error::OutOfRange(_)));
     }
 }

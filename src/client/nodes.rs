@@ -307,14 +307,21 @@ fn endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
-/// The largest message the client sends or takes.
+/// The largest message the client sends.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The largest message the client takes: whatever a server may send. A server stores
+/// frames up to its `--max-frame-bytes`, which may be as large as a segment (up to 4 GiB),
+/// and sends a frame with its other fields under a limit of its own a little above that; a
+/// gRPC message's length is 32 bits, so this is every message gRPC can carry. The limit
+/// only refuses: nothing is set aside for it.
+pub(crate) const MAX_RECEIVED_BYTES: usize = u32::MAX as usize;
 
 /// The generated client on `channel`, with framecast's message size limits, `compression`
 /// and the token of `bearer`.
 fn generated(channel: Channel, compression: Compression, bearer: Bearer) -> Grpc {
     let grpc = BroadcastClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_RECEIVED_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     match compression.encoding() {
         Some(e) => grpc.send_compressed(e).accept_compressed(e),
