@@ -422,3 +422,44 @@ fn a_timeout_under_a_second_is_refused_before_anything_is_sent() {
         }
     }
 }
+
+/// `topics` and `cluster` against a server that cannot be reached say so at once, naming
+/// the address, and give up after `--timeout` like the other client commands; before, they
+/// had no `--timeout` and were silent for a minute.
+#[test]
+fn topics_and_cluster_name_an_unreachable_server_and_keep_to_the_timeout() {
+    let addr = dead_addr();
+    for args in [
+        vec!["topics", "--addr", &addr, "--timeout", "2s"],
+        vec!["topics", "list", "--addr", &addr, "--timeout", "2s"],
+        vec!["topics", "create", "t", "--addr", &addr, "--timeout", "2s"],
+        vec!["cluster", "--addr", &addr, "--timeout", "2s"],
+    ] {
+        let started = Instant::now();
+        let (code, _, err) = run(&args);
+        let took = started.elapsed();
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(&format!("cannot reach {addr}")) && first.contains("retrying"),
+            "{args:?}: the first line must say at once what is happening: {err}"
+        );
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("cannot reach {addr}")),
+            "{args:?}: the final error names the address: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{args:?}: --timeout 2s took {took:?}"
+        );
+    }
+    for command in ["topics", "cluster"] {
+        let (code, _, err) = run(&[command, "--addr", &addr, "--timeout", "0s"]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains("--timeout must be at least 1 s"),
+            "{command}: {err}"
+        );
+    }
+}

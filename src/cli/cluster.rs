@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::{written, Result};
-use framecast::client::{Client, ClusterEvent, ClusterInfo};
+use framecast::client::{ClusterEvent, ClusterInfo, Compression};
 
 /// Which node to ask, and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +21,10 @@ pub struct ClusterArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub credentials: super::connect::Credentials,
+    /// Give up after no node could be reached (or they kept failing) this long (30s, 2m; at
+    /// least 1s); with `--watch`, after every node stayed unreachable this long.
+    #[arg(long, default_value = "60s", value_parser = super::connect::parse_timeout)]
+    pub timeout: std::time::Duration,
     /// Also each node's position in every topic (the next offset it holds and its commit
     /// point; a follower knows only its own, the leader every node's).
     #[arg(long)]
@@ -37,9 +41,24 @@ pub struct ClusterArgs {
 }
 
 /// Asks and prints; returns how many nodes were listed (with `--watch`, runs until an
-/// error: no node answers).
+/// error: no node answers). An unreachable node is named, at once on stderr and in the
+/// error.
 pub async fn run(args: ClusterArgs) -> Result<u64> {
-    let client = args.credentials.apply(Client::connect(&args.addr)?)?;
+    let addr = args.addr.clone();
+    ask(args)
+        .await
+        .map_err(|e| super::connect::name_addr_of(e, &addr))
+}
+
+/// [`run`], without naming the address.
+async fn ask(args: ClusterArgs) -> Result<u64> {
+    let client = super::connect::client(
+        "cluster",
+        &args.addr,
+        &args.credentials,
+        args.timeout,
+        Compression::None,
+    )?;
     if args.watch {
         let mut watch = client.watch_cluster();
         loop {

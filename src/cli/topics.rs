@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{written, Result};
-use framecast::client::{Client, TopicInfo};
+use framecast::client::{Compression, TopicInfo};
 use framecast::server::config::{parse_bytes, parse_duration};
 
 /// Which topic operation, against which server.
@@ -24,6 +24,10 @@ pub struct TopicsArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub credentials: super::connect::Credentials,
+    /// Give up after the server has been unreachable (or kept failing) this long (30s, 2m;
+    /// at least 1s).
+    #[arg(long, default_value = "60s", value_parser = super::connect::parse_timeout, global = true)]
+    pub timeout: std::time::Duration,
     /// What to do (default: list).
     #[command(subcommand)]
     pub command: Option<TopicsCommand>,
@@ -57,8 +61,23 @@ pub enum TopicsCommand {
 }
 
 /// Runs the operation and prints its outcome; returns how many topics it printed or touched.
+/// An unreachable server is named, at once on stderr and in the error.
 pub async fn run(args: TopicsArgs) -> Result<u64> {
-    let client = args.credentials.apply(Client::connect(&args.addr)?)?;
+    let addr = args.addr.clone();
+    operate(args)
+        .await
+        .map_err(|e| super::connect::name_addr_of(e, &addr))
+}
+
+/// [`run`], without naming the address.
+async fn operate(args: TopicsArgs) -> Result<u64> {
+    let client = super::connect::client(
+        "topics",
+        &args.addr,
+        &args.credentials,
+        args.timeout,
+        Compression::None,
+    )?;
     let (text, count) = match args.command.unwrap_or(TopicsCommand::List { json: false }) {
         TopicsCommand::List { json } => {
             let mut topics = client.list_topics().await?;
