@@ -485,7 +485,7 @@ impl Client {
         let mut attempts = self.attempts();
         loop {
             let conn = self.conn();
-            match attempts.within(&conn.addr, call(conn.grpc.clone())).await? {
+            match attempts.bounded(&conn.addr, call(conn.grpc.clone())).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => {
                     if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {

@@ -219,17 +219,12 @@ async fn run(
         let conn = client.conn();
         let mut grpc = conn.grpc.clone();
         let opening = grpc.publish_stream(ReceiverStream::new(req_rx));
-        let opened = match attempts.within(&conn.addr, opening).await {
-            Ok(opened) => opened,
-            Err(e) => {
-                give_up(&mut inflight, &mut jobs, &e);
-                attempts.succeeded();
-                continue;
-            }
-        };
-        // Frames in flight get an ack within the retry budget, or the node counts as hung:
-        // one timer per stream, moved on only when it fires (an ack just notes the time).
-        let answer_within = client.retry.max_elapsed;
+        // A node that answers nothing fails the attempt as a break does: the next address.
+        let opened = attempts.bounded(&conn.addr, opening).await;
+        // Frames in flight get an ack within the stall limit, or the node counts as failed
+        // and they go again (keys and all) to the next address: one timer per stream, moved
+        // on only when it fires (an ack just notes the time).
+        let answer_within = attempts.stall_limit();
         let mut progress = tokio::time::Instant::now();
         let mut hung = std::pin::pin!(tokio::time::sleep_until(progress + answer_within));
         let mut acks = match opened {
@@ -279,14 +274,13 @@ async fn run(
                         continue;
                     }
                     // The node took the frames and answers none of them (stopped, hung):
-                    // they may have been written, so they end unanswered (keys and all)
+                    // it counts as failed, and they go again with their keys (stored once
+                    // at most: the dedup window covers the retry) to the next address,
                     // rather than wait on the connection's keepalive.
-                    let e = Error::Unavailable {
-                        attempts: 1,
-                        last: format!("no ack from {} within {answer_within:?}", conn.addr),
-                    };
-                    give_up(&mut inflight, &mut jobs, &e);
-                    attempts.succeeded();
+                    if let Some(e) = attempts.stalled(client.nodes(), &conn, answer_within).await {
+                        give_up(&mut inflight, &mut jobs, &e);
+                        attempts.succeeded();
+                    }
                     break;
                 }
                 msg = acks.message() => match msg {

@@ -61,6 +61,9 @@ pub(crate) struct Backoff {
     next: Duration,
     pub(crate) attempts: u32,
     notice: Option<RetryNotice>,
+    /// How long the attempt that failed first had waited for an answer before it counted
+    /// as failed (a stalled node): the budget counts from when it began, not from its end.
+    stalled: Duration,
 }
 
 impl Backoff {
@@ -72,6 +75,7 @@ impl Backoff {
             next: policy.initial,
             attempts: 0,
             notice,
+            stalled: Duration::ZERO,
         }
     }
 
@@ -81,7 +85,9 @@ impl Backoff {
     /// still retries fully.
     pub(crate) async fn wait(&mut self, addr: &str, reason: &str) -> bool {
         if self.attempts == 0 {
-            self.started = Instant::now();
+            let now = Instant::now();
+            self.started = now.checked_sub(self.stalled).unwrap_or(now);
+            self.stalled = Duration::ZERO;
         }
         self.attempts += 1;
         if self.started.elapsed() >= self.policy.max_elapsed {
@@ -119,6 +125,15 @@ impl Backoff {
         self.started = Instant::now();
         self.next = self.policy.initial;
         self.attempts = 0;
+        self.stalled = Duration::ZERO;
+    }
+
+    /// The attempt about to be counted as failed waited `waited` for an answer: if it is
+    /// the first failure, the budget counts from when it began.
+    pub(crate) fn stalled_for(&mut self, waited: Duration) {
+        if self.attempts == 0 {
+            self.stalled = waited;
+        }
     }
 }
 
@@ -128,6 +143,12 @@ pub(crate) const STAYED_UP: Duration = Duration::from_secs(1);
 
 /// The least time an attempt is given, however little of the budget is left.
 const LAST_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// The longest an attempt may go without an answer before its node counts as failed (a
+/// stopped or hung node takes the connection and answers nothing) and the next address is
+/// tried within the same budget; at most half the budget left, so another node still has
+/// time to answer.
+const STALL: Duration = Duration::from_secs(10);
 
 /// Leader hints one operation follows in a row (with no other failure between them) before
 /// it gives up: a hint one election stale costs one more, while nodes that keep naming each
@@ -214,9 +235,53 @@ impl Attempts {
         }
     }
 
+    /// How long an attempt may go without an answer before its node counts as failed:
+    /// [`STALL`], at most half of what is left of the budget, at least [`LAST_ATTEMPT`].
+    pub(crate) fn stall_limit(&self) -> Duration {
+        (self.backoff.remaining() / 2).min(STALL).max(LAST_ATTEMPT)
+    }
+
+    /// The node of an attempt made no progress for `waited`: counted as failed like a
+    /// break, the budget counting from when the attempt began.
+    pub(crate) async fn stalled(
+        &mut self,
+        nodes: &Nodes,
+        conn: &Conn,
+        waited: Duration,
+    ) -> Option<Error> {
+        tracing::debug!(node = %conn.addr, ?waited, "no answer; counting the node as failed");
+        self.backoff.stalled_for(waited);
+        let s =
+            tonic::Status::unavailable(format!("no answer from {} within {waited:?}", conn.addr));
+        self.failed(nodes, conn, &s).await
+    }
+
+    /// Runs one attempt on `addr`, bounded by [`Attempts::stall_limit`]: a node that takes
+    /// the connection and never answers (stopped, or hung) fails the attempt with
+    /// `UNAVAILABLE` (transient: the caller moves on to the next address), and the time it
+    /// took counts in the budget. The attempt's own result otherwise.
+    pub(crate) async fn bounded<T>(
+        &mut self,
+        addr: &str,
+        attempt: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let limit = self.stall_limit();
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(node = %addr, ?limit, "no answer; counting the node as failed");
+                self.backoff.stalled_for(limit);
+                Err(tonic::Status::unavailable(format!(
+                    "no answer from {addr} within {limit:?}"
+                )))
+            }
+        }
+    }
+
     /// Runs one attempt on `addr`, bounded by what is left of the retry budget: a node that
     /// takes the connection and never answers (stopped, or hung) costs no more than the
-    /// budget. `Err` when it ran out; the attempt's own result otherwise.
+    /// budget. `Err` when it ran out; the attempt's own result otherwise. For calls that
+    /// must not be sent twice; the others use [`Attempts::bounded`].
     pub(crate) async fn within<T>(
         &self,
         addr: &str,

@@ -263,10 +263,8 @@ impl State {
         };
         *self.node.lock() = Some(Arc::clone(&conn.addr));
         let mut grpc = conn.grpc.clone();
-        let opened = match self.attempts.within(&conn.addr, grpc.subscribe(req)).await {
-            Ok(opened) => opened,
-            Err(e) => return Err(Some(e)),
-        };
+        // A node that answers nothing fails this attempt as a break does: the next address.
+        let opened = self.attempts.bounded(&conn.addr, grpc.subscribe(req)).await;
         match opened {
             Ok(resp) => {
                 let md = resp.metadata();
