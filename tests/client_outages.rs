@@ -113,3 +113,30 @@ async fn calls_to_a_stopped_node_end_within_the_budget() {
     assert!(listed.is_err(), "{listed:?}");
     assert!(list_took < bound, "ListTopics took {list_took:?}");
 }
+
+/// A publish stream open on a node that then stops (SIGSTOP) sends its unanswered frame
+/// again, with its key, to the next address once the node has made no progress for the
+/// stall limit (half the budget here), and it is acknowledged there within the budget;
+/// before, the frame failed at the budget's end without another node tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_moves_off_a_node_that_stops_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = Server::start(&dir.path().join("a"), &["--fsync", "never"]);
+    let live = Server::start(&dir.path().join("b"), &["--fsync", "never"]);
+    let c = client(&format!("{},{}", stopped.addr, live.addr)).with_coalescing(false);
+    let publisher = c.publisher("s");
+    let first = publisher.publish(1, "before").await.unwrap();
+    assert_eq!(first.offset, 0);
+    let pid = stopped.child.id() as i32;
+    // SAFETY (test code): plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let second = publisher.publish(2, "after").await;
+    let took = started.elapsed();
+    // SAFETY (test code): as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let ack = second.expect("the frame was not moved to the other node");
+    // The other node's first frame of the topic.
+    assert_eq!(ack.offset, 0, "{ack:?}");
+    assert!(took < BUDGET, "took {took:?}");
+}
