@@ -13,16 +13,8 @@ use common::*;
 
 /// Runs the binary to its end; (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = common::cli::run(args, Duration::from_secs(60));
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]

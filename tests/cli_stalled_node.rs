@@ -6,35 +6,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
-/// Runs the binary to its end (killed after 30 s); (exit code, stdout, stderr, how long).
+/// Runs the binary to its end (30 s at most); (exit code, stdout, stderr, how long).
 fn run(args: &[&str]) -> (Option<i32>, String, String, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        took,
-    )
+    let r = common::cli::run(args, Duration::from_secs(30));
+    (r.code, r.stdout, r.stderr, r.took)
 }
 
 #[test]

@@ -4,21 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = common::cli::run(args, Duration::from_secs(60));
+    (r.code == Some(0), r.stdout, r.stderr)
 }
 
 #[test]

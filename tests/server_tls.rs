@@ -223,27 +223,8 @@ async fn refused(client: &Client) -> Error {
 
 /// Runs the binary with `args` (15 s at most): success, stdout, stderr.
 fn run(args: &[&str]) -> (bool, String, String) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("framecast {args:?} did not finish within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = common::cli::run(args, Duration::from_secs(15));
+    (r.code == Some(0), r.stdout, r.stderr)
 }
 
 #[tokio::test]

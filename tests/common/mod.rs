@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failing
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod http;
 pub mod sse;
 pub mod tokens;
