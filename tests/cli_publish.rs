@@ -215,3 +215,67 @@ fn a_token_that_expires_while_idle_is_reported_as_expired() {
         "{err}"
     );
 }
+
+/// The peak resident memory (VmHWM) of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb << 10
+}
+
+/// Long lines held back by an unreachable server cost the command a bounded amount of
+/// memory (the publisher's 64 MiB and 16 MiB read ahead), not a window of frames each:
+/// before, 1,024 queued and 1,024 in flight and 256 read ahead were counted in frames, and
+/// 3,000 lines of 1 MiB grew it to 1.3 GB.
+#[test]
+fn long_lines_the_server_cannot_take_yet_cost_bounded_memory() {
+    let addr = dead_addr();
+    let mut child = Command::new(bin())
+        .args(["publish", "--addr", &addr, "--timeout", "30s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // 600 lines of 1 MiB; the pipe stays open.
+    let fed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let feeder = {
+        let fed = std::sync::Arc::clone(&fed);
+        std::thread::spawn(move || {
+            let line = [vec![b'x'; (1 << 20) - 1], vec![b'\n']].concat();
+            for _ in 0..600 {
+                if stdin.write_all(&line).is_err() {
+                    return;
+                }
+                fed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_secs(40));
+        })
+    };
+    // Until the command stops taking lines (or takes them all).
+    let mut last = (0, Instant::now());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let now = fed.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) || now == 600 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak = peak_rss(child.id());
+    let taken = fed.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(feeder);
+    eprintln!("took {taken} lines of 1 MiB; peak RSS {} MiB", peak >> 20);
+    assert!(taken < 600, "it took every line: nothing holds it back");
+    assert!(
+        peak < 200 << 20,
+        "peak RSS {} MiB after taking {taken} lines of 1 MiB",
+        peak >> 20
+    );
+}

@@ -2,8 +2,10 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use framecast::client::{Compression, Error, Result};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What to publish.
 #[derive(Debug, Clone, clap::Args)]
@@ -126,7 +128,10 @@ impl std::fmt::Display for Failure {
 }
 
 /// One frame's input: its bytes, and where it came from (`line 3`, `argument 2`, the file).
-type Input = std::result::Result<(Vec<u8>, String), Error>;
+type Input = std::result::Result<(Vec<u8>, String, Option<OwnedSemaphorePermit>), Error>;
+
+/// Bytes of stdin's lines read ahead of the publisher (which holds up to 64 MiB more).
+const READ_AHEAD_BYTES: usize = 16 << 20;
 
 /// Frames in flight (sent, not yet answered) the command holds at most.
 const MAX_PENDING: usize = 4096;
@@ -205,7 +210,8 @@ async fn publish_all(args: PublishArgs) -> Result<u64, Failure> {
             input = inputs.recv(), if reading && pending.len() < MAX_PENDING => match input {
                 None => reading = false,
                 Some(Err(error)) => break Some(Failure::of(error, None)),
-                Some(Ok((bytes, of))) => {
+                // `_ahead`, the line's share of the read-ahead, goes once it is queued.
+                Some(Ok((bytes, of, _ahead))) => {
                     let s = match seq() {
                         Ok(s) => s,
                         Err(error) => break Some(Failure::of(error, Some(of))),
@@ -293,13 +299,13 @@ fn inputs(args: &PublishArgs) -> Result<tokio::sync::mpsc::Receiver<Input>, Erro
             )));
         }
         let bytes = std::fs::read(path).map_err(unreadable)?;
-        let _ = tx.try_send(Ok((bytes, path.display().to_string())));
+        let _ = tx.try_send(Ok((bytes, path.display().to_string(), None)));
     } else if !args.payloads.is_empty() {
         let payloads = args.payloads.clone();
         tokio::spawn(async move {
             for (i, p) in payloads.into_iter().enumerate() {
                 if tx
-                    .send(Ok((p.into_bytes(), format!("argument {}", i + 1))))
+                    .send(Ok((p.into_bytes(), format!("argument {}", i + 1), None)))
                     .await
                     .is_err()
                 {
@@ -308,14 +314,24 @@ fn inputs(args: &PublishArgs) -> Result<tokio::sync::mpsc::Receiver<Input>, Erro
             }
         });
     } else {
-        std::thread::spawn(move || read_lines(std::io::stdin().lock(), &tx));
+        let ahead = ReadAhead {
+            room: Arc::new(Semaphore::new(READ_AHEAD_BYTES)),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        std::thread::spawn(move || read_lines(std::io::stdin().lock(), &tx, &ahead));
     }
     Ok(rx)
 }
 
+/// What stdin's reader may hold ahead of the publisher, and the runtime it waits on.
+struct ReadAhead {
+    room: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
 /// Sends each line of `input` (without its `\n`, or `\r\n`) to `tx` until the input ends,
 /// `tx` closes, or a line is longer than a frame can hold (sent as an error).
-fn read_lines(mut input: impl BufRead, tx: &tokio::sync::mpsc::Sender<Input>) {
+fn read_lines(mut input: impl BufRead, tx: &tokio::sync::mpsc::Sender<Input>, ahead: &ReadAhead) {
     let limit = framecast::client::MAX_PAYLOAD_BYTES as u64;
     let mut number = 0u64;
     loop {
@@ -339,7 +355,14 @@ fn read_lines(mut input: impl BufRead, tx: &tokio::sync::mpsc::Sender<Input>) {
                         "line {number} is longer than a frame can hold ({limit} bytes)"
                     )))
                 } else {
-                    Ok((line, format!("line {number}")))
+                    // Counted in bytes, so long lines cannot pile up the channel's count.
+                    let cost =
+                        u32::try_from(line.len().clamp(1, READ_AHEAD_BYTES)).unwrap_or(u32::MAX);
+                    let room = Arc::clone(&ahead.room);
+                    match ahead.runtime.block_on(room.acquire_many_owned(cost)) {
+                        Ok(held) => Ok((line, format!("line {number}"), Some(held))),
+                        Err(_) => return,
+                    }
                 }
             }
         };

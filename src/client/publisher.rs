@@ -35,6 +35,16 @@ impl Client {
 /// Frames in flight (sent, not yet acked) per publisher.
 const WINDOW: usize = 1024;
 
+/// Bytes of frames a publisher holds, queued and in flight, before a send waits: frames
+/// are counted in bytes as well as in number, so large frames cannot pile up a window's
+/// worth each (1,024 frames of 4 MiB). A frame larger than this waits until it is alone.
+const HELD_BYTES: usize = 64 << 20;
+
+/// What one queued frame counts against [`HELD_BYTES`]: its payload and a little more.
+fn held_cost(payload: usize) -> u32 {
+    u32::try_from(payload.saturating_add(64).min(HELD_BYTES)).unwrap_or(u32::MAX)
+}
+
 /// What a publisher does after the server refuses one of its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AtRefusal {
@@ -47,6 +57,8 @@ enum AtRefusal {
 struct Job {
     req: proto::PublishRequest,
     reply: oneshot::Sender<Result<Ack>>,
+    /// The frame's share of [`HELD_BYTES`], given back when the job is done.
+    _held: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A pipelined publisher for one topic. Frames are sent without waiting for earlier acks;
@@ -71,6 +83,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     jobs: mpsc::Sender<Job>,
+    /// Room left of [`HELD_BYTES`].
+    held: Arc<tokio::sync::Semaphore>,
     client: Client,
     topic: String,
     /// True once the publisher's task has ended.
@@ -115,11 +129,20 @@ impl Publisher {
         });
         Publisher {
             jobs,
+            held: Arc::new(tokio::sync::Semaphore::new(HELD_BYTES)),
             client,
             topic,
             done,
             refusal,
         }
+    }
+
+    /// Room for a frame of `payload` bytes; waits while the publisher holds too much.
+    async fn room_for(&self, payload: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.held)
+            .acquire_many_owned(held_cost(payload))
+            .await
+            .ok()
     }
 
     /// Why a send cannot be queued: the refusal that ended the publisher, if one did.
@@ -161,8 +184,16 @@ impl Publisher {
             topic: self.topic.clone(),
             idempotency_key: self.client.next_key(),
         };
+        let held = self
+            .room_for(req.payload.len())
+            .await
+            .ok_or_else(|| self.ended())?;
         self.jobs
-            .send(Job { req, reply })
+            .send(Job {
+                req,
+                reply,
+                _held: held,
+            })
             .await
             .map_err(|_| self.ended())?;
         Ok(PendingAck(rx))
@@ -174,7 +205,15 @@ impl Publisher {
         req: proto::PublishRequest,
     ) -> std::result::Result<PendingAck, proto::PublishRequest> {
         let (reply, rx) = oneshot::channel();
-        match self.jobs.send(Job { req, reply }).await {
+        let Some(held) = self.room_for(req.payload.len()).await else {
+            return Err(req);
+        };
+        let job = Job {
+            req,
+            reply,
+            _held: held,
+        };
+        match self.jobs.send(job).await {
             Ok(()) => Ok(PendingAck(rx)),
             Err(e) => Err(e.0.req),
         }
