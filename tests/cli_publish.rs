@@ -123,19 +123,23 @@ async fn acks_are_printed_as_they_come_and_ctrl_c_reports_what_was_acknowledged(
     assert_eq!(got[1].payload, b"second".to_vec());
 }
 
+/// `framecast publish` to an address where nothing listens (`--timeout 30s`), stdin piped.
+fn publishing_to_no_server(stderr: Stdio) -> std::process::Child {
+    Command::new(bin())
+        .args(["publish", "--addr", &dead_addr(), "--timeout", "30s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// Ctrl-C while the publish queue is full (the server unreachable, every slot taken) ends
 /// the command within the 5 s it waits for frames already sent, exit 130; before, the send
 /// waiting for room held the interrupt off until `--timeout` was spent.
 #[test]
 fn ctrl_c_with_a_full_queue_exits_without_waiting_for_the_timeout() {
-    let addr = dead_addr();
-    let mut child = Command::new(bin())
-        .args(["publish", "--addr", &addr, "--timeout", "30s"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = publishing_to_no_server(Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     // More lines than the command and its publisher queue; the pipe stays open.
     let feeder = std::thread::spawn(move || {
@@ -230,14 +234,7 @@ fn peak_rss(pid: u32) -> u64 {
 /// 3,000 lines of 1 MiB grew it to 1.3 GB.
 #[test]
 fn long_lines_the_server_cannot_take_yet_cost_bounded_memory() {
-    let addr = dead_addr();
-    let mut child = Command::new(bin())
-        .args(["publish", "--addr", &addr, "--timeout", "30s"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = publishing_to_no_server(Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     // 600 lines of 1 MiB; the pipe stays open.
     let fed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
