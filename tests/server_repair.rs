@@ -305,6 +305,9 @@ enum LastRecord {
     Torn,
     /// One payload bit flipped in the whole, acknowledged record: damage, not a crash.
     Flipped,
+    /// One bit of its length field flipped: the record no longer says where it ends, but
+    /// its stored CRC says it was written whole. Damage too.
+    LengthFlipped,
 }
 
 /// A segment may be up to 4 GiB: repair maps it rather than reading it into the heap. Run
@@ -390,6 +393,7 @@ async fn damaged_tail_under(
             bytes[pos + 4..pos + 8].fill(0);
         }
         LastRecord::Flipped => bytes[pos + len - 3] ^= 0x04,
+        LastRecord::LengthFlipped => bytes[pos + 1] ^= 0x02,
     }
     std::fs::write(&seg, &bytes).expect("write");
     let server = Server::start(data, &["--fsync", restart_fsync]);
@@ -447,11 +451,19 @@ async fn a_tail_cut_under_fsync_always_keeps_the_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_last_record_that_fails_its_check_gets_a_new_epoch_under_always() {
-    // Frame 9 was acknowledged (synced) and delivered; a flipped bit makes it fail its
-    // check. It is cut like a torn tail (nothing valid follows), but its offset is handed
-    // out again, so the old epoch's cursors must be refused.
-    let (old, new, old_cursor, server, tmp) =
-        damaged_tail_under("always", "always", LastRecord::Flipped).await;
+    whole_last_record_damaged(LastRecord::Flipped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_last_record_with_a_flipped_length_gets_a_new_epoch_under_always() {
+    whole_last_record_damaged(LastRecord::LengthFlipped).await;
+}
+
+/// Frame 9 was acknowledged (synced) and delivered; damage `how` makes it fail its check.
+/// It is cut like a torn tail (nothing valid follows), but its offset is handed out again,
+/// so the old epoch's cursors must be refused.
+async fn whole_last_record_damaged(how: LastRecord) {
+    let (old, new, old_cursor, server, tmp) = damaged_tail_under("always", "always", how).await;
     assert_ne!(
         old, new,
         "a whole record was cut: it may have been acknowledged"

@@ -438,14 +438,15 @@ pub fn checksummed(buf: &[u8]) -> Option<Header> {
 }
 
 /// True when the bad record at the start of `buf` was written whole and damaged afterwards,
-/// not cut short by a crash: its header is whole and names the expected offset `expect`,
-/// its length fits in `buf`, and its stored CRC is not zero. [`RecordRef::encode_into`]
-/// stores the CRC last, into space that is zero until then (new files, rollback), so a
-/// record a killed process left half written has a CRC of zero; one with a CRC was
-/// complete, and may have been acknowledged. (A real CRC of zero, one record in 2^32,
-/// reads as a crash's.)
-pub fn written_whole(buf: &[u8], expect: u64) -> bool {
-    plausible(buf, None) == Some(expect) && buf[RECORD_CRC_AT..RECORD_CRC_START] != [0u8; 4]
+/// not cut short by a crash: its stored CRC is not zero. [`RecordRef::encode_into`] (and a
+/// follower's copy) stores the CRC last, into space that is zero until then (new files,
+/// rollback, a cut tail), so a record a killed process left half written has a CRC of zero;
+/// one with a CRC was complete, and may have been acknowledged, whatever else in it is bad
+/// now: a flipped bit in its header (length, offset, flags) is damage as much as one in its
+/// payload. (A real CRC of zero, one record in 2^32, reads as a crash's.)
+pub fn written_whole(buf: &[u8]) -> bool {
+    buf.get(RECORD_CRC_AT..RECORD_CRC_START)
+        .is_some_and(|crc| crc != [0u8; 4])
 }
 
 /// Where a look past the bad bytes at `pos` starts (see [`look_past`]): past the record
@@ -676,16 +677,25 @@ mod tests {
         buf.extend([0u8; 64]);
         let mut flipped = buf.clone();
         flipped[whole.len() - 2] ^= 0x10;
-        assert!(written_whole(&flipped, 7), "a flipped payload bit: damage");
-        assert!(!written_whole(&flipped, 8), "another offset was expected");
+        assert!(written_whole(&flipped), "a flipped payload bit: damage");
+        // A flipped bit anywhere in the header leaves the stored CRC: damage too.
+        for byte in (0..RECORD_CRC_AT).chain(RECORD_CRC_START..RECORD_HEADER_LEN) {
+            let mut header = buf.clone();
+            header[byte] ^= 0x04;
+            assert!(
+                written_whole(&header),
+                "a flipped bit in header byte {byte}"
+            );
+        }
         // What a killed process leaves: the header, part of the payload, no CRC yet.
         let mut torn = buf.clone();
         torn[whole.len() - 10..whole.len()].fill(0);
         torn[RECORD_CRC_AT..RECORD_CRC_START].fill(0);
-        assert!(!written_whole(&torn, 7));
-        // A length running past the bytes there, or a header cut short, is no whole record.
-        assert!(!written_whole(&flipped[..whole.len() - 1], 7));
-        assert!(!written_whole(&flipped[..RECORD_HEADER_LEN - 1], 7));
+        assert!(!written_whole(&torn));
+        // A whole record whose file was cut short is damage; a header cut before its CRC
+        // holds nothing to tell.
+        assert!(written_whole(&flipped[..whole.len() - 1]));
+        assert!(!written_whole(&flipped[..RECORD_CRC_START - 1]));
     }
 
     proptest! {

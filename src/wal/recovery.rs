@@ -349,8 +349,7 @@ pub fn recover(dir: &Path, segment_bytes: u64, sink: &mut impl RecoverySink) -> 
                     ));
                 }
                 None => {
-                    let whole =
-                        written_whole(&writer.contents()[position as usize..], out.next_offset);
+                    let whole = written_whole(&writer.contents()[position as usize..]);
                     let torn = TornTail {
                         file: path.clone(),
                         position,
