@@ -26,6 +26,7 @@ fn header() -> String {
             admin: false,
             ttl: Duration::from_secs(3600),
             not_before: None,
+            expected: Default::default(),
         },
     )
     .unwrap();

@@ -183,12 +183,21 @@ struct ServeArgs {
     #[arg(long, env = "FRAMECAST_HTTP2_CONNECTION_WINDOW", default_value = "2MiB", value_parser = parse_window)]
     http2_connection_window: u32,
     /// Require a JWT on every call; HS256 tokens are checked with this file's bytes (one
-    /// trailing newline stripped). `framecast token` mints such tokens.
-    #[arg(long, env = "FRAMECAST_AUTH_JWT_SECRET_FILE")]
-    auth_jwt_secret_file: Option<PathBuf>,
+    /// trailing newline stripped). `framecast token` mints such tokens. Repeat it while a
+    /// secret is rotated: a token signed with any of them is accepted (a cluster node mints
+    /// its own token with the first).
+    #[arg(long, env = "FRAMECAST_AUTH_JWT_SECRET_FILE", value_name = "FILE")]
+    auth_jwt_secret_file: Vec<PathBuf>,
     /// Require a JWT on every call; RS256 or ES256 tokens are checked with this PEM public key.
-    #[arg(long, env = "FRAMECAST_AUTH_JWT_PUBLIC_KEY")]
-    auth_jwt_public_key: Option<PathBuf>,
+    /// Repeat it while keys are rotated: a token verified by any of them is accepted.
+    #[arg(long, env = "FRAMECAST_AUTH_JWT_PUBLIC_KEY", value_name = "FILE")]
+    auth_jwt_public_key: Vec<PathBuf>,
+    /// With auth on, every token must carry this issuer (`iss`).
+    #[arg(long, env = "FRAMECAST_AUTH_ISSUER", value_name = "ISS")]
+    auth_issuer: Option<String>,
+    /// With auth on, every token's audience (`aud`, a string or an array) must hold this.
+    #[arg(long, env = "FRAMECAST_AUTH_AUDIENCE", value_name = "AUD")]
+    auth_audience: Option<String>,
     /// Serve TLS with this PEM certificate chain (leaf first); needs --tls-key.
     #[arg(
         long,
@@ -504,7 +513,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         return code;
     }
     // The token a cluster node presents to the leader when auth is on.
-    let node_token = match (&args.cluster_token_file, &args.auth_jwt_secret_file) {
+    if (args.auth_issuer.is_some() || args.auth_audience.is_some())
+        && args.auth_jwt_secret_file.is_empty()
+        && args.auth_jwt_public_key.is_empty()
+    {
+        eprintln!(
+            "framecast serve: --auth-issuer and --auth-audience need --auth-jwt-secret-file or \
+             --auth-jwt-public-key"
+        );
+        return ExitCode::from(2);
+    }
+    let auth_expected = framecast::broker::token::Expected {
+        issuer: args.auth_issuer.clone(),
+        audience: args.auth_audience.clone(),
+    };
+    let node_token = match (&args.cluster_token_file, args.auth_jwt_secret_file.first()) {
         (Some(file), _) => match std::fs::read_to_string(file) {
             Ok(t) => {
                 let t = t.trim().to_string();
@@ -531,7 +554,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         },
         (None, Some(secret)) => match framecast::broker::token::read_secret(secret) {
-            Ok(s) => NodeToken::Minted(s),
+            Ok(secret) => NodeToken::Minted {
+                secret,
+                expected: auth_expected.clone(),
+            },
             Err(e) => {
                 eprintln!("framecast serve: {e}");
                 return ExitCode::from(2);
@@ -594,8 +620,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             stream_window: args.http2_stream_window,
             connection_window: args.http2_connection_window,
         },
-        auth_jwt_secret_file: args.auth_jwt_secret_file,
-        auth_jwt_public_key: args.auth_jwt_public_key,
+        auth_jwt_secret_files: args.auth_jwt_secret_file,
+        auth_jwt_public_keys: args.auth_jwt_public_key,
+        auth_expected,
         http_listen: args.http_listen.0,
         metrics_public: args.metrics_public,
         cors_origins: args.cors_origins,

@@ -313,6 +313,7 @@ fn a_cluster_node_refuses_to_start_with_a_token_the_leader_would_refuse() {
                 admin,
                 ttl: Duration::from_secs(600),
                 not_before: None,
+                expected: Default::default(),
             },
         )
         .unwrap()

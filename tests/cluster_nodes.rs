@@ -1747,6 +1747,63 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     eprintln!("a Follow stream whose token lasted 3 s ended after {lasted:?}");
 }
 
+/// Nodes of a cluster that requires an issuer and an audience mint their own tokens with
+/// them: the follower is accepted into the in-sync set, and a frame acknowledged by both
+/// reaches a subscriber on the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_mint_their_tokens_with_the_issuer_and_audience_the_cluster_requires() {
+    let _serial = SERIAL.lock().await;
+    let (_dir, file, _) = secret_in_file();
+    let expected = framecast::broker::token::Expected {
+        issuer: Some("https://id.example.com".into()),
+        audience: Some("framecast-cluster".into()),
+    };
+    let token = |publish: &[&str], subscribe: &[&str], admin: bool| {
+        framecast::broker::token::mint_hs256(
+            SECRET,
+            &framecast::broker::token::MintClaims {
+                subject: "someone".into(),
+                publish: publish.iter().map(|p| p.to_string()).collect(),
+                subscribe: subscribe.iter().map(|p| p.to_string()).collect(),
+                admin,
+                ttl: Duration::from_secs(600),
+                not_before: None,
+                expected: expected.clone(),
+            },
+        )
+        .unwrap()
+    };
+    let c = Cluster::start_with(
+        2,
+        2,
+        &[
+            "--auth-jwt-secret-file",
+            file.to_str().unwrap(),
+            "--auth-issuer",
+            "https://id.example.com",
+            "--auth-audience",
+            "framecast-cluster",
+        ],
+        Some(token(&[], &[], true)),
+    )
+    .await;
+    let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
+    let writer = token(&["t"], &["t"], false);
+    let mut lc = c.client(&leader).await;
+    let mut r = tonic::Request::new(req("t", 1, b"for both"));
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
+    lc.publish(r).await.unwrap();
+    let follower = if leader == "n1" { "n2" } else { "n1" };
+    let mut fc = c.client(follower).await;
+    let mut r = tonic::Request::new(common::sub_req("t", 0));
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
+    let mut stream = fc.subscribe(r).await.unwrap().into_inner();
+    let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload.as_ref(), b"for both");
+}
+
 /// A node's own token (admin, subject `framecast-node-<id>`) that lasts `ttl`.
 fn node_token(secret: &[u8], id: &str, ttl: Duration) -> String {
     framecast::broker::token::mint_hs256(
@@ -1758,6 +1815,7 @@ fn node_token(secret: &[u8], id: &str, ttl: Duration) -> String {
             admin: true,
             ttl,
             not_before: None,
+            expected: Default::default(),
         },
     )
     .unwrap()

@@ -1,11 +1,12 @@
 //! JSON Web Tokens: verifying a caller's token into a [`Principal`], and minting HS256 tokens
 //! for scripts and tests (`framecast token`).
 //!
-//! A server is configured with an HS256 secret, a public key (RSA → RS256, EC P-256 →
-//! ES256), or both. A token is checked only with the key of its own algorithm, and an
-//! algorithm without a configured key is refused before any signature check: that is what
-//! stops `alg: none` and the classic confusion where an attacker HMAC-signs a token with the
-//! server's public key as the secret.
+//! A server is configured with HS256 secrets, public keys (RSA → RS256, EC P-256 →
+//! ES256), or both; more than one of a kind while keys are rotated. A token is checked only
+//! with the keys of its own algorithm, and an algorithm without a configured key is refused
+//! before any signature check: that is what stops `alg: none` and the classic confusion
+//! where an attacker HMAC-signs a token with the server's public key as the secret. A
+//! server may also require an issuer (`iss`) and an audience (`aud`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,14 +47,28 @@ pub enum AuthError {
     /// The token's `alg` is `none`, or has no key configured on this server.
     #[error("token algorithm refused: {0}")]
     Algorithm(String),
+    /// Its `iss` or `aud` is not the one this server requires.
+    #[error("token refused: {0}")]
+    NotForThisServer(String),
+}
+
+/// What a server requires of a token beyond its signature and times (`--auth-issuer`,
+/// `--auth-audience`); `None` requires nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The `iss` a token must carry.
+    pub issuer: Option<String>,
+    /// A value a token's `aud` (one string or an array) must hold.
+    pub audience: Option<String>,
 }
 
 /// Verifies tokens against the configured keys and remembers the ones that passed.
 pub struct Authenticator {
-    /// HS256: the secret.
-    secret: Option<DecodingKey>,
-    /// RS256 or ES256: the public key and the one algorithm it verifies.
-    public: Option<(DecodingKey, Algorithm)>,
+    /// HS256: the secrets, in the order given.
+    secrets: Vec<DecodingKey>,
+    /// RS256 or ES256: the public keys and the one algorithm each verifies.
+    publics: Vec<(DecodingKey, Algorithm)>,
+    expected: Expected,
     cache: Mutex<HashMap<String, Arc<Principal>>>,
 }
 
@@ -62,19 +77,25 @@ impl std::fmt::Debug for Authenticator {
         // The keys stay out of logs; which algorithms are accepted is what an operator needs.
         f.debug_struct("Authenticator")
             .field("accepts", &self.accepted())
+            .field("expected", &self.expected)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// The authenticator of `--auth-jwt-secret-file` and `--auth-jwt-public-key`; `Ok(None)`
-    /// when neither is given (authentication off).
-    pub fn from_files(
-        secret_file: Option<&Path>,
-        public_key_file: Option<&Path>,
+    /// The authenticator of `--auth-jwt-secret-file` and `--auth-jwt-public-key` (each may
+    /// be given more than once: a token verified by any key of its algorithm is accepted);
+    /// `Ok(None)` when neither is given (authentication off).
+    pub fn from_files<'a>(
+        secret_files: impl IntoIterator<Item = &'a Path>,
+        public_key_files: impl IntoIterator<Item = &'a Path>,
     ) -> Result<Option<Authenticator>, String> {
-        let secret = secret_file.map(read_secret).transpose()?;
-        let public = public_key_file
+        let secrets = secret_files
+            .into_iter()
+            .map(read_secret)
+            .collect::<Result<Vec<_>, _>>()?;
+        let publics = public_key_files
+            .into_iter()
             .map(|path| {
                 let pem = std::fs::read(path).map_err(|e| {
                     format!(
@@ -85,8 +106,8 @@ impl Authenticator {
                 public_key(&pem)
                     .map_err(|e| format!("the JWT public key file {}: {e}", path.display()))
             })
-            .transpose()?;
-        Authenticator::new(secret.as_deref(), public)
+            .collect::<Result<Vec<_>, _>>()?;
+        Authenticator::new(secrets.iter().map(Vec::as_slice), publics)
     }
 
     /// The authenticator of an HS256 secret (used as given, newline and all) and a PEM
@@ -101,36 +122,48 @@ impl Authenticator {
         Authenticator::new(secret, public)
     }
 
-    fn new(
-        secret: Option<&[u8]>,
-        public: Option<(DecodingKey, Algorithm)>,
+    fn new<'a>(
+        secrets: impl IntoIterator<Item = &'a [u8]>,
+        publics: impl IntoIterator<Item = (DecodingKey, Algorithm)>,
     ) -> Result<Option<Authenticator>, String> {
-        if secret.is_none() && public.is_none() {
-            return Ok(None);
-        }
-        let secret = secret
+        let secrets = secrets
+            .into_iter()
             .map(|s| {
                 if s.is_empty() {
                     return Err("the JWT secret is empty".to_string());
                 }
                 DecodingKey::from_secret(s).map_err(|e| format!("the JWT secret: {e}"))
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let publics: Vec<_> = publics.into_iter().collect();
+        if secrets.is_empty() && publics.is_empty() {
+            return Ok(None);
+        }
         Ok(Some(Authenticator {
-            secret,
-            public,
+            secrets,
+            publics,
+            expected: Expected::default(),
             cache: Mutex::new(HashMap::new()),
         }))
     }
 
+    /// This authenticator, also requiring what `expected` names of every token.
+    pub fn expecting(mut self, expected: Expected) -> Authenticator {
+        self.expected = expected;
+        self
+    }
+
     /// The algorithms accepted, e.g. `HS256 and RS256`.
     pub fn accepted(&self) -> String {
-        let mut names = Vec::with_capacity(2);
-        if self.secret.is_some() {
+        let mut names: Vec<&str> = Vec::with_capacity(3);
+        if !self.secrets.is_empty() {
             names.push("HS256");
         }
-        if let Some((_, alg)) = &self.public {
-            names.push(algorithm_name(*alg));
+        for (_, alg) in &self.publics {
+            let name = algorithm_name(*alg);
+            if !names.contains(&name) {
+                names.push(name);
+            }
         }
         names.join(" and ")
     }
@@ -164,25 +197,34 @@ impl Authenticator {
         Ok(principal)
     }
 
-    /// Checks the algorithm, the signature and the claims' shape; not the time.
+    /// Checks the algorithm, the signature, the claims' shape and what the server expects
+    /// of them; not the time.
     fn verify_signed(&self, token: &str) -> Result<Principal, AuthError> {
         let alg = header_algorithm(token)?;
-        let (key, alg) = match alg.as_str() {
+        let (keys, alg): (Vec<&DecodingKey>, Algorithm) = match alg.as_str() {
             "none" => {
                 return Err(AuthError::Algorithm(
                     "'none' (an unsigned token) is never accepted".to_string(),
                 ))
             }
-            "HS256" => match &self.secret {
-                Some(key) => (key, Algorithm::HS256),
-                None => return Err(self.no_key_for(&alg)),
-            },
-            "RS256" | "ES256" => match &self.public {
-                Some((key, configured)) if algorithm_name(*configured) == alg => (key, *configured),
-                _ => return Err(self.no_key_for(&alg)),
-            },
+            "HS256" => (self.secrets.iter().collect(), Algorithm::HS256),
+            "RS256" | "ES256" => {
+                let mut of_alg = self
+                    .publics
+                    .iter()
+                    .filter(|(_, configured)| algorithm_name(*configured) == alg)
+                    .peekable();
+                let Some((_, configured)) = of_alg.peek() else {
+                    return Err(self.no_key_for(&alg));
+                };
+                let configured = *configured;
+                (of_alg.map(|(key, _)| key).collect(), configured)
+            }
             _ => return Err(self.no_key_for(&alg)),
         };
+        if keys.is_empty() {
+            return Err(self.no_key_for(algorithm_name(alg)));
+        }
         // Only the signature and the shape are left to the library: the time checks are ours,
         // exact and repeated on every cached use.
         let mut validation = Validation::new(alg);
@@ -190,14 +232,23 @@ impl Authenticator {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm => AuthError::Algorithm(e.to_string()),
-            _ => AuthError::Malformed(e.to_string()),
-        })?;
-        data.claims.into_principal()
+        let mut result = Err(AuthError::BadSignature);
+        for key in keys {
+            result = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm => AuthError::Algorithm(e.to_string()),
+                    _ => AuthError::Malformed(e.to_string()),
+                }
+            });
+            // Another key of the same algorithm may have signed it (keys being rotated).
+            if !matches!(result, Err(AuthError::BadSignature)) {
+                break;
+            }
+        }
+        let claims = result?.claims;
+        claims.check(&self.expected)?;
+        claims.into_principal()
     }
 
     fn no_key_for(&self, alg: &str) -> AuthError {
@@ -239,6 +290,8 @@ pub struct MintClaims {
     pub ttl: Duration,
     /// `nbf`, if the token should start being valid later.
     pub not_before: Option<SystemTime>,
+    /// `iss` and `aud`, for a server that requires them.
+    pub expected: Expected,
 }
 
 /// An HS256 token for `claims`, signed with `secret`; every pattern is checked first, so a
@@ -279,6 +332,8 @@ pub fn mint_hs256(secret: &[u8], claims: &MintClaims) -> Result<String, String> 
         publish: &claims.publish,
         subscribe: &claims.subscribe,
         admin: claims.admin,
+        iss: claims.expected.issuer.as_deref(),
+        aud: claims.expected.audience.as_deref(),
     };
     let key = EncodingKey::from_secret(secret).map_err(|e| e.to_string())?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &key).map_err(|e| e.to_string())
@@ -288,6 +343,8 @@ pub fn mint_hs256(secret: &[u8], claims: &MintClaims) -> Result<String, String> 
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    iss: Option<String>,
+    aud: Option<Audience>,
     /// NumericDate: seconds since 1970, which RFC 7519 allows to be fractional.
     exp: Option<f64>,
     nbf: Option<f64>,
@@ -299,7 +356,42 @@ struct Claims {
     admin: bool,
 }
 
+/// `aud`: one string, or an array of them (RFC 7519, 4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 impl Claims {
+    /// Refuses a token whose `iss` or `aud` is not what the server requires.
+    fn check(&self, expected: &Expected) -> Result<(), AuthError> {
+        if let Some(issuer) = &expected.issuer {
+            if self.iss.as_ref() != Some(issuer) {
+                return Err(AuthError::NotForThisServer(match &self.iss {
+                    Some(iss) => format!("issued by {iss:?}, not by this server's issuer"),
+                    None => "the claim 'iss' is missing (this server requires one)".to_string(),
+                }));
+            }
+        }
+        if let Some(audience) = &expected.audience {
+            let holds = match &self.aud {
+                Some(Audience::One(aud)) => aud == audience,
+                Some(Audience::Many(auds)) => auds.contains(audience),
+                None => false,
+            };
+            if !holds {
+                return Err(AuthError::NotForThisServer(if self.aud.is_some() {
+                    "its audience ('aud') does not name this server's".to_string()
+                } else {
+                    "the claim 'aud' is missing (this server requires one)".to_string()
+                }));
+            }
+        }
+        Ok(())
+    }
+
     fn into_principal(self) -> Result<Principal, AuthError> {
         let sub = self
             .sub
@@ -334,6 +426,10 @@ struct Minted<'a> {
     subscribe: &'a [String],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     admin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// The part of a token's header read before any key is chosen.
@@ -590,6 +686,7 @@ mod tests {
             admin: true,
             ttl: Duration::from_secs(3600),
             not_before: None,
+            expected: Expected::default(),
         }
     }
 
@@ -984,5 +1081,91 @@ mod tests {
         assert_eq!(utc(at(0)), "1970-01-01T00:00:00Z");
         assert_eq!(utc(at(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(utc(at(1_735_689_599)), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn any_configured_key_of_the_tokens_algorithm_verifies_it() {
+        let (rsa_private, rsa_public) = rsa_keys();
+        let (ec_private, ec_public) = ec_keys();
+        let (ec2_private, ec2_public) = ec_keys();
+        let publics =
+            [rsa_public, &ec_public, &ec2_public].map(|pem| public_key(pem.as_bytes()).unwrap());
+        let auth = Authenticator::new([&b"old"[..], &b"new"[..]], publics)
+            .unwrap()
+            .unwrap();
+        assert_eq!(auth.accepted(), "HS256 and RS256 and ES256");
+        let c = claims();
+        let rsa = EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap();
+        let ec = EncodingKey::from_ec_pem(ec_private.as_bytes()).unwrap();
+        let ec2 = EncodingKey::from_ec_pem(ec2_private.as_bytes()).unwrap();
+        for token in [
+            hs256(b"old", &c),
+            hs256(b"new", &c),
+            sign(Algorithm::RS256, &rsa, &c),
+            sign(Algorithm::ES256, &ec, &c),
+            sign(Algorithm::ES256, &ec2, &c),
+        ] {
+            assert_eq!(auth.verify(&token).unwrap().subject(), "alice");
+        }
+        let (other_private, _) = ec_keys();
+        let other = EncodingKey::from_ec_pem(other_private.as_bytes()).unwrap();
+        for token in [hs256(b"neither", &c), sign(Algorithm::ES256, &other, &c)] {
+            assert_eq!(auth.verify(&token).unwrap_err(), AuthError::BadSignature);
+        }
+    }
+
+    #[test]
+    fn a_required_issuer_and_audience_must_be_in_the_token() {
+        let auth = with_secret(b"s").expecting(Expected {
+            issuer: Some("https://id.example".into()),
+            audience: Some("framecast".into()),
+        });
+        let with = |iss: Option<&str>, aud: Option<Value>| {
+            let mut c = claims();
+            if let Some(iss) = iss {
+                c["iss"] = json!(iss);
+            }
+            if let Some(aud) = aud {
+                c["aud"] = aud;
+            }
+            auth.verify(&hs256(b"s", &c))
+        };
+        let iss = Some("https://id.example");
+        assert!(with(iss, Some(json!("framecast"))).is_ok());
+        assert!(with(iss, Some(json!(["other", "framecast"]))).is_ok());
+        for (i, a) in [
+            (None, Some(json!("framecast"))),
+            (Some("https://evil.example"), Some(json!("framecast"))),
+            (iss, None),
+            (iss, Some(json!("other"))),
+            (iss, Some(json!(["other", "more"]))),
+        ] {
+            let e = with(i, a.clone()).unwrap_err();
+            assert!(
+                matches!(e, AuthError::NotForThisServer(_)),
+                "{i:?} {a:?}: {e:?}"
+            );
+        }
+        // A malformed `aud` is a malformed token.
+        assert!(matches!(
+            with(iss, Some(json!(7))).unwrap_err(),
+            AuthError::Malformed(_)
+        ));
+        // Nothing required: `iss` and `aud` are ignored.
+        let mut c = claims();
+        c["iss"] = json!("anyone");
+        c["aud"] = json!(["anything"]);
+        assert!(with_secret(b"s").verify(&hs256(b"s", &c)).is_ok());
+        // `mint_hs256` writes what the server requires.
+        let mut minted = mint_claims();
+        minted.expected = Expected {
+            issuer: iss.map(String::from),
+            audience: Some("framecast".into()),
+        };
+        assert!(auth.verify(&mint_hs256(b"s", &minted).unwrap()).is_ok());
+        assert!(matches!(
+            auth.verify(&mint_hs256(b"s", &mint_claims()).unwrap()),
+            Err(AuthError::NotForThisServer(_))
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use framecast::broker::token::{mint_hs256, read_secret, MintClaims};
+use framecast::broker::token::{mint_hs256, read_secret, Expected, MintClaims};
 
 /// The token's claims and the secret that signs it.
 #[derive(Debug, clap::Args)]
@@ -29,6 +29,12 @@ pub struct TokenArgs {
     /// How long the token is valid (90s, 2m, 1h, 7d).
     #[arg(long, default_value = "1h", value_parser = framecast::server::config::parse_duration)]
     pub ttl: Duration,
+    /// The issuer (`iss`), for a server started with --auth-issuer.
+    #[arg(long, value_name = "ISS")]
+    pub issuer: Option<String>,
+    /// The audience (`aud`), for a server started with --auth-audience.
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
 }
 
 /// Prints the token on one line; a bad secret file, pattern or ttl exits 2.
@@ -56,6 +62,10 @@ fn mint(args: TokenArgs) -> Result<String, String> {
             admin: args.admin,
             ttl: args.ttl,
             not_before: None,
+            expected: Expected {
+                issuer: args.issuer,
+                audience: args.audience,
+            },
         },
     )
 }

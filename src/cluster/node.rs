@@ -31,7 +31,7 @@ use crate::broker::cluster_view::{
     ClusterView, Membership as ViewMembership, PeerPositions, Roles,
 };
 use crate::broker::core::{deadline, node_subject};
-use crate::broker::token::{mint_hs256, MintClaims};
+use crate::broker::token::{mint_hs256, Expected, MintClaims};
 use crate::broker::topics::Topics;
 use crate::broker::Broker;
 use crate::proto::{self, cluster_event::Kind};
@@ -85,8 +85,14 @@ pub enum NodeToken {
         /// The token it held at start.
         at_start: String,
     },
-    /// Minted (HS256, admin, one hour) from `--auth-jwt-secret-file` at each connection.
-    Minted(Vec<u8>),
+    /// Minted (HS256, admin, one hour) from the first `--auth-jwt-secret-file` at each
+    /// connection, with the `iss` and `aud` the nodes require.
+    Minted {
+        /// The secret.
+        secret: Vec<u8>,
+        /// `--auth-issuer` and `--auth-audience`.
+        expected: Expected,
+    },
 }
 
 impl std::fmt::Debug for NodeToken {
@@ -94,7 +100,7 @@ impl std::fmt::Debug for NodeToken {
         f.write_str(match self {
             NodeToken::None => "None",
             NodeToken::Fixed { .. } => "Fixed(..)",
-            NodeToken::Minted(_) => "Minted(..)",
+            NodeToken::Minted { .. } => "Minted(..)",
         })
     }
 }
@@ -119,7 +125,7 @@ impl NodeToken {
                     }
                 }
             }
-            NodeToken::Minted(secret) => mint_hs256(
+            NodeToken::Minted { secret, expected } => mint_hs256(
                 secret,
                 &MintClaims {
                     subject: node_subject(node_id),
@@ -128,6 +134,7 @@ impl NodeToken {
                     admin: true,
                     ttl: Duration::from_secs(3600),
                     not_before: None,
+                    expected: expected.clone(),
                 },
             )
             .map_err(|e| warn!(error = %e, "cannot mint this node's token"))

@@ -33,10 +33,13 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 limits of every connection.
     pub http2: Http2Limits,
-    /// `--auth-jwt-secret-file`: HS256 tokens are checked with this file's bytes.
-    pub auth_jwt_secret_file: Option<PathBuf>,
-    /// `--auth-jwt-public-key`: RS256 or ES256 tokens are checked with this PEM key.
-    pub auth_jwt_public_key: Option<PathBuf>,
+    /// `--auth-jwt-secret-file`: HS256 tokens are checked with these files' bytes (any of
+    /// them; several while a secret is rotated).
+    pub auth_jwt_secret_files: Vec<PathBuf>,
+    /// `--auth-jwt-public-key`: RS256 or ES256 tokens are checked with these PEM keys.
+    pub auth_jwt_public_keys: Vec<PathBuf>,
+    /// `--auth-issuer` and `--auth-audience`: what every token must also carry.
+    pub auth_expected: crate::broker::token::Expected,
     /// `--http-listen`: the HTTP door (REST, `/metrics`, `/healthz`); `None` is `off`.
     pub http_listen: Option<SocketAddr>,
     /// `--metrics-public`: `/metrics` without a token even when auth is on.
@@ -89,8 +92,9 @@ impl Default for ServerConfig {
             maintenance: MaintenanceConfig::default(),
             max_connections: 10_000,
             http2: Http2Limits::default(),
-            auth_jwt_secret_file: None,
-            auth_jwt_public_key: None,
+            auth_jwt_secret_files: Vec::new(),
+            auth_jwt_public_keys: Vec::new(),
+            auth_expected: Default::default(),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             metrics_public: false,
             cors_origins: Vec::new(),

@@ -1,6 +1,7 @@
 //! Running the server: recover, serve until the shutdown signal, drain, sync.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -169,10 +170,18 @@ pub async fn run(
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // Keys are read before recovery, so a wrong path fails at once.
     let auth = Authenticator::from_files(
-        config.auth_jwt_secret_file.as_deref(),
-        config.auth_jwt_public_key.as_deref(),
+        config.auth_jwt_secret_files.iter().map(PathBuf::as_path),
+        config.auth_jwt_public_keys.iter().map(PathBuf::as_path),
     )
-    .map_err(Error::InvalidArgument)?;
+    .map_err(Error::InvalidArgument)?
+    .map(|auth| auth.expecting(config.auth_expected.clone()));
+    if auth.is_none() && config.auth_expected != Default::default() {
+        return Err(Error::InvalidArgument(
+            "--auth-issuer and --auth-audience need --auth-jwt-secret-file or \
+             --auth-jwt-public-key"
+                .to_string(),
+        ));
+    }
     // Certificates too: a bad file stops startup before recovery, with its name.
     let tls_offering = |alpn: &[&[u8]]| {
         config

@@ -23,6 +23,7 @@ pub fn token(
             admin,
             ttl,
             not_before: None,
+            expected: Default::default(),
         },
     )
     .unwrap()
