@@ -513,7 +513,7 @@ class KeySource:
         return f"py-{prefix}-{n}"
 
 
-def with_key(error: errors.FramecastError, key: str | None) -> errors.FramecastError:
+def with_key(error: BaseException, key: str | None) -> BaseException:
     """``error`` naming the idempotency key of the publish (or broadcast) that failed with
     it, when it leaves the outcome unknown (:class:`framecast.errors.Unavailable`,
     :class:`framecast.errors.DeadlineExceeded`); other errors (nothing was written) as they
@@ -672,6 +672,70 @@ def check_coalesced(req: pb.PublishRequest) -> None:
         raise errors.InvalidArgument(f"negative timestamp {req.timestamp}")
 
 
+def _unauthenticated(err: grpc.RpcError | None) -> bool:
+    """True when ``err`` is ``UNAUTHENTICATED`` (a token refused, or expired under a stream)."""
+    if err is None:
+        return False
+    try:
+        return bool(err.code() == grpc.StatusCode.UNAUTHENTICATED)
+    except Exception:
+        return False
+
+
+class FreshToken:
+    """The token each stream of one subscription, or of one shared publish stream, is
+    opened with, and its renewal: when the server ends a stream ``UNAUTHENTICATED`` (its
+    token expired) and the client's token is a provider, :meth:`renew` asks it once for a
+    fresh token, which the next stream is opened with. A refusal of that one too, before
+    :meth:`accepted`, is final (as is a provider giving the same token again)."""
+
+    def __init__(self, token: Token | None) -> None:
+        self.token = token
+        #: The token the current (or last) stream was opened with.
+        self.used: str | None = None
+        #: The fresh token :meth:`renew` got, for the next stream (the provider is called
+        #: once per reconnect).
+        self._fresh: tuple[str, str] | None = None
+        #: A stream was re-opened for a fresh token and was not accepted yet: a refusal of
+        #: that one is final.
+        self.renewing = False
+
+    @property
+    def refreshes(self) -> bool:
+        """True when a provider gives the token: an expired one may be replaced."""
+        return self.token is not None and self.token.refreshes
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The metadata to open the next stream with: the token the client's token (or
+        provider) gives now, remembered to tell an expired token from a refused one. The
+        provider's error propagates."""
+        if self.token is None:
+            return None
+        header, self._fresh = self._fresh or self.token.header(), None
+        self.used = header[1]
+        return (header,)
+
+    def renew(self, err: grpc.RpcError | None) -> bool:
+        """True when ``err`` refused the stream's token (``UNAUTHENTICATED``: it expired)
+        and the provider now gives another one, which the next stream is opened with (once:
+        a refusal of the fresh one, before :meth:`accepted`, is final). The provider's
+        error propagates."""
+        if not self.refreshes or self.renewing or not _unauthenticated(err):
+            return False
+        assert self.token is not None
+        header = self.token.header()
+        if header[1] == self.used:
+            return False
+        self._fresh = header
+        self.renewing = True
+        return True
+
+    def accepted(self) -> None:
+        """The stream opened with the token works (it started, or acknowledged a frame):
+        a later refusal is met with a fresh token again."""
+        self.renewing = False
+
+
 #: ``coalesced_stream_end`` actions.
 FAIL_OLDEST = "fail_oldest"
 RESEND = "resend"
@@ -696,7 +760,8 @@ def coalesced_stream_end(
     *,
     closed: bool = False,
     route: Route | None = None,
-) -> tuple[str, float | None, errors.FramecastError | None]:
+    token: FreshToken | None = None,
+) -> tuple[str, float | None, BaseException | None]:
     """After a shared ``PublishStream`` of coalesced ``publish()`` calls ended with frames
     unacknowledged: what to do, as ``(action, delay, error)``.
 
@@ -712,9 +777,30 @@ def coalesced_stream_end(
 
     With a ``route``, a follower's refusal naming the leader is :data:`RESEND` with delay 0
     (at once, to the leader).
+
+    ``UNAUTHENTICATED`` (the stream's token expired, or was refused) with a ``token`` whose
+    provider gives a fresh one (:meth:`FreshToken.renew`): :data:`RESEND` with delay 0, on a
+    new stream opened with the fresh token; every frame keeps its key, so none is stored
+    twice. When the provider has nothing fresher, or the fresh token is refused as well,
+    :data:`FAIL_ALL` with ``Unauthenticated`` (no frame is at fault, and every waiting one
+    would be refused alike); when the provider raises, :data:`FAIL_ALL` with its exception,
+    as it is. With a fixed token (no provider), the oldest call fails
+    (:data:`FAIL_OLDEST`), as for any refusal.
     """
     if closed:
         return FAIL_ALL, None, errors.ClientClosed("publish: client closed")
+    if token is not None and token.refreshes and _unauthenticated(failure):
+        try:
+            renewed = token.renew(failure)
+        except Exception as e:  # the provider's own error, as it is
+            token.accepted()  # a later publish gets a renewal of its own
+            return FAIL_ALL, None, e
+        if renewed:
+            log.debug("publish stream: token refused (expired?); re-sending with a fresh one")
+            return RESEND, 0.0, None
+        token.accepted()  # the next refusal (of later publishes) is met with a fresh token
+        assert failure is not None
+        return FAIL_ALL, None, from_rpc_error(failure)
     if route is not None and route.failed(failure):
         return RESEND, 0.0, None
     if failure is not None and errors.tls_refused(failure):
@@ -1167,14 +1253,7 @@ class Resume:
         #: The client's token: each stream is opened with the token it gives then
         #: (:meth:`call_metadata`), and a provider's fresh one replaces an expired one.
         self.token = token
-        #: The token the current (or last) stream was opened with.
-        self._token_used: str | None = None
-        #: The fresh token :meth:`_fresh_token` got, for the next stream (the provider is
-        #: called once per reconnect).
-        self._token_fresh: tuple[str, str] | None = None
-        #: A stream was re-opened for a fresh token and has not started yet: a refusal of
-        #: that one is final.
-        self._renewing = False
+        self._token = FreshToken(token)
         #: Which address each stream is opened at: the client's current one; a break moves
         #: the client on to the next (the cursor resumes exactly on any node).
         self.route = route
@@ -1237,30 +1316,17 @@ class Resume:
     def call_metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The metadata to open the next stream with: the token the client's token (or
         provider) gives now, remembered to tell an expired token from a refused one."""
-        if self.token is None:
-            return None
-        header, self._token_fresh = self._token_fresh or self.token.header(), None
-        self._token_used = header[1]
-        return (header,)
+        return self._token.metadata()
 
     def _fresh_token(self, err: grpc.RpcError | None) -> bool:
         """True when ``err`` refused the stream's token (``UNAUTHENTICATED``: it expired)
         and the token provider now gives another one, which the next stream tries (once:
         a refusal of the fresh one, before it started, is final)."""
-        if err is None or self.token is None or not self.token.refreshes or self._renewing:
+        # The provider's error, if any, ends the subscription.
+        if not self._token.renew(err):
             return False
-        try:
-            if err.code() != grpc.StatusCode.UNAUTHENTICATED:
-                return False
-        except Exception:
-            return False
-        header = self.token.header()  # the provider's error, if any, ends the subscription
-        if header[1] == self._token_used:
-            return False
-        self._token_fresh = header
         log.debug("subscription %s: token refused (expired?); reconnecting with a fresh one",
                   self.topic)
-        self._renewing = True
         return True
 
     def request(self) -> pb.SubscribeRequest:
@@ -1276,7 +1342,7 @@ class Resume:
         if self.cursor is None:
             self.cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
         self.opened_at = time.monotonic()
-        self._renewing = False
+        self._token.accepted()
         return True
 
     def frame(self, msg: pb.Frame) -> Frame:

@@ -41,6 +41,7 @@ from ._core import (
     Backoff,
     FollowerPicker,
     FrameSpec,
+    FreshToken,
     KeySource,
     Nodes,
     Pipeline,
@@ -117,6 +118,8 @@ class Client:
             (``UNAUTHENTICATED``) reconnects at once with the provider's fresh token and
             resumes exactly; only when the provider gives the same token again, or the
             fresh one is refused too, does it raise :class:`framecast.errors.Unauthenticated`.
+            The same for the shared stream of coalesced publishes: its unacknowledged
+            frames are re-sent, with their keys, on a stream with the fresh token.
         ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
             certificate. Given, or with an ``https://`` address, the channel is TLS (without
             ``ca_cert``, grpc's own root certificates are trusted).
@@ -890,7 +893,8 @@ class _SharedStream:
     work, writes every request not yet sent on it, and resolves the oldest future per ack
     (acks come in request order). When the stream ends, :func:`coalesced_stream_end`
     decides: fail only the refused frame's call, re-send every unacknowledged frame with
-    its key, or fail them all.
+    its key (after a break, or on a stream with a fresh token when the provider renews an
+    expired one: :class:`FreshToken`), or fail them all.
     """
 
     def __init__(self, client: Client) -> None:
@@ -968,6 +972,7 @@ class _SharedStream:
             return
         backoff = Backoff(client.retry)
         route = Route(client._nodes)
+        token = FreshToken(client._token)
         del client
         while True:
             while not self._pending:
@@ -977,11 +982,17 @@ class _SharedStream:
             client = self._client()
             if client is None:
                 return  # nobody waits: a caller holds the client until its ack
+            try:
+                metadata = token.metadata()
+            except Exception as e:  # the token provider's own error, as it is
+                del client
+                self._fail_all(e)
+                continue
             failure: grpc.RpcError | None = None
             self._streams_opened += 1
             stream = self._streams_opened
             try:
-                call = client._stub_for(route.next()).PublishStream()
+                call = client._stub_for(route.next()).PublishStream(metadata=metadata)
             except (ClientClosed, grpc.aio.UsageError):
                 call = None
             if call is not None:
@@ -997,6 +1008,7 @@ class _SharedStream:
                             future.set_result(ack)
                         backoff.reset()
                         route.progress()
+                        token.accepted()
                 except grpc.RpcError as e:
                     failure = e
                 except asyncio.CancelledError:
@@ -1014,7 +1026,7 @@ class _SharedStream:
             if failure is None and self._idle_closed == stream:
                 continue  # a publish came as the idle stream ended: on a new stream, at once
             action, delay, err = coalesced_stream_end(
-                failure, backoff, closed=closed, route=route
+                failure, backoff, closed=closed, route=route, token=token
             )
             failed: list[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = []
             if action == FAIL_OLDEST:
@@ -1037,3 +1049,11 @@ class _SharedStream:
                 except ClientClosed:
                     pass
                 del sleeper
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fails every waiting call with ``error`` (the token provider's)."""
+        while self._pending:
+            req, f = self._pending.popleft()
+            self._base += 1
+            if not f.done():
+                f.set_exception(with_key(error, req.idempotency_key))

@@ -26,6 +26,7 @@ from ._core import (
     Backoff,
     FollowerPicker,
     FrameSpec,
+    FreshToken,
     KeySource,
     Nodes,
     Pipeline,
@@ -148,6 +149,8 @@ class Client:
             (``UNAUTHENTICATED``) reconnects at once with the provider's fresh token and
             resumes exactly; only when the provider gives the same token again, or the
             fresh one is refused too, does it raise :class:`framecast.errors.Unauthenticated`.
+            The same for the shared stream of coalesced publishes: its unacknowledged
+            frames are re-sent, with their keys, on a stream with the fresh token.
         ca_cert: The CA (a PEM file path, or its bytes) that signed the server's
             certificate. Given, or with an ``https://`` address, the channel is TLS (without
             ``ca_cert``, grpc's own root certificates are trusted).
@@ -976,7 +979,8 @@ class _SharedStream:
     is work, feeds it every request not yet sent on it, and resolves the oldest future per
     ack (acks come in request order). When the stream ends, :func:`coalesced_stream_end`
     decides: fail only the refused frame's call, re-send every unacknowledged frame with
-    its key, or fail them all.
+    its key (after a break, or on a stream with a fresh token when the provider renews an
+    expired one: :class:`FreshToken`), or fail them all.
 
     The thread holds the client only while a stream is open (a weak reference otherwise),
     and a stream idle for :data:`_IDLE_CLOSE` seconds is closed: a client dropped without
@@ -1035,6 +1039,7 @@ class _SharedStream:
             return
         backoff = Backoff(client._retry)
         route = Route(client._nodes)
+        token = FreshToken(client._token)
         del client
         while True:
             with self._cond:
@@ -1047,10 +1052,18 @@ class _SharedStream:
             client = self._client()
             if client is None:
                 return  # nobody waits: a caller holds the client until its ack
+            try:
+                metadata = token.metadata()
+            except Exception as e:  # the token provider's own error, as it is
+                del client
+                self._fail_all(e)
+                continue
             failure: grpc.RpcError | None = None
             call: Any = None
             try:
-                call = client._stub_for(route.next()).PublishStream(self._requests(my_id))
+                call = client._stub_for(route.next()).PublishStream(
+                    self._requests(my_id), metadata=metadata
+                )
                 for ack in call:
                     with self._cond:
                         if not self._pending:
@@ -1060,6 +1073,7 @@ class _SharedStream:
                     future.set_result(ack)
                     backoff.reset()
                     route.progress()
+                    token.accepted()
             except grpc.RpcError as e:
                 failure = e
             except (ValueError, ClientClosed):
@@ -1079,7 +1093,7 @@ class _SharedStream:
                     # A publish came as the idle stream ended: on a new stream, at once.
                     continue
                 action, delay, err = coalesced_stream_end(
-                    failure, backoff, closed=closed, route=route
+                    failure, backoff, closed=closed, route=route, token=token
                 )
                 failed: list[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = []
                 if action == FAIL_OLDEST:
@@ -1094,6 +1108,15 @@ class _SharedStream:
                 f.set_exception(with_key(why, req.idempotency_key))
             if action == RESEND and delay:
                 self._closing.wait(delay)
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fails every waiting call with ``error`` (the token provider's)."""
+        with self._cond:
+            failed = list(self._pending)
+            self._base += len(self._pending)
+            self._pending.clear()
+        for req, f in failed:
+            f.set_exception(with_key(error, req.idempotency_key))
 
 
 def _identity(frame: Frame) -> Frame:

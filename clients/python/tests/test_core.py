@@ -14,6 +14,7 @@ from framecast._core import (
     RESEND,
     STABLE_STREAM_SECONDS,
     Backoff,
+    FreshToken,
     KeySource,
     Nodes,
     Pipeline,
@@ -31,6 +32,7 @@ from framecast._core import (
     unary_retry_delay,
     watch_retry_delay,
 )
+from framecast._credentials import Token
 from framecast._proto import framecast_pb2 as pb
 
 
@@ -364,3 +366,35 @@ def test_shared_streams_a_topic_always_on_the_same_one() -> None:
     assert all(shared_stream_of(n) == shared_stream_of(n) for n in names)
     # "" is the topic "default": one stream for both spellings, so their order holds.
     assert shared_stream_of("") == shared_stream_of("default")
+
+
+def test_coalesced_stream_renews_an_expired_token_once() -> None:
+    # UNAUTHENTICATED with a token provider: re-send at once with a fresh token (the next
+    # stream's metadata); a second refusal in a row, or nothing fresher, fails every call.
+    expired = Err(grpc.StatusCode.UNAUTHENTICATED, "token expired")
+    tokens = iter(["t1", "t2", "t3", "t3"])
+    token = FreshToken(Token(lambda: next(tokens)))
+    assert token.metadata() == (("authorization", "Bearer t1"),)
+    action, delay, err = coalesced_stream_end(expired, Backoff(FAST), token=token)
+    assert (action, delay, err) == (RESEND, 0.0, None)
+    assert token.metadata() == (("authorization", "Bearer t2"),)  # the fresh one, once
+    action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=token)
+    assert action == FAIL_ALL and isinstance(err, errors.Unauthenticated)  # refused again
+    # Later publishes get a renewal of their own; an ack in between starts over as well.
+    assert token.metadata() == (("authorization", "Bearer t3"),)
+    action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=token)
+    assert action == FAIL_ALL and isinstance(err, errors.Unauthenticated)  # the same token
+    # A fixed token has nothing fresher: the oldest call fails, as before.
+    fixed = FreshToken(Token("t"))
+    fixed.metadata()
+    action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=fixed)
+    assert action == FAIL_OLDEST and isinstance(err, errors.Unauthenticated)
+    # The provider's own error fails every call, as it is.
+    boom = RuntimeError("no token")
+
+    def raising() -> str:
+        raise boom
+
+    failing = FreshToken(Token(raising))
+    action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=failing)
+    assert action == FAIL_ALL and err is boom

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import trustme
-from conftest import TEST_RETRY, ServerProcess
+from conftest import TEST_RETRY, ServerProcess, run_bounded
 
 from framecast import (
+    Ack,
     Client,
     PermissionDenied,
     RetryPolicy,
@@ -405,3 +408,186 @@ def test_a_token_provider_that_raises_surfaces_its_error_as_is(
 
     asyncio.run(asyncio.wait_for(aio(), 20))
     assert len(calls) == 4
+
+
+def mint_as(binary: Path, secret: Path, subject: str, *perms: str) -> str:
+    """A token from ``framecast token`` for ``subject``."""
+    out = subprocess.run(
+        [str(binary), "token", "--secret-file", str(secret), "--subject", subject, *perms],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return out.stdout.decode().strip()
+
+
+def fresh_short_tokens(framecast_bin: Path, secret: Path) -> tuple[Callable[[], str], list[str]]:
+    """A provider minting a fresh publisher's token that expires in 2 s at each call, and the
+    tokens it gave."""
+    given: list[str] = []
+
+    def provider() -> str:
+        token = mint_as(framecast_bin, secret, f"py-{len(given)}", "--publish", ">", "--ttl", "2s")
+        given.append(token)
+        return token
+
+    return provider, given
+
+
+#: How long the renewal tests keep publishing: across at least two expiries of the 2 s
+#: tokens (which the server holds valid up to 3 s), with enough callers that frames are
+#: always waiting for their acks when one expires.
+RENEWAL_SECONDS = 7.5
+RENEWAL_WORKERS = 16
+
+
+def assert_stored_exactly_once(
+    address: str, token: str, topic: str, acks: list[tuple[int, bytes, Ack]]
+) -> None:
+    """Every acknowledged frame is in the topic once, at its ack's offset, and nothing else."""
+    offsets = [a.offset for _, _, a in acks]
+    assert len(set(offsets)) == len(offsets), "two calls got the same offset"
+    with Client(address, token=token, retry=TEST_RETRY) as reader:
+        info = {t.name: t for t in reader.list_topics(timeout=10)}[topic]
+        assert info.frames == len(acks), "a doubled or stray frame is stored"
+        seen: dict[bytes, list[tuple[int, int]]] = {}
+        with reader.frames(topic, 0, timeout=30) as sub:
+            for _, f in zip(range(len(acks)), sub):
+                seen.setdefault(f.payload, []).append((f.offset, f.seq_no))
+    for seq_no, payload, ack in acks:
+        assert seen.get(payload) == [(ack.offset, seq_no)], (payload, ack)
+    assert sorted(offsets) == list(range(len(acks))), "a gap in the topic"
+
+
+def test_coalesced_publishes_go_on_past_token_expiry_with_a_provider(
+    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # token= a function and coalesce=True: the shared PublishStream ends UNAUTHENTICATED
+    # when its token expires; the client takes a fresh token and re-sends every
+    # unacknowledged frame with its key on a new stream. No call fails, none is stored twice.
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    provider, given = fresh_short_tokens(framecast_bin, secret)
+    reader_token = mint(framecast_bin, secret, "--publish", ">", "--subscribe", ">")
+
+    def publish_for_a_while(c: Client) -> list[tuple[int, bytes, Ack]]:
+        def worker(w: int) -> list[tuple[int, bytes, Ack]]:
+            out = []
+            end = time.monotonic() + RENEWAL_SECONDS
+            i = 0
+            while time.monotonic() < end:
+                seq_no, payload = w * 100_000 + i, f"w{w}-{i}".encode()
+                out.append((seq_no, payload, c.publish(payload, seq_no, topic, timeout=15)))
+                i += 1
+            return out
+
+        with ThreadPoolExecutor(RENEWAL_WORKERS) as pool:
+            return [a for r in pool.map(worker, range(RENEWAL_WORKERS)) for a in r]
+
+    with Client(srv.address, token=provider, retry=TEST_RETRY, coalesce=True) as c:
+        acks = run_bounded(lambda: publish_for_a_while(c), 60)
+    assert len(given) >= 3, f"the token expired only {len(given) - 1} times under the stream"
+    assert acks and not any(a.duplicate for _, _, a in acks)
+    assert_stored_exactly_once(srv.address, reader_token, topic, acks)
+
+
+def test_aio_coalesced_publishes_go_on_past_token_expiry_with_a_provider(
+    make_server, framecast_bin: Path, secret: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    provider, given = fresh_short_tokens(framecast_bin, secret)
+    reader_token = mint(framecast_bin, secret, "--publish", ">", "--subscribe", ">")
+
+    async def main() -> list[tuple[int, bytes, Ack]]:
+        async with framecast_aio.Client(
+            srv.address, token=provider, retry=TEST_RETRY, coalesce=True
+        ) as c:
+
+            async def worker(w: int) -> list[tuple[int, bytes, Ack]]:
+                out = []
+                end = time.monotonic() + RENEWAL_SECONDS
+                i = 0
+                while time.monotonic() < end:
+                    seq_no, payload = w * 100_000 + i, f"w{w}-{i}".encode()
+                    ack = await c.publish(payload, seq_no, topic, timeout=15)
+                    out.append((seq_no, payload, ack))
+                    i += 1
+                return out
+
+            done = await asyncio.gather(*(worker(w) for w in range(RENEWAL_WORKERS)))
+            return [a for r in done for a in r]
+
+    acks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(given) >= 3, f"the token expired only {len(given) - 1} times under the stream"
+    assert acks and not any(a.duplicate for _, _, a in acks)
+    assert_stored_exactly_once(srv.address, reader_token, topic, acks)
+
+
+def test_coalesced_publish_with_an_expired_token_and_nothing_fresher_fails(
+    make_server, framecast_bin: Path, secret: Path, tmp_path: Path, topic: str  # type: ignore[no-untyped-def]
+) -> None:
+    # A string token has no fresher one: a coalesced stream whose token expires fails the
+    # waiting call with Unauthenticated, as does a provider that gives the expired token
+    # again, or fresh tokens the server refuses (the second refusal in a row is final).
+    srv = make_server("--auth-jwt-secret-file", str(secret))
+    short = mint(framecast_bin, secret, "--publish", ">", "--ttl", "2s")
+    reader_token = mint(framecast_bin, secret, "--publish", ">", "--subscribe", ">")
+
+    def until_refused(c: Client) -> tuple[list[tuple[int, bytes, Ack]], list[BaseException]]:
+        acks: list[tuple[int, bytes, Ack]] = []
+        refused: list[BaseException] = []
+        lock = threading.Lock()
+
+        def worker(w: int) -> None:
+            i = 0
+            while True:
+                seq_no, payload = w * 100_000 + i, f"w{w}-{i}".encode()
+                try:
+                    ack = c.publish(payload, seq_no, topic, timeout=15)
+                except Unauthenticated as e:
+                    with lock:
+                        refused.append(e)
+                    return
+                with lock:
+                    acks.append((seq_no, payload, ack))
+                i += 1
+                time.sleep(0.002)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(worker, range(4)))
+        return acks, refused
+
+    with Client(srv.address, token=short, retry=TEST_RETRY, coalesce=True) as c:
+        acks, refused = run_bounded(lambda: until_refused(c), 30)
+    assert acks and len(refused) == 4
+    assert_stored_exactly_once(srv.address, reader_token, topic, acks)
+
+    with Client(srv.address, token=lambda: short, retry=TEST_RETRY, coalesce=True) as c:
+        started = time.monotonic()
+        with pytest.raises(Unauthenticated):
+            c.publish(b"late", 1, topic, timeout=15)
+        assert time.monotonic() - started < 5
+
+    other = tmp_path / "other-secret"
+    other.write_bytes(b"another-secret-long-enough-for-hs256\n")
+    refused_tokens, refused_given = fresh_short_tokens(framecast_bin, other)
+    with Client(srv.address, token=refused_tokens, retry=TEST_RETRY, coalesce=True) as c:
+        started = time.monotonic()
+        with pytest.raises(Unauthenticated):
+            c.publish(b"never", 1, topic, timeout=15)
+        assert time.monotonic() - started < 5
+        assert len(refused_given) == 2  # the first token, then one fresh one: final
+
+    async def aio() -> None:
+        async with framecast_aio.Client(
+            srv.address, token=lambda: short, retry=TEST_RETRY, coalesce=True
+        ) as c:
+            with pytest.raises(Unauthenticated):
+                await c.publish(b"late", 1, topic, timeout=15)
+        async with framecast_aio.Client(
+            srv.address, token=refused_tokens, retry=TEST_RETRY, coalesce=True
+        ) as c:
+            with pytest.raises(Unauthenticated):
+                await c.publish(b"never", 1, topic, timeout=15)
+
+    asyncio.run(asyncio.wait_for(aio(), 20))
+    assert len(refused_given) == 4
