@@ -509,12 +509,39 @@ fn record_json(topic: &str, rec: &RecordRef<'_>, pos: usize, len: usize) -> serd
 fn preview(b: &[u8], max: usize) -> String {
     let cut = &b[..b.len().min(max)];
     let more = if b.len() > max { "…" } else { "" };
-    match std::str::from_utf8(cut) {
-        Ok(s) if s.chars().all(|c| !c.is_control() || c == ' ') => format!("{s:?}{more}"),
+    // A character the cut falls inside is left out, not taken for binary.
+    let text = match std::str::from_utf8(cut) {
+        Ok(s) => Some(s),
+        Err(e) if e.error_len().is_none() && b.len() > max => {
+            std::str::from_utf8(&cut[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    match text {
+        Some(s) if s.chars().all(|c| !c.is_control() || c == ' ') => format!("{s:?}{more}"),
         _ => format!("0x{}{more}", hex(cut)),
     }
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preview;
+
+    #[test]
+    fn a_cut_inside_a_character_keeps_the_text() {
+        // 63 ASCII bytes, then a two-byte 'é': the cut at 64 falls inside it.
+        let text = format!("{}é and more", "a".repeat(63));
+        assert_eq!(
+            preview(text.as_bytes(), 64),
+            format!("{:?}…", "a".repeat(63))
+        );
+        assert_eq!(preview("é".as_bytes(), 64), "\"é\"");
+        // Bytes that are not UTF-8 stay hex, cut or not.
+        assert_eq!(preview(&[0xff, 0x41], 64), "0xff41");
+        assert_eq!(preview(&[0x41, 0xc3], 64), "0x41c3");
+    }
 }

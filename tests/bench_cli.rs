@@ -170,6 +170,22 @@ fn a_size_below_the_header_is_refused() {
 }
 
 #[test]
+fn a_count_of_zero_is_refused() {
+    for args in [
+        &["publish", "--publishers", "0"][..],
+        &["publish", "--stream", "--window", "0"],
+        &["fanout", "--connections", "0"],
+        &["replay", "--connections", "0"],
+        &["e2e", "--unary", "--unary-publishers", "0"],
+    ] {
+        let out = bench_output(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("must be at least 1"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn fanout_counts_wire_bytes_and_compression_shrinks_them() {
     let run = |compression: &str| {
         let r = bench(&[

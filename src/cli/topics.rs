@@ -36,7 +36,8 @@ pub struct TopicsArgs {
 /// A topic operation.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum TopicsCommand {
-    /// Every topic with its figures (frames, bytes, offsets, seq_nos, subscribers, files).
+    /// Every topic with its figures (epoch, frames, bytes, offsets, subscribers, segments;
+    /// --json adds the lowest and highest seq_no).
     List {
         /// One JSON object per topic and line.
         #[arg(long)]

@@ -116,6 +116,15 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(size)
 }
 
+/// A count of publishers, connections or frames in flight: at least one (0 would measure
+/// nothing, and used to run one silently).
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>().map_err(|e| format!("{e}"))? {
+        0 => Err("must be at least 1".to_string()),
+        n => Ok(n),
+    }
+}
+
 /// How long the publishers run: a duration, or a total frame count.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Length {
@@ -140,13 +149,13 @@ pub struct PublishOpts {
     #[allow(missing_docs)]
     pub length: Length,
     /// Concurrent publishers (each a unary caller with one request in flight, or a stream).
-    #[arg(long, short = 'p', default_value_t = 1)]
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_count)]
     pub publishers: usize,
     /// Use PublishStream (pipelined) instead of unary Publish.
     #[arg(long)]
     pub stream: bool,
     /// Frames in flight per stream (unacknowledged).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = parse_count)]
     pub window: usize,
     /// Target total rate in frames/s; 0 = as fast as the server acknowledges.
     #[arg(long, default_value_t = 0.0)]
@@ -175,13 +184,13 @@ pub struct FanoutOpts {
     #[allow(missing_docs)]
     pub length: Length,
     /// Publishers.
-    #[arg(long, short = 'p', default_value_t = 1)]
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_count)]
     pub publishers: usize,
     /// Subscriber streams.
     #[arg(long, short = 's', default_value_t = 1000)]
     pub subscribers: usize,
     /// TCP connections the subscribers are spread over.
-    #[arg(long, short = 'c', default_value_t = 100)]
+    #[arg(long, short = 'c', default_value_t = 100, value_parser = parse_count)]
     pub connections: usize,
     /// Target total publish rate in frames/s; 0 = as fast as possible.
     #[arg(long, default_value_t = 1000.0)]
@@ -190,7 +199,7 @@ pub struct FanoutOpts {
     #[arg(long)]
     pub unary: bool,
     /// Frames in flight per publish stream.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = parse_count)]
     pub window: usize,
     /// How the subscribers receive: gRPC streams spread over --connections, or one HTTP/1.1
     /// connection (Server-Sent Events) or WebSocket per subscriber on the HTTP door.
@@ -239,7 +248,7 @@ pub struct ReplayOpts {
     #[arg(long, short = 's', default_value_t = 1)]
     pub subscribers: usize,
     /// TCP connections the subscribers are spread over.
-    #[arg(long, short = 'c', default_value_t = 1)]
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = parse_count)]
     pub connections: usize,
     /// How long the replay may take before it is reported as incomplete.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -265,6 +274,6 @@ pub struct E2eOpts {
     #[arg(long)]
     pub unary: bool,
     /// Unary publishers (concurrent calls) when --unary; the rate is split over them.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse_count)]
     pub unary_publishers: usize,
 }
