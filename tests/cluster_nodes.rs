@@ -1656,19 +1656,7 @@ async fn with_auth_nodes_follow_with_their_own_token_and_nobody_else_may() {
     // A publisher's frame is acknowledged (so held by both members) and delivered by the
     // follower to a subscriber with a token.
     let writer = common::tokens::token(secret, &["t"], &["t"], false, Duration::from_secs(600));
-    let mut lc = c.client(&leader).await;
-    let mut r = tonic::Request::new(req("t", 1, b"secret frame"));
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
-    lc.publish(r).await.unwrap();
-    let follower = if leader == "n1" { "n2" } else { "n1" };
-    let mut fc = c.client(follower).await;
-    let mut r = tonic::Request::new(common::sub_req("t", 0));
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
-    let mut stream = fc.subscribe(r).await.unwrap().into_inner();
-    let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
-    assert_eq!(got[0].payload.as_ref(), b"secret frame");
+    let follower = publish_then_read_on_the_follower(&c, &leader, &writer, b"secret frame").await;
     // The Rust client reading from followers asks Cluster and subscribes on the follower,
     // both with its token; without one, the Cluster call is refused and it gives up there.
     use futures::StreamExt;
@@ -1789,19 +1777,37 @@ async fn nodes_mint_their_tokens_with_the_issuer_and_audience_the_cluster_requir
     .await;
     let leader = c.leader(&["n1", "n2"], 2, Duration::from_secs(30)).await;
     let writer = token(&["t"], &["t"], false);
-    let mut lc = c.client(&leader).await;
-    let mut r = tonic::Request::new(req("t", 1, b"for both"));
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
-    lc.publish(r).await.unwrap();
+    publish_then_read_on_the_follower(&c, &leader, &writer, b"for both").await;
+}
+
+/// Publishes `payload` to topic `t` on `leader` of a 2-node cluster with `token`, and reads
+/// it back from the start on the other node with the same token; returns that node's id.
+async fn publish_then_read_on_the_follower(
+    c: &Cluster,
+    leader: &str,
+    token: &str,
+    payload: &[u8],
+) -> &'static str {
+    fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let mut lc = c.client(leader).await;
+    lc.publish(bearer(req("t", 1, payload), token))
+        .await
+        .unwrap();
     let follower = if leader == "n1" { "n2" } else { "n1" };
     let mut fc = c.client(follower).await;
-    let mut r = tonic::Request::new(common::sub_req("t", 0));
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {writer}").parse().unwrap());
-    let mut stream = fc.subscribe(r).await.unwrap().into_inner();
+    let mut stream = fc
+        .subscribe(bearer(common::sub_req("t", 0), token))
+        .await
+        .unwrap()
+        .into_inner();
     let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
-    assert_eq!(got[0].payload.as_ref(), b"for both");
+    assert_eq!(got[0].payload.as_ref(), payload);
+    follower
 }
 
 /// A node's own token (admin, subject `framecast-node-<id>`) that lasts `ttl`.
