@@ -191,3 +191,47 @@ async fn a_thousand_small_topics_cost_little_and_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A publish or subscribe that auto-creates a topic while a CreateTopic with retention
+/// settings makes the same topic takes the topic that won; before, the loser of the race
+/// failed with ALREADY_EXISTS ("exists with other settings"), which API.md never gives a
+/// publish or a subscribe (CreateTopic, when it loses, still does). 150 fresh names, the
+/// three calls started together on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_creation_racing_a_create_topic_with_retention_takes_the_topic() {
+    use framecast::proto::CreateTopicRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let (admin, publisher, subscriber) = (
+        server.client().await,
+        server.client().await,
+        server.client().await,
+    );
+    for i in 0..150 {
+        let topic = format!("race.{i}");
+        let (mut a, mut p, mut s) = (admin.clone(), publisher.clone(), subscriber.clone());
+        let create = a.create_topic(CreateTopicRequest {
+            name: topic.clone(),
+            retention_max_age_seconds: 3600,
+            ..Default::default()
+        });
+        let publish = p.publish(common::req(&topic, 1, b"x"));
+        let subscribe = s.subscribe(common::sub_req(&topic, 0));
+        let (created, published, subscribed) = tokio::join!(create, publish, subscribe);
+        // CreateTopic itself loses when the auto-creation came first: the topic exists with
+        // other settings.
+        if let Err(e) = created {
+            assert_eq!(
+                e.code(),
+                tonic::Code::AlreadyExists,
+                "{topic}: CreateTopic {e:?}"
+            );
+        }
+        published.unwrap_or_else(|e| panic!("{topic}: Publish {e:?}"));
+        let mut stream = subscribed
+            .unwrap_or_else(|e| panic!("{topic}: Subscribe {e:?}"))
+            .into_inner();
+        let got = common::take(&mut stream, 1, Duration::from_secs(10)).await;
+        assert_eq!(got[0].payload.as_ref(), b"x", "{topic}");
+    }
+}

@@ -329,6 +329,17 @@ impl Cause {
     }
 }
 
+/// Which topic already there [`Topics::create_with`] takes instead of creating one.
+#[derive(Debug, Clone, Copy)]
+enum Existing {
+    /// Any (auto-creation: a CreateTopic may have made it meanwhile).
+    Any,
+    /// One with the same retention settings (CreateTopic).
+    SameSettings,
+    /// One with the same settings and epoch (a copy of the leader's).
+    SameEpochAndSettings,
+}
+
 /// Every topic of a data directory.
 #[derive(Debug)]
 pub struct Topics {
@@ -663,8 +674,9 @@ impl Topics {
         topic_config(&self.log_config, meta)
     }
 
-    /// The topic `name`, created with default settings if missing and auto-creation is on;
-    /// a creation is logged with its `cause`.
+    /// The topic `name`, created with default settings if missing and auto-creation is on
+    /// (a topic created meanwhile is taken as it is); a creation is logged with its
+    /// `cause`.
     pub async fn get_or_create(&self, name: &str, cause: Cause) -> Result<Arc<Topic>> {
         if let Some(t) = self.get(name) {
             return Ok(t);
@@ -672,7 +684,14 @@ impl Topics {
         if !self.auto_create {
             return Err(Error::TopicNotFound(name.to_string()));
         }
-        let (topic, created) = self.create(name, 0, 0).await?;
+        // Whatever settings a topic created meanwhile has (a CreateTopic racing this call),
+        // it is the one to use: only CreateTopic itself compares settings.
+        let meta = TopicMeta {
+            epoch: new_epoch(),
+            retention_max_age_seconds: 0,
+            retention_max_bytes: 0,
+        };
+        let (topic, created) = self.create_with(name, meta, Existing::Any).await?;
         if created {
             info!(
                 topic = name,
@@ -702,7 +721,7 @@ impl Topics {
             retention_max_age_seconds,
             retention_max_bytes,
         };
-        self.create_with(name, meta, false).await
+        self.create_with(name, meta, Existing::SameSettings).await
     }
 
     /// Creates `name` as a copy of a leader's topic: with the leader's epoch and settings.
@@ -714,16 +733,17 @@ impl Topics {
                 "topic '{name}': a copy needs the leader's non-zero epoch"
             )));
         }
-        self.create_with(name, meta, true).await
+        self.create_with(name, meta, Existing::SameEpochAndSettings)
+            .await
     }
 
-    /// Creates `name` with `meta`; `same_epoch`: an existing topic is the same only if its
-    /// epoch matches too.
+    /// Creates `name` with `meta`; an existing topic is returned as it is (`false`) when
+    /// `existing` takes it, and is an error otherwise.
     async fn create_with(
         &self,
         name: &str,
         meta: TopicMeta,
-        same_epoch: bool,
+        existing: Existing,
     ) -> Result<(Arc<Topic>, bool)> {
         let TopicMeta {
             retention_max_age_seconds,
@@ -739,10 +759,14 @@ impl Topics {
         }
         if let Some(t) = self.get(name) {
             let m = t.meta();
-            if m.retention_max_age_seconds == retention_max_age_seconds
-                && m.retention_max_bytes == retention_max_bytes
-                && (!same_epoch || m.epoch == meta.epoch)
-            {
+            let same_settings = m.retention_max_age_seconds == retention_max_age_seconds
+                && m.retention_max_bytes == retention_max_bytes;
+            let taken = match existing {
+                Existing::Any => true,
+                Existing::SameSettings => same_settings,
+                Existing::SameEpochAndSettings => same_settings && m.epoch == meta.epoch,
+            };
+            if taken {
                 return Ok((t, false));
             }
             return Err(Error::AlreadyExists(format!(
