@@ -16,9 +16,13 @@ import type { Frame, SubscribeOptions } from "./types.js";
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
  * the subscription for good (any status but 408, 502, 503 and 504, or an `event: error`
  * whose code is not `UNAVAILABLE`), or after `maxReconnects` reconnects without a frame.
- * Network errors, those statuses and `UNAVAILABLE` reconnect. A token that expires under
- * the stream (`UNAUTHENTICATED`) is replaced when the client's token is a function: the
- * stream reconnects at once with a fresh one, and only a refusal of that one is final. A
+ * Network errors, those statuses and `UNAVAILABLE` reconnect; so does a `429` once a stream
+ * of this subscription was open (its own old stream may still hold the slot), with backoff,
+ * for up to 2 minutes. A token that expires under the stream (`UNAUTHENTICATED`) is replaced
+ * when the client's token is a function: the stream reconnects at once with a fresh one; a
+ * `401` then is asked again up to 3 times, with waits of 0.5–1, 1–2 and 2–4 s, the function
+ * called anew each time (clock skew), and only then final. A slow token function does not
+ * hold up `close()` or the signal. A
  * refusal from a follower (`readFrom: "followers"`) is not final: the subscription asks
  * the leader at once (else the client's current node), and that answer is.
  */

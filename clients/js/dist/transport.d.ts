@@ -82,8 +82,11 @@ export declare class Transport {
      * `extra` plus `Authorization` when there is a token (fetched anew each time, so it may
      * refresh). A token that cannot be a bearer token is refused here, as the caller's error:
      * `fetch` would throw on it, and that would pass for a network error and be retried.
+     * A token function is raced against `signal`: when it aborts first, this rejects with its
+     * reason at once (the function's late answer is dropped), so a slow token source never
+     * holds up a close, an abort or a timeout.
      */
-    headers(extra?: Record<string, string | undefined>): Promise<Record<string, string>>;
+    headers(extra?: Record<string, string | undefined>, signal?: AbortSignal): Promise<Record<string, string>>;
     /**
      * The base URL of the node a `Framecast-Leader` header names, when it is an HTTP door the
      * client can tell; undefined otherwise. A URL is the leader's HTTP door (`--advertise-http`):
@@ -135,6 +138,11 @@ export declare class Route {
      */
     failed(node: string): void;
 }
+/**
+ * `p`, or the reason of `signal` as soon as it aborts (`p` is then left to settle unheard).
+ * The listener goes with whichever comes first.
+ */
+export declare function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T>;
 /** `http://h:p/` → `http://h:p`; refuses what is not an http(s) URL. */
 export declare function normaliseUrl(u: string): string;
 //# sourceMappingURL=transport.d.ts.map

@@ -3,7 +3,7 @@
  * the one request loop that retries what may be retried.
  */
 import { abortReason, backoffOf, delayMs, sleep, timerMs } from "./backoff.js";
-import { errorOfResponse, FramecastError } from "./errors.js";
+import { codeOfStatus, errorOfResponse, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
 import { isVisibleAscii, malformed } from "./wire.js";
 /** How long one attempt of a call may take by default, ms. */
@@ -191,15 +191,18 @@ export class Transport {
      * `extra` plus `Authorization` when there is a token (fetched anew each time, so it may
      * refresh). A token that cannot be a bearer token is refused here, as the caller's error:
      * `fetch` would throw on it, and that would pass for a network error and be retried.
+     * A token function is raced against `signal`: when it aborts first, this rejects with its
+     * reason at once (the function's late answer is dropped), so a slow token source never
+     * holds up a close, an abort or a timeout.
      */
-    async headers(extra) {
+    async headers(extra, signal) {
         const h = {};
         if (extra)
             for (const [k, v] of Object.entries(extra))
                 if (v !== undefined)
                     h[k] = v;
         if (this.token !== undefined) {
-            const given = typeof this.token === "function" ? await this.token() : this.token;
+            const given = typeof this.token === "function" ? await untilAborted(Promise.resolve(this.token()), signal) : this.token;
             const token = typeof given === "string" ? given.trim() : given;
             if (token)
                 h["Authorization"] = `Bearer ${bearerToken(token)}`;
@@ -279,17 +282,20 @@ export class Transport {
         // goes out within the budget of the first one's sending, so (the budget below the
         // server's dedup window) while the server still knows its key.
         const deadline = Date.now() + this.retryBudgetMs;
+        /** A 401 was answered once already and the token function asked again (see below). */
+        let reauthorised = false;
         for (let attempt = 0;;) {
             const base = route.next();
             const url = this.url(call.path, call.query, base);
-            const headers = await this.headers(call.headers);
             let resp;
             let text = "";
+            /** The error a non-2xx answer carries, its body read within this attempt's bound. */
+            let refusal;
             let failure;
             // This attempt's signal: the caller's abort, or its time (callTimeoutMs, cut to what is
-            // left of the budget; answer read included). A controller and a timer rather than
-            // AbortSignal.any/timeout: they are in every runtime the package supports, and the
-            // timer ends with the attempt.
+            // left of the budget; token function and answer read included, an error's body too). A
+            // controller and a timer rather than AbortSignal.any/timeout: they are in every runtime
+            // the package supports, and the timer ends with the attempt.
             const attemptMs = Math.max(1, Math.min(this.callTimeoutMs, deadline - Date.now()));
             const attemptAbort = new AbortController();
             const timer = setTimeout(() => {
@@ -302,20 +308,47 @@ export class Transport {
             else
                 signal?.addEventListener("abort", forward, { once: true });
             try {
-                const init = { method: call.method, headers, cache: "no-store", signal: attemptAbort.signal };
-                if (call.body !== undefined)
-                    init.body = call.body;
-                resp = await this.fetch(url, init);
-                if (resp.ok)
-                    text = await resp.text();
-            }
-            catch (e) {
-                failure = { error: e };
+                let headers;
+                try {
+                    headers = await this.headers(call.headers, attemptAbort.signal);
+                }
+                catch (e) {
+                    // A token function that fails is the caller's error, not the network's: not retried.
+                    // One that gives no token within the attempt's time ends the call too (asking it
+                    // again would only pile up calls on a token source that does not answer).
+                    if (signal?.aborted)
+                        throw abortReason(signal);
+                    if (attemptAbort.signal.aborted) {
+                        throw new FramecastError("UNAVAILABLE", 0, `the token function gave no token within ${attemptMs} ms`, {
+                            cause: e,
+                        });
+                    }
+                    throw e;
+                }
+                try {
+                    const init = { method: call.method, headers, cache: "no-store", signal: attemptAbort.signal };
+                    if (call.body !== undefined)
+                        init.body = call.body;
+                    resp = await this.fetch(url, init);
+                    if (resp.ok)
+                        text = await resp.text();
+                    // The error's body is read here, while the attempt's timer and the caller's signal
+                    // still bound it: a body that stalls ends with the attempt (the status alone then
+                    // says what happened), never hangs the call.
+                    else
+                        refusal = await errorOfResponse(resp);
+                }
+                catch (e) {
+                    failure = { error: e };
+                }
             }
             finally {
                 clearTimeout(timer);
                 signal?.removeEventListener("abort", forward);
             }
+            // Aborted by the caller while the answer (or an error's body) was read: the abort wins.
+            if (signal?.aborted && resp?.ok !== true)
+                throw abortReason(signal);
             if (failure !== undefined || resp === undefined) {
                 // No answer, or one whose body broke off.
                 const e = failure?.error;
@@ -340,8 +373,20 @@ export class Transport {
             if (!UNAVAILABLE_STATUSES.has(resp.status)) {
                 // An answer, not a node unavailable: a leader a hint named is the client's node now.
                 route.answered(base);
-                if (!resp.ok)
-                    throw await errorOfResponse(resp);
+                if (refusal !== undefined) {
+                    // A token function may give a better token than the one refused (a cached one that
+                    // just expired): asked once more, after a short wait, within the budget. A 401 wrote
+                    // nothing, so this is safe for any call.
+                    if (resp.status === 401 && this.refreshesToken && !reauthorised) {
+                        const delay = delayMs(this.backoff, 0);
+                        if (Date.now() + delay < deadline) {
+                            reauthorised = true;
+                            await sleep(delay, signal);
+                            continue;
+                        }
+                    }
+                    throw refusal;
+                }
                 if (text === "")
                     return undefined;
                 try {
@@ -356,7 +401,7 @@ export class Transport {
             // lease meanwhile, a proxy that timed out): only a call that may be repeated is.
             const hint = resp.status === 503 ? resp.headers.get("framecast-leader")?.trim() : undefined;
             if (!hint && !call.idempotent)
-                throw await errorOfResponse(resp);
+                throw refused(resp, refusal);
             const leader = this.leaderOf(hint, base);
             let atOnce = false;
             if (leader === undefined) {
@@ -372,8 +417,7 @@ export class Transport {
             }
             const delay = atOnce ? 0 : this.retryDelay(attempt, call.retries, deadline);
             if (delay === undefined)
-                throw hops.explain(await errorOfResponse(resp));
-            await resp.body?.cancel().catch(() => undefined);
+                throw hops.explain(refused(resp, refusal));
             if (atOnce)
                 continue; // at once, to the leader
             attempt++;
@@ -451,6 +495,36 @@ function nodeList(opts) {
 /** `host:port` of a URL, its scheme's default port spelt out. */
 function hostPort(u) {
     return `${u.hostname}:${u.port || (u.protocol === "https:" ? "443" : "80")}`;
+}
+/** The error of a non-2xx answer, its body read within the attempt (else its status alone). */
+function refused(resp, refusal) {
+    return refusal ?? new FramecastError(codeOfStatus(resp.status), resp.status, `HTTP ${resp.status} ${resp.statusText}`.trim());
+}
+/**
+ * `p`, or the reason of `signal` as soon as it aborts (`p` is then left to settle unheard).
+ * The listener goes with whichever comes first.
+ */
+export function untilAborted(p, signal) {
+    if (!signal)
+        return p;
+    if (signal.aborted) {
+        p.catch(() => undefined);
+        return Promise.reject(abortReason(signal));
+    }
+    return new Promise((resolve, reject) => {
+        const onAbort = () => {
+            p.catch(() => undefined);
+            reject(abortReason(signal));
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        p.then((v) => {
+            signal.removeEventListener("abort", onAbort);
+            resolve(v);
+        }, (e) => {
+            signal.removeEventListener("abort", onAbort);
+            reject(e);
+        });
+    });
 }
 /** `token` if it can be sent as `Bearer <token>`; else the caller's error, before anything is sent. */
 function bearerToken(token) {

@@ -18,10 +18,29 @@ import { frameOf, integerText, isVisibleAscii, malformed, record, toBigInt } fro
  * A refused subscription that is worth asking again: a timeout, or a node (or a proxy in
  * front of it) unavailable. As in the gRPC clients, `429` (RESOURCE_EXHAUSTED: too many
  * subscribers) and `500` (INTERNAL) are final: asking again would not change the answer.
+ * (Except a `429` once a stream was open, see {@link BUSY_RETRY_MS}.)
  */
 function reconnectable(status: number): boolean {
   return status === 408 || status === 502 || status === 503 || status === 504;
 }
+
+/**
+ * How long, ms, a subscription that already had a stream open goes on reconnecting while
+ * the server answers `429` (too many subscribers). Its own old stream, on a connection that died without a close (half-open), still holds a
+ * subscriber slot until the server notices (its keepalive: about 40 s). Each such reconnect
+ * backs off and counts against `maxReconnects` like any other; past this (counted from the
+ * first `429` since a stream was last accepted), the `429` is final.
+ */
+const BUSY_RETRY_MS = 120_000;
+
+/**
+ * How many times a subscription whose token expired under its stream asks again when the
+ * fresh connect is refused `401`: the token function may hand back the same token, expired
+ * by the server's clock but not yet by the local one (clock skew), or a token source may lag.
+ */
+const MAX_REAUTH_RETRIES = 3;
+/** The backoff of those retries (at least this, or the client's own when longer): ~0.5–1 s, 1–2 s, 2–4 s. */
+const REAUTH_BACKOFF = { initialMs: 1000, maxMs: 4000 };
 
 /** How long a stream may stay silent by default, ms: three of the server's 15 s pings. */
 const DEFAULT_IDLE_TIMEOUT_MS = 45_000;
@@ -60,9 +79,13 @@ function maxReconnectsOf(n: unknown): number {
  * `close()` is called; it throws a {@link FramecastError} when the server refuses or ends
  * the subscription for good (any status but 408, 502, 503 and 504, or an `event: error`
  * whose code is not `UNAVAILABLE`), or after `maxReconnects` reconnects without a frame.
- * Network errors, those statuses and `UNAVAILABLE` reconnect. A token that expires under
- * the stream (`UNAUTHENTICATED`) is replaced when the client's token is a function: the
- * stream reconnects at once with a fresh one, and only a refusal of that one is final. A
+ * Network errors, those statuses and `UNAVAILABLE` reconnect; so does a `429` once a stream
+ * of this subscription was open (its own old stream may still hold the slot), with backoff,
+ * for up to 2 minutes. A token that expires under the stream (`UNAUTHENTICATED`) is replaced
+ * when the client's token is a function: the stream reconnects at once with a fresh one; a
+ * `401` then is asked again up to 3 times, with waits of 0.5–1, 1–2 and 2–4 s, the function
+ * called anew each time (clock skew), and only then final. A slow token function does not
+ * hold up `close()` or the signal. A
  * refusal from a follower (`readFrom: "followers"`) is not final: the subscription asks
  * the leader at once (else the client's current node), and that answer is.
  */
@@ -163,6 +186,19 @@ export class Subscription implements AsyncIterableIterator<Frame> {
     const hops = new Hops();
     /** The normal route's node named the leader: the next connect goes there at once. */
     let toLeaderAtOnce = false;
+    /** A stream of this subscription was accepted (2xx) at least once: a `429` is then its own old stream's. */
+    let opened = false;
+    /** When the first `429` since the last accepted stream came, ms since the epoch. */
+    let busySince: number | undefined;
+    /**
+     * The token expired under a stream and no stream was accepted since: a `401` is then
+     * retried (at most {@link MAX_REAUTH_RETRIES} times in a row); this counts them.
+     */
+    let reauth: number | undefined;
+    const reauthBackoff = {
+      initialMs: Math.max(this.transport.backoff.initialMs, REAUTH_BACKOFF.initialMs),
+      maxMs: Math.max(this.transport.backoff.maxMs, REAUTH_BACKOFF.maxMs),
+    };
     try {
       while (!stop.aborted) {
         /**
@@ -189,10 +225,14 @@ export class Subscription implements AsyncIterableIterator<Frame> {
           if (follower === undefined) route.failed(base);
         };
         // Before the try: a token function that fails is the caller's error, not the network's.
-        const headers = await this.transport.headers({
-          Accept: "text/event-stream",
-          "Last-Event-ID": this.cursor,
-        });
+        // Raced against close() and the signal: a slow token source does not hold them up.
+        let headers: Record<string, string>;
+        try {
+          headers = await this.transport.headers({ Accept: "text/event-stream", "Last-Event-ID": this.cursor }, stop);
+        } catch (e) {
+          if (stop.aborted) return;
+          throw e;
+        }
         if (stop.aborted) return;
         const conn = new AbortController();
         let idle: ReturnType<typeof setTimeout> | undefined;
@@ -215,9 +255,12 @@ export class Subscription implements AsyncIterableIterator<Frame> {
         /**
          * The token expired under this stream and the token function may give a fresh one:
          * the next connect goes at once, not counted as a failure. A refusal of the fresh
-         * token (401) is final, as any refused connect is.
+         * token (401) is asked again after a wait, {@link MAX_REAUTH_RETRIES} times at most
+         * (the token function asked each time); then it is final.
          */
         let tokenExpired = false;
+        /** The connect after an expiry was refused `401`: asked again after a wait, a bounded number of times. */
+        let reauthorise = false;
         try {
           arm();
           const url = this.transport.url(this.path, { from: this.from }, base);
@@ -231,9 +274,23 @@ export class Subscription implements AsyncIterableIterator<Frame> {
               // cursor of an epoch it has not seen.
               if (follower === undefined) {
                 route.answered(base); // a final answer: a leader a hint named is the client's node now
-                throw err;
+                if (resp.status === 429 && opened && Date.now() - (busySince ??= Date.now()) < BUSY_RETRY_MS) {
+                  // Too many subscribers, once this subscription had a stream: likely its own
+                  // old one, still counted on a connection that died half-open. Backs off and
+                  // asks again (counted as a failure, below), for a while.
+                } else if (
+                  resp.status === 401 &&
+                  reauth !== undefined &&
+                  reauth < MAX_REAUTH_RETRIES &&
+                  this.transport.refreshesToken
+                ) {
+                  reauthorise = true; // after an expiry: the token function is asked again, after a wait
+                } else {
+                  throw err;
+                }
+              } else {
+                refusedByFollower = true;
               }
-              refusedByFollower = true;
             } else {
               const named = follower === undefined ? this.transport.leaderOf(hint, base) : undefined;
               if (named !== undefined && named !== base) {
@@ -253,6 +310,9 @@ export class Subscription implements AsyncIterableIterator<Frame> {
             // Accepted: a leader a hint named is the client's node now.
             if (follower === undefined) route.answered(base);
             hops.reset();
+            opened = true;
+            busySince = undefined;
+            reauth = undefined;
             const reader = resp.body.getReader();
             const decoder = new TextDecoder();
             const parser = new SseParser(this.cursor);
@@ -319,8 +379,19 @@ export class Subscription implements AsyncIterableIterator<Frame> {
           continue; // at once, to the leader the node named
         }
         if (tokenExpired) {
+          reauth = 0;
           this.reconnects++;
           continue; // at once: the node is fine, the token was not
+        }
+        if (reauthorise) {
+          try {
+            await sleep(delayMs(reauthBackoff, reauth ?? 0), stop);
+          } catch {
+            return; // closed while waiting
+          }
+          reauth = (reauth ?? 0) + 1;
+          this.reconnects++;
+          continue;
         }
         if (failures >= this.maxReconnects) {
           const why = broke instanceof Error ? broke.message : String(broke);
