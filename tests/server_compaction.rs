@@ -843,3 +843,66 @@ async fn a_zero_default_retention_keeps_every_frame() {
     let got = take(&mut all.stream, 600, Duration::from_secs(20)).await;
     assert!(got.iter().map(|f| f.offset).eq(0..600));
 }
+
+/// A keyed frame whose segment retention deleted within the dedup window is still known
+/// after a restart (the server killed): a retry with its key gets the first ack, marked a
+/// duplicate, and is not stored again. Before, recovery rebuilt the window from the files
+/// left, and the retry was stored as a new frame. With a short window, a retry after it is
+/// a new frame, as for any key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_frame_retention_deleted_still_dedups_after_a_restart() {
+    for window_ends in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = FLAGS.to_vec();
+        flags.extend(["--retention-max-bytes", "40KiB"]);
+        if window_ends {
+            flags.extend(["--dedup-window", "3s"]);
+        }
+        let mut server = Server::start(dir.path(), &flags);
+        let mut c = server.client().await;
+        let keyed = PublishRequest {
+            idempotency_key: "the-key".into(),
+            ..req("k", 0, b"first")
+        };
+        let first = c.publish(keyed.clone()).await.unwrap().into_inner();
+        assert_eq!((first.offset, first.duplicate), (0, false));
+        for i in 1..=200u64 {
+            publish(&mut c, "k", i, &[b'x'; 1000]).await;
+        }
+        // Retention removes offset 0 and deletes the file that held it.
+        let topic_dir = dir.path().join("topics").join("k");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let first_offset = topic_info(&mut c, "k").await.unwrap().first_offset;
+            let holds_0 = std::fs::read_dir(&topic_dir).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("0000000000000000000")
+            });
+            if first_offset > 0 && !holds_0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retention never deleted offset 0's file"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if window_ends {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        server.restart();
+        let mut c = server.client().await;
+        let frames = topic_info(&mut c, "k").await.unwrap().frames;
+        let again = c.publish(keyed).await.unwrap().into_inner();
+        let after = topic_info(&mut c, "k").await.unwrap().frames;
+        if window_ends {
+            assert!(!again.duplicate && again.offset > 200, "{again:?}");
+            assert_eq!(after, frames + 1);
+        } else {
+            assert_eq!((again.offset, again.duplicate), (0, true), "{again:?}");
+            assert_eq!(after, frames, "stored once");
+        }
+    }
+}

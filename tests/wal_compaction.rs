@@ -729,3 +729,46 @@ fn retention_passes_a_sealed_frame_whose_payload_was_damaged() {
     assert_eq!(r.first_offset, log.first_offset());
     assert!(log.read(log.first_offset()).unwrap().is_some());
 }
+
+/// Keys of frames removed within the dedup window outlive the files that held them, by
+/// either way a file goes: retention deleting whole segments, or compaction leaving out the
+/// hidden frames below the first retained offset. A reopened log still answers a retry of
+/// such a key with its first ack.
+#[test]
+fn keys_of_removed_frames_still_dedup_after_a_reopen() {
+    for compact in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+        let keyed = |i: u64| NewFrame {
+            seq_no: i,
+            timestamp: 0,
+            key: Bytes::from(format!("key-{i}")),
+            payload: Bytes::from(vec![b'k'; 1000]),
+        };
+        for i in 0..300 {
+            log.append(vec![keyed(i)]).unwrap();
+        }
+        assert!(log.stats().segments >= 4, "{:?}", log.stats());
+        if compact {
+            // A cutoff inside a sealed segment: its frames below it are hidden, then left
+            // out by the run that compaction writes, and the segment deleted.
+            log.remove_below(150, None).unwrap();
+            log.compact(&CompactOptions::default()).unwrap();
+        } else {
+            log.remove_below(250, None).unwrap();
+        }
+        let first = log.first_offset();
+        assert!(first >= 150, "{first}");
+        log.close();
+        let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+        for i in [0, 1, first - 1, first] {
+            let ack = log.append(vec![keyed(i)]).unwrap();
+            assert_eq!(
+                (ack[0].offset, ack[0].duplicate),
+                (i, true),
+                "compact {compact}: key-{i} (first retained offset {first})"
+            );
+        }
+        assert_eq!(log.durable_offset(), 300, "nothing stored again");
+    }
+}

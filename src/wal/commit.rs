@@ -235,6 +235,11 @@ impl Committer {
         self.written.subscribe()
     }
 
+    /// The idempotency keys within the dedup window whose frames lie below `offset`.
+    pub(super) fn live_keys_below(&self, offset: u64) -> Vec<(Box<[u8]>, FirstAck)> {
+        self.writer.lock().dedup.live_below(offset, now_ns())
+    }
+
     /// Syncs done since the log was opened.
     pub(super) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)

@@ -370,7 +370,10 @@ impl Log {
             }
         };
 
-        // 3. Commit: the manifest names the new set.
+        // 3. Commit: the manifest names the new set. The run leaves out frames below the
+        // first retained offset, and their files go: their keys still inside the dedup
+        // window are kept apart first (with any kept before, all of them below `base`).
+        super::removed_keys::write(&dir, &self.shared.committer.live_keys_below(base))?;
         let mut names: Vec<String> = keep.iter().map(|r| file_name(r.path())).collect();
         names.push(file_name(&path));
         manifest::write(
@@ -679,6 +682,21 @@ impl Log {
             };
             (old_runs, old_segments, m)
         };
+        if !old_runs.is_empty() || !old_segments.is_empty() {
+            // The files about to go may hold the only record of keys still inside the
+            // dedup window: those are kept apart first, or a retry after a restart would
+            // be stored again.
+            let kept_from = {
+                let st = self.shared.state.read();
+                st.runs
+                    .iter()
+                    .filter(|r| r.end_offset() > cutoff)
+                    .map(|r| r.base_offset())
+                    .fold(manifest.segments_from, u64::min)
+            };
+            let keys = self.shared.committer.live_keys_below(kept_from);
+            super::removed_keys::write(&self.shared.dir, &keys)?;
+        }
         manifest::write(&self.shared.dir, &manifest)?;
         {
             let mut st = self.shared.state.write();

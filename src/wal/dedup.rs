@@ -89,6 +89,25 @@ impl DedupWindow {
         }
     }
 
+    /// The keys within the window ending `now` whose frames lie below `offset`, in the
+    /// order they were stored. Keys are stored in offset order (a log's appends, its
+    /// recovery, a copy's records), so the walk stops at the first one at or past `offset`.
+    pub fn live_below(&mut self, offset: u64, now: i64) -> Vec<(Box<[u8]>, FirstAck)> {
+        self.expire(now);
+        let mut out = Vec::new();
+        for (t, key) in &self.order {
+            // An entry whose key was stored again since (or undone) is not the key's.
+            let Some(ack) = self.map.get(key).filter(|a| a.stored_at == *t) else {
+                continue;
+            };
+            if ack.offset >= offset {
+                break;
+            }
+            out.push((key.clone(), *ack));
+        }
+        out
+    }
+
     /// Keys held.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -163,5 +182,32 @@ mod tests {
         assert_eq!(d.evicted_early(), 1);
         assert_eq!(d.get(b"a", 10), None);
         assert!(d.get(b"d", 10).is_some());
+    }
+
+    #[test]
+    fn live_below_gives_the_keys_of_offsets_under_a_bound_within_the_window() {
+        let mut d = DedupWindow::new(100, 10);
+        let ack = |offset, stored_at| FirstAck {
+            offset,
+            timestamp: 0,
+            stored_at,
+        };
+        d.insert(b"a", ack(0, 10), 10);
+        d.insert(b"b", ack(1, 50), 50);
+        d.insert(b"c", ack(2, 60), 60);
+        d.insert(b"d", ack(3, 70), 70);
+        d.remove(b"c", ack(2, 60));
+        let keys = |v: Vec<(Box<[u8]>, FirstAck)>| {
+            v.into_iter()
+                .map(|(k, a)| (k.to_vec(), a.offset))
+                .collect::<Vec<_>>()
+        };
+        // At 120, "a" (stored at 10) is past the window; "c" was undone.
+        assert_eq!(keys(d.live_below(3, 120)), vec![(b"b".to_vec(), 1)]);
+        assert_eq!(
+            keys(d.live_below(10, 120)),
+            vec![(b"b".to_vec(), 1), (b"d".to_vec(), 3)]
+        );
+        assert!(d.live_below(1, 120).is_empty());
     }
 }

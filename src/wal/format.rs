@@ -91,6 +91,9 @@ pub const MANIFEST_FILE: &str = "MANIFEST";
 /// The file naming the base offset of a topic's newest segment, written when a segment is
 /// started past the first (see [`crate::wal::active`]).
 pub const ACTIVE_FILE: &str = "ACTIVE";
+/// The idempotency keys of frames retention removed while their dedup window was still
+/// open (see [`crate::wal::removed_keys`]).
+pub const REMOVED_KEYS_FILE: &str = "REMOVED_KEYS";
 
 /// A run file header's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

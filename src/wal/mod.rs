@@ -7,7 +7,8 @@
 //! of threads that run every log's commits), `state` (the in-memory index of a
 //! log), `read` (range and ordered reads), `recovery` (scan, torn-tail cut), `dedup` (the
 //! idempotency window), `run` (sorted runs), `compact` (compaction and retention),
-//! `removals` (what retention removed, pass by pass), `manifest` (what a compaction committed), `active` (the newest segment's base, so a
+//! `removals` (what retention removed, pass by pass), `removed_keys` (the idempotency keys
+//! of removed frames still inside their window), `manifest` (what a compaction committed), `active` (the newest segment's base, so a
 //! missing newest segment is refused), `replica` (records shipped to and copied by a
 //! follower, and the cut of a suffix a new leader lacks), `mappings` (the kernel's limit on
 //! memory mappings, and what a refusal at it means), `failpoint` (crash injection for
@@ -30,6 +31,7 @@ mod read;
 pub mod record;
 pub mod recovery;
 pub mod removals;
+pub mod removed_keys;
 pub mod repair;
 pub mod replica;
 pub mod run;
