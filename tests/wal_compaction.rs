@@ -772,3 +772,45 @@ fn keys_of_removed_frames_still_dedup_after_a_reopen() {
         assert_eq!(log.durable_offset(), 300, "nothing stored again");
     }
 }
+
+/// One frame stamped far in the future does not hold back age retention: it counts as no
+/// newer than the last write of its file. Before, the pass stopped at it, and the topic's
+/// disk grew for as long as its stamp was ahead.
+#[test]
+fn a_frame_stamped_in_the_future_does_not_stop_age_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: None,
+    };
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    let now = framecast::wal::now_ns();
+    let hour: i64 = 3600 * 1_000_000_000;
+    let frame = |i: u64, timestamp: i64| NewFrame {
+        seq_no: i,
+        timestamp,
+        key: Bytes::new(),
+        payload: Bytes::from(vec![b'f'; 1000]),
+    };
+    for i in 0..300 {
+        // Frame 10 is stamped a year ahead; the others as they arrive.
+        let timestamp = if i == 10 { now + 24 * 365 * hour } else { now };
+        log.append(vec![frame(i, timestamp)]).unwrap();
+    }
+    let sealed = log.stats().segments;
+    assert!(sealed >= 4, "{:?}", log.stats());
+    // Two hours on, every sealed frame is past the limit of one hour, frame 10 included:
+    // its file was last written two hours before.
+    let r = log.apply_retention(now + 2 * hour).unwrap();
+    assert!(r.first_offset > 10, "{r:?}");
+    assert_eq!(log.stats().segments, 1, "only the active segment is left");
+    // An hour on, nothing is past the limit yet: a frame stamped ahead is not removed
+    // early either, while its file is young.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(retention)).unwrap();
+    for i in 0..300 {
+        log.append(vec![frame(i, now + 24 * 365 * hour)]).unwrap();
+    }
+    let r = log.apply_retention(now + hour / 2).unwrap();
+    assert_eq!(r.first_offset, 0, "{r:?}");
+}

@@ -546,9 +546,12 @@ impl Log {
         let horizon = policy
             .max_age
             .map(|a| now.saturating_sub(i64::try_from(a.as_nanos()).unwrap_or(i64::MAX)));
-        self.remove_prefix(limit, None, &mut |key, remaining| {
+        self.remove_prefix(limit, None, &mut |key, remaining, written| {
             let over_bytes = policy.max_bytes.is_some_and(|m| remaining > m);
-            let too_old = horizon.is_some_and(|h| key.timestamp < h);
+            // A frame stamped in the future (a client's clock, or a mistake) counts as no
+            // newer than the last write of its file: it would otherwise hold back every
+            // frame behind it for as long as its stamp is ahead.
+            let too_old = horizon.is_some_and(|h| key.timestamp.min(written) < h);
             over_bytes || too_old
         })
     }
@@ -565,18 +568,19 @@ impl Log {
         cutoff: u64,
         removed_max_key: Option<OrderKey>,
     ) -> Result<RetentionReport> {
-        self.remove_prefix(cutoff, removed_max_key, &mut |_, _| true)
+        self.remove_prefix(cutoff, removed_max_key, &mut |_, _, _| true)
     }
 
     /// Moves the oldest retained offset forward over the frames `remove` accepts, in offset
-    /// order, within sealed data and below `limit`; `remove` gets each frame's key and the
-    /// bytes retained before it goes. `extra_key` joins the removed keys' maximum when the
+    /// order, within sealed data and below `limit`; `remove` gets each frame's key, the
+    /// bytes retained before it goes, and when its file was last written (ns since the
+    /// epoch: its frames were all stored by then). `extra_key` joins the removed keys' maximum when the
     /// pass crosses an offset that holds no frame here.
     fn remove_prefix(
         &self,
         limit: u64,
         extra_key: Option<OrderKey>,
-        remove: &mut dyn FnMut(&OrderKey, u64) -> bool,
+        remove: &mut dyn FnMut(&OrderKey, u64, i64) -> bool,
     ) -> Result<RetentionReport> {
         let (first, seal_end, total) = {
             let st = self.shared.state.read();
@@ -597,6 +601,8 @@ impl Log {
         }
         let mut cutoff = first;
         let mut removed_key: Option<OrderKey> = None;
+        // The last file asked about and when it was last written: one look per file.
+        let mut written: Option<(PathBuf, i64)> = None;
         'scan: while cutoff < seal_end {
             // A pass over a large backlog (a server back after a week down) must not hold
             // up a close, a deletion or shutdown until it ends: nothing is changed yet.
@@ -621,7 +627,20 @@ impl Log {
                     continue;
                 };
                 let (key, len) = loc.header(offset)?;
-                if !remove(&key, total.saturating_sub(report.bytes_removed)) {
+                let path = loc.path();
+                let file_written = match &written {
+                    Some((p, at)) if p == path => *at,
+                    _ => {
+                        let at = last_written(path)?;
+                        written = Some((path.to_path_buf(), at));
+                        at
+                    }
+                };
+                if !remove(
+                    &key,
+                    total.saturating_sub(report.bytes_removed),
+                    file_written,
+                ) {
                     break 'scan;
                 }
                 report.bytes_removed += len;
@@ -728,6 +747,17 @@ impl Log {
         );
         Ok(report)
     }
+}
+
+/// When the file at `path` was last written, in ns since the epoch.
+fn last_written(path: &std::path::Path) -> Result<i64> {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::io(path, e))?;
+    Ok(match modified.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    })
 }
 
 fn file_name(p: &std::path::Path) -> String {

@@ -41,6 +41,16 @@ pub(super) enum Loc {
     Run(Arc<Run>, u32),
 }
 
+impl Loc {
+    /// The file the record is in.
+    pub(super) fn path(&self) -> &std::path::Path {
+        match self {
+            Loc::Segment(seg, _) => seg.path(),
+            Loc::Run(run, _) => run.path(),
+        }
+    }
+}
+
 impl State {
     /// Where the record of `offset` is, if it is retained and indexed.
     pub(super) fn locate(&self, offset: u64) -> Option<Loc> {
