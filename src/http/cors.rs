@@ -11,13 +11,14 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 /// Response headers a page may read: gRPC-Web's status trailers-in-headers, a
 /// subscription's snapshot and epoch, the leader to follow.
-const EXPOSED: [&str; 6] = [
+const EXPOSED: [&str; 7] = [
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "framecast-snapshot-offset",
     "framecast-epoch",
     "framecast-leader",
+    "framecast-unwritten",
 ];
 
 /// The CORS layer for `origins` (`*` among them: any origin); `None` when none is given.

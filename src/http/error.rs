@@ -87,9 +87,20 @@ impl IntoResponse for ApiError {
         if let Some(v) = leader_header(&self.0) {
             resp.headers_mut().insert("framecast-leader", v);
         }
+        if matches!(self.0, Error::Starting) {
+            // Refused before the broker saw it: a client may send even a write without an
+            // idempotency key again (a plain 503 may come after the write was applied).
+            resp.headers_mut()
+                .insert(UNWRITTEN, HeaderValue::from_static("starting"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
+
+/// The header of a refusal that surely wrote nothing (the server still starting).
+pub const UNWRITTEN: &str = "framecast-unwritten";
 
 #[cfg(test)]
 mod tests {
@@ -127,6 +138,11 @@ mod tests {
         assert_eq!(body["code"], "PERMISSION_DENIED");
         assert_eq!(body["message"], "no");
         assert!(body.get("leader").is_none());
+        let starting = ApiError(Error::Starting).into_response();
+        assert_eq!(starting.headers()[UNWRITTEN], "starting");
+        assert_eq!(starting.headers()[header::RETRY_AFTER], "1");
+        let other = ApiError(Error::ShuttingDown).into_response();
+        assert!(other.headers().get(UNWRITTEN).is_none());
     }
 
     #[test]

@@ -400,7 +400,9 @@ export class Transport {
             // the call. Any other may come after the write was applied (a leader that lost its
             // lease meanwhile, a proxy that timed out): only a call that may be repeated is.
             const hint = resp.status === 503 ? resp.headers.get("framecast-leader")?.trim() : undefined;
-            if (!hint && !call.idempotent)
+            // So did a server still starting (`Framecast-Unwritten`): refused before it was read.
+            const unwritten = resp.status === 503 && resp.headers.has("framecast-unwritten");
+            if (!hint && !unwritten && !call.idempotent)
                 throw refused(resp, refusal);
             const leader = this.leaderOf(hint, base);
             let atOnce = false;

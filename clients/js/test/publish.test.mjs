@@ -291,6 +291,32 @@ test("a write without a key is sent once when a 503 may have followed its append
   assert.equal((await plain.history("keyed-503")).frames.length, 1);
 });
 
+test("a write without a key is sent again after a 503 that says it wrote nothing (Framecast-Unwritten: a server still starting)", async () => {
+  let refusedLeft = 2;
+  let posts = 0;
+  // The first two writes are answered as a server still recovering its topics answers them,
+  // without reaching it.
+  const starting = async (input, init) => {
+    if (init?.method === "POST") {
+      posts++;
+      if (refusedLeft > 0) {
+        refusedLeft--;
+        return new Response(JSON.stringify({ code: "UNAVAILABLE", message: "server starting: recovering topics" }), {
+          status: 503,
+          headers: { "content-type": "application/json", "framecast-unwritten": "starting", "retry-after": "1" },
+        });
+      }
+    }
+    return fetch(input, init);
+  };
+  const fc = new Framecast({ url: server.url, fetch: starting, backoff: { initialMs: 5, maxMs: 20 } });
+  const ack = await fc.publish("keyless-starting", "once", { seqNo: 1, idempotencyKey: "" });
+  assert.equal(ack.offset, 0n);
+  assert.equal(posts, 3, "two refused while starting, then stored");
+  const page = await new Framecast({ url: server.url }).history("keyless-starting");
+  assert.deepEqual(page.frames.map((f) => f.text), ["once"], "stored exactly once");
+});
+
 test("a write without a key is sent again after a connection refused, on a single node: a server still starting stores it once", async (t) => {
   const port = await freePort();
   // Nothing listens on the port for the first second: every attempt until then is refused.
