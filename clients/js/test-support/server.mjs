@@ -167,6 +167,26 @@ export function secretFile(dir) {
 }
 
 /** A token minted by `framecast token`. */
+/**
+ * A server with `--auth-jwt-secret-file` for the tests of one file, started by `before` and
+ * stopped (its secret removed) by `after`: the returned object's `server` and `secret` are
+ * set once it started.
+ */
+export function authServer(before, after) {
+  const auth = {};
+  let dir;
+  before(async () => {
+    dir = tempDir("framecast-js-secret-");
+    auth.secret = secretFile(dir);
+    auth.server = await startServer({ args: ["--auth-jwt-secret-file", auth.secret] });
+  });
+  after(async () => {
+    await auth.server?.cleanup();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+  return auth;
+}
+
 export async function mintToken(secret, { subject = "js-test", publish = [], subscribe = [], admin = false, ttl = "1h" } = {}) {
   const argv = ["token", "--secret-file", secret, "--subject", subject, "--ttl", ttl];
   for (const p of publish) argv.push("--publish", p);

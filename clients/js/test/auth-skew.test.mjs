@@ -5,40 +5,28 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
 import { Framecast, FramecastError } from "../dist/index.js";
-import { startServer, tempDir, secretFile, mintToken, nextFrames, sleep } from "../test-support/server.mjs";
+import { authServer, mintToken, nextFrames, sleep } from "../test-support/server.mjs";
 
-let server;
-let secretDir;
-let secret;
-before(async () => {
-  secretDir = tempDir("framecast-js-secret-");
-  secret = secretFile(secretDir);
-  server = await startServer({ args: ["--auth-jwt-secret-file", secret] });
-});
-after(async () => {
-  await server?.cleanup();
-  if (secretDir) rmSync(secretDir, { recursive: true, force: true });
-});
+const auth = authServer(before, after);
 
 /** The `exp` of a JWT, ms since the epoch. */
 const expOf = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url")).exp * 1000;
 
 test("a cached token function 1 s behind the server's clock: the subscription outlives two expiries, every frame once", async (t) => {
-  const publisher = new Framecast({ url: server.url, token: await mintToken(secret, { publish: [">"] }) });
+  const publisher = new Framecast({ url: auth.server.url, token: await mintToken(auth.secret, { publish: [">"] }) });
   const SKEW_MS = 1000;
   let cached;
   const minted = [];
   const token = async () => {
     // Refreshed only once expired by the local clock, which is SKEW_MS behind.
     if (!cached || Date.now() - SKEW_MS >= expOf(cached)) {
-      cached = await mintToken(secret, { subscribe: [">"], publish: [">"], ttl: "3s" });
+      cached = await mintToken(auth.secret, { subscribe: [">"], publish: [">"], ttl: "3s" });
       minted.push(cached);
     }
     return cached;
   };
-  const fc = new Framecast({ url: server.url, token });
+  const fc = new Framecast({ url: auth.server.url, token });
   const topic = "skewed";
   const acks = [];
   const publish = async () => acks.push(await publisher.publish(topic, `p${acks.length}`, { seqNo: acks.length }));
@@ -66,9 +54,9 @@ test("a cached token function 1 s behind the server's clock: the subscription ou
 });
 
 test("publish and history ask a token function once more after a 401", async () => {
-  const good = await mintToken(secret, { subscribe: [">"], publish: [">"] });
+  const good = await mintToken(auth.secret, { subscribe: [">"], publish: [">"] });
   let asked = 0;
-  const fc = new Framecast({ url: server.url, token: () => (++asked === 1 ? "not.a.jwt" : good) });
+  const fc = new Framecast({ url: auth.server.url, token: () => (++asked === 1 ? "not.a.jwt" : good) });
   const ack = await fc.publish("reauth", "x", { seqNo: 1 });
   assert.equal(ack.offset, 0n);
   assert.equal(asked, 2);
@@ -78,7 +66,7 @@ test("publish and history ask a token function once more after a 401", async () 
   assert.equal(asked, 2);
   // Only once: a token function that keeps giving a refused token ends the call with the 401.
   asked = 0;
-  const bad = new Framecast({ url: server.url, token: () => (asked++, "not.a.jwt") });
+  const bad = new Framecast({ url: auth.server.url, token: () => (asked++, "not.a.jwt") });
   await assert.rejects(bad.publish("reauth", "y", { seqNo: 2 }), (e) => {
     assert.ok(e instanceof FramecastError, String(e));
     assert.deepEqual([e.code, e.status], ["UNAUTHENTICATED", 401]);

@@ -3,22 +3,10 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
 import { Framecast, FramecastError } from "../dist/index.js";
-import { startServer, tempDir, secretFile, mintToken, nextFrames, within, until, sleep } from "../test-support/server.mjs";
+import { authServer, mintToken, nextFrames, within, until, sleep } from "../test-support/server.mjs";
 
-let server;
-let secretDir;
-let secret;
-before(async () => {
-  secretDir = tempDir("framecast-js-secret-");
-  secret = secretFile(secretDir);
-  server = await startServer({ args: ["--auth-jwt-secret-file", secret] });
-});
-after(async () => {
-  await server?.cleanup();
-  if (secretDir) rmSync(secretDir, { recursive: true, force: true });
-});
+const auth = authServer(before, after);
 
 const refused = (code, status) => (e) => {
   assert.ok(e instanceof FramecastError, String(e));
@@ -29,7 +17,7 @@ const refused = (code, status) => (e) => {
 
 test("no token: UNAUTHENTICATED (401) for publish, history, topics and subscribe", async () => {
   delete process.env.FRAMECAST_TOKEN;
-  const fc = new Framecast({ url: server.url });
+  const fc = new Framecast({ url: auth.server.url });
   await assert.rejects(fc.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
   await assert.rejects(fc.history("secure"), refused("UNAUTHENTICATED", 401));
   await assert.rejects(fc.topics(), refused("UNAUTHENTICATED", 401));
@@ -37,31 +25,31 @@ test("no token: UNAUTHENTICATED (401) for publish, history, topics and subscribe
   await within(10_000, "the subscription to be refused", assert.rejects(sub.next(), refused("UNAUTHENTICATED", 401)));
   assert.equal(sub.reconnects, 0, "a 401 is not retried");
 
-  const forged = new Framecast({ url: server.url, token: "not.a.jwt" });
+  const forged = new Framecast({ url: auth.server.url, token: "not.a.jwt" });
   await assert.rejects(forged.publish("secure", "x", { seqNo: 1 }), refused("UNAUTHENTICATED", 401));
 });
 
 test("without a token option, Node's $FRAMECAST_TOKEN is sent", async (t) => {
-  const token = await mintToken(secret, { publish: [">"], subscribe: [">"] });
+  const token = await mintToken(auth.secret, { publish: [">"], subscribe: [">"] });
   process.env.FRAMECAST_TOKEN = `${token}\n`;
   t.after(() => delete process.env.FRAMECAST_TOKEN);
-  const fc = new Framecast({ url: server.url });
+  const fc = new Framecast({ url: auth.server.url });
   const ack = await fc.publish("from-env", "hello", { seqNo: 1 });
   assert.equal(ack.offset, 0n);
   // A token given beats the environment.
-  const forged = new Framecast({ url: server.url, token: "not.a.jwt" });
+  const forged = new Framecast({ url: auth.server.url, token: "not.a.jwt" });
   await assert.rejects(forged.publish("from-env", "x", { seqNo: 2 }), refused("UNAUTHENTICATED", 401));
 });
 
 test("a token (string or function) publishes and subscribes; Authorization reaches the event stream", async (t) => {
-  const token = await mintToken(secret, { publish: [">"], subscribe: [">"] });
-  const fc = new Framecast({ url: server.url, token });
+  const token = await mintToken(auth.secret, { publish: [">"], subscribe: [">"] });
+  const fc = new Framecast({ url: auth.server.url, token });
   const ack = await fc.publish("secure", "hello", { seqNo: 1 });
   assert.equal(ack.offset, 0n);
 
   let asked = 0;
   const refreshing = new Framecast({
-    url: server.url,
+    url: auth.server.url,
     token: async () => {
       asked++;
       return token;
@@ -84,8 +72,8 @@ test("a token (string or function) publishes and subscribes; Authorization reach
 });
 
 test("a token without the permission: PERMISSION_DENIED (403), nothing written", async () => {
-  const token = await mintToken(secret, { publish: ["mine.*"], subscribe: ["mine.*"] });
-  const fc = new Framecast({ url: server.url, token });
+  const token = await mintToken(auth.secret, { publish: ["mine.*"], subscribe: ["mine.*"] });
+  const fc = new Framecast({ url: auth.server.url, token });
   await fc.publish("mine.one", "ok", { seqNo: 1 });
   await assert.rejects(fc.publish("theirs", "no", { seqNo: 1 }), refused("PERMISSION_DENIED", 403));
   await assert.rejects(fc.createTopic("mine.two"), refused("PERMISSION_DENIED", 403));
@@ -95,7 +83,7 @@ test("a token without the permission: PERMISSION_DENIED (403), nothing written",
   assert.ok(names.includes("mine.one"));
   assert.ok(!names.includes("theirs"), "nothing created on refusal, and not listed");
 
-  const admin = new Framecast({ url: server.url, token: await mintToken(secret, { admin: true }) });
+  const admin = new Framecast({ url: auth.server.url, token: await mintToken(auth.secret, { admin: true }) });
   const all = (await admin.topics()).map((x) => x.name);
   assert.ok(!all.includes("theirs"), "no topic was created by the refused publish or subscribe");
   await admin.createTopic("mine.two");
@@ -103,14 +91,14 @@ test("a token without the permission: PERMISSION_DENIED (403), nothing written",
 });
 
 test("a token function keeps a subscription alive across token expiry: no error, no gap, no duplicate", async (t) => {
-  const publisher = new Framecast({ url: server.url, token: await mintToken(secret, { publish: [">"] }) });
+  const publisher = new Framecast({ url: auth.server.url, token: await mintToken(auth.secret, { publish: [">"] }) });
   let minted = 0;
   // Tokens that live a second or two: the stream outlives several of them.
   const shortLived = async () => {
     minted++;
-    return mintToken(secret, { subscribe: [">"], ttl: "1s" });
+    return mintToken(auth.secret, { subscribe: [">"], ttl: "1s" });
   };
-  const fc = new Framecast({ url: server.url, token: shortLived, backoff: { initialMs: 20, maxMs: 100 } });
+  const fc = new Framecast({ url: auth.server.url, token: shortLived, backoff: { initialMs: 20, maxMs: 100 } });
   const acks = [await publisher.publish("expiring", "p0", { seqNo: 0 })];
   const sub = fc.subscribe("expiring");
   t.after(() => sub.close());
@@ -134,9 +122,9 @@ test("a token function keeps a subscription alive across token expiry: no error,
 
 test("a token function whose next token is refused ends the subscription with UNAUTHENTICATED (401)", async (t) => {
   let asked = 0;
-  const token = await mintToken(secret, { subscribe: [">"], ttl: "1s" });
+  const token = await mintToken(auth.secret, { subscribe: [">"], ttl: "1s" });
   // The first token, then one the server refuses.
-  const fc = new Framecast({ url: server.url, token: () => (++asked === 1 ? token : "not.a.jwt") });
+  const fc = new Framecast({ url: auth.server.url, token: () => (++asked === 1 ? token : "not.a.jwt") });
   const sub = fc.subscribe("expiring.refused");
   t.after(() => sub.close());
   const first = sub.next();
