@@ -17,7 +17,7 @@
 //! that pass (a blocking job) is handed back, to be awaited after the logs are closed,
 //! which cancels a running compaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,32 +36,47 @@ pub type Unfinished = tokio::task::JoinHandle<crate::wal::Result<()>>;
 /// The longest a topic whose passes keep failing waits before the next try.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// A topic as maintenance tells it apart: its name and epoch, so that a topic deleted and
+/// made again under the same name starts with a clean record.
+type TopicId = (String, u64);
+
 /// The topics whose last pass failed: how many passes failed in a row, and when the next
-/// may run. One entry per such topic, dropped at its next good pass or its deletion.
+/// may run. One entry per such topic, dropped at its next good pass, or once it is no
+/// longer listed (deleted).
 #[derive(Debug, Default)]
-struct Failing(HashMap<String, (u32, Instant)>);
+struct Failing(HashMap<TopicId, (u32, Instant)>);
 
 impl Failing {
     /// True while `topic` waits after a failure.
-    fn waiting(&self, topic: &str, now: Instant) -> bool {
+    fn waiting(&self, topic: &TopicId, now: Instant) -> bool {
         self.0.get(topic).is_some_and(|&(_, next)| now < next)
     }
 
     /// Notes a failed pass of `topic`; how long it waits before the next (twice `interval`
     /// after the first failure, doubling, at most [`MAX_RETRY_AFTER`]).
-    fn failed(&mut self, topic: &str, interval: Duration, now: Instant) -> Duration {
+    fn failed(&mut self, topic: &TopicId, interval: Duration, now: Instant) -> Duration {
         let failures = self.0.get(topic).map_or(0, |&(n, _)| n).saturating_add(1);
         let wait = interval
             .saturating_mul(1u32 << failures.min(16))
             .min(MAX_RETRY_AFTER);
-        self.0.insert(topic.to_owned(), (failures, now + wait));
+        self.0.insert(topic.clone(), (failures, now + wait));
         wait
     }
 
-    /// Forgets `topic` (a good pass, or its deletion).
-    fn forget(&mut self, topic: &str) {
+    /// Forgets `topic` (a good pass).
+    fn forget(&mut self, topic: &TopicId) {
         self.0.remove(topic);
     }
+
+    /// Forgets every topic not in `listed` (deleted, or made again under a new epoch).
+    fn keep_only(&mut self, listed: &HashSet<TopicId>) {
+        self.0.retain(|topic, _| listed.contains(topic));
+    }
+}
+
+/// `topic`'s [`TopicId`].
+fn id_of(topic: &Topic) -> TopicId {
+    (topic.name().to_string(), topic.meta().epoch)
 }
 
 /// Runs maintenance until shutdown; the pass still running then, if any.
@@ -76,16 +91,20 @@ pub async fn run(
             () = tokio::time::sleep(config.interval) => {}
             () = shutdown.wait() => return None,
         }
-        for topic in topics.list() {
+        let listed = topics.list();
+        if !failing.0.is_empty() {
+            failing.keep_only(&listed.iter().map(|t| id_of(t)).collect());
+        }
+        for topic in listed {
             if shutdown.is_fired() {
                 return None;
             }
             if topic.is_deleted() {
-                failing.forget(topic.name());
                 continue;
             }
+            let id = id_of(&topic);
             let owns = topics.owns_retention();
-            if failing.waiting(topic.name(), Instant::now()) || !due(&topic, owns, &config) {
+            if failing.waiting(&id, Instant::now()) || !due(&topic, owns, &config) {
                 continue;
             }
             let t = Arc::clone(&topic);
@@ -119,7 +138,7 @@ pub async fn run(
             };
             let failure = match finished {
                 Ok(Ok(())) => {
-                    failing.forget(topic.name());
+                    failing.forget(&id);
                     continue;
                 }
                 Ok(Err(e)) if topic.log().is_closed() => {
@@ -130,7 +149,7 @@ pub async fn run(
                 Err(e) => format!("the pass's task ended abnormally: {e}"),
             };
             topic.metrics().maintenance_failures.inc();
-            let wait = failing.failed(topic.name(), config.interval, Instant::now());
+            let wait = failing.failed(&id, config.interval, Instant::now());
             warn!(topic = topic.name(), error = %failure, retry_in = ?wait, "maintenance failed; will retry");
         }
     }
@@ -167,16 +186,31 @@ mod tests {
         let mut failing = Failing::default();
         let second = Duration::from_secs(1);
         let t0 = Instant::now();
-        assert!(!failing.waiting("a", t0));
+        let (a, b) = (("a".to_string(), 1), ("b".to_string(), 1));
+        assert!(!failing.waiting(&a, t0));
         let waits: Vec<u64> = (0..12)
-            .map(|_| failing.failed("a", second, t0).as_secs())
+            .map(|_| failing.failed(&a, second, t0).as_secs())
             .collect();
         assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]);
-        assert!(failing.waiting("a", t0 + Duration::from_secs(299)));
-        assert!(!failing.waiting("a", t0 + MAX_RETRY_AFTER));
-        assert!(!failing.waiting("b", t0), "other topics go on");
-        failing.forget("a");
-        assert!(!failing.waiting("a", t0));
-        assert_eq!(failing.failed("a", second, t0), Duration::from_secs(2));
+        assert!(failing.waiting(&a, t0 + Duration::from_secs(299)));
+        assert!(!failing.waiting(&a, t0 + MAX_RETRY_AFTER));
+        assert!(!failing.waiting(&b, t0), "other topics go on");
+        failing.forget(&a);
+        assert!(!failing.waiting(&a, t0));
+        assert_eq!(failing.failed(&a, second, t0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_topic_made_again_under_its_name_does_not_inherit_the_wait() {
+        let mut failing = Failing::default();
+        let t0 = Instant::now();
+        let old = ("a".to_string(), 1);
+        failing.failed(&old, Duration::from_secs(1), t0);
+        failing.failed(&old, Duration::from_secs(1), t0);
+        let new = ("a".to_string(), 2);
+        assert!(!failing.waiting(&new, t0), "a new epoch starts clean");
+        // Deleted: not listed any more, so forgotten.
+        failing.keep_only(&HashSet::from([new.clone()]));
+        assert!(failing.0.is_empty());
     }
 }
