@@ -814,3 +814,86 @@ fn a_frame_stamped_in_the_future_does_not_stop_age_retention() {
     let r = log.apply_retention(now + hour / 2).unwrap();
     assert_eq!(r.first_offset, 0, "{r:?}");
 }
+
+/// The keys of a run come back at recovery in the run's sort order (seq_no first), not in
+/// offset order: a key whose frame sorts last but sits at the lowest offset must still be
+/// kept when compaction later drops the run's frames below the first retained offset.
+#[test]
+fn keys_recovered_in_a_runs_sort_order_are_all_kept_when_their_frames_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let keyed = |offset: u64| NewFrame {
+        // Offset 0 sorts last; the others in offset order.
+        seq_no: if offset == 0 { 1_000_000 } else { offset },
+        timestamp: 0,
+        key: Bytes::from(format!("key-{offset}")),
+        payload: Bytes::from(vec![b'k'; 1000]),
+    };
+    for i in 0..300 {
+        log.append(vec![keyed(i)]).unwrap();
+    }
+    let every_run = CompactOptions {
+        max_runs: 1,
+        ..CompactOptions::default()
+    };
+    log.compact(&every_run).unwrap();
+    log.close();
+    // Recovery rebuilds the window from the run, in its sort order.
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    for i in 300..500 {
+        log.append(vec![keyed(i)]).unwrap();
+    }
+    log.remove_below(100, None).unwrap();
+    log.compact(&every_run).unwrap();
+    assert!(log.first_offset() >= 100);
+    log.close();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    for i in [0, 1, 99] {
+        let ack = log.append(vec![keyed(i)]).unwrap();
+        assert_eq!((ack[0].offset, ack[0].duplicate), (i, true), "key-{i}");
+    }
+}
+
+/// A sealed segment's modification time is when it was sealed: retention's age rule caps a
+/// frame stamped ahead by it, and writes through the mapping move it only when they dirty
+/// a clean page, so without the stamp it could lag behind the frames and have them
+/// removed early. The segment's time is pushed back an hour before each append here, as a
+/// lagging one would be.
+#[test]
+fn a_sealed_segment_carries_the_time_it_was_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let first = framecast::wal::list_segments(dir.path()).unwrap()[0]
+        .1
+        .clone();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let push_back = || {
+        std::fs::File::options()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap()
+    };
+    let mut before = std::time::SystemTime::now();
+    for i in 0..200 {
+        if log.stats().segments > 1 {
+            break;
+        }
+        push_back();
+        before = std::time::SystemTime::now();
+        log.append(vec![NewFrame {
+            seq_no: i,
+            timestamp: 0,
+            key: Bytes::new(),
+            payload: Bytes::from(vec![b's'; 1000]),
+        }])
+        .unwrap();
+    }
+    assert!(log.stats().segments > 1, "the first segment was sealed");
+    let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
+    assert!(
+        modified + Duration::from_secs(1) >= before,
+        "sealed at {modified:?}, the append that sealed it began at {before:?}"
+    );
+}

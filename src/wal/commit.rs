@@ -235,9 +235,14 @@ impl Committer {
         self.written.subscribe()
     }
 
-    /// The idempotency keys within the dedup window whose frames lie below `offset`.
-    pub(super) fn live_keys_below(&self, offset: u64) -> Vec<(Box<[u8]>, FirstAck)> {
-        self.writer.lock().dedup.live_below(offset, now_ns())
+    /// The idempotency keys within the dedup window whose frames lie below `offset`, but
+    /// for those in the ranges `held` (kept files hold them).
+    pub(super) fn live_keys_below(
+        &self,
+        offset: u64,
+        held: &[(u64, u64)],
+    ) -> Vec<(Box<[u8]>, FirstAck)> {
+        self.writer.lock().dedup.live_below(offset, held, now_ns())
     }
 
     /// Syncs done since the log was opened.
@@ -693,6 +698,11 @@ impl Committer {
             w.active.cursor() - from,
             self.config.sync_method,
         )?;
+        if let Err(e) = seg.stamp_sealed() {
+            // Only retention's cap on a frame stamped ahead reads it: worth a word, not a
+            // refused append.
+            warn!(file = %seg.path().display(), error = %e, "cannot set a sealed segment's modification time");
+        }
         let next = SegmentWriter::create(&self.dir, w.next_offset, self.config.segment_bytes)?;
         self.state
             .write()

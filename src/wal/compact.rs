@@ -373,7 +373,12 @@ impl Log {
         // 3. Commit: the manifest names the new set. The run leaves out frames below the
         // first retained offset, and their files go: their keys still inside the dedup
         // window are kept apart first (with any kept before, all of them below `base`).
-        super::removed_keys::write(&dir, &self.shared.committer.live_keys_below(base))?;
+        let held: Vec<(u64, u64)> = keep
+            .iter()
+            .map(|r| (r.base_offset(), r.end_offset()))
+            .collect();
+        let keys = self.shared.committer.live_keys_below(base, &held);
+        super::removed_keys::write(&dir, &keys)?;
         let mut names: Vec<String> = keep.iter().map(|r| file_name(r.path())).collect();
         names.push(file_name(&path));
         manifest::write(
@@ -713,7 +718,7 @@ impl Log {
                     .map(|r| r.base_offset())
                     .fold(manifest.segments_from, u64::min)
             };
-            let keys = self.shared.committer.live_keys_below(kept_from);
+            let keys = self.shared.committer.live_keys_below(kept_from, &[]);
             super::removed_keys::write(&self.shared.dir, &keys)?;
         }
         manifest::write(&self.shared.dir, &manifest)?;

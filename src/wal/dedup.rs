@@ -89,22 +89,29 @@ impl DedupWindow {
         }
     }
 
-    /// The keys within the window ending `now` whose frames lie below `offset`, in the
-    /// order they were stored. Keys are stored in offset order (a log's appends, its
-    /// recovery, a copy's records), so the walk stops at the first one at or past `offset`.
-    pub fn live_below(&mut self, offset: u64, now: i64) -> Vec<(Box<[u8]>, FirstAck)> {
+    /// The keys within the window ending `now` whose frames lie below `offset` and outside
+    /// every range `[start, end)` of `held` (files that keep them), each once, in offset
+    /// order. Every key is looked at: recovery stores a run's keys in its sort order, not
+    /// in offset order.
+    pub fn live_below(
+        &mut self,
+        offset: u64,
+        held: &[(u64, u64)],
+        now: i64,
+    ) -> Vec<(Box<[u8]>, FirstAck)> {
         self.expire(now);
-        let mut out = Vec::new();
-        for (t, key) in &self.order {
-            // An entry whose key was stored again since (or undone) is not the key's.
-            let Some(ack) = self.map.get(key).filter(|a| a.stored_at == *t) else {
-                continue;
-            };
-            if ack.offset >= offset {
-                break;
-            }
-            out.push((key.clone(), *ack));
-        }
+        let horizon = now.saturating_sub(self.window_ns);
+        let mut out: Vec<(Box<[u8]>, FirstAck)> = self
+            .map
+            .iter()
+            .filter(|(_, a)| {
+                a.stored_at >= horizon
+                    && a.offset < offset
+                    && !held.iter().any(|&(s, e)| (s..e).contains(&a.offset))
+            })
+            .map(|(k, a)| (k.clone(), *a))
+            .collect();
+        out.sort_unstable_by_key(|(_, a)| a.offset);
         out
     }
 
@@ -203,11 +210,21 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // At 120, "a" (stored at 10) is past the window; "c" was undone.
-        assert_eq!(keys(d.live_below(3, 120)), vec![(b"b".to_vec(), 1)]);
+        assert_eq!(keys(d.live_below(3, &[], 120)), vec![(b"b".to_vec(), 1)]);
         assert_eq!(
-            keys(d.live_below(10, 120)),
+            keys(d.live_below(10, &[], 120)),
             vec![(b"b".to_vec(), 1), (b"d".to_vec(), 3)]
         );
-        assert!(d.live_below(1, 120).is_empty());
+        assert!(d.live_below(1, &[], 120).is_empty());
+        // Keys of offsets a kept file holds are left out.
+        assert_eq!(
+            keys(d.live_below(10, &[(3, 4)], 120)),
+            vec![(b"b".to_vec(), 1)]
+        );
+        // Stored out of offset order (a run's keys, in its sort order): all are found.
+        let mut d = DedupWindow::new(100, 10);
+        d.insert(b"late", ack(9, 50), 50);
+        d.insert(b"early", ack(0, 50), 50);
+        assert_eq!(keys(d.live_below(5, &[], 60)), vec![(b"early".to_vec(), 0)]);
     }
 }

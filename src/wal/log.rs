@@ -102,7 +102,7 @@ impl Log {
         let mut dedup = DedupWindow::new(duration_ns(config.dedup_window), config.dedup_max_keys);
         // The keys of frames retention removed within their window come first: their
         // offsets are below every record recovery finds.
-        for (key, ack) in super::removed_keys::read(dir)? {
+        for (key, ack) in super::removed_keys::load(dir)? {
             dedup.insert(&key, ack, now);
         }
         let recovered = recover(

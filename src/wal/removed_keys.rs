@@ -16,6 +16,8 @@ use std::path::Path;
 
 use super::dedup::FirstAck;
 use super::format::{le4, le8, MAX_KEY_LEN, REMOVED_KEYS_FILE, TEMP_SUFFIX};
+use tracing::error;
+
 use super::segment::sync_dir;
 use super::{Error, Result};
 
@@ -64,8 +66,32 @@ pub fn write(dir: &Path, keys: &[Kept]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// The keys to load at recovery: [`read`]'s, except that a file that fails its check is
+/// set aside as `REMOVED_KEYS.damaged` (`.damaged.N` when taken) and reported at ERROR,
+/// and the log opens without them: they only guard retries of frames already removed, not
+/// a reason to keep every topic of the server from starting.
+pub fn load(dir: &Path) -> Result<Vec<Kept>> {
+    match read(dir) {
+        Err(Error::Corruption { reason, .. }) => {
+            let path = dir.join(REMOVED_KEYS_FILE);
+            let aside = (0u32..)
+                .map(|n| match n {
+                    0 => dir.join(format!("{REMOVED_KEYS_FILE}.damaged")),
+                    n => dir.join(format!("{REMOVED_KEYS_FILE}.damaged.{n}")),
+                })
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| dir.join(format!("{REMOVED_KEYS_FILE}.damaged")));
+            std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+            sync_dir(dir)?;
+            error!(file = %path.display(), set_aside = %aside.display(), reason = %reason, "the idempotency keys of removed frames are damaged: set aside; a retry of such a frame within its dedup window would be stored again");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
 /// The keys in `dir`'s file of removed keys (none when there is no file). A file that
-/// fails its check is refused, naming it: the keys it held would be lost silently.
+/// fails its check is an error naming it.
 pub fn read(dir: &Path) -> Result<Vec<Kept>> {
     let path = dir.join(REMOVED_KEYS_FILE);
     let data = match std::fs::read(&path) {
@@ -79,8 +105,7 @@ pub fn read(dir: &Path) -> Result<Vec<Kept>> {
             0,
             format!(
                 "{why}; it holds the idempotency keys of frames retention removed within \
-                 the dedup window: deleting it only forgets those keys (a retry of one of \
-                 those frames would then be stored again)"
+                 the dedup window"
             ),
         )
     };
@@ -156,5 +181,23 @@ mod tests {
         write(dir.path(), &[]).unwrap();
         assert!(!path.exists(), "no keys: no file");
         write(dir.path(), &[]).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_file_is_set_aside_and_the_log_opens_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &[kept("a", 0)]).unwrap();
+        let path = dir.path().join(REMOVED_KEYS_FILE);
+        let mut bad = std::fs::read(&path).unwrap();
+        bad[9] ^= 0x01;
+        for n in ["", ".1"] {
+            std::fs::write(&path, &bad).unwrap();
+            assert!(load(dir.path()).unwrap().is_empty());
+            assert!(!path.exists());
+            let aside = dir.path().join(format!("{REMOVED_KEYS_FILE}.damaged{n}"));
+            assert_eq!(std::fs::read(&aside).unwrap(), bad, "kept as it was");
+        }
+        write(dir.path(), &[kept("a", 0)]).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), vec![kept("a", 0)]);
     }
 }

@@ -193,6 +193,16 @@ impl Segment {
         .map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Sets the file's modification time to now, once it is sealed: every record in it was
+    /// stored by then. Writes through the mapping move that time only when they dirty a
+    /// clean page, so until this it may lag behind the last record; retention's age rule
+    /// reads it.
+    pub fn stamp_sealed(&self) -> Result<()> {
+        self.open_file()
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
     /// Opens the file for an operation that needs a descriptor; closed when dropped.
     fn open_file(&self) -> std::io::Result<File> {
         OpenOptions::new().read(true).write(true).open(&self.path)
