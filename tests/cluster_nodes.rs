@@ -1893,16 +1893,30 @@ async fn publish_all(
     offsets: std::ops::Range<u64>,
     seq_of: impl Fn(u64) -> u64,
 ) {
+    publish_all_keyed(c, id, topic, offsets, seq_of, |_| String::new()).await;
+}
+
+/// [`publish_all`], frame `i` with idempotency key `key_of(i)` (none when empty).
+async fn publish_all_keyed(
+    c: &Cluster,
+    id: &str,
+    topic: &str,
+    offsets: std::ops::Range<u64>,
+    seq_of: impl Fn(u64) -> u64,
+    key_of: impl Fn(u64) -> String,
+) {
     let mut client = c.client(id).await;
     let first = offsets.start;
     let frames: Vec<_> = offsets
         .clone()
         .map(|i| {
-            req(
+            let mut r = req(
                 topic,
                 seq_of(i),
                 format!("frame {i} {}", "r".repeat(80)).as_bytes(),
-            )
+            );
+            r.idempotency_key = key_of(i);
+            r
         })
         .collect();
     let mut acks = client
@@ -2044,6 +2058,79 @@ async fn the_leaders_retention_reaches_every_follower_and_a_copy_behind_it_start
             "{id}: {status:?}"
         );
     }
+}
+
+/// A follower that starts its copy again at the leader's oldest retained offset (it was
+/// away while retention removed what it lacks) takes the idempotency keys of the removed
+/// frames that are still inside the dedup window: elected after a `kill -9` of the
+/// leader, it answers a retry of such a frame with the frame's first ack, as the leader
+/// would have, instead of storing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_started_again_keeps_the_keys_of_removed_frames_across_a_failover() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--segment-bytes", "65536", "--max-frame-bytes", "60000"];
+    let mut c = Cluster::start_with(2, 1, &flags, None).await;
+    let ids = ["n1", "n2"];
+    let leader = c.leader(&ids, 2, Duration::from_secs(30)).await;
+    let away = if leader == "n1" { "n2" } else { "n1" }.to_string();
+    let mut client = c.client(&leader).await;
+    client
+        .create_topic(framecast::proto::CreateTopicRequest {
+            name: "keyed".into(),
+            retention_max_age_seconds: 0,
+            retention_max_bytes: 200_000,
+        })
+        .await
+        .unwrap();
+    until_serving(&c, &away, "keyed").await;
+    c.node_mut(&away).server.kill9();
+    publish_all_keyed(&c, &leader, "keyed", 0..5_000, |i| i, |i| format!("k{i}")).await;
+    let first = settled_first(&c, &[leader.as_str()], "keyed", 1_000).await;
+
+    // `away` comes back holding nothing the leader retains: it starts its copy again at
+    // the leader's oldest retained offset and catches up.
+    c.node_mut(&away).server.restart();
+    c.leader(&ids, 2, Duration::from_secs(60)).await;
+    until_logged(
+        &c,
+        &away,
+        "copy restarted at the leader's oldest retained offset",
+    )
+    .await;
+    let on_leader = retained_on(&c, &leader, "keyed").await;
+    let start = Instant::now();
+    while !same_frames(&on_leader, &retained_on(&c, &away, "keyed").await) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{away} does not hold the leader's frames from {first}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    c.node_mut(&leader).server.kill9();
+    assert_eq!(
+        c.leader(&[away.as_str()], 1, Duration::from_secs(30)).await,
+        away
+    );
+    let mut client = c.client(&away).await;
+    // Retries of a removed frame, of the last removed one and of a retained one: each is
+    // answered with its first ack, and nothing is stored.
+    for i in [0, first - 1, first] {
+        let mut r = req("keyed", i, b"a retry");
+        r.idempotency_key = format!("k{i}");
+        let ack = client.publish(r).await.unwrap().into_inner();
+        assert_eq!(
+            (ack.offset, ack.duplicate),
+            (i, true),
+            "the retry of frame {i} (retention removed below {first})\n{}",
+            c.logs()
+        );
+    }
+    let mut r = req("keyed", 9, b"new");
+    r.idempotency_key = "new".into();
+    let ack = client.publish(r).await.unwrap().into_inner();
+    assert_eq!((ack.offset, ack.duplicate), (5_000, false));
 }
 
 /// Waits until every node of `ids` holds `topic` from the same oldest retained offset, above

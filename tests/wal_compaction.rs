@@ -403,7 +403,8 @@ fn remove_below_applies_a_cutoff_within_sealed_data_and_keeps_the_watermark() {
 /// A copy that starts where its source's retention left off: an empty log prepared to start
 /// at an offset appends from there, refuses reads below it, keeps its source's retention
 /// passes across a reopen (a reader that began after an old pass counts only the later
-/// ones); a directory that holds a log cannot be prepared.
+/// ones), and the keys of the removed frames still inside their window; a directory that
+/// holds a log cannot be prepared.
 #[test]
 fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,7 +421,20 @@ fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     let mut passes = framecast::wal::removals::Removals::default();
     passes.record(400, old_high);
     passes.record(1000, key);
-    Log::prepare_start(dir.path(), 1000, &passes).unwrap();
+    // The key of a removed frame within the window, and one whose window ended long ago.
+    let now = framecast::wal::now_ns();
+    let kept = |key: &str, offset, stored_at| {
+        (
+            Box::<[u8]>::from(key.as_bytes()),
+            framecast::wal::FirstAck {
+                offset,
+                timestamp: 77,
+                stored_at,
+            },
+        )
+    };
+    let keys = [kept("removed", 999, now), kept("expired", 998, 1)];
+    Log::prepare_start(dir.path(), 1000, &passes, &keys).unwrap();
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     assert_eq!(log.durable_offset(), 1000);
     assert_eq!(log.first_offset(), 1000);
@@ -445,8 +459,22 @@ fn a_log_prepared_to_start_at_an_offset_appends_from_there() {
     let (ordered, _) = everything(&log);
     assert_eq!(ordered.len(), 1);
     assert_eq!(ordered[0].offset, 1000);
+    // A retry of the removed frame gets its first ack; the expired key is a new frame.
+    let retry = |key: &'static str| NewFrame {
+        seq_no: 43,
+        timestamp: 6,
+        key: Bytes::from_static(key.as_bytes()),
+        payload: Bytes::from_static(b"retry"),
+    };
+    let acks = log.append(vec![retry("removed")]).unwrap();
+    assert_eq!(
+        (acks[0].offset, acks[0].timestamp, acks[0].duplicate),
+        (999, 77, true)
+    );
+    let acks = log.append(vec![retry("expired")]).unwrap();
+    assert_eq!((acks[0].offset, acks[0].duplicate), (1001, false));
     let none = framecast::wal::removals::Removals::default();
-    assert!(Log::prepare_start(dir.path(), 5, &none).is_err());
+    assert!(Log::prepare_start(dir.path(), 5, &none, &[]).is_err());
 }
 
 /// A cluster node compacts below its commit point only: what lies above it may have to be

@@ -22,8 +22,8 @@ use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
 use crate::wal::{
-    cut_from, mappings, removals::Removals, segment::sync_dir, Cut, FailureSignal, Log, LogConfig,
-    TailLoss,
+    cut_from, mappings, removals::Removals, removed_keys::Kept, segment::sync_dir, Cut,
+    FailureSignal, Log, LogConfig, TailLoss,
 };
 
 /// File holding a topic's metadata.
@@ -825,8 +825,9 @@ impl Topics {
 
     /// Replaces the copy `name` with an empty one of `meta` that starts at `first_offset`:
     /// a follower whose copy ends before its leader's oldest retained frame (retention
-    /// removed what it lacks, everywhere). `removals`: the leader's retention passes. The
-    /// old copy's streams end with `UNAVAILABLE`; a resume below
+    /// removed what it lacks, everywhere). `removals`: the leader's retention passes;
+    /// `keys`: the idempotency keys of the removed frames still inside the leader's dedup
+    /// window (the new copy keeps them, see [`Log::prepare_start`]). The old copy's streams end with `UNAVAILABLE`; a resume below
     /// `first_offset` then gets `OUT_OF_RANGE`, never a silent gap. The term history stays.
     pub async fn restart_copy(
         &self,
@@ -834,6 +835,7 @@ impl Topics {
         meta: TopicMeta,
         first_offset: u64,
         removals: Removals,
+        keys: Vec<Kept>,
     ) -> Result<Arc<Topic>> {
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
@@ -868,7 +870,7 @@ impl Topics {
                 old.log.close();
                 remove_topic_dir(&dir, &name_owned, old.meta.epoch)?;
             }
-            let start = Some((first_offset, &removals));
+            let start = Some((first_offset, &removals, &keys[..]));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
             let topic = new_topic(
                 name_owned.clone(),
@@ -1331,7 +1333,7 @@ fn make_topic(
     name: &str,
     meta: &TopicMeta,
     terms: &TermHistory,
-    start: Option<(u64, &Removals)>,
+    start: Option<(u64, &Removals, &[Kept])>,
     config: LogConfig,
 ) -> Result<Log> {
     let temp = dir.join(format!("{TEMP_PREFIX}creating-{name}"));
@@ -1344,8 +1346,8 @@ fn make_topic(
         if *terms != TermHistory::default() {
             terms.store(&temp)?;
         }
-        if let Some((first_offset, removals)) = start {
-            Log::prepare_start(&temp, first_offset, removals)?;
+        if let Some((first_offset, removals, keys)) = start {
+            Log::prepare_start(&temp, first_offset, removals, keys)?;
         }
         // The first segment too: a topic's directory never has its name without one, so a
         // topic found at startup with no segment lost them (see `Log::open_existing`).

@@ -34,7 +34,9 @@ use super::replication_proto as rp;
 use super::replication_proto::leader_update::Update;
 use crate::broker::error::Error;
 use crate::broker::topics::{TopicMeta, Topics};
-use crate::wal::Copied;
+use crate::wal::format::MAX_KEY_LEN;
+use crate::wal::removed_keys::Kept;
+use crate::wal::{Copied, FirstAck};
 
 /// Why a `Follow` stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,7 @@ pub async fn follow(
         max_record_bytes: topics.log_config().request_room(),
         takes_roster: true,
         roster: 0,
+        takes_keys: true,
     };
     // The channel has room: this is its first message.
     let _ = reports.try_send(first);
@@ -103,6 +106,7 @@ pub async fn follow(
         reports,
         commits: HashMap::new(),
         ends: HashMap::new(),
+        keys: HashMap::new(),
     };
     // Appends queued and not yet durable, oldest first: the next batch is queued while the
     // one before syncs, and each is reported once durable, in order.
@@ -199,6 +203,11 @@ async fn apply_updates(
                         commits.push(Update::Commit(c));
                         Ok(Taken::Took { full: false })
                     }
+                    // The keys of a topic announced next: kept until it is.
+                    Some(Update::Keys(k)) if more.term == term => {
+                        apply.received_keys(k)?;
+                        Ok(Taken::Took { full: false })
+                    }
                     update => Ok(Taken::Refused(rp::LeaderUpdate {
                         term: more.term,
                         update,
@@ -218,6 +227,8 @@ async fn apply_updates(
             // here becomes visible. Nor does a roster mark: creations and deletions are
             // applied (durably) as they come, records do not make one.
             Some(update @ (Update::Commit(_) | Update::Roster(_))) => apply.update(update).await?,
+            // Kept for the announcement or retention decision that follows.
+            Some(Update::Keys(k)) => apply.received_keys(k)?,
             Some(update) => {
                 // Whatever is queued lands before anything else changes.
                 pending.drain(apply).await?;
@@ -396,6 +407,10 @@ struct Apply {
     commits: HashMap<String, u64>,
     /// The leader's durable end per topic when it announced it on this stream.
     ends: HashMap<String, u64>,
+    /// Keys of removed frames received for a topic (of the epoch given), kept until the
+    /// announcement or retention decision that follows them: a copy started again takes
+    /// them, one that holds the frames already has them.
+    keys: HashMap<String, (u64, Vec<Kept>)>,
 }
 
 impl Apply {
@@ -403,9 +418,11 @@ impl Apply {
     async fn update(&mut self, update: Update) -> Result<(), FollowError> {
         match update {
             Update::Topic(t) => self.announced(vec![t]).await,
+            Update::Keys(k) => self.received_keys(k),
             Update::Deleted(name) => {
                 self.commits.remove(&name);
                 self.ends.remove(&name);
+                self.keys.remove(&name);
                 if self.topics.get(&name).is_some() {
                     info!(topic = %name, "deleting a copy the leader does not hold");
                     match self.topics.delete(&name).await {
@@ -453,6 +470,36 @@ impl Apply {
         }
     }
 
+    /// Keeps keys of removed frames the leader sent until the decision they precede (a
+    /// copy started again takes them). Keys of another epoch than those kept are the
+    /// newer topic's: the older ones go.
+    fn received_keys(&mut self, k: rp::ReplicaKeys) -> Result<(), FollowError> {
+        let entry = self
+            .keys
+            .entry(k.topic)
+            .or_insert_with(|| (k.epoch, Vec::new()));
+        if entry.0 != k.epoch {
+            *entry = (k.epoch, Vec::new());
+        }
+        for key in k.keys {
+            if key.key.is_empty() || key.key.len() > MAX_KEY_LEN {
+                return Err(FollowError::Protocol(format!(
+                    "a removed frame's key of {} bytes",
+                    key.key.len()
+                )));
+            }
+            entry.1.push((
+                Box::from(&key.key[..]),
+                FirstAck {
+                    offset: key.offset,
+                    timestamp: key.timestamp,
+                    stored_at: key.stored_at,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies the leader's retention decision to this copy: frames below `first` go at
     /// the next maintenance pass; a copy that ends before `first` starts again there
     /// (retention removed every frame it lacks) and reports its new end.
@@ -464,17 +511,25 @@ impl Apply {
         removed_max_key: Option<crate::index::OrderKey>,
         passes: (&[rp::RemovalPass], Option<&rp::OrderKey>),
     ) -> Result<(), FollowError> {
+        // The keys sent for this decision: a copy that holds the frames has them already.
+        let keys = self
+            .keys
+            .remove(name)
+            .filter(|(epoch, _)| *epoch == meta.epoch)
+            .map(|(_, keys)| keys)
+            .unwrap_or_default();
         let Some(t) = self.topics.get(name) else {
             return Ok(());
         };
         if t.log().durable_offset() < first {
-            info!(topic = %name, first_offset = first, end = t.log().durable_offset(), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
+            info!(topic = %name, first_offset = first, end = t.log().durable_offset(), keys = keys.len(), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
             self.topics
                 .restart_copy(
                     name,
                     meta,
                     first,
                     from_wire_removals(passes.0, passes.1, first),
+                    keys,
                 )
                 .await?;
             self.make_visible(name);
@@ -593,6 +648,8 @@ impl Apply {
             max_record_bytes: 0,
             takes_roster: true,
             roster,
+            // Said in the first report only.
+            takes_keys: false,
         };
         self.reports
             .send(report)

@@ -54,6 +54,10 @@ pub fn max_message_bytes(config: &wal::LogConfig) -> usize {
     record.saturating_add(MAX_RECORDS_BYTES * 2)
 }
 
+/// Bytes a key costs in a [`rp::ReplicaKeys`] message beside its own (its offset,
+/// timestamp and stored time, and the framing), counted generously.
+const KEY_OVERHEAD: usize = 40;
+
 /// Messages queued to one follower before the session waits for it.
 const SESSION_QUEUE: usize = 8;
 
@@ -456,6 +460,7 @@ impl LeaderService {
             positions: HashMap::new(),
             takes_runs: first.takes_runs,
             takes_roster: first.takes_roster,
+            takes_keys: first.takes_keys,
             dirty: BTreeSet::new(),
         };
         tokio::spawn(session.run(first, reports, expires));
@@ -513,6 +518,8 @@ struct Session {
     takes_runs: bool,
     /// The follower answers roster marks (`LeaderUpdate.roster`).
     takes_roster: bool,
+    /// The follower takes the keys of removed frames (`LeaderUpdate.keys`).
+    takes_keys: bool,
     /// Topics with records to ship.
     dirty: BTreeSet<String>,
 }
@@ -543,8 +550,12 @@ impl Session {
                 tokio::select! {
                     permit = tx.reserve(), if !self.dirty.is_empty() => {
                         let permit = permit.map_err(|_| Gone)?;
-                        if let Some(update) = self.next_records()? {
+                        let mut updates = self.next_records()?.into_iter();
+                        if let Some(update) = updates.next() {
                             permit.send(Ok(update));
+                        }
+                        for update in updates {
+                            self.tx.send(Ok(update)).await.map_err(|_| Gone)?;
                         }
                     }
                     report = reports.message() => match report {
@@ -750,8 +761,12 @@ impl Session {
             let announced = replica_topic(t);
             // A follower whose copy ends before the oldest retained frame starts it
             // again there: shipping continues from that offset.
+            let restarts = s.next < announced.first_offset;
             s.first = announced.first_offset;
             s.next = s.next.max(announced.first_offset);
+            if restarts {
+                self.send_keys(t, announced.first_offset).await?;
+            }
             self.send(Update::Topic(announced)).await?;
         }
         self.mark(t);
@@ -767,23 +782,24 @@ impl Session {
         }
     }
 
-    /// The next batch of records of the first dirty topic.
-    fn next_records(&mut self) -> Result<Option<rp::LeaderUpdate>, Gone> {
+    /// The next batch of records of the first dirty topic, as updates to send in order
+    /// (none, one, or the keys of removed frames before a retention decision).
+    fn next_records(&mut self) -> Result<Vec<rp::LeaderUpdate>, Gone> {
         let Some(name) = self.dirty.pop_first() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let (Some(t), Some(s)) = (
             self.leader.topics.get(&name),
             self.positions.get(&name).copied(),
         ) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         if t.meta().epoch != s.epoch {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let (records, run, next) = match self.read(&t, s.next) {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Vec::new()),
             Err(wal::Error::OutOfRange { first, .. }) => {
                 // Retention removed what this follower needs next: it starts its copy again
                 // at the oldest retained offset, and shipping goes on from there.
@@ -794,7 +810,8 @@ impl Session {
                     p.first = first;
                 }
                 self.dirty.insert(name.clone());
-                return Ok(Some(rp::LeaderUpdate {
+                let mut updates = self.keys_below(&t, first);
+                updates.push(rp::LeaderUpdate {
                     term: self.leader.term,
                     update: Some(Update::Retention(rp::ReplicaRetention {
                         topic: name,
@@ -803,7 +820,8 @@ impl Session {
                         removed_max_key: removals.largest().map(wire_key),
                         removals: wire_removals(&removals),
                     })),
-                }));
+                });
+                return Ok(updates);
             }
             Err(e @ wal::Error::Corruption { .. }) => {
                 self.damaged(&name, &e);
@@ -830,7 +848,7 @@ impl Session {
             next,
             next >= durable,
         );
-        Ok(Some(rp::LeaderUpdate {
+        Ok(vec![rp::LeaderUpdate {
             term: self.leader.term,
             update: Some(Update::Records(rp::ReplicaRecords {
                 topic: name,
@@ -838,7 +856,58 @@ impl Session {
                 records,
                 run,
             })),
-        }))
+        }])
+    }
+
+    /// The idempotency keys of `t`'s frames below `first` still inside the dedup window, as
+    /// messages of up to [`MAX_RECORDS_BYTES`] each, for a follower about to start its copy
+    /// again at `first`: it could not learn them from the frames, which retention removed.
+    /// None for a follower that does not take them.
+    fn keys_below(&self, t: &Topic, first: u64) -> Vec<rp::LeaderUpdate> {
+        if !self.takes_keys {
+            return Vec::new();
+        }
+        let mut updates = Vec::new();
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut flush = |keys: &mut Vec<rp::ReplicaKey>| {
+            updates.push(rp::LeaderUpdate {
+                term: self.leader.term,
+                update: Some(Update::Keys(rp::ReplicaKeys {
+                    topic: t.name().to_string(),
+                    epoch: t.meta().epoch,
+                    keys: std::mem::take(keys),
+                })),
+            });
+        };
+        for (key, ack) in t.log().live_keys_below(first) {
+            bytes += key.len() + KEY_OVERHEAD;
+            keys.push(rp::ReplicaKey {
+                key: Bytes::from(key.into_vec()),
+                offset: ack.offset,
+                timestamp: ack.timestamp,
+                stored_at: ack.stored_at,
+            });
+            if bytes >= MAX_RECORDS_BYTES {
+                flush(&mut keys);
+                bytes = 0;
+            }
+        }
+        if !keys.is_empty() {
+            flush(&mut keys);
+        }
+        if !updates.is_empty() {
+            debug!(follower = %self.follower, topic = %t.name(), first, messages = updates.len(), "sending the keys of removed frames to a copy that starts again");
+        }
+        updates
+    }
+
+    /// Sends [`Session::keys_below`]'s messages.
+    async fn send_keys(&self, t: &Topic, first: u64) -> Result<(), Gone> {
+        for update in self.keys_below(t, first) {
+            self.tx.send(Ok(update)).await.map_err(|_| Gone)?;
+        }
+        Ok(())
     }
 
     /// What to ship of `t` from offset `from`: records one by one or as a run, and the
@@ -913,9 +982,15 @@ impl Session {
         if s.epoch != topic.meta().epoch || !s.announced || first <= s.first {
             return Ok(());
         }
+        // Every record shipped lands before the follower applies this: its copy ends
+        // before `first`, and starts again there, only when shipping had not reached it.
+        let restarts = s.next < first;
         s.first = first;
         s.next = s.next.max(first);
         let epoch = s.epoch;
+        if restarts {
+            self.send_keys(topic, first).await?;
+        }
         self.send(Update::Retention(rp::ReplicaRetention {
             topic: topic.name().to_string(),
             epoch,

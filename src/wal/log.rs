@@ -189,8 +189,16 @@ impl Log {
     /// Prepares the empty directory `dir` so that the log opened in it starts at
     /// `first_offset`: a copy of a log whose older frames retention removed elsewhere.
     /// `removals`: the passes that removed them there, so a stream that needed one of
-    /// their frames is refused here exactly when it is there. Refused when `dir` holds a log.
-    pub fn prepare_start(dir: &Path, first_offset: u64, removals: &Removals) -> Result<()> {
+    /// their frames is refused here exactly when it is there. `keys`: the idempotency keys,
+    /// still inside their window, of the frames removed there (kept as retention keeps them,
+    /// see [`super::removed_keys`]), so that a retry of one is answered with its first ack
+    /// here too. Refused when `dir` holds a log.
+    pub fn prepare_start(
+        dir: &Path,
+        first_offset: u64,
+        removals: &Removals,
+        keys: &[super::removed_keys::Kept],
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if !super::recovery::list_segments(dir)?.is_empty() || manifest::read(dir)?.is_some() {
             return Err(Error::InvalidArgument(format!(
@@ -210,7 +218,11 @@ impl Log {
                     .map(|k| (k.seq_no, k.timestamp, k.offset)),
                 removals: removals.to_stored(),
             },
-        )
+        )?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        super::removed_keys::write(dir, keys)
     }
 
     /// The directory of this log.

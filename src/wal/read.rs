@@ -220,6 +220,13 @@ impl Log {
         (st.first_offset, st.removals.clone())
     }
 
+    /// The idempotency keys still inside the dedup window whose frames lie below `offset`
+    /// (removed by retention, or about to be), ordered by offset: what a copy of this log
+    /// that starts at `offset` needs to answer retries of those frames as this log does.
+    pub fn live_keys_below(&self, offset: u64) -> Vec<super::removed_keys::Kept> {
+        self.shared.committer.live_keys_below(offset, &[])
+    }
+
     /// The retention watermark: the oldest retained offset and the largest order key ever
     /// removed by retention.
     pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {
