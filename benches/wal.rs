@@ -440,12 +440,64 @@ fn index_memory(c: &mut Criterion) {
     g.finish();
 }
 
+/// Live keys held by the dedup window in [`dedup_keys_below`]: `--dedup-max-keys`'s default,
+/// what a topic holds when keyed publishing outruns the 2-minute window.
+const DEDUP_KEYS: u64 = 2_000_000;
+
+/// (e) The walk a retention pass or compaction makes over a topic's dedup window before it
+/// deletes files (`DedupWindow::live_below`, under the log's writer lock: publishes to
+/// that topic wait for it), with the window full, half of its keys below the bound.
+fn dedup_keys_below(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dedup_keys_below");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(10))
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements(DEDUP_KEYS));
+    let now = framecast::wal::now_ns();
+    let mut window = framecast::wal::DedupWindow::new(i64::MAX / 2, DEDUP_KEYS as usize);
+    for offset in 0..DEDUP_KEYS {
+        let key = format!("publisher-7-{offset:012}");
+        let ack = framecast::wal::FirstAck {
+            offset,
+            timestamp: 1,
+            stored_at: now,
+        };
+        window.insert(key.as_bytes(), ack, now);
+    }
+    g.bench_function("2M_keys_half_below", |b| {
+        b.iter(|| black_box(window.live_below(DEDUP_KEYS / 2, &[], now).len()))
+    });
+    // Retention keeping more than the window: no live key lies below the bound.
+    g.bench_function("2M_keys_none_below", |b| {
+        b.iter(|| black_box(window.live_below(0, &[], now).len()))
+    });
+    g.finish();
+    // What one piece of that walk costs: the longest the log's writer lock is held for it.
+    let mut g = c.benchmark_group("dedup_keys_below_piece");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(
+            framecast::wal::LIVE_BELOW_PIECE as u64,
+        ));
+    g.bench_function("2M_keys_one_piece", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            black_box(window.live_below_from(0, DEDUP_KEYS / 2, &[], now, &mut out));
+            out.len()
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     append_never,
     append_always,
     sync_method_ab,
     recovery,
-    index_memory
+    index_memory,
+    dedup_keys_below
 );
 criterion_main!(benches);

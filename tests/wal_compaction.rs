@@ -801,6 +801,70 @@ fn keys_of_removed_frames_still_dedup_after_a_reopen() {
     }
 }
 
+/// Keys enough for the walk over the dedup window to go in many pieces, the writer's lock
+/// let go between them while another thread publishes keyed frames, some of them found in
+/// a run in seq_no order (not offset order) when the log reopens: after retention removes
+/// that run and most segments, and compaction runs, a reopened log answers a retry of
+/// every key, removed or kept, with its first ack, and stores nothing again.
+#[test]
+fn keys_of_frames_removed_in_many_pieces_while_publishing_all_dedup_after_a_reopen() {
+    const N: u64 = 12_000;
+    const MORE: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |i: u64| NewFrame {
+        // Falling seq_nos: a run holds its keys in the reverse of their offsets.
+        seq_no: 1_000_000 - i,
+        timestamp: 0,
+        key: Bytes::from(format!("key-{i}")),
+        payload: Bytes::from(vec![b'k'; 100]),
+    };
+    let append = |log: &Log, range: std::ops::Range<u64>| {
+        for chunk in range.collect::<Vec<_>>().chunks(100) {
+            log.append(chunk.iter().map(|&i| keyed(i)).collect())
+                .unwrap();
+        }
+    };
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    append(&log, 0..N);
+    log.compact(&CompactOptions::default()).unwrap();
+    assert!(log.stats().runs >= 1, "{:?}", log.stats());
+    log.close();
+    drop(log);
+    // Reopened: the run's keys are found in its order and stored in offset order.
+    let log = std::sync::Arc::new(Log::open(dir.path(), config(Retention::default())).unwrap());
+    append(&log, N..2 * N);
+    let publisher = {
+        let log = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for i in 2 * N..2 * N + MORE {
+                let ack = log.append(vec![keyed(i)]).unwrap();
+                assert_eq!((ack[0].offset, ack[0].duplicate), (i, false));
+            }
+        })
+    };
+    log.remove_below(2 * N - 100, None).unwrap();
+    assert_eq!(log.stats().runs, 0, "retention removed the run");
+    log.compact(&CompactOptions::default()).unwrap();
+    publisher.join().unwrap();
+    let first = log.first_offset();
+    assert!(
+        first > 2 * framecast::wal::LIVE_BELOW_PIECE as u64,
+        "{first}"
+    );
+    log.close();
+    drop(log);
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    for i in 0..2 * N + MORE {
+        let ack = log.append(vec![keyed(i)]).unwrap();
+        assert_eq!(
+            (ack[0].offset, ack[0].duplicate),
+            (i, true),
+            "key-{i} (first retained offset {first})"
+        );
+    }
+    assert_eq!(log.durable_offset(), 2 * N + MORE, "nothing stored again");
+}
+
 /// One frame stamped far in the future does not hold back age retention: it counts as no
 /// newer than the last write of its file. Before, the pass stopped at it, and the topic's
 /// disk grew for as long as its stamp was ahead.

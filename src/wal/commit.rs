@@ -242,7 +242,21 @@ impl Committer {
         offset: u64,
         held: &[(u64, u64)],
     ) -> Vec<(Box<[u8]>, FirstAck)> {
-        self.writer.lock().dedup.live_below(offset, held, now_ns())
+        // A piece at a time, the writer's lock let go between pieces: appends wait for one
+        // piece at most, not for a walk over every key below `offset`.
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let next =
+                self.writer
+                    .lock()
+                    .dedup
+                    .live_below_from(from, offset, held, now_ns(), &mut out);
+            match next {
+                Some(next) => from = next,
+                None => return out,
+            }
+        }
     }
 
     /// Syncs done since the log was opened.
@@ -636,7 +650,7 @@ impl Committer {
                 error!(file = %seg.path().display(), error = %e, "sync failed; undoing the batch");
                 w.active.rollback(portion.start_pos);
                 w.next_offset = portion.start_offset;
-                for (key, ack) in &portion.keys {
+                for (key, ack) in portion.keys.iter().rev() {
                     w.dedup.remove(key, *ack);
                 }
                 // The zeros must reach the disk too, or the undone records could come back.

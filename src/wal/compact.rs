@@ -264,7 +264,7 @@ impl Log {
         let started = Instant::now();
 
         // 1. Inputs, taken under the read lock in one consistent view.
-        let (sealed, merge, keep, holes, base, seal_end, first_offset, removals) = {
+        let (sealed, merge, keep, holes, (base, drops), seal_end, first_offset, removals) = {
             let st = self.shared.state.read();
             let segs: Vec<(u64, Arc<Segment>)> = st
                 .offsets
@@ -312,12 +312,14 @@ impl Log {
             }
             let (keep, merge) = st.runs.split_at(from);
             let (merge, keep) = (merge.to_vec(), keep.to_vec());
-            let base = match (merge.first(), keep.last()) {
+            let from = match (merge.first(), keep.last()) {
                 (Some(r), _) => r.base_offset(),
                 (None, Some(r)) => r.end_offset(),
                 (None, None) => sealed[0].0,
-            }
-            .max(st.first_offset);
+            };
+            let base = from.max(st.first_offset);
+            // Frames of the inputs below the first retained offset are left out of the run.
+            let drops = from < st.first_offset;
             // Offsets lost to repaired damage stay lost in the run (and are never reused).
             let mut holes: Vec<u64> = merge
                 .iter()
@@ -331,7 +333,7 @@ impl Log {
                 merge,
                 keep,
                 holes,
-                base,
+                (base, drops),
                 *seal_end,
                 st.first_offset,
                 st.removals.clone(),
@@ -373,12 +375,15 @@ impl Log {
         // 3. Commit: the manifest names the new set. The run leaves out frames below the
         // first retained offset, and their files go: their keys still inside the dedup
         // window are kept apart first (with any kept before, all of them below `base`).
-        let held: Vec<(u64, u64)> = keep
-            .iter()
-            .map(|r| (r.base_offset(), r.end_offset()))
-            .collect();
-        let keys = self.shared.committer.live_keys_below(base, &held);
-        super::removed_keys::write(&dir, &keys)?;
+        // A pass that leaves no frame out removes no key: the file stays as it is.
+        if drops {
+            let held: Vec<(u64, u64)> = keep
+                .iter()
+                .map(|r| (r.base_offset(), r.end_offset()))
+                .collect();
+            let keys = self.shared.committer.live_keys_below(base, &held);
+            super::removed_keys::write(&dir, &keys)?;
+        }
         let mut names: Vec<String> = keep.iter().map(|r| file_name(r.path())).collect();
         names.push(file_name(&path));
         manifest::write(

@@ -100,21 +100,20 @@ impl Log {
         let now = now_ns();
         let mut state = State::default();
         let mut dedup = DedupWindow::new(duration_ns(config.dedup_window), config.dedup_max_keys);
-        // The keys of frames retention removed within their window come first: their
-        // offsets are below every record recovery finds.
-        for (key, ack) in super::removed_keys::load(dir)? {
-            dedup.insert(&key, ack, now);
-        }
+        // The keys of frames retention removed within their window, then those of the
+        // records recovery finds, stored in offset order.
+        let mut keys = super::removed_keys::load(dir)?;
         let recovered = recover(
             dir,
             config.segment_bytes,
             &mut Rebuild {
                 state: &mut state,
-                dedup: &mut dedup,
-                now,
+                keys: &mut keys,
+                horizon: now.saturating_sub(duration_ns(config.dedup_window)),
                 before_cut,
             },
         )?;
+        dedup.recovered(keys, now);
         let active = match recovered.active {
             Some(w) => w,
             None if must_exist => {

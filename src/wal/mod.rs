@@ -44,7 +44,7 @@ pub use config::{
     FailureSignal, FsyncPolicy, LogConfig, Retention, Switch, SyncObserver, DEFAULT_DEDUP_MAX_KEYS,
     DEFAULT_MAX_FRAME_BYTES,
 };
-pub use dedup::{DedupWindow, FirstAck};
+pub use dedup::{DedupWindow, FirstAck, LIVE_BELOW_PIECE};
 pub use error::{Error, Result};
 pub use frame::{check_frames, now_ns, Appended, NewFrame, StoredFrame};
 pub use log::Log;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::dedup::{DedupWindow, FirstAck};
+use super::dedup::FirstAck;
 use super::format::RECORD_HEADER_LEN;
 use super::frame::StoredFrame;
 use super::record::{decode, Decoded, Gap, Header, RecordRef};
@@ -126,23 +126,26 @@ impl Loc {
     }
 }
 
-/// Feeds recovered records into the index and the dedup window.
+/// Feeds recovered records into the index, and their keys still inside the dedup window
+/// into `keys` (in the order found: a run's are in its sort order; the window takes them
+/// sorted, see [`super::dedup::DedupWindow::recovered`]).
 pub(super) struct Rebuild<'a> {
     pub(super) state: &'a mut State,
-    pub(super) dedup: &'a mut DedupWindow,
-    pub(super) now: i64,
+    pub(super) keys: &'a mut Vec<(Box<[u8]>, FirstAck)>,
+    /// Keys stored before this are past the window.
+    pub(super) horizon: i64,
     pub(super) before_cut: &'a mut dyn FnMut(TailLoss<'_>) -> Result<()>,
 }
 
 impl Rebuild<'_> {
     fn remember_key(&mut self, r: &RecordRef<'_>) {
-        if !r.key.is_empty() {
+        if !r.key.is_empty() && r.key_time >= self.horizon {
             let ack = FirstAck {
                 offset: r.offset,
                 timestamp: r.timestamp,
                 stored_at: r.key_time,
             };
-            self.dedup.insert(r.key, ack, self.now);
+            self.keys.push((Box::from(r.key), ack));
         }
     }
 }
