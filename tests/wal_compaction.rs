@@ -865,6 +865,37 @@ fn keys_of_frames_removed_in_many_pieces_while_publishing_all_dedup_after_a_reop
     assert_eq!(log.durable_offset(), 2 * N + MORE, "nothing stored again");
 }
 
+/// Recovery keeps the newest `--dedup-max-keys` keys, as the window does while running:
+/// with a cap of 100 and 1,000 keyed frames, the last 100 still dedup after a reopen, the
+/// oldest is a new frame.
+#[test]
+fn a_reopened_log_keeps_the_newest_keys_up_to_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let capped = LogConfig {
+        dedup_max_keys: 100,
+        ..config(Retention::default())
+    };
+    let keyed = |i: u64| NewFrame {
+        seq_no: i,
+        timestamp: 0,
+        key: Bytes::from(format!("key-{i}")),
+        payload: Bytes::from_static(b"capped"),
+    };
+    let log = Log::open(dir.path(), capped.clone()).unwrap();
+    for i in 0..1_000 {
+        log.append(vec![keyed(i)]).unwrap();
+    }
+    log.close();
+    drop(log);
+    let log = Log::open(dir.path(), capped).unwrap();
+    for i in 900..1_000 {
+        let ack = log.append(vec![keyed(i)]).unwrap();
+        assert_eq!((ack[0].offset, ack[0].duplicate), (i, true), "key-{i}");
+    }
+    let ack = log.append(vec![keyed(0)]).unwrap();
+    assert_eq!((ack[0].offset, ack[0].duplicate), (1_000, false));
+}
+
 /// One frame stamped far in the future does not hold back age retention: it counts as no
 /// newer than the last write of its file. Before, the pass stopped at it, and the topic's
 /// disk grew for as long as its stamp was ahead.

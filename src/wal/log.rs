@@ -110,6 +110,7 @@ impl Log {
                 state: &mut state,
                 keys: &mut keys,
                 horizon: now.saturating_sub(duration_ns(config.dedup_window)),
+                max_keys: config.dedup_max_keys,
                 before_cut,
             },
         )?;

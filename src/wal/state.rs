@@ -134,6 +134,10 @@ pub(super) struct Rebuild<'a> {
     pub(super) keys: &'a mut Vec<(Box<[u8]>, FirstAck)>,
     /// Keys stored before this are past the window.
     pub(super) horizon: i64,
+    /// The window holds at most this many keys (`--dedup-max-keys`): `keys` is cut back to
+    /// the newest this many whenever it holds twice as many, so recovery's memory stays
+    /// bounded however many keyed frames the window saw.
+    pub(super) max_keys: usize,
     pub(super) before_cut: &'a mut dyn FnMut(TailLoss<'_>) -> Result<()>,
 }
 
@@ -146,6 +150,12 @@ impl Rebuild<'_> {
                 stored_at: r.key_time,
             };
             self.keys.push((Box::from(r.key), ack));
+            let max = self.max_keys.max(1);
+            if self.keys.len() >= max.saturating_mul(2) {
+                self.keys.sort_by_key(|(_, a)| a.offset);
+                let drop = self.keys.len() - max;
+                self.keys.drain(..drop);
+            }
         }
     }
 }
