@@ -199,8 +199,11 @@ async fn publish_all(args: PublishArgs) -> Result<u64, Failure> {
                         report(&ack, args.verbose);
                     }
                     Err(error) => {
-                        // Given up after retries: this frame's fate is unknown too.
-                        let unknown = usize::from(error.is_transient());
+                        // Given up after retries, or refused on a stream opened again after
+                        // one it went out on broke: this frame's fate is unknown too.
+                        let unknown = usize::from(
+                            error.is_transient() || matches!(error, Error::FateUnknown { .. }),
+                        );
                         let mut failed = Failure::of(error, Some(format!("{} (seq_no {})", sent.of, sent.seq)));
                         failed.unknown = unknown;
                         break Some(failed);

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::{from_status, transient, Error, Result};
+use super::error::{from_status, transient, unsent, Error, Result};
 use super::handle::{Ack, Client};
+use super::nodes::leader_hint;
 use crate::proto;
 
 impl Client {
@@ -26,7 +27,10 @@ impl Client {
     /// the refusal, every frame sent after it fails with [`Error::NotSent`] (the server
     /// stores nothing past a refused request of a stream, and nothing is sent again), and
     /// later sends fail with that refusal (also when it ended an idle stream: a token that
-    /// expired, say). What was acknowledged before it stands.
+    /// expired, say). What was acknowledged before it stands. A frame that had gone out on
+    /// an earlier stream, which broke before its ack, may be stored already: when the
+    /// stream opened again is refused, it fails with [`Error::FateUnknown`] (stored or not,
+    /// never twice), the refused one among them, not with the refusal or `NotSent`.
     pub fn publisher_until_refused(&self, topic: &str) -> Publisher {
         Publisher::start(self.clone(), topic.to_string(), AtRefusal::Stop)
     }
@@ -59,6 +63,37 @@ struct Job {
     reply: oneshot::Sender<Result<Ack>>,
     /// The frame's share of [`HELD_BYTES`], given back when the job is done.
     _held: tokio::sync::OwnedSemaphorePermit,
+    /// The frame went out on a stream that broke before its ack (see [`broke`]): it may be
+    /// stored, so a refusal on a later stream does not say it is not.
+    maybe_stored: bool,
+}
+
+impl Job {
+    /// What this frame fails with when a stream is refused for good with `refusal` (the
+    /// frame took the refusal, or was sent behind it): the refusal or `otherwise` when no
+    /// stream it went out on may have stored it (the server stores nothing at or past a
+    /// refused request); an unknown fate when one that broke before its ack may have
+    /// (stored once at most: its key goes with it).
+    fn refused(&self, refusal: &Error, otherwise: &Error) -> Error {
+        if !self.maybe_stored {
+            return otherwise.clone();
+        }
+        Error::FateUnknown {
+            refusal: refusal.to_string(),
+        }
+    }
+}
+
+/// The stream every unacknowledged frame went out on broke (`why`) before their acks: each
+/// may be stored now. Not so when the attempt surely wrote nothing: refused by a follower
+/// naming the leader, or never connected.
+fn broke(inflight: &mut VecDeque<Job>, why: &tonic::Status) {
+    if leader_hint(why).is_some() || unsent(why) {
+        return;
+    }
+    for j in inflight.iter_mut() {
+        j.maybe_stored = true;
+    }
 }
 
 /// A pipelined publisher for one topic. Frames are sent without waiting for earlier acks;
@@ -193,6 +228,7 @@ impl Publisher {
                 req,
                 reply,
                 _held: held,
+                maybe_stored: false,
             })
             .await
             .map_err(|_| self.ended())?;
@@ -212,6 +248,7 @@ impl Publisher {
             req,
             reply,
             _held: held,
+            maybe_stored: false,
         };
         match self.jobs.send(job).await {
             Ok(()) => Ok(PendingAck(rx)),
@@ -269,6 +306,9 @@ async fn run(
         let mut acks = match opened {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
+                // A stream that did not open may still have carried the frames (to a node
+                // that stopped answering, and may resume).
+                broke(&mut inflight, &s);
                 if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
                     give_up(&mut inflight, &mut jobs, &e);
                     attempts.succeeded();
@@ -276,14 +316,8 @@ async fn run(
                 continue;
             }
             Err(s) => {
-                let e = from_status(s);
-                let refused = inflight.pop_front();
-                let took_it = refused.is_some();
-                if let Some(j) = refused {
-                    let _ = j.reply.send(Err(e.clone()));
-                }
-                if at_refusal == AtRefusal::Stop {
-                    return not_sent(&mut inflight, &mut jobs, &refusal, e, took_it);
+                if refused(&mut inflight, &mut jobs, at_refusal, &refusal, s) {
+                    return;
                 }
                 continue;
             }
@@ -316,6 +350,8 @@ async fn run(
                     // it counts as failed, and they go again with their keys (stored once
                     // at most: the dedup window covers the retry) to the next address,
                     // rather than wait on the connection's keepalive.
+                    let s = tonic::Status::unavailable("no answer");
+                    broke(&mut inflight, &s);
                     if let Some(e) = attempts.stalled(client.nodes(), &conn, answer_within).await {
                         give_up(&mut inflight, &mut jobs, &e);
                         attempts.succeeded();
@@ -343,6 +379,9 @@ async fn run(
                                 "the publish stream ended with {} frames unacknowledged",
                                 inflight.len()
                             ));
+                            // Unread, if the server is sound: counted as may-be-stored all
+                            // the same.
+                            broke(&mut inflight, &s);
                             if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
                                 give_up(&mut inflight, &mut jobs, &e);
                                 attempts.succeeded();
@@ -357,6 +396,7 @@ async fn run(
                         // A refusal naming the leader wrote nothing of what is unacked;
                         // a break may have: either way every unacked frame goes again
                         // with its key.
+                        broke(&mut inflight, &s);
                         if let Some(e) = attempts.failed(client.nodes(), &conn, &s).await {
                             give_up(&mut inflight, &mut jobs, &e);
                             attempts.succeeded();
@@ -364,17 +404,8 @@ async fn run(
                         break;
                     }
                     Err(s) => {
-                        // Acks arrive in order, so the refused request is the oldest unacked.
-                        // An idle stream refused (its token expired, say) refuses no frame:
-                        // the refusal is kept for the next send all the same.
-                        let e = from_status(s);
-                        let refused = inflight.pop_front();
-                        let took_it = refused.is_some();
-                        if let Some(j) = refused {
-                            let _ = j.reply.send(Err(e.clone()));
-                        }
-                        if at_refusal == AtRefusal::Stop {
-                            return not_sent(&mut inflight, &mut jobs, &refusal, e, took_it);
+                        if refused(&mut inflight, &mut jobs, at_refusal, &refusal, s) {
+                            return;
                         }
                         break;
                     }
@@ -394,25 +425,66 @@ async fn finish(
     let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
 }
 
-/// After a refusal that ends the publisher: every frame behind the refused one fails, not
-/// sent again, and the queue closes (later sends fail with `refused`, kept in `refusal`).
+/// After a stream was refused for good with `status`: the oldest unacknowledged frame took
+/// the refusal (acks arrive in order); with [`AtRefusal::Stop`] the publisher ends (true).
+/// An idle stream refused (its token expired, say) refuses no frame: the refusal is kept
+/// for the next send all the same. A frame that went out on an earlier stream, which broke
+/// before its ack, fails as stored-or-not instead (see [`Job::refused`]); one that went
+/// out only on streams refused for good (behind an earlier refused frame) was not stored.
+fn refused(
+    inflight: &mut VecDeque<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
+    at_refusal: AtRefusal,
+    refusal: &OnceLock<Error>,
+    status: tonic::Status,
+) -> bool {
+    let e = from_status(status);
+    if at_refusal == AtRefusal::Stop {
+        // Closed before any frame is answered: a send made after an answer gets the
+        // refusal, never a place in the queue.
+        let _ = refusal.set(e.clone());
+        jobs.close();
+    }
+    let took_it = inflight.pop_front();
+    let a_frame_took_it = took_it.is_some();
+    if let Some(j) = took_it {
+        let fate = j.refused(&e, &e);
+        let _ = j.reply.send(Err(fate));
+    }
+    if at_refusal == AtRefusal::Stop {
+        not_sent(inflight, jobs, e, a_frame_took_it);
+        return true;
+    }
+    false
+}
+
+/// After a refusal that ends the publisher (the queue closed, later sends failing with
+/// `refused`): every frame behind the refused one fails, not sent again.
 /// When no frame took the refusal (an idle stream refused, its token expired say), the
 /// frames waiting fail with the refusal itself: no earlier frame of theirs was refused.
+/// A frame that went out on an earlier stream may be stored: it fails as stored-or-not.
 fn not_sent(
     inflight: &mut VecDeque<Job>,
     jobs: &mut mpsc::Receiver<Job>,
-    refusal: &OnceLock<Error>,
     refused: Error,
     a_frame_took_it: bool,
 ) {
-    tracing::debug!(error = %refused, a_frame_took_it, "publisher ended at a refusal");
     let e = if a_frame_took_it {
         Error::NotSent("an earlier frame of this publisher was refused".into())
     } else {
         refused.clone()
     };
-    let _ = refusal.set(refused);
-    jobs.close();
+    let maybe_stored = inflight.iter().filter(|j| j.maybe_stored).count();
+    tracing::debug!(
+        error = %refused,
+        a_frame_took_it,
+        maybe_stored,
+        "publisher ended at a refusal"
+    );
+    for j in inflight.drain(..) {
+        let fate = j.refused(&refused, &e);
+        let _ = j.reply.send(Err(fate));
+    }
     give_up(inflight, jobs, &e);
 }
 

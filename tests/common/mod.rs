@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod proxy;
 pub mod sse;
 pub mod tokens;
 

@@ -1,0 +1,158 @@
+//! The Rust client and the CLI through a proxy that breaks and refuses calls on cue, in
+//! front of the real server (`common::proxy`):
+//!
+//! - frames that went out on a publish stream that broke, and were then refused on the new
+//!   stream, are reported as stored-or-not (never as refused or not sent: some are stored).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
+
+mod common;
+
+use std::time::Duration;
+
+use common::proxy::{Act, Proxy};
+use common::*;
+use framecast::client::{Client, Error, RetryPolicy};
+use tonic::Code;
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_elapsed: Duration::from_secs(20),
+    }
+}
+
+fn client(addr: &str) -> Client {
+    Client::connect(addr)
+        .unwrap()
+        .with_coalescing(false)
+        .with_retry(quick())
+}
+
+/// Fails the test instead of hanging it.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+/// The seq_nos stored in `topic` on `server`.
+async fn stored(server: &Server, topic: &str) -> Vec<u64> {
+    let mut raw = server.client().await;
+    read_log(&mut raw, topic)
+        .await
+        .iter()
+        .map(|f| f.seq_no)
+        .collect()
+}
+
+/// The publish stream breaks after three acks (the server stored the fourth frame: its ack
+/// reached the proxy), and the stream opened again is refused for good (a token expired),
+/// at the call or in the stream. No frame the server stored may be reported refused or
+/// `NotSent`: every frame that went out on the broken stream and was not acknowledged
+/// fails as fate-unknown ([`Error::FateUnknown`]). Before, the fourth frame took the refusal and
+/// the rest failed `NotSent`, though stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_before_a_refusal_on_a_new_stream_are_stored_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let refusals = [
+        Act::Refuse(Code::Unauthenticated, "token expired at X".into()),
+        Act::RefuseInStream(Code::Unauthenticated, "token expired at X".into()),
+    ];
+    for (i, refusal) in refusals.into_iter().enumerate() {
+        let topic = format!("nr{i}");
+        let script = [(
+            "PublishStream",
+            vec![Act::BreakAfter { n: 3, leak: false }, refusal.clone()],
+        )];
+        let proxy = Proxy::start(&server.addr, &script).await;
+        let publisher = client(&proxy.addr).publisher_until_refused(&topic);
+        let mut pending = Vec::new();
+        for seq in 0..10u64 {
+            pending.push(publisher.send(seq, format!("f{seq}")).await.unwrap());
+        }
+        let mut outcomes = Vec::new();
+        for ack in pending {
+            outcomes.push(bounded("an ack", ack).await);
+        }
+        let stored = stored(&server, &topic).await;
+        assert!(stored.len() >= 4, "{refusal:?}: stored {stored:?}");
+        for (seq, outcome) in outcomes.iter().enumerate() {
+            let seq = seq as u64;
+            match outcome {
+                Ok(_) => assert!(seq < 3, "{refusal:?}: seq_no {seq} acked"),
+                Err(e) if stored.contains(&seq) => assert!(
+                    matches!(e, Error::FateUnknown { .. }),
+                    "{refusal:?}: seq_no {seq} is stored and reported {e:?}"
+                ),
+                Err(_) => {}
+            }
+        }
+        assert!(outcomes[..3].iter().all(Result::is_ok), "{outcomes:?}");
+        // The publisher ended at the refusal: a later send gets it.
+        let later = publisher.send(10, "late").await;
+        assert!(
+            matches!(
+                later,
+                Err(Error::Server {
+                    code: Code::Unauthenticated,
+                    ..
+                })
+            ),
+            "{later:?}"
+        );
+    }
+}
+
+/// The CLI's account of the same: the frames after the last ack are counted as sent and
+/// not acknowledged (stored or not), not "nothing after it was sent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_counts_frames_sent_before_a_refusal_as_stored_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let script = [(
+        "PublishStream",
+        vec![
+            Act::BreakAfter { n: 3, leak: false },
+            Act::Refuse(Code::Unauthenticated, "token expired at X".into()),
+        ],
+    )];
+    let proxy = Proxy::start(&server.addr, &script).await;
+    let addr = proxy.addr.clone();
+    let ran = tokio::task::spawn_blocking(move || {
+        let mut args = vec![
+            "publish",
+            "--addr",
+            &addr,
+            "--topic",
+            "nr",
+            "--timeout",
+            "20s",
+        ];
+        let payloads = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+        args.extend(payloads);
+        common::cli::run(&args, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let stored = stored(&server, "nr").await;
+    assert!(stored.len() >= 4, "stored {stored:?}");
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("3 frames acknowledged"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("sent and not acknowledged: stored or not"),
+        "stored {stored:?}, yet: {}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("nothing after it was sent"),
+        "stored {stored:?}, yet: {}",
+        ran.stderr
+    );
+}
