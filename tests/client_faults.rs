@@ -2,16 +2,20 @@
 //! front of the real server (`common::proxy`):
 //!
 //! - frames that went out on a publish stream that broke, and were then refused on the new
-//!   stream, are reported as stored-or-not (never as refused or not sent: some are stored).
+//!   stream, are reported as stored-or-not (never as refused or not sent: some are stored);
+//! - a subscription resumed while the server still counts its own old, half-open stream
+//!   against `--max-subscribers` waits it out instead of ending at `RESOURCE_EXHAUSTED`,
+//!   while a first open refused so is still final.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::proxy::{Act, Proxy};
 use common::*;
 use framecast::client::{Client, Error, RetryPolicy};
+use futures::StreamExt;
 use tonic::Code;
 
 fn quick() -> RetryPolicy {
@@ -34,6 +38,15 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+/// Waits (up to 20 s) until `cond` holds.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The seq_nos stored in `topic` on `server`.
@@ -155,4 +168,47 @@ async fn the_cli_counts_frames_sent_before_a_refusal_as_stored_or_not() {
         "stored {stored:?}, yet: {}",
         ran.stderr
     );
+}
+
+/// With `--max-subscribers 1`, the proxy breaks the subscription after three frames and
+/// keeps its stream to the server open (a connection that died half-open, which the server
+/// counts until its keepalive notices). The resume is refused `RESOURCE_EXHAUSTED`: the
+/// subscription backs off and asks again, and once the old stream is gone it goes on
+/// exactly. A new subscription refused so at its first open fails at once. Before, the
+/// resumed subscription ended at the first `RESOURCE_EXHAUSTED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_subscription_waits_out_its_own_half_open_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never", "--max-subscribers", "1"]);
+    let script = [("Subscribe", vec![Act::BreakAfter { n: 3, leak: true }])];
+    let proxy = Proxy::start(&server.addr, &script).await;
+    let c = client(&proxy.addr);
+    for seq in 0..6u64 {
+        c.publish("busy", seq, format!("f{seq}")).await.unwrap();
+    }
+    let mut sub = c.subscribe("busy", 0);
+    let reading = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < 6 {
+            match sub.next().await {
+                Some(Ok(f)) => seqs.push(f.seq_no),
+                other => return Err((seqs, format!("{other:?}"))),
+            }
+        }
+        Ok(seqs)
+    });
+    until("a resume refused RESOURCE_EXHAUSTED", || {
+        proxy.answered("Subscribe", Code::ResourceExhausted) >= 1
+    })
+    .await;
+    // A first open refused so is final, at once.
+    let refused = bounded("a new subscription", c.subscribe("busy", 0).next()).await;
+    assert!(
+        matches!(refused, Some(Err(Error::ResourceExhausted(_)))),
+        "{refused:?}"
+    );
+    assert!(!reading.is_finished(), "{:?}", reading.await);
+    proxy.release();
+    let seqs = bounded("the resumed subscription", reading).await.unwrap();
+    assert_eq!(seqs, Ok(vec![0, 1, 2, 3, 4, 5]));
 }

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -27,6 +27,14 @@ impl Client {
         Subscription::new(self.clone(), topic.to_string(), replay_seq_no_start)
     }
 }
+
+/// How long a subscription that had a stream open goes on reconnecting while the server
+/// answers `RESOURCE_EXHAUSTED` (too many subscribers), counted from the first such answer
+/// since a stream was last opened: its own old stream, on a connection that died without a
+/// close (half-open), still holds a subscriber slot until the server's keepalive notices
+/// (about 40 s). Each such reconnect backs off and counts against the retry budget like any
+/// other failure; past this, the answer is final. The JS client's `BUSY_RETRY_MS`.
+const BUSY_RETRY: Duration = Duration::from_secs(120);
 
 /// A delivered frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +89,15 @@ struct State {
     /// A follower refused the last stream: the next opens where every call goes, and that
     /// answer is final (a follower may lack a topic the leader just created).
     by_route: bool,
+    /// The first `RESOURCE_EXHAUSTED` since a stream was last opened (see [`BUSY_RETRY`]).
+    busy_since: Option<Instant>,
 }
 
 /// A stream of [`Frame`]s. Ends with an error for `OUT_OF_RANGE` (frames removed by
 /// retention), a changed epoch (topic re-created) or a deleted topic: never a silent gap.
+/// `RESOURCE_EXHAUSTED` (the server's subscriber limit) ends it at the first open; on a
+/// resume it is waited out with backoff for up to two minutes, as the subscription's own
+/// old stream may still hold a slot on a connection that died half-open.
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<Frame>> + Send>>,
     node: Arc<Mutex<Option<Arc<str>>>>,
@@ -111,6 +124,7 @@ impl Subscription {
             node: Arc::clone(&node),
             avoid: None,
             by_route: false,
+            busy_since: None,
         };
         let inner = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
@@ -177,6 +191,12 @@ impl State {
                         return Some(Err(e));
                     }
                 }
+                Err(s) if self.busy_resume(&s) => {
+                    let (conn, _, _) = self.stream.take()?;
+                    if let Some(e) = self.pause(&conn, Break::Failed(&s)).await {
+                        return Some(Err(e));
+                    }
+                }
                 Err(s) => {
                     let (conn, _, _) = self.stream.take()?;
                     if !self.refused_by_follower(&conn, &s) {
@@ -185,6 +205,26 @@ impl State {
                 }
             }
         }
+    }
+
+    /// True when `status` is a `RESOURCE_EXHAUSTED` (too many subscribers) to wait out:
+    /// this subscription had a stream open (its own old one may still hold a slot, see
+    /// [`BUSY_RETRY`]) and such answers have come for less than [`BUSY_RETRY`]. A first open
+    /// refused so is final: nothing of this subscription holds a slot.
+    fn busy_resume(&mut self, status: &tonic::Status) -> bool {
+        if status.code() != tonic::Code::ResourceExhausted || self.position.is_none() {
+            return false;
+        }
+        let since = *self.busy_since.get_or_insert_with(Instant::now);
+        let waiting = since.elapsed() < BUSY_RETRY;
+        tracing::debug!(
+            topic = %self.topic,
+            reason = %status.message(),
+            busy_for = ?since.elapsed(),
+            waiting,
+            "too many subscribers on a resume"
+        );
+        waiting
     }
 
     /// True when `conn` is a follower this subscription picked: its refusal `status` (or its
@@ -289,6 +329,7 @@ impl State {
                     });
                 }
                 self.stream = Some((conn, resp.into_inner(), Instant::now()));
+                self.busy_since = None;
                 Ok(())
             }
             // A follower that lacks the topic names the leader: a question for the route,
@@ -296,6 +337,7 @@ impl State {
             Err(s) if leader_hint(&s).is_some() && self.refused_by_follower(&conn, &s) => Err(None),
             Err(s) if transient(&s) => Err(self.pause(&conn, Break::Failed(&s)).await),
             Err(s) if self.refused_by_follower(&conn, &s) => Err(None),
+            Err(s) if self.busy_resume(&s) => Err(self.pause(&conn, Break::Failed(&s)).await),
             Err(s) => Err(Some(from_status(s))),
         }
     }
