@@ -14,5 +14,10 @@ pub const EPOCH_HEADER: &str = "framecast-epoch";
 /// `UNAVAILABLE` a follower answers a write with; the clients retry there.
 pub const LEADER_HEADER: &str = "framecast-leader";
 
+/// The end of the message of a `RESOURCE_EXHAUSTED` that asks the client to send the same
+/// request again after a wait (a History page while the server holds too many): the
+/// clients retry such an answer, and only such a one.
+pub const ASK_AGAIN_LATER: &str = "ask again later";
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("framecast_descriptor");

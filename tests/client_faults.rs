@@ -5,7 +5,8 @@
 //!   stream, are reported as stored-or-not (never as refused or not sent: some are stored);
 //! - a subscription resumed while the server still counts its own old, half-open stream
 //!   against `--max-subscribers` waits it out instead of ending at `RESOURCE_EXHAUSTED`,
-//!   while a first open refused so is still final.
+//!   while a first open refused so is still final;
+//! - a History page refused with the server's "ask again later" is asked again.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Act, Proxy};
 use common::*;
-use framecast::client::{Client, Error, RetryPolicy};
+use framecast::client::{Client, Error, HistoryQuery, RetryPolicy};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -211,4 +212,49 @@ async fn a_resumed_subscription_waits_out_its_own_half_open_stream() {
     proxy.release();
     let seqs = bounded("the resumed subscription", reading).await.unwrap();
     assert_eq!(seqs, Ok(vec![0, 1, 2, 3, 4, 5]));
+}
+
+/// The server's History page budget answers `RESOURCE_EXHAUSTED` "…; ask again later": the
+/// client asks again and gets the page. Any other `RESOURCE_EXHAUSTED` stays final. Before,
+/// the first failed the call at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_page_refused_for_now_is_asked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let busy = format!(
+        "128 MiB of History pages are waiting for their clients to read them; {}",
+        framecast::proto::ASK_AGAIN_LATER
+    );
+    let script = [(
+        "History",
+        vec![Act::Refuse(Code::ResourceExhausted, busy), Act::Forward],
+    )];
+    let proxy = Proxy::start(&server.addr, &script).await;
+    let c = client(&proxy.addr);
+    for seq in 0..3u64 {
+        c.publish("h", seq, format!("f{seq}")).await.unwrap();
+    }
+    let page = bounded("history", c.history("h", &HistoryQuery::from(0))).await;
+    let page = page.expect("the page refused for now was not asked again");
+    assert_eq!(page.frames.len(), 3);
+    assert_eq!(proxy.calls("History"), 2);
+
+    let script = [(
+        "History",
+        vec![Act::Refuse(
+            Code::ResourceExhausted,
+            "too many subscribers".into(),
+        )],
+    )];
+    let proxy = Proxy::start(&server.addr, &script).await;
+    let refused = bounded(
+        "history",
+        client(&proxy.addr).history("h", &HistoryQuery::from(0)),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(Error::ResourceExhausted(_))),
+        "{refused:?}"
+    );
+    assert_eq!(proxy.calls("History"), 1);
 }

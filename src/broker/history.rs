@@ -71,8 +71,9 @@ impl PageBudget {
                 _permit: Arc::new(permit),
             }),
             _ => Err(Error::Busy(format!(
-                "{} MiB of History pages are waiting for their clients to read them; ask again later",
-                PAGES_HELD >> 20
+                "{} MiB of History pages are waiting for their clients to read them; {}",
+                PAGES_HELD >> 20,
+                crate::proto::ASK_AGAIN_LATER
             ))),
         }
     }

@@ -91,7 +91,9 @@ impl Error {
 }
 
 /// True for statuses a retry can cure. UNAUTHENTICATED and PERMISSION_DENIED are not among
-/// them (the same token will be refused again), nor is a refused TLS certificate.
+/// them (the same token will be refused again), nor is a refused TLS certificate. A
+/// `RESOURCE_EXHAUSTED` is only when the server says to ask again later (its History page
+/// budget is full for now); its subscriber limit is not.
 pub(crate) fn transient(status: &tonic::Status) -> bool {
     if tls_refused(status) {
         return false;
@@ -104,6 +106,8 @@ pub(crate) fn transient(status: &tonic::Status) -> bool {
             | Code::Cancelled
             | Code::DeadlineExceeded
     ) || (status.code() == Code::Internal && status.message().contains("h2"))
+        || (status.code() == Code::ResourceExhausted
+            && status.message().contains(crate::proto::ASK_AGAIN_LATER))
 }
 
 /// True when the call failed before it reached any server: the connection was refused or
@@ -203,7 +207,18 @@ fn too_large(message: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{from_status, Error};
+    use super::{from_status, transient, Error};
+
+    #[test]
+    fn only_a_resource_exhausted_that_says_ask_again_later_is_retried() {
+        let later = format!(
+            "64 MiB of History pages are waiting; {}",
+            crate::proto::ASK_AGAIN_LATER
+        );
+        assert!(transient(&tonic::Status::resource_exhausted(later)));
+        let limit = tonic::Status::resource_exhausted("too many subscribers (limit 1)");
+        assert!(!transient(&limit));
+    }
 
     #[test]
     fn a_message_too_large_is_no_retention_error() {
