@@ -140,3 +140,33 @@ async fn a_publish_stream_moves_off_a_node_that_stops_answering() {
     assert_eq!(ack.offset, 0, "{ack:?}");
     assert!(took < BUDGET, "took {took:?}");
 }
+
+/// A cluster watch given a stopped (SIGSTOP) node first gives up on it within the stall
+/// limit (half the budget here) and watches the next address; before, the open waited on
+/// the stopped node until the connection's keepalive ended it, about 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_watch_moves_off_a_node_that_stops_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = Server::start(&dir.path().join("a"), &["--fsync", "never"]);
+    let live = Server::start(&dir.path().join("b"), &["--fsync", "never"]);
+    let pid = stopped.child.id() as i32;
+    // SAFETY (test code): plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let c = client(&format!("{},{}", stopped.addr, live.addr));
+    let mut watch = c.watch_cluster();
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.next()).await;
+    let took = started.elapsed();
+    // SAFETY (test code): as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let event = first
+        .expect("no event within 20 s: the watch waited on the stopped node")
+        .expect("the watch failed");
+    let cluster = event.cluster.expect("the first event carries the cluster");
+    assert_eq!(
+        cluster.leader,
+        live.addr.trim_start_matches("http://"),
+        "not the live node's cluster: {cluster:?}"
+    );
+    assert!(took < BUDGET, "took {took:?}");
+}

@@ -53,16 +53,21 @@ impl Client {
 
 impl ClusterWatch {
     /// The next event. Fails only when no node answers within the retry policy, or for a
-    /// refusal that another node would repeat (a token refused or expired). Safe to cancel
-    /// (in a `select!`, under a timeout): the stream stays open for the next call.
+    /// refusal that another node would repeat (a token refused or expired). A node that
+    /// answers neither the call nor with the first event (stopped, hung) counts as failed
+    /// within the stall limit, as for every call, and the next address is watched. Safe to
+    /// cancel (in a `select!`, under a timeout): the stream stays open for the next call.
     pub async fn next(&mut self) -> Result<ClusterEvent> {
         loop {
             if self.stream.is_none() {
                 let conn = self.client.conn();
-                let opened = conn
-                    .grpc
-                    .clone()
-                    .watch_cluster(proto::ClusterRequest {})
+                let mut grpc = conn.grpc.clone();
+                // A node that takes the connection and answers nothing (stopped, hung) fails
+                // the attempt within the stall limit, as every other call does: the next
+                // address, rather than a wait on the connection's keepalive (about 40 s).
+                let opened = self
+                    .attempts
+                    .bounded(&conn.addr, grpc.watch_cluster(proto::ClusterRequest {}))
                     .await;
                 match opened {
                     Ok(r) => {
@@ -80,7 +85,26 @@ impl ClusterWatch {
             let Some(open) = self.stream.as_mut() else {
                 continue;
             };
-            let read = open.stream.message().await;
+            let read = if open.events == 0 {
+                // The snapshot every stream opens with comes at once: a node that opened the
+                // stream and sends nothing stalled like one that never answered. Later
+                // events come only with changes, so only the first is bounded.
+                let limit = self.attempts.stall_limit();
+                match tokio::time::timeout(limit, open.stream.message()).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        if let Some(Open { conn, .. }) = self.stream.take() {
+                            let nodes = self.client.nodes();
+                            if let Some(e) = self.attempts.stalled(nodes, &conn, limit).await {
+                                return Err(e);
+                            }
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                open.stream.message().await
+            };
             if let Ok(Some(event)) = read {
                 open.events += 1;
                 // The first event is the snapshot every stream opens with: only a second
