@@ -198,3 +198,55 @@ async fn after_a_sync_that_cannot_be_undone_no_new_segment_is_started() {
     assert_eq!(log.durable_offset(), 259);
     assert!(log.read(259).unwrap().is_none());
 }
+
+/// A request of copied records that spans a segment roll, whose sync at the roll fails and
+/// is undone (the switch off): the request fails whole, and the follower's log ends where
+/// it was durable. Before, the records after the roll were written into a segment based at
+/// the undone offset and the request was acknowledged: a follower reported frames it did
+/// not hold. Copied again from its durable end, the follower holds the leader's records
+/// byte for byte, across a reopen too.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copied_records_undone_at_a_roll_fail_their_request_whole() {
+    use framecast::wal::{failpoint, Error};
+    let _serial = SERIAL.lock().await;
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), config(false, None)).unwrap();
+    for from in (0..150).step_by(30) {
+        let big = (from..from + 30)
+            .map(|i| NewFrame {
+                seq_no: i,
+                timestamp: 0,
+                key: Bytes::from(format!("key-{i}")),
+                payload: Bytes::from(vec![i as u8; 3_000]),
+            })
+            .collect();
+        leader.append_async(big).await.unwrap();
+    }
+    let everything = |log: &Log| log.read_records(0, 64 << 20).unwrap().0;
+    let records = everything(&leader);
+    assert_eq!(records.len(), 150);
+    let copied = |from: u64| -> Vec<Copied> {
+        records[from as usize..]
+            .iter()
+            .map(|r| Copied::decode(r).unwrap())
+            .collect()
+    };
+    let follower = Log::open(fd.path(), config(false, None)).unwrap();
+    let first: Vec<Copied> = copied(0).into_iter().take(10).collect();
+    assert_eq!(follower.append_copied(first).await.unwrap(), 10);
+    // 420 kB of records more: the follower's 256 KiB segment rolls within the request,
+    // and the sync of what came before the roll fails.
+    failpoint::arm(failpoint::COMMIT_SYNC);
+    let failed = follower.append_copied(copied(10)).await;
+    failpoint::clear();
+    assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
+    let durable = follower.durable_offset();
+    assert_eq!(durable, 10);
+    assert_eq!(follower.append_copied(copied(durable)).await.unwrap(), 150);
+    assert_eq!(everything(&follower), records);
+    drop(follower);
+    let follower = Log::open(fd.path(), config(false, None)).unwrap();
+    assert_eq!(follower.durable_offset(), 150);
+    assert_eq!(everything(&follower), records);
+}

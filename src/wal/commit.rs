@@ -515,10 +515,22 @@ impl Committer {
         for r in &records {
             let need = r.encoded_len() as u64;
             if need > w.active.remaining() {
+                let written_to = w.next_offset;
                 self.finish(w, portion);
                 if let Some(why) = &w.failed {
                     // As in `commit`: no new segment after a sync that failed for good.
                     let _ = reply.send(Err(Error::Unavailable(why.clone())));
+                    return Portion::at(w);
+                }
+                if w.next_offset != written_to {
+                    // The sync failed and the portion was undone, this request's records
+                    // before the roll with it: the rest cannot follow them (the next
+                    // segment would start at the undone offset), and the request fails
+                    // whole. The leader copies from the durable end again.
+                    let _ = reply.send(Err(Error::Unavailable(format!(
+                        "a sync failed; the copied records from offset {} were undone",
+                        w.next_offset
+                    ))));
                     return Portion::at(w);
                 }
                 if let Err(e) = self.roll(w) {
