@@ -2084,8 +2084,9 @@ async fn a_copy_started_again_keeps_the_keys_of_removed_frames_across_a_failover
         .unwrap();
     until_serving(&c, &away, "keyed").await;
     c.node_mut(&away).server.kill9();
-    publish_all_keyed(&c, &leader, "keyed", 0..5_000, |i| i, |i| format!("k{i}")).await;
-    let first = settled_first(&c, &[leader.as_str()], "keyed", 1_000).await;
+    // Keys enough for more than one message of them (up to 1 MiB each).
+    publish_all_keyed(&c, &leader, "keyed", 0..30_000, |i| i, |i| format!("k{i}")).await;
+    let first = settled_first(&c, &[leader.as_str()], "keyed", 25_000).await;
 
     // `away` comes back holding nothing the leader retains: it starts its copy again at
     // the leader's oldest retained offset and catches up.
@@ -2116,7 +2117,7 @@ async fn a_copy_started_again_keeps_the_keys_of_removed_frames_across_a_failover
     let mut client = c.client(&away).await;
     // Retries of a removed frame, of the last removed one and of a retained one: each is
     // answered with its first ack, and nothing is stored.
-    for i in [0, first - 1, first] {
+    for i in [0, 12_345, first - 1, first] {
         let mut r = req("keyed", i, b"a retry");
         r.idempotency_key = format!("k{i}");
         let ack = client.publish(r).await.unwrap().into_inner();
@@ -2130,7 +2131,7 @@ async fn a_copy_started_again_keeps_the_keys_of_removed_frames_across_a_failover
     let mut r = req("keyed", 9, b"new");
     r.idempotency_key = "new".into();
     let ack = client.publish(r).await.unwrap().into_inner();
-    assert_eq!((ack.offset, ack.duplicate), (5_000, false));
+    assert_eq!((ack.offset, ack.duplicate), (30_000, false));
 }
 
 /// Waits until every node of `ids` holds `topic` from the same oldest retained offset, above

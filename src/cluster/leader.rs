@@ -550,12 +550,15 @@ impl Session {
                 tokio::select! {
                     permit = tx.reserve(), if !self.dirty.is_empty() => {
                         let permit = permit.map_err(|_| Gone)?;
-                        let mut updates = self.next_records()?.into_iter();
-                        if let Some(update) = updates.next() {
-                            permit.send(Ok(update));
-                        }
-                        for update in updates {
-                            self.tx.send(Ok(update)).await.map_err(|_| Gone)?;
+                        match self.next_records()? {
+                            Next::Nothing => {}
+                            Next::Send(update) => permit.send(Ok(update)),
+                            Next::Restart(t, first, update) => {
+                                // The keys of the removed frames go first.
+                                drop(permit);
+                                self.send_keys(&t, first).await?;
+                                self.send(update).await?;
+                            }
                         }
                     }
                     report = reports.message() => match report {
@@ -782,24 +785,25 @@ impl Session {
         }
     }
 
-    /// The next batch of records of the first dirty topic, as updates to send in order
-    /// (none, one, or the keys of removed frames before a retention decision).
-    fn next_records(&mut self) -> Result<Vec<rp::LeaderUpdate>, Gone> {
+    /// The next batch of records of the first dirty topic: nothing, records to send, or
+    /// (retention removed what the follower needs next) a retention decision that makes it
+    /// start its copy again, to send after the keys of the removed frames.
+    fn next_records(&mut self) -> Result<Next, Gone> {
         let Some(name) = self.dirty.pop_first() else {
-            return Ok(Vec::new());
+            return Ok(Next::Nothing);
         };
         let (Some(t), Some(s)) = (
             self.leader.topics.get(&name),
             self.positions.get(&name).copied(),
         ) else {
-            return Ok(Vec::new());
+            return Ok(Next::Nothing);
         };
         if t.meta().epoch != s.epoch {
-            return Ok(Vec::new());
+            return Ok(Next::Nothing);
         }
         let (records, run, next) = match self.read(&t, s.next) {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(Vec::new()),
+            Ok(None) => return Ok(Next::Nothing),
             Err(wal::Error::OutOfRange { first, .. }) => {
                 // Retention removed what this follower needs next: it starts its copy again
                 // at the oldest retained offset, and shipping goes on from there.
@@ -810,18 +814,14 @@ impl Session {
                     p.first = first;
                 }
                 self.dirty.insert(name.clone());
-                let mut updates = self.keys_below(&t, first);
-                updates.push(rp::LeaderUpdate {
-                    term: self.leader.term,
-                    update: Some(Update::Retention(rp::ReplicaRetention {
-                        topic: name,
-                        epoch: s.epoch,
-                        first_offset: first,
-                        removed_max_key: removals.largest().map(wire_key),
-                        removals: wire_removals(&removals),
-                    })),
+                let update = Update::Retention(rp::ReplicaRetention {
+                    topic: name,
+                    epoch: s.epoch,
+                    first_offset: first,
+                    removed_max_key: removals.largest().map(wire_key),
+                    removals: wire_removals(&removals),
                 });
-                return Ok(updates);
+                return Ok(Next::Restart(t, first, update));
             }
             Err(e @ wal::Error::Corruption { .. }) => {
                 self.damaged(&name, &e);
@@ -848,7 +848,7 @@ impl Session {
             next,
             next >= durable,
         );
-        Ok(vec![rp::LeaderUpdate {
+        Ok(Next::Send(rp::LeaderUpdate {
             term: self.leader.term,
             update: Some(Update::Records(rp::ReplicaRecords {
                 topic: name,
@@ -856,56 +856,55 @@ impl Session {
                 records,
                 run,
             })),
-        }])
+        }))
     }
 
-    /// The idempotency keys of `t`'s frames below `first` still inside the dedup window, as
-    /// messages of up to [`MAX_RECORDS_BYTES`] each, for a follower about to start its copy
-    /// again at `first`: it could not learn them from the frames, which retention removed.
-    /// None for a follower that does not take them.
-    fn keys_below(&self, t: &Topic, first: u64) -> Vec<rp::LeaderUpdate> {
+    /// Sends the idempotency keys of `t`'s frames below `first` still inside the dedup
+    /// window, in messages of up to [`MAX_RECORDS_BYTES`], to a follower about to start its
+    /// copy again at `first`: it could not learn them from the frames, which retention
+    /// removed. Found a message's worth at a time, off the async workers (each piece of the
+    /// walk takes the log's writer lock, which a commit holds across its sync), so neither
+    /// a worker nor the memory of a whole window is held for it. None to a follower that
+    /// does not take them.
+    async fn send_keys(&self, t: &Arc<Topic>, first: u64) -> Result<(), Gone> {
         if !self.takes_keys {
-            return Vec::new();
+            return Ok(());
         }
-        let mut updates = Vec::new();
-        let mut keys = Vec::new();
-        let mut bytes = 0;
-        let mut flush = |keys: &mut Vec<rp::ReplicaKey>| {
-            updates.push(rp::LeaderUpdate {
-                term: self.leader.term,
-                update: Some(Update::Keys(rp::ReplicaKeys {
+        let mut from = Some(0);
+        let mut sent = 0usize;
+        while let Some(at) = from {
+            let topic = Arc::clone(t);
+            let (keys, next) = tokio::task::spawn_blocking(move || {
+                let (mut out, mut at, mut bytes) = (Vec::new(), at, 0);
+                loop {
+                    let before = out.len();
+                    let next = topic.log().live_keys_piece(at, first, &mut out);
+                    bytes = if out.len() < before {
+                        key_bytes(&out)
+                    } else {
+                        bytes + key_bytes(&out[before..])
+                    };
+                    match next {
+                        Some(n) if bytes < MAX_RECORDS_BYTES => at = n,
+                        next => return (out, next),
+                    }
+                }
+            })
+            .await
+            .map_err(|_| Gone)?;
+            for keys in key_messages(keys) {
+                sent += keys.len();
+                self.send(Update::Keys(rp::ReplicaKeys {
                     topic: t.name().to_string(),
                     epoch: t.meta().epoch,
-                    keys: std::mem::take(keys),
-                })),
-            });
-        };
-        for (key, ack) in t.log().live_keys_below(first) {
-            bytes += key.len() + KEY_OVERHEAD;
-            keys.push(rp::ReplicaKey {
-                key: Bytes::from(key.into_vec()),
-                offset: ack.offset,
-                timestamp: ack.timestamp,
-                stored_at: ack.stored_at,
-            });
-            if bytes >= MAX_RECORDS_BYTES {
-                flush(&mut keys);
-                bytes = 0;
+                    keys,
+                }))
+                .await?;
             }
+            from = next;
         }
-        if !keys.is_empty() {
-            flush(&mut keys);
-        }
-        if !updates.is_empty() {
-            debug!(follower = %self.follower, topic = %t.name(), first, messages = updates.len(), "sending the keys of removed frames to a copy that starts again");
-        }
-        updates
-    }
-
-    /// Sends [`Session::keys_below`]'s messages.
-    async fn send_keys(&self, t: &Topic, first: u64) -> Result<(), Gone> {
-        for update in self.keys_below(t, first) {
-            self.tx.send(Ok(update)).await.map_err(|_| Gone)?;
+        if sent > 0 {
+            debug!(follower = %self.follower, topic = %t.name(), first, keys = sent, "sent the keys of removed frames to a copy that starts again");
         }
         Ok(())
     }
@@ -974,7 +973,7 @@ impl Session {
 
     /// Sends `topic`'s oldest retained offset if this node's retention moved it since last
     /// sent: the follower removes the same frames from its copy.
-    async fn send_retention(&mut self, topic: &Topic) -> Result<(), Gone> {
+    async fn send_retention(&mut self, topic: &Arc<Topic>) -> Result<(), Gone> {
         let (first, removals) = topic.log().retention_passes();
         let Some(s) = self.positions.get_mut(topic.name()) else {
             return Ok(());
@@ -1030,6 +1029,43 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// What a follower session sends next of a dirty topic.
+enum Next {
+    Nothing,
+    Send(rp::LeaderUpdate),
+    /// Retention removed what the follower needs next: the keys of the removed frames below
+    /// the offset, then the decision that makes it start its copy again there.
+    Restart(Arc<Topic>, u64, Update),
+}
+
+/// Bytes `keys` take in a [`rp::ReplicaKeys`] message, counted generously.
+fn key_bytes(keys: &[wal::removed_keys::Kept]) -> usize {
+    keys.iter().map(|(k, _)| k.len() + KEY_OVERHEAD).sum()
+}
+
+/// `keys` as the contents of messages of up to [`MAX_RECORDS_BYTES`] each.
+fn key_messages(keys: Vec<wal::removed_keys::Kept>) -> Vec<Vec<rp::ReplicaKey>> {
+    let mut messages = Vec::new();
+    let (mut message, mut bytes) = (Vec::new(), 0);
+    for (key, ack) in keys {
+        bytes += key.len() + KEY_OVERHEAD;
+        message.push(rp::ReplicaKey {
+            key: Bytes::from(key.into_vec()),
+            offset: ack.offset,
+            timestamp: ack.timestamp,
+            stored_at: ack.stored_at,
+        });
+        if bytes >= MAX_RECORDS_BYTES {
+            messages.push(std::mem::take(&mut message));
+            bytes = 0;
+        }
+    }
+    if !message.is_empty() {
+        messages.push(message);
+    }
+    messages
 }
 
 /// Where `topic`'s records to ship end: its durable end, or the end of the batch it is

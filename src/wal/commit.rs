@@ -259,6 +259,19 @@ impl Committer {
         }
     }
 
+    /// One piece of [`Committer::live_keys_below`] with nothing held, from position `from`.
+    pub(super) fn live_keys_piece(
+        &self,
+        from: u64,
+        offset: u64,
+        out: &mut Vec<(Box<[u8]>, FirstAck)>,
+    ) -> Option<u64> {
+        self.writer
+            .lock()
+            .dedup
+            .live_below_from(from, offset, &[], now_ns(), out)
+    }
+
     /// Syncs done since the log was opened.
     pub(super) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)

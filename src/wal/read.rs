@@ -227,6 +227,18 @@ impl Log {
         self.shared.committer.live_keys_below(offset, &[])
     }
 
+    /// One piece of [`Log::live_keys_below`] (see [`super::DedupWindow::live_below_from`]):
+    /// adds keys to `out` from position `from` (0 at first) and gives the position to go on
+    /// from, `None` when done. Takes the writer's lock once.
+    pub fn live_keys_piece(
+        &self,
+        from: u64,
+        offset: u64,
+        out: &mut Vec<super::removed_keys::Kept>,
+    ) -> Option<u64> {
+        self.shared.committer.live_keys_piece(from, offset, out)
+    }
+
     /// The retention watermark: the oldest retained offset and the largest order key ever
     /// removed by retention.
     pub fn retention_watermark(&self) -> (u64, Option<OrderKey>) {
