@@ -30,6 +30,7 @@ from .errors import (
     DataLoss,
     DeadlineExceeded,
     EpochChanged,
+    FateUnknown,
     FramecastError,
     InvalidArgument,
     NotFound,
@@ -86,6 +87,7 @@ __all__ = [
     "Unauthenticated",
     "PermissionDenied",
     "DeadlineExceeded",
+    "FateUnknown",
     "ClientClosed",
     "ProtocolError",
 ]

@@ -516,10 +516,12 @@ class KeySource:
 def with_key(error: BaseException, key: str | None) -> BaseException:
     """``error`` naming the idempotency key of the publish (or broadcast) that failed with
     it, when it leaves the outcome unknown (:class:`framecast.errors.Unavailable`,
-    :class:`framecast.errors.DeadlineExceeded`); other errors (nothing was written) as they
+    :class:`framecast.errors.DeadlineExceeded`, :class:`framecast.errors.FateUnknown`); other errors (nothing was written) as they
     are. A copy when it names another key already: one error may fail several coalesced
     publishes, each with a key of its own."""
-    if not key or not isinstance(error, (errors.Unavailable, errors.DeadlineExceeded)):
+    if not key or not isinstance(
+        error, (errors.Unavailable, errors.DeadlineExceeded, errors.FateUnknown)
+    ):
         return error
     if error.idempotency_key not in (None, key):
         error = copy.copy(error)
@@ -621,6 +623,7 @@ def publish_stream_retry_delay(
     if failure is not None and not is_transient(failure) and not _core_broke(failure):
         raise pipe.fail(from_rpc_error(failure))
     # A transient failure, or the stream ended with frames unacknowledged.
+    pipe.broke(failure)
     delay = backoff.next_delay(deadline)
     log.debug(
         "publish_many: stream broken (%s), %d unacked; retry %d in %s s",
@@ -754,6 +757,46 @@ def _core_broke(err: grpc.RpcError) -> bool:
     return code == grpc.StatusCode.INTERNAL and "Internal error from Core" in details
 
 
+def stream_may_have_stored(failure: grpc.RpcError | None) -> bool:
+    """After a ``PublishStream`` ended with frames unacknowledged (``failure``: why;
+    ``None``: it ended early): True when it may have stored some of them, so that a later
+    refusal of a stream they are sent again on does not say they are not stored. A break
+    (a transient failure) may have; a follower's refusal naming the leader, a connection
+    never made, or a stream refused for good (nothing at or past the refused request is
+    stored) did not."""
+    if failure is None:
+        return True
+    if leader_hint(failure) is not None or never_sent(failure):
+        return False
+    return is_transient(failure) or _core_broke(failure)
+
+
+def refused_fate(error: BaseException, maybe_stored: bool) -> BaseException:
+    """What a published frame fails with when its stream is refused for good (``error``):
+    the refusal, or :class:`framecast.errors.FateUnknown` when ``maybe_stored`` (it went
+    out on an earlier stream that broke before its ack, which may have stored it). Errors
+    that already leave the outcome open (``Unavailable``, ``DeadlineExceeded``), a closed
+    client and a token provider's own exception stay as they are. So does
+    ``InvalidArgument``: the server checks a request itself (its size, its topic name)
+    before it writes anything, so no stream stored the frame it refuses as malformed.
+    (grpcio's asyncio calls also report such a refusal that raced a write as a break,
+    ``INTERNAL: Internal error from Core``: the frame goes again and is refused again.)"""
+    if not maybe_stored or not isinstance(error, errors.FramecastError):
+        return error
+    if isinstance(
+        error,
+        (
+            errors.Unavailable,
+            errors.DeadlineExceeded,
+            errors.ClientClosed,
+            errors.FateUnknown,
+            errors.InvalidArgument,
+        ),
+    ):
+        return error
+    return errors.FateUnknown(error)
+
+
 def coalesced_stream_end(
     failure: grpc.RpcError | None,
     backoff: Backoff,
@@ -768,7 +811,9 @@ def coalesced_stream_end(
     - :data:`FAIL_OLDEST` with the error: the server refused a frame (a non-transient
       status). Acks come in order and the stream ends at the first invalid request, so the
       oldest unacknowledged frame is the refused one: only its call fails; the others are
-      re-sent at once on a new stream, with their keys.
+      re-sent at once on a new stream, with their keys. (A frame that went out on an
+      earlier stream which broke before its ack fails with
+      :class:`framecast.errors.FateUnknown` instead: :func:`refused_fate`.)
     - :data:`RESEND` with a delay: a transient failure (or an early end); re-send every
       unacknowledged frame, with its key, after the delay.
     - :data:`FAIL_ALL` with the error: the client is closed or the retry budget is spent;
@@ -1141,6 +1186,9 @@ class Pipeline:
         self.acks: list[Ack] = []
         #: ``seq_no`` of each acknowledged request, parallel to ``acks``.
         self.acked_seq_nos: list[int] = []
+        #: Requests below this absolute position went out on a stream that broke before
+        #: their acks (:meth:`broke`): they may be stored, whatever a later refusal says.
+        self.doubt_below = 0
 
     def take(self, n: int) -> Any:
         """The request at absolute position ``n`` (drawing it from the source if needed),
@@ -1180,9 +1228,32 @@ class Pipeline:
         """True when every request was drawn and acknowledged."""
         return self.exhausted and not self.unacked
 
+    def broke(self, failure: grpc.RpcError | None) -> None:
+        """The stream ended with ``failure`` (``None``: early) before acknowledging every
+        request it was given: when it may have stored them (:func:`stream_may_have_stored`),
+        a later refusal does not say they are not stored."""
+        if stream_may_have_stored(failure):
+            self.doubt_below = max(self.doubt_below, self.base + len(self.unacked))
+
     def fail(self, err: errors.FramecastError) -> errors.FramecastError:
         """``err`` with the acks received so far attached as ``err.acks``, and the absolute
-        index of the refused request in its message."""
+        index of the refused request in its message. A refusal of a request that went out
+        on a stream that broke before its ack (:meth:`broke`) becomes
+        :class:`framecast.errors.FateUnknown`, naming the requests it leaves in doubt."""
+        fate = refused_fate(err, self.base < self.doubt_below)
+        if fate is not err:
+            assert isinstance(fate, errors.FateUnknown)
+            last = self.doubt_below - 1
+            fate = errors.FateUnknown(
+                err,
+                message=(
+                    f"frames {self.base} to {last} (0-based, in the order given) stored or "
+                    f"not (never twice): sent on a stream that broke before their acks, "
+                    f"then frame {self.base} refused: {err.message}"
+                ),
+            )
+            fate.acks = list(self.acks)
+            return fate
         if err.code is not None and not isinstance(err, errors.Unavailable):
             err.message = f"frame {self.base} (0-based, in the order given): {err.message}"
             err.args = (err.message,)

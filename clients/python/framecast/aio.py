@@ -69,8 +69,10 @@ from ._core import (
     parse_addresses,
     publish_request,
     publish_stream_retry_delay,
+    refused_fate,
     remaining,
     shared_stream_of,
+    stream_may_have_stored,
     timed_out,
     topic_from_pb,
     unary_retry_delay,
@@ -907,6 +909,11 @@ class _SharedStream:
         self._pending: deque[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = deque()
         #: Acks received (the absolute position of ``_pending[0]``).
         self._base = 0
+        #: The absolute position past the last frame the current stream was given.
+        self._sent_below = 0
+        #: Frames below this absolute position went out on a stream that broke before
+        #: their acks: they may be stored, whatever a later stream's refusal says.
+        self._doubt_below = 0
         self._work = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
 
@@ -951,6 +958,7 @@ class _SharedStream:
                         await call.done_writing()
                         return
                     await self._wait_work(min(_IDLE_CLOSE, 1.0))
+                self._sent_below = n + 1
                 await call.write(self._pending[n - self._base][0])
                 n += 1
         except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
@@ -991,6 +999,7 @@ class _SharedStream:
             failure: grpc.RpcError | None = None
             self._streams_opened += 1
             stream = self._streams_opened
+            self._sent_below = self._base
             try:
                 call = client._stub_for(route.next()).PublishStream(metadata=metadata)
             except (ClientClosed, grpc.aio.UsageError):
@@ -1028,17 +1037,20 @@ class _SharedStream:
             action, delay, err = coalesced_stream_end(
                 failure, backoff, closed=closed, route=route, token=token
             )
-            failed: list[tuple[pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = []
+            if action == RESEND and stream_may_have_stored(failure):
+                self._doubt_below = max(self._doubt_below, self._sent_below)
+            failed: list[tuple[int, pb.PublishRequest, asyncio.Future[pb.PublishAck]]] = []
             if action == FAIL_OLDEST:
-                failed.append(self._pending.popleft())
+                failed.append((self._base, *self._pending.popleft()))
                 self._base += 1
             elif action == FAIL_ALL:
-                failed.extend(self._pending)
+                failed.extend((self._base + i, *p) for i, p in enumerate(self._pending))
                 self._base += len(self._pending)
                 self._pending.clear()
-            for req, f in failed:
+            for at, req, f in failed:
                 if not f.done():
                     why = err if err is not None else ClientClosed("publish failed")
+                    why = refused_fate(why, at < self._doubt_below)
                     f.set_exception(with_key(why, req.idempotency_key))
             if action == RESEND and delay:
                 sleeper = self._client()

@@ -54,8 +54,10 @@ from ._core import (
     parse_addresses,
     publish_request,
     publish_stream_retry_delay,
+    refused_fate,
     remaining,
     shared_stream_of,
+    stream_may_have_stored,
     timed_out,
     topic_from_pb,
     unary_retry_delay,
@@ -997,6 +999,11 @@ class _SharedStream:
         self._pending: deque[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = deque()
         #: Acks received (the absolute position of ``_pending[0]``).
         self._base = 0
+        #: The absolute position past the last frame the current stream was given.
+        self._sent_below = 0
+        #: Frames below this absolute position went out on a stream that broke before
+        #: their acks: they may be stored, whatever a later stream's refusal says.
+        self._doubt_below = 0
         self._stream_id = 0
         threading.Thread(target=self._run, name="framecast-coalesce", daemon=True).start()
 
@@ -1022,6 +1029,7 @@ class _SharedStream:
                     idx = n - self._base
                     if idx < len(self._pending):
                         req = self._pending[idx][0]
+                        self._sent_below = n + 1
                         break
                     if self._pending:
                         idle_since = time.monotonic()
@@ -1049,6 +1057,7 @@ class _SharedStream:
                     self._cond.wait(0.5)
                 self._stream_id += 1
                 my_id = self._stream_id
+                self._sent_below = self._base
             client = self._client()
             if client is None:
                 return  # nobody waits: a caller holds the client until its ack
@@ -1095,16 +1104,20 @@ class _SharedStream:
                 action, delay, err = coalesced_stream_end(
                     failure, backoff, closed=closed, route=route, token=token
                 )
-                failed: list[tuple[pb.PublishRequest, Future[pb.PublishAck]]] = []
+                if action == RESEND and stream_may_have_stored(failure):
+                    self._doubt_below = max(self._doubt_below, self._sent_below)
+                failed: list[tuple[int, pb.PublishRequest, Future[pb.PublishAck]]] = []
                 if action == FAIL_OLDEST:
-                    failed.append(self._pending.popleft())
+                    failed.append((self._base, *self._pending.popleft()))
                     self._base += 1
                 elif action == FAIL_ALL:
-                    failed.extend(self._pending)
+                    failed.extend((self._base + i, *p) for i, p in enumerate(self._pending))
                     self._base += len(self._pending)
                     self._pending.clear()
-            for req, f in failed:
+                doubt_below = self._doubt_below
+            for at, req, f in failed:
                 why = err if err is not None else ClientClosed("publish failed")
+                why = refused_fate(why, at < doubt_below)
                 f.set_exception(with_key(why, req.idempotency_key))
             if action == RESEND and delay:
                 self._closing.wait(delay)

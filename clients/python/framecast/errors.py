@@ -23,6 +23,11 @@ asks to "ask again later"   raised after the retry budget is spent)
 ``PERMISSION_DENIED``       :class:`PermissionDenied` (never retried)
 anything else               :class:`ServerError`
 ==========================  =========================
+
+A publish whose frame went out on a stream that broke before its ack, then was refused for
+good on the stream opened again (``UNAUTHENTICATED``, ``NOT_FOUND``, ``PERMISSION_DENIED``,
+...), raises :class:`FateUnknown` instead of the refusal: the broken stream may have stored
+it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "Unauthenticated",
     "PermissionDenied",
     "DeadlineExceeded",
+    "FateUnknown",
     "ClientClosed",
     "ProtocolError",
     "SubscriptionCancelled",
@@ -183,6 +189,42 @@ class DeadlineExceeded(FramecastError, TimeoutError):
         idempotency_key: str | None = None,
     ) -> None:
         super().__init__(message, code)
+        self.idempotency_key: str | None = idempotency_key
+
+
+class FateUnknown(FramecastError):
+    """A published frame that may or may not be stored (never twice), though the server
+    refused it: it had gone out on a ``PublishStream`` that broke before its ack, and the
+    stream opened again to send it once more was refused for good (``UNAUTHENTICATED``
+    with a fixed token, ``NOT_FOUND``, ``PERMISSION_DENIED``, ...). The server stores
+    nothing at or past a refused request, but the broken stream may have stored it: so not
+    the refusal, which would say it is not stored. Not :attr:`transient`: a retry would be
+    refused alike (its key stores it once at most if it is then accepted).
+
+    Raised by a coalesced ``publish`` (``Client(coalesce=True)``) and by ``publish_many``
+    (then for the frames from the one named in the message on, ``error.acks`` holding the
+    acks before it). Frames that went out only on streams refused for good keep the
+    refusal, as does a frame refused as malformed (:class:`InvalidArgument`: the server
+    checks that before writing, on every stream).
+
+    Attributes:
+        refusal: The refusal (:class:`NotFound`, :class:`PermissionDenied`, ...).
+        idempotency_key: For a coalesced ``publish``: the key the frame was sent with.
+    """
+
+    def __init__(
+        self,
+        refusal: FramecastError,
+        idempotency_key: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(
+            message
+            or "stored or not (never twice): sent on a stream that broke before its ack, "
+            f"then refused: {refusal.message}",
+            refusal.code,
+        )
+        self.refusal: FramecastError = refusal
         self.idempotency_key: str | None = idempotency_key
 
 

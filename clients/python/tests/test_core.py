@@ -201,7 +201,15 @@ def test_publish_stream_decisions() -> None:
     for failure in (UNAVAILABLE, None):
         d = publish_stream_retry_delay(p, failure, Backoff(FAST), deadline=None, timeout=None)
         assert d is not None and 0 < d <= 0.01
-    # Permanent: the frame's index and the acks so far ride on the error.
+    # Permanent, after a break that may have stored frame 1 (it went out on the broken
+    # stream): stored or not, with the frames in doubt and the acks so far.
+    with pytest.raises(errors.FateUnknown) as fu:
+        publish_stream_retry_delay(p, NOT_FOUND, Backoff(FAST), deadline=None, timeout=None)
+    assert "frames 1 to 1 (0-based" in str(fu.value) and [a.offset for a in fu.value.acks] == [0]
+    assert isinstance(fu.value.refusal, errors.NotFound)
+    # Permanent, no break before: the frame's index and the acks so far ride on the error.
+    p = pipe_with_unacked(2)
+    p.on_ack(pb.PublishAck(offset=0))
     with pytest.raises(errors.NotFound) as nf:
         publish_stream_retry_delay(p, NOT_FOUND, Backoff(FAST), deadline=None, timeout=None)
     assert "frame 1 (0-based" in str(nf.value) and [a.offset for a in nf.value.acks] == [0]

@@ -1,0 +1,126 @@
+"""Faults the server does not make on cue, through :mod:`fault_proxy` in front of the real
+server: a publish stream that breaks after the server stored a frame whose ack is lost, its
+frames then refused for good on the stream opened again."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from conftest import TEST_RETRY, ServerProcess
+from fault_proxy import FaultProxy
+
+from framecast import (
+    Client,
+    FateUnknown,
+    PermissionDenied,
+)
+from framecast.aio import Client as AioClient
+
+FRAMES = 8
+#: The first PublishStream loses the ack of its 4th frame (stored) and breaks; every later
+#: one is refused for good.
+BREAK_THEN_REFUSE = {
+    "PublishStream": [{"break_after": 3}] + [{"refuse": "PERMISSION_DENIED"}] * 50
+}
+
+
+def stored_payloads(server: ServerProcess, topic: str) -> list[bytes]:
+    with Client(server.address, retry=TEST_RETRY) as c:
+        return [f.payload for f in c.history(topic, limit=1000).frames]
+
+
+def check_fates(stored: list[bytes], outcomes: dict[bytes, Any]) -> None:
+    """No frame stored twice; an acked one stored; one reported refused not stored; one
+    stored but not acked reported stored-or-not (FateUnknown), never refused."""
+    assert len(stored) == len(set(stored)), stored
+    for payload, out in outcomes.items():
+        if isinstance(out, BaseException):
+            if payload in stored:
+                assert isinstance(out, FateUnknown), (payload, repr(out))
+                assert isinstance(out.refusal, PermissionDenied)
+                assert out.idempotency_key
+            else:
+                assert isinstance(out, (FateUnknown, PermissionDenied)), (payload, repr(out))
+        else:
+            assert payload in stored, payload
+    # The scenario happened: the frame whose ack was lost is stored, unacknowledged.
+    assert any(isinstance(outcomes[p], BaseException) for p in stored), (stored, outcomes)
+
+
+def test_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not(
+    server: ServerProcess, topic: str
+) -> None:
+    proxy = FaultProxy(server.address, BREAK_THEN_REFUSE)
+    try:
+        with Client(proxy.address, retry=TEST_RETRY, coalesce=True) as c:
+            outcomes: dict[bytes, Any] = {}
+            barrier = threading.Barrier(FRAMES)
+
+            def publish(i: int) -> None:
+                payload = f"f{i}".encode()
+                barrier.wait(10)
+                try:
+                    outcomes[payload] = c.publish(payload, i, topic, timeout=20)
+                except Exception as e:
+                    outcomes[payload] = e
+
+            threads = [threading.Thread(target=publish, args=(i,)) for i in range(FRAMES)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(outcomes) == FRAMES
+            # A frame that goes out only on refused streams keeps the refusal.
+            with pytest.raises(PermissionDenied):
+                c.publish(b"later", 99, topic, timeout=20)
+        stored = stored_payloads(server, topic)
+        check_fates(stored, outcomes)
+        assert b"later" not in stored
+    finally:
+        proxy.stop()
+
+
+def test_aio_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not(
+    server: ServerProcess, topic: str
+) -> None:
+    proxy = FaultProxy(server.address, BREAK_THEN_REFUSE)
+
+    async def main() -> dict[bytes, Any]:
+        async with AioClient(proxy.address, retry=TEST_RETRY, coalesce=True) as c:
+            payloads = [f"f{i}".encode() for i in range(FRAMES)]
+            got = await asyncio.gather(
+                *(c.publish(p, i, topic, timeout=20) for i, p in enumerate(payloads)),
+                return_exceptions=True,
+            )
+            with pytest.raises(PermissionDenied):
+                await c.publish(b"later", 99, topic, timeout=20)
+            return dict(zip(payloads, got))
+
+    try:
+        outcomes = asyncio.run(asyncio.wait_for(main(), 30))
+        stored = stored_payloads(server, topic)
+        check_fates(stored, outcomes)
+        assert b"later" not in stored
+    finally:
+        proxy.stop()
+
+
+def test_publish_many_broken_then_refused_is_stored_or_not(
+    server: ServerProcess, topic: str
+) -> None:
+    proxy = FaultProxy(server.address, BREAK_THEN_REFUSE)
+    frames = [(i, f"f{i}".encode()) for i in range(FRAMES)]
+    try:
+        with Client(proxy.address, retry=TEST_RETRY) as c:
+            with pytest.raises(FateUnknown) as sync_err:
+                c.publish_many(frames, topic, window=FRAMES, timeout=20)
+        e = sync_err.value
+        assert isinstance(e.refusal, PermissionDenied) and "frames 3 to" in e.message
+        assert [a.offset for a in e.acks] == [0, 1, 2]
+        stored = stored_payloads(server, topic)
+        assert stored[:4] == [b"f0", b"f1", b"f2", b"f3"] and len(stored) == len(set(stored))
+    finally:
+        proxy.stop()
