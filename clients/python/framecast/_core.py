@@ -52,6 +52,14 @@ DEFAULT_WINDOW = 1024
 #: its reconnect gets a fresh retry budget. (Streams that break sooner, and reconnects that
 #: fail, spend one budget, so a server that keeps refusing ends in ``Unavailable``.)
 STABLE_STREAM_SECONDS = 1.0
+#: How long (seconds) a subscription that had a stream open goes on reconnecting while the
+#: server answers ``RESOURCE_EXHAUSTED`` (too many subscribers), counted from the first
+#: such answer since a stream was last opened: its own old stream, on a connection that
+#: died without a close (half-open), still holds a subscriber slot until the server's
+#: keepalive notices (about 40 s). Each such reconnect backs off and spends the retry
+#: budget like any other failure; past this, the answer is final. (The Rust client's
+#: ``BUSY_RETRY``, the JS client's ``BUSY_RETRY_MS``.)
+BUSY_RETRY_SECONDS = 120.0
 
 #: What ``publish_many`` / ``run`` accept per frame: ``(seq_no, payload)`` or
 #: ``(seq_no, payload, timestamp)``.
@@ -1352,6 +1360,12 @@ class Resume:
         #: A follower refused the last stream: the next one goes by the route, whose
         #: answer is final (a follower may lack a topic just created on the leader).
         self._by_route = False
+        #: A stream of this subscription was open: its old stream may hold a subscriber
+        #: slot, so ``RESOURCE_EXHAUSTED`` is waited out (:data:`BUSY_RETRY_SECONDS`).
+        self._was_open = False
+        #: ``time.monotonic()`` of the first ``RESOURCE_EXHAUSTED`` since a stream was last
+        #: opened.
+        self._busy_since: float | None = None
 
     def wants_cluster(self) -> bool:
         """True when the next stream is to be opened at a follower, so the caller first
@@ -1413,8 +1427,36 @@ class Resume:
         if self.cursor is None:
             self.cursor = Cursor(snapshot_offset=got[0], epoch=got[1])
         self.opened_at = time.monotonic()
+        self._was_open = True
+        self._busy_since = None
         self._token.accepted()
         return True
+
+    def _busy_resume(self, err: grpc.RpcError) -> bool:
+        """True when ``err`` is a ``RESOURCE_EXHAUSTED`` (too many subscribers) to wait out:
+        a stream of this subscription was open (its own old one may still hold a slot, see
+        :data:`BUSY_RETRY_SECONDS`) and such answers have come for less than that. A first
+        open refused so is final: nothing of this subscription holds a slot."""
+        try:
+            code = err.code()
+        except Exception:
+            return False
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED or not self._was_open:
+            return False
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        waiting = now - self._busy_since < BUSY_RETRY_SECONDS
+        log.debug(
+            "subscription %s: too many subscribers on a resume (%s) for %.1f s; %s",
+            self.topic,
+            from_rpc_error(err),
+            now - self._busy_since,
+            "waiting" if waiting else "giving up",
+        )
+        if waiting and self.route is not None and self.node is not None:
+            self.route.nodes.failed(self.node)  # another node may have a slot
+        return waiting
 
     def frame(self, msg: pb.Frame) -> Frame:
         """Records a delivered frame (progress: the retry budget starts over) and returns
@@ -1437,7 +1479,10 @@ class Resume:
     def broken(self, err: grpc.RpcError | None, *, client_closed: bool = False) -> float:
         """A stream broke (``err``), or ended (``None``; the server never ends one
         cleanly): the delay before reconnecting, or raises the error the subscription ends
-        with (client closed, timeout over, a permanent error, the retry budget spent)."""
+        with (client closed, timeout over, a permanent error, the retry budget spent).
+        ``RESOURCE_EXHAUSTED`` once a stream was open is waited out like a break, within
+        the retry budget and :data:`BUSY_RETRY_SECONDS`: the subscription's own old stream
+        may still hold a slot."""
         on_follower, self.follower = self.follower, None
         self.avoid = self.node
         if client_closed:
@@ -1467,7 +1512,7 @@ class Resume:
         elif self.route is not None and self.route.failed(err):
             self.opened_at = None
             return 0.0  # a hint: to the node it named, at once
-        elif err is not None and not is_transient(err):
+        elif err is not None and not is_transient(err) and not self._busy_resume(err):
             raise from_rpc_error(err)
         if (
             self.opened_at is not None

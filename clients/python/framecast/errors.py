@@ -106,8 +106,10 @@ class EpochChanged(FramecastError):
 
 
 class ResourceExhausted(FramecastError):
-    """The server's subscriber limit (``--max-subscribers``) is reached. (A server-wide
-    budget that asks to "ask again later", as History's page budget, is retried instead.)"""
+    """The server's subscriber limit (``--max-subscribers``) is reached: at a subscription's
+    first open, or on a resume refused for two minutes (a resume waits it out, as the
+    subscription's own old stream may still hold a slot). (A server-wide budget that asks
+    to "ask again later", as History's page budget, is retried instead.)"""
 
 
 class Unavailable(FramecastError):

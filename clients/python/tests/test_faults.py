@@ -1,21 +1,25 @@
 """Faults the server does not make on cue, through :mod:`fault_proxy` in front of the real
 server: a publish stream that breaks after the server stored a frame whose ack is lost, its
-frames then refused for good on the stream opened again."""
+frames then refused for good on the stream opened again; a subscription whose old stream
+the server still counts (a connection that died half-open) when it resumes."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
-from conftest import TEST_RETRY, ServerProcess
+from conftest import TEST_RETRY, ServerProcess, run_bounded
 from fault_proxy import FaultProxy
 
 from framecast import (
     Client,
     FateUnknown,
     PermissionDenied,
+    ResourceExhausted,
+    RetryPolicy,
 )
 from framecast.aio import Client as AioClient
 
@@ -124,3 +128,72 @@ def test_publish_many_broken_then_refused_is_stored_or_not(
         assert stored[:4] == [b"f0", b"f1", b"f2", b"f3"] and len(stored) == len(set(stored))
     finally:
         proxy.stop()
+
+
+def subscription_waits_out_its_own_old_stream(server: ServerProcess, topic: str, aio: bool) -> None:
+    with Client(server.address, retry=TEST_RETRY) as c:
+        for i in range(6):
+            c.publish(f"f{i}".encode(), i, topic)
+    proxy = FaultProxy(server.address, {"Subscribe": [{"break_after": 3, "leak": True}]})
+    retry = RetryPolicy(initial=0.05, max_delay=0.3, max_elapsed=30.0)
+    got: list[int] = []
+
+    def sync_sub() -> list[int]:
+        with Client(proxy.address, retry=retry) as c, c.frames(topic, 0) as sub:
+            for f in sub:
+                got.append(f.seq_no)
+                if len(got) == 6:
+                    return got
+        return got
+
+    async def aio_sub() -> list[int]:
+        async with AioClient(proxy.address, retry=retry) as c:
+            async for f in c.frames(topic, 0):
+                got.append(f.seq_no)
+                if len(got) == 6:
+                    break
+        return got
+
+    result: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: result.append(
+            _outcome(lambda: asyncio.run(asyncio.wait_for(aio_sub(), 40)) if aio else sync_sub())
+        ),
+        daemon=True,
+    )
+    try:
+        runner.start()
+        # The resume was refused: the server still counts the old (leaked) stream.
+        deadline = time.monotonic() + 15
+        while ("Subscribe", "RESOURCE_EXHAUSTED") not in proxy.upstream_errors:
+            assert time.monotonic() < deadline, (proxy.upstream_errors, result)
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few refused resumes
+        assert runner.is_alive(), result  # still waiting, not ended
+        # A first open refused so stays final.
+        with Client(server.address, retry=TEST_RETRY) as c:
+            with pytest.raises(ResourceExhausted):
+                run_bounded(lambda: next(iter(c.frames(topic, 0))), 10)
+        proxy.release()  # as the server's keepalive would
+        runner.join(30)
+        assert result, "the subscription did not finish"
+        assert result[0] == [0, 1, 2, 3, 4, 5]
+    finally:
+        proxy.stop()
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return fn()
+    except BaseException as e:  # reported by the test
+        return e
+
+
+def test_subscription_waits_out_its_own_old_stream_holding_the_slot(make_server: Any, topic: str) -> None:
+    subscription_waits_out_its_own_old_stream(make_server("--max-subscribers", "1"), topic, False)
+
+
+def test_aio_subscription_waits_out_its_own_old_stream_holding_the_slot(
+    make_server: Any, topic: str
+) -> None:
+    subscription_waits_out_its_own_old_stream(make_server("--max-subscribers", "1"), topic, True)
