@@ -153,7 +153,9 @@ impl Rebuild<'_> {
             let max = self.max_keys.max(1);
             if self.keys.len() >= max.saturating_mul(2) {
                 self.keys.sort_by_key(|(_, a)| a.offset);
-                let drop = self.keys.len() - max;
+                // A key found twice (kept apart, and in a file a crash left) counts once.
+                self.keys.dedup_by(|b, a| a.1 == b.1 && a.0 == b.0);
+                let drop = self.keys.len().saturating_sub(max);
                 self.keys.drain(..drop);
             }
         }
