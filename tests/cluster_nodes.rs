@@ -55,10 +55,7 @@ struct Cluster {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
+    common::fixed_port()
 }
 
 fn node_args(

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +14,11 @@ use framecast::client::ClientTls;
 use framecast::cluster::etcd::Etcd;
 use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
+
+// Also loaded by `mod.rs`: binaries that use only this file need their own copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "ports.rs"]
+mod ports;
 
 /// How long etcd may take to answer after being started.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,19 +75,16 @@ impl EtcdServer {
     async fn start_with(tls: Option<EtcdTls>) -> EtcdServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("etcd.log");
-        // Both listeners held at once, so the two ports differ; etcd binds them right after.
-        let client = TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Below the ephemeral range: a restart binds them again (see `ports.rs`).
         let mut server = EtcdServer {
             child: None,
-            client_port: client.local_addr().unwrap().port(),
-            peer_port: peer.local_addr().unwrap().port(),
+            client_port: ports::fixed_port(6_000),
+            peer_port: ports::fixed_port(6_000),
             dir,
             log,
             paused: false,
             tls,
         };
-        drop((client, peer));
         server.spawn();
         server.wait_ready().await;
         server

@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod http;
+#[path = "ports.rs"]
+mod ports;
 pub mod proxy;
 pub mod sse;
 pub mod tokens;
@@ -146,10 +148,7 @@ impl Server {
     /// Starts a server on a fixed free loopback port, so that a restart keeps the address
     /// clients know.
     pub fn start_fixed_port(data_dir: &Path, extra: &[&str]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = fixed_port();
         let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start_owned(data_dir, args, &[])
@@ -532,6 +531,12 @@ pub async fn paced_publish_stream(
         .expect("feeder");
     assert!(got.len() <= sent.len());
     sent.into_iter().zip(got).collect()
+}
+
+/// A free loopback port for a server that must listen on it again after a restart (see
+/// `ports.rs`).
+pub fn fixed_port() -> u16 {
+    ports::fixed_port(0)
 }
 
 /// A loopback address nothing listens on (a port bound, then freed), `http://127.0.0.1:P`.

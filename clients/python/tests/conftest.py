@@ -6,6 +6,7 @@ it with ``cargo build --bin framecast``). Every wait here is bounded.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -37,11 +38,23 @@ def server_binary() -> Path:
     return path
 
 
+_NEXT_PORT = itertools.count()
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that was free a moment ago, below the kernel's ephemeral range
+    (32768 and up): servers are restarted on theirs, and an outgoing connection (a
+    client's, etcd's) could take one from that range while its server is down."""
+    start = os.getpid() * 7919
+    for _ in range(12_000):
+        port = 20_000 + (start + next(_NEXT_PORT) * 13) % 12_000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000..32000")
 
 
 class ServerProcess:
