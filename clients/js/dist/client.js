@@ -51,6 +51,13 @@ export class Framecast {
      * made when none is given), so a retry whose first attempt was in fact stored is answered
      * with that first ack (`duplicate: true`). Without a key (`""`) only what surely wrote
      * nothing is sent again (see {@link PublishOptions.idempotencyKey}).
+     *
+     * A refusal (`401`, `403`, `404`, …) rejects with that `FramecastError`, and the frame is
+     * not stored; but when an earlier attempt broke before its answer (a network error, no
+     * answer in time, a 502, 503 or 504 naming no leader and without `Framecast-Unwritten`),
+     * that attempt may have stored it, so the refusal of the retry rejects with code
+     * `FATE_UNKNOWN` instead: stored or not, never twice (`error.refusal` is the refusal,
+     * `error.idempotencyKey` the key to send it again with). A `400` stays a `400`.
      */
     async publish(topic, payload, options) {
         const body = payloadBytes(payload);
@@ -66,6 +73,7 @@ export class Framecast {
             body,
             retries: retriesOf(options.retries),
             idempotent: key !== "",
+            key,
             signal: options.signal,
         });
         return ackOf(answer);
@@ -192,7 +200,8 @@ export class Framecast {
     /**
      * Appends the same frame to every topic in `topics` (names, or patterns matching existing
      * topics). Retried like {@link publish}, with one idempotency key for every attempt, so a
-     * broadcast that failed part way is completed by the retry without duplicates.
+     * broadcast that failed part way is completed by the retry without duplicates. Like a
+     * publish, a refusal after an attempt that broke rejects with `FATE_UNKNOWN`.
      */
     async broadcast(topics, payload, options) {
         const key = idempotencyKeyOf(options.idempotencyKey);
@@ -211,6 +220,7 @@ export class Framecast {
             body: JSON.stringify(body),
             retries: retriesOf(options.retries),
             idempotent: key !== "",
+            key,
             signal: options.signal,
         });
         const acks = record(answer, "broadcast ack")["acks"] ?? [];

@@ -13,7 +13,7 @@
  * @packageDocumentation
  */
 export { Framecast, newIdempotencyKey } from "./client.js";
-export { FramecastError } from "./errors.js";
+export { FATE_UNKNOWN, FramecastError } from "./errors.js";
 export { Subscription } from "./subscription.js";
 export type { BackoffOptions, BroadcastAck, BroadcastOptions, ClusterInfo, Frame, FramecastOptions, HistoryFrame, HistoryOptions, HistoryPage, NodeInfo, PublishAck, PublishOptions, ReadFrom, SubscribeOptions, TokenSource, TopicAck, TopicInfo, TopicPosition, TopicSettings, } from "./types.js";
 //# sourceMappingURL=index.d.ts.map

@@ -13,6 +13,6 @@
  * @packageDocumentation
  */
 export { Framecast, newIdempotencyKey } from "./client.js";
-export { FramecastError } from "./errors.js";
+export { FATE_UNKNOWN, FramecastError } from "./errors.js";
 export { Subscription } from "./subscription.js";
 //# sourceMappingURL=index.js.map

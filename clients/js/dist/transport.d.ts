@@ -24,6 +24,12 @@ export interface Call {
      * anything was sent; a plain 503 may come after the write was applied, so it is final.
      */
     idempotent: boolean;
+    /**
+     * The idempotency key of a keyed write (publish, broadcast). A final refusal after an
+     * attempt that broke (see {@link Transport.request}) then fails `FATE_UNKNOWN`: the broken
+     * attempt may have stored it. Unset for reads and for writes the server does not key.
+     */
+    key?: string | undefined;
     signal?: AbortSignal | undefined;
 }
 /**
@@ -111,6 +117,13 @@ export declare class Transport {
      * Sends `call`, retrying as it allows (see {@link Call}) within its `retries` and the
      * client's retry budget; the parsed JSON body of the 2xx answer (undefined when empty).
      * Once either is spent, the last failure is the error.
+     *
+     * An attempt "broke" when it may have been applied without the client hearing so: a
+     * network error after the request may have been sent (anything but a connection never
+     * made), no answer within its time, a body that broke off, or a 502, 503 or 504 that says
+     * nothing of what was written (neither `Framecast-Leader` nor `Framecast-Unwritten`). A
+     * keyed write ({@link Call.key}) refused for good after such an attempt fails
+     * `FATE_UNKNOWN`, not with the refusal (see {@link fateUnknown}).
      */
     request(call: Call): Promise<unknown>;
 }

@@ -95,6 +95,8 @@ export interface PublishOptions {
      * `""`: no deduplication; then an attempt is sent again only when it surely wrote nothing
      * (a follower's `503` naming the leader, a connection refused before anything was sent):
      * a network error after sending, a `503` that names no leader, a `502` or `504` is final.
+     * With a key, a refusal of a retry after such a break rejects with code `FATE_UNKNOWN`
+     * (stored or not, never twice; see `FramecastError.refusal`), not with the refusal.
      */
     idempotencyKey?: string;
     /**

@@ -14,7 +14,7 @@
  */
 
 export { Framecast, newIdempotencyKey } from "./client.js";
-export { FramecastError } from "./errors.js";
+export { FATE_UNKNOWN, FramecastError } from "./errors.js";
 export { Subscription } from "./subscription.js";
 export type {
   BackoffOptions,

@@ -4,7 +4,7 @@
  */
 
 import { abortReason, type Backoff, backoffOf, delayMs, sleep, timerMs } from "./backoff.js";
-import { codeOfStatus, errorOfResponse, FramecastError } from "./errors.js";
+import { codeOfStatus, errorOfResponse, fateUnknown, FramecastError } from "./errors.js";
 import { tlsFetch } from "./tls.js";
 import { isVisibleAscii, malformed } from "./wire.js";
 import type { FramecastOptions, TokenSource } from "./types.js";
@@ -28,6 +28,12 @@ export interface Call {
    * anything was sent; a plain 503 may come after the write was applied, so it is final.
    */
   idempotent: boolean;
+  /**
+   * The idempotency key of a keyed write (publish, broadcast). A final refusal after an
+   * attempt that broke (see {@link Transport.request}) then fails `FATE_UNKNOWN`: the broken
+   * attempt may have stored it. Unset for reads and for writes the server does not key.
+   */
+  key?: string | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -302,6 +308,13 @@ export class Transport {
    * Sends `call`, retrying as it allows (see {@link Call}) within its `retries` and the
    * client's retry budget; the parsed JSON body of the 2xx answer (undefined when empty).
    * Once either is spent, the last failure is the error.
+   *
+   * An attempt "broke" when it may have been applied without the client hearing so: a
+   * network error after the request may have been sent (anything but a connection never
+   * made), no answer within its time, a body that broke off, or a 502, 503 or 504 that says
+   * nothing of what was written (neither `Framecast-Leader` nor `Framecast-Unwritten`). A
+   * keyed write ({@link Call.key}) refused for good after such an attempt fails
+   * `FATE_UNKNOWN`, not with the refusal (see {@link fateUnknown}).
    */
   async request(call: Call): Promise<unknown> {
     const { signal } = call;
@@ -313,6 +326,8 @@ export class Transport {
     const deadline = Date.now() + this.retryBudgetMs;
     /** A 401 was answered once already and the token function asked again (see below). */
     let reauthorised = false;
+    /** An attempt broke (see above): this call's write may be stored whatever a later answer says. */
+    let broke = false;
     for (let attempt = 0; ; ) {
       const base = route.next();
       const url = this.url(call.path, call.query, base);
@@ -382,6 +397,7 @@ export class Transport {
         const again = call.idempotent || neverSent(e);
         const delay = again ? this.retryDelay(attempt, call.retries, deadline) : undefined;
         if (delay === undefined) throw hops.explain(unreachable(url, e));
+        if (!neverSent(e)) broke = true;
         route.failed(base);
         attempt++;
         await sleep(delay, signal);
@@ -403,7 +419,7 @@ export class Transport {
               continue;
             }
           }
-          throw refusal;
+          throw broke && call.key ? fateUnknown(refusal, call.key) : refusal;
         }
         if (text === "") return undefined;
         try {
@@ -419,6 +435,7 @@ export class Transport {
       // So did a server still starting (`Framecast-Unwritten`): refused before it was read.
       const unwritten = resp.status === 503 && resp.headers.has("framecast-unwritten");
       if (!hint && !unwritten && !call.idempotent) throw refused(resp, refusal);
+      if (!hint && !unwritten) broke = true;
       const leader = this.leaderOf(hint, base);
       let atOnce = false;
       if (leader === undefined) {
