@@ -3711,7 +3711,13 @@ async fn a_node_in_doubt_waits_for_a_leader_and_copies_back(damage: Damage, fram
         .await
         .map(|t| t.next_offset);
     assert_eq!(end, Some(frames), "settled before holding every frame");
-    assert!(c.node(&damaged).server.log_text().contains("doubt settled"));
+    // The log line follows the file's removal, and the server's output reaches the test
+    // through a reader thread: wait for it, bounded.
+    let start = Instant::now();
+    while !c.node(&damaged).server.log_text().contains("doubt settled") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let leader = c.leader(&all, 2, Duration::from_secs(30)).await;
     assert_eq!(leader, other, "{}", c.logs());
     until_all_hold(&c, &all, "dmg", Some(&held)).await;

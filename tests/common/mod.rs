@@ -37,6 +37,8 @@ pub struct Server {
     pub http: Option<String>,
     pub data_dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Set once the reader has read the server's stderr to its end.
+    log_done: Arc<std::sync::atomic::AtomicBool>,
     extra: Vec<String>,
 }
 
@@ -104,6 +106,8 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = Arc::clone(&log);
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&log_done);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
@@ -124,6 +128,7 @@ impl Server {
                     }
                 }
             }
+            done.store(true, Ordering::Release);
         });
         // The reader drops the sender when the server's stderr closes: an exit is seen at
         // once, not after the timeout.
@@ -141,6 +146,7 @@ impl Server {
             http: http.filter(|h| h != "off").map(|h| format!("http://{h}")),
             data_dir: data_dir.to_path_buf(),
             log,
+            log_done,
             extra,
         })
     }
@@ -189,6 +195,11 @@ impl Server {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Its last lines reach the log through the reader thread: let it finish,
+                // so a test asking the log after the exit finds them.
+                while !self.log_done.load(Ordering::Acquire) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
