@@ -2105,6 +2105,16 @@ async fn a_copy_started_again_keeps_the_keys_of_removed_frames_across_a_failover
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The keys were received into a file beside the topics and moved into the new copy:
+    // nothing of them is left behind.
+    let topics_dir = c.node(&away).server.data_dir.join("topics");
+    assert!(topics_dir.join("keyed").join("REMOVED_KEYS").exists());
+    let left: Vec<_> = std::fs::read_dir(&topics_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     c.node_mut(&leader).server.kill9();
     assert_eq!(

@@ -22,8 +22,8 @@ use super::metrics::{Metrics, TopicGauges, TopicMetrics, Transport};
 use super::terms::TermHistory;
 use crate::index::OrderKey;
 use crate::wal::{
-    cut_from, mappings, removals::Removals, removed_keys::Kept, segment::sync_dir, Cut,
-    FailureSignal, Log, LogConfig, TailLoss,
+    cut_from, mappings, removals::Removals, removed_keys, segment::sync_dir, Cut, FailureSignal,
+    Log, LogConfig, TailLoss,
 };
 
 /// File holding a topic's metadata.
@@ -444,10 +444,15 @@ impl Topics {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(TEMP_PREFIX) {
                 // A creation or deletion cut short by a crash: it was never a live topic, or
-                // its deletion was asked for.
-                warn!(dir = %entry.path().display(), "removing an unfinished topic creation or deletion");
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| crate::wal::Error::io(&entry.path(), e))?;
+                // its deletion was asked for. Or keys a follower was receiving.
+                warn!(path = %entry.path().display(), "removing an unfinished topic creation or deletion");
+                let path = entry.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| crate::wal::Error::io(&path, e))?;
                 continue;
             }
             if entry.path().is_dir() && valid_topic_name(&name) {
@@ -823,11 +828,28 @@ impl Topics {
         Ok((topic, true))
     }
 
+    /// A file to receive, a key at a time, the idempotency keys of frames removed from
+    /// topic `name` on the leader, for [`Topics::restart_copy`]: held on disk, not in
+    /// memory (a window holds up to `--dedup-max-keys` of them). Beside the topics, under
+    /// a temporary name that startup removes; dropped unused, it is removed.
+    pub fn receive_keys(&self, name: &str, epoch: u64) -> Result<removed_keys::Writer> {
+        if !valid_topic_name(name) {
+            return Err(invalid_name(name));
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{TEMP_PREFIX}keys-{name}-{epoch}-{n}"));
+        Ok(removed_keys::Writer::create(path)?)
+    }
+
     /// Replaces the copy `name` with an empty one of `meta` that starts at `first_offset`:
     /// a follower whose copy ends before its leader's oldest retained frame (retention
     /// removed what it lacks, everywhere). `removals`: the leader's retention passes;
     /// `keys`: the idempotency keys of the removed frames still inside the leader's dedup
-    /// window (the new copy keeps them, see [`Log::prepare_start`]). The old copy's streams end with `UNAVAILABLE`; a resume below
+    /// window, as received ([`Topics::receive_keys`]; the new copy keeps them, see
+    /// [`Log::prepare_start`]). The old copy's streams end with `UNAVAILABLE`; a resume below
     /// `first_offset` then gets `OUT_OF_RANGE`, never a silent gap. The term history stays.
     pub async fn restart_copy(
         &self,
@@ -835,7 +857,7 @@ impl Topics {
         meta: TopicMeta,
         first_offset: u64,
         removals: Removals,
-        keys: Vec<Kept>,
+        keys: Option<removed_keys::Writer>,
     ) -> Result<Arc<Topic>> {
         if !valid_topic_name(name) {
             return Err(invalid_name(name));
@@ -870,7 +892,8 @@ impl Topics {
                 old.log.close();
                 remove_topic_dir(&dir, &name_owned, old.meta.epoch)?;
             }
-            let start = Some((first_offset, &removals, &keys[..]));
+            let keys = keys.map(removed_keys::Writer::finish).transpose()?;
+            let start = Some((first_offset, &removals, keys.as_deref()));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
             let topic = new_topic(
                 name_owned.clone(),
@@ -1333,7 +1356,7 @@ fn make_topic(
     name: &str,
     meta: &TopicMeta,
     terms: &TermHistory,
-    start: Option<(u64, &Removals, &[Kept])>,
+    start: Option<(u64, &Removals, Option<&Path>)>,
     config: LogConfig,
 ) -> Result<Log> {
     let temp = dir.join(format!("{TEMP_PREFIX}creating-{name}"));
@@ -1574,6 +1597,48 @@ mod tests {
         ] {
             assert!(!valid_topic_name(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn startup_removes_what_a_crash_left_under_temporary_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new(16));
+        let topics = Topics::open(dir.path(), LogConfig::default(), true, Arc::clone(&metrics))
+            .expect("open");
+        topics
+            .get_or_create("kept", Cause::Publish)
+            .await
+            .expect("created");
+        // Keys being received: a file beside the topics, removed when dropped unused.
+        let receiving = topics.receive_keys("kept", 1).expect("receive");
+        let path = std::fs::read_dir(dir.path().join("topics"))
+            .expect("topics")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().contains(".keys-kept-1-"))
+            .expect("a file of received keys");
+        drop(receiving);
+        assert!(!path.exists(), "dropped unused");
+        assert!(
+            topics.receive_keys("../kept", 1).is_err(),
+            "not a topic name"
+        );
+        assert!(topics.close_all());
+        drop(topics);
+
+        // What a crash leaves: a creation, a deletion, keys being received.
+        let t = dir.path().join("topics");
+        std::fs::create_dir_all(t.join(".creating-a")).expect("dir");
+        std::fs::write(t.join(".creating-a").join("meta"), b"x").expect("file");
+        std::fs::create_dir_all(t.join(".deleted-b-3")).expect("dir");
+        std::fs::write(t.join(".keys-kept-1-0"), b"FCKEYS01").expect("file");
+        let topics = Topics::open(dir.path(), LogConfig::default(), true, metrics).expect("open");
+        let mut left: Vec<String> = std::fs::read_dir(&t)
+            .expect("topics")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept"]);
+        assert!(topics.get("kept").is_some());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! applied to the copy by maintenance ([`Topic::set_leader_retention`](crate::broker::topics::Topic::set_leader_retention)); a copy that ends
 //! before the leader's oldest retained frame starts again there ([`Topics::restart_copy`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +36,7 @@ use super::replication_proto::leader_update::Update;
 use crate::broker::error::Error;
 use crate::broker::topics::{TopicMeta, Topics};
 use crate::wal::format::MAX_KEY_LEN;
-use crate::wal::removed_keys::Kept;
+use crate::wal::removed_keys;
 use crate::wal::{Copied, FirstAck};
 
 /// Why a `Follow` stream ended.
@@ -407,10 +408,10 @@ struct Apply {
     commits: HashMap<String, u64>,
     /// The leader's durable end per topic when it announced it on this stream.
     ends: HashMap<String, u64>,
-    /// Keys of removed frames received for a topic (of the epoch given), kept until the
-    /// announcement or retention decision that follows them: a copy started again takes
-    /// them, one that holds the frames already has them.
-    keys: HashMap<String, (u64, Vec<Kept>)>,
+    /// Keys of removed frames received for a topic (of the epoch given), kept (on disk,
+    /// [`Topics::receive_keys`]) until the announcement or retention decision that follows
+    /// them: a copy started again takes them, one that holds the frames already has them.
+    keys: HashMap<String, (u64, removed_keys::Writer)>,
 }
 
 impl Apply {
@@ -473,14 +474,19 @@ impl Apply {
     /// Keeps keys of removed frames the leader sent until the decision they precede (a
     /// copy started again takes them). Keys of another epoch than those kept are the
     /// newer topic's: the older ones go.
+    /// Their file is written as they come, unsynced (at most one message, 1 MiB, to the
+    /// page cache); the copy that takes them syncs it.
     fn received_keys(&mut self, k: rp::ReplicaKeys) -> Result<(), FollowError> {
-        let entry = self
-            .keys
-            .entry(k.topic)
-            .or_insert_with(|| (k.epoch, Vec::new()));
-        if entry.0 != k.epoch {
-            *entry = (k.epoch, Vec::new());
+        if self.keys.get(&k.topic).is_some_and(|(e, _)| *e != k.epoch) {
+            self.keys.remove(&k.topic);
         }
+        let entry = match self.keys.entry(k.topic) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let file = self.topics.receive_keys(v.key(), k.epoch)?;
+                v.insert((k.epoch, file))
+            }
+        };
         for key in k.keys {
             if key.key.is_empty() || key.key.len() > MAX_KEY_LEN {
                 return Err(FollowError::Protocol(format!(
@@ -488,14 +494,12 @@ impl Apply {
                     key.key.len()
                 )));
             }
-            entry.1.push((
-                Box::from(&key.key[..]),
-                FirstAck {
-                    offset: key.offset,
-                    timestamp: key.timestamp,
-                    stored_at: key.stored_at,
-                },
-            ));
+            let ack = FirstAck {
+                offset: key.offset,
+                timestamp: key.timestamp,
+                stored_at: key.stored_at,
+            };
+            entry.1.push(&key.key, &ack).map_err(Error::from)?;
         }
         Ok(())
     }
@@ -516,13 +520,12 @@ impl Apply {
             .keys
             .remove(name)
             .filter(|(epoch, _)| *epoch == meta.epoch)
-            .map(|(_, keys)| keys)
-            .unwrap_or_default();
+            .map(|(_, keys)| keys);
         let Some(t) = self.topics.get(name) else {
             return Ok(());
         };
         if t.log().durable_offset() < first {
-            info!(topic = %name, first_offset = first, end = t.log().durable_offset(), keys = keys.len(), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
+            info!(topic = %name, first_offset = first, end = t.log().durable_offset(), keys = keys.as_ref().map_or(0, |k| k.len()), "the leader's retention removed the frames this copy lacks: starting it again at the oldest retained offset");
             self.topics
                 .restart_copy(
                     name,

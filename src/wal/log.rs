@@ -189,15 +189,16 @@ impl Log {
     /// Prepares the empty directory `dir` so that the log opened in it starts at
     /// `first_offset`: a copy of a log whose older frames retention removed elsewhere.
     /// `removals`: the passes that removed them there, so a stream that needed one of
-    /// their frames is refused here exactly when it is there. `keys`: the idempotency keys,
-    /// still inside their window, of the frames removed there (kept as retention keeps them,
-    /// see [`super::removed_keys`]), so that a retry of one is answered with its first ack
-    /// here too. Refused when `dir` holds a log.
+    /// their frames is refused here exactly when it is there. `keys`: a finished file
+    /// ([`super::removed_keys::Writer`]) of the idempotency keys, still inside their window,
+    /// of the frames removed there (kept as retention keeps them, see
+    /// [`super::removed_keys`]), moved into `dir`, so that a retry of one is answered with
+    /// its first ack here too. Refused when `dir` holds a log.
     pub fn prepare_start(
         dir: &Path,
         first_offset: u64,
         removals: &Removals,
-        keys: &[super::removed_keys::Kept],
+        keys: Option<&Path>,
     ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if !super::recovery::list_segments(dir)?.is_empty() || manifest::read(dir)?.is_some() {
@@ -219,10 +220,12 @@ impl Log {
                 removals: removals.to_stored(),
             },
         )?;
-        if keys.is_empty() {
+        let Some(keys) = keys else {
             return Ok(());
-        }
-        super::removed_keys::write(dir, keys)
+        };
+        let path = dir.join(super::format::REMOVED_KEYS_FILE);
+        std::fs::rename(keys, &path).map_err(|e| Error::io(&path, e))?;
+        super::segment::sync_dir(dir)
     }
 
     /// The directory of this log.

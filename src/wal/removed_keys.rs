@@ -11,8 +11,9 @@
 //! timestamp (i64), stored-at time (i64), key length (u16), the key; then a CRC32 of
 //! everything before it.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use super::dedup::FirstAck;
 use super::format::{le4, le8, MAX_KEY_LEN, REMOVED_KEYS_FILE, TEMP_SUFFIX};
@@ -25,6 +26,9 @@ const MAGIC: &[u8; 8] = b"FCKEYS01";
 
 /// Bytes of one entry before its key.
 const ENTRY_HEAD: usize = 8 + 8 + 8 + 2;
+
+/// The buffer a [`Writer`] holds.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// A key and the first ack it got.
 pub type Kept = (Box<[u8]>, FirstAck);
@@ -40,30 +44,113 @@ pub fn write(dir: &Path, keys: &[Kept]) -> Result<()> {
             Err(e) => Err(Error::io(&path, e)),
         };
     }
-    let count = u32::try_from(keys.len())
-        .map_err(|_| Error::InvalidArgument(format!("{} removed keys", keys.len())))?;
-    let mut out = Vec::with_capacity(16 + keys.len() * (ENTRY_HEAD + 16));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&count.to_le_bytes());
+    let mut out = Writer::create(dir.join(format!("{REMOVED_KEYS_FILE}.{TEMP_SUFFIX}")))?;
     for (key, ack) in keys {
-        let len = u16::try_from(key.len())
-            .map_err(|_| Error::InvalidArgument(format!("a key of {} bytes", key.len())))?;
-        out.extend_from_slice(&ack.offset.to_le_bytes());
-        out.extend_from_slice(&ack.timestamp.to_le_bytes());
-        out.extend_from_slice(&ack.stored_at.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(key);
+        out.push(key, ack)?;
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let temp = dir.join(format!("{REMOVED_KEYS_FILE}.{TEMP_SUFFIX}"));
-    let mut f = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;
-    f.write_all(&out)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&temp, e))?;
-    drop(f);
+    let temp = out.finish()?;
     std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))?;
     sync_dir(dir)
+}
+
+/// A file of removed keys written a key at a time, so that no more than a buffer of them
+/// is held: the keys a leader sends a follower whose copy starts again, say. Finished, it
+/// is durable and in the layout [`read`] takes; dropped unfinished, it is removed.
+pub struct Writer {
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    count: u32,
+    /// The CRC of the entries so far (the header's count is known only at the end).
+    entries: crc32fast::Hasher,
+}
+
+impl Writer {
+    /// Starts the file at `path` (replacing any file there).
+    pub fn create(path: PathBuf) -> Result<Writer> {
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+        // The count is written over at the end.
+        file.write_all(MAGIC)
+            .and_then(|()| file.write_all(&0u32.to_le_bytes()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Writer {
+            path,
+            file: Some(file),
+            count: 0,
+            entries: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Adds a key (at most `MAX_KEY_LEN` bytes) and its first ack.
+    pub fn push(&mut self, key: &[u8], ack: &FirstAck) -> Result<()> {
+        let len = u16::try_from(key.len())
+            .ok()
+            .filter(|_| key.len() <= MAX_KEY_LEN)
+            .ok_or_else(|| Error::InvalidArgument(format!("a key of {} bytes", key.len())))?;
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidArgument("more than u32::MAX removed keys".into()))?;
+        let mut head = [0u8; ENTRY_HEAD];
+        head[0..8].copy_from_slice(&ack.offset.to_le_bytes());
+        head[8..16].copy_from_slice(&ack.timestamp.to_le_bytes());
+        head[16..24].copy_from_slice(&ack.stored_at.to_le_bytes());
+        head[24..26].copy_from_slice(&len.to_le_bytes());
+        let file = self.file.as_mut().ok_or_else(|| finished(&self.path))?;
+        file.write_all(&head)
+            .and_then(|()| file.write_all(key))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.entries.update(&head);
+        self.entries.update(key);
+        self.count = count;
+        Ok(())
+    }
+
+    /// How many keys were added.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// True when no key was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Ends the file with its count and CRC and syncs it; its path.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let path = self.path.clone();
+        let file = self.file.take().ok_or_else(|| finished(&path))?;
+        let done = (|| -> std::io::Result<()> {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(MAGIC);
+            crc.update(&self.count.to_le_bytes());
+            crc.combine(&self.entries);
+            let mut file = file;
+            file.write_all(&crc.finalize().to_le_bytes())?;
+            let mut file = file.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+            file.write_all(&self.count.to_le_bytes())?;
+            file.sync_all()
+        })();
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io(&path, e));
+        }
+        Ok(path)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Unfinished: nobody will take it.
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn finished(path: &Path) -> Error {
+    Error::InvalidArgument(format!("{} was finished already", path.display()))
 }
 
 /// The keys to load at recovery: [`read`]'s, except that a file that fails its check is
@@ -181,6 +268,39 @@ mod tests {
         write(dir.path(), &[]).unwrap();
         assert!(!path.exists(), "no keys: no file");
         write(dir.path(), &[]).unwrap();
+    }
+
+    #[test]
+    fn keys_written_one_at_a_time_read_back_and_an_unfinished_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than the writer's buffer holds, so it is flushed along the way.
+        let keys: Vec<Kept> = (0..5_000u64)
+            .map(|i| kept(&format!("{i:0>120}"), i))
+            .collect();
+        let mut w = Writer::create(dir.path().join("incoming")).unwrap();
+        for (key, ack) in &keys {
+            w.push(key, ack).unwrap();
+        }
+        assert_eq!(w.len(), 5_000);
+        let path = w.finish().unwrap();
+        std::fs::rename(&path, dir.path().join(REMOVED_KEYS_FILE)).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), keys);
+        // `write` gives the same bytes.
+        let streamed = std::fs::read(dir.path().join(REMOVED_KEYS_FILE)).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        write(other.path(), &keys).unwrap();
+        assert_eq!(
+            std::fs::read(other.path().join(REMOVED_KEYS_FILE)).unwrap(),
+            streamed
+        );
+
+        // A key too long is refused; dropped unfinished, the file is removed.
+        let mut w = Writer::create(dir.path().join("dropped")).unwrap();
+        w.push(b"k", &keys[0].1).unwrap();
+        assert!(w.push(&[b'k'; MAX_KEY_LEN + 1], &keys[0].1).is_err());
+        assert!(dir.path().join("dropped").exists());
+        drop(w);
+        assert!(!dir.path().join("dropped").exists());
     }
 
     #[test]
