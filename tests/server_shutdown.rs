@@ -258,10 +258,9 @@ fn sigterm_before_listening_exits_cleanly() {
         .map(|l| format!("http://{}", l.local_addr().unwrap()))
         .collect::<Vec<_>>()
         .join(",");
-    let free_port = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    // Below the ephemeral range: the test's own connection attempts below cannot take
+    // the port before the server binds it.
+    let free_port = || format!("127.0.0.1:{}", common::fixed_port());
     let (grpc, http) = (free_port(), free_port());
     let child = std::process::Command::new(bin())
         .args(["serve", "--listen", &grpc, "--http-listen", &http])

@@ -504,15 +504,17 @@ pub async fn run(
             Deadline::now() + config.shutdown_grace
         }
         () = &mut signal => {
+            let open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions());
+            let deadline = Deadline::now() + config.shutdown_grace;
+            door.stopping();
+            trigger.fire();
+            // Logged once it holds: a call after this line is refused.
             info!(
-                open_subscriptions = door.broker().map_or(0, |b| b.open_subscriptions()),
+                open_subscriptions,
                 // Publish stream readers, and the maintenance task.
                 running_tasks = all_done.len(),
                 "shutdown requested: no new calls; ending streams"
             );
-            let deadline = Deadline::now() + config.shutdown_grace;
-            door.stopping();
-            trigger.fire();
             health_reporter.set_not_serving::<BroadcastServer<BroadcastService>>().await;
             health_reporter
                 .set_service_status(super::readiness::READS_SERVICE, tonic_health::ServingStatus::NotServing)
