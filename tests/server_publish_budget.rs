@@ -15,9 +15,12 @@ use framecast::proto::broadcast_client::BroadcastClient;
 use tonic::transport::Channel;
 
 /// Starts a server with `budget` whose first publish stalls, publishes 600 KiB (stalled)
-/// and then 600 KiB more on another connection; whether the second was answered while the
-/// first was held, then both acks' offsets once it is released.
-async fn second_publish_answered_while_the_first_is_held(budget: &str) -> (bool, Vec<u64>) {
+/// and then 600 KiB more on another connection; whether the second was answered within
+/// `wait` while the first was held, then both acks' offsets once it is released.
+async fn second_publish_answered_while_the_first_is_held(
+    budget: &str,
+    wait: Duration,
+) -> (bool, Vec<u64>) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let release = tmp.path().join("release");
@@ -39,10 +42,23 @@ async fn second_publish_answered_while_the_first_is_held(budget: &str) -> (bool,
         })
     };
     let first = publish(server.client().await, 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first is held once the server says so (not after a guess of a sleep: the second
+    // must not reach the fail point first).
+    let start = std::time::Instant::now();
+    while !server.log_text().contains("fail point publish.stall") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!first.is_finished(), "the first publish did not stall");
     let second = publish(server.client().await, 2);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = std::time::Instant::now();
+    while !second.is_finished() && start.elapsed() < wait {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let answered = second.is_finished();
     std::fs::write(&release, b"").unwrap();
     let mut offsets = Vec::new();
@@ -61,11 +77,14 @@ async fn second_publish_answered_while_the_first_is_held(budget: &str) -> (bool,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_past_the_budget_waits_until_the_ones_before_it_are_written() {
     // 1 MiB: the first publish's 600 KiB leaves too little for the second.
-    let (answered, offsets) = second_publish_answered_while_the_first_is_held("1MiB").await;
+    // Not answered in 1.5 s (the 600 KiB take a few ms when there is room).
+    let (answered, offsets) =
+        second_publish_answered_while_the_first_is_held("1MiB", Duration::from_millis(1500)).await;
     assert!(!answered, "the second publish went past a full budget");
     assert_eq!(offsets, [0, 1]);
     // With room for both (the default budget), the second is not held up by the first.
-    let (answered, offsets) = second_publish_answered_while_the_first_is_held("256MiB").await;
+    let (answered, offsets) =
+        second_publish_answered_while_the_first_is_held("256MiB", Duration::from_secs(20)).await;
     assert!(
         answered,
         "the second publish waited though the budget had room"

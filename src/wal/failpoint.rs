@@ -113,6 +113,7 @@ pub async fn stalled() {
     let Some(release) = std::env::var_os(RELEASE_ENV) else {
         return;
     };
+    tracing::warn!(release = %std::path::Path::new(&release).display(), "fail point publish.stall: a publish stalls until the release file exists");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !std::path::Path::new(&release).exists() && std::time::Instant::now() < until {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
