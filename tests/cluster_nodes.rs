@@ -4107,8 +4107,10 @@ async fn a_leader_stopped_with_sigterm_hands_over_before_its_lease_would_lapse()
         "handover times (SIGTERM to the next ack elsewhere, lease TTL {TTL:?}): {handovers:?}; \
          longest stall of acks while a follower stopped: {stall:?}"
     );
+    // Less than a lease (and than `--replica-max-lag`, 3 s): the leader did not wait the
+    // follower out. Not tighter: a loaded machine can pause a node for a second.
     assert!(
-        stall < Duration::from_secs(1),
+        stall < TTL,
         "acks stalled {stall:?} while a follower stopped cleanly"
     );
     for h in &handovers {
