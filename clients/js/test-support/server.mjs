@@ -220,14 +220,31 @@ export function byOrderKey(a, b) {
 
 // ------------------------------------------------------------------ a cluster: etcd and nodes
 
-/** A free loopback port (free a moment ago: the caller binds it right after). */
+/** Ports `freePort` hands out: 20000..32000, below the kernel's ephemeral range. */
+const PORTS_FROM = 20_000;
+const PORTS = 12_000;
+let portsTaken = 0;
+
+/**
+ * A free loopback port (free a moment ago: the caller binds it right after), below the
+ * kernel's ephemeral range (32768 and up), so that no outgoing connection (a client's
+ * retry, etcd's) can take it while a server that listens on it again after a restart is
+ * down, as the Rust and Python tests choose theirs. Spread by process (test files run in
+ * parallel), in its own part of the range (from 3000 on).
+ */
 export async function freePort() {
   const { createServer } = await import("node:net");
-  const s = createServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
+  const start = (process.pid * 7919 + 3_000) % PORTS;
+  for (let i = 0; i < PORTS; i++) {
+    const port = PORTS_FROM + ((start + portsTaken++ * 13) % PORTS);
+    const free = await new Promise((resolve) => {
+      const s = createServer();
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error(`no free loopback port in ${PORTS_FROM}..${PORTS_FROM + PORTS}`);
 }
 
 /** The etcd binary: Debian's `etcd-server` puts it at /usr/bin/etcd; else `etcd` on PATH; undefined when neither. */

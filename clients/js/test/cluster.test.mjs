@@ -11,19 +11,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { createServer as createTcpServer } from "node:net";
 import { Framecast, FramecastError } from "../dist/index.js";
 import { Hops, MAX_LEADER_HOPS, neverSent, Transport } from "../dist/transport.js";
-import { startServer, nextFrames, byOrderKey, within, sleep } from "../test-support/server.mjs";
-
-/** A free loopback port (free a moment ago). */
-async function freePort() {
-  const s = createTcpServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
+import { freePort, startServer, nextFrames, byOrderKey, within, sleep } from "../test-support/server.mjs";
 
 /** `http://127.0.0.1:<port>` with nothing listening. */
 async function deadUrl() {

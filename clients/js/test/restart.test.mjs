@@ -5,16 +5,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Framecast } from "../dist/index.js";
-import { startServer, until, within, byOrderKey, sleep, nextFrames } from "../test-support/server.mjs";
+import { freePort, startServer, until, within, byOrderKey, sleep, nextFrames } from "../test-support/server.mjs";
 
 const STORED = 20;
 const TOTAL = 120;
 
 test("SIGKILL and restart mid-stream: every frame exactly once, in order", async (t) => {
-  let server = await startServer();
+  // Ports that no outgoing connection can take while the server is down.
+  const [listen, httpListen] = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+  let server = await startServer({ listen, httpListen });
   t.after(() => server.cleanup());
   const { dataDir } = server;
-  const [listen, httpListen] = [server.addr, server.httpAddr];
 
   const fc = new Framecast({ url: server.url, backoff: { initialMs: 20, maxMs: 300 } });
   // Stored before subscribing, seq_nos descending: the replay reverses them.
@@ -104,10 +105,11 @@ test("SIGKILL and restart mid-stream: every frame exactly once, in order", async
 });
 
 test("graceful shutdown (SIGTERM) ends the stream with event: error UNAVAILABLE; the subscriber comes back after a restart", async (t) => {
-  let server = await startServer();
+  // Ports that no outgoing connection can take while the server is down.
+  const [listen, httpListen] = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+  let server = await startServer({ listen, httpListen });
   t.after(() => server.cleanup());
   const { dataDir } = server;
-  const [listen, httpListen] = [server.addr, server.httpAddr];
 
   // Keeps the raw text of every event stream, to see how each one ended.
   const streams = [];
