@@ -327,12 +327,16 @@ export class Transport {
                     // again would only pile up calls on a token source that does not answer).
                     if (signal?.aborted)
                         throw abortReason(signal);
-                    if (attemptAbort.signal.aborted) {
-                        throw new FramecastError("UNAVAILABLE", 0, `the token function gave no token within ${attemptMs} ms`, {
+                    const failed = attemptAbort.signal.aborted
+                        ? new FramecastError("UNAVAILABLE", 0, `the token function gave no token within ${attemptMs} ms`, {
                             cause: e,
-                        });
-                    }
-                    throw e;
+                        })
+                        : e;
+                    // After an attempt that broke, a keyed write may be stored whatever the token
+                    // function says now: stored or not, as after a refusal (see above).
+                    if (broke && call.key)
+                        throw fateUnknown(tokenRefusal(failed), call.key);
+                    throw failed;
                 }
                 try {
                     const init = { method: call.method, headers, cache: "no-store", signal: attemptAbort.signal };
@@ -567,5 +571,12 @@ function tokenFromEnv() {
     const env = globalThis.process?.env;
     const token = env?.["FRAMECAST_TOKEN"]?.trim();
     return token ? token : undefined;
+}
+/** A token function's failure as the refusal it amounts to: its own error, else `UNAUTHENTICATED` (no credentials to send), status 0 (no answer). */
+function tokenRefusal(e) {
+    if (e instanceof FramecastError)
+        return e;
+    const why = e instanceof Error ? e.message : String(e);
+    return new FramecastError("UNAUTHENTICATED", 0, `the token function failed: ${why}`, { cause: e });
 }
 //# sourceMappingURL=transport.js.map

@@ -358,12 +358,15 @@ export class Transport {
           // One that gives no token within the attempt's time ends the call too (asking it
           // again would only pile up calls on a token source that does not answer).
           if (signal?.aborted) throw abortReason(signal);
-          if (attemptAbort.signal.aborted) {
-            throw new FramecastError("UNAVAILABLE", 0, `the token function gave no token within ${attemptMs} ms`, {
-              cause: e,
-            });
-          }
-          throw e;
+          const failed = attemptAbort.signal.aborted
+            ? new FramecastError("UNAVAILABLE", 0, `the token function gave no token within ${attemptMs} ms`, {
+                cause: e,
+              })
+            : e;
+          // After an attempt that broke, a keyed write may be stored whatever the token
+          // function says now: stored or not, as after a refusal (see above).
+          if (broke && call.key) throw fateUnknown(tokenRefusal(failed), call.key);
+          throw failed;
         }
         try {
           const init: RequestInit = { method: call.method, headers, cache: "no-store", signal: attemptAbort.signal };
@@ -588,4 +591,11 @@ function tokenFromEnv(): string | undefined {
   const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
   const token = env?.["FRAMECAST_TOKEN"]?.trim();
   return token ? token : undefined;
+}
+
+/** A token function's failure as the refusal it amounts to: its own error, else `UNAUTHENTICATED` (no credentials to send), status 0 (no answer). */
+function tokenRefusal(e: unknown): FramecastError {
+  if (e instanceof FramecastError) return e;
+  const why = e instanceof Error ? e.message : String(e);
+  return new FramecastError("UNAUTHENTICATED", 0, `the token function failed: ${why}`, { cause: e });
 }

@@ -135,6 +135,30 @@ test("publish with a token function: broke, then 401 twice (asked the function a
   assert.deepEqual(await stored(topic), ["once"]);
 });
 
+test("publish with a token function that throws on the retry after a break: FATE_UNKNOWN, its error attached", async (t) => {
+  const p = await proxy([{ break: true }]);
+  t.after(() => p.close());
+  const topic = "fate-token-throws";
+  let asked = 0;
+  const token = async () => {
+    if (asked++ > 0) throw new Error("the token source is down");
+    return "from-a-function";
+  };
+  const fc = new Framecast({ url: p.url, token, ...quick });
+  const e = await rejection("publish", fc.publish(topic, "once", { seqNo: 1, idempotencyKey: "k-token-throws" }));
+  assert.equal(p.state.posts, 1, "the retry was never sent");
+  assert.equal(asked, 2);
+  assert.deepEqual(await stored(topic), ["once"], "the broken attempt stored the frame");
+  assert.equal(e.code, "FATE_UNKNOWN", e.message);
+  assert.equal(e.refusal.code, "UNAUTHENTICATED");
+  assert.match(e.refusal.message, /the token source is down/);
+  assert.equal(e.idempotencyKey, "k-token-throws");
+  // Without a break, the token function's error is the caller's, as before.
+  const direct = new Framecast({ url: server.url, token: async () => { throw new Error("no token"); }, ...quick });
+  const plain = await rejection("publish", direct.publish(topic, "never", { seqNo: 2, idempotencyKey: "k-none" }));
+  assert.equal(plain.message, "no token");
+});
+
 test("publish: no answer within callTimeoutMs (stored meanwhile), then 403: FATE_UNKNOWN", async (t) => {
   const p = await proxy([{ stall: true }, { refuse: 403 }]);
   t.after(() => p.close());
