@@ -566,6 +566,27 @@ def attempt_timeout(call_timeout: float | None, deadline: float | None) -> float
     return call_timeout if left is None else min(call_timeout, left)
 
 
+class WriteFate:
+    """The attempts of one keyed unary write (``Publish``, ``Broadcast``) so far: once one
+    broke after it may have been stored (:func:`stream_may_have_stored`: a transient
+    failure, not a connection never made nor a follower naming the leader), a later
+    refusal for good does not say the write is not stored: it becomes
+    :class:`framecast.errors.FateUnknown` (:func:`refused_fate`), naming ``key``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.broke = False
+
+    def failed(self, err: grpc.RpcError) -> None:
+        """An attempt failed with ``err``."""
+        if stream_may_have_stored(err):
+            self.broke = True
+
+    def ended(self, error: BaseException) -> BaseException:
+        """What the write fails with when the call ends with ``error``."""
+        return with_key(refused_fate(error, self.broke), self.key)
+
+
 def unary_retry_delay(
     what: str,
     err: grpc.RpcError,
@@ -576,6 +597,7 @@ def unary_retry_delay(
     retry: bool = True,
     closed: bool = False,
     route: Route | None = None,
+    fate: WriteFate | None = None,
 ) -> float:
     """After a failed attempt of the unary call ``what``: the delay before the next attempt,
     or raises the error to end the call with (the client closed, the call's own timeout
@@ -583,7 +605,50 @@ def unary_retry_delay(
 
     With a ``route``: 0 (retry at once) when a follower named the leader, even for a call
     not retried otherwise (a refused write wrote nothing); a call not retried otherwise is
-    also sent on to an address it has not tried when this one could not be connected to."""
+    also sent on to an address it has not tried when this one could not be connected to.
+
+    With a ``fate`` (a keyed write): the error is what :meth:`WriteFate.ended` makes of it,
+    and this attempt's failure is counted for the next ones."""
+    if fate is None:
+        return _unary_retry_delay(
+            what,
+            err,
+            backoff,
+            deadline=deadline,
+            timeout=timeout,
+            retry=retry,
+            closed=closed,
+            route=route,
+        )
+    try:
+        return _unary_retry_delay(
+            what,
+            err,
+            backoff,
+            deadline=deadline,
+            timeout=timeout,
+            retry=retry,
+            closed=closed,
+            route=route,
+        )
+    except errors.FramecastError as e:
+        raise fate.ended(e) from None
+    finally:
+        fate.failed(err)
+
+
+def _unary_retry_delay(
+    what: str,
+    err: grpc.RpcError,
+    backoff: Backoff,
+    *,
+    deadline: float | None,
+    timeout: float | None,
+    retry: bool,
+    closed: bool,
+    route: Route | None,
+) -> float:
+    """:func:`unary_retry_delay` without a ``fate``."""
     if closed:
         raise errors.ClientClosed(f"{what}: client closed") from None
     if deadline is not None and time.monotonic() >= deadline:

@@ -76,6 +76,7 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    WriteFate,
     with_key,
     watch_retry_delay,
 )
@@ -261,9 +262,11 @@ class Client:
         timeout: float | None,
         *,
         retry: bool = True,
+        fate: WriteFate | None = None,
     ) -> Any:
         """Runs a unary call, retrying transient failures with the same request (on the next
-        address, or at once on the leader a follower named)."""
+        address, or at once on the leader a follower named). ``fate``: for a keyed write,
+        whose refusal after an attempt that broke is ``FateUnknown`` (:class:`WriteFate`)."""
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
         route = Route(self._nodes)
@@ -281,6 +284,7 @@ class Client:
                     retry=retry,
                     closed=self._closed,
                     route=route,
+                    fate=fate,
                 )
             except grpc.aio.UsageError:
                 raise ClientClosed(f"{what}: client closed") from None
@@ -313,9 +317,15 @@ class Client:
         if self._coalesce and key:
             return await self._publish_coalesced(req, timeout)
         try:
-            return ack_from_pb(
-                await self._call("publish", "Publish", req, timeout, retry=bool(key))
+            ack = await self._call(
+                "publish",
+                "Publish",
+                req,
+                timeout,
+                retry=bool(key),
+                fate=WriteFate(key) if key else None,
             )
+            return ack_from_pb(ack)
         except (DeadlineExceeded, Unavailable) as e:
             # The outcome is unknown: publishing again with this key stores it once.
             e.idempotency_key = key or None
@@ -337,7 +347,14 @@ class Client:
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
         # Without a key (""), nothing tells a retry from a new broadcast: no retry.
         try:
-            resp = await self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
+            resp = await self._call(
+                "broadcast",
+                "Broadcast",
+                req,
+                timeout,
+                retry=bool(key),
+                fate=WriteFate(key) if key else None,
+            )
         except (DeadlineExceeded, Unavailable) as e:
             e.idempotency_key = key or None
             raise

@@ -61,6 +61,7 @@ from ._core import (
     timed_out,
     topic_from_pb,
     unary_retry_delay,
+    WriteFate,
     with_key,
     watch_retry_delay,
 )
@@ -316,9 +317,11 @@ class Client:
         timeout: float | None,
         *,
         retry: bool = True,
+        fate: WriteFate | None = None,
     ) -> Any:
         """Runs a unary call, retrying transient failures with the same request (on the next
-        address, or at once on the leader a follower named)."""
+        address, or at once on the leader a follower named). ``fate``: for a keyed write,
+        whose refusal after an attempt that broke is ``FateUnknown`` (:class:`WriteFate`)."""
         deadline = deadline_after(timeout)
         backoff = Backoff(self._retry)
         route = Route(self._nodes)
@@ -337,6 +340,7 @@ class Client:
                     retry=retry,
                     closed=self._closed.is_set(),
                     route=route,
+                    fate=fate,
                 )
             except ValueError:
                 # grpc raises ValueError for a call on a closed channel.
@@ -389,6 +393,8 @@ class Client:
             DeadlineExceeded: ``timeout`` ran out (same uncertainty; a coalesced frame is
                 sent on until the retry budget ends): publish again with
                 ``idempotency_key=error.idempotency_key`` to store it exactly once.
+            FateUnknown: An attempt broke before its answer (it may have stored the
+                frame) and a retry was refused for good: stored or not, never twice.
         """
         key = self._keys.next() if idempotency_key is None else idempotency_key
         req = publish_request(topic, seq_no, payload, timestamp, key)
@@ -397,7 +403,15 @@ class Client:
         if self._coalesce and key:
             return self._publish_coalesced(req, timeout)
         try:
-            return ack_from_pb(self._call("publish", "Publish", req, timeout, retry=bool(key)))
+            ack = self._call(
+                "publish",
+                "Publish",
+                req,
+                timeout,
+                retry=bool(key),
+                fate=WriteFate(key) if key else None,
+            )
+            return ack_from_pb(ack)
         except (DeadlineExceeded, Unavailable) as e:
             # The outcome is unknown: publishing again with this key stores it once.
             e.idempotency_key = key or None
@@ -448,7 +462,14 @@ class Client:
         req = broadcast_request(topics, seq_no, payload, timestamp, key)
         # Without a key (""), nothing tells a retry from a new broadcast: no retry.
         try:
-            resp = self._call("broadcast", "Broadcast", req, timeout, retry=bool(key))
+            resp = self._call(
+                "broadcast",
+                "Broadcast",
+                req,
+                timeout,
+                retry=bool(key),
+                fate=WriteFate(key) if key else None,
+            )
         except (DeadlineExceeded, Unavailable) as e:
             e.idempotency_key = key or None
             raise

@@ -203,15 +203,17 @@ class FateUnknown(FramecastError):
     the refusal, which would say it is not stored. Not :attr:`transient`: a retry would be
     refused alike (its key stores it once at most if it is then accepted).
 
-    Raised by a coalesced ``publish`` (``Client(coalesce=True)``) and by ``publish_many``
+    Raised by a coalesced ``publish`` (``Client(coalesce=True)``), by ``publish_many``
     (then for the frames from the one named in the message on, ``error.acks`` holding the
-    acks before it). Frames that went out only on streams refused for good keep the
+    acks before it), and by a keyed ``publish`` or ``broadcast`` whose attempt broke
+    before its answer and whose retry was refused for good. Frames that went out only on streams refused for good keep the
     refusal, as does a frame refused as malformed (:class:`InvalidArgument`: the server
     checks that before writing, on every stream).
 
     Attributes:
         refusal: The refusal (:class:`NotFound`, :class:`PermissionDenied`, ...).
-        idempotency_key: For a coalesced ``publish``: the key the frame was sent with.
+        idempotency_key: For a ``publish`` or ``broadcast``: the key the frame was sent
+            with.
     """
 
     def __init__(

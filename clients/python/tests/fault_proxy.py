@@ -10,6 +10,8 @@ past the list are forwarded as they are):
   For ``PublishStream`` the ``k+1``-th ack is read from the server first (that frame is
   stored) and then lost. For ``Subscribe`` with ``"leak": True`` the server's stream is
   kept open (it still counts as a subscriber) until :meth:`FaultProxy.release`.
+- ``{"break": True}`` (unary calls): forward, wait for the server's answer (a publish is
+  stored), then end the call ``UNAVAILABLE``: the answer is lost.
 - ``{"refuse": "PERMISSION_DENIED"}``: end the call at once with that status, unforwarded.
 """
 
@@ -94,12 +96,15 @@ class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
             if "refuse" in step:
                 context.abort(getattr(grpc.StatusCode, step["refuse"]), "refused by the proxy")
             try:
-                return channel.unary_unary(full)(
+                answer = channel.unary_unary(full)(
                     request, metadata=_forwarded(context.invocation_metadata())
                 )
             except grpc.RpcError as e:
                 relay_error(e, context)
                 raise
+            if step.get("break"):
+                context.abort(grpc.StatusCode.UNAVAILABLE, "broken by the proxy")
+            return answer
 
         def server_stream(request: bytes, context: grpc.ServicerContext) -> Any:
             step = proxy.plan(name)

@@ -17,6 +17,7 @@ from fault_proxy import FaultProxy
 from framecast import (
     Client,
     FateUnknown,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     RetryPolicy,
@@ -108,6 +109,65 @@ def test_aio_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not
         stored = stored_payloads(server, topic)
         check_fates(stored, outcomes)
         assert b"later" not in stored
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("method", ["Publish", "Broadcast"])
+def test_a_keyed_publish_broken_then_refused_is_stored_or_not(
+    server: ServerProcess, topic: str, method: str
+) -> None:
+    # The first attempt is stored but its answer lost; the retry is refused for good.
+    proxy = FaultProxy(server.address, {method: [{"break": True}, {"refuse": "PERMISSION_DENIED"}]})
+    try:
+        with Client(proxy.address, retry=TEST_RETRY) as c:
+            with pytest.raises(FateUnknown) as raised:
+                if method == "Publish":
+                    c.publish(b"once", 1, topic, idempotency_key="k-once", timeout=20)
+                else:
+                    c.broadcast([topic], b"once", 1, idempotency_key="k-once", timeout=20)
+        assert isinstance(raised.value.refusal, PermissionDenied)
+        assert raised.value.idempotency_key == "k-once"
+        assert proxy.calls[method] == 2
+        assert stored_payloads(server, topic) == [b"once"], "the broken attempt stored it"
+        # Sent again with its key: the first store's ack, nothing stored twice.
+        with Client(server.address, retry=TEST_RETRY) as c:
+            assert c.publish(b"once", 1, topic, idempotency_key="k-once").duplicate
+        assert stored_payloads(server, topic) == [b"once"]
+    finally:
+        proxy.stop()
+
+
+def test_an_aio_keyed_publish_broken_then_refused_is_stored_or_not(
+    server: ServerProcess, topic: str
+) -> None:
+    proxy = FaultProxy(
+        server.address, {"Publish": [{"break": True}, {"refuse": "PERMISSION_DENIED"}]}
+    )
+
+    async def main() -> None:
+        async with AioClient(proxy.address, retry=TEST_RETRY) as c:
+            with pytest.raises(FateUnknown) as raised:
+                await c.publish(b"once", 1, topic, idempotency_key="k-aio", timeout=20)
+            assert isinstance(raised.value.refusal, PermissionDenied)
+            assert raised.value.idempotency_key == "k-aio"
+
+    try:
+        run_bounded(lambda: asyncio.run(main()), 30)
+        assert stored_payloads(server, topic) == [b"once"]
+    finally:
+        proxy.stop()
+
+
+def test_a_refusal_without_a_break_stays_the_refusal(server: ServerProcess, topic: str) -> None:
+    # Nothing was written: the refusal is the answer, as before.
+    proxy = FaultProxy(server.address, {"Publish": [{"refuse": "PERMISSION_DENIED"}]})
+    try:
+        with Client(proxy.address, retry=TEST_RETRY) as c:
+            with pytest.raises(PermissionDenied):
+                c.publish(b"never", 1, topic, idempotency_key="k-never", timeout=20)
+        with pytest.raises(NotFound):
+            stored_payloads(server, topic)  # never even created
     finally:
         proxy.stop()
 
