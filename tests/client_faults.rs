@@ -6,7 +6,8 @@
 //! - a subscription resumed while the server still counts its own old, half-open stream
 //!   against `--max-subscribers` waits it out instead of ending at `RESOURCE_EXHAUSTED`,
 //!   while a first open refused so is still final;
-//! - a History page refused with the server's "ask again later" is asked again.
+//! - a History page refused with the server's "ask again later" is asked again;
+//! - a unary publish or broadcast whose answer was lost, then refused, is stored-or-not.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is the test failing
 
 mod common;
@@ -117,6 +118,57 @@ async fn frames_sent_before_a_refusal_on_a_new_stream_are_stored_or_not() {
             "{later:?}"
         );
     }
+}
+
+/// A unary publish or broadcast (coalescing off) whose attempt reached the server (stored)
+/// but whose answer was lost, then whose retry was refused for good, fails as fate-unknown,
+/// not with the refusal; sent again with its key it is not stored twice. A refusal without
+/// a break stays the refusal. Before, the stored frame was reported `PermissionDenied`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_write_broken_then_refused_is_stored_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--fsync", "never"]);
+    let denied = || Act::Refuse(Code::PermissionDenied, "not allowed now".into());
+    for method in ["Publish", "Broadcast"] {
+        let topic = format!("unary-{method}");
+        let script = [(
+            method,
+            vec![Act::BreakAfter { n: 0, leak: false }, denied()],
+        )];
+        let proxy = Proxy::start(&server.addr, &script).await;
+        let c = client(&proxy.addr);
+        let outcome = if method == "Publish" {
+            bounded("publish", c.publish(&topic, 1, "once"))
+                .await
+                .map(|_| ())
+        } else {
+            bounded("broadcast", c.broadcast(&[topic.as_str()], 1, "once"))
+                .await
+                .map(|_| ())
+        };
+        assert_eq!(
+            stored(&server, &topic).await,
+            [1],
+            "{method}: the broken attempt stored it"
+        );
+        assert!(
+            matches!(&outcome, Err(Error::FateUnknown { refusal }) if refusal.contains("not allowed now")),
+            "{method}: a stored frame reported {outcome:?}"
+        );
+    }
+    // Refused without a break: the refusal, nothing stored.
+    let proxy = Proxy::start(&server.addr, &[("Publish", vec![denied()])]).await;
+    let outcome = bounded("publish", client(&proxy.addr).publish("unary-none", 1, "x")).await;
+    assert!(
+        matches!(
+            &outcome,
+            Err(Error::Server {
+                code: Code::PermissionDenied,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
 }
 
 /// The CLI's account of the same: the frames after the last ack are counted as sent and

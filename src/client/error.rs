@@ -54,9 +54,10 @@ pub enum Error {
     /// refusal (the server stored none of the frames behind it).
     #[error("not sent: {0}")]
     NotSent(String),
-    /// A frame whose fate is unknown: it went out on a publish stream that broke before its
-    /// ack, and the stream opened again was refused for good (a token that expired, say),
-    /// so it may be stored (once at most: its idempotency key went with it) or not. Never
+    /// A frame whose fate is unknown: it went out on a publish stream (or a unary publish or
+    /// broadcast attempt) that broke before its ack, and the stream opened again (the
+    /// retry) was refused for good (a token that expired, say), so it may be stored (once
+    /// at most: its idempotency key went with it) or not. Never
     /// retried by the client; sending it again with its key, once the refusal is cured,
     /// stores it at most once.
     #[error("stored or not: it went out on a stream that broke, and the stream opened again was refused: {refusal}")]

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 use super::coalesce::{check_payload, validate, Coalescer};
 use super::compression::Compression;
 use super::credentials::{Bearer, ClientTls};
-use super::error::{from_status, transient, unsent, Result};
+use super::error::{from_status, transient, unsent, Error, Result};
 use super::followers::{Picker, ReadFrom};
 use super::nodes::{leader_hint, split_addrs, Conn, Nodes};
 use super::retry::{Attempts, RetryNotice, RetryPolicy, Retrying};
@@ -357,7 +357,7 @@ impl Client {
             validate(&req)?;
             return coalescer.publish(self, req).await;
         }
-        self.retrying(|mut g| {
+        self.retrying_write(|mut g| {
             let req = req.clone();
             async move { g.publish(req).await.map(|r| r.into_inner().into()) }
         })
@@ -398,7 +398,7 @@ impl Client {
         // The topic names count too (up to 10,000 of them).
         check_payload(prost::Message::encoded_len(&req))?;
         let acks = self
-            .retrying(|mut g| {
+            .retrying_write(|mut g| {
                 let req = req.clone();
                 async move { g.broadcast(req).await.map(|r| r.into_inner()) }
             })
@@ -477,20 +477,49 @@ impl Client {
     }
 
     /// Sends `call` where calls go, again on transient failures (following the nodes).
-    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    pub(super) async fn retrying<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Grpc) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.retrying_as(false, call).await
+    }
+
+    /// [`Client::retrying`] for a keyed write (a unary publish or broadcast): once an
+    /// attempt broke after it may have been stored (a transient failure, not a connection
+    /// never made nor a follower naming the leader), a refusal for good of a later one
+    /// fails with [`Error::FateUnknown`], not the refusal, which would say it is not stored.
+    /// A refusal as malformed (`INVALID_ARGUMENT`) stays: the server checks that before it
+    /// writes, on every attempt alike.
+    pub(super) async fn retrying_write<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Grpc) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.retrying_as(true, call).await
+    }
+
+    async fn retrying_as<T, F, Fut>(&self, write: bool, mut call: F) -> Result<T>
     where
         F: FnMut(Grpc) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut attempts = self.attempts();
+        let mut broke = false;
         loop {
             let conn = self.conn();
             match attempts.bounded(&conn.addr, call(conn.grpc.clone())).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => {
+                    broke |= write && leader_hint(&s).is_none() && !unsent(&s);
                     if let Some(e) = attempts.failed(self.nodes(), &conn, &s).await {
                         return Err(e);
                     }
+                }
+                Err(s) if broke && s.code() != tonic::Code::InvalidArgument => {
+                    return Err(Error::FateUnknown {
+                        refusal: from_status(s).to_string(),
+                    })
                 }
                 Err(s) => return Err(from_status(s)),
             }

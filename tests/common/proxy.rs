@@ -21,7 +21,8 @@ pub enum Act {
     Forward,
     /// Forwards the call; after `n` answers of the stream, it waits for the next answer from
     /// the server (so that one more request was surely handled there) and breaks the
-    /// client's stream with `UNAVAILABLE`. With `leak`, the stream to the server is kept open
+    /// client's stream with `UNAVAILABLE`. A unary call (whatever `n`) is answered by the
+    /// server and then broken so. With `leak`, the stream to the server is kept open
     /// (a connection that died half-open: the server still counts it) until
     /// [`Proxy::release`].
     BreakAfter { n: usize, leak: bool },
@@ -77,7 +78,15 @@ impl Inner {
     {
         match self.act(method) {
             Act::Refuse(code, msg) | Act::RefuseInStream(code, msg) => Err(Status::new(code, msg)),
-            _ => call(self.upstream.clone(), req.into_inner())
+            // A unary call breaks after the server answered (a publish is stored): the
+            // answer is lost.
+            Act::BreakAfter { .. } => {
+                let answer = call(self.upstream.clone(), req.into_inner()).await;
+                let answer = answer.map_err(|s| self.answered(method, s))?;
+                drop(answer);
+                Err(Status::unavailable("broken by the proxy"))
+            }
+            Act::Forward => call(self.upstream.clone(), req.into_inner())
                 .await
                 .map_err(|s| self.answered(method, s)),
         }
