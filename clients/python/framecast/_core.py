@@ -847,15 +847,27 @@ def stream_may_have_stored(failure: grpc.RpcError | None) -> bool:
 def refused_fate(error: BaseException, maybe_stored: bool) -> BaseException:
     """What a published frame fails with when its stream is refused for good (``error``):
     the refusal, or :class:`framecast.errors.FateUnknown` when ``maybe_stored`` (it went
-    out on an earlier stream that broke before its ack, which may have stored it). Errors
-    that already leave the outcome open (``Unavailable``, ``DeadlineExceeded``), a closed
-    client and a token provider's own exception stay as they are. So does
+    out on an earlier stream that broke before its ack, which may have stored it). A token
+    provider's own exception then becomes ``FateUnknown`` too (its refusal an
+    ``Unauthenticated`` caused by it: no token to send). Errors that already leave the
+    outcome open (``Unavailable``, ``DeadlineExceeded``) and a closed client stay as they
+    are. So does
     ``InvalidArgument``: the server checks a request itself (its size, its topic name)
     before it writes anything, so no stream stored the frame it refuses as malformed.
     (grpcio's asyncio calls also report such a refusal that raced a write as a break,
     ``INTERNAL: Internal error from Core``: the frame goes again and is refused again.)"""
-    if not maybe_stored or not isinstance(error, errors.FramecastError):
+    if not maybe_stored:
         return error
+    if not isinstance(error, errors.FramecastError):
+        if not isinstance(error, Exception):
+            return error  # KeyboardInterrupt and the like
+        refusal = errors.Unauthenticated(
+            f"the token provider failed: {error!r}", grpc.StatusCode.UNAUTHENTICATED
+        )
+        refusal.__cause__ = error
+        fate = errors.FateUnknown(refusal)
+        fate.__cause__ = error
+        return fate
     if isinstance(
         error,
         (

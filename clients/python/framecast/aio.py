@@ -1080,9 +1080,12 @@ class _SharedStream:
                 del sleeper
 
     def _fail_all(self, error: BaseException) -> None:
-        """Fails every waiting call with ``error`` (the token provider's)."""
+        """Fails every waiting call with ``error`` (the token provider's; stored-or-not for
+        a frame that went out on a stream that broke: :func:`refused_fate`)."""
         while self._pending:
             req, f = self._pending.popleft()
+            at = self._base
             self._base += 1
             if not f.done():
-                f.set_exception(with_key(error, req.idempotency_key))
+                why = refused_fate(error, at < self._doubt_below)
+                f.set_exception(with_key(why, req.idempotency_key))

@@ -1144,13 +1144,16 @@ class _SharedStream:
                 self._closing.wait(delay)
 
     def _fail_all(self, error: BaseException) -> None:
-        """Fails every waiting call with ``error`` (the token provider's)."""
+        """Fails every waiting call with ``error`` (the token provider's; stored-or-not for
+        a frame that went out on a stream that broke: :func:`refused_fate`)."""
         with self._cond:
+            base, doubt_below = self._base, self._doubt_below
             failed = list(self._pending)
             self._base += len(self._pending)
             self._pending.clear()
-        for req, f in failed:
-            f.set_exception(with_key(error, req.idempotency_key))
+        for i, (req, f) in enumerate(failed):
+            why = refused_fate(error, base + i < doubt_below)
+            f.set_exception(with_key(why, req.idempotency_key))
 
 
 def _identity(frame: Frame) -> Frame:

@@ -21,6 +21,7 @@ from framecast import (
     PermissionDenied,
     ResourceExhausted,
     RetryPolicy,
+    Unauthenticated,
 )
 from framecast.aio import Client as AioClient
 
@@ -84,6 +85,54 @@ def test_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not(
         stored = stored_payloads(server, topic)
         check_fates(stored, outcomes)
         assert b"later" not in stored
+    finally:
+        proxy.stop()
+
+
+def test_coalesced_frames_of_a_broken_stream_whose_token_provider_then_fails_are_stored_or_not(
+    server: ServerProcess, topic: str
+) -> None:
+    # The stream breaks after 3 acks (the 4th frame is stored, its ack lost); opening the
+    # next one, the token provider raises: a stored frame must not report the provider's
+    # error alone (which says "not stored"), but FateUnknown caused by it.
+    proxy = FaultProxy(server.address, {"PublishStream": [{"break_after": 3}]})
+    asked = []
+
+    def token() -> str:
+        asked.append(1)
+        if len(asked) > 1:
+            raise RuntimeError("the token source is down")
+        return "a-token"
+
+    try:
+        with Client(proxy.address, retry=TEST_RETRY, coalesce=True, token=token) as c:
+            outcomes: dict[bytes, Any] = {}
+            barrier = threading.Barrier(FRAMES)
+
+            def publish(i: int) -> None:
+                payload = f"f{i}".encode()
+                barrier.wait(10)
+                try:
+                    outcomes[payload] = c.publish(payload, i, topic, timeout=20)
+                except Exception as e:
+                    outcomes[payload] = e
+
+            threads = [threading.Thread(target=publish, args=(i,)) for i in range(FRAMES)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(outcomes) == FRAMES
+        stored = stored_payloads(server, topic)
+        assert len(stored) == len(set(stored)), stored
+        in_doubt = [p for p in stored if isinstance(outcomes[p], BaseException)]
+        assert in_doubt, (stored, outcomes)  # the scenario happened
+        for p in in_doubt:
+            out = outcomes[p]
+            assert isinstance(out, FateUnknown), (p, repr(out))
+            assert isinstance(out.refusal, Unauthenticated)
+            assert isinstance(out.__cause__, RuntimeError)
+            assert out.idempotency_key
     finally:
         proxy.stop()
 
