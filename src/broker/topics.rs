@@ -445,7 +445,7 @@ impl Topics {
             if name.starts_with(TEMP_PREFIX) {
                 // A creation or deletion cut short by a crash: it was never a live topic, or
                 // its deletion was asked for. Or keys a follower was receiving.
-                warn!(path = %entry.path().display(), "removing an unfinished topic creation or deletion");
+                warn!(path = %entry.path().display(), "removing an unfinished topic creation or deletion, or keys a follower was receiving");
                 let path = entry.path();
                 let removed = if path.is_dir() {
                     std::fs::remove_dir_all(&path)
@@ -880,6 +880,10 @@ impl Topics {
         let roster = Arc::clone(&self.roster);
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>> {
             let _guard = guard;
+            // The keys made durable first: should that fail, nothing has changed yet.
+            let keys = keys.map(removed_keys::Writer::finish).transpose()?;
+            // Taken back whatever happens below (moved into the new copy, it is gone here).
+            let _keys_file = keys.as_deref().map(RemoveOnDrop);
             // Room for the new copy's segment, asked before the old copy goes (with one to
             // spare for the asking): refused near the mapping limit, nothing has changed and
             // a retry can succeed.
@@ -892,7 +896,6 @@ impl Topics {
                 old.log.close();
                 remove_topic_dir(&dir, &name_owned, old.meta.epoch)?;
             }
-            let keys = keys.map(removed_keys::Writer::finish).transpose()?;
             let start = Some((first_offset, &removals, keys.as_deref()));
             let log = make_topic(&dir, &name_owned, &meta, &terms, start, config)?;
             let topic = new_topic(
@@ -1339,6 +1342,22 @@ fn on_threads<'a, T: Sync, R: Send>(
 
 /// Removes topic `name`'s directory under `dir`: renamed aside first (durably), so a crash
 /// never leaves it half removed under its real name, then deleted.
+/// Removes a file when dropped, if it is still there: a finished file of received keys that
+/// a copy's creation did not take.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        match std::fs::remove_file(self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(path = %self.0.display(), error = %e, "could not remove a file of received keys")
+            }
+        }
+    }
+}
+
 fn remove_topic_dir(dir: &Path, name: &str, epoch: u64) -> Result<()> {
     let from = dir.join(name);
     let aside = dir.join(format!("{TEMP_PREFIX}deleted-{name}-{epoch}"));

@@ -204,8 +204,9 @@ async fn apply_updates(
                         commits.push(Update::Commit(c));
                         Ok(Taken::Took { full: false })
                     }
-                    // The keys of a topic announced next: kept until it is.
-                    Some(Update::Keys(k)) if more.term == term => {
+                    // The keys of a topic announced next: kept until it is. Keys of a
+                    // topic already in the batch are for a later decision: they end it.
+                    Some(Update::Keys(k)) if more.term == term && !names.contains(&k.topic) => {
                         apply.received_keys(k)?;
                         Ok(Taken::Took { full: false })
                     }

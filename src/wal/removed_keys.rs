@@ -27,9 +27,6 @@ const MAGIC: &[u8; 8] = b"FCKEYS01";
 /// Bytes of one entry before its key.
 const ENTRY_HEAD: usize = 8 + 8 + 8 + 2;
 
-/// The buffer a [`Writer`] holds.
-const WRITE_BUFFER: usize = 256 * 1024;
-
 /// A key and the first ack it got.
 pub type Kept = (Box<[u8]>, FirstAck);
 
@@ -68,7 +65,8 @@ impl Writer {
     /// Starts the file at `path` (replacing any file there).
     pub fn create(path: PathBuf) -> Result<Writer> {
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+        // A small buffer: a follower may receive the keys of many topics at once.
+        let mut file = BufWriter::new(file);
         // The count is written over at the end.
         file.write_all(MAGIC)
             .and_then(|()| file.write_all(&0u32.to_le_bytes()))
