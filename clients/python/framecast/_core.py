@@ -586,6 +586,10 @@ class WriteFate:
         """What the write fails with when the call ends with ``error``."""
         return with_key(refused_fate(error, self.broke), self.key)
 
+    def token_failed(self, error: BaseException) -> BaseException:
+        """What the write fails with when its token provider failed with ``error``."""
+        return with_key(token_fate(error, self.broke), self.key)
+
 
 def unary_retry_delay(
     what: str,
@@ -844,6 +848,37 @@ def stream_may_have_stored(failure: grpc.RpcError | None) -> bool:
     return is_transient(failure) or _core_broke(failure)
 
 
+class TokenFailure(Exception):
+    """A token provider's failure (:attr:`error`: its exception, or the client's
+    ``InvalidArgument`` for a token it cannot send), kept apart from a server's refusal:
+    :func:`refused_fate` makes it stored-or-not after a break, whatever it is."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def token_fate(error: BaseException, maybe_stored: bool) -> BaseException:
+    """What a write fails with when its token provider failed with ``error`` (raised, or
+    gave a token the client cannot send): ``error`` as it is, unless ``maybe_stored`` (an
+    earlier attempt or stream broke after it may have stored the write): then
+    :class:`framecast.errors.FateUnknown`, its refusal an ``Unauthenticated`` caused by
+    ``error`` (no token to send)."""
+    if isinstance(error, TokenFailure):
+        error = error.error
+    if not maybe_stored or not isinstance(error, Exception):
+        return error  # KeyboardInterrupt and the like stay
+    if isinstance(error, (errors.ClientClosed, errors.FateUnknown)):
+        return error
+    refusal = errors.Unauthenticated(
+        f"the token provider failed: {error!r}", grpc.StatusCode.UNAUTHENTICATED
+    )
+    refusal.__cause__ = error
+    fate = errors.FateUnknown(refusal)
+    fate.__cause__ = error
+    return fate
+
+
 def refused_fate(error: BaseException, maybe_stored: bool) -> BaseException:
     """What a published frame fails with when its stream is refused for good (``error``):
     the refusal, or :class:`framecast.errors.FateUnknown` when ``maybe_stored`` (it went
@@ -856,18 +891,12 @@ def refused_fate(error: BaseException, maybe_stored: bool) -> BaseException:
     before it writes anything, so no stream stored the frame it refuses as malformed.
     (grpcio's asyncio calls also report such a refusal that raced a write as a break,
     ``INTERNAL: Internal error from Core``: the frame goes again and is refused again.)"""
+    if isinstance(error, TokenFailure):
+        return token_fate(error.error, maybe_stored)
     if not maybe_stored:
         return error
     if not isinstance(error, errors.FramecastError):
-        if not isinstance(error, Exception):
-            return error  # KeyboardInterrupt and the like
-        refusal = errors.Unauthenticated(
-            f"the token provider failed: {error!r}", grpc.StatusCode.UNAUTHENTICATED
-        )
-        refusal.__cause__ = error
-        fate = errors.FateUnknown(refusal)
-        fate.__cause__ = error
-        return fate
+        return token_fate(error, maybe_stored)
     if isinstance(
         error,
         (
@@ -924,7 +953,7 @@ def coalesced_stream_end(
             renewed = token.renew(failure)
         except Exception as e:  # the provider's own error, as it is
             token.accepted()  # a later publish gets a renewal of its own
-            return FAIL_ALL, None, e
+            return FAIL_ALL, None, TokenFailure(e)
         if renewed:
             log.debug("publish stream: token refused (expired?); re-sending with a fresh one")
             return RESEND, 0.0, None

@@ -70,6 +70,7 @@ from ._core import (
     publish_request,
     publish_stream_retry_delay,
     refused_fate,
+    token_fate,
     remaining,
     shared_stream_of,
     stream_may_have_stored,
@@ -292,6 +293,12 @@ class Client:
                 # Closing the client cancels its calls: the call ends with ClientClosed.
                 if self._closed:
                     raise ClientClosed(f"{what}: client closed") from None
+                raise
+            except Exception as e:
+                # The token provider's error (the call's interceptor asks it): after an
+                # attempt that broke, a write's fate is unknown whatever it says.
+                if fate is not None and fate.broke:
+                    raise fate.token_failed(e)  # caused by e
                 raise
             if delay:
                 await self._sleep(delay)
@@ -1087,5 +1094,5 @@ class _SharedStream:
             at = self._base
             self._base += 1
             if not f.done():
-                why = refused_fate(error, at < self._doubt_below)
+                why = token_fate(error, at < self._doubt_below)
                 f.set_exception(with_key(why, req.idempotency_key))

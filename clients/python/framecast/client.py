@@ -55,6 +55,7 @@ from ._core import (
     publish_request,
     publish_stream_retry_delay,
     refused_fate,
+    token_fate,
     remaining,
     shared_stream_of,
     stream_may_have_stored,
@@ -342,10 +343,14 @@ class Client:
                     route=route,
                     fate=fate,
                 )
-            except ValueError:
+            except Exception as e:
                 # grpc raises ValueError for a call on a closed channel.
-                if self._closed.is_set():
+                if isinstance(e, ValueError) and self._closed.is_set():
                     raise ClientClosed(f"{what}: client closed") from None
+                # Else the token provider's error (the call's interceptor asks it): after an
+                # attempt that broke, a write's fate is unknown whatever it says.
+                if fate is not None and fate.broke:
+                    raise fate.token_failed(e)  # caused by e
                 raise
             if delay:
                 self._sleep(delay)
@@ -1152,7 +1157,7 @@ class _SharedStream:
             self._base += len(self._pending)
             self._pending.clear()
         for i, (req, f) in enumerate(failed):
-            why = refused_fate(error, base + i < doubt_below)
+            why = token_fate(error, base + i < doubt_below)
             f.set_exception(with_key(why, req.idempotency_key))
 
 

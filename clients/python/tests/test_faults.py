@@ -89,8 +89,9 @@ def test_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not(
         proxy.stop()
 
 
+@pytest.mark.parametrize("bad", ["raises", "gives None"])
 def test_coalesced_frames_of_a_broken_stream_whose_token_provider_then_fails_are_stored_or_not(
-    server: ServerProcess, topic: str
+    server: ServerProcess, topic: str, bad: str
 ) -> None:
     # The stream breaks after 3 acks (the 4th frame is stored, its ack lost); opening the
     # next one, the token provider raises: a stored frame must not report the provider's
@@ -98,11 +99,13 @@ def test_coalesced_frames_of_a_broken_stream_whose_token_provider_then_fails_are
     proxy = FaultProxy(server.address, {"PublishStream": [{"break_after": 3}]})
     asked = []
 
-    def token() -> str:
+    def token() -> Any:
         asked.append(1)
-        if len(asked) > 1:
+        if len(asked) == 1:
+            return "a-token"
+        if bad == "raises":
             raise RuntimeError("the token source is down")
-        return "a-token"
+        return None  # a token the client cannot send
 
     try:
         with Client(proxy.address, retry=TEST_RETRY, coalesce=True, token=token) as c:
@@ -131,7 +134,7 @@ def test_coalesced_frames_of_a_broken_stream_whose_token_provider_then_fails_are
             out = outcomes[p]
             assert isinstance(out, FateUnknown), (p, repr(out))
             assert isinstance(out.refusal, Unauthenticated)
-            assert isinstance(out.__cause__, RuntimeError)
+            assert out.__cause__ is not None
             assert out.idempotency_key
     finally:
         proxy.stop()
@@ -182,6 +185,36 @@ def test_a_keyed_publish_broken_then_refused_is_stored_or_not(
         # Sent again with its key: the first store's ack, nothing stored twice.
         with Client(server.address, retry=TEST_RETRY) as c:
             assert c.publish(b"once", 1, topic, idempotency_key="k-once").duplicate
+        assert stored_payloads(server, topic) == [b"once"]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("bad", ["raises", "gives None"])
+def test_a_keyed_publish_broken_then_without_a_token_is_stored_or_not(
+    server: ServerProcess, topic: str, bad: str
+) -> None:
+    # The first attempt is stored but its answer lost; for the retry the token provider
+    # raises, or gives a token the client cannot send (InvalidArgument, which alone would
+    # say "not stored"): FateUnknown caused by it.
+    proxy = FaultProxy(server.address, {"Publish": [{"break": True}]})
+    asked = []
+
+    def token() -> Any:
+        asked.append(1)
+        if len(asked) == 1:
+            return "a-token"
+        if bad == "raises":
+            raise RuntimeError("the token source is down")
+        return None
+
+    try:
+        with Client(proxy.address, retry=TEST_RETRY, token=token) as c:
+            with pytest.raises(FateUnknown) as raised:
+                c.publish(b"once", 1, topic, idempotency_key="k-token", timeout=20)
+        assert isinstance(raised.value.refusal, Unauthenticated)
+        assert raised.value.idempotency_key == "k-token"
+        assert raised.value.__cause__ is not None
         assert stored_payloads(server, topic) == [b"once"]
     finally:
         proxy.stop()
