@@ -572,9 +572,14 @@ function tokenFromEnv() {
     const token = env?.["FRAMECAST_TOKEN"]?.trim();
     return token ? token : undefined;
 }
-/** A token function's failure as the refusal it amounts to: its own error, else `UNAUTHENTICATED` (no credentials to send), status 0 (no answer). */
+/**
+ * A token function's failure as the refusal it amounts to: its own `FramecastError` (its
+ * time ran out: `UNAVAILABLE`), else `UNAUTHENTICATED` (no credentials to send), status 0 (no
+ * answer). A token the client cannot send (`INVALID_ARGUMENT`) is no malformed request
+ * either: `UNAUTHENTICATED` too, so that {@link fateUnknown} never takes it for one.
+ */
 function tokenRefusal(e) {
-    if (e instanceof FramecastError)
+    if (e instanceof FramecastError && e.code !== "INVALID_ARGUMENT")
         return e;
     const why = e instanceof Error ? e.message : String(e);
     return new FramecastError("UNAUTHENTICATED", 0, `the token function failed: ${why}`, { cause: e });

@@ -153,6 +153,16 @@ test("publish with a token function that throws on the retry after a break: FATE
   assert.equal(e.refusal.code, "UNAUTHENTICATED");
   assert.match(e.refusal.message, /the token source is down/);
   assert.equal(e.idempotencyKey, "k-token-throws");
+  // A token the client cannot send (blanks inside) after a break: FATE_UNKNOWN too, not
+  // INVALID_ARGUMENT (which says "not stored").
+  const p2 = await proxy([{ break: true }]);
+  t.after(() => p2.close());
+  let asked2 = 0;
+  const bad = new Framecast({ url: p2.url, token: async () => (asked2++ > 0 ? "not a token" : "from-a-function"), ...quick });
+  const e2 = await rejection("publish", bad.publish("fate-token-bad", "once", { seqNo: 1, idempotencyKey: "k-token-bad" }));
+  assert.equal(e2.code, "FATE_UNKNOWN", e2.message);
+  assert.equal(e2.refusal.code, "UNAUTHENTICATED");
+  assert.deepEqual(await stored("fate-token-bad"), ["once"]);
   // Without a break, the token function's error is the caller's, as before.
   const direct = new Framecast({ url: server.url, token: async () => { throw new Error("no token"); }, ...quick });
   const plain = await rejection("publish", direct.publish(topic, "never", { seqNo: 2, idempotencyKey: "k-none" }));
