@@ -60,7 +60,7 @@ pub enum Error {
     /// at most: its idempotency key went with it) or not. Never
     /// retried by the client; sending it again with its key, once the refusal is cured,
     /// stores it at most once.
-    #[error("stored or not: it went out on a stream that broke, and the stream opened again was refused: {refusal}")]
+    #[error("stored or not: it went out on a stream or attempt that broke, and the one after was refused: {refusal}")]
     FateUnknown {
         /// The refusal of the stream opened again.
         refusal: String,
