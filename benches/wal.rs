@@ -491,6 +491,41 @@ fn dedup_keys_below(c: &mut Criterion) {
     g.finish();
 }
 
+/// (f) One keyed insert into a full dedup window (each takes the place of the oldest key:
+/// the steady state of keyed publishing faster than the window), per key length.
+fn dedup_insert(c: &mut Criterion) {
+    const CAP: usize = 200_000;
+    let mut g = c.benchmark_group("dedup_insert");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(1));
+    let now = framecast::wal::now_ns();
+    for len in [36usize, 120] {
+        // Twice the cap of distinct keys, used in turn: every insert is of a key not held.
+        let keys: Vec<String> = (0..2 * CAP).map(|i| format!("{i:0>len$}")).collect();
+        let mut window = framecast::wal::DedupWindow::new(i64::MAX / 2, CAP);
+        let mut offset = 0u64;
+        let mut insert = |window: &mut framecast::wal::DedupWindow| {
+            let key = &keys[offset as usize % keys.len()];
+            let ack = framecast::wal::FirstAck {
+                offset,
+                timestamp: 1,
+                stored_at: now,
+            };
+            window.insert(key.as_bytes(), ack, now);
+            offset += 1;
+        };
+        for _ in 0..CAP {
+            insert(&mut window);
+        }
+        g.bench_function(format!("full_window_key_{len}B"), |b| {
+            b.iter(|| insert(black_box(&mut window)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     append_never,
@@ -498,6 +533,7 @@ criterion_group!(
     sync_method_ab,
     recovery,
     index_memory,
-    dedup_keys_below
+    dedup_keys_below,
+    dedup_insert
 );
 criterion_main!(benches);
