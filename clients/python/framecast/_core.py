@@ -613,17 +613,6 @@ def unary_retry_delay(
 
     With a ``fate`` (a keyed write): the error is what :meth:`WriteFate.ended` makes of it,
     and this attempt's failure is counted for the next ones."""
-    if fate is None:
-        return _unary_retry_delay(
-            what,
-            err,
-            backoff,
-            deadline=deadline,
-            timeout=timeout,
-            retry=retry,
-            closed=closed,
-            route=route,
-        )
     try:
         return _unary_retry_delay(
             what,
@@ -636,9 +625,12 @@ def unary_retry_delay(
             route=route,
         )
     except errors.FramecastError as e:
+        if fate is None:
+            raise
         raise fate.ended(e) from None
     finally:
-        fate.failed(err)
+        if fate is not None:
+            fate.failed(err)
 
 
 def _unary_retry_delay(

@@ -56,29 +56,52 @@ def check_fates(stored: list[bytes], outcomes: dict[bytes, Any]) -> None:
     assert any(isinstance(outcomes[p], BaseException) for p in stored), (stored, outcomes)
 
 
+def failing_after_first(bad: str) -> Any:
+    """A token provider that gives a token once, then raises (``bad == "raises"``) or gives
+    ``None``, a token the client cannot send."""
+    asked = []
+
+    def token() -> Any:
+        asked.append(1)
+        if len(asked) == 1:
+            return "a-token"
+        if bad == "raises":
+            raise RuntimeError("the token source is down")
+        return None
+
+    return token
+
+
+def publish_concurrently(c: Client, topic: str) -> dict[bytes, Any]:
+    """``FRAMES`` publishes at once from as many threads (coalesced over one stream): each
+    payload's ack, or the exception its call raised."""
+    outcomes: dict[bytes, Any] = {}
+    barrier = threading.Barrier(FRAMES)
+
+    def publish(i: int) -> None:
+        payload = f"f{i}".encode()
+        barrier.wait(10)
+        try:
+            outcomes[payload] = c.publish(payload, i, topic, timeout=20)
+        except Exception as e:
+            outcomes[payload] = e
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(FRAMES)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == FRAMES
+    return outcomes
+
+
 def test_coalesced_frames_of_a_broken_stream_refused_again_are_stored_or_not(
     server: ServerProcess, topic: str
 ) -> None:
     proxy = FaultProxy(server.address, BREAK_THEN_REFUSE)
     try:
         with Client(proxy.address, retry=TEST_RETRY, coalesce=True) as c:
-            outcomes: dict[bytes, Any] = {}
-            barrier = threading.Barrier(FRAMES)
-
-            def publish(i: int) -> None:
-                payload = f"f{i}".encode()
-                barrier.wait(10)
-                try:
-                    outcomes[payload] = c.publish(payload, i, topic, timeout=20)
-                except Exception as e:
-                    outcomes[payload] = e
-
-            threads = [threading.Thread(target=publish, args=(i,)) for i in range(FRAMES)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            assert len(outcomes) == FRAMES
+            outcomes = publish_concurrently(c, topic)
             # A frame that goes out only on refused streams keeps the refusal.
             with pytest.raises(PermissionDenied):
                 c.publish(b"later", 99, topic, timeout=20)
@@ -97,35 +120,11 @@ def test_coalesced_frames_of_a_broken_stream_whose_token_provider_then_fails_are
     # next one, the token provider raises: a stored frame must not report the provider's
     # error alone (which says "not stored"), but FateUnknown caused by it.
     proxy = FaultProxy(server.address, {"PublishStream": [{"break_after": 3}]})
-    asked = []
-
-    def token() -> Any:
-        asked.append(1)
-        if len(asked) == 1:
-            return "a-token"
-        if bad == "raises":
-            raise RuntimeError("the token source is down")
-        return None  # a token the client cannot send
+    token = failing_after_first(bad)
 
     try:
         with Client(proxy.address, retry=TEST_RETRY, coalesce=True, token=token) as c:
-            outcomes: dict[bytes, Any] = {}
-            barrier = threading.Barrier(FRAMES)
-
-            def publish(i: int) -> None:
-                payload = f"f{i}".encode()
-                barrier.wait(10)
-                try:
-                    outcomes[payload] = c.publish(payload, i, topic, timeout=20)
-                except Exception as e:
-                    outcomes[payload] = e
-
-            threads = [threading.Thread(target=publish, args=(i,)) for i in range(FRAMES)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            assert len(outcomes) == FRAMES
+            outcomes = publish_concurrently(c, topic)
         stored = stored_payloads(server, topic)
         assert len(stored) == len(set(stored)), stored
         in_doubt = [p for p in stored if isinstance(outcomes[p], BaseException)]
@@ -198,15 +197,7 @@ def test_a_keyed_publish_broken_then_without_a_token_is_stored_or_not(
     # raises, or gives a token the client cannot send (InvalidArgument, which alone would
     # say "not stored"): FateUnknown caused by it.
     proxy = FaultProxy(server.address, {"Publish": [{"break": True}]})
-    asked = []
-
-    def token() -> Any:
-        asked.append(1)
-        if len(asked) == 1:
-            return "a-token"
-        if bad == "raises":
-            raise RuntimeError("the token source is down")
-        return None
+    token = failing_after_first(bad)
 
     try:
         with Client(proxy.address, retry=TEST_RETRY, token=token) as c:
