@@ -1340,8 +1340,6 @@ fn on_threads<'a, T: Sync, R: Send>(
     Ok(all)
 }
 
-/// Removes topic `name`'s directory under `dir`: renamed aside first (durably), so a crash
-/// never leaves it half removed under its real name, then deleted.
 /// Removes a file when dropped, if it is still there: a finished file of received keys that
 /// a copy's creation did not take.
 struct RemoveOnDrop<'a>(&'a Path);
@@ -1358,6 +1356,8 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
+/// Removes topic `name`'s directory under `dir`: renamed aside first (durably), so a crash
+/// never leaves it half removed under its real name, then deleted.
 fn remove_topic_dir(dir: &Path, name: &str, epoch: u64) -> Result<()> {
     let from = dir.join(name);
     let aside = dir.join(format!("{TEMP_PREFIX}deleted-{name}-{epoch}"));

@@ -474,9 +474,8 @@ impl Apply {
 
     /// Keeps keys of removed frames the leader sent until the decision they precede (a
     /// copy started again takes them). Keys of another epoch than those kept are the
-    /// newer topic's: the older ones go.
-    /// Their file is written as they come, unsynced (at most one message, 1 MiB, to the
-    /// page cache); the copy that takes them syncs it.
+    /// newer topic's: the older ones go. Their file is written as they come, unsynced (at
+    /// most one message, 1 MiB, to the page cache); the copy that takes them syncs it.
     fn received_keys(&mut self, k: rp::ReplicaKeys) -> Result<(), FollowError> {
         if self.keys.get(&k.topic).is_some_and(|(e, _)| *e != k.epoch) {
             self.keys.remove(&k.topic);
