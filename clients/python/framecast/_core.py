@@ -934,8 +934,9 @@ def coalesced_stream_end(
     new stream opened with the fresh token; every frame keeps its key, so none is stored
     twice. When the provider has nothing fresher, or the fresh token is refused as well,
     :data:`FAIL_ALL` with ``Unauthenticated`` (no frame is at fault, and every waiting one
-    would be refused alike); when the provider raises, :data:`FAIL_ALL` with its exception,
-    as it is. With a fixed token (no provider), the oldest call fails
+    would be refused alike); when the provider raises, :data:`FAIL_ALL` with its exception
+    in a :class:`TokenFailure` (:func:`refused_fate` gives it back as it is, or
+    stored-or-not for a frame that went out on a stream that broke). With a fixed token (no provider), the oldest call fails
     (:data:`FAIL_OLDEST`), as for any refusal.
     """
     if closed:
@@ -1340,6 +1341,18 @@ class Pipeline:
         a later refusal does not say they are not stored."""
         if stream_may_have_stored(failure):
             self.doubt_below = max(self.doubt_below, self.base + len(self.unacked))
+
+    def token_failed(self, error: BaseException) -> BaseException:
+        """What the pipeline fails with when the token provider failed with ``error``
+        opening a stream: ``error`` as it is, unless a frame went out on a stream that broke
+        before its ack (:meth:`broke`): then :meth:`fail`'s ``FateUnknown``, its refusal
+        an ``Unauthenticated`` caused by ``error`` (see :func:`token_fate`)."""
+        fate = token_fate(error, self.base < self.doubt_below)
+        if not isinstance(fate, errors.FateUnknown) or fate is error:
+            return fate
+        failed = self.fail(fate.refusal)
+        failed.__cause__ = error
+        return failed
 
     def fail(self, err: errors.FramecastError) -> errors.FramecastError:
         """``err`` with the acks received so far attached as ``err.acks``, and the absolute

@@ -445,6 +445,10 @@ class Client:
                 if self._closed:
                     raise pipe.fail(ClientClosed("publish_many: client closed")) from None
                 raise
+            except Exception as e:
+                # The token provider's error: the stream's interceptor asks it, and grpc
+                # raises what it raised here.
+                raise pipe.token_failed(e)  # caused by e
             finally:
                 writer.cancel()
                 call.cancel()

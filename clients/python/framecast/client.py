@@ -593,6 +593,10 @@ class Client:
                 if self._closed.is_set():
                     raise pipe.fail(ClientClosed("publish_many: client closed")) from None
                 raise
+            except Exception as e:
+                # The token provider's error: the stream's interceptor asks it, and grpc
+                # raises what it raised here.
+                raise pipe.token_failed(e)  # caused by e
             finally:
                 with cond:
                     stream_id += 1  # stops this stream's request generator

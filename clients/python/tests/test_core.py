@@ -20,6 +20,7 @@ from framecast._core import (
     Pipeline,
     Resume,
     Route,
+    TokenFailure,
     attempt_timeout,
     check_coalesced,
     cluster_event_from_pb,
@@ -28,6 +29,7 @@ from framecast._core import (
     normalize_address,
     parse_subscription_metadata,
     publish_stream_retry_delay,
+    refused_fate,
     shared_stream_of,
     unary_retry_delay,
     watch_retry_delay,
@@ -397,7 +399,8 @@ def test_coalesced_stream_renews_an_expired_token_once() -> None:
     fixed.metadata()
     action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=fixed)
     assert action == FAIL_OLDEST and isinstance(err, errors.Unauthenticated)
-    # The provider's own error fails every call, as it is.
+    # The provider's own error fails every call: as it is, unless a call's frame may be
+    # stored (refused_fate tells, from the TokenFailure it comes in).
     boom = RuntimeError("no token")
 
     def raising() -> str:
@@ -405,4 +408,7 @@ def test_coalesced_stream_renews_an_expired_token_once() -> None:
 
     failing = FreshToken(Token(raising))
     action, _, err = coalesced_stream_end(expired, Backoff(FAST), token=failing)
-    assert action == FAIL_ALL and err is boom
+    assert action == FAIL_ALL and isinstance(err, TokenFailure) and err.error is boom
+    assert refused_fate(err, False) is boom
+    fate = refused_fate(err, True)
+    assert isinstance(fate, errors.FateUnknown) and fate.__cause__ is boom
